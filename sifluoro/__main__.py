@@ -1,0 +1,5 @@
+import sys
+
+from sifluoro.cli import main
+
+sys.exit(main())

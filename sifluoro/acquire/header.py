@@ -1,0 +1,371 @@
+"""Header parsing: one pass over a dataset's attributes into plain, unit-named fields.
+
+Handles legacy XA/RF/SC attributes and the functional groups of Enhanced XA/XRF (per-frame
+first, then shared, then top level). Odd values of optional attributes are ignored with a log
+line; missing or unusable mandatory ones raise a typed ``InputError`` naming the tag.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataset import Dataset
+from pydicom.valuerep import DA, DT, TM
+
+from sifluoro.errors import MissingAttributeError, UnsupportedDicomError
+from sifluoro.model import Device, Run, Shutter, Technique
+
+log = logging.getLogger(__name__)
+
+
+def tag_name(keyword: str) -> str:
+    """``"(0018,1063) FrameTime"`` for ``"FrameTime"``."""
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        return keyword
+    return f"({tag >> 16:04X},{tag & 0xFFFF:04X}) {keyword}"
+
+
+@dataclass(frozen=True)
+class HeaderFields:
+    sop_instance_uid: str
+    series_instance_uid: str
+    study_instance_uid: str
+    modality: str
+    rows: int
+    columns: int
+    bits_allocated: int
+    bits_stored: int
+    photometric: str
+    start_s: float | None
+    frame_offsets_s: tuple[float, ...]
+    frame_intervals_ms: tuple[float, ...]
+    technique: Technique
+    device: Device
+    laterality: str | None
+    series_number: int | None
+    instance_number: int | None
+
+
+class _Lookup:
+    """Attribute lookup across per-frame, shared functional groups and the top level."""
+
+    def __init__(self, ds: Dataset):
+        self.ds = ds
+        self.shared = _first_item(ds, "SharedFunctionalGroupsSequence")
+        try:
+            self.per_frame = list(ds.get("PerFrameFunctionalGroupsSequence") or [])
+        except Exception:  # a damaged sequence is treated as absent
+            self.per_frame = []
+
+    def raw(self, keyword: str, frame: int | None = 0) -> Any:
+        places = []
+        if frame is not None and frame < len(self.per_frame):
+            places.append(self.per_frame[frame])
+        if self.shared is not None:
+            places.append(self.shared)
+        for group in places:
+            for elem in _safe_elements(group):
+                if elem.VR == "SQ" and elem.value:
+                    item = elem.value[0]
+                    if keyword in item:
+                        return _value(item, keyword)
+        return _value(self.ds, keyword)
+
+    def float(self, keyword: str, frame: int | None = 0, index: int | None = None) -> float | None:
+        value = self.raw(keyword, frame)
+        if value is None or value == "":
+            return None
+        try:
+            if index is not None or _is_multi(value):
+                value = list(value)[index or 0]
+            number = float(value)
+        except (TypeError, ValueError, IndexError):
+            log.info("ignoring unusable %s", tag_name(keyword))
+            return None
+        return number if math.isfinite(number) else None
+
+    def floats(self, keyword: str, frame: int | None = 0) -> tuple[float, ...] | None:
+        value = self.raw(keyword, frame)
+        if value is None or value == "":
+            return None
+        try:
+            values = tuple(float(v) for v in (value if _is_multi(value) else [value]))
+        except (TypeError, ValueError):
+            log.info("ignoring unusable %s", tag_name(keyword))
+            return None
+        return values if all(math.isfinite(v) for v in values) else None
+
+    def text(self, keyword: str, frame: int | None = 0) -> str:
+        value = self.raw(keyword, frame)
+        if value is None:
+            return ""
+        if _is_multi(value):
+            value = "\\".join(str(v) for v in value)
+        return str(value).strip()
+
+
+def _safe_elements(item: Dataset):
+    try:
+        return list(item.values())
+    except Exception:
+        return []
+
+
+def _first_item(ds: Dataset, keyword: str) -> Dataset | None:
+    try:
+        seq = ds.get(keyword)
+        return seq[0] if seq else None
+    except Exception:
+        return None
+
+
+def _value(ds: Dataset, keyword: str) -> Any:
+    try:
+        return ds.get(keyword)
+    except Exception:  # an undecodable value is treated as absent
+        log.info("ignoring undecodable %s", tag_name(keyword))
+        return None
+
+
+def _is_multi(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue"
+
+
+def _required_text(look: _Lookup, keyword: str, path: str) -> str:
+    value = look.text(keyword, frame=None)
+    if not value:
+        raise MissingAttributeError(f"{keyword} is missing or empty; the instance cannot be "
+                                    "identified", path=path, tag=tag_name(keyword))
+    return value
+
+
+def _required_int(look: _Lookup, keyword: str, path: str, allowed: range | tuple) -> int:
+    raw = look.raw(keyword, frame=None)
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        raise MissingAttributeError(f"{keyword} is missing or not a number ({raw!r})", path=path,
+                                    tag=tag_name(keyword)) from None
+    if value not in allowed:
+        raise UnsupportedDicomError(f"{keyword} = {value} is outside what sifluoro reads "
+                                    f"({allowed})", path=path, tag=tag_name(keyword))
+    return value
+
+
+def parse(ds: Dataset, path: str) -> HeaderFields:
+    """Read every header field a run needs; raise a typed error for what is unusable."""
+    look = _Lookup(ds)
+    sop_uid = _required_text(look, "SOPInstanceUID", path)
+    study_uid = _required_text(look, "StudyInstanceUID", path)
+    rows = _required_int(look, "Rows", path, range(1, 65536))
+    columns = _required_int(look, "Columns", path, range(1, 65536))
+    samples = look.raw("SamplesPerPixel", frame=None)
+    if samples not in (None, 1):
+        raise UnsupportedDicomError(f"SamplesPerPixel = {samples}: only grayscale is read",
+                                    path=path, tag=tag_name("SamplesPerPixel"))
+    bits_allocated = _required_int(look, "BitsAllocated", path, (8, 16))
+    bits_stored = _required_int(look, "BitsStored", path, range(1, bits_allocated + 1))
+    if look.raw("PixelRepresentation", frame=None) not in (None, 0):
+        raise UnsupportedDicomError("signed pixel data is not X-ray projection data",
+                                    path=path, tag=tag_name("PixelRepresentation"))
+    photometric = look.text("PhotometricInterpretation", frame=None)
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise UnsupportedDicomError(f"PhotometricInterpretation {photometric or 'missing'}: only "
+                                    "MONOCHROME1/2 are read", path=path,
+                                    tag=tag_name("PhotometricInterpretation"))
+    n_frames = _number_of_frames(look, path)
+    offsets_s, intervals_ms, start = _timing(look, n_frames, path)
+    technique = _technique(look, n_frames, rows, columns, intervals_ms)
+    return HeaderFields(
+        sop_instance_uid=sop_uid,
+        series_instance_uid=look.text("SeriesInstanceUID", None),
+        study_instance_uid=study_uid,
+        modality=look.text("Modality", None),
+        rows=rows,
+        columns=columns,
+        bits_allocated=bits_allocated,
+        bits_stored=bits_stored,
+        photometric=photometric,
+        start_s=None if start is None else start.timestamp(),
+        frame_offsets_s=offsets_s,
+        frame_intervals_ms=intervals_ms,
+        technique=technique,
+        device=Device(look.text("Manufacturer", None), look.text("ManufacturerModelName", None),
+                      look.text("DeviceSerialNumber", None), look.text("StationName", None)),
+        laterality=(look.text("ImageLaterality", 0) or look.text("Laterality", None) or None),
+        series_number=_int_or_none(look.raw("SeriesNumber", None)),
+        instance_number=_int_or_none(look.raw("InstanceNumber", None)),
+    )
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _number_of_frames(look: _Lookup, path: str) -> int:
+    raw = look.raw("NumberOfFrames", frame=None)
+    if raw in (None, ""):
+        return 1
+    try:
+        n = int(raw)
+    except (TypeError, ValueError):
+        raise MissingAttributeError(f"NumberOfFrames is not a number ({raw!r})", path=path,
+                                    tag=tag_name("NumberOfFrames")) from None
+    if n < 1:
+        raise MissingAttributeError(f"NumberOfFrames = {n}: the instance holds no frames",
+                                    path=path, tag=tag_name("NumberOfFrames"))
+    return n
+
+
+def _datetime(look: _Lookup, dt_kw: str | None, date_kw: str | None, time_kw: str | None,
+              frame: int | None = None) -> datetime | None:
+    if dt_kw:
+        text = look.text(dt_kw, frame)
+        if text:
+            try:
+                value = DT(text)
+                return value.replace(tzinfo=None) if value is not None else None
+            except ValueError:
+                log.info("ignoring unusable %s", tag_name(dt_kw))
+    if time_kw:
+        time_text = look.text(time_kw, frame)
+        date_text = look.text(date_kw, frame) if date_kw else ""
+        date_text = date_text or look.text("StudyDate", None) or "19700101"
+        if time_text:
+            try:
+                d, t = DA(date_text), TM(time_text)
+                if d is not None and t is not None:
+                    return datetime.combine(d, t)
+            except ValueError:
+                log.info("ignoring unusable %s/%s", tag_name(date_kw or "StudyDate"), tag_name(time_kw))
+    return None
+
+
+def run_start(look: _Lookup) -> datetime | None:
+    """Start of a run: first frame's datetime (enhanced), else acquisition, else content time."""
+    for dt_kw in ("FrameAcquisitionDateTime", "FrameReferenceDateTime"):
+        value = _datetime(look, dt_kw, None, None, frame=0) if look.per_frame or look.shared else None
+        if value is not None:
+            return value
+    return (_datetime(look, "AcquisitionDateTime", "AcquisitionDate", "AcquisitionTime")
+            or _datetime(look, None, "ContentDate", "ContentTime"))
+
+
+def _timing(look: _Lookup, n: int, path: str):
+    """Frame offsets since the run start (s), frame intervals (ms) and the run start."""
+    start = run_start(look)
+    frame_time_ms = look.float("FrameTime", None)
+    ftv = look.floats("FrameTimeVector", None)
+    per_frame_times = None
+    if look.per_frame and n > 1:
+        times = [_datetime(look, "FrameAcquisitionDateTime", None, None, frame=k)
+                 or _datetime(look, "FrameReferenceDateTime", None, None, frame=k) for k in range(n)]
+        if all(t is not None for t in times):
+            per_frame_times = [(t - times[0]).total_seconds() for t in times]
+    if ftv is not None and len(ftv) == n and n > 1 and all(v >= 0 for v in ftv[1:]):
+        offsets, acc = [], 0.0
+        for k, inc in enumerate(ftv):
+            acc += inc if k else 0.0
+            offsets.append(acc / 1000.0)
+        intervals = list(ftv[1:]) + [ftv[-1]]
+    elif frame_time_ms is not None and frame_time_ms > 0:
+        offsets = [k * frame_time_ms / 1000.0 for k in range(n)]
+        intervals = [frame_time_ms] * n
+    elif per_frame_times is not None and all(b > a for a, b in zip(per_frame_times, per_frame_times[1:])):
+        offsets = per_frame_times
+        steps = [(b - a) * 1000.0 for a, b in zip(offsets, offsets[1:])]
+        intervals = steps + [steps[-1]]
+    elif n == 1:
+        single_ms = (look.float("ExposureTimeInms") or look.float("ExposureTime")
+                     or look.float("AveragePulseWidth") or 0.0)
+        offsets, intervals = [0.0], [single_ms]
+    else:
+        raise MissingAttributeError(
+            f"{n} frames but no usable frame timing; needs FrameTime, FrameTimeVector (with {n} "
+            "values) or per-frame FrameReferenceDateTime (CineRate is not used: it is an integer)",
+            path=path, tag=tag_name("FrameTime"))
+    return tuple(offsets), tuple(float(v) for v in intervals), start
+
+
+def _filtration(look: _Lookup) -> tuple[float | None, float | None]:
+    materials = look.text("FilterMaterial").upper().split("\\") if look.text("FilterMaterial") else []
+    thickness = look.floats("FilterThicknessMinimum") or ()
+    cu = al = None
+    for material, mm in zip(materials, thickness):
+        if material.startswith("COPPER"):
+            cu = (cu or 0.0) + mm
+        elif material.startswith("ALUMINUM"):
+            al = (al or 0.0) + mm
+    return cu, al
+
+
+def _shutter(look: _Lookup) -> Shutter | None:
+    shape = look.text("ShutterShape")
+    if not shape:
+        return None
+    rect = circle = None
+    if "RECTANGULAR" in shape:
+        edges = [look.float(k) for k in ("ShutterLeftVerticalEdge", "ShutterUpperHorizontalEdge",
+                                          "ShutterRightVerticalEdge", "ShutterLowerHorizontalEdge")]
+        if all(e is not None for e in edges):
+            rect = tuple(int(e) - 1 for e in edges)  # DICOM edges are 1-based
+    if "CIRCULAR" in shape:
+        centre = look.floats("CenterOfCircularShutter")
+        radius = look.float("RadiusOfCircularShutter")
+        if centre and len(centre) == 2 and radius:
+            circle = (centre[1] - 1.0, centre[0] - 1.0, radius)  # stored as (row, column), 1-based
+    return Shutter(rect, circle) if rect or circle else None
+
+
+def _technique(look: _Lookup, n: int, rows: int, columns: int, intervals_ms) -> Technique:
+    spacing = look.floats("ImagerPixelSpacing") or look.floats("PixelSpacing")
+    spacing_xy = (spacing[1], spacing[0]) if spacing and len(spacing) == 2 and min(spacing) > 0 else None
+    fov = look.floats("FieldOfViewDimensions")
+    fov_mm = (fov[0], fov[-1]) if fov else None
+    cu, al = _filtration(look)
+    frame_time = look.float("FrameTime", None)
+    pulse_rate = 1000.0 / frame_time if frame_time else (
+        1000.0 / intervals_ms[0] if n > 1 and intervals_ms[0] > 0 else None)
+    dap_dgycm2 = look.float("ImageAndFluoroscopyAreaDoseProduct", None)
+    entrance_mgy = look.float("EntranceDoseInmGy", None)
+    if entrance_mgy is None and look.float("EntranceDose", None) is not None:
+        entrance_mgy = look.float("EntranceDose", None) * 100.0  # stored in dGy
+    setting = look.text("RadiationSetting").upper() or None
+    return Technique(
+        kvp=look.float("KVP"),
+        tube_current_ma=look.float("XRayTubeCurrentInmA") or look.float("XRayTubeCurrent"),
+        pulse_width_ms=look.float("AveragePulseWidth"),
+        pulse_rate_per_s=pulse_rate,
+        frame_time_ms=frame_time if frame_time else (intervals_ms[0] if n > 1 else None),
+        exposure_time_ms=look.float("ExposureTimeInms") or look.float("ExposureTime"),
+        exposure_mas=look.float("ExposureInmAs") or look.float("Exposure"),
+        sid_mm=look.float("DistanceSourceToDetector"),
+        source_to_patient_mm=look.float("DistanceSourceToPatient"),
+        source_to_isocenter_mm=look.float("DistanceSourceToIsocenter"),
+        field_of_view_mm=fov_mm,
+        intensifier_size_mm=look.float("IntensifierSize"),
+        filter_cu_mm=cu,
+        filter_al_mm=al,
+        imager_pixel_spacing_xy_mm=spacing_xy,
+        primary_angle_deg=look.float("PositionerPrimaryAngle"),
+        secondary_angle_deg=look.float("PositionerSecondaryAngle"),
+        radiation_setting=setting if setting in ("SC", "GR") else None,
+        shutter=_shutter(look),
+        reported_dap_gycm2=dap_dgycm2 / 10.0 if dap_dgycm2 is not None else None,
+        reported_air_kerma_mgy=entrance_mgy,
+    )
+
+
+def sort_tiebreak(run: Run) -> tuple:
+    """Order of runs that start at the same time: series, instance number, then UID."""
+    return (run.series_number if run.series_number is not None else 1 << 31,
+            run.instance_number if run.instance_number is not None else 1 << 31,
+            run.sop_instance_uid)

@@ -1,0 +1,69 @@
+"""All behaviour switches in one place, loaded once and passed down (no module reads env vars)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+
+from sifluoro.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DoseSettings:
+    """How dose is accounted when the device does not report it.
+
+    Attributes
+    ----------
+    reference_point_offset_mm : float
+        Distance of the interventional reference point from the isocentre toward the
+        source (IEC 60601-2-43: 150 mm) for isocentric C-arms.
+    reference_point_from_receptor_mm : float
+        For mobile C-arms without a defined isocentre: the reference point lies this far
+        from the image receptor toward the source (IEC 60601-2-54 practice: 300 mm).
+    inherent_filtration_al_mm : float
+        Tube inherent filtration in mm Al, a per-device value.
+    anode_angle_deg : float
+        Target angle of the tube anode, a per-device value.
+    fluoro_time_alert_s : float
+        A fluoroscopy-time alert fires at every multiple of this (5 minutes).
+    air_kerma_first_alert_mgy, air_kerma_alert_step_mgy : float
+        NCRP Report 168 notification levels: first at 3 Gy, then every 1 Gy.
+    """
+
+    reference_point_offset_mm: float = 150.0
+    reference_point_from_receptor_mm: float = 300.0
+    inherent_filtration_al_mm: float = 2.7
+    anode_angle_deg: float = 12.0
+    fluoro_time_alert_s: float = 300.0
+    air_kerma_first_alert_mgy: float = 3000.0
+    air_kerma_alert_step_mgy: float = 1000.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Engine settings with documented defaults.
+
+    Attributes
+    ----------
+    latency_budget_ms : float
+        Per-frame budget for image work; frames over it are marked ``degraded``.
+    queue_frames : int
+        Capacity of the bounded queue between a source and the pipeline.
+    dose : DoseSettings
+        Dose accounting settings.
+    """
+
+    latency_budget_ms: float = 10.0
+    queue_frames: int = 8
+    dose: DoseSettings = field(default_factory=DoseSettings)
+
+    def __post_init__(self):
+        if not self.latency_budget_ms > 0:
+            raise ConfigError(f"latency_budget_ms must be > 0, got {self.latency_budget_ms}")
+        if self.queue_frames < 1:
+            raise ConfigError(f"queue_frames must be >= 1, got {self.queue_frames}")
+        for f in fields(self.dose):
+            if getattr(self.dose, f.name) < 0:
+                raise ConfigError(f"dose.{f.name} must be >= 0, got {getattr(self.dose, f.name)}")
+
+    def with_(self, **changes) -> "Settings":
+        """A copy with some settings changed (validated again)."""
+        return replace(self, **changes)

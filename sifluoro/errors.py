@@ -1,0 +1,89 @@
+"""Typed errors. Every message names the file, the DICOM tag and keyword at fault, and the remedy.
+
+Hierarchy::
+
+    SifluoroError
+    ├── InputError                 a file or dataset that cannot be used
+    │   ├── NotDicomError
+    │   ├── UnsupportedDicomError  (SOP class, transfer syntax, pixel layout)
+    │   ├── MissingAttributeError
+    │   ├── DamagedPixelDataError  (truncated, wrong frame size, undecodable)
+    │   └── MultipleStudiesError
+    ├── ConfigError
+    └── DeadlineMissed
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class SifluoroError(Exception):
+    """Base class of every error sifluoro raises on purpose."""
+
+
+class InputError(SifluoroError):
+    """An input file or dataset cannot be used.
+
+    Parameters
+    ----------
+    message : str
+        What is wrong and what to do about it.
+    path : str or Path, optional
+        The file at fault.
+    tag : str, optional
+        The DICOM tag and keyword, e.g. ``"(0018,1063) FrameTime"``.
+    """
+
+    def __init__(self, message: str, *, path: str | Path | None = None, tag: str | None = None):
+        self.path = str(path) if path is not None else None
+        self.tag = tag
+        self.reason = message
+        where = []
+        if self.path:
+            where.append(self.path)
+        if tag:
+            where.append(tag)
+        super().__init__(f"{': '.join(where)}: {message}" if where else message)
+
+
+class NotDicomError(InputError):
+    """The file is not a DICOM Part 10 file (nor a raw dataset that parses)."""
+
+
+class UnsupportedDicomError(InputError):
+    """DICOM that sifluoro cannot use: SOP class, transfer syntax or pixel layout."""
+
+
+class MissingAttributeError(InputError):
+    """A mandatory attribute is missing or empty."""
+
+
+class DamagedPixelDataError(InputError):
+    """Pixel data is truncated, of the wrong size, or fails to decode."""
+
+
+class MultipleStudiesError(InputError):
+    """The input holds more than one study; the caller must choose one."""
+
+    def __init__(self, study_uids: list[str]):
+        self.study_uids = list(study_uids)
+        listed = ", ".join(self.study_uids)
+        super().__init__(
+            f"the input holds {len(self.study_uids)} studies ({listed}); "
+            "pass --study UID to choose one, or give the files of one study",
+            tag="(0020,000D) StudyInstanceUID",
+        )
+
+
+class ConfigError(SifluoroError):
+    """A setting is out of range or inconsistent; the message names the setting."""
+
+
+class DeadlineMissed(SifluoroError):
+    """A frame's image work did not fit its latency budget."""
+
+    def __init__(self, index: int, latency_ms: float, budget_ms: float):
+        self.index, self.latency_ms, self.budget_ms = index, latency_ms, budget_ms
+        super().__init__(
+            f"frame {index}: {latency_ms:.2f} ms exceeds the budget of {budget_ms:.2f} ms"
+        )

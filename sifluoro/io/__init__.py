@@ -1,0 +1,1 @@
+"""Writing DICOM: image runs (XA, RF, Enhanced XA, multi-frame SC) for the simulator and tests."""

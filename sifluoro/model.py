@@ -1,0 +1,178 @@
+"""Immutable records of the data flow: Technique, Run, Frame, Study (DESIGN §1).
+
+Coordinates are ``(x=column, y=row)``, 0-based, pixel centres at integers. Distances at the
+detector plane in mm unless a name says otherwise.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Shutter:
+    """Collimator shutters as stored (DICOM Display Shutter module), in pixels.
+
+    ``rect_xyxy`` is the exposed rectangle (x0, y0, x1, y1), inclusive; ``circle_xyr`` the
+    exposed circle (centre x, centre y, radius). Either may be None.
+    """
+
+    rect_xyxy: tuple[int, int, int, int] | None = None
+    circle_xyr: tuple[float, float, float] | None = None
+
+
+@dataclass(frozen=True)
+class Technique:
+    """Acquisition technique of one run, with any dose the device reported for it.
+
+    Every field is optional: devices differ in what they store. Reported dose values are for the
+    whole run (instance) unless the per-frame tuples are present.
+    """
+
+    kvp: float | None = None
+    tube_current_ma: float | None = None
+    pulse_width_ms: float | None = None
+    pulse_rate_per_s: float | None = None
+    frame_time_ms: float | None = None
+    exposure_time_ms: float | None = None
+    exposure_mas: float | None = None
+    sid_mm: float | None = None
+    source_to_patient_mm: float | None = None
+    source_to_isocenter_mm: float | None = None
+    field_of_view_mm: tuple[float, float] | None = None
+    intensifier_size_mm: float | None = None
+    filter_cu_mm: float | None = None
+    filter_al_mm: float | None = None
+    imager_pixel_spacing_xy_mm: tuple[float, float] | None = None
+    primary_angle_deg: float | None = None
+    secondary_angle_deg: float | None = None
+    radiation_setting: str | None = None
+    shutter: Shutter | None = None
+    reported_dap_gycm2: float | None = None
+    reported_air_kerma_mgy: float | None = None
+    reported_dap_gycm2_per_frame: tuple[float, ...] | None = None
+    reported_air_kerma_mgy_per_frame: tuple[float, ...] | None = None
+
+    @property
+    def is_acquisition(self) -> bool:
+        """True for high-dose acquisition runs (RadiationSetting GR), False for fluoroscopy."""
+        return self.radiation_setting == "GR"
+
+
+@dataclass(frozen=True)
+class Device:
+    """The modality that made the images."""
+
+    manufacturer: str = ""
+    model: str = ""
+    serial_number: str = ""
+    station_name: str = ""
+
+
+@dataclass(frozen=True, eq=False)
+class Run:
+    """One pedal press: usually one (multi-frame) instance. Headers only; pixels on demand.
+
+    ``frame_offsets_s`` are the frames' times since the run start; ``frame_intervals_ms`` the
+    time each frame stands for (its frame time), used for fluoroscopy time.
+    """
+
+    path: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    series_instance_uid: str
+    study_instance_uid: str
+    modality: str
+    transfer_syntax_uid: str
+    rows: int
+    columns: int
+    bits_stored: int
+    photometric: str
+    start_s: float
+    frame_offsets_s: tuple[float, ...]
+    frame_intervals_ms: tuple[float, ...]
+    technique: Technique
+    device: Device
+    index: int = 0
+    laterality: str | None = None
+    series_number: int | None = None
+    instance_number: int | None = None
+    bits_allocated: int = 16
+    pixel_offset: int | None = None
+    read_frames: Callable[["Run"], Iterator[np.ndarray]] | None = field(default=None, repr=False)
+
+    @property
+    def n_frames(self) -> int:
+        return len(self.frame_offsets_s)
+
+    @property
+    def pixel_spacing_xy_mm(self) -> tuple[float, float] | None:
+        return self.technique.imager_pixel_spacing_xy_mm
+
+    def iter_pixels(self) -> Iterator[np.ndarray]:
+        """Decode frames one at a time (read-only 2-D uint16 arrays, as stored)."""
+        if self.read_frames is None:
+            raise RuntimeError(f"{self.path}: this run carries no pixel reader")
+        return self.read_frames(self)
+
+
+@dataclass(frozen=True, eq=False)
+class Frame:
+    """One decoded frame with its place in the study."""
+
+    pixels: np.ndarray
+    index: int
+    frame_number: int
+    t_s: float
+    run: Run
+
+    @property
+    def sop_instance_uid(self) -> str:
+        return self.run.sop_instance_uid
+
+    @property
+    def technique(self) -> Technique:
+        return self.run.technique
+
+    @property
+    def frame_interval_ms(self) -> float:
+        return self.run.frame_intervals_ms[self.frame_number - 1]
+
+    @property
+    def photometric(self) -> str:
+        return self.run.photometric
+
+    @property
+    def pixel_spacing_xy_mm(self) -> tuple[float, float] | None:
+        return self.run.pixel_spacing_xy_mm
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A file (or part of one) that could not be used, and why."""
+
+    file: str
+    reason: str
+
+    def as_dict(self) -> dict:
+        return {"file": self.file, "reason": self.reason}
+
+
+@dataclass(frozen=True, eq=False)
+class Study:
+    """The ordered runs of one StudyInstanceUID, plus what was rejected while reading it."""
+
+    study_instance_uid: str
+    runs: tuple[Run, ...]
+    rejected: tuple[Rejection, ...] = ()
+    dose_reports: tuple[str, ...] = ()
+
+    @property
+    def n_frames(self) -> int:
+        return sum(r.n_frames for r in self.runs)
+
+    @property
+    def device(self) -> Device:
+        return self.runs[0].device if self.runs else Device()

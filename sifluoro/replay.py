@@ -1,0 +1,122 @@
+"""Offline replay of a recorded study: events.jsonl + summary.json (DESIGN §3)."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from sifluoro.acquire.dicom_reader import iter_frames, read_study
+from sifluoro.config import Settings
+from sifluoro.model import Rejection, Study
+from sifluoro.pipeline import Pipeline, Stage, latency_summary, prefetch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    summary: dict
+    exit_code: int  # 0 when at least one frame was processed, 2 when none
+
+
+def default_stages(settings: Settings) -> list[Stage]:
+    """The image stages that exist so far, in pipeline order."""
+    return []
+
+
+def replay(inputs: Iterable[str | Path], *, events_path: str | Path, summary_path: str | Path,
+           settings: Settings | None = None, study_uid: str | None = None,
+           stages: list[Stage] | None = None) -> ReplayResult:
+    """Replay one study through the pipeline, writing one event per frame and a summary.
+
+    Damaged or unusable files are listed in ``rejected_files``; the rest of the study goes on.
+    """
+    settings = settings or Settings()
+    study = read_study(list(inputs), study_uid=study_uid)
+    pipeline = Pipeline(default_stages(settings) if stages is None else stages, settings)
+    state = pipeline.start_study(study.study_instance_uid)
+    for run in study.runs:
+        state.dose.prepare(run)  # spectra computed before the first frame, not during it
+    rejected: list[Rejection] = list(study.rejected)
+    events_path = Path(events_path)
+    events_path.parent.mkdir(parents=True, exist_ok=True)
+    with _atomic_text(events_path) as out:
+        for frame in prefetch(iter_frames(study, rejected), settings.queue_frames):
+            event = pipeline.process(frame, state)
+            out.write(json.dumps(event, separators=(",", ":")) + "\n")
+    summary = build_summary(study, state, rejected)
+    write_json(summary_path, summary)
+    return ReplayResult(summary, 0 if state.frames else 2)
+
+
+def build_summary(study: Study, state, rejected: list[Rejection]) -> dict:
+    totals = state.dose.totals
+    return {
+        "study_instance_uid": study.study_instance_uid,
+        "frames": state.frames,
+        "runs": len(study.runs),
+        "fluoro_time_s": round(totals.fluoro_time_s, 6),
+        "acquisition_time_s": round(totals.acquisition_time_s, 6),
+        "air_kerma_mgy": totals.air_kerma_mgy,
+        "dap_gycm2": totals.dap_gycm2,
+        "dose_source": state.dose.source,
+        "contrast_state": state.contrast_state,
+        "rejected_files": [r.as_dict() for r in rejected],
+        "latency_ms": latency_summary(state.latencies_ms),
+        "degraded_frames": state.degraded_frames,
+        "alerts": list(state.alerts),
+        "device": {"manufacturer": study.device.manufacturer, "model": study.device.model},
+        "dose_reports": list(study.dose_reports),
+    }
+
+
+class _atomic_text:
+    """Write a text file under a temporary name and rename it into place when complete."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self):
+        fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
+        self.fh = os.fdopen(fd, "w", encoding="utf-8")
+        return self.fh
+
+    def __exit__(self, exc_type, exc, tb):
+        self.fh.close()
+        if exc_type is None:
+            os.replace(self.tmp, self.path)
+        else:
+            os.unlink(self.tmp)
+        return False
+
+
+def write_json(path: str | Path, obj: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _atomic_text(path) as out:
+        json.dump(obj, out, indent=2)
+        out.write("\n")
+
+
+def format_summary(summary: dict) -> str:
+    """A short human summary of a replay."""
+    lines = [
+        f"study      {summary['study_instance_uid']}",
+        f"frames     {summary['frames']} in {summary['runs']} runs"
+        + (f" ({summary['degraded_frames']} over budget)" if summary["degraded_frames"] else ""),
+        f"fluoro     {summary['fluoro_time_s']:.1f} s"
+        + (f"  (+{summary['acquisition_time_s']:.1f} s acquisition)" if summary["acquisition_time_s"] else ""),
+        f"dose       {summary['air_kerma_mgy']:.2f} mGy air kerma, {summary['dap_gycm2']:.3f} Gy·cm² DAP"
+        f"  [{summary['dose_source']}]",
+        f"contrast   {summary['contrast_state']}",
+        f"latency    p50 {summary['latency_ms']['p50']:.2f} ms, p99 {summary['latency_ms']['p99']:.2f} ms",
+    ]
+    for alert in summary["alerts"]:
+        lines.append(f"ALERT      {alert['message']} (frame {alert['index']})")
+    for rej in summary["rejected_files"]:
+        lines.append(f"rejected   {rej['file']}: {rej['reason']}")
+    return "\n".join(lines)
