@@ -59,6 +59,11 @@ class Pipeline:
     def start_study(self, study_instance_uid: str) -> StudyState:
         return StudyState(study_instance_uid, DoseAccumulator(self.settings.dose))
 
+    def prepare_run(self, run, state: StudyState) -> None:
+        """Run-level work (the dose model's spectrum) done when a run is announced, so that its
+        first frame does not pay for it. A run never announced is prepared on its first frame."""
+        state.dose.prepare(run)
+
     def process(self, frame: Frame, state: StudyState) -> dict[str, Any]:
         """Process one frame; return its event (DESIGN §3)."""
         t0 = time.perf_counter()

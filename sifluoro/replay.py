@@ -40,7 +40,7 @@ def replay(inputs: Iterable[str | Path], *, events_path: str | Path, summary_pat
     pipeline = Pipeline(default_stages(settings) if stages is None else stages, settings)
     state = pipeline.start_study(study.study_instance_uid)
     for run in study.runs:
-        state.dose.prepare(run)  # spectra computed before the first frame, not during it
+        pipeline.prepare_run(run, state)
     rejected: list[Rejection] = list(study.rejected)
     events_path = Path(events_path)
     events_path.parent.mkdir(parents=True, exist_ok=True)

@@ -94,6 +94,10 @@ def scan(inputs: Iterable[str | Path]) -> ScanResult:
             log.warning("rejected %s", exc)
             rejected.append(Rejection(str(path), exc.reason if not exc.tag else f"{exc.tag}: {exc.reason}"))
             continue
+        except Exception as exc:  # an odd header the parser did not foresee: lose only this file
+            log.exception("rejected %s: unexpected header content", path)
+            rejected.append(Rejection(str(path), f"header cannot be used ({type(exc).__name__}: {exc})"))
+            continue
         runs_by_study.setdefault(run.study_instance_uid, []).append(run)
     return ScanResult(runs_by_study, rejected, dose_reports)
 
@@ -163,7 +167,7 @@ def _read_header(path: Path) -> Dataset:
         return pydicom.dcmread(path, defer_size=1024, force=False)
     except InvalidDicomError as exc:
         raise NotDicomError(f"not a DICOM file ({exc}); remove it from the input", path=path) from exc
-    except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError, NotImplementedError) as exc:
+    except Exception as exc:  # the file boundary: any parse failure is this file's fault
         raise NotDicomError(f"DICOM header cannot be parsed ({type(exc).__name__}: {exc})",
                             path=path) from exc
 

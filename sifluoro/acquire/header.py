@@ -63,10 +63,12 @@ class _Lookup:
             self.per_frame = []
 
     def raw(self, keyword: str, frame: int | None = 0) -> Any:
+        """Per-frame group of ``frame``, then shared groups, then the top level; with
+        ``frame=None`` the top level only."""
         places = []
         if frame is not None and frame < len(self.per_frame):
             places.append(self.per_frame[frame])
-        if self.shared is not None:
+        if frame is not None and self.shared is not None:
             places.append(self.shared)
         for group in places:
             for elem in _safe_elements(group):
@@ -111,7 +113,7 @@ class _Lookup:
 
 def _safe_elements(item: Dataset):
     try:
-        return list(item.values())
+        return list(item)  # iteration converts raw elements
     except Exception:
         return []
 

@@ -1,0 +1,78 @@
+"""Build DICOM studies in code for the tests: every variant the reader handles, and bad ones."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+from pydicom.uid import generate_uid
+
+from sifluoro.io.dicom_writer import StudyIdentity, build_run_dataset, save_dataset
+from sifluoro.model import Device, Shutter, Technique
+
+STUDY_START = datetime(2026, 3, 4, 9, 30, 0)
+DEVICE = Device("ACME Medical", "C-Arm 9000", "SN123", "ANGIO1")
+PATIENT_NAME = "DOE^JANE"
+PATIENT_ID = "PID-778899"
+
+
+def technique(**changes) -> Technique:
+    base = Technique(kvp=78.0, tube_current_ma=9.0, pulse_width_ms=7.0, frame_time_ms=133.333,
+                     sid_mm=1100.0, source_to_patient_mm=750.0, source_to_isocenter_mm=785.0,
+                     filter_cu_mm=0.1, filter_al_mm=1.0, imager_pixel_spacing_xy_mm=(0.4, 0.4),
+                     primary_angle_deg=25.0, secondary_angle_deg=-10.0, radiation_setting="SC",
+                     shutter=Shutter(rect_xyxy=(4, 4, 59, 59)))
+    return replace(base, **changes)
+
+
+@dataclass
+class RunSpec:
+    """One run to write: when it starts (s after the study start) and how it is stored."""
+
+    start_s: float
+    n_frames: int = 3
+    storage: str = "xa"
+    transfer_syntax: str = "explicit"
+    size: int = 64
+    dtype: type = np.uint16
+    bits_stored: int = 12
+    photometric: str = "MONOCHROME2"
+    frame_time_ms: float | None = 133.333
+    frame_time_vector_ms: list[float] | None = None
+    tech: Technique = field(default_factory=technique)
+    filename: str | None = None
+    fill: int | None = None  # constant pixel value (default: a run-specific pattern)
+
+
+def frames_for(spec: RunSpec, run_index: int) -> np.ndarray:
+    top = (1 << spec.bits_stored) - 1
+    rng = np.random.default_rng(run_index)
+    if spec.fill is not None:
+        frames = np.full((spec.n_frames, spec.size, spec.size), spec.fill)
+    else:
+        frames = rng.integers(0, top + 1, (spec.n_frames, spec.size, spec.size))
+        frames[:, 0, 0] = np.arange(spec.n_frames) + 10 * run_index  # identifies the frame
+    return frames.astype(spec.dtype)
+
+
+def write_study(folder: Path, specs: list[RunSpec], *, study_uid: str | None = None,
+                patient_name: str = PATIENT_NAME) -> list[Path]:
+    """Write one file per run spec, named so that file-name order differs from time order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    study = StudyIdentity(study_uid or generate_uid(), STUDY_START, patient_name=patient_name,
+                          patient_id=PATIENT_ID)
+    series_uid = generate_uid()
+    paths = []
+    for i, spec in enumerate(specs):
+        ds = build_run_dataset(
+            frames_for(spec, i), storage=spec.storage, study=study,
+            series_instance_uid=series_uid, sop_instance_uid=generate_uid(),
+            acquisition_datetime=STUDY_START + timedelta(seconds=spec.start_s),
+            technique=spec.tech, device=DEVICE, bits_stored=spec.bits_stored,
+            photometric=spec.photometric, instance_number=i + 1,
+            frame_time_ms=spec.frame_time_ms if spec.frame_time_vector_ms is None else None,
+            frame_time_vector_ms=spec.frame_time_vector_ms, laterality="L")
+        name = spec.filename or f"{len(specs) - i:03d}_run.dcm"
+        paths.append(save_dataset(ds, folder / name, transfer_syntax=spec.transfer_syntax))
+    return paths

@@ -1,0 +1,121 @@
+"""Bad input: each kind is listed with a reason naming the tag, and the rest of the study goes on."""
+from __future__ import annotations
+
+import json
+
+import pydicom
+import pytest
+
+from sifluoro.acquire.dicom_reader import iter_frames, read_study
+from sifluoro.cli import main
+from sifluoro.contract import replay_output_violations
+from tests.dicom_fixtures import PATIENT_ID, PATIENT_NAME, RunSpec, write_study
+
+
+def _edit(path, fn, *, raw=False):
+    ds = pydicom.dcmread(path)
+    fn(ds)
+    ds.save_as(path, enforce_file_format=not raw)
+
+
+@pytest.fixture
+def damaged_study(tmp_path):
+    """Two good runs and one of every bad kind, in one study folder."""
+    specs = [RunSpec(0.0, filename="good1.dcm"), RunSpec(30.0, filename="good2.dcm"),
+             RunSpec(10.0, filename="truncated.dcm"), RunSpec(11.0, filename="no_rows.dcm"),
+             RunSpec(12.0, filename="unknown_ts.dcm"), RunSpec(13.0, filename="wrong_size.dcm"),
+             RunSpec(14.0, filename="no_frame_time.dcm"),
+             RunSpec(15.0, filename="broken_rle.dcm", transfer_syntax="rle", n_frames=4),
+             RunSpec(16.0, filename="no_time.dcm")]
+    paths = {p.name: p for p in write_study(tmp_path, specs)}
+    (tmp_path / "notes.txt").write_text("not a dicom file\n")
+    data = paths["truncated.dcm"].read_bytes()
+    paths["truncated.dcm"].write_bytes(data[: len(data) - 5000])
+    _edit(paths["no_rows.dcm"], lambda ds: delattr(ds, "Rows"))
+
+    def unknown_ts(ds):
+        ds.file_meta.TransferSyntaxUID = "1.2.840.99999.1"
+    _edit(paths["unknown_ts.dcm"], unknown_ts)
+    _edit(paths["wrong_size.dcm"], lambda ds: setattr(ds, "Rows", 60))
+
+    def no_frame_time(ds):
+        del ds.FrameTime
+        ds.FrameIncrementPointer = 0x00181063
+    _edit(paths["no_frame_time.dcm"], no_frame_time)
+    # corrupt the third RLE frame's segment header: frames 1-2 decode, frame 3 fails
+    raw = bytearray(paths["broken_rle.dcm"].read_bytes())
+    ds = pydicom.dcmread(paths["broken_rle.dcm"])
+    from pydicom.encaps import generate_frames
+
+    frames = list(generate_frames(ds.PixelData, number_of_frames=4))
+    at = bytes(raw).index(frames[2][:64])
+    raw[at:at + 64] = b"\xff" * 64
+    paths["broken_rle.dcm"].write_bytes(bytes(raw))
+
+    def no_time(ds):
+        for kw in ("AcquisitionDateTime", "AcquisitionDate", "AcquisitionTime", "ContentDate",
+                   "ContentTime"):
+            delattr(ds, kw)
+    _edit(paths["no_time.dcm"], no_time)
+    return tmp_path
+
+
+EXPECTED_REASONS = {
+    "notes.txt": "not a DICOM file",
+    "truncated.dcm": "(7FE0,0010) PixelData: pixel data is truncated",
+    "no_rows.dcm": "(0028,0010) Rows: Rows is missing",
+    "unknown_ts.dcm": "(0002,0010) TransferSyntaxUID: unknown transfer syntax",
+    "wrong_size.dcm": "(7FE0,0010) PixelData: pixel data has",
+    "no_frame_time.dcm": "(0018,1063) FrameTime: 3 frames but no usable frame timing",
+    "broken_rle.dcm": "(7FE0,0010) PixelData: frame 3 fails to decode",
+    "no_time.dcm": "(0008,002A) AcquisitionDateTime: no acquisition or content time",
+}
+
+
+def test_every_bad_kind_is_listed_and_the_study_goes_on(damaged_study):
+    study = read_study([damaged_study])
+    rejected = list(study.rejected)
+    frames = list(iter_frames(study, rejected))
+    by_name = {r.file.rsplit("/", 1)[-1]: r.reason for r in rejected}
+    assert set(by_name) == set(EXPECTED_REASONS)
+    for name, reason in EXPECTED_REASONS.items():
+        assert by_name[name].startswith(reason), (name, by_name[name])
+    assert "(frames 1-2 of 4 used)" in by_name["broken_rle.dcm"]
+    # good1 (3 frames), the two decodable frames of broken_rle, good2 (3 frames), in time order
+    assert [(f.run.path.rsplit("/", 1)[-1], f.frame_number) for f in frames] == [
+        ("good1.dcm", 1), ("good1.dcm", 2), ("good1.dcm", 3), ("broken_rle.dcm", 1),
+        ("broken_rle.dcm", 2), ("good2.dcm", 1), ("good2.dcm", 2), ("good2.dcm", 3)]
+
+
+def test_replay_of_a_damaged_study_follows_the_contract(damaged_study, tmp_path, capsys, caplog):
+    events, summary = tmp_path / "out" / "events.jsonl", tmp_path / "out" / "summary.json"
+    code = main(["replay", str(damaged_study), "--events", str(events), "--summary", str(summary)])
+    assert code == 0
+    assert replay_output_violations(events, summary) == []
+    s = json.loads(summary.read_text())
+    assert s["frames"] == 8
+    assert sorted(r["file"].rsplit("/", 1)[-1] for r in s["rejected_files"]) == sorted(EXPECTED_REASONS)
+    printed = capsys.readouterr()
+    everything = events.read_text() + summary.read_text() + printed.out + printed.err + caplog.text
+    assert PATIENT_NAME.split("^")[0] not in everything and PATIENT_ID not in everything
+
+
+def test_nothing_usable_exits_2(tmp_path):
+    (tmp_path / "a.txt").write_text("hello")
+    code = main(["replay", str(tmp_path), "--events", str(tmp_path / "e.jsonl"),
+                 "--summary", str(tmp_path / "s.json")])
+    assert code == 2
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert s["frames"] == 0 and s["rejected_files"][0]["file"].endswith("a.txt")
+
+
+def test_several_studies_exit_2_with_their_uids(tmp_path, capsys):
+    write_study(tmp_path / "a", [RunSpec(0.0)], study_uid="1.2.3.1")
+    write_study(tmp_path / "b", [RunSpec(0.0)], study_uid="1.2.3.2")
+    code = main(["replay", str(tmp_path), "--events", str(tmp_path / "e.jsonl"),
+                 "--summary", str(tmp_path / "s.json")])
+    assert code == 2
+    assert "1.2.3.1, 1.2.3.2" in capsys.readouterr().err
+    code = main(["replay", str(tmp_path), "--study", "1.2.3.2", "--events",
+                 str(tmp_path / "e.jsonl"), "--summary", str(tmp_path / "s.json"), "-q"])
+    assert code == 0

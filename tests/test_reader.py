@@ -1,0 +1,115 @@
+"""Reading every supported variant, in the right order, with the right timing."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sifluoro.acquire.dicom_reader import iter_frames, read_study
+from sifluoro.errors import MultipleStudiesError
+from tests.dicom_fixtures import RunSpec, frames_for, technique, write_study
+
+VARIANTS = [
+    RunSpec(0.0, storage="xa"),
+    RunSpec(0.0, storage="rf"),
+    RunSpec(0.0, storage="enhanced_xa"),
+    RunSpec(0.0, storage="sc"),
+    RunSpec(0.0, n_frames=1, storage="xa"),
+    RunSpec(0.0, photometric="MONOCHROME1"),
+    RunSpec(0.0, dtype=np.uint8, bits_stored=8),
+    RunSpec(0.0, bits_stored=10),
+    RunSpec(0.0, bits_stored=16),
+    RunSpec(0.0, transfer_syntax="implicit"),
+    RunSpec(0.0, transfer_syntax="rle"),
+    RunSpec(0.0, transfer_syntax="jpeg2000"),
+    RunSpec(0.0, transfer_syntax="jpeg_lossless"),
+    RunSpec(0.0, storage="enhanced_xa", transfer_syntax="jpeg_lossless"),
+    RunSpec(0.0, storage="rf", transfer_syntax="rle", photometric="MONOCHROME1"),
+]
+
+
+@pytest.mark.parametrize("spec", VARIANTS, ids=lambda s: f"{s.storage}-{s.transfer_syntax}-"
+                         f"{s.photometric[-1]}-{s.bits_stored}b-{s.n_frames}f")
+def test_each_variant_reads_pixels_exactly(tmp_path, spec):
+    write_study(tmp_path, [spec])
+    study = read_study([tmp_path])
+    assert study.rejected == ()
+    rejected = []
+    frames = list(iter_frames(study, rejected))
+    assert rejected == []
+    expected = frames_for(spec, 0)
+    assert len(frames) == spec.n_frames
+    for k, frame in enumerate(frames):
+        assert frame.pixels.dtype == np.uint16
+        assert not frame.pixels.flags.writeable
+        np.testing.assert_array_equal(frame.pixels, expected[k].astype(np.uint16))
+        assert frame.frame_number == k + 1 and frame.index == k
+    assert frames[0].photometric == spec.photometric
+    run = study.runs[0]
+    assert run.bits_stored == spec.bits_stored
+    if spec.storage != "sc":  # secondary capture carries no acquisition technique
+        assert run.pixel_spacing_xy_mm == (0.4, 0.4)
+        assert run.technique.kvp == 78.0 and run.technique.tube_current_ma == 9.0
+    if spec.n_frames > 1:
+        assert run.frame_intervals_ms == pytest.approx((133.333,) * spec.n_frames)
+
+
+def test_order_comes_from_acquisition_time_not_file_names(tmp_path):
+    # file names sort in the reverse of acquisition order; one run starts 2 s after midnight-like
+    specs = [RunSpec(40.0, filename="a.dcm"), RunSpec(5.0, filename="b.dcm"),
+             RunSpec(12.5, filename="c.dcm", storage="enhanced_xa")]
+    write_study(tmp_path, specs)
+    study = read_study([tmp_path])
+    assert [r.path.rsplit("/", 1)[-1] for r in study.runs] == ["b.dcm", "c.dcm", "a.dcm"]
+    assert [r.start_s for r in study.runs] == pytest.approx([0.0, 7.5, 35.0])
+    frames = list(iter_frames(study, []))
+    assert [f.index for f in frames] == list(range(9))
+    assert [f.t_s for f in frames] == pytest.approx(
+        [0.0, 0.133333, 0.266666, 7.5, 7.633333, 7.766666, 35.0, 35.133333, 35.266666], abs=1e-5)
+
+
+def test_frame_time_vector_gives_irregular_timing(tmp_path):
+    write_study(tmp_path, [RunSpec(0.0, n_frames=4, frame_time_vector_ms=[0.0, 66.7, 133.3, 66.7])])
+    run = read_study([tmp_path]).runs[0]
+    assert run.frame_offsets_s == pytest.approx((0.0, 0.0667, 0.2, 0.2667))
+    assert run.frame_intervals_ms == pytest.approx((66.7, 133.3, 66.7, 66.7))
+
+
+def test_pulsed_7_5_per_s_uses_frame_time_not_integer_cine_rate(tmp_path):
+    paths = write_study(tmp_path, [RunSpec(0.0, n_frames=8, frame_time_ms=133.333)])
+    import pydicom
+
+    assert pydicom.dcmread(paths[0]).CineRate == 8  # integer: would give 125 ms frames
+    run = read_study([tmp_path]).runs[0]
+    assert run.technique.pulse_rate_per_s == pytest.approx(7.5, rel=1e-4)
+    assert sum(run.frame_intervals_ms) / 1000 == pytest.approx(8 / 7.5, rel=1e-4)
+
+
+def test_enhanced_xa_per_frame_timing_and_functional_groups(tmp_path):
+    write_study(tmp_path, [RunSpec(0.0, n_frames=5, storage="enhanced_xa", frame_time_ms=66.6667)])
+    run = read_study([tmp_path]).runs[0]
+    assert run.frame_offsets_s == pytest.approx([k * 0.0666667 for k in range(5)], abs=1e-6)
+    tech = run.technique
+    assert tech.source_to_isocenter_mm == 785.0 and tech.sid_mm == 1100.0
+    assert tech.primary_angle_deg == 25.0 and tech.secondary_angle_deg == -10.0
+    assert tech.filter_cu_mm == pytest.approx(0.1)
+
+
+def test_shutters_and_technique_round_trip(tmp_path):
+    write_study(tmp_path, [RunSpec(0.0, tech=technique(reported_dap_gycm2=0.25,
+                                                       reported_air_kerma_mgy=1.5))])
+    tech = read_study([tmp_path]).runs[0].technique
+    assert tech.shutter.rect_xyxy == (4, 4, 59, 59)
+    assert tech.reported_dap_gycm2 == pytest.approx(0.25)
+    assert tech.reported_air_kerma_mgy == pytest.approx(1.5)
+    assert (tech.filter_cu_mm, tech.filter_al_mm) == (pytest.approx(0.1), pytest.approx(1.0))
+
+
+def test_several_studies_need_a_choice(tmp_path):
+    write_study(tmp_path / "a", [RunSpec(0.0)], study_uid="1.2.3.1")
+    write_study(tmp_path / "b", [RunSpec(0.0), RunSpec(9.0)], study_uid="1.2.3.2")
+    with pytest.raises(MultipleStudiesError) as info:
+        read_study([tmp_path])
+    assert "1.2.3.1" in str(info.value) and "1.2.3.2" in str(info.value)
+    assert "--study" in str(info.value)
+    study = read_study([tmp_path], study_uid="1.2.3.2")
+    assert len(study.runs) == 2

@@ -1,0 +1,39 @@
+"""DICOM written by sifluoro passes dciodvfy (dicom3tools) with no errors."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+from sifluoro.model import Shutter
+from tests.dicom_fixtures import RunSpec, technique, write_study
+
+pytestmark = pytest.mark.skipif(shutil.which("dciodvfy") is None,
+                                reason="dciodvfy (Debian dicom3tools) is installed by .ci/run")
+
+
+def dciodvfy_errors(path) -> list[str]:
+    out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+    return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
+
+
+@pytest.mark.parametrize("storage", ["xa", "rf", "enhanced_xa", "sc"])
+@pytest.mark.parametrize("transfer_syntax", ["explicit", "rle", "jpeg2000"])
+def test_written_runs_have_no_dciodvfy_errors(tmp_path, storage, transfer_syntax):
+    tech = technique(reported_dap_gycm2=0.3, reported_air_kerma_mgy=2.0,
+                     shutter=Shutter(rect_xyxy=(4, 4, 59, 59)))
+    (path,) = write_study(tmp_path, [RunSpec(0.0, storage=storage, transfer_syntax=transfer_syntax,
+                                             tech=tech)])
+    assert dciodvfy_errors(path) == []
+
+
+def test_dciodvfy_does_find_errors(tmp_path):
+    """The check can fail: a file missing a type 1 attribute is reported."""
+    import pydicom
+
+    (path,) = write_study(tmp_path, [RunSpec(0.0)])
+    ds = pydicom.dcmread(path)
+    del ds.RadiationSetting
+    ds.save_as(path)
+    assert any("RadiationSetting" in e for e in dciodvfy_errors(path))
