@@ -1,0 +1,1 @@
+"""sifluoro benchmarks: ``python -m benchmarks [--quick] [--out results.json]``."""
