@@ -1,9 +1,10 @@
-"""Command line: ``sifluoro replay|simulate|evaluate|demo ...``."""
+"""sifluoro: guidance and dose tracking for fluoroscopy-guided SI-joint injections."""
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from sifluoro.config import Settings
 from sifluoro.errors import InputError, SifluoroError
@@ -22,6 +23,44 @@ def _replay(args) -> int:
     return result.exit_code
 
 
+def _demo(args) -> int:
+    from sifluoro.demo import run_demo
+
+    return run_demo(args.out, seed=args.seed, case=args.case, size=args.size)
+
+
+def _simulate(args) -> int:
+    from sifluoro.sim.batch import simulate_set
+
+    for line in simulate_set(args.outdir, cases=args.cases, seed=args.seed, size=args.size,
+                             first_case=args.first_case, workers=args.workers):
+        print(line)
+    return 0
+
+
+def _batch(args) -> int:
+    from sifluoro.sim.batch import replay_set
+
+    failures = 0
+    for name, result in replay_set(args.cases_dir, args.out):
+        failures += result.exit_code != 0
+        print(f"{name}: {result.summary['frames']} frames, contrast {result.summary['contrast_state']}, "
+              f"{len(result.summary['rejected_files'])} rejected")
+    return 1 if failures else 0
+
+
+def _evaluate(args) -> int:
+    from sifluoro.sim.evaluate import evaluate, format_report
+
+    report = evaluate(args.cases_dir, args.results_dir)
+    print(format_report(report))
+    if args.json:
+        from sifluoro.replay import write_json
+
+        write_json(args.json, report)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sifluoro", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
@@ -36,6 +75,35 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per-frame latency budget for image work (default %(default)s ms)")
     p.add_argument("-q", "--quiet", action="store_true", help="print no summary")
     p.set_defaults(func=_replay)
+
+    p = sub.add_parser("demo", help="simulate one study, replay it, write events, summary and "
+                       "annotated PNG/MP4")
+    p.add_argument("--out", type=Path, default=Path("demo-output"))
+    p.add_argument("--seed", type=int, default=2026)
+    p.add_argument("--case", type=int, default=0)
+    p.add_argument("--size", type=int, choices=(512, 1024), default=512)
+    p.set_defaults(func=_demo)
+
+    p = sub.add_parser("simulate", help="write simulated studies (DICOM + truth.json) with ground truth")
+    p.add_argument("outdir", type=Path, metavar="OUTDIR")
+    p.add_argument("--cases", type=int, default=24)
+    p.add_argument("--seed", type=int, default=2026)
+    p.add_argument("--size", choices=("512", "1024", "mixed"), default="mixed",
+                   help="frame size; 'mixed' alternates by case (default)")
+    p.add_argument("--first-case", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2, help="processes (default %(default)s)")
+    p.set_defaults(func=_simulate)
+
+    p = sub.add_parser("batch", help="replay every case folder under CASES into OUT/<case>/")
+    p.add_argument("cases_dir", type=Path, metavar="CASES")
+    p.add_argument("--out", type=Path, required=True, metavar="RESULTS")
+    p.set_defaults(func=_batch)
+
+    p = sub.add_parser("evaluate", help="score replay results against simulator truth")
+    p.add_argument("cases_dir", type=Path, metavar="CASES")
+    p.add_argument("results_dir", type=Path, metavar="RESULTS")
+    p.add_argument("--json", type=Path, metavar="REPORT.json")
+    p.set_defaults(func=_evaluate)
     return parser
 
 

@@ -1,0 +1,92 @@
+"""Draw a frame for people: display windowing, joint line, target, needle, contrast, dose text.
+
+Colours are BGR (OpenCV). Detections are drawn solid; ground truth (simulated studies only)
+thin and dashed-looking in white, so the two can be compared by eye.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+COLOURS = {
+    "joint": (255, 200, 0),
+    "target": (0, 215, 255),
+    "needle": (0, 255, 0),
+    "truth": (255, 255, 255),
+    "none": (200, 200, 200),
+    "intra_articular": (0, 200, 0),
+    "extravasation": (0, 165, 255),
+    "vascular": (0, 0, 255),
+}
+
+
+def display_u8(pixels: np.ndarray, photometric: str, *, exposed: np.ndarray | None = None) -> np.ndarray:
+    """Window stored values to 8 bits (1st-99.5th percentile of the exposed area), bone bright."""
+    values = pixels[exposed] if exposed is not None and exposed.any() else pixels
+    lo, hi = np.percentile(values, [1.0, 99.5]) if values.size else (0, 1)
+    scaled = np.clip((pixels.astype(np.float32) - lo) / max(hi - lo, 1.0), 0.0, 1.0)
+    if photometric == "MONOCHROME1":
+        scaled = 1.0 - scaled
+    return (scaled * 255.0 + 0.5).astype(np.uint8)
+
+
+def _pts(polyline) -> np.ndarray:
+    return np.round(np.asarray(polyline, np.float64) * 16).astype(np.int32).reshape(-1, 1, 2)
+
+
+def _text(img, text, org, colour=(255, 255, 255), scale=None):
+    scale = scale or max(0.4, img.shape[0] / 1400)
+    cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
+    cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, colour, 1, cv2.LINE_AA)
+
+
+def draw_overlay(pixels: np.ndarray, photometric: str, event: dict, *, truth: dict | None = None,
+                 title: str | None = None) -> np.ndarray:
+    """An annotated BGR image of one frame and its event (DESIGN §3), optionally with truth."""
+    img = cv2.cvtColor(display_u8(pixels, photometric, exposed=pixels > 0 if photometric == "MONOCHROME2"
+                                  else None), cv2.COLOR_GRAY2BGR)
+    line = max(1, img.shape[0] // 400)
+    if truth:
+        if truth.get("joint_polyline_xy"):
+            cv2.polylines(img, [_pts(truth["joint_polyline_xy"])], False, COLOURS["truth"], 1,
+                          cv2.LINE_AA, shift=4)
+        if truth.get("target_xy"):
+            x, y = truth["target_xy"]
+            cv2.drawMarker(img, (int(round(x)), int(round(y))), COLOURS["truth"], cv2.MARKER_CROSS,
+                           8 * line, 1, cv2.LINE_AA)
+        if truth.get("tip_xy"):
+            x, y = truth["tip_xy"]
+            cv2.circle(img, (int(round(x * 16)), int(round(y * 16))), 6 * line * 16,
+                       COLOURS["truth"], 1, cv2.LINE_AA, shift=4)
+    joint = event.get("joint")
+    if joint:
+        cv2.polylines(img, [_pts(joint["polyline_xy"])], False, COLOURS["joint"], line + 1,
+                      cv2.LINE_AA, shift=4)
+    target = event.get("target")
+    if target:
+        x, y = target["xy"]
+        radius_px = target.get("radius_px", 10)
+        cv2.circle(img, (int(round(x)), int(round(y))), int(radius_px), COLOURS["target"], line,
+                   cv2.LINE_AA)
+    needle = event.get("needle")
+    if needle:
+        x, y = needle["tip_xy"]
+        cv2.drawMarker(img, (int(round(x)), int(round(y))), COLOURS["needle"], cv2.MARKER_TILTED_CROSS,
+                       10 * line, line + 1, cv2.LINE_AA)
+    h = img.shape[0]
+    step = int(h / 28)
+    dose = event["dose"]
+    state = event["contrast"]["state"]
+    lines = [
+        (title or f"frame {event['index']}  t={event['t_s']:.2f} s", COLOURS["truth"]),
+        (f"fluoro {dose['fluoro_time_s']:.1f} s   Ka,r {dose['air_kerma_mgy']:.2f} mGy   "
+         f"DAP {dose['dap_gycm2']:.3f} Gy.cm2", COLOURS["truth"]),
+        (f"contrast: {state.replace('_', '-')}", COLOURS[state]),
+    ]
+    if event.get("tip_to_target_mm") is not None:
+        lines.append((f"tip to target {event['tip_to_target_mm']:.1f} mm", COLOURS["target"]))
+    for k, (text, colour) in enumerate(lines):
+        _text(img, text, (8, step * (k + 1)), colour)
+    if truth:
+        _text(img, "white: ground truth (joint, target +, tip o)", (8, h - 10), COLOURS["truth"])
+    return img

@@ -1,0 +1,220 @@
+"""Score replay outputs against simulator ground truth (``truth.json``).
+
+Frames are matched by ``(sop_instance_uid, frame)``; distances are in mm at the detector,
+converted with each frame's imager pixel spacing.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+DANGER = {"none": 0, "intra_articular": 1, "extravasation": 2, "vascular": 3}
+
+
+def _polyline_points(polyline, step_px: float = 1.0) -> np.ndarray:
+    """Resample a polyline to points about ``step_px`` apart."""
+    pts = np.asarray(polyline, float)
+    if len(pts) < 2:
+        return pts.reshape(-1, 2)
+    out = [pts[0]]
+    for a, b in zip(pts[:-1], pts[1:]):
+        n = max(1, int(math.ceil(np.hypot(*(b - a)) / step_px)))
+        t = np.arange(1, n + 1)[:, None] / n
+        out.extend(a + (b - a) * t)
+    return np.asarray(out)
+
+
+def _point_to_polyline_px(points: np.ndarray, polyline: np.ndarray) -> np.ndarray:
+    """Distance of each point to the nearest segment of ``polyline`` (pixels)."""
+    a, b = polyline[:-1], polyline[1:]
+    ab = b - a
+    len2 = np.maximum((ab ** 2).sum(1), 1e-12)
+    ap = points[:, None, :] - a[None]
+    t = np.clip((ap * ab[None]).sum(2) / len2[None], 0.0, 1.0)
+    nearest = a[None] + t[..., None] * ab[None]
+    return np.sqrt(((points[:, None, :] - nearest) ** 2).sum(2)).min(1)
+
+
+@dataclass
+class Tally:
+    tip_errors_mm: list[float] = field(default_factory=list)
+    tip_frames: int = 0
+    tip_detected: int = 0
+    end_on_errors_mm: list[float] = field(default_factory=list)
+    end_on_frames: int = 0
+    no_needle_frames: int = 0
+    false_tips: int = 0
+    joint_frames: int = 0
+    joint_reported: int = 0
+    joint_distances_mm: list[float] = field(default_factory=list)
+    joint_coverages: list[float] = field(default_factory=list)
+    no_joint_frames: int = 0
+    false_joints: int = 0
+    contrast_frames: int = 0
+    contrast_correct: int = 0
+    pre_injection_frames: int = 0
+    pre_injection_none: int = 0
+    delays: list[int] = field(default_factory=list)
+    missed_detections: int = 0
+    studies: list[dict] = field(default_factory=list)
+    missing_frames: int = 0
+
+
+def score_study(truth: dict, events: list[dict], summary: dict | None, tally: Tally) -> dict:
+    """Add one study's frames to ``tally``; return its study-level record."""
+    by_key = {(e["sop_instance_uid"], e["frame"]): e for e in events}
+    injection_started = None
+    truth_final = "none"
+    first_truth_state_index: dict[str, int] = {}
+    first_output_state_index: dict[str, int] = {}
+    for ft in truth["frames"]:
+        e = by_key.get((ft["sop_instance_uid"], ft["frame"]))
+        if e is None:
+            tally.missing_frames += 1
+            continue
+        spacing = ft["pixel_spacing_mm"]
+        needle = e.get("needle")
+        if ft["tip_xy"] is not None:
+            err = (math.hypot(needle["tip_xy"][0] - ft["tip_xy"][0], needle["tip_xy"][1] - ft["tip_xy"][1])
+                   * spacing) if needle else None
+            if ft.get("end_on"):
+                tally.end_on_frames += 1
+                if err is not None:
+                    tally.end_on_errors_mm.append(err)
+            else:
+                tally.tip_frames += 1
+                if err is not None:
+                    tally.tip_errors_mm.append(err)
+                    tally.tip_detected += err <= 3.0
+        elif not ft.get("needle_visible"):
+            tally.no_needle_frames += 1
+            tally.false_tips += needle is not None
+        joint = e.get("joint")
+        if ft["joint_polyline_xy"] is not None:
+            tally.joint_frames += 1
+            if joint:
+                tally.joint_reported += 1
+                out = _polyline_points(joint["polyline_xy"])
+                ref = _polyline_points(ft["joint_polyline_xy"])
+                tally.joint_distances_mm.append(float(_point_to_polyline_px(out, np.asarray(
+                    ft["joint_polyline_xy"], float)).mean() * spacing))
+                tally.joint_coverages.append(float((_point_to_polyline_px(ref, np.asarray(
+                    joint["polyline_xy"], float)) * spacing <= 2.0).mean()))
+        else:
+            tally.no_joint_frames += 1
+            tally.false_joints += joint is not None
+        state_truth = ft["contrast_state"]
+        state_out = e["contrast"]["state"]
+        if state_truth != "none" and injection_started is None:
+            injection_started = ft["index"]
+        if injection_started is None:
+            tally.pre_injection_frames += 1
+            tally.pre_injection_none += state_out == "none"
+        else:
+            tally.contrast_frames += 1
+            tally.contrast_correct += state_out == state_truth
+        truth_final = state_truth if DANGER[state_truth] >= DANGER[truth_final] else truth_final
+        first_truth_state_index.setdefault(state_truth, ft["index"])
+        first_output_state_index.setdefault(state_out, ft["index"])
+    output_final = summary["contrast_state"] if summary else (events[-1]["contrast"]["state"] if events else "none")
+    if truth_final != "none":
+        if truth_final in first_output_state_index:
+            tally.delays.append(max(0, first_output_state_index[truth_final] - first_truth_state_index[truth_final]))
+        else:
+            tally.missed_detections += 1
+    record = {"case": truth["case"], "truth": truth_final, "output": output_final,
+              "correct": truth_final == output_final}
+    if summary:
+        for key in ("air_kerma_mgy", "dap_gycm2", "fluoro_time_s"):
+            ref = truth["dose"][key] if not truth.get("reported_dose") or key == "fluoro_time_s" \
+                else truth["reported_dose"][key]
+            record[f"{key}_rel_error"] = (summary[key] - ref) / ref if ref else None
+    tally.studies.append(record)
+    return record
+
+
+def _pct(values, q):
+    return round(float(np.percentile(values, q)), 3) if values else None
+
+
+def _ratio(a, b):
+    return round(a / b, 4) if b else None
+
+
+def report(tally: Tally) -> dict:
+    studies = tally.studies
+    vascular_truth = [s for s in studies if s["truth"] == "vascular"]
+    non_vascular = [s for s in studies if s["truth"] != "vascular"]
+    return {
+        "studies": len(studies),
+        "missing_frames": tally.missing_frames,
+        "needle": {
+            "tip_error_mm_median": _pct(tally.tip_errors_mm, 50),
+            "tip_error_mm_p95": _pct(tally.tip_errors_mm, 95),
+            "tip_frames": tally.tip_frames,
+            "detection_rate_3mm": _ratio(tally.tip_detected, tally.tip_frames),
+            "false_tip_rate": _ratio(tally.false_tips, tally.no_needle_frames),
+            "no_needle_frames": tally.no_needle_frames,
+            "end_on_frames": tally.end_on_frames,
+            "end_on_error_mm_median": _pct(tally.end_on_errors_mm, 50),
+        },
+        "joint": {
+            "mean_distance_mm": round(float(np.mean(tally.joint_distances_mm)), 3) if tally.joint_distances_mm else None,
+            "coverage_2mm": round(float(np.mean(tally.joint_coverages)), 4) if tally.joint_coverages else None,
+            "reported_rate": _ratio(tally.joint_reported, tally.joint_frames),
+            "false_joint_rate": _ratio(tally.false_joints, tally.no_joint_frames),
+        },
+        "contrast": {
+            "frame_accuracy_from_injection": _ratio(tally.contrast_correct, tally.contrast_frames),
+            "study_accuracy": _ratio(sum(s["correct"] for s in studies), len(studies)),
+            "vascular_sensitivity": _ratio(sum(s["output"] == "vascular" for s in vascular_truth), len(vascular_truth)),
+            "vascular_specificity": _ratio(sum(s["output"] != "vascular" for s in non_vascular), len(non_vascular)),
+            "detection_delay_frames_median": _pct(tally.delays, 50),
+            "detection_delay_frames_max": max(tally.delays) if tally.delays else None,
+            "missed_injections": tally.missed_detections,
+            "none_before_injection_rate": _ratio(tally.pre_injection_none, tally.pre_injection_frames),
+        },
+        "dose": {
+            key: {"median_abs_rel_error": _pct([abs(s[f"{key}_rel_error"]) for s in studies
+                                                if s.get(f"{key}_rel_error") is not None], 50)}
+            for key in ("air_kerma_mgy", "dap_gycm2", "fluoro_time_s")
+        },
+        "per_study": studies,
+    }
+
+
+def evaluate(cases_dir: str | Path, results_dir: str | Path) -> dict:
+    """Score every case folder (with ``truth.json``) against ``results_dir/<case>/events.jsonl``
+    and ``summary.json``."""
+    tally = Tally()
+    for truth_path in sorted(Path(cases_dir).glob("*/truth.json")):
+        name = truth_path.parent.name
+        events_path = Path(results_dir) / name / "events.jsonl"
+        summary_path = Path(results_dir) / name / "summary.json"
+        truth = json.loads(truth_path.read_text())
+        events = ([json.loads(line) for line in events_path.read_text().splitlines() if line.strip()]
+                  if events_path.exists() else [])
+        summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+        score_study(truth, events, summary, tally)
+    return report(tally)
+
+
+def format_report(r: dict) -> str:
+    n, j, c, d = r["needle"], r["joint"], r["contrast"], r["dose"]
+    return "\n".join([
+        f"studies {r['studies']}  (frames missing from the outputs: {r['missing_frames']})",
+        f"needle   tip error median {n['tip_error_mm_median']} mm, p95 {n['tip_error_mm_p95']} mm; "
+        f"detected {n['detection_rate_3mm']} of {n['tip_frames']} frames; false tips "
+        f"{n['false_tip_rate']} of {n['no_needle_frames']}; end-on frames {n['end_on_frames']}",
+        f"joint    mean distance {j['mean_distance_mm']} mm, coverage {j['coverage_2mm']}, reported "
+        f"{j['reported_rate']}, false {j['false_joint_rate']}",
+        f"contrast study accuracy {c['study_accuracy']}, per-frame {c['frame_accuracy_from_injection']}, "
+        f"vascular sens {c['vascular_sensitivity']} spec {c['vascular_specificity']}, delay median "
+        f"{c['detection_delay_frames_median']} frames, none before injection {c['none_before_injection_rate']}",
+        "dose     median |rel. error| " + ", ".join(
+            f"{k} {v['median_abs_rel_error']}" for k, v in d.items()),
+    ])
