@@ -1,0 +1,83 @@
+"""The scorer: perfect outputs score perfectly, known errors score as computed by hand."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sifluoro.sim.evaluate import Tally, evaluate, report, score_study
+
+
+def _truth(states, *, tips=None, joint=True):
+    frames = []
+    for i, state in enumerate(states):
+        tip = tips[i] if tips else [100.0 + i, 50.0]
+        frames.append({
+            "sop_instance_uid": "1.2.3", "frame": i + 1, "index": i, "t_s": i * 0.1,
+            "pixel_spacing_mm": 0.5, "tip_xy": tip, "needle_visible": tip is not None,
+            "end_on": False, "joint_polyline_xy": [[10.0, 10.0], [10.0, 110.0]] if joint else None,
+            "target_xy": [10.0, 93.0] if joint else None, "contrast_state": state,
+            "contrast_visible": state != "none", "contrast_area_mm2": 0.0, "damaged": False})
+    return {"case": 0, "frames": frames, "dose": {"air_kerma_mgy": 2.0, "dap_gycm2": 0.5,
+                                                  "fluoro_time_s": 1.0}, "reported_dose": None}
+
+
+def _events(truth, *, tip_shift_px=0.0, joint_shift_px=0.0, states=None):
+    events = []
+    for f, state in zip(truth["frames"], states or [f["contrast_state"] for f in truth["frames"]]):
+        events.append({
+            "sop_instance_uid": f["sop_instance_uid"], "frame": f["frame"], "index": f["index"],
+            "needle": ({"tip_xy": [f["tip_xy"][0] + tip_shift_px, f["tip_xy"][1]], "confidence": 1.0}
+                       if f["tip_xy"] else None),
+            "joint": ({"polyline_xy": [[x + joint_shift_px, y] for x, y in f["joint_polyline_xy"]]}
+                      if f["joint_polyline_xy"] else None),
+            "contrast": {"state": state, "confidence": 1.0}})
+    return events
+
+
+def test_perfect_output_scores_perfectly():
+    truth = _truth(["none"] * 3 + ["intra_articular"] * 3)
+    tally = Tally()
+    score_study(truth, _events(truth), {"contrast_state": "intra_articular", "air_kerma_mgy": 2.0,
+                                        "dap_gycm2": 0.5, "fluoro_time_s": 1.0}, tally)
+    r = report(tally)
+    assert r["needle"]["tip_error_mm_median"] == 0.0 and r["needle"]["detection_rate_3mm"] == 1.0
+    assert r["joint"]["mean_distance_mm"] == 0.0 and r["joint"]["coverage_2mm"] == 1.0
+    assert r["contrast"]["study_accuracy"] == 1.0
+    assert r["contrast"]["frame_accuracy_from_injection"] == 1.0
+    assert r["contrast"]["detection_delay_frames_median"] == 0.0
+    assert r["dose"]["dap_gycm2"]["median_abs_rel_error"] == 0.0
+
+
+def test_known_errors_in_mm():
+    truth = _truth(["none"] * 4)
+    tally = Tally()
+    # 4 px at 0.5 mm/px = 2 mm tip error; joint 6 px off = 3 mm: coverage 0 at 2 mm
+    score_study(truth, _events(truth, tip_shift_px=4.0, joint_shift_px=6.0), None, tally)
+    r = report(tally)
+    assert r["needle"]["tip_error_mm_median"] == pytest.approx(2.0)
+    assert r["needle"]["detection_rate_3mm"] == 1.0
+    assert r["joint"]["mean_distance_mm"] == pytest.approx(3.0)
+    assert r["joint"]["coverage_2mm"] == 0.0
+
+
+def test_vascular_missed_and_delay(tmp_path):
+    truth = _truth(["none", "none", "vascular", "vascular", "vascular"])
+    late = ["none", "none", "none", "extravasation", "vascular"]
+    for case, (t, states, final) in enumerate([(truth, late, "vascular"),
+                                               (truth, ["none"] * 5, "none")]):
+        d = tmp_path / "cases" / f"case{case:03d}"
+        d.mkdir(parents=True)
+        (d / "truth.json").write_text(json.dumps({**t, "case": case}))
+        out = tmp_path / "results" / f"case{case:03d}"
+        out.mkdir(parents=True)
+        (out / "events.jsonl").write_text("\n".join(json.dumps(e) for e in _events(t, states=states)))
+        (out / "summary.json").write_text(json.dumps({"contrast_state": final, "air_kerma_mgy": 2.2,
+                                                      "dap_gycm2": 0.5, "fluoro_time_s": 1.0}))
+    r = evaluate(tmp_path / "cases", tmp_path / "results")
+    c = r["contrast"]
+    assert c["vascular_sensitivity"] == 0.5          # one of two vascular studies caught
+    assert c["detection_delay_frames_max"] == 2        # vascular shown at index 4, truth at 2
+    assert c["missed_injections"] == 1
+    assert c["none_before_injection_rate"] == 1.0
+    assert r["dose"]["air_kerma_mgy"]["median_abs_rel_error"] == pytest.approx(0.1)
