@@ -101,6 +101,7 @@ class Run:
     instance_number: int | None = None
     bits_allocated: int = 16
     pixel_offset: int | None = None
+    pixel_intensity_sign: int | None = None
     read_frames: Callable[["Run"], Iterator[np.ndarray]] | None = field(default=None, repr=False)
 
     @property
@@ -110,6 +111,18 @@ class Run:
     @property
     def pixel_spacing_xy_mm(self) -> tuple[float, float] | None:
         return self.technique.imager_pixel_spacing_xy_mm
+
+    @property
+    def attenuation_rises_with_value(self) -> bool:
+        """Whether higher stored values mean more attenuation (bone bright as stored).
+
+        From (0028,1041) PixelIntensityRelationshipSign when present (-1: value falls as X-ray
+        intensity rises); otherwise from the photometric interpretation, assuming bone is
+        displayed bright, as radiographs and the simulator do.
+        """
+        if self.pixel_intensity_sign in (-1, 1):
+            return self.pixel_intensity_sign == -1
+        return self.photometric == "MONOCHROME2"
 
     def iter_pixels(self) -> Iterator[np.ndarray]:
         """Decode frames one at a time (read-only 2-D uint16 arrays, as stored)."""

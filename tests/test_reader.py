@@ -104,6 +104,31 @@ def test_shutters_and_technique_round_trip(tmp_path):
     assert (tech.filter_cu_mm, tech.filter_al_mm) == (pytest.approx(0.1), pytest.approx(1.0))
 
 
+def test_enhanced_xrf_reads_like_enhanced_xa(tmp_path):
+    import pydicom
+    from pydicom.uid import EnhancedXRFImageStorage
+
+    (path,) = write_study(tmp_path, [RunSpec(0.0, storage="enhanced_xa", n_frames=4)])
+    ds = pydicom.dcmread(path)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = EnhancedXRFImageStorage
+    ds.Modality = "RF"
+    ds.save_as(path)
+    study = read_study([tmp_path])
+    assert study.rejected == () and study.runs[0].modality == "RF"
+    frames = list(iter_frames(study, []))
+    np.testing.assert_array_equal(frames[3].pixels, frames_for(RunSpec(0.0, n_frames=4), 0)[3])
+
+
+@pytest.mark.parametrize("storage", ["xa", "enhanced_xa"])
+@pytest.mark.parametrize("photometric", ["MONOCHROME1", "MONOCHROME2"])
+def test_attenuation_polarity(tmp_path, storage, photometric):
+    write_study(tmp_path, [RunSpec(0.0, storage=storage, photometric=photometric)])
+    run = read_study([tmp_path]).runs[0]
+    assert run.pixel_intensity_sign == ({"MONOCHROME2": -1, "MONOCHROME1": 1}[photometric]
+                                        if storage == "enhanced_xa" else None)
+    assert run.attenuation_rises_with_value == (photometric == "MONOCHROME2")
+
+
 def test_several_studies_need_a_choice(tmp_path):
     write_study(tmp_path / "a", [RunSpec(0.0)], study_uid="1.2.3.1")
     write_study(tmp_path / "b", [RunSpec(0.0), RunSpec(9.0)], study_uid="1.2.3.2")

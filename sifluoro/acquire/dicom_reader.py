@@ -216,6 +216,7 @@ def run_from_dataset(ds: Dataset, path: str | Path) -> Run:
         series_number=fields.series_number,
         instance_number=fields.instance_number,
         bits_allocated=fields.bits_allocated,
+        pixel_intensity_sign=fields.pixel_intensity_sign,
         pixel_offset=None if tsuid.is_compressed else pixel_elem.value_tell,
         read_frames=_read_native if not tsuid.is_compressed else _read_encapsulated,
     )

@@ -49,6 +49,7 @@ class HeaderFields:
     laterality: str | None
     series_number: int | None
     instance_number: int | None
+    pixel_intensity_sign: int | None
 
 
 class _Lookup:
@@ -202,6 +203,7 @@ def parse(ds: Dataset, path: str) -> HeaderFields:
         laterality=(look.text("ImageLaterality", 0) or look.text("Laterality", None) or None),
         series_number=_int_or_none(look.raw("SeriesNumber", None)),
         instance_number=_int_or_none(look.raw("InstanceNumber", None)),
+        pixel_intensity_sign=_int_or_none(look.raw("PixelIntensityRelationshipSign")),
     )
 
 

@@ -41,7 +41,10 @@ def add_enhanced_xa(ds: Dataset, n: int, tech: Technique, when: datetime,
     ds.AcquisitionDateTime = _dt(when)
     ds.AcquisitionDuration = (offsets_ms[-1] + (frame_time_ms or 0.0)) / 1000.0
     ds.PixelIntensityRelationship = pir
-    ds.PixelIntensityRelationshipSign = 1
+    # values rise with attenuation when bone is displayed bright (MONOCHROME2), so the
+    # relationship to X-ray intensity is negative; MONOCHROME1 stores the inverse
+    sign = -1 if ds.PhotometricInterpretation == "MONOCHROME2" else 1
+    ds.PixelIntensityRelationshipSign = sign
     ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "0", "1", "US"
     ds.ContentQualification = "PRODUCT"
     ds.LossyImageCompression = "00"
@@ -87,7 +90,7 @@ def add_enhanced_xa(ds: Dataset, n: int, tech: Technique, when: datetime,
         sx, sy = tech.imager_pixel_spacing_xy_mm
         shared.FramePixelDataPropertiesSequence = [_item(
             FrameType=["ORIGINAL", "PRIMARY", "SINGLE A", "NONE"],
-            PixelIntensityRelationship=pir, PixelIntensityRelationshipSign=1,
+            PixelIntensityRelationship=pir, PixelIntensityRelationshipSign=sign,
             ImagerPixelSpacing=[f"{sy:.6g}", f"{sx:.6g}"], GeometricalProperties="UNIFORM",
             ImageProcessingApplied="NONE")]
         shared.FrameDetectorParametersSequence = [_item(

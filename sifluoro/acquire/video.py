@@ -1,0 +1,107 @@
+"""Frames from OpenCV ``VideoCapture``: a video file, or a frame grabber on the C-arm's video out.
+
+Video carries no DICOM header, so what the pipeline needs is given by the user: pixel spacing at
+the detector (calibrate on a known length), the technique (for estimated dose), and the pulse
+rate if the capture runs faster than the fluoroscopy (repeated frames are then dropped).
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+from pydicom.uid import generate_uid
+
+from sifluoro.errors import InputError
+from sifluoro.model import Device, Frame, Run, Technique
+
+
+@dataclass(frozen=True)
+class VideoSourceSettings:
+    """What a video source cannot tell by itself.
+
+    Attributes
+    ----------
+    pixel_spacing_mm : float
+        Size of one video pixel at the detector plane, mm.
+    technique : Technique
+        Technique of the fluoroscopy behind the video (for estimated dose).
+    frame_rate_per_s : float, optional
+        Rate at which frames are taken; defaults to the capture's own rate.
+    max_frames : int, optional
+        Stop after this many frames (live capture otherwise runs until the device ends).
+    """
+
+    pixel_spacing_mm: float
+    technique: Technique = Technique()
+    frame_rate_per_s: float | None = None
+    max_frames: int | None = None
+
+
+def open_capture(source: str | int) -> cv2.VideoCapture:
+    """Open a video file or a capture device index; a clear error when that fails."""
+    capture = cv2.VideoCapture(source)
+    if not capture.isOpened():
+        raise InputError("cannot be opened as video (file missing, unsupported codec, or no "
+                         "such capture device)", path=str(source))
+    return capture
+
+
+def video_frames(source: str | int, settings: VideoSourceSettings) -> Iterator[Frame]:
+    """Grey uint16 frames from a video, as one run starting at t = 0.
+
+    Colour video is converted to grey (BT.601 luma); 8-bit video becomes ``uint16`` values
+    0-255 with ``bits_stored = 8`` and MONOCHROME2 (bright = bone, as displayed).
+    """
+    capture = open_capture(source)
+    try:
+        rate = settings.frame_rate_per_s or capture.get(cv2.CAP_PROP_FPS) or 30.0
+        frame_time_ms = 1000.0 / rate
+        count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if isinstance(source, str) else 0
+        n = settings.max_frames or (count if count > 0 else 1 << 30)
+        ok, first = capture.read()
+        if not ok:
+            raise InputError("holds no frame", path=str(source))
+        rows, columns = first.shape[:2]
+        tech = replace(settings.technique, frame_time_ms=frame_time_ms, pulse_rate_per_s=rate,
+                       imager_pixel_spacing_xy_mm=(settings.pixel_spacing_mm,) * 2)
+        uid = generate_uid()
+        run = Run(path=str(source), sop_instance_uid=uid, sop_class_uid="", series_instance_uid="",
+                  study_instance_uid="", modality="XA", transfer_syntax_uid="", rows=rows,
+                  columns=columns, bits_stored=8, photometric="MONOCHROME2", start_s=0.0,
+                  frame_offsets_s=tuple(k / rate for k in range(min(n, 1 << 20))),
+                  frame_intervals_ms=(frame_time_ms,) * min(n, 1 << 20), technique=tech,
+                  device=Device(station_name="video"), bits_allocated=8)
+        for k, image in enumerate(itertools.chain([first], _read_all(capture)), start=1):
+            if k > n:
+                break
+            if image.shape[:2] != (rows, columns):
+                raise InputError(f"frame {k} is {image.shape[1]}x{image.shape[0]}, the video "
+                                 f"started at {columns}x{rows}", path=str(source))
+            grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
+            pixels = grey.astype(np.uint16)
+            pixels.flags.writeable = False
+            yield Frame(pixels=pixels, index=k - 1, frame_number=k, t_s=(k - 1) / rate, run=run)
+    finally:
+        capture.release()
+
+
+def _read_all(capture: cv2.VideoCapture) -> Iterator[np.ndarray]:
+    while True:
+        ok, image = capture.read()
+        if not ok:
+            return
+        yield image
+
+
+def write_test_video(path: Path, frames: np.ndarray, fps: float) -> Path:
+    """Write grey uint8 frames as a lossless-enough MJPG AVI (for tests and demos)."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps,
+                             (frames.shape[2], frames.shape[1]))
+    for f in frames:
+        writer.write(cv2.cvtColor(f, cv2.COLOR_GRAY2BGR))
+    writer.release()
+    return path
