@@ -1,37 +1,31 @@
-"""Dose from technique: tube output (SpekPy), inverse square, field area at a plane.
+"""Dose from technique: tube output (SpekPy-derived table), inverse square, field area.
 
 Units: air kerma in mGy, DAP in Gy·cm², distances in mm, tube load in mAs.
 """
 from __future__ import annotations
 
-from functools import lru_cache
+import math
 
 from sifluoro.config import DoseSettings
+from sifluoro.dose.output_table import load_table, output_ugy_per_mas_at_1m
 from sifluoro.model import Technique
-
-
-@lru_cache(maxsize=256)
-def _output_ugy_per_mas(kvp: float, al_mm: float, cu_mm: float, anode_angle_deg: float) -> float:
-    import spekpy
-
-    spectrum = spekpy.Spek(kvp=kvp, th=anode_angle_deg, dk=1.0)
-    filters = [("Al", al_mm)] + ([("Cu", cu_mm)] if cu_mm > 0 else [])
-    spectrum.multi_filter(filters)
-    return float(spectrum.get_kerma(norm=True))  # µGy per mAs, at 1 m, free in air
 
 
 def tube_output_mgy_per_mas_at_1m(kvp: float, *, filter_al_mm: float, filter_cu_mm: float,
                                   anode_angle_deg: float) -> float:
-    """Air kerma per mAs at 1 m from the focal spot, free in air, from a SpekPy spectrum.
+    """Air kerma per mAs at 1 m from the focal spot, free in air (mGy/mAs).
 
-    ``filter_al_mm`` is the total aluminium (inherent plus added). Arguments are rounded to
-    0.5 kV, 0.05 mm Al, 0.01 mm Cu, 0.5° so that runs with the same technique share one
-    spectrum computation (a few hundred ms each).
+    From the shipped SpekPy-derived table (:mod:`sifluoro.dose.output_table`), numpy only.
+    ``filter_al_mm`` is the total aluminium (inherent plus added).
+
+    Raises
+    ------
+    ValueError
+        ``kvp`` outside the table's 40-150 kV.
     """
-    if not 20.0 <= kvp <= 150.0:
-        raise ValueError(f"kvp = {kvp} is outside SpekPy's 20-150 kV range")
-    return _output_ugy_per_mas(round(kvp * 2) / 2, round(filter_al_mm * 20) / 20,
-                               round(filter_cu_mm * 100) / 100, round(anode_angle_deg * 2) / 2) / 1000.0
+    return output_ugy_per_mas_at_1m(float(kvp), filter_al_mm=float(filter_al_mm),
+                                    filter_cu_mm=float(filter_cu_mm),
+                                    anode_angle_deg=float(anode_angle_deg)) / 1000.0
 
 
 def reference_point_distance_mm(tech: Technique, settings: DoseSettings) -> float | None:
@@ -71,8 +65,6 @@ def field_area_cm2_at_detector(tech: Technique, rows: int, columns: int) -> floa
             width_px, height_px = max(0, x1 - x0 + 1), max(0, y1 - y0 + 1)
         area_mm2 = width_px * sx * height_px * sy
         if tech.shutter is not None and tech.shutter.circle_xyr is not None:
-            import math
-
             circle_mm2 = math.pi * (tech.shutter.circle_xyr[2] * sx) * (tech.shutter.circle_xyr[2] * sy)
             area_mm2 = min(area_mm2, circle_mm2)
         return area_mm2 / 100.0
@@ -85,7 +77,8 @@ def estimate_frame_dose(tech: Technique, *, rows: int, columns: int, frame_inter
                         n_frames: int, settings: DoseSettings) -> tuple[float, float] | None:
     """(air_kerma_mgy, dap_gycm2) of one frame at the reference point, or None if the header
     lacks what the estimate needs (kVp, tube load, distances)."""
-    if not tech.kvp or not 20.0 <= tech.kvp <= 150.0:
+    low, high = load_table().kvp_range
+    if not tech.kvp or not low <= tech.kvp <= high:
         return None
     mas = mas_per_frame(tech, frame_interval_ms, n_frames)
     d_ref = reference_point_distance_mm(tech, settings)

@@ -1,0 +1,415 @@
+"""Read X-Ray Radiation Dose SRs (TID 10001) from real devices into a :class:`StudyDose`.
+
+Content is found by concept code, not by position or template identifier, so that the quirks
+of vendors' files are read rather than rejected:
+
+- units: ``Gy.m2``, ``Gym2`` (Siemens), ``dGy.cm2``, ``mGy.cm2``, ``uGy.m2``... (:mod:`units`);
+- no ``ContentTemplateSequence``, items nested one level deeper than TID 10003 says, the
+  retired Exposure Time code, ``SRT`` or ``SCT`` codes for the same concept;
+- no Accumulated X-Ray Dose container, or one without an overall total (summed from its
+  fluoroscopy and acquisition parts), or none at all (summed from the events);
+- several planes (one accumulated container per plane; biplane A/B);
+- events without kVp, tube current or distances (left as None);
+- Philips' private collimation (shutters, detector field) when the standard Collimated Field
+  Area is absent, and its private final SID when Distance Source to Detector is absent.
+
+Errors are typed (:mod:`sifluoro.errors`) and name the file and the content item's concept.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+from typing import Iterator
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
+from pydicom.valuerep import DT
+
+from sifluoro.dose import sr_codes as C
+from sifluoro.dose.records import (
+    ACQUISITION,
+    FLUOROSCOPY,
+    SINGLE_PLANE,
+    IrradiationEvent,
+    PlaneTotals,
+    StudyDose,
+    totals_from_events,
+)
+from sifluoro.dose.units import factor
+from sifluoro.errors import (
+    InputError,
+    MissingAttributeError,
+    NotDicomError,
+    UnsupportedDicomError,
+)
+from sifluoro.model import Device
+
+log = logging.getLogger(__name__)
+
+SR_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.88.67",  # X-Ray Radiation Dose SR
+    "1.2.840.10008.5.1.4.1.1.88.22",  # Enhanced SR
+    "1.2.840.10008.5.1.4.1.1.88.33",  # Comprehensive SR: older devices send dose reports so
+    "1.2.840.10008.5.1.4.1.1.88.34",  # Comprehensive 3D SR
+}
+CT_PROCEDURE = ("DCM", "P5-08000")
+
+
+def is_dose_report(ds: Dataset) -> bool:
+    """True for an SR whose root concept is X-Ray Radiation Dose Report (113701)."""
+    if str(ds.get("SOPClassUID", "")) not in SR_SOP_CLASSES:
+        return False
+    name = ds.get("ConceptNameCodeSequence")
+    return bool(name) and C.key(name[0]) == C.key(C.DCM.XRayRadiationDoseReport)
+
+
+def read_rdsr(path: str | Path, ds: Dataset | None = None) -> StudyDose:
+    """Read one projection X-ray dose report.
+
+    Parameters
+    ----------
+    path : str or Path
+        The RDSR file (named in errors).
+    ds : Dataset, optional
+        The already-read dataset, to avoid reading the file twice.
+
+    Returns
+    -------
+    StudyDose
+        ``source="rdsr"``; doses in Gy·cm² and mGy, times in s.
+
+    Raises
+    ------
+    NotDicomError, UnsupportedDicomError, MissingAttributeError, InputError
+        Naming the file and the content item (concept) at fault.
+    """
+    path = str(path)
+    if ds is None:
+        try:
+            ds = pydicom.dcmread(path)
+        except InvalidDicomError as exc:
+            raise NotDicomError(f"not a DICOM file ({exc})", path=path) from exc
+        except Exception as exc:  # the file boundary: any parse failure is this file's fault
+            raise NotDicomError(f"cannot be parsed ({type(exc).__name__}: {exc})", path=path) from exc
+    if not is_dose_report(ds):
+        sop = UID(str(ds.get("SOPClassUID", "")))
+        raise UnsupportedDicomError(
+            f"not an X-Ray Radiation Dose Report (SOP class {sop.name if sop.is_valid else sop or 'missing'}, "
+            "root concept must be (DCM,113701))", path=path, tag="(0040,A043) ConceptNameCodeSequence")
+    reader = _Reader(path)
+    return reader.read(ds)
+
+
+class _Reader:
+    def __init__(self, path: str):
+        self.path = path
+
+    # -- content item access -------------------------------------------------------------
+    def error(self, cls, message: str, concept) -> InputError:
+        return cls(message, path=self.path, tag=C.label(concept))
+
+    def num(self, item: Dataset, quantity: str) -> float | None:
+        """A NUM item's value in the quantity's target unit (None when it holds no value)."""
+        concept = item.ConceptNameCodeSequence[0]
+        measured = item.get("MeasuredValueSequence")
+        if not measured:
+            return None
+        mv = measured[0]
+        try:
+            value = float(mv.FloatingPointValue) if "FloatingPointValue" in mv else float(mv.NumericValue)
+        except (TypeError, ValueError, AttributeError):
+            raise self.error(InputError, f"numeric value {mv.get('NumericValue')!r} is not a number",
+                             concept) from None
+        units = mv.get("MeasurementUnitsCodeSequence")
+        unit = C.key(units[0])[1] if units else ""
+        scale = factor(unit, quantity)
+        if scale is None:
+            raise self.error(UnsupportedDicomError,
+                             f"unit {unit!r} is not a unit of {quantity.split('_')[0]}; expected "
+                             f"e.g. {_EXAMPLE_UNITS[quantity]}", concept)
+        return value * scale
+
+    def walk(self, container: Dataset, *, stop: set[tuple[str, str]] = frozenset()) -> Iterator[Dataset]:
+        """Content items below ``container``, depth first, not entering ``stop`` containers."""
+        for item in container.get("ContentSequence") or []:
+            yield item
+            name = item.get("ConceptNameCodeSequence")
+            if name and C.key(name[0]) in stop:
+                continue
+            yield from self.walk(item, stop=stop)
+
+    @staticmethod
+    def concept(item: Dataset) -> tuple[str, str]:
+        name = item.get("ConceptNameCodeSequence")
+        return C.key(name[0]) if name else ("", "")
+
+    @staticmethod
+    def code_value(item: Dataset) -> Dataset | None:
+        seq = item.get("ConceptCodeSequence")
+        return seq[0] if seq else None
+
+    @staticmethod
+    def text(item: Dataset) -> str:
+        if item.ValueType == "CODE":
+            code = _Reader.code_value(item)
+            return str(code.CodeMeaning) if code is not None else ""
+        return str(item.get("TextValue", "") or item.get("UID", "") or "").strip()
+
+    # -- document --------------------------------------------------------------------------
+    def read(self, ds: Dataset) -> StudyDose:
+        for item in ds.get("ContentSequence") or []:
+            if self.concept(item) == C.key(C.DCM.ProcedureReported):
+                code = self.code_value(item)
+                if code is not None and C.key(code) in {CT_PROCEDURE, ("SCT", "77477000"), ("SRT", "P5-08000")}:
+                    raise self.error(UnsupportedDicomError, "a CT dose report; sifluoro reads "
+                                     "projection X-ray dose reports", C.DCM.ProcedureReported)
+        device = self.device(ds)
+        scope_uid = None
+        events: list[IrradiationEvent] = []
+        planes: list[PlaneTotals] = []
+        event_key = C.key(C.DCM.IrradiationEventXRayData)
+        accumulated_key = C.key(C.DCM.AccumulatedXRayDoseData)
+        for item in ds.get("ContentSequence") or []:
+            concept = self.concept(item)
+            if concept == C.key(C.DCM.ScopeOfAccumulation):
+                for sub in self.walk(item):
+                    if self.concept(sub) == C.key(C.DCM.StudyInstanceUID):
+                        scope_uid = str(sub.get("UID", "")) or None
+            elif concept == event_key:
+                events.append(self.event(item, len(events)))
+            elif concept == accumulated_key:
+                planes.append(self.accumulated(item))
+        study_uid = str(ds.get("StudyInstanceUID", "") or scope_uid or "")
+        if not study_uid:
+            raise MissingAttributeError("no Study Instance UID in the header nor in the Scope of "
+                                        "Accumulation", path=self.path, tag="(0020,000D) StudyInstanceUID")
+        from_report = bool(planes)
+        if not planes:
+            if not events:
+                raise self.error(MissingAttributeError, "the report holds neither an Accumulated "
+                                 "X-Ray Dose container nor any Irradiation Event", C.DCM.AccumulatedXRayDoseData)
+            planes = [totals_from_events(p, events) for p in sorted({e.plane for e in events})]
+        return StudyDose(study_instance_uid=study_uid, source="rdsr", device=device,
+                         events=tuple(events), planes=tuple(planes), path=self.path,
+                         dose_source="rdsr", planes_from_report=from_report,
+                         scope_study_instance_uid=scope_uid)
+
+    def device(self, ds: Dataset) -> Device:
+        found = {}
+        wanted = {C.key(C.DCM.DeviceObserverManufacturer): "manufacturer",
+                  C.key(C.DCM.DeviceObserverModelName): "model",
+                  C.key(C.DCM.DeviceObserverSerialNumber): "serial_number",
+                  C.key(C.DCM.DeviceObserverName): "station_name"}
+        for item in ds.get("ContentSequence") or []:
+            name = wanted.get(self.concept(item))
+            if name and name not in found:
+                found[name] = self.text(item)
+        return Device(
+            manufacturer=found.get("manufacturer") or str(ds.get("Manufacturer", "") or ""),
+            model=found.get("model") or str(ds.get("ManufacturerModelName", "") or ""),
+            serial_number=found.get("serial_number") or str(ds.get("DeviceSerialNumber", "") or ""),
+            station_name=found.get("station_name") or str(ds.get("StationName", "") or ""),
+        )
+
+    def plane(self, container: Dataset) -> str:
+        for item in container.get("ContentSequence") or []:
+            if self.concept(item) == C.key(C.DCM.AcquisitionPlane):
+                code = self.code_value(item)
+                if code is not None:
+                    return C.PLANE_CODES.get(C.key(code), str(code.CodeMeaning))
+        return SINGLE_PLANE
+
+    def accumulated(self, container: Dataset) -> PlaneTotals:
+        values: dict[str, float | None] = {}
+        reference = ""
+        for item in self.walk(container):
+            concept = self.concept(item)
+            spec = _ACCUMULATED.get(concept)
+            if spec is not None and item.ValueType == "NUM" and spec[0] not in values:
+                values[spec[0]] = self.num(item, spec[1])
+            elif concept == C.key(C.DCM.ReferencePointDefinition):
+                reference = self.text(item)
+        for total, parts in (("dap_gycm2", ("fluoro_dap_gycm2", "acquisition_dap_gycm2")),
+                             ("air_kerma_mgy", ("fluoro_air_kerma_mgy", "acquisition_air_kerma_mgy"))):
+            if values.get(total) is None and any(values.get(p) is not None for p in parts):
+                values[total] = sum(values.get(p) or 0.0 for p in parts)
+        frames = values.pop("n_radiographic_frames", None)
+        return PlaneTotals(plane=self.plane(container), reference_point=reference,
+                           n_radiographic_frames=None if frames is None else int(round(frames)),
+                           **values)
+
+    def event(self, container: Dataset, index: int) -> IrradiationEvent:
+        values: dict = {}
+        counts: dict[str, int] = {}
+        kind = None
+        start = None
+        uid = ""
+        reference = protocol = ""
+        images: list[str] = []
+        filters = {"al": 0.0, "cu": 0.0}
+        private: dict[str, float] = {}
+        stop = {C.key(C.DCM.XRayFilters), C.key(C.DCM.IrradiationEventXRayData)}
+        for item in self.walk(container, stop=stop):
+            concept = self.concept(item)
+            vt = item.ValueType
+            if concept == C.key(C.DCM.IrradiationEventType):
+                code = self.code_value(item)
+                if code is not None:
+                    kind = _event_kind(code)
+            elif concept == C.key(C.DCM.DatetimeStarted) and vt == "DATETIME":
+                start = self.datetime(item, C.DCM.DatetimeStarted)
+            elif concept == C.key(C.DCM.IrradiationEventUID):
+                uid = str(item.get("UID", ""))
+            elif concept == C.key(C.DCM.ReferencePointDefinition):
+                reference = self.text(item)
+            elif concept == C.key(C.DCM.AcquisitionProtocol):
+                protocol = self.text(item)
+            elif concept == C.key(C.DCM.AcquiredImage):
+                images += [str(r.ReferencedSOPInstanceUID) for r in item.get("ReferencedSOPSequence") or []
+                           if "ReferencedSOPInstanceUID" in r]
+            elif concept == C.key(C.DCM.XRayFilters):
+                self.filter(item, filters)
+            elif concept == C.key(C.DCM.FluoroMode) and kind is None:
+                kind = FLUOROSCOPY
+            elif vt == "NUM" and concept in _EVENT:
+                name, quantity, how = _EVENT[concept]
+                value = self.num(item, quantity)
+                if value is None:
+                    continue
+                if how == "first":
+                    values.setdefault(name, value)
+                else:  # several values (per pulse, per tube): their mean
+                    values[name] = values.get(name, 0.0) + value
+                    counts[name] = counts.get(name, 0) + 1
+            elif vt == "NUM" and concept[0] == C.PHILIPS_SCHEME:
+                value = self.num_quiet(item)
+                if value is not None:
+                    private.setdefault(concept[1], value)
+        for name, n in counts.items():
+            values[name] /= n
+        if kind is None:
+            log.info("%s: event %d has no Irradiation Event Type; counted as acquisition", self.path, index + 1)
+            kind = ACQUISITION
+        if not uid:
+            raise self.error(MissingAttributeError, f"event {index + 1} has no Irradiation Event UID",
+                             C.DCM.IrradiationEventUID)
+        if "n_pulses" in values:
+            values["n_pulses"] = int(round(values["n_pulses"]))
+        if filters["al"]:
+            values["filter_al_mm"] = filters["al"]
+        if filters["cu"]:
+            values["filter_cu_mm"] = filters["cu"]
+        if values.get("exposure_time_ms") is None and values.get("legacy_exposure_time_ms") is not None:
+            values["exposure_time_ms"] = values["legacy_exposure_time_ms"]
+        values.pop("legacy_exposure_time_ms", None)
+        event = IrradiationEvent(event_uid=uid, kind=kind, plane=self.plane(container), start=start,
+                                 dose_source="rdsr", reference_point=reference, protocol=protocol,
+                                 sop_instance_uids=tuple(images), **values)
+        return _with_philips_private(event, private)
+
+    def num_quiet(self, item: Dataset) -> float | None:
+        """A private NUM value in mm or degrees (units as sent); None if it is not a number."""
+        measured = item.get("MeasuredValueSequence")
+        try:
+            return float(measured[0].NumericValue) if measured else None
+        except (TypeError, ValueError, AttributeError):
+            return None
+
+    def filter(self, container: Dataset, filters: dict[str, float]) -> None:
+        material = None
+        thickness: list[float] = []
+        for item in self.walk(container):
+            concept = self.concept(item)
+            if concept == C.key(C.DCM.XRayFilterMaterial):
+                code = self.code_value(item)
+                if code is not None:
+                    k = C.key(code)
+                    meaning = str(code.get("CodeMeaning", "")).lower()
+                    if k in C.COPPER_CODES or meaning.startswith("copper"):
+                        material = "cu"
+                    elif k in C.ALUMINUM_CODES or meaning.startswith("alumin"):
+                        material = "al"
+            elif concept in (C.key(C.DCM.XRayFilterThicknessMinimum),
+                             C.key(C.DCM.XRayFilterThicknessMaximum)) and item.ValueType == "NUM":
+                value = self.num(item, "length_mm")
+                if value is not None:
+                    thickness.append(value)
+        if material and thickness:
+            filters[material] += sum(thickness) / len(thickness)
+
+    def datetime(self, item: Dataset, concept) -> datetime | None:
+        text = str(item.get("DateTime", "") or "").strip()
+        if not text:
+            return None
+        try:
+            value = DT(text)
+        except ValueError:
+            raise self.error(InputError, f"date-time {text!r} is not a DICOM DT", concept) from None
+        return value.replace(tzinfo=None) if value is not None else None
+
+
+def _event_kind(code: Dataset) -> str:
+    k = C.key(code)
+    if k in C.FLUOROSCOPY_CODES or "fluoro" in str(code.get("CodeMeaning", "")).lower():
+        return FLUOROSCOPY
+    return ACQUISITION
+
+
+def _with_philips_private(event: IrradiationEvent, private: dict[str, float]) -> IrradiationEvent:
+    """Fill the collimated field area and SID from Philips' private items where absent."""
+    changes = {}
+    if event.sid_mm is None and C.PHILIPS_FINAL_SID in private:
+        changes["sid_mm"] = private[C.PHILIPS_FINAL_SID]
+    edges = {name: private.get(code) for code, name in C.PHILIPS_SHUTTER_EDGES.items()}
+    if event.collimated_field_area_cm2 is None and all(v is not None for v in edges.values()):
+        # shutter edges are distances from the beam centre at the detector, in mm
+        width_mm = edges["left"] + edges["right"]
+        height_mm = edges["top"] + edges["bottom"]
+        if C.PHILIPS_DETECTOR_X in private and C.PHILIPS_DETECTOR_Y in private:
+            width_mm = min(width_mm, private[C.PHILIPS_DETECTOR_X])
+            height_mm = min(height_mm, private[C.PHILIPS_DETECTOR_Y])
+        if width_mm > 0 and height_mm > 0:
+            changes["collimated_field_area_cm2"] = width_mm * height_mm / 100.0
+    return replace(event, **changes) if changes else event
+
+
+_ACCUMULATED = {
+    C.key(C.DCM.DoseAreaProductTotal): ("dap_gycm2", "dap_gycm2"),
+    C.key(C.DCM.DoseRPTotal): ("air_kerma_mgy", "dose_mgy"),
+    C.key(C.DCM.FluoroDoseAreaProductTotal): ("fluoro_dap_gycm2", "dap_gycm2"),
+    C.key(C.DCM.FluoroDoseRPTotal): ("fluoro_air_kerma_mgy", "dose_mgy"),
+    C.key(C.DCM.AcquisitionDoseAreaProductTotal): ("acquisition_dap_gycm2", "dap_gycm2"),
+    C.key(C.DCM.AcquisitionDoseRPTotal): ("acquisition_air_kerma_mgy", "dose_mgy"),
+    C.key(C.DCM.TotalFluoroTime): ("fluoro_time_s", "time_s"),
+    C.key(C.DCM.TotalAcquisitionTime): ("acquisition_time_s", "time_s"),
+    C.key(C.DCM.TotalNumberOfRadiographicFrames): ("n_radiographic_frames", "count"),
+}
+
+_EVENT = {
+    C.key(C.DCM.DoseAreaProduct): ("dap_gycm2", "dap_gycm2", "first"),
+    C.key(C.DCM.DoseRP): ("air_kerma_mgy", "dose_mgy", "first"),
+    C.key(C.DCM.KVP): ("kvp", "voltage_kv", "mean"),
+    C.key(C.DCM.XRayTubeCurrent): ("tube_current_ma", "current_ma", "mean"),
+    C.key(C.DCM.PulseWidth): ("pulse_width_ms", "time_ms", "mean"),
+    C.key(C.DCM.PulseRate): ("pulse_rate_per_s", "rate_per_s", "first"),
+    C.key(C.DCM.NumberOfPulses): ("n_pulses", "count", "first"),
+    C.key(C.DCM.IrradiationDuration): ("irradiation_duration_s", "time_s", "first"),
+    C.key(C.DCM.ExposureTime): ("exposure_time_ms", "time_ms", "first"),
+    C.key(C.EXPOSURE_TIME_LEGACY): ("legacy_exposure_time_ms", "time_ms", "first"),
+    C.key(C.DCM.Exposure): ("exposure_mas", "charge_mas", "first"),
+    C.key(C.DCM.PositionerPrimaryAngle): ("primary_angle_deg", "angle_deg", "first"),
+    C.key(C.DCM.PositionerSecondaryAngle): ("secondary_angle_deg", "angle_deg", "first"),
+    C.key(C.DCM.DistanceSourceToDetector): ("sid_mm", "length_mm", "first"),
+    C.key(C.DCM.DistanceSourceToIsocenter): ("source_to_isocenter_mm", "length_mm", "first"),
+    C.key(C.DCM.CollimatedFieldArea): ("collimated_field_area_cm2", "area_cm2", "first"),
+}
+
+_EXAMPLE_UNITS = {
+    "dap_gycm2": "Gy.m2 or dGy.cm2", "dose_mgy": "Gy or mGy", "time_s": "s", "time_ms": "ms",
+    "length_mm": "mm", "area_cm2": "m2", "current_ma": "mA", "charge_mas": "mA.s or uAs",
+    "voltage_kv": "kV", "angle_deg": "deg", "rate_per_s": "{pulse}/s", "count": "1", "ratio": "1",
+}

@@ -1,0 +1,169 @@
+"""Typed dose records shared by the accumulator, the RDSR writer and reader, and the summary.
+
+Units (DESIGN §2): DAP in Gy·cm², air kerma at the reference point in mGy, times in s,
+distances in mm. RDSR files use Gy, Gy·m² and s; conversion happens at the file edge.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sifluoro.model import Device
+
+FLUOROSCOPY = "fluoroscopy"
+ACQUISITION = "acquisition"
+SINGLE_PLANE = "single"
+
+
+@dataclass(frozen=True)
+class IrradiationEvent:
+    """One irradiation event (TID 10003): a run, with its technique, geometry and dose.
+
+    Every technique field is optional: devices and images differ in what they carry.
+    ``dose_source`` says where the dose numbers come from: ``"rdsr"`` (a dose report),
+    ``"reported"`` (image headers), ``"estimated"`` (technique model) or ``"none"``.
+    """
+
+    event_uid: str
+    kind: str  # FLUOROSCOPY | ACQUISITION
+    plane: str = SINGLE_PLANE  # "single" | "A" | "B"
+    start: datetime | None = None
+    dap_gycm2: float | None = None
+    air_kerma_mgy: float | None = None
+    dose_source: str = "none"
+    kvp: float | None = None
+    tube_current_ma: float | None = None
+    pulse_width_ms: float | None = None
+    pulse_rate_per_s: float | None = None
+    n_pulses: int | None = None
+    irradiation_duration_s: float | None = None
+    exposure_time_ms: float | None = None
+    exposure_mas: float | None = None
+    filter_al_mm: float | None = None
+    filter_cu_mm: float | None = None
+    primary_angle_deg: float | None = None
+    secondary_angle_deg: float | None = None
+    sid_mm: float | None = None
+    source_to_isocenter_mm: float | None = None
+    collimated_field_area_cm2: float | None = None
+    reference_point: str = ""
+    protocol: str = ""
+    sop_instance_uids: tuple[str, ...] = ()
+
+    @property
+    def is_acquisition(self) -> bool:
+        return self.kind == ACQUISITION
+
+
+@dataclass(frozen=True)
+class PlaneTotals:
+    """Accumulated dose of one plane (TID 10002). None where a report leaves a value out."""
+
+    plane: str
+    dap_gycm2: float | None = None
+    air_kerma_mgy: float | None = None
+    fluoro_dap_gycm2: float | None = None
+    fluoro_air_kerma_mgy: float | None = None
+    acquisition_dap_gycm2: float | None = None
+    acquisition_air_kerma_mgy: float | None = None
+    fluoro_time_s: float | None = None
+    acquisition_time_s: float | None = None
+    n_radiographic_frames: int | None = None
+    reference_point: str = ""
+
+
+def totals_from_events(plane: str, events: list[IrradiationEvent] | tuple[IrradiationEvent, ...],
+                       *, reference_point: str = "") -> PlaneTotals:
+    """Accumulated totals of one plane computed from its events (missing values count as 0)."""
+    mine = [e for e in events if e.plane == plane]
+
+    def total(attr: str, kind: str | None = None) -> float:
+        return sum(getattr(e, attr) or 0.0 for e in mine if kind is None or e.kind == kind)
+
+    def duration(e: IrradiationEvent) -> float:
+        if e.irradiation_duration_s is not None:
+            return e.irradiation_duration_s
+        if e.n_pulses and e.pulse_rate_per_s:
+            return e.n_pulses / e.pulse_rate_per_s
+        return 0.0
+
+    return PlaneTotals(
+        plane=plane,
+        dap_gycm2=total("dap_gycm2"),
+        air_kerma_mgy=total("air_kerma_mgy"),
+        fluoro_dap_gycm2=total("dap_gycm2", FLUOROSCOPY),
+        fluoro_air_kerma_mgy=total("air_kerma_mgy", FLUOROSCOPY),
+        acquisition_dap_gycm2=total("dap_gycm2", ACQUISITION),
+        acquisition_air_kerma_mgy=total("air_kerma_mgy", ACQUISITION),
+        fluoro_time_s=sum(duration(e) for e in mine if e.kind == FLUOROSCOPY),
+        acquisition_time_s=sum(duration(e) for e in mine if e.kind == ACQUISITION),
+        n_radiographic_frames=sum(e.n_pulses or 0 for e in mine if e.kind == ACQUISITION),
+        reference_point=reference_point or next((e.reference_point for e in mine if e.reference_point), ""),
+    )
+
+
+@dataclass(frozen=True)
+class StudyDose:
+    """The dose of one study: its events and per-plane accumulated totals.
+
+    ``source`` is ``"rdsr"`` when read from a dose report, ``"images"`` when accumulated from
+    image headers; ``dose_source`` refines the latter (``"reported"``, ``"estimated"``,
+    ``"mixed"``, ``"none"``). ``planes_from_report`` is False when a report had no accumulated
+    container and the totals were summed from its events.
+    """
+
+    study_instance_uid: str
+    source: str
+    device: Device
+    events: tuple[IrradiationEvent, ...]
+    planes: tuple[PlaneTotals, ...]
+    path: str | None = None
+    dose_source: str = ""
+    planes_from_report: bool = True
+    scope_study_instance_uid: str | None = None
+    srdl_exceeded: tuple[str, ...] = ()
+
+    def _sum(self, attr: str) -> float:
+        return float(sum(getattr(p, attr) or 0.0 for p in self.planes))
+
+    @property
+    def dap_gycm2(self) -> float:
+        return self._sum("dap_gycm2")
+
+    @property
+    def air_kerma_mgy(self) -> float:
+        return self._sum("air_kerma_mgy")
+
+    @property
+    def fluoro_time_s(self) -> float:
+        return self._sum("fluoro_time_s")
+
+    def summary(self) -> dict:
+        """The ``sifluoro dose summary --json`` object (DESIGN §4), plus per-plane detail.
+
+        ``events`` and ``planes`` are counts; ``per_plane`` lists each plane's totals. Times
+        and doses of several planes are summed (tube-on time and dose of each tube).
+        """
+        return {
+            "study_instance_uid": self.study_instance_uid,
+            "source": self.source,
+            "device": {"manufacturer": self.device.manufacturer, "model": self.device.model},
+            "events": len(self.events),
+            "planes": len(self.planes),
+            "fluoro_time_s": round(self.fluoro_time_s, 6),
+            "dap_gycm2": self.dap_gycm2,
+            "air_kerma_mgy": self.air_kerma_mgy,
+            "fluoro_dap_gycm2": self._sum("fluoro_dap_gycm2"),
+            "fluoro_air_kerma_mgy": self._sum("fluoro_air_kerma_mgy"),
+            "acquisition_dap_gycm2": self._sum("acquisition_dap_gycm2"),
+            "acquisition_air_kerma_mgy": self._sum("acquisition_air_kerma_mgy"),
+            "acquisition_time_s": round(self._sum("acquisition_time_s"), 6),
+            "dose_source": self.dose_source or self.source,
+            "srdl_exceeded": list(self.srdl_exceeded),
+            "per_plane": [
+                {"plane": p.plane, "dap_gycm2": p.dap_gycm2, "air_kerma_mgy": p.air_kerma_mgy,
+                 "fluoro_time_s": p.fluoro_time_s, "acquisition_time_s": p.acquisition_time_s,
+                 "events": sum(1 for e in self.events if e.plane == p.plane)}
+                for p in self.planes],
+            "path": self.path,
+        }
