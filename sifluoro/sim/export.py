@@ -113,7 +113,8 @@ def export_study(study, folder: str | Path, *,
         reported = (kerma * calibration, dap * calibration) if study.reports_dose else None
         tech = technique_of(run, study.size, reported=reported)
         sop_uid = _uid(study.seed, study.case, "run", r)
-        storage = study.storage
+        # only Enhanced XA admits MONOCHROME1 (XA, RF and SC are MONOCHROME2 by their IODs)
+        storage = "enhanced_xa" if run.photometric == "MONOCHROME1" else study.storage
         ds = build_run_dataset(
             run.frames, storage=storage, study=identity, series_instance_uid=series_uid,
             sop_instance_uid=sop_uid,
@@ -139,7 +140,7 @@ def export_study(study, folder: str | Path, *,
             reported_totals["air_kerma_mgy"] += reported[0]
             reported_totals["dap_gycm2"] += reported[1]
         runs_truth.append({
-            "file": path.name, "sop_instance_uid": sop_uid, "frames": n, "start_s": run.start_s,
+            "file": path.name, "storage": storage, "sop_instance_uid": sop_uid, "frames": n, "start_s": run.start_s,
             "damaged": damaged, "technique": asdict(run.technique),
             "bits_stored": run.bits_stored, "photometric": run.photometric,
             "air_kerma_mgy": kerma, "dap_gycm2": dap,

@@ -1,0 +1,181 @@
+"""Study-level behaviour: determinism, API contract, storage, truth consistency, physics."""
+import numpy as np
+import pytest
+
+from sifluoro.sim import FrameTruth, SimRun, SimStudy, SimTechnique, simulate_case
+from sifluoro.sim import _kernels as K
+from sifluoro.sim import anatomy as anat
+from sifluoro.sim import contrast as con
+from sifluoro.sim import detector as det
+from sifluoro.sim.needle import NeedlePlan, tube_arrays
+from sifluoro.sim.spectra import beam_model
+
+
+def test_determinism_and_case_dependence(study):
+    again = simulate_case(7, 2)
+    assert len(again.runs) == len(study.runs)
+    for a, b in zip(study.runs, again.runs):
+        np.testing.assert_array_equal(a.frames, b.frames)
+        assert a.truth == b.truth
+        assert a.technique == b.technique
+    other = simulate_case(7, 3)
+    assert (len(other.runs) != len(study.runs)
+            or not np.array_equal(other.runs[0].frames, study.runs[0].frames))
+
+
+def test_contract(study):
+    assert isinstance(study, SimStudy)
+    assert study.side in ("L", "R")
+    assert study.outcome in ("intra_articular", "extravasation", "vascular", "none")
+    assert study.modality in ("XA", "RF")
+    assert study.storage in ("xa", "rf", "enhanced_xa")
+    assert study.compression in (None, "rle", "jpeg2000")
+    n = sum(len(r.frames) for r in study.runs)
+    assert 6 <= len(study.runs) <= 10 and 25 <= n <= 100
+    assert study.runs[0].truth[0].tip_xy is None          # scout without needle
+    prev_end = None
+    for run in study.runs:
+        assert isinstance(run, SimRun) and isinstance(run.technique, SimTechnique)
+        t = run.technique
+        assert run.frames.dtype == np.uint16 and run.frames.shape[1:] == (512, 512)
+        assert len(run.truth) == len(run.frames)
+        assert all(isinstance(x, FrameTruth) for x in run.truth)
+        assert 10 <= run.bits_stored <= 16
+        assert int(run.frames.max()) < 2 ** run.bits_stored
+        assert t.frame_time_ms == 1000.0 / t.pulse_rate_per_s
+        assert t.imager_pixel_spacing_mm == t.field_of_view_mm / 512
+        assert 65 <= t.kvp <= 95 and 900 <= t.sid_mm <= 1200
+        assert t.source_to_patient_mm < t.source_to_isocenter_mm < t.sid_mm
+        assert prev_end is None or run.start_s >= prev_end + 5.0 - 1e-9
+        prev_end = run.start_s + len(run.frames) * t.frame_time_ms / 1000.0
+
+
+def test_shutters_blank_and_polarity(study):
+    for run in study.runs:
+        top = 2 ** run.bits_stored - 1
+        blank = top if run.photometric == "MONOCHROME2" else 0
+        outside = ~run.exposed_mask
+        outside[:140, :] = False          # burned-in text lives in the top band
+        outside[:, :0] = False
+        if outside.any():
+            assert np.all(run.frames[:, outside] == blank)
+
+
+def test_to_stored_polarity_and_bits():
+    rng = np.random.default_rng(0)
+    disp = rng.normal(0, 1, (64, 64)).astype(np.float32)
+    mask = np.ones((64, 64), bool)
+    mask[:5] = False
+    win = det.window(disp, mask)
+    for bits in (10, 12, 14, 16):
+        m2 = det.to_stored(disp, win, bits, "MONOCHROME2", mask)
+        m1 = det.to_stored(disp, win, bits, "MONOCHROME1", mask)
+        assert m2.max() <= 2 ** bits - 1
+        np.testing.assert_array_equal(m1.astype(int), (2 ** bits - 1) - m2.astype(int))
+        # attenuation-like: larger display value -> larger MONOCHROME2 value
+        i, j = np.unravel_index(np.argmax(disp[5:]), disp[5:].shape)
+        assert m2[5 + i, j] >= np.percentile(m2[5:], 99)
+
+
+def _contrast(kvp, cu):
+    b = beam_model(kvp, 12.0, 3.0, cu)
+    out = np.empty((1, 3), np.float32)
+    water = np.array([[200.0, 180.0, 200.0]], np.float32)
+    bone = np.array([[0.0, 20.0, 0.0]], np.float32)
+    iodine = np.array([[0.0, 0.0, 0.2]], np.float32)
+    K.polychromatic(out, water, bone, iodine, np.zeros_like(water), b.weights, b.mu_water,
+                    b.mu_bone, b.mu_iodine, b.mu_steel)
+    return np.log(out[0, 0] / out[0, 1]), np.log(out[0, 0] / out[0, 2])
+
+
+def test_kvp_and_filtration_change_contrast():
+    bone_lo, iod_lo = _contrast(70, 0.1)
+    bone_hi, iod_hi = _contrast(90, 0.3)
+    # harder beam: lower bone-to-soft-tissue and iodine contrast
+    assert bone_lo > 1.15 * bone_hi
+    assert iod_lo > 1.15 * iod_hi
+
+
+def test_needle_tip_truth_matches_render(scene):
+    an, cam, static, mk, alpha = scene
+    tip = an.joint_point(0.0, 1.0)
+    d = cam.beam + 0.45 * np.cross(cam.beam, [0.0, 0.0, 1.0])
+    plan = NeedlePlan(final_tip_mm=tip, direction=d / np.linalg.norm(d),
+                      bend_dir=np.array([0.0, 0.0, 1.0]), bend_mm=1.5, length_mm=89.0,
+                      final_depth_mm=70.0, gauge=22)
+    pl = plan.polyline(60.0)
+    steel = np.zeros((512, 512), np.float32)
+    K.render_tubes(steel, cam.vector, *tube_arrays([pl], [plan.radii_mm[0]],
+                                                   [plan.radii_mm[1]], [1.0]), 4)
+    xy = cam.project(pl)
+    tip_xy = xy[-1]
+    axis = (xy[-1] - xy[-3]) / np.linalg.norm(xy[-1] - xy[-3])
+    # profile along the shaft axis through the tip: half of the plateau is reached at the tip
+    s = np.linspace(-8.0, 4.0, 1201)
+    pts = tip_xy[None] + s[:, None] * axis[None]
+    from scipy.ndimage import map_coordinates
+    prof = map_coordinates(steel, [pts[:, 1], pts[:, 0]], order=1)
+    plateau = prof[s < -4].mean()
+    end = s[np.nonzero(prof > 0.5 * plateau)[0][-1]]
+    assert abs(end) < 0.5
+
+
+def test_joint_line_is_a_lucency_on_noise_free_render(scene):
+    an, cam, static, mk, alpha = scene
+    jp = anat.project_joint(an, cam)
+    assert not jp.doubled
+    poly = jp.polyline_xy
+    tang = np.gradient(poly, axis=0)
+    normal = np.stack([-tang[:, 1], tang[:, 0]], 1) / np.linalg.norm(tang, axis=1)[:, None]
+    from scipy.ndimage import map_coordinates
+
+    def at(offset):
+        p = poly + offset * normal
+        return map_coordinates(static.bone_mm, [p[:, 1], p[:, 0]], order=1)
+
+    centre = at(0.0)
+    sides = np.maximum(at(-4.0), at(4.0))
+    assert np.mean(centre < sides) > 0.8
+    # off by 10 degrees: doubled
+    assert anat.project_joint(an, mk(alpha + 10.0, 5.0)).doubled
+
+
+def test_end_on_needle_is_a_dot(scene):
+    an, cam, static, mk, alpha = scene
+    tip = an.joint_point(0.0, 0.0)
+    plan = NeedlePlan(final_tip_mm=tip, direction=cam.beam.copy(),
+                      bend_dir=np.array([1.0, 0.0, 0.0]), bend_mm=0.0, length_mm=89.0,
+                      final_depth_mm=70.0, gauge=22)
+    pl = plan.polyline(70.0)
+    xy = cam.project(pl)
+    assert np.linalg.norm(xy[0] - xy[-1]) * cam.pixel_spacing_mm < 3.0
+    steel = np.zeros((512, 512), np.float32)
+    K.render_tubes(steel, cam.vector, *tube_arrays([pl], [0.36], [0.2], [1.0]), 3)
+    ys, xs = np.nonzero(steel > 1.0)
+    assert xs.size and np.ptp(xs) <= 6 and np.ptp(ys) <= 6
+    assert steel.max() > 20.0       # tens of mm of steel along the beam: a dense dot
+
+
+def _plan(scene, components, seed=0):
+    an, cam, static, mk, alpha = scene
+    tip = an.joint_point(0.0, 0.0)
+    return con.plan_contrast(np.random.default_rng(seed), components, an, tip, 16)
+
+
+def test_vascular_washes_out_and_joint_fill_persists(scene):
+    an, cam, static, mk, alpha = scene
+    out = np.zeros((512, 512), np.float32)
+    for seed in range(3):
+        plan = _plan(scene, ("intra_articular", "vascular"), seed)
+        vas = []
+        ia = []
+        for f in range(16):
+            pk = con.iodine_map(plan, f, cam, static, out)
+            vas.append(pk.get("vascular", 0.0))
+            ia.append(pk.get("intra_articular", 0.0))
+        vas = np.array(vas)
+        first = int(np.argmax(vas > con.VISIBLE_MG_MM2))
+        assert vas[first] > con.VISIBLE_MG_MM2
+        gone = np.nonzero(vas[first:] < con.VISIBLE_MG_MM2)[0]
+        assert gone.size and gone[0] <= 6
+        assert ia[-1] > 5 * con.VISIBLE_MG_MM2 and ia[-1] >= 0.9 * max(ia)
