@@ -1,0 +1,382 @@
+"""Live studies: feed instances, as they are stored in the spool, through the per-frame pipeline.
+
+One pipeline state per StudyInstanceUID; studies are processed in parallel on a small thread
+pool, and the instances of one study one at a time, in the order they arrived (a run = an
+instance). This module knows the spool and the pipeline, not the network: the receiver calls
+:meth:`LiveStudies.store` for every instance and the rest happens here.
+
+Choices
+-------
+- ``t_s`` is measured from the start of the first *run received* for the study, and ``index``
+  counts frames in processing order. A run that arrives after a later-acquired run (out of
+  order) is still processed when it arrives: events already written are never reordered, its
+  frames get their true, earlier ``t_s`` (negative if it predates the first run received) and
+  ``"out_of_order": true``. Such a stream breaks the monotonic-``t_s`` rule of DESIGN §3 on
+  purpose: it tells the truth about what arrived when.
+- Every frame is appended to the events file as soon as it is processed; after each instance
+  the events are fsynced, then the summary is rewritten, then the study's state file records
+  the instance as processed. A study is finished when every instance received is processed.
+- Restart: events are deterministic given the instances and their order, so a study is
+  rebuilt by processing its instances again in the recorded arrival order, writing only the
+  events that are not already in the events file (a line cut by a crash is dropped first).
+  The study then ends in the same state as if the receiver had never stopped, apart from
+  latencies. Instances stored but not yet recorded (a crash between rename and state write;
+  the sender got no success) are appended in file-modification order.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import pydicom
+from pydicom.uid import UID, XRayRadiationDoseSRStorage
+
+from sifluoro.acquire.dicom_reader import run_from_dataset
+from sifluoro.acquire.spool import Spool, StudyState
+from sifluoro.config import Settings
+from sifluoro.errors import DamagedPixelDataError, InputError
+from sifluoro.model import Frame, Rejection, Run, Study
+from sifluoro.pipeline import Pipeline, Stage, StudyState as PipelineState, latency_summary
+from sifluoro.replay import build_summary, default_stages, write_json
+
+log = logging.getLogger(__name__)
+
+EVENTS_NAME = "events.jsonl"
+SUMMARY_NAME = "summary.json"
+
+
+class EventLog:
+    """An append-only JSONL file of frame events, shareable by several studies.
+
+    Opening it drops a last line cut short by a crash and indexes the ``(sop_instance_uid,
+    frame)`` pairs already written, so that a study processed again after a restart writes
+    only what is missing.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._written: set[tuple[str, int]] = set()
+        self._index_existing()
+        self._fh = None  # opened on the first event, so refused instances leave no file
+
+    def _index_existing(self) -> None:
+        if not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        end = data.rfind(b"\n") + 1
+        if end < len(data):
+            log.warning("%s: dropping a last line cut short (%d bytes)", self.path, len(data) - end)
+            with open(self.path, "r+b") as fh:
+                fh.truncate(end)
+                os.fsync(fh.fileno())
+        for n, line in enumerate(data[:end].splitlines(), 1):
+            try:
+                event = json.loads(line)
+                self._written.add((event["sop_instance_uid"], event["frame"]))
+            except (ValueError, KeyError, TypeError):
+                log.warning("%s line %d is not an event; ignored", self.path, n)
+
+    def has(self, sop_instance_uid: str, frame: int) -> bool:
+        with self._lock:
+            return (sop_instance_uid, frame) in self._written
+
+    def append(self, event: dict) -> None:
+        line = json.dumps(event, separators=(",", ":")) + "\n"
+        with self._lock:
+            if self._fh is None:
+                self._fh = open(self.path, "a", encoding="utf-8")
+            self._fh.write(line)
+            self._fh.flush()  # visible to readers now; fsync once per instance
+            self._written.add((event["sop_instance_uid"], event["frame"]))
+
+    def sync(self) -> None:
+        with self._lock:
+            if self._fh is not None:
+                self._fh.flush()
+                os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fh is not None:
+                self._fh.flush()
+                os.fsync(self._fh.fileno())
+                self._fh.close()
+                self._fh = None
+
+
+@dataclass(eq=False)
+class _LiveStudy:
+    """In-memory state of one study: what was received and how far processing got."""
+
+    state: StudyState
+    pipeline_state: PipelineState
+    events: EventLog
+    summary_path: Path
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    received_set: set[str] = field(default_factory=set)
+    done: int = 0  # instances of state.received processed by this process
+    scheduled: bool = False
+    runs: list[Run] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+    dose_reports: list[str] = field(default_factory=list)
+    t0_s: float | None = None
+    latest_start_s: float = -math.inf
+    out_of_order_runs: int = 0
+    received_at: dict[str, float] = field(default_factory=dict)
+    receive_to_event_ms: list[float] = field(default_factory=list)
+
+    @property
+    def uid(self) -> str:
+        return self.state.study_instance_uid
+
+
+class LiveStudies:
+    """Per-study pipelines fed from the spool.
+
+    Parameters
+    ----------
+    spool : Spool
+    settings : Settings, optional
+    stages : list of Stage, optional
+        Image stages (default: those replay uses).
+    events_path : Path, optional
+        One events file for every study; default ``SPOOL/<study>/events.jsonl``.
+    summary_path : Path, optional
+        Where each study's summary is written (the last study updated wins: meant for one
+        study at a time); default ``SPOOL/<study>/summary.json``.
+    workers : int, optional
+        Studies processed at the same time (default: the number of CPUs, at least 2).
+    """
+
+    def __init__(self, spool: Spool, *, settings: Settings | None = None,
+                 stages: list[Stage] | None = None, events_path: str | Path | None = None,
+                 summary_path: str | Path | None = None, workers: int | None = None):
+        self.spool = spool
+        settings = settings or Settings()
+        self.pipeline = Pipeline(default_stages(settings) if stages is None else stages, settings)
+        self._shared_events = EventLog(events_path) if events_path else None
+        self._summary_path = Path(summary_path) if summary_path else None
+        self._executor = ThreadPoolExecutor(max_workers=workers or max(2, os.cpu_count() or 2),
+                                            thread_name_prefix="sifluoro-study")
+        self._studies: dict[str, _LiveStudy] = {}
+        self._studies_lock = threading.Lock()
+        self._idle = threading.Condition()
+        self._busy = 0
+
+    # Admission (called from the receiver's threads) ------------------------------------------
+    def store(self, study_uid: str, sop_uid: str, write: Callable[[], Path]) -> bool:
+        """Admit one instance: write it, and unless it is a duplicate, commit and queue it.
+
+        ``write()`` returns a complete, validated temporary file in the study's spool folder
+        (or raises to refuse the instance). It runs outside the study's lock so that
+        associations do not wait on each other's disk writes.
+
+        Returns
+        -------
+        bool
+            True if stored, False if it was a duplicate (stored once already; counted).
+        """
+        study = self._study(study_uid)
+        with study.lock:
+            if sop_uid in study.received_set:
+                self._count_duplicate(study)
+                return False
+        tmp = write()
+        with study.lock:
+            try:
+                if sop_uid in study.received_set:  # the same instance on another association
+                    self._count_duplicate(study)
+                    return False
+                self.spool.commit(tmp, study_uid, sop_uid)
+            finally:
+                self.spool.discard(tmp)  # a no-op once renamed
+            study.state.received.append(sop_uid)
+            study.received_set.add(sop_uid)
+            study.received_at[sop_uid] = time.perf_counter()
+            self.spool.save_state(study.state)
+            self._schedule_locked(study)
+        return True
+
+    def _count_duplicate(self, study: _LiveStudy) -> None:
+        study.state.duplicates += 1
+        self.spool.save_state(study.state)
+
+    # Restart ---------------------------------------------------------------------------------
+    def resume(self) -> list[str]:
+        """Queue every unfinished study found in the spool; return their UIDs."""
+        resumed = []
+        for folder in self.spool.study_dirs():
+            study = self._study(folder.name)
+            with study.lock:
+                missing = [u for u in self.spool.stored_instances(study.uid)
+                           if u not in study.received_set]
+                if missing:
+                    # stored, but the sender was not answered: keep the order they were written
+                    missing.sort(key=lambda u: (self.spool.instance_path(study.uid, u)
+                                                .stat().st_mtime_ns, u))
+                    study.state.received.extend(missing)
+                    study.received_set.update(missing)
+                    self.spool.save_state(study.state)
+                if not study.state.finished:
+                    log.info("resuming study %s: %d of %d instances processed", study.uid,
+                             study.state.processed, len(study.state.received))
+                    self._schedule_locked(study)
+                    resumed.append(study.uid)
+            if not study.state.received and not any(folder.iterdir()):
+                folder.rmdir()  # made for an instance that was then refused
+                with self._studies_lock:
+                    self._studies.pop(study.uid, None)
+        return resumed
+
+    # Processing ------------------------------------------------------------------------------
+    def _study(self, study_uid: str) -> _LiveStudy:
+        with self._studies_lock:
+            study = self._studies.get(study_uid)
+            if study is None:
+                state = self.spool.load_state(study_uid)
+                folder = self.spool.study_dir(study_uid)
+                events = self._shared_events or EventLog(folder / EVENTS_NAME)
+                study = _LiveStudy(state=state,
+                                   pipeline_state=self.pipeline.start_study(study_uid),
+                                   events=events,
+                                   summary_path=self._summary_path or folder / SUMMARY_NAME,
+                                   received_set=set(state.received))
+                self._studies[study_uid] = study
+            return study
+
+    def _schedule_locked(self, study: _LiveStudy) -> None:
+        """Queue the study for processing unless it is already queued (study.lock held)."""
+        if study.scheduled:
+            return
+        study.scheduled = True
+        with self._idle:
+            self._busy += 1
+        self._executor.submit(self._drain, study)
+
+    def _drain(self, study: _LiveStudy) -> None:
+        while True:
+            with study.lock:
+                if study.done >= len(study.state.received):
+                    study.scheduled = False
+                    with self._idle:
+                        self._busy -= 1
+                        self._idle.notify_all()
+                    return
+                sop_uid = study.state.received[study.done]
+                catching_up = study.done < study.state.processed
+            self._process(study, sop_uid, catching_up=catching_up)
+            with study.lock:
+                if study.done > study.state.processed:
+                    study.state.processed = study.done
+                    self.spool.save_state(study.state)
+
+    def _process(self, study: _LiveStudy, sop_uid: str, *, catching_up: bool) -> None:
+        """Process one stored instance; never raises (what fails is listed as rejected)."""
+        path = self.spool.instance_path(study.uid, sop_uid)
+        try:
+            ds = pydicom.dcmread(path, defer_size=1024)
+            if UID(str(ds.get("SOPClassUID", ""))) == XRayRadiationDoseSRStorage:
+                study.dose_reports.append(str(path))
+            else:
+                self._feed_run(study, run_from_dataset(ds, path))
+        except InputError as exc:
+            log.warning("study %s: %s", study.uid, exc)
+            study.rejected.append(Rejection(str(path), f"{exc.tag}: {exc.reason}" if exc.tag
+                                            else exc.reason))
+        except Exception as exc:  # one bad instance must not stop the study
+            log.exception("study %s: %s cannot be processed", study.uid, path)
+            study.rejected.append(Rejection(str(path), f"cannot be processed "
+                                            f"({type(exc).__name__}: {exc})"))
+        study.events.sync()
+        received_at = study.received_at.pop(sop_uid, None)
+        if received_at is not None:
+            study.receive_to_event_ms.append((time.perf_counter() - received_at) * 1000.0)
+        with study.lock:
+            study.done += 1
+        if not catching_up:
+            self._write_summary(study)
+
+    def _feed_run(self, study: _LiveStudy, run: Run) -> None:
+        if run.start_s is None or math.isnan(run.start_s):
+            raise InputError("no acquisition or content time, so the run cannot be placed in "
+                             "the study", path=run.path, tag="(0008,002A) AcquisitionDateTime")
+        if study.t0_s is None:
+            study.t0_s = run.start_s
+        late = run.start_s < study.latest_start_s
+        study.latest_start_s = max(study.latest_start_s, run.start_s)
+        study.out_of_order_runs += late
+        run = replace(run, start_s=run.start_s - study.t0_s, index=len(study.runs))
+        study.runs.append(run)
+        state = study.pipeline_state
+        self.pipeline.prepare_run(run, state)
+        used = 0
+        try:
+            for pixels in run.iter_pixels():
+                used += 1
+                frame = Frame(pixels=pixels, index=state.frames, frame_number=used,
+                              t_s=run.start_s + run.frame_offsets_s[used - 1], run=run)
+                event = self.pipeline.process(frame, state)
+                if late:
+                    event["out_of_order"] = True
+                if not study.events.has(run.sop_instance_uid, used):
+                    study.events.append(event)
+        except DamagedPixelDataError as exc:
+            log.warning("study %s: damaged run %s", study.uid, exc)
+            note = f" (frames 1-{used} of {run.n_frames} used)" if used else ""
+            study.rejected.append(Rejection(run.path, f"{exc.tag}: {exc.reason}{note}"))
+
+    def _write_summary(self, study: _LiveStudy) -> None:
+        summary = self.summary(study.uid)
+        try:
+            write_json(study.summary_path, summary)
+        except OSError:
+            log.exception("study %s: summary cannot be written to %s", study.uid,
+                          study.summary_path)
+
+    def summary(self, study_uid: str) -> dict:
+        """The study's summary as processed so far (DESIGN §3 keys plus receiver counts)."""
+        study = self._study(study_uid)
+        view = Study(study.uid, tuple(study.runs), tuple(study.rejected), tuple(study.dose_reports))
+        summary = build_summary(view, study.pipeline_state, list(study.rejected))
+        summary.update({
+            "instances": study.done,
+            "duplicates": study.state.duplicates,
+            "out_of_order_runs": study.out_of_order_runs,
+            "receive_latency_ms": latency_summary(study.receive_to_event_ms),
+        })
+        return summary
+
+    def receive_latencies_ms(self) -> dict[str, list[float]]:
+        """Per study, instance stored → its last event written, in ms (this process only)."""
+        with self._studies_lock:
+            return {uid: list(s.receive_to_event_ms) for uid, s in self._studies.items()}
+
+    # Shutdown --------------------------------------------------------------------------------
+    def wait_idle(self, timeout_s: float | None = None) -> bool:
+        """Wait until every queued instance is processed; False on timeout."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._busy == 0, timeout=timeout_s)
+
+    def close(self) -> None:
+        """Finish queued work, write every study's summary, close the events files."""
+        self.wait_idle()
+        self._executor.shutdown(wait=True)
+        with self._studies_lock:
+            studies = list(self._studies.values())
+        for study in studies:
+            if study.done:
+                self._write_summary(study)
+            if study.events is not self._shared_events:
+                study.events.close()
+        if self._shared_events is not None:
+            self._shared_events.close()

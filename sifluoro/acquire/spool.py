@@ -1,0 +1,248 @@
+"""The receiver's spool: paths from validated UIDs, atomic durable writes, a byte quota, and
+a small state file per study.
+
+Layout::
+
+    SPOOL/<StudyInstanceUID>/<SOPInstanceUID>.dcm      one file per accepted instance
+    SPOOL/<StudyInstanceUID>/.<SOPInstanceUID>.*.part  an instance being written (temporary)
+    SPOOL/<StudyInstanceUID>/state.json                arrival order, how many were processed
+
+An instance is written under a temporary name in its study folder, fsynced, renamed into place
+and the folder fsynced, so a file with the final name is always complete. Temporary files left
+by a crash are removed when the spool is opened. Nothing here knows about DICOM networking.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import re
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sifluoro.errors import InputError, SifluoroError
+
+log = logging.getLogger(__name__)
+
+UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+UID_MAX_CHARS = 64
+STATE_NAME = "state.json"
+PART_SUFFIX = ".part"
+_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+class InvalidUIDError(InputError):
+    """A UID that is not a valid DICOM UID; it is never used to build a path."""
+
+
+class SpoolFullError(SifluoroError):
+    """The spool cannot take an instance: quota reached, disk full, or instance too large."""
+
+
+def check_uid(value: object, *, tag: str) -> str:
+    """Return ``value`` as a UID string if it is a valid DICOM UID, else raise.
+
+    Parameters
+    ----------
+    value : object
+        The element value as received.
+    tag : str
+        Tag and keyword for the message, e.g. ``"(0008,0018) SOPInstanceUID"``.
+
+    Raises
+    ------
+    InvalidUIDError
+        Empty, longer than 64 characters, or not digits separated by single dots. Such a
+        value could escape the spool folder (``../``) and is refused.
+    """
+    text = str(value or "")
+    if not text or len(text) > UID_MAX_CHARS or not UID_PATTERN.match(text):
+        shown = text if len(text) <= 80 else text[:77] + "..."
+        raise InvalidUIDError(f"{shown!r} is not a valid UID (digits and dots, at most "
+                              f"{UID_MAX_CHARS} characters); fix the sender", tag=tag)
+    return text
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new entry in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` under a temporary name, fsync, rename, fsync the folder."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PART_SUFFIX, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink_quietly(Path(tmp))
+        raise
+    fsync_dir(path.parent)
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+@dataclass
+class StudyState:
+    """What the spool remembers of one study between runs of the receiver.
+
+    ``received`` lists SOP Instance UIDs in arrival order (the processing order);
+    ``processed`` counts how many of them the pipeline has finished, events and summary
+    included. The study is finished when every received instance is processed.
+    """
+
+    study_instance_uid: str
+    received: list[str] = field(default_factory=list)
+    processed: int = 0
+    duplicates: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.processed >= len(self.received)
+
+    def as_dict(self) -> dict:
+        return {"study_instance_uid": self.study_instance_uid, "received": list(self.received),
+                "processed": self.processed, "duplicates": self.duplicates,
+                "finished": self.finished}
+
+
+class Spool:
+    """A folder of received instances, one sub-folder per study.
+
+    Parameters
+    ----------
+    root : Path
+        The spool folder (created if missing).
+    quota_bytes : int, optional
+        Most bytes of instance files the spool may hold (events, summaries and state files
+        are not counted). None for no quota beyond the disk itself.
+    """
+
+    def __init__(self, root: str | Path, *, quota_bytes: int | None = None):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.quota_bytes = quota_bytes
+        self._lock = threading.Lock()
+        self._reserved_bytes = 0
+        self.used_bytes = self._clean_and_measure()
+
+    def _clean_and_measure(self) -> int:
+        used = 0
+        for study_dir in self.study_dirs():
+            for entry in study_dir.iterdir():
+                if entry.name.startswith(".") and entry.name.endswith(PART_SUFFIX):
+                    log.info("removing %s left by an interrupted write", entry)
+                    _unlink_quietly(entry)
+                elif entry.suffix == ".dcm":
+                    used += entry.stat().st_size
+        return used
+
+    def study_dirs(self) -> list[Path]:
+        """Study folders whose names are valid UIDs (anything else in the spool is ignored)."""
+        return sorted(p for p in self.root.iterdir() if p.is_dir() and UID_PATTERN.match(p.name))
+
+    def study_dir(self, study_uid: str) -> Path:
+        return self.root / check_uid(study_uid, tag="(0020,000D) StudyInstanceUID")
+
+    def instance_path(self, study_uid: str, sop_uid: str) -> Path:
+        return self.study_dir(study_uid) / (check_uid(sop_uid, tag="(0008,0018) SOPInstanceUID")
+                                            + ".dcm")
+
+    def stored_instances(self, study_uid: str) -> list[str]:
+        """SOP Instance UIDs with a complete file in the study folder."""
+        folder = self.study_dir(study_uid)
+        if not folder.is_dir():
+            return []
+        return sorted(p.stem for p in folder.glob("*.dcm") if UID_PATTERN.match(p.stem))
+
+    # Quota ---------------------------------------------------------------------------------
+    def reserve(self, nbytes: int) -> None:
+        """Claim room for an instance before writing it; raise ``SpoolFullError`` if none."""
+        with self._lock:
+            if (self.quota_bytes is not None
+                    and self.used_bytes + self._reserved_bytes + nbytes > self.quota_bytes):
+                raise SpoolFullError(
+                    f"spool quota reached: {self.used_bytes + self._reserved_bytes} of "
+                    f"{self.quota_bytes} bytes used, instance needs {nbytes}; free space or "
+                    "raise --spool-quota-mb")
+            self._reserved_bytes += nbytes
+
+    def settle(self, nbytes: int, *, stored: bool) -> None:
+        """End a reservation: the bytes now count as used, or are given back."""
+        with self._lock:
+            self._reserved_bytes -= nbytes
+            if stored:
+                self.used_bytes += nbytes
+
+    # Instances -----------------------------------------------------------------------------
+    def write_temp(self, study_uid: str, sop_uid: str, data: bytes) -> Path:
+        """Write an instance under a temporary name in its study folder, durably.
+
+        Raises ``SpoolFullError`` when the disk is full (the partial file is removed).
+        """
+        folder = self.study_dir(study_uid)
+        if not folder.is_dir():
+            folder.mkdir(exist_ok=True)
+            fsync_dir(self.root)
+        fd, tmp = tempfile.mkstemp(prefix=f".{check_uid(sop_uid, tag='(0008,0018) SOPInstanceUID')}.",
+                                   suffix=PART_SUFFIX, dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            _unlink_quietly(Path(tmp))
+            if exc.errno in _FULL_ERRNOS:
+                raise SpoolFullError(f"disk full while writing to {folder} ({exc.strerror}); "
+                                     "free space in the spool") from exc
+            raise
+        return Path(tmp)
+
+    def commit(self, tmp: Path, study_uid: str, sop_uid: str) -> Path:
+        """Rename a complete temporary file to its final name and make the rename durable."""
+        final = self.instance_path(study_uid, sop_uid)
+        os.replace(tmp, final)
+        fsync_dir(final.parent)
+        return final
+
+    @staticmethod
+    def discard(tmp: Path) -> None:
+        _unlink_quietly(tmp)
+
+    # Study state ---------------------------------------------------------------------------
+    def load_state(self, study_uid: str) -> StudyState:
+        """The study's state file, or a fresh state when there is none (or it is unreadable)."""
+        path = self.study_dir(study_uid) / STATE_NAME
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            return StudyState(study_uid, [check_uid(u, tag="(0008,0018) SOPInstanceUID")
+                                          for u in raw.get("received", [])],
+                              int(raw.get("processed", 0)), int(raw.get("duplicates", 0)))
+        except FileNotFoundError:
+            return StudyState(study_uid)
+        except (ValueError, TypeError, InputError) as exc:
+            log.warning("%s is unreadable (%s); the study is processed again from its files",
+                        path, exc)
+            return StudyState(study_uid)
+
+    def save_state(self, state: StudyState) -> None:
+        folder = self.study_dir(state.study_instance_uid)
+        folder.mkdir(exist_ok=True)
+        atomic_write_bytes(folder / STATE_NAME,
+                           (json.dumps(state.as_dict(), indent=1) + "\n").encode("utf-8"))

@@ -1,0 +1,96 @@
+"""Interoperability with DCMTK: echoscu and storescu against the receiver as a real process.
+
+What is compared: the dataset part of each file (everything after the file meta group). DCMTK
+and the receiver each write their own file meta (implementation UID, source AE title), but the
+dataset bytes are what travelled over the network; the receiver must store them unchanged.
+Each file is sent with the storescu option that proposes its own transfer syntax, so that
+storescu does not transcode it.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from sifluoro.contract import replay_output_violations
+from tests.dicom_fixtures import PATIENT_ID, PATIENT_NAME, RunSpec, write_study
+from tests.receiver.helpers import (
+    dataset_bytes,
+    echoscu,
+    file_uids,
+    needs_dcmtk,
+    read_events,
+    spooled,
+    storescu,
+    summary_frames,
+    wait_for,
+)
+
+pytestmark = needs_dcmtk
+
+PROPOSE = {"explicit": "-xe", "implicit": "-xi", "rle": "-xr", "jpeg_lossless": "-xs"}
+SPECS = [
+    RunSpec(0.0, n_frames=4, storage="xa", transfer_syntax="explicit"),
+    RunSpec(2.0, n_frames=1, storage="rf", transfer_syntax="implicit"),
+    RunSpec(4.0, n_frames=3, storage="xa", transfer_syntax="rle"),
+    RunSpec(6.0, n_frames=3, storage="xa", transfer_syntax="jpeg_lossless"),
+    RunSpec(8.0, n_frames=2, storage="enhanced_xa", transfer_syntax="explicit"),
+    RunSpec(10.0, n_frames=2, storage="sc", dtype=np.uint8, bits_stored=8,
+            transfer_syntax="explicit"),
+]
+
+
+def test_echoscu_and_storescu_every_variant_byte_identical(tmp_path, start_receiver):
+    paths = write_study(tmp_path / "study", SPECS)
+    receiver = start_receiver()
+    assert echoscu(receiver.port).returncode == 0
+
+    for spec, path in zip(SPECS, paths):  # in acquisition order
+        sent = storescu(receiver.port, [path], PROPOSE[spec.transfer_syntax])
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+
+    study_uid, _ = file_uids(paths[0])
+    folder = receiver.spool / study_uid
+    total = sum(s.n_frames for s in SPECS)
+    wait_for(lambda: summary_frames(folder / "summary.json") == total)
+    assert receiver.terminate() == 0
+
+    for path in paths:
+        stored = spooled(receiver.spool, *file_uids(path))
+        assert dataset_bytes(stored) == dataset_bytes(path), path.name
+    events = read_events(folder / "events.jsonl")
+    assert replay_output_violations(folder / "events.jsonl", folder / "summary.json") == []
+    expected = {(file_uids(p)[1], k) for s, p in zip(SPECS, paths) for k in range(1, s.n_frames + 1)}
+    assert {(e["sop_instance_uid"], e["frame"]) for e in events} == expected
+    summary = json.loads((folder / "summary.json").read_text())
+    assert (summary["frames"], summary["runs"], summary["rejected_files"]) == (total, len(SPECS), [])
+    assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []
+    log = receiver.log()
+    assert PATIENT_NAME not in log and PATIENT_ID not in log
+    assert b"6 stored" in receiver.stdout
+
+
+def test_the_same_instance_twice_is_stored_once_and_counted(tmp_path, start_receiver):
+    paths = write_study(tmp_path / "study", [RunSpec(0.0, n_frames=3), RunSpec(5.0, n_frames=2)])
+    receiver = start_receiver()
+    first = sorted(paths)  # file names run against time: the later run goes first
+    for _ in range(2):
+        sent = storescu(receiver.port, first, "-xe")
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+    study_uid, _ = file_uids(paths[0])
+    folder = receiver.spool / study_uid
+    wait_for(lambda: summary_frames(folder / "summary.json") == 5)
+    assert receiver.terminate() == 0
+
+    assert sorted(p.name for p in folder.glob("*.dcm")) == sorted(
+        f"{file_uids(p)[1]}.dcm" for p in paths)
+    summary = json.loads((folder / "summary.json").read_text())
+    assert (summary["frames"], summary["instances"], summary["duplicates"]) == (5, 2, 2)
+    assert summary["out_of_order_runs"] == 1
+    events = read_events(folder / "events.jsonl")
+    assert [e["index"] for e in events] == list(range(5))
+    # the earlier run arrived second: processed as it came, flagged, with its true (earlier) t_s
+    late = [e for e in events if e.get("out_of_order")]
+    assert [e["frame"] for e in late] == [1, 2, 3]
+    assert late[0]["t_s"] == pytest.approx(-5.0)
