@@ -256,6 +256,9 @@ def _add_technique(ds: Dataset, tech: Technique) -> None:
         ds.DistanceSourceToDetector = _ds(tech.sid_mm)
     if tech.source_to_patient_mm is not None:
         ds.DistanceSourceToPatient = _ds(tech.source_to_patient_mm)
+    if tech.source_to_isocenter_mm is not None:
+        # not in the legacy IODs, but what dose estimation needs: an extended attribute
+        ds.DistanceSourceToIsocenter = float(tech.source_to_isocenter_mm)
     if tech.imager_pixel_spacing_xy_mm is not None:
         sx, sy = tech.imager_pixel_spacing_xy_mm
         ds.ImagerPixelSpacing = [_ds(sy), _ds(sx)]

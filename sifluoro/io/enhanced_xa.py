@@ -113,7 +113,7 @@ def add_enhanced_xa(ds: Dataset, n: int, tech: Technique, when: datetime,
     shared.XRayAcquisitionDoseSequence = [dose]
     shared.XRayGeometrySequence = [_item(
         DistanceSourceToIsocenter=float(tech.source_to_isocenter_mm or 0.0),
-        DistanceSourceToDetector=float(tech.sid_mm or 0.0))]
+        DistanceSourceToDetector=f"{tech.sid_mm or 0.0:.6g}")]
     shared.IrradiationEventIdentificationSequence = [_item(IrradiationEventUID=generate_uid(entropy_srcs=[ds.SOPInstanceUID, "irradiation"]))]
     shared.FrameAnatomySequence = [_item(
         FrameLaterality="U",
