@@ -26,6 +26,9 @@ class DoseSettings:
         A fluoroscopy-time alert fires at every multiple of this (5 minutes).
     air_kerma_first_alert_mgy, air_kerma_alert_step_mgy : float
         NCRP Report 168 notification levels: first at 3 Gy, then every 1 Gy.
+    srdl_air_kerma_mgy, srdl_dap_gycm2, srdl_fluoro_time_s : float
+        Substantial radiation dose levels (NCRP Report 168): 5 Gy reference air kerma,
+        500 Gy·cm² DAP, 60 min fluoroscopy. Each fires once per study; 0 disables it.
     """
 
     reference_point_offset_mm: float = 150.0
@@ -35,6 +38,9 @@ class DoseSettings:
     fluoro_time_alert_s: float = 300.0
     air_kerma_first_alert_mgy: float = 3000.0
     air_kerma_alert_step_mgy: float = 1000.0
+    srdl_air_kerma_mgy: float = 5000.0
+    srdl_dap_gycm2: float = 500.0
+    srdl_fluoro_time_s: float = 3600.0
 
 
 @dataclass(frozen=True)

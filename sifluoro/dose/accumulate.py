@@ -1,31 +1,73 @@
 """Per-frame dose accounting for a study: never skipped, cheap per frame.
 
-Run-level work (reading what the device reported, the SpekPy tube output) happens once per run
-in :meth:`DoseAccumulator.prepare`, so a frame only adds numbers.
+Run-level work (what the device reported, the tube output from the table) happens once per run
+in :meth:`DoseAccumulator.prepare`, so a frame only adds numbers. Each run is also tallied as
+one irradiation event (TID 10003) for the dose report written at study end.
+
+Where the numbers come from, per run, first found wins:
+
+1. a dose report (RDSR) of the study attached with :meth:`DoseAccumulator.use_report`, for
+   runs that its events reference (``"rdsr"``);
+2. what the image header reports: per-frame values, else run totals (``"reported"``);
+3. the technique estimate of :mod:`sifluoro.dose.physics` (``"estimated"``);
+4. nothing (``"none"``): the run's frames add time but no dose.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+from pydicom.uid import generate_uid
+
 from sifluoro.config import DoseSettings
-from sifluoro.dose.physics import estimate_frame_dose
-from sifluoro.model import Frame, Run
+from sifluoro.dose.physics import estimate_frame_dose, field_area_cm2_at_detector
+from sifluoro.dose.records import (
+    ACQUISITION,
+    FLUOROSCOPY,
+    SINGLE_PLANE,
+    IrradiationEvent,
+    StudyDose,
+    totals_from_events,
+)
+from sifluoro.model import Device, Frame, Run, Study
 
 
 @dataclass(frozen=True)
 class RunDose:
-    """What one frame of a run adds, and where the numbers come from."""
+    """What one frame of a run adds, and where the numbers come from.
+
+    ``*_per_frame_values`` hold a value for each frame when the device reported them so;
+    otherwise every frame adds the constant ``*_per_frame``.
+    """
 
     air_kerma_mgy_per_frame: float
     dap_gycm2_per_frame: float
-    source: str  # "reported" | "estimated" | "none"
+    source: str  # "rdsr" | "reported" | "estimated" | "none"
+    air_kerma_mgy_per_frame_values: tuple[float, ...] | None = None
+    dap_gycm2_per_frame_values: tuple[float, ...] | None = None
+
+    def frame(self, frame_number: int) -> tuple[float, float]:
+        """(air_kerma_mgy, dap_gycm2) added by frame ``frame_number`` (1-based)."""
+        k = frame_number - 1
+        kerma = self.air_kerma_mgy_per_frame
+        dap = self.dap_gycm2_per_frame
+        if self.air_kerma_mgy_per_frame_values is not None and k < len(self.air_kerma_mgy_per_frame_values):
+            kerma = self.air_kerma_mgy_per_frame_values[k]
+        if self.dap_gycm2_per_frame_values is not None and k < len(self.dap_gycm2_per_frame_values):
+            dap = self.dap_gycm2_per_frame_values[k]
+        return kerma, dap
 
 
 @dataclass(frozen=True)
 class DoseAlert:
-    """A dose notification: which level was crossed, at which frame."""
+    """A dose notification: which level was crossed, at which frame.
 
-    kind: str  # "fluoro_time" | "air_kerma" | "dap"
+    ``kind`` is ``"fluoro_time"`` (every 5 min), ``"air_kerma"`` (NCRP 168 notification
+    levels), or a substantial radiation dose level: ``"srdl_air_kerma"``, ``"srdl_dap"``,
+    ``"srdl_fluoro_time"``.
+    """
+
+    kind: str
     level: float
     unit: str
     index: int
@@ -46,14 +88,52 @@ class DoseTotals:
     sources: set[str] = field(default_factory=set)
 
 
+@dataclass
+class _RunTally:
+    """What a run has added so far (mutable; frozen into an IrradiationEvent on request)."""
+
+    run: Run
+    dose: RunDose
+    frames: int = 0
+    air_kerma_mgy: float = 0.0
+    dap_gycm2: float = 0.0
+    time_s: float = 0.0
+
+
 class DoseAccumulator:
-    """Cumulative fluoroscopy time, reference air kerma and DAP of one study, with alerts."""
+    """Cumulative fluoroscopy time, reference air kerma and DAP of one study, with alerts.
+
+    Parameters
+    ----------
+    settings : DoseSettings
+        Reference point, tube data and alert levels.
+
+    Examples
+    --------
+    >>> dose = DoseAccumulator(DoseSettings())        # doctest: +SKIP
+    >>> for frame in frames:                          # doctest: +SKIP
+    ...     alerts = dose.add(frame)
+    >>> dose.totals.air_kerma_mgy, dose.source        # doctest: +SKIP
+    """
 
     def __init__(self, settings: DoseSettings):
         self.settings = settings
         self.totals = DoseTotals()
         self.alerts: list[DoseAlert] = []
         self._runs: dict[str, RunDose] = {}
+        self._tallies: dict[str, _RunTally] = {}
+        self._report_events: dict[str, IrradiationEvent] = {}
+        self._srdl_fired: set[str] = set()
+
+    def use_report(self, report: StudyDose) -> None:
+        """Take run doses from a dose report of the study for the runs its events reference.
+
+        Call before the runs are prepared. Events reference runs through their Acquired Image
+        items (SOP Instance UIDs); fluoroscopy that was not stored as images has none.
+        """
+        for event in report.events:
+            for uid in event.sop_instance_uids:
+                self._report_events[uid] = event
 
     def prepare(self, run: Run) -> RunDose:
         """Work out a run's per-frame dose once (called before its first frame is needed)."""
@@ -61,15 +141,23 @@ class DoseAccumulator:
         if found is not None:
             return found
         tech, n = run.technique, max(1, run.n_frames)
-        if tech.reported_dap_gycm2 is not None or tech.reported_air_kerma_mgy is not None:
+        event = self._report_events.get(run.sop_instance_uid)
+        kerma_values = _per_frame(tech.reported_air_kerma_mgy_per_frame, run.n_frames)
+        dap_values = _per_frame(tech.reported_dap_gycm2_per_frame, run.n_frames)
+        if event is not None and (event.dap_gycm2 is not None or event.air_kerma_mgy is not None):
+            dose = RunDose((event.air_kerma_mgy or 0.0) / n, (event.dap_gycm2 or 0.0) / n, "rdsr")
+        elif (tech.reported_dap_gycm2 is not None or tech.reported_air_kerma_mgy is not None
+              or kerma_values is not None or dap_values is not None):
             estimate = None
-            if tech.reported_dap_gycm2 is None or tech.reported_air_kerma_mgy is None:
+            has_kerma = tech.reported_air_kerma_mgy is not None or kerma_values is not None
+            has_dap = tech.reported_dap_gycm2 is not None or dap_values is not None
+            if not (has_kerma and has_dap):
                 estimate = self._estimate(run)
             kerma = (tech.reported_air_kerma_mgy / n if tech.reported_air_kerma_mgy is not None
                      else (estimate[0] if estimate else 0.0))
             dap = (tech.reported_dap_gycm2 / n if tech.reported_dap_gycm2 is not None
                    else (estimate[1] if estimate else 0.0))
-            dose = RunDose(kerma, dap, "reported")
+            dose = RunDose(kerma, dap, "reported", kerma_values, dap_values)
         else:
             estimate = self._estimate(run)
             dose = RunDose(*estimate, "estimated") if estimate else RunDose(0.0, 0.0, "none")
@@ -85,36 +173,135 @@ class DoseAccumulator:
     def add(self, frame: Frame) -> list[DoseAlert]:
         """Count one frame; return the alerts it raised."""
         dose = self.prepare(frame.run)
-        before = (self.totals.fluoro_time_s, self.totals.air_kerma_mgy)
+        before = (self.totals.fluoro_time_s, self.totals.air_kerma_mgy, self.totals.dap_gycm2)
         interval_s = frame.frame_interval_ms / 1000.0
         if frame.technique.is_acquisition:
             self.totals.acquisition_time_s += interval_s
         else:
             self.totals.fluoro_time_s += interval_s
-        self.totals.air_kerma_mgy += dose.air_kerma_mgy_per_frame
-        self.totals.dap_gycm2 += dose.dap_gycm2_per_frame
+        kerma, dap = dose.frame(frame.frame_number)
+        self.totals.air_kerma_mgy += kerma
+        self.totals.dap_gycm2 += dap
         self.totals.sources.add(dose.source)
+        tally = self._tallies.get(frame.run.sop_instance_uid)
+        if tally is None:
+            tally = self._tallies[frame.run.sop_instance_uid] = _RunTally(frame.run, dose)
+        tally.frames += 1
+        tally.air_kerma_mgy += kerma
+        tally.dap_gycm2 += dap
+        tally.time_s += interval_s
         new = self._crossed(before, frame)
         self.alerts.extend(new)
         return new
 
-    def _crossed(self, before: tuple[float, float], frame: Frame) -> list[DoseAlert]:
-        s, out = self.settings, []
+    def _crossed(self, before: tuple[float, float, float], frame: Frame) -> list[DoseAlert]:
+        s, out, t = self.settings, [], self.totals
         step = s.fluoro_time_alert_s
         if step > 0:
-            for k in range(int(before[0] // step) + 1, int(self.totals.fluoro_time_s // step) + 1):
+            for k in range(int(before[0] // step) + 1, int(t.fluoro_time_s // step) + 1):
                 out.append(DoseAlert("fluoro_time", k * step, "s", frame.index, frame.t_s,
                                      f"fluoroscopy time has reached {k * step / 60:g} min"))
-        for level in _kerma_levels(before[1], self.totals.air_kerma_mgy, s):
+        for level in _kerma_levels(before[1], t.air_kerma_mgy, s):
             out.append(DoseAlert("air_kerma", level, "mGy", frame.index, frame.t_s,
                                  f"reference air kerma has reached {level / 1000:g} Gy"))
+        srdl = (("srdl_air_kerma", s.srdl_air_kerma_mgy, t.air_kerma_mgy, "mGy",
+                 f"SUBSTANTIAL RADIATION DOSE LEVEL: reference air kerma {s.srdl_air_kerma_mgy / 1000:g} Gy"),
+                ("srdl_dap", s.srdl_dap_gycm2, t.dap_gycm2, "Gy·cm²",
+                 f"SUBSTANTIAL RADIATION DOSE LEVEL: DAP {s.srdl_dap_gycm2:g} Gy·cm²"),
+                ("srdl_fluoro_time", s.srdl_fluoro_time_s, t.fluoro_time_s, "s",
+                 f"SUBSTANTIAL RADIATION DOSE LEVEL: fluoroscopy time {s.srdl_fluoro_time_s / 60:g} min"))
+        for kind, level, value, unit, message in srdl:
+            if level > 0 and value >= level and kind not in self._srdl_fired:
+                self._srdl_fired.add(kind)
+                out.append(DoseAlert(kind, level, unit, frame.index, frame.t_s,
+                                     message + "; follow the facility's SRDL patient follow-up"))
         return out
 
     @property
     def source(self) -> str:
-        """"reported", "estimated", "mixed" or "none" for the study so far."""
+        """"rdsr", "reported", "estimated", "mixed" or "none" for the study so far."""
         used = self.totals.sources - {"none"} or self.totals.sources
         return "mixed" if len(used) > 1 else (next(iter(used)) if used else "none")
+
+    @property
+    def srdl_exceeded(self) -> tuple[str, ...]:
+        """Which substantial radiation dose levels the study has reached, in a fixed order."""
+        return tuple(k[len("srdl_"):] for k in ("srdl_air_kerma", "srdl_dap", "srdl_fluoro_time")
+                     if k in self._srdl_fired)
+
+    def events(self) -> tuple[IrradiationEvent, ...]:
+        """One irradiation event per run counted so far, in the order runs were first seen.
+
+        Event UIDs are derived from the run's SOP Instance UID, so a report written twice for
+        the same study names the same events. ``start`` is left None: run times here are
+        relative to the study; the RDSR writer reads absolute times from the run headers.
+        """
+        return tuple(_event(t, self.settings) for t in self._tallies.values())
+
+    def study_dose(self, study_instance_uid: str, device: Device) -> StudyDose:
+        """The study's dose so far as a :class:`StudyDose` (``source="images"``)."""
+        events = self.events()
+        return StudyDose(study_instance_uid=study_instance_uid, source="images", device=device,
+                         events=events, planes=(totals_from_events(SINGLE_PLANE, events),),
+                         dose_source=self.source, planes_from_report=False,
+                         srdl_exceeded=self.srdl_exceeded)
+
+
+def accumulate_study(study: Study, settings: DoseSettings, *, report: StudyDose | None = None
+                     ) -> DoseAccumulator:
+    """Count every frame of a study without decoding pixels (for audits and summaries)."""
+    empty = np.zeros((0, 0), dtype=np.uint16)
+    dose = DoseAccumulator(settings)
+    if report is not None:
+        dose.use_report(report)
+    index = 0
+    for run in study.runs:
+        dose.prepare(run)
+        for k, offset in enumerate(run.frame_offsets_s):
+            dose.add(Frame(pixels=empty, index=index, frame_number=k + 1,
+                           t_s=run.start_s + offset, run=run))
+            index += 1
+    return dose
+
+
+def event_uid(run: Run) -> str:
+    """A stable Irradiation Event UID for a run (the same run always gets the same UID)."""
+    return generate_uid(entropy_srcs=["sifluoro irradiation event", run.sop_instance_uid])
+
+
+def _event(tally: _RunTally, settings: DoseSettings) -> IrradiationEvent:
+    run, tech = tally.run, tally.run.technique
+    area_det = field_area_cm2_at_detector(tech, run.rows, run.columns)
+    return IrradiationEvent(
+        event_uid=event_uid(run),
+        kind=ACQUISITION if tech.is_acquisition else FLUOROSCOPY,
+        plane=SINGLE_PLANE,
+        dap_gycm2=tally.dap_gycm2,
+        air_kerma_mgy=tally.air_kerma_mgy,
+        dose_source=tally.dose.source,
+        kvp=tech.kvp,
+        tube_current_ma=tech.tube_current_ma,
+        pulse_width_ms=tech.pulse_width_ms,
+        pulse_rate_per_s=tech.pulse_rate_per_s,
+        n_pulses=tally.frames,
+        irradiation_duration_s=tally.time_s,
+        exposure_time_ms=tech.exposure_time_ms,
+        exposure_mas=tech.exposure_mas,
+        filter_al_mm=tech.filter_al_mm,
+        filter_cu_mm=tech.filter_cu_mm,
+        primary_angle_deg=tech.primary_angle_deg,
+        secondary_angle_deg=tech.secondary_angle_deg,
+        sid_mm=tech.sid_mm,
+        source_to_isocenter_mm=tech.source_to_isocenter_mm,
+        collimated_field_area_cm2=area_det,
+        reference_point=("15cm from Isocenter toward Source" if tech.source_to_isocenter_mm
+                         else "30cm in Front of Image Input Surface"),
+        sop_instance_uids=(run.sop_instance_uid,),
+    )
+
+
+def _per_frame(values: tuple[float, ...] | None, n_frames: int) -> tuple[float, ...] | None:
+    return tuple(values) if values is not None and len(values) == n_frames else None
 
 
 def _kerma_levels(before: float, after: float, s: DoseSettings) -> list[float]:

@@ -122,7 +122,7 @@ class _Reader:
         try:
             value = float(mv.FloatingPointValue) if "FloatingPointValue" in mv else float(mv.NumericValue)
         except (TypeError, ValueError, AttributeError):
-            raise self.error(InputError, f"numeric value {mv.get('NumericValue')!r} is not a number",
+            raise self.error(InputError, f"numeric value {_raw(mv, 0x0040A30A)!r} is not a number",
                              concept) from None
         units = mv.get("MeasurementUnitsCodeSequence")
         unit = C.key(units[0])[1] if units else ""
@@ -350,6 +350,16 @@ class _Reader:
         except ValueError:
             raise self.error(InputError, f"date-time {text!r} is not a DICOM DT", concept) from None
         return value.replace(tzinfo=None) if value is not None else None
+
+
+def _raw(ds: Dataset, tag: int) -> str:
+    """An element's value as stored, without decoding it (for messages about bad values)."""
+    try:
+        elem = ds.get_item(tag)
+        value = elem.value if elem is not None else None
+        return value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
+    except Exception:  # the value is what is broken; say so rather than fail again
+        return "<undecodable>"
 
 
 def _event_kind(code: Dataset) -> str:

@@ -51,3 +51,17 @@ def label(code) -> str:
     scheme, value = key(code)
     meaning = code.meaning if isinstance(code, Code) else getattr(code, "CodeMeaning", "")
     return f"({scheme},{value}) {meaning}".strip()
+
+# measurement units: pydicom's codes.UCUM where it has them, the rest spelled as UCUM writes them
+GY = UCUM.Gy
+GY_M2 = Code("Gy.m2", "UCUM", "Gy.m2")
+SECOND = UCUM.Second
+MILLISECOND = UCUM.Millisecond
+KILOVOLT = UCUM.Kilovolt
+MILLIAMPERE = Code("mA", "UCUM", "mA")
+MICROAMPERE_SECOND = Code("uAs", "UCUM", "uAs")
+MILLIMETER = UCUM.Millimeter
+DEGREE = UCUM.Degree
+SQUARE_METER = Code("m2", "UCUM", "m2")
+PULSE_PER_SECOND = Code("{pulse}/s", "UCUM", "pulse/s")
+NO_UNITS = UCUM.NoUnits

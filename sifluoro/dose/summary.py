@@ -1,0 +1,151 @@
+"""``sifluoro dose summary``: the dose of each study found under some paths (DESIGN §4).
+
+RDSRs are read with :func:`read_rdsr`; image studies are accumulated from their headers with
+:class:`DoseAccumulator` (no pixels decoded). When a study has both, the report wins: it
+counts fluoroscopy that was never stored as images. Several reports of one study are merged:
+a report whose events are all in another one is superseded by it (a later, cumulative report);
+disjoint reports (one per performed procedure step) are added.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Iterable
+
+import pydicom
+
+from sifluoro.acquire.dicom_reader import scan
+from sifluoro.config import DoseSettings
+from sifluoro.dose.accumulate import accumulate_study
+from sifluoro.dose.rdsr_read import read_rdsr
+from sifluoro.dose.records import PlaneTotals, StudyDose, totals_from_events
+from sifluoro.errors import InputError
+from sifluoro.model import Rejection, Study
+
+log = logging.getLogger(__name__)
+
+
+def summarize(paths: Iterable[str | Path], *, settings: DoseSettings | None = None
+              ) -> tuple[list[StudyDose], list[Rejection]]:
+    """The dose of every study under ``paths``, sorted by Study Instance UID.
+
+    Returns
+    -------
+    studies : list of StudyDose
+    rejected : list of Rejection
+        Files that could not be used (image files and dose reports alike), with the reason.
+    """
+    from sifluoro.acquire.dicom_reader import order_runs
+
+    settings = settings or DoseSettings()
+    found = scan(list(paths))
+    rejected = list(found.rejected)
+    reports: dict[str, list[StudyDose]] = {}
+    for path in found.dose_reports:
+        try:
+            report = read_rdsr(path, pydicom.dcmread(path))
+        except InputError as exc:
+            log.warning("rejected %s", exc)
+            rejected.append(Rejection(path, f"{exc.tag}: {exc.reason}" if exc.tag else exc.reason))
+            continue
+        reports.setdefault(report.study_instance_uid, []).append(report)
+    by_uid: dict[str, StudyDose] = {uid: merge_reports(group) for uid, group in reports.items()}
+    covered = set(by_uid) | {r.scope_study_instance_uid for r in by_uid.values()
+                             if r.scope_study_instance_uid}
+    for uid, runs in found.runs_by_study.items():
+        if uid in covered:
+            continue
+        ordered = order_runs(runs, rejected)
+        study = Study(uid, tuple(ordered))
+        dose = accumulate_study(study, settings)
+        by_uid[uid] = dose.study_dose(uid, study.device)
+    studies = [_with_srdl(by_uid[uid], settings) for uid in sorted(by_uid)]
+    return studies, rejected
+
+
+def merge_reports(reports: list[StudyDose]) -> StudyDose:
+    """One StudyDose from several reports of the same study (see the module notes)."""
+    kept = []
+    for report in sorted(reports, key=lambda r: -len(r.events)):
+        uids = {e.event_uid for e in report.events}
+        if any(uids <= {e.event_uid for e in k.events} for k in kept) and uids:
+            continue  # superseded by a cumulative report already kept
+        kept.append(report)
+    if len(kept) == 1:
+        return kept[0]
+    seen, events = set(), []
+    for report in kept:
+        for event in report.events:
+            if event.event_uid not in seen:
+                seen.add(event.event_uid)
+                events.append(event)
+    overlapping = len(events) < sum(len(r.events) for r in kept)
+    if overlapping or not all(r.planes_from_report for r in kept):
+        planes = tuple(totals_from_events(p, events) for p in sorted({e.plane for e in events}))
+        from_report = False
+    else:
+        planes = tuple(_add_planes([p for r in kept for p in r.planes]))
+        from_report = True
+    first = kept[0]
+    return replace(first, events=tuple(events), planes=planes, planes_from_report=from_report,
+                   path=", ".join(r.path or "" for r in kept))
+
+
+def _add_planes(planes: list[PlaneTotals]) -> list[PlaneTotals]:
+    out: dict[str, PlaneTotals] = {}
+    for p in planes:
+        if p.plane not in out:
+            out[p.plane] = p
+            continue
+        q = out[p.plane]
+        sums = {}
+        for name in ("dap_gycm2", "air_kerma_mgy", "fluoro_dap_gycm2", "fluoro_air_kerma_mgy",
+                     "acquisition_dap_gycm2", "acquisition_air_kerma_mgy", "fluoro_time_s",
+                     "acquisition_time_s", "n_radiographic_frames"):
+            a, b = getattr(q, name), getattr(p, name)
+            sums[name] = None if a is None and b is None else (a or 0) + (b or 0)
+        out[p.plane] = replace(q, **sums)
+    return [out[k] for k in sorted(out)]
+
+
+def _with_srdl(study: StudyDose, settings: DoseSettings) -> StudyDose:
+    if study.srdl_exceeded:
+        return study
+    reached = []
+    for name, level, value in (("air_kerma", settings.srdl_air_kerma_mgy, study.air_kerma_mgy),
+                               ("dap", settings.srdl_dap_gycm2, study.dap_gycm2),
+                               ("fluoro_time", settings.srdl_fluoro_time_s, study.fluoro_time_s)):
+        if level > 0 and value >= level:
+            reached.append(name)
+    return replace(study, srdl_exceeded=tuple(reached)) if reached else study
+
+
+def json_lines(studies: list[StudyDose]) -> str:
+    """One JSON object per study per line."""
+    return "".join(json.dumps(s.summary(), separators=(", ", ": ")) + "\n" for s in studies)
+
+
+def table(studies: list[StudyDose], rejected: list[Rejection] = ()) -> str:
+    """A human table: one row per study, then per plane when there are several."""
+    header = (f"{'study':<28} {'source':<7} {'device':<26} {'events':>6} {'fluoro s':>9} "
+              f"{'DAP Gy·cm²':>11} {'Ka,r mGy':>10}  SRDL")
+    lines = [header, "-" * len(header)]
+    for s in studies:
+        d = s.summary()
+        uid = d["study_instance_uid"]
+        uid = uid if len(uid) <= 28 else "…" + uid[-27:]
+        device = f"{d['device']['manufacturer']} {d['device']['model']}".strip()[:26]
+        source = d["source"] if d["source"] == "rdsr" else f"img/{d['dose_source'][:3]}"
+        lines.append(f"{uid:<28} {source:<7} {device:<26} {d['events']:>6} {d['fluoro_time_s']:>9.1f} "
+                     f"{d['dap_gycm2']:>11.4f} {d['air_kerma_mgy']:>10.2f}  "
+                     f"{','.join(d['srdl_exceeded']) or '-'}")
+        if len(s.planes) > 1:
+            for p in d["per_plane"]:
+                lines.append(f"{'  plane ' + p['plane']:<28} {'':<7} {'':<26} {p['events']:>6} "
+                             f"{p['fluoro_time_s'] or 0.0:>9.1f} {p['dap_gycm2'] or 0.0:>11.4f} "
+                             f"{p['air_kerma_mgy'] or 0.0:>10.2f}")
+    for r in rejected:
+        lines.append(f"rejected {r.file}: {r.reason}")
+    return "\n".join(lines)

@@ -1,0 +1,176 @@
+"""The RDSR reader on vendor quirks, each built in code (tests/dose/rdsr_fixtures.py)."""
+from __future__ import annotations
+
+import pytest
+
+from sifluoro.dose.rdsr_read import read_rdsr
+from sifluoro.dose.units import factor
+from sifluoro.errors import InputError, MissingAttributeError, NotDicomError, UnsupportedDicomError
+from tests.dose.rdsr_fixtures import ACQ, N, Ev, build_rdsr, code, container, coded, num, save, text
+
+EVENTS = [Ev(dap_gycm2=1.5, rp_mgy=3.0), Ev(fluoro=False, dap_gycm2=4.0, rp_mgy=20.0, pulses=6, rate=2.0),
+          Ev(dap_gycm2=0.25, rp_mgy=0.5, pulses=30, rate=15.0)]
+
+
+@pytest.mark.parametrize("dap_unit", ["Gy.m2", "Gym2", "dGy.cm2", "mGy.cm2", "uGy.m2", "Gy.cm2"])
+@pytest.mark.parametrize("dose_unit", ["Gy", "mGy", "uGy"])
+def test_units_of_every_vendor_give_the_same_totals(tmp_path, dap_unit, dose_unit):
+    path = save(build_rdsr(EVENTS, dap_unit=dap_unit, dose_unit=dose_unit), tmp_path / "r.dcm")
+    dose = read_rdsr(path)
+    s = dose.summary()
+    assert s["dap_gycm2"] == pytest.approx(5.75, rel=1e-9)
+    assert s["air_kerma_mgy"] == pytest.approx(23.5, rel=1e-9)
+    assert s["fluoro_dap_gycm2"] == pytest.approx(1.75, rel=1e-9)
+    assert s["acquisition_air_kerma_mgy"] == pytest.approx(20.0, rel=1e-9)
+    assert s["fluoro_time_s"] == pytest.approx(10 / 7.5 + 2.0, rel=1e-6)
+    assert [e.dap_gycm2 for e in dose.events] == pytest.approx([1.5, 4.0, 0.25], rel=1e-9)
+    assert [e.air_kerma_mgy for e in dose.events] == pytest.approx([3.0, 20.0, 0.5], rel=1e-9)
+    assert [e.kind for e in dose.events] == ["fluoroscopy", "acquisition", "fluoroscopy"]
+
+
+def test_unit_factors():
+    assert factor("Gy.m2", "dap_gycm2") == pytest.approx(1e4)
+    assert factor("dGy.cm2", "dap_gycm2") == pytest.approx(0.1)
+    assert factor("uGy.m2", "dap_gycm2") == pytest.approx(0.01)
+    assert factor("uAs", "charge_mas") == pytest.approx(1e-3)
+    assert factor("Gy", "dap_gycm2") is None
+    assert factor("furlong", "length_mm") is None
+
+
+def test_missing_template_identifier_is_read(tmp_path):
+    dose = read_rdsr(save(build_rdsr(EVENTS, template=False), tmp_path / "r.dcm"))
+    assert dose.summary()["dap_gycm2"] == pytest.approx(5.75)
+
+
+def test_without_accumulated_container_totals_come_from_events(tmp_path):
+    dose = read_rdsr(save(build_rdsr(EVENTS, accumulated=None), tmp_path / "r.dcm"))
+    assert not dose.planes_from_report
+    s = dose.summary()
+    assert (s["events"], s["planes"]) == (3, 1)
+    assert s["dap_gycm2"] == pytest.approx(5.75)
+    assert s["acquisition_dap_gycm2"] == pytest.approx(4.0)
+    assert s["fluoro_time_s"] == pytest.approx(10 / 7.5 + 2.0)
+
+
+def test_fluoro_and_acquisition_totals_without_overall_total_are_added(tmp_path):
+    totals = {"single": {"fl_dap": 1.0, "fl_rp": 2.0, "acq_dap": 3.0, "acq_rp": 4.0, "fl_time": 60.0}}
+    dose = read_rdsr(save(build_rdsr(EVENTS, accumulated=totals), tmp_path / "r.dcm"))
+    s = dose.summary()
+    assert s["dap_gycm2"] == pytest.approx(4.0)
+    assert s["air_kerma_mgy"] == pytest.approx(6.0)
+    assert s["fluoro_time_s"] == pytest.approx(60.0)
+
+
+def test_dual_plane_has_one_accumulated_container_per_plane(tmp_path):
+    events = [Ev(plane="A", dap_gycm2=2.0, rp_mgy=10.0), Ev(plane="B", dap_gycm2=1.0, rp_mgy=4.0),
+              Ev(plane="A", fluoro=False, dap_gycm2=5.0, rp_mgy=30.0)]
+    dose = read_rdsr(save(build_rdsr(events), tmp_path / "r.dcm"))
+    planes = {p.plane: p for p in dose.planes}
+    assert set(planes) == {"A", "B"}
+    assert planes["A"].dap_gycm2 == pytest.approx(7.0)
+    assert planes["B"].air_kerma_mgy == pytest.approx(4.0)
+    s = dose.summary()
+    assert (s["planes"], s["events"]) == (2, 3)
+    assert s["dap_gycm2"] == pytest.approx(8.0)
+    assert [p["events"] for p in s["per_plane"]] == [2, 1]
+
+
+def test_events_without_kvp_and_without_type(tmp_path):
+    events = [Ev(kvp=None), Ev(has_type=False, extra=[coded(("113732", "DCM", "Fluoro Mode"),
+                                                            ("113631", "DCM", "Pulsed"))]),
+              Ev(has_type=False)]
+    dose = read_rdsr(save(build_rdsr(events), tmp_path / "r.dcm"))
+    assert dose.events[0].kvp is None
+    assert dose.events[1].kind == "fluoroscopy"  # inferred from Fluoro Mode
+    assert dose.events[2].kind == "acquisition"
+
+
+def test_philips_private_collimation_and_sid(tmp_path):
+    ph = "99PHI-IXR-XPER"
+    shutters = container(("005", ph, "Wedges and Shutters"), [
+        num(("006", ph, "Bottom Shutter"), 100.0, "mm"), num(("007", ph, "Left Shutter"), 80.0, "mm"),
+        num(("008", ph, "Right Shutter"), 90.0, "mm"), num(("009", ph, "Top Shutter"), 120.0, "mm")])
+    field = container(("023", ph, "Detector Field Size"), [
+        num(("024", ph, "X side"), 300.0, "mm"), num(("025", ph, "Y side"), 200.0, "mm")])
+    events = [Ev(extra=[shutters, field, num(("018", ph, "Final Distance Source to Detector"), 1195.0, "mm")])]
+    event = read_rdsr(save(build_rdsr(events), tmp_path / "r.dcm")).events[0]
+    assert event.collimated_field_area_cm2 == pytest.approx(17.0 * 20.0)  # 170 mm x min(220, 200) mm
+    assert event.sid_mm == 1195.0
+
+
+def test_standard_collimated_area_filters_and_nesting(tmp_path):
+    filters = [container(N["filters"], [coded(N["material"], ("C-127F9", "SRT", "Copper or Copper compound")),
+                                        num(N["thick_min"], 0.2, "mm"), num(N["thick_max"], 0.4, "mm")]),
+               container(N["filters"], [coded(N["material"], ("12503006", "SCT", "Aluminum")),
+                                        num(N["thick_min"], 1.0, "mm"), num(N["thick_max"], 1.0, "mm")])]
+    nested = container(("113771x", "99X", "Vendor group"), [num(N["ma"], 12.0, "mA"), num(N["pw"], 8.0, "ms")])
+    events = [Ev(extra=filters + [nested, num(N["area"], 0.04, "m2"), num(N["sid"], 110.0, "cm")])]
+    event = read_rdsr(save(build_rdsr(events), tmp_path / "r.dcm")).events[0]
+    assert (event.filter_cu_mm, event.filter_al_mm) == pytest.approx((0.3, 1.0))
+    assert (event.tube_current_ma, event.pulse_width_ms) == (12.0, 8.0)
+    assert event.collimated_field_area_cm2 == pytest.approx(400.0)
+    assert event.sid_mm == pytest.approx(1100.0)
+
+
+def test_unknown_unit_names_file_and_concept(tmp_path):
+    ds = build_rdsr([Ev()])
+    ds.ContentSequence[-1].ContentSequence[3].MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue = "R"
+    path = save(ds, tmp_path / "r.dcm")
+    with pytest.raises(UnsupportedDicomError) as info:
+        read_rdsr(path)
+    assert info.value.path == str(path)
+    assert info.value.tag == "(DCM,122130) Dose Area Product"
+
+
+def test_bad_number_and_missing_event_uid_are_typed_errors(tmp_path):
+    ds = build_rdsr([Ev(rp_mgy=7777.777)], accumulated=None)  # 7.777777 Gy, corrupted on disk
+    path = save(ds, tmp_path / "a.dcm")
+    path.write_bytes(path.read_bytes().replace(b"7.777777", b"lots!!!!"))
+    with pytest.raises(InputError) as info:
+        read_rdsr(path)
+    assert info.value.tag == "(DCM,113738) Dose (RP)" and info.value.path == str(path)
+    with pytest.raises(MissingAttributeError, match=r"113769"):
+        read_rdsr(save(build_rdsr([Ev(uid="")]), tmp_path / "b.dcm"))
+
+
+def test_not_a_dose_report_and_ct_report_are_refused(tmp_path):
+    (tmp_path / "x.dcm").write_bytes(b"not dicom at all")
+    with pytest.raises(NotDicomError):
+        read_rdsr(tmp_path / "x.dcm")
+    ct = build_rdsr([Ev()], procedure=("P5-08000", "DCM", "Computed Tomography X-Ray"))
+    with pytest.raises(UnsupportedDicomError, match="CT dose report"):
+        read_rdsr(save(ct, tmp_path / "ct.dcm"))
+    ds = build_rdsr([Ev()])
+    ds.ConceptNameCodeSequence[0].CodeValue = "126000"
+    with pytest.raises(UnsupportedDicomError, match="113701"):
+        read_rdsr(save(ds, tmp_path / "other.dcm"))
+
+
+def test_comprehensive_sr_dose_report_and_device_from_header(tmp_path):
+    ds = build_rdsr(EVENTS, sop_class="1.2.840.10008.5.1.4.1.1.88.33")
+    ds.ContentSequence = [i for i in ds.ContentSequence if i.ValueType != "TEXT"]
+    dose = read_rdsr(save(ds, tmp_path / "r.dcm"))
+    assert (dose.device.manufacturer, dose.device.model) == ("Vendor", "Model X")
+    assert dose.summary()["dap_gycm2"] == pytest.approx(5.75)
+
+
+def test_empty_report_is_an_error(tmp_path):
+    with pytest.raises(MissingAttributeError, match="113702"):
+        read_rdsr(save(build_rdsr([], accumulated=None), tmp_path / "r.dcm"))
+
+
+def test_acquired_images_link_events_to_runs(tmp_path):
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    image = Dataset()
+    image.RelationshipType, image.ValueType = "CONTAINS", "IMAGE"
+    image.ConceptNameCodeSequence = Sequence([code("113795", "DCM", "Acquired Image")])
+    ref = Dataset()
+    ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = "1.2.840.10008.5.1.4.1.1.12.1", "1.2.3.4"
+    image.ReferencedSOPSequence = Sequence([ref])
+    dose = read_rdsr(save(build_rdsr([Ev(fluoro=False, extra=[image, text(("125203", "DCM", "Acquisition Protocol"), "SI L")])]),
+                          tmp_path / "r.dcm"))
+    assert dose.events[0].sop_instance_uids == ("1.2.3.4",)
+    assert dose.events[0].protocol == "SI L"
+    assert ACQ[0] == "113611"
