@@ -1,0 +1,162 @@
+"""Dose accounting: geometry, pulsed timing, every alert level, per-run events, image summaries."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from sifluoro.acquire.dicom_reader import iter_frames, read_study
+from sifluoro.config import DoseSettings
+from sifluoro.dose import physics
+from sifluoro.dose.accumulate import DoseAccumulator, accumulate_study
+from sifluoro.dose.summary import summarize, table
+from sifluoro.model import Device, Shutter
+from tests.dicom_fixtures import RunSpec, technique, write_study
+
+
+def _alerts(tmp_path, settings, **spec):
+    write_study(tmp_path, [RunSpec(0.0, **spec)])
+    dose = DoseAccumulator(settings)
+    alerts = [a for f in iter_frames(read_study([tmp_path]), []) for a in dose.add(f)]
+    return dose, alerts
+
+
+def test_inverse_square_law():
+    s = DoseSettings()
+    near = physics.estimate_frame_dose(technique(source_to_isocenter_mm=700.0), rows=64, columns=64,
+                                       frame_interval_ms=66.7, n_frames=1, settings=s)
+    far = physics.estimate_frame_dose(technique(source_to_isocenter_mm=1000.0), rows=64, columns=64,
+                                      frame_interval_ms=66.7, n_frames=1, settings=s)
+    assert near[0] / far[0] == pytest.approx((850.0 / 550.0) ** 2, rel=1e-9)
+    assert near[1] == pytest.approx(far[1], rel=1e-9)
+
+
+def test_field_area_from_shutters_circle_and_fov():
+    t = technique(imager_pixel_spacing_xy_mm=(0.5, 0.25), shutter=Shutter(rect_xyxy=(10, 20, 109, 219)))
+    assert physics.field_area_cm2_at_detector(t, 512, 512) == pytest.approx(100 * 0.5 * 200 * 0.25 / 100)
+    t = technique(imager_pixel_spacing_xy_mm=(0.2, 0.2), shutter=Shutter(circle_xyr=(256, 256, 100)))
+    assert physics.field_area_cm2_at_detector(t, 512, 512) == pytest.approx(3.14159265 * 20 * 20 / 100)
+    t = technique(imager_pixel_spacing_xy_mm=None, shutter=None, field_of_view_mm=(250.0, 200.0))
+    assert physics.field_area_cm2_at_detector(t, 512, 512) == pytest.approx(500.0)
+
+
+@pytest.mark.parametrize("rate", [7.5, 15.0, 30.0])
+def test_fluoro_time_from_pulsed_timing(tmp_path, rate):
+    n = 45
+    write_study(tmp_path, [RunSpec(0.0, n_frames=n, frame_time_ms=1000.0 / rate, size=16)])
+    dose = accumulate_study(read_study([tmp_path]), DoseSettings())
+    assert dose.totals.fluoro_time_s == pytest.approx(n / rate, rel=1e-5)
+    event = dose.events()[0]
+    assert (event.n_pulses, event.kind) == (n, "fluoroscopy")
+    assert event.irradiation_duration_s == pytest.approx(n / rate, rel=1e-5)
+
+
+def test_acquisition_time_is_counted_apart(tmp_path):
+    write_study(tmp_path, [RunSpec(0.0, n_frames=6, frame_time_ms=500.0, size=16,
+                                   tech=technique(radiation_setting="GR"))])
+    dose = accumulate_study(read_study([tmp_path]), DoseSettings())
+    assert (dose.totals.fluoro_time_s, dose.totals.acquisition_time_s) == (0.0, pytest.approx(3.0))
+
+
+def test_fluoro_time_alert_every_5_minutes(tmp_path):
+    _, alerts = _alerts(tmp_path, DoseSettings(), n_frames=11, size=16, frame_time_ms=60_000.0)
+    assert [a.level for a in alerts if a.kind == "fluoro_time"] == [300.0, 600.0]
+    assert [a.index for a in alerts if a.kind == "fluoro_time"] == [4, 9]
+
+
+def test_ncrp_air_kerma_levels_and_srdl_air_kerma(tmp_path):
+    dose, alerts = _alerts(tmp_path, DoseSettings(), n_frames=6, size=16,
+                           tech=technique(reported_air_kerma_mgy=6000.0, reported_dap_gycm2=1.0))
+    assert [(a.kind, a.level, a.index) for a in alerts] == [
+        ("air_kerma", 3000.0, 2), ("air_kerma", 4000.0, 3), ("air_kerma", 5000.0, 4),
+        ("srdl_air_kerma", 5000.0, 4), ("air_kerma", 6000.0, 5)]
+    assert dose.srdl_exceeded == ("air_kerma",)
+    assert "SUBSTANTIAL RADIATION DOSE LEVEL" in alerts[3].message
+
+
+def test_srdl_dap_once(tmp_path):
+    dose, alerts = _alerts(tmp_path, DoseSettings(), n_frames=4, size=16,
+                           tech=technique(reported_air_kerma_mgy=10.0, reported_dap_gycm2=1200.0))
+    assert [(a.kind, a.level, a.unit, a.index) for a in alerts] == [("srdl_dap", 500.0, "Gy·cm²", 1)]
+    assert dose.study_dose("1.2", Device()).srdl_exceeded == ("dap",)
+
+
+def test_srdl_fluoro_time_and_configurable_levels(tmp_path):
+    settings = DoseSettings(fluoro_time_alert_s=0.0, srdl_fluoro_time_s=120.0,
+                            air_kerma_first_alert_mgy=0.0)
+    _, alerts = _alerts(tmp_path, settings, n_frames=5, size=16, frame_time_ms=40_000.0,
+                        tech=technique(reported_air_kerma_mgy=9000.0, reported_dap_gycm2=1.0))
+    kinds = [(a.kind, a.index) for a in alerts]
+    assert kinds == [("srdl_air_kerma", 2), ("srdl_fluoro_time", 2)]
+
+
+def test_per_frame_reported_dose_is_used(tmp_path):
+    write_study(tmp_path, [RunSpec(0.0, n_frames=3, size=16)])
+    study = read_study([tmp_path])
+    from dataclasses import replace
+
+    run = study.runs[0]
+    run = replace(run, technique=replace(run.technique, reported_air_kerma_mgy_per_frame=(1.0, 2.0, 4.0),
+                                         reported_dap_gycm2_per_frame=(0.1, 0.2, 0.4)))
+    dose = accumulate_study(replace(study, runs=(run,)), DoseSettings())
+    assert (dose.totals.air_kerma_mgy, dose.totals.dap_gycm2) == (pytest.approx(7.0), pytest.approx(0.7))
+    assert dose.source == "reported"
+
+
+def test_rdsr_attached_to_accumulator_wins_for_its_runs(tmp_path):
+    from sifluoro.dose.records import IrradiationEvent, StudyDose
+
+    write_study(tmp_path, [RunSpec(0.0, n_frames=4, size=16), RunSpec(10.0, n_frames=2, size=16)])
+    study = read_study([tmp_path])
+    report = StudyDose(study.study_instance_uid, "rdsr", Device(), events=(
+        IrradiationEvent("1.2.3", "fluoroscopy", dap_gycm2=2.0, air_kerma_mgy=8.0,
+                         sop_instance_uids=(study.runs[0].sop_instance_uid,)),), planes=())
+    dose = accumulate_study(study, DoseSettings(), report=report)
+    assert dose.events()[0].air_kerma_mgy == pytest.approx(8.0)
+    assert dose.events()[0].dose_source == "rdsr"
+    assert dose.events()[1].dose_source == "estimated"
+    assert dose.source == "mixed"
+
+
+def test_summary_of_image_study_and_cli_table(tmp_path):
+    write_study(tmp_path, [RunSpec(0.0, n_frames=10, size=16),
+                           RunSpec(30.0, n_frames=3, size=16, tech=technique(radiation_setting="GR",
+                                                                             reported_dap_gycm2=0.9,
+                                                                             reported_air_kerma_mgy=4.5))])
+    studies, rejected = summarize([tmp_path])
+    assert rejected == []
+    s = studies[0].summary()
+    assert (s["source"], s["dose_source"], s["events"], s["planes"]) == ("images", "mixed", 2, 1)
+    assert s["acquisition_dap_gycm2"] == pytest.approx(0.9)
+    assert s["fluoro_time_s"] == pytest.approx(10 * 0.133333, rel=1e-5)
+    assert s["dap_gycm2"] == pytest.approx(s["fluoro_dap_gycm2"] + 0.9)
+    assert "ACME Medical" in table(studies)
+    out = subprocess.run([sys.executable, "-m", "sifluoro.dose.cli", "dose", "summary", "--json", str(tmp_path)],
+                         capture_output=True, text=True, check=True).stdout
+    assert json.loads(out)["air_kerma_mgy"] == pytest.approx(s["air_kerma_mgy"])
+    human = subprocess.run([sys.executable, "-m", "sifluoro.dose.cli", "dose", "summary", str(tmp_path)],
+                           capture_output=True, text=True, check=True).stdout
+    assert "img/mix" in human
+
+
+def test_summary_with_nothing_usable_exits_2(tmp_path):
+    (tmp_path / "note.txt").write_text("hello")
+    result = subprocess.run([sys.executable, "-m", "sifluoro.dose.cli", "dose", "summary", "--json", str(tmp_path)],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and result.stdout == ""
+
+
+def test_reports_of_one_study_merge(tmp_path):
+    from sifluoro.dose.rdsr_read import read_rdsr
+    from sifluoro.dose.summary import merge_reports
+    from tests.dose.rdsr_fixtures import Ev, build_rdsr, save
+
+    events = [Ev(uid="1.1", dap_gycm2=1.0), Ev(uid="1.2", dap_gycm2=2.0)]
+    early = read_rdsr(save(build_rdsr(events[:1], study_uid="9.9"), tmp_path / "a.dcm"))
+    cumulative = read_rdsr(save(build_rdsr(events, study_uid="9.9"), tmp_path / "b.dcm"))
+    other_step = read_rdsr(save(build_rdsr([Ev(uid="1.3", dap_gycm2=4.0)], study_uid="9.9"), tmp_path / "c.dcm"))
+    assert merge_reports([early, cumulative]).dap_gycm2 == pytest.approx(3.0)  # superseded, not added
+    merged = merge_reports([early, cumulative, other_step])
+    assert merged.dap_gycm2 == pytest.approx(7.0) and len(merged.events) == 3

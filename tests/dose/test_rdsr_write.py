@@ -1,0 +1,102 @@
+"""RDSRs written by sifluoro: dciodvfy-clean, read back to the same totals, readable by pyskindose."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import json
+
+import pydicom
+import pytest
+
+from sifluoro.acquire.dicom_reader import read_study
+from sifluoro.config import DoseSettings
+from sifluoro.dose.accumulate import accumulate_study
+from sifluoro.dose.rdsr_read import read_rdsr
+from sifluoro.dose.rdsr_write import write_rdsr
+from tests.dicom_fixtures import PATIENT_ID, PATIENT_NAME, RunSpec, technique, write_study
+
+SPECS = [RunSpec(0.0, n_frames=8),  # fluoroscopy, estimated from technique
+         RunSpec(20.0, n_frames=4, tech=technique(radiation_setting="GR", tube_current_ma=120.0,
+                                                  pulse_width_ms=40.0, frame_time_ms=500.0)),
+         RunSpec(45.0, n_frames=5, tech=technique(reported_dap_gycm2=0.3, reported_air_kerma_mgy=1.2))]
+
+
+@pytest.fixture()
+def written(tmp_path):
+    write_study(tmp_path / "images", SPECS)
+    study = read_study([tmp_path / "images"])
+    dose = accumulate_study(study, DoseSettings())
+    path = write_rdsr(study, dose, tmp_path / "out" / "rdsr.dcm")
+    return study, dose, path
+
+
+@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (dicom3tools) is not installed")
+def test_written_rdsr_passes_dciodvfy(written):
+    _, _, path = written
+    result = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+    report = result.stdout + result.stderr
+    errors = [line for line in report.splitlines() if line.startswith("Error")]
+    assert errors == [], report
+    assert "XRayRadiationDoseSR" in report
+
+
+def test_written_rdsr_reads_back_to_the_same_totals(written):
+    study, dose, path = written
+    ours = dose.study_dose(study.study_instance_uid, study.device).summary()
+    back = read_rdsr(path).summary()
+    assert back["events"] == ours["events"] == 3
+    for key in ("dap_gycm2", "air_kerma_mgy", "fluoro_dap_gycm2", "fluoro_air_kerma_mgy",
+                "acquisition_dap_gycm2", "acquisition_air_kerma_mgy", "fluoro_time_s"):
+        assert back[key] == pytest.approx(ours[key], rel=1e-6), key
+    assert back["acquisition_air_kerma_mgy"] > 0 and back["fluoro_air_kerma_mgy"] > 1.2
+    assert back["device"] == {"manufacturer": "ACME Medical", "model": "C-Arm 9000"}
+    assert dose.totals.air_kerma_mgy == pytest.approx(back["air_kerma_mgy"], rel=1e-6)
+
+
+def test_written_rdsr_identity_is_copied_not_invented(written):
+    study, _, path = written
+    ds = pydicom.dcmread(path)
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.67"
+    assert (str(ds.PatientName), ds.PatientID, ds.StudyInstanceUID) == (PATIENT_NAME, PATIENT_ID,
+                                                                         study.study_instance_uid)
+    assert (ds.Manufacturer, ds.ManufacturerModelName, ds.DeviceSerialNumber, ds.StationName) == (
+        "ACME Medical", "C-Arm 9000", "SN123", "ANGIO1")
+    assert ds.ContentTemplateSequence[0].TemplateIdentifier == "10001"
+    events = [i for i in ds.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "113706"]
+    assert len(events) == 3
+    first = {i.ConceptNameCodeSequence[0].CodeValue: i for i in events[0].ContentSequence}
+    assert first["111526"].DateTime.startswith("20260304093000")
+    assert first["113733"].MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue == "kV"
+    assert first["122130"].MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue == "Gy.m2"
+    assert first["113780"].ConceptCodeSequence[0].CodeValue == "113860"
+    assert first["113768"].MeasuredValueSequence[0].NumericValue == 8
+    starts = {i.ConceptNameCodeSequence[0].CodeValue for i in ds.ContentSequence}
+    assert {"113809", "113810", "113702"} <= starts
+
+
+def test_event_uids_are_stable_and_events_link_to_runs(written, tmp_path):
+    study, dose, path = written
+    again = write_rdsr(study, accumulate_study(study, DoseSettings()), tmp_path / "again.dcm")
+    uids = [e.event_uid for e in read_rdsr(path).events]
+    assert uids == [e.event_uid for e in read_rdsr(again).events]
+    assert [e.sop_instance_uids for e in read_rdsr(path).events] == [(r.sop_instance_uid,) for r in study.runs]
+
+
+def test_pyskindose_reads_our_rdsr(written):
+    pyskindose = pytest.importorskip("pyskindose", reason="pyskindose is a test-only extra")
+    _, dose, path = written
+    parsed = pyskindose.rdsr_parser(pydicom.dcmread(path))
+    assert len(parsed) == 3
+    assert {"KVP_kV", "DoseRP_Gy", "IrradiationEventUID", "DistanceSourcetoIsocenter_mm"} <= set(parsed.columns)
+    assert parsed["DoseRP_Gy"].sum() * 1000.0 == pytest.approx(dose.totals.air_kerma_mgy, rel=1e-6)
+
+
+def test_summary_prefers_the_rdsr_in_a_mixed_folder(written, tmp_path):
+    study, dose, path = written
+    shutil.copy(path, tmp_path / "images" / "zz_rdsr.dcm")
+    out = subprocess.run([sys.executable, "-m", "sifluoro.dose.cli", "dose", "summary", "--json",
+                          str(tmp_path / "images")], capture_output=True, text=True, check=True).stdout
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert len(lines) == 1 and lines[0]["source"] == "rdsr"
+    assert lines[0]["air_kerma_mgy"] == pytest.approx(dose.totals.air_kerma_mgy, rel=1e-6)
