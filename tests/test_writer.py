@@ -28,6 +28,23 @@ def test_written_runs_have_no_dciodvfy_errors(tmp_path, storage, transfer_syntax
     assert dciodvfy_errors(path) == []
 
 
+@pytest.mark.parametrize("transfer_syntax", ["explicit", "implicit", "rle", "jpeg2000", "jpeg_lossless"])
+def test_encoding_keeps_the_instance_identity(tmp_path, transfer_syntax):
+    import pydicom
+
+    from sifluoro.io.dicom_writer import build_run_dataset, save_dataset
+    from tests.dicom_fixtures import DEVICE, STUDY_START, frames_for
+    from sifluoro.io.dicom_writer import StudyIdentity
+
+    ds = build_run_dataset(frames_for(RunSpec(0.0), 0), storage="xa",
+                           study=StudyIdentity("1.2.3.4", STUDY_START), series_instance_uid="1.2.3.5",
+                           sop_instance_uid="1.2.3.6", acquisition_datetime=STUDY_START,
+                           technique=technique(), device=DEVICE, bits_stored=12, frame_time_ms=100.0)
+    read = pydicom.dcmread(save_dataset(ds, tmp_path / "x.dcm", transfer_syntax=transfer_syntax))
+    assert read.SOPInstanceUID == "1.2.3.6" == read.file_meta.MediaStorageSOPInstanceUID
+    assert read.StudyInstanceUID == "1.2.3.4" and read.SeriesInstanceUID == "1.2.3.5"
+
+
 def test_dciodvfy_does_find_errors(tmp_path):
     """The check can fail: a file missing a type 1 attribute is reported."""
     import pydicom

@@ -327,7 +327,9 @@ def save_dataset(ds: Dataset, path: str | Path, *, transfer_syntax: str = "expli
     ds = _copy_for_encoding(ds)
     uid = TRANSFER_SYNTAXES[transfer_syntax]
     if transfer_syntax in ("rle", "jpeg2000"):
-        ds.compress(uid, encoding_plugin="pylibjpeg" if transfer_syntax == "jpeg2000" else "")
+        # keep the instance's identity: pydicom would otherwise mint a new SOP Instance UID
+        ds.compress(uid, encoding_plugin="pylibjpeg" if transfer_syntax == "jpeg2000" else "",
+                    generate_instance_uid=False)
         ds.LossyImageCompression = "00"
     elif transfer_syntax == "jpeg_lossless":
         with tempfile.TemporaryDirectory() as tmp:
