@@ -26,12 +26,15 @@ def damaged_study(tmp_path):
              RunSpec(12.0, filename="unknown_ts.dcm"), RunSpec(13.0, filename="wrong_size.dcm"),
              RunSpec(14.0, filename="no_frame_time.dcm"),
              RunSpec(15.0, filename="broken_rle.dcm", transfer_syntax="rle", n_frames=4),
-             RunSpec(16.0, filename="no_time.dcm")]
+             RunSpec(16.0, filename="no_time.dcm"),
+             RunSpec(17.0, filename="truncated_rle.dcm", transfer_syntax="rle")]
     paths = {p.name: p for p in write_study(tmp_path, specs)}
     (tmp_path / "notes.txt").write_text("not a dicom file\n")
     data = paths["truncated.dcm"].read_bytes()
     paths["truncated.dcm"].write_bytes(data[: len(data) - 5000])
     _edit(paths["no_rows.dcm"], lambda ds: delattr(ds, "Rows"))
+    data = paths["truncated_rle.dcm"].read_bytes()
+    paths["truncated_rle.dcm"].write_bytes(data[: len(data) // 2])
 
     def unknown_ts(ds):
         ds.file_meta.TransferSyntaxUID = "1.2.840.99999.1"
@@ -69,6 +72,7 @@ EXPECTED_REASONS = {
     "no_frame_time.dcm": "(0018,1063) FrameTime: 3 frames but no usable frame timing",
     "broken_rle.dcm": "(7FE0,0010) PixelData: frame 3 fails to decode",
     "no_time.dcm": "(0008,002A) AcquisitionDateTime: no acquisition or content time",
+    "truncated_rle.dcm": "(7FE0,0010) PixelData: the file ends before its dataset is complete",
 }
 
 

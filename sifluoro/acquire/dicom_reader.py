@@ -164,12 +164,18 @@ def _replace(run: Run, **changes) -> Run:
 
 def _read_header(path: Path) -> Dataset:
     try:
-        return pydicom.dcmread(path, defer_size=1024, force=False)
+        ds = pydicom.dcmread(path, defer_size=1024, force=False)
     except InvalidDicomError as exc:
         raise NotDicomError(f"not a DICOM file ({exc}); remove it from the input", path=path) from exc
     except Exception as exc:  # the file boundary: any parse failure is this file's fault
         raise NotDicomError(f"DICOM header cannot be parsed ({type(exc).__name__}: {exc})",
                             path=path) from exc
+    if len(ds) == 0:
+        # pydicom gives an empty dataset when the file ends inside encapsulated pixel data
+        raise DamagedPixelDataError("the file ends before its dataset is complete (an "
+                                    "interrupted transfer?); send or export it again",
+                                    path=path, tag="(7FE0,0010) PixelData")
+    return ds
 
 
 def run_from_dataset(ds: Dataset, path: str | Path) -> Run:
