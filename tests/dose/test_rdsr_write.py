@@ -1,10 +1,10 @@
 """RDSRs written by sifluoro: dciodvfy-clean, read back to the same totals, readable by pyskindose."""
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
-import json
 
 import pydicom
 import pytest
@@ -13,7 +13,9 @@ from sifluoro.acquire.dicom_reader import read_study
 from sifluoro.config import DoseSettings
 from sifluoro.dose.accumulate import accumulate_study
 from sifluoro.dose.rdsr_read import read_rdsr
-from sifluoro.dose.rdsr_write import write_rdsr
+
+pytest.importorskip("highdicom", reason="highdicom is not installed: add highdicom to setup.cfg install_requires")
+from sifluoro.dose.rdsr_write import write_rdsr  # noqa: E402  (needs highdicom)
 from tests.dicom_fixtures import PATIENT_ID, PATIENT_NAME, RunSpec, technique, write_study
 
 SPECS = [RunSpec(0.0, n_frames=8),  # fluoroscopy, estimated from technique
