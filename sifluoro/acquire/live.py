@@ -197,19 +197,28 @@ class LiveStudies:
                 if sop_uid in study.received_set:  # the same instance on another association
                     self._count_duplicate(study)
                     return False
-                self.spool.commit(tmp, study_uid, sop_uid)
+                final = self.spool.commit(tmp, study_uid, sop_uid)
             finally:
                 self.spool.discard(tmp)  # a no-op once renamed
             study.state.received.append(sop_uid)
+            try:
+                self.spool.save_state(study.state)
+            except BaseException:
+                # not recorded, so not stored: the sender gets a failure and sends it again
+                study.state.received.pop()
+                self.spool.discard(final)
+                raise
             study.received_set.add(sop_uid)
             study.received_at[sop_uid] = time.perf_counter()
-            self.spool.save_state(study.state)
             self._schedule_locked(study)
         return True
 
     def _count_duplicate(self, study: _LiveStudy) -> None:
         study.state.duplicates += 1
-        self.spool.save_state(study.state)
+        try:
+            self.spool.save_state(study.state)
+        except OSError as exc:  # a statistic: not worth failing the sender over
+            log.warning("study %s: duplicate count not saved (%s)", study.uid, exc)
 
     # Restart ---------------------------------------------------------------------------------
     def resume(self) -> list[str]:

@@ -189,12 +189,14 @@ def server_ssl_context(cert: Path, key: Path, ca: Path | None = None) -> ssl.SSL
 
 
 class _Refused(Exception):
-    """An instance is refused with this status; the comment goes to the sender."""
+    """An instance is refused with this status; the comment goes to the sender (64 characters
+    at most), the comment and detail to the log."""
 
-    def __init__(self, status: int, comment: str):
+    def __init__(self, status: int, comment: str, detail: str = ""):
         super().__init__(comment)
         self.status = status
         self.comment = comment
+        self.detail = detail
 
 
 class Receiver:
@@ -259,14 +261,21 @@ class Receiver:
     def stop(self) -> None:
         """Drain: stop listening, let associations finish, finish pipelines, write summaries."""
         if self._server is not None:
+            # close the listening socket without joining the association threads: they get
+            # the drain timeout below
+            self._server.block_on_close = False
             self._server.shutdown()
             self._server = None
         deadline = time.monotonic() + self.settings.drain_timeout_s
-        while self._active_associations() and time.monotonic() < deadline:
+        # only established associations can still deliver instances; the others (a peer that
+        # connected and said nothing valid) would hold the drain until pynetdicom's timeouts
+        while (any(a.is_established for a in self._active_associations())
+               and time.monotonic() < deadline):
             time.sleep(0.05)
         for assoc in self._active_associations():
-            log.warning("aborting an association still open after %.0f s",
-                        self.settings.drain_timeout_s)
+            if assoc.is_established:
+                log.warning("aborting an association still open after %.0f s",
+                            self.settings.drain_timeout_s)
             assoc.abort()
         self.live.close()
         log.info("stopped: %s", self.counts)
@@ -286,8 +295,9 @@ class Receiver:
             stored = self._store(event)
         except _Refused as refusal:
             self._count("refused")
-            log.warning("refused %s from %s: 0x%04X %s", _shown(request_sop),
-                        event.assoc.requestor.ae_title, refusal.status, refusal.comment)
+            log.warning("refused %s from %s: 0x%04X %s%s", _shown(request_sop), _peer(event),
+                        refusal.status, refusal.comment,
+                        f" ({refusal.detail})" if refusal.detail else "")
             return _status(refusal.status, refusal.comment)
         except Exception as exc:  # whatever happens, the server answers and stays up
             self._count("refused")
@@ -302,14 +312,16 @@ class Receiver:
             sop_uid = check_uid(event.request.AffectedSOPInstanceUID,
                                 tag="(0000,1000) AffectedSOPInstanceUID")
         except InvalidUIDError as exc:
-            raise _Refused(INVALID_UID, exc.reason) from exc
+            raise _Refused(INVALID_UID, f"invalid UID in {exc.tag}", exc.reason) from exc
         data = event.encoded_dataset(include_meta=True)
         if len(data) > self.max_instance_bytes:
             raise _Refused(OUT_OF_RESOURCES, f"instance of {len(data) / MIB:.1f} MiB exceeds "
                            f"--max-instance-mb {self.settings.max_instance_mb:g}")
         header = _parse_header(data)
         request_class = UID(str(event.request.AffectedSOPClassUID or ""))
-        if UID(str(header.get("SOPClassUID", ""))) != request_class:
+        if not header.get("SOPClassUID"):
+            raise _Refused(CANNOT_UNDERSTAND, "no (0008,0016) SOPClassUID in the dataset")
+        if UID(str(header.SOPClassUID)) != request_class:
             raise _Refused(SOP_CLASS_MISMATCH, "(0008,0016) SOPClassUID differs from the "
                            "C-STORE request's Affected SOP Class UID")
         try:
@@ -317,7 +329,7 @@ class Receiver:
             study_uid = check_uid(header.get("StudyInstanceUID"),
                                   tag="(0020,000D) StudyInstanceUID")
         except InvalidUIDError as exc:
-            raise _Refused(INVALID_UID, f"{exc.tag}: {exc.reason}") from exc
+            raise _Refused(INVALID_UID, f"invalid UID in {exc.tag}", exc.reason) from exc
         if dataset_sop != sop_uid:
             raise _Refused(CANNOT_UNDERSTAND, "(0008,0018) SOPInstanceUID differs from the "
                            "C-STORE request's Affected SOP Instance UID")
@@ -350,9 +362,8 @@ class Receiver:
 def _parse_header(data: bytes) -> Dataset:
     try:
         ds = pydicom.dcmread(BytesIO(data), stop_before_pixels=True)
-        ds.get("StudyInstanceUID")  # elements are decoded lazily: force the ones used here
-        ds.get("SOPInstanceUID")
-        ds.get("SOPClassUID")
+        for _ in ds:  # elements are decoded lazily: surface broken ones here
+            pass
         return ds
     except Exception as exc:  # any parse failure is the sender's dataset's fault
         raise _Refused(CANNOT_UNDERSTAND, f"dataset cannot be parsed ({type(exc).__name__})") from exc

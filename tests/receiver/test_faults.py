@@ -1,0 +1,283 @@
+"""What the receiver refuses, with which status, and that it stays up afterwards.
+
+A pynetdicom client sends what DCMTK would not (hostile UIDs, mismatched classes, garbage),
+and raw sockets send broken PDUs. After each fault ``echoscu`` must still succeed.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import socket
+import struct
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.uid import ExplicitVRLittleEndian, XRayAngiographicImageStorage, generate_uid
+from pynetdicom import AE, _config
+from pynetdicom.sop_class import XRayRadiationDoseSRStorage, XRayRadiofluoroscopicImageStorage
+
+from tests.dicom_fixtures import RunSpec, write_study
+from tests.receiver.helpers import (
+    AE_TITLE,
+    dataset_bytes,
+    echoscu,
+    file_uids,
+    needs_dcmtk,
+    spooled,
+    storescu,
+    summary_frames,
+    wait_for,
+)
+
+pytestmark = needs_dcmtk
+
+
+def _associate(port: int, *, aet: str = "PYSCU", contexts=None):
+    ae = AE(ae_title=aet)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    for sop_class in contexts or (XRayAngiographicImageStorage,):
+        ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", port, ae_title=AE_TITLE)
+    assert assoc.is_established
+    return assoc
+
+
+def send(port: int, items, **kw) -> list[tuple[int | None, str]]:
+    """C-STORE each dataset (or file path) on one association: [(status, error comment)]."""
+    assoc = _associate(port, **kw)
+    out = []
+    try:
+        for item in items:
+            rsp = assoc.send_c_store(item)
+            out.append((rsp.get("Status"), str(rsp.get("ErrorComment", ""))))
+    finally:
+        assoc.release()
+    return out
+
+
+def assert_still_up(port: int) -> None:
+    echo = echoscu(port)
+    assert echo.returncode == 0, echo.stdout + echo.stderr
+
+
+@pytest.fixture
+def study_files(tmp_path):
+    return write_study(tmp_path / "study", [RunSpec(0.0, n_frames=3), RunSpec(3.0, n_frames=2),
+                                            RunSpec(6.0, n_frames=2)])
+
+
+def test_calling_ae_not_allowed_and_wrong_called_ae_are_rejected(start_receiver, study_files):
+    receiver = start_receiver(None, "--allow-ae", "CARM1", "--allow-ae", "ROUTER")
+    refused = echoscu(receiver.port, aet="INTRUDER")
+    assert refused.returncode != 0
+    assert "Association Rejected" in refused.stdout + refused.stderr
+    misdirected = subprocess.run(["echoscu", "-aet", "CARM1", "-aec", "OTHER_SCP", "127.0.0.1",
+                                  str(receiver.port)], capture_output=True, text=True, timeout=60)
+    assert misdirected.returncode != 0
+    assert echoscu(receiver.port, aet="CARM1").returncode == 0
+    sent = storescu(receiver.port, study_files[:1], "-xe", aet="ROUTER")
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    assert len(list(receiver.spool.rglob("*.dcm"))) == 1
+
+
+def test_hostile_and_invalid_uids_are_refused_and_never_used_as_paths(tmp_path, start_receiver,
+                                                                      study_files):
+    receiver = start_receiver()
+    good = pydicom.dcmread(study_files[0])
+    evil_sop = copy.deepcopy(good)
+    evil_sop.SOPInstanceUID = "../../evil"
+    evil_study = copy.deepcopy(good)
+    evil_study.SOPInstanceUID = generate_uid()
+    evil_study.StudyInstanceUID = "../../../evil_study"
+    too_long = copy.deepcopy(good)
+    too_long.SOPInstanceUID = generate_uid()
+    too_long.StudyInstanceUID = "1." + "2" * 70  # pynetdicom checks the command's UIDs, not these
+    statuses = send(receiver.port, [evil_sop, evil_study, too_long, good])
+    assert [s for s, _ in statuses] == [0xC001, 0xC001, 0xC001, 0x0000]
+    assert statuses[1][1] == "invalid UID in (0020,000D) StudyInstanceUID"
+    assert not [p for p in tmp_path.rglob("*evil*")]
+    assert [p.name for p in receiver.spool.iterdir()] == [str(good.StudyInstanceUID)]
+    assert_still_up(receiver.port)
+
+
+def test_mismatched_unparseable_unusable_and_oversized_instances(tmp_path, start_receiver,
+                                                                 study_files, monkeypatch):
+    receiver = start_receiver(None, "--max-instance-mb", "0.2")
+    folder = tmp_path / "crafted"
+    folder.mkdir()
+    # chunked sending takes class and instance from the file meta and sends the dataset raw
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
+    mismatch = folder / "mismatch.dcm"
+    ds = pydicom.dcmread(study_files[0])
+    ds.SOPClassUID = XRayRadiofluoroscopicImageStorage  # the file meta still says XA
+    ds.save_as(mismatch)
+    garbage = folder / "garbage.dcm"
+    raw = Path(study_files[1]).read_bytes()
+    body = dataset_bytes(study_files[1])
+    garbage.write_bytes(raw[:len(raw) - len(body)] + b"\x08\x00\x18\x00UI\xff\xff" + os.urandom(64))
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", False)
+
+    no_timing = pydicom.dcmread(study_files[1])
+    del no_timing.FrameTime
+    del no_timing.FrameIncrementPointer
+    no_timing.SOPInstanceUID = generate_uid()
+    no_pixels = pydicom.dcmread(study_files[2])
+    del no_pixels.PixelData
+    no_pixels.SOPInstanceUID = generate_uid()
+    big_path = write_study(tmp_path / "big", [RunSpec(0.0, n_frames=2, size=256)])[0]
+    big = pydicom.dcmread(big_path)
+
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
+    raw_statuses = send(receiver.port, [mismatch, garbage])
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", False)
+    statuses = send(receiver.port, [no_timing, no_pixels, big])
+    assert [s for s, _ in raw_statuses] == [0xA900, 0xC000]
+    assert [s for s, _ in statuses] == [0xC002, 0xC002, 0xA700]
+    assert "FrameTime" in statuses[0][1] and "PixelData" in statuses[1][1]
+    assert "max-instance-mb" in statuses[2][1]
+    assert not list(receiver.spool.rglob("*.dcm")) and not list(receiver.spool.rglob(".*.part"))
+    assert_still_up(receiver.port)
+    log = receiver.log()
+    assert "refused" in log and "(0018,1063) FrameTime" in log
+
+
+def test_dose_report_is_stored_and_listed(tmp_path, start_receiver, study_files):
+    receiver = start_receiver()
+    image = pydicom.dcmread(study_files[0])
+    sr = pydicom.Dataset()
+    sr.SOPClassUID = XRayRadiationDoseSRStorage
+    sr.SOPInstanceUID = generate_uid()
+    sr.StudyInstanceUID = image.StudyInstanceUID
+    sr.SeriesInstanceUID = generate_uid()
+    sr.Modality = "SR"
+    sr.file_meta = pydicom.dataset.FileMetaDataset()
+    sr.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    statuses = send(receiver.port, [image, sr],
+                    contexts=(XRayAngiographicImageStorage, XRayRadiationDoseSRStorage))
+    assert [s for s, _ in statuses] == [0, 0]
+    summary_path = receiver.spool / str(image.StudyInstanceUID) / "summary.json"
+    wait_for(lambda: summary_path.exists()
+             and json.loads(summary_path.read_text())["dose_reports"])
+    summary = json.loads(summary_path.read_text())
+    assert summary["frames"] == 3
+    assert summary["dose_reports"] == [str(spooled(receiver.spool, str(image.StudyInstanceUID),
+                                                   str(sr.SOPInstanceUID)))]
+
+
+def test_spool_quota_answers_out_of_resources_and_corrupts_nothing(start_receiver, study_files):
+    sizes = [p.stat().st_size for p in study_files]
+    quota_mb = (sizes[0] + sizes[1] + sizes[2] / 2) / 2**20  # room for two instances and a half
+    receiver = start_receiver(None, "--spool-quota-mb", f"{quota_mb:.6f}")
+    statuses = send(receiver.port, [pydicom.dcmread(p) for p in study_files])
+    assert [s for s, _ in statuses] == [0, 0, 0xA700]
+    assert "quota" in statuses[2][1]
+    _check_spool_intact(receiver.spool, study_files[:2])
+    wait_for(lambda: summary_frames(receiver.spool / file_uids(study_files[0])[0]
+                                    / "summary.json") == 5)
+    assert_still_up(receiver.port)
+
+
+def _check_spool_intact(spool: Path, sent: list[Path]) -> None:
+    stored = sorted(spool.rglob("*.dcm"))
+    assert len(stored) == len(sent)
+    for path in sent:
+        assert dataset_bytes(spooled(spool, *file_uids(path))) == dataset_bytes(path)
+    assert not list(spool.rglob(".*.part"))
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    """A 192 KiB tmpfs (needs root and mount); skipped where it cannot be mounted."""
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=192k", "tmpfs",
+                                            str(mnt)], capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here; the quota test covers out-of-resources")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_disk_full_answers_out_of_resources_and_corrupts_nothing(tmp_path, tiny_tmpfs,
+                                                                 start_receiver):
+    specs = [RunSpec(float(k), n_frames=4) for k in range(8)]  # ~33 KiB each: the 6th does not fit
+    paths = write_study(tmp_path / "study", specs)
+    receiver = start_receiver(tiny_tmpfs / "spool", "--events", str(tmp_path / "events.jsonl"),
+                              "--summary", str(tmp_path / "summary.json"))
+    statuses = [s for s, _ in send(receiver.port, [pydicom.dcmread(p) for p in paths])]
+    n_ok = statuses.index(0xA700)
+    assert 0 < n_ok and set(statuses[n_ok:]) == {0xA700}
+    assert set(statuses[:n_ok]) == {0}
+    _check_spool_intact(receiver.spool, paths[:n_ok])
+    assert_still_up(receiver.port)
+    wait_for(lambda: summary_frames(tmp_path / "summary.json") == 4 * n_ok)
+    assert receiver.terminate() == 0
+
+
+def test_garbage_on_the_wire_does_not_take_the_server_down(start_receiver, study_files):
+    receiver = start_receiver()
+    # junk instead of an association request
+    with socket.create_connection(("127.0.0.1", receiver.port), timeout=10) as s:
+        s.sendall(os.urandom(512))
+    # a P-DATA-TF claiming far more bytes than follow, then the connection drops
+    assoc = _associate(receiver.port)
+    assoc.dul.socket.socket.sendall(b"\x04\x00" + struct.pack(">I", 0x7FFFFFF0) + b"\x00" * 100)
+    assoc.dul.socket.socket.shutdown(socket.SHUT_RDWR)
+    assoc.abort()
+    # a P-DATA-TF whose PDV item length runs past the PDU
+    assoc = _associate(receiver.port)
+    assoc.dul.socket.socket.sendall(b"\x04\x00" + struct.pack(">I", 10) + struct.pack(">I", 5000)
+                                    + b"\x01\x03" + b"\x00" * 4)
+    wait_for(lambda: not assoc.is_established, timeout_s=30)
+    # an unknown PDU type on a fresh association
+    assoc = _associate(receiver.port)
+    assoc.dul.socket.socket.sendall(b"\x09\x00" + struct.pack(">I", 4) + b"\x00" * 4)
+    wait_for(lambda: not assoc.is_established, timeout_s=30)
+
+    assert receiver.proc.poll() is None
+    assert_still_up(receiver.port)
+    sent = storescu(receiver.port, study_files, "-xe")
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    wait_for(lambda: summary_frames(receiver.spool / file_uids(study_files[0])[0]
+                                    / "summary.json") == 7)
+    assert receiver.terminate() == 0
+
+
+def test_max_associations_rejects_the_extra_one(start_receiver):
+    receiver = start_receiver(None, "--max-associations", "1")
+    first = _associate(receiver.port)
+    try:
+        extra = echoscu(receiver.port)
+        assert extra.returncode != 0
+        assert "Association Rejected" in extra.stdout + extra.stderr
+    finally:
+        first.release()
+    wait_for(lambda: echoscu(receiver.port).returncode == 0, timeout_s=10)
+
+
+def test_sigterm_drains_open_association_and_pipelines(tmp_path, start_receiver):
+    specs = [RunSpec(float(k), n_frames=6, size=256) for k in range(8)]
+    paths = write_study(tmp_path / "study", specs)
+    receiver = start_receiver()
+    sender = subprocess.Popen(["storescu", "-aet", "CARM", "-aec", AE_TITLE, "-xe", "127.0.0.1",
+                               str(receiver.port), *map(str, paths)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(lambda: list(receiver.spool.rglob("*.dcm")), timeout_s=30, interval_s=0.005)
+        assert receiver.terminate() == 0
+        out, _ = sender.communicate(timeout=60)
+    finally:
+        if sender.poll() is None:
+            sender.kill()
+    assert sender.returncode == 0, out
+    study_uid = file_uids(paths[0])[0]
+    summary = json.loads((receiver.spool / study_uid / "summary.json").read_text())
+    assert summary["frames"] == 6 * len(specs)
+    state = json.loads((receiver.spool / study_uid / "state.json").read_text())
+    assert state["finished"] and state["processed"] == len(specs)
+    assert b"stopped" in receiver.stdout
+    assert np.all([dataset_bytes(spooled(receiver.spool, study_uid, file_uids(p)[1]))
+                   == dataset_bytes(p) for p in paths])

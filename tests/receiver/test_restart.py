@@ -1,0 +1,185 @@
+"""Crash and restart: the spool's unfinished studies are fed again and end in the same state
+(events and summary, modulo latencies) as if the receiver had never stopped."""
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from pathlib import Path
+
+import pydicom
+from pydicom.uid import ExplicitVRLittleEndian, XRayAngiographicImageStorage
+from pynetdicom import AE
+
+from sifluoro.acquire.live import LiveStudies
+from sifluoro.acquire.spool import Spool
+from tests.dicom_fixtures import RunSpec, write_study
+from tests.receiver.helpers import (
+    AE_TITLE,
+    file_uids,
+    needs_dcmtk,
+    read_events,
+    spooled,
+    storescu,
+    summary_frames,
+    wait_for,
+    without_latency,
+)
+
+# arrival order: the third run was acquired before the second (it arrives late)
+SPECS = [RunSpec(0.0, n_frames=3), RunSpec(10.0, n_frames=4), RunSpec(5.0, n_frames=2),
+         RunSpec(15.0, n_frames=3)]
+
+
+def _feed(live: LiveStudies, spool: Spool, path: Path) -> None:
+    """What the receiver does with an accepted instance, without the network."""
+    study_uid, sop_uid = file_uids(path)
+    data = path.read_bytes()
+    assert live.store(study_uid, sop_uid, lambda: spool.write_temp(study_uid, sop_uid, data))
+
+
+def _outputs(folder: Path) -> tuple[list[dict], dict]:
+    return (without_latency(read_events(folder / "events.jsonl")),
+            without_latency(json.loads((folder / "summary.json").read_text())))
+
+
+def test_restart_after_a_crash_at_every_stage_ends_as_if_never_stopped(tmp_path):
+    paths = write_study(tmp_path / "study", SPECS)
+    study_uid = file_uids(paths[0])[0]
+    for name in ("reference", "crashed"):
+        spool = Spool(tmp_path / name)
+        live = LiveStudies(spool, workers=2)
+        for path in paths:
+            _feed(live, spool, path)
+        live.close()
+    reference = _outputs(tmp_path / "reference" / study_uid)
+    assert reference[1]["frames"] == 12 and reference[1]["out_of_order_runs"] == 1
+
+    # The state a SIGKILL can leave: the second instance half processed (events cut mid-line,
+    # summary stale), the last one renamed into place but not yet recorded, a temporary file
+    # of an instance being written.
+    folder = tmp_path / "crashed" / study_uid
+    state = json.loads((folder / "state.json").read_text())
+    state["processed"] = 1
+    state["received"] = state["received"][:-1]
+    (folder / "state.json").write_text(json.dumps(state))
+    lines = (folder / "events.jsonl").read_text().splitlines(keepends=True)
+    (folder / "events.jsonl").write_text("".join(lines[:5]) + lines[5][:40])
+    (folder / "summary.json").write_text(json.dumps({"frames": 3}))
+    leftover = folder / f".{file_uids(paths[1])[1]}.abc123.part"
+    leftover.write_bytes(b"\0" * 1000)
+
+    spool = Spool(tmp_path / "crashed")
+    assert not leftover.exists()
+    live = LiveStudies(spool, workers=2)
+    assert live.resume() == [study_uid]
+    live.close()
+    assert _outputs(folder) == reference
+    state = json.loads((folder / "state.json").read_text())
+    assert state["finished"] and state["processed"] == len(SPECS)
+
+    # a finished study taking one more instance after a restart continues where it was
+    extra = write_study(tmp_path / "extra", [RunSpec(20.0, n_frames=2)], study_uid=study_uid)[0]
+    live = LiveStudies(Spool(tmp_path / "crashed"), workers=2)
+    assert live.resume() == []
+    _feed(live, live.spool, extra)
+    live.close()
+    events, summary = _outputs(folder)
+    assert events[:12] == reference[0] and [e["index"] for e in events] == list(range(14))
+    assert summary["frames"] == 14 and summary["runs"] == 5
+
+
+class _HoldingProxy:
+    """Forwards one TCP connection, but stops passing the client's bytes after ``hold_after``
+    of them, so that a test can kill the receiver in the middle of an instance."""
+
+    def __init__(self, upstream_port: int, hold_after: int):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.upstream_port, self.hold_after = upstream_port, hold_after
+        self.held = threading.Event()
+        self.sockets: list[socket.socket] = [self.listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        client, _ = self.listener.accept()
+        upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+        self.sockets += [client, upstream]
+        threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+        threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, src, dst, holding):
+        sent = 0
+        try:
+            while chunk := src.recv(65536):
+                if holding and sent + len(chunk) >= self.hold_after:
+                    dst.sendall(chunk[:self.hold_after - sent])
+                    self.held.set()
+                    return
+                dst.sendall(chunk)
+                sent += len(chunk)
+        except OSError:
+            return
+
+    def close(self):
+        for s in self.sockets:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+
+@needs_dcmtk
+def test_sigkill_mid_instance_then_restart_completes_the_study(tmp_path, start_receiver):
+    specs = [RunSpec(0.0, n_frames=3), RunSpec(4.0, n_frames=20, size=256),
+             RunSpec(9.0, n_frames=2)]
+    paths = write_study(tmp_path / "study", specs)
+    study_uid = file_uids(paths[0])[0]
+    total = sum(s.n_frames for s in specs)
+    receiver = start_receiver(tmp_path / "spool")
+    proxy = _HoldingProxy(receiver.port, hold_after=paths[0].stat().st_size + 1_000_000)
+    statuses: list = []
+
+    def send_all():
+        ae = AE(ae_title="CARM")
+        ae.add_requested_context(XRayAngiographicImageStorage, ExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", proxy.port, ae_title=AE_TITLE)
+        for path in paths:
+            if not assoc.is_established:
+                statuses.append(None)
+                continue
+            statuses.append(assoc.send_c_store(pydicom.dcmread(path)).get("Status"))
+        if assoc.is_established:
+            assoc.release()
+
+    sender = threading.Thread(target=send_all, daemon=True)
+    sender.start()
+    try:
+        assert proxy.held.wait(60), "the sender never got past the first instance"
+        wait_for(lambda: summary_frames(tmp_path / "spool" / study_uid / "summary.json") == 3)
+        receiver.kill()
+    finally:
+        proxy.close()
+    sender.join(60)
+    assert statuses[0] == 0x0000 and statuses[1] != 0x0000 and statuses[2] is None
+    folder = tmp_path / "spool" / study_uid
+    assert sorted(p.name for p in folder.glob("*.dcm")) == [f"{file_uids(paths[0])[1]}.dcm"]
+    leftover = folder / f".{file_uids(paths[1])[1]}.x1y2z3.part"  # as a kill mid-write leaves
+    leftover.write_bytes(b"\0" * 4096)
+
+    restarted = start_receiver(tmp_path / "spool")
+    assert not leftover.exists()
+    resent = storescu(restarted.port, paths[1:], "-xe", aet="CARM")
+    assert resent.returncode == 0, resent.stdout + resent.stderr
+    wait_for(lambda: summary_frames(folder / "summary.json") == total)
+    assert restarted.terminate() == 0
+
+    reference = start_receiver(tmp_path / "reference")
+    sent = storescu(reference.port, paths, "-xe", aet="CARM")
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    wait_for(lambda: summary_frames(tmp_path / "reference" / study_uid / "summary.json") == total)
+    assert reference.terminate() == 0
+    assert _outputs(folder) == _outputs(tmp_path / "reference" / study_uid)
+    for path in paths:
+        assert spooled(tmp_path / "spool", *file_uids(path)).exists()
