@@ -15,7 +15,7 @@ def _replay(args) -> int:
 
     settings = Settings(latency_budget_ms=args.budget_ms)
     result = replay(args.inputs, events_path=args.events, summary_path=args.summary,
-                    settings=settings, study_uid=args.study)
+                    settings=settings, study_uid=args.study, rdsr_path=args.rdsr)
     if not args.quiet:
         print(format_summary(result.summary))
     if result.exit_code:
@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--events", required=True, metavar="EVENTS.jsonl")
     p.add_argument("--summary", required=True, metavar="SUMMARY.json")
     p.add_argument("--study", metavar="UID", help="the study to replay when the input holds several")
+    p.add_argument("--rdsr", metavar="RDSR.dcm", help="also write the study's dose as an X-Ray "
+                   "Radiation Dose SR")
     p.add_argument("--budget-ms", type=float, default=Settings().latency_budget_ms,
                    help="per-frame latency budget for image work (default %(default)s ms)")
     p.add_argument("-q", "--quiet", action="store_true", help="print no summary")
@@ -80,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "annotated PNG/MP4")
     p.add_argument("--out", type=Path, default=Path("demo-output"))
     p.add_argument("--seed", type=int, default=2026)
-    p.add_argument("--case", type=int, default=0)
+    p.add_argument("--case", type=int, default=10)
     p.add_argument("--size", type=int, choices=(512, 1024), default=512)
     p.set_defaults(func=_demo)
 
@@ -104,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("results_dir", type=Path, metavar="RESULTS")
     p.add_argument("--json", type=Path, metavar="REPORT.json")
     p.set_defaults(func=_evaluate)
+
+    from sifluoro.dose.cli import add_dose_parser
+
+    add_dose_parser(sub)
     return parser
 
 

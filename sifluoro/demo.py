@@ -12,7 +12,7 @@ from sifluoro.contract import replay_output_violations
 from sifluoro.overlay import draw_overlay
 from sifluoro.replay import format_summary, replay
 
-DEMO_SEED, DEMO_CASE = 2026, 0
+DEMO_SEED, DEMO_CASE = 2026, 10  # an intra-articular injection on a flat panel
 
 
 def write_overlays(study_dir: Path, events_path: Path, truth: dict | None, png_path: Path,
@@ -70,7 +70,9 @@ def run_demo(out: Path, *, seed: int = DEMO_SEED, case: int = DEMO_CASE, size: i
           f"{truth['compression'] or 'uncompressed'}) in {study_dir}/, truth in {exported.truth_path}")
     print("replaying ...")
     events, summary = out / "events.jsonl", out / "summary.json"
-    result = replay([study_dir], events_path=events, summary_path=summary, settings=Settings())
+    rdsr = out / "dose-rdsr.dcm"
+    result = replay([study_dir], events_path=events, summary_path=summary, settings=Settings(),
+                    rdsr_path=rdsr)
     print(format_summary(result.summary))
     violations = replay_output_violations(events, summary)
     print(f"contract   {'ok' if not violations else f'{len(violations)} violations'} (DESIGN §3)")
@@ -78,5 +80,6 @@ def run_demo(out: Path, *, seed: int = DEMO_SEED, case: int = DEMO_CASE, size: i
     key = write_overlays(study_dir, events, truth, png, mp4)
     print(f"truth      outcome {truth['outcome']}, Ka,r {truth['dose']['air_kerma_mgy']:.2f} mGy, "
           f"DAP {truth['dose']['dap_gycm2']:.3f} Gy·cm², fluoro {truth['dose']['fluoro_time_s']:.1f} s")
-    print(f"outputs    {events}\n           {summary}\n           {png} (frame {key})\n           {mp4}")
+    print(f"outputs    {events}\n           {summary}\n           {rdsr} (X-Ray Radiation Dose SR)"
+          f"\n           {png} (frame {key})\n           {mp4}")
     return result.exit_code or (1 if violations else 0)

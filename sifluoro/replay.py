@@ -12,6 +12,9 @@ from typing import Iterable
 
 from sifluoro.acquire.dicom_reader import iter_frames, read_study
 from sifluoro.config import Settings
+from sifluoro.dose.rdsr_read import read_rdsr
+from sifluoro.dose.rdsr_write import write_rdsr
+from sifluoro.errors import InputError
 from sifluoro.model import Rejection, Study
 from sifluoro.pipeline import Pipeline, Stage, latency_summary, prefetch
 
@@ -33,19 +36,29 @@ def default_stages(settings: Settings) -> list[Stage]:
 
 def replay(inputs: Iterable[str | Path], *, events_path: str | Path, summary_path: str | Path,
            settings: Settings | None = None, study_uid: str | None = None,
-           stages: list[Stage] | None = None) -> ReplayResult:
+           stages: list[Stage] | None = None, rdsr_path: str | Path | None = None) -> ReplayResult:
     """Replay one study through the pipeline, writing one event per frame and a summary.
 
     Damaged or unusable files are listed in ``rejected_files``; the rest of the study goes on.
+    A dose report (RDSR) of the study among the inputs supplies the dose of the runs it
+    references. With ``rdsr_path``, the study's dose is written there as an RDSR at the end.
     """
     settings = settings or Settings()
     t_start = time.perf_counter()
     study = read_study(list(inputs), study_uid=study_uid)
     pipeline = Pipeline(default_stages(settings) if stages is None else stages, settings)
     state = pipeline.start_study(study.study_instance_uid)
+    rejected: list[Rejection] = list(study.rejected)
+    for path in study.dose_reports:
+        try:
+            report = read_rdsr(path)
+        except InputError as exc:
+            rejected.append(Rejection(path, f"{exc.tag}: {exc.reason}" if exc.tag else exc.reason))
+            continue
+        if report.study_instance_uid == study.study_instance_uid:
+            state.dose.use_report(report)
     for run in study.runs:
         pipeline.prepare_run(run, state)
-    rejected: list[Rejection] = list(study.rejected)
     events_path = Path(events_path)
     events_path.parent.mkdir(parents=True, exist_ok=True)
     t_stream = time.perf_counter()
@@ -55,6 +68,8 @@ def replay(inputs: Iterable[str | Path], *, events_path: str | Path, summary_pat
             out.write(json.dumps(event, separators=(",", ":")) + "\n")
     t_end = time.perf_counter()
     summary = build_summary(study, state, rejected)
+    if rdsr_path is not None and state.frames:
+        summary["rdsr"] = str(write_rdsr(study, state.dose, rdsr_path, settings=settings.dose))
     write_json(summary_path, summary)
     return ReplayResult(summary, 0 if state.frames else 2, t_stream - t_start, t_end - t_stream)
 
@@ -75,6 +90,7 @@ def build_summary(study: Study, state, rejected: list[Rejection]) -> dict:
         "latency_ms": latency_summary(state.latencies_ms),
         "degraded_frames": state.degraded_frames,
         "alerts": list(state.alerts),
+        "srdl_exceeded": list(state.dose.srdl_exceeded),
         "device": {"manufacturer": study.device.manufacturer, "model": study.device.model},
         "dose_reports": list(study.dose_reports),
     }
