@@ -155,7 +155,7 @@ class LiveStudies:
         Where each study's summary is written (the last study updated wins: meant for one
         study at a time); default ``SPOOL/<study>/summary.json``.
     workers : int, optional
-        Studies processed at the same time (default: the number of CPUs, at least 2).
+        Studies processed at the same time (default: the number of CPUs, at least 8).
     """
 
     def __init__(self, spool: Spool, *, settings: Settings | None = None,
@@ -166,7 +166,8 @@ class LiveStudies:
         self.pipeline = Pipeline(default_stages(settings) if stages is None else stages, settings)
         self._shared_events = EventLog(events_path) if events_path else None
         self._summary_path = Path(summary_path) if summary_path else None
-        self._executor = ThreadPoolExecutor(max_workers=workers or max(2, os.cpu_count() or 2),
+        # threads mostly wait on fsync and decoders, so more than the CPU count pays off
+        self._executor = ThreadPoolExecutor(max_workers=workers or max(8, os.cpu_count() or 1),
                                             thread_name_prefix="sifluoro-study")
         self._studies: dict[str, _LiveStudy] = {}
         self._studies_lock = threading.Lock()
@@ -270,24 +271,29 @@ class LiveStudies:
         study.scheduled = True
         with self._idle:
             self._busy += 1
-        self._executor.submit(self._drain, study)
+        self._executor.submit(self._step, study)
 
-    def _drain(self, study: _LiveStudy) -> None:
-        while True:
-            with study.lock:
-                if study.done >= len(study.state.received):
-                    study.scheduled = False
-                    with self._idle:
-                        self._busy -= 1
-                        self._idle.notify_all()
-                    return
-                sop_uid = study.state.received[study.done]
-                catching_up = study.done < study.state.processed
-            self._process(study, sop_uid, catching_up=catching_up)
-            with study.lock:
-                if study.done > study.state.processed:
-                    study.state.processed = study.done
+    def _step(self, study: _LiveStudy) -> None:
+        """Process the study's next instance, then queue the study again behind the others
+        (one instance per turn, so that a study that keeps sending does not starve the rest)."""
+        with study.lock:
+            sop_uid = study.state.received[study.done]
+            catching_up = study.done < study.state.processed
+        self._process(study, sop_uid, catching_up=catching_up)
+        with study.lock:
+            if study.done > study.state.processed:
+                study.state.processed = study.done
+                try:
                     self.spool.save_state(study.state)
+                except OSError as exc:  # a restart re-derives it: processing is idempotent
+                    log.error("study %s: state not saved (%s)", study.uid, exc)
+            if study.done < len(study.state.received):
+                self._executor.submit(self._step, study)
+                return
+            study.scheduled = False
+        with self._idle:
+            self._busy -= 1
+            self._idle.notify_all()
 
     def _process(self, study: _LiveStudy, sop_uid: str, *, catching_up: bool) -> None:
         """Process one stored instance; never raises (what fails is listed as rejected)."""
