@@ -477,12 +477,16 @@ def settings_from_args(args: argparse.Namespace) -> ReceiverSettings:
 
 def run_receive(args: argparse.Namespace) -> int:
     """Run the receiver until SIGTERM/SIGINT, then drain; 0 on a clean stop."""
-    receiver = Receiver(settings_from_args(args),
-                        pipeline_settings=Settings(latency_budget_ms=args.budget_ms))
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stop.set())
-    receiver.start()
+    try:
+        receiver = Receiver(settings_from_args(args),
+                            pipeline_settings=Settings(latency_budget_ms=args.budget_ms))
+        receiver.start()
+    except OSError as exc:  # port taken, spool not writable
+        print(f"sifluoro: cannot start the receiver: {exc}", file=sys.stderr)
+        return 2
     print(f"sifluoro receive: listening on {receiver.settings.host}:{receiver.port} as "
           f"{receiver.settings.ae_title}", flush=True)
     while not stop.wait(0.5):
@@ -506,9 +510,6 @@ def main(argv: list[str] | None = None) -> int:
         return run_receive(args)
     except ConfigError as exc:
         print(f"sifluoro: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # port taken, spool not writable
-        print(f"sifluoro: cannot start the receiver: {exc}", file=sys.stderr)
         return 2
 
 
