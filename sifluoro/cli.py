@@ -107,8 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, metavar="REPORT.json")
     p.set_defaults(func=_evaluate)
 
+    from sifluoro.acquire.receiver import add_receive_parser
     from sifluoro.dose.cli import add_dose_parser
 
+    add_receive_parser(sub)
     add_dose_parser(sub)
     return parser
 
