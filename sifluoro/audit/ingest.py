@@ -1,0 +1,352 @@
+"""``sifluoro audit ingest``: folders of RDSRs and image studies → the dose registry.
+
+Files are hashed in the main process; files whose content hash the registry already holds
+are skipped (so a re-run after an interruption resumes where it stopped). The others are
+parsed in chunks by a mapper (in-process, a process pool, or Dask workers: the parse is the
+costly part) and written by the main process alone, ``settings.batch_studies`` studies per
+transaction: a study is in the registry whole, or not at all.
+
+A study's dose is computed as ``sifluoro dose summary`` does (:mod:`sifluoro.dose.summary`):
+its dose reports merged, the reports winning over its images; image-only studies accumulated
+from the run headers. When a study already in the registry receives new or changed files, its
+earlier files are read again from their recorded paths and the study is recomputed whole.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from sifluoro.acquire.dicom_reader import iter_input_files, order_runs
+from sifluoro.audit.parse import IMAGE, RDSR, REJECTED, ParsedFile, file_sha256, parse_chunk, parse_file
+from sifluoro.audit.schema import (
+    AlertRow,
+    DeviceRow,
+    EventRow,
+    InstanceRow,
+    PlaneRow,
+    StudyRow,
+    open_registry,
+)
+from sifluoro.audit.settings import AuditSettings
+from sifluoro.config import DoseSettings
+from sifluoro.dose.accumulate import accumulate_study
+from sifluoro.dose.records import StudyDose
+from sifluoro.dose.summary import _with_srdl, merge_reports
+from sifluoro.model import Device, Rejection, Study
+
+log = logging.getLogger(__name__)
+
+# mapper(function, chunks) → results in chunk order
+Mapper = Callable[[Callable, Iterable[list[str]]], Iterator[list[ParsedFile]]]
+
+STUDY_FIELDS = ("dap_gycm2", "air_kerma_mgy", "fluoro_time_s", "fluoro_dap_gycm2",
+                "fluoro_air_kerma_mgy", "acquisition_dap_gycm2", "acquisition_air_kerma_mgy",
+                "acquisition_time_s")
+EVENT_FIELDS = ("event_uid", "kind", "plane", "start", "dap_gycm2", "air_kerma_mgy", "dose_source",
+                "kvp", "tube_current_ma", "pulse_width_ms", "pulse_rate_per_s", "n_pulses",
+                "irradiation_duration_s", "exposure_time_ms", "exposure_mas", "filter_al_mm",
+                "filter_cu_mm", "primary_angle_deg", "secondary_angle_deg", "sid_mm",
+                "source_to_isocenter_mm", "collimated_field_area_cm2", "reference_point", "protocol")
+PLANE_FIELDS = ("plane", "dap_gycm2", "air_kerma_mgy", "fluoro_dap_gycm2", "fluoro_air_kerma_mgy",
+                "acquisition_dap_gycm2", "acquisition_air_kerma_mgy", "fluoro_time_s",
+                "acquisition_time_s", "n_radiographic_frames", "reference_point")
+
+
+@dataclass
+class IngestResult:
+    """What an ingest did. ``rejected`` lists every file it could not take, with the reason."""
+
+    files: int = 0
+    unchanged: int = 0
+    parsed: int = 0
+    reports: int = 0
+    images: int = 0
+    studies_new: int = 0
+    studies_updated: int = 0
+    rejected: list[Rejection] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+    def as_dict(self) -> dict:
+        return {"files": self.files, "unchanged": self.unchanged, "parsed": self.parsed,
+                "reports": self.reports, "images": self.images, "studies_new": self.studies_new,
+                "studies_updated": self.studies_updated,
+                "rejected": [r.as_dict() for r in self.rejected],
+                "elapsed_s": round(self.elapsed_s, 3)}
+
+
+def serial_mapper(fn: Callable, chunks: Iterable) -> Iterator:
+    """Parse in this process."""
+    return map(fn, chunks)
+
+
+class ProcessMapper:
+    """Parse on a local process pool of ``workers`` processes (results in order)."""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+
+    def __call__(self, fn: Callable, chunks: Iterable) -> Iterator:
+        with ProcessPoolExecutor(max_workers=self.workers) as pool:
+            yield from pool.map(fn, chunks)
+
+
+def ingest(paths: Iterable[str | Path], db: str | Engine, *, settings: AuditSettings | None = None,
+           mapper: Mapper | None = None, progress: bool = False) -> IngestResult:
+    """Ingest every RDSR and X-ray image under ``paths`` into the registry at ``db``.
+
+    Parameters
+    ----------
+    paths : iterable of paths
+        Files and folders (searched recursively, hidden entries skipped).
+    db : str or Engine
+        Registry URL (or SQLite file path), or an engine from :func:`open_registry`.
+    settings : AuditSettings, optional
+        Patient link key, transaction size, chunk size, dose levels.
+    mapper : callable, optional
+        How chunks of files are parsed: :func:`serial_mapper` (default),
+        :class:`ProcessMapper`, or :func:`sifluoro.audit.distributed.dask_mapper`. The result
+        does not depend on it.
+    progress : bool
+        Show a progress bar (tqdm, on stderr).
+
+    Returns
+    -------
+    IngestResult
+    """
+    from functools import partial
+
+    settings = settings or AuditSettings()
+    engine = open_registry(db) if isinstance(db, str) else db
+    mapper = mapper or serial_mapper
+    t0 = time.perf_counter()
+    result = IngestResult()
+    with engine.connect() as conn:
+        known = set(conn.execute(select(InstanceRow.sha256)).scalars())
+    files = [str(p) for p in iter_input_files(paths)]
+    result.files = len(files)
+    bar = _progress_bar(len(files), progress)
+    todo: list[str] = []
+    for path in files:
+        try:
+            digest = file_sha256(path)
+        except OSError as exc:
+            result.rejected.append(Rejection(path, f"cannot be read ({exc.strerror or exc})"))
+            bar.update(1)
+            continue
+        if digest in known:
+            result.unchanged += 1
+            bar.update(1)
+        else:
+            todo.append(path)
+    chunks = [todo[i:i + settings.chunk_files] for i in range(0, len(todo), settings.chunk_files)]
+    writer = _Writer(engine, settings)
+    pending: dict[str, list[ParsedFile]] = {}
+    for parsed in mapper(partial(parse_chunk, link_key=settings.patient_link_key), chunks):
+        for item in parsed:
+            result.parsed += 1
+            if item.kind == REJECTED:
+                result.rejected.append(Rejection(item.path, item.reason))
+                continue
+            result.reports += item.kind == RDSR
+            result.images += item.kind == IMAGE
+            pending.setdefault(item.study_instance_uid, []).append(item)
+        bar.update(len(parsed))
+        while len(pending) >= settings.batch_studies:
+            uids = list(pending)[:settings.batch_studies]
+            writer.write_batch({u: pending.pop(u) for u in uids}, result)
+    if pending:
+        writer.write_batch(pending, result)
+    bar.close()
+    result.elapsed_s = time.perf_counter() - t0
+    return result
+
+
+def _progress_bar(total: int, show: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="file", disable=not show, leave=False, mininterval=0.5)
+
+
+class _Writer:
+    """Writes batches of studies, one transaction per batch."""
+
+    def __init__(self, engine: Engine, settings: AuditSettings):
+        self.engine = engine
+        self.settings = settings
+        with engine.connect() as conn:
+            self.devices = {(r.manufacturer, r.model, r.serial_number, r.station_name): r.id
+                            for r in conn.execute(select(DeviceRow))}
+
+    def write_batch(self, batch: dict[str, list[ParsedFile]], result: IngestResult) -> None:
+        """Write the studies of ``batch`` in one transaction: all of them, or none."""
+        new_devices: dict[tuple, int] = {}
+        counts = [0, 0]
+        rejected: list[Rejection] = []
+        with Session(self.engine) as conn, conn.begin():
+            existing = dict(conn.execute(select(StudyRow.study_instance_uid, StudyRow.id)
+                                         .where(StudyRow.study_instance_uid.in_(list(batch)))).all())
+            earlier = self._earlier_files(conn, existing, batch)
+            studies = []
+            for uid, files in batch.items():
+                files = _dedupe(files + earlier.get(uid, []))
+                dose, rejections = study_dose(uid, files, self.settings.dose)
+                rejected += rejections
+                if dose is not None:
+                    studies.append((uid, files, dose))
+            sops = [f.sop_instance_uid for _, files, _ in studies for f in files]
+            if existing:
+                ids = list(existing.values())
+                for table in (EventRow, PlaneRow, AlertRow, InstanceRow):
+                    conn.execute(delete(table).where(table.study_id.in_(ids)))
+            if sops:
+                conn.execute(delete(InstanceRow).where(InstanceRow.sop_instance_uid.in_(sops)))
+            now = datetime.now(timezone.utc).replace(tzinfo=None)
+            new_rows, updates = [], []
+            for uid, files, dose in studies:
+                row = _study_row(uid, files, dose, now)
+                row["device_id"] = self._device_id(conn, dose.device, new_devices)
+                if uid in existing:
+                    updates.append({"id": existing[uid], **row})
+                else:
+                    new_rows.append(row)
+            if updates:
+                conn.execute(update(StudyRow), updates)
+            ids = dict(existing)
+            if new_rows:
+                for uid, sid in conn.execute(insert(StudyRow).returning(
+                        StudyRow.study_instance_uid, StudyRow.id, sort_by_parameter_order=True), new_rows):
+                    ids[uid] = sid
+            instances, events, planes, alerts = [], [], [], []
+            for uid, files, dose in studies:
+                sid = ids[uid]
+                instances += [{"study_id": sid, "sop_instance_uid": f.sop_instance_uid, "kind": f.kind,
+                               "path": f.path, "sha256": f.sha256, "size_bytes": f.size_bytes}
+                              for f in files]
+                events += _event_rows(sid, dose)
+                planes += [{"study_id": sid, **{k: getattr(p, k) for k in PLANE_FIELDS}}
+                           for p in dose.planes]
+                alerts += [{"study_id": sid, **a} for a in alert_rows(dose, self.settings.dose)]
+            for table, rows in ((InstanceRow, instances), (EventRow, events), (PlaneRow, planes),
+                                (AlertRow, alerts)):
+                if rows:
+                    conn.execute(insert(table), rows)
+            counts = [len(new_rows), len(updates)]
+        # only now is the batch durable: take its device ids and counts
+        self.devices.update(new_devices)
+        result.studies_new += counts[0]
+        result.studies_updated += counts[1]
+        result.rejected += rejected
+
+    def _earlier_files(self, conn: Session, existing: dict[str, int],
+                       batch: dict[str, list[ParsedFile]]) -> dict[str, list[ParsedFile]]:
+        """Files recorded earlier for studies of this batch that the batch does not carry."""
+        if not existing:
+            return {}
+        uid_of = {sid: uid for uid, sid in existing.items()}
+        carried = {f.sop_instance_uid for files in batch.values() for f in files}
+        out: dict[str, list[ParsedFile]] = {}
+        rows = conn.execute(select(InstanceRow.study_id, InstanceRow.sop_instance_uid, InstanceRow.path)
+                            .where(InstanceRow.study_id.in_(list(uid_of)))
+                            .order_by(InstanceRow.path)).all()
+        for sid, sop, path in rows:
+            if sop in carried:
+                continue
+            parsed = parse_file(path, self.settings.patient_link_key)
+            if parsed.kind == REJECTED or parsed.study_instance_uid != uid_of[sid]:
+                log.warning("%s, recorded for study %s, is gone or changed study; the study is "
+                            "recomputed without it", path, uid_of[sid])
+                continue
+            out.setdefault(uid_of[sid], []).append(parsed)
+        return out
+
+    def _device_id(self, conn: Session, device: Device, new: dict[tuple, int]) -> int:
+        key = (device.manufacturer, device.model, device.serial_number, device.station_name)
+        found = self.devices.get(key) or new.get(key)
+        if found is None:
+            found = conn.execute(insert(DeviceRow).returning(DeviceRow.id), [dict(zip(
+                ("manufacturer", "model", "serial_number", "station_name"), key))]).scalar_one()
+            new[key] = found
+        return found
+
+
+def _dedupe(files: list[ParsedFile]) -> list[ParsedFile]:
+    """One file per SOP Instance UID (the last seen: a changed file replaces the recorded one)."""
+    by_sop: dict[str, ParsedFile] = {}
+    for f in files:
+        by_sop[f.sop_instance_uid] = f
+    return sorted(by_sop.values(), key=lambda f: (f.path, f.sop_instance_uid))
+
+
+def study_dose(uid: str, files: list[ParsedFile], settings: DoseSettings
+               ) -> tuple[StudyDose | None, list[Rejection]]:
+    """The study's dose from its files, as ``sifluoro dose summary`` computes it."""
+    reports = [f.report for f in files if f.kind == RDSR and f.report is not None]
+    rejected: list[Rejection] = []
+    if reports:
+        return _with_srdl(merge_reports(reports), settings), rejected
+    runs = [f.run for f in files if f.kind == IMAGE and f.run is not None]
+    ordered = order_runs(runs, rejected)
+    if not ordered:
+        return None, rejected
+    study = Study(uid, tuple(ordered))
+    dose = accumulate_study(study, settings).study_dose(uid, study.device)
+    return _with_srdl(dose, settings), rejected
+
+
+def _study_row(uid: str, files: list[ParsedFile], dose: StudyDose, now: datetime) -> dict:
+    summary = dose.summary()
+    known = [f for f in files if f.procedure_known]
+    labelled = known or [f for f in files if f.procedure != "unspecified"] or files
+    dates = [f.study_date for f in files if f.study_date is not None]
+    keys = [f.patient_key for f in files if f.patient_key]
+    row = {"study_instance_uid": uid, "procedure": labelled[0].procedure,
+           "study_date": min(dates) if dates else None, "patient_key": keys[0] if keys else None,
+           "source": dose.source, "dose_source": summary["dose_source"],
+           "n_events": len(dose.events), "n_planes": len(dose.planes),
+           "planes_from_report": dose.planes_from_report,
+           "srdl_exceeded": ",".join(dose.srdl_exceeded), "ingested_at": now}
+    row.update({k: float(summary[k]) for k in STUDY_FIELDS})
+    return row
+
+
+def _event_rows(study_id: int, dose: StudyDose) -> list[dict]:
+    return [{"study_id": study_id, "seq": i, **{k: getattr(e, k) for k in EVENT_FIELDS}}
+            for i, e in enumerate(dose.events)]
+
+
+def alert_rows(dose: StudyDose, settings: DoseSettings) -> list[dict]:
+    """The dose levels a study reached, as :class:`DoseAccumulator` would have raised them.
+
+    NCRP Report 168 air kerma notification levels (first, then every step), each multiple of
+    the fluoroscopy-time alert, and each substantial radiation dose level (SRDL) reached.
+    """
+    out = []
+    kerma, dap, fluoro_s = dose.air_kerma_mgy, dose.dap_gycm2, dose.fluoro_time_s
+    first, step = settings.air_kerma_first_alert_mgy, settings.air_kerma_alert_step_mgy
+    if first > 0:
+        level = first
+        while level <= kerma:
+            out.append({"kind": "air_kerma", "level": level, "unit": "mGy", "value": kerma})
+            if step <= 0:
+                break
+            level += step
+    if settings.fluoro_time_alert_s > 0:
+        for k in range(1, int(fluoro_s // settings.fluoro_time_alert_s) + 1):
+            out.append({"kind": "fluoro_time", "level": k * settings.fluoro_time_alert_s,
+                        "unit": "s", "value": fluoro_s})
+    levels = {"air_kerma": (settings.srdl_air_kerma_mgy, "mGy", kerma),
+              "dap": (settings.srdl_dap_gycm2, "Gy·cm²", dap),
+              "fluoro_time": (settings.srdl_fluoro_time_s, "s", fluoro_s)}
+    for name in dose.srdl_exceeded:
+        level, unit, value = levels[name]
+        out.append({"kind": f"srdl_{name}", "level": level, "unit": unit, "value": value})
+    return out

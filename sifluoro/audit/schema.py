@@ -1,0 +1,241 @@
+"""The dose registry's tables (SQLAlchemy 2 declarative, typed) and its versioned migrations.
+
+One schema for SQLite (default, one file) and PostgreSQL (by URL). No patient name, ID or
+birth date is stored: a study carries at most ``patient_key``, a keyed HMAC of the Patient ID
+(see :class:`sifluoro.audit.settings.AuditSettings`).
+
+Migrations are ordered functions in :data:`MIGRATIONS`; ``schema_version`` records each one
+applied. :func:`open_registry` applies the missing ones in one transaction, so a database is
+either at the old version or at the new one. To change the schema, append a function (DDL
+through ``connection.execute``) and update the models; never edit an applied migration.
+"""
+from __future__ import annotations
+
+from datetime import date, datetime, timezone
+from typing import Callable
+
+from sqlalchemy import (
+    Boolean,
+    Date,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    inspect,
+    select,
+)
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from sifluoro.errors import ConfigError
+
+SCHEMA_VERSION = 1
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class SchemaVersion(Base):
+    """One row per migration applied."""
+
+    __tablename__ = "schema_version"
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    applied_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class DeviceRow(Base):
+    """An irradiating device as its reports and images name it."""
+
+    __tablename__ = "devices"
+    __table_args__ = (UniqueConstraint("manufacturer", "model", "serial_number", "station_name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    manufacturer: Mapped[str] = mapped_column(String(128), default="")
+    model: Mapped[str] = mapped_column(String(128), default="")
+    serial_number: Mapped[str] = mapped_column(String(128), default="")
+    station_name: Mapped[str] = mapped_column(String(128), default="")
+
+
+class StudyRow(Base):
+    """One study's dose (DESIGN §4 summary fields) with its procedure label and date."""
+
+    __tablename__ = "studies"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"))
+    procedure: Mapped[str] = mapped_column(String(128), index=True)
+    study_date: Mapped[date | None] = mapped_column(Date, index=True)
+    patient_key: Mapped[str | None] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(String(16))
+    dose_source: Mapped[str] = mapped_column(String(16))
+    n_events: Mapped[int] = mapped_column(Integer)
+    n_planes: Mapped[int] = mapped_column(Integer)
+    dap_gycm2: Mapped[float] = mapped_column(Float)
+    air_kerma_mgy: Mapped[float] = mapped_column(Float)
+    fluoro_time_s: Mapped[float] = mapped_column(Float)
+    fluoro_dap_gycm2: Mapped[float] = mapped_column(Float)
+    fluoro_air_kerma_mgy: Mapped[float] = mapped_column(Float)
+    acquisition_dap_gycm2: Mapped[float] = mapped_column(Float)
+    acquisition_air_kerma_mgy: Mapped[float] = mapped_column(Float)
+    acquisition_time_s: Mapped[float] = mapped_column(Float)
+    planes_from_report: Mapped[bool] = mapped_column(Boolean)
+    srdl_exceeded: Mapped[str] = mapped_column(String(64), default="")
+    ingested_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class InstanceRow(Base):
+    """A file taken for a study: an RDSR or an image run, with its content hash."""
+
+    __tablename__ = "instances"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(8))  # "rdsr" | "image"
+    path: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    size_bytes: Mapped[int] = mapped_column(Integer)
+
+
+class EventRow(Base):
+    """One irradiation event (TID 10003) of a study, in report order."""
+
+    __tablename__ = "irradiation_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    event_uid: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))
+    plane: Mapped[str] = mapped_column(String(8))
+    start: Mapped[datetime | None] = mapped_column(DateTime)
+    dap_gycm2: Mapped[float | None] = mapped_column(Float)
+    air_kerma_mgy: Mapped[float | None] = mapped_column(Float)
+    dose_source: Mapped[str] = mapped_column(String(16))
+    kvp: Mapped[float | None] = mapped_column(Float)
+    tube_current_ma: Mapped[float | None] = mapped_column(Float)
+    pulse_width_ms: Mapped[float | None] = mapped_column(Float)
+    pulse_rate_per_s: Mapped[float | None] = mapped_column(Float)
+    n_pulses: Mapped[int | None] = mapped_column(Integer)
+    irradiation_duration_s: Mapped[float | None] = mapped_column(Float)
+    exposure_time_ms: Mapped[float | None] = mapped_column(Float)
+    exposure_mas: Mapped[float | None] = mapped_column(Float)
+    filter_al_mm: Mapped[float | None] = mapped_column(Float)
+    filter_cu_mm: Mapped[float | None] = mapped_column(Float)
+    primary_angle_deg: Mapped[float | None] = mapped_column(Float)
+    secondary_angle_deg: Mapped[float | None] = mapped_column(Float)
+    sid_mm: Mapped[float | None] = mapped_column(Float)
+    source_to_isocenter_mm: Mapped[float | None] = mapped_column(Float)
+    collimated_field_area_cm2: Mapped[float | None] = mapped_column(Float)
+    reference_point: Mapped[str] = mapped_column(String(64), default="")
+    protocol: Mapped[str] = mapped_column(String(128), default="")
+
+
+class PlaneRow(Base):
+    """Accumulated dose of one plane of a study (TID 10002)."""
+
+    __tablename__ = "plane_totals"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    plane: Mapped[str] = mapped_column(String(8))
+    dap_gycm2: Mapped[float | None] = mapped_column(Float)
+    air_kerma_mgy: Mapped[float | None] = mapped_column(Float)
+    fluoro_dap_gycm2: Mapped[float | None] = mapped_column(Float)
+    fluoro_air_kerma_mgy: Mapped[float | None] = mapped_column(Float)
+    acquisition_dap_gycm2: Mapped[float | None] = mapped_column(Float)
+    acquisition_air_kerma_mgy: Mapped[float | None] = mapped_column(Float)
+    fluoro_time_s: Mapped[float | None] = mapped_column(Float)
+    acquisition_time_s: Mapped[float | None] = mapped_column(Float)
+    n_radiographic_frames: Mapped[int | None] = mapped_column(Integer)
+    reference_point: Mapped[str] = mapped_column(String(64), default="")
+
+
+class AlertRow(Base):
+    """A dose level a study reached: NCRP 168 notification levels and SRDLs."""
+
+    __tablename__ = "alerts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    level: Mapped[float] = mapped_column(Float)
+    unit: Mapped[str] = mapped_column(String(16))
+    value: Mapped[float] = mapped_column(Float)
+
+
+Index("ix_studies_procedure_device", StudyRow.procedure, StudyRow.device_id)
+
+
+def _v1(conn: Connection) -> None:
+    """Devices, studies, instances, irradiation events, plane totals, alerts."""
+    Base.metadata.create_all(conn, tables=[t for name, t in Base.metadata.tables.items()
+                                           if name != "schema_version"])
+
+
+MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _v1)]
+
+
+def open_registry(url: str) -> Engine:
+    """An engine on the registry at ``url``, migrated to :data:`SCHEMA_VERSION`.
+
+    Parameters
+    ----------
+    url : str
+        A SQLAlchemy URL (``sqlite:///dose.db``, ``postgresql+psycopg://user@host/db``) or a
+        plain file path, taken as a SQLite file.
+
+    Raises
+    ------
+    ConfigError
+        The URL cannot be used, or the database is newer than this sifluoro.
+    """
+    if "://" not in url:
+        url = f"sqlite:///{url}"
+    try:
+        engine = create_engine(url, future=True)
+    except Exception as exc:  # bad URL or missing driver: say which setting is wrong
+        raise ConfigError(f"--db {url!r}: {exc}") from exc
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    try:
+        migrate(engine)
+    except ConfigError:
+        raise
+    except Exception as exc:  # unreachable server, refused login...
+        raise ConfigError(f"--db {engine.url.render_as_string(hide_password=True)}: cannot open "
+                          f"the registry ({type(exc).__name__}: {exc})") from exc
+    return engine
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA foreign_keys=ON")
+    # WAL with NORMAL sync: a commit survives a process crash; one fsync per checkpoint
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+def migrate(engine: Engine) -> int:
+    """Apply the missing migrations in one transaction; return the version reached."""
+    with engine.begin() as conn:
+        SchemaVersion.__table__.create(conn, checkfirst=True)
+        done = set(conn.execute(select(SchemaVersion.version)).scalars())
+        newest = max(done, default=0)
+        if newest > SCHEMA_VERSION:
+            raise ConfigError(f"the registry is at schema version {newest}, newer than this "
+                              f"sifluoro ({SCHEMA_VERSION}); upgrade sifluoro")
+        for version, step in MIGRATIONS:
+            if version not in done:
+                step(conn)
+                conn.execute(SchemaVersion.__table__.insert().values(
+                    version=version, applied_at=datetime.now(timezone.utc).replace(tzinfo=None)))
+    return SCHEMA_VERSION
+
+
+def table_names(engine: Engine) -> list[str]:
+    """The registry's tables (for checks and tests)."""
+    return sorted(inspect(engine).get_table_names())

@@ -1,0 +1,67 @@
+"""The lean SR parser gives read_rdsr exactly what pydicom gives it; procedure labels."""
+from __future__ import annotations
+
+import pydicom
+import pytest
+
+from sifluoro.audit._fastsr import FastPathUnsupported, parse_sr_bytes
+from sifluoro.audit.parse import parse_file, procedure_label
+from sifluoro.audit.synthetic import write_synthetic_rdsrs
+from sifluoro.dose.rdsr_read import read_rdsr
+from tests.audit.corpus import write_corpus
+from tests.dose.conftest import VENDOR_DIR, VENDOR_FILES
+
+
+def _same(path):
+    fast = read_rdsr(path, parse_sr_bytes(path.read_bytes()))
+    slow = read_rdsr(path, pydicom.dcmread(path))
+    assert fast == slow
+    return fast
+
+
+def test_fast_parser_equals_pydicom_on_our_reports(tmp_path):
+    corpus = write_corpus(tmp_path)
+    for path in [*corpus["rdsrs"], corpus["both_rdsr"]]:
+        _same(path)
+    for path in write_synthetic_rdsrs(tmp_path / "more", 20, seed=3, templates=20):
+        assert len(_same(path).events) >= 1
+
+
+@pytest.mark.parametrize("name", VENDOR_FILES)
+def test_fast_parser_equals_pydicom_on_vendor_reports(name):
+    path = VENDOR_DIR / name
+    if not path.is_file():
+        pytest.skip(f"vendor RDSRs are not cached in {VENDOR_DIR}: run tests/dose/fetch_vendor_rdsr.sh")
+    report = _same(path)
+    assert parse_file(path).report == report
+
+
+def test_fast_parser_leaves_what_it_does_not_cover_to_pydicom(tmp_path):
+    corpus = write_corpus(tmp_path)
+    with pytest.raises(FastPathUnsupported):
+        parse_sr_bytes(b"not dicom at all" * 20)
+    image = parse_file(corpus["images"][0])  # pixel data: the pydicom path
+    assert image.kind == "image" and image.run is not None
+    rejected = parse_file(corpus["junk"])
+    assert rejected.kind == "rejected" and "not a DICOM file" in rejected.reason
+
+
+@pytest.mark.parametrize("study, requested, label", [
+    ("SI joint injection", None, "SI joint injection"),
+    ("SIJ inj. left", None, "SI joint injection"),
+    ("Sacroiliac joint injection R", None, "SI joint injection"),
+    ("Injection, sacro-iliac joint", None, "SI joint injection"),
+    ("", "SI-JOINT INJECTION BILATERAL", "SI joint injection"),
+    ("Pain clinic", "L4-5 facet injection", "Facet joint injection"),
+    ("DSA  Body", None, "Dsa body"),
+    (None, None, "unspecified"),
+])
+def test_procedure_labels(study, requested, label):
+    ds = pydicom.Dataset()
+    if study is not None:
+        ds.StudyDescription = study
+    if requested is not None:
+        item = pydicom.Dataset()
+        item.RequestedProcedureDescription = requested
+        ds.RequestAttributesSequence = [item]
+    assert procedure_label(ds)[0] == label

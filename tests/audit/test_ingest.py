@@ -1,0 +1,177 @@
+"""Ingest into the registry, on SQLite and on a real PostgreSQL server (same tests)."""
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+import pytest
+from sqlalchemy import String, Text, func, select
+
+from sifluoro.audit import ingest as ingest_module
+from sifluoro.audit.ingest import ingest
+from sifluoro.audit.schema import (
+    SCHEMA_VERSION,
+    Base,
+    EventRow,
+    InstanceRow,
+    PlaneRow,
+    SchemaVersion,
+    StudyRow,
+    open_registry,
+)
+from sifluoro.audit.settings import AuditSettings
+from sifluoro.dose.summary import summarize
+from tests.audit.corpus import scale_dap, write_corpus
+from tests.dicom_fixtures import PATIENT_ID, PATIENT_NAME
+
+KEY = b"0123456789abcdef-test-key"
+
+
+@pytest.fixture()
+def corpus(tmp_path):
+    return write_corpus(tmp_path / "in")
+
+
+def _studies(engine) -> dict[str, dict]:
+    with engine.connect() as conn:
+        rows = conn.execute(select(StudyRow)).mappings().all()
+    return {r["study_instance_uid"]: dict(r) for r in rows}
+
+
+def _counts(engine) -> dict[str, int]:
+    with engine.connect() as conn:
+        return {t.__tablename__: conn.execute(select(func.count()).select_from(t)).scalar_one()
+                for t in (StudyRow, InstanceRow, EventRow, PlaneRow)}
+
+
+def test_ingest_matches_dose_summary(db_url, corpus, tmp_path):
+    engine = open_registry(db_url)
+    result = ingest([tmp_path / "in"], engine)
+    assert result.studies_new == corpus["studies"]
+    assert [r.file for r in result.rejected] == [str(corpus["junk"])]
+    assert "not a DICOM file" in result.rejected[0].reason
+    expected, _ = summarize([tmp_path / "in"])
+    got = _studies(engine)
+    assert sorted(got) == sorted(s.study_instance_uid for s in expected)
+    for study in expected:
+        row, s = got[study.study_instance_uid], study.summary()
+        assert (row["source"], row["n_events"], row["n_planes"]) == (s["source"], s["events"], s["planes"])
+        for key in ("dap_gycm2", "air_kerma_mgy", "fluoro_time_s", "acquisition_dap_gycm2"):
+            assert row[key] == pytest.approx(s[key], rel=1e-12, abs=1e-15), key
+    assert got[corpus["both_uid"]]["source"] == "rdsr"  # the report wins over its images
+    assert got[corpus["images_uid"]]["source"] == "images"
+    assert {r["procedure"] for r in got.values()} >= {"SI joint injection", "Facet joint injection"}
+    with engine.connect() as conn:
+        assert conn.execute(select(SchemaVersion.version)).scalars().all() == [SCHEMA_VERSION]
+        n_events = conn.execute(select(func.count()).select_from(EventRow)).scalar_one()
+    assert n_events == sum(len(s.events) for s in expected)
+    engine.dispose()
+
+
+def test_reingest_is_idempotent(db_url, corpus, tmp_path):
+    engine = open_registry(db_url)
+    ingest([tmp_path / "in"], engine)
+    before, rows = _counts(engine), _studies(engine)
+    again = ingest([tmp_path / "in"], engine)
+    assert (again.unchanged, again.parsed, again.studies_new, again.studies_updated) == (
+        again.files - 1, 1, 0, 0)  # only the junk file is looked at again
+    assert _counts(engine) == before
+    assert _studies(engine) == rows
+    engine.dispose()
+
+
+def test_changed_file_updates_its_study(db_url, corpus, tmp_path):
+    engine = open_registry(db_url)
+    ingest([tmp_path / "in"], engine)
+    before = _counts(engine)
+    path = corpus["rdsrs"][3]
+    uid = next(u for u, r in _studies(engine).items()
+               if r["id"] == _instance(engine, path)["study_id"])
+    old = _studies(engine)[uid]["dap_gycm2"]
+    scale_dap(path, 2.0)
+    result = ingest([tmp_path / "in"], engine)
+    assert (result.parsed, result.studies_new, result.studies_updated) == (2, 0, 1)
+    assert _studies(engine)[uid]["dap_gycm2"] == pytest.approx(2.0 * old, rel=1e-9)
+    assert _instance(engine, path)["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert _counts(engine) == before  # updated in place, nothing duplicated
+    engine.dispose()
+
+
+def _instance(engine, path) -> dict:
+    with engine.connect() as conn:
+        return dict(conn.execute(select(InstanceRow).where(InstanceRow.path == str(path))).mappings().one())
+
+
+def test_a_study_split_across_ingests_is_recomputed_whole(db_url, corpus, tmp_path):
+    engine = open_registry(db_url)
+    both = tmp_path / "in" / "images_and_rdsr"
+    ingest([p for p in both.iterdir() if p.name != "zz_rdsr.dcm"], engine)
+    assert _studies(engine)[corpus["both_uid"]]["source"] == "images"
+    ingest([corpus["both_rdsr"]], engine)
+    row = _studies(engine)[corpus["both_uid"]]
+    assert row["source"] == "rdsr"
+    with engine.connect() as conn:
+        kinds = sorted(conn.execute(select(InstanceRow.kind).where(InstanceRow.study_id == row["id"])).scalars())
+    assert kinds == ["image", "image", "rdsr"]
+    engine.dispose()
+
+
+def test_interrupted_ingest_keeps_only_whole_studies_and_resumes(db_url, corpus, tmp_path, monkeypatch):
+    engine = open_registry(db_url)
+    real, calls = ingest_module._event_rows, []
+
+    def failing(study_id, dose):
+        calls.append(study_id)
+        if len(calls) == 7:  # inside the 4th batch of 2 studies
+            raise KeyboardInterrupt
+        return real(study_id, dose)
+
+    monkeypatch.setattr(ingest_module, "_event_rows", failing)
+    settings = AuditSettings(batch_studies=2, chunk_files=3)
+    with pytest.raises(KeyboardInterrupt):
+        ingest([tmp_path / "in"], engine, settings=settings)
+    studies = _studies(engine)
+    assert len(studies) == 6  # three whole batches
+    with engine.connect() as conn:
+        for row in studies.values():
+            events = conn.execute(select(func.count()).where(EventRow.study_id == row["id"])).scalar_one()
+            planes = conn.execute(select(func.count()).where(PlaneRow.study_id == row["id"])).scalar_one()
+            files = conn.execute(select(func.count()).where(InstanceRow.study_id == row["id"])).scalar_one()
+            assert (events, planes) == (row["n_events"], row["n_planes"]) and files >= 1
+    monkeypatch.setattr(ingest_module, "_event_rows", real)
+    resumed = ingest([tmp_path / "in"], engine, settings=settings)
+    assert resumed.unchanged >= 6 and resumed.studies_new == corpus["studies"] - 6
+    fresh = open_registry(f"sqlite:///{tmp_path / 'fresh.db'}")
+    ingest([tmp_path / "in"], fresh)
+    assert _comparable(engine) == _comparable(fresh)
+    engine.dispose()
+
+
+def _comparable(engine) -> dict:
+    drop = {"id", "study_id", "device_id", "ingested_at"}
+    out = {}
+    with engine.connect() as conn:
+        uid_of = dict(conn.execute(select(StudyRow.id, StudyRow.study_instance_uid)).all())
+        out["studies"] = sorted(tuple(sorted((k, v) for k, v in r.items() if k not in drop))
+                                for r in conn.execute(select(StudyRow)).mappings())
+        out["events"] = sorted((uid_of[r["study_id"]], r["seq"], r["event_uid"], r["dap_gycm2"])
+                               for r in conn.execute(select(EventRow)).mappings())
+    return out
+
+
+def test_no_patient_identifiers_in_the_registry(db_url, corpus, tmp_path):
+    engine = open_registry(db_url)
+    ingest([tmp_path / "in"], engine, settings=AuditSettings(patient_link_key=KEY))
+    needles = [PATIENT_NAME, PATIENT_ID, "DOE", "JANE", PATIENT_NAME.replace("^", " ")]
+    found = []
+    with engine.connect() as conn:
+        for table in Base.metadata.sorted_tables:
+            for column in table.columns:
+                if isinstance(column.type, (String, Text)):
+                    for value in conn.execute(select(column)).scalars():
+                        if value and any(n.lower() in str(value).lower() for n in needles):
+                            found.append((table.name, column.name, value))
+        keys = set(conn.execute(select(StudyRow.patient_key)).scalars())
+    assert found == []
+    assert keys == {hmac.new(KEY, PATIENT_ID.encode(), hashlib.sha256).hexdigest()}
+    engine.dispose()
