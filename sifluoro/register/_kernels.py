@@ -1,0 +1,102 @@
+"""numba kernels of register/: valley depth (thin dark line) and the joint-line path search.
+
+Arrays in, arrays out; references in tests/register/test_kernels.py.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True, nogil=True)
+def valley_depth(smooth, offsets_px, out):
+    """How far a pixel lies below BOTH of its horizontal neighbours ``d`` pixels away, for the
+    best ``d`` in ``offsets_px``: ``max_d min(s[x-d], s[x+d]) - s[x]`` (0 when negative).
+
+    A thin lucent line between two bones is darker than both sides; a plain bone edge is not
+    (one side is as dark as the edge), so edges score about zero. The joint runs within ~45° of
+    the image columns, so horizontal neighbours straddle it.
+    """
+    rows, cols = smooth.shape
+    for y in range(rows):
+        for x in range(cols):
+            best = 0.0
+            for d in offsets_px:
+                if x - d < 0 or x + d >= cols:
+                    continue
+                side = min(smooth[y, x - d], smooth[y, x + d])
+                v = side - smooth[y, x]
+                if v > best:
+                    best = v
+            out[y, x] = best
+
+
+@njit(cache=True, nogil=True)
+def best_path(score, step_penalty, path_x):
+    """Best top-to-bottom path of local alignment: each row one column, moving at most one
+    column per row; a path may start and stop at any row (its running score is floored at 0).
+
+    Parameters
+    ----------
+    score : float32 (rows, cols)
+        Gain of visiting each pixel (negative where a line is unlikely).
+    step_penalty : float
+        Cost of a diagonal step.
+    path_x : int32 (rows,)
+        Filled with the path's column per row, -1 outside the path.
+
+    Returns
+    -------
+    (best, y_start, y_end) : (float, int, int)
+    """
+    rows, cols = score.shape
+    acc = np.zeros((rows, cols), np.float32)
+    came = np.zeros((rows, cols), np.int8)  # -1, 0, +1: column step from the row above; 2: start
+    best, best_y, best_x = 0.0, -1, -1
+    for x in range(cols):
+        v = score[0, x]
+        acc[0, x] = v if v > 0 else 0.0
+        came[0, x] = 2
+        if acc[0, x] > best:
+            best, best_y, best_x = acc[0, x], 0, x
+    for y in range(1, rows):
+        for x in range(cols):
+            prev = acc[y - 1, x]
+            step = 0
+            if x > 0 and acc[y - 1, x - 1] - step_penalty > prev:
+                prev = acc[y - 1, x - 1] - step_penalty
+                step = -1
+            if x < cols - 1 and acc[y - 1, x + 1] - step_penalty > prev:
+                prev = acc[y - 1, x + 1] - step_penalty
+                step = 1
+            total = prev + score[y, x]
+            if total > 0 and prev > 0:
+                acc[y, x] = total
+                came[y, x] = step
+            elif score[y, x] > 0:
+                acc[y, x] = score[y, x]
+                came[y, x] = 2
+            else:
+                acc[y, x] = 0.0
+                came[y, x] = 2
+            if acc[y, x] > best:
+                best, best_y, best_x = acc[y, x], y, x
+    path_x[:] = -1
+    if best_y < 0:
+        return 0.0, -1, -1
+    y, x = best_y, best_x
+    while True:
+        path_x[y] = x
+        c = came[y, x]
+        if c == 2 or y == 0:
+            break
+        x += c
+        y -= 1
+    return best, y, best_y
+
+
+def warm_up() -> None:
+    """Compile the kernels on tiny inputs so that no live frame pays for it."""
+    z = np.zeros((8, 8), np.float32)
+    best_path(z, 0.1, np.zeros(8, np.int32))
+    valley_depth(z, np.array([1, 2], np.int64), z.copy())

@@ -1,0 +1,174 @@
+"""Find the SI joint line: the thin, faint radiolucent curve between sacrum and ilium.
+
+Horizontal valley depth (darker than both sides, numba) on the attenuation image, a best
+near-vertical path (dynamic programming) through it, and a length check; a second, parallel
+path means the joint's anterior and posterior margins are not superimposed (doubled line).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from sifluoro.imaging import WorkingGrid, downsample
+from sifluoro.register import _kernels
+
+LENGTH_MM = (20.0, 100.0)  # the projected joint is 40-70 mm; shorter when the field cuts it
+STEP_PENALTY = 1.5  # per diagonal step: the joint is smooth, trabecular texture meanders
+WINDOW_MM = 72.0
+TRIM_FRACTION = 0.5  # longest stretch kept, measured along the image columns
+SIDE_OFFSETS_MM = (1.2, 2.0, 3.2)  # half-widths of the lucent line that are looked for
+
+
+@dataclass(frozen=True)
+class JointLine:
+    """A joint line in full-resolution pixel coordinates, superior end first."""
+
+    polyline_xy: np.ndarray  # (n, 2) float64, (x=column, y=row)
+    confidence: float
+    doubled: bool
+    length_mm: float
+
+    def point_at(self, fraction: float) -> np.ndarray:
+        """The point at ``fraction`` of the arc length from the superior end."""
+        p = self.polyline_xy
+        seg = np.hypot(*np.diff(p, axis=0).T)
+        cum = np.concatenate([[0.0], np.cumsum(seg)])
+        s = fraction * cum[-1]
+        i = int(np.clip(np.searchsorted(cum, s) - 1, 0, len(seg) - 1))
+        t = (s - cum[i]) / seg[i] if seg[i] > 0 else 0.0
+        return p[i] + t * (p[i + 1] - p[i])
+
+
+def usable_mask(attenuation_image: np.ndarray, exposed: np.ndarray, factor: int) -> np.ndarray:
+    """Working-resolution mask of where a joint line may be looked for: inside the exposed field,
+    away from burned-in text and markers.
+
+    Text is drawn at one extreme value with an outline at the other; clipped quantum noise
+    reaches one extreme only, so only pixels near both extremes are taken for text.
+    """
+    kernel = np.ones((5, 5), np.uint8)
+    low = cv2.dilate((attenuation_image <= 0.002).astype(np.uint8), kernel)
+    high = cv2.dilate((attenuation_image >= 0.998).astype(np.uint8), kernel)
+    text = cv2.dilate(low & high, np.ones((9, 9), np.uint8)).astype(bool)
+    return downsample((exposed & ~text).astype(np.float32), factor) > 0.999
+
+
+def segment_joint(work: np.ndarray, *, grid: WorkingGrid, usable: np.ndarray,
+                  min_contrast: float = 3.0) -> JointLine | None:
+    """Find the joint line on one (possibly time-averaged) working-resolution image.
+
+    Parameters
+    ----------
+    work : float32 (rows, cols)
+        Attenuation-like image in [0, 1] (see :func:`sifluoro.imaging.attenuation`) at the
+        working resolution of ``grid``.
+    grid : WorkingGrid
+        Working resolution (about 0.6 mm per pixel).
+    usable : bool (rows, cols)
+        Where to look (see :func:`usable_mask`); shutters, the circle edge and text are ignored.
+    min_contrast : float
+        How many robust noise levels the path's mean response must stand above the background.
+
+    Returns
+    -------
+    JointLine or None
+        In full-resolution pixel coordinates; None when no line of joint length stands out (a
+        false line is worse than none).
+    """
+    # the field edge is the strongest line of all: stay clear of it by the filter's reach
+    reach = 2 * int(np.ceil(2.0 * max(SIDE_OFFSETS_MM) / grid.spacing_mm)) + 1
+    mask = cv2.erode(usable.astype(np.uint8), np.ones((reach, reach), np.uint8)).astype(bool)
+    if mask.sum() < 100:
+        return None
+    smooth = cv2.GaussianBlur(work, (0, 0), max(0.6, 0.5 / grid.spacing_mm))
+    depth = np.zeros(work.shape, np.float32)
+    offsets = np.unique(np.maximum(1, np.round(np.array(SIDE_OFFSETS_MM) / grid.spacing_mm))).astype(np.int64)
+    _kernels.valley_depth(smooth, offsets, depth)
+    # noise of the smoothed image, from the residual of a further blur inside the field
+    residual = (smooth - cv2.GaussianBlur(smooth, (0, 0), 2.0))[mask]
+    noise = float(np.median(np.abs(residual - np.median(residual)))) * 1.4826 + 1e-6
+    gain = np.where(mask, depth / noise - min_contrast, -10.0).astype(np.float32)
+    path = np.full(work.shape[0], -1, np.int32)
+    best, y0, y1 = _kernels.best_path(gain, np.float32(STEP_PENALTY), path)
+    if y0 < 0:
+        return None
+    # the path may run on along other bone edges: keep its strongest stretch of joint length
+    y0, y1, best = _best_window(gain, path, y0, y1, int(WINDOW_MM / grid.spacing_mm))
+    line = _refine(cv2.GaussianBlur(work, (0, 0), max(0.5, 0.4 / grid.spacing_mm)), path, y0, y1,
+                   max(1, int(round(1.5 / grid.spacing_mm))))
+    full = grid.to_full(line)
+    length_mm = float(np.hypot(*np.diff(full, axis=0).T).sum() * grid.spacing_mm / grid.factor)
+    if not LENGTH_MM[0] <= length_mm <= LENGTH_MM[1]:
+        return None
+    mean_gain = best / max(1, y1 - y0 + 1)
+    confidence = float(1.0 - np.exp(-mean_gain / 4.0))
+    doubled = _has_parallel_line(gain, path, y0, y1, grid.spacing_mm, best)
+    return JointLine(_simplify(full), confidence, doubled, length_mm)
+
+
+def _best_window(gain: np.ndarray, path: np.ndarray, y0: int, y1: int, max_rows: int
+                 ) -> tuple[int, int, float]:
+    """The contiguous stretch of the path, at most ``max_rows`` long, with the largest gain."""
+    values = gain[np.arange(y0, y1 + 1), path[y0:y1 + 1]].astype(np.float64)
+    if len(values) <= max_rows:
+        return y0, y1, float(values.sum())
+    sums = np.convolve(values, np.ones(max_rows), mode="valid")
+    start = int(np.argmax(sums))
+    window = values[start:start + max_rows]
+    # drop weak ends of the window
+    keep = np.nonzero(window > 0)[0]
+    lo, hi = start + int(keep[0]), start + int(keep[-1])
+    return y0 + lo, y0 + hi, float(values[lo:hi + 1].sum())
+
+
+def _refine(smooth: np.ndarray, path: np.ndarray, y0: int, y1: int, reach: int) -> np.ndarray:
+    """Per row, the lucent line's centre: the darkest point of the lightly smoothed image within
+    ``reach`` of the path (the detector's response peak is pulled aside when the two bones
+    differ in density), to subpixel by a parabola; then smoothed along the path."""
+    pts = []
+    cols = smooth.shape[1]
+    for y in range(y0, y1 + 1):
+        lo, hi = max(1, int(path[y]) - reach), min(cols - 2, int(path[y]) + reach)
+        x = lo + int(np.argmin(smooth[y, lo:hi + 1])) if hi >= lo else int(path[y])
+        dx = 0.0
+        if 0 < x < cols - 1:
+            a, b, c = smooth[y, x - 1], smooth[y, x], smooth[y, x + 1]
+            den = a - 2 * b + c
+            if den > 0:
+                dx = float(np.clip(0.5 * (a - c) / den, -0.5, 0.5))
+        pts.append((x + dx, float(y)))
+    pts = np.asarray(pts)
+    if len(pts) >= 5:
+        k = np.ones(5) / 5
+        xs = np.convolve(np.pad(pts[:, 0], 2, mode="edge"), k, mode="valid")
+        pts[:, 0] = xs
+    return pts
+
+
+def _simplify(points: np.ndarray, step: int = 4) -> np.ndarray:
+    """Keep every ``step``-th point and the last (lines are smooth at this scale)."""
+    keep = list(range(0, len(points), step))
+    if keep[-1] != len(points) - 1:
+        keep.append(len(points) - 1)
+    return points[keep]
+
+
+def _has_parallel_line(gain: np.ndarray, path: np.ndarray, y0: int, y1: int, spacing_mm: float,
+                       best: float) -> bool:
+    """A second path 2-10 mm beside the first, over half its length, at half its strength."""
+    near = max(1, int(round(1.5 / spacing_mm)))
+    far = max(near + 2, int(round(10.0 / spacing_mm)))
+    masked = np.full_like(gain, -10.0)
+    for y in range(y0, y1 + 1):
+        x = path[y]
+        lo, hi = max(0, x - far), min(gain.shape[1], x + far + 1)
+        masked[y, lo:hi] = gain[y, lo:hi]
+        masked[y, max(0, x - near):x + near + 1] = -10.0
+    second = np.full(gain.shape[0], -1, np.int32)
+    score, s0, s1 = _kernels.best_path(masked, np.float32(0.5), second)
+    if s0 < 0:
+        return False
+    overlap = (s1 - s0 + 1) / max(1, y1 - y0 + 1)
+    return overlap >= 0.5 and score >= 0.35 * best

@@ -1,0 +1,235 @@
+"""The register stage: joint line per view, carried along the image motion, and the target.
+
+A *view* is one C-arm pose at one frame geometry (size, pixel spacing). On the first frame of a
+view the joint is segmented; the view's frames are then registered to that first frame, averaged
+(the joint is faint and fluoroscopy is quantum-limited: a few frames averaged show it far
+better than one), and segmented again on the average as it improves. Every frame gets the line
+moved by its measured motion and clipped to its exposed field. A view left and later re-entered
+(the C-arm went back to the working pose) keeps what it had learnt.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+from sifluoro.imaging import downsample, exposed_mask, frame_attenuation, working_grid
+from sifluoro.model import Frame
+from sifluoro.register import RegisterResult
+from sifluoro.register import _kernels
+from sifluoro.register.joint import JointLine, segment_joint, usable_mask
+from sifluoro.register.motion import Registrar
+
+log = logging.getLogger(__name__)
+
+WORK_MM = 0.6  # working pixel: resolves the 1-3 mm joint gap
+ANGLE_TOLERANCE_DEG = 1.5  # a larger re-angulation changes the projected joint: new view
+MAX_SHIFT_MM = 30.0  # beyond this, the registration is not trusted: segment again
+MIN_PEAK = 0.03  # phase-correlation peak below which the frames do not match
+RESEGMENT_AT = (1, 2, 4, 8, 16)  # frames averaged in a view when the joint is segmented again
+TARGET_FRACTION = 5.0 / 6.0  # the centre of the inferior third of the joint line
+ADVICE_DOUBLED = ("Joint margins are not superimposed (doubled line): rotate the C-arm a few "
+                  "degrees obliquely until the two lines merge into one.")
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    rows: int
+    cols: int
+    spacing_mm: float
+
+
+class _View:
+    """What is known about one pose: reference, running average and joint line (mutable)."""
+
+    def __init__(self, geometry: _Geometry, angles_deg: tuple[float, float] | None,
+                 usable: np.ndarray, work: np.ndarray):
+        self.geometry = geometry
+        self.angles_deg = angles_deg
+        self.grid = working_grid(geometry.spacing_mm, target_mm=WORK_MM)
+        self.registrar = Registrar(work.shape, self.grid.factor, self.grid.spacing_mm, usable)
+        self.registrar.set_reference(work)
+        self.sum = np.zeros(work.shape, np.float32)
+        self.count = np.zeros(work.shape, np.float32)
+        self.aligned = np.empty(work.shape, np.float32)
+        self.aligned_mask = np.empty(work.shape, np.float32)
+        self.frames = 0
+        self.line: JointLine | None = None
+
+    def matches(self, geometry: _Geometry, angles_deg: tuple[float, float] | None) -> bool:
+        if geometry != self.geometry:
+            return False
+        if angles_deg is None or self.angles_deg is None:
+            return angles_deg is None and self.angles_deg is None
+        return max(abs(a - b) for a, b in zip(angles_deg, self.angles_deg)) <= ANGLE_TOLERANCE_DEG
+
+    def add(self, work: np.ndarray, usable: np.ndarray, shift_work_xy: tuple[float, float]) -> None:
+        """Add a frame to the running average, moved back onto the reference."""
+        sx, sy = shift_work_xy
+        mask = usable.astype(np.float32)
+        if abs(sx) < 0.25 and abs(sy) < 0.25:
+            np.add(self.sum, work * mask, out=self.sum)
+            np.add(self.count, mask, out=self.count)
+        else:
+            m = np.float32([[1, 0, sx], [0, 1, sy]])
+            size = (work.shape[1], work.shape[0])
+            flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+            cv2.warpAffine(work, m, size, dst=self.aligned, flags=flags)
+            cv2.warpAffine(mask, m, size, dst=self.aligned_mask, flags=flags)
+            np.add(self.sum, self.aligned * self.aligned_mask, out=self.sum)
+            np.add(self.count, self.aligned_mask, out=self.count)
+        self.frames += 1
+
+    def segment(self) -> None:
+        """Segment the joint on the running average (keep the previous line if none is found)."""
+        usable = self.count >= max(1.0, 0.5 * self.frames)
+        mean = self.sum / np.maximum(self.count, 1.0)
+        # the average is a less noisy reference, in the same (first frame's) coordinates
+        self.registrar.set_reference(np.where(usable, mean, self.sum.dtype.type(0)))
+        line = segment_joint(mean, grid=self.grid, usable=usable)
+        if line is not None:
+            self.line = line
+
+
+@dataclass
+class _StudyRegister:
+    """Per-study state of the stage (lives in ``state.stage_state``)."""
+
+    views: list[_View]
+    current: _View | None = None
+    run: Any = None
+    run_exposed: np.ndarray | None = None  # full resolution
+    run_usable: np.ndarray | None = None  # working resolution
+
+
+class JointStage:
+    """Pipeline stage ``register``: joint line, doubled-line advice, target, image motion.
+
+    Returns the event fields ``joint`` and ``target`` (DESIGN §3) and leaves a
+    :class:`~sifluoro.register.RegisterResult` in ``state.stage_state["register"]`` on every
+    frame.
+    """
+
+    name = "register"
+    _STATE_KEY = "register_views"
+
+    def warm_up(self, rows: int = 1024, cols: int = 1024, spacing_mm: float = 0.3) -> None:
+        """Compile the kernels and exercise the path once on a frame of the real size."""
+        _kernels.warm_up()
+        grid = working_grid(spacing_mm, target_mm=WORK_MM)
+        rng = np.random.default_rng(0)
+        work = rng.random((rows // grid.factor, cols // grid.factor), dtype=np.float32)
+        usable = np.ones(work.shape, bool)
+        view = _View(_Geometry(rows, cols, spacing_mm), None, usable, work)
+        view.registrar.measure(work)
+        view.add(work, usable, (0.0, 0.0))
+        view.segment()
+
+    def process(self, frame: Frame, state) -> dict[str, Any]:
+        st = state.stage_state.get(self._STATE_KEY)
+        if st is None:
+            st = _StudyRegister(views=[])
+            state.stage_state[self._STATE_KEY] = st
+        spacing = frame.pixel_spacing_xy_mm
+        if spacing is None:
+            # no scale: lengths in mm and the target radius are meaningless
+            return self._publish(state, None, 0.0, False, None, 0.0, (0.0, 0.0), False)
+        image = frame_attenuation(frame, state.stage_state)
+        geometry = _Geometry(image.shape[0], image.shape[1], float(spacing[0]))
+        tech = frame.technique
+        angles = None
+        if tech.primary_angle_deg is not None and tech.secondary_angle_deg is not None:
+            angles = (float(tech.primary_angle_deg), float(tech.secondary_angle_deg))
+        grid = working_grid(geometry.spacing_mm, target_mm=WORK_MM)
+        if st.run is not frame.run:
+            st.run = frame.run
+            st.run_exposed = exposed_mask(frame.run, image.shape, margin_px=2)
+            st.run_usable = usable_mask(image, st.run_exposed, grid.factor)
+        work = downsample(image, grid.factor)
+
+        view = st.current
+        view_changed = False
+        shift_full = (0.0, 0.0)
+        if view is None or not view.matches(geometry, angles):
+            view = next((v for v in st.views if v.matches(geometry, angles)), None)
+            view_changed = True
+        if view is None:
+            view = self._new_view(st, geometry, angles, work)
+        else:
+            motion = view.registrar.measure(work)
+            shift_mm = np.hypot(*motion.shift_xy) * geometry.spacing_mm
+            if motion.peak < MIN_PEAK or shift_mm > MAX_SHIFT_MM:
+                log.info("frame %d: registration lost (peak %.3f, shift %.1f mm): new view",
+                         frame.index, motion.peak, shift_mm)
+                st.views.remove(view)
+                view = self._new_view(st, geometry, angles, work)
+                view_changed = True
+            else:
+                shift_full = motion.shift_xy
+        st.current = view
+
+        if view.frames < RESEGMENT_AT[-1]:
+            shift_work = (shift_full[0] / grid.factor, shift_full[1] / grid.factor)
+            view.add(work, st.run_usable, shift_work)
+            if view.frames in RESEGMENT_AT:
+                view.segment()
+
+        line = view.line
+        if line is None:
+            return self._publish(state, None, 0.0, False, None, 0.0, shift_full, view_changed)
+        offset = np.asarray(shift_full)
+        polyline = _inside_part(line.polyline_xy + offset, st.run_exposed)
+        target = line.point_at(TARGET_FRACTION) + offset
+        target_xy = (float(target[0]), float(target[1])) if _is_inside(st.run_exposed, target) else None
+        # the inferior third spans 1/6 of the length either side of its centre
+        radius_mm = float(np.clip(line.length_mm / 6.0, 3.0, 8.0))
+        return self._publish(state, polyline, line.confidence, line.doubled, target_xy, radius_mm,
+                             shift_full, view_changed)
+
+    @staticmethod
+    def _new_view(st: _StudyRegister, geometry: _Geometry, angles, work: np.ndarray) -> _View:
+        view = _View(geometry, angles, st.run_usable, work)
+        st.views.append(view)
+        return view
+
+    @staticmethod
+    def _publish(state, polyline, confidence, doubled, target_xy, radius_mm, shift_xy,
+                 view_changed) -> dict[str, Any]:
+        state.stage_state["register"] = RegisterResult(
+            joint_polyline_xy=polyline, joint_confidence=float(confidence) if polyline is not None else 0.0,
+            joint_doubled=bool(doubled) if polyline is not None else False,
+            target_xy=target_xy, target_radius_mm=radius_mm,
+            shift_xy=(float(shift_xy[0]), float(shift_xy[1])), view_changed=view_changed)
+        if polyline is None:
+            return {"joint": None, "target": None}
+        joint = {"polyline_xy": np.round(polyline, 2).tolist(), "confidence": round(float(confidence), 3),
+                 "doubled": bool(doubled), "advice": ADVICE_DOUBLED if doubled else None,
+                 "view_changed": view_changed}
+        target = None
+        if target_xy is not None:
+            target = {"xy": [round(target_xy[0], 2), round(target_xy[1], 2)],
+                      "radius_mm": round(radius_mm, 2)}
+        return {"joint": joint, "target": target}
+
+
+def _is_inside(mask: np.ndarray, xy: np.ndarray) -> bool:
+    x, y = int(round(xy[0])), int(round(xy[1]))
+    return 0 <= y < mask.shape[0] and 0 <= x < mask.shape[1] and bool(mask[y, x])
+
+
+def _inside_part(polyline: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
+    """The longest stretch of the polyline whose vertices lie in the exposed field."""
+    inside = np.array([_is_inside(mask, p) for p in polyline] + [False])
+    best, start, lo = (0, 0), None, 0
+    for i, ok in enumerate(inside):
+        if ok and start is None:
+            start = i
+        elif not ok and start is not None:
+            if i - start > best[1] - best[0]:
+                best = (start, i)
+            start = None
+    lo, hi = best
+    return polyline[lo:hi] if hi - lo >= 2 else None

@@ -1,0 +1,80 @@
+"""numba kernels of register/ against plain NumPy references."""
+import numpy as np
+import pytest
+
+from sifluoro.register import _kernels
+
+
+def valley_depth_reference(smooth, offsets):
+    rows, cols = smooth.shape
+    out = np.zeros_like(smooth)
+    for d in offsets:
+        side = np.full_like(smooth, -np.inf)
+        side[:, d:cols - d] = np.minimum(smooth[:, :cols - 2 * d], smooth[:, 2 * d:])
+        out = np.maximum(out, side - smooth)
+    return out
+
+
+def best_path_reference(score, penalty):
+    """Exhaustive local-alignment score of the best path (rows small)."""
+    rows, cols = score.shape
+    best = 0.0
+    # acc[x] = best score of a path ending at (y, x), started anywhere above
+    acc = np.maximum(score[0], 0.0)
+    best = acc.max()
+    for y in range(1, rows):
+        new = np.empty(cols)
+        for x in range(cols):
+            cands = [acc[x]]
+            if x > 0:
+                cands.append(acc[x - 1] - penalty)
+            if x < cols - 1:
+                cands.append(acc[x + 1] - penalty)
+            prev = max(cands)
+            new[x] = max(prev + score[y, x] if prev > 0 else -np.inf, score[y, x], 0.0)
+        acc = new
+        best = max(best, acc.max())
+    return best
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_valley_depth_matches_reference(seed):
+    rng = np.random.default_rng(seed)
+    smooth = rng.random((23, 31)).astype(np.float32)
+    offsets = np.array([1, 3, 5], np.int64)
+    out = np.empty_like(smooth)
+    _kernels.valley_depth(smooth, offsets, out)
+    np.testing.assert_allclose(out, valley_depth_reference(smooth, offsets), atol=1e-6)
+
+
+def test_valley_depth_finds_a_dark_line_not_an_edge():
+    image = np.ones((10, 40), np.float32)
+    image[:, 25:] = 0.5          # a step edge: no valley
+    image[:, 10] = 0.7           # a thin dark line
+    out = np.empty_like(image)
+    _kernels.valley_depth(image, np.array([2], np.int64), out)
+    assert out[:, 10].min() == pytest.approx(0.3)
+    assert out[:, 20:].max() == 0.0
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_best_path_score_and_path_are_consistent(seed):
+    rng = np.random.default_rng(seed)
+    score = (rng.random((12, 9)) - 0.6).astype(np.float32)
+    score[3:9, 4] = 2.0
+    path = np.empty(12, np.int32)
+    best, y0, y1 = _kernels.best_path(score, np.float32(0.3), path)
+    assert best == pytest.approx(best_path_reference(score.astype(np.float64), 0.3), rel=1e-5)
+    # the returned path realises the score
+    xs = path[y0:y1 + 1]
+    assert (path[:y0] == -1).all() and (path[y1 + 1:] == -1).all()
+    assert np.all(np.abs(np.diff(xs)) <= 1)
+    total = score[np.arange(y0, y1 + 1), xs].sum() - 0.3 * np.count_nonzero(np.diff(xs))
+    assert total == pytest.approx(best, rel=1e-5)
+
+
+def test_best_path_on_all_negative_score_is_empty():
+    path = np.empty(6, np.int32)
+    best, y0, y1 = _kernels.best_path(-np.ones((6, 5), np.float32), np.float32(0.5), path)
+    assert (best, y0, y1) == (0.0, -1, -1)
+    assert (path == -1).all()

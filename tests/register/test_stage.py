@@ -1,0 +1,145 @@
+"""The register stage on simulated studies and on frames that show no joint."""
+import numpy as np
+import pytest
+
+from sifluoro.model import Shutter
+from sifluoro.pipeline import Pipeline
+from sifluoro.register import RegisterResult
+from sifluoro.register.stage import JointStage
+from sifluoro.sim.evaluate import _point_to_polyline_px, _polyline_points
+
+from .conftest import frames_of, make_run
+
+
+@pytest.fixture(scope="module")
+def stage():
+    s = JointStage()
+    s.warm_up(512, 512, 0.58)
+    return s
+
+
+def run_frames(stage, frames):
+    state = Pipeline().start_study("1.2.3")
+    events = []
+    for f in frames:
+        events.append(stage.process(f, state))
+        assert isinstance(state.stage_state["register"], RegisterResult)
+    return events, state
+
+
+def mean_distance_mm(polyline, truth, spacing_mm):
+    return float(_point_to_polyline_px(_polyline_points(polyline), np.asarray(truth)).mean() * spacing_mm)
+
+
+def test_event_fields_and_result_on_every_frame(stage, sim_runs):
+    frames = [f for _, fr, _ in sim_runs[:3] for f in fr]
+    events, state = run_frames(stage, frames)
+    for e in events:
+        assert set(e) == {"joint", "target"}
+        if e["joint"] is not None:
+            j = e["joint"]
+            assert set(j) == {"polyline_xy", "confidence", "doubled", "advice", "view_changed"}
+            assert 0.0 <= j["confidence"] <= 1.0
+            assert (j["advice"] is not None) == j["doubled"]
+            assert len(j["polyline_xy"]) >= 2
+    # the first frame and the first frame of the working pose are view changes
+    result = state.stage_state["register"]
+    assert result.view_changed is False
+
+
+def test_opened_view_is_found_within_2_mm(stage, sim_runs):
+    """The view-change run of case (7, 2) opens the joint (single line)."""
+    frames = [f for _, fr, _ in sim_runs[:4] for f in fr]
+    events, _ = run_frames(stage, frames)
+    run, fr, truth = sim_runs[3]
+    assert not truth[0].joint_doubled
+    spacing = run.pixel_spacing_xy_mm[0]
+    last = events[-1]["joint"]
+    assert last is not None and last["view_changed"] is False
+    assert mean_distance_mm(last["polyline_xy"], truth[-1].joint_polyline_xy, spacing) < 4.0
+    assert events[-1]["target"] is not None
+
+
+def _flat_run(pixels, **kw):
+    return make_run(pixels[None] if pixels.ndim == 2 else pixels, **kw)
+
+
+NO_JOINT_CASES = {
+    "pure noise": lambda rng: _flat_run(rng.integers(0, 4096, (512, 512)).astype(np.uint16)),
+    "soft tissue and noise": lambda rng: _flat_run(np.clip(
+        1800 + 300 * np.linspace(-1, 1, 512)[None, :] + rng.normal(0, 60, (512, 512)), 0, 4095)
+        .astype(np.uint16)),
+    "saturated": lambda rng: _flat_run(np.full((512, 512), 4095, np.uint16)),
+    "black": lambda rng: _flat_run(np.zeros((512, 512), np.uint16)),
+    "8-bit noise": lambda rng: _flat_run(rng.integers(0, 256, (512, 512)).astype(np.uint16),
+                                         bits_stored=8),
+    "8-bit smooth": lambda rng: _flat_run(np.clip(128 + rng.normal(0, 4, (512, 512)), 0, 255)
+                                          .astype(np.uint16), bits_stored=8),
+    "collimated to nothing": lambda rng: _flat_run(rng.integers(0, 4096, (512, 512)).astype(np.uint16),
+                                                   shutter=Shutter(rect_xyxy=(250, 250, 260, 260))),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NO_JOINT_CASES))
+def test_no_line_without_a_joint(stage, name):
+    rng = np.random.default_rng(3)
+    run = NO_JOINT_CASES[name](rng)
+    frames = frames_of(run) * 3
+    events, state = run_frames(stage, frames)
+    assert all(e["joint"] is None and e["target"] is None for e in events)
+    assert state.stage_state["register"].joint_polyline_xy is None
+
+
+def test_no_line_on_a_view_away_from_the_joint(stage, sim_runs):
+    """A scout of the wrong region: the frame cropped to a corner the joint does not reach."""
+    run, frames, truth = sim_runs[3]
+    joint = np.asarray(truth[0].joint_polyline_xy)
+    size = 200
+    corners = [(0, 0), (512 - size, 0), (0, 512 - size), (512 - size, 512 - size)]
+    far = max(corners, key=lambda c: np.hypot(*(joint.mean(0) - np.add(c, size / 2))))
+    x0, y0 = far
+    assert not ((joint[:, 0] > x0 - 20) & (joint[:, 0] < x0 + size + 20)
+                & (joint[:, 1] > y0 - 20) & (joint[:, 1] < y0 + size + 20)).any()
+    crop = np.stack([f.pixels[y0:y0 + size, x0:x0 + size] for f in frames])
+    cropped = make_run(crop, bits_stored=run.bits_stored, photometric=run.photometric,
+                       spacing_mm=run.pixel_spacing_xy_mm[0])
+    events, _ = run_frames(stage, frames_of(cropped))
+    assert all(e["joint"] is None for e in events)
+
+
+def test_monochrome1_gives_the_same_line(stage, sim_runs):
+    run, frames, truth = sim_runs[3]
+    top = (1 << run.bits_stored) - 1
+    inverse = make_run(np.stack([top - f.pixels for f in frames]).astype(np.uint16),
+                       bits_stored=run.bits_stored, photometric="MONOCHROME1",
+                       technique=run.technique)
+    a, _ = run_frames(stage, frames)
+    b, _ = run_frames(stage, frames_of(inverse))
+    assert (a[-1]["joint"] is None) == (b[-1]["joint"] is None)
+    if a[-1]["joint"] is not None:
+        np.testing.assert_allclose(a[-1]["joint"]["polyline_xy"], b[-1]["joint"]["polyline_xy"], atol=0.01)
+
+
+def test_line_follows_a_table_shift(stage, sim_runs):
+    """The same frames moved by a known shift: the line moves with them, no re-segmentation."""
+    run, frames, truth = sim_runs[3]
+    shift = np.array([6, -4])
+    moved = np.stack([np.roll(f.pixels, shift[::-1], axis=(0, 1)) for f in frames])
+    later = make_run(moved, bits_stored=run.bits_stored, photometric=run.photometric,
+                     technique=run.technique, index=1)
+    events, state = run_frames(stage, frames + frames_of(later, len(frames)))
+    before, after = events[len(frames) - 1]["joint"], events[-1]["joint"]
+    assert before is not None and after is not None
+    assert after["view_changed"] is False
+    result = state.stage_state["register"]
+    np.testing.assert_allclose(result.shift_xy, shift, atol=1.0)  # the field edge moved too
+    d = mean_distance_mm(np.asarray(after["polyline_xy"]) - shift, before["polyline_xy"], 1.0)
+    assert d < 1.0
+
+
+def test_new_angle_is_a_view_change(stage, sim_runs):
+    events, _ = run_frames(stage, [f for _, fr, _ in sim_runs[2:4] for f in fr])
+    n = len(sim_runs[2][1])
+    changed = [e["joint"]["view_changed"] for e in events if e["joint"] is not None]
+    assert events[n]["joint"] is None or events[n]["joint"]["view_changed"]
+    assert sum(changed) <= 2
