@@ -1,0 +1,157 @@
+"""``sifluoro audit ingest|report`` and ``sifluoro batch-replay``.
+
+``add_audit_parser(subparsers)`` plugs both commands into the main CLI;
+``python -m sifluoro.audit.cli ...`` runs them on their own.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import sys
+from datetime import date
+from pathlib import Path
+
+from sifluoro.errors import SifluoroError
+
+DEFAULT_DB = "sqlite:///sifluoro-dose.db"
+
+
+def _settings(args):
+    from sifluoro.audit.settings import AuditSettings, read_link_key
+
+    key = read_link_key(args.link_key_file) if getattr(args, "link_key_file", None) else None
+    return AuditSettings(patient_link_key=key,
+                         outlier_factor=getattr(args, "outlier_factor", None) or AuditSettings.outlier_factor)
+
+
+@contextlib.contextmanager
+def _client(args):
+    if not (args.dask or args.scheduler):
+        yield None
+        return
+    from sifluoro.audit.distributed import dask_client
+
+    with dask_client(args.scheduler) as client:
+        yield client
+
+
+def _ingest(args) -> int:
+    from sifluoro.audit.distributed import DaskMapper
+    from sifluoro.audit.ingest import ProcessMapper, ingest, serial_mapper
+
+    settings = _settings(args)
+    with _client(args) as client:
+        if client is not None:
+            mapper = DaskMapper(client)
+        else:
+            mapper = ProcessMapper(args.workers) if args.workers > 1 else serial_mapper
+        result = ingest(args.paths, args.db, settings=settings, mapper=mapper,
+                        progress=not args.quiet and sys.stderr.isatty())
+    for r in result.rejected:
+        print(f"sifluoro: not taken {r.file}: {r.reason}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(result.as_dict()))
+    elif not args.quiet:
+        rate = result.parsed / result.elapsed_s if result.elapsed_s else 0.0
+        print(f"{result.files} files: {result.reports} dose reports, {result.images} image runs, "
+              f"{result.unchanged} unchanged, {len(result.rejected)} not taken; "
+              f"{result.studies_new} studies new, {result.studies_updated} updated "
+              f"in {result.elapsed_s:.1f} s ({rate:.0f} files/s)")
+    return 0 if result.files and len(result.rejected) < result.files else 2
+
+
+def _report(args) -> int:
+    from sifluoro.audit.report import write_report
+
+    written = write_report(args.db, args.out, start=args.start, end=args.end,
+                           procedure=args.procedure, settings=_settings(args))
+    if not args.quiet:
+        print(f"{written.studies} studies, {written.groups} procedure/device groups, "
+              f"{written.outliers} outliers -> {written.html}")
+    return 0 if written.studies else 2
+
+
+def _batch_replay(args) -> int:
+    from sifluoro.audit.distributed import batch_replay
+
+    failures = 0
+    with _client(args) as client:
+        for name, summary, code in batch_replay(args.cases_dir, args.out, client=client):
+            failures += code != 0
+            print(f"{name}: {summary['frames']} frames, contrast {summary['contrast_state']}, "
+                  f"{len(summary['rejected_files'])} rejected")
+    return 1 if failures else 0
+
+
+def _iso_date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
+
+
+def _dask_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dask", action="store_true", help="run on Dask (a local cluster of 2 worker "
+                   "processes unless --scheduler is given)")
+    p.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="Dask scheduler to use (implies --dask)")
+
+
+def add_audit_parser(subparsers) -> argparse.ArgumentParser:
+    """Add ``audit`` (subcommands ``ingest``, ``report``) and ``batch-replay`` to ``subparsers``."""
+    audit = subparsers.add_parser("audit", help="dose registry: ingest RDSRs and image studies, "
+                                  "DRL-style reports")
+    sub = audit.add_subparsers(dest="audit_command", required=True)
+
+    p = sub.add_parser("ingest", help="take every RDSR and X-ray image study under PATH into the registry")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="files or folders (recursive)")
+    p.add_argument("--db", default=DEFAULT_DB, metavar="URL",
+                   help="SQLAlchemy URL or SQLite file (default %(default)s); "
+                        "PostgreSQL: postgresql+psycopg://user@host/db")
+    p.add_argument("--workers", type=int, default=2, help="parsing processes without Dask "
+                   "(default %(default)s)")
+    p.add_argument("--link-key-file", metavar="FILE", help="secret key: store HMAC-SHA256 of the "
+                   "Patient ID to link a patient's studies (nothing is stored without it)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("-q", "--quiet", action="store_true")
+    _dask_options(p)
+    p.set_defaults(func=_ingest)
+
+    p = sub.add_parser("report", help="per procedure and device: median, 75th percentile, outliers, "
+                       "monthly trend (HTML, CSV, PNG)")
+    p.add_argument("--db", default=DEFAULT_DB, metavar="URL")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR")
+    p.add_argument("--from", dest="start", type=_iso_date, metavar="YYYY-MM-DD")
+    p.add_argument("--to", dest="end", type=_iso_date, metavar="YYYY-MM-DD")
+    p.add_argument("--procedure", metavar="P", help="only this procedure label")
+    p.add_argument("--outlier-factor", type=float, metavar="F",
+                   help="outlier above F x the group's 75th percentile (default 1.5)")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=_report)
+
+    p = subparsers.add_parser("batch-replay", help="replay every case under CASES into RESULTS/<case>/ "
+                              "(serially, or on Dask)")
+    p.add_argument("cases_dir", type=Path, metavar="CASES")
+    p.add_argument("--out", type=Path, required=True, metavar="RESULTS")
+    _dask_options(p)
+    p.set_defaults(func=_batch_replay)
+    return audit
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sifluoro")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    add_audit_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except SifluoroError as exc:
+        print(f"sifluoro: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,366 @@
+"""``sifluoro audit report``: DRL-style dose statistics of the registry for a medical physicist.
+
+Per procedure and device: number of studies, median and 75th percentile (the percentile
+national DRLs are set at) of DAP, reference air kerma and fluoroscopy time; the studies above
+the group's 75th percentile times ``outlier_factor`` or above an alert level / SRDL; a monthly
+trend per procedure. Written as CSV files, PNG charts (matplotlib, Agg) and one
+self-contained HTML file (charts inline as base64 PNG, no external URL; a Content Security
+Policy forbids any). HTML cells and CSV fields come from the same :func:`cell` function, so
+their numbers are equal.
+
+Percentiles are NumPy's linear interpolation (Hyndman & Fan type 7, as R's default).
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import select
+
+from sifluoro.audit.schema import DeviceRow, StudyRow, open_registry
+from sifluoro.audit.settings import AuditSettings
+
+log = logging.getLogger(__name__)
+
+QUANTITIES = (("dap_gycm2", "DAP", "Gy·cm²"), ("air_kerma_mgy", "Ka,r", "mGy"),
+              ("fluoro_time_s", "Fluoro time", "s"))
+FORMATS = {"dap_gycm2": "{:.3f}", "air_kerma_mgy": "{:.2f}", "fluoro_time_s": "{:.1f}",
+           "factor": "{:.2f}"}
+SUMMARY_COLUMNS = ["procedure", "device", "studies"] + [
+    f"{stat}_{q}" for q, _, _ in QUANTITIES for stat in ("median", "p75")] + ["outliers"]
+OUTLIER_COLUMNS = ["study_instance_uid", "study_date", "procedure", "device", "dap_gycm2",
+                   "air_kerma_mgy", "fluoro_time_s", "reasons"]
+TREND_COLUMNS = ["procedure", "month", "studies", "median_dap_gycm2", "p75_dap_gycm2",
+                 "median_air_kerma_mgy", "median_fluoro_time_s"]
+HTML_OUTLIER_ROWS = 200
+
+
+def cell(column: str, value) -> str:
+    """The text of one value in both the CSV files and the HTML (one function: equal numbers)."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    for name, spec in FORMATS.items():
+        if column.endswith(name):
+            return spec.format(float(value))
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    return str(value)
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    """What :func:`write_report` wrote, and how much it covered."""
+
+    html: Path
+    csv: dict[str, Path]
+    charts: dict[str, Path]
+    studies: int
+    groups: int
+    outliers: int
+
+
+@dataclass(frozen=True)
+class Tables:
+    """The report's tables as rows of cell strings (header first)."""
+
+    summary: list[list[str]]
+    outliers: list[list[str]]
+    trend: list[list[str]]
+    n_studies: int
+    n_outliers: int
+
+
+def load_studies(engine, *, start: date | None = None, end: date | None = None,
+                 procedure: str | None = None) -> dict[str, np.ndarray]:
+    """The studies in the date range (inclusive) and procedure, as column arrays."""
+    query = (select(StudyRow.study_instance_uid, StudyRow.study_date, StudyRow.procedure,
+                    DeviceRow.manufacturer, DeviceRow.model, DeviceRow.station_name,
+                    StudyRow.dap_gycm2, StudyRow.air_kerma_mgy, StudyRow.fluoro_time_s,
+                    StudyRow.srdl_exceeded)
+             .join(DeviceRow, DeviceRow.id == StudyRow.device_id)
+             .order_by(StudyRow.procedure, StudyRow.study_date, StudyRow.study_instance_uid))
+    if start is not None:
+        query = query.where(StudyRow.study_date >= start)
+    if end is not None:
+        query = query.where(StudyRow.study_date <= end)
+    if procedure:
+        query = query.where(StudyRow.procedure == procedure)
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+    columns = list(zip(*rows)) if rows else [()] * 10
+    devices = [" ".join(x for x in (m, mo) if x) + (f" ({st})" if st else "")
+               for m, mo, st in zip(columns[3], columns[4], columns[5])]
+    return {
+        "uid": np.array(columns[0], dtype=object),
+        "date": np.array(columns[1], dtype=object),
+        "procedure": np.array(columns[2], dtype=object),
+        "device": np.array(devices, dtype=object),
+        "dap_gycm2": np.array(columns[6], dtype=float),
+        "air_kerma_mgy": np.array(columns[7], dtype=float),
+        "fluoro_time_s": np.array(columns[8], dtype=float),
+        "srdl": np.array(columns[9], dtype=object),
+    }
+
+
+def build_tables(data: dict[str, np.ndarray], settings: AuditSettings) -> Tables:
+    """Group statistics, outliers and the monthly trend, as cell strings."""
+    n = len(data["uid"])
+    dose = settings.dose
+    keys = np.array([f"{p}\x00{d}" for p, d in zip(data["procedure"], data["device"])], dtype=object)
+    groups, inverse = np.unique(keys, return_inverse=True) if n else (np.array([]), np.array([], int))
+    reasons: list[list[str]] = [[] for _ in range(n)]
+    summary = [SUMMARY_COLUMNS]
+    group_rows = []
+    for g, key in enumerate(groups):
+        members = np.flatnonzero(inverse == g)
+        stats = []
+        for q, label, _ in QUANTITIES:
+            values = data[q][members]
+            median, p75 = np.percentile(values, [50, 75])
+            stats += [median, p75]
+            limit = p75 * settings.outlier_factor
+            for i in members[values > limit]:
+                reasons[i].append(f"{label} > {settings.outlier_factor:g} x P75 ({cell(q, limit)})")
+        group_rows.append((key.split("\x00"), len(members), stats, members))
+    alert_levels = (("air_kerma_mgy", dose.air_kerma_first_alert_mgy, "Ka,r notification level"),)
+    for q, level, label in alert_levels:
+        if level > 0:
+            for i in np.flatnonzero(data[q] >= level):
+                reasons[i].append(f"{label} ({cell(q, level)} mGy)")
+    for i, srdl in enumerate(data["srdl"]):
+        if srdl:
+            reasons[i].append(f"SRDL: {srdl.replace(',', ', ')}")
+    flagged = np.array([bool(r) for r in reasons], dtype=bool)
+    for (procedure, device), count, stats, members in group_rows:
+        summary.append([procedure, device, cell("studies", count)]
+                       + [cell(c, v) for c, v in zip(SUMMARY_COLUMNS[3:-1], stats)]
+                       + [cell("outliers", int(flagged[members].sum()))])
+    outliers = [OUTLIER_COLUMNS]
+    order = sorted(np.flatnonzero(flagged), key=lambda i: (-data["dap_gycm2"][i], data["uid"][i]))
+    for i in order:
+        outliers.append([data["uid"][i], cell("date", data["date"][i]), data["procedure"][i],
+                         data["device"][i]] + [cell(q, data[q][i]) for q, _, _ in QUANTITIES]
+                        + ["; ".join(reasons[i])])
+    return Tables(summary, outliers, _trend(data), n, int(flagged.sum()))
+
+
+def _trend(data: dict[str, np.ndarray]) -> list[list[str]]:
+    rows = [TREND_COLUMNS]
+    dated = np.array([d is not None for d in data["date"]], dtype=bool)
+    if not dated.any():
+        return rows
+    months = np.array([f"{d.year:04d}-{d.month:02d}" if d is not None else "" for d in data["date"]],
+                      dtype=object)
+    keys = np.array([f"{p}\x00{m}" for p, m in zip(data["procedure"], months)], dtype=object)
+    groups, inverse = np.unique(keys[dated], return_inverse=True)
+    index = np.flatnonzero(dated)
+    for g, key in enumerate(groups):
+        members = index[inverse == g]
+        procedure, month = key.split("\x00")
+        dap = data["dap_gycm2"][members]
+        rows.append([procedure, month, cell("studies", len(members)),
+                     cell("median_dap_gycm2", np.median(dap)),
+                     cell("p75_dap_gycm2", np.percentile(dap, 75)),
+                     cell("median_air_kerma_mgy", np.median(data["air_kerma_mgy"][members])),
+                     cell("median_fluoro_time_s", np.median(data["fluoro_time_s"][members]))])
+    return rows
+
+
+def write_report(db, out: str | Path, *, start: date | None = None, end: date | None = None,
+                 procedure: str | None = None, settings: AuditSettings | None = None) -> ReportFiles:
+    """Write ``drl_summary.csv``, ``outliers.csv``, ``monthly_trend.csv``, the charts and
+    ``report.html`` under ``out``.
+
+    Parameters
+    ----------
+    db : str or Engine
+        Registry URL (or SQLite file path) or engine.
+    out : path
+        Output folder (created).
+    start, end : date, optional
+        Inclusive study date range.
+    procedure : str, optional
+        Only studies with this procedure label.
+    settings : AuditSettings, optional
+        Outlier factor and alert levels.
+    """
+    settings = settings or AuditSettings()
+    engine = open_registry(db) if isinstance(db, str) else db
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = load_studies(engine, start=start, end=end, procedure=procedure)
+    tables = build_tables(data, settings)
+    csv_paths = {"summary": out / "drl_summary.csv", "outliers": out / "outliers.csv",
+                 "trend": out / "monthly_trend.csv"}
+    for name, rows in (("summary", tables.summary), ("outliers", tables.outliers),
+                       ("trend", tables.trend)):
+        _write_csv(csv_paths[name], rows)
+    charts = _charts(data, tables, settings)
+    chart_paths = {}
+    for name, png in charts.items():
+        chart_paths[name] = out / f"{name}.png"
+        _atomic_write(chart_paths[name], png)
+    page = _html(tables, charts, settings, start=start, end=end, procedure=procedure)
+    html_path = out / "report.html"
+    _atomic_write(html_path, page.encode("utf-8"))
+    return ReportFiles(html_path, csv_paths, chart_paths, tables.n_studies,
+                       len(tables.summary) - 1, tables.n_outliers)
+
+
+def _write_csv(path: Path, rows: list[list[str]]) -> None:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(rows)
+    _atomic_write(path, buf.getvalue().encode("utf-8"))
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; reports are for sharing
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _charts(data: dict[str, np.ndarray], tables: Tables, settings: AuditSettings) -> dict[str, bytes]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    charts: dict[str, bytes] = {}
+    if tables.n_studies == 0:
+        return charts
+    rows = tables.summary[1:]
+    fig = Figure(figsize=(9, 0.45 * len(rows) + 1.6), dpi=100)
+    ax = fig.add_subplot()
+    labels = [f"{r[0]} | {r[1]}" for r in rows]
+    y = np.arange(len(rows))
+    ax.barh(y - 0.2, [float(r[3]) for r in rows], height=0.4, label="median", color="#4C72B0")
+    ax.barh(y + 0.2, [float(r[4]) for r in rows], height=0.4, label="75th percentile", color="#DD8452")
+    ax.set_yticks(y, labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("DAP (Gy·cm²)")
+    ax.set_title("DAP per procedure and device")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    charts["dap_by_group"] = _png(fig)
+
+    trend = tables.trend[1:]
+    if trend:
+        fig = Figure(figsize=(9, 4), dpi=100)
+        ax = fig.add_subplot()
+        months = sorted({r[1] for r in trend})
+        for proc in sorted({r[0] for r in trend}):
+            mine = {r[1]: float(r[3]) for r in trend if r[0] == proc}
+            ax.plot([months.index(m) for m in sorted(mine)], [mine[m] for m in sorted(mine)],
+                    marker="o", ms=3, label=proc)
+        step = max(1, len(months) // 12)
+        ax.set_xticks(range(0, len(months), step), months[::step], rotation=45, fontsize=8)
+        ax.set_ylabel("median DAP (Gy·cm²)")
+        ax.set_title("Monthly median DAP per procedure")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        charts["monthly_trend"] = _png(fig)
+
+    fig = Figure(figsize=(9, 4), dpi=100)
+    ax = fig.add_subplot()
+    positive = data["dap_gycm2"][data["dap_gycm2"] > 0]
+    if positive.size:
+        bins = np.geomspace(positive.min(), positive.max() * 1.0001, 50) if positive.min() < positive.max() else 10
+        for proc in sorted(set(data["procedure"])):
+            values = data["dap_gycm2"][(data["procedure"] == proc) & (data["dap_gycm2"] > 0)]
+            if values.size:
+                ax.hist(values, bins=bins, histtype="step", label=proc)
+        ax.set_xscale("log")
+    ax.set_xlabel("DAP (Gy·cm²)")
+    ax.set_ylabel("studies")
+    ax.set_title("DAP distribution per procedure")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    charts["dap_distribution"] = _png(fig)
+    return charts
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    return buf.getvalue()
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:24px;color:#222}
+h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ccc}
+table{border-collapse:collapse;font-size:13px;margin:8px 0}
+th,td{border:1px solid #ccc;padding:3px 7px}td.n{text-align:right;font-variant-numeric:tabular-nums}
+th{background:#f2f2f2}p.note{color:#555;font-size:13px}img{max-width:100%;display:block;margin:10px 0}
+"""
+# Fails loudly (a console error) if an inline chart did not decode: the test's check.
+_SCRIPT = """window.addEventListener("load",function(){var bad=[];
+for(var i=0;i<document.images.length;i++){var im=document.images[i];if(!im.complete||!im.naturalWidth)bad.push(im.alt);}
+if(bad.length)console.error("charts failed to render: "+bad.join(", "));
+document.body.setAttribute("data-charts-ok",bad.length?"no":"yes");});"""
+
+
+def _html(tables: Tables, charts: dict[str, bytes], settings: AuditSettings, *,
+          start: date | None, end: date | None, procedure: str | None) -> str:
+    e = html.escape
+    scope = ", ".join(x for x in (f"from {start}" if start else "", f"to {end}" if end else "",
+                                  f"procedure {procedure}" if procedure else "") if x) or "all studies"
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
+             'img-src data:; style-src \'unsafe-inline\'; script-src \'unsafe-inline\'">',
+             "<title>sifluoro dose audit</title>", f"<style>{_CSS}</style>",
+             f"<script>{_SCRIPT}</script></head><body>",
+             "<h1>Fluoroscopy dose audit</h1>",
+             f'<p class="note">{e(scope)}: {tables.n_studies} studies, {tables.n_outliers} flagged. '
+             f"Generated {e(datetime.now().strftime('%Y-%m-%d %H:%M'))} by sifluoro. DAP in Gy·cm², "
+             "reference air kerma (Ka,r) in mGy, fluoroscopy time in s. P75 = 75th percentile "
+             "(linear interpolation), the statistic diagnostic reference levels are set at.</p>",
+             "<h2>Per procedure and device</h2>", _table(tables.summary, "summary")]
+    for name, title in (("dap_by_group", "DAP per procedure and device"),
+                        ("monthly_trend", "Monthly trend"), ("dap_distribution", "DAP distribution")):
+        if name in charts:
+            data = base64.b64encode(charts[name]).decode("ascii")
+            parts.append(f'<img alt="{e(title)}" src="data:image/png;base64,{data}">')
+    flagged = tables.outliers
+    parts += ["<h2>Outliers</h2>",
+              f'<p class="note">Studies above {settings.outlier_factor:g} x the 75th percentile of '
+              f"their procedure and device group (DAP, Ka,r or fluoroscopy time), or above the "
+              f"first Ka,r notification level ({cell('air_kerma_mgy', settings.dose.air_kerma_first_alert_mgy)} mGy) "
+              "or a substantial radiation dose level. "
+              + (f"The {HTML_OUTLIER_ROWS} highest DAP are shown; all {len(flagged) - 1} are in "
+                 "outliers.csv." if len(flagged) - 1 > HTML_OUTLIER_ROWS else "") + "</p>",
+              _table(flagged[:HTML_OUTLIER_ROWS + 1], "outliers"),
+              "<h2>Monthly trend</h2>", _table(tables.trend, "trend"), "</body></html>"]
+    return "\n".join(parts) + "\n"
+
+
+def _table(rows: list[list[str]], name: str) -> str:
+    e = html.escape
+    head = "".join(f"<th>{e(c)}</th>" for c in rows[0])
+    body = []
+    for row in rows[1:]:
+        cells = "".join(f'<td class="n">{e(v)}</td>' if _numeric(v) else f"<td>{e(v)}</td>" for v in row)
+        body.append(f"<tr>{cells}</tr>")
+    return f'<table id="{name}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+
+
+def _numeric(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False

@@ -1,0 +1,154 @@
+"""The audit report: statistics checked independently, HTML numbers equal to the CSV, and the
+HTML rendered by headless Chromium without a console message."""
+from __future__ import annotations
+
+import csv
+import shutil
+import statistics
+import struct
+import subprocess
+import sys
+from datetime import date
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from sifluoro.audit.ingest import ingest
+from sifluoro.audit.report import write_report
+from sifluoro.audit.schema import open_registry
+from sifluoro.audit.synthetic import insert_synthetic_studies
+from tests.audit.corpus import write_corpus
+
+WINDOW = (1280, 2000)
+
+
+class _Tables(HTMLParser):
+    """Rows of every <table id=...> as lists of cell texts."""
+
+    def __init__(self):
+        super().__init__()
+        self.tables: dict[str, list[list[str]]] = {}
+        self._table = self._row = self._cell = None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table":
+            self._table = self.tables.setdefault(dict(attrs)["id"], [])
+        elif tag == "tr" and self._table is not None:
+            self._row = []
+        elif tag in ("td", "th") and self._row is not None:
+            self._cell = []
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self._row.append("".join(self._cell))
+            self._cell = None
+        elif tag == "tr" and self._row is not None:
+            self._table.append(self._row)
+            self._row = None
+        elif tag == "table":
+            self._table = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def _csv(path: Path) -> list[list[str]]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.reader(fh))
+
+
+def _html_tables(path: Path) -> dict[str, list[list[str]]]:
+    parser = _Tables()
+    parser.feed(path.read_text(encoding="utf-8"))
+    return parser.tables
+
+
+@pytest.fixture()
+def registry(db_url, tmp_path):
+    write_corpus(tmp_path / "in")
+    engine = open_registry(db_url)
+    ingest([tmp_path / "in"], engine)
+    insert_synthetic_studies(engine, 3000, seed=5)
+    yield db_url, engine
+    engine.dispose()
+
+
+def test_report_cli_html_equals_csv_and_statistics_are_right(registry, tmp_path):
+    db_url, engine = registry
+    out = tmp_path / "report"
+    subprocess.run([sys.executable, "-m", "sifluoro.audit.cli", "audit", "report", "--db", db_url,
+                    "--out", str(out), "-q"], check=True, timeout=120)
+    for name in ("report.html", "drl_summary.csv", "outliers.csv", "monthly_trend.csv",
+                 "dap_by_group.png", "monthly_trend.png", "dap_distribution.png"):
+        assert (out / name).stat().st_size > 0, name
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "http://" not in page and "https://" not in page
+    tables = _html_tables(out / "report.html")
+    summary = _csv(out / "drl_summary.csv")
+    assert tables["summary"] == summary
+    assert tables["trend"] == _csv(out / "monthly_trend.csv")
+    outliers = _csv(out / "outliers.csv")
+    assert tables["outliers"] == outliers[:201] and len(outliers) > 1
+    # the statistics, recomputed here with the standard library from the registry's rows
+    from sqlalchemy import text
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT s.procedure, d.manufacturer, d.model, d.station_name, "
+                                 "s.dap_gycm2, s.fluoro_time_s FROM studies s JOIN devices d "
+                                 "ON d.id = s.device_id")).all()
+    groups: dict[tuple, list] = {}
+    for proc, man, model, station, dap, fluoro in rows:
+        groups.setdefault((proc, f"{man} {model} ({station})"), []).append((dap, fluoro))
+    assert len(summary) - 1 == len(groups)
+    assert sum(int(r[2]) for r in summary[1:]) == len(rows) == 3000 + 14
+    for r in summary[1:]:
+        values = groups[(r[0], r[1])]
+        daps = [v[0] for v in values]
+        assert r[3] == f"{statistics.median(daps):.3f}"
+        if len(daps) > 1:
+            assert r[4] == f"{statistics.quantiles(daps, n=4, method='inclusive')[2]:.3f}"
+        assert r[7] == f"{statistics.median(v[1] for v in values):.1f}"
+
+
+def test_report_filters_by_date_and_procedure(registry, tmp_path):
+    db_url, _ = registry
+    files = write_report(db_url, tmp_path / "r", start=date(2024, 3, 1), end=date(2024, 5, 31),
+                         procedure="SI joint injection")
+    summary = _csv(files.csv["summary"])
+    assert {r[0] for r in summary[1:]} == {"SI joint injection"}
+    months = {r[1] for r in _csv(files.csv["trend"])[1:]}
+    assert months == {"2024-03", "2024-04", "2024-05"}
+    assert files.studies == sum(int(r[2]) for r in summary[1:]) > 0
+
+
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    pytest.fail("headless Chromium not found: install the Debian package `chromium` "
+                "(apt-get install -y chromium); the report rendering test must run", pytrace=False)
+
+
+def test_report_renders_in_headless_chromium_without_console_messages(tmp_path):
+    engine = open_registry(f"sqlite:///{tmp_path / 'r.db'}")
+    insert_synthetic_studies(engine, 2000, seed=9)
+    files = write_report(engine, tmp_path / "report")
+    browser = _chromium()
+    shot = tmp_path / "report.png"
+    common = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+              "--disable-component-update", "--disable-sync", "--no-first-run",
+              f"--user-data-dir={tmp_path / 'profile'}"]
+    url = files.html.resolve().as_uri()
+    run = subprocess.run([*common, "--enable-logging=stderr", "--v=0", f"--screenshot={shot}",
+                          f"--window-size={WINDOW[0]},{WINDOW[1]}", url],
+                         capture_output=True, text=True, timeout=120)
+    console = [line for line in (run.stdout + run.stderr).splitlines() if ":CONSOLE" in line]
+    assert console == [], console
+    png = shot.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert struct.unpack(">II", png[16:24]) == WINDOW
+    dom = subprocess.run([*common, "--dump-dom", "--virtual-time-budget=3000", url],
+                         capture_output=True, text=True, timeout=120).stdout
+    assert 'data-charts-ok="yes"' in dom  # every inline chart decoded
+    engine.dispose()
