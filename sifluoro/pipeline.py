@@ -56,6 +56,14 @@ class Pipeline:
         self.stages = list(stages)
         self.settings = settings or Settings()
 
+    def warm_up(self, rows: int, columns: int) -> None:
+        """Compile and size every stage on a frame of the real shape before the first live frame
+        (stages without a ``warm_up(rows, columns)`` method need none)."""
+        for stage in self.stages:
+            warm = getattr(stage, "warm_up", None)
+            if warm is not None:
+                warm(rows, columns)
+
     def start_study(self, study_instance_uid: str) -> StudyState:
         return StudyState(study_instance_uid, DoseAccumulator(self.settings.dose))
 

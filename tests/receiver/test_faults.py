@@ -175,9 +175,10 @@ def test_spool_quota_answers_out_of_resources_and_corrupts_nothing(start_receive
     statuses = send(receiver.port, [pydicom.dcmread(p) for p in study_files])
     assert [s for s, _ in statuses] == [0, 0, 0xA700]
     assert "quota" in statuses[2][1]
-    _check_spool_intact(receiver.spool, study_files[:2])
+    # the live pipeline writes its state atomically too: look once it has finished
     wait_for(lambda: summary_frames(receiver.spool / file_uids(study_files[0])[0]
                                     / "summary.json") == 5)
+    _check_spool_intact(receiver.spool, study_files[:2])
     assert_still_up(receiver.port)
 
 
@@ -211,9 +212,9 @@ def test_disk_full_answers_out_of_resources_and_corrupts_nothing(tmp_path, tiny_
     n_ok = statuses.index(0xA700)
     assert 0 < n_ok and set(statuses[n_ok:]) == {0xA700}
     assert set(statuses[:n_ok]) == {0}
+    wait_for(lambda: summary_frames(tmp_path / "summary.json") == 4 * n_ok)
     _check_spool_intact(receiver.spool, paths[:n_ok])
     assert_still_up(receiver.port)
-    wait_for(lambda: summary_frames(tmp_path / "summary.json") == 4 * n_ok)
     assert receiver.terminate() == 0
 
 
