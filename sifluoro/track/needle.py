@@ -1,0 +1,259 @@
+"""The needle stage: where is the tip, how far from the target, is it advancing toward it.
+
+Every frame is searched over the whole exposed field (:mod:`sifluoro.track.needle_detect`):
+ridge map, oriented Hough, segment, tip traced along the shaft and placed sub-pixel at full
+resolution. Region-of-interest tracking and end-on (dot) detection are not built yet, so
+``end_on`` is always false and ``tracked`` absent.
+
+Event fields (DESIGN §3)::
+
+    "needle": null | {"tip_xy": [x, y], "confidence": c, "direction_xy": [dx, dy],
+                      "end_on": bool, "advance_mm": float, "length_mm": float}
+    "tip_to_target_mm": null | float
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+from sifluoro.config import Settings
+from sifluoro.imaging import WorkingGrid, downsample, frame_attenuation, working_grid
+from sifluoro.dose.accumulate import DoseAccumulator
+from sifluoro.model import Frame, Run
+from sifluoro.pipeline import StudyState
+from sifluoro.track import _needle_kernels as K
+from sifluoro.track.needle_detect import LineFinder, NeedleSettings, refine_tip
+from sifluoro.track.needle_field import valid_region
+
+__all__ = ["NeedleStage", "NeedleSettings"]
+
+
+@dataclass
+class _RunContext:
+    """What is computed once per run: grid, valid region, field centre."""
+
+    run: Run
+    spacing_mm: float
+    grid: WorkingGrid
+    valid_full: np.ndarray
+    valid_work: np.ndarray
+    centre_xy: np.ndarray
+
+
+@dataclass
+class _Track:
+    """The needle as last seen in this study (full-resolution pixels)."""
+
+    tip_xy: np.ndarray | None = None
+    dir_xy: np.ndarray | None = None
+    length_px: float = 0.0
+    run_uid: str | None = None
+    last_tip_of_run: np.ndarray | None = None  # tip at the end of the run seen so far
+    reference_tip: np.ndarray | None = None  # tip at the end of the previous run
+    misses: int = 0
+
+
+class NeedleStage:
+    """Pipeline stage ``needle``.
+
+    Parameters
+    ----------
+    settings : Settings, optional
+        Engine settings; its ``needle`` attribute (a :class:`NeedleSettings`) is used when
+        present.
+    needle : NeedleSettings, optional
+        Overrides the needle settings.
+    """
+
+    name = "needle"
+
+    def __init__(self, settings: Settings | None = None, *, needle: NeedleSettings | None = None):
+        self.settings = needle or getattr(settings, "needle", None) or NeedleSettings()
+        self.finder = LineFinder(self.settings)
+        self._ctx: _RunContext | None = None
+        self._buf: dict = {}
+
+    def warm_up(self, frame: Frame) -> None:
+        """Compile the numba kernels (cached on disk) and size the buffers on a frame of the
+        real size and dtype, so that the first live frame does not pay for it."""
+        spacing = float((frame.pixel_spacing_xy_mm or (0.5, 0.5))[0])
+        factor = working_grid(spacing, target_mm=self.settings.grid_mm).factor
+        K.warm_up((frame.pixels.shape[0] // factor, frame.pixels.shape[1] // factor))
+        state = StudyState("warm-up", DoseAccumulator(Settings().dose))
+        self.process(frame, state)
+        self._ctx = None
+
+    # -- per run --------------------------------------------------------------------------
+    def _context(self, frame: Frame, att: np.ndarray) -> _RunContext:
+        run = frame.run
+        if self._ctx is not None and self._ctx.run is run:
+            return self._ctx
+        spacing = float((frame.pixel_spacing_xy_mm or (0.5, 0.5))[0])
+        grid = working_grid(spacing, target_mm=self.settings.grid_mm)
+        margin = int(math.ceil(self.settings.edge_margin_mm / spacing))
+        valid = valid_region(run, att, margin_px=max(2, margin // 2))
+        valid_work = downsample(valid.astype(np.float32), grid.factor) > 0.99
+        ys, xs = np.nonzero(valid)
+        centre = (np.array([xs.mean(), ys.mean()]) if xs.size
+                  else np.array([att.shape[1] / 2.0, att.shape[0] / 2.0]))
+        self._ctx = _RunContext(run, spacing, grid, valid, valid_work, centre)
+        return self._ctx
+
+    # -- per frame ------------------------------------------------------------------------
+    def process(self, frame: Frame, state) -> dict[str, Any]:
+        track: _Track = state.stage_state.setdefault("needle_track", _Track())
+        att = frame_attenuation(frame, state.stage_state)
+        ctx = self._context(frame, att)
+        register = state.stage_state.get("register")
+        target = (np.asarray(register.target_xy, float)
+                  if register is not None and register.target_xy is not None else None)
+        if track.run_uid != frame.sop_instance_uid:
+            track.reference_tip = track.last_tip_of_run if track.run_uid is not None else None
+            track.run_uid = frame.sop_instance_uid
+        hit = self._detect(att, ctx, target)
+        if hit is None:
+            track.tip_xy = None
+            track.misses += 1
+            return {"needle": None, "tip_to_target_mm": None}
+        tip, u, length_px, score = hit
+        track.tip_xy, track.dir_xy, track.length_px, track.misses = tip, u, length_px, 0
+        track.last_tip_of_run = tip
+        spacing = ctx.spacing_mm
+        ref = track.reference_tip
+        if ref is None:
+            advance = 0.0
+        elif target is not None and np.linalg.norm(target - ref) > 1e-6:
+            advance = float((tip - ref) @ ((target - ref) / np.linalg.norm(target - ref))) * spacing
+        else:
+            advance = float((tip - ref) @ u) * spacing
+        needle = {"tip_xy": [round(float(tip[0]), 3), round(float(tip[1]), 3)],
+                  "confidence": round(float(1.0 - math.exp(-score / 30.0)), 4),
+                  "direction_xy": [round(float(u[0]), 5), round(float(u[1]), 5)],
+                  "end_on": False, "advance_mm": round(advance, 3),
+                  "length_mm": round(length_px * spacing, 2)}
+        ttt = (round(float(np.linalg.norm(tip - target) * spacing), 3)
+               if target is not None else None)
+        return {"needle": needle, "tip_to_target_mm": ttt}
+
+    def _candidates(self, att: np.ndarray, ctx: _RunContext, target: np.ndarray | None
+                    ) -> list[tuple[np.ndarray, np.ndarray, float]]:
+        """Needle-like segments of the frame as (tip, base, score) on the working grid, best
+        first."""
+        s = self.settings
+        grid = ctx.grid
+        work = downsample(att, grid.factor)
+        self.finder.score_map(work, ctx.valid_work)
+        margin_w = s.edge_margin_mm / grid.spacing_mm
+        out = []
+        for line in self.finder.lines(n_peaks=10):
+            seg = self.finder.segment(line, grid.spacing_mm)
+            if seg is None:
+                continue
+            for _ in range(2):
+                line = self.finder.refit(line, seg[0], seg[1])
+                seg = self.finder.segment(line, grid.spacing_mm) or seg
+            t0, t1, score = seg
+            if score < s.min_score:
+                continue
+            x0, y0, ux, uy = line
+            u = np.array([ux, uy])
+            e0 = np.array([x0, y0]) + t0 * u
+            e1 = np.array([x0, y0]) + t1 * u
+            if any(_same_segment(e0, e1, c[0], c[1]) for c in out):
+                continue
+            edge0 = not _inside(ctx.valid_work, e0 - u * margin_w)
+            edge1 = not _inside(ctx.valid_work, e1 + u * margin_w)
+            if edge0 and edge1:
+                continue  # crosses the field: a wire or a cable, not a needle
+            if edge0 != edge1:
+                tip_is_1 = edge0
+            else:
+                ref = grid.to_work(target if target is not None else ctx.centre_xy)
+                tip_is_1 = np.linalg.norm(e1 - ref) < np.linalg.norm(e0 - ref)
+            tip, base = (e1, e0) if tip_is_1 else (e0, e1)
+            span_px = s.fit_mm / grid.spacing_mm
+            for _ in range(4):
+                tip = self._extend_tip(tip, base, ctx)
+                tip, base = self._refit_segment(tip, base, span_px)
+            score = self.finder.interval_score(base, tip)
+            if score >= s.min_score:
+                out.append((tip, base, score))
+        out.sort(key=lambda c: -c[2])
+        return out
+
+    def _refit_segment(self, tip: np.ndarray, base: np.ndarray, span_px: float
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        """Refit the line through the last ``span_px`` of a segment before its tip (a bent
+        needle is straight only locally) and project the tip onto it; the base keeps its
+        distance along the new direction."""
+        length = float(np.linalg.norm(tip - base))
+        u = (tip - base) / length
+        span = min(length, span_px)
+        start = tip - u * span
+        x0, y0, ux, uy = self.finder.refit((start[0], start[1], u[0], u[1]), 0.0, span)
+        p, v = np.array([x0, y0]), np.array([ux, uy])
+        tip = p + v * float((tip - p) @ v)
+        return tip, tip - v * length
+
+    def _extend_tip(self, tip: np.ndarray, base: np.ndarray, ctx: _RunContext) -> np.ndarray:
+        """Move a segment's free end to the most likely end of the bright line along its axis
+        (the needle fades over dense bone, so the supported segment often stops short)."""
+        s = self.settings
+        length = float(np.linalg.norm(tip - base))
+        u = (tip - base) / length
+        ahead = s.extend_mm / ctx.grid.spacing_mm
+        n = int(length + ahead) + 1
+        prof = self._buf.setdefault(("ext", n), np.empty(n, np.float64))
+        K.line_contrast(self.finder.smooth, base[0], base[1], u[0], u[1], 1.0, 2.0, prof)
+        lo = max(4, int(length - s.extend_mm / ctx.grid.spacing_mm))
+        i, _ = K.step_location(prof, lo, n - 2)
+        return base + u * (i - 0.5)
+
+    def _detect(self, att: np.ndarray, ctx: _RunContext, target: np.ndarray | None):
+        grid = ctx.grid
+        for tip_w, base_w, score in self._candidates(att, ctx, target)[:3]:
+            tip = grid.to_full(tip_w)
+            base = grid.to_full(base_w)
+            u = (tip - base) / np.linalg.norm(tip - base)
+            refined = self._refine(att, tip, u, ctx)
+            if refined is None or refined[2] <= 0.0:
+                continue
+            tip, u, _ = refined
+            return tip, u, float(np.linalg.norm(tip - base)), score
+        return None
+
+    def _refine(self, att: np.ndarray, tip: np.ndarray, u: np.ndarray, ctx: _RunContext):
+        s = self.settings
+        reach = int(math.ceil((s.fit_mm + s.tip_window_mm + 3.0) / ctx.spacing_mm))
+        rows, cols = att.shape
+        x0 = max(0, int(tip[0]) - reach)
+        y0 = max(0, int(tip[1]) - reach)
+        x1 = min(cols, int(tip[0]) + reach + 1)
+        y1 = min(rows, int(tip[1]) + reach + 1)
+        crop = att[y0:y1, x0:x1]
+        smooth = cv2.GaussianBlur(crop, (0, 0), 0.5 * ctx.grid.factor + 0.3)
+        off = np.array([x0, y0], float)
+        out = refine_tip(smooth, tip - off, u, ctx.spacing_mm, s, self._buf)
+        if out is None:
+            return None
+        tip_c, u_c, contrast = out
+        return tip_c + off, u_c, contrast
+
+
+def _same_segment(a0: np.ndarray, a1: np.ndarray, b0: np.ndarray, b1: np.ndarray) -> bool:
+    """Two segments on nearly the same line (ends within 3 px of each other's line, < 4 deg)."""
+    ua = (a1 - a0) / np.linalg.norm(a1 - a0)
+    ub = (b1 - b0) / np.linalg.norm(b1 - b0)
+    if abs(float(ua @ ub)) < math.cos(math.radians(4.0)):
+        return False
+    n = np.array([-ub[1], ub[0]])
+    return abs(float((a0 - b0) @ n)) < 3.0 and abs(float((a1 - b0) @ n)) < 3.0
+
+
+def _inside(mask: np.ndarray, xy: np.ndarray) -> bool:
+    x, y = int(round(xy[0])), int(round(xy[1]))
+    return 0 <= x < mask.shape[1] and 0 <= y < mask.shape[0] and bool(mask[y, x])

@@ -1,0 +1,302 @@
+"""Find a spinal needle on one frame: a thin bright straight line that ends in a tip.
+
+Ridge map at the needle's width on a working grid (Hessian, numba), an oriented Hough transform
+of the ridge pixels, segments along the strongest lines, rejection of what is not a needle
+(too short: clips; from field edge to field edge: a wire on the skin; dot-like or edge-like:
+cortex, text), then the tip at full resolution: the shaft axis refitted near the tip and the
+point where the line contrast falls to half (maximum-likelihood step along the axis).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from sifluoro.track import _needle_kernels as K
+
+
+@dataclass(frozen=True)
+class NeedleSettings:
+    """Needle detection and tracking parameters (lengths in mm at the detector).
+
+    Attributes
+    ----------
+    grid_mm : float
+        Target pixel size of the working grid for line finding.
+    sigma_px : float
+        Gaussian scale of the ridge filter on the working grid (needle 0.7-1.4 mm wide).
+    edge_gain : float
+        Weight of the gradient magnitude subtracted from the ridge strength (suppresses edges).
+    vote_z : float
+        Ridge pixels with a noise-normalised strength above this vote in the Hough transform.
+    z_cap : float
+        Votes and segment support are capped here, so one bright object cannot dominate.
+    support_bias : float
+        Subtracted from the support (noise-normalised ridge strength along a line) before the
+        best interval is taken: random lines average about 0, needles 1-3.
+    gap_mm : float
+        Longest gap bridged inside one segment (the needle fades over dense bone).
+    min_length_mm : float
+        Shorter segments are not a needle (surgical clip legs are 5-9 mm).
+    min_score : float
+        Cold-start acceptance of a segment's evidence (see :meth:`LineFinder.segment`).
+    track_min_score : float
+        Lower acceptance while tracking a needle seen on the previous frame.
+    edge_margin_mm : float
+        A segment end this close to the field edge leaves the field (no tip there).
+    extend_mm : float
+        How far beyond (and before) the supported segment's end the tip is looked for.
+    fit_mm : float
+        Length of shaft near the tip used to refit the axis (handles bending).
+    tip_window_mm : float
+        Half-length of the window along the axis searched for the tip.
+    track_margin_mm : float
+        Margin of the tracking region around the predicted needle.
+    """
+
+    grid_mm: float = 0.5
+    sigma_px: float = 1.0
+    edge_gain: float = 0.5
+    vote_z: float = 1.5
+    z_cap: float = 6.0
+    support_bias: float = 0.5
+    gap_mm: float = 4.0
+    min_length_mm: float = 12.0
+    min_score: float = 6.0
+    track_min_score: float = 4.0
+    edge_margin_mm: float = 3.0
+    extend_mm: float = 20.0
+    fit_mm: float = 20.0
+    tip_window_mm: float = 6.0
+    track_margin_mm: float = 6.0
+
+
+@dataclass(frozen=True)
+class LineHit:
+    """A needle-like segment in full-resolution pixels: ``tip_xy`` the free end, ``base_xy``
+    the other end (field edge or hub), ``score`` its line evidence."""
+
+    tip_xy: tuple[float, float]
+    base_xy: tuple[float, float]
+    score: float
+    length_mm: float
+    base_at_edge: bool
+
+
+class LineFinder:
+    """Ridge map + oriented Hough + segment extraction on a working-grid image.
+
+    Buffers are kept per image shape and reused from frame to frame.
+    """
+
+    def __init__(self, settings: NeedleSettings):
+        self.s = settings
+        self._shape = None
+        self.n_theta = 180
+
+    def _buffers(self, shape: tuple[int, int]) -> None:
+        if self._shape == shape:
+            return
+        rows, cols = shape
+        self._shape = shape
+        self.smooth = np.empty(shape, np.float32)
+        self.ridge = np.empty(shape, np.float32)
+        diag = int(math.ceil(math.hypot(rows, cols)))
+        self.rho_offset = diag + 1
+        self.acc = np.empty((self.n_theta, 2 * diag + 3), np.float32)
+        self.support = np.empty(2 * diag + 4, np.float32)
+        self.cross = np.empty(2 * diag + 4, np.float64)
+
+    def score_map(self, work: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """Noise-normalised ridge strength of ``work`` (float32) inside ``valid``."""
+        self._buffers(work.shape)
+        cv2.GaussianBlur(work, (0, 0), self.s.sigma_px, dst=self.smooth,
+                         borderType=cv2.BORDER_REFLECT)
+        K.ridge_map(self.smooth, valid, np.float32(self.s.edge_gain), self.ridge)
+        noise = laplacian_noise(self.smooth, valid)
+        self.ridge *= np.float32(1.0 / noise)
+        return self.ridge
+
+    def lines(self, *, angle_range: tuple[int, int] | None = None, n_peaks: int = 6
+              ) -> list[tuple[float, float, float, float]]:
+        """Strongest Hough lines of the last score map as (x0, y0, ux, uy): a point of the line
+        and its unit direction, on the working grid."""
+        lo, hi = angle_range if angle_range is not None else (0, self.n_theta - 1)
+        half_window = 4
+        K.hough_vote(self.smooth, self.ridge, np.float32(self.s.vote_z),
+                     np.float32(self.s.z_cap), lo, hi, half_window, self.acc,
+                     float(self.rho_offset))
+        acc = self.acc
+        out = []
+        for _ in range(n_peaks):
+            k = int(np.argmax(acc))
+            i, j = divmod(k, acc.shape[1])
+            if acc[i, j] <= 0.0:
+                break
+            theta = i * math.pi / self.n_theta
+            phi = theta + 0.5 * math.pi
+            rho = j - self.rho_offset
+            ux, uy = math.cos(theta), math.sin(theta)
+            out.append((rho * math.cos(phi), rho * math.sin(phi), ux, uy))
+            for di in range(-6, 7):
+                ii = (i + di) % self.n_theta
+                # a wrapped angle bin flips the sign of rho
+                jj = j if 0 <= i + di < self.n_theta else 2 * self.rho_offset - j
+                acc[ii, max(0, jj - 10):jj + 11] = 0.0
+        return out
+
+    def segment(self, line: tuple[float, float, float, float], spacing_mm: float
+                ) -> tuple[float, float, float] | None:
+        """The best-supported segment along a line as (t0, t1, score): parameters of its ends
+        along the line's direction from the line's point, and its evidence
+        ``sum(support - bias) / sqrt(length in px)`` (a t-statistic of the line response)."""
+        x0, y0, ux, uy = line
+        rows, cols = self.ridge.shape
+        t_lo, t_hi = _clip_line(x0, y0, ux, uy, cols, rows)
+        if t_hi - t_lo < 2:
+            return None
+        n = int(t_hi - t_lo) + 1
+        prof = self.support[:n]
+        K.line_support(self.ridge, x0 + t_lo * ux, y0 + t_lo * uy, ux, uy, 1, prof)
+        np.clip(prof, -self.s.z_cap, self.s.z_cap, out=prof)
+        gap = max(1, int(round(self.s.gap_mm / spacing_mm)))
+        a, b, total = K.best_interval(prof, np.float32(self.s.support_bias), gap)
+        length = b - a + 1
+        if b < a or length * spacing_mm < self.s.min_length_mm:
+            return None
+        return t_lo + a, t_lo + b, float(total / math.sqrt(length))
+
+
+    def interval_score(self, a_xy: np.ndarray, b_xy: np.ndarray) -> float:
+        """Evidence of a bright line from ``a_xy`` to ``b_xy`` (working grid), in the units of
+        :meth:`segment`."""
+        d = b_xy - a_xy
+        n = int(math.hypot(d[0], d[1])) + 1
+        if n < 4:
+            return 0.0
+        u = d / math.hypot(d[0], d[1])
+        prof = self.support[:n]
+        K.line_support(self.ridge, a_xy[0], a_xy[1], u[0], u[1], 1, prof)
+        np.clip(prof, -self.s.z_cap, self.s.z_cap, out=prof)
+        return float((prof.sum() - n * self.s.support_bias) / math.sqrt(n))
+
+    def refit(self, line: tuple[float, float, float, float], t0: float, t1: float
+              ) -> tuple[float, float, float, float]:
+        """Least-squares refit of a line to the ridge crest between ``t0`` and ``t1`` (the Hough
+        bins are 1 deg and 1 px; a long segment needs better)."""
+        x0, y0, ux, uy = line
+        n = int(t1 - t0) + 1
+        if n < 6:
+            return line
+        offs = self.cross[:n]
+        K.cross_peaks(self.ridge, x0 + t0 * ux, y0 + t0 * uy, ux, uy, 1.0, 2, offs)
+        ok = np.isfinite(offs)
+        if ok.sum() < max(6, n // 3):
+            return line
+        t = np.arange(n, dtype=np.float64)
+        a, b = np.polyfit(t[ok], offs[ok], 1)
+        res = np.abs(offs[ok] - (a * t[ok] + b))
+        keep = res < max(0.75, 2.5 * float(np.median(res)))
+        if keep.sum() >= 6:
+            a, b = np.polyfit(t[ok][keep], offs[ok][keep], 1)
+        nx, ny = -uy, ux
+        px, py = x0 + t0 * ux + b * nx, y0 + t0 * uy + b * ny
+        vx, vy = ux + a * nx, uy + a * ny
+        norm = math.hypot(vx, vy)
+        vx, vy = vx / norm, vy / norm
+        # keep the parameterisation: the new point is the foot of the old one
+        s0 = (x0 - px) * vx + (y0 - py) * vy
+        return px + s0 * vx, py + s0 * vy, vx, vy
+
+
+def laplacian_noise(smooth: np.ndarray, valid: np.ndarray, stride: int = 3) -> float:
+    """Robust noise scale of the Laplacian of ``smooth`` (MAD over a strided sample in
+    ``valid``), the unit of the ridge score."""
+    s = smooth
+    lap = (s[1:-1:stride, 2::stride] + s[1:-1:stride, :-2:stride] + s[2::stride, 1:-1:stride]
+           + s[:-2:stride, 1:-1:stride] - 4.0 * s[1:-1:stride, 1:-1:stride])
+    v = lap[valid[1:-1:stride, 1:-1:stride]]
+    if v.size < 16:
+        return 1.0
+    mad = float(np.median(np.abs(v - np.median(v))))
+    return max(1.4826 * mad, 1e-6)
+
+
+def _clip_line(x0, y0, ux, uy, cols, rows) -> tuple[float, float]:
+    """Parameter range of the line ``(x0, y0) + t (ux, uy)`` inside [1, cols-2] x [1, rows-2]."""
+    t_lo, t_hi = -1e9, 1e9
+    for p, u, hi in ((x0, ux, cols - 2), (y0, uy, rows - 2)):
+        if abs(u) < 1e-9:
+            if p < 1 or p > hi:
+                return 0.0, -1.0
+            continue
+        a, b = (1 - p) / u, (hi - p) / u
+        t_lo, t_hi = max(t_lo, min(a, b)), min(t_hi, max(a, b))
+    return math.ceil(t_lo), math.floor(t_hi)
+
+
+def refine_tip(image: np.ndarray, tip_xy: np.ndarray, dir_xy: np.ndarray, spacing_mm: float,
+               settings: NeedleSettings, buf: dict) -> tuple[np.ndarray, np.ndarray, float] | None:
+    """Refit the shaft axis near the tip and place the tip sub-pixel along it.
+
+    Parameters
+    ----------
+    image : ndarray
+        Lightly smoothed full-resolution attenuation image (or a crop of it; coordinates are
+        then relative to the crop).
+    tip_xy, dir_xy : ndarray
+        Rough tip and unit direction shaft -> tip.
+    spacing_mm : float
+        Pixel size of ``image`` at the detector.
+
+    Returns
+    -------
+    (tip_xy, dir_xy, contrast) or None
+        The refined tip and direction, and the line contrast of the shaft near the tip
+        (attenuation units), or None when no line is found there.
+    """
+    tip = np.asarray(tip_xy, np.float64)
+    u = np.asarray(dir_xy, np.float64)
+    fit_px = settings.fit_mm / spacing_mm
+    step = 1.0
+    half = max(2, int(round(1.2 / spacing_mm)))
+    # two passes: the second fit starts from the corrected axis
+    for _ in range(2):
+        n = max(4, int(fit_px / step))
+        start = tip - u * fit_px
+        offs = buf.setdefault(("cross", n), np.empty(n, np.float64))
+        K.cross_peaks(image, start[0], start[1], u[0], u[1], step, half, offs)
+        t = np.arange(n) * step
+        ok = np.isfinite(offs)
+        if ok.sum() < max(4, n // 3):
+            return None
+        # robust line fit of the offsets across the axis
+        a, b = np.polyfit(t[ok], offs[ok], 1)
+        res = np.abs(offs[ok] - (a * t[ok] + b))
+        keep = res < max(0.75, 2.5 * np.median(res))
+        if keep.sum() >= 4:
+            a, b = np.polyfit(t[ok][keep], offs[ok][keep], 1)
+        nrm = np.array([-u[1], u[0]])
+        p0 = start + b * nrm
+        p1 = start + u * t[-1] + (a * t[-1] + b) * nrm
+        u_new = p1 - p0
+        u_new /= np.linalg.norm(u_new)
+        # the tip moves to the refitted axis
+        tip = p0 + u_new * float((tip - p0) @ u_new)
+        u = u_new
+    # contrast along the axis, from fit_px behind the tip to window ahead
+    sub = 0.25
+    win_px = settings.tip_window_mm / spacing_mm
+    back_px = max(win_px, 0.5 * fit_px)
+    n = int((back_px + win_px) / sub) + 1
+    start = tip - u * back_px
+    prof = buf.setdefault(("prof", n), np.empty(n, np.float64))
+    offset = max(2.0, 1.6 / spacing_mm)
+    K.line_contrast(image, start[0], start[1], u[0], u[1], sub, offset, prof)
+    lo = int((back_px - win_px) / sub)
+    i, _ = K.step_location(prof, max(lo, 4), n - 4)
+    shaft = float(np.median(prof[:i])) if i > 0 else 0.0
+    tip_new = start + u * ((i - 0.5) * sub)
+    return tip_new, u, shaft

@@ -1,0 +1,53 @@
+"""Where a needle may be looked for: the exposed field minus its edge band and burned-in text."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from sifluoro.imaging import exposed_mask
+from sifluoro.model import Run
+
+# no exposure is stored as maximal attenuation; glyphs are drawn at the stored extremes
+_BLANK = 0.9995
+_JUMP = 0.5
+
+
+def valid_region(run: Run, attenuation_image: np.ndarray, *, margin_px: int) -> np.ndarray:
+    """True where a needle may be detected on this run's frames.
+
+    The exposed field is the stored shutter geometry intersected with the exposed pixels
+    (blank pixels are stored at maximal attenuation; the stored shutter can be a little larger
+    than the real field), shrunk by ``margin_px`` so that the field edge is never a line.
+    Burned-in text (bright glyphs with a dark outline) is removed with a margin around it.
+
+    Parameters
+    ----------
+    run : Run
+    attenuation_image : ndarray
+        A frame of the run as :func:`sifluoro.imaging.attenuation` returns it.
+    margin_px : int
+        Full-resolution pixels removed along the field edge and around text.
+    """
+    shape = attenuation_image.shape
+    field = exposed_mask(run, shape)
+    exposed = (attenuation_image < _BLANK).astype(np.uint8)
+    # saturated steel or bone inside the field is not a field edge
+    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (15, 15))
+    exposed = cv2.morphologyEx(exposed, cv2.MORPH_CLOSE, k)
+    field &= exposed.astype(bool)
+    invalid = (~field).astype(np.uint8) | _text_mask(attenuation_image)
+    size = 2 * margin_px + 1
+    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
+    return ~cv2.dilate(invalid, k).astype(bool)
+
+
+def _text_mask(attenuation_image: np.ndarray) -> np.ndarray:
+    """Burned-in glyphs: bright fill against a dark outline makes a jump of more than half the
+    stored range within a pixel or two, which X-ray images blurred by the detector never have
+    inside the field. Those pixels, dilated to cover whole glyphs."""
+    rows = attenuation_image.shape[0]
+    k3 = np.ones((3, 3), np.uint8)
+    jump = cv2.dilate(attenuation_image, k3) - cv2.erode(attenuation_image, k3)
+    r = max(4, rows // 80)
+    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    return cv2.dilate((jump > _JUMP).astype(np.uint8), k)

@@ -1,0 +1,149 @@
+"""The needle stage on synthetic frames: null without a needle, straight and bent needles."""
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import pytest
+
+from sifluoro.model import Device, Frame, Run, Shutter, Technique
+from sifluoro.pipeline import Pipeline
+from sifluoro.track.needle import NeedleStage
+
+SIZE = 512
+SPACING_MM = 0.5
+BITS = 12
+
+
+def _run(uid: str = "1.2.3.4") -> Run:
+    tech = Technique(imager_pixel_spacing_xy_mm=(SPACING_MM, SPACING_MM),
+                     shutter=Shutter(rect_xyxy=(0, 0, SIZE - 1, SIZE - 1)))
+    return Run(path="synthetic", sop_instance_uid=uid, sop_class_uid="", series_instance_uid="",
+               study_instance_uid="", modality="XA", transfer_syntax_uid="", rows=SIZE,
+               columns=SIZE, bits_stored=BITS, photometric="MONOCHROME2", start_s=0.0,
+               frame_offsets_s=(0.0,), frame_intervals_ms=(66.7,), technique=tech,
+               device=Device())
+
+
+def _background(seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[:SIZE, :SIZE].astype(np.float32)
+    img = 0.45 + 0.1 * np.sin(x / 90.0) * np.cos(y / 70.0)
+    # a bony blob with a soft cortical edge: edges must not become needles
+    img += 0.12 * (((x - 330) ** 2 + (y - 200) ** 2) < 90 ** 2)
+    img = cv2.GaussianBlur(img.astype(np.float32), (0, 0), 1.5)
+    return img + rng.normal(0, 0.012, img.shape).astype(np.float32)
+
+
+def _draw_polyline(img: np.ndarray, pts: np.ndarray, amplitude: float, width_px: float) -> None:
+    """Add a bright tube with flat ends along a polyline: drawn 4x supersampled, area-averaged
+    and blurred like a detector, so the half-maximum along the axis is at the true ends."""
+    ss = 4
+    y, x = (np.mgrid[:SIZE * ss, :SIZE * ss].astype(np.float32) + 0.5) / ss - 0.5
+    inside = np.zeros(x.shape, bool)
+    for a, b in zip(pts[:-1], pts[1:]):
+        ab = b - a
+        t = ((x - a[0]) * ab[0] + (y - a[1]) * ab[1]) / float(ab @ ab)
+        d = np.abs((x - a[0]) * ab[1] - (y - a[1]) * ab[0]) / np.linalg.norm(ab)
+        inside |= (t >= 0) & (t <= 1) & (d <= width_px / 2)
+    tube = cv2.resize(inside.astype(np.float32), (SIZE, SIZE), interpolation=cv2.INTER_AREA)
+    img += amplitude * cv2.GaussianBlur(tube, (0, 0), 0.7)
+
+
+def _burn_text(img: np.ndarray, text: str, org, font, scale: float, thick: int) -> None:
+    """Bright glyphs with a dark outline, as C-arms burn them in (OpenCV draws 8-bit only)."""
+    outline = np.zeros(img.shape, np.uint8)
+    fill = np.zeros(img.shape, np.uint8)
+    cv2.putText(outline, text, org, font, scale, 255, thick + 3, cv2.LINE_AA)
+    cv2.putText(fill, text, org, font, scale, 255, thick, cv2.LINE_AA)
+    a = outline.astype(np.float32) / 255.0
+    b = fill.astype(np.float32) / 255.0
+    img[...] = (img * (1 - a)) * (1 - b) + b
+
+
+def _frame(img: np.ndarray, run: Run | None = None, index: int = 0) -> Frame:
+    pixels = np.rint(np.clip(img, 0, 1) * ((1 << BITS) - 1)).astype(np.uint16)
+    return Frame(pixels=pixels, index=index, frame_number=1, t_s=0.0, run=run or _run())
+
+
+def _needle_points(tip, base, bend_px=0.0, n=8) -> np.ndarray:
+    tip, base = np.asarray(tip, float), np.asarray(base, float)
+    t = np.linspace(0, 1, n)[:, None]
+    pts = base + t * (tip - base)
+    u = (tip - base) / np.linalg.norm(tip - base)
+    return pts + bend_px * 4 * t * (1 - t) * np.array([-u[1], u[0]])
+
+
+def _process(frame: Frame) -> dict:
+    stage = NeedleStage()
+    state = Pipeline([stage]).start_study("1.2")
+    return stage.process(frame, state)
+
+
+def test_no_needle_is_null():
+    assert _process(_frame(_background(0)))["needle"] is None
+
+
+def test_clips_only_is_null():
+    img = _background(1)
+    for apex, ang in (((150, 300), 0.3), ((380, 380), 2.0), ((250, 120), 4.0)):
+        apex = np.array(apex, float)
+        for da in (-0.3, 0.3):
+            end = apex + 16 * np.array([math.cos(ang + da), math.sin(ang + da)])
+            _draw_polyline(img, np.array([apex, end]), 0.25, 2.0)
+    assert _process(_frame(img))["needle"] is None
+
+
+def test_burned_in_text_only_is_null():
+    img = _background(2)
+    for i, text in enumerate(["2024-03-11 14:17:07", "87 kV  14.3 mA  7.5 p/s"]):
+        _burn_text(img, text, (6, 20 + 17 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1)
+    _burn_text(img, "R", (440, 50), cv2.FONT_HERSHEY_DUPLEX, 1.2, 2)
+    assert _process(_frame(img))["needle"] is None
+
+
+def test_wire_across_the_field_is_null():
+    img = _background(3)
+    _draw_polyline(img, _needle_points((511, 30), (0, 480)), 0.06, 1.6)
+    assert _process(_frame(img))["needle"] is None
+
+
+@pytest.mark.parametrize("bend_px", [0.0, 3.0])
+def test_needle_tip_from_the_field_edge(bend_px):
+    img = _background(4)
+    tip = np.array([262.3, 251.6])
+    base = np.array([120.0, 511.0])
+    _draw_polyline(img, _needle_points(tip, base, bend_px), 0.05, 1.8)
+    out = _process(_frame(img))
+    needle = out["needle"]
+    assert needle is not None
+    err_mm = math.dist(needle["tip_xy"], tip) * SPACING_MM
+    assert err_mm < 0.5
+    u = (tip - base) / np.linalg.norm(tip - base)
+    assert float(np.dot(needle["direction_xy"], u)) > 0.98
+    assert needle["end_on"] is False
+    assert out["tip_to_target_mm"] is None
+
+
+def test_tip_to_target_and_advance_between_runs():
+    from sifluoro.register import RegisterResult
+
+    stage = NeedleStage()
+    state = Pipeline([stage]).start_study("1.2")
+    target = (300.0, 200.0)
+    state.stage_state["register"] = RegisterResult(None, 0.0, False, target, 5.0, (0.0, 0.0),
+                                                   False)
+    base = np.array([120.0, 511.0])
+    tips = [np.array([240.0, 290.0]), np.array([262.0, 251.0])]
+    outs = []
+    for i, tip in enumerate(tips):
+        img = _background(10 + i)
+        _draw_polyline(img, _needle_points(tip, base), 0.05, 1.8)
+        outs.append(stage.process(_frame(img, _run(f"1.2.3.{i}"), i), state))
+    assert outs[0]["needle"]["advance_mm"] == 0.0
+    assert outs[1]["tip_to_target_mm"] == pytest.approx(math.dist(tips[1], target) * SPACING_MM,
+                                                        abs=1.0)
+    toward = (np.array(target) - tips[0]) / np.linalg.norm(np.array(target) - tips[0])
+    expected = float((tips[1] - tips[0]) @ toward) * SPACING_MM
+    assert outs[1]["needle"]["advance_mm"] == pytest.approx(expected, abs=1.0)
