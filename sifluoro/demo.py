@@ -30,7 +30,8 @@ def write_overlays(study_dir: Path, events_path: Path, truth: dict | None, png_p
         event = events.get((frame.sop_instance_uid, frame.frame_number))
         if event is None:
             continue
-        img = draw_overlay(frame.pixels, frame.photometric, event,
+        spacing = frame.pixel_spacing_xy_mm[0] if frame.pixel_spacing_xy_mm else None
+        img = draw_overlay(frame.pixels, frame.photometric, event, spacing_mm=spacing,
                            truth=truth_by_key.get((frame.sop_instance_uid, frame.frame_number)))
         if mp4_path is not None:
             if writer is None:

@@ -41,8 +41,11 @@ def _text(img, text, org, colour=(255, 255, 255), scale=None):
 
 
 def draw_overlay(pixels: np.ndarray, photometric: str, event: dict, *, truth: dict | None = None,
-                 title: str | None = None) -> np.ndarray:
-    """An annotated BGR image of one frame and its event (DESIGN §3), optionally with truth."""
+                 title: str | None = None, spacing_mm: float | None = None) -> np.ndarray:
+    """An annotated BGR image of one frame and its event (DESIGN §3), optionally with truth.
+
+    ``spacing_mm`` (detector pixel size) turns the target's acceptance radius into pixels.
+    """
     img = cv2.cvtColor(display_u8(pixels, photometric, exposed=pixels > 0 if photometric == "MONOCHROME2"
                                   else None), cv2.COLOR_GRAY2BGR)
     line = max(1, img.shape[0] // 400)
@@ -65,12 +68,26 @@ def draw_overlay(pixels: np.ndarray, photometric: str, event: dict, *, truth: di
     target = event.get("target")
     if target:
         x, y = target["xy"]
-        radius_px = target.get("radius_px", 10)
-        cv2.circle(img, (int(round(x)), int(round(y))), int(radius_px), COLOURS["target"], line,
-                   cv2.LINE_AA)
+        radius_px = (target["radius_mm"] / spacing_mm if spacing_mm and target.get("radius_mm")
+                     else 10.0)
+        cv2.circle(img, (int(round(x)), int(round(y))), max(2, int(round(radius_px))),
+                   COLOURS["target"], line, cv2.LINE_AA)
+        cv2.drawMarker(img, (int(round(x)), int(round(y))), COLOURS["target"], cv2.MARKER_CROSS,
+                       6 * line, 1, cv2.LINE_AA)
+    contrast = event.get("contrast") or {}
+    if contrast.get("bbox_xyxy") and contrast.get("state", "none") != "none":
+        x0, y0, x1, y1 = (int(round(v)) for v in contrast["bbox_xyxy"])
+        cv2.rectangle(img, (x0, y0), (x1, y1), COLOURS[contrast["state"]], line, cv2.LINE_AA)
     needle = event.get("needle")
     if needle:
         x, y = needle["tip_xy"]
+        direction = needle.get("direction_xy")
+        if direction and not needle.get("end_on"):
+            back = 15.0 / spacing_mm if spacing_mm else 40.0  # draw 15 mm of shaft
+            x0, y0 = x - direction[0] * back, y - direction[1] * back
+            cv2.line(img, (int(round(x0 * 16)), int(round(y0 * 16))),
+                     (int(round(x * 16)), int(round(y * 16))), COLOURS["needle"], line, cv2.LINE_AA,
+                     shift=4)
         cv2.drawMarker(img, (int(round(x)), int(round(y))), COLOURS["needle"], cv2.MARKER_TILTED_CROSS,
                        10 * line, line + 1, cv2.LINE_AA)
     h = img.shape[0]
@@ -85,6 +102,10 @@ def draw_overlay(pixels: np.ndarray, photometric: str, event: dict, *, truth: di
     ]
     if event.get("tip_to_target_mm") is not None:
         lines.append((f"tip to target {event['tip_to_target_mm']:.1f} mm", COLOURS["target"]))
+    if joint and joint.get("doubled"):
+        lines.append(("joint line doubled: rotate the C-arm a few degrees", COLOURS["joint"]))
+    for alert in event.get("alerts", []):
+        lines.append((f"ALERT: {alert.get('message', alert.get('kind'))}", COLOURS["vascular"]))
     for k, (text, colour) in enumerate(lines):
         _text(img, text, (8, step * (k + 1)), colour)
     if truth:

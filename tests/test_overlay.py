@@ -1,0 +1,40 @@
+"""Overlays: what the event says is drawn where it says."""
+from __future__ import annotations
+
+import numpy as np
+
+from sifluoro.overlay import COLOURS, draw_overlay
+
+
+def _event(**fields):
+    base = {"index": 3, "t_s": 1.5, "needle": None, "joint": None, "target": None,
+            "tip_to_target_mm": None, "contrast": {"state": "none", "confidence": 0.0},
+            "dose": {"air_kerma_mgy": 1.0, "dap_gycm2": 0.1, "fluoro_time_s": 2.0}}
+    base.update(fields)
+    return base
+
+
+def _near(pixel, colour, tolerance=60):
+    """Anti-aliased lines blend with the background: close enough to the colour."""
+    return int(np.abs(pixel.astype(int) - np.array(colour)).max()) < tolerance
+
+
+def test_needle_target_and_contrast_are_drawn_in_their_colours():
+    pixels = np.full((200, 200), 2000, np.uint16)
+    event = _event(needle={"tip_xy": [120.0, 150.0], "confidence": 0.9, "direction_xy": [0.0, 1.0]},
+                   target={"xy": [60.0, 60.0], "radius_mm": 5.0},
+                   contrast={"state": "vascular", "confidence": 0.8, "bbox_xyxy": [20, 100, 80, 180]})
+    img = draw_overlay(pixels, "MONOCHROME2", event, spacing_mm=0.5)
+    assert img.shape == (200, 200, 3) and img.dtype == np.uint8
+    assert _near(img[150, 120], COLOURS["needle"])
+    assert _near(img[130, 120], COLOURS["needle"])  # the shaft, drawn back from the tip
+    assert _near(img[60, 70], COLOURS["target"])    # 5 mm = 10 px to the right of the target
+    assert _near(img[140, 20], COLOURS["vascular"])
+    assert not _near(img[10, 190], COLOURS["needle"])
+
+
+def test_monochrome1_is_shown_with_bone_bright():
+    pixels = np.zeros((100, 100), np.uint16)
+    pixels[:, 50:] = 4000  # in MONOCHROME1 high values display dark
+    img = draw_overlay(pixels, "MONOCHROME1", _event())
+    assert img[80, 20, 0] > img[80, 80, 0]
