@@ -1,0 +1,259 @@
+"""track/: confirm where injected contrast went — joint, soft tissue or a vessel.
+
+Each frame is reduced to a working grid (about 256 px across), compared with the upper
+envelope of recent clean frames of the same pose (:mod:`sifluoro.track.contrast_reference`),
+and the significant new opacity is cut into components whose shape and timing are classified
+(:mod:`sifluoro.track.contrast_classify`). The study state is the most dangerous spread seen so
+far; vascular uptake raises an alert on the frame it is first seen.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from sifluoro.model import Frame
+from sifluoro.track import _contrast_kernels as K
+from sifluoro.track.contrast_classify import (DANGER, Classifier, Opacity, describe_components)
+from sifluoro.track.contrast_reference import ReferenceBank
+
+log = logging.getLogger(__name__)
+
+_MAX_COMPONENTS = 64
+
+
+@dataclass(frozen=True)
+class ContrastSettings:
+    """Tuning of the contrast stage.
+
+    Attributes
+    ----------
+    grid_px : int
+        Working-grid size across the frame (the frame is block-averaged down to about this).
+    reference_slots : int
+        Clean frames kept per pose for the reference envelope.
+    seed_z, grow_z : float
+        Hysteresis thresholds of new opacity, in noise standard deviations of the residual.
+    washout_ratio, washout_min_z, washout_frames : float, float, int
+        A pixel has washed out when, at most ``washout_frames`` after it became opaque and
+        having reached ``washout_min_z``, it falls below ``washout_ratio`` of its peak.
+    """
+
+    grid_px: int = 256
+    reference_slots: int = 8
+    seed_z: float = 5.0
+    grow_z: float = 2.5
+    washout_ratio: float = 0.4
+    washout_min_z: float = 7.0
+    washout_frames: int = 5
+
+
+class _Buffers:
+    """Working arrays of one grid shape, allocated once and reused for every frame."""
+
+    def __init__(self, shape: tuple[int, int]):
+        rows, cols = shape
+        self.shape = shape
+        self.image = np.empty(shape, np.float32)
+        self.tmp = np.empty(shape, np.float32)
+        self.current = np.empty(shape, np.float32)
+        self.residual = np.empty(shape, np.float32)
+        self.score = np.empty(shape, np.float32)
+        self.low = np.empty(shape, np.int32)
+        self.high = np.empty(shape, np.int32)
+        self.full = np.empty(shape, np.bool_)
+        self.seed = np.empty(shape, np.bool_)
+        self.unexposed = np.empty(shape, np.bool_)
+        self.text = np.empty(shape, np.bool_)
+        self.unusable = np.empty(shape, np.bool_)
+        self.valid = np.empty(shape, np.bool_)
+        self.btmp = np.empty(shape, np.bool_)
+        self.bout = np.empty(shape, np.bool_)
+        self.on = np.empty(shape, np.bool_)
+        self.washed = np.empty(shape, np.bool_)
+        self.labels = np.empty(shape, np.int32)
+        self.stack = np.empty(rows * cols * 9 + 1, np.int64)
+        self.stats = np.zeros((_MAX_COMPONENTS + 1, K.N_STATS), np.float64)
+        self.keep = np.zeros(_MAX_COMPONENTS + 1, np.bool_)
+
+
+class _RunMemory:
+    """Per-run episode maps: each pixel's peak opacity and when it was reached."""
+
+    def __init__(self, run, shape: tuple[int, int]):
+        self.run = run
+        self.frame_no = 0
+        self.peak = np.zeros(shape, np.float32)
+        self.peak_frame = np.full(shape, -1000, np.int32)
+        self.first_on = np.full(shape, -1, np.int32)
+        self.opaque = np.zeros(shape, np.bool_)
+        self.text = np.zeros(shape, np.bool_)
+        self.shift_px = (0, 0)
+        self.opacity_seen = False
+
+
+class _StudyMemory:
+    """What the stage carries from frame to frame of one study."""
+
+    def __init__(self):
+        self.banks: dict[tuple, ReferenceBank] = {}
+        self.run: _RunMemory | None = None
+        self.classifier = Classifier()
+
+
+def pose_key(frame: Frame, shape: tuple[int, int]) -> tuple:
+    """Frames with the same C-arm angles and frame size share a reference."""
+    t = frame.technique
+    angles = tuple(None if a is None else round(float(a) * 2.0) / 2.0
+                   for a in (t.primary_angle_deg, t.secondary_angle_deg))
+    return angles + (frame.run.rows, frame.run.columns) + shape
+
+
+class ContrastStage:
+    """Pipeline stage ``contrast``: classify the spread of injected contrast.
+
+    Returns, per frame, ``{"contrast": {"state", "confidence", "bbox_xyxy", "area_mm2",
+    "iodine_au", "components", "vascular_evidence"}}`` and, on the frame where vascular
+    uptake is first seen, ``"contrast_alert": {"kind": "vascular", "message", "confidence",
+    "index"}``. Reads ``state.stage_state["register"]`` (a
+    :class:`sifluoro.register.RegisterResult`) when present for the image shift and the joint
+    line; keeps its own memory in ``state.stage_state["contrast"]``.
+
+    Parameters
+    ----------
+    settings : ContrastSettings, optional
+    """
+
+    name = "contrast"
+
+    def __init__(self, settings: ContrastSettings | None = None):
+        self.settings = settings or ContrastSettings()
+        self._buffers: _Buffers | None = None
+        self.last_opacities: tuple[Opacity, ...] = ()
+
+    def warm_up(self, rows: int = 1024, cols: int = 1024) -> None:
+        """Compile the kernels and allocate buffers for frames of ``rows`` x ``cols``."""
+        factor = self.factor_for(rows, cols)
+        K.warm_up(rows, cols, factor)
+        self.buffers((rows // factor, cols // factor))
+
+    def factor_for(self, rows: int, cols: int) -> int:
+        return max(1, int(round(max(rows, cols) / self.settings.grid_px)))
+
+    def buffers(self, shape: tuple[int, int]) -> _Buffers:
+        if self._buffers is None or self._buffers.shape != shape:
+            self._buffers = _Buffers(shape)
+        return self._buffers
+
+    def process(self, frame: Frame, state) -> dict[str, Any]:
+        """Classify the contrast seen on ``frame``; see the class docstring for the result."""
+        memory = state.stage_state.get("contrast")
+        if not isinstance(memory, _StudyMemory):
+            memory = state.stage_state["contrast"] = _StudyMemory()
+        pixels = frame.pixels
+        rows, cols = pixels.shape
+        factor = self.factor_for(rows, cols)
+        shape = (rows // factor, cols // factor)
+        b = self.buffers(shape)
+        run = frame.run
+        top = (1 << run.bits_stored) - 1
+        K.reduce_frame(pixels, factor, top, not run.attenuation_rises_with_value,
+                       b.image, b.low, b.high)
+        K.smooth_binomial(b.image, b.tmp, b.current)
+        spacing = frame.pixel_spacing_xy_mm
+        work_mm = (spacing[0] if spacing else 0.5) * factor
+        register = state.stage_state.get("register")
+        reg_shift = None
+        if register is not None and getattr(register, "shift_xy", None) is not None:
+            reg_shift = (int(round(register.shift_xy[0] / factor)),
+                         int(round(register.shift_xy[1] / factor)))
+
+        key = pose_key(frame, shape)
+        bank = memory.banks.get(key)
+        view_changed = bool(register is not None and getattr(register, "view_changed", False))
+        new_run = memory.run is None or memory.run.run is not run
+        if bank is None or view_changed:
+            bank = memory.banks[key] = ReferenceBank(shape, slots=self.settings.reference_slots,
+                                                     pose_key=key)
+        np.greater(b.low, 0, out=b.seed)
+        K.dilate_square(b.seed, 2, b.btmp, b.text)
+        if new_run:
+            memory.run = _RunMemory(run, shape)
+            memory.run.text[...] = b.text
+            np.greater_equal(b.high, factor * factor, out=b.full)
+            np.logical_or(b.full, b.text, out=b.unusable)
+            if not bank.empty and reg_shift is None:
+                memory.run.shift_px = bank.adopt_run(b.current, ~b.unusable)
+            bank.push(b.current, b.unusable, reg_shift or (0, 0))
+            return self._result(memory, frame, (), 0.0, 0.0, None)
+        rm = memory.run
+        rm.frame_no += 1
+        np.logical_or(b.text, rm.text, out=b.text)
+
+        envelope = bank.current_envelope()
+        # unexposed: where the reference was unusable, grown through fully saturated blocks
+        np.less(envelope, 0.0, out=b.seed)
+        np.greater_equal(b.high, factor * factor, out=b.full)
+        K.flood_unexposed(b.seed, b.full, b.btmp, b.stack)
+        K.dilate_square(b.btmp, 1, b.bout, b.unexposed)
+        np.logical_or(b.unexposed, b.text, out=b.unusable)
+        np.logical_not(b.unusable, out=b.valid)
+        dx, dy = reg_shift if reg_shift is not None else (0, 0)
+        K.masked_residual(b.current, envelope, b.valid, dx, dy, b.residual)
+        centre, sigma = K.robust_centre_spread(b.residual, b.valid, 3.0)
+        if sigma <= 0.0:
+            return self._result(memory, frame, (), 0.0, 0.0, None)
+        np.subtract(b.residual, np.float32(centre), out=b.residual)
+        np.multiply(b.residual, np.float32(1.0 / sigma), out=b.score)
+        b.score[~b.valid] = 0.0
+        s = self.settings
+        n = K.hysteresis_label(b.score, b.valid, s.seed_z, s.grow_z, b.labels, b.stack,
+                               _MAX_COMPONENTS)
+        K.component_stats(b.labels, n, b.residual, rm.opaque, rm.peak_frame, rm.frame_no,
+                          b.stats)
+        K.core_stats(b.labels, b.residual, 0.4, b.stats)
+        opacities = describe_components(b.stats, n, b.score, b.valid, sigma, factor, work_mm)
+        keep = memory.classifier.accept(opacities, strict=not bank.mature)
+        b.keep[:] = False
+        for k, ok in enumerate(keep, start=1):
+            b.keep[k] = ok
+        K.select_labels(b.labels, b.keep, b.on)
+        n_washed = K.update_episode(b.residual, b.on, rm.frame_no, s.washout_ratio,
+                                    s.washout_min_z * sigma, s.washout_frames, rm.peak,
+                                    rm.peak_frame, rm.first_on, b.washed)
+        # the previous frame's opacity is read by component_stats above (C_NEW)
+        rm.opaque[...] = b.on
+        accepted = tuple(o for o, ok in zip(opacities, keep) if ok)
+        self.last_opacities = accepted
+        washed_mm2 = n_washed * work_mm * work_mm
+        joint = getattr(register, "joint_polyline_xy", None) if register is not None else None
+        memory.classifier.update(frame.index, accepted, washed_mm2, joint)
+        if accepted:
+            rm.opacity_seen = True
+        elif not rm.opacity_seen:
+            bank.push(b.current, b.unusable, reg_shift or (0, 0))
+        area_mm2 = float(sum(o.area_mm2 for o in accepted))
+        iodine = float(sum(o.iodine_au for o in accepted))
+        bbox = None
+        if accepted:
+            bbox = [min(o.bbox_xyxy[0] for o in accepted), min(o.bbox_xyxy[1] for o in accepted),
+                    max(o.bbox_xyxy[2] for o in accepted), max(o.bbox_xyxy[3] for o in accepted)]
+        return self._result(memory, frame, accepted, area_mm2, iodine, bbox)
+
+    def _result(self, memory: _StudyMemory, frame: Frame, accepted, area_mm2: float,
+                iodine_au: float, bbox) -> dict[str, Any]:
+        c = memory.classifier
+        out: dict[str, Any] = {"contrast": {
+            "state": c.state, "confidence": round(c.confidence, 3),
+            "bbox_xyxy": bbox, "area_mm2": round(area_mm2, 2), "iodine_au": round(iodine_au, 4),
+            "components": [o.kind for o in accepted],
+            "vascular_evidence": round(c.vascular_evidence, 3)}}
+        alert = c.take_alert()
+        if alert is not None:
+            out["contrast_alert"] = {"kind": "vascular", "index": frame.index, **alert}
+        return out
+
+
+__all__ = ["ContrastStage", "ContrastSettings", "DANGER", "pose_key"]

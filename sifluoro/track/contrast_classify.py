@@ -1,0 +1,184 @@
+"""Shape and timing of new opacity -> none / intra-articular / extravasation / vascular.
+
+What each outcome looks like after subtraction (the simulator follows the same physiology,
+docs/simulator.md):
+
+* intra-articular: a dense thin curved line that grows from the needle tip along the joint,
+  often with a small pool at the inferior recess; it stays.
+* extravasation: soft, faint clouds around the tip that grow while injecting and then stay.
+* vascular: thin tortuous branches that fill within one or two frames over several cm and wash
+  out within a few frames. A washout is the surest sign: joint and soft-tissue contrast never
+  fade that fast.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from sifluoro.track import _contrast_kernels as K
+
+DANGER = {"none": 0, "intra_articular": 1, "extravasation": 2, "vascular": 3}
+VASCULAR_WASHOUT_MM2 = 8.0   # washed-out area (at the detector) that means a vessel
+
+
+@dataclass(frozen=True)
+class Opacity:
+    """One connected region of new opacity on a frame (full-resolution pixel coordinates).
+
+    Attributes
+    ----------
+    kind : str
+        ``"line"`` (thin, elongated: joint fill or vessel) or ``"cloud"`` (broad, soft).
+    area_mm2, length_mm, width_mm : float
+        At the detector; length from the second moments (a straight-line equivalent).
+    elongation : float
+        sqrt of the ratio of the principal second moments.
+    edge_fraction : float
+        Share of its core pixels on the core's boundary (near 1 for lines one or two pixels wide).
+    peak_z, mean_z : float
+        Opacity in noise standard deviations of the residual.
+    new_fraction : float
+        Share of its pixels that were not opaque on the previous frame.
+    core_area_mm2 : float
+        Area of its core (pixels at >= 40 % of its peak).
+    core_mass_fraction : float
+        Share of its opacity inside the core: high for a dense line or pool alone, low when
+        faint cloud surrounds it.
+    negative_ratio : float
+        Dark residual mass around it over its bright mass (a moving gas bubble leaves both).
+    iodine_au : float
+        Integrated opacity, attenuation units x mm² (log-domain display for most devices).
+    centroid_xy, bbox_xyxy
+        Centre and inclusive bounding box.
+    """
+
+    kind: str
+    area_mm2: float
+    length_mm: float
+    width_mm: float
+    elongation: float
+    edge_fraction: float
+    peak_z: float
+    mean_z: float
+    new_fraction: float
+    core_area_mm2: float
+    core_mass_fraction: float
+    negative_ratio: float
+    iodine_au: float
+    centroid_xy: tuple[float, float]
+    bbox_xyxy: tuple[int, int, int, int]
+
+
+def describe_components(stats: np.ndarray, n: int, score: np.ndarray, valid: np.ndarray,
+                        sigma: float, factor: int, work_mm: float) -> list[Opacity]:
+    """Turn the component table of :func:`_contrast_kernels.component_stats` into records."""
+    out = []
+    px_mm2 = work_mm * work_mm
+    for k in range(1, n + 1):
+        s = stats[k]
+        area = s[K.C_AREA]
+        mx, my = s[K.C_SX] / area, s[K.C_SY] / area
+        core = max(s[K.C_CORE], 1.0)
+        length_px, l1, l2 = _principal(core, s[K.C_CSX], s[K.C_CSY], s[K.C_CSXX], s[K.C_CSYY],
+                                       s[K.C_CSXY])
+        x0, y0, x1, y1 = (int(s[K.C_X0]), int(s[K.C_Y0]), int(s[K.C_X1]), int(s[K.C_Y1]))
+        margin = max(3, (max(x1 - x0, y1 - y0) + 1) // 2)
+        neg = K.negative_mass(score, valid, x0 - margin, y0 - margin, x1 + margin, y1 + margin,
+                              2.5)
+        pos = max(s[K.C_SUM] / sigma - 2.5 * area, 1e-6)
+        edge_fraction = s[K.C_CORE_EDGE] / core
+        width_px = core / length_px
+        elongation = math.sqrt(l1 / l2)
+        # joint fill follows the joint: long and narrow; clouds are roundish and broad
+        kind = "line" if elongation >= 3.5 or width_px * work_mm <= 4.0 else "cloud"
+        out.append(Opacity(
+            kind=kind, area_mm2=area * px_mm2, length_mm=length_px * work_mm,
+            width_mm=width_px * work_mm, elongation=elongation,
+            edge_fraction=edge_fraction, peak_z=s[K.C_PEAK] / sigma,
+            mean_z=s[K.C_SUM] / area / sigma, new_fraction=s[K.C_NEW] / area,
+            core_area_mm2=s[K.C_CORE] * px_mm2,
+            core_mass_fraction=s[K.C_CSUM] / s[K.C_SUM] if s[K.C_SUM] > 0 else 0.0,
+            negative_ratio=neg / pos, iodine_au=s[K.C_SUM] * px_mm2,
+            centroid_xy=((mx + 0.5) * factor - 0.5, (my + 0.5) * factor - 0.5),
+            bbox_xyxy=(x0 * factor, y0 * factor, (x1 + 1) * factor - 1, (y1 + 1) * factor - 1)))
+    return out
+
+
+def _principal(n, sx, sy, sxx, syy, sxy) -> tuple[float, float, float]:
+    """Straight-line-equivalent length (px) and principal second moments of a pixel set."""
+    mx, my = sx / n, sy / n
+    cxx = sxx / n - mx * mx + 1.0 / 12.0
+    cyy = syy / n - my * my + 1.0 / 12.0
+    cxy = sxy / n - mx * my
+    half = 0.5 * (cxx - cyy)
+    root = math.sqrt(half * half + cxy * cxy)
+    l1 = 0.5 * (cxx + cyy) + root
+    l2 = max(0.5 * (cxx + cyy) - root, 1.0 / 12.0)
+    return math.sqrt(12.0 * l1), l1, l2
+
+
+class Classifier:
+    """The study's contrast state from the accepted opacities of each frame.
+
+    The state only moves toward more danger (a vessel that washed out is still ``vascular``).
+    """
+
+    def __init__(self):
+        self.state = "none"
+        self.confidence = 0.0
+        self.vascular_evidence = 0.0
+        self._alert: dict | None = None
+        self._alerted = False
+        self._line_seen = False
+
+    def accept(self, opacities: list[Opacity], *, strict: bool = False) -> list[bool]:
+        """Which components are contrast (not noise, not a moving gas bubble).
+
+        ``strict`` when the reference holds a single run only: its few frames cover little of
+        the breathing cycle, so only dense opacity counts.
+        """
+        min_peak_z = 25.0 if strict else 8.0
+        return [o.area_mm2 >= 6.0 and o.peak_z >= min_peak_z
+                and not (o.negative_ratio > 0.8 and o.peak_z < 20.0) for o in opacities]
+
+    def update(self, index: int, accepted: tuple[Opacity, ...], washed_mm2: float,
+               joint_polyline_xy) -> None:
+        """Fold one frame's evidence into the state.
+
+        A washout of at least ``VASCULAR_WASHOUT_MM2`` is vascular uptake. Otherwise the
+        densest opacity decides: a line along the joint is intra-articular filling (a separate
+        roundish pool beside it is the inferior recess), clouds alone are extravasation.
+        """
+        evidence = min(1.0, washed_mm2 / (2.0 * VASCULAR_WASHOUT_MM2))
+        self.vascular_evidence = max(self.vascular_evidence, evidence)
+        if washed_mm2 >= VASCULAR_WASHOUT_MM2:
+            self._raise("vascular", 0.5 + 0.5 * evidence)
+        if not accepted:
+            return
+        line_iodine = sum(o.iodine_au for o in accepted if o.kind == "line")
+        cloud_iodine = sum(o.iodine_au for o in accepted if o.kind == "cloud")
+        self._line_seen = self._line_seen or line_iodine > 0.0
+        if self._line_seen:
+            share = line_iodine / (line_iodine + cloud_iodine) if line_iodine else 0.5
+            self._raise("intra_articular", 0.5 + 0.4 * share)
+        else:
+            self._raise("extravasation", 0.5 + 0.4 * min(1.0, cloud_iodine / 20.0))
+
+    def _raise(self, state: str, confidence: float) -> None:
+        if DANGER[state] > DANGER[self.state]:
+            self.state = state
+            self.confidence = confidence
+        elif state == self.state:
+            self.confidence = max(self.confidence, confidence)
+        if state == "vascular" and not self._alerted:
+            self._alerted = True
+            self._alert = {"message": "Vascular uptake of contrast: stop, do not inject steroid; "
+                                      "reposition the needle.",
+                           "confidence": round(confidence, 3)}
+
+    def take_alert(self) -> dict | None:
+        """The pending vascular alert, once."""
+        alert, self._alert = self._alert, None
+        return alert

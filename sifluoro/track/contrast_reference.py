@@ -1,0 +1,117 @@
+"""Pre-contrast reference of one pose: a ring of recent clean frames and their upper envelope.
+
+Breathing moves bowel gas back and forth; a gas bubble that has left a pixel makes it brighter
+than a single reference frame, exactly as contrast would. The per-pixel maximum over several
+frames taken at different breathing phases (and over earlier runs of the same pose) already
+holds the no-gas value of every pixel the gas visits, so only real new opacity exceeds it.
+The needle advances between and within runs: a clean frame joins the ring as soon as it is
+seen, so the envelope holds the needle where it is now.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from sifluoro.track import _contrast_kernels as K
+
+UNUSABLE = np.float32(-1.0)
+
+
+class ReferenceBank:
+    """Recent clean working frames of one pose (working-grid float32, -1 = unusable pixel).
+
+    Parameters
+    ----------
+    shape : (rows, cols)
+        Working-grid shape.
+    slots : int
+        Frames kept; the envelope is their per-pixel maximum.
+    pose_key : tuple
+        What identifies the pose (C-arm angles and frame size).
+    """
+
+    def __init__(self, shape: tuple[int, int], *, slots: int, pose_key: tuple):
+        self.pose_key = pose_key
+        self.slots = np.full((slots,) + tuple(shape), UNUSABLE, np.float32)
+        self.count = 0
+        self.next_slot = 0
+        self.envelope = np.full(shape, UNUSABLE, np.float32)
+        self.runs_seen = 0
+        self._dirty = False
+
+    @property
+    def mature(self) -> bool:
+        """Whether earlier runs of this pose contribute (their breathing phases differ)."""
+        return self.runs_seen >= 1
+
+    @property
+    def empty(self) -> bool:
+        return self.count == 0
+
+    def push(self, image: np.ndarray, unusable: np.ndarray, shift_xy_px: tuple[int, int] = (0, 0)) -> None:
+        """Add a clean frame; ``unusable`` pixels (text, no exposure) do not count.
+
+        ``shift_xy_px`` is the frame's image motion against the pose's reference; the frame is
+        stored moved back onto it.
+        """
+        K.shifted_copy(image, shift_xy_px[0], shift_xy_px[1], unusable, UNUSABLE,
+                       self.slots[self.next_slot])
+        self.next_slot = (self.next_slot + 1) % len(self.slots)
+        self.count = min(self.count + 1, len(self.slots))
+        self._dirty = True
+
+    def latest(self) -> np.ndarray:
+        return self.slots[(self.next_slot - 1) % len(self.slots)]
+
+    def current_envelope(self) -> np.ndarray:
+        """Per-pixel maximum of the kept frames (recomputed only after a change)."""
+        if self._dirty:
+            K.envelope_max(self.slots, self.count, self.envelope)
+            self._dirty = False
+        return self.envelope
+
+    def adopt_run(self, first: np.ndarray, usable: np.ndarray) -> tuple[int, int]:
+        """Bring the kept frames to a new run's display scale and find its image shift.
+
+        Each run has its own window (and dose), so stored values differ by a gain and an
+        offset; a least-squares line between the latest kept frame and the run's first frame
+        maps the older frames. Returns the integer shift (dx, dy) of the new run relative to
+        the kept frames, from phase correlation (0, 0 when unsure).
+        """
+        self.runs_seen += 1
+        latest = self.latest()
+        both = usable & (latest > 0.02) & (latest < 0.98) & (first > 0.02) & (first < 0.98)
+        if np.count_nonzero(both) < 0.05 * both.size:
+            return 0, 0
+        shift = _phase_shift(latest, first, both)
+        if shift != (0, 0):
+            self.slots[:self.count] = np.roll(self.slots[:self.count], shift[::-1], axis=(1, 2))
+            latest = self.latest()
+            both = usable & (latest > 0.02) & (latest < 0.98) & (first > 0.02) & (first < 0.98)
+        a = latest[both].astype(np.float64)
+        b = first[both].astype(np.float64)
+        var = a.var()
+        gain = float(((a - a.mean()) * (b - b.mean())).mean() / var) if var > 0 else 1.0
+        if not 0.5 < gain < 2.0:
+            gain = 1.0
+        offset = float(b.mean() - gain * a.mean())
+        used = self.slots[:self.count]
+        keep = used >= 0
+        used *= np.float32(gain)
+        used += np.float32(offset)
+        used[~keep] = UNUSABLE
+        self._dirty = True
+        return shift
+
+
+def _phase_shift(ref: np.ndarray, cur: np.ndarray, usable: np.ndarray) -> tuple[int, int]:
+    """Integer translation of ``cur`` against ``ref`` by phase correlation (0, 0 if weak)."""
+    fill_r = float(ref[usable].mean())
+    fill_c = float(cur[usable].mean())
+    a = np.where(usable, ref, fill_r).astype(np.float32)
+    b = np.where(usable, cur, fill_c).astype(np.float32)
+    window = cv2.createHanningWindow(a.shape[::-1], cv2.CV_32F)
+    (dx, dy), response = cv2.phaseCorrelate(a, b, window)
+    if response < 0.1 or abs(dx) > 12 or abs(dy) > 12:
+        return 0, 0
+    return int(round(dx)), int(round(dy))

@@ -1,0 +1,191 @@
+"""Contrast kernels against NumPy / SciPy / scikit-image references (random and edge cases)."""
+import numpy as np
+import pytest
+from scipy import ndimage
+from skimage import filters, measure
+
+from sifluoro.track import _contrast_kernels as K
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(20260105)
+
+
+@pytest.mark.parametrize("factor,invert", [(1, False), (2, False), (4, True), (3, True)])
+def test_reduce_frame_is_block_mean_of_attenuation(rng, factor, invert):
+    top = 4095
+    pixels = rng.integers(0, top + 1, (48, 60)).astype(np.uint16)
+    pixels[:5, :7] = 0
+    pixels[-6:, -4:] = top
+    shape = (48 // factor, 60 // factor)
+    img, low, high = np.empty(shape, np.float32), np.empty(shape, np.int32), np.empty(shape, np.int32)
+    K.reduce_frame(pixels, factor, top, invert, img, low, high)
+    a = pixels[:shape[0] * factor, :shape[1] * factor].astype(np.float64) / top
+    if invert:
+        a = 1.0 - a
+    blocks = a.reshape(shape[0], factor, shape[1], factor)
+    np.testing.assert_allclose(img, blocks.mean(axis=(1, 3)), atol=1e-6)
+    np.testing.assert_array_equal(low, (blocks == 0.0).sum(axis=(1, 3)))
+    np.testing.assert_array_equal(high, (blocks == 1.0).sum(axis=(1, 3)))
+
+
+def test_smooth_binomial_matches_scipy(rng):
+    src = rng.normal(size=(37, 41)).astype(np.float32)
+    tmp, dst = np.empty_like(src), np.empty_like(src)
+    K.smooth_binomial(src, tmp, dst)
+    k = np.array([1, 4, 6, 4, 1], np.float64) / 16.0
+    ref = ndimage.convolve(src.astype(np.float64), np.outer(k, k), mode="nearest")
+    np.testing.assert_allclose(dst, ref, atol=1e-5)
+
+
+def test_envelope_max_and_shifted_copy(rng):
+    slots = rng.normal(size=(5, 20, 30)).astype(np.float32)
+    out = np.empty((20, 30), np.float32)
+    K.envelope_max(slots, 3, out)
+    np.testing.assert_array_equal(out, np.maximum(slots[:3].max(0), -1.0))
+    K.envelope_max(slots, 0, out)
+    assert np.all(out == -1.0)
+    unusable = rng.random((20, 30)) < 0.1
+    dst = np.empty_like(out)
+    K.shifted_copy(slots[0], 2, -3, unusable, np.float32(-1), dst)
+    ref = np.full_like(out, -1.0)
+    src = np.where(unusable, -1.0, slots[0])
+    ref[3:, :-2] = src[:-3, 2:]
+    np.testing.assert_array_equal(dst, ref)
+
+
+def test_masked_residual_and_robust_spread(rng):
+    cur = rng.normal(0.5, 0.01, (64, 64)).astype(np.float32)
+    ref = np.full((64, 64), 0.5, np.float32)
+    ref[:4] = -1.0  # unusable reference rows
+    cur[30:34, 30:34] += 1.0  # outliers must not move the estimate
+    valid = np.ones((64, 64), bool)
+    valid[:, :2] = False
+    out = np.empty_like(cur)
+    n = K.masked_residual(cur, ref, valid, 0, 0, out)
+    expect_valid = np.ones((64, 64), bool)
+    expect_valid[:4] = False
+    expect_valid[:, :2] = False
+    np.testing.assert_array_equal(valid, expect_valid)
+    assert n == expect_valid.sum()
+    np.testing.assert_allclose(out[valid], (cur - ref)[valid], atol=1e-7)
+    assert np.all(out[~valid] == 0)
+    centre, sigma = K.robust_centre_spread(out, valid, 3.0)
+    assert abs(centre) < 0.001 and sigma == pytest.approx(0.01, rel=0.1)
+
+
+def test_flood_unexposed_reaches_border_and_old_field_only():
+    full = np.zeros((30, 30), bool)
+    full[:5, :] = True          # collimator leaf closing from the top
+    full[12:16, 12:16] = True   # dense contrast inside the field
+    full[25:, 20:] = True       # grows from the old unexposed corner
+    seed = np.zeros_like(full)
+    seed[29, 29] = True
+    out, stack = np.empty_like(full), np.empty(30 * 30 * 9 + 1, np.int64)
+    K.flood_unexposed(seed, full, out, stack)
+    border = np.zeros_like(full)
+    border[[0, -1], :] = True
+    border[:, [0, -1]] = True
+    labels = measure.label(full | seed, connectivity=1)
+    keep = np.unique(labels[(border & full) | seed])
+    ref = np.isin(labels, keep[keep > 0])
+    np.testing.assert_array_equal(out, ref)
+    assert not out[13, 13]
+
+
+@pytest.mark.parametrize("radius", [1, 2, 4])
+def test_dilate_square_matches_scipy(rng, radius):
+    src = rng.random((33, 47)) < 0.03
+    tmp, out = np.empty_like(src), np.empty_like(src)
+    K.dilate_square(src, radius, tmp, out)
+    ref = ndimage.binary_dilation(src, np.ones((2 * radius + 1,) * 2, bool))
+    np.testing.assert_array_equal(out, ref)
+
+
+def test_hysteresis_label_matches_skimage(rng):
+    score = ndimage.gaussian_filter(rng.normal(size=(80, 90)), 1.5) * 8
+    valid = rng.random(score.shape) > 0.02
+    labels = np.empty(score.shape, np.int32)
+    stack = np.empty(score.size * 9 + 1, np.int64)
+    n = K.hysteresis_label(score.astype(np.float32), valid, 2.0, 0.8, labels, stack, 1000)
+    masked = np.where(valid, score, -np.inf)
+    grown = measure.label(masked > 0.8, connectivity=2)
+    seeded = np.unique(grown[masked > 2.0])
+    ref = np.isin(grown, seeded[seeded > 0])
+    np.testing.assert_array_equal(labels > 0, ref)
+    # 4-connected scikit-image hysteresis is contained in the 8-connected one
+    assert np.all(ref[filters.apply_hysteresis_threshold(masked, 0.8, 2.0)])
+    ref_labels = measure.label(ref, connectivity=2)
+    assert n == ref_labels.max()
+    # same partition: every reference component maps to exactly one label
+    for r in measure.regionprops(ref_labels):
+        assert len(np.unique(labels[tuple(r.coords.T)])) == 1
+
+
+def test_component_and_core_stats_match_regionprops(rng):
+    score = ndimage.gaussian_filter(rng.normal(size=(60, 70)), 2.0) * 10
+    score = score.astype(np.float32)
+    valid = np.ones(score.shape, bool)
+    labels = np.empty(score.shape, np.int32)
+    stack = np.empty(score.size * 9 + 1, np.int64)
+    n = K.hysteresis_label(score, valid, 1.5, 0.5, labels, stack, 64)
+    stats = np.zeros((65, K.N_STATS))
+    previous = rng.random(score.shape) < 0.5
+    peak_frame = rng.integers(0, 3, score.shape).astype(np.int32)
+    K.component_stats(labels, n, score, previous, peak_frame, 2, stats)
+    K.core_stats(labels, score, 0.4, stats)
+    assert n >= 2
+    for r in measure.regionprops(labels, intensity_image=score):
+        s = stats[r.label]
+        rr, cc = r.coords.T
+        assert s[K.C_AREA] == r.area
+        assert s[K.C_SUM] == pytest.approx(score[rr, cc].sum(), rel=1e-5)
+        assert s[K.C_PEAK] == pytest.approx(score[rr, cc].max())
+        assert (s[K.C_SY] / r.area, s[K.C_SX] / r.area) == pytest.approx(r.centroid)
+        y0, x0, y1, x1 = r.bbox
+        assert (s[K.C_X0], s[K.C_Y0], s[K.C_X1], s[K.C_Y1]) == (x0, y0, x1 - 1, y1 - 1)
+        mask = labels == r.label
+        inner = ndimage.binary_erosion(mask, border_value=0)
+        assert s[K.C_EDGE] == (mask & ~inner).sum()
+        assert s[K.C_NEW] == (~previous[rr, cc]).sum()
+        assert s[K.C_SEEN] == (peak_frame[rr, cc] == 2).sum()
+        core = mask & (score >= 0.4 * s[K.C_PEAK])
+        assert s[K.C_CORE] == core.sum()
+        assert s[K.C_CSUM] == pytest.approx(score[core].sum(), rel=1e-5)
+        assert s[K.C_CORE_EDGE] == (core & ~ndimage.binary_erosion(core, border_value=0)).sum()
+
+
+def test_update_episode_flags_fast_washout_only():
+    shape = (4, 4)
+    peak = np.zeros(shape, np.float32)
+    peak_frame = np.full(shape, -1000, np.int32)
+    first_on = np.full(shape, -1, np.int32)
+    washed = np.empty(shape, bool)
+    on = np.zeros(shape, bool)
+    on[0, :] = True
+    frames = [np.array([[10, 10, 10, 3]] + [[0] * 4] * 3, np.float32),
+              np.array([[2, 10, 10, 1]] + [[0] * 4] * 3, np.float32)]
+    K.update_episode(frames[0], on, 1, 0.4, 7.0, 2, peak, peak_frame, first_on, washed)
+    assert not washed.any()
+    n = K.update_episode(frames[1], on, 2, 0.4, 7.0, 2, peak, peak_frame, first_on, washed)
+    assert n == 1 and washed[0, 0]          # 10 -> 2: washed; 3 never reached min_peak
+    n = K.update_episode(frames[1], on, 9, 0.4, 7.0, 2, peak, peak_frame, first_on, washed)
+    assert n == 0                           # too long after it became opaque
+
+
+def test_select_labels_and_negative_mass(rng):
+    labels = rng.integers(0, 5, (10, 12)).astype(np.int32)
+    keep = np.array([True, False, True, False, True])
+    out = np.empty(labels.shape, bool)
+    K.select_labels(labels, keep, out)
+    np.testing.assert_array_equal(out, (labels != 0) & keep[labels])
+    score = rng.normal(size=(10, 12)).astype(np.float32) * 4
+    valid = rng.random((10, 12)) > 0.2
+    got = K.negative_mass(score, valid, -3, 2, 8, 20, 2.5)
+    box = np.clip(-score - 2.5, 0, None) * valid
+    assert got == pytest.approx(box[2:, 0:9].sum(), rel=1e-5)
+
+
+def test_warm_up_compiles_on_real_size():
+    K.warm_up(512, 512, 2)
