@@ -32,53 +32,57 @@ def valley_depth(smooth, offsets_px, out):
 
 
 @njit(cache=True, nogil=True)
-def best_path(score, step_penalty, path_x):
-    """Best top-to-bottom path of local alignment: each row one column, moving at most one
-    column per row; a path may start and stop at any row (its running score is floored at 0).
+def best_path(score, step_penalty, max_step, path_x, acc, came):
+    """Best top-to-bottom path of local alignment: each row one column, moving at most
+    ``max_step`` columns per row; a path may start and stop at any row (its running score is
+    floored at 0).
 
     Parameters
     ----------
     score : float32 (rows, cols)
         Gain of visiting each pixel (negative where a line is unlikely).
     step_penalty : float
-        Cost of a diagonal step.
+        Cost per column of a sideways step.
+    max_step : int
+        Largest sideways step per row (2 follows a line up to about 63 degrees from vertical).
     path_x : int32 (rows,)
         Filled with the path's column per row, -1 outside the path.
+    acc : float32 (rows, cols), came : int8 (rows, cols)
+        Work buffers (running score; step from the row above, or 127 for a path start).
 
     Returns
     -------
     (best, y_start, y_end) : (float, int, int)
     """
     rows, cols = score.shape
-    acc = np.zeros((rows, cols), np.float32)
-    came = np.zeros((rows, cols), np.int8)  # -1, 0, +1: column step from the row above; 2: start
     best, best_y, best_x = 0.0, -1, -1
     for x in range(cols):
         v = score[0, x]
         acc[0, x] = v if v > 0 else 0.0
-        came[0, x] = 2
+        came[0, x] = 127
         if acc[0, x] > best:
             best, best_y, best_x = acc[0, x], 0, x
     for y in range(1, rows):
         for x in range(cols):
             prev = acc[y - 1, x]
             step = 0
-            if x > 0 and acc[y - 1, x - 1] - step_penalty > prev:
-                prev = acc[y - 1, x - 1] - step_penalty
-                step = -1
-            if x < cols - 1 and acc[y - 1, x + 1] - step_penalty > prev:
-                prev = acc[y - 1, x + 1] - step_penalty
-                step = 1
+            for d in range(1, max_step + 1):
+                if x - d >= 0 and acc[y - 1, x - d] - d * step_penalty > prev:
+                    prev = acc[y - 1, x - d] - d * step_penalty
+                    step = -d
+                if x + d < cols and acc[y - 1, x + d] - d * step_penalty > prev:
+                    prev = acc[y - 1, x + d] - d * step_penalty
+                    step = d
             total = prev + score[y, x]
             if total > 0 and prev > 0:
                 acc[y, x] = total
                 came[y, x] = step
             elif score[y, x] > 0:
                 acc[y, x] = score[y, x]
-                came[y, x] = 2
+                came[y, x] = 127
             else:
                 acc[y, x] = 0.0
-                came[y, x] = 2
+                came[y, x] = 127
             if acc[y, x] > best:
                 best, best_y, best_x = acc[y, x], y, x
     path_x[:] = -1
@@ -88,7 +92,7 @@ def best_path(score, step_penalty, path_x):
     while True:
         path_x[y] = x
         c = came[y, x]
-        if c == 2 or y == 0:
+        if c == 127 or y == 0:
             break
         x += c
         y -= 1
@@ -98,5 +102,5 @@ def best_path(score, step_penalty, path_x):
 def warm_up() -> None:
     """Compile the kernels on tiny inputs so that no live frame pays for it."""
     z = np.zeros((8, 8), np.float32)
-    best_path(z, 0.1, np.zeros(8, np.int32))
+    best_path(z, 0.1, 2, np.zeros(8, np.int32), z.copy(), np.zeros((8, 8), np.int8))
     valley_depth(z, np.array([1, 2], np.int64), z.copy())

@@ -15,8 +15,9 @@ from sifluoro.imaging import WorkingGrid, downsample
 from sifluoro.register import _kernels
 
 LENGTH_MM = (20.0, 100.0)  # the projected joint is 40-70 mm; shorter when the field cuts it
-STEP_PENALTY = 1.5  # per diagonal step: the joint is smooth, trabecular texture meanders
-WINDOW_MM = 72.0
+STEP_PENALTY = 1.5  # per column of sideways step: the joint is smooth, trabecular texture meanders
+MAX_STEP = 2  # the joint turns obliquely into the sciatic notch at its inferior end
+WINDOW_MM = 56.0  # vertical extent kept: the projected joints span 48-80 mm, median 56
 TRIM_FRACTION = 0.5  # longest stretch kept, measured along the image columns
 SIDE_OFFSETS_MM = (1.2, 2.0, 3.2)  # half-widths of the lucent line that are looked for
 
@@ -41,9 +42,18 @@ class JointLine:
         return p[i] + t * (p[i + 1] - p[i])
 
 
-def usable_mask(attenuation_image: np.ndarray, exposed: np.ndarray, factor: int) -> np.ndarray:
-    """Working-resolution mask of where a joint line may be looked for: inside the exposed field,
-    away from burned-in text and markers.
+def exposed_field(attenuation_image: np.ndarray, exposed: np.ndarray) -> np.ndarray:
+    """The stored exposed field narrowed to what was really exposed: unexposed areas are stored
+    at the maximal attenuation value, also where no shutter is recorded in the header."""
+    blank = (attenuation_image >= 0.998).astype(np.uint8)
+    # solid areas only: clipped quantum noise reaches the top value in isolated pixels
+    blank = cv2.morphologyEx(blank, cv2.MORPH_OPEN, np.ones((7, 7), np.uint8))
+    return exposed & ~cv2.dilate(blank, np.ones((7, 7), np.uint8)).astype(bool)
+
+
+def usable_mask(attenuation_image: np.ndarray, field: np.ndarray, factor: int) -> np.ndarray:
+    """Working-resolution mask of where a joint line may be looked for: inside the exposed
+    ``field`` (see :func:`exposed_field`), away from burned-in text and markers.
 
     Text is drawn at one extreme value with an outline at the other; clipped quantum noise
     reaches one extreme only, so only pixels near both extremes are taken for text.
@@ -52,7 +62,7 @@ def usable_mask(attenuation_image: np.ndarray, exposed: np.ndarray, factor: int)
     low = cv2.dilate((attenuation_image <= 0.002).astype(np.uint8), kernel)
     high = cv2.dilate((attenuation_image >= 0.998).astype(np.uint8), kernel)
     text = cv2.dilate(low & high, np.ones((9, 9), np.uint8)).astype(bool)
-    return downsample((exposed & ~text).astype(np.float32), factor) > 0.999
+    return downsample((field & ~text).astype(np.float32), factor) > 0.999
 
 
 def segment_joint(work: np.ndarray, *, grid: WorkingGrid, usable: np.ndarray,
@@ -91,10 +101,13 @@ def segment_joint(work: np.ndarray, *, grid: WorkingGrid, usable: np.ndarray,
     noise = float(np.median(np.abs(residual - np.median(residual)))) * 1.4826 + 1e-6
     gain = np.where(mask, depth / noise - min_contrast, -10.0).astype(np.float32)
     path = np.full(work.shape[0], -1, np.int32)
-    best, y0, y1 = _kernels.best_path(gain, np.float32(STEP_PENALTY), path)
+    acc = np.empty(work.shape, np.float32)
+    came = np.empty(work.shape, np.int8)
+    best, y0, y1 = _kernels.best_path(gain, np.float32(STEP_PENALTY), MAX_STEP, path, acc, came)
     if y0 < 0:
         return None
-    # the path may run on along other bone edges: keep its strongest stretch of joint length
+    # the path may run on along the bone outline above the joint and into the sciatic notch
+    # below it: keep its strongest stretch of a joint's height
     y0, y1, best = _best_window(gain, path, y0, y1, int(WINDOW_MM / grid.spacing_mm))
     line = _refine(cv2.GaussianBlur(work, (0, 0), max(0.5, 0.4 / grid.spacing_mm)), path, y0, y1,
                    max(1, int(round(1.5 / grid.spacing_mm))))
@@ -167,7 +180,8 @@ def _has_parallel_line(gain: np.ndarray, path: np.ndarray, y0: int, y1: int, spa
         masked[y, lo:hi] = gain[y, lo:hi]
         masked[y, max(0, x - near):x + near + 1] = -10.0
     second = np.full(gain.shape[0], -1, np.int32)
-    score, s0, s1 = _kernels.best_path(masked, np.float32(0.5), second)
+    score, s0, s1 = _kernels.best_path(masked, np.float32(0.5), 1, second, np.empty_like(masked),
+                                       np.empty(masked.shape, np.int8))
     if s0 < 0:
         return False
     overlap = (s1 - s0 + 1) / max(1, y1 - y0 + 1)

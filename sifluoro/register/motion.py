@@ -65,8 +65,13 @@ class Registrar:
         """Coarse, high-passed copy of a working-resolution image (a new array)."""
         rows, cols = self.coarse_shape
         f = self.coarse_factor
-        cv2.resize(work[:rows * f, :cols * f], (cols, rows), dst=self._coarse,
-                   interpolation=cv2.INTER_AREA)
+        image = work[:rows * f, :cols * f]
+        # OpenCV's area resize is several times faster by exact halves than by other factors
+        while f % 2 == 0 and f > 2:
+            image = cv2.resize(image, (image.shape[1] // 2, image.shape[0] // 2),
+                               interpolation=cv2.INTER_AREA)
+            f //= 2
+        cv2.resize(image, (cols, rows), dst=self._coarse, interpolation=cv2.INTER_AREA)
         cv2.GaussianBlur(self._coarse, (0, 0), self.sigma_px, dst=self._low)
         return cv2.subtract(self._coarse, self._low)
 

@@ -20,7 +20,7 @@ from sifluoro.imaging import downsample, exposed_mask, frame_attenuation, workin
 from sifluoro.model import Frame
 from sifluoro.register import RegisterResult
 from sifluoro.register import _kernels
-from sifluoro.register.joint import JointLine, segment_joint, usable_mask
+from sifluoro.register.joint import JointLine, exposed_field, segment_joint, usable_mask
 from sifluoro.register.motion import Registrar
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 WORK_MM = 0.6  # working pixel: resolves the 1-3 mm joint gap
 ANGLE_TOLERANCE_DEG = 1.5  # a larger re-angulation changes the projected joint: new view
 MAX_SHIFT_MM = 30.0  # beyond this, the registration is not trusted: segment again
-MIN_PEAK = 0.03  # phase-correlation peak below which the frames do not match
+MIN_PEAK = 0.25  # phase-correlation peak below which the frames do not match (same view: > 0.5)
 RESEGMENT_AT = (1, 2, 4, 8, 16)  # frames averaged in a view when the joint is segmented again
 TARGET_FRACTION = 5.0 / 6.0  # the centre of the inferior third of the joint line
 ADVICE_DOUBLED = ("Joint margins are not superimposed (doubled line): rotate the C-arm a few "
@@ -146,7 +146,7 @@ class JointStage:
         grid = working_grid(geometry.spacing_mm, target_mm=WORK_MM)
         if st.run is not frame.run:
             st.run = frame.run
-            st.run_exposed = exposed_mask(frame.run, image.shape, margin_px=2)
+            st.run_exposed = exposed_field(image, exposed_mask(frame.run, image.shape, margin_px=2))
             st.run_usable = usable_mask(image, st.run_exposed, grid.factor)
         work = downsample(image, grid.factor)
 

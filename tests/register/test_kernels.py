@@ -15,8 +15,8 @@ def valley_depth_reference(smooth, offsets):
     return out
 
 
-def best_path_reference(score, penalty):
-    """Exhaustive local-alignment score of the best path (rows small)."""
+def best_path_reference(score, penalty, max_step):
+    """Row-by-row local-alignment score of the best path, in plain Python."""
     rows, cols = score.shape
     best = 0.0
     # acc[x] = best score of a path ending at (y, x), started anywhere above
@@ -25,11 +25,8 @@ def best_path_reference(score, penalty):
     for y in range(1, rows):
         new = np.empty(cols)
         for x in range(cols):
-            cands = [acc[x]]
-            if x > 0:
-                cands.append(acc[x - 1] - penalty)
-            if x < cols - 1:
-                cands.append(acc[x + 1] - penalty)
+            cands = [acc[x]] + [acc[x + d] - abs(d) * penalty for d in range(-max_step, max_step + 1)
+                                if d != 0 and 0 <= x + d < cols]
             prev = max(cands)
             new[x] = max(prev + score[y, x] if prev > 0 else -np.inf, score[y, x], 0.0)
         acc = new
@@ -57,24 +54,30 @@ def test_valley_depth_finds_a_dark_line_not_an_edge():
     assert out[:, 20:].max() == 0.0
 
 
+def run_best_path(score, penalty, max_step):
+    path = np.empty(score.shape[0], np.int32)
+    out = _kernels.best_path(score, np.float32(penalty), max_step, path, np.empty_like(score),
+                             np.empty(score.shape, np.int8))
+    return (*out, path)
+
+
 @pytest.mark.parametrize("seed", range(5))
-def test_best_path_score_and_path_are_consistent(seed):
+@pytest.mark.parametrize("max_step", [1, 2])
+def test_best_path_score_and_path_are_consistent(seed, max_step):
     rng = np.random.default_rng(seed)
     score = (rng.random((12, 9)) - 0.6).astype(np.float32)
     score[3:9, 4] = 2.0
-    path = np.empty(12, np.int32)
-    best, y0, y1 = _kernels.best_path(score, np.float32(0.3), path)
-    assert best == pytest.approx(best_path_reference(score.astype(np.float64), 0.3), rel=1e-5)
+    best, y0, y1, path = run_best_path(score, 0.3, max_step)
+    assert best == pytest.approx(best_path_reference(score.astype(np.float64), 0.3, max_step), rel=1e-5)
     # the returned path realises the score
     xs = path[y0:y1 + 1]
     assert (path[:y0] == -1).all() and (path[y1 + 1:] == -1).all()
-    assert np.all(np.abs(np.diff(xs)) <= 1)
-    total = score[np.arange(y0, y1 + 1), xs].sum() - 0.3 * np.count_nonzero(np.diff(xs))
+    assert np.all(np.abs(np.diff(xs)) <= max_step)
+    total = score[np.arange(y0, y1 + 1), xs].sum() - 0.3 * np.abs(np.diff(xs)).sum()
     assert total == pytest.approx(best, rel=1e-5)
 
 
 def test_best_path_on_all_negative_score_is_empty():
-    path = np.empty(6, np.int32)
-    best, y0, y1 = _kernels.best_path(-np.ones((6, 5), np.float32), np.float32(0.5), path)
+    best, y0, y1, path = run_best_path(-np.ones((6, 5), np.float32), 0.5, 2)
     assert (best, y0, y1) == (0.0, -1, -1)
     assert (path == -1).all()
