@@ -175,8 +175,8 @@ class NeedleStage:
                 ref = grid.to_work(target if target is not None else ctx.centre_xy)
                 tip_is_1 = np.linalg.norm(e1 - ref) < np.linalg.norm(e0 - ref)
             tip, base = (e1, e0) if tip_is_1 else (e0, e1)
-            span_px = s.fit_mm / grid.spacing_mm
-            for _ in range(4):
+            span_px = 2.0 * s.fit_mm / grid.spacing_mm
+            for _ in range(3):
                 tip = self._extend_tip(tip, base, ctx)
                 tip, base = self._refit_segment(tip, base, span_px)
             score = self.finder.interval_score(base, tip)

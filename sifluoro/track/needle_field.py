@@ -9,7 +9,9 @@ from sifluoro.model import Run
 
 # no exposure is stored as maximal attenuation; glyphs are drawn at the stored extremes
 _BLANK = 0.9995
-_JUMP = 0.5
+_GLYPH_TOP = 0.995
+_GLYPH_JUMP = 0.5
+_BAND = 0.2  # annotation bands: top and bottom fifth of the rows
 
 
 def valid_region(run: Run, attenuation_image: np.ndarray, *, margin_px: int) -> np.ndarray:
@@ -42,12 +44,16 @@ def valid_region(run: Run, attenuation_image: np.ndarray, *, margin_px: int) -> 
 
 
 def _text_mask(attenuation_image: np.ndarray) -> np.ndarray:
-    """Burned-in glyphs: bright fill against a dark outline makes a jump of more than half the
-    stored range within a pixel or two, which X-ray images blurred by the detector never have
-    inside the field. Those pixels, dilated to cover whole glyphs."""
+    """Burned-in glyphs: a jump of more than half the stored range within a pixel or two, up to
+    the stored maximum (the white fill), in the annotation bands at the top and bottom of the
+    frame. Inside the field only saturated steel has such jumps, so the bands keep a needle
+    crossing the centre from being masked. Those pixels, dilated to cover whole glyphs."""
     rows = attenuation_image.shape[0]
     k3 = np.ones((3, 3), np.uint8)
-    jump = cv2.dilate(attenuation_image, k3) - cv2.erode(attenuation_image, k3)
-    r = max(4, rows // 80)
+    high = cv2.dilate(attenuation_image, k3)
+    seeds = (high >= _GLYPH_TOP) & (high - cv2.erode(attenuation_image, k3) > _GLYPH_JUMP)
+    band = int(rows * _BAND)
+    seeds[band:rows - band] = False
+    r = max(6, rows // 40)
     k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
-    return cv2.dilate((jump > _JUMP).astype(np.uint8), k)
+    return cv2.dilate(seeds.astype(np.uint8), k)
