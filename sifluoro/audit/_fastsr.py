@@ -50,7 +50,10 @@ class LightDataset(dict):
             raise AttributeError(name) from None
 
 
-@lru_cache(maxsize=4096)
+_KEYWORDS: dict[int, str] = {}
+_VR_TEXT = {vr.encode(): vr for vr in (TEXT_VRS | SINGLE_TEXT_VRS | set(NUMBER_VRS) | {"SQ", "OB", "OW", "UN"})}
+
+
 def _keyword(tag: int) -> str:
     return keyword_for_tag(tag)
 
@@ -135,30 +138,48 @@ class _Parser:
 
     def dataset(self, pos: int, end: int, *, group2_only: bool = False) -> tuple[LightDataset, int]:
         ds = LightDataset()
-        data = self.data
+        data, explicit = self.data, self.explicit
+        keywords, value = _KEYWORDS, self.value
+        # the element header is decoded inline: this loop runs for every element of the file
         while pos < end:
-            if group2_only and _U16.unpack_from(data, pos)[0] != 0x0002:
+            group, elem = _TAG.unpack_from(data, pos)
+            if group2_only and group != 0x0002:
                 break
-            tag, vr, length, pos = self.header(pos)
-            if tag == ITEM_END:
-                return ds, pos
-            private = (tag >> 16) & 1
-            if vr == "SQ" or (length == UNDEFINED and vr == "UN" and not self.explicit):
+            tag = group << 16 | elem
+            if group == 0xFFFE:
+                length, pos, vr = _U32.unpack_from(data, pos + 4)[0], pos + 8, ""
+                if tag == ITEM_END:
+                    return ds, pos
+            elif explicit or group == 0x0002:
+                raw_vr = data[pos + 4:pos + 6]
+                if raw_vr in LONG_VRS:
+                    length, pos = _U32.unpack_from(data, pos + 8)[0], pos + 12
+                else:
+                    length, pos = _U16.unpack_from(data, pos + 6)[0], pos + 8
+                vr = _VR_TEXT.get(raw_vr) or raw_vr.decode("ascii", "replace")
+            else:
+                length, pos, vr = _U32.unpack_from(data, pos + 4)[0], pos + 8, _implicit_vr(tag)
+            private = group & 1
+            if vr == "SQ" or (length == UNDEFINED and vr == "UN" and not explicit):
                 if length == UNDEFINED and vr != "SQ":
-                    raise FastPathUnsupported(f"element ({tag >> 16:04X},{tag & 0xFFFF:04X}) of "
+                    raise FastPathUnsupported(f"element ({group:04X},{elem:04X}) of "
                                               "unknown VR and undefined length")
                 items, pos = self.sequence(pos, length)
                 if not private:
-                    keyword = _keyword(tag)
+                    keyword = keywords.get(tag)
+                    if keyword is None:
+                        keyword = keywords[tag] = _keyword(tag)
                     if keyword:
                         ds[keyword] = items
                 continue
             if length == UNDEFINED:
                 raise FastPathUnsupported("encapsulated or undefined-length value")
-            if not private and tag & 0xFFFF:  # group lengths (gggg,0000) are not kept
-                keyword = _keyword(tag)
+            if not private and elem:  # group lengths (gggg,0000) are not kept
+                keyword = keywords.get(tag)
+                if keyword is None:
+                    keyword = keywords[tag] = _keyword(tag)
                 if keyword:
-                    ds[keyword] = self.value(vr, pos, length)
+                    ds[keyword] = value(vr, pos, length)
             pos += length
         return ds, pos
 

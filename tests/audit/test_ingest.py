@@ -175,3 +175,25 @@ def test_no_patient_identifiers_in_the_registry(db_url, corpus, tmp_path):
     assert found == []
     assert keys == {hmac.new(KEY, PATIENT_ID.encode(), hashlib.sha256).hexdigest()}
     engine.dispose()
+
+
+def test_vendor_reports_ingest_with_their_planes(db_url):
+    from tests.dose.conftest import VENDOR_DIR, VENDOR_FILES
+
+    if not all((VENDOR_DIR / n).is_file() for n in VENDOR_FILES):
+        pytest.skip(f"vendor RDSRs are not cached in {VENDOR_DIR}: run tests/dose/fetch_vendor_rdsr.sh")
+    engine = open_registry(db_url)
+    result = ingest([VENDOR_DIR / n for n in VENDOR_FILES], engine)
+    assert (result.reports, result.rejected) == (4, [])
+    expected = {s.study_instance_uid: s for s in summarize([VENDOR_DIR / n for n in VENDOR_FILES])[0]}
+    got = _studies(engine)
+    assert sorted(got) == sorted(expected)
+    with engine.connect() as conn:
+        for uid, study in expected.items():
+            planes = conn.execute(select(PlaneRow).where(PlaneRow.study_id == got[uid]["id"])
+                                  .order_by(PlaneRow.plane)).mappings().all()
+            assert [p["plane"] for p in planes] == [p.plane for p in study.planes]
+            for row, plane in zip(planes, study.planes):
+                assert row["dap_gycm2"] == pytest.approx(plane.dap_gycm2, rel=1e-12)
+            assert got[uid]["air_kerma_mgy"] == pytest.approx(study.air_kerma_mgy, rel=1e-12)
+    engine.dispose()
