@@ -34,7 +34,7 @@ def _stock_tip(att: np.ndarray, spacing_mm: float):
     lines = cv2.HoughLinesP(edges, 1, np.pi / 180, 40, minLineLength=min_len, maxLineGap=5)
     if lines is None:
         return None
-    x0, y0, x1, y1 = max(lines[:, 0], key=lambda l: math.hypot(l[2] - l[0], l[3] - l[1]))
+    x0, y0, x1, y1 = max(lines.reshape(-1, 4), key=lambda l: math.hypot(l[2] - l[0], l[3] - l[1]))
     c = np.array(att.shape[::-1], float) / 2.0
     a, b = np.array([x0, y0], float), np.array([x1, y1], float)
     return a if np.linalg.norm(a - c) < np.linalg.norm(b - c) else b
