@@ -6,7 +6,8 @@ Replays every case of CASES (default ``/work/evalset``, written by
 (a local cluster of 2 worker processes, or ``--scheduler tcp://host:port``). Compares every
 event and summary exactly, without ``latency_ms`` (wall clock); ``degraded`` /
 ``degraded_frames`` (over the latency budget, also wall clock) are compared and reported
-separately. Without CASES on disk, ``--simulate`` writes the set first (slow: minutes).
+separately, with the number of events whose image stages were skipped for the deadline
+(load dependent: ``--budget-ms 1e9`` removes that). Without CASES on disk, ``--simulate`` writes the set first (slow: minutes).
 
 ``python -m benchmarks.dask_replay_24 [CASES] [--scheduler tcp://...] [--quick]``
 """
@@ -52,8 +53,13 @@ def _differences(a: dict, b: dict) -> list[str]:
     return diffs
 
 
+def _skipped(results: Path) -> int:
+    """Events whose image stages were partly skipped for the deadline (load dependent)."""
+    return sum("skipped_stages" in e for events, _ in load_results(results, set()).values() for e in events)
+
+
 def run(quick: bool = False, *, cases_dir: Path = DEFAULT_CASES, scheduler: str | None = None,
-        simulate: bool = False) -> dict:
+        simulate: bool = False, budget_ms: float | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="sifluoro-dask-replay-") as tmp:
         tmp = Path(tmp)
         if not (case_dirs(cases_dir) if cases_dir.is_dir() else []):
@@ -70,18 +76,23 @@ def run(quick: bool = False, *, cases_dir: Path = DEFAULT_CASES, scheduler: str 
             cases_dir = subset
         n_cases = len(case_dirs(cases_dir))
         t0 = time.perf_counter()
-        serial_codes = [r.exit_code for _, r in replay_set(cases_dir, tmp / "serial")]
+        if budget_ms is None:
+            serial_codes = [r.exit_code for _, r in replay_set(cases_dir, tmp / "serial")]
+        else:
+            serial_codes = [c for _, _, c in batch_replay(cases_dir, tmp / "serial", budget_ms=budget_ms)]
         serial_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         with dask_client(scheduler) as client:
             workers = len(client.scheduler_info()["workers"])
             t1 = time.perf_counter()
-            dask_codes = [code for _, _, code in batch_replay(cases_dir, tmp / "dask", client=client)]
+            dask_codes = [code for _, _, code in batch_replay(cases_dir, tmp / "dask", client=client,
+                                                           budget_ms=budget_ms)]
             dask_s = time.perf_counter() - t1
         dask_total_s = time.perf_counter() - t0
         strict = _differences(load_results(tmp / "serial", LATENCY), load_results(tmp / "dask", LATENCY))
         loose = _differences(load_results(tmp / "serial", TIMING), load_results(tmp / "dask", TIMING))
         frames = sum(len(e) for e, _ in load_results(tmp / "serial", TIMING).values())
+        skipped = {"serial": _skipped(tmp / "serial"), "dask": _skipped(tmp / "dask")}
     return {
         "cases_dir": str(cases_dir if not quick else f"{cases_dir} (first 4)"),
         "cases": n_cases,
@@ -91,6 +102,8 @@ def run(quick: bool = False, *, cases_dir: Path = DEFAULT_CASES, scheduler: str 
         "serial_s": round(serial_s, 2),
         "dask_s": round(dask_s, 2),
         "dask_including_cluster_start_s": round(dask_total_s, 2),
+        "latency_budget_ms": budget_ms if budget_ms is not None else "default",
+        "events_with_skipped_stages": skipped,
         "exit_codes_equal": serial_codes == dask_codes,
         "equal_without_latency_ms": not strict,
         "equal_without_timing_fields": not loose,
@@ -104,8 +117,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--scheduler", metavar="tcp://HOST:PORT")
     parser.add_argument("--quick", action="store_true", help="only the first 4 cases")
     parser.add_argument("--simulate", action="store_true", help="write the cases first if CASES is empty")
+    parser.add_argument("--budget-ms", type=float, help="per-frame budget for both runs (default: "
+                        "replay's; a large one removes load-dependent stage skipping)")
     args = parser.parse_args(argv)
-    result = run(args.quick, cases_dir=args.cases_dir, scheduler=args.scheduler, simulate=args.simulate)
+    result = run(args.quick, cases_dir=args.cases_dir, scheduler=args.scheduler, simulate=args.simulate,
+                 budget_ms=args.budget_ms)
     print(json.dumps(result, indent=2))
     return result
 

@@ -78,7 +78,8 @@ def _batch_replay(args) -> int:
 
     failures = 0
     with _client(args) as client:
-        for name, summary, code in batch_replay(args.cases_dir, args.out, client=client):
+        for name, summary, code in batch_replay(args.cases_dir, args.out, client=client,
+                                                budget_ms=args.budget_ms):
             failures += code != 0
             print(f"{name}: {summary['frames']} frames, contrast {summary['contrast_state']}, "
                   f"{len(summary['rejected_files'])} rejected")
@@ -134,6 +135,9 @@ def add_audit_parser(subparsers) -> argparse.ArgumentParser:
                               "(serially, or on Dask)")
     p.add_argument("cases_dir", type=Path, metavar="CASES")
     p.add_argument("--out", type=Path, required=True, metavar="RESULTS")
+    p.add_argument("--budget-ms", type=float, metavar="MS", help="per-frame latency budget for "
+                   "image work (default: as sifluoro replay); a large one makes results "
+                   "independent of machine load")
     _dask_options(p)
     p.set_defaults(func=_batch_replay)
     return audit

@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("distributed", reason="Dask is not installed: pip install 'dask[distributed]'")
 
-from sifluoro.audit.distributed import dask_client  # noqa: E402
+from sifluoro.audit.distributed import batch_replay, dask_client  # noqa: E402
 from sifluoro.audit.schema import open_registry  # noqa: E402
 from sifluoro.sim.batch import replay_set, simulate_set  # noqa: E402
 from tests.audit.corpus import write_corpus  # noqa: E402
@@ -23,6 +23,7 @@ from tests.audit.test_ingest import _comparable  # noqa: E402
 
 # wall-clock dependent: how long a frame took, and whether that was over budget
 TIMING_KEYS = {"latency_ms", "degraded", "degraded_frames"}
+NO_DEADLINE_MS = 1e9
 
 
 @pytest.fixture(scope="module")
@@ -51,18 +52,28 @@ def comparable_results(results: Path) -> dict:
     return out
 
 
+def test_serial_batch_replay_is_replay_set(cases, tmp_path):
+    for _ in replay_set(cases, tmp_path / "replay_set"):
+        pass
+    assert [code for _, _, code in batch_replay(cases, tmp_path / "ours")] == [0, 0, 0, 0]
+    assert comparable_results(tmp_path / "ours") == comparable_results(tmp_path / "replay_set")
+
+
 def test_dask_batch_replay_equals_the_serial_replay(cases, scheduler, tmp_path):
+    # a budget no frame reaches: which stages run must not depend on the machine's load
     serial = tmp_path / "serial"
-    for _ in replay_set(cases, serial):
+    for _ in batch_replay(cases, serial, budget_ms=NO_DEADLINE_MS):
         pass
     run = subprocess.run([sys.executable, "-m", "sifluoro.audit.cli", "batch-replay", str(cases),
-                          "--out", str(tmp_path / "dask"), "--dask", "--scheduler", scheduler],
+                          "--out", str(tmp_path / "dask"), "--dask", "--scheduler", scheduler,
+                          "--budget-ms", str(NO_DEADLINE_MS)],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert len(run.stdout.splitlines()) == 4
     expected, got = comparable_results(serial), comparable_results(tmp_path / "dask")
     assert sorted(got) == ["case000", "case001", "case002", "case003"]
     assert all(len(events) > 0 for events, _ in expected.values())
+    assert not any("skipped_stages" in e for events, _ in expected.values() for e in events)
     assert got == expected
 
 
