@@ -70,7 +70,7 @@ def bench_size(size: int, repeats: int) -> dict:
     frames = [run_frames[i % len(run_frames)] for i in range(RESEGMENT_AT[-1] + repeats)]
     stage = JointStage()
     spacing = frames[0].pixel_spacing_xy_mm[0]
-    stage.warm_up(size, size, spacing)
+    stage.warm_up(frames[0])
     state = Pipeline().start_study("bench")
     cache = {id(f): attenuation(f) for f in run_frames}
     images = [cache[id(f)] for f in frames]

@@ -41,7 +41,6 @@ def evaluate_case(case_dir: Path, stage: JointStage) -> tuple[dict, list[dict], 
 
 def run(cases_dir: Path = DEFAULT_DIR, cases: int | None = None) -> dict:
     stage = JointStage()
-    stage.warm_up()
     tally = Tally()
     latencies: list[float] = []
     doubled_frames = doubled_right = 0

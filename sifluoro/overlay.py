@@ -34,9 +34,17 @@ def _pts(polyline) -> np.ndarray:
     return np.round(np.asarray(polyline, np.float64) * 16).astype(np.int32).reshape(-1, 1, 2)
 
 
-def _text(img, text, org, colour=(255, 255, 255), scale=None):
-    scale = scale or max(0.4, img.shape[0] / 1400)
-    cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
+def _font_scale(img) -> float:
+    return max(0.42, img.shape[0] / 1200)
+
+
+def _text(img, text, org, colour=(255, 255, 255)):
+    """Text on a dark band, so it reads on bone and on air alike."""
+    scale = _font_scale(img)
+    (w, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    x, y = org
+    band = img[max(0, y - h - 3):y + base + 1, max(0, x - 3):x + w + 3]
+    band[:] = (band * 0.25).astype(np.uint8)
     cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, colour, 1, cv2.LINE_AA)
 
 
@@ -91,7 +99,7 @@ def draw_overlay(pixels: np.ndarray, photometric: str, event: dict, *, truth: di
         cv2.drawMarker(img, (int(round(x)), int(round(y))), COLOURS["needle"], cv2.MARKER_TILTED_CROSS,
                        10 * line, line + 1, cv2.LINE_AA)
     h = img.shape[0]
-    step = int(h / 28)
+    step = int(cv2.getTextSize("Mg", cv2.FONT_HERSHEY_SIMPLEX, _font_scale(img), 1)[0][1] * 1.9)
     dose = event["dose"]
     state = event["contrast"]["state"]
     lines = [

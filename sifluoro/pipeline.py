@@ -56,13 +56,18 @@ class Pipeline:
         self.stages = list(stages)
         self.settings = settings or Settings()
 
-    def warm_up(self, rows: int, columns: int) -> None:
-        """Compile and size every stage on a frame of the real shape before the first live frame
-        (stages without a ``warm_up(rows, columns)`` method need none)."""
+    def warm_up(self, run) -> None:
+        """Compile and size every stage on a frame of the run's real shape, dtype and spacing
+        before the first live frame (stages without ``warm_up(frame)`` need none)."""
+        rng = np.random.default_rng(0)
+        top = (1 << run.bits_stored) - 1
+        pixels = (rng.random((run.rows, run.columns)) * 0.2 * top + 0.4 * top).astype(np.uint16)
+        pixels.flags.writeable = False
+        frame = Frame(pixels=pixels, index=0, frame_number=1, t_s=0.0, run=run)
         for stage in self.stages:
             warm = getattr(stage, "warm_up", None)
             if warm is not None:
-                warm(rows, columns)
+                warm(frame)
 
     def start_study(self, study_instance_uid: str) -> StudyState:
         return StudyState(study_instance_uid, DoseAccumulator(self.settings.dose))

@@ -30,8 +30,11 @@ class ReplayResult:
 
 
 def default_stages(settings: Settings) -> list[Stage]:
-    """The image stages that exist so far, in pipeline order."""
-    return []
+    """The image stages in pipeline order: register/ first (the others use its target, joint
+    line and motion estimate)."""
+    from sifluoro.register.stage import JointStage
+
+    return [JointStage()]
 
 
 def replay(inputs: Iterable[str | Path], *, events_path: str | Path, summary_path: str | Path,
@@ -60,7 +63,7 @@ def replay(inputs: Iterable[str | Path], *, events_path: str | Path, summary_pat
     for run in study.runs:
         pipeline.prepare_run(run, state)
     if study.runs:
-        pipeline.warm_up(study.runs[0].rows, study.runs[0].columns)
+        pipeline.warm_up(study.runs[0])
     events_path = Path(events_path)
     events_path.parent.mkdir(parents=True, exist_ok=True)
     t_stream = time.perf_counter()

@@ -22,13 +22,13 @@ def _near(pixel, colour, tolerance=60):
 def test_needle_target_and_contrast_are_drawn_in_their_colours():
     pixels = np.full((200, 200), 2000, np.uint16)
     event = _event(needle={"tip_xy": [120.0, 150.0], "confidence": 0.9, "direction_xy": [0.0, 1.0]},
-                   target={"xy": [60.0, 60.0], "radius_mm": 5.0},
+                   target={"xy": [150.0, 100.0], "radius_mm": 5.0},
                    contrast={"state": "vascular", "confidence": 0.8, "bbox_xyxy": [20, 100, 80, 180]})
     img = draw_overlay(pixels, "MONOCHROME2", event, spacing_mm=0.5)
     assert img.shape == (200, 200, 3) and img.dtype == np.uint8
     assert _near(img[150, 120], COLOURS["needle"])
     assert _near(img[130, 120], COLOURS["needle"])  # the shaft, drawn back from the tip
-    assert _near(img[60, 70], COLOURS["target"])    # 5 mm = 10 px to the right of the target
+    assert _near(img[100, 160], COLOURS["target"])  # 5 mm = 10 px to the right of the target
     assert _near(img[140, 20], COLOURS["vascular"])
     assert not _near(img[10, 190], COLOURS["needle"])
 

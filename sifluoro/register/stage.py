@@ -116,8 +116,10 @@ class JointStage:
     name = "register"
     _STATE_KEY = "register_views"
 
-    def warm_up(self, rows: int = 1024, cols: int = 1024, spacing_mm: float = 0.3) -> None:
+    def warm_up(self, frame: Frame) -> None:
         """Compile the kernels and exercise the path once on a frame of the real size."""
+        rows, cols = frame.pixels.shape
+        spacing_mm = float((frame.pixel_spacing_xy_mm or (0.3, 0.3))[0])
         _kernels.warm_up()
         grid = working_grid(spacing_mm, target_mm=WORK_MM)
         rng = np.random.default_rng(0)

@@ -182,7 +182,8 @@ def without_latency(obj):
     """Drop timing-dependent values (latencies, 'degraded') for restart comparisons."""
     if isinstance(obj, dict):
         return {k: without_latency(v) for k, v in obj.items()
-                if k not in ("latency_ms", "receive_latency_ms", "degraded", "skipped_stages")}
+                if k not in ("latency_ms", "receive_latency_ms", "degraded", "degraded_frames",
+                             "skipped_stages")}
     if isinstance(obj, list):
         return [without_latency(v) for v in obj]
     return obj

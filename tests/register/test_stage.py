@@ -13,9 +13,7 @@ from .conftest import frames_of, make_run
 
 @pytest.fixture(scope="module")
 def stage():
-    s = JointStage()
-    s.warm_up(512, 512, 0.58)
-    return s
+    return JointStage()
 
 
 def run_frames(stage, frames):
