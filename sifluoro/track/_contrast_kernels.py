@@ -24,16 +24,15 @@ C_X1 = 10
 C_Y1 = 11
 C_EDGE = 12       # pixels with a 4-neighbour outside the component
 C_NEW = 13        # pixels not opaque on the previous frame
-C_SEEN = 14       # pixels whose episode peak was reached on this frame
-C_CORE = 15       # pixels of the core (residual >= a fraction of the component's peak)
-C_CORE_EDGE = 16  # core pixels with a 4-neighbour outside the core
-C_CSX = 17        # core moments: sum of x, y, x², y², xy
-C_CSY = 18
-C_CSXX = 19
-C_CSYY = 20
-C_CSXY = 21
-C_CSUM = 22       # residual summed over the core
-N_STATS = 23
+C_CORE = 14       # pixels of the core (residual >= a fraction of the component's peak)
+C_CORE_EDGE = 15  # core pixels with a 4-neighbour outside the core
+C_CSX = 16        # core moments: sum of x, y, x², y², xy
+C_CSY = 17
+C_CSXX = 18
+C_CSYY = 19
+C_CSXY = 20
+C_CSUM = 21       # residual summed over the core
+N_STATS = 22
 
 
 @njit(cache=True, nogil=True)
@@ -259,11 +258,10 @@ def hysteresis_label(score, valid, high, low, labels, stack, max_components):
 
 
 @njit(cache=True, nogil=True)
-def component_stats(labels, n, residual, previous, peak_frame, frame_no, stats):
+def component_stats(labels, n, residual, previous, stats):
     """Fill ``stats[1..n]`` (columns ``C_*``) of the labelled components.
 
-    ``previous`` marks pixels opaque on the previous frame (for C_NEW); ``peak_frame`` holds the
-    frame at which each pixel's episode peak was reached (for C_SEEN).
+    ``previous`` marks pixels opaque on the previous frame (for C_NEW).
     """
     rows, cols = labels.shape
     for k in range(1, n + 1):
@@ -300,8 +298,6 @@ def component_stats(labels, n, residual, previous, peak_frame, frame_no, stats):
                 s[C_EDGE] += 1.0
             if not previous[y, x]:
                 s[C_NEW] += 1.0
-            if peak_frame[y, x] == frame_no:
-                s[C_SEEN] += 1.0
 
 
 @njit(cache=True, nogil=True)
@@ -338,36 +334,6 @@ def core_stats(labels, residual, core_fraction, stats):
                     edge = True
             if edge:
                 s[C_CORE_EDGE] += 1.0
-
-
-@njit(cache=True, nogil=True)
-def update_episode(residual, on, frame_no, washout_ratio, min_peak, max_age, peak, peak_frame,
-                   first_on, washed):
-    """Per-pixel memory of the contrast episode.
-
-    ``peak`` keeps the largest residual of an ``on`` (accepted opacity) pixel and ``peak_frame``
-    when it was reached; ``first_on`` the frame it first became opaque (-1: never). ``washed``
-    gets the pixels that became opaque at most ``max_age`` frames ago, reached ``min_peak`` and
-    have fallen below ``washout_ratio`` x peak: a vessel that filled and washed out. Joint and
-    soft-tissue contrast stays, so its pixels never qualify. Returns their count.
-    """
-    rows, cols = residual.shape
-    n_washed = 0
-    for y in range(rows):
-        for x in range(cols):
-            r = residual[y, x]
-            if on[y, x]:
-                if first_on[y, x] < 0:
-                    first_on[y, x] = frame_no
-                if r > peak[y, x]:
-                    peak[y, x] = r
-                    peak_frame[y, x] = frame_no
-            w = (first_on[y, x] >= 0 and frame_no - first_on[y, x] <= max_age
-                 and peak[y, x] >= min_peak and r < washout_ratio * peak[y, x])
-            washed[y, x] = w
-            if w:
-                n_washed += 1
-    return n_washed
 
 
 @njit(cache=True, nogil=True)
@@ -408,6 +374,31 @@ def negative_mass(score, valid, x0, y0, x1, y1, threshold):
     return total
 
 
+@njit(cache=True, nogil=True)
+def washout_map(ring, n, current, envelope, valid, dx, dy, scale, out):
+    """Opacity that was there on one of the last ``n`` frames (``ring``) and has gone:
+    ``(max(ring) - max(current, envelope(x - dx, y - dy))) * scale``, 0 where unusable.
+
+    Measured above the pre-contrast envelope, so gas arriving at a pixel (darker than the
+    envelope) and noise below it do not count: only opacity that rose above the reference and
+    fell back, as a vessel fills and empties.
+    """
+    rows, cols = current.shape
+    for y in range(rows):
+        ry = y - dy
+        for x in range(cols):
+            rx = x - dx
+            if n == 0 or not valid[y, x] or not (0 <= ry < rows and 0 <= rx < cols):
+                out[y, x] = 0.0
+                continue
+            hi = ring[0, y, x]
+            for k in range(1, n):
+                if ring[k, y, x] > hi:
+                    hi = ring[k, y, x]
+            base = max(current[y, x], envelope[ry, rx])
+            out[y, x] = (hi - base) * scale
+
+
 def warm_up(rows: int = 1024, cols: int = 1024, factor: int = 4) -> None:
     """Compile every kernel on arrays of the real frame size and dtype (uint16 stored pixels)."""
     shape = (rows // factor, cols // factor)
@@ -431,11 +422,10 @@ def warm_up(rows: int = 1024, cols: int = 1024, factor: int = 4) -> None:
     labels = np.zeros(shape, np.int32)
     n = hysteresis_label(img, flags, 5.0, 2.5, labels, stack, 8)
     stats = np.zeros((9, N_STATS), np.float64)
-    frames = np.zeros(shape, np.int32)
-    component_stats(labels, n, img, flags, frames, 0, stats)
+    component_stats(labels, n, img, flags, stats)
     core_stats(labels, img, 0.4, stats)
     keep = np.zeros(9, np.bool_)
     select_labels(labels, keep, flags)
-    update_episode(img, flags, 0, 0.4, 1.0, 4, tmp, frames, frames, flags2)
     shifted_copy(img, 0, 0, flags, np.float32(-1.0), tmp)
     negative_mass(img, flags, 0, 0, 3, 3, 2.5)
+    washout_map(slots, 2, img, tmp, flags, 0, 0, np.float32(1.0), tmp)

@@ -22,6 +22,7 @@ from sifluoro.track.contrast_reference import ReferenceBank
 log = logging.getLogger(__name__)
 
 _MAX_COMPONENTS = 64
+_BORDER_PX = 3
 
 
 @dataclass(frozen=True)
@@ -36,18 +37,24 @@ class ContrastSettings:
         Clean frames kept per pose for the reference envelope.
     seed_z, grow_z : float
         Hysteresis thresholds of new opacity, in noise standard deviations of the residual.
-    washout_ratio, washout_min_z, washout_frames : float, float, int
-        A pixel has washed out when, at most ``washout_frames`` after it became opaque and
-        having reached ``washout_min_z``, it falls below ``washout_ratio`` of its peak.
+    washout_frames : int
+        Washout is measured against the opacity of this many previous frames of the run.
+    washout_seed_z, washout_grow_z : float
+        Hysteresis thresholds of the washout (opacity above the reference that has gone), in
+        noise standard deviations.
+    washout_max_dark : float
+        A washout counts only if the tissue around it has darkened by less than this share of
+        it (moving gas darkens both).
     """
 
     grid_px: int = 256
     reference_slots: int = 8
     seed_z: float = 5.0
     grow_z: float = 2.5
-    washout_ratio: float = 0.4
-    washout_min_z: float = 7.0
-    washout_frames: int = 5
+    washout_frames: int = 4
+    washout_seed_z: float = 7.0
+    washout_grow_z: float = 3.0
+    washout_max_dark: float = 4.0
 
 
 class _Buffers:
@@ -72,22 +79,24 @@ class _Buffers:
         self.btmp = np.empty(shape, np.bool_)
         self.bout = np.empty(shape, np.bool_)
         self.on = np.empty(shape, np.bool_)
-        self.washed = np.empty(shape, np.bool_)
+        self.washout = np.empty(shape, np.float32)
         self.labels = np.empty(shape, np.int32)
+        self.wlabels = np.empty(shape, np.int32)
         self.stack = np.empty(rows * cols * 9 + 1, np.int64)
         self.stats = np.zeros((_MAX_COMPONENTS + 1, K.N_STATS), np.float64)
+        self.wstats = np.zeros((_MAX_COMPONENTS + 1, K.N_STATS), np.float64)
         self.keep = np.zeros(_MAX_COMPONENTS + 1, np.bool_)
 
 
 class _RunMemory:
-    """Per-run episode maps: each pixel's peak opacity and when it was reached."""
+    """Per-run memory: the last few working frames and the previous frame's opacity."""
 
-    def __init__(self, run, shape: tuple[int, int]):
+    def __init__(self, run, shape: tuple[int, int], frames: int):
         self.run = run
         self.frame_no = 0
-        self.peak = np.zeros(shape, np.float32)
-        self.peak_frame = np.full(shape, -1000, np.int32)
-        self.first_on = np.full(shape, -1, np.int32)
+        self.ring = np.zeros((frames,) + shape, np.float32)
+        self.ring_count = 0
+        self.ring_next = 0
         self.opaque = np.zeros(shape, np.bool_)
         self.text = np.zeros(shape, np.bool_)
         self.shift_px = (0, 0)
@@ -180,7 +189,7 @@ class ContrastStage:
         np.greater(b.low, 0, out=b.seed)
         K.dilate_square(b.seed, 2, b.btmp, b.text)
         if new_run:
-            memory.run = _RunMemory(run, shape)
+            memory.run = _RunMemory(run, shape, self.settings.washout_frames)
             memory.run.text[...] = b.text
             np.greater_equal(b.high, factor * factor, out=b.full)
             np.logical_or(b.full, b.text, out=b.unusable)
@@ -200,6 +209,11 @@ class ContrastStage:
         K.dilate_square(b.btmp, 1, b.bout, b.unexposed)
         np.logical_or(b.unexposed, b.text, out=b.unusable)
         np.logical_not(b.unusable, out=b.valid)
+        # the outermost blocks see the smoothing's replicated border and partial collimation
+        b.valid[:_BORDER_PX] = False
+        b.valid[-_BORDER_PX:] = False
+        b.valid[:, :_BORDER_PX] = False
+        b.valid[:, -_BORDER_PX:] = False
         dx, dy = reg_shift if reg_shift is not None else (0, 0)
         K.masked_residual(b.current, envelope, b.valid, dx, dy, b.residual)
         centre, sigma = K.robust_centre_spread(b.residual, b.valid, 3.0)
@@ -211,8 +225,7 @@ class ContrastStage:
         s = self.settings
         n = K.hysteresis_label(b.score, b.valid, s.seed_z, s.grow_z, b.labels, b.stack,
                                _MAX_COMPONENTS)
-        K.component_stats(b.labels, n, b.residual, rm.opaque, rm.peak_frame, rm.frame_no,
-                          b.stats)
+        K.component_stats(b.labels, n, b.residual, rm.opaque, b.stats)
         K.core_stats(b.labels, b.residual, 0.4, b.stats)
         opacities = describe_components(b.stats, n, b.score, b.valid, sigma, factor, work_mm)
         keep = memory.classifier.accept(opacities, strict=not bank.mature)
@@ -220,20 +233,26 @@ class ContrastStage:
         for k, ok in enumerate(keep, start=1):
             b.keep[k] = ok
         K.select_labels(b.labels, b.keep, b.on)
-        n_washed = K.update_episode(b.residual, b.on, rm.frame_no, s.washout_ratio,
-                                    s.washout_min_z * sigma, s.washout_frames, rm.peak,
-                                    rm.peak_frame, rm.first_on, b.washed)
-        # the previous frame's opacity is read by component_stats above (C_NEW)
+        # the previous frame's opacity was read by component_stats above (C_NEW)
         rm.opaque[...] = b.on
         accepted = tuple(o for o, ok in zip(opacities, keep) if ok)
         self.last_opacities = accepted
-        washed_mm2 = n_washed * work_mm * work_mm
+        washed_mm2 = self._washout_mm2(b, rm, envelope, (dx, dy), sigma, work_mm)
+        rm.ring[rm.ring_next] = b.current
+        rm.ring_next = (rm.ring_next + 1) % len(rm.ring)
+        rm.ring_count = min(rm.ring_count + 1, len(rm.ring))
         joint = getattr(register, "joint_polyline_xy", None) if register is not None else None
         memory.classifier.update(frame.index, accepted, washed_mm2, joint)
         if accepted:
             rm.opacity_seen = True
         elif not rm.opacity_seen:
-            bank.push(b.current, b.unusable, reg_shift or (0, 0))
+            # opacity set aside as gas stays out of the reference: a faint vessel beside gas
+            # must still be there to wash out against
+            for k, o in enumerate(opacities, start=1):
+                b.keep[k] = memory.classifier.set_aside_as_gas(o)
+            K.select_labels(b.labels, b.keep, b.on)
+            np.logical_or(b.on, b.unusable, out=b.on)
+            bank.push(b.current, b.on, reg_shift or (0, 0))
         area_mm2 = float(sum(o.area_mm2 for o in accepted))
         iodine = float(sum(o.iodine_au for o in accepted))
         bbox = None
@@ -241,6 +260,31 @@ class ContrastStage:
             bbox = [min(o.bbox_xyxy[0] for o in accepted), min(o.bbox_xyxy[1] for o in accepted),
                     max(o.bbox_xyxy[2] for o in accepted), max(o.bbox_xyxy[3] for o in accepted)]
         return self._result(memory, frame, accepted, area_mm2, iodine, bbox)
+
+    def _washout_mm2(self, b: _Buffers, rm: _RunMemory, envelope: np.ndarray, shift_px,
+                     sigma: float, work_mm: float) -> float:
+        """Area of opacity that rose above the reference within the last few frames and has
+        fallen back (a vessel emptying); joint and soft-tissue contrast stays."""
+        s = self.settings
+        K.washout_map(rm.ring, rm.ring_count, b.current, envelope, b.valid, shift_px[0],
+                      shift_px[1], np.float32(1.0 / sigma), b.washout)
+        n = K.hysteresis_label(b.washout, b.valid, s.washout_seed_z, s.washout_grow_z, b.wlabels,
+                               b.stack, _MAX_COMPONENTS)
+        if n == 0:
+            return 0.0
+        K.component_stats(b.wlabels, n, b.washout, b.valid, b.wstats)
+        total_px = 0.0
+        for k in range(1, n + 1):
+            st = b.wstats[k]
+            x0, y0, x1, y1 = int(st[K.C_X0]), int(st[K.C_Y0]), int(st[K.C_X1]), int(st[K.C_Y1])
+            m = max(3, (max(x1 - x0, y1 - y0) + 1) // 2)
+            washed = st[K.C_SUM] - s.washout_grow_z * st[K.C_AREA]
+            # gas sliding over contrast also lowers it, but darkens the tissue around as well
+            darker = K.negative_mass(b.score, b.valid, x0 - m, y0 - m, x1 + m, y1 + m,
+                                     s.grow_z)
+            if darker < s.washout_max_dark * washed:
+                total_px += st[K.C_AREA]
+        return total_px * work_mm * work_mm
 
     def _result(self, memory: _StudyMemory, frame: Frame, accepted, area_mm2: float,
                 iodine_au: float, bbox) -> dict[str, Any]:

@@ -21,6 +21,11 @@ from sifluoro.track import _contrast_kernels as K
 
 DANGER = {"none": 0, "intra_articular": 1, "extravasation": 2, "vascular": 3}
 VASCULAR_WASHOUT_MM2 = 8.0   # washed-out area (at the detector) that means a vessel
+# smallest new opacity taken as contrast: a needle advancing ~1 mm between frames leaves less,
+# the first frame of any injection (joint fill, cloud, vessel) far more
+MIN_AREA_MM2 = 40.0
+# the core of a needle's advance between two frames is a dot; contrast cores are longer
+MIN_CORE_LENGTH_MM = 8.0
 
 
 @dataclass(frozen=True)
@@ -84,7 +89,9 @@ def describe_components(stats: np.ndarray, n: int, score: np.ndarray, valid: np.
         length_px, l1, l2 = _principal(core, s[K.C_CSX], s[K.C_CSY], s[K.C_CSXX], s[K.C_CSYY],
                                        s[K.C_CSXY])
         x0, y0, x1, y1 = (int(s[K.C_X0]), int(s[K.C_Y0]), int(s[K.C_X1]), int(s[K.C_Y1]))
-        margin = max(3, (max(x1 - x0, y1 - y0) + 1) // 2)
+        # a bubble's dark lobe lies across the bubble from its bright one, about as far as
+        # the bright crescent is long
+        margin = max(3, max(x1 - x0, y1 - y0) + 1)
         neg = K.negative_mass(score, valid, x0 - margin, y0 - margin, x1 + margin, y1 + margin,
                               2.5)
         pos = max(s[K.C_SUM] / sigma - 2.5 * area, 1e-6)
@@ -140,8 +147,17 @@ class Classifier:
         the breathing cycle, so only dense opacity counts.
         """
         min_peak_z = 25.0 if strict else 8.0
-        return [o.area_mm2 >= 6.0 and o.peak_z >= min_peak_z
-                and not (o.negative_ratio > 0.8 and o.peak_z < 20.0) for o in opacities]
+        return [o.area_mm2 >= MIN_AREA_MM2 and o.length_mm >= MIN_CORE_LENGTH_MM
+                and o.peak_z >= min_peak_z and not self._gas_like(o) for o in opacities]
+
+    @staticmethod
+    def _gas_like(o: Opacity) -> bool:
+        """Modest opacity with a dark lobe beside it: a bubble moved beyond the reference."""
+        return o.negative_ratio > 0.5 and o.peak_z < 20.0
+
+    def set_aside_as_gas(self, o: Opacity) -> bool:
+        """Whether ``o`` is significant opacity that :meth:`accept` refused only as gas."""
+        return o.area_mm2 >= MIN_AREA_MM2 and o.peak_z >= 8.0 and self._gas_like(o)
 
     def update(self, index: int, accepted: tuple[Opacity, ...], washed_mm2: float,
                joint_polyline_xy) -> None:

@@ -75,7 +75,7 @@ class ReferenceBank:
 
         Each run has its own window (and dose), so stored values differ by a gain and an
         offset; a least-squares line between the latest kept frame and the run's first frame
-        maps the older frames. Returns the integer shift (dx, dy) of the new run relative to
+        maps the older frames, which then take the first frame's brighter pixels. Returns the integer shift (dx, dy) of the new run relative to
         the kept frames, from phase correlation (0, 0 when unsure).
         """
         self.runs_seen += 1
@@ -90,6 +90,7 @@ class ReferenceBank:
             both = usable & (latest > 0.02) & (latest < 0.98) & (first > 0.02) & (first < 0.98)
         a = latest[both].astype(np.float64)
         b = first[both].astype(np.float64)
+        noise_diff = float(np.median(np.abs(np.diff(b - a)))) * 1.0484  # sigma of a difference
         var = a.var()
         gain = float(((a - a.mean()) * (b - b.mean())).mean() / var) if var > 0 else 1.0
         if not 0.5 < gain < 2.0:
@@ -100,6 +101,11 @@ class ReferenceBank:
         used *= np.float32(gain)
         used += np.float32(offset)
         used[~keep] = UNUSABLE
+        # what the new run shows that older frames lack (the needle moved) goes into every
+        # kept frame, raised by about the bias of a maximum over several noisy frames: it
+        # then stands in the envelope as high as everything else does
+        lifted = np.where(usable, first + np.float32(noise_diff), UNUSABLE)
+        np.maximum(used, lifted, out=used)
         self._dirty = True
         return shift
 

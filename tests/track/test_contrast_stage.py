@@ -1,0 +1,214 @@
+"""ContrastStage on small synthetic studies: gas, needle, collimation, each outcome.
+
+The phantom is a smooth bony background with a dark joint line, breathing bowel gas, a needle
+and quantum-like noise, in 12-bit MONOCHROME2 frames of 512 x 512; contrast is drawn the way
+the simulator (docs/simulator.md) draws it: joint fill growing along the joint, soft clouds
+growing around the tip, a branching vessel that fills within a frame and washes out.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sifluoro.model import Device, Frame, Run, Shutter, Technique
+from sifluoro.pipeline import Pipeline
+from sifluoro.track.contrast import ContrastStage
+
+SIZE = 512
+TOP = 4095
+TIP_XY = (250.0, 220.0)
+
+
+def _joint_x(y):
+    return 250.0 + 18.0 * np.sin((y - 100.0) / 70.0)
+
+
+class Phantom:
+    """Deterministic synthetic frames; every call with the same arguments gives the same pixels."""
+
+    def __init__(self, seed: int = 3):
+        rng = np.random.default_rng(seed)
+        yy, xx = np.mgrid[:SIZE, :SIZE].astype(np.float32)
+        base = 0.35 + 0.1 * np.exp(-((xx - 300) ** 2 + (yy - 250) ** 2) / (2 * 150.0 ** 2))
+        bone = (np.abs(xx - _joint_x(yy)) > 4) & (yy > 60) & (yy < 460) & (xx > 120) & (xx < 400)
+        base = base + 0.15 * bone
+        self.base = base.astype(np.float32)
+        self.yy, self.xx = yy, xx
+        self.rng_seed = seed
+        self.gas_centres = rng.uniform([80, 330], [430, 470], (4, 2))
+        self.gas_axes = rng.uniform(18, 35, (4, 2))
+        self.vessel = self._vessel(rng)
+
+    def _vessel(self, rng):
+        mask = np.zeros((SIZE, SIZE), bool)
+        starts = [np.array(TIP_XY)]
+        for branch in range(4):
+            p = starts[rng.integers(len(starts))].copy()
+            d = rng.normal(size=2)
+            d /= np.linalg.norm(d)
+            for _ in range(45 if branch == 0 else 25):
+                d = d + 0.35 * rng.normal(size=2)
+                d /= np.linalg.norm(d)
+                p = p + 2.0 * d
+                x, y = int(round(p[0])), int(round(p[1]))
+                if 2 <= x < SIZE - 2 and 2 <= y < SIZE - 2:
+                    mask[y - 1:y + 2, x - 1:x + 2] = True
+                starts.append(p.copy())
+        return mask
+
+    def frame(self, t: int, *, gas_shift_px: float, needle_len_px: float | None = None,
+              joint_reach_px: float = 0.0, cloud: float = 0.0, vessel: float = 0.0,
+              field_top_px: int = 0) -> np.ndarray:
+        a = self.base.copy()
+        for (cx, cy), (ax, ay) in zip(self.gas_centres, self.gas_axes):
+            inside = ((self.xx - cx) / ax) ** 2 + ((self.yy - cy - gas_shift_px) / ay) ** 2 < 1
+            a[inside] -= 0.05
+        if needle_len_px:
+            # from the hub toward the tip; at 150 px the tip is at TIP_XY
+            dx, dy = 0.6, 0.8
+            hub_x, hub_y = TIP_XY[0] - 150.0 * dx, TIP_XY[1] - 150.0 * dy
+            for s in np.arange(0.0, needle_len_px, 0.5):
+                xi, yi = int(round(hub_x + s * dx)), int(round(hub_y + s * dy))
+                a[yi:yi + 2, xi:xi + 2] = np.maximum(a[yi:yi + 2, xi:xi + 2], 0.85)
+        if joint_reach_px > 0:
+            band = (np.abs(self.xx - _joint_x(self.yy)) <= 2.0) & (self.yy >= TIP_XY[1] - 10) \
+                & (self.yy <= TIP_XY[1] + joint_reach_px)
+            a[band] += 0.3
+        if cloud > 0:
+            for dx, dy, s in ((-25, 5, 16), (20, -10, 14), (5, 25, 18), (-10, -25, 12)):
+                a += cloud * np.exp(-((self.xx - TIP_XY[0] - dx) ** 2 + (self.yy - TIP_XY[1] - dy) ** 2)
+                                    / (2 * s * s))
+        if vessel > 0:
+            a[self.vessel] += 0.25 * vessel
+        noise = np.random.default_rng([self.rng_seed, t]).normal(0.0, 0.02, a.shape)
+        v = np.clip(a + noise, 0.0, 1.0)
+        v[:field_top_px] = 1.0
+        return np.rint(v * TOP).astype(np.uint16)
+
+
+def _run(index: int, n: int, *, start_s: float, angles=(20.0, 5.0)) -> Run:
+    tech = Technique(imager_pixel_spacing_xy_mm=(0.6, 0.6), primary_angle_deg=angles[0],
+                     secondary_angle_deg=angles[1], shutter=Shutter(rect_xyxy=(0, 0, SIZE - 1, SIZE - 1)),
+                     frame_time_ms=133.0)
+    return Run(path=f"run{index}", sop_instance_uid=f"1.2.3.{index}", sop_class_uid="", series_instance_uid="1.2",
+               study_instance_uid="1", modality="XA", transfer_syntax_uid="", rows=SIZE, columns=SIZE,
+               bits_stored=12, photometric="MONOCHROME2", start_s=start_s,
+               frame_offsets_s=tuple(0.133 * k for k in range(n)), frame_intervals_ms=(133.0,) * n,
+               technique=tech, device=Device(), index=index)
+
+
+def _replay(phantom: Phantom, runs: list[list[dict]]):
+    """Run ``runs`` (each a list of per-frame phantom keyword sets) through one study."""
+    stage = ContrastStage()
+    pipeline = Pipeline([stage])
+    state = pipeline.start_study("1")
+    events, t, index = [], 0, 0
+    for r, frames in enumerate(runs):
+        run = _run(r, len(frames), start_s=30.0 * r)
+        for k, kw in enumerate(frames):
+            pixels = phantom.frame(t, **kw)
+            events.append(pipeline.process(Frame(pixels, index, k + 1, run.start_s + 0.133 * k, run), state))
+            t += 1
+            index += 1
+    return events, state
+
+
+def _gas(t: int) -> float:
+    return 7.0 * np.sin(2 * np.pi * t / 23.0)
+
+
+def _needle_runs(t0: int = 0) -> list[list[dict]]:
+    """A scout (no needle) and three needle runs; the needle advances within and between runs."""
+    runs, t = [], t0
+    runs.append([dict(gas_shift_px=_gas(t + k)) for k in range(5)])
+    t += 5
+    for r, start in enumerate((60.0, 95.0, 130.0)):
+        runs.append([dict(gas_shift_px=_gas(t + 7 * r + k), needle_len_px=start + 1.5 * k) for k in range(8)])
+    return runs
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    return Phantom()
+
+
+def _contrast_run(n: int, start: int, **draw) -> list[dict]:
+    frames = []
+    for k in range(n):
+        f = max(0, k - start + 1)
+        kw = dict(gas_shift_px=_gas(40 + k), needle_len_px=150.0)
+        kw.update({name: fn(f) for name, fn in draw.items()})
+        frames.append(kw)
+    return frames
+
+
+def _states(events):
+    return [e["contrast"]["state"] for e in events]
+
+
+def test_gas_and_needle_advance_without_contrast_stay_none(phantom):
+    runs = _needle_runs() + [_contrast_run(10, 99)]
+    events, state = _replay(phantom, runs)
+    assert set(_states(events)) == {"none"}
+    assert state.contrast_state == "none"
+    assert not any("contrast_alert" in e for e in events)
+
+
+def test_collimation_closing_mid_run_is_not_contrast(phantom):
+    frames = _contrast_run(10, 99)
+    for k in range(5, 10):
+        frames[k]["field_top_px"] = 80
+    events, state = _replay(phantom, _needle_runs() + [frames])
+    assert set(_states(events)) == {"none"}
+
+
+def test_intra_articular_fill_under_a_changing_field(phantom):
+    frames = _contrast_run(12, 2, joint_reach_px=lambda f: min(150.0, 30.0 * f))
+    for k in range(6, 12):
+        frames[k]["field_top_px"] = 60
+    events, state = _replay(phantom, _needle_runs() + [frames])
+    out = _states(events)[-12:]
+    assert out[:2] == ["none", "none"]
+    assert set(out[2:]) == {"intra_articular"}
+    last = events[-1]["contrast"]
+    assert last["area_mm2"] > 50 and last["iodine_au"] > 0 and last["bbox_xyxy"] is not None
+    x0, y0, x1, y1 = last["bbox_xyxy"]
+    assert x0 <= TIP_XY[0] <= x1 and y0 <= TIP_XY[1] + 50 <= y1
+
+
+def test_extravasation_cloud(phantom):
+    frames = _contrast_run(12, 2, cloud=lambda f: 0.05 * min(1.0, f / 4.0))
+    events, state = _replay(phantom, _needle_runs() + [frames])
+    assert state.contrast_state == "extravasation"
+    out = _states(events)[-12:]
+    assert out[:2] == ["none", "none"] and out[-1] == "extravasation"
+    assert out.index("extravasation") <= 4
+
+
+def _vessel_course(arrival: int):
+    washout = {0: 0.0, 1: 1.0, 2: 1.0, 3: 0.35, 4: 0.12}
+    return lambda f: washout.get(f - arrival + 1, 0.0) if f >= arrival else 0.0
+
+
+def test_vascular_uptake_alerts_once_and_stays(phantom):
+    frames = _contrast_run(12, 2, vessel=_vessel_course(1))
+    events, state = _replay(phantom, _needle_runs() + [frames])
+    out = _states(events)[-12:]
+    assert out[:2] == ["none", "none"]
+    first = out.index("vascular")
+    assert first <= 2 + 3                     # within 3 frames of the vessel filling
+    assert set(out[first:]) == {"vascular"}   # a washed-out vessel is still vascular
+    alerts = [e["contrast_alert"] for e in events if "contrast_alert" in e]
+    assert len(alerts) == 1
+    assert alerts[0]["kind"] == "vascular" and 0 < alerts[0]["confidence"] <= 1
+    assert state.contrast_state == "vascular"
+
+
+def test_joint_fill_then_vessel_is_vascular(phantom):
+    frames = _contrast_run(14, 2, joint_reach_px=lambda f: min(150.0, 25.0 * f),
+                           vessel=_vessel_course(4))
+    events, state = _replay(phantom, _needle_runs() + [frames])
+    out = _states(events)[-14:]
+    assert out[2] == "intra_articular"
+    assert out[-1] == "vascular" and state.contrast_state == "vascular"
+    assert out.index("vascular") <= 2 + 3 + 3
