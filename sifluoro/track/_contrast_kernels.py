@@ -42,31 +42,37 @@ def reduce_frame(pixels, factor, top, invert, out_img, out_low, out_high):
     ``out_img[y, x]`` = mean over the ``factor`` x ``factor`` block of ``v / top`` (``1 - v / top``
     when ``invert``), so bone is bright. ``out_low``/``out_high`` count the block's pixels at
     attenuation 0 (burned-in text outline) and at 1 (no exposure, text, or saturation).
+    Rows are read in storage order, one block row at a time.
     """
     rows, cols = out_img.shape
     scale = 1.0 / (top * factor * factor)
     for y in range(rows):
         for x in range(cols):
-            acc = 0
-            n_low = 0
-            n_high = 0
-            for dy in range(factor):
-                row = y * factor + dy
+            out_low[y, x] = 0
+            out_high[y, x] = 0
+            out_img[y, x] = 0.0
+        for dy in range(factor):
+            row = pixels[y * factor + dy]
+            for x in range(cols):
+                acc = 0
+                n0 = 0
+                n1 = 0
                 for dx in range(factor):
-                    v = np.int64(pixels[row, x * factor + dx])
+                    v = np.int32(row[x * factor + dx])
                     acc += v
-                    if v == 0:
-                        n_low += 1
-                    elif v >= top:
-                        n_high += 1
+                    n0 += v == 0
+                    n1 += v >= top
+                out_img[y, x] += acc
+                out_low[y, x] += n0
+                out_high[y, x] += n1
+        for x in range(cols):
             if invert:
-                out_img[y, x] = np.float32(1.0 - acc * scale)
-                out_low[y, x] = n_high
-                out_high[y, x] = n_low
+                out_img[y, x] = np.float32(1.0 - out_img[y, x] * scale)
+                n0 = out_low[y, x]
+                out_low[y, x] = out_high[y, x]
+                out_high[y, x] = n0
             else:
-                out_img[y, x] = np.float32(acc * scale)
-                out_low[y, x] = n_low
-                out_high[y, x] = n_high
+                out_img[y, x] = np.float32(out_img[y, x] * scale)
 
 
 @njit(cache=True, nogil=True)
@@ -130,7 +136,7 @@ def masked_residual(cur, ref, valid, dx, dy, out):
 
 @njit(cache=True, nogil=True)
 def robust_centre_spread(values, valid, clip):
-    """Centre and Gaussian-equivalent spread of ``values`` over ``valid``, twice re-clipped at
+    """Centre and Gaussian-equivalent spread of ``values`` over ``valid``, re-clipped once at
     ``clip`` spreads so that contrast, gas and needle hardly move them.
 
     Returns (centre, sigma); sigma is 1.2533 x the mean absolute deviation of the kept values.
@@ -139,7 +145,7 @@ def robust_centre_spread(values, valid, clip):
     centre = 0.0
     half_width = 1e30
     sigma = 0.0
-    for _ in range(3):
+    for _ in range(2):
         s = 0.0
         n = 0
         for y in range(rows):
@@ -203,24 +209,23 @@ def flood_unexposed(seed, full, out, stack):
 
 @njit(cache=True, nogil=True)
 def dilate_square(src, radius, tmp, out):
-    """Binary dilation by a (2 radius + 1)² square, separable."""
+    """Binary dilation by a (2 radius + 1)² square, separable, rows in storage order."""
     rows, cols = src.shape
     for y in range(rows):
-        run = -1
-        for x in range(cols + radius):
-            if x < cols and src[y, x]:
-                run = x
-            xo = x - radius
-            if xo >= 0:
-                tmp[y, xo] = run >= 0 and run >= xo - radius
-    for x in range(cols):
-        run = -1
-        for y in range(rows + radius):
-            if y < rows and tmp[y, x]:
-                run = y
-            yo = y - radius
-            if yo >= 0:
-                out[yo, x] = run >= 0 and run >= yo - radius
+        for x in range(cols):
+            hit = False
+            for xx in range(max(x - radius, 0), min(x + radius + 1, cols)):
+                if src[y, xx]:
+                    hit = True
+                    break
+            tmp[y, x] = hit
+    for y in range(rows):
+        for x in range(cols):
+            out[y, x] = False
+        for yy in range(max(y - radius, 0), min(y + radius + 1, rows)):
+            for x in range(cols):
+                if tmp[yy, x]:
+                    out[y, x] = True
 
 
 @njit(cache=True, nogil=True)
