@@ -62,7 +62,7 @@ def _percentiles(ms: list[float]) -> dict:
 def bench_size(size: int, frames_n: int) -> dict:
     run, frames = _frames(size, frames_n)
     stage = ContrastStage()
-    stage.warm_up(size, size)
+    stage.warm_up(Frame(frames[0], 0, 1, 0.0, run))
     state = StudyState("1", dose=None)
     stage_ms = []
     for k, px in enumerate(frames):

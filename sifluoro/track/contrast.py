@@ -142,8 +142,9 @@ class ContrastStage:
         self._buffers: _Buffers | None = None
         self.last_opacities: tuple[Opacity, ...] = ()
 
-    def warm_up(self, rows: int = 1024, cols: int = 1024) -> None:
-        """Compile the kernels and allocate buffers for frames of ``rows`` x ``cols``."""
+    def warm_up(self, frame: Frame) -> None:
+        """Compile the kernels and allocate the buffers on a frame of the run's real shape."""
+        rows, cols = frame.pixels.shape
         factor = self.factor_for(rows, cols)
         K.warm_up(rows, cols, factor)
         self.buffers((rows // factor, cols // factor))
