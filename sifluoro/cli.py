@@ -38,17 +38,6 @@ def _simulate(args) -> int:
     return 0
 
 
-def _batch(args) -> int:
-    from sifluoro.sim.batch import replay_set
-
-    failures = 0
-    for name, result in replay_set(args.cases_dir, args.out):
-        failures += result.exit_code != 0
-        print(f"{name}: {result.summary['frames']} frames, contrast {result.summary['contrast_state']}, "
-              f"{len(result.summary['rejected_files'])} rejected")
-    return 1 if failures else 0
-
-
 def _evaluate(args) -> int:
     from sifluoro.sim.evaluate import evaluate, format_report
 
@@ -96,11 +85,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="processes (default %(default)s)")
     p.set_defaults(func=_simulate)
 
-    p = sub.add_parser("batch", help="replay every case folder under CASES into OUT/<case>/")
-    p.add_argument("cases_dir", type=Path, metavar="CASES")
-    p.add_argument("--out", type=Path, required=True, metavar="RESULTS")
-    p.set_defaults(func=_batch)
-
     p = sub.add_parser("evaluate", help="score replay results against simulator truth")
     p.add_argument("cases_dir", type=Path, metavar="CASES")
     p.add_argument("results_dir", type=Path, metavar="RESULTS")
@@ -110,8 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     from sifluoro.acquire.receiver import add_receive_parser
     from sifluoro.dose.cli import add_dose_parser
 
+    from sifluoro.audit.cli import add_audit_parser
+
     add_receive_parser(sub)
     add_dose_parser(sub)
+    add_audit_parser(sub)
     return parser
 
 
