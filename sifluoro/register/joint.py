@@ -19,7 +19,13 @@ STEP_PENALTY = 1.5  # per column of sideways step: the joint is smooth, trabecul
 MAX_STEP = 2  # the joint turns obliquely into the sciatic notch at its inferior end
 WINDOW_MM = 56.0  # vertical extent kept: the projected joints span 48-80 mm, median 56
 TRIM_FRACTION = 0.5  # longest stretch kept, measured along the image columns
+# the lucent line runs on above the joint along the bone outline, about as strongly: of the
+# windows nearly as strong as the best, the most inferior one is the joint
+WINDOW_NEAR_BEST = 0.9
 SIDE_OFFSETS_MM = (1.2, 2.0, 3.2)  # half-widths of the lucent line that are looked for
+CENTRE_X_MM = 50.0  # the joint lies within this of the field's central column
+TARGET_RADIUS_MM = 50.0  # the target (joint's inferior third) lies within this of the centre
+SLOPE_MAX = 0.05  # a left joint runs inferiorly towards image left (dx/dy < 0), a right one right
 
 
 @dataclass(frozen=True)
@@ -66,7 +72,7 @@ def usable_mask(attenuation_image: np.ndarray, field: np.ndarray, factor: int) -
 
 
 def segment_joint(work: np.ndarray, *, grid: WorkingGrid, usable: np.ndarray,
-                  min_contrast: float = 3.0) -> JointLine | None:
+                  min_contrast: float = 3.0, side: str | None = None) -> JointLine | None:
     """Find the joint line on one (possibly time-averaged) working-resolution image.
 
     Parameters
@@ -80,6 +86,9 @@ def segment_joint(work: np.ndarray, *, grid: WorkingGrid, usable: np.ndarray,
         Where to look (see :func:`usable_mask`); shutters, the circle edge and text are ignored.
     min_contrast : float
         How many robust noise levels the path's mean response must stand above the background.
+    side : "L", "R" or None
+        Side of the joint (the run's laterality): a left joint runs inferiorly towards image
+        left, a right one towards image right; a line the other way is rejected.
 
     Returns
     -------
@@ -100,6 +109,10 @@ def segment_joint(work: np.ndarray, *, grid: WorkingGrid, usable: np.ndarray,
     residual = (smooth - cv2.GaussianBlur(smooth, (0, 0), 2.0))[mask]
     noise = float(np.median(np.abs(residual - np.median(residual)))) * 1.4826 + 1e-6
     gain = np.where(mask, depth / noise - min_contrast, -10.0).astype(np.float32)
+    # the C-arm is centred on the joint's inferior third: nothing far beside the centre counts
+    cols = work.shape[1]
+    beside = np.abs(np.arange(cols) - 0.5 * (cols - 1)) * grid.spacing_mm > CENTRE_X_MM
+    gain[:, beside] = -10.0
     path = np.full(work.shape[0], -1, np.int32)
     acc = np.empty(work.shape, np.float32)
     came = np.empty(work.shape, np.int8)
@@ -112,6 +125,8 @@ def segment_joint(work: np.ndarray, *, grid: WorkingGrid, usable: np.ndarray,
     line = _refine(cv2.GaussianBlur(work, (0, 0), max(0.5, 0.4 / grid.spacing_mm)), path, y0, y1,
                    max(1, int(round(1.5 / grid.spacing_mm))))
     full = grid.to_full(line)
+    if not _plausible(full, work.shape, grid, side):
+        return None
     length_mm = float(np.hypot(*np.diff(full, axis=0).T).sum() * grid.spacing_mm / grid.factor)
     if not LENGTH_MM[0] <= length_mm <= LENGTH_MM[1]:
         return None
@@ -121,14 +136,31 @@ def segment_joint(work: np.ndarray, *, grid: WorkingGrid, usable: np.ndarray,
     return JointLine(_simplify(full), confidence, doubled, length_mm)
 
 
+def _plausible(full: np.ndarray, shape: tuple[int, int], grid: WorkingGrid, side: str | None) -> bool:
+    """Where and how a joint can project: target near the field centre, and the line running
+    inferiorly towards the midline (image left for a left joint in the stored orientation)."""
+    centre = (np.array([shape[1], shape[0]], float) * grid.factor - 1) / 2.0
+    line = JointLine(full, 0.0, False, 0.0)
+    spacing_full_mm = grid.spacing_mm / grid.factor
+    if np.hypot(*(line.point_at(5.0 / 6.0) - centre)) * spacing_full_mm > TARGET_RADIUS_MM:
+        return False
+    dx, dy = full[-1] - full[0]
+    if side in ("L", "R") and dy > 0:
+        slope = dx / dy
+        if (side == "L" and slope > SLOPE_MAX) or (side == "R" and slope < -SLOPE_MAX):
+            return False
+    return True
+
+
 def _best_window(gain: np.ndarray, path: np.ndarray, y0: int, y1: int, max_rows: int
                  ) -> tuple[int, int, float]:
-    """The contiguous stretch of the path, at most ``max_rows`` long, with the largest gain."""
+    """The most inferior contiguous stretch of the path, at most ``max_rows`` long, whose gain
+    is within :data:`WINDOW_NEAR_BEST` of the largest."""
     values = gain[np.arange(y0, y1 + 1), path[y0:y1 + 1]].astype(np.float64)
     if len(values) <= max_rows:
         return y0, y1, float(values.sum())
     sums = np.convolve(values, np.ones(max_rows), mode="valid")
-    start = int(np.argmax(sums))
+    start = int(np.nonzero(sums >= WINDOW_NEAR_BEST * sums.max())[0][-1])
     window = values[start:start + max_rows]
     # drop weak ends of the window
     keep = np.nonzero(window > 0)[0]

@@ -46,8 +46,9 @@ class _View:
     """What is known about one pose: reference, running average and joint line (mutable)."""
 
     def __init__(self, geometry: _Geometry, angles_deg: tuple[float, float] | None,
-                 usable: np.ndarray, work: np.ndarray):
+                 usable: np.ndarray, work: np.ndarray, side: str | None = None):
         self.geometry = geometry
+        self.side = side
         self.angles_deg = angles_deg
         self.grid = working_grid(geometry.spacing_mm, target_mm=WORK_MM)
         self.registrar = Registrar(work.shape, self.grid.factor, self.grid.spacing_mm, usable)
@@ -89,7 +90,7 @@ class _View:
         mean = self.sum / np.maximum(self.count, 1.0)
         # the average is a less noisy reference, in the same (first frame's) coordinates
         self.registrar.set_reference(np.where(usable, mean, self.sum.dtype.type(0)))
-        line = segment_joint(mean, grid=self.grid, usable=usable)
+        line = segment_joint(mean, grid=self.grid, usable=usable, side=self.side)
         if line is not None:
             self.line = line
 
@@ -159,7 +160,7 @@ class JointStage:
             view = next((v for v in st.views if v.matches(geometry, angles)), None)
             view_changed = True
         if view is None:
-            view = self._new_view(st, geometry, angles, work)
+            view = self._new_view(st, geometry, angles, work, _side(frame))
         else:
             motion = view.registrar.measure(work)
             shift_mm = np.hypot(*motion.shift_xy) * geometry.spacing_mm
@@ -167,7 +168,7 @@ class JointStage:
                 log.info("frame %d: registration lost (peak %.3f, shift %.1f mm): new view",
                          frame.index, motion.peak, shift_mm)
                 st.views.remove(view)
-                view = self._new_view(st, geometry, angles, work)
+                view = self._new_view(st, geometry, angles, work, _side(frame))
                 view_changed = True
             else:
                 shift_full = motion.shift_xy
@@ -192,8 +193,9 @@ class JointStage:
                              shift_full, view_changed)
 
     @staticmethod
-    def _new_view(st: _StudyRegister, geometry: _Geometry, angles, work: np.ndarray) -> _View:
-        view = _View(geometry, angles, st.run_usable, work)
+    def _new_view(st: _StudyRegister, geometry: _Geometry, angles, work: np.ndarray,
+                  side: str | None) -> _View:
+        view = _View(geometry, angles, st.run_usable, work, side)
         st.views.append(view)
         return view
 
@@ -215,6 +217,12 @@ class JointStage:
             target = {"xy": [round(target_xy[0], 2), round(target_xy[1], 2)],
                       "radius_mm": round(radius_mm, 2)}
         return {"joint": joint, "target": target}
+
+
+def _side(frame: Frame) -> str | None:
+    """The run's laterality, "L" or "R", when the header states it."""
+    side = (frame.run.laterality or "").strip().upper()
+    return side if side in ("L", "R") else None
 
 
 def _is_inside(mask: np.ndarray, xy: np.ndarray) -> bool:
