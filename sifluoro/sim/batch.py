@@ -35,11 +35,15 @@ def simulate_set(outdir: str | Path, *, cases: int, seed: int, size: str = "mixe
         yield from pool.map(_one, jobs)
 
 
-def replay_set(cases_dir: str | Path, out: str | Path):
-    """Replay each ``CASES/<case>/`` into ``OUT/<case>/events.jsonl`` and ``summary.json``."""
+def replay_set(cases_dir: str | Path, out: str | Path, *, settings=None):
+    """Replay each ``CASES/<case>/`` into ``OUT/<case>/events.jsonl`` and ``summary.json``.
+
+    With the default latency budget, image stages may be skipped on a busy machine; a large
+    budget (``Settings(latency_budget_ms=1e9)``) makes the results independent of load.
+    """
     from sifluoro.replay import replay
 
     for case_dir in sorted(p for p in Path(cases_dir).iterdir() if (p / "truth.json").exists()):
         result = replay([case_dir / "dicom"], events_path=Path(out) / case_dir.name / "events.jsonl",
-                        summary_path=Path(out) / case_dir.name / "summary.json")
+                        summary_path=Path(out) / case_dir.name / "summary.json", settings=settings)
         yield case_dir.name, result
