@@ -25,6 +25,7 @@ WINDOW_NEAR_BEST = 0.9
 SIDE_OFFSETS_MM = (1.2, 2.0, 3.2)  # half-widths of the lucent line that are looked for
 CENTRE_X_MM = 50.0  # the joint lies within this of the field's central column
 TARGET_RADIUS_MM = 50.0  # the target (joint's inferior third) lies within this of the centre
+RIM_BALANCE_MIN = 0.7  # weaker/stronger rim contrast below this: the margins do not superimpose
 SLOPE_MAX = 0.05  # a left joint runs inferiorly towards image left (dx/dy < 0), a right one right
 
 
@@ -132,7 +133,8 @@ def segment_joint(work: np.ndarray, *, grid: WorkingGrid, usable: np.ndarray,
         return None
     mean_gain = best / max(1, y1 - y0 + 1)
     confidence = float(1.0 - np.exp(-mean_gain / 4.0))
-    doubled = _has_parallel_line(gain, path, y0, y1, grid.spacing_mm, best)
+    doubled = (_has_parallel_line(gain, path, y0, y1, grid.spacing_mm, best)
+               or _rim_balance(smooth, path, y0, y1, grid.spacing_mm) < RIM_BALANCE_MIN)
     return JointLine(_simplify(full), confidence, doubled, length_mm)
 
 
@@ -190,6 +192,26 @@ def _refine(smooth: np.ndarray, path: np.ndarray, y0: int, y1: int, reach: int) 
         xs = np.convolve(np.pad(pts[:, 0], 2, mode="edge"), k, mode="valid")
         pts[:, 0] = xs
     return pts
+
+
+def _rim_balance(smooth: np.ndarray, path: np.ndarray, y0: int, y1: int, spacing_mm: float
+                 ) -> float:
+    """Contrast of the weaker cortical rim over that of the stronger one, on the profile across
+    the line averaged along it (detrended per row). Where the beam is tangent to the joint both
+    rims are dense and alike; doubled margins leave a shallow dip with one rim washed out."""
+    reach = max(2, int(round(8.0 / spacing_mm)))
+    cols = smooth.shape[1]
+    rows = [y for y in range(y0, y1 + 1) if reach <= path[y] < cols - reach]
+    if not rows:
+        return 1.0
+    ys = np.asarray(rows)
+    xs = path[ys][:, None] + np.arange(-reach, reach + 1)[None, :]
+    band = smooth[ys[:, None], xs].astype(np.float64)
+    band -= band[:, :1] + (band[:, -1:] - band[:, :1]) * np.linspace(0.0, 1.0, 2 * reach + 1)[None, :]
+    profile = band.mean(axis=0)
+    centre = profile[reach - 2:reach + 3].min()
+    left, right = profile[:reach].max() - centre, profile[reach + 1:].max() - centre
+    return float(min(left, right) / max(left, right, 1e-9))
 
 
 def _simplify(points: np.ndarray, step: int = 4) -> np.ndarray:

@@ -141,3 +141,49 @@ def test_new_angle_is_a_view_change(stage, sim_runs):
     changed = [e["joint"]["view_changed"] for e in events if e["joint"] is not None]
     assert events[n]["joint"] is None or events[n]["joint"]["view_changed"]
     assert sum(changed) <= 2
+
+
+def _synthetic_joint(slope: float, *, double_mm: float | None = None, size: int = 160,
+                     spacing_mm: float = 0.6) -> np.ndarray:
+    """A bright field with a thin lucent line through the centre, ``dx/dy = slope``, between
+    two dense rims; with ``double_mm`` a second, fainter line that far beside it."""
+    yy, xx = np.mgrid[:size, :size].astype(np.float64)
+    c = (size - 1) / 2.0
+    d = (xx - c - slope * (yy - c)) * spacing_mm / np.sqrt(1 + slope ** 2)
+    image = 0.6 + 0.05 * np.exp(-((np.abs(d) - 1.8) / 0.8) ** 2) - 0.08 * np.exp(-(d / 0.7) ** 2)
+    if double_mm is not None:
+        image[:] = 0.6 + 0.02 * np.exp(-((d + 2.5) / 1.5) ** 2) - 0.04 * np.exp(-(d / 0.7) ** 2) \
+            - 0.03 * np.exp(-((d - double_mm) / 0.7) ** 2)
+    inside = (yy > 20) & (yy < size - 20)
+    image = np.where(inside, image, 0.6)
+    return (image + np.random.default_rng(0).normal(0, 0.002, image.shape)).astype(np.float32)
+
+
+def test_side_prior_rejects_a_line_running_the_wrong_way():
+    from sifluoro.imaging import WorkingGrid
+    from sifluoro.register.joint import segment_joint
+    grid = WorkingGrid(1, 0.6)
+    usable = np.ones((160, 160), bool)
+    left_running = _synthetic_joint(-0.3)
+    assert segment_joint(left_running, grid=grid, usable=usable, side="L") is not None
+    assert segment_joint(left_running, grid=grid, usable=usable, side=None) is not None
+    assert segment_joint(left_running, grid=grid, usable=usable, side="R") is None
+
+
+def test_line_far_from_the_centre_is_not_a_joint():
+    from sifluoro.imaging import WorkingGrid
+    from sifluoro.register.joint import segment_joint
+    grid = WorkingGrid(1, 0.6)
+    image = _synthetic_joint(-0.3)
+    wide = np.full((160, 480), 0.6, np.float32)
+    wide[:, 320:] = image  # the line is now ~96 mm right of the centre
+    assert segment_joint(wide, grid=grid, usable=np.ones(wide.shape, bool), side="L") is None
+
+
+def test_rim_balance_tells_a_tangent_line_from_doubled_margins():
+    from sifluoro.register.joint import _rim_balance
+    path = np.full(160, 80, np.int32)
+    single = _synthetic_joint(0.0)
+    doubled = _synthetic_joint(0.0, double_mm=5.0)
+    assert _rim_balance(single, path, 30, 130, 0.6) > 0.8
+    assert _rim_balance(doubled, path, 30, 130, 0.6) < 0.7
