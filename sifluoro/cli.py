@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from sifluoro.config import Settings
-from sifluoro.errors import InputError, SifluoroError
+from sifluoro.errors import SifluoroError
 
 
 def _replay(args) -> int:
@@ -108,10 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except InputError as exc:
-        print(f"sifluoro: {exc}", file=sys.stderr)
-        return 2
-    except SifluoroError as exc:
+    except SifluoroError as exc:  # typed errors name the file/setting at fault: say it, exit 2
         print(f"sifluoro: {exc}", file=sys.stderr)
         return 2
 

@@ -55,6 +55,8 @@ class Pipeline:
     def __init__(self, stages: Iterable[Stage] = (), settings: Settings | None = None):
         self.stages = list(stages)
         self.settings = settings or Settings()
+        self._warmed: set[tuple] = set()
+        self._warm_lock = threading.Lock()
 
     def warm_up(self, run) -> None:
         """Compile and size every stage on a frame of the run's real shape, dtype and spacing
@@ -73,9 +75,15 @@ class Pipeline:
         return StudyState(study_instance_uid, DoseAccumulator(self.settings.dose))
 
     def prepare_run(self, run, state: StudyState) -> None:
-        """Run-level work (the dose model's spectrum) done when a run is announced, so that its
-        first frame does not pay for it. A run never announced is prepared on its first frame."""
+        """Run-level work done when a run is announced (its header is known), so that its first
+        frame does not pay for it: the dose model, and the stages' warm-up for a frame shape not
+        seen before. A run never announced is prepared on its first frame."""
         state.dose.prepare(run)
+        key = (run.rows, run.columns, run.bits_stored, run.pixel_spacing_xy_mm)
+        with self._warm_lock:
+            if key not in self._warmed:
+                self.warm_up(run)
+                self._warmed.add(key)
 
     def process(self, frame: Frame, state: StudyState) -> dict[str, Any]:
         """Process one frame; return its event (DESIGN §3)."""

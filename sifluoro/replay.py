@@ -62,8 +62,6 @@ def replay(inputs: Iterable[str | Path], *, events_path: str | Path, summary_pat
             state.dose.use_report(report)
     for run in study.runs:
         pipeline.prepare_run(run, state)
-    if study.runs:
-        pipeline.warm_up(study.runs[0])
     events_path = Path(events_path)
     events_path.parent.mkdir(parents=True, exist_ok=True)
     t_stream = time.perf_counter()

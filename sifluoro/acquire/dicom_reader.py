@@ -39,7 +39,7 @@ from sifluoro.errors import (
     NotDicomError,
     UnsupportedDicomError,
 )
-from sifluoro.model import Rejection, Run, Study
+from sifluoro.model import Frame, Rejection, Run, Study
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def scan(inputs: Iterable[str | Path]) -> ScanResult:
     dose_reports: list[str] = []
     for path in iter_input_files(inputs):
         try:
-            ds = _read_header(path)
+            ds = read_header(path)
             if UID(str(ds.get("SOPClassUID", ""))) == XRayRadiationDoseSRStorage:
                 dose_reports.append(str(path))
                 continue
@@ -162,7 +162,8 @@ def _replace(run: Run, **changes) -> Run:
     return replace(run, **changes)
 
 
-def _read_header(path: Path) -> Dataset:
+def read_header(path: str | Path) -> Dataset:
+    """A file's dataset with large values (pixel data) deferred; a typed error if unusable."""
     try:
         ds = pydicom.dcmread(path, defer_size=1024, force=False)
     except InvalidDicomError as exc:
@@ -312,14 +313,12 @@ def _read_encapsulated(run: Run) -> Iterator[np.ndarray]:
         yield frame
 
 
-def iter_frames(study: Study, rejected: list[Rejection]) -> Iterator["Frame"]:
+def iter_frames(study: Study, rejected: list[Rejection]) -> Iterator[Frame]:
     """All frames of a study in acquisition order, decoded one at a time.
 
     A run whose pixel data turns out damaged while decoding is recorded in ``rejected`` (with
     how many frames were used) and the study goes on with the next run.
     """
-    from sifluoro.model import Frame
-
     index = 0
     for run in study.runs:
         used = 0

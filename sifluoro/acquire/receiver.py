@@ -233,7 +233,6 @@ class Receiver:
 
     def start(self) -> None:
         """Resume unfinished studies from the spool, then start listening (non-blocking)."""
-        threading.Thread(target=_warm_up, name="sifluoro-warm-up", daemon=True).start()
         resumed = self.live.resume()
         if resumed:
             log.info("resumed %d unfinished studies", len(resumed))
@@ -415,14 +414,6 @@ def _on_rejected(event) -> None:
 
 def _on_aborted(event) -> None:
     log.warning("association from %s aborted", _peer(event))
-
-
-def _warm_up() -> None:
-    """Import the dose model's spectrum library now, so that the first run does not wait."""
-    try:
-        import spekpy  # noqa: F401
-    except ImportError:
-        log.info("spekpy is not installed; dose from technique will not be estimated")
 
 
 # Command line ----------------------------------------------------------------------------------

@@ -1,19 +1,16 @@
 """``sifluoro audit ingest|report`` and ``sifluoro batch-replay``.
 
-``add_audit_parser(subparsers)`` plugs both commands into the main CLI;
-``python -m sifluoro.audit.cli ...`` runs them on their own.
+``add_audit_parser(subparsers)`` plugs both commands into the main CLI (``sifluoro/cli.py``).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import json
-import logging
 import sys
 from datetime import date
 from pathlib import Path
 
-from sifluoro.errors import SifluoroError
 
 DEFAULT_DB = "sqlite:///sifluoro-dose.db"
 
@@ -142,20 +139,3 @@ def add_audit_parser(subparsers) -> argparse.ArgumentParser:
     p.set_defaults(func=_batch_replay)
     return audit
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="sifluoro")
-    parser.add_argument("-v", "--verbose", action="store_true")
-    add_audit_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return args.func(args)
-    except SifluoroError as exc:
-        print(f"sifluoro: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -14,14 +14,12 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
-import pydicom
-from pydicom.errors import InvalidDicomError
 
-from sifluoro.acquire.dicom_reader import run_from_dataset
+from sifluoro.acquire.dicom_reader import read_header, run_from_dataset
 from sifluoro.audit._fastsr import FastPathUnsupported, parse_sr_bytes
 from sifluoro.dose.rdsr_read import SR_SOP_CLASSES, read_rdsr
 from sifluoro.dose.records import StudyDose
-from sifluoro.errors import DamagedPixelDataError, InputError, NotDicomError
+from sifluoro.errors import InputError
 from sifluoro.model import Run
 
 log = logging.getLogger(__name__)
@@ -119,17 +117,7 @@ def _fast_report(path: str, data: bytes, sha: str, link_key: bytes | None) -> Pa
 
 
 def _pydicom_file(path: str, sha: str, size: int, link_key: bytes | None) -> ParsedFile:
-    try:
-        ds = pydicom.dcmread(path, defer_size=1024)
-    except InvalidDicomError as exc:
-        raise NotDicomError(f"not a DICOM file ({exc}); remove it from the input", path=path) from exc
-    except Exception as exc:  # the file boundary: any parse failure is this file's fault
-        raise NotDicomError(f"DICOM header cannot be parsed ({type(exc).__name__}: {exc})",
-                            path=path) from exc
-    if len(ds) == 0:
-        raise DamagedPixelDataError("the file ends before its dataset is complete (an interrupted "
-                                    "transfer?); send or export it again", path=path,
-                                    tag="(7FE0,0010) PixelData")
+    ds = read_header(path)
     if str(ds.get("SOPClassUID", "")) in SR_SOP_CLASSES:
         return _report_file(path, sha, size, ds, read_rdsr(path, ds), link_key)
     run = run_from_dataset(ds, path)

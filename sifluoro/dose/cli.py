@@ -1,15 +1,12 @@
 """The ``sifluoro dose`` command: ``sifluoro dose summary PATH... [--json]``.
 
-``add_dose_parser(subparsers)`` plugs it into the main CLI; ``python -m sifluoro.dose.cli``
-runs it on its own.
+``add_dose_parser(subparsers)`` plugs it into the main CLI (``sifluoro/cli.py``).
 """
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
-from sifluoro.errors import SifluoroError
 
 
 def _summary(args) -> int:
@@ -40,20 +37,3 @@ def add_dose_parser(subparsers) -> argparse.ArgumentParser:
     p.set_defaults(func=_summary)
     return dose
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="sifluoro")
-    parser.add_argument("-v", "--verbose", action="store_true")
-    add_dose_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return args.func(args)
-    except SifluoroError as exc:
-        print(f"sifluoro: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

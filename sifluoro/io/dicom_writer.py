@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.sequence import Sequence
 from pydicom.uid import (
     UID,
     EnhancedXAImageStorage,
@@ -267,13 +266,7 @@ def _add_technique(ds: Dataset, tech: Technique) -> None:
         ds.FieldOfViewDimensions = [int(round(v)) for v in tech.field_of_view_mm]
     if tech.intensifier_size_mm is not None:
         ds.IntensifierSize = _ds(tech.intensifier_size_mm)
-    materials, thickness = [], []
-    if tech.filter_cu_mm:
-        materials.append("COPPER")
-        thickness.append(tech.filter_cu_mm)
-    if tech.filter_al_mm:
-        materials.append("ALUMINUM")
-        thickness.append(tech.filter_al_mm)
+    materials, thickness = filter_layers(tech)
     if materials:
         ds.FilterType = "STRIP" if len(materials) == 1 else "MULTIPLE"
         ds.FilterMaterial = materials
@@ -284,6 +277,13 @@ def _add_technique(ds: Dataset, tech: Technique) -> None:
         ds.ImageAndFluoroscopyAreaDoseProduct = _ds(tech.reported_dap_gycm2 * 10.0)
     if tech.reported_air_kerma_mgy is not None:
         ds.EntranceDoseInmGy = _ds(tech.reported_air_kerma_mgy)
+
+
+def filter_layers(tech: Technique) -> tuple[list[str], list[float]]:
+    """Added filtration as DICOM FilterMaterial terms and thicknesses (mm)."""
+    layers = [("COPPER", tech.filter_cu_mm), ("ALUMINUM", tech.filter_al_mm)]
+    present = [(m, t) for m, t in layers if t]
+    return [m for m, _ in present], [t for _, t in present]
 
 
 def _add_shutter(ds: Dataset, tech: Technique) -> None:

@@ -7,11 +7,8 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
 
+from sifluoro.io.dicom_writer import _dt, filter_layers
 from sifluoro.model import Technique
-
-
-def _dt(t: datetime) -> str:
-    return t.strftime("%Y%m%d%H%M%S.%f")
 
 
 def _item(**attrs) -> Dataset:
@@ -119,13 +116,7 @@ def add_enhanced_xa(ds: Dataset, n: int, tech: Technique, when: datetime,
         FrameLaterality="U",
         AnatomicRegionSequence=[_item(CodeValue="39723000", CodingSchemeDesignator="SCT",
                                       CodeMeaning="Sacroiliac joint")])]
-    materials, thickness = [], []
-    if tech.filter_cu_mm:
-        materials.append("COPPER")
-        thickness.append(tech.filter_cu_mm)
-    if tech.filter_al_mm:
-        materials.append("ALUMINUM")
-        thickness.append(tech.filter_al_mm)
+    materials, thickness = filter_layers(tech)
     shared.XRayFilterSequence = [_item(
         FilterType="STRIP" if len(materials) == 1 else ("MULTIPLE" if materials else "NONE"),
         **({"FilterMaterial": materials, "FilterThicknessMinimum": [f"{t:.6g}" for t in thickness],

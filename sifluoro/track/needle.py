@@ -42,6 +42,7 @@ class _RunContext:
     valid_full: np.ndarray
     valid_work: np.ndarray
     centre_xy: np.ndarray
+    edge_dist_work: np.ndarray  # distance to the field edge or text, working pixels
 
 
 @dataclass
@@ -55,6 +56,21 @@ class _Track:
     last_tip_of_run: np.ndarray | None = None  # tip at the end of the run seen so far
     reference_tip: np.ndarray | None = None  # tip at the end of the previous run
     misses: int = 0
+
+
+class _StudyNeedle:
+    """Everything the stage keeps for one study (in ``state.stage_state["needle"]``): the
+    line finder and its buffers, the run context, the run's mean working image and the track.
+    Nothing per study lives on the stage object, so one stage can serve studies in parallel."""
+
+    def __init__(self, settings: NeedleSettings):
+        self.finder = LineFinder(settings)
+        self.buf: dict = {}
+        self.ctx: _RunContext | None = None
+        self.track = _Track()
+        self.mean_work: np.ndarray | None = None
+        self.n_mean = 0
+        self.last_features: list[dict] = []
 
 
 class NeedleStage:
@@ -73,9 +89,6 @@ class NeedleStage:
 
     def __init__(self, settings: Settings | None = None, *, needle: NeedleSettings | None = None):
         self.settings = needle or getattr(settings, "needle", None) or NeedleSettings()
-        self.finder = LineFinder(self.settings)
-        self._ctx: _RunContext | None = None
-        self._buf: dict = {}
 
     def warm_up(self, frame: Frame) -> None:
         """Compile the numba kernels (cached on disk) and size the buffers on a frame of the
@@ -85,13 +98,12 @@ class NeedleStage:
         K.warm_up((frame.pixels.shape[0] // factor, frame.pixels.shape[1] // factor))
         state = StudyState("warm-up", DoseAccumulator(Settings().dose))
         self.process(frame, state)
-        self._ctx = None
 
     # -- per run --------------------------------------------------------------------------
-    def _context(self, frame: Frame, att: np.ndarray) -> _RunContext:
+    def _context(self, st: _StudyNeedle, frame: Frame, att: np.ndarray) -> _RunContext:
         run = frame.run
-        if self._ctx is not None and self._ctx.run is run:
-            return self._ctx
+        if st.ctx is not None and st.ctx.run is run:
+            return st.ctx
         spacing = float((frame.pixel_spacing_xy_mm or (0.5, 0.5))[0])
         grid = working_grid(spacing, target_mm=self.settings.grid_mm)
         margin = int(math.ceil(self.settings.edge_margin_mm / spacing))
@@ -100,21 +112,26 @@ class NeedleStage:
         ys, xs = np.nonzero(valid)
         centre = (np.array([xs.mean(), ys.mean()]) if xs.size
                   else np.array([att.shape[1] / 2.0, att.shape[0] / 2.0]))
-        self._ctx = _RunContext(run, spacing, grid, valid, valid_work, centre)
-        return self._ctx
+        edge_dist = cv2.distanceTransform(valid_work.astype(np.uint8), cv2.DIST_L2, 3)
+        st.ctx = _RunContext(run, spacing, grid, valid, valid_work, centre, edge_dist)
+        st.mean_work, st.n_mean = None, 0
+        return st.ctx
 
     # -- per frame ------------------------------------------------------------------------
     def process(self, frame: Frame, state) -> dict[str, Any]:
-        track: _Track = state.stage_state.setdefault("needle_track", _Track())
+        st = state.stage_state.get("needle")
+        if st is None:
+            st = state.stage_state["needle"] = _StudyNeedle(self.settings)
+        track = st.track
         att = frame_attenuation(frame, state.stage_state)
-        ctx = self._context(frame, att)
+        ctx = self._context(st, frame, att)
         register = state.stage_state.get("register")
         target = (np.asarray(register.target_xy, float)
                   if register is not None and register.target_xy is not None else None)
         if track.run_uid != frame.sop_instance_uid:
             track.reference_tip = track.last_tip_of_run if track.run_uid is not None else None
             track.run_uid = frame.sop_instance_uid
-        hit = self._detect(att, ctx, target)
+        hit = self._detect(st, att, ctx, target)
         if hit is None:
             track.tip_xy = None
             track.misses += 1
@@ -139,23 +156,37 @@ class NeedleStage:
                if target is not None else None)
         return {"needle": needle, "tip_to_target_mm": ttt}
 
-    def _candidates(self, att: np.ndarray, ctx: _RunContext, target: np.ndarray | None
-                    ) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    def _mean_work(self, st: _StudyNeedle, att: np.ndarray, ctx: _RunContext) -> np.ndarray:
+        """Running mean of the working-grid image over the last ``avg_frames`` frames of the
+        run: the needle barely moves within a run, the quantum noise is independent."""
+        work = downsample(att, ctx.grid.factor)
+        if st.mean_work is None or st.mean_work.shape != work.shape:
+            st.mean_work = work.astype(np.float32, copy=True)
+            st.n_mean = 1
+            return st.mean_work
+        st.n_mean = min(st.n_mean + 1, self.settings.avg_frames)
+        cv2.accumulateWeighted(work, st.mean_work, 1.0 / st.n_mean)
+        return st.mean_work
+
+    def _candidates(self, st: _StudyNeedle, att: np.ndarray, ctx: _RunContext,
+                    target: np.ndarray | None) -> list[tuple[np.ndarray, np.ndarray, float]]:
         """Needle-like segments of the frame as (tip, base, score) on the working grid, best
         first."""
         s = self.settings
         grid = ctx.grid
-        work = downsample(att, grid.factor)
-        self.finder.score_map(work, ctx.valid_work)
+        finder = st.finder
+        work = self._mean_work(st, att, ctx)
+        finder.score_map(work, ctx.valid_work)
         margin_w = s.edge_margin_mm / grid.spacing_mm
         out = []
-        for line in self.finder.lines(n_peaks=10):
-            seg = self.finder.segment(line, grid.spacing_mm)
+        st.last_features = []
+        for line in finder.lines(n_peaks=10):
+            seg = finder.segment(line, grid.spacing_mm)
             if seg is None:
                 continue
             for _ in range(2):
-                line = self.finder.refit(line, seg[0], seg[1])
-                seg = self.finder.segment(line, grid.spacing_mm) or seg
+                line = finder.refit(line, seg[0], seg[1])
+                seg = finder.segment(line, grid.spacing_mm) or seg
             t0, t1, score = seg
             if score < s.min_score:
                 continue
@@ -177,15 +208,53 @@ class NeedleStage:
             tip, base = (e1, e0) if tip_is_1 else (e0, e1)
             span_px = 2.0 * s.fit_mm / grid.spacing_mm
             for _ in range(3):
-                tip = self._extend_tip(tip, base, ctx)
-                tip, base = self._refit_segment(tip, base, span_px)
-            score = self.finder.interval_score(base, tip)
-            if score >= s.min_score:
+                tip = self._extend_tip(st, tip, base, ctx)
+                tip, base = self._refit_segment(finder, tip, base, span_px)
+            score = finder.interval_score(base, tip)
+            if score < s.min_score:
+                continue
+            feats = self._features(st, ctx, tip, base, score, edge0 or edge1)
+            st.last_features.append(feats)
+            if _is_needle(feats, s):
                 out.append((tip, base, score))
         out.sort(key=lambda c: -c[2])
         return out
 
-    def _refit_segment(self, tip: np.ndarray, base: np.ndarray, span_px: float
+    def _features(self, st: _StudyNeedle, ctx: _RunContext, tip: np.ndarray, base: np.ndarray,
+                  score: float, base_at_edge: bool) -> dict:
+        """What tells a needle from a wire, a marker or a cortical edge (working grid)."""
+        s = self.settings
+        finder = st.finder
+        grid = ctx.grid
+        length = float(np.linalg.norm(tip - base))
+        u = (tip - base) / max(length, 1e-9)
+        # a wire fading over bone goes on beyond its apparent end, to the field edge
+        start = tip + u * (2.0 / grid.spacing_mm)
+        rows, cols = ctx.valid_work.shape
+        n_ext = 0
+        while n_ext < 4 * rows and _inside(ctx.valid_work, start + u * n_ext):
+            n_ext += 1
+        if n_ext >= 4:
+            ext = finder.interval_score(start, start + u * (n_ext - 1))
+        else:
+            ext = 0.0
+        # flanks: a needle is dark on both sides, a cortical edge on one
+        n = max(4, int(length))
+        lo = st.buf.setdefault(("flo", n), np.empty(n, np.float64))
+        mean = st.buf.setdefault(("fmean", n), np.empty(n, np.float64))
+        off = max(1.5, s.flank_mm / grid.spacing_mm)
+        K.line_flanks(finder.smooth, base[0], base[1], u[0], u[1], length / n, off, lo, mean)
+        total = float(mean.sum())
+        sym = float(lo.sum()) / total if total > 0 else -1.0
+        ti = np.clip(np.rint(tip).astype(int), 0, [cols - 1, rows - 1])
+        return {"score": score, "length_mm": length * grid.spacing_mm,
+                "base_at_edge": bool(base_at_edge), "ext_score": ext, "ext_mm": n_ext * grid.spacing_mm,
+                "sym": sym,
+                "tip_edge_mm": float(ctx.edge_dist_work[ti[1], ti[0]]) * grid.spacing_mm,
+                "tip": tip.copy(), "base": base.copy()}
+
+    def _refit_segment(self, finder: LineFinder, tip: np.ndarray, base: np.ndarray,
+                       span_px: float
                        ) -> tuple[np.ndarray, np.ndarray]:
         """Refit the line through the last ``span_px`` of a segment before its tip (a bent
         needle is straight only locally) and project the tip onto it; the base keeps its
@@ -194,12 +263,13 @@ class NeedleStage:
         u = (tip - base) / length
         span = min(length, span_px)
         start = tip - u * span
-        x0, y0, ux, uy = self.finder.refit((start[0], start[1], u[0], u[1]), 0.0, span)
+        x0, y0, ux, uy = finder.refit((start[0], start[1], u[0], u[1]), 0.0, span)
         p, v = np.array([x0, y0]), np.array([ux, uy])
         tip = p + v * float((tip - p) @ v)
         return tip, tip - v * length
 
-    def _extend_tip(self, tip: np.ndarray, base: np.ndarray, ctx: _RunContext) -> np.ndarray:
+    def _extend_tip(self, st: _StudyNeedle, tip: np.ndarray, base: np.ndarray,
+                    ctx: _RunContext) -> np.ndarray:
         """Move a segment's free end to the most likely end of the bright line along its axis
         (the needle fades over dense bone, so the supported segment often stops short)."""
         s = self.settings
@@ -207,26 +277,28 @@ class NeedleStage:
         u = (tip - base) / length
         ahead = s.extend_mm / ctx.grid.spacing_mm
         n = int(length + ahead) + 1
-        prof = self._buf.setdefault(("ext", n), np.empty(n, np.float64))
-        K.line_contrast(self.finder.smooth, base[0], base[1], u[0], u[1], 1.0, 2.0, prof)
+        prof = st.buf.setdefault(("ext", n), np.empty(n, np.float64))
+        K.line_contrast(st.finder.smooth, base[0], base[1], u[0], u[1], 1.0, 2.0, prof)
         lo = max(4, int(length - s.extend_mm / ctx.grid.spacing_mm))
         i, _ = K.step_location(prof, lo, n - 2)
         return base + u * (i - 0.5)
 
-    def _detect(self, att: np.ndarray, ctx: _RunContext, target: np.ndarray | None):
+    def _detect(self, st: _StudyNeedle, att: np.ndarray, ctx: _RunContext,
+                target: np.ndarray | None):
         grid = ctx.grid
-        for tip_w, base_w, score in self._candidates(att, ctx, target)[:3]:
+        for tip_w, base_w, score in self._candidates(st, att, ctx, target)[:3]:
             tip = grid.to_full(tip_w)
             base = grid.to_full(base_w)
             u = (tip - base) / np.linalg.norm(tip - base)
-            refined = self._refine(att, tip, u, ctx)
+            refined = self._refine(st, att, tip, u, ctx)
             if refined is None or refined[2] <= 0.0:
                 continue
             tip, u, _ = refined
             return tip, u, float(np.linalg.norm(tip - base)), score
         return None
 
-    def _refine(self, att: np.ndarray, tip: np.ndarray, u: np.ndarray, ctx: _RunContext):
+    def _refine(self, st: _StudyNeedle, att: np.ndarray, tip: np.ndarray, u: np.ndarray,
+                ctx: _RunContext):
         s = self.settings
         reach = int(math.ceil((s.fit_mm + s.tip_window_mm + 3.0) / ctx.spacing_mm))
         rows, cols = att.shape
@@ -237,11 +309,16 @@ class NeedleStage:
         crop = att[y0:y1, x0:x1]
         smooth = cv2.GaussianBlur(crop, (0, 0), 0.5 * ctx.grid.factor + 0.3)
         off = np.array([x0, y0], float)
-        out = refine_tip(smooth, tip - off, u, ctx.spacing_mm, s, self._buf)
+        out = refine_tip(smooth, tip - off, u, ctx.spacing_mm, s, st.buf)
         if out is None:
             return None
         tip_c, u_c, contrast = out
         return tip_c + off, u_c, contrast
+
+
+def _is_needle(f: dict, s: NeedleSettings) -> bool:
+    """Thresholds on :meth:`NeedleStage._features`."""
+    return True
 
 
 def _same_segment(a0: np.ndarray, a1: np.ndarray, b0: np.ndarray, b1: np.ndarray) -> bool:

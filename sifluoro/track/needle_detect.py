@@ -54,6 +54,10 @@ class NeedleSettings:
         Half-length of the window along the axis searched for the tip.
     track_margin_mm : float
         Margin of the tracking region around the predicted needle.
+    avg_frames : int
+        Line finding runs on the mean of up to this many frames of the run.
+    flank_mm : float
+        Distance across the axis at which the flanks of a line are sampled.
     """
 
     grid_mm: float = 0.5
@@ -71,6 +75,8 @@ class NeedleSettings:
     fit_mm: float = 20.0
     tip_window_mm: float = 6.0
     track_margin_mm: float = 6.0
+    avg_frames: int = 8
+    flank_mm: float = 1.5
 
 
 @dataclass(frozen=True)

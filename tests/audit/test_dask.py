@@ -67,7 +67,7 @@ def test_dask_batch_replay_equals_the_serial_replay(cases, scheduler, tmp_path):
     serial = tmp_path / "serial"
     for _ in batch_replay(cases, serial, budget_ms=NO_DEADLINE_MS):
         pass
-    run = subprocess.run([sys.executable, "-m", "sifluoro.audit.cli", "batch-replay", str(cases),
+    run = subprocess.run([sys.executable, "-m", "sifluoro", "batch-replay", str(cases),
                           "--out", str(tmp_path / "dask"), "--dask", "--scheduler", scheduler,
                           "--budget-ms", str(NO_DEADLINE_MS)],
                          capture_output=True, text=True, timeout=300)
@@ -84,7 +84,7 @@ def test_dask_ingest_equals_the_serial_ingest(scheduler, tmp_path):
     write_corpus(tmp_path / "in")
     serial_db, dask_db = f"sqlite:///{tmp_path / 'serial.db'}", f"sqlite:///{tmp_path / 'dask.db'}"
     for db, extra in ((serial_db, ["--workers", "1"]), (dask_db, ["--scheduler", scheduler])):
-        subprocess.run([sys.executable, "-m", "sifluoro.audit.cli", "audit", "ingest",
+        subprocess.run([sys.executable, "-m", "sifluoro", "audit", "ingest",
                         str(tmp_path / "in"), "--db", db, "-q", *extra], check=True, timeout=300)
     a, b = open_registry(serial_db), open_registry(dask_db)
     assert _comparable(a)["studies"] and _comparable(a) == _comparable(b)

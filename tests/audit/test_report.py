@@ -78,7 +78,7 @@ def registry(db_url, tmp_path):
 def test_report_cli_html_equals_csv_and_statistics_are_right(registry, tmp_path):
     db_url, engine = registry
     out = tmp_path / "report"
-    subprocess.run([sys.executable, "-m", "sifluoro.audit.cli", "audit", "report", "--db", db_url,
+    subprocess.run([sys.executable, "-m", "sifluoro", "audit", "report", "--db", db_url,
                     "--out", str(out), "-q"], check=True, timeout=120)
     for name in ("report.html", "drl_summary.csv", "outliers.csv", "monthly_trend.csv",
                  "dap_by_group.png", "monthly_trend.png", "dap_distribution.png"):

@@ -133,17 +133,17 @@ def test_summary_of_image_study_and_cli_table(tmp_path):
     assert s["fluoro_time_s"] == pytest.approx(10 * 0.133333, rel=1e-5)
     assert s["dap_gycm2"] == pytest.approx(s["fluoro_dap_gycm2"] + 0.9)
     assert "ACME Medical" in table(studies)
-    out = subprocess.run([sys.executable, "-m", "sifluoro.dose.cli", "dose", "summary", "--json", str(tmp_path)],
+    out = subprocess.run([sys.executable, "-m", "sifluoro", "dose", "summary", "--json", str(tmp_path)],
                          capture_output=True, text=True, check=True).stdout
     assert json.loads(out)["air_kerma_mgy"] == pytest.approx(s["air_kerma_mgy"])
-    human = subprocess.run([sys.executable, "-m", "sifluoro.dose.cli", "dose", "summary", str(tmp_path)],
+    human = subprocess.run([sys.executable, "-m", "sifluoro", "dose", "summary", str(tmp_path)],
                            capture_output=True, text=True, check=True).stdout
     assert "img/mix" in human
 
 
 def test_summary_with_nothing_usable_exits_2(tmp_path):
     (tmp_path / "note.txt").write_text("hello")
-    result = subprocess.run([sys.executable, "-m", "sifluoro.dose.cli", "dose", "summary", "--json", str(tmp_path)],
+    result = subprocess.run([sys.executable, "-m", "sifluoro", "dose", "summary", "--json", str(tmp_path)],
                             capture_output=True, text=True)
     assert result.returncode == 2 and result.stdout == ""
 

@@ -97,7 +97,7 @@ def test_pyskindose_reads_our_rdsr(written):
 def test_summary_prefers_the_rdsr_in_a_mixed_folder(written, tmp_path):
     study, dose, path = written
     shutil.copy(path, tmp_path / "images" / "zz_rdsr.dcm")
-    out = subprocess.run([sys.executable, "-m", "sifluoro.dose.cli", "dose", "summary", "--json",
+    out = subprocess.run([sys.executable, "-m", "sifluoro", "dose", "summary", "--json",
                           str(tmp_path / "images")], capture_output=True, text=True, check=True).stdout
     lines = [json.loads(line) for line in out.splitlines()]
     assert len(lines) == 1 and lines[0]["source"] == "rdsr"

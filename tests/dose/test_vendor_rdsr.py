@@ -58,7 +58,7 @@ def test_reader_totals_match_the_files_accumulated_containers(vendor_dir, name):
 
 
 def test_dose_summary_cli_on_the_vendor_folder(vendor_dir):
-    out = subprocess.run([sys.executable, "-m", "sifluoro.dose.cli", "dose", "summary", "--json",
+    out = subprocess.run([sys.executable, "-m", "sifluoro", "dose", "summary", "--json",
                           str(vendor_dir)], capture_output=True, text=True, check=True).stdout
     lines = [json.loads(line) for line in out.splitlines()]
     assert len(lines) == 4

@@ -186,3 +186,91 @@ def test_best_interval_matches_brute_force():
 def test_warm_up_runs_on_small_and_odd_shapes():
     K.warm_up((3, 5))
     K.warm_up((64, 48))
+
+
+def test_line_flanks_matches_reference():
+    rng = np.random.default_rng(5)
+    img = rng.normal(size=(30, 40)).astype(np.float32)
+    ux, uy = math.cos(0.4), math.sin(0.4)
+    lo = np.empty(12)
+    mean = np.empty(12)
+    K.line_flanks(img, 6.0, 5.0, ux, uy, 0.75, 2.5, lo, mean)
+    for i in range(12):
+        px, py = 6.0 + i * 0.75 * ux, 5.0 + i * 0.75 * uy
+        c = K.bilinear(img, px, py)
+        left = c - K.bilinear(img, px - 2.5 * uy, py + 2.5 * ux)
+        right = c - K.bilinear(img, px + 2.5 * uy, py - 2.5 * ux)
+        assert lo[i] == pytest.approx(min(left, right), abs=1e-6)
+        assert mean[i] == pytest.approx(0.5 * (left + right), abs=1e-6)
+
+
+def test_line_flanks_tells_a_line_from_an_edge():
+    y, x = np.mgrid[:41, :41].astype(np.float32)
+    line = np.exp(-((x - 20) ** 2) / 2.0).astype(np.float32)
+    edge = ndimage.gaussian_filter((x > 20).astype(np.float32), 1.0)
+    lo = np.empty(20)
+    mean = np.empty(20)
+    K.line_flanks(line, 20.0, 10.0, 0.0, 1.0, 1.0, 3.0, lo, mean)
+    assert lo.min() > 0.5 * mean.max() > 0.0
+    K.line_flanks(edge, 20.0, 10.0, 0.0, 1.0, 1.0, 3.0, lo, mean)
+    assert lo.max() <= 1e-6
+
+
+def _ref_trace(score, x, y, ux, uy, half_width, z_min, max_gap, inertia, n):
+    """Plain-Python trace with scipy's bilinear sampling (clamped at the border)."""
+    rows, cols = score.shape
+
+    def sample(px, py):
+        pt = np.array([[min(max(py, 0.0), rows - 1.0)], [min(max(px, 0.0), cols - 1.0)]])
+        return float(ndimage.map_coordinates(score.astype(np.float64), pt, order=1)[0])
+
+    p, d = np.array([x, y], float), np.array([ux, uy], float)
+    pts, keep, gap = [], 0, 0
+    for i in range(n):
+        c = p + d
+        if c[0] < 1 or c[1] < 1 or c[0] > cols - 2 or c[1] > rows - 2:
+            break
+        nrm = np.array([-d[1], d[0]])
+        offs = [0.5 * k for k in range(-2 * half_width, 2 * half_width + 1)]
+        vals = [sample(*(c + o * nrm)) for o in offs]
+        j = int(np.argmax(vals))
+        if vals[j] >= z_min:
+            q = c + offs[j] * nrm
+            step = (q - p) / np.linalg.norm(q - p)
+            d = inertia * d + (1 - inertia) * step
+            d /= np.linalg.norm(d)
+            p, gap, keep = q, 0, i + 1
+        else:
+            gap += 1
+            if gap > max_gap:
+                break
+            p = c
+        pts.append(p.copy())
+    return keep, np.array(pts).reshape(-1, 2)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_trace_ridge_matches_reference(seed):
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[:60, :80].astype(np.float64)
+    # a curved ridge plus noise, traced from its left end
+    curve = 20 + 0.004 * (x - 10) ** 2
+    score = (3.0 * np.exp(-((y - curve) ** 2) / 2.0) * (x < 55)
+             + rng.normal(0, 0.4, x.shape)).astype(np.float32)
+    out = np.zeros((100, 2))
+    n = K.trace_ridge(score, 10.0, 20.0, 1.0, 0.0, 2, 1.2, 3, 0.8, out)
+    ref_n, ref_pts = _ref_trace(score, 10.0, 20.0, 1.0, 0.0, 2, 1.2, 3, 0.8, 100)
+    assert n == ref_n
+    np.testing.assert_allclose(out[:len(ref_pts)], ref_pts, atol=1e-6)
+    # it follows the curve and stops near its end
+    end = out[n - 1]
+    assert abs(end[0] - 55) < 3
+    assert abs(end[1] - (20 + 0.004 * (end[0] - 10) ** 2)) < 1.5
+
+
+def test_trace_ridge_stops_at_border_and_without_ridge():
+    score = np.zeros((10, 10), np.float32)
+    out = np.zeros((50, 2))
+    assert K.trace_ridge(score, 5.0, 5.0, 1.0, 0.0, 1, 0.5, 2, 0.8, out) == 0
+    score[5, :] = 1.0
+    assert K.trace_ridge(score, 1.0, 5.0, 1.0, 0.0, 1, 0.5, 2, 0.8, out) == 7
