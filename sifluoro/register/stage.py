@@ -59,6 +59,7 @@ class _View:
         self.aligned_mask = np.empty(work.shape, np.float32)
         self.frames = 0
         self.line: JointLine | None = None
+        self.last_shift = (0.0, 0.0)  # full-resolution pixels, of the latest registered frame
 
     def matches(self, geometry: _Geometry, angles_deg: tuple[float, float] | None) -> bool:
         if geometry != self.geometry:
@@ -164,7 +165,11 @@ class JointStage:
         else:
             motion = view.registrar.measure(work)
             shift_mm = np.hypot(*motion.shift_xy) * geometry.spacing_mm
-            if motion.peak < MIN_PEAK or shift_mm > MAX_SHIFT_MM:
+            if motion.peak < MIN_PEAK and angles is not None:
+                # the header says the pose is unchanged: a weak peak is a noisy (low-dose)
+                # frame, not a new view; it keeps the last measured motion
+                shift_full = view.last_shift
+            elif motion.peak < MIN_PEAK or shift_mm > MAX_SHIFT_MM:
                 log.info("frame %d: registration lost (peak %.3f, shift %.1f mm): new view",
                          frame.index, motion.peak, shift_mm)
                 st.views.remove(view)
@@ -172,6 +177,7 @@ class JointStage:
                 view_changed = True
             else:
                 shift_full = motion.shift_xy
+        view.last_shift = shift_full
         st.current = view
 
         if view.frames < RESEGMENT_AT[-1]:
