@@ -26,7 +26,10 @@ SIDE_OFFSETS_MM = (1.2, 2.0, 3.2)  # half-widths of the lucent line that are loo
 CENTRE_X_MM = 50.0  # the joint lies within this of the field's central column
 TARGET_RADIUS_MM = 50.0  # the target (joint's inferior third) lies within this of the centre
 RIM_BALANCE_MIN = 0.7  # weaker/stronger rim contrast below this: the margins do not superimpose
-SLOPE_MAX = 0.05  # a left joint runs inferiorly towards image left (dx/dy < 0), a right one right
+SLOPE_MAX = 0.05
+ATTEMPTS = 3  # paths tried when the best one is not where or how a joint projects
+RETRY_MIN_GAIN = 6.0  # mean gain (noise levels above the threshold) a later path needs
+CLEAR_MM = 5.0  # half-width of the band around a rejected path that is not searched again  # a left joint runs inferiorly towards image left (dx/dy < 0), a right one right
 
 
 @dataclass(frozen=True)
@@ -117,20 +120,28 @@ def segment_joint(work: np.ndarray, *, grid: WorkingGrid, usable: np.ndarray,
     path = np.full(work.shape[0], -1, np.int32)
     acc = np.empty(work.shape, np.float32)
     came = np.empty(work.shape, np.int8)
-    best, y0, y1 = _kernels.best_path(gain, np.float32(STEP_PENALTY), MAX_STEP, path, acc, came)
-    if y0 < 0:
+    fine = cv2.GaussianBlur(work, (0, 0), max(0.5, 0.4 / grid.spacing_mm))
+    clear = max(1, int(round(CLEAR_MM / grid.spacing_mm)))
+    for attempt in range(ATTEMPTS):
+        best, y0, y1 = _kernels.best_path(gain, np.float32(STEP_PENALTY), MAX_STEP, path, acc, came)
+        if y0 < 0:
+            return None
+        # the path may run on along the bone outline above the joint and into the sciatic notch
+        # below it: keep a stretch of a joint's height
+        w0, w1, wbest = _best_window(gain, path, y0, y1, int(WINDOW_MM / grid.spacing_mm))
+        full = grid.to_full(_refine(fine, path, w0, w1, max(1, int(round(1.5 / grid.spacing_mm)))))
+        length_mm = float(np.hypot(*np.diff(full, axis=0).T).sum() * grid.spacing_mm / grid.factor)
+        # a later path was not the strongest line: it must stand out clearly by itself
+        clear_enough = attempt == 0 or wbest / max(1, w1 - w0 + 1) >= RETRY_MIN_GAIN
+        if (clear_enough and _plausible(full, work.shape, grid, side)
+                and LENGTH_MM[0] <= length_mm <= LENGTH_MM[1]):
+            break
+        # not a joint (a bone outline, the field edge, a wire): look again without it
+        for y in range(y0, y1 + 1):
+            gain[y, max(0, path[y] - clear):path[y] + clear + 1] = -10.0
+    else:
         return None
-    # the path may run on along the bone outline above the joint and into the sciatic notch
-    # below it: keep its strongest stretch of a joint's height
-    y0, y1, best = _best_window(gain, path, y0, y1, int(WINDOW_MM / grid.spacing_mm))
-    line = _refine(cv2.GaussianBlur(work, (0, 0), max(0.5, 0.4 / grid.spacing_mm)), path, y0, y1,
-                   max(1, int(round(1.5 / grid.spacing_mm))))
-    full = grid.to_full(line)
-    if not _plausible(full, work.shape, grid, side):
-        return None
-    length_mm = float(np.hypot(*np.diff(full, axis=0).T).sum() * grid.spacing_mm / grid.factor)
-    if not LENGTH_MM[0] <= length_mm <= LENGTH_MM[1]:
-        return None
+    y0, y1, best = w0, w1, wbest
     mean_gain = best / max(1, y1 - y0 + 1)
     confidence = float(1.0 - np.exp(-mean_gain / 4.0))
     doubled = (_has_parallel_line(gain, path, y0, y1, grid.spacing_mm, best)
