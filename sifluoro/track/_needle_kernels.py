@@ -258,64 +258,6 @@ def line_flanks(img, x0, y0, ux, uy, step, offset, out_min, out_mean):
 
 
 
-@njit(cache=True, nogil=True)
-def trace_ridge(score, x, y, ux, uy, half_width, z_min, max_gap, inertia, out_xy):
-    """Follow a bright ridge of ``score`` from ``(x, y)`` in the direction ``(ux, uy)``.
-
-    Each step goes 1 px ahead and then across to the best of ``score`` within ``half_width``
-    px (half-pixel offsets, bilinear samples); a best below ``z_min`` is a gap, crossed
-    straight ahead, and more than ``max_gap`` consecutive gaps end the trace. The direction
-    follows the path with weight ``1 - inertia`` per step (a bent needle curves slowly).
-    ``out_xy[i]`` is the point after step ``i``; returns the number of steps up to the last
-    point on the ridge (0 when none). The trace stops at the image border.
-    """
-    rows, cols = score.shape
-    px = x
-    py = y
-    dx = ux
-    dy = uy
-    n_keep = 0
-    gap = 0
-    for i in range(out_xy.shape[0]):
-        cx = px + dx
-        cy = py + dy
-        if cx < 1.0 or cy < 1.0 or cx > cols - 2.0 or cy > rows - 2.0:
-            break
-        nx = -dy
-        ny = dx
-        best = -1e30
-        off = 0.0
-        for k in range(-2 * half_width, 2 * half_width + 1):
-            v = bilinear(score, cx + 0.5 * k * nx, cy + 0.5 * k * ny)
-            if v > best:
-                best = v
-                off = 0.5 * k
-        if best >= z_min:
-            qx = cx + off * nx
-            qy = cy + off * ny
-            sx = qx - px
-            sy = qy - py
-            norm = math.sqrt(sx * sx + sy * sy)
-            dx = inertia * dx + (1.0 - inertia) * sx / norm
-            dy = inertia * dy + (1.0 - inertia) * sy / norm
-            norm = math.sqrt(dx * dx + dy * dy)
-            dx /= norm
-            dy /= norm
-            px = qx
-            py = qy
-            gap = 0
-            n_keep = i + 1
-        else:
-            gap += 1
-            if gap > max_gap:
-                break
-            px = cx
-            py = cy
-        out_xy[i, 0] = px
-        out_xy[i, 1] = py
-    return n_keep
-
-
 def warm_up(shape: tuple[int, int]) -> None:
     """Compile every kernel (or load it from the cache) on float32 arrays of ``shape``, the
     working-grid size of the real frames."""
@@ -337,4 +279,3 @@ def warm_up(shape: tuple[int, int]) -> None:
     step_location(prof, 1, 7)
     prof2 = np.empty(8, np.float64)
     line_flanks(img, 1.0, 1.0, 1.0, 0.0, 1.0, 2.0, prof, prof2)
-    trace_ridge(out, 2.0, 2.0, 1.0, 0.0, 2, 1.0, 3, 0.8, np.empty((8, 2), np.float64))

@@ -58,6 +58,13 @@ class NeedleSettings:
         Line finding runs on the mean of up to this many frames of the run.
     flank_mm : float
         Distance across the axis at which the flanks of a line are sampled.
+    min_prob : float
+        Cold-start acceptance of a candidate's needle probability.
+    track_min_prob : float
+        Acceptance of a candidate that continues the needle seen last.
+    track_angle_deg, track_reach_mm : float
+        A candidate continues the track when its direction is within ``track_angle_deg`` of
+        the last one, its tip within ``track_margin_mm`` across and ``track_reach_mm`` along.
     """
 
     grid_mm: float = 0.5
@@ -77,6 +84,10 @@ class NeedleSettings:
     track_margin_mm: float = 6.0
     avg_frames: int = 8
     flank_mm: float = 1.5
+    min_prob: float = 0.7
+    track_min_prob: float = 0.2
+    track_angle_deg: float = 8.0
+    track_reach_mm: float = 25.0
 
 
 @dataclass(frozen=True)
