@@ -6,6 +6,7 @@ the deadline; stages know nothing of DICOM files or of each other's internals.
 """
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -18,7 +19,7 @@ from sifluoro.config import Settings
 from sifluoro.dose.accumulate import DoseAccumulator
 from sifluoro.model import Frame
 
-CONTRAST_STATES = ("none", "intra_articular", "extravasation", "vascular")
+log = logging.getLogger(__name__)
 
 
 class Stage(Protocol):
@@ -101,20 +102,26 @@ class Pipeline:
             "tip_to_target_mm": None,
             "contrast": {"state": state.contrast_state, "confidence": 0.0},
         }
-        skipped = []
+        skipped, failed = [], []
         for stage in self.stages:
             if time.perf_counter() - t0 > budget_s:
                 skipped.append(stage.name)
                 continue
-            event.update(stage.process(frame, state))
+            try:
+                event.update(stage.process(frame, state))
+            except Exception:  # a stage's defect must not lose the frame, its dose or the study
+                log.exception("stage %s failed on frame %d", stage.name, frame.index)
+                failed.append(stage.name)
         state.contrast_state = event["contrast"]["state"]
         totals = state.dose.totals
         event["dose"] = {"air_kerma_mgy": totals.air_kerma_mgy, "dap_gycm2": totals.dap_gycm2,
                          "fluoro_time_s": round(totals.fluoro_time_s, 6)}
         latency_ms = (time.perf_counter() - t0) * 1000.0
-        event["degraded"] = bool(skipped) or latency_ms > self.settings.latency_budget_ms
+        event["degraded"] = bool(skipped or failed) or latency_ms > self.settings.latency_budget_ms
         if skipped:
             event["skipped_stages"] = skipped
+        if failed:
+            event["failed_stages"] = failed
         if alerts:
             event["alerts"] = alerts
             state.alerts.extend(alerts)

@@ -106,3 +106,23 @@ def test_fluoro_time_and_air_kerma_alerts(tmp_path):
     assert [lvl for k, lvl in kinds if k == "air_kerma"] == [3000.0, 4000.0, 5000.0]
     first_3gy = next(a for a in alerts if a.level == 3000.0)
     assert first_3gy.index == 5  # 550 mGy per frame: the 6th frame reaches 3.3 Gy
+
+
+class BrokenStage:
+    name = "broken"
+
+    def process(self, frame, state):
+        raise IndexError("a defect in a stage")
+
+
+def test_a_failing_stage_loses_neither_the_frame_nor_its_dose(tmp_path, caplog):
+    write_study(tmp_path, [RunSpec(0.0, n_frames=3, tech=technique(reported_dap_gycm2=0.3))])
+    study = read_study([tmp_path])
+    pipeline = Pipeline([BrokenStage(), SlowStage(0.0)], Settings(latency_budget_ms=1000.0))
+    state = pipeline.start_study(study.study_instance_uid)
+    events = [pipeline.process(f, state) for f in iter_frames(study, [])]
+    assert [e["failed_stages"] for e in events] == [["broken"]] * 3
+    assert all(e["degraded"] for e in events)
+    assert events[0]["needle"] == {"tip_xy": [1.0, 2.0], "confidence": 0.5}  # later stages ran
+    assert events[-1]["dose"]["dap_gycm2"] == pytest.approx(0.3)
+    assert "stage broken failed on frame 0" in caplog.text

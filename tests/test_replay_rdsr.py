@@ -44,3 +44,21 @@ def test_an_rdsr_in_the_input_supplies_the_dose_of_its_runs(tmp_path):
     assert reported["dose_source"] == "rdsr"
     assert reported["dap_gycm2"] == pytest.approx(estimated["dap_gycm2"], rel=1e-6)
     assert reported["rejected_files"] == []
+
+
+def test_a_dose_report_sent_as_comprehensive_sr_is_read_as_a_dose_report(tmp_path):
+    import pydicom
+    from pydicom.uid import ComprehensiveSRStorage
+
+    from sifluoro.acquire.dicom_reader import read_study
+
+    write_study(tmp_path / "study", [RunSpec(0.0, n_frames=3)])
+    assert main(["replay", str(tmp_path / "study"), "--events", str(tmp_path / "e.jsonl"),
+                 "--summary", str(tmp_path / "s.json"), "--rdsr", str(tmp_path / "sr.dcm"),
+                 "-q"]) == 0
+    ds = pydicom.dcmread(tmp_path / "sr.dcm")
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = ComprehensiveSRStorage
+    ds.save_as(tmp_path / "study" / "old-device-sr.dcm")
+    study = read_study([tmp_path / "study"])
+    assert study.dose_reports == (str(tmp_path / "study" / "old-device-sr.dcm"),)
+    assert study.rejected == ()

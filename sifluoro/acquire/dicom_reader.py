@@ -26,11 +26,11 @@ from pydicom.uid import (
     MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
     SecondaryCaptureImageStorage,
     XRayAngiographicImageStorage,
-    XRayRadiationDoseSRStorage,
     XRayRadiofluoroscopicImageStorage,
 )
 
 from sifluoro.acquire import header
+from sifluoro.dose.rdsr_read import is_dose_report
 from sifluoro.errors import (
     DamagedPixelDataError,
     InputError,
@@ -86,7 +86,7 @@ def scan(inputs: Iterable[str | Path]) -> ScanResult:
     for path in iter_input_files(inputs):
         try:
             ds = read_header(path)
-            if UID(str(ds.get("SOPClassUID", ""))) == XRayRadiationDoseSRStorage:
+            if is_dose_report(ds):  # an RDSR, or a dose report sent as Enhanced/Comprehensive SR
                 dose_reports.append(str(path))
                 continue
             run = run_from_dataset(ds, path)
