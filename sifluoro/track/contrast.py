@@ -18,6 +18,7 @@ from sifluoro.model import Frame
 from sifluoro.track import _contrast_kernels as K
 from sifluoro.track.contrast_classify import (DANGER, Classifier, Opacity, describe_components)
 from sifluoro.track.contrast_reference import ReferenceBank
+from sifluoro.track.contrast_transient import FRAMES as TRANSIENT_FRAMES, TransientLines
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,16 @@ class _RunMemory:
         self.text = np.zeros(shape, np.bool_)
         self.shift_px = (0, 0)
         self.opacity_seen = False
+        # the run's last working frames, oldest first, for the vessel (transient line) test
+        self.history = np.zeros((TRANSIENT_FRAMES,) + shape, np.float32)
+        self.history_count = 0
+
+    def remember(self, image: np.ndarray) -> None:
+        if self.history_count == len(self.history):
+            self.history[:-1] = self.history[1:]
+            self.history_count -= 1
+        self.history[self.history_count] = image
+        self.history_count += 1
 
 
 class _StudyMemory:
@@ -140,6 +151,7 @@ class ContrastStage:
     def __init__(self, settings: ContrastSettings | None = None):
         self.settings = settings or ContrastSettings()
         self._buffers: _Buffers | None = None
+        self._transient: TransientLines | None = None
         self.last_opacities: tuple[Opacity, ...] = ()
 
     def warm_up(self, frame: Frame) -> None:
@@ -192,6 +204,7 @@ class ContrastStage:
         if new_run:
             memory.run = _RunMemory(run, shape, self.settings.washout_frames)
             memory.run.text[...] = b.text
+            memory.run.remember(b.current)
             np.greater_equal(b.high, factor * factor, out=b.full)
             np.logical_or(b.full, b.text, out=b.unusable)
             if not bank.empty and reg_shift is None:
@@ -238,12 +251,13 @@ class ContrastStage:
         rm.opaque[...] = b.on
         accepted = tuple(o for o, ok in zip(opacities, keep) if ok)
         self.last_opacities = accepted
-        washed_mm2 = self._washout_mm2(b, rm, envelope, (dx, dy), sigma, work_mm)
+        rm.remember(b.current)
+        vessel_mm = self._vessel_mm(b, rm, work_mm)
         rm.ring[rm.ring_next] = b.current
         rm.ring_next = (rm.ring_next + 1) % len(rm.ring)
         rm.ring_count = min(rm.ring_count + 1, len(rm.ring))
         joint = getattr(register, "joint_polyline_xy", None) if register is not None else None
-        memory.classifier.update(frame.index, accepted, washed_mm2, joint)
+        memory.classifier.update(frame.index, accepted, vessel_mm, joint)
         if accepted:
             rm.opacity_seen = True
         elif not rm.opacity_seen:
@@ -261,6 +275,16 @@ class ContrastStage:
             bbox = [min(o.bbox_xyxy[0] for o in accepted), min(o.bbox_xyxy[1] for o in accepted),
                     max(o.bbox_xyxy[2] for o in accepted), max(o.bbox_xyxy[3] for o in accepted)]
         return self._result(memory, frame, accepted, area_mm2, iodine, bbox)
+
+    def _vessel_mm(self, b: _Buffers, rm: _RunMemory, work_mm: float) -> float:
+        """Evidence (z x mm) of a thin line that appeared two frames ago and has gone again
+        (:mod:`sifluoro.track.contrast_transient`); 0 until the run has 4 frames."""
+        if rm.history_count < 4:
+            return 0.0
+        if self._transient is None or self._transient.shape != b.shape:
+            self._transient = TransientLines(b.shape)
+        frames = [rm.history[k] for k in range(rm.history_count)]
+        return self._transient.score(frames, b.valid) * work_mm
 
     def _washout_mm2(self, b: _Buffers, rm: _RunMemory, envelope: np.ndarray, shift_px,
                      sigma: float, work_mm: float) -> float:

@@ -20,7 +20,9 @@ import numpy as np
 from sifluoro.track import _contrast_kernels as K
 
 DANGER = {"none": 0, "intra_articular": 1, "extravasation": 2, "vascular": 3}
-VASCULAR_WASHOUT_MM2 = 8.0   # washed-out area (at the detector) that means a vessel
+# line evidence (z x mm, contrast_transient) of a line that came and went: a vessel; joint fill,
+# clouds, needle and gas stay below about 40 on the evaluation sets
+VASCULAR_LINE_MM = 45.0
 # smallest new opacity taken as contrast: a needle advancing ~1 mm between frames leaves less,
 # the first frame of any injection (joint fill, cloud, vessel) far more
 MIN_AREA_MM2 = 40.0
@@ -159,17 +161,18 @@ class Classifier:
         """Whether ``o`` is significant opacity that :meth:`accept` refused only as gas."""
         return o.area_mm2 >= MIN_AREA_MM2 and o.peak_z >= 8.0 and self._gas_like(o)
 
-    def update(self, index: int, accepted: tuple[Opacity, ...], washed_mm2: float,
+    def update(self, index: int, accepted: tuple[Opacity, ...], vessel_mm: float,
                joint_polyline_xy) -> None:
         """Fold one frame's evidence into the state.
 
-        A washout of at least ``VASCULAR_WASHOUT_MM2`` is vascular uptake. Otherwise the
+        Line evidence of at least ``VASCULAR_LINE_MM`` (a thin line that appeared and washed
+        out) is vascular uptake. Otherwise the
         densest opacity decides: a line along the joint is intra-articular filling (a separate
         roundish pool beside it is the inferior recess), clouds alone are extravasation.
         """
-        evidence = min(1.0, washed_mm2 / (2.0 * VASCULAR_WASHOUT_MM2))
+        evidence = min(1.0, vessel_mm / (2.0 * VASCULAR_LINE_MM))
         self.vascular_evidence = max(self.vascular_evidence, evidence)
-        if washed_mm2 >= VASCULAR_WASHOUT_MM2:
+        if vessel_mm >= VASCULAR_LINE_MM:
             self._raise("vascular", 0.5 + 0.5 * evidence)
         if not accepted:
             return
