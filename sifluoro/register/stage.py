@@ -86,14 +86,14 @@ class _View:
         self.frames += 1
 
     def segment(self) -> None:
-        """Segment the joint on the running average (keep the previous line if none is found)."""
+        """Segment the joint on the running average (None when it shows no joint)."""
         usable = self.count >= max(1.0, 0.5 * self.frames)
         mean = self.sum / np.maximum(self.count, 1.0)
         # the average is a less noisy reference, in the same (first frame's) coordinates
         self.registrar.set_reference(np.where(usable, mean, self.sum.dtype.type(0)))
-        line = segment_joint(mean, grid=self.grid, usable=usable, side=self.side)
-        if line is not None:
-            self.line = line
+        # the average only gets better: a line found on fewer, noisier frames that this one
+        # does not confirm was noise
+        self.line = segment_joint(mean, grid=self.grid, usable=usable, side=self.side)
 
 
 @dataclass
