@@ -60,6 +60,7 @@ class _Track:
     run_uid: str | None = None
     last_tip_of_run: np.ndarray | None = None  # tip at the end of the run seen so far
     reference_tip: np.ndarray | None = None  # tip at the end of the previous run
+    run_tip: np.ndarray | None = None  # furthest tip seen in the current run
     misses: int = 0
 
 
@@ -136,6 +137,7 @@ class NeedleStage:
         if track.run_uid != frame.sop_instance_uid:
             track.reference_tip = track.last_tip_of_run if track.run_uid is not None else None
             track.run_uid = frame.sop_instance_uid
+            track.run_tip = None
         hit = self._detect(st, att, ctx, target)
         if hit is None:
             track.tip_xy = None
@@ -218,14 +220,14 @@ class NeedleStage:
             score = finder.interval_score(base, tip)
             if score < s.min_score:
                 continue
-            feats = self._features(st, ctx, tip, base, score, edge0 or edge1)
+            feats = self._features(st, ctx, att, tip, base, score, edge0 or edge1)
             st.last_features.append(feats)
             out.append((tip, base, needle_probability(feats)))
         out.sort(key=lambda c: -c[2])
         return out
 
-    def _features(self, st: _StudyNeedle, ctx: _RunContext, tip: np.ndarray, base: np.ndarray,
-                  score: float, base_at_edge: bool) -> dict:
+    def _features(self, st: _StudyNeedle, ctx: _RunContext, att: np.ndarray, tip: np.ndarray,
+                  base: np.ndarray, score: float, base_at_edge: bool) -> dict:
         """What tells a needle from a wire, a marker or a cortical edge (working grid)."""
         s = self.settings
         finder = st.finder
@@ -250,10 +252,21 @@ class NeedleStage:
         K.line_flanks(finder.smooth, base[0], base[1], u[0], u[1], length / n, off, lo, mean)
         total = float(mean.sum())
         sym = float(lo.sum()) / total if total > 0 else -1.0
+        # width: a needle (0.5-0.9 mm, magnified 1.3-1.5) has most of its contrast within
+        # 0.8 mm of its axis, a skin marker (1-2 mm) or a bone margin does not
+        tip_f, base_f = grid.to_full(tip), grid.to_full(base)
+        n_f = max(4, int(np.linalg.norm(tip_f - base_f)))
+        near = st.buf.setdefault(("wnear", n_f), np.empty(n_f, np.float64))
+        far = st.buf.setdefault(("wfar", n_f), np.empty(n_f, np.float64))
+        step = float(np.linalg.norm(tip_f - base_f)) / n_f
+        K.line_contrast(att, base_f[0], base_f[1], u[0], u[1], step, s.near_mm / ctx.spacing_mm, near)
+        K.line_contrast(att, base_f[0], base_f[1], u[0], u[1], step, s.far_mm / ctx.spacing_mm, far)
+        far_sum = float(far.sum())
+        thin = float(near.sum()) / far_sum if far_sum > 0 else 0.0
         ti = np.clip(np.rint(tip).astype(int), 0, [cols - 1, rows - 1])
         return {"score": score, "length_mm": length * grid.spacing_mm,
                 "base_at_edge": bool(base_at_edge), "ext_score": ext, "ext_mm": n_ext * grid.spacing_mm,
-                "sym": sym,
+                "sym": sym, "thin": thin,
                 "tip_edge_mm": float(ctx.edge_dist_work[ti[1], ti[0]]) * grid.spacing_mm,
                 "tip": tip.copy(), "base": base.copy()}
 
@@ -326,8 +339,22 @@ class NeedleStage:
             if refined is None or refined[2] <= 0.0:
                 continue
             tip, u, _ = refined
+            tip = self._no_retreat(st, ctx, tip, u, tracked)
             return tip, u, float(np.linalg.norm(tip - base)), score
         return None
+
+    def _no_retreat(self, st: _StudyNeedle, ctx: _RunContext, tip: np.ndarray, u: np.ndarray,
+                    tracked: bool) -> np.ndarray:
+        """Within a run the needle is held or advanced, not withdrawn: a tip on the tracked line
+        more than ``retreat_mm`` behind the furthest tip of the run has stopped short where the
+        shaft fades over bone, and goes to that tip's place on the current axis."""
+        track = st.track
+        if tracked and track.run_tip is not None:
+            behind_px = float((track.run_tip - tip) @ u)
+            if behind_px * ctx.spacing_mm > self.settings.retreat_mm:
+                tip = tip + u * behind_px
+        track.run_tip = tip
+        return tip
 
     def _refine(self, st: _StudyNeedle, att: np.ndarray, tip: np.ndarray, u: np.ndarray,
                 ctx: _RunContext):
@@ -351,18 +378,19 @@ class NeedleStage:
 # Logistic model of "this candidate is the needle" on the features of
 # NeedleStage._features; fitted (L2-regularised IRLS) on candidates of 14 fresh simulated
 # studies (seed 777, cases 0-13), not on the evaluation sets.
-_LOGIT_WEIGHTS = np.array([-0.555, 10.01, -1.302, 4.31, -4.661, 3.333, 0.659])
-_LOGIT_BIAS = -21.732
+_LOGIT_WEIGHTS = np.array([-0.208, 6.233, -1.755, 5.413, -3.906, 2.534, 1.009, 8.197])
+_LOGIT_BIAS = -27.198
 
 
 def needle_probability(f: dict) -> float:
     """Probability that a candidate with features ``f`` is the needle: strong, symmetric
     flanks (not a cortical edge), not continuing to the field edge beyond its tip (not a wire
-    fading over bone), tip away from the field edge, long, base not at the edge."""
+    fading over bone), tip away from the field edge, long, base not at the edge, thin (not a
+    skin marker)."""
     x = np.array([math.log(max(f["score"], 1.0)), f["sym"],
                   min(max(f["ext_score"], -20.0), 20.0) / 10.0, min(f["tip_edge_mm"], 60.0) / 30.0,
                   float(f["base_at_edge"]), min(f["length_mm"], 150.0) / 50.0,
-                  math.log(f["ext_mm"] + 1.0)])
+                  math.log(f["ext_mm"] + 1.0), min(max(f["thin"], -1.0), 2.0)])
     z = float(x @ _LOGIT_WEIGHTS) + _LOGIT_BIAS
     return 1.0 / (1.0 + math.exp(-min(max(z, -50.0), 50.0)))
 

@@ -58,6 +58,10 @@ class NeedleSettings:
         Line finding runs on the mean of up to this many frames of the run.
     flank_mm : float
         Distance across the axis at which the flanks of a line are sampled.
+    retreat_mm : float
+        Within a run a tracked tip is not placed further than this behind the furthest tip.
+    near_mm, far_mm : float
+        Offsets across the axis of the two line contrasts whose ratio measures the width.
     min_prob : float
         Cold-start acceptance of a candidate's needle probability.
     track_min_prob : float
@@ -84,6 +88,9 @@ class NeedleSettings:
     track_margin_mm: float = 6.0
     avg_frames: int = 8
     flank_mm: float = 1.5
+    retreat_mm: float = 1.5
+    near_mm: float = 0.8
+    far_mm: float = 2.5
     min_prob: float = 0.7
     track_min_prob: float = 0.2
     track_angle_deg: float = 8.0
