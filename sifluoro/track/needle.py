@@ -378,8 +378,15 @@ class NeedleStage:
 # Logistic model of "this candidate is the needle" on the features of
 # NeedleStage._features; fitted (L2-regularised IRLS) on candidates of 14 fresh simulated
 # studies (seed 777, cases 0-13), not on the evaluation sets.
-_LOGIT_WEIGHTS = np.array([-0.208, 6.233, -1.755, 5.413, -3.906, 2.534, 1.009, 8.197])
-_LOGIT_BIAS = -27.198
+_LOGIT_WEIGHTS = np.array([-0.196, 5.666, -1.791, 3.712, -3.859, 2.351, 1.034, 9.746])
+_LOGIT_BIAS = -24.059
+
+
+def _thinness(ratio: float) -> float:
+    """Near/far contrast ratio as a feature: rising to 1 for a thin line; above 1 only when
+    the far contrast is lost in noise, which is no evidence of a needle."""
+    ratio = max(ratio, 0.0)
+    return ratio if ratio <= 1.0 else max(0.0, 2.0 - ratio)
 
 
 def needle_probability(f: dict) -> float:
@@ -390,7 +397,7 @@ def needle_probability(f: dict) -> float:
     x = np.array([math.log(max(f["score"], 1.0)), f["sym"],
                   min(max(f["ext_score"], -20.0), 20.0) / 10.0, min(f["tip_edge_mm"], 60.0) / 30.0,
                   float(f["base_at_edge"]), min(f["length_mm"], 150.0) / 50.0,
-                  math.log(f["ext_mm"] + 1.0), min(max(f["thin"], -1.0), 2.0)])
+                  math.log(f["ext_mm"] + 1.0), _thinness(f["thin"])])
     z = float(x @ _LOGIT_WEIGHTS) + _LOGIT_BIAS
     return 1.0 / (1.0 + math.exp(-min(max(z, -50.0), 50.0)))
 
