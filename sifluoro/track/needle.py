@@ -237,9 +237,7 @@ class NeedleStage:
         # a wire fading over bone goes on beyond its apparent end, to the field edge
         start = tip + u * (2.0 / grid.spacing_mm)
         rows, cols = ctx.valid_work.shape
-        n_ext = 0
-        while n_ext < 4 * rows and _inside(ctx.valid_work, start + u * n_ext):
-            n_ext += 1
+        n_ext = _run_inside(ctx.valid_work, start, u, rows + cols)
         if n_ext >= 4:
             ext = finder.interval_score(start, start + u * (n_ext - 1))
         else:
@@ -410,6 +408,17 @@ def _same_segment(a0: np.ndarray, a1: np.ndarray, b0: np.ndarray, b1: np.ndarray
         return False
     n = np.array([-ub[1], ub[0]])
     return abs(float((a0 - b0) @ n)) < 3.0 and abs(float((a1 - b0) @ n)) < 3.0
+
+
+def _run_inside(mask: np.ndarray, start: np.ndarray, u: np.ndarray, n_max: int) -> int:
+    """Number of unit steps from ``start`` along ``u`` that stay inside ``mask``."""
+    steps = np.arange(n_max)
+    x = np.rint(start[0] + steps * u[0]).astype(np.intp)
+    y = np.rint(start[1] + steps * u[1]).astype(np.intp)
+    ok = (x >= 0) & (x < mask.shape[1]) & (y >= 0) & (y < mask.shape[0])
+    ok[ok] = mask[y[ok], x[ok]]
+    out = np.flatnonzero(~ok)
+    return int(out[0]) if out.size else n_max
 
 
 def _inside(mask: np.ndarray, xy: np.ndarray) -> bool:

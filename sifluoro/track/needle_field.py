@@ -55,5 +55,6 @@ def _text_mask(attenuation_image: np.ndarray) -> np.ndarray:
     band = int(rows * _BAND)
     seeds[band:rows - band] = False
     r = max(6, rows // 40)
-    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    # a square (separable, so fast at full resolution) covers each glyph at least as well
+    k = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * r + 1, 2 * r + 1))
     return cv2.dilate(seeds.astype(np.uint8), k)
