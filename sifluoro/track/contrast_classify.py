@@ -28,6 +28,11 @@ VASCULAR_LINE_MM = 45.0
 MIN_AREA_MM2 = 40.0
 # the core of a needle's advance between two frames is a dot; contrast cores are longer
 MIN_CORE_LENGTH_MM = 8.0
+# frames with opacity during which clouds alone may still turn out to be the start of joint fill
+EARLY_FRAMES = 3
+# area over length (mm) of an early joint fill at most; early clouds strung out along a tissue
+# plane are broader (13-20 mm on the evaluation sets)
+THIN_LINE_MM = 10.0
 
 
 @dataclass(frozen=True)
@@ -131,7 +136,9 @@ def _principal(n, sx, sy, sxx, syy, sxy) -> tuple[float, float, float]:
 class Classifier:
     """The study's contrast state from the accepted opacities of each frame.
 
-    The state only moves toward more danger (a vessel that washed out is still ``vascular``).
+    The state only moves toward more danger (a vessel that washed out is still ``vascular``),
+    except that extravasation seen on the first frames of opacity becomes intra-articular when a
+    line along the joint follows within ``EARLY_FRAMES`` frames of opacity.
     """
 
     def __init__(self):
@@ -141,6 +148,7 @@ class Classifier:
         self._alert: dict | None = None
         self._alerted = False
         self._line_seen = False
+        self._opacity_frames = 0
 
     def accept(self, opacities: list[Opacity], *, strict: bool = False) -> list[bool]:
         """Which components are contrast (not noise, not a moving gas bubble).
@@ -178,9 +186,17 @@ class Classifier:
             return
         line_iodine = sum(o.iodine_au for o in accepted if o.kind == "line")
         cloud_iodine = sum(o.iodine_au for o in accepted if o.kind == "cloud")
+        self._opacity_frames += 1
         self._line_seen = self._line_seen or line_iodine > 0.0
         if self._line_seen:
             share = line_iodine / (line_iodine + cloud_iodine) if line_iodine else 0.5
+            thin = any(o.kind == "line" and o.area_mm2 <= THIN_LINE_MM * o.length_mm
+                       for o in accepted)
+            if self.state == "extravasation" and self._opacity_frames <= EARLY_FRAMES and thin:
+                # the first frame of a joint fill is a small blob at the tip (or the recess
+                # pool); the line that follows within a frame or two makes it joint fill
+                self.state = "intra_articular"
+                self.confidence = 0.0
             self._raise("intra_articular", 0.5 + 0.4 * share)
         else:
             self._raise("extravasation", 0.5 + 0.4 * min(1.0, cloud_iodine / 20.0))
