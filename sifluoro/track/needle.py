@@ -374,10 +374,11 @@ class NeedleStage:
 
 
 # Logistic model of "this candidate is the needle" on the features of
-# NeedleStage._features; fitted (L2-regularised IRLS) on candidates of 14 fresh simulated
-# studies (seed 777, cases 0-13), not on the evaluation sets.
-_LOGIT_WEIGHTS = np.array([-0.196, 5.666, -1.791, 3.712, -3.859, 2.351, 1.034, 9.746])
-_LOGIT_BIAS = -24.059
+# NeedleStage._features; fitted (L2-regularised IRLS) on the candidates of 28 fresh simulated
+# studies (seeds 777 and 778, cases 0-13), not on the evaluation sets.
+_LOGIT_WEIGHTS = np.array([0.421, 4.343, -0.932, 4.072, -6.167, 1.956, -0.637, 12.122,
+                           -3.114])
+_LOGIT_BIAS = -16.932
 
 
 def _thinness(ratio: float) -> float:
@@ -395,7 +396,9 @@ def needle_probability(f: dict) -> float:
     x = np.array([math.log(max(f["score"], 1.0)), f["sym"],
                   min(max(f["ext_score"], -20.0), 20.0) / 10.0, min(f["tip_edge_mm"], 60.0) / 30.0,
                   float(f["base_at_edge"]), min(f["length_mm"], 150.0) / 50.0,
-                  math.log(f["ext_mm"] + 1.0), _thinness(f["thin"])])
+                  math.log(f["ext_mm"] + 1.0), _thinness(f["thin"]),
+                  # a skin marker: free at both ends and more symmetric than a needle over bone
+                  10.0 * max(f["sym"] - 0.9, 0.0) * (1.0 - float(f["base_at_edge"]))])
     z = float(x @ _LOGIT_WEIGHTS) + _LOGIT_BIAS
     return 1.0 / (1.0 + math.exp(-min(max(z, -50.0), 50.0)))
 
