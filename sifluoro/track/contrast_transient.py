@@ -34,28 +34,22 @@ EDGE_PX = 4         # the filters see this far past the field edge
 
 @functools.lru_cache(maxsize=None)
 def line_kernels(half: int = LINE_HALF_PX, flank: int = FLANK_PX,
-                 n: int = ORIENTATIONS) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], ...]:
-    """(centre, left, right) line-average kernels for ``n`` orientations (bilinear splats)."""
-    size = 2 * (half + flank) + 3
-    c = size // 2
+                 n: int = ORIENTATIONS) -> tuple[tuple[np.ndarray, tuple[int, int]], ...]:
+    """Per orientation: a (2 half + 1)² line-average kernel (nearest-pixel samples every half
+    pixel) and the integer (dx, dy) of the flank line, ``flank`` px across it.
+
+    The flanks are the centre line's response read at +-(dx, dy): one small filter per
+    orientation instead of three large ones.
+    """
+    size = 2 * half + 1
     out = []
     for i in range(n):
         th = np.pi * i / n
         ux, uy = np.cos(th), np.sin(th)
-        px, py = -uy, ux
-        trio = []
-        for off in (0.0, float(flank), -float(flank)):
-            k = np.zeros((size, size), np.float32)
-            for s in np.linspace(-half, half, 4 * half + 1):
-                x, y = c + s * ux + off * px, c + s * uy + off * py
-                x0, y0 = int(np.floor(x)), int(np.floor(y))
-                fx, fy = x - x0, y - y0
-                k[y0, x0] += (1 - fx) * (1 - fy)
-                k[y0, x0 + 1] += fx * (1 - fy)
-                k[y0 + 1, x0] += (1 - fx) * fy
-                k[y0 + 1, x0 + 1] += fx * fy
-            trio.append(k / k.sum())
-        out.append(tuple(trio))
+        k = np.zeros((size, size), np.float32)
+        for s in np.linspace(-half, half, 4 * half + 1):
+            k[int(round(half + s * uy)), int(round(half + s * ux))] += 1.0
+        out.append((k / k.sum(), (int(round(-flank * uy)), int(round(flank * ux)))))
     return tuple(out)
 
 
@@ -69,6 +63,7 @@ class TransientLines:
         self.c = np.empty(shape, np.float32)
         self.l = np.empty(shape, np.float32)
         self.r = np.empty(shape, np.float32)
+        self.pad = np.empty((shape[0] + 2 * FLANK_PX, shape[1] + 2 * FLANK_PX), np.float32)
         self.ridge_o = np.empty(shape, np.float32)
         self.ridge_w = np.empty(shape, np.float32)
         self.tmp = np.empty(shape, np.float32)
@@ -79,12 +74,13 @@ class TransientLines:
 
     def _ridge(self, img: np.ndarray, out: np.ndarray) -> None:
         out.fill(-1e9)
-        for kc, kl, kr in line_kernels():
+        f = FLANK_PX
+        rows, cols = img.shape
+        for kc, (dx, dy) in line_kernels():
             cv2.filter2D(img, -1, kc, dst=self.c, borderType=cv2.BORDER_REPLICATE)
-            cv2.filter2D(img, -1, kl, dst=self.l, borderType=cv2.BORDER_REPLICATE)
-            cv2.filter2D(img, -1, kr, dst=self.r, borderType=cv2.BORDER_REPLICATE)
-            np.subtract(self.c, self.l, out=self.l)
-            np.subtract(self.c, self.r, out=self.r)
+            cv2.copyMakeBorder(self.c, f, f, f, f, cv2.BORDER_REPLICATE, dst=self.pad)
+            np.subtract(self.c, self.pad[f + dy:f + dy + rows, f + dx:f + dx + cols], out=self.l)
+            np.subtract(self.c, self.pad[f - dy:f - dy + rows, f - dx:f - dx + cols], out=self.r)
             np.minimum(self.l, self.r, out=self.l)
             np.maximum(out, self.l, out=out)
 
