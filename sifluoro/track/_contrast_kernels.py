@@ -379,31 +379,6 @@ def negative_mass(score, valid, x0, y0, x1, y1, threshold):
     return total
 
 
-@njit(cache=True, nogil=True)
-def washout_map(ring, n, current, envelope, valid, dx, dy, scale, out):
-    """Opacity that was there on one of the last ``n`` frames (``ring``) and has gone:
-    ``(max(ring) - max(current, envelope(x - dx, y - dy))) * scale``, 0 where unusable.
-
-    Measured above the pre-contrast envelope, so gas arriving at a pixel (darker than the
-    envelope) and noise below it do not count: only opacity that rose above the reference and
-    fell back, as a vessel fills and empties.
-    """
-    rows, cols = current.shape
-    for y in range(rows):
-        ry = y - dy
-        for x in range(cols):
-            rx = x - dx
-            if n == 0 or not valid[y, x] or not (0 <= ry < rows and 0 <= rx < cols):
-                out[y, x] = 0.0
-                continue
-            hi = ring[0, y, x]
-            for k in range(1, n):
-                if ring[k, y, x] > hi:
-                    hi = ring[k, y, x]
-            base = max(current[y, x], envelope[ry, rx])
-            out[y, x] = (hi - base) * scale
-
-
 def warm_up(rows: int = 1024, cols: int = 1024, factor: int = 4) -> None:
     """Compile every kernel on arrays of the real frame size and dtype (uint16 stored pixels)."""
     shape = (rows // factor, cols // factor)
@@ -433,4 +408,3 @@ def warm_up(rows: int = 1024, cols: int = 1024, factor: int = 4) -> None:
     select_labels(labels, keep, flags)
     shifted_copy(img, 0, 0, flags, np.float32(-1.0), tmp)
     negative_mass(img, flags, 0, 0, 3, 3, 2.5)
-    washout_map(slots, 2, img, tmp, flags, 0, 0, np.float32(1.0), tmp)

@@ -38,24 +38,12 @@ class ContrastSettings:
         Clean frames kept per pose for the reference envelope.
     seed_z, grow_z : float
         Hysteresis thresholds of new opacity, in noise standard deviations of the residual.
-    washout_frames : int
-        Washout is measured against the opacity of this many previous frames of the run.
-    washout_seed_z, washout_grow_z : float
-        Hysteresis thresholds of the washout (opacity above the reference that has gone), in
-        noise standard deviations.
-    washout_max_dark : float
-        A washout counts only if the tissue around it has darkened by less than this share of
-        it (moving gas darkens both).
     """
 
     grid_px: int = 256
     reference_slots: int = 8
     seed_z: float = 5.0
     grow_z: float = 2.5
-    washout_frames: int = 4
-    washout_seed_z: float = 7.0
-    washout_grow_z: float = 3.0
-    washout_max_dark: float = 4.0
 
 
 class _Buffers:
@@ -80,24 +68,18 @@ class _Buffers:
         self.btmp = np.empty(shape, np.bool_)
         self.bout = np.empty(shape, np.bool_)
         self.on = np.empty(shape, np.bool_)
-        self.washout = np.empty(shape, np.float32)
         self.labels = np.empty(shape, np.int32)
-        self.wlabels = np.empty(shape, np.int32)
         self.stack = np.empty(rows * cols * 9 + 1, np.int64)
         self.stats = np.zeros((_MAX_COMPONENTS + 1, K.N_STATS), np.float64)
-        self.wstats = np.zeros((_MAX_COMPONENTS + 1, K.N_STATS), np.float64)
         self.keep = np.zeros(_MAX_COMPONENTS + 1, np.bool_)
 
 
 class _RunMemory:
     """Per-run memory: the last few working frames and the previous frame's opacity."""
 
-    def __init__(self, run, shape: tuple[int, int], frames: int):
+    def __init__(self, run, shape: tuple[int, int]):
         self.run = run
         self.frame_no = 0
-        self.ring = np.zeros((frames,) + shape, np.float32)
-        self.ring_count = 0
-        self.ring_next = 0
         self.opaque = np.zeros(shape, np.bool_)
         self.text = np.zeros(shape, np.bool_)
         self.shift_px = (0, 0)
@@ -159,7 +141,9 @@ class ContrastStage:
         rows, cols = frame.pixels.shape
         factor = self.factor_for(rows, cols)
         K.warm_up(rows, cols, factor)
-        self.buffers((rows // factor, cols // factor))
+        shape = (rows // factor, cols // factor)
+        self.buffers(shape)
+        self._transient = TransientLines(shape)
 
     def factor_for(self, rows: int, cols: int) -> int:
         return max(1, int(round(max(rows, cols) / self.settings.grid_px)))
@@ -202,7 +186,7 @@ class ContrastStage:
         np.greater(b.low, 0, out=b.seed)
         K.dilate_square(b.seed, 2, b.btmp, b.text)
         if new_run:
-            memory.run = _RunMemory(run, shape, self.settings.washout_frames)
+            memory.run = _RunMemory(run, shape)
             memory.run.text[...] = b.text
             memory.run.remember(b.current)
             np.greater_equal(b.high, factor * factor, out=b.full)
@@ -253,9 +237,6 @@ class ContrastStage:
         self.last_opacities = accepted
         rm.remember(b.current)
         vessel_mm = self._vessel_mm(b, rm, work_mm)
-        rm.ring[rm.ring_next] = b.current
-        rm.ring_next = (rm.ring_next + 1) % len(rm.ring)
-        rm.ring_count = min(rm.ring_count + 1, len(rm.ring))
         joint = getattr(register, "joint_polyline_xy", None) if register is not None else None
         memory.classifier.update(frame.index, accepted, vessel_mm, joint)
         if accepted:
@@ -285,31 +266,6 @@ class ContrastStage:
             self._transient = TransientLines(b.shape)
         frames = [rm.history[k] for k in range(rm.history_count)]
         return self._transient.score(frames, b.valid) * work_mm
-
-    def _washout_mm2(self, b: _Buffers, rm: _RunMemory, envelope: np.ndarray, shift_px,
-                     sigma: float, work_mm: float) -> float:
-        """Area of opacity that rose above the reference within the last few frames and has
-        fallen back (a vessel emptying); joint and soft-tissue contrast stays."""
-        s = self.settings
-        K.washout_map(rm.ring, rm.ring_count, b.current, envelope, b.valid, shift_px[0],
-                      shift_px[1], np.float32(1.0 / sigma), b.washout)
-        n = K.hysteresis_label(b.washout, b.valid, s.washout_seed_z, s.washout_grow_z, b.wlabels,
-                               b.stack, _MAX_COMPONENTS)
-        if n == 0:
-            return 0.0
-        K.component_stats(b.wlabels, n, b.washout, b.valid, b.wstats)
-        total_px = 0.0
-        for k in range(1, n + 1):
-            st = b.wstats[k]
-            x0, y0, x1, y1 = int(st[K.C_X0]), int(st[K.C_Y0]), int(st[K.C_X1]), int(st[K.C_Y1])
-            m = max(3, (max(x1 - x0, y1 - y0) + 1) // 2)
-            washed = st[K.C_SUM] - s.washout_grow_z * st[K.C_AREA]
-            # gas sliding over contrast also lowers it, but darkens the tissue around as well
-            darker = K.negative_mass(b.score, b.valid, x0 - m, y0 - m, x1 + m, y1 + m,
-                                     s.grow_z)
-            if darker < s.washout_max_dark * washed:
-                total_px += st[K.C_AREA]
-        return total_px * work_mm * work_mm
 
     def _result(self, memory: _StudyMemory, frame: Frame, accepted, area_mm2: float,
                 iodine_au: float, bbox) -> dict[str, Any]:

@@ -154,22 +154,6 @@ def test_component_and_core_stats_match_regionprops(rng):
         assert s[K.C_CORE_EDGE] == (core & ~ndimage.binary_erosion(core, border_value=0)).sum()
 
 
-def test_washout_map_matches_numpy(rng):
-    ring = rng.normal(size=(4, 12, 14)).astype(np.float32)
-    current = rng.normal(size=(12, 14)).astype(np.float32)
-    envelope = rng.normal(size=(12, 14)).astype(np.float32)
-    valid = rng.random((12, 14)) > 0.1
-    out = np.empty_like(current)
-    K.washout_map(ring, 3, current, envelope, valid, 1, -2, np.float32(2.0), out)
-    shifted = np.full_like(envelope, np.nan)
-    shifted[:-2, 1:] = envelope[2:, :-1]   # envelope(x - 1, y + 2)
-    ref = (ring[:3].max(0) - np.maximum(current, shifted)) * 2.0
-    ref = np.where(valid & ~np.isnan(shifted), ref, 0.0)
-    np.testing.assert_allclose(out, ref, atol=1e-5)
-    K.washout_map(ring, 0, current, envelope, valid, 0, 0, np.float32(1.0), out)
-    assert not out.any()
-
-
 def test_select_labels_and_negative_mass(rng):
     labels = rng.integers(0, 5, (10, 12)).astype(np.int32)
     keep = np.array([True, False, True, False, True])
@@ -181,7 +165,6 @@ def test_select_labels_and_negative_mass(rng):
     got = K.negative_mass(score, valid, -3, 2, 8, 20, 2.5)
     box = np.clip(-score - 2.5, 0, None) * valid
     assert got == pytest.approx(box[2:, 0:9].sum(), rel=1e-5)
-
 
 
 def test_warm_up_compiles_on_real_size():
