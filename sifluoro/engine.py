@@ -1,0 +1,202 @@
+"""The Engine API for a workstation plug-in: feed frames, get typed events through handlers.
+
+    engine = Engine()
+    engine.on("dose", lambda e: show_counters(e.air_kerma_mgy, e.dap_gycm2, e.fluoro_time_s))
+    engine.on("alert", lambda e: banner(e.message))
+    summary = engine.run("study/")          # or engine.feed(frame) per frame, then engine.close()
+
+Thread safety: ``feed`` may be called from any thread; calls are serialised (one frame at a
+time, in call order). Handlers run in the thread that fed the frame, after the frame's event is
+complete; a handler that raises is logged and the engine goes on. ``on`` may be called at any
+time. One Engine follows one study.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+from sifluoro.acquire.dicom_reader import iter_frames, read_study
+from sifluoro.config import Settings
+from sifluoro.errors import InputError
+from sifluoro.model import Frame, Rejection, Run, Study
+from sifluoro.pipeline import Pipeline, Stage, StudyState, prefetch
+
+log = logging.getLogger(__name__)
+
+KINDS = ("frame", "needle", "joint", "contrast", "dose", "alert")
+
+
+@dataclass(frozen=True)
+class FrameEvent:
+    """Every frame: where it is in the study and the whole DESIGN §3 event (read-only)."""
+
+    index: int
+    sop_instance_uid: str
+    frame: int
+    t_s: float
+    latency_ms: float
+    degraded: bool
+    event: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class NeedleEvent:
+    """A frame on which a needle tip is seen; pixel coordinates (x=column, y=row)."""
+
+    index: int
+    t_s: float
+    tip_xy: tuple[float, float]
+    confidence: float
+    tip_to_target_mm: float | None
+
+
+@dataclass(frozen=True)
+class JointEvent:
+    """A frame on which the joint line is known, with the target when placed."""
+
+    index: int
+    t_s: float
+    polyline_xy: tuple[tuple[float, float], ...]
+    confidence: float
+    doubled: bool
+    target_xy: tuple[float, float] | None
+
+
+@dataclass(frozen=True)
+class ContrastEvent:
+    """The contrast state changed (it only moves toward the more dangerous)."""
+
+    index: int
+    t_s: float
+    state: str
+    confidence: float
+
+
+@dataclass(frozen=True)
+class DoseEvent:
+    """Cumulative dose after every frame."""
+
+    index: int
+    t_s: float
+    air_kerma_mgy: float
+    dap_gycm2: float
+    fluoro_time_s: float
+
+
+@dataclass(frozen=True)
+class AlertEvent:
+    """A dose level crossed, or any other alert a stage raises."""
+
+    index: int
+    t_s: float
+    kind: str
+    message: str
+
+
+class Engine:
+    """Runs the pipeline over one study's frames and calls the handlers registered with :meth:`on`.
+
+    Parameters
+    ----------
+    settings : Settings, optional
+    stages : list of Stage, optional
+        Image stages; the replay defaults when omitted.
+    """
+
+    def __init__(self, settings: Settings | None = None, *, stages: list[Stage] | None = None):
+        from sifluoro.replay import default_stages
+
+        self.settings = settings or Settings()
+        self.pipeline = Pipeline(default_stages(self.settings) if stages is None else stages,
+                                 self.settings)
+        self._handlers: dict[str, list[Callable]] = {kind: [] for kind in KINDS}
+        self._lock = threading.Lock()
+        self._state: StudyState | None = None
+        self._runs: dict[str, Run] = {}
+        self._rejected: list[Rejection] = []
+        self._contrast = "none"
+
+    def on(self, kind: str, handler: Callable[[Any], None]) -> None:
+        """Call ``handler(event)`` for every event of ``kind`` (one of :data:`KINDS`)."""
+        if kind not in self._handlers:
+            raise ValueError(f"unknown event kind {kind!r}; one of {', '.join(KINDS)}")
+        self._handlers[kind].append(handler)
+
+    def feed(self, frame: Frame) -> FrameEvent:
+        """Process one frame (frames of one study, in acquisition order) and emit its events."""
+        with self._lock:
+            run = frame.run
+            if self._state is None:
+                self._state = self.pipeline.start_study(run.study_instance_uid)
+            elif run.study_instance_uid != self._state.study_instance_uid:
+                raise InputError(f"frame of study {run.study_instance_uid} fed to the engine of "
+                                 f"study {self._state.study_instance_uid}; use one Engine per study",
+                                 path=run.path, tag="(0020,000D) StudyInstanceUID")
+            if run.sop_instance_uid not in self._runs:
+                self._runs[run.sop_instance_uid] = run
+                self.pipeline.prepare_run(run, self._state)
+            event = self.pipeline.process(frame, self._state)
+            return self._emit(event)
+
+    def run(self, source: str | Path | Iterable[str | Path] | Iterable[Frame]) -> dict:
+        """Feed a whole study (DICOM files/folders, or frames) and return :meth:`close`'s summary."""
+        if isinstance(source, (str, Path)):
+            source = [source]
+        items = list(source)
+        if items and not isinstance(items[0], Frame):
+            study = read_study(items)
+            self._rejected.extend(study.rejected)
+            with self._lock:
+                self._state = self._state or self.pipeline.start_study(study.study_instance_uid)
+                for run in study.runs:  # announce every run before the first frame
+                    self._runs.setdefault(run.sop_instance_uid, run)
+                    self.pipeline.prepare_run(run, self._state)
+            items = prefetch(iter_frames(study, self._rejected), self.settings.queue_frames)
+        for frame in items:
+            self.feed(frame)
+        return self.close()
+
+    def close(self) -> dict:
+        """The study summary (DESIGN §3) of everything fed so far."""
+        from sifluoro.replay import build_summary
+
+        with self._lock:
+            state = self._state or self.pipeline.start_study("")
+            runs = tuple(sorted(self._runs.values(), key=lambda r: r.start_s))
+            return build_summary(Study(state.study_instance_uid, runs), state, self._rejected)
+
+    def _emit(self, event: dict) -> FrameEvent:
+        index, t_s = event["index"], event["t_s"]
+        frame_event = FrameEvent(index, event["sop_instance_uid"], event["frame"], t_s,
+                                 event["latency_ms"], event["degraded"], dict(event))
+        self._call("frame", frame_event)
+        needle = event.get("needle")
+        if needle:
+            self._call("needle", NeedleEvent(index, t_s, tuple(needle["tip_xy"]),
+                                             needle["confidence"], event.get("tip_to_target_mm")))
+        joint = event.get("joint")
+        if joint:
+            target = event.get("target")
+            self._call("joint", JointEvent(index, t_s, tuple(map(tuple, joint["polyline_xy"])),
+                                           joint.get("confidence", 0.0), joint.get("doubled", False),
+                                           tuple(target["xy"]) if target else None))
+        contrast = event["contrast"]
+        if contrast["state"] != self._contrast:
+            self._contrast = contrast["state"]
+            self._call("contrast", ContrastEvent(index, t_s, contrast["state"], contrast["confidence"]))
+        dose = event["dose"]
+        self._call("dose", DoseEvent(index, t_s, dose["air_kerma_mgy"], dose["dap_gycm2"],
+                                     dose["fluoro_time_s"]))
+        for alert in event.get("alerts", []):
+            self._call("alert", AlertEvent(index, t_s, alert["kind"], alert["message"]))
+        return frame_event
+
+    def _call(self, kind: str, payload) -> None:
+        for handler in self._handlers[kind]:
+            try:
+                handler(payload)
+            except Exception:  # a plug-in's handler must not stop the engine
+                log.exception("%s handler failed on frame %d", kind, payload.index)

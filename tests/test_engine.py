@@ -1,0 +1,72 @@
+"""The Engine API: typed events to handlers, the same summary as replay, one study per engine."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+
+import pytest
+
+from sifluoro import Engine, Settings
+from sifluoro.acquire.dicom_reader import iter_frames, read_study
+from sifluoro.engine import AlertEvent, DoseEvent, FrameEvent
+from sifluoro.errors import InputError
+from sifluoro.replay import replay
+from tests.dicom_fixtures import RunSpec, technique, write_study
+
+NO_DEADLINE = Settings(latency_budget_ms=1e9)
+
+
+def _without_timing(summary):
+    return {k: v for k, v in summary.items() if k not in ("latency_ms", "degraded_frames")}
+
+
+def test_run_gives_typed_events_and_the_replay_summary(tmp_path):
+    write_study(tmp_path / "study", [RunSpec(0.0, n_frames=4), RunSpec(30.0, n_frames=3,
+                tech=technique(reported_air_kerma_mgy=3500.0))])
+    engine = Engine(NO_DEADLINE)
+    got: dict[str, list] = {"frame": [], "dose": [], "alert": []}
+    for kind in got:
+        engine.on(kind, got[kind].append)
+    summary = engine.run(tmp_path / "study")
+    assert [e.index for e in got["frame"]] == list(range(7))
+    assert all(isinstance(e, FrameEvent) for e in got["frame"])
+    assert all(isinstance(e, DoseEvent) for e in got["dose"])
+    assert got["dose"][-1].air_kerma_mgy == pytest.approx(summary["air_kerma_mgy"])
+    assert [a.kind for a in got["alert"]] == ["air_kerma"] and isinstance(got["alert"][0], AlertEvent)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        got["dose"][0].air_kerma_mgy = 0.0
+    replay([tmp_path / "study"], events_path=tmp_path / "e.jsonl", summary_path=tmp_path / "s.json",
+           settings=NO_DEADLINE)
+    expected = json.loads((tmp_path / "s.json").read_text())
+    assert _without_timing(summary) == _without_timing(expected)
+
+
+def test_feed_from_threads_and_a_failing_handler(tmp_path, caplog):
+    write_study(tmp_path / "study", [RunSpec(0.0, n_frames=6)])
+    frames = list(iter_frames(read_study([tmp_path / "study"]), []))
+    engine = Engine(NO_DEADLINE)
+    engine.on("frame", lambda e: 1 / 0)
+    seen = []
+    engine.on("dose", seen.append)
+    threads = [threading.Thread(target=engine.feed, args=(f,)) for f in frames[:3]]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for f in frames[3:]:
+        engine.feed(f)
+    assert len(seen) == 6 and sorted(e.index for e in seen) == list(range(6))
+    assert engine.close()["frames"] == 6
+    assert "frame handler failed" in caplog.text
+
+
+def test_one_engine_follows_one_study(tmp_path):
+    write_study(tmp_path / "a", [RunSpec(0.0)], study_uid="1.2.3.1")
+    write_study(tmp_path / "b", [RunSpec(0.0)], study_uid="1.2.3.2")
+    engine = Engine(NO_DEADLINE)
+    engine.feed(next(iter_frames(read_study([tmp_path / "a"]), [])))
+    with pytest.raises(InputError, match="one Engine per study"):
+        engine.feed(next(iter_frames(read_study([tmp_path / "b"]), [])))
+    with pytest.raises(ValueError, match="unknown event kind"):
+        engine.on("needles", print)
