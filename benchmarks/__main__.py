@@ -30,7 +30,8 @@ def main() -> None:
     if bench_dose_estimate.DEFAULT_DIR.exists():
         results["dose_estimate"] = bench_dose_estimate.run()
     # stage benchmarks share one signature: run(quick) -> dict
-    for name in ("bench_receiver", "bench_joint", "bench_needle", "bench_contrast", "bench_audit"):
+    for name in ("bench_receiver", "bench_joint", "bench_needle", "bench_contrast", "bench_audit",
+                 "bench_overlay"):
         try:
             module = importlib.import_module(f"benchmarks.{name}")
         except ImportError:

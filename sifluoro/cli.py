@@ -15,7 +15,8 @@ def _replay(args) -> int:
 
     settings = Settings(latency_budget_ms=args.budget_ms)
     result = replay(args.inputs, events_path=args.events, summary_path=args.summary,
-                    settings=settings, study_uid=args.study, rdsr_path=args.rdsr)
+                    settings=settings, study_uid=args.study, rdsr_path=args.rdsr,
+                    overlay_png_dir=args.overlay_png, overlay_mp4=args.overlay_mp4)
     if not args.quiet:
         print(format_summary(result.summary))
     if result.exit_code:
@@ -62,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study", metavar="UID", help="the study to replay when the input holds several")
     p.add_argument("--rdsr", metavar="RDSR.dcm", help="also write the study's dose as an X-Ray "
                    "Radiation Dose SR")
+    p.add_argument("--overlay-png", type=Path, metavar="DIR",
+                   help="write every frame with its overlay as DIR/<index>.png")
+    p.add_argument("--overlay-mp4", type=Path, metavar="FILE.mp4",
+                   help="write all frames with their overlays as one video")
     p.add_argument("--budget-ms", type=float, default=Settings().latency_budget_ms,
                    help="per-frame latency budget for image work (default %(default)s ms)")
     p.add_argument("-q", "--quiet", action="store_true", help="print no summary")

@@ -9,7 +9,7 @@ import cv2
 from sifluoro.acquire.dicom_reader import iter_frames, read_study
 from sifluoro.config import Settings
 from sifluoro.contract import replay_output_violations
-from sifluoro.overlay import draw_overlay
+from sifluoro.overlay import OverlayWriter
 from sifluoro.replay import format_summary, replay
 
 DEMO_SEED, DEMO_CASE = 2026, 10  # an intra-articular injection on a flat panel
@@ -25,23 +25,16 @@ def write_overlays(study_dir: Path, events_path: Path, truth: dict | None, png_p
     truth_by_key = {(f["sop_instance_uid"], f["frame"]): f for f in truth["frames"]} if truth else {}
     if key_index is None:
         key_index = _key_frame(truth, events)
-    writer = None
+    writer = OverlayWriter(mp4_path=mp4_path)
     for frame in iter_frames(read_study([study_dir]), []):
         event = events.get((frame.sop_instance_uid, frame.frame_number))
         if event is None:
             continue
-        spacing = frame.pixel_spacing_xy_mm[0] if frame.pixel_spacing_xy_mm else None
-        img = draw_overlay(frame.pixels, frame.photometric, event, spacing_mm=spacing,
-                           truth=truth_by_key.get((frame.sop_instance_uid, frame.frame_number)))
-        if mp4_path is not None:
-            if writer is None:
-                writer = cv2.VideoWriter(str(mp4_path), cv2.VideoWriter_fourcc(*"mp4v"), 7.5,
-                                         (img.shape[1], img.shape[0]))
-            writer.write(img)
+        img = writer.add(frame, event,
+                         truth=truth_by_key.get((frame.sop_instance_uid, frame.frame_number)))
         if event["index"] == key_index:
             cv2.imwrite(str(png_path), img)
-    if writer is not None:
-        writer.release()
+    writer.close()
     return key_index
 
 

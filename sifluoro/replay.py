@@ -16,6 +16,7 @@ from sifluoro.dose.rdsr_read import read_rdsr
 from sifluoro.dose.rdsr_write import write_rdsr
 from sifluoro.errors import InputError
 from sifluoro.model import Rejection, Study
+from sifluoro.overlay import OverlayWriter
 from sifluoro.pipeline import Pipeline, Stage, latency_summary, prefetch
 
 log = logging.getLogger(__name__)
@@ -39,12 +40,15 @@ def default_stages(settings: Settings) -> list[Stage]:
 
 def replay(inputs: Iterable[str | Path], *, events_path: str | Path, summary_path: str | Path,
            settings: Settings | None = None, study_uid: str | None = None,
-           stages: list[Stage] | None = None, rdsr_path: str | Path | None = None) -> ReplayResult:
+           stages: list[Stage] | None = None, rdsr_path: str | Path | None = None,
+           overlay_png_dir: str | Path | None = None,
+           overlay_mp4: str | Path | None = None) -> ReplayResult:
     """Replay one study through the pipeline, writing one event per frame and a summary.
 
     Damaged or unusable files are listed in ``rejected_files``; the rest of the study goes on.
     A dose report (RDSR) of the study among the inputs supplies the dose of the runs it
-    references. With ``rdsr_path``, the study's dose is written there as an RDSR at the end.
+    references. With ``rdsr_path``, the study's dose is written there as an RDSR at the end;
+    ``overlay_png_dir`` / ``overlay_mp4`` write every frame annotated with its event.
     """
     settings = settings or Settings()
     t_start = time.perf_counter()
@@ -65,10 +69,16 @@ def replay(inputs: Iterable[str | Path], *, events_path: str | Path, summary_pat
     events_path = Path(events_path)
     events_path.parent.mkdir(parents=True, exist_ok=True)
     t_stream = time.perf_counter()
+    overlays = (OverlayWriter(overlay_png_dir, overlay_mp4)
+                if overlay_png_dir is not None or overlay_mp4 is not None else None)
     with _atomic_text(events_path) as out:
         for frame in prefetch(iter_frames(study, rejected), settings.queue_frames):
             event = pipeline.process(frame, state)
             out.write(json.dumps(event, separators=(",", ":")) + "\n")
+            if overlays is not None:
+                overlays.add(frame, event)
+    if overlays is not None:
+        overlays.close()
     t_end = time.perf_counter()
     summary = build_summary(study, state, rejected)
     if rdsr_path is not None and state.frames:
