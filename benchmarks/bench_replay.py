@@ -1,4 +1,4 @@
-"""Replay throughput and peak memory of the pipeline skeleton on a large uncompressed study.
+"""Replay throughput and peak memory, pipeline skeleton and default pipeline, on a large study.
 
 Writes a study of N frames of 1024² uint16 (runs of 20 frames), then replays it in a child
 process under ``/usr/bin/time -v`` (peak RSS of the whole process) and reports frames/s.
@@ -47,7 +47,8 @@ CHILD = """
 import sys, time, json
 from sifluoro.replay import replay
 t = time.perf_counter()
-r = replay([sys.argv[1]], events_path=sys.argv[2], summary_path=sys.argv[3])
+stages = [] if sys.argv[4] == "skeleton" else None  # None: the default image stages
+r = replay([sys.argv[1]], events_path=sys.argv[2], summary_path=sys.argv[3], stages=stages)
 print(json.dumps({"seconds": time.perf_counter() - t, "frames": r.summary["frames"],
                   "startup_s": r.startup_s, "stream_s": r.stream_s,
                   "latency_ms": r.summary["latency_ms"]}))
@@ -55,15 +56,21 @@ print(json.dumps({"seconds": time.perf_counter() - t, "frames": r.summary["frame
 
 
 def run(n_frames: int = 200, size: int = 1024) -> dict:
+    """The pipeline skeleton (decode, dose, events) and the default pipeline (with image stages)."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "study").mkdir()
         write_large_study(tmp / "study", n_frames, size)
-        cmd = ["/usr/bin/time", "-v", sys.executable, "-c", CHILD, str(tmp / "study"),
-               str(tmp / "events.jsonl"), str(tmp / "summary.json")]
-        t0 = time.perf_counter()
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        wall = time.perf_counter() - t0
+        return {mode: _replay_child(tmp, mode, n_frames, size) for mode in ("skeleton", "default")}
+
+
+def _replay_child(tmp: Path, mode: str, n_frames: int, size: int) -> dict:
+    """One replay in a fresh process under /usr/bin/time -v (peak RSS of the whole process)."""
+    cmd = ["/usr/bin/time", "-v", sys.executable, "-c", CHILD, str(tmp / "study"),
+           str(tmp / "events.jsonl"), str(tmp / "summary.json"), mode]
+    t0 = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    wall = time.perf_counter() - t0
     child = json.loads(out.stdout.strip().splitlines()[-1])
     rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", out.stderr).group(1))
     return {
