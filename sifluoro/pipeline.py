@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 
 
 class Stage(Protocol):
+    """An image stage. ``process`` returns the event fields it owns, and may return
+    ``"alerts": [{"kind", "message", "index", "t_s", ...}]`` to raise alerts."""
+
     name: str
 
     def process(self, frame: Frame, state: "StudyState") -> dict[str, Any]: ...
@@ -108,7 +111,9 @@ class Pipeline:
                 skipped.append(stage.name)
                 continue
             try:
-                event.update(stage.process(frame, state))
+                fields = stage.process(frame, state)
+                alerts.extend(fields.pop("alerts", ()))  # a stage's alerts join the dose alerts
+                event.update(fields)
             except Exception:  # a stage's defect must not lose the frame, its dose or the study
                 log.exception("stage %s failed on frame %d", stage.name, frame.index)
                 failed.append(stage.name)

@@ -126,3 +126,23 @@ def test_a_failing_stage_loses_neither_the_frame_nor_its_dose(tmp_path, caplog):
     assert events[0]["needle"] == {"tip_xy": [1.0, 2.0], "confidence": 0.5}  # later stages ran
     assert events[-1]["dose"]["dap_gycm2"] == pytest.approx(0.3)
     assert "stage broken failed on frame 0" in caplog.text
+
+
+class AlertingStage:
+    name = "alerting"
+
+    def process(self, frame, state):
+        if frame.frame_number == 2:
+            return {"alerts": [{"kind": "vascular", "message": "stop", "index": frame.index}]}
+        return {}
+
+
+def test_stage_alerts_join_the_event_and_the_study(tmp_path):
+    write_study(tmp_path, [RunSpec(0.0, n_frames=3)])
+    study = read_study([tmp_path])
+    pipeline = Pipeline([AlertingStage()], Settings(latency_budget_ms=1000.0))
+    state = pipeline.start_study(study.study_instance_uid)
+    events = [pipeline.process(f, state) for f in iter_frames(study, [])]
+    assert ["alerts" in e for e in events] == [False, True, False]
+    assert events[1]["alerts"][0]["kind"] == "vascular"
+    assert [a["kind"] for a in state.alerts] == ["vascular"]

@@ -118,8 +118,8 @@ class ContrastStage:
 
     Returns, per frame, ``{"contrast": {"state", "confidence", "bbox_xyxy", "area_mm2",
     "iodine_au", "components", "vascular_evidence"}}`` and, on the frame where vascular
-    uptake is first seen, ``"contrast_alert": {"kind": "vascular", "message", "confidence",
-    "index"}``. Reads ``state.stage_state["register"]`` (a
+    uptake is first seen, ``"alerts": [{"kind": "vascular", "message", "confidence", "index",
+    "t_s"}]`` (the pipeline adds it to the event's and the study's alerts). Reads ``state.stage_state["register"]`` (a
     :class:`sifluoro.register.RegisterResult`) when present for the image shift and the joint
     line; keeps its own memory in ``state.stage_state["contrast"]``.
 
@@ -277,7 +277,8 @@ class ContrastStage:
             "vascular_evidence": round(c.vascular_evidence, 3)}}
         alert = c.take_alert()
         if alert is not None:
-            out["contrast_alert"] = {"kind": "vascular", "index": frame.index, **alert}
+            out["alerts"] = [{"kind": "vascular", "index": frame.index,
+                              "t_s": round(frame.t_s, 3), **alert}]
         return out
 
 

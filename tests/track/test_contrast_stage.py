@@ -151,7 +151,7 @@ def test_gas_and_needle_advance_without_contrast_stay_none(phantom):
     events, state = _replay(phantom, runs)
     assert set(_states(events)) == {"none"}
     assert state.contrast_state == "none"
-    assert not any("contrast_alert" in e for e in events)
+    assert not any("alerts" in e for e in events)
 
 
 def test_collimation_closing_mid_run_is_not_contrast(phantom):
@@ -198,7 +198,7 @@ def test_vascular_uptake_alerts_once_and_stays(phantom):
     first = out.index("vascular")
     assert first <= 2 + 3                     # within 3 frames of the vessel filling
     assert set(out[first:]) == {"vascular"}   # a washed-out vessel is still vascular
-    alerts = [e["contrast_alert"] for e in events if "contrast_alert" in e]
+    alerts = [a for e in events for a in e.get("alerts", ())]
     assert len(alerts) == 1
     assert alerts[0]["kind"] == "vascular" and 0 < alerts[0]["confidence"] <= 1
     assert state.contrast_state == "vascular"
