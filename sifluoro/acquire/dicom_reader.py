@@ -91,7 +91,7 @@ def scan(inputs: Iterable[str | Path]) -> ScanResult:
                 continue
             run = run_from_dataset(ds, path)
         except InputError as exc:
-            log.warning("rejected %s", exc)
+            log.info("rejected %s", exc)  # returned to the caller, who reports it
             rejected.append(Rejection(str(path), exc.reason if not exc.tag else f"{exc.tag}: {exc.reason}"))
             continue
         except Exception as exc:  # an odd header the parser did not foresee: lose only this file
@@ -167,7 +167,8 @@ def read_header(path: str | Path) -> Dataset:
     try:
         ds = pydicom.dcmread(path, defer_size=1024, force=False)
     except InvalidDicomError as exc:
-        raise NotDicomError(f"not a DICOM file ({exc}); remove it from the input", path=path) from exc
+        raise NotDicomError("not a DICOM file (no DICOM Part 10 'DICM' header); remove it from "
+                            "the input", path=path) from exc
     except Exception as exc:  # the file boundary: any parse failure is this file's fault
         raise NotDicomError(f"DICOM header cannot be parsed ({type(exc).__name__}: {exc})",
                             path=path) from exc
