@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -145,7 +145,7 @@ def order_runs(runs: list[Run], rejected: list[Rejection]) -> list[Run]:
     timed = [r for r in runs if r.start_s is not None and not np.isnan(r.start_s)]
     untimed = [r for r in runs if r not in timed]
     if len(runs) == 1 and untimed:
-        timed, untimed = [_replace(untimed[0], start_s=0.0)], []
+        timed, untimed = [replace(untimed[0], start_s=0.0)], []
     for run in untimed:
         rejected.append(Rejection(
             run.path,
@@ -153,13 +153,7 @@ def order_runs(runs: list[Run], rejected: list[Rejection]) -> list[Run]:
             "cannot be placed in the study; export it with its timing attributes"))
     timed.sort(key=lambda r: (r.start_s, header.sort_tiebreak(r)))
     t0 = timed[0].start_s if timed else 0.0
-    return [_replace(r, start_s=r.start_s - t0, index=i) for i, r in enumerate(timed)]
-
-
-def _replace(run: Run, **changes) -> Run:
-    from dataclasses import replace
-
-    return replace(run, **changes)
+    return [replace(r, start_s=r.start_s - t0, index=i) for i, r in enumerate(timed)]
 
 
 def read_header(path: str | Path) -> Dataset:
@@ -275,19 +269,18 @@ def _check_native_length(elem, fields: header.HeaderFields, path: str) -> None:
 
 
 def _read_native(run: Run) -> Iterator[np.ndarray]:
+    """Uncompressed frames read straight into their own arrays (one allocation per frame)."""
     dtype = np.dtype("u1") if run.bits_allocated == 8 else np.dtype("<u2")
-    count = run.rows * run.columns
-    nbytes = count * dtype.itemsize
+    nbytes = run.rows * run.columns * dtype.itemsize
     mask = np.uint16((1 << run.bits_stored) - 1)
     with open(run.path, "rb", buffering=0) as fh:
         for k in range(run.n_frames):
             fh.seek(run.pixel_offset + k * nbytes)
-            raw = fh.read(nbytes)
-            if len(raw) != nbytes:
+            stored = np.empty((run.rows, run.columns), dtype)
+            if fh.readinto(memoryview(stored).cast("B")) != nbytes:
                 raise DamagedPixelDataError(f"frame {k + 1} is truncated", path=run.path,
                                             tag="(7FE0,0010) PixelData")
-            frame = np.frombuffer(raw, dtype=dtype).reshape(run.rows, run.columns)
-            frame = frame.astype(np.uint16) if dtype.itemsize == 1 else frame.copy()
+            frame = stored.astype(np.uint16) if dtype.itemsize == 1 else stored
             if run.bits_stored < 16:
                 frame &= mask
             frame.flags.writeable = False
