@@ -16,7 +16,8 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.valuerep import DA, DT, TM
 
-from sifluoro.errors import MissingAttributeError, UnsupportedDicomError
+from sifluoro.dose.exposure_dose import read_exposure_doses, run_technique
+from sifluoro.errors import InputError, MissingAttributeError, UnsupportedDicomError
 from sifluoro.model import Device, Run, Shutter, Technique
 
 log = logging.getLogger(__name__)
@@ -183,7 +184,7 @@ def parse(ds: Dataset, path: str) -> HeaderFields:
                                     tag=tag_name("PhotometricInterpretation"))
     n_frames = _number_of_frames(look, path)
     offsets_s, intervals_ms, start = _timing(look, n_frames, path)
-    technique = _technique(look, n_frames, rows, columns, intervals_ms)
+    technique = _technique(look, n_frames, rows, columns, intervals_ms, path)
     return HeaderFields(
         sop_instance_uid=sop_uid,
         series_instance_uid=look.text("SeriesInstanceUID", None),
@@ -329,7 +330,7 @@ def _shutter(look: _Lookup) -> Shutter | None:
     return Shutter(rect, circle) if rect or circle else None
 
 
-def _technique(look: _Lookup, n: int, rows: int, columns: int, intervals_ms) -> Technique:
+def _technique(look: _Lookup, n: int, rows: int, columns: int, intervals_ms, path: str = "") -> Technique:
     spacing = look.floats("ImagerPixelSpacing") or look.floats("PixelSpacing")
     spacing_xy = (spacing[1], spacing[0]) if spacing and len(spacing) == 2 and min(spacing) > 0 else None
     fov = look.floats("FieldOfViewDimensions")
@@ -338,19 +339,18 @@ def _technique(look: _Lookup, n: int, rows: int, columns: int, intervals_ms) -> 
     frame_time = look.float("FrameTime", None)
     pulse_rate = 1000.0 / frame_time if frame_time else (
         1000.0 / intervals_ms[0] if n > 1 and intervals_ms[0] > 0 else None)
-    dap_dgycm2 = look.float("ImageAndFluoroscopyAreaDoseProduct", None)
-    entrance_mgy = look.float("EntranceDoseInmGy", None)
-    if entrance_mgy is None and look.float("EntranceDose", None) is not None:
-        entrance_mgy = look.float("EntranceDose", None) * 100.0  # stored in dGy
+    dose = _reported_dose(look, n, path)
     setting = look.text("RadiationSetting").upper() or None
     return Technique(
-        kvp=look.float("KVP"),
-        tube_current_ma=look.float("XRayTubeCurrentInmA") or look.float("XRayTubeCurrent"),
+        kvp=dose.get("kvp", look.float("KVP")),
+        tube_current_ma=dose.get("tube_current_ma",
+                                 look.float("XRayTubeCurrentInmA") or look.float("XRayTubeCurrent")),
         pulse_width_ms=look.float("AveragePulseWidth"),
         pulse_rate_per_s=pulse_rate,
         frame_time_ms=frame_time if frame_time else (intervals_ms[0] if n > 1 else None),
-        exposure_time_ms=look.float("ExposureTimeInms") or look.float("ExposureTime"),
-        exposure_mas=look.float("ExposureInmAs") or look.float("Exposure"),
+        exposure_time_ms=dose.get("exposure_time_ms",
+                                  look.float("ExposureTimeInms") or look.float("ExposureTime")),
+        exposure_mas=dose.get("exposure_mas", look.float("ExposureInmAs") or look.float("Exposure")),
         sid_mm=look.float("DistanceSourceToDetector"),
         source_to_patient_mm=look.float("DistanceSourceToPatient"),
         source_to_isocenter_mm=look.float("DistanceSourceToIsocenter"),
@@ -363,9 +363,77 @@ def _technique(look: _Lookup, n: int, rows: int, columns: int, intervals_ms) -> 
         secondary_angle_deg=look.float("PositionerSecondaryAngle"),
         radiation_setting=setting if setting in ("SC", "GR") else None,
         shutter=_shutter(look),
-        reported_dap_gycm2=dap_dgycm2 / 10.0 if dap_dgycm2 is not None else None,
-        reported_air_kerma_mgy=entrance_mgy,
+        reported_dap_gycm2=dose.get("reported_dap_gycm2"),
+        reported_air_kerma_mgy=dose.get("reported_air_kerma_mgy"),
+        reported_air_kerma_mgy_per_frame=dose.get("reported_air_kerma_mgy_per_frame"),
     )
+
+
+def _reported_dose(look: _Lookup, n: int, path: str) -> dict:
+    """What the header reports about the run's dose, and per-exposure technique that is more
+    specific than the run-level attributes. Keys are Technique fields; absent means unknown.
+
+    - DAP of the run: Image and Fluoroscopy Area Dose Product (0018,115E), else the Enhanced
+      XA/XRF Acquired Image Area Dose Product (0018,9473) (XA/XRF Acquisition Module, this
+      image only); both in dGy·cm².
+    - Air kerma: Entrance Dose in mGy (0040,8302), else Entrance Dose (0040,0302) in dGy; per
+      frame when every per-frame functional group holds Entrance Dose in mGy in an X-Ray
+      Acquisition Dose Sequence (0018,9542) (the breast projection macro: no XA/XRF macro
+      carries dose per frame).
+    - Enhanced XA/XRF per-frame technique, X-Ray Frame Acquisition Macro (Frame Acquisition
+      Sequence (0018,9417): KVP, X-Ray Tube Current in mA): the run's mean current and the
+      current-weighted kVp when every frame has them, instead of the first frame's.
+    - Exposure Dose Sequence (0040,030E) items, when they describe this run (one item, or one
+      per frame): total tube load, exposure time, load-weighted kVp, mean current.
+    """
+    out: dict = {}
+    dap_dgycm2 = look.float("ImageAndFluoroscopyAreaDoseProduct", None)
+    if dap_dgycm2 is None:
+        dap_dgycm2 = look.float("AcquiredImageAreaDoseProduct", None)
+    if dap_dgycm2 is not None:
+        out["reported_dap_gycm2"] = dap_dgycm2 / 10.0
+    entrance_mgy = look.float("EntranceDoseInmGy", None)
+    if entrance_mgy is None and look.float("EntranceDose", None) is not None:
+        entrance_mgy = look.float("EntranceDose", None) * 100.0  # stored in dGy
+    if entrance_mgy is not None:
+        out["reported_air_kerma_mgy"] = entrance_mgy
+    if len(look.per_frame) == n and n > 0:
+        per_frame = [_in_sequence(g, "XRayAcquisitionDoseSequence", "EntranceDoseInmGy")
+                     for g in look.per_frame]
+        if all(v is not None for v in per_frame):
+            out["reported_air_kerma_mgy_per_frame"] = tuple(per_frame)
+        kvps = [_in_sequence(g, "FrameAcquisitionSequence", "KVP") for g in look.per_frame]
+        currents = [_in_sequence(g, "FrameAcquisitionSequence", "XRayTubeCurrentInmA")
+                    for g in look.per_frame]
+        if all(c is not None for c in currents) and n > 1:
+            out["tube_current_ma"] = sum(currents) / n
+            if all(k for k in kvps) and sum(currents) > 0:
+                out["kvp"] = sum(k * c for k, c in zip(kvps, currents)) / sum(currents)
+    try:
+        exposures = read_exposure_doses(look.ds, path)
+    except InputError as exc:
+        log.warning("ignoring the exposure dose items: %s", exc)
+        exposures = ()
+    if exposures and len(exposures) in (1, n):
+        technique = run_technique(exposures)
+        out.update(technique)
+        if technique.get("exposure_time_ms"):
+            out["tube_current_ma"] = technique["exposure_mas"] * 1000.0 / technique["exposure_time_ms"]
+    elif exposures:
+        log.info("%s: %d exposure dose items for %d frame(s) describe the procedure step, not "
+                 "this run; not used", path, len(exposures), n)
+    return out
+
+
+def _in_sequence(group: Dataset, sequence: str, keyword: str) -> float | None:
+    """A number in the first item of a functional group's macro sequence, or None."""
+    try:
+        seq = group.get(sequence)
+        value = seq[0].get(keyword) if seq else None
+        number = float(value) if value not in (None, "") else None
+    except Exception:  # odd values of optional attributes are ignored
+        return None
+    return number if number is not None and math.isfinite(number) else None
 
 
 def sort_tiebreak(run: Run) -> tuple:
