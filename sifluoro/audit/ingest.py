@@ -40,7 +40,7 @@ from sifluoro.audit.settings import AuditSettings
 from sifluoro.config import DoseSettings
 from sifluoro.dose.accumulate import accumulate_study
 from sifluoro.dose.records import StudyDose
-from sifluoro.dose.summary import _with_srdl, merge_reports
+from sifluoro.dose.summary import merge_reports, with_srdl_reached
 from sifluoro.model import Device, Rejection, Study
 
 log = logging.getLogger(__name__)
@@ -292,14 +292,14 @@ def study_dose(uid: str, files: list[ParsedFile], settings: DoseSettings
     reports = [f.report for f in files if f.kind == RDSR and f.report is not None]
     rejected: list[Rejection] = []
     if reports:
-        return _with_srdl(merge_reports(reports), settings), rejected
+        return with_srdl_reached(merge_reports(reports), settings), rejected
     runs = [f.run for f in files if f.kind == IMAGE and f.run is not None]
     ordered = order_runs(runs, rejected)
     if not ordered:
         return None, rejected
     study = Study(uid, tuple(ordered))
     dose = accumulate_study(study, settings).study_dose(uid, study.device)
-    return _with_srdl(dose, settings), rejected
+    return with_srdl_reached(dose, settings), rejected
 
 
 def _study_row(uid: str, files: list[ParsedFile], dose: StudyDose, now: datetime) -> dict:

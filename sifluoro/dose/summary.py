@@ -61,7 +61,7 @@ def summarize(paths: Iterable[str | Path], *, settings: DoseSettings | None = No
         study = Study(uid, tuple(ordered))
         dose = accumulate_study(study, settings)
         by_uid[uid] = dose.study_dose(uid, study.device)
-    studies = [_with_srdl(by_uid[uid], settings) for uid in sorted(by_uid)]
+    studies = [with_srdl_reached(by_uid[uid], settings) for uid in sorted(by_uid)]
     return studies, rejected
 
 
@@ -110,7 +110,13 @@ def _add_planes(planes: list[PlaneTotals]) -> list[PlaneTotals]:
     return [out[k] for k in sorted(out)]
 
 
-def _with_srdl(study: StudyDose, settings: DoseSettings) -> StudyDose:
+def with_srdl_reached(study: StudyDose, settings: DoseSettings) -> StudyDose:
+    """``study`` with ``srdl_exceeded`` set from its totals and the settings' substantial
+    radiation dose levels (air kerma, DAP, fluoroscopy time; a level of 0 is disabled).
+
+    A study that already names the levels it reached (counted frame by frame) is returned as
+    it is; so is one that reached none.
+    """
     if study.srdl_exceeded:
         return study
     reached = []

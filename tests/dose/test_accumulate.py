@@ -160,3 +160,19 @@ def test_reports_of_one_study_merge(tmp_path):
     assert merge_reports([early, cumulative]).dap_gycm2 == pytest.approx(3.0)  # superseded, not added
     merged = merge_reports([early, cumulative, other_step])
     assert merged.dap_gycm2 == pytest.approx(7.0) and len(merged.events) == 3
+
+
+def test_with_srdl_reached_names_each_level_the_totals_reach():
+    from sifluoro.dose.records import PlaneTotals, StudyDose
+    from sifluoro.dose.summary import with_srdl_reached
+
+    def study(dap, kerma, fluoro_s, reached=()):
+        return StudyDose("1.2.3", "rdsr", Device(), (), (PlaneTotals("single", dap, kerma, fluoro_time_s=fluoro_s),),
+                         srdl_exceeded=reached)
+
+    s = DoseSettings()
+    assert with_srdl_reached(study(499.0, 4999.0, 3599.0), s).srdl_exceeded == ()
+    assert with_srdl_reached(study(500.0, 5000.0, 3600.0), s).srdl_exceeded == ("air_kerma", "dap", "fluoro_time")
+    assert with_srdl_reached(study(600.0, 10.0, 10.0), s).srdl_exceeded == ("dap",)
+    assert with_srdl_reached(study(600.0, 10.0, 10.0), DoseSettings(srdl_dap_gycm2=0.0)).srdl_exceeded == ()
+    assert with_srdl_reached(study(0.0, 0.0, 0.0, ("air_kerma",)), s).srdl_exceeded == ("air_kerma",)
