@@ -52,7 +52,7 @@ def bench_run_1024(n_frames: int = 40) -> dict:
                         beam.mu_water, beam.mu_bone, beam.mu_iodine, beam.mu_steel)
         sig = det.detect(primary, scatter, 200.0, rng, model, cam.pixel_spacing_mm, mask)
         disp = det.to_display(sig, model)
-        det.to_stored(disp, det.window(disp, mask), 12, "MONOCHROME2", mask)
+        det.to_stored(disp, det.window(disp, mask), 12, -1, mask)
         per_frame.append(time.perf_counter() - t)
     total = time.perf_counter() - t0
     return {"name": "run_1024_40_frames", "static_s": t_static,

@@ -102,6 +102,7 @@ class Run:
     bits_allocated: int = 16
     pixel_offset: int | None = None
     pixel_intensity_sign: int | None = None
+    pixel_intensity_relationship: str | None = None   # (0028,1040): LIN, LOG, DISP, OTHER
     read_frames: Callable[["Run"], Iterator[np.ndarray]] | None = field(default=None, repr=False)
 
     @property
@@ -117,11 +118,15 @@ class Run:
         """Whether higher stored values mean more attenuation (bone bright as stored).
 
         From (0028,1041) PixelIntensityRelationshipSign when present (-1: value falls as X-ray
-        intensity rises); otherwise from the photometric interpretation, assuming bone is
-        displayed bright, as radiographs and the simulator do.
+        intensity rises); else LIN/LOG (0028,1040) mean values proportional to X-ray intensity
+        (so they fall with attenuation); otherwise (DISP, OTHER, absent) from the photometric
+        interpretation, assuming bone is displayed bright, as radiographs do. A bone-dark
+        MONOCHROME2 device that writes neither is indistinguishable and is read inverted.
         """
         if self.pixel_intensity_sign in (-1, 1):
             return self.pixel_intensity_sign == -1
+        if self.pixel_intensity_relationship in ("LIN", "LOG"):
+            return False
         return self.photometric == "MONOCHROME2"
 
     def iter_pixels(self) -> Iterator[np.ndarray]:

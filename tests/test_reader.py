@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pydicom
 import pytest
 
 from sifluoro.acquire.dicom_reader import iter_frames, read_study
@@ -127,6 +128,25 @@ def test_attenuation_polarity(tmp_path, storage, photometric):
     assert run.pixel_intensity_sign == ({"MONOCHROME2": -1, "MONOCHROME1": 1}[photometric]
                                         if storage == "enhanced_xa" else None)
     assert run.attenuation_rises_with_value == (photometric == "MONOCHROME2")
+
+
+@pytest.mark.parametrize("pir, sign, rises", [
+    ("DISP", 1, False),     # bone-dark MONOCHROME2, stated by the sign (fluoroscopy monitors)
+    ("DISP", -1, True),
+    ("LIN", None, False),   # proportional to X-ray intensity: falls with attenuation
+    ("LOG", None, False),
+    ("DISP", None, True),   # nothing stated: bone assumed bright, as radiographs
+])
+def test_polarity_of_legacy_xa_from_sign_then_relationship(tmp_path, pir, sign, rises):
+    path = write_study(tmp_path, [RunSpec(0.0, storage="xa")])[0]
+    ds = pydicom.dcmread(path)
+    ds.PixelIntensityRelationship = pir
+    if sign is not None:
+        ds.PixelIntensityRelationshipSign = sign
+    ds.save_as(path)
+    run = read_study([tmp_path]).runs[0]
+    assert run.pixel_intensity_relationship == pir
+    assert run.attenuation_rises_with_value is rises
 
 
 def test_several_studies_need_a_choice(tmp_path):

@@ -219,6 +219,7 @@ def run_from_dataset(ds: Dataset, path: str | Path) -> Run:
         instance_number=fields.instance_number,
         bits_allocated=fields.bits_allocated,
         pixel_intensity_sign=fields.pixel_intensity_sign,
+        pixel_intensity_relationship=fields.pixel_intensity_relationship,
         pixel_offset=None if tsuid.is_compressed else pixel_elem.value_tell,
         read_frames=_read_native if not tsuid.is_compressed else _read_encapsulated,
     )

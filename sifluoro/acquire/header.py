@@ -51,6 +51,7 @@ class HeaderFields:
     series_number: int | None
     instance_number: int | None
     pixel_intensity_sign: int | None
+    pixel_intensity_relationship: str | None
 
 
 class _Lookup:
@@ -205,6 +206,7 @@ def parse(ds: Dataset, path: str) -> HeaderFields:
         series_number=_int_or_none(look.raw("SeriesNumber", None)),
         instance_number=_int_or_none(look.raw("InstanceNumber", None)),
         pixel_intensity_sign=_int_or_none(look.raw("PixelIntensityRelationshipSign")),
+        pixel_intensity_relationship=look.text("PixelIntensityRelationship") or None,
     )
 
 

@@ -98,6 +98,7 @@ def build_run_dataset(
     laterality: str | None = None,
     burned_in_annotation: bool = False,
     pixel_intensity_relationship: str = "DISP",
+    pixel_intensity_sign: int | None = None,
 ) -> Dataset:
     """Build one run (one instance) as a DICOM dataset.
 
@@ -110,6 +111,10 @@ def build_run_dataset(
     frame_time_ms, frame_time_vector_ms
         Exactly one for multi-frame runs. ``frame_time_vector_ms`` holds the increments from the
         previous frame (its first value is 0), as DICOM defines it.
+    pixel_intensity_sign : {-1, 1}, optional
+        (0028,1041): -1 when stored values rise with attenuation (bone bright as stored), +1
+        when they rise with X-ray intensity (bone dark). Enhanced XA always carries it
+        (default: -1 for MONOCHROME2, +1 for MONOCHROME1); XA and RF only when given.
 
     Returns
     -------
@@ -184,11 +189,13 @@ def build_run_dataset(
     if storage in ("xa", "rf"):
         _add_legacy_xray(ds, storage, n, technique, acquisition_datetime,
                          frame_time_ms, frame_time_vector_ms, pixel_intensity_relationship)
+        if pixel_intensity_sign is not None:
+            ds.PixelIntensityRelationshipSign = pixel_intensity_sign
     elif storage == "enhanced_xa":
         from sifluoro.io.enhanced_xa import add_enhanced_xa
 
         add_enhanced_xa(ds, n, technique, acquisition_datetime, frame_time_ms,
-                        frame_time_vector_ms, pixel_intensity_relationship)
+                        frame_time_vector_ms, pixel_intensity_relationship, pixel_intensity_sign)
     else:
         _add_secondary_capture(ds, n, acquisition_datetime, frame_time_ms, frame_time_vector_ms)
 

@@ -20,7 +20,7 @@ def _item(**attrs) -> Dataset:
 
 def add_enhanced_xa(ds: Dataset, n: int, tech: Technique, when: datetime,
                     frame_time_ms: float | None, frame_time_vector_ms: list[float] | None,
-                    pir: str) -> None:
+                    pir: str, sign: int | None = None) -> None:
     """Add the Enhanced XA modules and functional groups to a dataset being built.
 
     Frame timing is written per frame (Frame Content: FrameReferenceDateTime and
@@ -38,9 +38,10 @@ def add_enhanced_xa(ds: Dataset, n: int, tech: Technique, when: datetime,
     ds.AcquisitionDateTime = _dt(when)
     ds.AcquisitionDuration = (offsets_ms[-1] + (frame_time_ms or 0.0)) / 1000.0
     ds.PixelIntensityRelationship = pir
-    # values rise with attenuation when bone is displayed bright (MONOCHROME2), so the
-    # relationship to X-ray intensity is negative; MONOCHROME1 stores the inverse
-    sign = -1 if ds.PhotometricInterpretation == "MONOCHROME2" else 1
+    # by default values rise with attenuation when bone is displayed bright (MONOCHROME2), so
+    # the relationship to X-ray intensity is negative; MONOCHROME1 stores the inverse
+    if sign is None:
+        sign = -1 if ds.PhotometricInterpretation == "MONOCHROME2" else 1
     ds.PixelIntensityRelationshipSign = sign
     ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "0", "1", "US"
     ds.ContentQualification = "PRODUCT"

@@ -42,8 +42,9 @@ def exposed_mask(size: int, collimation_xyxy: tuple[int, int, int, int],
 def scatter_to_primary(thickness_mm: float, field_area_cm2: float) -> float:
     """Scatter-to-primary ratio without grid for a water-like patient.
 
-    Grows with thickness and field area; about 4-5 for 25 cm and a 20x20 cm field (Boone &
-    Cooper, Med Phys 2000; Fritz & Livingston 1985), clipped to 1-6.
+    Grows with thickness and field area (as Boone & Seibert, Med Phys 1988 describe); the
+    formula and its 4-5 for 25 cm and a 20x20 cm field are an engineering choice (see
+    docs/simulator.md), clipped to 1-6.
     """
     spr = 4.5 * (thickness_mm / 250.0) ** 1.3 * (field_area_cm2 / 400.0) ** 0.3
     return float(np.clip(spr, 1.0, 6.0))
@@ -117,18 +118,19 @@ def window(display: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
 
 
 def to_stored(display: np.ndarray, win: tuple[float, float], bits_stored: int,
-              photometric: str, mask: np.ndarray) -> np.ndarray:
+              pixel_intensity_sign: int, mask: np.ndarray) -> np.ndarray:
     """Window to [0, 2**bits_stored - 1]; blank (no exposure) = maximal attenuation.
 
-    MONOCHROME2 stores attenuation-like values (bone bright); MONOCHROME1 stores the inverse
-    so that both display the same.
+    ``display`` rises with attenuation. Sign -1 stores it as is (values rise with
+    attenuation); sign +1 stores the inverse (values rise with X-ray intensity), as
+    MONOCHROME1 devices and bone-dark MONOCHROME2 devices do.
     """
     top = (1 << bits_stored) - 1
     v = (display - win[0]) / (win[1] - win[0])
     v = np.clip(v, 0.0, 1.0)
     v[~mask] = 1.0
     out = np.rint(v * top).astype(np.uint16)
-    if photometric == "MONOCHROME1":
+    if pixel_intensity_sign == 1:
         out = (top - out).astype(np.uint16)
     return out
 

@@ -123,7 +123,8 @@ def export_study(study, folder: str | Path, *,
             photometric=run.photometric, series_number=1, instance_number=r + 1,
             frame_time_ms=run.technique.frame_time_ms, laterality=study.side,
             burned_in_annotation=run.burned_in_text,
-            pixel_intensity_relationship="DISP")
+            pixel_intensity_relationship="DISP",
+            pixel_intensity_sign=run.pixel_intensity_sign)
         # names run backwards against time: order must come from the headers
         path = dicom_dir / f"IMG{(n_runs - r) * 7 % 97:03d}_{r:02d}.dcm"
         save_dataset(ds, path, transfer_syntax=_transfer_syntax(study, r))
@@ -143,6 +144,7 @@ def export_study(study, folder: str | Path, *,
             "file": path.name, "storage": storage, "sop_instance_uid": sop_uid, "frames": n, "start_s": run.start_s,
             "damaged": damaged, "technique": asdict(run.technique),
             "bits_stored": run.bits_stored, "photometric": run.photometric,
+            "pixel_intensity_sign": run.pixel_intensity_sign,
             "air_kerma_mgy": kerma, "dap_gycm2": dap,
         })
         for k, ft in enumerate(run.truth):

@@ -7,7 +7,7 @@ from scipy.ndimage import map_coordinates
 
 def _attenuation_like(run) -> np.ndarray:
     f = run.frames.astype(np.float64)
-    return (2 ** run.bits_stored - 1) - f if run.photometric == "MONOCHROME1" else f
+    return f if run.attenuation_rises_with_value else (2 ** run.bits_stored - 1) - f
 
 
 def _noise_sd(frames: np.ndarray, mask: np.ndarray) -> float:

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# outer / inner diameter (mm) of thin-wall spinal needles, ISO 9626
+# outer / inner diameter (mm) of regular-wall spinal needles (the usual gauge chart values)
 GAUGE_DIAMETERS_MM = {20: (0.908, 0.603), 22: (0.718, 0.413), 25: (0.514, 0.260)}
 _N_SEGMENTS = 16
 

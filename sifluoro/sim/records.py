@@ -70,6 +70,13 @@ class SimRun:
     # added fields
     image_processing: str = "log"          # "log" | "gamma"
     exposed_mask: np.ndarray | None = None  # (size, size) bool, True inside the exposed field
+    # (0028,1041): -1 stored values rise with attenuation (bone bright as stored), +1 they
+    # rise with X-ray intensity (bone dark as stored; MONOCHROME1, or MONOCHROME2 bone-dark)
+    pixel_intensity_sign: int = -1
+
+    @property
+    def attenuation_rises_with_value(self) -> bool:
+        return self.pixel_intensity_sign == -1
 
 
 @dataclass(frozen=True)

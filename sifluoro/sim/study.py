@@ -37,6 +37,7 @@ class _Device:
     pulse_rate: float
     bits_stored: int
     photometric: str
+    pixel_intensity_sign: int
     model: det.DetectorModel
     circle_margin_px: int
     target_ngy: float
@@ -51,7 +52,21 @@ class _RunPlan:
     pulse_rate: float
 
 
-def _device(rng: np.random.Generator, size: int, thickness_mm: float) -> _Device:
+def _display_convention(rng: np.random.Generator, convention_rng: np.random.Generator
+                        ) -> tuple[str, int]:
+    """Photometric interpretation and PixelIntensityRelationshipSign of a device.
+
+    MONOCHROME1 devices store bone dark and let the display invert it (bone bright). A
+    MONOCHROME2 device stores either bone bright (sign -1, like a radiograph) or bone dark
+    (sign +1, the fluoroscopy monitor's convention: needle and contrast black).
+    """
+    if rng.random() < 0.3:
+        return "MONOCHROME1", 1
+    return "MONOCHROME2", (1 if convention_rng.random() < 0.5 else -1)
+
+
+def _device(rng: np.random.Generator, size: int, thickness_mm: float,
+            convention_rng: np.random.Generator) -> _Device:
     ii = rng.random() < 0.3
     kind = "image_intensifier" if ii else "flat_panel"
     sid = float(rng.choice([980.0, 1000.0])) if ii else float(rng.uniform(950.0, 1200.0))
@@ -70,15 +85,18 @@ def _device(rng: np.random.Generator, size: int, thickness_mm: float) -> _Device
         vignetting=float(rng.uniform(0.15, 0.35)) if ii else 0.0,
         glare=float(rng.uniform(0.03, 0.08)) if ii else 0.0,
     )
+    anode = float(rng.choice([10.0, 12.0, 14.0]))
+    inherent = float(rng.choice([2.5, 2.7, 3.0]))
+    cu = float(rng.choice([0.0, 0.1, 0.2, 0.3]))
+    al = float(rng.choice([0.0, 0.5, 1.0]))
+    pulse_rate = float(rng.choice(_PULSE_RATES, p=[0.45, 0.35, 0.2]))
+    bits = int(rng.choice([10, 12, 14, 16], p=[0.15, 0.5, 0.2, 0.15]))
+    photometric, sign = _display_convention(rng, convention_rng)
     return _Device(
         detector=kind, sid_mm=sid, sod_mm=sod, fov_mm=fov,
-        anode_angle_deg=float(rng.choice([10.0, 12.0, 14.0])),
-        inherent_al_mm=float(rng.choice([2.5, 2.7, 3.0])), kvp=kvp,
-        cu_mm=float(rng.choice([0.0, 0.1, 0.2, 0.3])),
-        al_mm=float(rng.choice([0.0, 0.5, 1.0])),
-        pulse_rate=float(rng.choice(_PULSE_RATES, p=[0.45, 0.35, 0.2])),
-        bits_stored=int(rng.choice([10, 12, 14, 16], p=[0.15, 0.5, 0.2, 0.15])),
-        photometric="MONOCHROME1" if rng.random() < 0.3 else "MONOCHROME2",
+        anode_angle_deg=anode, inherent_al_mm=inherent, kvp=kvp, cu_mm=cu, al_mm=al,
+        pulse_rate=pulse_rate, bits_stored=bits,
+        photometric=photometric, pixel_intensity_sign=sign,
         model=model, circle_margin_px=int(rng.integers(2, 10) * size // 512),
         target_ngy=float(rng.uniform(15.0, 45.0) if ii else rng.uniform(8.0, 35.0)))
 
@@ -143,7 +161,8 @@ def simulate_case(seed: int, case: int, *, size: int = 512) -> SimStudy:
     rng = case_rng(seed, case)
     side = "L" if rng.random() < 0.5 else "R"
     anatomy = anat.sample_anatomy(rng, side)
-    dev = _device(rng, size, anatomy.thickness_mm)
+    dev = _device(rng, size, anatomy.thickness_mm,
+                  np.random.default_rng([seed, case, 0x5167]))
     components = _outcome(rng)
     outcome = max(components, key=con.SEVERITY.get) if components else "none"
     modality = "RF" if rng.random() < 0.3 else "XA"
@@ -349,7 +368,7 @@ def simulate_case(seed: int, case: int, *, size: int = 512) -> SimStudy:
             disp = det.to_display(sig, dev.model)
             if win is None:
                 win = det.window(disp, mask)
-            img = det.to_stored(disp, win, dev.bits_stored, dev.photometric, mask)
+            img = det.to_stored(disp, win, dev.bits_stored, dev.pixel_intensity_sign, mask)
             if burned:
                 when = base_time + _dt.timedelta(seconds=t_s)
                 lines = [when.strftime("%Y-%m-%d %H:%M:%S"),
@@ -371,7 +390,8 @@ def simulate_case(seed: int, case: int, *, size: int = 512) -> SimStudy:
         runs.append(SimRun(frames=frames, bits_stored=dev.bits_stored,
                            photometric=dev.photometric, technique=tech, start_s=float(t_start),
                            truth=tuple(truths), burned_in_text=burned,
-                           image_processing=dev.model.processing, exposed_mask=mask))
+                           image_processing=dev.model.processing, exposed_mask=mask,
+                           pixel_intensity_sign=dev.pixel_intensity_sign))
         t_start += n_frames * frame_time_ms / 1000.0 + float(rng.uniform(5.0, 60.0))
     return SimStudy(seed=seed, case=case, size=size, side=side, outcome=outcome,
                     modality=modality, storage=storage, compression=compression,

@@ -19,6 +19,7 @@ def sim_frames(study: SimStudy) -> Iterator[tuple[Frame, FrameTruth]]:
                   sop_class_uid="", series_instance_uid="", study_instance_uid="",
                   modality="XA", transfer_syntax_uid="", rows=study.size, columns=study.size,
                   bits_stored=sim_run.bits_stored, photometric=sim_run.photometric,
+                  pixel_intensity_sign=sim_run.pixel_intensity_sign,
                   start_s=sim_run.start_s, frame_offsets_s=tuple(i * dt_s for i in range(n)),
                   frame_intervals_ms=(sim_run.technique.frame_time_ms,) * n,
                   technique=technique_of(sim_run, study.size, reported=None), device=Device(),

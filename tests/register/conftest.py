@@ -11,7 +11,8 @@ from sifluoro.sim.export import technique_of
 
 def make_run(pixels: np.ndarray, *, bits_stored: int = 12, photometric: str = "MONOCHROME2",
              spacing_mm: float = 0.58, angles_deg=(20.0, 0.0), shutter: Shutter | None = None,
-             technique: Technique | None = None, index: int = 0) -> Run:
+             technique: Technique | None = None, index: int = 0,
+             pixel_intensity_sign: int | None = None) -> Run:
     """A one-frame-geometry run around ``pixels`` (frames, rows, cols) held in memory."""
     n, rows, cols = pixels.shape
     if technique is None:
@@ -21,7 +22,8 @@ def make_run(pixels: np.ndarray, *, bits_stored: int = 12, photometric: str = "M
     return Run(path=f"mem-{index}", sop_instance_uid=f"1.2.3.{index}", sop_class_uid="",
                series_instance_uid="", study_instance_uid="1.2.3", modality="XA",
                transfer_syntax_uid="", rows=rows, columns=cols, bits_stored=bits_stored,
-               photometric=photometric, start_s=float(index), frame_offsets_s=(0.0,) * n,
+               photometric=photometric, pixel_intensity_sign=pixel_intensity_sign,
+               start_s=float(index), frame_offsets_s=(0.0,) * n,
                frame_intervals_ms=(33.3,) * n, technique=technique, device=Device(), index=index,
                read_frames=lambda run: iter(pixels))
 
@@ -44,6 +46,7 @@ def sim_runs(sim_study):
     for r, sim_run in enumerate(sim_study.runs):
         run = make_run(sim_run.frames, bits_stored=sim_run.bits_stored,
                        photometric=sim_run.photometric,
+                       pixel_intensity_sign=sim_run.pixel_intensity_sign,
                        technique=technique_of(sim_run, sim_study.size, reported=None), index=r)
         frames = frames_of(run, index)
         index += len(frames)

@@ -100,22 +100,29 @@ def test_no_line_on_a_view_away_from_the_joint(stage, sim_runs):
                 & (joint[:, 1] > y0 - 20) & (joint[:, 1] < y0 + size + 20)).any()
     crop = np.stack([f.pixels[y0:y0 + size, x0:x0 + size] for f in frames])
     cropped = make_run(crop, bits_stored=run.bits_stored, photometric=run.photometric,
-                       spacing_mm=run.pixel_spacing_xy_mm[0])
+                       pixel_intensity_sign=run.pixel_intensity_sign, spacing_mm=run.pixel_spacing_xy_mm[0])
     events, _ = run_frames(stage, frames_of(cropped))
     assert all(e["joint"] is None for e in events)
 
 
-def test_monochrome1_gives_the_same_line(stage, sim_runs):
+@pytest.mark.parametrize("photometric, sign", [("MONOCHROME2", -1), ("MONOCHROME1", None),
+                                               ("MONOCHROME2", 1)])
+def test_every_storage_convention_gives_the_same_line(stage, sim_runs, photometric, sign):
+    """Bone bright as stored (MONOCHROME2, sign -1), MONOCHROME1, and MONOCHROME2 bone-dark
+    (PixelIntensityRelationshipSign +1, the fluoroscopy monitor's convention)."""
     run, frames, truth = sim_runs[3]
     top = (1 << run.bits_stored) - 1
-    inverse = make_run(np.stack([top - f.pixels for f in frames]).astype(np.uint16),
-                       bits_stored=run.bits_stored, photometric="MONOCHROME1",
-                       technique=run.technique)
+    variant = make_run(np.stack([f.pixels for f in frames]), bits_stored=run.bits_stored,
+                       photometric=photometric, pixel_intensity_sign=sign, technique=run.technique)
+    if variant.attenuation_rises_with_value != run.attenuation_rises_with_value:
+        pixels = np.stack([top - f.pixels for f in frames]).astype(np.uint16)
+        variant = make_run(pixels, bits_stored=run.bits_stored, photometric=photometric,
+                           pixel_intensity_sign=sign, technique=run.technique)
     a, _ = run_frames(stage, frames)
-    b, _ = run_frames(stage, frames_of(inverse))
-    assert (a[-1]["joint"] is None) == (b[-1]["joint"] is None)
-    if a[-1]["joint"] is not None:
-        np.testing.assert_allclose(a[-1]["joint"]["polyline_xy"], b[-1]["joint"]["polyline_xy"], atol=0.01)
+    b, _ = run_frames(stage, frames_of(variant))
+    assert a[-1]["joint"] is not None
+    assert b[-1]["joint"] is not None
+    np.testing.assert_allclose(a[-1]["joint"]["polyline_xy"], b[-1]["joint"]["polyline_xy"], atol=0.01)
 
 
 def test_line_follows_a_table_shift(stage, sim_runs):
@@ -124,7 +131,7 @@ def test_line_follows_a_table_shift(stage, sim_runs):
     shift = np.array([6, -4])
     moved = np.stack([np.roll(f.pixels, shift[::-1], axis=(0, 1)) for f in frames])
     later = make_run(moved, bits_stored=run.bits_stored, photometric=run.photometric,
-                     technique=run.technique, index=1)
+                     pixel_intensity_sign=run.pixel_intensity_sign, technique=run.technique, index=1)
     events, state = run_frames(stage, frames + frames_of(later, len(frames)))
     before, after = events[len(frames) - 1]["joint"], events[-1]["joint"]
     assert before is not None and after is not None

@@ -53,7 +53,8 @@ def test_contract(study):
 def test_shutters_blank_and_polarity(study):
     for run in study.runs:
         top = 2 ** run.bits_stored - 1
-        blank = top if run.photometric == "MONOCHROME2" else 0
+        # unexposed = maximal attenuation, stored by the run's PixelIntensityRelationshipSign
+        blank = top if run.attenuation_rises_with_value else 0
         outside = ~run.exposed_mask
         outside[:140, :] = False          # burned-in text lives in the top band
         outside[:, :0] = False
@@ -68,11 +69,11 @@ def test_to_stored_polarity_and_bits():
     mask[:5] = False
     win = det.window(disp, mask)
     for bits in (10, 12, 14, 16):
-        m2 = det.to_stored(disp, win, bits, "MONOCHROME2", mask)
-        m1 = det.to_stored(disp, win, bits, "MONOCHROME1", mask)
+        m2 = det.to_stored(disp, win, bits, -1, mask)   # values rise with attenuation
+        m1 = det.to_stored(disp, win, bits, 1, mask)    # values rise with X-ray intensity
         assert m2.max() <= 2 ** bits - 1
         np.testing.assert_array_equal(m1.astype(int), (2 ** bits - 1) - m2.astype(int))
-        # attenuation-like: larger display value -> larger MONOCHROME2 value
+        # attenuation-like: larger display value -> larger sign -1 value
         i, j = np.unravel_index(np.argmax(disp[5:]), disp[5:].shape)
         assert m2[5 + i, j] >= np.percentile(m2[5:], 99)
 
