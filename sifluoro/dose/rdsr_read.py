@@ -21,6 +21,7 @@ import logging
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Iterator
 
 import pydicom
@@ -58,13 +59,39 @@ SR_SOP_CLASSES = {
 }
 CT_PROCEDURE = ("DCM", "P5-08000")
 
+# (scheme, value) of the concepts the reader compares with, computed once: looking a code up in
+# pydicom's code dictionary costs as much as reading a content item
+_K = SimpleNamespace(**{name: C.key(getattr(C.DCM, name)) for name in (
+    "AccumulatedXRayDoseData",
+    "AcquiredImage",
+    "AcquisitionPlane",
+    "AcquisitionProtocol",
+    "DatetimeStarted",
+    "DeviceObserverManufacturer",
+    "DeviceObserverModelName",
+    "DeviceObserverName",
+    "DeviceObserverSerialNumber",
+    "FluoroMode",
+    "IrradiationEventType",
+    "IrradiationEventUID",
+    "IrradiationEventXRayData",
+    "ProcedureReported",
+    "ReferencePointDefinition",
+    "ScopeOfAccumulation",
+    "StudyInstanceUID",
+    "XRayFilterMaterial",
+    "XRayFilterThicknessMaximum",
+    "XRayFilterThicknessMinimum",
+    "XRayFilters",
+    "XRayRadiationDoseReport",)})
+
 
 def is_dose_report(ds: Dataset) -> bool:
     """True for an SR whose root concept is X-Ray Radiation Dose Report (113701)."""
     if str(ds.get("SOPClassUID", "")) not in SR_SOP_CLASSES:
         return False
     name = ds.get("ConceptNameCodeSequence")
-    return bool(name) and C.key(name[0]) == C.key(C.DCM.XRayRadiationDoseReport)
+    return bool(name) and C.key(name[0]) == _K.XRayRadiationDoseReport
 
 
 def read_rdsr(path: str | Path, ds: Dataset | None = None) -> StudyDose:
@@ -107,6 +134,9 @@ def read_rdsr(path: str | Path, ds: Dataset | None = None) -> StudyDose:
 class _Reader:
     def __init__(self, path: str):
         self.path = path
+        # concept key of each content item, by id(): the dataset keeps the items alive while
+        # it is read, and walking a container asks again for the items it has just walked
+        self._concepts: dict[int, tuple[str, str]] = {}
 
     # -- content item access -------------------------------------------------------------
     def error(self, cls, message: str, concept) -> InputError:
@@ -137,15 +167,17 @@ class _Reader:
         """Content items below ``container``, depth first, not entering ``stop`` containers."""
         for item in container.get("ContentSequence") or []:
             yield item
-            name = item.get("ConceptNameCodeSequence")
-            if name and C.key(name[0]) in stop:
+            if self.concept(item) in stop:
                 continue
             yield from self.walk(item, stop=stop)
 
-    @staticmethod
-    def concept(item: Dataset) -> tuple[str, str]:
-        name = item.get("ConceptNameCodeSequence")
-        return C.key(name[0]) if name else ("", "")
+    def concept(self, item: Dataset) -> tuple[str, str]:
+        """``(scheme, value)`` of a content item's concept name, ``("", "")`` without one."""
+        found = self._concepts.get(id(item))
+        if found is None:
+            name = item.get("ConceptNameCodeSequence")
+            found = self._concepts[id(item)] = C.key(name[0]) if name else ("", "")
+        return found
 
     @staticmethod
     def code_value(item: Dataset) -> Dataset | None:
@@ -162,7 +194,7 @@ class _Reader:
     # -- document --------------------------------------------------------------------------
     def read(self, ds: Dataset) -> StudyDose:
         for item in ds.get("ContentSequence") or []:
-            if self.concept(item) == C.key(C.DCM.ProcedureReported):
+            if self.concept(item) == _K.ProcedureReported:
                 code = self.code_value(item)
                 if code is not None and C.key(code) in {CT_PROCEDURE, ("SCT", "77477000"), ("SRT", "P5-08000")}:
                     raise self.error(UnsupportedDicomError, "a CT dose report; sifluoro reads "
@@ -171,13 +203,13 @@ class _Reader:
         scope_uid = None
         events: list[IrradiationEvent] = []
         planes: list[PlaneTotals] = []
-        event_key = C.key(C.DCM.IrradiationEventXRayData)
-        accumulated_key = C.key(C.DCM.AccumulatedXRayDoseData)
+        event_key = _K.IrradiationEventXRayData
+        accumulated_key = _K.AccumulatedXRayDoseData
         for item in ds.get("ContentSequence") or []:
             concept = self.concept(item)
-            if concept == C.key(C.DCM.ScopeOfAccumulation):
+            if concept == _K.ScopeOfAccumulation:
                 for sub in self.walk(item):
-                    if self.concept(sub) == C.key(C.DCM.StudyInstanceUID):
+                    if self.concept(sub) == _K.StudyInstanceUID:
                         scope_uid = str(sub.get("UID", "")) or None
             elif concept == event_key:
                 events.append(self.event(item, len(events)))
@@ -200,10 +232,10 @@ class _Reader:
 
     def device(self, ds: Dataset) -> Device:
         found = {}
-        wanted = {C.key(C.DCM.DeviceObserverManufacturer): "manufacturer",
-                  C.key(C.DCM.DeviceObserverModelName): "model",
-                  C.key(C.DCM.DeviceObserverSerialNumber): "serial_number",
-                  C.key(C.DCM.DeviceObserverName): "station_name"}
+        wanted = {_K.DeviceObserverManufacturer: "manufacturer",
+                  _K.DeviceObserverModelName: "model",
+                  _K.DeviceObserverSerialNumber: "serial_number",
+                  _K.DeviceObserverName: "station_name"}
         for item in ds.get("ContentSequence") or []:
             name = wanted.get(self.concept(item))
             if name and name not in found:
@@ -217,7 +249,7 @@ class _Reader:
 
     def plane(self, container: Dataset) -> str:
         for item in container.get("ContentSequence") or []:
-            if self.concept(item) == C.key(C.DCM.AcquisitionPlane):
+            if self.concept(item) == _K.AcquisitionPlane:
                 code = self.code_value(item)
                 if code is not None:
                     return C.PLANE_CODES.get(C.key(code), str(code.CodeMeaning))
@@ -231,7 +263,7 @@ class _Reader:
             spec = _ACCUMULATED.get(concept)
             if spec is not None and item.ValueType == "NUM" and spec[0] not in values:
                 values[spec[0]] = self.num(item, spec[1])
-            elif concept == C.key(C.DCM.ReferencePointDefinition):
+            elif concept == _K.ReferencePointDefinition:
                 reference = self.text(item)
         for total, parts in (("dap_gycm2", ("fluoro_dap_gycm2", "acquisition_dap_gycm2")),
                              ("air_kerma_mgy", ("fluoro_air_kerma_mgy", "acquisition_air_kerma_mgy"))):
@@ -252,28 +284,28 @@ class _Reader:
         images: list[str] = []
         filters = {"al": 0.0, "cu": 0.0}
         private: dict[str, float] = {}
-        stop = {C.key(C.DCM.XRayFilters), C.key(C.DCM.IrradiationEventXRayData)}
+        stop = {_K.XRayFilters, _K.IrradiationEventXRayData}
         for item in self.walk(container, stop=stop):
             concept = self.concept(item)
             vt = item.ValueType
-            if concept == C.key(C.DCM.IrradiationEventType):
+            if concept == _K.IrradiationEventType:
                 code = self.code_value(item)
                 if code is not None:
                     kind = _event_kind(code)
-            elif concept == C.key(C.DCM.DatetimeStarted) and vt == "DATETIME":
+            elif concept == _K.DatetimeStarted and vt == "DATETIME":
                 start = self.datetime(item, C.DCM.DatetimeStarted)
-            elif concept == C.key(C.DCM.IrradiationEventUID):
+            elif concept == _K.IrradiationEventUID:
                 uid = str(item.get("UID", ""))
-            elif concept == C.key(C.DCM.ReferencePointDefinition):
+            elif concept == _K.ReferencePointDefinition:
                 reference = self.text(item)
-            elif concept == C.key(C.DCM.AcquisitionProtocol):
+            elif concept == _K.AcquisitionProtocol:
                 protocol = self.text(item)
-            elif concept == C.key(C.DCM.AcquiredImage):
+            elif concept == _K.AcquiredImage:
                 images += [str(r.ReferencedSOPInstanceUID) for r in item.get("ReferencedSOPSequence") or []
                            if "ReferencedSOPInstanceUID" in r]
-            elif concept == C.key(C.DCM.XRayFilters):
+            elif concept == _K.XRayFilters:
                 self.filter(item, filters)
-            elif concept == C.key(C.DCM.FluoroMode) and kind is None:
+            elif concept == _K.FluoroMode and kind is None:
                 kind = FLUOROSCOPY
             elif vt == "NUM" and concept in _EVENT:
                 name, quantity, how = _EVENT[concept]
@@ -324,7 +356,7 @@ class _Reader:
         thickness: list[float] = []
         for item in self.walk(container):
             concept = self.concept(item)
-            if concept == C.key(C.DCM.XRayFilterMaterial):
+            if concept == _K.XRayFilterMaterial:
                 code = self.code_value(item)
                 if code is not None:
                     k = C.key(code)
@@ -333,8 +365,8 @@ class _Reader:
                         material = "cu"
                     elif k in C.ALUMINUM_CODES or meaning.startswith("alumin"):
                         material = "al"
-            elif concept in (C.key(C.DCM.XRayFilterThicknessMinimum),
-                             C.key(C.DCM.XRayFilterThicknessMaximum)) and item.ValueType == "NUM":
+            elif concept in (_K.XRayFilterThicknessMinimum,
+                             _K.XRayFilterThicknessMaximum) and item.ValueType == "NUM":
                 value = self.num(item, "length_mm")
                 if value is not None:
                     thickness.append(value)
