@@ -73,13 +73,25 @@ def bench_study_512(cases=(0, 1, 2)) -> dict:
             "frames": frames}
 
 
+def bench_quick_512(cases=(0, 1, 2, 3, 4)) -> dict:
+    """The 512² quick case (final needle run + contrast run, one pose): goal about 1 s."""
+    times, frames = [], []
+    for c in cases:
+        t = time.perf_counter()
+        st = simulate_case(2024, c, size=512, quick=True)
+        times.append(time.perf_counter() - t)
+        frames.append(sum(len(r.frames) for r in st.runs))
+    return {"name": "quick_case_512", "cases": list(cases), "case_s": times,
+            "case_p50_s": float(np.median(times)), "frames": frames, "goal_s": 1.0}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", help="write the JSON results here")
     args = ap.parse_args()
     K.warm_up()
     simulate_case(2024, 99)      # first call also pays SpekPy start-up
-    res = {"results": [bench_run_1024(), bench_study_512()]}
+    res = {"results": [bench_run_1024(), bench_study_512(), bench_quick_512()]}
     text = json.dumps(res, indent=2)
     print(text)
     if args.out:

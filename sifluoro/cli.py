@@ -34,7 +34,8 @@ def _simulate(args) -> int:
     from sifluoro.sim.batch import simulate_set
 
     for line in simulate_set(args.outdir, cases=args.cases, seed=args.seed, size=args.size,
-                             first_case=args.first_case, workers=args.workers):
+                             first_case=args.first_case, workers=args.workers,
+                             quick=args.quick):
         print(line)
     return 0
 
@@ -88,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="frame size; 'mixed' alternates by case (default)")
     p.add_argument("--first-case", type=int, default=0)
     p.add_argument("--workers", type=int, default=2, help="processes (default %(default)s)")
+    p.add_argument("--quick", action="store_true",
+                   help="only the end of each study (final needle run and contrast run, one view)")
     p.set_defaults(func=_simulate)
 
     p = sub.add_parser("evaluate", help="score replay results against simulator truth")
@@ -100,10 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     from sifluoro.dose.cli import add_dose_parser
 
     from sifluoro.audit.cli import add_audit_parser
+    from sifluoro.plugin.cli import add_plugin_parser
 
     add_receive_parser(sub)
     add_dose_parser(sub)
     add_audit_parser(sub)
+    add_plugin_parser(sub)
     return parser
 
 

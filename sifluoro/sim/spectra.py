@@ -1,8 +1,11 @@
 """X-ray spectra (SpekPy) and attenuation coefficients (xraydb) reduced to a few energy bins."""
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import spekpy
@@ -23,11 +26,35 @@ def _bone_formula() -> str:
     return "".join(f"{el}{n * scale:.4f}" for el, n in moles.items())
 
 
+def spectrum_cache_dir() -> Path:
+    """Where SpekPy spectra are kept between processes ($SIFLUORO_CACHE, else the XDG cache)."""
+    base = os.environ.get("SIFLUORO_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "sifluoro")
+    return Path(base) / f"spekpy-{spekpy.__version__}"
+
+
 @lru_cache(maxsize=64)
 def _raw_spectrum(kvp: int, anode_angle_deg: float) -> tuple[np.ndarray, np.ndarray]:
-    """Unfiltered SpekPy spectrum: energies (keV) and fluence per keV per mAs at 1 m (1/cm^2)."""
+    """Unfiltered SpekPy spectrum: energies (keV) and fluence per keV per mAs at 1 m (1/cm^2).
+
+    SpekPy takes ~0.3 s per spectrum, as long as rendering a short study, so each spectrum is
+    also kept on disk (keyed by SpekPy's version); an unwritable cache only costs the time.
+    """
+    path = spectrum_cache_dir() / f"kvp{kvp}_th{anode_angle_deg:g}.npz"
+    try:
+        with np.load(path) as z:
+            return z["energy_kev"], z["fluence"]
+    except (OSError, KeyError, ValueError):
+        pass
     spek = spekpy.Spek(kvp=float(kvp), th=float(anode_angle_deg))
     energy_kev, fluence = spek.get_spectrum()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as fh:
+            np.savez(fh, energy_kev=energy_kev, fluence=fluence)
+        os.replace(fh.name, path)
+    except OSError:
+        pass
     return energy_kev, fluence
 
 

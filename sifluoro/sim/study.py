@@ -141,15 +141,24 @@ def _gas(rng: np.random.Generator, anatomy: anat.Anatomy, centre: np.ndarray):
     return centres, semis, rots
 
 
-def simulate_case(seed: int, case: int, *, size: int = 512) -> SimStudy:
+QUICK_NEEDLE_FRAMES = 8
+QUICK_CONTRAST_FRAMES = 12
+
+
+def simulate_case(seed: int, case: int, *, size: int = 512, quick: bool = False) -> SimStudy:
     """Simulate one fluoroscopy-guided SI-joint injection study.
 
     Parameters
     ----------
     seed, case : int
-        The case is fully determined by ``(seed, case)``.
+        The case is fully determined by ``(seed, case, quick)``.
     size : int
         Square frame size, 512 or 1024.
+    quick : bool
+        Only the end of the study, in the working view: the final needle run (up to
+        ``QUICK_NEEDLE_FRAMES`` frames) and the contrast run, if any (up to
+        ``QUICK_CONTRAST_FRAMES``). Same patient, device, needle and outcome as the full case;
+        one pose, so about a second at 512² (for tests, examples and smoke checks).
 
     Returns
     -------
@@ -246,6 +255,16 @@ def simulate_case(seed: int, case: int, *, size: int = 512) -> SimStudy:
         kind = "acquisition" if rng.random() < 0.4 else "fluoro"
         rate = float(rng.choice(_PULSE_RATES)) if rng.random() < 0.3 else dev.pulse_rate
         plans.append(_RunPlan(kind, work, (depth_final,) * n_c, True, rate))
+    if quick:
+        last_needle = next(p for p in reversed(plans) if not p.contrast and p.pose == work
+                           and p.depths_mm is not None)
+        tail = [_RunPlan(last_needle.kind, work, last_needle.depths_mm[-QUICK_NEEDLE_FRAMES:],
+                         False, last_needle.pulse_rate)]
+        if plans[-1].contrast:
+            tail.append(_RunPlan(plans[-1].kind, work,
+                                 plans[-1].depths_mm[:QUICK_CONTRAST_FRAMES], True,
+                                 plans[-1].pulse_rate))
+        plans = tail
     cplan = con.plan_contrast(rng, components, anatomy, tip,
                               len(plans[-1].depths_mm) if plans[-1].contrast else 10)
 

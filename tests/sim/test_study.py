@@ -180,3 +180,40 @@ def test_vascular_washes_out_and_joint_fill_persists(scene):
         gone = np.nonzero(vas[first:] < con.VISIBLE_MG_MM2)[0]
         assert gone.size and gone[0] <= 6
         assert ia[-1] > 5 * con.VISIBLE_MG_MM2 and ia[-1] >= 0.9 * max(ia)
+
+
+def test_quick_case_is_the_end_of_the_same_study(study):
+    quick = simulate_case(7, 2, quick=True)
+    assert (quick.side, quick.outcome, quick.needle_gauge) == (study.side, study.outcome,
+                                                               study.needle_gauge)
+    assert quick.patient_thickness_mm == study.patient_thickness_mm
+    assert 1 <= len(quick.runs) <= 2
+    poses = {(r.technique.primary_angle_deg, r.technique.secondary_angle_deg) for r in quick.runs}
+    work = (study.runs[-1].technique.primary_angle_deg, study.runs[-1].technique.secondary_angle_deg)
+    assert poses == {work}
+    assert len(quick.runs[0].frames) <= 8 and all(t.tip_xy is not None or not t.needle_visible
+                                                  for t in quick.runs[0].truth)
+    if study.outcome != "none":
+        assert quick.runs[-1].truth[-1].contrast_state == study.runs[-1].truth[-1].contrast_state
+    assert quick.runs[0].truth[-1].contrast_state == "none"
+
+
+def test_spectra_cached_on_disk_are_spekpys(tmp_path, monkeypatch):
+    import spekpy
+
+    from sifluoro.sim import spectra
+
+    monkeypatch.setenv("SIFLUORO_CACHE", str(tmp_path))
+    spectra._raw_spectrum.cache_clear()
+    try:
+        e1, f1 = spectra._raw_spectrum(77, 12.0)            # computed, then written
+        files = list(spectra.spectrum_cache_dir().glob("*.npz"))
+        assert [p.name for p in files] == ["kvp77_th12.npz"]
+        spectra._raw_spectrum.cache_clear()
+        e2, f2 = spectra._raw_spectrum(77, 12.0)            # read back
+        e3, f3 = spekpy.Spek(kvp=77.0, th=12.0).get_spectrum()
+        np.testing.assert_array_equal(e2, e3)
+        np.testing.assert_array_equal(f2, f3)
+        np.testing.assert_array_equal(f1, f2)
+    finally:
+        spectra._raw_spectrum.cache_clear()
