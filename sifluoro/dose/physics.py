@@ -8,6 +8,7 @@ import math
 
 from sifluoro.config import DoseSettings
 from sifluoro.dose.output_table import load_table, output_ugy_per_mas_at_1m
+from sifluoro.dose.records import IrradiationEvent
 from sifluoro.model import Technique
 
 
@@ -95,3 +96,57 @@ def estimate_frame_dose(tech: Technique, *, rows: int, columns: int, frame_inter
     # DAP is invariant with distance; evaluate at the reference point
     area_ref_cm2 = area_det * (d_ref / tech.sid_mm) ** 2
     return kerma_mgy, kerma_mgy / 1000.0 * area_ref_cm2
+
+
+def event_reference_point_distance_mm(event: IrradiationEvent, settings: DoseSettings) -> float | None:
+    """Source to the reference point of a dose report's event.
+
+    The event's own Distance Source to Reference Point (DCM 113737) when it gives one; else
+    from its Reference Point Definition: 30 cm in front of the image input surface (mobile
+    C-arms) from the source-detector distance, otherwise (15 cm from the isocentre toward the
+    source, the IEC 60601-2-43 point) from the source-isocentre distance.
+    """
+    if event.source_to_reference_point_mm:
+        return event.source_to_reference_point_mm
+    definition = event.reference_point.lower()
+    if "image input" in definition and event.sid_mm:
+        return event.sid_mm - settings.reference_point_from_receptor_mm
+    if event.source_to_isocenter_mm:
+        return event.source_to_isocenter_mm - settings.reference_point_offset_mm
+    if event.sid_mm and not definition:
+        return event.sid_mm - settings.reference_point_from_receptor_mm
+    return None
+
+
+def event_tube_load_mas(event: IrradiationEvent) -> float | None:
+    """An event's tube load: its Exposure when reported, else mA × pulse width × pulses."""
+    if event.exposure_mas:
+        return event.exposure_mas
+    if event.tube_current_ma and event.pulse_width_ms and event.n_pulses:
+        return event.tube_current_ma * event.pulse_width_ms / 1000.0 * event.n_pulses
+    return None
+
+
+def estimate_event_dose(event: IrradiationEvent, settings: DoseSettings
+                        ) -> tuple[float, float | None] | None:
+    """(air_kerma_mgy, dap_gycm2 or None) of a dose report's event from its technique alone.
+
+    For checking a device's reported dose against the model (``benchmarks/bench_dose_estimate``)
+    and for reports that give technique without dose. None when the event lacks kVp (or it is
+    outside the output table's range), tube load or a distance to the reference point; DAP needs the collimated field area (at the
+    detector) and the source-detector distance.
+    """
+    mas = event_tube_load_mas(event)
+    d_ref_mm = event_reference_point_distance_mm(event, settings)
+    low, high = load_table().kvp_range
+    if not event.kvp or not low <= event.kvp <= high or mas is None or not d_ref_mm or d_ref_mm <= 0:
+        return None
+    al = settings.inherent_filtration_al_mm + (event.filter_al_mm or 0.0)
+    output = tube_output_mgy_per_mas_at_1m(event.kvp, filter_al_mm=al,
+                                           filter_cu_mm=event.filter_cu_mm or 0.0,
+                                           anode_angle_deg=settings.anode_angle_deg)
+    kerma_mgy = output * mas * (1000.0 / d_ref_mm) ** 2
+    dap = None
+    if event.collimated_field_area_cm2 and event.sid_mm:
+        dap = kerma_mgy / 1000.0 * event.collimated_field_area_cm2 * (d_ref_mm / event.sid_mm) ** 2
+    return kerma_mgy, dap

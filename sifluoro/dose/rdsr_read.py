@@ -447,6 +447,7 @@ _EVENT = {
     C.key(C.DCM.PositionerSecondaryAngle): ("secondary_angle_deg", "angle_deg", "first"),
     C.key(C.DCM.DistanceSourceToDetector): ("sid_mm", "length_mm", "first"),
     C.key(C.DCM.DistanceSourceToIsocenter): ("source_to_isocenter_mm", "length_mm", "first"),
+    C.key(C.DCM.DistanceSourceToReferencePoint): ("source_to_reference_point_mm", "length_mm", "first"),
     C.key(C.DCM.CollimatedFieldArea): ("collimated_field_area_cm2", "area_cm2", "first"),
 }
 

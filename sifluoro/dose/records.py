@@ -45,6 +45,7 @@ class IrradiationEvent:
     secondary_angle_deg: float | None = None
     sid_mm: float | None = None
     source_to_isocenter_mm: float | None = None
+    source_to_reference_point_mm: float | None = None
     collimated_field_area_cm2: float | None = None
     reference_point: str = ""
     protocol: str = ""
