@@ -103,10 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     from sifluoro.dose.cli import add_dose_parser
 
     from sifluoro.audit.cli import add_audit_parser
+    from sifluoro.plugin.cli import add_plugin_parser
 
     add_receive_parser(sub)
     add_dose_parser(sub)
     add_audit_parser(sub)
+    add_plugin_parser(sub)
     return parser
 
 

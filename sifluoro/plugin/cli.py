@@ -1,0 +1,258 @@
+"""Command line of the plug-in outputs: ``serve-igtl``, ``view``, ``export``, ``outbox send``.
+
+``serve-igtl`` and ``view`` replay a study (DICOM files/folders, or ``--simulate CASE``) through
+the Engine at the C-arm's pace and stream it; with ``--outbox DIR`` the key frames and the RDSR
+are queued at study end, and with ``--pacs AE@HOST:PORT`` sent (what a previous run left pending
+is sent first). ``export`` does the study-end part alone, as fast as possible. ``outbox send``
+delivers what is pending.
+
+Exit status: 0 done; 2 a typed error (bad input or setting); 3 files are left in the outbox
+(the PACS was unreachable or refused them).
+"""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+from typing import TYPE_CHECKING
+
+from sifluoro.config import Settings
+from sifluoro.errors import ConfigError
+
+if TYPE_CHECKING:
+    from sifluoro.plugin.outbox import PacsSettings
+
+LEFT_IN_OUTBOX = 3
+
+
+def parse_pacs(text: str, args) -> "PacsSettings":
+    """``AE@HOST:PORT`` and the retry options into :class:`PacsSettings`."""
+    from sifluoro.plugin.outbox import PacsSettings
+
+    ae, at, rest = text.partition("@")
+    host, colon, port = rest.rpartition(":")
+    if not (ae and at and host and colon and port.isdigit()):
+        raise ConfigError(f"--pacs {text!r}: expected AE_TITLE@HOST:PORT, e.g. ORTHANC@127.0.0.1:4242")
+    return PacsSettings(ae, host, int(port), calling_ae_title=args.calling_ae,
+                        retries=args.retries, retry_wait_s=args.retry_wait_s)
+
+
+def _add_pacs_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pacs", metavar="AE@HOST:PORT", help="C-STORE the outbox to this PACS")
+    p.add_argument("--calling-ae", default="SIFLUORO", help="our AE title (default %(default)s)")
+    p.add_argument("--retries", type=int, default=3,
+                   help="further attempts when the PACS is down (default %(default)s)")
+    p.add_argument("--retry-wait-s", type=float, default=2.0,
+                   help="wait before the first retry, doubling (default %(default)s s)")
+
+
+def _add_study_arguments(p: argparse.ArgumentParser, *, live: bool) -> None:
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="DICOM files or folders of one study")
+    p.add_argument("--simulate", type=int, metavar="CASE",
+                   help="simulate case CASE of --seed instead of reading INPUTs")
+    p.add_argument("--seed", type=int, default=2026)
+    p.add_argument("--size", type=int, choices=(512, 1024), default=512,
+                   help="simulated frame size (default %(default)s)")
+    p.add_argument("--study", metavar="UID", help="the study to use when the input holds several")
+    if live:
+        p.add_argument("--fps", type=float, help="feed at this frame rate (default: the study's "
+                       "own frame times, pauses between runs shortened to 2 s)")
+    p.add_argument("--budget-ms", type=float, default=Settings().latency_budget_ms,
+                   help="per-frame latency budget for image work (default %(default)s ms)")
+    p.add_argument("--events", type=Path, metavar="EVENTS.jsonl")
+    p.add_argument("--summary", type=Path, metavar="SUMMARY.json")
+    p.add_argument("--outbox", type=Path, metavar="DIR",
+                   help="at study end, queue key frames (Secondary Capture) and the RDSR here")
+    p.add_argument("--key-frames", type=int, default=12, help="at most this many key frames "
+                   "(default %(default)s)")
+    _add_pacs_arguments(p)
+    p.add_argument("-q", "--quiet", action="store_true", help="print no summary")
+
+
+def add_plugin_parser(sub) -> None:
+    """Register ``serve-igtl``, ``view``, ``export`` and ``outbox`` on the main parser."""
+    p = sub.add_parser("serve-igtl", help="replay a study and stream tip, target, overlay and "
+                       "state over OpenIGTLink (3D Slicer / SlicerIGT)")
+    _add_study_arguments(p, live=True)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    p.add_argument("--port", type=int, default=18944, help="TCP port, 0 for any (default %(default)s)")
+    p.add_argument("--wait-client-s", type=float, default=0.0,
+                   help="wait up to this long for a client before the first frame (default: start "
+                   "at once)")
+    p.add_argument("--image-every", type=int, default=1,
+                   help="send the overlay IMAGE every n-th frame, 0 never (default %(default)s)")
+    p.set_defaults(func=_serve_igtl)
+
+    p = sub.add_parser("view", help="replay a study and show it live on a local web page")
+    _add_study_arguments(p, live=True)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port, 0 for any (default %(default)s)")
+    p.set_defaults(func=_view)
+
+    p = sub.add_parser("export", help="replay a study and queue/send its key frames (Secondary "
+                       "Capture) and RDSR")
+    _add_study_arguments(p, live=False)
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("outbox", help="the DICOM outbox")
+    osub = p.add_subparsers(dest="outbox_command", required=True)
+    s = osub.add_parser("send", help="C-STORE what is pending to the PACS")
+    s.add_argument("--outbox", type=Path, required=True, metavar="DIR")
+    _add_pacs_arguments(s)
+    s.add_argument("--requeue-failed", action="store_true",
+                   help="first move what the PACS refused back to pending")
+    s.set_defaults(func=_outbox_send)
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+
+    def handler(signum, frame):
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return stop
+
+
+class _Study:
+    """Inputs, settings, engine, outbox and sender of one live command."""
+
+    def __init__(self, args, *, stop: threading.Event, background_sender: bool = True):
+        from sifluoro import Engine
+        from sifluoro.plugin.live import live_stages
+
+        if args.pacs and not args.outbox:
+            raise ConfigError("--pacs needs --outbox DIR (files wait there until the PACS takes them)")
+        if not args.inputs and args.simulate is None:
+            raise ConfigError("give INPUT files/folders of one study, or --simulate CASE")
+        self.args, self.stop = args, stop
+        self.settings = Settings(latency_budget_ms=args.budget_ms)
+        self.engine = Engine(self.settings, stages=live_stages(self.settings))
+        self.pacs = parse_pacs(args.pacs, args) if args.pacs else None
+        self.outbox = self.sender = None
+        self._tmp = None
+        if args.outbox:
+            from sifluoro.plugin.outbox import Outbox, OutboxSender
+
+            self.outbox = Outbox(args.outbox)
+            if self.pacs and background_sender:  # delivers what an earlier run left, at once
+                self.sender = OutboxSender(self.outbox, self.pacs).start()
+
+    def inputs(self) -> list:
+        if self.args.simulate is None:
+            return list(self.args.inputs)
+        from sifluoro.plugin.live import simulated_inputs
+
+        self._tmp = tempfile.TemporaryDirectory(prefix="sifluoro-sim-")
+        print(f"simulating case {self.args.simulate} (seed {self.args.seed}) ...", flush=True)
+        return simulated_inputs(self._tmp.name, case=self.args.simulate, seed=self.args.seed,
+                                size=self.args.size)
+
+    def sinks(self) -> list:
+        if self.outbox is None:
+            return []
+        from sifluoro.plugin.keyframes import StudyExporter
+
+        return [StudyExporter(self.outbox, settings=self.settings, max_frames=self.args.key_frames,
+                              on_queued=self.sender.kick if self.sender else None)]
+
+    def replay(self, sinks: list, *, fps: float | None = None, paced: bool = True) -> dict:
+        from sifluoro.plugin.live import LiveReplay
+
+        summary = LiveReplay(self.engine, [*sinks, *self.sinks()], fps=fps, paced=paced,
+                             stop=self.stop).run(
+            self.inputs(), study_uid=self.args.study, events_path=self.args.events,
+            summary_path=self.args.summary)
+        if not self.args.quiet:
+            from sifluoro.replay import format_summary
+
+            print(format_summary(summary), flush=True)
+        return summary
+
+    def finish(self) -> int:
+        """Deliver what is queued (if a PACS is set), report the outbox, clean up."""
+        code = 0
+        if self.sender is not None:
+            self.sender.kick()
+            self.sender.wait_idle(self.pacs.timeout_s * (self.pacs.retries + 1))
+            self.sender.stop()
+        if self.outbox is not None:
+            code = _report_outbox(self.outbox, self.pacs)
+        if self._tmp is not None:
+            self._tmp.cleanup()
+        return code
+
+
+def _report_outbox(outbox, pacs) -> int:
+    pending, failed = len(outbox.pending()), len(outbox.failed())
+    print(f"outbox {outbox.folder}: {len(outbox.sent())} sent, {pending} pending, {failed} refused"
+          + (f" (PACS {pacs})" if pacs else " (no --pacs given)"), flush=True)
+    return LEFT_IN_OUTBOX if pacs and (pending or failed) else 0
+
+
+def _serve_igtl(args) -> int:
+    from sifluoro.plugin.igtl import IgtlServer, IgtlSink
+
+    stop = _stop_on_signals()
+    study = _Study(args, stop=stop)
+    server = IgtlServer(args.host, args.port)
+    print(f"OpenIGTLink: listening on {server.host}:{server.port}", flush=True)
+    try:
+        if args.wait_client_s > 0 and not server.wait_for_client(args.wait_client_s):
+            print(f"no OpenIGTLink client within {args.wait_client_s:g} s; starting anyway",
+                  flush=True)
+        sink = IgtlSink(server, image_every=args.image_every)
+        summary = study.replay([sink], fps=args.fps)
+        print(f"OpenIGTLink: {sink.frames} frames sent, {sink.tips_sent} with a tip "
+              f"({summary['frames']} processed)", flush=True)
+    finally:
+        server.close()
+    return study.finish()
+
+
+def _view(args) -> int:
+    from sifluoro.plugin.view import ViewServer, ViewSink, ViewState
+
+    stop = _stop_on_signals()
+    study = _Study(args, stop=stop)
+    state = ViewState()
+    server = ViewServer(state, host=args.host, port=args.port).start()
+    print(f"view: listening on {server.url}", flush=True)
+    try:
+        study.replay([ViewSink(state)], fps=args.fps)
+        code = study.finish()
+        print("view: study ended; serving until interrupted", flush=True)
+        stop.wait()
+    finally:
+        server.close()
+    return code
+
+
+def _export(args) -> int:
+    if not args.outbox:
+        raise ConfigError("export needs --outbox DIR")
+    study = _Study(args, stop=threading.Event(), background_sender=False)
+    study.replay([], paced=False)
+    if study.pacs:  # synchronous: the command ends when sending is done
+        study.outbox.send_pending(study.pacs)
+    return study.finish()
+
+
+def _outbox_send(args) -> int:
+    from sifluoro.plugin.outbox import Outbox
+
+    if not args.pacs:
+        raise ConfigError("outbox send needs --pacs AE@HOST:PORT")
+    outbox = Outbox(args.outbox)
+    pacs = parse_pacs(args.pacs, args)
+    if args.requeue_failed:
+        outbox.requeue_failed()
+    report = outbox.send_pending(pacs)
+    if report.busy:
+        print("outbox: another sender is working on it", file=sys.stderr)
+    return _report_outbox(outbox, pacs)

@@ -1,0 +1,181 @@
+"""At study end: key frames with their overlays as Secondary Capture, and the RDSR, to the outbox.
+
+Key frames are what a radiologist would keep: the last frame of every run (the last-image-hold
+of each needle position), the frame where the contrast state changed, and frames on which an
+alert fired. At most ``max_frames`` are kept; frames marked by contrast or alerts go first, then
+the latest run ends.
+
+Each key frame becomes a single-frame RGB Secondary Capture Image (built with highdicom's
+``SCImage.from_ref_dataset``: patient and study attributes copied from the source image, never
+invented), with BurnedInAnnotation ``YES`` (the overlay's text is in the pixels), ConversionType
+``WSD`` and a SourceImageSequence naming the frame it was drawn on. The study's dose goes out as
+the X-Ray Radiation Dose SR that :func:`sifluoro.dose.rdsr_write.write_rdsr` writes.
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import highdicom as hd
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from sifluoro.config import Settings
+from sifluoro.dose.accumulate import DoseAccumulator
+from sifluoro.dose.rdsr_write import SOFTWARE_VERSION, write_rdsr
+from sifluoro.engine import FrameEvent
+from sifluoro.errors import InputError
+from sifluoro.model import Frame, Study
+from sifluoro.overlay import draw_overlay
+from sifluoro.plugin.outbox import Outbox
+
+log = logging.getLogger(__name__)
+
+SERIES_NUMBER = 998  # the RDSR is series 999
+SERIES_DESCRIPTION = "sifluoro key frames (overlay burned in)"
+
+
+@dataclass(frozen=True)
+class KeyFrame:
+    """A frame worth keeping, with its event and why it was kept."""
+
+    frame: Frame
+    event: Mapping
+    reason: str
+
+
+class KeyFrameSelector:
+    """Collects key frames while a study goes (see the module docstring)."""
+
+    def __init__(self, max_frames: int = 12):
+        self.max_frames = max_frames
+        self._marked: list[KeyFrame] = []
+        self._run_ends: list[KeyFrame] = []
+        self._current: KeyFrame | None = None
+        self._contrast = "none"
+
+    def add(self, frame: Frame, event: Mapping) -> None:
+        if self._current is not None and self._current.frame.run is not frame.run:
+            self._run_ends.append(self._current)
+        self._current = KeyFrame(frame, event, "run end")
+        reasons = []
+        state = event["contrast"]["state"]
+        if state != self._contrast:
+            self._contrast = state
+            reasons.append(f"contrast {state.replace('_', '-')}")
+        reasons += [f"alert {a.get('kind', '')}".strip() for a in event.get("alerts", ())]
+        if reasons:
+            self._marked.append(KeyFrame(frame, event, ", ".join(reasons)))
+
+    def frames(self) -> list[KeyFrame]:
+        """The key frames in acquisition order."""
+        run_ends = self._run_ends + ([self._current] if self._current else [])
+        marked = self._marked[: self.max_frames]
+        taken = {k.event["index"] for k in marked}
+        room = self.max_frames - len(marked)
+        ends = [k for k in run_ends if k.event["index"] not in taken]
+        chosen = marked + (ends[-room:] if room > 0 else [])
+        return sorted(chosen, key=lambda k: k.event["index"])
+
+
+def key_frame_sc(key: KeyFrame, ref: Dataset, *, series_instance_uid: str, instance_number: int,
+                 sop_instance_uid: str | None = None) -> Dataset:
+    """The key frame with its overlay as an RGB Secondary Capture Image (with file meta).
+
+    Parameters
+    ----------
+    key : KeyFrame
+    ref : Dataset
+        The header of the frame's source instance (patient, study and orientation come from it).
+    """
+    frame, event = key.frame, dict(key.event)
+    spacing = frame.pixel_spacing_xy_mm[0] if frame.pixel_spacing_xy_mm else None
+    title = f"{key.reason}: frame {event['index']}  t={event['t_s']:.2f} s"
+    rgb = np.ascontiguousarray(draw_overlay(frame.pixels, frame.photometric, event, title=title,
+                                            spacing_mm=spacing)[..., ::-1])
+    orientation = [str(v) for v in ref.get("PatientOrientation", None) or []]
+    known = len(orientation) == 2 and all(orientation)
+    laterality = str(ref.get("Laterality") or ref.get("ImageLaterality") or "")
+    sc = hd.sc.SCImage.from_ref_dataset(
+        ref, rgb, "RGB", 8, "PATIENT",
+        series_instance_uid=series_instance_uid, series_number=SERIES_NUMBER,
+        sop_instance_uid=sop_instance_uid or generate_uid(), instance_number=instance_number,
+        manufacturer="sifluoro", manufacturer_model_name="sifluoro",
+        software_versions=SOFTWARE_VERSION, series_description=SERIES_DESCRIPTION,
+        patient_orientation=tuple(orientation) if known else ("L", "F"),
+        laterality=laterality if laterality in ("L", "R") else None,
+        transfer_syntax_uid=ExplicitVRLittleEndian)
+    # Type 2 / 2C: empty when the source does not say (never guessed); the SI joint is paired
+    if not known:
+        sc.PatientOrientation = None
+    if "Laterality" not in sc:
+        sc.Laterality = None
+    sc.BurnedInAnnotation = "YES"
+    sc.ConversionType = "WSD"
+    sc.LossyImageCompression = "00"
+    sc.ImageComments = f"sifluoro key frame ({key.reason})"
+    sc.DerivationDescription = ("overlay of sifluoro guidance (joint line, target, needle tip, "
+                                "contrast state, dose counters) burned into the frame")
+    source = Dataset()
+    source.ReferencedSOPClassUID = frame.run.sop_class_uid or ref.SOPClassUID
+    source.ReferencedSOPInstanceUID = frame.run.sop_instance_uid
+    if frame.run.n_frames > 1:
+        source.ReferencedFrameNumber = frame.frame_number
+    sc.SourceImageSequence = [source]
+    return sc
+
+
+class StudyExporter:
+    """A live sink: collects key frames, and at study end puts the SCs and the RDSR into the
+    outbox (and calls ``on_queued``, e.g. to wake a sender)."""
+
+    def __init__(self, outbox: Outbox, *, settings: Settings | None = None, max_frames: int = 12,
+                 on_queued=None):
+        self.outbox = outbox
+        self.settings = settings or Settings()
+        self.selector = KeyFrameSelector(max_frames)
+        self.on_queued = on_queued
+        self.queued: list[Path] = []
+
+    def start(self, study: Study) -> None:
+        pass
+
+    def frame(self, frame: Frame, event: FrameEvent, overlay_bgr: np.ndarray | None = None) -> None:
+        self.selector.add(frame, event.event)
+
+    def end(self, study: Study, summary: dict, dose: DoseAccumulator | None) -> None:
+        if dose is None:  # no frame processed: nothing to report
+            return
+        self.queued = export_study(self.outbox, study, dose, self.selector.frames(),
+                                   settings=self.settings)
+        if self.on_queued is not None:
+            self.on_queued()
+
+
+def export_study(outbox: Outbox, study: Study, dose: DoseAccumulator, keys: list[KeyFrame], *,
+                 settings: Settings | None = None) -> list[Path]:
+    """Put the key frames (as SC) and the study's RDSR into ``outbox``; return their paths."""
+    settings = settings or Settings()
+    headers: dict[str, Dataset] = {}
+    series_uid = generate_uid()
+    queued = []
+    for number, key in enumerate(keys, start=1):
+        path = key.frame.run.path
+        if path not in headers:
+            try:
+                headers[path] = pydicom.dcmread(path, stop_before_pixels=True)
+            except Exception as exc:
+                raise InputError(f"cannot be read again for the key frame's header ({exc})",
+                                 path=path) from exc
+        queued.append(outbox.put(key_frame_sc(key, headers[path], series_instance_uid=series_uid,
+                                              instance_number=number)))
+    with tempfile.TemporaryDirectory(prefix="sifluoro-rdsr-") as tmp:
+        rdsr = write_rdsr(study, dose, Path(tmp) / "rdsr.dcm", settings=settings.dose)
+        queued.append(outbox.put_file(rdsr))
+    log.info("study end: %d key frame(s) and the RDSR queued in %s", len(keys), outbox.folder)
+    return queued

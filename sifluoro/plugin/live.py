@@ -1,0 +1,190 @@
+"""Drive one study through an :class:`~sifluoro.engine.Engine` as if it were live.
+
+Frames are decoded ahead on a reader thread, fed to the engine at the C-arm's pace (its own
+frame times, or a fixed rate), drawn with their overlay, and handed to *sinks*: the OpenIGTLink
+server, the web view, the key-frame exporter. A sink is any object with
+
+``start(study)``
+    before the first frame (the runs' headers are known);
+``frame(frame, event, overlay_bgr)``
+    after each frame's event is complete (``event`` is the engine's :class:`FrameEvent`;
+    ``overlay_bgr`` the annotated frame, BGR ``uint8``, or None when no sink has
+    ``wants_overlay = True``);
+``end(study, summary, dose)``
+    after the last frame, with the replay summary (DESIGN §3) and the study's
+    :class:`~sifluoro.dose.accumulate.DoseAccumulator` (None when no frame was processed).
+
+A sink that raises is logged and the study goes on, as the Engine does for handlers.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Iterable, Protocol, Sequence
+
+import numpy as np
+
+from sifluoro.acquire.dicom_reader import iter_frames, read_study
+from sifluoro.config import Settings
+from sifluoro.dose.accumulate import DoseAccumulator
+from sifluoro.engine import Engine, FrameEvent
+from sifluoro.errors import ConfigError
+from sifluoro.model import Frame, Study
+from sifluoro.overlay import draw_overlay
+from sifluoro.pipeline import Stage, prefetch
+from sifluoro.replay import write_json
+
+log = logging.getLogger(__name__)
+
+
+class Sink(Protocol):
+    def start(self, study: Study) -> None: ...
+
+    def frame(self, frame: Frame, event: FrameEvent, overlay_bgr: np.ndarray) -> None: ...
+
+    def end(self, study: Study, summary: dict, dose: DoseAccumulator | None) -> None: ...
+
+
+def live_stages(settings: Settings) -> list[Stage]:
+    """The replay's image stages plus needle tracking: a plug-in shows the tip.
+
+    Needle tracking is not in the replay defaults (README, Limits); here it is, because tip
+    and target are what OpenIGTLink and the overlay are for.
+    """
+    from sifluoro.replay import default_stages
+    from sifluoro.track.needle import NeedleStage
+
+    return [*default_stages(settings), NeedleStage(settings)]
+
+
+def simulated_inputs(folder: str | Path, *, case: int, seed: int = 2026, size: int = 512) -> list[Path]:
+    """Simulate study ``(seed, case)`` as DICOM under ``folder``; return the input list."""
+    from sifluoro.sim import simulate_case
+    from sifluoro.sim.export import export_study
+
+    exported = export_study(simulate_case(seed, case, size=size), Path(folder) / f"sim-{seed}-{case}")
+    return [exported.dicom_dir]
+
+
+def engine_dose(engine: Engine) -> DoseAccumulator:
+    """The study's dose accumulator, for the RDSR at study end.
+
+    The Engine has no public accessor for it yet; this is the one place that reaches inside.
+    """
+    state = engine._state  # noqa: SLF001  (see the docstring)
+    if state is None:
+        raise ConfigError("the engine has not been fed a frame; there is no dose to report")
+    return state.dose
+
+
+class Pacer:
+    """Wait until each frame is due: at ``fps`` frames per second, or at the study's own frame
+    times with the pauses between runs shortened to ``max_gap_s``.
+
+    A frame that comes late (a warm-up, a busy machine) is not made up for by a burst: the
+    clock restarts from it, as frames from a C-arm would.
+    """
+
+    def __init__(self, *, fps: float | None = None, max_gap_s: float = 2.0):
+        if fps is not None and not fps > 0:
+            raise ConfigError(f"fps must be > 0, got {fps}")
+        self.fps, self.max_gap_s = fps, max_gap_s
+        self._base_wall: float | None = None
+        self._base_t = self._t = 0.0
+        self._last_t_s: float | None = None
+        self._count = 0
+
+    def wait(self, frame: Frame, stop: threading.Event) -> None:
+        if self.fps is not None:
+            self._t = self._count / self.fps
+        elif self._last_t_s is not None:
+            self._t += min(max(frame.t_s - self._last_t_s, 0.0), self.max_gap_s)
+        self._last_t_s = frame.t_s
+        self._count += 1
+        now = time.monotonic()
+        if self._base_wall is None:
+            self._base_wall, self._base_t = now, self._t
+            return
+        delay = self._base_wall + (self._t - self._base_t) - now
+        if delay > 0:
+            stop.wait(delay)
+        elif delay < -(1.0 / self.fps if self.fps else 0.1):
+            self._base_wall, self._base_t = now, self._t
+
+
+class LiveReplay:
+    """Feed a recorded study to ``engine`` at the C-arm's pace and hand every frame to ``sinks``.
+
+    Parameters
+    ----------
+    engine : Engine
+        A fresh engine (one study).
+    sinks : sequence of Sink
+    fps : float, optional
+        Fixed frame rate; default: the study's own frame times.
+    paced : bool
+        False feeds frames as fast as they come (offline export).
+    max_gap_s : float
+        Longest pause kept between runs when following the study's timing.
+    stop : threading.Event, optional
+        Set it to end the study early (what was fed is summarised).
+    """
+
+    def __init__(self, engine: Engine, sinks: Sequence[Sink] = (), *, fps: float | None = None,
+                 max_gap_s: float = 2.0, paced: bool = True,
+                 stop: threading.Event | None = None):
+        self.engine = engine
+        self.sinks = list(sinks)
+        self.pacer = Pacer(fps=fps, max_gap_s=max_gap_s) if paced else None
+        self.draw = any(getattr(sink, "wants_overlay", False) for sink in self.sinks)
+        self.stop = stop or threading.Event()
+
+    def run(self, inputs: Iterable[str | Path], *, study_uid: str | None = None,
+            events_path: str | Path | None = None, summary_path: str | Path | None = None) -> dict:
+        """Replay the study; return its summary (DESIGN §3), also written to ``summary_path``."""
+        study = read_study(list(inputs), study_uid=study_uid)
+        rejected = list(study.rejected)
+        self._call("start", study)
+        events = None
+        if events_path is not None:
+            Path(events_path).parent.mkdir(parents=True, exist_ok=True)
+            events = open(events_path, "w", encoding="utf-8")
+        try:
+            for frame in prefetch(iter_frames(study, rejected), self.engine.settings.queue_frames):
+                if self.pacer is not None:
+                    self.pacer.wait(frame, self.stop)
+                if self.stop.is_set():
+                    break
+                event = self.engine.feed(frame)
+                if events is not None:
+                    events.write(json.dumps(event.event, separators=(",", ":")) + "\n")
+                    events.flush()
+                overlay = None
+                if self.draw:
+                    spacing = frame.pixel_spacing_xy_mm[0] if frame.pixel_spacing_xy_mm else None
+                    overlay = draw_overlay(frame.pixels, frame.photometric, dict(event.event),
+                                           spacing_mm=spacing)
+                self._call("frame", frame, event, overlay)
+        finally:
+            if events is not None:
+                events.close()
+        summary = self.engine.close()
+        # frames were fed one by one, so the engine did not see what the reader rejected
+        summary["rejected_files"] = [r.as_dict() for r in rejected]
+        summary["runs"] = len(study.runs)
+        if summary_path is not None:
+            write_json(summary_path, summary)
+        dose = engine_dose(self.engine) if summary["frames"] else None
+        self._call("end", study, summary, dose)
+        return summary
+
+    def _call(self, method: str, *args) -> None:
+        for sink in self.sinks:
+            try:
+                getattr(sink, method)(*args)
+            except Exception:  # one output's defect must not stop the others or the study
+                log.exception("%s.%s failed", type(sink).__name__, method)
+

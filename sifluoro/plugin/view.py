@@ -1,0 +1,271 @@
+"""A live web page: the current overlay frame, the dose counters and the alerts.
+
+Served by the standard library (``http.server.ThreadingHTTPServer``) on 127.0.0.1 by default;
+nothing is fetched from elsewhere, so the page works on a workstation without internet.
+
+=================  =============================================================================
+path               what
+=================  =============================================================================
+``/``              the page; it polls ``/state.json`` every 200 ms and reloads the frame when
+                   a new one is there
+``/state.json``    ``{"seq", "index", "t_s", "dose": {"fluoro_time_s", "air_kerma_mgy",
+                   "dap_gycm2"}, "contrast", "tip_to_target_mm", "alerts": [...], "ended",
+                   "summary"}`` (``summary`` once the study ended)
+``/frame.jpg``     the latest overlay frame (JPEG)
+``/stream.mjpg``   the overlay frames as MJPEG (``multipart/x-mixed-replace``), for an ``<img>``
+                   or a video player
+=================  =============================================================================
+
+The page and the state carry no patient name or ID (the overlay has none either).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import cv2
+import numpy as np
+
+from sifluoro.engine import FrameEvent
+from sifluoro.errors import ConfigError
+from sifluoro.model import Frame, Study
+
+log = logging.getLogger(__name__)
+
+JPEG_QUALITY = 90
+BOUNDARY = "sifluoro-frame"
+
+
+class ViewState:
+    """What the page shows, updated by :class:`ViewSink` and read by the HTTP threads."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._seq = 0
+        self._jpeg: bytes | None = None
+        self._state: dict = {"seq": 0, "index": None, "t_s": None,
+                             "dose": {"fluoro_time_s": 0.0, "air_kerma_mgy": 0.0, "dap_gycm2": 0.0},
+                             "contrast": "none", "tip_to_target_mm": None, "alerts": [],
+                             "ended": False, "summary": None}
+        self.closed = False
+
+    def update(self, event: dict, overlay_bgr: np.ndarray) -> None:
+        ok, jpeg = cv2.imencode(".jpg", overlay_bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        if not ok:
+            raise RuntimeError("OpenCV could not encode the overlay frame as JPEG")
+        with self._cond:
+            self._seq += 1
+            self._jpeg = jpeg.tobytes()
+            alerts = self._state["alerts"] + [
+                {"index": event["index"], "kind": a.get("kind", ""), "message": a.get("message", "")}
+                for a in event.get("alerts", ())]
+            self._state = {**self._state, "seq": self._seq, "index": event["index"],
+                           "t_s": event["t_s"], "dose": dict(event["dose"]),
+                           "contrast": event["contrast"]["state"],
+                           "tip_to_target_mm": event.get("tip_to_target_mm"), "alerts": alerts}
+            self._cond.notify_all()
+
+    def finish(self, summary: dict) -> None:
+        keep = ("study_instance_uid", "frames", "runs", "fluoro_time_s", "air_kerma_mgy",
+                "dap_gycm2", "dose_source", "contrast_state", "srdl_exceeded")
+        with self._cond:
+            self._state = {**self._state, "ended": True,
+                           "summary": {k: summary.get(k) for k in keep}}
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
+
+    def snapshot(self) -> dict:
+        with self._cond:
+            return self._state
+
+    def frame(self) -> tuple[int, bytes | None]:
+        with self._cond:
+            return self._seq, self._jpeg
+
+    def wait_newer(self, seq: int, timeout_s: float) -> tuple[int, bytes | None]:
+        """The first frame after ``seq`` (or the current one after ``timeout_s``)."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._seq > seq or self.closed, timeout_s)
+            return self._seq, self._jpeg
+
+
+class ViewSink:
+    """A live sink (:mod:`sifluoro.plugin.live`) feeding a :class:`ViewState`."""
+
+    wants_overlay = True
+
+    def __init__(self, state: ViewState):
+        self.state = state
+
+    def start(self, study: Study) -> None:
+        pass
+
+    def frame(self, frame: Frame, event: FrameEvent, overlay_bgr: np.ndarray) -> None:
+        self.state.update(dict(event.event), overlay_bgr)
+
+    def end(self, study, summary: dict, dose) -> None:
+        self.state.finish(summary)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_version = "sifluoro-view"
+    state: ViewState  # set on the per-server subclass
+
+    def do_GET(self):  # noqa: N802 (http.server's name)
+        path = self.path.split("?", 1)[0]
+        if path in ("/", "/index.html"):
+            self._send(PAGE.encode("utf-8"), "text/html; charset=utf-8")
+        elif path == "/state.json":
+            self._send(json.dumps(self.state.snapshot()).encode("utf-8"), "application/json")
+        elif path == "/frame.jpg":
+            _, jpeg = self.state.frame()
+            if jpeg is None:
+                self.send_error(HTTPStatus.NOT_FOUND, "no frame yet")
+            else:
+                self._send(jpeg, "image/jpeg")
+        elif path == "/stream.mjpg":
+            self._stream()
+        else:
+            self.send_error(HTTPStatus.NOT_FOUND)
+
+    def _send(self, body: bytes, content_type: str) -> None:
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _stream(self) -> None:
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        seq = 0
+        try:
+            while not self.state.closed:
+                seq, jpeg = self.state.wait_newer(seq, 1.0)
+                if jpeg is None:
+                    continue
+                self.wfile.write(f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
+                                 f"Content-Length: {len(jpeg)}\r\n\r\n".encode("ascii"))
+                self.wfile.write(jpeg + b"\r\n")
+                self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def log_message(self, format, *args):  # noqa: A002 (http.server's signature)
+        log.debug("view %s: " + format, self.address_string(), *args)
+
+
+class ViewServer:
+    """Serves the page for ``state`` on ``host:port`` (port 0: a free one) from a thread."""
+
+    def __init__(self, state: ViewState, *, host: str = "127.0.0.1", port: int = 8000):
+        handler = type("Handler", (_Handler,), {"state": state})
+        try:
+            self.httpd = ThreadingHTTPServer((host, port), handler)
+        except OSError as exc:
+            raise ConfigError(f"view port {port} on {host}: cannot listen ({exc.strerror}); "
+                              "choose another --port") from exc
+        self.httpd.daemon_threads = True
+        self.state = state
+        self.host, self.port = self.httpd.server_address[:2]
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="sifluoro-view",
+                                        daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/"
+
+    def start(self) -> "ViewServer":
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self.state.close()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self._thread.join(5.0)
+
+
+PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>sifluoro live</title>
+<style>
+ body { margin: 0; background: #111; color: #eee; font: 15px/1.4 sans-serif; display: flex;
+        align-items: flex-start; }
+ #frame { display: block; background: #000; }
+ #panel { padding: 8px 16px; min-width: 260px; }
+ h1 { font-size: 16px; margin: 0 0 8px; }
+ table { border-collapse: collapse; }
+ td { padding: 2px 8px 2px 0; } td.v { text-align: right; font-weight: bold;
+   font-variant-numeric: tabular-nums; }
+ #alerts li { color: #ff5050; } #status { color: #aaa; }
+</style></head>
+<body data-seq="0">
+<img id="frame" alt="current overlay frame">
+<div id="panel">
+ <h1>sifluoro live</h1>
+ <table>
+  <tr><td>fluoro time</td><td class="v" id="fluoro_time_s" data-value="">-</td><td>s</td></tr>
+  <tr><td>air kerma (K<sub>a,r</sub>)</td><td class="v" id="air_kerma_mgy" data-value="">-</td><td>mGy</td></tr>
+  <tr><td>DAP</td><td class="v" id="dap_gycm2" data-value="">-</td><td>Gy&middot;cm&sup2;</td></tr>
+  <tr><td>contrast</td><td class="v" id="contrast">-</td><td></td></tr>
+  <tr><td>tip to target</td><td class="v" id="tip_to_target_mm">-</td><td>mm</td></tr>
+ </table>
+ <p id="status">waiting for frames</p>
+ <h1>alerts</h1>
+ <ul id="alerts"></ul>
+</div>
+<script>
+"use strict";
+const DIGITS = {fluoro_time_s: 1, air_kerma_mgy: 2, dap_gycm2: 3};
+let shown = 0;
+function render(s) {
+  for (const key in DIGITS) {
+    const cell = document.getElementById(key);
+    cell.dataset.value = String(s.dose[key]);
+    cell.textContent = s.dose[key].toFixed(DIGITS[key]);
+  }
+  document.getElementById("contrast").textContent = s.contrast.replace("_", "-");
+  document.getElementById("tip_to_target_mm").textContent =
+    s.tip_to_target_mm === null ? "-" : s.tip_to_target_mm.toFixed(1);
+  const list = document.getElementById("alerts");
+  if (list.children.length !== s.alerts.length) {
+    list.replaceChildren(...s.alerts.map(a => {
+      const li = document.createElement("li");
+      li.textContent = "frame " + a.index + ": " + (a.message || a.kind);
+      return li;
+    }));
+  }
+  document.getElementById("status").textContent = s.index === null ? "waiting for frames" :
+    (s.ended ? "study ended: " : "live: ") + "frame " + s.index + ", t = " + s.t_s.toFixed(2) + " s";
+  document.body.dataset.ended = s.ended ? "yes" : "no";
+  if (s.seq !== shown) {
+    shown = s.seq;
+    const img = document.getElementById("frame");
+    img.onload = () => { document.body.dataset.seq = String(img.dataset.seq); };
+    img.dataset.seq = String(s.seq);
+    img.src = "/frame.jpg?seq=" + s.seq;
+  }
+}
+async function poll() {
+  try {
+    const response = await fetch("/state.json", {cache: "no-store"});
+    render(await response.json());
+  } catch (err) {
+    document.getElementById("status").textContent = "connection lost; retrying";
+  }
+  setTimeout(poll, 200);
+}
+poll();
+</script>
+</body></html>
+"""

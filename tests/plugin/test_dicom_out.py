@@ -1,0 +1,86 @@
+"""DICOM out against a real Orthanc: key frames (Secondary Capture, overlay burned in) and the
+RDSR arrive and Orthanc's REST API lists them; while Orthanc is down the outbox keeps them, and
+a later process delivers them once it is back."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pydicom
+import pytest
+
+from tests.dicom_fixtures import PATIENT_ID, PATIENT_NAME
+from tests.plugin.conftest import ORTHANC_AET
+from tests.plugin.studies import needle_study
+
+SC = "1.2.840.10008.5.1.4.1.1.7"
+RDSR = "1.2.840.10008.5.1.4.1.1.88.67"
+
+
+def _stored(orthanc) -> dict[str, dict]:
+    """SOP Instance UID -> simplified tags of every instance Orthanc holds."""
+    tags = (orthanc.get(f"/instances/{i}/simplified-tags") for i in orthanc.get("/instances"))
+    return {t["SOPInstanceUID"]: t for t in tags}
+
+
+def test_key_frames_and_rdsr_reach_orthanc_and_wait_out_its_downtime(tmp_path, orthanc,
+                                                                     sifluoro_command):
+    outbox = tmp_path / "outbox"
+    study_a = needle_study(tmp_path / "a", frames_per_run=(8, 8), size=128)
+    study_b = needle_study(tmp_path / "b", frames_per_run=(8,), size=128)
+    orthanc.start()
+    pacs = f"{ORTHANC_AET}@127.0.0.1:{orthanc.dicom_port}"
+    fast = ["--budget-ms", "1e9", "--retries", "1", "--retry-wait-s", "0.1"]
+
+    export_a = sifluoro_command("-v", "export", study_a, "--outbox", outbox, "--pacs", pacs, *fast)
+    assert export_a.wait() == 0, export_a.stderr()
+    sent_a = sorted(p.stem for p in (outbox / "sent").glob("*.dcm"))
+    assert len(sent_a) == 3 and not list((outbox / "pending").iterdir())  # 2 run ends + RDSR
+    stored = _stored(orthanc)
+    assert sorted(stored) == sent_a
+    classes = sorted(t["SOPClassUID"] for t in stored.values())
+    assert classes == [SC, SC, RDSR]
+    for tags in stored.values():
+        assert tags["PatientID"] == PATIENT_ID  # filed with the patient, from the source images
+        if tags["SOPClassUID"] == SC:
+            assert tags["BurnedInAnnotation"] == "YES" and tags["ConversionType"] == "WSD"
+    log = export_a.stdout + export_a.stderr()
+    assert "sent Secondary Capture Image Storage" in log
+    assert PATIENT_ID not in log and PATIENT_NAME not in log
+
+    sc_file = next(p for p in (outbox / "sent").glob("*.dcm")
+                   if pydicom.dcmread(p, stop_before_pixels=True).SOPClassUID == SC)
+    if shutil.which("dciodvfy"):
+        check = subprocess.run(["dciodvfy", str(sc_file)], capture_output=True, text=True)
+        errors = [line for line in (check.stdout + check.stderr).splitlines() if "Error" in line]
+        assert errors == []
+    sc = pydicom.dcmread(sc_file)
+    assert sc.PhotometricInterpretation == "RGB" and sc.pixel_array.shape == (128, 128, 3)
+    assert sc.SourceImageSequence[0].ReferencedFrameNumber in (8,)
+
+    orthanc.stop()  # the PACS goes down: study B waits in the outbox
+    export_b = sifluoro_command("export", study_b, "--outbox", outbox, "--pacs", pacs, *fast)
+    assert export_b.wait() == 3, export_b.stderr()
+    assert "2 pending" in export_b.stdout
+    pending_b = sorted(p.stem for p in (outbox / "pending").glob("*.dcm"))
+    assert len(pending_b) == 2 and sorted(p.stem for p in (outbox / "sent").glob("*.dcm")) == sent_a
+
+    orthanc.start()  # back, with what it had; a new process delivers what waited
+    send = sifluoro_command("outbox", "send", "--outbox", outbox, "--pacs", pacs)
+    assert send.wait() == 0, send.stderr()
+    assert "0 pending, 0 refused" in send.stdout
+    assert not list((outbox / "pending").glob("*.dcm"))
+    assert sorted(_stored(orthanc)) == sorted(sent_a + pending_b)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--pacs", "ORTHANC@127.0.0.1:4242"], "export needs --outbox"),
+    (["--outbox", "OUT", "--pacs", "ORTHANC-4242"], "AE_TITLE@HOST:PORT"),
+])
+def test_export_arguments_are_checked(tmp_path, args, message):
+    from sifluoro.cli import main
+
+    study = needle_study(tmp_path / "s", frames_per_run=(2,), size=64)
+    args = [a.replace("OUT", str(tmp_path / "out")) for a in args]
+    code = main(["export", str(study), *args])
+    assert code == 2

@@ -1,0 +1,134 @@
+"""OpenIGTLink round trip with pyigtl clients: ``sifluoro serve-igtl`` at 30 frames/s delivers the
+tip of every frame that has one, in order, with the overlay IMAGE and the STATE string."""
+from __future__ import annotations
+
+import json
+import re
+import socket
+import threading
+import time
+
+import numpy as np
+import pyigtl
+import pytest
+
+from sifluoro.plugin.igtl import IgtlServer, ijk_to_ras
+from tests.plugin.studies import FPS, SPACING_MM, needle_study
+
+
+class _Recorder(dict):
+    """pyigtl's client keeps only the latest message per device; this records every one."""
+
+    def __init__(self):
+        super().__init__()
+        self.received: list[tuple[float, pyigtl.MessageBase]] = []
+
+    def __setitem__(self, key, message):
+        self.received.append((time.monotonic(), message))
+        super().__setitem__(key, message)
+
+
+def _client(port: int) -> tuple[pyigtl.OpenIGTLinkClient, _Recorder]:
+    client = pyigtl.OpenIGTLinkClient("127.0.0.1", port, start_now=False)
+    client.incoming_messages = recorder = _Recorder()
+    client.start()
+    return client, recorder
+
+
+def test_client_receives_every_tip_at_30_frames_per_second(tmp_path, sifluoro_command):
+    study = needle_study(tmp_path / "study", frames_per_run=(120,))
+    server = sifluoro_command("serve-igtl", study, "--port", "0", "--fps", FPS, "--wait-client-s",
+                              "60", "--budget-ms", "1e9", "--events", tmp_path / "events.jsonl",
+                              "--summary", tmp_path / "summary.json")
+    port = int(server.wait_for(r"listening on 127\.0\.0\.1:(\d+)").group(1))
+    client, recorder = _client(port)
+    try:
+        assert server.wait(60) == 0, server.stderr()
+        time.sleep(0.2)  # the client thread reads what is left in its socket
+    finally:
+        client.stop()
+    events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    expected = [e["needle"]["tip_xy"] for e in events if e["needle"]]
+    assert len(events) == 120 and len(expected) >= 100  # the needle stage sees the tip
+    sent = int(re.search(r"(\d+) with a tip", server.stdout).group(1))
+    assert sent == len(expected)
+
+    tips = [(t, m) for t, m in recorder.received if m.device_name == "Tip"]
+    got = [m.positions[0] for _, m in tips]
+    want = [(-x * SPACING_MM, -y * SPACING_MM, 0.0) for x, y in expected]  # float32 on the wire
+    delivered = sum(np.allclose(g, w, atol=1e-3) for g, w in zip(got, want)) / len(want)
+    assert delivered >= 0.99, (len(got), len(want))
+    assert len(got) == len(want) and delivered == 1.0  # in fact all of them, in order
+    # paced at 30 frames/s: tips arrive over (n - 1) / 30 s, not in a burst
+    span_s = tips[-1][0] - tips[0][0]
+    expected_span_s = (events[-1]["index"] - events[0]["index"]) / FPS
+    assert 0.9 * expected_span_s < span_s < 2.0 * expected_span_s
+
+    by_device = {}
+    for _, m in recorder.received:
+        by_device.setdefault(m.device_name, []).append(m)
+    assert len(by_device["State"]) == 120 and len(by_device["TipToImage"]) == len(expected)
+    last_state = json.loads(by_device["State"][-1].string)
+    assert last_state["air_kerma_mgy"] == pytest.approx(summary["air_kerma_mgy"], rel=1e-12)
+    assert last_state["fluoro_time_s"] == pytest.approx(summary["fluoro_time_s"], rel=1e-9)
+    image = by_device["Overlay"][-1]
+    assert image.image.shape == (1, 256, 256, 3) and image.image.dtype == np.uint8
+    assert np.allclose(image.ijk_to_world_matrix[:3, :3], ijk_to_ras((SPACING_MM,) * 2)[:3, :3])
+
+
+def _read_all(sock: socket.socket, timeout_s: float) -> list[pyigtl.MessageBase]:
+    """Read and decode OpenIGTLink messages until the server closes the connection."""
+    sock.settimeout(timeout_s)
+    data = b""
+    while chunk := sock.recv(1 << 20):
+        data += chunk
+    messages, at = [], 0
+    size = pyigtl.MessageBase.IGTL_HEADER_SIZE
+    while at < len(data):
+        header = pyigtl.MessageBase.parse_header(data[at:at + size])
+        body = data[at + size:at + size + header["body_size"]]
+        message = pyigtl.MessageBase.create_message(header["message_type"])
+        message.unpack(header, body)
+        messages.append(message)
+        at += size + header["body_size"]
+    return messages
+
+
+def test_every_client_gets_every_message_and_a_slow_one_the_latest_image():
+    server = IgtlServer("127.0.0.1", 0)
+    fast, recorder = _client(server.port)
+    slow = socket.create_connection(("127.0.0.1", server.port))  # reads only at the end
+    try:
+        deadline = time.monotonic() + 10
+        while server.clients < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert server.clients == 2
+        for k in range(300):
+            server.send([pyigtl.StringMessage(str(k), device_name="State")])
+        for k in range(40):  # 40 x 0.8 MB: more than the slow client's socket buffers hold
+            server.send([pyigtl.ImageMessage(np.full((1, 512, 512, 3), k, np.uint8),
+                                             device_name="Overlay")])
+        server.send([pyigtl.StringMessage("end", device_name="State")])
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any(
+                m.device_name == "State" and m.string == "end" for _, m in recorder.received):
+            time.sleep(0.05)
+        slow_messages: list = []  # the slow client catches up now
+        reader = threading.Thread(target=lambda: slow_messages.extend(_read_all(slow, 10)))
+        reader.start()
+        server.close(flush_timeout_s=10)
+        reader.join(10)
+    finally:
+        server.close()
+        fast.stop()
+        slow.close()
+    everything = [str(k) for k in range(300)] + ["end"]
+    fast_messages = [m for _, m in recorder.received]
+    for messages in (fast_messages, slow_messages):
+        assert [m.string for m in messages if m.device_name == "State"] == everything
+    fast_images = [int(m.image[0, 0, 0, 0]) for m in fast_messages if m.device_name == "Overlay"]
+    slow_images = [int(m.image[0, 0, 0, 0]) for m in slow_messages if m.device_name == "Overlay"]
+    assert slow_images[-1] == 39 and slow_images == sorted(slow_images)
+    assert len(slow_images) < 40  # coalesced: no backlog of stale frames
+    assert fast_images == sorted(fast_images) and fast_images[-1] == 39

@@ -1,0 +1,132 @@
+"""The outbox against a pynetdicom Storage SCP that answers what the test tells it: files move to
+sent/ only on success, stay pending on transient failures, go to failed/ when refused."""
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from pynetdicom import AE, evt
+
+from sifluoro.errors import ConfigError, InputError
+from sifluoro.plugin.cli import parse_pacs
+from sifluoro.plugin.outbox import Outbox, OutboxSender, PacsSettings
+from tests.plugin.conftest import free_port
+
+FAST = dict(retries=2, retry_wait_s=0.05, timeout_s=5.0)
+
+
+def _instance(uid: str | None = None) -> Dataset:
+    ds = Dataset()
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = uid or generate_uid()
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.PatientName = "DOE^JANE"
+    ds.PatientID = "PID-778899"
+    ds.Modality = "OT"
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    return ds
+
+
+@pytest.fixture
+def scp():
+    """A Storage SCP on a free port; ``scp.answers[uid]`` is a list of statuses to answer in
+    turn (then success); ``scp.stored`` the UIDs it answered success for."""
+    ae = AE(ae_title="PACS")
+    ae.add_supported_context(SecondaryCaptureImageStorage, ExplicitVRLittleEndian)
+    answers: dict[str, list[int]] = {}
+    stored: list[str] = []
+    lock = threading.Lock()
+
+    def handle(event):
+        uid = event.request.AffectedSOPInstanceUID
+        with lock:
+            queue = answers.get(uid, [])
+            status = queue.pop(0) if queue else 0x0000
+            if status == 0x0000:
+                stored.append(uid)
+        return status
+
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False,
+                             evt_handlers=[(evt.EVT_C_STORE, handle)])
+    server.answers, server.stored, server.port = answers, stored, port
+    yield server
+    server.shutdown()
+
+
+def test_success_moves_to_sent_transient_stays_refused_goes_to_failed(tmp_path, scp, caplog):
+    outbox = Outbox(tmp_path / "outbox")
+    ok, busy, refused = (outbox.put(_instance()) for _ in range(3))
+    scp.answers[busy.stem] = [0xA700]          # out of resources once, then fine
+    scp.answers[refused.stem] = [0xC000] * 5    # cannot understand: never retried
+    report = outbox.send_pending(PacsSettings("PACS", "127.0.0.1", scp.port, **FAST))
+    assert sorted(report.sent) == sorted([ok.name, busy.name]) and report.attempts == 2
+    assert sorted(p.name for p in outbox.sent()) == sorted([ok.name, busy.name])
+    assert [p.name for p in outbox.failed()] == [refused.name] and not outbox.pending()
+    assert "0xC000" in (outbox.failed_dir / f"{refused.name}.reason.txt").read_text()
+    assert sorted(scp.stored) == sorted([ok.stem, busy.stem])
+    assert "DOE^JANE" not in caplog.text and "PID-778899" not in caplog.text
+    assert outbox.requeue_failed() == 1 and [p.name for p in outbox.pending()] == [refused.name]
+
+
+def test_unreachable_pacs_keeps_everything_and_a_new_outbox_sends_it(tmp_path, scp):
+    queued = [Outbox(tmp_path / "outbox").put(_instance()) for _ in range(2)]
+    closed = PacsSettings("PACS", "127.0.0.1", free_port(), **FAST)
+    report = Outbox(tmp_path / "outbox").send_pending(closed)
+    assert report.attempts == 3 and report.pending == 2 and not report.sent
+    assert [p.name for p in Outbox(tmp_path / "outbox").pending()] == [p.name for p in queued]
+    # as after a restart: a fresh Outbox on the same folder, the PACS now up
+    (tmp_path / "outbox" / "pending" / ".1.2.3.abc.part").write_bytes(b"cut short")
+    outbox = Outbox(tmp_path / "outbox")
+    assert not list(outbox.pending_dir.glob(".*"))
+    sender = OutboxSender(outbox, PacsSettings("PACS", "127.0.0.1", scp.port, **FAST),
+                          interval_s=60).start()
+    try:
+        assert sender.wait_idle(20)
+    finally:
+        sender.stop()
+    assert not outbox.pending() and len(outbox.sent()) == 2
+    assert sorted(scp.stored) == sorted(p.stem for p in queued)
+
+
+def test_a_second_sender_finds_the_outbox_busy(tmp_path, scp):
+    outbox = Outbox(tmp_path / "outbox")
+    outbox.put(_instance())
+    fd = os.open(outbox.folder / ".lock", os.O_CREAT | os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        report = outbox.send_pending(PacsSettings("PACS", "127.0.0.1", scp.port, **FAST))
+    finally:
+        os.close(fd)
+    assert report.busy and report.pending == 1 and not scp.stored
+
+
+def test_settings_and_inputs_errors_name_what_is_wrong(tmp_path):
+    class Args:
+        calling_ae, retries, retry_wait_s = "SIFLUORO", 3, 2.0
+
+    assert parse_pacs("ORTHANC@127.0.0.1:4242", Args()) == PacsSettings("ORTHANC", "127.0.0.1", 4242)
+    with pytest.raises(ConfigError, match="AE_TITLE@HOST:PORT"):
+        parse_pacs("ORTHANC:4242", Args())
+    with pytest.raises(ConfigError, match="pacs.ae_title"):
+        PacsSettings("A" * 17, "h", 104)
+    with pytest.raises(ConfigError, match="pacs.port"):
+        PacsSettings("PACS", "h", 70000)
+    outbox = Outbox(tmp_path / "outbox")
+    bad = _instance("../../etc/passwd")
+    with pytest.raises(InputError, match="SOPInstanceUID"):
+        outbox.put(bad)
+    (tmp_path / "notes.txt").write_text("not dicom")
+    with pytest.raises(InputError, match="notes.txt"):
+        outbox.put_file(tmp_path / "notes.txt")
+    assert not outbox.pending()
+    assert pydicom.dcmread(outbox.put(_instance("1.2.3.4"))).SOPInstanceUID == "1.2.3.4"

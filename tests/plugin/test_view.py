@@ -1,0 +1,91 @@
+"""The live web view in headless Chromium: it updates while the study is replayed, and at the
+end shows the overlay frame and counters equal to the replay's summary.json."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+import urllib.request
+
+import cv2
+import numpy as np
+import pytest
+
+from sifluoro.config import Settings
+from sifluoro.replay import replay
+from tests.dicom_fixtures import PATIENT_ID, PATIENT_NAME
+from tests.plugin.studies import FPS, needle_study
+
+WINDOW = (800, 420)
+DIGITS = {"fluoro_time_s": 1, "air_kerma_mgy": 2, "dap_gycm2": 3}
+
+
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    pytest.fail("headless Chromium not found: install the Debian package `chromium` "
+                "(apt-get install -y chromium); the live view test must run", pytrace=False)
+
+
+def _get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.read()
+
+
+def test_live_page_updates_and_ends_with_the_summary_counters(tmp_path, sifluoro_command):
+    # the last run reports 3500 mGy: the 3 Gy air kerma alert fires on its first frame
+    study = needle_study(tmp_path / "study", frames_per_run=(30, 30),
+                         last_run_changes={"reported_air_kerma_mgy": 3500.0})
+    view = sifluoro_command("view", study, "--port", "0", "--fps", FPS, "--budget-ms", "1e9")
+    url = view.wait_for(r"listening on (http://127\.0\.0\.1:\d+/)").group(1)
+    seen = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        state = json.loads(_get(url + "state.json"))
+        if state["index"] is not None:
+            seen.append(state["index"])
+        if state["ended"]:
+            break
+        time.sleep(0.1)
+    assert state["ended"] and len(set(seen)) >= 5 and seen == sorted(seen)  # it moved, live
+    part = urllib.request.urlopen(url + "stream.mjpg", timeout=10)
+    head = part.read(200)
+    part.close()
+    assert head.startswith(b"--sifluoro-frame\r\nContent-Type: image/jpeg") and b"\xff\xd8" in head
+
+    result = replay([study], events_path=tmp_path / "events.jsonl",
+                    summary_path=tmp_path / "summary.json", settings=Settings(latency_budget_ms=1e9))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert result.exit_code == 0 and summary["frames"] == 60 and state["index"] == 59
+    assert [a["kind"] for a in summary["alerts"]] == ["air_kerma"]
+
+    browser = _chromium()
+    common = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+              "--disable-background-networking", "--disable-component-update", "--disable-sync",
+              "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+              "--virtual-time-budget=3000"]
+    dom = subprocess.run([*common, "--dump-dom", url], capture_output=True, text=True,
+                         timeout=120).stdout
+    for key, digits in DIGITS.items():
+        cell = re.search(rf'id="{key}" data-value="([^"]*)">([^<]*)<', dom)
+        assert cell, dom
+        assert float(cell.group(1)) == summary[key]
+        assert cell.group(2) == f"{summary[key]:.{digits}f}"
+    assert 'data-ended="yes"' in dom and 'data-seq="60"' in dom  # the last frame was shown
+    assert summary["alerts"][0]["message"] in dom
+    assert PATIENT_NAME not in dom and PATIENT_ID not in dom
+
+    shot = tmp_path / "view.png"
+    subprocess.run([*common, f"--screenshot={shot}", f"--window-size={WINDOW[0]},{WINDOW[1]}", url],
+                   capture_output=True, timeout=120, check=True)
+    png = cv2.imread(str(shot))
+    assert png.shape[:2] == (WINDOW[1], WINDOW[0])
+    frame = cv2.imdecode(np.frombuffer(_get(url + "frame.jpg"), np.uint8), cv2.IMREAD_COLOR)
+    shown = png[:frame.shape[0], :frame.shape[1]].astype(np.int16)
+    assert np.abs(shown - frame).mean() < 3.0  # the overlay frame, top left, as served
+    panel = png[:200, frame.shape[1] + 10:]
+    assert (panel > 200).mean() > 0.005  # the counters are written there
+    assert view.terminate() == 0
