@@ -174,12 +174,14 @@ class _Study:
             print(format_summary(summary), flush=True)
         return summary
 
-    def finish(self) -> int:
-        """Deliver what is queued (if a PACS is set), report the outbox, clean up."""
+    def finish(self, *, wait: bool = True) -> int:
+        """Deliver what is queued (if a PACS is set; with ``wait``, give the sender its retries
+        first), report the outbox, clean up. What is not delivered stays pending."""
         code = 0
         if self.sender is not None:
-            self.sender.kick()
-            self.sender.wait_idle(self.pacs.timeout_s * (self.pacs.retries + 1))
+            if wait:
+                self.sender.kick()
+                self.sender.wait_idle(self.pacs.timeout_s * (self.pacs.retries + 1))
             self.sender.stop()
         if self.outbox is not None:
             code = _report_outbox(self.outbox, self.pacs)
@@ -225,12 +227,12 @@ def _view(args) -> int:
     print(f"view: listening on {server.url}", flush=True)
     try:
         study.replay([ViewSink(state)], fps=args.fps)
-        code = study.finish()
+        # the outbox sender goes on retrying while the page is served
         print("view: study ended; serving until interrupted", flush=True)
         stop.wait()
     finally:
         server.close()
-    return code
+    return study.finish(wait=False)
 
 
 def _export(args) -> int:

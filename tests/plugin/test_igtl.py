@@ -13,6 +13,7 @@ import pyigtl
 import pytest
 
 from sifluoro.plugin.igtl import IgtlServer, ijk_to_ras
+from tests.plugin.conftest import ORTHANC_AET
 from tests.plugin.studies import FPS, SPACING_MM, needle_study
 
 
@@ -35,11 +36,14 @@ def _client(port: int) -> tuple[pyigtl.OpenIGTLinkClient, _Recorder]:
     return client, recorder
 
 
-def test_client_receives_every_tip_at_30_frames_per_second(tmp_path, sifluoro_command):
+def test_client_receives_every_tip_at_30_frames_per_second(tmp_path, sifluoro_command, orthanc):
     study = needle_study(tmp_path / "study", frames_per_run=(120,))
+    orthanc.start()  # and at study end, the key frame and the RDSR go to the PACS
     server = sifluoro_command("serve-igtl", study, "--port", "0", "--fps", FPS, "--wait-client-s",
                               "60", "--budget-ms", "1e9", "--events", tmp_path / "events.jsonl",
-                              "--summary", tmp_path / "summary.json")
+                              "--summary", tmp_path / "summary.json", "--outbox",
+                              tmp_path / "outbox", "--pacs",
+                              f"{ORTHANC_AET}@127.0.0.1:{orthanc.dicom_port}")
     port = int(server.wait_for(r"listening on 127\.0\.0\.1:(\d+)").group(1))
     client, recorder = _client(port)
     try:
@@ -72,6 +76,8 @@ def test_client_receives_every_tip_at_30_frames_per_second(tmp_path, sifluoro_co
     last_state = json.loads(by_device["State"][-1].string)
     assert last_state["air_kerma_mgy"] == pytest.approx(summary["air_kerma_mgy"], rel=1e-12)
     assert last_state["fluoro_time_s"] == pytest.approx(summary["fluoro_time_s"], rel=1e-9)
+    assert "2 sent, 0 pending, 0 refused" in server.stdout
+    assert len(orthanc.get("/instances")) == 2  # the run's last frame (SC) and the RDSR
     image = by_device["Overlay"][-1]
     assert image.image.shape == (1, 256, 256, 3) and image.image.dtype == np.uint8
     assert np.allclose(image.ijk_to_world_matrix[:3, :3], ijk_to_ras((SPACING_MM,) * 2)[:3, :3])
