@@ -1,0 +1,82 @@
+"""Key-frame choice, the Secondary Capture of a frame whose source says little, and pacing."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+import time
+
+import numpy as np
+import pytest
+from pydicom.dataset import Dataset
+
+from sifluoro.errors import ConfigError
+from sifluoro.io.dicom_writer import save_dataset
+from sifluoro.model import Device, Frame, Run, Technique
+from sifluoro.plugin.keyframes import KeyFrame, KeyFrameSelector, key_frame_sc
+from sifluoro.plugin.live import Pacer
+
+
+def _run(uid: str, n: int = 3) -> Run:
+    return Run(path="synthetic", sop_instance_uid=uid, sop_class_uid="1.2.840.10008.5.1.4.1.1.12.1",
+               series_instance_uid="1.2.3", study_instance_uid="1.2", modality="XA",
+               transfer_syntax_uid="", rows=32, columns=32, bits_stored=12,
+               photometric="MONOCHROME2", start_s=0.0, frame_offsets_s=(0.0,) * n,
+               frame_intervals_ms=(100.0,) * n, technique=Technique(), device=Device())
+
+
+def _event(index: int, *, contrast: str = "none", alerts=()) -> dict:
+    return {"index": index, "t_s": index * 0.1, "contrast": {"state": contrast, "confidence": 0.5},
+            "dose": {"air_kerma_mgy": 1.0, "dap_gycm2": 0.1, "fluoro_time_s": 1.0},
+            "alerts": list(alerts), "needle": None, "joint": None, "target": None}
+
+
+def _frame(run: Run, index: int, number: int) -> Frame:
+    return Frame(pixels=np.full((32, 32), 100 * index, np.uint16), index=index,
+                 frame_number=number, t_s=index * 0.1, run=run)
+
+
+def test_run_ends_contrast_changes_and_alerts_are_kept_within_the_cap():
+    runs = [_run(f"1.2.3.{r}") for r in range(4)]
+    selector = KeyFrameSelector(max_frames=4)
+    index = 0
+    for r, run in enumerate(runs):
+        for number in (1, 2, 3):
+            contrast = "vascular" if (r, number) >= (2, 2) else "none"
+            alerts = [{"kind": "air_kerma", "message": "3 Gy"}] if (r, number) == (1, 1) else []
+            selector.add(_frame(run, index, number), _event(index, contrast=contrast, alerts=alerts))
+            index += 1
+    chosen = selector.frames()
+    # alert (3), contrast change (7), then the latest run ends (11, 8) fill the cap of 4
+    assert [(k.event["index"], k.reason) for k in chosen] == [
+        (3, "alert air_kerma"), (7, "contrast vascular"), (8, "run end"), (11, "run end")]
+
+
+def test_sc_of_a_source_without_orientation_or_laterality_leaves_them_empty(tmp_path):
+    ref = Dataset()
+    ref.SOPClassUID = "1.2.840.10008.5.1.4.1.1.12.1"
+    ref.StudyInstanceUID, ref.PatientID, ref.PatientName = "1.2.3.4", "", ""
+    run = _run("1.2.3.9")
+    sc = key_frame_sc(KeyFrame(_frame(run, 5, 2), _event(5), "run end"), ref,
+                      series_instance_uid="1.2.3.5", instance_number=1)
+    assert sc.PatientOrientation is None and sc.Laterality is None
+    assert sc.BurnedInAnnotation == "YES" and sc.SourceImageSequence[0].ReferencedFrameNumber == 2
+    assert sc.Rows == 32 and sc.SamplesPerPixel == 3
+    if shutil.which("dciodvfy"):
+        path = save_dataset(sc, tmp_path / "sc.dcm")
+        check = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+        assert [line for line in check.stderr.splitlines() if "Error" in line] == []
+
+
+def test_pacing_follows_frame_times_with_pauses_between_runs_shortened():
+    run = _run("1.2.3.1")
+    times_s = [0.0, 0.1, 0.2, 30.0, 30.1]
+    pacer = Pacer(max_gap_s=0.2)
+    stop = threading.Event()
+    t0 = time.monotonic()
+    for i, t_s in enumerate(times_s):
+        pacer.wait(Frame(pixels=np.zeros((2, 2), np.uint16), index=i, frame_number=1, t_s=t_s,
+                         run=run), stop)
+    assert 0.5 <= time.monotonic() - t0 < 0.8  # 0.1 + 0.1 + 0.2 (not 29.8) + 0.1
+    with pytest.raises(ConfigError, match="fps must be > 0"):
+        Pacer(fps=0)
