@@ -204,10 +204,10 @@ class Outbox:
     def _send_once(self, pacs: PacsSettings, files: list[Path], report: SendReport) -> int:
         """One association for ``files``; returns how many are still pending for a transient
         reason."""
-        datasets: list[tuple[Path, Dataset]] = []
+        datasets: list[tuple[Path, Dataset]] = []  # headers only; pixels are read one by one
         for path in files:
             try:
-                datasets.append((path, pydicom.dcmread(path)))
+                datasets.append((path, pydicom.dcmread(path, stop_before_pixels=True)))
             except Exception as exc:  # a damaged file would block the queue forever
                 self._refuse(path, f"unreadable: {exc}", report)
         if not datasets:
@@ -231,7 +231,12 @@ class Outbox:
                     break
                 name = f"{_sop_name(ds.SOPClassUID)} {ds.SOPInstanceUID}"
                 try:
-                    status = assoc.send_c_store(ds, msg_id=k + 1)
+                    full = pydicom.dcmread(path)
+                except Exception as exc:
+                    self._refuse(path, f"unreadable: {exc}", report)
+                    continue
+                try:
+                    status = assoc.send_c_store(full, msg_id=k + 1)
                 except ValueError as exc:  # no accepted presentation context for this SOP class
                     self._refuse(path, f"{pacs} accepts no presentation context for it ({exc})",
                                  report)
