@@ -198,6 +198,42 @@ class JointStage:
         return self._publish(state, polyline, line.confidence, line.doubled, target_xy, radius_mm,
                              shift_full, view_changed)
 
+    def process_reuse(self, frame: Frame, state) -> dict[str, Any] | None:
+        """Cheaper mode for a frame short of time (the pipeline's ``joint_reused`` step): the
+        current view's joint line and target, moved by this frame's registration only (no
+        averaging, no segmentation).
+
+        Returns None, and the pipeline then runs :meth:`process`, when there is nothing to
+        reuse: no line yet, a new run (its exposed field is not known), or a frame that does
+        not match the current view (geometry or C-arm angles). A registration that is not
+        trusted keeps the last measured motion.
+        """
+        st = state.stage_state.get(self._STATE_KEY)
+        spacing = frame.pixel_spacing_xy_mm
+        view = st.current if st is not None else None
+        if view is None or view.line is None or spacing is None or st.run is not frame.run:
+            return None
+        tech = frame.technique
+        angles = None
+        if tech.primary_angle_deg is not None and tech.secondary_angle_deg is not None:
+            angles = (float(tech.primary_angle_deg), float(tech.secondary_angle_deg))
+        if not view.matches(_Geometry(*frame.pixels.shape, float(spacing[0])), angles):
+            return None
+        work = downsample(frame_attenuation(frame, state.stage_state), view.grid.factor)
+        motion = view.registrar.measure(work)
+        shift_mm = np.hypot(*motion.shift_xy) * view.geometry.spacing_mm
+        trusted = motion.peak >= MIN_PEAK and shift_mm <= MAX_SHIFT_MM
+        shift_full = motion.shift_xy if trusted else view.last_shift
+        view.last_shift = shift_full
+        line = view.line
+        offset = np.asarray(shift_full)
+        polyline = _inside_part(line.polyline_xy + offset, st.run_exposed)
+        target = line.point_at(TARGET_FRACTION) + offset
+        target_xy = (float(target[0]), float(target[1])) if _is_inside(st.run_exposed, target) else None
+        radius_mm = float(np.clip(line.length_mm / 6.0, 3.0, 8.0))
+        return self._publish(state, polyline, line.confidence, line.doubled, target_xy, radius_mm,
+                             shift_full, False)
+
     @staticmethod
     def _new_view(st: _StudyRegister, geometry: _Geometry, angles, work: np.ndarray,
                   side: str | None) -> _View:

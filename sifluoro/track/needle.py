@@ -62,6 +62,7 @@ class _Track:
     reference_tip: np.ndarray | None = None  # tip at the end of the previous run
     run_tip: np.ndarray | None = None  # furthest tip seen in the current run
     misses: int = 0
+    score: float = 0.0  # needle probability of the last detection
 
 
 class _StudyNeedle:
@@ -146,6 +147,7 @@ class NeedleStage:
         tip, u, length_px, score = hit
         track.tip_xy, track.dir_xy, track.length_px, track.misses = tip, u, length_px, 0
         track.last_tip_of_run = tip
+        track.score = score
         spacing = ctx.spacing_mm
         ref = track.reference_tip
         if ref is None:
@@ -156,6 +158,77 @@ class NeedleStage:
             advance = float((tip - ref) @ u) * spacing
         needle = {"tip_xy": [round(float(tip[0]), 3), round(float(tip[1]), 3)],
                   "confidence": round(float(score), 4),
+                  "direction_xy": [round(float(u[0]), 5), round(float(u[1]), 5)],
+                  "end_on": False, "advance_mm": round(advance, 3),
+                  "length_mm": round(length_px * spacing, 2)}
+        ttt = (round(float(np.linalg.norm(tip - target) * spacing), 3)
+               if target is not None else None)
+        return {"needle": needle, "tip_to_target_mm": ttt}
+
+    def process_roi(self, frame: Frame, state) -> dict[str, Any]:
+        """Cheaper mode for a frame short of time (the pipeline's ``needle_roi`` step): no
+        search of the field; the tip seen last is followed along its own axis in a small
+        region around it (:meth:`_refine` on that region only, attenuation of that region
+        only), and kept from retreating as in :meth:`process`.
+
+        Nothing is reported (``needle: null``) when there is no tip to follow (none seen in
+        this study, or the frame geometry changed) or when it is not found again. The
+        confidence is that of the last detection. The run's running mean is not updated.
+        """
+        st = state.stage_state.get("needle")
+        nothing = {"needle": None, "tip_to_target_mm": None}
+        if not isinstance(st, _StudyNeedle) or st.ctx is None:
+            return nothing
+        ctx, track = st.ctx, st.track
+        spacing = float((frame.pixel_spacing_xy_mm or (0.5, 0.5))[0])
+        if spacing != ctx.spacing_mm or frame.pixels.shape != ctx.valid_full.shape:
+            return nothing
+        if track.run_uid != frame.sop_instance_uid:
+            track.reference_tip = track.last_tip_of_run if track.run_uid is not None else None
+            track.run_uid = frame.sop_instance_uid
+            track.run_tip = None
+        last = track.tip_xy if track.tip_xy is not None else track.last_tip_of_run
+        if last is None or track.dir_xy is None:
+            return nothing
+        s = self.settings
+        reach = int(math.ceil((s.fit_mm + s.tip_window_mm + 3.0) / spacing)) + 1
+        rows, cols = frame.pixels.shape
+        x0, y0 = max(0, int(last[0]) - reach), max(0, int(last[1]) - reach)
+        x1, y1 = min(cols, int(last[0]) + reach + 1), min(rows, int(last[1]) + reach + 1)
+        if x1 - x0 < 8 or y1 - y0 < 8:
+            return nothing
+        cached = state.stage_state.get("attenuation")
+        if cached is not None and cached[0] is frame:
+            crop = cached[1][y0:y1, x0:x1]
+        else:
+            crop = frame.pixels[y0:y1, x0:x1].astype(np.float32)
+            crop *= np.float32(1.0 / ((1 << frame.run.bits_stored) - 1))
+            if not frame.run.attenuation_rises_with_value:
+                np.subtract(np.float32(1.0), crop, out=crop)
+        off = np.array([x0, y0], float)
+        refined = self._refine(st, crop, last - off, track.dir_xy, ctx)
+        if refined is None or refined[2] <= 0.0:
+            track.tip_xy = None
+            track.misses += 1
+            return nothing
+        tip, u, _ = refined
+        base = last - track.dir_xy * track.length_px
+        tip = self._no_retreat(st, ctx, tip + off, u, True)
+        length_px = max(float((tip - base) @ u), 0.0)
+        track.tip_xy, track.dir_xy, track.length_px, track.misses = tip, u, length_px, 0
+        track.last_tip_of_run = tip
+        register = state.stage_state.get("register")
+        target = (np.asarray(register.target_xy, float)
+                  if register is not None and register.target_xy is not None else None)
+        ref = track.reference_tip
+        if ref is None:
+            advance = 0.0
+        elif target is not None and np.linalg.norm(target - ref) > 1e-6:
+            advance = float((tip - ref) @ ((target - ref) / np.linalg.norm(target - ref))) * spacing
+        else:
+            advance = float((tip - ref) @ u) * spacing
+        needle = {"tip_xy": [round(float(tip[0]), 3), round(float(tip[1]), 3)],
+                  "confidence": round(float(track.score), 4),
                   "direction_xy": [round(float(u[0]), 5), round(float(u[1]), 5)],
                   "end_on": False, "advance_mm": round(advance, 3),
                   "length_mm": round(length_px * spacing, 2)}
