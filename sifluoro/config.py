@@ -50,15 +50,22 @@ class Settings:
     Attributes
     ----------
     latency_budget_ms : float
-        Per-frame budget for image work; frames over it are marked ``degraded``.
+        Per-frame budget for image work, from the frame's arrival; the pipeline degrades a
+        frame's image work to fit it (:class:`sifluoro.pipeline.Pipeline`), and frames over it
+        are marked ``degraded``.
     queue_frames : int
-        Capacity of the bounded queue between a source and the pipeline.
+        Capacity of the bounded queue between a file reader and the pipeline (offline: the
+        reader waits when it is full).
+    live_queue_frames : int
+        Frames of a live source waiting for image work (:class:`sifluoro.pipeline.LiveFeeder`);
+        beyond it the oldest waiting frame's image work is dropped (its dose is still counted).
     dose : DoseSettings
         Dose accounting settings.
     """
 
     latency_budget_ms: float = 10.0
     queue_frames: int = 8
+    live_queue_frames: int = 2
     dose: DoseSettings = field(default_factory=DoseSettings)
 
     def __post_init__(self):
@@ -66,6 +73,8 @@ class Settings:
             raise ConfigError(f"latency_budget_ms must be > 0, got {self.latency_budget_ms}")
         if self.queue_frames < 1:
             raise ConfigError(f"queue_frames must be >= 1, got {self.queue_frames}")
+        if self.live_queue_frames < 1:
+            raise ConfigError(f"live_queue_frames must be >= 1, got {self.live_queue_frames}")
         for f in fields(self.dose):
             if getattr(self.dose, f.name) < 0:
                 raise ConfigError(f"dose.{f.name} must be >= 0, got {getattr(self.dose, f.name)}")

@@ -9,6 +9,13 @@ Thread safety: ``feed`` may be called from any thread; calls are serialised (one
 time, in call order). Handlers run in the thread that fed the frame, after the frame's event is
 complete; a handler that raises is logged and the engine goes on. ``on`` may be called at any
 time. One Engine follows one study.
+
+Live sources (a receiver or capture thread that must not wait) call ``submit`` instead: the
+frame's dose is counted at once and its image work queued behind at most
+``settings.live_queue_frames`` frames; when more arrive, the oldest waiting frame's image work
+is dropped (its event still comes, with its dose and ``dropped: true``) and counted in the
+summary's ``dropped_image_frames``. Handlers then run on the engine's worker thread, in
+arrival order. One engine is fed by ``feed`` or by ``submit``, not both.
 """
 from __future__ import annotations
 
@@ -22,7 +29,7 @@ from sifluoro.acquire.dicom_reader import iter_frames, read_study
 from sifluoro.config import Settings
 from sifluoro.errors import InputError
 from sifluoro.model import Frame, Rejection, Run, Study
-from sifluoro.pipeline import Pipeline, Stage, StudyState, prefetch
+from sifluoro.pipeline import LiveFeeder, Pipeline, Stage, StudyState, prefetch
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +125,7 @@ class Engine:
         self._runs: dict[str, Run] = {}
         self._rejected: list[Rejection] = []
         self._contrast = "none"
+        self._live: LiveFeeder | None = None
 
     def on(self, kind: str, handler: Callable[[Any], None]) -> None:
         """Call ``handler(event)`` for every event of ``kind`` (one of :data:`KINDS`)."""
@@ -128,18 +136,40 @@ class Engine:
     def feed(self, frame: Frame) -> FrameEvent:
         """Process one frame (frames of one study, in acquisition order) and emit its events."""
         with self._lock:
-            run = frame.run
-            if self._state is None:
-                self._state = self.pipeline.start_study(run.study_instance_uid)
-            elif run.study_instance_uid != self._state.study_instance_uid:
-                raise InputError(f"frame of study {run.study_instance_uid} fed to the engine of "
-                                 f"study {self._state.study_instance_uid}; use one Engine per study",
-                                 path=run.path, tag="(0020,000D) StudyInstanceUID")
-            if run.sop_instance_uid not in self._runs:
-                self._runs[run.sop_instance_uid] = run
+            if self._live is not None:
+                raise RuntimeError("this engine is fed by submit(); use one of feed or submit")
+            run = self._admit(frame)
+            if run is not None:
                 self.pipeline.prepare_run(run, self._state)
             event = self.pipeline.process(frame, self._state)
             return self._emit(event)
+
+    def submit(self, frame: Frame) -> None:
+        """Live sources: count the frame's dose now and queue its image work without waiting
+        for it; events come on the engine's worker thread (see the module docstring)."""
+        with self._lock:
+            if self._live is None:
+                if self._runs:
+                    raise RuntimeError("this engine is fed by feed(); use one of feed or submit")
+                self._admit(frame)
+                self._live = LiveFeeder(self.pipeline, self._state, on_event=self._emit)
+            else:
+                self._admit(frame)
+            self._live.submit(frame)
+
+    def _admit(self, frame: Frame) -> Run | None:
+        """Check the frame's study and note its run; return the run when it is new."""
+        run = frame.run
+        if self._state is None:
+            self._state = self.pipeline.start_study(run.study_instance_uid)
+        elif run.study_instance_uid != self._state.study_instance_uid:
+            raise InputError(f"frame of study {run.study_instance_uid} fed to the engine of "
+                             f"study {self._state.study_instance_uid}; use one Engine per study",
+                             path=run.path, tag="(0020,000D) StudyInstanceUID")
+        if run.sop_instance_uid in self._runs:
+            return None
+        self._runs[run.sop_instance_uid] = run
+        return run
 
     def run(self, source: str | Path | Iterable[str | Path] | Iterable[Frame]) -> dict:
         """Feed a whole study (DICOM files/folders, or frames) and return :meth:`close`'s summary."""
@@ -160,13 +190,20 @@ class Engine:
         return self.close()
 
     def close(self) -> dict:
-        """The study summary (DESIGN §3) of everything fed so far."""
+        """The study summary (DESIGN §3) of everything fed so far. Frames submitted by
+        :meth:`submit` are finished first, and the summary then also has
+        ``dropped_image_frames``."""
         from sifluoro.replay import build_summary
 
         with self._lock:
+            if self._live is not None:
+                self._live.close()
             state = self._state or self.pipeline.start_study("")
             runs = tuple(sorted(self._runs.values(), key=lambda r: r.start_s))
-            return build_summary(Study(state.study_instance_uid, runs), state, self._rejected)
+            summary = build_summary(Study(state.study_instance_uid, runs), state, self._rejected)
+            if self._live is not None:
+                summary["dropped_image_frames"] = state.dropped_image_frames
+            return summary
 
     def _emit(self, event: dict) -> FrameEvent:
         index, t_s = event["index"], event["t_s"]

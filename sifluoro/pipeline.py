@@ -7,11 +7,13 @@ the deadline; stages know nothing of DICOM files or of each other's internals.
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import numpy as np
 
@@ -31,6 +33,27 @@ class Stage(Protocol):
     def process(self, frame: Frame, state: "StudyState") -> dict[str, Any]: ...
 
 
+@dataclass(frozen=True)
+class Degradation:
+    """One step of the deadline policy: the stage ``stage`` runs ``method`` instead of
+    ``process`` (``method=None``: it does not run), and the event lists ``step``."""
+
+    stage: str
+    method: str | None
+    step: str
+
+
+#: The deadline policy's steps, in the order they are taken (see :class:`Pipeline`).
+DEGRADATION_ORDER: tuple[Degradation, ...] = (
+    Degradation("contrast", None, "contrast_skipped"),
+    Degradation("needle", "process_roi", "needle_roi"),
+    Degradation("register", "process_reuse", "joint_reused"),
+)
+
+FULL = "process"  # the mode of a stage that runs as usual
+_SKIP = "skip"
+
+
 @dataclass
 class StudyState:
     """Everything the pipeline carries from one frame of a study to the next."""
@@ -38,29 +61,147 @@ class StudyState:
     study_instance_uid: str
     dose: DoseAccumulator
     contrast_state: str = "none"
+    contrast_confidence: float = 0.0  # of the last contrast update (carried over when skipped)
     stage_state: dict[str, Any] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list)
     degraded_frames: int = 0
+    dropped_image_frames: int = 0  # live sources: frames whose image work was dropped
     frames: int = 0
     alerts: list[dict] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """A frame's dose, accounted when the frame arrived (before any image work).
+
+    Attributes
+    ----------
+    t_s : float
+        Pipeline clock at arrival; a frame's latency runs from here.
+    dose : dict
+        Cumulative ``air_kerma_mgy``, ``dap_gycm2``, ``fluoro_time_s`` including this frame.
+    alerts : tuple of dict
+        Dose alerts this frame raised.
+    """
+
+    t_s: float
+    dose: dict[str, float]
+    alerts: tuple[dict, ...]
+
+
+class StageCosts:
+    """Recent cost of every stage, per mode and frame shape, for planning a frame's work.
+
+    The last ``window`` costs of each (stage, mode, shape) are kept, and the estimate is their
+    75th percentile: above the common frame, below the rare expensive one (a new view's
+    segmentation) that would otherwise make the planner degrade every frame. An estimate from
+    fewer than ``min_samples`` costs, or of a mode not measured during the last
+    ``stale_frames`` frames of its shape, is unknown: the planner then lets the stage run as
+    usual, which measures it again (the machine may have become less busy; a needle is
+    detected afresh). Safe to share between threads.
+    """
+
+    def __init__(self, *, window: int = 32, min_samples: int = 3, stale_frames: int = 16):
+        self.window = window
+        self.min_samples = min_samples
+        self.stale_frames = stale_frames
+        self._lock = threading.Lock()
+        self._samples: dict[tuple, deque] = {}
+        self._quantiles: dict[tuple, tuple[float, float, float]] = {}  # p50, p75, p90
+        self._measured_at: dict[tuple, int] = {}
+        self._frames: dict[tuple, int] = {}
+
+    def new_frame(self, shape: tuple[int, ...]) -> None:
+        with self._lock:
+            self._frames[shape] = self._frames.get(shape, 0) + 1
+
+    def add(self, stage: str, mode: str, shape: tuple[int, ...], cost_ms: float) -> None:
+        key = (stage, mode, shape)
+        with self._lock:
+            samples = self._samples.get(key)
+            if samples is None:
+                samples = self._samples[key] = deque(maxlen=self.window)
+            samples.append(cost_ms)
+            ordered = sorted(samples)
+            n = len(ordered)  # nearest-rank quantiles
+            self._quantiles[key] = tuple(ordered[max(0, math.ceil(q * n) - 1)]
+                                         for q in (0.5, 0.75, 0.9))
+            self._measured_at[key] = self._frames.get(shape, 0)
+
+    def estimate_ms(self, stage: str, mode: str, shape: tuple[int, ...]) -> float | None:
+        """The planning estimate (p75) in ms, or None when unknown or stale."""
+        key = (stage, mode, shape)
+        with self._lock:
+            found = self._quantiles.get(key)
+            if (found is None or len(self._samples[key]) < self.min_samples
+                    or self._frames.get(shape, 0) - self._measured_at[key] > self.stale_frames):
+                return None
+            return found[1]
+
+    def snapshot(self) -> dict[str, dict[str, float]]:
+        """``{"stage/mode/ROWSxCOLS": {"p50_ms", "p75_ms", "p90_ms", "n"}}`` of what is known
+        (mode: the method that ran, ``process`` when not degraded)."""
+        with self._lock:
+            return {f"{s}/{m}/{'x'.join(map(str, shape))}":
+                    {"p50_ms": round(q[0], 4), "p75_ms": round(q[1], 4), "p90_ms": round(q[2], 4),
+                     "n": len(self._samples[(s, m, shape)])}
+                    for (s, m, shape), q in sorted(self._quantiles.items())}
 
 
 class Pipeline:
     """Runs the stages over frames of one study at a time.
 
+    Deadline policy
+    ---------------
+    Dose is accounted first on every frame and is never skipped. The image stages then share
+    what is left of ``settings.latency_budget_ms`` (counted from the frame's arrival). Before
+    they run, the frame's work is planned from the stages' recent costs (:class:`StageCosts`,
+    p75 per stage, mode and frame shape); when the plan does not fit, it is degraded in this
+    order, one step at a time, until it fits:
+
+    1. ``contrast_skipped``: the contrast stage does not run; the contrast state and
+       confidence carry over from the last update;
+    2. ``needle_roi``: the needle stage only follows the last tip in a small region around it
+       (``NeedleStage.process_roi``; no tip to follow: no needle reported);
+    3. ``joint_reused``: the register stage moves the current view's joint line and target by
+       the frame's registration, without averaging or segmenting
+       (``JointStage.process_reuse``).
+
+    Steps whose stage is not in the pipeline are absent from the plan. A degraded method may
+    decline (return None: nothing to reuse, e.g. a new view); the stage then runs as usual
+    and the step is not listed. Should the budget be spent anyway when a stage's turn comes,
+    that stage takes its step at once, and a stage without a step is skipped (listed in
+    ``skipped_stages``). The event is then marked ``degraded`` with ``degraded_steps`` (in the
+    order above); a frame over budget, or with a stage that raised (logged, listed in
+    ``failed_stages``), is ``degraded`` too.
+
+    Frames are planned only once their shape has been prepared (:meth:`prepare_run` or
+    :meth:`prepare_stages`): before the warm-up a stage's cost includes compilation and
+    allocation, which would mislead the plan; such frames only have the budget-spent rule.
+
     Parameters
     ----------
     stages : sequence of Stage
-        Image stages in the order they run; each may be skipped when the frame's budget is
-        spent (the event is then marked ``degraded``). Dose is not a stage: it always runs.
+        Image stages in the order they run.
     settings : Settings
+    clock : callable, optional
+        Monotonic time in seconds (``time.perf_counter``); tests pass a simulated clock.
     """
 
-    def __init__(self, stages: Iterable[Stage] = (), settings: Settings | None = None):
+    def __init__(self, stages: Iterable[Stage] = (), settings: Settings | None = None, *,
+                 clock: Callable[[], float] = time.perf_counter):
         self.stages = list(stages)
         self.settings = settings or Settings()
+        self.costs = StageCosts()
+        self._clock = clock
         self._warmed: set[tuple] = set()
+        self._planned_shapes: set[tuple[int, int]] = set()  # warmed up: costs mean something
         self._warm_lock = threading.Lock()
+        names = {stage.name: stage for stage in self.stages}
+        # the policy's steps this pipeline can take, in order
+        self._steps = tuple(d for d in DEGRADATION_ORDER if d.stage in names
+                            and (d.method is None or callable(getattr(names[d.stage], d.method, None))))
+        self._step_of = {d.stage: d for d in self._steps}
 
     def warm_up(self, run) -> None:
         """Compile and size every stage on a frame of the run's real shape, dtype and spacing
@@ -83,50 +224,128 @@ class Pipeline:
         frame does not pay for it: the dose model, and the stages' warm-up for a frame shape not
         seen before. A run never announced is prepared on its first frame."""
         state.dose.prepare(run)
+        self.prepare_stages(run)
+
+    def prepare_stages(self, run) -> None:
+        """The stages' warm-up for the run's frame shape, once per shape and spacing."""
         key = (run.rows, run.columns, run.bits_stored, run.pixel_spacing_xy_mm)
         with self._warm_lock:
             if key not in self._warmed:
                 self.warm_up(run)
                 self._warmed.add(key)
+                self._planned_shapes.add((run.rows, run.columns))
 
     def process(self, frame: Frame, state: StudyState) -> dict[str, Any]:
         """Process one frame; return its event (DESIGN §3)."""
-        t0 = time.perf_counter()
-        budget_s = self.settings.latency_budget_ms / 1000.0
-        alerts = [a.as_dict() for a in state.dose.add(frame)]
-        event: dict[str, Any] = {
-            "sop_instance_uid": frame.sop_instance_uid,
-            "frame": frame.frame_number,
-            "index": frame.index,
-            "t_s": round(frame.t_s, 6),
-            "needle": None,
-            "joint": None,
-            "target": None,
-            "tip_to_target_mm": None,
-            "contrast": {"state": state.contrast_state, "confidence": 0.0},
-        }
-        skipped, failed = [], []
+        return self.process_arrived(frame, state, self.account(frame, state))
+
+    def account(self, frame: Frame, state: StudyState) -> Arrival:
+        """Count the frame's dose now (on arrival); its image work may come later or never."""
+        t_s = self._clock()
+        alerts = tuple(a.as_dict() for a in state.dose.add(frame))
+        totals = state.dose.totals
+        dose = {"air_kerma_mgy": totals.air_kerma_mgy, "dap_gycm2": totals.dap_gycm2,
+                "fluoro_time_s": round(totals.fluoro_time_s, 6)}
+        return Arrival(t_s, dose, alerts)
+
+    def process_arrived(self, frame: Frame, state: StudyState, arrival: Arrival) -> dict[str, Any]:
+        """The image work of a frame whose dose :meth:`account` counted; return its event."""
+        clock, costs = self._clock, self.costs
+        budget_ms = self.settings.latency_budget_ms
+        shape = frame.pixels.shape
+        planned = shape in self._planned_shapes
+        if planned:
+            costs.new_frame(shape)
+        t_plan = clock()
+        modes = self._plan(shape, budget_ms - (t_plan - arrival.t_s) * 1000.0) if planned else {}
+        event = _base_event(frame, state)
+        alerts = list(arrival.alerts)
+        skipped, failed, steps = [], [], set()
+        stage_ms = 0.0
         for stage in self.stages:
-            if time.perf_counter() - t0 > budget_s:
+            mode = modes.get(stage.name, FULL)
+            if mode == FULL and (clock() - arrival.t_s) * 1000.0 > budget_ms:
+                step = self._step_of.get(stage.name)  # the budget is spent: cheapest at once
+                mode = _SKIP if step is None or step.method is None else step.method
+            if mode == _SKIP:
                 skipped.append(stage.name)
+                if stage.name in self._step_of:
+                    steps.add(self._step_of[stage.name].step)
                 continue
+            t0 = clock()
             try:
-                fields = stage.process(frame, state)
+                fields = getattr(stage, mode)(frame, state)
+                if mode != FULL:
+                    if fields is None:  # declined: nothing to reuse, the stage runs as usual
+                        mode = FULL
+                        fields = stage.process(frame, state)
+                    else:
+                        steps.add(self._step_of[stage.name].step)
                 alerts.extend(fields.pop("alerts", ()))  # a stage's alerts join the dose alerts
                 event.update(fields)
             except Exception:  # a stage's defect must not lose the frame, its dose or the study
                 log.exception("stage %s failed on frame %d", stage.name, frame.index)
                 failed.append(stage.name)
-        state.contrast_state = event["contrast"]["state"]
-        totals = state.dose.totals
-        event["dose"] = {"air_kerma_mgy": totals.air_kerma_mgy, "dap_gycm2": totals.dap_gycm2,
-                         "fluoro_time_s": round(totals.fluoro_time_s, 6)}
-        latency_ms = (time.perf_counter() - t0) * 1000.0
-        event["degraded"] = bool(skipped or failed) or latency_ms > self.settings.latency_budget_ms
+            finally:
+                cost_ms = (clock() - t0) * 1000.0
+                stage_ms += cost_ms
+                if planned:
+                    costs.add(stage.name, mode, shape, cost_ms)
+        contrast = event["contrast"]
+        state.contrast_state = contrast["state"]
+        state.contrast_confidence = contrast.get("confidence", 0.0)
+        event["dose"] = dict(arrival.dose)
+        ordered_steps = [d.step for d in self._steps if d.step in steps]
+        t_end = clock()
+        if planned:
+            costs.add("pipeline", "overhead", shape, (t_end - t_plan) * 1000.0 - stage_ms)
+        latency_ms = (t_end - arrival.t_s) * 1000.0
+        event["degraded"] = bool(skipped or failed or ordered_steps) or latency_ms > budget_ms
+        if ordered_steps:
+            event["degraded_steps"] = ordered_steps
         if skipped:
             event["skipped_stages"] = skipped
         if failed:
             event["failed_stages"] = failed
+        return self._finish(event, state, alerts, latency_ms)
+
+    def dropped_event(self, frame: "Frame | DroppedFrame", state: StudyState,
+                      arrival: Arrival) -> dict[str, Any]:
+        """The event of a frame whose image work was dropped (live queue backed up): its dose,
+        no image fields (``needle``/``joint``/``target`` null, contrast carried over),
+        ``"dropped": true`` and every stage in ``skipped_stages``."""
+        event = _base_event(frame, state)
+        event["dose"] = dict(arrival.dose)
+        event["degraded"] = True
+        event["dropped"] = True
+        if self.stages:
+            event["skipped_stages"] = [stage.name for stage in self.stages]
+        latency_ms = (self._clock() - arrival.t_s) * 1000.0
+        return self._finish(event, state, list(arrival.alerts), latency_ms)
+
+    def stage_costs(self) -> dict[str, dict[str, float]]:
+        """What the planner knows: p50/p90 cost per stage, mode and frame shape."""
+        return self.costs.snapshot()
+
+    def _plan(self, shape: tuple[int, ...], remaining_ms: float) -> dict[str, str]:
+        """The fewest steps of the policy, in order, whose predicted cost fits ``remaining_ms``
+        (an unknown cost counts as zero, so that the stage runs and is measured)."""
+        costs = self.costs
+        remaining_ms -= costs.estimate_ms("pipeline", "overhead", shape) or 0.0
+        full = {s.name: costs.estimate_ms(s.name, FULL, shape) or 0.0 for s in self.stages}
+        predicted = sum(full.values())
+        modes: dict[str, str] = {}
+        for d in self._steps:
+            if predicted <= remaining_ms:
+                break
+            mode = d.method or _SKIP
+            cheap = 0.0 if d.method is None else (costs.estimate_ms(d.stage, mode, shape) or 0.0)
+            predicted += cheap - full[d.stage]
+            modes[d.stage] = mode
+        return modes
+
+    @staticmethod
+    def _finish(event: dict, state: StudyState, alerts: list, latency_ms: float) -> dict[str, Any]:
         if alerts:
             event["alerts"] = alerts
             state.alerts.extend(alerts)
@@ -135,6 +354,132 @@ class Pipeline:
         state.degraded_frames += event["degraded"]
         state.frames += 1
         return event
+
+
+@dataclass(frozen=True)
+class DroppedFrame:
+    """What is kept of a frame whose image work was dropped: where it is in the study (the
+    pixels are released)."""
+
+    sop_instance_uid: str
+    frame_number: int
+    index: int
+    t_s: float
+
+
+def _base_event(frame: "Frame | DroppedFrame", state: StudyState) -> dict[str, Any]:
+    return {
+        "sop_instance_uid": frame.sop_instance_uid,
+        "frame": frame.frame_number,
+        "index": frame.index,
+        "t_s": round(frame.t_s, 6),
+        "needle": None,
+        "joint": None,
+        "target": None,
+        "tip_to_target_mm": None,
+        "contrast": {"state": state.contrast_state, "confidence": state.contrast_confidence},
+    }
+
+
+class LiveFeeder:
+    """Live sources (a receiver or capture thread): dose on arrival, image work on a worker
+    thread behind a short queue that never grows without bound.
+
+    :meth:`submit` counts the frame's dose at once and queues its image work. When
+    ``capacity`` frames are already waiting, the *oldest* waiting frame's image work is dropped
+    (the newest frame is what the radiologist looks at): its event still comes, in order, with
+    its dose and ``"dropped": true``, and ``state.dropped_image_frames`` counts it. Events are
+    handed to ``on_event`` on the worker thread, in arrival order; a handler that raises is
+    logged. Offline replay does not use this: it blocks its reader instead (:func:`prefetch`).
+
+    Parameters
+    ----------
+    pipeline : Pipeline
+    state : StudyState
+        The study's state; only this feeder may process frames with it while it runs.
+    on_event : callable, optional
+        ``on_event(event)`` for every frame's event.
+    capacity : int, optional
+        Frames waiting for image work; default ``settings.live_queue_frames``.
+    """
+
+    def __init__(self, pipeline: Pipeline, state: StudyState, *,
+                 on_event: Callable[[dict], None] | None = None, capacity: int | None = None):
+        self.pipeline = pipeline
+        self.state = state
+        self.on_event = on_event
+        self.capacity = capacity or pipeline.settings.live_queue_frames
+        self._entries: deque[list] = deque()  # [Frame | DroppedFrame, Arrival]
+        self._waiting_images = 0
+        self._unfinished = 0
+        self._closed = False
+        self._error: BaseException | None = None
+        self._cond = threading.Condition()
+        self._submit_lock = threading.Lock()  # dose in submission order
+        self._worker = threading.Thread(target=self._work, name="sifluoro-live", daemon=True)
+        self._worker.start()
+
+    def submit(self, frame: Frame) -> None:
+        """Count the frame's dose and queue its image work; never waits for image work."""
+        with self._submit_lock:
+            if self._closed:
+                raise RuntimeError("the live feeder is closed")
+            arrival = self.pipeline.account(frame, self.state)
+            with self._cond:
+                if self._waiting_images >= self.capacity:
+                    oldest = next(e for e in self._entries if isinstance(e[0], Frame))
+                    old = oldest[0]
+                    oldest[0] = DroppedFrame(old.sop_instance_uid, old.frame_number, old.index,
+                                             old.t_s)
+                    self._waiting_images -= 1
+                    self.state.dropped_image_frames += 1
+                self._entries.append([frame, arrival])
+                self._waiting_images += 1
+                self._unfinished += 1
+                self._cond.notify_all()
+
+    def drain(self, timeout_s: float | None = None) -> bool:
+        """Wait until every submitted frame has its event; False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._unfinished == 0, timeout=timeout_s)
+
+    def close(self, timeout_s: float | None = None) -> None:
+        """Finish the queued work and stop the worker; re-raise what failed in it."""
+        with self._submit_lock, self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._worker.join(timeout=timeout_s)
+        if self._error is not None:
+            raise self._error
+
+    def _work(self) -> None:
+        pipeline, state = self.pipeline, self.state
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._entries or self._closed)
+                if not self._entries:
+                    return
+                item, arrival = self._entries.popleft()
+                if isinstance(item, Frame):
+                    self._waiting_images -= 1
+            try:
+                if isinstance(item, Frame):
+                    pipeline.prepare_stages(item.run)
+                    event = pipeline.process_arrived(item, state, arrival)
+                else:
+                    event = pipeline.dropped_event(item, state, arrival)
+                if self.on_event is not None:
+                    try:
+                        self.on_event(event)
+                    except Exception:  # a consumer's defect must not stop the study
+                        log.exception("event handler failed on frame %d", event["index"])
+            except BaseException as exc:  # handed to close()
+                log.exception("live pipeline failed on frame %d", item.index)
+                self._error = self._error or exc
+            finally:
+                with self._cond:
+                    self._unfinished -= 1
+                    self._cond.notify_all()
 
 
 def latency_summary(latencies_ms: list[float]) -> dict[str, float]:

@@ -1,0 +1,313 @@
+"""The deadline policy: plan each frame's image work from the stages' recent costs, degrade in
+the stated order (contrast skipped, needle in its ROI, joint reused), never skip dose.
+
+Most tests run on a simulated clock that only the fake stages advance, so every cost, every
+plan and every latency is exact; the last ones run the real stages on a simulated study.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sifluoro.acquire.dicom_reader import iter_frames, read_study
+from sifluoro.config import Settings
+from sifluoro.pipeline import DEGRADATION_ORDER, Pipeline, StageCosts
+from tests.dicom_fixtures import RunSpec, technique, write_study
+
+ORDER = [d.step for d in DEGRADATION_ORDER]
+
+
+class Clock:
+    """Simulated time: only the fake stages move it."""
+
+    def __init__(self):
+        self.t_s = 0.0
+
+    def __call__(self) -> float:
+        return self.t_s
+
+    def spend(self, ms: float) -> None:
+        self.t_s += ms / 1000.0
+
+
+class FakeStage:
+    """A stage of known cost; ``cheap`` names its degraded method (``process_roi`` /
+    ``process_reuse``) and ``cheap_ms`` that method's cost."""
+
+    def __init__(self, name: str, clock: Clock, cost_ms: float, *, cheap: str | None = None,
+                 cheap_ms: float = 0.0, fields: dict | None = None):
+        self.name, self.clock, self.cost_ms, self.cheap_ms = name, clock, cost_ms, cheap_ms
+        self.fields = fields or {}
+        self.calls: list[tuple[str, int]] = []
+        if cheap is not None:
+            setattr(self, cheap, lambda frame, state: self._run(cheap, frame, self.cheap_ms))
+
+    def process(self, frame, state):
+        return self._run("process", frame, self.cost_ms)
+
+    def _run(self, method: str, frame, cost_ms: float) -> dict:
+        self.calls.append((method, frame.index))
+        self.clock.spend(cost_ms)
+        return {k: dict(v) if isinstance(v, dict) else v for k, v in self.fields.items()}
+
+
+def _stages(clock, register_ms=4.0, needle_ms=4.0, contrast_ms=4.0):
+    return [FakeStage("register", clock, register_ms, cheap="process_reuse", cheap_ms=0.1,
+                      fields={"joint": {"polyline_xy": [[0, 0], [1, 1]]}}),
+            FakeStage("needle", clock, needle_ms, cheap="process_roi", cheap_ms=0.5,
+                      fields={"needle": {"tip_xy": [1.0, 1.0], "confidence": 0.9}}),
+            FakeStage("contrast", clock, contrast_ms,
+                      fields={"contrast": {"state": "intra_articular", "confidence": 0.8}})]
+
+
+@pytest.fixture(scope="module")
+def frames(tmp_path_factory):
+    """24 frames of two runs with reported dose (0.05 Gy·cm², 0.5 mGy per frame)."""
+    folder = tmp_path_factory.mktemp("study")
+    tech = technique(reported_dap_gycm2=0.6, reported_air_kerma_mgy=6.0)
+    write_study(folder, [RunSpec(0.0, n_frames=12, tech=tech), RunSpec(20.0, n_frames=12, tech=tech)])
+    return list(iter_frames(read_study([folder]), []))
+
+
+def _run(stages, clock, frames, budget_ms, *, prepare=True):
+    pipeline = Pipeline(stages, Settings(latency_budget_ms=budget_ms), clock=clock)
+    state = pipeline.start_study("1.2.3")
+    if prepare:  # frame shapes never prepared are not planned
+        for run in {f.run.sop_instance_uid: f.run for f in frames}.values():
+            pipeline.prepare_run(run, state)
+    return pipeline, state, [pipeline.process(f, state) for f in frames]
+
+
+def test_a_frame_that_misses_the_deadline_is_degraded_and_its_dose_counted(frames):
+    clock = Clock()
+    _, state, events = _run([FakeStage("slow", clock, 15.0)], clock, frames[:12], 10.0)
+    assert [e["latency_ms"] for e in events] == [15.0] * 12
+    assert all(e["degraded"] for e in events)
+    assert all("degraded_steps" not in e for e in events)  # a stage without steps runs whole
+    assert events[-1]["dose"]["dap_gycm2"] == pytest.approx(0.6)
+    assert events[-1]["dose"]["air_kerma_mgy"] == pytest.approx(6.0)
+    assert [e["dose"]["air_kerma_mgy"] for e in events] == pytest.approx([0.5 * (i + 1) for i in range(12)])
+    assert state.degraded_frames == 12
+
+
+@pytest.mark.parametrize("budget_ms, steps", [
+    (13.0, []),                                            # 12 ms fits
+    (10.0, ORDER[:1]),                                     # 8 ms without contrast
+    (6.0, ORDER[:2]),                                      # 4.5 ms: needle in its ROI
+    (2.0, ORDER),                                          # 0.6 ms: joint reused as well
+])
+def test_degradation_follows_the_stated_order(frames, budget_ms, steps):
+    clock = Clock()
+    stages = _stages(clock)
+    frames = frames[:16]  # before the estimates grow stale (see test_a_stale_estimate_...)
+    _, _, events = _run(stages, clock, frames, budget_ms)
+    # three frames measure the stages (no estimate yet); the plan then holds
+    planned = events[3:]
+    assert all(e.get("degraded_steps", []) == steps for e in planned)
+    assert all(e["degraded"] == bool(steps) for e in planned)
+    assert all(e["latency_ms"] <= budget_ms for e in planned)
+    register, needle, contrast = stages
+    later = set(range(3, len(frames)))
+    assert {i for m, i in register.calls if i >= 3 and m == "process_reuse"} == (
+        later if "joint_reused" in steps else set())
+    assert {i for m, i in needle.calls if i >= 3 and m == "process_roi"} == (
+        later if "needle_roi" in steps else set())
+    assert {i for m, i in contrast.calls if i >= 3} == (set() if "contrast_skipped" in steps
+                                                        else later)
+    if "contrast_skipped" in steps:
+        assert all(e["skipped_stages"] == ["contrast"] for e in planned)
+    # dose is never skipped
+    assert events[-1]["dose"]["dap_gycm2"] == pytest.approx(0.8)
+
+
+def test_skipped_contrast_carries_its_state_over(frames):
+    clock = Clock()
+    _, state, events = _run(_stages(clock), clock, frames[:8], 10.0)
+    assert [e["contrast"] for e in events[3:]] == [{"state": "intra_articular", "confidence": 0.8}] * 5
+    assert state.contrast_state == "intra_articular"
+
+
+def test_steps_of_absent_stages_are_absent_from_the_plan(frames):
+    clock = Clock()
+    register, needle, _ = _stages(clock, register_ms=3.0, needle_ms=3.0)
+    # needle before register in the pipeline: the steps still come in the stated order
+    _, _, events = _run([needle, register], clock, frames[:9], 3.2)
+    # frames 3-5 measure the ROI mode (3.5 ms: over); from then on the joint is reused too
+    assert [e["degraded_steps"] for e in events[3:]] == [["needle_roi"]] * 3 + [ORDER[1:]] * 3
+    assert [e["latency_ms"] for e in events[3:]] == pytest.approx([3.5] * 3 + [0.6] * 3)
+    register = _stages(clock, register_ms=6.0)[0]
+    _, _, events = _run([register], clock, frames[:8], 5.0)
+    assert all(e["degraded_steps"] == ["joint_reused"] for e in events[3:])
+
+
+def test_a_spent_budget_degrades_the_remaining_stages_at_once(frames):
+    """No estimate yet (first frame): the joint costs the whole budget; the needle then runs in
+    its ROI, the contrast and a stage without a step are skipped."""
+    clock = Clock()
+    register, needle, contrast = _stages(clock, register_ms=12.0)
+    extra = FakeStage("overlay", clock, 1.0)
+    _, _, events = _run([register, needle, contrast, extra], clock, frames[:1], 10.0)
+    event = events[0]
+    assert event["degraded_steps"] == ["contrast_skipped", "needle_roi"]
+    assert event["skipped_stages"] == ["contrast", "overlay"]
+    assert event["needle"] == {"tip_xy": [1.0, 1.0], "confidence": 0.9}
+    assert event["latency_ms"] == pytest.approx(12.5)
+    assert event["dose"]["dap_gycm2"] == pytest.approx(0.05)
+
+
+def test_a_stale_estimate_is_measured_again(frames):
+    """Skipped since its 3rd frame, the contrast runs again once its estimate is 16 frames old
+    (the machine may be less busy now), and is then skipped again."""
+    clock = Clock()
+    contrast = FakeStage("contrast", clock, 12.0)
+    _run([contrast], clock, frames, 10.0)
+    assert [i for _, i in contrast.calls] == [0, 1, 2, 19]
+
+
+def test_a_failing_stage_is_listed_and_its_cost_counted(frames):
+    clock = Clock()
+
+    class Broken(FakeStage):
+        def process(self, frame, state):
+            self.clock.spend(3.0)
+            raise IndexError("defect")
+
+    pipeline, state, events = _run([Broken("needle", clock, 3.0)], clock, frames[:4], 10.0)
+    assert all(e["failed_stages"] == ["needle"] and e["degraded"] for e in events)
+    assert pipeline.stage_costs()["needle/process/64x64"]["p50_ms"] == pytest.approx(3.0)
+    assert events[-1]["dose"]["dap_gycm2"] == pytest.approx(0.2)
+
+
+def test_stage_costs_quantiles_and_staleness():
+    costs = StageCosts(window=4, min_samples=3, stale_frames=2)
+    shape = (8, 8)
+    for ms in (1.0, 2.0):
+        costs.new_frame(shape)
+        costs.add("s", "process", shape, ms)
+    assert costs.estimate_ms("s", "process", shape) is None  # too few costs
+    for ms in (3.0, 4.0, 100.0):  # the window keeps the last 4: 2, 3, 4, 100
+        costs.new_frame(shape)
+        costs.add("s", "process", shape, ms)
+    assert costs.estimate_ms("s", "process", shape) == 4.0  # p75, not the outlier
+    assert costs.snapshot()["s/process/8x8"] == {"p50_ms": 3.0, "p75_ms": 4.0, "p90_ms": 100.0, "n": 4}
+    for _ in range(3):
+        costs.new_frame(shape)
+    assert costs.estimate_ms("s", "process", shape) is None  # not measured for 3 frames
+
+
+# --- the real stages on a simulated study -----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def sim():
+    """Seed 2026 case 1, quick (512², 13 frames, needle seen on every frame, vascular)."""
+    from sifluoro.sim import simulate_case
+    from sifluoro.track.needle_sim import sim_frames
+
+    return list(sim_frames(simulate_case(2026, 1, quick=True)))
+
+
+def _real_stages():
+    from sifluoro.register.stage import JointStage
+    from sifluoro.track.contrast import ContrastStage
+    from sifluoro.track.needle import NeedleStage
+
+    return [JointStage(), NeedleStage(), ContrastStage()]
+
+
+def _real_run(frames, budget_ms):
+    pipeline = Pipeline(_real_stages(), Settings(latency_budget_ms=budget_ms))
+    state = pipeline.start_study("sim")
+    for run in {f.run.sop_instance_uid: f.run for f in frames}.values():
+        pipeline.prepare_run(run, state)
+    return state, [pipeline.process(f, state) for f in frames]
+
+
+def test_real_stages_with_a_tiny_budget_degrade_every_frame_and_count_all_dose(sim):
+    frames = [f for f, _ in sim]
+    full_state, full = _real_run(frames, 1e9)
+    tiny_state, tiny = _real_run(frames, 1e-3)
+    assert not any(e["degraded"] for e in full) and all(e["needle"] for e in full)
+    assert all(e["degraded"] for e in tiny)
+    # a run's first frame has no joint line to reuse (its exposed field is new): the joint
+    # runs as usual there, and is reused on every other frame
+    assert [e["degraded_steps"] for e in tiny] == [ORDER[:2] if f.frame_number == 1 else ORDER
+                                                  for f in frames]
+    assert all(e["joint"] for e in tiny) and not any(e["needle"] for e in tiny)
+    assert all(e["skipped_stages"] == ["contrast"] for e in tiny)
+    assert [e["dose"] for e in tiny] == [e["dose"] for e in full]
+    assert tiny_state.dose.totals == full_state.dose.totals
+    assert tiny_state.degraded_frames == len(frames)
+
+
+def test_real_stages_degrade_in_order_whatever_the_timing(sim):
+    """On a shared machine the plan of each frame varies; the steps taken never skip one."""
+    frames = [f for f, _ in sim]
+    _, events = _real_run(frames, 6.0)
+    for e in events:
+        steps = e.get("degraded_steps", [])
+        assert steps == ORDER[:len(steps)]
+
+
+def test_needle_roi_follows_the_tip_found_by_the_full_search(sim):
+    """After 4 frames of full search, the ROI mode alone follows the tip over the rest of the
+    run: within 0.5 px of where the full search puts it, and near the true tip."""
+    from sifluoro.register.stage import JointStage
+    from sifluoro.track.needle import NeedleStage
+
+    def tips(roi: bool):
+        joint, needle = JointStage(), NeedleStage()
+        pipeline = Pipeline([joint, needle], Settings(latency_budget_ms=1e9))
+        state = pipeline.start_study("sim")
+        if roi:
+            assert needle.process_roi(sim[0][0], state)["needle"] is None  # nothing to follow
+        for frame, _ in sim[:4]:
+            pipeline.process(frame, state)
+        out = []
+        for frame, _ in sim[4:]:
+            joint.process(frame, state)
+            out.append((needle.process_roi if roi else needle.process)(frame, state)["needle"]["tip_xy"])
+        return np.array(out)
+
+    roi, full = tips(True), tips(False)
+    assert np.hypot(*(roi - full).T).max() < 0.5
+    truth = np.array([t.tip_xy for _, t in sim[4:]])
+    assert np.hypot(*(roi - truth).T).max() < 4.0
+
+
+def test_joint_reuse_moves_the_line_by_registration_only(sim):
+    """Reused on frame 5, the line is where the full update puts it (frame 5 neither segments
+    nor changes view), and the frame is not added to the view's average."""
+    from sifluoro.register.stage import JointStage
+
+    def run(reuse: bool):
+        joint = JointStage()
+        state = Pipeline([joint]).start_study("sim")
+        if reuse:
+            assert joint.process_reuse(sim[0][0], state) is None  # nothing to reuse: declined
+        for frame, _ in sim[:5]:
+            joint.process(frame, state)
+        event = (joint.process_reuse if reuse else joint.process)(sim[5][0], state)
+        return event, state.stage_state["register_views"].current.frames
+
+    (reused, n_reused), (full, n_full) = run(True), run(False)
+    assert reused["joint"] is not None and reused["target"] is not None
+    assert reused == full
+    assert (n_reused, n_full) == (5, 6)
+
+
+def test_a_declined_step_runs_the_stage_as_usual(frames):
+    clock = Clock()
+    register = FakeStage("register", clock, 6.0, fields={"joint": {"polyline_xy": [[0, 0]]}})
+    register.process_reuse = lambda frame, state: None  # never anything to reuse
+    pipeline, _, events = _run([register], clock, frames[:6], 5.0)
+    assert all("degraded_steps" not in e and e["joint"] for e in events)
+    assert [m for m, _ in register.calls] == ["process"] * 6
+    assert "register/process_reuse/64x64" not in pipeline.stage_costs()
+
+
+def test_unprepared_frame_shapes_are_not_planned(frames):
+    """Without prepare_run the costs include warm-up: only the budget-spent rule applies."""
+    clock = Clock()
+    pipeline, _, events = _run(_stages(clock), clock, frames[:8], 10.0, prepare=False)
+    assert all("degraded_steps" not in e and e["latency_ms"] == 12.0 for e in events)
+    assert pipeline.stage_costs() == {}

@@ -1,0 +1,170 @@
+"""Live sources: dose on arrival, a short image queue that drops the oldest image work and
+counts it, events in arrival order; offline replay drops nothing.
+
+The worker is held inside a stage by an event, so which frames wait, and which are dropped,
+is decided by the test and not by thread timing.
+"""
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from sifluoro import Engine, Settings
+from sifluoro.acquire.dicom_reader import iter_frames, read_study
+from sifluoro.pipeline import LiveFeeder, Pipeline, prefetch
+from tests.dicom_fixtures import RunSpec, technique, write_study
+
+NO_DEADLINE = Settings(latency_budget_ms=1e9)
+
+
+class GatedStage:
+    """Holds the worker on frame ``hold_index`` until ``release`` is set."""
+
+    name = "gated"
+
+    def __init__(self, hold_index: int = 0):
+        self.hold_index = hold_index
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.seen: list[int] = []
+
+    def process(self, frame, state):
+        self.seen.append(frame.index)
+        if frame.index == self.hold_index:
+            self.entered.set()
+            assert self.release.wait(10), "the test never released the worker"
+        return {"needle": {"tip_xy": [float(frame.index), 0.0], "confidence": 1.0}}
+
+
+@pytest.fixture(scope="module")
+def frames(tmp_path_factory):
+    """10 frames in two runs: one with reported dose and a kerma alert level, one estimated."""
+    folder = tmp_path_factory.mktemp("live")
+    write_study(folder, [RunSpec(0.0, n_frames=6, tech=technique(reported_air_kerma_mgy=3600.0,
+                                                                  reported_dap_gycm2=0.6)),
+                         RunSpec(30.0, n_frames=4)])
+    return list(iter_frames(read_study([folder]), []))
+
+
+def _reference(frames):
+    """Every frame processed in turn: the dose the live path must equal."""
+    pipeline = Pipeline([], NO_DEADLINE)
+    state = pipeline.start_study("ref")
+    return state, [pipeline.process(f, state) for f in frames]
+
+
+def test_a_backed_up_queue_drops_the_oldest_image_work_and_counts_it(frames):
+    stage = GatedStage(hold_index=0)
+    pipeline = Pipeline([stage], NO_DEADLINE)
+    state = pipeline.start_study("live")
+    events: list[dict] = []
+    feeder = LiveFeeder(pipeline, state, on_event=events.append, capacity=2)
+    feeder.submit(frames[0])
+    assert stage.entered.wait(10)
+    for frame in frames[1:]:  # 9 more while the worker is held: 7 dropped, the last 2 kept
+        feeder.submit(frame)
+    # dose is counted on arrival, before any image work
+    ref_state, ref_events = _reference(frames)
+    assert state.dose.totals == ref_state.dose.totals
+    assert state.dropped_image_frames == 7
+    stage.release.set()
+    assert feeder.drain(10)
+    feeder.close()
+    assert [e["index"] for e in events] == list(range(10))  # every frame, in arrival order
+    assert stage.seen == [0, 8, 9]  # the oldest waiting were dropped, the newest kept
+    dropped = [e["index"] for e in events if e.get("dropped")]
+    assert dropped == list(range(1, 8))
+    assert all(e["degraded"] and e["skipped_stages"] == ["gated"] and e["needle"] is None
+               for e in events if e.get("dropped"))
+    assert [e["needle"]["tip_xy"][0] for e in events if not e.get("dropped")] == [0.0, 8.0, 9.0]
+    # each event carries the cumulative dose at its arrival, and every alert once
+    assert [e["dose"] for e in events] == [e["dose"] for e in ref_events]
+    assert [a for e in events for a in e.get("alerts", [])] == \
+           [a for e in ref_events for a in e.get("alerts", [])]
+    assert state.frames == 10 and state.degraded_frames == 7
+
+
+def test_nothing_is_dropped_while_the_worker_keeps_up(frames):
+    pipeline = Pipeline([GatedStage(hold_index=-1)], NO_DEADLINE)
+    state = pipeline.start_study("live")
+    events: list[dict] = []
+    feeder = LiveFeeder(pipeline, state, on_event=events.append, capacity=2)
+    for frame in frames:
+        feeder.submit(frame)
+        assert feeder.drain(10)  # the source waits one frame interval; the worker is done
+    feeder.close()
+    assert state.dropped_image_frames == 0
+    assert not any(e.get("dropped") for e in events) and len(events) == 10
+
+
+def test_engine_submit_counts_drops_in_the_summary_and_all_the_dose(frames):
+    stage = GatedStage(hold_index=0)
+    engine = Engine(NO_DEADLINE.with_(live_queue_frames=3), stages=[stage])
+    seen = {"frame": [], "dose": []}
+    for kind in seen:
+        engine.on(kind, seen[kind].append)
+    engine.on("needle", lambda e: 1 / 0)  # a handler's defect is contained on the worker too
+    engine.submit(frames[0])
+    assert stage.entered.wait(10)
+    for frame in frames[1:]:
+        engine.submit(frame)
+    with pytest.raises(RuntimeError, match="one of feed or submit"):
+        engine.feed(frames[0])
+    stage.release.set()
+    summary = engine.close()
+    assert summary["dropped_image_frames"] == 6 and summary["frames"] == 10
+    assert [e.index for e in seen["frame"]] == list(range(10))
+    assert stage.seen == [0, 7, 8, 9]
+    reference = Engine(NO_DEADLINE, stages=[])
+    for frame in frames:
+        reference.feed(frame)
+    expected = reference.close()
+    for key in ("fluoro_time_s", "air_kerma_mgy", "dap_gycm2", "alerts", "runs"):
+        assert summary[key] == expected[key], key
+    assert seen["dose"][-1].air_kerma_mgy == pytest.approx(expected["air_kerma_mgy"])
+
+
+def test_an_engine_fed_by_feed_refuses_submit(frames):
+    engine = Engine(NO_DEADLINE, stages=[])
+    engine.feed(frames[0])
+    with pytest.raises(RuntimeError, match="one of feed or submit"):
+        engine.submit(frames[1])
+    assert "dropped_image_frames" not in engine.close()
+
+
+def test_a_failure_in_the_worker_is_raised_by_close(frames, monkeypatch, caplog):
+    pipeline = Pipeline([], NO_DEADLINE)
+    state = pipeline.start_study("live")
+
+    def broken(frame, state, arrival):
+        raise MemoryError("no room")
+
+    monkeypatch.setattr(pipeline, "process_arrived", broken)
+    feeder = LiveFeeder(pipeline, state)
+    feeder.submit(frames[0])
+    with pytest.raises(MemoryError, match="no room"):
+        feeder.close(timeout_s=10)
+    assert "live pipeline failed on frame 0" in caplog.text
+    with pytest.raises(RuntimeError, match="closed"):
+        feeder.submit(frames[1])
+
+
+def test_offline_prefetch_blocks_and_drops_nothing():
+    release = threading.Event()
+    produced: list[int] = []
+
+    def source():
+        for i in range(50):
+            produced.append(i)
+            yield i
+
+    got = []
+    for item in prefetch(source(), 2):
+        if not release.is_set():
+            # the reader fills the queue (2) plus the item in hand, then waits
+            threading.Event().wait(0.2)
+            assert len(produced) <= 4
+            release.set()
+        got.append(item)
+    assert got == list(range(50))
