@@ -31,7 +31,7 @@ def main() -> None:
         results["dose_estimate"] = bench_dose_estimate.run()
     # stage benchmarks share one signature: run(quick) -> dict
     for name in ("bench_receiver", "bench_joint", "bench_needle", "bench_contrast", "bench_audit",
-                 "bench_overlay"):
+                 "bench_overlay", "bench_pipeline"):
         try:
             module = importlib.import_module(f"benchmarks.{name}")
         except ImportError:

@@ -1,0 +1,235 @@
+"""The whole pipeline and each stage on simulated frames, against a floor of one cv2.Sobel pass.
+
+For 512² and 1024² frames of a simulated study (``simulate_case(seed, case, quick=True)``):
+
+- p50/p99 per stage and for the whole pipeline (``Pipeline.process``, dose included), with the
+  default stages and with joint + needle + contrast, under no deadline (every stage in full);
+- the ratio of each stage's and of the pipeline's p50 to the p50 of one ``cv2.Sobel`` pass
+  (CV_32F, dx=1) over the same uint16 frames;
+- in a fresh process, on a 1024² uncompressed DICOM study written from the simulated frames:
+  start-up (imports, construction, headers, warm-up) and first-frame latency, replay
+  throughput in frames/s including decode (reader thread), and peak RSS.
+
+``python -m benchmarks.bench_pipeline [--quick]``; ``run(quick) -> dict``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+SEED, CASE = 2026, 1  # needle on every frame, contrast run (vascular)
+CONFIGS = ("default", "joint+needle+contrast")
+
+
+def _stages(config: str, settings):
+    from sifluoro.register.stage import JointStage
+    from sifluoro.replay import default_stages
+    from sifluoro.track.contrast import ContrastStage
+    from sifluoro.track.needle import NeedleStage
+
+    if config == "default":
+        return default_stages(settings)
+    return [JointStage(), NeedleStage(), ContrastStage()]
+
+
+class _Timed:
+    """A stage that records the duration of each call (pipeline order and names kept)."""
+
+    def __init__(self, stage):
+        self.stage, self.name, self.ms = stage, stage.name, []
+        if hasattr(stage, "warm_up"):
+            self.warm_up = stage.warm_up
+
+    def process(self, frame, state):
+        t0 = time.perf_counter()
+        try:
+            return self.stage.process(frame, state)
+        finally:
+            self.ms.append((time.perf_counter() - t0) * 1000.0)
+
+
+def _pct(values) -> dict:
+    v = np.asarray(values, float)
+    return {"p50_ms": round(float(np.percentile(v, 50)), 3),
+            "p99_ms": round(float(np.percentile(v, 99)), 3), "n": int(v.size)}
+
+
+def _sobel_ms(frames) -> dict:
+    out = np.empty(frames[0].pixels.shape, np.float32)
+    times = []
+    for _ in range(3):
+        for f in frames:
+            t0 = time.perf_counter()
+            cv2.Sobel(f.pixels, cv2.CV_32F, 1, 0, dst=out)
+            times.append((time.perf_counter() - t0) * 1000.0)
+    return _pct(times)
+
+
+def _in_process(frames, config: str, repeats: int) -> dict:
+    from sifluoro.config import Settings
+    from sifluoro.pipeline import Pipeline
+
+    settings = Settings(latency_budget_ms=1e9)  # measure every stage in full
+    timed = [_Timed(s) for s in _stages(config, settings)]
+    pipeline = Pipeline(timed, settings)
+    state = pipeline.start_study("bench")
+    for run in {f.run.sop_instance_uid: f.run for f in frames}.values():
+        pipeline.prepare_run(run, state)
+    for t in timed:
+        t.ms.clear()  # warm-up calls are not frames
+    for _ in range(repeats):
+        for f in frames:
+            pipeline.process(f, state)
+    return {"pipeline": _pct(state.latencies_ms), "stages": {t.name: _pct(t.ms) for t in timed}}
+
+
+def _write_uncompressed(folder: Path, study, n_frames: int, frames_per_run: int = 20) -> None:
+    """``n_frames`` of the simulated frames (cycled), uncompressed XA, runs of 20."""
+    from pydicom.uid import generate_uid
+
+    from sifluoro.io.dicom_writer import StudyIdentity, build_run_dataset, save_dataset
+    from sifluoro.model import Device
+    from sifluoro.sim.export import technique_of
+
+    sim_run = study.runs[0]
+    pixels = np.concatenate([r.frames for r in study.runs])
+    tech = technique_of(sim_run, study.size, reported=None)
+    ident = StudyIdentity(generate_uid(), datetime(2026, 5, 6, 8, 0))
+    series = generate_uid()
+    for r in range(0, n_frames, frames_per_run):
+        n = min(frames_per_run, n_frames - r)
+        idx = [(r + k) % len(pixels) for k in range(n)]
+        ds = build_run_dataset(pixels[idx], storage="xa", study=ident, series_instance_uid=series,
+                               sop_instance_uid=generate_uid(),
+                               acquisition_datetime=ident.study_datetime + timedelta(seconds=10 * r),
+                               technique=tech, device=Device("Bench", "B1"),
+                               bits_stored=sim_run.bits_stored,
+                               frame_time_ms=tech.frame_time_ms or 66.6667,
+                               instance_number=r // frames_per_run + 1)
+        save_dataset(ds, folder / f"run{r:04d}.dcm")
+
+
+CHILD = r"""
+import collections, json, re, sys, time
+t0 = time.perf_counter()
+from sifluoro.acquire.dicom_reader import iter_frames, read_study
+from sifluoro.config import Settings
+from sifluoro.pipeline import Pipeline, prefetch
+sys.path.insert(0, sys.argv[3])
+from benchmarks.bench_pipeline import _stages
+t_import = time.perf_counter()
+settings = Settings(latency_budget_ms=float(sys.argv[2]))
+pipeline = Pipeline(_stages(sys.argv[4], settings), settings)
+t_built = time.perf_counter()
+study = read_study([sys.argv[1]])
+state = pipeline.start_study(study.study_instance_uid)
+for run in study.runs:
+    pipeline.prepare_run(run, state)
+t_ready = time.perf_counter()
+frames = prefetch(iter_frames(study, []), settings.queue_frames)
+first = next(frames)
+t_decoded = time.perf_counter()
+event = pipeline.process(first, state)
+t_first = time.perf_counter()
+steps = collections.Counter(event.get("degraded_steps", ()))
+for frame in frames:
+    steps.update(pipeline.process(frame, state).get("degraded_steps", ()))
+t_end = time.perf_counter()
+# VmHWM: this process's peak RSS (ru_maxrss would carry the parent's over the exec)
+hwm_kb = int(re.search(r"VmHWM:\s+(\d+)", open("/proc/self/status").read()).group(1))
+print(json.dumps({
+    "import_s": round(t_import - t0, 3), "construct_s": round(t_built - t_import, 3),
+    "headers_and_warm_up_s": round(t_ready - t_built, 3),
+    "first_frame_decode_ms": round((t_decoded - t_ready) * 1000, 2),
+    "first_frame_event_ms": round(event["latency_ms"], 2),
+    "start_to_first_event_s": round(t_first - t0, 3),
+    "frames": state.frames, "frames_per_s": round((state.frames - 1) / (t_end - t_first), 1),
+    "frames_per_s_from_first_decode": round(state.frames / (t_end - t_ready), 1),
+    "degraded_frames": state.degraded_frames, "degraded_steps": dict(steps),
+    "peak_rss_mb": round(hwm_kb / 1024, 1)}))
+"""
+
+
+def _fresh_process(folder: Path, config: str, budget_ms: float) -> dict:
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-c", CHILD, str(folder), str(budget_ms), str(root), config],
+                         capture_output=True, text=True, check=True, cwd=root)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run(quick: bool = False) -> dict:
+    from sifluoro.sim import simulate_case
+    from sifluoro.track.needle_sim import sim_frames
+
+    repeats = 1 if quick else 3
+    result: dict = {"study": f"simulate_case({SEED}, {CASE}, quick=True)", "sizes": {},
+                    "note": "in-process timings under no deadline (every stage in full)"}
+    study_1024 = None
+    for size in (512, 1024):
+        study = simulate_case(SEED, CASE, size=size, quick=True)
+        if size == 1024:
+            study_1024 = study
+        frames = [f for f, _ in sim_frames(study)]
+        floor = _sobel_ms(frames)
+        per_size = {"frames": len(frames), "sobel_floor": floor}
+        for config in CONFIGS:
+            got = _in_process(frames, config, repeats)
+            f50 = floor["p50_ms"] or 1e-9
+            got["pipeline"]["x_sobel"] = round(got["pipeline"]["p50_ms"] / f50, 1)
+            for s in got["stages"].values():
+                s["x_sobel"] = round(s["p50_ms"] / f50, 1)
+            per_size[config] = got
+        result["sizes"][str(size)] = per_size
+    n_frames = 60 if quick else 200
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        _write_uncompressed(folder, study_1024, n_frames)
+        result["fresh_process_1024"] = {
+            "study": f"{n_frames} simulated frames 1024² uncompressed XA, runs of 20",
+            **{f"{config} (no deadline)": _fresh_process(folder, config, 1e9) for config in CONFIGS},
+            "joint+needle+contrast (10 ms budget)": _fresh_process(folder, CONFIGS[1], 10.0),
+        }
+    print(table(result), file=sys.stderr)
+    return result
+
+
+def table(result: dict) -> str:
+    lines = [f"{'size':>5} {'config':<22} {'what':<10} {'p50 ms':>8} {'p99 ms':>8} {'x Sobel':>8}"]
+    for size, per in result["sizes"].items():
+        lines.append(f"{size:>5} {'':<22} {'sobel':<10} {per['sobel_floor']['p50_ms']:>8.3f} "
+                     f"{per['sobel_floor']['p99_ms']:>8.3f} {1.0:>8.1f}")
+        for config in CONFIGS:
+            got = per[config]
+            rows = [("pipeline", got["pipeline"])] + list(got["stages"].items())
+            for name, s in rows:
+                lines.append(f"{size:>5} {config:<22} {name:<10} {s['p50_ms']:>8.3f} "
+                             f"{s['p99_ms']:>8.3f} {s['x_sobel']:>8.1f}")
+    for name, r in result["fresh_process_1024"].items():
+        if isinstance(r, dict):
+            lines.append(f"fresh 1024² {name}: start->first event {r['start_to_first_event_s']} s "
+                         f"(warm-up {r['headers_and_warm_up_s']} s, first frame "
+                         f"{r['first_frame_event_ms']} ms), {r['frames_per_s']} frames/s, "
+                         f"peak RSS {r['peak_rss_mb']} MB, degraded {r['degraded_frames']}/{r['frames']}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    result = run(args.quick)
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
