@@ -23,6 +23,15 @@ from sifluoro.track.contrast_transient import FRAMES as TRANSIENT_FRAMES, Transi
 log = logging.getLogger(__name__)
 
 _MAX_COMPONENTS = 64
+# opacity that appeared at most this many frames ago, at least this large, and that falls to
+# this share of its mean z from one frame to the next has washed out: a vessel
+WASHOUT_AGE = 4
+WASHOUT_MIN_MM2 = 150.0
+WASHOUT_FRACTION = 0.35
+
+
+def opacities_kept(opacities, keep):
+    return [o for o, ok in zip(opacities, keep) if ok]
 _BORDER_PX = 3
 
 
@@ -81,6 +90,11 @@ class _RunMemory:
         self.run = run
         self.frame_no = 0
         self.opaque = np.zeros(shape, np.bool_)
+        # the accepted opacity of the previous frame: its mean z, area (mm²) and how many
+        # frames ago opacity first appeared in this run
+        self.opaque_z = 0.0
+        self.opaque_mm2 = 0.0
+        self.opacity_age = 0
         self.text = np.zeros(shape, np.bool_)
         self.shift_px = (0, 0)
         self.opacity_seen = False
@@ -223,6 +237,7 @@ class ContrastStage:
         s = self.settings
         n = K.hysteresis_label(b.score, b.valid, s.seed_z, s.grow_z, b.labels, b.stack,
                                _MAX_COMPONENTS)
+        washed_out = self._washed_out(b, rm)
         K.component_stats(b.labels, n, b.residual, rm.opaque, b.stats)
         K.core_stats(b.labels, b.residual, 0.4, b.stats)
         opacities = describe_components(b.stats, n, b.score, b.valid, sigma, factor, work_mm)
@@ -233,12 +248,16 @@ class ContrastStage:
         K.select_labels(b.labels, b.keep, b.on)
         # the previous frame's opacity was read by component_stats above (C_NEW)
         rm.opaque[...] = b.on
+        rm.opaque_mm2 = float(sum(o.area_mm2 for o in opacities_kept(opacities, keep)))
+        rm.opaque_z = float(b.score[b.on].mean()) if rm.opaque_mm2 > 0.0 else 0.0
+        if rm.opaque_mm2 > 0.0 or rm.opacity_age:
+            rm.opacity_age += 1
         accepted = tuple(o for o, ok in zip(opacities, keep) if ok)
         self.last_opacities = accepted
         rm.remember(b.current)
         vessel_mm = self._vessel_mm(b, rm, work_mm)
         joint = getattr(register, "joint_polyline_xy", None) if register is not None else None
-        memory.classifier.update(frame.index, accepted, vessel_mm, joint)
+        memory.classifier.update(frame.index, accepted, vessel_mm, joint, washed_out=washed_out)
         if accepted:
             rm.opacity_seen = True
         elif not rm.opacity_seen:
@@ -256,6 +275,20 @@ class ContrastStage:
             bbox = [min(o.bbox_xyxy[0] for o in accepted), min(o.bbox_xyxy[1] for o in accepted),
                     max(o.bbox_xyxy[2] for o in accepted), max(o.bbox_xyxy[3] for o in accepted)]
         return self._result(memory, frame, accepted, area_mm2, iodine, bbox)
+
+    @staticmethod
+    def _washed_out(b: _Buffers, rm: _RunMemory) -> bool:
+        """Whether the opacity accepted on the previous frame, new within ``WASHOUT_AGE``
+        frames and at least ``WASHOUT_MIN_MM2``, has lost most of its opacity on this frame
+        (mean z down to ``WASHOUT_FRACTION`` of what it was): joint fill and soft-tissue
+        clouds stay for minutes, a vessel empties within a few frames."""
+        if (rm.opaque_mm2 < WASHOUT_MIN_MM2 or rm.opacity_age > WASHOUT_AGE
+                or rm.opaque_z <= 0.0):
+            return False
+        still = rm.opaque & b.valid
+        if np.count_nonzero(still) < 0.5 * np.count_nonzero(rm.opaque):
+            return False          # the field moved or closed over it: no evidence either way
+        return float(b.score[still].mean()) <= WASHOUT_FRACTION * rm.opaque_z
 
     def _vessel_mm(self, b: _Buffers, rm: _RunMemory, work_mm: float) -> float:
         """Evidence (z x mm) of a thin line that appeared two frames ago and has gone again

@@ -28,6 +28,8 @@ VASCULAR_LINE_MM = 45.0
 MIN_AREA_MM2 = 40.0
 # the core of a needle's advance between two frames is a dot; contrast cores are longer
 MIN_CORE_LENGTH_MM = 8.0
+# share of new pixels below which an opacity continues the previous frame's accepted opacity
+CONTINUED_NEW_FRACTION = 0.5
 # frames with opacity during which clouds alone may still turn out to be the start of joint fill
 EARLY_FRAMES = 3
 # area over length (mm) of an early joint fill at most; early clouds strung out along a tissue
@@ -157,8 +159,12 @@ class Classifier:
         the breathing cycle, so only dense opacity counts.
         """
         min_peak_z = 25.0 if strict else 8.0
+        # opacity that mostly continues what was accepted on the previous frame is contrast
+        # spreading, whatever dark residual surrounds it: gas does not stay put
         return [o.area_mm2 >= MIN_AREA_MM2 and o.length_mm >= MIN_CORE_LENGTH_MM
-                and o.peak_z >= min_peak_z and not self._gas_like(o) for o in opacities]
+                and o.peak_z >= min_peak_z
+                and (o.new_fraction < CONTINUED_NEW_FRACTION or not self._gas_like(o))
+                for o in opacities]
 
     @staticmethod
     def _gas_like(o: Opacity) -> bool:
@@ -170,7 +176,7 @@ class Classifier:
         return o.area_mm2 >= MIN_AREA_MM2 and o.peak_z >= 8.0 and self._gas_like(o)
 
     def update(self, index: int, accepted: tuple[Opacity, ...], vessel_mm: float,
-               joint_polyline_xy) -> None:
+               joint_polyline_xy, *, washed_out: bool = False) -> None:
         """Fold one frame's evidence into the state.
 
         Line evidence of at least ``VASCULAR_LINE_MM`` (a thin line that appeared and washed
@@ -182,6 +188,10 @@ class Classifier:
         self.vascular_evidence = max(self.vascular_evidence, evidence)
         if vessel_mm >= VASCULAR_LINE_MM:
             self._raise("vascular", 0.5 + 0.5 * evidence)
+        if washed_out:
+            # new opacity that emptied from one frame to the next: only blood carries it away
+            self.vascular_evidence = max(self.vascular_evidence, 0.6)
+            self._raise("vascular", 0.6)
         if not accepted:
             return
         line_iodine = sum(o.iodine_au for o in accepted if o.kind == "line")

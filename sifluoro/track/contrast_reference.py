@@ -15,6 +15,11 @@ import numpy as np
 from sifluoro.track import _contrast_kernels as K
 
 UNUSABLE = np.float32(-1.0)
+# a new run whose first frame differs from the kept frames this many times more than they
+# differ among themselves starts a reference of its own
+MISMATCH = 2.0
+# ... and whose pixel noise is this many times lower
+QUIETER = 1.25
 
 
 class ReferenceBank:
@@ -70,6 +75,24 @@ class ReferenceBank:
             self._dirty = False
         return self.envelope
 
+    def _outclassed(self, first: np.ndarray, residual: np.ndarray, both: np.ndarray,
+                    gain: float) -> bool:
+        """Whether the new run is both quieter than the kept frames (``QUIETER``: more dose per
+        frame, as an acquisition run after fluoroscopy) and not predicted by them: its first
+        frame differs from the latest kept frame (after gain and offset) ``MISMATCH`` times
+        more than two kept frames of the pose differ among themselves."""
+        if self.count < 2:
+            return False
+        latest = self.latest()
+        previous = self.slots[(self.next_slot - 2) % len(self.slots)]
+        same = both & (previous >= 0)
+        if np.count_nonzero(same) < 0.05 * same.size:
+            return False
+        if _pixel_noise(latest, both) < QUIETER * _pixel_noise(first, both):
+            return False
+        kept = gain * _robust_sigma((latest - previous)[same])
+        return _robust_sigma(residual) > MISMATCH * kept
+
     def adopt_run(self, first: np.ndarray, usable: np.ndarray) -> tuple[int, int]:
         """Bring the kept frames to a new run's display scale and find its image shift.
 
@@ -96,6 +119,15 @@ class ReferenceBank:
         if not 0.5 < gain < 2.0:
             gain = 1.0
         offset = float(b.mean() - gain * a.mean())
+        if self._outclassed(first, b - gain * a - offset, both, gain):
+            # the kept frames do not predict this run (an acquisition run after fluoroscopy:
+            # other dose, noise and processing); their envelope would bury the run's contrast,
+            # so the run starts its own reference from its first frame
+            self.slots[:] = UNUSABLE
+            self.slots[0] = np.where(usable, first, UNUSABLE)
+            self.count, self.next_slot = 1, 1
+            self._dirty = True
+            return shift
         used = self.slots[:self.count]
         keep = used >= 0
         used *= np.float32(gain)
@@ -108,6 +140,16 @@ class ReferenceBank:
         np.maximum(used, lifted, out=used)
         self._dirty = True
         return shift
+
+
+def _pixel_noise(image: np.ndarray, usable: np.ndarray) -> float:
+    """Per-pixel noise from horizontal neighbour differences (robust: edges are few)."""
+    d = (image[:, 1:] - image[:, :-1])[usable[:, 1:] & usable[:, :-1]]
+    return _robust_sigma(d) / np.sqrt(2.0)
+
+
+def _robust_sigma(values: np.ndarray) -> float:
+    return float(np.median(np.abs(values - np.median(values)))) * 1.4826 if values.size else 0.0
 
 
 def _phase_shift(ref: np.ndarray, cur: np.ndarray, usable: np.ndarray) -> tuple[int, int]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from sifluoro.config import Settings
 from sifluoro.model import Device, Frame, Run, Shutter, Technique
 from sifluoro.pipeline import Pipeline
 from sifluoro.track.contrast import ContrastStage
@@ -100,7 +101,8 @@ def _run(index: int, n: int, *, start_s: float, angles=(20.0, 5.0)) -> Run:
 def _replay(phantom: Phantom, runs: list[list[dict]]):
     """Run ``runs`` (each a list of per-frame phantom keyword sets) through one study."""
     stage = ContrastStage()
-    pipeline = Pipeline([stage])
+    # no deadline: on a busy machine a 10 ms budget would skip the stage (a load-dependent test)
+    pipeline = Pipeline([stage], Settings(latency_budget_ms=1e9))
     state = pipeline.start_study("1")
     events, t, index = [], 0, 0
     for r, frames in enumerate(runs):

@@ -1,0 +1,97 @@
+"""The contrast stage's rules one at a time: a new run's reference, washout, continued opacity."""
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from sifluoro.track.contrast import WASHOUT_AGE, ContrastStage, _Buffers, _RunMemory
+from sifluoro.track.contrast_classify import Classifier, Opacity
+from sifluoro.track.contrast_reference import ReferenceBank
+
+SHAPE = (96, 96)
+
+
+# smooth, non-periodic anatomy (a periodic one would confuse the phase correlation)
+ANATOMY = 0.45 + 2.0 * ndimage.gaussian_filter(np.random.default_rng(0).normal(0, 1, SHAPE), 6)
+
+
+def _scene(rng, noise: float, *, offset: float = 0.0) -> np.ndarray:
+    return (ANATOMY + offset + rng.normal(0.0, noise, SHAPE)).astype(np.float32)
+
+
+def _bank_of_fluoroscopy(rng, noise: float) -> ReferenceBank:
+    bank = ReferenceBank(SHAPE, slots=8, pose_key=("p",))
+    for _ in range(8):
+        bank.push(_scene(rng, noise), np.zeros(SHAPE, bool))
+    return bank
+
+
+def test_a_quieter_run_the_kept_frames_do_not_predict_starts_its_own_reference():
+    rng = np.random.default_rng(1)
+    bank = _bank_of_fluoroscopy(rng, 0.02)
+    # an acquisition run: a sixth of the noise, and other processing (a structured difference)
+    yy, xx = np.mgrid[:SHAPE[0], :SHAPE[1]]
+    first = _scene(rng, 0.004) + (0.06 * np.sin(xx / 5.0 + yy / 7.0)).astype(np.float32)
+    bank.adopt_run(first, np.ones(SHAPE, bool))
+    assert bank.count == 1
+    np.testing.assert_array_equal(bank.current_envelope(), first)
+
+
+@pytest.mark.parametrize("noise, structured", [(0.02, False), (0.004, False), (0.02, True)])
+def test_a_run_like_the_kept_frames_keeps_them(noise, structured):
+    """Same noise (fluoroscopy after fluoroscopy), or quieter but predicted by the kept
+    frames, or mismatched but as noisy: the kept frames (breathing phases) stay."""
+    rng = np.random.default_rng(2)
+    bank = _bank_of_fluoroscopy(rng, 0.02)
+    first = _scene(rng, noise, offset=0.01)
+    if structured:
+        yy, xx = np.mgrid[:SHAPE[0], :SHAPE[1]]
+        first += (0.06 * np.sin(xx / 5.0 + yy / 7.0)).astype(np.float32)
+    bank.adopt_run(first, np.ones(SHAPE, bool))
+    assert bank.count == 8
+
+
+def _memory_with_opacity(z: float, age: int) -> tuple[_Buffers, _RunMemory]:
+    b = _Buffers(SHAPE)
+    b.valid[...] = True
+    rm = _RunMemory(None, SHAPE)
+    rm.opaque[40:44, 10:80] = True            # a vessel-like band accepted on the last frame
+    rm.opaque_z, rm.opaque_mm2, rm.opacity_age = z, 300.0, age
+    b.score[...] = 0.0
+    return b, rm
+
+
+def test_new_opacity_that_empties_from_one_frame_to_the_next_has_washed_out():
+    b, rm = _memory_with_opacity(9.0, 2)
+    b.score[40:44, 10:80] = 1.5               # down to a sixth
+    assert ContrastStage._washed_out(b, rm)
+
+
+def test_opacity_that_stays_or_is_old_or_went_out_of_the_field_has_not_washed_out():
+    b, rm = _memory_with_opacity(9.0, 2)
+    b.score[40:44, 10:80] = 7.0               # joint fill and clouds stay
+    assert not ContrastStage._washed_out(b, rm)
+    b, rm = _memory_with_opacity(9.0, WASHOUT_AGE + 1)
+    assert not ContrastStage._washed_out(b, rm)   # long-standing opacity: not a vessel's timing
+    b, rm = _memory_with_opacity(9.0, 2)
+    b.valid[:, :60] = False                   # collimated away: no evidence either way
+    assert not ContrastStage._washed_out(b, rm)
+
+
+def test_washout_raises_vascular_and_its_alert():
+    c = Classifier()
+    c.update(0, (), 0.0, None, washed_out=True)
+    assert c.state == "vascular" and c.take_alert() is not None
+
+
+def _opacity(new_fraction: float, negative_ratio: float) -> Opacity:
+    return Opacity(kind="line", area_mm2=300.0, length_mm=40.0, width_mm=4.0, elongation=8.0,
+                   edge_fraction=0.8, peak_z=14.0, mean_z=6.0, new_fraction=new_fraction,
+                   core_area_mm2=120.0, core_mass_fraction=0.6, negative_ratio=negative_ratio,
+                   iodine_au=2.0, centroid_xy=(50.0, 50.0), bbox_xyxy=(10, 40, 80, 44))
+
+
+def test_gas_like_opacity_is_refused_unless_it_continues_accepted_opacity():
+    c = Classifier()
+    assert c.accept([_opacity(0.9, 0.1)]) == [True]     # clean new opacity
+    assert c.accept([_opacity(0.9, 0.8)]) == [False]    # a dark lobe beside it: moving gas
+    assert c.accept([_opacity(0.2, 0.8)]) == [True]     # where contrast was last frame
