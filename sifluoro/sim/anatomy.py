@@ -10,6 +10,9 @@ from sifluoro.sim.geometry import Camera
 
 VOXEL_MM = 1.25
 STEP_MM = 1.25
+# the quick case's coarser bone grid and ray step (the joint band is sampled finely either way)
+QUICK_VOXEL_MM = 2.0
+QUICK_STEP_MM = 1.75
 # y-range of all bone in canonical coordinates (mm)
 _BONE_Y_MM = (-95.0, 70.0)
 
@@ -114,7 +117,8 @@ class StaticMaps:
     gap_y_mm: np.ndarray
 
 
-def density_grid(anatomy: Anatomy, cameras: list[Camera]) -> tuple[np.ndarray, np.ndarray]:
+def density_grid(anatomy: Anatomy, cameras: list[Camera], voxel_mm: float = VOXEL_MM
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """Voxelise the bones over the region every camera sees; returns (grid, origin_mm)."""
     lo = np.array([np.inf, _BONE_Y_MM[0], np.inf])
     hi = np.array([-np.inf, _BONE_Y_MM[1], -np.inf])
@@ -131,18 +135,19 @@ def density_grid(anatomy: Anatomy, cameras: list[Camera]) -> tuple[np.ndarray, n
     hi[1] = _BONE_Y_MM[1]
     lo -= 2.0
     hi += 2.0
-    shape = np.ceil((hi - lo) / VOXEL_MM).astype(int) + 1
+    shape = np.ceil((hi - lo) / voxel_mm).astype(int) + 1
     grid = np.empty((shape[0], shape[2], shape[1]), np.float32)
-    K.build_density_grid(grid, lo, VOXEL_MM, anatomy.params, anatomy.tex_fine,
+    K.build_density_grid(grid, lo, voxel_mm, anatomy.params, anatomy.tex_fine,
                          anatomy.tex_coarse)
     return grid, lo
 
 
-def cast(anatomy: Anatomy, grid: np.ndarray, origin_mm: np.ndarray, cam: Camera) -> StaticMaps:
+def cast(anatomy: Anatomy, grid: np.ndarray, origin_mm: np.ndarray, cam: Camera, *,
+         voxel_mm: float = VOXEL_MM, step_mm: float = STEP_MM) -> StaticMaps:
     """Ray-cast bone, soft-tissue envelope and joint space for one pose."""
     maps = [np.empty((cam.size, cam.size), np.float32) for _ in range(5)]
-    K.cast_static(cam.vector, cam.size, grid, origin_mm, VOXEL_MM, anatomy.params,
-                  anatomy.tex_fine, anatomy.tex_coarse, anatomy.body, STEP_MM, *maps)
+    K.cast_static(cam.vector, cam.size, grid, origin_mm, voxel_mm, anatomy.params,
+                  anatomy.tex_fine, anatomy.tex_coarse, anatomy.body, step_mm, *maps)
     return StaticMaps(*maps)
 
 

@@ -271,8 +271,11 @@ def simulate_case(seed: int, case: int, *, size: int = 512, quick: bool = False)
     # static scene
     poses = sorted({p.pose for p in plans})
     cams = {p: cam_for(p) for p in poses}
-    grid, origin = anat.density_grid(anatomy, list(cams.values()))
-    statics = {p: anat.cast(anatomy, grid, origin, cams[p]) for p in poses}
+    voxel_mm, step_mm = ((anat.QUICK_VOXEL_MM, anat.QUICK_STEP_MM) if quick
+                         else (anat.VOXEL_MM, anat.STEP_MM))
+    grid, origin = anat.density_grid(anatomy, list(cams.values()), voxel_mm)
+    statics = {p: anat.cast(anatomy, grid, origin, cams[p], voxel_mm=voxel_mm, step_mm=step_mm)
+               for p in poses}
     joints = {p: anat.project_joint(anatomy, cams[p]) for p in poses}
     gas_c, gas_s, gas_r = _gas(rng, anatomy, iso)
     breath_amp = rng.uniform(2.0, 5.0)
