@@ -5,6 +5,7 @@ thin and dashed-looking in white, so the two can be compared by eye.
 """
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import cv2
@@ -22,22 +23,41 @@ COLOURS = {
 }
 
 
-def display_u8(pixels: np.ndarray, photometric: str, *, exposed: np.ndarray | None = None) -> np.ndarray:
+_scratch = threading.local()
+
+
+def _scratch_array(name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+    """A per-thread working array, reused: a fresh multi-megabyte array per frame costs more
+    in page faults than the arithmetic on it. Never handed to callers."""
+    buf = getattr(_scratch, name, None)
+    if buf is None or buf.shape != shape or buf.dtype != dtype:
+        buf = np.empty(shape, dtype)
+        setattr(_scratch, name, buf)
+    return buf
+
+
+def display_u8(pixels: np.ndarray, photometric: str, *, exposed: np.ndarray | None = None,
+               out: np.ndarray | None = None) -> np.ndarray:
     """Window stored values to 8 bits (1st-99.5th percentile of the exposed area), bone bright.
 
-    The window comes from every 8th pixel of every 8th row and is applied through a lookup
-    table, so a 1024² frame costs about a millisecond.
+    The window comes from every 8th pixel of every 8th row; it is applied by two saturating
+    OpenCV passes (subtract the low end, scale to 8 bits), about 0.3 ms at 1024².
     """
     sample = pixels[::8, ::8]
     if exposed is not None:
         inside = sample[exposed[::8, ::8]]
         sample = inside if inside.size else sample
     lo, hi = np.percentile(sample, [1.0, 99.5]) if sample.size else (0.0, 1.0)
-    levels = np.arange(1 << (16 if pixels.dtype.itemsize == 2 else 8), dtype=np.float32)
-    lut = np.clip((levels - lo) / max(hi - lo, 1.0), 0.0, 1.0)
+    low = int(round(lo))
+    if pixels.dtype == np.uint16:
+        shifted = cv2.subtract(pixels, low, dst=_scratch_array("u16", pixels.shape, np.uint16))  # saturates at 0
+    else:
+        shifted = cv2.subtract(np.ascontiguousarray(pixels), low)
+    # rounds and saturates at 255
+    out = cv2.convertScaleAbs(shifted, dst=out, alpha=255.0 / max(hi - low, 1.0))
     if photometric == "MONOCHROME1":
-        lut = 1.0 - lut
-    return np.take((lut * 255.0 + 0.5).astype(np.uint8), pixels)
+        cv2.bitwise_not(out, dst=out)
+    return out
 
 
 def _pts(polyline) -> np.ndarray:
@@ -54,17 +74,21 @@ def _text(img, text, org, colour=(255, 255, 255)):
     (w, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
     x, y = org
     band = img[max(0, y - h - 3):y + base + 1, max(0, x - 3):x + w + 3]
-    band[:] = (band * 0.25).astype(np.uint8)
+    np.right_shift(band, 2, out=band)     # a quarter of the brightness
     cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, colour, 1, cv2.LINE_AA)
 
 
 def draw_overlay(pixels: np.ndarray, photometric: str, event: dict, *, truth: dict | None = None,
-                 title: str | None = None, spacing_mm: float | None = None) -> np.ndarray:
+                 title: str | None = None, spacing_mm: float | None = None,
+                 out: np.ndarray | None = None) -> np.ndarray:
     """An annotated BGR image of one frame and its event (DESIGN §3), optionally with truth.
 
     ``spacing_mm`` (detector pixel size) turns the target's acceptance radius into pixels.
+    ``out`` (rows, columns, 3) uint8, if given, receives the image (a caller drawing every
+    frame reuses one, which saves a third of the cost at 1024²).
     """
-    img = cv2.cvtColor(display_u8(pixels, photometric), cv2.COLOR_GRAY2BGR)
+    gray = display_u8(pixels, photometric, out=_scratch_array("u8", pixels.shape, np.uint8))
+    img = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR, dst=out)
     line = max(1, img.shape[0] // 400)
     if truth:
         if truth.get("joint_polyline_xy"):
@@ -137,6 +161,7 @@ class OverlayWriter:
     """
 
     def __init__(self, png_dir: Path | None = None, mp4_path: Path | None = None):
+        self._image: np.ndarray | None = None   # reused: written out before the next frame
         self.png_dir = Path(png_dir) if png_dir else None
         self.mp4_path = Path(mp4_path) if mp4_path else None
         self._video = None
@@ -146,8 +171,13 @@ class OverlayWriter:
             self.mp4_path.parent.mkdir(parents=True, exist_ok=True)
 
     def add(self, frame, event: dict, *, truth: dict | None = None) -> np.ndarray:
+        """Draw and write one frame; the returned image is valid until the next ``add``."""
         spacing = frame.pixel_spacing_xy_mm[0] if frame.pixel_spacing_xy_mm else None
-        img = draw_overlay(frame.pixels, frame.photometric, event, truth=truth, spacing_mm=spacing)
+        shape = frame.pixels.shape + (3,)
+        if self._image is None or self._image.shape != shape:
+            self._image = np.empty(shape, np.uint8)
+        img = draw_overlay(frame.pixels, frame.photometric, event, truth=truth, spacing_mm=spacing,
+                           out=self._image)
         if self.png_dir:
             cv2.imwrite(str(self.png_dir / f"{event['index']:05d}.png"), img)
         if self.mp4_path:

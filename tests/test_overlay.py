@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from sifluoro.overlay import COLOURS, draw_overlay
+from sifluoro.overlay import COLOURS, display_u8, draw_overlay
 
 
 def _event(**fields):
@@ -55,3 +56,22 @@ def test_replay_writes_every_frame_as_png_and_mp4(tmp_path):
     video = cv2.VideoCapture(str(tmp_path / "all.mp4"))
     assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == 5
     video.release()
+
+
+@pytest.mark.parametrize("photometric", ["MONOCHROME1", "MONOCHROME2"])
+@pytest.mark.parametrize("dtype, top", [(np.uint16, 4095), (np.uint16, 65535), (np.uint8, 255)])
+def test_display_window_matches_a_lookup_table(photometric, dtype, top):
+    """The two saturating OpenCV passes give what a float lookup table gives (to 1 level),
+    including values below and above the window."""
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, top + 1, (64, 80)).astype(dtype)
+    pixels[:8] = rng.integers(top // 3, 2 * top // 3, (8, 80))     # most of the sample
+    got = display_u8(pixels, photometric)
+    lo, hi = np.percentile(pixels[::8, ::8], [1.0, 99.5])
+    lo = round(lo)
+    ref = np.clip((pixels.astype(np.float64) - lo) / max(hi - lo, 1.0), 0.0, 1.0) * 255.0
+    if photometric == "MONOCHROME1":
+        ref = 255.0 - ref
+    assert got.dtype == np.uint8 and got.shape == pixels.shape
+    assert np.abs(got.astype(float) - ref).max() <= 1.0
+    assert got.min() in (0, 1) and got.max() in (254, 255)
