@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from sifluoro.acquire.dicom_reader import iter_frames, read_study
 from sifluoro.config import Settings
+from sifluoro.dose.accumulate import DoseAccumulator
 from sifluoro.errors import InputError
 from sifluoro.model import Frame, Rejection, Run, Study
 from sifluoro.pipeline import LiveFeeder, Pipeline, Stage, StudyState, prefetch
@@ -171,6 +172,29 @@ class Engine:
         self._runs[run.sop_instance_uid] = run
         return run
 
+    def prepare(self, study: Study) -> None:
+        """Announce a study read by the caller (:func:`sifluoro.acquire.dicom_reader.read_study`)
+        before feeding its frames one by one: every run is prepared now (dose model, stage
+        warm-up for its frame shape), so no live frame pays for it, and the files the reader
+        rejected appear in the summary."""
+        with self._lock:
+            if self._state is None:
+                self._state = self.pipeline.start_study(study.study_instance_uid)
+            elif study.study_instance_uid != self._state.study_instance_uid:
+                raise InputError(f"study {study.study_instance_uid} announced to the engine of "
+                                 f"study {self._state.study_instance_uid}; use one Engine per study",
+                                 tag="(0020,000D) StudyInstanceUID")
+            self._rejected.extend(study.rejected)
+            for run in study.runs:
+                self._runs.setdefault(run.sop_instance_uid, run)
+                self.pipeline.prepare_run(run, self._state)
+
+    @property
+    def dose(self) -> DoseAccumulator | None:
+        """The study's dose so far (read it, e.g. to write an RDSR at study end with
+        :func:`sifluoro.dose.rdsr_write.write_rdsr`); None before the first frame."""
+        return None if self._state is None else self._state.dose
+
     def run(self, source: str | Path | Iterable[str | Path] | Iterable[Frame]) -> dict:
         """Feed a whole study (DICOM files/folders, or frames) and return :meth:`close`'s summary."""
         if isinstance(source, (str, Path)):
@@ -178,12 +202,7 @@ class Engine:
         items = list(source)
         if items and not isinstance(items[0], Frame):
             study = read_study(items)
-            self._rejected.extend(study.rejected)
-            with self._lock:
-                self._state = self._state or self.pipeline.start_study(study.study_instance_uid)
-                for run in study.runs:  # announce every run before the first frame
-                    self._runs.setdefault(run.sop_instance_uid, run)
-                    self.pipeline.prepare_run(run, self._state)
+            self.prepare(study)  # announce every run before the first frame
             items = prefetch(iter_frames(study, self._rejected), self.settings.queue_frames)
         for frame in items:
             self.feed(frame)

@@ -70,3 +70,24 @@ def test_one_engine_follows_one_study(tmp_path):
         engine.feed(next(iter_frames(read_study([tmp_path / "b"]), [])))
     with pytest.raises(ValueError, match="unknown event kind"):
         engine.on("needles", print)
+
+
+def test_prepare_then_feed_frames_one_by_one_gives_the_run_summary(tmp_path):
+    """A caller that reads the study itself and feeds frames at its own pace: prepared runs,
+    the reader's rejections and the dose accumulator are the engine's, as with run()."""
+    write_study(tmp_path / "study", [RunSpec(0.0, n_frames=4), RunSpec(30.0, n_frames=3)])
+    (tmp_path / "study" / "junk.dcm").write_bytes(b"not dicom")
+    study = read_study([tmp_path / "study"])
+    engine = Engine(NO_DEADLINE)
+    assert engine.dose is None
+    engine.prepare(study)
+    for frame in iter_frames(study, []):
+        engine.feed(frame)
+    summary = engine.close()
+    expected = Engine(NO_DEADLINE).run(tmp_path / "study")
+    assert _without_timing(summary) == _without_timing(expected)
+    assert [r["file"].endswith("junk.dcm") for r in summary["rejected_files"]] == [True]
+    assert engine.dose.totals.air_kerma_mgy == pytest.approx(summary["air_kerma_mgy"])
+    other = read_study([write_study(tmp_path / "b", [RunSpec(0.0)], study_uid="1.2.3.9")[0]])
+    with pytest.raises(InputError, match="one Engine per study"):
+        engine.prepare(other)

@@ -70,14 +70,10 @@ def simulated_inputs(folder: str | Path, *, case: int, seed: int = 2026, size: i
 
 
 def engine_dose(engine: Engine) -> DoseAccumulator:
-    """The study's dose accumulator, for the RDSR at study end.
-
-    The Engine has no public accessor for it yet; this is the one place that reaches inside.
-    """
-    state = engine._state  # noqa: SLF001  (see the docstring)
-    if state is None:
+    """The study's dose accumulator, for the RDSR at study end."""
+    if engine.dose is None:
         raise ConfigError("the engine has not been fed a frame; there is no dose to report")
-    return state.dose
+    return engine.dose
 
 
 class Pacer:
@@ -147,6 +143,8 @@ class LiveReplay:
         """Replay the study; return its summary (DESIGN §3), also written to ``summary_path``."""
         study = read_study(list(inputs), study_uid=study_uid)
         rejected = list(study.rejected)
+        # every run prepared (kernels warmed up) before the pacing starts
+        self.engine.prepare(study)
         self._call("start", study)
         events = None
         if events_path is not None:
@@ -172,9 +170,8 @@ class LiveReplay:
             if events is not None:
                 events.close()
         summary = self.engine.close()
-        # frames were fed one by one, so the engine did not see what the reader rejected
+        # with the files found damaged while their frames were read
         summary["rejected_files"] = [r.as_dict() for r in rejected]
-        summary["runs"] = len(study.runs)
         if summary_path is not None:
             write_json(summary_path, summary)
         dose = engine_dose(self.engine) if summary["frames"] else None
