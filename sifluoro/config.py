@@ -59,6 +59,9 @@ class Settings:
     live_queue_frames : int
         Frames of a live source waiting for image work (:class:`sifluoro.pipeline.LiveFeeder`);
         beyond it the oldest waiting frame's image work is dropped (its dose is still counted).
+    run_start_frames : int
+        A run's first frames, whose image work (a new field or view to segment) costs several
+        times a common frame's: the deadline planner does not learn from their cost.
     dose : DoseSettings
         Dose accounting settings.
     """
@@ -66,6 +69,7 @@ class Settings:
     latency_budget_ms: float = 10.0
     queue_frames: int = 8
     live_queue_frames: int = 2
+    run_start_frames: int = 2
     dose: DoseSettings = field(default_factory=DoseSettings)
 
     def __post_init__(self):
@@ -73,6 +77,8 @@ class Settings:
             raise ConfigError(f"latency_budget_ms must be > 0, got {self.latency_budget_ms}")
         if self.queue_frames < 1:
             raise ConfigError(f"queue_frames must be >= 1, got {self.queue_frames}")
+        if self.run_start_frames < 0:
+            raise ConfigError(f"run_start_frames must be >= 0, got {self.run_start_frames}")
         if self.live_queue_frames < 1:
             raise ConfigError(f"live_queue_frames must be >= 1, got {self.live_queue_frames}")
         for f in fields(self.dose):

@@ -93,8 +93,11 @@ class StageCosts:
     """Recent cost of every stage, per mode and frame shape, for planning a frame's work.
 
     The last ``window`` costs of each (stage, mode, shape) are kept, and the estimate is their
-    75th percentile: above the common frame, below the rare expensive one (a new view's
-    segmentation) that would otherwise make the planner degrade every frame. An estimate from
+    median: the common frame's cost. A run's first frames cost several times more (a new
+    field or view is segmented) and are not counted here (the pipeline files them under
+    ``<mode>@run_start``): with runs of 3-12 frames they would make the planner degrade every
+    frame to spare those few, which go over the budget instead (marked ``degraded``;
+    ``Settings.run_start_frames``). An estimate from
     fewer than ``min_samples`` costs, or of a mode not measured during the last
     ``stale_frames`` frames of its shape, is unknown: the planner then lets the stage run as
     usual, which measures it again (the machine may have become less busy; a needle is
@@ -129,14 +132,14 @@ class StageCosts:
             self._measured_at[key] = self._frames.get(shape, 0)
 
     def estimate_ms(self, stage: str, mode: str, shape: tuple[int, ...]) -> float | None:
-        """The planning estimate (p75) in ms, or None when unknown or stale."""
+        """The planning estimate (p50) in ms, or None when unknown or stale."""
         key = (stage, mode, shape)
         with self._lock:
             found = self._quantiles.get(key)
             if (found is None or len(self._samples[key]) < self.min_samples
                     or self._frames.get(shape, 0) - self._measured_at[key] > self.stale_frames):
                 return None
-            return found[1]
+            return found[0]
 
     def snapshot(self) -> dict[str, dict[str, float]]:
         """``{"stage/mode/ROWSxCOLS": {"p50_ms", "p75_ms", "p90_ms", "n"}}`` of what is known
@@ -156,7 +159,7 @@ class Pipeline:
     Dose is accounted first on every frame and is never skipped. The image stages then share
     what is left of ``settings.latency_budget_ms`` (counted from the frame's arrival). Before
     they run, the frame's work is planned from the stages' recent costs (:class:`StageCosts`,
-    p75 per stage, mode and frame shape); when the plan does not fit, it is degraded in this
+    median per stage, mode and frame shape); when the plan does not fit, it is degraded in this
     order, one step at a time, until it fits:
 
     1. ``contrast_skipped``: the contrast stage does not run; the contrast state and
@@ -254,6 +257,7 @@ class Pipeline:
         budget_ms = self.settings.latency_budget_ms
         shape = frame.pixels.shape
         planned = shape in self._planned_shapes
+        steady = frame.frame_number > self.settings.run_start_frames
         if planned:
             costs.new_frame(shape)
         t_plan = clock()
@@ -290,7 +294,8 @@ class Pipeline:
                 cost_ms = (clock() - t0) * 1000.0
                 stage_ms += cost_ms
                 if planned:
-                    costs.add(stage.name, mode, shape, cost_ms)
+                    costs.add(stage.name, mode if steady else f"{mode}@run_start", shape,
+                              cost_ms)
         contrast = event["contrast"]
         state.contrast_state = contrast["state"]
         state.contrast_confidence = contrast.get("confidence", 0.0)
