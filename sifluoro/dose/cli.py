@@ -1,4 +1,5 @@
-"""The ``sifluoro dose`` command: ``sifluoro dose summary PATH... [--json]``.
+"""The ``sifluoro dose`` command: ``sifluoro dose summary PATH... [--json]`` and
+``sifluoro dose psd RDSR... [--pyskindose]``.
 
 ``add_dose_parser(subparsers)`` plugs it into the main CLI (``sifluoro/cli.py``).
 """
@@ -26,6 +27,35 @@ def _summary(args) -> int:
     return 0
 
 
+def _psd(args) -> int:
+    from sifluoro.dose.rdsr_read import read_rdsr
+    from sifluoro.dose.skin import estimate_peak_skin_dose, pyskindose_peak_skin_dose
+    from sifluoro.errors import InputError
+
+    status = 0
+    print("peak skin dose ESTIMATES (mGy); not a measurement")
+    for path in args.rdsrs:
+        try:
+            report = read_rdsr(path)
+        except InputError as exc:
+            print(f"sifluoro: {exc}", file=sys.stderr)
+            status = 2
+            continue
+        est = estimate_peak_skin_dose(report.events)
+        kerma = sum(e.air_kerma_mgy or 0.0 for e in report.events)
+        line = (f"{path}: {est.psd_mgy:.2f} (Ka,r {kerma:.2f} mGy, {est.events} events in "
+                f"{len(est.patches)} projection(s))")
+        if args.pyskindose:
+            try:
+                line += f"; pyskindose {pyskindose_peak_skin_dose(path):.2f}"
+            except ImportError:
+                line += "; pyskindose not installed"
+            except Exception as exc:  # pyskindose's own limits (geometry it cannot handle)
+                line += f"; pyskindose failed ({type(exc).__name__})"
+        print(line)
+    return status
+
+
 def add_dose_parser(subparsers) -> argparse.ArgumentParser:
     """Add ``dose`` (with its ``summary`` subcommand) to an argparse subparsers object."""
     dose = subparsers.add_parser("dose", help="radiation dose: summaries of RDSRs and image studies")
@@ -35,5 +65,10 @@ def add_dose_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true",
                    help="one JSON object per study per line (DESIGN §4)")
     p.set_defaults(func=_summary)
+    p = sub.add_parser("psd", help="peak skin dose ESTIMATE per RDSR (see sifluoro/dose/skin.py)")
+    p.add_argument("rdsrs", nargs="+", metavar="RDSR", help="X-Ray Radiation Dose SR files")
+    p.add_argument("--pyskindose", action="store_true",
+                   help="also pyskindose's estimate (optional dependency)")
+    p.set_defaults(func=_psd)
     return dose
 
