@@ -120,6 +120,9 @@ def pyskindose_peak_skin_dose(rdsr_path: str) -> float:
     settings.update(mode="calculate_dose")
     settings["plot"].update(interactivity=False, notebook_mode=False)
     settings["phantom"]["model"] = "plane"
+    # its backscatter/table correction tables ship with it; the default path ("corrections.db")
+    # would create a copy in the working directory
+    settings["corrections_db_path"] = str(resources.files("pyskindose").joinpath("corrections.db"))
     quiet = logging.getLogger("pyskindose")
     level = quiet.level
     quiet.setLevel(logging.ERROR)
