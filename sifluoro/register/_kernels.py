@@ -1,4 +1,5 @@
-"""numba kernels of register/: valley depth (thin dark line) and the joint-line path search.
+"""numba kernels of register/: valley depth (thin dark line), the joint-line path search, and
+the phase-correlation steps between the FFTs (cross-power spectrum, peak and centroid).
 
 Arrays in, arrays out; references in tests/register/test_kernels.py.
 """
@@ -99,8 +100,59 @@ def best_path(score, step_penalty, max_step, path_x, acc, came):
     return best, y, best_y
 
 
+@njit(cache=True, nogil=True)
+def phase_cross_power(ref_spectrum, spectrum, out):
+    """Normalised cross-power spectrum ``R conj(S) / |R conj(S)|`` of two (half) spectra, as
+    OpenCV's phase correlation forms it (``|P|^2 + FLT_EPSILON`` in the denominator, so that a
+    frequency without energy stays at zero)."""
+    rows, cols = ref_spectrum.shape
+    eps = 1.1920929e-07
+    for y in range(rows):
+        for x in range(cols):
+            p = ref_spectrum[y, x] * spectrum[y, x].conjugate()
+            m2 = p.real * p.real + p.imag * p.imag
+            out[y, x] = p * (np.sqrt(m2) / (m2 + eps))
+
+
+@njit(cache=True, nogil=True)
+def peak_centroid(corr, half):
+    """Highest value of a circular correlation surface and the weighted centroid of the
+    ``(2 half + 1)²`` box around it, in signed (wrapped) offsets.
+
+    Returns
+    -------
+    (dy, dx, response) : (float, float, float)
+        Centroid offsets from the origin (``k`` and ``k - n`` are the same offset) and the sum
+        of the box's values.
+    """
+    rows, cols = corr.shape
+    py, px = 0, 0
+    best = corr[0, 0]
+    for y in range(rows):
+        for x in range(cols):
+            if corr[y, x] > best:
+                best, py, px = corr[y, x], y, x
+    # signed offset of the peak: the box around it must not straddle the wrap
+    sy = py - rows if py >= rows // 2 else py
+    sx = px - cols if px >= cols // 2 else px
+    total = 0.0
+    cy = 0.0
+    cx = 0.0
+    for dy in range(-half, half + 1):
+        for dx in range(-half, half + 1):
+            v = float(corr[(py + dy) % rows, (px + dx) % cols])
+            total += v
+            cy += (sy + dy) * v
+            cx += (sx + dx) * v
+    denom = total + 2.220446049250313e-16
+    return cy / denom, cx / denom, total
+
+
 def warm_up() -> None:
     """Compile the kernels on tiny inputs so that no live frame pays for it."""
     z = np.zeros((8, 8), np.float32)
     best_path(z, 0.1, 2, np.zeros(8, np.int32), z.copy(), np.zeros((8, 8), np.int8))
     valley_depth(z, np.array([1, 2], np.int64), z.copy())
+    c = np.zeros((8, 5), np.complex64)
+    phase_cross_power(c, c, c.copy())
+    peak_centroid(z, 2)

@@ -59,6 +59,7 @@ class _View:
         self.aligned_mask = np.empty(work.shape, np.float32)
         self.frames = 0
         self.line: JointLine | None = None
+        self.target_xy: np.ndarray | None = None  # on the line, in the reference's coordinates
         self.last_shift = (0.0, 0.0)  # full-resolution pixels, of the latest registered frame
 
     def matches(self, geometry: _Geometry, angles_deg: tuple[float, float] | None) -> bool:
@@ -94,6 +95,7 @@ class _View:
         # the average only gets better: a line found on fewer, noisier frames that this one
         # does not confirm was noise
         self.line = segment_joint(mean, grid=self.grid, usable=usable, side=self.side)
+        self.target_xy = self.line.point_at(TARGET_FRACTION) if self.line is not None else None
 
 
 @dataclass
@@ -191,7 +193,7 @@ class JointStage:
             return self._publish(state, None, 0.0, False, None, 0.0, shift_full, view_changed)
         offset = np.asarray(shift_full)
         polyline = _inside_part(line.polyline_xy + offset, st.run_exposed)
-        target = line.point_at(TARGET_FRACTION) + offset
+        target = view.target_xy + offset
         target_xy = (float(target[0]), float(target[1])) if _is_inside(st.run_exposed, target) else None
         # the inferior third spans 1/6 of the length either side of its centre
         radius_mm = float(np.clip(line.length_mm / 6.0, 3.0, 8.0))
@@ -228,7 +230,7 @@ class JointStage:
         line = view.line
         offset = np.asarray(shift_full)
         polyline = _inside_part(line.polyline_xy + offset, st.run_exposed)
-        target = line.point_at(TARGET_FRACTION) + offset
+        target = view.target_xy + offset
         target_xy = (float(target[0]), float(target[1])) if _is_inside(st.run_exposed, target) else None
         radius_mm = float(np.clip(line.length_mm / 6.0, 3.0, 8.0))
         return self._publish(state, polyline, line.confidence, line.doubled, target_xy, radius_mm,
@@ -274,14 +276,17 @@ def _is_inside(mask: np.ndarray, xy: np.ndarray) -> bool:
 
 def _inside_part(polyline: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
     """The longest stretch of the polyline whose vertices lie in the exposed field."""
-    inside = np.array([_is_inside(mask, p) for p in polyline] + [False])
-    best, start, lo = (0, 0), None, 0
-    for i, ok in enumerate(inside):
-        if ok and start is None:
-            start = i
-        elif not ok and start is not None:
-            if i - start > best[1] - best[0]:
-                best = (start, i)
-            start = None
-    lo, hi = best
+    xy = np.rint(polyline).astype(np.intp)
+    rows, cols = mask.shape
+    ok = (xy[:, 0] >= 0) & (xy[:, 0] < cols) & (xy[:, 1] >= 0) & (xy[:, 1] < rows)
+    ok[ok] = mask[xy[ok, 1], xy[ok, 0]]
+    if ok.all():
+        return polyline
+    # stretches of True: starts and ends from the edges of the padded sequence
+    edges = np.diff(np.concatenate([[False], ok, [False]]).astype(np.int8))
+    starts, ends = np.nonzero(edges == 1)[0], np.nonzero(edges == -1)[0]
+    if len(starts) == 0:
+        return None
+    k = int(np.argmax(ends - starts))
+    lo, hi = int(starts[k]), int(ends[k])
     return polyline[lo:hi] if hi - lo >= 2 else None

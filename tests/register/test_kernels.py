@@ -81,3 +81,44 @@ def test_best_path_on_all_negative_score_is_empty():
     best, y0, y1, path = run_best_path(-np.ones((6, 5), np.float32), 0.5, 2)
     assert (best, y0, y1) == (0.0, -1, -1)
     assert (path == -1).all()
+
+
+def phase_cross_power_reference(ref, cur):
+    p = ref.astype(np.complex128) * np.conj(cur.astype(np.complex128))
+    m = np.abs(p)
+    return p * m / (m ** 2 + np.finfo(np.float32).eps)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_phase_cross_power_matches_reference(seed):
+    rng = np.random.default_rng(seed)
+    ref = np.fft.rfft2(rng.random((12, 10))).astype(np.complex64)
+    cur = np.fft.rfft2(rng.random((12, 10))).astype(np.complex64)
+    cur[3, 2] = 0  # a frequency without energy stays zero
+    out = np.empty_like(ref)
+    _kernels.phase_cross_power(ref, cur, out)
+    np.testing.assert_allclose(out, phase_cross_power_reference(ref, cur), atol=1e-5)
+    assert out[3, 2] == 0
+
+
+def peak_centroid_reference(corr, half):
+    """np.fft.fftshift, argmax, weighted centroid of the box (as cv2.phaseCorrelate does)."""
+    rows, cols = corr.shape
+    shifted = np.fft.fftshift(corr)
+    py, px = np.unravel_index(np.argmax(shifted), shifted.shape)
+    box = shifted[py - half:py + half + 1, px - half:px + half + 1].astype(np.float64)
+    ys, xs = np.mgrid[py - half:py + half + 1, px - half:px + half + 1]
+    total = box.sum()
+    return ((ys * box).sum() / total - rows // 2, (xs * box).sum() / total - cols // 2, total)
+
+
+@pytest.mark.parametrize("peak_yx", [(0, 0), (3, -5), (-7, 2), (10, 11)])
+def test_peak_centroid_matches_reference(peak_yx):
+    rng = np.random.default_rng(sum(peak_yx) + 20)
+    corr = (0.01 * rng.random((36, 40))).astype(np.float32)
+    y, x = peak_yx
+    corr[y % 36, x % 40] = 0.6
+    corr[(y + 1) % 36, x % 40] = 0.2
+    corr[y % 36, (x - 1) % 40] = 0.1
+    got = _kernels.peak_centroid(corr, 2)
+    np.testing.assert_allclose(got, peak_centroid_reference(corr, 2), atol=1e-6)

@@ -48,3 +48,48 @@ def test_unrelated_image_has_a_low_peak(sim_runs):
     reg.set_reference(a0)
     noise = np.random.default_rng(0).random(a0.shape, dtype=np.float32)
     assert reg.measure(noise).peak < 0.1
+
+
+@pytest.mark.parametrize("shift_xy", [(2.2, -1.4), (-12.6, 9.1)])
+def test_matches_opencv_phase_correlation(sim_runs, shift_xy):
+    """The kept-spectrum phase correlation is cv2.phaseCorrelate on the same prepared frames."""
+    run, frames, _ = sim_runs[1]
+    grid = working_grid(run.pixel_spacing_xy_mm[0], target_mm=0.6)
+    a0 = downsample(attenuation(frames[0]), grid.factor)
+    m = np.float32([[1, 0, shift_xy[0]], [0, 1, shift_xy[1]]])
+    a1 = cv2.warpAffine(a0, m, a0.shape[::-1], flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    reg = Registrar(a0.shape, grid.factor, grid.spacing_mm, np.ones(a0.shape, bool))
+    reg.set_reference(a0)
+    motion = reg.measure(a1)
+    (dx, dy), peak = cv2.phaseCorrelate(reg.prepare(a0), reg.prepare(a1), reg.window)
+    scale = reg.coarse_factor * reg.factor
+    np.testing.assert_allclose(motion.shift_xy, (dx * scale, dy * scale), atol=0.01)
+    assert motion.peak == pytest.approx(peak, abs=1e-3)
+
+
+@pytest.mark.parametrize("shift_xy", [(0.0, 0.0), (4.6, -3.1), (-15.2, 8.3)])
+def test_coarse_grid_high_pass_measures_as_a_full_gaussian(sim_runs, shift_xy):
+    """The slow gradients blurred on a coarser grid: the motion is the one measured after a
+    full-size Gaussian high-pass (cv2.phaseCorrelate), to within 0.1 px, on a noisy frame."""
+    run, frames, _ = sim_runs[1]
+    grid = working_grid(run.pixel_spacing_xy_mm[0], target_mm=0.6)
+    image0, image1 = attenuation(frames[0]), attenuation(frames[1])
+    m = np.float32([[1, 0, shift_xy[0]], [0, 1, shift_xy[1]]])
+    image1 = cv2.warpAffine(image1, m, image1.shape[::-1], flags=cv2.INTER_LINEAR,
+                            borderMode=cv2.BORDER_REFLECT)
+    a0, a1 = downsample(image0, grid.factor), downsample(image1, grid.factor)
+    reg = Registrar(a0.shape, grid.factor, grid.spacing_mm, np.ones(a0.shape, bool))
+    reg.set_reference(a0)
+    motion = reg.measure(a1)
+    rows, cols = reg.coarse_shape
+    f = reg.coarse_factor
+
+    def full_gaussian_high_pass(a):
+        coarse = cv2.resize(a[:rows * f, :cols * f], (cols, rows), interpolation=cv2.INTER_AREA)
+        return coarse - cv2.GaussianBlur(coarse, (0, 0), reg.sigma_px)
+
+    (dx, dy), peak = cv2.phaseCorrelate(full_gaussian_high_pass(a0), full_gaussian_high_pass(a1),
+                                        reg.window)
+    scale = reg.coarse_factor * reg.factor
+    assert np.hypot(motion.shift_xy[0] - dx * scale, motion.shift_xy[1] - dy * scale) < 0.1
+    assert motion.peak == pytest.approx(peak, rel=0.05)
