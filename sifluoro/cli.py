@@ -100,12 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_evaluate)
 
     from sifluoro.acquire.receiver import add_receive_parser
+    from sifluoro.acquire.video_cli import add_video_parser
     from sifluoro.dose.cli import add_dose_parser
 
     from sifluoro.audit.cli import add_audit_parser
     from sifluoro.plugin.cli import add_plugin_parser
 
     add_receive_parser(sub)
+    add_video_parser(sub)
     add_dose_parser(sub)
     add_audit_parser(sub)
     add_plugin_parser(sub)

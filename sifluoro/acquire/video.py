@@ -33,12 +33,16 @@ class VideoSourceSettings:
         Rate at which frames are taken; defaults to the capture's own rate.
     max_frames : int, optional
         Stop after this many frames (live capture otherwise runs until the device ends).
+    bone_bright : bool
+        Whether the video shows bone bright (as a radiograph); by default it shows what a
+        fluoroscopy monitor shows, bone dark and needle and contrast black.
     """
 
     pixel_spacing_mm: float
     technique: Technique = Technique()
     frame_rate_per_s: float | None = None
     max_frames: int | None = None
+    bone_bright: bool = False
 
 
 def open_capture(source: str | int) -> cv2.VideoCapture:
@@ -54,7 +58,8 @@ def video_frames(source: str | int, settings: VideoSourceSettings) -> Iterator[F
     """Grey uint16 frames from a video, as one run starting at t = 0.
 
     Colour video is converted to grey (BT.601 luma); 8-bit video becomes ``uint16`` values
-    0-255 with ``bits_stored = 8`` and MONOCHROME2 (bright = bone, as displayed).
+    0-255 with ``bits_stored = 8``, MONOCHROME2 as displayed, with PixelIntensityRelationshipSign
+    +1 (bone dark) or -1 (``bone_bright``). The run gets a study UID of its own.
     """
     capture = open_capture(source)
     try:
@@ -70,8 +75,9 @@ def video_frames(source: str | int, settings: VideoSourceSettings) -> Iterator[F
                        imager_pixel_spacing_xy_mm=(settings.pixel_spacing_mm,) * 2)
         uid = generate_uid()
         run = Run(path=str(source), sop_instance_uid=uid, sop_class_uid="", series_instance_uid="",
-                  study_instance_uid="", modality="XA", transfer_syntax_uid="", rows=rows,
-                  columns=columns, bits_stored=8, photometric="MONOCHROME2", start_s=0.0,
+                  study_instance_uid=generate_uid(), modality="XA", transfer_syntax_uid="",
+                  rows=rows, columns=columns, bits_stored=8, photometric="MONOCHROME2",
+                  pixel_intensity_sign=-1 if settings.bone_bright else 1, start_s=0.0,
                   frame_offsets_s=tuple(k / rate for k in range(min(n, 1 << 20))),
                   frame_intervals_ms=(frame_time_ms,) * min(n, 1 << 20), technique=tech,
                   device=Device(station_name="video"), bits_allocated=8)

@@ -1,0 +1,105 @@
+"""``sifluoro video SOURCE``: run the engine on a video file or a frame grabber.
+
+A frame grabber on the C-arm's video output cannot wait for the engine, so a capture device
+(an integer index or ``/dev/video*``) is fed as a live source (``Engine.submit``: dose counted on
+arrival, the oldest waiting image work dropped when frames back up, drops counted); a file is
+fed frame by frame (nothing dropped) unless ``--live``. What video does not carry is given on
+the command line: pixel spacing at the detector and the technique for the dose estimate.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+from pathlib import Path
+
+
+def _source(text: str) -> str | int:
+    return int(text) if text.isdigit() else text
+
+
+def _video(args) -> int:
+    from sifluoro.acquire.video import VideoSourceSettings, video_frames
+    from sifluoro.config import Settings
+    from sifluoro.engine import Engine
+    from sifluoro.replay import write_json
+    from sifluoro.model import Technique
+    from sifluoro.overlay import OverlayWriter
+
+    source = _source(args.source)
+    live = args.live or isinstance(source, int) or str(source).startswith("/dev/")
+    technique = Technique(kvp=args.kvp, tube_current_ma=args.ma, pulse_width_ms=args.pulse_width_ms,
+                          sid_mm=args.sid_mm, source_to_isocenter_mm=args.source_to_isocenter_mm,
+                          filter_cu_mm=args.cu_mm, filter_al_mm=args.al_mm)
+    settings = VideoSourceSettings(pixel_spacing_mm=args.pixel_spacing_mm, technique=technique,
+                                   frame_rate_per_s=args.pulse_rate, max_frames=args.max_frames,
+                                   bone_bright=args.bone_bright)
+    engine = Engine(Settings(latency_budget_ms=args.budget_ms))
+    overlays = OverlayWriter(mp4_path=args.overlay_mp4) if args.overlay_mp4 else None
+    pending: dict[int, object] = {}      # frames waiting for their event (for the overlay)
+    lock = threading.Lock()
+    args.events.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.events, "w", encoding="utf-8") as events:
+        def on_frame(frame_event) -> None:
+            events.write(json.dumps(frame_event.event, separators=(",", ":")) + "\n")
+            with lock:
+                frame = pending.pop(frame_event.index, None)
+            if overlays is not None and frame is not None:
+                overlays.add(frame, frame_event.event)
+
+        engine.on("frame", on_frame)
+        for frame in video_frames(source, settings):
+            if overlays is not None:
+                with lock:
+                    pending[frame.index] = frame
+            if live:
+                engine.submit(frame)
+            else:
+                engine.feed(frame)
+        summary = engine.close()
+    if overlays is not None:
+        overlays.close()
+    write_json(args.summary, summary)
+    if not args.quiet:
+        dropped = summary.get("dropped_image_frames")
+        print(f"video      {args.source}: {summary['frames']} frames"
+              + (f", image work dropped on {dropped}" if dropped else ""))
+        print(f"dose       {summary['air_kerma_mgy']:.2f} mGy air kerma, "
+              f"{summary['dap_gycm2']:.3f} Gy·cm² DAP [{summary['dose_source']}], fluoro "
+              f"{summary['fluoro_time_s']:.1f} s")
+        print(f"outputs    {args.events}\n           {args.summary}"
+              + (f"\n           {args.overlay_mp4}" if args.overlay_mp4 else ""))
+    return 0 if summary["frames"] else 2
+
+
+def add_video_parser(subparsers) -> argparse.ArgumentParser:
+    """Add ``video`` to an argparse subparsers object."""
+    p = subparsers.add_parser("video", help="run the engine on a video file or a frame grabber "
+                              "(C-arm video out)")
+    p.add_argument("source", metavar="SOURCE",
+                   help="video file, or capture device (index such as 0, or /dev/videoN)")
+    p.add_argument("--pixel-spacing-mm", type=float, required=True,
+                   help="size of one video pixel at the detector (calibrate on a known length)")
+    p.add_argument("--events", type=Path, required=True, metavar="EVENTS.jsonl")
+    p.add_argument("--summary", type=Path, required=True, metavar="SUMMARY.json")
+    p.add_argument("--overlay-mp4", type=Path, metavar="FILE.mp4")
+    p.add_argument("--bone-bright", action="store_true",
+                   help="the video shows bone bright (default: bone dark, as fluoroscopy monitors)")
+    p.add_argument("--pulse-rate", type=float, metavar="P/S",
+                   help="frames per second to take (default: the capture's own rate)")
+    p.add_argument("--max-frames", type=int, metavar="N")
+    p.add_argument("--live", action="store_true",
+                   help="treat a file like a frame grabber (drop the oldest image work when late)")
+    p.add_argument("--budget-ms", type=float, default=10.0,
+                   help="per-frame latency budget for image work (default %(default)s ms)")
+    g = p.add_argument_group("technique (for the estimated dose; video carries none)")
+    g.add_argument("--kvp", type=float)
+    g.add_argument("--ma", type=float, help="tube current, mA")
+    g.add_argument("--pulse-width-ms", type=float)
+    g.add_argument("--sid-mm", type=float, help="source to image distance")
+    g.add_argument("--source-to-isocenter-mm", type=float)
+    g.add_argument("--cu-mm", type=float, help="added copper filtration")
+    g.add_argument("--al-mm", type=float, help="added aluminium filtration")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=_video)
+    return p
