@@ -3,7 +3,8 @@
 A frame grabber on the C-arm's video output cannot wait for the engine, so a capture device
 (an integer index or ``/dev/video*``) is fed as a live source (``Engine.submit``: dose counted on
 arrival, the oldest waiting image work dropped when frames back up, drops counted); a file is
-fed frame by frame (nothing dropped) unless ``--live``. What video does not carry is given on
+fed frame by frame (nothing dropped) unless ``--live``, which plays it at its frame rate as a
+grabber would deliver it. What video does not carry is given on
 the command line: pixel spacing at the detector and the technique for the dose estimate.
 """
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import threading
+import time
 from pathlib import Path
 
 
@@ -48,7 +50,11 @@ def _video(args) -> int:
                 overlays.add(frame, frame_event.event)
 
         engine.on("frame", on_frame)
+        paced = live and not isinstance(source, int) and not str(source).startswith("/dev/")
+        start = time.monotonic()
         for frame in video_frames(source, settings):
+            if paced:  # a file played as a grabber would deliver it
+                time.sleep(max(0.0, start + frame.t_s - time.monotonic()))
             if overlays is not None:
                 with lock:
                     pending[frame.index] = frame
