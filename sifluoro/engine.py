@@ -127,6 +127,7 @@ class Engine:
         self._rejected: list[Rejection] = []
         self._contrast = "none"
         self._live: LiveFeeder | None = None
+        self._fed = False   # feed() was used (then submit() may not be)
 
     def on(self, kind: str, handler: Callable[[Any], None]) -> None:
         """Call ``handler(event)`` for every event of ``kind`` (one of :data:`KINDS`)."""
@@ -139,6 +140,7 @@ class Engine:
         with self._lock:
             if self._live is not None:
                 raise RuntimeError("this engine is fed by submit(); use one of feed or submit")
+            self._fed = True
             run = self._admit(frame)
             if run is not None:
                 self.pipeline.prepare_run(run, self._state)
@@ -150,7 +152,7 @@ class Engine:
         for it; events come on the engine's worker thread (see the module docstring)."""
         with self._lock:
             if self._live is None:
-                if self._runs:
+                if self._fed:
                     raise RuntimeError("this engine is fed by feed(); use one of feed or submit")
                 self._admit(frame)
                 self._live = LiveFeeder(self.pipeline, self._state, on_event=self._emit)

@@ -25,7 +25,7 @@ def _video(args) -> int:
     from sifluoro.config import Settings
     from sifluoro.engine import Engine
     from sifluoro.replay import write_json
-    from sifluoro.model import Technique
+    from sifluoro.model import Study, Technique
     from sifluoro.overlay import OverlayWriter
 
     source = _source(args.source)
@@ -53,6 +53,9 @@ def _video(args) -> int:
         paced = live and not isinstance(source, int) and not str(source).startswith("/dev/")
         start = time.monotonic()
         for frame in video_frames(source, settings):
+            if frame.index == 0:  # kernels warmed up on the real frame size before it counts
+                engine.prepare(Study(frame.run.study_instance_uid, (frame.run,)))
+                start = time.monotonic()
             if paced:  # a file played as a grabber would deliver it
                 time.sleep(max(0.0, start + frame.t_s - time.monotonic()))
             if overlays is not None:
