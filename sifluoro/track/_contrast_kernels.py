@@ -1,8 +1,10 @@
 """numba kernels of the contrast stage: frame reduction, smoothing, reference envelope,
-residual statistics, field flood fill, hysteresis labelling and per-component moments.
+residual statistics, field flood fill, hysteresis labelling, per-component moments, and the
+vessel test's oriented ridge filter, local noise and line components.
 
 Arrays in, arrays out, no allocation: the caller owns every buffer and reuses it across frames.
-NumPy/scikit-image references are in tests/track/test_contrast_kernels.py.
+NumPy/scikit-image/OpenCV references are in tests/track/test_contrast_kernels.py and
+tests/track/test_contrast_transient.py.
 """
 from __future__ import annotations
 
@@ -379,6 +381,334 @@ def negative_mass(score, valid, x0, y0, x1, y1, threshold):
     return total
 
 
+# --- the vessel (transient line) test, contrast_transient.py ------------------------------------
+
+LINE_TAPS = 11        # taps per orientation of the line filter (unused ones have weight 0)
+_F32_HALF = np.float32(0.5)
+
+
+@njit(cache=True, nogil=True)
+def transient_maps(history, n, onset, washout):
+    """Onset and washout of the run's last ``n`` (4 or 5) working frames, oldest first in
+    ``history``: ``a = (x[n-3] + x[n-2]) / 2``, ``washout = a - x[n-1]``, ``onset = a - x[n-4]``
+    or ``a - (x[n-4] + x[n-5]) / 2``. float32 throughout, in the NumPy order of operations."""
+    rows, cols = onset.shape
+    for y in range(rows):
+        for x in range(cols):
+            a = (history[n - 3, y, x] + history[n - 2, y, x]) * _F32_HALF
+            washout[y, x] = a - history[n - 1, y, x]
+            o = a - history[n - 4, y, x]
+            if n >= 5:
+                o = ((o + a) - history[n - 5, y, x]) * _F32_HALF
+            onset[y, x] = o
+
+
+@njit(cache=True, nogil=True)
+def line_ridge(src, tap_dy, tap_dx, tap_w, flank_dx, flank_dy, pad, cpad, out):
+    """Oriented ridge: per orientation ``o`` the line average ``c = sum_t w[o,t] src(x + dx[o,t],
+    y + dy[o,t])`` (borders replicated), then ``min(c - c(p + f), c - c(p - f))`` with the flank
+    offset ``f = (flank_dx[o], flank_dy[o])`` (c's borders replicated); ``out`` is the best over
+    orientations. ``pad`` is ``src`` plus ``(pad.shape[0] - rows) // 2`` px each side, ``cpad``
+    ``c`` plus ``(cpad.shape[0] - rows) // 2``. Taps must fit in ``pad``'s margin and flanks in
+    ``cpad``'s. The tap loop is spelt out (``LINE_TAPS``) so the row loop vectorises.
+    """
+    rows, cols = src.shape
+    h = (pad.shape[0] - rows) // 2
+    f = (cpad.shape[0] - rows) // 2
+    pcols = pad.shape[1]
+    for y in range(rows + 2 * h):
+        sy = min(max(y - h, 0), rows - 1)
+        for x in range(cols + 2 * h):
+            pad[y, x] = src[sy, min(max(x - h, 0), cols - 1)]
+    for y in range(rows):
+        for x in range(cols):
+            out[y, x] = np.float32(-1e9)
+    flat = pad.ravel()
+    ucols = np.uint64(cols)
+    uf = np.uint64(f)
+    for o in range(tap_dy.shape[0]):
+        for y in range(rows):
+            crow = cpad[y + f]
+            r = (y + h) * pcols + h
+            b0 = np.uint64(r + tap_dy[o, 0] * pcols + tap_dx[o, 0])
+            b1 = np.uint64(r + tap_dy[o, 1] * pcols + tap_dx[o, 1])
+            b2 = np.uint64(r + tap_dy[o, 2] * pcols + tap_dx[o, 2])
+            b3 = np.uint64(r + tap_dy[o, 3] * pcols + tap_dx[o, 3])
+            b4 = np.uint64(r + tap_dy[o, 4] * pcols + tap_dx[o, 4])
+            b5 = np.uint64(r + tap_dy[o, 5] * pcols + tap_dx[o, 5])
+            b6 = np.uint64(r + tap_dy[o, 6] * pcols + tap_dx[o, 6])
+            b7 = np.uint64(r + tap_dy[o, 7] * pcols + tap_dx[o, 7])
+            b8 = np.uint64(r + tap_dy[o, 8] * pcols + tap_dx[o, 8])
+            b9 = np.uint64(r + tap_dy[o, 9] * pcols + tap_dx[o, 9])
+            b10 = np.uint64(r + tap_dy[o, 10] * pcols + tap_dx[o, 10])
+            w = tap_w[o]
+            w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10 = (w[0], w[1], w[2], w[3], w[4], w[5],
+                                                          w[6], w[7], w[8], w[9], w[10])
+            for x in range(ucols):
+                crow[x + uf] = (w0 * flat[b0 + x] + w1 * flat[b1 + x] + w2 * flat[b2 + x]
+                                + w3 * flat[b3 + x] + w4 * flat[b4 + x] + w5 * flat[b5 + x]
+                                + w6 * flat[b6 + x] + w7 * flat[b7 + x] + w8 * flat[b8 + x]
+                                + w9 * flat[b9 + x] + w10 * flat[b10 + x])
+            for x in range(f):
+                crow[x] = crow[f]
+                crow[cols + f + x] = crow[cols + f - 1]
+        for y in range(f):
+            for x in range(cols + 2 * f):
+                cpad[y, x] = cpad[f, x]
+                cpad[rows + f + y, x] = cpad[rows + f - 1, x]
+        dx = flank_dx[o]
+        dy = flank_dy[o]
+        ul = np.uint64(f + dx)
+        ur = np.uint64(f - dx)
+        for y in range(rows):
+            cr = cpad[y + f]
+            lr = cpad[y + f + dy]
+            rr = cpad[y + f - dy]
+            orow = out[y]
+            for x in range(ucols):
+                c = cr[x + uf]
+                orow[x] = max(orow[x], min(c - lr[x + ul], c - rr[x + ur]))
+
+
+@njit(cache=True, nogil=True)
+def box_sum(src, window, rowsum, colsum, out):
+    """Unnormalised ``window`` x ``window`` box sum, zeros outside (``cv2.boxFilter(...,
+    normalize=False, borderType=BORDER_CONSTANT)``); running sums in float64 (``rowsum`` a
+    float64 buffer of ``src``'s shape, ``colsum`` one of its width). ``out`` may be ``src``."""
+    rows, cols = src.shape
+    r = window // 2
+    for y in range(rows):
+        acc = 0.0
+        for x in range(min(r, cols)):
+            acc += src[y, x]
+        for x in range(cols):
+            if x + r < cols:
+                acc += src[y, x + r]
+            if x - r - 1 >= 0:
+                acc -= src[y, x - r - 1]
+            rowsum[y, x] = acc
+    col = colsum
+    for x in range(cols):
+        col[x] = 0.0
+    for y in range(min(r, rows)):
+        for x in range(cols):
+            col[x] += rowsum[y, x]
+    for y in range(rows):
+        if y + r < rows:
+            for x in range(cols):
+                col[x] += rowsum[y + r, x]
+        if y - r - 1 >= 0:
+            for x in range(cols):
+                col[x] -= rowsum[y - r - 1, x]
+        for x in range(cols):
+            out[y, x] = col[x]
+
+
+@njit(cache=True, nogil=True)
+def erode_square(src, radius, tmp, out):
+    """Binary erosion by a (2 radius + 1)² square; outside the image counts as set (OpenCV's
+    default erosion border)."""
+    rows, cols = src.shape
+    for y in range(rows):
+        run = 0
+        for x in range(min(radius, cols)):
+            run += src[y, x]
+        for x in range(cols):
+            if x + radius < cols:
+                run += src[y, x + radius]
+            if x - radius - 1 >= 0:
+                run -= src[y, x - radius - 1]
+            tmp[y, x] = run == min(x + radius, cols - 1) - max(x - radius, 0) + 1
+    for x in range(cols):
+        run = 0
+        for y in range(min(radius, rows)):
+            run += tmp[y, x]
+        for y in range(rows):
+            if y + radius < rows:
+                run += tmp[y + radius, x]
+            if y - radius - 1 >= 0:
+                run -= tmp[y - radius - 1, x]
+            out[y, x] = run == min(y + radius, rows - 1) - max(y - radius, 0) + 1
+
+
+@njit(cache=True, nogil=True)
+def same_mask(a, b):
+    """Whether two boolean images are equal (no temporary)."""
+    rows, cols = a.shape
+    for y in range(rows):
+        for x in range(cols):
+            if a[y, x] != b[y, x]:
+                return False
+    return True
+
+
+@njit(cache=True, nogil=True)
+def _select(v, n, k):
+    """The ``k``-th smallest of ``v[:n]`` (0-based); reorders ``v[:n]`` in place so that
+    ``v[:k]`` are no larger (Hoare partition, median-of-three pivot)."""
+    lo = 0
+    hi = n - 1
+    while hi > lo:
+        mid = (lo + hi) // 2
+        a, b, c = v[lo], v[mid], v[hi]
+        pivot = max(min(a, b), min(max(a, b), c))
+        i = lo
+        j = hi
+        while i <= j:
+            while v[i] < pivot:
+                i += 1
+            while v[j] > pivot:
+                j -= 1
+            if i <= j:
+                t = v[i]
+                v[i] = v[j]
+                v[j] = t
+                i += 1
+                j -= 1
+        if k <= j:
+            hi = j
+        elif k >= i:
+            lo = i
+        else:
+            return v[k]
+    return v[k]
+
+
+@njit(cache=True, nogil=True)
+def _bin_of_rank(hist, k):
+    """The histogram bin holding the ``k``-th smallest value, and how many values lie below it."""
+    below = 0
+    b = 0
+    while below + hist[b] <= k:
+        below += hist[b]
+        b += 1
+    return b, below
+
+
+@njit(cache=True, nogil=True)
+def masked_median(m, mask, scratch, hist):
+    """``np.median(m[mask])`` in float32, exactly; ``scratch`` is a 1-D float32 buffer of at
+    least ``2 * m.size``, ``hist`` an int64 histogram buffer (a few thousand bins: the median's
+    bin then holds a few dozen values, which alone are selected). Returns (median, count);
+    (0, 0) when the mask is empty.
+    """
+    rows, cols = m.shape
+    n = 0
+    lo = np.float32(np.inf)
+    hi = np.float32(-np.inf)
+    for y in range(rows):
+        for x in range(cols):
+            if mask[y, x]:
+                v = m[y, x]
+                scratch[n] = v
+                n += 1
+                lo = min(lo, v)
+                hi = max(hi, v)
+    if n == 0:
+        return np.float32(0.0), 0
+    if hi == lo:
+        return lo, n
+    nb = hist.size
+    scale = nb / (np.float64(hi) - np.float64(lo))
+    for i in range(nb):
+        hist[i] = 0
+    for i in range(n):
+        hist[min(int((scratch[i] - np.float64(lo)) * scale), nb - 1)] += 1
+    k = n // 2
+    k0 = k if n % 2 == 1 else k - 1
+    b0, below = _bin_of_rank(hist, k0)
+    b1, _ = _bin_of_rank(hist, k)
+    # the values of the bins from rank k0's to rank k's (one bin, or two adjacent ones)
+    c = 0
+    for i in range(n):
+        v = scratch[i]
+        b = min(int((v - np.float64(lo)) * scale), nb - 1)
+        if b0 <= b <= b1:
+            scratch[n + c] = v
+            c += 1
+    cand = scratch[n:n + c]
+    upper = _select(cand, c, k - below)
+    if n % 2 == 1:
+        return upper, n
+    # rank k - 1: the largest of the candidates below rank k's position
+    lower = cand[0]
+    for i in range(1, k - below):
+        lower = max(lower, cand[i])
+    return np.float32((lower + upper) / np.float32(2.0)), n
+
+
+@njit(cache=True, nogil=True)
+def local_z(m, inner, validf, den, window, scratch, hist, rowsum, colsum, tmp):
+    """``m`` in place: minus its median over ``inner``, over 1.2533 x its local mean absolute
+    value (``window``² box over ``validf``, ``den`` = box sum of ``validf``), at least 5 % of
+    the global mean absolute deviation: the noise of ridge maps varies several-fold between
+    soft tissue and bone."""
+    rows, cols = m.shape
+    med, n = masked_median(m, inner, scratch, hist)
+    if n == 0:
+        for y in range(rows):
+            for x in range(cols):
+                m[y, x] = 0.0
+        return
+    g = 0.0
+    for y in range(rows):
+        for x in range(cols):
+            if inner[y, x]:
+                g += abs(m[y, x] - med)
+    g /= n
+    for y in range(rows):
+        for x in range(cols):
+            v = m[y, x] - med
+            m[y, x] = v
+            tmp[y, x] = abs(v) * validf[y, x]
+    box_sum(tmp, window, rowsum, colsum, tmp)
+    floor = np.float32(0.05 * g + 1e-9)
+    k = np.float32(1.2533)
+    for y in range(rows):
+        for x in range(cols):
+            s = tmp[y, x] / max(den[y, x], np.float32(1.0)) * k
+            m[y, x] = m[y, x] / max(s, floor)
+
+
+@njit(cache=True, nogil=True)
+def best_line(zo, zw, validf, low, high, seen, stack):
+    """Largest sum of ``z - low`` over an 8-connected component of ``z > low`` that reaches
+    ``high`` (0 when none), with ``z = min(zo, zw) * validf``."""
+    rows, cols = zo.shape
+    for y in range(rows):
+        for x in range(cols):
+            seen[y, x] = False
+    best = 0.0
+    for y0 in range(rows):
+        for x0 in range(cols):
+            if seen[y0, x0]:
+                continue
+            z0 = min(zo[y0, x0], zw[y0, x0]) * validf[y0, x0]
+            if not z0 > low:
+                continue
+            seen[y0, x0] = True
+            stack[0] = y0 * cols + x0
+            top = 1
+            total = 0.0
+            peak = -1e30
+            while top > 0:
+                top -= 1
+                p = stack[top]
+                y = p // cols
+                x = p - y * cols
+                z = min(zo[y, x], zw[y, x]) * validf[y, x]
+                total += np.float64(z - np.float32(low))
+                peak = max(peak, np.float64(z))
+                for ny in range(max(y - 1, 0), min(y + 2, rows)):
+                    for nx in range(max(x - 1, 0), min(x + 2, cols)):
+                        if not seen[ny, nx] and min(zo[ny, nx], zw[ny, nx]) * validf[ny, nx] > low:
+                            seen[ny, nx] = True
+                            stack[top] = ny * cols + nx
+                            top += 1
+            if peak > high and total > best:
+                best = total
+    return best
+
 def warm_up(rows: int = 1024, cols: int = 1024, factor: int = 4) -> None:
     """Compile every kernel on arrays of the real frame size and dtype (uint16 stored pixels)."""
     shape = (rows // factor, cols // factor)
@@ -408,3 +738,24 @@ def warm_up(rows: int = 1024, cols: int = 1024, factor: int = 4) -> None:
     select_labels(labels, keep, flags)
     shifted_copy(img, 0, 0, flags, np.float32(-1.0), tmp)
     negative_mass(img, flags, 0, 0, 3, 3, 2.5)
+    # the vessel test (contrast_transient.TransientLines)
+    history = np.zeros((5,) + shape, np.float32)
+    onset = np.zeros(shape, np.float32)
+    washout = np.zeros(shape, np.float32)
+    transient_maps(history, 5, onset, washout)
+    taps_i = np.zeros((2, LINE_TAPS), np.int64)
+    taps_w = np.zeros((2, LINE_TAPS), np.float32)
+    flank = np.zeros(2, np.int64)
+    pad = np.zeros((shape[0] + 8, shape[1] + 8), np.float32)
+    cpad = np.zeros((shape[0] + 6, shape[1] + 6), np.float32)
+    line_ridge(onset, taps_i, taps_i, taps_w, flank, flank, pad, cpad, washout)
+    erode_square(flags, 4, flags2, flags3)
+    same_mask(flags, flags2)
+    rowsum = np.zeros(shape, np.float64)
+    colsum = np.zeros(shape[1], np.float64)
+    box_sum(img, 31, rowsum, colsum, tmp)
+    scratch = np.zeros(2 * shape[0] * shape[1], np.float32)
+    hist = np.zeros(4096, np.int64)
+    masked_median(img, flags, scratch, hist)
+    local_z(onset, flags, tmp, tmp, 31, scratch, hist, rowsum, colsum, img)
+    best_line(onset, washout, tmp, 1.5, 3.0, flags2, stack)

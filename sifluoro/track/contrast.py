@@ -297,8 +297,7 @@ class ContrastStage:
             return 0.0
         if self._transient is None or self._transient.shape != b.shape:
             self._transient = TransientLines(b.shape)
-        frames = [rm.history[k] for k in range(rm.history_count)]
-        return self._transient.score(frames, b.valid) * work_mm
+        return self._transient.score_history(rm.history, rm.history_count, b.valid) * work_mm
 
     def _result(self, memory: _StudyMemory, frame: Frame, accepted, area_mm2: float,
                 iodine_au: float, bbox) -> dict[str, Any]:

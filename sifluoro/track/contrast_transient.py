@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import functools
 
-import cv2
 import numpy as np
+
+from sifluoro.track import _contrast_kernels as K
 
 FRAMES = 5          # x[a-2] .. x[a+2]
 LINE_HALF_PX = 4
@@ -53,97 +54,87 @@ def line_kernels(half: int = LINE_HALF_PX, flank: int = FLANK_PX,
     return tuple(out)
 
 
+@functools.lru_cache(maxsize=None)
+def tap_tables() -> tuple[np.ndarray, ...]:
+    """:func:`line_kernels` as the tap tables of :func:`_contrast_kernels.line_ridge`:
+    (dy, dx, weight) per orientation and tap (``K.LINE_TAPS`` taps, unused ones weight 0), and
+    the flank offsets (dx, dy) per orientation."""
+    kernels = line_kernels()
+    n = len(kernels)
+    dy = np.zeros((n, K.LINE_TAPS), np.int64)
+    dx = np.zeros((n, K.LINE_TAPS), np.int64)
+    w = np.zeros((n, K.LINE_TAPS), np.float32)
+    flank = np.zeros((n, 2), np.int64)
+    for o, (kc, f) in enumerate(kernels):
+        h = kc.shape[0] // 2
+        ys, xs = np.nonzero(kc)
+        if len(ys) > K.LINE_TAPS:
+            raise ValueError(f"a line kernel has {len(ys)} taps, line_ridge takes {K.LINE_TAPS}")
+        dy[o, :len(ys)] = ys - h
+        dx[o, :len(ys)] = xs - h
+        w[o, :len(ys)] = kc[ys, xs]
+        flank[o] = f
+    return dy, dx, w, np.ascontiguousarray(flank[:, 0]), np.ascontiguousarray(flank[:, 1])
+
+
 class TransientLines:
     """Working arrays of one grid shape for :meth:`score` (allocated once)."""
 
     def __init__(self, shape: tuple[int, int]):
+        rows, cols = shape
         self.shape = shape
         self.onset = np.empty(shape, np.float32)
         self.washout = np.empty(shape, np.float32)
-        self.c = np.empty(shape, np.float32)
-        self.l = np.empty(shape, np.float32)
-        self.r = np.empty(shape, np.float32)
-        self.pad = np.empty((shape[0] + 2 * FLANK_PX, shape[1] + 2 * FLANK_PX), np.float32)
+        self.pad = np.empty((rows + 2 * LINE_HALF_PX, cols + 2 * LINE_HALF_PX), np.float32)
+        self.cpad = np.empty((rows + 2 * FLANK_PX, cols + 2 * FLANK_PX), np.float32)
         self.ridge_o = np.empty(shape, np.float32)
         self.ridge_w = np.empty(shape, np.float32)
         self.tmp = np.empty(shape, np.float32)
-        self.den = np.empty(shape, np.float32)
+        self.rowsum = np.empty(shape, np.float64)
+        self.colsum = np.empty(cols, np.float64)
+        self.scratch = np.empty(2 * rows * cols, np.float32)
+        self.hist = np.empty(4096, np.int64)
+        self.stack = np.empty(rows * cols, np.int64)
+        self.seen = np.empty(shape, np.bool_)
+        # what depends on the valid mask only, kept while the mask stays the same
+        self.valid_seen = np.zeros(shape, np.bool_)
+        self.valid_known = False
+        self.etmp = np.empty(shape, np.bool_)
+        self.inner = np.empty(shape, np.bool_)
         self.validf = np.empty(shape, np.float32)
-        self.inner = np.empty(shape, np.uint8)
-        self.both = np.empty(shape, np.float32)
+        self.den = np.empty(shape, np.float32)
 
     def _ridge(self, img: np.ndarray, out: np.ndarray) -> None:
-        out.fill(-1e9)
-        f = FLANK_PX
-        rows, cols = img.shape
-        for kc, (dx, dy) in line_kernels():
-            cv2.filter2D(img, -1, kc, dst=self.c, borderType=cv2.BORDER_REPLICATE)
-            cv2.copyMakeBorder(self.c, f, f, f, f, cv2.BORDER_REPLICATE, dst=self.pad)
-            np.subtract(self.c, self.pad[f + dy:f + dy + rows, f + dx:f + dx + cols], out=self.l)
-            np.subtract(self.c, self.pad[f - dy:f - dy + rows, f - dx:f - dx + cols], out=self.r)
-            np.minimum(self.l, self.r, out=self.l)
-            np.maximum(out, self.l, out=out)
+        K.line_ridge(img, *tap_tables(), self.pad, self.cpad, out)
 
-    def _local_z(self, m: np.ndarray, valid: np.ndarray) -> None:
-        """``m`` in place: minus its median, over its local mean absolute value."""
-        v = m[valid]
-        if v.size == 0:
-            m.fill(0.0)
+    def _mask(self, valid: np.ndarray) -> None:
+        """The field eroded by the filters' reach, and its box counts (only when it changed)."""
+        if self.valid_known and K.same_mask(valid, self.valid_seen):
             return
-        med = np.float32(np.median(v))
-        g = float(np.mean(np.abs(v - med)))
-        np.subtract(m, med, out=m)
-        np.abs(m, out=self.tmp)
-        self.tmp *= self.validf
-        w = (NOISE_WINDOW_PX, NOISE_WINDOW_PX)
-        cv2.boxFilter(self.tmp, -1, w, dst=self.tmp, normalize=False,
-                      borderType=cv2.BORDER_CONSTANT)
-        np.maximum(self.den, 1.0, out=self.c)
-        np.divide(self.tmp, self.c, out=self.tmp)
-        self.tmp *= np.float32(1.2533)
-        np.maximum(self.tmp, np.float32(0.05 * g + 1e-9), out=self.tmp)
-        np.divide(m, self.tmp, out=m)
+        self.valid_seen[...] = valid
+        self.valid_known = True
+        K.erode_square(valid, EDGE_PX, self.etmp, self.inner)
+        np.copyto(self.validf, self.inner)
+        K.box_sum(self.validf, NOISE_WINDOW_PX, self.rowsum, self.colsum, self.den)
+
+    def score_history(self, history: np.ndarray, n: int, valid: np.ndarray) -> float:
+        """Line evidence (z x px) of a vessel that arrived on ``history[n - 3]`` and emptied by
+        ``history[n - 1]``; ``history[:n]`` are the run's last 4 or 5 working frames, oldest
+        first."""
+        if n not in (4, 5):
+            raise ValueError(f"the vessel test takes 4 or 5 frames, not {n}")
+        K.transient_maps(history, n, self.onset, self.washout)
+        self._mask(valid)
+        self._ridge(self.onset, self.ridge_o)
+        K.local_z(self.ridge_o, self.inner, self.validf, self.den, NOISE_WINDOW_PX, self.scratch,
+                  self.hist, self.rowsum, self.colsum, self.tmp)
+        self._ridge(self.washout, self.ridge_w)
+        K.local_z(self.ridge_w, self.inner, self.validf, self.den, NOISE_WINDOW_PX, self.scratch,
+                  self.hist, self.rowsum, self.colsum, self.tmp)
+        return K.best_line(self.ridge_o, self.ridge_w, self.validf, LOW_Z, HIGH_Z, self.seen,
+                           self.stack)
 
     def score(self, frames: list[np.ndarray], valid: np.ndarray) -> float:
-        """Line evidence (z x px) of a vessel that arrived on ``frames[-3]`` and emptied by
-        ``frames[-1]``; ``frames`` are the run's last 4 or 5 working frames, oldest first."""
-        x_now, x_a1, x_a = frames[-1], frames[-2], frames[-3]
-        pre = frames[:-3]
-        np.add(x_a, x_a1, out=self.tmp)
-        self.tmp *= np.float32(0.5)
-        np.subtract(self.tmp, x_now, out=self.washout)
-        np.subtract(self.tmp, pre[-1], out=self.onset)
-        if len(pre) > 1:
-            np.add(self.onset, self.tmp, out=self.onset)
-            np.subtract(self.onset, pre[-2], out=self.onset)
-            self.onset *= np.float32(0.5)
-        np.copyto(self.inner, valid)
-        cv2.erode(self.inner, np.ones((2 * EDGE_PX + 1,) * 2, np.uint8), dst=self.inner)
-        inner = self.inner.view(np.bool_)
-        np.copyto(self.validf, inner)
-        cv2.boxFilter(self.validf, -1, (NOISE_WINDOW_PX, NOISE_WINDOW_PX), dst=self.den,
-                      normalize=False, borderType=cv2.BORDER_CONSTANT)
-        self._ridge(self.onset, self.ridge_o)
-        self._local_z(self.ridge_o, inner)
-        self._ridge(self.washout, self.ridge_w)
-        self._local_z(self.ridge_w, inner)
-        np.minimum(self.ridge_o, self.ridge_w, out=self.both)
-        self.both *= self.validf
-        return best_component(self.both, LOW_Z, HIGH_Z)
-
-
-def best_component(z: np.ndarray, low: float, high: float) -> float:
-    """Largest sum of ``z - low`` over an 8-connected component of ``z > low`` that reaches
-    ``high`` (0 when none)."""
-    n, lab = cv2.connectedComponents((z > low).view(np.uint8), connectivity=8)
-    if n <= 1:
-        return 0.0
-    flat = lab.ravel()
-    zf = z.ravel()
-    sums = np.bincount(flat, weights=np.maximum(zf - low, 0.0), minlength=n)
-    peaks = np.zeros(n)
-    on = flat > 0
-    np.maximum.at(peaks, flat[on], zf[on])
-    sums[0] = 0.0
-    sums[peaks <= high] = 0.0
-    return float(sums.max())
+        """:meth:`score_history` of a list of 4 or 5 frames, oldest first (copies them)."""
+        return self.score_history(np.stack(frames).astype(np.float32, copy=False), len(frames),
+                                  valid)

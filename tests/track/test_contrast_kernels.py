@@ -169,3 +169,73 @@ def test_select_labels_and_negative_mass(rng):
 
 def test_warm_up_compiles_on_real_size():
     K.warm_up(512, 512, 2)
+
+
+@pytest.mark.parametrize("n_valid", [0, 1, 2, 7, 1000, 1001])
+def test_masked_median_is_numpy_median(rng, n_valid):
+    m = rng.normal(size=(40, 50)).astype(np.float32)
+    m[5:9] = 0.25                               # ties across the median
+    mask = np.zeros(m.shape, bool)
+    mask.ravel()[rng.permutation(m.size)[:n_valid]] = True
+    med, n = K.masked_median(m, mask, np.empty(2 * m.size, np.float32), np.empty(64, np.int64))
+    assert n == n_valid
+    if n_valid:
+        assert np.float32(med) == np.float32(np.median(m[mask]))
+    m[:] = 3.0                                  # constant
+    mask[:] = True
+    assert K.masked_median(m, mask, np.empty(2 * m.size, np.float32), np.empty(64, np.int64))[0] == 3.0
+
+
+@pytest.mark.parametrize("window", [1, 5, 31])
+def test_box_sum_matches_opencv(rng, window):
+    import cv2
+    src = rng.random((37, 45)).astype(np.float32)
+    out = np.empty_like(src)
+    K.box_sum(src, window, np.empty(src.shape), np.empty(src.shape[1]), out)
+    ref = cv2.boxFilter(src, -1, (window, window), normalize=False, borderType=cv2.BORDER_CONSTANT)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+    K.box_sum(src, window, np.empty(src.shape), np.empty(src.shape[1]), src)   # in place
+    np.testing.assert_allclose(src, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("radius", [1, 4])
+def test_erode_square_matches_opencv(rng, radius):
+    import cv2
+    src = rng.random((33, 47)) > 0.02
+    src[:, :3] = False
+    tmp, out = np.empty_like(src), np.empty_like(src)
+    K.erode_square(src, radius, tmp, out)
+    ref = cv2.erode(src.astype(np.uint8), np.ones((2 * radius + 1,) * 2, np.uint8)).astype(bool)
+    np.testing.assert_array_equal(out, ref)
+    assert K.same_mask(out, ref) and not K.same_mask(out, ~ref)
+
+
+@pytest.mark.parametrize("n", [4, 5])
+def test_transient_maps_match_numpy(rng, n):
+    history = rng.random((5, 20, 30)).astype(np.float32)
+    onset, washout = np.empty((20, 30), np.float32), np.empty((20, 30), np.float32)
+    K.transient_maps(history, n, onset, washout)
+    x = history[:n]
+    a = (x[-3] + x[-2]) * np.float32(0.5)
+    np.testing.assert_array_equal(washout, a - x[-1])
+    ref = a - x[-4] if n == 4 else ((a - x[-4]) + a - x[-5]) * np.float32(0.5)
+    np.testing.assert_array_equal(onset, ref)
+
+
+def test_local_z_matches_numpy(rng):
+    import cv2
+    m = (rng.normal(size=(60, 70)) * np.linspace(0.5, 3.0, 70)).astype(np.float32)
+    inner = rng.random(m.shape) > 0.1
+    validf = inner.astype(np.float32)
+    den = cv2.boxFilter(validf, -1, (31, 31), normalize=False, borderType=cv2.BORDER_CONSTANT)
+    got = m.copy()
+    K.local_z(got, inner, validf, den, 31, np.empty(2 * m.size, np.float32),
+              np.empty(256, np.int64), np.empty(m.shape), np.empty(m.shape[1]),
+              np.empty_like(m))
+    med = np.float32(np.median(m[inner]))
+    g = float(np.mean(np.abs(m[inner] - med)))
+    local = cv2.boxFilter(np.abs(m - med) * validf, -1, (31, 31), normalize=False,
+                          borderType=cv2.BORDER_CONSTANT)
+    local = local / np.maximum(den, 1.0) * np.float32(1.2533)
+    ref = (m - med) / np.maximum(local, np.float32(0.05 * g + 1e-9))
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)

@@ -1,11 +1,16 @@
 """The vessel test of the contrast stage: a thin line that came and went, against lines that
-stay (joint fill), broad clouds and noise; and its ridge filter against a direct NumPy version."""
+stay (joint fill), broad clouds and noise; its ridge filter against a direct NumPy version, and
+the whole test against the OpenCV/NumPy version it replaced."""
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
+from skimage import measure
 
-from sifluoro.track.contrast_transient import TransientLines, best_component, line_kernels
+from sifluoro.track import _contrast_kernels as K
+from sifluoro.track.contrast_transient import (EDGE_PX, FLANK_PX, HIGH_Z, LOW_Z, NOISE_WINDOW_PX,
+                                               TransientLines, line_kernels)
 
 SHAPE = (128, 128)
 
@@ -71,9 +76,113 @@ def test_ridge_matches_direct_numpy():
     np.testing.assert_allclose(out, ref, atol=1e-4)
 
 
-def test_best_component_reference():
+def _best_line(z):
+    shape = z.shape
+    ones = np.ones(shape, np.float32)
+    return K.best_line(z, ones * np.float32(1e9), ones, 1.5, 3.0, np.empty(shape, bool),
+                       np.empty(z.size, np.int64))
+
+
+def test_best_line_small_cases():
     z = np.zeros((10, 10), np.float32)
     z[1, 1:4] = [2.0, 4.0, 2.0]     # reaches the high threshold: sum of (z - 1.5)
     z[6, 6:9] = [2.0, 2.5, 2.0]     # never reaches it
-    assert best_component(z, 1.5, 3.0) == pytest.approx(0.5 + 2.5 + 0.5)
-    assert best_component(np.zeros((5, 5), np.float32), 1.5, 3.0) == 0.0
+    assert _best_line(z) == pytest.approx(0.5 + 2.5 + 0.5)
+    assert _best_line(np.zeros((5, 5), np.float32)) == 0.0
+
+
+def _reference_best_component(z, low, high):
+    lab = measure.label(z > low, connectivity=2)
+    best = 0.0
+    for r in measure.regionprops(lab):
+        v = z[tuple(r.coords.T)].astype(np.float64)
+        if v.max() > high:
+            best = max(best, float((v - low).sum()))
+    return best
+
+
+def test_best_line_matches_skimage_labels():
+    rng = np.random.default_rng(3)
+    zo = (rng.standard_normal((70, 90)) * 2).astype(np.float32)
+    zw = (rng.standard_normal((70, 90)) * 2).astype(np.float32)
+    validf = (rng.random((70, 90)) > 0.1).astype(np.float32)
+    got = K.best_line(zo, zw, validf, LOW_Z, HIGH_Z, np.empty(zo.shape, bool),
+                      np.empty(zo.size, np.int64))
+    ref = _reference_best_component(np.minimum(zo, zw) * validf, LOW_Z, HIGH_Z)
+    assert got == pytest.approx(ref, rel=1e-6)
+
+
+class _OpenCvTransientLines:
+    """The vessel test as first written with OpenCV and NumPy (filter2D per orientation,
+    np.median, boxFilter, connectedComponents): the reference of the numba version."""
+
+    def __init__(self, shape):
+        self.shape = shape
+
+    def _ridge(self, img):
+        out = np.full(img.shape, -1e9, np.float32)
+        f = FLANK_PX
+        rows, cols = img.shape
+        for kc, (dx, dy) in line_kernels():
+            c = cv2.filter2D(img, -1, kc, borderType=cv2.BORDER_REPLICATE)
+            pad = cv2.copyMakeBorder(c, f, f, f, f, cv2.BORDER_REPLICATE)
+            left = c - pad[f + dy:f + dy + rows, f + dx:f + dx + cols]
+            right = c - pad[f - dy:f - dy + rows, f - dx:f - dx + cols]
+            out = np.maximum(out, np.minimum(left, right))
+        return out
+
+    def _local_z(self, m, inner, validf, den):
+        v = m[inner]
+        if v.size == 0:
+            return np.zeros_like(m)
+        med = np.float32(np.median(v))
+        g = float(np.mean(np.abs(v - med)))
+        m = m - med
+        w = (NOISE_WINDOW_PX, NOISE_WINDOW_PX)
+        local = cv2.boxFilter(np.abs(m) * validf, -1, w, normalize=False,
+                              borderType=cv2.BORDER_CONSTANT)
+        local = local / np.maximum(den, 1.0) * np.float32(1.2533)
+        return m / np.maximum(local, np.float32(0.05 * g + 1e-9))
+
+    def score(self, frames, valid):
+        x_now, x_a1, x_a = frames[-1], frames[-2], frames[-3]
+        pre = frames[:-3]
+        a = (x_a + x_a1) * np.float32(0.5)
+        washout = a - x_now
+        onset = a - pre[-1]
+        if len(pre) > 1:
+            onset = (onset + a - pre[-2]) * np.float32(0.5)
+        inner = cv2.erode(valid.astype(np.uint8), np.ones((2 * EDGE_PX + 1,) * 2, np.uint8))
+        inner = inner.view(bool)
+        validf = inner.astype(np.float32)
+        den = cv2.boxFilter(validf, -1, (NOISE_WINDOW_PX, NOISE_WINDOW_PX), normalize=False,
+                            borderType=cv2.BORDER_CONSTANT)
+        zo = self._local_z(self._ridge(onset), inner, validf, den)
+        zw = self._local_z(self._ridge(washout), inner, validf, den)
+        return _reference_best_component(np.minimum(zo, zw) * validf, LOW_Z, HIGH_Z)
+
+
+@pytest.mark.parametrize("seed, profile, cut", [(0, [0, 0, 1, 1, 0.2], False),
+                                                (1, [0, 1, 1, 0.2], True),
+                                                (2, [0, 0, 0, 0, 0], True),
+                                                (3, [0, 0.5, 1, 1.3, 1.6], False)])
+def test_score_matches_the_opencv_version(seed, profile, cut):
+    frames = _frames(profile, seed=seed)
+    valid = np.ones(SHAPE, bool)
+    if cut:                         # a collimated field and a text block
+        valid[:30] = False
+        valid[90:100, 100:] = False
+    got = TransientLines(SHAPE).score(frames, valid)
+    ref = _OpenCvTransientLines(SHAPE).score(frames, valid)
+    assert got == pytest.approx(ref, rel=1e-4, abs=1e-4)
+
+
+def test_the_field_cache_follows_a_changed_field():
+    frames = _frames([0, 0, 1, 1, 0.2])
+    t = TransientLines(SHAPE)
+    full = np.ones(SHAPE, bool)
+    cut = full.copy()
+    cut[:, 40:] = False             # the line lies mostly beyond x = 40
+    assert t.score(frames, full) > 30.0
+    assert t.score(frames, cut) == pytest.approx(TransientLines(SHAPE).score(frames, cut))
+    assert t.score(frames, full) == pytest.approx(TransientLines(SHAPE).score(frames, full))
