@@ -38,43 +38,47 @@ N_STATS = 22
 
 
 @njit(cache=True, nogil=True)
-def reduce_frame(pixels, factor, top, invert, out_img, out_low, out_high):
+def reduce_frame(pixels, factor, top, invert, out_img, out_low, out_high, row_sum, row_low,
+                 row_high):
     """Block-average stored pixels into an attenuation-like working image.
 
     ``out_img[y, x]`` = mean over the ``factor`` x ``factor`` block of ``v / top`` (``1 - v / top``
     when ``invert``), so bone is bright. ``out_low``/``out_high`` count the block's pixels at
     attenuation 0 (burned-in text outline) and at 1 (no exposure, text, or saturation).
-    Rows are read in storage order, one block row at a time.
+    The ``factor`` rows of a block are summed column by column into the int32 buffers
+    ``row_*`` (at least ``out_img.shape[1] * factor`` long), in storage order, then folded.
     """
     rows, cols = out_img.shape
     scale = 1.0 / (top * factor * factor)
+    n = np.uint64(cols * factor)
     for y in range(rows):
-        for x in range(cols):
-            out_low[y, x] = 0
-            out_high[y, x] = 0
-            out_img[y, x] = 0.0
+        for i in range(n):
+            row_sum[i] = 0
+            row_low[i] = 0
+            row_high[i] = 0
         for dy in range(factor):
             row = pixels[y * factor + dy]
-            for x in range(cols):
-                acc = 0
-                n0 = 0
-                n1 = 0
-                for dx in range(factor):
-                    v = np.int32(row[x * factor + dx])
-                    acc += v
-                    n0 += v == 0
-                    n1 += v >= top
-                out_img[y, x] += acc
-                out_low[y, x] += n0
-                out_high[y, x] += n1
+            for i in range(n):
+                v = np.int32(row[i])
+                row_sum[i] += v
+                row_low[i] += v == 0
+                row_high[i] += v >= top
         for x in range(cols):
+            acc = 0
+            n0 = 0
+            n1 = 0
+            for dx in range(factor):
+                acc += row_sum[x * factor + dx]
+                n0 += row_low[x * factor + dx]
+                n1 += row_high[x * factor + dx]
             if invert:
-                out_img[y, x] = np.float32(1.0 - out_img[y, x] * scale)
-                n0 = out_low[y, x]
-                out_low[y, x] = out_high[y, x]
+                out_img[y, x] = np.float32(1.0 - acc * scale)
+                out_low[y, x] = n1
                 out_high[y, x] = n0
             else:
-                out_img[y, x] = np.float32(out_img[y, x] * scale)
+                out_img[y, x] = np.float32(acc * scale)
+                out_low[y, x] = n0
+                out_high[y, x] = n1
 
 
 @njit(cache=True, nogil=True)
@@ -82,21 +86,26 @@ def smooth_binomial(src, tmp, dst):
     """Separable [1, 4, 6, 4, 1] / 16 filter (Gaussian, sigma 1 px), borders replicated."""
     rows, cols = src.shape
     for y in range(rows):
-        for x in range(cols):
-            xm2 = max(x - 2, 0)
-            xm1 = max(x - 1, 0)
-            xp1 = min(x + 1, cols - 1)
-            xp2 = min(x + 2, cols - 1)
-            tmp[y, x] = (src[y, xm2] + src[y, xp2] + 4.0 * (src[y, xm1] + src[y, xp1])
-                         + 6.0 * src[y, x]) * 0.0625
+        s = src[y]
+        t = tmp[y]
+        for x in range(min(2, cols)):
+            t[x] = (s[max(x - 2, 0)] + s[min(x + 2, cols - 1)]
+                    + 4.0 * (s[max(x - 1, 0)] + s[min(x + 1, cols - 1)]) + 6.0 * s[x]) * 0.0625
+        for x in range(np.uint64(2), np.uint64(max(cols - 2, 2))):
+            t[x] = (s[x - np.uint64(2)] + s[x + np.uint64(2)]
+                    + 4.0 * (s[x - np.uint64(1)] + s[x + np.uint64(1)]) + 6.0 * s[x]) * 0.0625
+        for x in range(max(cols - 2, 2), cols):
+            t[x] = (s[max(x - 2, 0)] + s[min(x + 2, cols - 1)]
+                    + 4.0 * (s[max(x - 1, 0)] + s[min(x + 1, cols - 1)]) + 6.0 * s[x]) * 0.0625
     for y in range(rows):
-        ym2 = max(y - 2, 0)
-        ym1 = max(y - 1, 0)
-        yp1 = min(y + 1, rows - 1)
-        yp2 = min(y + 2, rows - 1)
-        for x in range(cols):
-            dst[y, x] = (tmp[ym2, x] + tmp[yp2, x] + 4.0 * (tmp[ym1, x] + tmp[yp1, x])
-                         + 6.0 * tmp[y, x]) * 0.0625
+        a = tmp[max(y - 2, 0)]
+        b = tmp[max(y - 1, 0)]
+        c = tmp[y]
+        d = tmp[min(y + 1, rows - 1)]
+        e = tmp[min(y + 2, rows - 1)]
+        o = dst[y]
+        for x in range(np.uint64(cols)):
+            o[x] = (a[x] + e[x] + 4.0 * (b[x] + d[x]) + 6.0 * c[x]) * 0.0625
 
 
 @njit(cache=True, nogil=True)
@@ -214,20 +223,23 @@ def dilate_square(src, radius, tmp, out):
     """Binary dilation by a (2 radius + 1)² square, separable, rows in storage order."""
     rows, cols = src.shape
     for y in range(rows):
+        s = src[y]
+        t = tmp[y]
         for x in range(cols):
-            hit = False
-            for xx in range(max(x - radius, 0), min(x + radius + 1, cols)):
-                if src[y, xx]:
-                    hit = True
-                    break
-            tmp[y, x] = hit
+            t[x] = s[x]
+        for k in range(1, radius + 1):
+            uk = np.uint64(k)
+            for x in range(np.uint64(max(cols - k, 0))):
+                t[x] |= s[x + uk]
+                t[x + uk] |= s[x]
     for y in range(rows):
+        o = out[y]
         for x in range(cols):
-            out[y, x] = False
+            o[x] = False
         for yy in range(max(y - radius, 0), min(y + radius + 1, rows)):
-            for x in range(cols):
-                if tmp[yy, x]:
-                    out[y, x] = True
+            t = tmp[yy]
+            for x in range(np.uint64(cols)):
+                o[x] |= t[x]
 
 
 @njit(cache=True, nogil=True)
@@ -388,18 +400,24 @@ _F32_HALF = np.float32(0.5)
 
 
 @njit(cache=True, nogil=True)
-def transient_maps(history, n, onset, washout):
-    """Onset and washout of the run's last ``n`` (4 or 5) working frames, oldest first in
-    ``history``: ``a = (x[n-3] + x[n-2]) / 2``, ``washout = a - x[n-1]``, ``onset = a - x[n-4]``
-    or ``a - (x[n-4] + x[n-5]) / 2``. float32 throughout, in the NumPy order of operations."""
+def transient_maps(history, order, n, onset, washout):
+    """Onset and washout of the run's last ``n`` (4 or 5) working frames ``x[j] =
+    history[order[j]]``, oldest first: ``a = (x[n-3] + x[n-2]) / 2``, ``washout = a - x[n-1]``,
+    ``onset = a - x[n-4]`` or ``a - (x[n-4] + x[n-5]) / 2``. float32 throughout, in the NumPy
+    order of operations."""
     rows, cols = onset.shape
+    x_a = history[order[n - 3]]
+    x_a1 = history[order[n - 2]]
+    x_now = history[order[n - 1]]
+    x_p1 = history[order[n - 4]]
+    x_p2 = history[order[max(n - 5, 0)]]
     for y in range(rows):
         for x in range(cols):
-            a = (history[n - 3, y, x] + history[n - 2, y, x]) * _F32_HALF
-            washout[y, x] = a - history[n - 1, y, x]
-            o = a - history[n - 4, y, x]
+            a = (x_a[y, x] + x_a1[y, x]) * _F32_HALF
+            washout[y, x] = a - x_now[y, x]
+            o = a - x_p1[y, x]
             if n >= 5:
-                o = ((o + a) - history[n - 5, y, x]) * _F32_HALF
+                o = ((o + a) - x_p2[y, x]) * _F32_HALF
             onset[y, x] = o
 
 
@@ -717,7 +735,8 @@ def warm_up(rows: int = 1024, cols: int = 1024, factor: int = 4) -> None:
     tmp = np.zeros(shape, np.float32)
     low = np.zeros(shape, np.int32)
     high = np.zeros(shape, np.int32)
-    reduce_frame(pixels, factor, 4095, False, img, low, high)
+    row_buffers = [np.zeros(cols, np.int32) for _ in range(3)]
+    reduce_frame(pixels, factor, 4095, False, img, low, high, *row_buffers)
     smooth_binomial(img, tmp, img)
     slots = np.zeros((2,) + shape, np.float32)
     envelope_max(slots, 2, tmp)
@@ -742,7 +761,7 @@ def warm_up(rows: int = 1024, cols: int = 1024, factor: int = 4) -> None:
     history = np.zeros((5,) + shape, np.float32)
     onset = np.zeros(shape, np.float32)
     washout = np.zeros(shape, np.float32)
-    transient_maps(history, 5, onset, washout)
+    transient_maps(history, np.arange(5), 5, onset, washout)
     taps_i = np.zeros((2, LINE_TAPS), np.int64)
     taps_w = np.zeros((2, LINE_TAPS), np.float32)
     flank = np.zeros(2, np.int64)

@@ -56,11 +56,16 @@ class ContrastSettings:
 
 
 class _Buffers:
-    """Working arrays of one grid shape, allocated once and reused for every frame."""
+    """Working arrays of one grid shape (and reduction factor), allocated once and reused for
+    every frame."""
 
-    def __init__(self, shape: tuple[int, int]):
+    def __init__(self, shape: tuple[int, int], factor: int = 1):
         rows, cols = shape
         self.shape = shape
+        self.factor = factor
+        self.row_sum = np.empty(cols * factor, np.int32)
+        self.row_low = np.empty(cols * factor, np.int32)
+        self.row_high = np.empty(cols * factor, np.int32)
         self.image = np.empty(shape, np.float32)
         self.tmp = np.empty(shape, np.float32)
         self.current = np.empty(shape, np.float32)
@@ -98,15 +103,20 @@ class _RunMemory:
         self.text = np.zeros(shape, np.bool_)
         self.shift_px = (0, 0)
         self.opacity_seen = False
-        # the run's last working frames, oldest first, for the vessel (transient line) test
+        # the run's last working frames for the vessel (transient line) test: a ring of slots,
+        # history_order[:history_count] names them oldest first
         self.history = np.zeros((TRANSIENT_FRAMES,) + shape, np.float32)
+        self.history_order = np.arange(TRANSIENT_FRAMES, dtype=np.int64)
         self.history_count = 0
 
     def remember(self, image: np.ndarray) -> None:
-        if self.history_count == len(self.history):
-            self.history[:-1] = self.history[1:]
+        order = self.history_order
+        if self.history_count == len(order):
+            oldest = order[0]
+            order[:-1] = order[1:]
+            order[-1] = oldest
             self.history_count -= 1
-        self.history[self.history_count] = image
+        self.history[order[self.history_count]] = image
         self.history_count += 1
 
 
@@ -156,15 +166,15 @@ class ContrastStage:
         factor = self.factor_for(rows, cols)
         K.warm_up(rows, cols, factor)
         shape = (rows // factor, cols // factor)
-        self.buffers(shape)
+        self.buffers(shape, factor)
         self._transient = TransientLines(shape)
 
     def factor_for(self, rows: int, cols: int) -> int:
         return max(1, int(round(max(rows, cols) / self.settings.grid_px)))
 
-    def buffers(self, shape: tuple[int, int]) -> _Buffers:
-        if self._buffers is None or self._buffers.shape != shape:
-            self._buffers = _Buffers(shape)
+    def buffers(self, shape: tuple[int, int], factor: int = 1) -> _Buffers:
+        if self._buffers is None or (self._buffers.shape, self._buffers.factor) != (shape, factor):
+            self._buffers = _Buffers(shape, factor)
         return self._buffers
 
     def process(self, frame: Frame, state) -> dict[str, Any]:
@@ -176,11 +186,11 @@ class ContrastStage:
         rows, cols = pixels.shape
         factor = self.factor_for(rows, cols)
         shape = (rows // factor, cols // factor)
-        b = self.buffers(shape)
+        b = self.buffers(shape, factor)
         run = frame.run
         top = (1 << run.bits_stored) - 1
         K.reduce_frame(pixels, factor, top, not run.attenuation_rises_with_value,
-                       b.image, b.low, b.high)
+                       b.image, b.low, b.high, b.row_sum, b.row_low, b.row_high)
         K.smooth_binomial(b.image, b.tmp, b.current)
         spacing = frame.pixel_spacing_xy_mm
         work_mm = (spacing[0] if spacing else 0.5) * factor
@@ -297,7 +307,8 @@ class ContrastStage:
             return 0.0
         if self._transient is None or self._transient.shape != b.shape:
             self._transient = TransientLines(b.shape)
-        return self._transient.score_history(rm.history, rm.history_count, b.valid) * work_mm
+        return self._transient.score_history(rm.history, rm.history_order, rm.history_count,
+                                             b.valid) * work_mm
 
     def _result(self, memory: _StudyMemory, frame: Frame, accepted, area_mm2: float,
                 iodine_au: float, bbox) -> dict[str, Any]:

@@ -117,13 +117,14 @@ class TransientLines:
         np.copyto(self.validf, self.inner)
         K.box_sum(self.validf, NOISE_WINDOW_PX, self.rowsum, self.colsum, self.den)
 
-    def score_history(self, history: np.ndarray, n: int, valid: np.ndarray) -> float:
-        """Line evidence (z x px) of a vessel that arrived on ``history[n - 3]`` and emptied by
-        ``history[n - 1]``; ``history[:n]`` are the run's last 4 or 5 working frames, oldest
-        first."""
+    def score_history(self, history: np.ndarray, order: np.ndarray, n: int,
+                      valid: np.ndarray) -> float:
+        """Line evidence (z x px) of a vessel that arrived on the third-last of the run's last
+        ``n`` (4 or 5) working frames ``history[order[0]] .. history[order[n - 1]]`` (oldest
+        first) and had emptied by the last."""
         if n not in (4, 5):
             raise ValueError(f"the vessel test takes 4 or 5 frames, not {n}")
-        K.transient_maps(history, n, self.onset, self.washout)
+        K.transient_maps(history, order, n, self.onset, self.washout)
         self._mask(valid)
         self._ridge(self.onset, self.ridge_o)
         K.local_z(self.ridge_o, self.inner, self.validf, self.den, NOISE_WINDOW_PX, self.scratch,
@@ -136,5 +137,5 @@ class TransientLines:
 
     def score(self, frames: list[np.ndarray], valid: np.ndarray) -> float:
         """:meth:`score_history` of a list of 4 or 5 frames, oldest first (copies them)."""
-        return self.score_history(np.stack(frames).astype(np.float32, copy=False), len(frames),
-                                  valid)
+        history = np.stack(frames).astype(np.float32, copy=False)
+        return self.score_history(history, np.arange(len(frames)), len(frames), valid)

@@ -95,3 +95,12 @@ def test_gas_like_opacity_is_refused_unless_it_continues_accepted_opacity():
     assert c.accept([_opacity(0.9, 0.1)]) == [True]     # clean new opacity
     assert c.accept([_opacity(0.9, 0.8)]) == [False]    # a dark lobe beside it: moving gas
     assert c.accept([_opacity(0.2, 0.8)]) == [True]     # where contrast was last frame
+
+
+def test_run_memory_keeps_the_last_frames_oldest_first():
+    rm = _RunMemory(None, (4, 4))
+    frames = [np.full((4, 4), k, np.float32) for k in range(7)]
+    for k, f in enumerate(frames):
+        rm.remember(f)
+        kept = [int(rm.history[rm.history_order[j]][0, 0]) for j in range(rm.history_count)]
+        assert kept == list(range(max(0, k - 4), k + 1))
