@@ -78,6 +78,9 @@ class _StudyNeedle:
         self.mean_work: np.ndarray | None = None
         self.n_mean = 0
         self.last_features: list[dict] = []
+        # needle-like candidates of the previous frame of the run (full-resolution tip,
+        # direction): a cold-start detection must be seen on two frames in a row
+        self.prev_candidates: list[tuple[np.ndarray, np.ndarray]] = []
 
 
 class NeedleStage:
@@ -122,6 +125,7 @@ class NeedleStage:
         edge_dist = cv2.distanceTransform(valid_work.astype(np.uint8), cv2.DIST_L2, 3)
         st.ctx = _RunContext(run, spacing, grid, valid, valid_work, centre, edge_dist)
         st.mean_work, st.n_mean = None, 0
+        st.prev_candidates = []
         return st.ctx
 
     # -- per frame ------------------------------------------------------------------------
@@ -371,13 +375,12 @@ class NeedleStage:
         i, _ = K.step_location(prof, lo, n - 2)
         return base + u * (i - 0.5)
 
-    def _consistent(self, st: _StudyNeedle, ctx: _RunContext, tip: np.ndarray,
-                    u: np.ndarray) -> bool:
-        """Does a candidate (full-resolution tip and direction) continue the needle seen last
-        (same line within a few degrees and mm, tip within reach of the last tip)?"""
+    def _continues(self, ctx: _RunContext, tip: np.ndarray, u: np.ndarray,
+                   last: np.ndarray | None, last_u: np.ndarray | None, reach_mm: float) -> bool:
+        """Does a candidate (full-resolution tip and direction) continue a needle seen with
+        tip ``last`` and direction ``last_u`` (same line within ``track_angle_deg`` and
+        ``track_margin_mm`` across, tip within ``reach_mm`` along)?"""
         s = self.settings
-        last = st.track.last_tip_of_run if st.track.tip_xy is None else st.track.tip_xy
-        last_u = st.track.dir_xy
         if last is None or last_u is None:
             return False
         if float(u @ last_u) < math.cos(math.radians(s.track_angle_deg)):
@@ -385,21 +388,44 @@ class NeedleStage:
         d = tip - last
         across = abs(float(d @ np.array([-last_u[1], last_u[0]]))) * ctx.spacing_mm
         along = abs(float(d @ last_u)) * ctx.spacing_mm
-        return across <= s.track_margin_mm and along <= s.track_reach_mm
+        return across <= s.track_margin_mm and along <= reach_mm
+
+    def _consistent(self, st: _StudyNeedle, ctx: _RunContext, tip: np.ndarray,
+                    u: np.ndarray) -> bool:
+        """Does a candidate continue the needle seen last (in this run or an earlier one)?"""
+        last = st.track.last_tip_of_run if st.track.tip_xy is None else st.track.tip_xy
+        return self._continues(ctx, tip, u, last, st.track.dir_xy, self.settings.track_reach_mm)
+
+    def _confirmed(self, st: _StudyNeedle, ctx: _RunContext, tip: np.ndarray,
+                   u: np.ndarray) -> bool:
+        """Was a candidate on the same line, tip within ``track_margin_mm``, among the
+        previous frame's candidates of this run? A line seen once on the first, noisiest
+        frames of a run (a wire whose continuation is not seen yet, a cortical edge) is not
+        yet a needle."""
+        return any(self._continues(ctx, tip, u, p_tip, p_u, self.settings.track_margin_mm)
+                   for p_tip, p_u in st.prev_candidates)
 
     def _detect(self, st: _StudyNeedle, att: np.ndarray, ctx: _RunContext,
                 target: np.ndarray | None):
         s = self.settings
         grid = ctx.grid
         ranked = []
+        seen = []
         for tip_w, base_w, prob in self._candidates(st, att, ctx, target):
             tip = grid.to_full(tip_w)
             base = grid.to_full(base_w)
             u = (tip - base) / np.linalg.norm(tip - base)
             tracked = self._consistent(st, ctx, tip, u)
-            need = s.track_min_prob if tracked else s.min_prob
-            if prob >= need:
+            if prob >= s.track_min_prob:
+                seen.append((tip, u))
+            if tracked:
+                ok = prob >= s.track_min_prob
+            else:
+                ok = prob >= s.min_prob and (prob >= s.single_min_prob
+                                             or self._confirmed(st, ctx, tip, u))
+            if ok:
                 ranked.append((tracked, prob, tip_w, base_w))
+        st.prev_candidates = seen
         # a candidate continuing the track goes first; then the most probable
         ranked.sort(key=lambda c: (not c[0], -c[1]))
         for tracked, score, tip_w, base_w in ranked[:3]:
@@ -416,12 +442,17 @@ class NeedleStage:
 
     def _no_retreat(self, st: _StudyNeedle, ctx: _RunContext, tip: np.ndarray, u: np.ndarray,
                     tracked: bool) -> np.ndarray:
-        """Within a run the needle is held or advanced, not withdrawn: a tip on the tracked line
-        more than ``retreat_mm`` behind the furthest tip of the run has stopped short where the
-        shaft fades over bone, and goes to that tip's place on the current axis."""
+        """The needle is held or advanced, not withdrawn: a tip on the tracked line more than
+        ``retreat_mm`` behind the furthest tip of the run (on a run's first detection: the last
+        tip of the previous run) has stopped short where the shaft fades over bone, or where
+        the first frames of a run are too noisy to show it, and goes to that tip's place on the
+        current axis."""
         track = st.track
-        if tracked and track.run_tip is not None:
-            behind_px = float((track.run_tip - tip) @ u)
+        # the furthest tip of this run, or on its first detection the last tip of the run
+        # before (a tracked candidate is on the same line: same view, needle not withdrawn)
+        floor = track.run_tip if track.run_tip is not None else track.reference_tip
+        if tracked and floor is not None:
+            behind_px = float((floor - tip) @ u)
             if behind_px * ctx.spacing_mm > self.settings.retreat_mm:
                 tip = tip + u * behind_px
         track.run_tip = tip
@@ -447,12 +478,13 @@ class NeedleStage:
 
 
 # Logistic model of "this candidate is the needle" on the features of
-# NeedleStage._features; fitted (L2-regularised IRLS) on the candidates of 28 fresh simulated
-# studies (seeds 777 and 778, cases 0-13), not on the evaluation sets. Whether the base is at
-# the field edge is left out: the simulated hubs are mostly inside the field, so a fit learns
-# to penalise the commonest clinical picture, a needle entering from the edge.
-_LOGIT_WEIGHTS = np.array([0.129, 3.364, -1.895, 4.804, 1.083, -0.654, 12.236, -1.971])
-_LOGIT_BIAS = -17.366
+# NeedleStage._features (see candidate_vector); fitted by benchmarks/needle_fit.py
+# (L2-regularised IRLS) on the candidates of fresh simulated studies, not on the evaluation
+# sets. Whether the base is at the field edge is left out: the simulated hubs are mostly inside
+# the field, so a fit learns to penalise the commonest clinical picture, a needle entering
+# from the edge.
+_LOGIT_WEIGHTS = np.array([-0.312, 6.168, -3.122, 5.313, 1.746, 0.740, 17.150, -9.071])
+_LOGIT_BIAS = -29.253
 
 
 def _thinness(ratio: float) -> float:
@@ -462,18 +494,23 @@ def _thinness(ratio: float) -> float:
     return ratio if ratio <= 1.0 else max(0.0, 2.0 - ratio)
 
 
+def candidate_vector(f: dict) -> np.ndarray:
+    """The model's inputs from a candidate's features ``f``: line evidence, flank symmetry
+    (not a cortical edge), continuation beyond the tip (a wire fading over bone), tip distance
+    from the field edge, length, thinness, and a skin-marker term (free at both ends and more
+    symmetric than a needle over bone)."""
+    return np.array([math.log(max(f["score"], 1.0)), f["sym"],
+                     min(max(f["ext_score"], -20.0), 20.0) / 10.0,
+                     min(f["tip_edge_mm"], 60.0) / 30.0,
+                     min(f["length_mm"], 150.0) / 50.0,
+                     math.log(f["ext_mm"] + 1.0), _thinness(f["thin"]),
+                     10.0 * max(f["sym"] - 0.9, 0.0) * (1.0 - float(f["base_at_edge"]))])
+
+
 def needle_probability(f: dict) -> float:
-    """Probability that a candidate with features ``f`` is the needle: strong, symmetric
-    flanks (not a cortical edge), not continuing to the field edge beyond its tip (not a wire
-    fading over bone), tip away from the field edge, long, thin and not as perfectly symmetric
-    as a skin marker free at both ends."""
-    x = np.array([math.log(max(f["score"], 1.0)), f["sym"],
-                  min(max(f["ext_score"], -20.0), 20.0) / 10.0, min(f["tip_edge_mm"], 60.0) / 30.0,
-                  min(f["length_mm"], 150.0) / 50.0,
-                  math.log(f["ext_mm"] + 1.0), _thinness(f["thin"]),
-                  # a skin marker: free at both ends and more symmetric than a needle over bone
-                  10.0 * max(f["sym"] - 0.9, 0.0) * (1.0 - float(f["base_at_edge"]))])
-    z = float(x @ _LOGIT_WEIGHTS) + _LOGIT_BIAS
+    """Probability that a candidate with features ``f`` is the needle (logistic model on
+    :func:`candidate_vector`)."""
+    z = float(candidate_vector(f) @ _LOGIT_WEIGHTS) + _LOGIT_BIAS
     return 1.0 / (1.0 + math.exp(-min(max(z, -50.0), 50.0)))
 
 

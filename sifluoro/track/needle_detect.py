@@ -63,7 +63,11 @@ class NeedleSettings:
     near_mm, far_mm : float
         Offsets across the axis of the two line contrasts whose ratio measures the width.
     min_prob : float
-        Cold-start acceptance of a candidate's needle probability.
+        Cold-start acceptance of a candidate's needle probability when it continues a
+        candidate seen on the previous frame of the run.
+    single_min_prob : float
+        Cold-start acceptance of a candidate seen on one frame only (the first of a run: a
+        wire whose continuation over bone is not seen yet on one noisy frame).
     track_min_prob : float
         Acceptance of a candidate that continues the needle seen last.
     track_angle_deg, track_reach_mm : float
@@ -92,6 +96,7 @@ class NeedleSettings:
     near_mm: float = 0.8
     far_mm: float = 2.5
     min_prob: float = 0.7
+    single_min_prob: float = 0.99
     track_min_prob: float = 0.2
     track_angle_deg: float = 8.0
     track_reach_mm: float = 25.0

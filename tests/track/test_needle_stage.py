@@ -72,6 +72,12 @@ def _process(frame: Frame) -> dict:
     return stage.process(frame, state)
 
 
+def _process_run(frames: list[Frame]) -> list[dict]:
+    stage = NeedleStage()
+    state = Pipeline([stage]).start_study("1.2")
+    return [stage.process(frame, state) for frame in frames]
+
+
 def test_no_needle_is_null():
     assert _process(_frame(_background(0)))["needle"] is None
 
@@ -102,11 +108,17 @@ def test_wire_across_the_field_is_null():
 
 @pytest.mark.parametrize("bend_px", [0.0, 4.0])
 def test_needle_tip_from_the_field_edge(bend_px):
-    img = _background(4)
     tip = np.array([262.3, 251.6])
     base = np.array([120.0, 511.0])
-    _draw_polyline(img, _needle_points(tip, base, bend_px), 0.05, 1.8)
-    out = _process(_frame(img))
+    run = _run()
+    frames = []
+    for i in range(2):
+        img = _background(4 + 100 * i)
+        _draw_polyline(img, _needle_points(tip, base, bend_px), 0.05, 1.8)
+        frames.append(_frame(img, run, i))
+    # on the second frame of the run (a needle seen on one frame only needs a higher
+    # probability)
+    out = _process_run(frames)[-1]
     needle = out["needle"]
     assert needle is not None
     err_mm = math.dist(needle["tip_xy"], tip) * SPACING_MM
@@ -129,9 +141,14 @@ def test_tip_to_target_and_advance_between_runs():
     tips = [np.array([240.0, 290.0]), np.array([262.0, 251.0])]
     outs = []
     for i, tip in enumerate(tips):
-        img = _background(10 + i)
-        _draw_polyline(img, _needle_points(tip, base), 0.05, 1.8)
-        outs.append(stage.process(_frame(img, _run(f"1.2.3.{i}"), i), state))
+        run = _run(f"1.2.3.{i}")
+        for k in range(2):
+            img = _background(10 + i + 100 * k)
+            _draw_polyline(img, _needle_points(tip, base), 0.05, 1.8)
+            outs.append(stage.process(_frame(img, run, 2 * i + k), state))
+    # the second run's first frame continues the track
+    assert outs[2]["needle"] is not None
+    outs = [outs[1], outs[3]]
     assert outs[0]["needle"]["advance_mm"] == 0.0
     assert outs[1]["tip_to_target_mm"] == pytest.approx(math.dist(tips[1], target) * SPACING_MM,
                                                         abs=1.0)
