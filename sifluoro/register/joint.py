@@ -17,7 +17,7 @@ from sifluoro.register import _kernels
 LENGTH_MM = (20.0, 100.0)  # the projected joint is 40-70 mm; shorter when the field cuts it
 STEP_PENALTY = 1.5  # per column of sideways step: the joint is smooth, trabecular texture meanders
 MAX_STEP = 2  # the joint turns obliquely into the sciatic notch at its inferior end
-WINDOW_MM = 56.0  # vertical extent kept: the projected joints span 48-80 mm, median 56
+WINDOW_MM = 68.0  # vertical extent kept: the projected joint lines are 57-88 mm long, median 66
 TRIM_FRACTION = 0.5  # longest stretch kept, measured along the image columns
 # the lucent line runs on above the joint along the bone outline, about as strongly: of the
 # windows nearly as strong as the best, the most inferior one is the joint
@@ -26,6 +26,10 @@ SIDE_OFFSETS_MM = (1.2, 2.0, 3.2)  # half-widths of the lucent line that are loo
 CENTRE_X_MM = 50.0  # the joint lies within this of the field's central column
 TARGET_RADIUS_MM = 50.0  # the target (joint's inferior third) lies within this of the centre
 RIM_BALANCE_MIN = 0.7  # weaker/stronger rim contrast below this: the margins do not superimpose
+# a beam tangent to the joint crosses the whole depth of the gap: the line stands out in full
+# contrast. Off tangency the gap projects wider and fainter: a line whose depth is below this
+# many noise levels (median along it) is taken for non-superimposed margins
+DOUBLED_BELOW_CNR = 8.0
 SLOPE_MAX = 0.05
 ATTEMPTS = 3  # paths tried when the best one is not where or how a joint projects
 RETRY_MIN_GAIN = 6.0  # mean gain (noise levels above the threshold) a later path needs
@@ -144,7 +148,10 @@ def segment_joint(work: np.ndarray, *, grid: WorkingGrid, usable: np.ndarray,
     y0, y1, best = w0, w1, wbest
     mean_gain = best / max(1, y1 - y0 + 1)
     confidence = float(1.0 - np.exp(-mean_gain / 4.0))
-    doubled = (_has_parallel_line(gain, path, y0, y1, grid.spacing_mm, best)
+    rows = np.arange(y0, y1 + 1)
+    line_cnr = float(np.median(depth[rows, path[rows]])) / noise
+    doubled = (line_cnr < DOUBLED_BELOW_CNR
+               or _has_parallel_line(gain, path, y0, y1, grid.spacing_mm, best)
                or _rim_balance(smooth, path, y0, y1, grid.spacing_mm) < RIM_BALANCE_MIN)
     return JointLine(_simplify(full), confidence, doubled, length_mm)
 

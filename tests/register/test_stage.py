@@ -194,3 +194,20 @@ def test_rim_balance_tells_a_tangent_line_from_doubled_margins():
     doubled = _synthetic_joint(0.0, double_mm=5.0)
     assert _rim_balance(single, path, 30, 130, 0.6) > 0.8
     assert _rim_balance(doubled, path, 30, 130, 0.6) < 0.7
+
+
+def test_a_faint_single_line_is_taken_for_non_superimposed_margins():
+    """Off tangency the gap projects wide and faint: a line only a few noise levels deep is
+    reported doubled (advice to rotate), the same line in full contrast is not."""
+    from sifluoro.imaging import WorkingGrid
+    from sifluoro.register.joint import segment_joint
+    grid = WorkingGrid(1, 0.6)
+    usable = np.ones((160, 160), bool)
+    line_only = _synthetic_joint(-0.3) - np.random.default_rng(0).normal(0, 0.002, (160, 160))
+    noise = np.random.default_rng(1).normal(0, 0.004, line_only.shape)
+    results = {}
+    for scale in (1.0, 0.07):
+        image = (0.6 + scale * (line_only - 0.6) + noise).astype(np.float32)
+        results[scale] = segment_joint(image, grid=grid, usable=usable, side="L")
+    assert results[1.0] is not None and not results[1.0].doubled
+    assert results[0.07] is not None and results[0.07].doubled
