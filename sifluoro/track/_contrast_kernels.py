@@ -145,12 +145,13 @@ def masked_residual(cur, ref, valid, dx, dy, out):
     return n
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath={"reassoc", "nsz"})
 def robust_centre_spread(values, valid, clip):
     """Centre and Gaussian-equivalent spread of ``values`` over ``valid``, re-clipped once at
     ``clip`` spreads so that contrast, gas and needle hardly move them.
 
     Returns (centre, sigma); sigma is 1.2533 x the mean absolute deviation of the kept values.
+    The sums may be reassociated (vectorised): the last bits differ from a sequential sum.
     """
     rows, cols = values.shape
     centre = 0.0
@@ -603,48 +604,68 @@ def _bin_of_rank(hist, k):
     return b, below
 
 
-@njit(cache=True, nogil=True)
-def masked_median(m, mask, scratch, hist):
-    """``np.median(m[mask])`` in float32, exactly; ``scratch`` is a 1-D float32 buffer of at
-    least ``2 * m.size``, ``hist`` an int64 histogram buffer (a few thousand bins: the median's
-    bin then holds a few dozen values, which alone are selected). Returns (median, count);
-    (0, 0) when the mask is empty.
-    """
+@njit(cache=True, nogil=True, fastmath={"reassoc", "nsz"})
+def _masked_range(m, mask):
+    """Count, smallest and largest of ``m[mask]`` (vectorised: no gather)."""
     rows, cols = m.shape
     n = 0
     lo = np.float32(np.inf)
     hi = np.float32(-np.inf)
     for y in range(rows):
         for x in range(cols):
-            if mask[y, x]:
-                v = m[y, x]
-                scratch[n] = v
-                n += 1
-                lo = min(lo, v)
-                hi = max(hi, v)
+            v = m[y, x]
+            ok = mask[y, x]
+            n += np.int64(ok)
+            lo = min(lo, v if ok else np.float32(np.inf))
+            hi = max(hi, v if ok else np.float32(-np.inf))
+    return n, lo, hi
+
+
+@njit(cache=True, nogil=True)
+def masked_median(m, mask, cand, hist, bins):
+    """``np.median(m[mask])`` in float32, exactly. Values are binned into a histogram of
+    ``hist.size // 4`` bins between their extremes (``bins``, int32 of ``m``'s shape, holds each
+    pixel's bin, -1 outside ``mask``); only the values of the median's bin (a few dozen) are
+    gathered into ``cand`` (float32, ``m.size`` long) and selected. Four interleaved
+    histograms keep neighbouring values from waiting on each other's count.
+    Returns (median, count); (0, 0) when the mask is empty.
+    """
+    rows, cols = m.shape
+    n, lo, hi = _masked_range(m, mask)
     if n == 0:
         return np.float32(0.0), 0
     if hi == lo:
         return lo, n
-    nb = hist.size
-    scale = nb / (np.float64(hi) - np.float64(lo))
-    for i in range(nb):
+    nb = hist.size // 4
+    scale = np.float32(nb / (np.float64(hi) - np.float64(lo)))
+    top = np.int32(nb - 1)
+    for y in range(rows):
+        for x in range(cols):
+            b = min(np.int32((m[y, x] - lo) * scale), top)
+            bins[y, x] = b if mask[y, x] else np.int32(-1)
+    for i in range(hist.size):
         hist[i] = 0
-    for i in range(n):
-        hist[min(int((scratch[i] - np.float64(lo)) * scale), nb - 1)] += 1
+    for y in range(rows):
+        for x in range(cols):
+            b = bins[y, x]
+            if b >= 0:
+                hist[4 * b + (x & 3)] += 1
+    for b in range(nb):
+        hist[b] = hist[4 * b] + hist[4 * b + 1] + hist[4 * b + 2] + hist[4 * b + 3]
+    counts = hist[:nb]
     k = n // 2
     k0 = k if n % 2 == 1 else k - 1
-    b0, below = _bin_of_rank(hist, k0)
-    b1, _ = _bin_of_rank(hist, k)
-    # the values of the bins from rank k0's to rank k's (one bin, or two adjacent ones)
+    b0, below = _bin_of_rank(counts, k0)
+    b1, _ = _bin_of_rank(counts, k)
+    # the values of the bins from rank k0's to rank k's (one bin, or two adjacent ones); the
+    # binning is monotonic, so their order among all values is known
     c = 0
-    for i in range(n):
-        v = scratch[i]
-        b = min(int((v - np.float64(lo)) * scale), nb - 1)
-        if b0 <= b <= b1:
-            scratch[n + c] = v
-            c += 1
-    cand = scratch[n:n + c]
+    for y in range(rows):
+        for x in range(cols):
+            b = bins[y, x]
+            if b0 <= b <= b1:
+                cand[c] = m[y, x]
+                c += 1
     upper = _select(cand, c, k - below)
     if n % 2 == 1:
         return upper, n
@@ -655,25 +676,30 @@ def masked_median(m, mask, scratch, hist):
     return np.float32((lower + upper) / np.float32(2.0)), n
 
 
+@njit(cache=True, nogil=True, fastmath={"reassoc", "nsz"})
+def _masked_mean_abs_deviation(m, mask, n, centre):
+    """Mean of ``|m - centre|`` over ``mask`` (``n`` pixels; the sum may be reassociated)."""
+    g = 0.0
+    for y in range(m.shape[0]):
+        for x in range(m.shape[1]):
+            g += abs(m[y, x] - centre) if mask[y, x] else np.float32(0.0)
+    return g / n
+
+
 @njit(cache=True, nogil=True)
-def local_z(m, inner, validf, den, window, scratch, hist, rowsum, colsum, tmp):
+def local_z(m, inner, validf, den_scale, window, scratch, hist, bins, rowsum, colsum, tmp):
     """``m`` in place: minus its median over ``inner``, over 1.2533 x its local mean absolute
-    value (``window``² box over ``validf``, ``den`` = box sum of ``validf``), at least 5 % of
-    the global mean absolute deviation: the noise of ridge maps varies several-fold between
-    soft tissue and bone."""
+    value (``window``² box over ``validf``; ``den_scale`` is 1.2533 / max(1, box sum of
+    ``validf``), see :func:`box_scale`), at least 5 % of the global mean absolute deviation:
+    the noise of ridge maps varies several-fold between soft tissue and bone."""
     rows, cols = m.shape
-    med, n = masked_median(m, inner, scratch, hist)
+    med, n = masked_median(m, inner, scratch, hist, bins)
     if n == 0:
         for y in range(rows):
             for x in range(cols):
                 m[y, x] = 0.0
         return
-    g = 0.0
-    for y in range(rows):
-        for x in range(cols):
-            if inner[y, x]:
-                g += abs(m[y, x] - med)
-    g /= n
+    g = _masked_mean_abs_deviation(m, inner, n, med)
     for y in range(rows):
         for x in range(cols):
             v = m[y, x] - med
@@ -681,11 +707,21 @@ def local_z(m, inner, validf, den, window, scratch, hist, rowsum, colsum, tmp):
             tmp[y, x] = abs(v) * validf[y, x]
     box_sum(tmp, window, rowsum, colsum, tmp)
     floor = np.float32(0.05 * g + 1e-9)
+    for y in range(rows):
+        for x in range(cols):
+            m[y, x] = m[y, x] / max(tmp[y, x] * den_scale[y, x], floor)
+
+
+@njit(cache=True, nogil=True)
+def box_scale(validf, window, rowsum, colsum, out):
+    """``out = 1.2533 / max(1, box sum of validf)``: turns a box sum of absolute values over
+    the valid pixels into a Gaussian-equivalent standard deviation (:func:`local_z`)."""
+    box_sum(validf, window, rowsum, colsum, out)
+    rows, cols = out.shape
     k = np.float32(1.2533)
     for y in range(rows):
         for x in range(cols):
-            s = tmp[y, x] / max(den[y, x], np.float32(1.0)) * k
-            m[y, x] = m[y, x] / max(s, floor)
+            out[y, x] = k / max(out[y, x], np.float32(1.0))
 
 
 @njit(cache=True, nogil=True)
@@ -774,7 +810,9 @@ def warm_up(rows: int = 1024, cols: int = 1024, factor: int = 4) -> None:
     colsum = np.zeros(shape[1], np.float64)
     box_sum(img, 31, rowsum, colsum, tmp)
     scratch = np.zeros(2 * shape[0] * shape[1], np.float32)
-    hist = np.zeros(4096, np.int64)
-    masked_median(img, flags, scratch, hist)
-    local_z(onset, flags, tmp, tmp, 31, scratch, hist, rowsum, colsum, img)
+    hist = np.zeros(4 * 4096, np.int64)
+    bins = np.zeros(shape, np.int32)
+    masked_median(img, flags, scratch, hist, bins)
+    box_scale(tmp, 31, rowsum, colsum, washout)
+    local_z(onset, flags, tmp, washout, 31, scratch, hist, bins, rowsum, colsum, img)
     best_line(onset, washout, tmp, 1.5, 3.0, flags2, stack)

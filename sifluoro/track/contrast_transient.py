@@ -92,8 +92,9 @@ class TransientLines:
         self.tmp = np.empty(shape, np.float32)
         self.rowsum = np.empty(shape, np.float64)
         self.colsum = np.empty(cols, np.float64)
-        self.scratch = np.empty(2 * rows * cols, np.float32)
-        self.hist = np.empty(4096, np.int64)
+        self.scratch = np.empty(rows * cols, np.float32)
+        self.hist = np.empty(4 * 4096, np.int64)
+        self.bins = np.empty(shape, np.int32)
         self.stack = np.empty(rows * cols, np.int64)
         self.seen = np.empty(shape, np.bool_)
         # what depends on the valid mask only, kept while the mask stays the same
@@ -102,20 +103,20 @@ class TransientLines:
         self.etmp = np.empty(shape, np.bool_)
         self.inner = np.empty(shape, np.bool_)
         self.validf = np.empty(shape, np.float32)
-        self.den = np.empty(shape, np.float32)
+        self.den_scale = np.empty(shape, np.float32)
 
     def _ridge(self, img: np.ndarray, out: np.ndarray) -> None:
         K.line_ridge(img, *tap_tables(), self.pad, self.cpad, out)
 
     def _mask(self, valid: np.ndarray) -> None:
-        """The field eroded by the filters' reach, and its box counts (only when it changed)."""
+        """The field eroded by the filters' reach, and its box scale (only when it changed)."""
         if self.valid_known and K.same_mask(valid, self.valid_seen):
             return
         self.valid_seen[...] = valid
         self.valid_known = True
         K.erode_square(valid, EDGE_PX, self.etmp, self.inner)
         np.copyto(self.validf, self.inner)
-        K.box_sum(self.validf, NOISE_WINDOW_PX, self.rowsum, self.colsum, self.den)
+        K.box_scale(self.validf, NOISE_WINDOW_PX, self.rowsum, self.colsum, self.den_scale)
 
     def score_history(self, history: np.ndarray, order: np.ndarray, n: int,
                       valid: np.ndarray) -> float:
@@ -127,11 +128,11 @@ class TransientLines:
         K.transient_maps(history, order, n, self.onset, self.washout)
         self._mask(valid)
         self._ridge(self.onset, self.ridge_o)
-        K.local_z(self.ridge_o, self.inner, self.validf, self.den, NOISE_WINDOW_PX, self.scratch,
-                  self.hist, self.rowsum, self.colsum, self.tmp)
+        K.local_z(self.ridge_o, self.inner, self.validf, self.den_scale, NOISE_WINDOW_PX,
+                  self.scratch, self.hist, self.bins, self.rowsum, self.colsum, self.tmp)
         self._ridge(self.washout, self.ridge_w)
-        K.local_z(self.ridge_w, self.inner, self.validf, self.den, NOISE_WINDOW_PX, self.scratch,
-                  self.hist, self.rowsum, self.colsum, self.tmp)
+        K.local_z(self.ridge_w, self.inner, self.validf, self.den_scale, NOISE_WINDOW_PX,
+                  self.scratch, self.hist, self.bins, self.rowsum, self.colsum, self.tmp)
         return K.best_line(self.ridge_o, self.ridge_w, self.validf, LOW_Z, HIGH_Z, self.seen,
                            self.stack)
 

@@ -178,13 +178,15 @@ def test_masked_median_is_numpy_median(rng, n_valid):
     m[5:9] = 0.25                               # ties across the median
     mask = np.zeros(m.shape, bool)
     mask.ravel()[rng.permutation(m.size)[:n_valid]] = True
-    med, n = K.masked_median(m, mask, np.empty(2 * m.size, np.float32), np.empty(64, np.int64))
+    med, n = K.masked_median(m, mask, np.empty(2 * m.size, np.float32), np.empty(64, np.int64),
+                             np.empty(m.shape, np.int32))
     assert n == n_valid
     if n_valid:
         assert np.float32(med) == np.float32(np.median(m[mask]))
     m[:] = 3.0                                  # constant
     mask[:] = True
-    assert K.masked_median(m, mask, np.empty(2 * m.size, np.float32), np.empty(64, np.int64))[0] == 3.0
+    assert K.masked_median(m, mask, np.empty(2 * m.size, np.float32), np.empty(64, np.int64),
+                           np.empty(m.shape, np.int32))[0] == 3.0
 
 
 @pytest.mark.parametrize("window", [1, 5, 31])
@@ -231,8 +233,12 @@ def test_local_z_matches_numpy(rng):
     validf = inner.astype(np.float32)
     den = cv2.boxFilter(validf, -1, (31, 31), normalize=False, borderType=cv2.BORDER_CONSTANT)
     got = m.copy()
-    K.local_z(got, inner, validf, den, 31, np.empty(2 * m.size, np.float32),
-              np.empty(256, np.int64), np.empty(m.shape), np.empty(m.shape[1]),
+    scale = np.empty_like(m)
+    K.box_scale(validf, 31, np.empty(m.shape), np.empty(m.shape[1]), scale)
+    np.testing.assert_allclose(scale, np.float32(1.2533) / np.maximum(den, 1.0), rtol=1e-6)
+    K.local_z(got, inner, validf, scale, 31, np.empty(2 * m.size, np.float32),
+              np.empty(256, np.int64), np.empty(m.shape, np.int32), np.empty(m.shape),
+              np.empty(m.shape[1]),
               np.empty_like(m))
     med = np.float32(np.median(m[inner]))
     g = float(np.mean(np.abs(m[inner] - med)))
