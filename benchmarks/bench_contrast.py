@@ -1,17 +1,23 @@
 """Per-frame cost of the contrast stage at 512² and 1024², against a stock implementation.
 
-    .venv/bin/python -m benchmarks.bench_contrast [--quick]
+    .venv/bin/python -m benchmarks.bench_contrast [--quick] [--steps]
 
 The stock step does what one frame of the stage does with scikit-image/OpenCV calls: float
 attenuation, area downsampling to the same working grid, subtraction of a reference frame,
 Gaussian smoothing, an Otsu threshold and ``regionprops`` of the labelled opacity. Both run
 on the same synthetic frames (a bony background, noise, a growing joint fill) in this process.
+
+``--steps`` adds a second pass with every kernel of the stage timed (median ms per frame of
+each step; "other" is the stage's own Python and NumPy): the timing wrappers cost a few µs
+per call, so the step pass's total is a little above the plain one.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
+from collections import defaultdict
 
 import cv2
 import numpy as np
@@ -19,7 +25,15 @@ from skimage import filters, measure
 
 from sifluoro.model import Device, Frame, Run, Shutter, Technique
 from sifluoro.pipeline import StudyState
+from sifluoro.track import _contrast_kernels as K
+from sifluoro.track import contrast_transient
 from sifluoro.track.contrast import ContrastStage
+
+# the kernels the stage calls per frame, and the vessel test as a whole
+_STEPS = ("reduce_frame", "smooth_binomial", "dilate_square", "envelope_max", "flood_unexposed",
+          "masked_residual", "robust_centre_spread", "hysteresis_label", "component_stats",
+          "core_stats", "select_labels", "shifted_copy", "negative_mass", "transient_maps",
+          "line_ridge", "local_z", "best_line", "same_mask", "erode_square", "box_scale")
 
 
 def _frames(size: int, n: int) -> tuple[Run, list[np.ndarray]]:
@@ -59,18 +73,71 @@ def _percentiles(ms: list[float]) -> dict:
     return {"p50_ms": round(float(p50), 4), "p99_ms": round(float(p99), 4)}
 
 
-def bench_size(size: int, frames_n: int) -> dict:
-    run, frames = _frames(size, frames_n)
+@contextlib.contextmanager
+def _timed_steps(spent_ms: dict):
+    """Time every call of the stage's kernels (and the vessel test) into ``spent_ms``."""
+    originals = {name: getattr(K, name) for name in _STEPS}
+
+    def timed(label, fn):
+        def call(*args):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args)
+            finally:
+                spent_ms[label] += (time.perf_counter() - t0) * 1000.0
+        return call
+
+    score = contrast_transient.TransientLines.score_history
+    try:
+        for name, fn in originals.items():
+            setattr(K, name, timed(name, fn))
+        contrast_transient.TransientLines.score_history = timed("vessel_test (all)", score)
+        yield
+    finally:
+        for name, fn in originals.items():
+            setattr(K, name, fn)
+        contrast_transient.TransientLines.score_history = score
+
+
+def _run_stage(run, frames, spent: list | None = None) -> list[float]:
     stage = ContrastStage()
     stage.warm_up(Frame(frames[0], 0, 1, 0.0, run))
     state = StudyState("1", dose=None)
     stage_ms = []
     for k, px in enumerate(frames):
         frame = Frame(px, k, k + 1, 0.1 * k, run)
-        t0 = time.perf_counter()
-        stage.process(frame, state)
-        stage_ms.append((time.perf_counter() - t0) * 1000.0)
-    factor = stage.factor_for(size, size)
+        per_frame: dict = defaultdict(float)
+        with _timed_steps(per_frame) if spent is not None else contextlib.nullcontext():
+            t0 = time.perf_counter()
+            stage.process(frame, state)
+            stage_ms.append((time.perf_counter() - t0) * 1000.0)
+        if spent is not None:
+            spent.append(dict(per_frame))
+    return stage_ms
+
+
+def _step_breakdown(run, frames) -> dict:
+    """Median ms per frame of each step (frames after the run's first)."""
+    spent: list = []
+    total = _run_stage(run, frames, spent)[1:]
+    spent = spent[1:]
+    out = {}
+    for name in _STEPS + ("vessel_test (all)",):
+        per = [s.get(name, 0.0) for s in spent]
+        if any(per):
+            out[name] = round(float(np.median(per)), 4)
+    kernels = [sum(v for k, v in s.items() if k in _STEPS and k not in
+                   ("transient_maps", "line_ridge", "local_z", "best_line", "same_mask",
+                    "erode_square", "box_scale")) + s.get("vessel_test (all)", 0.0) for s in spent]
+    out["other (Python, NumPy)"] = round(float(np.median(np.subtract(total, kernels))), 4)
+    out["total (with wrappers)"] = round(float(np.median(total)), 4)
+    return out
+
+
+def bench_size(size: int, frames_n: int, steps: bool = False) -> dict:
+    run, frames = _frames(size, frames_n)
+    stage_ms = _run_stage(run, frames)
+    factor = ContrastStage().factor_for(size, size)
     ref_full = frames[0].astype(np.float32) / 4095.0
     reference = cv2.resize(ref_full, (size // factor, size // factor), interpolation=cv2.INTER_AREA)
     _stock_step(frames[1], reference, factor)
@@ -81,22 +148,29 @@ def bench_size(size: int, frames_n: int) -> dict:
         stock_ms.append((time.perf_counter() - t0) * 1000.0)
     ours = _percentiles(stage_ms[1:])   # the first frame of a run only seeds the reference
     stock = _percentiles(stock_ms)
-    return {"size": size, "frames": frames_n, "grid": size // factor, "contrast_stage": ours,
-            "stock_skimage_opencv": stock,
-            "speedup_p50": round(stock["p50_ms"] / ours["p50_ms"], 2),
-            "speedup_p99": round(stock["p99_ms"] / ours["p99_ms"], 2)}
+    out = {"size": size, "frames": frames_n, "grid": size // factor, "contrast_stage": ours,
+           "stock_skimage_opencv": stock,
+           "speedup_p50": round(stock["p50_ms"] / ours["p50_ms"], 2),
+           "speedup_p99": round(stock["p99_ms"] / ours["p99_ms"], 2)}
+    if steps:
+        out["steps_p50_ms"] = _step_breakdown(run, frames)
+    return out
 
 
-def run(quick: bool = False) -> dict:
-    """Benchmark both frame sizes; ``quick`` uses fewer frames."""
+def run(quick: bool = False, steps: bool = False) -> dict:
+    """Benchmark both frame sizes; ``quick`` uses fewer frames, ``steps`` adds the per-step
+    breakdown."""
     n = 30 if quick else 200
-    return {"bench": "contrast", "results": [bench_size(512, n), bench_size(1024, n)]}
+    return {"bench": "contrast",
+            "results": [bench_size(512, n, steps), bench_size(1024, n, steps)]}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
-    print(json.dumps(run(ap.parse_args().quick), indent=1))
+    ap.add_argument("--steps", action="store_true", help="also time each step of the stage")
+    args = ap.parse_args()
+    print(json.dumps(run(args.quick, args.steps), indent=1))
 
 
 if __name__ == "__main__":
