@@ -184,6 +184,44 @@ def robust_centre_spread(values, valid, clip):
 
 
 @njit(cache=True, nogil=True)
+def unexposed_seeds(envelope, high, full_count, seed, full):
+    """``seed = envelope < 0`` (unusable in the reference), ``full = high >= full_count``
+    (every pixel of the block at attenuation 1)."""
+    rows, cols = seed.shape
+    for y in range(rows):
+        for x in range(cols):
+            seed[y, x] = envelope[y, x] < 0.0
+            full[y, x] = high[y, x] >= full_count
+
+
+@njit(cache=True, nogil=True)
+def usable_field(unexposed, text, border_px, unusable, valid):
+    """``unusable = unexposed | text``; ``valid`` its complement without the outermost
+    ``border_px`` rows and columns."""
+    rows, cols = valid.shape
+    for y in range(rows):
+        inside_y = border_px <= y < rows - border_px
+        for x in range(cols):
+            u = unexposed[y, x] or text[y, x]
+            unusable[y, x] = u
+            valid[y, x] = not u and inside_y and border_px <= x < cols - border_px
+
+
+@njit(cache=True, nogil=True)
+def standardise(residual, valid, centre, sigma, score):
+    """``residual -= centre`` and ``score = residual / sigma`` where valid, 0 elsewhere (float32,
+    as ``np.subtract``/``np.multiply`` by ``float32(1 / sigma)``)."""
+    rows, cols = residual.shape
+    c = np.float32(centre)
+    inv = np.float32(1.0 / sigma)
+    for y in range(rows):
+        for x in range(cols):
+            r = residual[y, x] - c
+            residual[y, x] = r
+            score[y, x] = r * inv if valid[y, x] else np.float32(0.0)
+
+
+@njit(cache=True, nogil=True)
 def flood_unexposed(seed, full, out, stack):
     """Unexposed field of the current frame: ``seed`` pixels (unexposed before) and every
     ``full`` pixel (fully saturated block) 4-connected to them or to the image border.
@@ -552,12 +590,15 @@ def erode_square(src, radius, tmp, out):
 
 @njit(cache=True, nogil=True)
 def same_mask(a, b):
-    """Whether two boolean images are equal (no temporary)."""
+    """Whether two boolean images are equal (no temporary; rows without an early exit, so
+    they vectorise)."""
     rows, cols = a.shape
     for y in range(rows):
+        differ = False
         for x in range(cols):
-            if a[y, x] != b[y, x]:
-                return False
+            differ |= a[y, x] != b[y, x]
+        if differ:
+            return False
     return True
 
 
@@ -782,7 +823,10 @@ def warm_up(rows: int = 1024, cols: int = 1024, factor: int = 4) -> None:
     masked_residual(img, tmp, flags, 0, 0, img)
     robust_centre_spread(img, flags, 3.0)
     stack = np.zeros(shape[0] * shape[1] * 9 + 1, np.int64)
+    unexposed_seeds(img, low, 16, flags, flags2)
     flood_unexposed(flags, flags2, flags3, stack)
+    usable_field(flags, flags2, 3, flags3, flags)
+    standardise(img, flags, 0.0, 1.0, tmp)
     dilate_square(flags, 1, flags2, flags3)
     labels = np.zeros(shape, np.int32)
     n = hysteresis_label(img, flags, 5.0, 2.5, labels, stack, 8)

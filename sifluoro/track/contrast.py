@@ -225,25 +225,17 @@ class ContrastStage:
 
         envelope = bank.current_envelope()
         # unexposed: where the reference was unusable, grown through fully saturated blocks
-        np.less(envelope, 0.0, out=b.seed)
-        np.greater_equal(b.high, factor * factor, out=b.full)
+        K.unexposed_seeds(envelope, b.high, factor * factor, b.seed, b.full)
         K.flood_unexposed(b.seed, b.full, b.btmp, b.stack)
         K.dilate_square(b.btmp, 1, b.bout, b.unexposed)
-        np.logical_or(b.unexposed, b.text, out=b.unusable)
-        np.logical_not(b.unusable, out=b.valid)
         # the outermost blocks see the smoothing's replicated border and partial collimation
-        b.valid[:_BORDER_PX] = False
-        b.valid[-_BORDER_PX:] = False
-        b.valid[:, :_BORDER_PX] = False
-        b.valid[:, -_BORDER_PX:] = False
+        K.usable_field(b.unexposed, b.text, _BORDER_PX, b.unusable, b.valid)
         dx, dy = reg_shift if reg_shift is not None else (0, 0)
         K.masked_residual(b.current, envelope, b.valid, dx, dy, b.residual)
         centre, sigma = K.robust_centre_spread(b.residual, b.valid, 3.0)
         if sigma <= 0.0:
             return self._result(memory, frame, (), 0.0, 0.0, None)
-        np.subtract(b.residual, np.float32(centre), out=b.residual)
-        np.multiply(b.residual, np.float32(1.0 / sigma), out=b.score)
-        b.score[~b.valid] = 0.0
+        K.standardise(b.residual, b.valid, centre, sigma, b.score)
         s = self.settings
         n = K.hysteresis_label(b.score, b.valid, s.seed_z, s.grow_z, b.labels, b.stack,
                                _MAX_COMPONENTS)

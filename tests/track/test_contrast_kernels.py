@@ -247,3 +247,25 @@ def test_local_z_matches_numpy(rng):
     local = local / np.maximum(den, 1.0) * np.float32(1.2533)
     ref = (m - med) / np.maximum(local, np.float32(0.05 * g + 1e-9))
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_field_masks_and_standardise_match_numpy(rng):
+    envelope = rng.normal(size=(20, 30)).astype(np.float32)
+    high = rng.integers(0, 17, (20, 30)).astype(np.int32)
+    seed, full = np.empty((20, 30), bool), np.empty((20, 30), bool)
+    K.unexposed_seeds(envelope, high, 16, seed, full)
+    np.testing.assert_array_equal(seed, envelope < 0)
+    np.testing.assert_array_equal(full, high >= 16)
+    unexposed, text = rng.random((20, 30)) < 0.1, rng.random((20, 30)) < 0.1
+    unusable, valid = np.empty_like(seed), np.empty_like(seed)
+    K.usable_field(unexposed, text, 3, unusable, valid)
+    np.testing.assert_array_equal(unusable, unexposed | text)
+    ref = ~(unexposed | text)
+    ref[:3], ref[-3:], ref[:, :3], ref[:, -3:] = False, False, False, False
+    np.testing.assert_array_equal(valid, ref)
+    residual = envelope.copy()
+    score = np.empty_like(residual)
+    K.standardise(residual, valid, 0.123, 0.456, score)
+    r = envelope - np.float32(0.123)
+    np.testing.assert_array_equal(residual, r)
+    np.testing.assert_array_equal(score, np.where(valid, r * np.float32(1.0 / 0.456), 0.0))
