@@ -81,6 +81,8 @@ class _StudyNeedle:
         # needle-like candidates of the previous frame of the run (full-resolution tip,
         # direction): a cold-start detection must be seen on two frames in a row
         self.prev_candidates: list[tuple[np.ndarray, np.ndarray]] = []
+        # those of the last frame of the previous run, when it had the same geometry
+        self.last_run_candidates: list[tuple[np.ndarray, np.ndarray]] | None = None
 
 
 class NeedleStage:
@@ -123,6 +125,12 @@ class NeedleStage:
         centre = (np.array([xs.mean(), ys.mean()]) if xs.size
                   else np.array([att.shape[1] / 2.0, att.shape[0] / 2.0]))
         edge_dist = cv2.distanceTransform(valid_work.astype(np.uint8), cv2.DIST_L2, 3)
+        same = (st.ctx is not None and st.ctx.spacing_mm == spacing
+                and st.ctx.valid_full.shape == att.shape and _same_view(st.ctx.run, run))
+        st.last_run_candidates = st.prev_candidates if same else None
+        if st.ctx is not None and not same:
+            # another view (C-arm angles, detector zoom): the needle seen so far is elsewhere
+            st.track = _Track()
         st.ctx = _RunContext(run, spacing, grid, valid, valid_work, centre, edge_dist)
         st.mean_work, st.n_mean = None, 0
         st.prev_candidates = []
@@ -133,9 +141,9 @@ class NeedleStage:
         st = state.stage_state.get("needle")
         if st is None:
             st = state.stage_state["needle"] = _StudyNeedle(self.settings)
-        track = st.track
         att = frame_attenuation(frame, state.stage_state)
         ctx = self._context(st, frame, att)
+        track = st.track  # after the run context: a new view starts a new track
         register = state.stage_state.get("register")
         target = (np.asarray(register.target_xy, float)
                   if register is not None and register.target_xy is not None else None)
@@ -424,11 +432,16 @@ class NeedleStage:
                 ok = prob >= s.min_prob and (prob >= s.single_min_prob
                                              or self._confirmed(st, ctx, tip, u))
             if ok:
-                ranked.append((tracked, prob, tip_w, base_w))
+                ranked.append((tracked, prob, tip_w, base_w, self._new(st, ctx, tip, u)))
         st.prev_candidates = seen
+        if self._held(st, ranked):
+            # the tracked line has not moved since the last run while a needle-like line that
+            # the last run did not have appeared: that is the needle entering, the line
+            # followed so far a fixed marker
+            ranked = [(c[4], *c[1:]) for c in ranked]
         # a candidate continuing the track goes first; then the most probable
         ranked.sort(key=lambda c: (not c[0], -c[1]))
-        for tracked, score, tip_w, base_w in ranked[:3]:
+        for tracked, score, tip_w, base_w, _ in ranked[:3]:
             tip = grid.to_full(tip_w)
             base = grid.to_full(base_w)
             u = (tip - base) / np.linalg.norm(tip - base)
@@ -439,6 +452,26 @@ class NeedleStage:
             tip = self._no_retreat(st, ctx, tip, u, tracked)
             return tip, u, float(np.linalg.norm(tip - base)), score
         return None
+
+    def _new(self, st: _StudyNeedle, ctx: _RunContext, tip: np.ndarray, u: np.ndarray) -> bool:
+        """Is a candidate absent from the last frame of the previous run (same geometry)?"""
+        prev = st.last_run_candidates
+        return prev is not None and not any(
+            self._continues(ctx, tip, u, p_tip, p_u, self.settings.track_reach_mm)
+            for p_tip, p_u in prev)
+
+    def _held(self, st: _StudyNeedle, ranked: list) -> bool:
+        """Is the track's best candidate where the previous run left it (one of its ends at
+        the previous run's last tip), while a new candidate (not tracked, confirmed) is there
+        too?"""
+        ref = st.track.reference_tip
+        tracked = [c for c in ranked if c[0]]
+        if ref is None or not tracked or not any(c[4] and not c[0] for c in ranked):
+            return False
+        best = max(tracked, key=lambda c: c[1])
+        # either end: which end of a line free at both ends is the tip is a guess
+        moved = min(float(np.linalg.norm(st.ctx.grid.to_full(end) - ref)) for end in best[2:4])
+        return moved * st.ctx.spacing_mm <= self.settings.retreat_mm
 
     def _no_retreat(self, st: _StudyNeedle, ctx: _RunContext, tip: np.ndarray, u: np.ndarray,
                     tracked: bool) -> np.ndarray:
@@ -483,8 +516,8 @@ class NeedleStage:
 # sets. Whether the base is at the field edge is left out: the simulated hubs are mostly inside
 # the field, so a fit learns to penalise the commonest clinical picture, a needle entering
 # from the edge.
-_LOGIT_WEIGHTS = np.array([-0.312, 6.168, -3.122, 5.313, 1.746, 0.740, 17.150, -9.071])
-_LOGIT_BIAS = -29.253
+_LOGIT_WEIGHTS = np.array([-0.156, 3.747, -2.568, 6.491, 1.661, -1.120, 14.361, -5.440])
+_LOGIT_BIAS = -20.103
 
 
 def _thinness(ratio: float) -> float:
@@ -512,6 +545,16 @@ def needle_probability(f: dict) -> float:
     :func:`candidate_vector`)."""
     z = float(candidate_vector(f) @ _LOGIT_WEIGHTS) + _LOGIT_BIAS
     return 1.0 / (1.0 + math.exp(-min(max(z, -50.0), 50.0)))
+
+
+def _same_view(a: Run, b: Run) -> bool:
+    """Were two runs taken in the same view (positioner angles within 1 deg; unknown angles
+    count as the same)?"""
+    for name in ("primary_angle_deg", "secondary_angle_deg"):
+        x, y = getattr(a.technique, name, None), getattr(b.technique, name, None)
+        if x is not None and y is not None and abs(x - y) > 1.0:
+            return False
+    return True
 
 
 def _same_segment(a0: np.ndarray, a1: np.ndarray, b0: np.ndarray, b1: np.ndarray) -> bool:
