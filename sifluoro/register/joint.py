@@ -17,8 +17,8 @@ from sifluoro.register import _kernels
 LENGTH_MM = (20.0, 100.0)  # the projected joint is 40-70 mm; shorter when the field cuts it
 STEP_PENALTY = 1.5  # per column of sideways step: the joint is smooth, trabecular texture meanders
 MAX_STEP = 2  # the joint turns obliquely into the sciatic notch at its inferior end
-WINDOW_MM = 68.0  # vertical extent kept: the projected joint lines are 57-88 mm long, median 66
-TRIM_FRACTION = 0.5  # longest stretch kept, measured along the image columns
+WINDOW_MM = 64.0  # vertical extent kept: the projected joint lines are 57-88 mm long, median 66;
+# longer windows cover more of the long ones but run on past the ends of the short ones
 # the lucent line runs on above the joint along the bone outline, about as strongly: of the
 # windows nearly as strong as the best, the most inferior one is the joint
 WINDOW_NEAR_BEST = 0.9
@@ -30,10 +30,12 @@ RIM_BALANCE_MIN = 0.7  # weaker/stronger rim contrast below this: the margins do
 # contrast. Off tangency the gap projects wider and fainter: a line whose depth is below this
 # many noise levels (median along it) is taken for non-superimposed margins
 DOUBLED_BELOW_CNR = 8.0
+# a left joint runs inferiorly towards image left (dx/dy < 0), a right one right: this much
+# the other way is not the joint
 SLOPE_MAX = 0.05
 ATTEMPTS = 3  # paths tried when the best one is not where or how a joint projects
 RETRY_MIN_GAIN = 6.0  # mean gain (noise levels above the threshold) a later path needs
-CLEAR_MM = 5.0  # half-width of the band around a rejected path that is not searched again  # a left joint runs inferiorly towards image left (dx/dy < 0), a right one right
+CLEAR_MM = 5.0  # half-width of the band around a rejected path that is not searched again
 
 
 @dataclass(frozen=True)
