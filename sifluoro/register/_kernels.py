@@ -100,24 +100,29 @@ def best_path(score, step_penalty, max_step, path_x, acc, came):
     return best, y, best_y
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath=True)
 def phase_cross_power(ref_spectrum, spectrum, out):
     """Normalised cross-power spectrum ``R conj(S) / |R conj(S)|`` of two (half) spectra, as
     OpenCV's phase correlation forms it (``|P|^2 + FLT_EPSILON`` in the denominator, so that a
     frequency without energy stays at zero)."""
     rows, cols = ref_spectrum.shape
-    eps = 1.1920929e-07
+    eps = np.float32(1.1920929e-07)
     for y in range(rows):
         for x in range(cols):
-            p = ref_spectrum[y, x] * spectrum[y, x].conjugate()
-            m2 = p.real * p.real + p.imag * p.imag
-            out[y, x] = p * (np.sqrt(m2) / (m2 + eps))
+            a = ref_spectrum[y, x]
+            b = spectrum[y, x]
+            re = a.real * b.real + a.imag * b.imag
+            im = a.imag * b.real - a.real * b.imag
+            m2 = re * re + im * im
+            scale = np.sqrt(m2) / (m2 + eps)
+            out[y, x] = complex(re * scale, im * scale)
 
 
 @njit(cache=True, nogil=True)
-def peak_centroid(corr, half):
-    """Highest value of a circular correlation surface and the weighted centroid of the
-    ``(2 half + 1)²`` box around it, in signed (wrapped) offsets.
+def peak_centroid(corr, py, px, half):
+    """Weighted centroid of the ``(2 half + 1)²`` box of a circular correlation surface around
+    its peak at ``(py, px)`` (found with ``np.argmax``, several times faster than a loop), in
+    signed (wrapped) offsets.
 
     Returns
     -------
@@ -126,12 +131,6 @@ def peak_centroid(corr, half):
         of the box's values.
     """
     rows, cols = corr.shape
-    py, px = 0, 0
-    best = corr[0, 0]
-    for y in range(rows):
-        for x in range(cols):
-            if corr[y, x] > best:
-                best, py, px = corr[y, x], y, x
     # signed offset of the peak: the box around it must not straddle the wrap
     sy = py - rows if py >= rows // 2 else py
     sx = px - cols if px >= cols // 2 else px
@@ -155,4 +154,4 @@ def warm_up() -> None:
     valley_depth(z, np.array([1, 2], np.int64), z.copy())
     c = np.zeros((8, 5), np.complex64)
     phase_cross_power(c, c, c.copy())
-    peak_centroid(z, 2)
+    peak_centroid(z, 0, 0, 2)

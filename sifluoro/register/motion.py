@@ -111,7 +111,8 @@ class Registrar:
         _kernels.phase_cross_power(self._reference_spectrum, self._spectrum(self.prepare(work)),
                                    self._cross)
         corr = scipy.fft.irfft2(self._cross, s=self.dft_shape, workers=1)
-        dy, dx, peak = _kernels.peak_centroid(corr, 2)
+        py, px = divmod(int(np.argmax(corr)), corr.shape[1])
+        dy, dx, peak = _kernels.peak_centroid(corr, py, px, 2)
         # the correlation peaks at minus the shift of the frame against the reference
         scale = self.coarse_factor * self.factor
         return Motion((-dx * scale, -dy * scale), float(peak))
