@@ -32,7 +32,8 @@ from sifluoro.track.contrast import ContrastStage
 # the kernels the stage calls per frame, and the vessel test as a whole
 _STEPS = ("reduce_frame", "smooth_binomial", "dilate_square", "envelope_max", "flood_unexposed",
           "masked_residual", "robust_centre_spread", "hysteresis_label", "component_stats",
-          "core_stats", "select_labels", "shifted_copy", "negative_mass", "transient_maps",
+          "core_stats", "select_labels", "shifted_copy", "negative_mass",
+          "transient_maps", "unexposed_seeds", "usable_field", "standardise",
           "line_ridge", "local_z", "best_line", "same_mask", "erode_square", "box_scale")
 
 

@@ -104,3 +104,14 @@ def test_run_memory_keeps_the_last_frames_oldest_first():
         rm.remember(f)
         kept = [int(rm.history[rm.history_order[j]][0, 0]) for j in range(rm.history_count)]
         assert kept == list(range(max(0, k - 4), k + 1))
+
+
+def test_reference_bank_envelope_is_the_maximum_of_its_frames():
+    rng = np.random.default_rng(4)
+    bank = ReferenceBank(SHAPE, slots=3, pose_key=("p",))
+    for k in range(7):
+        bank.push(_scene(rng, 0.02), rng.random(SHAPE) < 0.05, (k % 3 - 1, 0))
+        if k == 3:
+            bank.adopt_run(_scene(rng, 0.02), np.ones(SHAPE, bool))
+        np.testing.assert_array_equal(bank.current_envelope(),
+                                      np.maximum(bank.slots[:bank.count].max(0), -1.0))
