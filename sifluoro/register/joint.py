@@ -22,6 +22,8 @@ WINDOW_MM = 64.0  # vertical extent kept: the projected joint lines are 57-88 mm
 # the lucent line runs on above the joint along the bone outline, about as strongly: of the
 # windows nearly as strong as the best, the most inferior one is the joint
 WINDOW_NEAR_BEST = 0.9
+# end-to-end |dx/dy| of a window: the projected joints run within 0.45 of the columns end to end
+WINDOW_SLOPE_MAX = 0.6
 SIDE_OFFSETS_MM = (1.2, 2.0, 3.2)  # half-widths of the lucent line that are looked for
 CENTRE_X_MM = 50.0  # the joint lies within this of the field's central column
 TARGET_RADIUS_MM = 50.0  # the target (joint's inferior third) lies within this of the centre
@@ -182,6 +184,12 @@ def _best_window(gain: np.ndarray, path: np.ndarray, y0: int, y1: int, max_rows:
     if len(values) <= max_rows:
         return y0, y1, float(values.sum())
     sums = np.convolve(values, np.ones(max_rows), mode="valid")
+    # below the joint the path may turn into the sciatic notch's outline, far more oblique
+    # than any joint: such windows are not candidates (unless no window is steep enough)
+    xs = path[y0:y1 + 1].astype(np.float64)
+    slope = np.abs(xs[max_rows - 1:] - xs[:len(sums)]) / (max_rows - 1)
+    if (slope <= WINDOW_SLOPE_MAX).any():
+        sums = np.where(slope <= WINDOW_SLOPE_MAX, sums, -np.inf)
     start = int(np.nonzero(sums >= WINDOW_NEAR_BEST * sums.max())[0][-1])
     window = values[start:start + max_rows]
     # drop weak ends of the window

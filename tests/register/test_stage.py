@@ -211,3 +211,19 @@ def test_a_faint_single_line_is_taken_for_non_superimposed_margins():
         results[scale] = segment_joint(image, grid=grid, usable=usable, side="L")
     assert results[1.0] is not None and not results[1.0].doubled
     assert results[0.07] is not None and results[0.07].doubled
+
+
+def test_window_leaves_out_a_notch_outline_too_oblique_for_a_joint():
+    """The path runs down a joint (near vertical) and on along the sciatic notch (45 degrees),
+    as strongly: the kept window is the joint, not the more inferior notch."""
+    from sifluoro.register.joint import _best_window
+    rows = 200
+    path = np.full(rows, 100, np.int32)
+    path[100:] = 100 - np.arange(100)  # the notch: one column per row
+    gain = np.full((rows, 240), -10.0, np.float32)
+    gain[np.arange(rows), path + 20] = -10.0
+    gain[np.arange(rows), path] = 5.0
+    y0, y1, _ = _best_window(gain, path, 0, rows - 1, 80)
+    assert y1 < 150  # at most 60 % of it along the notch (the last 80 rows without the rule)
+    slope = abs(int(path[y1]) - int(path[y0])) / (y1 - y0)
+    assert slope <= 0.6
