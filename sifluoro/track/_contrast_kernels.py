@@ -680,6 +680,9 @@ def masked_median(m, mask, cand, hist, bins):
     nb = hist.size // 4
     scale = np.float32(nb / (np.float64(hi) - np.float64(lo)))
     top = np.int32(nb - 1)
+    if not scale < np.float32(1e30):
+        # a range too narrow for float32 bins (denormal differences): one bin for all
+        scale = np.float32(0.0)
     for y in range(rows):
         for x in range(cols):
             b = min(np.int32((m[y, x] - lo) * scale), top)

@@ -183,6 +183,11 @@ def test_masked_median_is_numpy_median(rng, n_valid):
     assert n == n_valid
     if n_valid:
         assert np.float32(med) == np.float32(np.median(m[mask]))
+    tiny = np.float32(1e-44) * np.arange(m.size, dtype=np.float32).reshape(m.shape)
+    mask[:] = True                              # a denormal range: too narrow for bins
+    med, n = K.masked_median(tiny, mask, np.empty(2 * m.size, np.float32), np.empty(64, np.int64),
+                             np.empty(m.shape, np.int32))
+    assert np.float32(med) == np.float32(np.median(tiny))
     m[:] = 3.0                                  # constant
     mask[:] = True
     assert K.masked_median(m, mask, np.empty(2 * m.size, np.float32), np.empty(64, np.int64),
