@@ -10,6 +10,14 @@ then placed sub-pixel at full resolution on the current frame. All per-study sta
 ``state.stage_state["needle"]``. End-on (dot) detection is not built yet: ``end_on`` is always
 false.
 
+Over time: a needle not followed yet must be seen on two frames in a row of a run (or be
+very probable on one), which keeps a wire or an edge on the first, noisiest frames of a scout
+from being reported; the track is kept from run to run in the same view (C-arm angles,
+spacing, frame shape) and dropped on a new view; on a tracked line the tip does not retreat
+behind the furthest tip of the run or, at a run's start, the last tip of the previous run; a
+tracked line that has not moved since the previous run gives way to a new needle-like line
+(a fixed marker followed by mistake, the needle entering).
+
 Event fields (DESIGN §3)::
 
     "needle": null | {"tip_xy": [x, y], "confidence": c, "direction_xy": [dx, dy],

@@ -185,3 +185,31 @@ def test_studies_interleaved_through_one_stage_do_not_mix():
         mixed[1].append(stage.process(fb, states[1]))
     assert mixed == alone
     assert vars(stage).keys() == {"settings"}
+
+
+def _angled_run(uid: str, primary_deg: float) -> Run:
+    tech = Technique(imager_pixel_spacing_xy_mm=(SPACING_MM, SPACING_MM),
+                     shutter=Shutter(rect_xyxy=(0, 0, SIZE - 1, SIZE - 1)),
+                     primary_angle_deg=primary_deg, secondary_angle_deg=0.0)
+    return Run(path="synthetic", sop_instance_uid=uid, sop_class_uid="", series_instance_uid="",
+               study_instance_uid="", modality="XA", transfer_syntax_uid="", rows=SIZE,
+               columns=SIZE, bits_stored=BITS, photometric="MONOCHROME2", start_s=0.0,
+               frame_offsets_s=(0.0,), frame_intervals_ms=(66.7,), technique=tech,
+               device=Device())
+
+
+@pytest.mark.parametrize("second_view_deg, kept", [(0.5, True), (20.0, False)])
+def test_a_new_view_starts_a_new_track(second_view_deg, kept):
+    """The needle of one view is not a reference in another: advance and no-retreat start
+    again after the C-arm moved; in the same view the last run's tip is the reference."""
+    stage = NeedleStage()
+    state = Pipeline([stage]).start_study("1.2")
+    tip, base = np.array([262.3, 251.6]), np.array([120.0, 511.0])
+    runs = [_angled_run("1.2.7.1", 0.0), _angled_run("1.2.7.2", second_view_deg)]
+    for r, run in enumerate(runs):
+        for k in range(2):
+            img = _background(40 + 10 * r + k)
+            _draw_polyline(img, _needle_points(tip, base), 0.05, 1.8)
+            out = stage.process(_frame(img, run, 2 * r + k), state)
+    assert out["needle"] is not None
+    assert (state.stage_state["needle"].track.reference_tip is not None) == kept
