@@ -119,7 +119,8 @@ def trace(case: Path, *, candidates: bool = False, lo: int = 0, hi: int = 10**9,
         oo = (f"({needle['tip_xy'][0]:6.1f},{needle['tip_xy'][1]:6.1f}) "
               f"c{needle['confidence']:.2f}{' END' if needle['end_on'] else ''}"
               if needle else "null")
-        print(f"{frame.index:4d} f{frame.frame_number:<3d} truth {tt} vis {int(t['needle_visible'])}"
+        vis = int(t["needle_visible"])
+        print(f"{frame.index:4d} f{frame.frame_number:<3d} truth {tt} vis {vis}"
               f"{' END' if t['end_on'] else ''} | {oo:30s} "
               f"{'' if err is None else f'{err:6.1f} mm'} {verdict}", file=out)
         if candidates:

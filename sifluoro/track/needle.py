@@ -192,8 +192,8 @@ class NeedleStage:
         only), and kept from retreating as in :meth:`process`.
 
         Nothing is reported (``needle: null``) when there is no tip to follow (none seen in
-        this study, or the frame geometry changed) or when it is not found again. The
-        confidence is that of the last detection. The run's running mean is not updated.
+        this study, or the frame geometry or the view changed) or when it is not found again.
+        The confidence is that of the last detection. The run's running mean is not updated.
         """
         st = state.stage_state.get("needle")
         nothing = {"needle": None, "tip_to_target_mm": None}
@@ -201,7 +201,8 @@ class NeedleStage:
             return nothing
         ctx, track = st.ctx, st.track
         spacing = float((frame.pixel_spacing_xy_mm or (0.5, 0.5))[0])
-        if spacing != ctx.spacing_mm or frame.pixels.shape != ctx.valid_full.shape:
+        if (spacing != ctx.spacing_mm or frame.pixels.shape != ctx.valid_full.shape
+                or not _same_view(ctx.run, frame.run)):
             return nothing
         if track.run_uid != frame.sop_instance_uid:
             track.reference_tip = track.last_tip_of_run if track.run_uid is not None else None
