@@ -4,9 +4,12 @@ the same frames, with both detectors' tip accuracy beside the times.
 
     python benchmarks/bench_needle.py [--quick] [--out results.json]
 
-The stage searches the whole field on every frame (on the run's running mean), so there is no
-separate tracking path yet; "run_start" is the first frame of each run, which also builds the
-run's field mask. The first call (numba compilation) is excluded by ``warm_up``.
+``needle_stage`` is the full search of the field on every frame (on the run's running mean);
+"run_start" is the first frame of each run, which also builds the run's field mask.
+``roi_tracking`` is the cheaper mode the deadline policy uses (``process_roi``: the last tip
+followed along its axis in a small region), timed on every frame after the first two of a run
+(which get the full search, as a live study would), with its accuracy on those frames. The
+first call (numba compilation) is excluded by ``warm_up``.
 """
 from __future__ import annotations
 
@@ -52,10 +55,29 @@ def _accuracy(errors_mm: list[float | None]) -> dict:
             "median_error_mm": round(float(np.median(got)), 3) if got else None}
 
 
+def _roi_tracking(stage: NeedleStage, frames: list, case: int) -> tuple[list, list]:
+    """Times and tip errors (mm) of ``process_roi`` on the frames after the first two of each
+    run, the first two getting the full search."""
+    state = Pipeline([stage]).start_study(f"bench-roi-{case}")
+    times, errors = [], []
+    for frame, truth in frames:
+        state.stage_state.pop("attenuation", None)
+        if frame.frame_number <= 2:
+            stage.process(frame, state)
+            continue
+        t0 = time.perf_counter()
+        out = stage.process_roi(frame, state)["needle"]
+        times.append((time.perf_counter() - t0) * 1000.0)
+        if truth.tip_xy is not None and not truth.end_on:
+            errors.append(math.dist(out["tip_xy"], truth.tip_xy) * frame.pixel_spacing_xy_mm[0]
+                          if out else None)
+    return times, errors
+
+
 def bench_size(size: int, cases: tuple[int, ...], seed: int = 99) -> dict:
     stage = NeedleStage()
-    t_ours, t_stock, t_start = [], [], []
-    e_ours, e_stock = [], []
+    t_ours, t_stock, t_start, t_roi = [], [], [], []
+    e_ours, e_stock, e_roi = [], [], []
     for case in cases:
         study = simulate_case(seed, case, size=size)
         frames = list(sim_frames(study))
@@ -78,9 +100,13 @@ def bench_size(size: int, cases: tuple[int, ...], seed: int = 99) -> dict:
                 continue
             e_ours.append(math.dist(out["tip_xy"], truth.tip_xy) * spacing if out else None)
             e_stock.append(math.dist(stock, truth.tip_xy) * spacing if stock is not None else None)
+        times, errors = _roi_tracking(stage, frames, case)
+        t_roi += times
+        e_roi += errors
     ours, stock = _percentiles(t_ours), _percentiles(t_stock)
     return {"needle_stage": {**ours, **_accuracy(e_ours),
                              "run_start_p50_ms": round(float(np.median(t_start)), 3)},
+            "roi_tracking": {**(_percentiles(t_roi) if t_roi else {}), **_accuracy(e_roi)},
             "stock_canny_houghlinesp": {**stock, **_accuracy(e_stock)},
             "speed_ratio_stock_over_ours_p50": round(stock["p50_ms"] / ours["p50_ms"], 3)}
 
