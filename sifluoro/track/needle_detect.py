@@ -96,7 +96,7 @@ class NeedleSettings:
     near_mm: float = 0.8
     far_mm: float = 2.5
     min_prob: float = 0.7
-    single_min_prob: float = 0.98
+    single_min_prob: float = 0.95
     track_min_prob: float = 0.2
     track_angle_deg: float = 8.0
     track_reach_mm: float = 25.0
