@@ -30,7 +30,7 @@ from sifluoro.pipeline import Pipeline
 from sifluoro.track import needle as N
 from sifluoro.track.needle import NeedleStage, candidate_vector
 
-from benchmarks.needle_trace import _shaft_distance_px
+from benchmarks.needle_trace import shaft_distance_px
 
 
 def collect(cases_dir: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -54,7 +54,7 @@ def collect(cases_dir: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
                     err = math.dist(tip, t["tip_xy"]) * spacing
                     if err <= 3.0:
                         label = 1
-                    elif _shaft_distance_px(tip, t["shaft_xy"]) * spacing > 3.0:
+                    elif shaft_distance_px(tip, t["shaft_xy"]) * spacing > 3.0:
                         label = 0
                     else:
                         continue

@@ -28,7 +28,7 @@ from sifluoro.pipeline import Pipeline
 from sifluoro.track.needle import NeedleStage, needle_probability
 
 
-def _shaft_distance_px(xy, shaft) -> float:
+def shaft_distance_px(xy, shaft) -> float:
     """Distance of ``xy`` from the truth shaft polyline (pixels)."""
     if not shaft:
         return math.inf
@@ -59,7 +59,7 @@ def _verdict(t: dict, needle: dict | None, err_mm: float | None, cands_mm: list[
             return "MISS_CAND" if any(d <= 3.0 for d in cands_mm) else "MISS"
         if err_mm <= 3.0:
             return "ok"
-        if _shaft_distance_px(needle["tip_xy"], t["shaft_xy"]) * spacing > 1.5:
+        if shaft_distance_px(needle["tip_xy"], t["shaft_xy"]) * spacing > 1.5:
             return "FAR"
         return "FAR_SHORT" if _short_of_tip(needle["tip_xy"], t) else "FAR_BEYOND"
     if not t["needle_visible"]:
