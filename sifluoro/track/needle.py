@@ -14,9 +14,7 @@ Over time: a needle not followed yet must be seen on two frames in a row of a ru
 very probable on one), which keeps a wire or an edge on the first, noisiest frames of a scout
 from being reported; the track is kept from run to run in the same view (C-arm angles,
 spacing, frame shape) and dropped on a new view; on a tracked line the tip does not retreat
-behind the furthest tip of the run or, at a run's start, the last tip of the previous run; a
-tracked line that has not moved since the previous run gives way to a new needle-like line
-(a fixed marker followed by mistake, the needle entering).
+behind the furthest tip of the run or, at a run's start, the last tip of the previous run.
 
 Event fields (DESIGN §3)::
 
@@ -89,8 +87,6 @@ class _StudyNeedle:
         # needle-like candidates of the previous frame of the run (full-resolution tip,
         # direction): a cold-start detection must be seen on two frames in a row
         self.prev_candidates: list[tuple[np.ndarray, np.ndarray]] = []
-        # those of the last frame of the previous run, when it had the same geometry
-        self.last_run_candidates: list[tuple[np.ndarray, np.ndarray]] | None = None
 
 
 class NeedleStage:
@@ -135,7 +131,6 @@ class NeedleStage:
         edge_dist = cv2.distanceTransform(valid_work.astype(np.uint8), cv2.DIST_L2, 3)
         same = (st.ctx is not None and st.ctx.spacing_mm == spacing
                 and st.ctx.valid_full.shape == att.shape and _same_view(st.ctx.run, run))
-        st.last_run_candidates = st.prev_candidates if same else None
         if st.ctx is not None and not same:
             # another view (C-arm angles, detector zoom): the needle seen so far is elsewhere
             st.track = _Track()
@@ -441,16 +436,11 @@ class NeedleStage:
                 ok = prob >= s.min_prob and (prob >= s.single_min_prob
                                              or self._confirmed(st, ctx, tip, u))
             if ok:
-                ranked.append((tracked, prob, tip_w, base_w, self._new(st, ctx, tip, u)))
+                ranked.append((tracked, prob, tip_w, base_w))
         st.prev_candidates = seen
-        if self._held(st, ranked):
-            # the tracked line has not moved since the last run while a needle-like line that
-            # the last run did not have appeared: that is the needle entering, the line
-            # followed so far a fixed marker
-            ranked = [(c[4], *c[1:]) for c in ranked]
         # a candidate continuing the track goes first; then the most probable
         ranked.sort(key=lambda c: (not c[0], -c[1]))
-        for tracked, score, tip_w, base_w, _ in ranked[:3]:
+        for tracked, score, tip_w, base_w in ranked[:3]:
             tip = grid.to_full(tip_w)
             base = grid.to_full(base_w)
             u = (tip - base) / np.linalg.norm(tip - base)
@@ -461,26 +451,6 @@ class NeedleStage:
             tip = self._no_retreat(st, ctx, tip, u, tracked)
             return tip, u, float(np.linalg.norm(tip - base)), score
         return None
-
-    def _new(self, st: _StudyNeedle, ctx: _RunContext, tip: np.ndarray, u: np.ndarray) -> bool:
-        """Is a candidate absent from the last frame of the previous run (same geometry)?"""
-        prev = st.last_run_candidates
-        return prev is not None and not any(
-            self._continues(ctx, tip, u, p_tip, p_u, self.settings.track_reach_mm)
-            for p_tip, p_u in prev)
-
-    def _held(self, st: _StudyNeedle, ranked: list) -> bool:
-        """Is the track's best candidate where the previous run left it (one of its ends at
-        the previous run's last tip), while a new candidate (not tracked, confirmed) is there
-        too?"""
-        ref = st.track.reference_tip
-        tracked = [c for c in ranked if c[0]]
-        if ref is None or not tracked or not any(c[4] and not c[0] for c in ranked):
-            return False
-        best = max(tracked, key=lambda c: c[1])
-        # either end: which end of a line free at both ends is the tip is a guess
-        moved = min(float(np.linalg.norm(st.ctx.grid.to_full(end) - ref)) for end in best[2:4])
-        return moved * st.ctx.spacing_mm <= self.settings.retreat_mm
 
     def _no_retreat(self, st: _StudyNeedle, ctx: _RunContext, tip: np.ndarray, u: np.ndarray,
                     tracked: bool) -> np.ndarray:
