@@ -188,9 +188,13 @@ class JointStage:
             if view.frames in RESEGMENT_AT:
                 view.segment()
 
-        line = view.line
-        if line is None:
+        if view.line is None:
             return self._publish(state, None, 0.0, False, None, 0.0, shift_full, view_changed)
+        return self._publish_moved(state, st, view, shift_full, view_changed)
+
+    def _publish_moved(self, state, st, view, shift_full, view_changed: bool) -> dict[str, Any]:
+        """The view's line and target moved by ``shift_full``, cut to the run's exposed field."""
+        line = view.line
         offset = np.asarray(shift_full)
         polyline = _inside_part(line.polyline_xy + offset, st.run_exposed)
         target = view.target_xy + offset
@@ -227,14 +231,7 @@ class JointStage:
         trusted = motion.peak >= MIN_PEAK and shift_mm <= MAX_SHIFT_MM
         shift_full = motion.shift_xy if trusted else view.last_shift
         view.last_shift = shift_full
-        line = view.line
-        offset = np.asarray(shift_full)
-        polyline = _inside_part(line.polyline_xy + offset, st.run_exposed)
-        target = view.target_xy + offset
-        target_xy = (float(target[0]), float(target[1])) if _is_inside(st.run_exposed, target) else None
-        radius_mm = float(np.clip(line.length_mm / 6.0, 3.0, 8.0))
-        return self._publish(state, polyline, line.confidence, line.doubled, target_xy, radius_mm,
-                             shift_full, False)
+        return self._publish_moved(state, st, view, shift_full, False)
 
     @staticmethod
     def _new_view(st: _StudyRegister, geometry: _Geometry, angles, work: np.ndarray,

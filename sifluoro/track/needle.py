@@ -70,6 +70,41 @@ class _Track:
     misses: int = 0
     score: float = 0.0  # needle probability of the last detection
 
+    def enter_run(self, run_uid: str) -> None:
+        """A frame of ``run_uid``: on a new run, its reference is where the last run ended."""
+        if self.run_uid != run_uid:
+            self.reference_tip = self.last_tip_of_run if self.run_uid is not None else None
+            self.run_uid = run_uid
+            self.run_tip = None
+
+
+def _target(state) -> np.ndarray | None:
+    """The register stage's target on this frame, if any (full-resolution pixels)."""
+    register = state.stage_state.get("register")
+    if register is None or register.target_xy is None:
+        return None
+    return np.asarray(register.target_xy, float)
+
+
+def _fields(track: _Track, tip: np.ndarray, u: np.ndarray, length_px: float, spacing: float,
+            target: np.ndarray | None) -> dict[str, Any]:
+    """The event fields of a tip: ``needle`` (advance since the last run measured toward the
+    target, or along the shaft without one) and ``tip_to_target_mm``."""
+    ref = track.reference_tip
+    if ref is None:
+        advance = 0.0
+    elif target is not None and np.linalg.norm(target - ref) > 1e-6:
+        advance = float((tip - ref) @ ((target - ref) / np.linalg.norm(target - ref))) * spacing
+    else:
+        advance = float((tip - ref) @ u) * spacing
+    needle = {"tip_xy": [round(float(tip[0]), 3), round(float(tip[1]), 3)],
+              "confidence": round(float(track.score), 4),
+              "direction_xy": [round(float(u[0]), 5), round(float(u[1]), 5)],
+              "end_on": False, "advance_mm": round(advance, 3),
+              "length_mm": round(length_px * spacing, 2)}
+    ttt = round(float(np.linalg.norm(tip - target) * spacing), 3) if target is not None else None
+    return {"needle": needle, "tip_to_target_mm": ttt}
+
 
 class _StudyNeedle:
     """Everything the stage keeps for one study (in ``state.stage_state["needle"]``): the
@@ -147,13 +182,8 @@ class NeedleStage:
         att = frame_attenuation(frame, state.stage_state)
         ctx = self._context(st, frame, att)
         track = st.track  # after the run context: a new view starts a new track
-        register = state.stage_state.get("register")
-        target = (np.asarray(register.target_xy, float)
-                  if register is not None and register.target_xy is not None else None)
-        if track.run_uid != frame.sop_instance_uid:
-            track.reference_tip = track.last_tip_of_run if track.run_uid is not None else None
-            track.run_uid = frame.sop_instance_uid
-            track.run_tip = None
+        target = _target(state)
+        track.enter_run(frame.sop_instance_uid)
         hit = self._detect(st, att, ctx, target)
         if hit is None:
             track.tip_xy = None
@@ -163,22 +193,7 @@ class NeedleStage:
         track.tip_xy, track.dir_xy, track.length_px, track.misses = tip, u, length_px, 0
         track.last_tip_of_run = tip
         track.score = score
-        spacing = ctx.spacing_mm
-        ref = track.reference_tip
-        if ref is None:
-            advance = 0.0
-        elif target is not None and np.linalg.norm(target - ref) > 1e-6:
-            advance = float((tip - ref) @ ((target - ref) / np.linalg.norm(target - ref))) * spacing
-        else:
-            advance = float((tip - ref) @ u) * spacing
-        needle = {"tip_xy": [round(float(tip[0]), 3), round(float(tip[1]), 3)],
-                  "confidence": round(float(score), 4),
-                  "direction_xy": [round(float(u[0]), 5), round(float(u[1]), 5)],
-                  "end_on": False, "advance_mm": round(advance, 3),
-                  "length_mm": round(length_px * spacing, 2)}
-        ttt = (round(float(np.linalg.norm(tip - target) * spacing), 3)
-               if target is not None else None)
-        return {"needle": needle, "tip_to_target_mm": ttt}
+        return _fields(track, tip, u, length_px, ctx.spacing_mm, target)
 
     def process_roi(self, frame: Frame, state) -> dict[str, Any]:
         """Cheaper mode for a frame short of time (the pipeline's ``needle_roi`` step): no
@@ -199,10 +214,7 @@ class NeedleStage:
         if (spacing != ctx.spacing_mm or frame.pixels.shape != ctx.valid_full.shape
                 or not _same_view(ctx.run, frame.run)):
             return nothing
-        if track.run_uid != frame.sop_instance_uid:
-            track.reference_tip = track.last_tip_of_run if track.run_uid is not None else None
-            track.run_uid = frame.sop_instance_uid
-            track.run_tip = None
+        track.enter_run(frame.sop_instance_uid)
         last = track.tip_xy if track.tip_xy is not None else track.last_tip_of_run
         if last is None or track.dir_xy is None:
             return nothing
@@ -233,24 +245,7 @@ class NeedleStage:
         length_px = max(float((tip - base) @ u), 0.0)
         track.tip_xy, track.dir_xy, track.length_px, track.misses = tip, u, length_px, 0
         track.last_tip_of_run = tip
-        register = state.stage_state.get("register")
-        target = (np.asarray(register.target_xy, float)
-                  if register is not None and register.target_xy is not None else None)
-        ref = track.reference_tip
-        if ref is None:
-            advance = 0.0
-        elif target is not None and np.linalg.norm(target - ref) > 1e-6:
-            advance = float((tip - ref) @ ((target - ref) / np.linalg.norm(target - ref))) * spacing
-        else:
-            advance = float((tip - ref) @ u) * spacing
-        needle = {"tip_xy": [round(float(tip[0]), 3), round(float(tip[1]), 3)],
-                  "confidence": round(float(track.score), 4),
-                  "direction_xy": [round(float(u[0]), 5), round(float(u[1]), 5)],
-                  "end_on": False, "advance_mm": round(advance, 3),
-                  "length_mm": round(length_px * spacing, 2)}
-        ttt = (round(float(np.linalg.norm(tip - target) * spacing), 3)
-               if target is not None else None)
-        return {"needle": needle, "tip_to_target_mm": ttt}
+        return _fields(track, tip, u, length_px, spacing, _target(state))
 
     def _mean_work(self, st: _StudyNeedle, att: np.ndarray, ctx: _RunContext) -> np.ndarray:
         """Running mean of the working-grid image over the last ``avg_frames`` frames of the
