@@ -23,16 +23,12 @@ from sifluoro.track.contrast_transient import FRAMES as TRANSIENT_FRAMES, Transi
 log = logging.getLogger(__name__)
 
 _MAX_COMPONENTS = 64
+_BORDER_PX = 3
 # opacity that appeared at most this many frames ago, at least this large, and that falls to
 # this share of its mean z from one frame to the next has washed out: a vessel
 WASHOUT_AGE = 4
 WASHOUT_MIN_MM2 = 150.0
 WASHOUT_FRACTION = 0.35
-
-
-def opacities_kept(opacities, keep):
-    return [o for o, ok in zip(opacities, keep) if ok]
-_BORDER_PX = 3
 
 
 @dataclass(frozen=True)
@@ -250,11 +246,11 @@ class ContrastStage:
         K.select_labels(b.labels, b.keep, b.on)
         # the previous frame's opacity was read by component_stats above (C_NEW)
         rm.opaque[...] = b.on
-        rm.opaque_mm2 = float(sum(o.area_mm2 for o in opacities_kept(opacities, keep)))
+        accepted = tuple(o for o, ok in zip(opacities, keep) if ok)
+        rm.opaque_mm2 = float(sum(o.area_mm2 for o in accepted))
         rm.opaque_z = float(b.score[b.on].mean()) if rm.opaque_mm2 > 0.0 else 0.0
         if rm.opaque_mm2 > 0.0 or rm.opacity_age:
             rm.opacity_age += 1
-        accepted = tuple(o for o, ok in zip(opacities, keep) if ok)
         self.last_opacities = accepted
         rm.remember(b.current)
         vessel_mm = self._vessel_mm(b, rm, work_mm)
