@@ -45,7 +45,8 @@ def sim_tile(path: Path, picks: list[tuple[int, str]], tile_px: int = 300) -> li
         study = simulate_case(SEED, case, size=512)
         frame, run, info = _telling_frame(study, want)
         letter = "abcdefghij"[n]
-        # shown as a radiologist sees it: bone bright whatever the stored polarity
+        # shown as the device's own monitor would: by the photometric interpretation (a
+        # MONOCHROME2 device storing bone dark shows bone dark, as fluoroscopy monitors do)
         img = cv2.resize(display_u8(frame, run.photometric), (tile_px, tile_px),
                          interpolation=cv2.INTER_AREA)
         img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)

@@ -225,6 +225,15 @@ def run_from_dataset(ds: Dataset, path: str | Path) -> Run:
     )
 
 
+def decoder_available(tsuid: UID) -> bool:
+    """Whether pydicom has a working pixel decoder for a compressed transfer syntax (it raises
+    NotImplementedError for syntaxes it has no decoder class for)."""
+    try:
+        return bool(get_decoder(tsuid).is_available)
+    except NotImplementedError:
+        return False
+
+
 def _transfer_syntax(ds: Dataset, path: str) -> UID:
     meta = getattr(ds, "file_meta", None)
     tsuid = UID(str(meta.get("TransferSyntaxUID", ""))) if meta is not None else UID("")
@@ -239,15 +248,10 @@ def _transfer_syntax(ds: Dataset, path: str) -> UID:
         raise UnsupportedDicomError(f"big-endian transfer syntax {tsuid.name} is retired; "
                                     "convert with dcmconv +te", path=path,
                                     tag="(0002,0010) TransferSyntaxUID")
-    if tsuid.is_compressed:
-        try:
-            available = get_decoder(tsuid).is_available
-        except NotImplementedError:
-            available = False
-        if not available:
-            raise UnsupportedDicomError(f"no decoder installed for {tsuid.name}; install "
-                                        "pylibjpeg or python-gdcm", path=path,
-                                        tag="(0002,0010) TransferSyntaxUID")
+    if tsuid.is_compressed and not decoder_available(tsuid):
+        raise UnsupportedDicomError(f"no decoder installed for {tsuid.name}; install "
+                                    "pylibjpeg or python-gdcm", path=path,
+                                    tag="(0002,0010) TransferSyntaxUID")
     return tsuid
 
 

@@ -43,7 +43,6 @@ from pathlib import Path
 
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import (
     UID,
     ExplicitVRLittleEndian,
@@ -62,7 +61,7 @@ from pydicom.uid import (
 from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import Verification
 
-from sifluoro.acquire.dicom_reader import IMAGE_SOP_CLASSES, run_from_dataset
+from sifluoro.acquire.dicom_reader import IMAGE_SOP_CLASSES, decoder_available, run_from_dataset
 from sifluoro.acquire.live import LiveStudies
 from sifluoro.acquire.spool import InvalidUIDError, Spool, SpoolFullError, check_uid
 from sifluoro.config import Settings
@@ -88,14 +87,7 @@ _config.LOG_REQUEST_IDENTIFIERS = False
 
 def decodable_transfer_syntaxes() -> list[UID]:
     """Uncompressed syntaxes plus every compressed one with an installed decoder."""
-    found = list(UNCOMPRESSED)
-    for uid in COMPRESSED:
-        try:
-            if get_decoder(uid).is_available:
-                found.append(uid)
-        except NotImplementedError:
-            continue
-    return found
+    return list(UNCOMPRESSED) + [uid for uid in COMPRESSED if decoder_available(uid)]
 
 
 @dataclass(frozen=True)

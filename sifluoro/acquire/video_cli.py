@@ -29,7 +29,8 @@ def _video(args) -> int:
     from sifluoro.overlay import OverlayWriter
 
     source = _source(args.source)
-    live = args.live or isinstance(source, int) or str(source).startswith("/dev/")
+    device = isinstance(source, int) or str(source).startswith("/dev/")
+    live = args.live or device
     technique = Technique(kvp=args.kvp, tube_current_ma=args.ma, pulse_width_ms=args.pulse_width_ms,
                           sid_mm=args.sid_mm, source_to_isocenter_mm=args.source_to_isocenter_mm,
                           filter_cu_mm=args.cu_mm, filter_al_mm=args.al_mm)
@@ -50,13 +51,13 @@ def _video(args) -> int:
                 overlays.add(frame, frame_event.event)
 
         engine.on("frame", on_frame)
-        paced = live and not isinstance(source, int) and not str(source).startswith("/dev/")
-        start = time.monotonic()
+        paced = live and not device   # a file played as a grabber would deliver it
+        start = 0.0
         for frame in video_frames(source, settings):
             if frame.index == 0:  # kernels warmed up on the real frame size before it counts
                 engine.prepare(Study(frame.run.study_instance_uid, (frame.run,)))
                 start = time.monotonic()
-            if paced:  # a file played as a grabber would deliver it
+            if paced:
                 time.sleep(max(0.0, start + frame.t_s - time.monotonic()))
             if overlays is not None:
                 with lock:
