@@ -48,13 +48,16 @@ def _raw_spectrum(kvp: int, anode_angle_deg: float) -> tuple[np.ndarray, np.ndar
         pass
     spek = spekpy.Spek(kvp=float(kvp), th=float(anode_angle_deg))
     energy_kev, fluence = spek.get_spectrum()
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as fh:
+            tmp = fh.name
             np.savez(fh, energy_kev=energy_kev, fluence=fluence)
-        os.replace(fh.name, path)
+        os.replace(tmp, path)
     except OSError:
-        pass
+        if tmp is not None:   # a half-written file must not stay behind
+            Path(tmp).unlink(missing_ok=True)
     return energy_kev, fluence
 
 

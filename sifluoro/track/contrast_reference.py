@@ -98,7 +98,9 @@ class ReferenceBank:
 
         Each run has its own window (and dose), so stored values differ by a gain and an
         offset; a least-squares line between the latest kept frame and the run's first frame
-        maps the older frames, which then take the first frame's brighter pixels. Returns the integer shift (dx, dy) of the new run relative to
+        maps the older frames, which then take the first frame's brighter pixels. A run the
+        kept frames do not predict and that is quieter than them starts a reference of its own
+        (:meth:`_outclassed`). Returns the integer shift (dx, dy) of the new run relative to
         the kept frames, from phase correlation (0, 0 when unsure).
         """
         self.runs_seen += 1
