@@ -8,8 +8,10 @@ likewise where the event gives a collimated field area (at the detector). Prints
 90th percentile of |relative error| per file, per manufacturer and overall.
 
 ``python -m benchmarks.bench_dose_estimate [DIR]`` (default ``.cache/vendor-rdsr``, filled by
-``tests/dose/fetch_vendor_rdsr.sh``). ``--inherent-al-mm`` and ``--anode-angle-deg`` show the
-sensitivity to the tube data assumed for every device; they are not fitted here.
+``tests/dose/fetch_vendor_rdsr.sh``). Each report's device picks its tube data
+(``DoseSettings.tubes``: PySkinDose's values for these two systems). ``--generic-tube`` ignores
+them and uses ``--inherent-al-mm`` and ``--anode-angle-deg`` for every device, to show the
+sensitivity to tube data; nothing is fitted here.
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ def run(folder: Path = DEFAULT_DIR, settings: DoseSettings | None = None) -> dic
         report = read_rdsr(path)
         k_err, d_err, skipped = [], [], 0
         for event in report.events:
-            found = estimate_event_dose(event, settings)
+            found = estimate_event_dose(event, settings, report.device)
             if found is None or not event.air_kerma_mgy or event.air_kerma_mgy < MIN_REPORTED_MGY:
                 skipped += 1
                 continue
@@ -51,8 +53,9 @@ def run(folder: Path = DEFAULT_DIR, settings: DoseSettings | None = None) -> dic
         vendor[1].extend(d_err)
         kerma_errors += k_err
         dap_errors += d_err
-    return {"settings": {"inherent_filtration_al_mm": settings.inherent_filtration_al_mm,
-                         "anode_angle_deg": settings.anode_angle_deg},
+    return {"settings": {"generic_inherent_filtration_al_mm": settings.inherent_filtration_al_mm,
+                         "generic_anode_angle_deg": settings.anode_angle_deg,
+                         "tubes": [vars(t) for t in settings.tubes]},
             "files": per_file,
             "vendors": {name: {"compared": len(k), **_stats("air_kerma", k), **_stats("dap", d)}
                         for name, (k, d) in sorted(by_vendor.items())},
@@ -79,10 +82,13 @@ def main() -> None:
                         help="tube inherent filtration assumed for every device (default %(default)s mm Al)")
     parser.add_argument("--anode-angle-deg", type=float, default=defaults.anode_angle_deg,
                         help="anode target angle assumed for every device (default %(default)s°)")
+    parser.add_argument("--generic-tube", action="store_true",
+                        help="ignore the per-device tube data; use the two values above for every device")
     args = parser.parse_args()
     if not args.folder.is_dir():
         raise SystemExit(f"{args.folder} is missing: run tests/dose/fetch_vendor_rdsr.sh first")
-    settings = DoseSettings(inherent_filtration_al_mm=args.inherent_al_mm, anode_angle_deg=args.anode_angle_deg)
+    settings = DoseSettings(inherent_filtration_al_mm=args.inherent_al_mm, anode_angle_deg=args.anode_angle_deg,
+                            **({"tubes": ()} if args.generic_tube else {}))
     print(json.dumps(run(args.folder, settings), indent=2))
 
 

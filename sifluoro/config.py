@@ -7,6 +7,29 @@ from sifluoro.errors import ConfigError
 
 
 @dataclass(frozen=True)
+class TubeData:
+    """The X-ray tube data a technique estimate needs, for the devices it matches.
+
+    ``manufacturer`` and ``model`` are case-insensitive substrings of the device's Manufacturer
+    (0008,0070) and Manufacturer's Model Name (0008,1090).
+    """
+
+    manufacturer: str
+    model: str
+    inherent_filtration_al_mm: float
+    anode_angle_deg: float
+
+
+# PySkinDose 25.1.1's tube data for the two systems whose RDSRs it ships: 3.1 mm Al inherent
+# filtration (settings_example.json, dev_data.py) and the anode angles of its HVL tables
+# (table_data/generate_hvl_data.py: 8° AXIOM-Artis, 11° Allura Clarity). No vendor datasheet.
+PYSKINDOSE_TUBES = (
+    TubeData("siemens", "axiom-artis", 3.1, 8.0),
+    TubeData("philips", "allura", 3.1, 11.0),
+)
+
+
+@dataclass(frozen=True)
 class DoseSettings:
     """How dose is accounted when the device does not report it.
 
@@ -19,9 +42,11 @@ class DoseSettings:
         For mobile C-arms without a defined isocentre: the reference point lies this far
         from the image receptor toward the source (IEC 60601-2-54 practice: 300 mm).
     inherent_filtration_al_mm : float
-        Tube inherent filtration in mm Al, a per-device value.
+        Tube inherent filtration in mm Al for devices no ``tubes`` entry matches.
     anode_angle_deg : float
-        Target angle of the tube anode, a per-device value.
+        Target angle of the tube anode for devices no ``tubes`` entry matches.
+    tubes : tuple of TubeData
+        Per-device tube data, first match wins (:meth:`tube_for`); a site adds its own.
     fluoro_time_alert_s : float
         A fluoroscopy-time alert fires at every multiple of this (5 minutes).
     air_kerma_first_alert_mgy, air_kerma_alert_step_mgy : float
@@ -41,6 +66,15 @@ class DoseSettings:
     srdl_air_kerma_mgy: float = 5000.0
     srdl_dap_gycm2: float = 500.0
     srdl_fluoro_time_s: float = 3600.0
+    tubes: tuple[TubeData, ...] = PYSKINDOSE_TUBES
+
+    def tube_for(self, manufacturer: str = "", model: str = "") -> tuple[float, float]:
+        """(inherent_filtration_al_mm, anode_angle_deg) for a device, by its names."""
+        manufacturer, model = manufacturer.lower(), model.lower()
+        for tube in self.tubes:
+            if tube.manufacturer.lower() in manufacturer and tube.model.lower() in model:
+                return tube.inherent_filtration_al_mm, tube.anode_angle_deg
+        return self.inherent_filtration_al_mm, self.anode_angle_deg
 
 
 @dataclass(frozen=True)
@@ -82,8 +116,11 @@ class Settings:
         if self.live_queue_frames < 1:
             raise ConfigError(f"live_queue_frames must be >= 1, got {self.live_queue_frames}")
         for f in fields(self.dose):
-            if getattr(self.dose, f.name) < 0:
+            if f.name != "tubes" and getattr(self.dose, f.name) < 0:
                 raise ConfigError(f"dose.{f.name} must be >= 0, got {getattr(self.dose, f.name)}")
+        for tube in self.dose.tubes:
+            if tube.inherent_filtration_al_mm < 0 or not 0 < tube.anode_angle_deg < 90:
+                raise ConfigError(f"dose.tubes: {tube} needs filtration >= 0 and an angle in (0, 90)°")
 
     def with_(self, **changes) -> "Settings":
         """A copy with some settings changed (validated again)."""

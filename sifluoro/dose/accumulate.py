@@ -168,7 +168,7 @@ class DoseAccumulator:
         interval = run.frame_intervals_ms[0] if run.frame_intervals_ms else 0.0
         return estimate_frame_dose(run.technique, rows=run.rows, columns=run.columns,
                                    frame_interval_ms=interval, n_frames=max(1, run.n_frames),
-                                   settings=self.settings)
+                                   settings=self.settings, device=run.device)
 
     def add(self, frame: Frame) -> list[DoseAlert]:
         """Count one frame; return the alerts it raised."""

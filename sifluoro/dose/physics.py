@@ -9,7 +9,7 @@ import math
 from sifluoro.config import DoseSettings
 from sifluoro.dose.output_table import load_table, output_ugy_per_mas_at_1m
 from sifluoro.dose.records import IrradiationEvent
-from sifluoro.model import Technique
+from sifluoro.model import Device, Technique
 
 
 def tube_output_mgy_per_mas_at_1m(kvp: float, *, filter_al_mm: float, filter_cu_mm: float,
@@ -75,9 +75,11 @@ def field_area_cm2_at_detector(tech: Technique, rows: int, columns: int) -> floa
 
 
 def estimate_frame_dose(tech: Technique, *, rows: int, columns: int, frame_interval_ms: float,
-                        n_frames: int, settings: DoseSettings) -> tuple[float, float] | None:
+                        n_frames: int, settings: DoseSettings,
+                        device: Device | None = None) -> tuple[float, float] | None:
     """(air_kerma_mgy, dap_gycm2) of one frame at the reference point, or None if the header
-    lacks what the estimate needs (kVp, tube load, distances)."""
+    lacks what the estimate needs (kVp, tube load, distances). ``device`` picks the tube data
+    (:meth:`DoseSettings.tube_for`)."""
     low, high = load_table().kvp_range
     if not tech.kvp or not low <= tech.kvp <= high:
         return None
@@ -85,10 +87,11 @@ def estimate_frame_dose(tech: Technique, *, rows: int, columns: int, frame_inter
     d_ref = reference_point_distance_mm(tech, settings)
     if mas is None or d_ref is None or d_ref <= 0:
         return None
-    al = settings.inherent_filtration_al_mm + (tech.filter_al_mm or 0.0)
-    output = tube_output_mgy_per_mas_at_1m(tech.kvp, filter_al_mm=al,
+    device = device or Device()
+    inherent_al_mm, anode_angle_deg = settings.tube_for(device.manufacturer, device.model)
+    output = tube_output_mgy_per_mas_at_1m(tech.kvp, filter_al_mm=inherent_al_mm + (tech.filter_al_mm or 0.0),
                                            filter_cu_mm=tech.filter_cu_mm or 0.0,
-                                           anode_angle_deg=settings.anode_angle_deg)
+                                           anode_angle_deg=anode_angle_deg)
     kerma_mgy = output * mas * (1000.0 / d_ref) ** 2
     area_det = field_area_cm2_at_detector(tech, rows, columns)
     if area_det is None or not tech.sid_mm:
@@ -127,24 +130,26 @@ def event_tube_load_mas(event: IrradiationEvent) -> float | None:
     return None
 
 
-def estimate_event_dose(event: IrradiationEvent, settings: DoseSettings
-                        ) -> tuple[float, float | None] | None:
+def estimate_event_dose(event: IrradiationEvent, settings: DoseSettings,
+                        device: Device | None = None) -> tuple[float, float | None] | None:
     """(air_kerma_mgy, dap_gycm2 or None) of a dose report's event from its technique alone.
 
     For checking a device's reported dose against the model (``benchmarks/bench_dose_estimate``)
     and for reports that give technique without dose. None when the event lacks kVp (or it is
-    outside the output table's range), tube load or a distance to the reference point; DAP needs the collimated field area (at the
-    detector) and the source-detector distance.
+    outside the output table's range), tube load or a distance to the reference point; DAP
+    needs the collimated field area (at the detector) and the source-detector distance.
+    ``device`` (the report's) picks the tube data (:meth:`DoseSettings.tube_for`).
     """
     mas = event_tube_load_mas(event)
     d_ref_mm = event_reference_point_distance_mm(event, settings)
     low, high = load_table().kvp_range
     if not event.kvp or not low <= event.kvp <= high or mas is None or not d_ref_mm or d_ref_mm <= 0:
         return None
-    al = settings.inherent_filtration_al_mm + (event.filter_al_mm or 0.0)
-    output = tube_output_mgy_per_mas_at_1m(event.kvp, filter_al_mm=al,
+    device = device or Device()
+    inherent_al_mm, anode_angle_deg = settings.tube_for(device.manufacturer, device.model)
+    output = tube_output_mgy_per_mas_at_1m(event.kvp, filter_al_mm=inherent_al_mm + (event.filter_al_mm or 0.0),
                                            filter_cu_mm=event.filter_cu_mm or 0.0,
-                                           anode_angle_deg=settings.anode_angle_deg)
+                                           anode_angle_deg=anode_angle_deg)
     kerma_mgy = output * mas * (1000.0 / d_ref_mm) ** 2
     dap = None
     if event.collimated_field_area_cm2 and event.sid_mm:

@@ -5,10 +5,12 @@ from dataclasses import replace
 
 import pytest
 
-from sifluoro.config import DoseSettings
+from sifluoro.config import DoseSettings, Settings, TubeData
 from sifluoro.dose import physics
 from sifluoro.dose.rdsr_read import read_rdsr
 from sifluoro.dose.records import IrradiationEvent
+from sifluoro.errors import ConfigError
+from sifluoro.model import Device
 from tests.dose.rdsr_fixtures import N, Ev, build_rdsr, num, save, text
 
 S = DoseSettings()
@@ -57,3 +59,32 @@ def test_distance_source_to_reference_point_is_read_in_mm(tmp_path):
     event = dose.events[0]
     assert event.source_to_reference_point_mm == pytest.approx(610.0)
     assert physics.event_reference_point_distance_mm(event, S) == pytest.approx(610.0)
+
+
+def test_the_device_picks_its_tube_data():
+    s = DoseSettings(inherent_filtration_al_mm=2.7, anode_angle_deg=12.0,
+                     tubes=(TubeData("Siemens", "AXIOM-Artis", 3.1, 8.0),))
+    assert s.tube_for("SIEMENS", "AXIOM-Artis dBA") == (3.1, 8.0)
+    assert s.tube_for("Philips Medical Systems", "Allura Xper") == (2.7, 12.0)
+    assert s.tube_for() == (2.7, 12.0)
+    siemens = Device(manufacturer="Siemens", model="AXIOM-Artis")
+    kerma_siemens, _ = physics.estimate_event_dose(EVENT, s, siemens)
+    kerma_generic, _ = physics.estimate_event_dose(EVENT, s)
+    expected = physics.tube_output_mgy_per_mas_at_1m(80.0, filter_al_mm=3.1, filter_cu_mm=0.2, anode_angle_deg=8.0)
+    assert kerma_siemens == pytest.approx(expected * 1.0 * (1000.0 / 650.0) ** 2, rel=1e-12)
+    assert kerma_siemens != pytest.approx(kerma_generic, rel=1e-3)
+
+
+@pytest.mark.parametrize("tube", [TubeData("x", "y", -1.0, 10.0), TubeData("x", "y", 3.0, 0.0)])
+def test_impossible_tube_data_is_refused(tube):
+    with pytest.raises(ConfigError, match="dose.tubes"):
+        Settings(dose=DoseSettings(tubes=(tube,)))
+
+
+def test_technique_estimate_meets_the_goal_on_the_vendor_reports(vendor_dir):
+    """Issue 9's goal: median |relative error| of Ka,r <= 20 % against the devices' own values."""
+    from benchmarks.bench_dose_estimate import run
+    result = run(vendor_dir)
+    assert result["all"]["compared"] == 40
+    assert result["all"]["air_kerma_median_abs_rel_error"] <= 0.20
+    assert result["vendors"]["Siemens AXIOM-Artis"]["air_kerma_median_abs_rel_error"] <= 0.10
