@@ -8,14 +8,18 @@ from pathlib import Path
 
 from sifluoro.config import Settings
 from sifluoro.errors import SifluoroError
+from sifluoro.stages import REPLAY_STAGES, add_stages_argument
 
 
 def _replay(args) -> int:
     from sifluoro.replay import format_summary, replay
 
+    from sifluoro.stages import make_stages
+
     settings = Settings(latency_budget_ms=args.budget_ms)
     result = replay(args.inputs, events_path=args.events, summary_path=args.summary,
                     settings=settings, study_uid=args.study, rdsr_path=args.rdsr,
+                    stages=make_stages(args.stages, settings),
                     overlay_png_dir=args.overlay_png, overlay_mp4=args.overlay_mp4)
     if not args.quiet:
         print(format_summary(result.summary))
@@ -27,7 +31,7 @@ def _replay(args) -> int:
 def _demo(args) -> int:
     from sifluoro.demo import run_demo
 
-    return run_demo(args.out, seed=args.seed, case=args.case, size=args.size)
+    return run_demo(args.out, seed=args.seed, case=args.case, size=args.size, stages=args.stages)
 
 
 def _simulate(args) -> int:
@@ -70,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write all frames with their overlays as one video")
     p.add_argument("--budget-ms", type=float, default=Settings().latency_budget_ms,
                    help="per-frame latency budget for image work (default %(default)s ms)")
+    add_stages_argument(p, REPLAY_STAGES)
     p.add_argument("-q", "--quiet", action="store_true", help="print no summary")
     p.set_defaults(func=_replay)
 
@@ -79,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=2026)
     p.add_argument("--case", type=int, default=10)
     p.add_argument("--size", type=int, choices=(512, 1024), default=512)
+    add_stages_argument(p, REPLAY_STAGES)
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("simulate", help="write simulated studies (DICOM + truth.json) with ground truth")

@@ -11,6 +11,7 @@ from sifluoro.config import Settings
 from sifluoro.contract import replay_output_violations
 from sifluoro.overlay import OverlayWriter
 from sifluoro.replay import format_summary, replay
+from sifluoro.stages import REPLAY_STAGES, make_stages
 
 DEMO_SEED, DEMO_CASE = 2026, 10  # an intra-articular injection on a flat panel
 
@@ -51,7 +52,8 @@ def _key_frame(truth: dict | None, events: dict) -> int:
     return max(e["index"] for e in events.values())
 
 
-def run_demo(out: Path, *, seed: int = DEMO_SEED, case: int = DEMO_CASE, size: int = 512) -> int:
+def run_demo(out: Path, *, seed: int = DEMO_SEED, case: int = DEMO_CASE, size: int = 512,
+             stages: tuple[str, ...] = REPLAY_STAGES) -> int:
     from sifluoro.sim import simulate_case
     from sifluoro.sim.export import export_study
 
@@ -65,8 +67,9 @@ def run_demo(out: Path, *, seed: int = DEMO_SEED, case: int = DEMO_CASE, size: i
     print("replaying ...")
     events, summary = out / "events.jsonl", out / "summary.json"
     rdsr = out / "dose-rdsr.dcm"
-    result = replay([study_dir], events_path=events, summary_path=summary, settings=Settings(),
-                    rdsr_path=rdsr)
+    settings = Settings()
+    result = replay([study_dir], events_path=events, summary_path=summary, settings=settings,
+                    rdsr_path=rdsr, stages=make_stages(stages, settings))
     print(format_summary(result.summary))
     violations = replay_output_violations(events, summary)
     print(f"contract   {'ok' if not violations else f'{len(violations)} violations'} (DESIGN §3)")

@@ -68,6 +68,7 @@ class StudyState:
     dropped_image_frames: int = 0  # live sources: frames whose image work was dropped
     frames: int = 0
     alerts: list[dict] = field(default_factory=list)
+    stage_names: tuple[str, ...] = ()  # the image stages that assess this study
 
 
 @dataclass(frozen=True)
@@ -220,7 +221,8 @@ class Pipeline:
                 warm(frame)
 
     def start_study(self, study_instance_uid: str) -> StudyState:
-        return StudyState(study_instance_uid, DoseAccumulator(self.settings.dose))
+        return StudyState(study_instance_uid, DoseAccumulator(self.settings.dose),
+                          stage_names=tuple(stage.name for stage in self.stages))
 
     def prepare_run(self, run, state: StudyState) -> None:
         """Run-level work done when a run is announced (its header is known), so that its first

@@ -31,11 +31,10 @@ class ReplayResult:
 
 
 def default_stages(settings: Settings) -> list[Stage]:
-    """The image stages in pipeline order: register/ first (the others use its target, joint
-    line and motion estimate)."""
-    from sifluoro.register.stage import JointStage
+    """The replay's image stages (:data:`sifluoro.stages.REPLAY_STAGES`), in pipeline order."""
+    from sifluoro.stages import REPLAY_STAGES, make_stages
 
-    return [JointStage()]
+    return make_stages(REPLAY_STAGES, settings)
 
 
 def replay(inputs: Iterable[str | Path], *, events_path: str | Path, summary_path: str | Path,
@@ -99,6 +98,7 @@ def build_summary(study: Study, state, rejected: list[Rejection]) -> dict:
         "dap_gycm2": totals.dap_gycm2,
         "dose_source": state.dose.source,
         "contrast_state": state.contrast_state,
+        "stages": list(state.stage_names),
         "rejected_files": [r.as_dict() for r in rejected],
         "latency_ms": latency_summary(state.latencies_ms),
         "degraded_frames": state.degraded_frames,
@@ -137,6 +137,12 @@ def write_json(path: str | Path, obj: dict) -> None:
         out.write("\n")
 
 
+def _contrast_line(summary: dict) -> str:
+    if "contrast" in summary.get("stages", ("contrast",)):
+        return summary["contrast_state"]
+    return "not assessed (add the contrast stage: --stages register,contrast)"
+
+
 def format_summary(summary: dict) -> str:
     """A short human summary of a replay."""
     lines = [
@@ -147,7 +153,8 @@ def format_summary(summary: dict) -> str:
         + (f"  (+{summary['acquisition_time_s']:.1f} s acquisition)" if summary["acquisition_time_s"] else ""),
         f"dose       {summary['air_kerma_mgy']:.2f} mGy air kerma, {summary['dap_gycm2']:.3f} Gy·cm² DAP"
         f"  [{summary['dose_source']}]",
-        f"contrast   {summary['contrast_state']}",
+        f"contrast   {_contrast_line(summary)}",
+        f"stages     {', '.join(summary.get('stages', ())) or 'none (dose only)'}",
         f"latency    p50 {summary['latency_ms']['p50']:.2f} ms, p99 {summary['latency_ms']['p99']:.2f} ms",
     ]
     for alert in summary["alerts"]:

@@ -15,6 +15,8 @@ import threading
 import time
 from pathlib import Path
 
+from sifluoro.stages import REPLAY_STAGES, add_stages_argument, make_stages
+
 
 def _source(text: str) -> str | int:
     return int(text) if text.isdigit() else text
@@ -37,7 +39,8 @@ def _video(args) -> int:
     settings = VideoSourceSettings(pixel_spacing_mm=args.pixel_spacing_mm, technique=technique,
                                    frame_rate_per_s=args.pulse_rate, max_frames=args.max_frames,
                                    bone_bright=args.bone_bright)
-    engine = Engine(Settings(latency_budget_ms=args.budget_ms))
+    engine_settings = Settings(latency_budget_ms=args.budget_ms)
+    engine = Engine(engine_settings, stages=make_stages(args.stages, engine_settings))
     overlays = OverlayWriter(mp4_path=args.overlay_mp4) if args.overlay_mp4 else None
     pending: dict[int, object] = {}      # frames waiting for their event (for the overlay)
     lock = threading.Lock()
@@ -110,6 +113,7 @@ def add_video_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--source-to-isocenter-mm", type=float)
     g.add_argument("--cu-mm", type=float, help="added copper filtration")
     g.add_argument("--al-mm", type=float, help="added aluminium filtration")
+    add_stages_argument(p, REPLAY_STAGES)
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=_video)
     return p

@@ -76,7 +76,7 @@ def _batch_replay(args) -> int:
     failures = 0
     with _client(args) as client:
         for name, summary, code in batch_replay(args.cases_dir, args.out, client=client,
-                                                budget_ms=args.budget_ms):
+                                                budget_ms=args.budget_ms, stages=args.stages):
             failures += code != 0
             print(f"{name}: {summary['frames']} frames, contrast {summary['contrast_state']}, "
                   f"{len(summary['rejected_files'])} rejected")
@@ -97,6 +97,8 @@ def _dask_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_audit_parser(subparsers) -> argparse.ArgumentParser:
+    from sifluoro.stages import REPLAY_STAGES, add_stages_argument
+
     """Add ``audit`` (subcommands ``ingest``, ``report``) and ``batch-replay`` to ``subparsers``."""
     audit = subparsers.add_parser("audit", help="dose registry: ingest RDSRs and image studies, "
                                   "DRL-style reports")
@@ -135,6 +137,7 @@ def add_audit_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--budget-ms", type=float, metavar="MS", help="per-frame latency budget for "
                    "image work (default: as sifluoro replay); a large one makes results "
                    "independent of machine load")
+    add_stages_argument(p, REPLAY_STAGES)
     _dask_options(p)
     p.set_defaults(func=_batch_replay)
     return audit

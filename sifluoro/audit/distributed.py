@@ -58,20 +58,24 @@ class DaskMapper:
             future.release()
 
 
-def replay_case(case_dir: str, out_dir: str, budget_ms: float | None = None) -> tuple[str, dict, int]:
+def replay_case(case_dir: str, out_dir: str, budget_ms: float | None = None,
+                stages: tuple[str, ...] | None = None) -> tuple[str, dict, int]:
     """Replay one simulated case as :func:`sifluoro.sim.batch.replay_set` does, on any worker.
 
     ``budget_ms`` overrides the per-frame latency budget. Image stages skipped for the
     deadline depend on the wall clock (a loaded worker skips more); a budget no frame reaches
-    makes a replay a pure function of its input.
+    makes a replay a pure function of its input. ``stages`` names the image stages (the
+    replay's default when None).
     """
     from sifluoro.config import Settings
     from sifluoro.replay import replay
+    from sifluoro.stages import REPLAY_STAGES, make_stages
 
     case = Path(case_dir)
-    settings = Settings(latency_budget_ms=budget_ms) if budget_ms is not None else None
+    settings = Settings(latency_budget_ms=budget_ms) if budget_ms is not None else Settings()
     result = replay([case / "dicom"], events_path=Path(out_dir) / case.name / "events.jsonl",
-                    summary_path=Path(out_dir) / case.name / "summary.json", settings=settings)
+                    summary_path=Path(out_dir) / case.name / "summary.json", settings=settings,
+                    stages=make_stages(stages or REPLAY_STAGES, settings))
     return case.name, result.summary, result.exit_code
 
 
@@ -80,8 +84,8 @@ def case_dirs(cases_dir: str | Path) -> list[Path]:
     return sorted(p for p in Path(cases_dir).iterdir() if (p / "truth.json").exists())
 
 
-def batch_replay(cases_dir: str | Path, out: str | Path, *, client=None, budget_ms: float | None = None
-                 ) -> Iterator[tuple[str, dict, int]]:
+def batch_replay(cases_dir: str | Path, out: str | Path, *, client=None, budget_ms: float | None = None,
+                 stages: tuple[str, ...] | None = None) -> Iterator[tuple[str, dict, int]]:
     """Replay every case of ``cases_dir`` into ``out/<case>/``: serially, or on a Dask client.
 
     Yields ``(case name, summary, exit code)`` in case order either way.
@@ -89,9 +93,10 @@ def batch_replay(cases_dir: str | Path, out: str | Path, *, client=None, budget_
     jobs = [str(p) for p in case_dirs(cases_dir)]
     if client is None:
         for job in jobs:
-            yield replay_case(job, str(out), budget_ms)
+            yield replay_case(job, str(out), budget_ms, stages)
         return
-    futures = client.map(replay_case, jobs, [str(out)] * len(jobs), [budget_ms] * len(jobs), pure=False)
+    futures = client.map(replay_case, jobs, [str(out)] * len(jobs), [budget_ms] * len(jobs),
+                         [stages] * len(jobs), pure=False)
     for future in futures:
         yield future.result()
         future.release()

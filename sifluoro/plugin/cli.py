@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from sifluoro.config import Settings
 from sifluoro.errors import ConfigError
+from sifluoro.stages import LIVE_STAGES, add_stages_argument
 
 if TYPE_CHECKING:
     from sifluoro.plugin.outbox import PacsSettings
@@ -63,6 +64,7 @@ def _add_study_arguments(p: argparse.ArgumentParser, *, live: bool) -> None:
                        "own frame times, pauses between runs shortened to 2 s)")
     p.add_argument("--budget-ms", type=float, default=Settings().latency_budget_ms,
                    help="per-frame latency budget for image work (default %(default)s ms)")
+    add_stages_argument(p, LIVE_STAGES)
     p.add_argument("--events", type=Path, metavar="EVENTS.jsonl")
     p.add_argument("--summary", type=Path, metavar="SUMMARY.json")
     p.add_argument("--outbox", type=Path, metavar="DIR",
@@ -124,7 +126,7 @@ class _Study:
 
     def __init__(self, args, *, stop: threading.Event, background_sender: bool = True):
         from sifluoro import Engine
-        from sifluoro.plugin.live import live_stages
+        from sifluoro.stages import make_stages
 
         if args.pacs and not args.outbox:
             raise ConfigError("--pacs needs --outbox DIR (files wait there until the PACS takes them)")
@@ -132,7 +134,7 @@ class _Study:
             raise ConfigError("give INPUT files/folders of one study, or --simulate CASE")
         self.args, self.stop = args, stop
         self.settings = Settings(latency_budget_ms=args.budget_ms)
-        self.engine = Engine(self.settings, stages=live_stages(self.settings))
+        self.engine = Engine(self.settings, stages=make_stages(args.stages, self.settings))
         self.pacs = parse_pacs(args.pacs, args) if args.pacs else None
         self.outbox = self.sender = None
         self._tmp = None

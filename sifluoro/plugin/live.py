@@ -28,13 +28,12 @@ from typing import Iterable, Protocol, Sequence
 import numpy as np
 
 from sifluoro.acquire.dicom_reader import iter_frames, read_study
-from sifluoro.config import Settings
 from sifluoro.dose.accumulate import DoseAccumulator
 from sifluoro.engine import Engine, FrameEvent
 from sifluoro.errors import ConfigError
 from sifluoro.model import Frame, Study
 from sifluoro.overlay import draw_overlay
-from sifluoro.pipeline import Stage, prefetch
+from sifluoro.pipeline import prefetch
 from sifluoro.replay import write_json
 
 log = logging.getLogger(__name__)
@@ -46,18 +45,6 @@ class Sink(Protocol):
     def frame(self, frame: Frame, event: FrameEvent, overlay_bgr: np.ndarray) -> None: ...
 
     def end(self, study: Study, summary: dict, dose: DoseAccumulator | None) -> None: ...
-
-
-def live_stages(settings: Settings) -> list[Stage]:
-    """The replay's image stages plus needle tracking: a plug-in shows the tip.
-
-    Needle tracking is not in the replay defaults (README, Limits); here it is, because tip
-    and target are what OpenIGTLink and the overlay are for.
-    """
-    from sifluoro.replay import default_stages
-    from sifluoro.track.needle import NeedleStage
-
-    return [*default_stages(settings), NeedleStage(settings)]
 
 
 def simulated_inputs(folder: str | Path, *, case: int, seed: int = 2026, size: int = 512) -> list[Path]:
