@@ -96,6 +96,10 @@ class Settings:
     run_start_frames : int
         A run's first frames, whose image work (a new field or view to segment) costs several
         times a common frame's: the deadline planner does not learn from their cost.
+    max_skipped_frames : int
+        The deadline may skip a stage (contrast) on at most this many frames in a row; the
+        next frame runs it, and the later steps of the order make room (needle in its ROI,
+        joint line reused). Vascular uptake must not go unseen under a tight budget.
     dose : DoseSettings
         Dose accounting settings.
     """
@@ -104,6 +108,7 @@ class Settings:
     queue_frames: int = 8
     live_queue_frames: int = 2
     run_start_frames: int = 2
+    max_skipped_frames: int = 1
     dose: DoseSettings = field(default_factory=DoseSettings)
 
     def __post_init__(self):
@@ -111,6 +116,8 @@ class Settings:
             raise ConfigError(f"latency_budget_ms must be > 0, got {self.latency_budget_ms}")
         if self.queue_frames < 1:
             raise ConfigError(f"queue_frames must be >= 1, got {self.queue_frames}")
+        if self.max_skipped_frames < 0:
+            raise ConfigError(f"max_skipped_frames must be >= 0, got {self.max_skipped_frames}")
         if self.run_start_frames < 0:
             raise ConfigError(f"run_start_frames must be >= 0, got {self.run_start_frames}")
         if self.live_queue_frames < 1:

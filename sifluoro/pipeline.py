@@ -69,6 +69,7 @@ class StudyState:
     frames: int = 0
     alerts: list[dict] = field(default_factory=list)
     stage_names: tuple[str, ...] = ()  # the image stages that assess this study
+    skipped_in_a_row: dict[str, int] = field(default_factory=dict)  # frames, per stage
 
 
 @dataclass(frozen=True)
@@ -171,6 +172,11 @@ class Pipeline:
        the frame's registration, without averaging or segmenting
        (``JointStage.process_reuse``).
 
+    A stage whose step is to be skipped (contrast), skipped on ``settings.max_skipped_frames``
+    frames in a row, is not skipped on the next: the plan goes on to the later steps instead,
+    and the frame may go over budget (so contrast is assessed at least every other frame by
+    default).
+
     Steps whose stage is not in the pipeline are absent from the plan. A degraded method may
     decline (return None: nothing to reuse, e.g. a new view); the stage then runs as usual
     and the step is not listed. Should the budget be spent anyway when a stage's turn comes,
@@ -263,7 +269,9 @@ class Pipeline:
         if planned:
             costs.new_frame(shape)
         t_plan = clock()
-        modes = self._plan(shape, budget_ms - (t_plan - arrival.t_s) * 1000.0) if planned else {}
+        due = {d.stage for d in self._steps if d.method is None
+               and state.skipped_in_a_row.get(d.stage, 0) >= self.settings.max_skipped_frames}
+        modes = self._plan(shape, budget_ms - (t_plan - arrival.t_s) * 1000.0, due) if planned else {}
         event = _base_event(frame, state)
         alerts = list(arrival.alerts)
         skipped, failed, steps = [], [], set()
@@ -272,7 +280,10 @@ class Pipeline:
             mode = modes.get(stage.name, FULL)
             if mode == FULL and (clock() - arrival.t_s) * 1000.0 > budget_ms:
                 step = self._step_of.get(stage.name)  # the budget is spent: cheapest at once
-                mode = _SKIP if step is None or step.method is None else step.method
+                if step is not None and step.method is not None:
+                    mode = step.method
+                elif stage.name not in due:
+                    mode = _SKIP
             if mode == _SKIP:
                 skipped.append(stage.name)
                 if stage.name in self._step_of:
@@ -298,6 +309,9 @@ class Pipeline:
                 if planned:
                     costs.add(stage.name, mode if steady else f"{mode}@run_start", shape,
                               cost_ms)
+        for stage in self.stages:
+            state.skipped_in_a_row[stage.name] = (state.skipped_in_a_row.get(stage.name, 0) + 1
+                                                  if stage.name in skipped else 0)
         contrast = event["contrast"]
         state.contrast_state = contrast["state"]
         state.contrast_confidence = contrast.get("confidence", 0.0)
@@ -334,9 +348,11 @@ class Pipeline:
         """What the planner knows: p50/p90 cost per stage, mode and frame shape."""
         return self.costs.snapshot()
 
-    def _plan(self, shape: tuple[int, ...], remaining_ms: float) -> dict[str, str]:
+    def _plan(self, shape: tuple[int, ...], remaining_ms: float, due: set[str] = frozenset()
+              ) -> dict[str, str]:
         """The fewest steps of the policy, in order, whose predicted cost fits ``remaining_ms``
-        (an unknown cost counts as zero, so that the stage runs and is measured)."""
+        (an unknown cost counts as zero, so that the stage runs and is measured); the stages
+        in ``due`` are not skipped."""
         costs = self.costs
         remaining_ms -= costs.estimate_ms("pipeline", "overhead", shape) or 0.0
         full = {s.name: costs.estimate_ms(s.name, FULL, shape) or 0.0 for s in self.stages}
@@ -345,6 +361,8 @@ class Pipeline:
         for d in self._steps:
             if predicted <= remaining_ms:
                 break
+            if d.method is None and d.stage in due:
+                continue
             mode = d.method or _SKIP
             cheap = 0.0 if d.method is None else (costs.estimate_ms(d.stage, mode, shape) or 0.0)
             predicted += cheap - full[d.stage]

@@ -148,7 +148,7 @@ def format_summary(summary: dict) -> str:
     lines = [
         f"study      {summary['study_instance_uid']}",
         f"frames     {summary['frames']} in {summary['runs']} runs"
-        + (f" ({summary['degraded_frames']} over budget)" if summary["degraded_frames"] else ""),
+        + (f" ({summary['degraded_frames']} degraded for the deadline)" if summary["degraded_frames"] else ""),
         f"fluoro     {summary['fluoro_time_s']:.1f} s"
         + (f"  (+{summary['acquisition_time_s']:.1f} s acquisition)" if summary["acquisition_time_s"] else ""),
         f"dose       {summary['air_kerma_mgy']:.2f} mGy air kerma, {summary['dap_gycm2']:.3f} Gy·cm² DAP"

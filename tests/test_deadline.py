@@ -69,10 +69,12 @@ def frames(tmp_path_factory):
     return list(iter_frames(read_study([folder]), []))
 
 
-def _run(stages, clock, frames, budget_ms, *, prepare=True, run_start_frames=0):
-    """Fake stages cost the same on every frame: by default no frame is a costly run start."""
-    pipeline = Pipeline(stages, Settings(latency_budget_ms=budget_ms,
-                                         run_start_frames=run_start_frames), clock=clock)
+def _run(stages, clock, frames, budget_ms, *, prepare=True, run_start_frames=0,
+         max_skipped_frames=10**6):
+    """Fake stages cost the same on every frame: by default no frame is a costly run start, and
+    a stage may be skipped on any number of frames in a row (the order alone is tested)."""
+    pipeline = Pipeline(stages, Settings(latency_budget_ms=budget_ms, run_start_frames=run_start_frames,
+                                         max_skipped_frames=max_skipped_frames), clock=clock)
     state = pipeline.start_study("1.2.3")
     if prepare:  # frame shapes never prepared are not planned
         for run in {f.run.sop_instance_uid: f.run for f in frames}.values():
@@ -120,6 +122,33 @@ def test_degradation_follows_the_stated_order(frames, budget_ms, steps):
         assert all(e["skipped_stages"] == ["contrast"] for e in planned)
     # dose is never skipped
     assert events[-1]["dose"]["dap_gycm2"] == pytest.approx(0.8)
+
+
+@pytest.mark.parametrize("max_skipped", [0, 1, 2])
+def test_contrast_is_not_skipped_more_than_the_allowed_frames_in_a_row(frames, max_skipped):
+    """10 ms of budget, 12 ms of work: contrast would be skipped on every planned frame; it
+    runs after ``max_skipped`` skips instead, with the needle in its ROI to make room."""
+    clock = Clock()
+    stages = _stages(clock)
+    _, state, events = _run(stages, clock, frames[:16], 10.0, max_skipped_frames=max_skipped)
+    planned = events[3:]  # three frames measure the stages
+    ran = ["contrast" not in e.get("skipped_stages", ()) for e in planned]
+    expected = [(i + 1) % (max_skipped + 1) == 0 for i in range(len(planned))]
+    assert ran == expected
+    for e, contrast_ran in zip(planned, ran):
+        assert e["degraded_steps"] == (["needle_roi"] if contrast_ran else ["contrast_skipped"])
+        assert e["latency_ms"] == pytest.approx(8.5 if contrast_ran else 8.0)
+    assert state.skipped_in_a_row["contrast"] == len(planned) - 1 - max(i for i, r in enumerate(ran) if r)
+    assert events[-1]["dose"]["dap_gycm2"] == pytest.approx(0.8)
+
+
+def test_a_due_contrast_runs_even_when_the_budget_is_spent(frames):
+    clock = Clock()
+    register, needle, contrast = _stages(clock, register_ms=12.0)
+    _, _, events = _run([register, needle, contrast], clock, frames[:2], 10.0, max_skipped_frames=1)
+    assert [e["skipped_stages"] if "skipped_stages" in e else [] for e in events] == [["contrast"], []]
+    assert events[1]["degraded_steps"] == ["needle_roi"] and events[1]["degraded"]
+    assert events[1]["contrast"]["state"] == "intra_articular"
 
 
 def test_skipped_contrast_carries_its_state_over(frames):
@@ -217,7 +246,7 @@ def _real_stages():
 
 
 def _real_run(frames, budget_ms):
-    pipeline = Pipeline(_real_stages(), Settings(latency_budget_ms=budget_ms))
+    pipeline = Pipeline(_real_stages(), Settings(latency_budget_ms=budget_ms))  # contrast every other frame
     state = pipeline.start_study("sim")
     for run in {f.run.sop_instance_uid: f.run for f in frames}.values():
         pipeline.prepare_run(run, state)
@@ -231,23 +260,30 @@ def test_real_stages_with_a_tiny_budget_degrade_every_frame_and_count_all_dose(s
     assert not any(e["degraded"] for e in full) and all(e["needle"] for e in full)
     assert all(e["degraded"] for e in tiny)
     # a run's first frame has no joint line to reuse (its exposed field is new): the joint
-    # runs as usual there, and is reused on every other frame
-    assert [e["degraded_steps"] for e in tiny] == [ORDER[:2] if f.frame_number == 1 else ORDER
-                                                  for f in frames]
+    # runs as usual there, and is reused on every other frame; contrast runs every other frame
+    skipped = [i % 2 == 0 for i in range(len(frames))]
+    assert [e["degraded_steps"] for e in tiny] == [
+        [s for s in (ORDER[:2] if f.frame_number == 1 else ORDER) if skip or s != "contrast_skipped"]
+        for f, skip in zip(frames, skipped)]
     assert all(e["joint"] for e in tiny) and not any(e["needle"] for e in tiny)
-    assert all(e["skipped_stages"] == ["contrast"] for e in tiny)
+    assert [e.get("skipped_stages") == ["contrast"] for e in tiny] == skipped
     assert [e["dose"] for e in tiny] == [e["dose"] for e in full]
     assert tiny_state.dose.totals == full_state.dose.totals
     assert tiny_state.degraded_frames == len(frames)
 
 
 def test_real_stages_degrade_in_order_whatever_the_timing(sim):
-    """On a shared machine the plan of each frame varies; the steps taken never skip one."""
+    """On a shared machine the plan of each frame varies; the steps taken never skip one, but
+    a due contrast (skipped on the previous frame) is not skipped again."""
     frames = [f for f, _ in sim]
     _, events = _real_run(frames, 6.0)
-    for e in events:
+    for before, e in zip([{}] + events, events):
         steps = e.get("degraded_steps", [])
-        assert steps == ORDER[:len(steps)]
+        later = [s for s in steps if s != "contrast_skipped"]
+        assert later == ORDER[1:1 + len(later)]
+        if "contrast_skipped" in steps:
+            assert steps == ORDER[:len(steps)]
+            assert "contrast_skipped" not in before.get("degraded_steps", [])
 
 
 def test_needle_roi_follows_the_tip_found_by_the_full_search(sim):
