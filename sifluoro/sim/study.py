@@ -456,12 +456,17 @@ def _clip_joint(poly: np.ndarray, mask: np.ndarray):
     return joint, target_xy
 
 
+# A needle aimed along the beam projects, with its 0-3 mm bend, to 1-8 mm: a dot or a short blob
+# rather than a line. The others are aimed 8-35° off the beam and project to 15 mm or more.
+END_ON_MAX_MM = 10.0
+
+
 def _needle_truth(cam: Camera, polyline_mm: np.ndarray, mask: np.ndarray):
     """Tip, visible shaft (hub side or field edge -> tip), visibility and end-on flag."""
     xy = cam.project(polyline_mm)
     seg = np.linalg.norm(np.diff(xy, axis=0), axis=1)
     total_px = float(seg.sum())
-    end_on = total_px * cam.pixel_spacing_mm < 3.0
+    end_on = total_px * cam.pixel_spacing_mm < END_ON_MAX_MM
     s = np.concatenate([[0.0], np.cumsum(seg)])
     n = max(int(np.ceil(total_px)) + 1, 2)
     si = np.linspace(0.0, total_px, n)

@@ -157,6 +157,21 @@ def test_end_on_needle_is_a_dot(scene):
     assert steel.max() > 20.0       # tens of mm of steel along the beam: a dense dot
 
 
+@pytest.mark.parametrize("off_beam_deg, bend_mm, end_on", [(0.0, 0.0, True), (0.0, 3.0, True),
+                                                           (8.0, 0.0, False), (8.0, 3.0, False)])
+def test_truth_calls_a_needle_along_the_beam_end_on_even_when_bent(scene, off_beam_deg, bend_mm, end_on):
+    from sifluoro.sim.study import _needle_truth, _rotate
+
+    an, cam, static, mk, alpha = scene
+    direction = _rotate(cam.beam.copy(), np.array([1.0, 0.0, 0.0]), np.radians(off_beam_deg))
+    plan = NeedlePlan(final_tip_mm=an.joint_point(0.0, 0.0), direction=direction,
+                      bend_dir=np.array([0.0, 1.0, 0.0]), bend_mm=bend_mm, length_mm=89.0,
+                      final_depth_mm=70.0, gauge=22)
+    mask = np.ones((512, 512), bool)
+    tip_xy, shaft, visible, got = _needle_truth(cam, plan.polyline(70.0), mask)
+    assert visible and tip_xy is not None and got is end_on
+
+
 def _plan(scene, components, seed=0):
     an, cam, static, mk, alpha = scene
     tip = an.joint_point(0.0, 0.0)
