@@ -1,8 +1,10 @@
 """Find the SI joint line: the thin, faint radiolucent curve between sacrum and ilium.
 
 Horizontal valley depth (darker than both sides, numba) on the attenuation image, a best
-near-vertical path (dynamic programming) through it, and a length check; a second, parallel
-path means the joint's anterior and posterior margins are not superimposed (doubled line).
+near-vertical path (dynamic programming) through it, a window of a joint's height along the
+path cut to where the gap keeps its width (the space between the bones widens beyond the
+synovial joint's ends), and a length check; a second, parallel path means the joint's anterior
+and posterior margins are not superimposed (doubled line).
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import scipy.ndimage
 
 from sifluoro.imaging import WorkingGrid, downsample
 from sifluoro.register import _kernels
@@ -17,13 +20,22 @@ from sifluoro.register import _kernels
 LENGTH_MM = (20.0, 100.0)  # the projected joint is 40-70 mm; shorter when the field cuts it
 STEP_PENALTY = 1.5  # per column of sideways step: the joint is smooth, trabecular texture meanders
 MAX_STEP = 2  # the joint turns obliquely into the sciatic notch at its inferior end
-WINDOW_MM = 64.0  # vertical extent kept: the projected joint lines are 57-88 mm long, median 66;
-# longer windows cover more of the long ones but run on past the ends of the short ones
+# vertical extent of the path looked at: the projected joint lines are 53-88 mm long (training
+# seeds 606, 607); the window is cut further to where the gap keeps its width (WIDEN_MM)
+WINDOW_MM = 76.0
 # the lucent line runs on above the joint along the bone outline, about as strongly: of the
 # windows nearly as strong as the best, the most inferior one is the joint
 WINDOW_NEAR_BEST = 0.9
 # end-to-end |dx/dy| of a window: the projected joints run within 0.45 of the columns end to end
 WINDOW_SLOPE_MAX = 0.6
+# beyond the synovial part the space between sacrum and ilium widens (slowly towards the ala,
+# fast into the sciatic notch) while the joint itself keeps its gap: the line is cut where its
+# rim-to-rim width exceeds the window's median by this much (training seeds 606 and 607: frame
+# mean distance 2.06 -> 1.46 and 3.16 -> 1.51 mm, coverage 0.82 -> 0.84 and 0.79 -> 0.85)
+WIDEN_MM = 1.2
+RIM_REACH_MM = 6.0  # the rims looked for either side of the line (the widest gaps are ~8 mm)
+WIDTH_SMOOTH_MM = 9.0  # running median of the widths along the line (trabecular texture)
+NARROW_MIN_MM = 30.0  # a narrow stretch shorter than this is not the joint: the window is kept
 SIDE_OFFSETS_MM = (1.2, 2.0, 3.2)  # half-widths of the lucent line that are looked for
 CENTRE_X_MM = 50.0  # the joint lies within this of the field's central column
 TARGET_RADIUS_MM = 50.0  # the target (joint's inferior third) lies within this of the centre
@@ -137,8 +149,15 @@ def segment_joint(work: np.ndarray, *, grid: WorkingGrid, usable: np.ndarray,
         # the path may run on along the bone outline above the joint and into the sciatic notch
         # below it: keep a stretch of a joint's height
         w0, w1, wbest = _best_window(gain, path, y0, y1, int(WINDOW_MM / grid.spacing_mm))
-        full = grid.to_full(_refine(fine, path, w0, w1, max(1, int(round(1.5 / grid.spacing_mm)))))
-        length_mm = float(np.hypot(*np.diff(full, axis=0).T).sum() * grid.spacing_mm / grid.factor)
+        for n0, n1, nbest in (_narrow_stretch(fine, gain, path, w0, w1, grid.spacing_mm, wbest),
+                              (w0, w1, wbest)):
+            full = grid.to_full(_refine(fine, path, n0, n1, max(1, int(round(1.5 / grid.spacing_mm)))))
+            length_mm = float(np.hypot(*np.diff(full, axis=0).T).sum() * grid.spacing_mm / grid.factor)
+            # the cut line must still be where and how a joint projects, else the whole window
+            if (n0, n1) == (w0, w1) or (_plausible(full, work.shape, grid, side)
+                                        and LENGTH_MM[0] <= length_mm <= LENGTH_MM[1]):
+                break
+        w0, w1, wbest = n0, n1, nbest
         # a later path was not the strongest line: it must stand out clearly by itself
         clear_enough = attempt == 0 or wbest / max(1, w1 - w0 + 1) >= RETRY_MIN_GAIN
         if (clear_enough and _plausible(full, work.shape, grid, side)
@@ -196,6 +215,61 @@ def _best_window(gain: np.ndarray, path: np.ndarray, y0: int, y1: int, max_rows:
     keep = np.nonzero(window > 0)[0]
     lo, hi = start + int(keep[0]), start + int(keep[-1])
     return y0 + lo, y0 + hi, float(values[lo:hi + 1].sum())
+
+
+def rim_widths(smooth: np.ndarray, path: np.ndarray, y0: int, y1: int, *, reach: int, half: int
+               ) -> np.ndarray:
+    """Rim-to-rim width of the lucent line along the path.
+
+    Parameters
+    ----------
+    smooth : float32 (rows, cols)
+        Lightly smoothed attenuation image (the line dark, its cortical rims bright).
+    path : int32 (rows,)
+        The line's column per row.
+    y0, y1 : int
+        Rows looked at (inclusive).
+    reach : int
+        Columns either side of the path where the rims are looked for.
+    half : int
+        The profile across the path is averaged over ``2 half + 1`` rows along it.
+
+    Returns
+    -------
+    float64 (y1 - y0 + 1,)
+        Per row, the distance (px) between the brightest point left and right of the darkest
+        point near the path.
+    """
+    cols = smooth.shape[1]
+    ys = np.arange(y0, y1 + 1)
+    xs = np.clip(path[ys][:, None] + np.arange(-reach, reach + 1)[None, :], 0, cols - 1)
+    strip = cv2.blur(smooth[ys[:, None], xs].astype(np.float32), (1, 2 * half + 1),
+                     borderType=cv2.BORDER_REPLICATE)
+    centre = reach - 2 + np.argmin(strip[:, reach - 2:reach + 3], axis=1)
+    k = np.arange(2 * reach + 1)[None, :]
+    left = np.argmax(np.where(k < centre[:, None], strip, -np.inf), axis=1)
+    right = np.argmax(np.where(k > centre[:, None], strip, -np.inf), axis=1)
+    return (right - left).astype(np.float64)
+
+
+def _narrow_stretch(smooth: np.ndarray, gain: np.ndarray, path: np.ndarray, w0: int, w1: int,
+                    spacing_mm: float, wbest: float) -> tuple[int, int, float]:
+    """The part of the window ``w0..w1`` around its centre where the line keeps its width (see
+    :data:`WIDEN_MM`), with its summed gain; the window itself when that part is short."""
+    width = rim_widths(smooth, path, w0, w1, reach=max(4, int(round(RIM_REACH_MM / spacing_mm))),
+                       half=max(1, int(round(1.5 / spacing_mm))))
+    width = scipy.ndimage.median_filter(width, size=int(WIDTH_SMOOTH_MM / spacing_mm) | 1,
+                                        mode="nearest")
+    narrow = width <= np.median(width) + WIDEN_MM / spacing_mm
+    c = (w1 - w0) // 2
+    if not narrow[c]:
+        return w0, w1, wbest
+    lo = c - int(np.argmin(narrow[c::-1])) + 1 if not narrow[:c + 1].all() else 0
+    hi = c + int(np.argmin(narrow[c:])) - 1 if not narrow[c:].all() else len(narrow) - 1
+    if hi - lo + 1 < NARROW_MIN_MM / spacing_mm:
+        return w0, w1, wbest
+    a, b = w0 + lo, w0 + hi
+    return a, b, float(gain[np.arange(a, b + 1), path[a:b + 1]].sum())
 
 
 def _refine(smooth: np.ndarray, path: np.ndarray, y0: int, y1: int, reach: int) -> np.ndarray:

@@ -227,3 +227,44 @@ def test_window_leaves_out_a_notch_outline_too_oblique_for_a_joint():
     assert y1 < 150  # at most 60 % of it along the notch (the last 80 rows without the rule)
     slope = abs(int(path[y1]) - int(path[y0])) / (y1 - y0)
     assert slope <= 0.6
+
+
+def _widening_joint(narrow_rows=(60, 150), size=(220, 160), spacing_mm=0.6) -> np.ndarray:
+    """A lucent line between two dense rims, dx/dy = -0.3, from row 20 to 200: its gap is
+    2 mm wide over ``narrow_rows`` and widens linearly beyond (1 mm per 10 rows), as the space
+    between sacrum and ilium does beyond the synovial joint."""
+    yy, xx = np.mgrid[:size[0], :size[1]].astype(np.float64)
+    c = (size[1] - 1) / 2.0
+    d = (xx - c + 0.3 * (yy - size[0] / 2)) * spacing_mm / np.sqrt(1 + 0.09)
+    beyond = np.maximum(0, np.maximum(narrow_rows[0] - yy, yy - narrow_rows[1]))
+    half = 1.0 + 0.05 * beyond
+    image = (0.6 + 0.05 * np.exp(-((np.abs(d) - half - 0.8) / 0.8) ** 2)
+             - 0.08 / (1 + (d / half) ** 6))
+    image = np.where((yy > 20) & (yy < 200), image, 0.6)
+    return (image + np.random.default_rng(0).normal(0, 0.002, image.shape)).astype(np.float32)
+
+
+def test_rim_widths_measure_the_gap_between_the_rims():
+    from sifluoro.register.joint import rim_widths
+    image = _widening_joint()
+    c = (image.shape[1] - 1) / 2.0
+    path = np.rint(c - 0.3 * (np.arange(image.shape[0]) - image.shape[0] / 2)).astype(np.int32)
+    w = rim_widths(image, path, 30, 190, reach=10, half=2) * 0.6  # mm
+    # rims at +-(half + 0.8) mm across the line, measured along the row (1/cos of the slope)
+    expected = 2 * (1.0 + 0.8) * np.sqrt(1.09)
+    assert np.median(w[60 - 30:150 - 30]) == pytest.approx(expected, abs=0.7)
+    assert w[190 - 30] > expected + 1.5 and w[0] > expected + 1.5
+
+
+def test_line_is_cut_where_the_gap_widens():
+    """The valley path runs on along the widening space beyond the joint; the reported line
+    keeps to the stretch of constant gap (within the width tolerance's reach)."""
+    from sifluoro.imaging import WorkingGrid
+    from sifluoro.register.joint import segment_joint
+    image = _widening_joint()
+    line = segment_joint(image, grid=WorkingGrid(1, 0.6), usable=np.ones(image.shape, bool),
+                         side="L")
+    assert line is not None
+    ys = line.polyline_xy[:, 1]
+    assert ys.min() >= 60 - 30 and ys.max() <= 150 + 30
+    assert ys.max() - ys.min() >= 0.8 * 90
