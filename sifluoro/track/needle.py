@@ -13,8 +13,12 @@ false.
 Over time: a needle not followed yet must be seen on two frames in a row of a run (or be
 very probable on one), which keeps a wire or an edge on the first, noisiest frames of a scout
 from being reported; the track is kept from run to run in the same view (C-arm angles,
-spacing, frame shape) and dropped on a new view; on a tracked line the tip does not retreat
-behind the furthest tip of the run or, at a run's start, the last tip of the previous run.
+spacing, frame shape); on a new view it is put aside and taken up again when the C-arm
+returns to that view; on a tracked line the tip does not retreat behind the furthest tip of the
+run or, at a run's start, the last tip of the previous run. When the line search takes no
+candidate, a needle followed in this view is looked for where it was (its end along the last
+axis) and kept if the shaft behind it is still a line. Along a shaft that dims over bone, the
+tip is looked for past the dimming while the line goes on at half the contrast or more.
 
 Event fields (DESIGN §3)::
 
@@ -116,6 +120,9 @@ class _StudyNeedle:
         self.buf: dict = {}
         self.ctx: _RunContext | None = None
         self.track = _Track()
+        # the track of each view left earlier (run, track): a return to a view (after a check
+        # in another one) resumes its needle instead of starting cold
+        self.view_tracks: list[tuple[Run, _Track]] = []
         self.mean_work: np.ndarray | None = None
         self.n_mean = 0
         self.last_features: list[dict] = []
@@ -167,8 +174,16 @@ class NeedleStage:
         same = (st.ctx is not None and st.ctx.spacing_mm == spacing
                 and st.ctx.valid_full.shape == att.shape and _same_view(st.ctx.run, run))
         if st.ctx is not None and not same:
-            # another view (C-arm angles, detector zoom): the needle seen so far is elsewhere
-            st.track = _Track()
+            # another view (C-arm angles, detector zoom): the needle seen so far is elsewhere;
+            # the needle of a view seen before is where that view left it
+            st.view_tracks = [(r, t) for r, t in st.view_tracks
+                              if not _same_geometry(r, st.ctx.run, st.ctx.spacing_mm,
+                                                    st.ctx.valid_full.shape)]
+            if st.track.dir_xy is not None:
+                st.view_tracks.append((st.ctx.run, st.track))
+            back = [t for r, t in st.view_tracks if _same_geometry(r, run, spacing, att.shape)]
+            st.track = _Track() if not back else back[-1]
+            st.track.tip_xy = None
         st.ctx = _RunContext(run, spacing, grid, valid, valid_work, centre, edge_dist)
         st.mean_work, st.n_mean = None, 0
         st.prev_candidates = []
@@ -380,6 +395,23 @@ class NeedleStage:
         K.line_contrast(st.finder.smooth, base[0], base[1], u[0], u[1], 1.0, 2.0, prof)
         lo = max(4, int(length - s.extend_mm / ctx.grid.spacing_mm))
         i, _ = K.step_location(prof, lo, n - 2)
+        # the shaft dims where it passes over bone: the strongest fall is then that change of
+        # background, not the tip. Go on past it while the part beyond is still a line (ridge
+        # evidence) a fair fraction as bright as the shaft before it, and ends in a fall.
+        for _ in range(3):
+            if n - 2 - i < 8:
+                break
+            rest = prof[i:n]
+            j, _ = K.step_location(rest, 3, rest.shape[0] - 3)
+            before = prof[max(0, i - 3 * j):i]
+            seg_mean = float(rest[:j].mean())
+            if (before.size < 3 or seg_mean < s.dim_fraction * float(before.mean())
+                    or seg_mean <= float(rest[j:].mean())):
+                break
+            a, b = base + u * i, base + u * (i + j - 1)
+            if st.finder.interval_score(a, b) < s.follow_min_score:
+                break
+            i += j
         return base + u * (i - 0.5)
 
     def _continues(self, ctx: _RunContext, tip: np.ndarray, u: np.ndarray,
@@ -445,7 +477,38 @@ class NeedleStage:
             tip, u, _ = refined
             tip = self._no_retreat(st, ctx, tip, u, tracked)
             return tip, u, float(np.linalg.norm(tip - base)), score
-        return None
+        return self._follow(st, att, ctx)
+
+    def _follow(self, st: _StudyNeedle, att: np.ndarray, ctx: _RunContext):
+        """No candidate taken, but a needle followed in this view: look for it where it was
+        (the tip refined along the last axis, as :meth:`process_roi` does) and keep it when
+        the shaft behind the refined tip is still a line on the run's mean image (evidence
+        ``follow_min_score``). A needle over dense bone or beside a cortical edge often drops
+        out of the line search for a few frames while it is still plainly there."""
+        s = self.settings
+        track = st.track
+        last = track.tip_xy if track.tip_xy is not None else track.last_tip_of_run
+        if last is None or track.dir_xy is None:
+            return None
+        grid = ctx.grid
+        span_px = min(track.length_px, 2.0 * s.fit_mm / ctx.spacing_mm)
+        if span_px * ctx.spacing_mm < s.min_length_mm:
+            return None
+        # the needle may have advanced since: its end along the last axis first
+        tip_w = self._extend_tip(st, grid.to_work(last), grid.to_work(last - track.dir_xy * span_px),
+                                 ctx)
+        refined = self._refine(st, att, grid.to_full(tip_w), track.dir_xy, ctx)
+        if refined is None or refined[2] <= 0.0:
+            return None
+        tip, u, _ = refined
+        if float(u @ track.dir_xy) < math.cos(math.radians(s.track_angle_deg)):
+            return None
+        score = st.finder.interval_score(grid.to_work(tip - u * span_px), grid.to_work(tip))
+        if score < s.follow_min_score:
+            return None
+        tip = self._no_retreat(st, ctx, tip, u, True)
+        base = tip - u * track.length_px
+        return tip, u, float(np.linalg.norm(tip - base)), track.score
 
     def _no_retreat(self, st: _StudyNeedle, ctx: _RunContext, tip: np.ndarray, u: np.ndarray,
                     tracked: bool) -> np.ndarray:
@@ -531,6 +594,13 @@ def _same_view(a: Run, b: Run) -> bool:
         if x is not None and y is not None and abs(x - y) > 1.0:
             return False
     return True
+
+
+def _same_geometry(a: Run, b: Run, spacing_b_mm: float, shape_b: tuple[int, int]) -> bool:
+    """Same view (:func:`_same_view`), pixel spacing and frame shape."""
+    spacing_a = float((a.pixel_spacing_xy_mm or (0.5, 0.5))[0])
+    return (_same_view(a, b) and spacing_a == spacing_b_mm
+            and (a.rows, a.columns) == tuple(shape_b))
 
 
 def _same_segment(a0: np.ndarray, a1: np.ndarray, b0: np.ndarray, b1: np.ndarray) -> bool:

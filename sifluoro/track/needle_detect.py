@@ -70,6 +70,12 @@ class NeedleSettings:
         wire whose continuation over bone is not seen yet on one noisy frame).
     track_min_prob : float
         Acceptance of a candidate that continues the needle seen last.
+    dim_fraction : float
+        The tip is looked for past a fall of the line contrast along the shaft (where it passes
+        over bone) while the part beyond keeps at least this fraction of it.
+    follow_min_score : float
+        Line evidence (units of :meth:`LineFinder.segment`) of the shaft behind a tip found
+        again where the followed needle was, when the line search took no candidate.
     track_angle_deg, track_reach_mm : float
         A candidate continues the track when its direction is within ``track_angle_deg`` of
         the last one, its tip within ``track_margin_mm`` across and ``track_reach_mm`` along.
@@ -100,6 +106,8 @@ class NeedleSettings:
     track_min_prob: float = 0.2
     track_angle_deg: float = 8.0
     track_reach_mm: float = 25.0
+    follow_min_score: float = 6.0
+    dim_fraction: float = 0.5
 
 
 @dataclass(frozen=True)

@@ -213,3 +213,25 @@ def test_a_new_view_starts_a_new_track(second_view_deg, kept):
             out = stage.process(_frame(img, run, 2 * r + k), state)
     assert out["needle"] is not None
     assert (state.stage_state["needle"].track.reference_tip is not None) == kept
+
+
+def test_a_return_to_a_view_resumes_its_track():
+    """After a check in another view, the needle of the working view is followed again from
+    where that view left it: its last tip is the reference of the next run there."""
+    stage = NeedleStage()
+    state = Pipeline([stage]).start_study("1.2")
+    tip, base = np.array([262.3, 251.6]), np.array([120.0, 511.0])
+    runs = [_angled_run("1.2.8.1", 0.0), _angled_run("1.2.8.2", 20.0),
+            _angled_run("1.2.8.3", 0.0)]
+    outs = []
+    for r, run in enumerate(runs):
+        for k in range(2):
+            img = _background(60 + 10 * r + k)
+            if r != 1:
+                _draw_polyline(img, _needle_points(tip, base), 0.05, 1.8)
+            outs.append(stage.process(_frame(img, run, 2 * r + k), state))
+    assert outs[2]["needle"] is None and outs[3]["needle"] is None
+    track = state.stage_state["needle"].track
+    assert track.reference_tip is not None
+    assert math.dist(track.reference_tip, outs[1]["needle"]["tip_xy"]) < 0.01
+    assert outs[5]["needle"] is not None
