@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import socket
 import subprocess
 import tempfile
@@ -23,6 +22,7 @@ from pydicom.uid import generate_uid
 from sifluoro.acquire.receiver import Receiver, ReceiverSettings
 from sifluoro.io.dicom_writer import StudyIdentity, build_run_dataset, save_dataset
 from sifluoro.model import Device, Technique
+from tests.receiver.helpers import STORESCU
 
 AE_TITLE = "SIFLUORO"
 TECHNIQUE = Technique(kvp=80, tube_current_ma=10, pulse_width_ms=8, frame_time_ms=66.6667,
@@ -58,7 +58,7 @@ def write_load(folder: Path, *, senders: int, instances: int, frames: int, size:
 def send_concurrently(port: int, file_sets: list[list[Path]], *, timeout_s: float = 600.0,
                       extra: tuple[str, ...] = ()) -> list[subprocess.CompletedProcess]:
     """One ``storescu`` process (one association) per file set, all at once."""
-    procs = [subprocess.Popen(["storescu", "-aet", f"CARM{k}", "-aec", AE_TITLE, "-xe", *extra,
+    procs = [subprocess.Popen([STORESCU, "-aet", f"CARM{k}", "-aec", AE_TITLE, "-xe", *extra,
                                "127.0.0.1", str(port), *map(str, paths)],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for k, paths in enumerate(file_sets)]
@@ -92,7 +92,7 @@ def run(quick: bool = False) -> dict:
         ``all_events_s`` (first byte sent → last event written) and the load's shape.
     """
     senders, instances, frames, size = 8, 10, 10, (256 if quick else 1024)
-    if shutil.which("storescu") is None:
+    if STORESCU is None:
         raise RuntimeError("storescu (DCMTK) is needed: apt-get install dcmtk")
     with tempfile.TemporaryDirectory(prefix="bench_receiver_") as tmp:
         tmp = Path(tmp)

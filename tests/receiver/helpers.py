@@ -23,7 +23,20 @@ REPO = Path(__file__).resolve().parents[2]
 AE_TITLE = "SIFLUORO"
 START_TIMEOUT_S = 30.0
 
-needs_dcmtk = pytest.mark.skipif(shutil.which("storescu") is None or shutil.which("echoscu") is None,
+
+
+def dcmtk_tool(name: str) -> str | None:
+    """The DCMTK program ``name`` on PATH, passing over the Python environment's own bin
+    folder: pynetdicom installs Python apps of the same names there (storescu, echoscu, ...),
+    which an activated virtualenv puts first."""
+    env_bin = Path(sys.prefix, "bin").resolve()
+    path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep)
+                           if p and Path(p).resolve() != env_bin)
+    return shutil.which(name, path=path)
+
+
+STORESCU, ECHOSCU = dcmtk_tool("storescu"), dcmtk_tool("echoscu")
+needs_dcmtk = pytest.mark.skipif(STORESCU is None or ECHOSCU is None,
                                  reason="DCMTK (storescu, echoscu) is not installed")
 
 
@@ -107,13 +120,13 @@ def start_receiver(tmp_path):
 
 def storescu(port: int, files, *options: str, aet: str = "STORESCU",
              timeout_s: float = 120.0) -> subprocess.CompletedProcess:
-    return subprocess.run(["storescu", "-aet", aet, "-aec", AE_TITLE, *options, "127.0.0.1",
+    return subprocess.run([STORESCU, "-aet", aet, "-aec", AE_TITLE, *options, "127.0.0.1",
                            str(port), *map(str, files)], capture_output=True, text=True,
                           timeout=timeout_s)
 
 
 def echoscu(port: int, *options: str, aet: str = "ECHOSCU") -> subprocess.CompletedProcess:
-    return subprocess.run(["echoscu", "-aet", aet, "-aec", AE_TITLE, *options, "127.0.0.1",
+    return subprocess.run([ECHOSCU, "-aet", aet, "-aec", AE_TITLE, *options, "127.0.0.1",
                            str(port)], capture_output=True, text=True, timeout=60)
 
 

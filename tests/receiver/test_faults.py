@@ -23,6 +23,8 @@ from pynetdicom.sop_class import XRayRadiationDoseSRStorage, XRayRadiofluoroscop
 from tests.dicom_fixtures import RunSpec, write_study
 from tests.receiver.helpers import (
     AE_TITLE,
+    ECHOSCU,
+    STORESCU,
     dataset_bytes,
     echoscu,
     file_uids,
@@ -75,7 +77,7 @@ def test_calling_ae_not_allowed_and_wrong_called_ae_are_rejected(start_receiver,
     refused = echoscu(receiver.port, aet="INTRUDER")
     assert refused.returncode != 0
     assert "Association Rejected" in refused.stdout + refused.stderr
-    misdirected = subprocess.run(["echoscu", "-aet", "CARM1", "-aec", "OTHER_SCP", "127.0.0.1",
+    misdirected = subprocess.run([ECHOSCU, "-aet", "CARM1", "-aec", "OTHER_SCP", "127.0.0.1",
                                   str(receiver.port)], capture_output=True, text=True, timeout=60)
     assert misdirected.returncode != 0
     assert echoscu(receiver.port, aet="CARM1").returncode == 0
@@ -263,7 +265,7 @@ def test_sigterm_drains_open_association_and_pipelines(tmp_path, start_receiver)
     specs = [RunSpec(float(k), n_frames=6, size=256) for k in range(8)]
     paths = write_study(tmp_path / "study", specs)
     receiver = start_receiver()
-    sender = subprocess.Popen(["storescu", "-aet", "CARM", "-aec", AE_TITLE, "-xe", "127.0.0.1",
+    sender = subprocess.Popen([STORESCU, "-aet", "CARM", "-aec", AE_TITLE, "-xe", "127.0.0.1",
                                str(receiver.port), *map(str, paths)],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
