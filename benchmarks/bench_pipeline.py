@@ -31,14 +31,9 @@ CONFIGS = ("default", "joint+needle+contrast")
 
 
 def _stages(config: str, settings):
-    from sifluoro.register.stage import JointStage
-    from sifluoro.replay import default_stages
-    from sifluoro.track.contrast import ContrastStage
-    from sifluoro.track.needle import NeedleStage
+    from sifluoro.stages import REPLAY_STAGES, STAGE_NAMES, make_stages
 
-    if config == "default":
-        return default_stages(settings)
-    return [JointStage(), NeedleStage(), ContrastStage()]
+    return make_stages(REPLAY_STAGES if config == "default" else STAGE_NAMES, settings)
 
 
 class _Timed:
