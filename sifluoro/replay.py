@@ -140,7 +140,7 @@ def write_json(path: str | Path, obj: dict) -> None:
 def _contrast_line(summary: dict) -> str:
     if "contrast" in summary.get("stages", ("contrast",)):
         return summary["contrast_state"]
-    return "not assessed (add the contrast stage: --stages register,contrast)"
+    return "not assessed (the contrast stage did not run; see --stages)"
 
 
 def format_summary(summary: dict) -> str:
