@@ -12,7 +12,8 @@ false.
 
 Over time: a needle not followed yet must be seen on two frames in a row of a run (or be
 very probable on one), which keeps a wire or an edge on the first, noisiest frames of a scout
-from being reported; the track is kept from run to run in the same view (C-arm angles,
+from being reported; once a needle is followed in a view, another line replaces it only when
+very probable and seen twice (a needle does not jump across the field); the track is kept from run to run in the same view (C-arm angles,
 spacing, frame shape); on a new view it is put aside and taken up again when the C-arm
 returns to that view; on a tracked line the tip does not retreat behind the furthest tip of the
 run or, at a run's start, the last tip of the previous run. When the line search takes no
@@ -450,6 +451,7 @@ class NeedleStage:
         grid = ctx.grid
         ranked = []
         seen = []
+        followed = st.track.dir_xy is not None
         for tip_w, base_w, prob in self._candidates(st, att, ctx, target):
             tip = grid.to_full(tip_w)
             base = grid.to_full(base_w)
@@ -459,6 +461,10 @@ class NeedleStage:
                 seen.append((tip, u))
             if tracked:
                 ok = prob >= s.track_min_prob
+            elif followed:
+                # a needle is followed in this view: another line must be very probable (and
+                # seen twice) to be taken for it; a needle does not jump across the field
+                ok = prob >= s.single_min_prob and self._confirmed(st, ctx, tip, u)
             else:
                 ok = prob >= s.min_prob and (prob >= s.single_min_prob
                                              or self._confirmed(st, ctx, tip, u))
