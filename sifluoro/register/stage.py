@@ -10,7 +10,7 @@ moved by its measured motion and clipped to its exposed field. A view left and l
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import cv2
@@ -31,6 +31,11 @@ MAX_SHIFT_MM = 30.0  # beyond this, the registration is not trusted: segment aga
 MIN_PEAK = 0.25  # phase-correlation peak below which the frames do not match (same view: > 0.5)
 RESEGMENT_AT = (1, 2, 4, 8, 16)  # frames averaged in a view when the joint is segmented again
 TARGET_FRACTION = 5.0 / 6.0  # the centre of the inferior third of the joint line
+# the SI joint runs obliquely front to back (typically 20-30 degrees): an AP or near-AP beam
+# cannot be tangent to it, and its anterior and posterior margins project apart (doubled line)
+# however single the faint line found looks (training seeds 606, 607: every run below 20
+# degrees is doubled; 200 of the 523 reported frames below 15 degrees were called single)
+NEAR_AP_DEG = 15.0
 ADVICE_DOUBLED = ("Joint margins are not superimposed (doubled line): rotate the C-arm a few "
                   "degrees obliquely until the two lines merge into one.")
 
@@ -95,6 +100,9 @@ class _View:
         # the average only gets better: a line found on fewer, noisier frames that this one
         # does not confirm was noise
         self.line = segment_joint(mean, grid=self.grid, usable=usable, side=self.side)
+        if (self.line is not None and self.angles_deg is not None
+                and abs(self.angles_deg[0]) < NEAR_AP_DEG):
+            self.line = replace(self.line, doubled=True)
         self.target_xy = self.line.point_at(TARGET_FRACTION) if self.line is not None else None
 
 
