@@ -284,3 +284,22 @@ def test_a_near_ap_view_is_called_doubled(stage, sim_runs):
     events, _ = run_frames(stage, frames_of(near_ap))
     assert events[-1]["joint"] is not None
     assert events[-1]["joint"]["doubled"] and events[-1]["joint"]["advice"] is not None
+
+
+def test_refined_line_is_midway_between_the_rims():
+    """Bones of different density either side: the darkest point of the blurred profile is
+    pulled towards the lighter bone, the midpoint of the two cortical rims is not."""
+    import cv2
+    from sifluoro.register.joint import _refine
+    cols, centre = 160, 80.3
+    x = np.arange(cols)[None, :].astype(np.float64)
+    d = (x - centre) * 0.6
+    image = (0.6 + 0.12 * (d > 0) + 0.05 * np.exp(-((np.abs(d) - 2.3) / 0.6) ** 2)
+             - 0.08 / (1 + (d / 1.5) ** 6))
+    image = cv2.GaussianBlur(np.repeat(image, 60, axis=0).astype(np.float32), (0, 0), 1.2)
+    path = np.full(60, 80, np.int32)
+    pts = _refine(image, path, 5, 54, reach=3, rim_reach=10, half=1)
+    np.testing.assert_allclose(pts[:, 1], np.arange(5, 55))
+    assert np.abs(pts[:, 0] - centre).max() < 0.3
+    darkest = 80 - 3 + int(np.argmin(image[30, 77:84]))
+    assert abs(darkest - centre) > 0.6
