@@ -26,6 +26,7 @@ from sifluoro.config import Settings
 from sifluoro.overlay import draw_overlay
 from sifluoro.pipeline import Pipeline
 from sifluoro.track.needle import NeedleStage, needle_probability
+from sifluoro.track.needle_detect import NeedleSettings
 
 
 def shaft_distance_px(xy, shaft) -> float:
@@ -73,6 +74,7 @@ def _fmt_candidate(f: dict, grid) -> str:
             f"p{needle_probability(f):.2f} score{f['score']:.1f} sym{f['sym']:.2f} "
             f"ext{f['ext_score']:.1f}/{f['ext_mm']:.0f}mm thin{f['thin']:.2f} "
             f"edge{f['tip_edge_mm']:.0f}mm base_edge{int(f['base_at_edge'])}"
+            + (" ext-veto" if f["ext_score"] > NeedleSettings().max_ext_score else "")
             + (f" {f['note']}" if f.get("note") else ""))
 
 

@@ -322,7 +322,10 @@ class NeedleStage:
                 continue
             feats = self._features(st, ctx, att, tip, base, score, edge0 or edge1)
             st.last_features.append(feats)
-            out.append((tip, base, needle_probability(feats)))
+            # a line that goes on past its "tip" as strongly as a line is a wire or an edge
+            # fading over bone (no needle candidate of the training studies had ext_score > 0)
+            prob = needle_probability(feats) if feats["ext_score"] <= s.max_ext_score else 0.0
+            out.append((tip, base, prob))
         out.sort(key=lambda c: -c[2])
         return out
 

@@ -73,6 +73,9 @@ class NeedleSettings:
     dim_fraction : float
         The tip is looked for past a fall of the line contrast along the shaft (where it passes
         over bone) while the part beyond keeps at least this fraction of it.
+    max_ext_score : float
+        A candidate whose line goes on past its tip with more evidence than this (units of
+        :meth:`LineFinder.segment`) is not a needle.
     follow_min_score : float
         Line evidence (units of :meth:`LineFinder.segment`) of the shaft behind a tip found
         again where the followed needle was, when the line search took no candidate.
@@ -108,6 +111,7 @@ class NeedleSettings:
     track_reach_mm: float = 25.0
     follow_min_score: float = 6.0
     dim_fraction: float = 0.5
+    max_ext_score: float = 2.0
 
 
 @dataclass(frozen=True)
