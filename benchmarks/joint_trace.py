@@ -6,7 +6,9 @@
 One row per frame: run, C-arm angles, truth doubled / output doubled, output-to-truth mean
 distance (mm), coverage of the truth within 2 mm, whether a line was reported, the target
 error and the signed offsets of the output's superior and inferior ends along the truth
-(mm; positive = the output runs on beyond the truth's end). A run summary follows. With
+(mm; positive = the output runs on beyond the truth's end), and the distance per tenth of the
+output line. A run summary follows, then the distance profile along the line (per tenth,
+superior first) for all frames and by run kind (scout or later run, single or doubled truth). With
 ``--png`` an overlay (truth thin, output thick) is written for the first frame of every run
 and for the last frame of each view's averaging whose line is more than 2 mm off, is missing, or
 has the wrong doubled-line advice; ``--worst K`` limits that to the K worst runs. Meant for
@@ -53,6 +55,9 @@ def _project_on(poly: np.ndarray, points: np.ndarray) -> np.ndarray:
     return s[k] + tk * seg[k]
 
 
+TENTHS = 10
+
+
 def frame_row(ft: dict, event: dict) -> dict:
     spacing = ft["pixel_spacing_mm"]
     truth = ft["joint_polyline_xy"]
@@ -71,6 +76,13 @@ def frame_row(ft: dict, event: dict) -> dict:
         row["sup_overrun_mm"] = float(-s[0] * spacing)
         row["inf_overrun_mm"] = float((s[1] - _arc(t)[-1]) * spacing)
         row["truth_length_mm"] = float(_arc(t)[-1] * spacing)
+        # where along the output the distance is: mean per tenth of its length, superior first
+        points = _polyline_points(o)
+        d = _point_to_polyline_px(points, t) * spacing
+        tenth = np.minimum((_arc(points) / max(_arc(points)[-1], 1e-9) * TENTHS).astype(int),
+                           TENTHS - 1)
+        row["distance_by_tenth_mm"] = [float(d[tenth == k].mean()) if (tenth == k).any() else None
+                                       for k in range(TENTHS)]
         row["out_length_mm"] = float(_arc(o)[-1] * spacing)
     if event.get("target") and ft["target_xy"] is not None:
         row["target_error_mm"] = float(np.hypot(event["target"]["xy"][0] - ft["target_xy"][0],
@@ -168,8 +180,29 @@ def main() -> None:
                       "reported_rate": round(sum(x["reported"] for x in all_rows if x["truth_joint"]) / max(1, n_joint), 4),
                       "sup_overrun_mm_median": round(float(np.median([x["sup_overrun_mm"] for x in all_rows if "sup_overrun_mm" in x])), 2),
                       "inf_overrun_mm_median": round(float(np.median([x["inf_overrun_mm"] for x in all_rows if "inf_overrun_mm" in x])), 2)}))
+    for kind, rows in split_by_kind(all_rows).items():
+        print(json.dumps({"kind": kind, **distance_profile(rows)}))
     if args.out:
         args.out.write_text(json.dumps({"rows": all_rows, "runs": all_runs}) + "\n")
+
+
+def split_by_kind(rows: list[dict]) -> dict[str, list[dict]]:
+    """Frames with a reported line over a joint, by run kind: the first run of a study (the
+    scout) or a later one, with a single or a doubled truth line."""
+    out: dict[str, list[dict]] = defaultdict(list)
+    for x in rows:
+        if "distance_mm" in x:
+            kind = ("scout" if x["run"] == 0 else "work") + ("/doubled" if x["truth_doubled"] else "/single")
+            out["all"].append(x)
+            out[kind].append(x)
+    return dict(sorted(out.items()))
+
+
+def distance_profile(rows: list[dict]) -> dict:
+    """Frame mean distance and its mean per tenth of the output line (superior tenth first)."""
+    tenths = np.array([[np.nan if v is None else v for v in x["distance_by_tenth_mm"]] for x in rows])
+    return {"frames": len(rows), "mean_distance_mm": round(float(np.mean([x["distance_mm"] for x in rows])), 3),
+            "distance_by_tenth_mm": np.round(np.nanmean(tenths, axis=0), 2).tolist()}
 
 
 if __name__ == "__main__":
