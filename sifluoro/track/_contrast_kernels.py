@@ -441,18 +441,18 @@ _F32_HALF = np.float32(0.5)
 @njit(cache=True, nogil=True)
 def transient_maps(history, order, n, onset, washout):
     """Onset and washout of the run's last ``n`` (4 or 5) working frames ``x[j] =
-    history[order[j]]``, oldest first: ``a = (x[n-3] + x[n-2]) / 2``, ``washout = a - x[n-1]``,
-    ``onset = a - x[n-4]`` or ``a - (x[n-4] + x[n-5]) / 2``. float32 throughout, in the NumPy
-    order of operations."""
+    history[order[j]]``, oldest first, around the arrival frame ``a = x[n-3]``:
+    ``washout = a - x[n-1]``, ``onset = a - x[n-4]`` or ``(a - x[n-4] + a - x[n-5]) / 2``.
+    ``x[n-2]`` is not used: a vessel is at full strength on one frame and may be half gone on
+    the next. float32 throughout, in the NumPy order of operations."""
     rows, cols = onset.shape
     x_a = history[order[n - 3]]
-    x_a1 = history[order[n - 2]]
     x_now = history[order[n - 1]]
     x_p1 = history[order[n - 4]]
     x_p2 = history[order[max(n - 5, 0)]]
     for y in range(rows):
         for x in range(cols):
-            a = (x_a[y, x] + x_a1[y, x]) * _F32_HALF
+            a = x_a[y, x]
             washout[y, x] = a - x_now[y, x]
             o = a - x_p1[y, x]
             if n >= 5:

@@ -16,7 +16,8 @@ import numpy as np
 
 from sifluoro.model import Frame
 from sifluoro.track import _contrast_kernels as K
-from sifluoro.track.contrast_classify import (DANGER, Classifier, Opacity, describe_components)
+from sifluoro.track.contrast_classify import (DANGER, VASCULAR_LINE_MM, Classifier, Opacity,
+                                               describe_components)
 from sifluoro.track.contrast_reference import ReferenceBank
 from sifluoro.track.contrast_transient import FRAMES as TRANSIENT_FRAMES, TransientLines
 
@@ -290,13 +291,14 @@ class ContrastStage:
 
     def _vessel_mm(self, b: _Buffers, rm: _RunMemory, work_mm: float) -> float:
         """Evidence (z x mm) of a thin line that appeared two frames ago and has gone again
-        (:mod:`sifluoro.track.contrast_transient`); 0 until the run has 4 frames."""
+        (:mod:`sifluoro.track.contrast_transient`); 0 until the run has 4 frames, and 0 when
+        the washout alone shows that it cannot reach ``VASCULAR_LINE_MM``."""
         if rm.history_count < 4:
             return 0.0
         if self._transient is None or self._transient.shape != b.shape:
             self._transient = TransientLines(b.shape)
         return self._transient.score_history(rm.history, rm.history_order, rm.history_count,
-                                             b.valid) * work_mm
+                                             b.valid, floor=VASCULAR_LINE_MM / work_mm) * work_mm
 
     def _result(self, memory: _StudyMemory, frame: Frame, accepted, area_mm2: float,
                 iodine_au: float, bbox) -> dict[str, Any]:

@@ -15,8 +15,9 @@ from sifluoro.track.contrast_transient import (EDGE_PX, FLANK_PX, HIGH_Z, LOW_Z,
 SHAPE = (128, 128)
 
 
-def _frames(profile, *, seed=0, noise=0.01, shape="line", amp=0.02):
-    """Five working frames: noise plus an object whose strength per frame is ``profile``."""
+def _frames(profile, *, seed=0, noise=0.01, shape="line", amp=0.04):
+    """Five working frames: noise plus an object whose strength per frame is ``profile`` (the
+    line 4 noise standard deviations at full strength)."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:SHAPE[0], :SHAPE[1]].astype(np.float32)
     if shape == "line":
@@ -32,8 +33,10 @@ def _score(frames):
     return TransientLines(SHAPE).score(frames, valid)
 
 
-def test_line_that_washes_out_scores_high():
-    assert _score(_frames([0, 0, 1, 1, 0.2])) > 30.0
+@pytest.mark.parametrize("profile", [[0, 0, 1, 1, 0.2], [0, 0, 1, 0.4, 0.1]])
+def test_line_that_washes_out_scores_high(profile):
+    """Full strength on two frames, or on one and half gone on the next."""
+    assert _score(_frames(profile)) > 30.0
 
 
 @pytest.mark.parametrize("profile", [[0, 0, 1, 1, 1], [0, 0.5, 1, 1.3, 1.6], [0, 0, 0, 0, 0],
@@ -47,7 +50,7 @@ def test_cloud_that_comes_and_goes_scores_low():
 
 
 def test_noise_only_scores_low_for_many_seeds():
-    assert max(_score(_frames([0] * 5, seed=s)) for s in range(5)) < 25.0
+    assert max(_score(_frames([0] * 5, seed=s)) for s in range(10)) < 10.0
 
 
 def test_four_frames_are_enough():
@@ -145,9 +148,8 @@ class _OpenCvTransientLines:
         return m / np.maximum(local, np.float32(0.05 * g + 1e-9))
 
     def score(self, frames, valid):
-        x_now, x_a1, x_a = frames[-1], frames[-2], frames[-3]
+        x_now, a = frames[-1], frames[-3]
         pre = frames[:-3]
-        a = (x_a + x_a1) * np.float32(0.5)
         washout = a - x_now
         onset = a - pre[-1]
         if len(pre) > 1:
@@ -186,3 +188,22 @@ def test_the_field_cache_follows_a_changed_field():
     assert t.score(frames, full) > 30.0
     assert t.score(frames, cut) == pytest.approx(TransientLines(SHAPE).score(frames, cut))
     assert t.score(frames, full) == pytest.approx(TransientLines(SHAPE).score(frames, full))
+
+
+def test_the_washout_bound_skips_only_what_cannot_reach_the_floor():
+    """At or above ``floor`` the score is the full one; below it, 0 or the full score."""
+    valid = np.ones(SHAPE, bool)
+    skipped = 0
+    for seed, profile in [(0, [0, 0, 1, 0.4, 0.1]), (4, [0, 0, 0, 0, 0]), (5, [0, 0, 1, 1, 1]),
+                          (6, [0, 1, 0.5, 0.2]), (7, [0, 0, 1, 0.3, 0.6])]:
+        frames = _frames(profile, seed=seed, amp=0.03)
+        full = TransientLines(SHAPE).score(frames, valid)
+        for floor in (0.5 * full, full, 1.5 * full + 1.0, 40.0):
+            got = TransientLines(SHAPE).score_history(np.stack(frames), np.arange(len(frames)),
+                                                      len(frames), valid, floor=floor)
+            if full >= floor:
+                assert got == pytest.approx(full)
+            else:
+                assert got == 0.0 or got == pytest.approx(full)
+                skipped += got == 0.0 and full > 0.0
+    assert skipped > 0
