@@ -41,9 +41,9 @@ NARROW_MIN_MM = 30.0  # a narrow stretch shorter than this is not the joint: the
 # 1.14 -> 0.96 / 1.30 -> 1.12 mm, coverage 0.87 -> 0.85 / 0.86 -> 0.83)
 NARROW_TRIM_MM = 2.0
 # the line seen lies beside the tangent locus of the joint's mid-surface (the simulator's truth;
-# the longest chords through a gap that curves in depth graze its concave wall), towards image
-# right for a left joint and left for a right one: midway between the rims by 0.46 mm (median
-# of 56 views of training seeds 606 and 607); it is moved back by this
+# perhaps because the longest chords through a gap that curves in depth graze its concave wall),
+# towards image right for a left joint and left for a right one: midway between the rims by
+# 0.46 mm (median of 56 views of training seeds 606 and 607); it is moved back by this
 LINE_OFFSET_MM = 0.5
 SIDE_OFFSETS_MM = (1.2, 2.0, 3.2)  # half-widths of the lucent line that are looked for
 CENTRE_X_MM = 50.0  # the joint lies within this of the field's central column
@@ -313,7 +313,8 @@ def _refine(smooth: np.ndarray, path: np.ndarray, y0: int, y1: int, *, reach: in
         j = np.clip(i, 1, 2 * rim_reach - 1)
         a, b, c = strip[rows, j - 1], strip[rows, j], strip[rows, j + 1]
         den = a - 2 * b + c
-        return j + np.where(den < 0, np.clip(0.5 * (a - c) / np.where(den < 0, den, -1.0), -0.5, 0.5), 0.0)
+        step = np.clip(0.5 * (a - c) / np.where(den < 0, den, -1.0), -0.5, 0.5)
+        return j + np.where(den < 0, step, 0.0)  # a peak: the parabola opens downwards
 
     found = (left > 0) & (right < 2 * rim_reach)
     x = np.where(found, 0.5 * (subpixel(left) + subpixel(right)), dark) - rim_reach + path[ys]

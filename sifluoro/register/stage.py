@@ -5,7 +5,8 @@ view the joint is segmented; the view's frames are then registered to that first
 (the joint is faint and fluoroscopy is quantum-limited: a few frames averaged show it far
 better than one), and segmented again on the average as it improves. Every frame gets the line
 moved by its measured motion and clipped to its exposed field. A view left and later re-entered
-(the C-arm went back to the working pose) keeps what it had learnt.
+(the C-arm went back to the working pose) keeps what it had learnt. A view whose header puts the
+beam near AP (:data:`NEAR_AP_DEG`) always gets the doubled-line advice.
 """
 from __future__ import annotations
 
