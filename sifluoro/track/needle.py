@@ -17,8 +17,9 @@ very probable and seen twice (a needle does not jump across the field); the trac
 spacing, frame shape); on a new view it is put aside and taken up again when the C-arm
 returns to that view; on a tracked line the tip does not retreat behind the furthest tip of the
 run or, at a run's start, the last tip of the previous run. When the line search takes no
-candidate, a needle followed in this view is looked for where it was (its end along the last
-axis) and kept if the shaft behind it is still a line. Along a shaft that dims over bone, the
+candidate, a needle followed in this view (found by the line search on a few frames) is looked
+for where it was (its end along the last axis) and kept if the shaft behind it is still a
+line. Along a shaft that dims over bone, the
 tip is looked for past the dimming while the line goes on at half the contrast or more.
 
 Event fields (DESIGN §3)::
@@ -74,6 +75,7 @@ class _Track:
     run_tip: np.ndarray | None = None  # furthest tip seen in the current run
     misses: int = 0
     score: float = 0.0  # needle probability of the last detection
+    hits: int = 0  # frames on which the line search found this needle
 
     def enter_run(self, run_uid: str) -> None:
         """A frame of ``run_uid``: on a new run, its reference is where the last run ended."""
@@ -485,6 +487,7 @@ class NeedleStage:
                 continue
             tip, u, _ = refined
             tip = self._no_retreat(st, ctx, tip, u, tracked)
+            st.track.hits = st.track.hits + 1 if tracked else 1
             return tip, u, float(np.linalg.norm(tip - base)), score
         return self._follow(st, att, ctx)
 
@@ -497,7 +500,7 @@ class NeedleStage:
         s = self.settings
         track = st.track
         last = track.tip_xy if track.tip_xy is not None else track.last_tip_of_run
-        if last is None or track.dir_xy is None:
+        if last is None or track.dir_xy is None or track.hits < s.follow_min_hits:
             return None
         grid = ctx.grid
         span_px = min(track.length_px, 2.0 * s.fit_mm / ctx.spacing_mm)

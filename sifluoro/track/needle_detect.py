@@ -70,6 +70,9 @@ class NeedleSettings:
         wire whose continuation over bone is not seen yet on one noisy frame).
     track_min_prob : float
         Acceptance of a candidate that continues the needle seen last.
+    follow_min_hits : int
+        A needle is looked for where it was only once the line search has found it on this
+        many frames (a line taken on a frame or two of a scout is not followed).
     dim_fraction : float
         The tip is looked for past a fall of the line contrast along the shaft (where it passes
         over bone) while the part beyond keeps at least this fraction of it.
@@ -110,6 +113,7 @@ class NeedleSettings:
     track_angle_deg: float = 8.0
     track_reach_mm: float = 25.0
     follow_min_score: float = 6.0
+    follow_min_hits: int = 3
     dim_fraction: float = 0.5
     max_ext_score: float = 2.0
 

@@ -235,3 +235,29 @@ def test_a_return_to_a_view_resumes_its_track():
     assert track.reference_tip is not None
     assert math.dist(track.reference_tip, outs[1]["needle"]["tip_xy"]) < 0.01
     assert outs[5]["needle"] is not None
+
+
+
+def test_a_line_taken_on_few_frames_is_not_followed():
+    """A needle is looked for where it was (when the line search takes nothing) only once the
+    line search has found it on ``follow_min_hits`` frames: a line taken on a frame or two of a
+    scout is not followed."""
+    from sifluoro.imaging import frame_attenuation
+
+    tip, base = np.array([262.3, 251.6]), np.array([120.0, 511.0])
+    stage = NeedleStage()
+    state = Pipeline([stage]).start_study("1.2")
+    run = _run("1.2.6.1")
+    for k in range(4):
+        img = _background(80 + k)
+        _draw_polyline(img, _needle_points(tip, base), 0.05, 1.8)
+        frame = _frame(img, run, k)
+        out = stage.process(frame, state)
+    assert out["needle"] is not None
+    st = state.stage_state["needle"]
+    assert st.track.hits >= stage.settings.follow_min_hits
+    att = frame_attenuation(frame, state.stage_state)
+    followed = stage._follow(st, att, st.ctx)
+    assert followed is not None and math.dist(followed[0], tip) * SPACING_MM < 1.0
+    st.track.hits = stage.settings.follow_min_hits - 1
+    assert stage._follow(st, att, st.ctx) is None
