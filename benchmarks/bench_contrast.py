@@ -80,10 +80,10 @@ def _timed_steps(spent_ms: dict):
     originals = {name: getattr(K, name) for name in _STEPS}
 
     def timed(label, fn):
-        def call(*args):
+        def call(*args, **kwargs):
             t0 = time.perf_counter()
             try:
-                return fn(*args)
+                return fn(*args, **kwargs)
             finally:
                 spent_ms[label] += (time.perf_counter() - t0) * 1000.0
         return call
