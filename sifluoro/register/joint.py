@@ -21,24 +21,29 @@ LENGTH_MM = (20.0, 100.0)  # the projected joint is 40-70 mm; shorter when the f
 STEP_PENALTY = 1.5  # per column of sideways step: the joint is smooth, trabecular texture meanders
 MAX_STEP = 2  # the joint turns obliquely into the sciatic notch at its inferior end
 # vertical extent of the path looked at: the projected joint lines are 53-88 mm long (training
-# seeds 606, 607); the window is cut further to where the gap keeps its width (WIDEN_MM)
+# seeds 606, 607); the window is cut further to where the gap keeps its width
 WINDOW_MM = 76.0
 # the lucent line runs on above the joint along the bone outline, about as strongly: of the
 # windows nearly as strong as the best, the most inferior one is the joint
 WINDOW_NEAR_BEST = 0.9
 # end-to-end |dx/dy| of a window: the projected joints run within 0.45 of the columns end to end
 WINDOW_SLOPE_MAX = 0.6
-# beyond the synovial part the space between sacrum and ilium widens (slowly towards the ala,
-# fast into the sciatic notch) while the joint itself keeps its gap: the line is cut where its
-# rim-to-rim width exceeds the window's median by this much (training seeds 606 and 607: frame
-# mean distance 2.06 -> 1.46 and 3.16 -> 1.51 mm, coverage 0.82 -> 0.84 and 0.79 -> 0.85)
-WIDEN_MM = 1.2
+# beyond the synovial part the space between sacrum and ilium widens, slowly towards the ala and
+# fast into the sciatic notch, while the joint itself keeps its gap: the rim-to-rim width along
+# the path is fitted, from the window's centre outwards, with a flat core that starts to widen
+# as rate * d**2 (d in mm past the end; superior, inferior), and the line kept between the two
+# ends found. A cut where the width had grown by a fixed 1.2 mm fell 5-10 mm past the ends (the
+# widening is slow at first); the fit follows the whole rise (training seeds 606 / 607: frame
+# mean distance 0.96 -> 0.71 / 1.12 -> 0.93 mm, coverage 0.85 -> 0.90 / 0.83 -> 0.92, target
+# error median 6.5 -> 3.6 / 5.6 -> 1.4 mm)
+WIDEN_RATE_PER_MM = (0.012, 0.05)
 RIM_REACH_MM = 6.0  # the rims looked for either side of the line (the widest gaps are ~8 mm)
-WIDTH_SMOOTH_MM = 9.0  # running median of the widths along the line (trabecular texture)
+WIDTH_SMOOTH_MM = 5.0  # running median of the widths along the line (trabecular texture)
+CORE_MM = 25.0  # the core width is the median within this of the window's centre
+END_MIN_MM = 20.0  # each end lies at least this far from the window's centre
 NARROW_MIN_MM = 30.0  # a narrow stretch shorter than this is not the joint: the window is kept
-# the cut falls where the width has already grown by WIDEN_MM, past where the widening began:
-# the narrow stretch loses this much at each end (training seeds 606 / 607: frame mean distance
-# 1.14 -> 0.96 / 1.30 -> 1.12 mm, coverage 0.87 -> 0.85 / 0.86 -> 0.83)
+# the fitted ends are uncertain by several mm and a line running on past the joint's end costs
+# more than one stopping short: the stretch loses this much at each end
 NARROW_TRIM_MM = 2.0
 # the line seen lies beside the tangent locus of the joint's mid-surface (the simulator's truth;
 # perhaps because the longest chords through a gap that curves in depth graze its concave wall),
@@ -158,7 +163,7 @@ def segment_joint(work: np.ndarray, *, grid: WorkingGrid, usable: np.ndarray,
         # the path may run on along the bone outline above the joint and into the sciatic notch
         # below it: keep a stretch of a joint's height
         w0, w1, wbest = _best_window(gain, path, y0, y1, int(WINDOW_MM / grid.spacing_mm))
-        for n0, n1, nbest in (_narrow_stretch(fine, gain, path, w0, w1, grid.spacing_mm, wbest),
+        for n0, n1, nbest in (_narrow_stretch(fine, gain, path, y0, w0, w1, grid.spacing_mm, wbest),
                               (w0, w1, wbest)):
             pts = _refine(fine, path, n0, n1, reach=max(1, int(round(1.5 / grid.spacing_mm))),
                           rim_reach=max(4, int(round(RIM_REACH_MM / grid.spacing_mm))),
@@ -268,25 +273,68 @@ def rim_widths(smooth: np.ndarray, path: np.ndarray, y0: int, y1: int, *, reach:
     return (right - left).astype(np.float64)
 
 
-def _narrow_stretch(smooth: np.ndarray, gain: np.ndarray, path: np.ndarray, w0: int, w1: int,
-                    spacing_mm: float, wbest: float) -> tuple[int, int, float]:
-    """The part of the window ``w0..w1`` around its centre where the line keeps its width (see
-    :data:`WIDEN_MM`, less :data:`NARROW_TRIM_MM` at each end), with its summed gain; the window
-    itself when that part is short."""
-    width = rim_widths(smooth, path, w0, w1, reach=max(4, int(round(RIM_REACH_MM / spacing_mm))),
+def fit_end(width_mm: np.ndarray, *, rate: float, core: float, cap: float, min_rows: int,
+            spacing_mm: float) -> int:
+    """Where a gap of width ``core`` starts to widen.
+
+    Parameters
+    ----------
+    width_mm : float64 (n,)
+        Gap widths (mm) along the line from its centre outwards, one per ``spacing_mm``.
+    rate : float
+        Widening past the end: ``core + rate * d**2`` (mm; d in mm past the end), up to ``cap``.
+    core, cap : float
+        Width (mm) before the end, and the largest width measured (the rims' reach).
+    min_rows : int
+        The end lies at least this many samples from the centre.
+    spacing_mm : float
+        Sample spacing along the line.
+
+    Returns
+    -------
+    int
+        The end's index, by least absolute deviations of ``width_mm`` from that model.
+    """
+    n = len(width_mm)
+    if n <= min_rows + 1:
+        return n - 1
+    # the model's rising part is short: flat at ``core`` before it, at ``cap`` after it
+    rise = np.minimum(core + rate * (np.arange(n) * spacing_mm) ** 2, cap)
+    k = min(n, int(np.argmax(rise >= cap)) if (rise >= cap).any() else n)
+    ends = np.arange(min_rows, n)
+    flat = np.concatenate([[0.0], np.cumsum(np.abs(width_mm - core))])
+    top = np.concatenate([np.cumsum(np.abs(width_mm - cap)[::-1])[::-1], [0.0]])
+    idx = np.minimum(ends[:, None] + np.arange(k)[None, :], n)
+    padded = np.append(width_mm, np.nan)
+    tail = np.nansum(np.abs(padded[idx] - rise[None, :k]), axis=1)
+    cost = flat[ends] + tail + top[np.minimum(ends + k, n)]
+    return int(ends[np.argmin(cost)])
+
+
+def _narrow_stretch(smooth: np.ndarray, gain: np.ndarray, path: np.ndarray, y0: int, w0: int,
+                    w1: int, spacing_mm: float, wbest: float) -> tuple[int, int, float]:
+    """The part of the window ``w0..w1`` where the gap keeps its core width (see
+    :data:`WIDEN_RATE_PER_MM`; less :data:`NARROW_TRIM_MM` at each end), with its summed gain;
+    the window itself when that part is short. The superior end is looked for up to the path's
+    start ``y0`` (the window may stop short of the joint's end), the inferior one within the
+    window (below it the path may follow the sciatic notch's outline, as narrow as the joint)."""
+    width = rim_widths(smooth, path, y0, w1, reach=max(4, int(round(RIM_REACH_MM / spacing_mm))),
                        half=max(1, int(round(1.5 / spacing_mm))))
     width = scipy.ndimage.median_filter(width, size=int(WIDTH_SMOOTH_MM / spacing_mm) | 1,
-                                        mode="nearest")
-    narrow = width <= np.median(width) + WIDEN_MM / spacing_mm
-    c = (w1 - w0) // 2
-    if not narrow[c]:
-        return w0, w1, wbest
-    lo = c - int(np.argmin(narrow[c::-1])) + 1 if not narrow[:c + 1].all() else 0
-    hi = c + int(np.argmin(narrow[c:])) - 1 if not narrow[c:].all() else len(narrow) - 1
-    if hi - lo + 1 < NARROW_MIN_MM / spacing_mm:
-        return w0, w1, wbest
+                                        mode="nearest") * spacing_mm
+    c = (w0 + w1) // 2 - y0
+    k = int(round(CORE_MM / spacing_mm))
+    core = float(np.median(width[max(0, c - k):c + k + 1]))
+    cap = float(np.percentile(width, 95))
+    m = int(round(END_MIN_MM / spacing_mm))
+    sup = fit_end(width[c::-1], rate=WIDEN_RATE_PER_MM[0], core=core, cap=cap, min_rows=m,
+                  spacing_mm=spacing_mm)
+    inf = fit_end(width[c:], rate=WIDEN_RATE_PER_MM[1], core=core, cap=cap, min_rows=m,
+                  spacing_mm=spacing_mm)
     trim = int(round(NARROW_TRIM_MM / spacing_mm))
-    a, b = w0 + lo + trim, w0 + hi - trim
+    a, b = y0 + c - sup + trim, y0 + c + inf - trim
+    if b - a + 1 < NARROW_MIN_MM / spacing_mm:
+        return w0, w1, wbest
     return a, b, float(gain[np.arange(a, b + 1), path[a:b + 1]].sum())
 
 

@@ -256,6 +256,34 @@ def test_rim_widths_measure_the_gap_between_the_rims():
     assert w[190 - 30] > expected + 1.5 and w[0] > expected + 1.5
 
 
+def _fit_end_reference(width, rate, core, cap, min_rows, spacing_mm):
+    """Every candidate end, the whole model evaluated."""
+    d = np.arange(len(width)) * spacing_mm
+    ends = np.arange(min_rows, len(width))
+    past = np.clip(d[None, :] - d[ends][:, None], 0.0, None)
+    model = np.minimum(core + rate * past ** 2, cap)
+    return int(ends[np.argmin(np.abs(width[None, :] - model).sum(axis=1))])
+
+
+def test_fit_end_matches_the_full_model_and_finds_the_end():
+    from sifluoro.register.joint import fit_end
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        n = int(rng.integers(12, 300))
+        end = int(rng.integers(0, n))
+        rate = float(rng.choice([0.012, 0.05]))
+        past = np.clip(np.arange(n) - end, 0, None) * 0.6
+        width = 3.0 + np.minimum(rate * past ** 2, 5.0) + rng.normal(0.0, 0.4, n)
+        cap, core = float(np.percentile(width, 95)), 3.0
+        assert (fit_end(width, rate=rate, core=core, cap=cap, min_rows=10, spacing_mm=0.6)
+                == _fit_end_reference(width, rate, core, cap, 10, 0.6))
+    # noiseless: the end itself
+    past = np.clip(np.arange(200) - 120, 0, None) * 0.6
+    width = 3.0 + np.minimum(0.012 * past ** 2, 6.0)
+    assert abs(fit_end(width, rate=0.012, core=3.0, cap=9.0, min_rows=10, spacing_mm=0.6) - 120) <= 1
+    assert fit_end(width[:8], rate=0.012, core=3.0, cap=9.0, min_rows=10, spacing_mm=0.6) == 7
+
+
 def test_line_is_cut_where_the_gap_widens():
     """The valley path runs on along the widening space beyond the joint; the reported line
     keeps to the stretch of constant gap (within the width tolerance's reach)."""
