@@ -143,8 +143,9 @@ def segment_joint(work: np.ndarray, *, grid: WorkingGrid, usable: np.ndarray,
     depth = np.zeros(work.shape, np.float32)
     offsets = np.unique(np.maximum(1, np.round(np.array(SIDE_OFFSETS_MM) / grid.spacing_mm))).astype(np.int64)
     _kernels.valley_depth(smooth, offsets, depth)
-    # noise of the smoothed image, from the residual of a further blur inside the field
-    residual = (smooth - cv2.GaussianBlur(smooth, (0, 0), 2.0))[mask]
+    # noise of the smoothed image, from the residual of a further blur inside the field; every
+    # other row and column is plenty for a robust spread and the medians are a quarter the cost
+    residual = (smooth - cv2.GaussianBlur(smooth, (0, 0), 2.0))[::2, ::2][mask[::2, ::2]]
     noise = float(np.median(np.abs(residual - np.median(residual)))) * 1.4826 + 1e-6
     gain = np.where(mask, depth / noise - min_contrast, -10.0).astype(np.float32)
     # the C-arm is centred on the joint's inferior third: nothing far beside the centre counts
