@@ -3,7 +3,8 @@
 Horizontal valley depth (darker than both sides, numba) on the attenuation image, a best
 near-vertical path (dynamic programming) through it, a window of a joint's height along the
 path cut to where the gap keeps its width (the space between the bones widens beyond the
-synovial joint's ends), and a length check; a second, parallel path means the joint's anterior
+synovial joint's ends: the ends are fitted to the rim-to-rim widths along the path), and a
+length check; a second, parallel path means the joint's anterior
 and posterior margins are not superimposed (doubled line).
 """
 from __future__ import annotations
