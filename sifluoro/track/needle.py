@@ -173,7 +173,12 @@ class NeedleStage:
         ys, xs = np.nonzero(valid)
         centre = (np.array([xs.mean(), ys.mean()]) if xs.size
                   else np.array([att.shape[1] / 2.0, att.shape[0] / 2.0]))
-        edge_dist = cv2.distanceTransform(valid_work.astype(np.uint8), cv2.DIST_L2, 3)
+        # the frame's border bounds the field too (a field filling the frame has no invalid
+        # pixel, and the distance transform then returns its "infinity")
+        bounded = valid_work.astype(np.uint8)
+        bounded[[0, -1], :] = 0
+        bounded[:, [0, -1]] = 0
+        edge_dist = cv2.distanceTransform(bounded, cv2.DIST_L2, 3)
         same = (st.ctx is not None and st.ctx.spacing_mm == spacing
                 and st.ctx.valid_full.shape == att.shape and _same_view(st.ctx.run, run))
         if st.ctx is not None and not same:
@@ -320,8 +325,9 @@ class NeedleStage:
                 tip = self._extend_tip(st, tip, base, ctx)
                 tip, base = self._refit_segment(finder, tip, base, span_px)
             score = finder.interval_score(base, tip)
-            if score < s.min_score:
-                continue
+            if (score < s.min_score
+                    or np.linalg.norm(tip - base) * grid.spacing_mm < s.min_length_mm):
+                continue  # weak, or shorter than a needle once its tip is placed (a clip)
             feats = self._features(st, ctx, att, tip, base, score, edge0 or edge1)
             st.last_features.append(feats)
             # a line that goes on past its "tip" as strongly as a line is a wire or an edge
