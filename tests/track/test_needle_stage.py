@@ -261,3 +261,13 @@ def test_a_line_taken_on_few_frames_is_not_followed():
     assert followed is not None and math.dist(followed[0], tip) * SPACING_MM < 1.0
     st.track.hits = stage.settings.follow_min_hits - 1
     assert stage._follow(st, att, st.ctx) is None
+
+
+def test_tip_distance_from_the_field_edge_is_bounded_by_the_frame():
+    # the synthetic field fills the frame: the frame's border is then the field's edge
+    stage = NeedleStage()
+    state = Pipeline([stage]).start_study("1.2")
+    stage.process(_frame(_background(3)), state)
+    dist = state.stage_state["needle"].ctx.edge_dist_work
+    assert np.isfinite(dist).all()
+    assert 0.0 < dist.max() <= 0.5 * max(dist.shape)
