@@ -54,7 +54,10 @@ def test_client_receives_every_tip_at_30_frames_per_second(tmp_path, sifluoro_co
     events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
     summary = json.loads((tmp_path / "summary.json").read_text())
     expected = [e["needle"]["tip_xy"] for e in events if e["needle"]]
-    assert len(events) == 120 and len(expected) >= 100  # the needle stage sees the tip
+    # the needle stage sees the tip on most frames; it takes it up only once the tip is ~30 mm
+    # into this full-frame field (the tip's distance from the field edge weighs in the needle
+    # probability), so the first ~40 frames have none: delivery is what is tested here
+    assert len(events) == 120 and len(expected) >= 60
     sent = int(re.search(r"(\d+) with a tip", server.stdout).group(1))
     assert sent == len(expected)
 
@@ -66,7 +69,8 @@ def test_client_receives_every_tip_at_30_frames_per_second(tmp_path, sifluoro_co
     assert len(got) == len(want) and delivered == 1.0  # in fact all of them, in order
     # paced at 30 frames/s: tips arrive over (n - 1) / 30 s, not in a burst
     span_s = tips[-1][0] - tips[0][0]
-    expected_span_s = (events[-1]["index"] - events[0]["index"]) / FPS
+    with_tip = [e["index"] for e in events if e["needle"]]
+    expected_span_s = (with_tip[-1] - with_tip[0]) / FPS
     assert 0.9 * expected_span_s < span_s < 2.0 * expected_span_s
 
     by_device = {}
