@@ -98,7 +98,6 @@ class _RunMemory:
         self.opaque_mm2 = 0.0
         self.opacity_age = 0
         self.text = np.zeros(shape, np.bool_)
-        self.shift_px = (0, 0)
         self.opacity_seen = False
         # the run's last working frames for the vessel (transient line) test: a ring of slots,
         # history_order[:history_count] names them oldest first
@@ -196,7 +195,6 @@ class ContrastStage:
         # frame, not this pose's reference, and with it the study accuracy on the published
         # set fell from 0.875 to 0.58 (per-frame 0.49 -> 0.38 on training seed 606); each run
         # is aligned to the reference by the bank itself (adopt_run) until the two agree
-        reg_shift = None
 
         key = pose_key(frame, shape)
         bank = memory.banks.get(key)
@@ -213,9 +211,9 @@ class ContrastStage:
             memory.run.remember(b.current)
             np.greater_equal(b.high, factor * factor, out=b.full)
             np.logical_or(b.full, b.text, out=b.unusable)
-            if not bank.empty and reg_shift is None:
-                memory.run.shift_px = bank.adopt_run(b.current, ~b.unusable)
-            bank.push(b.current, b.unusable, reg_shift or (0, 0))
+            if not bank.empty:
+                bank.adopt_run(b.current, ~b.unusable)
+            bank.push(b.current, b.unusable)
             return self._result(memory, frame, (), 0.0, 0.0, None)
         rm = memory.run
         rm.frame_no += 1
@@ -228,8 +226,7 @@ class ContrastStage:
         K.dilate_square(b.btmp, 1, b.bout, b.unexposed)
         # the outermost blocks see the smoothing's replicated border and partial collimation
         K.usable_field(b.unexposed, b.text, _BORDER_PX, b.unusable, b.valid)
-        dx, dy = reg_shift if reg_shift is not None else (0, 0)
-        K.masked_residual(b.current, envelope, b.valid, dx, dy, b.residual)
+        K.masked_residual(b.current, envelope, b.valid, 0, 0, b.residual)
         centre, sigma = K.robust_centre_spread(b.residual, b.valid, 3.0)
         if sigma <= 0.0:
             return self._result(memory, frame, (), 0.0, 0.0, None)
@@ -267,7 +264,7 @@ class ContrastStage:
                 b.keep[k] = memory.classifier.set_aside_as_gas(o)
             K.select_labels(b.labels, b.keep, b.on)
             np.logical_or(b.on, b.unusable, out=b.on)
-            bank.push(b.current, b.on, reg_shift or (0, 0))
+            bank.push(b.current, b.on)
         area_mm2 = float(sum(o.area_mm2 for o in accepted))
         iodine = float(sum(o.iodine_au for o in accepted))
         bbox = None
