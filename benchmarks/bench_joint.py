@@ -3,7 +3,7 @@ and a stock scikit-image ridge pipeline (sato + Otsu threshold + skeletonize) on
 
     python benchmarks/bench_joint.py [--quick] [--out results.json]
 
-Frames come from the published evaluation set (first frames of a 1024² and a 512² case).
+Frames come from a simulated study (``simulate_case(2026, 1, quick=True)``) at each size.
 """
 from __future__ import annotations
 
@@ -14,31 +14,25 @@ from pathlib import Path
 
 import numpy as np
 
-from sifluoro.acquire.dicom_reader import iter_frames, read_study
 from sifluoro.imaging import attenuation, downsample, exposed_mask, working_grid
 from sifluoro.pipeline import Pipeline
 from sifluoro.register.joint import exposed_field, segment_joint, usable_mask
 from sifluoro.register.stage import RESEGMENT_AT, WORK_MM, JointStage
+from sifluoro.sim import simulate_case
+from sifluoro.track.needle_sim import sim_frames
 
-CASES_DIR = Path("/work/evalset")
+SEED, CASE = 2026, 1  # simulated study with a joint on every run (same as bench_pipeline)
 
 
 def _frames_of_size(size: int, n: int):
-    for case_dir in sorted(CASES_DIR.glob("case*")):
-        truth = json.loads((case_dir / "truth.json").read_text())
-        if truth["size"] != size:
-            continue
-        study = read_study([case_dir / "dicom"])
-        frames = []
-        for f in iter_frames(study, []):
-            if f.run is not study.runs[1]:
-                continue
-            frames.append(f)
-            if len(frames) == n:
-                return frames
-        if frames:
-            return frames
-    raise FileNotFoundError(f"no {size}² case in {CASES_DIR}")
+    """Up to ``n`` frames of the second run of a simulated study of ``size``² (its first run is a
+    scout); simulated here so the benchmark needs nothing on disk."""
+    study = simulate_case(SEED, CASE, size=size, quick=True)
+    run_index = 1 if len(study.runs) > 1 else 0
+    frames = [f for f, _ in sim_frames(study) if f.run.index == run_index][:n]
+    if not frames:
+        raise ValueError(f"simulate_case({SEED}, {CASE}) has no frames at {size}²")
+    return frames
 
 
 def _times_ms(fn, repeats: int) -> list[float]:
