@@ -7,26 +7,54 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from sifluoro import _imaging_kernels as _k
 from sifluoro.model import Frame, Run
 
 
 def frame_attenuation(frame: Frame, stage_state: dict) -> np.ndarray:
-    """:func:`attenuation` of ``frame``, computed once per frame and shared by the stages."""
+    """:func:`attenuation` of ``frame``, computed once per frame and shared by the stages.
+
+    The array is the study's reused buffer: valid until the next frame of the study is
+    prepared. A stage that keeps image data past its frame keeps a copy (downsampled work
+    images already are)."""
     cached = stage_state.get("attenuation")
     if cached is not None and cached[0] is frame:
         return cached[1]
-    image = attenuation(frame)
+    buffer = stage_state.get("attenuation_buffer")
+    if buffer is None or buffer.shape != frame.pixels.shape:
+        buffer = stage_state["attenuation_buffer"] = np.empty(frame.pixels.shape, np.float32)
+    image = attenuation(frame, out=buffer)
     stage_state["attenuation"] = (frame, image)
     return image
 
 
-def attenuation(frame: Frame) -> np.ndarray:
-    """float32 image in [0, 1] that rises with attenuation (bone bright, gas dark)."""
+def attenuation(frame: Frame, out: np.ndarray | None = None) -> np.ndarray:
+    """float32 image in [0, 1] that rises with attenuation (bone bright, gas dark), written into
+    ``out`` (float32, the frame's shape) when given."""
+    pixels = frame.pixels
+    if out is None:
+        out = np.empty(pixels.shape, np.float32)
+    elif out.shape != pixels.shape or out.dtype != np.float32:
+        # the kernel does not check bounds: a wrong buffer would be written past its end
+        raise ValueError(f"attenuation buffer {out.shape} {out.dtype} for a {pixels.shape} frame")
+    top = float((1 << frame.run.bits_stored) - 1)
+    _k.attenuation_into(pixels, np.float32(1.0 / top), not frame.run.attenuation_rises_with_value,
+                        out)
+    return out
+
+
+def attenuation_reference(frame: Frame) -> np.ndarray:
+    """NumPy reference of :func:`attenuation` (tests)."""
     top = float((1 << frame.run.bits_stored) - 1)
     a = frame.pixels.astype(np.float32) * np.float32(1.0 / top)
     if not frame.run.attenuation_rises_with_value:
         np.subtract(np.float32(1.0), a, out=a)
     return a
+
+
+def warm_up() -> None:
+    """Compile the frame preparation's kernel (the pipeline calls this before a live frame)."""
+    _k.warm_up()
 
 
 def exposed_mask(run: Run, shape: tuple[int, int], *, margin_px: int = 0) -> np.ndarray:

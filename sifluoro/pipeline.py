@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import numpy as np
 
+from sifluoro import imaging
 from sifluoro.config import Settings
 from sifluoro.dose.accumulate import DoseAccumulator
 from sifluoro.model import Frame
@@ -221,6 +222,7 @@ class Pipeline:
         pixels = (rng.random((run.rows, run.columns)) * 0.2 * top + 0.4 * top).astype(np.uint16)
         pixels.flags.writeable = False
         frame = Frame(pixels=pixels, index=0, frame_number=1, t_s=0.0, run=run)
+        imaging.warm_up()
         for stage in self.stages:
             warm = getattr(stage, "warm_up", None)
             if warm is not None:

@@ -1,0 +1,67 @@
+"""Frame preparation shared by the image stages: the attenuation kernel against its NumPy
+reference, and the per-study buffer that frame_attenuation reuses."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from sifluoro.imaging import attenuation, attenuation_reference, frame_attenuation
+from sifluoro.model import Device, Frame, Run, Technique
+
+
+def _run(bits: int, photometric: str, rows: int = 6, cols: int = 5) -> Run:
+    return Run(path="synthetic", sop_instance_uid="1.2.3", sop_class_uid="", series_instance_uid="",
+               study_instance_uid="", modality="XA", transfer_syntax_uid="", rows=rows,
+               columns=cols, bits_stored=bits, photometric=photometric, start_s=0.0,
+               frame_offsets_s=(0.0,), frame_intervals_ms=(66.7,), technique=Technique(),
+               device=Device())
+
+
+def _frame(pixels: np.ndarray, run: Run) -> Frame:
+    return Frame(pixels=pixels, index=0, frame_number=1, t_s=0.0, run=run)
+
+
+@settings(max_examples=60, deadline=None)
+@given(bits=st.sampled_from([8, 10, 12, 14, 16]),
+       photometric=st.sampled_from(["MONOCHROME1", "MONOCHROME2"]),
+       rows=st.integers(1, 9), cols=st.integers(1, 9), seed=st.integers(0, 2 ** 16),
+       strided=st.booleans())
+def test_kernel_matches_numpy_reference(bits, photometric, rows, cols, seed, strided):
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 1 << bits, size=(rows, 2 * cols if strided else cols), dtype=np.uint16)
+    if strided:
+        pixels = pixels[:, ::2]  # a view of every other column: not C-contiguous
+    frame = _frame(pixels, _run(bits, photometric, rows, cols))
+    got = attenuation(frame)
+    assert got.dtype == np.float32 and got.shape == (rows, cols)
+    np.testing.assert_array_equal(got, attenuation_reference(frame))  # same float32 arithmetic
+
+
+def test_polarity_bone_bright_in_both_photometrics():
+    pixels = np.array([[0, 4095]], np.uint16)
+    m2 = attenuation(_frame(pixels, _run(12, "MONOCHROME2", 1, 2)))
+    m1 = attenuation(_frame(pixels, _run(12, "MONOCHROME1", 1, 2)))
+    assert m2.tolist() == [[0.0, 1.0]]  # MONOCHROME2 stored bone-bright: value rises with attenuation
+    assert m1.tolist() == [[1.0, 0.0]]
+
+
+def test_frame_attenuation_reuses_one_buffer_per_shape_and_computes_once_per_frame():
+    run = _run(12, "MONOCHROME2", 4, 4)
+    state: dict = {}
+    a = _frame(np.full((4, 4), 4095, np.uint16), run)
+    b = _frame(np.zeros((4, 4), np.uint16), run)
+    first = frame_attenuation(a, state)
+    assert first.min() == 1.0
+    assert frame_attenuation(a, state) is first  # the same frame: not computed again
+    second = frame_attenuation(b, state)
+    assert second is first  # the next frame reuses the buffer (no per-frame allocation)
+    assert second.max() == 0.0
+    c = _frame(np.zeros((3, 5), np.uint16), _run(12, "MONOCHROME2", 3, 5))
+    assert frame_attenuation(c, state).shape == (3, 5)  # a new shape gets its own buffer
+
+
+def test_out_of_wrong_shape_is_refused():
+    frame = _frame(np.zeros((4, 4), np.uint16), _run(12, "MONOCHROME2", 4, 4))
+    with pytest.raises(ValueError):
+        attenuation(frame, out=np.empty((3, 3), np.float32))
