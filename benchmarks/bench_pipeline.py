@@ -43,6 +43,8 @@ class _Timed:
         self.stage, self.name, self.ms = stage, stage.name, []
         if hasattr(stage, "warm_up"):
             self.warm_up = stage.warm_up
+        if hasattr(stage, "reads"):
+            self.reads = stage.reads
 
     def process(self, frame, state):
         t0 = time.perf_counter()

@@ -100,6 +100,10 @@ class Settings:
         The deadline may skip a stage (contrast) on at most this many frames in a row; the
         next frame runs it, and the later steps of the order make room (needle in its ROI,
         joint line reused). Vascular uptake must not go unseen under a tight budget.
+    stage_threads : int
+        Threads for a frame's image work. With 2 or more, stages that do not read each
+        other's results on the same frame (needle and contrast both read only register's) run
+        at the same time; their kernels release the GIL. Events are the same as with 1.
     dose : DoseSettings
         Dose accounting settings.
     """
@@ -109,6 +113,7 @@ class Settings:
     live_queue_frames: int = 2
     run_start_frames: int = 2
     max_skipped_frames: int = 1
+    stage_threads: int = 1
     dose: DoseSettings = field(default_factory=DoseSettings)
 
     def __post_init__(self):
@@ -120,6 +125,8 @@ class Settings:
             raise ConfigError(f"max_skipped_frames must be >= 0, got {self.max_skipped_frames}")
         if self.run_start_frames < 0:
             raise ConfigError(f"run_start_frames must be >= 0, got {self.run_start_frames}")
+        if self.stage_threads < 1:
+            raise ConfigError(f"stage_threads must be >= 1, got {self.stage_threads}")
         if self.live_queue_frames < 1:
             raise ConfigError(f"live_queue_frames must be >= 1, got {self.live_queue_frames}")
         for f in fields(self.dose):

@@ -2,6 +2,7 @@
 working resolution. Pure array code; no DICOM parsing."""
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import cv2
@@ -16,16 +17,20 @@ def frame_attenuation(frame: Frame, stage_state: dict) -> np.ndarray:
 
     The array is the study's reused buffer: valid until the next frame of the study is
     prepared. A stage that keeps image data past its frame keeps a copy (downsampled work
-    images already are)."""
+    images already are). Stages running at the same time share one computation (a lock)."""
     cached = stage_state.get("attenuation")
     if cached is not None and cached[0] is frame:
         return cached[1]
-    buffer = stage_state.get("attenuation_buffer")
-    if buffer is None or buffer.shape != frame.pixels.shape:
-        buffer = stage_state["attenuation_buffer"] = np.empty(frame.pixels.shape, np.float32)
-    image = attenuation(frame, out=buffer)
-    stage_state["attenuation"] = (frame, image)
-    return image
+    with stage_state.setdefault("attenuation_lock", threading.Lock()):
+        cached = stage_state.get("attenuation")
+        if cached is not None and cached[0] is frame:
+            return cached[1]
+        buffer = stage_state.get("attenuation_buffer")
+        if buffer is None or buffer.shape != frame.pixels.shape:
+            buffer = stage_state["attenuation_buffer"] = np.empty(frame.pixels.shape, np.float32)
+        image = attenuation(frame, out=buffer)
+        stage_state["attenuation"] = (frame, image)
+        return image
 
 
 def attenuation(frame: Frame, out: np.ndarray | None = None) -> np.ndarray:

@@ -12,6 +12,7 @@ import queue
 import threading
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
@@ -27,7 +28,11 @@ log = logging.getLogger(__name__)
 
 class Stage(Protocol):
     """An image stage. ``process`` returns the event fields it owns, and may return
-    ``"alerts": [{"kind", "message", "index", "t_s", ...}]`` to raise alerts."""
+    ``"alerts": [{"kind", "message", "index", "t_s", ...}]`` to raise alerts.
+
+    A stage may declare ``reads``: the names of the stages whose results on the same frame it
+    uses (through ``state.stage_state``). Without it, it is taken to read every earlier stage;
+    with it, it may run beside the stages it does not read (``Settings.stage_threads``)."""
 
     name: str
 
@@ -186,6 +191,12 @@ class Pipeline:
     order above); a frame over budget, or with a stage that raised (logged, listed in
     ``failed_stages``), is ``degraded`` too.
 
+    With ``settings.stage_threads`` above 1, stages that declare ``reads`` and do not read
+    each other (needle and contrast, which both read register) run at the same time as one
+    wave (the first on the calling thread, the others on worker threads); a wave is planned as
+    a whole before it runs and costs its dearest stage. Their fields are merged in stage
+    order, so the events are those of one thread.
+
     Frames are planned only once their shape has been prepared (:meth:`prepare_run` or
     :meth:`prepare_stages`): before the warm-up a stage's cost includes compilation and
     allocation, which would mislead the plan; such frames only have the budget-spent rule.
@@ -213,6 +224,14 @@ class Pipeline:
         self._steps = tuple(d for d in DEGRADATION_ORDER if d.stage in names
                             and (d.method is None or callable(getattr(names[d.stage], d.method, None))))
         self._step_of = {d.stage: d for d in self._steps}
+        # one stage a wave unless there are threads to share: a wave's stages are planned
+        # together, before any of them runs
+        self._waves = (_waves(self.stages) if self.settings.stage_threads > 1
+                       else [[stage] for stage in self.stages])
+        self._executor = None
+        if any(len(w) > 1 for w in self._waves):
+            self._executor = ThreadPoolExecutor(self.settings.stage_threads - 1,
+                                                thread_name_prefix="sifluoro-stage")
 
     def warm_up(self, run) -> None:
         """Compile and size every stage on a frame of the run's real shape, dtype and spacing
@@ -278,36 +297,39 @@ class Pipeline:
         alerts = list(arrival.alerts)
         skipped, failed, steps = [], [], set()
         stage_ms = 0.0
-        for stage in self.stages:
-            mode = modes.get(stage.name, FULL)
-            if mode == FULL and (clock() - arrival.t_s) * 1000.0 > budget_ms:
-                step = self._step_of.get(stage.name)  # the budget is spent: cheapest at once
-                if step is not None and step.method is not None:
-                    mode = step.method
-                elif stage.name not in due:
-                    mode = _SKIP
-            if mode == _SKIP:
-                skipped.append(stage.name)
-                if stage.name in self._step_of:
-                    steps.add(self._step_of[stage.name].step)
-                continue
-            t0 = clock()
-            try:
-                fields = getattr(stage, mode)(frame, state)
-                if mode != FULL:
-                    if fields is None:  # declined: nothing to reuse, the stage runs as usual
-                        mode = FULL
-                        fields = stage.process(frame, state)
-                    else:
+        for wave in self._waves:
+            t_wave = clock()
+            runs = []
+            for stage in wave:
+                mode = modes.get(stage.name, FULL)
+                if mode == FULL and (clock() - arrival.t_s) * 1000.0 > budget_ms:
+                    step = self._step_of.get(stage.name)  # the budget is spent: cheapest at once
+                    if step is not None and step.method is not None:
+                        mode = step.method
+                    elif stage.name not in due:
+                        mode = _SKIP
+                if mode == _SKIP:
+                    skipped.append(stage.name)
+                    if stage.name in self._step_of:
                         steps.add(self._step_of[stage.name].step)
-                alerts.extend(fields.pop("alerts", ()))  # a stage's alerts join the dose alerts
-                event.update(fields)
-            except Exception:  # a stage's defect must not lose the frame, its dose or the study
-                log.exception("stage %s failed on frame %d", stage.name, frame.index)
-                failed.append(stage.name)
-            finally:
-                cost_ms = (clock() - t0) * 1000.0
-                stage_ms += cost_ms
+                else:
+                    runs.append((stage, mode))
+            if len(runs) > 1 and self._executor is not None:
+                # the others on the worker threads, the first here; merged in stage order
+                futures = [self._executor.submit(self._run_stage, s, m, frame, state)
+                           for s, m in runs[1:]]
+                outcomes = [self._run_stage(*runs[0], frame, state)] + [f.result() for f in futures]
+            else:
+                outcomes = [self._run_stage(s, m, frame, state) for s, m in runs]
+            stage_ms += (clock() - t_wave) * 1000.0
+            for (stage, _), (mode, fields, cost_ms) in zip(runs, outcomes):
+                if fields is None:
+                    failed.append(stage.name)
+                else:
+                    if mode != FULL:
+                        steps.add(self._step_of[stage.name].step)
+                    alerts.extend(fields.pop("alerts", ()))  # a stage's alerts join the dose alerts
+                    event.update(fields)
                 if planned:
                     costs.add(stage.name, mode if steady else f"{mode}@run_start", shape,
                               cost_ms)
@@ -331,6 +353,22 @@ class Pipeline:
         if failed:
             event["failed_stages"] = failed
         return self._finish(event, state, alerts, latency_ms)
+
+    def _run_stage(self, stage: Stage, mode: str, frame: Frame, state: StudyState
+                   ) -> tuple[str, dict[str, Any] | None, float]:
+        """Run one stage in ``mode``; return the mode it ran in, its fields (None: it raised,
+        logged) and its cost in ms."""
+        clock = self._clock
+        t0 = clock()
+        try:
+            fields = getattr(stage, mode)(frame, state)
+            if mode != FULL and fields is None:  # declined: nothing to reuse, runs as usual
+                mode = FULL
+                fields = stage.process(frame, state)
+        except Exception:  # a stage's defect must not lose the frame, its dose or the study
+            log.exception("stage %s failed on frame %d", stage.name, frame.index)
+            fields = None
+        return mode, fields, (clock() - t0) * 1000.0
 
     def dropped_event(self, frame: "Frame | DroppedFrame", state: StudyState,
                       arrival: Arrival) -> dict[str, Any]:
@@ -357,17 +395,19 @@ class Pipeline:
         in ``due`` are not skipped."""
         costs = self.costs
         remaining_ms -= costs.estimate_ms("pipeline", "overhead", shape) or 0.0
-        full = {s.name: costs.estimate_ms(s.name, FULL, shape) or 0.0 for s in self.stages}
-        predicted = sum(full.values())
+        cost = {s.name: costs.estimate_ms(s.name, FULL, shape) or 0.0 for s in self.stages}
+
+        def predicted() -> float:  # a wave costs its dearest stage
+            return sum(max(cost[s.name] for s in wave) for wave in self._waves)
+
         modes: dict[str, str] = {}
         for d in self._steps:
-            if predicted <= remaining_ms:
+            if predicted() <= remaining_ms:
                 break
             if d.method is None and d.stage in due:
                 continue
             mode = d.method or _SKIP
-            cheap = 0.0 if d.method is None else (costs.estimate_ms(d.stage, mode, shape) or 0.0)
-            predicted += cheap - full[d.stage]
+            cost[d.stage] = 0.0 if d.method is None else (costs.estimate_ms(d.stage, mode, shape) or 0.0)
             modes[d.stage] = mode
         return modes
 
@@ -381,6 +421,23 @@ class Pipeline:
         state.degraded_frames += event["degraded"]
         state.frames += 1
         return event
+
+
+def _waves(stages: list) -> list[list]:
+    """The stages in runs that may go at the same time: a stage joins the current wave when it
+    declares ``reads`` and reads none of the wave's stages; otherwise it starts a new one. A
+    stage that declares nothing runs alone (it may read or change anything)."""
+    waves: list[list] = []
+    for stage in stages:
+        reads = getattr(stage, "reads", None)
+        last = waves[-1] if waves else None
+        if (last is not None and reads is not None
+                and all(getattr(s, "reads", None) is not None for s in last)
+                and not {s.name for s in last} & set(reads)):
+            last.append(stage)
+        else:
+            waves.append([stage])
+    return waves
 
 
 @dataclass(frozen=True)

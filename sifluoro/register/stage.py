@@ -127,6 +127,7 @@ class JointStage:
     """
 
     name = "register"
+    reads = ()  # of the other stages' results on the same frame (Pipeline: may run beside them)
     _STATE_KEY = "register_views"
 
     def warm_up(self, frame: Frame) -> None:

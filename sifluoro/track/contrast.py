@@ -149,6 +149,7 @@ class ContrastStage:
     """
 
     name = "contrast"
+    reads = ("register",)  # its view changes and joint line; not the needle's
 
     def __init__(self, settings: ContrastSettings | None = None):
         self.settings = settings or ContrastSettings()

@@ -147,6 +147,7 @@ class NeedleStage:
     """
 
     name = "needle"
+    reads = ("register",)  # its target; not contrast's: the two may run at the same time
 
     def __init__(self, settings: Settings | None = None, *, needle: NeedleSettings | None = None):
         self.settings = needle or getattr(settings, "needle", None) or NeedleSettings()
