@@ -27,13 +27,18 @@ import cv2
 import numpy as np
 
 SEED, CASE = 2026, 1  # needle on every frame, contrast run (vascular)
-CONFIGS = ("default", "joint+needle+contrast")
+# "x2": Settings.stage_threads=2 (needle and contrast side by side after register)
+CONFIGS = ("default", "joint+needle+contrast", "joint+needle+contrast x2")
 
 
 def _stages(config: str, settings):
     from sifluoro.stages import REPLAY_STAGES, STAGE_NAMES, make_stages
 
     return make_stages(REPLAY_STAGES if config == "default" else STAGE_NAMES, settings)
+
+
+def _threads(config: str) -> int:
+    return 2 if config.endswith(" x2") else 1
 
 
 class _Timed:
@@ -75,7 +80,7 @@ def _in_process(frames, config: str, repeats: int) -> dict:
     from sifluoro.config import Settings
     from sifluoro.pipeline import Pipeline
 
-    settings = Settings(latency_budget_ms=1e9)  # measure every stage in full
+    settings = Settings(latency_budget_ms=1e9, stage_threads=_threads(config))  # every stage in full
     timed = [_Timed(s) for s in _stages(config, settings)]
     pipeline = Pipeline(timed, settings)
     state = pipeline.start_study("bench")
@@ -122,9 +127,9 @@ from sifluoro.acquire.dicom_reader import iter_frames, read_study
 from sifluoro.config import Settings
 from sifluoro.pipeline import Pipeline, prefetch
 sys.path.insert(0, sys.argv[3])
-from benchmarks.bench_pipeline import _stages
+from benchmarks.bench_pipeline import _stages, _threads
 t_import = time.perf_counter()
-settings = Settings(latency_budget_ms=float(sys.argv[2]))
+settings = Settings(latency_budget_ms=float(sys.argv[2]), stage_threads=_threads(sys.argv[4]))
 pipeline = Pipeline(_stages(sys.argv[4], settings), settings)
 t_built = time.perf_counter()
 study = read_study([sys.argv[1]])
@@ -193,22 +198,22 @@ def run(quick: bool = False) -> dict:
         result["fresh_process_1024"] = {
             "study": f"{n_frames} simulated frames 1024² uncompressed XA, runs of 20",
             **{f"{config} (no deadline)": _fresh_process(folder, config, 1e9) for config in CONFIGS},
-            "joint+needle+contrast (10 ms budget)": _fresh_process(folder, CONFIGS[1], 10.0),
+            **{f"{config} (10 ms budget)": _fresh_process(folder, config, 10.0) for config in CONFIGS[1:]},
         }
     print(table(result), file=sys.stderr)
     return result
 
 
 def table(result: dict) -> str:
-    lines = [f"{'size':>5} {'config':<22} {'what':<10} {'p50 ms':>8} {'p99 ms':>8} {'x Sobel':>8}"]
+    lines = [f"{'size':>5} {'config':<25} {'what':<10} {'p50 ms':>8} {'p99 ms':>8} {'x Sobel':>8}"]
     for size, per in result["sizes"].items():
-        lines.append(f"{size:>5} {'':<22} {'sobel':<10} {per['sobel_floor']['p50_ms']:>8.3f} "
+        lines.append(f"{size:>5} {'':<25} {'sobel':<10} {per['sobel_floor']['p50_ms']:>8.3f} "
                      f"{per['sobel_floor']['p99_ms']:>8.3f} {1.0:>8.1f}")
         for config in CONFIGS:
             got = per[config]
             rows = [("pipeline", got["pipeline"])] + list(got["stages"].items())
             for name, s in rows:
-                lines.append(f"{size:>5} {config:<22} {name:<10} {s['p50_ms']:>8.3f} "
+                lines.append(f"{size:>5} {config:<25} {name:<10} {s['p50_ms']:>8.3f} "
                              f"{s['p99_ms']:>8.3f} {s['x_sobel']:>8.1f}")
     for name, r in result["fresh_process_1024"].items():
         if isinstance(r, dict):
