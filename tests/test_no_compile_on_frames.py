@@ -1,0 +1,59 @@
+"""No live frame pays for compilation: once the pipeline has prepared a run (warm-up on a frame
+of its real size and dtype), processing the frames compiles no numba kernel. Run in a fresh
+process, so that kernels compiled by other tests cannot hide a missing warm-up."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+CHILD = r"""
+import importlib, json, pkgutil, sys
+from numba.core.registry import CPUDispatcher
+import sifluoro
+from sifluoro.config import Settings
+from sifluoro.pipeline import Pipeline
+from sifluoro.sim import simulate_case
+from sifluoro.stages import STAGE_NAMES, make_stages
+from sifluoro.track.needle_sim import sim_frames
+
+frames = [f for f, _ in sim_frames(simulate_case(2026, 1, quick=True))]
+settings = Settings(latency_budget_ms=1e9, stage_threads=int(sys.argv[1]))
+pipeline = Pipeline(make_stages(STAGE_NAMES, settings), settings)
+state = pipeline.start_study("sim")
+for run in {f.run.sop_instance_uid: f.run for f in frames}.values():
+    pipeline.prepare_run(run, state)
+
+def dispatchers():
+    out = {}
+    for info in pkgutil.walk_packages(sifluoro.__path__, "sifluoro."):
+        if ".sim" in info.name or info.name.endswith("__main__"):
+            continue  # the simulator made the frames above
+        module = importlib.import_module(info.name)
+        for name, obj in vars(module).items():
+            if isinstance(obj, CPUDispatcher) and obj.__module__ == info.name:
+                out[f"{info.name}.{name}"] = obj
+    return out
+
+before = {k: len(d.signatures) for k, d in dispatchers().items()}
+events = [pipeline.process(f, state) for f in frames]
+after = {k: len(d.signatures) for k, d in dispatchers().items()}
+print(json.dumps({"kernels": len(before), "used": sum(1 for k in before if before[k]),
+                  "compiled_on_frames": sorted(k for k in after if after[k] != before.get(k, 0)),
+                  "needles": sum(1 for e in events if e["needle"])}))
+"""
+
+
+def _run(threads: int) -> dict:
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-c", CHILD, str(threads)], capture_output=True,
+                         text=True, check=True, cwd=root, timeout=600)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_processing_frames_after_the_warm_up_compiles_nothing():
+    got = _run(1)
+    assert got["kernels"] >= 20 and got["used"] >= 20  # the stages' kernels were found and warmed
+    assert got["needles"] > 0  # the needle stage went past its cold start
+    assert got["compiled_on_frames"] == []
