@@ -6,6 +6,7 @@ For 512² and 1024² frames of a simulated study (``simulate_case(seed, case, qu
   default stages and with joint + needle + contrast, under no deadline (every stage in full);
 - the ratio of each stage's and of the pipeline's p50 to the p50 of one ``cv2.Sobel`` pass
   (CV_32F, dx=1) over the same uint16 frames;
+- at 1024², the memory each stage allocates per frame (tracemalloc, a separate pass);
 - in a fresh process, on a 1024² uncompressed DICOM study written from the simulated frames:
   start-up (imports, construction, headers, warm-up) and first-frame latency, replay
   throughput in frames/s including decode (reader thread), and peak RSS.
@@ -92,6 +93,40 @@ def _in_process(frames, config: str, repeats: int) -> dict:
         for f in frames:
             pipeline.process(f, state)
     return {"pipeline": _pct(state.latencies_ms), "stages": {t.name: _pct(t.ms) for t in timed}}
+
+
+def _allocations(frames) -> dict:
+    """Memory each stage allocates while processing a frame (tracemalloc's peak above what was
+    held before the call, numpy arrays included), p50 and max over the frames, in MB; a
+    separate pass, as tracing slows everything down."""
+    import tracemalloc
+
+    from sifluoro.config import Settings
+    from sifluoro.pipeline import Pipeline
+
+    class Traced(_Timed):
+        def process(self, frame, state):
+            tracemalloc.reset_peak()
+            held = tracemalloc.get_traced_memory()[0]
+            try:
+                return self.stage.process(frame, state)
+            finally:
+                self.ms.append((tracemalloc.get_traced_memory()[1] - held) / 1e6)
+
+    settings = Settings(latency_budget_ms=1e9)
+    traced = [Traced(s) for s in _stages(CONFIGS[1], settings)]
+    pipeline = Pipeline(traced, settings)
+    state = pipeline.start_study("bench")
+    for run in {f.run.sop_instance_uid: f.run for f in frames}.values():
+        pipeline.prepare_run(run, state)
+    tracemalloc.start()
+    try:
+        for f in frames:
+            pipeline.process(f, state)
+    finally:
+        tracemalloc.stop()
+    return {t.name: {"p50_mb": round(float(np.percentile(t.ms, 50)), 3),
+                     "max_mb": round(float(np.max(t.ms)), 3)} for t in traced}
 
 
 def _write_uncompressed(folder: Path, study, n_frames: int, frames_per_run: int = 20) -> None:
@@ -190,6 +225,8 @@ def run(quick: bool = False) -> dict:
             for s in got["stages"].values():
                 s["x_sobel"] = round(s["p50_ms"] / f50, 1)
             per_size[config] = got
+        if size == 1024:
+            per_size["allocated_per_frame"] = _allocations(frames)
         result["sizes"][str(size)] = per_size
     n_frames = 60 if quick else 200
     with tempfile.TemporaryDirectory() as tmp:
@@ -215,6 +252,8 @@ def table(result: dict) -> str:
             for name, s in rows:
                 lines.append(f"{size:>5} {config:<25} {name:<10} {s['p50_ms']:>8.3f} "
                              f"{s['p99_ms']:>8.3f} {s['x_sobel']:>8.1f}")
+    for name, a in result["sizes"]["1024"]["allocated_per_frame"].items():
+        lines.append(f"1024 {name}: allocates {a['p50_mb']} MB per frame (p50; max {a['max_mb']} MB)")
     for name, r in result["fresh_process_1024"].items():
         if isinstance(r, dict):
             lines.append(f"fresh 1024² {name}: start->first event {r['start_to_first_event_s']} s "
