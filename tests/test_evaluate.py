@@ -81,3 +81,32 @@ def test_vascular_missed_and_delay(tmp_path):
     assert c["missed_injections"] == 1
     assert c["none_before_injection_rate"] == 1.0
     assert r["dose"]["air_kerma_mgy"]["median_abs_rel_error"] == pytest.approx(0.1)
+
+
+def _truth_doubled():
+    truth = _truth(["none"] * 10)
+    for i, f in enumerate(truth["frames"]):
+        f["joint_doubled"] = True
+        f["end_on"] = i < 2
+    return truth
+
+
+def test_doubled_advice_per_case_target_error_and_end_on():
+    """A doubled case is advised when the advice is on >= 90 % of its doubled frames; the target
+    error is in mm; end-on frames are scored apart (within 3 mm)."""
+    tally = Tally()
+    for advised in (10, 9, 8):  # of 10 doubled frames
+        truth = _truth_doubled()
+        events = _events(truth)
+        for i, e in enumerate(events):
+            e["joint"]["doubled"] = i < advised
+            e["target"] = {"xy": [14.0, 93.0]}  # 4 px at 0.5 mm
+        events[1]["needle"] = None  # one end-on frame missed
+        score_study(truth, events, None, tally)
+    r = report(tally)
+    j, n = r["joint"], r["needle"]
+    assert j["doubled_cases"] == 3
+    assert j["doubled_cases_advice_right_90pct"] == pytest.approx(2 / 3, abs=1e-4)  # 10/10, 9/10
+    assert j["target_error_mm_median"] == pytest.approx(2.0)
+    assert n["end_on_frames"] == 6 and n["end_on_detection_rate_3mm"] == 0.5
+    assert n["tip_frames"] == 24

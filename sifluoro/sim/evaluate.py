@@ -46,6 +46,7 @@ class Tally:
     tip_detected: int = 0
     end_on_errors_mm: list[float] = field(default_factory=list)
     end_on_frames: int = 0
+    end_on_reported: int = 0  # frames with a tip reported within 3 mm, of the end_on frames
     no_needle_frames: int = 0
     false_tips: int = 0
     joint_frames: int = 0
@@ -54,6 +55,8 @@ class Tally:
     joint_coverages: list[float] = field(default_factory=list)
     no_joint_frames: int = 0
     false_joints: int = 0
+    doubled_case_rates: list[float] = field(default_factory=list)  # advice right, per doubled case
+    target_errors_mm: list[float] = field(default_factory=list)
     contrast_frames: int = 0
     contrast_correct: int = 0
     pre_injection_frames: int = 0
@@ -71,6 +74,7 @@ def score_study(truth: dict, events: list[dict], summary: dict | None, tally: Ta
     truth_final = "none"
     first_truth_state_index: dict[str, int] = {}
     first_output_state_index: dict[str, int] = {}
+    doubled_right: list[bool] = []  # on the frames whose truth line is doubled and a line is out
     for ft in truth["frames"]:
         e = by_key.get((ft["sop_instance_uid"], ft["frame"]))
         if e is None:
@@ -85,6 +89,7 @@ def score_study(truth: dict, events: list[dict], summary: dict | None, tally: Ta
                 tally.end_on_frames += 1
                 if err is not None:
                     tally.end_on_errors_mm.append(err)
+                    tally.end_on_reported += err <= 3.0
             else:
                 tally.tip_frames += 1
                 if err is not None:
@@ -104,6 +109,12 @@ def score_study(truth: dict, events: list[dict], summary: dict | None, tally: Ta
                     ft["joint_polyline_xy"], float)).mean() * spacing))
                 tally.joint_coverages.append(float((_point_to_polyline_px(ref, np.asarray(
                     joint["polyline_xy"], float)) * spacing <= 2.0).mean()))
+                if ft.get("joint_doubled"):
+                    doubled_right.append(bool(joint.get("doubled")))
+            target = e.get("target")
+            if target is not None and ft.get("target_xy") is not None:
+                tally.target_errors_mm.append(math.hypot(target["xy"][0] - ft["target_xy"][0],
+                                                         target["xy"][1] - ft["target_xy"][1]) * spacing)
         else:
             tally.no_joint_frames += 1
             tally.false_joints += joint is not None
@@ -120,6 +131,8 @@ def score_study(truth: dict, events: list[dict], summary: dict | None, tally: Ta
         truth_final = state_truth if DANGER[state_truth] >= DANGER[truth_final] else truth_final
         first_truth_state_index.setdefault(state_truth, ft["index"])
         first_output_state_index.setdefault(state_out, ft["index"])
+    if doubled_right:
+        tally.doubled_case_rates.append(float(np.mean(doubled_right)))
     output_final = summary["contrast_state"] if summary else (events[-1]["contrast"]["state"] if events else "none")
     if truth_final != "none":
         if truth_final in first_output_state_index:
@@ -161,12 +174,19 @@ def report(tally: Tally) -> dict:
             "no_needle_frames": tally.no_needle_frames,
             "end_on_frames": tally.end_on_frames,
             "end_on_error_mm_median": _pct(tally.end_on_errors_mm, 50),
+            "end_on_detection_rate_3mm": _ratio(tally.end_on_reported, tally.end_on_frames),
         },
         "joint": {
             "mean_distance_mm": round(float(np.mean(tally.joint_distances_mm)), 3) if tally.joint_distances_mm else None,
             "coverage_2mm": round(float(np.mean(tally.joint_coverages)), 4) if tally.joint_coverages else None,
             "reported_rate": _ratio(tally.joint_reported, tally.joint_frames),
             "false_joint_rate": _ratio(tally.false_joints, tally.no_joint_frames),
+            # a doubled case counts as advised when the advice is on >= 90 % of its frames
+            # that show the doubled line and have a line out
+            "doubled_cases": len(tally.doubled_case_rates),
+            "doubled_cases_advice_right_90pct": _ratio(
+                sum(r >= 0.9 for r in tally.doubled_case_rates), len(tally.doubled_case_rates)),
+            "target_error_mm_median": _pct(tally.target_errors_mm, 50),
         },
         "contrast": {
             "frame_accuracy_from_injection": _ratio(tally.contrast_correct, tally.contrast_frames),
@@ -209,9 +229,12 @@ def format_report(r: dict) -> str:
         f"studies {r['studies']}  (frames missing from the outputs: {r['missing_frames']})",
         f"needle   tip error median {n['tip_error_mm_median']} mm, p95 {n['tip_error_mm_p95']} mm; "
         f"detected {n['detection_rate_3mm']} of {n['tip_frames']} frames; false tips "
-        f"{n['false_tip_rate']} of {n['no_needle_frames']}; end-on frames {n['end_on_frames']}",
+        f"{n['false_tip_rate']} of {n['no_needle_frames']}; end-on frames {n['end_on_frames']} "
+        f"(within 3 mm: {n['end_on_detection_rate_3mm']})",
         f"joint    mean distance {j['mean_distance_mm']} mm, coverage {j['coverage_2mm']}, reported "
-        f"{j['reported_rate']}, false {j['false_joint_rate']}",
+        f"{j['reported_rate']}, false {j['false_joint_rate']}; doubled advice right on "
+        f"{j['doubled_cases_advice_right_90pct']} of {j['doubled_cases']} doubled cases; target "
+        f"error median {j['target_error_mm_median']} mm",
         f"contrast study accuracy {c['study_accuracy']}, per-frame {c['frame_accuracy_from_injection']}, "
         f"vascular sens {c['vascular_sensitivity']} spec {c['vascular_specificity']}, delay median "
         f"{c['detection_delay_frames_median']} frames, none before injection {c['none_before_injection_rate']}",
