@@ -17,8 +17,10 @@ DEMO_SEED, DEMO_CASE = 2026, 10  # an intra-articular injection on a flat panel
 
 
 def write_overlays(study_dir: Path, events_path: Path, truth: dict | None, png_path: Path,
-                   mp4_path: Path | None, *, key_index: int | None = None) -> int:
-    """Annotated key frame (PNG) and all frames (MP4); returns the key frame's index."""
+                   mp4_path: Path | None, *, key_index: int | None = None,
+                   stages: tuple[str, ...] | None = None) -> int:
+    """Annotated key frame (PNG) and all frames (MP4); returns the key frame's index.
+    ``stages``: the image stages that ran (the others are drawn *not assessed*)."""
     events = {}
     for line in events_path.read_text().splitlines():
         e = json.loads(line)
@@ -26,7 +28,7 @@ def write_overlays(study_dir: Path, events_path: Path, truth: dict | None, png_p
     truth_by_key = {(f["sop_instance_uid"], f["frame"]): f for f in truth["frames"]} if truth else {}
     if key_index is None:
         key_index = _key_frame(truth, events)
-    writer = OverlayWriter(mp4_path=mp4_path)
+    writer = OverlayWriter(mp4_path=mp4_path, stages=stages)
     for frame in iter_frames(read_study([study_dir]), []):
         event = events.get((frame.sop_instance_uid, frame.frame_number))
         if event is None:
@@ -74,7 +76,8 @@ def run_demo(out: Path, *, seed: int = DEMO_SEED, case: int = DEMO_CASE, size: i
     violations = replay_output_violations(events, summary)
     print(f"contract   {'ok' if not violations else f'{len(violations)} violations'} (DESIGN §3)")
     png, mp4 = out / "annotated.png", out / "annotated.mp4"
-    key = write_overlays(study_dir, events, truth, png, mp4)
+    key = write_overlays(study_dir, events, truth, png, mp4,
+                         stages=tuple(result.summary.get("stages", ())))
     print(f"truth      outcome {truth['outcome']}, Ka,r {truth['dose']['air_kerma_mgy']:.2f} mGy, "
           f"DAP {truth['dose']['dap_gycm2']:.3f} Gy·cm², fluoro {truth['dose']['fluoro_time_s']:.1f} s")
     print(f"outputs    {events}\n           {summary}\n           {rdsr} (X-Ray Radiation Dose SR)"

@@ -6,6 +6,7 @@ thin and dashed-looking in white, so the two can be compared by eye.
 from __future__ import annotations
 
 import threading
+from collections.abc import Collection
 from pathlib import Path
 
 import cv2
@@ -80,10 +81,13 @@ def _text(img, text, org, colour=(255, 255, 255)):
 
 def draw_overlay(pixels: np.ndarray, photometric: str, event: dict, *, truth: dict | None = None,
                  title: str | None = None, spacing_mm: float | None = None,
-                 out: np.ndarray | None = None) -> np.ndarray:
+                 out: np.ndarray | None = None, stages: Collection[str] | None = None) -> np.ndarray:
     """An annotated BGR image of one frame and its event (DESIGN §3), optionally with truth.
 
     ``spacing_mm`` (detector pixel size) turns the target's acceptance radius into pixels.
+    ``stages``: the image stages that ran (the summary's ``stages``); when given, a stage that
+    did not run is written *not assessed* (no needle mark, contrast ``none``, would otherwise
+    read as "looked, found nothing").
     ``out`` (rows, columns, 3) uint8, if given, receives the image (a caller drawing every
     frame reuses one, which saves a third of the cost at 1024²).
     """
@@ -139,8 +143,12 @@ def draw_overlay(pixels: np.ndarray, photometric: str, event: dict, *, truth: di
         (title or f"frame {event['index']}  t={event['t_s']:.2f} s", COLOURS["truth"]),
         (f"fluoro {dose['fluoro_time_s']:.1f} s   Ka,r {dose['air_kerma_mgy']:.2f} mGy   "
          f"DAP {dose['dap_gycm2']:.3f} Gy.cm2", COLOURS["truth"]),
-        (f"contrast: {state.replace('_', '-')}", COLOURS[state]),
     ]
+    unassessed = [s for s in ("needle", "contrast") if stages is not None and s not in stages]
+    if "contrast" not in unassessed:
+        lines.append((f"contrast: {state.replace('_', '-')}", COLOURS[state]))
+    if unassessed:
+        lines.append((f"not assessed: {', '.join(unassessed)}", COLOURS["none"]))
     if event.get("tip_to_target_mm") is not None:
         lines.append((f"tip to target {event['tip_to_target_mm']:.1f} mm", COLOURS["target"]))
     if joint and joint.get("doubled"):
@@ -160,7 +168,9 @@ class OverlayWriter:
     The MP4 plays at the fluoroscopy's own pulse rate when the first frame's run knows it.
     """
 
-    def __init__(self, png_dir: Path | None = None, mp4_path: Path | None = None):
+    def __init__(self, png_dir: Path | None = None, mp4_path: Path | None = None, *,
+                 stages: Collection[str] | None = None):
+        self.stages = stages  # the image stages that ran, for draw_overlay
         self._image: np.ndarray | None = None   # reused: written out before the next frame
         self.png_dir = Path(png_dir) if png_dir else None
         self.mp4_path = Path(mp4_path) if mp4_path else None
@@ -177,7 +187,7 @@ class OverlayWriter:
         if self._image is None or self._image.shape != shape:
             self._image = np.empty(shape, np.uint8)
         img = draw_overlay(frame.pixels, frame.photometric, event, truth=truth, spacing_mm=spacing,
-                           out=self._image)
+                           out=self._image, stages=self.stages)
         if self.png_dir:
             cv2.imwrite(str(self.png_dir / f"{event['index']:05d}.png"), img)
         if self.mp4_path:

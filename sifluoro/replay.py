@@ -68,7 +68,7 @@ def replay(inputs: Iterable[str | Path], *, events_path: str | Path, summary_pat
     events_path = Path(events_path)
     events_path.parent.mkdir(parents=True, exist_ok=True)
     t_stream = time.perf_counter()
-    overlays = (OverlayWriter(overlay_png_dir, overlay_mp4)
+    overlays = (OverlayWriter(overlay_png_dir, overlay_mp4, stages=state.stage_names)
                 if overlay_png_dir is not None or overlay_mp4 is not None else None)
     with _atomic_text(events_path) as out:
         for frame in prefetch(iter_frames(study, rejected), settings.queue_frames):

@@ -75,3 +75,20 @@ def test_display_window_matches_a_lookup_table(photometric, dtype, top):
     assert got.dtype == np.uint8 and got.shape == pixels.shape
     assert np.abs(got.astype(float) - ref).max() <= 1.0
     assert got.min() in (0, 1) and got.max() in (254, 255)
+
+
+@pytest.mark.parametrize("stages, contrast_line, unassessed", [
+    (None, "contrast: none", None),
+    (("register", "needle", "contrast"), "contrast: none", None),
+    (("register",), None, "not assessed: needle, contrast"),
+    (("register", "needle"), None, "not assessed: contrast"),
+])
+def test_stages_that_did_not_run_are_written_not_assessed(monkeypatch, stages, contrast_line,
+                                                          unassessed):
+    import sifluoro.overlay as overlay
+
+    texts = []
+    monkeypatch.setattr(overlay, "_text", lambda img, text, org, colour: texts.append(text))
+    draw_overlay(np.full((200, 200), 2000, np.uint16), "MONOCHROME2", _event(), stages=stages)
+    assert (contrast_line in texts) if contrast_line else not any(t.startswith("contrast") for t in texts)
+    assert (unassessed in texts) if unassessed else not any("not assessed" in t for t in texts)

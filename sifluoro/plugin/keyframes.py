@@ -84,7 +84,7 @@ class KeyFrameSelector:
 
 
 def key_frame_sc(key: KeyFrame, ref: Dataset, *, series_instance_uid: str, instance_number: int,
-                 sop_instance_uid: str | None = None) -> Dataset:
+                 sop_instance_uid: str | None = None, stages=None) -> Dataset:
     """The key frame with its overlay as an RGB Secondary Capture Image (with file meta).
 
     Parameters
@@ -92,12 +92,14 @@ def key_frame_sc(key: KeyFrame, ref: Dataset, *, series_instance_uid: str, insta
     key : KeyFrame
     ref : Dataset
         The header of the frame's source instance (patient, study and orientation come from it).
+    stages : collection of str, optional
+        The image stages that ran; the others are written *not assessed* on the image.
     """
     frame, event = key.frame, dict(key.event)
     spacing = frame.pixel_spacing_xy_mm[0] if frame.pixel_spacing_xy_mm else None
     title = f"{key.reason}: frame {event['index']}  t={event['t_s']:.2f} s"
     rgb = np.ascontiguousarray(draw_overlay(frame.pixels, frame.photometric, event, title=title,
-                                            spacing_mm=spacing)[..., ::-1])
+                                            spacing_mm=spacing, stages=stages)[..., ::-1])
     orientation = [str(v) for v in ref.get("PatientOrientation", None) or []]
     known = len(orientation) == 2 and all(orientation)
     laterality = str(ref.get("Laterality") or ref.get("ImageLaterality") or "")
@@ -152,14 +154,15 @@ class StudyExporter:
         if dose is None:  # no frame processed: nothing to report
             return
         self.queued = export_study(self.outbox, study, dose, self.selector.frames(),
-                                   settings=self.settings)
+                                   settings=self.settings, stages=summary.get("stages"))
         if self.on_queued is not None:
             self.on_queued()
 
 
 def export_study(outbox: Outbox, study: Study, dose: DoseAccumulator, keys: list[KeyFrame], *,
-                 settings: Settings | None = None) -> list[Path]:
-    """Put the key frames (as SC) and the study's RDSR into ``outbox``; return their paths."""
+                 settings: Settings | None = None, stages=None) -> list[Path]:
+    """Put the key frames (as SC) and the study's RDSR into ``outbox``; return their paths.
+    ``stages``: the image stages that ran (the summary's), written on the key frames."""
     settings = settings or Settings()
     headers: dict[str, Dataset] = {}
     series_uid = generate_uid()
@@ -173,7 +176,7 @@ def export_study(outbox: Outbox, study: Study, dose: DoseAccumulator, keys: list
                 raise InputError(f"cannot be read again for the key frame's header ({exc})",
                                  path=path) from exc
         queued.append(outbox.put(key_frame_sc(key, headers[path], series_instance_uid=series_uid,
-                                              instance_number=number)))
+                                              instance_number=number, stages=stages)))
     with tempfile.TemporaryDirectory(prefix="sifluoro-rdsr-") as tmp:
         rdsr = write_rdsr(study, dose, Path(tmp) / "rdsr.dcm", settings=settings.dose)
         queued.append(outbox.put_file(rdsr))
