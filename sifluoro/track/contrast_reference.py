@@ -16,10 +16,14 @@ from sifluoro.track import _contrast_kernels as K
 
 UNUSABLE = np.float32(-1.0)
 # a new run whose first frame differs from the kept frames this many times more than they
-# differ among themselves starts a reference of its own (whatever its noise: requiring it to be
-# quieter too kept a mismatched envelope on 6 of 88 training studies, whose contrast then stayed
-# under the residual's inflated spread for 4-10 frames)
+# differ among themselves starts a reference of its own when it is also QUIETER than them (an
+# acquisition run after fluoroscopy) ...
 MISMATCH = 2.0
+QUIETER = 1.25
+# ... and whatever its noise when it differs this many times more (other processing: 6-19 on 4
+# training studies whose contrast the kept envelope hid for 3-10 frames; a run moved by
+# breathing scores 2-2.6, and its one-frame reference started 18 frames of false joint fill)
+MISMATCH_ANY_NOISE = 4.0
 
 
 class ReferenceBank:
@@ -75,11 +79,12 @@ class ReferenceBank:
             self._dirty = False
         return self.envelope
 
-    def _outclassed(self, residual: np.ndarray, both: np.ndarray, gain: float) -> bool:
-        """Whether the new run is not predicted by the kept frames: its first frame differs
-        from the latest kept frame (after gain and offset) ``MISMATCH`` times more than two
-        kept frames of the pose differ among themselves (an acquisition run after fluoroscopy,
-        other processing, a moved patient)."""
+    def _outclassed(self, first: np.ndarray, residual: np.ndarray, both: np.ndarray,
+                    gain: float) -> bool:
+        """Whether the kept frames do not predict the new run: its first frame differs from the
+        latest kept frame (after gain and offset) ``MISMATCH`` times more than two kept frames
+        of the pose differ among themselves and it is ``QUIETER`` than them (more dose per
+        frame), or ``MISMATCH_ANY_NOISE`` times more."""
         if self.count < 2:
             return False
         latest = self.latest()
@@ -87,8 +92,12 @@ class ReferenceBank:
         same = both & (previous >= 0)
         if np.count_nonzero(same) < 0.05 * same.size:
             return False
-        kept = gain * _robust_sigma((latest - previous)[same])
-        return _robust_sigma(residual) > MISMATCH * kept
+        mismatch = _robust_sigma(residual) / max(gain * _robust_sigma((latest - previous)[same]),
+                                                 1e-12)
+        if mismatch > MISMATCH_ANY_NOISE:
+            return True
+        return (mismatch > MISMATCH
+                and _pixel_noise(latest, both) >= QUIETER * _pixel_noise(first, both))
 
     def adopt_run(self, first: np.ndarray, usable: np.ndarray) -> tuple[int, int]:
         """Bring the kept frames to a new run's display scale and find its image shift.
@@ -96,9 +105,9 @@ class ReferenceBank:
         Each run has its own window (and dose), so stored values differ by a gain and an
         offset; a least-squares line between the latest kept frame and the run's first frame
         maps the older frames, which then take the first frame's brighter pixels. A run the
-        kept frames do not predict starts a reference of its own
-        (:meth:`_outclassed`). Returns the integer shift (dx, dy) of the new run relative to
-        the kept frames, from phase correlation (0, 0 when unsure).
+        kept frames do not predict (:meth:`_outclassed`) starts a reference of its own. Returns
+        the integer shift (dx, dy) of the new run relative to the kept frames, from phase
+        correlation (0, 0 when unsure).
         """
         self.runs_seen += 1
         latest = self.latest()
@@ -118,9 +127,9 @@ class ReferenceBank:
         if not 0.5 < gain < 2.0:
             gain = 1.0
         offset = float(b.mean() - gain * a.mean())
-        if self._outclassed(b - gain * a - offset, both, gain):
+        if self._outclassed(first, b - gain * a - offset, both, gain):
             # the kept frames do not predict this run (an acquisition run after fluoroscopy:
-            # other dose, noise and processing; or motion); their envelope would bury the run's contrast,
+            # other dose, noise and processing); their envelope would bury the run's contrast,
             # so the run starts its own reference from its first frame
             self.slots[:] = UNUSABLE
             self.slots[0] = np.where(usable, first, UNUSABLE)
@@ -139,6 +148,12 @@ class ReferenceBank:
         np.maximum(used, lifted, out=used)
         self._dirty = True
         return shift
+
+
+def _pixel_noise(image: np.ndarray, usable: np.ndarray) -> float:
+    """Per-pixel noise from horizontal neighbour differences (robust: edges are few)."""
+    d = (image[:, 1:] - image[:, :-1])[usable[:, 1:] & usable[:, :-1]]
+    return _robust_sigma(d) / np.sqrt(2.0)
 
 
 def _robust_sigma(values: np.ndarray) -> float:
