@@ -16,14 +16,10 @@ from sifluoro.track import _contrast_kernels as K
 
 UNUSABLE = np.float32(-1.0)
 # a new run whose first frame differs from the kept frames this many times more than they
-# differ among themselves starts a reference of its own when it is also QUIETER than them (an
-# acquisition run after fluoroscopy) ...
+# differ among themselves starts a reference of its own
 MISMATCH = 2.0
+# ... and whose pixel noise is this many times lower
 QUIETER = 1.25
-# ... and whatever its noise when it differs this many times more (other processing: 6-19 on 4
-# training studies whose contrast the kept envelope hid for 3-10 frames; a run moved by
-# breathing scores 2-2.6, and its one-frame reference started 18 frames of false joint fill)
-MISMATCH_ANY_NOISE = 4.0
 
 
 class ReferenceBank:
@@ -81,10 +77,10 @@ class ReferenceBank:
 
     def _outclassed(self, first: np.ndarray, residual: np.ndarray, both: np.ndarray,
                     gain: float) -> bool:
-        """Whether the kept frames do not predict the new run: its first frame differs from the
-        latest kept frame (after gain and offset) ``MISMATCH`` times more than two kept frames
-        of the pose differ among themselves and it is ``QUIETER`` than them (more dose per
-        frame), or ``MISMATCH_ANY_NOISE`` times more."""
+        """Whether the new run is both quieter than the kept frames (``QUIETER``: more dose per
+        frame, as an acquisition run after fluoroscopy) and not predicted by them: its first
+        frame differs from the latest kept frame (after gain and offset) ``MISMATCH`` times
+        more than two kept frames of the pose differ among themselves."""
         if self.count < 2:
             return False
         latest = self.latest()
@@ -92,12 +88,10 @@ class ReferenceBank:
         same = both & (previous >= 0)
         if np.count_nonzero(same) < 0.05 * same.size:
             return False
-        mismatch = _robust_sigma(residual) / max(gain * _robust_sigma((latest - previous)[same]),
-                                                 1e-12)
-        if mismatch > MISMATCH_ANY_NOISE:
-            return True
-        return (mismatch > MISMATCH
-                and _pixel_noise(latest, both) >= QUIETER * _pixel_noise(first, both))
+        if _pixel_noise(latest, both) < QUIETER * _pixel_noise(first, both):
+            return False
+        kept = gain * _robust_sigma((latest - previous)[same])
+        return _robust_sigma(residual) > MISMATCH * kept
 
     def adopt_run(self, first: np.ndarray, usable: np.ndarray) -> tuple[int, int]:
         """Bring the kept frames to a new run's display scale and find its image shift.
@@ -105,9 +99,9 @@ class ReferenceBank:
         Each run has its own window (and dose), so stored values differ by a gain and an
         offset; a least-squares line between the latest kept frame and the run's first frame
         maps the older frames, which then take the first frame's brighter pixels. A run the
-        kept frames do not predict (:meth:`_outclassed`) starts a reference of its own. Returns
-        the integer shift (dx, dy) of the new run relative to the kept frames, from phase
-        correlation (0, 0 when unsure).
+        kept frames do not predict and that is quieter than them starts a reference of its own
+        (:meth:`_outclassed`). Returns the integer shift (dx, dy) of the new run relative to
+        the kept frames, from phase correlation (0, 0 when unsure).
         """
         self.runs_seen += 1
         latest = self.latest()

@@ -25,32 +25,27 @@ def _bank_of_fluoroscopy(rng, noise: float) -> ReferenceBank:
     return bank
 
 
-def _structure(amplitude: float) -> np.ndarray:
-    yy, xx = np.mgrid[:SHAPE[0], :SHAPE[1]]
-    return (amplitude * np.sin(xx / 5.0 + yy / 7.0)).astype(np.float32)
-
-
-@pytest.mark.parametrize("noise, amplitude", [(0.004, 0.06), (0.02, 0.2)])
-def test_a_run_the_kept_frames_do_not_predict_starts_its_own_reference(noise, amplitude):
-    """An acquisition run (a fifth of the noise, other processing: a structured difference
-    about 2.4 times the kept frames' own), or a run as noisy as them that differs 7 times more
-    (other processing)."""
+def test_a_quieter_run_the_kept_frames_do_not_predict_starts_its_own_reference():
     rng = np.random.default_rng(1)
     bank = _bank_of_fluoroscopy(rng, 0.02)
-    first = _scene(rng, noise) + _structure(amplitude)
+    # an acquisition run: a sixth of the noise, and other processing (a structured difference)
+    yy, xx = np.mgrid[:SHAPE[0], :SHAPE[1]]
+    first = _scene(rng, 0.004) + (0.06 * np.sin(xx / 5.0 + yy / 7.0)).astype(np.float32)
     bank.adopt_run(first, np.ones(SHAPE, bool))
     assert bank.count == 1
     np.testing.assert_array_equal(bank.current_envelope(), first)
 
 
-@pytest.mark.parametrize("noise, amplitude", [(0.02, 0.0), (0.004, 0.0), (0.02, 0.06)])
-def test_a_run_like_the_kept_frames_keeps_them(noise, amplitude):
+@pytest.mark.parametrize("noise, structured", [(0.02, False), (0.004, False), (0.02, True)])
+def test_a_run_like_the_kept_frames_keeps_them(noise, structured):
     """Same noise (fluoroscopy after fluoroscopy), or quieter but predicted by the kept
-    frames, or as noisy and moderately mismatched (breathing moved it): the kept frames
-    (breathing phases) stay."""
+    frames, or mismatched but as noisy: the kept frames (breathing phases) stay."""
     rng = np.random.default_rng(2)
     bank = _bank_of_fluoroscopy(rng, 0.02)
-    first = _scene(rng, noise, offset=0.01) + _structure(amplitude)
+    first = _scene(rng, noise, offset=0.01)
+    if structured:
+        yy, xx = np.mgrid[:SHAPE[0], :SHAPE[1]]
+        first += (0.06 * np.sin(xx / 5.0 + yy / 7.0)).astype(np.float32)
     bank.adopt_run(first, np.ones(SHAPE, bool))
     assert bank.count == 8
 
