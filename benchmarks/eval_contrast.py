@@ -4,7 +4,8 @@
 
 Each case is replayed through the pipeline with the contrast stage only (dose runs as always)
 into ``OUT/<case>/events.jsonl`` and ``summary.json``, then scored with
-:mod:`sifluoro.sim.evaluate`; the contrast section and the per-study outcomes are printed.
+:mod:`sifluoro.sim.evaluate`; the contrast section, the per-study outcomes and where the
+per-frame errors from injection start lie (:func:`frame_confusion`) are printed.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import json
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 from sifluoro.config import Settings
@@ -29,6 +31,47 @@ def run_set(cases_dir: str | Path, out_dir: str | Path) -> dict:
                summary_path=out_dir / case_dir.name / "summary.json", stages=[ContrastStage()],
                settings=Settings(latency_budget_ms=1e9))   # accuracy independent of load
     return evaluate(cases_dir, out_dir)
+
+
+_SHORT = {"none": "none", "intra_articular": "I", "extravasation": "E", "vascular": "V"}
+
+
+def frame_confusion(cases_dir: str | Path, results_dir: str | Path) -> dict:
+    """Frames from injection start (the first frame whose truth is not ``none``, as in
+    :mod:`sifluoro.sim.evaluate`) by truth and output state, ``"I->E"``-style keys (``"V->none"``:
+    not seen yet), and the studies each wrong pair comes from. Frames without an event are
+    left out."""
+    pairs: Counter = Counter()
+    studies: dict[str, set] = {}
+    for truth_path in sorted(Path(cases_dir).glob("*/truth.json")):
+        truth = json.loads(truth_path.read_text())
+        events_path = Path(results_dir) / truth_path.parent.name / "events.jsonl"
+        out = {}
+        if events_path.exists():
+            for line in events_path.read_text().splitlines():
+                if line.strip():
+                    e = json.loads(line)
+                    out[e["index"]] = e["contrast"]["state"]
+        started = False
+        for f in truth["frames"]:
+            started = started or f["contrast_state"] != "none"
+            if not started or f["index"] not in out:
+                continue
+            key = f"{_SHORT[f['contrast_state']]}->{_SHORT[out[f['index']]]}"
+            pairs[key] += 1
+            if f["contrast_state"] != out[f["index"]]:
+                studies.setdefault(key, set()).add(truth_path.parent.name)
+    return {"frames": sum(pairs.values()), "pairs": dict(sorted(pairs.items())),
+            "wrong_studies": {k: sorted(v) for k, v in sorted(studies.items())}}
+
+
+def confusion_lines(conf: dict) -> list[str]:
+    wrong = {k: n for k, n in conf["pairs"].items() if k.split("->")[0] != k.split("->")[1]}
+    lines = [f"  per-frame from injection: {conf['frames']} frames, wrong "
+             + (", ".join(f"{k} {n}" for k, n in sorted(wrong.items(), key=lambda kv: -kv[1]))
+                or "none")]
+    lines += [f"    {k}: {', '.join(v)}" for k, v in conf["wrong_studies"].items()]
+    return lines
 
 
 def contrast_lines(rep: dict) -> list[str]:
@@ -50,10 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="eval_contrast_") as tmp:
         rep = run_set(args.cases, args.out or tmp)
+        conf = frame_confusion(args.cases, args.out or tmp)
     if args.json:
-        print(json.dumps({"contrast": rep["contrast"], "per_study": rep["per_study"]}, indent=1))
+        print(json.dumps({"contrast": rep["contrast"], "per_study": rep["per_study"],
+                          "frame_confusion": conf}, indent=1))
     else:
-        print("\n".join(contrast_lines(rep)))
+        print("\n".join(contrast_lines(rep) + confusion_lines(conf)))
         print(f"  ({time.perf_counter() - t0:.0f} s)")
     return 0
 
