@@ -30,6 +30,11 @@ WORK_MM = 0.6  # working pixel: resolves the 1-3 mm joint gap
 ANGLE_TOLERANCE_DEG = 1.5  # a larger re-angulation changes the projected joint: new view
 MAX_SHIFT_MM = 30.0  # beyond this, the registration is not trusted: segment again
 MIN_PEAK = 0.25  # phase-correlation peak below which the frames do not match (same view: > 0.5)
+# a run without C-arm angles in its header may start at a new pose: its first frame against the
+# view's average peaks at 0.57-0.95 when the pose is the same and at -0.08-0.38 when the C-arm
+# turned by 7 degrees or more (training seeds 606, 607), which a shift of up to 30 mm within
+# MIN_PEAK let through (a scout's line kept on the oblique runs after it)
+RUN_START_PEAK = 0.5
 RESEGMENT_AT = (1, 2, 4, 8, 16)  # frames averaged in a view when the joint is segmented again
 TARGET_FRACTION = 5.0 / 6.0  # the centre of the inferior third of the joint line
 # the SI joint runs obliquely front to back (typically 20-30 degrees): an AP or near-AP beam
@@ -159,7 +164,8 @@ class JointStage:
         if tech.primary_angle_deg is not None and tech.secondary_angle_deg is not None:
             angles = (float(tech.primary_angle_deg), float(tech.secondary_angle_deg))
         grid = working_grid(geometry.spacing_mm, target_mm=WORK_MM)
-        if st.run is not frame.run:
+        new_run = st.run is not frame.run
+        if new_run:
             st.run = frame.run
             st.run_exposed = exposed_field(image, exposed_mask(frame.run, image.shape, margin_px=2))
             st.run_usable = usable_mask(image, st.run_exposed, grid.factor)
@@ -171,10 +177,16 @@ class JointStage:
         if view is None or not view.matches(geometry, angles):
             view = next((v for v in st.views if v.matches(geometry, angles)), None)
             view_changed = True
+        motion = None
+        if view is not None:
+            motion = view.registrar.measure(work)
+            if new_run and angles is None and motion.peak < RUN_START_PEAK:
+                # no header angles: the pose may have changed; a stored view it matches, else new
+                view, motion = _matching_view(st.views, view, geometry, work)
+                view_changed = True
         if view is None:
             view = self._new_view(st, geometry, angles, work, _side(frame))
         else:
-            motion = view.registrar.measure(work)
             shift_mm = np.hypot(*motion.shift_xy) * geometry.spacing_mm
             if motion.peak < MIN_PEAK and angles is not None:
                 # the header says the pose is unchanged: a weak peak is a noisy (low-dose)
@@ -267,6 +279,19 @@ class JointStage:
             target = {"xy": [round(target_xy[0], 2), round(target_xy[1], 2)],
                       "radius_mm": round(radius_mm, 2)}
         return {"joint": joint, "target": target}
+
+
+def _matching_view(views: list[_View], current: _View, geometry: _Geometry, work: np.ndarray):
+    """(view, motion) of the stored angle-less view of this geometry other than ``current``
+    that ``work`` matches best with a peak of at least :data:`RUN_START_PEAK`, or (None, None)."""
+    best = (None, None)
+    for v in views:
+        if v is current or v.angles_deg is not None or v.geometry != geometry:
+            continue
+        motion = v.registrar.measure(work)
+        if motion.peak >= RUN_START_PEAK and (best[1] is None or motion.peak > best[1].peak):
+            best = (v, motion)
+    return best
 
 
 def _side(frame: Frame) -> str | None:

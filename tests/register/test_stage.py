@@ -331,3 +331,32 @@ def test_refined_line_is_midway_between_the_rims():
     assert np.abs(pts[:, 0] - centre).max() < 0.3
     darkest = 80 - 3 + int(np.argmin(image[30, 77:84]))
     assert abs(darkest - centre) > 0.6
+
+
+def _without_angles(run_item):
+    """The run's frames under a header that states no C-arm angles (as many RF headers)."""
+    from dataclasses import replace
+    run, frames, truth = run_item
+    bare = make_run(np.stack([f.pixels for f in frames]), bits_stored=run.bits_stored,
+                    photometric=run.photometric, pixel_intensity_sign=run.pixel_intensity_sign,
+                    technique=replace(run.technique, primary_angle_deg=None,
+                                      secondary_angle_deg=None), index=run.index)
+    return frames_of(bare, frames[0].index), truth
+
+
+def test_a_new_pose_without_header_angles_is_a_new_view(stage, sim_runs):
+    """Case (7, 2) with no angles in any header: the opened run (a new C-arm angle) matches the
+    doubled working view too poorly to be the same pose, and gets its own line; the working
+    runs, at one pose, stay one view."""
+    items = [_without_angles(item) for item in sim_runs[:4]]
+    frames = [f for fr, _ in items for f in fr]
+    events, _ = run_frames(stage, frames)
+    starts = np.cumsum([0] + [len(fr) for fr, _ in items])
+    opened = events[starts[3]]["joint"]
+    assert opened is None or opened["view_changed"]
+    assert not any(e["joint"] is not None and e["joint"]["view_changed"]
+                   for e in events[starts[2]:starts[2] + 1])
+    last, truth = events[-1]["joint"], items[3][1][-1]
+    spacing = sim_runs[3][0].pixel_spacing_xy_mm[0]
+    assert last is not None and not last["doubled"]
+    assert mean_distance_mm(last["polyline_xy"], truth.joint_polyline_xy, spacing) < 2.0
