@@ -360,3 +360,21 @@ def test_a_new_pose_without_header_angles_is_a_new_view(stage, sim_runs):
     spacing = sim_runs[3][0].pixel_spacing_xy_mm[0]
     assert last is not None and not last["doubled"]
     assert mean_distance_mm(last["polyline_xy"], truth.joint_polyline_xy, spacing) < 2.0
+
+
+def test_inferior_end_is_looked_for_below_a_window_that_cut_it_off():
+    """The window (rows 40-120) stops inside the stretch of constant gap (60-150): the inferior
+    end is found further down the path, where the gap widens; a window that covers the end keeps
+    the end found within it."""
+    from sifluoro.register.joint import NARROW_TRIM_MM, _narrow_stretch
+    image = _widening_joint()
+    c = (image.shape[1] - 1) / 2.0
+    rows = np.arange(image.shape[0])
+    path = np.rint(c - 0.3 * (rows - image.shape[0] / 2)).astype(np.int32)
+    gain = np.full(image.shape, -10.0, np.float32)
+    gain[rows[21:200], path[21:200]] = 5.0  # the valley path follows the line where it is drawn
+    trim = NARROW_TRIM_MM / 0.6
+    _, b, _ = _narrow_stretch(image, gain, path, 25, 195, 40, 120, 0.6, 0.0)
+    assert abs(b + trim - 150) <= 8
+    _, b_covered, _ = _narrow_stretch(image, gain, path, 25, 195, 40, 185, 0.6, 0.0)
+    assert abs(b_covered + trim - 150) <= 8
