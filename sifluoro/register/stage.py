@@ -6,7 +6,8 @@ view the joint is segmented; the view's frames are then registered to that first
 better than one), and segmented again on the average as it improves. Every frame gets the line
 moved by its measured motion and clipped to its exposed field. A view left and later re-entered
 (the C-arm went back to the working pose) keeps what it had learnt. A view whose header puts the
-beam near AP (:data:`NEAR_AP_DEG`) always gets the doubled-line advice.
+beam near AP (:data:`NEAR_AP_DEG`) or far more oblique than the joint (:data:`FAR_OBLIQUE_DEG`)
+always gets the doubled-line advice.
 """
 from __future__ import annotations
 
@@ -42,6 +43,12 @@ TARGET_FRACTION = 5.0 / 6.0  # the centre of the inferior third of the joint lin
 # however single the faint line found looks (training seeds 606, 607: every run below 20
 # degrees is doubled; 200 of the 523 reported frames below 15 degrees were called single)
 NEAR_AP_DEG = 15.0
+# nor can a beam far more oblique than the joint: its obliquity (20-30 degrees) and the spread of
+# its surface's slope across the depth (about 4 degrees either way) bound the tangent beams to
+# 16-34 degrees. Beyond 34 degrees the line seen is one margin, as sharp as a tangent one
+# (training seeds 606 / 609: views at 36.7 and 36.1 degrees called single on every frame;
+# single lines were seen at 18.4-31.6 degrees)
+FAR_OBLIQUE_DEG = 34.0
 ADVICE_DOUBLED = ("Joint margins are not superimposed (doubled line): rotate the C-arm a few "
                   "degrees obliquely until the two lines merge into one.")
 
@@ -107,7 +114,7 @@ class _View:
         # does not confirm was noise
         self.line = segment_joint(mean, grid=self.grid, usable=usable, side=self.side)
         if (self.line is not None and self.angles_deg is not None
-                and abs(self.angles_deg[0]) < NEAR_AP_DEG):
+                and not NEAR_AP_DEG <= abs(self.angles_deg[0]) <= FAR_OBLIQUE_DEG):
             self.line = replace(self.line, doubled=True)
         self.target_xy = self.line.point_at(TARGET_FRACTION) if self.line is not None else None
 

@@ -298,9 +298,11 @@ def test_line_is_cut_where_the_gap_widens():
     assert ys.max() - ys.min() >= 0.8 * 90
 
 
-def test_a_near_ap_view_is_called_doubled(stage, sim_runs):
+@pytest.mark.parametrize("primary_deg", [5.0, -40.0])
+def test_a_near_ap_or_far_oblique_view_is_called_doubled(stage, sim_runs, primary_deg):
     """The opened (single-line) frames of case (7, 2) under a header that says the beam is
-    near AP: a joint 20-30 degrees oblique cannot be tangent to it, so the advice is given."""
+    near AP or far more oblique than the joint: a joint 20-30 degrees oblique cannot be tangent
+    to it, so the advice is given."""
     from dataclasses import replace
     run, frames, truth = sim_runs[3]
     assert not truth[0].joint_doubled
@@ -308,7 +310,7 @@ def test_a_near_ap_view_is_called_doubled(stage, sim_runs):
     assert opened[-1]["joint"] is not None and not opened[-1]["joint"]["doubled"]
     near_ap = make_run(np.stack([f.pixels for f in frames]), bits_stored=run.bits_stored,
                        photometric=run.photometric, pixel_intensity_sign=run.pixel_intensity_sign,
-                       technique=replace(run.technique, primary_angle_deg=5.0))
+                       technique=replace(run.technique, primary_angle_deg=primary_deg))
     events, _ = run_frames(stage, frames_of(near_ap))
     assert events[-1]["joint"] is not None
     assert events[-1]["joint"]["doubled"] and events[-1]["joint"]["advice"] is not None
