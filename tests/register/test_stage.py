@@ -187,6 +187,19 @@ def test_line_far_from_the_centre_is_not_a_joint():
     assert segment_joint(wide, grid=grid, usable=np.ones(wide.shape, bool), side="L") is None
 
 
+@pytest.mark.parametrize("offset_mm, plausible", [(30.0, True), (44.0, False)])
+def test_a_line_whose_target_lies_far_from_the_centre_is_not_a_joint(offset_mm, plausible):
+    """The C-arm is centred near the joint's inferior third: a line whose target point lies
+    more than 40 mm from the image centre is another structure."""
+    from sifluoro.imaging import WorkingGrid
+    from sifluoro.register.joint import _plausible
+    grid = WorkingGrid(2, 0.6)  # full-resolution pixels of 0.3 mm
+    shape = (400, 400)  # working pixels: a 800 px full frame, centre at 399.5
+    ys = np.linspace(0.0, 480.0, 41)  # the point at 5/6 of its length on the centre row
+    full = np.stack([399.5 + offset_mm / 0.3 - 0.2 * (ys - 399.5), ys], axis=1)
+    assert _plausible(full, shape, grid, "L") is plausible
+
+
 def test_rim_balance_tells_a_tangent_line_from_doubled_margins():
     from sifluoro.register.joint import _rim_balance
     path = np.full(160, 80, np.int32)
