@@ -42,6 +42,11 @@ RIM_REACH_MM = 6.0  # the rims looked for either side of the line (the widest ga
 WIDTH_SMOOTH_MM = 5.0  # running median of the widths along the line (trabecular texture)
 CORE_MM = 25.0  # the core width is the median within this of the window's centre
 END_MIN_MM = 20.0  # each end lies at least this far from the window's centre
+# a window that ends before the gap widens has cut the joint's inferior end off (the end then
+# lay 5-17 mm further down on 606 / 607): the end is looked for this much further along the path,
+# as far as it still follows a line. Looked for there always, it ran 5-10 mm past the end of
+# joints the window had covered (training seed 607: mean distance 0.74 -> 0.99 mm)
+INF_PAST_WINDOW_MM = 20.0
 NARROW_MIN_MM = 30.0  # a narrow stretch shorter than this is not the joint: the window is kept
 # the fitted ends are uncertain by several mm and a line running on past the joint's end costs
 # more than one stopping short: the stretch loses this much at each end (2 -> 3 mm, training
@@ -55,7 +60,12 @@ NARROW_TRIM_MM = 3.0
 LINE_OFFSET_MM = 0.5
 SIDE_OFFSETS_MM = (1.2, 2.0, 3.2)  # half-widths of the lucent line that are looked for
 CENTRE_X_MM = 50.0  # the joint lies within this of the field's central column
-TARGET_RADIUS_MM = 50.0  # the target (joint's inferior third) lies within this of the centre
+# the C-arm is centred near the target: the true targets lie within 32 mm of the image centre
+# (2707 frames of seeds 606, 607, 609, 610); a line whose inferior third lies beyond this is
+# another structure and the next path is tried (50 -> 40 mm; mean distance 606 / 607 / 609 /
+# 610: 0.61 -> 0.61 / 0.75 -> 0.67 / 1.52 -> 1.47 / 0.70 -> 0.53 mm, reported 0.971 -> 0.971
+# / 0.986 -> 0.984 / 0.926 -> 0.907 / 0.990 -> 0.987: a 1.2 mm scout line was lost too)
+TARGET_RADIUS_MM = 40.0
 RIM_BALANCE_MIN = 0.7  # weaker/stronger rim contrast below this: the margins do not superimpose
 # a beam tangent to the joint crosses the whole depth of the gap: the line stands out in full
 # contrast. Off tangency the gap projects wider and fainter: a line whose depth is below this
@@ -169,7 +179,8 @@ def segment_joint(work: np.ndarray, *, grid: WorkingGrid, usable: np.ndarray,
         # the path may run on along the bone outline above the joint and into the sciatic notch
         # below it: keep a stretch of a joint's height
         w0, w1, wbest = _best_window(gain, path, y0, y1, int(WINDOW_MM / grid.spacing_mm))
-        for n0, n1, nbest in (_narrow_stretch(fine, gain, path, y0, w0, w1, grid.spacing_mm, wbest),
+        stretch = _narrow_stretch(fine, gain, path, y0, y1, w0, w1, grid.spacing_mm, wbest)
+        for n0, n1, nbest in (stretch,
                               (w0, w1, wbest)):
             pts = _refine(fine, path, n0, n1, reach=max(1, int(round(1.5 / grid.spacing_mm))),
                           rim_reach=max(4, int(round(RIM_REACH_MM / grid.spacing_mm))),
@@ -317,26 +328,37 @@ def fit_end(width_mm: np.ndarray, *, rate: float, core: float, cap: float, min_r
     return int(ends[np.argmin(cost)])
 
 
-def _narrow_stretch(smooth: np.ndarray, gain: np.ndarray, path: np.ndarray, y0: int, w0: int,
-                    w1: int, spacing_mm: float, wbest: float) -> tuple[int, int, float]:
+def _narrow_stretch(smooth: np.ndarray, gain: np.ndarray, path: np.ndarray, y0: int, y1: int,
+                    w0: int, w1: int, spacing_mm: float, wbest: float) -> tuple[int, int, float]:
     """The part of the window ``w0..w1`` where the gap keeps its core width (see
     :data:`WIDEN_RATE_PER_MM`; less :data:`NARROW_TRIM_MM` at each end), with its summed gain;
     the window itself when that part is short. The superior end is looked for up to the path's
     start ``y0`` (the window may stop short of the joint's end), the inferior one within the
-    window (below it the path may follow the sciatic notch's outline, as narrow as the joint)."""
-    width = rim_widths(smooth, path, y0, w1, reach=max(4, int(round(RIM_REACH_MM / spacing_mm))),
+    window (below it the path may follow the sciatic notch's outline, as narrow as the joint),
+    and only when the gap keeps its width to the window's end, on along the path towards ``y1``
+    (see :data:`INF_PAST_WINDOW_MM`)."""
+    # the path's rows below the window while it stays a line (positive gain), for an inferior
+    # end the window cut off
+    e = min(y1, w1 + int(round(INF_PAST_WINDOW_MM / spacing_mm)))
+    past = gain[np.arange(w1 + 1, e + 1), path[w1 + 1:e + 1]] > 0
+    e = w1 + (int(np.argmin(past)) if not past.all() else len(past))
+    width = rim_widths(smooth, path, y0, e, reach=max(4, int(round(RIM_REACH_MM / spacing_mm))),
                        half=max(1, int(round(1.5 / spacing_mm))))
     width = scipy.ndimage.median_filter(width, size=int(WIDTH_SMOOTH_MM / spacing_mm) | 1,
                                         mode="nearest") * spacing_mm
     c = (w0 + w1) // 2 - y0
     k = int(round(CORE_MM / spacing_mm))
     core = float(np.median(width[max(0, c - k):c + k + 1]))
-    cap = float(np.percentile(width, 95))
+    cap = float(np.percentile(width[:w1 - y0 + 1], 95))
     m = int(round(END_MIN_MM / spacing_mm))
     sup = fit_end(width[c::-1], rate=WIDEN_RATE_PER_MM[0], core=core, cap=cap, min_rows=m,
                   spacing_mm=spacing_mm)
-    inf = fit_end(width[c:], rate=WIDEN_RATE_PER_MM[1], core=core, cap=cap, min_rows=m,
-                  spacing_mm=spacing_mm)
+    inf = fit_end(width[c:w1 - y0 + 1], rate=WIDEN_RATE_PER_MM[1], core=core, cap=cap,
+                  min_rows=m, spacing_mm=spacing_mm)
+    if inf >= w1 - y0 - c and e > w1:
+        # the gap keeps its width to the window's end: the joint runs on below it
+        inf = fit_end(width[c:], rate=WIDEN_RATE_PER_MM[1], core=core, cap=cap, min_rows=m,
+                      spacing_mm=spacing_mm)
     trim = int(round(NARROW_TRIM_MM / spacing_mm))
     a, b = y0 + c - sup + trim, y0 + c + inf - trim
     if b - a + 1 < NARROW_MIN_MM / spacing_mm:

@@ -6,7 +6,8 @@ view the joint is segmented; the view's frames are then registered to that first
 better than one), and segmented again on the average as it improves. Every frame gets the line
 moved by its measured motion and clipped to its exposed field. A view left and later re-entered
 (the C-arm went back to the working pose) keeps what it had learnt. A view whose header puts the
-beam near AP (:data:`NEAR_AP_DEG`) always gets the doubled-line advice.
+beam near AP (:data:`NEAR_AP_DEG`) or far more oblique than the joint (:data:`FAR_OBLIQUE_DEG`)
+always gets the doubled-line advice.
 """
 from __future__ import annotations
 
@@ -30,6 +31,11 @@ WORK_MM = 0.6  # working pixel: resolves the 1-3 mm joint gap
 ANGLE_TOLERANCE_DEG = 1.5  # a larger re-angulation changes the projected joint: new view
 MAX_SHIFT_MM = 30.0  # beyond this, the registration is not trusted: segment again
 MIN_PEAK = 0.25  # phase-correlation peak below which the frames do not match (same view: > 0.5)
+# a run without C-arm angles in its header may start at a new pose: its first frame against the
+# view's average peaks at 0.57-0.95 when the pose is the same and at -0.08-0.38 when the C-arm
+# turned by 7 degrees or more (training seeds 606, 607), which a shift of up to 30 mm within
+# MIN_PEAK let through (a scout's line kept on the oblique runs after it)
+RUN_START_PEAK = 0.5
 RESEGMENT_AT = (1, 2, 4, 8, 16)  # frames averaged in a view when the joint is segmented again
 TARGET_FRACTION = 5.0 / 6.0  # the centre of the inferior third of the joint line
 # the SI joint runs obliquely front to back (typically 20-30 degrees): an AP or near-AP beam
@@ -37,6 +43,12 @@ TARGET_FRACTION = 5.0 / 6.0  # the centre of the inferior third of the joint lin
 # however single the faint line found looks (training seeds 606, 607: every run below 20
 # degrees is doubled; 200 of the 523 reported frames below 15 degrees were called single)
 NEAR_AP_DEG = 15.0
+# nor can a beam far more oblique than the joint: its obliquity (20-30 degrees) and the spread of
+# its surface's slope across the depth (about 4 degrees either way) bound the tangent beams to
+# 16-34 degrees. Beyond 34 degrees the line seen is one margin, as sharp as a tangent one
+# (training seeds 606 / 609: views at 36.7 and 36.1 degrees called single on every frame;
+# single lines were seen at 18.4-31.6 degrees)
+FAR_OBLIQUE_DEG = 34.0
 ADVICE_DOUBLED = ("Joint margins are not superimposed (doubled line): rotate the C-arm a few "
                   "degrees obliquely until the two lines merge into one.")
 
@@ -102,7 +114,7 @@ class _View:
         # does not confirm was noise
         self.line = segment_joint(mean, grid=self.grid, usable=usable, side=self.side)
         if (self.line is not None and self.angles_deg is not None
-                and abs(self.angles_deg[0]) < NEAR_AP_DEG):
+                and not NEAR_AP_DEG <= abs(self.angles_deg[0]) <= FAR_OBLIQUE_DEG):
             self.line = replace(self.line, doubled=True)
         self.target_xy = self.line.point_at(TARGET_FRACTION) if self.line is not None else None
 
@@ -160,7 +172,8 @@ class JointStage:
         if tech.primary_angle_deg is not None and tech.secondary_angle_deg is not None:
             angles = (float(tech.primary_angle_deg), float(tech.secondary_angle_deg))
         grid = working_grid(geometry.spacing_mm, target_mm=WORK_MM)
-        if st.run is not frame.run:
+        new_run = st.run is not frame.run
+        if new_run:
             st.run = frame.run
             st.run_exposed = exposed_field(image, exposed_mask(frame.run, image.shape, margin_px=2))
             st.run_usable = usable_mask(image, st.run_exposed, grid.factor)
@@ -172,10 +185,16 @@ class JointStage:
         if view is None or not view.matches(geometry, angles):
             view = next((v for v in st.views if v.matches(geometry, angles)), None)
             view_changed = True
+        motion = None
+        if view is not None:
+            motion = view.registrar.measure(work)
+            if new_run and angles is None and motion.peak < RUN_START_PEAK:
+                # no header angles: the pose may have changed; a stored view it matches, else new
+                view, motion = _matching_view(st.views, view, geometry, work)
+                view_changed = True
         if view is None:
             view = self._new_view(st, geometry, angles, work, _side(frame))
         else:
-            motion = view.registrar.measure(work)
             shift_mm = np.hypot(*motion.shift_xy) * geometry.spacing_mm
             if motion.peak < MIN_PEAK and angles is not None:
                 # the header says the pose is unchanged: a weak peak is a noisy (low-dose)
@@ -195,7 +214,8 @@ class JointStage:
         if view.frames < RESEGMENT_AT[-1]:
             shift_work = (shift_full[0] / grid.factor, shift_full[1] / grid.factor)
             view.add(work, st.run_usable, shift_work)
-            if view.frames in RESEGMENT_AT:
+            # a view without a line yet is looked at again on every frame it averages
+            if view.frames in RESEGMENT_AT or view.line is None:
                 view.segment()
 
         if view.line is None:
@@ -268,6 +288,19 @@ class JointStage:
             target = {"xy": [round(target_xy[0], 2), round(target_xy[1], 2)],
                       "radius_mm": round(radius_mm, 2)}
         return {"joint": joint, "target": target}
+
+
+def _matching_view(views: list[_View], current: _View, geometry: _Geometry, work: np.ndarray):
+    """(view, motion) of the stored angle-less view of this geometry other than ``current``
+    that ``work`` matches best with a peak of at least :data:`RUN_START_PEAK`, or (None, None)."""
+    best = (None, None)
+    for v in views:
+        if v is current or v.angles_deg is not None or v.geometry != geometry:
+            continue
+        motion = v.registrar.measure(work)
+        if motion.peak >= RUN_START_PEAK and (best[1] is None or motion.peak > best[1].peak):
+            best = (v, motion)
+    return best
 
 
 def _side(frame: Frame) -> str | None:

@@ -187,6 +187,19 @@ def test_line_far_from_the_centre_is_not_a_joint():
     assert segment_joint(wide, grid=grid, usable=np.ones(wide.shape, bool), side="L") is None
 
 
+@pytest.mark.parametrize("offset_mm, plausible", [(30.0, True), (44.0, False)])
+def test_a_line_whose_target_lies_far_from_the_centre_is_not_a_joint(offset_mm, plausible):
+    """The C-arm is centred near the joint's inferior third: a line whose target point lies
+    more than 40 mm from the image centre is another structure."""
+    from sifluoro.imaging import WorkingGrid
+    from sifluoro.register.joint import _plausible
+    grid = WorkingGrid(2, 0.6)  # full-resolution pixels of 0.3 mm
+    shape = (400, 400)  # working pixels: a 800 px full frame, centre at 399.5
+    ys = np.linspace(0.0, 480.0, 41)  # the point at 5/6 of its length on the centre row
+    full = np.stack([399.5 + offset_mm / 0.3 - 0.2 * (ys - 399.5), ys], axis=1)
+    assert _plausible(full, shape, grid, "L") is plausible
+
+
 def test_rim_balance_tells_a_tangent_line_from_doubled_margins():
     from sifluoro.register.joint import _rim_balance
     path = np.full(160, 80, np.int32)
@@ -298,9 +311,11 @@ def test_line_is_cut_where_the_gap_widens():
     assert ys.max() - ys.min() >= 0.8 * 90
 
 
-def test_a_near_ap_view_is_called_doubled(stage, sim_runs):
+@pytest.mark.parametrize("primary_deg", [5.0, -40.0])
+def test_a_near_ap_or_far_oblique_view_is_called_doubled(stage, sim_runs, primary_deg):
     """The opened (single-line) frames of case (7, 2) under a header that says the beam is
-    near AP: a joint 20-30 degrees oblique cannot be tangent to it, so the advice is given."""
+    near AP or far more oblique than the joint: a joint 20-30 degrees oblique cannot be tangent
+    to it, so the advice is given."""
     from dataclasses import replace
     run, frames, truth = sim_runs[3]
     assert not truth[0].joint_doubled
@@ -308,7 +323,7 @@ def test_a_near_ap_view_is_called_doubled(stage, sim_runs):
     assert opened[-1]["joint"] is not None and not opened[-1]["joint"]["doubled"]
     near_ap = make_run(np.stack([f.pixels for f in frames]), bits_stored=run.bits_stored,
                        photometric=run.photometric, pixel_intensity_sign=run.pixel_intensity_sign,
-                       technique=replace(run.technique, primary_angle_deg=5.0))
+                       technique=replace(run.technique, primary_angle_deg=primary_deg))
     events, _ = run_frames(stage, frames_of(near_ap))
     assert events[-1]["joint"] is not None
     assert events[-1]["joint"]["doubled"] and events[-1]["joint"]["advice"] is not None
@@ -331,3 +346,69 @@ def test_refined_line_is_midway_between_the_rims():
     assert np.abs(pts[:, 0] - centre).max() < 0.3
     darkest = 80 - 3 + int(np.argmin(image[30, 77:84]))
     assert abs(darkest - centre) > 0.6
+
+
+def _without_angles(run_item):
+    """The run's frames under a header that states no C-arm angles (as many RF headers)."""
+    from dataclasses import replace
+    run, frames, truth = run_item
+    bare = make_run(np.stack([f.pixels for f in frames]), bits_stored=run.bits_stored,
+                    photometric=run.photometric, pixel_intensity_sign=run.pixel_intensity_sign,
+                    technique=replace(run.technique, primary_angle_deg=None,
+                                      secondary_angle_deg=None), index=run.index)
+    return frames_of(bare, frames[0].index), truth
+
+
+def test_a_new_pose_without_header_angles_is_a_new_view(stage, sim_runs):
+    """Case (7, 2) with no angles in any header: the opened run (a new C-arm angle) matches the
+    doubled working view too poorly to be the same pose, and gets its own line; the working
+    runs, at one pose, stay one view."""
+    items = [_without_angles(item) for item in sim_runs[:4]]
+    frames = [f for fr, _ in items for f in fr]
+    events, _ = run_frames(stage, frames)
+    starts = np.cumsum([0] + [len(fr) for fr, _ in items])
+    opened = events[starts[3]]["joint"]
+    assert opened is None or opened["view_changed"]
+    assert not any(e["joint"] is not None and e["joint"]["view_changed"]
+                   for e in events[starts[2]:starts[2] + 1])
+    last, truth = events[-1]["joint"], items[3][1][-1]
+    spacing = sim_runs[3][0].pixel_spacing_xy_mm[0]
+    assert last is not None and not last["doubled"]
+    assert mean_distance_mm(last["polyline_xy"], truth.joint_polyline_xy, spacing) < 2.0
+
+
+def test_inferior_end_is_looked_for_below_a_window_that_cut_it_off():
+    """The window (rows 40-120) stops inside the stretch of constant gap (60-150): the inferior
+    end is found further down the path, where the gap widens; a window that covers the end keeps
+    the end found within it."""
+    from sifluoro.register.joint import NARROW_TRIM_MM, _narrow_stretch
+    image = _widening_joint()
+    c = (image.shape[1] - 1) / 2.0
+    rows = np.arange(image.shape[0])
+    path = np.rint(c - 0.3 * (rows - image.shape[0] / 2)).astype(np.int32)
+    gain = np.full(image.shape, -10.0, np.float32)
+    gain[rows[21:200], path[21:200]] = 5.0  # the valley path follows the line where it is drawn
+    trim = NARROW_TRIM_MM / 0.6
+    _, b, _ = _narrow_stretch(image, gain, path, 25, 195, 40, 120, 0.6, 0.0)
+    assert abs(b + trim - 150) <= 8
+    _, b_covered, _ = _narrow_stretch(image, gain, path, 25, 195, 40, 185, 0.6, 0.0)
+    assert abs(b_covered + trim - 150) <= 8
+
+
+def test_a_view_without_a_line_is_looked_at_again_on_every_frame(sim_runs, monkeypatch):
+    """The joint shows on the average of 3 frames, not of 2: the third frame has the line
+    (segmentation on 1, 2, 4, 8, 16 frames only would leave it without one)."""
+    from sifluoro.register import stage as stage_module
+    from sifluoro.register.joint import JointLine
+    calls = []
+    line = JointLine(np.array([[100.0, 100.0], [90.0, 200.0]]), 0.9, False, 60.0)
+
+    def fake_segment(mean, **kwargs):
+        calls.append(mean)
+        return line if len(calls) >= 3 else None
+
+    monkeypatch.setattr(stage_module, "segment_joint", fake_segment)
+    _, frames, _ = sim_runs[1]
+    events, _ = run_frames(JointStage(), frames[:5])
+    assert [e["joint"] is not None for e in events[:3]] == [False, False, True]
+    assert len(calls) == 4  # then on the schedule: frames 1, 2, 3 and 4
