@@ -214,8 +214,7 @@ class JointStage:
         if view.frames < RESEGMENT_AT[-1]:
             shift_work = (shift_full[0] / grid.factor, shift_full[1] / grid.factor)
             view.add(work, st.run_usable, shift_work)
-            # a view without a line yet is looked at again on every frame it averages
-            if view.frames in RESEGMENT_AT or view.line is None:
+            if view.frames in RESEGMENT_AT:
                 view.segment()
 
         if view.line is None:

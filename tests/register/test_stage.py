@@ -393,22 +393,3 @@ def test_inferior_end_is_looked_for_below_a_window_that_cut_it_off():
     assert abs(b + trim - 150) <= 8
     _, b_covered, _ = _narrow_stretch(image, gain, path, 25, 195, 40, 185, 0.6, 0.0)
     assert abs(b_covered + trim - 150) <= 8
-
-
-def test_a_view_without_a_line_is_looked_at_again_on_every_frame(sim_runs, monkeypatch):
-    """The joint shows on the average of 3 frames, not of 2: the third frame has the line
-    (segmentation on 1, 2, 4, 8, 16 frames only would leave it without one)."""
-    from sifluoro.register import stage as stage_module
-    from sifluoro.register.joint import JointLine
-    calls = []
-    line = JointLine(np.array([[100.0, 100.0], [90.0, 200.0]]), 0.9, False, 60.0)
-
-    def fake_segment(mean, **kwargs):
-        calls.append(mean)
-        return line if len(calls) >= 3 else None
-
-    monkeypatch.setattr(stage_module, "segment_joint", fake_segment)
-    _, frames, _ = sim_runs[1]
-    events, _ = run_frames(JointStage(), frames[:5])
-    assert [e["joint"] is not None for e in events[:3]] == [False, False, True]
-    assert len(calls) == 4  # then on the schedule: frames 1, 2, 3 and 4
