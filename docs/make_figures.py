@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from sifluoro.demo import run_demo
+from sifluoro.stages import STAGE_NAMES
 from sifluoro.overlay import display_u8
 from sifluoro.sim import simulate_case
 
@@ -63,7 +64,7 @@ def sim_tile(path: Path, picks: list[tuple[int, str]], tile_px: int = 300) -> li
 
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        run_demo(Path(tmp))
+        run_demo(Path(tmp), stages=STAGE_NAMES)  # every stage, to show what each draws
         shutil.copy(Path(tmp) / "annotated.png", HERE / "annotated-demo.png")
     picks = [(0, "first run"), (1, "needle"), (10, "contrast"), (0, "contrast"),
              (1, "contrast"), (4, "contrast"), (5, "needle"), (11, "first run")]
