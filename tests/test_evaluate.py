@@ -110,3 +110,20 @@ def test_doubled_advice_per_case_target_error_and_end_on():
     assert j["target_error_mm_median"] == pytest.approx(2.0)
     assert n["end_on_frames"] == 6 and n["end_on_detection_rate_3mm"] == 0.5
     assert n["tip_frames"] == 24
+
+
+def test_a_doubled_case_without_a_line_is_not_advised_and_single_lines_called_doubled_count():
+    tally = Tally()
+    truth = _truth_doubled()
+    events = _events(truth)
+    for e in events:
+        e["joint"] = None  # never a line: never advised
+    score_study(truth, events, None, tally)
+    single = _truth(["none"] * 4)
+    events = _events(single)
+    for i, e in enumerate(events):
+        e["joint"]["doubled"] = i == 0
+    score_study(single, events, None, tally)
+    j = report(tally)["joint"]
+    assert j["doubled_cases"] == 1 and j["doubled_cases_advice_right_90pct"] == 0.0
+    assert j["single_frames_called_doubled_rate"] == 0.25

@@ -56,6 +56,8 @@ class Tally:
     no_joint_frames: int = 0
     false_joints: int = 0
     doubled_case_rates: list[float] = field(default_factory=list)  # advice right, per doubled case
+    single_frames_with_line: int = 0
+    single_called_doubled: int = 0
     target_errors_mm: list[float] = field(default_factory=list)
     contrast_frames: int = 0
     contrast_correct: int = 0
@@ -75,6 +77,7 @@ def score_study(truth: dict, events: list[dict], summary: dict | None, tally: Ta
     first_truth_state_index: dict[str, int] = {}
     first_output_state_index: dict[str, int] = {}
     doubled_right: list[bool] = []  # on the frames whose truth line is doubled and a line is out
+    doubled_truth = False
     for ft in truth["frames"]:
         e = by_key.get((ft["sop_instance_uid"], ft["frame"]))
         if e is None:
@@ -111,6 +114,10 @@ def score_study(truth: dict, events: list[dict], summary: dict | None, tally: Ta
                     joint["polyline_xy"], float)) * spacing <= 2.0).mean()))
                 if ft.get("joint_doubled"):
                     doubled_right.append(bool(joint.get("doubled")))
+                else:
+                    tally.single_frames_with_line += 1
+                    tally.single_called_doubled += bool(joint.get("doubled"))
+            doubled_truth = doubled_truth or bool(ft.get("joint_doubled"))
             target = e.get("target")
             if target is not None and ft.get("target_xy") is not None:
                 tally.target_errors_mm.append(math.hypot(target["xy"][0] - ft["target_xy"][0],
@@ -131,8 +138,8 @@ def score_study(truth: dict, events: list[dict], summary: dict | None, tally: Ta
         truth_final = state_truth if DANGER[state_truth] >= DANGER[truth_final] else truth_final
         first_truth_state_index.setdefault(state_truth, ft["index"])
         first_output_state_index.setdefault(state_out, ft["index"])
-    if doubled_right:
-        tally.doubled_case_rates.append(float(np.mean(doubled_right)))
+    if doubled_truth:  # a doubled case without any line out was never advised
+        tally.doubled_case_rates.append(float(np.mean(doubled_right)) if doubled_right else 0.0)
     output_final = summary["contrast_state"] if summary else (events[-1]["contrast"]["state"] if events else "none")
     if truth_final != "none":
         if truth_final in first_output_state_index:
@@ -182,8 +189,10 @@ def report(tally: Tally) -> dict:
             "reported_rate": _ratio(tally.joint_reported, tally.joint_frames),
             "false_joint_rate": _ratio(tally.false_joints, tally.no_joint_frames),
             # a doubled case counts as advised when the advice is on >= 90 % of its frames
-            # that show the doubled line and have a line out
+            # that show the doubled line and have a line out (none out: not advised)
             "doubled_cases": len(tally.doubled_case_rates),
+            "single_frames_called_doubled_rate": _ratio(tally.single_called_doubled,
+                                                        tally.single_frames_with_line),
             "doubled_cases_advice_right_90pct": _ratio(
                 sum(r >= 0.9 for r in tally.doubled_case_rates), len(tally.doubled_case_rates)),
             "target_error_mm_median": _pct(tally.target_errors_mm, 50),
@@ -233,7 +242,8 @@ def format_report(r: dict) -> str:
         f"(within 3 mm: {n['end_on_detection_rate_3mm']})",
         f"joint    mean distance {j['mean_distance_mm']} mm, coverage {j['coverage_2mm']}, reported "
         f"{j['reported_rate']}, false {j['false_joint_rate']}; doubled advice right on "
-        f"{j['doubled_cases_advice_right_90pct']} of {j['doubled_cases']} doubled cases; target "
+        f"{j['doubled_cases_advice_right_90pct']} of {j['doubled_cases']} doubled cases (single lines "
+        f"called doubled {j['single_frames_called_doubled_rate']}); target "
         f"error median {j['target_error_mm_median']} mm",
         f"contrast study accuracy {c['study_accuracy']}, per-frame {c['frame_accuracy_from_injection']}, "
         f"vascular sens {c['vascular_sensitivity']} spec {c['vascular_specificity']}, delay median "
