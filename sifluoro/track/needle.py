@@ -132,6 +132,10 @@ class _StudyNeedle:
         # needle-like candidates of the previous frame of the run (full-resolution tip,
         # direction): a cold-start detection must be seen on two frames in a row
         self.prev_candidates: list[tuple[np.ndarray, np.ndarray]] = []
+        # while a needle is followed, a box of the working grid around it is searched instead
+        # of the whole field (its own buffers: the box is much smaller than the field)
+        self.roi_finder = LineFinder(settings)
+        self.since_full = 0  # frames of the run since the last full search
 
 
 class NeedleStage:
@@ -202,12 +206,21 @@ class NeedleStage:
         st = state.stage_state.get("needle")
         if st is None:
             st = state.stage_state["needle"] = _StudyNeedle(self.settings)
-        att = frame_attenuation(frame, state.stage_state)
-        ctx = self._context(st, frame, att)
-        track = st.track  # after the run context: a new view starts a new track
         target = _target(state)
-        track.enter_run(frame.sop_instance_uid)
-        hit = self._detect(st, att, ctx, target)
+        hit = None
+        if self._roi_due(st, frame):
+            st.track.enter_run(frame.sop_instance_uid)
+            hit = self._track_roi(st, frame, state)
+        if hit is not None:
+            st.since_full += 1
+            ctx = st.ctx
+        else:
+            att = frame_attenuation(frame, state.stage_state)
+            ctx = self._context(st, frame, att)
+            st.track.enter_run(frame.sop_instance_uid)  # after the context: a new view, a new track
+            hit = self._detect(st, att, ctx, target)
+            st.since_full = 0
+        track = st.track
         if hit is None:
             track.tip_xy = None
             track.misses += 1
@@ -248,14 +261,7 @@ class NeedleStage:
         x1, y1 = min(cols, int(last[0]) + reach + 1), min(rows, int(last[1]) + reach + 1)
         if x1 - x0 < 8 or y1 - y0 < 8:
             return nothing
-        cached = state.stage_state.get("attenuation")
-        if cached is not None and cached[0] is frame:
-            crop = cached[1][y0:y1, x0:x1]
-        else:
-            crop = frame.pixels[y0:y1, x0:x1].astype(np.float32)
-            crop *= np.float32(1.0 / ((1 << frame.run.bits_stored) - 1))
-            if not frame.run.attenuation_rises_with_value:
-                np.subtract(np.float32(1.0), crop, out=crop)
+        crop = _attenuation_crop(frame, state, y0, y1, x0, x1)
         off = np.array([x0, y0], float)
         refined = self._refine(st, crop, last - off, track.dir_xy, ctx)
         if refined is None or refined[2] <= 0.0:
@@ -395,16 +401,18 @@ class NeedleStage:
         return tip, tip - v * length
 
     def _extend_tip(self, st: _StudyNeedle, tip: np.ndarray, base: np.ndarray,
-                    ctx: _RunContext) -> np.ndarray:
+                    ctx: _RunContext, finder: LineFinder | None = None) -> np.ndarray:
         """Move a segment's free end to the most likely end of the bright line along its axis
-        (the needle fades over dense bone, so the supported segment often stops short)."""
+        (the needle fades over dense bone, so the supported segment often stops short), on the
+        last score map of ``finder`` (the field's by default)."""
         s = self.settings
+        finder = finder or st.finder
         length = float(np.linalg.norm(tip - base))
         u = (tip - base) / length
         ahead = s.extend_mm / ctx.grid.spacing_mm
         n = int(length + ahead) + 1
         prof = st.buf.setdefault(("ext", n), np.empty(n, np.float64))
-        K.line_contrast(st.finder.smooth, base[0], base[1], u[0], u[1], 1.0, 2.0, prof)
+        K.line_contrast(finder.smooth, base[0], base[1], u[0], u[1], 1.0, 2.0, prof)
         lo = max(4, int(length - s.extend_mm / ctx.grid.spacing_mm))
         i, _ = K.step_location(prof, lo, n - 2)
         # the shaft dims where it passes over bone: the strongest fall is then that change of
@@ -421,7 +429,7 @@ class NeedleStage:
                     or seg_mean <= float(rest[j:].mean())):
                 break
             a, b = base + u * i, base + u * (i + j - 1)
-            if st.finder.interval_score(a, b) < s.follow_min_score:
+            if finder.interval_score(a, b) < s.follow_min_score:
                 break
             i += j
         return base + u * (i - 0.5)
@@ -497,36 +505,124 @@ class NeedleStage:
             return tip, u, float(np.linalg.norm(tip - base)), score
         return self._follow(st, att, ctx)
 
-    def _follow(self, st: _StudyNeedle, att: np.ndarray, ctx: _RunContext):
+    def _follow(self, st: _StudyNeedle, att: np.ndarray, ctx: _RunContext, *,
+                finder: LineFinder | None = None, origin_w: np.ndarray | None = None,
+                start_w: tuple[np.ndarray, np.ndarray] | None = None,
+                max_step_mm: float = math.inf):
         """No candidate taken, but a needle followed in this view: look for it where it was
-        (the tip refined along the last axis, as :meth:`process_roi` does) and keep it when
-        the shaft behind the refined tip is still a line on the run's mean image (evidence
-        ``follow_min_score``). A needle over dense bone or beside a cortical edge often drops
-        out of the line search for a few frames while it is still plainly there."""
+        (its end along the last axis on the run's mean image, then the tip refined on this
+        frame) and keep it when the shaft behind the refined tip is still a line on the mean
+        image (evidence ``follow_min_score``). A needle over dense bone or beside a cortical
+        edge often drops out of the line search for a few frames while it is still plainly
+        there.
+
+        ``finder`` holds the score map (the field's by default; :meth:`_track_roi` passes its
+        box's), whose pixel (0, 0) is working-grid pixel ``origin_w``; ``att`` then covers
+        the same box at full resolution; ``start_w`` a (tip, base) already placed on that
+        map, refined instead of the last tip's end along the last axis; a tip further than
+        ``max_step_mm`` from the last one is not taken. Returns (tip,
+        direction, length, score) in full-resolution pixels of the frame, or None."""
         s = self.settings
         track = st.track
         last = track.tip_xy if track.tip_xy is not None else track.last_tip_of_run
         if last is None or track.dir_xy is None or track.hits < s.follow_min_hits:
             return None
         grid = ctx.grid
+        finder = finder or st.finder
+        origin_w = np.zeros(2) if origin_w is None else origin_w
+        origin_full = origin_w * grid.factor
         span_px = min(track.length_px, 2.0 * s.fit_mm / ctx.spacing_mm)
         if span_px * ctx.spacing_mm < s.min_length_mm:
             return None
-        # the needle may have advanced since: its end along the last axis first
-        tip_w = self._extend_tip(st, grid.to_work(last), grid.to_work(last - track.dir_xy * span_px),
-                                 ctx)
-        refined = self._refine(st, att, grid.to_full(tip_w), track.dir_xy, ctx)
+        if start_w is not None:
+            tip_w, base_w = start_w
+            u0 = (tip_w - base_w) / np.linalg.norm(tip_w - base_w)
+        else:
+            # the needle may have advanced since: its end along the last axis first
+            tip_w = self._extend_tip(st, grid.to_work(last) - origin_w,
+                                     grid.to_work(last - track.dir_xy * span_px) - origin_w,
+                                     ctx, finder)
+            u0 = track.dir_xy
+        refined = self._refine(st, att, grid.to_full(tip_w), u0, ctx)
         if refined is None or refined[2] <= 0.0:
             return None
         tip, u, _ = refined
         if float(u @ track.dir_xy) < math.cos(math.radians(s.track_angle_deg)):
             return None
-        score = st.finder.interval_score(grid.to_work(tip - u * span_px), grid.to_work(tip))
+        if np.linalg.norm(tip + origin_full - last) * ctx.spacing_mm > max_step_mm:
+            return None
+        score = finder.interval_score(grid.to_work(tip - u * span_px), grid.to_work(tip))
         if score < s.follow_min_score:
             return None
-        tip = self._no_retreat(st, ctx, tip, u, True)
+        tip = self._no_retreat(st, ctx, tip + origin_full, u, True)
         base = tip - u * track.length_px
         return tip, u, float(np.linalg.norm(tip - base)), track.score
+
+    # -- following a needle in a box around it ---------------------------------------------
+    def _roi_due(self, st: _StudyNeedle, frame: Frame) -> bool:
+        """Is this frame's needle to be followed in a box around it (:meth:`_track_roi`)
+        instead of searched for over the field? Only for a needle found on the previous frame
+        of this run and by the line search on ``follow_min_hits`` frames, and not on every
+        ``full_search_every``-th frame (the full search also looks for another needle and
+        checks the followed one's probability)."""
+        s = self.settings
+        track = st.track
+        return (s.full_search_every > 1 and st.ctx is not None and st.ctx.run is frame.run
+                and st.mean_work is not None and track.tip_xy is not None
+                and track.dir_xy is not None and track.hits >= s.follow_min_hits
+                and st.since_full < s.full_search_every - 1)
+
+    def _track_roi(self, st: _StudyNeedle, frame: Frame, state) -> tuple | None:
+        """Follow the needle of the previous frame in a box of the working grid around its
+        tip: the run's mean image is updated in the box only, scored there, and the needle is
+        looked for as :meth:`_follow` does. The box holds the shaft used for the fit behind
+        the tip and ``extend_mm`` ahead of it. None when it is not found (the full search then
+        runs on this frame)."""
+        s = self.settings
+        ctx, track = st.ctx, st.track
+        grid, f = ctx.grid, ctx.grid.factor
+        span_px = min(track.length_px, 2.0 * s.fit_mm / ctx.spacing_mm)
+        tip_w = grid.to_work(track.tip_xy)
+        ends = np.array([tip_w + track.dir_xy * (s.extend_mm / grid.spacing_mm),
+                         tip_w - track.dir_xy * (span_px / f)])
+        pad = int(math.ceil(s.track_margin_mm / grid.spacing_mm)) + 4
+        rows_w, cols_w = st.mean_work.shape
+        x0, y0 = np.maximum(np.floor(ends.min(0)).astype(int) - pad, 0)
+        x1 = min(cols_w, int(math.ceil(ends[:, 0].max())) + pad + 1)
+        y1 = min(rows_w, int(math.ceil(ends[:, 1].max())) + pad + 1)
+        if x1 - x0 < 16 or y1 - y0 < 16:
+            return None
+        crop = _attenuation_crop(frame, state, y0 * f, y1 * f, x0 * f, x1 * f)
+        work = downsample(crop, f)
+        mean = st.mean_work[y0:y1, x0:x1]
+        n = min(st.n_mean + 1, s.avg_frames)
+        mean += (work - mean) * np.float32(1.0 / n)
+        st.n_mean = n
+        finder = st.roi_finder
+        finder.score_map(np.ascontiguousarray(mean),
+                         np.ascontiguousarray(ctx.valid_work[y0:y1, x0:x1]),
+                         noise=st.finder.noise)
+        origin_w = np.array([x0, y0], float)
+        # the needle's segment on the followed line, its tip placed as the full search does
+        # (segment, then its end along the line and the axis refitted near it, three times)
+        line = (tip_w[0] - x0, tip_w[1] - y0, track.dir_xy[0], track.dir_xy[1])
+        seg = finder.segment(line, grid.spacing_mm)
+        if seg is None:
+            return None
+        for _ in range(2):
+            line = finder.refit(line, seg[0], seg[1])
+            seg = finder.segment(line, grid.spacing_mm) or seg
+        p, u = np.array(line[:2]), np.array(line[2:])
+        tip, base = p + seg[1] * u, p + seg[0] * u
+        if seg[1] * grid.spacing_mm < -s.track_reach_mm:
+            return None  # a line ending well behind the last tip: not this needle's
+        for _ in range(3):
+            tip = self._extend_tip(st, tip, base, ctx, finder)
+            tip, base = self._refit_segment(finder, tip, base, 2.0 * s.fit_mm / grid.spacing_mm)
+        # within a run the needle moves little from frame to frame: a tip found further away
+        # (the line taken on into bone or an edge ahead) is left to the full search
+        return self._follow(st, crop, ctx, finder=finder, origin_w=origin_w,
+                            start_w=(tip, base), max_step_mm=s.roi_step_mm)
 
     def _no_retreat(self, st: _StudyNeedle, ctx: _RunContext, tip: np.ndarray, u: np.ndarray,
                     tracked: bool) -> np.ndarray:
@@ -602,6 +698,19 @@ def needle_probability(f: dict) -> float:
     :func:`candidate_vector`)."""
     z = float(candidate_vector(f) @ _LOGIT_WEIGHTS) + _LOGIT_BIAS
     return 1.0 / (1.0 + math.exp(-min(max(z, -50.0), 50.0)))
+
+
+def _attenuation_crop(frame: Frame, state, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    """The attenuation image of ``frame`` in rows y0:y1, columns x0:x1: from the frame's
+    shared attenuation when another stage computed it, else of those pixels only."""
+    cached = state.stage_state.get("attenuation")
+    if cached is not None and cached[0] is frame:
+        return cached[1][y0:y1, x0:x1]
+    crop = frame.pixels[y0:y1, x0:x1].astype(np.float32)
+    crop *= np.float32(1.0 / ((1 << frame.run.bits_stored) - 1))
+    if not frame.run.attenuation_rises_with_value:
+        np.subtract(np.float32(1.0), crop, out=crop)
+    return crop
 
 
 def _same_view(a: Run, b: Run) -> bool:
