@@ -136,6 +136,7 @@ class _StudyNeedle:
         # of the whole field (its own buffers: the box is much smaller than the field)
         self.roi_finder = LineFinder(settings)
         self.since_full = 0  # frames of the run since the last full search
+        self.anchor: tuple[np.ndarray, np.ndarray] | None = None  # its tip and direction
 
 
 class NeedleStage:
@@ -220,6 +221,7 @@ class NeedleStage:
             st.track.enter_run(frame.sop_instance_uid)  # after the context: a new view, a new track
             hit = self._detect(st, att, ctx, target)
             st.since_full = 0
+            st.anchor = None if hit is None else (hit[0], hit[1])
         track = st.track
         if hit is None:
             track.tip_xy = None
@@ -505,56 +507,34 @@ class NeedleStage:
             return tip, u, float(np.linalg.norm(tip - base)), score
         return self._follow(st, att, ctx)
 
-    def _follow(self, st: _StudyNeedle, att: np.ndarray, ctx: _RunContext, *,
-                finder: LineFinder | None = None, origin_w: np.ndarray | None = None,
-                start_w: tuple[np.ndarray, np.ndarray] | None = None,
-                max_step_mm: float = math.inf):
+    def _follow(self, st: _StudyNeedle, att: np.ndarray, ctx: _RunContext):
         """No candidate taken, but a needle followed in this view: look for it where it was
-        (its end along the last axis on the run's mean image, then the tip refined on this
-        frame) and keep it when the shaft behind the refined tip is still a line on the mean
-        image (evidence ``follow_min_score``). A needle over dense bone or beside a cortical
-        edge often drops out of the line search for a few frames while it is still plainly
-        there.
-
-        ``finder`` holds the score map (the field's by default; :meth:`_track_roi` passes its
-        box's), whose pixel (0, 0) is working-grid pixel ``origin_w``; ``att`` then covers
-        the same box at full resolution; ``start_w`` a (tip, base) already placed on that
-        map, refined instead of the last tip's end along the last axis; a tip further than
-        ``max_step_mm`` from the last one is not taken. Returns (tip,
-        direction, length, score) in full-resolution pixels of the frame, or None."""
+        (the tip refined along the last axis, as :meth:`process_roi` does) and keep it when
+        the shaft behind the refined tip is still a line on the run's mean image (evidence
+        ``follow_min_score``). A needle over dense bone or beside a cortical edge often drops
+        out of the line search for a few frames while it is still plainly there."""
         s = self.settings
         track = st.track
         last = track.tip_xy if track.tip_xy is not None else track.last_tip_of_run
         if last is None or track.dir_xy is None or track.hits < s.follow_min_hits:
             return None
         grid = ctx.grid
-        finder = finder or st.finder
-        origin_w = np.zeros(2) if origin_w is None else origin_w
-        origin_full = origin_w * grid.factor
         span_px = min(track.length_px, 2.0 * s.fit_mm / ctx.spacing_mm)
         if span_px * ctx.spacing_mm < s.min_length_mm:
             return None
-        if start_w is not None:
-            tip_w, base_w = start_w
-            u0 = (tip_w - base_w) / np.linalg.norm(tip_w - base_w)
-        else:
-            # the needle may have advanced since: its end along the last axis first
-            tip_w = self._extend_tip(st, grid.to_work(last) - origin_w,
-                                     grid.to_work(last - track.dir_xy * span_px) - origin_w,
-                                     ctx, finder)
-            u0 = track.dir_xy
-        refined = self._refine(st, att, grid.to_full(tip_w), u0, ctx)
+        # the needle may have advanced since: its end along the last axis first
+        tip_w = self._extend_tip(st, grid.to_work(last), grid.to_work(last - track.dir_xy * span_px),
+                                 ctx)
+        refined = self._refine(st, att, grid.to_full(tip_w), track.dir_xy, ctx)
         if refined is None or refined[2] <= 0.0:
             return None
         tip, u, _ = refined
         if float(u @ track.dir_xy) < math.cos(math.radians(s.track_angle_deg)):
             return None
-        if np.linalg.norm(tip + origin_full - last) * ctx.spacing_mm > max_step_mm:
-            return None
-        score = finder.interval_score(grid.to_work(tip - u * span_px), grid.to_work(tip))
+        score = st.finder.interval_score(grid.to_work(tip - u * span_px), grid.to_work(tip))
         if score < s.follow_min_score:
             return None
-        tip = self._no_retreat(st, ctx, tip + origin_full, u, True)
+        tip = self._no_retreat(st, ctx, tip, u, True)
         base = tip - u * track.length_px
         return tip, u, float(np.linalg.norm(tip - base)), track.score
 
@@ -562,67 +542,73 @@ class NeedleStage:
     def _roi_due(self, st: _StudyNeedle, frame: Frame) -> bool:
         """Is this frame's needle to be followed in a box around it (:meth:`_track_roi`)
         instead of searched for over the field? Only for a needle found on the previous frame
-        of this run and by the line search on ``follow_min_hits`` frames, and not on every
+        of this run and by the line search on ``follow_min_hits`` frames, after the run's
+        first ``roi_after_frames`` frames (the needle may have moved since the last run, and a
+        tip placed on the mean of fewer frames is not yet a good anchor), and not on every
         ``full_search_every``-th frame (the full search also looks for another needle and
         checks the followed one's probability)."""
         s = self.settings
         track = st.track
         return (s.full_search_every > 1 and st.ctx is not None and st.ctx.run is frame.run
-                and st.mean_work is not None and track.tip_xy is not None
+                and st.mean_work is not None and st.n_mean >= s.roi_after_frames
+                and st.anchor is not None
+                and track.tip_xy is not None
                 and track.dir_xy is not None and track.hits >= s.follow_min_hits
                 and st.since_full < s.full_search_every - 1)
 
     def _track_roi(self, st: _StudyNeedle, frame: Frame, state) -> tuple | None:
-        """Follow the needle of the previous frame in a box of the working grid around its
-        tip: the run's mean image is updated in the box only, scored there, and the needle is
-        looked for as :meth:`_follow` does. The box holds the shaft used for the fit behind
-        the tip and ``extend_mm`` ahead of it. None when it is not found (the full search then
-        runs on this frame)."""
+        """Follow the needle in a box of the working grid around the tip of the run's last
+        full search (the anchor): the end of the line along the anchor's axis on the run's
+        mean image (updated and scored in the box only), refined on this frame, is kept when
+        within ``roi_step_mm`` of the anchor, on the same line, and the shaft behind it is
+        still a line. Starting from the anchor, not from the previous frame's tip, keeps the
+        per-frame errors from adding up. None when not found (the full search then runs)."""
         s = self.settings
         ctx, track = st.ctx, st.track
         grid, f = ctx.grid, ctx.grid.factor
+        anchor, anchor_u = st.anchor
         span_px = min(track.length_px, 2.0 * s.fit_mm / ctx.spacing_mm)
-        tip_w = grid.to_work(track.tip_xy)
-        ends = np.array([tip_w + track.dir_xy * (s.extend_mm / grid.spacing_mm),
-                         tip_w - track.dir_xy * (span_px / f)])
+        if span_px * ctx.spacing_mm < s.min_length_mm:
+            return None
+        tip_w = grid.to_work(anchor)
+        ends = np.array([tip_w + anchor_u * (s.extend_mm / grid.spacing_mm),
+                         tip_w - anchor_u * (span_px / f)])
         pad = int(math.ceil(s.track_margin_mm / grid.spacing_mm)) + 4
         rows_w, cols_w = st.mean_work.shape
-        x0, y0 = np.maximum(np.floor(ends.min(0)).astype(int) - pad, 0)
+        x0, y0 = (max(0, int(v)) for v in np.floor(ends.min(0)) - pad)
         x1 = min(cols_w, int(math.ceil(ends[:, 0].max())) + pad + 1)
         y1 = min(rows_w, int(math.ceil(ends[:, 1].max())) + pad + 1)
         if x1 - x0 < 16 or y1 - y0 < 16:
             return None
         crop = _attenuation_crop(frame, state, y0 * f, y1 * f, x0 * f, x1 * f)
-        work = downsample(crop, f)
         mean = st.mean_work[y0:y1, x0:x1]
         n = min(st.n_mean + 1, s.avg_frames)
-        mean += (work - mean) * np.float32(1.0 / n)
+        mean += (downsample(crop, f) - mean) * np.float32(1.0 / n)
         st.n_mean = n
         finder = st.roi_finder
         finder.score_map(np.ascontiguousarray(mean),
                          np.ascontiguousarray(ctx.valid_work[y0:y1, x0:x1]),
                          noise=st.finder.noise)
         origin_w = np.array([x0, y0], float)
-        # the needle's segment on the followed line, its tip placed as the full search does
-        # (segment, then its end along the line and the axis refitted near it, three times)
-        line = (tip_w[0] - x0, tip_w[1] - y0, track.dir_xy[0], track.dir_xy[1])
-        seg = finder.segment(line, grid.spacing_mm)
-        if seg is None:
-            return None
-        for _ in range(2):
-            line = finder.refit(line, seg[0], seg[1])
-            seg = finder.segment(line, grid.spacing_mm) or seg
-        p, u = np.array(line[:2]), np.array(line[2:])
-        tip, base = p + seg[1] * u, p + seg[0] * u
-        if seg[1] * grid.spacing_mm < -s.track_reach_mm:
-            return None  # a line ending well behind the last tip: not this needle's
+        origin = origin_w * f
+        # the tip's start as the full search places it: the end of the line on the mean image,
+        # the axis refitted near it, three times
+        start_w, base_w = tip_w - origin_w, ends[1] - origin_w
         for _ in range(3):
-            tip = self._extend_tip(st, tip, base, ctx, finder)
-            tip, base = self._refit_segment(finder, tip, base, 2.0 * s.fit_mm / grid.spacing_mm)
-        # within a run the needle moves little from frame to frame: a tip found further away
-        # (the line taken on into bone or an edge ahead) is left to the full search
-        return self._follow(st, crop, ctx, finder=finder, origin_w=origin_w,
-                            start_w=(tip, base), max_step_mm=s.roi_step_mm)
+            start_w = self._extend_tip(st, start_w, base_w, ctx, finder)
+            start_w, base_w = self._refit_segment(finder, start_w, base_w,
+                                                  2.0 * s.fit_mm / grid.spacing_mm)
+        refined = self._refine(st, crop, grid.to_full(start_w), anchor_u, ctx)
+        if refined is None or refined[2] <= 0.0:
+            return None
+        tip, u, _ = refined
+        if (float(u @ anchor_u) < math.cos(math.radians(s.track_angle_deg))
+                or np.linalg.norm(tip + origin - anchor) * ctx.spacing_mm > s.roi_step_mm):
+            return None
+        if finder.interval_score(grid.to_work(tip - u * span_px), grid.to_work(tip)) < s.follow_min_score:
+            return None
+        tip = self._no_retreat(st, ctx, tip + origin, u, True)
+        return tip, u, track.length_px, track.score
 
     def _no_retreat(self, st: _StudyNeedle, ctx: _RunContext, tip: np.ndarray, u: np.ndarray,
                     tracked: bool) -> np.ndarray:

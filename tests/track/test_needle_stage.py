@@ -307,8 +307,9 @@ def test_a_followed_needle_is_tracked_in_a_box_between_full_searches():
 
 
 def test_a_tip_far_from_the_last_one_is_left_to_the_full_search():
-    """The box does not take a tip further than ``roi_step_mm`` from the previous frame's
-    (within a run the needle moves little; further is a line taken on into bone)."""
+    """The box does not take a tip further than ``roi_step_mm`` from the tip of the run's
+    last full search (within a run the needle moves little; further is a line taken on into
+    bone, or errors adding up from frame to frame)."""
     stage = NeedleStage()
     tip, outs, modes, state = _needle_run(stage, 6)
     assert modes[-1] == "box"
@@ -319,6 +320,6 @@ def test_a_tip_far_from_the_last_one_is_left_to_the_full_search():
     near = copy.deepcopy(st)
     assert stage._track_roi(near, frame, state) is not None
     far = copy.deepcopy(st)
-    far.track.tip_xy = far.track.tip_xy - far.track.dir_xy * (
-        (stage.settings.roi_step_mm + 4.0) / SPACING_MM)
+    anchor, u = far.anchor
+    far.anchor = (anchor - u * ((stage.settings.roi_step_mm + 1.0) / SPACING_MM), u)
     assert stage._track_roi(far, frame, state) is None
