@@ -56,7 +56,7 @@ class _RunContext:
     run: Run
     spacing_mm: float
     grid: WorkingGrid
-    valid_full: np.ndarray
+    shape: tuple[int, int]  # of the full-resolution frames
     valid_work: np.ndarray
     centre_xy: np.ndarray
     edge_dist_work: np.ndarray  # distance to the field edge or text, working pixels
@@ -173,10 +173,9 @@ class NeedleStage:
         spacing = float((frame.pixel_spacing_xy_mm or (0.5, 0.5))[0])
         grid = working_grid(spacing, target_mm=self.settings.grid_mm)
         margin = int(math.ceil(self.settings.edge_margin_mm / spacing))
-        valid = valid_region(run, att, margin_px=max(2, margin // 2))
-        valid_work = downsample(valid.astype(np.float32), grid.factor) > 0.99
-        ys, xs = np.nonzero(valid)
-        centre = (np.array([xs.mean(), ys.mean()]) if xs.size
+        valid_work = valid_region(run, att, margin_px=max(2, margin // 2), factor=grid.factor)
+        ys, xs = np.nonzero(valid_work)
+        centre = (grid.to_full(np.array([xs.mean(), ys.mean()])) if xs.size
                   else np.array([att.shape[1] / 2.0, att.shape[0] / 2.0]))
         # the frame's border bounds the field too (a field filling the frame has no invalid
         # pixel, and the distance transform then returns its "infinity")
@@ -185,19 +184,19 @@ class NeedleStage:
         bounded[:, [0, -1]] = 0
         edge_dist = cv2.distanceTransform(bounded, cv2.DIST_L2, 3)
         same = (st.ctx is not None and st.ctx.spacing_mm == spacing
-                and st.ctx.valid_full.shape == att.shape and _same_view(st.ctx.run, run))
+                and st.ctx.shape == att.shape and _same_view(st.ctx.run, run))
         if st.ctx is not None and not same:
             # another view (C-arm angles, detector zoom): the needle seen so far is elsewhere;
             # the needle of a view seen before is where that view left it
             st.view_tracks = [(r, t) for r, t in st.view_tracks
                               if not _same_geometry(r, st.ctx.run, st.ctx.spacing_mm,
-                                                    st.ctx.valid_full.shape)]
+                                                    st.ctx.shape)]
             if st.track.dir_xy is not None:
                 st.view_tracks.append((st.ctx.run, st.track))
             back = [t for r, t in st.view_tracks if _same_geometry(r, run, spacing, att.shape)]
             st.track = _Track() if not back else back[-1]
             st.track.tip_xy = None
-        st.ctx = _RunContext(run, spacing, grid, valid, valid_work, centre, edge_dist)
+        st.ctx = _RunContext(run, spacing, grid, att.shape, valid_work, centre, edge_dist)
         st.mean_work, st.n_mean = None, 0
         st.prev_candidates = []
         return st.ctx
@@ -249,7 +248,7 @@ class NeedleStage:
             return nothing
         ctx, track = st.ctx, st.track
         spacing = float((frame.pixel_spacing_xy_mm or (0.5, 0.5))[0])
-        if (spacing != ctx.spacing_mm or frame.pixels.shape != ctx.valid_full.shape
+        if (spacing != ctx.spacing_mm or frame.pixels.shape != ctx.shape
                 or not _same_view(ctx.run, frame.run)):
             return nothing
         track.enter_run(frame.sop_instance_uid)
