@@ -137,6 +137,7 @@ class _StudyNeedle:
         self.roi_finder = LineFinder(settings)
         self.since_full = 0  # frames of the run since the last full search
         self.anchor: tuple[np.ndarray, np.ndarray] | None = None  # its tip and direction
+        self.anchor_agreed = False  # with the full search before it in the run
 
 
 class NeedleStage:
@@ -199,6 +200,7 @@ class NeedleStage:
         st.ctx = _RunContext(run, spacing, grid, att.shape, valid_work, centre, edge_dist)
         st.mean_work, st.n_mean = None, 0
         st.prev_candidates = []
+        st.anchor, st.anchor_agreed = None, False
         return st.ctx
 
     # -- per frame ------------------------------------------------------------------------
@@ -220,7 +222,12 @@ class NeedleStage:
             st.track.enter_run(frame.sop_instance_uid)  # after the context: a new view, a new track
             hit = self._detect(st, att, ctx, target)
             st.since_full = 0
+            # the box follows a tip that two full searches of the run in a row agree on (the
+            # first frames of a run often place it short, where the last run left it)
+            last = st.anchor
             st.anchor = None if hit is None else (hit[0], hit[1])
+            st.anchor_agreed = (hit is not None and last is not None and float(
+                np.linalg.norm(hit[0] - last[0])) * ctx.spacing_mm <= self.settings.roi_step_mm)
         track = st.track
         if hit is None:
             track.tip_xy = None
@@ -541,27 +548,29 @@ class NeedleStage:
     def _roi_due(self, st: _StudyNeedle, frame: Frame) -> bool:
         """Is this frame's needle to be followed in a box around it (:meth:`_track_roi`)
         instead of searched for over the field? Only for a needle found on the previous frame
-        of this run and by the line search on ``follow_min_hits`` frames, after the run's
-        first ``roi_after_frames`` frames (the needle may have moved since the last run, and a
-        tip placed on the mean of fewer frames is not yet a good anchor), and not on every
+        of this run and by the line search on ``follow_min_hits`` frames, once two full
+        searches of the run in a row agree on its tip within ``roi_step_mm`` (the needle may
+        have moved since the last run, and the first frames of a run are noisy), and not on
+        every
         ``full_search_every``-th frame (the full search also looks for another needle and
         checks the followed one's probability)."""
         s = self.settings
         track = st.track
         return (s.full_search_every > 1 and st.ctx is not None and st.ctx.run is frame.run
-                and st.mean_work is not None and st.n_mean >= s.roi_after_frames
-                and st.anchor is not None
+                and st.mean_work is not None and st.anchor is not None and st.anchor_agreed
                 and track.tip_xy is not None
                 and track.dir_xy is not None and track.hits >= s.follow_min_hits
                 and st.since_full < s.full_search_every - 1)
 
     def _track_roi(self, st: _StudyNeedle, frame: Frame, state) -> tuple | None:
         """Follow the needle in a box of the working grid around the tip of the run's last
-        full search (the anchor): the end of the line along the anchor's axis on the run's
-        mean image (updated and scored in the box only), refined on this frame, is kept when
-        within ``roi_step_mm`` of the anchor, on the same line, and the shaft behind it is
-        still a line. Starting from the anchor, not from the previous frame's tip, keeps the
-        per-frame errors from adding up. None when not found (the full search then runs)."""
+        full search (the anchor): the needle's segment along the anchor's line on the run's
+        mean image (updated and scored in the box only), its tip placed as the full search
+        places it and refined on this frame, is kept when (held as :meth:`_no_retreat` holds
+        it) within ``roi_step_mm`` of the anchor, on the same line, and the shaft behind it
+        is still a line. Starting from the anchor, not from the previous frame's tip, keeps
+        the per-frame errors from adding up. None when not found (the full search then runs
+        and the box's mean is as it was)."""
         s = self.settings
         ctx, track = st.ctx, st.track
         grid, f = ctx.grid, ctx.grid.factor
@@ -581,18 +590,41 @@ class NeedleStage:
             return None
         crop = _attenuation_crop(frame, state, y0 * f, y1 * f, x0 * f, x1 * f)
         mean = st.mean_work[y0:y1, x0:x1]
-        n = min(st.n_mean + 1, s.avg_frames)
-        mean += (downsample(crop, f) - mean) * np.float32(1.0 / n)
-        st.n_mean = n
-        finder = st.roi_finder
-        finder.score_map(np.ascontiguousarray(mean),
-                         np.ascontiguousarray(ctx.valid_work[y0:y1, x0:x1]),
-                         noise=st.finder.noise)
-        origin_w = np.array([x0, y0], float)
-        origin = origin_w * f
-        # the tip's start as the full search places it: the end of the line on the mean image,
-        # the axis refitted near it, three times
-        start_w, base_w = tip_w - origin_w, ends[1] - origin_w
+        before, n_before = mean.copy(), st.n_mean
+        st.n_mean = min(st.n_mean + 1, s.avg_frames)
+        mean += (downsample(crop, f) - mean) * np.float32(1.0 / st.n_mean)
+        st.roi_finder.score_map(np.ascontiguousarray(mean),
+                                np.ascontiguousarray(ctx.valid_work[y0:y1, x0:x1]),
+                                noise=st.finder.noise)
+        hit = self._box_tip(st, crop, np.array([x0, y0], float), span_px)
+        if hit is None:
+            # the full search adds this frame to the mean itself
+            mean[...] = before
+            st.n_mean = n_before
+        return hit
+
+    def _box_tip(self, st: _StudyNeedle, crop: np.ndarray, origin_w: np.ndarray,
+                 span_px: float) -> tuple | None:
+        """The tip in the box whose working-grid origin is ``origin_w`` (score map in
+        ``st.roi_finder``, ``crop`` its attenuation at full resolution); see
+        :meth:`_track_roi`."""
+        s = self.settings
+        ctx, track, finder = st.ctx, st.track, st.roi_finder
+        grid = ctx.grid
+        anchor, anchor_u = st.anchor
+        tip_w = grid.to_work(anchor) - origin_w
+        origin = origin_w * grid.factor
+        # the tip's start as the full search places it: the needle's segment on the anchor's
+        # line, then its end along the line and the axis refitted near it, three times
+        line = (tip_w[0], tip_w[1], anchor_u[0], anchor_u[1])
+        seg = finder.segment(line, grid.spacing_mm)
+        if seg is None:
+            return None
+        for _ in range(2):
+            line = finder.refit(line, seg[0], seg[1])
+            seg = finder.segment(line, grid.spacing_mm) or seg
+        p, v = np.array(line[:2]), np.array(line[2:])
+        start_w, base_w = p + seg[1] * v, p + seg[0] * v
         for _ in range(3):
             start_w = self._extend_tip(st, start_w, base_w, ctx, finder)
             start_w, base_w = self._refit_segment(finder, start_w, base_w,
@@ -601,8 +633,10 @@ class NeedleStage:
         if refined is None or refined[2] <= 0.0:
             return None
         tip, u, _ = refined
+        # the step is that of the tip as it will be reported (held where the shaft fades)
         if (float(u @ anchor_u) < math.cos(math.radians(s.track_angle_deg))
-                or np.linalg.norm(tip + origin - anchor) * ctx.spacing_mm > s.roi_step_mm):
+                or np.linalg.norm(self._held(st, ctx, tip + origin, u) - anchor)
+                * ctx.spacing_mm > s.roi_step_mm):
             return None
         if finder.interval_score(grid.to_work(tip - u * span_px), grid.to_work(tip)) < s.follow_min_score:
             return None
@@ -616,15 +650,21 @@ class NeedleStage:
         tip of the previous run) has stopped short where the shaft fades over bone, or where
         the first frames of a run are too noisy to show it, and goes to that tip's place on the
         current axis."""
+        tip = self._held(st, ctx, tip, u) if tracked else tip
+        st.track.run_tip = tip
+        return tip
+
+    def _held(self, st: _StudyNeedle, ctx: _RunContext, tip: np.ndarray,
+              u: np.ndarray) -> np.ndarray:
+        """Where :meth:`_no_retreat` puts a tracked tip (without recording it)."""
         track = st.track
         # the furthest tip of this run, or on its first detection the last tip of the run
         # before (a tracked candidate is on the same line: same view, needle not withdrawn)
         floor = track.run_tip if track.run_tip is not None else track.reference_tip
-        if tracked and floor is not None:
+        if floor is not None:
             behind_px = float((floor - tip) @ u)
             if behind_px * ctx.spacing_mm > self.settings.retreat_mm:
                 tip = tip + u * behind_px
-        track.run_tip = tip
         return tip
 
     def _refine(self, st: _StudyNeedle, att: np.ndarray, tip: np.ndarray, u: np.ndarray,

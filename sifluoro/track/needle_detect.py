@@ -86,11 +86,10 @@ class NeedleSettings:
         While a needle is followed, it is looked for in a box around it (far cheaper than the
         whole field) and the field is searched only on every ``full_search_every``-th frame
         of a run (or when the needle is not found in its box); 1 searches every frame.
-    roi_after_frames : int
-        The first frames of a run are searched in full.
     roi_step_mm : float
         A tip found in the box further than this from the tip of the run's last full search
-        is not taken (the full search then runs on the frame).
+        is not taken (the full search then runs on the frame); the box is used only once two
+        full searches in a row agree within this.
     track_angle_deg, track_reach_mm : float
         A candidate continues the track when its direction is within ``track_angle_deg`` of
         the last one, its tip within ``track_margin_mm`` across and ``track_reach_mm`` along.
@@ -127,7 +126,6 @@ class NeedleSettings:
     max_ext_score: float = 2.0
     full_search_every: int = 8
     roi_step_mm: float = 3.0
-    roi_after_frames: int = 2
 
 
 @dataclass(frozen=True)

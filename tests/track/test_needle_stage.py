@@ -298,6 +298,8 @@ def test_a_followed_needle_is_tracked_in_a_box_between_full_searches():
     stage = NeedleStage(needle=NeedleSettings(full_search_every=4))
     tip, outs, modes, _ = _needle_run(stage, 12)
     first = modes.index("box")
+    # after two full searches in a row agreeing on the tip
+    assert first >= 2 and modes[first - 2:first] == ["field", "field"]
     assert first <= stage.settings.follow_min_hits + 1
     assert modes[first:first + 4] == ["box", "box", "box", "field"]
     assert all(o["needle"] is not None for o in outs[first:])
@@ -322,4 +324,7 @@ def test_a_tip_far_from_the_last_one_is_left_to_the_full_search():
     far = copy.deepcopy(st)
     anchor, u = far.anchor
     far.anchor = (anchor - u * ((stage.settings.roi_step_mm + 1.0) / SPACING_MM), u)
+    mean, n = far.mean_work.copy(), far.n_mean
     assert stage._track_roi(far, frame, state) is None
+    # the full search then adds the frame to the run's mean: the box leaves it as it was
+    assert np.array_equal(far.mean_work, mean) and far.n_mean == n
