@@ -1,8 +1,11 @@
 """The needle stage: where is the tip, how far from the target, is it advancing toward it.
 
-Every frame is searched over the whole exposed field (:mod:`sifluoro.track.needle_detect`) on
+A frame is searched over the whole exposed field (:mod:`sifluoro.track.needle_detect`) on
 the running mean of the run's frames (the needle barely moves within a run; the noise is
-independent): ridge map, oriented Hough, segments, tip along the shaft. Each segment gets a
+independent): ridge map, oriented Hough, segments, tip along the shaft. Once a needle is
+followed (and two full searches of the run agree on its tip), it is looked for in a box around
+that tip instead, the field being searched again on every ``full_search_every``-th frame or
+when the box does not find it (:meth:`NeedleStage._track_roi`). Each segment gets a
 needle probability from what tells a needle from a cortical edge, a skin wire or a marker
 (flank symmetry, continuation beyond the tip, distance of the tip from the field edge,
 length); a segment continuing the needle seen last is accepted on weaker evidence. The tip is
