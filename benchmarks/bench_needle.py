@@ -4,7 +4,8 @@ the same frames, with both detectors' tip accuracy beside the times.
 
     python benchmarks/bench_needle.py [--quick] [--out results.json]
 
-``needle_stage`` is the full search of the field on every frame (on the run's running mean);
+``needle_stage`` is the stage as it runs without a deadline: the full search of the field (on
+the run's running mean), and, once a needle is followed, its box between full searches;
 "run_start" is the first frame of each run, which also builds the run's field mask.
 ``roi_tracking`` is the cheaper mode the deadline policy uses (``process_roi``: the last tip
 followed along its axis in a small region), timed on every frame after the first two of a run

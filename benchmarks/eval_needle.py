@@ -2,8 +2,8 @@
 
     .venv/bin/python -m benchmarks.eval_needle [/work/evalset-v2] [--out needle_eval.json]
 
-Runs ``Pipeline([NeedleStage()])`` without a deadline (``latency_budget_ms=1e9``: every frame
-gets the full search, as accuracy is measured here, not the policy) over every frame of each
+Runs ``Pipeline([NeedleStage()])`` without a deadline (``latency_budget_ms=1e9``: no frame is
+degraded, as accuracy is measured here, not the policy) over every frame of each
 ``caseNNN/dicom/`` and scores the
 events with :mod:`sifluoro.sim.evaluate` (tip error in mm at the detector on frames where the
 tip is visible, detection within 3 mm, false tips on frames without a needle, end-on frames

@@ -1,8 +1,11 @@
 """The needle stage: where is the tip, how far from the target, is it advancing toward it.
 
-Every frame is searched over the whole exposed field (:mod:`sifluoro.track.needle_detect`) on
+A frame is searched over the whole exposed field (:mod:`sifluoro.track.needle_detect`) on
 the running mean of the run's frames (the needle barely moves within a run; the noise is
-independent): ridge map, oriented Hough, segments, tip along the shaft. Each segment gets a
+independent): ridge map, oriented Hough, segments, tip along the shaft. Once a needle is
+followed (and two full searches of the run agree on its tip), it is looked for in a box around
+that tip instead, the field being searched again on every ``full_search_every``-th frame or
+when the box does not find it (:meth:`NeedleStage._track_roi`). Each segment gets a
 needle probability from what tells a needle from a cortical edge, a skin wire or a marker
 (flank symmetry, continuation beyond the tip, distance of the tip from the field edge,
 length); a segment continuing the needle seen last is accepted on weaker evidence. The tip is
@@ -56,7 +59,7 @@ class _RunContext:
     run: Run
     spacing_mm: float
     grid: WorkingGrid
-    valid_full: np.ndarray
+    shape: tuple[int, int]  # of the full-resolution frames
     valid_work: np.ndarray
     centre_xy: np.ndarray
     edge_dist_work: np.ndarray  # distance to the field edge or text, working pixels
@@ -132,6 +135,12 @@ class _StudyNeedle:
         # needle-like candidates of the previous frame of the run (full-resolution tip,
         # direction): a cold-start detection must be seen on two frames in a row
         self.prev_candidates: list[tuple[np.ndarray, np.ndarray]] = []
+        # while a needle is followed, a box of the working grid around it is searched instead
+        # of the whole field (its own buffers: the box is much smaller than the field)
+        self.roi_finder = LineFinder(settings)
+        self.since_full = 0  # frames of the run since the last full search
+        self.anchor: tuple[np.ndarray, np.ndarray] | None = None  # its tip and direction
+        self.anchor_agreed = False  # with the full search before it in the run
 
 
 class NeedleStage:
@@ -169,10 +178,9 @@ class NeedleStage:
         spacing = float((frame.pixel_spacing_xy_mm or (0.5, 0.5))[0])
         grid = working_grid(spacing, target_mm=self.settings.grid_mm)
         margin = int(math.ceil(self.settings.edge_margin_mm / spacing))
-        valid = valid_region(run, att, margin_px=max(2, margin // 2))
-        valid_work = downsample(valid.astype(np.float32), grid.factor) > 0.99
-        ys, xs = np.nonzero(valid)
-        centre = (np.array([xs.mean(), ys.mean()]) if xs.size
+        valid_work = valid_region(run, att, margin_px=max(2, margin // 2), factor=grid.factor)
+        ys, xs = np.nonzero(valid_work)
+        centre = (grid.to_full(np.array([xs.mean(), ys.mean()])) if xs.size
                   else np.array([att.shape[1] / 2.0, att.shape[0] / 2.0]))
         # the frame's border bounds the field too (a field filling the frame has no invalid
         # pixel, and the distance transform then returns its "infinity")
@@ -181,21 +189,22 @@ class NeedleStage:
         bounded[:, [0, -1]] = 0
         edge_dist = cv2.distanceTransform(bounded, cv2.DIST_L2, 3)
         same = (st.ctx is not None and st.ctx.spacing_mm == spacing
-                and st.ctx.valid_full.shape == att.shape and _same_view(st.ctx.run, run))
+                and st.ctx.shape == att.shape and _same_view(st.ctx.run, run))
         if st.ctx is not None and not same:
             # another view (C-arm angles, detector zoom): the needle seen so far is elsewhere;
             # the needle of a view seen before is where that view left it
             st.view_tracks = [(r, t) for r, t in st.view_tracks
                               if not _same_geometry(r, st.ctx.run, st.ctx.spacing_mm,
-                                                    st.ctx.valid_full.shape)]
+                                                    st.ctx.shape)]
             if st.track.dir_xy is not None:
                 st.view_tracks.append((st.ctx.run, st.track))
             back = [t for r, t in st.view_tracks if _same_geometry(r, run, spacing, att.shape)]
             st.track = _Track() if not back else back[-1]
             st.track.tip_xy = None
-        st.ctx = _RunContext(run, spacing, grid, valid, valid_work, centre, edge_dist)
+        st.ctx = _RunContext(run, spacing, grid, att.shape, valid_work, centre, edge_dist)
         st.mean_work, st.n_mean = None, 0
         st.prev_candidates = []
+        st.anchor, st.anchor_agreed = None, False
         return st.ctx
 
     # -- per frame ------------------------------------------------------------------------
@@ -203,12 +212,27 @@ class NeedleStage:
         st = state.stage_state.get("needle")
         if st is None:
             st = state.stage_state["needle"] = _StudyNeedle(self.settings)
-        att = frame_attenuation(frame, state.stage_state)
-        ctx = self._context(st, frame, att)
-        track = st.track  # after the run context: a new view starts a new track
         target = _target(state)
-        track.enter_run(frame.sop_instance_uid)
-        hit = self._detect(st, att, ctx, target)
+        hit = None
+        if self._roi_due(st, frame):
+            st.track.enter_run(frame.sop_instance_uid)
+            hit = self._track_roi(st, frame, state)
+        if hit is not None:
+            st.since_full += 1
+            ctx = st.ctx
+        else:
+            att = frame_attenuation(frame, state.stage_state)
+            ctx = self._context(st, frame, att)
+            st.track.enter_run(frame.sop_instance_uid)  # after the context: a new view, a new track
+            hit = self._detect(st, att, ctx, target)
+            st.since_full = 0
+            # the box follows a tip that two full searches of the run in a row agree on (the
+            # first frames of a run often place it short, where the last run left it)
+            last = st.anchor
+            st.anchor = None if hit is None else (hit[0], hit[1])
+            st.anchor_agreed = (hit is not None and last is not None and float(
+                np.linalg.norm(hit[0] - last[0])) * ctx.spacing_mm <= self.settings.roi_step_mm)
+        track = st.track
         if hit is None:
             track.tip_xy = None
             track.misses += 1
@@ -235,7 +259,7 @@ class NeedleStage:
             return nothing
         ctx, track = st.ctx, st.track
         spacing = float((frame.pixel_spacing_xy_mm or (0.5, 0.5))[0])
-        if (spacing != ctx.spacing_mm or frame.pixels.shape != ctx.valid_full.shape
+        if (spacing != ctx.spacing_mm or frame.pixels.shape != ctx.shape
                 or not _same_view(ctx.run, frame.run)):
             return nothing
         track.enter_run(frame.sop_instance_uid)
@@ -249,14 +273,7 @@ class NeedleStage:
         x1, y1 = min(cols, int(last[0]) + reach + 1), min(rows, int(last[1]) + reach + 1)
         if x1 - x0 < 8 or y1 - y0 < 8:
             return nothing
-        cached = state.stage_state.get("attenuation")
-        if cached is not None and cached[0] is frame:
-            crop = cached[1][y0:y1, x0:x1]
-        else:
-            crop = frame.pixels[y0:y1, x0:x1].astype(np.float32)
-            crop *= np.float32(1.0 / ((1 << frame.run.bits_stored) - 1))
-            if not frame.run.attenuation_rises_with_value:
-                np.subtract(np.float32(1.0), crop, out=crop)
+        crop = _attenuation_crop(frame, state, y0, y1, x0, x1)
         off = np.array([x0, y0], float)
         refined = self._refine(st, crop, last - off, track.dir_xy, ctx)
         if refined is None or refined[2] <= 0.0:
@@ -396,16 +413,18 @@ class NeedleStage:
         return tip, tip - v * length
 
     def _extend_tip(self, st: _StudyNeedle, tip: np.ndarray, base: np.ndarray,
-                    ctx: _RunContext) -> np.ndarray:
+                    ctx: _RunContext, finder: LineFinder | None = None) -> np.ndarray:
         """Move a segment's free end to the most likely end of the bright line along its axis
-        (the needle fades over dense bone, so the supported segment often stops short)."""
+        (the needle fades over dense bone, so the supported segment often stops short), on the
+        last score map of ``finder`` (the field's by default)."""
         s = self.settings
+        finder = finder or st.finder
         length = float(np.linalg.norm(tip - base))
         u = (tip - base) / length
         ahead = s.extend_mm / ctx.grid.spacing_mm
         n = int(length + ahead) + 1
         prof = st.buf.setdefault(("ext", n), np.empty(n, np.float64))
-        K.line_contrast(st.finder.smooth, base[0], base[1], u[0], u[1], 1.0, 2.0, prof)
+        K.line_contrast(finder.smooth, base[0], base[1], u[0], u[1], 1.0, 2.0, prof)
         lo = max(4, int(length - s.extend_mm / ctx.grid.spacing_mm))
         i, _ = K.step_location(prof, lo, n - 2)
         # the shaft dims where it passes over bone: the strongest fall is then that change of
@@ -422,7 +441,7 @@ class NeedleStage:
                     or seg_mean <= float(rest[j:].mean())):
                 break
             a, b = base + u * i, base + u * (i + j - 1)
-            if st.finder.interval_score(a, b) < s.follow_min_score:
+            if finder.interval_score(a, b) < s.follow_min_score:
                 break
             i += j
         return base + u * (i - 0.5)
@@ -529,6 +548,105 @@ class NeedleStage:
         base = tip - u * track.length_px
         return tip, u, float(np.linalg.norm(tip - base)), track.score
 
+    # -- following a needle in a box around it ---------------------------------------------
+    def _roi_due(self, st: _StudyNeedle, frame: Frame) -> bool:
+        """Is this frame's needle to be followed in a box around it (:meth:`_track_roi`)
+        instead of searched for over the field? Only for a needle found on the previous frame
+        of this run and by the line search on ``follow_min_hits`` frames, once two full
+        searches of the run in a row agree on its tip within ``roi_step_mm`` (the needle may
+        have moved since the last run, and the first frames of a run are noisy), and not on
+        every
+        ``full_search_every``-th frame (the full search also looks for another needle and
+        checks the followed one's probability)."""
+        s = self.settings
+        track = st.track
+        return (s.full_search_every > 1 and st.ctx is not None and st.ctx.run is frame.run
+                and st.mean_work is not None and st.anchor is not None and st.anchor_agreed
+                and track.tip_xy is not None
+                and track.dir_xy is not None and track.hits >= s.follow_min_hits
+                and st.since_full < s.full_search_every - 1)
+
+    def _track_roi(self, st: _StudyNeedle, frame: Frame, state) -> tuple | None:
+        """Follow the needle in a box of the working grid around the tip of the run's last
+        full search (the anchor): the needle's segment along the anchor's line on the run's
+        mean image (updated and scored in the box only), its tip placed as the full search
+        places it and refined on this frame, is kept when (held as :meth:`_no_retreat` holds
+        it) within ``roi_step_mm`` of the anchor, on the same line, and the shaft behind it
+        is still a line. Starting from the anchor, not from the previous frame's tip, keeps
+        the per-frame errors from adding up. None when not found (the full search then runs
+        and the box's mean is as it was)."""
+        s = self.settings
+        ctx, track = st.ctx, st.track
+        grid, f = ctx.grid, ctx.grid.factor
+        anchor, anchor_u = st.anchor
+        span_px = min(track.length_px, 2.0 * s.fit_mm / ctx.spacing_mm)
+        if span_px * ctx.spacing_mm < s.min_length_mm:
+            return None
+        tip_w = grid.to_work(anchor)
+        ends = np.array([tip_w + anchor_u * (s.extend_mm / grid.spacing_mm),
+                         tip_w - anchor_u * (span_px / f)])
+        pad = int(math.ceil(s.track_margin_mm / grid.spacing_mm)) + 4
+        rows_w, cols_w = st.mean_work.shape
+        x0, y0 = (max(0, int(v)) for v in np.floor(ends.min(0)) - pad)
+        x1 = min(cols_w, int(math.ceil(ends[:, 0].max())) + pad + 1)
+        y1 = min(rows_w, int(math.ceil(ends[:, 1].max())) + pad + 1)
+        if x1 - x0 < 16 or y1 - y0 < 16:
+            return None
+        crop = _attenuation_crop(frame, state, y0 * f, y1 * f, x0 * f, x1 * f)
+        mean = st.mean_work[y0:y1, x0:x1]
+        before, n_before = mean.copy(), st.n_mean
+        st.n_mean = min(st.n_mean + 1, s.avg_frames)
+        mean += (downsample(crop, f) - mean) * np.float32(1.0 / st.n_mean)
+        st.roi_finder.score_map(np.ascontiguousarray(mean),
+                                np.ascontiguousarray(ctx.valid_work[y0:y1, x0:x1]),
+                                noise=st.finder.noise)
+        hit = self._box_tip(st, crop, np.array([x0, y0], float), span_px)
+        if hit is None:
+            # the full search adds this frame to the mean itself
+            mean[...] = before
+            st.n_mean = n_before
+        return hit
+
+    def _box_tip(self, st: _StudyNeedle, crop: np.ndarray, origin_w: np.ndarray,
+                 span_px: float) -> tuple | None:
+        """The tip in the box whose working-grid origin is ``origin_w`` (score map in
+        ``st.roi_finder``, ``crop`` its attenuation at full resolution); see
+        :meth:`_track_roi`."""
+        s = self.settings
+        ctx, track, finder = st.ctx, st.track, st.roi_finder
+        grid = ctx.grid
+        anchor, anchor_u = st.anchor
+        tip_w = grid.to_work(anchor) - origin_w
+        origin = origin_w * grid.factor
+        # the tip's start as the full search places it: the needle's segment on the anchor's
+        # line, then its end along the line and the axis refitted near it, three times
+        line = (tip_w[0], tip_w[1], anchor_u[0], anchor_u[1])
+        seg = finder.segment(line, grid.spacing_mm)
+        if seg is None:
+            return None
+        for _ in range(2):
+            line = finder.refit(line, seg[0], seg[1])
+            seg = finder.segment(line, grid.spacing_mm) or seg
+        p, v = np.array(line[:2]), np.array(line[2:])
+        start_w, base_w = p + seg[1] * v, p + seg[0] * v
+        for _ in range(3):
+            start_w = self._extend_tip(st, start_w, base_w, ctx, finder)
+            start_w, base_w = self._refit_segment(finder, start_w, base_w,
+                                                  2.0 * s.fit_mm / grid.spacing_mm)
+        refined = self._refine(st, crop, grid.to_full(start_w), anchor_u, ctx)
+        if refined is None or refined[2] <= 0.0:
+            return None
+        tip, u, _ = refined
+        # the step is that of the tip as it will be reported (held where the shaft fades)
+        if (float(u @ anchor_u) < math.cos(math.radians(s.track_angle_deg))
+                or np.linalg.norm(self._held(st, ctx, tip + origin, u) - anchor)
+                * ctx.spacing_mm > s.roi_step_mm):
+            return None
+        if finder.interval_score(grid.to_work(tip - u * span_px), grid.to_work(tip)) < s.follow_min_score:
+            return None
+        tip = self._no_retreat(st, ctx, tip + origin, u, True)
+        return tip, u, track.length_px, track.score
+
     def _no_retreat(self, st: _StudyNeedle, ctx: _RunContext, tip: np.ndarray, u: np.ndarray,
                     tracked: bool) -> np.ndarray:
         """The needle is held or advanced, not withdrawn: a tip on the tracked line more than
@@ -536,15 +654,21 @@ class NeedleStage:
         tip of the previous run) has stopped short where the shaft fades over bone, or where
         the first frames of a run are too noisy to show it, and goes to that tip's place on the
         current axis."""
+        tip = self._held(st, ctx, tip, u) if tracked else tip
+        st.track.run_tip = tip
+        return tip
+
+    def _held(self, st: _StudyNeedle, ctx: _RunContext, tip: np.ndarray,
+              u: np.ndarray) -> np.ndarray:
+        """Where :meth:`_no_retreat` puts a tracked tip (without recording it)."""
         track = st.track
         # the furthest tip of this run, or on its first detection the last tip of the run
         # before (a tracked candidate is on the same line: same view, needle not withdrawn)
         floor = track.run_tip if track.run_tip is not None else track.reference_tip
-        if tracked and floor is not None:
+        if floor is not None:
             behind_px = float((floor - tip) @ u)
             if behind_px * ctx.spacing_mm > self.settings.retreat_mm:
                 tip = tip + u * behind_px
-        track.run_tip = tip
         return tip
 
     def _refine(self, st: _StudyNeedle, att: np.ndarray, tip: np.ndarray, u: np.ndarray,
@@ -603,6 +727,19 @@ def needle_probability(f: dict) -> float:
     :func:`candidate_vector`)."""
     z = float(candidate_vector(f) @ _LOGIT_WEIGHTS) + _LOGIT_BIAS
     return 1.0 / (1.0 + math.exp(-min(max(z, -50.0), 50.0)))
+
+
+def _attenuation_crop(frame: Frame, state, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    """The attenuation image of ``frame`` in rows y0:y1, columns x0:x1: from the frame's
+    shared attenuation when another stage computed it, else of those pixels only."""
+    cached = state.stage_state.get("attenuation")
+    if cached is not None and cached[0] is frame:
+        return cached[1][y0:y1, x0:x1]
+    crop = frame.pixels[y0:y1, x0:x1].astype(np.float32)
+    crop *= np.float32(1.0 / ((1 << frame.run.bits_stored) - 1))
+    if not frame.run.attenuation_rises_with_value:
+        np.subtract(np.float32(1.0), crop, out=crop)
+    return crop
 
 
 def _same_view(a: Run, b: Run) -> bool:

@@ -82,6 +82,14 @@ class NeedleSettings:
     follow_min_score : float
         Line evidence (units of :meth:`LineFinder.segment`) of the shaft behind a tip found
         again where the followed needle was, when the line search took no candidate.
+    full_search_every : int
+        While a needle is followed, it is looked for in a box around it (far cheaper than the
+        whole field) and the field is searched only on every ``full_search_every``-th frame
+        of a run (or when the needle is not found in its box); 1 searches every frame.
+    roi_step_mm : float
+        A tip found in the box further than this from the tip of the run's last full search
+        is not taken (the full search then runs on the frame); the box is used only once two
+        full searches in a row agree within this.
     track_angle_deg, track_reach_mm : float
         A candidate continues the track when its direction is within ``track_angle_deg`` of
         the last one, its tip within ``track_margin_mm`` across and ``track_reach_mm`` along.
@@ -116,6 +124,8 @@ class NeedleSettings:
     follow_min_hits: int = 3
     dim_fraction: float = 0.5
     max_ext_score: float = 2.0
+    full_search_every: int = 8
+    roi_step_mm: float = 3.0
 
 
 @dataclass(frozen=True)
@@ -140,6 +150,7 @@ class LineFinder:
         self.s = settings
         self._shape = None
         self.n_theta = 180
+        self.noise = 1.0  # of the last score map
 
     def _buffers(self, shape: tuple[int, int]) -> None:
         if self._shape == shape:
@@ -154,14 +165,17 @@ class LineFinder:
         self.support = np.empty(2 * diag + 4, np.float32)
         self.cross = np.empty(2 * diag + 4, np.float64)
 
-    def score_map(self, work: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        """Noise-normalised ridge strength of ``work`` (float32) inside ``valid``."""
+    def score_map(self, work: np.ndarray, valid: np.ndarray, *, noise: float | None = None
+                  ) -> np.ndarray:
+        """Noise-normalised ridge strength of ``work`` (float32) inside ``valid``; the noise
+        scale is measured on ``work`` unless given (a small region around a needle is scored
+        in the unit of the whole field's map: its own sample is mostly needle and bone)."""
         self._buffers(work.shape)
         cv2.GaussianBlur(work, (0, 0), self.s.sigma_px, dst=self.smooth,
                          borderType=cv2.BORDER_REFLECT)
         K.ridge_map(self.smooth, valid, np.float32(self.s.edge_gain), self.ridge)
-        noise = laplacian_noise(self.smooth, valid)
-        self.ridge *= np.float32(1.0 / noise)
+        self.noise = laplacian_noise(self.smooth, valid) if noise is None else noise
+        self.ridge *= np.float32(1.0 / self.noise)
         return self.ridge
 
     def lines(self, *, angle_range: tuple[int, int] | None = None, n_peaks: int = 6

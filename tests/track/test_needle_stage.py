@@ -1,6 +1,7 @@
 """The needle stage on synthetic frames: null without a needle, straight and bent needles."""
 from __future__ import annotations
 
+import copy
 import math
 
 import cv2
@@ -271,3 +272,59 @@ def test_tip_distance_from_the_field_edge_is_bounded_by_the_frame():
     dist = state.stage_state["needle"].ctx.edge_dist_work
     assert np.isfinite(dist).all()
     assert 0.0 < dist.max() <= 0.5 * max(dist.shape)
+
+
+def _needle_run(stage: NeedleStage, n: int, uid: str = "1.2.7.1"):
+    """``n`` frames of one run with a still needle (independent noise): the stage's outputs
+    and its study state."""
+    tip, base = np.array([262.3, 251.6]), np.array([120.0, 511.0])
+    state = Pipeline([stage]).start_study("1.2")
+    run = _run(uid)
+    outs, modes = [], []
+    for k in range(n):
+        img = _background(90 + k)
+        _draw_polyline(img, _needle_points(tip, base), 0.05, 1.8)
+        outs.append(stage.process(_frame(img, run, k), state))
+        modes.append("box" if state.stage_state["needle"].since_full else "field")
+    return tip, outs, modes, state
+
+
+def test_a_followed_needle_is_tracked_in_a_box_between_full_searches():
+    """Once a needle is followed, the field is searched only on every
+    ``full_search_every``-th frame; in between the needle is found in a box around it, as
+    accurately."""
+    from sifluoro.track.needle_detect import NeedleSettings
+
+    stage = NeedleStage(needle=NeedleSettings(full_search_every=4))
+    tip, outs, modes, _ = _needle_run(stage, 12)
+    first = modes.index("box")
+    # after two full searches in a row agreeing on the tip
+    assert first >= 2 and modes[first - 2:first] == ["field", "field"]
+    assert first <= stage.settings.follow_min_hits + 1
+    assert modes[first:first + 4] == ["box", "box", "box", "field"]
+    assert all(o["needle"] is not None for o in outs[first:])
+    assert max(math.dist(o["needle"]["tip_xy"], tip) for o in outs[first:]) * SPACING_MM < 0.6
+    every = NeedleStage(needle=NeedleSettings(full_search_every=1))
+    assert set(_needle_run(every, 8)[2]) == {"field"}
+
+
+def test_a_tip_far_from_the_last_one_is_left_to_the_full_search():
+    """The box does not take a tip further than ``roi_step_mm`` from the tip of the run's
+    last full search (within a run the needle moves little; further is a line taken on into
+    bone, or errors adding up from frame to frame)."""
+    stage = NeedleStage()
+    tip, outs, modes, state = _needle_run(stage, 6)
+    assert modes[-1] == "box"
+    st = state.stage_state["needle"]
+    img = _background(200)
+    _draw_polyline(img, _needle_points(tip, np.array([120.0, 511.0])), 0.05, 1.8)
+    frame = _frame(img, st.ctx.run, 6)
+    near = copy.deepcopy(st)
+    assert stage._track_roi(near, frame, state) is not None
+    far = copy.deepcopy(st)
+    anchor, u = far.anchor
+    far.anchor = (anchor - u * ((stage.settings.roi_step_mm + 1.0) / SPACING_MM), u)
+    mean, n = far.mean_work.copy(), far.n_mean
+    assert stage._track_roi(far, frame, state) is None
+    # the full search then adds the frame to the run's mean: the box leaves it as it was
+    assert np.array_equal(far.mean_work, mean) and far.n_mean == n
