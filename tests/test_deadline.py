@@ -375,3 +375,33 @@ def test_a_runs_costly_first_frames_do_not_degrade_the_rest(frames):
     stage = Segmenting("register", clock, 0.0)
     _, _, events = _run([stage], clock, frames, 10.0, run_start_frames=0)
     assert sum("degraded_steps" in e for e in events) > len(frames) // 2
+
+
+def test_needle_roi_uses_the_box_of_a_followed_needle(sim):
+    """Under the deadline a needle followed in its box is followed there (from the anchor of the
+    run's full searches), as the stage itself does between full searches; the tip is that of
+    the full stage on the same frame."""
+    from sifluoro.register.stage import JointStage
+    from sifluoro.track.needle import NeedleStage
+
+    def run(roi_from: int):
+        joint, needle = JointStage(), NeedleStage()
+        pipeline = Pipeline([joint, needle], Settings(latency_budget_ms=1e9))
+        state = pipeline.start_study("sim")
+        tips, boxed = [], []
+        for k, (frame, _) in enumerate(sim):
+            if k < roi_from:
+                out = pipeline.process(frame, state)
+            else:
+                joint.process(frame, state)
+                st = state.stage_state["needle"]
+                ready, before = needle._box_ready(st, frame), st.since_full
+                out = needle.process_roi(frame, state)
+                boxed.append(ready and st.since_full == before + 1)
+            tips.append(out["needle"]["tip_xy"])
+        return np.array(tips), boxed
+
+    full, _ = run(len(sim))
+    roi, boxed = run(5)
+    assert boxed and all(boxed)  # every deadline frame went through the box
+    assert np.hypot(*(roi[5:] - full[5:]).T).max() < 0.5

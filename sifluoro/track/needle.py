@@ -245,9 +245,10 @@ class NeedleStage:
 
     def process_roi(self, frame: Frame, state) -> dict[str, Any]:
         """Cheaper mode for a frame short of time (the pipeline's ``needle_roi`` step): no
-        search of the field; the tip seen last is followed along its own axis in a small
-        region around it (:meth:`_refine` on that region only, attenuation of that region
-        only), and kept from retreating as in :meth:`process`.
+        search of the field. A needle followed in its box (:meth:`_track_roi`) is followed
+        there as :meth:`process` would; otherwise the tip seen last is followed along its own
+        axis in a small region around it (:meth:`_refine` on that region only, attenuation
+        of that region only), and kept from retreating as in :meth:`process`.
 
         Nothing is reported (``needle: null``) when there is no tip to follow (none seen in
         this study, or the frame geometry or the view changed) or when it is not found again.
@@ -263,6 +264,17 @@ class NeedleStage:
                 or not _same_view(ctx.run, frame.run)):
             return nothing
         track.enter_run(frame.sop_instance_uid)
+        if self._box_ready(st, frame):
+            # the box of a followed needle is as cheap and keeps to the full search's tip;
+            # following the previous frame's tip lets per-frame errors add up
+            hit = self._track_roi(st, frame, state)
+            if hit is not None:
+                st.since_full += 1
+                tip, u, length_px, score = hit
+                track.tip_xy, track.dir_xy, track.length_px, track.misses = tip, u, length_px, 0
+                track.last_tip_of_run = tip
+                track.score = score
+                return _fields(track, tip, u, length_px, ctx.spacing_mm, _target(state))
         last = track.tip_xy if track.tip_xy is not None else track.last_tip_of_run
         if last is None or track.dir_xy is None:
             return nothing
@@ -558,13 +570,17 @@ class NeedleStage:
         every
         ``full_search_every``-th frame (the full search also looks for another needle and
         checks the followed one's probability)."""
-        s = self.settings
+        return (self.settings.full_search_every > 1 and self._box_ready(st, frame)
+                and st.since_full < self.settings.full_search_every - 1)
+
+    def _box_ready(self, st: _StudyNeedle, frame: Frame) -> bool:
+        """Is there a followed needle of this run for :meth:`_track_roi`: found on the previous
+        frame, by the line search on ``follow_min_hits`` frames, with an agreed anchor?"""
         track = st.track
-        return (s.full_search_every > 1 and st.ctx is not None and st.ctx.run is frame.run
+        return (st.ctx is not None and st.ctx.run is frame.run
                 and st.mean_work is not None and st.anchor is not None and st.anchor_agreed
                 and track.tip_xy is not None
-                and track.dir_xy is not None and track.hits >= s.follow_min_hits
-                and st.since_full < s.full_search_every - 1)
+                and track.dir_xy is not None and track.hits >= self.settings.follow_min_hits)
 
     def _track_roi(self, st: _StudyNeedle, frame: Frame, state) -> tuple | None:
         """Follow the needle in a box of the working grid around the tip of the run's last
