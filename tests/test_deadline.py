@@ -260,12 +260,17 @@ def test_real_stages_with_a_tiny_budget_degrade_every_frame_and_count_all_dose(s
     assert not any(e["degraded"] for e in full) and all(e["needle"] for e in full)
     assert all(e["degraded"] for e in tiny)
     # a run's first frame has no joint line to reuse (its exposed field is new): the joint
-    # runs as usual there, and is reused on every other frame; contrast runs every other frame
+    # runs as usual there, and is reused on every other frame; contrast runs every other frame;
+    # the needle step declines until there is a needle to follow (the field is searched), then
+    # follows it
     skipped = [i % 2 == 0 for i in range(len(frames))]
+    followed = [False] + [bool(e["needle"]) for e in tiny[:-1]]
     assert [e["degraded_steps"] for e in tiny] == [
-        [s for s in (ORDER[:2] if f.frame_number == 1 else ORDER) if skip or s != "contrast_skipped"]
-        for f, skip in zip(frames, skipped)]
-    assert all(e["joint"] for e in tiny) and not any(e["needle"] for e in tiny)
+        [s for s in (ORDER[:2] if f.frame_number == 1 else ORDER)
+         if (skip or s != "contrast_skipped") and (follow or s != "needle_roi")]
+        for f, skip, follow in zip(frames, skipped, followed)]
+    assert all(e["joint"] for e in tiny)
+    assert sum(bool(e["needle"]) for e in tiny) >= len(frames) - 1  # found at once, then followed
     assert [e.get("skipped_stages") == ["contrast"] for e in tiny] == skipped
     assert [e["dose"] for e in tiny] == [e["dose"] for e in full]
     assert tiny_state.dose.totals == full_state.dose.totals
@@ -297,7 +302,7 @@ def test_needle_roi_follows_the_tip_found_by_the_full_search(sim):
         pipeline = Pipeline([joint, needle], Settings(latency_budget_ms=1e9))
         state = pipeline.start_study("sim")
         if roi:
-            assert needle.process_roi(sim[0][0], state)["needle"] is None  # nothing to follow
+            assert needle.process_roi(sim[0][0], state) is None  # nothing to follow: declined
         for frame, _ in sim[:4]:
             pipeline.process(frame, state)
         out = []
@@ -405,3 +410,16 @@ def test_needle_roi_uses_the_box_of_a_followed_needle(sim):
     roi, boxed = run(5)
     assert boxed and all(boxed)  # every deadline frame went through the box
     assert np.hypot(*(roi[5:] - full[5:]).T).max() < 0.5
+
+
+def test_needle_roi_without_a_needle_declines_unless_told_to_stay_cheap(sim):
+    """With no needle to follow, the needle_roi step declines (the field is searched, a cold
+    start over budget); ``search_when_unfollowed=False`` reports nothing instead."""
+    from sifluoro.track.needle import NeedleStage
+    from sifluoro.track.needle_detect import NeedleSettings
+
+    frame = sim[0][0]
+    state = Pipeline().start_study("sim")
+    assert NeedleStage().process_roi(frame, state) is None
+    cheap = NeedleStage(needle=NeedleSettings(search_when_unfollowed=False))
+    assert cheap.process_roi(frame, state) == {"needle": None, "tip_to_target_mm": None}

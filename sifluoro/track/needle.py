@@ -243,26 +243,29 @@ class NeedleStage:
         track.score = score
         return _fields(track, tip, u, length_px, ctx.spacing_mm, target)
 
-    def process_roi(self, frame: Frame, state) -> dict[str, Any]:
+    def process_roi(self, frame: Frame, state) -> dict[str, Any] | None:
         """Cheaper mode for a frame short of time (the pipeline's ``needle_roi`` step): no
         search of the field. A needle followed in its box (:meth:`_track_roi`) is followed
         there as :meth:`process` would; otherwise the tip seen last is followed along its own
         axis in a small region around it (:meth:`_refine` on that region only, attenuation
         of that region only), and kept from retreating as in :meth:`process`.
 
-        Nothing is reported (``needle: null``) when there is no tip to follow (none seen in
-        this study, or the frame geometry or the view changed) or when it is not found again.
-        The confidence is that of the last detection. The run's running mean is not updated.
+        With no tip to follow (none seen in this study, or the frame geometry or the view
+        changed, or none yet in this view) the step declines (None: the pipeline runs
+        :meth:`process`) when ``search_when_unfollowed``, else reports nothing. A followed tip
+        not found again is reported as nothing. The confidence is that of the last detection.
+        The run's running mean is not updated.
         """
         st = state.stage_state.get("needle")
         nothing = {"needle": None, "tip_to_target_mm": None}
+        unfollowed = None if self.settings.search_when_unfollowed else nothing
         if not isinstance(st, _StudyNeedle) or st.ctx is None:
-            return nothing
+            return unfollowed
         ctx, track = st.ctx, st.track
         spacing = float((frame.pixel_spacing_xy_mm or (0.5, 0.5))[0])
         if (spacing != ctx.spacing_mm or frame.pixels.shape != ctx.shape
                 or not _same_view(ctx.run, frame.run)):
-            return nothing
+            return unfollowed
         track.enter_run(frame.sop_instance_uid)
         if self._box_ready(st, frame):
             # the box of a followed needle is as cheap and keeps to the full search's tip;
@@ -277,7 +280,7 @@ class NeedleStage:
                 return _fields(track, tip, u, length_px, ctx.spacing_mm, _target(state))
         last = track.tip_xy if track.tip_xy is not None else track.last_tip_of_run
         if last is None or track.dir_xy is None:
-            return nothing
+            return unfollowed
         s = self.settings
         reach = int(math.ceil((s.fit_mm + s.tip_window_mm + 3.0) / spacing)) + 1
         rows, cols = frame.pixels.shape

@@ -90,6 +90,11 @@ class NeedleSettings:
         A tip found in the box further than this from the tip of the run's last full search
         is not taken (the full search then runs on the frame); the box is used only once two
         full searches in a row agree within this.
+    search_when_unfollowed : bool
+        Under the deadline (the pipeline's ``needle_roi`` step), with no needle to follow the
+        step declines and the field is searched as usual (a cold start over budget) instead of
+        reporting nothing: otherwise a tight budget never finds a needle at all. False keeps
+        every ``needle_roi`` frame cheap.
     track_angle_deg, track_reach_mm : float
         A candidate continues the track when its direction is within ``track_angle_deg`` of
         the last one, its tip within ``track_margin_mm`` across and ``track_reach_mm`` along.
@@ -126,6 +131,7 @@ class NeedleSettings:
     max_ext_score: float = 2.0
     full_search_every: int = 8
     roi_step_mm: float = 3.0
+    search_when_unfollowed: bool = True
 
 
 @dataclass(frozen=True)
