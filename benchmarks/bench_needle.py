@@ -58,7 +58,8 @@ def _accuracy(errors_mm: list[float | None]) -> dict:
 
 def _roi_tracking(stage: NeedleStage, frames: list, case: int) -> tuple[list, list]:
     """Times and tip errors (mm) of ``process_roi`` on the frames after the first two of each
-    run, the first two getting the full search."""
+    run, the first two getting the full search (as do frames where the step declines: no
+    needle to follow; not timed)."""
     state = Pipeline([stage]).start_study(f"bench-roi-{case}")
     times, errors = [], []
     for frame, truth in frames:
@@ -67,8 +68,12 @@ def _roi_tracking(stage: NeedleStage, frames: list, case: int) -> tuple[list, li
             stage.process(frame, state)
             continue
         t0 = time.perf_counter()
-        out = stage.process_roi(frame, state)["needle"]
-        times.append((time.perf_counter() - t0) * 1000.0)
+        fields = stage.process_roi(frame, state)
+        if fields is None:  # declined (nothing to follow): the pipeline searches the field
+            fields = stage.process(frame, state)
+        else:
+            times.append((time.perf_counter() - t0) * 1000.0)
+        out = fields["needle"]
         if truth.tip_xy is not None and not truth.end_on:
             errors.append(math.dist(out["tip_xy"], truth.tip_xy) * frame.pixel_spacing_xy_mm[0]
                           if out else None)

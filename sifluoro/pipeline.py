@@ -173,7 +173,8 @@ class Pipeline:
     1. ``contrast_skipped``: the contrast stage does not run; the contrast state and
        confidence carry over from the last update;
     2. ``needle_roi``: the needle stage only follows the last tip in a small region around it
-       (``NeedleStage.process_roi``; no tip to follow: no needle reported);
+       (``NeedleStage.process_roi``; with no tip to follow it declines and the field is
+       searched);
     3. ``joint_reused``: the register stage moves the current view's joint line and target by
        the frame's registration, without averaging or segmenting
        (``JointStage.process_reuse``).
