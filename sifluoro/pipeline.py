@@ -393,7 +393,8 @@ class Pipeline:
               ) -> dict[str, str]:
         """The fewest steps of the policy, in order, whose predicted cost fits ``remaining_ms``
         (an unknown cost counts as zero, so that the stage runs and is measured); the stages
-        in ``due`` are not skipped."""
+        in ``due`` are not skipped, and a step that saves nothing (its stage shares a wave with
+        a dearer one) is passed over until a later step makes it count."""
         costs = self.costs
         remaining_ms -= costs.estimate_ms("pipeline", "overhead", shape) or 0.0
         cost = {s.name: costs.estimate_ms(s.name, FULL, shape) or 0.0 for s in self.stages}
@@ -402,14 +403,21 @@ class Pipeline:
             return sum(max(cost[s.name] for s in wave) for wave in self._waves)
 
         modes: dict[str, str] = {}
-        for d in self._steps:
-            if predicted() <= remaining_ms:
-                break
-            if d.method is None and d.stage in due:
-                continue
-            mode = d.method or _SKIP
-            cost[d.stage] = 0.0 if d.method is None else (costs.estimate_ms(d.stage, mode, shape) or 0.0)
-            modes[d.stage] = mode
+        # the earliest step of the order that saves time, again and again until the plan fits; a
+        # step that saves nothing (another stage of its wave costs more) is not taken
+        while predicted() > remaining_ms:
+            for d in self._steps:
+                if d.stage in modes or (d.method is None and d.stage in due):
+                    continue
+                before, full = predicted(), cost[d.stage]
+                cost[d.stage] = (0.0 if d.method is None
+                                 else costs.estimate_ms(d.stage, d.method, shape) or 0.0)
+                if predicted() < before:
+                    modes[d.stage] = d.method or _SKIP
+                    break
+                cost[d.stage] = full
+            else:
+                break  # no step saves anything more
         return modes
 
     @staticmethod

@@ -88,6 +88,29 @@ def test_the_plan_counts_a_wave_at_its_dearest_stage(frames_512):
     assert plans == {1: {"contrast": "skip"}, 2: {}}
 
 
+def test_a_step_that_saves_nothing_in_its_wave_is_not_taken(frames_512):
+    """register 2 ms, needle 8 ms (1 ms in its ROI), contrast 5 ms, 9 ms left. Side by side,
+    skipping contrast saves nothing while the needle is dearer: the needle goes to its ROI and
+    contrast runs. One after the other both steps are needed."""
+    shape = frames_512[0].pixels.shape
+
+    class Roi(Named):
+        def process_roi(self, frame, state):
+            return {}
+
+    plans = {}
+    for threads in (1, 2):
+        stages = [Named("register", ()), Roi("needle", ("register",)), Named("contrast", ("register",))]
+        pipeline = Pipeline(stages, Settings(stage_threads=threads))
+        for name, mode, ms in (("register", FULL, 2.0), ("needle", FULL, 8.0),
+                               ("needle", "process_roi", 1.0), ("contrast", FULL, 5.0),
+                               ("pipeline", "overhead", 0.0)):
+            for _ in range(5):
+                pipeline.costs.add(name, mode, shape, ms)
+        plans[threads] = pipeline._plan(shape, 9.0)
+    assert plans == {1: {"contrast": "skip", "needle": "process_roi"}, 2: {"needle": "process_roi"}}
+
+
 def test_stage_threads_below_one_is_refused():
     with pytest.raises(ConfigError, match="stage_threads"):
         Settings(stage_threads=0)
