@@ -36,15 +36,18 @@ def frame_attenuation(frame: Frame, stage_state: dict) -> np.ndarray:
 def attenuation(frame: Frame, out: np.ndarray | None = None) -> np.ndarray:
     """float32 image in [0, 1] that rises with attenuation (bone bright, gas dark), written into
     ``out`` (float32, the frame's shape) when given."""
-    pixels = frame.pixels
+    return pixel_attenuation(frame.pixels, frame.run, out)
+
+
+def pixel_attenuation(pixels: np.ndarray, run: Run, out: np.ndarray | None = None) -> np.ndarray:
+    """:func:`attenuation` of stored ``pixels`` of ``run`` (a whole frame or a region of it)."""
     if out is None:
         out = np.empty(pixels.shape, np.float32)
     elif out.shape != pixels.shape or out.dtype != np.float32:
         # the kernel does not check bounds: a wrong buffer would be written past its end
         raise ValueError(f"attenuation buffer {out.shape} {out.dtype} for a {pixels.shape} frame")
-    top = float((1 << frame.run.bits_stored) - 1)
-    _k.attenuation_into(pixels, np.float32(1.0 / top), not frame.run.attenuation_rises_with_value,
-                        out)
+    top = float((1 << run.bits_stored) - 1)
+    _k.attenuation_into(pixels, np.float32(1.0 / top), not run.attenuation_rises_with_value, out)
     return out
 
 

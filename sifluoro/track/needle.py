@@ -41,7 +41,8 @@ import cv2
 import numpy as np
 
 from sifluoro.config import Settings
-from sifluoro.imaging import WorkingGrid, downsample, frame_attenuation, working_grid
+from sifluoro.imaging import (WorkingGrid, downsample, frame_attenuation, pixel_attenuation,
+                              working_grid)
 from sifluoro.dose.accumulate import DoseAccumulator
 from sifluoro.model import Frame, Run
 from sifluoro.pipeline import StudyState
@@ -87,6 +88,19 @@ class _Track:
             self.run_uid = run_uid
             self.run_tip = None
 
+    def found(self, tip: np.ndarray, u: np.ndarray, length_px: float,
+              score: float | None = None) -> None:
+        """The needle seen on this frame (``score`` None: the last detection's stays)."""
+        self.tip_xy, self.dir_xy, self.length_px, self.misses = tip, u, length_px, 0
+        self.last_tip_of_run = tip
+        if score is not None:
+            self.score = score
+
+    def lost(self) -> None:
+        """Not seen on this frame."""
+        self.tip_xy = None
+        self.misses += 1
+
 
 def _target(state) -> np.ndarray | None:
     """The register stage's target on this frame, if any (full-resolution pixels)."""
@@ -96,10 +110,11 @@ def _target(state) -> np.ndarray | None:
     return np.asarray(register.target_xy, float)
 
 
-def _fields(track: _Track, tip: np.ndarray, u: np.ndarray, length_px: float, spacing: float,
-            target: np.ndarray | None) -> dict[str, Any]:
-    """The event fields of a tip: ``needle`` (advance since the last run measured toward the
-    target, or along the shaft without one) and ``tip_to_target_mm``."""
+def _fields(track: _Track, spacing: float, target: np.ndarray | None) -> dict[str, Any]:
+    """The event fields of the tip just found (:meth:`_Track.found`): ``needle`` (advance
+    since the last run measured toward the target, or along the shaft without one) and
+    ``tip_to_target_mm``."""
+    tip, u, length_px = track.tip_xy, track.dir_xy, track.length_px
     ref = track.reference_tip
     if ref is None:
         advance = 0.0
@@ -234,14 +249,10 @@ class NeedleStage:
                 np.linalg.norm(hit[0] - last[0])) * ctx.spacing_mm <= self.settings.roi_step_mm)
         track = st.track
         if hit is None:
-            track.tip_xy = None
-            track.misses += 1
+            track.lost()
             return {"needle": None, "tip_to_target_mm": None}
-        tip, u, length_px, score = hit
-        track.tip_xy, track.dir_xy, track.length_px, track.misses = tip, u, length_px, 0
-        track.last_tip_of_run = tip
-        track.score = score
-        return _fields(track, tip, u, length_px, ctx.spacing_mm, target)
+        track.found(*hit)
+        return _fields(track, ctx.spacing_mm, target)
 
     def process_roi(self, frame: Frame, state) -> dict[str, Any] | None:
         """Cheaper mode for a frame short of time (the pipeline's ``needle_roi`` step): no
@@ -273,11 +284,8 @@ class NeedleStage:
             hit = self._track_roi(st, frame, state)
             if hit is not None:
                 st.since_full += 1
-                tip, u, length_px, score = hit
-                track.tip_xy, track.dir_xy, track.length_px, track.misses = tip, u, length_px, 0
-                track.last_tip_of_run = tip
-                track.score = score
-                return _fields(track, tip, u, length_px, ctx.spacing_mm, _target(state))
+                track.found(*hit)
+                return _fields(track, ctx.spacing_mm, _target(state))
         last = track.tip_xy if track.tip_xy is not None else track.last_tip_of_run
         if last is None or track.dir_xy is None:
             return unfollowed
@@ -292,16 +300,14 @@ class NeedleStage:
         off = np.array([x0, y0], float)
         refined = self._refine(st, crop, last - off, track.dir_xy, ctx)
         if refined is None or refined[2] <= 0.0:
-            track.tip_xy = None
-            track.misses += 1
+            track.lost()
             return nothing
         tip, u, _ = refined
         base = last - track.dir_xy * track.length_px
         tip = self._no_retreat(st, ctx, tip + off, u, True)
         length_px = max(float((tip - base) @ u), 0.0)
-        track.tip_xy, track.dir_xy, track.length_px, track.misses = tip, u, length_px, 0
-        track.last_tip_of_run = tip
-        return _fields(track, tip, u, length_px, spacing, _target(state))
+        track.found(tip, u, length_px)
+        return _fields(track, spacing, _target(state))
 
     def _mean_work(self, st: _StudyNeedle, att: np.ndarray, ctx: _RunContext) -> np.ndarray:
         """Running mean of the working-grid image over the last ``avg_frames`` frames of the
@@ -754,11 +760,7 @@ def _attenuation_crop(frame: Frame, state, y0: int, y1: int, x0: int, x1: int) -
     cached = state.stage_state.get("attenuation")
     if cached is not None and cached[0] is frame:
         return cached[1][y0:y1, x0:x1]
-    crop = frame.pixels[y0:y1, x0:x1].astype(np.float32)
-    crop *= np.float32(1.0 / ((1 << frame.run.bits_stored) - 1))
-    if not frame.run.attenuation_rises_with_value:
-        np.subtract(np.float32(1.0), crop, out=crop)
-    return crop
+    return pixel_attenuation(frame.pixels[y0:y1, x0:x1], frame.run)
 
 
 def _same_view(a: Run, b: Run) -> bool:
