@@ -39,7 +39,7 @@ def _simulate(args) -> int:
 
     for line in simulate_set(args.outdir, cases=args.cases, seed=args.seed, size=args.size,
                              first_case=args.first_case, workers=args.workers,
-                             quick=args.quick):
+                             quick=args.quick, wrong_level_scouts=args.wrong_level_scouts):
         print(line)
     return 0
 
@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="processes (default %(default)s)")
     p.add_argument("--quick", action="store_true",
                    help="only the end of each study (final needle run and contrast run, one view)")
+    p.add_argument("--wrong-level-scouts", action="store_true",
+                   help="begin each study with a scout of the wrong level (no joint in the field; "
+                        "the rest of the study unchanged): measures lines reported without a joint")
     p.set_defaults(func=_simulate)
 
     p = sub.add_parser("evaluate", help="score replay results against simulator truth")

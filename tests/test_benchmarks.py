@@ -22,3 +22,29 @@ def test_bench_pipeline_allocations_are_measured_per_stage():
     got = _allocations(frames)
     assert set(got) == {"register", "needle", "contrast"}
     assert all(0.0 <= a["p50_mb"] <= a["max_mb"] for a in got.values())
+
+
+def test_bench_contrast_stock_step_runs_the_vessel_test_too():
+    """The stock step is the stage's whole step: a thin line that appears on one frame and
+    is gone two frames later scores far above the same frames without it."""
+    import numpy as np
+
+    from benchmarks.bench_contrast import _stock_step
+
+    rng = np.random.default_rng(3)
+    size, factor = 512, 2
+    base = rng.normal(0.4, 0.002, (size, size)).astype(np.float32)
+    reference = base.reshape(256, 2, 256, 2).mean(axis=(1, 3))
+
+    def vessel_score(with_line: bool) -> float:
+        history: list = []
+        score = 0.0
+        for k in range(5):
+            a = base + rng.normal(0, 0.01, base.shape).astype(np.float32)
+            if with_line and k == 2:
+                a[100:400, 250:256] += 0.05
+            score = _stock_step(np.rint(a * 4095).astype(np.uint16), reference, factor,
+                                history)[1]
+        return score
+
+    assert vessel_score(True) > 5 * max(vessel_score(False), 1.0)

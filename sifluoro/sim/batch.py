@@ -11,11 +11,11 @@ def _size_for(size: str, case: int) -> int:
 
 
 def _one(args) -> str:
-    outdir, seed, case, size, quick = args
+    outdir, seed, case, size, quick, wrong_level = args
     from sifluoro.sim import simulate_case
     from sifluoro.sim.export import export_study
 
-    study = simulate_case(seed, case, size=size, quick=quick)
+    study = simulate_case(seed, case, size=size, quick=quick, wrong_level_scout=wrong_level)
     exported = export_study(study, Path(outdir) / f"case{case:03d}")
     frames = sum(len(r.frames) for r in study.runs)
     return (f"case{case:03d}: {size}² {study.storage}/{study.compression or 'uncompressed'} "
@@ -25,9 +25,11 @@ def _one(args) -> str:
 
 
 def simulate_set(outdir: str | Path, *, cases: int, seed: int, size: str = "mixed",
-                 first_case: int = 0, workers: int = 2, quick: bool = False) -> Iterator[str]:
-    """Write cases ``first_case .. first_case+cases-1``; yields one line per case, in order."""
-    jobs = [(str(outdir), seed, c, _size_for(size, c), quick)
+                 first_case: int = 0, workers: int = 2, quick: bool = False,
+                 wrong_level_scouts: bool = False) -> Iterator[str]:
+    """Write cases ``first_case .. first_case+cases-1``; yields one line per case, in order
+    (``wrong_level_scouts``: see :func:`sifluoro.sim.simulate_case`)."""
+    jobs = [(str(outdir), seed, c, _size_for(size, c), quick, wrong_level_scouts)
             for c in range(first_case, first_case + cases)]
     if workers <= 1:
         yield from map(_one, jobs)

@@ -50,6 +50,7 @@ class _RunPlan:
     depths_mm: tuple[float, ...] | None   # needle insertion depth per frame
     contrast: bool
     pulse_rate: float
+    iso_shift_mm: float = 0.0             # cranial (+) shift of the isocentre: a wrong level
 
 
 def _display_convention(rng: np.random.Generator, convention_rng: np.random.Generator
@@ -145,7 +146,13 @@ QUICK_NEEDLE_FRAMES = 8
 QUICK_CONTRAST_FRAMES = 12
 
 
-def simulate_case(seed: int, case: int, *, size: int = 512, quick: bool = False) -> SimStudy:
+# cranial isocentre shifts tried for a wrong-level scout, smallest first: the first that
+# leaves no part of the joint in the field is used
+WRONG_LEVEL_SHIFTS_MM = (110.0, 130.0, 150.0, 170.0, 190.0, 210.0, 240.0)
+
+
+def simulate_case(seed: int, case: int, *, size: int = 512, quick: bool = False,
+                  wrong_level_scout: bool = False) -> SimStudy:
     """Simulate one fluoroscopy-guided SI-joint injection study.
 
     Parameters
@@ -159,6 +166,12 @@ def simulate_case(seed: int, case: int, *, size: int = 512, quick: bool = False)
         ``QUICK_NEEDLE_FRAMES`` frames) and the contrast run, if any (up to
         ``QUICK_CONTRAST_FRAMES``). Same patient, device, needle and outcome as the full case;
         one pose, so about a second at 512² (for tests, examples and smoke checks).
+    wrong_level_scout : bool
+        Put a scout of the wrong level before the study (same angles, the table moved so far
+        cranially that no part of the joint is in the field; lumbar spine and soft tissue):
+        frames without a joint, on which no joint line must be reported. The rest of the
+        study is the same, pixel for pixel (its own random stream, bone grid and timing).
+        Ignored with ``quick``.
 
     Returns
     -------
@@ -189,8 +202,9 @@ def simulate_case(seed: int, case: int, *, size: int = 512, quick: bool = False)
     iso = target0 + np.array([rng.uniform(-15, 15), rng.uniform(-8, 8), rng.uniform(-15, 15)])
     beta = float(np.round(rng.uniform(-5.0, 15.0), 1))
 
-    def cam_for(pose: tuple[float, float]) -> Camera:
-        return make_camera(iso, pose[0], pose[1], dev.sid_mm, dev.sod_mm, dev.fov_mm, size)
+    def cam_for(pose: tuple[float, float], shift_mm: float = 0.0) -> Camera:
+        return make_camera(iso + np.array([0.0, 0.0, shift_mm]), pose[0], pose[1], dev.sid_mm,
+                           dev.sod_mm, dev.fov_mm, size)
 
     alpha_open = anat.opening_angle_deg(anatomy, target0, beta,
                                         lambda p, s: cam_for((p, s)))
@@ -268,15 +282,29 @@ def simulate_case(seed: int, case: int, *, size: int = 512, quick: bool = False)
     cplan = con.plan_contrast(rng, components, anatomy, tip,
                               len(plans[-1].depths_mm) if plans[-1].contrast else 10)
 
-    # static scene
+    # static scene (views: pose and isocentre shift)
     poses = sorted({p.pose for p in plans})
-    cams = {p: cam_for(p) for p in poses}
+    cams = {(p, 0.0): cam_for(p) for p in poses}
     voxel_mm, step_mm = ((anat.QUICK_VOXEL_MM, anat.QUICK_STEP_MM) if quick
                          else (anat.VOXEL_MM, anat.STEP_MM))
     grid, origin = anat.density_grid(anatomy, list(cams.values()), voxel_mm)
-    statics = {p: anat.cast(anatomy, grid, origin, cams[p], voxel_mm=voxel_mm, step_mm=step_mm)
-               for p in poses}
-    joints = {p: anat.project_joint(anatomy, cams[p]) for p in poses}
+    statics = {v: anat.cast(anatomy, grid, origin, cams[v], voxel_mm=voxel_mm, step_mm=step_mm)
+               for v in cams}
+    joints = {v: anat.project_joint(anatomy, cams[v]) for v in cams}
+    if wrong_level_scout and not quick:
+        full = det.exposed_mask(size, (0, 0, size - 1, size - 1), False, 0)
+        shift = next((d for d in WRONG_LEVEL_SHIFTS_MM if _clip_joint(
+            anat.project_joint(anatomy, cam_for(scout, d)).polyline_xy, full)[0] is None),
+            WRONG_LEVEL_SHIFTS_MM[-1])
+        view = (scout, shift)
+        cams[view] = cam_for(scout, shift)
+        # its own bone grid: a grid grown to cover it would resample the other views
+        wgrid, worigin = anat.density_grid(anatomy, [cams[view]], voxel_mm)
+        statics[view] = anat.cast(anatomy, wgrid, worigin, cams[view], voxel_mm=voxel_mm,
+                                  step_mm=step_mm)
+        joints[view] = anat.project_joint(anatomy, cams[view])
+        n_wrong = int(np.random.default_rng([seed, case, 0x3E1]).integers(3, 7))
+        plans.insert(0, _RunPlan("fluoro", scout, None, False, dev.pulse_rate, shift))
     gas_c, gas_s, gas_r = _gas(rng, anatomy, iso)
     breath_amp = rng.uniform(2.0, 5.0)
     breath_hz = rng.uniform(0.2, 0.3)
@@ -291,14 +319,23 @@ def simulate_case(seed: int, case: int, *, size: int = 512, quick: bool = False)
     t_start = 0.0
     state = "none"
     coll = _collimation(rng, size)
+    main_rng = rng
+    if plans[0].iso_shift_mm:
+        # the wrong-level scout draws from its own stream and ends before the study's t = 0
+        rng = np.random.default_rng([seed, case, 0x3E2])
+        t_start = -(n_wrong / plans[0].pulse_rate + float(rng.uniform(20.0, 90.0)))
     for ri, plan in enumerate(plans):
-        if rng.random() < 0.25:
+        if ri == 1 and plans[0].iso_shift_mm:
+            rng, t_start = main_rng, 0.0
+        if rng.random() < 0.25 and not plan.iso_shift_mm:
             coll = _collimation(rng, size)
-        cam = cams[plan.pose]
-        st = statics[plan.pose]
+        view = (plan.pose, plan.iso_shift_mm)
+        cam = cams[view]
+        st = statics[view]
         mask = det.exposed_mask(size, coll, dev.detector == "image_intensifier",
                                 dev.circle_margin_px)
-        n_frames = n_scout if plan.depths_mm is None else len(plan.depths_mm)
+        n_frames = ((n_wrong if plan.iso_shift_mm else n_scout) if plan.depths_mm is None
+                    else len(plan.depths_mm))
         frame_time_ms = 1000.0 / plan.pulse_rate
         water = st.body_mm - st.bone_mm
         zero = np.zeros((size, size), np.float32)
@@ -353,7 +390,7 @@ def simulate_case(seed: int, case: int, *, size: int = 512, quick: bool = False)
             a, b, ro, ri_, w = tube_arrays([d[0] for d in dist], [d[1] for d in dist],
                                            [0.0] * len(dist), [1.0] * len(dist))
             K.render_tubes(dist_steel, cam.vector, a, b, ro, ri_, w, 3)
-        jp = joints[plan.pose]
+        jp = joints[view]
         joint_xy, target_xy = _clip_joint(jp.polyline_xy, mask)
         frames = np.empty((n_frames, size, size), np.uint16)
         truths = []

@@ -232,3 +232,21 @@ def test_spectra_cached_on_disk_are_spekpys(tmp_path, monkeypatch):
         np.testing.assert_array_equal(f1, f2)
     finally:
         spectra._raw_spectrum.cache_clear()
+
+
+def test_wrong_level_scout_shows_no_joint_and_leaves_the_study_unchanged(study):
+    with_scout = simulate_case(7, 2, wrong_level_scout=True)
+    wrong, rest = with_scout.runs[0], with_scout.runs[1:]
+    assert len(rest) == len(study.runs)
+    for a, b in zip(rest, study.runs):
+        np.testing.assert_array_equal(a.frames, b.frames)
+        assert a.start_s == b.start_s and a.truth == b.truth
+    assert 3 <= len(wrong.frames) <= 6
+    assert wrong.start_s + len(wrong.frames) * wrong.technique.frame_time_ms / 1000.0 < 0.0
+    assert all(t.joint_polyline_xy is None and t.target_xy is None and not t.needle_visible
+               for t in wrong.truth)
+    # same C-arm angles as the study's scout: only the image tells that the table moved
+    t0, t1 = wrong.technique, study.runs[0].technique
+    assert (t0.primary_angle_deg, t0.secondary_angle_deg) == (t1.primary_angle_deg,
+                                                              t1.secondary_angle_deg)
+    assert np.abs(wrong.frames[0].astype(float) - study.runs[0].frames[0]).mean() > 100
