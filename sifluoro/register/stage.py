@@ -31,11 +31,16 @@ WORK_MM = 0.6  # working pixel: resolves the 1-3 mm joint gap
 ANGLE_TOLERANCE_DEG = 1.5  # a larger re-angulation changes the projected joint: new view
 MAX_SHIFT_MM = 30.0  # beyond this, the registration is not trusted: segment again
 MIN_PEAK = 0.25  # phase-correlation peak below which the frames do not match (same view: > 0.5)
-# a run without C-arm angles in its header may start at a new pose: its first frame against the
-# view's average peaks at 0.57-0.95 when the pose is the same and at -0.08-0.38 when the C-arm
-# turned by 7 degrees or more (training seeds 606, 607), which a shift of up to 30 mm within
-# MIN_PEAK let through (a scout's line kept on the oblique runs after it)
+# a run may start at a new pose the header does not tell. Without C-arm angles in its header,
+# its first frame against the view's average peaks at 0.57-0.95 when the pose is the same and
+# at -0.08-0.38 when the C-arm turned by 7 degrees or more (training seeds 606, 607), which a
+# shift of up to 30 mm within MIN_PEAK let through (a scout's line kept on the oblique runs
+# after it). With the same header angles the table may have moved (a scout of the wrong
+# level, then the right one): such run starts peak at -0.07-0.19 (seed 630, 12 cases), while
+# same-pose runs with angles peak at 0.246 or more (606, 607, 630; MIN_PEAK split one of them).
+# Within a run, a weak peak is a noisy frame, not a new view.
 RUN_START_PEAK = 0.5
+TABLE_MOVED_PEAK = 0.2
 RESEGMENT_AT = (1, 2, 4, 8, 16)  # frames averaged in a view when the joint is segmented again
 TARGET_FRACTION = 5.0 / 6.0  # the centre of the inferior third of the joint line
 # the SI joint runs obliquely front to back (typically 20-30 degrees): an AP or near-AP beam
@@ -188,9 +193,10 @@ class JointStage:
         motion = None
         if view is not None:
             motion = view.registrar.measure(work)
-            if new_run and angles is None and motion.peak < RUN_START_PEAK:
-                # no header angles: the pose may have changed; a stored view it matches, else new
-                view, motion = _matching_view(st.views, view, geometry, work)
+            if new_run and motion.peak < (RUN_START_PEAK if angles is None else TABLE_MOVED_PEAK):
+                # the pose may have changed although the header does not say so: a stored view
+                # of the same header pose that it matches, else a new one
+                view, motion = _matching_view(st.views, view, geometry, angles, work)
                 view_changed = True
         if view is None:
             view = self._new_view(st, geometry, angles, work, _side(frame))
@@ -289,12 +295,14 @@ class JointStage:
         return {"joint": joint, "target": target}
 
 
-def _matching_view(views: list[_View], current: _View, geometry: _Geometry, work: np.ndarray):
-    """(view, motion) of the stored angle-less view of this geometry other than ``current``
-    that ``work`` matches best with a peak of at least :data:`RUN_START_PEAK`, or (None, None)."""
+def _matching_view(views: list[_View], current: _View, geometry: _Geometry, angles,
+                   work: np.ndarray):
+    """(view, motion) of the stored view of this geometry and header angles other than
+    ``current`` that ``work`` matches best with a peak of at least :data:`RUN_START_PEAK`, or
+    (None, None)."""  # a stored view is only re-entered on a clear match, with angles or not
     best = (None, None)
     for v in views:
-        if v is current or v.angles_deg is not None or v.geometry != geometry:
+        if v is current or not v.matches(geometry, angles):
             continue
         motion = v.registrar.measure(work)
         if motion.peak >= RUN_START_PEAK and (best[1] is None or motion.peak > best[1].peak):

@@ -393,3 +393,30 @@ def test_inferior_end_is_looked_for_below_a_window_that_cut_it_off():
     assert abs(b + trim - 150) <= 8
     _, b_covered, _ = _narrow_stretch(image, gain, path, 25, 195, 40, 185, 0.6, 0.0)
     assert abs(b_covered + trim - 150) <= 8
+
+
+def test_a_table_moved_under_the_same_angles_is_a_new_view():
+    """A scout of the wrong level (no joint in the field) at the scout's own C-arm angles, then
+    the study (training seed 630, case 11): no line on the wrong level, and the real scout,
+    whose first frame does not match the wrong level's at all, gets the lines it gets without
+    the wrong level before (the old rule kept the wrong level's view: a weak peak under
+    unchanged angles was taken for a noisy frame)."""
+    from sifluoro.sim import simulate_case
+    from sifluoro.sim.export import technique_of
+
+    study = simulate_case(630, 11, wrong_level_scout=True)
+    frames, index = [], 0
+    for r, sim_run in enumerate(study.runs[:3]):
+        run = make_run(sim_run.frames, bits_stored=sim_run.bits_stored,
+                       photometric=sim_run.photometric,
+                       pixel_intensity_sign=sim_run.pixel_intensity_sign,
+                       technique=technique_of(sim_run, study.size, reported=None), index=r)
+        frames.append(frames_of(run, index))
+        index += len(frames[-1])
+    wrong, scout = frames[0], frames[1] + frames[2]
+    assert wrong[0].technique.primary_angle_deg == scout[0].technique.primary_angle_deg
+    alone, _ = run_frames(JointStage(), scout)
+    after, _ = run_frames(JointStage(), wrong + scout)
+    assert all(e["joint"] is None for e in after[:len(wrong)])
+    assert [e["joint"] for e in after[len(wrong):]] == [e["joint"] for e in alone]
+    assert sum(e["joint"] is not None for e in alone) >= 3  # not a comparison of Nones
