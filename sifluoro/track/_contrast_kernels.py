@@ -228,19 +228,27 @@ def flood_unexposed(seed, full, out, stack):
 
     A collimator closing mid-run makes a saturated area that grows from the old field edge or
     the border; dense contrast saturates inside the field and is not reached. Returns the count.
+    Only ``full`` pixels outside ``seed`` are ever pushed: usually there are none (the
+    unexposed field is both), and the fill costs two passes.
     """
     rows, cols = full.shape
+    count = 0
+    for y in range(rows):
+        for x in range(cols):
+            v = seed[y, x]
+            out[y, x] = v
+            count += v
     top = 0
     for y in range(rows):
         for x in range(cols):
-            border = y == 0 or x == 0 or y == rows - 1 or x == cols - 1
-            if seed[y, x] or (border and full[y, x]):
+            if not full[y, x] or out[y, x]:
+                continue
+            if (y == 0 or x == 0 or y == rows - 1 or x == cols - 1 or out[y - 1, x]
+                    or out[y + 1, x] or out[y, x - 1] or out[y, x + 1]):
                 out[y, x] = True
                 stack[top] = y * cols + x
                 top += 1
-            else:
-                out[y, x] = False
-    count = top
+                count += 1
     while top > 0:
         top -= 1
         p = stack[top]
@@ -564,28 +572,16 @@ def box_sum(src, window, rowsum, colsum, out):
 @njit(cache=True, nogil=True)
 def erode_square(src, radius, tmp, out):
     """Binary erosion by a (2 radius + 1)² square; outside the image counts as set (OpenCV's
-    default erosion border)."""
+    default erosion border): the complement of the dilation of the complement, whose outside
+    counts as unset (:func:`dilate_square`, rows in storage order)."""
     rows, cols = src.shape
     for y in range(rows):
-        run = 0
-        for x in range(min(radius, cols)):
-            run += src[y, x]
         for x in range(cols):
-            if x + radius < cols:
-                run += src[y, x + radius]
-            if x - radius - 1 >= 0:
-                run -= src[y, x - radius - 1]
-            tmp[y, x] = run == min(x + radius, cols - 1) - max(x - radius, 0) + 1
-    for x in range(cols):
-        run = 0
-        for y in range(min(radius, rows)):
-            run += tmp[y, x]
-        for y in range(rows):
-            if y + radius < rows:
-                run += tmp[y + radius, x]
-            if y - radius - 1 >= 0:
-                run -= tmp[y - radius - 1, x]
-            out[y, x] = run == min(y + radius, rows - 1) - max(y - radius, 0) + 1
+            out[y, x] = not src[y, x]
+    dilate_square(out, radius, tmp, out)
+    for y in range(rows):
+        for x in range(cols):
+            out[y, x] = not out[y, x]
 
 
 @njit(cache=True, nogil=True)
