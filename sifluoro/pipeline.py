@@ -13,7 +13,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import numpy as np
@@ -42,16 +42,22 @@ class Stage(Protocol):
 @dataclass(frozen=True)
 class Degradation:
     """One step of the deadline policy: the stage ``stage`` runs ``method`` instead of
-    ``process`` (``method=None``: it does not run), and the event lists ``step``."""
+    ``process`` (``method=None``: it does not run), and the event lists ``step``. With
+    ``skips``, ``method`` only keeps the stage's memory up to date and its update is skipped:
+    the frame counts towards ``Settings.max_skipped_frames`` and the event lists the stage in
+    ``skipped_stages`` (a stage without ``method`` is then not run at all)."""
 
     stage: str
     method: str | None
     step: str
+    skips: bool = False
 
 
-#: The deadline policy's steps, in the order they are taken (see :class:`Pipeline`).
+#: The deadline policy's steps, in the order they are taken (see :class:`Pipeline`). A frame
+#: whose contrast update is skipped still joins the contrast stage's recent frames, so that a
+#: vessel which came and went around it is still seen on the next frame.
 DEGRADATION_ORDER: tuple[Degradation, ...] = (
-    Degradation("contrast", None, "contrast_skipped"),
+    Degradation("contrast", "process_remember", "contrast_skipped", skips=True),
     Degradation("needle", "process_roi", "needle_roi"),
     Degradation("register", "process_reuse", "joint_reused"),
 )
@@ -222,8 +228,8 @@ class Pipeline:
         self._warm_lock = threading.Lock()
         names = {stage.name: stage for stage in self.stages}
         # the policy's steps this pipeline can take, in order
-        self._steps = tuple(d for d in DEGRADATION_ORDER if d.stage in names
-                            and (d.method is None or callable(getattr(names[d.stage], d.method, None))))
+        self._steps = tuple(_available(d, names) for d in DEGRADATION_ORDER
+                            if _available(d, names) is not None)
         self._step_of = {d.stage: d for d in self._steps}
         # one stage a wave unless there are threads to share: a wave's stages are planned
         # together, before any of them runs
@@ -291,7 +297,7 @@ class Pipeline:
         if planned:
             costs.new_frame(shape)
         t_plan = clock()
-        due = {d.stage for d in self._steps if d.method is None
+        due = {d.stage for d in self._steps if (d.method is None or d.skips)
                and state.skipped_in_a_row.get(d.stage, 0) >= self.settings.max_skipped_frames}
         modes = self._plan(shape, budget_ms - (t_plan - arrival.t_s) * 1000.0, due) if planned else {}
         event = _base_event(frame, state)
@@ -306,7 +312,8 @@ class Pipeline:
                 if mode == FULL and (clock() - arrival.t_s) * 1000.0 > budget_ms:
                     step = self._step_of.get(stage.name)  # the budget is spent: cheapest at once
                     if step is not None and step.method is not None:
-                        mode = step.method
+                        if not (step.skips and stage.name in due):
+                            mode = step.method
                     elif stage.name not in due:
                         mode = _SKIP
                 if mode == _SKIP:
@@ -328,7 +335,10 @@ class Pipeline:
                     failed.append(stage.name)
                 else:
                     if mode != FULL:
-                        steps.add(self._step_of[stage.name].step)
+                        step = self._step_of[stage.name]
+                        steps.add(step.step)
+                        if step.skips:
+                            skipped.append(stage.name)
                     alerts.extend(fields.pop("alerts", ()))  # a stage's alerts join the dose alerts
                     event.update(fields)
                 if planned:
@@ -407,7 +417,7 @@ class Pipeline:
         # step that saves nothing (another stage of its wave costs more) is not taken
         while predicted() > remaining_ms:
             for d in self._steps:
-                if d.stage in modes or (d.method is None and d.stage in due):
+                if d.stage in modes or ((d.method is None or d.skips) and d.stage in due):
                     continue
                 before, full = predicted(), cost[d.stage]
                 cost[d.stage] = (0.0 if d.method is None
@@ -430,6 +440,17 @@ class Pipeline:
         state.degraded_frames += event["degraded"]
         state.frames += 1
         return event
+
+
+def _available(step: Degradation, stages: dict) -> Degradation | None:
+    """``step`` as the stages at hand can take it: None when its stage is absent or lacks its
+    method; a skipping step whose stage lacks the method does not run the stage at all."""
+    stage = stages.get(step.stage)
+    if stage is None:
+        return None
+    if step.method is None or callable(getattr(stage, step.method, None)):
+        return step
+    return replace(step, method=None) if step.skips else None
 
 
 def _waves(stages: list) -> list[list]:

@@ -100,10 +100,12 @@ class _RunMemory:
         self.text = np.zeros(shape, np.bool_)
         self.opacity_seen = False
         # the run's last working frames for the vessel (transient line) test: a ring of slots,
-        # history_order[:history_count] names them oldest first
-        self.history = np.zeros((TRANSIENT_FRAMES,) + shape, np.float32)
-        self.history_order = np.arange(TRANSIENT_FRAMES, dtype=np.int64)
+        # history_order[:history_count] names them oldest first; one more than the test takes,
+        # for the test a frame only remembered (deadline) did not run
+        self.history = np.zeros((TRANSIENT_FRAMES + 1,) + shape, np.float32)
+        self.history_order = np.arange(TRANSIENT_FRAMES + 1, dtype=np.int64)
         self.history_count = 0
+        self.test_owed = False  # the previous frame was only remembered
 
     def remember(self, image: np.ndarray) -> None:
         order = self.history_order
@@ -274,6 +276,38 @@ class ContrastStage:
                     max(o.bbox_xyxy[2] for o in accepted), max(o.bbox_xyxy[3] for o in accepted)]
         return self._result(memory, frame, accepted, area_mm2, iodine, bbox)
 
+    def process_remember(self, frame: Frame, state) -> dict[str, Any] | None:
+        """Cheaper mode for a frame short of time (the pipeline's ``contrast_skipped`` step):
+        the frame only joins the run's recent frames, so that the vessel test of the next
+        frames sees a vessel that arrived or washed out on it; nothing is classified and the
+        event carries the state over (``{}``).
+
+        Returns None, and the pipeline then runs :meth:`process`, on a run's first frame, on a
+        view change or before the stage has seen the study.
+        """
+        memory = state.stage_state.get("contrast")
+        register = state.stage_state.get("register")
+        if (not isinstance(memory, _StudyMemory) or memory.run is None
+                or memory.run.run is not frame.run
+                or (register is not None and getattr(register, "view_changed", False))):
+            return None
+        pixels = frame.pixels
+        rows, cols = pixels.shape
+        factor = self.factor_for(rows, cols)
+        b = self.buffers((rows // factor, cols // factor), factor)
+        run = frame.run
+        K.reduce_frame(pixels, factor, (1 << run.bits_stored) - 1,
+                       not run.attenuation_rises_with_value, b.image, b.low, b.high,
+                       b.row_sum, b.row_low, b.row_high)
+        K.smooth_binomial(b.image, b.tmp, b.current)
+        rm = memory.run
+        rm.frame_no += 1
+        if rm.opaque_mm2 > 0.0 or rm.opacity_age:
+            rm.opacity_age += 1
+        rm.remember(b.current)
+        rm.test_owed = True
+        return {}
+
     @staticmethod
     def _washed_out(b: _Buffers, rm: _RunMemory) -> bool:
         """Whether the opacity accepted on the previous frame, new within ``WASHOUT_AGE``
@@ -291,13 +325,22 @@ class ContrastStage:
     def _vessel_mm(self, b: _Buffers, rm: _RunMemory, work_mm: float) -> float:
         """Evidence (z x mm) of a thin line that appeared two frames ago and has gone again
         (:mod:`sifluoro.track.contrast_transient`); 0 until the run has 4 frames, and 0 when
-        the washout alone shows that it cannot reach ``VASCULAR_LINE_MM``."""
-        if rm.history_count < 4:
-            return 0.0
+        the washout alone shows that it cannot reach ``VASCULAR_LINE_MM``. After a frame that
+        was only remembered, the test it owes (one frame earlier) runs too, and the larger
+        evidence counts: a vessel whose test fell on that frame is not lost."""
         if self._transient is None or self._transient.shape != b.shape:
             self._transient = TransientLines(b.shape)
-        return self._transient.score_history(rm.history, rm.history_order, rm.history_count,
-                                             b.valid, floor=VASCULAR_LINE_MM / work_mm) * work_mm
+        floor = VASCULAR_LINE_MM / work_mm
+        best = 0.0
+        ends = (rm.history_count, rm.history_count - 1) if rm.test_owed else (rm.history_count,)
+        rm.test_owed = False
+        for end in ends:
+            n = min(end, TRANSIENT_FRAMES)
+            if n >= 4:
+                order = rm.history_order[end - n:end]
+                best = max(best, self._transient.score_history(rm.history, order, n, b.valid,
+                                                               floor=floor) * work_mm)
+        return best
 
     def _result(self, memory: _StudyMemory, frame: Frame, accepted, area_mm2: float,
                 iodine_au: float, bbox) -> dict[str, Any]:

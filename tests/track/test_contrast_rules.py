@@ -98,12 +98,14 @@ def test_gas_like_opacity_is_refused_unless_it_continues_accepted_opacity():
 
 
 def test_run_memory_keeps_the_last_frames_oldest_first():
+    """Six frames: the vessel test's five, and one more for the test a frame that was only
+    remembered (deadline) owes."""
     rm = _RunMemory(None, (4, 4))
-    frames = [np.full((4, 4), k, np.float32) for k in range(7)]
+    frames = [np.full((4, 4), k, np.float32) for k in range(8)]
     for k, f in enumerate(frames):
         rm.remember(f)
         kept = [int(rm.history[rm.history_order[j]][0, 0]) for j in range(rm.history_count)]
-        assert kept == list(range(max(0, k - 4), k + 1))
+        assert kept == list(range(max(0, k - 5), k + 1))
 
 
 def test_reference_bank_envelope_is_the_maximum_of_its_frames():

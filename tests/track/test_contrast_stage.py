@@ -214,3 +214,35 @@ def test_joint_fill_then_vessel_is_vascular(phantom):
     assert out[2] == "intra_articular"
     assert out[-1] == "vascular" and state.contrast_state == "vascular"
     assert out.index("vascular") <= 2 + 3 + 3
+
+
+def _alert_frames(frames, remember_at=()):
+    """Indices of the frames whose result carries an alert, calling the stage directly and
+    only remembering (the deadline's cheaper mode) the frames in ``remember_at``."""
+    stage = ContrastStage()
+    state = Pipeline([stage], Settings(latency_budget_ms=1e9)).start_study("1")
+    alerts = []
+    for i, frame in enumerate(frames):
+        out = stage.process_remember(frame, state) if i in remember_at else None
+        if out is None:
+            assert i not in remember_at or frame.frame_number == 1  # declines on a run's first frame
+            out = stage.process(frame, state)
+        elif i in remember_at:
+            assert out == {}                      # nothing classified: the state carries over
+        alerts += [i] * bool(out.get("alerts"))
+    return alerts
+
+
+def test_a_frame_only_remembered_under_the_deadline_keeps_its_vessel_test():
+    """Simulated case (2026, 1, quick): a vessel seen by the line test on one frame. When the
+    deadline only lets that frame be remembered, its test runs on the next frame, so the alert
+    comes one frame later instead of never; a run's first frame is processed in full."""
+    from sifluoro.sim import simulate_case
+    from sifluoro.track.needle_sim import sim_frames
+
+    frames = [f for f, _ in sim_frames(simulate_case(2026, 1, quick=True))]
+    full = _alert_frames(frames)
+    assert len(full) == 1
+    assert _alert_frames(frames, remember_at={full[0]}) == [full[0] + 1]
+    first_of_last_run = next(i for i, f in enumerate(frames) if f.run is frames[-1].run)
+    assert _alert_frames(frames, remember_at={first_of_last_run}) == full
