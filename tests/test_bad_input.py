@@ -85,10 +85,15 @@ def test_every_bad_kind_is_listed_and_the_study_goes_on(damaged_study):
     for name, reason in EXPECTED_REASONS.items():
         assert by_name[name].startswith(reason), (name, by_name[name])
     assert "(frames 1-2 of 4 used)" in by_name["broken_rle.dcm"]
-    # good1 (3 frames), the two decodable frames of broken_rle, good2 (3 frames), in time order
+    # cut 5000 bytes short: the file ends in its third frame, the two whole ones are used
+    assert by_name["truncated.dcm"].endswith("the file ends in frame 3 of 3; re-export the run "
+                                             "(frames 1-2 of 3 used)")
+    # good1 (3 frames), the whole frames of truncated and the decodable frames of broken_rle,
+    # good2 (3 frames), in time order
     assert [(f.run.path.rsplit("/", 1)[-1], f.frame_number) for f in frames] == [
-        ("good1.dcm", 1), ("good1.dcm", 2), ("good1.dcm", 3), ("broken_rle.dcm", 1),
-        ("broken_rle.dcm", 2), ("good2.dcm", 1), ("good2.dcm", 2), ("good2.dcm", 3)]
+        ("good1.dcm", 1), ("good1.dcm", 2), ("good1.dcm", 3), ("truncated.dcm", 1),
+        ("truncated.dcm", 2), ("broken_rle.dcm", 1), ("broken_rle.dcm", 2), ("good2.dcm", 1),
+        ("good2.dcm", 2), ("good2.dcm", 3)]
 
 
 def test_replay_of_a_damaged_study_follows_the_contract(damaged_study, tmp_path, capsys, caplog):
@@ -97,7 +102,7 @@ def test_replay_of_a_damaged_study_follows_the_contract(damaged_study, tmp_path,
     assert code == 0
     assert replay_output_violations(events, summary) == []
     s = json.loads(summary.read_text())
-    assert s["frames"] == 8
+    assert s["frames"] == 10
     assert sorted(r["file"].rsplit("/", 1)[-1] for r in s["rejected_files"]) == sorted(EXPECTED_REASONS)
     printed = capsys.readouterr()
     everything = events.read_text() + summary.read_text() + printed.out + printed.err + caplog.text
@@ -123,3 +128,22 @@ def test_several_studies_exit_2_with_their_uids(tmp_path, capsys):
     code = main(["replay", str(tmp_path), "--study", "1.2.3.2", "--events",
                  str(tmp_path / "e.jsonl"), "--summary", str(tmp_path / "s.json"), "-q"])
     assert code == 0
+
+
+@pytest.mark.parametrize("cut_bytes, used", [(100, 2), (8192 + 100, 1), (2 * 8192 + 100, 0)])
+def test_a_file_cut_short_gives_its_whole_frames(tmp_path, cut_bytes, used):
+    """An interrupted transfer of a 3-frame run (64x64, 16 bits: 8192 bytes a frame): its whole
+    frames are used and the rest rejected with the reason; with no whole frame, the run is
+    rejected at once. The other run is unaffected."""
+    paths = write_study(tmp_path, [RunSpec(0.0, filename="cut.dcm"), RunSpec(30.0, filename="good.dcm")])
+    cut = next(p for p in paths if p.name == "cut.dcm")
+    data = cut.read_bytes()
+    cut.write_bytes(data[: len(data) - cut_bytes])
+    study = read_study([tmp_path])
+    rejected = list(study.rejected)
+    frames = list(iter_frames(study, rejected))
+    assert [(f.run.path.rsplit("/", 1)[-1], f.frame_number) for f in frames] == (
+        [("cut.dcm", k + 1) for k in range(used)] + [("good.dcm", k + 1) for k in range(3)])
+    [reason] = [r.reason for r in rejected]
+    assert reason.startswith("(7FE0,0010) PixelData: pixel data is truncated")
+    assert (f"(frames 1-{used} of 3 used)" in reason) == (used > 0)

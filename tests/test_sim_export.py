@@ -16,17 +16,19 @@ from sifluoro.sim.export import export_study
 
 @lru_cache(maxsize=None)
 def _find_cases():
-    """Two quick cases that between them cover damaged/not, reported dose/not."""
-    found = {}
+    """Two cases: one with a damaged (cut short) file and one without, one reporting dose and
+    one not, uncompressed where possible (a cut-short native run gives its whole frames)."""
+    by_key = {}
     for case in range(40):
         s = simulate_case(11, case, size=512)
-        key = (s.damaged, s.reports_dose)
-        if key not in found:
-            found[key] = s
-        if (True, True) in found or (True, False) in found:
-            if any(not k[0] for k in found) and len(found) >= 2:
-                break
-    return list(found.values())[:2]
+        by_key.setdefault((s.damaged, s.reports_dose, s.compression is None), s)
+        for d_reports in (True, False):
+            damaged = by_key.get((True, d_reports, True)) or by_key.get((True, d_reports, False))
+            clean = by_key.get((False, not d_reports, True)) or by_key.get((False, not d_reports, False))
+            if damaged is not None and clean is not None and (damaged.compression is None
+                                                              or case == 39):
+                return [damaged, clean]
+    raise AssertionError("no damaged case among the first 40 of seed 11")
 
 
 @pytest.fixture(scope="module")
@@ -62,20 +64,23 @@ def test_replay_matches_truth_timing_dose_and_damage(exported, tmp_path):
         assert replay_output_violations(events_path, summary_path) == []
         events = [json.loads(l) for l in events_path.read_text().splitlines()]
         kept = [f for f in truth["frames"] if not f["damaged"]]
+        damaged = {f["sop_instance_uid"] for f in truth["frames"] if f["damaged"]}
         got = [(e["sop_instance_uid"], e["frame"]) for e in events]
-        # every undamaged frame, with the identity truth gives it (a partly decodable damaged
-        # compressed run may add its first frames)
-        assert set(got) >= {(f["sop_instance_uid"], f["frame"]) for f in kept}
-        assert set(got) <= {(f["sop_instance_uid"], f["frame"]) for f in truth["frames"]}
-        if truth["compression"] is None:  # a truncated uncompressed run is rejected whole
-            assert [(e["sop_instance_uid"], e["frame"]) for e in events] == \
-                [(f["sop_instance_uid"], f["frame"]) for f in kept]
-            t0 = kept[0]["t_s"]
-            assert [e["t_s"] for e in events] == pytest.approx([f["t_s"] - t0 for f in kept], abs=1e-5)
+        # every undamaged frame, in order, with the identity and time truth gives it; of the
+        # damaged (cut short) run, its first frames that are whole or decode
+        assert [g for g in got if g[0] not in damaged] == \
+            [(f["sop_instance_uid"], f["frame"]) for f in kept]
+        salvaged = [g[1] for g in got if g[0] in damaged]
+        assert salvaged == list(range(1, len(salvaged) + 1))
+        truth_t = {(f["sop_instance_uid"], f["frame"]): f["t_s"] for f in truth["frames"]}
+        assert [e["t_s"] for e in events] == pytest.approx(
+            [truth_t[g] - truth_t[got[0]] for g in got], abs=1e-5)   # from the first frame
         rejected = {r["file"].rsplit("/", 1)[-1] for r in result.summary["rejected_files"]}
         assert rejected == set(truth["damaged_files"])
         runs = [r for r in truth["runs"] if not r["damaged"]]
-        true_kerma = sum(r["air_kerma_mgy"] for r in runs)
+        # the salvaged frames' share of the damaged run's dose counts too
+        true_kerma = sum(r["air_kerma_mgy"] for r in runs) + sum(
+            r["air_kerma_mgy"] * len(salvaged) / r["frames"] for r in truth["runs"] if r["damaged"])
         if truth["reports_dose"]:
             # the device's values: truth x its calibration factor (within 5 %)
             assert result.summary["dose_source"] == "reported"
@@ -85,4 +90,6 @@ def test_replay_matches_truth_timing_dose_and_damage(exported, tmp_path):
             assert result.summary["dose_source"] == "estimated"
             assert result.summary["air_kerma_mgy"] == pytest.approx(true_kerma, rel=0.15)
         assert result.summary["fluoro_time_s"] + result.summary["acquisition_time_s"] == pytest.approx(
-            sum(r["frames"] * r["technique"]["frame_time_ms"] / 1000 for r in runs), rel=1e-6)
+            sum(r["frames"] * r["technique"]["frame_time_ms"] / 1000 for r in runs)
+            + sum(len(salvaged) * r["technique"]["frame_time_ms"] / 1000
+                  for r in truth["runs"] if r["damaged"]), rel=1e-6)

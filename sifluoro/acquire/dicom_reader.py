@@ -256,12 +256,16 @@ def _transfer_syntax(ds: Dataset, path: str) -> UID:
 
 
 def _check_native_length(elem, fields: header.HeaderFields, path: str) -> None:
+    """The pixel data holds the frames the header announces. A file cut short (an interrupted
+    transfer) passes while its first frame is whole: its whole frames are used and the rest
+    rejected when they are read (:func:`iter_frames`)."""
     n = len(fields.frame_offsets_s)
-    expected = fields.rows * fields.columns * (fields.bits_allocated // 8) * n
+    frame_bytes = fields.rows * fields.columns * (fields.bits_allocated // 8)
+    expected = frame_bytes * n
     length = elem.length if elem.value is None else len(elem.value)
     file_size = os.path.getsize(path)
     available = min(length, file_size - elem.value_tell) if elem.value_tell is not None else length
-    if available < expected:
+    if available < expected and (length < expected or available < frame_bytes):
         raise DamagedPixelDataError(
             f"pixel data is truncated: {available} bytes for {n} frame(s) of "
             f"{fields.rows}x{fields.columns} at {fields.bits_allocated} bits ({expected} bytes "
@@ -283,8 +287,9 @@ def _read_native(run: Run) -> Iterator[np.ndarray]:
             fh.seek(run.pixel_offset + k * nbytes)
             stored = np.empty((run.rows, run.columns), dtype)
             if fh.readinto(memoryview(stored).cast("B")) != nbytes:
-                raise DamagedPixelDataError(f"frame {k + 1} is truncated", path=run.path,
-                                            tag="(7FE0,0010) PixelData")
+                raise DamagedPixelDataError(f"pixel data is truncated: the file ends in frame "
+                                            f"{k + 1} of {run.n_frames}; re-export the run",
+                                            path=run.path, tag="(7FE0,0010) PixelData")
             frame = stored.astype(np.uint16) if dtype.itemsize == 1 else stored
             if run.bits_stored < 16:
                 frame &= mask

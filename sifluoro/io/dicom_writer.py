@@ -168,6 +168,9 @@ def build_run_dataset(
         del ds.PatientOrientation
     ds.ContentDate = _da(acquisition_datetime)
     ds.ContentTime = _tm(acquisition_datetime)
+    if burned_in_annotation and storage == "enhanced_xa":
+        raise ValueError("Enhanced XA admits BurnedInAnnotation NO only (C.8.19.2): store a run "
+                         "with identifying text burned in as XA or RF")
     ds.BurnedInAnnotation = "YES" if burned_in_annotation else "NO"
     if laterality:
         ds.ImageLaterality = laterality if storage == "enhanced_xa" else None

@@ -122,7 +122,9 @@ def export_study(study, folder: str | Path, *,
             technique=tech, device=device, bits_stored=run.bits_stored,
             photometric=run.photometric, series_number=1, instance_number=r + 1,
             frame_time_ms=run.technique.frame_time_ms, laterality=study.side,
-            burned_in_annotation=run.burned_in_text,
+            # the burned-in text (date, time, technique, side) names no patient: NO, the
+            # only value the Enhanced XA/XRF Image Module admits
+            burned_in_annotation=False,
             pixel_intensity_relationship="DISP",
             pixel_intensity_sign=run.pixel_intensity_sign)
         # names run backwards against time: order must come from the headers
