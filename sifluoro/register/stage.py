@@ -187,16 +187,22 @@ class JointStage:
         view = st.current
         view_changed = False
         shift_full = (0.0, 0.0)
-        if view is None or not view.matches(geometry, angles):
-            view = next((v for v in st.views if v.matches(geometry, angles)), None)
-            view_changed = True
         motion = None
+        if view is None or not view.matches(geometry, angles):
+            # back to a stored pose: of its views (the table may have moved under the same
+            # angles), the one this frame matches best
+            view, motion = _matching_view(st.views, None, geometry, angles, work, min_peak=-1.0)
+            view_changed = True
         if view is not None:
-            motion = view.registrar.measure(work)
-            if new_run and motion.peak < (RUN_START_PEAK if angles is None else TABLE_MOVED_PEAK):
+            motion = motion or view.registrar.measure(work)
+            min_peak = RUN_START_PEAK if angles is None else TABLE_MOVED_PEAK
+            if new_run and motion.peak < min_peak:
                 # the pose may have changed although the header does not say so: a stored view
                 # of the same header pose that it matches, else a new one
-                view, motion = _matching_view(st.views, view, geometry, angles, work)
+                log.info("frame %d: a run starts off the view (peak %.3f): another view",
+                         frame.index, motion.peak)
+                view, motion = _matching_view(st.views, view, geometry, angles, work,
+                                              min_peak=min_peak)
                 view_changed = True
         if view is None:
             view = self._new_view(st, geometry, angles, work, _side(frame))
@@ -295,17 +301,17 @@ class JointStage:
         return {"joint": joint, "target": target}
 
 
-def _matching_view(views: list[_View], current: _View, geometry: _Geometry, angles,
-                   work: np.ndarray):
+def _matching_view(views: list[_View], current: _View | None, geometry: _Geometry, angles,
+                   work: np.ndarray, *, min_peak: float):
     """(view, motion) of the stored view of this geometry and header angles other than
-    ``current`` that ``work`` matches best with a peak of at least :data:`RUN_START_PEAK`, or
-    (None, None)."""  # a stored view is only re-entered on a clear match, with angles or not
+    ``current`` that ``work`` matches best with a peak of at least ``min_peak``, or
+    (None, None)."""
     best = (None, None)
     for v in views:
         if v is current or not v.matches(geometry, angles):
             continue
         motion = v.registrar.measure(work)
-        if motion.peak >= RUN_START_PEAK and (best[1] is None or motion.peak > best[1].peak):
+        if motion.peak >= min_peak and (best[1] is None or motion.peak > best[1].peak):
             best = (v, motion)
     return best
 

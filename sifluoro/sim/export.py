@@ -171,10 +171,12 @@ def export_study(study, folder: str | Path, *,
 
 
 def _damaged_run_index(study) -> int | None:
-    """Which run's file is damaged: a needle run in the middle, never the contrast run."""
-    if not study.damaged or len(study.runs) < 3:
+    """Which run's file is damaged: a needle run in the middle, never the contrast run (nor
+    a wrong-level scout, so that the same run is damaged with or without one)."""
+    first = sum(run.wrong_level for run in study.runs)
+    if not study.damaged or len(study.runs) - first < 3:
         return None
-    candidates = [i for i, run in enumerate(study.runs[1:-1], start=1)
+    candidates = [i for i, run in enumerate(study.runs[first + 1:-1], start=first + 1)
                   if not any(t.contrast_visible for t in run.truth)]
     return candidates[len(candidates) // 2] if candidates else None
 

@@ -73,6 +73,7 @@ class SimRun:
     # (0028,1041): -1 stored values rise with attenuation (bone bright as stored), +1 they
     # rise with X-ray intensity (bone dark as stored; MONOCHROME1, or MONOCHROME2 bone-dark)
     pixel_intensity_sign: int = -1
+    wrong_level: bool = False  # a scout of the wrong level put before the study (no joint)
 
     @property
     def attenuation_rises_with_value(self) -> bool:

@@ -90,7 +90,6 @@ class _RunMemory:
 
     def __init__(self, run, shape: tuple[int, int]):
         self.run = run
-        self.frame_no = 0
         self.opaque = np.zeros(shape, np.bool_)
         # the accepted opacity of the previous frame: its mean z, area (mm²) and how many
         # frames ago opacity first appeared in this run
@@ -219,7 +218,6 @@ class ContrastStage:
             bank.push(b.current, b.unusable)
             return self._result(memory, frame, (), 0.0, 0.0, None)
         rm = memory.run
-        rm.frame_no += 1
         np.logical_or(b.text, rm.text, out=b.text)
 
         envelope = bank.current_envelope()
@@ -283,12 +281,14 @@ class ContrastStage:
         event carries the state over (``{}``).
 
         Returns None, and the pipeline then runs :meth:`process`, on a run's first frame, on a
-        view change or before the stage has seen the study.
+        view change, before the stage has seen the study, and right after a frame that was
+        only remembered (one owed vessel test is what the run's frames can hold; a run's last
+        frame remembered still loses its test, as a skipped one did).
         """
         memory = state.stage_state.get("contrast")
         register = state.stage_state.get("register")
         if (not isinstance(memory, _StudyMemory) or memory.run is None
-                or memory.run.run is not frame.run
+                or memory.run.run is not frame.run or memory.run.test_owed
                 or (register is not None and getattr(register, "view_changed", False))):
             return None
         pixels = frame.pixels
@@ -301,7 +301,6 @@ class ContrastStage:
                        b.row_sum, b.row_low, b.row_high)
         K.smooth_binomial(b.image, b.tmp, b.current)
         rm = memory.run
-        rm.frame_no += 1
         if rm.opaque_mm2 > 0.0 or rm.opacity_age:
             rm.opacity_age += 1
         rm.remember(b.current)
@@ -327,7 +326,8 @@ class ContrastStage:
         (:mod:`sifluoro.track.contrast_transient`); 0 until the run has 4 frames, and 0 when
         the washout alone shows that it cannot reach ``VASCULAR_LINE_MM``. After a frame that
         was only remembered, the test it owes (one frame earlier) runs too, and the larger
-        evidence counts: a vessel whose test fell on that frame is not lost."""
+        evidence counts: a vessel whose test fell on that frame is not lost (this frame then
+        costs a second test)."""
         if self._transient is None or self._transient.shape != b.shape:
             self._transient = TransientLines(b.shape)
         floor = VASCULAR_LINE_MM / work_mm

@@ -420,3 +420,13 @@ def test_a_table_moved_under_the_same_angles_is_a_new_view():
     assert all(e["joint"] is None for e in after[:len(wrong)])
     assert [e["joint"] for e in after[len(wrong):]] == [e["joint"] for e in alone]
     assert sum(e["joint"] is not None for e in alone) >= 3  # not a comparison of Nones
+    # back to the scout's angles after the oblique run: of the two views at those angles, the
+    # real scout's is re-entered (its line at once), not the wrong level's, and none is added
+    again = make_run(study.runs[1].frames, bits_stored=study.runs[1].bits_stored,
+                     photometric=study.runs[1].photometric,
+                     pixel_intensity_sign=study.runs[1].pixel_intensity_sign,
+                     technique=frames[1][0].run.technique, index=7)
+    back, state = run_frames(JointStage(), wrong + scout + frames_of(again, 2000))
+    assert len(state.stage_state["register_views"].views) == 3
+    first_back = back[len(wrong) + len(scout)]["joint"]
+    assert first_back is not None and first_back["view_changed"]

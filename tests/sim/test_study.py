@@ -250,3 +250,10 @@ def test_wrong_level_scout_shows_no_joint_and_leaves_the_study_unchanged(study):
     assert (t0.primary_angle_deg, t0.secondary_angle_deg) == (t1.primary_angle_deg,
                                                               t1.secondary_angle_deg)
     assert np.abs(wrong.frames[0].astype(float) - study.runs[0].frames[0]).mean() > 100
+    assert wrong.wrong_level and not any(r.wrong_level for r in rest)
+    # a damaged case has the same run's file cut short with or without the wrong level
+    from dataclasses import replace
+
+    from sifluoro.sim.export import _damaged_run_index
+    assert _damaged_run_index(replace(with_scout, damaged=True)) == \
+        _damaged_run_index(replace(study, damaged=True)) + 1

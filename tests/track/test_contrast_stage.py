@@ -216,16 +216,18 @@ def test_joint_fill_then_vessel_is_vascular(phantom):
     assert out.index("vascular") <= 2 + 3 + 3
 
 
-def _alert_frames(frames, remember_at=()):
+def _alert_frames(frames, remember_at=(), declines=()):
     """Indices of the frames whose result carries an alert, calling the stage directly and
-    only remembering (the deadline's cheaper mode) the frames in ``remember_at``."""
+    only remembering (the deadline's cheaper mode) the frames in ``remember_at``; it must
+    decline on a run's first frame and on the frames in ``declines``."""
     stage = ContrastStage()
     state = Pipeline([stage], Settings(latency_budget_ms=1e9)).start_study("1")
     alerts = []
     for i, frame in enumerate(frames):
         out = stage.process_remember(frame, state) if i in remember_at else None
+        assert out is None or i not in declines
         if out is None:
-            assert i not in remember_at or frame.frame_number == 1  # declines on a run's first frame
+            assert i not in remember_at or frame.frame_number == 1 or i in declines
             out = stage.process(frame, state)
         elif i in remember_at:
             assert out == {}                      # nothing classified: the state carries over
@@ -246,3 +248,6 @@ def test_a_frame_only_remembered_under_the_deadline_keeps_its_vessel_test():
     assert _alert_frames(frames, remember_at={full[0]}) == [full[0] + 1]
     first_of_last_run = next(i for i, f in enumerate(frames) if f.run is frames[-1].run)
     assert _alert_frames(frames, remember_at={first_of_last_run}) == full
+    # two in a row (Settings.max_skipped_frames=2): the second declines, one test is owed at most
+    assert _alert_frames(frames, remember_at={full[0], full[0] + 1}, declines={full[0] + 1}) == \
+        [full[0] + 1]
