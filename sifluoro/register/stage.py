@@ -54,6 +54,12 @@ NEAR_AP_DEG = 15.0
 # (training seeds 606 / 609: views at 36.7 and 36.1 degrees called single on every frame;
 # single lines were seen at 18.4-31.6 degrees)
 FAR_OBLIQUE_DEG = 34.0
+# averaging lowers the noise, not the depth of non-superimposed margins: a faint line called
+# doubled on 4 frames climbs past the depth test by 8 or 16 (training seeds 606 / 607 / 609 /
+# 610: 20 of 27 doubled views called doubled on 8 and 16 frames, 24 when a call made on 4 stays,
+# no single view called doubled either way). Fewer frames are too noisy for their call to stick
+# (5 of 25 single views were called doubled on one frame)
+DOUBLED_STICKS_FROM_FRAMES = 4
 ADVICE_DOUBLED = ("Joint margins are not superimposed (doubled line): rotate the C-arm a few "
                   "degrees obliquely until the two lines merge into one.")
 
@@ -82,6 +88,7 @@ class _View:
         self.aligned_mask = np.empty(work.shape, np.float32)
         self.frames = 0
         self.line: JointLine | None = None
+        self.doubled_seen = False  # a line on DOUBLED_STICKS_FROM_FRAMES or more was doubled
         self.target_xy: np.ndarray | None = None  # on the line, in the reference's coordinates
         self.last_shift = (0.0, 0.0)  # full-resolution pixels, of the latest registered frame
 
@@ -118,6 +125,9 @@ class _View:
         # the average only gets better: a line found on fewer, noisier frames that this one
         # does not confirm was noise
         self.line = segment_joint(mean, grid=self.grid, usable=usable, side=self.side)
+        if self.line is not None and self.frames >= DOUBLED_STICKS_FROM_FRAMES:
+            self.doubled_seen = self.doubled_seen or self.line.doubled
+            self.line = replace(self.line, doubled=self.doubled_seen)
         if (self.line is not None and self.angles_deg is not None
                 and not NEAR_AP_DEG <= abs(self.angles_deg[0]) <= FAR_OBLIQUE_DEG):
             self.line = replace(self.line, doubled=True)

@@ -430,3 +430,29 @@ def test_a_table_moved_under_the_same_angles_is_a_new_view():
     assert len(state.stage_state["register_views"].views) == 3
     first_back = back[len(wrong) + len(scout)]["joint"]
     assert first_back is not None and first_back["view_changed"]
+
+
+@pytest.mark.parametrize("doubled_from, expected", [(4, True), (8, True), (2, False), (None, False)])
+def test_a_line_called_doubled_on_four_frames_stays_doubled(monkeypatch, doubled_from, expected):
+    """Averaging lowers the noise, not the depth of non-superimposed margins: once a line on 4
+    or more frames is called doubled, the deeper-looking line of 8 and 16 frames is too; a call
+    made on fewer, noisier frames does not stick."""
+    from sifluoro.register import stage as register_stage
+    from sifluoro.register.joint import JointLine
+
+    segmented_at = iter(register_stage.RESEGMENT_AT)
+
+    def segment(mean, *, grid, usable, side):
+        frames = next(segmented_at)
+        doubled = doubled_from is not None and frames <= doubled_from
+        return JointLine(np.array([[30.0, 20.0], [24.0, 100.0]]), 0.9, doubled, 50.0)
+
+    monkeypatch.setattr(register_stage, "segment_joint", segment)
+    work = np.full((64, 64), 0.5, np.float32)
+    view = register_stage._View(register_stage._Geometry(128, 128, 0.3), (25.0, 0.0),
+                                np.ones((64, 64), bool), work)
+    for _ in range(16):
+        view.add(work, np.ones((64, 64), bool), (0.0, 0.0))
+        if view.frames in register_stage.RESEGMENT_AT:
+            view.segment()
+    assert view.line.doubled == expected
