@@ -705,6 +705,8 @@ class NeedleStage:
         y0 = max(0, int(tip[1]) - reach)
         x1 = min(cols, int(tip[0]) + reach + 1)
         y1 = min(rows, int(tip[1]) + reach + 1)
+        if x1 - x0 < 8 or y1 - y0 < 8:
+            return None  # the tip is outside the image (or the box's crop of it)
         crop = att[y0:y1, x0:x1]
         smooth = cv2.GaussianBlur(crop, (0, 0), 0.5 * ctx.grid.factor + 0.3)
         off = np.array([x0, y0], float)

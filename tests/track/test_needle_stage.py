@@ -328,3 +328,16 @@ def test_a_tip_far_from_the_last_one_is_left_to_the_full_search():
     assert stage._track_roi(far, frame, state) is None
     # the full search then adds the frame to the run's mean: the box leaves it as it was
     assert np.array_equal(far.mean_work, mean) and far.n_mean == n
+
+
+def test_a_tip_start_outside_the_image_is_not_refined():
+    """The box's start can be carried past its crop's edge along the line: no tip there
+    (the empty crop used to raise inside OpenCV and fail the stage on that frame)."""
+    stage = NeedleStage()
+    _, _, _, state = _needle_run(stage, 2)
+    st = state.stage_state["needle"]
+    att = np.zeros((40, 40), np.float32)
+    u = np.array([1.0, 0.0])
+    reach_px = (stage.settings.fit_mm + stage.settings.tip_window_mm + 3.0) / SPACING_MM
+    assert stage._refine(st, att, np.array([60.0 + reach_px, 20.0]), u, st.ctx) is None
+    assert stage._refine(st, att, np.array([-10.0 - reach_px, 20.0]), u, st.ctx) is None
