@@ -156,6 +156,8 @@ class _StudyNeedle:
         self.since_full = 0  # frames of the run since the last full search
         self.anchor: tuple[np.ndarray, np.ndarray] | None = None  # its tip and direction
         self.anchor_agreed = False  # with the full search before it in the run
+        self.jump: np.ndarray | None = None  # a tip far from the anchor, to be confirmed
+        self.jump_before: np.ndarray | None = None  # the previous frame's
 
 
 class NeedleStage:
@@ -219,7 +221,7 @@ class NeedleStage:
         st.ctx = _RunContext(run, spacing, grid, att.shape, valid_work, centre, edge_dist)
         st.mean_work, st.n_mean = None, 0
         st.prev_candidates = []
-        st.anchor, st.anchor_agreed = None, False
+        st.anchor, st.anchor_agreed, st.jump = None, False, None
         return st.ctx
 
     # -- per frame ------------------------------------------------------------------------
@@ -504,6 +506,7 @@ class NeedleStage:
         ranked = []
         seen = []
         followed = st.track.dir_xy is not None
+        st.jump_before, st.jump = st.jump, None
         for tip_w, base_w, prob in self._candidates(st, att, ctx, target):
             tip = grid.to_full(tip_w)
             base = grid.to_full(base_w)
@@ -533,10 +536,51 @@ class NeedleStage:
             if refined is None or refined[2] <= 0.0:
                 continue
             tip, u, _ = refined
+            if tracked and self._jumped(st, ctx, tip, u):
+                at_anchor = self._at_anchor(st, att, ctx)
+                if at_anchor is None:
+                    continue
+                tip, u = at_anchor
+                base = tip - u * st.track.length_px
             tip = self._no_retreat(st, ctx, tip, u, tracked)
             st.track.hits = st.track.hits + 1 if tracked else 1
             return tip, u, float(np.linalg.norm(tip - base)), score
         return self._follow(st, att, ctx)
+
+    def _jumped(self, st: _StudyNeedle, ctx: _RunContext, tip: np.ndarray,
+                u: np.ndarray) -> bool:
+        """Is a tracked tip (held as :meth:`_no_retreat` will hold it) further than
+        ``max_jump_mm`` from the run's agreed anchor, and not where the previous frame's full
+        search put such a jump? A first jump is remembered (``st.jump``) and the next frame is
+        searched in full (:meth:`_roi_due`) to confirm it."""
+        if st.anchor is None or not st.anchor_agreed or st.n_mean < self.settings.avg_frames:
+            return False
+        held = self._held(st, ctx, tip, u)
+        if (float(np.linalg.norm(held - st.anchor[0])) * ctx.spacing_mm
+                <= self.settings.max_jump_mm):
+            return False
+        pending = st.jump_before
+        if (pending is not None and float(np.linalg.norm(held - pending)) * ctx.spacing_mm
+                <= self.settings.roi_step_mm):
+            return False
+        st.jump = held
+        return True
+
+    def _at_anchor(self, st: _StudyNeedle, att: np.ndarray, ctx: _RunContext
+                   ) -> tuple[np.ndarray, np.ndarray] | None:
+        """The tip refined on this frame from the run's anchor along its axis (no extension
+        along the line), when it stays within ``roi_step_mm`` of the anchor on its line."""
+        s = self.settings
+        anchor, anchor_u = st.anchor
+        refined = self._refine(st, att, anchor, anchor_u, ctx)
+        if refined is None or refined[2] <= 0.0:
+            return None
+        tip, u, _ = refined
+        if (float(u @ anchor_u) < math.cos(math.radians(s.track_angle_deg))
+                or np.linalg.norm(self._held(st, ctx, tip, u) - anchor)
+                * ctx.spacing_mm > s.roi_step_mm):
+            return None
+        return tip, u
 
     def _follow(self, st: _StudyNeedle, att: np.ndarray, ctx: _RunContext):
         """No candidate taken, but a needle followed in this view: look for it where it was
@@ -562,6 +606,11 @@ class NeedleStage:
         tip, u, _ = refined
         if float(u @ track.dir_xy) < math.cos(math.radians(s.track_angle_deg)):
             return None
+        if self._jumped(st, ctx, tip, u):
+            at_anchor = self._at_anchor(st, att, ctx)
+            if at_anchor is None:
+                return None
+            tip, u = at_anchor
         score = st.finder.interval_score(grid.to_work(tip - u * span_px), grid.to_work(tip))
         if score < s.follow_min_score:
             return None
@@ -580,7 +629,7 @@ class NeedleStage:
         ``full_search_every``-th frame (the full search also looks for another needle and
         checks the followed one's probability)."""
         return (self.settings.full_search_every > 1 and self._box_ready(st, frame)
-                and st.since_full < self.settings.full_search_every - 1)
+                and st.jump is None and st.since_full < self.settings.full_search_every - 1)
 
     def _box_ready(self, st: _StudyNeedle, frame: Frame) -> bool:
         """Is there a followed needle of this run for :meth:`_track_roi`: found on the previous
@@ -705,6 +754,8 @@ class NeedleStage:
         y0 = max(0, int(tip[1]) - reach)
         x1 = min(cols, int(tip[0]) + reach + 1)
         y1 = min(rows, int(tip[1]) + reach + 1)
+        if x1 - x0 < 8 or y1 - y0 < 8:
+            return None  # the tip is outside the image (or the box's crop of it)
         crop = att[y0:y1, x0:x1]
         smooth = cv2.GaussianBlur(crop, (0, 0), 0.5 * ctx.grid.factor + 0.3)
         off = np.array([x0, y0], float)

@@ -90,6 +90,13 @@ class NeedleSettings:
         A tip found in the box further than this from the tip of the run's last full search
         is not taken (the full search then runs on the frame); the box is used only once two
         full searches in a row agree within this.
+    max_jump_mm : float
+        Once two full searches of a run agree on the tip (the box's anchor), a tracked tip
+        further than this from the anchor is taken only when the full search of the next
+        frame finds it again (within ``roi_step_mm``); until then the tip is looked for at
+        the anchor. A tip carried on along its line into bone jumps 15-20 mm in one frame
+        and is then held there by :meth:`NeedleStage._no_retreat`; a needle caught up with
+        (placed short on the run's first frames) is found again.
     search_when_unfollowed : bool
         Under the deadline (the pipeline's ``needle_roi`` step), with no needle to follow the
         step declines and the field is searched as usual (a cold start over budget) instead of
@@ -131,6 +138,7 @@ class NeedleSettings:
     max_ext_score: float = 2.0
     full_search_every: int = 8
     roi_step_mm: float = 3.0
+    max_jump_mm: float = 6.0
     search_when_unfollowed: bool = True
 
 

@@ -328,3 +328,43 @@ def test_a_tip_far_from_the_last_one_is_left_to_the_full_search():
     assert stage._track_roi(far, frame, state) is None
     # the full search then adds the frame to the run's mean: the box leaves it as it was
     assert np.array_equal(far.mean_work, mean) and far.n_mean == n
+
+
+def test_a_tip_start_outside_the_image_is_not_refined():
+    """The box's start can be carried past its crop's edge along the line: no tip there
+    (the empty crop used to raise inside OpenCV and fail the stage on that frame)."""
+    stage = NeedleStage()
+    _, _, _, state = _needle_run(stage, 2)
+    st = state.stage_state["needle"]
+    att = np.zeros((40, 40), np.float32)
+    u = np.array([1.0, 0.0])
+    reach_px = (stage.settings.fit_mm + stage.settings.tip_window_mm + 3.0) / SPACING_MM
+    assert stage._refine(st, att, np.array([60.0 + reach_px, 20.0]), u, st.ctx) is None
+    assert stage._refine(st, att, np.array([-10.0 - reach_px, 20.0]), u, st.ctx) is None
+
+
+def test_a_tip_jumping_far_from_the_anchor_is_taken_when_seen_again():
+    """Late in a run (full mean image, agreed anchor) a tracked tip further than
+    ``max_jump_mm`` from the anchor is not taken on its first frame (a line carried on into
+    bone, then held by the no-retreat rule for the rest of the view): the tip is looked for at
+    the anchor, and the next frame is searched in full; found there again, it is taken."""
+    stage = NeedleStage()
+    s = stage.settings
+    tip, outs, modes, state = _needle_run(stage, s.avg_frames + 2)
+    st = state.stage_state["needle"]
+    assert st.anchor_agreed and st.n_mean == s.avg_frames
+    # as if the run had followed the needle 10 mm short of its tip
+    u = st.anchor[1]
+    back = tip - u * ((s.max_jump_mm + 4.0) / SPACING_MM)
+    st.anchor = (back, u)
+    st.track.tip_xy = st.track.run_tip = st.track.last_tip_of_run = back
+    st.since_full = s.full_search_every  # the next frame is a full search
+    out = []
+    for k in range(2):
+        img = _background(300 + k)
+        _draw_polyline(img, _needle_points(tip, np.array([120.0, 511.0])), 0.05, 1.8)
+        out.append(stage.process(_frame(img, st.ctx.run, 20 + k), state))
+    first = out[0]["needle"]
+    assert first is None or math.dist(first["tip_xy"], tip) * SPACING_MM > s.max_jump_mm
+    assert st.since_full == 0  # the second frame was searched in full
+    assert math.dist(out[1]["needle"]["tip_xy"], tip) * SPACING_MM < 1.0
