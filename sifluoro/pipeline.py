@@ -303,7 +303,12 @@ class Pipeline:
         t_plan = clock()
         due = {d.stage for d in self._steps if (d.method is None or d.skips)
                and state.skipped_in_a_row.get(d.stage, 0) >= self.settings.max_skipped_frames}
-        modes = self._plan(shape, budget_ms - (t_plan - arrival.t_s) * 1000.0, due) if planned else {}
+        # a stage whose update was skipped on the previous frame may owe work (the contrast
+        # stage's vessel test): its cost is learnt apart, so as not to inflate the usual one
+        after_skip = {d.stage for d in self._steps if d.skips and d.method is not None
+                      and state.skipped_in_a_row.get(d.stage, 0) > 0}
+        modes = (self._plan(shape, budget_ms - (t_plan - arrival.t_s) * 1000.0, due, after_skip)
+                 if planned else {})
         event = _base_event(frame, state)
         alerts = list(arrival.alerts)
         skipped, failed, steps = [], [], set()
@@ -346,8 +351,10 @@ class Pipeline:
                     alerts.extend(fields.pop("alerts", ()))  # a stage's alerts join the dose alerts
                     event.update(fields)
                 if planned:
-                    costs.add(stage.name, mode if steady else f"{mode}@run_start", shape,
-                              cost_ms)
+                    key = mode if steady else f"{mode}@run_start"
+                    if mode == FULL and stage.name in after_skip:
+                        key = f"{mode}@after_skip"
+                    costs.add(stage.name, key, shape, cost_ms)
         for stage in self.stages:
             state.skipped_in_a_row[stage.name] = (state.skipped_in_a_row.get(stage.name, 0) + 1
                                                   if stage.name in skipped else 0)
@@ -404,15 +411,19 @@ class Pipeline:
         """What the planner knows: p50/p90 cost per stage, mode and frame shape."""
         return self.costs.snapshot()
 
-    def _plan(self, shape: tuple[int, ...], remaining_ms: float, due: set[str] = frozenset()
-              ) -> dict[str, str]:
+    def _plan(self, shape: tuple[int, ...], remaining_ms: float, due: set[str] = frozenset(),
+              after_skip: set[str] = frozenset()) -> dict[str, str]:
         """The fewest steps of the policy, in order, whose predicted cost fits ``remaining_ms``
         (an unknown cost counts as zero, so that the stage runs and is measured); the stages
         in ``due`` are not skipped, and a step that saves nothing (its stage shares a wave with
-        a dearer one) is passed over until a later step makes it count."""
+        a dearer one) is passed over until a later step makes it count. The stages in
+        ``after_skip`` are costed as after a skipped update (``process@after_skip``, the
+        usual cost until that is known)."""
         costs = self.costs
         remaining_ms -= costs.estimate_ms("pipeline", "overhead", shape) or 0.0
-        cost = {s.name: costs.estimate_ms(s.name, FULL, shape) or 0.0 for s in self.stages}
+        cost = {s.name: (costs.estimate_ms(s.name, f"{FULL}@after_skip", shape)
+                         if s.name in after_skip else None)
+                or costs.estimate_ms(s.name, FULL, shape) or 0.0 for s in self.stages}
 
         def predicted() -> float:  # a wave costs its dearest stage
             return sum(max(cost[s.name] for s in wave) for wave in self._waves)

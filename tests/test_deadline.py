@@ -428,3 +428,35 @@ def test_needle_roi_without_a_needle_declines_unless_told_to_stay_cheap(sim):
     assert NeedleStage().process_roi(frame, state) is None
     cheap = NeedleStage(needle=NeedleSettings(search_when_unfollowed=False))
     assert cheap.process_roi(frame, state) == {"needle": None, "tip_to_target_mm": None}
+
+
+def test_the_cost_after_a_remembered_frame_is_learnt_apart(frames):
+    """A contrast update skipped (the frame only remembered) leaves the next frame a second
+    vessel test to run: that frame's cost is learnt under ``process@after_skip``, so the usual
+    ``process`` estimate, on which every frame is planned, stays the usual cost."""
+    clock = Clock()
+    register, needle, contrast = _stages(clock, register_ms=1.0, needle_ms=1.0, contrast_ms=4.0)
+    contrast.process_remember = lambda frame, state: (clock.spend(0.5), {})[1]
+    after = {}
+
+    def process(frame, state):  # dearer right after a remembered frame
+        owed = bool(contrast.calls) and contrast.calls[-1] == ("remembered", frame.index - 1)
+        contrast.calls.append(("process", frame.index))
+        clock.spend(8.0 if owed else 4.0)
+        after[frame.index] = owed
+        return {"contrast": {"state": "none", "confidence": 0.0}}
+    contrast.process = process
+    remember = contrast.process_remember
+    contrast.process_remember = lambda frame, state: (contrast.calls.append(("remembered", frame.index)),
+                                                      remember(frame, state))[1]
+    slow = register.process
+    register.process = lambda frame, state: (clock.spend(9.0) if frame.index in (10, 14) else None,
+                                             slow(frame, state))[1]   # spends the budget
+    pipeline, state, events = _run([register, needle, contrast], clock, frames[:16], 10.0,
+                                   max_skipped_frames=1)
+    assert [e.get("skipped_stages") for e in events[10:12]] == [["contrast"], None]
+    assert after[11] and after[15] and not any(v for k, v in after.items() if k not in (11, 15))
+    costs = pipeline.stage_costs()
+    shape = "x".join(map(str, frames[0].pixels.shape))
+    assert costs[f"contrast/process@after_skip/{shape}"]["p50_ms"] == 8.0
+    assert costs[f"contrast/process/{shape}"]["p50_ms"] == 4.0
