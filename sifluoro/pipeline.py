@@ -235,6 +235,7 @@ class Pipeline:
         self._steps = tuple(d for d in (_available(d, names) for d in DEGRADATION_ORDER)
                             if d is not None)
         self._step_of = {d.stage: d for d in self._steps}
+        self._stage_order = {stage.name: k for k, stage in enumerate(self.stages)}
         # one stage a wave unless there are threads to share: a wave's stages are planned
         # together, before any of them runs
         self._waves = (_waves(self.stages) if self.settings.stage_threads > 1
@@ -371,8 +372,7 @@ class Pipeline:
         if ordered_steps:
             event["degraded_steps"] = ordered_steps
         if skipped:
-            order = {stage.name: k for k, stage in enumerate(self.stages)}
-            event["skipped_stages"] = sorted(skipped, key=order.__getitem__)
+            event["skipped_stages"] = sorted(skipped, key=self._stage_order.__getitem__)
         if failed:
             event["failed_stages"] = failed
         return self._finish(event, state, alerts, latency_ms)

@@ -180,16 +180,9 @@ class ContrastStage:
         memory = state.stage_state.get("contrast")
         if not isinstance(memory, _StudyMemory):
             memory = state.stage_state["contrast"] = _StudyMemory()
-        pixels = frame.pixels
-        rows, cols = pixels.shape
-        factor = self.factor_for(rows, cols)
-        shape = (rows // factor, cols // factor)
-        b = self.buffers(shape, factor)
+        b = self._reduce(frame)
+        factor, shape = b.factor, b.shape
         run = frame.run
-        top = (1 << run.bits_stored) - 1
-        K.reduce_frame(pixels, factor, top, not run.attenuation_rises_with_value,
-                       b.image, b.low, b.high, b.row_sum, b.row_low, b.row_high)
-        K.smooth_binomial(b.image, b.tmp, b.current)
         spacing = frame.pixel_spacing_xy_mm
         work_mm = (spacing[0] if spacing else 0.5) * factor
         register = state.stage_state.get("register")
@@ -274,6 +267,20 @@ class ContrastStage:
                     max(o.bbox_xyxy[2] for o in accepted), max(o.bbox_xyxy[3] for o in accepted)]
         return self._result(memory, frame, accepted, area_mm2, iodine, bbox)
 
+    def _reduce(self, frame: Frame) -> _Buffers:
+        """The frame block-averaged to the working grid (``b.image``, with its low/high
+        counts) and smoothed (``b.current``), in the buffers of its shape."""
+        pixels = frame.pixels
+        rows, cols = pixels.shape
+        factor = self.factor_for(rows, cols)
+        b = self.buffers((rows // factor, cols // factor), factor)
+        run = frame.run
+        K.reduce_frame(pixels, factor, (1 << run.bits_stored) - 1,
+                       not run.attenuation_rises_with_value, b.image, b.low, b.high,
+                       b.row_sum, b.row_low, b.row_high)
+        K.smooth_binomial(b.image, b.tmp, b.current)
+        return b
+
     def process_remember(self, frame: Frame, state) -> dict[str, Any] | None:
         """Cheaper mode for a frame short of time (the pipeline's ``contrast_skipped`` step):
         the frame only joins the run's recent frames, so that the vessel test of the next
@@ -291,15 +298,7 @@ class ContrastStage:
                 or memory.run.run is not frame.run or memory.run.test_owed
                 or (register is not None and getattr(register, "view_changed", False))):
             return None
-        pixels = frame.pixels
-        rows, cols = pixels.shape
-        factor = self.factor_for(rows, cols)
-        b = self.buffers((rows // factor, cols // factor), factor)
-        run = frame.run
-        K.reduce_frame(pixels, factor, (1 << run.bits_stored) - 1,
-                       not run.attenuation_rises_with_value, b.image, b.low, b.high,
-                       b.row_sum, b.row_low, b.row_high)
-        K.smooth_binomial(b.image, b.tmp, b.current)
+        b = self._reduce(frame)
         rm = memory.run
         if rm.opaque_mm2 > 0.0 or rm.opacity_age:
             rm.opacity_age += 1
