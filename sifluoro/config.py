@@ -86,7 +86,8 @@ class Settings:
     latency_budget_ms : float
         Per-frame budget for image work, from the frame's arrival; the pipeline degrades a
         frame's image work to fit it (:class:`sifluoro.pipeline.Pipeline`), and frames over it
-        are marked ``degraded``.
+        are marked ``degraded``. ``math.inf``: no deadline (offline replay then overlaps
+        consecutive frames, :meth:`sifluoro.pipeline.Pipeline.process_frames`).
     queue_frames : int
         Capacity of the bounded queue between a file reader and the pipeline (offline: the
         reader waits when it is full).

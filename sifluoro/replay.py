@@ -71,8 +71,8 @@ def replay(inputs: Iterable[str | Path], *, events_path: str | Path, summary_pat
     overlays = (OverlayWriter(overlay_png_dir, overlay_mp4, stages=state.stage_names)
                 if overlay_png_dir is not None or overlay_mp4 is not None else None)
     with _atomic_text(events_path) as out:
-        for frame in prefetch(iter_frames(study, rejected), settings.queue_frames):
-            event = pipeline.process(frame, state)
+        frames = prefetch(iter_frames(study, rejected), settings.queue_frames)
+        for frame, event in pipeline.process_frames(frames, state):
             out.write(json.dumps(event, separators=(",", ":")) + "\n")
             if overlays is not None:
                 overlays.add(frame, event)

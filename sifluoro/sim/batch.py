@@ -41,8 +41,9 @@ def simulate_set(outdir: str | Path, *, cases: int, seed: int, size: str = "mixe
 def replay_set(cases_dir: str | Path, out: str | Path, *, settings=None):
     """Replay each ``CASES/<case>/`` into ``OUT/<case>/events.jsonl`` and ``summary.json``.
 
-    With the default latency budget, image stages may be skipped on a busy machine; a large
-    budget (``Settings(latency_budget_ms=1e9)``) makes the results independent of load.
+    With the default latency budget, image stages may be skipped on a busy machine; no
+    deadline (``Settings(latency_budget_ms=math.inf)``) makes the results independent of load
+    (and overlaps consecutive frames: :meth:`~sifluoro.pipeline.Pipeline.process_frames`).
     """
     from sifluoro.replay import replay
 

@@ -1,0 +1,140 @@
+"""Without a deadline, replay overlaps consecutive frames (Pipeline.process_frames): the last
+stage of frame n runs beside the earlier stages of frame n+1, sees its own frame's results and
+keeps its own memory; the events are those of one frame at a time."""
+from __future__ import annotations
+
+import math
+import threading
+
+import pytest
+
+from sifluoro.config import Settings
+from sifluoro.pipeline import Pipeline
+from sifluoro.stages import STAGE_NAMES, make_stages
+
+NO_DEADLINE = Settings(latency_budget_ms=math.inf, stage_threads=2)
+
+
+class Register:
+    """Publishes its frame's index as its result, like the register stage."""
+
+    name, reads = "register", ()
+
+    def __init__(self, after=None):
+        self.after = after  # called with the frame index once the result is published
+
+    def process(self, frame, state):
+        state.stage_state["register"] = frame.index
+        if self.after is not None:
+            self.after(frame.index)
+        return {}
+
+
+class Last:
+    """Reports the register result it sees and counts its frames in its own memory."""
+
+    name, reads = "contrast", ("register",)
+
+    def __init__(self, before=None, fail_on=()):
+        self.before, self.fail_on = before, set(fail_on)
+
+    def process(self, frame, state):
+        if self.before is not None:
+            self.before(frame.index)
+        seen = state.stage_state["register"]
+        state.stage_state["contrast"] = state.stage_state.get("contrast", 0) + 1
+        if frame.index in self.fail_on:
+            raise RuntimeError("defect")
+        return {"contrast": {"state": "none", "confidence": float(seen)}}
+
+
+def _events(pipeline, frames, state=None):
+    state = state or pipeline.start_study("1.2")
+    pairs = list(pipeline.process_frames(frames, state))
+    assert [f.index for f, _ in pairs] == [f.index for f in frames]
+    return [e for _, e in pairs], state
+
+
+def test_the_last_stage_of_a_frame_runs_beside_the_next_frame(frames_512):
+    """contrast(n) waits until register(n+1) has published: only overlap lets it go on, and it
+    still sees register(n)'s result."""
+    published = {i: threading.Event() for i in range(len(frames_512) + 1)}
+    last = len(frames_512) - 1
+
+    def wait_next(i):
+        if i < last:
+            assert published[i + 1].wait(10), "the next frame's first stage did not run meanwhile"
+
+    pipeline = Pipeline([Register(lambda i: published[i].set()), Last(wait_next)], NO_DEADLINE)
+    events, state = _events(pipeline, frames_512)
+    assert [e["contrast"]["confidence"] for e in events] == [float(f.index) for f in frames_512]
+    assert state.stage_state["contrast"] == len(frames_512)  # its memory is the study's
+    assert not any(e["degraded"] for e in events)
+
+
+@pytest.mark.parametrize("settings", [Settings(latency_budget_ms=1e9, stage_threads=2),
+                                      Settings(latency_budget_ms=math.inf, stage_threads=1)])
+def test_frames_do_not_overlap_under_a_deadline_or_on_one_thread(frames_512, settings):
+    busy = threading.Lock()
+    overlapped = []
+
+    def enter(_):
+        overlapped.append(not busy.acquire(blocking=False))
+
+    pipeline = Pipeline([Register(enter), Last(lambda i: busy.release())], settings)
+    events, _ = _events(pipeline, frames_512)
+    assert len(events) == len(frames_512) and not any(overlapped)
+
+
+def test_a_stage_read_by_an_earlier_one_is_not_run_behind(frames_512):
+    class Reader(Register):
+        reads = ("contrast",)
+
+    pipeline = Pipeline([Reader(), Last()], NO_DEADLINE)
+    assert not pipeline._overlappable()
+    events, _ = _events(pipeline, frames_512)
+    assert [e["contrast"]["confidence"] for e in events] == [float(f.index) for f in frames_512]
+
+
+def test_a_failing_last_stage_loses_neither_the_frame_nor_the_next(frames_512):
+    pipeline = Pipeline([Register(), Last(fail_on={1})], NO_DEADLINE)
+    events, state = _events(pipeline, frames_512)
+    assert events[1]["failed_stages"] == ["contrast"] and events[1]["degraded"]
+    assert events[1]["contrast"]["confidence"] == 0.0  # carried over from frame 0
+    assert all("failed_stages" not in e for k, e in enumerate(events) if k != 1)
+    assert events[-1]["dose"] == {"air_kerma_mgy": state.dose.totals.air_kerma_mgy,
+                                  "dap_gycm2": state.dose.totals.dap_gycm2,
+                                  "fluoro_time_s": round(state.dose.totals.fluoro_time_s, 6)}
+    assert state.frames == len(frames_512)
+
+
+def test_real_stages_give_the_events_of_one_frame_at_a_time(sim_512):
+    frames = [f for f, _ in sim_512]
+
+    def run(settings):
+        pipeline = Pipeline(make_stages(STAGE_NAMES, settings), settings)
+        state = pipeline.start_study("sim")
+        for r in {f.run.sop_instance_uid: f.run for f in frames}.values():
+            pipeline.prepare_run(r, state)
+        events, state = _events(pipeline, frames, state)
+        for e in events:
+            e.pop("latency_ms")
+        return events, state
+
+    (serial, s1), (overlapped, s2) = run(Settings(latency_budget_ms=1e9)), run(NO_DEADLINE)
+    assert any(e["needle"] for e in serial) and any(e.get("alerts") for e in serial)
+    assert overlapped == serial
+    assert (s2.alerts, s2.contrast_state, s2.frames) == (s1.alerts, s1.contrast_state, s1.frames)
+
+
+@pytest.fixture(scope="module")
+def sim_512():
+    from sifluoro.sim import simulate_case
+    from sifluoro.track.needle_sim import sim_frames
+
+    return list(sim_frames(simulate_case(2026, 1, quick=True)))
+
+
+@pytest.fixture(scope="module")
+def frames_512(sim_512):
+    return [f for f, _ in sim_512]
