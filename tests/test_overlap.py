@@ -9,7 +9,9 @@ import threading
 import pytest
 
 from sifluoro.config import Settings
+from sifluoro.contract import replay_output_violations
 from sifluoro.pipeline import Pipeline
+from sifluoro.replay import replay
 from sifluoro.stages import STAGE_NAMES, make_stages
 
 NO_DEADLINE = Settings(latency_budget_ms=math.inf, stage_threads=2)
@@ -125,6 +127,32 @@ def test_real_stages_give_the_events_of_one_frame_at_a_time(sim_512):
     assert any(e["needle"] for e in serial) and any(e.get("alerts") for e in serial)
     assert overlapped == serial
     assert (s2.alerts, s2.contrast_state, s2.frames) == (s1.alerts, s1.contrast_state, s1.frames)
+
+
+def test_replay_without_a_deadline_writes_the_same_outputs(tmp_path):
+    """``--budget-ms inf`` (frames overlapped) and a budget that never binds (one frame at a
+    time): the same events and summary but for the latencies, both to the contract."""
+    import json
+
+    from sifluoro.sim import simulate_case
+    from sifluoro.sim.export import export_study
+
+    dicom = export_study(simulate_case(2026, 1, quick=True), tmp_path / "study").dicom_dir
+    outputs = []
+    for budget_ms in (1e9, math.inf):
+        settings = Settings(latency_budget_ms=budget_ms)
+        events_path, summary_path = tmp_path / f"{budget_ms}.jsonl", tmp_path / f"{budget_ms}.json"
+        replay([dicom], events_path=events_path, summary_path=summary_path, settings=settings,
+               stages=make_stages(STAGE_NAMES, settings))
+        assert replay_output_violations(events_path, summary_path) == []
+        events = [json.loads(line) for line in events_path.read_text().splitlines()]
+        for e in events:
+            e.pop("latency_ms")
+        summary = json.loads(summary_path.read_text())
+        summary.pop("latency_ms")
+        outputs.append((events, summary))
+    assert outputs[1] == outputs[0]
+    assert any(e["needle"] for e in outputs[0][0]) and outputs[0][1]["alerts"]
 
 
 @pytest.fixture(scope="module")
