@@ -101,9 +101,13 @@ def working_grid(spacing_mm: float, *, target_mm: float) -> WorkingGrid:
     return WorkingGrid(factor, spacing_mm * factor)
 
 
-def downsample(image: np.ndarray, factor: int) -> np.ndarray:
-    """Area-average by an integer factor (cropping any remainder)."""
+def downsample(image: np.ndarray, factor: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Area-average by an integer factor (cropping any remainder), into ``out`` when it has
+    the result's shape and dtype (a new array otherwise)."""
     if factor == 1:
         return image
     rows, cols = image.shape[0] // factor, image.shape[1] // factor
-    return cv2.resize(image[:rows * factor, :cols * factor], (cols, rows), interpolation=cv2.INTER_AREA)
+    if out is not None and (out.shape != (rows, cols) or out.dtype != image.dtype):
+        out = None
+    return cv2.resize(image[:rows * factor, :cols * factor], (cols, rows), dst=out,
+                      interpolation=cv2.INTER_AREA)

@@ -86,6 +86,8 @@ class _View:
         self.count = np.zeros(work.shape, np.float32)
         self.aligned = np.empty(work.shape, np.float32)
         self.aligned_mask = np.empty(work.shape, np.float32)
+        self._mask_of: np.ndarray | None = None  # the usable mask whose float copy is _mask
+        self._mask: np.ndarray | None = None
         self.frames = 0
         self.line: JointLine | None = None
         self.doubled_seen = False  # a line on DOUBLED_STICKS_FROM_FRAMES or more was doubled
@@ -100,11 +102,14 @@ class _View:
         return max(abs(a - b) for a, b in zip(angles_deg, self.angles_deg)) <= ANGLE_TOLERANCE_DEG
 
     def add(self, work: np.ndarray, usable: np.ndarray, shift_work_xy: tuple[float, float]) -> None:
-        """Add a frame to the running average, moved back onto the reference."""
+        """Add a frame to the running average, moved back onto the reference (in the view's
+        buffers: nothing is allocated but the mask's float copy, once per run)."""
         sx, sy = shift_work_xy
-        mask = usable.astype(np.float32)
+        if usable is not self._mask_of:
+            self._mask_of, self._mask = usable, usable.astype(np.float32)
+        mask = self._mask
         if abs(sx) < 0.25 and abs(sy) < 0.25:
-            np.add(self.sum, work * mask, out=self.sum)
+            np.multiply(work, mask, out=self.aligned)
             np.add(self.count, mask, out=self.count)
         else:
             m = np.float32([[1, 0, sx], [0, 1, sy]])
@@ -112,8 +117,9 @@ class _View:
             flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
             cv2.warpAffine(work, m, size, dst=self.aligned, flags=flags)
             cv2.warpAffine(mask, m, size, dst=self.aligned_mask, flags=flags)
-            np.add(self.sum, self.aligned * self.aligned_mask, out=self.sum)
+            np.multiply(self.aligned, self.aligned_mask, out=self.aligned)
             np.add(self.count, self.aligned_mask, out=self.count)
+        np.add(self.sum, self.aligned, out=self.sum)
         self.frames += 1
 
     def segment(self) -> None:
@@ -143,6 +149,7 @@ class _StudyRegister:
     run: Any = None
     run_exposed: np.ndarray | None = None  # full resolution
     run_usable: np.ndarray | None = None  # working resolution
+    work: np.ndarray | None = None  # the frame at working resolution (reused buffer)
 
 
 class JointStage:
@@ -192,7 +199,7 @@ class JointStage:
             st.run = frame.run
             st.run_exposed = exposed_field(image, exposed_mask(frame.run, image.shape, margin_px=2))
             st.run_usable = usable_mask(image, st.run_exposed, grid.factor)
-        work = downsample(image, grid.factor)
+        work = st.work = downsample(image, grid.factor, st.work)
 
         view = st.current
         view_changed = False
@@ -276,7 +283,8 @@ class JointStage:
             angles = (float(tech.primary_angle_deg), float(tech.secondary_angle_deg))
         if not view.matches(_Geometry(*frame.pixels.shape, float(spacing[0])), angles):
             return None
-        work = downsample(frame_attenuation(frame, state.stage_state), view.grid.factor)
+        work = st.work = downsample(frame_attenuation(frame, state.stage_state), view.grid.factor,
+                                    st.work)
         motion = view.registrar.measure(work)
         shift_mm = np.hypot(*motion.shift_xy) * view.geometry.spacing_mm
         trusted = motion.peak >= MIN_PEAK and shift_mm <= MAX_SHIFT_MM
