@@ -179,8 +179,8 @@ t_decoded = time.perf_counter()
 event = pipeline.process(first, state)
 t_first = time.perf_counter()
 steps = collections.Counter(event.get("degraded_steps", ()))
-for _, later in pipeline.process_frames(frames, state):
-    steps.update(later.get("degraded_steps", ()))
+for _, event in pipeline.process_frames(frames, state):
+    steps.update(event.get("degraded_steps", ()))
 t_end = time.perf_counter()
 # VmHWM: this process's peak RSS (ru_maxrss would carry the parent's over the exec)
 hwm_kb = int(re.search(r"VmHWM:\s+(\d+)", open("/proc/self/status").read()).group(1))

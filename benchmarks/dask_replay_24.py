@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -102,7 +103,9 @@ def run(quick: bool = False, *, cases_dir: Path = DEFAULT_CASES, scheduler: str 
         "serial_s": round(serial_s, 2),
         "dask_s": round(dask_s, 2),
         "dask_including_cluster_start_s": round(dask_total_s, 2),
-        "latency_budget_ms": budget_ms if budget_ms is not None else "default",
+        # JSON has no infinity: "inf" (no deadline)
+        "latency_budget_ms": ("default" if budget_ms is None
+                              else "inf" if math.isinf(budget_ms) else budget_ms),
         "events_with_skipped_stages": skipped,
         "exit_codes_equal": serial_codes == dask_codes,
         "equal_without_latency_ms": not strict,

@@ -74,8 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write all frames with their overlays as one video")
     p.add_argument("--budget-ms", type=float, default=Settings().latency_budget_ms,
                    help="per-frame latency budget for image work (default %(default)s ms); "
-                        "inf: no deadline, every stage in full and consecutive frames overlap "
-                        "(fastest offline)")
+                        "inf: no deadline, every stage in full, and with two or more stages "
+                        "consecutive frames overlap (fastest offline)")
     add_stages_argument(p, REPLAY_STAGES)
     p.add_argument("-q", "--quiet", action="store_true", help="print no summary")
     p.set_defaults(func=_replay)

@@ -16,8 +16,10 @@ def frame_attenuation(frame: Frame, stage_state: dict) -> np.ndarray:
     """:func:`attenuation` of ``frame``, computed once per frame and shared by the stages.
 
     The array is the study's reused buffer: valid until the next frame of the study is
-    prepared. A stage that keeps image data past its frame keeps a copy (downsampled work
-    images already are). Stages running at the same time share one computation (a lock)."""
+    prepared (until the one after for a stage running a frame behind,
+    :func:`swap_attenuation_buffer`). A stage that keeps image data past its frame keeps a
+    copy (downsampled work images already are). Stages running at the same time share one
+    computation (a lock)."""
     cached = stage_state.get("attenuation")
     if cached is not None and cached[0] is frame:
         return cached[1]
@@ -31,6 +33,15 @@ def frame_attenuation(frame: Frame, stage_state: dict) -> np.ndarray:
         image = attenuation(frame, out=buffer)
         stage_state["attenuation"] = (frame, image)
         return image
+
+
+def swap_attenuation_buffer(stage_state: dict, spare: np.ndarray | None) -> np.ndarray | None:
+    """Make ``spare`` (None: a new one when needed) the buffer of the study's next frame's
+    :func:`frame_attenuation`, and return the current one: it keeps its frame's image for a
+    stage running a frame behind (:meth:`sifluoro.pipeline.Pipeline.process_frames`)."""
+    current = stage_state.get("attenuation_buffer")
+    stage_state["attenuation_buffer"] = spare
+    return current
 
 
 def attenuation(frame: Frame, out: np.ndarray | None = None) -> np.ndarray:

@@ -13,7 +13,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import MutableMapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
@@ -31,9 +31,12 @@ class Stage(Protocol):
     """An image stage. ``process`` returns the event fields it owns, and may return
     ``"alerts": [{"kind", "message", "index", "t_s", ...}]`` to raise alerts.
 
-    A stage may declare ``reads``: the names of the stages whose results on the same frame it
-    uses (through ``state.stage_state``). Without it, it is taken to read every earlier stage;
-    with it, it may run beside the stages it does not read (``Settings.stage_threads``)."""
+    A stage may declare ``reads``: the names of the stages whose results it uses (through
+    ``state.stage_state``). Without it, it is taken to read every earlier stage; with it, it
+    may run beside the stages it does not read (``Settings.stage_threads``), and, when last and
+    read by none, one frame behind them (:meth:`Pipeline.process_frames`). A stage keeps its
+    memory in ``state.stage_state[name]``, and does not change in place what it published for
+    a frame (a stage one frame behind may still read it)."""
 
     name: str
 
@@ -363,9 +366,10 @@ class Pipeline:
         return self._finish(event, state, alerts, (t_end - arrival.t_s) * 1000.0)
 
     def _close(self, event: dict, state: StudyState, arrival: Arrival, skipped: list,
-               failed: list, steps: set) -> float:
+               failed: list, steps: set, t_end: float | None = None) -> float:
         """Carry the frame's outcome into ``state`` and mark its event (dose, ``degraded``,
-        what was skipped or failed); return the clock at its end."""
+        what was skipped or failed); return the end of its image work (``t_end``, else the
+        clock now)."""
         for stage in self.stages:
             state.skipped_in_a_row[stage.name] = (state.skipped_in_a_row.get(stage.name, 0) + 1
                                                   if stage.name in skipped else 0)
@@ -374,7 +378,8 @@ class Pipeline:
         state.contrast_confidence = contrast.get("confidence", 0.0)
         event["dose"] = dict(arrival.dose)
         ordered_steps = [d.step for d in self._steps if d.step in steps]
-        t_end = self._clock()
+        if t_end is None:
+            t_end = self._clock()
         latency_ms = (t_end - arrival.t_s) * 1000.0
         event["degraded"] = (bool(skipped or failed or ordered_steps)
                              or latency_ms > self.settings.latency_budget_ms)
@@ -390,13 +395,21 @@ class Pipeline:
                        ) -> Iterator[tuple[Frame, dict[str, Any]]]:
         """``(frame, event)`` of each of ``frames``, in order (offline replay).
 
-        Without a deadline (``latency_budget_ms`` infinite) and with ``stage_threads`` above 1,
-        consecutive frames overlap: the last stage of frame n (contrast) runs on a worker
-        thread while the earlier stages of frame n+1 run here, so a study replays up to twice
-        as fast on two cores. That stage sees the other stages' results of its own frame (a
-        copy taken when they finished) and keeps its own memory as usual; the events are
-        those of :meth:`process` one frame at a time, except ``latency_ms`` (arrival to
-        event, queueing included). Otherwise each frame is :meth:`process`-ed in turn.
+        Without a deadline (``latency_budget_ms`` infinite), with ``stage_threads`` above 1 and
+        stages that allow it (:meth:`_overlappable`; contrast last, after register and needle),
+        consecutive frames overlap: the last stage of frame n runs on a worker thread while the
+        earlier stages of frame n+1 run here, one after the other. On two cores this pays when
+        the last stage costs about as much as the others together, as contrast does. The last
+        stage sees ``stage_state`` as its frame's earlier stages left it (a shallow copy; the
+        shared attenuation image alternates between two buffers, so the next frame does not
+        overwrite its frame's), except its own entry ``stage_state[name]`` (its memory), which
+        is the study's. The events are those of :meth:`process` one frame at a time, except
+        ``latency_ms``: from arrival to the end of the frame's last stage, which includes
+        waiting for the previous frame's. Otherwise each frame is :meth:`process`-ed in turn.
+
+        A frame source that raises ends the stream after the events of every frame it gave; a
+        consumer that stops early leaves the last frame taken (its dose and the stages' memories
+        counted) without an event.
         """
         if not (self._overlappable() and math.isinf(self.settings.latency_budget_ms)
                 and self.settings.stage_threads > 1):
@@ -404,40 +417,61 @@ class Pipeline:
                 yield frame, self.process(frame, state)
             return
         front, last = self.stages[:-1], self.stages[-1]
-        pending = None
+        frames = iter(frames)
+        pending = spare = None
         with ThreadPoolExecutor(1, thread_name_prefix="sifluoro-overlap") as worker:
-            for frame in frames:
+            while True:
+                try:
+                    frame = next(frames)
+                except StopIteration:
+                    break
+                except BaseException:
+                    if pending is not None:
+                        yield pending[0], self._overlapped_event(state, *pending)
+                    raise
                 arrival = self.account(frame, state)
                 done = [(stage.name, self._run_stage(stage, FULL, frame, state)[1])
                         for stage in front]
+                t_front = self._clock()
                 view = _FrameView(state, last.name)
-                later = worker.submit(self._run_stage, last, FULL, frame, view)
+                spare = imaging.swap_attenuation_buffer(state.stage_state, spare)
+                later = worker.submit(self._run_behind, last, frame, view)
                 if pending is not None:
                     yield pending[0], self._overlapped_event(state, *pending)
-                pending = (frame, arrival, done, last.name, later)
+                pending = (frame, arrival, done, t_front, last.name, later)
             if pending is not None:
                 yield pending[0], self._overlapped_event(state, *pending)
 
     def _overlappable(self) -> bool:
-        """The last stage may run one frame behind the others: it declares what it reads,
-        and no earlier stage reads it (on any frame)."""
-        if len(self.stages) < 2 or getattr(self.stages[-1], "reads", None) is None:
+        """The last stage may run one frame behind the others: every stage declares what it
+        reads (a stage that does not may read anything), and none before the last reads it."""
+        if len(self.stages) < 2 or any(getattr(s, "reads", None) is None for s in self.stages):
             return False
         last = self.stages[-1].name
-        return all(last not in (getattr(s, "reads", None) or ()) for s in self.stages[:-1])
+        return all(last not in s.reads for s in self.stages[:-1])
+
+    def _run_behind(self, stage: Stage, frame: Frame, view: "_FrameView"
+                    ) -> tuple[dict[str, Any] | None, float]:
+        """The last stage on its frame (worker thread): its fields and the clock at its end."""
+        return self._run_stage(stage, FULL, frame, view)[1], self._clock()
 
     def _overlapped_event(self, state: StudyState, frame: Frame, arrival: Arrival,
-                          done: list, last_name: str, later) -> dict[str, Any]:
+                          done: list[tuple[str, dict | None]], t_front: float, last_name: str,
+                          later: Future) -> dict[str, Any]:
+        """The event of an overlapped frame once its last stage is done (``later``): fields
+        merged in stage order, the state carried, as :meth:`process_arrived` does."""
+        fields_last, t_last = later.result()
         event = _base_event(frame, state)
         alerts = list(arrival.alerts)
         failed = []
-        for name, fields in done + [(last_name, later.result()[1])]:
+        for name, fields in done + [(last_name, fields_last)]:
             if fields is None:
                 failed.append(name)
                 continue
             alerts.extend(fields.pop("alerts", ()))
             event.update(fields)
-        t_end = self._close(event, state, arrival, [], failed, set())
+        t_end = max(t_front, t_last)
+        self._close(event, state, arrival, [], failed, set(), t_end)
         return self._finish(event, state, alerts, (t_end - arrival.t_s) * 1000.0)
 
     def _run_stage(self, stage: Stage, mode: str, frame: Frame, state: StudyState
@@ -552,20 +586,30 @@ def _waves(stages: list) -> list[list]:
 class _FrameView:
     """The study state as a stage running one frame behind sees it: ``stage_state`` is a copy
     of the moment its frame's earlier stages finished, except the stage's own entry (its
-    memory), which is the study's; other attributes are the study's."""
+    memory), which is the study's; other attributes are the study's as they are now (later
+    frames may have moved them on) and cannot be set."""
+
+    __slots__ = ("_state", "stage_state")
 
     def __init__(self, state: StudyState, own: str):
-        self._state = state
-        self.stage_state = _PinnedStageState(state.stage_state, own)
+        object.__setattr__(self, "_state", state)
+        object.__setattr__(self, "stage_state", _PinnedStageState(state.stage_state, own))
 
     def __getattr__(self, name: str):
         return getattr(self._state, name)
 
+    def __setattr__(self, name: str, value) -> None:
+        raise AttributeError(f"a stage running a frame behind cannot set the study's {name}")
+
 
 class _PinnedStageState(MutableMapping):
+    """``stage_state`` for :class:`_FrameView`: the entry ``own`` is the study's; the others
+    are a copy (writes to them stay in the copy)."""
+
     def __init__(self, shared: dict, own: str):
         self._shared, self._own = shared, own
-        self._copy = {k: v for k, v in shared.items() if k != own}
+        self._copy = shared.copy()  # one C call: no thread switch while another stage writes
+        self._copy.pop(own, None)
 
     def _map(self, key) -> dict:
         return self._shared if key == self._own else self._copy

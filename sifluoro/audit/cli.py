@@ -136,7 +136,8 @@ def add_audit_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, metavar="RESULTS")
     p.add_argument("--budget-ms", type=float, metavar="MS", help="per-frame latency budget for "
                    "image work (default: as sifluoro replay); inf (no deadline) makes results "
-                   "independent of machine load and overlaps consecutive frames")
+                   "independent of machine load and, with two or more stages, overlaps "
+                   "consecutive frames")
     add_stages_argument(p, REPLAY_STAGES)
     _dask_options(p)
     p.set_defaults(func=_batch_replay)
