@@ -494,7 +494,23 @@ class Pipeline:
                       arrival: Arrival) -> dict[str, Any]:
         """The event of a frame whose image work was dropped (live queue backed up): its dose,
         no image fields (``needle``/``joint``/``target`` null, contrast carried over),
-        ``"dropped": true`` and every stage in ``skipped_stages``."""
+        ``"dropped": true`` and every stage in ``skipped_stages``.
+
+        A dropped frame whose pixels were kept (a :class:`Frame`) still joins the memory of
+        the stages the deadline may skip (``ContrastStage.process_remember``, which may
+        decline): a vessel that came and went on it is tested on the next frame. Every stage
+        counts it as skipped, so under a deadline the next frame runs contrast in full."""
+        if isinstance(frame, Frame):
+            for step in self._steps:
+                if step.skips and step.method is not None:
+                    stage = self.stages[self._stage_order[step.stage]]
+                    try:
+                        getattr(stage, step.method)(frame, state)
+                    except Exception:  # as in process: the frame's dose and the study go on
+                        log.exception("stage %s failed on dropped frame %d", stage.name,
+                                      frame.index)
+        for stage in self.stages:
+            state.skipped_in_a_row[stage.name] = state.skipped_in_a_row.get(stage.name, 0) + 1
         event = _base_event(frame, state)
         event["dose"] = dict(arrival.dose)
         event["degraded"] = True
@@ -664,7 +680,9 @@ class LiveFeeder:
     :meth:`submit` counts the frame's dose at once and queues its image work. When
     ``capacity`` frames are already waiting, the *oldest* waiting frame's image work is dropped
     (the newest frame is what the radiologist looks at): its event still comes, in order, with
-    its dose and ``"dropped": true``, and ``state.dropped_image_frames`` counts it. Events are
+    its dose and ``"dropped": true``, and ``state.dropped_image_frames`` counts it. The
+    ``capacity`` most recently dropped frames keep their pixels until their turn, for the
+    contrast stage's memory (:meth:`Pipeline.dropped_event`); older ones are released. Events are
     handed to ``on_event`` on the worker thread, in arrival order; a handler that raises is
     logged. Offline replay does not use this: it blocks its reader instead (:func:`prefetch`).
 
@@ -685,8 +703,9 @@ class LiveFeeder:
         self.state = state
         self.on_event = on_event
         self.capacity = capacity or pipeline.settings.live_queue_frames
-        self._entries: deque[list] = deque()  # [Frame | DroppedFrame, Arrival]
+        self._entries: deque[list] = deque()  # [Frame | DroppedFrame, Arrival, dropped]
         self._waiting_images = 0
+        self._kept_dropped: deque[list] = deque()  # entries dropped with their pixels kept
         self._unfinished = 0
         self._closed = False
         self._error: BaseException | None = None
@@ -703,13 +722,18 @@ class LiveFeeder:
             arrival = self.pipeline.account(frame, self.state)
             with self._cond:
                 if self._waiting_images >= self.capacity:
-                    oldest = next(e for e in self._entries if isinstance(e[0], Frame))
-                    old = oldest[0]
-                    oldest[0] = DroppedFrame(old.sop_instance_uid, old.frame_number, old.index,
-                                             old.t_s)
+                    oldest = next(e for e in self._entries if not e[2])
+                    oldest[2] = True
+                    self._kept_dropped.append(oldest)
+                    if len(self._kept_dropped) > self.capacity:  # memory stays bounded
+                        released = self._kept_dropped.popleft()
+                        old = released[0]
+                        if isinstance(old, Frame):  # not taken by the worker yet
+                            released[0] = DroppedFrame(old.sop_instance_uid, old.frame_number,
+                                                       old.index, old.t_s)
                     self._waiting_images -= 1
                     self.state.dropped_image_frames += 1
-                self._entries.append([frame, arrival])
+                self._entries.append([frame, arrival, False])
                 self._waiting_images += 1
                 self._unfinished += 1
                 self._cond.notify_all()
@@ -735,11 +759,16 @@ class LiveFeeder:
                 self._cond.wait_for(lambda: self._entries or self._closed)
                 if not self._entries:
                     return
-                item, arrival = self._entries.popleft()
-                if isinstance(item, Frame):
+                entry = self._entries.popleft()
+                item, arrival, dropped = entry
+                if dropped:
+                    # entries leave in order: a kept one is the oldest kept
+                    if self._kept_dropped and self._kept_dropped[0] is entry:
+                        self._kept_dropped.popleft()
+                else:
                     self._waiting_images -= 1
             try:
-                if isinstance(item, Frame):
+                if not dropped:
                     pipeline.prepare_stages(item.run)
                     event = pipeline.process_arrived(item, state, arrival)
                 else:

@@ -85,6 +85,43 @@ def test_a_backed_up_queue_drops_the_oldest_image_work_and_counts_it(frames):
     assert state.frames == 10 and state.degraded_frames == 7
 
 
+def test_the_newest_dropped_frames_join_the_contrast_memory(frames):
+    """A dropped frame whose pixels are kept (the ``capacity`` most recently dropped) is
+    offered to the contrast stage's memory (``process_remember``), so that a vessel that came
+    and went on it is still tested; older dropped frames release their pixels."""
+    from sifluoro.model import Frame
+
+    class Remembering(GatedStage):
+        name = "contrast"
+
+        def __init__(self, hold_index):
+            super().__init__(hold_index)
+            self.remembered: list[int] = []
+
+        def process_remember(self, frame, state):
+            self.remembered.append(frame.index)
+            return {}
+
+    stage = Remembering(hold_index=0)
+    pipeline = Pipeline([stage], NO_DEADLINE)
+    state = pipeline.start_study("live")
+    events: list[dict] = []
+    feeder = LiveFeeder(pipeline, state, on_event=events.append, capacity=2)
+    feeder.submit(frames[0])
+    assert stage.entered.wait(10)
+    for frame in frames[1:]:
+        feeder.submit(frame)
+        kept = sum(1 for item, _, dropped in feeder._entries if dropped and isinstance(item, Frame))
+        assert kept <= 2  # pixels held for at most ``capacity`` dropped frames
+    stage.release.set()
+    assert feeder.drain(10)
+    feeder.close()
+    assert stage.remembered == [6, 7] and stage.seen == [0, 8, 9]
+    assert [e["index"] for e in events if e.get("dropped")] == list(range(1, 8))
+    assert all(e["skipped_stages"] == ["contrast"] for e in events if e.get("dropped"))
+    assert state.skipped_in_a_row["contrast"] == 0  # frame 9 ran it in full
+
+
 def test_nothing_is_dropped_while_the_worker_keeps_up(frames):
     pipeline = Pipeline([GatedStage(hold_index=-1)], NO_DEADLINE)
     state = pipeline.start_study("live")
