@@ -71,7 +71,8 @@ def replay(inputs: Iterable[str | Path], *, events_path: str | Path, summary_pat
     overlays = (OverlayWriter(overlay_png_dir, overlay_mp4, stages=state.stage_names)
                 if overlay_png_dir is not None or overlay_mp4 is not None else None)
     with _atomic_text(events_path) as out:
-        frames = prefetch(iter_frames(study, rejected), settings.queue_frames)
+        lost: list = []  # (run, first frame not decoded) of damaged runs
+        frames = prefetch(iter_frames(study, rejected, lost), settings.queue_frames)
         for frame, event in pipeline.process_frames(frames, state):
             out.write(json.dumps(event, separators=(",", ":")) + "\n")
             if overlays is not None:
@@ -79,6 +80,8 @@ def replay(inputs: Iterable[str | Path], *, events_path: str | Path, summary_pat
     if overlays is not None:
         overlays.close()
     t_end = time.perf_counter()
+    for run, first in lost:  # their exposure happened: into the RDSR, apart in the summary
+        state.dose.add_lost(run, first)
     summary = build_summary(study, state, rejected)
     if rdsr_path is not None and state.frames:
         summary["rdsr"] = str(write_rdsr(study, state.dose, rdsr_path, settings=settings.dose))
@@ -100,6 +103,13 @@ def build_summary(study: Study, state, rejected: list[Rejection]) -> dict:
         "contrast_state": state.contrast_state,
         "stages": list(state.stage_names),
         "rejected_files": [r.as_dict() for r in rejected],
+        # frames of damaged files given by their header only: not in the totals above (no
+        # event shows them), in the RDSR's irradiation events
+        "lost_frames": {"frames": state.dose.lost_frames,
+                        "air_kerma_mgy": state.dose.lost.air_kerma_mgy,
+                        "dap_gycm2": state.dose.lost.dap_gycm2,
+                        "fluoro_time_s": round(state.dose.lost.fluoro_time_s, 6),
+                        "acquisition_time_s": round(state.dose.lost.acquisition_time_s, 6)},
         "latency_ms": latency_summary(state.latencies_ms),
         "degraded_frames": state.degraded_frames,
         "alerts": list(state.alerts),
@@ -153,6 +163,13 @@ def format_summary(summary: dict) -> str:
         + (f"  (+{summary['acquisition_time_s']:.1f} s acquisition)" if summary["acquisition_time_s"] else ""),
         f"dose       {summary['air_kerma_mgy']:.2f} mGy air kerma, {summary['dap_gycm2']:.3f} Gy·cm² DAP"
         f"  [{summary['dose_source']}]",
+    ]
+    lost = summary.get("lost_frames") or {}
+    if lost.get("frames"):
+        lines.append(f"           + {lost['air_kerma_mgy']:.2f} mGy, {lost['dap_gycm2']:.3f} Gy·cm² "
+                     f"of {lost['frames']} frames lost in damaged files (in the RDSR, not above)")
+    lines += [
+        f"contrast   {_contrast_line(summary)}",
         f"contrast   {_contrast_line(summary)}",
         f"stages     {', '.join(summary.get('stages', ())) or 'none (dose only)'}",
         f"latency    p50 {summary['latency_ms']['p50']:.2f} ms, p99 {summary['latency_ms']['p99']:.2f} ms",

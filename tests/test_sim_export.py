@@ -9,6 +9,7 @@ from functools import lru_cache
 import pytest
 
 from sifluoro.contract import replay_output_violations
+from sifluoro.dose.rdsr_read import read_rdsr
 from sifluoro.replay import replay
 from sifluoro.sim import simulate_case
 from sifluoro.sim.export import export_study
@@ -29,6 +30,13 @@ def _find_cases():
                                                               or case == 39):
                 return [damaged, clean]
     raise AssertionError("no damaged case among the first 40 of seed 11")
+
+
+def write_rdsr_of(dicom_dir, path):
+    """Replay ``dicom_dir`` (dose only) with an RDSR written to ``path``; return ``path``."""
+    replay([dicom_dir], events_path=path.with_suffix(".jsonl"), summary_path=path.with_suffix(".json"),
+           stages=[], rdsr_path=path)
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -93,3 +101,14 @@ def test_replay_matches_truth_timing_dose_and_damage(exported, tmp_path):
             sum(r["frames"] * r["technique"]["frame_time_ms"] / 1000 for r in runs)
             + sum(len(salvaged) * r["technique"]["frame_time_ms"] / 1000
                   for r in truth["runs"] if r["damaged"]), rel=1e-6)
+        # the damaged run's other frames: from its header, apart in the summary and in the RDSR
+        lost = result.summary["lost_frames"]
+        assert lost["frames"] == sum(r["frames"] for r in truth["runs"] if r["damaged"]) - len(salvaged)
+        lost_kerma = sum(r["air_kerma_mgy"] * (r["frames"] - len(salvaged)) / r["frames"]
+                         for r in truth["runs"] if r["damaged"])
+        assert lost["air_kerma_mgy"] == pytest.approx(lost_kerma, rel=0.15)
+        if damaged:
+            rdsr = read_rdsr(write_rdsr_of(ex.dicom_dir, tmp_path / f"{study.case}.dcm"))
+            assert rdsr.planes[0].air_kerma_mgy == pytest.approx(
+                result.summary["air_kerma_mgy"] + lost["air_kerma_mgy"], rel=1e-3)
+            assert sum(e.n_pulses for e in rdsr.events) == result.summary["frames"] + lost["frames"]

@@ -317,11 +317,13 @@ def _read_encapsulated(run: Run) -> Iterator[np.ndarray]:
         yield frame
 
 
-def iter_frames(study: Study, rejected: list[Rejection]) -> Iterator[Frame]:
+def iter_frames(study: Study, rejected: list[Rejection],
+                lost: list[tuple[Run, int]] | None = None) -> Iterator[Frame]:
     """All frames of a study in acquisition order, decoded one at a time.
 
     A run whose pixel data turns out damaged while decoding is recorded in ``rejected`` (with
-    how many frames were used) and the study goes on with the next run.
+    how many frames were used), and in ``lost`` as ``(run, first frame number not given)``
+    when its header counts more frames, and the study goes on with the next run.
     """
     index = 0
     for run in study.runs:
@@ -336,3 +338,5 @@ def iter_frames(study: Study, rejected: list[Rejection]) -> Iterator[Frame]:
             log.warning("damaged run %s", exc)
             note = f" (frames 1-{used} of {run.n_frames} used)" if used else ""
             rejected.append(Rejection(run.path, f"{exc.tag}: {exc.reason}{note}"))
+            if lost is not None and used < run.n_frames:
+                lost.append((run, used + 1))

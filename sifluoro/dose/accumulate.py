@@ -119,6 +119,10 @@ class DoseAccumulator:
     def __init__(self, settings: DoseSettings):
         self.settings = settings
         self.totals = DoseTotals()
+        #: frames whose pixels were lost (a damaged file) but whose exposure the header gives:
+        #: in the runs' irradiation events (the RDSR), not in ``totals`` (the frames seen)
+        self.lost = DoseTotals()
+        self.lost_frames = 0
         self.alerts: list[DoseAlert] = []
         self._runs: dict[str, RunDose] = {}
         self._tallies: dict[str, _RunTally] = {}
@@ -193,6 +197,32 @@ class DoseAccumulator:
         new = self._crossed(before, frame)
         self.alerts.extend(new)
         return new
+
+    def add_lost(self, run: Run, first_frame_number: int) -> None:
+        """Count the exposure of ``run``'s frames from ``first_frame_number`` on, whose pixels
+        could not be decoded: into the run's irradiation event and :attr:`lost`, not into
+        :attr:`totals` (no event shows them). Raises no alert."""
+        dose = self.prepare(run)
+        tally = self._tallies.get(run.sop_instance_uid)
+        if tally is None:
+            tally = self._tallies[run.sop_instance_uid] = _RunTally(run, dose)
+        intervals = run.frame_intervals_ms
+        for number in range(first_frame_number, run.n_frames + 1):
+            interval_s = (intervals[min(number, len(intervals)) - 1] / 1000.0 if intervals
+                          else 0.0)
+            kerma, dap = dose.frame(number)
+            if run.technique.is_acquisition:
+                self.lost.acquisition_time_s += interval_s
+            else:
+                self.lost.fluoro_time_s += interval_s
+            self.lost.air_kerma_mgy += kerma
+            self.lost.dap_gycm2 += dap
+            self.lost.sources.add(dose.source)
+            self.lost_frames += 1
+            tally.frames += 1
+            tally.air_kerma_mgy += kerma
+            tally.dap_gycm2 += dap
+            tally.time_s += interval_s
 
     def _crossed(self, before: tuple[float, float, float], frame: Frame) -> list[DoseAlert]:
         s, out, t = self.settings, [], self.totals

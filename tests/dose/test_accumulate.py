@@ -53,6 +53,33 @@ def test_fluoro_time_from_pulsed_timing(tmp_path, rate):
     assert event.irradiation_duration_s == pytest.approx(n / rate, rel=1e-5)
 
 
+def test_frames_lost_in_a_damaged_file_go_into_the_run_event_not_the_totals(tmp_path):
+    """Frames 1-4 of 10 seen; 5-10 given by the header only (per-frame reported kerma)."""
+    from dataclasses import replace
+
+    kerma = [float(k) for k in range(1, 11)]
+    write_study(tmp_path, [RunSpec(0.0, n_frames=10, frame_time_ms=100.0, size=16)])
+    study = read_study([tmp_path])
+    run = study.runs[0]
+    run = replace(run, technique=replace(run.technique,
+                                         reported_air_kerma_mgy_per_frame=tuple(kerma)))
+    study = replace(study, runs=(run,))
+    dose = DoseAccumulator(DoseSettings())
+    for frame in list(iter_frames(study, []))[:4]:
+        dose.add(frame)
+    dose.add_lost(run, 5)
+    assert dose.totals.air_kerma_mgy == pytest.approx(sum(kerma[:4]))
+    assert dose.totals.fluoro_time_s == pytest.approx(0.4)
+    assert dose.lost_frames == 6 and dose.lost.air_kerma_mgy == pytest.approx(sum(kerma[4:]))
+    assert dose.lost.fluoro_time_s == pytest.approx(0.6)
+    event = dose.events()[0]
+    assert (event.n_pulses, event.air_kerma_mgy) == (10, pytest.approx(sum(kerma)))
+    assert event.irradiation_duration_s == pytest.approx(1.0)
+    # the same as counting the run from its header alone
+    whole = accumulate_study(study, DoseSettings())
+    assert whole.totals.air_kerma_mgy == pytest.approx(event.air_kerma_mgy)
+
+
 def test_acquisition_time_is_counted_apart(tmp_path):
     write_study(tmp_path, [RunSpec(0.0, n_frames=6, frame_time_ms=500.0, size=16,
                                    tech=technique(radiation_setting="GR"))])
