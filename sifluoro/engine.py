@@ -125,6 +125,7 @@ class Engine:
         self._state: StudyState | None = None
         self._runs: dict[str, Run] = {}
         self._rejected: list[Rejection] = []
+        self._lost: list[tuple[Run, int]] = []  # damaged runs' frames given by the header only
         self._contrast = "none"
         self._live: LiveFeeder | None = None
         self._fed = False   # feed() was used (then submit() may not be)
@@ -205,10 +206,18 @@ class Engine:
         if items and not isinstance(items[0], Frame):
             study = read_study(items)
             self.prepare(study)  # announce every run before the first frame
-            items = prefetch(iter_frames(study, self._rejected), self.settings.queue_frames)
+            items = prefetch(iter_frames(study, self._rejected, self._lost),
+                             self.settings.queue_frames)
         for frame in items:
             self.feed(frame)
         return self.close()
+
+    def count_lost(self, run: Run, first_frame_number: int) -> None:
+        """Frames of ``run`` from ``first_frame_number`` on that a damaged file lost (the
+        reader's ``lost``): their exposure is counted at :meth:`close` into the RDSR's events
+        and ``summary.lost_frames``."""
+        with self._lock:
+            self._lost.append((run, first_frame_number))
 
     def close(self) -> dict:
         """The study summary (DESIGN §3) of everything fed so far. Frames submitted by
@@ -220,6 +229,9 @@ class Engine:
             if self._live is not None:
                 self._live.close()
             state = self._state or self.pipeline.start_study("")
+            for run, first in self._lost:
+                state.dose.add_lost(run, first)
+            self._lost.clear()
             runs = tuple(sorted(self._runs.values(), key=lambda r: r.start_s))
             summary = build_summary(Study(state.study_instance_uid, runs), state, self._rejected)
             if self._live is not None:

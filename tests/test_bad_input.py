@@ -103,10 +103,19 @@ def test_replay_of_a_damaged_study_follows_the_contract(damaged_study, tmp_path,
     assert replay_output_violations(events, summary) == []
     s = json.loads(summary.read_text())
     assert s["frames"] == 10
+    # frame 3 of truncated.dcm and frames 3-4 of broken_rle.dcm: counted from their headers
+    assert s["lost_frames"]["frames"] == 3 and s["lost_frames"]["fluoro_time_s"] > 0
     assert sorted(r["file"].rsplit("/", 1)[-1] for r in s["rejected_files"]) == sorted(EXPECTED_REASONS)
     printed = capsys.readouterr()
     everything = events.read_text() + summary.read_text() + printed.out + printed.err + caplog.text
     assert PATIENT_NAME.split("^")[0] not in everything and PATIENT_ID not in everything
+
+
+def test_the_engine_counts_the_frames_a_damaged_file_lost(damaged_study):
+    from sifluoro import Engine, Settings
+
+    summary = Engine(Settings(latency_budget_ms=1e9), stages=[]).run(damaged_study)
+    assert summary["frames"] == 10 and summary["lost_frames"]["frames"] == 3
 
 
 def test_nothing_usable_exits_2(tmp_path):

@@ -137,8 +137,10 @@ class LiveReplay:
         if events_path is not None:
             Path(events_path).parent.mkdir(parents=True, exist_ok=True)
             events = open(events_path, "w", encoding="utf-8")
+        lost: list = []  # damaged runs' frames given by the header only
         try:
-            for frame in prefetch(iter_frames(study, rejected), self.engine.settings.queue_frames):
+            for frame in prefetch(iter_frames(study, rejected, lost),
+                                  self.engine.settings.queue_frames):
                 if self.pacer is not None:
                     self.pacer.wait(frame, self.stop)
                 if self.stop.is_set():
@@ -157,6 +159,8 @@ class LiveReplay:
         finally:
             if events is not None:
                 events.close()
+        for run, first in lost:
+            self.engine.count_lost(run, first)
         summary = self.engine.close()
         # with the files found damaged while their frames were read
         summary["rejected_files"] = [r.as_dict() for r in rejected]
