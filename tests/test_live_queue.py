@@ -54,16 +54,25 @@ def _reference(frames):
     return state, [pipeline.process(f, state) for f in frames]
 
 
-def test_a_backed_up_queue_drops_the_oldest_image_work_and_counts_it(frames):
-    stage = GatedStage(hold_index=0)
+def _held_feeder(stage, frames, after_submit=None):
+    """A feeder (capacity 2) whose worker ``stage`` holds on frame 0 while the 9 others are
+    submitted (7 dropped, the last 2 kept); returns (state, events, feeder)."""
     pipeline = Pipeline([stage], NO_DEADLINE)
     state = pipeline.start_study("live")
     events: list[dict] = []
     feeder = LiveFeeder(pipeline, state, on_event=events.append, capacity=2)
     feeder.submit(frames[0])
     assert stage.entered.wait(10)
-    for frame in frames[1:]:  # 9 more while the worker is held: 7 dropped, the last 2 kept
+    for frame in frames[1:]:
         feeder.submit(frame)
+        if after_submit is not None:
+            after_submit(feeder)
+    return state, events, feeder
+
+
+def test_a_backed_up_queue_drops_the_oldest_image_work_and_counts_it(frames):
+    stage = GatedStage(hold_index=0)
+    state, events, feeder = _held_feeder(stage, frames)
     # dose is counted on arrival, before any image work
     ref_state, ref_events = _reference(frames)
     assert state.dose.totals == ref_state.dose.totals
@@ -102,17 +111,12 @@ def test_the_newest_dropped_frames_join_the_contrast_memory(frames):
             self.remembered.append(frame.index)
             return {}
 
+    def pixels_kept(feeder):  # for at most ``capacity`` dropped frames
+        assert sum(1 for item, _, dropped in feeder._entries
+                   if dropped and isinstance(item, Frame)) <= 2
+
     stage = Remembering(hold_index=0)
-    pipeline = Pipeline([stage], NO_DEADLINE)
-    state = pipeline.start_study("live")
-    events: list[dict] = []
-    feeder = LiveFeeder(pipeline, state, on_event=events.append, capacity=2)
-    feeder.submit(frames[0])
-    assert stage.entered.wait(10)
-    for frame in frames[1:]:
-        feeder.submit(frame)
-        kept = sum(1 for item, _, dropped in feeder._entries if dropped and isinstance(item, Frame))
-        assert kept <= 2  # pixels held for at most ``capacity`` dropped frames
+    state, events, feeder = _held_feeder(stage, frames, pixels_kept)
     stage.release.set()
     assert feeder.drain(10)
     feeder.close()

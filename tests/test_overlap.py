@@ -209,16 +209,3 @@ def test_replay_without_a_deadline_writes_the_same_outputs(tmp_path, names):
     assert outputs[1] == outputs[0]
     assert any(e["needle"] for e in outputs[0][0])
     assert "contrast" not in names or outputs[0][1]["alerts"]
-
-
-@pytest.fixture(scope="module")
-def sim_512():
-    from sifluoro.sim import simulate_case
-    from sifluoro.track.needle_sim import sim_frames
-
-    return list(sim_frames(simulate_case(2026, 1, quick=True)))
-
-
-@pytest.fixture(scope="module")
-def frames_512(sim_512):
-    return [f for f, _ in sim_512]

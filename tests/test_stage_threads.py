@@ -133,16 +133,3 @@ def test_real_stages_give_the_same_events_with_two_threads(sim_512):
     one, two = events(1), events(2)
     assert any(e["needle"] for e in one) and any(e["contrast"]["state"] != "none" for e in one)
     assert two == one
-
-
-@pytest.fixture(scope="module")
-def sim_512():
-    from sifluoro.sim import simulate_case
-    from sifluoro.track.needle_sim import sim_frames
-
-    return list(sim_frames(simulate_case(2026, 1, quick=True)))
-
-
-@pytest.fixture(scope="module")
-def frames_512(sim_512):
-    return [f for f, _ in sim_512]
