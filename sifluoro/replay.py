@@ -170,7 +170,6 @@ def format_summary(summary: dict) -> str:
                      f"of {lost['frames']} frames lost in damaged files (in the RDSR, not above)")
     lines += [
         f"contrast   {_contrast_line(summary)}",
-        f"contrast   {_contrast_line(summary)}",
         f"stages     {', '.join(summary.get('stages', ())) or 'none (dose only)'}",
         f"latency    p50 {summary['latency_ms']['p50']:.2f} ms, p99 {summary['latency_ms']['p99']:.2f} ms",
     ]

@@ -209,3 +209,23 @@ def test_replay_without_a_deadline_writes_the_same_outputs(tmp_path, names):
     assert outputs[1] == outputs[0]
     assert any(e["needle"] for e in outputs[0][0])
     assert "contrast" not in names or outputs[0][1]["alerts"]
+
+
+def test_register_keeps_no_hold_on_the_shared_attenuation_buffer(frames_512):
+    """At working factor 1 (a 512² frame at 0.59 mm) the working image is the shared
+    attenuation buffer itself; the stage must not write a later frame (a 1024² run at 0.29
+    mm, working size 512²) into it: a stage one frame behind still reads it."""
+    from sifluoro import imaging
+    from sifluoro.register.stage import JointStage
+    from sifluoro.sim import simulate_case
+    from sifluoro.track.needle_sim import sim_frames
+
+    big = next(f for f, _ in sim_frames(simulate_case(2026, 1, size=1024, quick=True)))
+    stage = JointStage()
+    state = Pipeline([stage], NO_DEADLINE).start_study("1.2")
+    stage.process(frames_512[0], state)
+    held = state.stage_state["attenuation"][1]
+    before = held.copy()
+    imaging.swap_attenuation_buffer(state.stage_state, None)  # as process_frames does
+    stage.process(big, state)
+    assert np.array_equal(held, before)

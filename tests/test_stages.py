@@ -71,6 +71,8 @@ def test_cli_runs_the_stages_asked_for_and_the_summary_says_which(case_set, tmp_
     text, events, bare = _replay_cli(case_set, tmp_path / "none", "--stages", "none")
     assert bare["stages"] == []
     assert "contrast   not assessed" in text
+    assert [line.split()[0] for line in text.splitlines()[:7]] == [
+        "study", "frames", "fluoro", "dose", "contrast", "stages", "latency"]  # each once
     assert all(e["joint"] is None and e["needle"] is None for e in events)
     # dose never depends on the image stages
     assert (bare["air_kerma_mgy"], bare["dap_gycm2"]) == (summary["air_kerma_mgy"], summary["dap_gycm2"])

@@ -199,7 +199,7 @@ class JointStage:
             st.run = frame.run
             st.run_exposed = exposed_field(image, exposed_mask(frame.run, image.shape, margin_px=2))
             st.run_usable = usable_mask(image, st.run_exposed, grid.factor)
-        work = st.work = downsample(image, grid.factor, st.work)
+        work = self._work(st, image, grid.factor)
 
         view = st.current
         view_changed = False
@@ -283,14 +283,22 @@ class JointStage:
             angles = (float(tech.primary_angle_deg), float(tech.secondary_angle_deg))
         if not view.matches(_Geometry(*frame.pixels.shape, float(spacing[0])), angles):
             return None
-        work = st.work = downsample(frame_attenuation(frame, state.stage_state), view.grid.factor,
-                                    st.work)
+        work = self._work(st, frame_attenuation(frame, state.stage_state), view.grid.factor)
         motion = view.registrar.measure(work)
         shift_mm = np.hypot(*motion.shift_xy) * view.geometry.spacing_mm
         trusted = motion.peak >= MIN_PEAK and shift_mm <= MAX_SHIFT_MM
         shift_full = motion.shift_xy if trusted else view.last_shift
         view.last_shift = shift_full
         return self._publish_moved(state, st, view, shift_full, False)
+
+    @staticmethod
+    def _work(st: _StudyRegister, image: np.ndarray, factor: int) -> np.ndarray:
+        """``image`` at working resolution, in the study's reused buffer (at factor 1 the
+        image itself: the shared attenuation buffer, which is not the stage's to reuse)."""
+        work = downsample(image, factor, st.work)
+        if work is not image:
+            st.work = work
+        return work
 
     @staticmethod
     def _new_view(st: _StudyRegister, geometry: _Geometry, angles, work: np.ndarray,
