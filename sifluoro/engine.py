@@ -223,15 +223,13 @@ class Engine:
         """The study summary (DESIGN §3) of everything fed so far. Frames submitted by
         :meth:`submit` are finished first, and the summary then also has
         ``dropped_image_frames``."""
-        from sifluoro.replay import build_summary
+        from sifluoro.replay import build_summary, count_lost
 
         with self._lock:
             if self._live is not None:
                 self._live.close()
             state = self._state or self.pipeline.start_study("")
-            for run, first in self._lost:
-                state.dose.add_lost(run, first)
-            self._lost.clear()
+            count_lost(state, self._lost)
             runs = tuple(sorted(self._runs.values(), key=lambda r: r.start_s))
             summary = build_summary(Study(state.study_instance_uid, runs), state, self._rejected)
             if self._live is not None:

@@ -497,20 +497,20 @@ class Pipeline:
         ``"dropped": true`` and every stage in ``skipped_stages``.
 
         A dropped frame whose pixels were kept (a :class:`Frame`) still joins the memory of
-        the stages the deadline may skip (``ContrastStage.process_remember``, which may
-        decline): a vessel that came and went on it is tested on the next frame. Every stage
-        counts it as skipped, so under a deadline the next frame runs contrast in full."""
+        the stages the deadline may skip (``ContrastStage.process_remember``): a vessel that
+        came and went on it is tested on the next frame. A stage that took it counts it as
+        skipped, so under a deadline the next frame runs that stage in full (and its cost is
+        learnt as the one after a skip); one that declined (it already owes a test) does not."""
         if isinstance(frame, Frame):
-            for step in self._steps:
-                if step.skips and step.method is not None:
-                    stage = self.stages[self._stage_order[step.stage]]
-                    try:
-                        getattr(stage, step.method)(frame, state)
-                    except Exception:  # as in process: the frame's dose and the study go on
-                        log.exception("stage %s failed on dropped frame %d", stage.name,
-                                      frame.index)
-        for stage in self.stages:
-            state.skipped_in_a_row[stage.name] = state.skipped_in_a_row.get(stage.name, 0) + 1
+            for stage, method in self._remembering():
+                try:
+                    took = getattr(stage, method)(frame, state) is not None
+                except Exception:  # as in process: the frame's dose and the study go on
+                    log.exception("stage %s failed on dropped frame %d", stage.name, frame.index)
+                    took = False
+                if took:
+                    state.skipped_in_a_row[stage.name] = (
+                        state.skipped_in_a_row.get(stage.name, 0) + 1)
         event = _base_event(frame, state)
         event["dose"] = dict(arrival.dose)
         event["degraded"] = True
@@ -519,6 +519,11 @@ class Pipeline:
             event["skipped_stages"] = [stage.name for stage in self.stages]
         latency_ms = (self._clock() - arrival.t_s) * 1000.0
         return self._finish(event, state, list(arrival.alerts), latency_ms)
+
+    def _remembering(self) -> list[tuple[Stage, str]]:
+        """(stage, method) of the stages that keep a skipped frame in their memory."""
+        return [(self.stages[self._stage_order[d.stage]], d.method) for d in self._steps
+                if d.skips and d.method is not None]
 
     def stage_costs(self) -> dict[str, dict[str, float]]:
         """What the planner knows: p50/p90 cost per stage, mode and frame shape."""
@@ -680,9 +685,11 @@ class LiveFeeder:
     :meth:`submit` counts the frame's dose at once and queues its image work. When
     ``capacity`` frames are already waiting, the *oldest* waiting frame's image work is dropped
     (the newest frame is what the radiologist looks at): its event still comes, in order, with
-    its dose and ``"dropped": true``, and ``state.dropped_image_frames`` counts it. The
-    ``capacity`` most recently dropped frames keep their pixels until their turn, for the
-    contrast stage's memory (:meth:`Pipeline.dropped_event`); older ones are released. Events are
+    its dose and ``"dropped": true``, and ``state.dropped_image_frames`` counts it. The most
+    recently dropped frame keeps its pixels until its turn, for the contrast stage's memory
+    (:meth:`Pipeline.dropped_event`; the stage keeps one skipped frame between updates), when
+    a stage has such a memory; the others are released, so at most ``capacity + 2`` frames'
+    pixels are held. Events are
     handed to ``on_event`` on the worker thread, in arrival order; a handler that raises is
     logged. Offline replay does not use this: it blocks its reader instead (:func:`prefetch`).
 
@@ -705,7 +712,8 @@ class LiveFeeder:
         self.capacity = capacity or pipeline.settings.live_queue_frames
         self._entries: deque[list] = deque()  # [Frame | DroppedFrame, Arrival, dropped]
         self._waiting_images = 0
-        self._kept_dropped: deque[list] = deque()  # entries dropped with their pixels kept
+        self._kept_dropped: list | None = None  # the entry dropped with its pixels kept
+        self._keep_dropped = bool(pipeline._remembering())
         self._unfinished = 0
         self._closed = False
         self._error: BaseException | None = None
@@ -724,13 +732,15 @@ class LiveFeeder:
                 if self._waiting_images >= self.capacity:
                     oldest = next(e for e in self._entries if not e[2])
                     oldest[2] = True
-                    self._kept_dropped.append(oldest)
-                    if len(self._kept_dropped) > self.capacity:  # memory stays bounded
-                        released = self._kept_dropped.popleft()
-                        old = released[0]
-                        if isinstance(old, Frame):  # not taken by the worker yet
-                            released[0] = DroppedFrame(old.sop_instance_uid, old.frame_number,
-                                                       old.index, old.t_s)
+                    released = self._kept_dropped
+                    if self._keep_dropped:
+                        self._kept_dropped = oldest
+                    else:
+                        released = oldest
+                    if released is not None and isinstance(released[0], Frame):
+                        old = released[0]  # not taken by the worker yet (entries keep order)
+                        released[0] = DroppedFrame(old.sop_instance_uid, old.frame_number,
+                                                   old.index, old.t_s)
                     self._waiting_images -= 1
                     self.state.dropped_image_frames += 1
                 self._entries.append([frame, arrival, False])
@@ -762,9 +772,8 @@ class LiveFeeder:
                 entry = self._entries.popleft()
                 item, arrival, dropped = entry
                 if dropped:
-                    # entries leave in order: a kept one is the oldest kept
-                    if self._kept_dropped and self._kept_dropped[0] is entry:
-                        self._kept_dropped.popleft()
+                    if self._kept_dropped is entry:
+                        self._kept_dropped = None
                 else:
                     self._waiting_images -= 1
             try:

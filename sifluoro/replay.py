@@ -80,13 +80,22 @@ def replay(inputs: Iterable[str | Path], *, events_path: str | Path, summary_pat
     if overlays is not None:
         overlays.close()
     t_end = time.perf_counter()
-    for run, first in lost:  # their exposure happened: into the RDSR, apart in the summary
-        state.dose.add_lost(run, first)
+    count_lost(state, lost)
     summary = build_summary(study, state, rejected)
-    if rdsr_path is not None and state.frames:
+    if rdsr_path is not None and (state.frames or state.dose.lost_frames):
         summary["rdsr"] = str(write_rdsr(study, state.dose, rdsr_path, settings=settings.dose))
     write_json(summary_path, summary)
     return ReplayResult(summary, 0 if state.frames else 2, t_stream - t_start, t_end - t_stream)
+
+
+def count_lost(state, lost: list) -> None:
+    """The frames damaged files lost (``(run, first frame number)``, from the reader): their
+    exposure happened, so it goes into the RDSR's events and ``summary.lost_frames``, and the
+    SRDL levels it makes the study reach into the study's alerts."""
+    last = max(state.frames - 1, 0)
+    for run, first in lost:
+        state.alerts.extend(a.as_dict() for a in state.dose.add_lost(run, first, index=last))
+    lost.clear()
 
 
 def build_summary(study: Study, state, rejected: list[Rejection]) -> dict:

@@ -118,6 +118,30 @@ def test_the_engine_counts_the_frames_a_damaged_file_lost(damaged_study):
     assert summary["frames"] == 10 and summary["lost_frames"]["frames"] == 3
 
 
+def test_a_study_whose_every_frame_was_lost_still_has_its_dose_reported(tmp_path):
+    """One RLE run whose first frame fails to decode: no event, exit 2, and its exposure,
+    from the header, in summary.lost_frames and in the RDSR."""
+    from pydicom.encaps import generate_frames
+
+    from sifluoro.dose.rdsr_read import read_rdsr
+
+    (path,) = write_study(tmp_path / "in", [RunSpec(0.0, filename="rle.dcm", transfer_syntax="rle",
+                                                     n_frames=4)])
+    raw = bytearray(path.read_bytes())
+    first = next(generate_frames(pydicom.dcmread(path).PixelData, number_of_frames=4))
+    at = bytes(raw).index(first[:64])
+    raw[at:at + 64] = b"\xff" * 64
+    path.write_bytes(bytes(raw))
+    out = tmp_path / "out"
+    code = main(["replay", str(tmp_path / "in"), "--events", str(out / "e.jsonl"), "--summary",
+                 str(out / "s.json"), "--rdsr", str(out / "dose.dcm"), "-q"])
+    s = json.loads((out / "s.json").read_text())
+    assert code == 2 and s["frames"] == 0 and s["lost_frames"]["frames"] == 4
+    rdsr = read_rdsr(out / "dose.dcm")
+    assert sum(e.n_pulses for e in rdsr.events) == 4
+    assert rdsr.planes[0].air_kerma_mgy == pytest.approx(s["lost_frames"]["air_kerma_mgy"])
+
+
 def test_nothing_usable_exits_2(tmp_path):
     (tmp_path / "a.txt").write_text("hello")
     code = main(["replay", str(tmp_path), "--events", str(tmp_path / "e.jsonl"),

@@ -94,10 +94,11 @@ def test_a_backed_up_queue_drops_the_oldest_image_work_and_counts_it(frames):
     assert state.frames == 10 and state.degraded_frames == 7
 
 
-def test_the_newest_dropped_frames_join_the_contrast_memory(frames):
-    """A dropped frame whose pixels are kept (the ``capacity`` most recently dropped) is
-    offered to the contrast stage's memory (``process_remember``), so that a vessel that came
-    and went on it is still tested; older dropped frames release their pixels."""
+def test_the_newest_dropped_frame_joins_the_contrast_memory(frames):
+    """The most recently dropped frame keeps its pixels until its turn and is offered to the
+    contrast stage's memory (``process_remember``: the stage keeps one skipped frame between
+    updates), so that a vessel that came and went on it is still tested; the other dropped
+    frames release their pixels."""
     from sifluoro.model import Frame
 
     class Remembering(GatedStage):
@@ -111,19 +112,39 @@ def test_the_newest_dropped_frames_join_the_contrast_memory(frames):
             self.remembered.append(frame.index)
             return {}
 
-    def pixels_kept(feeder):  # for at most ``capacity`` dropped frames
+    def pixels_kept(feeder):  # for one dropped frame at most
         assert sum(1 for item, _, dropped in feeder._entries
-                   if dropped and isinstance(item, Frame)) <= 2
+                   if dropped and isinstance(item, Frame)) <= 1
 
     stage = Remembering(hold_index=0)
     state, events, feeder = _held_feeder(stage, frames, pixels_kept)
     stage.release.set()
     assert feeder.drain(10)
     feeder.close()
-    assert stage.remembered == [6, 7] and stage.seen == [0, 8, 9]
+    assert stage.remembered == [7] and stage.seen == [0, 8, 9]
     assert [e["index"] for e in events if e.get("dropped")] == list(range(1, 8))
     assert all(e["skipped_stages"] == ["contrast"] for e in events if e.get("dropped"))
     assert state.skipped_in_a_row["contrast"] == 0  # frame 9 ran it in full
+
+
+@pytest.mark.parametrize("takes", [True, False])
+def test_a_dropped_frame_counts_as_skipped_only_where_it_was_remembered(frames, takes):
+    """Remembered, the next frame owes its test (the deadline must run contrast in full and
+    learns that cost apart); declined, nothing is owed and the deadline may still skip."""
+    class Contrast:
+        name = "contrast"
+
+        def process(self, frame, state):
+            return {}
+
+        def process_remember(self, frame, state):
+            return {} if takes else None
+
+    pipeline = Pipeline([Contrast()], NO_DEADLINE)
+    state = pipeline.start_study("live")
+    event = pipeline.dropped_event(frames[1], state, pipeline.account(frames[1], state))
+    assert event["dropped"] and event["skipped_stages"] == ["contrast"]
+    assert state.skipped_in_a_row.get("contrast", 0) == int(takes)
 
 
 def test_nothing_is_dropped_while_the_worker_keeps_up(frames):
@@ -209,3 +230,22 @@ def test_offline_prefetch_blocks_and_drops_nothing():
             release.set()
         got.append(item)
     assert got == list(range(50))
+
+
+def test_the_contrast_stage_keeps_one_dropped_frame_and_tests_it_on_the_next(frames_512):
+    """With the real stages: of two dropped frames in a row the first joins the contrast
+    stage's memory (its vessel test is owed) and the second is declined; the next processed
+    frame runs the owed test, and the deadline counts one skip."""
+    from sifluoro.stages import make_stages
+
+    pipeline = Pipeline(make_stages(("register", "contrast"), NO_DEADLINE), NO_DEADLINE)
+    state = pipeline.start_study("live")
+    for frame in frames_512[:6]:
+        pipeline.process(frame, state)
+    memory = state.stage_state["contrast"]
+    for frame in frames_512[6:8]:
+        pipeline.dropped_event(frame, state, pipeline.account(frame, state))
+        assert memory.run.test_owed
+    assert state.skipped_in_a_row["contrast"] == 1
+    pipeline.process(frames_512[8], state)
+    assert not memory.run.test_owed and state.skipped_in_a_row["contrast"] == 0

@@ -198,16 +198,22 @@ class DoseAccumulator:
         self.alerts.extend(new)
         return new
 
-    def add_lost(self, run: Run, first_frame_number: int) -> None:
+    def add_lost(self, run: Run, first_frame_number: int, *, index: int = 0
+                 ) -> list[DoseAlert]:
         """Count the exposure of ``run``'s frames from ``first_frame_number`` on, whose pixels
         could not be decoded: into the run's irradiation event and :attr:`lost`, not into
-        :attr:`totals` (no event shows them). Raises no alert."""
+        :attr:`totals` (no event shows them). Frames already counted are not counted again.
+
+        Returns the substantial radiation dose levels (SRDL) that the frames seen and lost
+        together reach and the frames seen did not (alerts at ``index``, the last frame seen):
+        the follow-up of the patient depends on the whole exposure."""
         dose = self.prepare(run)
         tally = self._tallies.get(run.sop_instance_uid)
         if tally is None:
             tally = self._tallies[run.sop_instance_uid] = _RunTally(run, dose)
         intervals = run.frame_intervals_ms
-        for number in range(first_frame_number, run.n_frames + 1):
+        t_s = run.start_s
+        for number in range(max(first_frame_number, tally.frames + 1), run.n_frames + 1):
             interval_s = (intervals[min(number, len(intervals)) - 1] / 1000.0 if intervals
                           else 0.0)
             kerma, dap = dose.frame(number)
@@ -223,6 +229,27 @@ class DoseAccumulator:
             tally.air_kerma_mgy += kerma
             tally.dap_gycm2 += dap
             tally.time_s += interval_s
+            t_s = run.start_s + run.frame_offsets_s[min(number, len(run.frame_offsets_s)) - 1]
+        return self._srdl_with_lost(index, t_s)
+
+    def _srdl_with_lost(self, index: int, t_s: float) -> list[DoseAlert]:
+        s, seen, lost = self.settings, self.totals, self.lost
+        out = []
+        for kind, level, value, unit, what in (
+                ("srdl_air_kerma", s.srdl_air_kerma_mgy, seen.air_kerma_mgy + lost.air_kerma_mgy,
+                 "mGy", f"reference air kerma {s.srdl_air_kerma_mgy / 1000:g} Gy"),
+                ("srdl_dap", s.srdl_dap_gycm2, seen.dap_gycm2 + lost.dap_gycm2, "Gy·cm²",
+                 f"DAP {s.srdl_dap_gycm2:g} Gy·cm²"),
+                ("srdl_fluoro_time", s.srdl_fluoro_time_s, seen.fluoro_time_s + lost.fluoro_time_s,
+                 "s", f"fluoroscopy time {s.srdl_fluoro_time_s / 60:g} min")):
+            if level > 0 and value >= level and kind not in self._srdl_fired:
+                self._srdl_fired.add(kind)
+                out.append(DoseAlert(kind, level, unit, index, t_s,
+                                     f"SUBSTANTIAL RADIATION DOSE LEVEL: {what}, with the frames "
+                                     "lost in damaged files; follow the facility's SRDL patient "
+                                     "follow-up"))
+        self.alerts.extend(out)
+        return out
 
     def _crossed(self, before: tuple[float, float, float], frame: Frame) -> list[DoseAlert]:
         s, out, t = self.settings, [], self.totals
@@ -249,9 +276,8 @@ class DoseAccumulator:
 
     @property
     def source(self) -> str:
-        """"rdsr", "reported", "estimated", "mixed" or "none" for the study so far."""
-        used = self.totals.sources - {"none"} or self.totals.sources
-        return "mixed" if len(used) > 1 else (next(iter(used)) if used else "none")
+        """"rdsr", "reported", "estimated", "mixed" or "none" for the frames seen so far."""
+        return _source(self.totals.sources)
 
     @property
     def srdl_exceeded(self) -> tuple[str, ...]:
@@ -273,8 +299,14 @@ class DoseAccumulator:
         events = self.events()
         return StudyDose(study_instance_uid=study_instance_uid, source="images", device=device,
                          events=events, planes=(totals_from_events(SINGLE_PLANE, events),),
-                         dose_source=self.source, planes_from_report=False,
+                         dose_source=_source(self.totals.sources | self.lost.sources),
+                         planes_from_report=False,
                          srdl_exceeded=self.srdl_exceeded)
+
+
+def _source(sources: set[str]) -> str:
+    used = sources - {"none"} or sources
+    return "mixed" if len(used) > 1 else (next(iter(used)) if used else "none")
 
 
 def accumulate_study(study: Study, settings: DoseSettings, *, report: StudyDose | None = None

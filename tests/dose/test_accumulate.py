@@ -78,6 +78,26 @@ def test_frames_lost_in_a_damaged_file_go_into_the_run_event_not_the_totals(tmp_
     # the same as counting the run from its header alone
     whole = accumulate_study(study, DoseSettings())
     assert whole.totals.air_kerma_mgy == pytest.approx(event.air_kerma_mgy)
+    dose.add_lost(run, 5)  # counted once
+    assert dose.lost_frames == 6 and dose.events()[0].n_pulses == 10
+
+
+def test_an_srdl_that_only_the_lost_frames_reach_raises_its_alert(tmp_path):
+    from dataclasses import replace
+
+    write_study(tmp_path, [RunSpec(0.0, n_frames=10, frame_time_ms=100.0, size=16)])
+    study = read_study([tmp_path])
+    run = study.runs[0]
+    run = replace(run, technique=replace(run.technique,
+                                         reported_air_kerma_mgy_per_frame=(10.0,) * 10))
+    dose = DoseAccumulator(DoseSettings(srdl_air_kerma_mgy=50.0, air_kerma_first_alert_mgy=0.0))
+    seen = [a for frame in list(iter_frames(replace(study, runs=(run,)), []))[:4]
+            for a in dose.add(frame)]
+    assert seen == [] and dose.srdl_exceeded == ()  # 40 mGy seen
+    alerts = dose.add_lost(run, 5, index=3)  # 60 mGy more
+    assert [(a.kind, a.level, a.index) for a in alerts] == [("srdl_air_kerma", 50.0, 3)]
+    assert "lost in damaged files" in alerts[0].message and dose.srdl_exceeded == ("air_kerma",)
+    assert dose.add_lost(run, 5) == []  # once
 
 
 def test_acquisition_time_is_counted_apart(tmp_path):
