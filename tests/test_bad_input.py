@@ -166,17 +166,18 @@ def test_several_studies_exit_2_with_their_uids(tmp_path, capsys):
 @pytest.mark.parametrize("cut_bytes, used", [(100, 2), (8192 + 100, 1), (2 * 8192 + 100, 0)])
 def test_a_file_cut_short_gives_its_whole_frames(tmp_path, cut_bytes, used):
     """An interrupted transfer of a 3-frame run (64x64, 16 bits: 8192 bytes a frame): its whole
-    frames are used and the rest rejected with the reason; with no whole frame, the run is
-    rejected at once. The other run is unaffected."""
+    frames are used and the rest rejected with the reason and listed as lost (their dose comes
+    from the header), even with no whole frame. The other run is unaffected."""
     paths = write_study(tmp_path, [RunSpec(0.0, filename="cut.dcm"), RunSpec(30.0, filename="good.dcm")])
     cut = next(p for p in paths if p.name == "cut.dcm")
     data = cut.read_bytes()
     cut.write_bytes(data[: len(data) - cut_bytes])
     study = read_study([tmp_path])
-    rejected = list(study.rejected)
-    frames = list(iter_frames(study, rejected))
+    rejected, lost = list(study.rejected), []
+    frames = list(iter_frames(study, rejected, lost))
     assert [(f.run.path.rsplit("/", 1)[-1], f.frame_number) for f in frames] == (
         [("cut.dcm", k + 1) for k in range(used)] + [("good.dcm", k + 1) for k in range(3)])
+    assert [(run.path.rsplit("/", 1)[-1], first) for run, first in lost] == [("cut.dcm", used + 1)]
     [reason] = [r.reason for r in rejected]
     assert reason.startswith("(7FE0,0010) PixelData: pixel data is truncated")
     assert (f"(frames 1-{used} of 3 used)" in reason) == (used > 0)

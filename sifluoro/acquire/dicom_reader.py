@@ -257,15 +257,16 @@ def _transfer_syntax(ds: Dataset, path: str) -> UID:
 
 def _check_native_length(elem, fields: header.HeaderFields, path: str) -> None:
     """The pixel data holds the frames the header announces. A file cut short (an interrupted
-    transfer) passes while its first frame is whole: its whole frames are used and the rest
-    rejected when they are read (:func:`iter_frames`)."""
+    transfer, the header intact) passes: its whole frames, if any, are used and the rest
+    rejected when they are read (:func:`iter_frames`, which also lists them as lost, so their
+    dose is still counted from the header)."""
     n = len(fields.frame_offsets_s)
     frame_bytes = fields.rows * fields.columns * (fields.bits_allocated // 8)
     expected = frame_bytes * n
     length = elem.length if elem.value is None else len(elem.value)
     file_size = os.path.getsize(path)
     available = min(length, file_size - elem.value_tell) if elem.value_tell is not None else length
-    if available < expected and (length < expected or available < frame_bytes):
+    if length < expected:
         raise DamagedPixelDataError(
             f"pixel data is truncated: {available} bytes for {n} frame(s) of "
             f"{fields.rows}x{fields.columns} at {fields.bits_allocated} bits ({expected} bytes "
