@@ -177,6 +177,19 @@ def test_side_prior_rejects_a_line_running_the_wrong_way():
     assert segment_joint(left_running, grid=grid, usable=usable, side="R") is None
 
 
+@pytest.mark.parametrize("side", ["L", "R", None])
+def test_a_line_running_straight_down_is_not_a_joint(side):
+    """The joint always runs obliquely (inferiorly towards the midline); a straight lucent line
+    (on near-AP scouts, a strip in the sacrum) is not taken for it, whatever the side."""
+    from sifluoro.imaging import WorkingGrid
+    from sifluoro.register.joint import segment_joint
+    grid = WorkingGrid(1, 0.6)
+    usable = np.ones((160, 160), bool)
+    assert segment_joint(_synthetic_joint(0.0), grid=grid, usable=usable, side=side) is None
+    oblique = _synthetic_joint({"L": -0.2, "R": 0.2, None: 0.2}[side])
+    assert segment_joint(oblique, grid=grid, usable=usable, side=side) is not None
+
+
 def test_line_far_from_the_centre_is_not_a_joint():
     from sifluoro.imaging import WorkingGrid
     from sifluoro.register.joint import segment_joint
