@@ -495,3 +495,18 @@ def test_a_saturated_joint_gap_beside_clipped_noise_is_not_text():
     for y in rng.choice(np.arange(10, 190, 4), 30, replace=False):  # isolated clipped pixels
         image[y, rng.choice([93, 106])] = 1.0
     assert usable_mask(image, np.ones(image.shape, bool), 2).all()
+
+
+def test_a_weak_peak_within_a_run_without_header_angles_is_a_noisy_frame(sim_runs, monkeypatch):
+    """A low-dose frame whose registration peak is weak, in a run that matched the view at its
+    start, is averaged into the view with the last motion even without header angles (before,
+    every such frame started a new view, segmented alone)."""
+    from sifluoro.register.motion import Motion, Registrar
+    frames, _ = _without_angles(sim_runs[2])
+    measure = Registrar.measure
+    monkeypatch.setattr(Registrar, "measure",
+                        lambda self, work: Motion(measure(self, work).shift_xy, 0.1))
+    events, state = run_frames(JointStage(), frames)
+    view = state.stage_state["register_views"].current
+    assert len(frames) >= 3 and view.frames == min(len(frames), 16)
+    assert not any(e["joint"] is not None and e["joint"]["view_changed"] for e in events[1:])
