@@ -177,6 +177,19 @@ def test_side_prior_rejects_a_line_running_the_wrong_way():
     assert segment_joint(left_running, grid=grid, usable=usable, side="R") is None
 
 
+@pytest.mark.parametrize("side", ["L", "R", None])
+def test_a_line_running_straight_down_is_not_a_joint(side):
+    """The joint always runs obliquely (inferiorly towards the midline); a straight lucent line
+    (on near-AP scouts, a strip in the sacrum) is not taken for it, whatever the side."""
+    from sifluoro.imaging import WorkingGrid
+    from sifluoro.register.joint import segment_joint
+    grid = WorkingGrid(1, 0.6)
+    usable = np.ones((160, 160), bool)
+    assert segment_joint(_synthetic_joint(0.0), grid=grid, usable=usable, side=side) is None
+    oblique = _synthetic_joint({"L": -0.2, "R": 0.2, None: 0.2}[side])
+    assert segment_joint(oblique, grid=grid, usable=usable, side=side) is not None
+
+
 def test_line_far_from_the_centre_is_not_a_joint():
     from sifluoro.imaging import WorkingGrid
     from sifluoro.register.joint import segment_joint
@@ -456,3 +469,44 @@ def test_a_line_called_doubled_on_four_frames_stays_doubled(monkeypatch, doubled
         if view.frames in register_stage.RESEGMENT_AT:
             view.segment()
     assert view.line.doubled == expected
+
+
+def test_burned_in_text_is_not_usable():
+    from sifluoro.register.joint import usable_mask
+    from sifluoro.sim.detector import burn_in
+    top = (1 << 12) - 1
+    pixels = np.full((512, 512), top // 2, np.uint16)
+    burn_in(pixels, ["2024-03-11 14:17:07", "87 kV  14.3 mA  7.5 p/s"], "R", 12, "MONOCHROME2")
+    usable = usable_mask(pixels.astype(np.float32) / top, np.ones((512, 512), bool), 1)
+    drawn = pixels != top // 2
+    assert usable[~drawn].mean() > 0.99
+    for line in (np.s_[:24, :300], np.s_[24:60, :300]):  # each text line is found
+        assert (~usable[line][drawn[line]]).mean() > 0.3
+
+
+def test_a_saturated_joint_gap_beside_clipped_noise_is_not_text():
+    """A gap saturated dark between cortical rims whose noise clips bright in single pixels
+    has both extremes side by side, as text does, but no stroke of the bright one."""
+    from sifluoro.register.joint import usable_mask
+    image = np.full((200, 200), 0.5, np.float32)
+    image[:, 96:104] = 0.0
+    image[:, 90:96] = image[:, 104:110] = 0.9
+    rng = np.random.default_rng(3)
+    for y in rng.choice(np.arange(10, 190, 4), 30, replace=False):  # isolated clipped pixels
+        image[y, rng.choice([93, 106])] = 1.0
+    assert usable_mask(image, np.ones(image.shape, bool), 2).all()
+
+
+def test_a_weak_peak_within_a_run_without_header_angles_is_a_noisy_frame(sim_runs, monkeypatch):
+    """A low-dose frame whose registration peak is weak, in a run that matched the view at its
+    start, is averaged into the view with the last motion even without header angles (before,
+    every such frame started a new view, segmented alone)."""
+    from sifluoro.register.motion import Motion, Registrar
+    frames, _ = _without_angles(sim_runs[2])
+    measure = Registrar.measure
+    monkeypatch.setattr(Registrar, "measure",
+                        lambda self, work: Motion(measure(self, work).shift_xy, 0.1))
+    events, state = run_frames(JointStage(), frames)
+    view = state.stage_state["register_views"].current
+    assert len(frames) >= 3 and view.frames == min(len(frames), 16)
+    assert not any(e["joint"] is not None and e["joint"]["view_changed"] for e in events[1:])
