@@ -335,7 +335,7 @@ class NeedleStage:
         margin_w = s.edge_margin_mm / grid.spacing_mm
         out = []
         st.last_features = []
-        for line in finder.lines(n_peaks=10):
+        for line in finder.lines(n_peaks=s.n_lines):
             seg = finder.segment(line, grid.spacing_mm)
             if seg is None:
                 continue
