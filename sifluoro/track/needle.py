@@ -150,6 +150,9 @@ class _StudyNeedle:
         # needle-like candidates of the previous frame of the run (full-resolution tip,
         # direction): a cold-start detection must be seen on two frames in a row
         self.prev_candidates: list[tuple[np.ndarray, np.ndarray]] = []
+        # the candidates (tip, direction) of at least ``persist_min_prob`` of the last full
+        # searches of this view, newest last (NeedleSettings.persist_frames)
+        self.persistent: list[list[tuple[np.ndarray, np.ndarray]]] = []
         # while a needle is followed, a box of the working grid around it is searched instead
         # of the whole field (its own buffers: the box is much smaller than the field)
         self.roi_finder = LineFinder(settings)
@@ -218,6 +221,7 @@ class NeedleStage:
             back = [t for r, t in st.view_tracks if _same_geometry(r, run, spacing, att.shape)]
             st.track = _Track() if not back else back[-1]
             st.track.tip_xy = None
+            st.persistent = []
         st.ctx = _RunContext(run, spacing, grid, att.shape, valid_work, centre, edge_dist)
         st.mean_work, st.n_mean = None, 0
         st.prev_candidates = []
@@ -335,7 +339,7 @@ class NeedleStage:
         margin_w = s.edge_margin_mm / grid.spacing_mm
         out = []
         st.last_features = []
-        for line in finder.lines(n_peaks=10):
+        for line in finder.lines(n_peaks=s.n_lines):
             seg = finder.segment(line, grid.spacing_mm)
             if seg is None:
                 continue
@@ -499,6 +503,18 @@ class NeedleStage:
         return any(self._continues(ctx, tip, u, p_tip, p_u, self.settings.track_margin_mm)
                    for p_tip, p_u in st.prev_candidates)
 
+    def _persists(self, st: _StudyNeedle, ctx: _RunContext, tip: np.ndarray,
+                  u: np.ndarray) -> bool:
+        """Was a candidate on the same line, tip within ``track_margin_mm``, of at least
+        ``persist_min_prob`` among those of each of the last ``persist_frames - 1`` full
+        searches of this view?"""
+        s = self.settings
+        need = s.persist_frames - 1
+        if need < 1 or len(st.persistent) < need:
+            return False
+        return all(any(self._continues(ctx, tip, u, p_tip, p_u, s.track_margin_mm)
+                       for p_tip, p_u in frame) for frame in st.persistent[-need:])
+
     def _detect(self, st: _StudyNeedle, att: np.ndarray, ctx: _RunContext,
                 target: np.ndarray | None):
         s = self.settings
@@ -507,6 +523,7 @@ class NeedleStage:
         seen = []
         followed = st.track.dir_xy is not None
         st.jump_before, st.jump = st.jump, None
+        lasting = []
         for tip_w, base_w, prob in self._candidates(st, att, ctx, target):
             tip = grid.to_full(tip_w)
             base = grid.to_full(base_w)
@@ -514,6 +531,8 @@ class NeedleStage:
             tracked = self._consistent(st, ctx, tip, u)
             if prob >= s.track_min_prob:
                 seen.append((tip, u))
+            if prob >= s.persist_min_prob:
+                lasting.append((tip, u))
             if tracked:
                 ok = prob >= s.track_min_prob
             elif followed:
@@ -521,11 +540,13 @@ class NeedleStage:
                 # seen twice) to be taken for it; a needle does not jump across the field
                 ok = prob >= s.single_min_prob and self._confirmed(st, ctx, tip, u)
             else:
-                ok = prob >= s.min_prob and (prob >= s.single_min_prob
-                                             or self._confirmed(st, ctx, tip, u))
+                ok = (prob >= s.min_prob and (prob >= s.single_min_prob
+                                              or self._confirmed(st, ctx, tip, u))
+                      or prob >= s.persist_min_prob and self._persists(st, ctx, tip, u))
             if ok:
                 ranked.append((tracked, prob, tip_w, base_w))
         st.prev_candidates = seen
+        st.persistent = (st.persistent + [lasting])[-max(1, s.persist_frames - 1):]
         # a candidate continuing the track goes first; then the most probable
         ranked.sort(key=lambda c: (not c[0], -c[1]))
         for tracked, score, tip_w, base_w in ranked[:3]:

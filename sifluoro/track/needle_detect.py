@@ -102,6 +102,17 @@ class NeedleSettings:
         step declines and the field is searched as usual (a cold start over budget) instead of
         reporting nothing: otherwise a tight budget never finds a needle at all. False keeps
         every ``needle_roi`` frame cheap.
+    persist_frames, persist_min_prob : int, float
+        With no needle followed in the view, a candidate of needle probability
+        ``persist_min_prob`` or more is also taken when a candidate as probable was on the same
+        line, tip within ``track_margin_mm``, on each of the ``persist_frames - 1`` full searches
+        of this view before (across runs): the model often rates a needle over bone, short
+        when first inserted, between 0.5 and ``min_prob`` on each frame, but it stays where
+        it is.
+    n_lines : int
+        Number of Hough lines (strongest first, each suppressing its neighbours within 6 deg
+        and 10 px) looked at for a needle: the needle is often not among the ten strongest
+        lines of a frame full of cortical edges.
     track_angle_deg, track_reach_mm : float
         A candidate continues the track when its direction is within ``track_angle_deg`` of
         the last one, its tip within ``track_margin_mm`` across and ``track_reach_mm`` along.
@@ -140,6 +151,9 @@ class NeedleSettings:
     roi_step_mm: float = 3.0
     max_jump_mm: float = 6.0
     search_when_unfollowed: bool = True
+    n_lines: int = 16
+    persist_frames: int = 4
+    persist_min_prob: float = 0.55
 
 
 @dataclass(frozen=True)

@@ -368,3 +368,53 @@ def test_a_tip_jumping_far_from_the_anchor_is_taken_when_seen_again():
     assert first is None or math.dist(first["tip_xy"], tip) * SPACING_MM > s.max_jump_mm
     assert st.since_full == 0  # the second frame was searched in full
     assert math.dist(out[1]["needle"]["tip_xy"], tip) * SPACING_MM < 1.0
+
+
+@pytest.mark.parametrize("n_lines, found", [(10, False), (16, True)])
+def test_a_needle_weaker_than_ten_other_lines_is_found(n_lines, found):
+    """The needle's line is looked for among the ``n_lines`` strongest Hough lines: with
+    stronger lines in the field (here wires across it, which are no needle) it is not
+    among the ten strongest (ten wires here)."""
+    from sifluoro.track.needle_detect import NeedleSettings
+
+    tip, base = np.array([262.3, 251.6]), np.array([120.0, 511.0])
+    run = _run()
+    frames = []
+    for i in range(2):
+        img = _background(7 + 100 * i)
+        for k in range(10):
+            ang = math.radians(7.5 + 18.0 * k)
+            d = np.array([math.cos(ang), math.sin(ang)])
+            centre = np.array([256.0, 256.0]) + 150.0 * np.array([-d[1], d[0]])
+            _draw_polyline(img, np.array([centre - 800 * d, centre + 800 * d]), 0.08, 2.0)
+        _draw_polyline(img, _needle_points(tip, base), 0.05, 1.8)
+        frames.append(_frame(img, run, i))
+    stage = NeedleStage(needle=NeedleSettings(n_lines=n_lines))
+    state = Pipeline([stage]).start_study("1.2")
+    needle = [stage.process(f, state) for f in frames][-1]["needle"]
+    assert (needle is not None and math.dist(needle["tip_xy"], tip) * SPACING_MM < 1.0) == found
+
+
+@pytest.mark.parametrize("persist_frames", [0, 4])
+def test_a_needle_rated_below_min_prob_is_taken_when_it_stays(persist_frames):
+    """With no needle followed, a candidate under ``min_prob`` (here every candidate: the
+    two-frame and one-frame rules are out of reach) is taken once it has been seen at the same
+    place on ``persist_frames`` full searches of the view in a row, across runs, and not
+    before; ``persist_frames`` 0 never takes it."""
+    from sifluoro.track.needle_detect import NeedleSettings
+
+    settings = NeedleSettings(min_prob=1.01, single_min_prob=1.01, persist_min_prob=0.5,
+                              persist_frames=persist_frames)
+    stage = NeedleStage(needle=settings)
+    state = Pipeline([stage]).start_study("1.2")
+    tip, base = np.array([262.3, 251.6]), np.array([120.0, 511.0])
+    outs = []
+    for k, run in enumerate([_run("1.2.9.1")] * 2 + [_run("1.2.9.2")] * 3):
+        img = _background(500 + k)
+        _draw_polyline(img, _needle_points(tip, base), 0.05, 1.8)
+        outs.append(stage.process(_frame(img, run, k), state)["needle"])
+    if persist_frames == 0:
+        assert all(o is None for o in outs)
+    else:
+        assert all(o is None for o in outs[:3])
+        assert all(math.dist(o["tip_xy"], tip) * SPACING_MM < 1.0 for o in outs[3:])
