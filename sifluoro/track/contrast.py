@@ -321,25 +321,28 @@ class ContrastStage:
         return float(b.score[still].mean()) <= WASHOUT_FRACTION * rm.opaque_z
 
     def _vessel_mm(self, b: _Buffers, rm: _RunMemory, work_mm: float) -> float:
-        """Evidence (z x mm) of a thin line that appeared two frames ago and has gone again
-        (:mod:`sifluoro.track.contrast_transient`); 0 until the run has 4 frames, and 0 when
-        the washout alone shows that it cannot reach ``VASCULAR_LINE_MM``. After a frame that
-        was only remembered, the test it owes (one frame earlier) runs too, and the larger
-        evidence counts: a vessel whose test fell on that frame is not lost (this frame then
-        costs a second test)."""
+        """Evidence (z x mm) of a thin line that appeared two frames ago and has gone again, or
+        appeared on the previous frame and is going (:mod:`sifluoro.track.contrast_transient`);
+        0 until the run has 4 frames, and 0 when the washouts alone show that neither can
+        reach ``VASCULAR_LINE_MM``. After a frame that was only remembered, the test it owes
+        (one frame earlier) runs too, and the larger evidence counts: a vessel whose test fell
+        on that frame is not lost (this frame then costs a second test)."""
         if self._transient is None or self._transient.shape != b.shape:
             self._transient = TransientLines(b.shape)
-        floor = VASCULAR_LINE_MM / work_mm
+        t, floor = self._transient, VASCULAR_LINE_MM / work_mm
         best = 0.0
         ends = (rm.history_count, rm.history_count - 1) if rm.test_owed else (rm.history_count,)
         rm.test_owed = False
-        for end in ends:
+        for k, end in enumerate(ends):
             n = min(end, TRANSIENT_FRAMES)
             if n >= 4:
                 order = rm.history_order[end - n:end]
-                best = max(best, self._transient.score_history(rm.history, order, n, b.valid,
-                                                               floor=floor) * work_mm)
-        return best
+                best = max(best, t.score_history(rm.history, order, n, b.valid, floor=floor))
+                if k == 0:
+                    # the vessel that arrived on the previous frame, a frame sooner when it
+                    # already fades
+                    best = max(best, t.score_recent(rm.history, order, n, b.valid, floor=floor))
+        return best * work_mm
 
     def _result(self, memory: _StudyMemory, frame: Frame, accepted, area_mm2: float,
                 iodine_au: float, bbox) -> dict[str, Any]:
