@@ -240,3 +240,29 @@ def test_recent_test_is_the_history_test_on_shifted_frames(n):
     ref = TransientLines(SHAPE).score([frames[-4], frames[-3], frames[-2], frames[-2], frames[-1]],
                                       valid)
     assert got == pytest.approx(ref, rel=1e-6)
+
+
+@pytest.mark.parametrize("profile, vessel", [([0, 0, 0, 1, 0.3], True), ([0, 0, 0, 1, 0.6], False),
+                                             ([0, 0, 0, 0, 0], False), ([0, 0, 0, 1, 1], False)])
+@pytest.mark.parametrize("seed", [0, 11])
+def test_recent_test_on_the_history_tests_noise_scores_as_on_its_own(profile, vessel, seed):
+    """Right after the history test of the same frames, the recent test standardises its
+    washout with that test's noise (no second median and box filter). A vessel scores at
+    least as high as when the test measures its own noise (its own washout's line raises its
+    local noise; the history test's washout holds less of it); lines that stay, a line
+    still at 60 % and noise stay low either way."""
+    from sifluoro.track.contrast_transient import new_stamp
+
+    history = np.stack(_frames(profile, seed=seed))
+    valid = np.ones(SHAPE, bool)
+    order = np.arange(5)
+    stamps = np.array([new_stamp() for _ in range(5)], np.int64)
+    own = TransientLines(SHAPE).score_recent(history, order, 5, valid)
+    t = TransientLines(SHAPE)
+    t.score_history(history, order, 5, valid, floor=1e6, stamps=stamps)
+    shared = t.score_recent(history, order, 5, valid, stamps=stamps)
+    assert t.w_of[0] == stamps[4]           # the noise came from the history test
+    if vessel:
+        assert own > 20.0 and shared > max(own, 40.0)
+    else:
+        assert own < 15.0 and shared < 15.0
