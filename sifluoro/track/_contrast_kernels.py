@@ -731,14 +731,17 @@ def local_z(m, inner, validf, den_scale, window, scratch, hist, bins, rowsum, co
     """``m`` in place: minus its median over ``inner``, over 1.2533 x its local mean absolute
     value (``window``² box over ``validf``; ``den_scale`` is 1.2533 / max(1, box sum of
     ``validf``), see :func:`box_scale`), at least 5 % of the global mean absolute deviation:
-    the noise of ridge maps varies several-fold between soft tissue and bone."""
+    the noise of ridge maps varies several-fold between soft tissue and bone. Returns the
+    median; ``tmp`` is left holding the divisor (:func:`z_like` applies both to another map
+    of the same noise)."""
     rows, cols = m.shape
     med, n = masked_median(m, inner, scratch, hist, bins)
     if n == 0:
         for y in range(rows):
             for x in range(cols):
                 m[y, x] = 0.0
-        return
+                tmp[y, x] = np.float32(np.inf)
+        return med
     g = _masked_mean_abs_deviation(m, inner, n, med)
     for y in range(rows):
         for x in range(cols):
@@ -749,7 +752,20 @@ def local_z(m, inner, validf, den_scale, window, scratch, hist, bins, rowsum, co
     floor = np.float32(0.05 * g + 1e-9)
     for y in range(rows):
         for x in range(cols):
-            m[y, x] = m[y, x] / max(tmp[y, x] * den_scale[y, x], floor)
+            d = max(tmp[y, x] * den_scale[y, x], floor)
+            tmp[y, x] = d
+            m[y, x] = m[y, x] / d
+    return med
+
+
+@njit(cache=True, nogil=True)
+def z_like(m, med, divisor):
+    """``m`` in place: ``(m - med) / divisor``, the median and divisor :func:`local_z` found
+    for another map of the same noise."""
+    rows, cols = m.shape
+    for y in range(rows):
+        for x in range(cols):
+            m[y, x] = (m[y, x] - med) / divisor[y, x]
 
 
 @njit(cache=True, nogil=True)
@@ -857,5 +873,6 @@ def warm_up(rows: int = 1024, cols: int = 1024, factor: int = 4) -> None:
     bins = np.zeros(shape, np.int32)
     masked_median(img, flags, scratch, hist, bins)
     box_scale(tmp, 31, rowsum, colsum, washout)
-    local_z(onset, flags, tmp, washout, 31, scratch, hist, bins, rowsum, colsum, img)
+    med = local_z(onset, flags, tmp, washout, 31, scratch, hist, bins, rowsum, colsum, img)
+    z_like(onset, med, img)
     best_line(onset, washout, tmp, 1.5, 3.0, flags2, stack)

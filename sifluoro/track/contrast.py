@@ -16,10 +16,10 @@ import numpy as np
 
 from sifluoro.model import Frame
 from sifluoro.track import _contrast_kernels as K
-from sifluoro.track.contrast_classify import (DANGER, VASCULAR_LINE_MM, Classifier, Opacity,
-                                               describe_components)
+from sifluoro.track.contrast_classify import (DANGER, RECENT_LINE_MM, VASCULAR_LINE_MM,
+                                               Classifier, Opacity, describe_components)
 from sifluoro.track.contrast_reference import ReferenceBank
-from sifluoro.track.contrast_transient import FRAMES as TRANSIENT_FRAMES, TransientLines
+from sifluoro.track.contrast_transient import FRAMES as TRANSIENT_FRAMES, TransientLines, new_stamp
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,8 @@ class _RunMemory:
         # for the test a frame only remembered (deadline) did not run
         self.history = np.zeros((TRANSIENT_FRAMES + 1,) + shape, np.float32)
         self.history_order = np.arange(TRANSIENT_FRAMES + 1, dtype=np.int64)
+        # which frame each slot holds (new_stamp): the vessel test keeps its line averages
+        self.history_stamp = np.full(TRANSIENT_FRAMES + 1, -1, np.int64)
         self.history_count = 0
         self.test_owed = False  # the previous frame was only remembered
 
@@ -114,6 +116,7 @@ class _RunMemory:
             order[-1] = oldest
             self.history_count -= 1
         self.history[order[self.history_count]] = image
+        self.history_stamp[order[self.history_count]] = new_stamp()
         self.history_count += 1
 
 
@@ -321,25 +324,33 @@ class ContrastStage:
         return float(b.score[still].mean()) <= WASHOUT_FRACTION * rm.opaque_z
 
     def _vessel_mm(self, b: _Buffers, rm: _RunMemory, work_mm: float) -> float:
-        """Evidence (z x mm) of a thin line that appeared two frames ago and has gone again
-        (:mod:`sifluoro.track.contrast_transient`); 0 until the run has 4 frames, and 0 when
-        the washout alone shows that it cannot reach ``VASCULAR_LINE_MM``. After a frame that
-        was only remembered, the test it owes (one frame earlier) runs too, and the larger
-        evidence counts: a vessel whose test fell on that frame is not lost (this frame then
-        costs a second test)."""
+        """Evidence (z x mm) of a thin line that appeared two frames ago and has gone again, or
+        appeared on the previous frame and is going (:mod:`sifluoro.track.contrast_transient`);
+        0 until the run has 4 frames, and 0 below ``VASCULAR_LINE_MM`` (the first) and
+        ``RECENT_LINE_MM`` (the second; the washouts alone often show that neither can be
+        reached, and the onsets are then skipped). After a frame that was only remembered, the test it owes
+        (one frame earlier) runs too, and the larger evidence counts: a vessel whose test fell
+        on that frame is not lost (this frame then costs a second test)."""
         if self._transient is None or self._transient.shape != b.shape:
             self._transient = TransientLines(b.shape)
-        floor = VASCULAR_LINE_MM / work_mm
+        t, floor = self._transient, VASCULAR_LINE_MM / work_mm
+        floor_recent = RECENT_LINE_MM / work_mm
         best = 0.0
         ends = (rm.history_count, rm.history_count - 1) if rm.test_owed else (rm.history_count,)
         rm.test_owed = False
-        for end in ends:
+        for k, end in enumerate(ends):
             n = min(end, TRANSIENT_FRAMES)
             if n >= 4:
                 order = rm.history_order[end - n:end]
-                best = max(best, self._transient.score_history(rm.history, order, n, b.valid,
-                                                               floor=floor) * work_mm)
-        return best
+                best = max(best, t.score_history(rm.history, order, n, b.valid, floor=floor,
+                                                 stamps=rm.history_stamp))
+                if k == 0:
+                    # the vessel that arrived on the previous frame, a frame sooner when it
+                    # already fades; it counts from RECENT_LINE_MM
+                    recent = t.score_recent(rm.history, order, n, b.valid, floor=floor_recent,
+                                            stamps=rm.history_stamp)
+                    best = max(best, recent if recent >= floor_recent else 0.0)
+        return best * work_mm
 
     def _result(self, memory: _StudyMemory, frame: Frame, accepted, area_mm2: float,
                 iodine_au: float, bbox) -> dict[str, Any]:

@@ -24,6 +24,11 @@ DANGER = {"none": 0, "intra_articular": 1, "extravasation": 2, "vascular": 3}
 # clouds, needle and gas stayed below 17 on the non-vascular training studies (seeds 606, 607,
 # 777, 778 and a quick set of seed 903: 67 studies), from 16 up they start to alarm
 VASCULAR_LINE_MM = 18.0
+# the same evidence of a line that arrived on the previous frame and is already fading
+# (contrast_transient.TransientLines.score_recent, standardised with the history test's noise):
+# a needle-run frame of seed 912 case 1 reached 23 before any injection; at 30, 19 of the 30
+# vessels found on the training seeds are found a frame sooner, no false one
+RECENT_LINE_MM = 30.0
 # smallest new opacity taken as contrast: a needle advancing ~1 mm between frames leaves less,
 # the first frame of any injection (joint fill, cloud, vessel) far more
 MIN_AREA_MM2 = 40.0
@@ -32,10 +37,15 @@ MIN_CORE_LENGTH_MM = 8.0
 # share of new pixels below which an opacity continues the previous frame's accepted opacity
 CONTINUED_NEW_FRACTION = 0.5
 # frames with opacity during which clouds alone may still turn out to be the start of joint fill
-EARLY_FRAMES = 3
+EARLY_FRAMES = 5
 # area over length (mm) of an early joint fill at most; early clouds strung out along a tissue
 # plane are broader (13-20 mm on the evaluation sets)
 THIN_LINE_MM = 10.0
+# ... or a line at least this elongated: joint fill seen through a wide gap is broader than
+# THIN_LINE_MM (11-17 mm) yet 5-19 times longer than wide; extravasation's lumps stayed under
+# 2.7 (training seeds 901, 903, 905, 910-912: 3 of 9 joint fills read as extravasation were
+# these, no extravasation became joint fill)
+JOINT_ELONGATION = 5.0
 
 
 @dataclass(frozen=True)
@@ -201,9 +211,11 @@ class Classifier:
         self._line_seen = self._line_seen or line_iodine > 0.0
         if self._line_seen:
             share = line_iodine / (line_iodine + cloud_iodine) if line_iodine else 0.5
-            thin = any(o.kind == "line" and o.area_mm2 <= THIN_LINE_MM * o.length_mm
-                       for o in accepted)
-            if self.state == "extravasation" and self._opacity_frames <= EARLY_FRAMES and thin:
+            joint_like = any(o.kind == "line" and (o.area_mm2 <= THIN_LINE_MM * o.length_mm
+                                                   or o.elongation >= JOINT_ELONGATION)
+                             for o in accepted)
+            if (self.state == "extravasation" and self._opacity_frames <= EARLY_FRAMES
+                    and joint_like):
                 # the first frame of a joint fill is a small blob at the tip (or the recess
                 # pool); the line that follows within a frame or two makes it joint fill
                 self.state = "intra_articular"

@@ -241,10 +241,10 @@ def test_local_z_matches_numpy(rng):
     scale = np.empty_like(m)
     K.box_scale(validf, 31, np.empty(m.shape), np.empty(m.shape[1]), scale)
     np.testing.assert_allclose(scale, np.float32(1.2533) / np.maximum(den, 1.0), rtol=1e-6)
-    K.local_z(got, inner, validf, scale, 31, np.empty(2 * m.size, np.float32),
-              np.empty(256, np.int64), np.empty(m.shape, np.int32), np.empty(m.shape),
-              np.empty(m.shape[1]),
-              np.empty_like(m))
+    divisor = np.empty_like(m)
+    got_med = K.local_z(got, inner, validf, scale, 31, np.empty(2 * m.size, np.float32),
+                        np.empty(256, np.int64), np.empty(m.shape, np.int32), np.empty(m.shape),
+                        np.empty(m.shape[1]), divisor)
     med = np.float32(np.median(m[inner]))
     g = float(np.mean(np.abs(m[inner] - med)))
     local = cv2.boxFilter(np.abs(m - med) * validf, -1, (31, 31), normalize=False,
@@ -252,6 +252,13 @@ def test_local_z_matches_numpy(rng):
     local = local / np.maximum(den, 1.0) * np.float32(1.2533)
     ref = (m - med) / np.maximum(local, np.float32(0.05 * g + 1e-9))
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
+    # its median and divisor, applied to another map (z_like), standardise it the same way
+    assert got_med == med
+    np.testing.assert_allclose(divisor, np.maximum(local, np.float32(0.05 * g + 1e-9)),
+                               rtol=1e-4)
+    other = m[::-1].copy()
+    K.z_like(other, got_med, divisor)
+    np.testing.assert_allclose(other, (m[::-1] - med) / divisor, rtol=1e-6)
 
 
 def test_field_masks_and_standardise_match_numpy(rng):

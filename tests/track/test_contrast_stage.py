@@ -251,3 +251,17 @@ def test_a_frame_only_remembered_under_the_deadline_keeps_its_vessel_test():
     # two in a row (Settings.max_skipped_frames=2): the second declines, one test is owed at most
     assert _alert_frames(frames, remember_at={full[0], full[0] + 1}, declines={full[0] + 1}) == \
         [full[0] + 1]
+
+
+def test_vessel_fading_a_frame_after_arrival_is_a_line_on_the_next_frame(phantom):
+    """A short vessel, at full strength on one frame and mostly gone on the next: on that next
+    frame the alert stands on the line that came and went (evidence near 1), not only on the
+    accepted opacity's washout (0.6)."""
+    arrival = 4
+    course = {arrival: 0.5, arrival + 1: 0.15, arrival + 2: 0.05}
+    frames = _contrast_run(12, 0, vessel=lambda f: course.get(f - 1, 0.0))
+    events, state = _replay(phantom, _needle_runs() + [frames])
+    out = _states(events)[-12:]
+    assert out.index("vascular") == arrival + 1
+    assert events[-12 + arrival + 1]["contrast"]["vascular_evidence"] > 0.9
+    assert state.contrast_state == "vascular"

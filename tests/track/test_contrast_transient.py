@@ -207,3 +207,62 @@ def test_the_washout_bound_skips_only_what_cannot_reach_the_floor():
                 assert got == 0.0 or got == pytest.approx(full)
                 skipped += got == 0.0 and full > 0.0
     assert skipped > 0
+
+
+def test_recent_arrival_is_seen_a_frame_sooner():
+    """A vessel at full strength on the second-last frame and fading on the last: the recent
+    test sees it, the test around the third-last frame cannot yet."""
+    frames = _frames([0, 0, 0, 1, 0.3])
+    valid = np.ones(SHAPE, bool)
+    history = np.stack(frames)
+    t = TransientLines(SHAPE)
+    assert t.score_recent(history, np.arange(5), 5, valid) > 30.0
+    assert t.score_history(history, np.arange(5), 5, valid) < 10.0
+
+
+@pytest.mark.parametrize("profile", [[0, 0, 0, 1, 1], [0, 0, 0.5, 1, 1.3], [0, 0, 0, 0, 0],
+                                     [1, 1, 1, 1, 0]])
+def test_recent_test_leaves_lines_that_stay_low(profile):
+    history = np.stack(_frames(profile))
+    assert TransientLines(SHAPE).score_recent(history, np.arange(5), 5,
+                                              np.ones(SHAPE, bool)) < 20.0
+
+
+@pytest.mark.parametrize("n", [4, 5])
+def test_recent_test_is_the_history_test_on_shifted_frames(n):
+    """Arrival x[n-2], onset against x[n-4] and x[n-3], washout against x[n-1], through a ring
+    buffer whose order is rotated."""
+    frames = _frames([0, 0, 0, 1, 0.3][-n:], seed=8)
+    valid = np.ones(SHAPE, bool)
+    ring = np.stack(frames[2:] + frames[:2])          # oldest frame in slot n - 2
+    order = np.array(list(range(n - 2, n)) + list(range(n - 2)), np.int64)
+    got = TransientLines(SHAPE).score_recent(ring, order, n, valid)
+    ref = TransientLines(SHAPE).score([frames[-4], frames[-3], frames[-2], frames[-2], frames[-1]],
+                                      valid)
+    assert got == pytest.approx(ref, rel=1e-6)
+
+
+@pytest.mark.parametrize("profile, vessel", [([0, 0, 0, 1, 0.3], True), ([0, 0, 0, 1, 0.6], False),
+                                             ([0, 0, 0, 0, 0], False), ([0, 0, 0, 1, 1], False)])
+@pytest.mark.parametrize("seed", [0, 11])
+def test_recent_test_on_the_history_tests_noise_scores_as_on_its_own(profile, vessel, seed):
+    """Right after the history test of the same frames, the recent test standardises its
+    washout with that test's noise (no second median and box filter). A vessel scores at
+    least as high as when the test measures its own noise (its own washout's line raises its
+    local noise; the history test's washout holds less of it); lines that stay, a line
+    still at 60 % and noise stay low either way."""
+    from sifluoro.track.contrast_transient import new_stamp
+
+    history = np.stack(_frames(profile, seed=seed))
+    valid = np.ones(SHAPE, bool)
+    order = np.arange(5)
+    stamps = np.array([new_stamp() for _ in range(5)], np.int64)
+    own = TransientLines(SHAPE).score_recent(history, order, 5, valid)
+    t = TransientLines(SHAPE)
+    t.score_history(history, order, 5, valid, floor=1e6, stamps=stamps)
+    shared = t.score_recent(history, order, 5, valid, stamps=stamps)
+    assert t.w_of[0] == stamps[4]           # the noise came from the history test
+    if vessel:
+        assert own > 20.0 and shared > max(own, 40.0)
+    else:
+        assert own < 15.0 and shared < 15.0
