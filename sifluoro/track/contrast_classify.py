@@ -37,15 +37,10 @@ MIN_CORE_LENGTH_MM = 8.0
 # share of new pixels below which an opacity continues the previous frame's accepted opacity
 CONTINUED_NEW_FRACTION = 0.5
 # frames with opacity during which clouds alone may still turn out to be the start of joint fill
-EARLY_FRAMES = 5
+EARLY_FRAMES = 3
 # area over length (mm) of an early joint fill at most; early clouds strung out along a tissue
 # plane are broader (13-20 mm on the evaluation sets)
 THIN_LINE_MM = 10.0
-# ... or a line at least this elongated: joint fill seen through a wide gap is broader than
-# THIN_LINE_MM (11-17 mm) yet 5-19 times longer than wide; extravasation's lumps stayed under
-# 2.7 (training seeds 901, 903, 905, 910-912: 3 of 9 joint fills read as extravasation were
-# these, no extravasation became joint fill)
-JOINT_ELONGATION = 5.0
 
 
 @dataclass(frozen=True)
@@ -211,11 +206,9 @@ class Classifier:
         self._line_seen = self._line_seen or line_iodine > 0.0
         if self._line_seen:
             share = line_iodine / (line_iodine + cloud_iodine) if line_iodine else 0.5
-            joint_like = any(o.kind == "line" and (o.area_mm2 <= THIN_LINE_MM * o.length_mm
-                                                   or o.elongation >= JOINT_ELONGATION)
-                             for o in accepted)
-            if (self.state == "extravasation" and self._opacity_frames <= EARLY_FRAMES
-                    and joint_like):
+            thin = any(o.kind == "line" and o.area_mm2 <= THIN_LINE_MM * o.length_mm
+                       for o in accepted)
+            if self.state == "extravasation" and self._opacity_frames <= EARLY_FRAMES and thin:
                 # the first frame of a joint fill is a small blob at the tip (or the recess
                 # pool); the line that follows within a frame or two makes it joint fill
                 self.state = "intra_articular"

@@ -97,33 +97,6 @@ def test_gas_like_opacity_is_refused_unless_it_continues_accepted_opacity():
     assert c.accept([_opacity(0.2, 0.8)]) == [True]     # where contrast was last frame
 
 
-def _blob(kind: str, area_mm2: float, length_mm: float, elongation: float) -> Opacity:
-    return Opacity(kind=kind, area_mm2=area_mm2, length_mm=length_mm,
-                   width_mm=area_mm2 / length_mm, elongation=elongation, edge_fraction=0.4,
-                   peak_z=20.0, mean_z=9.0, new_fraction=0.3, core_area_mm2=area_mm2 / 2,
-                   core_mass_fraction=0.7, negative_ratio=0.1, iodine_au=area_mm2 / 100.0,
-                   centroid_xy=(50.0, 50.0), bbox_xyxy=(10, 10, 60, 60))
-
-
-@pytest.mark.parametrize("line, frames_before, expected", [
-    (("line", 400.0, 30.0, 6.0), 1, "intra_articular"),    # broad (13 mm) but elongated
-    (("line", 400.0, 30.0, 6.0), 4, "intra_articular"),    # on the fifth frame of opacity
-    (("line", 250.0, 30.0, 3.0), 1, "intra_articular"),    # thin (8 mm)
-    (("line", 400.0, 30.0, 3.0), 1, "extravasation"),      # broad and squat: clouds strung out
-    (("line", 400.0, 30.0, 6.0), 5, "extravasation"),      # too late: the clouds stay
-])
-def test_early_clouds_become_joint_fill_when_a_joint_like_line_follows(line, frames_before,
-                                                                       expected):
-    """Seed-912 case 5 in small: a cloud at the tip for the first frames, then the fill
-    becomes a line 400 mm² over 30 mm, six times longer than wide."""
-    c = Classifier()
-    for k in range(frames_before):
-        c.update(k, (_blob("cloud", 150.0, 15.0, 1.5),), 0.0, None)
-    assert c.state == "extravasation"
-    c.update(frames_before, (_blob(*line),), 0.0, None)
-    assert c.state == expected
-
-
 def test_run_memory_keeps_the_last_frames_oldest_first():
     """Six frames: the vessel test's five, and one more for the test a frame that was only
     remembered (deadline) owes."""
