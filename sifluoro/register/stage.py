@@ -150,6 +150,7 @@ class _StudyRegister:
     run_exposed: np.ndarray | None = None  # full resolution
     run_usable: np.ndarray | None = None  # working resolution
     work: np.ndarray | None = None  # the frame at working resolution (reused buffer)
+    run_peak_max: float = -1.0  # strongest registration peak of the run so far
 
 
 class JointStage:
@@ -197,6 +198,7 @@ class JointStage:
         new_run = st.run is not frame.run
         if new_run:
             st.run = frame.run
+            st.run_peak_max = -1.0
             st.run_exposed = exposed_field(image, exposed_mask(frame.run, image.shape, margin_px=2))
             st.run_usable = usable_mask(image, st.run_exposed, grid.factor)
         work = self._work(st, image, grid.factor)
@@ -225,12 +227,14 @@ class JointStage:
             view = self._new_view(st, geometry, angles, work, _side(frame))
         else:
             shift_mm = np.hypot(*motion.shift_xy) * geometry.spacing_mm
-            if motion.peak < MIN_PEAK and (angles is not None or not new_run):
-                # the header says the pose is unchanged, or the frame is in the run that matched
-                # the view at its start: a weak peak is a noisy (low-dose) frame, not a new view;
+            if motion.peak < MIN_PEAK and (angles is not None or (
+                    not new_run and st.run_peak_max < RUN_START_PEAK)):
+                # the header says the pose is unchanged, or the frame is in a run that has been
+                # weak from its start (low dose): a weak peak is a noisy frame, not a new view;
                 # it keeps the last measured motion. Without header angles every low-dose frame
                 # was a new view, segmented alone (held-out seed 621 case009, 10 nGy per pulse:
-                # 35 frames without a line and one 59 mm off)
+                # 35 frames without a line and one 59 mm off). A drop from strong peaks within
+                # a run is a pose change (the C-arm turned during fluoroscopy): a new view
                 shift_full = view.last_shift
             elif motion.peak < MIN_PEAK or shift_mm > MAX_SHIFT_MM:
                 log.info("frame %d: registration lost (peak %.3f, shift %.1f mm): new view",
@@ -240,6 +244,8 @@ class JointStage:
                 view_changed = True
             else:
                 shift_full = motion.shift_xy
+        if motion is not None:
+            st.run_peak_max = max(st.run_peak_max, float(motion.peak))
         view.last_shift = shift_full
         st.current = view
 

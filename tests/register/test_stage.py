@@ -497,3 +497,27 @@ def test_a_weak_peak_within_a_run_without_header_angles_is_a_noisy_frame(sim_run
     view = state.stage_state["register_views"].current
     assert len(frames) >= 3 and view.frames == min(len(frames), 16)
     assert not any(e["joint"] is not None and e["joint"]["view_changed"] for e in events[1:])
+
+
+def test_a_pose_change_within_a_run_without_header_angles_is_a_new_view(sim_study):
+    """The scout's frames, then those of the oblique run 3, as one run without C-arm angles in
+    its header (the C-arm turned during fluoroscopy): the registration peak drops from strong
+    (0.85) to weak (0.22), which is a new view, not a noisy frame; the line follows run 3."""
+    from dataclasses import replace
+
+    from sifluoro.sim.export import technique_of
+
+    a, b = sim_study.runs[0], sim_study.runs[3]
+    k = len(a.frames)
+    pixels = np.concatenate([a.frames, b.frames])
+    truth = list(a.truth) + list(b.truth)
+    tech = replace(technique_of(a, sim_study.size, reported=None), primary_angle_deg=None,
+                   secondary_angle_deg=None)
+    run = make_run(pixels, bits_stored=a.bits_stored, photometric=a.photometric,
+                   pixel_intensity_sign=a.pixel_intensity_sign, technique=tech)
+    events, _ = run_frames(JointStage(), frames_of(run))
+    assert events[k]["joint"] is not None and events[k]["joint"]["view_changed"]
+    spacing = run.pixel_spacing_xy_mm[0]
+    late = [mean_distance_mm(e["joint"]["polyline_xy"], t.joint_polyline_xy, spacing)
+            for e, t in zip(events[k:], truth[k:]) if e["joint"] is not None]
+    assert late and max(late) < 2.0
