@@ -108,7 +108,9 @@ class NeedleSettings:
         line, tip within ``track_margin_mm``, on each of the ``persist_frames - 1`` full searches
         of this view before (across runs): the model often rates a needle over bone, short
         when first inserted, between 0.5 and ``min_prob`` on each frame, but it stays where
-        it is.
+        it is. 0 (the default) turns the rule off: with 4 and 0.55 the training seeds 777-780
+        gained 18 of 2573 frames within 3 mm, held-out seed 782 lost 7 of 447 (781 and a
+        wrong-level set unchanged).
     n_lines : int
         Number of Hough lines (strongest first, each suppressing its neighbours within 6 deg
         and 10 px) looked at for a needle. 16 found more needles on the training seeds
@@ -153,7 +155,7 @@ class NeedleSettings:
     max_jump_mm: float = 6.0
     search_when_unfollowed: bool = True
     n_lines: int = 10
-    persist_frames: int = 4
+    persist_frames: int = 0
     persist_min_prob: float = 0.55
 
 
