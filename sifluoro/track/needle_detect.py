@@ -108,14 +108,15 @@ class NeedleSettings:
         line, tip within ``track_margin_mm``, on each of the ``persist_frames - 1`` full searches
         of this view before (across runs): the model often rates a needle over bone, short
         when first inserted, between 0.5 and ``min_prob`` on each frame, but it stays where
-        it is. 0 (the default) turns the rule off: with 4 and 0.55 the training seeds 777-780
-        gained 18 of 2573 frames within 3 mm, held-out seed 782 lost 7 of 447 (781 and a
-        wrong-level set unchanged).
+        it is (training seeds 777-780: +18 of 2573 frames within 3 mm; held-out seed 782 +1
+        of 447, seed 781 and a wrong-level set unchanged; no false tip added). 0 turns the
+        rule off.
     n_lines : int
         Number of Hough lines (strongest first, each suppressing its neighbours within 6 deg
         and 10 px) looked at for a needle. 16 found more needles on the training seeds
-        (777-780: 1464 -> 1494 frames within 3 mm) but none on held-out seeds 781, 782 and
-        a wrong-level set, and fewer on the published set; 10 stays.
+        (777-780: 1464 -> 1494 frames within 3 mm) and on held-out seed 782 (+7 of 447), but
+        it added false tips there (3 -> 5 of 38 frames without a needle) and on a
+        wrong-level set (3 -> 4 of 117), and fewer on the published set; 10 stays.
     track_angle_deg, track_reach_mm : float
         A candidate continues the track when its direction is within ``track_angle_deg`` of
         the last one, its tip within ``track_margin_mm`` across and ``track_reach_mm`` along.
@@ -155,7 +156,7 @@ class NeedleSettings:
     max_jump_mm: float = 6.0
     search_when_unfollowed: bool = True
     n_lines: int = 10
-    persist_frames: int = 0
+    persist_frames: int = 4
     persist_min_prob: float = 0.55
 
 
