@@ -14,9 +14,10 @@ then placed sub-pixel at full resolution on the current frame. All per-study sta
 false.
 
 Over time: a needle not followed yet must be seen on two frames in a row of a run (or be
-very probable on one, or fairly probable and at the same place on ``persist_frames`` full
-searches of the view in a row), which keeps a wire or an edge on the first, noisiest frames of a scout
-from being reported; once a needle is followed in a view, another line replaces it only when
+very probable on one; optionally, off by default, fairly probable and at the same place on
+``persist_frames`` full searches of the view in a row), which keeps a wire or an edge on the
+first, noisiest frames of a scout from being reported; once a needle is followed in a view,
+another line replaces it only when
 very probable and seen twice (a needle does not jump across the field); the track is kept from run to run in the same view (C-arm angles,
 spacing, frame shape); on a new view it is put aside and taken up again when the C-arm
 returns to that view; on a tracked line the tip does not retreat behind the furthest tip of the

@@ -109,14 +109,19 @@ class NeedleSettings:
         of this view before (across runs): the model often rates a needle over bone, short
         when first inserted, between 0.5 and ``min_prob`` on each frame, but it stays where
         it is (training seeds 777-780: +18 of 2573 frames within 3 mm; held-out seed 782 +1
-        of 447, seed 781 and a wrong-level set unchanged; no false tip added). 0 turns the
-        rule off.
+        of 447, seed 781 and a wrong-level set unchanged; no false tip added). Off (0, the
+        default): a wrong seed becomes the view's track, which the looser tracked rule then
+        carries onto other lines (frames > 10 mm off on 777-780: 87 -> 114 with n_lines 16;
+        seed 780 p95 6.4 -> 15.4 mm; stationary edges and clips persist too). Before turning
+        it on: report a persistence-only detection with low confidence, do not let it seed the
+        track until a regular detection agrees, persist within a run only, and count the
+        frames > 10 mm off on a seed not used for the choice. 0 or 1: off.
     n_lines : int
         Number of Hough lines (strongest first, each suppressing its neighbours within 6 deg
         and 10 px) looked at for a needle. 16 found more needles on the training seeds
         (777-780: 1464 -> 1494 frames within 3 mm) and on held-out seed 782 (+7 of 447), but
         it added false tips there (3 -> 5 of 38 frames without a needle) and on a
-        wrong-level set (3 -> 4 of 117), and fewer on the published set; 10 stays.
+        wrong-level set (3 -> 4 of 117); 10 stays.
     track_angle_deg, track_reach_mm : float
         A candidate continues the track when its direction is within ``track_angle_deg`` of
         the last one, its tip within ``track_margin_mm`` across and ``track_reach_mm`` along.
@@ -156,7 +161,7 @@ class NeedleSettings:
     max_jump_mm: float = 6.0
     search_when_unfollowed: bool = True
     n_lines: int = 10
-    persist_frames: int = 4
+    persist_frames: int = 0
     persist_min_prob: float = 0.55
 
 
