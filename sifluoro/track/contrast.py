@@ -346,10 +346,13 @@ class ContrastStage:
                                                  stamps=rm.history_stamp))
                 if k == 0:
                     # the vessel that arrived on the previous frame, a frame sooner when it
-                    # already fades; it counts from RECENT_LINE_MM
+                    # already fades; it counts from RECENT_LINE_MM, and is put on the first
+                    # test's scale (its own line does not raise its noise: about 2x the
+                    # score), so that the evidence and confidence do not depend on which fired
                     recent = t.score_recent(rm.history, order, n, b.valid, floor=floor_recent,
                                             stamps=rm.history_stamp)
-                    best = max(best, recent if recent >= floor_recent else 0.0)
+                    if recent >= floor_recent:
+                        best = max(best, recent * (VASCULAR_LINE_MM / RECENT_LINE_MM))
         return best * work_mm
 
     def _result(self, memory: _StudyMemory, frame: Frame, accepted, area_mm2: float,
