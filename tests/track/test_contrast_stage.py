@@ -265,3 +265,25 @@ def test_vessel_fading_a_frame_after_arrival_is_a_line_on_the_next_frame(phantom
     assert out.index("vascular") == arrival + 1
     assert events[-12 + arrival + 1]["contrast"]["vascular_evidence"] > 0.9
     assert state.contrast_state == "vascular"
+
+
+@pytest.mark.parametrize("recent_mm, expected_mm", [(30.0 * 1.1, 18.0 * 1.1), (29.0, 0.0)])
+def test_the_recent_vessel_test_counts_on_the_first_tests_scale(monkeypatch, recent_mm,
+                                                                expected_mm):
+    """A vessel seen by the recent test alone, just over its threshold (30 z·mm), gives the
+    evidence of the first test just over its own (18): the alert's evidence and confidence do
+    not depend on which test fired; under its threshold it counts for nothing."""
+    from types import SimpleNamespace
+
+    from sifluoro.track import contrast_transient
+
+    work_mm = 1.2
+    monkeypatch.setattr(contrast_transient.TransientLines, "score_history",
+                        lambda self, *a, **k: 0.0)
+    monkeypatch.setattr(contrast_transient.TransientLines, "score_recent",
+                        lambda self, *a, **k: recent_mm / work_mm)
+    shape = (16, 16)
+    b = SimpleNamespace(shape=shape, valid=np.ones(shape, bool))
+    rm = SimpleNamespace(history_count=5, test_owed=False, history_order=np.arange(6),
+                         history=np.zeros((6,) + shape, np.float32), history_stamp=np.zeros(6))
+    assert ContrastStage()._vessel_mm(b, rm, work_mm) == pytest.approx(expected_mm)
