@@ -240,6 +240,9 @@ class Pipeline:
                             if d is not None)
         self._step_of = {d.stage: d for d in self._steps}
         self._stage_order = {stage.name: k for k, stage in enumerate(self.stages)}
+        # (stage, method) of the stages that keep a skipped frame in their memory
+        self._remembering = [(names[d.stage], d.method) for d in self._steps
+                             if d.skips and d.method is not None]
         # one stage a wave unless there are threads to share: a wave's stages are planned
         # together, before any of them runs
         self._waves = (_waves(self.stages) if self.settings.stage_threads > 1
@@ -502,7 +505,7 @@ class Pipeline:
         skipped, so under a deadline the next frame runs that stage in full (and its cost is
         learnt as the one after a skip); one that declined (it already owes a test) does not."""
         if isinstance(frame, Frame):
-            for stage, method in self._remembering():
+            for stage, method in self._remembering:
                 try:
                     took = getattr(stage, method)(frame, state) is not None
                 except Exception:  # as in process: the frame's dose and the study go on
@@ -519,11 +522,6 @@ class Pipeline:
             event["skipped_stages"] = [stage.name for stage in self.stages]
         latency_ms = (self._clock() - arrival.t_s) * 1000.0
         return self._finish(event, state, list(arrival.alerts), latency_ms)
-
-    def _remembering(self) -> list[tuple[Stage, str]]:
-        """(stage, method) of the stages that keep a skipped frame in their memory."""
-        return [(self.stages[self._stage_order[d.stage]], d.method) for d in self._steps
-                if d.skips and d.method is not None]
 
     def stage_costs(self) -> dict[str, dict[str, float]]:
         """What the planner knows: p50/p90 cost per stage, mode and frame shape."""
@@ -713,7 +711,7 @@ class LiveFeeder:
         self._entries: deque[list] = deque()  # [Frame | DroppedFrame, Arrival, dropped]
         self._waiting_images = 0
         self._kept_dropped: list | None = None  # the entry dropped with its pixels kept
-        self._keep_dropped = bool(pipeline._remembering())
+        self._keep_dropped = bool(pipeline._remembering)
         self._unfinished = 0
         self._closed = False
         self._error: BaseException | None = None

@@ -176,24 +176,8 @@ class DoseAccumulator:
 
     def add(self, frame: Frame) -> list[DoseAlert]:
         """Count one frame; return the alerts it raised."""
-        dose = self.prepare(frame.run)
         before = (self.totals.fluoro_time_s, self.totals.air_kerma_mgy, self.totals.dap_gycm2)
-        interval_s = frame.frame_interval_ms / 1000.0
-        if frame.technique.is_acquisition:
-            self.totals.acquisition_time_s += interval_s
-        else:
-            self.totals.fluoro_time_s += interval_s
-        kerma, dap = dose.frame(frame.frame_number)
-        self.totals.air_kerma_mgy += kerma
-        self.totals.dap_gycm2 += dap
-        self.totals.sources.add(dose.source)
-        tally = self._tallies.get(frame.run.sop_instance_uid)
-        if tally is None:
-            tally = self._tallies[frame.run.sop_instance_uid] = _RunTally(frame.run, dose)
-        tally.frames += 1
-        tally.air_kerma_mgy += kerma
-        tally.dap_gycm2 += dap
-        tally.time_s += interval_s
+        self._count(frame.run, frame.frame_number, self.totals)
         new = self._crossed(before, frame)
         self.alerts.extend(new)
         return new
@@ -207,48 +191,63 @@ class DoseAccumulator:
         Returns the substantial radiation dose levels (SRDL) that the frames seen and lost
         together reach and the frames seen did not (alerts at ``index``, the last frame seen):
         the follow-up of the patient depends on the whole exposure."""
-        dose = self.prepare(run)
+        tally = self._count_lost_from(run, first_frame_number)
+        offsets = run.frame_offsets_s
+        t_s = run.start_s + (offsets[min(tally.frames, len(offsets)) - 1] if offsets else 0.0)
+        seen, lost = self.totals, self.lost
+        out = self._srdl(seen.air_kerma_mgy + lost.air_kerma_mgy, seen.dap_gycm2 + lost.dap_gycm2,
+                         seen.fluoro_time_s + lost.fluoro_time_s, index, t_s,
+                         ", with the frames lost in damaged files")
+        self.alerts.extend(out)
+        return out
+
+    def _count_lost_from(self, run: Run, first_frame_number: int) -> _RunTally:
+        tally = self._tally(run)
+        for number in range(max(first_frame_number, tally.frames + 1), run.n_frames + 1):
+            self._count(run, number, self.lost)
+            self.lost_frames += 1
+        return tally
+
+    def _tally(self, run: Run) -> _RunTally:
         tally = self._tallies.get(run.sop_instance_uid)
         if tally is None:
-            tally = self._tallies[run.sop_instance_uid] = _RunTally(run, dose)
-        intervals = run.frame_intervals_ms
-        t_s = run.start_s
-        for number in range(max(first_frame_number, tally.frames + 1), run.n_frames + 1):
-            interval_s = (intervals[min(number, len(intervals)) - 1] / 1000.0 if intervals
-                          else 0.0)
-            kerma, dap = dose.frame(number)
-            if run.technique.is_acquisition:
-                self.lost.acquisition_time_s += interval_s
-            else:
-                self.lost.fluoro_time_s += interval_s
-            self.lost.air_kerma_mgy += kerma
-            self.lost.dap_gycm2 += dap
-            self.lost.sources.add(dose.source)
-            self.lost_frames += 1
-            tally.frames += 1
-            tally.air_kerma_mgy += kerma
-            tally.dap_gycm2 += dap
-            tally.time_s += interval_s
-            t_s = run.start_s + run.frame_offsets_s[min(number, len(run.frame_offsets_s)) - 1]
-        return self._srdl_with_lost(index, t_s)
+            tally = self._tallies[run.sop_instance_uid] = _RunTally(run, self.prepare(run))
+        return tally
 
-    def _srdl_with_lost(self, index: int, t_s: float) -> list[DoseAlert]:
-        s, seen, lost = self.settings, self.totals, self.lost
-        out = []
+    def _count(self, run: Run, frame_number: int, totals: DoseTotals) -> None:
+        """Frame ``frame_number`` of ``run`` into ``totals`` and the run's irradiation event."""
+        tally = self._tally(run)
+        intervals = run.frame_intervals_ms
+        interval_s = (intervals[min(frame_number, len(intervals)) - 1] / 1000.0 if intervals
+                      else 0.0)
+        if run.technique.is_acquisition:
+            totals.acquisition_time_s += interval_s
+        else:
+            totals.fluoro_time_s += interval_s
+        kerma, dap = tally.dose.frame(frame_number)
+        totals.air_kerma_mgy += kerma
+        totals.dap_gycm2 += dap
+        totals.sources.add(tally.dose.source)
+        tally.frames += 1
+        tally.air_kerma_mgy += kerma
+        tally.dap_gycm2 += dap
+        tally.time_s += interval_s
+
+    def _srdl(self, air_kerma_mgy: float, dap_gycm2: float, fluoro_time_s: float, index: int,
+              t_s: float, note: str = "") -> list[DoseAlert]:
+        """The substantial radiation dose levels these values reach for the first time."""
+        s, out = self.settings, []
         for kind, level, value, unit, what in (
-                ("srdl_air_kerma", s.srdl_air_kerma_mgy, seen.air_kerma_mgy + lost.air_kerma_mgy,
-                 "mGy", f"reference air kerma {s.srdl_air_kerma_mgy / 1000:g} Gy"),
-                ("srdl_dap", s.srdl_dap_gycm2, seen.dap_gycm2 + lost.dap_gycm2, "Gy·cm²",
-                 f"DAP {s.srdl_dap_gycm2:g} Gy·cm²"),
-                ("srdl_fluoro_time", s.srdl_fluoro_time_s, seen.fluoro_time_s + lost.fluoro_time_s,
-                 "s", f"fluoroscopy time {s.srdl_fluoro_time_s / 60:g} min")):
+                ("srdl_air_kerma", s.srdl_air_kerma_mgy, air_kerma_mgy, "mGy",
+                 f"reference air kerma {s.srdl_air_kerma_mgy / 1000:g} Gy"),
+                ("srdl_dap", s.srdl_dap_gycm2, dap_gycm2, "Gy·cm²", f"DAP {s.srdl_dap_gycm2:g} Gy·cm²"),
+                ("srdl_fluoro_time", s.srdl_fluoro_time_s, fluoro_time_s, "s",
+                 f"fluoroscopy time {s.srdl_fluoro_time_s / 60:g} min")):
             if level > 0 and value >= level and kind not in self._srdl_fired:
                 self._srdl_fired.add(kind)
                 out.append(DoseAlert(kind, level, unit, index, t_s,
-                                     f"SUBSTANTIAL RADIATION DOSE LEVEL: {what}, with the frames "
-                                     "lost in damaged files; follow the facility's SRDL patient "
-                                     "follow-up"))
-        self.alerts.extend(out)
+                                     f"SUBSTANTIAL RADIATION DOSE LEVEL: {what}{note}; follow the "
+                                     "facility's SRDL patient follow-up"))
         return out
 
     def _crossed(self, before: tuple[float, float, float], frame: Frame) -> list[DoseAlert]:
@@ -261,17 +260,8 @@ class DoseAccumulator:
         for level in _kerma_levels(before[1], t.air_kerma_mgy, s):
             out.append(DoseAlert("air_kerma", level, "mGy", frame.index, frame.t_s,
                                  f"reference air kerma has reached {level / 1000:g} Gy"))
-        srdl = (("srdl_air_kerma", s.srdl_air_kerma_mgy, t.air_kerma_mgy, "mGy",
-                 f"SUBSTANTIAL RADIATION DOSE LEVEL: reference air kerma {s.srdl_air_kerma_mgy / 1000:g} Gy"),
-                ("srdl_dap", s.srdl_dap_gycm2, t.dap_gycm2, "Gy·cm²",
-                 f"SUBSTANTIAL RADIATION DOSE LEVEL: DAP {s.srdl_dap_gycm2:g} Gy·cm²"),
-                ("srdl_fluoro_time", s.srdl_fluoro_time_s, t.fluoro_time_s, "s",
-                 f"SUBSTANTIAL RADIATION DOSE LEVEL: fluoroscopy time {s.srdl_fluoro_time_s / 60:g} min"))
-        for kind, level, value, unit, message in srdl:
-            if level > 0 and value >= level and kind not in self._srdl_fired:
-                self._srdl_fired.add(kind)
-                out.append(DoseAlert(kind, level, unit, frame.index, frame.t_s,
-                                     message + "; follow the facility's SRDL patient follow-up"))
+        out.extend(self._srdl(t.air_kerma_mgy, t.dap_gycm2, t.fluoro_time_s, frame.index,
+                              frame.t_s))
         return out
 
     @property
