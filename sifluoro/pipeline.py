@@ -36,7 +36,13 @@ class Stage(Protocol):
     may run beside the stages it does not read (``Settings.stage_threads``), and, when last and
     read by none, one frame behind them (:meth:`Pipeline.process_frames`). A stage keeps its
     memory in ``state.stage_state[name]``, and does not change in place what it published for
-    a frame (a stage one frame behind may still read it)."""
+    a frame (a stage one frame behind may still read it).
+
+    A stage whose usual work differs from frame to frame in kind (the needle: followed in its
+    box, or the field searched) may have ``work_kind(frame, state) -> str | None``, the kind
+    ``process`` would do on this frame (called before the frame's stages run); the deadline
+    planner then learns and predicts the cost of each kind apart (:class:`StageCosts` mode
+    ``process:<kind>``)."""
 
     name: str
 
@@ -188,7 +194,9 @@ class Pipeline:
        in ``skipped_stages``;
     2. ``needle_roi``: the needle stage only follows the last tip in a small region around it
        (``NeedleStage.process_roi``; with no tip to follow it declines and the field is
-       searched);
+       searched, and a due search is put off on one frame at most). The needle's usual work
+       is costed by kind (box or field search, ``NeedleStage.work_kind``), so only the frames
+       that search take this step;
     3. ``joint_reused``: the register stage moves the current view's joint line and target by
        the frame's registration, without averaging or segmenting
        (``JointStage.process_reuse``).
@@ -315,8 +323,10 @@ class Pipeline:
         # stage's vessel test): its cost is learnt apart, so as not to inflate the usual one
         after_skip = {d.stage for d in self._steps if d.skips and d.method is not None
                       and state.skipped_in_a_row.get(d.stage, 0) > 0}
-        modes = (self._plan(shape, budget_ms - (t_plan - arrival.t_s) * 1000.0, due, after_skip)
+        usual = ({stage.name: _usual_mode(stage, frame, state) for stage in self.stages}
                  if planned else {})
+        modes = (self._plan(shape, budget_ms - (t_plan - arrival.t_s) * 1000.0, due, after_skip,
+                            usual) if planned else {})
         event = _base_event(frame, state)
         alerts = list(arrival.alerts)
         skipped, failed, steps = [], [], set()
@@ -359,9 +369,10 @@ class Pipeline:
                     alerts.extend(fields.pop("alerts", ()))  # a stage's alerts join the dose alerts
                     event.update(fields)
                 if planned:
-                    key = mode if steady else f"{mode}@run_start"
+                    base = usual[stage.name] if mode == FULL else mode
+                    key = base if steady else f"{base}@run_start"
                     if mode == FULL and stage.name in after_skip:
-                        key = f"{mode}@after_skip"
+                        key = f"{base}@after_skip"
                     costs.add(stage.name, key, shape, cost_ms)
         t_end = self._close(event, state, arrival, skipped, failed, steps)
         if planned:
@@ -528,18 +539,24 @@ class Pipeline:
         return self.costs.snapshot()
 
     def _plan(self, shape: tuple[int, ...], remaining_ms: float, due: set[str] = frozenset(),
-              after_skip: set[str] = frozenset()) -> dict[str, str]:
+              after_skip: set[str] = frozenset(), usual: dict[str, str] | None = None
+              ) -> dict[str, str]:
         """The fewest steps of the policy, in order, whose predicted cost fits ``remaining_ms``
         (an unknown cost counts as zero, so that the stage runs and is measured); the stages
         in ``due`` are not skipped, and a step that saves nothing (its stage shares a wave with
-        a dearer one) is passed over until a later step makes it count. The stages in
-        ``after_skip`` are costed as after a skipped update (``process@after_skip``, the
-        usual cost until that is known)."""
+        a dearer one) is passed over until a later step makes it count. A stage's usual cost
+        is that of its mode in ``usual`` (``process:<kind>``, see :class:`Stage`; ``process``
+        when absent); the stages in ``after_skip`` are costed as after a skipped update
+        (``<mode>@after_skip``, the usual cost until that is known)."""
         costs = self.costs
+        usual = usual or {}
         remaining_ms -= costs.estimate_ms("pipeline", "overhead", shape) or 0.0
-        cost = {s.name: (costs.estimate_ms(s.name, f"{FULL}@after_skip", shape)
-                         if s.name in after_skip else None)
-                or costs.estimate_ms(s.name, FULL, shape) or 0.0 for s in self.stages}
+        cost = {}
+        for s in self.stages:
+            mode = usual.get(s.name, FULL)
+            cost[s.name] = ((costs.estimate_ms(s.name, f"{mode}@after_skip", shape)
+                             if s.name in after_skip else None)
+                            or costs.estimate_ms(s.name, mode, shape) or 0.0)
 
         def predicted() -> float:  # a wave costs its dearest stage
             return sum(max(cost[s.name] for s in wave) for wave in self._waves)
@@ -572,6 +589,13 @@ class Pipeline:
         state.degraded_frames += event["degraded"]
         state.frames += 1
         return event
+
+
+def _usual_mode(stage: Stage, frame: Frame, state: StudyState) -> str:
+    """The cost key of ``stage``'s usual work on ``frame``: ``process`` or ``process:<kind>``."""
+    work_kind = getattr(stage, "work_kind", None)
+    kind = work_kind(frame, state) if work_kind is not None else None
+    return FULL if kind is None else f"{FULL}:{kind}"
 
 
 def _available(step: Degradation, stages: dict) -> Degradation | None:

@@ -159,6 +159,7 @@ class _StudyNeedle:
         # of the whole field (its own buffers: the box is much smaller than the field)
         self.roi_finder = LineFinder(settings)
         self.since_full = 0  # frames of the run since the last full search
+        self.deferred = 0  # frames in a row whose due full search the deadline put off
         self.anchor: tuple[np.ndarray, np.ndarray] | None = None  # its tip and direction
         self.anchor_agreed = False  # with the full search before it in the run
         self.jump: np.ndarray | None = None  # a tip far from the anchor, to be confirmed
@@ -231,6 +232,16 @@ class NeedleStage:
         return st.ctx
 
     # -- per frame ------------------------------------------------------------------------
+    def work_kind(self, frame: Frame, state) -> str:
+        """What :meth:`process` would do on ``frame``: follow the needle in its ``box``
+        (about 1 ms at 1024²) or ``search`` the field (several times that); the deadline
+        planner learns the two costs apart (with one, the first frames' searches made every
+        later frame look too dear to run)."""
+        st = state.stage_state.get("needle")
+        if isinstance(st, _StudyNeedle) and self._roi_due(st, frame):
+            return "box"
+        return "search"
+
     def process(self, frame: Frame, state) -> dict[str, Any]:
         st = state.stage_state.get("needle")
         if st is None:
@@ -248,7 +259,7 @@ class NeedleStage:
             ctx = self._context(st, frame, att)
             st.track.enter_run(frame.sop_instance_uid)  # after the context: a new view, a new track
             hit = self._detect(st, att, ctx, target)
-            st.since_full = 0
+            st.since_full = st.deferred = 0
             # the box follows a tip that two full searches of the run in a row agree on (the
             # first frames of a run often place it short, where the last run left it)
             last = st.anchor
@@ -273,7 +284,9 @@ class NeedleStage:
         changed, or none yet in this view) the step declines (None: the pipeline runs
         :meth:`process`) when ``search_when_unfollowed``, else reports nothing. A followed tip
         not found again is reported as nothing. The confidence is that of the last detection.
-        The run's running mean is not updated.
+        The run's running mean is not updated. A full search that is due (see :meth:`_roi_due`)
+        is put off on at most ``max_deferred_searches`` frames in a row; then the step declines
+        and the field is searched, over budget if need be.
         """
         st = state.stage_state.get("needle")
         nothing = {"needle": None, "tip_to_target_mm": None}
@@ -285,6 +298,10 @@ class NeedleStage:
         if (spacing != ctx.spacing_mm or frame.pixels.shape != ctx.shape
                 or not _same_view(ctx.run, frame.run)):
             return unfollowed
+        if not self._roi_due(st, frame):
+            if st.deferred >= self.settings.max_deferred_searches:
+                return None
+            st.deferred += 1
         track.enter_run(frame.sop_instance_uid)
         if self._box_ready(st, frame):
             # the box of a followed needle is as cheap and keeps to the full search's tip;
