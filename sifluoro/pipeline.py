@@ -194,9 +194,10 @@ class Pipeline:
        in ``skipped_stages``;
     2. ``needle_roi``: the needle stage only follows the last tip in a small region around it
        (``NeedleStage.process_roi``; with no tip to follow it declines and the field is
-       searched, and a due search is put off on one frame at most). The needle's usual work
-       is costed by kind (box or field search, ``NeedleStage.work_kind``), so only the frames
-       that search take this step;
+       searched, and so it does when a search is due: ``NeedleSettings.max_deferred_searches``).
+       The needle's usual work is costed by kind (box or field search,
+       ``NeedleStage.work_kind``), so that a frame that follows the needle in its box is
+       planned at the box's cost;
     3. ``joint_reused``: the register stage moves the current view's joint line and target by
        the frame's registration, without averaging or segmenting
        (``JointStage.process_reuse``).

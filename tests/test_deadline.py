@@ -286,10 +286,13 @@ def test_real_stages_with_a_tiny_budget_degrade_every_frame_and_count_all_dose(s
     assert tiny_state.degraded_frames == len(frames)
 
 
-def test_a_due_needle_search_is_put_off_on_one_frame_at_most(sim):
+@pytest.mark.parametrize("max_deferred", [0, 1])
+def test_a_due_needle_search_is_put_off_on_at_most_the_allowed_frames(sim, max_deferred):
     """With a tiny budget, the needle's step follows the tip, but a due full search (a run's
-    first frames, the periodic one) is put off on one frame at most: the next frame searches."""
+    first frames, the periodic one) is put off on ``max_deferred_searches`` frames at most
+    (none by default): the next frame searches."""
     from sifluoro.track.needle import NeedleStage
+    from sifluoro.track.needle_detect import NeedleSettings
 
     frames = [f for f, _ in sim]
     searched, roi = [], []
@@ -307,10 +310,14 @@ def test_a_due_needle_search_is_put_off_on_one_frame_at_most(sim):
 
     NeedleStage.process, NeedleStage.process_roi = spy, spy_roi
     try:
-        _, tiny = _real_run(frames, 1e-3)
+        _, tiny = _real_run(frames, 1e-3, NeedleSettings(max_deferred_searches=max_deferred))
     finally:
         NeedleStage.process, NeedleStage.process_roi = process, process_roi
     put_off = [i for i, due, declined in roi if due and not declined]
+    assert any(due for _, due, _ in roi) and any(not due for _, due, _ in roi)
+    if max_deferred == 0:
+        assert not put_off
+        return
     assert put_off  # the step did put a search off
     searches = {i for i, search in searched if search}
     assert all(i + 1 in searches for i in put_off if i + 1 < len(frames))
@@ -428,12 +435,14 @@ def test_a_runs_costly_first_frames_do_not_degrade_the_rest(frames):
 def test_needle_roi_uses_the_box_of_a_followed_needle(sim):
     """Under the deadline a needle followed in its box is followed there (from the anchor of the
     run's full searches), as the stage itself does between full searches; the tip is that of
-    the full stage on the same frame."""
+    the full stage on the same frame. (Due searches put off without limit.)"""
     from sifluoro.register.stage import JointStage
     from sifluoro.track.needle import NeedleStage
+    from sifluoro.track.needle_detect import NeedleSettings
 
     def run(roi_from: int):
-        joint, needle = JointStage(), NeedleStage()
+        joint = JointStage()
+        needle = NeedleStage(needle=NeedleSettings(max_deferred_searches=10**6))
         pipeline = Pipeline([joint, needle], Settings(latency_budget_ms=1e9))
         state = pipeline.start_study("sim")
         tips, boxed = [], []

@@ -285,8 +285,8 @@ class NeedleStage:
         :meth:`process`) when ``search_when_unfollowed``, else reports nothing. A followed tip
         not found again is reported as nothing. The confidence is that of the last detection.
         The run's running mean is not updated. A full search that is due (see :meth:`_roi_due`)
-        is put off on at most ``max_deferred_searches`` frames in a row; then the step declines
-        and the field is searched, over budget if need be.
+        is put off on at most ``max_deferred_searches`` frames in a row (none by default); then
+        the step declines and the field is searched, over budget if need be.
         """
         st = state.stage_state.get("needle")
         nothing = {"needle": None, "tip_to_target_mm": None}

@@ -104,10 +104,12 @@ class NeedleSettings:
         every ``needle_roi`` frame cheap.
     max_deferred_searches : int
         Under the deadline (``needle_roi``), a due full search (a new run's first frames, the
-        ``full_search_every``-th frame, a jump to confirm) is put off, the needle followed as
-        the step follows it, on at most this many frames in a row; the next frame searches
-        the field over budget if need be (otherwise a budget a search never fits would
-        follow a needle in its box forever and never look for it afresh).
+        ``full_search_every``-th frame, a jump to confirm) may be put off, the needle followed
+        as the step follows it, on at most this many frames in a row; then the step declines
+        and the field is searched, over budget if need be (a budget a search never fits would
+        otherwise follow a needle in its box forever and never look for it afresh). 0 (the
+        default): never put off; the planner makes room by skipping the contrast update, and
+        putting a search off would only add a degraded frame before the same search.
     persist_frames, persist_min_prob : int, float
         With no needle followed in the view, a candidate of needle probability
         ``persist_min_prob`` or more is also taken when a candidate as probable was on the same
@@ -166,7 +168,7 @@ class NeedleSettings:
     roi_step_mm: float = 3.0
     max_jump_mm: float = 6.0
     search_when_unfollowed: bool = True
-    max_deferred_searches: int = 1
+    max_deferred_searches: int = 0
     n_lines: int = 10
     persist_frames: int = 0
     persist_min_prob: float = 0.55
