@@ -173,6 +173,9 @@ class LiveStudies:
         self._studies_lock = threading.Lock()
         self._idle = threading.Condition()
         self._busy = 0
+        # events, summaries or states that could not be written (a full disk): the caller's
+        # exit status says so
+        self.output_errors = 0
 
     # Admission (called from the receiver's threads) ------------------------------------------
     def store(self, study_uid: str, sop_uid: str, write: Callable[[], Path]) -> bool:
@@ -277,9 +280,19 @@ class LiveStudies:
         """Process the study's next instance, then queue the study again behind the others
         (one instance per turn, so that a study that keeps sending does not starve the rest)."""
         with study.lock:
-            sop_uid = study.state.received[study.done]
-            catching_up = study.done < study.state.processed
-        self._process(study, sop_uid, catching_up=catching_up)
+            turn = study.done
+            sop_uid = study.state.received[turn]
+            catching_up = turn < study.state.processed
+        try:
+            self._process(study, sop_uid, catching_up=catching_up)
+        except Exception:  # a turn that dies would leave the study scheduled for ever
+            log.exception("study %s: an instance's turn failed", study.uid)
+            with study.lock:
+                if study.done == turn:
+                    study.rejected.append(Rejection(
+                        str(self.spool.instance_path(study.uid, sop_uid)),
+                        "cannot be processed (an internal error; see the log)"))
+                study.done = max(study.done, turn + 1)
         with study.lock:
             if study.done > study.state.processed:
                 study.state.processed = study.done
@@ -287,6 +300,7 @@ class LiveStudies:
                     self.spool.save_state(study.state)
                 except OSError as exc:  # a restart re-derives it: processing is idempotent
                     log.error("study %s: state not saved (%s)", study.uid, exc)
+                    self.output_errors += 1
             if study.done < len(study.state.received):
                 self._executor.submit(self._step, study)
                 return
@@ -312,7 +326,11 @@ class LiveStudies:
             log.exception("study %s: %s cannot be processed", study.uid, path)
             study.rejected.append(Rejection(str(path), f"cannot be processed "
                                             f"({type(exc).__name__}: {exc})"))
-        study.events.sync()
+        try:
+            study.events.sync()
+        except OSError as exc:  # e.g. a full disk: the study goes on, the events may be short
+            log.error("study %s: events not synced to disk (%s)", study.uid, exc)
+            self.output_errors += 1
         received_at = study.received_at.pop(sop_uid, None)
         if received_at is not None:
             study.receive_to_event_ms.append((time.perf_counter() - received_at) * 1000.0)
@@ -357,6 +375,7 @@ class LiveStudies:
         except OSError:
             log.exception("study %s: summary cannot be written to %s", study.uid,
                           study.summary_path)
+            self.output_errors += 1
 
     def summary(self, study_uid: str) -> dict:
         """The study's summary as processed so far (DESIGN §3 keys plus receiver counts)."""
@@ -392,6 +411,13 @@ class LiveStudies:
             if study.done:
                 self._write_summary(study)
             if study.events is not self._shared_events:
-                study.events.close()
+                self._close_events(study.events)
         if self._shared_events is not None:
-            self._shared_events.close()
+            self._close_events(self._shared_events)
+
+    def _close_events(self, events: EventLog) -> None:
+        try:
+            events.close()
+        except OSError as exc:
+            log.error("%s: not closed cleanly (%s)", events.path, exc)
+            self.output_errors += 1

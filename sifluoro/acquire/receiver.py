@@ -459,7 +459,8 @@ def settings_from_args(args: argparse.Namespace) -> ReceiverSettings:
 
 
 def run_receive(args: argparse.Namespace) -> int:
-    """Run the receiver until SIGTERM/SIGINT, then drain; 0 on a clean stop."""
+    """Run the receiver until SIGTERM/SIGINT, then drain; 0 on a clean stop, 1 when some
+    outputs (events, summaries, state) could not be written."""
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stop.set())
@@ -479,6 +480,10 @@ def run_receive(args: argparse.Namespace) -> int:
     print(f"sifluoro receive: stopped ({receiver.counts['stored']} stored, "
           f"{receiver.counts['duplicates']} duplicates, {receiver.counts['refused']} refused)",
           flush=True)
+    if receiver.live.output_errors:
+        print(f"sifluoro receive: {receiver.live.output_errors} event, summary or state "
+              f"writes failed (a full disk?); see the log", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

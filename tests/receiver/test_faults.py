@@ -220,6 +220,21 @@ def test_disk_full_answers_out_of_resources_and_corrupts_nothing(tmp_path, tiny_
     assert receiver.terminate() == 0
 
 
+def test_disk_full_with_the_events_in_the_spool_stops_cleanly(tmp_path, tiny_tmpfs,
+                                                               start_receiver):
+    """The default layout: events and summaries on the full disk too. Their writes fail
+    (logged); the receiver answers, stays up and stops on SIGTERM (a worker once died on the
+    events' fsync and the drain waited for ever), with exit status 1 to say outputs are
+    missing."""
+    paths = write_study(tmp_path / "study", [RunSpec(float(k), n_frames=4) for k in range(8)])
+    receiver = start_receiver(tiny_tmpfs / "spool")
+    statuses = [s for s, _ in send(receiver.port, [pydicom.dcmread(p) for p in paths])]
+    assert 0xA700 in statuses and statuses[0] == 0
+    assert_still_up(receiver.port)
+    assert receiver.terminate() == 1
+    assert "writes failed" in receiver.log()
+
+
 def test_garbage_on_the_wire_does_not_take_the_server_down(start_receiver, study_files):
     receiver = start_receiver()
     # junk instead of an association request

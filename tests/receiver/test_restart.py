@@ -183,3 +183,43 @@ def test_sigkill_mid_instance_then_restart_completes_the_study(tmp_path, start_r
     assert _outputs(folder) == _outputs(tmp_path / "reference" / study_uid)
     for path in paths:
         assert spooled(tmp_path / "spool", *file_uids(path)).exists()
+
+
+def test_a_failing_turn_does_not_stall_the_study_or_the_shutdown(tmp_path, monkeypatch):
+    """The events file cannot be synced once (a full disk), and once an instance's turn raises
+    outright: every later instance is still processed, and close() returns."""
+    from sifluoro.acquire import live as live_module
+
+    paths = write_study(tmp_path / "in", SPECS)
+    spool = Spool(tmp_path / "spool")
+    live = LiveStudies(spool, stages=[], workers=2)
+    calls = {"sync": 0, "process": 0}
+    sync, process = live_module.EventLog.sync, LiveStudies._process
+
+    def failing_sync(self):
+        calls["sync"] += 1
+        if calls["sync"] == 1:
+            raise OSError(28, "No space left on device")
+        sync(self)
+
+    def failing_process(self, study, sop_uid, *, catching_up):
+        calls["process"] += 1
+        if calls["process"] == 2:
+            raise RuntimeError("defect")
+        process(self, study, sop_uid, catching_up=catching_up)
+
+    monkeypatch.setattr(live_module.EventLog, "sync", failing_sync)
+    monkeypatch.setattr(LiveStudies, "_process", failing_process)
+    for path in paths:
+        _feed(live, spool, path)
+    assert live.wait_idle(30)
+    closer = threading.Thread(target=live.close, daemon=True)
+    closer.start()
+    closer.join(30)
+    assert not closer.is_alive()
+    study_uid = file_uids(paths[0])[0]
+    state = spool.load_state(study_uid)
+    assert state.processed == len(SPECS) and state.finished
+    events = read_events(spool.study_dir(study_uid) / "events.jsonl")
+    # the instance whose turn raised has no events; the others (the unsynced one too) have
+    assert len(events) == sum(s.n_frames for s in SPECS) - SPECS[1].n_frames
