@@ -45,7 +45,7 @@ from sifluoro.config import Settings
 from sifluoro.errors import DamagedPixelDataError, InputError
 from sifluoro.model import Frame, Rejection, Run, Study
 from sifluoro.pipeline import Pipeline, Stage, StudyState as PipelineState, latency_summary
-from sifluoro.replay import build_summary, default_stages, write_json
+from sifluoro.replay import build_summary, count_lost, default_stages, write_json
 
 log = logging.getLogger(__name__)
 
@@ -367,6 +367,8 @@ class LiveStudies:
             log.warning("study %s: damaged run %s", study.uid, exc)
             note = f" (frames 1-{used} of {run.n_frames} used)" if used else ""
             study.rejected.append(Rejection(run.path, f"{exc.tag}: {exc.reason}{note}"))
+            # the frames it lost were exposed all the same: their dose, from the header
+            count_lost(state, [(run, used + 1)])
 
     def _write_summary(self, study: _LiveStudy) -> None:
         summary = self.summary(study.uid)

@@ -223,3 +223,35 @@ def test_a_failing_turn_does_not_stall_the_study_or_the_shutdown(tmp_path, monke
     events = read_events(spool.study_dir(study_uid) / "events.jsonl")
     # the instance whose turn raised has no events; the others (the unsynced one too) have
     assert len(events) == sum(s.n_frames for s in SPECS) - SPECS[1].n_frames
+
+
+def test_frames_a_damaged_instance_lost_are_counted_as_replay_counts_them(tmp_path):
+    """An RLE run whose last frame does not decode: the receiver's study counts that frame's
+    dose apart (``lost_frames``, as replay does), not nowhere."""
+    from pydicom.encaps import encapsulate, generate_fragmented_frames
+
+    from sifluoro.replay import replay
+
+    paths = write_study(tmp_path / "in", [RunSpec(0.0, n_frames=3, transfer_syntax="rle"),
+                                          RunSpec(5.0, n_frames=4, transfer_syntax="rle")])
+    later = max(paths, key=lambda p: pydicom.dcmread(p, stop_before_pixels=True)
+                .AcquisitionDateTime)
+    ds = pydicom.dcmread(later)
+    frames = [b"".join(f) for f in generate_fragmented_frames(ds.PixelData)]
+    frames[-1] = b"\x05" + b"\x00" * 63 + b"garbage" * 3 + b"\x00"  # an RLE header, no segments
+    ds.PixelData = encapsulate(frames)
+    ds.save_as(later)
+    replayed = replay([tmp_path / "in"], events_path=tmp_path / "events.jsonl",
+                      summary_path=tmp_path / "summary.json", stages=[]).summary
+    assert replayed["lost_frames"]["frames"] == 1
+
+    spool = Spool(tmp_path / "spool")
+    live = LiveStudies(spool, stages=[], workers=2)
+    for path in sorted(paths, key=lambda p: pydicom.dcmread(p, stop_before_pixels=True)
+                       .AcquisitionDateTime):
+        _feed(live, spool, path)
+    live.close()
+    received = json.loads((spool.study_dir(file_uids(paths[0])[0]) / "summary.json").read_text())
+    assert received["frames"] == replayed["frames"] == 6
+    assert received["lost_frames"] == replayed["lost_frames"]
+    assert received["air_kerma_mgy"] == replayed["air_kerma_mgy"]
