@@ -158,3 +158,18 @@ def test_several_studies_need_a_choice(tmp_path):
     assert "--study" in str(info.value)
     study = read_study([tmp_path], study_uid="1.2.3.2")
     assert len(study.runs) == 2
+
+
+def test_an_instance_given_twice_is_read_once(tmp_path):
+    """A folder and a file in it, and a copy of an instance under another name: its frames and
+    dose count once; the copy is listed as rejected, naming the file that is used."""
+    import shutil
+
+    paths = write_study(tmp_path / "in", [RunSpec(0.0, n_frames=3), RunSpec(5.0, n_frames=2)])
+    copy = tmp_path / "in" / "zz-copy.dcm"
+    shutil.copy(paths[0], copy)
+    study = read_study([tmp_path / "in", paths[1]])
+    assert len(study.runs) == 2
+    assert sum(r.n_frames for r in study.runs) == 5
+    assert [r.file for r in study.rejected] == [str(copy)]
+    assert "SOPInstanceUID" in study.rejected[0].reason and str(paths[0]) in study.rejected[0].reason

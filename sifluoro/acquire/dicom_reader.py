@@ -83,7 +83,12 @@ def scan(inputs: Iterable[str | Path]) -> ScanResult:
     runs_by_study: dict[str, list[Run]] = {}
     rejected: list[Rejection] = []
     dose_reports: list[str] = []
+    seen_files: set[Path] = set()
+    seen_instances: dict[str, Path] = {}  # SOP Instance UID -> the file it was taken from
     for path in iter_input_files(inputs):
+        if path.resolve() in seen_files:  # named twice (a folder and a file in it): read once
+            continue
+        seen_files.add(path.resolve())
         try:
             ds = read_header(path)
             if is_dose_report(ds):  # an RDSR, or a dose report sent as Enhanced/Comprehensive SR
@@ -97,6 +102,11 @@ def scan(inputs: Iterable[str | Path]) -> ScanResult:
         except Exception as exc:  # an odd header the parser did not foresee: lose only this file
             log.exception("rejected %s: unexpected header content", path)
             rejected.append(Rejection(str(path), f"header cannot be used ({type(exc).__name__}: {exc})"))
+            continue
+        first = seen_instances.setdefault(run.sop_instance_uid, path)
+        if first != path:  # a copy: its frames and dose must not count twice
+            rejected.append(Rejection(str(path), f"(0008,0018) SOPInstanceUID: the same "
+                                                 f"instance as {first}, which is used"))
             continue
         runs_by_study.setdefault(run.study_instance_uid, []).append(run)
     return ScanResult(runs_by_study, rejected, dose_reports)
