@@ -48,6 +48,13 @@ class FrameEvent:
     latency_ms: float
     degraded: bool
     event: Mapping[str, Any]
+    stages: tuple[str, ...] = ()  # the image stages that assess the study
+
+    @property
+    def contrast_state(self) -> str:
+        """``event["contrast"]["state"]``, or ``"not_assessed"`` when no contrast stage runs
+        (the event's ``none`` then does not mean that no contrast was seen)."""
+        return self.event["contrast"]["state"] if "contrast" in self.stages else "not_assessed"
 
 
 @dataclass(frozen=True)
@@ -239,7 +246,8 @@ class Engine:
     def _emit(self, event: dict) -> FrameEvent:
         index, t_s = event["index"], event["t_s"]
         frame_event = FrameEvent(index, event["sop_instance_uid"], event["frame"], t_s,
-                                 event["latency_ms"], event["degraded"], dict(event))
+                                 event["latency_ms"], event["degraded"], dict(event),
+                                 tuple(stage.name for stage in self.pipeline.stages))
         self._call("frame", frame_event)
         needle = event.get("needle")
         if needle:

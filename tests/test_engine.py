@@ -91,3 +91,19 @@ def test_prepare_then_feed_frames_one_by_one_gives_the_run_summary(tmp_path):
     other = read_study([write_study(tmp_path / "b", [RunSpec(0.0)], study_uid="1.2.3.9")[0]])
     with pytest.raises(InputError, match="one Engine per study"):
         engine.prepare(other)
+
+
+@pytest.mark.parametrize("stages, shown", [("register", "not_assessed"), ("contrast", "none")])
+def test_a_frame_event_says_whether_contrast_was_assessed(tmp_path, stages, shown):
+    """``none`` from a pipeline without the contrast stage means not assessed, not no contrast:
+    live outputs (web view, OpenIGTLink) show what ``FrameEvent.contrast_state`` says."""
+    from sifluoro.stages import make_stages
+
+    write_study(tmp_path / "study", [RunSpec(0.0, n_frames=2)])
+    engine = Engine(NO_DEADLINE, stages=make_stages((stages,), NO_DEADLINE))
+    frames: list[FrameEvent] = []
+    engine.on("frame", frames.append)
+    engine.run(tmp_path / "study")
+    assert frames[-1].stages == (stages,)
+    assert frames[-1].event["contrast"]["state"] == "none"
+    assert frames[-1].contrast_state == shown

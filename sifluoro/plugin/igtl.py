@@ -9,7 +9,8 @@ device name   type        content
 ``TipToImage`` TRANSFORM  the same tip as a translation (for SlicerIGT modules that follow a
                           transform, e.g. Breach Warning)
 ``Target``    POINT       the target, when placed (yellow; diameter = acceptance circle)
-``State``     STRING      JSON: frame index and time, contrast state, tip-to-target mm,
+``State``     STRING      JSON: frame index and time, contrast state (``not_assessed``
+                          when no contrast stage runs), tip-to-target mm,
                           cumulative dose (``air_kerma_mgy``, ``dap_gycm2``,
                           ``fluoro_time_s``), alerts of the frame
 ``Overlay``   IMAGE       the annotated frame, RGB ``uint8``
@@ -303,7 +304,7 @@ class IgtlSink:
                                            groups="sifluoro", rgba_colors=YELLOW,
                                            diameters=2.0 * radius_mm, owners="sifluoro",
                                            timestamp=now, device_name="Target"))
-        state = {"index": e["index"], "t_s": e["t_s"], "contrast": e["contrast"]["state"],
+        state = {"index": e["index"], "t_s": e["t_s"], "contrast": event.contrast_state,
                  "tip_to_target_mm": e.get("tip_to_target_mm"), **e["dose"],
                  "alerts": [a.get("message", a.get("kind")) for a in e.get("alerts", ())]}
         out.append(pyigtl.StringMessage(json.dumps(state, separators=(",", ":")), timestamp=now,

@@ -10,7 +10,8 @@ path               what
                    a new one is there
 ``/state.json``    ``{"seq", "index", "t_s", "dose": {"fluoro_time_s", "air_kerma_mgy",
                    "dap_gycm2"}, "contrast", "tip_to_target_mm", "alerts": [...], "ended",
-                   "summary"}`` (``summary`` once the study ended)
+                   "summary"}`` (``summary`` once the study ended; ``contrast`` is
+                   ``not_assessed`` when no contrast stage runs)
 ``/frame.jpg``     the latest overlay frame (JPEG)
 ``/stream.mjpg``   the overlay frames as MJPEG (``multipart/x-mixed-replace``), for an ``<img>``
                    or a video player
@@ -52,7 +53,9 @@ class ViewState:
                              "ended": False, "summary": None}
         self.closed = False
 
-    def update(self, event: dict, overlay_bgr: np.ndarray) -> None:
+    def update(self, event: dict, overlay_bgr: np.ndarray, contrast: str | None = None) -> None:
+        """Show ``event`` and its overlay; ``contrast`` overrides the event's contrast state
+        (``not_assessed`` when no contrast stage runs)."""
         ok, jpeg = cv2.imencode(".jpg", overlay_bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
         if not ok:
             raise RuntimeError("OpenCV could not encode the overlay frame as JPEG")
@@ -64,7 +67,7 @@ class ViewState:
                 for a in event.get("alerts", ())]
             self._state = {**self._state, "seq": self._seq, "index": event["index"],
                            "t_s": event["t_s"], "dose": dict(event["dose"]),
-                           "contrast": event["contrast"]["state"],
+                           "contrast": contrast or event["contrast"]["state"],
                            "tip_to_target_mm": event.get("tip_to_target_mm"), "alerts": alerts}
             self._cond.notify_all()
 
@@ -108,7 +111,7 @@ class ViewSink:
         pass
 
     def frame(self, frame: Frame, event: FrameEvent, overlay_bgr: np.ndarray) -> None:
-        self.state.update(dict(event.event), overlay_bgr)
+        self.state.update(dict(event.event), overlay_bgr, event.contrast_state)
 
     def end(self, study, summary: dict, dose) -> None:
         self.state.finish(summary)

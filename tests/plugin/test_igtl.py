@@ -80,6 +80,8 @@ def test_client_receives_every_tip_at_30_frames_per_second(tmp_path, sifluoro_co
     last_state = json.loads(by_device["State"][-1].string)
     assert last_state["air_kerma_mgy"] == pytest.approx(summary["air_kerma_mgy"], rel=1e-12)
     assert last_state["fluoro_time_s"] == pytest.approx(summary["fluoro_time_s"], rel=1e-9)
+    assert summary["stages"] == ["register", "needle"]
+    assert last_state["contrast"] == "not_assessed"  # not "none": no contrast stage ran
     assert "2 sent, 0 pending, 0 refused" in server.stdout
     assert len(orthanc.get("/instances")) == 2  # the run's last frame (SC) and the RDSR
     image = by_device["Overlay"][-1]

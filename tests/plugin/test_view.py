@@ -51,6 +51,7 @@ def test_live_page_updates_and_ends_with_the_summary_counters(tmp_path, sifluoro
             break
         time.sleep(0.1)
     assert state["ended"] and len(set(seen)) >= 5 and seen == sorted(seen)  # it moved, live
+    assert state["contrast"] == "not_assessed"  # the view runs register and needle only
     part = urllib.request.urlopen(url + "stream.mjpg", timeout=10)
     head = part.read(200)
     part.close()
@@ -75,6 +76,7 @@ def test_live_page_updates_and_ends_with_the_summary_counters(tmp_path, sifluoro
         assert float(cell.group(1)) == summary[key]
         assert cell.group(2) == f"{summary[key]:.{digits}f}"
     assert 'data-ended="yes"' in dom and 'data-seq="60"' in dom  # the last frame was shown
+    assert 'id="contrast">not-assessed<' in dom
     assert summary["alerts"][0]["message"] in dom
     assert PATIENT_NAME not in dom and PATIENT_ID not in dom
 
