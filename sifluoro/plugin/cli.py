@@ -42,8 +42,9 @@ def parse_pacs(text: str, args) -> "PacsSettings":
                         retries=args.retries, retry_wait_s=args.retry_wait_s)
 
 
-def _add_pacs_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--pacs", metavar="AE@HOST:PORT", help="C-STORE the outbox to this PACS")
+def _add_pacs_arguments(p: argparse.ArgumentParser, *, required: bool = False) -> None:
+    p.add_argument("--pacs", metavar="AE@HOST:PORT", help="C-STORE the outbox to this PACS"
+                   + (" (required)" if required else ""))
     p.add_argument("--calling-ae", default="SIFLUORO", help="our AE title (default %(default)s)")
     p.add_argument("--retries", type=int, default=3,
                    help="further attempts when the PACS is down (default %(default)s)")
@@ -68,7 +69,8 @@ def _add_study_arguments(p: argparse.ArgumentParser, *, live: bool) -> None:
     p.add_argument("--events", type=Path, metavar="EVENTS.jsonl")
     p.add_argument("--summary", type=Path, metavar="SUMMARY.json")
     p.add_argument("--outbox", type=Path, metavar="DIR",
-                   help="at study end, queue key frames (Secondary Capture) and the RDSR here")
+                   help="at study end, queue key frames (Secondary Capture) and the RDSR here"
+                   + ("" if live else " (required)"))
     p.add_argument("--key-frames", type=int, default=12, help="at most this many key frames "
                    "(default %(default)s)")
     _add_pacs_arguments(p)
@@ -104,7 +106,7 @@ def add_plugin_parser(sub) -> None:
     osub = p.add_subparsers(dest="outbox_command", required=True)
     s = osub.add_parser("send", help="C-STORE what is pending to the PACS")
     s.add_argument("--outbox", type=Path, required=True, metavar="DIR")
-    _add_pacs_arguments(s)
+    _add_pacs_arguments(s, required=True)
     s.add_argument("--requeue-failed", action="store_true",
                    help="first move what the PACS refused back to pending")
     s.set_defaults(func=_outbox_send)
@@ -136,7 +138,8 @@ class _Study:
         self.settings = Settings(latency_budget_ms=args.budget_ms)
         self.engine = Engine(self.settings, stages=make_stages(args.stages, self.settings))
         self.pacs = parse_pacs(args.pacs, args) if args.pacs else None
-        self.outbox = self.sender = None
+        self.outbox = self.sender = self.exporter = None
+        self.summary: dict | None = None
         self._tmp = None
         if args.outbox:
             from sifluoro.plugin.outbox import Outbox, OutboxSender
@@ -160,8 +163,10 @@ class _Study:
             return []
         from sifluoro.plugin.keyframes import StudyExporter
 
-        return [StudyExporter(self.outbox, settings=self.settings, max_frames=self.args.key_frames,
-                              on_queued=self.sender.kick if self.sender else None)]
+        self.exporter = StudyExporter(self.outbox, settings=self.settings,
+                                      max_frames=self.args.key_frames,
+                                      on_queued=self.sender.kick if self.sender else None)
+        return [self.exporter]
 
     def replay(self, sinks: list, *, fps: float | None = None, paced: bool = True) -> dict:
         from sifluoro.plugin.live import LiveReplay
@@ -174,11 +179,15 @@ class _Study:
             from sifluoro.replay import format_summary
 
             print(format_summary(summary), flush=True)
+        self.summary = summary
         return summary
 
     def finish(self, *, wait: bool = True) -> int:
         """Deliver what is queued (if a PACS is set; with ``wait``, give the sender its retries
-        first), report the outbox, clean up. What is not delivered stays pending."""
+        first), report the outbox, clean up. What is not delivered stays pending.
+
+        Exit status: 2 when no frame was processed, else ``LEFT_IN_OUTBOX`` when something was
+        not delivered, else 1 when the RDSR or a key frame could not be made, else 0."""
         code = 0
         if self.sender is not None:
             if wait:
@@ -189,6 +198,12 @@ class _Study:
             code = _report_outbox(self.outbox, self.pacs)
         if self._tmp is not None:
             self._tmp.cleanup()
+        if self.exporter is not None and self.exporter.errors:
+            print(f"export: {len(self.exporter.errors)} item(s) could not be made: "
+                  + "; ".join(self.exporter.errors), file=sys.stderr, flush=True)
+            code = code or 1
+        if self.summary is not None and not self.summary.get("frames"):
+            code = 2  # as replay: nothing to guide or report
         return code
 
 

@@ -13,8 +13,10 @@ the X-Ray Radiation Dose SR that :func:`sifluoro.dose.rdsr_write.write_rdsr` wri
 """
 from __future__ import annotations
 
+import copy
 import logging
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -100,18 +102,24 @@ def key_frame_sc(key: KeyFrame, ref: Dataset, *, series_instance_uid: str, insta
     title = f"{key.reason}: frame {event['index']}  t={event['t_s']:.2f} s"
     rgb = np.ascontiguousarray(draw_overlay(frame.pixels, frame.photometric, event, title=title,
                                             spacing_mm=spacing, stages=stages)[..., ::-1])
+    if str(ref.get("PatientSex", "")) not in ("", "M", "F", "O"):
+        ref = copy.copy(ref)  # a value highdicom refuses ('U'): Type 2, so left empty
+        ref.PatientSex = ""
     orientation = [str(v) for v in ref.get("PatientOrientation", None) or []]
     known = len(orientation) == 2 and all(orientation)
     laterality = str(ref.get("Laterality") or ref.get("ImageLaterality") or "")
-    sc = hd.sc.SCImage.from_ref_dataset(
-        ref, rgb, "RGB", 8, "PATIENT",
-        series_instance_uid=series_instance_uid, series_number=SERIES_NUMBER,
-        sop_instance_uid=sop_instance_uid or generate_uid(), instance_number=instance_number,
-        manufacturer="sifluoro", manufacturer_model_name="sifluoro",
-        software_versions=SOFTWARE_VERSION, series_description=SERIES_DESCRIPTION,
-        patient_orientation=tuple(orientation) if known else ("L", "F"),
-        laterality=laterality if laterality in ("L", "R") else None,
-        transfer_syntax_uid=ExplicitVRLittleEndian)
+    with warnings.catch_warnings():
+        # highdicom's warning about an odd person name quotes the name: none in logs
+        warnings.filterwarnings("ignore", message=".*unlikely to represent", category=UserWarning)
+        sc = hd.sc.SCImage.from_ref_dataset(
+            ref, rgb, "RGB", 8, "PATIENT",
+            series_instance_uid=series_instance_uid, series_number=SERIES_NUMBER,
+            sop_instance_uid=sop_instance_uid or generate_uid(), instance_number=instance_number,
+            manufacturer="sifluoro", manufacturer_model_name="sifluoro",
+            software_versions=SOFTWARE_VERSION, series_description=SERIES_DESCRIPTION,
+            patient_orientation=tuple(orientation) if known else ("L", "F"),
+            laterality=laterality if laterality in ("L", "R") else None,
+            transfer_syntax_uid=ExplicitVRLittleEndian)
     # Type 2 / 2C: empty when the source does not say (never guessed); the SI joint is paired
     if not known:
         sc.PatientOrientation = None
@@ -143,6 +151,7 @@ class StudyExporter:
         self.selector = KeyFrameSelector(max_frames)
         self.on_queued = on_queued
         self.queued: list[Path] = []
+        self.errors: list[str] = []  # what could not be made (the command's exit status)
 
     def start(self, study: Study) -> None:
         pass
@@ -153,32 +162,51 @@ class StudyExporter:
     def end(self, study: Study, summary: dict, dose: DoseAccumulator | None) -> None:
         if dose is None:  # no frame processed: nothing to report
             return
-        self.queued = export_study(self.outbox, study, dose, self.selector.frames(),
-                                   settings=self.settings, stages=summary.get("stages"))
+        try:
+            self.queued = export_study(self.outbox, study, dose, self.selector.frames(),
+                                       settings=self.settings, stages=summary.get("stages"),
+                                       errors=self.errors)
+        except Exception as exc:
+            log.error("study end: the RDSR could not be queued (%s)", type(exc).__name__)
+            self.errors.append(f"RDSR: {type(exc).__name__}")
         if self.on_queued is not None:
             self.on_queued()
 
 
 def export_study(outbox: Outbox, study: Study, dose: DoseAccumulator, keys: list[KeyFrame], *,
-                 settings: Settings | None = None, stages=None) -> list[Path]:
-    """Put the key frames (as SC) and the study's RDSR into ``outbox``; return their paths.
-    ``stages``: the image stages that ran (the summary's), written on the key frames."""
+                 settings: Settings | None = None, stages=None,
+                 errors: list[str] | None = None) -> list[Path]:
+    """Put the study's RDSR and the key frames (as SC) into ``outbox``; return their paths.
+    ``stages``: the image stages that ran (the summary's), written on the key frames.
+
+    The RDSR goes first (the dose record matters most; its failure raises). A key frame that
+    cannot be made is logged and described in ``errors`` (when given), and the others are
+    still queued."""
     settings = settings or Settings()
-    headers: dict[str, Dataset] = {}
-    series_uid = generate_uid()
-    queued = []
-    for number, key in enumerate(keys, start=1):
-        path = key.frame.run.path
-        if path not in headers:
-            try:
-                headers[path] = pydicom.dcmread(path, stop_before_pixels=True)
-            except Exception as exc:
-                raise InputError(f"cannot be read again for the key frame's header ({exc})",
-                                 path=path) from exc
-        queued.append(outbox.put(key_frame_sc(key, headers[path], series_instance_uid=series_uid,
-                                              instance_number=number, stages=stages)))
     with tempfile.TemporaryDirectory(prefix="sifluoro-rdsr-") as tmp:
         rdsr = write_rdsr(study, dose, Path(tmp) / "rdsr.dcm", settings=settings.dose)
-        queued.append(outbox.put_file(rdsr))
-    log.info("study end: %d key frame(s) and the RDSR queued in %s", len(keys), outbox.folder)
+        queued = [outbox.put_file(rdsr)]
+    headers: dict[str, Dataset] = {}
+    series_uid = generate_uid()
+    for number, key in enumerate(keys, start=1):
+        path = key.frame.run.path
+        try:
+            if path not in headers:
+                try:
+                    headers[path] = pydicom.dcmread(path, stop_before_pixels=True)
+                except Exception as exc:
+                    raise InputError(f"cannot be read again for the key frame's header ({exc})",
+                                     path=path) from exc
+            queued.append(outbox.put(key_frame_sc(key, headers[path],
+                                                  series_instance_uid=series_uid,
+                                                  instance_number=number, stages=stages)))
+        except Exception as exc:  # one key frame lost, not the others
+            # the exception's text may quote header values (a patient's name): its type only
+            message = (f"key frame {number} (frame {key.event['index']}, {key.reason}): "
+                       f"{type(exc).__name__}")
+            log.warning("study end: %s", message)
+            if errors is not None:
+                errors.append(message)
+    log.info("study end: the RDSR and %d key frame(s) queued in %s", len(queued) - 1,
+             outbox.folder)
     return queued

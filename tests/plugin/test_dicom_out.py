@@ -77,10 +77,63 @@ def test_key_frames_and_rdsr_reach_orthanc_and_wait_out_its_downtime(tmp_path, o
     (["--pacs", "ORTHANC@127.0.0.1:4242"], "export needs --outbox"),
     (["--outbox", "OUT", "--pacs", "ORTHANC-4242"], "AE_TITLE@HOST:PORT"),
 ])
-def test_export_arguments_are_checked(tmp_path, args, message):
+def test_export_arguments_are_checked(tmp_path, capsys, args, message):
     from sifluoro.cli import main
 
     study = needle_study(tmp_path / "s", frames_per_run=(2,), size=64)
     args = [a.replace("OUT", str(tmp_path / "out")) for a in args]
     code = main(["export", str(study), *args])
     assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def _export(tmp_path, capsys, folder, *extra):
+    from sifluoro.cli import main
+
+    code = main(["export", str(folder), "--outbox", str(tmp_path / "outbox"), "--stages", "none",
+                 "-q", *extra])
+    return code, capsys.readouterr(), sorted((tmp_path / "outbox" / "pending").glob("*.dcm"))
+
+
+def test_an_odd_source_header_still_gives_the_rdsr_and_its_key_frames(tmp_path, capsys):
+    """PatientSex 'U' (not a DICOM value; highdicom refuses it) is left empty on the key frames,
+    and a single-component patient name (highdicom warns, quoting it) is not printed."""
+    from tests.dicom_fixtures import RunSpec, write_study
+
+    for path in write_study(tmp_path / "in", [RunSpec(0.0), RunSpec(5.0)],
+                            patient_name="SMITHERSON"):
+        ds = pydicom.dcmread(path)
+        ds.PatientSex = "U"
+        ds.save_as(path)
+    code, out, pending = _export(tmp_path, capsys, tmp_path / "in")
+    assert code == 0, out.err
+    classes = [pydicom.dcmread(p, stop_before_pixels=True).SOPClassUID for p in pending]
+    assert classes.count(RDSR) == 1 and classes.count(SC) >= 2
+    assert "SMITHERSON" not in out.err + out.out
+
+
+def test_a_key_frame_that_cannot_be_made_loses_only_itself(tmp_path, capsys, monkeypatch):
+    from sifluoro.plugin import keyframes
+    from tests.dicom_fixtures import RunSpec, write_study
+
+    write_study(tmp_path / "in", [RunSpec(0.0), RunSpec(5.0)])
+    made = keyframes.key_frame_sc
+    calls = []
+
+    def failing(key, ref, **kw):
+        calls.append(key)
+        if len(calls) == 1:
+            raise ValueError("an attribute highdicom refuses")
+        return made(key, ref, **kw)
+
+    monkeypatch.setattr(keyframes, "key_frame_sc", failing)
+    code, out, pending = _export(tmp_path, capsys, tmp_path / "in")
+    assert code == 1 and "1 item(s) could not be made: key frame 1" in out.err
+    classes = [pydicom.dcmread(p, stop_before_pixels=True).SOPClassUID for p in pending]
+    assert classes.count(RDSR) == 1 and classes.count(SC) == len(calls) - 1 >= 1
+
+
+def test_export_of_nothing_exits_2(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    code, out, pending = _export(tmp_path, capsys, tmp_path / "empty")
+    assert code == 2 and pending == []
