@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{frame.index:4d} f{frame.frame_number:<3d} truth {t['contrast_state']:15s} "
                   f"vis {int(t['contrast_visible'])} {t['contrast_area_mm2']:6.0f} mm² | "
                   f"{c['state']:15s} vasc {c.get('vascular_evidence')} "
-                  + " ".join(_fmt(o) for o in stage.last_opacities))
+                  + " ".join(_fmt(o) for o in state.stage_state["contrast"].last_opacities))
     return 0
 
 

@@ -121,12 +121,21 @@ class _RunMemory:
 
 
 class _StudyMemory:
-    """What the stage carries from frame to frame of one study."""
+    """What the stage carries from frame to frame of one study, and its working arrays: one
+    stage object may serve several studies at once (the receiver's study threads)."""
 
     def __init__(self):
         self.banks: dict[tuple, ReferenceBank] = {}
         self.run: _RunMemory | None = None
         self.classifier = Classifier()
+        self.buffers: _Buffers | None = None
+        self.transient: TransientLines | None = None
+        self.last_opacities: tuple[Opacity, ...] = ()  # accepted on the last frame (tracing)
+
+    def buffers_for(self, shape: tuple[int, int], factor: int) -> _Buffers:
+        if self.buffers is None or (self.buffers.shape, self.buffers.factor) != (shape, factor):
+            self.buffers = _Buffers(shape, factor)
+        return self.buffers
 
 
 def pose_key(frame: Frame, shape: tuple[int, int]) -> tuple:
@@ -145,7 +154,8 @@ class ContrastStage:
     uptake is first seen, ``"alerts": [{"kind": "vascular", "message", "confidence", "index",
     "t_s"}]`` (the pipeline adds it to the event's and the study's alerts). Reads ``state.stage_state["register"]`` (a
     :class:`sifluoro.register.RegisterResult`) when present for a view change and the joint
-    line; keeps its own memory in ``state.stage_state["contrast"]``.
+    line; keeps its own memory, working arrays included, in ``state.stage_state["contrast"]``
+    (so one stage may serve several studies at the same time).
 
     Parameters
     ----------
@@ -157,33 +167,22 @@ class ContrastStage:
 
     def __init__(self, settings: ContrastSettings | None = None):
         self.settings = settings or ContrastSettings()
-        self._buffers: _Buffers | None = None
-        self._transient: TransientLines | None = None
-        self.last_opacities: tuple[Opacity, ...] = ()
 
     def warm_up(self, frame: Frame) -> None:
-        """Compile the kernels and allocate the buffers on a frame of the run's real shape."""
+        """Compile the kernels on a frame of the run's real shape (the working arrays belong
+        to each study: allocated on its first frame)."""
         rows, cols = frame.pixels.shape
-        factor = self.factor_for(rows, cols)
-        K.warm_up(rows, cols, factor)
-        shape = (rows // factor, cols // factor)
-        self.buffers(shape, factor)
-        self._transient = TransientLines(shape)
+        K.warm_up(rows, cols, self.factor_for(rows, cols))
 
     def factor_for(self, rows: int, cols: int) -> int:
         return max(1, int(round(max(rows, cols) / self.settings.grid_px)))
-
-    def buffers(self, shape: tuple[int, int], factor: int = 1) -> _Buffers:
-        if self._buffers is None or (self._buffers.shape, self._buffers.factor) != (shape, factor):
-            self._buffers = _Buffers(shape, factor)
-        return self._buffers
 
     def process(self, frame: Frame, state) -> dict[str, Any]:
         """Classify the contrast seen on ``frame``; see the class docstring for the result."""
         memory = state.stage_state.get("contrast")
         if not isinstance(memory, _StudyMemory):
             memory = state.stage_state["contrast"] = _StudyMemory()
-        b = self._reduce(frame)
+        b = self._reduce(frame, memory)
         factor, shape = b.factor, b.shape
         run = frame.run
         spacing = frame.pixel_spacing_xy_mm
@@ -247,9 +246,9 @@ class ContrastStage:
         rm.opaque_z = float(b.score[b.on].mean()) if rm.opaque_mm2 > 0.0 else 0.0
         if rm.opaque_mm2 > 0.0 or rm.opacity_age:
             rm.opacity_age += 1
-        self.last_opacities = accepted
+        memory.last_opacities = accepted
         rm.remember(b.current)
-        vessel_mm = self._vessel_mm(b, rm, work_mm)
+        vessel_mm = self._vessel_mm(memory, b, work_mm)
         joint = getattr(register, "joint_polyline_xy", None) if register is not None else None
         memory.classifier.update(frame.index, accepted, vessel_mm, joint, washed_out=washed_out)
         if accepted:
@@ -270,13 +269,13 @@ class ContrastStage:
                     max(o.bbox_xyxy[2] for o in accepted), max(o.bbox_xyxy[3] for o in accepted)]
         return self._result(memory, frame, accepted, area_mm2, iodine, bbox)
 
-    def _reduce(self, frame: Frame) -> _Buffers:
+    def _reduce(self, frame: Frame, memory: _StudyMemory) -> _Buffers:
         """The frame block-averaged to the working grid (``b.image``, with its low/high
-        counts) and smoothed (``b.current``), in the buffers of its shape."""
+        counts) and smoothed (``b.current``), in the study's buffers of its shape."""
         pixels = frame.pixels
         rows, cols = pixels.shape
         factor = self.factor_for(rows, cols)
-        b = self.buffers((rows // factor, cols // factor), factor)
+        b = memory.buffers_for((rows // factor, cols // factor), factor)
         run = frame.run
         K.reduce_frame(pixels, factor, (1 << run.bits_stored) - 1,
                        not run.attenuation_rises_with_value, b.image, b.low, b.high,
@@ -301,7 +300,7 @@ class ContrastStage:
                 or memory.run.run is not frame.run or memory.run.test_owed
                 or (register is not None and getattr(register, "view_changed", False))):
             return None
-        b = self._reduce(frame)
+        b = self._reduce(frame, memory)
         rm = memory.run
         if rm.opaque_mm2 > 0.0 or rm.opacity_age:
             rm.opacity_age += 1
@@ -323,7 +322,7 @@ class ContrastStage:
             return False          # the field moved or closed over it: no evidence either way
         return float(b.score[still].mean()) <= WASHOUT_FRACTION * rm.opaque_z
 
-    def _vessel_mm(self, b: _Buffers, rm: _RunMemory, work_mm: float) -> float:
+    def _vessel_mm(self, memory: _StudyMemory, b: _Buffers, work_mm: float) -> float:
         """Evidence (z x mm) of a thin line that appeared two frames ago and has gone again, or
         appeared on the previous frame and is going (:mod:`sifluoro.track.contrast_transient`);
         0 until the run has 4 frames, and 0 below ``VASCULAR_LINE_MM`` (the first) and
@@ -331,9 +330,10 @@ class ContrastStage:
         reached, and the onsets are then skipped). After a frame that was only remembered, the test it owes
         (one frame earlier) runs too, and the larger evidence counts: a vessel whose test fell
         on that frame is not lost (this frame then costs a second test)."""
-        if self._transient is None or self._transient.shape != b.shape:
-            self._transient = TransientLines(b.shape)
-        t, floor = self._transient, VASCULAR_LINE_MM / work_mm
+        if memory.transient is None or memory.transient.shape != b.shape:
+            memory.transient = TransientLines(b.shape)
+        rm = memory.run
+        t, floor = memory.transient, VASCULAR_LINE_MM / work_mm
         floor_recent = RECENT_LINE_MM / work_mm
         best = 0.0
         ends = (rm.history_count, rm.history_count - 1) if rm.test_owed else (rm.history_count,)

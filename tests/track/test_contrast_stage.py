@@ -7,6 +7,8 @@ growing around the tip, a branching vessel that fills within a frame and washes 
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -286,4 +288,47 @@ def test_the_recent_vessel_test_counts_on_the_first_tests_scale(monkeypatch, rec
     b = SimpleNamespace(shape=shape, valid=np.ones(shape, bool))
     rm = SimpleNamespace(history_count=5, test_owed=False, history_order=np.arange(6),
                          history=np.zeros((6,) + shape, np.float32), history_stamp=np.zeros(6))
-    assert ContrastStage()._vessel_mm(b, rm, work_mm) == pytest.approx(expected_mm)
+    memory = SimpleNamespace(transient=None, run=rm)
+    assert ContrastStage()._vessel_mm(memory, b, work_mm) == pytest.approx(expected_mm)
+
+
+def test_one_stage_serves_two_studies_at_the_same_time(phantom):
+    """The receiver processes studies in parallel with one set of stages: the contrast stage
+    keeps every working array in the study's memory, none on itself, and a vascular study
+    processed beside another (frames alternating between two threads, the kernels running
+    at the same time) gives the events it gives alone."""
+    vascular = _needle_runs() + [_contrast_run(12, 2, vessel=_vessel_course(1))]
+    joint = _needle_runs(3) + [_contrast_run(12, 2, joint_reach_px=lambda f: min(150.0, 25.0 * f))]
+    alone = [_replay(phantom, runs)[0] for runs in (vascular, joint)]
+    stage = ContrastStage()
+    assert set(vars(stage)) == {"settings"}
+    pipeline = Pipeline([stage], Settings(latency_budget_ms=1e9))
+    frames = []
+    for runs in (vascular, joint):
+        out, t, index = [], 0, 0
+        for r, kws in enumerate(runs):
+            run = _run(r, len(kws), start_s=30.0 * r)
+            for k, kw in enumerate(kws):
+                out.append(Frame(phantom.frame(t, **kw), index, k + 1, run.start_s + 0.133 * k, run))
+                t += 1
+                index += 1
+        frames.append(out)
+    results: list[list] = [[], []]
+    barrier = threading.Barrier(2)
+
+    def work(k: int) -> None:
+        state = pipeline.start_study(str(k))
+        for frame in frames[k]:
+            barrier.wait()  # both threads in the stage together, frame after frame
+            results[k].append(pipeline.process(frame, state))
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert [len(r) for r in results] == [len(f) for f in frames]
+    for got, expected in zip(results, alone):
+        assert [e["contrast"] for e in got] == [e["contrast"] for e in expected]
+        assert [e.get("alerts") for e in got] == [e.get("alerts") for e in expected]
+    assert set(vars(stage)) == {"settings"}
