@@ -224,10 +224,20 @@ class Receiver:
         return self._server.server_address[1] if self._server is not None else self.settings.port
 
     def start(self) -> None:
-        """Resume unfinished studies from the spool, then start listening (non-blocking)."""
+        """Take the spool, start listening (non-blocking), then resume the spool's unfinished
+        studies: a receiver that cannot listen (port taken, bad TLS files) or whose spool
+        another receiver holds touches nothing."""
+        self.spool.lock()
+        try:
+            self._listen()
+        except BaseException:
+            self.spool.unlock()
+            raise
         resumed = self.live.resume()
         if resumed:
             log.info("resumed %d unfinished studies", len(resumed))
+
+    def _listen(self) -> None:
         s = self.settings
         ae = AE(ae_title=s.ae_title)
         ae.maximum_associations = s.max_associations
@@ -269,6 +279,7 @@ class Receiver:
                             self.settings.drain_timeout_s)
             assoc.abort()
         self.live.close()
+        self.spool.unlock()
         log.info("stopped: %s", self.counts)
 
     def _active_associations(self) -> list:

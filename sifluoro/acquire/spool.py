@@ -14,6 +14,7 @@ by a crash are removed when the spool is opened. Nothing here knows about DICOM 
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sifluoro.errors import InputError, SifluoroError
+from sifluoro.errors import ConfigError, InputError, SifluoroError
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 UID_MAX_CHARS = 64
 STATE_NAME = "state.json"
 PART_SUFFIX = ".part"
+LOCK_NAME = ".lock"
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
@@ -40,6 +42,10 @@ class InvalidUIDError(InputError):
 
 class SpoolFullError(SifluoroError):
     """The spool cannot take an instance: quota reached, disk full, or instance too large."""
+
+
+class SpoolInUseError(ConfigError):
+    """Another receiver works on this spool (two would process the same studies twice)."""
 
 
 def check_uid(value: object, *, tag: str) -> str:
@@ -138,6 +144,7 @@ class Spool:
         self.root.mkdir(parents=True, exist_ok=True)
         self.quota_bytes = quota_bytes
         self._lock = threading.Lock()
+        self._lock_fd: int | None = None  # the spool's flock (lock)
         self._reserved_bytes = 0
         self.used_bytes = self._clean_and_measure()
 
@@ -151,6 +158,29 @@ class Spool:
                 elif entry.suffix == ".dcm":
                     used += entry.stat().st_size
         return used
+
+    def lock(self) -> None:
+        """Take the spool for this process (an exclusive ``flock`` on ``ROOT/.lock``, let go
+        by :meth:`unlock` or when the process ends, however it ends).
+
+        Raises
+        ------
+        SpoolInUseError
+            Another process holds it.
+        """
+        fd = os.open(self.root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise SpoolInUseError(f"the spool {self.root} is in use by another receiver; give "
+                                  f"each receiver its own --spool") from None
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing lets the flock go
+            self._lock_fd = None
 
     def study_dirs(self) -> list[Path]:
         """Study folders whose names are valid UIDs (anything else in the spool is ignored)."""

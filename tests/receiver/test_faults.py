@@ -102,7 +102,8 @@ def test_hostile_and_invalid_uids_are_refused_and_never_used_as_paths(tmp_path, 
     assert [s for s, _ in statuses] == [0xC001, 0xC001, 0xC001, 0x0000]
     assert statuses[1][1] == "invalid UID in (0020,000D) StudyInstanceUID"
     assert not [p for p in tmp_path.rglob("*evil*")]
-    assert [p.name for p in receiver.spool.iterdir()] == [str(good.StudyInstanceUID)]
+    assert sorted(p.name for p in receiver.spool.iterdir()) == [".lock",  # the receiver's flock
+                                                                str(good.StudyInstanceUID)]
     assert_still_up(receiver.port)
 
 
@@ -299,3 +300,41 @@ def test_sigterm_drains_open_association_and_pipelines(tmp_path, start_receiver)
     assert b"stopped" in receiver.stdout
     assert np.all([dataset_bytes(spooled(receiver.spool, study_uid, file_uids(p)[1]))
                    == dataset_bytes(p) for p in paths])
+
+
+def _receive(spool: Path, port: int) -> subprocess.CompletedProcess:
+    import sys
+
+    from tests.receiver.helpers import REPO
+
+    return subprocess.run([sys.executable, "-m", "sifluoro.acquire.receiver", "--host",
+                           "127.0.0.1", "--port", str(port), "--spool", str(spool),
+                           "--ae-title", AE_TITLE],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+
+
+def test_a_receiver_that_cannot_start_touches_no_spool(tmp_path, start_receiver, study_files):
+    """A second receiver on a spool in use exits 2 at once; one whose port is taken exits 2
+    before it resumes the spool's unfinished study (it had processed part of it first)."""
+    from sifluoro.acquire.spool import Spool
+    from tests.receiver.helpers import free_port
+
+    first = start_receiver(tmp_path / "spool")
+    second = _receive(tmp_path / "spool", free_port())
+    assert second.returncode == 2 and "in use by another receiver" in second.stderr
+    assert first.terminate() == 0
+
+    spool = Spool(tmp_path / "unfinished")
+    study_uid, sop_uid = file_uids(study_files[0])
+    spool.commit(spool.write_temp(study_uid, sop_uid, study_files[0].read_bytes()),
+                 study_uid, sop_uid)
+    state = spool.load_state(study_uid)
+    state.received.append(sop_uid)
+    spool.save_state(state)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        blocked = _receive(tmp_path / "unfinished", taken.getsockname()[1])
+    assert blocked.returncode == 2 and "cannot start the receiver" in blocked.stderr
+    assert spool.load_state(study_uid).processed == 0
+    assert not (spool.study_dir(study_uid) / "events.jsonl").exists()
