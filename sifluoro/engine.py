@@ -19,6 +19,7 @@ arrival order. One engine is fed by ``feed`` or by ``submit``, not both.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 from dataclasses import dataclass
@@ -209,9 +210,11 @@ class Engine:
         """Feed a whole study (DICOM files/folders, or frames) and return :meth:`close`'s summary."""
         if isinstance(source, (str, Path)):
             source = [source]
-        items = list(source)
-        if items and not isinstance(items[0], Frame):
-            study = read_study(items)
+        source = iter(source)
+        first = next(source, None)
+        items = itertools.chain(() if first is None else (first,), source)  # frames stream
+        if first is not None and not isinstance(first, Frame):
+            study = read_study(list(items))
             self.prepare(study)  # announce every run before the first frame
             items = prefetch(iter_frames(study, self._rejected, self._lost),
                              self.settings.queue_frames)

@@ -107,3 +107,22 @@ def test_a_frame_event_says_whether_contrast_was_assessed(tmp_path, stages, show
     assert frames[-1].stages == (stages,)
     assert frames[-1].event["contrast"]["state"] == "none"
     assert frames[-1].contrast_state == shown
+
+
+def test_run_streams_a_frame_generator(tmp_path):
+    """Frames given one by one (a live source) get their events as they come, not once the
+    source has ended."""
+    write_study(tmp_path / "study", [RunSpec(0.0, n_frames=4)])
+    frames = list(iter_frames(read_study([tmp_path / "study"]), []))
+    engine = Engine(NO_DEADLINE)
+    order: list[str] = []
+    engine.on("frame", lambda e: order.append(f"event {e.index}"))
+
+    def source():
+        for frame in frames:
+            order.append(f"yield {frame.index}")
+            yield frame
+
+    summary = engine.run(source())
+    assert order == [f"{what} {i}" for i in range(4) for what in ("yield", "event")]
+    assert summary["frames"] == 4
