@@ -8,7 +8,8 @@ Hierarchy::
     │   ├── UnsupportedDicomError  (SOP class, transfer syntax, pixel layout)
     │   ├── MissingAttributeError
     │   ├── DamagedPixelDataError  (truncated, wrong frame size, undecodable)
-    │   └── MultipleStudiesError
+    │   ├── MultipleStudiesError
+    │   └── StudyNotFoundError
     ├── ConfigError
     └── DeadlineMissed
 """
@@ -73,6 +74,16 @@ class MultipleStudiesError(InputError):
             "pass --study UID to choose one, or give the files of one study",
             tag="(0020,000D) StudyInstanceUID",
         )
+
+
+class StudyNotFoundError(InputError):
+    """The study asked for (``--study``) is not among the inputs' studies."""
+
+    def __init__(self, study_uid: str, found: list[str]):
+        self.study_uid, self.found = study_uid, list(found)
+        listed = ", ".join(self.found) if self.found else "none"
+        super().__init__(f"study {study_uid} is not in the input (its studies: {listed}); "
+                         "check --study", tag="(0020,000D) StudyInstanceUID")
 
 
 class ConfigError(SifluoroError):

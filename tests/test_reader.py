@@ -6,7 +6,7 @@ import pydicom
 import pytest
 
 from sifluoro.acquire.dicom_reader import iter_frames, read_study
-from sifluoro.errors import MultipleStudiesError
+from sifluoro.errors import MultipleStudiesError, StudyNotFoundError
 from tests.dicom_fixtures import RunSpec, frames_for, technique, write_study
 
 VARIANTS = [
@@ -158,6 +158,9 @@ def test_several_studies_need_a_choice(tmp_path):
     assert "--study" in str(info.value)
     study = read_study([tmp_path], study_uid="1.2.3.2")
     assert len(study.runs) == 2
+    with pytest.raises(StudyNotFoundError, match=r"1\.2\.3\.9 is not in the input \(its "
+                       r"studies: 1\.2\.3\.1, 1\.2\.3\.2\)"):
+        read_study([tmp_path], study_uid="1.2.3.9")
 
 
 def test_an_instance_given_twice_is_read_once(tmp_path):

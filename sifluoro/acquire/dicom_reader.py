@@ -37,6 +37,7 @@ from sifluoro.errors import (
     MissingAttributeError,
     MultipleStudiesError,
     NotDicomError,
+    StudyNotFoundError,
     UnsupportedDicomError,
 )
 from sifluoro.model import Frame, Rejection, Run, Study
@@ -131,10 +132,14 @@ def read_study(inputs: Iterable[str | Path], *, study_uid: str | None = None) ->
     ------
     MultipleStudiesError
         The inputs hold several studies and ``study_uid`` does not choose one.
+    StudyNotFoundError
+        ``study_uid`` is none of the inputs' studies (when they hold any).
     """
     found = scan(inputs)
     uids = sorted(found.runs_by_study)
     if study_uid is not None:
+        if study_uid not in found.runs_by_study and uids:
+            raise StudyNotFoundError(study_uid, uids)
         runs = found.runs_by_study.get(study_uid, [])
     elif len(uids) > 1:
         raise MultipleStudiesError(uids)
