@@ -145,6 +145,7 @@ class Spool:
         self.quota_bytes = quota_bytes
         self._lock = threading.Lock()
         self._lock_fd: int | None = None  # the spool's flock (lock)
+        self._durable_dirs: set[str] = set()  # study folders whose root entry was fsynced
         self._reserved_bytes = 0
         self.used_bytes = self._clean_and_measure()
 
@@ -226,9 +227,12 @@ class Spool:
         Raises ``SpoolFullError`` when the disk is full (the partial file is removed).
         """
         folder = self.study_dir(study_uid)
-        if not folder.is_dir():
+        if folder.name not in self._durable_dirs:
+            # the folder may exist already (the events log makes it) without its entry in the
+            # root being on disk yet: once per study and process, make it durable
             folder.mkdir(exist_ok=True)
             fsync_dir(self.root)
+            self._durable_dirs.add(folder.name)
         fd, tmp = tempfile.mkstemp(prefix=f".{check_uid(sop_uid, tag='(0008,0018) SOPInstanceUID')}.",
                                    suffix=PART_SUFFIX, dir=folder)
         try:

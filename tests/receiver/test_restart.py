@@ -255,3 +255,21 @@ def test_frames_a_damaged_instance_lost_are_counted_as_replay_counts_them(tmp_pa
     assert received["frames"] == replayed["frames"] == 6
     assert received["lost_frames"] == replayed["lost_frames"]
     assert received["air_kerma_mgy"] == replayed["air_kerma_mgy"]
+
+
+def test_a_study_folders_entry_is_made_durable_before_its_first_instance(tmp_path, monkeypatch):
+    """The events log creates the study folder before the first instance is written: the
+    spool root is still fsynced once for that folder (a power loss could lose it otherwise)."""
+    from sifluoro.acquire import spool as spool_module
+
+    synced: list[Path] = []
+    fsync_dir = spool_module.fsync_dir
+    monkeypatch.setattr(spool_module, "fsync_dir", lambda p: (synced.append(Path(p)), fsync_dir(p)))
+    spool = Spool(tmp_path / "spool")
+    path = write_study(tmp_path / "in", SPECS[:1])[0]
+    study_uid, sop_uid = file_uids(path)
+    spool.study_dir(study_uid).mkdir()  # as EventLog does
+    spool.write_temp(study_uid, sop_uid, path.read_bytes())
+    assert synced.count(spool.root) == 1
+    spool.write_temp(study_uid, "1.2.3.4", path.read_bytes())
+    assert synced.count(spool.root) == 1  # once per study
