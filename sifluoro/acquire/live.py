@@ -25,6 +25,7 @@ Choices
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -34,7 +35,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pydicom
 from pydicom.uid import UID, XRayRadiationDoseSRStorage
@@ -134,6 +135,8 @@ class _LiveStudy:
     out_of_order_runs: int = 0
     received_at: dict[str, float] = field(default_factory=dict)
     receive_to_event_ms: list[float] = field(default_factory=list)
+    idle_since: float | None = None  # time.monotonic() when its last turn ended
+    evicted: bool = False  # forgotten (LiveStudies.idle_evict_s): rebuilt when needed again
 
     @property
     def uid(self) -> str:
@@ -156,12 +159,20 @@ class LiveStudies:
         study at a time); default ``SPOOL/<study>/summary.json``.
     workers : int, optional
         Studies processed at the same time (default: the number of CPUs, at least 8).
+    idle_evict_s : float
+        A study with nothing to process for this long is forgotten (its events file closed,
+        its pipeline state dropped) when another study's turn ends, so that a receiver that
+        runs for weeks holds only the studies in progress. An instance that arrives for it
+        later rebuilds it from the spool, as a restart does (its instances processed again,
+        only the missing events written).
     """
 
     def __init__(self, spool: Spool, *, settings: Settings | None = None,
                  stages: list[Stage] | None = None, events_path: str | Path | None = None,
-                 summary_path: str | Path | None = None, workers: int | None = None):
+                 summary_path: str | Path | None = None, workers: int | None = None,
+                 idle_evict_s: float = 600.0):
         self.spool = spool
+        self.idle_evict_s = idle_evict_s
         settings = settings or Settings()
         self.pipeline = Pipeline(default_stages(settings) if stages is None else stages, settings)
         self._shared_events = EventLog(events_path) if events_path else None
@@ -190,13 +201,12 @@ class LiveStudies:
         bool
             True if stored, False if it was a duplicate (stored once already; counted).
         """
-        study = self._study(study_uid)
-        with study.lock:
+        with self._locked(study_uid) as study:
             if sop_uid in study.received_set:
                 self._count_duplicate(study)
                 return False
         tmp = write()
-        with study.lock:
+        with self._locked(study_uid) as study:
             try:
                 if sop_uid in study.received_set:  # the same instance on another association
                     self._count_duplicate(study)
@@ -217,6 +227,16 @@ class LiveStudies:
             self._schedule_locked(study)
         return True
 
+    @contextlib.contextmanager
+    def _locked(self, study_uid: str) -> Iterator[_LiveStudy]:
+        """The study in memory (rebuilt if it was forgotten), its lock held."""
+        while True:
+            study = self._study(study_uid)
+            with study.lock:
+                if not study.evicted:  # else forgotten just now: the next _study rebuilds it
+                    yield study
+                    return
+
     def _count_duplicate(self, study: _LiveStudy) -> None:
         study.state.duplicates += 1
         try:
@@ -229,6 +249,10 @@ class LiveStudies:
         """Queue every unfinished study found in the spool; return their UIDs."""
         resumed = []
         for folder in self.spool.study_dirs():
+            state = self.spool.load_state(folder.name)
+            if state.finished and set(self.spool.stored_instances(folder.name)) <= set(
+                    state.received):
+                continue  # done: not held in memory (an instance for it later rebuilds it)
             study = self._study(folder.name)
             with study.lock:
                 missing = [u for u in self.spool.stored_instances(study.uid)
@@ -305,9 +329,28 @@ class LiveStudies:
                 self._executor.submit(self._step, study)
                 return
             study.scheduled = False
+            study.idle_since = time.monotonic()
+        self._evict_idle()
         with self._idle:
             self._busy -= 1
             self._idle.notify_all()
+
+    def _evict_idle(self) -> None:
+        """Forget the studies idle for ``idle_evict_s`` (see the class docstring)."""
+        now = time.monotonic()
+        gone = []
+        with self._studies_lock:
+            for uid, study in list(self._studies.items()):
+                with study.lock:
+                    if (not study.scheduled and study.idle_since is not None
+                            and now - study.idle_since >= self.idle_evict_s
+                            and study.done == len(study.state.received)):
+                        study.evicted = True
+                        del self._studies[uid]
+                        gone.append(study)
+        for study in gone:
+            if study.events is not self._shared_events:
+                self._close_events(study.events)
 
     def _process(self, study: _LiveStudy, sop_uid: str, *, catching_up: bool) -> None:
         """Process one stored instance; never raises (what fails is listed as rejected)."""
@@ -371,7 +414,7 @@ class LiveStudies:
             count_lost(state, [(run, used + 1)])
 
     def _write_summary(self, study: _LiveStudy) -> None:
-        summary = self.summary(study.uid)
+        summary = self._summary_of(study)
         try:
             write_json(study.summary_path, summary)
         except OSError:
@@ -380,8 +423,16 @@ class LiveStudies:
             self.output_errors += 1
 
     def summary(self, study_uid: str) -> dict:
-        """The study's summary as processed so far (DESIGN §3 keys plus receiver counts)."""
-        study = self._study(study_uid)
+        """The study's summary as processed so far (DESIGN §3 keys plus receiver counts); of a
+        study no longer held in memory, the one last written."""
+        with self._studies_lock:
+            study = self._studies.get(study_uid)
+        if study is None:
+            path = self._summary_path or self.spool.study_dir(study_uid) / SUMMARY_NAME
+            return json.loads(path.read_text(encoding="utf-8"))
+        return self._summary_of(study)
+
+    def _summary_of(self, study: _LiveStudy) -> dict:
         view = Study(study.uid, tuple(study.runs), tuple(study.rejected), tuple(study.dose_reports))
         summary = build_summary(view, study.pipeline_state, list(study.rejected))
         summary.update({

@@ -273,3 +273,35 @@ def test_a_study_folders_entry_is_made_durable_before_its_first_instance(tmp_pat
     assert synced.count(spool.root) == 1
     spool.write_temp(study_uid, "1.2.3.4", path.read_bytes())
     assert synced.count(spool.root) == 1  # once per study
+
+
+def test_an_idle_study_is_forgotten_and_rebuilt_when_it_gets_more(tmp_path):
+    """With ``idle_evict_s=0`` a study is forgotten once it has nothing to process (its events
+    file closed): the receiver holds only the studies in progress. Instances that come later
+    rebuild it from the spool; it ends exactly as a study never forgotten."""
+    paths = write_study(tmp_path / "a", SPECS)
+    other = write_study(tmp_path / "b", SPECS[:1])
+    study_uid = file_uids(paths[0])[0]
+    reference = Spool(tmp_path / "reference")
+    live = LiveStudies(reference, workers=2)
+    for path in paths:
+        _feed(live, reference, path)
+    live.close()
+
+    spool = Spool(tmp_path / "spool")
+    live = LiveStudies(spool, workers=2, idle_evict_s=0.0)
+    for path in paths[:2]:
+        _feed(live, spool, path)
+    assert live.wait_idle(60)
+    _feed(live, spool, other[0])  # another study's turn ends: the idle one goes
+    assert live.wait_idle(60)
+    assert live._studies == {}
+    assert live.summary(study_uid)["frames"] == SPECS[0].n_frames + SPECS[1].n_frames
+    for path in paths[2:]:
+        _feed(live, spool, path)
+    live.close()
+    assert _outputs(spool.study_dir(study_uid)) == _outputs(reference.study_dir(study_uid))
+
+    again = LiveStudies(spool, workers=2)
+    assert again.resume() == [] and again._studies == {}  # finished studies stay on disk
+    again.close()
