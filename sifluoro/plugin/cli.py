@@ -16,6 +16,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 from typing import TYPE_CHECKING
@@ -113,10 +114,14 @@ def add_plugin_parser(sub) -> None:
 
 
 def _stop_on_signals() -> threading.Event:
+    """The first SIGTERM/SIGINT asks the command to wind up (the outbox report still comes);
+    a second one ends it at once, as it would without this handler."""
     stop = threading.Event()
 
     def handler(signum, frame):
         stop.set()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
@@ -190,10 +195,13 @@ class _Study:
         not delivered, else 1 when the RDSR or a key frame could not be made, else 0."""
         code = 0
         if self.sender is not None:
-            if wait:
+            if wait:  # the sender's retries, unless the user asks to stop
                 self.sender.kick()
-                self.sender.wait_idle(self.pacs.timeout_s * (self.pacs.retries + 1))
-            self.sender.stop()
+                deadline = time.monotonic() + self.pacs.timeout_s * (self.pacs.retries + 1)
+                while (not self.stop.is_set() and time.monotonic() < deadline
+                       and not self.sender.wait_idle(0.2)):
+                    pass
+            self.sender.stop(abort=self.stop.is_set())
         if self.outbox is not None:
             code = _report_outbox(self.outbox, self.pacs)
         if self._tmp is not None:

@@ -32,7 +32,7 @@ from pathlib import Path
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE
+from pynetdicom import AE, evt
 from pynetdicom.status import code_to_category
 
 from sifluoro.acquire.spool import check_uid
@@ -116,6 +116,17 @@ class Outbox:
                               "writable folder") from exc
         for part in self.pending_dir.glob(f".*{PART_SUFFIX}"):  # a write cut short by a crash
             part.unlink(missing_ok=True)
+        self._sending: set = set()  # associations in progress, from their connection (abort)
+        self._sending_lock = threading.Lock()
+
+    def abort(self) -> None:
+        """Abort the associations this outbox has in progress (a PACS that never answers would
+        hold them, and the process's exit, for its timeout); what they did not send stays
+        pending."""
+        with self._sending_lock:
+            sending = list(self._sending)
+        for assoc in sending:
+            assoc.abort()
 
     # -- filling ---------------------------------------------------------------------------
     def put(self, ds: Dataset) -> Path:
@@ -218,7 +229,21 @@ class Outbox:
                                          for _, ds in datasets}):
             syntaxes = list(dict.fromkeys([syntax, ExplicitVRLittleEndian, ImplicitVRLittleEndian]))
             ae.add_requested_context(sop_class, syntaxes)
-        assoc = ae.associate(pacs.host, pacs.port, ae_title=pacs.ae_title)
+        opened: list = []
+
+        def connected(event) -> None:  # before negotiation, which a silent PACS holds up
+            opened.append(event.assoc)
+            with self._sending_lock:
+                self._sending.add(event.assoc)
+        try:
+            return self._send_on(ae, pacs, datasets, report, [(evt.EVT_CONN_OPEN, connected)])
+        finally:
+            with self._sending_lock:
+                self._sending.difference_update(opened)
+
+    def _send_on(self, ae: AE, pacs: PacsSettings, datasets: list, report: SendReport,
+                 handlers: list) -> int:
+        assoc = ae.associate(pacs.host, pacs.port, ae_title=pacs.ae_title, evt_handlers=handlers)
         if not assoc.is_established:
             why = "rejected the association" if assoc.is_rejected else "is unreachable"
             log.warning("outbox: PACS %s %s", pacs, why)
@@ -304,9 +329,12 @@ class OutboxSender:
         """Wait until a send round found nothing more to do; True when it did."""
         return self._idle.wait(timeout_s)
 
-    def stop(self, timeout_s: float = 10.0) -> None:
+    def stop(self, timeout_s: float = 10.0, *, abort: bool = False) -> None:
+        """Stop after the current send (``abort``: abort it; its files stay pending)."""
         self._stop.set()
         self._kick.set()
+        if abort:
+            self.outbox.abort()
         self._thread.join(timeout_s)
 
     def _loop(self) -> None:

@@ -137,3 +137,28 @@ def test_export_of_nothing_exits_2(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     code, out, pending = _export(tmp_path, capsys, tmp_path / "empty")
     assert code == 2 and pending == []
+
+
+def test_ctrl_c_ends_serve_igtl_while_the_outbox_waits_for_a_silent_pacs(tmp_path,
+                                                                         sifluoro_command):
+    """A PACS that takes the connection and never answers: the command waits for the sender's
+    retries after the study, but one SIGINT ends that wait; what was not sent stays pending."""
+    import signal
+    import socket
+    import time
+
+    study = needle_study(tmp_path / "s", frames_per_run=(3,), size=64)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(50)
+        command = sifluoro_command("serve-igtl", study, "--port", "0", "--fps", "30", "--stages",
+                                   "none", "-q", "--outbox", tmp_path / "outbox", "--pacs",
+                                   f"PACS@127.0.0.1:{silent.getsockname()[1]}")
+        command.wait_for(r"OpenIGTLink: \d+ frames sent")
+        time.sleep(1.0)  # the sender is now stuck on the silent PACS
+        t0 = time.monotonic()
+        command.proc.send_signal(signal.SIGINT)
+        code = command.wait(30)
+    assert time.monotonic() - t0 < 15
+    assert code == 3 and "pending" in command.stdout  # LEFT_IN_OUTBOX, reported
+    assert list((tmp_path / "outbox" / "pending").glob("*.dcm"))
