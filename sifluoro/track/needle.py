@@ -50,7 +50,7 @@ from sifluoro.model import Frame, Run
 from sifluoro.pipeline import StudyState
 from sifluoro.track import _needle_kernels as K
 from sifluoro.track.needle_detect import LineFinder, NeedleSettings, refine_tip
-from sifluoro.track.needle_field import valid_region
+from sifluoro.track.needle_field import EdgeDistance, valid_region
 
 __all__ = ["NeedleStage", "NeedleSettings"]
 
@@ -65,7 +65,7 @@ class _RunContext:
     shape: tuple[int, int]  # of the full-resolution frames
     valid_work: np.ndarray
     centre_xy: np.ndarray
-    edge_dist_work: np.ndarray  # distance to the field edge or text, working pixels
+    edge_dist_work: EdgeDistance  # distance to the field edge or text, working pixels
 
 
 @dataclass
@@ -202,15 +202,10 @@ class NeedleStage:
         grid = working_grid(spacing, target_mm=self.settings.grid_mm)
         margin = int(math.ceil(self.settings.edge_margin_mm / spacing))
         valid_work = valid_region(run, att, margin_px=max(2, margin // 2), factor=grid.factor)
-        ys, xs = np.nonzero(valid_work)
-        centre = (grid.to_full(np.array([xs.mean(), ys.mean()])) if xs.size
-                  else np.array([att.shape[1] / 2.0, att.shape[0] / 2.0]))
-        # the frame's border bounds the field too (a field filling the frame has no invalid
-        # pixel, and the distance transform then returns its "infinity")
-        bounded = valid_work.astype(np.uint8)
-        bounded[[0, -1], :] = 0
-        bounded[:, [0, -1]] = 0
-        edge_dist = cv2.distanceTransform(bounded, cv2.DIST_L2, 3)
+        m = cv2.moments(valid_work.view(np.uint8), binaryImage=True)  # np.nonzero: 3x slower
+        centre = (grid.to_full(np.array([m["m10"] / m["m00"], m["m01"] / m["m00"]]))
+                  if m["m00"] > 0 else np.array([att.shape[1] / 2.0, att.shape[0] / 2.0]))
+        edge_dist = EdgeDistance(valid_work)
         same = (st.ctx is not None and st.ctx.spacing_mm == spacing
                 and st.ctx.shape == att.shape and _same_view(st.ctx.run, run))
         if st.ctx is not None and not same:
@@ -440,7 +435,7 @@ class NeedleStage:
         return {"score": score, "length_mm": length * grid.spacing_mm,
                 "base_at_edge": bool(base_at_edge), "ext_score": ext, "ext_mm": n_ext * grid.spacing_mm,
                 "sym": sym, "thin": thin,
-                "tip_edge_mm": float(ctx.edge_dist_work[ti[1], ti[0]]) * grid.spacing_mm,
+                "tip_edge_mm": ctx.edge_dist_work(int(ti[0]), int(ti[1])) * grid.spacing_mm,
                 "tip": tip.copy(), "base": base.copy()}
 
     def _refit_segment(self, finder: LineFinder, tip: np.ndarray, base: np.ndarray,
