@@ -1,10 +1,12 @@
 """The contrast stage's rules one at a time: a new run's reference, washout, continued opacity."""
+import math
+
 import numpy as np
 import pytest
 from scipy import ndimage
 
 from sifluoro.track.contrast import WASHOUT_AGE, ContrastStage, _Buffers, _RunMemory
-from sifluoro.track.contrast_classify import Classifier, Opacity
+from sifluoro.track.contrast_classify import SHAPE_FRAMES, Classifier, Opacity
 from sifluoro.track.contrast_reference import ReferenceBank
 
 SHAPE = (96, 96)
@@ -117,3 +119,48 @@ def test_reference_bank_envelope_is_the_maximum_of_its_frames():
             bank.adopt_run(_scene(rng, 0.02), np.ones(SHAPE, bool))
         np.testing.assert_array_equal(bank.current_envelope(),
                                       np.maximum(bank.slots[:bank.count].max(0), -1.0))
+
+
+def _shape(kind: str, elongation: float, area_mm2: float, iodine_au: float) -> Opacity:
+    length = math.sqrt(area_mm2 * elongation)
+    return Opacity(kind=kind, area_mm2=area_mm2, length_mm=length, width_mm=area_mm2 / length,
+                   elongation=elongation, edge_fraction=0.5, peak_z=20.0, mean_z=8.0,
+                   new_fraction=0.1, core_area_mm2=0.4 * area_mm2, core_mass_fraction=0.6,
+                   negative_ratio=0.0, iodine_au=iodine_au, centroid_xy=(50.0, 50.0),
+                   bbox_xyxy=(10, 10, 90, 90))
+
+
+# a broad line (area / length 12 mm: too broad for the early "thin" switch) and a round cloud
+BROAD_LINE = _shape("line", 6.0, 900.0, 60.0)
+ROUND_CLOUD = _shape("cloud", 1.2, 800.0, 60.0)
+
+
+def _states(frames) -> list[str]:
+    c = Classifier()
+    out = []
+    for k, accepted in enumerate(frames):
+        c.update(k, accepted, 0.0, None)
+        out.append(c.state)
+    return out
+
+
+def test_extravasation_whose_first_frames_held_a_line_becomes_extravasation():
+    frames = [(BROAD_LINE,)] * 2 + [(ROUND_CLOUD,)] * SHAPE_FRAMES
+    states = _states(frames)
+    assert states[:2 + SHAPE_FRAMES - 1] == ["intra_articular"] * (2 + SHAPE_FRAMES - 1)
+    assert states[-1] == "extravasation"
+
+
+def test_a_shape_must_dominate_frames_in_a_row_to_override():
+    # interrupted runs of clouds; and a cloud beside a line that carries half the iodine
+    frames = [(BROAD_LINE,)] + [(ROUND_CLOUD,)] * (SHAPE_FRAMES - 1) + [(BROAD_LINE,)] \
+        + [(ROUND_CLOUD, _shape("line", 8.0, 400.0, 60.0))] * 6
+    assert set(_states(frames)) == {"intra_articular"}
+
+
+def test_the_shape_never_lowers_a_vascular_call():
+    c = Classifier()
+    c.update(0, (BROAD_LINE,), 0.0, None, washed_out=True)
+    for k in range(1, 6):
+        c.update(k, (ROUND_CLOUD,), 0.0, None)
+    assert c.state == "vascular"
