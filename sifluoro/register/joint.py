@@ -80,15 +80,6 @@ DOUBLED_BELOW_CNR = 12.0
 # 620 at 26-41 mm). The lines kept are cut and run straighter than the whole joint (down to
 # 0.037), so a line must run at least this much the joint's way
 SLOPE_MIN = 0.025
-# the working view is set for tangency at the target, in the joint's inferior third; a beam
-# just off tangency there still grazes the joint's inferior part while its superior part
-# (likely: its surface turns away) projects its margins apart and shows faint. A line whose superior third's mean
-# valley depth is below this fraction of the deeper of its other two thirds' is taken for
-# doubled (training seeds 606 / 620: doubled views at 15-24 degrees 0.21-0.61, which every other
-# test called single; single lines 0.5 up, but one 3 mm off the joint at 0.22). A single line
-# may fade at its inferior end (the joint turns into the sciatic notch) or where a needle
-# crosses it: only the superior third counts
-DOUBLED_SUPERIOR_FAINT_BELOW = 0.55
 ATTEMPTS = 3  # paths tried when the best one is not where or how a joint projects
 RETRY_MIN_GAIN = 6.0  # mean gain (noise levels above the threshold) a later path needs
 CLEAR_MM = 5.0  # half-width of the band around a rejected path that is not searched again
@@ -225,7 +216,6 @@ def segment_joint(work: np.ndarray, *, grid: WorkingGrid, usable: np.ndarray,
     rows = np.arange(y0, y1 + 1)
     line_cnr = float(np.median(depth[rows, path[rows]])) / noise
     doubled = (line_cnr < DOUBLED_BELOW_CNR
-               or superior_depth_ratio(depth[rows, path[rows]]) < DOUBLED_SUPERIOR_FAINT_BELOW
                or _has_parallel_line(gain, path, y0, y1, grid.spacing_mm, best)
                or _rim_balance(smooth, path, y0, y1, grid.spacing_mm) < RIM_BALANCE_MIN)
     return JointLine(_simplify(full), confidence, doubled, length_mm)
@@ -433,15 +423,6 @@ def _rim_balance(smooth: np.ndarray, path: np.ndarray, y0: int, y1: int, spacing
     centre = profile[reach - 2:reach + 3].min()
     left, right = profile[:reach].max() - centre, profile[reach + 1:].max() - centre
     return float(min(left, right) / max(left, right, 1e-9))
-
-
-def superior_depth_ratio(depth_along: np.ndarray) -> float:
-    """Mean valley depth of the line's superior third over the deeper of its middle and
-    inferior thirds' (``depth_along`` superior end first); 1 for a line too short to split."""
-    if len(depth_along) < 3:
-        return 1.0
-    sup, mid, inf = (float(np.mean(t)) for t in np.array_split(np.asarray(depth_along, np.float64), 3))
-    return sup / max(mid, inf, 1e-9)
 
 
 def _simplify(points: np.ndarray, step: int = 4) -> np.ndarray:
