@@ -324,10 +324,10 @@ class Pipeline:
         # stage's vessel test): its cost is learnt apart, so as not to inflate the usual one
         after_skip = {d.stage for d in self._steps if d.skips and d.method is not None
                       and state.skipped_in_a_row.get(d.stage, 0) > 0}
-        usual = ({stage.name: _usual_mode(stage, frame, state) for stage in self.stages}
+        kinds = ({stage.name: _work_kind(stage, frame, state) for stage in self.stages}
                  if planned else {})
         modes = (self._plan(shape, budget_ms - (t_plan - arrival.t_s) * 1000.0, due, after_skip,
-                            usual) if planned else {})
+                            kinds) if planned else {})
         event = _base_event(frame, state)
         alerts = list(arrival.alerts)
         skipped, failed, steps = [], [], set()
@@ -358,7 +358,7 @@ class Pipeline:
             else:
                 outcomes = [self._run_stage(s, m, frame, state) for s, m in runs]
             stage_ms += (clock() - t_wave) * 1000.0
-            for (stage, _), (mode, fields, cost_ms) in zip(runs, outcomes):
+            for (stage, asked), (mode, fields, cost_ms) in zip(runs, outcomes):
                 if fields is None:
                     failed.append(stage.name)
                 else:
@@ -370,11 +370,15 @@ class Pipeline:
                     alerts.extend(fields.pop("alerts", ()))  # a stage's alerts join the dose alerts
                     event.update(fields)
                 if planned:
-                    base = usual[stage.name] if mode == FULL else mode
-                    key = base if steady else f"{base}@run_start"
+                    kind = kinds[stage.name]
+                    key = f"{mode}{kind}" if steady else f"{mode}{kind}@run_start"
                     if mode == FULL and stage.name in after_skip:
-                        key = f"{base}@after_skip"
+                        key = f"{mode}{kind}@after_skip"
                     costs.add(stage.name, key, shape, cost_ms)
+                    if asked != mode and steady:
+                        # the step declined (the stage ran as usual): what taking it costs on
+                        # such frames, so that the plan stops counting on it
+                        costs.add(stage.name, f"{asked}{kind}", shape, cost_ms)
         t_end = self._close(event, state, arrival, skipped, failed, steps)
         if planned:
             costs.add("pipeline", "overhead", shape, (t_end - t_plan) * 1000.0 - stage_ms)
@@ -540,21 +544,22 @@ class Pipeline:
         return self.costs.snapshot()
 
     def _plan(self, shape: tuple[int, ...], remaining_ms: float, due: set[str] = frozenset(),
-              after_skip: set[str] = frozenset(), usual: dict[str, str] | None = None
+              after_skip: set[str] = frozenset(), kinds: dict[str, str] | None = None
               ) -> dict[str, str]:
         """The fewest steps of the policy, in order, whose predicted cost fits ``remaining_ms``
         (an unknown cost counts as zero, so that the stage runs and is measured); the stages
         in ``due`` are not skipped, and a step that saves nothing (its stage shares a wave with
-        a dearer one) is passed over until a later step makes it count. A stage's usual cost
-        is that of its mode in ``usual`` (``process:<kind>``, see :class:`Stage`; ``process``
-        when absent); the stages in ``after_skip`` are costed as after a skipped update
-        (``<mode>@after_skip``, the usual cost until that is known)."""
+        a dearer one) is passed over until a later step makes it count. A stage's costs are
+        those of the kind of work it has on this frame (``kinds``: ``:<kind>``, see
+        :class:`Stage`, or ``""``): ``process:<kind>``, ``<step method>:<kind>``; the stages
+        in ``after_skip`` are costed as after a skipped update (``<mode>@after_skip``, the
+        usual cost until that is known)."""
         costs = self.costs
-        usual = usual or {}
+        kinds = kinds or {}
         remaining_ms -= costs.estimate_ms("pipeline", "overhead", shape) or 0.0
         cost = {}
         for s in self.stages:
-            mode = usual.get(s.name, FULL)
+            mode = f"{FULL}{kinds.get(s.name, '')}"
             cost[s.name] = ((costs.estimate_ms(s.name, f"{mode}@after_skip", shape)
                              if s.name in after_skip else None)
                             or costs.estimate_ms(s.name, mode, shape) or 0.0)
@@ -570,8 +575,8 @@ class Pipeline:
                 if d.stage in modes or ((d.method is None or d.skips) and d.stage in due):
                     continue
                 before, full = predicted(), cost[d.stage]
-                cost[d.stage] = (0.0 if d.method is None
-                                 else costs.estimate_ms(d.stage, d.method, shape) or 0.0)
+                cost[d.stage] = (0.0 if d.method is None else costs.estimate_ms(
+                    d.stage, f"{d.method}{kinds.get(d.stage, '')}", shape) or 0.0)
                 if predicted() < before:
                     modes[d.stage] = d.method or _SKIP
                     break
@@ -592,11 +597,18 @@ class Pipeline:
         return event
 
 
-def _usual_mode(stage: Stage, frame: Frame, state: StudyState) -> str:
-    """The cost key of ``stage``'s usual work on ``frame``: ``process`` or ``process:<kind>``."""
+def _work_kind(stage: Stage, frame: Frame, state: StudyState) -> str:
+    """``":<kind>"``, the kind of work ``stage`` has on ``frame`` (its ``work_kind``), or ``""``
+    (none, or it raised: logged, the frame still runs)."""
     work_kind = getattr(stage, "work_kind", None)
-    kind = work_kind(frame, state) if work_kind is not None else None
-    return FULL if kind is None else f"{FULL}:{kind}"
+    if work_kind is None:
+        return ""
+    try:
+        kind = work_kind(frame, state)
+    except Exception:
+        log.exception("stage %s: work_kind failed on frame %d", stage.name, frame.index)
+        return ""
+    return "" if kind is None else f":{kind}"
 
 
 def _available(step: Degradation, stages: dict) -> Degradation | None:

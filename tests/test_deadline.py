@@ -395,7 +395,8 @@ def test_a_declined_step_runs_the_stage_as_usual(frames):
     pipeline, _, events = _run([register], clock, frames[:6], 5.0)
     assert all("degraded_steps" not in e and e["joint"] for e in events)
     assert [m for m, _ in register.calls] == ["process"] * 6
-    assert "register/process_reuse/64x64" not in pipeline.stage_costs()
+    # what the step costs when it declines is learnt: the plan stops counting on it
+    assert pipeline.stage_costs()["register/process_reuse/64x64"]["p50_ms"] == 6.0
 
 
 def test_unprepared_frame_shapes_are_not_planned(frames):
@@ -569,3 +570,52 @@ def test_the_needles_searches_and_box_frames_are_costed_apart(frames, kinds):
     assert needle.searched[-2:] == [second[1], second[10]]
     box = [i for i in second if i not in (second[0], second[1], second[9], second[10])]
     assert all(steps[i] == [] for i in box) and all(not events[i]["degraded"] for i in box)
+
+
+class DecliningNeedle(SearchingNeedle):
+    """As the real needle by default: its ROI step declines whenever a search is due."""
+
+    def process_roi(self, frame, state):
+        if self._search_due(frame):
+            return None
+        self.since_full += 1
+        return self._run("process_roi", frame, 1.0)
+
+
+def test_a_step_that_declines_on_a_kind_of_work_is_not_counted_on(frames):
+    """10 ms, joint 2.5 ms, a needle search 8 ms whose ROI step declines, contrast 4.7 ms (the
+    study's frames three times over). While the declines are not yet measured, a search frame
+    counts on the needle's step and misses (11.2 ms); once they are, it skips contrast and
+    reuses the joint line (8.8 ms), or only reuses the joint when contrast may not be skipped
+    twice in a row; box frames run in full (8.2 ms)."""
+    clock = Clock()
+    needle = DecliningNeedle(clock, kinds=True)
+    stages = [FakeStage("register", clock, 2.5, cheap="process_reuse", cheap_ms=0.1),
+              needle, FakeStage("contrast", clock, 4.7, cheap="process_remember", cheap_ms=0.7)]
+    pipeline, _, events = _run(stages, clock, frames * 3, 10.0, max_skipped_frames=1)
+    first = [(e["latency_ms"], tuple(e.get("degraded_steps", ()))) for e in events[:len(frames)]]
+    assert (11.2, ("contrast_skipped",)) in first  # counted on the step, missed
+    later = [(e["latency_ms"], tuple(e.get("degraded_steps", ()))) for e in events[len(frames):]]
+    # an estimate not measured for 16 frames is measured again (StageCosts.stale_frames): the
+    # step is then tried once more
+    again = later.count((11.2, ("contrast_skipped",)))
+    assert again <= len(later) // 16
+    assert set(later) - {(11.2, ("contrast_skipped",))} == {
+        (8.2, ()), (8.8, ("contrast_skipped", "joint_reused")), (12.8, ("joint_reused",))}
+    assert later.count((8.8, ("contrast_skipped", "joint_reused"))) > 2 * again
+    shape = "x".join(map(str, frames[0].pixels.shape))
+    assert pipeline.stage_costs()[f"needle/process_roi:search/{shape}"]["p50_ms"] == 8.0
+
+
+def test_a_failing_work_kind_is_logged_and_the_frame_runs(frames, caplog):
+    clock = Clock()
+    needle = FakeStage("needle", clock, 1.0, cheap="process_roi", cheap_ms=0.5)
+
+    def broken(frame, state):
+        raise KeyError("defect")
+    needle.work_kind = broken
+    pipeline, _, events = _run([needle], clock, frames[:5], 10.0)
+    assert [m for m, _ in needle.calls] == ["process"] * 5
+    assert not any(e["degraded"] for e in events)
+    assert "work_kind failed" in caplog.text
+    assert "needle/process/64x64" in pipeline.stage_costs()
