@@ -187,6 +187,7 @@ class LiveStudies:
         # events, summaries or states that could not be written (a full disk): the caller's
         # exit status says so
         self.output_errors = 0
+        self._errors_lock = threading.Lock()
 
     # Admission (called from the receiver's threads) ------------------------------------------
     def store(self, study_uid: str, sop_uid: str, write: Callable[[], Path]) -> bool:
@@ -249,6 +250,9 @@ class LiveStudies:
         """Queue every unfinished study found in the spool; return their UIDs."""
         resumed = []
         for folder in self.spool.study_dirs():
+            if not any(folder.iterdir()):
+                folder.rmdir()  # made for an instance that was then refused
+                continue
             state = self.spool.load_state(folder.name)
             if state.finished and set(self.spool.stored_instances(folder.name)) <= set(
                     state.received):
@@ -269,10 +273,6 @@ class LiveStudies:
                              study.state.processed, len(study.state.received))
                     self._schedule_locked(study)
                     resumed.append(study.uid)
-            if not study.state.received and not any(folder.iterdir()):
-                folder.rmdir()  # made for an instance that was then refused
-                with self._studies_lock:
-                    self._studies.pop(study.uid, None)
         return resumed
 
     # Processing ------------------------------------------------------------------------------
@@ -287,7 +287,8 @@ class LiveStudies:
                                    pipeline_state=self.pipeline.start_study(study_uid),
                                    events=events,
                                    summary_path=self._summary_path or folder / SUMMARY_NAME,
-                                   received_set=set(state.received))
+                                   received_set=set(state.received),
+                                   idle_since=time.monotonic())
                 self._studies[study_uid] = study
             return study
 
@@ -324,7 +325,7 @@ class LiveStudies:
                     self.spool.save_state(study.state)
                 except OSError as exc:  # a restart re-derives it: processing is idempotent
                     log.error("study %s: state not saved (%s)", study.uid, exc)
-                    self.output_errors += 1
+                    self._output_error()
             if study.done < len(study.state.received):
                 self._executor.submit(self._step, study)
                 return
@@ -335,6 +336,10 @@ class LiveStudies:
             self._busy -= 1
             self._idle.notify_all()
 
+    def _output_error(self) -> None:
+        with self._errors_lock:
+            self.output_errors += 1
+
     def _evict_idle(self) -> None:
         """Forget the studies idle for ``idle_evict_s`` (see the class docstring)."""
         now = time.monotonic()
@@ -342,9 +347,11 @@ class LiveStudies:
         with self._studies_lock:
             for uid, study in list(self._studies.items()):
                 with study.lock:
+                    # nothing to process, or nothing processed here (rebuilt for a
+                    # duplicate check, say): all it knows is on disk
                     if (not study.scheduled and study.idle_since is not None
                             and now - study.idle_since >= self.idle_evict_s
-                            and study.done == len(study.state.received)):
+                            and study.done in (0, len(study.state.received))):
                         study.evicted = True
                         del self._studies[uid]
                         gone.append(study)
@@ -373,7 +380,7 @@ class LiveStudies:
             study.events.sync()
         except OSError as exc:  # e.g. a full disk: the study goes on, the events may be short
             log.error("study %s: events not synced to disk (%s)", study.uid, exc)
-            self.output_errors += 1
+            self._output_error()
         received_at = study.received_at.pop(sop_uid, None)
         if received_at is not None:
             study.receive_to_event_ms.append((time.perf_counter() - received_at) * 1000.0)
@@ -396,6 +403,7 @@ class LiveStudies:
         state = study.pipeline_state
         self.pipeline.prepare_run(run, state)
         used = 0
+        write_failed = False
         try:
             for pixels in run.iter_pixels():
                 used += 1
@@ -405,7 +413,13 @@ class LiveStudies:
                 if late:
                     event["out_of_order"] = True
                 if not study.events.has(run.sop_instance_uid, used):
-                    study.events.append(event)
+                    try:
+                        study.events.append(event)
+                    except OSError as exc:  # a full disk: the dose of the rest still counts
+                        if not write_failed:
+                            log.error("study %s: events not written (%s)", study.uid, exc)
+                            self._output_error()
+                        write_failed = True
         except DamagedPixelDataError as exc:
             log.warning("study %s: damaged run %s", study.uid, exc)
             note = f" (frames 1-{used} of {run.n_frames} used)" if used else ""
@@ -420,14 +434,14 @@ class LiveStudies:
         except OSError:
             log.exception("study %s: summary cannot be written to %s", study.uid,
                           study.summary_path)
-            self.output_errors += 1
+            self._output_error()
 
     def summary(self, study_uid: str) -> dict:
         """The study's summary as processed so far (DESIGN §3 keys plus receiver counts); of a
         study no longer held in memory, the one last written."""
         with self._studies_lock:
             study = self._studies.get(study_uid)
-        if study is None:
+        if study is None or (study.done == 0 and study.state.processed):  # not rebuilt yet
             path = self._summary_path or self.spool.study_dir(study_uid) / SUMMARY_NAME
             return json.loads(path.read_text(encoding="utf-8"))
         return self._summary_of(study)
@@ -473,4 +487,4 @@ class LiveStudies:
             events.close()
         except OSError as exc:
             log.error("%s: not closed cleanly (%s)", events.path, exc)
-            self.output_errors += 1
+            self._output_error()

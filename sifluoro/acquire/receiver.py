@@ -208,7 +208,8 @@ class Receiver:
                  stages=None, workers: int | None = None):
         self.settings = settings
         quota = None if settings.spool_quota_mb is None else int(settings.spool_quota_mb * MIB)
-        self.spool = Spool(settings.spool, quota_bytes=quota)
+        # the spool is taken before anything reads or cleans it (events logs included)
+        self.spool = Spool(settings.spool, quota_bytes=quota, lock=True)
         self.live = LiveStudies(self.spool, settings=pipeline_settings, stages=stages,
                                 events_path=settings.events, summary_path=settings.summary,
                                 workers=workers)
@@ -224,10 +225,10 @@ class Receiver:
         return self._server.server_address[1] if self._server is not None else self.settings.port
 
     def start(self) -> None:
-        """Take the spool, start listening (non-blocking), then resume the spool's unfinished
-        studies: a receiver that cannot listen (port taken, bad TLS files) or whose spool
-        another receiver holds touches nothing."""
-        self.spool.lock()
+        """Start listening (non-blocking), then resume the spool's unfinished studies: a
+        receiver that cannot listen (port taken, bad TLS files) touches nothing, and one
+        whose spool another receiver holds is refused on construction
+        (:class:`~sifluoro.acquire.spool.SpoolInUseError`)."""
         try:
             self._listen()
         except BaseException:

@@ -137,9 +137,17 @@ class Spool:
     quota_bytes : int, optional
         Most bytes of instance files the spool may hold (events, summaries and state files
         are not counted). None for no quota beyond the disk itself.
+    lock : bool
+        Take the spool (:meth:`lock`) before anything in it is touched (the temporary files
+        of interrupted writes are removed on opening: another process's would be in flight).
+
+    Raises
+    ------
+    SpoolInUseError
+        With ``lock``, when another process holds the spool.
     """
 
-    def __init__(self, root: str | Path, *, quota_bytes: int | None = None):
+    def __init__(self, root: str | Path, *, quota_bytes: int | None = None, lock: bool = False):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.quota_bytes = quota_bytes
@@ -147,6 +155,8 @@ class Spool:
         self._lock_fd: int | None = None  # the spool's flock (lock)
         self._durable_dirs: set[str] = set()  # study folders whose root entry was fsynced
         self._reserved_bytes = 0
+        if lock:
+            self.lock()
         self.used_bytes = self._clean_and_measure()
 
     def _clean_and_measure(self) -> int:

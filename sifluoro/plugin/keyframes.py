@@ -162,13 +162,9 @@ class StudyExporter:
     def end(self, study: Study, summary: dict, dose: DoseAccumulator | None) -> None:
         if dose is None:  # no frame processed: nothing to report
             return
-        try:
-            self.queued = export_study(self.outbox, study, dose, self.selector.frames(),
-                                       settings=self.settings, stages=summary.get("stages"),
-                                       errors=self.errors)
-        except Exception as exc:
-            log.error("study end: the RDSR could not be queued (%s)", type(exc).__name__)
-            self.errors.append(f"RDSR: {type(exc).__name__}")
+        self.queued = export_study(self.outbox, study, dose, self.selector.frames(),
+                                   settings=self.settings, stages=summary.get("stages"),
+                                   errors=self.errors)
         if self.on_queued is not None:
             self.on_queued()
 
@@ -179,13 +175,20 @@ def export_study(outbox: Outbox, study: Study, dose: DoseAccumulator, keys: list
     """Put the study's RDSR and the key frames (as SC) into ``outbox``; return their paths.
     ``stages``: the image stages that ran (the summary's), written on the key frames.
 
-    The RDSR goes first (the dose record matters most; its failure raises). A key frame that
-    cannot be made is logged and described in ``errors`` (when given), and the others are
-    still queued."""
+    The RDSR goes first (the dose record matters most). What cannot be made (the RDSR, a key
+    frame) is logged and described in ``errors`` and the rest is still queued; without
+    ``errors`` an RDSR that cannot be made raises."""
     settings = settings or Settings()
-    with tempfile.TemporaryDirectory(prefix="sifluoro-rdsr-") as tmp:
-        rdsr = write_rdsr(study, dose, Path(tmp) / "rdsr.dcm", settings=settings.dose)
-        queued = [outbox.put_file(rdsr)]
+    queued = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="sifluoro-rdsr-") as tmp:
+            rdsr = write_rdsr(study, dose, Path(tmp) / "rdsr.dcm", settings=settings.dose)
+            queued.append(outbox.put_file(rdsr))
+    except Exception as exc:
+        if errors is None:
+            raise
+        log.error("study end: the RDSR could not be queued (%s)", type(exc).__name__)
+        errors.append(f"RDSR: {type(exc).__name__}")
     headers: dict[str, Dataset] = {}
     series_uid = generate_uid()
     for number, key in enumerate(keys, start=1):
@@ -207,6 +210,5 @@ def export_study(outbox: Outbox, study: Study, dose: DoseAccumulator, keys: list
             log.warning("study end: %s", message)
             if errors is not None:
                 errors.append(message)
-    log.info("study end: the RDSR and %d key frame(s) queued in %s", len(queued) - 1,
-             outbox.folder)
+    log.info("study end: %d file(s) queued in %s", len(queued), outbox.folder)
     return queued

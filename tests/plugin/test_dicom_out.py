@@ -162,3 +162,19 @@ def test_ctrl_c_ends_serve_igtl_while_the_outbox_waits_for_a_silent_pacs(tmp_pat
     assert time.monotonic() - t0 < 15
     assert code == 3 and "pending" in command.stdout  # LEFT_IN_OUTBOX, reported
     assert list((tmp_path / "outbox" / "pending").glob("*.dcm"))
+
+
+def test_an_rdsr_that_cannot_be_made_loses_only_itself(tmp_path, capsys, monkeypatch):
+    from sifluoro.plugin import keyframes
+    from tests.dicom_fixtures import RunSpec, write_study
+
+    write_study(tmp_path / "in", [RunSpec(0.0), RunSpec(5.0)])
+
+    def failing(*args, **kwargs):
+        raise ValueError("a header value the RDSR writer refuses")
+
+    monkeypatch.setattr(keyframes, "write_rdsr", failing)
+    code, out, pending = _export(tmp_path, capsys, tmp_path / "in")
+    assert code == 1 and "RDSR: ValueError" in out.err
+    classes = [pydicom.dcmread(p, stop_before_pixels=True).SOPClassUID for p in pending]
+    assert RDSR not in classes and classes.count(SC) >= 2

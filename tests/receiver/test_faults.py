@@ -320,8 +320,12 @@ def test_a_receiver_that_cannot_start_touches_no_spool(tmp_path, start_receiver,
     from tests.receiver.helpers import free_port
 
     first = start_receiver(tmp_path / "spool")
+    in_flight = tmp_path / "spool" / "1.2.3" / ".1.2.3.4.abc.part"  # an instance being written
+    in_flight.parent.mkdir()
+    in_flight.write_bytes(b"\0" * 100)
     second = _receive(tmp_path / "spool", free_port())
     assert second.returncode == 2 and "in use by another receiver" in second.stderr
+    assert in_flight.exists()
     assert first.terminate() == 0
 
     spool = Spool(tmp_path / "unfinished")

@@ -305,3 +305,67 @@ def test_an_idle_study_is_forgotten_and_rebuilt_when_it_gets_more(tmp_path):
     again = LiveStudies(spool, workers=2)
     assert again.resume() == [] and again._studies == {}  # finished studies stay on disk
     again.close()
+
+
+def test_a_duplicate_for_a_forgotten_study_keeps_its_summary_and_is_forgotten_again(tmp_path):
+    paths = write_study(tmp_path / "a", SPECS[:2])
+    study_uid = file_uids(paths[0])[0]
+    spool = Spool(tmp_path / "spool")
+    live = LiveStudies(spool, stages=[], workers=2, idle_evict_s=0.0)
+    for path in paths:
+        _feed(live, spool, path)
+    assert live.wait_idle(30)
+    _feed(live, spool, write_study(tmp_path / "b", SPECS[:1])[0])  # forgets the first
+    assert live.wait_idle(30)
+    before = live.summary(study_uid)
+    data = paths[0].read_bytes()
+    assert not live.store(study_uid, file_uids(paths[0])[1],  # sent again: a duplicate
+                          lambda: spool.write_temp(study_uid, file_uids(paths[0])[1], data))
+    assert live.summary(study_uid)["frames"] == before["frames"] == 7
+    _feed(live, spool, write_study(tmp_path / "c", SPECS[:1])[0])
+    assert live.wait_idle(30)
+    assert study_uid not in live._studies  # rebuilt for the duplicate check, forgotten again
+    live.close()
+
+
+def test_resume_removes_a_study_folder_a_refused_instance_left_empty(tmp_path):
+    spool = Spool(tmp_path / "spool")
+    empty = spool.study_dir("1.2.3.4.5")
+    empty.mkdir()
+    live = LiveStudies(spool, stages=[], workers=2)
+    assert live.resume() == []
+    live.close()
+    assert not empty.exists()
+
+
+def test_events_that_cannot_be_written_lose_no_dose(tmp_path, monkeypatch):
+    """An events append fails once (a full disk): the instance is not rejected, the rest of
+    its run still counts, and the failure is counted for the exit status."""
+    from sifluoro.acquire import live as live_module
+
+    paths = write_study(tmp_path / "a", SPECS[:2])
+    study_uid = file_uids(paths[0])[0]
+    reference = Spool(tmp_path / "reference")
+    live = LiveStudies(reference, stages=[], workers=2)
+    for path in paths:
+        _feed(live, reference, path)
+    live.close()
+    append, calls = live_module.EventLog.append, []
+
+    def failing(self, event):
+        calls.append(event["index"])
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        append(self, event)
+
+    monkeypatch.setattr(live_module.EventLog, "append", failing)
+    spool = Spool(tmp_path / "spool")
+    live = LiveStudies(spool, stages=[], workers=2)
+    for path in paths:
+        _feed(live, spool, path)
+    live.close()
+    got = json.loads((spool.study_dir(study_uid) / "summary.json").read_text())
+    expected = json.loads((reference.study_dir(study_uid) / "summary.json").read_text())
+    assert got["frames"] == expected["frames"] and got["rejected_files"] == []
+    assert got["air_kerma_mgy"] == expected["air_kerma_mgy"]
+    assert live.output_errors == 1

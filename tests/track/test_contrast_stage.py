@@ -314,7 +314,7 @@ def test_one_stage_serves_two_studies_at_the_same_time(phantom):
                 index += 1
         frames.append(out)
     results: list[list] = [[], []]
-    barrier = threading.Barrier(2)
+    barrier = threading.Barrier(2, timeout=120)  # a failing thread breaks it: no hang
 
     def work(k: int) -> None:
         state = pipeline.start_study(str(k))
