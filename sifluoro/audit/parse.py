@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import logging
 import re
+import struct
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -105,7 +106,8 @@ def _fast_report(path: str, data: bytes, sha: str, link_key: bytes | None) -> Pa
     """The report through the lean parser, or None to take the pydicom path instead."""
     try:
         ds = parse_sr_bytes(data)
-    except (FastPathUnsupported, UnicodeDecodeError, IndexError, ValueError, KeyError):
+    except (FastPathUnsupported, UnicodeDecodeError, IndexError, ValueError, KeyError,
+            struct.error):  # struct.error: a file cut short; pydicom then says why
         return None
     if str(ds.get("SOPClassUID", "")) not in SR_SOP_CLASSES:
         return None

@@ -46,6 +46,26 @@ def test_fast_parser_leaves_what_it_does_not_cover_to_pydicom(tmp_path):
     assert rejected.kind == "rejected" and "not a DICOM file" in rejected.reason
 
 
+def test_a_report_cut_short_is_rejected_and_ingest_goes_on(tmp_path):
+    """Cut at many places (a partial copy, a transfer cut short), a report is rejected with a
+    reason (or read, when only its tail is gone), never raised out of parse_file; ingest
+    keeps the other files."""
+    from sifluoro.audit.ingest import ingest
+
+    corpus = write_corpus(tmp_path)
+    data = corpus["rdsrs"][0].read_bytes()
+    folder = tmp_path / "cut"
+    folder.mkdir()
+    for cut in range(200, len(data) - 1, max(1, (len(data) - 200) // 60)):
+        path = folder / f"cut{cut:06d}.dcm"
+        path.write_bytes(data[:cut])
+        parsed = parse_file(path)
+        assert parsed.kind == "rdsr" or (parsed.kind == "rejected" and parsed.reason), cut
+    (folder / "whole.dcm").write_bytes(data)
+    result = ingest([folder], str(tmp_path / "registry.db")).as_dict()
+    assert result["parsed"] == result["files"] and result["studies_new"] == 1, result
+
+
 @pytest.mark.parametrize("study, requested, label", [
     ("SI joint injection", None, "SI joint injection"),
     ("SIJ inj. left", None, "SI joint injection"),
