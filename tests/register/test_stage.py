@@ -239,6 +239,34 @@ def test_a_faint_single_line_is_taken_for_non_superimposed_margins():
     assert results[0.07] is not None and results[0.07].doubled
 
 
+def test_superior_depth_ratio():
+    from sifluoro.register.joint import superior_depth_ratio
+    assert superior_depth_ratio(np.full(30, 5.0)) == pytest.approx(1.0)
+    # fading inferiorly (the joint turns into the sciatic notch) or in the middle: not faint above
+    assert superior_depth_ratio(np.r_[np.full(10, 9.0), np.full(10, 8.0), np.full(10, 3.0)]) > 1.0
+    assert superior_depth_ratio(np.r_[np.full(10, 8.0), np.full(10, 2.0), np.full(10, 6.0)]) > 1.0
+    assert superior_depth_ratio(np.r_[np.full(10, 2.0), np.full(10, 4.0), np.full(10, 8.0)]) == pytest.approx(0.25)
+    assert superior_depth_ratio(np.array([1.0, 2.0])) == 1.0
+
+
+@pytest.mark.parametrize("faint_rows, top_row", [(None, 51), ((20, 72), 70), ((70, 90), 51),
+                                                 ((90, 140), 51)])
+def test_a_line_faint_over_its_superior_third_loses_it(faint_rows, top_row):
+    """A line that runs on past the joint's superior end along a fainter outline: its faint
+    superior third is cut off; one that fades in the middle or inferiorly keeps its length."""
+    from sifluoro.imaging import WorkingGrid
+    from sifluoro.register.joint import segment_joint
+    grid = WorkingGrid(1, 0.6)
+    usable = np.ones((160, 160), bool)
+    image = _synthetic_joint(-0.3)
+    if faint_rows is not None:
+        a, b = faint_rows
+        image[a:b] = 0.6 + 0.3 * (image[a:b] - 0.6)  # the whole line found runs on rows 51-107
+    line = segment_joint(image, grid=grid, usable=usable, side="L")
+    assert line is not None and abs(line.polyline_xy[0, 1] - top_row) <= 1
+    assert line.polyline_xy[-1, 1] == pytest.approx(107, abs=1)
+
+
 def test_window_leaves_out_a_notch_outline_too_oblique_for_a_joint():
     """The path runs down a joint (near vertical) and on along the sciatic notch (45 degrees),
     as strongly: the kept window is the joint, not the more inferior notch."""
