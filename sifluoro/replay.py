@@ -62,7 +62,7 @@ def replay(inputs: Iterable[str | Path], *, events_path: str | Path, summary_pat
             rejected.append(Rejection(path, f"{exc.tag}: {exc.reason}" if exc.tag else exc.reason))
             continue
         if report.study_instance_uid == study.study_instance_uid:
-            state.dose.use_report(report)
+            state.dose.use_report(report, study.runs)
     for run in study.runs:
         pipeline.prepare_run(run, state)
     events_path = Path(events_path)

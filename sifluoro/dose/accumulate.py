@@ -15,6 +15,7 @@ Where the numbers come from, per run, first found wins:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterable
 
 import numpy as np
 from pydicom.uid import generate_uid
@@ -127,17 +128,25 @@ class DoseAccumulator:
         self._runs: dict[str, RunDose] = {}
         self._tallies: dict[str, _RunTally] = {}
         self._report_events: dict[str, IrradiationEvent] = {}
+        self._event_frames: dict[int, int] = {}  # id(event) -> frames of the runs it covers
         self._srdl_fired: set[str] = set()
 
-    def use_report(self, report: StudyDose) -> None:
+    def use_report(self, report: StudyDose, runs: Iterable[Run] = ()) -> None:
         """Take run doses from a dose report of the study for the runs its events reference.
 
-        Call before the runs are prepared. Events reference runs through their Acquired Image
-        items (SOP Instance UIDs); fluoroscopy that was not stored as images has none.
+        Call before the runs are prepared, with the study's ``runs``. Events reference runs
+        through their Acquired Image items (SOP Instance UIDs); fluoroscopy that was not
+        stored as images has none. An event that references several runs (one instance per
+        frame, say) is shared among all their frames; without ``runs``, the runs it
+        references are taken to have as many frames each as the one being prepared.
         """
+        frames = {run.sop_instance_uid: max(1, run.n_frames) for run in runs}
         for event in report.events:
+            known = [frames[uid] for uid in event.sop_instance_uids if uid in frames]
             for uid in event.sop_instance_uids:
                 self._report_events[uid] = event
+            if known:
+                self._event_frames[id(event)] = sum(known)
 
     def prepare(self, run: Run) -> RunDose:
         """Work out a run's per-frame dose once (called before its first frame is needed)."""
@@ -149,7 +158,11 @@ class DoseAccumulator:
         kerma_values = _per_frame(tech.reported_air_kerma_mgy_per_frame, run.n_frames)
         dap_values = _per_frame(tech.reported_dap_gycm2_per_frame, run.n_frames)
         if event is not None and (event.dap_gycm2 is not None or event.air_kerma_mgy is not None):
-            dose = RunDose((event.air_kerma_mgy or 0.0) / n, (event.dap_gycm2 or 0.0) / n, "rdsr")
+            # the event's dose over every frame it covers, not over this run's alone
+            shared = self._event_frames.get(id(event),
+                                            n * max(1, len(event.sop_instance_uids)))
+            dose = RunDose((event.air_kerma_mgy or 0.0) / shared,
+                           (event.dap_gycm2 or 0.0) / shared, "rdsr")
         elif (tech.reported_dap_gycm2 is not None or tech.reported_air_kerma_mgy is not None
               or kerma_values is not None or dap_values is not None):
             estimate = None
@@ -305,7 +318,7 @@ def accumulate_study(study: Study, settings: DoseSettings, *, report: StudyDose 
     empty = np.zeros((0, 0), dtype=np.uint16)
     dose = DoseAccumulator(settings)
     if report is not None:
-        dose.use_report(report)
+        dose.use_report(report, study.runs)
     index = 0
     for run in study.runs:
         dose.prepare(run)

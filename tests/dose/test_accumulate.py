@@ -167,6 +167,24 @@ def test_rdsr_attached_to_accumulator_wins_for_its_runs(tmp_path):
     assert dose.source == "mixed"
 
 
+def test_an_rdsr_event_that_references_several_runs_is_shared_among_their_frames(tmp_path):
+    """An event naming two instances (one exposure stored as two files) counts its dose once,
+    split over the 4 + 2 frames by frame, not once per instance."""
+    from sifluoro.dose.records import IrradiationEvent, StudyDose
+
+    write_study(tmp_path, [RunSpec(0.0, n_frames=4, size=16), RunSpec(10.0, n_frames=2, size=16)])
+    study = read_study([tmp_path])
+    report = StudyDose(study.study_instance_uid, "rdsr", Device(), events=(
+        IrradiationEvent("1.2.3", "fluoroscopy", dap_gycm2=1.2, air_kerma_mgy=12.0,
+                         sop_instance_uids=tuple(r.sop_instance_uid for r in study.runs)),),
+        planes=())
+    dose = accumulate_study(study, DoseSettings(), report=report)
+    assert dose.totals.air_kerma_mgy == pytest.approx(12.0)
+    assert dose.totals.dap_gycm2 == pytest.approx(1.2)
+    assert [e.air_kerma_mgy for e in dose.events()] == pytest.approx([8.0, 4.0])
+    assert dose.source == "rdsr"
+
+
 def test_summary_of_image_study_and_cli_table(tmp_path):
     write_study(tmp_path, [RunSpec(0.0, n_frames=10, size=16),
                            RunSpec(30.0, n_frames=3, size=16, tech=technique(radiation_setting="GR",
