@@ -86,6 +86,14 @@ _K = SimpleNamespace(**{name: C.key(getattr(C.DCM, name)) for name in (
     "XRayRadiationDoseReport",)})
 
 
+def _by_sifluoro(ds) -> bool:
+    """Whether sifluoro wrote the report (its name in Software Versions, as ``write_rdsr``
+    puts it): such a report repeats the device's exposures under event UIDs of its own."""
+    versions = ds.get("SoftwareVersions") or []
+    versions = [versions] if isinstance(versions, (str, bytes)) else list(versions)
+    return any(str(v).startswith("sifluoro ") for v in versions)
+
+
 def is_dose_report(ds: Dataset) -> bool:
     """True for an SR whose root concept is X-Ray Radiation Dose Report (113701)."""
     if str(ds.get("SOPClassUID", "")) not in SR_SOP_CLASSES:
@@ -228,7 +236,8 @@ class _Reader:
         return StudyDose(study_instance_uid=study_uid, source="rdsr", device=device,
                          events=tuple(events), planes=tuple(planes), path=self.path,
                          dose_source="rdsr", planes_from_report=from_report,
-                         scope_study_instance_uid=scope_uid)
+                         scope_study_instance_uid=scope_uid,
+                         by_sifluoro=_by_sifluoro(ds))
 
     def device(self, ds: Dataset) -> Device:
         found = {}

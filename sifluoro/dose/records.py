@@ -123,6 +123,9 @@ class StudyDose:
     planes_from_report: bool = True
     scope_study_instance_uid: str | None = None
     srdl_exceeded: tuple[str, ...] = ()
+    #: a report sifluoro wrote (from the images, or copied from a device report): the
+    #: device's own report of the same study, when there is one, supersedes it
+    by_sifluoro: bool = False
 
     def _sum(self, attr: str) -> float:
         return float(sum(getattr(p, attr) or 0.0 for p in self.planes))

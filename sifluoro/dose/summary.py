@@ -4,7 +4,9 @@ RDSRs are read with :func:`read_rdsr`; image studies are accumulated from their 
 :class:`DoseAccumulator` (no pixels decoded). When a study has both, the report wins: it
 counts fluoroscopy that was never stored as images. Several reports of one study are merged:
 a report whose events are all in another one is superseded by it (a later, cumulative report);
-disjoint reports (one per performed procedure step) are added.
+disjoint reports (one per performed procedure step) are added; a report sifluoro wrote
+(``replay --rdsr``, the plug-in) is left out when the device's own report is there (it repeats
+the device's exposures under event UIDs of its own).
 """
 from __future__ import annotations
 
@@ -67,6 +69,10 @@ def summarize(paths: Iterable[str | Path], *, settings: DoseSettings | None = No
 
 def merge_reports(reports: list[StudyDose]) -> StudyDose:
     """One StudyDose from several reports of the same study (see the module notes)."""
+    if any(not r.by_sifluoro for r in reports):
+        # sifluoro's report repeats the device's exposures under event UIDs of its own:
+        # adding it would count them twice
+        reports = [r for r in reports if not r.by_sifluoro]
     kept = []
     for report in sorted(reports, key=lambda r: -len(r.events)):
         uids = {e.event_uid for e in report.events}

@@ -241,3 +241,41 @@ def test_with_srdl_reached_names_each_level_the_totals_reach():
     assert with_srdl_reached(study(600.0, 10.0, 10.0), s).srdl_exceeded == ("dap",)
     assert with_srdl_reached(study(600.0, 10.0, 10.0), DoseSettings(srdl_dap_gycm2=0.0)).srdl_exceeded == ()
     assert with_srdl_reached(study(0.0, 0.0, 0.0, ("air_kerma",)), s).srdl_exceeded == ("air_kerma",)
+
+
+def test_the_devices_report_and_sifluoros_of_one_study_count_once(tmp_path):
+    """replay --rdsr beside the C-arm's own report: sifluoro's report repeats the device's
+    exposures under event UIDs of its own; dose summary and the audit registry take the
+    device's report alone (they added the two)."""
+    import pydicom
+    from pydicom.uid import generate_uid
+    from sqlalchemy import select
+
+    from sifluoro.audit.ingest import ingest
+    from sifluoro.audit.schema import StudyRow, open_registry
+    from sifluoro.dose.rdsr_write import write_rdsr
+    from sifluoro.dose.records import IrradiationEvent, StudyDose, totals_from_events
+
+    write_study(tmp_path / "in" / "images", [RunSpec(0.0, n_frames=8), RunSpec(20.0, n_frames=8)])
+    study = read_study([tmp_path / "in" / "images"])
+    events = [IrradiationEvent(generate_uid(), "fluoroscopy", dap_gycm2=1.0, air_kerma_mgy=10.0,
+                               dose_source="rdsr", irradiation_duration_s=2.0,
+                               sop_instance_uids=(run.sop_instance_uid,)) for run in study.runs]
+    events.append(IrradiationEvent(generate_uid(), "fluoroscopy", dap_gycm2=3.0, air_kerma_mgy=30.0,
+                                   dose_source="rdsr", irradiation_duration_s=6.0))
+    device = StudyDose(study.study_instance_uid, "rdsr", study.device, tuple(events),
+                       (totals_from_events("single", events),))
+    path = write_rdsr(study, device, tmp_path / "in" / "device.dcm")
+    ds = pydicom.dcmread(path)
+    ds.SoftwareVersions = "VD11C"  # the C-arm's report, as its vendor writes it
+    ds.save_as(path)
+    write_rdsr(study, accumulate_study(study, DoseSettings(), report=device),
+               tmp_path / "in" / "sifluoro.dcm")
+    studies, _ = summarize([tmp_path / "in"])
+    assert len(studies) == 1
+    assert (studies[0].dap_gycm2, studies[0].air_kerma_mgy) == (pytest.approx(5.0), pytest.approx(50.0))
+    engine = open_registry(str(tmp_path / "registry.db"))
+    ingest([tmp_path / "in"], engine)
+    with engine.connect() as connection:
+        rows = list(connection.execute(select(StudyRow.dap_gycm2, StudyRow.air_kerma_mgy)))
+    assert rows == [(pytest.approx(5.0), pytest.approx(50.0))]
