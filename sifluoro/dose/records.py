@@ -84,8 +84,14 @@ def totals_from_events(plane: str, events: list[IrradiationEvent] | tuple[Irradi
     def duration(e: IrradiationEvent) -> float:
         if e.irradiation_duration_s is not None:
             return e.irradiation_duration_s
-        if e.n_pulses and e.pulse_rate_per_s:
+        if e.n_pulses and e.n_pulses > 1 and e.pulse_rate_per_s:
             return e.n_pulses / e.pulse_rate_per_s
+        # a single shot: its own exposure, not one period of a nominal rate (Siemens gives
+        # 1 pulse at 0.01/s: 100 s)
+        if e.exposure_time_ms is not None:  # the event's whole exposure (113824)
+            return e.exposure_time_ms / 1000.0
+        if e.pulse_width_ms is not None:
+            return e.pulse_width_ms / 1000.0 * (e.n_pulses or 1)
         return 0.0
 
     return PlaneTotals(

@@ -174,3 +174,17 @@ def test_acquired_images_link_events_to_runs(tmp_path):
     assert dose.events[0].sop_instance_uids == ("1.2.3.4",)
     assert dose.events[0].protocol == "SI L"
     assert ACQ[0] == "113611"
+
+
+def test_a_single_shot_lasts_its_exposure_not_one_period_of_a_nominal_rate():
+    """Siemens single-shot acquisitions: 1 pulse at 0.01/s, no Irradiation Duration; summed
+    from events they counted 100 s each. A run of pulses lasts pulses / rate."""
+    from sifluoro.dose.records import IrradiationEvent, totals_from_events
+
+    shot = IrradiationEvent("1.1", "acquisition", n_pulses=1, pulse_rate_per_s=0.01,
+                            exposure_time_ms=90.0)
+    width_only = IrradiationEvent("1.2", "acquisition", n_pulses=2, pulse_width_ms=8.0)
+    fluoro = IrradiationEvent("1.3", "fluoroscopy", n_pulses=100, pulse_rate_per_s=10.0)
+    totals = totals_from_events("single", [shot, width_only, fluoro])
+    assert totals.acquisition_time_s == pytest.approx(0.09 + 0.016)
+    assert totals.fluoro_time_s == pytest.approx(10.0)
