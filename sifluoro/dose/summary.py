@@ -78,6 +78,8 @@ def merge_reports(reports: list[StudyDose]) -> StudyDose:
         uids = {e.event_uid for e in report.events}
         if any(uids <= {e.event_uid for e in k.events} for k in kept) and uids:
             continue  # superseded by a cumulative report already kept
+        if not uids and any(not k.events and k.planes == report.planes for k in kept):
+            continue  # a totals-only report sent again
         kept.append(report)
     if len(kept) == 1:
         return kept[0]

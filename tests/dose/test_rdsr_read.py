@@ -188,3 +188,17 @@ def test_a_single_shot_lasts_its_exposure_not_one_period_of_a_nominal_rate():
     totals = totals_from_events("single", [shot, width_only, fluoro])
     assert totals.acquisition_time_s == pytest.approx(0.09 + 0.016)
     assert totals.fluoro_time_s == pytest.approx(10.0)
+
+
+def test_a_totals_only_report_sent_twice_counts_once():
+    from sifluoro.dose.records import PlaneTotals, StudyDose
+    from sifluoro.dose.summary import merge_reports
+    from sifluoro.model import Device
+
+    plane = PlaneTotals("single", dap_gycm2=0.09, air_kerma_mgy=1.4, fluoro_time_s=18.0)
+    first = StudyDose("1.2.3", "rdsr", Device(), events=(), planes=(plane,), path="a.dcm")
+    again = StudyDose("1.2.3", "rdsr", Device(), events=(), planes=(plane,), path="b.dcm")
+    other = StudyDose("1.2.3", "rdsr", Device(), events=(),
+                      planes=(PlaneTotals("single", dap_gycm2=0.5, air_kerma_mgy=2.0),), path="c.dcm")
+    assert merge_reports([first, again]).dap_gycm2 == pytest.approx(0.09)
+    assert merge_reports([first, again, other]).dap_gycm2 == pytest.approx(0.59)  # another step
