@@ -138,11 +138,7 @@ def _report_file(path: str, sha: str, size: int, ds, report: StudyDose,
         starts = [e.start for e in report.events if e.start is not None]
         study_date = min(starts).date() if starts else None
     return ParsedFile(path, sha, size, RDSR, sop_instance_uid=str(ds.get("SOPInstanceUID", "") or ""),
-                      # the study whose dose it reports (its Scope of Accumulation), as
-                      # dose summary groups it: filed in a study of its own, it is still the
-                      # images' study
-                      study_instance_uid=(report.scope_study_instance_uid
-                                          or report.study_instance_uid), report=report,
+                      study_instance_uid=report.study_instance_uid, report=report,
                       procedure=procedure, procedure_known=known, study_date=study_date,
                       patient_key=patient_key(ds, link_key))
 

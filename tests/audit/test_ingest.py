@@ -197,34 +197,3 @@ def test_vendor_reports_ingest_with_their_planes(db_url):
                 assert row["dap_gycm2"] == pytest.approx(plane.dap_gycm2, rel=1e-12)
             assert got[uid]["air_kerma_mgy"] == pytest.approx(study.air_kerma_mgy, rel=1e-12)
     engine.dispose()
-
-
-def test_a_report_filed_in_a_study_of_its_own_joins_the_study_it_reports(tmp_path):
-    """Its Scope of Accumulation names the images' study: one study in the registry, its dose
-    the report's, as dose summary counts it (two studies and the dose twice before)."""
-    import pydicom
-    from pydicom.uid import generate_uid
-    from sqlalchemy import select
-
-    from sifluoro.acquire.dicom_reader import read_study
-    from sifluoro.config import DoseSettings
-    from sifluoro.dose.accumulate import accumulate_study
-    from sifluoro.dose.rdsr_write import write_rdsr
-    from sifluoro.dose.summary import summarize
-    from sifluoro.audit.schema import StudyRow, open_registry
-    from tests.dicom_fixtures import RunSpec, write_study
-
-    write_study(tmp_path / "in" / "images", [RunSpec(0.0, n_frames=8), RunSpec(20.0, n_frames=8)])
-    study = read_study([tmp_path / "in" / "images"])
-    path = write_rdsr(study, accumulate_study(study, DoseSettings()), tmp_path / "in" / "rdsr.dcm")
-    ds = pydicom.dcmread(path)
-    ds.StudyInstanceUID = generate_uid()  # the report in a study of its own
-    ds.save_as(path)
-    summary, _ = summarize([tmp_path / "in"])
-    engine = open_registry(str(tmp_path / "registry.db"))
-    ingest([tmp_path / "in"], engine)
-    with engine.connect() as connection:
-        rows = connection.execute(select(StudyRow.study_instance_uid, StudyRow.source,
-                                         StudyRow.dap_gycm2)).all()
-    assert len(summary) == 1 and len(rows) == 1
-    assert rows[0] == (study.study_instance_uid, "rdsr", pytest.approx(summary[0].dap_gycm2))
