@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -192,6 +192,7 @@ class _Writer:
         counts = [0, 0]
         rejected: list[Rejection] = []
         with Session(self.engine) as conn, conn.begin():
+            _lock_registry(conn)
             existing = dict(conn.execute(select(StudyRow.study_instance_uid, StudyRow.id)
                                          .where(StudyRow.study_instance_uid.in_(list(batch)))).all())
             earlier = self._earlier_files(conn, existing, batch)
@@ -271,11 +272,33 @@ class _Writer:
     def _device_id(self, conn: Session, device: Device, new: dict[tuple, int]) -> int:
         key = (device.manufacturer, device.model, device.serial_number, device.station_name)
         found = self.devices.get(key) or new.get(key)
+        if found is None:  # another ingest may have written it since this one started
+            found = conn.execute(select(DeviceRow.id).where(
+                *(getattr(DeviceRow, name) == value for name, value in zip(
+                    ("manufacturer", "model", "serial_number", "station_name"), key)))
+            ).scalar()
+            if found is not None:
+                new[key] = found
         if found is None:
             found = conn.execute(insert(DeviceRow).returning(DeviceRow.id), [dict(zip(
                 ("manufacturer", "model", "serial_number", "station_name"), key))]).scalar_one()
             new[key] = found
         return found
+
+
+#: pg_advisory_xact_lock key of a registry batch ("SIFL")
+_BATCH_LOCK_KEY = 0x5349464C
+
+
+def _lock_registry(conn: Session) -> None:
+    """Hold the registry for this batch's transaction, so that two ingests at the same time
+    take turns per batch (each then sees the other's studies and devices) instead of one
+    failing on a duplicate row: an advisory lock on PostgreSQL, the write lock on SQLite
+    (another writer waits for it: the driver's busy timeout)."""
+    if conn.get_bind().dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _BATCH_LOCK_KEY})
+    else:  # a write, so that SQLite takes its write lock before this batch reads anything
+        conn.execute(text("UPDATE schema_version SET version = version WHERE 0"))
 
 
 def _dedupe(files: list[ParsedFile]) -> list[ParsedFile]:

@@ -197,3 +197,52 @@ def test_vendor_reports_ingest_with_their_planes(db_url):
                 assert row["dap_gycm2"] == pytest.approx(plane.dap_gycm2, rel=1e-12)
             assert got[uid]["air_kerma_mgy"] == pytest.approx(study.air_kerma_mgy, rel=1e-12)
     engine.dispose()
+
+
+def test_two_ingests_at_once_take_turns_per_batch(db_url, tmp_path, monkeypatch):
+    """Two ingests write the same new study and device at the same time: the second waits for
+    the first's batch (a registry lock per batch), then finds its study and device and adds to
+    them, instead of failing on a duplicate row (it did)."""
+    import threading
+    import time
+
+    from sifluoro.audit.parse import parse_file
+    from sifluoro.audit.schema import DeviceRow
+    from tests.dicom_fixtures import RunSpec, write_study
+
+    uid = "1.2.826.0.1.3680043.8.498.4242"
+    first = write_study(tmp_path / "a", [RunSpec(0.0, n_frames=4)], study_uid=uid)[0]
+    second = write_study(tmp_path / "b", [RunSpec(30.0, n_frames=4)], study_uid=uid)[0]
+    engine = open_registry(db_url)
+    settings = AuditSettings()
+    writer_a, writer_b = ingest_module._Writer(engine, settings), ingest_module._Writer(engine, settings)
+    results, errors, waited = [], [], []
+    compute = ingest_module.study_dose
+
+    def run(writer, path):
+        try:
+            result = ingest_module.IngestResult()
+            writer.write_batch({uid: [parse_file(path)]}, result)
+            results.append(result)
+        except Exception as exc:  # the failure this test is about
+            errors.append(exc)
+
+    other = threading.Thread(target=run, args=(writer_b, second))
+
+    def first_computes(*args, **kwargs):  # inside A's batch: B starts and must wait for it
+        monkeypatch.setattr(ingest_module, "study_dose", compute)
+        other.start()
+        time.sleep(0.5)
+        waited.append(other.is_alive())
+        return compute(*args, **kwargs)
+
+    monkeypatch.setattr(ingest_module, "study_dose", first_computes)
+    run(writer_a, first)
+    other.join(60)
+    assert errors == [] and waited == [True]
+    assert [(r.studies_new, r.studies_updated) for r in results] == [(1, 0), (0, 1)]
+    studies = _studies(engine)
+    assert list(studies) == [uid] and _counts(engine)["instances"] == 2
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(DeviceRow)).scalar_one() == 1
+    engine.dispose()
