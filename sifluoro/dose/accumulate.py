@@ -127,8 +127,9 @@ class DoseAccumulator:
         self.alerts: list[DoseAlert] = []
         self._runs: dict[str, RunDose] = {}
         self._tallies: dict[str, _RunTally] = {}
-        self._report_events: dict[str, IrradiationEvent] = {}
-        self._event_frames: dict[int, int] = {}  # id(event) -> frames of the runs it covers
+        # run SOP Instance UID -> the report's events that name it, with each event's frames
+        # over the distinct runs it names (its dose is spread over those frames)
+        self._report_events: dict[str, list[tuple[IrradiationEvent, int | None]]] = {}
         self._srdl_fired: set[str] = set()
 
     def use_report(self, report: StudyDose, runs: Iterable[Run] = ()) -> None:
@@ -142,11 +143,10 @@ class DoseAccumulator:
         """
         frames = {run.sop_instance_uid: max(1, run.n_frames) for run in runs}
         for event in report.events:
-            known = [frames[uid] for uid in event.sop_instance_uids if uid in frames]
-            for uid in event.sop_instance_uids:
-                self._report_events[uid] = event
-            if known:
-                self._event_frames[id(event)] = sum(known)
+            named = list(dict.fromkeys(event.sop_instance_uids))  # an instance named twice: once
+            known = [frames[uid] for uid in named if uid in frames]
+            for uid in named:
+                self._report_events.setdefault(uid, []).append((event, sum(known) or None))
 
     def prepare(self, run: Run) -> RunDose:
         """Work out a run's per-frame dose once (called before its first frame is needed)."""
@@ -154,15 +154,19 @@ class DoseAccumulator:
         if found is not None:
             return found
         tech, n = run.technique, max(1, run.n_frames)
-        event = self._report_events.get(run.sop_instance_uid)
+        events = [(e, shared) for e, shared in self._report_events.get(run.sop_instance_uid, ())
+                  if e.dap_gycm2 is not None or e.air_kerma_mgy is not None]
         kerma_values = _per_frame(tech.reported_air_kerma_mgy_per_frame, run.n_frames)
         dap_values = _per_frame(tech.reported_dap_gycm2_per_frame, run.n_frames)
-        if event is not None and (event.dap_gycm2 is not None or event.air_kerma_mgy is not None):
-            # the event's dose over every frame it covers, not over this run's alone
-            shared = self._event_frames.get(id(event),
-                                            n * max(1, len(event.sop_instance_uids)))
-            dose = RunDose((event.air_kerma_mgy or 0.0) / shared,
-                           (event.dap_gycm2 or 0.0) / shared, "rdsr")
+        if events:
+            # each event's dose over every frame it covers (all the runs it names), summed over
+            # the events that name this run
+            kerma = dap = 0.0
+            for e, shared in events:
+                shared = shared or n * len(dict.fromkeys(e.sop_instance_uids))
+                kerma += (e.air_kerma_mgy or 0.0) / shared
+                dap += (e.dap_gycm2 or 0.0) / shared
+            dose = RunDose(kerma, dap, "rdsr")
         elif (tech.reported_dap_gycm2 is not None or tech.reported_air_kerma_mgy is not None
               or kerma_values is not None or dap_values is not None):
             estimate = None

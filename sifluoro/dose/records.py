@@ -73,6 +73,10 @@ class PlaneTotals:
     reference_point: str = ""
 
 
+#: pulse rates below this (per s) are nominal placeholders, not a run's rate
+PLAUSIBLE_PULSE_RATE = 0.5
+
+
 def totals_from_events(plane: str, events: list[IrradiationEvent] | tuple[IrradiationEvent, ...],
                        *, reference_point: str = "") -> PlaneTotals:
     """Accumulated totals of one plane computed from its events (missing values count as 0)."""
@@ -84,10 +88,10 @@ def totals_from_events(plane: str, events: list[IrradiationEvent] | tuple[Irradi
     def duration(e: IrradiationEvent) -> float:
         if e.irradiation_duration_s is not None:
             return e.irradiation_duration_s
-        if e.n_pulses and e.n_pulses > 1 and e.pulse_rate_per_s:
+        if e.n_pulses and e.pulse_rate_per_s and e.pulse_rate_per_s >= PLAUSIBLE_PULSE_RATE:
             return e.n_pulses / e.pulse_rate_per_s
-        # a single shot: its own exposure, not one period of a nominal rate (Siemens gives
-        # 1 pulse at 0.01/s: 100 s)
+        # no usable rate (Siemens gives single shots 1 pulse at 0.01/s: 100 s each): the
+        # beam-on time instead
         if e.exposure_time_ms is not None:  # the event's whole exposure (113824)
             return e.exposure_time_ms / 1000.0
         if e.pulse_width_ms is not None:

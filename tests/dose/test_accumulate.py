@@ -279,3 +279,33 @@ def test_the_devices_report_and_sifluoros_of_one_study_count_once(tmp_path):
     with engine.connect() as connection:
         rows = list(connection.execute(select(StudyRow.dap_gycm2, StudyRow.air_kerma_mgy)))
     assert rows == [(pytest.approx(5.0), pytest.approx(50.0))]
+
+
+@pytest.mark.parametrize("case", ["shared run", "two events one run", "named twice", "one present"])
+def test_events_and_runs_that_are_not_one_to_one_keep_the_events_dose(tmp_path, case):
+    """E(1.0) names r1 and r2 and E(2.0) names r2; two events name r1; an event names r1
+    twice; an event names r1 and r2 with only r1 present: the frames seen carry the dose of
+    every event that names them, each event spread over the distinct runs present it names."""
+    from sifluoro.dose.records import IrradiationEvent, StudyDose
+    from sifluoro.model import Study
+
+    write_study(tmp_path, [RunSpec(0.0, n_frames=4, size=16), RunSpec(10.0, n_frames=2, size=16)])
+    study = read_study([tmp_path])
+    r1, r2 = study.runs
+
+    def event(uid, dap, *runs):
+        return IrradiationEvent(uid, "acquisition", dap_gycm2=dap, air_kerma_mgy=10 * dap,
+                                sop_instance_uids=tuple(r.sop_instance_uid for r in runs))
+    events, expected = {
+        "shared run": ([event("1.1", 1.0, r1, r2), event("1.2", 2.0, r2)], 3.0),
+        "two events one run": ([event("1.1", 1.0, r1), event("1.2", 2.0, r1)], 3.0),
+        "named twice": ([event("1.1", 1.0, r1, r1)], 1.0),
+        "one present": ([event("1.1", 1.0, r1, r2)], 1.0),
+    }[case]
+    if case == "one present":
+        study = Study(study.study_instance_uid, (r1,))
+    report = StudyDose(study.study_instance_uid, "rdsr", Device(), events=tuple(events), planes=())
+    dose = accumulate_study(study, DoseSettings(), report=report)
+    from_report = [e for e in dose.events() if e.dose_source == "rdsr"]  # a run not named: estimated
+    assert sum(e.dap_gycm2 for e in from_report) == pytest.approx(expected)
+    assert sum(e.air_kerma_mgy for e in from_report) == pytest.approx(10 * expected)

@@ -185,9 +185,11 @@ def test_a_single_shot_lasts_its_exposure_not_one_period_of_a_nominal_rate():
                             exposure_time_ms=90.0)
     width_only = IrradiationEvent("1.2", "acquisition", n_pulses=2, pulse_width_ms=8.0)
     fluoro = IrradiationEvent("1.3", "fluoroscopy", n_pulses=100, pulse_rate_per_s=10.0)
-    totals = totals_from_events("single", [shot, width_only, fluoro])
+    one_pulse = IrradiationEvent("1.4", "fluoroscopy", n_pulses=1, pulse_rate_per_s=15.0,
+                                 pulse_width_ms=5.0)  # a real rate: one period
+    totals = totals_from_events("single", [shot, width_only, fluoro, one_pulse])
     assert totals.acquisition_time_s == pytest.approx(0.09 + 0.016)
-    assert totals.fluoro_time_s == pytest.approx(10.0)
+    assert totals.fluoro_time_s == pytest.approx(10.0 + 1 / 15)
 
 
 def test_a_totals_only_report_sent_twice_counts_once():
