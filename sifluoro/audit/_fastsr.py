@@ -15,6 +15,7 @@ Python numbers; bulk VRs (OB, OW, UN...) are bytes. Private elements are skipped
 """
 from __future__ import annotations
 
+import struct
 from functools import lru_cache
 from struct import Struct
 
@@ -36,6 +37,11 @@ _U32 = Struct("<L")
 
 class FastPathUnsupported(Exception):
     """The file uses an encoding this reader leaves to pydicom."""
+
+
+class CutShort(Exception):
+    """An element, item or sequence runs past the end of the file: a copy cut short. Not left
+    to pydicom, which reads such a file as far as it goes (a report missing events)."""
 
 
 class LightDataset(dict):
@@ -74,9 +80,18 @@ def parse_sr_bytes(data: bytes) -> LightDataset:
     FastPathUnsupported
         Not Part 10, a transfer syntax or character set not covered, or a structure (private
         sequence of unknown length in implicit VR, encapsulated data) left to pydicom.
+    CutShort
+        The file ends inside an element, an item or a sequence.
     """
     if len(data) < 132 or data[128:132] != b"DICM":
         raise FastPathUnsupported("no DICM preamble")
+    try:
+        return _parse(data)
+    except struct.error:  # a header read past the end
+        raise CutShort(f"the file ends inside an element header ({len(data)} bytes)") from None
+
+
+def _parse(data: bytes) -> LightDataset:
     meta, pos = _Parser(data, explicit=True, encoding="latin-1").dataset(132, len(data), group2_only=True)
     syntax = meta.get("TransferSyntaxUID")
     if syntax == EXPLICIT_LE:
@@ -141,6 +156,8 @@ class _Parser:
         data, explicit = self.data, self.explicit
         keywords, value = _KEYWORDS, self.value
         # the element header is decoded inline: this loop runs for every element of the file
+        if end > len(data):
+            raise CutShort(f"an item runs past the end of the file ({len(data)} bytes)")
         while pos < end:
             group, elem = _TAG.unpack_from(data, pos)
             if group2_only and group != 0x0002:
@@ -174,6 +191,9 @@ class _Parser:
                 continue
             if length == UNDEFINED:
                 raise FastPathUnsupported("encapsulated or undefined-length value")
+            if pos + length > len(data):
+                raise CutShort(f"element ({group:04X},{elem:04X}) runs past the end of the file "
+                               f"({len(data)} bytes)")
             if not private and elem:  # group lengths (gggg,0000) are not kept
                 keyword = keywords.get(tag)
                 if keyword is None:
@@ -186,6 +206,8 @@ class _Parser:
     def sequence(self, pos: int, length: int) -> tuple[list[LightDataset], int]:
         items: list[LightDataset] = []
         end = len(self.data) if length == UNDEFINED else pos + length
+        if end > len(self.data):
+            raise CutShort(f"a sequence runs past the end of the file ({len(self.data)} bytes)")
         while pos < end:
             tag, _, item_length, pos = self.header(pos)
             if tag == SEQUENCE_END:
@@ -194,10 +216,18 @@ class _Parser:
                 raise FastPathUnsupported(f"expected an item, found ({tag >> 16:04X},{tag & 0xFFFF:04X})")
             if item_length == UNDEFINED:
                 item, pos = self.dataset(pos, len(self.data))
+                if pos >= len(self.data) and not self._ended_item(pos):
+                    raise CutShort(f"an item has no end in the file ({len(self.data)} bytes)")
             else:
                 item, pos = self.dataset(pos, pos + item_length)
             items.append(item)
+        if length == UNDEFINED:
+            raise CutShort(f"a sequence has no end in the file ({len(self.data)} bytes)")
         return items, pos
+
+    def _ended_item(self, pos: int) -> bool:
+        """Whether the undefined-length item just read ended with its delimiter (at ``pos``)."""
+        return pos >= 8 and _TAG.unpack_from(self.data, pos - 8) == (0xFFFE, 0xE00D)
 
     def value(self, vr: str, pos: int, length: int):
         raw = self.data[pos:pos + length]

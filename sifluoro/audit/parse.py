@@ -10,14 +10,13 @@ import hashlib
 import hmac
 import logging
 import re
-import struct
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
 
 from sifluoro.acquire.dicom_reader import read_header, run_from_dataset
-from sifluoro.audit._fastsr import FastPathUnsupported, parse_sr_bytes
+from sifluoro.audit._fastsr import CutShort, FastPathUnsupported, parse_sr_bytes
 from sifluoro.dose.rdsr_read import SR_SOP_CLASSES, read_rdsr
 from sifluoro.dose.records import StudyDose
 from sifluoro.errors import InputError
@@ -102,12 +101,23 @@ def parse_file(path: str | Path, link_key: bytes | None = None) -> ParsedFile:
                           reason=f"cannot be used ({type(exc).__name__}: {exc})")
 
 
+#: the SR storage SOP classes' common root, looked for in the file meta (MediaStorageSOPClassUID)
+SR_CLASS_PREFIX = b"1.2.840.10008.5.1.4.1.1.88."
+META_BYTES = 1024
+
+
 def _fast_report(path: str, data: bytes, sha: str, link_key: bytes | None) -> ParsedFile | None:
     """The report through the lean parser, or None to take the pydicom path instead."""
     try:
         ds = parse_sr_bytes(data)
-    except (FastPathUnsupported, UnicodeDecodeError, IndexError, ValueError, KeyError,
-            struct.error):  # struct.error: a file cut short; pydicom then says why
+    except CutShort as exc:
+        if SR_CLASS_PREFIX not in data[:META_BYTES]:
+            return None  # an image: its header's dose still counts (pydicom reads it)
+        # a report: pydicom would read it as far as it goes, short of events
+        log.warning("rejected %s: %s", path, exc)
+        return ParsedFile(path, sha, len(data), REJECTED,
+                          reason=f"{exc}: a copy cut short; copy the file again")
+    except (FastPathUnsupported, UnicodeDecodeError, IndexError, ValueError, KeyError):
         return None
     if str(ds.get("SOPClassUID", "")) not in SR_SOP_CLASSES:
         return None
