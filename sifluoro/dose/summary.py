@@ -47,6 +47,7 @@ def summarize(paths: Iterable[str | Path], *, settings: DoseSettings | None = No
     reports: dict[str, list[StudyDose]] = {}
     for path in found.dose_reports:
         try:
+            _check_whole(path)
             report = read_rdsr(path, pydicom.dcmread(path))
         except InputError as exc:
             log.warning("rejected %s", exc)
@@ -65,6 +66,21 @@ def summarize(paths: Iterable[str | Path], *, settings: DoseSettings | None = No
         by_uid[uid] = dose.study_dose(uid, study.device)
     studies = [with_srdl_reached(by_uid[uid], settings) for uid in sorted(by_uid)]
     return studies, rejected
+
+
+def _check_whole(path: str) -> None:
+    """Refuse a report cut short (pydicom reads one as far as it goes: beside the whole
+    report, a copy short of its events would be added as another procedure step)."""
+    from sifluoro.audit._fastsr import CutShort, FastPathUnsupported, parse_sr_bytes
+
+    try:
+        parse_sr_bytes(Path(path).read_bytes())
+    except CutShort as exc:
+        raise InputError(f"{exc}: a copy cut short; copy the file again", path=path) from None
+    except (FastPathUnsupported, UnicodeDecodeError, IndexError, ValueError, KeyError):
+        pass  # left to pydicom, as the audit does
+    except OSError:
+        pass  # pydicom says why
 
 
 def merge_reports(reports: list[StudyDose]) -> StudyDose:

@@ -309,3 +309,22 @@ def test_events_and_runs_that_are_not_one_to_one_keep_the_events_dose(tmp_path, 
     from_report = [e for e in dose.events() if e.dose_source == "rdsr"]  # a run not named: estimated
     assert sum(e.dap_gycm2 for e in from_report) == pytest.approx(expected)
     assert sum(e.air_kerma_mgy for e in from_report) == pytest.approx(10 * expected)
+
+
+def test_dose_summary_refuses_a_report_cut_short(tmp_path):
+    """A cut copy beside the whole report: pydicom reads it as far as it goes, and it was
+    added as another procedure step (the dose twice)."""
+    import shutil
+
+    from tests.dose.conftest import VENDOR_DIR
+
+    whole = VENDOR_DIR / "philips_allura_clarity_u601.dcm"
+    if not whole.is_file():
+        pytest.skip(f"vendor RDSRs are not cached in {VENDOR_DIR}: run tests/dose/fetch_vendor_rdsr.sh")
+    shutil.copy(whole, tmp_path / "whole.dcm")
+    (tmp_path / "cut.dcm").write_bytes(whole.read_bytes()[:6040])
+    alone, _ = summarize([whole])
+    studies, rejected = summarize([tmp_path])
+    assert [s.dap_gycm2 for s in studies] == [pytest.approx(alone[0].dap_gycm2)]
+    assert [r.file for r in rejected] == [str(tmp_path / "cut.dcm")]
+    assert "cut short" in rejected[0].reason
