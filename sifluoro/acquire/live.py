@@ -254,13 +254,12 @@ class LiveStudies:
                 folder.rmdir()  # made for an instance that was then refused
                 continue
             state = self.spool.load_state(folder.name)
-            if state.finished and set(self.spool.stored_instances(folder.name)) <= set(
-                    state.received):
+            stored = self.spool.stored_instances(folder.name)
+            if state.finished and set(stored) <= set(state.received):
                 continue  # done: not held in memory (an instance for it later rebuilds it)
             study = self._study(folder.name)
             with study.lock:
-                missing = [u for u in self.spool.stored_instances(study.uid)
-                           if u not in study.received_set]
+                missing = [u for u in stored if u not in study.received_set]
                 if missing:
                     # stored, but the sender was not answered: keep the order they were written
                     missing.sort(key=lambda u: (self.spool.instance_path(study.uid, u)

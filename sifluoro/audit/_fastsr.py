@@ -91,6 +91,15 @@ def parse_sr_bytes(data: bytes) -> LightDataset:
         raise CutShort(f"the file ends inside an element header ({len(data)} bytes)") from None
 
 
+def parse_if_covered(data: bytes) -> LightDataset | None:
+    """:func:`parse_sr_bytes`, or None for a file it leaves to pydicom (``CutShort`` still
+    raises: pydicom would read such a file as far as it goes)."""
+    try:
+        return parse_sr_bytes(data)
+    except (FastPathUnsupported, UnicodeDecodeError, IndexError, ValueError, KeyError):
+        return None
+
+
 def _parse(data: bytes) -> LightDataset:
     meta, pos = _Parser(data, explicit=True, encoding="latin-1").dataset(132, len(data), group2_only=True)
     syntax = meta.get("TransferSyntaxUID")

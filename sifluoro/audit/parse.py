@@ -16,7 +16,7 @@ from pathlib import Path
 
 
 from sifluoro.acquire.dicom_reader import read_header, run_from_dataset
-from sifluoro.audit._fastsr import CutShort, FastPathUnsupported, parse_sr_bytes
+from sifluoro.audit._fastsr import CutShort, parse_if_covered
 from sifluoro.dose.rdsr_read import SR_SOP_CLASSES, read_rdsr
 from sifluoro.dose.records import StudyDose
 from sifluoro.errors import InputError
@@ -109,7 +109,7 @@ META_BYTES = 1024
 def _fast_report(path: str, data: bytes, sha: str, link_key: bytes | None) -> ParsedFile | None:
     """The report through the lean parser, or None to take the pydicom path instead."""
     try:
-        ds = parse_sr_bytes(data)
+        ds = parse_if_covered(data)
     except CutShort as exc:
         if SR_CLASS_PREFIX not in data[:META_BYTES]:
             return None  # an image: its header's dose still counts (pydicom reads it)
@@ -117,7 +117,7 @@ def _fast_report(path: str, data: bytes, sha: str, link_key: bytes | None) -> Pa
         log.warning("rejected %s: %s", path, exc)
         return ParsedFile(path, sha, len(data), REJECTED,
                           reason=f"{exc}: a copy cut short; copy the file again")
-    except (FastPathUnsupported, UnicodeDecodeError, IndexError, ValueError, KeyError):
+    if ds is None:
         return None
     if str(ds.get("SOPClassUID", "")) not in SR_SOP_CLASSES:
         return None

@@ -71,14 +71,12 @@ def summarize(paths: Iterable[str | Path], *, settings: DoseSettings | None = No
 def _check_whole(path: str) -> None:
     """Refuse a report cut short (pydicom reads one as far as it goes: beside the whole
     report, a copy short of its events would be added as another procedure step)."""
-    from sifluoro.audit._fastsr import CutShort, FastPathUnsupported, parse_sr_bytes
+    from sifluoro.audit._fastsr import CutShort, parse_if_covered
 
     try:
-        parse_sr_bytes(Path(path).read_bytes())
+        parse_if_covered(Path(path).read_bytes())
     except CutShort as exc:
         raise InputError(f"{exc}: a copy cut short; copy the file again", path=path) from None
-    except (FastPathUnsupported, UnicodeDecodeError, IndexError, ValueError, KeyError):
-        pass  # left to pydicom, as the audit does
     except OSError:
         pass  # pydicom says why
 
