@@ -130,11 +130,12 @@ def ingest(paths: Iterable[str | Path], db: str | Engine, *, settings: AuditSett
     t0 = time.perf_counter()
     result = IngestResult()
     with engine.connect() as conn:
-        known = set(conn.execute(select(InstanceRow.sha256)).scalars())
+        known = dict(conn.execute(select(InstanceRow.sha256, InstanceRow.path)).all())
     files = [str(p) for p in iter_input_files(paths)]
     result.files = len(files)
     bar = _progress_bar(len(files), progress)
     todo: list[str] = []
+    moved: dict[str, str] = {}  # recorded path -> where the same file is now
     for path in files:
         try:
             digest = file_sha256(path)
@@ -145,8 +146,12 @@ def ingest(paths: Iterable[str | Path], db: str | Engine, *, settings: AuditSett
         if digest in known:
             result.unchanged += 1
             bar.update(1)
+            if known[digest] != path and not Path(known[digest]).exists():
+                moved[known[digest]] = path
         else:
             todo.append(path)
+    if moved:
+        _record_new_paths(engine, moved)
     chunks = [todo[i:i + settings.chunk_files] for i in range(0, len(todo), settings.chunk_files)]
     writer = _Writer(engine, settings)
     pending: dict[str, list[ParsedFile]] = {}
@@ -168,6 +173,18 @@ def ingest(paths: Iterable[str | Path], db: str | Engine, *, settings: AuditSett
     bar.close()
     result.elapsed_s = time.perf_counter() - t0
     return result
+
+
+def _record_new_paths(engine: Engine, moved: dict[str, str], chunk: int = 5000) -> None:
+    """An archive moved or re-mounted: its files are read from their new place from now on
+    (a study is recomputed from its recorded files when a new file of it comes)."""
+    old = list(moved)
+    with Session(engine) as conn, conn.begin():
+        for i in range(0, len(old), chunk):
+            rows = conn.execute(select(InstanceRow.id, InstanceRow.path)
+                                .where(InstanceRow.path.in_(old[i:i + chunk]))).all()
+            if rows:
+                conn.execute(update(InstanceRow), [{"id": r.id, "path": moved[r.path]} for r in rows])
 
 
 def _progress_bar(total: int, show: bool):
@@ -195,19 +212,35 @@ class _Writer:
             _lock_registry(conn)
             existing = dict(conn.execute(select(StudyRow.study_instance_uid, StudyRow.id)
                                          .where(StudyRow.study_instance_uid.in_(list(batch)))).all())
-            earlier = self._earlier_files(conn, existing, batch)
-            studies = []
+            # a file now in another study (its Study UID corrected) leaves its old study,
+            # which is recomputed from what it has left
+            left = self._studies_left(conn, existing, batch)
+            batch = {**batch, **{uid: [] for uid in left}}
+            existing.update(left)
+            earlier, gone = self._earlier_files(conn, existing, batch)
+            studies, emptied = [], []
             for uid, files in batch.items():
+                if uid in gone:  # recomputed without it, the study would lose its dose
+                    rejected += [Rejection(f.path, f"{gone[uid]}, recorded for study {uid}, "
+                                           "cannot be read: the study is kept as it was; "
+                                           "ingest again with that file in place")
+                                 for f in files]
+                    existing.pop(uid, None)
+                    continue
                 files = _dedupe(files + earlier.get(uid, []))
                 dose, rejections = study_dose(uid, files, self.settings.dose)
                 rejected += rejections
                 if dose is not None:
                     studies.append((uid, files, dose))
+                elif uid in left:
+                    emptied.append(existing.pop(uid))
             sops = [f.sop_instance_uid for _, files, _ in studies for f in files]
-            if existing:
-                ids = list(existing.values())
+            if existing or emptied:
+                ids = list(existing.values()) + emptied
                 for table in (EventRow, PlaneRow, AlertRow, InstanceRow):
                     conn.execute(delete(table).where(table.study_id.in_(ids)))
+            if emptied:
+                conn.execute(delete(StudyRow).where(StudyRow.id.in_(emptied)))
             if sops:
                 conn.execute(delete(InstanceRow).where(InstanceRow.sop_instance_uid.in_(sops)))
             now = datetime.now(timezone.utc).replace(tzinfo=None)
@@ -247,27 +280,52 @@ class _Writer:
         result.studies_updated += counts[1]
         result.rejected += rejected
 
+    @staticmethod
+    def _studies_left(conn: Session, existing: dict[str, int],
+                      batch: dict[str, list[ParsedFile]]) -> dict[str, int]:
+        """Studies outside the batch holding instances that the batch's files now put in
+        another study: study UID -> id."""
+        sops = [f.sop_instance_uid for files in batch.values() for f in files]
+        out: dict[str, int] = {}
+        for i in range(0, len(sops), 5000):
+            out.update(conn.execute(
+                select(StudyRow.study_instance_uid, StudyRow.id)
+                .join(InstanceRow, InstanceRow.study_id == StudyRow.id)
+                .where(InstanceRow.sop_instance_uid.in_(sops[i:i + 5000]),
+                       StudyRow.id.not_in(list(existing.values())))).all())
+        return out
+
     def _earlier_files(self, conn: Session, existing: dict[str, int],
-                       batch: dict[str, list[ParsedFile]]) -> dict[str, list[ParsedFile]]:
-        """Files recorded earlier for studies of this batch that the batch does not carry."""
+                       batch: dict[str, list[ParsedFile]]
+                       ) -> tuple[dict[str, list[ParsedFile]], dict[str, str]]:
+        """Files recorded earlier for studies of this batch that the batch does not carry,
+        and, per study, a recorded file that can no longer be read (one is enough).
+
+        A recorded file that now names another study is left out (its study was corrected);
+        one that is gone or unreadable makes the study impossible to recompute."""
         if not existing:
-            return {}
+            return {}, {}
         uid_of = {sid: uid for uid, sid in existing.items()}
         carried = {f.sop_instance_uid for files in batch.values() for f in files}
         out: dict[str, list[ParsedFile]] = {}
+        gone: dict[str, str] = {}
         rows = conn.execute(select(InstanceRow.study_id, InstanceRow.sop_instance_uid, InstanceRow.path)
                             .where(InstanceRow.study_id.in_(list(uid_of)))
                             .order_by(InstanceRow.path)).all()
         for sid, sop, path in rows:
-            if sop in carried:
+            if sop in carried or uid_of[sid] in gone:
                 continue
             parsed = parse_file(path, self.settings.patient_link_key)
-            if parsed.kind == REJECTED or parsed.study_instance_uid != uid_of[sid]:
-                log.warning("%s, recorded for study %s, is gone or changed study; the study is "
-                            "recomputed without it", path, uid_of[sid])
-                continue
-            out.setdefault(uid_of[sid], []).append(parsed)
-        return out
+            if parsed.kind == REJECTED:
+                log.warning("%s, recorded for study %s, cannot be read (%s); the study is kept "
+                            "as it was", path, uid_of[sid], parsed.reason)
+                gone[uid_of[sid]] = path
+            elif parsed.study_instance_uid != uid_of[sid]:
+                log.info("%s, recorded for study %s, now names another study; the study is "
+                         "recomputed without it", path, uid_of[sid])
+            else:
+                out.setdefault(uid_of[sid], []).append(parsed)
+        return out, gone
 
     def _device_id(self, conn: Session, device: Device, new: dict[tuple, int]) -> int:
         key = (device.manufacturer, device.model, device.serial_number, device.station_name)

@@ -246,3 +246,102 @@ def test_two_ingests_at_once_take_turns_per_batch(db_url, tmp_path, monkeypatch)
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(DeviceRow)).scalar_one() == 1
     engine.dispose()
+
+
+def _study_rows(engine) -> dict[str, tuple]:
+    """study UID -> (source, n_events, dap_gycm2, number of instances)"""
+    with engine.connect() as conn:
+        out = {}
+        for uid, sid, source, n_events, dap in conn.execute(select(
+                StudyRow.study_instance_uid, StudyRow.id, StudyRow.source, StudyRow.n_events,
+                StudyRow.dap_gycm2)):
+            n = conn.execute(select(func.count()).where(InstanceRow.study_id == sid)).scalar_one()
+            out[uid] = (source, n_events, dap, n)
+    return out
+
+
+def test_a_file_whose_study_uid_was_corrected_leaves_its_old_study(db_url, tmp_path):
+    """PACS reconciliation corrects the Study UID of one run: the run's dose moves to the new
+    study and the old study is recomputed without it (it kept it: counted twice); a study
+    left with no files is removed."""
+    import pydicom
+
+    from tests.dicom_fixtures import RunSpec, write_study
+
+    old, new = "1.2.826.0.1.3680043.8.498.111", "1.2.826.0.1.3680043.8.498.222"
+    paths = write_study(tmp_path / "wrong", [RunSpec(0.0, n_frames=8), RunSpec(20.0, n_frames=8)],
+                        study_uid=old)
+    engine = open_registry(db_url)
+    ingest([tmp_path / "wrong"], engine)
+    whole = _study_rows(engine)[old]
+    (tmp_path / "fixed").mkdir()
+    for i, path in enumerate(sorted(paths)):
+        ds = pydicom.dcmread(path)
+        ds.StudyInstanceUID = new
+        ds.save_as(tmp_path / "fixed" / f"run{i}.dcm")
+        ingest([tmp_path / "fixed" / f"run{i}.dcm"], engine)
+        rows = _study_rows(engine)
+        if i == 0:
+            assert rows[old][1:] == (1, pytest.approx(whole[2] - rows[new][2], rel=1e-9), 1)
+            assert rows[new][1] == 1
+    rows = _study_rows(engine)
+    assert list(rows) == [new]
+    assert rows[new][1:] == (2, pytest.approx(whole[2], rel=1e-9), 2)
+    engine.dispose()
+
+
+def _study_with_report(folder, uid):
+    from sifluoro.acquire.dicom_reader import read_study
+    from sifluoro.config import DoseSettings
+    from sifluoro.dose.accumulate import accumulate_study
+    from sifluoro.dose.rdsr_write import write_rdsr
+    from tests.dicom_fixtures import RunSpec, write_study
+
+    write_study(folder / "images", [RunSpec(0.0, n_frames=8), RunSpec(20.0, n_frames=8)], study_uid=uid)
+    study = read_study([folder / "images"])
+    write_rdsr(study, accumulate_study(study, DoseSettings()), folder / "rdsr.dcm")
+
+
+def test_a_moved_archive_is_recomputed_from_its_new_place(db_url, tmp_path):
+    """The archive is moved after ingest; a late file of a study then recomputes it from the
+    files' new place (it had been rewritten from the late file alone: RDSR dose lost)."""
+    import shutil
+
+    from tests.dicom_fixtures import RunSpec, write_study
+
+    uid = "1.2.826.0.1.3680043.8.498.777"
+    _study_with_report(tmp_path / "v1", uid)
+    engine = open_registry(db_url)
+    ingest([tmp_path / "v1"], engine)
+    before = _study_rows(engine)[uid]
+    assert before[0] == "rdsr" and before[3] == 3
+    shutil.move(tmp_path / "v1", tmp_path / "v2")
+    again = ingest([tmp_path / "v2"], engine)
+    assert (again.unchanged, again.studies_updated) == (3, 0)
+    with engine.connect() as conn:
+        paths = conn.execute(select(InstanceRow.path)).scalars().all()
+    assert all(p.startswith(str(tmp_path / "v2")) for p in paths)
+    write_study(tmp_path / "late", [RunSpec(40.0, n_frames=4)], study_uid=uid)
+    late = ingest([tmp_path / "late"], engine)
+    assert (late.studies_updated, late.rejected) == (1, [])
+    assert _study_rows(engine)[uid] == (before[0], before[1], pytest.approx(before[2], rel=1e-12), 4)
+    engine.dispose()
+
+
+def test_a_study_whose_recorded_file_is_gone_is_kept_and_the_new_file_rejected(db_url, tmp_path):
+    """A recorded file was deleted after ingest (a spool cleaned): a late file of the study is
+    rejected, saying why, and the study keeps its dose (it was shrunk to the late file)."""
+    from tests.dicom_fixtures import RunSpec, write_study
+
+    uid = "1.2.826.0.1.3680043.8.498.778"
+    _study_with_report(tmp_path / "spool", uid)
+    engine = open_registry(db_url)
+    ingest([tmp_path / "spool"], engine)
+    before = _study_rows(engine)[uid]
+    (tmp_path / "spool" / "rdsr.dcm").unlink()
+    late = write_study(tmp_path / "late", [RunSpec(40.0, n_frames=4)], study_uid=uid)[0]
+    result = ingest([tmp_path / "late"], engine)
+    assert [r.file for r in result.rejected] == [str(late)]
+    assert "rdsr.dcm" in result.rejected[0].reason and "kept as it was" in result.rejected[0].reason
+    assert _study_rows(engine)[uid] == before
+    engine.dispose()
