@@ -272,8 +272,13 @@ class Pipeline:
         imaging.warm_up()
         for stage in self.stages:
             warm = getattr(stage, "warm_up", None)
-            if warm is not None:
+            if warm is None:
+                continue
+            try:
                 warm(frame)
+            except Exception:  # the stage fails on its frames too (logged there): dose goes on
+                log.exception("stage %s: warm-up failed on a %dx%d frame at %s mm", stage.name,
+                              run.columns, run.rows, run.pixel_spacing_xy_mm)
 
     def start_study(self, study_instance_uid: str) -> StudyState:
         return StudyState(study_instance_uid, DoseAccumulator(self.settings.dose),

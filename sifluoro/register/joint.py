@@ -104,6 +104,8 @@ class JointLine:
     def point_at(self, fraction: float) -> np.ndarray:
         """The point at ``fraction`` of the arc length from the superior end."""
         p = self.polyline_xy
+        if len(p) < 2:  # a single point (a one-row stretch) is its own every fraction
+            return p[0].astype(np.float64)
         seg = np.hypot(*np.diff(p, axis=0).T)
         cum = np.concatenate([[0.0], np.cumsum(seg)])
         s = fraction * cum[-1]
@@ -238,6 +240,8 @@ def _plausible(full: np.ndarray, shape: tuple[int, int], grid: WorkingGrid, side
     """Where and how a joint can project: target near the field centre, and the line running
     inferiorly towards the midline (image left for a left joint in the stored orientation) by
     at least :data:`SLOPE_MIN`."""
+    if len(full) < 2:  # a point has no course: not a joint
+        return False
     centre = (np.array([shape[1], shape[0]], float) * grid.factor - 1) / 2.0
     line = JointLine(full, 0.0, False, 0.0)
     spacing_full_mm = grid.spacing_mm / grid.factor

@@ -22,12 +22,13 @@ from sifluoro.imaging import downsample, exposed_mask, frame_attenuation, workin
 from sifluoro.model import Frame
 from sifluoro.register import RegisterResult
 from sifluoro.register import _kernels
-from sifluoro.register.joint import JointLine, exposed_field, segment_joint, usable_mask
+from sifluoro.register.joint import LENGTH_MM, JointLine, exposed_field, segment_joint, usable_mask
 from sifluoro.register.motion import Registrar
 
 log = logging.getLogger(__name__)
 
 WORK_MM = 0.6  # working pixel: resolves the 1-3 mm joint gap
+MIN_FIELD_MM = LENGTH_MM[0]  # a frame narrower cannot show a joint (nor be registered)
 ANGLE_TOLERANCE_DEG = 1.5  # a larger re-angulation changes the projected joint: new view
 MAX_SHIFT_MM = 30.0  # beyond this, the registration is not trusted: segment again
 MIN_PEAK = 0.25  # phase-correlation peak below which the frames do not match (same view: > 0.5)
@@ -170,6 +171,8 @@ class JointStage:
         rows, cols = frame.pixels.shape
         spacing_mm = float((frame.pixel_spacing_xy_mm or (0.3, 0.3))[0])
         _kernels.warm_up()
+        if min(rows, cols) * spacing_mm < MIN_FIELD_MM:
+            return  # such frames get no line (process)
         grid = working_grid(spacing_mm, target_mm=WORK_MM)
         rng = np.random.default_rng(0)
         work = rng.random((rows // grid.factor, cols // grid.factor), dtype=np.float32)
@@ -185,7 +188,7 @@ class JointStage:
             st = _StudyRegister(views=[])
             state.stage_state[self._STATE_KEY] = st
         spacing = frame.pixel_spacing_xy_mm
-        if spacing is None:
+        if spacing is None or min(frame.pixels.shape) * float(spacing[0]) < MIN_FIELD_MM:
             # no scale: lengths in mm and the target radius are meaningless
             return self._publish(state, None, 0.0, False, None, 0.0, (0.0, 0.0), False)
         image = frame_attenuation(frame, state.stage_state)

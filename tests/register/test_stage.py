@@ -549,3 +549,57 @@ def test_a_pose_change_within_a_run_without_header_angles_is_a_new_view(sim_stud
     late = [mean_distance_mm(e["joint"]["polyline_xy"], t.joint_polyline_xy, spacing)
             for e, t in zip(events[k:], truth[k:]) if e["joint"] is not None]
     assert late and max(late) < 2.0
+
+
+def test_a_one_point_line_has_a_point_and_is_not_a_joint():
+    """A one-row stretch of the path gave a one-vertex line: point_at raised IndexError in
+    the warm-up on common geometries (768² at 0.37 mm, PAL 720x576 at 0.38 mm), and the
+    replay or receiver lost the whole study, dose included."""
+    from sifluoro.imaging import working_grid
+    from sifluoro.register.joint import JointLine, _plausible
+
+    line = JointLine(np.array([[10.0, 20.0]]), 0.0, False, 0.0)
+    assert line.point_at(5 / 6).tolist() == [10.0, 20.0]
+    assert not _plausible(np.array([[100.0, 100.0]]), (200, 200), working_grid(0.6, target_mm=0.6), None)
+
+
+@pytest.mark.parametrize("rows,cols,spacing_mm", [
+    (768, 768, 0.37), (768, 768, 0.38), (576, 720, 0.38), (576, 720, 0.39), (768, 768, 0.8),
+    (480, 640, 0.8), (256, 256, 0.8),  # the warm-up crashed on each (review helper-48)
+    (96, 96, 0.15), (16, 256, 0.742), (8, 8, 0.742)])  # smaller than any joint: no line
+def test_every_frame_geometry_is_warmed_up_and_processed(rows, cols, spacing_mm):
+    from sifluoro.config import Settings
+    from sifluoro.stages import make_stages
+
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(1200, 2800, (3, rows, cols)).astype(np.uint16)
+    run = make_run(pixels, spacing_mm=spacing_mm)
+    settings = Settings(latency_budget_ms=float("inf"), stage_threads=1)
+    pipeline = Pipeline(make_stages(("register", "needle", "contrast"), settings), settings)
+    JointStage().warm_up(frames_of(run)[0])  # raised IndexError / cv2.error
+    state = pipeline.start_study("1.2.3")
+    pipeline.prepare_run(run, state)
+    events = [pipeline.process(f, state) for f in frames_of(run)]
+    assert [e.get("failed_stages", []) for e in events] == [[]] * 3
+    assert state.frames == 3
+
+
+def test_a_failing_warm_up_loses_no_frame_and_no_dose(monkeypatch):
+    """A stage whose warm-up raises is logged; the run's frames are still processed and
+    their dose counted (the exception stopped replay, receiver and Engine alike)."""
+    from sifluoro.config import Settings
+    from sifluoro.stages import make_stages
+
+    def broken(self, frame):
+        raise RuntimeError("warm-up broke")
+
+    monkeypatch.setattr(JointStage, "warm_up", broken)
+    pixels = np.random.default_rng(4).integers(1200, 2800, (2, 128, 128)).astype(np.uint16)
+    run = make_run(pixels)
+    settings = Settings(latency_budget_ms=float("inf"), stage_threads=1)
+    pipeline = Pipeline(make_stages(("register",), settings), settings)
+    state = pipeline.start_study("1.2.3")
+    pipeline.prepare_run(run, state)
+    for f in frames_of(run):
+        pipeline.process(f, state)
+    assert state.frames == 2
