@@ -48,12 +48,16 @@ def _evaluate(args) -> int:
     from sifluoro.sim.evaluate import evaluate, format_report
 
     report = evaluate(args.cases_dir, args.results_dir)
+    if not report["studies"]:
+        print(f"sifluoro evaluate: no simulated case (*/truth.json) in {args.cases_dir}",
+              file=sys.stderr)
+        return 2
     print(format_report(report))
     if args.json:
         from sifluoro.replay import write_json
 
         write_json(args.json, report)
-    return 0
+    return 1 if report["studies_without_results"] else 0
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -127,3 +127,69 @@ def test_a_doubled_case_without_a_line_is_not_advised_and_single_lines_called_do
     j = report(tally)["joint"]
     assert j["doubled_cases"] == 1 and j["doubled_cases_advice_right_90pct"] == 0.0
     assert j["single_frames_called_doubled_rate"] == 0.25
+
+
+def _write_case(root, case, truth, events, summary):
+    d = root / "cases" / f"case{case:03d}"
+    d.mkdir(parents=True)
+    (d / "truth.json").write_text(json.dumps({**truth, "case": case}))
+    if events is not None:
+        out = root / "results" / f"case{case:03d}"
+        out.mkdir(parents=True)
+        (out / "events.jsonl").write_text("\n".join(json.dumps(e) for e in events))
+        (out / "summary.json").write_text(json.dumps(summary))
+
+
+def test_a_case_without_results_is_wrong_and_named(tmp_path):
+    """Results missing for a case (a wrong folder, a crashed replay) scored as right: a
+    vascular study without output counted as 'not vascular', specificity 1.0."""
+    summary = {"contrast_state": "extravasation", "air_kerma_mgy": 2.0, "dap_gycm2": 0.5,
+               "fluoro_time_s": 1.0, "stages": ["register", "needle", "contrast"]}
+    done = _truth(["none", "extravasation", "extravasation"])
+    _write_case(tmp_path, 0, done, _events(done), summary)
+    _write_case(tmp_path, 1, _truth(["none", "vascular", "vascular"]), None, None)
+    r = evaluate(tmp_path / "cases", tmp_path / "results")
+    assert r["studies_without_results"] == [1]
+    assert r["contrast"]["study_accuracy"] == 0.5
+    assert r["contrast"]["vascular_sensitivity"] == 0.0
+
+
+def test_a_vessel_seen_only_in_lost_frames_makes_a_vascular_study():
+    """The study's truth is what the procedure showed, frames lost to a damaged file included
+    (it was taken from the frames with an event only: a miss scored as right)."""
+    truth = _truth(["none", "intra_articular", "intra_articular", "vascular"])
+    events = _events(truth)[:3]  # the last frame was in a damaged file
+    tally = Tally()
+    score_study(truth, events, {"contrast_state": "intra_articular", "air_kerma_mgy": 2.0,
+                                "dap_gycm2": 0.5, "fluoro_time_s": 1.0}, tally)
+    assert tally.studies[0]["truth"] == "vascular" and not tally.studies[0]["correct"]
+    assert tally.missing_frames == 1
+
+
+def test_stages_that_did_not_run_are_not_assessed(tmp_path):
+    """Replayed with the default stages only: needle and contrast read 'not assessed', not
+    0 % detection and a contrast accuracy of whatever 'none' happens to match."""
+    from sifluoro.sim.evaluate import format_report
+
+    truth = _truth(["none", "intra_articular"])
+    events = _events(truth)
+    for e in events:
+        e["needle"], e["contrast"] = None, {"state": "none"}
+    _write_case(tmp_path, 0, truth, events, {"contrast_state": "none", "air_kerma_mgy": 2.0,
+                                              "dap_gycm2": 0.5, "fluoro_time_s": 1.0,
+                                              "stages": ["register"]})
+    r = evaluate(tmp_path / "cases", tmp_path / "results")
+    assert r["assessed"] == ["register"]
+    assert r["needle"]["detection_rate_3mm"] is None and r["contrast"]["study_accuracy"] is None
+    assert r["joint"]["coverage_2mm"] == 1.0
+    text = format_report(r)
+    assert "needle   not assessed" in text and "contrast not assessed" in text
+
+
+def test_evaluate_cli_exit_codes(tmp_path, capsys):
+    from sifluoro.cli import main
+
+    assert main(["evaluate", str(tmp_path / "none"), str(tmp_path / "r")]) == 2
+    _write_case(tmp_path, 0, _truth(["none"]), None, None)
+    assert main(["evaluate", str(tmp_path / "cases"), str(tmp_path / "results")]) == 1
+    assert "no results for: 0" in capsys.readouterr().out

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 DANGER = {"none": 0, "intra_articular": 1, "extravasation": 2, "vascular": 3}
+STAGES = ("register", "needle", "contrast")  # scored when a study's summary lists them
 
 
 def _polyline_points(polyline, step_px: float = 1.0) -> np.ndarray:
@@ -72,8 +73,14 @@ class Tally:
 def score_study(truth: dict, events: list[dict], summary: dict | None, tally: Tally) -> dict:
     """Add one study's frames to ``tally``; return its study-level record."""
     by_key = {(e["sop_instance_uid"], e["frame"]): e for e in events}
+    ran = set(summary["stages"]) if summary and "stages" in summary else set(STAGES)
     injection_started = None
+    # what the procedure showed, lost frames included: a vessel seen only in a damaged file's
+    # frames is still a vascular study (the user was not shown it either)
     truth_final = "none"
+    for ft in truth["frames"]:
+        if DANGER[ft["contrast_state"]] > DANGER[truth_final]:
+            truth_final = ft["contrast_state"]
     first_truth_state_index: dict[str, int] = {}
     first_output_state_index: dict[str, int] = {}
     doubled_right: list[bool] = []  # on the frames whose truth line is doubled and a line is out
@@ -85,7 +92,9 @@ def score_study(truth: dict, events: list[dict], summary: dict | None, tally: Ta
             continue
         spacing = ft["pixel_spacing_mm"]
         needle = e.get("needle")
-        if ft["tip_xy"] is not None:
+        if "needle" not in ran:
+            pass
+        elif ft["tip_xy"] is not None:
             err = (math.hypot(needle["tip_xy"][0] - ft["tip_xy"][0], needle["tip_xy"][1] - ft["tip_xy"][1])
                    * spacing) if needle else None
             if ft.get("end_on"):
@@ -102,7 +111,9 @@ def score_study(truth: dict, events: list[dict], summary: dict | None, tally: Ta
             tally.no_needle_frames += 1
             tally.false_tips += needle is not None
         joint = e.get("joint")
-        if ft["joint_polyline_xy"] is not None:
+        if "register" not in ran:
+            pass
+        elif ft["joint_polyline_xy"] is not None:
             tally.joint_frames += 1
             if joint:
                 tally.joint_reported += 1
@@ -125,6 +136,8 @@ def score_study(truth: dict, events: list[dict], summary: dict | None, tally: Ta
         else:
             tally.no_joint_frames += 1
             tally.false_joints += joint is not None
+        if "contrast" not in ran:
+            continue
         state_truth = ft["contrast_state"]
         state_out = e["contrast"]["state"]
         if state_truth != "none" and injection_started is None:
@@ -135,19 +148,21 @@ def score_study(truth: dict, events: list[dict], summary: dict | None, tally: Ta
         else:
             tally.contrast_frames += 1
             tally.contrast_correct += state_out == state_truth
-        truth_final = state_truth if DANGER[state_truth] >= DANGER[truth_final] else truth_final
         first_truth_state_index.setdefault(state_truth, ft["index"])
         first_output_state_index.setdefault(state_out, ft["index"])
     if doubled_truth:  # a doubled case without any line out was never advised
         tally.doubled_case_rates.append(float(np.mean(doubled_right)) if doubled_right else 0.0)
     output_final = summary["contrast_state"] if summary else (events[-1]["contrast"]["state"] if events else "none")
-    if truth_final != "none":
+    if "contrast" not in ran:
+        output_final = None
+    elif truth_final != "none":
         if truth_final in first_output_state_index:
             tally.delays.append(max(0, first_output_state_index[truth_final] - first_truth_state_index[truth_final]))
         else:
             tally.missed_detections += 1
     record = {"case": truth["case"], "truth": truth_final, "output": output_final,
-              "correct": truth_final == output_final}
+              "correct": truth_final == output_final if output_final is not None else None,
+              "results": bool(events), "stages": sorted(ran)}
     if summary:
         for key in ("air_kerma_mgy", "dap_gycm2", "fluoro_time_s"):
             ref = truth["dose"][key] if not truth.get("reported_dose") or key == "fluoro_time_s" \
@@ -166,11 +181,14 @@ def _ratio(a, b):
 
 
 def report(tally: Tally) -> dict:
-    studies = tally.studies
+    studies = [s for s in tally.studies if s["correct"] is not None]  # contrast assessed
     vascular_truth = [s for s in studies if s["truth"] == "vascular"]
     non_vascular = [s for s in studies if s["truth"] != "vascular"]
+    ran = set().union(*(s["stages"] for s in tally.studies)) if tally.studies else set()
     return {
-        "studies": len(studies),
+        "studies": len(tally.studies),
+        "assessed": [name for name in STAGES if name in ran],
+        "studies_without_results": [s["case"] for s in tally.studies if not s["results"]],
         "missing_frames": tally.missing_frames,
         "needle": {
             "tip_error_mm_median": _pct(tally.tip_errors_mm, 50),
@@ -212,7 +230,7 @@ def report(tally: Tally) -> dict:
                                                 if s.get(f"{key}_rel_error") is not None], 50)}
             for key in ("air_kerma_mgy", "dap_gycm2", "fluoro_time_s")
         },
-        "per_study": studies,
+        "per_study": tally.studies,
     }
 
 
@@ -234,7 +252,7 @@ def evaluate(cases_dir: str | Path, results_dir: str | Path) -> dict:
 
 def format_report(r: dict) -> str:
     n, j, c, d = r["needle"], r["joint"], r["contrast"], r["dose"]
-    return "\n".join([
+    lines = [
         f"studies {r['studies']}  (frames missing from the outputs: {r['missing_frames']})",
         f"needle   tip error median {n['tip_error_mm_median']} mm, p95 {n['tip_error_mm_p95']} mm; "
         f"detected {n['detection_rate_3mm']} of {n['tip_frames']} frames; false tips "
@@ -250,4 +268,10 @@ def format_report(r: dict) -> str:
         f"{c['detection_delay_frames_median']} frames, none before injection {c['none_before_injection_rate']}",
         "dose     median |rel. error| " + ", ".join(
             f"{k} {v['median_abs_rel_error']}" for k, v in d.items()),
-    ])
+    ]
+    for i, stage in ((1, "needle"), (2, "register"), (3, "contrast")):
+        if stage not in r["assessed"]:
+            lines[i] = f"{lines[i].split()[0]:8} not assessed (the {stage} stage did not run)"
+    if r["studies_without_results"]:
+        lines.append("no results for: " + ", ".join(map(str, r["studies_without_results"])))
+    return "\n".join(lines)
