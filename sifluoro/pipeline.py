@@ -92,6 +92,9 @@ class StudyState:
     alerts: list[dict] = field(default_factory=list)
     stage_names: tuple[str, ...] = ()  # the image stages that assess this study
     skipped_in_a_row: dict[str, int] = field(default_factory=dict)  # frames, per stage
+    # per run: the picture spread of its recent frames (:func:`imaging.picture_spread`)
+    picture_spreads: dict[str, deque] = field(default_factory=dict)
+    no_picture_frames: int = 0
 
 
 @dataclass(frozen=True)
@@ -315,6 +318,8 @@ class Pipeline:
 
     def process_arrived(self, frame: Frame, state: StudyState, arrival: Arrival) -> dict[str, Any]:
         """The image work of a frame whose dose :meth:`account` counted; return its event."""
+        if self.stages and not _shows_picture(frame, state):
+            return self._no_picture_event(frame, state, arrival)
         clock, costs = self._clock, self.costs
         budget_ms = self.settings.latency_budget_ms
         shape = frame.pixels.shape
@@ -454,6 +459,12 @@ class Pipeline:
                         yield pending[0], self._overlapped_event(state, *pending)
                     raise
                 arrival = self.account(frame, state)
+                if not _shows_picture(frame, state):
+                    if pending is not None:
+                        yield pending[0], self._overlapped_event(state, *pending)
+                        pending = None
+                    yield frame, self._no_picture_event(frame, state, arrival)
+                    continue
                 done = [(stage.name, self._run_stage(stage, FULL, frame, state)[1])
                         for stage in front]
                 t_front = self._clock()
@@ -544,6 +555,22 @@ class Pipeline:
         latency_ms = (self._clock() - arrival.t_s) * 1000.0
         return self._finish(event, state, list(arrival.alerts), latency_ms)
 
+    def _no_picture_event(self, frame: Frame, state: StudyState, arrival: Arrival
+                          ) -> dict[str, Any]:
+        """The event of a frame that shows no picture (:func:`_shows_picture`): its dose, no
+        image fields (contrast carried over), ``"no_picture": true``, every stage skipped. No
+        stage sees it: to the contrast stage every edge of the run washed out on it (a false
+        vascular alert), and registration would lose the view."""
+        log.warning("frame %d shows no picture (flat or saturated): not analysed", frame.index)
+        state.no_picture_frames += 1
+        event = _base_event(frame, state)
+        event["dose"] = dict(arrival.dose)
+        event["degraded"] = True
+        event["no_picture"] = True
+        event["skipped_stages"] = [stage.name for stage in self.stages]
+        latency_ms = (self._clock() - arrival.t_s) * 1000.0
+        return self._finish(event, state, list(arrival.alerts), latency_ms)
+
     def stage_costs(self) -> dict[str, dict[str, float]]:
         """What the planner knows: p50/p90 cost per stage, mode and frame shape."""
         return self.costs.snapshot()
@@ -600,6 +627,26 @@ class Pipeline:
         state.degraded_frames += event["degraded"]
         state.frames += 1
         return event
+
+
+#: a frame whose values step less than this between samples (grey levels) is flat: a
+#: grabber's "no signal" black, a frame stuck at one value, a saturated one
+NO_PICTURE_LEVELS = 0.5
+#: a frame with less than this fraction of its run's usual picture spread shows nothing
+NO_PICTURE_OF_USUAL = 0.1
+
+
+def _shows_picture(frame: Frame, state: StudyState) -> bool:
+    """Whether ``frame`` holds a picture the image stages can read: not flat, and not far
+    flatter than its run's recent frames (which are remembered when they do)."""
+    spread = imaging.picture_spread(frame.pixels)
+    recent = state.picture_spreads.get(frame.run.sop_instance_uid)
+    if recent is None:
+        recent = state.picture_spreads[frame.run.sop_instance_uid] = deque(maxlen=8)
+    if spread < NO_PICTURE_LEVELS or (recent and spread < NO_PICTURE_OF_USUAL * np.median(recent)):
+        return False
+    recent.append(spread)
+    return True
 
 
 def _work_kind(stage: Stage, frame: Frame, state: StudyState) -> str:

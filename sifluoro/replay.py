@@ -121,6 +121,7 @@ def build_summary(study: Study, state, rejected: list[Rejection]) -> dict:
                         "acquisition_time_s": round(state.dose.lost.acquisition_time_s, 6)},
         "latency_ms": latency_summary(state.latencies_ms),
         "degraded_frames": state.degraded_frames,
+        "no_picture_frames": state.no_picture_frames,
         "alerts": list(state.alerts),
         "srdl_exceeded": list(state.dose.srdl_exceeded),
         "device": {"manufacturer": study.device.manufacturer, "model": study.device.model},
@@ -167,7 +168,8 @@ def format_summary(summary: dict) -> str:
     lines = [
         f"study      {summary['study_instance_uid']}",
         f"frames     {summary['frames']} in {summary['runs']} runs"
-        + (f" ({summary['degraded_frames']} degraded for the deadline)" if summary["degraded_frames"] else ""),
+        + (f" ({summary['degraded_frames']} degraded for the deadline)" if summary["degraded_frames"] else "")
+        + (f", {summary['no_picture_frames']} showing no picture" if summary.get("no_picture_frames") else ""),
         f"fluoro     {summary['fluoro_time_s']:.1f} s"
         + (f"  (+{summary['acquisition_time_s']:.1f} s acquisition)" if summary["acquisition_time_s"] else ""),
         f"dose       {summary['air_kerma_mgy']:.2f} mGy air kerma, {summary['dap_gycm2']:.3f} Gy·cm² DAP"
