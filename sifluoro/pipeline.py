@@ -536,7 +536,7 @@ class Pipeline:
         came and went on it is tested on the next frame. A stage that took it counts it as
         skipped, so under a deadline the next frame runs that stage in full (and its cost is
         learnt as the one after a skip); one that declined (it already owes a test) does not."""
-        if isinstance(frame, Frame):
+        if isinstance(frame, Frame) and self._remembering and _shows_picture(frame, state):
             for stage, method in self._remembering:
                 try:
                     took = getattr(stage, method)(frame, state) is not None

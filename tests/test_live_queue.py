@@ -249,3 +249,34 @@ def test_the_contrast_stage_keeps_one_dropped_frame_and_tests_it_on_the_next(fra
     assert state.skipped_in_a_row["contrast"] == 1
     pipeline.process(frames_512[8], state)
     assert not memory.run.test_owed and state.skipped_in_a_row["contrast"] == 0
+
+
+def test_a_dropped_frame_without_picture_is_not_remembered(frames):
+    """A dropped flat frame (video black) does not join the contrast memory: on it every edge
+    of the run would have washed out (a false vascular alert)."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    class Contrast:
+        name = "contrast"
+
+        def __init__(self):
+            self.remembered = []
+
+        def process(self, frame, state):
+            return {}
+
+        def process_remember(self, frame, state):
+            self.remembered.append(frame.index)
+            return {}
+
+    stage = Contrast()
+    pipeline = Pipeline([stage], NO_DEADLINE)
+    state = pipeline.start_study("live")
+    flat = np.full_like(frames[2].pixels, 16)
+    flat.flags.writeable = False
+    for frame in (frames[1], replace(frames[2], pixels=flat)):
+        pipeline.dropped_event(frame, state, pipeline.account(frame, state))
+    assert stage.remembered == [1]
+    assert state.skipped_in_a_row["contrast"] == 1
