@@ -389,6 +389,8 @@ class Pipeline:
                         # the step declined (the stage ran as usual): what taking it costs on
                         # such frames, so that the plan stops counting on it
                         costs.add(stage.name, f"{asked}{kind}", shape, cost_ms)
+        if frame.pixel_spacing_xy_mm is None:
+            _without_scale(event)
         t_end = self._close(event, state, arrival, skipped, failed, steps)
         if planned:
             costs.add("pipeline", "overhead", shape, (t_end - t_plan) * 1000.0 - stage_ms)
@@ -506,6 +508,8 @@ class Pipeline:
             alerts.extend(fields.pop("alerts", ()))
             event.update(fields)
         t_end = max(t_front, t_last)
+        if frame.pixel_spacing_xy_mm is None:
+            _without_scale(event)
         self._close(event, state, arrival, [], failed, set(), t_end)
         return self._finish(event, state, alerts, (t_end - arrival.t_s) * 1000.0)
 
@@ -647,6 +651,21 @@ def _shows_picture(frame: Frame, state: StudyState) -> bool:
         return False
     recent.append(spread)
     return True
+
+
+def _without_scale(event: dict) -> None:
+    """A frame without a pixel spacing: its image fields in mm (``*_mm``, ``*_mm2``: needle
+    length and advance, tip to target, opacified area) would come from a scale the stages
+    assume, so they are null, and the event says ``"scale_unknown": true``."""
+    def clear(fields: dict) -> None:
+        for key, value in fields.items():
+            if key.endswith(("_mm", "_mm2")):
+                fields[key] = None
+            elif isinstance(value, dict):
+                clear(value)
+
+    clear(event)
+    event["scale_unknown"] = True
 
 
 def _work_kind(stage: Stage, frame: Frame, state: StudyState) -> str:
