@@ -110,7 +110,18 @@ class ReferenceBank:
             return 0, 0
         shift = _phase_shift(latest, first, both)
         if shift != (0, 0):
-            self.slots[:self.count] = np.roll(self.slots[:self.count], shift[::-1], axis=(1, 2))
+            kept = self.slots[:self.count]  # a view: written in place
+            kept[...] = np.roll(kept, shift[::-1], axis=(1, 2))
+            # the band the shift uncovers holds the opposite edge, wrapped round: unknown
+            dx, dy = shift
+            if dx > 0:
+                kept[:, :, :dx] = UNUSABLE
+            elif dx < 0:
+                kept[:, :, dx:] = UNUSABLE
+            if dy > 0:
+                kept[:, :dy, :] = UNUSABLE
+            elif dy < 0:
+                kept[:, dy:, :] = UNUSABLE
             latest = self.latest()
             both = usable & (latest > 0.02) & (latest < 0.98) & (first > 0.02) & (first < 0.98)
         a = latest[both].astype(np.float64)

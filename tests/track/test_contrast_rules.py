@@ -164,3 +164,30 @@ def test_the_shape_never_lowers_a_vascular_call():
     for k in range(1, 6):
         c.update(k, (ROUND_CLOUD,), 0.0, None)
     assert c.state == "vascular"
+
+
+@pytest.mark.parametrize("dx, dy", [(6, 4), (-5, -3)])
+def test_a_run_shift_leaves_no_wrapped_edge_in_the_reference(dx, dy):
+    """A new run moved by (dx, dy) working pixels: the kept frames are shifted onto it, and the
+    band the shift uncovers must not hold the opposite edge wrapped round (np.roll): there the
+    reference read 0.45 brighter than the scene, hiding new contrast (review helper-48 #5)."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    h, w, pad = 128, 128, 20
+    big = cv2.GaussianBlur(rng.random((h + 2 * pad, w + 2 * pad)).astype(np.float32), (0, 0), 2.5)
+    big = (big - big.min()) / (big.max() - big.min())
+    ramp = np.arange(w + 2 * pad)[None, :] / (w + 2 * pad)
+    big = (0.1 + 0.3 * big + 0.6 * ramp).astype(np.float32)  # dark left, bright right
+
+    def scene(sx, sy):  # the content moved by (sx, sy)
+        return np.ascontiguousarray(big[pad - sy:pad - sy + h, pad - sx:pad - sx + w])
+
+    bank = ReferenceBank((h, w), slots=4, pose_key=())
+    for _ in range(2):
+        bank.push(scene(0, 0), np.zeros((h, w), bool))
+    new = scene(dx, dy)
+    assert bank.adopt_run(new, np.ones((h, w), bool)) == (dx, dy)
+    kept = bank.slots[0]
+    band = (slice(8, -8), slice(0, dx)) if dx > 0 else (slice(8, -8), slice(w + dx, w))
+    assert np.abs(kept[band] - new[band]).max() < 0.02
