@@ -34,3 +34,48 @@ def test_video_frames_flow_through_the_pipeline(tmp_path):
 def test_missing_video_names_the_file(tmp_path):
     with pytest.raises(InputError, match="nothing.avi"):
         list(video_frames(str(tmp_path / "nothing.avi"), VideoSourceSettings(pixel_spacing_mm=0.3)))
+
+
+def _pulsed_video(tmp_path, *, pulses: int, repeats: int, held: int):
+    """A 30 fps capture of ``pulses`` fluoroscopy pulses, each shown ``repeats`` times, then
+    the last image held for ``held`` captures (the pedal released)."""
+    rng = np.random.default_rng(0)
+    shown = []
+    for k in range(pulses):
+        image = rng.integers(40, 200, (48, 64)).astype(np.uint8)  # noise: every pulse differs
+        shown += [image] * repeats
+    shown += [shown[-1]] * held
+    return write_test_video(tmp_path / "pulsed.avi", np.stack(shown), fps=30)
+
+
+def test_one_frame_per_pulse_and_no_exposure_for_a_held_image(tmp_path):
+    """30 fps capture of 7.5 p/s fluoroscopy: 60 captures are 15 pulses (every capture had
+    counted as a pulse: 4x the fluoroscopy time and dose); the held last image is no pulse."""
+    from sifluoro.acquire.video import VideoStats
+
+    path = _pulsed_video(tmp_path, pulses=15, repeats=4, held=12)
+    settings = VideoSourceSettings(pixel_spacing_mm=0.3, frame_rate_per_s=7.5, technique=Technique(
+        kvp=75, tube_current_ma=5, pulse_width_ms=6, sid_mm=1000, source_to_isocenter_mm=700))
+    stats = VideoStats()
+    got = list(video_frames(str(path), settings, stats))
+    assert len(got) == 15
+    assert [f.t_s for f in got] == pytest.approx([k / 7.5 for k in range(15)])
+    assert (stats.captured, stats.between_pulses, stats.held) == (72, 45, 12)
+    pipeline = Pipeline()
+    state = pipeline.start_study("video")
+    events = [pipeline.process(f, state) for f in got]
+    assert events[-1]["dose"]["fluoro_time_s"] == pytest.approx(15 / 7.5)
+    # without a pulse rate, repeats of one image are dropped as held: one frame per pulse too
+    stats = VideoStats()
+    assert len(list(video_frames(str(path), VideoSourceSettings(pixel_spacing_mm=0.3), stats))) == 15
+    assert stats.held == 57
+
+
+@pytest.mark.parametrize("field, value", [("pixel_spacing_mm", 0.0), ("pixel_spacing_mm", -1.0),
+                                          ("frame_rate_per_s", 0.0), ("max_frames", 0)])
+def test_video_settings_out_of_range_are_refused(field, value):
+    from sifluoro.errors import ConfigError
+
+    kwargs = {"pixel_spacing_mm": 0.3, field: value}
+    with pytest.raises(ConfigError):
+        VideoSourceSettings(**kwargs)

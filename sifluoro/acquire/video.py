@@ -2,7 +2,10 @@
 
 Video carries no DICOM header, so what the pipeline needs is given by the user: pixel spacing at
 the detector (calibrate on a known length), the technique (for estimated dose), and the pulse
-rate if the capture runs faster than the fluoroscopy (repeated frames are then dropped).
+rate if the capture runs faster than the fluoroscopy: one frame is then taken per pulse and the
+capture's repeats between pulses are dropped. A frame identical to the one before (the monitor's
+last-image hold after the pedal is released, on a digital capture) is no pulse either: dropped
+and counted (``VideoStats``), so that neither counts as exposure.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import cv2
 import numpy as np
 from pydicom.uid import generate_uid
 
-from sifluoro.errors import InputError
+from sifluoro.errors import ConfigError, InputError
 from sifluoro.model import Device, Frame, Run, Technique
 
 
@@ -44,6 +47,27 @@ class VideoSourceSettings:
     max_frames: int | None = None
     bone_bright: bool = False
 
+    def __post_init__(self):
+        if not self.pixel_spacing_mm > 0:
+            raise ConfigError(f"--pixel-spacing-mm must be > 0, got {self.pixel_spacing_mm}")
+        if self.frame_rate_per_s is not None and not self.frame_rate_per_s > 0:
+            raise ConfigError(f"--pulse-rate must be > 0, got {self.frame_rate_per_s}")
+        if self.max_frames is not None and self.max_frames < 1:
+            raise ConfigError(f"--max-frames must be >= 1, got {self.max_frames}")
+
+
+#: mean |difference| (grey levels) below which a frame repeats the one before (a held image)
+HELD_FRAME_LEVELS = 0.1
+
+
+@dataclass
+class VideoStats:
+    """What the capture delivered beyond the frames taken."""
+
+    captured: int = 0
+    between_pulses: int = 0  # capture repeats between two pulses (--pulse-rate)
+    held: int = 0            # frames identical to the one before (last-image hold)
+
 
 def open_capture(source: str | int) -> cv2.VideoCapture:
     """Open a video file or a capture device index; a clear error when that fails."""
@@ -54,16 +78,21 @@ def open_capture(source: str | int) -> cv2.VideoCapture:
     return capture
 
 
-def video_frames(source: str | int, settings: VideoSourceSettings) -> Iterator[Frame]:
+def video_frames(source: str | int, settings: VideoSourceSettings,
+                 stats: VideoStats | None = None) -> Iterator[Frame]:
     """Grey uint16 frames from a video, as one run starting at t = 0.
 
     Colour video is converted to grey (BT.601 luma); 8-bit video becomes ``uint16`` values
     0-255 with ``bits_stored = 8``, MONOCHROME2 as displayed, with PixelIntensityRelationshipSign
-    +1 (bone dark) or -1 (``bone_bright``). The run gets a study UID of its own.
+    +1 (bone dark) or -1 (``bone_bright``). The run gets a study UID of its own. With a pulse
+    rate below the capture's, one frame is taken per pulse; a frame that repeats the one
+    before is dropped (module notes); ``stats`` counts both.
     """
+    stats = stats if stats is not None else VideoStats()
     capture = open_capture(source)
     try:
-        rate = settings.frame_rate_per_s or capture.get(cv2.CAP_PROP_FPS) or 30.0
+        capture_rate = capture.get(cv2.CAP_PROP_FPS) or 30.0
+        rate = min(settings.frame_rate_per_s or capture_rate, capture_rate)
         frame_time_ms = 1000.0 / rate
         count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if isinstance(source, str) else 0
         n = settings.max_frames or (count if count > 0 else 1 << 30)
@@ -81,16 +110,29 @@ def video_frames(source: str | int, settings: VideoSourceSettings) -> Iterator[F
                   frame_offsets_s=tuple(k / rate for k in range(min(n, 1 << 20))),
                   frame_intervals_ms=(frame_time_ms,) * min(n, 1 << 20), technique=tech,
                   device=Device(station_name="video"), bits_allocated=8)
-        for k, image in enumerate(itertools.chain([first], _read_all(capture)), start=1):
-            if k > n:
+        taken, last_pulse, previous = 0, -1, None
+        for k, image in enumerate(itertools.chain([first], _read_all(capture))):
+            if taken >= n:
                 break
+            stats.captured += 1
             if image.shape[:2] != (rows, columns):
-                raise InputError(f"frame {k} is {image.shape[1]}x{image.shape[0]}, the video "
+                raise InputError(f"frame {k + 1} is {image.shape[1]}x{image.shape[0]}, the video "
                                  f"started at {columns}x{rows}", path=str(source))
+            pulse = int(k * rate / capture_rate + 1e-9)  # the pulse this capture shows
+            if pulse == last_pulse:
+                stats.between_pulses += 1
+                continue
             grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
+            if previous is not None and cv2.norm(grey, previous, cv2.NORM_L1) < (
+                    HELD_FRAME_LEVELS * grey.size):
+                stats.held += 1
+                continue
+            last_pulse, previous = pulse, grey
             pixels = grey.astype(np.uint16)
             pixels.flags.writeable = False
-            yield Frame(pixels=pixels, index=k - 1, frame_number=k, t_s=(k - 1) / rate, run=run)
+            taken += 1
+            yield Frame(pixels=pixels, index=taken - 1, frame_number=taken, t_s=pulse / rate,
+                        run=run)
     finally:
         capture.release()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import threading
 import time
 from pathlib import Path
@@ -23,7 +24,7 @@ def _source(text: str) -> str | int:
 
 
 def _video(args) -> int:
-    from sifluoro.acquire.video import VideoSourceSettings, video_frames
+    from sifluoro.acquire.video import VideoSourceSettings, VideoStats, video_frames
     from sifluoro.config import Settings
     from sifluoro.engine import Engine
     from sifluoro.replay import write_json
@@ -56,7 +57,11 @@ def _video(args) -> int:
         engine.on("frame", on_frame)
         paced = live and not device   # a file played as a grabber would deliver it
         start = 0.0
-        for frame in video_frames(source, settings):
+        stats = VideoStats()
+        if technique.sid_mm is None and not args.quiet:
+            print("note: without --sid-mm (and kV, mA, pulse width) there is no dose estimate; "
+                  "fluoroscopy time is still counted", file=sys.stderr)
+        for frame in video_frames(source, settings, stats):
             if frame.index == 0:  # kernels warmed up on the real frame size before it counts
                 engine.prepare(Study(frame.run.study_instance_uid, (frame.run,)))
                 start = time.monotonic()
@@ -72,10 +77,16 @@ def _video(args) -> int:
         summary = engine.close()
     if overlays is not None:
         overlays.close()
+    summary["video"] = {"captured_frames": stats.captured,
+                        "between_pulses": stats.between_pulses, "held_frames": stats.held}
     write_json(args.summary, summary)
     if not args.quiet:
         dropped = summary.get("dropped_image_frames")
-        print(f"video      {args.source}: {summary['frames']} frames"
+        print(f"video      {args.source}: {summary['frames']} frames of {stats.captured} captured"
+              + (f" ({stats.between_pulses} between pulses" if stats.between_pulses else "")
+              + (f"{', ' if stats.between_pulses else ' ('}{stats.held} held repeats"
+                 if stats.held else "")
+              + (")" if stats.between_pulses or stats.held else "")
               + (f", image work dropped on {dropped}" if dropped else ""))
         print(f"dose       {summary['air_kerma_mgy']:.2f} mGy air kerma, "
               f"{summary['dap_gycm2']:.3f} Gy·cm² DAP [{summary['dose_source']}], fluoro "
@@ -99,7 +110,8 @@ def add_video_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--bone-bright", action="store_true",
                    help="the video shows bone bright (default: bone dark, as fluoroscopy monitors)")
     p.add_argument("--pulse-rate", type=float, metavar="P/S",
-                   help="frames per second to take (default: the capture's own rate)")
+                   help="the fluoroscopy's pulse rate when the capture runs faster: one frame "
+                   "is taken per pulse (default: every captured frame is a pulse)")
     p.add_argument("--max-frames", type=int, metavar="N")
     p.add_argument("--live", action="store_true",
                    help="treat a file like a frame grabber (drop the oldest image work when late)")
