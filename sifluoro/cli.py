@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cases", type=int, default=24)
     p.add_argument("--seed", type=int, default=2026)
     p.add_argument("--size", choices=("512", "1024", "mixed"), default="mixed",
-                   help="frame size; 'mixed' alternates by case (default)")
+                   help="frame size; 'mixed': every third case 1024², the others 512² (default)")
     p.add_argument("--first-case", type=int, default=0)
     p.add_argument("--workers", type=int, default=2, help="processes (default %(default)s)")
     p.add_argument("--quick", action="store_true",

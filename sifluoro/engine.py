@@ -83,7 +83,9 @@ class JointEvent:
 
 @dataclass(frozen=True)
 class ContrastEvent:
-    """The contrast state changed (it only moves toward the more dangerous)."""
+    """The contrast state changed. It moves toward the more dangerous, except that early on
+    an extravasation may be taken back for a joint fill as the opacity outlines the joint;
+    ``vascular`` stays."""
 
     index: int
     t_s: float

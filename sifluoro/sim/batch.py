@@ -1,6 +1,7 @@
 """Many simulated studies: write a set, replay a set (serially or on a process pool)."""
 from __future__ import annotations
 
+import json
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Iterator
@@ -18,9 +19,11 @@ def _one(args) -> str:
     study = simulate_case(seed, case, size=size, quick=quick, wrong_level_scout=wrong_level)
     exported = export_study(study, Path(outdir) / f"case{case:03d}")
     frames = sum(len(r.frames) for r in study.runs)
+    # the truth says whether a file was damaged (a study may draw damage and have no run for it)
+    damaged = json.loads((exported.folder / "truth.json").read_text())["damaged_files"]
     return (f"case{case:03d}: {size}² {study.storage}/{study.compression or 'uncompressed'} "
             f"{study.runs[0].technique.detector}, {len(study.runs)} runs, {frames} frames, "
-            f"outcome {study.outcome}{', damaged file' if study.damaged else ''}"
+            f"outcome {study.outcome}{', damaged file' if damaged else ''}"
             f" -> {exported.folder}")
 
 
