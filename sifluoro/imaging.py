@@ -71,17 +71,20 @@ def attenuation_reference(frame: Frame) -> np.ndarray:
     return a
 
 
-def picture_spread(pixels: np.ndarray, stride: int = 8) -> float:
-    """How much picture a frame holds: the mean absolute step between stored values ``stride``
-    pixels apart along the rows of a sparse grid (anatomy and noise; 0 for a flat frame).
-    Some 16 000 values at 1024²: tens of microseconds."""
-    sample = pixels[::stride, ::stride]
-    if sample.shape[1] < 2:
-        sample = pixels[::stride, :]
-    if sample.shape[1] < 2:
-        return 0.0
-    steps = np.abs(np.diff(sample.astype(np.int32), axis=1))
-    return float(steps.mean())
+def picture_steps(pixels: np.ndarray, bits_stored: int) -> int:
+    """How much picture a frame holds: on every 8th row, the number of places where the means
+    of 8 neighbouring pixels step by more than 2 grey levels (of 8 bits; scaled to the stored
+    bits). 0 for a flat frame and for 8-bit black with noise of 1 level; thousands for a
+    fluoroscopy frame, and tens for one collimated to a slit. About 0.1 ms at 1024².
+    Counting steps, not averaging them, keeps a blacked-out shutter area from diluting the
+    picture inside it."""
+    rows = np.ascontiguousarray(pixels[4::8])
+    cols = rows.shape[1] // 8 * 8
+    if rows.shape[0] == 0 or cols < 16:
+        return 0
+    means = cv2.resize(rows[:, :cols], (cols // 8, rows.shape[0]), interpolation=cv2.INTER_AREA)
+    steps = np.abs(np.diff(means.astype(np.int32), axis=1))
+    return int(np.count_nonzero(steps > 2.0 * max(1.0, 2.0 ** (bits_stored - 8))))
 
 
 def warm_up() -> None:

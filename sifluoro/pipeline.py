@@ -92,8 +92,6 @@ class StudyState:
     alerts: list[dict] = field(default_factory=list)
     stage_names: tuple[str, ...] = ()  # the image stages that assess this study
     skipped_in_a_row: dict[str, int] = field(default_factory=dict)  # frames, per stage
-    # per run: the picture spread of its recent frames (:func:`imaging.picture_spread`)
-    picture_spreads: dict[str, deque] = field(default_factory=dict)
     no_picture_frames: int = 0
 
 
@@ -633,39 +631,16 @@ class Pipeline:
         return event
 
 
-#: a frame whose values step less than this between samples (grey levels) is flat: a
+#: a frame with fewer steps of picture than this (:func:`imaging.picture_steps`) is flat: a
 #: grabber's "no signal" black, a frame stuck at one value, a saturated one
-NO_PICTURE_LEVELS = 0.5
-#: a frame with less than this fraction of its run's usual picture spread shows nothing
-NO_PICTURE_OF_USUAL = 0.1
+NO_PICTURE_STEPS = 16
 
 
 def _shows_picture(frame: Frame, state: StudyState) -> bool:
-    """Whether ``frame`` holds a picture the image stages can read: not flat, and not far
-    flatter than its run's recent frames (which are remembered when they do)."""
-    spread = imaging.picture_spread(frame.pixels)
-    recent = state.picture_spreads.get(frame.run.sop_instance_uid)
-    if recent is None:
-        recent = state.picture_spreads[frame.run.sop_instance_uid] = deque(maxlen=8)
-    if spread < NO_PICTURE_LEVELS or (recent and spread < NO_PICTURE_OF_USUAL * np.median(recent)):
-        return False
-    recent.append(spread)
-    return True
-
-
-def _without_scale(event: dict) -> None:
-    """A frame without a pixel spacing: its image fields in mm (``*_mm``, ``*_mm2``: needle
-    length and advance, tip to target, opacified area) would come from a scale the stages
-    assume, so they are null, and the event says ``"scale_unknown": true``."""
-    def clear(fields: dict) -> None:
-        for key, value in fields.items():
-            if key.endswith(("_mm", "_mm2")):
-                fields[key] = None
-            elif isinstance(value, dict):
-                clear(value)
-
-    clear(event)
-    event["scale_unknown"] = True
+    """Whether ``frame`` holds a picture the image stages can read (not flat). An absolute
+    test: a rule relative to the run's earlier frames would lock a run out after one bright
+    frame (a grabber's snow before it locks)."""
+    return imaging.picture_steps(frame.pixels, frame.run.bits_stored) >= NO_PICTURE_STEPS
 
 
 def _work_kind(stage: Stage, frame: Frame, state: StudyState) -> str:

@@ -168,7 +168,8 @@ def format_summary(summary: dict) -> str:
     lines = [
         f"study      {summary['study_instance_uid']}",
         f"frames     {summary['frames']} in {summary['runs']} runs"
-        + (f" ({summary['degraded_frames']} degraded for the deadline)" if summary["degraded_frames"] else "")
+        + (f" ({late} degraded for the deadline)" if (late := summary["degraded_frames"]
+                                                        - summary.get("no_picture_frames", 0)) else "")
         + (f", {summary['no_picture_frames']} showing no picture" if summary.get("no_picture_frames") else ""),
         f"fluoro     {summary['fluoro_time_s']:.1f} s"
         + (f"  (+{summary['acquisition_time_s']:.1f} s acquisition)" if summary["acquisition_time_s"] else ""),

@@ -65,10 +65,14 @@ def test_one_frame_per_pulse_and_no_exposure_for_a_held_image(tmp_path):
     state = pipeline.start_study("video")
     events = [pipeline.process(f, state) for f in got]
     assert events[-1]["dose"]["fluoro_time_s"] == pytest.approx(15 / 7.5)
-    # without a pulse rate, repeats of one image are dropped as held: one frame per pulse too
+    # without a pulse rate every capture is a pulse, on the capture's clock (repeats dropped
+    # as held gave 15 frames of 1/30 s: a quarter of the fluoroscopy time)
     stats = VideoStats()
-    assert len(list(video_frames(str(path), VideoSourceSettings(pixel_spacing_mm=0.3), stats))) == 15
-    assert stats.held == 57
+    got = list(video_frames(str(path), VideoSourceSettings(pixel_spacing_mm=0.3), stats))
+    assert (len(got), stats.held, stats.between_pulses) == (72, 0, 0)
+    state = pipeline.start_study("video")
+    events = [pipeline.process(f, state) for f in got]
+    assert events[-1]["dose"]["fluoro_time_s"] == pytest.approx(72 / 30)
 
 
 @pytest.mark.parametrize("field, value", [("pixel_spacing_mm", 0.0), ("pixel_spacing_mm", -1.0),

@@ -3,9 +3,10 @@
 Video carries no DICOM header, so what the pipeline needs is given by the user: pixel spacing at
 the detector (calibrate on a known length), the technique (for estimated dose), and the pulse
 rate if the capture runs faster than the fluoroscopy: one frame is then taken per pulse and the
-capture's repeats between pulses are dropped. A frame identical to the one before (the monitor's
-last-image hold after the pedal is released, on a digital capture) is no pulse either: dropped
-and counted (``VideoStats``), so that neither counts as exposure.
+capture's repeats between pulses are dropped, and so is a frame identical to the one before at
+a pulse (the monitor's last-image hold after the pedal is released, on a digital capture), so
+that neither counts as exposure (both counted in ``VideoStats``). Without a pulse rate every
+captured frame is a pulse: time is counted on the capture's clock.
 """
 from __future__ import annotations
 
@@ -85,7 +86,7 @@ def video_frames(source: str | int, settings: VideoSourceSettings,
     Colour video is converted to grey (BT.601 luma); 8-bit video becomes ``uint16`` values
     0-255 with ``bits_stored = 8``, MONOCHROME2 as displayed, with PixelIntensityRelationshipSign
     +1 (bone dark) or -1 (``bone_bright``). The run gets a study UID of its own. With a pulse
-    rate below the capture's, one frame is taken per pulse; a frame that repeats the one
+    rate below the capture's, one frame is taken per pulse and a frame that repeats the one
     before is dropped (module notes); ``stats`` counts both.
     """
     stats = stats if stats is not None else VideoStats()
@@ -123,8 +124,8 @@ def video_frames(source: str | int, settings: VideoSourceSettings,
                 stats.between_pulses += 1
                 continue
             grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
-            if previous is not None and cv2.norm(grey, previous, cv2.NORM_L1) < (
-                    HELD_FRAME_LEVELS * grey.size):
+            if (settings.frame_rate_per_s is not None and previous is not None
+                    and cv2.norm(grey, previous, cv2.NORM_L1) < HELD_FRAME_LEVELS * grey.size):
                 stats.held += 1
                 continue
             last_pulse, previous = pulse, grey
