@@ -148,10 +148,12 @@ def test_a_case_without_results_is_wrong_and_named(tmp_path):
     done = _truth(["none", "extravasation", "extravasation"])
     _write_case(tmp_path, 0, done, _events(done), summary)
     _write_case(tmp_path, 1, _truth(["none", "vascular", "vascular"]), None, None)
+    _write_case(tmp_path, 2, _truth(["none", "none"]), None, None)
     r = evaluate(tmp_path / "cases", tmp_path / "results")
-    assert r["studies_without_results"] == [1]
-    assert r["contrast"]["study_accuracy"] == 0.5
+    assert r["studies_without_results"] == [1, 2]
+    assert r["contrast"]["study_accuracy"] == pytest.approx(1 / 3, abs=1e-4)
     assert r["contrast"]["vascular_sensitivity"] == 0.0
+    assert r["contrast"]["vascular_specificity"] == 1.0  # of the one case with results
 
 
 def test_a_vessel_seen_only_in_lost_frames_makes_a_vascular_study():

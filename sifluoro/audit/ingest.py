@@ -216,16 +216,23 @@ class _Writer:
             # which is recomputed from what it has left
             left = self._studies_left(conn, existing, batch)
             batch = {**batch, **{uid: [] for uid in left}}
-            existing.update(left)
+            existing.update({uid: sid for uid, (sid, _) in left.items()})
             earlier, gone = self._earlier_files(conn, existing, batch)
+            # a file moving out of a study that cannot be recomputed would count twice: it
+            # waits, like the study's own new files, until the missing file is back
+            held = {sop: uid for uid, (_, sops) in left.items() if uid in gone for sop in sops}
             studies, emptied = [], []
             for uid, files in batch.items():
+                waiting = files if uid in gone else [f for f in files if f.sop_instance_uid in held]
+                rejected += [Rejection(f.path, f"{gone[held.get(f.sop_instance_uid, uid)]}, recorded "
+                                       f"for study {held.get(f.sop_instance_uid, uid)}, cannot be "
+                                       "read: that study is kept as it was; ingest again with "
+                                       "that file in place") for f in waiting]
                 if uid in gone:  # recomputed without it, the study would lose its dose
-                    rejected += [Rejection(f.path, f"{gone[uid]}, recorded for study {uid}, "
-                                           "cannot be read: the study is kept as it was; "
-                                           "ingest again with that file in place")
-                                 for f in files]
                     existing.pop(uid, None)
+                    continue
+                files = [f for f in files if f.sop_instance_uid not in held]
+                if not files and uid not in existing:
                     continue
                 files = _dedupe(files + earlier.get(uid, []))
                 dose, rejections = study_dose(uid, files, self.settings.dose)
@@ -281,18 +288,20 @@ class _Writer:
         result.rejected += rejected
 
     @staticmethod
-    def _studies_left(conn: Session, existing: dict[str, int],
-                      batch: dict[str, list[ParsedFile]]) -> dict[str, int]:
+    @staticmethod
+    def _studies_left(conn: Session, existing: dict[str, int], batch: dict[str, list[ParsedFile]]
+                      ) -> dict[str, tuple[int, set[str]]]:
         """Studies outside the batch holding instances that the batch's files now put in
-        another study: study UID -> id."""
+        another study: study UID -> (id, those SOP Instance UIDs)."""
         sops = [f.sop_instance_uid for files in batch.values() for f in files]
-        out: dict[str, int] = {}
+        out: dict[str, tuple[int, set[str]]] = {}
         for i in range(0, len(sops), 5000):
-            out.update(conn.execute(
-                select(StudyRow.study_instance_uid, StudyRow.id)
-                .join(InstanceRow, InstanceRow.study_id == StudyRow.id)
-                .where(InstanceRow.sop_instance_uid.in_(sops[i:i + 5000]),
-                       StudyRow.id.not_in(list(existing.values())))).all())
+            for uid, sid, sop in conn.execute(
+                    select(StudyRow.study_instance_uid, StudyRow.id, InstanceRow.sop_instance_uid)
+                    .join(InstanceRow, InstanceRow.study_id == StudyRow.id)
+                    .where(InstanceRow.sop_instance_uid.in_(sops[i:i + 5000]),
+                           StudyRow.id.not_in(list(existing.values())))):
+                out.setdefault(uid, (sid, set()))[1].add(sop)
         return out
 
     def _earlier_files(self, conn: Session, existing: dict[str, int],
@@ -317,12 +326,14 @@ class _Writer:
                 continue
             parsed = parse_file(path, self.settings.patient_link_key)
             if parsed.kind == REJECTED:
-                log.warning("%s, recorded for study %s, cannot be read (%s); the study is kept "
-                            "as it was", path, uid_of[sid], parsed.reason)
+                log.warning("%s, recorded for study %s: %s; the study is kept as it was",
+                            path, uid_of[sid], parsed.reason)
                 gone[uid_of[sid]] = path
             elif parsed.study_instance_uid != uid_of[sid]:
-                log.info("%s, recorded for study %s, now names another study; the study is "
-                         "recomputed without it", path, uid_of[sid])
+                # not moved to its new study here: that happens when it is ingested again
+                log.warning("%s, recorded for study %s, now names another study; the study is "
+                            "recomputed without it (ingest the file again for its new study)",
+                            path, uid_of[sid])
             else:
                 out.setdefault(uid_of[sid], []).append(parsed)
         return out, gone

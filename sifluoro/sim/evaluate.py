@@ -155,6 +155,10 @@ def score_study(truth: dict, events: list[dict], summary: dict | None, tally: Ta
     output_final = summary["contrast_state"] if summary else (events[-1]["contrast"]["state"] if events else "none")
     if "contrast" not in ran:
         output_final = None
+    elif not events:
+        output_final = "missing"  # no results: wrong whatever the truth
+    if output_final in (None, "missing"):
+        pass
     elif truth_final != "none":
         if truth_final in first_output_state_index:
             tally.delays.append(max(0, first_output_state_index[truth_final] - first_truth_state_index[truth_final]))
@@ -183,7 +187,7 @@ def _ratio(a, b):
 def report(tally: Tally) -> dict:
     studies = [s for s in tally.studies if s["correct"] is not None]  # contrast assessed
     vascular_truth = [s for s in studies if s["truth"] == "vascular"]
-    non_vascular = [s for s in studies if s["truth"] != "vascular"]
+    non_vascular = [s for s in studies if s["truth"] != "vascular" and s["results"]]
     ran = set().union(*(s["stages"] for s in tally.studies)) if tally.studies else set()
     return {
         "studies": len(tally.studies),

@@ -345,3 +345,37 @@ def test_a_study_whose_recorded_file_is_gone_is_kept_and_the_new_file_rejected(d
     assert "rdsr.dcm" in result.rejected[0].reason and "kept as it was" in result.rejected[0].reason
     assert _study_rows(engine)[uid] == before
     engine.dispose()
+
+
+def test_a_corrected_file_waits_while_its_old_study_cannot_be_recomputed(db_url, tmp_path):
+    """The old study has a recorded file that is gone: it is kept as it was, so the corrected
+    run would count in both studies; the corrected file is rejected, saying why, until the
+    missing file is back (review helper-53 #4)."""
+    import shutil
+
+    import pydicom
+
+    from tests.dicom_fixtures import RunSpec, write_study
+
+    old, new = "1.2.826.0.1.3680043.8.498.311", "1.2.826.0.1.3680043.8.498.322"
+    paths = sorted(write_study(tmp_path / "a", [RunSpec(0.0, n_frames=8), RunSpec(20.0, n_frames=8)],
+                               study_uid=old))
+    engine = open_registry(db_url)
+    ingest([tmp_path / "a"], engine)
+    before = _study_rows(engine)
+    shutil.move(paths[1], tmp_path / "away.dcm")  # the other run's file is gone
+    ds = pydicom.dcmread(paths[0])
+    ds.StudyInstanceUID = new
+    (tmp_path / "fixed").mkdir()
+    ds.save_as(tmp_path / "fixed" / "run.dcm")
+    result = ingest([tmp_path / "fixed"], engine)
+    assert [r.file for r in result.rejected] == [str(tmp_path / "fixed" / "run.dcm")]
+    assert str(paths[1]) in result.rejected[0].reason and "(cannot be read (" not in result.rejected[0].reason
+    assert _study_rows(engine) == before
+    shutil.move(tmp_path / "away.dcm", paths[1])  # back: now it moves
+    result = ingest([tmp_path / "fixed"], engine)
+    assert result.rejected == []
+    rows = _study_rows(engine)
+    assert rows[old][1] == rows[new][1] == 1
+    assert rows[old][2] + rows[new][2] == pytest.approx(before[old][2], rel=1e-9)
+    engine.dispose()
