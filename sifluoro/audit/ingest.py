@@ -130,12 +130,12 @@ def ingest(paths: Iterable[str | Path], db: str | Engine, *, settings: AuditSett
     t0 = time.perf_counter()
     result = IngestResult()
     with engine.connect() as conn:
-        known = dict(conn.execute(select(InstanceRow.sha256, InstanceRow.path)).all())
+        known = set(conn.execute(select(InstanceRow.sha256)).scalars())
     files = [str(p) for p in iter_input_files(paths)]
     result.files = len(files)
     bar = _progress_bar(len(files), progress)
     todo: list[str] = []
-    moved: dict[str, str] = {}  # recorded path -> where the same file is now
+    unchanged: dict[str, str] = {}  # sha256 -> path of the files already recorded
     for path in files:
         try:
             digest = file_sha256(path)
@@ -146,12 +146,11 @@ def ingest(paths: Iterable[str | Path], db: str | Engine, *, settings: AuditSett
         if digest in known:
             result.unchanged += 1
             bar.update(1)
-            if known[digest] != path and not Path(known[digest]).exists():
-                moved[known[digest]] = path
+            unchanged[digest] = path
         else:
             todo.append(path)
-    if moved:
-        _record_new_paths(engine, moved)
+    if unchanged:
+        _record_new_paths(engine, unchanged)
     chunks = [todo[i:i + settings.chunk_files] for i in range(0, len(todo), settings.chunk_files)]
     writer = _Writer(engine, settings)
     pending: dict[str, list[ParsedFile]] = {}
@@ -175,16 +174,19 @@ def ingest(paths: Iterable[str | Path], db: str | Engine, *, settings: AuditSett
     return result
 
 
-def _record_new_paths(engine: Engine, moved: dict[str, str], chunk: int = 5000) -> None:
-    """An archive moved or re-mounted: its files are read from their new place from now on
-    (a study is recomputed from its recorded files when a new file of it comes)."""
-    old = list(moved)
+def _record_new_paths(engine: Engine, unchanged: dict[str, str], chunk: int = 5000) -> None:
+    """Files already recorded (by content, ``sha256 -> path``) found at a new place while the
+    recorded one is gone (an archive moved or re-mounted) are read from there from now on: a
+    study is recomputed from its recorded files when a new file of it comes."""
+    digests = list(unchanged)
     with Session(engine) as conn, conn.begin():
-        for i in range(0, len(old), chunk):
-            rows = conn.execute(select(InstanceRow.id, InstanceRow.path)
-                                .where(InstanceRow.path.in_(old[i:i + chunk]))).all()
-            if rows:
-                conn.execute(update(InstanceRow), [{"id": r.id, "path": moved[r.path]} for r in rows])
+        for i in range(0, len(digests), chunk):
+            rows = conn.execute(select(InstanceRow.id, InstanceRow.sha256, InstanceRow.path)
+                                .where(InstanceRow.sha256.in_(digests[i:i + chunk]))).all()
+            moved = [{"id": r.id, "path": unchanged[r.sha256]} for r in rows
+                     if r.path != unchanged[r.sha256] and not Path(r.path).exists()]
+            if moved:
+                conn.execute(update(InstanceRow), moved)
 
 
 def _progress_bar(total: int, show: bool):
