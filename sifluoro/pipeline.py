@@ -643,6 +643,21 @@ def _shows_picture(frame: Frame, state: StudyState) -> bool:
     return imaging.picture_steps(frame.pixels, frame.run.bits_stored) >= NO_PICTURE_STEPS
 
 
+def _without_scale(event: dict) -> None:
+    """A frame without a pixel spacing: its image fields in mm (``*_mm``, ``*_mm2``: needle
+    length and advance, tip to target, opacified area) would come from a scale the stages
+    assume, so they are null, and the event says ``"scale_unknown": true``."""
+    def clear(fields: dict) -> None:
+        for key, value in fields.items():
+            if key.endswith(("_mm", "_mm2")):
+                fields[key] = None
+            elif isinstance(value, dict):
+                clear(value)
+
+    clear(event)
+    event["scale_unknown"] = True
+
+
 def _work_kind(stage: Stage, frame: Frame, state: StudyState) -> str:
     """``":<kind>"``, the kind of work ``stage`` has on ``frame`` (its ``work_kind``), or ``""``
     (none, or it raised: logged, the frame still runs)."""
