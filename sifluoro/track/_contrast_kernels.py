@@ -145,6 +145,19 @@ def masked_residual(cur, ref, valid, dx, dy, out):
     updated in place (False where the shifted reference is missing). Returns the usable count."""
     rows, cols = cur.shape
     n = 0
+    if dx == 0 and dy == 0:
+        # the stage's case: no shift, no bounds to test; rows vectorise
+        for y in range(rows):
+            c = cur[y]
+            r = ref[y]
+            v = valid[y]
+            o = out[y]
+            for x in range(cols):
+                ok = v[x] and r[x] >= 0.0
+                o[x] = c[x] - r[x] if ok else np.float32(0.0)
+                v[x] = ok
+                n += ok
+        return n
     for y in range(rows):
         ry = y - dy
         for x in range(cols):
@@ -535,6 +548,14 @@ def _ridge_of_padded(rows, cols, tap_dy, tap_dx, tap_w, flank_dx, flank_dy, pad,
     ucols = np.uint64(cols)
     uf = np.uint64(f)
     for o in range(tap_dy.shape[0]):
+        w = tap_w[o]
+        # taps after the last weighted one add exactly nothing: 7, 9 or 11 are summed
+        used = 0
+        for t in range(LINE_TAPS):
+            if w[t] != 0.0:
+                used = t + 1
+        w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10 = (w[0], w[1], w[2], w[3], w[4], w[5],
+                                                      w[6], w[7], w[8], w[9], w[10])
         for y in range(rows):
             crow = cpad[y + f]
             r = (y + h) * pcols + h
@@ -549,14 +570,22 @@ def _ridge_of_padded(rows, cols, tap_dy, tap_dx, tap_w, flank_dx, flank_dy, pad,
             b8 = np.uint64(r + tap_dy[o, 8] * pcols + tap_dx[o, 8])
             b9 = np.uint64(r + tap_dy[o, 9] * pcols + tap_dx[o, 9])
             b10 = np.uint64(r + tap_dy[o, 10] * pcols + tap_dx[o, 10])
-            w = tap_w[o]
-            w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10 = (w[0], w[1], w[2], w[3], w[4], w[5],
-                                                          w[6], w[7], w[8], w[9], w[10])
-            for x in range(ucols):
-                crow[x + uf] = (w0 * flat[b0 + x] + w1 * flat[b1 + x] + w2 * flat[b2 + x]
-                                + w3 * flat[b3 + x] + w4 * flat[b4 + x] + w5 * flat[b5 + x]
-                                + w6 * flat[b6 + x] + w7 * flat[b7 + x] + w8 * flat[b8 + x]
-                                + w9 * flat[b9 + x] + w10 * flat[b10 + x])
+            if used <= 7:
+                for x in range(ucols):
+                    crow[x + uf] = (w0 * flat[b0 + x] + w1 * flat[b1 + x] + w2 * flat[b2 + x]
+                                    + w3 * flat[b3 + x] + w4 * flat[b4 + x] + w5 * flat[b5 + x]
+                                    + w6 * flat[b6 + x])
+            elif used <= 9:
+                for x in range(ucols):
+                    crow[x + uf] = (w0 * flat[b0 + x] + w1 * flat[b1 + x] + w2 * flat[b2 + x]
+                                    + w3 * flat[b3 + x] + w4 * flat[b4 + x] + w5 * flat[b5 + x]
+                                    + w6 * flat[b6 + x] + w7 * flat[b7 + x] + w8 * flat[b8 + x])
+            else:
+                for x in range(ucols):
+                    crow[x + uf] = (w0 * flat[b0 + x] + w1 * flat[b1 + x] + w2 * flat[b2 + x]
+                                    + w3 * flat[b3 + x] + w4 * flat[b4 + x] + w5 * flat[b5 + x]
+                                    + w6 * flat[b6 + x] + w7 * flat[b7 + x] + w8 * flat[b8 + x]
+                                    + w9 * flat[b9 + x] + w10 * flat[b10 + x])
             for x in range(f):
                 crow[x] = crow[f]
                 crow[cols + f + x] = crow[cols + f - 1]
