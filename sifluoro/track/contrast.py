@@ -145,6 +145,14 @@ class _StudyMemory:
         return self.buffers
 
 
+def _select(b: _Buffers, any_kept: bool) -> None:
+    """``b.on``: the pixels of the components ``b.keep`` marks (none kept: no label pass)."""
+    if any_kept:
+        K.select_labels(b.labels, b.keep, b.on)
+    else:
+        b.on.fill(False)
+
+
 def pose_key(frame: Frame, shape: tuple[int, int]) -> tuple:
     """Frames with the same C-arm angles and frame size share a reference."""
     t = frame.technique
@@ -242,14 +250,15 @@ class ContrastStage:
         n = K.hysteresis_label(b.score, b.valid, s.seed_z, s.grow_z, b.labels, b.stack,
                                _MAX_COMPONENTS)
         washed_out = self._washed_out(b, rm)
-        K.component_stats(b.labels, n, b.residual, rm.opaque, b.stats)
-        K.core_stats(b.labels, b.residual, 0.4, b.stats)
+        if n:   # no component: nothing to measure (the usual frame before injection)
+            K.component_stats(b.labels, n, b.residual, rm.opaque, b.stats)
+            K.core_stats(b.labels, b.residual, 0.4, b.stats)
         opacities = describe_components(b.stats, n, b.score, b.valid, sigma, factor, work_mm)
         keep = memory.classifier.accept(opacities, strict=not bank.mature)
         b.keep[:] = False
         for k, ok in enumerate(keep, start=1):
             b.keep[k] = ok
-        K.select_labels(b.labels, b.keep, b.on)
+        _select(b, any(keep))
         # the previous frame's opacity was read by component_stats above (C_NEW)
         rm.opaque[...] = b.on
         accepted = tuple(o for o, ok in zip(opacities, keep) if ok)
@@ -267,9 +276,11 @@ class ContrastStage:
         elif not rm.opacity_seen:
             # opacity set aside as gas stays out of the reference: a faint vessel beside gas
             # must still be there to wash out against
+            gas = False
             for k, o in enumerate(opacities, start=1):
                 b.keep[k] = memory.classifier.set_aside_as_gas(o)
-            K.select_labels(b.labels, b.keep, b.on)
+                gas = gas or b.keep[k]
+            _select(b, gas)
             np.logical_or(b.on, b.unusable, out=b.on)
             bank.push(b.current, b.on)
         area_mm2 = float(sum(o.area_mm2 for o in accepted))
