@@ -48,26 +48,35 @@ def reduce_frame(pixels, factor, top, invert, out_img, out_zero, out_one, row_su
     exposure, text, or saturation): both follow from the block's smallest and largest value.
     The ``factor`` rows of a block are summed (int32), and their minimum and maximum taken
     (buffers of the pixels' dtype), column by column into ``row_*`` (at least
-    ``out_img.shape[1] * factor`` long), in storage order, then folded; the fold of the usual
-    factor 4 is spelt out, so that its strided reads vectorise.
+    ``out_img.shape[1] * factor`` long), in storage order, then folded; for the usual factor
+    4 both steps are spelt out (the fold's strided reads then vectorise).
     """
     rows, cols = out_img.shape
     scale = 1.0 / (top * factor * factor)
     n = cols * factor
     for y in range(rows):
-        first = pixels[y * factor]
-        for i in range(n):
-            v = first[i]
-            row_sum[i] = np.int32(v)
-            row_min[i] = v
-            row_max[i] = v
-        for dy in range(1, factor):
-            row = pixels[y * factor + dy]
+        if factor == 4:
+            p0, p1, p2, p3 = (pixels[4 * y], pixels[4 * y + 1], pixels[4 * y + 2],
+                              pixels[4 * y + 3])
             for i in range(n):
-                v = row[i]
-                row_sum[i] += np.int32(v)
-                row_min[i] = min(row_min[i], v)
-                row_max[i] = max(row_max[i], v)
+                a, b, c, d = p0[i], p1[i], p2[i], p3[i]
+                row_sum[i] = (np.int32(a) + np.int32(b)) + (np.int32(c) + np.int32(d))
+                row_min[i] = min(min(a, b), min(c, d))
+                row_max[i] = max(max(a, b), max(c, d))
+        else:
+            first = pixels[y * factor]
+            for i in range(n):
+                v = first[i]
+                row_sum[i] = np.int32(v)
+                row_min[i] = v
+                row_max[i] = v
+            for dy in range(1, factor):
+                row = pixels[y * factor + dy]
+                for i in range(n):
+                    v = row[i]
+                    row_sum[i] += np.int32(v)
+                    row_min[i] = min(row_min[i], v)
+                    row_max[i] = max(row_max[i], v)
         img = out_img[y]
         zero = out_zero[y]
         one = out_one[y]
