@@ -598,22 +598,33 @@ def _ridge_of_padded(rows, cols, tap_dy, tap_dx, tap_w, flank_dx, flank_dy, pad,
             for x in range(f):
                 crow[x] = crow[f]
                 crow[cols + f + x] = crow[cols + f - 1]
-        for y in range(f):
+            # the flanks of row y - f lie within f rows of it: done while its rows are fresh
+            if y == 0:
+                for yy in range(f):
+                    for x in range(cols + 2 * f):
+                        cpad[yy, x] = crow[x]
+            if y >= f:
+                _flank_row(cpad, out, y - f, f, flank_dx[o], flank_dy[o], ucols, uf)
+        for yy in range(f):
             for x in range(cols + 2 * f):
-                cpad[y, x] = cpad[f, x]
-                cpad[rows + f + y, x] = cpad[rows + f - 1, x]
-        dx = flank_dx[o]
-        dy = flank_dy[o]
-        ul = np.uint64(f + dx)
-        ur = np.uint64(f - dx)
-        for y in range(rows):
-            cr = cpad[y + f]
-            lr = cpad[y + f + dy]
-            rr = cpad[y + f - dy]
-            orow = out[y]
-            for x in range(ucols):
-                c = cr[x + uf]
-                orow[x] = max(orow[x], min(c - lr[x + ul], c - rr[x + ur]))
+                cpad[rows + f + yy, x] = cpad[rows + f - 1, x]
+        for yy in range(max(rows - f, 0), rows):
+            _flank_row(cpad, out, yy, f, flank_dx[o], flank_dy[o], ucols, uf)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _flank_row(cpad, out, y, f, dx, dy, ucols, uf):
+    """``out[y] = max(out[y], min(c - c(p + d), c - c(p - d)))`` for one row of ``c`` (in
+    ``cpad``, ``f`` px of margin) and the flank offset ``d = (dx, dy)``."""
+    ul = np.uint64(f + dx)
+    ur = np.uint64(f - dx)
+    cr = cpad[y + f]
+    lr = cpad[y + f + dy]
+    rr = cpad[y + f - dy]
+    orow = out[y]
+    for x in range(ucols):
+        c = cr[x + uf]
+        orow[x] = max(orow[x], min(c - lr[x + ul], c - rr[x + ur]))
 
 
 @njit(cache=True, nogil=True)
