@@ -39,7 +39,8 @@ _STEPS = ("reduce_frame", "smooth_binomial", "dilate_square", "envelope_max", "f
           "masked_residual", "robust_centre_spread", "hysteresis_label", "component_stats",
           "core_stats", "select_labels", "shifted_copy", "negative_mass",
           "transient_maps", "unexposed_seeds", "usable_field", "standardise",
-          "line_ridge", "local_z", "best_line", "same_mask", "erode_square", "box_scale")
+          "line_ridge", "washout_ridge", "local_z", "z_like", "best_line", "same_mask",
+          "erode_square", "box_scale")
 
 
 def _frames(size: int, n: int) -> tuple[Run, list[np.ndarray]]:
@@ -156,8 +157,9 @@ def _step_breakdown(run, frames) -> dict:
         if any(per):
             out[name] = round(float(np.median(per)), 4)
     kernels = [sum(v for k, v in s.items() if k in _STEPS and k not in
-                   ("transient_maps", "line_ridge", "local_z", "best_line", "same_mask",
-                    "erode_square", "box_scale")) + s.get("vessel_test (all)", 0.0) for s in spent]
+                   ("transient_maps", "line_ridge", "washout_ridge", "local_z", "z_like",
+                    "best_line", "same_mask", "erode_square", "box_scale"))
+               + s.get("vessel_test (all)", 0.0) for s in spent]
     out["other (Python, NumPy)"] = round(float(np.median(np.subtract(total, kernels))), 4)
     out["total (with wrappers)"] = round(float(np.median(total)), 4)
     return out

@@ -38,47 +38,71 @@ N_STATS = 22
 
 
 @njit(cache=True, nogil=True)
-def reduce_frame(pixels, factor, top, invert, out_img, out_low, out_high, row_sum, row_low,
-                 row_high):
-    """Block-average stored pixels into an attenuation-like working image.
+def reduce_frame(pixels, factor, top, invert, out_img, out_zero, out_one, row_sum, row_min,
+                 row_max):
+    """Block-average stored (unsigned) pixels into an attenuation-like working image.
 
     ``out_img[y, x]`` = mean over the ``factor`` x ``factor`` block of ``v / top`` (``1 - v / top``
-    when ``invert``), so bone is bright. ``out_low``/``out_high`` count the block's pixels at
-    attenuation 0 (burned-in text outline) and at 1 (no exposure, text, or saturation).
-    The ``factor`` rows of a block are summed column by column into the int32 buffers
-    ``row_*`` (at least ``out_img.shape[1] * factor`` long), in storage order, then folded.
+    when ``invert``), so bone is bright. ``out_zero`` marks blocks with a pixel at attenuation 0
+    (burned-in text outline), ``out_one`` blocks whose every pixel is at attenuation 1 (no
+    exposure, text, or saturation): both follow from the block's smallest and largest value.
+    The ``factor`` rows of a block are summed (int32), and their minimum and maximum taken
+    (buffers of the pixels' dtype), column by column into ``row_*`` (at least
+    ``out_img.shape[1] * factor`` long), in storage order, then folded; for the usual factor
+    4 both steps are spelt out (the fold's strided reads then vectorise).
     """
     rows, cols = out_img.shape
     scale = 1.0 / (top * factor * factor)
-    n = np.uint64(cols * factor)
+    n = cols * factor
     for y in range(rows):
-        for i in range(n):
-            row_sum[i] = 0
-            row_low[i] = 0
-            row_high[i] = 0
-        for dy in range(factor):
-            row = pixels[y * factor + dy]
+        if factor == 4:
+            p0, p1, p2, p3 = (pixels[4 * y], pixels[4 * y + 1], pixels[4 * y + 2],
+                              pixels[4 * y + 3])
             for i in range(n):
-                v = np.int32(row[i])
-                row_sum[i] += v
-                row_low[i] += v == 0
-                row_high[i] += v >= top
+                a, b, c, d = p0[i], p1[i], p2[i], p3[i]
+                row_sum[i] = (np.int32(a) + np.int32(b)) + (np.int32(c) + np.int32(d))
+                row_min[i] = min(min(a, b), min(c, d))
+                row_max[i] = max(max(a, b), max(c, d))
+        else:
+            first = pixels[y * factor]
+            for i in range(n):
+                v = first[i]
+                row_sum[i] = np.int32(v)
+                row_min[i] = v
+                row_max[i] = v
+            for dy in range(1, factor):
+                row = pixels[y * factor + dy]
+                for i in range(n):
+                    v = row[i]
+                    row_sum[i] += np.int32(v)
+                    row_min[i] = min(row_min[i], v)
+                    row_max[i] = max(row_max[i], v)
+        img = out_img[y]
+        zero = out_zero[y]
+        one = out_one[y]
         for x in range(cols):
-            acc = 0
-            n0 = 0
-            n1 = 0
-            for dx in range(factor):
-                acc += row_sum[x * factor + dx]
-                n0 += row_low[x * factor + dx]
-                n1 += row_high[x * factor + dx]
-            if invert:
-                out_img[y, x] = np.float32(1.0 - acc * scale)
-                out_low[y, x] = n1
-                out_high[y, x] = n0
+            if factor == 4:
+                b = 4 * x
+                acc = (row_sum[b] + row_sum[b + 1]) + (row_sum[b + 2] + row_sum[b + 3])
+                lo = min(min(row_min[b], row_min[b + 1]), min(row_min[b + 2], row_min[b + 3]))
+                hi = max(max(row_max[b], row_max[b + 1]), max(row_max[b + 2], row_max[b + 3]))
             else:
-                out_img[y, x] = np.float32(acc * scale)
-                out_low[y, x] = n0
-                out_high[y, x] = n1
+                b = factor * x
+                acc = row_sum[b]
+                lo = row_min[b]
+                hi = row_max[b]
+                for dx in range(1, factor):
+                    acc += row_sum[b + dx]
+                    lo = min(lo, row_min[b + dx])
+                    hi = max(hi, row_max[b + dx])
+            if invert:
+                img[x] = np.float32(1.0 - acc * scale)
+                zero[x] = hi >= top
+                one[x] = hi == 0
+            else:
+                img[x] = np.float32(acc * scale)
+                zero[x] = lo == 0
+                one[x] = lo >= top
 
 
 @njit(cache=True, nogil=True)
@@ -110,16 +134,18 @@ def smooth_binomial(src, tmp, dst):
 
 @njit(cache=True, nogil=True)
 def envelope_max(slots, n, out):
-    """Per-pixel maximum over the first ``n`` reference slots (-1 marks an unusable pixel)."""
+    """Per-pixel maximum over the first ``n`` reference slots (-1 marks an unusable pixel);
+    slot by slot along each row, so that the row loop vectorises."""
     rows, cols = out.shape
     for y in range(rows):
+        o = out[y]
         for x in range(cols):
-            m = np.float32(-1.0)
-            for k in range(n):
-                v = slots[k, y, x]
-                if v > m:
-                    m = v
-            out[y, x] = m
+            o[x] = np.float32(-1.0)
+        for k in range(n):
+            s = slots[k, y]
+            for x in range(cols):
+                v = s[x]
+                o[x] = v if v > o[x] else o[x]
 
 
 @njit(cache=True, nogil=True)
@@ -128,6 +154,19 @@ def masked_residual(cur, ref, valid, dx, dy, out):
     updated in place (False where the shifted reference is missing). Returns the usable count."""
     rows, cols = cur.shape
     n = 0
+    if dx == 0 and dy == 0:
+        # the stage's case: no shift, no bounds to test; rows vectorise
+        for y in range(rows):
+            c = cur[y]
+            r = ref[y]
+            v = valid[y]
+            o = out[y]
+            for x in range(cols):
+                ok = v[x] and r[x] >= 0.0
+                o[x] = c[x] - r[x] if ok else np.float32(0.0)
+                v[x] = ok
+                n += ok
+        return n
     for y in range(rows):
         ry = y - dy
         for x in range(cols):
@@ -184,14 +223,12 @@ def robust_centre_spread(values, valid, clip):
 
 
 @njit(cache=True, nogil=True)
-def unexposed_seeds(envelope, high, full_count, seed, full):
-    """``seed = envelope < 0`` (unusable in the reference), ``full = high >= full_count``
-    (every pixel of the block at attenuation 1)."""
+def unexposed_seeds(envelope, seed):
+    """``seed = envelope < 0``: unusable in the reference."""
     rows, cols = seed.shape
     for y in range(rows):
         for x in range(cols):
             seed[y, x] = envelope[y, x] < 0.0
-            full[y, x] = high[y, x] >= full_count
 
 
 @njit(cache=True, nogil=True)
@@ -479,12 +516,40 @@ def line_ridge(src, tap_dy, tap_dx, tap_w, flank_dx, flank_dy, pad, cpad, out):
     """
     rows, cols = src.shape
     h = (pad.shape[0] - rows) // 2
-    f = (cpad.shape[0] - rows) // 2
-    pcols = pad.shape[1]
     for y in range(rows + 2 * h):
         sy = min(max(y - h, 0), rows - 1)
         for x in range(cols + 2 * h):
             pad[y, x] = src[sy, min(max(x - h, 0), cols - 1)]
+    _ridge_of_padded(rows, cols, tap_dy, tap_dx, tap_w, flank_dx, flank_dy, pad, cpad, out)
+
+
+@njit(cache=True, nogil=True)
+def washout_ridge(history, a, now, tap_dy, tap_dx, tap_w, flank_dx, flank_dy, pad, cpad, out):
+    """:func:`line_ridge` of ``history[a] - history[now]`` (float32), the difference written
+    straight into ``pad``: the washout map itself is never stored."""
+    rows, cols = out.shape
+    h = (pad.shape[0] - rows) // 2
+    x_a = history[a]
+    x_now = history[now]
+    for y in range(rows + 2 * h):
+        sy = min(max(y - h, 0), rows - 1)
+        ra = x_a[sy]
+        rn = x_now[sy]
+        prow = pad[y]
+        for x in range(h):
+            prow[x] = ra[0] - rn[0]
+            prow[cols + h + x] = ra[cols - 1] - rn[cols - 1]
+        for x in range(cols):
+            prow[x + h] = ra[x] - rn[x]
+    _ridge_of_padded(rows, cols, tap_dy, tap_dx, tap_w, flank_dx, flank_dy, pad, cpad, out)
+
+
+@njit(cache=True, nogil=True)
+def _ridge_of_padded(rows, cols, tap_dy, tap_dx, tap_w, flank_dx, flank_dy, pad, cpad, out):
+    """:func:`line_ridge` once ``pad`` holds the padded source."""
+    h = (pad.shape[0] - rows) // 2
+    f = (cpad.shape[0] - rows) // 2
+    pcols = pad.shape[1]
     for y in range(rows):
         for x in range(cols):
             out[y, x] = np.float32(-1e9)
@@ -492,6 +557,14 @@ def line_ridge(src, tap_dy, tap_dx, tap_w, flank_dx, flank_dy, pad, cpad, out):
     ucols = np.uint64(cols)
     uf = np.uint64(f)
     for o in range(tap_dy.shape[0]):
+        w = tap_w[o]
+        # taps after the last weighted one add exactly nothing: 7, 9 or 11 are summed
+        used = 0
+        for t in range(LINE_TAPS):
+            if w[t] != 0.0:
+                used = t + 1
+        w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10 = (w[0], w[1], w[2], w[3], w[4], w[5],
+                                                      w[6], w[7], w[8], w[9], w[10])
         for y in range(rows):
             crow = cpad[y + f]
             r = (y + h) * pcols + h
@@ -506,33 +579,52 @@ def line_ridge(src, tap_dy, tap_dx, tap_w, flank_dx, flank_dy, pad, cpad, out):
             b8 = np.uint64(r + tap_dy[o, 8] * pcols + tap_dx[o, 8])
             b9 = np.uint64(r + tap_dy[o, 9] * pcols + tap_dx[o, 9])
             b10 = np.uint64(r + tap_dy[o, 10] * pcols + tap_dx[o, 10])
-            w = tap_w[o]
-            w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10 = (w[0], w[1], w[2], w[3], w[4], w[5],
-                                                          w[6], w[7], w[8], w[9], w[10])
-            for x in range(ucols):
-                crow[x + uf] = (w0 * flat[b0 + x] + w1 * flat[b1 + x] + w2 * flat[b2 + x]
-                                + w3 * flat[b3 + x] + w4 * flat[b4 + x] + w5 * flat[b5 + x]
-                                + w6 * flat[b6 + x] + w7 * flat[b7 + x] + w8 * flat[b8 + x]
-                                + w9 * flat[b9 + x] + w10 * flat[b10 + x])
+            if used <= 7:
+                for x in range(ucols):
+                    crow[x + uf] = (w0 * flat[b0 + x] + w1 * flat[b1 + x] + w2 * flat[b2 + x]
+                                    + w3 * flat[b3 + x] + w4 * flat[b4 + x] + w5 * flat[b5 + x]
+                                    + w6 * flat[b6 + x])
+            elif used <= 9:
+                for x in range(ucols):
+                    crow[x + uf] = (w0 * flat[b0 + x] + w1 * flat[b1 + x] + w2 * flat[b2 + x]
+                                    + w3 * flat[b3 + x] + w4 * flat[b4 + x] + w5 * flat[b5 + x]
+                                    + w6 * flat[b6 + x] + w7 * flat[b7 + x] + w8 * flat[b8 + x])
+            else:
+                for x in range(ucols):
+                    crow[x + uf] = (w0 * flat[b0 + x] + w1 * flat[b1 + x] + w2 * flat[b2 + x]
+                                    + w3 * flat[b3 + x] + w4 * flat[b4 + x] + w5 * flat[b5 + x]
+                                    + w6 * flat[b6 + x] + w7 * flat[b7 + x] + w8 * flat[b8 + x]
+                                    + w9 * flat[b9 + x] + w10 * flat[b10 + x])
             for x in range(f):
                 crow[x] = crow[f]
                 crow[cols + f + x] = crow[cols + f - 1]
-        for y in range(f):
+            # the flanks of row y - f lie within f rows of it: done while its rows are fresh
+            if y == 0:
+                for yy in range(f):
+                    for x in range(cols + 2 * f):
+                        cpad[yy, x] = crow[x]
+            if y >= f:
+                _flank_row(cpad, out, y - f, f, flank_dx[o], flank_dy[o], ucols, uf)
+        for yy in range(f):
             for x in range(cols + 2 * f):
-                cpad[y, x] = cpad[f, x]
-                cpad[rows + f + y, x] = cpad[rows + f - 1, x]
-        dx = flank_dx[o]
-        dy = flank_dy[o]
-        ul = np.uint64(f + dx)
-        ur = np.uint64(f - dx)
-        for y in range(rows):
-            cr = cpad[y + f]
-            lr = cpad[y + f + dy]
-            rr = cpad[y + f - dy]
-            orow = out[y]
-            for x in range(ucols):
-                c = cr[x + uf]
-                orow[x] = max(orow[x], min(c - lr[x + ul], c - rr[x + ur]))
+                cpad[rows + f + yy, x] = cpad[rows + f - 1, x]
+        for yy in range(max(rows - f, 0), rows):
+            _flank_row(cpad, out, yy, f, flank_dx[o], flank_dy[o], ucols, uf)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _flank_row(cpad, out, y, f, dx, dy, ucols, uf):
+    """``out[y] = max(out[y], min(c - c(p + d), c - c(p - d)))`` for one row of ``c`` (in
+    ``cpad``, ``f`` px of margin) and the flank offset ``d = (dx, dy)``."""
+    ul = np.uint64(f + dx)
+    ur = np.uint64(f - dx)
+    cr = cpad[y + f]
+    lr = cpad[y + f + dy]
+    rr = cpad[y + f - dy]
+    orow = out[y]
+    for x in range(ucols):
+        c = cr[x + uf]
+        orow[x] = max(orow[x], min(c - lr[x + ul], c - rr[x + ur]))
 
 
 @njit(cache=True, nogil=True)
@@ -542,7 +634,35 @@ def box_sum(src, window, rowsum, colsum, out):
     float64 buffer of ``src``'s shape, ``colsum`` one of its width). ``out`` may be ``src``."""
     rows, cols = src.shape
     r = window // 2
-    for y in range(rows):
+    # four rows at a time: each row's running sum is a chain of dependent additions, four
+    # chains side by side keep the adder busy (every row's own order of additions is kept)
+    y = 0
+    while y + 4 <= rows:
+        s0, s1, s2, s3 = src[y], src[y + 1], src[y + 2], src[y + 3]
+        o0, o1, o2, o3 = rowsum[y], rowsum[y + 1], rowsum[y + 2], rowsum[y + 3]
+        a0 = a1 = a2 = a3 = 0.0
+        for x in range(min(r, cols)):
+            a0 += s0[x]
+            a1 += s1[x]
+            a2 += s2[x]
+            a3 += s3[x]
+        for x in range(cols):
+            if x + r < cols:
+                a0 += s0[x + r]
+                a1 += s1[x + r]
+                a2 += s2[x + r]
+                a3 += s3[x + r]
+            if x - r - 1 >= 0:
+                a0 -= s0[x - r - 1]
+                a1 -= s1[x - r - 1]
+                a2 -= s2[x - r - 1]
+                a3 -= s3[x - r - 1]
+            o0[x] = a0
+            o1[x] = a1
+            o2[x] = a2
+            o3[x] = a3
+        y += 4
+    for y in range(y, rows):
         acc = 0.0
         for x in range(min(r, cols)):
             acc += src[y, x]
@@ -783,20 +903,23 @@ def box_scale(validf, window, rowsum, colsum, out):
 @njit(cache=True, nogil=True)
 def best_line(zo, zw, validf, low, high, seen, stack):
     """Largest sum of ``z - low`` over an 8-connected component of ``z > low`` that reaches
-    ``high`` (0 when none), with ``z = min(zo, zw) * validf``."""
+    ``high`` (0 when none), with ``z = min(zo, zw) * validf``. Pixels not above ``low`` are
+    marked seen up front (a pass that vectorises): the scan and the fill then test one flag."""
     rows, cols = zo.shape
     for y in range(rows):
+        so = zo[y]
+        sw = zw[y]
+        vf = validf[y]
+        sr = seen[y]
         for x in range(cols):
-            seen[y, x] = False
+            sr[x] = not (min(so[x], sw[x]) * vf[x] > low)
     best = 0.0
     for y0 in range(rows):
+        sr0 = seen[y0]
         for x0 in range(cols):
-            if seen[y0, x0]:
+            if sr0[x0]:
                 continue
-            z0 = min(zo[y0, x0], zw[y0, x0]) * validf[y0, x0]
-            if not z0 > low:
-                continue
-            seen[y0, x0] = True
+            sr0[x0] = True
             stack[0] = y0 * cols + x0
             top = 1
             total = 0.0
@@ -811,7 +934,7 @@ def best_line(zo, zw, validf, low, high, seen, stack):
                 peak = max(peak, np.float64(z))
                 for ny in range(max(y - 1, 0), min(y + 2, rows)):
                     for nx in range(max(x - 1, 0), min(x + 2, cols)):
-                        if not seen[ny, nx] and min(zo[ny, nx], zw[ny, nx]) * validf[ny, nx] > low:
+                        if not seen[ny, nx]:
                             seen[ny, nx] = True
                             stack[top] = ny * cols + nx
                             top += 1
@@ -819,16 +942,19 @@ def best_line(zo, zw, validf, low, high, seen, stack):
                 best = total
     return best
 
+
 def warm_up(rows: int = 1024, cols: int = 1024, factor: int = 4) -> None:
     """Compile every kernel on arrays of the real frame size and dtype (uint16 stored pixels)."""
     shape = (rows // factor, cols // factor)
     pixels = np.zeros((rows, cols), np.uint16)
     img = np.zeros(shape, np.float32)
     tmp = np.zeros(shape, np.float32)
-    low = np.zeros(shape, np.int32)
-    high = np.zeros(shape, np.int32)
-    row_buffers = [np.zeros(cols, np.int32) for _ in range(3)]
-    reduce_frame(pixels, factor, 4095, False, img, low, high, *row_buffers)
+    zero = np.zeros(shape, np.bool_)
+    one = np.zeros(shape, np.bool_)
+    row_sum = np.zeros(cols, np.int32)
+    row_min = np.zeros(cols, np.uint16)
+    row_max = np.zeros(cols, np.uint16)
+    reduce_frame(pixels, factor, 4095, False, img, zero, one, row_sum, row_min, row_max)
     smooth_binomial(img, tmp, img)
     slots = np.zeros((2,) + shape, np.float32)
     envelope_max(slots, 2, tmp)
@@ -838,7 +964,7 @@ def warm_up(rows: int = 1024, cols: int = 1024, factor: int = 4) -> None:
     masked_residual(img, tmp, flags, 0, 0, img)
     robust_centre_spread(img, flags, 3.0)
     stack = np.zeros(shape[0] * shape[1] * 9 + 1, np.int64)
-    unexposed_seeds(img, low, 16, flags, flags2)
+    unexposed_seeds(img, flags)
     flood_unexposed(flags, flags2, flags3, stack)
     usable_field(flags, flags2, 3, flags3, flags)
     standardise(img, flags, 0.0, 1.0, tmp)
@@ -863,6 +989,7 @@ def warm_up(rows: int = 1024, cols: int = 1024, factor: int = 4) -> None:
     pad = np.zeros((shape[0] + 8, shape[1] + 8), np.float32)
     cpad = np.zeros((shape[0] + 6, shape[1] + 6), np.float32)
     line_ridge(onset, taps_i, taps_i, taps_w, flank, flank, pad, cpad, washout)
+    washout_ridge(history, 2, 4, taps_i, taps_i, taps_w, flank, flank, pad, cpad, washout)
     erode_square(flags, 4, flags2, flags3)
     same_mask(flags, flags2)
     rowsum = np.zeros(shape, np.float64)

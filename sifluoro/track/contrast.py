@@ -61,17 +61,24 @@ class _Buffers:
         self.shape = shape
         self.factor = factor
         self.row_sum = np.empty(cols * factor, np.int32)
-        self.row_low = np.empty(cols * factor, np.int32)
-        self.row_high = np.empty(cols * factor, np.int32)
+        self.row_min = np.empty(cols * factor, np.uint16)
+        self.row_max = np.empty(cols * factor, np.uint16)
         self.image = np.empty(shape, np.float32)
         self.tmp = np.empty(shape, np.float32)
         self.current = np.empty(shape, np.float32)
         self.residual = np.empty(shape, np.float32)
         self.score = np.empty(shape, np.float32)
-        self.low = np.empty(shape, np.int32)
-        self.high = np.empty(shape, np.int32)
-        self.full = np.empty(shape, np.bool_)
+        self.zero = np.empty(shape, np.bool_)   # a pixel at attenuation 0 (text outline)
+        self.one = np.empty(shape, np.bool_)    # every pixel at attenuation 1 (saturated)
         self.seed = np.empty(shape, np.bool_)
+        # the frame's own text mask, and the masks it and the unexposed field were dilated
+        # from: text and collimation rarely change, so a repeated mask is not dilated again
+        self.own_text = np.empty(shape, np.bool_)
+        self.zero_seen = np.empty(shape, np.bool_)
+        self.flood = np.empty(shape, np.bool_)
+        self.flood_seen = np.empty(shape, np.bool_)
+        self.text_known = False
+        self.flood_known = False
         self.unexposed = np.empty(shape, np.bool_)
         self.text = np.empty(shape, np.bool_)
         self.unusable = np.empty(shape, np.bool_)
@@ -136,6 +143,14 @@ class _StudyMemory:
         if self.buffers is None or (self.buffers.shape, self.buffers.factor) != (shape, factor):
             self.buffers = _Buffers(shape, factor)
         return self.buffers
+
+
+def _select(b: _Buffers, any_kept: bool) -> None:
+    """``b.on``: the pixels of the components ``b.keep`` marks (none kept: no label pass)."""
+    if any_kept:
+        K.select_labels(b.labels, b.keep, b.on)
+    else:
+        b.on.fill(False)
 
 
 def pose_key(frame: Frame, shape: tuple[int, int]) -> tuple:
@@ -213,26 +228,30 @@ class ContrastStage:
         if bank is None or view_changed:
             bank = memory.banks[key] = ReferenceBank(shape, slots=self.settings.reference_slots,
                                                      pose_key=key)
-        np.greater(b.low, 0, out=b.seed)
-        K.dilate_square(b.seed, 2, b.btmp, b.text)
+        if not (b.text_known and K.same_mask(b.zero, b.zero_seen)):
+            K.dilate_square(b.zero, 2, b.btmp, b.own_text)
+            b.zero_seen[...] = b.zero
+            b.text_known = True
         if new_run:
             memory.run = _RunMemory(run, shape)
-            memory.run.text[...] = b.text
+            memory.run.text[...] = b.own_text
             memory.run.remember(b.current)
-            np.greater_equal(b.high, factor * factor, out=b.full)
-            np.logical_or(b.full, b.text, out=b.unusable)
+            np.logical_or(b.one, b.own_text, out=b.unusable)
             if not bank.empty:
                 bank.adopt_run(b.current, ~b.unusable)
             bank.push(b.current, b.unusable)
             return self._result(memory, frame, (), 0.0, 0.0, None)
         rm = memory.run
-        np.logical_or(b.text, rm.text, out=b.text)
+        np.logical_or(b.own_text, rm.text, out=b.text)
 
         envelope = bank.current_envelope()
         # unexposed: where the reference was unusable, grown through fully saturated blocks
-        K.unexposed_seeds(envelope, b.high, factor * factor, b.seed, b.full)
-        K.flood_unexposed(b.seed, b.full, b.btmp, b.stack)
-        K.dilate_square(b.btmp, 1, b.bout, b.unexposed)
+        K.unexposed_seeds(envelope, b.seed)
+        K.flood_unexposed(b.seed, b.one, b.flood, b.stack)
+        if not (b.flood_known and K.same_mask(b.flood, b.flood_seen)):
+            K.dilate_square(b.flood, 1, b.bout, b.unexposed)
+            b.flood_seen[...] = b.flood
+            b.flood_known = True
         # the outermost blocks see the smoothing's replicated border and partial collimation
         K.usable_field(b.unexposed, b.text, _BORDER_PX, b.unusable, b.valid)
         K.masked_residual(b.current, envelope, b.valid, 0, 0, b.residual)
@@ -246,14 +265,15 @@ class ContrastStage:
         if n > _MAX_COMPONENTS:
             n = _largest_components(b.labels, n, _MAX_COMPONENTS)
         washed_out = self._washed_out(b, rm)
-        K.component_stats(b.labels, n, b.residual, rm.opaque, b.stats)
-        K.core_stats(b.labels, b.residual, 0.4, b.stats)
+        if n:   # no component: nothing to measure (the usual frame before injection)
+            K.component_stats(b.labels, n, b.residual, rm.opaque, b.stats)
+            K.core_stats(b.labels, b.residual, 0.4, b.stats)
         opacities = describe_components(b.stats, n, b.score, b.valid, sigma, factor, work_mm)
         keep = memory.classifier.accept(opacities, strict=not bank.mature)
         b.keep[:] = False
         for k, ok in enumerate(keep, start=1):
             b.keep[k] = ok
-        K.select_labels(b.labels, b.keep, b.on)
+        _select(b, any(keep))
         # the previous frame's opacity was read by component_stats above (C_NEW)
         rm.opaque[...] = b.on
         accepted = tuple(o for o, ok in zip(opacities, keep) if ok)
@@ -271,9 +291,11 @@ class ContrastStage:
         elif not rm.opacity_seen:
             # opacity set aside as gas stays out of the reference: a faint vessel beside gas
             # must still be there to wash out against
+            gas = False
             for k, o in enumerate(opacities, start=1):
                 b.keep[k] = memory.classifier.set_aside_as_gas(o)
-            K.select_labels(b.labels, b.keep, b.on)
+                gas = gas or b.keep[k]
+            _select(b, gas)
             np.logical_or(b.on, b.unusable, out=b.on)
             bank.push(b.current, b.on)
         area_mm2 = float(sum(o.area_mm2 for o in accepted))
@@ -293,8 +315,8 @@ class ContrastStage:
         b = memory.buffers_for((rows // factor, cols // factor), factor)
         run = frame.run
         K.reduce_frame(pixels, factor, (1 << run.bits_stored) - 1,
-                       not run.attenuation_rises_with_value, b.image, b.low, b.high,
-                       b.row_sum, b.row_low, b.row_high)
+                       not run.attenuation_rises_with_value, b.image, b.zero, b.one,
+                       b.row_sum, b.row_min, b.row_max)
         K.smooth_binomial(b.image, b.tmp, b.current)
         return b
 

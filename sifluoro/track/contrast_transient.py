@@ -186,9 +186,11 @@ class TransientLines:
                            reuse_noise=True)
 
     def _score(self, history, order, n, valid, floor, stamps, newest, *, reuse_noise) -> float:
-        K.transient_maps(history, order, n, self.onset, self.washout)
         self._mask(valid)
-        self._ridge(self.washout, self.ridge_w)
+        # the washout x[a] - x[n-1] (K.transient_maps) straight into the ridge filter; the
+        # onset only when the washout can reach the floor
+        K.washout_ridge(history, order[n - 3], order[n - 1], *tap_tables(), self.pad, self.cpad,
+                        self.ridge_w)
         noise_of = (int(stamps[newest]), self.mask_gen) if stamps is not None else (0, -1)
         if reuse_noise and stamps is not None and noise_of == self.w_of:
             K.z_like(self.ridge_w, self.w_median, self.w_divisor)
@@ -201,6 +203,7 @@ class TransientLines:
         if floor > 0.0 and K.best_line(self.ridge_w, self.ridge_w, self.validf, LOW_Z, HIGH_Z,
                                        self.seen, self.stack) < floor:
             return 0.0
+        K.transient_maps(history, order, n, self.onset, self.washout)
         self._ridge(self.onset, self.ridge_o)
         K.local_z(self.ridge_o, self.inner, self.validf, self.den_scale, NOISE_WINDOW_PX,
                   self.scratch, self.hist, self.bins, self.rowsum, self.colsum, self.tmp)

@@ -10,7 +10,7 @@ from skimage import measure
 
 from sifluoro.track import _contrast_kernels as K
 from sifluoro.track.contrast_transient import (EDGE_PX, FLANK_PX, HIGH_Z, LOW_Z, NOISE_WINDOW_PX,
-                                               TransientLines, line_kernels)
+                                               TransientLines, line_kernels, tap_tables)
 
 SHAPE = (128, 128)
 
@@ -77,6 +77,19 @@ def test_ridge_matches_direct_numpy():
         right = cp[5 - dy:45 - dy, 5 - dx:45 - dx]
         ref = np.maximum(ref, np.minimum(c - left, c - right))
     np.testing.assert_allclose(out, ref, atol=1e-4)
+
+
+def test_washout_ridge_is_the_ridge_of_the_difference():
+    rng = np.random.default_rng(2)
+    history = rng.standard_normal((5, 37, 45)).astype(np.float32)
+    t = TransientLines((37, 45))
+    ref, out = np.empty((37, 45), np.float32), np.empty((37, 45), np.float32)
+    for a, now in [(2, 4), (3, 1), (0, 0)]:
+        t._ridge(history[a] - history[now], ref)
+        t.pad[...] = np.nan     # stale content must not matter
+        K.washout_ridge(history, a, now, *tap_tables(), t.pad, t.cpad, out)
+        np.testing.assert_array_equal(out, ref)
+    assert np.all(out == 0.0)   # a frame against itself: no ridge
 
 
 def _best_line(z):
