@@ -10,8 +10,10 @@ needle probability from what tells a needle from a cortical edge, a skin wire or
 (flank symmetry, continuation beyond the tip, distance of the tip from the field edge,
 length); a segment continuing the needle seen last is accepted on weaker evidence. The tip is
 then placed sub-pixel at full resolution on the current frame. All per-study state lives in
-``state.stage_state["needle"]``. End-on (dot) detection is not built yet: ``end_on`` is always
-false.
+``state.stage_state["needle"]``. With no line taken and no line needle followed in the view, an
+end-on needle (aimed along the beam: a dot, not a line; :mod:`sifluoro.track.needle_dot`) is
+looked for near the register target or the view's last dot, and reported at the dot with
+``end_on`` true, no direction and a confidence below 0.5.
 
 Over time: a needle not followed yet must be seen on two frames in a row of a run (or be
 very probable on one; optionally, off by default, fairly probable and at the same place on
@@ -30,7 +32,10 @@ tip is looked for past the dimming while the line goes on at half the contrast o
 Event fields (DESIGN §3)::
 
     "needle": null | {"tip_xy": [x, y], "confidence": c, "direction_xy": [dx, dy],
-                      "end_on": bool, "advance_mm": float, "length_mm": float}
+                      "end_on": false, "advance_mm": float, "length_mm": float}
+              | {"tip_xy": [x, y], "confidence": c < 0.5, "direction_xy": null,
+                 "end_on": true, "advance_mm": null, "length_mm": float}  (end-on: the
+                 advance along the beam is not seen; length_mm is the dot's)
     "tip_to_target_mm": null | float
 """
 from __future__ import annotations
@@ -50,6 +55,7 @@ from sifluoro.model import Frame, Run
 from sifluoro.pipeline import StudyState
 from sifluoro.track import _needle_kernels as K
 from sifluoro.track.needle_detect import LineFinder, NeedleSettings, refine_tip
+from sifluoro.track.needle_dot import Dot, find_dot
 from sifluoro.track.needle_field import EdgeDistance, valid_region
 
 __all__ = ["NeedleStage", "NeedleSettings"]
@@ -112,6 +118,18 @@ def _target(state) -> np.ndarray | None:
     return np.asarray(register.target_xy, float)
 
 
+def _dot_fields(dot: Dot, tip: np.ndarray, spacing_w: float, spacing: float,
+                target: np.ndarray | None) -> dict[str, Any]:
+    """The event fields of an end-on needle's dot (full-resolution ``tip``): confidence
+    below 0.5, rising with the dot's contrast; no direction, no advance (along the beam)."""
+    needle = {"tip_xy": [round(float(tip[0]), 3), round(float(tip[1]), 3)],
+              "confidence": round(0.5 * dot.z / (dot.z + 10.0), 4), "direction_xy": None,
+              "end_on": True, "advance_mm": None,
+              "length_mm": round(dot.length_px * spacing_w, 2)}
+    ttt = round(float(np.linalg.norm(tip - target) * spacing), 3) if target is not None else None
+    return {"needle": needle, "tip_to_target_mm": ttt}
+
+
 def _fields(track: _Track, spacing: float, target: np.ndarray | None) -> dict[str, Any]:
     """The event fields of the tip just found (:meth:`_Track.found`): ``needle`` (advance
     since the last run measured toward the target, or along the shaft without one) and
@@ -164,6 +182,10 @@ class _StudyNeedle:
         self.anchor_agreed = False  # with the full search before it in the run
         self.jump: np.ndarray | None = None  # a tip far from the anchor, to be confirmed
         self.jump_before: np.ndarray | None = None  # the previous frame's
+        # end-on needle: the dot reported last in this view, and the previous full search's
+        # dot candidate in this run (full-resolution), to confirm a dot on two frames
+        self.dot_xy: np.ndarray | None = None
+        self.dot_prev: np.ndarray | None = None
 
 
 class NeedleStage:
@@ -220,10 +242,12 @@ class NeedleStage:
             st.track = _Track() if not back else back[-1]
             st.track.tip_xy = None
             st.persistent = []
+            st.dot_xy = None
         st.ctx = _RunContext(run, spacing, grid, att.shape, valid_work, centre, edge_dist)
         st.mean_work, st.n_mean = None, 0
         st.prev_candidates = []
         st.anchor, st.anchor_agreed, st.jump = None, False, None
+        st.dot_prev = None
         return st.ctx
 
     # -- per frame ------------------------------------------------------------------------
@@ -264,9 +288,60 @@ class NeedleStage:
         track = st.track
         if hit is None:
             track.lost()
+            dot = self._end_on(st, ctx, target)
+            if dot is not None:
+                return _dot_fields(dot, st.dot_xy, ctx.grid.spacing_mm, ctx.spacing_mm, target)
             return {"needle": None, "tip_to_target_mm": None}
+        st.dot_prev = None
         track.found(*hit)
         return _fields(track, ctx.spacing_mm, target)
+
+    def _end_on(self, st: _StudyNeedle, ctx: _RunContext, target: np.ndarray | None
+                ) -> Dot | None:
+        """An end-on needle on this full search's mean image (no line taken): the most
+        dot-like point near the view's last dot, else near the register target, when it is
+        compact (``dot_min_z``, or ``dot_track_min_z`` at the view's last dot;
+        ``dot_max_length_mm``, ``dot_max_width_mm``) and confirmed (``dot_confirm_mm``: at the
+        previous frame's dot of the run, or at the view's last dot). Not while a line
+        needle is followed in the view: a needle seen as a line is not along the beam. On
+        success ``st.dot_xy`` is the dot (full resolution)."""
+        s = self.settings
+        track = st.track
+        if not s.end_on or (track.dir_xy is not None and track.hits >= s.follow_min_hits):
+            st.dot_prev = None
+            return None
+        grid = ctx.grid
+        if st.dot_xy is not None:
+            centre, radius_mm = st.dot_xy, s.dot_follow_mm
+        elif target is not None:
+            centre, radius_mm = target, s.dot_search_mm
+        else:
+            st.dot_prev = None
+            return None
+        finder = st.finder
+        dot = find_dot(finder.smooth, ctx.valid_work, grid.to_work(centre),
+                       radius_mm / grid.spacing_mm,
+                       max(2, int(round(s.dot_ring_mm / grid.spacing_mm))), finder.noise)
+        if (dot is None or dot.z < min(s.dot_min_z, s.dot_track_min_z)
+                or dot.length_px * grid.spacing_mm > s.dot_max_length_mm
+                or dot.width_px * grid.spacing_mm > s.dot_max_width_mm):
+            st.dot_prev = None
+            return None
+        xy = grid.to_full(dot.xy)
+
+        def close(p: np.ndarray | None) -> bool:
+            return p is not None and float(np.linalg.norm(p - xy)) * ctx.spacing_mm <= s.dot_confirm_mm
+
+        at_last = close(st.dot_xy)
+        if dot.z < s.dot_min_z and not at_last:
+            st.dot_prev = None
+            return None
+        confirmed = at_last or close(st.dot_prev)
+        st.dot_prev = xy
+        if not confirmed:
+            return None
+        st.dot_xy = xy
+        return dot
 
     def process_roi(self, frame: Frame, state) -> dict[str, Any] | None:
         """Cheaper mode for a frame short of time (the pipeline's ``needle_roi`` step): no

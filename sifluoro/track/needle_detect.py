@@ -133,6 +133,28 @@ class NeedleSettings:
     track_angle_deg, track_reach_mm : float
         A candidate continues the track when its direction is within ``track_angle_deg`` of
         the last one, its tip within ``track_margin_mm`` across and ``track_reach_mm`` along.
+    end_on : bool
+        With no line taken and no line needle followed in the view, look for an end-on needle
+        (a dot, :mod:`sifluoro.track.needle_dot`) near the register target, or near the dot
+        found last in the view.
+    dot_ring_mm : float
+        Radius of the ring a dot must be brighter than everywhere (projected end-on needles:
+        1-10 mm long, the dot peaking near their middle).
+    dot_min_z, dot_track_min_z : float
+        Least contrast of a dot over its ring's brightest sample, in noise units of the
+        smoothed running mean; the second for a dot where the view's last dot was (a thin
+        needle's dot is often faint over bone once found).
+    dot_max_length_mm, dot_max_width_mm : float
+        Longest and widest blob (at half its contrast) taken for a dot: a clip lying across
+        the beam or a dot on a bone margin is longer, a round bone island wider (an end-on
+        needle is a streak of its own width, ~1 mm).
+    dot_search_mm, dot_follow_mm : float
+        Radius around the register target searched for a dot (the tip of an end-on needle
+        stays where its line of sight meets the target, give or take the target's error),
+        and around the dot found last in the view.
+    dot_confirm_mm : float
+        A dot is reported when the previous frame of its run had one within this, or the
+        view's last dot is within this (the first, noisiest frame of a scout shows none).
     """
 
     grid_mm: float = 0.5
@@ -172,6 +194,15 @@ class NeedleSettings:
     n_lines: int = 10
     persist_frames: int = 0
     persist_min_prob: float = 0.55
+    end_on: bool = True
+    dot_ring_mm: float = 6.0
+    dot_min_z: float = 10.0
+    dot_track_min_z: float = 4.0
+    dot_max_length_mm: float = 6.0
+    dot_max_width_mm: float = 2.0
+    dot_search_mm: float = 10.0
+    dot_follow_mm: float = 4.0
+    dot_confirm_mm: float = 1.5
 
 
 @dataclass(frozen=True)
