@@ -138,7 +138,8 @@ def usable_mask(attenuation_image: np.ndarray, field: np.ndarray, factor: int) -
 
 
 def segment_joint(work: np.ndarray, *, grid: WorkingGrid, usable: np.ndarray,
-                  min_contrast: float = 3.0, side: str | None = None) -> JointLine | None:
+                  min_contrast: float = 3.0, side: str | None = None,
+                  fallback_contrast: float | None = None) -> JointLine | None:
     """Find the joint line on one (possibly time-averaged) working-resolution image.
 
     Parameters
@@ -155,6 +156,9 @@ def segment_joint(work: np.ndarray, *, grid: WorkingGrid, usable: np.ndarray,
     side : "L", "R" or None
         Side of the joint (the run's laterality): a left joint runs inferiorly towards image
         left, a right one towards image right; a line the other way is rejected.
+    fallback_contrast : float or None
+        When no line stands out at ``min_contrast``, look again at this lower contrast (the
+        valley depth is computed once).
 
     Returns
     -------
@@ -175,15 +179,29 @@ def segment_joint(work: np.ndarray, *, grid: WorkingGrid, usable: np.ndarray,
     # other row and column is plenty for a robust spread and the medians are a quarter the cost
     residual = (smooth - cv2.GaussianBlur(smooth, (0, 0), 2.0))[::2, ::2][mask[::2, ::2]]
     noise = float(np.median(np.abs(residual - np.median(residual)))) * 1.4826 + 1e-6
-    gain = np.where(mask, depth / noise - min_contrast, -10.0).astype(np.float32)
+    fine = cv2.GaussianBlur(work, (0, 0), max(0.5, 0.4 / grid.spacing_mm))
+    contrasts = (min_contrast,) if fallback_contrast is None else (min_contrast, fallback_contrast)
+    for contrast in contrasts:
+        line = _search(depth, noise, contrast, mask=mask, smooth=smooth, fine=fine, grid=grid,
+                       side=side)
+        if line is not None:
+            return line
+    return None
+
+
+def _search(depth: np.ndarray, noise: float, contrast: float, *, mask: np.ndarray,
+            smooth: np.ndarray, fine: np.ndarray, grid: WorkingGrid, side: str | None
+            ) -> JointLine | None:
+    """The joint line on the valley-depth map ``depth`` (see :func:`segment_joint`), paths
+    standing ``contrast`` noise levels above the background, or None."""
+    gain = np.where(mask, depth / noise - contrast, -10.0).astype(np.float32)
     # the C-arm is centred on the joint's inferior third: nothing far beside the centre counts
-    cols = work.shape[1]
+    cols = depth.shape[1]
     beside = np.abs(np.arange(cols) - 0.5 * (cols - 1)) * grid.spacing_mm > CENTRE_X_MM
     gain[:, beside] = -10.0
-    path = np.full(work.shape[0], -1, np.int32)
-    acc = np.empty(work.shape, np.float32)
-    came = np.empty(work.shape, np.int8)
-    fine = cv2.GaussianBlur(work, (0, 0), max(0.5, 0.4 / grid.spacing_mm))
+    path = np.full(depth.shape[0], -1, np.int32)
+    acc = np.empty(depth.shape, np.float32)
+    came = np.empty(depth.shape, np.int8)
     clear = max(1, int(round(CLEAR_MM / grid.spacing_mm)))
     for attempt in range(ATTEMPTS):
         best, y0, y1 = _kernels.best_path(gain, np.float32(STEP_PENALTY), MAX_STEP, path, acc, came)
@@ -205,13 +223,13 @@ def segment_joint(work: np.ndarray, *, grid: WorkingGrid, usable: np.ndarray,
             full = grid.to_full(pts)
             length_mm = float(np.hypot(*np.diff(full, axis=0).T).sum() * grid.spacing_mm / grid.factor)
             # the cut line must still be where and how a joint projects, else the whole window
-            if (n0, n1) == (w0, w1) or (_plausible(full, work.shape, grid, side)
+            if (n0, n1) == (w0, w1) or (_plausible(full, depth.shape, grid, side)
                                         and LENGTH_MM[0] <= length_mm <= LENGTH_MM[1]):
                 break
         w0, w1, wbest = n0, n1, nbest
         # a later path was not the strongest line: it must stand out clearly by itself
         clear_enough = attempt == 0 or wbest / max(1, w1 - w0 + 1) >= RETRY_MIN_GAIN
-        if (clear_enough and _plausible(full, work.shape, grid, side)
+        if (clear_enough and _plausible(full, depth.shape, grid, side)
                 and LENGTH_MM[0] <= length_mm <= LENGTH_MM[1]):
             break
         # not a joint (a bone outline, the field edge, a wire): look again without it
@@ -231,7 +249,7 @@ def segment_joint(work: np.ndarray, *, grid: WorkingGrid, usable: np.ndarray,
         # the line itself, not its doubled call or confidence (made on the whole)
         cut = full[len(rows) // 3:]
         cut_mm = float(np.hypot(*np.diff(cut, axis=0).T).sum() * grid.spacing_mm / grid.factor)
-        if cut_mm >= LENGTH_MM[0] and _plausible(cut, work.shape, grid, side):
+        if cut_mm >= LENGTH_MM[0] and _plausible(cut, depth.shape, grid, side):
             full, length_mm = cut, cut_mm
     return JointLine(_simplify(full), confidence, doubled, length_mm)
 

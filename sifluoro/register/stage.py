@@ -61,6 +61,15 @@ FAR_OBLIQUE_DEG = 34.0
 # no single view called doubled either way). Fewer frames are too noisy for their call to stick
 # (5 of 25 single views were called doubled on one frame)
 DOUBLED_STICKS_FROM_FRAMES = 4
+# near AP the joint's margins project apart and its lucent line is fainter than at a working
+# angle: a near-AP view (header angles) without a line on this many frames or more is searched
+# again for a line standing this many noise levels above the background (3 otherwise). Register
+# stage alone, training seeds 606-611 / 620 and held-out 621 / 622 / 630: lines on 9 more
+# views (4 within 2 mm, 5 at 3.4-13.8 mm: mean distance up to +0.04 mm), doubled cases advised
+# +1 on each of 608 / 620 / 621 / 630, no false line. From 2 frames on, lines 17-32 mm off
+# were added (620)
+NEAR_AP_FAINT_FROM_FRAMES = 4
+NEAR_AP_MIN_CONTRAST = 2.0
 ADVICE_DOUBLED = ("Joint margins are not superimposed (doubled line): rotate the C-arm a few "
                   "degrees obliquely until the two lines merge into one.")
 
@@ -131,7 +140,10 @@ class _View:
         self.registrar.set_reference(np.where(usable, mean, self.sum.dtype.type(0)))
         # the average only gets better: a line found on fewer, noisier frames that this one
         # does not confirm was noise
-        self.line = segment_joint(mean, grid=self.grid, usable=usable, side=self.side)
+        faint = (self.frames >= NEAR_AP_FAINT_FROM_FRAMES and self.angles_deg is not None
+                 and abs(self.angles_deg[0]) < NEAR_AP_DEG)
+        self.line = segment_joint(mean, grid=self.grid, usable=usable, side=self.side,
+                                  fallback_contrast=NEAR_AP_MIN_CONTRAST if faint else None)
         if self.line is not None and self.frames >= DOUBLED_STICKS_FROM_FRAMES:
             self.doubled_seen = self.doubled_seen or self.line.doubled
             self.line = replace(self.line, doubled=self.doubled_seen)

@@ -483,7 +483,7 @@ def test_a_line_called_doubled_on_four_frames_stays_doubled(monkeypatch, doubled
 
     segmented_at = iter(register_stage.RESEGMENT_AT)
 
-    def segment(mean, *, grid, usable, side):
+    def segment(mean, *, grid, usable, side, fallback_contrast=None):
         frames = next(segmented_at)
         doubled = doubled_from is not None and frames <= doubled_from
         return JointLine(np.array([[30.0, 20.0], [24.0, 100.0]]), 0.9, doubled, 50.0)
@@ -603,3 +603,56 @@ def test_a_failing_warm_up_loses_no_frame_and_no_dose(monkeypatch):
     for f in frames_of(run):
         pipeline.process(f, state)
     assert state.frames == 2
+
+
+def _faint_joint(seed: int = 1, scale: float = 0.04) -> np.ndarray:
+    """The synthetic joint at ``scale`` of its contrast in noise: its path stands 2-3 noise
+    levels above the background (found at 2, not at 3)."""
+    line_only = _synthetic_joint(-0.3) - np.random.default_rng(0).normal(0, 0.002, (160, 160))
+    noise = np.random.default_rng(seed).normal(0, 0.004, line_only.shape)
+    return (0.6 + scale * (line_only - 0.6) + noise).astype(np.float32)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_fainter_line_is_looked_for_only_when_none_stands_out(seed):
+    from sifluoro.imaging import WorkingGrid
+    from sifluoro.register.joint import segment_joint
+    grid = WorkingGrid(1, 0.6)
+    usable = np.ones((160, 160), bool)
+    faint = _faint_joint(seed)
+    assert segment_joint(faint, grid=grid, usable=usable, side="L") is None
+    line = segment_joint(faint, grid=grid, usable=usable, side="L", fallback_contrast=2.0)
+    truth = np.array([[79.5 - 0.3 * (21 - 79.5), 21.0], [79.5 - 0.3 * (139 - 79.5), 139.0]])
+    assert line is not None
+    assert _point_to_polyline_px(_polyline_points(line.polyline_xy), truth).mean() * 0.6 < 1.0
+    noise = (0.6 + np.random.default_rng(seed).normal(0, 0.004, (160, 160))).astype(np.float32)
+    assert segment_joint(noise, grid=grid, usable=usable, side="L", fallback_contrast=2.0) is None
+    # a line that stands out is the same either way
+    strong = _synthetic_joint(-0.3)
+    a = segment_joint(strong, grid=grid, usable=usable, side="L")
+    b = segment_joint(strong, grid=grid, usable=usable, side="L", fallback_contrast=2.0)
+    np.testing.assert_array_equal(a.polyline_xy, b.polyline_xy)
+
+
+@pytest.mark.parametrize("angles, frames, noise_only, found", [
+    ((0.0, 5.0), 4, False, True), ((-9.0, 0.0), 8, False, True),
+    ((0.0, 5.0), 4, True, False),  # noise: no line however faint the search
+    ((25.0, 0.0), 4, False, False),  # a working angle: the line must stand out
+    (None, 4, False, False),  # no header angles: the pose is not known to be near AP
+    ((0.0, 5.0), 2, False, False)])  # too few frames averaged
+def test_a_near_ap_view_is_searched_for_a_fainter_line(angles, frames, noise_only, found):
+    """Near AP the margins project apart and the line is fainter: a near-AP view (header angles)
+    without a line on 4 or more frames is searched again at a lower contrast; the line is
+    doubled."""
+    from sifluoro.register import stage as register_stage
+    work = _faint_joint()
+    if noise_only:
+        work = (0.6 + np.random.default_rng(1).normal(0, 0.004, work.shape)).astype(np.float32)
+    usable = np.ones(work.shape, bool)
+    view = register_stage._View(register_stage._Geometry(160, 160, 0.6), angles, usable, work, "L")
+    for _ in range(frames):
+        view.add(work, usable, (0.0, 0.0))
+    view.segment()
+    assert (view.line is not None) == found
+    if found:
+        assert view.line.doubled
