@@ -181,3 +181,24 @@ def test_a_file_cut_short_gives_its_whole_frames(tmp_path, cut_bytes, used):
     [reason] = [r.reason for r in rejected]
     assert reason.startswith("(7FE0,0010) PixelData: pixel data is truncated")
     assert (f"(frames 1-{used} of 3 used)" in reason) == (used > 0)
+
+
+def _set(path, **attributes):
+    ds = pydicom.dcmread(path)
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    ds.save_as(path)
+
+
+@pytest.mark.parametrize("high_bit, accepted", [(15, False), (12, False), (11, True)])
+def test_high_bit_must_be_bits_stored_minus_one(tmp_path, high_bit, accepted):
+    """12 bits stored high in the word (HighBit 15) were masked to their low 12 bits: garbage."""
+    (path,) = write_study(tmp_path, [RunSpec(0.0, bits_stored=12)])
+    _set(path, HighBit=high_bit)
+    study = read_study([tmp_path])
+    assert len(study.runs) == accepted
+    if not accepted:
+        [rejection] = study.rejected
+        assert rejection.reason.startswith(f"(0028,0102) HighBit: HighBit = {high_bit} with "
+                                           "BitsStored = 12"), rejection.reason
+
