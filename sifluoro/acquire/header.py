@@ -317,10 +317,10 @@ def run_start(look: _Lookup) -> datetime | None:
             or _datetime(look, None, "ContentDate", "ContentTime"))
 
 
-#: a plausible frame time (ms): 1000 frames/s to 0.5 frames/s. A value outside (0.0667, the
-#: frame time in seconds; 0; negative) would make fluoroscopy time, and the dose estimated
-#: from it, silently wrong.
-FRAME_TIME_RANGE_MS = (1.0, 2000.0)
+#: a plausible frame time (ms). Below 1 ms (0.0667: the frame time in seconds; 0; negative)
+#: fluoroscopy time, and the dose estimated from it, would silently be wrong. Up to one frame
+#: a minute: slow serial runs (a frame every few seconds) exist, and refusing one loses its dose.
+FRAME_TIME_RANGE_MS = (1.0, 60_000.0)
 
 
 def _plausible_ms(value: float) -> bool:
