@@ -178,6 +178,28 @@ def test_an_instance_given_twice_is_read_once(tmp_path):
     assert "SOPInstanceUID" in study.rejected[0].reason and str(paths[0]) in study.rejected[0].reason
 
 
+@pytest.mark.parametrize("size, dtype, bits", [(64, np.uint16, 16), (64, np.uint8, 8),
+                                               (63, np.uint16, 12)])
+def test_deflated_explicit_little_endian_reads_its_pixels_exactly(tmp_path, size, dtype, bits):
+    """Deflated files: the header's offsets are in the inflated stream, so the frames are not
+    read at file offsets (that gave other pixels, or 'truncated')."""
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    spec = RunSpec(0.0, size=size, dtype=dtype, bits_stored=bits)
+    (path,) = write_study(tmp_path, [spec])
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.save_as(path)
+    assert pydicom.dcmread(path).file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian
+    study = read_study([tmp_path])
+    assert study.rejected == ()
+    rejected = []
+    frames = list(iter_frames(study, rejected))
+    assert rejected == [] and len(frames) == 3
+    for k, frame in enumerate(frames):
+        assert np.array_equal(frame.pixels, frames_for(spec, 0)[k])
+
+
 def _with(path, **attributes):
     ds = pydicom.dcmread(path)
     for keyword, value in attributes.items():
