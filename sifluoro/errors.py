@@ -48,7 +48,9 @@ class InputError(SifluoroError):
 
 
 class NotDicomError(InputError):
-    """The file is not a DICOM Part 10 file (nor a raw dataset that parses)."""
+    """The file is not a DICOM Part 10 file (preamble and 'DICM'), or its header cannot be
+    parsed. Raw datasets without the Part 10 header are refused too: without file meta
+    information the transfer syntax is a guess."""
 
 
 class UnsupportedDicomError(InputError):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pydicom
 import pytest
 
@@ -72,7 +73,8 @@ EXPECTED_REASONS = {
     "no_frame_time.dcm": "(0018,1063) FrameTime: 3 frames but no usable frame timing",
     "broken_rle.dcm": "(7FE0,0010) PixelData: frame 3 fails to decode",
     "no_time.dcm": "(0008,002A) AcquisitionDateTime: no acquisition or content time",
-    "truncated_rle.dcm": "(7FE0,0010) PixelData: the file ends before its dataset is complete",
+    # cut in half: pydicom reads nothing of it, its header is read again up to the pixel data
+    "truncated_rle.dcm": "(7FE0,0010) PixelData: pixel data is truncated: the file ends in frame 2 of 3",
 }
 
 
@@ -85,15 +87,16 @@ def test_every_bad_kind_is_listed_and_the_study_goes_on(damaged_study):
     for name, reason in EXPECTED_REASONS.items():
         assert by_name[name].startswith(reason), (name, by_name[name])
     assert "(frames 1-2 of 4 used)" in by_name["broken_rle.dcm"]
+    assert by_name["truncated_rle.dcm"].endswith("(frames 1-1 of 3 used)")
     # cut 5000 bytes short: the file ends in its third frame, the two whole ones are used
     assert by_name["truncated.dcm"].endswith("the file ends in frame 3 of 3; re-export the run "
                                              "(frames 1-2 of 3 used)")
-    # good1 (3 frames), the whole frames of truncated and the decodable frames of broken_rle,
-    # good2 (3 frames), in time order
+    # good1 (3 frames), the whole frames of truncated and of truncated_rle and the decodable
+    # frames of broken_rle, good2 (3 frames), in time order
     assert [(f.run.path.rsplit("/", 1)[-1], f.frame_number) for f in frames] == [
         ("good1.dcm", 1), ("good1.dcm", 2), ("good1.dcm", 3), ("truncated.dcm", 1),
-        ("truncated.dcm", 2), ("broken_rle.dcm", 1), ("broken_rle.dcm", 2), ("good2.dcm", 1),
-        ("good2.dcm", 2), ("good2.dcm", 3)]
+        ("truncated.dcm", 2), ("broken_rle.dcm", 1), ("broken_rle.dcm", 2),
+        ("truncated_rle.dcm", 1), ("good2.dcm", 1), ("good2.dcm", 2), ("good2.dcm", 3)]
 
 
 def test_replay_of_a_damaged_study_follows_the_contract(damaged_study, tmp_path, capsys, caplog):
@@ -102,9 +105,10 @@ def test_replay_of_a_damaged_study_follows_the_contract(damaged_study, tmp_path,
     assert code == 0
     assert replay_output_violations(events, summary) == []
     s = json.loads(summary.read_text())
-    assert s["frames"] == 10
-    # frame 3 of truncated.dcm and frames 3-4 of broken_rle.dcm: counted from their headers
-    assert s["lost_frames"]["frames"] == 3 and s["lost_frames"]["fluoro_time_s"] > 0
+    assert s["frames"] == 11
+    # frame 3 of truncated.dcm, frames 3-4 of broken_rle.dcm and 2-3 of truncated_rle.dcm:
+    # counted from their headers
+    assert s["lost_frames"]["frames"] == 5 and s["lost_frames"]["fluoro_time_s"] > 0
     assert sorted(r["file"].rsplit("/", 1)[-1] for r in s["rejected_files"]) == sorted(EXPECTED_REASONS)
     printed = capsys.readouterr()
     everything = events.read_text() + summary.read_text() + printed.out + printed.err + caplog.text
@@ -115,7 +119,7 @@ def test_the_engine_counts_the_frames_a_damaged_file_lost(damaged_study):
     from sifluoro import Engine, Settings
 
     summary = Engine(Settings(latency_budget_ms=1e9), stages=[]).run(damaged_study)
-    assert summary["frames"] == 10 and summary["lost_frames"]["frames"] == 3
+    assert summary["frames"] == 11 and summary["lost_frames"]["frames"] == 5
 
 
 def test_a_study_whose_every_frame_was_lost_still_has_its_dose_reported(tmp_path):
@@ -181,3 +185,221 @@ def test_a_file_cut_short_gives_its_whole_frames(tmp_path, cut_bytes, used):
     [reason] = [r.reason for r in rejected]
     assert reason.startswith("(7FE0,0010) PixelData: pixel data is truncated")
     assert (f"(frames 1-{used} of 3 used)" in reason) == (used > 0)
+
+
+def _frame_ends(path, n_frames):
+    """File offsets at which each frame's pixel data ends, and that of the (7FE0,0010) tag."""
+    from pydicom.encaps import generate_frames
+
+    data = path.read_bytes()
+    ds = pydicom.dcmread(path)
+    tag_at = data.rindex(b"\xe0\x7f\x10\x00")
+    if not ds.file_meta.TransferSyntaxUID.is_compressed:
+        frame_bytes = len(ds.PixelData) // n_frames
+        start = data.rindex(ds.PixelData[:64])
+        return [start + frame_bytes * (k + 1) for k in range(n_frames)], tag_at
+    ends = []
+    for frame in generate_frames(ds.PixelData, number_of_frames=n_frames):
+        ends.append(data.index(frame[-64:], ends[-1] if ends else 0) + 64)
+    return ends, tag_at
+
+
+def _reencapsulate(path, n_frames, *, has_bot=False, fragments_per_frame=1):
+    """The same encoded frames with a Basic Offset Table, or split in several fragments."""
+    from pydicom.encaps import encapsulate, generate_frames
+
+    ds = pydicom.dcmread(path)
+    frames = list(generate_frames(ds.PixelData, number_of_frames=n_frames))
+    ds.PixelData = encapsulate(frames, fragments_per_frame=fragments_per_frame, has_bot=has_bot)
+    ds.save_as(path)
+
+
+CUT_VARIANTS = {  # name: (transfer syntax, re-encapsulation)
+    "rle": ("rle", {}), "rle_bot": ("rle", {"has_bot": True}), "jpeg2000": ("jpeg2000", {}),
+    "jpeg2000_2_fragments": ("jpeg2000", {"fragments_per_frame": 2}),
+    "jpeg_lossless_bot_2_fragments": ("jpeg_lossless", {"has_bot": True, "fragments_per_frame": 2}),
+    "explicit": ("explicit", None), "implicit": ("implicit", None)}
+
+
+@pytest.mark.parametrize("variant", sorted(CUT_VARIANTS))
+def test_a_file_cut_anywhere_gives_its_whole_frames_and_counts_the_rest_lost(tmp_path, variant):
+    """An interrupted transfer, cut at any byte from just before the pixel data to the end
+    (compressed pixel data too, and at the PixelData tag): the frames wholly in the file are
+    decoded exactly, the rest listed as lost (dose from the header), with a reason."""
+    from tests.dicom_fixtures import frames_for
+
+    syntax, encaps = CUT_VARIANTS[variant]
+    spec = RunSpec(0.0, filename="run.dcm", transfer_syntax=syntax, n_frames=4)
+    (path,) = write_study(tmp_path / "whole", [spec])
+    if encaps:
+        _reencapsulate(path, 4, **encaps)
+    ends, tag_at = _frame_ends(path, 4)
+    truth = frames_for(spec, 0)
+    data = path.read_bytes()
+    cuts = [tag_at - 2, tag_at, tag_at + 4, tag_at + 14, *range(tag_at + 30, len(data), 997),
+            *(e - 1 for e in ends), *ends[:-1]]
+    for cut in sorted(set(cuts)):
+        folder = tmp_path / f"cut{cut}"
+        folder.mkdir()
+        (folder / "run.dcm").write_bytes(data[:cut])
+        study = read_study([folder])
+        rejected, lost = list(study.rejected), []
+        frames = list(iter_frames(study, rejected, lost))
+        whole = sum(end <= cut for end in ends)
+        assert len(frames) == whole, (cut, rejected)
+        for k, frame in enumerate(frames):
+            assert np.array_equal(frame.pixels, truth[k]), (cut, k)
+        if whole == 4:  # only the sequence delimiter, or less, is missing
+            continue
+        assert [(run.n_frames, first) for run, first in lost] == [(4, whole + 1)], (cut, rejected)
+        [reason] = [r.reason for r in rejected]
+        assert reason.startswith("(7FE0,0010) PixelData: ")
+        if cut <= tag_at + 4:  # no more than the tag: the file ends before the pixel data
+            assert "the file ends before its pixel data" in reason, (cut, reason)
+        elif cut >= tag_at + 12:  # the element's header is whole
+            assert "pixel data is truncated" in reason, (cut, reason)
+
+
+@pytest.mark.parametrize("syntax, cut_at", [("rle", "half"), ("jpeg2000", "half"),
+                                            ("explicit", "tag"), ("rle", "tag")])
+def test_replay_counts_the_dose_of_a_file_cut_short(tmp_path, syntax, cut_at):
+    """Replay and the RDSR keep the dose of the frames a cut-short file lost: as much as the
+    whole file gives, and the frames lost in summary.lost_frames."""
+    from sifluoro.dose.rdsr_read import read_rdsr
+
+    specs = [RunSpec(0.0, filename="a.dcm"), RunSpec(20.0, filename="cut.dcm",
+                                                     transfer_syntax=syntax, n_frames=6)]
+    whole_dir, cut_dir = tmp_path / "whole", tmp_path / "cut"
+    paths = write_study(whole_dir, specs)
+    cut_dir.mkdir()
+    for p in paths:
+        data = p.read_bytes()
+        if p.name == "cut.dcm":
+            data = data[:len(data) // 2] if cut_at == "half" else data[:data.rindex(b"\xe0\x7f\x10\x00")]
+        (cut_dir / p.name).write_bytes(data)
+    out = {}
+    for name, folder in (("whole", whole_dir), ("cut", cut_dir)):
+        o = tmp_path / f"out-{name}"
+        code = main(["replay", str(folder), "--events", str(o / "e.jsonl"), "--summary",
+                     str(o / "s.json"), "--rdsr", str(o / "dose.dcm"), "-q"])
+        assert code == 0
+        assert replay_output_violations(o / "e.jsonl", o / "s.json") == []
+        out[name] = (json.loads((o / "s.json").read_text()), read_rdsr(o / "dose.dcm"))
+    (whole, whole_rdsr), (cut, cut_rdsr) = out["whole"], out["cut"]
+    lost = cut["lost_frames"]
+    assert cut["frames"] + lost["frames"] == whole["frames"] == 9
+    assert 1 <= lost["frames"] <= 6 and lost["air_kerma_mgy"] > 0
+    assert [r["file"].rsplit("/", 1)[-1] for r in cut["rejected_files"]] == ["cut.dcm"]
+    assert sum(e.n_pulses for e in cut_rdsr.events) == 9
+    assert cut_rdsr.planes[0].air_kerma_mgy == pytest.approx(whole_rdsr.planes[0].air_kerma_mgy)
+    assert cut_rdsr.planes[0].dap_gycm2 == pytest.approx(whole_rdsr.planes[0].dap_gycm2)
+
+
+def test_a_file_without_pixel_data_sent_to_the_receiver_is_still_refused(tmp_path):
+    """Only a file read from disk that ends early is kept as cut short: a dataset read whole
+    (the receiver's) without pixel data is refused as before."""
+    from sifluoro.acquire.dicom_reader import run_from_dataset
+    from sifluoro.errors import MissingAttributeError
+
+    (path,) = write_study(tmp_path, [RunSpec(0.0)])
+    ds = pydicom.dcmread(path)
+    del ds.PixelData
+    with pytest.raises(MissingAttributeError, match="no pixel data"):
+        run_from_dataset(ds, path)
+
+
+def _set(path, **attributes):
+    ds = pydicom.dcmread(path)
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    ds.save_as(path)
+
+
+@pytest.mark.parametrize("syntax, declared, reason", [
+    ("explicit", 3_000_000, "(0028,0008) NumberOfFrames: NumberOfFrames = 3000000, but the pixel "
+                            "data (24576 bytes) holds 3 frame(s)"),
+    ("explicit", 4, "(0028,0008) NumberOfFrames: NumberOfFrames = 4, but the pixel data"),
+    ("rle", 3_000_000, "(0028,0008) NumberOfFrames: NumberOfFrames = 3000000, but the "
+                       "encapsulated pixel data holds 3 fragment(s)"),
+    ("rle", 4, "(0028,0008) NumberOfFrames: NumberOfFrames = 4, but the encapsulated pixel "
+               "data holds 3 fragment(s)"),
+])
+def test_a_frame_count_the_pixel_data_cannot_hold_is_refused_before_use(tmp_path, syntax,
+                                                                         declared, reason):
+    """A 30 kB file declaring millions of frames (the receiver reads network input with the
+    same code): refused on (0028,0008) before per-frame lists are built from the count."""
+    import tracemalloc
+
+    (path,) = write_study(tmp_path, [RunSpec(0.0, transfer_syntax=syntax)])
+    _set(path, NumberOfFrames=declared)
+    tracemalloc.start()
+    try:
+        study = read_study([tmp_path])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert study.runs == ()
+    [rejection] = study.rejected
+    assert rejection.reason.startswith(reason), rejection.reason
+    assert peak < 20e6  # 3 000 000 frames took ~190 MB
+
+
+def test_a_file_cut_short_may_not_declare_more_frames_than_the_cap(tmp_path):
+    """Cut short, the pixel data cannot bound NumberOfFrames: the cap still does."""
+    (path,) = write_study(tmp_path, [RunSpec(0.0, transfer_syntax="rle")])
+    _set(path, NumberOfFrames=500_000)
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) - 3000])
+    study = read_study([tmp_path])
+    [rejection] = study.rejected
+    assert rejection.reason.startswith("(0028,0008) NumberOfFrames: NumberOfFrames = 500000 is "
+                                       "more than sifluoro reads"), rejection.reason
+
+
+@pytest.mark.parametrize("high_bit, accepted", [(15, False), (12, False), (11, True)])
+def test_high_bit_must_be_bits_stored_minus_one(tmp_path, high_bit, accepted):
+    """12 bits stored high in the word (HighBit 15) were masked to their low 12 bits: garbage."""
+    (path,) = write_study(tmp_path, [RunSpec(0.0, bits_stored=12)])
+    _set(path, HighBit=high_bit)
+    study = read_study([tmp_path])
+    assert len(study.runs) == accepted
+    if not accepted:
+        [rejection] = study.rejected
+        assert rejection.reason.startswith(f"(0028,0102) HighBit: HighBit = {high_bit} with "
+                                           "BitsStored = 12"), rejection.reason
+
+
+@pytest.mark.parametrize("syntax", ["explicit", "rle"])
+def test_a_file_gone_between_scan_and_decoding_loses_only_its_run(tmp_path, syntax):
+    """A file deleted (or unreadable) after the header scan: its run is rejected with its
+    frames counted as lost, and the replay goes on with the others (it stopped on OSError)."""
+    import os
+
+    paths = write_study(tmp_path / "in", [RunSpec(0.0, filename="a.dcm"),
+                                          RunSpec(10.0, filename="b.dcm", transfer_syntax=syntax),
+                                          RunSpec(20.0, filename="c.dcm")])
+    study = read_study([tmp_path / "in"])
+    os.remove(paths[1])
+    rejected, lost = list(study.rejected), []
+    frames = list(iter_frames(study, rejected, lost))
+    assert [f.run.path.rsplit("/", 1)[-1] for f in frames] == ["a.dcm"] * 3 + ["c.dcm"] * 3
+    assert [(run.path.rsplit("/", 1)[-1], first) for run, first in lost] == [("b.dcm", 1)]
+    [rejection] = rejected
+    assert rejection.file.endswith("b.dcm") and rejection.reason.startswith("(7FE0,0010) PixelData")
+
+
+def test_a_video_transfer_syntax_says_it_is_not_read_and_what_to_do(tmp_path):
+    from pydicom.uid import MPEG4HP41
+
+    (path,) = write_study(tmp_path, [RunSpec(0.0)])
+    ds = pydicom.dcmread(path)
+    from pydicom.encaps import encapsulate
+
+    ds.file_meta.TransferSyntaxUID = MPEG4HP41
+    ds.PixelData, ds.NumberOfFrames = encapsulate([b"\x00\x00\x01\xb3" * 16]), 1
+    ds["PixelData"].VR = "OB"
+    ds.save_as(path, enforce_file_format=True)
+    [rejection] = read_study([tmp_path]).rejected
+    assert rejection.reason.startswith("(0002,0010) TransferSyntaxUID: MPEG-4 AVC/H.264 High "
+                                       "Profile / Level 4.1 is a video transfer syntax")
+    assert "sifluoro video" in rejection.reason and "pylibjpeg" not in rejection.reason

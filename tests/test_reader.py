@@ -176,3 +176,75 @@ def test_an_instance_given_twice_is_read_once(tmp_path):
     assert sum(r.n_frames for r in study.runs) == 5
     assert [r.file for r in study.rejected] == [str(copy)]
     assert "SOPInstanceUID" in study.rejected[0].reason and str(paths[0]) in study.rejected[0].reason
+
+
+@pytest.mark.parametrize("size, dtype, bits", [(64, np.uint16, 16), (64, np.uint8, 8),
+                                               (63, np.uint16, 12)])
+def test_deflated_explicit_little_endian_reads_its_pixels_exactly(tmp_path, size, dtype, bits):
+    """Deflated files: the header's offsets are in the inflated stream, so the frames are not
+    read at file offsets (that gave other pixels, or 'truncated')."""
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    spec = RunSpec(0.0, size=size, dtype=dtype, bits_stored=bits)
+    (path,) = write_study(tmp_path, [spec])
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.save_as(path)
+    assert pydicom.dcmread(path).file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian
+    study = read_study([tmp_path])
+    assert study.rejected == ()
+    rejected = []
+    frames = list(iter_frames(study, rejected))
+    assert rejected == [] and len(frames) == 3
+    for k, frame in enumerate(frames):
+        assert np.array_equal(frame.pixels, frames_for(spec, 0)[k])
+
+
+def _with(path, **attributes):
+    ds = pydicom.dcmread(path)
+    for keyword, value in attributes.items():
+        if value is None:
+            delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    ds.save_as(path)
+
+
+@pytest.mark.parametrize("n_frames, attributes, intervals_ms", [
+    # an implausible source is skipped for a plausible one (with a warning naming it)
+    (3, {"FrameTimeVector": [0, 0, 0], "FrameIncrementPointer": 0x00181065}, (133.333,) * 3),
+    (3, {"FrameTimeVector": [0, 100, 50]}, (100.0, 50.0, 50.0)),
+    # a single frame needs no frame time: an implausible one is not used for the pulse rate
+    (1, {"FrameTime": -66.7}, None),
+    (1, {"FrameTime": 0.0667}, None),
+])
+def test_implausible_frame_timing_is_not_used(tmp_path, caplog, n_frames, attributes, intervals_ms):
+    (path,) = write_study(tmp_path, [RunSpec(0.0, n_frames=n_frames)])
+    _with(path, **attributes)
+    study = read_study([tmp_path])
+    assert study.rejected == ()
+    (run,) = study.runs
+    if intervals_ms is not None:
+        assert run.frame_intervals_ms == pytest.approx(intervals_ms)
+    if attributes.get("FrameTimeVector") == [0, 0, 0]:
+        assert "(0018,1065) FrameTimeVector has increments outside 1-60000 ms" in caplog.text
+    if n_frames == 1:
+        assert run.technique.pulse_rate_per_s is None and run.technique.frame_time_ms is None
+
+
+@pytest.mark.parametrize("attributes, reason", [
+    ({"FrameTime": 0.0667}, "(0018,1063) FrameTime: (0018,1063) FrameTime = 0.0667 ms is outside"),
+    ({"FrameTime": -66.7}, "(0018,1063) FrameTime: (0018,1063) FrameTime = -66.7 ms is outside"),
+    ({"FrameTime": 0.0}, "(0018,1063) FrameTime: (0018,1063) FrameTime = 0 ms is outside"),
+    ({"FrameTime": None, "FrameTimeVector": [0, 0, 0], "FrameIncrementPointer": 0x00181065},
+     "(0018,1065) FrameTimeVector: (0018,1065) FrameTimeVector has increments outside 1-60000 ms"),
+])
+def test_impossible_frame_timing_is_refused_naming_the_tag(tmp_path, attributes, reason):
+    """A multi-frame run whose only frame timing is impossible (seconds instead of ms, zero,
+    negative): refused naming the tag, rather than a fluoroscopy time 1000 times too short."""
+    (path,) = write_study(tmp_path, [RunSpec(0.0, n_frames=3)])
+    _with(path, **attributes)
+    study = read_study([tmp_path])
+    assert study.runs == ()
+    [rejection] = study.rejected
+    assert rejection.reason.startswith(reason), rejection.reason

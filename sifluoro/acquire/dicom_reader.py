@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -16,12 +17,15 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import iter_pixels
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import (
     UID,
     EnhancedXAImageStorage,
     EnhancedXRFImageStorage,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    MPEGTransferSyntaxes,
     MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
     MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
     SecondaryCaptureImageStorage,
@@ -29,7 +33,7 @@ from pydicom.uid import (
     XRayRadiofluoroscopicImageStorage,
 )
 
-from sifluoro.acquire import header
+from sifluoro.acquire import header, pixel_readers
 from sifluoro.dose.rdsr_read import is_dose_report
 from sifluoro.errors import (
     DamagedPixelDataError,
@@ -54,6 +58,10 @@ IMAGE_SOP_CLASSES = {
     MultiFrameGrayscaleWordSecondaryCaptureImageStorage: "MF SC word",
 }
 PIXEL_DATA = 0x7FE00010
+#: attribute :func:`read_header` sets on the dataset of a file cut short: the file offset of its
+#: (7FE0,0010) tag, or None when the file ends before it
+CUT_SHORT = "sifluoro_cut_short_pixel_tag_at"
+NATIVE_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)  # read at file offsets
 
 
 @dataclass(frozen=True)
@@ -172,21 +180,54 @@ def order_runs(runs: list[Run], rejected: list[Rejection]) -> list[Run]:
 
 
 def read_header(path: str | Path) -> Dataset:
-    """A file's dataset with large values (pixel data) deferred; a typed error if unusable."""
+    """A file's dataset with large values (pixel data) deferred; a typed error if unusable.
+
+    A file cut short (an interrupted transfer) keeps its header when that is whole: pydicom
+    gives nothing for a file that ends inside encapsulated pixel data, so the header is read
+    again up to (7FE0,0010). Such a dataset, and an image one without pixel data (the file ends
+    before it), is marked (:data:`CUT_SHORT`) so that :func:`run_from_dataset` keeps the run:
+    its whole frames are shown and the rest counted as lost, dose from the header.
+    """
+    failure: Exception | None = None
     try:
         ds = pydicom.dcmread(path, defer_size=1024, force=False)
     except InvalidDicomError as exc:
         raise NotDicomError("not a DICOM file (no DICOM Part 10 'DICM' header); remove it from "
                             "the input", path=path) from exc
     except Exception as exc:  # the file boundary: any parse failure is this file's fault
-        raise NotDicomError(f"DICOM header cannot be parsed ({type(exc).__name__}: {exc})",
-                            path=path) from exc
-    if len(ds) == 0:
-        # pydicom gives an empty dataset when the file ends inside encapsulated pixel data
+        ds, failure = None, exc
+    if ds is not None and len(ds) and PIXEL_DATA in ds:
+        return ds
+    if ds is not None and len(ds):  # the file ends before its pixel data, or never had any
+        if UID(str(ds.get("SOPClassUID", ""))) in IMAGE_SOP_CLASSES:
+            setattr(ds, CUT_SHORT, None)
+        return ds
+    cut, pixel_tag_at = _header_before_pixels(path)
+    if cut is None:
+        if failure is not None:
+            raise NotDicomError(f"DICOM header cannot be parsed ({type(failure).__name__}: "
+                                f"{failure})", path=path) from failure
         raise DamagedPixelDataError("the file ends before its dataset is complete (an "
                                     "interrupted transfer?); send or export it again",
                                     path=path, tag="(7FE0,0010) PixelData")
-    return ds
+    setattr(cut, CUT_SHORT, pixel_tag_at)
+    return cut
+
+
+def _header_before_pixels(path: str | Path) -> tuple[Dataset | None, int | None]:
+    """The dataset up to (7FE0,0010) and the file offset of that tag (None when the file ends
+    before the whole tag), or ``(None, None)`` when even that cannot be read."""
+    try:
+        with open(path, "rb") as fh:
+            ds = pydicom.dcmread(fh, stop_before_pixels=True, force=False)
+            at = fh.tell()  # pydicom steps back to the tag it stopped at
+            fh.seek(at)
+            tag = fh.read(4)
+    except Exception:  # the header itself is damaged: nothing to keep
+        return None, None
+    if not len(ds):
+        return None, None
+    return ds, at if tag == b"\xe0\x7f\x10\x00" else None
 
 
 def run_from_dataset(ds: Dataset, path: str | Path) -> Run:
@@ -206,12 +247,32 @@ def run_from_dataset(ds: Dataset, path: str | Path) -> Run:
             "Secondary Capture)", path=path, tag="(0008,0016) SOPClassUID")
     tsuid = _transfer_syntax(ds, path)
     pixel_elem = ds.get_item(PIXEL_DATA, keep_deferred=True) if PIXEL_DATA in ds else None
-    if pixel_elem is None:
+    cut_short = hasattr(ds, CUT_SHORT)  # only read_header sets it, on a file that ends early
+    if pixel_elem is None and not cut_short:
         raise MissingAttributeError("no pixel data; the instance holds no frames",
                                     path=path, tag="(7FE0,0010) PixelData")
-    fields = header.parse(ds, path)
-    if not tsuid.is_compressed:
-        _check_native_length(pixel_elem, fields, path)
+    pixel_tag_at = getattr(ds, CUT_SHORT, None)
+    if pixel_elem is not None:
+        fields = header.parse(ds, path, pixel_bytes=_pixel_bytes(pixel_elem, tsuid),
+                              fragments=_fragment_count(pixel_elem, tsuid, path))
+        if not tsuid.is_compressed:
+            _check_native_length(pixel_elem, fields, path)
+        offset, reader = pixel_elem.value_tell, (
+            pixel_readers.read_native if tsuid in NATIVE_SYNTAXES else
+            pixel_readers.read_deflated if tsuid == DeflatedExplicitVRLittleEndian else
+            pixel_readers.read_encapsulated)
+    elif pixel_tag_at is not None:  # cut inside the pixel data: only the cap holds NumberOfFrames
+        fields = header.parse(ds, path)
+        if tsuid in NATIVE_SYNTAXES:  # value after tag, VR and length (explicit) or tag, length
+            offset = pixel_tag_at + (8 if tsuid == ImplicitVRLittleEndian else 12)
+            reader = pixel_readers.read_native
+        elif tsuid == DeflatedExplicitVRLittleEndian:  # no file offsets: it cannot be inflated
+            offset, reader = None, pixel_readers.read_deflated
+        else:
+            offset, reader = pixel_tag_at, pixel_readers.read_encapsulated_cut
+    else:
+        fields = header.parse(ds, path)
+        offset, reader = None, pixel_readers.read_none
     return Run(
         path=path,
         sop_instance_uid=fields.sop_instance_uid,
@@ -235,8 +296,8 @@ def run_from_dataset(ds: Dataset, path: str | Path) -> Run:
         bits_allocated=fields.bits_allocated,
         pixel_intensity_sign=fields.pixel_intensity_sign,
         pixel_intensity_relationship=fields.pixel_intensity_relationship,
-        pixel_offset=None if tsuid.is_compressed else pixel_elem.value_tell,
-        read_frames=_read_native if not tsuid.is_compressed else _read_encapsulated,
+        pixel_offset=offset,
+        read_frames=reader,
     )
 
 
@@ -263,6 +324,12 @@ def _transfer_syntax(ds: Dataset, path: str) -> UID:
         raise UnsupportedDicomError(f"big-endian transfer syntax {tsuid.name} is retired; "
                                     "convert with dcmconv +te", path=path,
                                     tag="(0002,0010) TransferSyntaxUID")
+    if tsuid in MPEGTransferSyntaxes:
+        raise UnsupportedDicomError(f"{tsuid.name} is a video transfer syntax, which sifluoro "
+                                    "does not read; transcode the run to an image syntax (e.g. "
+                                    "to JPEG or uncompressed with gdcmconv or ffmpeg) or replay "
+                                    "the video with the `sifluoro video` command", path=path,
+                                    tag="(0002,0010) TransferSyntaxUID")
     if tsuid.is_compressed and not decoder_available(tsuid):
         raise UnsupportedDicomError(f"no decoder installed for {tsuid.name}; install "
                                     "pylibjpeg or python-gdcm", path=path,
@@ -271,21 +338,14 @@ def _transfer_syntax(ds: Dataset, path: str) -> UID:
 
 
 def _check_native_length(elem, fields: header.HeaderFields, path: str) -> None:
-    """The pixel data holds the frames the header announces. A file cut short (an interrupted
-    transfer, the header intact) passes: its whole frames, if any, are used and the rest
-    rejected when they are read (:func:`iter_frames`, which also lists them as lost, so their
-    dose is still counted from the header)."""
-    n = len(fields.frame_offsets_s)
+    """The pixel data is the size of the frames the header announces (too short for them is
+    refused by :func:`header.parse`, on (0028,0008)). A file cut short (an interrupted transfer,
+    the header intact) passes: its whole frames, if any, are used and the rest rejected when
+    they are read (:func:`iter_frames`, which also lists them as lost, so their dose is still
+    counted from the header)."""
     frame_bytes = fields.rows * fields.columns * (fields.bits_allocated // 8)
-    expected = frame_bytes * n
+    expected = frame_bytes * len(fields.frame_offsets_s)
     length = elem.length if elem.value is None else len(elem.value)
-    file_size = os.path.getsize(path)
-    available = min(length, file_size - elem.value_tell) if elem.value_tell is not None else length
-    if length < expected:
-        raise DamagedPixelDataError(
-            f"pixel data is truncated: {available} bytes for {n} frame(s) of "
-            f"{fields.rows}x{fields.columns} at {fields.bits_allocated} bits ({expected} bytes "
-            "expected); re-export the run", path=path, tag="(7FE0,0010) PixelData")
     if length > expected + 1:
         raise DamagedPixelDataError(
             f"pixel data has {length} bytes but (0028,0010) Rows x (0028,0011) Columns x "
@@ -293,44 +353,33 @@ def _check_native_length(elem, fields: header.HeaderFields, path: str) -> None:
             path=path, tag="(7FE0,0010) PixelData")
 
 
-def _read_native(run: Run) -> Iterator[np.ndarray]:
-    """Uncompressed frames read straight into their own arrays (one allocation per frame)."""
-    dtype = np.dtype("u1") if run.bits_allocated == 8 else np.dtype("<u2")
-    nbytes = run.rows * run.columns * dtype.itemsize
-    mask = np.uint16((1 << run.bits_stored) - 1)
-    with open(run.path, "rb", buffering=0) as fh:
-        for k in range(run.n_frames):
-            fh.seek(run.pixel_offset + k * nbytes)
-            stored = np.empty((run.rows, run.columns), dtype)
-            if fh.readinto(memoryview(stored).cast("B")) != nbytes:
-                raise DamagedPixelDataError(f"pixel data is truncated: the file ends in frame "
-                                            f"{k + 1} of {run.n_frames}; re-export the run",
-                                            path=run.path, tag="(7FE0,0010) PixelData")
-            frame = stored.astype(np.uint16) if dtype.itemsize == 1 else stored
-            if run.bits_stored < 16:
-                frame &= mask
-            frame.flags.writeable = False
-            yield frame
+def _pixel_bytes(elem, tsuid: UID) -> int | None:
+    """The declared length of native (or deflated) pixel data; None for encapsulated."""
+    if tsuid.is_compressed:
+        return None
+    return elem.length if elem.value is None else len(elem.value)
 
 
-def _read_encapsulated(run: Run) -> Iterator[np.ndarray]:
-    frames = iter_pixels(run.path, raw=True)
-    for k in range(run.n_frames):
-        try:
-            frame = next(frames)
-        except StopIteration:
-            raise DamagedPixelDataError(f"only {k} of {run.n_frames} frames are encoded",
-                                        path=run.path, tag="(7FE0,0010) PixelData") from None
-        except Exception as exc:  # any decoder failure on damaged data
-            raise DamagedPixelDataError(f"frame {k + 1} fails to decode ({type(exc).__name__}: "
-                                        f"{exc})", path=run.path, tag="(7FE0,0010) PixelData") from exc
-        if frame.shape != (run.rows, run.columns):
-            raise DamagedPixelDataError(f"frame {k + 1} decodes to {frame.shape}, expected "
-                                        f"({run.rows}, {run.columns})", path=run.path,
-                                        tag="(7FE0,0010) PixelData")
-        frame = frame.astype(np.uint16, copy=frame.dtype != np.uint16)
-        frame.flags.writeable = False
-        yield frame
+def _fragment_count(elem, tsuid: UID, path: str) -> int | None:
+    """How many fragments (items after the Basic Offset Table) encapsulated pixel data holds,
+    read item header by item header from the file; None when not encapsulated, or not known
+    (a value in memory, or no sequence delimiter before the file ends)."""
+    if not tsuid.is_compressed or elem.value_tell is None or elem.value is not None:
+        return None
+    count = -1  # the first item is the Basic Offset Table
+    with open(path, "rb") as fh:
+        fh.seek(elem.value_tell)
+        while True:
+            item = fh.read(8)
+            if len(item) < 8:
+                return None
+            group, element, length = struct.unpack("<HHL", item)
+            if (group, element) == (0xFFFE, 0xE0DD):
+                return max(count, 0)
+            if (group, element) != (0xFFFE, 0xE000):
+                return None
+            count += 1
+            fh.seek(length, os.SEEK_CUR)
 
 
 def iter_frames(study: Study, rejected: list[Rejection],

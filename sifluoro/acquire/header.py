@@ -17,7 +17,8 @@ from pydicom.dataset import Dataset
 from pydicom.valuerep import DA, DT, TM
 
 from sifluoro.dose.exposure_dose import read_exposure_doses, run_technique
-from sifluoro.errors import InputError, MissingAttributeError, UnsupportedDicomError
+from sifluoro.errors import (DamagedPixelDataError, InputError, MissingAttributeError,
+                             UnsupportedDicomError)
 from sifluoro.model import Device, Run, Shutter, Technique
 
 log = logging.getLogger(__name__)
@@ -162,8 +163,14 @@ def _required_int(look: _Lookup, keyword: str, path: str, allowed: range | tuple
     return value
 
 
-def parse(ds: Dataset, path: str) -> HeaderFields:
-    """Read every header field a run needs; raise a typed error for what is unusable."""
+def parse(ds: Dataset, path: str, *, pixel_bytes: int | None = None,
+          fragments: int | None = None) -> HeaderFields:
+    """Read every header field a run needs; raise a typed error for what is unusable.
+
+    ``pixel_bytes`` (native pixel data's length) or ``fragments`` (encapsulated pixel data's
+    fragment count), when known, bound (0028,0008) NumberOfFrames before anything is built per
+    frame; it is always capped at :data:`MAX_FRAMES`.
+    """
     look = _Lookup(ds)
     sop_uid = _required_text(look, "SOPInstanceUID", path)
     study_uid = _required_text(look, "StudyInstanceUID", path)
@@ -175,6 +182,7 @@ def parse(ds: Dataset, path: str) -> HeaderFields:
                                     path=path, tag=tag_name("SamplesPerPixel"))
     bits_allocated = _required_int(look, "BitsAllocated", path, (8, 16))
     bits_stored = _required_int(look, "BitsStored", path, range(1, bits_allocated + 1))
+    _check_high_bit(look, bits_stored, path)
     if look.raw("PixelRepresentation", frame=None) not in (None, 0):
         raise UnsupportedDicomError("signed pixel data is not X-ray projection data",
                                     path=path, tag=tag_name("PixelRepresentation"))
@@ -184,6 +192,8 @@ def parse(ds: Dataset, path: str) -> HeaderFields:
                                     "MONOCHROME1/2 are read", path=path,
                                     tag=tag_name("PhotometricInterpretation"))
     n_frames = _number_of_frames(look, path)
+    _check_frame_count(n_frames, rows * columns * (bits_allocated // 8), pixel_bytes, fragments,
+                       path)
     offsets_s, intervals_ms, start = _timing(look, n_frames, path)
     technique = _technique(look, n_frames, rows, columns, intervals_ms, path)
     return HeaderFields(
@@ -232,6 +242,47 @@ def _number_of_frames(look: _Lookup, path: str) -> int:
     return n
 
 
+#: the most frames one instance may declare (55 min at 30 frames/s, far beyond any run): a
+#: count read from a (network) header is trusted no further, as per-frame lists are built from it
+MAX_FRAMES = 100_000
+
+
+def _check_frame_count(n: int, frame_bytes: int, pixel_bytes: int | None,
+                       fragments: int | None, path: str) -> None:
+    """NumberOfFrames against what the pixel data can hold: every native frame takes
+    ``frame_bytes``, every encapsulated frame at least one fragment."""
+    tag = tag_name("NumberOfFrames")
+    if pixel_bytes is not None and n > pixel_bytes // frame_bytes:
+        raise DamagedPixelDataError(f"NumberOfFrames = {n}, but the pixel data ({pixel_bytes} "
+                                    f"bytes) holds {pixel_bytes // frame_bytes} frame(s) of "
+                                    f"{frame_bytes} bytes; re-export the run", path=path, tag=tag)
+    if fragments is not None and n > fragments:
+        raise DamagedPixelDataError(f"NumberOfFrames = {n}, but the encapsulated pixel data "
+                                    f"holds {fragments} fragment(s), at least one a frame; "
+                                    "re-export the run", path=path, tag=tag)
+    if n > MAX_FRAMES:
+        raise UnsupportedDicomError(f"NumberOfFrames = {n} is more than sifluoro reads in one "
+                                    f"instance ({MAX_FRAMES}); split the run", path=path, tag=tag)
+
+
+def _check_high_bit(look: _Lookup, bits_stored: int, path: str) -> None:
+    """Stored values are read from the low BitsStored bits: HighBit must be BitsStored - 1
+    (absent is taken as that)."""
+    raw = look.raw("HighBit", frame=None)
+    if raw in (None, ""):
+        return
+    try:
+        high_bit = int(raw)
+    except (TypeError, ValueError):
+        raise MissingAttributeError(f"HighBit is not a number ({raw!r})", path=path,
+                                    tag=tag_name("HighBit")) from None
+    if high_bit != bits_stored - 1:
+        raise UnsupportedDicomError(f"HighBit = {high_bit} with BitsStored = {bits_stored}: only "
+                                    f"values stored in the low bits (HighBit = {bits_stored - 1}) "
+                                    "are read; re-export the run", path=path,
+                                    tag=tag_name("HighBit"))
+
+
 def _datetime(look: _Lookup, dt_kw: str | None, date_kw: str | None, time_kw: str | None,
               frame: int | None = None) -> datetime | None:
     if dt_kw:
@@ -266,27 +317,63 @@ def run_start(look: _Lookup) -> datetime | None:
             or _datetime(look, None, "ContentDate", "ContentTime"))
 
 
+#: a plausible frame time (ms). Below 1 ms (0.0667: the frame time in seconds; 0; negative)
+#: fluoroscopy time, and the dose estimated from it, would silently be wrong. Up to one frame
+#: a minute: slow serial runs (a frame every few seconds) exist, and refusing one loses its dose.
+FRAME_TIME_RANGE_MS = (1.0, 60_000.0)
+
+
+def _plausible_ms(value: float) -> bool:
+    return FRAME_TIME_RANGE_MS[0] <= value <= FRAME_TIME_RANGE_MS[1]
+
+
+def _frame_time_ms(look: _Lookup) -> float | None:
+    """(0018,1063) FrameTime when plausible, else None."""
+    value = look.float("FrameTime", None)
+    return value if value is not None and _plausible_ms(value) else None
+
+
 def _timing(look: _Lookup, n: int, path: str):
-    """Frame offsets since the run start (s), frame intervals (ms) and the run start."""
+    """Frame offsets since the run start (s), frame intervals (ms) and the run start.
+
+    Sources, first usable wins: FrameTimeVector, FrameTime, per-frame datetimes. One whose
+    steps are not all plausible (:data:`FRAME_TIME_RANGE_MS`) is skipped with a warning naming
+    it, so a run keeps its frames when another source gives its timing; with none usable, the
+    error names the implausible tag (a run's fluoroscopy time must not silently be wrong).
+    """
     start = run_start(look)
-    frame_time_ms = look.float("FrameTime", None)
+    raw_frame_time = look.float("FrameTime", None)
+    frame_time_ms = _frame_time_ms(look)
     ftv = look.floats("FrameTimeVector", None)
+    if ftv is not None and len(ftv) != n:
+        ftv = None
+    implausible: list[str] = []
+    if ftv is not None and n > 1 and not all(_plausible_ms(v) for v in ftv[1:]):
+        implausible.append(f"{tag_name('FrameTimeVector')} has increments outside "
+                           f"{FRAME_TIME_RANGE_MS[0]:g}-{FRAME_TIME_RANGE_MS[1]:g} ms "
+                           f"({', '.join(f'{v:g}' for v in ftv[1:4])}...)")
+        ftv = None
+    if raw_frame_time is not None and frame_time_ms is None:
+        implausible.append(f"{tag_name('FrameTime')} = {raw_frame_time:g} ms is outside "
+                           f"{FRAME_TIME_RANGE_MS[0]:g}-{FRAME_TIME_RANGE_MS[1]:g} ms (seconds "
+                           "instead of ms?)")
     per_frame_times = None
     if look.per_frame and n > 1:
         times = [_datetime(look, "FrameAcquisitionDateTime", None, None, frame=k)
                  or _datetime(look, "FrameReferenceDateTime", None, None, frame=k) for k in range(n)]
         if all(t is not None for t in times):
             per_frame_times = [(t - times[0]).total_seconds() for t in times]
-    if ftv is not None and len(ftv) == n and n > 1 and all(v >= 0 for v in ftv[1:]):
+    if ftv is not None and n > 1:
         offsets, acc = [], 0.0
         for k, inc in enumerate(ftv):
             acc += inc if k else 0.0
             offsets.append(acc / 1000.0)
         intervals = list(ftv[1:]) + [ftv[-1]]
-    elif frame_time_ms is not None and frame_time_ms > 0:
+    elif frame_time_ms is not None:
         offsets = [k * frame_time_ms / 1000.0 for k in range(n)]
         intervals = [frame_time_ms] * n
-    elif per_frame_times is not None and all(b > a for a, b in zip(per_frame_times, per_frame_times[1:])):
+    elif per_frame_times is not None and all(
+            _plausible_ms((b - a) * 1000.0) for a, b in zip(per_frame_times, per_frame_times[1:])):
         offsets = per_frame_times
         steps = [(b - a) * 1000.0 for a, b in zip(offsets, offsets[1:])]
         intervals = steps + [steps[-1]]
@@ -294,11 +381,19 @@ def _timing(look: _Lookup, n: int, path: str):
         single_ms = (look.float("ExposureTimeInms") or look.float("ExposureTime")
                      or look.float("AveragePulseWidth") or 0.0)
         offsets, intervals = [0.0], [single_ms]
+    elif implausible:
+        tag = "FrameTimeVector" if "FrameTimeVector" in implausible[0] else "FrameTime"
+        raise UnsupportedDicomError(f"{'; '.join(implausible)}, and no other usable frame timing; "
+                                    "re-export the run with its frame time in ms", path=path,
+                                    tag=tag_name(tag))
     else:
         raise MissingAttributeError(
             f"{n} frames but no usable frame timing; needs FrameTime, FrameTimeVector (with {n} "
             "values) or per-frame FrameReferenceDateTime (CineRate is not used: it is an integer)",
             path=path, tag=tag_name("FrameTime"))
+    if implausible and n > 1:
+        log.warning("%s: %s; frame timing taken from another attribute", path,
+                    "; ".join(implausible))
     return tuple(offsets), tuple(float(v) for v in intervals), start
 
 
@@ -338,7 +433,7 @@ def _technique(look: _Lookup, n: int, rows: int, columns: int, intervals_ms, pat
     fov = look.floats("FieldOfViewDimensions")
     fov_mm = (fov[0], fov[-1]) if fov else None
     cu, al = _filtration(look)
-    frame_time = look.float("FrameTime", None)
+    frame_time = _frame_time_ms(look)
     pulse_rate = 1000.0 / frame_time if frame_time else (
         1000.0 / intervals_ms[0] if n > 1 and intervals_ms[0] > 0 else None)
     dose = _reported_dose(look, n, path)
