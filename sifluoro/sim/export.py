@@ -55,11 +55,13 @@ def technique_of(run, size: int, *, reported: tuple[float, float] | None) -> Tec
         sid_mm=t.sid_mm, source_to_patient_mm=t.source_to_patient_mm,
         source_to_isocenter_mm=t.source_to_isocenter_mm if t.detector == "flat_panel" else None,
         field_of_view_mm=(t.field_of_view_mm, t.field_of_view_mm),
+        field_of_view_shape="ROUND" if t.detector == "image_intensifier" else "RECTANGLE",
         intensifier_size_mm=t.field_of_view_mm if t.detector == "image_intensifier" else None,
         filter_cu_mm=t.filter_cu_mm, filter_al_mm=t.filter_al_mm,
         imager_pixel_spacing_xy_mm=(t.imager_pixel_spacing_mm, t.imager_pixel_spacing_mm),
         primary_angle_deg=t.primary_angle_deg, secondary_angle_deg=t.secondary_angle_deg,
         radiation_setting="GR" if t.kind == "acquisition" else "SC", shutter=shutter,
+        collimator=shutter,  # the simulated blades (and intensifier circle) limit the beam
         reported_air_kerma_mgy=reported[0] if reported else None,
         reported_dap_gycm2=reported[1] if reported else None,
     )

@@ -1,0 +1,123 @@
+"""Header geometry: exposed field (collimator, display shutters) and field of view.
+
+Reads through the header's lookup (per-frame, shared functional groups, top level), so the
+legacy XA/RF attributes and their Enhanced XA/XRF macros are read alike. Odd values are ignored
+with a log line naming the tag.
+"""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from pydicom.datadict import tag_for_keyword
+
+from sifluoro.model import Shutter
+
+if TYPE_CHECKING:  # header.py imports this module
+    from sifluoro.acquire.header import _Lookup
+
+log = logging.getLogger(__name__)
+
+# (shape, left, upper, right, lower, centre (row, column), radius, polygon vertices (row, column))
+_SHUTTER_KW = ("ShutterShape", "ShutterLeftVerticalEdge", "ShutterUpperHorizontalEdge",
+               "ShutterRightVerticalEdge", "ShutterLowerHorizontalEdge", "CenterOfCircularShutter",
+               "RadiusOfCircularShutter", "VerticesOfThePolygonalShutter")
+_COLLIMATOR_KW = ("CollimatorShape", "CollimatorLeftVerticalEdge", "CollimatorUpperHorizontalEdge",
+                  "CollimatorRightVerticalEdge", "CollimatorLowerHorizontalEdge",
+                  "CenterOfCircularCollimator", "RadiusOfCircularCollimator",
+                  "VerticesOfThePolygonalCollimator")
+
+
+def _tag(keyword: str) -> str:
+    tag = tag_for_keyword(keyword)
+    return keyword if tag is None else f"({tag >> 16:04X},{tag & 0xFFFF:04X}) {keyword}"
+
+
+def _aperture(look: _Lookup, keywords: tuple[str, ...]) -> Shutter | None:
+    """A rectangular/circular/polygonal aperture in pixels (DICOM stores 1-based edges and
+    (row, column) points). A polygon is kept as its bounding rectangle (the model has no
+    polygons; C-arm fields are rectangles and circles)."""
+    shape_kw, left_kw, upper_kw, right_kw, lower_kw, centre_kw, radius_kw, vertices_kw = keywords
+    shape = look.text(shape_kw).upper()
+    if not shape:
+        return None
+    rect = circle = None
+    if "RECTANGULAR" in shape:
+        edges = [look.float(k) for k in (left_kw, upper_kw, right_kw, lower_kw)]
+        if all(e is not None for e in edges) and edges[0] <= edges[2] and edges[1] <= edges[3]:
+            rect = tuple(int(e) - 1 for e in edges)
+        else:
+            log.info("ignoring the rectangle of %s: edges missing or crossed", _tag(shape_kw))
+    if "POLYGONAL" in shape:
+        vertices = look.floats(vertices_kw)
+        if vertices and len(vertices) >= 6 and len(vertices) % 2 == 0:
+            rows, cols = vertices[0::2], vertices[1::2]
+            box = (int(min(cols)) - 1, int(min(rows)) - 1, int(max(cols)) - 1, int(max(rows)) - 1)
+            rect = box if rect is None else _intersect_rects(rect, box)
+        else:
+            log.info("ignoring unusable %s", _tag(vertices_kw))
+    if "CIRCULAR" in shape:
+        centre = look.floats(centre_kw)
+        radius = look.float(radius_kw)
+        if centre and len(centre) == 2 and radius and radius > 0:
+            circle = (centre[1] - 1.0, centre[0] - 1.0, radius)
+        else:
+            log.info("ignoring the circle of %s: centre or radius missing", _tag(shape_kw))
+    return Shutter(rect, circle) if rect or circle else None
+
+
+def _intersect_rects(a, b):
+    return (max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3]))
+
+
+def _intersect(a: Shutter | None, b: Shutter | None) -> Shutter | None:
+    """Both apertures at once. Two circles are kept as the smaller one (an approximation:
+    a device stores one circle, the image intensifier's or the iris')."""
+    if a is None or b is None:
+        return a if b is None else b
+    rect = a.rect_xyxy if b.rect_xyxy is None else b.rect_xyxy if a.rect_xyxy is None else \
+        _intersect_rects(a.rect_xyxy, b.rect_xyxy)
+    if rect is not None and (rect[2] < rect[0] or rect[3] < rect[1]):
+        return None
+    circles = [c for c in (a.circle_xyr, b.circle_xyr) if c is not None]
+    return Shutter(rect, min(circles, key=lambda c: c[2]) if circles else None)
+
+
+def exposed_field(look: _Lookup) -> tuple[Shutter | None, Shutter | None]:
+    """(field shown in the image, collimator).
+
+    The collimator is the X-Ray Collimator module's (0018,1700) CollimatorShape with its edges,
+    circle or polygon, top level (legacy XA/RF) or in the Collimator Shape Sequence (0018,9763)
+    of the functional groups (Enhanced XA/XRF); it limits the beam, so the dose estimate uses
+    it. Display shutters (0018,1600) only mask what is shown. The image stages get both at
+    once: the field is what the collimator lets through and the shutters show.
+    """
+    collimator = _aperture(look, _COLLIMATOR_KW)
+    shutter = _aperture(look, _SHUTTER_KW)
+    field = _intersect(collimator, shutter)
+    if field is None and collimator is not None and shutter is not None:
+        log.info("%s and %s do not overlap; the collimator is taken as the field",
+                 _tag("CollimatorShape"), _tag("ShutterShape"))
+        field = collimator
+    return field, collimator
+
+
+def field_of_view(look: _Lookup) -> tuple[tuple[float, float] | None, str | None]:
+    """((width, height) in mm, shape) of the field of view.
+
+    (0018,1147) FieldOfViewShape RECTANGLE, ROUND or HEXAGONAL; (0018,9461)
+    FieldOfViewDimensionsInFloat (Enhanced XA/XRF), else (0018,1149) FieldOfViewDimensions:
+    row then column dimension for a rectangle, one diameter for a round field or the
+    circumscribed circle of a hexagon.
+    """
+    dims = look.floats("FieldOfViewDimensionsInFloat") or look.floats("FieldOfViewDimensions")
+    if not dims or min(dims) <= 0:
+        return None, None
+    shape = look.text("FieldOfViewShape").upper() or None
+    if shape not in (None, "RECTANGLE", "ROUND", "HEXAGONAL"):
+        log.info("ignoring unknown %s %r", _tag("FieldOfViewShape"), shape)
+        shape = None
+    if shape in ("ROUND", "HEXAGONAL"):
+        return (dims[0], dims[0]), shape
+    return (dims[0], dims[-1]), shape
+
