@@ -1,4 +1,5 @@
-"""Header geometry: exposed field (collimator, display shutters) and field of view.
+"""Header geometry: exposed field (collimator, display shutters), detector pixel spacing and
+field of view.
 
 Reads through the header's lookup (per-frame, shared functional groups, top level), so the
 legacy XA/RF attributes and their Enhanced XA/XRF macros are read alike. Odd values are ignored
@@ -100,6 +101,44 @@ def exposed_field(look: _Lookup) -> tuple[Shutter | None, Shutter | None]:
                  _tag("CollimatorShape"), _tag("ShutterShape"))
         field = collimator
     return field, collimator
+
+
+def detector_spacing_xy_mm(look: _Lookup, sid_mm: float | None, sod_mm: float | None,
+                           path: str = "") -> tuple[float, float] | None:
+    """Pixel spacing at the detector plane, (x, y) in mm, or None when unknown.
+
+    (0018,1164) ImagerPixelSpacing is at the detector. (0028,0030) PixelSpacing is calibrated
+    in the patient (at the isocentre), smaller by the magnification: it is scaled by
+    (0018,1114) EstimatedRadiographicMagnificationFactor, else by SID/SOD; without either the
+    spacing is unknown. An ImagerPixelSpacing without two positive values is ignored (logged)
+    and PixelSpacing tried.
+    """
+    imager = look.floats("ImagerPixelSpacing")
+    if imager is not None:
+        if len(imager) == 2 and min(imager) > 0:
+            return imager[1], imager[0]
+        log.warning("%s: ignoring %s %s: it needs two positive values (row, column spacing)",
+                    path, _tag("ImagerPixelSpacing"), list(imager))
+    pixel = look.floats("PixelSpacing")
+    if pixel is None:
+        return None
+    if len(pixel) != 2 or min(pixel) <= 0:
+        log.warning("%s: ignoring %s %s: it needs two positive values", path,
+                    _tag("PixelSpacing"), list(pixel))
+        return None
+    magnification = look.float("EstimatedRadiographicMagnificationFactor")
+    if magnification is not None and not magnification >= 1.0:
+        log.info("%s: ignoring %s = %s (below 1)", path,
+                 _tag("EstimatedRadiographicMagnificationFactor"), magnification)
+        magnification = None
+    if magnification is None and sid_mm and sod_mm and sid_mm >= sod_mm:
+        magnification = sid_mm / sod_mm
+    if magnification is None:
+        log.warning("%s: only %s, calibrated in the patient, and neither %s nor source distances "
+                    "to scale it to the detector: pixel spacing unknown", path,
+                    _tag("PixelSpacing"), _tag("EstimatedRadiographicMagnificationFactor"))
+        return None
+    return pixel[1] * magnification, pixel[0] * magnification
 
 
 def field_of_view(look: _Lookup) -> tuple[tuple[float, float] | None, str | None]:

@@ -316,8 +316,8 @@ def _filtration(look: _Lookup) -> tuple[float | None, float | None]:
 
 
 def _technique(look: _Lookup, n: int, rows: int, columns: int, intervals_ms, path: str = "") -> Technique:
-    spacing = look.floats("ImagerPixelSpacing") or look.floats("PixelSpacing")
-    spacing_xy = (spacing[1], spacing[0]) if spacing and len(spacing) == 2 and min(spacing) > 0 else None
+    sid_mm = look.float("DistanceSourceToDetector")
+    spacing_xy = geometry.detector_spacing_xy_mm(look, sid_mm, look.float("DistanceSourceToIsocenter"), path)
     fov_mm, fov_shape = geometry.field_of_view(look)
     field, collimator = geometry.exposed_field(look)
     cu, al = _filtration(look)
@@ -336,7 +336,7 @@ def _technique(look: _Lookup, n: int, rows: int, columns: int, intervals_ms, pat
         exposure_time_ms=dose.get("exposure_time_ms",
                                   look.float("ExposureTimeInms") or look.float("ExposureTime")),
         exposure_mas=dose.get("exposure_mas", look.float("ExposureInmAs") or look.float("Exposure")),
-        sid_mm=look.float("DistanceSourceToDetector"),
+        sid_mm=sid_mm,
         source_to_patient_mm=look.float("DistanceSourceToPatient"),
         source_to_isocenter_mm=look.float("DistanceSourceToIsocenter"),
         field_of_view_mm=fov_mm,

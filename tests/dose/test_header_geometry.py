@@ -1,4 +1,4 @@
-"""Header geometry that the dose estimate uses: collimator, field of view (datasets built in code, read as a replay reads them)."""
+"""Header geometry that the dose estimate uses: collimator, detector pixel spacing, field of view (datasets built in code, read as a replay reads them)."""
 from __future__ import annotations
 
 import logging
@@ -103,6 +103,52 @@ def test_crossed_collimator_edges_are_ignored(caplog):
         tech = parse(ds, "x.dcm").technique
     assert tech.collimator is None and tech.shutter is None
     assert "(0018,1700) CollimatorShape" in caplog.text
+
+
+# --- detector pixel spacing (review s8 #5) ---------------------------------------------------
+
+M = 1100.0 / 785.0
+
+
+def _pixel_spacing_only(**changes) -> Dataset:
+    ds = _dataset(shutter=None)
+    del ds.ImagerPixelSpacing
+    ds.PixelSpacing = [f"{0.4 / M:.8f}"] * 2  # the same pixels, calibrated at the isocentre
+    ds.PixelSpacingCalibrationType = "GEOMETRY"
+    for keyword, value in changes.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def test_pixel_spacing_is_scaled_to_the_detector_by_the_magnification_factor(tmp_path):
+    _, imager = _dose(_dataset(shutter=None), tmp_path / "a")
+    ds = _pixel_spacing_only(EstimatedRadiographicMagnificationFactor=f"{M:.6f}")
+    tech, pixel = _dose(ds, tmp_path / "b")
+    assert tech.imager_pixel_spacing_xy_mm == pytest.approx((0.4, 0.4), rel=1e-5)
+    assert pixel.dap_gycm2 == pytest.approx(imager.dap_gycm2, rel=1e-5)  # was / M² (-49 %)
+
+
+def test_pixel_spacing_is_scaled_by_sid_over_sod_without_a_magnification_factor():
+    tech = parse(_pixel_spacing_only(), "x.dcm").technique  # SID 1100, source-isocentre 785
+    assert tech.imager_pixel_spacing_xy_mm == pytest.approx((0.4, 0.4), rel=1e-5)
+
+
+def test_pixel_spacing_without_magnification_or_distances_is_unknown(caplog):
+    ds = _pixel_spacing_only()
+    _drop(ds, "DistanceSourceToPatient", "DistanceSourceToIsocenter")
+    with caplog.at_level(logging.WARNING):
+        tech = parse(ds, "x.dcm").technique
+    assert tech.imager_pixel_spacing_xy_mm is None
+    assert caplog.text.count("(0028,0030) PixelSpacing") == 1
+
+
+def test_imager_pixel_spacing_with_one_value_is_logged_and_pixel_spacing_used(caplog):
+    ds = _pixel_spacing_only(EstimatedRadiographicMagnificationFactor=f"{M:.6f}")
+    ds.ImagerPixelSpacing = "0.4"
+    with caplog.at_level(logging.WARNING):
+        tech = parse(ds, "x.dcm").technique
+    assert "(0018,1164) ImagerPixelSpacing" in caplog.text
+    assert tech.imager_pixel_spacing_xy_mm == pytest.approx((0.4, 0.4), rel=1e-5)
 
 
 # --- field of view (review s8 #9) ------------------------------------------------------------
