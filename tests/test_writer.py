@@ -29,7 +29,7 @@ def test_written_runs_have_no_dciodvfy_errors(tmp_path, storage, transfer_syntax
 
 
 @pytest.mark.parametrize("storage", ["xa", "rf", "enhanced_xa"])
-def test_collimator_and_round_field_pass_dciodvfy(tmp_path, storage):
+def test_collimator_round_field_and_isocentre_distance_pass_dciodvfy(tmp_path, storage):
     import pydicom
 
     aperture = Shutter(rect_xyxy=(4, 4, 59, 59), circle_xyr=(31.5, 31.5, 30.0))
@@ -38,6 +38,8 @@ def test_collimator_and_round_field_pass_dciodvfy(tmp_path, storage):
     assert dciodvfy_errors(path) == []
     ds = pydicom.dcmread(path)
     if storage != "enhanced_xa":
+        # XA/XRF Positioner modules: (0018,1111) is the source-isocentre distance
+        assert float(ds.DistanceSourceToPatient) == 785.0 and "DistanceSourceToIsocenter" not in ds
         assert list(ds.CollimatorShape) == ["RECTANGULAR", "CIRCULAR"]
         assert ds.FieldOfViewShape == "ROUND"
 

@@ -1,5 +1,5 @@
-"""Header geometry: exposed field (collimator, display shutters), detector pixel spacing and
-field of view.
+"""Header geometry: exposed field (collimator, display shutters), detector pixel spacing,
+source distances and field of view.
 
 Reads through the header's lookup (per-frame, shared functional groups, top level), so the
 legacy XA/RF attributes and their Enhanced XA/XRF macros are read alike. Odd values are ignored
@@ -8,6 +8,7 @@ with a log line naming the tag.
 from __future__ import annotations
 
 import logging
+import re
 from typing import TYPE_CHECKING
 
 from pydicom.datadict import tag_for_keyword
@@ -18,6 +19,14 @@ if TYPE_CHECKING:  # header.py imports this module
     from sifluoro.acquire.header import _Lookup
 
 log = logging.getLogger(__name__)
+
+# legacy XA, RF and their Enhanced forms: (0018,1111) is the source-isocentre distance there
+_XA_RF_SOP_CLASSES = frozenset({
+    "1.2.840.10008.5.1.4.1.1.12.1", "1.2.840.10008.5.1.4.1.1.12.2",
+    "1.2.840.10008.5.1.4.1.1.12.1.1", "1.2.840.10008.5.1.4.1.1.12.2.1"})
+# sifluoro's writer up to this version stored the simulator's source-skin distance in (0018,1111)
+_LAST_SKIN_IN_1111_VERSION = 10
+_SIFLUORO_VERSION = re.compile(r"^SIFLUORO_(\d+)$")
 
 # (shape, left, upper, right, lower, centre (row, column), radius, polygon vertices (row, column))
 _SHUTTER_KW = ("ShutterShape", "ShutterLeftVerticalEdge", "ShutterUpperHorizontalEdge",
@@ -101,6 +110,38 @@ def exposed_field(look: _Lookup) -> tuple[Shutter | None, Shutter | None]:
                  _tag("CollimatorShape"), _tag("ShutterShape"))
         field = collimator
     return field, collimator
+
+
+def _positive(value: float | None) -> float | None:
+    return value if value is not None and value > 0 else None
+
+
+def _writes_skin_distance(look: _Lookup) -> bool:
+    """Files of sifluoro's simulator from writer versions that put the source-skin distance in
+    (0018,1111) (SoftwareVersions SIFLUORO_010 and before)."""
+    for version in look.text("SoftwareVersions", None).split("\\"):
+        match = _SIFLUORO_VERSION.match(version.strip())
+        if match and int(match.group(1)) <= _LAST_SKIN_IN_1111_VERSION:
+            return True
+    return False
+
+
+def source_distances_mm(look: _Lookup) -> tuple[float | None, float | None]:
+    """(source-isocentre, source-patient) in mm.
+
+    (0018,9402) DistanceSourceToIsocenter when given. In the XA and XRF Positioner modules
+    (PS3.3 C.8.7.5, C.8.7.6) (0018,1111) DistanceSourceToPatient is the distance from the
+    source to the isocentre, the centre of the field of view ("traditionally referred to as
+    Source Object Distance (SOD)"): for XA/RF it is the isocentre distance when (0018,9402) is
+    absent. Elsewhere (DX: to the table or bucky) it is kept as the source-patient distance.
+    """
+    isocenter = _positive(look.float("DistanceSourceToIsocenter"))
+    to_patient = _positive(look.float("DistanceSourceToPatient"))
+    xa_rf = (look.text("SOPClassUID", None) in _XA_RF_SOP_CLASSES
+             or look.text("Modality", None) in ("XA", "RF"))
+    if to_patient is None or not xa_rf or _writes_skin_distance(look):
+        return isocenter, to_patient
+    return (isocenter if isocenter is not None else to_patient), None
 
 
 def detector_spacing_xy_mm(look: _Lookup, sid_mm: float | None, sod_mm: float | None,

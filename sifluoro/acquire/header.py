@@ -317,7 +317,8 @@ def _filtration(look: _Lookup) -> tuple[float | None, float | None]:
 
 def _technique(look: _Lookup, n: int, rows: int, columns: int, intervals_ms, path: str = "") -> Technique:
     sid_mm = look.float("DistanceSourceToDetector")
-    spacing_xy = geometry.detector_spacing_xy_mm(look, sid_mm, look.float("DistanceSourceToIsocenter"), path)
+    sod_mm, source_to_patient_mm = geometry.source_distances_mm(look)
+    spacing_xy = geometry.detector_spacing_xy_mm(look, sid_mm, sod_mm, path)
     fov_mm, fov_shape = geometry.field_of_view(look)
     field, collimator = geometry.exposed_field(look)
     cu, al = _filtration(look)
@@ -337,8 +338,8 @@ def _technique(look: _Lookup, n: int, rows: int, columns: int, intervals_ms, pat
                                   look.float("ExposureTimeInms") or look.float("ExposureTime")),
         exposure_mas=dose.get("exposure_mas", look.float("ExposureInmAs") or look.float("Exposure")),
         sid_mm=sid_mm,
-        source_to_patient_mm=look.float("DistanceSourceToPatient"),
-        source_to_isocenter_mm=look.float("DistanceSourceToIsocenter"),
+        source_to_patient_mm=source_to_patient_mm,
+        source_to_isocenter_mm=sod_mm,
         field_of_view_mm=fov_mm,
         field_of_view_shape=fov_shape,
         intensifier_size_mm=look.float("IntensifierSize"),

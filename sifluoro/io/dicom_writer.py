@@ -44,7 +44,9 @@ STORAGE_SOP_CLASSES = {
     "enhanced_xa": EnhancedXAImageStorage,
     "sc": MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
 }
-IMPLEMENTATION_VERSION = "SIFLUORO_010"
+# 011: (0018,1111) holds the source-isocentre distance, as the XA/XRF Positioner modules define
+# it (010 and before wrote the simulator's source-skin distance there; the reader knows)
+IMPLEMENTATION_VERSION = "SIFLUORO_011"
 
 
 @dataclass(frozen=True)
@@ -266,11 +268,10 @@ def _add_technique(ds: Dataset, tech: Technique) -> None:
         ds.AveragePulseWidth = _ds(tech.pulse_width_ms)
     if tech.sid_mm is not None:
         ds.DistanceSourceToDetector = _ds(tech.sid_mm)
-    if tech.source_to_patient_mm is not None:
-        ds.DistanceSourceToPatient = _ds(tech.source_to_patient_mm)
     if tech.source_to_isocenter_mm is not None:
-        # not in the legacy IODs, but what dose estimation needs: an extended attribute
-        ds.DistanceSourceToIsocenter = float(tech.source_to_isocenter_mm)
+        # XA/XRF Positioner modules: (0018,1111) is the source-isocentre distance (SOD); the
+        # source-skin distance has no place in these IODs
+        ds.DistanceSourceToPatient = _ds(tech.source_to_isocenter_mm)
     if tech.imager_pixel_spacing_xy_mm is not None:
         sx, sy = tech.imager_pixel_spacing_xy_mm
         ds.ImagerPixelSpacing = [_ds(sy), _ds(sx)]

@@ -53,6 +53,8 @@ def technique_of(run, size: int, *, reported: tuple[float, float] | None) -> Tec
         pulse_rate_per_s=t.pulse_rate_per_s, frame_time_ms=t.frame_time_ms,
         exposure_time_ms=t.pulse_width_ms * len(run.frames),
         sid_mm=t.sid_mm, source_to_patient_mm=t.source_to_patient_mm,
+        # the mobile C-arm declares no isocentre: its dose reference point is 30 cm in front of
+        # the receptor (the source-skin distance is kept here but has no place in the file)
         source_to_isocenter_mm=t.source_to_isocenter_mm if t.detector == "flat_panel" else None,
         field_of_view_mm=(t.field_of_view_mm, t.field_of_view_mm),
         field_of_view_shape="ROUND" if t.detector == "image_intensifier" else "RECTANGLE",

@@ -1,4 +1,5 @@
-"""Header geometry that the dose estimate uses: collimator, detector pixel spacing, field of view (datasets built in code, read as a replay reads them)."""
+"""Header geometry that the dose estimate uses: collimator, detector pixel spacing, source
+distances, field of view (datasets built in code, read as a replay reads them)."""
 from __future__ import annotations
 
 import logging
@@ -149,6 +150,53 @@ def test_imager_pixel_spacing_with_one_value_is_logged_and_pixel_spacing_used(ca
         tech = parse(ds, "x.dcm").technique
     assert "(0018,1164) ImagerPixelSpacing" in caplog.text
     assert tech.imager_pixel_spacing_xy_mm == pytest.approx((0.4, 0.4), rel=1e-5)
+
+
+# --- source-isocentre distance of legacy XA/RF (review s8 #6) ------------------------------
+
+@pytest.mark.parametrize("storage", ["xa", "rf"])
+def test_distance_source_to_patient_is_the_isocentre_distance_in_xa_and_rf(tmp_path, storage):
+    _, enhanced = _dose(_dataset("enhanced_xa"), tmp_path / "e")  # (0018,9402) 785 mm
+    ds = _dataset(storage)
+    assert float(ds.DistanceSourceToPatient) == 785.0 and "DistanceSourceToIsocenter" not in ds
+    ds.SoftwareVersions = "VC21C"  # as a C-arm writes it
+    tech, legacy = _dose(ds, tmp_path / storage)
+    assert tech.source_to_isocenter_mm == 785.0
+    # the IEC reference point 15 cm before the isocentre, not 30 cm before the receptor (-37 %)
+    assert legacy.air_kerma_mgy == pytest.approx(enhanced.air_kerma_mgy, rel=1e-6)
+
+
+def test_an_explicit_source_isocentre_distance_wins():
+    ds = _dataset()
+    ds.DistanceSourceToIsocenter = 800.0
+    assert parse(ds, "x.dcm").technique.source_to_isocenter_mm == 800.0
+
+
+def test_files_of_sifluoro_010_keep_their_source_skin_distance_out_of_the_isocentre():
+    """sifluoro's simulator wrote the source-skin distance in (0018,1111) up to SIFLUORO_010
+    (the published evaluation sets): it is not an isocentre."""
+    ds = _dataset(source_to_isocenter_mm=None)
+    ds.DistanceSourceToPatient = "474.5"
+    ds.SoftwareVersions = "SIFLUORO_010"
+    tech = parse(ds, "x.dcm").technique
+    assert tech.source_to_isocenter_mm is None and tech.source_to_patient_mm == 474.5
+    ds.SoftwareVersions = "SIFLUORO_011"
+    assert parse(ds, "x.dcm").technique.source_to_isocenter_mm == 474.5
+
+
+@pytest.mark.parametrize("storage", ["xa", "rf", "enhanced_xa"])
+@pytest.mark.parametrize("source_to_isocenter_mm", [None, 785.0])
+def test_written_technique_is_estimated_as_the_technique_itself(storage, source_to_isocenter_mm):
+    """What the simulator's truth uses (its technique) and what a replay reads from the file
+    give the same dose: a mobile C-arm (no isocentre, a source-skin distance) and an
+    isocentric one, with the intensifier's circle."""
+    tech = technique(source_to_isocenter_mm=source_to_isocenter_mm, source_to_patient_mm=474.5,
+                     shutter=None, collimator=Shutter((4, 4, 59, 59), (31.5, 31.5, 25.0)))
+    read = parse(_dataset(storage, **{f: getattr(tech, f) for f in (
+        "source_to_isocenter_mm", "source_to_patient_mm", "shutter", "collimator")}), "x.dcm").technique
+    kwargs = dict(rows=SIZE, columns=SIZE, frame_interval_ms=133.333, n_frames=3, settings=DoseSettings())
+    assert physics.estimate_frame_dose(read, **kwargs) == pytest.approx(
+        physics.estimate_frame_dose(tech, **kwargs), rel=1e-6)
 
 
 # --- field of view (review s8 #9) ------------------------------------------------------------
