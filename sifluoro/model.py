@@ -13,10 +13,11 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Shutter:
-    """Collimator shutters as stored (DICOM Display Shutter module), in pixels.
+    """An aperture in pixels: display shutters or collimator as stored, or both at once.
 
     ``rect_xyxy`` is the exposed rectangle (x0, y0, x1, y1), inclusive; ``circle_xyr`` the
-    exposed circle (centre x, centre y, radius). Either may be None.
+    exposed circle (centre x, centre y, radius). Either may be None; with both, the field is
+    inside both.
     """
 
     rect_xyxy: tuple[int, int, int, int] | None = None
@@ -42,6 +43,7 @@ class Technique:
     source_to_patient_mm: float | None = None
     source_to_isocenter_mm: float | None = None
     field_of_view_mm: tuple[float, float] | None = None
+    field_of_view_shape: str | None = None   # (0018,1147): RECTANGLE, ROUND, HEXAGONAL
     intensifier_size_mm: float | None = None
     filter_cu_mm: float | None = None
     filter_al_mm: float | None = None
@@ -49,7 +51,8 @@ class Technique:
     primary_angle_deg: float | None = None
     secondary_angle_deg: float | None = None
     radiation_setting: str | None = None
-    shutter: Shutter | None = None
+    shutter: Shutter | None = None      # the field the image shows (collimator and shutters)
+    collimator: Shutter | None = None   # the beam's aperture, when stored
     reported_dap_gycm2: float | None = None
     reported_air_kerma_mgy: float | None = None
     reported_dap_gycm2_per_frame: tuple[float, ...] | None = None

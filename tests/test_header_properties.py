@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from pydicom.uid import generate_uid
 
 from sifluoro.acquire.dicom_reader import scan
-from sifluoro.io.dicom_writer import StudyIdentity, build_run_dataset
-from sifluoro.model import Run
+from sifluoro.io.dicom_writer import StudyIdentity, build_run_dataset, collimator_attributes
+from sifluoro.model import Run, Shutter
 from tests.dicom_fixtures import DEVICE, technique
 
 BASE = build_run_dataset(
@@ -23,6 +23,11 @@ BASE_ENHANCED = build_run_dataset(
     study=StudyIdentity(generate_uid(), datetime(2026, 1, 1, 8)), series_instance_uid=generate_uid(),
     sop_instance_uid=generate_uid(), acquisition_datetime=datetime(2026, 1, 1, 8, 1),
     technique=technique(), device=DEVICE, bits_stored=12, frame_time_ms=66.7)
+# geometry the technique reads besides: collimator, patient-plane spacing, a round field
+for _keyword, _value in collimator_attributes(Shutter((4, 4, 59, 59), (31.0, 31.0, 20.0))).items():
+    setattr(BASE, _keyword, _value)
+BASE.PixelSpacing, BASE.EstimatedRadiographicMagnificationFactor = ["0.3", "0.3"], "1.4"
+BASE.FieldOfViewShape, BASE.FieldOfViewDimensions = "ROUND", "230"
 KEYWORDS = sorted(set(BASE.dir()) - {"PixelData"})
 ODD_VALUES = st.one_of(st.none(), st.just(""), st.text(max_size=12), st.integers(-5, 70000),
                        st.floats(allow_nan=True, allow_infinity=True),

@@ -28,6 +28,22 @@ def test_written_runs_have_no_dciodvfy_errors(tmp_path, storage, transfer_syntax
     assert dciodvfy_errors(path) == []
 
 
+@pytest.mark.parametrize("storage", ["xa", "rf", "enhanced_xa"])
+def test_collimator_round_field_and_isocentre_distance_pass_dciodvfy(tmp_path, storage):
+    import pydicom
+
+    aperture = Shutter(rect_xyxy=(4, 4, 59, 59), circle_xyr=(31.5, 31.5, 30.0))
+    tech = technique(collimator=aperture, field_of_view_mm=(230.0, 230.0), field_of_view_shape="ROUND")
+    (path,) = write_study(tmp_path, [RunSpec(0.0, storage=storage, tech=tech)])
+    assert dciodvfy_errors(path) == []
+    ds = pydicom.dcmread(path)
+    if storage != "enhanced_xa":
+        # XA/XRF Positioner modules: (0018,1111) is the source-isocentre distance
+        assert float(ds.DistanceSourceToPatient) == 785.0 and "DistanceSourceToIsocenter" not in ds
+        assert list(ds.CollimatorShape) == ["RECTANGULAR", "CIRCULAR"]
+        assert ds.FieldOfViewShape == "ROUND"
+
+
 @pytest.mark.parametrize("transfer_syntax", ["explicit", "implicit", "rle", "jpeg2000", "jpeg_lossless"])
 def test_encoding_keeps_the_instance_identity(tmp_path, transfer_syntax):
     import pydicom

@@ -16,10 +16,11 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.valuerep import DA, DT, TM
 
+from sifluoro.acquire import geometry
 from sifluoro.dose.exposure_dose import read_exposure_doses, run_technique
 from sifluoro.errors import (DamagedPixelDataError, InputError, MissingAttributeError,
                              UnsupportedDicomError)
-from sifluoro.model import Device, Run, Shutter, Technique
+from sifluoro.model import Device, Run, Technique
 
 log = logging.getLogger(__name__)
 
@@ -409,29 +410,12 @@ def _filtration(look: _Lookup) -> tuple[float | None, float | None]:
     return cu, al
 
 
-def _shutter(look: _Lookup) -> Shutter | None:
-    shape = look.text("ShutterShape")
-    if not shape:
-        return None
-    rect = circle = None
-    if "RECTANGULAR" in shape:
-        edges = [look.float(k) for k in ("ShutterLeftVerticalEdge", "ShutterUpperHorizontalEdge",
-                                          "ShutterRightVerticalEdge", "ShutterLowerHorizontalEdge")]
-        if all(e is not None for e in edges):
-            rect = tuple(int(e) - 1 for e in edges)  # DICOM edges are 1-based
-    if "CIRCULAR" in shape:
-        centre = look.floats("CenterOfCircularShutter")
-        radius = look.float("RadiusOfCircularShutter")
-        if centre and len(centre) == 2 and radius:
-            circle = (centre[1] - 1.0, centre[0] - 1.0, radius)  # stored as (row, column), 1-based
-    return Shutter(rect, circle) if rect or circle else None
-
-
 def _technique(look: _Lookup, n: int, rows: int, columns: int, intervals_ms, path: str = "") -> Technique:
-    spacing = look.floats("ImagerPixelSpacing") or look.floats("PixelSpacing")
-    spacing_xy = (spacing[1], spacing[0]) if spacing and len(spacing) == 2 and min(spacing) > 0 else None
-    fov = look.floats("FieldOfViewDimensions")
-    fov_mm = (fov[0], fov[-1]) if fov else None
+    sid_mm = look.float("DistanceSourceToDetector")
+    sod_mm, source_to_patient_mm = geometry.source_distances_mm(look)
+    spacing_xy = geometry.detector_spacing_xy_mm(look, sid_mm, sod_mm, path)
+    fov_mm, fov_shape = geometry.field_of_view(look)
+    field, collimator = geometry.exposed_field(look)
     cu, al = _filtration(look)
     frame_time = _frame_time_ms(look)
     pulse_rate = 1000.0 / frame_time if frame_time else (
@@ -448,10 +432,11 @@ def _technique(look: _Lookup, n: int, rows: int, columns: int, intervals_ms, pat
         exposure_time_ms=dose.get("exposure_time_ms",
                                   look.float("ExposureTimeInms") or look.float("ExposureTime")),
         exposure_mas=dose.get("exposure_mas", look.float("ExposureInmAs") or look.float("Exposure")),
-        sid_mm=look.float("DistanceSourceToDetector"),
-        source_to_patient_mm=look.float("DistanceSourceToPatient"),
-        source_to_isocenter_mm=look.float("DistanceSourceToIsocenter"),
+        sid_mm=sid_mm,
+        source_to_patient_mm=source_to_patient_mm,
+        source_to_isocenter_mm=sod_mm,
         field_of_view_mm=fov_mm,
+        field_of_view_shape=fov_shape,
         intensifier_size_mm=look.float("IntensifierSize"),
         filter_cu_mm=cu,
         filter_al_mm=al,
@@ -459,7 +444,8 @@ def _technique(look: _Lookup, n: int, rows: int, columns: int, intervals_ms, pat
         primary_angle_deg=look.float("PositionerPrimaryAngle"),
         secondary_angle_deg=look.float("PositionerSecondaryAngle"),
         radiation_setting=setting if setting in ("SC", "GR") else None,
-        shutter=_shutter(look),
+        shutter=field,
+        collimator=collimator,
         reported_dap_gycm2=dose.get("reported_dap_gycm2"),
         reported_air_kerma_mgy=dose.get("reported_air_kerma_mgy"),
         reported_air_kerma_mgy_per_frame=dose.get("reported_air_kerma_mgy_per_frame"),

@@ -56,22 +56,38 @@ def mas_per_frame(tech: Technique, frame_interval_ms: float, n_frames: int) -> f
 
 
 def field_area_cm2_at_detector(tech: Technique, rows: int, columns: int) -> float | None:
-    """Exposed field area at the detector plane: shutters if stored, else the whole image."""
+    """Exposed field area at the detector plane.
+
+    With the detector pixel spacing: the collimator's aperture when stored (it limits the
+    beam), else the display shutters (a proxy), else the whole image. Without it: the field of
+    view by its shape (a round field is a circle of the stored diameter).
+    """
     spacing = tech.imager_pixel_spacing_xy_mm
     if spacing is not None:
         sx, sy = spacing
+        aperture = tech.collimator if tech.collimator is not None else tech.shutter
         width_px, height_px = columns, rows
-        if tech.shutter is not None and tech.shutter.rect_xyxy is not None:
-            x0, y0, x1, y1 = tech.shutter.rect_xyxy
+        if aperture is not None and aperture.rect_xyxy is not None:
+            x0, y0, x1, y1 = aperture.rect_xyxy
             width_px, height_px = max(0, x1 - x0 + 1), max(0, y1 - y0 + 1)
         area_mm2 = width_px * sx * height_px * sy
-        if tech.shutter is not None and tech.shutter.circle_xyr is not None:
-            circle_mm2 = math.pi * (tech.shutter.circle_xyr[2] * sx) * (tech.shutter.circle_xyr[2] * sy)
+        if aperture is not None and aperture.circle_xyr is not None:
+            circle_mm2 = math.pi * (aperture.circle_xyr[2] * sx) * (aperture.circle_xyr[2] * sy)
             area_mm2 = min(area_mm2, circle_mm2)
         return area_mm2 / 100.0
     if tech.field_of_view_mm is not None:
-        return tech.field_of_view_mm[0] * tech.field_of_view_mm[1] / 100.0
+        return field_of_view_area_mm2(tech.field_of_view_mm, tech.field_of_view_shape) / 100.0
     return None
+
+
+def field_of_view_area_mm2(dims_mm: tuple[float, float], shape: str | None) -> float:
+    """Area of a field of view: the circle of the diameter for ROUND, the regular hexagon in
+    the circle for HEXAGONAL, else the rectangle."""
+    if shape == "ROUND":
+        return math.pi / 4.0 * dims_mm[0] * dims_mm[1]
+    if shape == "HEXAGONAL":
+        return 3.0 * math.sqrt(3.0) / 8.0 * dims_mm[0] * dims_mm[1]
+    return dims_mm[0] * dims_mm[1]
 
 
 def estimate_frame_dose(tech: Technique, *, rows: int, columns: int, frame_interval_ms: float,

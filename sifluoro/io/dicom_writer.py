@@ -29,7 +29,7 @@ from pydicom.uid import (
     XRayRadiofluoroscopicImageStorage,
 )
 
-from sifluoro.model import Device, Technique
+from sifluoro.model import Device, Shutter, Technique
 
 TRANSFER_SYNTAXES = {
     "explicit": ExplicitVRLittleEndian,
@@ -44,7 +44,9 @@ STORAGE_SOP_CLASSES = {
     "enhanced_xa": EnhancedXAImageStorage,
     "sc": MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
 }
-IMPLEMENTATION_VERSION = "SIFLUORO_010"
+# 011: (0018,1111) holds the source-isocentre distance, as the XA/XRF Positioner modules define
+# it (010 and before wrote the simulator's source-skin distance there; the reader knows)
+IMPLEMENTATION_VERSION = "SIFLUORO_011"
 
 
 @dataclass(frozen=True)
@@ -243,6 +245,9 @@ def _add_legacy_xray(ds, storage, n, tech: Technique, when, frame_time_ms, ftv_m
         ds.PatientPosition = ""
     if tech.shutter is not None:
         _add_shutter(ds, tech)
+    if tech.collimator is not None:
+        for keyword, value in collimator_attributes(tech.collimator).items():
+            setattr(ds, keyword, value)
 
 
 def _add_technique(ds: Dataset, tech: Technique) -> None:
@@ -263,17 +268,18 @@ def _add_technique(ds: Dataset, tech: Technique) -> None:
         ds.AveragePulseWidth = _ds(tech.pulse_width_ms)
     if tech.sid_mm is not None:
         ds.DistanceSourceToDetector = _ds(tech.sid_mm)
-    if tech.source_to_patient_mm is not None:
-        ds.DistanceSourceToPatient = _ds(tech.source_to_patient_mm)
     if tech.source_to_isocenter_mm is not None:
-        # not in the legacy IODs, but what dose estimation needs: an extended attribute
-        ds.DistanceSourceToIsocenter = float(tech.source_to_isocenter_mm)
+        # XA/XRF Positioner modules: (0018,1111) is the source-isocentre distance (SOD); the
+        # source-skin distance has no place in these IODs
+        ds.DistanceSourceToPatient = _ds(tech.source_to_isocenter_mm)
     if tech.imager_pixel_spacing_xy_mm is not None:
         sx, sy = tech.imager_pixel_spacing_xy_mm
         ds.ImagerPixelSpacing = [_ds(sy), _ds(sx)]
     if tech.field_of_view_mm is not None:
-        ds.FieldOfViewShape = "RECTANGLE"
-        ds.FieldOfViewDimensions = [int(round(v)) for v in tech.field_of_view_mm]
+        shape = tech.field_of_view_shape or "RECTANGLE"
+        ds.FieldOfViewShape = shape
+        dims = tech.field_of_view_mm[:1] if shape in ("ROUND", "HEXAGONAL") else tech.field_of_view_mm
+        ds.FieldOfViewDimensions = [int(round(v)) for v in dims]
     if tech.intensifier_size_mm is not None:
         ds.IntensifierSize = _ds(tech.intensifier_size_mm)
     materials, thickness = filter_layers(tech)
@@ -312,6 +318,23 @@ def _add_shutter(ds: Dataset, tech: Technique) -> None:
         ds.CenterOfCircularShutter = [int(round(cy)) + 1, int(round(cx)) + 1]
         ds.RadiusOfCircularShutter = int(round(r))
     ds.ShutterShape = shapes
+
+
+def collimator_attributes(aperture: Shutter) -> dict:
+    """The X-Ray Collimator attributes (0018,1700...) of an aperture: 1-based edges, centre as
+    (row, column)."""
+    out: dict = {"CollimatorShape": []}
+    if aperture.rect_xyxy is not None:
+        x0, y0, x1, y1 = aperture.rect_xyxy
+        out["CollimatorShape"].append("RECTANGULAR")
+        out.update(CollimatorLeftVerticalEdge=x0 + 1, CollimatorRightVerticalEdge=x1 + 1,
+                   CollimatorUpperHorizontalEdge=y0 + 1, CollimatorLowerHorizontalEdge=y1 + 1)
+    if aperture.circle_xyr is not None:
+        cx, cy, r = aperture.circle_xyr
+        out["CollimatorShape"].append("CIRCULAR")
+        out.update(CenterOfCircularCollimator=[int(round(cy)) + 1, int(round(cx)) + 1],
+                   RadiusOfCircularCollimator=int(round(r)))
+    return out
 
 
 def _add_secondary_capture(ds: Dataset, n, when, frame_time_ms, ftv_ms) -> None:

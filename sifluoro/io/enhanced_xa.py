@@ -7,7 +7,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
 
-from sifluoro.io.dicom_writer import _dt, filter_layers
+from sifluoro.io.dicom_writer import _dt, collimator_attributes, filter_layers
 from sifluoro.model import Technique
 
 
@@ -122,12 +122,9 @@ def add_enhanced_xa(ds: Dataset, n: int, tech: Technique, when: datetime,
         FilterType="STRIP" if len(materials) == 1 else ("MULTIPLE" if materials else "NONE"),
         **({"FilterMaterial": materials, "FilterThicknessMinimum": [f"{t:.6g}" for t in thickness],
             "FilterThicknessMaximum": [f"{t:.6g}" for t in thickness]} if materials else {}))]
-    if tech.shutter is not None and tech.shutter.rect_xyxy is not None:
-        x0, y0, x1, y1 = tech.shutter.rect_xyxy
-        shared.CollimatorShapeSequence = [_item(
-            CollimatorShape="RECTANGULAR", CollimatorLeftVerticalEdge=x0 + 1,
-            CollimatorRightVerticalEdge=x1 + 1, CollimatorUpperHorizontalEdge=y0 + 1,
-            CollimatorLowerHorizontalEdge=y1 + 1)]
+    aperture = tech.collimator if tech.collimator is not None else tech.shutter
+    if aperture is not None:
+        shared.CollimatorShapeSequence = [_item(**collimator_attributes(aperture))]
     ds.SharedFunctionalGroupsSequence = [shared]
 
     per_frame = []

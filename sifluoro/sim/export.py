@@ -53,13 +53,17 @@ def technique_of(run, size: int, *, reported: tuple[float, float] | None) -> Tec
         pulse_rate_per_s=t.pulse_rate_per_s, frame_time_ms=t.frame_time_ms,
         exposure_time_ms=t.pulse_width_ms * len(run.frames),
         sid_mm=t.sid_mm, source_to_patient_mm=t.source_to_patient_mm,
+        # the mobile C-arm declares no isocentre: its dose reference point is 30 cm in front of
+        # the receptor (the source-skin distance is kept here but has no place in the file)
         source_to_isocenter_mm=t.source_to_isocenter_mm if t.detector == "flat_panel" else None,
         field_of_view_mm=(t.field_of_view_mm, t.field_of_view_mm),
+        field_of_view_shape="ROUND" if t.detector == "image_intensifier" else "RECTANGLE",
         intensifier_size_mm=t.field_of_view_mm if t.detector == "image_intensifier" else None,
         filter_cu_mm=t.filter_cu_mm, filter_al_mm=t.filter_al_mm,
         imager_pixel_spacing_xy_mm=(t.imager_pixel_spacing_mm, t.imager_pixel_spacing_mm),
         primary_angle_deg=t.primary_angle_deg, secondary_angle_deg=t.secondary_angle_deg,
         radiation_setting="GR" if t.kind == "acquisition" else "SC", shutter=shutter,
+        collimator=shutter,  # the simulated blades (and intensifier circle) limit the beam
         reported_air_kerma_mgy=reported[0] if reported else None,
         reported_dap_gycm2=reported[1] if reported else None,
     )
