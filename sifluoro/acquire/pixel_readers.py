@@ -95,6 +95,17 @@ def read_none(run: Run) -> Iterator[np.ndarray]:
     yield  # a generator, like the other readers
 
 
+def _decoded(run: Run, k: int, frame: np.ndarray) -> np.ndarray:
+    """Frame ``k`` (0-based) as decoded, checked against the run's size, read-only uint16."""
+    if frame.shape != (run.rows, run.columns):
+        raise DamagedPixelDataError(f"frame {k + 1} decodes to {frame.shape}, expected "
+                                    f"({run.rows}, {run.columns})", path=run.path,
+                                    tag="(7FE0,0010) PixelData")
+    frame = frame.astype(np.uint16, copy=frame.dtype != np.uint16)
+    frame.flags.writeable = False
+    return frame
+
+
 def read_encapsulated(run: Run) -> Iterator[np.ndarray]:
     frames = iter_pixels(run.path, raw=True)
     for k in range(run.n_frames):
@@ -106,13 +117,7 @@ def read_encapsulated(run: Run) -> Iterator[np.ndarray]:
         except Exception as exc:  # any decoder failure on damaged data
             raise DamagedPixelDataError(f"frame {k + 1} fails to decode ({type(exc).__name__}: "
                                         f"{exc})", path=run.path, tag="(7FE0,0010) PixelData") from exc
-        if frame.shape != (run.rows, run.columns):
-            raise DamagedPixelDataError(f"frame {k + 1} decodes to {frame.shape}, expected "
-                                        f"({run.rows}, {run.columns})", path=run.path,
-                                        tag="(7FE0,0010) PixelData")
-        frame = frame.astype(np.uint16, copy=frame.dtype != np.uint16)
-        frame.flags.writeable = False
-        yield frame
+        yield _decoded(run, k, frame)
 
 
 def read_encapsulated_cut(run: Run) -> Iterator[np.ndarray]:
@@ -132,13 +137,7 @@ def read_encapsulated_cut(run: Run) -> Iterator[np.ndarray]:
         except Exception as exc:  # any decoder failure on damaged data
             raise DamagedPixelDataError(f"frame {k + 1} fails to decode ({type(exc).__name__}: "
                                         f"{exc})", path=run.path, tag="(7FE0,0010) PixelData") from exc
-        if frame.shape != (run.rows, run.columns):
-            raise DamagedPixelDataError(f"frame {k + 1} decodes to {frame.shape}, expected "
-                                        f"({run.rows}, {run.columns})", path=run.path,
-                                        tag="(7FE0,0010) PixelData")
-        frame = frame.astype(np.uint16, copy=frame.dtype != np.uint16)
-        frame.flags.writeable = False
-        yield frame
+        yield _decoded(run, k, frame)
     if len(encoded) < run.n_frames:
         raise DamagedPixelDataError(f"pixel data is truncated: the file ends in frame "
                                     f"{len(encoded) + 1} of {run.n_frames} (an interrupted "
