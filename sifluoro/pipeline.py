@@ -316,7 +316,7 @@ class Pipeline:
 
     def process_arrived(self, frame: Frame, state: StudyState, arrival: Arrival) -> dict[str, Any]:
         """The image work of a frame whose dose :meth:`account` counted; return its event."""
-        if self.stages and not _shows_picture(frame, state):
+        if self.stages and not _shows_picture(frame):
             return self._no_picture_event(frame, state, arrival)
         clock, costs = self._clock, self.costs
         budget_ms = self.settings.latency_budget_ms
@@ -387,18 +387,18 @@ class Pipeline:
                         # the step declined (the stage ran as usual): what taking it costs on
                         # such frames, so that the plan stops counting on it
                         costs.add(stage.name, f"{asked}{kind}", shape, cost_ms)
-        if frame.pixel_spacing_xy_mm is None:
-            _without_scale(event)
-        t_end = self._close(event, state, arrival, skipped, failed, steps)
+        t_end = self._close(frame, event, state, arrival, skipped, failed, steps)
         if planned:
             costs.add("pipeline", "overhead", shape, (t_end - t_plan) * 1000.0 - stage_ms)
         return self._finish(event, state, alerts, (t_end - arrival.t_s) * 1000.0)
 
-    def _close(self, event: dict, state: StudyState, arrival: Arrival, skipped: list,
-               failed: list, steps: set, t_end: float | None = None) -> float:
+    def _close(self, frame: Frame, event: dict, state: StudyState, arrival: Arrival,
+               skipped: list, failed: list, steps: set, t_end: float | None = None) -> float:
         """Carry the frame's outcome into ``state`` and mark its event (dose, ``degraded``,
-        what was skipped or failed); return the end of its image work (``t_end``, else the
-        clock now)."""
+        what was skipped or failed; no mm without a pixel spacing, :func:`_without_scale`);
+        return the end of its image work (``t_end``, else the clock now)."""
+        if frame.pixel_spacing_xy_mm is None:
+            _without_scale(event)
         for stage in self.stages:
             state.skipped_in_a_row[stage.name] = (state.skipped_in_a_row.get(stage.name, 0) + 1
                                                   if stage.name in skipped else 0)
@@ -459,7 +459,7 @@ class Pipeline:
                         yield pending[0], self._overlapped_event(state, *pending)
                     raise
                 arrival = self.account(frame, state)
-                if not _shows_picture(frame, state):
+                if not _shows_picture(frame):
                     if pending is not None:
                         yield pending[0], self._overlapped_event(state, *pending)
                         pending = None
@@ -506,9 +506,7 @@ class Pipeline:
             alerts.extend(fields.pop("alerts", ()))
             event.update(fields)
         t_end = max(t_front, t_last)
-        if frame.pixel_spacing_xy_mm is None:
-            _without_scale(event)
-        self._close(event, state, arrival, [], failed, set(), t_end)
+        self._close(frame, event, state, arrival, [], failed, set(), t_end)
         return self._finish(event, state, alerts, (t_end - arrival.t_s) * 1000.0)
 
     def _run_stage(self, stage: Stage, mode: str, frame: Frame, state: StudyState
@@ -538,7 +536,7 @@ class Pipeline:
         came and went on it is tested on the next frame. A stage that took it counts it as
         skipped, so under a deadline the next frame runs that stage in full (and its cost is
         learnt as the one after a skip); one that declined (it already owes a test) does not."""
-        if isinstance(frame, Frame) and self._remembering and _shows_picture(frame, state):
+        if isinstance(frame, Frame) and self._remembering and _shows_picture(frame):
             for stage, method in self._remembering:
                 try:
                     took = getattr(stage, method)(frame, state) is not None
@@ -548,14 +546,7 @@ class Pipeline:
                 if took:
                     state.skipped_in_a_row[stage.name] = (
                         state.skipped_in_a_row.get(stage.name, 0) + 1)
-        event = _base_event(frame, state)
-        event["dose"] = dict(arrival.dose)
-        event["degraded"] = True
-        event["dropped"] = True
-        if self.stages:
-            event["skipped_stages"] = [stage.name for stage in self.stages]
-        latency_ms = (self._clock() - arrival.t_s) * 1000.0
-        return self._finish(event, state, list(arrival.alerts), latency_ms)
+        return self._unanalysed_event(frame, state, arrival, "dropped")
 
     def _no_picture_event(self, frame: Frame, state: StudyState, arrival: Arrival
                           ) -> dict[str, Any]:
@@ -565,11 +556,18 @@ class Pipeline:
         vascular alert), and registration would lose the view."""
         log.warning("frame %d shows no picture (flat or saturated): not analysed", frame.index)
         state.no_picture_frames += 1
+        return self._unanalysed_event(frame, state, arrival, "no_picture")
+
+    def _unanalysed_event(self, frame: "Frame | DroppedFrame", state: StudyState,
+                          arrival: Arrival, why: str) -> dict[str, Any]:
+        """The event of a frame no image stage analysed: its dose, ``degraded``, ``why``
+        (``"dropped"``, ``"no_picture"``) true and every stage in ``skipped_stages``."""
         event = _base_event(frame, state)
         event["dose"] = dict(arrival.dose)
         event["degraded"] = True
-        event["no_picture"] = True
-        event["skipped_stages"] = [stage.name for stage in self.stages]
+        event[why] = True
+        if self.stages:
+            event["skipped_stages"] = [stage.name for stage in self.stages]
         latency_ms = (self._clock() - arrival.t_s) * 1000.0
         return self._finish(event, state, list(arrival.alerts), latency_ms)
 
@@ -636,7 +634,7 @@ class Pipeline:
 NO_PICTURE_STEPS = 16
 
 
-def _shows_picture(frame: Frame, state: StudyState) -> bool:
+def _shows_picture(frame: Frame) -> bool:
     """Whether ``frame`` holds a picture the image stages can read (not flat). An absolute
     test: a rule relative to the run's earlier frames would lock a run out after one bright
     frame (a grabber's snow before it locks)."""

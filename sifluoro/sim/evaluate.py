@@ -152,18 +152,18 @@ def score_study(truth: dict, events: list[dict], summary: dict | None, tally: Ta
         first_output_state_index.setdefault(state_out, ft["index"])
     if doubled_truth:  # a doubled case without any line out was never advised
         tally.doubled_case_rates.append(float(np.mean(doubled_right)) if doubled_right else 0.0)
-    output_final = summary["contrast_state"] if summary else (events[-1]["contrast"]["state"] if events else "none")
     if "contrast" not in ran:
         output_final = None
     elif not events:
         output_final = "missing"  # no results: wrong whatever the truth
-    if output_final in (None, "missing"):
-        pass
-    elif truth_final != "none":
-        if truth_final in first_output_state_index:
-            tally.delays.append(max(0, first_output_state_index[truth_final] - first_truth_state_index[truth_final]))
-        else:
-            tally.missed_detections += 1
+    else:
+        output_final = summary["contrast_state"] if summary else events[-1]["contrast"]["state"]
+        if truth_final != "none":
+            if truth_final in first_output_state_index:
+                tally.delays.append(max(0, first_output_state_index[truth_final]
+                                        - first_truth_state_index[truth_final]))
+            else:
+                tally.missed_detections += 1
     record = {"case": truth["case"], "truth": truth_final, "output": output_final,
               "correct": truth_final == output_final if output_final is not None else None,
               "results": bool(events), "stages": sorted(ran)}
