@@ -225,11 +225,11 @@ class _Writer:
             held = {sop: uid for uid, (_, sops) in left.items() if uid in gone for sop in sops}
             studies, emptied = [], []
             for uid, files in batch.items():
-                waiting = files if uid in gone else [f for f in files if f.sop_instance_uid in held]
-                rejected += [Rejection(f.path, f"{gone[held.get(f.sop_instance_uid, uid)]}, recorded "
-                                       f"for study {held.get(f.sop_instance_uid, uid)}, cannot be "
-                                       "read: that study is kept as it was; ingest again with "
-                                       "that file in place") for f in waiting]
+                for f in (files if uid in gone else [f for f in files if f.sop_instance_uid in held]):
+                    owner = held.get(f.sop_instance_uid, uid)  # the study that cannot be recomputed
+                    rejected.append(Rejection(f.path, f"{gone[owner]}, recorded for study {owner}, "
+                                              "cannot be read: that study is kept as it was; "
+                                              "ingest again with that file in place"))
                 if uid in gone:  # recomputed without it, the study would lose its dose
                     existing.pop(uid, None)
                     continue
