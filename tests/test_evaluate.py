@@ -195,3 +195,32 @@ def test_evaluate_cli_exit_codes(tmp_path, capsys):
     _write_case(tmp_path, 0, _truth(["none"]), None, None)
     assert main(["evaluate", str(tmp_path / "cases"), str(tmp_path / "results")]) == 1
     assert "no results for: 0" in capsys.readouterr().out
+
+
+def test_tips_and_contrast_not_in_the_pixels_are_reported_apart():
+    from sifluoro.sim.evaluate import format_report
+    truth = _truth(["none"] * 4 + ["vascular"] * 2)
+    for ft, snr in zip(truth["frames"], [1.0, 2.9, 3.0, 12.0, 8.0, 8.0]):
+        ft["tip_snr"] = snr
+    for ft in truth["frames"][4:]:
+        ft["contrast_snr"] = 1.2  # the vessel is in the field but not in the pixels
+    events = _events(truth, states=["none"] * 6)
+    events[2]["needle"] = None  # missed at SNR 3
+    events[0]["needle"] = None  # missed at SNR 1: not counted against the detectable frames
+    tally = Tally()
+    score_study(truth, events, {"contrast_state": "none", "air_kerma_mgy": 2.0, "dap_gycm2": 0.5,
+                                "fluoro_time_s": 1.0}, tally)
+    r = report(tally)
+    assert r["needle"]["detection_rate_3mm"] == pytest.approx(4 / 6, abs=1e-4)
+    assert r["needle"]["detectable_tip_frames"] == 4
+    assert r["needle"]["detectable_detection_rate_3mm"] == 0.75
+    assert r["contrast"]["vascular_sensitivity"] == 0.0  # still a miss on the measure
+    assert r["contrast"]["studies_contrast_below_snr3"] == [0]
+    text = format_report(r)
+    assert "tips in the pixels (SNR >= 3): detected 0.75 of 4 frames" in text
+    assert "contrast never above SNR 3 in cases [0]" in text
+    # a truth without SNRs (older sets) reports neither
+    plain = Tally()
+    score_study(_truth(["none"] * 2), _events(_truth(["none"] * 2)), None, plain)
+    text = format_report(report(plain))
+    assert "SNR" not in text

@@ -71,14 +71,32 @@ def detect(primary: np.ndarray, scatter: np.ndarray, quanta_per_px: float, rng: 
     pixel of the open beam), then blurred by the detector MTF (so it is correlated like real
     noise), then electronic noise is added.
     """
-    s = GRID_PRIMARY_TRANSMISSION * primary + det.grid_scatter_transmission * scatter
-    if det.kind == "image_intensifier" and det.glare > 0:
-        s = s + det.glare * float(s[mask].mean())
+    s = _at_input(primary, scatter, det, mask)
     noise = rng.standard_normal(s.shape, dtype=np.float32)
     s = s + np.sqrt(np.maximum(s, 0.0) / quanta_per_px) * noise
     s = cv2.GaussianBlur(s.astype(np.float32), (0, 0), det.blur_mm / spacing_mm)
     s = s + (det.electronic_noise_quanta / quanta_per_px) * rng.standard_normal(
         s.shape, dtype=np.float32)
+    return _vignetted(s, det)
+
+
+def detect_mean(primary: np.ndarray, scatter: np.ndarray, det: DetectorModel, spacing_mm: float,
+                mask: np.ndarray) -> np.ndarray:
+    """:func:`detect` without noise (its expected value): the ground truth's noise-free frame."""
+    s = _at_input(primary, scatter, det, mask)
+    return _vignetted(cv2.GaussianBlur(s.astype(np.float32), (0, 0), det.blur_mm / spacing_mm),
+                      det)
+
+
+def _at_input(primary: np.ndarray, scatter: np.ndarray, det: DetectorModel, mask: np.ndarray
+              ) -> np.ndarray:
+    s = GRID_PRIMARY_TRANSMISSION * primary + det.grid_scatter_transmission * scatter
+    if det.kind == "image_intensifier" and det.glare > 0:
+        s = s + det.glare * float(s[mask].mean())
+    return s
+
+
+def _vignetted(s: np.ndarray, det: DetectorModel) -> np.ndarray:
     if det.kind == "image_intensifier" and det.vignetting > 0:
         size = s.shape[0]
         c = (size - 1) / 2.0
@@ -126,13 +144,18 @@ def to_stored(display: np.ndarray, win: tuple[float, float], bits_stored: int,
     MONOCHROME1 devices and bone-dark MONOCHROME2 devices do.
     """
     top = (1 << bits_stored) - 1
-    v = (display - win[0]) / (win[1] - win[0])
-    v = np.clip(v, 0.0, 1.0)
-    v[~mask] = 1.0
-    out = np.rint(v * top).astype(np.uint16)
+    out = np.rint(windowed(display, win, mask) * top).astype(np.uint16)
     if pixel_intensity_sign == 1:
         out = (top - out).astype(np.uint16)
     return out
+
+
+def windowed(display: np.ndarray, win: tuple[float, float], mask: np.ndarray) -> np.ndarray:
+    """``display`` windowed to [0, 1], rising with attenuation (1 outside the exposed field)."""
+    v = (display - win[0]) / (win[1] - win[0])
+    v = np.clip(v, 0.0, 1.0)
+    v[~mask] = 1.0
+    return v
 
 
 def burn_in(img: np.ndarray, lines: list[str], side_marker: str | None, bits_stored: int,

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sifluoro.sim.visibility import DETECTABLE_SNR, distance_to_polyline_px
+
 DANGER = {"none": 0, "intra_articular": 1, "extravasation": 2, "vascular": 3}
 STAGES = ("register", "needle", "contrast")  # scored when a study's summary lists them
 
@@ -29,22 +31,14 @@ def _polyline_points(polyline, step_px: float = 1.0) -> np.ndarray:
     return np.asarray(out)
 
 
-def _point_to_polyline_px(points: np.ndarray, polyline: np.ndarray) -> np.ndarray:
-    """Distance of each point to the nearest segment of ``polyline`` (pixels)."""
-    a, b = polyline[:-1], polyline[1:]
-    ab = b - a
-    len2 = np.maximum((ab ** 2).sum(1), 1e-12)
-    ap = points[:, None, :] - a[None]
-    t = np.clip((ap * ab[None]).sum(2) / len2[None], 0.0, 1.0)
-    nearest = a[None] + t[..., None] * ab[None]
-    return np.sqrt(((points[:, None, :] - nearest) ** 2).sum(2)).min(1)
-
-
 @dataclass
 class Tally:
     tip_errors_mm: list[float] = field(default_factory=list)
     tip_frames: int = 0
     tip_detected: int = 0
+    # of tip_frames, those whose truth gives the tip's SNR in the pixels and it is >= 3
+    detectable_tip_frames: int = 0
+    detectable_tip_detected: int = 0
     end_on_errors_mm: list[float] = field(default_factory=list)
     end_on_frames: int = 0
     end_on_reported: int = 0  # frames with a tip reported within 3 mm, of the end_on frames
@@ -104,9 +98,13 @@ def score_study(truth: dict, events: list[dict], summary: dict | None, tally: Ta
                     tally.end_on_reported += err <= 3.0
             else:
                 tally.tip_frames += 1
+                found = err is not None and err <= 3.0
                 if err is not None:
                     tally.tip_errors_mm.append(err)
-                    tally.tip_detected += err <= 3.0
+                    tally.tip_detected += found
+                if (ft.get("tip_snr") or 0.0) >= DETECTABLE_SNR:
+                    tally.detectable_tip_frames += 1
+                    tally.detectable_tip_detected += found
         elif not ft.get("needle_visible"):
             tally.no_needle_frames += 1
             tally.false_tips += needle is not None
@@ -119,9 +117,9 @@ def score_study(truth: dict, events: list[dict], summary: dict | None, tally: Ta
                 tally.joint_reported += 1
                 out = _polyline_points(joint["polyline_xy"])
                 ref = _polyline_points(ft["joint_polyline_xy"])
-                tally.joint_distances_mm.append(float(_point_to_polyline_px(out, np.asarray(
+                tally.joint_distances_mm.append(float(distance_to_polyline_px(out, np.asarray(
                     ft["joint_polyline_xy"], float)).mean() * spacing))
-                tally.joint_coverages.append(float((_point_to_polyline_px(ref, np.asarray(
+                tally.joint_coverages.append(float((distance_to_polyline_px(ref, np.asarray(
                     joint["polyline_xy"], float)) * spacing <= 2.0).mean()))
                 if ft.get("joint_doubled"):
                     doubled_right.append(bool(joint.get("doubled")))
@@ -164,9 +162,12 @@ def score_study(truth: dict, events: list[dict], summary: dict | None, tally: Ta
                                         - first_truth_state_index[truth_final]))
             else:
                 tally.missed_detections += 1
+    contrast_snrs = [ft["contrast_snr"] for ft in truth["frames"] if ft.get("contrast_snr") is not None]
     record = {"case": truth["case"], "truth": truth_final, "output": output_final,
               "correct": truth_final == output_final if output_final is not None else None,
-              "results": bool(events), "stages": sorted(ran)}
+              "results": bool(events), "stages": sorted(ran),
+              # the opacification's best SNR in the pixels (None: truth without it, or none)
+              "contrast_snr_max": max(contrast_snrs) if contrast_snrs else None}
     if summary:
         for key in ("air_kerma_mgy", "dap_gycm2", "fluoro_time_s"):
             ref = truth["dose"][key] if not truth.get("reported_dose") or key == "fluoro_time_s" \
@@ -199,6 +200,10 @@ def report(tally: Tally) -> dict:
             "tip_error_mm_p95": _pct(tally.tip_errors_mm, 95),
             "tip_frames": tally.tip_frames,
             "detection_rate_3mm": _ratio(tally.tip_detected, tally.tip_frames),
+            # the same on the frames whose tip is in the pixels (truth tip_snr >= 3)
+            "detectable_tip_frames": tally.detectable_tip_frames,
+            "detectable_detection_rate_3mm": _ratio(tally.detectable_tip_detected,
+                                                    tally.detectable_tip_frames),
             "false_tip_rate": _ratio(tally.false_tips, tally.no_needle_frames),
             "no_needle_frames": tally.no_needle_frames,
             "end_on_frames": tally.end_on_frames,
@@ -228,6 +233,9 @@ def report(tally: Tally) -> dict:
             "detection_delay_frames_max": max(tally.delays) if tally.delays else None,
             "missed_injections": tally.missed_detections,
             "none_before_injection_rate": _ratio(tally.pre_injection_none, tally.pre_injection_frames),
+            "studies_contrast_below_snr3": [
+                s["case"] for s in studies if s["truth"] != "none"
+                and s["contrast_snr_max"] is not None and s["contrast_snr_max"] < DETECTABLE_SNR],
         },
         "dose": {
             key: {"median_abs_rel_error": _pct([abs(s[f"{key}_rel_error"]) for s in studies
@@ -261,7 +269,9 @@ def format_report(r: dict) -> str:
         f"needle   tip error median {n['tip_error_mm_median']} mm, p95 {n['tip_error_mm_p95']} mm; "
         f"detected {n['detection_rate_3mm']} of {n['tip_frames']} frames; false tips "
         f"{n['false_tip_rate']} of {n['no_needle_frames']}; end-on frames {n['end_on_frames']} "
-        f"(within 3 mm: {n['end_on_detection_rate_3mm']})",
+        f"(within 3 mm: {n['end_on_detection_rate_3mm']})"
+        + (f"; tips in the pixels (SNR >= 3): detected {n['detectable_detection_rate_3mm']} of "
+           f"{n['detectable_tip_frames']} frames" if n["detectable_tip_frames"] else ""),
         f"joint    mean distance {j['mean_distance_mm']} mm, coverage {j['coverage_2mm']}, reported "
         f"{j['reported_rate']}, false {j['false_joint_rate']}; doubled advice right on "
         f"{j['doubled_cases_advice_right_90pct']} of {j['doubled_cases']} doubled cases (single lines "
@@ -269,7 +279,9 @@ def format_report(r: dict) -> str:
         f"error median {j['target_error_mm_median']} mm",
         f"contrast study accuracy {c['study_accuracy']}, per-frame {c['frame_accuracy_from_injection']}, "
         f"vascular sens {c['vascular_sensitivity']} spec {c['vascular_specificity']}, delay median "
-        f"{c['detection_delay_frames_median']} frames, none before injection {c['none_before_injection_rate']}",
+        f"{c['detection_delay_frames_median']} frames, none before injection {c['none_before_injection_rate']}"
+        + (f"; contrast never above SNR 3 in cases {c['studies_contrast_below_snr3']}"
+           if c["studies_contrast_below_snr3"] else ""),
         "dose     median |rel. error| " + ", ".join(
             f"{k} {v['median_abs_rel_error']}" for k, v in d.items()),
     ]

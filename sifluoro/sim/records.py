@@ -54,6 +54,10 @@ class FrameTruth:
     # added fields
     t_s: float = 0.0                                  # time since study start
     tip_to_target_mm: float | None = None             # at the detector plane
+    # ideal-observer SNR in the stored pixels (sifluoro.sim.visibility); None: no tip / no
+    # visible contrast. Below 3 the object is in the field but not in the image.
+    tip_snr: float | None = None
+    contrast_snr: float | None = None
 
 
 @dataclass(frozen=True)

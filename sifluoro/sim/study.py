@@ -10,6 +10,7 @@ from sifluoro.sim import _kernels as K
 from sifluoro.sim import anatomy as anat
 from sifluoro.sim import contrast as con
 from sifluoro.sim import detector as det
+from sifluoro.sim import visibility as vis
 from sifluoro.sim.geometry import Camera, make_camera
 from sifluoro.sim.needle import NeedlePlan, sample_distractors, skin_depth_mm, tube_arrays
 from sifluoro.sim.records import FrameTruth, SimRun, SimStudy, SimTechnique
@@ -403,6 +404,7 @@ def simulate_case(seed: int, case: int, *, size: int = 512, quick: bool = False,
         steel = np.empty_like(zero)
         iodine = np.zeros_like(zero)
         primary = np.empty_like(zero)
+        clean_buf = np.empty_like(zero)
         lines = []
         for f in range(n_frames):
             t_s = t_start + f * frame_time_ms / 1000.0
@@ -440,6 +442,13 @@ def simulate_case(seed: int, case: int, *, size: int = 512, quick: bool = False,
             frames[f] = img
             vis_io = iodine[mask]
             c_vis = bool(plan.contrast and vis_io.size and vis_io.max() > con.VISIBLE_MG_MM2)
+            t_snr, c_snr = _visibility(
+                img, mask, win, dev, cam.pixel_spacing_mm,
+                lambda steel_, iodine_: _clean_render(clean_buf, water - gas, st.bone_mm, iodine_,
+                                                      steel_, beam_m, scatter, dev, cam, mask),
+                primary, scatter, steel, dist_steel, iodine,
+                shaft if tip_xy is not None else None,
+                c_vis)
             area = float(np.count_nonzero(vis_io > con.VISIBLE_MG_MM2) * pix_mm2) if c_vis else 0.0
             ttt = None
             if tip_xy is not None and target_xy is not None:
@@ -449,7 +458,7 @@ def simulate_case(seed: int, case: int, *, size: int = 512, quick: bool = False,
                 tip_xy=tip_xy, needle_visible=visible, end_on=end_on_f, shaft_xy=shaft,
                 joint_polyline_xy=joint_xy, joint_doubled=jp.doubled, target_xy=target_xy,
                 contrast_state=state, contrast_visible=c_vis, contrast_area_mm2=area,
-                t_s=float(t_s), tip_to_target_mm=ttt))
+                t_s=float(t_s), tip_to_target_mm=ttt, tip_snr=t_snr, contrast_snr=c_snr))
         runs.append(SimRun(frames=frames, bits_stored=dev.bits_stored,
                            photometric=dev.photometric, technique=tech, start_s=float(t_start),
                            truth=tuple(truths), burned_in_text=burned,
@@ -463,6 +472,50 @@ def simulate_case(seed: int, case: int, *, size: int = 512, quick: bool = False,
                     runs=tuple(runs), patient_thickness_mm=anatomy.thickness_mm,
                     joint_obliquity_deg=anatomy.joint_obliquity_deg, needle_gauge=gauge,
                     contrast_components=components)
+
+
+def _clean_render(out: np.ndarray, water_mm, bone_mm, iodine, steel, beam_m, scatter, dev,
+                  cam: Camera, mask: np.ndarray) -> np.ndarray:
+    """The frame without noise, as display values (rising with attenuation)."""
+    K.polychromatic(out, water_mm, bone_mm, iodine, steel, beam_m.weights, beam_m.mu_water,
+                    beam_m.mu_bone, beam_m.mu_iodine, beam_m.mu_steel)
+    return _clean_display(out, scatter, dev, cam.pixel_spacing_mm, mask)
+
+
+def _clean_display(primary, scatter, dev, spacing_mm: float, mask) -> np.ndarray:
+    return det.to_display(det.detect_mean(primary, scatter, dev.model, spacing_mm, mask),
+                          dev.model)
+
+
+def _visibility(img: np.ndarray, mask: np.ndarray, win, dev, spacing_mm: float, render,
+                primary, scatter, steel, steel_without_needle, iodine, shaft,
+                contrast_visible: bool
+                ) -> tuple[float | None, float | None]:
+    """Tip and contrast SNR of a stored frame (:mod:`sifluoro.sim.visibility`); None where
+    there is no tip or no visible contrast. ``primary`` is the frame's own noise-free
+    primary; ``render(steel, iodine)`` renders the frame again with other steel or iodine.
+    Only noise-free frames are made: the case's random stream is untouched, so the pixels are
+    the same with or without this truth."""
+    if shaft is None and not contrast_visible:
+        return None, None
+    top = float((1 << dev.bits_stored) - 1)
+    stored = img.astype(np.float32) / top
+    if dev.pixel_intensity_sign == 1:
+        stored = 1.0 - stored
+    clean = det.windowed(_clean_display(primary, scatter, dev, spacing_mm, mask), win, mask)
+    noise = stored - clean
+    t_snr = c_snr = None
+    if shaft is not None:
+        signal = clean - det.windowed(render(steel_without_needle, iodine), win, mask)
+        t_snr = vis.tip_snr(signal, noise, mask, shaft, spacing_mm)
+    if contrast_visible:
+        signal = clean - det.windowed(render(steel, np.zeros_like(iodine)), win, mask)
+        c_snr = vis.contrast_snr(signal, noise, mask, iodine, con.VISIBLE_MG_MM2, spacing_mm)
+    return _rounded(t_snr), _rounded(c_snr)
+
+
+def _rounded(v: float | None) -> float | None:
+    return None if v is None else round(float(v), 2)
 
 
 def _entrance_distance(source: np.ndarray, ray: np.ndarray, body: np.ndarray) -> float:
