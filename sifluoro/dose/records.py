@@ -77,6 +77,21 @@ class PlaneTotals:
 PLAUSIBLE_PULSE_RATE = 0.5
 
 
+def event_duration_s(e: IrradiationEvent) -> float:
+    """How long the beam was on in one event (0 when nothing says)."""
+    if e.irradiation_duration_s is not None:
+        return e.irradiation_duration_s
+    if e.n_pulses and e.pulse_rate_per_s and e.pulse_rate_per_s >= PLAUSIBLE_PULSE_RATE:
+        return e.n_pulses / e.pulse_rate_per_s
+    # no usable rate (Siemens gives single shots 1 pulse at 0.01/s: 100 s each): the
+    # beam-on time instead
+    if e.exposure_time_ms is not None:  # the event's whole exposure (113824)
+        return e.exposure_time_ms / 1000.0
+    if e.pulse_width_ms is not None:
+        return e.pulse_width_ms / 1000.0 * (e.n_pulses or 1)
+    return 0.0
+
+
 def totals_from_events(plane: str, events: list[IrradiationEvent] | tuple[IrradiationEvent, ...],
                        *, reference_point: str = "") -> PlaneTotals:
     """Accumulated totals of one plane computed from its events (missing values count as 0)."""
@@ -84,19 +99,6 @@ def totals_from_events(plane: str, events: list[IrradiationEvent] | tuple[Irradi
 
     def total(attr: str, kind: str | None = None) -> float:
         return sum(getattr(e, attr) or 0.0 for e in mine if kind is None or e.kind == kind)
-
-    def duration(e: IrradiationEvent) -> float:
-        if e.irradiation_duration_s is not None:
-            return e.irradiation_duration_s
-        if e.n_pulses and e.pulse_rate_per_s and e.pulse_rate_per_s >= PLAUSIBLE_PULSE_RATE:
-            return e.n_pulses / e.pulse_rate_per_s
-        # no usable rate (Siemens gives single shots 1 pulse at 0.01/s: 100 s each): the
-        # beam-on time instead
-        if e.exposure_time_ms is not None:  # the event's whole exposure (113824)
-            return e.exposure_time_ms / 1000.0
-        if e.pulse_width_ms is not None:
-            return e.pulse_width_ms / 1000.0 * (e.n_pulses or 1)
-        return 0.0
 
     return PlaneTotals(
         plane=plane,
@@ -106,8 +108,8 @@ def totals_from_events(plane: str, events: list[IrradiationEvent] | tuple[Irradi
         fluoro_air_kerma_mgy=total("air_kerma_mgy", FLUOROSCOPY),
         acquisition_dap_gycm2=total("dap_gycm2", ACQUISITION),
         acquisition_air_kerma_mgy=total("air_kerma_mgy", ACQUISITION),
-        fluoro_time_s=sum(duration(e) for e in mine if e.kind == FLUOROSCOPY),
-        acquisition_time_s=sum(duration(e) for e in mine if e.kind == ACQUISITION),
+        fluoro_time_s=sum(event_duration_s(e) for e in mine if e.kind == FLUOROSCOPY),
+        acquisition_time_s=sum(event_duration_s(e) for e in mine if e.kind == ACQUISITION),
         n_radiographic_frames=sum(e.n_pulses or 0 for e in mine if e.kind == ACQUISITION),
         reference_point=reference_point or next((e.reference_point for e in mine if e.reference_point), ""),
     )

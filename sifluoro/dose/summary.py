@@ -6,13 +6,16 @@ counts fluoroscopy that was never stored as images. Several reports of one study
 a report whose events are all in another one is superseded by it (a later, cumulative report);
 disjoint reports (one per performed procedure step) are added; a report sifluoro wrote
 (``replay --rdsr``, the plug-in) is left out when the device's own report is there (it repeats
-the device's exposures under event UIDs of its own).
+the device's exposures under event UIDs of its own), except its runs that lie wholly outside
+the time the device's report covers (a report sent before the procedure ended): those are
+added.
 """
 from __future__ import annotations
 
 import json
 import logging
 from dataclasses import replace
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Iterable
 
@@ -22,7 +25,8 @@ from sifluoro.acquire.dicom_reader import scan
 from sifluoro.config import DoseSettings
 from sifluoro.dose.accumulate import accumulate_study
 from sifluoro.dose.rdsr_read import read_rdsr
-from sifluoro.dose.records import PlaneTotals, StudyDose, totals_from_events
+from sifluoro.dose.records import (
+    IrradiationEvent, PlaneTotals, StudyDose, event_duration_s, totals_from_events)
 from sifluoro.errors import InputError
 from sifluoro.model import Rejection, Study
 
@@ -81,12 +85,61 @@ def _check_whole(path: str) -> None:
         pass  # pydicom says why
 
 
+#: a run in sifluoro's report that ends this long before the device report's first event, or
+#: starts this long after its last one ends, is not in the device report (clock and
+#: start-time differences between an image header and the report are a few seconds)
+OUTSIDE_REPORT_S = 10.0
+
+
 def merge_reports(reports: list[StudyDose]) -> StudyDose:
     """One StudyDose from several reports of the same study (see the module notes)."""
-    if any(not r.by_sifluoro for r in reports):
-        # sifluoro's report repeats the device's exposures under event UIDs of its own:
-        # adding it would count them twice
-        reports = [r for r in reports if not r.by_sifluoro]
+    device = [r for r in reports if not r.by_sifluoro]
+    if not device:
+        return _merge(reports)
+    # sifluoro's report repeats the device's exposures under event UIDs of its own: only
+    # its runs outside the time the device's report covers (a report sent before the
+    # procedure ended) are added
+    merged = _merge(device)
+    extra = _outside_report(merged, [r for r in reports if r.by_sifluoro])
+    if not extra:
+        return merged
+    log.warning("study dose: %d run(s) of sifluoro's report are outside the time the "
+                "device's report covers; their dose is added to it", len(extra))
+    added = [totals_from_events(p, extra) for p in sorted({e.plane for e in extra})]
+    return replace(merged, events=merged.events + extra,
+                   planes=tuple(_add_planes([*merged.planes, *added])), planes_from_report=False,
+                   path=", ".join(x for x in [merged.path] + [r.path for r in reports
+                                                               if r.by_sifluoro] if x))
+
+
+def _outside_report(device: StudyDose, own: list[StudyDose]) -> tuple[IrradiationEvent, ...]:
+    """Events of sifluoro's reports that lie wholly outside the device report's time span;
+    none when the device report gives no start times (nothing shows what it misses)."""
+    spans = [(_naive(e.start), _naive(e.start) + timedelta(seconds=event_duration_s(e)))
+             for e in device.events if e.start is not None]
+    if not spans:
+        return ()
+    first = min(a for a, _ in spans) - timedelta(seconds=OUTSIDE_REPORT_S)
+    last = max(b for _, b in spans) + timedelta(seconds=OUTSIDE_REPORT_S)
+    out, seen = [], set()
+    for report in own:
+        for e in report.events:
+            if e.start is None or e.event_uid in seen:
+                continue
+            start = _naive(e.start)
+            if start + timedelta(seconds=event_duration_s(e)) < first or start > last:
+                seen.add(e.event_uid)
+                out.append(e)
+    return tuple(out)
+
+
+def _naive(t: datetime) -> datetime:
+    """Wall-clock time of the device (a report and the images come from the same clock;
+    some carry an offset, some not)."""
+    return t.replace(tzinfo=None)
+
+
+def _merge(reports: list[StudyDose]) -> StudyDose:
     kept = []
     for report in sorted(reports, key=lambda r: -len(r.events)):
         uids = {e.event_uid for e in report.events}

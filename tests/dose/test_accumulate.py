@@ -328,3 +328,43 @@ def test_dose_summary_refuses_a_report_cut_short(tmp_path):
     assert [s.dap_gycm2 for s in studies] == [pytest.approx(alone[0].dap_gycm2)]
     assert [r.file for r in rejected] == [str(tmp_path / "cut.dcm")]
     assert "cut short" in rejected[0].reason
+
+
+@pytest.mark.parametrize("offset", ["naive", "aware"])
+def test_runs_of_sifluoros_report_outside_the_devices_report_are_added(offset):
+    """A device report sent before the procedure ended: sifluoro's report of the same study
+    repeats its runs and has the later ones; those (and only those) add their dose."""
+    from datetime import datetime, timedelta, timezone
+
+    from sifluoro.dose.records import IrradiationEvent, StudyDose, totals_from_events
+    from sifluoro.dose.summary import merge_reports
+
+    t0 = datetime(2026, 3, 4, 10, 0, 0)
+    tz = timezone(timedelta(hours=1)) if offset == "aware" else None
+
+    def ev(uid, at_s, dap, *, duration_s=4.0, start=True):
+        when = (t0 + timedelta(seconds=at_s)).replace(tzinfo=tz) if start else None
+        return IrradiationEvent(uid, "fluoroscopy", start=when, dap_gycm2=dap, air_kerma_mgy=10 * dap,
+                                dose_source="rdsr", irradiation_duration_s=duration_s)
+
+    def report(events, by_sifluoro):
+        return StudyDose("1.2.3", "rdsr", Device(), tuple(events), (totals_from_events("single", events),),
+                         path="own.dcm" if by_sifluoro else "device.dcm", by_sifluoro=by_sifluoro)
+
+    device = report([ev("9.1", 0, 1.0), ev("9.2", 60, 2.0)], False)
+    # sifluoro's runs: the two the device reported (its start a few seconds off), one 5 min
+    # later, one 3 s after the last reported event ends (inside the margin), one without a time
+    own = report([ev("5.1", 2, 1.1), ev("5.2", 61, 2.1), ev("5.3", 300, 4.0),
+                  ev("5.4", 67, 8.0), ev("5.5", 900, 16.0, start=False)], True)
+    merged = merge_reports([device, own])
+    assert [e.event_uid for e in merged.events] == ["9.1", "9.2", "5.3"]
+    assert merged.dap_gycm2 == pytest.approx(7.0) and merged.air_kerma_mgy == pytest.approx(70.0)
+    assert merged.fluoro_time_s == pytest.approx(12.0)
+    assert "device.dcm" in merged.path and "own.dcm" in merged.path
+    # everything inside the device report's span, or no device report: as before
+    assert merge_reports([device, report([ev("5.1", 2, 1.1), ev("5.2", 61, 2.1)], True)]).dap_gycm2 \
+        == pytest.approx(3.0)
+    assert merge_reports([own]).dap_gycm2 == pytest.approx(31.2)
+    # a device report without start times cannot show what it misses: it stands alone
+    untimed = report([ev("9.1", 0, 1.0, start=False)], False)
+    assert merge_reports([untimed, own]).dap_gycm2 == pytest.approx(1.0)
