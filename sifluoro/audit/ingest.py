@@ -219,7 +219,19 @@ class _Writer:
             left = self._studies_left(conn, existing, batch)
             batch = {**batch, **{uid: [] for uid in left}}
             existing.update({uid: sid for uid, (sid, _) in left.items()})
-            earlier, gone = self._earlier_files(conn, existing, batch)
+            earlier, gone, moved = self._earlier_files(conn, existing, batch)
+            if moved:  # recorded files corrected in place: they join their new study now
+                batch = {**batch, **{uid: batch.get(uid, []) + files for uid, files in moved.items()}}
+                joined = dict(conn.execute(
+                    select(StudyRow.study_instance_uid, StudyRow.id)
+                    .where(StudyRow.study_instance_uid.in_([u for u in moved if u not in existing]))).all())
+                existing.update(joined)
+                more, more_gone, further = self._earlier_files(conn, joined, batch)
+                for uid, files in further.items():  # moved twice: one step per ingest
+                    log.warning("%d file(s) recorded for a study that a corrected file joins now "
+                                "name study %s; ingest them again", len(files), uid)
+                earlier.update(more)
+                gone.update(more_gone)
             # a file moving out of a study that cannot be recomputed would count twice: it
             # waits, like the study's own new files, until the missing file is back
             held = {sop: uid for uid, (_, sops) in left.items() if uid in gone for sop in sops}
@@ -308,18 +320,20 @@ class _Writer:
 
     def _earlier_files(self, conn: Session, existing: dict[str, int],
                        batch: dict[str, list[ParsedFile]]
-                       ) -> tuple[dict[str, list[ParsedFile]], dict[str, str]]:
-        """Files recorded earlier for studies of this batch that the batch does not carry,
-        and, per study, a recorded file that can no longer be read (one is enough).
+                       ) -> tuple[dict[str, list[ParsedFile]], dict[str, str],
+                                  dict[str, list[ParsedFile]]]:
+        """Files recorded earlier for studies of this batch that the batch does not carry;
+        per study, a recorded file that can no longer be read (one is enough); and recorded
+        files that now name another study (corrected in place), by their new study.
 
-        A recorded file that now names another study is left out (its study was corrected);
-        one that is gone or unreadable makes the study impossible to recompute."""
+        A file that is gone or unreadable makes its study impossible to recompute."""
         if not existing:
-            return {}, {}
+            return {}, {}, {}
         uid_of = {sid: uid for uid, sid in existing.items()}
         carried = {f.sop_instance_uid for files in batch.values() for f in files}
         out: dict[str, list[ParsedFile]] = {}
         gone: dict[str, str] = {}
+        moved: dict[str, list[ParsedFile]] = {}
         rows = conn.execute(select(InstanceRow.study_id, InstanceRow.sop_instance_uid, InstanceRow.path)
                             .where(InstanceRow.study_id.in_(list(uid_of)))
                             .order_by(InstanceRow.path)).all()
@@ -332,13 +346,14 @@ class _Writer:
                             path, uid_of[sid], parsed.reason)
                 gone[uid_of[sid]] = path
             elif parsed.study_instance_uid != uid_of[sid]:
-                # not moved to its new study here: that happens when it is ingested again
-                log.warning("%s, recorded for study %s, now names another study; the study is "
-                            "recomputed without it (ingest the file again for its new study)",
-                            path, uid_of[sid])
+                log.info("%s, recorded for study %s, now names study %s: it moves there",
+                         path, uid_of[sid], parsed.study_instance_uid)
+                moved.setdefault(parsed.study_instance_uid, []).append((parsed, uid_of[sid]))
             else:
                 out.setdefault(uid_of[sid], []).append(parsed)
-        return out, gone
+        # a study kept as it was keeps its moved files too (they would count twice)
+        joining = {uid: [f for f, old in files if old not in gone] for uid, files in moved.items()}
+        return out, gone, {uid: files for uid, files in joining.items() if files}
 
     def _device_id(self, conn: Session, device: Device, new: dict[tuple, int]) -> int:
         key = (device.manufacturer, device.model, device.serial_number, device.station_name)

@@ -379,3 +379,39 @@ def test_a_corrected_file_waits_while_its_old_study_cannot_be_recomputed(db_url,
     assert rows[old][1] == rows[new][1] == 1
     assert rows[old][2] + rows[new][2] == pytest.approx(before[old][2], rel=1e-9)
     engine.dispose()
+
+
+@pytest.mark.parametrize("new_study_recorded", [False, True])
+def test_a_file_corrected_in_place_joins_its_new_study_when_its_old_one_is_recomputed(
+        db_url, tmp_path, new_study_recorded):
+    """PACS reconciliation rewrites an archived file with a corrected Study UID; a later
+    ingest that does not name that file recomputes its old study: the file moves to its new
+    study then (its dose was in no study until the archive was ingested again)."""
+    import pydicom
+
+    from tests.dicom_fixtures import RunSpec, write_study
+
+    old, new = "1.2.826.0.1.3680043.8.498.111", "1.2.826.0.1.3680043.8.498.222"
+    paths = sorted(write_study(tmp_path / "archive", [RunSpec(0.0, n_frames=8), RunSpec(20.0, n_frames=8)],
+                               study_uid=old))
+    engine = open_registry(db_url)
+    ingest([tmp_path / "archive"], engine)
+    if new_study_recorded:
+        write_study(tmp_path / "other", [RunSpec(60.0, n_frames=2)], study_uid=new)
+        ingest([tmp_path / "other"], engine)
+    before = _study_rows(engine)
+    ds = pydicom.dcmread(paths[0])
+    ds.StudyInstanceUID = new
+    ds.save_as(paths[0])
+    write_study(tmp_path / "today", [RunSpec(40.0, n_frames=4)], study_uid=old)
+    result = ingest([tmp_path / "today"], engine)
+    assert result.rejected == []
+    after = _study_rows(engine)
+    from sifluoro.dose.summary import summarize
+    late = summarize([tmp_path / "today"])[0][0].dap_gycm2
+    # every run's dose in exactly one study: none lost, none counted twice
+    assert after[old][2] + after[new][2] == pytest.approx(sum(v[2] for v in before.values()) + late,
+                                                          rel=1e-9)
+    assert after[old][3] == 2 and after[new][3] == (2 if new_study_recorded else 1)
+    assert after[old][1] == 2 and after[new][1] == (2 if new_study_recorded else 1)
+    engine.dispose()
