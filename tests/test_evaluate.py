@@ -184,6 +184,8 @@ def test_stages_that_did_not_run_are_not_assessed(tmp_path):
     assert r["assessed"] == ["register"]
     assert r["needle"]["detection_rate_3mm"] is None and r["contrast"]["study_accuracy"] is None
     assert r["joint"]["coverage_2mm"] == 1.0
+    # the dose is scored whichever image stages ran (it was None without contrast)
+    assert r["dose"]["dap_gycm2"]["median_abs_rel_error"] == 0.0
     text = format_report(r)
     assert "needle   not assessed" in text and "contrast not assessed" in text
 

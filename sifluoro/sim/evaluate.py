@@ -238,7 +238,8 @@ def report(tally: Tally) -> dict:
                 and s["contrast_snr_max"] is not None and s["contrast_snr_max"] < DETECTABLE_SNR],
         },
         "dose": {
-            key: {"median_abs_rel_error": _pct([abs(s[f"{key}_rel_error"]) for s in studies
+            # every study with a summary: dose is counted whichever image stages ran
+            key: {"median_abs_rel_error": _pct([abs(s[f"{key}_rel_error"]) for s in tally.studies
                                                 if s.get(f"{key}_rel_error") is not None], 50)}
             for key in ("air_kerma_mgy", "dap_gycm2", "fluoro_time_s")
         },
