@@ -14,6 +14,7 @@ earlier files are read again from their recorded paths and the study is recomput
 from __future__ import annotations
 
 import logging
+import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -131,7 +132,9 @@ def ingest(paths: Iterable[str | Path], db: str | Engine, *, settings: AuditSett
     result = IngestResult()
     with engine.connect() as conn:
         known = set(conn.execute(select(InstanceRow.sha256)).scalars())
-    files = [str(p) for p in iter_input_files(paths)]
+    # absolute: a later ingest from another working directory reads the recorded files
+    # again (abspath, not resolve: a mount point keeps the name it was given)
+    files = [os.path.abspath(p) for p in iter_input_files(paths)]
     result.files = len(files)
     bar = _progress_bar(len(files), progress)
     todo: list[str] = []
@@ -301,7 +304,6 @@ class _Writer:
         result.studies_updated += counts[1]
         result.rejected += rejected
 
-    @staticmethod
     @staticmethod
     def _studies_left(conn: Session, existing: dict[str, int], batch: dict[str, list[ParsedFile]]
                       ) -> dict[str, tuple[int, set[str]]]:

@@ -415,3 +415,26 @@ def test_a_file_corrected_in_place_joins_its_new_study_when_its_old_one_is_recom
     assert after[old][3] == 2 and after[new][3] == (2 if new_study_recorded else 1)
     assert after[old][1] == 2 and after[new][1] == (2 if new_study_recorded else 1)
     engine.dispose()
+
+
+def test_files_ingested_by_relative_path_are_found_from_another_directory(db_url, tmp_path, monkeypatch):
+    """Day 1 ingests 'day1' from the archive's folder, day 2 a later file of the same study
+    from elsewhere: the day-1 files are read again (they were taken for gone, and the day-2
+    file rejected)."""
+    from tests.dicom_fixtures import RunSpec, write_study
+
+    uid = "1.2.826.0.1.3680043.8.498.333"
+    write_study(tmp_path / "archive" / "day1", [RunSpec(0.0, n_frames=8), RunSpec(20.0, n_frames=8)],
+                study_uid=uid)
+    write_study(tmp_path / "archive" / "day2", [RunSpec(40.0, n_frames=4)], study_uid=uid)
+    engine = open_registry(db_url)
+    monkeypatch.chdir(tmp_path / "archive")
+    ingest(["day1"], engine)
+    monkeypatch.chdir(tmp_path)
+    result = ingest([tmp_path / "archive" / "day2"], engine)
+    assert result.rejected == []
+    both = open_registry(str(tmp_path / "both.db"))
+    ingest([tmp_path / "archive"], both)
+    assert _study_rows(engine) == _study_rows(both)
+    engine.dispose()
+    both.dispose()
