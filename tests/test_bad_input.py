@@ -403,3 +403,28 @@ def test_a_video_transfer_syntax_says_it_is_not_read_and_what_to_do(tmp_path):
     assert rejection.reason.startswith("(0002,0010) TransferSyntaxUID: MPEG-4 AVC/H.264 High "
                                        "Profile / Level 4.1 is a video transfer syntax")
     assert "sifluoro video" in rejection.reason and "pylibjpeg" not in rejection.reason
+
+
+@pytest.mark.parametrize("syntax", ["explicit", "rle", "jpeg2000"])
+@pytest.mark.parametrize("part_sorts_first", [True, False])
+def test_a_whole_file_sent_again_replaces_its_part_cut_short(tmp_path, syntax, part_sorts_first):
+    """An interrupted transfer left part of a file; the whole file came again under another
+    name: every frame is read from the whole one, whichever sorts first, and the part is
+    rejected naming it (the part won when it sorted first: frames lost)."""
+    from tests.dicom_fixtures import frames_for
+
+    spec = RunSpec(0.0, filename="run.dcm", transfer_syntax=syntax, n_frames=4)
+    (path,) = write_study(tmp_path / "src", [spec])
+    data = path.read_bytes()
+    folder = tmp_path / "in"
+    folder.mkdir()
+    part, whole = ("a_part.dcm", "b_whole.dcm") if part_sorts_first else ("b_part.dcm", "a_whole.dcm")
+    (folder / part).write_bytes(data[:len(data) // 2])
+    (folder / whole).write_bytes(data)
+    study = read_study([folder])
+    rejected, lost = list(study.rejected), []
+    frames = list(iter_frames(study, rejected, lost))
+    assert [f.run.path.rsplit("/", 1)[-1] for f in frames] == [whole] * 4 and lost == []
+    assert all(np.array_equal(f.pixels, t) for f, t in zip(frames, frames_for(spec, 0)))
+    [reason] = [r.reason for r in rejected if r.file.endswith(part)]
+    assert reason.startswith("(0008,0018) SOPInstanceUID: ") and whole in reason

@@ -93,7 +93,9 @@ def scan(inputs: Iterable[str | Path]) -> ScanResult:
     rejected: list[Rejection] = []
     dose_reports: list[str] = []
     seen_files: set[Path] = set()
-    seen_instances: dict[str, Path] = {}  # SOP Instance UID -> the file it was taken from
+    # SOP Instance UID -> the file it was taken from and its size, and its run
+    seen_instances: dict[str, tuple[Path, int]] = {}
+    first_run: dict[str, Run] = {}
     for path in iter_input_files(inputs):
         if path.resolve() in seen_files:  # named twice (a folder and a file in it): read once
             continue
@@ -112,12 +114,25 @@ def scan(inputs: Iterable[str | Path]) -> ScanResult:
             log.exception("rejected %s: unexpected header content", path)
             rejected.append(Rejection(str(path), f"header cannot be used ({type(exc).__name__}: {exc})"))
             continue
-        first = seen_instances.setdefault(run.sop_instance_uid, path)
-        if first != path:  # a copy: its frames and dose must not count twice
-            rejected.append(Rejection(str(path), f"(0008,0018) SOPInstanceUID: the same "
-                                                 f"instance as {first}, which is used"))
-            continue
+        size = path.stat().st_size
+        earlier = seen_instances.get(run.sop_instance_uid)
+        if earlier is not None:  # a copy: its frames and dose must not count twice
+            first, first_size = earlier
+            if size <= first_size:
+                rejected.append(Rejection(str(path), f"(0008,0018) SOPInstanceUID: the same "
+                                                     f"instance as {first}, which is used"))
+                continue
+            # the longer copy: the whole file sent again after an interrupted transfer
+            # replaces the part that sorted before it
+            part = first_run[run.sop_instance_uid]
+            runs = runs_by_study[part.study_instance_uid]
+            runs[:] = [r for r in runs if r is not part]
+            rejected.append(Rejection(str(first), f"(0008,0018) SOPInstanceUID: the same "
+                                                  f"instance as {path}, which is longer and used"))
+        seen_instances[run.sop_instance_uid] = (path, size)
+        first_run[run.sop_instance_uid] = run
         runs_by_study.setdefault(run.study_instance_uid, []).append(run)
+    runs_by_study = {uid: runs for uid, runs in runs_by_study.items() if runs}
     return ScanResult(runs_by_study, rejected, dose_reports)
 
 
