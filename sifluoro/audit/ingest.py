@@ -157,6 +157,7 @@ def ingest(paths: Iterable[str | Path], db: str | Engine, *, settings: AuditSett
     chunks = [todo[i:i + settings.chunk_files] for i in range(0, len(todo), settings.chunk_files)]
     writer = _Writer(engine, settings)
     pending: dict[str, list[ParsedFile]] = {}
+    claimed: dict[str, ParsedFile] = {}  # SOP Instance UID -> the file of this ingest used
     for parsed in mapper(partial(parse_chunk, link_key=settings.patient_link_key), chunks):
         for item in parsed:
             result.parsed += 1
@@ -165,6 +166,17 @@ def ingest(paths: Iterable[str | Path], db: str | Engine, *, settings: AuditSett
                 continue
             result.reports += item.kind == RDSR
             result.images += item.kind == IMAGE
+            other = claimed.get(item.sop_instance_uid)
+            if other is not None and other.path != item.path:
+                # two copies of one instance (an export and its corrected re-export): the
+                # newer file is used; the older, once written, is moved out of its study
+                keep, drop = (item, other) if _newer(item.path, other.path) else (other, item)
+                result.rejected.append(_older_copy(drop.path, keep.path))
+                if drop is item:
+                    continue
+                mine = pending.get(other.study_instance_uid, [])
+                mine[:] = [f for f in mine if f is not other]
+            claimed[item.sop_instance_uid] = item
             pending.setdefault(item.study_instance_uid, []).append(item)
         bar.update(len(parsed))
         while len(pending) >= settings.batch_studies:
@@ -219,7 +231,11 @@ class _Writer:
                                          .where(StudyRow.study_instance_uid.in_(list(batch)))).all())
             # a file now in another study (its Study UID corrected) leaves its old study,
             # which is recomputed from what it has left
-            left = self._studies_left(conn, existing, batch)
+            left, older = self._studies_left(conn, existing, batch)
+            if older:  # older copies of instances recorded from a newer file elsewhere
+                rejected += [_older_copy(f.path, newer) for f, newer in older]
+                dropped = {id(f) for f, _ in older}
+                batch = {uid: [f for f in files if id(f) not in dropped] for uid, files in batch.items()}
             batch = {**batch, **{uid: [] for uid in left}}
             existing.update({uid: sid for uid, (sid, _) in left.items()})
             earlier, gone, moved = self._earlier_files(conn, existing, batch)
@@ -306,19 +322,28 @@ class _Writer:
 
     @staticmethod
     def _studies_left(conn: Session, existing: dict[str, int], batch: dict[str, list[ParsedFile]]
-                      ) -> dict[str, tuple[int, set[str]]]:
+                      ) -> tuple[dict[str, tuple[int, set[str]]], list[tuple[ParsedFile, str]]]:
         """Studies outside the batch holding instances that the batch's files now put in
-        another study: study UID -> (id, those SOP Instance UIDs)."""
-        sops = [f.sop_instance_uid for files in batch.values() for f in files]
+        another study: study UID -> (id, those SOP Instance UIDs); and the batch's files that
+        are older copies of such an instance, recorded from a newer file at another path
+        (with that path): those stay where they are."""
+        by_sop = {f.sop_instance_uid: f for files in batch.values() for f in files}
+        sops = list(by_sop)
         out: dict[str, tuple[int, set[str]]] = {}
+        older: list[tuple[ParsedFile, str]] = []
         for i in range(0, len(sops), 5000):
-            for uid, sid, sop in conn.execute(
-                    select(StudyRow.study_instance_uid, StudyRow.id, InstanceRow.sop_instance_uid)
+            for uid, sid, sop, path in conn.execute(
+                    select(StudyRow.study_instance_uid, StudyRow.id, InstanceRow.sop_instance_uid,
+                           InstanceRow.path)
                     .join(InstanceRow, InstanceRow.study_id == StudyRow.id)
                     .where(InstanceRow.sop_instance_uid.in_(sops[i:i + 5000]),
                            StudyRow.id.not_in(list(existing.values())))):
-                out.setdefault(uid, (sid, set()))[1].add(sop)
-        return out
+                incoming = by_sop[sop]
+                if path != incoming.path and not _newer(incoming.path, path):
+                    older.append((incoming, path))
+                else:
+                    out.setdefault(uid, (sid, set()))[1].add(sop)
+        return out, older
 
     def _earlier_files(self, conn: Session, existing: dict[str, int],
                        batch: dict[str, list[ParsedFile]]
@@ -387,6 +412,23 @@ def _lock_registry(conn: Session) -> None:
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _BATCH_LOCK_KEY})
     else:  # a write, so that SQLite takes its write lock before this batch reads anything
         conn.execute(text("UPDATE schema_version SET version = version WHERE 0"))
+
+
+def _newer(path: str, than: str) -> bool:
+    """Whether the file at ``path`` was written after the one at ``than`` (a file that cannot
+    be read any more is older than any)."""
+    def mtime(p: str) -> int | None:
+        try:
+            return os.stat(p).st_mtime_ns
+        except OSError:
+            return None
+    mine, theirs = mtime(path), mtime(than)
+    return theirs is None or (mine is not None and mine > theirs)
+
+
+def _older_copy(path: str, newer: str) -> Rejection:
+    return Rejection(path, f"(0008,0018) SOPInstanceUID: the same instance as {newer}, a newer "
+                           "file, which is used")
 
 
 def _dedupe(files: list[ParsedFile]) -> list[ParsedFile]:

@@ -438,3 +438,49 @@ def test_files_ingested_by_relative_path_are_found_from_another_directory(db_url
     assert _study_rows(engine) == _study_rows(both)
     engine.dispose()
     both.dispose()
+
+
+@pytest.mark.parametrize("how", ["one ingest", "original first"])
+def test_an_instance_in_two_studies_counts_once_in_the_newer_files_study(db_url, tmp_path, how):
+    """The archive keeps a run's original export and, elsewhere, its re-export with a
+    corrected Study UID: the newer file's study has the run, the older copy is rejected naming
+    it, and ingesting the archive again changes nothing (it crashed on a duplicate row, or
+    moved the run back and forth on every ingest)."""
+    import os
+
+    import pydicom
+
+    from tests.dicom_fixtures import RunSpec, write_study
+
+    old, new = "1.2.826.0.1.3680043.8.498.444", "1.2.826.0.1.3680043.8.498.555"
+    paths = sorted(write_study(tmp_path / "archive" / "day1", [RunSpec(0.0, n_frames=8), RunSpec(20.0, n_frames=8)],
+                               study_uid=old))
+    (tmp_path / "archive" / "fixed").mkdir()
+    fixed = tmp_path / "archive" / "fixed" / "run0.dcm"
+    ds = pydicom.dcmread(paths[0])
+    ds.StudyInstanceUID = new
+    ds.save_as(fixed)
+    for path in paths:
+        os.utime(path, ns=(1_700_000_000_000_000_000,) * 2)
+    os.utime(fixed, ns=(1_700_000_100_000_000_000,) * 2)  # re-exported later
+    whole = summarize_dap(paths)
+    engine = open_registry(db_url)
+    if how == "original first":
+        ingest([tmp_path / "archive" / "day1"], engine)
+    results = [ingest([tmp_path / "archive"], engine) for _ in range(3)]
+    rows = _study_rows(engine)
+    assert sorted(rows) == [old, new]
+    assert (rows[old][3], rows[new][3]) == (1, 1)
+    assert rows[old][2] + rows[new][2] == pytest.approx(whole, rel=1e-9)
+    assert rows[new][2] == pytest.approx(summarize_dap([fixed]), rel=1e-9)
+    # (the original, recorded unchanged, is not read again until the corrected copy replaced it)
+    for result in results[1:] if how == "original first" else results:
+        assert [r.file for r in result.rejected] == [str(paths[0])]
+        assert str(fixed) in result.rejected[0].reason
+    assert _study_rows(engine) == rows
+    engine.dispose()
+
+
+def summarize_dap(paths):
+    from sifluoro.dose.summary import summarize
+    return sum(s.dap_gycm2 for s in summarize(paths)[0])
