@@ -28,7 +28,8 @@ from sifluoro.acquire.dicom_reader import iter_frames, read_study
 from sifluoro.overlay import draw_overlay
 from sifluoro.pipeline import Pipeline
 from sifluoro.register.stage import JointStage
-from sifluoro.sim.evaluate import _point_to_polyline_px, _polyline_points
+from sifluoro.sim.evaluate import _polyline_points
+from sifluoro.sim.visibility import distance_to_polyline_px
 
 
 def _arc(poly: np.ndarray) -> np.ndarray:
@@ -70,15 +71,15 @@ def frame_row(ft: dict, event: dict) -> dict:
     if truth is not None and joint is not None:
         t = np.asarray(truth, float)
         o = np.asarray(joint["polyline_xy"], float)
-        row["distance_mm"] = float(_point_to_polyline_px(_polyline_points(o), t).mean() * spacing)
-        row["coverage"] = float((_point_to_polyline_px(_polyline_points(t), o) * spacing <= 2.0).mean())
+        row["distance_mm"] = float(distance_to_polyline_px(_polyline_points(o), t).mean() * spacing)
+        row["coverage"] = float((distance_to_polyline_px(_polyline_points(t), o) * spacing <= 2.0).mean())
         s = _project_on(t, o[[0, -1]])
         row["sup_overrun_mm"] = float(-s[0] * spacing)
         row["inf_overrun_mm"] = float((s[1] - _arc(t)[-1]) * spacing)
         row["truth_length_mm"] = float(_arc(t)[-1] * spacing)
         # where along the output the distance is: mean per tenth of its length, superior first
         points = _polyline_points(o)
-        d = _point_to_polyline_px(points, t) * spacing
+        d = distance_to_polyline_px(points, t) * spacing
         tenth = np.minimum((_arc(points) / max(_arc(points)[-1], 1e-9) * TENTHS).astype(int),
                            TENTHS - 1)
         row["distance_by_tenth_mm"] = [float(d[tenth == k].mean()) if (tenth == k).any() else None

@@ -14,7 +14,7 @@ from sifluoro.contract import replay_output_violations
 from sifluoro.overlay import display_u8
 from sifluoro.pipeline import Pipeline
 from sifluoro.sim import simulate_case
-from sifluoro.sim.evaluate import _point_to_polyline_px
+from sifluoro.sim.visibility import distance_to_polyline_px
 from sifluoro.stages import REPLAY_STAGES, make_stages
 from sifluoro.track.needle_sim import sim_frames
 
@@ -50,7 +50,7 @@ def _args(path, spacing, out, *extra):
 
 def _joint_distances_mm(joints, truths, spacing):
     """Mean distance output → truth per frame of the needle run (no contrast yet)."""
-    return [_point_to_polyline_px(np.asarray(j["polyline_xy"]), np.asarray(t.joint_polyline_xy)).mean()
+    return [distance_to_polyline_px(np.asarray(j["polyline_xy"]), np.asarray(t.joint_polyline_xy)).mean()
             * spacing for j, t in zip(joints, truths) if t.contrast_state == "none" and j]
 
 

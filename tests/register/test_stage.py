@@ -6,7 +6,8 @@ from sifluoro.model import Shutter
 from sifluoro.pipeline import Pipeline
 from sifluoro.register import RegisterResult
 from sifluoro.register.stage import JointStage
-from sifluoro.sim.evaluate import _point_to_polyline_px, _polyline_points
+from sifluoro.sim.evaluate import _polyline_points
+from sifluoro.sim.visibility import distance_to_polyline_px
 
 from .conftest import frames_of, make_run
 
@@ -26,7 +27,7 @@ def run_frames(stage, frames):
 
 
 def mean_distance_mm(polyline, truth, spacing_mm):
-    return float(_point_to_polyline_px(_polyline_points(polyline), np.asarray(truth)).mean() * spacing_mm)
+    return float(distance_to_polyline_px(_polyline_points(polyline), np.asarray(truth)).mean() * spacing_mm)
 
 
 def test_event_fields_and_result_on_every_frame(stage, sim_runs):
@@ -624,7 +625,7 @@ def test_a_fainter_line_is_looked_for_only_when_none_stands_out(seed):
     line = segment_joint(faint, grid=grid, usable=usable, side="L", fallback_contrast=2.0)
     truth = np.array([[79.5 - 0.3 * (21 - 79.5), 21.0], [79.5 - 0.3 * (139 - 79.5), 139.0]])
     assert line is not None
-    assert _point_to_polyline_px(_polyline_points(line.polyline_xy), truth).mean() * 0.6 < 1.0
+    assert distance_to_polyline_px(_polyline_points(line.polyline_xy), truth).mean() * 0.6 < 1.0
     noise = (0.6 + np.random.default_rng(seed).normal(0, 0.004, (160, 160))).astype(np.float32)
     assert segment_joint(noise, grid=grid, usable=usable, side="L", fallback_contrast=2.0) is None
     # a line that stands out is the same either way
