@@ -57,6 +57,9 @@ class Technique:
     reported_air_kerma_mgy: float | None = None
     reported_dap_gycm2_per_frame: tuple[float, ...] | None = None
     reported_air_kerma_mgy_per_frame: tuple[float, ...] | None = None
+    # pulses one frame shows: 1 for DICOM runs; more for video grabbed below the pulse rate
+    # (30 p/s on a 25 frame/s video output), so that each frame carries their tube load
+    pulses_per_frame: float = 1.0
 
     @property
     def is_acquisition(self) -> bool:

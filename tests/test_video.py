@@ -83,3 +83,24 @@ def test_video_settings_out_of_range_are_refused(field, value):
     kwargs = {"pixel_spacing_mm": 0.3, field: value}
     with pytest.raises(ConfigError):
         VideoSourceSettings(**kwargs)
+
+
+def test_pulses_faster_than_the_capture_count_whole(tmp_path):
+    """30 p/s fluoroscopy on a 25 frame/s video output: 2 s are 50 frames but 60 pulses; the
+    dose is that of 60 pulses, as the same 2 s grabbed at 30 frame/s give (it was 50)."""
+    technique = Technique(kvp=80, tube_current_ma=10, pulse_width_ms=8, sid_mm=1000,
+                          source_to_isocenter_mm=700)
+    rng = np.random.default_rng(1)
+    totals = {}
+    for fps in (25, 30):
+        images = rng.integers(40, 200, (2 * fps, 48, 64)).astype(np.uint8)  # every frame differs
+        path = write_test_video(tmp_path / f"grab{fps}.avi", images, fps=fps)
+        settings = VideoSourceSettings(pixel_spacing_mm=0.3, frame_rate_per_s=30.0, technique=technique)
+        got = list(video_frames(str(path), settings))
+        assert len(got) == 2 * fps
+        pipeline = Pipeline()
+        state = pipeline.start_study("video")
+        totals[fps] = [pipeline.process(f, state) for f in got][-1]["dose"]
+    for key in ("air_kerma_mgy", "dap_gycm2", "fluoro_time_s"):
+        assert totals[25][key] == pytest.approx(totals[30][key], rel=1e-6), key
+    assert totals[30]["fluoro_time_s"] == pytest.approx(2.0)

@@ -5,7 +5,8 @@ the detector (calibrate on a known length), the technique (for estimated dose), 
 rate if the capture runs faster than the fluoroscopy: one frame is then taken per pulse and the
 capture's repeats between pulses are dropped, and so is a frame identical to the one before at
 a pulse (the monitor's last-image hold after the pedal is released, on a digital capture), so
-that neither counts as exposure (both counted in ``VideoStats``). Without a pulse rate every
+that neither counts as exposure (both counted in ``VideoStats``). A pulse rate above the
+capture's makes each captured frame count for pulse/capture pulses. Without a pulse rate every
 captured frame is a pulse: time is counted on the capture's clock.
 """
 from __future__ import annotations
@@ -34,7 +35,9 @@ class VideoSourceSettings:
     technique : Technique
         Technique of the fluoroscopy behind the video (for estimated dose).
     frame_rate_per_s : float, optional
-        Rate at which frames are taken; defaults to the capture's own rate.
+        The fluoroscopy's pulse rate (``--pulse-rate``); defaults to the capture's own rate.
+        Below the capture's, one frame is taken per pulse; above it (30 p/s on a 25 frame/s
+        video output), each frame taken carries pulse/capture pulses of tube load.
     max_frames : int, optional
         Stop after this many frames (live capture otherwise runs until the device ends).
     bone_bright : bool
@@ -93,7 +96,8 @@ def video_frames(source: str | int, settings: VideoSourceSettings,
     capture = open_capture(source)
     try:
         capture_rate = capture.get(cv2.CAP_PROP_FPS) or 30.0
-        rate = min(settings.frame_rate_per_s or capture_rate, capture_rate)
+        pulse_rate = settings.frame_rate_per_s or capture_rate
+        rate = min(pulse_rate, capture_rate)  # frames taken per second
         frame_time_ms = 1000.0 / rate
         count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if isinstance(source, str) else 0
         n = settings.max_frames or (count if count > 0 else 1 << 30)
@@ -101,7 +105,9 @@ def video_frames(source: str | int, settings: VideoSourceSettings,
         if not ok:
             raise InputError("holds no frame", path=str(source))
         rows, columns = first.shape[:2]
-        tech = replace(settings.technique, frame_time_ms=frame_time_ms, pulse_rate_per_s=rate,
+        # pulses faster than the capture: each frame taken shows (and costs) several
+        tech = replace(settings.technique, frame_time_ms=frame_time_ms, pulse_rate_per_s=pulse_rate,
+                       pulses_per_frame=pulse_rate / rate,
                        imager_pixel_spacing_xy_mm=(settings.pixel_spacing_mm,) * 2)
         uid = generate_uid()
         run = Run(path=str(source), sop_instance_uid=uid, sop_class_uid="", series_instance_uid="",

@@ -352,7 +352,7 @@ def _event(tally: _RunTally, settings: DoseSettings) -> IrradiationEvent:
         tube_current_ma=tech.tube_current_ma,
         pulse_width_ms=tech.pulse_width_ms,
         pulse_rate_per_s=tech.pulse_rate_per_s,
-        n_pulses=tally.frames,
+        n_pulses=round(tally.frames * tech.pulses_per_frame),
         irradiation_duration_s=tally.time_s,
         exposure_time_ms=tech.exposure_time_ms,
         exposure_mas=tech.exposure_mas,

@@ -45,7 +45,7 @@ def reference_point_distance_mm(tech: Technique, settings: DoseSettings) -> floa
 def mas_per_frame(tech: Technique, frame_interval_ms: float, n_frames: int) -> float | None:
     """Tube load of one frame: mA × pulse width for pulsed runs, else what the header allows."""
     if tech.tube_current_ma and tech.pulse_width_ms:
-        return tech.tube_current_ma * tech.pulse_width_ms / 1000.0
+        return tech.tube_current_ma * tech.pulse_width_ms / 1000.0 * tech.pulses_per_frame
     if tech.exposure_mas:
         return tech.exposure_mas / n_frames
     if tech.tube_current_ma and tech.exposure_time_ms:
