@@ -48,8 +48,8 @@ def reduce_frame(pixels, factor, top, invert, out_img, out_zero, out_one, row_su
     exposure, text, or saturation): both follow from the block's smallest and largest value.
     The ``factor`` rows of a block are summed (int32), and their minimum and maximum taken
     (buffers of the pixels' dtype), column by column into ``row_*`` (at least
-    ``out_img.shape[1] * factor`` long), in storage order, then folded; for the usual factor
-    4 both steps are spelt out (the fold's strided reads then vectorise).
+    ``out_img.shape[1] * factor`` long), in storage order, then folded; for the usual factors
+    4 (1024²) and 2 (512²) both steps are spelt out (the fold's strided reads then vectorise).
     """
     rows, cols = out_img.shape
     scale = 1.0 / (top * factor * factor)
@@ -63,6 +63,13 @@ def reduce_frame(pixels, factor, top, invert, out_img, out_zero, out_one, row_su
                 row_sum[i] = (np.int32(a) + np.int32(b)) + (np.int32(c) + np.int32(d))
                 row_min[i] = min(min(a, b), min(c, d))
                 row_max[i] = max(max(a, b), max(c, d))
+        elif factor == 2:
+            p0, p1 = pixels[2 * y], pixels[2 * y + 1]
+            for i in range(n):
+                a, b = p0[i], p1[i]
+                row_sum[i] = np.int32(a) + np.int32(b)
+                row_min[i] = min(a, b)
+                row_max[i] = max(a, b)
         else:
             first = pixels[y * factor]
             for i in range(n):
@@ -86,6 +93,11 @@ def reduce_frame(pixels, factor, top, invert, out_img, out_zero, out_one, row_su
                 acc = (row_sum[b] + row_sum[b + 1]) + (row_sum[b + 2] + row_sum[b + 3])
                 lo = min(min(row_min[b], row_min[b + 1]), min(row_min[b + 2], row_min[b + 3]))
                 hi = max(max(row_max[b], row_max[b + 1]), max(row_max[b + 2], row_max[b + 3]))
+            elif factor == 2:
+                b = 2 * x
+                acc = row_sum[b] + row_sum[b + 1]
+                lo = min(row_min[b], row_min[b + 1])
+                hi = max(row_max[b], row_max[b + 1])
             else:
                 b = factor * x
                 acc = row_sum[b]
@@ -304,7 +316,16 @@ def flood_unexposed(seed, full, out, stack):
 
 @njit(cache=True, nogil=True)
 def dilate_square(src, radius, tmp, out):
-    """Binary dilation by a (2 radius + 1)² square, separable, rows in storage order."""
+    """Binary dilation by a (2 radius + 1)² square (outside the image counts as unset)."""
+    _square_filter(src, radius, False, tmp, out)
+
+
+@njit(cache=True, nogil=True)
+def _square_filter(src, radius, erode, tmp, out):
+    """OR (``erode``: AND) of each pixel's (2 radius + 1)² square, the image's outside left
+    out: separable, rows in storage order. Each shifted pass reads one array and writes
+    another (``src`` -> ``tmp``, ``tmp`` -> ``out``), so that it vectorises; ``out`` may be
+    ``src``."""
     rows, cols = src.shape
     for y in range(rows):
         s = src[y]
@@ -313,17 +334,32 @@ def dilate_square(src, radius, tmp, out):
             t[x] = s[x]
         for k in range(1, radius + 1):
             uk = np.uint64(k)
-            for x in range(np.uint64(max(cols - k, 0))):
-                t[x] |= s[x + uk]
-                t[x + uk] |= s[x]
+            n = np.uint64(max(cols - k, 0))
+            if erode:
+                for x in range(n):
+                    t[x] &= s[x + uk]
+                for x in range(n):
+                    t[x + uk] &= s[x]
+            else:
+                for x in range(n):
+                    t[x] |= s[x + uk]
+                for x in range(n):
+                    t[x + uk] |= s[x]
     for y in range(rows):
         o = out[y]
+        t = tmp[y]
         for x in range(cols):
-            o[x] = False
+            o[x] = t[x]
         for yy in range(max(y - radius, 0), min(y + radius + 1, rows)):
+            if yy == y:
+                continue
             t = tmp[yy]
-            for x in range(np.uint64(cols)):
-                o[x] |= t[x]
+            if erode:
+                for x in range(np.uint64(cols)):
+                    o[x] &= t[x]
+            else:
+                for x in range(np.uint64(cols)):
+                    o[x] |= t[x]
 
 
 @njit(cache=True, nogil=True)
@@ -692,16 +728,8 @@ def box_sum(src, window, rowsum, colsum, out):
 @njit(cache=True, nogil=True)
 def erode_square(src, radius, tmp, out):
     """Binary erosion by a (2 radius + 1)² square; outside the image counts as set (OpenCV's
-    default erosion border): the complement of the dilation of the complement, whose outside
-    counts as unset (:func:`dilate_square`, rows in storage order)."""
-    rows, cols = src.shape
-    for y in range(rows):
-        for x in range(cols):
-            out[y, x] = not src[y, x]
-    dilate_square(out, radius, tmp, out)
-    for y in range(rows):
-        for x in range(cols):
-            out[y, x] = not out[y, x]
+    default erosion border). ``tmp`` is scratch."""
+    _square_filter(src, radius, True, tmp, out)
 
 
 @njit(cache=True, nogil=True)
@@ -846,7 +874,7 @@ def _masked_mean_abs_deviation(m, mask, n, centre):
     return g / n
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def local_z(m, inner, validf, den_scale, window, scratch, hist, bins, rowsum, colsum, tmp):
     """``m`` in place: minus its median over ``inner``, over 1.2533 x its local mean absolute
     value (``window``² box over ``validf``; ``den_scale`` is 1.2533 / max(1, box sum of
@@ -863,32 +891,36 @@ def local_z(m, inner, validf, den_scale, window, scratch, hist, bins, rowsum, co
                 tmp[y, x] = np.float32(np.inf)
         return med
     g = _masked_mean_abs_deviation(m, inner, n, med)
+    ucols = np.uint64(cols)  # row views and unsigned indices: the row loops vectorise
     for y in range(rows):
-        for x in range(cols):
-            v = m[y, x] - med
-            m[y, x] = v
-            tmp[y, x] = abs(v) * validf[y, x]
+        mr, tr, vr = m[y], tmp[y], validf[y]
+        for x in range(ucols):
+            v = mr[x] - med
+            mr[x] = v
+            tr[x] = abs(v) * vr[x]
     box_sum(tmp, window, rowsum, colsum, tmp)
     floor = np.float32(0.05 * g + 1e-9)
     for y in range(rows):
-        for x in range(cols):
-            d = max(tmp[y, x] * den_scale[y, x], floor)
-            tmp[y, x] = d
-            m[y, x] = m[y, x] / d
+        mr, tr, sr = m[y], tmp[y], den_scale[y]
+        for x in range(ucols):
+            d = max(tr[x] * sr[x], floor)
+            tr[x] = d
+            mr[x] = mr[x] / d
     return med
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def z_like(m, med, divisor):
     """``m`` in place: ``(m - med) / divisor``, the median and divisor :func:`local_z` found
     for another map of the same noise."""
     rows, cols = m.shape
     for y in range(rows):
-        for x in range(cols):
-            m[y, x] = (m[y, x] - med) / divisor[y, x]
+        mr, dr = m[y], divisor[y]
+        for x in range(np.uint64(cols)):
+            mr[x] = (mr[x] - med) / dr[x]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def box_scale(validf, window, rowsum, colsum, out):
     """``out = 1.2533 / max(1, box sum of validf)``: turns a box sum of absolute values over
     the valid pixels into a Gaussian-equivalent standard deviation (:func:`local_z`)."""
