@@ -789,21 +789,59 @@ def _bin_of_rank(hist, k):
     return b, below
 
 
-@njit(cache=True, nogil=True, fastmath={"reassoc", "nsz"})
-def _masked_range(m, mask):
-    """Count, smallest and largest of ``m[mask]`` (vectorised: no gather)."""
+_I32_MAX = np.int32(2147483647)
+_I32_MIN = np.int32(-2147483648)
+_LOW31 = np.int32(0x7FFFFFFF)
+
+
+@njit(cache=True, nogil=True)
+def _masked_range(m, mask, scratch):
+    """Count, smallest and largest of ``m[mask]`` (float32, no NaN), as a scan that keeps the
+    first of equal extremes finds them. The extremes are taken on integer keys (the float's
+    bits, the negatives' magnitude bits flipped: ordered as the floats, -0 below +0), whose
+    min/max vectorise where float selects do not; a zero extreme is then read back from the
+    first masked zero, so that its sign is the scan's. ``scratch``: 2 float32 or more."""
     rows, cols = m.shape
     n = 0
-    lo = np.float32(np.inf)
-    hi = np.float32(-np.inf)
+    klo = _I32_MAX
+    khi = _I32_MIN
+    for y in range(rows):
+        bits = m[y].view(np.int32)
+        ok = mask[y].view(np.uint8)
+        count = np.int32(0)
+        for x in range(np.uint64(cols)):
+            b = bits[x]
+            key = b ^ ((b >> 31) & _LOW31)
+            inside = ok[x] != 0
+            count += np.int32(ok[x])
+            klo = min(klo, key if inside else _I32_MAX)
+            khi = max(khi, key if inside else _I32_MIN)
+        n += count
+    if n == 0:
+        return 0, np.float32(np.inf), np.float32(-np.inf)
+    keys = scratch[:2].view(np.int32)  # back to floats (the key map is its own inverse)
+    keys[0] = klo ^ ((klo >> 31) & _LOW31)
+    keys[1] = khi ^ ((khi >> 31) & _LOW31)
+    lo = scratch[0]
+    hi = scratch[1]
+    if lo == 0.0 or hi == 0.0:
+        first_zero = _first_masked_zero(m, mask)
+        if lo == 0.0:
+            lo = first_zero
+        if hi == 0.0:
+            hi = first_zero
+    return n, lo, hi
+
+
+@njit(cache=True, nogil=True)
+def _first_masked_zero(m, mask):
+    """The first of ``m[mask]`` equal to 0 in storage order (+0 or -0)."""
+    rows, cols = m.shape
     for y in range(rows):
         for x in range(cols):
-            v = m[y, x]
-            ok = mask[y, x]
-            n += np.int64(ok)
-            lo = min(lo, v if ok else np.float32(np.inf))
-            hi = max(hi, v if ok else np.float32(-np.inf))
-    return n, lo, hi
+            if mask[y, x] and m[y, x] == 0.0:
+                return m[y, x]
+    return np.float32(0.0)
 
 
 @njit(cache=True, nogil=True)
@@ -816,7 +854,7 @@ def masked_median(m, mask, cand, hist, bins):
     Returns (median, count); (0, 0) when the mask is empty.
     """
     rows, cols = m.shape
-    n, lo, hi = _masked_range(m, mask)
+    n, lo, hi = _masked_range(m, mask, cand)
     if n == 0:
         return np.float32(0.0), 0
     if hi == lo:
