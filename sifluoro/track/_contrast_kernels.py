@@ -866,14 +866,16 @@ def masked_median(m, mask, cand, hist, bins):
         # a range too narrow for float32 bins (denormal differences): one bin for all
         scale = np.float32(0.0)
     for y in range(rows):
-        for x in range(cols):
-            b = min(np.int32((m[y, x] - lo) * scale), top)
-            bins[y, x] = b if mask[y, x] else np.int32(-1)
+        mr, kr, br = m[y], mask[y], bins[y]
+        for x in range(np.uint64(cols)):
+            b = min(np.int32((mr[x] - lo) * scale), top)
+            br[x] = b if kr[x] else np.int32(-1)
     for i in range(hist.size):
         hist[i] = 0
     for y in range(rows):
+        br = bins[y]
         for x in range(cols):
-            b = bins[y, x]
+            b = br[x]
             if b >= 0:
                 hist[4 * b + (x & 3)] += 1
     for b in range(nb):
@@ -984,32 +986,40 @@ def best_line(zo, zw, validf, low, high, seen, stack):
         for x in range(cols):
             sr[x] = not (min(so[x], sw[x]) * vf[x] > low)
     best = 0.0
+    # the scan skips 8 seen pixels at a time (a word of 8 set flags): the fill only ever
+    # marks pixels seen, and each pixel of a word not all seen is tested as it comes
+    words = cols // 8
+    all_seen = np.uint64(0x0101010101010101)
     for y0 in range(rows):
         sr0 = seen[y0]
-        for x0 in range(cols):
-            if sr0[x0]:
+        w0 = sr0[:words * 8].view(np.uint64)
+        for i in range(words + (cols % 8 != 0)):
+            if i < words and w0[i] == all_seen:
                 continue
-            sr0[x0] = True
-            stack[0] = y0 * cols + x0
-            top = 1
-            total = 0.0
-            peak = -1e30
-            while top > 0:
-                top -= 1
-                p = stack[top]
-                y = p // cols
-                x = p - y * cols
-                z = min(zo[y, x], zw[y, x]) * validf[y, x]
-                total += np.float64(z - np.float32(low))
-                peak = max(peak, np.float64(z))
-                for ny in range(max(y - 1, 0), min(y + 2, rows)):
-                    for nx in range(max(x - 1, 0), min(x + 2, cols)):
-                        if not seen[ny, nx]:
-                            seen[ny, nx] = True
-                            stack[top] = ny * cols + nx
-                            top += 1
-            if peak > high and total > best:
-                best = total
+            for x0 in range(8 * i, min(8 * i + 8, cols)):
+                if sr0[x0]:
+                    continue
+                sr0[x0] = True
+                stack[0] = y0 * cols + x0
+                top = 1
+                total = 0.0
+                peak = -1e30
+                while top > 0:
+                    top -= 1
+                    p = stack[top]
+                    y = p // cols
+                    x = p - y * cols
+                    z = min(zo[y, x], zw[y, x]) * validf[y, x]
+                    total += np.float64(z - np.float32(low))
+                    peak = max(peak, np.float64(z))
+                    for ny in range(max(y - 1, 0), min(y + 2, rows)):
+                        for nx in range(max(x - 1, 0), min(x + 2, cols)):
+                            if not seen[ny, nx]:
+                                seen[ny, nx] = True
+                                stack[top] = ny * cols + nx
+                                top += 1
+                if peak > high and total > best:
+                    best = total
     return best
 
 
