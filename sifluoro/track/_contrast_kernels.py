@@ -87,18 +87,41 @@ def reduce_frame(pixels, factor, top, invert, out_img, out_zero, out_one, row_su
         img = out_img[y]
         zero = out_zero[y]
         one = out_one[y]
-        for x in range(cols):
-            if factor == 4:
+        # the fold, one loop per usual factor and polarity: only the extreme the flags need
+        if factor == 4 and invert:
+            for x in range(cols):
+                b = 4 * x
+                acc = (row_sum[b] + row_sum[b + 1]) + (row_sum[b + 2] + row_sum[b + 3])
+                hi = max(max(row_max[b], row_max[b + 1]), max(row_max[b + 2], row_max[b + 3]))
+                img[x] = np.float32(1.0 - acc * scale)
+                zero[x] = hi >= top
+                one[x] = hi == 0
+        elif factor == 4:
+            for x in range(cols):
                 b = 4 * x
                 acc = (row_sum[b] + row_sum[b + 1]) + (row_sum[b + 2] + row_sum[b + 3])
                 lo = min(min(row_min[b], row_min[b + 1]), min(row_min[b + 2], row_min[b + 3]))
-                hi = max(max(row_max[b], row_max[b + 1]), max(row_max[b + 2], row_max[b + 3]))
-            elif factor == 2:
+                img[x] = np.float32(acc * scale)
+                zero[x] = lo == 0
+                one[x] = lo >= top
+        elif factor == 2 and invert:
+            for x in range(cols):
+                b = 2 * x
+                acc = row_sum[b] + row_sum[b + 1]
+                hi = max(row_max[b], row_max[b + 1])
+                img[x] = np.float32(1.0 - acc * scale)
+                zero[x] = hi >= top
+                one[x] = hi == 0
+        elif factor == 2:
+            for x in range(cols):
                 b = 2 * x
                 acc = row_sum[b] + row_sum[b + 1]
                 lo = min(row_min[b], row_min[b + 1])
-                hi = max(row_max[b], row_max[b + 1])
-            else:
+                img[x] = np.float32(acc * scale)
+                zero[x] = lo == 0
+                one[x] = lo >= top
+        else:
+            for x in range(cols):
                 b = factor * x
                 acc = row_sum[b]
                 lo = row_min[b]
@@ -107,14 +130,14 @@ def reduce_frame(pixels, factor, top, invert, out_img, out_zero, out_one, row_su
                     acc += row_sum[b + dx]
                     lo = min(lo, row_min[b + dx])
                     hi = max(hi, row_max[b + dx])
-            if invert:
-                img[x] = np.float32(1.0 - acc * scale)
-                zero[x] = hi >= top
-                one[x] = hi == 0
-            else:
-                img[x] = np.float32(acc * scale)
-                zero[x] = lo == 0
-                one[x] = lo >= top
+                if invert:
+                    img[x] = np.float32(1.0 - acc * scale)
+                    zero[x] = hi >= top
+                    one[x] = hi == 0
+                else:
+                    img[x] = np.float32(acc * scale)
+                    zero[x] = lo == 0
+                    one[x] = lo >= top
 
 
 @njit(cache=True, nogil=True)
