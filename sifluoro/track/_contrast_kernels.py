@@ -396,6 +396,13 @@ def hysteresis_label(score, valid, high, low, labels, stack, max_components):
     labels[:, :] = 0
     n = 0
     for y0 in range(rows):
+        # seeds are rare: a row without one is passed over after a test that vectorises
+        sr, vr = score[y0], valid[y0]
+        seeded = False
+        for x in range(cols):
+            seeded |= vr[x] & (sr[x] > high)
+        if not seeded:
+            continue
         for x0 in range(cols):
             if labels[y0, x0] != 0 or not valid[y0, x0] or score[y0, x0] <= high:
                 continue
