@@ -4,6 +4,10 @@ For 512² and 1024² frames of a simulated study (``simulate_case(seed, case, qu
 
 - p50/p99 per stage and for the whole pipeline (``Pipeline.process``, dose included), with the
   default stages and with joint + needle + contrast, under no deadline (every stage in full);
+  with one stage thread also the pipeline's own time per frame (``own``: latency less the
+  stages, frame by frame) and each frame's thread CPU time (``pipeline_cpu``). The study's 13
+  frames are a mix: a run's first frames segment the joint and search the needle's field,
+  and the contrast run's frames from its 4th run the vessel test, so a p50 is that of a mix;
 - the ratio of each stage's and of the pipeline's p50 to the p50 of one ``cv2.Sobel`` pass
   (CV_32F, dx=1) over the same uint16 frames;
 - at 1024², the memory each stage allocates per frame (tracemalloc, a separate pass);
@@ -79,6 +83,10 @@ def _sobel_ms(frames) -> dict:
 
 
 def _in_process(frames, config: str, repeats: int) -> dict:
+    """p50/p99 of the pipeline and of each stage; with one thread also the pipeline's own time
+    per frame (its latency less its stages', frame by frame: the p50s of a mix of cheap and
+    dear frames do not add up) and the thread CPU time of each frame (on a busy machine the
+    wall time also counts waiting for a core)."""
     from sifluoro.config import Settings
     from sifluoro.pipeline import Pipeline
 
@@ -90,10 +98,17 @@ def _in_process(frames, config: str, repeats: int) -> dict:
         pipeline.prepare_run(run, state)
     for t in timed:
         t.ms.clear()  # warm-up calls are not frames
+    cpu_ms = []
     for _ in range(repeats):
         for f in frames:
+            c0 = time.thread_time()
             pipeline.process(f, state)
-    return {"pipeline": _pct(state.latencies_ms), "stages": {t.name: _pct(t.ms) for t in timed}}
+            cpu_ms.append((time.thread_time() - c0) * 1000.0)
+    out = {"pipeline": _pct(state.latencies_ms), "stages": {t.name: _pct(t.ms) for t in timed}}
+    if _threads(config) == 1:
+        out["pipeline_cpu"] = _pct(cpu_ms)
+        out["own"] = _pct(np.subtract(state.latencies_ms, np.sum([t.ms for t in timed], axis=0)))
+    return out
 
 
 def _allocations(frames) -> dict:
@@ -224,7 +239,8 @@ def run(quick: bool = False) -> dict:
             got = _in_process(frames, config, repeats)
             f50 = floor["p50_ms"] or 1e-9
             got["pipeline"]["x_sobel"] = round(got["pipeline"]["p50_ms"] / f50, 1)
-            for s in got["stages"].values():
+            for s in list(got["stages"].values()) + [got[k] for k in ("own", "pipeline_cpu")
+                                                     if k in got]:
                 s["x_sobel"] = round(s["p50_ms"] / f50, 1)
             per_size[config] = got
         if size == 1024:
@@ -253,7 +269,8 @@ def table(result: dict) -> str:
                      f"{per['sobel_floor']['p99_ms']:>8.3f} {1.0:>8.1f}")
         for config in CONFIGS:
             got = per[config]
-            rows = [("pipeline", got["pipeline"])] + list(got["stages"].items())
+            rows = ([("pipeline", got["pipeline"])] + list(got["stages"].items())
+                    + [(k, got[k]) for k in ("own", "pipeline_cpu") if k in got])
             for name, s in rows:
                 lines.append(f"{size:>5} {config:<25} {name:<10} {s['p50_ms']:>8.3f} "
                              f"{s['p99_ms']:>8.3f} {s['x_sobel']:>8.1f}")

@@ -1,6 +1,7 @@
-"""numba kernel of the frame preparation shared by the image stages (sifluoro.imaging).
+"""numba kernels of the frame preparation shared by the image stages (sifluoro.imaging).
 
-Reference: ``sifluoro.imaging.attenuation_reference``; tests in tests/test_imaging.py.
+References: ``sifluoro.imaging.attenuation_reference`` and ``picture_steps_reference``; tests
+in tests/test_imaging.py.
 """
 from __future__ import annotations
 
@@ -20,9 +21,34 @@ def attenuation_into(pixels, scale, invert, out):
             out[y, x] = np.float32(1.0) - v if invert else v
 
 
+@njit(cache=True, nogil=True)
+def picture_steps(pixels, threshold):
+    """On rows 4, 12, 20, ...: the number of places where the rounded means of 8 neighbouring
+    pixels (columns 8j .. 8j + 7; a remainder is left out) step by more than ``threshold``.
+    The means are rounded half to even, as OpenCV's area resize rounds them; read in place (no
+    copy of the rows), about a fifth of the reference's cost."""
+    rows, cols = pixels.shape
+    blocks = cols // 8
+    count = 0
+    for y in range(4, rows, 8):
+        row = pixels[y]
+        previous = np.int64(0)
+        for j in range(blocks):
+            total = np.int64(0)
+            for k in range(8 * j, 8 * j + 8):
+                total += np.int64(row[k])
+            mean = np.int64(np.rint(total / 8.0))
+            if j > 0 and abs(mean - previous) > threshold:
+                count += 1
+            previous = mean
+    return count
+
+
 def warm_up() -> None:
     """Compile for the stored frames' type (2-D uint16, C or any layout) before a live frame."""
     p = np.zeros((4, 4), np.uint16)
     out = np.zeros((4, 4), np.float32)
     attenuation_into(p, np.float32(1.0), True, out)
     attenuation_into(p[:, ::2], np.float32(1.0), False, out[:, :2])
+    picture_steps(p, 2.0)
+    picture_steps(p[:, ::2], 2.0)

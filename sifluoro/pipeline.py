@@ -6,6 +6,7 @@ the deadline; stages know nothing of DICOM files or of each other's internals.
 """
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 import queue
@@ -134,7 +135,8 @@ class StageCosts:
         self.min_samples = min_samples
         self.stale_frames = stale_frames
         self._lock = threading.Lock()
-        self._samples: dict[tuple, deque] = {}
+        self._samples: dict[tuple, deque] = {}  # in arrival order
+        self._ordered: dict[tuple, list[float]] = {}  # the same, sorted
         self._quantiles: dict[tuple, tuple[float, float, float]] = {}  # p50, p75, p90
         self._measured_at: dict[tuple, int] = {}
         self._frames: dict[tuple, int] = {}
@@ -149,11 +151,16 @@ class StageCosts:
             samples = self._samples.get(key)
             if samples is None:
                 samples = self._samples[key] = deque(maxlen=self.window)
+                self._ordered[key] = []
+            ordered = self._ordered[key]  # the window's costs kept sorted (not sorted anew)
+            if len(samples) == self.window:
+                del ordered[bisect.bisect_left(ordered, samples[0])]
             samples.append(cost_ms)
-            ordered = sorted(samples)
+            bisect.insort(ordered, cost_ms)
             n = len(ordered)  # nearest-rank quantiles
-            self._quantiles[key] = tuple(ordered[max(0, math.ceil(q * n) - 1)]
-                                         for q in (0.5, 0.75, 0.9))
+            self._quantiles[key] = (ordered[max(0, math.ceil(0.5 * n) - 1)],
+                                    ordered[max(0, math.ceil(0.75 * n) - 1)],
+                                    ordered[max(0, math.ceil(0.9 * n) - 1)])
             self._measured_at[key] = self._frames.get(shape, 0)
 
     def estimate_ms(self, stage: str, mode: str, shape: tuple[int, ...]) -> float | None:

@@ -24,6 +24,21 @@ def test_bench_pipeline_allocations_are_measured_per_stage():
     assert all(0.0 <= a["p50_mb"] <= a["max_mb"] for a in got.values())
 
 
+
+def test_bench_pipeline_reports_its_own_time_frame_by_frame():
+    """With one thread the pipeline's own time is its latency less its stages', per frame
+    (not a difference of p50s), and below the latency; with two threads it is not reported."""
+    from benchmarks.bench_pipeline import _in_process
+    from sifluoro.sim import simulate_case
+    from sifluoro.track.needle_sim import sim_frames
+
+    frames = [f for f, _ in sim_frames(simulate_case(2026, 1, quick=True))][:5]
+    got = _in_process(frames, "default", 1)
+    assert got["own"]["n"] == got["pipeline_cpu"]["n"] == 5
+    assert 0.0 < got["own"]["p50_ms"] < got["pipeline"]["p50_ms"]
+    assert got["pipeline_cpu"]["p50_ms"] > 0.0
+    assert "own" not in _in_process(frames, "joint+needle+contrast x2", 1)
+
 def test_bench_contrast_stock_step_runs_the_vessel_test_too():
     """The stock step is the stage's whole step: a thin line that appears on one frame and
     is gone two frames later scores far above the same frames without it."""

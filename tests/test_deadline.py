@@ -228,6 +228,26 @@ def test_stage_costs_quantiles_and_staleness():
     assert costs.estimate_ms("s", "process", shape) is None  # not measured for 3 frames
 
 
+
+def test_stage_costs_kept_sorted_match_sorting_the_window():
+    """The window's costs are kept sorted as they come and go: the quantiles are those of
+    sorting the window anew (repeated costs included)."""
+    import math
+    from collections import deque
+
+    rng = np.random.default_rng(5)
+    costs = StageCosts(window=7, min_samples=1, stale_frames=10 ** 6)
+    window: deque = deque(maxlen=7)
+    for ms in np.round(rng.exponential(2.0, 300), 1):  # rounded: many equal costs
+        costs.new_frame((4, 4))
+        costs.add("s", "process", (4, 4), float(ms))
+        window.append(float(ms))
+        ordered = sorted(window)
+        want = [ordered[max(0, math.ceil(q * len(ordered)) - 1)] for q in (0.5, 0.75, 0.9)]
+        got = costs.snapshot()["s/process/4x4"]
+        assert [got["p50_ms"], got["p75_ms"], got["p90_ms"]] == [round(v, 4) for v in want]
+        assert got["n"] == len(window)
+
 # --- the real stages on a simulated study -----------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from sifluoro.imaging import attenuation, attenuation_reference, frame_attenuation
+from sifluoro.imaging import (attenuation, attenuation_reference, frame_attenuation, picture_steps,
+                              picture_steps_reference)
 from sifluoro.model import Device, Frame, Run, Technique
 
 
@@ -65,3 +66,29 @@ def test_out_of_wrong_shape_is_refused():
     frame = _frame(np.zeros((4, 4), np.uint16), _run(12, "MONOCHROME2", 4, 4))
     with pytest.raises(ValueError):
         attenuation(frame, out=np.empty((3, 3), np.float32))
+
+
+@settings(max_examples=80, deadline=None)
+@given(bits=st.sampled_from([8, 10, 12, 14, 16]), rows=st.integers(1, 40),
+       cols=st.integers(1, 90), step=st.sampled_from([1, 2, 3, 4, 8, 64]),
+       seed=st.integers(0, 2 ** 16), strided=st.booleans())
+def test_picture_steps_kernel_matches_opencv_reference(bits, rows, cols, step, seed, strided):
+    """The same count as OpenCV's area means (rounded half to even): coarse grey steps make
+    many means fall on a half, and steps right at the threshold."""
+    rng = np.random.default_rng(seed)
+    pixels = (rng.integers(0, (1 << bits) // step, size=(rows, 2 * cols if strided else cols))
+              * step).astype(np.uint16)
+    if strided:
+        pixels = pixels[:, ::2]
+    assert picture_steps(pixels, bits) == picture_steps_reference(pixels, bits)
+
+
+def test_picture_steps_rounds_half_means_to_even():
+    # means 0.5, 1.5, 2.5, 3.5 round to 0, 2, 2, 4: steps of 2, 0, 2 (threshold 2 at 8 bits: none)
+    # and with a mean of 6.5 (-> 6) after 3.5 (-> 4): 2, not 3
+    row = np.repeat(np.array([0, 1, 1, 2, 2, 3, 3, 4, 6, 7], np.uint16), 4)
+    pixels = np.zeros((5, row.size), np.uint16)
+    pixels[4] = row
+    assert picture_steps(pixels, 8) == picture_steps_reference(pixels, 8) == 0
+    pixels[4, 32:40] = 9  # mean 9 after 3.5 -> 4: a step of 5
+    assert picture_steps(pixels, 8) == picture_steps_reference(pixels, 8) == 1

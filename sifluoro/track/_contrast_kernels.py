@@ -48,8 +48,8 @@ def reduce_frame(pixels, factor, top, invert, out_img, out_zero, out_one, row_su
     exposure, text, or saturation): both follow from the block's smallest and largest value.
     The ``factor`` rows of a block are summed (int32), and their minimum and maximum taken
     (buffers of the pixels' dtype), column by column into ``row_*`` (at least
-    ``out_img.shape[1] * factor`` long), in storage order, then folded; for the usual factor
-    4 both steps are spelt out (the fold's strided reads then vectorise).
+    ``out_img.shape[1] * factor`` long), in storage order, then folded; for the usual factors
+    4 (1024²) and 2 (512²) both steps are spelt out (the fold's strided reads then vectorise).
     """
     rows, cols = out_img.shape
     scale = 1.0 / (top * factor * factor)
@@ -63,6 +63,13 @@ def reduce_frame(pixels, factor, top, invert, out_img, out_zero, out_one, row_su
                 row_sum[i] = (np.int32(a) + np.int32(b)) + (np.int32(c) + np.int32(d))
                 row_min[i] = min(min(a, b), min(c, d))
                 row_max[i] = max(max(a, b), max(c, d))
+        elif factor == 2:
+            p0, p1 = pixels[2 * y], pixels[2 * y + 1]
+            for i in range(n):
+                a, b = p0[i], p1[i]
+                row_sum[i] = np.int32(a) + np.int32(b)
+                row_min[i] = min(a, b)
+                row_max[i] = max(a, b)
         else:
             first = pixels[y * factor]
             for i in range(n):
@@ -80,13 +87,41 @@ def reduce_frame(pixels, factor, top, invert, out_img, out_zero, out_one, row_su
         img = out_img[y]
         zero = out_zero[y]
         one = out_one[y]
-        for x in range(cols):
-            if factor == 4:
+        # the fold, one loop per usual factor and polarity: only the extreme the flags need
+        if factor == 4 and invert:
+            for x in range(cols):
+                b = 4 * x
+                acc = (row_sum[b] + row_sum[b + 1]) + (row_sum[b + 2] + row_sum[b + 3])
+                hi = max(max(row_max[b], row_max[b + 1]), max(row_max[b + 2], row_max[b + 3]))
+                img[x] = np.float32(1.0 - acc * scale)
+                zero[x] = hi >= top
+                one[x] = hi == 0
+        elif factor == 4:
+            for x in range(cols):
                 b = 4 * x
                 acc = (row_sum[b] + row_sum[b + 1]) + (row_sum[b + 2] + row_sum[b + 3])
                 lo = min(min(row_min[b], row_min[b + 1]), min(row_min[b + 2], row_min[b + 3]))
-                hi = max(max(row_max[b], row_max[b + 1]), max(row_max[b + 2], row_max[b + 3]))
-            else:
+                img[x] = np.float32(acc * scale)
+                zero[x] = lo == 0
+                one[x] = lo >= top
+        elif factor == 2 and invert:
+            for x in range(cols):
+                b = 2 * x
+                acc = row_sum[b] + row_sum[b + 1]
+                hi = max(row_max[b], row_max[b + 1])
+                img[x] = np.float32(1.0 - acc * scale)
+                zero[x] = hi >= top
+                one[x] = hi == 0
+        elif factor == 2:
+            for x in range(cols):
+                b = 2 * x
+                acc = row_sum[b] + row_sum[b + 1]
+                lo = min(row_min[b], row_min[b + 1])
+                img[x] = np.float32(acc * scale)
+                zero[x] = lo == 0
+                one[x] = lo >= top
+        else:
+            for x in range(cols):
                 b = factor * x
                 acc = row_sum[b]
                 lo = row_min[b]
@@ -95,14 +130,14 @@ def reduce_frame(pixels, factor, top, invert, out_img, out_zero, out_one, row_su
                     acc += row_sum[b + dx]
                     lo = min(lo, row_min[b + dx])
                     hi = max(hi, row_max[b + dx])
-            if invert:
-                img[x] = np.float32(1.0 - acc * scale)
-                zero[x] = hi >= top
-                one[x] = hi == 0
-            else:
-                img[x] = np.float32(acc * scale)
-                zero[x] = lo == 0
-                one[x] = lo >= top
+                if invert:
+                    img[x] = np.float32(1.0 - acc * scale)
+                    zero[x] = hi >= top
+                    one[x] = hi == 0
+                else:
+                    img[x] = np.float32(acc * scale)
+                    zero[x] = lo == 0
+                    one[x] = lo >= top
 
 
 @njit(cache=True, nogil=True)
@@ -304,7 +339,16 @@ def flood_unexposed(seed, full, out, stack):
 
 @njit(cache=True, nogil=True)
 def dilate_square(src, radius, tmp, out):
-    """Binary dilation by a (2 radius + 1)² square, separable, rows in storage order."""
+    """Binary dilation by a (2 radius + 1)² square (outside the image counts as unset)."""
+    _square_filter(src, radius, False, tmp, out)
+
+
+@njit(cache=True, nogil=True)
+def _square_filter(src, radius, erode, tmp, out):
+    """OR (``erode``: AND) of each pixel's (2 radius + 1)² square, the image's outside left
+    out: separable, rows in storage order. Each shifted pass reads one array and writes
+    another (``src`` -> ``tmp``, ``tmp`` -> ``out``), so that it vectorises; ``out`` may be
+    ``src``."""
     rows, cols = src.shape
     for y in range(rows):
         s = src[y]
@@ -313,17 +357,32 @@ def dilate_square(src, radius, tmp, out):
             t[x] = s[x]
         for k in range(1, radius + 1):
             uk = np.uint64(k)
-            for x in range(np.uint64(max(cols - k, 0))):
-                t[x] |= s[x + uk]
-                t[x + uk] |= s[x]
+            n = np.uint64(max(cols - k, 0))
+            if erode:
+                for x in range(n):
+                    t[x] &= s[x + uk]
+                for x in range(n):
+                    t[x + uk] &= s[x]
+            else:
+                for x in range(n):
+                    t[x] |= s[x + uk]
+                for x in range(n):
+                    t[x + uk] |= s[x]
     for y in range(rows):
         o = out[y]
+        t = tmp[y]
         for x in range(cols):
-            o[x] = False
+            o[x] = t[x]
         for yy in range(max(y - radius, 0), min(y + radius + 1, rows)):
+            if yy == y:
+                continue
             t = tmp[yy]
-            for x in range(np.uint64(cols)):
-                o[x] |= t[x]
+            if erode:
+                for x in range(np.uint64(cols)):
+                    o[x] &= t[x]
+            else:
+                for x in range(np.uint64(cols)):
+                    o[x] |= t[x]
 
 
 @njit(cache=True, nogil=True)
@@ -337,6 +396,13 @@ def hysteresis_label(score, valid, high, low, labels, stack, max_components):
     labels[:, :] = 0
     n = 0
     for y0 in range(rows):
+        # seeds are rare: a row without one is passed over after a test that vectorises
+        sr, vr = score[y0], valid[y0]
+        seeded = False
+        for x in range(cols):
+            seeded |= vr[x] & (sr[x] > high)
+        if not seeded:
+            continue
         for x0 in range(cols):
             if labels[y0, x0] != 0 or not valid[y0, x0] or score[y0, x0] <= high:
                 continue
@@ -692,16 +758,8 @@ def box_sum(src, window, rowsum, colsum, out):
 @njit(cache=True, nogil=True)
 def erode_square(src, radius, tmp, out):
     """Binary erosion by a (2 radius + 1)² square; outside the image counts as set (OpenCV's
-    default erosion border): the complement of the dilation of the complement, whose outside
-    counts as unset (:func:`dilate_square`, rows in storage order)."""
-    rows, cols = src.shape
-    for y in range(rows):
-        for x in range(cols):
-            out[y, x] = not src[y, x]
-    dilate_square(out, radius, tmp, out)
-    for y in range(rows):
-        for x in range(cols):
-            out[y, x] = not out[y, x]
+    default erosion border). ``tmp`` is scratch."""
+    _square_filter(src, radius, True, tmp, out)
 
 
 @njit(cache=True, nogil=True)
@@ -761,21 +819,59 @@ def _bin_of_rank(hist, k):
     return b, below
 
 
-@njit(cache=True, nogil=True, fastmath={"reassoc", "nsz"})
-def _masked_range(m, mask):
-    """Count, smallest and largest of ``m[mask]`` (vectorised: no gather)."""
+_I32_MAX = np.int32(2147483647)
+_I32_MIN = np.int32(-2147483648)
+_LOW31 = np.int32(0x7FFFFFFF)
+
+
+@njit(cache=True, nogil=True)
+def _masked_range(m, mask, scratch):
+    """Count, smallest and largest of ``m[mask]`` (float32, no NaN), as a scan that keeps the
+    first of equal extremes finds them. The extremes are taken on integer keys (the float's
+    bits, the negatives' magnitude bits flipped: ordered as the floats, -0 below +0), whose
+    min/max vectorise where float selects do not; a zero extreme is then read back from the
+    first masked zero, so that its sign is the scan's. ``scratch``: 2 float32 or more."""
     rows, cols = m.shape
     n = 0
-    lo = np.float32(np.inf)
-    hi = np.float32(-np.inf)
+    klo = _I32_MAX
+    khi = _I32_MIN
+    for y in range(rows):
+        bits = m[y].view(np.int32)
+        ok = mask[y].view(np.uint8)
+        count = np.int32(0)
+        for x in range(np.uint64(cols)):
+            b = bits[x]
+            key = b ^ ((b >> 31) & _LOW31)
+            inside = ok[x] != 0
+            count += np.int32(ok[x])
+            klo = min(klo, key if inside else _I32_MAX)
+            khi = max(khi, key if inside else _I32_MIN)
+        n += count
+    if n == 0:
+        return 0, np.float32(np.inf), np.float32(-np.inf)
+    keys = scratch[:2].view(np.int32)  # back to floats (the key map is its own inverse)
+    keys[0] = klo ^ ((klo >> 31) & _LOW31)
+    keys[1] = khi ^ ((khi >> 31) & _LOW31)
+    lo = scratch[0]
+    hi = scratch[1]
+    if lo == 0.0 or hi == 0.0:
+        first_zero = _first_masked_zero(m, mask)
+        if lo == 0.0:
+            lo = first_zero
+        if hi == 0.0:
+            hi = first_zero
+    return n, lo, hi
+
+
+@njit(cache=True, nogil=True)
+def _first_masked_zero(m, mask):
+    """The first of ``m[mask]`` equal to 0 in storage order (+0 or -0)."""
+    rows, cols = m.shape
     for y in range(rows):
         for x in range(cols):
-            v = m[y, x]
-            ok = mask[y, x]
-            n += np.int64(ok)
-            lo = min(lo, v if ok else np.float32(np.inf))
-            hi = max(hi, v if ok else np.float32(-np.inf))
-    return n, lo, hi
+            if mask[y, x] and m[y, x] == 0.0:
+                return m[y, x]
+    return np.float32(0.0)
 
 
 @njit(cache=True, nogil=True)
@@ -788,7 +884,7 @@ def masked_median(m, mask, cand, hist, bins):
     Returns (median, count); (0, 0) when the mask is empty.
     """
     rows, cols = m.shape
-    n, lo, hi = _masked_range(m, mask)
+    n, lo, hi = _masked_range(m, mask, cand)
     if n == 0:
         return np.float32(0.0), 0
     if hi == lo:
@@ -800,14 +896,16 @@ def masked_median(m, mask, cand, hist, bins):
         # a range too narrow for float32 bins (denormal differences): one bin for all
         scale = np.float32(0.0)
     for y in range(rows):
-        for x in range(cols):
-            b = min(np.int32((m[y, x] - lo) * scale), top)
-            bins[y, x] = b if mask[y, x] else np.int32(-1)
+        mr, kr, br = m[y], mask[y], bins[y]
+        for x in range(np.uint64(cols)):
+            b = min(np.int32((mr[x] - lo) * scale), top)
+            br[x] = b if kr[x] else np.int32(-1)
     for i in range(hist.size):
         hist[i] = 0
     for y in range(rows):
+        br = bins[y]
         for x in range(cols):
-            b = bins[y, x]
+            b = br[x]
             if b >= 0:
                 hist[4 * b + (x & 3)] += 1
     for b in range(nb):
@@ -846,7 +944,7 @@ def _masked_mean_abs_deviation(m, mask, n, centre):
     return g / n
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def local_z(m, inner, validf, den_scale, window, scratch, hist, bins, rowsum, colsum, tmp):
     """``m`` in place: minus its median over ``inner``, over 1.2533 x its local mean absolute
     value (``window``² box over ``validf``; ``den_scale`` is 1.2533 / max(1, box sum of
@@ -863,32 +961,36 @@ def local_z(m, inner, validf, den_scale, window, scratch, hist, bins, rowsum, co
                 tmp[y, x] = np.float32(np.inf)
         return med
     g = _masked_mean_abs_deviation(m, inner, n, med)
+    ucols = np.uint64(cols)  # row views and unsigned indices: the row loops vectorise
     for y in range(rows):
-        for x in range(cols):
-            v = m[y, x] - med
-            m[y, x] = v
-            tmp[y, x] = abs(v) * validf[y, x]
+        mr, tr, vr = m[y], tmp[y], validf[y]
+        for x in range(ucols):
+            v = mr[x] - med
+            mr[x] = v
+            tr[x] = abs(v) * vr[x]
     box_sum(tmp, window, rowsum, colsum, tmp)
     floor = np.float32(0.05 * g + 1e-9)
     for y in range(rows):
-        for x in range(cols):
-            d = max(tmp[y, x] * den_scale[y, x], floor)
-            tmp[y, x] = d
-            m[y, x] = m[y, x] / d
+        mr, tr, sr = m[y], tmp[y], den_scale[y]
+        for x in range(ucols):
+            d = max(tr[x] * sr[x], floor)
+            tr[x] = d
+            mr[x] = mr[x] / d
     return med
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def z_like(m, med, divisor):
     """``m`` in place: ``(m - med) / divisor``, the median and divisor :func:`local_z` found
     for another map of the same noise."""
     rows, cols = m.shape
     for y in range(rows):
-        for x in range(cols):
-            m[y, x] = (m[y, x] - med) / divisor[y, x]
+        mr, dr = m[y], divisor[y]
+        for x in range(np.uint64(cols)):
+            mr[x] = (mr[x] - med) / dr[x]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def box_scale(validf, window, rowsum, colsum, out):
     """``out = 1.2533 / max(1, box sum of validf)``: turns a box sum of absolute values over
     the valid pixels into a Gaussian-equivalent standard deviation (:func:`local_z`)."""
@@ -914,32 +1016,40 @@ def best_line(zo, zw, validf, low, high, seen, stack):
         for x in range(cols):
             sr[x] = not (min(so[x], sw[x]) * vf[x] > low)
     best = 0.0
+    # the scan skips 8 seen pixels at a time (a word of 8 set flags): the fill only ever
+    # marks pixels seen, and each pixel of a word not all seen is tested as it comes
+    words = cols // 8
+    all_seen = np.uint64(0x0101010101010101)
     for y0 in range(rows):
         sr0 = seen[y0]
-        for x0 in range(cols):
-            if sr0[x0]:
+        w0 = sr0[:words * 8].view(np.uint64)
+        for i in range(words + (cols % 8 != 0)):
+            if i < words and w0[i] == all_seen:
                 continue
-            sr0[x0] = True
-            stack[0] = y0 * cols + x0
-            top = 1
-            total = 0.0
-            peak = -1e30
-            while top > 0:
-                top -= 1
-                p = stack[top]
-                y = p // cols
-                x = p - y * cols
-                z = min(zo[y, x], zw[y, x]) * validf[y, x]
-                total += np.float64(z - np.float32(low))
-                peak = max(peak, np.float64(z))
-                for ny in range(max(y - 1, 0), min(y + 2, rows)):
-                    for nx in range(max(x - 1, 0), min(x + 2, cols)):
-                        if not seen[ny, nx]:
-                            seen[ny, nx] = True
-                            stack[top] = ny * cols + nx
-                            top += 1
-            if peak > high and total > best:
-                best = total
+            for x0 in range(8 * i, min(8 * i + 8, cols)):
+                if sr0[x0]:
+                    continue
+                sr0[x0] = True
+                stack[0] = y0 * cols + x0
+                top = 1
+                total = 0.0
+                peak = -1e30
+                while top > 0:
+                    top -= 1
+                    p = stack[top]
+                    y = p // cols
+                    x = p - y * cols
+                    z = min(zo[y, x], zw[y, x]) * validf[y, x]
+                    total += np.float64(z - np.float32(low))
+                    peak = max(peak, np.float64(z))
+                    for ny in range(max(y - 1, 0), min(y + 2, rows)):
+                        for nx in range(max(x - 1, 0), min(x + 2, cols)):
+                            if not seen[ny, nx]:
+                                seen[ny, nx] = True
+                                stack[top] = ny * cols + nx
+                                top += 1
+                if peak > high and total > best:
+                    best = total
     return best
 
 

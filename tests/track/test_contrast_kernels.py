@@ -196,6 +196,45 @@ def test_masked_median_is_numpy_median(rng, n_valid):
                            np.empty(m.shape, np.int32))[0] == 3.0
 
 
+def _scan_range(m, mask):
+    """The masked range as a scan keeping the first of equal extremes (the reference)."""
+    lo, hi, n = np.float32(np.inf), np.float32(-np.inf), 0
+    for v, ok in zip(m.ravel(), mask.ravel()):
+        if ok:
+            n += 1
+            lo = v if v < lo else lo
+            hi = v if v > hi else hi
+    return n, lo, hi
+
+
+@pytest.mark.parametrize("case", ["normal", "negative", "zeros", "neg_zero_first", "empty",
+                                  "infinite"])
+def test_masked_range_is_the_first_extreme_of_a_scan(rng, case):
+    m = rng.normal(size=(23, 37)).astype(np.float32)
+    mask = rng.random(m.shape) < 0.6
+    if case == "negative":
+        m = -np.abs(m) - 1.0
+    elif case in ("zeros", "neg_zero_first"):
+        m = np.abs(m)                           # the smallest is 0: which sign comes first
+        m[3, 4:9] = 0.0
+        m[3, 6] = -0.0
+        mask[3, 4:9] = True
+        if case == "neg_zero_first":
+            m[3, 4] = -0.0
+        m2 = -m                                 # and the largest 0
+    elif case == "empty":
+        mask[:] = False
+    elif case == "infinite":
+        m[2, 2], m[5, 5] = np.inf, -np.inf
+        mask[2, 2] = mask[5, 5] = True
+    scratch = np.empty(2, np.float32)
+    for values in ([m, m2] if case in ("zeros", "neg_zero_first") else [m]):
+        n, lo, hi = K._masked_range(values, mask, scratch)
+        want = _scan_range(values, mask)
+        assert n == want[0]
+        assert np.array([lo, hi], np.float32).tobytes() == np.array(want[1:], np.float32).tobytes()
+
+
 @pytest.mark.parametrize("window", [1, 5, 31])
 def test_box_sum_matches_opencv(rng, window):
     import cv2
