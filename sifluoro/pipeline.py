@@ -23,7 +23,7 @@ import numpy as np
 from sifluoro import imaging
 from sifluoro.config import Settings
 from sifluoro.dose.accumulate import DoseAccumulator
-from sifluoro.model import Frame
+from sifluoro.model import Frame, Run
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,7 @@ class StudyState:
     stage_names: tuple[str, ...] = ()  # the image stages that assess this study
     skipped_in_a_row: dict[str, int] = field(default_factory=dict)  # frames, per stage
     no_picture_frames: int = 0
+    no_picture_run: Run | None = None  # the run of the last frame without a picture (log once)
 
 
 @dataclass(frozen=True)
@@ -561,8 +562,13 @@ class Pipeline:
         image fields (contrast carried over), ``"no_picture": true``, every stage skipped. No
         stage sees it: to the contrast stage every edge of the run washed out on it (a false
         vascular alert), and registration would lose the view."""
-        log.warning("frame %d shows no picture (flat or saturated): not analysed", frame.index)
+        if frame.run is not state.no_picture_run:
+            # once per run: a grabber without signal gives 30 of these a second
+            log.warning("frame %d shows no picture (flat or saturated): not analysed; further "
+                        "such frames of this run are counted in summary.no_picture_frames",
+                        frame.index)
         state.no_picture_frames += 1
+        state.no_picture_run = frame.run
         return self._unanalysed_event(frame, state, arrival, "no_picture")
 
     def _unanalysed_event(self, frame: "Frame | DroppedFrame", state: StudyState,

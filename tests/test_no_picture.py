@@ -107,3 +107,13 @@ def test_picture_steps():
     means = image[4::8].reshape(16, 16, 8).mean(axis=2)
     expected = np.count_nonzero(np.abs(np.diff(np.rint(means), axis=1)) > 32)
     assert abs(picture_steps(image, 12) - expected) <= 2  # the same count, up to rounding
+
+
+def test_a_run_without_picture_is_logged_once_and_counted(joint_fill_frames, caplog):
+    """A grabber without signal sends 30 black frames a second: one warning per run, all of
+    them counted (each was a warning)."""
+    frames = joint_fill_frames[:6]
+    with caplog.at_level("WARNING", logger="sifluoro.pipeline"):
+        _, state = _replay(frames, flat_at=range(6))
+    warnings = [r for r in caplog.records if "shows no picture" in r.getMessage()]
+    assert len(warnings) == 1 and state.no_picture_frames == 6
