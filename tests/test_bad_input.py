@@ -356,17 +356,24 @@ def test_a_file_cut_short_may_not_declare_more_frames_than_the_cap(tmp_path):
                                        "more than sifluoro reads"), rejection.reason
 
 
-@pytest.mark.parametrize("high_bit, accepted", [(15, False), (12, False), (11, True)])
-def test_high_bit_must_be_bits_stored_minus_one(tmp_path, high_bit, accepted):
-    """12 bits stored high in the word (HighBit 15) were masked to their low 12 bits: garbage."""
-    (path,) = write_study(tmp_path, [RunSpec(0.0, bits_stored=12)])
+@pytest.mark.parametrize("high_bit, usable", [(15, False), (12, False), (11, True)])
+def test_high_bit_must_be_bits_stored_minus_one(tmp_path, high_bit, usable):
+    """12 bits stored high in the word (HighBit 15) were masked to their low 12 bits: garbage.
+    Such frames are not shown, but the run's exposure happened: its dose counts, from the
+    header, as lost frames (the whole run was refused, with its dose)."""
+    (path,) = write_study(tmp_path, [RunSpec(0.0, bits_stored=12, n_frames=3)])
     _set(path, HighBit=high_bit)
     study = read_study([tmp_path])
-    assert len(study.runs) == accepted
-    if not accepted:
-        [rejection] = study.rejected
+    assert len(study.runs) == 1
+    rejected, lost = list(study.rejected), []
+    frames = list(iter_frames(study, rejected, lost))
+    assert len(frames) == (3 if usable else 0)
+    if not usable:
+        assert [(run.n_frames, first) for run, first in lost] == [(3, 1)]
+        [rejection] = rejected
         assert rejection.reason.startswith(f"(0028,0102) HighBit: HighBit = {high_bit} with "
                                            "BitsStored = 12"), rejection.reason
+        assert "their dose is counted from the header" in rejection.reason
 
 
 @pytest.mark.parametrize("syntax", ["explicit", "rle"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import struct
+from functools import partial
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -288,6 +289,8 @@ def run_from_dataset(ds: Dataset, path: str | Path) -> Run:
     else:
         fields = header.parse(ds, path)
         offset, reader = None, pixel_readers.read_none
+    if fields.pixels_refused:
+        reader = partial(pixel_readers.read_refused, reason=fields.pixels_refused)
     return Run(
         path=path,
         sop_instance_uid=fields.sop_instance_uid,

@@ -54,6 +54,8 @@ class HeaderFields:
     instance_number: int | None
     pixel_intensity_sign: int | None
     pixel_intensity_relationship: str | None
+    # why the frames cannot be decoded though the header is usable (their dose still counts)
+    pixels_refused: str | None = None
 
 
 class _Lookup:
@@ -183,7 +185,11 @@ def parse(ds: Dataset, path: str, *, pixel_bytes: int | None = None,
                                     path=path, tag=tag_name("SamplesPerPixel"))
     bits_allocated = _required_int(look, "BitsAllocated", path, (8, 16))
     bits_stored = _required_int(look, "BitsStored", path, range(1, bits_allocated + 1))
-    _check_high_bit(look, bits_stored, path)
+    try:
+        _check_high_bit(look, bits_stored, path)
+        pixels_refused = None
+    except InputError as exc:  # the values cannot be read, the run's exposure still happened
+        pixels_refused = f"{exc.tag}: {exc.reason}"
     if look.raw("PixelRepresentation", frame=None) not in (None, 0):
         raise UnsupportedDicomError("signed pixel data is not X-ray projection data",
                                     path=path, tag=tag_name("PixelRepresentation"))
@@ -218,6 +224,7 @@ def parse(ds: Dataset, path: str, *, pixel_bytes: int | None = None,
         instance_number=_int_or_none(look.raw("InstanceNumber", None)),
         pixel_intensity_sign=_int_or_none(look.raw("PixelIntensityRelationshipSign")),
         pixel_intensity_relationship=look.text("PixelIntensityRelationship") or None,
+        pixels_refused=pixels_refused,
     )
 
 
