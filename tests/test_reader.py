@@ -232,8 +232,21 @@ def test_implausible_frame_timing_is_not_used(tmp_path, caplog, n_frames, attrib
         assert run.technique.pulse_rate_per_s is None and run.technique.frame_time_ms is None
 
 
+def test_a_frame_time_in_seconds_is_read_as_such_with_a_warning(tmp_path, caplog):
+    """The only frame timing is FrameTime = 0.0667 (seconds, not ms): read as 66.7 ms with a
+    warning naming the tag, rather than the run and its dose refused."""
+    (path,) = write_study(tmp_path, [RunSpec(0.0, n_frames=3)])
+    _with(path, FrameTime=0.0667)
+    study = read_study([tmp_path])
+    assert study.rejected == ()
+    (run,) = study.runs
+    assert run.frame_intervals_ms == pytest.approx((66.7,) * 3)
+    assert "(0018,1063) FrameTime = 0.0667 ms is outside" in caplog.text
+    assert "read as 66.7 ms" in caplog.text
+
+
 @pytest.mark.parametrize("attributes, reason", [
-    ({"FrameTime": 0.0667}, "(0018,1063) FrameTime: (0018,1063) FrameTime = 0.0667 ms is outside"),
+    ({"FrameTime": 0.0005}, "(0018,1063) FrameTime: (0018,1063) FrameTime = 0.0005 ms is outside"),
     ({"FrameTime": -66.7}, "(0018,1063) FrameTime: (0018,1063) FrameTime = -66.7 ms is outside"),
     ({"FrameTime": 0.0}, "(0018,1063) FrameTime: (0018,1063) FrameTime = 0 ms is outside"),
     ({"FrameTime": None, "FrameTimeVector": [0, 0, 0], "FrameIncrementPointer": 0x00181065},

@@ -389,6 +389,14 @@ def _timing(look: _Lookup, n: int, path: str):
         single_ms = (look.float("ExposureTimeInms") or look.float("ExposureTime")
                      or look.float("AveragePulseWidth") or 0.0)
         offsets, intervals = [0.0], [single_ms]
+    elif (raw_frame_time is not None and 0.0 < raw_frame_time < 1.0
+          and _plausible_ms(raw_frame_time * 1000.0)):
+        # the last resort: a frame time written in seconds (0.0667), read as such with a
+        # warning, rather than the run and its dose refused
+        frame_time_ms = raw_frame_time * 1000.0
+        implausible.append(f"read as {frame_time_ms:g} ms")
+        offsets = [k * frame_time_ms / 1000.0 for k in range(n)]
+        intervals = [frame_time_ms] * n
     elif implausible:
         tag = "FrameTimeVector" if "FrameTimeVector" in implausible[0] else "FrameTime"
         raise UnsupportedDicomError(f"{'; '.join(implausible)}, and no other usable frame timing; "
