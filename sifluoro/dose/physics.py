@@ -66,18 +66,47 @@ def field_area_cm2_at_detector(tech: Technique, rows: int, columns: int) -> floa
     if spacing is not None:
         sx, sy = spacing
         aperture = tech.collimator if tech.collimator is not None else tech.shutter
-        width_px, height_px = columns, rows
+        rect = (0, 0, columns - 1, rows - 1)
         if aperture is not None and aperture.rect_xyxy is not None:
-            x0, y0, x1, y1 = aperture.rect_xyxy
-            width_px, height_px = max(0, x1 - x0 + 1), max(0, y1 - y0 + 1)
-        area_mm2 = width_px * sx * height_px * sy
-        if aperture is not None and aperture.circle_xyr is not None:
-            circle_mm2 = math.pi * (aperture.circle_xyr[2] * sx) * (aperture.circle_xyr[2] * sy)
-            area_mm2 = min(area_mm2, circle_mm2)
-        return area_mm2 / 100.0
+            rect = aperture.rect_xyxy
+        circle = aperture.circle_xyr if aperture is not None else None
+        return aperture_area_px(rect, circle) * sx * sy / 100.0
     if tech.field_of_view_mm is not None:
         return field_of_view_area_mm2(tech.field_of_view_mm, tech.field_of_view_shape) / 100.0
     return None
+
+
+def aperture_area_px(rect_xyxy: tuple[float, float, float, float],
+                     circle_xyr: tuple[float, float, float] | None) -> float:
+    """Area (px²) of a rectangle of pixels (inclusive edges), cut by a circle when there is
+    one (blades across an intensifier's round field: their intersection, not the smaller)."""
+    x0, y0, x1, y1 = rect_xyxy
+    left, right, top, bottom = x0 - 0.5, x1 + 0.5, y0 - 0.5, y1 + 0.5
+    if right <= left or bottom <= top:
+        return 0.0
+    if circle_xyr is None:
+        return (right - left) * (bottom - top)
+    cx, cy, r = circle_xyr
+    return max(0.0, _disc_below_left(right - cx, bottom - cy, r) - _disc_below_left(left - cx, bottom - cy, r)
+               - _disc_below_left(right - cx, top - cy, r) + _disc_below_left(left - cx, top - cy, r))
+
+
+def _disc_below_left(x: float, y: float, r: float) -> float:
+    """Area of the disc of radius ``r`` at the origin where u <= x and v <= y (exact)."""
+    def chord_integral(a: float, b: float) -> float:  # of sqrt(r² - u²) over [a, b]
+        def g(u: float) -> float:
+            return 0.5 * (u * math.sqrt(max(r * r - u * u, 0.0)) + r * r * math.asin(u / r))
+        return g(b) - g(a) if b > a else 0.0
+    xc = min(max(x, -r), r)
+    if y <= -r:
+        return 0.0
+    if y >= r:
+        return 2.0 * chord_integral(-r, xc)
+    s = math.sqrt(r * r - y * y)  # where the line v = y crosses the circle
+    area = y * max(0.0, min(xc, s) + s) + chord_integral(-s, min(xc, s))  # chords cut at y
+    if y > 0:  # whole chords left and right of the crossing
+        area += 2.0 * (chord_integral(-r, min(xc, -s)) + chord_integral(s, xc))
+    return area
 
 
 def field_of_view_area_mm2(dims_mm: tuple[float, float], shape: str | None) -> float:

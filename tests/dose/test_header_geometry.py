@@ -225,3 +225,24 @@ def test_round_field_of_view_round_trips_through_the_writer():
     assert ds.FieldOfViewShape == "ROUND" and ds["FieldOfViewDimensions"].VM == 1
     tech = parse(ds, "x.dcm").technique
     assert (tech.field_of_view_mm, tech.field_of_view_shape) == ((230.0, 230.0), "ROUND")
+
+
+@pytest.mark.parametrize("size, collimation, margin", [
+    (512, (0, 0, 511, 511), 4), (512, (100, 0, 411, 511), 4), (512, (0, 0, 255, 255), 6),
+    (1024, (300, 120, 1023, 900), 8), (1024, (0, 0, 1023, 1023), 2), (512, (250, 250, 260, 300), 3),
+])
+def test_blades_across_a_round_field_expose_their_intersection(size, collimation, margin):
+    """The area of blades cutting an intensifier's circle is that of the pixels both let
+    through (the simulator's own exposed field), not the smaller of the two (+6 % median DAP,
+    up to +28 % for one quadrant)."""
+    from sifluoro.dose.physics import aperture_area_px
+    from sifluoro.sim.detector import exposed_mask
+
+    mask = exposed_mask(size, collimation, True, margin)
+    centre = (size - 1) / 2.0
+    area = aperture_area_px(collimation, (centre, centre, size / 2.0 - margin))
+    assert area == pytest.approx(mask.sum(), rel=0.01, abs=20)
+    assert aperture_area_px(collimation, None) == pytest.approx(exposed_mask(size, collimation, False, 0).sum())
+    assert aperture_area_px((0, 0, size - 1, size - 1), (centre, centre, 50.0)) == pytest.approx(
+        math.pi * 50.0 ** 2, rel=1e-3)
+    assert aperture_area_px((0, 0, 10, 10), (400.0, 400.0, 20.0)) == 0.0
