@@ -114,6 +114,9 @@ class _RunMemory:
         self.history_stamp = np.full(TRANSIENT_FRAMES + 1, -1, np.int64)
         self.history_count = 0
         self.test_owed = False  # the previous frame was only remembered
+        # frames of earlier runs were adopted: the run's second frame checks they predict it
+        # (ReferenceBank.restart_if_own_run_better)
+        self.check_reference = False
 
     def remember(self, image: np.ndarray) -> None:
         order = self.history_order
@@ -239,6 +242,7 @@ class ContrastStage:
             np.logical_or(b.one, b.own_text, out=b.unusable)
             if not bank.empty:
                 bank.adopt_run(b.current, ~b.unusable)
+                memory.run.check_reference = True
             bank.push(b.current, b.unusable)
             return self._result(memory, frame, (), 0.0, 0.0, None)
         rm = memory.run
@@ -256,6 +260,12 @@ class ContrastStage:
         K.usable_field(b.unexposed, b.text, _BORDER_PX, b.unusable, b.valid)
         K.masked_residual(b.current, envelope, b.valid, 0, 0, b.residual)
         centre, sigma = K.robust_centre_spread(b.residual, b.valid, 3.0)
+        if rm.check_reference:
+            rm.check_reference = False
+            if bank.restart_if_own_run_better(b.current, b.valid, sigma, b.tmp, b.btmp):
+                envelope = bank.current_envelope()
+                K.masked_residual(b.current, envelope, b.valid, 0, 0, b.residual)
+                centre, sigma = K.robust_centre_spread(b.residual, b.valid, 3.0)
         if sigma <= 0.0:
             return self._result(memory, frame, (), 0.0, 0.0, None)
         K.standardise(b.residual, b.valid, centre, sigma, b.score)

@@ -52,6 +52,33 @@ def test_a_run_like_the_kept_frames_keeps_them(noise, structured):
     assert bank.count == 8
 
 
+@pytest.mark.parametrize("structure, restarts", [(0.0, False), (0.1, True)])
+def test_a_run_its_own_first_frame_predicts_far_better_restarts_the_reference(structure,
+                                                                             restarts):
+    """As noisy as the kept frames (so adopted), but of other processing: on the run's second
+    frame its first frame alone leaves a residual several times smaller than the envelope's,
+    and the bank restarts from the first frame; a run like the kept frames keeps them."""
+    rng = np.random.default_rng(3)
+    bank = _bank_of_fluoroscopy(rng, 0.01)
+    yy, xx = np.mgrid[:SHAPE[0], :SHAPE[1]]
+    processing = (structure * np.sin(xx / 5.0 + yy / 7.0)).astype(np.float32)
+    first = _scene(rng, 0.01) + processing
+    bank.adopt_run(first, np.ones(SHAPE, bool))
+    bank.push(first, np.zeros(SHAPE, bool))
+    assert bank.count == 8
+    second = _scene(rng, 0.01) + processing
+    valid = np.ones(SHAPE, bool)
+    residual = second - bank.current_envelope()
+    spread = 1.2533 * np.abs(residual - np.median(residual)).mean()
+    work, usable = np.empty(SHAPE, np.float32), np.empty(SHAPE, bool)
+    assert bank.restart_if_own_run_better(second, valid, spread, work, usable) is restarts
+    if restarts:
+        assert bank.count == 1
+        np.testing.assert_array_equal(bank.current_envelope(), first)
+    else:
+        assert bank.count == 8
+
+
 def _memory_with_opacity(z: float, age: int) -> tuple[_Buffers, _RunMemory]:
     b = _Buffers(SHAPE)
     b.valid[...] = True

@@ -36,6 +36,7 @@ class Phantom:
         bone = (np.abs(xx - _joint_x(yy)) > 4) & (yy > 60) & (yy < 460) & (xx > 120) & (xx < 400)
         base = base + 0.15 * bone
         self.base = base.astype(np.float32)
+        self.bone = (0.15 * bone).astype(np.float32)
         self.yy, self.xx = yy, xx
         self.rng_seed = seed
         self.gas_centres = rng.uniform([80, 330], [430, 470], (4, 2))
@@ -61,8 +62,12 @@ class Phantom:
 
     def frame(self, t: int, *, gas_shift_px: float, needle_len_px: float | None = None,
               joint_reach_px: float = 0.0, cloud: float = 0.0, vessel: float = 0.0,
-              field_top_px: int = 0) -> np.ndarray:
+              field_top_px: int = 0, bone_gain: float = 1.0) -> np.ndarray:
         a = self.base.copy()
+        if bone_gain != 1.0:
+            # another technique (kV, filtration) or processing: bone against soft tissue
+            # changes, which no gain and offset of the whole frame can follow
+            a += (bone_gain - 1.0) * self.bone
         for (cx, cy), (ax, ay) in zip(self.gas_centres, self.gas_axes):
             inside = ((self.xx - cx) / ax) ** 2 + ((self.yy - cy - gas_shift_px) / ay) ** 2 < 1
             a[inside] -= 0.05
@@ -187,6 +192,20 @@ def test_extravasation_cloud(phantom):
     out = _states(events)[-12:]
     assert out[:2] == ["none", "none"] and out[-1] == "extravasation"
     assert out.index("extravasation") <= 4
+
+
+def test_extravasation_in_a_run_of_other_processing_than_the_needle_runs(phantom):
+    # an acquisition run after fluoroscopy: its bone contrast differs, so the needle runs'
+    # frames, mapped by gain and offset, leave a residual several times the noise that buries
+    # a faint cloud; the run's own first frame predicts its frames far better
+    frames = _contrast_run(12, 2, cloud=lambda f: 0.05 * min(1.0, f / 4.0))
+    for kw in frames:
+        kw["bone_gain"] = 2.5
+    events, state = _replay(phantom, _needle_runs() + [frames])
+    out = _states(events)[-12:]
+    assert out[:2] == ["none", "none"]
+    assert state.contrast_state == "extravasation" and out.index("extravasation") <= 4
+    assert set(out[out.index("extravasation"):]) == {"extravasation"}
 
 
 def _vessel_course(arrival: int):
