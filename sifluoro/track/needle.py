@@ -118,20 +118,6 @@ def _target(state) -> np.ndarray | None:
     return np.asarray(register.target_xy, float)
 
 
-def _on_line_path(xy: np.ndarray, track: _Track, spacing_mm: float,
-                  s: NeedleSettings) -> bool:
-    """Whether a dot at ``xy`` (full resolution) can be the needle of ``track``: anywhere when
-    no line needle has been seen in the view, else on that line's path (its axis, from a
-    little behind its last tip to ahead of it: a needle advances along its shaft)."""
-    if track.dir_xy is None or track.last_tip_of_run is None:
-        return True
-    d = (xy - track.last_tip_of_run) * spacing_mm
-    u = track.dir_xy
-    along = float(d @ u)
-    side = abs(float(d[0] * u[1] - d[1] * u[0]))
-    return side <= s.dot_line_side_mm and -s.dot_line_back_mm <= along <= s.dot_line_ahead_mm
-
-
 def _on_shaft(xy_w: np.ndarray, features: list[dict], spacing_w: float,
               s: NeedleSettings) -> bool:
     """Whether a dot at ``xy_w`` (working grid) lies on the shaft of a long, needle-like line
@@ -336,10 +322,9 @@ class NeedleStage:
         compact (``dot_min_z``, or ``dot_track_min_z`` at the view's last dot;
         ``dot_max_length_mm``, ``dot_max_width_mm``) and confirmed (``dot_confirm_mm``: at the
         previous frame's dot of the run, or at the view's last dot). Not while a line
-        needle is followed in the view: a needle seen as a line is not along the beam; once
-        one was seen, only on its path (:func:`_on_line_path`); never on the shaft of a long
-        needle-like candidate the line search did not take (:func:`_on_shaft`). On success
-        ``st.dot_xy`` is the dot (full resolution)."""
+        needle is followed in the view: a needle seen as a line is not along the beam. Never
+        on the shaft of a long needle-like candidate the line search did not take
+        (:func:`_on_shaft`). On success ``st.dot_xy`` is the dot (full resolution)."""
         s = self.settings
         track = st.track
         if not s.end_on or (track.dir_xy is not None and track.hits >= s.follow_min_hits):
@@ -363,8 +348,7 @@ class NeedleStage:
             st.dot_prev = None
             return None
         xy = grid.to_full(dot.xy)
-        if (not _on_line_path(xy, track, ctx.spacing_mm, s)
-                or _on_shaft(dot.xy, st.last_features, grid.spacing_mm, s)):
+        if _on_shaft(dot.xy, st.last_features, grid.spacing_mm, s):
             st.dot_prev = None
             return None
 

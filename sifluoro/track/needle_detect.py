@@ -155,11 +155,6 @@ class NeedleSettings:
     dot_confirm_mm : float
         A dot is reported when the previous frame of its run had one within this, or the
         view's last dot is within this (the first, noisiest frame of a scout shows none).
-    dot_line_side_mm, dot_line_back_mm, dot_line_ahead_mm : float
-        Once a line needle has been seen in the view, a dot is taken only on its path: within
-        ``dot_line_side_mm`` of the line's axis, from ``dot_line_back_mm`` behind its last tip
-        to ``dot_line_ahead_mm`` ahead (a needle keeps its direction in one view; a dot
-        elsewhere is a bone or noise spot while the faint line is missed).
     dot_shaft_min_mm, dot_shaft_min_prob, dot_shaft_side_mm : float
         A dot within ``dot_shaft_side_mm`` of the shaft of a line candidate at least
         ``dot_shaft_min_mm`` long and of needle probability ``dot_shaft_min_prob`` is a spot on
@@ -213,9 +208,6 @@ class NeedleSettings:
     dot_search_mm: float = 10.0
     dot_follow_mm: float = 4.0
     dot_confirm_mm: float = 1.5
-    dot_line_side_mm: float = 3.0
-    dot_line_back_mm: float = 3.0
-    dot_line_ahead_mm: float = 30.0
     dot_shaft_min_mm: float = 40.0
     dot_shaft_min_prob: float = 0.05
     dot_shaft_side_mm: float = 1.0

@@ -121,55 +121,6 @@ def test_no_dot_while_a_line_needle_is_followed():
     assert all(o["needle"] is None or o["needle"]["end_on"] is False for o in outs[4:])
 
 
-def _line_then_dot(tip: np.ndarray, seed: int) -> list[Frame]:
-    """A line needle on the run's first frame (followed for fewer frames than
-    ``follow_min_hits``), then only the end-on-like dot near the target."""
-    base = tip + 150.0 * np.array([-0.6, 0.8])
-    run = _run(f"1.2.7.{seed}")
-    frames = []
-    for i in range(6):
-        img = _background(seed * 10 + i)
-        if i < 1:
-            _draw_polyline(img, np.array([base, tip]), 0.05, 1.8)
-        else:
-            _dot(img)
-        frames.append(_frame(img, run, i))
-    return frames
-
-
-def _process_with(frames: list[Frame], needle: NeedleSettings) -> list[dict]:
-    stage = NeedleStage(needle=needle)
-    state = Pipeline([stage]).start_study("1.2")
-    out = []
-    for frame in frames:
-        state.stage_state["register"] = RegisterResult(None, 0.0, False, TARGET, 5.0,
-                                                       (0.0, 0.0), False)
-        out.append(stage.process(frame, state))
-    return out
-
-
-def test_a_dot_off_the_path_of_the_line_seen_in_the_view_is_not_the_needle():
-    # the line's tip 20 mm from the dot, its axis passing 12 mm beside it
-    frames = _line_then_dot(np.array([292.0, 248.0]), 12)
-    outs = _process_with(frames, NeedleSettings())
-    assert outs[0]["needle"] is not None and outs[0]["needle"]["end_on"] is False
-    assert all(o["needle"] is None or not o["needle"]["end_on"] for o in outs[1:])
-    # the guard is what stops it: without it the dot is taken
-    loose = NeedleSettings(dot_line_side_mm=1e9, dot_line_back_mm=1e9, dot_line_ahead_mm=1e9)
-    assert any(o["needle"] is not None and o["needle"]["end_on"]
-               for o in _process_with(frames, loose)[1:])
-
-
-def test_a_dot_ahead_on_the_path_of_the_line_seen_in_the_view_is_reported():
-    # the line's axis passes through the dot, its tip 10 mm short of it
-    frames = _line_then_dot(np.array([292.5, 208.0]) - 20.0 * np.array([0.6, -0.8]), 13)
-    outs = _process_with(frames, NeedleSettings())
-    assert outs[0]["needle"] is not None and outs[0]["needle"]["end_on"] is False
-    dots = [o["needle"] for o in outs[1:] if o["needle"] is not None and o["needle"]["end_on"]]
-    assert len(dots) >= 3
-    assert all(math.dist(d["tip_xy"], (292.5, 208.0)) * SPACING_MM < 1.5 for d in dots)
-
-
 def _line_features(tip_w, base_w, needle_like: bool) -> dict:
     # a cortical edge is dark on one flank only (sym) and wide (thin)
     f = {"score": 400.0, "sym": 0.9 if needle_like else 0.1, "ext_score": -5.0,
