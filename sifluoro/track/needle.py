@@ -118,25 +118,6 @@ def _target(state) -> np.ndarray | None:
     return np.asarray(register.target_xy, float)
 
 
-def _on_shaft(xy_w: np.ndarray, features: list[dict], spacing_w: float,
-              s: NeedleSettings) -> bool:
-    """Whether a dot at ``xy_w`` (working grid) lies on the shaft of a long, needle-like line
-    candidate of this search (``features``, :meth:`NeedleStage._features`)."""
-    for f in features:
-        tip, base = f["tip"], f["base"]
-        length = float(np.linalg.norm(tip - base))
-        if (length * spacing_w < s.dot_shaft_min_mm
-                or needle_probability(f) < s.dot_shaft_min_prob):
-            continue
-        u = (tip - base) / length
-        d = xy_w - base
-        along = float(d @ u)
-        side = abs(float(d[0] * u[1] - d[1] * u[0]))
-        if side * spacing_w <= s.dot_shaft_side_mm and 0.0 <= along <= length + 1.0 / spacing_w:
-            return True
-    return False
-
-
 def _dot_fields(dot: Dot, tip: np.ndarray, spacing_w: float, spacing: float,
                 target: np.ndarray | None) -> dict[str, Any]:
     """The event fields of an end-on needle's dot (full-resolution ``tip``): confidence
@@ -322,9 +303,8 @@ class NeedleStage:
         compact (``dot_min_z``, or ``dot_track_min_z`` at the view's last dot;
         ``dot_max_length_mm``, ``dot_max_width_mm``) and confirmed (``dot_confirm_mm``: at the
         previous frame's dot of the run, or at the view's last dot). Not while a line
-        needle is followed in the view: a needle seen as a line is not along the beam. Never
-        on the shaft of a long needle-like candidate the line search did not take
-        (:func:`_on_shaft`). On success ``st.dot_xy`` is the dot (full resolution)."""
+        needle is followed in the view: a needle seen as a line is not along the beam. On
+        success ``st.dot_xy`` is the dot (full resolution)."""
         s = self.settings
         track = st.track
         if not s.end_on or (track.dir_xy is not None and track.hits >= s.follow_min_hits):
@@ -348,9 +328,6 @@ class NeedleStage:
             st.dot_prev = None
             return None
         xy = grid.to_full(dot.xy)
-        if _on_shaft(dot.xy, st.last_features, grid.spacing_mm, s):
-            st.dot_prev = None
-            return None
 
         def close(p: np.ndarray | None) -> bool:
             return p is not None and float(np.linalg.norm(p - xy)) * ctx.spacing_mm <= s.dot_confirm_mm

@@ -155,11 +155,6 @@ class NeedleSettings:
     dot_confirm_mm : float
         A dot is reported when the previous frame of its run had one within this, or the
         view's last dot is within this (the first, noisiest frame of a scout shows none).
-    dot_shaft_min_mm, dot_shaft_min_prob, dot_shaft_side_mm : float
-        A dot within ``dot_shaft_side_mm`` of the shaft of a line candidate at least
-        ``dot_shaft_min_mm`` long and of needle probability ``dot_shaft_min_prob`` is a spot on
-        a needle the line search saw but did not take, not an end-on needle (whose projection
-        is short).
     """
 
     grid_mm: float = 0.5
@@ -208,9 +203,6 @@ class NeedleSettings:
     dot_search_mm: float = 10.0
     dot_follow_mm: float = 4.0
     dot_confirm_mm: float = 1.5
-    dot_shaft_min_mm: float = 40.0
-    dot_shaft_min_prob: float = 0.05
-    dot_shaft_side_mm: float = 1.0
 
 
 @dataclass(frozen=True)

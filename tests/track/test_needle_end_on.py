@@ -12,8 +12,7 @@ from sifluoro.model import Frame
 from sifluoro.pipeline import Pipeline
 from sifluoro.register import RegisterResult
 from sifluoro.sim.detector import burn_in
-from sifluoro.track.needle import NeedleStage, _on_shaft, needle_probability
-from sifluoro.track.needle_detect import NeedleSettings
+from sifluoro.track.needle import NeedleStage
 
 from .test_needle_stage import BITS, SPACING_MM, _background, _draw_polyline, _frame, _run
 
@@ -119,28 +118,3 @@ def test_no_dot_while_a_line_needle_is_followed():
     assert all(o["needle"] is not None and o["needle"]["end_on"] is False for o in outs[1:4])
     # the line gone (out of the search), the dot is still not taken for the needle
     assert all(o["needle"] is None or o["needle"]["end_on"] is False for o in outs[4:])
-
-
-def _line_features(tip_w, base_w, needle_like: bool) -> dict:
-    # a cortical edge is dark on one flank only (sym) and wide (thin)
-    f = {"score": 400.0, "sym": 0.9 if needle_like else 0.1, "ext_score": -5.0,
-         "tip_edge_mm": 40.0, "ext_mm": 3.0, "thin": 0.9 if needle_like else 0.3,
-         "base_at_edge": True,
-         "tip": np.asarray(tip_w, float), "base": np.asarray(base_w, float)}
-    f["length_mm"] = float(np.linalg.norm(f["tip"] - f["base"]))  # working grid 1 mm
-    return f
-
-
-def test_a_dot_on_the_shaft_of_a_long_needle_like_candidate_is_not_an_end_on_needle():
-    s = NeedleSettings()
-    long_line = _line_features((100.0, 100.0), (100.0, 160.0), True)  # 60 mm
-    assert needle_probability(long_line) >= s.dot_shaft_min_prob
-    assert _on_shaft(np.array([100.5, 110.0]), [long_line], 1.0, s)  # on its shaft
-    assert _on_shaft(np.array([100.0, 99.5]), [long_line], 1.0, s)  # at its tip
-    assert not _on_shaft(np.array([103.0, 110.0]), [long_line], 1.0, s)  # 3 mm beside it
-    assert not _on_shaft(np.array([100.0, 95.0]), [long_line], 1.0, s)  # 5 mm beyond its tip
-    short = _line_features((100.0, 100.0), (100.0, 130.0), True)  # 30 mm: an end-on stub
-    assert not _on_shaft(np.array([100.0, 110.0]), [short], 1.0, s)
-    weak = _line_features((100.0, 100.0), (100.0, 160.0), False)  # an edge, not a needle
-    assert needle_probability(weak) < s.dot_shaft_min_prob
-    assert not _on_shaft(np.array([100.0, 110.0]), [weak], 1.0, s)
