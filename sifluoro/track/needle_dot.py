@@ -55,7 +55,7 @@ def find_dot(smooth: np.ndarray, valid: np.ndarray, centre_xy: np.ndarray, radiu
              ring_px: int, noise: float) -> Dot | None:
     """The most dot-like pixel of ``smooth`` within ``radius_px`` of ``centre_xy`` (working
     grid), whose ring of ``ring_px`` lies inside ``valid`` and the image; None when there is
-    none."""
+    none or it is not brighter than its whole ring (z <= 0: a flat patch, a ridge)."""
     rows, cols = smooth.shape
     cx, cy = float(centre_xy[0]), float(centre_xy[1])
     r = int(math.ceil(radius_px))
@@ -82,7 +82,7 @@ def find_dot(smooth: np.ndarray, valid: np.ndarray, centre_xy: np.ndarray, radiu
     z[bad] = -np.inf
     k = int(np.argmax(z))
     i, j = divmod(k, z.shape[1])
-    if not np.isfinite(z[i, j]):
+    if not z[i, j] > 0.0:  # a dot is brighter than its ring; also -inf (no admissible pixel)
         return None
     py, px = i + pad, j + pad  # the peak in ``img``
     peak, rmax = float(img[py, px]), float(ring_max[py, px])
@@ -90,11 +90,14 @@ def find_dot(smooth: np.ndarray, valid: np.ndarray, centre_xy: np.ndarray, radiu
     # ring mean, a dot on a bright margin would take part of the margin in)
     sub = img[py - ring_px:py + ring_px + 1, px - ring_px:px + ring_px + 1]
     above = (sub > rmax + 0.5 * (peak - rmax)).astype(np.uint8)
+    above[ring_px, ring_px] = 1  # the peak is in its blob even where float rounding says not
     _, labels = cv2.connectedComponents(above, connectivity=8)
     comp = labels == labels[ring_px, ring_px]
     ys, xs = np.nonzero(comp)
     w = (sub[ys, xs] - rmax).astype(np.float64)
     sw = float(w.sum())
+    if not sw > 0.0:
+        return None
     mx, my = float(xs @ w) / sw, float(ys @ w) / sw
     if xs.size > 2:
         dx, dy = xs - mx, ys - my

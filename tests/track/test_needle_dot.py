@@ -48,7 +48,7 @@ def test_find_dot_matches_a_brute_force_reference(seed):
     radius = rng.uniform(15, 40)
     ref = _reference_z(img, valid, centre, radius, RING, 0.5)
     dot = find_dot(img, valid, centre, radius, RING, 0.5)
-    if not np.isfinite(ref).any():
+    if not (ref > 0).any():  # no pixel brighter than its whole ring
         assert dot is None
         return
     y, x = np.unravel_index(np.argmax(ref), ref.shape)
@@ -110,3 +110,24 @@ def test_a_bone_island_is_wide_and_a_clip_long():
     _bar(clip, [legs[0], apex, legs[1]], 0.4)  # a V, legs 8 mm at the detector (16 px)
     dot = _find(clip)
     assert dot is not None and dot.length_px * 0.5 > 6.0
+
+
+def test_a_flat_patch_or_a_tie_with_the_ring_is_no_dot():
+    """Best z == 0 (a clipped, flat patch; a one-pixel ridge whose pixels tie the ring samples
+    crossing it): no dot, not a division by the blob's zero weight or a ring-sized blob."""
+    valid = np.ones((64, 64), bool)
+    flat = np.full((64, 64), 7.0, np.float32)
+    assert find_dot(flat, valid, np.array([32.0, 32.0]), 8.0, 6, 1.0) is None
+    ridge = np.zeros((64, 64), np.float32)
+    ridge[:, 30] = 1.0
+    for centre in ([30.0, 32.0], [40.0, 32.0], [20.0, 32.0]):
+        assert find_dot(ridge, valid, np.array(centre), 8.0, 6, 1.0) is None
+    # the reviewer's case: flat around the target, a brighter ramp to its right, no dot
+    smooth = np.full((128, 128), 50.0, np.float32)
+    smooth[:, 90:] += np.arange(1, 39, dtype=np.float32) * 2.0
+    assert find_dot(smooth, np.ones((128, 128), bool), np.array([60.0, 64.0]), 20.0, 12,
+                    1.0) is None
+    # one pixel above the flat patch is a dot again
+    flat[32, 33] += 0.5
+    dot = find_dot(flat, valid, np.array([32.0, 32.0]), 8.0, 6, 1.0)
+    assert dot is not None and dot.z == pytest.approx(0.5) and dot.area_px == 1
