@@ -192,7 +192,9 @@ class OverlayWriter:
             cv2.imwrite(str(self.png_dir / f"{event['index']:05d}.png"), img)
         if self.mp4_path:
             if self._video is None:
-                fps = frame.technique.pulse_rate_per_s or 7.5
+                # the rate frames are taken (a video grabbed below the pulse rate: not the pulses)
+                t = frame.technique
+                fps = (1000.0 / t.frame_time_ms if t.frame_time_ms else None) or t.pulse_rate_per_s or 7.5
                 self._video = cv2.VideoWriter(str(self.mp4_path), cv2.VideoWriter_fourcc(*"mp4v"),
                                               fps, (img.shape[1], img.shape[0]))
             self._video.write(img)

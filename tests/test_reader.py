@@ -241,8 +241,7 @@ def test_a_frame_time_in_seconds_is_read_as_such_with_a_warning(tmp_path, caplog
     assert study.rejected == ()
     (run,) = study.runs
     assert run.frame_intervals_ms == pytest.approx((66.7,) * 3)
-    assert "(0018,1063) FrameTime = 0.0667 ms is outside" in caplog.text
-    assert "read as 66.7 ms" in caplog.text
+    assert "(0018,1063) FrameTime = 0.0667 is read as seconds: 66.7 ms" in caplog.text
 
 
 @pytest.mark.parametrize("attributes, reason", [

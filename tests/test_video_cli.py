@@ -94,3 +94,16 @@ def test_live_source_counts_every_frames_dose(monitor_video, tmp_path):
 def test_a_missing_device_or_file_is_a_clear_error(tmp_path, capsys):
     assert main(_args(tmp_path / "none.avi", 0.3, tmp_path)) == 2
     assert "none.avi" in capsys.readouterr().err
+
+
+def test_the_overlay_video_keeps_the_capture_time_when_pulses_are_faster(tmp_path):
+    """30 p/s grabbed at 25 frame/s: the overlay MP4 plays at the 25 frames a second taken (at
+    the pulse rate it ran 20 % fast)."""
+    import cv2
+
+    rng = np.random.default_rng(2)
+    path = write_test_video(tmp_path / "grab.avi", rng.integers(40, 200, (10, 64, 64)).astype(np.uint8), 25)
+    assert main(_args(path, 0.3, tmp_path, "--pulse-rate", "30", "--overlay-mp4", str(tmp_path / "o.mp4"))) == 0
+    video = cv2.VideoCapture(str(tmp_path / "o.mp4"))
+    assert video.get(cv2.CAP_PROP_FPS) == pytest.approx(25.0, abs=0.01)
+    video.release()

@@ -394,7 +394,9 @@ def _timing(look: _Lookup, n: int, path: str):
         # the last resort: a frame time written in seconds (0.0667), read as such with a
         # warning, rather than the run and its dose refused
         frame_time_ms = raw_frame_time * 1000.0
-        implausible.append(f"read as {frame_time_ms:g} ms")
+        log.warning("%s: %s = %g is read as seconds: %g ms", path, tag_name("FrameTime"),
+                    raw_frame_time, frame_time_ms)
+        implausible = []
         offsets = [k * frame_time_ms / 1000.0 for k in range(n)]
         intervals = [frame_time_ms] * n
     elif implausible:

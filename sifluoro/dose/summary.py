@@ -26,7 +26,7 @@ from sifluoro.config import DoseSettings
 from sifluoro.dose.accumulate import accumulate_study
 from sifluoro.dose.rdsr_read import read_rdsr
 from sifluoro.dose.records import (
-    IrradiationEvent, PlaneTotals, StudyDose, event_duration_s, totals_from_events)
+    SINGLE_PLANE, IrradiationEvent, PlaneTotals, StudyDose, event_duration_s, totals_from_events)
 from sifluoro.errors import InputError
 from sifluoro.model import Rejection, Study
 
@@ -103,8 +103,12 @@ def merge_reports(reports: list[StudyDose]) -> StudyDose:
     extra = _outside_report(merged, [r for r in reports if r.by_sifluoro])
     if not extra:
         return merged
+    # sifluoro's runs are single-plane: on a biplane report, the frontal plane A
+    planes = sorted({p.plane for p in merged.planes})
+    plane = planes[0] if len(planes) == 1 else ("A" if "A" in planes else SINGLE_PLANE)
+    extra = tuple(replace(e, plane=plane) for e in extra)
     log.warning("study dose: %d run(s) of sifluoro's report are outside the time the "
-                "device's report covers; their dose is added to it", len(extra))
+                "device's report covers; their dose is added to it (plane %s)", len(extra), plane)
     added = [totals_from_events(p, extra) for p in sorted({e.plane for e in extra})]
     return replace(merged, events=merged.events + extra,
                    planes=tuple(_add_planes([*merged.planes, *added])), planes_from_report=False,

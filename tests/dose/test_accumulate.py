@@ -368,3 +368,23 @@ def test_runs_of_sifluoros_report_outside_the_devices_report_are_added(offset):
     # a device report without start times cannot show what it misses: it stands alone
     untimed = report([ev("9.1", 0, 1.0, start=False)], False)
     assert merge_reports([untimed, own]).dap_gycm2 == pytest.approx(1.0)
+
+
+def test_sifluoros_extra_runs_beside_a_biplane_report_go_on_its_frontal_plane():
+    from datetime import datetime, timedelta
+
+    from sifluoro.dose.records import IrradiationEvent, StudyDose, totals_from_events
+    from sifluoro.dose.summary import merge_reports
+
+    t0 = datetime(2026, 3, 4, 10, 0, 0)
+    device_events = [IrradiationEvent(f"9.{k}", "fluoroscopy", plane=plane, start=t0, dap_gycm2=1.0,
+                                      irradiation_duration_s=4.0) for k, plane in enumerate("AB")]
+    device = StudyDose("1.2.3", "rdsr", Device(), tuple(device_events),
+                       tuple(totals_from_events(p, device_events) for p in "AB"))
+    late = IrradiationEvent("5.1", "fluoroscopy", start=t0 + timedelta(minutes=5), dap_gycm2=2.0,
+                            irradiation_duration_s=4.0)
+    own = StudyDose("1.2.3", "rdsr", Device(), (late,), (totals_from_events("single", [late]),),
+                    by_sifluoro=True)
+    merged = merge_reports([device, own])
+    assert [p.plane for p in merged.planes] == ["A", "B"]
+    assert merged.planes[0].dap_gycm2 == pytest.approx(3.0) and merged.dap_gycm2 == pytest.approx(4.0)
