@@ -435,3 +435,39 @@ def test_a_whole_file_sent_again_replaces_its_part_cut_short(tmp_path, syntax, p
     assert all(np.array_equal(f.pixels, t) for f, t in zip(frames, frames_for(spec, 0)))
     [reason] = [r.reason for r in rejected if r.file.endswith(part)]
     assert reason.startswith("(0008,0018) SOPInstanceUID: ") and whole in reason
+
+
+def test_a_whole_compressed_copy_wins_over_a_longer_native_copy_cut_short(tmp_path):
+    """The first transfer went uncompressed and stopped in its last frame; the resend, JPEG 2000, is
+    whole but smaller (and here even older): the whole copy is used (the longer won: frames
+    lost)."""
+    import os
+
+    from tests.dicom_fixtures import frames_for
+
+    spec = RunSpec(0.0, filename="run.dcm", n_frames=4)
+    (native,) = write_study(tmp_path / "native", [spec])
+    (j2k,) = write_study(tmp_path / "j2k", [replace_spec(spec, transfer_syntax="jpeg2000")])
+    ds = pydicom.dcmread(j2k)
+    sop = pydicom.dcmread(native, stop_before_pixels=True).SOPInstanceUID
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = sop
+    ds.StudyInstanceUID = pydicom.dcmread(native, stop_before_pixels=True).StudyInstanceUID
+    folder = tmp_path / "in"
+    folder.mkdir()
+    ds.save_as(folder / "b_resent_whole.dcm")
+    data = native.read_bytes()
+    cut = folder / "a_first_transfer_cut.dcm"
+    cut.write_bytes(data[:len(data) - 1500])  # inside the last frame
+    assert cut.stat().st_size > (folder / "b_resent_whole.dcm").stat().st_size
+    os.utime(cut, ns=(2_000_000_000_000_000_000,) * 2)
+    study = read_study([folder])
+    rejected, lost = list(study.rejected), []
+    frames = list(iter_frames(study, rejected, lost))
+    assert [f.run.path.rsplit("/", 1)[-1] for f in frames] == ["b_resent_whole.dcm"] * 4 and lost == []
+    assert all(np.array_equal(f.pixels, t) for f, t in zip(frames, frames_for(spec, 0)))
+    assert [r.file.rsplit("/", 1)[-1] for r in rejected] == ["a_first_transfer_cut.dcm"]
+
+
+def replace_spec(spec, **changes):
+    from dataclasses import replace
+    return replace(spec, **changes)

@@ -94,8 +94,8 @@ def scan(inputs: Iterable[str | Path]) -> ScanResult:
     rejected: list[Rejection] = []
     dose_reports: list[str] = []
     seen_files: set[Path] = set()
-    # SOP Instance UID -> the file it was taken from and its size, and its run
-    seen_instances: dict[str, tuple[Path, int]] = {}
+    # SOP Instance UID -> the file it was taken from and its rank (_copy_rank), and its run
+    seen_instances: dict[str, tuple[Path, tuple]] = {}
     first_run: dict[str, Run] = {}
     for path in iter_input_files(inputs):
         if path.resolve() in seen_files:  # named twice (a folder and a file in it): read once
@@ -115,26 +115,41 @@ def scan(inputs: Iterable[str | Path]) -> ScanResult:
             log.exception("rejected %s: unexpected header content", path)
             rejected.append(Rejection(str(path), f"header cannot be used ({type(exc).__name__}: {exc})"))
             continue
-        size = path.stat().st_size
+        rank = _copy_rank(ds, path)
         earlier = seen_instances.get(run.sop_instance_uid)
         if earlier is not None:  # a copy: its frames and dose must not count twice
-            first, first_size = earlier
-            if size <= first_size:
+            first, first_rank = earlier
+            if rank <= first_rank:
                 rejected.append(Rejection(str(path), f"(0008,0018) SOPInstanceUID: the same "
                                                      f"instance as {first}, which is used"))
                 continue
-            # the longer copy: the whole file sent again after an interrupted transfer
-            # replaces the part that sorted before it
+            # the whole file sent again after an interrupted transfer (or a newer export)
+            # replaces the copy that sorted before it
             part = first_run[run.sop_instance_uid]
             runs = runs_by_study[part.study_instance_uid]
             runs[:] = [r for r in runs if r is not part]
             rejected.append(Rejection(str(first), f"(0008,0018) SOPInstanceUID: the same "
-                                                  f"instance as {path}, which is longer and used"))
-        seen_instances[run.sop_instance_uid] = (path, size)
+                                                  f"instance as {path}, which is used"))
+        seen_instances[run.sop_instance_uid] = (path, rank)
         first_run[run.sop_instance_uid] = run
         runs_by_study.setdefault(run.study_instance_uid, []).append(run)
     runs_by_study = {uid: runs for uid, runs in runs_by_study.items() if runs}
     return ScanResult(runs_by_study, rejected, dose_reports)
+
+
+def _copy_rank(ds: Dataset, path: Path) -> tuple[bool, int, int]:
+    """Which of two files of one instance is used: a whole one over one cut short (whatever
+    their transfer syntaxes), then the newer, then the longer (``audit ingest`` too)."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return (False, 0, 0)
+    whole = not hasattr(ds, CUT_SHORT)
+    elem = ds.get_item(PIXEL_DATA, keep_deferred=True) if whole and PIXEL_DATA in ds else None
+    tell, length = getattr(elem, "value_tell", None), getattr(elem, "length", None)
+    if tell is not None and length is not None and length != 0xFFFFFFFF:
+        whole = tell + length <= stat.st_size  # native pixel data wholly in the file
+    return (whole, stat.st_mtime_ns, stat.st_size)
 
 
 def read_study(inputs: Iterable[str | Path], *, study_uid: str | None = None) -> Study:
