@@ -325,10 +325,11 @@ class _Writer:
                       ) -> tuple[dict[str, tuple[int, set[str]]], list[tuple[ParsedFile, str]]]:
         """Studies outside the batch holding instances that the batch's files now put in
         another study: study UID -> (id, those SOP Instance UIDs); and the batch's files that
-        are older copies of such an instance, recorded from a newer file at another path
-        (with that path): those stay where they are."""
+        are older copies of a recorded instance (in any study), recorded from a newer file at
+        another path (with that path): those are not used."""
         by_sop = {f.sop_instance_uid: f for files in batch.values() for f in files}
         sops = list(by_sop)
+        in_batch = set(existing.values())
         out: dict[str, tuple[int, set[str]]] = {}
         older: list[tuple[ParsedFile, str]] = []
         for i in range(0, len(sops), 5000):
@@ -336,12 +337,11 @@ class _Writer:
                     select(StudyRow.study_instance_uid, StudyRow.id, InstanceRow.sop_instance_uid,
                            InstanceRow.path)
                     .join(InstanceRow, InstanceRow.study_id == StudyRow.id)
-                    .where(InstanceRow.sop_instance_uid.in_(sops[i:i + 5000]),
-                           StudyRow.id.not_in(list(existing.values())))):
+                    .where(InstanceRow.sop_instance_uid.in_(sops[i:i + 5000]))):
                 incoming = by_sop[sop]
                 if path != incoming.path and not _newer(incoming.path, path):
-                    older.append((incoming, path))
-                else:
+                    older.append((incoming, path))  # in its own study or another one
+                elif sid not in in_batch:
                     out.setdefault(uid, (sid, set()))[1].add(sop)
         return out, older
 

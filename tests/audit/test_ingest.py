@@ -484,3 +484,34 @@ def test_an_instance_in_two_studies_counts_once_in_the_newer_files_study(db_url,
 def summarize_dap(paths):
     from sifluoro.dose.summary import summarize
     return sum(s.dap_gycm2 for s in summarize(paths)[0])
+
+
+def test_an_older_copy_of_a_recorded_instance_in_the_same_study_is_not_used(db_url, tmp_path):
+    """The re-export (newer, the same study) is recorded; a later ingest names the original
+    export too: the original is rejected naming the re-export, every time (it replaced it, and
+    the whole archive flipped the study's dose on every ingest)."""
+    import os
+
+    import pydicom
+
+    from tests.dicom_fixtures import RunSpec, write_study
+
+    uid = "1.2.826.0.1.3680043.8.498.666"
+    paths = sorted(write_study(tmp_path / "export", [RunSpec(0.0, n_frames=8), RunSpec(20.0, n_frames=8)],
+                               study_uid=uid))
+    (tmp_path / "reexport").mkdir()
+    fixed = tmp_path / "reexport" / "run0.dcm"
+    ds = pydicom.dcmread(paths[0])
+    ds.KVP = float(ds.KVP) + 10  # a corrected technique: another dose
+    ds.save_as(fixed)
+    for path in paths:
+        os.utime(path, ns=(1_700_000_000_000_000_000,) * 2)
+    os.utime(fixed, ns=(1_700_000_100_000_000_000,) * 2)
+    engine = open_registry(db_url)
+    ingest([paths[1], fixed], engine)
+    rows = _study_rows(engine)
+    for _ in range(3):
+        result = ingest([tmp_path / "export", tmp_path / "reexport"], engine)
+        assert [r.file for r in result.rejected] == [str(paths[0])]
+        assert _study_rows(engine) == rows
+    engine.dispose()
