@@ -6,6 +6,7 @@ be used is listed as a ``Rejection`` with a reason naming the tag at fault; the 
 """
 from __future__ import annotations
 
+import filecmp
 import logging
 import os
 import struct
@@ -119,7 +120,7 @@ def scan(inputs: Iterable[str | Path]) -> ScanResult:
         earlier = seen_instances.get(run.sop_instance_uid)
         if earlier is not None:  # a copy: its frames and dose must not count twice
             first, first_rank = earlier
-            if rank <= first_rank:
+            if rank <= first_rank or _same_bytes(path, first):  # a plain copy: the first stays
                 rejected.append(Rejection(str(path), f"(0008,0018) SOPInstanceUID: the same "
                                                      f"instance as {first}, which is used"))
                 continue
@@ -135,6 +136,13 @@ def scan(inputs: Iterable[str | Path]) -> ScanResult:
         runs_by_study.setdefault(run.study_instance_uid, []).append(run)
     runs_by_study = {uid: runs for uid, runs in runs_by_study.items() if runs}
     return ScanResult(runs_by_study, rejected, dose_reports)
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    try:
+        return filecmp.cmp(a, b, shallow=False)
+    except OSError:
+        return False
 
 
 def _copy_rank(ds: Dataset, path: Path) -> tuple[bool, int, int]:
