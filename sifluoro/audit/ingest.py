@@ -240,7 +240,8 @@ class _Writer:
             existing.update({uid: sid for uid, (sid, _) in left.items()})
             earlier, gone, moved = self._earlier_files(conn, existing, batch)
             if moved:  # recorded files corrected in place: they join their new study now
-                batch = {**batch, **{uid: batch.get(uid, []) + files for uid, files in moved.items()}}
+                batch = {**batch, **{uid: batch.get(uid, []) + [f for f, _ in files]
+                                     for uid, files in moved.items()}}
                 joined = dict(conn.execute(
                     select(StudyRow.study_instance_uid, StudyRow.id)
                     .where(StudyRow.study_instance_uid.in_([u for u in moved if u not in existing]))).all())
@@ -251,6 +252,15 @@ class _Writer:
                                 "name study %s; ingest them again", len(files), uid)
                 earlier.update(more)
                 gone.update(more_gone)
+                for uid, files in moved.items():
+                    if uid in gone:  # its new study is kept as it was: it stays in its old one
+                        stay = {id(f) for f, _ in files}
+                        batch[uid] = [f for f in batch[uid] if id(f) not in stay]
+                        for f, old_uid in files:
+                            earlier.setdefault(old_uid, []).append(f)
+                            log.warning("%s now names study %s, which cannot be recomputed (%s): "
+                                        "it stays in study %s until then", f.path, uid, gone[uid],
+                                        old_uid)
             # a file moving out of a study that cannot be recomputed would count twice: it
             # waits, like the study's own new files, until the missing file is back
             held = {sop: uid for uid, (_, sops) in left.items() if uid in gone for sop in sops}
@@ -379,7 +389,7 @@ class _Writer:
             else:
                 out.setdefault(uid_of[sid], []).append(parsed)
         # a study kept as it was keeps its moved files too (they would count twice)
-        joining = {uid: [f for f, old in files if old not in gone] for uid, files in moved.items()}
+        joining = {uid: [(f, old) for f, old in files if old not in gone] for uid, files in moved.items()}
         return out, gone, {uid: files for uid, files in joining.items() if files}
 
     def _device_id(self, conn: Session, device: Device, new: dict[tuple, int]) -> int:

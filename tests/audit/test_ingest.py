@@ -515,3 +515,33 @@ def test_an_older_copy_of_a_recorded_instance_in_the_same_study_is_not_used(db_u
         assert [r.file for r in result.rejected] == [str(paths[0])]
         assert _study_rows(engine) == rows
     engine.dispose()
+
+
+def test_a_file_corrected_into_a_study_that_cannot_be_recomputed_stays_where_it_was(db_url, tmp_path):
+    """A recorded file of A is corrected in place to name B, one of whose recorded files is
+    gone; a new file of A comes: the file stays counted in A (it was in no study)."""
+    import pydicom
+
+    from sifluoro.dose.summary import summarize
+    from tests.dicom_fixtures import RunSpec, write_study
+
+    a, b = "1.2.826.0.1.3680043.8.498.701", "1.2.826.0.1.3680043.8.498.702"
+    a_paths = sorted(write_study(tmp_path / "A", [RunSpec(0.0, n_frames=8), RunSpec(20.0, n_frames=8)],
+                                 study_uid=a))
+    b_paths = sorted(write_study(tmp_path / "B", [RunSpec(0.0, n_frames=4), RunSpec(20.0, n_frames=4)],
+                                 study_uid=b))
+    engine = open_registry(db_url)
+    ingest([tmp_path / "A", tmp_path / "B"], engine)
+    before = _study_rows(engine)
+    b_paths[1].unlink()
+    ds = pydicom.dcmread(a_paths[0])
+    ds.StudyInstanceUID = b
+    ds.save_as(a_paths[0])
+    write_study(tmp_path / "late", [RunSpec(40.0, n_frames=4)], study_uid=a)
+    result = ingest([tmp_path / "late"], engine)
+    assert result.rejected == []
+    after = _study_rows(engine)
+    late = summarize([tmp_path / "late"])[0][0].dap_gycm2
+    assert after[a][3] == 3 and after[b] == before[b]
+    assert after[a][2] == pytest.approx(before[a][2] + late, rel=1e-9)
+    engine.dispose()
