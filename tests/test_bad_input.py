@@ -315,22 +315,24 @@ def _set(path, **attributes):
     ds.save_as(path)
 
 
-@pytest.mark.parametrize("syntax, declared, reason", [
-    ("explicit", 3_000_000, "(0028,0008) NumberOfFrames: NumberOfFrames = 3000000, but the pixel "
-                            "data (24576 bytes) holds 3 frame(s)"),
-    ("explicit", 4, "(0028,0008) NumberOfFrames: NumberOfFrames = 4, but the pixel data"),
-    ("rle", 3_000_000, "(0028,0008) NumberOfFrames: NumberOfFrames = 3000000, but the "
-                       "encapsulated pixel data holds 3 fragment(s)"),
-    ("rle", 4, "(0028,0008) NumberOfFrames: NumberOfFrames = 4, but the encapsulated pixel "
-               "data holds 3 fragment(s)"),
+@pytest.mark.parametrize("syntax, declared, where", [
+    ("explicit", 3_000_000, "but the pixel data (24576 bytes) holds 3 frame(s)"),
+    ("explicit", 4, "but the pixel data (24576 bytes) holds 3 frame(s)"),
+    ("rle", 3_000_000, "but the encapsulated pixel data holds 3 fragment(s)"),
+    ("rle", 4, "but the encapsulated pixel data holds 3 fragment(s)"),
 ])
-def test_a_frame_count_the_pixel_data_cannot_hold_is_refused_before_use(tmp_path, syntax,
-                                                                         declared, reason):
-    """A 30 kB file declaring millions of frames (the receiver reads network input with the
-    same code): refused on (0028,0008) before per-frame lists are built from the count."""
+def test_a_frame_count_the_pixel_data_cannot_hold_gives_the_frames_present(tmp_path, caplog, syntax,
+                                                                           declared, where):
+    """NumberOfFrames above what the pixel data holds (a header error; a 30 kB file may declare
+    millions, and the receiver reads network input with the same code): the frames present are
+    used with their dose and a warning naming the tag, and no per-frame list is built from the
+    count (the run was refused, its dose with it)."""
     import tracemalloc
 
-    (path,) = write_study(tmp_path, [RunSpec(0.0, transfer_syntax=syntax)])
+    from tests.dicom_fixtures import frames_for
+
+    spec = RunSpec(0.0, transfer_syntax=syntax)
+    (path,) = write_study(tmp_path, [spec])
     _set(path, NumberOfFrames=declared)
     tracemalloc.start()
     try:
@@ -338,9 +340,14 @@ def test_a_frame_count_the_pixel_data_cannot_hold_is_refused_before_use(tmp_path
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert study.runs == ()
-    [rejection] = study.rejected
-    assert rejection.reason.startswith(reason), rejection.reason
+    assert study.rejected == ()
+    (run,) = study.runs
+    assert run.n_frames == 3
+    rejected, lost = [], []
+    frames = list(iter_frames(study, rejected, lost))
+    assert rejected == [] and lost == []
+    assert all(np.array_equal(f.pixels, t) for f, t in zip(frames, frames_for(spec, 0), strict=True))
+    assert f"(0028,0008) NumberOfFrames = {declared}, {where}" in caplog.text
     assert peak < 20e6  # 3 000 000 frames took ~190 MB
 
 

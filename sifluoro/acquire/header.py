@@ -198,9 +198,8 @@ def parse(ds: Dataset, path: str, *, pixel_bytes: int | None = None,
         raise UnsupportedDicomError(f"PhotometricInterpretation {photometric or 'missing'}: only "
                                     "MONOCHROME1/2 are read", path=path,
                                     tag=tag_name("PhotometricInterpretation"))
-    n_frames = _number_of_frames(look, path)
-    _check_frame_count(n_frames, rows * columns * (bits_allocated // 8), pixel_bytes, fragments,
-                       path)
+    n_frames = _frames_present(_number_of_frames(look, path),
+                               rows * columns * (bits_allocated // 8), pixel_bytes, fragments, path)
     offsets_s, intervals_ms, start = _timing(look, n_frames, path)
     technique = _technique(look, n_frames, rows, columns, intervals_ms, path)
     return HeaderFields(
@@ -255,22 +254,31 @@ def _number_of_frames(look: _Lookup, path: str) -> int:
 MAX_FRAMES = 100_000
 
 
-def _check_frame_count(n: int, frame_bytes: int, pixel_bytes: int | None,
-                       fragments: int | None, path: str) -> None:
-    """NumberOfFrames against what the pixel data can hold: every native frame takes
-    ``frame_bytes``, every encapsulated frame at least one fragment."""
+def _frames_present(n: int, frame_bytes: int, pixel_bytes: int | None,
+                    fragments: int | None, path: str) -> int:
+    """NumberOfFrames bounded by what the pixel data holds (every native frame takes
+    ``frame_bytes``, every encapsulated frame at least one fragment): a count above it is a
+    header error, and the frames present are used, with a warning (refusing the run lost its
+    dose). None present, or more than :data:`MAX_FRAMES`, is refused."""
     tag = tag_name("NumberOfFrames")
+    held = None
     if pixel_bytes is not None and n > pixel_bytes // frame_bytes:
-        raise DamagedPixelDataError(f"NumberOfFrames = {n}, but the pixel data ({pixel_bytes} "
-                                    f"bytes) holds {pixel_bytes // frame_bytes} frame(s) of "
-                                    f"{frame_bytes} bytes; re-export the run", path=path, tag=tag)
-    if fragments is not None and n > fragments:
-        raise DamagedPixelDataError(f"NumberOfFrames = {n}, but the encapsulated pixel data "
-                                    f"holds {fragments} fragment(s), at least one a frame; "
-                                    "re-export the run", path=path, tag=tag)
+        held = pixel_bytes // frame_bytes
+        where = f"the pixel data ({pixel_bytes} bytes) holds {held} frame(s) of {frame_bytes} bytes"
+    elif fragments is not None and n > fragments:
+        held = fragments
+        where = f"the encapsulated pixel data holds {fragments} fragment(s), at least one a frame"
+    if held is not None:
+        if held < 1:
+            raise DamagedPixelDataError(f"NumberOfFrames = {n}, but {where}; re-export the run",
+                                        path=path, tag=tag)
+        log.warning("%s: %s = %d, but %s: the %d frame(s) present are used", path, tag, n,
+                    where, held)
+        n = held
     if n > MAX_FRAMES:
         raise UnsupportedDicomError(f"NumberOfFrames = {n} is more than sifluoro reads in one "
                                     f"instance ({MAX_FRAMES}); split the run", path=path, tag=tag)
+    return n
 
 
 def _check_high_bit(look: _Lookup, bits_stored: int, path: str) -> None:
