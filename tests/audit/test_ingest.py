@@ -387,8 +387,6 @@ def test_a_file_corrected_in_place_joins_its_new_study_when_its_old_one_is_recom
     """PACS reconciliation rewrites an archived file with a corrected Study UID; a later
     ingest that does not name that file recomputes its old study: the file moves to its new
     study then (its dose was in no study until the archive was ingested again)."""
-    import pydicom
-
     from tests.dicom_fixtures import RunSpec, write_study
 
     old, new = "1.2.826.0.1.3680043.8.498.111", "1.2.826.0.1.3680043.8.498.222"
@@ -400,15 +398,9 @@ def test_a_file_corrected_in_place_joins_its_new_study_when_its_old_one_is_recom
         write_study(tmp_path / "other", [RunSpec(60.0, n_frames=2)], study_uid=new)
         ingest([tmp_path / "other"], engine)
     before = _study_rows(engine)
-    ds = pydicom.dcmread(paths[0])
-    ds.StudyInstanceUID = new
-    ds.save_as(paths[0])
-    write_study(tmp_path / "today", [RunSpec(40.0, n_frames=4)], study_uid=old)
-    result = ingest([tmp_path / "today"], engine)
+    result, late = _correct_in_place_then_ingest_a_late_run(engine, paths[0], new, tmp_path / "today", old)
     assert result.rejected == []
     after = _study_rows(engine)
-    from sifluoro.dose.summary import summarize
-    late = summarize([tmp_path / "today"])[0][0].dap_gycm2
     # every run's dose in exactly one study: none lost, none counted twice
     assert after[old][2] + after[new][2] == pytest.approx(sum(v[2] for v in before.values()) + late,
                                                           rel=1e-9)
@@ -520,9 +512,6 @@ def test_an_older_copy_of_a_recorded_instance_in_the_same_study_is_not_used(db_u
 def test_a_file_corrected_into_a_study_that_cannot_be_recomputed_stays_where_it_was(db_url, tmp_path):
     """A recorded file of A is corrected in place to name B, one of whose recorded files is
     gone; a new file of A comes: the file stays counted in A (it was in no study)."""
-    import pydicom
-
-    from sifluoro.dose.summary import summarize
     from tests.dicom_fixtures import RunSpec, write_study
 
     a, b = "1.2.826.0.1.3680043.8.498.701", "1.2.826.0.1.3680043.8.498.702"
@@ -534,14 +523,24 @@ def test_a_file_corrected_into_a_study_that_cannot_be_recomputed_stays_where_it_
     ingest([tmp_path / "A", tmp_path / "B"], engine)
     before = _study_rows(engine)
     b_paths[1].unlink()
-    ds = pydicom.dcmread(a_paths[0])
-    ds.StudyInstanceUID = b
-    ds.save_as(a_paths[0])
-    write_study(tmp_path / "late", [RunSpec(40.0, n_frames=4)], study_uid=a)
-    result = ingest([tmp_path / "late"], engine)
+    result, late = _correct_in_place_then_ingest_a_late_run(engine, a_paths[0], b, tmp_path / "late", a)
     assert result.rejected == []
     after = _study_rows(engine)
-    late = summarize([tmp_path / "late"])[0][0].dap_gycm2
     assert after[a][3] == 3 and after[b] == before[b]
     assert after[a][2] == pytest.approx(before[a][2] + late, rel=1e-9)
     engine.dispose()
+
+
+def _correct_in_place_then_ingest_a_late_run(engine, path, new_uid, late_dir, old_uid):
+    """Rewrite ``path`` in place with Study UID ``new_uid`` (PACS reconciliation), then ingest
+    a later run of ``old_uid`` from ``late_dir`` alone: the ingest's result and that run's DAP."""
+    import pydicom
+
+    from sifluoro.dose.summary import summarize
+    from tests.dicom_fixtures import RunSpec, write_study
+
+    ds = pydicom.dcmread(path)
+    ds.StudyInstanceUID = new_uid
+    ds.save_as(path)
+    write_study(late_dir, [RunSpec(40.0, n_frames=4)], study_uid=old_uid)
+    return ingest([late_dir], engine), summarize([late_dir])[0][0].dap_gycm2
