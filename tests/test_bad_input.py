@@ -478,3 +478,27 @@ def test_a_whole_compressed_copy_wins_over_a_longer_native_copy_cut_short(tmp_pa
 def replace_spec(spec, **changes):
     from dataclasses import replace
     return replace(spec, **changes)
+
+
+@pytest.mark.parametrize("keep", [0.6, 0.999])
+def test_a_deflated_file_cut_short_keeps_its_dose(tmp_path, keep):
+    """A Deflated Explicit VR file cut short: its header is inflated as far as the bytes go,
+    the run is kept and its frames are counted as lost with their dose from the header (it was
+    refused as 'not DICOM', its dose with it)."""
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    (path,) = write_study(tmp_path / "src", [RunSpec(0.0, n_frames=4)])
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    whole = tmp_path / "whole.dcm"
+    ds.save_as(whole, enforce_file_format=True)
+    (tmp_path / "in").mkdir()
+    data = whole.read_bytes()
+    (tmp_path / "in" / "cut.dcm").write_bytes(data[:int(len(data) * keep)])
+    study = read_study([tmp_path / "in"])
+    (run,) = study.runs
+    rejected, lost = list(study.rejected), []
+    assert list(iter_frames(study, rejected, lost)) == []
+    assert [(r.n_frames, first) for r, first in lost] == [(4, 1)]
+    [rejection] = rejected
+    assert rejection.reason.startswith("(7FE0,0010) PixelData: ")

@@ -10,7 +10,9 @@ import filecmp
 import logging
 import os
 import struct
+import zlib
 from functools import partial
+from io import BytesIO
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -243,6 +245,10 @@ def read_header(path: str | Path) -> Dataset:
         return ds
     cut, pixel_tag_at = _header_before_pixels(path)
     if cut is None:
+        inflated = _deflated_header_before_pixels(path)
+        if inflated is not None:  # deflated and cut short: no frame can be cut out of it
+            setattr(inflated, CUT_SHORT, None)
+            return inflated
         if failure is not None:
             raise NotDicomError(f"DICOM header cannot be parsed ({type(failure).__name__}: "
                                 f"{failure})", path=path) from failure
@@ -251,6 +257,28 @@ def read_header(path: str | Path) -> Dataset:
                                     path=path, tag="(7FE0,0010) PixelData")
     setattr(cut, CUT_SHORT, pixel_tag_at)
     return cut
+
+
+def _deflated_header_before_pixels(path: str | Path) -> Dataset | None:
+    """The dataset up to (7FE0,0010) of a Deflated Explicit VR Little Endian file cut short,
+    inflated as far as its bytes go (pydicom gives nothing for a cut deflate stream), or None."""
+    try:
+        meta = pydicom.filereader.read_file_meta_info(path)
+        if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+            return None
+        start = 128 + 4 + 12 + int(meta.FileMetaInformationGroupLength)  # preamble, DICM, group
+        with open(path, "rb") as fh:
+            fh.seek(start)
+            body = zlib.decompressobj(-zlib.MAX_WBITS).decompress(fh.read())
+        ds = pydicom.filereader.read_dataset(
+            BytesIO(body), is_implicit_VR=False, is_little_endian=True,
+            stop_when=lambda tag, vr, length: tag == PIXEL_DATA)
+    except Exception:  # not deflated, or damaged before its pixel data: nothing to keep
+        return None
+    if not len(ds) or UID(str(ds.get("SOPClassUID", ""))) not in IMAGE_SOP_CLASSES:
+        return None
+    ds.file_meta = meta
+    return ds
 
 
 def _header_before_pixels(path: str | Path) -> tuple[Dataset | None, int | None]:
