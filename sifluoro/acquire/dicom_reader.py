@@ -246,7 +246,7 @@ def read_header(path: str | Path) -> Dataset:
     cut, pixel_tag_at = _header_before_pixels(path)
     if cut is None:
         inflated = _deflated_header_before_pixels(path)
-        if inflated is not None:  # deflated and cut short: no frame can be cut out of it
+        if inflated is not None:  # deflated and cut short: its frames are lost, not its dose
             setattr(inflated, CUT_SHORT, None)
             return inflated
         if failure is not None:
@@ -328,20 +328,22 @@ def run_from_dataset(ds: Dataset, path: str | Path) -> Run:
             pixel_readers.read_native if tsuid in NATIVE_SYNTAXES else
             pixel_readers.read_deflated if tsuid == DeflatedExplicitVRLittleEndian else
             pixel_readers.read_encapsulated)
+    elif cut_short and tsuid == DeflatedExplicitVRLittleEndian:  # no frame in a cut stream
+        fields = header.parse(ds, path)
+        offset, reader = None, pixel_readers.read_deflated
     elif pixel_tag_at is not None:  # cut inside the pixel data: only the cap holds NumberOfFrames
         fields = header.parse(ds, path)
         if tsuid in NATIVE_SYNTAXES:  # value after tag, VR and length (explicit) or tag, length
             offset = pixel_tag_at + (8 if tsuid == ImplicitVRLittleEndian else 12)
             reader = pixel_readers.read_native
-        elif tsuid == DeflatedExplicitVRLittleEndian:  # no file offsets: it cannot be inflated
-            offset, reader = None, pixel_readers.read_deflated
         else:
             offset, reader = pixel_tag_at, pixel_readers.read_encapsulated_cut
     else:
         fields = header.parse(ds, path)
         offset, reader = None, pixel_readers.read_none
     if fields.pixels_refused:
-        reader = partial(pixel_readers.read_refused, reason=fields.pixels_refused)
+        tag, why = fields.pixels_refused
+        reader = partial(pixel_readers.read_refused, tag=tag, why=why)
     return Run(
         path=path,
         sop_instance_uid=fields.sop_instance_uid,
@@ -407,14 +409,14 @@ def _transfer_syntax(ds: Dataset, path: str) -> UID:
 
 
 def _check_native_length(elem, fields: header.HeaderFields, path: str) -> None:
-    """The pixel data is the size of the frames the header announces (too short for them is
-    refused by :func:`header.parse`, on (0028,0008)). A file cut short (an interrupted transfer,
+    """The pixel data is the size of the frames the header announces (a NumberOfFrames above
+    what it holds is bounded by :func:`header.parse`). A file cut short (an interrupted transfer,
     the header intact) passes: its whole frames, if any, are used and the rest rejected when
     they are read (:func:`iter_frames`, which also lists them as lost, so their dose is still
     counted from the header)."""
     frame_bytes = fields.rows * fields.columns * (fields.bits_allocated // 8)
     expected = frame_bytes * len(fields.frame_offsets_s)
-    length = elem.length if elem.value is None else len(elem.value)
+    length = _declared_length(elem)
     if length > expected + 1:
         raise DamagedPixelDataError(
             f"pixel data has {length} bytes but (0028,0010) Rows x (0028,0011) Columns x "
@@ -424,8 +426,10 @@ def _check_native_length(elem, fields: header.HeaderFields, path: str) -> None:
 
 def _pixel_bytes(elem, tsuid: UID) -> int | None:
     """The declared length of native (or deflated) pixel data; None for encapsulated."""
-    if tsuid.is_compressed:
-        return None
+    return None if tsuid.is_compressed else _declared_length(elem)
+
+
+def _declared_length(elem) -> int:
     return elem.length if elem.value is None else len(elem.value)
 
 

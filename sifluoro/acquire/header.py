@@ -54,8 +54,9 @@ class HeaderFields:
     instance_number: int | None
     pixel_intensity_sign: int | None
     pixel_intensity_relationship: str | None
-    # why the frames cannot be decoded though the header is usable (their dose still counts)
-    pixels_refused: str | None = None
+    # (tag, reason) why the frames cannot be decoded though the header is usable (their dose
+    # still counts)
+    pixels_refused: tuple[str, str] | None = None
 
 
 class _Lookup:
@@ -189,7 +190,7 @@ def parse(ds: Dataset, path: str, *, pixel_bytes: int | None = None,
         _check_high_bit(look, bits_stored, path)
         pixels_refused = None
     except InputError as exc:  # the values cannot be read, the run's exposure still happened
-        pixels_refused = f"{exc.tag}: {exc.reason}"
+        pixels_refused = (exc.tag, exc.reason)
     if look.raw("PixelRepresentation", frame=None) not in (None, 0):
         raise UnsupportedDicomError("signed pixel data is not X-ray projection data",
                                     path=path, tag=tag_name("PixelRepresentation"))

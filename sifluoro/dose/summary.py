@@ -109,9 +109,9 @@ def merge_reports(reports: list[StudyDose]) -> StudyDose:
     extra = tuple(replace(e, plane=plane) for e in extra)
     log.warning("study dose: %d run(s) of sifluoro's report are outside the time the "
                 "device's report covers; their dose is added to it (plane %s)", len(extra), plane)
-    added = [totals_from_events(p, extra) for p in sorted({e.plane for e in extra})]
     return replace(merged, events=merged.events + extra,
-                   planes=tuple(_add_planes([*merged.planes, *added])), planes_from_report=False,
+                   planes=tuple(_add_planes([*merged.planes, totals_from_events(plane, extra)])),
+                   planes_from_report=False,
                    path=", ".join(x for x in [merged.path] + [r.path for r in reports
                                                                if r.by_sifluoro] if x))
 
