@@ -43,7 +43,7 @@ def _tag(keyword: str) -> str:
     return keyword if tag is None else f"({tag >> 16:04X},{tag & 0xFFFF:04X}) {keyword}"
 
 
-def _aperture(look: _Lookup, keywords: tuple[str, ...]) -> Shutter | None:
+def _aperture(look: _Lookup, keywords: tuple[str, ...], path: str) -> Shutter | None:
     """A rectangular/circular/polygonal aperture in pixels (DICOM stores 1-based edges and
     (row, column) points). A polygon is kept as its bounding rectangle (the model has no
     polygons; C-arm fields are rectangles and circles)."""
@@ -57,7 +57,7 @@ def _aperture(look: _Lookup, keywords: tuple[str, ...]) -> Shutter | None:
         if all(e is not None for e in edges) and edges[0] <= edges[2] and edges[1] <= edges[3]:
             rect = tuple(int(e) - 1 for e in edges)
         else:
-            log.info("ignoring the rectangle of %s: edges missing or crossed", _tag(shape_kw))
+            log.info("%s: ignoring the rectangle of %s: edges missing or crossed", path, _tag(shape_kw))
     if "POLYGONAL" in shape:
         vertices = look.floats(vertices_kw)
         if vertices and len(vertices) >= 6 and len(vertices) % 2 == 0:
@@ -65,14 +65,15 @@ def _aperture(look: _Lookup, keywords: tuple[str, ...]) -> Shutter | None:
             box = (int(min(cols)) - 1, int(min(rows)) - 1, int(max(cols)) - 1, int(max(rows)) - 1)
             rect = box if rect is None else _intersect_rects(rect, box)
         else:
-            log.info("ignoring unusable %s", _tag(vertices_kw))
+            log.info("%s: ignoring unusable %s", path, _tag(vertices_kw))
     if "CIRCULAR" in shape:
         centre = look.floats(centre_kw)
         radius = look.float(radius_kw)
         if centre and len(centre) == 2 and radius and radius > 0:
             circle = (centre[1] - 1.0, centre[0] - 1.0, radius)
         else:
-            log.info("ignoring the circle of %s: centre or radius missing", _tag(shape_kw))
+            log.info("%s: ignoring the circle of %s: centre or radius missing", path,
+                     _tag(shape_kw))
     return Shutter(rect, circle) if rect or circle else None
 
 
@@ -93,7 +94,7 @@ def _intersect(a: Shutter | None, b: Shutter | None) -> Shutter | None:
     return Shutter(rect, min(circles, key=lambda c: c[2]) if circles else None)
 
 
-def exposed_field(look: _Lookup) -> tuple[Shutter | None, Shutter | None]:
+def exposed_field(look: _Lookup, path: str = "") -> tuple[Shutter | None, Shutter | None]:
     """(field shown in the image, collimator).
 
     The collimator is the X-Ray Collimator module's (0018,1700) CollimatorShape with its edges,
@@ -102,12 +103,12 @@ def exposed_field(look: _Lookup) -> tuple[Shutter | None, Shutter | None]:
     it. Display shutters (0018,1600) only mask what is shown. The image stages get both at
     once: the field is what the collimator lets through and the shutters show.
     """
-    collimator = _aperture(look, _COLLIMATOR_KW)
-    shutter = _aperture(look, _SHUTTER_KW)
+    collimator = _aperture(look, _COLLIMATOR_KW, path)
+    shutter = _aperture(look, _SHUTTER_KW, path)
     field = _intersect(collimator, shutter)
     if field is None and collimator is not None and shutter is not None:
-        log.info("%s and %s do not overlap; the collimator is taken as the field",
-                 _tag("CollimatorShape"), _tag("ShutterShape"))
+        log.info("%s: %s and %s do not overlap; the collimator is taken as the field",
+                 path, _tag("CollimatorShape"), _tag("ShutterShape"))
         field = collimator
     return field, collimator
 
@@ -182,7 +183,7 @@ def detector_spacing_xy_mm(look: _Lookup, sid_mm: float | None, sod_mm: float | 
     return pixel[1] * magnification, pixel[0] * magnification
 
 
-def field_of_view(look: _Lookup) -> tuple[tuple[float, float] | None, str | None]:
+def field_of_view(look: _Lookup, path: str = "") -> tuple[tuple[float, float] | None, str | None]:
     """((width, height) in mm, shape) of the field of view.
 
     (0018,1147) FieldOfViewShape RECTANGLE, ROUND or HEXAGONAL; (0018,9461)
@@ -195,7 +196,7 @@ def field_of_view(look: _Lookup) -> tuple[tuple[float, float] | None, str | None
         return None, None
     shape = look.text("FieldOfViewShape").upper() or None
     if shape not in (None, "RECTANGLE", "ROUND", "HEXAGONAL"):
-        log.info("ignoring unknown %s %r", _tag("FieldOfViewShape"), shape)
+        log.info("%s: ignoring unknown %s %r", path, _tag("FieldOfViewShape"), shape)
         shape = None
     if shape in ("ROUND", "HEXAGONAL"):
         return (dims[0], dims[0]), shape

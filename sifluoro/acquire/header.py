@@ -440,8 +440,8 @@ def _technique(look: _Lookup, n: int, rows: int, columns: int, intervals_ms, pat
     sid_mm = look.float("DistanceSourceToDetector")
     sod_mm, source_to_patient_mm = geometry.source_distances_mm(look)
     spacing_xy = geometry.detector_spacing_xy_mm(look, sid_mm, sod_mm, path)
-    fov_mm, fov_shape = geometry.field_of_view(look)
-    field, collimator = geometry.exposed_field(look)
+    fov_mm, fov_shape = geometry.field_of_view(look, path)
+    field, collimator = geometry.exposed_field(look, path)
     cu, al = _filtration(look)
     frame_time = _frame_time_ms(look)
     pulse_rate = 1000.0 / frame_time if frame_time else (

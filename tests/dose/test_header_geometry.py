@@ -101,9 +101,9 @@ def test_crossed_collimator_edges_are_ignored(caplog):
     ds.CollimatorLeftVerticalEdge, ds.CollimatorRightVerticalEdge = 48, 17
     ds.CollimatorUpperHorizontalEdge, ds.CollimatorLowerHorizontalEdge = 17, 48
     with caplog.at_level(logging.INFO):
-        tech = parse(ds, "x.dcm").technique
+        tech = parse(ds, "run7.dcm").technique
     assert tech.collimator is None and tech.shutter is None
-    assert "(0018,1700) CollimatorShape" in caplog.text
+    assert "run7.dcm: ignoring the rectangle of (0018,1700) CollimatorShape" in caplog.text
 
 
 # --- detector pixel spacing (review s8 #5) ---------------------------------------------------
