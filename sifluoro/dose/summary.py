@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterable
 
@@ -119,28 +119,33 @@ def merge_reports(reports: list[StudyDose]) -> StudyDose:
 def _outside_report(device: StudyDose, own: list[StudyDose]) -> tuple[IrradiationEvent, ...]:
     """Events of sifluoro's reports that lie wholly outside the device report's time span;
     none when the device report gives no start times (nothing shows what it misses)."""
-    spans = [(_naive(e.start), _naive(e.start) + timedelta(seconds=event_duration_s(e)))
-             for e in device.events if e.start is not None]
-    if not spans:
+    timed = [e for e in device.events if e.start is not None]
+    if not timed:
         return ()
+    candidates = [e for r in own for e in r.events if e.start is not None]
+    clock = _clock([e.start for e in timed + candidates])
+    spans = [(clock(e.start), clock(e.start) + timedelta(seconds=event_duration_s(e)))
+             for e in timed]
     first = min(a for a, _ in spans) - timedelta(seconds=OUTSIDE_REPORT_S)
     last = max(b for _, b in spans) + timedelta(seconds=OUTSIDE_REPORT_S)
     out, seen = [], set()
-    for report in own:
-        for e in report.events:
-            if e.start is None or e.event_uid in seen:
-                continue
-            start = _naive(e.start)
-            if start + timedelta(seconds=event_duration_s(e)) < first or start > last:
-                seen.add(e.event_uid)
-                out.append(e)
+    for e in candidates:
+        if e.event_uid in seen:
+            continue
+        start = clock(e.start)
+        if start + timedelta(seconds=event_duration_s(e)) < first or start > last:
+            seen.add(e.event_uid)
+            out.append(e)
     return tuple(out)
 
 
-def _naive(t: datetime) -> datetime:
-    """Wall-clock time of the device (a report and the images come from the same clock;
-    some carry an offset, some not)."""
-    return t.replace(tzinfo=None)
+def _clock(times: list[datetime]):
+    """How to compare the times: as instants when every one carries a UTC offset (a report
+    in UTC and images in local time are the same moments), else as the device's wall clock
+    (a report and its images come from one clock; some carry an offset, some not)."""
+    if all(t.tzinfo is not None for t in times):
+        return lambda t: t.astimezone(timezone.utc)
+    return lambda t: t.replace(tzinfo=None)
 
 
 def _merge(reports: list[StudyDose]) -> StudyDose:

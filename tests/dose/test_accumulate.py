@@ -370,6 +370,30 @@ def test_runs_of_sifluoros_report_outside_the_devices_report_are_added(offset):
     assert merge_reports([untimed, own]).dap_gycm2 == pytest.approx(1.0)
 
 
+def test_reports_with_different_utc_offsets_are_compared_as_instants():
+    """A device report in UTC and sifluoro's report in local time (+01:00) of the same runs:
+    the same moments, so nothing of sifluoro's is added (as wall clocks they are an hour
+    apart and every run was added again)."""
+    from datetime import datetime, timedelta, timezone
+
+    from sifluoro.dose.records import IrradiationEvent, StudyDose, totals_from_events
+    from sifluoro.dose.summary import merge_reports
+
+    t0 = datetime(2026, 3, 4, 9, 0, 0, tzinfo=timezone.utc)
+    local = timezone(timedelta(hours=1))
+
+    def report(uids, tz, by_sifluoro):
+        events = [IrradiationEvent(uid, "fluoroscopy", start=(t0 + timedelta(seconds=60 * k)).astimezone(tz),
+                                   dap_gycm2=1.0, air_kerma_mgy=10.0, dose_source="rdsr",
+                                   irradiation_duration_s=4.0) for k, uid in enumerate(uids)]
+        return StudyDose("1.2.3", "rdsr", Device(), tuple(events), (totals_from_events("single", events),),
+                         by_sifluoro=by_sifluoro)
+
+    merged = merge_reports([report(["9.1", "9.2"], timezone.utc, False), report(["5.1", "5.2"], local, True)])
+    assert [e.event_uid for e in merged.events] == ["9.1", "9.2"]
+    assert merged.dap_gycm2 == pytest.approx(2.0)
+
+
 def test_sifluoros_extra_runs_beside_a_biplane_report_go_on_its_frontal_plane():
     from datetime import datetime, timedelta
 
