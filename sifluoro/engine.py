@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterable, Mapping
 from sifluoro.acquire.dicom_reader import iter_frames, read_study
 from sifluoro.config import Settings
 from sifluoro.dose.accumulate import DoseAccumulator
+from sifluoro.dose.summary import device_report
 from sifluoro.errors import InputError
 from sifluoro.model import Frame, Rejection, Run, Study
 from sifluoro.pipeline import LiveFeeder, Pipeline, Stage, StudyState, prefetch
@@ -135,6 +136,7 @@ class Engine:
         self._state: StudyState | None = None
         self._runs: dict[str, Run] = {}
         self._rejected: list[Rejection] = []
+        self._dose_reports: list[str] = []  # the device's dose reports among the inputs
         self._lost: list[tuple[Run, int]] = []  # damaged runs' frames given by the header only
         self._contrast = "none"
         self._live: LiveFeeder | None = None
@@ -198,6 +200,12 @@ class Engine:
                                  f"study {self._state.study_instance_uid}; use one Engine per study",
                                  tag="(0020,000D) StudyInstanceUID")
             self._rejected.extend(study.rejected)
+            # the device's report gives the dose of the runs it names (as in replay); read
+            # before the runs are prepared, which fixes their per-frame dose
+            report = device_report(study, self._rejected)
+            if report is not None:
+                self._state.dose.use_report(report, study.runs)
+            self._dose_reports.extend(p for p in study.dose_reports if p not in self._dose_reports)
             for run in study.runs:
                 self._runs.setdefault(run.sop_instance_uid, run)
                 self.pipeline.prepare_run(run, self._state)
@@ -243,7 +251,9 @@ class Engine:
             state = self._state or self.pipeline.start_study("")
             count_lost(state, self._lost)
             runs = tuple(sorted(self._runs.values(), key=lambda r: r.start_s))
-            summary = build_summary(Study(state.study_instance_uid, runs), state, self._rejected)
+            summary = build_summary(Study(state.study_instance_uid, runs,
+                                          dose_reports=tuple(self._dose_reports)),
+                                    state, self._rejected)
             if self._live is not None:
                 summary["dropped_image_frames"] = state.dropped_image_frames
             return summary

@@ -12,9 +12,8 @@ from typing import Iterable
 
 from sifluoro.acquire.dicom_reader import iter_frames, read_study
 from sifluoro.config import Settings
-from sifluoro.dose.rdsr_read import read_rdsr
 from sifluoro.dose.rdsr_write import write_rdsr
-from sifluoro.errors import InputError
+from sifluoro.dose.summary import device_report
 from sifluoro.model import Rejection, Study
 from sifluoro.overlay import OverlayWriter
 from sifluoro.pipeline import Pipeline, Stage, latency_summary, prefetch
@@ -55,14 +54,9 @@ def replay(inputs: Iterable[str | Path], *, events_path: str | Path, summary_pat
     pipeline = Pipeline(default_stages(settings) if stages is None else stages, settings)
     state = pipeline.start_study(study.study_instance_uid)
     rejected: list[Rejection] = list(study.rejected)
-    for path in study.dose_reports:
-        try:
-            report = read_rdsr(path)
-        except InputError as exc:
-            rejected.append(Rejection(path, f"{exc.tag}: {exc.reason}" if exc.tag else exc.reason))
-            continue
-        if report.study_instance_uid == study.study_instance_uid:
-            state.dose.use_report(report, study.runs)
+    report = device_report(study, rejected)
+    if report is not None:
+        state.dose.use_report(report, study.runs)
     for run in study.runs:
         pipeline.prepare_run(run, state)
     events_path = Path(events_path)

@@ -126,3 +126,33 @@ def test_run_streams_a_frame_generator(tmp_path):
     summary = engine.run(source())
     assert order == [f"{what} {i}" for i in range(4) for what in ("yield", "event")]
     assert summary["frames"] == 4
+
+
+def test_the_devices_report_among_the_inputs_gives_the_engines_dose_as_in_replay(tmp_path):
+    """``export``, ``serve-igtl`` and ``view`` run the Engine: it ignored the device's RDSR
+    among the inputs, summed the headers' dose and sent the PACS a report contradicting the
+    device's (review s10 A#3)."""
+    import pydicom
+
+    write_study(tmp_path / "study", [RunSpec(0.0, n_frames=3), RunSpec(15.0, n_frames=3)])
+    estimated = replay([tmp_path / "study"], events_path=tmp_path / "e.jsonl",
+                       summary_path=tmp_path / "s.json", rdsr_path=tmp_path / "device.dcm",
+                       stages=[]).summary
+    ds = pydicom.dcmread(tmp_path / "device.dcm")
+    ds.SoftwareVersions = "VC21C"  # the C-arm's own report
+    for item in ds.ContentSequence:
+        if item.ConceptNameCodeSequence[0].CodeValue == "113706":  # irradiation events: x1.5
+            for sub in item.ContentSequence:
+                if sub.ValueType == "NUM" and sub.ConceptNameCodeSequence[0].CodeValue in ("122130", "113738"):
+                    value = sub.MeasuredValueSequence[0]
+                    value.NumericValue = f"{float(value.NumericValue) * 1.5:.10g}"
+                    if "FloatingPointValue" in value:
+                        value.FloatingPointValue = float(value.FloatingPointValue) * 1.5
+    ds.save_as(tmp_path / "study" / "device.dcm")
+    by_replay = replay([tmp_path / "study"], events_path=tmp_path / "e2.jsonl",
+                       summary_path=tmp_path / "s2.json", stages=[]).summary
+    by_engine = Engine(NO_DEADLINE, stages=[]).run(tmp_path / "study")
+    assert by_replay["dose_source"] == by_engine["dose_source"] == "rdsr"
+    assert by_engine["dap_gycm2"] == pytest.approx(by_replay["dap_gycm2"])
+    assert by_engine["dap_gycm2"] == pytest.approx(1.5 * estimated["dap_gycm2"], rel=1e-6)
+    assert by_engine["dose_reports"] == [str(tmp_path / "study" / "device.dcm")]

@@ -29,21 +29,79 @@ def test_replay_writes_an_rdsr_that_reads_back_to_the_summary(tmp_path):
         assert [l for l in (out.stdout + out.stderr).splitlines() if l.startswith("Error")] == []
 
 
+def _device_report(tmp_path, study_dir, *, reported: bool = False):
+    """The study's dose report as its device would send it: sifluoro's report with another
+    program in Software Versions; with ``reported``, each run's header reports its dose."""
+    import pydicom
+
+    out = tmp_path / "made"
+    assert main(["replay", str(study_dir), "--events", str(out / "e.jsonl"), "--summary",
+                 str(out / "s.json"), "--rdsr", str(out / "device.dcm"), "-q"]) == 0
+    ds = pydicom.dcmread(out / "device.dcm")
+    ds.SoftwareVersions = "VC21C"
+    ds.save_as(out / "device.dcm")
+    return out / "device.dcm", json.loads((out / "s.json").read_text())
+
+
+def _replay(tmp_path, study_dir, name):
+    out = tmp_path / name
+    assert main(["replay", str(study_dir), "--events", str(out / "e.jsonl"),
+                 "--summary", str(out / "s.json"), "-q"]) == 0
+    return json.loads((out / "s.json").read_text())
+
+
 def test_an_rdsr_in_the_input_supplies_the_dose_of_its_runs(tmp_path):
     write_study(tmp_path / "study", [RunSpec(0.0, n_frames=3), RunSpec(15.0, n_frames=3)])
-    first = tmp_path / "first"
-    assert main(["replay", str(tmp_path / "study"), "--events", str(first / "e.jsonl"),
-                 "--summary", str(first / "s.json"), "--rdsr", str(tmp_path / "study" / "zz.dcm"),
-                 "-q"]) == 0
-    estimated = json.loads((first / "s.json").read_text())
+    device, estimated = _device_report(tmp_path, tmp_path / "study")
     assert estimated["dose_source"] == "estimated"
-    second = tmp_path / "second"
-    assert main(["replay", str(tmp_path / "study"), "--events", str(second / "e.jsonl"),
-                 "--summary", str(second / "s.json"), "-q"]) == 0
-    reported = json.loads((second / "s.json").read_text())
+    shutil.copy(device, tmp_path / "study" / "zz.dcm")
+    reported = _replay(tmp_path, tmp_path / "study", "second")
     assert reported["dose_source"] == "rdsr"
     assert reported["dap_gycm2"] == pytest.approx(estimated["dap_gycm2"], rel=1e-6)
     assert reported["rejected_files"] == []
+
+
+def test_two_copies_or_a_partial_and_a_final_report_count_each_run_once(tmp_path):
+    """The device's report twice (a PACS export and a copy beside it), or a report sent
+    mid-procedure beside the final one: each used alone counted the runs they both name
+    twice (review s10 B#1)."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    tech = [technique(reported_dap_gycm2=2.0, reported_air_kerma_mgy=20.0),
+            technique(reported_dap_gycm2=3.0, reported_air_kerma_mgy=30.0)]
+    write_study(tmp_path / "study", [RunSpec(0.0, n_frames=4, tech=tech[0]),
+                                     RunSpec(60.0, n_frames=4, tech=tech[1])])
+    device, _ = _device_report(tmp_path, tmp_path / "study")
+    shutil.copy(device, tmp_path / "study" / "rdsr-final.dcm")
+    shutil.copy(device, tmp_path / "study" / "rdsr-copy.dcm")
+    twice = _replay(tmp_path, tmp_path / "study", "twice")
+    partial = pydicom.dcmread(device)
+    partial.SOPInstanceUID = partial.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    events = [i for i in partial.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "113706"]
+    partial.ContentSequence = [i for i in partial.ContentSequence if i is not events[1]]
+    (tmp_path / "study" / "rdsr-copy.dcm").unlink()
+    partial.save_as(tmp_path / "study" / "rdsr-partial.dcm")
+    with_partial = _replay(tmp_path, tmp_path / "study", "partial")
+    for summary in (twice, with_partial):
+        assert summary["dose_source"] == "rdsr"
+        assert summary["air_kerma_mgy"] == pytest.approx(50.0)
+        assert summary["dap_gycm2"] == pytest.approx(5.0)
+
+
+def test_sifluoros_own_earlier_report_is_not_taken_for_the_devices(tmp_path):
+    """Replaying a study beside the RDSR an earlier replay wrote: those doses are sifluoro's
+    estimates, made again from the images (labelled ``rdsr`` they passed for the device's, and
+    new dose settings were ignored) (review s10 B#5)."""
+    write_study(tmp_path / "study", [RunSpec(0.0, n_frames=3)])
+    first = _replay(tmp_path, tmp_path / "study", "first")
+    assert main(["replay", str(tmp_path / "study"), "--events", str(tmp_path / "e.jsonl"),
+                 "--summary", str(tmp_path / "s.json"), "--rdsr", str(tmp_path / "study" / "own.dcm"),
+                 "-q"]) == 0
+    again = _replay(tmp_path, tmp_path / "study", "again")
+    assert again["dose_source"] == first["dose_source"] == "estimated"
+    assert again["dap_gycm2"] == pytest.approx(first["dap_gycm2"])
+    assert again["rejected_files"] == []
 
 
 def test_a_dose_report_sent_as_comprehensive_sr_is_read_as_a_dose_report(tmp_path):

@@ -146,7 +146,10 @@ class DoseAccumulator:
             named = list(dict.fromkeys(event.sop_instance_uids))  # an instance named twice: once
             known = [frames[uid] for uid in named if uid in frames]
             for uid in named:
-                self._report_events.setdefault(uid, []).append((event, sum(known) or None))
+                held = self._report_events.setdefault(uid, [])
+                if any(e.event_uid == event.event_uid for e, _ in held):
+                    continue  # the same event from another copy of the report: once
+                held.append((event, sum(known) or None))
 
     def prepare(self, run: Run) -> RunDose:
         """Work out a run's per-frame dose once (called before its first frame is needed)."""

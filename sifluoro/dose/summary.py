@@ -72,6 +72,29 @@ def summarize(paths: Iterable[str | Path], *, settings: DoseSettings | None = No
     return studies, rejected
 
 
+def device_report(study: Study, rejected: list[Rejection]) -> StudyDose | None:
+    """The device's dose report of the study among the inputs, its copies and partial reports
+    merged into one (each used alone counted their runs once per report), or None.
+
+    sifluoro's own earlier report of the study is not the device's: its doses are this
+    program's estimates, made again from the images with the current settings."""
+    reports = []
+    for path in study.dose_reports:
+        try:
+            report = read_rdsr(path)
+        except InputError as exc:
+            rejected.append(Rejection(path, f"{exc.tag}: {exc.reason}" if exc.tag else exc.reason))
+            continue
+        if report.study_instance_uid != study.study_instance_uid:
+            continue
+        if report.by_sifluoro:
+            log.info("%s: sifluoro's own dose report; the dose is worked out again from the images",
+                     path)
+            continue
+        reports.append(report)
+    return merge_reports(reports) if reports else None
+
+
 def _check_whole(path: str) -> None:
     """Refuse a report cut short (pydicom reads one as far as it goes: beside the whole
     report, a copy short of its events would be added as another procedure step)."""

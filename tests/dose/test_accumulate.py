@@ -311,6 +311,23 @@ def test_events_and_runs_that_are_not_one_to_one_keep_the_events_dose(tmp_path, 
     assert sum(e.air_kerma_mgy for e in from_report) == pytest.approx(10 * expected)
 
 
+def test_a_report_used_twice_counts_its_events_once(tmp_path):
+    from sifluoro.dose.accumulate import DoseAccumulator
+    from sifluoro.dose.records import IrradiationEvent, StudyDose
+
+    write_study(tmp_path, [RunSpec(0.0, n_frames=4, size=16)])
+    study = read_study([tmp_path])
+    event = IrradiationEvent("1.1", "acquisition", dap_gycm2=2.0, air_kerma_mgy=20.0,
+                             sop_instance_uids=(study.runs[0].sop_instance_uid,))
+    report = StudyDose(study.study_instance_uid, "rdsr", Device(), events=(event,), planes=())
+    dose = DoseAccumulator(DoseSettings())
+    dose.use_report(report, study.runs)
+    dose.use_report(report, study.runs)
+    run_dose = dose.prepare(study.runs[0])
+    assert run_dose.source == "rdsr"
+    assert run_dose.dap_gycm2_per_frame * 4 == pytest.approx(2.0)
+
+
 def test_dose_summary_refuses_a_report_cut_short(tmp_path):
     """A cut copy beside the whole report: pydicom reads it as far as it goes, and it was
     added as another procedure step (the dose twice)."""
