@@ -107,3 +107,72 @@ def test_the_overlay_video_keeps_the_capture_time_when_pulses_are_faster(tmp_pat
     video = cv2.VideoCapture(str(tmp_path / "o.mp4"))
     assert video.get(cv2.CAP_PROP_FPS) == pytest.approx(25.0, abs=0.01)
     video.release()
+
+
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_a_capture_ended_by_ctrl_c_or_a_service_stop_still_writes_its_summary(tmp_path, signum):
+    """A grabber never ends by itself; Ctrl-C or a service's SIGTERM ended the command with
+    no summary: the session's fluoroscopy time, air kerma and DAP were lost (review s10 A#1)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    rng = np.random.default_rng(1)
+    base = (rng.random((64, 64)) * 120 + 60).astype(np.uint8)
+    path = write_test_video(tmp_path / "grab.avi", np.stack([np.roll(base, k, 1) for k in range(600)]), 30.0)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "sifluoro", *_args(path, 0.3, out, "--live", "--stages", "none")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=os.getcwd()))
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # some frames in, well before the file's 20 s end
+            if (out / "events.jsonl").exists() and len((out / "events.jsonl").read_text().splitlines()) >= 5:
+                break
+            time.sleep(0.05)
+        proc.send_signal(getattr(signal, signum))
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["video"]["ended_early"] == "stopped by a signal"
+    assert 5 <= summary["frames"] < 600 and summary["air_kerma_mgy"] > 0
+    assert replay_output_violations(out / "events.jsonl", out / "summary.json") == []
+
+
+def test_a_picture_size_change_mid_capture_ends_the_capture_with_its_summary(tmp_path, monkeypatch):
+    """The grabber's input switched resolution: the capture ends there and what came before
+    (events, dose) is kept in the summary (it ended with exit 2 and no summary)."""
+    import cv2
+
+    frames = [np.full((48, 64, 3), 100, np.uint8)] * 6 + [np.full((60, 80, 3), 100, np.uint8)] * 4
+
+    class Grabber:
+        def __init__(self, *a):
+            self.k = 0
+
+        def isOpened(self):
+            return True
+
+        def get(self, prop):
+            return {cv2.CAP_PROP_FPS: 25.0, cv2.CAP_PROP_FRAME_COUNT: -1.0}.get(prop, 0.0)
+
+        def read(self):
+            self.k += 1
+            return (True, frames[self.k - 1].copy()) if self.k <= len(frames) else (False, None)
+
+        def set(self, *a):
+            return True
+
+        def release(self):
+            pass
+
+    monkeypatch.setattr(cv2, "VideoCapture", Grabber)
+    assert main(_args("grab.avi", 0.3, tmp_path, "--stages", "none")) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["frames"] == 6
+    assert "frame 7 is 80x60" in summary["video"]["ended_early"]
+    assert replay_output_violations(tmp_path / "events.jsonl", tmp_path / "summary.json") == []

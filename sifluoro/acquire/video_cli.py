@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from sifluoro.stages import REPLAY_STAGES, add_stages_argument, make_stages
+from sifluoro.stopping import stop_on_signals
 
 
 def _source(text: str) -> str | int:
@@ -27,6 +28,7 @@ def _video(args) -> int:
     from sifluoro.acquire.video import VideoSourceSettings, VideoStats, video_frames
     from sifluoro.config import Settings
     from sifluoro.engine import Engine
+    from sifluoro.errors import InputError
     from sifluoro.replay import write_json
     from sifluoro.model import Study, Technique
     from sifluoro.overlay import OverlayWriter
@@ -61,24 +63,37 @@ def _video(args) -> int:
         if technique.sid_mm is None and not args.quiet:
             print("note: without --sid-mm (and kV, mA, pulse width) there is no dose estimate; "
                   "fluoroscopy time is still counted", file=sys.stderr)
-        for frame in video_frames(source, settings, stats):
-            if frame.index == 0:  # kernels warmed up on the real frame size before it counts
-                engine.prepare(Study(frame.run.study_instance_uid, (frame.run,)))
-                start = time.monotonic()
-            if paced:
-                time.sleep(max(0.0, start + frame.t_s - time.monotonic()))
+        # a grabber never ends by itself: Ctrl-C or a service stop ends the capture, and the
+        # session's summary (its dose) is still written
+        stop = stop_on_signals()
+        ended = None
+        try:
+            for frame in video_frames(source, settings, stats):
+                if stop.is_set():
+                    ended = "stopped by a signal"
+                    break
+                if frame.index == 0:  # kernels warmed up on the real frame size before it counts
+                    engine.prepare(Study(frame.run.study_instance_uid, (frame.run,)))
+                    start = time.monotonic()
+                if paced:
+                    time.sleep(max(0.0, start + frame.t_s - time.monotonic()))
+                if overlays is not None:
+                    with lock:
+                        pending[frame.index] = frame
+                if live:
+                    engine.submit(frame)
+                else:
+                    engine.feed(frame)
+        except InputError as exc:  # e.g. the picture size changed: what came before counts
+            ended = str(exc)
+            print(f"sifluoro: {exc}; the capture ends here", file=sys.stderr)
+        finally:
+            summary = engine.close()
             if overlays is not None:
-                with lock:
-                    pending[frame.index] = frame
-            if live:
-                engine.submit(frame)
-            else:
-                engine.feed(frame)
-        summary = engine.close()
-    if overlays is not None:
-        overlays.close()
+                overlays.close()
     summary["video"] = {"captured_frames": stats.captured,
-                        "between_pulses": stats.between_pulses, "held_frames": stats.held}
+                        "between_pulses": stats.between_pulses, "held_frames": stats.held,
+                        "ended_early": ended}
     write_json(args.summary, summary)
     if not args.quiet:
         dropped = summary.get("dropped_image_frames")

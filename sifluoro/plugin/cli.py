@@ -12,7 +12,6 @@ Exit status: 0 done; 2 a typed error (bad input or setting); 3 files are left in
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import tempfile
 import threading
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING
 from sifluoro.config import Settings
 from sifluoro.errors import ConfigError
 from sifluoro.stages import LIVE_STAGES, add_stages_argument
+from sifluoro.stopping import stop_on_signals
 
 if TYPE_CHECKING:
     from sifluoro.plugin.outbox import PacsSettings
@@ -111,21 +111,6 @@ def add_plugin_parser(sub) -> None:
     s.add_argument("--requeue-failed", action="store_true",
                    help="first move what the PACS refused back to pending")
     s.set_defaults(func=_outbox_send)
-
-
-def _stop_on_signals() -> threading.Event:
-    """The first SIGTERM/SIGINT asks the command to wind up (the outbox report still comes);
-    a second one ends it at once, as it would without this handler."""
-    stop = threading.Event()
-
-    def handler(signum, frame):
-        stop.set()
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-    return stop
 
 
 class _Study:
@@ -225,7 +210,7 @@ def _report_outbox(outbox, pacs) -> int:
 def _serve_igtl(args) -> int:
     from sifluoro.plugin.igtl import IgtlServer, IgtlSink
 
-    stop = _stop_on_signals()
+    stop = stop_on_signals()
     study = _Study(args, stop=stop)
     server = IgtlServer(args.host, args.port)
     print(f"OpenIGTLink: listening on {server.host}:{server.port}", flush=True)
@@ -245,7 +230,7 @@ def _serve_igtl(args) -> int:
 def _view(args) -> int:
     from sifluoro.plugin.view import ViewServer, ViewSink, ViewState
 
-    stop = _stop_on_signals()
+    stop = stop_on_signals()
     study = _Study(args, stop=stop)
     state = ViewState()
     server = ViewServer(state, host=args.host, port=args.port).start()
