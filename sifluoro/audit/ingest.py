@@ -24,6 +24,7 @@ from typing import Callable, Iterable, Iterator
 
 from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from sifluoro.acquire.dicom_reader import iter_input_files, order_runs
@@ -181,9 +182,9 @@ def ingest(paths: Iterable[str | Path], db: str | Engine, *, settings: AuditSett
         bar.update(len(parsed))
         while len(pending) >= settings.batch_studies:
             uids = list(pending)[:settings.batch_studies]
-            writer.write_batch({u: pending.pop(u) for u in uids}, result)
+            writer.write_safely({u: pending.pop(u) for u in uids}, result)
     if pending:
-        writer.write_batch(pending, result)
+        writer.write_safely(pending, result)
     bar.close()
     result.elapsed_s = time.perf_counter() - t0
     return result
@@ -219,6 +220,23 @@ class _Writer:
         with engine.connect() as conn:
             self.devices = {(r.manufacturer, r.model, r.serial_number, r.station_name): r.id
                             for r in conn.execute(select(DeviceRow))}
+
+    def write_safely(self, batch: dict[str, list[ParsedFile]], result: IngestResult) -> None:
+        """:meth:`write_batch`; when the database refuses the batch (a value it cannot hold),
+        each study is written alone, and a study it refuses is rejected with its files, named
+        (the batch's other studies used to be lost with it, on every run again)."""
+        try:
+            self.write_batch(batch, result)
+            return
+        except DBAPIError as exc:
+            if len(batch) == 1:
+                uid, files = next(iter(batch.items()))
+                reason = f"the registry refused study {uid}: {_db_reason(exc)}"
+                log.warning("%s", reason)
+                result.rejected += [Rejection(f.path, reason) for f in files]
+                return
+        for uid, files in batch.items():
+            self.write_safely({uid: files}, result)
 
     def write_batch(self, batch: dict[str, list[ParsedFile]], result: IngestResult) -> None:
         """Write the studies of ``batch`` in one transaction: all of them, or none."""
@@ -422,6 +440,12 @@ def _lock_registry(conn: Session) -> None:
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _BATCH_LOCK_KEY})
     else:  # a write, so that SQLite takes its write lock before this batch reads anything
         conn.execute(text("UPDATE schema_version SET version = version WHERE 0"))
+
+
+def _db_reason(exc: DBAPIError) -> str:
+    """The database's own message, first line (SQLAlchemy appends its statement and a link)."""
+    text = str(getattr(exc, "orig", None) or exc)
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
 
 
 def _newer(path: str, than: str) -> bool:

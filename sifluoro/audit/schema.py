@@ -15,6 +15,7 @@ from datetime import date, datetime, timezone
 from typing import Callable
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Date,
     DateTime,
@@ -35,7 +36,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from sifluoro.errors import ConfigError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class Base(DeclarativeBase):
@@ -56,10 +57,10 @@ class DeviceRow(Base):
     __tablename__ = "devices"
     __table_args__ = (UniqueConstraint("manufacturer", "model", "serial_number", "station_name"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    manufacturer: Mapped[str] = mapped_column(String(128), default="")
-    model: Mapped[str] = mapped_column(String(128), default="")
-    serial_number: Mapped[str] = mapped_column(String(128), default="")
-    station_name: Mapped[str] = mapped_column(String(128), default="")
+    manufacturer: Mapped[str] = mapped_column(Text, default="")
+    model: Mapped[str] = mapped_column(Text, default="")
+    serial_number: Mapped[str] = mapped_column(Text, default="")
+    station_name: Mapped[str] = mapped_column(Text, default="")
 
 
 class StudyRow(Base):
@@ -99,7 +100,7 @@ class InstanceRow(Base):
     kind: Mapped[str] = mapped_column(String(8))  # "rdsr" | "image"
     path: Mapped[str] = mapped_column(Text)
     sha256: Mapped[str] = mapped_column(String(64), index=True)
-    size_bytes: Mapped[int] = mapped_column(Integer)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
 
 
 class EventRow(Base):
@@ -111,7 +112,7 @@ class EventRow(Base):
     seq: Mapped[int] = mapped_column(Integer)
     event_uid: Mapped[str] = mapped_column(String(64))
     kind: Mapped[str] = mapped_column(String(16))
-    plane: Mapped[str] = mapped_column(String(8))
+    plane: Mapped[str] = mapped_column(Text)
     start: Mapped[datetime | None] = mapped_column(DateTime)
     dap_gycm2: Mapped[float | None] = mapped_column(Float)
     air_kerma_mgy: Mapped[float | None] = mapped_column(Float)
@@ -131,8 +132,8 @@ class EventRow(Base):
     sid_mm: Mapped[float | None] = mapped_column(Float)
     source_to_isocenter_mm: Mapped[float | None] = mapped_column(Float)
     collimated_field_area_cm2: Mapped[float | None] = mapped_column(Float)
-    reference_point: Mapped[str] = mapped_column(String(64), default="")
-    protocol: Mapped[str] = mapped_column(String(128), default="")
+    reference_point: Mapped[str] = mapped_column(Text, default="")
+    protocol: Mapped[str] = mapped_column(Text, default="")
 
 
 class PlaneRow(Base):
@@ -141,7 +142,7 @@ class PlaneRow(Base):
     __tablename__ = "plane_totals"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
-    plane: Mapped[str] = mapped_column(String(8))
+    plane: Mapped[str] = mapped_column(Text)
     dap_gycm2: Mapped[float | None] = mapped_column(Float)
     air_kerma_mgy: Mapped[float | None] = mapped_column(Float)
     fluoro_dap_gycm2: Mapped[float | None] = mapped_column(Float)
@@ -151,7 +152,7 @@ class PlaneRow(Base):
     fluoro_time_s: Mapped[float | None] = mapped_column(Float)
     acquisition_time_s: Mapped[float | None] = mapped_column(Float)
     n_radiographic_frames: Mapped[int | None] = mapped_column(Integer)
-    reference_point: Mapped[str] = mapped_column(String(64), default="")
+    reference_point: Mapped[str] = mapped_column(Text, default="")
 
 
 class AlertRow(Base):
@@ -175,7 +176,24 @@ def _v1(conn: Connection) -> None:
                                            if name != "schema_version"])
 
 
-MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _v1)]
+#: (table, column, type) widened by version 2: free text from reports (a Philips reference
+#: point is a sentence) and file sizes above 2 GiB. PostgreSQL refused them; SQLite keeps any
+#: length in any column and 64-bit integers, so it has nothing to change.
+_WIDENED = [("devices", c, "TEXT") for c in ("manufacturer", "model", "serial_number", "station_name")] + [
+    ("irradiation_events", "plane", "TEXT"), ("irradiation_events", "reference_point", "TEXT"),
+    ("irradiation_events", "protocol", "TEXT"), ("plane_totals", "plane", "TEXT"),
+    ("plane_totals", "reference_point", "TEXT"), ("instances", "size_bytes", "BIGINT")]
+
+
+def _v2(conn: Connection) -> None:
+    """Free-text columns without a length limit; file sizes in 64 bits."""
+    if conn.dialect.name != "postgresql":
+        return
+    for table, column, kind in _WIDENED:
+        conn.exec_driver_sql(f'ALTER TABLE {table} ALTER COLUMN {column} TYPE {kind}')
+
+
+MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _v1), (2, _v2)]
 
 
 def open_registry(url: str) -> Engine:

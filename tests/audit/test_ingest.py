@@ -22,7 +22,7 @@ from sifluoro.audit.schema import (
 from sifluoro.audit.settings import AuditSettings
 from sifluoro.dose.summary import summarize
 from tests.audit.corpus import scale_dap, write_corpus
-from tests.dicom_fixtures import PATIENT_ID, PATIENT_NAME
+from tests.dicom_fixtures import PATIENT_ID, PATIENT_NAME, RunSpec, write_study
 
 KEY = b"0123456789abcdef-test-key"
 
@@ -62,7 +62,7 @@ def test_ingest_matches_dose_summary(db_url, corpus, tmp_path):
     assert got[corpus["images_uid"]]["source"] == "images"
     assert {r["procedure"] for r in got.values()} >= {"SI joint injection", "Facet joint injection"}
     with engine.connect() as conn:
-        assert conn.execute(select(SchemaVersion.version)).scalars().all() == [SCHEMA_VERSION]
+        assert conn.execute(select(SchemaVersion.version)).scalars().all() == list(range(1, SCHEMA_VERSION + 1))
         n_events = conn.execute(select(func.count()).select_from(EventRow)).scalar_one()
     assert n_events == sum(len(s.events) for s in expected)
     engine.dispose()
@@ -544,3 +544,80 @@ def _correct_in_place_then_ingest_a_late_run(engine, path, new_uid, late_dir, ol
     ds.save_as(path)
     write_study(late_dir, [RunSpec(40.0, n_frames=4)], study_uid=old_uid)
     return ingest([late_dir], engine), summarize([late_dir])[0][0].dap_gycm2
+
+
+def test_long_free_text_a_file_above_2_gib_and_a_refused_study_lose_nothing_else(db_url, tmp_path):
+    """A Reference Point Definition sent as a sentence (TID 10003 allows TEXT) and a run file
+    above 2 GiB stopped a PostgreSQL ingest for good: the whole batch rolled back, on every run
+    again. Now they are stored, and a study the database still refuses (a Study UID longer than
+    DICOM's 64 characters) is rejected alone, named (review s10 B#2)."""
+    import struct
+
+    import pydicom
+
+    from tests.dose.conftest import VENDOR_DIR
+
+    source = VENDOR_DIR / "siemens_axiom_artis.dcm"
+    if not source.is_file():
+        pytest.skip(f"vendor RDSRs are not cached in {VENDOR_DIR}: run tests/dose/fetch_vendor_rdsr.sh")
+    sentence = "Interventional Reference Point: 15 cm from the isocentre toward the focal spot, " * 2
+    ds = pydicom.dcmread(source)
+    for item in ds.ContentSequence:
+        if item.ConceptNameCodeSequence[0].CodeValue == "113706":
+            for sub in item.ContentSequence:
+                if sub.ConceptNameCodeSequence[0].CodeValue == "113780":
+                    del sub.ConceptCodeSequence
+                    sub.ValueType, sub.TextValue = "TEXT", sentence
+    (tmp_path / "in").mkdir()
+    ds.save_as(tmp_path / "in" / "report.dcm")
+    # a 1025-frame 1024² 16-bit loop: 2 GiB of pixels, sparse on disk
+    (big,) = write_study(tmp_path / "in" / "big", [RunSpec(0.0, n_frames=1, size=1024)])
+    run = pydicom.dcmread(big)
+    del run.PixelData
+    run.NumberOfFrames = 1025
+    run.save_as(big)
+    with open(big, "r+b") as fh:
+        fh.seek(0, 2)
+        fh.write(struct.pack("<HH2sHL", 0x7FE0, 0x0010, b"OW", 0, 1025 * 1024 * 1024 * 2))
+        fh.truncate(fh.tell() + 1025 * 1024 * 1024 * 2)
+    (odd,) = write_study(tmp_path / "in" / "odd", [RunSpec(0.0, n_frames=2, size=32)])
+    bad = pydicom.dcmread(odd)
+    bad.StudyInstanceUID = "1.2.826.0.1.3680043.8.498." + "1" * 50  # 76 characters
+    bad.save_as(odd)
+    engine = open_registry(db_url)
+    result = ingest([tmp_path / "in"], engine, settings=AuditSettings(batch_studies=10))
+    got = _studies(engine)
+    assert str(ds.StudyInstanceUID) in got and str(run.StudyInstanceUID) in got
+    with engine.connect() as conn:
+        points = set(conn.execute(select(EventRow.reference_point)).scalars())
+        sizes = set(conn.execute(select(InstanceRow.size_bytes)).scalars())
+    assert sentence.strip() in points and big.stat().st_size in sizes and big.stat().st_size > 2 ** 31
+    if engine.dialect.name == "postgresql":
+        assert [r.file for r in result.rejected] == [str(odd)]
+        assert f"the registry refused study {bad.StudyInstanceUID}" in result.rejected[0].reason
+    else:  # SQLite keeps any length
+        assert result.rejected == [] and str(bad.StudyInstanceUID) in got
+    engine.dispose()
+
+
+def test_a_version_1_postgresql_registry_is_widened_in_place(postgres):
+    """Registries made before version 2 hold VARCHAR(n) free text and 32-bit file sizes."""
+    from sqlalchemy import inspect, text
+
+    from sifluoro.audit.schema import _WIDENED
+
+    url = postgres.create_database()
+    engine = open_registry(url)
+    old = {"TEXT": "VARCHAR(64)", "BIGINT": "INTEGER"}
+    with engine.begin() as conn:  # back to how version 1 made them
+        for table, column, kind in _WIDENED:
+            conn.execute(text(f"ALTER TABLE {table} ALTER COLUMN {column} TYPE {old[kind]}"))
+        conn.execute(text("DELETE FROM schema_version WHERE version > 1"))
+    engine.dispose()
+    engine = open_registry(url)
+    columns = {(t, c["name"]): str(c["type"]) for t in {w[0] for w in _WIDENED}
+               for c in inspect(engine).get_columns(t)}
+    assert {(t, c): columns[(t, c)] for t, c, _ in _WIDENED} == {(t, c): k for t, c, k in _WIDENED}
+    with engine.connect() as conn:
+        assert conn.execute(select(SchemaVersion.version)).scalars().all() == [1, 2]
+    engine.dispose()
