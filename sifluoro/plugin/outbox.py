@@ -26,6 +26,7 @@ import logging
 import os
 import tempfile
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +43,8 @@ log = logging.getLogger(__name__)
 
 SUFFIX = ".dcm"
 PART_SUFFIX = ".part"
+#: a part file older than this is a write a crash cut short (a write takes seconds at most)
+STALE_PART_S = 3600.0
 MAX_RETRY_WAIT_S = 60.0
 
 
@@ -114,8 +117,15 @@ class Outbox:
         except OSError as exc:
             raise ConfigError(f"outbox {self.folder}: cannot create it ({exc.strerror}); give a "
                               "writable folder") from exc
-        for part in self.pending_dir.glob(f".*{PART_SUFFIX}"):  # a write cut short by a crash
-            part.unlink(missing_ok=True)
+        # a write cut short by a crash; a recent part may be another process's write under
+        # way (the outbox is shared), which removing it would lose
+        stale = time.time() - STALE_PART_S
+        for part in self.pending_dir.glob(f".*{PART_SUFFIX}"):
+            try:
+                if part.stat().st_mtime < stale:
+                    part.unlink(missing_ok=True)
+            except OSError:
+                pass  # gone meanwhile: its writer finished
         self._sending: set = set()  # associations in progress, from their connection (abort)
         self._sending_lock = threading.Lock()
 

@@ -85,9 +85,17 @@ def test_unreachable_pacs_keeps_everything_and_a_new_outbox_sends_it(tmp_path, s
     assert report.attempts == 3 and report.pending == 2 and not report.sent
     assert [p.name for p in Outbox(tmp_path / "outbox").pending()] == [p.name for p in queued]
     # as after a restart: a fresh Outbox on the same folder, the PACS now up
-    (tmp_path / "outbox" / "pending" / ".1.2.3.abc.part").write_bytes(b"cut short")
+    import os
+    import time
+
+    crashed = tmp_path / "outbox" / "pending" / ".1.2.3.abc.part"
+    crashed.write_bytes(b"cut short")
+    os.utime(crashed, (time.time() - 7200, time.time() - 7200))
+    writing = tmp_path / "outbox" / "pending" / ".1.2.4.def.part"  # another process's write
+    writing.write_bytes(b"under way")
     outbox = Outbox(tmp_path / "outbox")
-    assert not list(outbox.pending_dir.glob(".*"))
+    assert [p.name for p in outbox.pending_dir.glob(".*")] == [writing.name]
+    writing.unlink()
     sender = OutboxSender(outbox, PacsSettings("PACS", "127.0.0.1", scp.port, **FAST),
                           interval_s=60).start()
     try:
