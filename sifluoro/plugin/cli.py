@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from sifluoro.plugin.outbox import PacsSettings
 
 LEFT_IN_OUTBOX = 3
+STOPPED_EARLY = 4  # the study was stopped before its end (Ctrl-C, SIGTERM)
 
 
 def parse_pacs(text: str, args) -> "PacsSettings":
@@ -177,7 +178,8 @@ class _Study:
         first), report the outbox, clean up. What is not delivered stays pending.
 
         Exit status: 2 when no frame was processed, else ``LEFT_IN_OUTBOX`` when something was
-        not delivered, else 1 when the RDSR or a key frame could not be made, else 0."""
+        not delivered, else 1 when the RDSR or a key frame could not be made, else
+        ``STOPPED_EARLY`` when the study was stopped before its end, else 0."""
         code = 0
         if self.sender is not None:
             if wait:  # the sender's retries, unless the user asks to stop
@@ -195,6 +197,8 @@ class _Study:
             print(f"export: {len(self.exporter.errors)} item(s) could not be made: "
                   + "; ".join(self.exporter.errors), file=sys.stderr, flush=True)
             code = code or 1
+        if self.summary is not None and self.summary.get("ended_early"):
+            code = code or STOPPED_EARLY  # no RDSR was made for the part that ran
         if self.summary is not None and not self.summary.get("frames"):
             code = 2  # as replay: nothing to guide or report
         return code

@@ -98,6 +98,13 @@ class Pacer:
             self._base_wall, self._base_t = now, self._t
 
 
+def _close_quietly(fh) -> None:
+    try:
+        fh.close()
+    except OSError:
+        pass  # what could not be flushed was already said
+
+
 class LiveReplay:
     """Feed a recorded study to ``engine`` at the C-arm's pace and hand every frame to ``sinks``.
 
@@ -138,17 +145,25 @@ class LiveReplay:
             Path(events_path).parent.mkdir(parents=True, exist_ok=True)
             events = open(events_path, "w", encoding="utf-8")
         lost: list = []  # damaged runs' frames given by the header only
+        interrupted = False
         try:
             for frame in prefetch(iter_frames(study, rejected, lost),
                                   self.engine.settings.queue_frames):
                 if self.pacer is not None:
                     self.pacer.wait(frame, self.stop)
                 if self.stop.is_set():
+                    interrupted = True
                     break
                 event = self.engine.feed(frame)
                 if events is not None:
-                    events.write(json.dumps(event.event, separators=(",", ":")) + "\n")
-                    events.flush()
+                    try:
+                        events.write(json.dumps(event.event, separators=(",", ":")) + "\n")
+                        events.flush()
+                    except OSError as exc:  # a full disk: the study and its dose go on
+                        log.error("%s: events can no longer be written (%s); the study goes "
+                                  "on without them", events_path, exc.strerror or exc)
+                        _close_quietly(events)
+                        events = None
                 overlay = None
                 if self.draw:
                     spacing = frame.pixel_spacing_xy_mm[0] if frame.pixel_spacing_xy_mm else None
@@ -158,15 +173,20 @@ class LiveReplay:
                 self._call("frame", frame, event, overlay)
         finally:
             if events is not None:
-                events.close()
+                _close_quietly(events)
         for run, first in lost:
             self.engine.count_lost(run, first)
         summary = self.engine.close()
         # with the files found damaged while their frames were read
         summary["rejected_files"] = [r.as_dict() for r in rejected]
+        if interrupted:
+            summary["ended_early"] = "stopped before the study's end"
         if summary_path is not None:
             write_json(summary_path, summary)
-        dose = engine_dose(self.engine) if summary["frames"] else None
+        # a study stopped part way has no dose report: one of its first runs would pass for
+        # the whole procedure's; a study whose frames were all lost still has its exposure
+        seen = summary["frames"] or (summary.get("lost_frames") or {}).get("frames")
+        dose = engine_dose(self.engine) if seen and not interrupted else None
         self._call("end", study, summary, dose)
         return summary
 

@@ -178,3 +178,58 @@ def test_an_rdsr_that_cannot_be_made_loses_only_itself(tmp_path, capsys, monkeyp
     assert code == 1 and "RDSR: ValueError" in out.err
     classes = [pydicom.dcmread(p, stop_before_pixels=True).SOPClassUID for p in pending]
     assert RDSR not in classes and classes.count(SC) >= 2
+
+
+def test_a_study_stopped_part_way_queues_no_rdsr_and_says_so(tmp_path, sifluoro_command):
+    """One Ctrl-C during serve-igtl: the study end wrote an RDSR of the frames so far, which
+    the PACS took for the procedure's dose report, and the command exited 0 (review s10 A#4)."""
+    import json
+    import signal
+    import time
+
+    study = needle_study(tmp_path / "s", frames_per_run=(40, 40), size=64)
+    command = sifluoro_command("serve-igtl", study, "--port", "0", "--fps", "10", "--stages",
+                               "none", "-q", "--outbox", tmp_path / "outbox", "--summary",
+                               tmp_path / "summary.json", "--events", tmp_path / "e.jsonl")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # a few frames at 10 frames/s, far from the 80
+        if (tmp_path / "e.jsonl").exists() and len((tmp_path / "e.jsonl").read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.05)
+    command.proc.send_signal(signal.SIGINT)
+    assert command.wait(60) == 4
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["ended_early"] and 0 < summary["frames"] < 80
+    classes = [pydicom.dcmread(p, stop_before_pixels=True).SOPClassUID
+               for p in (tmp_path / "outbox" / "pending").glob("*.dcm")]
+    assert RDSR not in classes
+
+
+def test_a_full_disk_for_the_events_keeps_the_study_and_its_rdsr(tmp_path, capsys):
+    """``--events`` on a disk that fills: the study end was aborted and no RDSR queued."""
+    from pathlib import Path
+
+    from tests.dicom_fixtures import RunSpec, write_study
+
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full on this system")
+    write_study(tmp_path / "in", [RunSpec(0.0), RunSpec(5.0)])
+    code, out, pending = _export(tmp_path, capsys, tmp_path / "in", "--events", "/dev/full")
+    assert code == 0, out.err
+    classes = [pydicom.dcmread(p, stop_before_pixels=True).SOPClassUID for p in pending]
+    assert classes.count(RDSR) == 1
+
+
+def test_a_study_whose_frames_were_all_lost_still_queues_its_rdsr(tmp_path, capsys):
+    """The only run cut short before its first whole frame: its exposure is in the header,
+    and replay writes it to the RDSR; export queued nothing."""
+    from sifluoro.dose.rdsr_read import read_rdsr
+    from tests.dicom_fixtures import RunSpec, write_study
+
+    (path,) = write_study(tmp_path / "in", [RunSpec(0.0, n_frames=5, size=64)])
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) - 5 * 64 * 64 * 2 + 64 * 64])  # half of frame 1
+    code, out, pending = _export(tmp_path, capsys, tmp_path / "in")
+    assert code == 2  # no frame to guide
+    (report,) = [read_rdsr(p) for p in pending]
+    assert len(report.events) == 1 and report.events[0].dap_gycm2 > 0
