@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 import tempfile
 import warnings
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Mapping
 
@@ -85,6 +87,48 @@ class KeyFrameSelector:
         return sorted(chosen, key=lambda k: k.event["index"])
 
 
+#: Type 2 date and time attributes a key frame copies from its source; highdicom refuses
+#: one that is not a valid DA/TM ("00000000", "1950-01-01", "10:30:00")
+_DATES = ("PatientBirthDate", "StudyDate")
+_TIMES = ("StudyTime",)
+_TM = re.compile(r"^([01]\d|2[0-3])([0-5]\d([0-5]\d(\.\d{1,6})?)?)?$")
+
+
+def _without_refused_values(ref: Dataset) -> Dataset:
+    """``ref`` with the values highdicom would refuse left empty (they are Type 2): a
+    PatientSex outside M/F/O ('U'), a date or time that is not a valid DA/TM. The tag is
+    logged, never its value (a birth date identifies)."""
+    bad = []
+    if str(ref.get("PatientSex", "")) not in ("", "M", "F", "O"):
+        bad.append("PatientSex")
+    for keyword in _DATES:
+        text = str(ref.get(keyword, "") or "").strip()
+        if text and not _valid_date(text):
+            bad.append(keyword)
+    for keyword in _TIMES:
+        text = str(ref.get(keyword, "") or "").strip()
+        if text and not _TM.match(text):
+            bad.append(keyword)
+    if not bad:
+        return ref
+    ref = copy.copy(ref)
+    for keyword in bad:
+        setattr(ref, keyword, "")
+        if keyword != "PatientSex":
+            log.info("key frames: the source's %s is not a valid DICOM value; left empty", keyword)
+    return ref
+
+
+def _valid_date(text: str) -> bool:
+    if not re.fullmatch(r"\d{8}", text):
+        return False
+    try:
+        datetime.strptime(text, "%Y%m%d")
+    except ValueError:
+        return False
+    return True
+
+
 def key_frame_sc(key: KeyFrame, ref: Dataset, *, series_instance_uid: str, instance_number: int,
                  sop_instance_uid: str | None = None, stages=None) -> Dataset:
     """The key frame with its overlay as an RGB Secondary Capture Image (with file meta).
@@ -102,9 +146,7 @@ def key_frame_sc(key: KeyFrame, ref: Dataset, *, series_instance_uid: str, insta
     title = f"{key.reason}: frame {event['index']}  t={event['t_s']:.2f} s"
     rgb = np.ascontiguousarray(draw_overlay(frame.pixels, frame.photometric, event, title=title,
                                             spacing_mm=spacing, stages=stages)[..., ::-1])
-    if str(ref.get("PatientSex", "")) not in ("", "M", "F", "O"):
-        ref = copy.copy(ref)  # a value highdicom refuses ('U'): Type 2, so left empty
-        ref.PatientSex = ""
+    ref = _without_refused_values(ref)
     orientation = [str(v) for v in ref.get("PatientOrientation", None) or []]
     known = len(orientation) == 2 and all(orientation)
     laterality = str(ref.get("Laterality") or ref.get("ImageLaterality") or "")

@@ -112,6 +112,27 @@ def test_an_odd_source_header_still_gives_the_rdsr_and_its_key_frames(tmp_path, 
     assert "SMITHERSON" not in out.err + out.out
 
 
+@pytest.mark.parametrize("keyword,value", [("PatientBirthDate", "00000000"),
+                                           ("PatientBirthDate", "19500000"),
+                                           ("StudyDate", "2026-01-05"), ("StudyTime", "10:30:00")])
+def test_a_date_or_time_highdicom_refuses_is_left_empty_on_the_key_frames(tmp_path, capsys,
+                                                                         keyword, value):
+    """Every key frame failed on an invalid Type 2 date or time of the source (review s10 A#8);
+    the value is never printed."""
+    from tests.dicom_fixtures import RunSpec, write_study
+
+    for path in write_study(tmp_path / "in", [RunSpec(0.0), RunSpec(5.0)]):
+        ds = pydicom.dcmread(path)
+        setattr(ds, keyword, value)
+        ds.save_as(path)
+    code, out, pending = _export(tmp_path, capsys, tmp_path / "in")
+    assert code == 0, out.err
+    keys = [pydicom.dcmread(p, stop_before_pixels=True) for p in pending]
+    keys = [k for k in keys if k.SOPClassUID == SC]
+    assert len(keys) >= 2 and all(str(k.get(keyword, "")) == "" for k in keys)
+    assert value not in out.err + out.out
+
+
 def test_a_key_frame_that_cannot_be_made_loses_only_itself(tmp_path, capsys, monkeypatch):
     from sifluoro.plugin import keyframes
     from tests.dicom_fixtures import RunSpec, write_study
