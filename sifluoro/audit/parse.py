@@ -180,7 +180,7 @@ def procedure_label(ds) -> tuple[str, bool]:
 def _clean(value) -> str:
     if value is None:
         return ""
-    text = str(value).lower().replace("-", "").replace("_", " ")
+    text = str(value).lower().replace("-", " ").replace("_", " ")
     text = re.sub(r"[^0-9a-zà-ÿ]+", " ", text)
     return " ".join(text.split())[:120]
 

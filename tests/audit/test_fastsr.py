@@ -73,6 +73,9 @@ def test_a_report_cut_short_is_rejected_and_ingest_goes_on(tmp_path):
     ("Injection, sacro-iliac joint", None, "SI joint injection"),
     ("", "SI-JOINT INJECTION BILATERAL", "SI joint injection"),
     ("Pain clinic", "L4-5 facet injection", "Facet joint injection"),
+    ("SIJ-Injection", None, "SI joint injection"),  # a hyphen is a word break (review s10 B#12)
+    ("Sacro-iliac infiltration", None, "SI joint injection"),
+    ("Knee-Arthrography", None, "Knee arthrography"),
     ("DSA  Body", None, "Dsa body"),
     (None, None, "unspecified"),
 ])
