@@ -40,7 +40,7 @@ from sifluoro.dose.records import (
     StudyDose,
     totals_from_events,
 )
-from sifluoro.dose.units import factor
+from sifluoro.dose.units import DOSE_QUANTITIES, factor
 from sifluoro.errors import (
     InputError,
     MissingAttributeError,
@@ -166,9 +166,13 @@ class _Reader:
         unit = C.key(units[0])[1] if units else ""
         scale = factor(unit, quantity)
         if scale is None:
-            raise self.error(UnsupportedDicomError,
-                             f"unit {unit!r} is not a unit of {quantity.split('_')[0]}; expected "
-                             f"e.g. {_EXAMPLE_UNITS[quantity]}", concept)
+            message = (f"unit {unit!r} is not a unit of {quantity.split('_')[0]}; expected "
+                       f"e.g. {_EXAMPLE_UNITS[quantity]}")
+            if quantity in DOSE_QUANTITIES:
+                raise self.error(UnsupportedDicomError, message, concept)
+            # a technique or geometry value: the report's dose does not depend on it
+            log.warning("%s: %s %s; that value is left out", self.path, C.label(concept), message)
+            return None
         return value * scale
 
     def walk(self, container: Dataset, *, stop: set[tuple[str, str]] = frozenset()) -> Iterator[Dataset]:

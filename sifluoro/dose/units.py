@@ -25,13 +25,17 @@ _RULES: dict[str, list[tuple[re.Pattern, float, tuple[int, ...]]]] = {
     "area_cm2": [(re.compile(f"^{_P}m{_SQUARED}$"), 1e4, (2,))],
     "current_ma": [(re.compile(f"^{_P}A$"), 1e3, (1,))],
     "charge_mas": [(re.compile(f"^{_P}A{_SEP}s$"), 1e3, (1,))],
-    "voltage_kv": [(re.compile(f"^{_P}V$"), 1e-3, (1,))],
+    "voltage_kv": [(re.compile(f"^{_P}Vp?$"), 1e-3, (1,))],  # kVp: peak, the same unit
     "angle_deg": [(re.compile("^(?:deg|°|degrees?)$"), 1.0, ())],
-    "rate_per_s": [(re.compile("^(?:\\{[^}]*\\}|1)?/s$"), 1.0, ()), (re.compile("^Hz$"), 1.0, ())],
+    "rate_per_s": [(re.compile("^(?:\\{[^}]*\\}|1|pulses?|frames?)?/s$"), 1.0, ()),
+                   (re.compile("^Hz$"), 1.0, ())],
     "count": [(re.compile("^(?:1|\\{[^}]*\\})?$"), 1.0, ())],
     "ratio": [(re.compile("^1$"), 1.0, ()), (re.compile("^%$"), 0.01, ())],
 }
 QUANTITIES = tuple(_RULES)
+#: the quantities that make a report's totals: a value in a unit not known here refuses the
+#: report (a guess would be a wrong dose); another quantity's value is left out, with a warning
+DOSE_QUANTITIES = ("dap_gycm2", "dose_mgy", "time_s", "area_cm2")
 
 
 def factor(unit: str, quantity: str) -> float | None:

@@ -122,6 +122,31 @@ def test_unknown_unit_names_file_and_concept(tmp_path):
     assert info.value.tag == "(DCM,122130) Dose Area Product"
 
 
+def test_an_unknown_technique_unit_loses_that_value_not_the_reports_dose(tmp_path, caplog):
+    """A kVp item in a unit not known here refused the whole report: its dose was lost
+    (review s10 B#7). 'kVp' and 'pulse/s' are read; an unknown one is left out, named."""
+    import logging
+
+    ds = build_rdsr(EVENTS)
+    events = [item for item in ds.ContentSequence
+              if item.ConceptNameCodeSequence[0].CodeValue == "113706"]
+
+    def unit(event, concept):
+        (item,) = [i for i in event.ContentSequence if i.ValueType == "NUM"
+                   and i.ConceptNameCodeSequence[0].CodeValue == concept]
+        return item.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0]
+
+    unit(events[0], "113733").CodeValue = "kVp"      # KVP
+    unit(events[0], "113791").CodeValue = "pulse/s"  # Pulse Rate
+    unit(events[1], "113733").CodeValue = "stone"
+    with caplog.at_level(logging.WARNING):
+        dose = read_rdsr(save(ds, tmp_path / "r.dcm"))
+    assert dose.summary()["dap_gycm2"] == pytest.approx(5.75, rel=1e-9)
+    assert dose.events[0].kvp == pytest.approx(75.0) and dose.events[0].pulse_rate_per_s == pytest.approx(7.5)
+    assert dose.events[1].kvp is None and dose.events[2].kvp == pytest.approx(75.0)
+    assert "(DCM,113733) KVP unit 'stone'" in caplog.text
+
+
 def test_bad_number_and_missing_event_uid_are_typed_errors(tmp_path):
     ds = build_rdsr([Ev(rp_mgy=7777.777)], accumulated=None)  # 7.777777 Gy, corrupted on disk
     path = save(ds, tmp_path / "a.dcm")
