@@ -38,6 +38,7 @@ from sifluoro.dose.records import (
     IrradiationEvent,
     PlaneTotals,
     StudyDose,
+    event_duration_s,
     totals_from_events,
 )
 from sifluoro.dose.units import DOSE_QUANTITIES, factor
@@ -139,6 +140,13 @@ def read_rdsr(path: str | Path, ds: Dataset | None = None) -> StudyDose:
     return reader.read(ds)
 
 
+#: accumulated totals a container may leave out, and what its events must carry to give them
+_SUMMABLE = {"dap_gycm2": "dap", "fluoro_dap_gycm2": "dap", "acquisition_dap_gycm2": "dap",
+             "air_kerma_mgy": "air_kerma", "fluoro_air_kerma_mgy": "air_kerma",
+             "acquisition_air_kerma_mgy": "air_kerma", "fluoro_time_s": "time",
+             "acquisition_time_s": "time"}
+
+
 class _Reader:
     def __init__(self, path: str):
         self.path = path
@@ -232,6 +240,7 @@ class _Reader:
             raise MissingAttributeError("no Study Instance UID in the header nor in the Scope of "
                                         "Accumulation", path=self.path, tag="(0020,000D) StudyInstanceUID")
         from_report = bool(planes)
+        planes = [self.completed(p, events) for p in planes]
         if not planes:
             if not events:
                 raise self.error(MissingAttributeError, "the report holds neither an Accumulated "
@@ -242,6 +251,22 @@ class _Reader:
                          dose_source="rdsr", planes_from_report=from_report,
                          scope_study_instance_uid=scope_uid,
                          by_sifluoro=_by_sifluoro(ds))
+
+    def completed(self, plane: PlaneTotals, events: list[IrradiationEvent]) -> PlaneTotals:
+        """A plane's accumulated totals with each total the container leaves out taken from
+        the plane's events, when they carry that quantity (a missing total counted 0)."""
+        mine = [e for e in events if e.plane == plane.plane]
+        carried = {"dap": any(e.dap_gycm2 is not None for e in mine),
+                   "air_kerma": any(e.air_kerma_mgy is not None for e in mine),
+                   "time": any(event_duration_s(e) > 0 for e in mine)}
+        summed = totals_from_events(plane.plane, mine)
+        filled = {name: getattr(summed, name) for name in _SUMMABLE
+                  if getattr(plane, name) is None and carried[_SUMMABLE[name]]}
+        if not filled:
+            return plane
+        log.warning("%s: the accumulated dose of plane %s leaves out %s; taken from its "
+                    "irradiation events", self.path, plane.plane, ", ".join(sorted(filled)))
+        return replace(plane, **filled)
 
     def device(self, ds: Dataset) -> Device:
         found = {}

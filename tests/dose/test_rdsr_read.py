@@ -37,6 +37,18 @@ def test_unit_factors():
     assert factor("furlong", "length_mm") is None
 
 
+def test_a_total_the_accumulated_container_leaves_out_comes_from_the_events(tmp_path):
+    """No Dose (RP) totals or no fluoroscopy time in the container: the study read 0 mGy or
+    0 s although its events carry them (review s10 B#8); what it gives is kept."""
+    totals = {"dap_total": 99.0, "fl_dap": 1.75, "acq_dap": 4.0, "acq_time": 3.0}  # no Ka,r, no fluoro time
+    dose = read_rdsr(save(build_rdsr(EVENTS, accumulated={"single": totals}), tmp_path / "r.dcm"))
+    s = dose.summary()
+    assert s["dap_gycm2"] == pytest.approx(99.0)  # the device's own total stays
+    assert s["air_kerma_mgy"] == pytest.approx(23.5) and s["acquisition_air_kerma_mgy"] == pytest.approx(20.0)
+    assert s["fluoro_time_s"] == pytest.approx(10 / 7.5 + 2.0, rel=1e-6)
+    assert s["acquisition_time_s"] == pytest.approx(3.0)
+
+
 def test_missing_template_identifier_is_read(tmp_path):
     dose = read_rdsr(save(build_rdsr(EVENTS, template=False), tmp_path / "r.dcm"))
     assert dose.summary()["dap_gycm2"] == pytest.approx(5.75)
