@@ -51,6 +51,7 @@ class Technique:
     primary_angle_deg: float | None = None
     secondary_angle_deg: float | None = None
     radiation_setting: str | None = None
+    radiation_mode: str | None = None   # (0018,115A): PULSED or CONTINUOUS
     shutter: Shutter | None = None      # the field the image shows (collimator and shutters)
     collimator: Shutter | None = None   # the beam's aperture, when stored
     reported_dap_gycm2: float | None = None

@@ -448,6 +448,13 @@ def _technique(look: _Lookup, n: int, rows: int, columns: int, intervals_ms, pat
         1000.0 / intervals_ms[0] if n > 1 and intervals_ms[0] > 0 else None)
     dose = _reported_dose(look, n, path)
     setting = look.text("RadiationSetting").upper() or None
+    mode = look.text("RadiationMode").upper() or None
+    if (mode == "PULSED" and look.float("AveragePulseWidth") is None
+            and dose.get("exposure_mas", look.float("ExposureInmAs") or look.float("Exposure")) is None
+            and dose.get("exposure_time_ms", look.float("ExposureTimeInms") or look.float("ExposureTime")) is None
+            and dose.get("reported_dap_gycm2") is None and dose.get("reported_air_kerma_mgy") is None):
+        log.warning("%s: (0018,115A) RadiationMode PULSED without (0018,1154) AveragePulseWidth "
+                    "nor a tube load or reported dose: the run's dose cannot be estimated", path)
     return Technique(
         kvp=dose.get("kvp", look.float("KVP")),
         tube_current_ma=dose.get("tube_current_ma",
@@ -470,6 +477,7 @@ def _technique(look: _Lookup, n: int, rows: int, columns: int, intervals_ms, pat
         primary_angle_deg=look.float("PositionerPrimaryAngle"),
         secondary_angle_deg=look.float("PositionerSecondaryAngle"),
         radiation_setting=setting if setting in ("SC", "GR") else None,
+        radiation_mode=mode if mode in ("PULSED", "CONTINUOUS") else None,
         shutter=field,
         collimator=collimator,
         reported_dap_gycm2=dose.get("reported_dap_gycm2"),

@@ -50,8 +50,10 @@ def mas_per_frame(tech: Technique, frame_interval_ms: float, n_frames: int) -> f
         return tech.exposure_mas / n_frames
     if tech.tube_current_ma and tech.exposure_time_ms:
         return tech.tube_current_ma * tech.exposure_time_ms / 1000.0 / n_frames
-    if tech.tube_current_ma and frame_interval_ms:
-        return tech.tube_current_ma * frame_interval_ms / 1000.0  # continuous fluoroscopy
+    if tech.tube_current_ma and frame_interval_ms and tech.radiation_mode != "PULSED":
+        # continuous fluoroscopy (a pulsed run's current flows only during its pulses: without
+        # their width its load is unknown, not the whole frame interval's)
+        return tech.tube_current_ma * frame_interval_ms / 1000.0
     return None
 
 

@@ -429,3 +429,24 @@ def test_sifluoros_extra_runs_beside_a_biplane_report_go_on_its_frontal_plane():
     merged = merge_reports([device, own])
     assert [p.plane for p in merged.planes] == ["A", "B"]
     assert merged.planes[0].dap_gycm2 == pytest.approx(3.0) and merged.dap_gycm2 == pytest.approx(4.0)
+
+
+def test_a_pulsed_run_without_its_pulse_width_is_not_estimated_as_continuous(tmp_path, caplog):
+    """RadiationMode PULSED, no AveragePulseWidth (Type 3): the pulse current was taken to flow
+    for the whole frame interval, 19x the tube load here, with false alerts to follow
+    (review s10 B#9). A continuous run is still estimated from mA × frame interval."""
+    import logging
+
+    import pydicom
+
+    (pulsed,) = write_study(tmp_path / "pulsed", [RunSpec(0.0, tech=technique(pulse_width_ms=None))])
+    ds = pydicom.dcmread(pulsed)
+    ds.RadiationMode = "PULSED"
+    ds.save_as(pulsed)
+    write_study(tmp_path / "continuous", [RunSpec(0.0, tech=technique(pulse_width_ms=None))])
+    with caplog.at_level(logging.WARNING):
+        unknown = accumulate_study(read_study([tmp_path / "pulsed"]), DoseSettings())
+    continuous = accumulate_study(read_study([tmp_path / "continuous"]), DoseSettings())
+    assert unknown.totals.air_kerma_mgy == 0.0 and unknown.totals.sources == {"none"}
+    assert "(0018,1154) AveragePulseWidth" in caplog.text
+    assert continuous.totals.air_kerma_mgy > 0 and continuous.totals.sources == {"estimated"}
