@@ -21,6 +21,7 @@ import os
 import re
 import tempfile
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +33,8 @@ UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 UID_MAX_CHARS = 64
 STATE_NAME = "state.json"
 PART_SUFFIX = ".part"
+#: at most this often, a refusal for the quota first counts the spool's files again
+REMEASURE_S = 5.0
 LOCK_NAME = ".lock"
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
@@ -157,17 +160,31 @@ class Spool:
         self._reserved_bytes = 0
         if lock:
             self.lock()
-        self.used_bytes = self._clean_and_measure()
+        self._remove_parts()
+        self.used_bytes = self._measure()
+        self._measured_at = time.monotonic()
 
-    def _clean_and_measure(self) -> int:
-        used = 0
+    def _remove_parts(self) -> None:
         for study_dir in self.study_dirs():
             for entry in study_dir.iterdir():
                 if entry.name.startswith(".") and entry.name.endswith(PART_SUFFIX):
                     log.info("removing %s left by an interrupted write", entry)
                     _unlink_quietly(entry)
-                elif entry.suffix == ".dcm":
-                    used += entry.stat().st_size
+
+    def _measure(self) -> int:
+        """Bytes of the complete instances in the spool (what the quota counts)."""
+        used = 0
+        for study_dir in self.study_dirs():
+            try:
+                entries = list(study_dir.iterdir())
+            except OSError:
+                continue  # removed meanwhile
+            for entry in entries:
+                if entry.suffix == ".dcm" and not entry.name.startswith("."):
+                    try:
+                        used += entry.stat().st_size
+                    except OSError:
+                        pass
         return used
 
     def lock(self) -> None:
@@ -216,6 +233,13 @@ class Spool:
         """Claim room for an instance before writing it; raise ``SpoolFullError`` if none."""
         with self._lock:
             if (self.quota_bytes is not None
+                    and self.used_bytes + self._reserved_bytes + nbytes > self.quota_bytes
+                    and time.monotonic() - self._measured_at >= REMEASURE_S):
+                # files may have been removed since (a study sent on and deleted, as the
+                # refusal asks): count what is there before refusing
+                self.used_bytes = self._measure()
+                self._measured_at = time.monotonic()
+            if (self.quota_bytes is not None
                     and self.used_bytes + self._reserved_bytes + nbytes > self.quota_bytes):
                 raise SpoolFullError(
                     f"spool quota reached: {self.used_bytes + self._reserved_bytes} of "
@@ -237,7 +261,7 @@ class Spool:
         Raises ``SpoolFullError`` when the disk is full (the partial file is removed).
         """
         folder = self.study_dir(study_uid)
-        if folder.name not in self._durable_dirs:
+        if folder.name not in self._durable_dirs or not folder.is_dir():  # deleted meanwhile
             # the folder may exist already (the events log makes it) without its entry in the
             # root being on disk yet: once per study and process, make it durable
             folder.mkdir(exist_ok=True)

@@ -183,6 +183,16 @@ def test_spool_quota_answers_out_of_resources_and_corrupts_nothing(start_receive
                                     / "summary.json") == 5)
     _check_spool_intact(receiver.spool, study_files[:2])
     assert_still_up(receiver.port)
+    # the study is sent on and its folder deleted, as the refusal asks: room again, and the
+    # folder is made again (both held until the receiver restarted; review s10 A#5, A#10)
+    import shutil
+    import time
+
+    shutil.rmtree(receiver.spool / file_uids(study_files[0])[0])
+    time.sleep(5.0)  # spool.REMEASURE_S: a refusal counts the files again at most this often
+    again = send(receiver.port, [pydicom.dcmread(study_files[2])])
+    assert [s for s, _ in again] == [0], again
+    assert dataset_bytes(spooled(receiver.spool, *file_uids(study_files[2]))) == dataset_bytes(study_files[2])
 
 
 def _check_spool_intact(spool: Path, sent: list[Path]) -> None:
