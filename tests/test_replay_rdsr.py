@@ -120,3 +120,34 @@ def test_a_dose_report_sent_as_comprehensive_sr_is_read_as_a_dose_report(tmp_pat
     study = read_study([tmp_path / "study"])
     assert study.dose_reports == (str(tmp_path / "study" / "old-device-sr.dcm"),)
     assert study.rejected == ()
+
+
+def test_an_unknown_dose_is_written_as_unknown_never_as_zero(tmp_path):
+    """A run with no dose information, and a run whose header reports only its DAP with no
+    technique to estimate its air kerma: the RDSR said 0 Gy "Computed/Copied From Image
+    Attributes", which a dose registry takes as a measured zero (review s10 B#3, B#16)."""
+    import pydicom
+
+    write_study(tmp_path / "study", [
+        RunSpec(0.0, n_frames=3),
+        RunSpec(10.0, n_frames=3, tech=technique(kvp=None)),
+        RunSpec(20.0, n_frames=3, tech=technique(kvp=None, reported_dap_gycm2=2.0)),
+        RunSpec(30.0, n_frames=3, tech=technique(reported_dap_gycm2=3.0))])
+    assert main(["replay", str(tmp_path / "study"), "--events", str(tmp_path / "e.jsonl"),
+                 "--summary", str(tmp_path / "s.json"), "--rdsr", str(tmp_path / "dose.dcm"),
+                 "-q"]) == 0
+    events = read_rdsr(tmp_path / "dose.dcm").events
+    assert [e.air_kerma_mgy is None for e in events] == [False, True, True, False]
+    assert [e.dap_gycm2 is None for e in events] == [False, True, False, False]
+    assert events[2].dap_gycm2 == pytest.approx(2.0) and events[3].dap_gycm2 == pytest.approx(3.0)
+    ds = pydicom.dcmread(tmp_path / "dose.dcm")
+    sources = []
+    for item in ds.ContentSequence:
+        if item.ConceptNameCodeSequence[0].CodeValue == "113706":
+            sources.append(sorted(str(i.ConceptCodeSequence[0].CodeMeaning) for i in item.ContentSequence
+                                  if i.ConceptNameCodeSequence[0].CodeValue == "113854"))
+    assert sources == [["Computed From Image Attributes"], [], ["Copied From Image Attributes"],
+                       ["Computed From Image Attributes", "Copied From Image Attributes"]]
+    if shutil.which("dciodvfy"):
+        out = subprocess.run(["dciodvfy", str(tmp_path / "dose.dcm")], capture_output=True, text=True)
+        assert [l for l in (out.stdout + out.stderr).splitlines() if l.startswith("Error")] == []

@@ -46,6 +46,10 @@ class RunDose:
     source: str  # "rdsr" | "reported" | "estimated" | "none"
     air_kerma_mgy_per_frame_values: tuple[float, ...] | None = None
     dap_gycm2_per_frame_values: tuple[float, ...] | None = None
+    # per quantity, when it differs from ``source`` ("estimated", or "none": unknown, its
+    # per-frame value is 0 in the counters and it is written as unknown, never as 0)
+    air_kerma_source: str | None = None
+    dap_source: str | None = None
 
     def frame(self, frame_number: int) -> tuple[float, float]:
         """(air_kerma_mgy, dap_gycm2) added by frame ``frame_number`` (1-based)."""
@@ -181,7 +185,10 @@ class DoseAccumulator:
                      else (estimate[0] if estimate else 0.0))
             dap = (tech.reported_dap_gycm2 / n if tech.reported_dap_gycm2 is not None
                    else (estimate[1] if estimate else 0.0))
-            dose = RunDose(kerma, dap, "reported", kerma_values, dap_values)
+            filled = "estimated" if estimate else "none"
+            dose = RunDose(kerma, dap, "reported", kerma_values, dap_values,
+                           air_kerma_source=None if has_kerma else filled,
+                           dap_source=None if has_dap else filled)
         else:
             estimate = self._estimate(run)
             dose = RunDose(*estimate, "estimated") if estimate else RunDose(0.0, 0.0, "none")
@@ -348,9 +355,13 @@ def _event(tally: _RunTally, settings: DoseSettings) -> IrradiationEvent:
         event_uid=event_uid(run),
         kind=ACQUISITION if tech.is_acquisition else FLUOROSCOPY,
         plane=SINGLE_PLANE,
-        dap_gycm2=tally.dap_gycm2,
-        air_kerma_mgy=tally.air_kerma_mgy,
+        # unknown is not 0: left out of the event (the RDSR says "value unknown")
+        dap_gycm2=None if "none" in (tally.dose.source, tally.dose.dap_source) else tally.dap_gycm2,
+        air_kerma_mgy=(None if "none" in (tally.dose.source, tally.dose.air_kerma_source)
+                       else tally.air_kerma_mgy),
         dose_source=tally.dose.source,
+        air_kerma_source=tally.dose.air_kerma_source,
+        dap_source=tally.dose.dap_source,
         kvp=tech.kvp,
         tube_current_ma=tech.tube_current_ma,
         pulse_width_ms=tech.pulse_width_ms,

@@ -17,6 +17,7 @@ from pathlib import Path
 import highdicom as hd
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sr.codedict import codes
 from pydicom.sequence import Sequence
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
@@ -244,6 +245,15 @@ def _num(concept, value: float | None, unit, scale: float = 1.0):
     return hd.sr.NumContentItem(concept, float(value) * scale, unit, relationship_type="CONTAINS")
 
 
+def _unknown_num(concept, unit):
+    """A NUM the template requires whose value is not known: no measured value, qualified
+    "Value unknown" (CID 42), so no reader takes it for a measured zero."""
+    item = hd.sr.NumContentItem(concept, 0.0, unit, relationship_type="CONTAINS")
+    item.MeasuredValueSequence = []
+    item.NumericValueQualifierCodeSequence = [hd.sr.CodedConcept.from_code(codes.DCM.ValueUnknown)]
+    return item
+
+
 def _reference_point(text: str):
     return C.RP_30CM_FROM_IMAGE_INPUT if "30cm" in text.replace(" ", "") else C.RP_15CM_FROM_ISOCENTER
 
@@ -291,6 +301,10 @@ def _event(event: IrradiationEvent, start: datetime | None, sop_class: dict[str,
     for uid in event.sop_instance_uids:
         if uid in sop_class:
             items.append(hd.sr.ImageContentItem(C.DCM.AcquiredImage, sop_class[uid], uid, relationship_type="CONTAINS"))
+    for concept, value, unit in ((C.DCM.DoseAreaProduct, event.dap_gycm2, C.GY_M2),
+                                 (C.DCM.DoseRP, event.air_kerma_mgy, C.GY)):
+        if value is None:  # required by TID 10003; never written as 0
+            items.append(_unknown_num(concept, unit))
     for concept, value, unit, scale in (
             (C.DCM.DoseAreaProduct, event.dap_gycm2, C.GY_M2, 1e-4),
             (C.DCM.DoseRP, event.air_kerma_mgy, C.GY, 1e-3),
@@ -335,8 +349,14 @@ def _event(event: IrradiationEvent, start: datetime | None, sop_class: dict[str,
         item = _num(concept, value, unit)
         if item is not None:
             items.append(item)
-    source = C.DCM.CopiedFromImageAttributes if event.dose_source in ("reported", "rdsr") \
-        else C.DCM.ComputedFromImageAttributes
-    items.append(hd.sr.CodeContentItem(C.DCM.SourceOfDoseInformation, source, "CONTAINS"))
+    # one code per way the dose values were obtained (a header's DAP copied, its air kerma
+    # computed); none for a dose that is unknown
+    sources = {event.air_kerma_source or event.dose_source, event.dap_source or event.dose_source}
+    if sources & {"reported", "rdsr"}:
+        items.append(hd.sr.CodeContentItem(C.DCM.SourceOfDoseInformation,
+                                           C.DCM.CopiedFromImageAttributes, "CONTAINS"))
+    if "estimated" in sources:
+        items.append(hd.sr.CodeContentItem(C.DCM.SourceOfDoseInformation,
+                                           C.DCM.ComputedFromImageAttributes, "CONTAINS"))
     container.ContentSequence = hd.sr.ContentSequence(items)
     return container

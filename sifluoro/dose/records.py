@@ -50,6 +50,10 @@ class IrradiationEvent:
     reference_point: str = ""
     protocol: str = ""
     sop_instance_uids: tuple[str, ...] = ()
+    #: where each of (air kerma, DAP) comes from when they differ from ``dose_source`` (a
+    #: header that reports DAP only: its air kerma is estimated, or unknown)
+    air_kerma_source: str | None = None
+    dap_source: str | None = None
 
     @property
     def is_acquisition(self) -> bool:
