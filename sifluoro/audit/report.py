@@ -24,7 +24,7 @@ from datetime import date, datetime
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from sifluoro.audit.schema import DeviceRow, StudyRow, open_registry
 from sifluoro.audit.settings import AuditSettings
@@ -88,12 +88,9 @@ def load_studies(engine, *, start: date | None = None, end: date | None = None,
                     StudyRow.srdl_exceeded)
              .join(DeviceRow, DeviceRow.id == StudyRow.device_id)
              .order_by(StudyRow.procedure, StudyRow.study_date, StudyRow.study_instance_uid))
-    if start is not None:
-        query = query.where(StudyRow.study_date >= start)
-    if end is not None:
-        query = query.where(StudyRow.study_date <= end)
-    if procedure:
-        query = query.where(StudyRow.procedure == procedure)
+    # a study whose dose is wholly unknown (no report, no technique) is not a 0 in a DRL
+    # statistic: it is left out and counted (:func:`count_unknown_dose`)
+    query = _in_scope(query.where(StudyRow.dose_source != "none"), start, end, procedure)
     with engine.connect() as conn:
         rows = conn.execute(query).all()
     columns = list(zip(*rows)) if rows else [()] * 10
@@ -109,6 +106,25 @@ def load_studies(engine, *, start: date | None = None, end: date | None = None,
         "fluoro_time_s": np.array(columns[8], dtype=float),
         "srdl": np.array(columns[9], dtype=object),
     }
+
+
+def count_unknown_dose(engine, *, start: date | None = None, end: date | None = None,
+                       procedure: str | None = None) -> int:
+    """Studies in scope whose dose is unknown (left out of the statistics)."""
+    query = _in_scope(select(func.count()).select_from(StudyRow)
+                      .where(StudyRow.dose_source == "none"), start, end, procedure)
+    with engine.connect() as conn:
+        return int(conn.execute(query).scalar_one())
+
+
+def _in_scope(query, start: date | None, end: date | None, procedure: str | None):
+    if start is not None:
+        query = query.where(StudyRow.study_date >= start)
+    if end is not None:
+        query = query.where(StudyRow.study_date <= end)
+    if procedure:
+        query = query.where(StudyRow.procedure == procedure)
+    return query
 
 
 def build_tables(data: dict[str, np.ndarray], settings: AuditSettings) -> Tables:
@@ -209,7 +225,9 @@ def write_report(db, out: str | Path, *, start: date | None = None, end: date | 
     for name, png in charts.items():
         chart_paths[name] = out / f"{name}.png"
         _atomic_write(chart_paths[name], png)
-    page = _html(tables, charts, settings, start=start, end=end, procedure=procedure)
+    unknown = count_unknown_dose(engine, start=start, end=end, procedure=procedure)
+    page = _html(tables, charts, settings, start=start, end=end, procedure=procedure,
+                 unknown_dose=unknown)
     html_path = out / "report.html"
     _atomic_write(html_path, page.encode("utf-8"))
     return ReportFiles(html_path, csv_paths, chart_paths, tables.n_studies,
@@ -315,7 +333,8 @@ document.body.setAttribute("data-charts-ok",bad.length?"no":"yes");});"""
 
 
 def _html(tables: Tables, charts: dict[str, bytes], settings: AuditSettings, *,
-          start: date | None, end: date | None, procedure: str | None) -> str:
+          start: date | None, end: date | None, procedure: str | None,
+          unknown_dose: int = 0) -> str:
     e = html.escape
     scope = ", ".join(x for x in (f"from {start}" if start else "", f"to {end}" if end else "",
                                   f"procedure {procedure}" if procedure else "") if x) or "all studies"
@@ -325,7 +344,9 @@ def _html(tables: Tables, charts: dict[str, bytes], settings: AuditSettings, *,
              "<title>sifluoro dose audit</title>", f"<style>{_CSS}</style>",
              f"<script>{_SCRIPT}</script></head><body>",
              "<h1>Fluoroscopy dose audit</h1>",
-             f'<p class="note">{e(scope)}: {tables.n_studies} studies, {tables.n_outliers} flagged. '
+             f'<p class="note">{e(scope)}: {tables.n_studies} studies, {tables.n_outliers} flagged'
+             + (f"; {unknown_dose} more whose dose is unknown (no dose report, no technique to "
+                "estimate it) are left out of the statistics" if unknown_dose else "") + ". "
              f"Generated {e(datetime.now().strftime('%Y-%m-%d %H:%M'))} by sifluoro. DAP in Gy·cm², "
              "reference air kerma (Ka,r) in mGy, fluoroscopy time in s. P75 = 75th percentile "
              "(linear interpolation), the statistic diagnostic reference levels are set at.</p>",

@@ -152,3 +152,21 @@ def test_report_renders_in_headless_chromium_without_console_messages(tmp_path):
                          capture_output=True, text=True, timeout=120).stdout
     assert 'data-charts-ok="yes"' in dom  # every inline chart decoded
     engine.dispose()
+
+
+def test_studies_whose_dose_is_unknown_are_left_out_of_the_statistics_and_counted(tmp_path):
+    """Images with no dose attributes and no kVp: their studies entered the median and P75 as
+    0 Gy·cm² (median 2.0 instead of 3.0 here) and nothing said so (review s10 B#4)."""
+    from tests.dicom_fixtures import RunSpec, technique, write_study
+
+    techs = [technique(reported_dap_gycm2=d, reported_air_kerma_mgy=10 * d) for d in (2.0, 3.0, 4.0)]
+    techs += [technique(kvp=None)] * 2
+    for k, tech in enumerate(techs):
+        write_study(tmp_path / "img" / f"s{k}", [RunSpec(0.0, n_frames=5, tech=tech)])
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    ingest([tmp_path / "img"], db)
+    files = write_report(db, tmp_path / "report")
+    rows = list(csv.DictReader(open(files.csv["summary"])))
+    assert [(r["studies"], float(r["median_dap_gycm2"])) for r in rows] == [("3", 3.0)]
+    assert files.studies == 3
+    assert "2 more whose dose is unknown" in files.html.read_text()
