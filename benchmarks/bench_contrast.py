@@ -38,7 +38,7 @@ from sifluoro.track.contrast import ContrastStage
 _STEPS = ("reduce_frame", "smooth_binomial", "dilate_square", "envelope_max", "flood_unexposed",
           "masked_residual", "robust_centre_spread", "hysteresis_label", "component_stats",
           "core_stats", "select_labels", "shifted_copy", "negative_mass",
-          "transient_maps", "unexposed_seeds", "usable_field", "standardise",
+          "onset_ridge", "unexposed_seeds", "usable_field", "standardise",
           "line_ridge", "washout_ridge", "local_z", "z_like", "best_line", "same_mask",
           "erode_square", "box_scale")
 
@@ -157,7 +157,7 @@ def _step_breakdown(run, frames) -> dict:
         if any(per):
             out[name] = round(float(np.median(per)), 4)
     kernels = [sum(v for k, v in s.items() if k in _STEPS and k not in
-                   ("transient_maps", "line_ridge", "washout_ridge", "local_z", "z_like",
+                   ("onset_ridge", "line_ridge", "washout_ridge", "local_z", "z_like",
                     "best_line", "same_mask", "erode_square", "box_scale"))
                + s.get("vessel_test (all)", 0.0) for s in spent]
     out["other (Python, NumPy)"] = round(float(np.median(np.subtract(total, kernels))), 4)

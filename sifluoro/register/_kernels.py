@@ -17,19 +17,23 @@ def valley_depth(smooth, offsets_px, out):
     A thin lucent line between two bones is darker than both sides; a plain bone edge is not
     (one side is as dark as the edge), so edges score about zero. The joint runs within ~45° of
     the image columns, so horizontal neighbours straddle it.
+
+    One pass per offset over the columns it reaches, through row views with an unsigned index
+    (the loop vectorises); the largest of strictly greater depths is the same in any order.
     """
     rows, cols = smooth.shape
     for y in range(rows):
+        s, o = smooth[y], out[y]
         for x in range(cols):
-            best = 0.0
-            for d in offsets_px:
-                if x - d < 0 or x + d >= cols:
-                    continue
-                side = min(smooth[y, x - d], smooth[y, x + d])
-                v = side - smooth[y, x]
-                if v > best:
-                    best = v
-            out[y, x] = best
+            o[x] = np.float32(0.0)
+        for d in offsets_px:
+            n = cols - 2 * d
+            if n <= 0:
+                continue
+            left, mid, right, od = s[:n], s[d:d + n], s[2 * d:2 * d + n], o[d:d + n]
+            for i in range(np.uint64(n)):
+                v = min(left[i], right[i]) - mid[i]
+                od[i] = v if v > od[i] else od[i]
 
 
 @njit(cache=True, nogil=True)
@@ -54,6 +58,10 @@ def best_path(score, step_penalty, max_step, path_x, acc, came):
     Returns
     -------
     (best, y_start, y_end) : (float, int, int)
+
+    Each row is done a step at a time across all its columns (row views, unsigned indices: the
+    loops vectorise); every column still compares its steps in the order -1, +1, -2, +2, ...
+    in float64, as one column at a time did.
     """
     rows, cols = score.shape
     best, best_y, best_x = 0.0, -1, -1
@@ -63,29 +71,48 @@ def best_path(score, step_penalty, max_step, path_x, acc, came):
         came[0, x] = 127
         if acc[0, x] > best:
             best, best_y, best_x = acc[0, x], 0, x
+    prev = np.empty(cols, np.float64)
+    step = np.empty(cols, np.int8)
+    ucols = np.uint64(cols)
     for y in range(1, rows):
-        for x in range(cols):
-            prev = acc[y - 1, x]
-            step = 0
-            for d in range(1, max_step + 1):
-                if x - d >= 0 and acc[y - 1, x - d] - d * step_penalty > prev:
-                    prev = acc[y - 1, x - d] - d * step_penalty
-                    step = -d
-                if x + d < cols and acc[y - 1, x + d] - d * step_penalty > prev:
-                    prev = acc[y - 1, x + d] - d * step_penalty
-                    step = d
-            total = prev + score[y, x]
-            if total > 0 and prev > 0:
-                acc[y, x] = total
-                came[y, x] = step
-            elif score[y, x] > 0:
-                acc[y, x] = score[y, x]
-                came[y, x] = 127
+        above, sc, ar, cr = acc[y - 1], score[y], acc[y], came[y]
+        for x in range(ucols):
+            prev[x] = above[x]
+            step[x] = 0
+        for d in range(1, max_step + 1):
+            if d >= cols:
+                break
+            n = np.uint64(cols - d)
+            pen = d * step_penalty
+            # from the left: column x + d reads x; from the right: column x reads x + d
+            pl, sl, al = prev[d:], step[d:], above[:cols - d]
+            for i in range(n):
+                c = al[i] - pen
+                if c > pl[i]:
+                    pl[i] = c
+                    sl[i] = -d
+            ar_ = above[d:]
+            for i in range(n):
+                c = ar_[i] - pen
+                if c > prev[i]:
+                    prev[i] = c
+                    step[i] = d
+        for x in range(ucols):
+            p = prev[x]
+            s = sc[x]
+            total = p + s
+            if total > 0 and p > 0:
+                ar[x] = total
+                cr[x] = step[x]
+            elif s > 0:
+                ar[x] = s
+                cr[x] = 127
             else:
-                acc[y, x] = 0.0
-                came[y, x] = 127
-            if acc[y, x] > best:
-                best, best_y, best_x = acc[y, x], y, x
+                ar[x] = 0.0
+                cr[x] = 127
+        for x in range(cols):
+            if ar[x] > best:
+                best, best_y, best_x = ar[x], y, x
     path_x[:] = -1
     if best_y < 0:
         return 0.0, -1, -1

@@ -550,25 +550,33 @@ _F32_HALF = np.float32(0.5)
 
 
 @njit(cache=True, nogil=True)
-def transient_maps(history, order, n, onset, washout):
-    """Onset and washout of the run's last ``n`` (4 or 5) working frames ``x[j] =
-    history[order[j]]``, oldest first, around the arrival frame ``a = x[n-3]``:
-    ``washout = a - x[n-1]``, ``onset = a - x[n-4]`` or ``(a - x[n-4] + a - x[n-5]) / 2``.
-    ``x[n-2]`` is not used: a vessel is at full strength on one frame and may be half gone on
-    the next. float32 throughout, in the NumPy order of operations."""
-    rows, cols = onset.shape
-    x_a = history[order[n - 3]]
-    x_now = history[order[n - 1]]
-    x_p1 = history[order[n - 4]]
-    x_p2 = history[order[max(n - 5, 0)]]
+def onset_ridge(history, a, p1, p2, tap_dy, tap_dx, tap_w, flank_dx, flank_dy, pad, cpad, out):
+    """:func:`line_ridge` of the onset around the arrival frame ``x_a = history[a]``: ``x_a -
+    history[p1]`` or, with ``p2 >= 0``, ``(x_a - history[p1] + x_a - history[p2]) / 2``
+    (float32, in the NumPy order of operations), written straight into ``pad``: the onset map
+    itself is never stored."""
+    rows, cols = out.shape
+    h = (pad.shape[0] - rows) // 2
+    x_a = history[a]
+    x_p1 = history[p1]
+    x_p2 = history[max(p2, 0)]
     for y in range(rows):
-        for x in range(cols):
-            a = x_a[y, x]
-            washout[y, x] = a - x_now[y, x]
-            o = a - x_p1[y, x]
-            if n >= 5:
-                o = ((o + a) - x_p2[y, x]) * _F32_HALF
-            onset[y, x] = o
+        ra, r1, r2 = x_a[y], x_p1[y], x_p2[y]
+        prow = pad[y + h]
+        if p2 >= 0:
+            for x in range(cols):
+                v = ra[x]
+                prow[x + h] = ((v - r1[x]) + v - r2[x]) * _F32_HALF
+        else:
+            for x in range(cols):
+                prow[x + h] = ra[x] - r1[x]
+        for x in range(h):
+            prow[x] = prow[h]
+            prow[cols + h + x] = prow[cols + h - 1]
+    for y in range(h):
+        pad[y] = pad[h]
+        pad[rows + h + y] = pad[rows + h - 1]
+    _ridge_of_padded(rows, cols, tap_dy, tap_dx, tap_w, flank_dx, flank_dy, pad, cpad, out)
 
 
 @njit(cache=True, nogil=True)
@@ -991,15 +999,55 @@ def z_like(m, med, divisor):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def box_scale(validf, window, rowsum, colsum, out):
-    """``out = 1.2533 / max(1, box sum of validf)``: turns a box sum of absolute values over
-    the valid pixels into a Gaussian-equivalent standard deviation (:func:`local_z`)."""
-    box_sum(validf, window, rowsum, colsum, out)
-    rows, cols = out.shape
-    k = np.float32(1.2533)
-    for y in range(rows):
+def box_scale(mask, window, counts, out):
+    """``out = 1.2533 / max(1, pixels of mask in the window² box)``, zeros outside: turns a box
+    sum of absolute values over the mask into a Gaussian-equivalent standard deviation
+    (:func:`local_z`). Counted in integers (``counts``: int32 of the mask's shape), column
+    counts first (a pass that vectorises along the row): the same counts a float box sum of
+    the 0/1 mask gives, exactly."""
+    rows, cols = mask.shape
+    r = window // 2
+    prefix = np.empty(cols + 1, np.int32)
+    c0 = counts[0]
+    for x in range(cols):
+        c0[x] = 0
+    for y in range(min(r + 1, rows)):
+        my = mask[y]
         for x in range(cols):
-            out[y, x] = k / max(out[y, x], np.float32(1.0))
+            c0[x] += my[x]
+    for y in range(1, rows):
+        prev, cy = counts[y - 1], counts[y]
+        for x in range(cols):
+            cy[x] = prev[x]
+        if y + r < rows:
+            add = mask[y + r]
+            for x in range(cols):
+                cy[x] += add[x]
+        if y - r - 1 >= 0:
+            sub = mask[y - r - 1]
+            for x in range(cols):
+                cy[x] -= sub[x]
+    # along each row: prefix sums (prefix[x] = counts of columns < x), then each box is the
+    # difference of two, in a loop free of branches where the box lies inside the row
+    k = np.float32(1.2533)
+    one = np.float32(1.0)
+    lo_end = min(r, cols)                # boxes cut by the left edge: x < r
+    hi_start = max(cols - r - 1, lo_end)  # boxes cut by the right edge
+    for y in range(rows):
+        cy, oy = counts[y], out[y]
+        acc = 0
+        prefix[0] = 0
+        for x in range(cols):
+            acc += cy[x]
+            prefix[x + 1] = acc
+        for x in range(lo_end):
+            oy[x] = k / max(np.float32(prefix[min(x + r + 1, cols)]), one)
+        # views and an unsigned index: no wraparound test, the loop vectorises
+        hi, lo, mid = prefix[lo_end + r + 1:], prefix[max(lo_end - r, 0):], oy[lo_end:hi_start]
+        for i in range(np.uint64(hi_start - lo_end)):
+            mid[i] = k / max(np.float32(hi[i] - lo[i]), one)
+        for x in range(hi_start, cols):
+            oy[x] = k / max(np.float32(prefix[cols] - prefix[max(x - r, 0)]), one)
 
 
 @njit(cache=True, nogil=True)
@@ -1092,7 +1140,6 @@ def warm_up(rows: int = 1024, cols: int = 1024, factor: int = 4) -> None:
     history = np.zeros((5,) + shape, np.float32)
     onset = np.zeros(shape, np.float32)
     washout = np.zeros(shape, np.float32)
-    transient_maps(history, np.arange(5), 5, onset, washout)
     taps_i = np.zeros((2, LINE_TAPS), np.int64)
     taps_w = np.zeros((2, LINE_TAPS), np.float32)
     flank = np.zeros(2, np.int64)
@@ -1100,6 +1147,7 @@ def warm_up(rows: int = 1024, cols: int = 1024, factor: int = 4) -> None:
     cpad = np.zeros((shape[0] + 6, shape[1] + 6), np.float32)
     line_ridge(onset, taps_i, taps_i, taps_w, flank, flank, pad, cpad, washout)
     washout_ridge(history, 2, 4, taps_i, taps_i, taps_w, flank, flank, pad, cpad, washout)
+    onset_ridge(history, 2, 1, 0, taps_i, taps_i, taps_w, flank, flank, pad, cpad, washout)
     erode_square(flags, 4, flags2, flags3)
     same_mask(flags, flags2)
     rowsum = np.zeros(shape, np.float64)
@@ -1109,7 +1157,7 @@ def warm_up(rows: int = 1024, cols: int = 1024, factor: int = 4) -> None:
     hist = np.zeros(4 * 4096, np.int64)
     bins = np.zeros(shape, np.int32)
     masked_median(img, flags, scratch, hist, bins)
-    box_scale(tmp, 31, rowsum, colsum, washout)
+    box_scale(flags, 31, bins, washout)
     med = local_z(onset, flags, tmp, washout, 31, scratch, hist, bins, rowsum, colsum, img)
     z_like(onset, med, img)
     best_line(onset, washout, tmp, 1.5, 3.0, flags2, stack)

@@ -74,6 +74,12 @@ def hough_vote(smooth, score, z_min, z_cap, angle_lo, angle_hi, half_window, acc
             acc[i, j] = 0.0
     rows, cols = score.shape
     bin_rad = math.pi / n_theta
+    # each bin's normal (line direction + pi/2), once, on its first vote: scalar cos and sin
+    # as every vote took them (a table filled in a loop of its own could be vectorised with
+    # other cos/sin routines, SVML)
+    cos_t = np.empty(n_theta, np.float64)
+    sin_t = np.empty(n_theta, np.float64)
+    known = np.zeros(n_theta, np.bool_)
     n = 0
     for y in range(1, rows - 1):
         for x in range(1, cols - 1):
@@ -90,9 +96,12 @@ def hough_vote(smooth, score, z_min, z_cap, angle_lo, angle_hi, half_window, acc
                         continue
                 elif kb < angle_lo and kb > angle_hi:
                     continue
-                # normal angle = line direction + pi/2
-                phi = kb * bin_rad + 0.5 * math.pi
-                r = x * math.cos(phi) + y * math.sin(phi) + rho_offset
+                if not known[kb]:
+                    phi = kb * bin_rad + 0.5 * math.pi
+                    cos_t[kb] = math.cos(phi)
+                    sin_t[kb] = math.sin(phi)
+                    known[kb] = True
+                r = x * cos_t[kb] + y * sin_t[kb] + rho_offset
                 j = int(math.floor(r + 0.5))
                 if 0 <= j < n_rho:
                     acc[kb, j] += w

@@ -99,14 +99,13 @@ class TransientLines:
     def __init__(self, shape: tuple[int, int]):
         rows, cols = shape
         self.shape = shape
-        self.onset = np.empty(shape, np.float32)
-        self.washout = np.empty(shape, np.float32)
         self.pad = np.empty((rows + 2 * LINE_HALF_PX, cols + 2 * LINE_HALF_PX), np.float32)
         self.cpad = np.empty((rows + 2 * FLANK_PX, cols + 2 * FLANK_PX), np.float32)
         self.ridge_o = np.empty(shape, np.float32)
         self.ridge_w = np.empty(shape, np.float32)
         self.tmp = np.empty(shape, np.float32)
         self.rowsum = np.empty(shape, np.float64)
+        self.counts = np.empty(shape, np.int32)
         self.colsum = np.empty(cols, np.float64)
         self.scratch = np.empty(rows * cols, np.float32)
         self.hist = np.empty(4 * 4096, np.int64)
@@ -127,6 +126,12 @@ class TransientLines:
         self.w_median = 0.0
         self.w_of = (0, -1)
         self.mask_gen = 0
+        # the last onset's ridge, named by the stamps of its frames (arrival, the two before):
+        # the recent test's onset on one frame is the history test's on the next; and which
+        # frames and field the standardised one in ridge_o is of
+        self.onset_ridge = np.empty(shape, np.float32)
+        self.onset_of: tuple[int, int, int] | None = None
+        self.onset_z_of: tuple[tuple[int, int, int], int] | None = None
 
     def _ridge(self, img: np.ndarray, out: np.ndarray) -> None:
         K.line_ridge(img, *tap_tables(), self.pad, self.cpad, out)
@@ -140,7 +145,7 @@ class TransientLines:
         self.mask_gen += 1
         K.erode_square(valid, EDGE_PX, self.etmp, self.inner)
         np.copyto(self.validf, self.inner)
-        K.box_scale(self.validf, NOISE_WINDOW_PX, self.rowsum, self.colsum, self.den_scale)
+        K.box_scale(self.inner, NOISE_WINDOW_PX, self.counts, self.den_scale)
 
     def score_history(self, history: np.ndarray, order: np.ndarray, n: int,
                       valid: np.ndarray, *, floor: float = 0.0,
@@ -187,8 +192,8 @@ class TransientLines:
 
     def _score(self, history, order, n, valid, floor, stamps, newest, *, reuse_noise) -> float:
         self._mask(valid)
-        # the washout x[a] - x[n-1] (K.transient_maps) straight into the ridge filter; the
-        # onset only when the washout can reach the floor
+        # the washout x[a] - x[n-1] straight into the ridge filter; the onset only when the
+        # washout can reach the floor
         K.washout_ridge(history, order[n - 3], order[n - 1], *tap_tables(), self.pad, self.cpad,
                         self.ridge_w)
         noise_of = (int(stamps[newest]), self.mask_gen) if stamps is not None else (0, -1)
@@ -203,12 +208,28 @@ class TransientLines:
         if floor > 0.0 and K.best_line(self.ridge_w, self.ridge_w, self.validf, LOW_Z, HIGH_Z,
                                        self.seen, self.stack) < floor:
             return 0.0
-        K.transient_maps(history, order, n, self.onset, self.washout)
-        self._ridge(self.onset, self.ridge_o)
-        K.local_z(self.ridge_o, self.inner, self.validf, self.den_scale, NOISE_WINDOW_PX,
-                  self.scratch, self.hist, self.bins, self.rowsum, self.colsum, self.tmp)
+        self._onset_z(history, order, n, stamps)
         return K.best_line(self.ridge_o, self.ridge_w, self.validf, LOW_Z, HIGH_Z, self.seen,
                            self.stack)
+
+    def _onset_z(self, history, order, n, stamps) -> None:
+        """``ridge_o``: the onset's ridge standardised on the current field (K.local_z). With
+        ``stamps``, a ridge of the same three frames is not filtered again (the same float
+        operations on the same frames), and its z is kept while the field is unchanged."""
+        frames = None
+        if stamps is not None:
+            frames = (int(stamps[order[n - 3]]), int(stamps[order[n - 4]]),
+                      int(stamps[order[n - 5]]) if n >= 5 else 0)
+            if self.onset_z_of == (frames, self.mask_gen):
+                return
+        if frames is None or frames != self.onset_of:
+            K.onset_ridge(history, order[n - 3], order[n - 4], order[n - 5] if n >= 5 else -1,
+                          *tap_tables(), self.pad, self.cpad, self.onset_ridge)
+            self.onset_of = frames
+        np.copyto(self.ridge_o, self.onset_ridge)
+        K.local_z(self.ridge_o, self.inner, self.validf, self.den_scale, NOISE_WINDOW_PX,
+                  self.scratch, self.hist, self.bins, self.rowsum, self.colsum, self.tmp)
+        self.onset_z_of = None if frames is None else (frames, self.mask_gen)
 
     def score(self, frames: list[np.ndarray], valid: np.ndarray) -> float:
         """:meth:`score_history` of a list of 4 or 5 frames, oldest first (copies them)."""

@@ -1,6 +1,7 @@
 """numba kernels of register/ against plain NumPy references."""
 import numpy as np
 import pytest
+from numba import njit
 
 from sifluoro.register import _kernels
 
@@ -81,6 +82,90 @@ def test_best_path_on_all_negative_score_is_empty():
     best, y0, y1, path = run_best_path(-np.ones((6, 5), np.float32), 0.5, 2)
     assert (best, y0, y1) == (0.0, -1, -1)
     assert (path == -1).all()
+
+
+@njit
+def _valley_depth_scan(smooth, offsets_px, out):
+    """The kernel as it was, a pixel at a time (valley_depth must give its floats exactly)."""
+    rows, cols = smooth.shape
+    for y in range(rows):
+        for x in range(cols):
+            best = 0.0
+            for d in offsets_px:
+                if x - d < 0 or x + d >= cols:
+                    continue
+                v = min(smooth[y, x - d], smooth[y, x + d]) - smooth[y, x]
+                if v > best:
+                    best = v
+            out[y, x] = best
+
+
+@njit
+def _best_path_scan(score, step_penalty, max_step, acc, came):
+    """best_path's table as it was, a pixel at a time."""
+    rows, cols = score.shape
+    best, best_y, best_x = 0.0, -1, -1
+    for x in range(cols):
+        v = score[0, x]
+        acc[0, x] = v if v > 0 else 0.0
+        came[0, x] = 127
+        if acc[0, x] > best:
+            best, best_y, best_x = acc[0, x], 0, x
+    for y in range(1, rows):
+        for x in range(cols):
+            prev = acc[y - 1, x]
+            step = 0
+            for d in range(1, max_step + 1):
+                if x - d >= 0 and acc[y - 1, x - d] - d * step_penalty > prev:
+                    prev = acc[y - 1, x - d] - d * step_penalty
+                    step = -d
+                if x + d < cols and acc[y - 1, x + d] - d * step_penalty > prev:
+                    prev = acc[y - 1, x + d] - d * step_penalty
+                    step = d
+            total = prev + score[y, x]
+            if total > 0 and prev > 0:
+                acc[y, x] = total
+                came[y, x] = step
+            elif score[y, x] > 0:
+                acc[y, x] = score[y, x]
+                came[y, x] = 127
+            else:
+                acc[y, x] = 0.0
+                came[y, x] = 127
+            if acc[y, x] > best:
+                best, best_y, best_x = acc[y, x], y, x
+    return best, best_y, best_x
+
+
+@pytest.mark.parametrize("shape, offsets", [((23, 31), [1, 3, 5]), ((9, 7), [1, 2, 3, 4]),
+                                            ((40, 64), [2, 3, 6])])
+def test_valley_depth_equals_the_pixel_scan_exactly(shape, offsets):
+    rng = np.random.default_rng(len(offsets))
+    smooth = np.round(rng.random(shape) * 8).astype(np.float32) / 8   # ties and zero depths
+    offsets = np.array(offsets, np.int64)
+    got, ref = np.empty_like(smooth), np.empty_like(smooth)
+    _kernels.valley_depth(smooth, offsets, got)
+    _valley_depth_scan(smooth, offsets, ref)
+    np.testing.assert_array_equal(got, ref)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("max_step, penalty, cols", [(1, 0.5, 9), (2, 1.5, 40), (2, 0.3, 2),
+                                                     (3, 0.25, 17)])
+def test_best_path_equals_the_pixel_scan_exactly(seed, max_step, penalty, cols):
+    """The same table (running scores, steps) and the same best end, ties included."""
+    rng = np.random.default_rng(seed)
+    score = (np.round(rng.random((30, cols)) * 4) / 4 - 0.5).astype(np.float32)
+    score[5:20, cols // 2] = 1.5
+    acc, came = np.empty_like(score), np.empty(score.shape, np.int8)
+    path = np.empty(score.shape[0], np.int32)
+    best, y0, y1 = _kernels.best_path(score, np.float32(penalty), max_step, path, acc, came)
+    ref_acc, ref_came = np.empty_like(score), np.empty(score.shape, np.int8)
+    ref_best, ref_y, ref_x = _best_path_scan(score, np.float32(penalty), max_step, ref_acc,
+                                             ref_came)
+    np.testing.assert_array_equal(acc, ref_acc)
+    np.testing.assert_array_equal(came, ref_came)
+    assert (best, y1) == (ref_best, ref_y) and path[y1] == ref_x
 
 
 def phase_cross_power_reference(ref, cur):

@@ -260,16 +260,34 @@ def test_erode_square_matches_opencv(rng, radius):
 
 
 @pytest.mark.parametrize("n", [4, 5])
-def test_transient_maps_match_numpy(rng, n):
+def test_onset_ridge_is_the_ridge_of_the_numpy_onset(rng, n):
+    from sifluoro.track.contrast_transient import tap_tables
+
     history = rng.random((5, 20, 30)).astype(np.float32)
-    onset, washout = np.empty((20, 30), np.float32), np.empty((20, 30), np.float32)
     order = np.array([3, 0, 4, 1, 2])           # a ring: slot order[j] holds frame j
-    K.transient_maps(history, order, n, onset, washout)
     x = history[order[:n]]
     a = x[-3]
-    np.testing.assert_array_equal(washout, a - x[-1])
-    ref = a - x[-4] if n == 4 else ((a - x[-4]) + a - x[-5]) * np.float32(0.5)
-    np.testing.assert_array_equal(onset, ref)
+    onset = a - x[-4] if n == 4 else ((a - x[-4]) + a - x[-5]) * np.float32(0.5)
+    pad, cpad = np.empty((28, 38), np.float32), np.empty((26, 36), np.float32)
+    ref, got = np.empty((20, 30), np.float32), np.empty((20, 30), np.float32)
+    K.line_ridge(onset, *tap_tables(), pad, cpad, ref)
+    K.onset_ridge(history, order[n - 3], order[n - 4], order[n - 5] if n == 5 else -1,
+                  *tap_tables(), pad, cpad, got)
+    np.testing.assert_array_equal(got, ref)
+
+
+@pytest.mark.parametrize("shape, window", [((60, 70), 31), ((37, 45), 5), ((20, 9), 31),
+                                           ((1, 40), 3)])
+def test_box_scale_counts_as_the_float_box_sum(rng, shape, window):
+    """Integer counts give exactly the float box sum of the 0/1 mask (the kernel it replaced)."""
+    mask = rng.random(shape) > 0.3
+    mask[:, : shape[1] // 3] = False
+    validf = mask.astype(np.float32)
+    box = np.empty(shape, np.float32)
+    K.box_sum(validf, window, np.empty(shape), np.empty(shape[1]), box)
+    got = np.empty(shape, np.float32)
+    K.box_scale(mask, window, np.empty(shape, np.int32), got)
+    np.testing.assert_array_equal(got, np.float32(1.2533) / np.maximum(box, np.float32(1.0)))
 
 
 def test_local_z_matches_numpy(rng):
@@ -280,7 +298,7 @@ def test_local_z_matches_numpy(rng):
     den = cv2.boxFilter(validf, -1, (31, 31), normalize=False, borderType=cv2.BORDER_CONSTANT)
     got = m.copy()
     scale = np.empty_like(m)
-    K.box_scale(validf, 31, np.empty(m.shape), np.empty(m.shape[1]), scale)
+    K.box_scale(inner, 31, np.empty(m.shape, np.int32), scale)
     np.testing.assert_allclose(scale, np.float32(1.2533) / np.maximum(den, 1.0), rtol=1e-6)
     divisor = np.empty_like(m)
     got_med = K.local_z(got, inner, validf, scale, 31, np.empty(2 * m.size, np.float32),

@@ -279,3 +279,43 @@ def test_recent_test_on_the_history_tests_noise_scores_as_on_its_own(profile, ve
         assert own > 20.0 and shared > max(own, 40.0)
     else:
         assert own < 15.0 and shared < 15.0
+
+
+def test_an_onset_seen_by_the_recent_test_is_reused_exactly_on_the_next_frame(monkeypatch):
+    """Frame by frame through a ring as the stage calls it (history test, then recent test):
+    one object carrying its onsets over gives the same scores, bit for bit, as a fresh object
+    per frame; the recent test's onset is not filtered again by the next history test, and
+    its z is kept while the field stays the same (a changed field standardises it anew)."""
+    from sifluoro.track.contrast_transient import new_stamp
+
+    frames = (_frames([0, 0, 0, 1, 0.3, 0.1, 0, 0], seed=3)
+              + _frames([0, 0, 1, 0.9, 0.2, 0, 0, 0], seed=4))
+    full = np.ones(SHAPE, bool)
+    cut = full.copy()
+    cut[:20] = False
+    fields = [full] * 6 + [cut, full, full, cut, cut] + [full] * 5
+    ring = np.zeros((6,) + SHAPE, np.float32)
+    stamps = np.full(6, -1, np.int64)
+    kept = TransientLines(SHAPE)
+    filtered = []
+    onset_ridge = K.onset_ridge
+    monkeypatch.setattr(K, "onset_ridge", lambda *a: (filtered.append(a[-1] is kept.onset_ridge),
+                                                      onset_ridge(*a))[1])
+    reused, best = 0, 0.0
+    for i, (frame, valid) in enumerate(zip(frames, fields)):
+        ring[i % 6] = frame
+        stamps[i % 6] = new_stamp()
+        n = min(i + 1, 5)
+        if n < 4:
+            continue
+        order = np.array([(i - n + 1 + j) % 6 for j in range(n)], np.int64)
+        fresh = TransientLines(SHAPE)
+        want = (fresh.score_history(ring, order, n, valid, stamps=stamps),
+                fresh.score_recent(ring, order, n, valid, stamps=stamps))
+        onsets = filtered.count(True)
+        got = (kept.score_history(ring, order, n, valid, stamps=stamps),
+               kept.score_recent(ring, order, n, valid, stamps=stamps))
+        assert got == want
+        reused += filtered.count(True) - onsets == 1
+        best = max(best, *want)
+    assert reused == 12 and best > 30.0       # every frame but the first test's

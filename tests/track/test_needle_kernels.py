@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+from numba import njit
 from scipy import ndimage
 from skimage.feature import hessian_matrix_eigvals
 
@@ -99,6 +100,45 @@ def test_hough_vote_matches_reference(lo, hi):
     ref = _ref_hough(smooth, score, 1.0, 3.0, lo, hi, 2, acc.shape, rho_offset)
     np.testing.assert_allclose(acc, ref, atol=1e-4)
     assert n == int((score[1:-1, 1:-1] > 1.0).sum())
+
+
+@njit
+def _hough_vote_scan(smooth, score, z_min, z_cap, angle_lo, angle_hi, half_window, acc,
+                     rho_offset):
+    """hough_vote as it was: each vote's normal from cos and sin of its angle."""
+    n_theta, n_rho = acc.shape
+    acc[:] = 0.0
+    bin_rad = math.pi / n_theta
+    for y in range(1, score.shape[0] - 1):
+        for x in range(1, score.shape[1] - 1):
+            z = score[y, x]
+            if z <= z_min:
+                continue
+            w = min(z, z_cap) - z_min
+            b = int(K.line_angle(smooth, x, y) / bin_rad + 0.5)
+            for k in range(b - half_window, b + half_window + 1):
+                kb = k % n_theta
+                if angle_lo <= angle_hi:
+                    if kb < angle_lo or kb > angle_hi:
+                        continue
+                elif kb < angle_lo and kb > angle_hi:
+                    continue
+                phi = kb * bin_rad + 0.5 * math.pi
+                j = int(math.floor(x * math.cos(phi) + y * math.sin(phi) + rho_offset + 0.5))
+                if 0 <= j < n_rho:
+                    acc[kb, j] += w
+
+
+@pytest.mark.parametrize("lo,hi", [(0, 179), (170, 10)])
+def test_hough_vote_equals_the_scan_with_cos_and_sin_per_vote_exactly(lo, hi):
+    rng = np.random.default_rng(lo)
+    smooth = np.round(rng.normal(size=(37, 64)) * 4).astype(np.float32) / 4
+    score = rng.normal(size=smooth.shape).astype(np.float32) * 2
+    acc, ref = np.empty((180, 160), np.float32), np.empty((180, 160), np.float32)
+    K.hough_vote(smooth, score, np.float32(0.5), np.float32(3.0), lo, hi, 3, acc, 70.0)
+    _hough_vote_scan(smooth, score, np.float32(0.5), np.float32(3.0), lo, hi, 3, ref, 70.0)
+    np.testing.assert_array_equal(acc, ref)
+    assert ref.max() > 0.0
 
 
 def test_hough_vote_peak_on_a_line():
