@@ -260,3 +260,35 @@ def test_impossible_frame_timing_is_refused_naming_the_tag(tmp_path, attributes,
     assert study.runs == ()
     [rejection] = study.rejected
     assert rejection.reason.startswith(reason), rejection.reason
+
+
+@pytest.mark.parametrize("content_date", [True, False])
+def test_a_time_without_its_date_after_midnight_is_dated_the_next_day(tmp_path, content_date):
+    """AcquisitionTime without AcquisitionDate(Time) in a study that crosses midnight: the run
+    at 00:05 took the StudyDate and started 24 h early, first in the study, and beside the
+    device's report its dose was added again (review s10 B#10). The image's own ContentDate
+    dates it; without one, a time before the study's is on the next day."""
+    from datetime import datetime, timedelta
+
+    import pydicom
+
+    import tests.dicom_fixtures as fx
+
+    start = datetime(2026, 3, 4, 23, 50, 0)
+    paths = fx.write_study(tmp_path, [fx.RunSpec(0.0), fx.RunSpec(480.0), fx.RunSpec(900.0)])
+    for k, path in enumerate(paths):
+        ds = pydicom.dcmread(path)
+        when = start + timedelta(seconds=(0.0, 480.0, 900.0)[k])
+        ds.StudyDate, ds.StudyTime = start.strftime("%Y%m%d"), start.strftime("%H%M%S")
+        for keyword in ("AcquisitionDateTime", "AcquisitionDate"):
+            if keyword in ds:
+                delattr(ds, keyword)
+        ds.AcquisitionTime = when.strftime("%H%M%S")
+        if content_date:
+            ds.ContentDate, ds.ContentTime = when.strftime("%Y%m%d"), when.strftime("%H%M%S")
+        elif "ContentDate" in ds:
+            del ds.ContentDate
+        ds.save_as(path)
+    study = read_study([tmp_path])
+    assert [r.start_s for r in study.runs] == pytest.approx([0.0, 480.0, 900.0])
+    assert [r.sop_instance_uid for r in study.runs] == [pydicom.dcmread(p).SOPInstanceUID for p in paths]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydicom.datadict import tag_for_keyword
@@ -313,15 +313,31 @@ def _datetime(look: _Lookup, dt_kw: str | None, date_kw: str | None, time_kw: st
     if time_kw:
         time_text = look.text(time_kw, frame)
         date_text = look.text(date_kw, frame) if date_kw else ""
-        date_text = date_text or look.text("StudyDate", None) or "19700101"
+        # a time without its date: the image's own ContentDate, else the study's date, a day
+        # on when the time is before the study's (a study across midnight)
+        next_day = False
+        if not date_text:
+            date_text = look.text("ContentDate", None)
+        if not date_text:
+            date_text = look.text("StudyDate", None) or "19700101"
+            study_time = look.text("StudyTime", None)
+            next_day = bool(study_time and time_text and _before(time_text, study_time))
         if time_text:
             try:
                 d, t = DA(date_text), TM(time_text)
                 if d is not None and t is not None:
-                    return datetime.combine(d, t)
+                    return datetime.combine(d, t) + timedelta(days=1 if next_day else 0)
             except ValueError:
                 log.info("ignoring unusable %s/%s", tag_name(date_kw or "StudyDate"), tag_name(time_kw))
     return None
+
+
+def _before(time_text: str, other_text: str) -> bool:
+    try:
+        a, b = TM(time_text), TM(other_text)
+    except ValueError:
+        return False
+    return a is not None and b is not None and a < b
 
 
 def run_start(look: _Lookup) -> datetime | None:
