@@ -85,7 +85,7 @@ def load_studies(engine, *, start: date | None = None, end: date | None = None,
     query = (select(StudyRow.study_instance_uid, StudyRow.study_date, StudyRow.procedure,
                     DeviceRow.manufacturer, DeviceRow.model, DeviceRow.station_name,
                     StudyRow.dap_gycm2, StudyRow.air_kerma_mgy, StudyRow.fluoro_time_s,
-                    StudyRow.srdl_exceeded)
+                    StudyRow.srdl_exceeded, DeviceRow.id, DeviceRow.serial_number)
              .join(DeviceRow, DeviceRow.id == StudyRow.device_id)
              .order_by(StudyRow.procedure, StudyRow.study_date, StudyRow.study_instance_uid))
     # a study whose dose is wholly unknown (no report, no technique) is not a 0 in a DRL
@@ -93,9 +93,15 @@ def load_studies(engine, *, start: date | None = None, end: date | None = None,
     query = _in_scope(query.where(StudyRow.dose_source != "none"), start, end, procedure)
     with engine.connect() as conn:
         rows = conn.execute(query).all()
-    columns = list(zip(*rows)) if rows else [()] * 10
+    columns = list(zip(*rows)) if rows else [()] * 12
     devices = [" ".join(x for x in (m, mo) if x) + (f" ({st})" if st else "")
                for m, mo, st in zip(columns[3], columns[4], columns[5])]
+    # two C-arms of one model and no station names are two groups: the serial number tells
+    ids_by_label: dict[str, set] = {}
+    for label, device_id in zip(devices, columns[10]):
+        ids_by_label.setdefault(label, set()).add(device_id)
+    devices = [f"{label} [serial {serial or '?'}]" if len(ids_by_label[label]) > 1 else label
+               for label, serial in zip(devices, columns[11])]
     return {
         "uid": np.array(columns[0], dtype=object),
         "date": np.array(columns[1], dtype=object),

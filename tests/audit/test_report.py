@@ -170,3 +170,20 @@ def test_studies_whose_dose_is_unknown_are_left_out_of_the_statistics_and_counte
     assert [(r["studies"], float(r["median_dap_gycm2"])) for r in rows] == [("3", 3.0)]
     assert files.studies == 3
     assert "2 more whose dose is unknown" in files.html.read_text()
+
+
+def test_two_c_arms_of_one_model_are_two_groups(tmp_path, monkeypatch):
+    """Same manufacturer and model, no station names, two serial numbers: one merged group
+    with a median of both rooms (review s10 B#11)."""
+    import tests.dicom_fixtures as fx
+    from sifluoro.model import Device
+
+    for k, (serial, dap) in enumerate([("R1", 2.0), ("R1", 3.0), ("R2", 10.0), ("R2", 12.0)]):
+        monkeypatch.setattr(fx, "DEVICE", Device("ACME Medical", "C-Arm 9000", serial, ""))
+        fx.write_study(tmp_path / "img" / f"s{k}",
+                       [fx.RunSpec(0.0, n_frames=5, tech=fx.technique(reported_dap_gycm2=dap))])
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    ingest([tmp_path / "img"], db)
+    rows = list(csv.DictReader(open(write_report(db, tmp_path / "report").csv["summary"])))
+    assert [(r["device"], float(r["median_dap_gycm2"])) for r in rows] == [
+        ("ACME Medical C-Arm 9000 [serial R1]", 2.5), ("ACME Medical C-Arm 9000 [serial R2]", 11.0)]
