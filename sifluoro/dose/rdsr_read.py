@@ -87,6 +87,21 @@ _K = SimpleNamespace(**{name: C.key(getattr(C.DCM, name)) for name in (
     "XRayRadiationDoseReport",)})
 
 
+def _created(ds) -> datetime | None:
+    """When the report was made: Instance Creation, else Content date and time (naive)."""
+    for date_kw, time_kw in (("InstanceCreationDate", "InstanceCreationTime"),
+                             ("ContentDate", "ContentTime")):
+        text = str(ds.get(date_kw, "") or "").strip()
+        if not text:
+            continue
+        clock = str(ds.get(time_kw, "") or "").strip().split(".")[0].ljust(6, "0")[:6]
+        try:
+            return datetime.strptime(text[:8] + clock, "%Y%m%d%H%M%S")
+        except ValueError:
+            continue
+    return None
+
+
 def _by_sifluoro(ds) -> bool:
     """Whether sifluoro wrote the report (its name in Software Versions, as ``write_rdsr``
     puts it): such a report repeats the device's exposures under event UIDs of its own."""
@@ -250,7 +265,7 @@ class _Reader:
                          events=tuple(events), planes=tuple(planes), path=self.path,
                          dose_source="rdsr", planes_from_report=from_report,
                          scope_study_instance_uid=scope_uid,
-                         by_sifluoro=_by_sifluoro(ds))
+                         by_sifluoro=_by_sifluoro(ds), created=_created(ds))
 
     def completed(self, plane: PlaneTotals, events: list[IrradiationEvent]) -> PlaneTotals:
         """A plane's accumulated totals with each total the container leaves out taken from

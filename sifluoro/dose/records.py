@@ -142,6 +142,9 @@ class StudyDose:
     #: a report sifluoro wrote (from the images, or copied from a device report): the
     #: device's own report of the same study, when there is one, supersedes it
     by_sifluoro: bool = False
+    #: when the report was made (Instance Creation, else Content date and time; naive): of
+    #: two reports of the same exposures, a correction is the later one
+    created: datetime | None = None
 
     def _sum(self, attr: str) -> float:
         return float(sum(getattr(p, attr) or 0.0 for p in self.planes))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -173,7 +174,9 @@ def _clock(times: list[datetime]):
 
 def _merge(reports: list[StudyDose]) -> StudyDose:
     kept = []
-    for report in sorted(reports, key=lambda r: -len(r.events)):
+    # of reports with the same events, the newest is kept (a correction sent again under a new
+    # SOP Instance UID), whatever the files' names
+    for report in sorted(reports, key=lambda r: (-len(r.events), *(-t for t in _made_at(r)))):
         uids = {e.event_uid for e in report.events}
         if any(uids <= {e.event_uid for e in k.events} for k in kept) and uids:
             continue  # superseded by a cumulative report already kept
@@ -198,6 +201,16 @@ def _merge(reports: list[StudyDose]) -> StudyDose:
     first = kept[0]
     return replace(first, events=tuple(events), planes=planes, planes_from_report=from_report,
                    path=", ".join(r.path or "" for r in kept))
+
+
+def _made_at(report: StudyDose) -> tuple[float, float]:
+    """When the report was made (seconds): its own date, then its file's modification time
+    (a correction often keeps the original's dates)."""
+    own = report.created.timestamp() if report.created is not None else 0.0
+    try:
+        return own, os.stat(report.path.split(", ")[0]).st_mtime if report.path else 0.0
+    except OSError:
+        return own, 0.0
 
 
 def _add_planes(planes: list[PlaneTotals]) -> list[PlaneTotals]:

@@ -241,3 +241,32 @@ def test_a_totals_only_report_sent_twice_counts_once():
                       planes=(PlaneTotals("single", dap_gycm2=0.5, air_kerma_mgy=2.0),), path="c.dcm")
     assert merge_reports([first, again]).dap_gycm2 == pytest.approx(0.09)
     assert merge_reports([first, again, other]).dap_gycm2 == pytest.approx(0.59)  # another step
+
+
+@pytest.mark.parametrize("names", [("a-original.dcm", "b-corrected.dcm"), ("b-original.dcm", "a-corrected.dcm")])
+def test_of_two_reports_of_the_same_events_the_newer_counts(tmp_path, names):
+    """A correction sent again under a new SOP Instance UID (same events, halved DAP): the file
+    whose name sorted first counted (review s10 B#15). The later one does, by its own
+    creation date or, when it kept the original's, by its file's time."""
+    import copy
+    import os
+
+    from pydicom.uid import generate_uid
+
+    from sifluoro.dose.summary import summarize
+
+    original = build_rdsr(EVENTS)
+    corrected = copy.deepcopy(original)
+    corrected.SOPInstanceUID = generate_uid()
+    for item in corrected.ContentSequence:
+        for sub in item.get("ContentSequence") or []:
+            if sub.ValueType == "NUM" and sub.ConceptNameCodeSequence[0].CodeValue in ("122130", "113722"):
+                value = sub.MeasuredValueSequence[0]
+                value.NumericValue = f"{float(value.NumericValue) / 2:.10g}"
+    save(original, tmp_path / names[0])
+    save(corrected, tmp_path / names[1])
+    os.utime(tmp_path / names[0], (1_700_000_000, 1_700_000_000))
+    os.utime(tmp_path / names[1], (1_700_000_600, 1_700_000_600))
+    (study,), _ = summarize([tmp_path])
+    assert study.dap_gycm2 == pytest.approx(5.75 / 2)
+    assert study.path == str(tmp_path / names[1])
