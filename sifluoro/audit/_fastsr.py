@@ -15,11 +15,14 @@ Python numbers; bulk VRs (OB, OW, UN...) are bytes. Private elements are skipped
 """
 from __future__ import annotations
 
+import logging
 import struct
 from functools import lru_cache
 from struct import Struct
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag
+
+log = logging.getLogger(__name__)
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 IMPLICIT_LE = "1.2.840.10008.1.2"
@@ -110,7 +113,7 @@ def _parse(data: bytes) -> LightDataset:
     else:
         raise FastPathUnsupported(f"transfer syntax {syntax}")
     charset = _charset(data, pos, explicit)
-    ds, _ = _Parser(data, explicit=explicit, encoding=charset).dataset(pos, len(data))
+    ds, _ = _Parser(data, explicit=explicit, encoding=charset).dataset(pos, len(data), top=True)
     return ds
 
 
@@ -160,7 +163,8 @@ class _Parser:
             pos += length
         return None
 
-    def dataset(self, pos: int, end: int, *, group2_only: bool = False) -> tuple[LightDataset, int]:
+    def dataset(self, pos: int, end: int, *, group2_only: bool = False,
+                top: bool = False) -> tuple[LightDataset, int]:
         ds = LightDataset()
         data, explicit = self.data, self.explicit
         keywords, value = _KEYWORDS, self.value
@@ -168,6 +172,9 @@ class _Parser:
         if end > len(data):
             raise CutShort(f"an item runs past the end of the file ({len(data)} bytes)")
         while pos < end:
+            if top and end - pos < 8:  # shorter than any element header: padding, as pydicom
+                log.info("ignoring %d byte(s) after the last element", end - pos)  # reads it
+                break
             group, elem = _TAG.unpack_from(data, pos)
             if group2_only and group != 0x0002:
                 break

@@ -88,3 +88,16 @@ def test_procedure_labels(study, requested, label):
         item.RequestedProcedureDescription = requested
         ds.RequestAttributesSequence = [item]
     assert procedure_label(ds)[0] == label
+
+
+@pytest.mark.parametrize("padding", [1, 3, 7])
+def test_a_whole_report_with_a_few_bytes_of_padding_is_read(tmp_path, padding):
+    """Fewer than 8 bytes after the last element (no element header is that short): pydicom
+    reads the file; the fast path refused it as cut short and its dose was lost (review s10
+    B#14)."""
+    corpus = write_corpus(tmp_path)
+    data = corpus["rdsrs"][0].read_bytes()
+    whole = parse_file(corpus["rdsrs"][0])
+    (tmp_path / "padded.dcm").write_bytes(data + b"\0" * padding)
+    padded = parse_file(tmp_path / "padded.dcm")
+    assert padded.kind == "rdsr" and padded.report.dap_gycm2 == pytest.approx(whole.report.dap_gycm2)
