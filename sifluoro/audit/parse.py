@@ -79,8 +79,8 @@ def parse_file(path: str | Path, link_key: bytes | None = None) -> ParsedFile:
     path = str(path)
     try:
         size = Path(path).stat().st_size
-        if size <= WHOLE_READ_BYTES:
-            data = Path(path).read_bytes()
+        if size <= WHOLE_READ_BYTES or _is_sr(path):  # a report is read whole at any size: its
+            data = Path(path).read_bytes()              # end is what shows a copy cut short
             sha = hashlib.sha256(data).hexdigest()
             fast = _fast_report(path, data, sha, link_key)
             if fast is not None:
@@ -104,6 +104,11 @@ def parse_file(path: str | Path, link_key: bytes | None = None) -> ParsedFile:
 #: the SR storage SOP classes' common root, looked for in the file meta (MediaStorageSOPClassUID)
 SR_CLASS_PREFIX = b"1.2.840.10008.5.1.4.1.1.88."
 META_BYTES = 1024
+
+
+def _is_sr(path: str) -> bool:
+    with open(path, "rb") as fh:
+        return SR_CLASS_PREFIX in fh.read(META_BYTES)
 
 
 def _fast_report(path: str, data: bytes, sha: str, link_key: bytes | None) -> ParsedFile | None:

@@ -101,3 +101,18 @@ def test_a_whole_report_with_a_few_bytes_of_padding_is_read(tmp_path, padding):
     (tmp_path / "padded.dcm").write_bytes(data + b"\0" * padding)
     padded = parse_file(tmp_path / "padded.dcm")
     assert padded.kind == "rdsr" and padded.report.dap_gycm2 == pytest.approx(whole.report.dap_gycm2)
+
+
+def test_a_large_report_cut_short_is_rejected_too(tmp_path, monkeypatch):
+    """Above the whole-read size the cut check did not run: a report cut between items was
+    registered short of its events, which ``dose summary`` refuses (review s10 B#13). The
+    size is lowered here so that the corpus report counts as large."""
+    from sifluoro.audit import parse as parse_module
+
+    corpus = write_corpus(tmp_path)
+    data = corpus["rdsrs"][0].read_bytes()
+    monkeypatch.setattr(parse_module, "WHOLE_READ_BYTES", 1024)
+    (tmp_path / "cut.dcm").write_bytes(data[:int(len(data) * 0.9)])
+    parsed = parse_file(tmp_path / "cut.dcm")
+    assert parsed.kind == "rejected" and "cut short" in parsed.reason
+    assert parse_file(corpus["rdsrs"][0]).kind == "rdsr"
