@@ -255,6 +255,14 @@ class Outbox:
                  handlers: list) -> int:
         assoc = ae.associate(pacs.host, pacs.port, ae_title=pacs.ae_title, evt_handlers=handlers)
         if not assoc.is_established:
+            refused = {str(c.abstract_syntax) for c in assoc.rejected_contexts}
+            if assoc.is_aborted and refused and not assoc.accepted_contexts:
+                # it answered and takes none of these SOP classes: no retry will change that
+                for path, ds in datasets:
+                    if str(ds.SOPClassUID) in refused:
+                        self._refuse(path, f"{pacs} accepts no presentation context for "
+                                     f"{_sop_name(ds.SOPClassUID)}", report)
+                return sum(str(ds.SOPClassUID) not in refused for _, ds in datasets)
             why = "rejected the association" if assoc.is_rejected else "is unreachable"
             log.warning("outbox: PACS %s %s", pacs, why)
             return len(datasets)

@@ -138,3 +138,21 @@ def test_settings_and_inputs_errors_name_what_is_wrong(tmp_path):
         outbox.put_file(tmp_path / "notes.txt")
     assert not outbox.pending()
     assert pydicom.dcmread(outbox.put(_instance("1.2.3.4"))).SOPInstanceUID == "1.2.3.4"
+
+
+def test_an_outbox_holding_only_what_the_pacs_never_takes_refuses_it_at_once(tmp_path, scp):
+    """A PACS that takes Secondary Capture only, and an outbox holding only an RDSR: no
+    context is accepted, pynetdicom aborts, and the RDSR stayed pending for ever with "PACS
+    is unreachable" (review s10 A#7). It goes to failed/ with the reason."""
+    from pydicom.uid import XRayRadiationDoseSRStorage
+
+    outbox = Outbox(tmp_path / "outbox")
+    ds = _instance()
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = XRayRadiationDoseSRStorage
+    ds.Modality = "SR"
+    queued = outbox.put(ds)
+    report = outbox.send_pending(PacsSettings("PACS", "127.0.0.1", scp.port, **FAST))
+    assert report.attempts == 1 and not outbox.pending()
+    assert [p.name for p in outbox.failed()] == [queued.name]
+    assert "accepts no presentation context for X-Ray Radiation Dose SR Storage" in \
+        (outbox.failed_dir / f"{queued.name}.reason.txt").read_text()
