@@ -139,7 +139,8 @@ def usable_mask(attenuation_image: np.ndarray, field: np.ndarray, factor: int) -
 
 def segment_joint(work: np.ndarray, *, grid: WorkingGrid, usable: np.ndarray,
                   min_contrast: float = 3.0, side: str | None = None,
-                  fallback_contrast: float | None = None) -> JointLine | None:
+                  fallback_contrast: float | None = None, seed_mask: np.ndarray | None = None,
+                  seed_contrast: float | None = None) -> JointLine | None:
     """Find the joint line on one (possibly time-averaged) working-resolution image.
 
     Parameters
@@ -159,6 +160,10 @@ def segment_joint(work: np.ndarray, *, grid: WorkingGrid, usable: np.ndarray,
     fallback_contrast : float or None
         When no line stands out at ``min_contrast``, look again at this lower contrast (the
         valley depth is computed once).
+    seed_mask : bool (rows, cols) or None
+        When no line stands out anywhere, look again only within this band (where the line is
+        expected), at ``min_contrast`` then at ``seed_contrast``; the noise is still measured
+        over the whole field.
 
     Returns
     -------
@@ -183,6 +188,16 @@ def segment_joint(work: np.ndarray, *, grid: WorkingGrid, usable: np.ndarray,
     contrasts = (min_contrast,) if fallback_contrast is None else (min_contrast, fallback_contrast)
     for contrast in contrasts:
         line = _search(depth, noise, contrast, mask=mask, smooth=smooth, fine=fine, grid=grid,
+                       side=side)
+        if line is not None:
+            return line
+    if seed_mask is None:
+        return None
+    # a band where the line is expected: the outlines and notch edges beside it, which can
+    # outshine a faint joint in the whole field, are left out
+    band = mask & seed_mask
+    for contrast in (min_contrast,) if seed_contrast is None else (min_contrast, seed_contrast):
+        line = _search(depth, noise, contrast, mask=band, smooth=smooth, fine=fine, grid=grid,
                        side=side)
         if line is not None:
             return line

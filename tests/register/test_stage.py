@@ -484,7 +484,7 @@ def test_a_line_called_doubled_on_four_frames_stays_doubled(monkeypatch, doubled
 
     segmented_at = iter(register_stage.RESEGMENT_AT)
 
-    def segment(mean, *, grid, usable, side, fallback_contrast=None):
+    def segment(mean, *, grid, usable, side, fallback_contrast=None, **_seed):
         frames = next(segmented_at)
         doubled = doubled_from is not None and frames <= doubled_from
         return JointLine(np.array([[30.0, 20.0], [24.0, 100.0]]), 0.9, doubled, 50.0)
@@ -657,3 +657,78 @@ def test_a_near_ap_view_is_searched_for_a_fainter_line(angles, frames, noise_onl
     assert (view.line is not None) == found
     if found:
         assert view.line.doubled
+
+
+def _faint_view(angles, seed_xy=None, frames=2):
+    from sifluoro.register import stage as register_stage
+    work = _faint_joint()
+    usable = np.ones(work.shape, bool)
+    view = register_stage._View(register_stage._Geometry(160, 160, 0.6), angles, usable, work, "L")
+    view.seed_xy = seed_xy
+    for _ in range(frames):
+        view.add(work, usable, (0.0, 0.0))
+    view.segment()
+    return view
+
+
+@pytest.mark.parametrize("offset_mm, frames, found", [
+    (None, 2, False),  # no seed: on 2 frames the faint line must stand out by itself
+    (5.0, 2, True), (-8.0, 2, True),  # the line within the band of the previous view's line
+    (25.0, 2, False),  # the band misses it: nothing else stands out there either
+    (5.0, 1, False)])  # one frame is too noisy to look for a faint line
+def test_a_turned_view_looks_for_its_line_near_the_previous_one(offset_mm, frames, found):
+    """A view the C-arm turned to, back towards AP, from a working view with a line, that shows
+    no line standing out in the whole field looks again at a lower contrast within 10 mm of the
+    previous line."""
+    seed = None
+    truth = np.array([[79.5 - 0.3 * (21 - 79.5), 21.0], [79.5 - 0.3 * (139 - 79.5), 139.0]])
+    if offset_mm is not None:
+        seed = truth + np.array([offset_mm / 0.6, 0.0])
+    view = _faint_view((5.0, 0.0), seed, frames)
+    assert (view.line is not None) == found
+    if found:
+        d = distance_to_polyline_px(_polyline_points(view.line.polyline_xy), truth).mean() * 0.6
+        assert d < 1.0
+        assert view.line.doubled  # near AP
+
+
+@pytest.mark.parametrize("previous_angles, previous_frames, angles, seeded", [
+    ((22.0, 0.0), 4, (5.0, 0.0), True), ((-30.0, 0.0), 4, (-12.0, 0.0), True),
+    ((22.0, 0.0), 4, (-5.0, 0.0), True),  # 27 degrees back towards AP, a little past it
+    ((22.0, 0.0), 4, (40.0, 0.0), False),  # away from AP: far oblique, other outlines
+    ((31.0, 0.0), 4, (-1.0, 0.0), False),  # turned too far: the line moved too much
+    ((22.0, 0.0), 4, (22.0, 0.0), False),  # same angles: the table moved, not the C-arm
+    ((12.0, 0.0), 8, (2.0, 0.0), False),  # from a near-AP view: its line is doubled, unsure
+    ((22.0, 0.0), 2, (5.0, 0.0), False),  # a line on 2 frames is not established
+    (None, 4, (5.0, 0.0), False)])  # angles unknown: the turn is not known
+def test_only_a_working_view_turned_from_seeds_the_next(previous_angles, previous_frames,
+                                                        angles, seeded):
+    from sifluoro.register import stage as register_stage
+    from sifluoro.register.joint import JointLine
+    work = np.full((80, 80), 0.5, np.float32)
+    usable = np.ones(work.shape, bool)
+    geometry = register_stage._Geometry(160, 160, 0.3)
+    previous = register_stage._View(geometry, previous_angles, usable, work)
+    previous.frames = previous_frames
+    previous.line = JointLine(np.array([[80.0, 20.0], [60.0, 140.0]]), 0.9, False, 40.0)
+    previous.last_shift = (3.0, -2.0)
+    view = register_stage._View(geometry, angles, usable, work)
+    view.seed_from(previous)
+    assert (view.seed_xy is not None) == seeded
+    if seeded:
+        np.testing.assert_allclose(view.seed_xy, [[83.0, 18.0], [63.0, 138.0]])
+
+
+def test_a_line_standing_out_is_kept_whatever_the_seed_band():
+    """The band of the previous view's line is looked in only when no line stands out in the
+    whole field: a clear line outside it is the line."""
+    from sifluoro.imaging import WorkingGrid
+    from sifluoro.register.joint import segment_joint
+    grid = WorkingGrid(1, 0.6)
+    usable = np.ones((160, 160), bool)
+    strong = _synthetic_joint(-0.3)
+    band = np.zeros(usable.shape, bool)
+    band[:, :20] = True  # far beside the line
+    a = segment_joint(strong, grid=grid, usable=usable, side="L")
+    b = segment_joint(strong, grid=grid, usable=usable, side="L", seed_mask=band, seed_contrast=1.5)
+    np.testing.assert_array_equal(a.polyline_xy, b.polyline_xy)
