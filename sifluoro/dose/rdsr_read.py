@@ -460,10 +460,15 @@ def _with_philips_private(event: IrradiationEvent, private: dict[str, float]) ->
     if event.sid_mm is None and C.PHILIPS_FINAL_SID in private:
         changes["sid_mm"] = private[C.PHILIPS_FINAL_SID]
     edges = {name: private.get(code) for code, name in C.PHILIPS_SHUTTER_EDGES.items()}
-    if event.collimated_field_area_cm2 is None and all(v is not None for v in edges.values()):
-        # shutter edges are distances from the beam centre at the detector, in mm
-        width_mm = edges["left"] + edges["right"]
-        height_mm = edges["top"] + edges["bottom"]
+    sid_mm = changes.get("sid_mm", event.sid_mm)
+    if (event.collimated_field_area_cm2 is None and sid_mm
+            and all(v is not None for v in edges.values())):
+        # shutter edges are distances from the beam centre in the plane 1 m from the focus
+        # (Philips' conformance statement; the devices' own DAP / Dose (RP) agrees with it,
+        # not with edges at the detector): projected to the detector, then clipped to it
+        scale = sid_mm / 1000.0
+        width_mm = (edges["left"] + edges["right"]) * scale
+        height_mm = (edges["top"] + edges["bottom"]) * scale
         if C.PHILIPS_DETECTOR_X in private and C.PHILIPS_DETECTOR_Y in private:
             width_mm = min(width_mm, private[C.PHILIPS_DETECTOR_X])
             height_mm = min(height_mm, private[C.PHILIPS_DETECTOR_Y])

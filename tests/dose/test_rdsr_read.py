@@ -106,8 +106,12 @@ def test_philips_private_collimation_and_sid(tmp_path):
         num(("024", ph, "X side"), 300.0, "mm"), num(("025", ph, "Y side"), 200.0, "mm")])
     events = [Ev(extra=[shutters, field, num(("018", ph, "Final Distance Source to Detector"), 1195.0, "mm")])]
     event = read_rdsr(save(build_rdsr(events), tmp_path / "r.dcm")).events[0]
-    assert event.collimated_field_area_cm2 == pytest.approx(17.0 * 20.0)  # 170 mm x min(220, 200) mm
+    # edges in the plane at 1 m, projected to the detector at 1195 mm, clipped to the detector:
+    # 170 x 1.195 = 203.15 mm wide, min(220 x 1.195, 200) = 200 mm high (review s10 B#6)
+    assert event.collimated_field_area_cm2 == pytest.approx(20.315 * 20.0)
     assert event.sid_mm == 1195.0
+    without_sid = read_rdsr(save(build_rdsr([Ev(extra=[shutters, field])]), tmp_path / "s.dcm")).events[0]
+    assert without_sid.collimated_field_area_cm2 is None  # no plane to project the edges to
 
 
 def test_standard_collimated_area_filters_and_nesting(tmp_path):
