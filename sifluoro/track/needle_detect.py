@@ -155,6 +155,12 @@ class NeedleSettings:
     dot_confirm_mm : float
         A dot is reported when the previous frame of its run had one within this, or the
         view's last dot is within this (the first, noisiest frame of a scout shows none).
+    dot_line_min_prob, dot_line_side_mm, dot_line_back_mm : float
+        A dot lying on a line candidate of the same search (needle probability at least
+        ``dot_line_min_prob``, within ``dot_line_side_mm`` of its axis, from 1 mm past its tip
+        to ``dot_line_back_mm`` behind it) is a needle seen as a short line whose tip the
+        dot search misplaced: the frame's event reports that candidate's tip (the dot stays
+        the dot followed).
     """
 
     grid_mm: float = 0.5
@@ -203,6 +209,9 @@ class NeedleSettings:
     dot_search_mm: float = 10.0
     dot_follow_mm: float = 4.0
     dot_confirm_mm: float = 1.5
+    dot_line_min_prob: float = 0.3
+    dot_line_side_mm: float = 1.0
+    dot_line_back_mm: float = 8.0
 
 
 @dataclass(frozen=True)
