@@ -290,7 +290,9 @@ class NeedleStage:
             track.lost()
             dot = self._end_on(st, ctx, target)
             if dot is not None:
-                return _dot_fields(dot, st.dot_xy, ctx.grid.spacing_mm, ctx.spacing_mm, target)
+                tip = self._dot_on_line(st, ctx, dot)
+                return _dot_fields(dot, st.dot_xy if tip is None else tip, ctx.grid.spacing_mm,
+                                   ctx.spacing_mm, target)
             return {"needle": None, "tip_to_target_mm": None}
         st.dot_prev = None
         track.found(*hit)
@@ -342,6 +344,28 @@ class NeedleStage:
             return None
         st.dot_xy = xy
         return dot
+
+    def _dot_on_line(self, st: _StudyNeedle, ctx: _RunContext, dot: Dot) -> np.ndarray | None:
+        """The tip (full resolution) of the most probable line candidate of this search that
+        the dot lies on (``dot_line_*``), or None. A needle seen as a short line often passes
+        the line search's candidates without being taken; its tip is then better placed than
+        the dot, which may sit on the shaft behind it (two cues agreeing also make a false
+        tip unlikely). Frame-local: the followed dot and the track are left as they are."""
+        s = self.settings
+        g = ctx.grid.spacing_mm
+        best, best_p = None, 0.0
+        for f in st.last_features:
+            if f["prob"] < s.dot_line_min_prob or (best is not None and f["prob"] <= best_p):
+                continue
+            tip, base = f["tip"], f["base"]
+            length = float(np.linalg.norm(tip - base))
+            u = (tip - base) / max(length, 1e-9)
+            d = dot.xy - base
+            side_mm = abs(float(d[1] * u[0] - d[0] * u[1])) * g
+            back_mm = (length - float(d @ u)) * g
+            if side_mm <= s.dot_line_side_mm and -1.0 <= back_mm <= s.dot_line_back_mm:
+                best, best_p = tip, f["prob"]
+        return None if best is None else ctx.grid.to_full(best)
 
     def process_roi(self, frame: Frame, state) -> dict[str, Any] | None:
         """Cheaper mode for a frame short of time (the pipeline's ``needle_roi`` step): no
@@ -463,10 +487,11 @@ class NeedleStage:
                     or np.linalg.norm(tip - base) * grid.spacing_mm < s.min_length_mm):
                 continue  # weak, or shorter than a needle once its tip is placed (a clip)
             feats = self._features(st, ctx, att, tip, base, score, edge0 or edge1)
-            st.last_features.append(feats)
             # a line that goes on past its "tip" as strongly as a line is a wire or an edge
             # fading over bone (no needle candidate of the training studies had ext_score > 0)
             prob = needle_probability(feats) if feats["ext_score"] <= s.max_ext_score else 0.0
+            feats["prob"] = prob
+            st.last_features.append(feats)
             out.append((tip, base, prob))
         out.sort(key=lambda c: -c[2])
         return out

@@ -155,6 +155,12 @@ class NeedleSettings:
     dot_confirm_mm : float
         A dot is reported when the previous frame of its run had one within this, or the
         view's last dot is within this (the first, noisiest frame of a scout shows none).
+    dot_line_min_prob, dot_line_side_mm, dot_line_back_mm : float
+        A dot lying on a line candidate of the same search (needle probability at least
+        ``dot_line_min_prob``, within ``dot_line_side_mm`` of its axis, from 1 mm past its tip
+        to ``dot_line_back_mm`` behind it) is a needle seen as a short line whose tip the
+        dot search misplaced: the frame's event reports that candidate's tip (the dot stays
+        the dot followed).
     """
 
     grid_mm: float = 0.5
@@ -203,6 +209,9 @@ class NeedleSettings:
     dot_search_mm: float = 10.0
     dot_follow_mm: float = 4.0
     dot_confirm_mm: float = 1.5
+    dot_line_min_prob: float = 0.3
+    dot_line_side_mm: float = 1.0
+    dot_line_back_mm: float = 8.0
 
 
 @dataclass(frozen=True)
@@ -328,15 +337,9 @@ class LineFinder:
             return line
         offs = self.cross[:n]
         K.cross_peaks(self.ridge, x0 + t0 * ux, y0 + t0 * uy, ux, uy, 1.0, 2, offs)
-        ok = np.isfinite(offs)
-        if ok.sum() < max(6, n // 3):
+        found, a, b = K.axis_fit(offs, 1.0, max(6, n // 3), 6)
+        if not found:
             return line
-        t = np.arange(n, dtype=np.float64)
-        a, b = _fit_line(t[ok], offs[ok], 1)
-        res = np.abs(offs[ok] - (a * t[ok] + b))
-        keep = res < max(0.75, 2.5 * float(np.median(res)))
-        if keep.sum() >= 6:
-            a, b = _fit_line(t[ok][keep], offs[ok][keep], 1)
         nx, ny = -uy, ux
         px, py = x0 + t0 * ux + b * nx, y0 + t0 * uy + b * ny
         vx, vy = ux + a * nx, uy + a * ny
@@ -345,18 +348,6 @@ class LineFinder:
         # keep the parameterisation: the new point is the foot of the old one
         s0 = (x0 - px) * vx + (y0 - py) * vy
         return px + s0 * vx, py + s0 * vy, vx, vy
-
-
-def _fit_line(t: np.ndarray, y: np.ndarray, deg: int = 1) -> tuple[float, float]:
-    """Least-squares ``y = a t + b`` in closed form (``np.polyfit(t, y, 1)`` without its
-    overhead, which dominated the per-frame time)."""
-    n = t.shape[0]
-    tm = float(t.sum()) / n
-    ym = float(y.sum()) / n
-    dt = t - tm
-    den = float(dt @ dt)
-    a = float(dt @ (y - ym)) / den if den > 0.0 else 0.0
-    return a, ym - a * tm
 
 
 def laplacian_noise(smooth: np.ndarray, valid: np.ndarray, stride: int = 3) -> float:
@@ -416,19 +407,14 @@ def refine_tip(image: np.ndarray, tip_xy: np.ndarray, dir_xy: np.ndarray, spacin
         start = tip - u * fit_px
         offs = buf.setdefault(("cross", n), np.empty(n, np.float64))
         K.cross_peaks(image, start[0], start[1], u[0], u[1], step, half, offs)
-        t = np.arange(n) * step
-        ok = np.isfinite(offs)
-        if ok.sum() < max(4, n // 3):
-            return None
         # robust line fit of the offsets across the axis
-        a, b = _fit_line(t[ok], offs[ok], 1)
-        res = np.abs(offs[ok] - (a * t[ok] + b))
-        keep = res < max(0.75, 2.5 * np.median(res))
-        if keep.sum() >= 4:
-            a, b = _fit_line(t[ok][keep], offs[ok][keep], 1)
+        found, a, b = K.axis_fit(offs, step, max(4, n // 3), 4)
+        if not found:
+            return None
+        t_end = (n - 1) * step
         nrm = np.array([-u[1], u[0]])
         p0 = start + b * nrm
-        p1 = start + u * t[-1] + (a * t[-1] + b) * nrm
+        p1 = start + u * t_end + (a * t_end + b) * nrm
         u_new = p1 - p0
         u_new /= np.linalg.norm(u_new)
         # the tip moves to the refitted axis

@@ -118,3 +118,33 @@ def test_no_dot_while_a_line_needle_is_followed():
     assert all(o["needle"] is not None and o["needle"]["end_on"] is False for o in outs[1:4])
     # the line gone (out of the search), the dot is still not taken for the needle
     assert all(o["needle"] is None or o["needle"]["end_on"] is False for o in outs[4:])
+
+
+def test_a_dot_on_a_probable_line_candidate_reports_the_candidate_tip():
+    from types import SimpleNamespace
+
+    from sifluoro.imaging import WorkingGrid
+    from sifluoro.track.needle_dot import Dot
+
+    grid = WorkingGrid(2, 0.5)  # 0.5 mm per working pixel
+    stage = NeedleStage()
+
+    def cand(tip, base, prob):
+        return {"tip": np.array(tip, float), "base": np.array(base, float), "prob": prob}
+
+    def tip_for(dot_xy, feats):
+        st = SimpleNamespace(last_features=feats)
+        ctx = SimpleNamespace(grid=grid)
+        return stage._dot_on_line(st, ctx, Dot(np.array(dot_xy, float), 12.0, 2.0, 1.0, 4))
+
+    line = cand((100.0, 50.0), (40.0, 50.0), 0.5)  # along +x, tip at x = 100
+    got = tip_for((94.0, 50.5), [line])  # 3 mm behind the tip, 0.25 mm off the axis
+    assert got is not None and np.allclose(got, grid.to_full(np.array([100.0, 50.0])))
+    assert tip_for((94.0, 50.5), [cand((100.0, 50.0), (40.0, 50.0), 0.2)]) is None  # weak
+    assert tip_for((94.0, 53.0), [line]) is None  # 1.5 mm beside the axis
+    assert tip_for((82.0, 50.0), [line]) is None  # 9 mm behind the tip
+    assert tip_for((104.0, 50.0), [line]) is None  # 2 mm past the tip
+    assert tip_for((101.0, 50.0), [line]) is not None  # 0.5 mm past: the tip's own blur
+    other = cand((97.0, 50.2), (20.0, 50.2), 0.8)  # a more probable candidate through it
+    assert np.allclose(tip_for((94.0, 50.5), [line, other]),
+                       grid.to_full(np.array([97.0, 50.2])))

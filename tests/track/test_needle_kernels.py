@@ -255,3 +255,42 @@ def test_line_flanks_tells_a_line_from_an_edge():
     K.line_flanks(edge, 20.0, 10.0, 0.0, 1.0, 1.0, 3.0, lo, mean)
     assert lo.max() <= 1e-6
 
+
+
+def _ref_axis_fit(offs, step, min_ok, min_keep):
+    """The robust fit as NumPy: least squares, then again without the outliers."""
+    t = np.arange(len(offs)) * step
+    ok = np.isfinite(offs)
+    if ok.sum() < min_ok:
+        return False, 0.0, 0.0
+    a, b = np.polyfit(t[ok], offs[ok], 1)
+    res = np.abs(offs[ok] - (a * t[ok] + b))
+    keep = res < max(0.75, 2.5 * np.median(res))
+    if keep.sum() >= min_keep:
+        a, b = np.polyfit(t[ok][keep], offs[ok][keep], 1)
+    return True, a, b
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_axis_fit_matches_reference(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(8, 80))
+    step = [1.0, 0.5][seed % 2]
+    offs = 0.03 * np.arange(n) * step - 0.4 + 0.2 * rng.normal(size=n)
+    offs[rng.random(n) < 0.2] = np.nan  # cross_peaks' border stations
+    offs[rng.random(n) < 0.1] += 3.0  # a crossing edge pulls a few stations off the axis
+    found, a, b = K.axis_fit(offs, step, max(4, n // 3), 4)
+    ref = _ref_axis_fit(offs, step, max(4, n // 3), 4)
+    assert found == ref[0]
+    if found:
+        assert a == pytest.approx(ref[1], abs=1e-9) and b == pytest.approx(ref[2], abs=1e-9)
+
+
+def test_axis_fit_drops_outliers_and_refuses_too_few():
+    offs = 0.1 * np.arange(20.0) + 1.0
+    offs[[3, 11]] = 9.0
+    found, a, b = K.axis_fit(offs, 1.0, 6, 6)
+    assert found and a == pytest.approx(0.1) and b == pytest.approx(1.0)
+    offs[:15] = np.nan  # 5 finite stations of 20
+    assert K.axis_fit(offs, 1.0, 6, 6)[0] is False
+
