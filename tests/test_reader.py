@@ -292,3 +292,23 @@ def test_a_time_without_its_date_after_midnight_is_dated_the_next_day(tmp_path, 
     study = read_study([tmp_path])
     assert [r.start_s for r in study.runs] == pytest.approx([0.0, 480.0, 900.0])
     assert [r.sop_instance_uid for r in study.runs] == [pydicom.dcmread(p).SOPInstanceUID for p in paths]
+
+
+def test_a_run_seconds_before_the_study_time_stays_on_the_study_date(tmp_path):
+    """StudyTime a few seconds after the first run's time (no dates on the run): the run is
+    on the study's day, not 24 h later (review s10 C#3)."""
+    import pydicom
+
+    import tests.dicom_fixtures as fx
+
+    paths = fx.write_study(tmp_path, [fx.RunSpec(0.0), fx.RunSpec(60.0)])
+    for k, path in enumerate(paths):
+        ds = pydicom.dcmread(path)
+        ds.StudyDate, ds.StudyTime = "20260304", "093010"
+        for keyword in ("AcquisitionDateTime", "AcquisitionDate", "ContentDate"):
+            if keyword in ds:
+                delattr(ds, keyword)
+        ds.AcquisitionTime = ("093000", "093100")[k]
+        ds.save_as(path)
+    study = read_study([tmp_path])
+    assert [r.start_s for r in study.runs] == pytest.approx([0.0, 60.0])

@@ -333,11 +333,16 @@ def _datetime(look: _Lookup, dt_kw: str | None, date_kw: str | None, time_kw: st
 
 
 def _before(time_text: str, other_text: str) -> bool:
+    """Whether ``time_text`` is more than 12 h before ``other_text`` on the clock: after
+    midnight (a run a few seconds before StudyTime is on the same day)."""
     try:
         a, b = TM(time_text), TM(other_text)
     except ValueError:
         return False
-    return a is not None and b is not None and a < b
+    if a is None or b is None:
+        return False
+    seconds = lambda t: t.hour * 3600 + t.minute * 60 + t.second  # noqa: E731
+    return seconds(b) - seconds(a) > 12 * 3600
 
 
 def run_start(look: _Lookup) -> datetime | None:

@@ -36,6 +36,8 @@ def _client(args):
 
 def _ingest(args) -> int:
     from sifluoro.audit.distributed import DaskMapper
+    from sqlalchemy.exc import OperationalError
+
     from sifluoro.audit.ingest import ProcessMapper, ingest, serial_mapper
 
     settings = _settings(args)
@@ -44,8 +46,14 @@ def _ingest(args) -> int:
             mapper = DaskMapper(client)
         else:
             mapper = ProcessMapper(args.workers) if args.workers > 1 else serial_mapper
-        result = ingest(args.paths, args.db, settings=settings, mapper=mapper,
-                        progress=not args.quiet and sys.stderr.isatty())
+        try:
+            result = ingest(args.paths, args.db, settings=settings, mapper=mapper,
+                            progress=not args.quiet and sys.stderr.isatty())
+        except OperationalError as exc:  # locked, gone away: the batches written so far stay
+            reason = str(exc.orig or exc).strip().splitlines()[0]
+            print(f"sifluoro: the registry could not be written ({reason}); the studies written "
+                  "before stay; run the ingest again", file=sys.stderr)
+            return 1
     for r in result.rejected:
         print(f"sifluoro: not taken {r.file}: {r.reason}", file=sys.stderr)
     if args.json:

@@ -24,7 +24,7 @@ from typing import Callable, Iterable, Iterator
 
 from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from sifluoro.acquire.dicom_reader import iter_input_files, order_runs
@@ -228,7 +228,7 @@ class _Writer:
         try:
             self.write_batch(batch, result)
             return
-        except DBAPIError as exc:
+        except (DataError, IntegrityError) as exc:  # a value it cannot hold, not a lock
             if len(batch) == 1:
                 uid, files = next(iter(batch.items()))
                 reason = f"the registry refused study {uid}: {_db_reason(exc)}"

@@ -621,3 +621,27 @@ def test_a_version_1_postgresql_registry_is_widened_in_place(postgres):
     with engine.connect() as conn:
         assert conn.execute(select(SchemaVersion.version)).scalars().all() == [1, 2]
     engine.dispose()
+
+
+def test_a_locked_registry_is_an_error_not_a_list_of_refused_studies(tmp_path, capsys):
+    """Another writer holds SQLite's lock past the busy timeout: every study was 'refused by
+    the registry' and the ingest exited 0 (review s10 C#4). It says so and exits 1; a later
+    run takes the files."""
+    import sqlite3
+
+    from sifluoro.cli import main
+
+    for k in range(2):
+        write_study(tmp_path / "in" / f"s{k}", [RunSpec(0.0, n_frames=3)])
+    db = tmp_path / "r.db"
+    open_registry(f"sqlite:///{db}").dispose()
+    holder = sqlite3.connect(db, timeout=0, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        code = main(["audit", "ingest", str(tmp_path / "in"), "--db", f"sqlite:///{db}", "-q"])
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert code == 1 and "the registry could not be written (database is locked)" in capsys.readouterr().err
+    assert main(["audit", "ingest", str(tmp_path / "in"), "--db", f"sqlite:///{db}", "-q"]) == 0
+    assert len(_studies(open_registry(f"sqlite:///{db}"))) == 2
