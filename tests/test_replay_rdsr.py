@@ -151,3 +151,37 @@ def test_an_unknown_dose_is_written_as_unknown_never_as_zero(tmp_path):
     if shutil.which("dciodvfy"):
         out = subprocess.run(["dciodvfy", str(tmp_path / "dose.dcm")], capture_output=True, text=True)
         assert [l for l in (out.stdout + out.stderr).splitlines() if l.startswith("Error")] == []
+
+
+def test_a_device_report_cut_short_is_rejected_as_dose_summary_rejects_it(tmp_path):
+    """replay used a cut copy of the device's report as far as it went, short of events, and
+    rejected nothing (review s10 C#7)."""
+    write_study(tmp_path / "study", [RunSpec(0.0, n_frames=3), RunSpec(15.0, n_frames=3)])
+    device, estimated = _device_report(tmp_path, tmp_path / "study")
+    data = device.read_bytes()
+    (tmp_path / "study" / "cut.dcm").write_bytes(data[:int(len(data) * 0.8)])
+    summary = _replay(tmp_path, tmp_path / "study", "cut")
+    assert [r["file"] for r in summary["rejected_files"]] == [str(tmp_path / "study" / "cut.dcm")]
+    assert "cut short" in summary["rejected_files"][0]["reason"]
+    assert summary["dose_source"] == "estimated"
+    assert summary["dap_gycm2"] == pytest.approx(estimated["dap_gycm2"])
+
+
+def test_a_device_report_without_dose_rp_gives_an_unknown_not_a_zero(tmp_path):
+    """The device's events give DAP but no Dose (RP): sifluoro's report said 0 Gy 'Copied From
+    Image Attributes' (review s10 C#2)."""
+    import pydicom
+
+    write_study(tmp_path / "study", [RunSpec(0.0, n_frames=3)])
+    device, _ = _device_report(tmp_path, tmp_path / "study")
+    ds = pydicom.dcmread(device)
+    for item in ds.ContentSequence:
+        if item.ConceptNameCodeSequence[0].CodeValue in ("113706", "113702"):
+            item.ContentSequence = [i for i in item.ContentSequence
+                                    if i.ConceptNameCodeSequence[0].CodeValue not in ("113738", "113725",
+                                                                                      "113728", "113729")]
+    ds.save_as(tmp_path / "study" / "device.dcm")
+    assert main(["replay", str(tmp_path / "study"), "--events", str(tmp_path / "e.jsonl"),
+                 "--summary", str(tmp_path / "s.json"), "--rdsr", str(tmp_path / "own.dcm"), "-q"]) == 0
+    (event,) = read_rdsr(tmp_path / "own.dcm").events
+    assert event.air_kerma_mgy is None and event.dap_gycm2 is not None

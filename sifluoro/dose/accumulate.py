@@ -173,7 +173,11 @@ class DoseAccumulator:
                 shared = shared or n * len(dict.fromkeys(e.sop_instance_uids))
                 kerma += (e.air_kerma_mgy or 0.0) / shared
                 dap += (e.dap_gycm2 or 0.0) / shared
-            dose = RunDose(kerma, dap, "rdsr")
+            # a quantity none of the report's events gives is unknown, not 0
+            dose = RunDose(kerma, dap, "rdsr",
+                           air_kerma_source=None if any(e.air_kerma_mgy is not None for e, _ in events)
+                           else "none",
+                           dap_source=None if any(e.dap_gycm2 is not None for e, _ in events) else "none")
         elif (tech.reported_dap_gycm2 is not None or tech.reported_air_kerma_mgy is not None
               or kerma_values is not None or dap_values is not None):
             estimate = None

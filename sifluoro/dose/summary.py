@@ -82,6 +82,7 @@ def device_report(study: Study, rejected: list[Rejection]) -> StudyDose | None:
     reports = []
     for path in study.dose_reports:
         try:
+            _check_whole(path)  # a copy cut short is read as far as it goes, short of events
             report = read_rdsr(path)
         except InputError as exc:
             rejected.append(Rejection(path, f"{exc.tag}: {exc.reason}" if exc.tag else exc.reason))
