@@ -185,3 +185,29 @@ def test_a_device_report_without_dose_rp_gives_an_unknown_not_a_zero(tmp_path):
                  "--summary", str(tmp_path / "s.json"), "--rdsr", str(tmp_path / "own.dcm"), "-q"]) == 0
     (event,) = read_rdsr(tmp_path / "own.dcm").events
     assert event.air_kerma_mgy is None and event.dap_gycm2 is not None
+
+
+def test_a_study_whose_dose_is_wholly_unknown_has_unknown_totals_in_its_rdsr(tmp_path):
+    """The events said 'Value unknown' but the Accumulated X-Ray Dose container said Dose (RP)
+    Total 0 Gy, which a registry reads as a measured 0 (review s10 C#1)."""
+    import pydicom
+
+    write_study(tmp_path / "study", [RunSpec(0.0, n_frames=3, tech=technique(kvp=None)),
+                                     RunSpec(10.0, n_frames=3, tech=technique(kvp=None, reported_dap_gycm2=2.0))])
+    assert main(["replay", str(tmp_path / "study"), "--events", str(tmp_path / "e.jsonl"),
+                 "--summary", str(tmp_path / "s.json"), "--rdsr", str(tmp_path / "dose.dcm"),
+                 "-q"]) == 0
+    ds = pydicom.dcmread(tmp_path / "dose.dcm")
+    (accumulated,) = [i for i in ds.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "113702"]
+    totals = {}
+    for item in accumulated.ContentSequence:
+        for sub in item.get("ContentSequence") or [item]:
+            if sub.ValueType == "NUM":
+                values = sub.MeasuredValueSequence
+                name = str(sub.ConceptNameCodeSequence[0].CodeMeaning)
+                totals[name] = float(values[0].NumericValue) if values else "unknown"
+    assert totals["Dose (RP) Total"] == totals["Fluoro Dose (RP) Total"] == "unknown"
+    assert totals["Dose Area Product Total"] == pytest.approx(2e-4)  # the one run that reports it
+    if shutil.which("dciodvfy"):
+        out = subprocess.run(["dciodvfy", str(tmp_path / "dose.dcm")], capture_output=True, text=True)
+        assert [l for l in (out.stdout + out.stderr).splitlines() if l.startswith("Error")] == []

@@ -29,7 +29,7 @@ from pydicom.uid import (
 from sifluoro.config import DoseSettings
 from sifluoro.dose import sr_codes as C
 from sifluoro.dose.accumulate import DoseAccumulator
-from sifluoro.dose.records import ACQUISITION, IrradiationEvent, PlaneTotals, StudyDose
+from sifluoro.dose.records import ACQUISITION, FLUOROSCOPY, IrradiationEvent, PlaneTotals, StudyDose
 from sifluoro.errors import MissingAttributeError
 from sifluoro.model import Device, Study
 
@@ -263,6 +263,7 @@ def _accumulated(plane: PlaneTotals, events: tuple[IrradiationEvent, ...]):
                                            relationship_type="CONTAINS")
     items = [hd.sr.CodeContentItem(C.DCM.AcquisitionPlane, C.PLANE_BY_NAME.get(plane.plane, C.DCM.SinglePlane),
                                    "HAS CONCEPT MOD")]
+    unknown = _unknown_totals(plane, events)
     # Gy·cm² → Gy·m²: × 1e-4; mGy → Gy: × 1e-3
     for concept, value, unit, scale in (
             (C.DCM.FluoroDoseAreaProductTotal, plane.fluoro_dap_gycm2, C.GY_M2, 1e-4),
@@ -274,12 +275,34 @@ def _accumulated(plane: PlaneTotals, events: tuple[IrradiationEvent, ...]):
             (C.DCM.DoseAreaProductTotal, plane.dap_gycm2, C.GY_M2, 1e-4),
             (C.DCM.DoseRPTotal, plane.air_kerma_mgy, C.GY, 1e-3),
             (C.DCM.TotalNumberOfRadiographicFrames, plane.n_radiographic_frames, C.NO_UNITS, 1.0)):
+        if concept in unknown:  # no event of the plane knows it: never a measured 0
+            items.append(_unknown_num(concept, unit))
+            continue
         item = _num(concept, value if value is not None else 0.0, unit, scale)
         items.append(item)
     reference = plane.reference_point or next((e.reference_point for e in events if e.reference_point), "")
     items.append(hd.sr.CodeContentItem(C.DCM.ReferencePointDefinition, _reference_point(reference), "CONTAINS"))
     container.ContentSequence = hd.sr.ContentSequence(items)
     return container
+
+
+def _unknown_totals(plane: PlaneTotals, events: tuple[IrradiationEvent, ...]) -> set:
+    """The dose totals of ``plane`` that none of its events knows (a study whose runs carry no
+    dose and no technique): written as unknown, not as the 0 their sum gives."""
+    mine = [e for e in events if e.plane == plane.plane]
+    if not mine:
+        return set()
+    out = set()
+    for kind, dap_total, kerma_total in (
+            (None, C.DCM.DoseAreaProductTotal, C.DCM.DoseRPTotal),
+            (FLUOROSCOPY, C.DCM.FluoroDoseAreaProductTotal, C.DCM.FluoroDoseRPTotal),
+            (ACQUISITION, C.DCM.AcquisitionDoseAreaProductTotal, C.DCM.AcquisitionDoseRPTotal)):
+        of_kind = [e for e in mine if kind is None or e.kind == kind]
+        if of_kind and all(e.dap_gycm2 is None for e in of_kind):
+            out.add(dap_total)
+        if of_kind and all(e.air_kerma_mgy is None for e in of_kind):
+            out.add(kerma_total)
+    return out
 
 
 def _event(event: IrradiationEvent, start: datetime | None, sop_class: dict[str, str]):
