@@ -178,7 +178,7 @@ class _Study:
         first), report the outbox, clean up. What is not delivered stays pending.
 
         Exit status: 2 when no frame was processed, else ``LEFT_IN_OUTBOX`` when something was
-        not delivered, else 1 when the RDSR or a key frame could not be made, else
+        not delivered, else 1 when the RDSR, a key frame or the events could not be made, else
         ``STOPPED_EARLY`` when the study was stopped before its end, else 0."""
         code = 0
         if self.sender is not None:
@@ -196,6 +196,10 @@ class _Study:
         if self.exporter is not None and self.exporter.errors:
             print(f"export: {len(self.exporter.errors)} item(s) could not be made: "
                   + "; ".join(self.exporter.errors), file=sys.stderr, flush=True)
+            code = code or 1
+        if self.summary is not None and self.summary.get("events_not_written"):
+            print(f"sifluoro: events not written: {self.summary['events_not_written']}",
+                  file=sys.stderr, flush=True)
             code = code or 1
         if self.summary is not None and self.summary.get("ended_early"):
             code = code or STOPPED_EARLY  # no RDSR was made for the part that ran

@@ -146,6 +146,7 @@ class LiveReplay:
             events = open(events_path, "w", encoding="utf-8")
         lost: list = []  # damaged runs' frames given by the header only
         interrupted = False
+        events_error = None
         try:
             for frame in prefetch(iter_frames(study, rejected, lost),
                                   self.engine.settings.queue_frames):
@@ -160,6 +161,7 @@ class LiveReplay:
                         events.write(json.dumps(event.event, separators=(",", ":")) + "\n")
                         events.flush()
                     except OSError as exc:  # a full disk: the study and its dose go on
+                        events_error = f"{events_path}: {exc.strerror or exc}"
                         log.error("%s: events can no longer be written (%s); the study goes "
                                   "on without them", events_path, exc.strerror or exc)
                         _close_quietly(events)
@@ -181,6 +183,8 @@ class LiveReplay:
         summary["rejected_files"] = [r.as_dict() for r in rejected]
         if interrupted:
             summary["ended_early"] = "stopped before the study's end"
+        if events_error:
+            summary["events_not_written"] = events_error  # the events file is incomplete
         if summary_path is not None:
             write_json(summary_path, summary)
         # a study stopped part way has no dose report: one of its first runs would pass for
