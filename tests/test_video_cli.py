@@ -171,7 +171,7 @@ def test_a_picture_size_change_mid_capture_ends_the_capture_with_its_summary(tmp
             pass
 
     monkeypatch.setattr(cv2, "VideoCapture", Grabber)
-    assert main(_args("grab.avi", 0.3, tmp_path, "--stages", "none")) == 0
+    assert main(_args("grab.avi", 0.3, tmp_path, "--stages", "none")) == 1  # cut off: not a clean end
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["frames"] == 6
     assert "frame 7 is 80x60" in summary["video"]["ended_early"]

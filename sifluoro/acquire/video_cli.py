@@ -20,6 +20,9 @@ from sifluoro.stages import REPLAY_STAGES, add_stages_argument, make_stages
 from sifluoro.stopping import stop_on_signals
 
 
+STOPPED = "stopped by a signal"
+
+
 def _source(text: str) -> str | int:
     return int(text) if text.isdigit() else text
 
@@ -70,7 +73,7 @@ def _video(args) -> int:
         try:
             for frame in video_frames(source, settings, stats):
                 if stop.is_set():
-                    ended = "stopped by a signal"
+                    ended = STOPPED
                     break
                 if frame.index == 0:  # kernels warmed up on the real frame size before it counts
                     engine.prepare(Study(frame.run.study_instance_uid, (frame.run,)))
@@ -108,7 +111,10 @@ def _video(args) -> int:
               f"{summary['fluoro_time_s']:.1f} s")
         print(f"outputs    {args.events}\n           {args.summary}"
               + (f"\n           {args.overlay_mp4}" if args.overlay_mp4 else ""))
-    return 0 if summary["frames"] else 2
+    if not summary["frames"]:
+        return 2
+    # stopped by the operator is how a capture ends; cut off by the source is not
+    return 1 if ended and ended != STOPPED else 0
 
 
 def add_video_parser(subparsers) -> argparse.ArgumentParser:
