@@ -158,6 +158,7 @@ class Spool:
         self._lock_fd: int | None = None  # the spool's flock (lock)
         self._durable_dirs: set[str] = set()  # study folders whose root entry was fsynced
         self._reserved_bytes = 0
+        self._unsettled_bytes = 0  # committed to their final names, not yet settled
         if lock:
             self.lock()
         self._remove_parts()
@@ -237,7 +238,8 @@ class Spool:
                     and time.monotonic() - self._measured_at >= REMEASURE_S):
                 # files may have been removed since (a study sent on and deleted, as the
                 # refusal asks): count what is there before refusing
-                self.used_bytes = self._measure()
+                # files committed but not yet settled are on disk and will be added at settle
+                self.used_bytes = self._measure() - self._unsettled_bytes
                 self._measured_at = time.monotonic()
             if (self.quota_bytes is not None
                     and self.used_bytes + self._reserved_bytes + nbytes > self.quota_bytes):
@@ -253,6 +255,7 @@ class Spool:
             self._reserved_bytes -= nbytes
             if stored:
                 self.used_bytes += nbytes
+                self._unsettled_bytes = max(self._unsettled_bytes - nbytes, 0)
 
     # Instances -----------------------------------------------------------------------------
     def write_temp(self, study_uid: str, sop_uid: str, data: bytes) -> Path:
@@ -285,7 +288,10 @@ class Spool:
     def commit(self, tmp: Path, study_uid: str, sop_uid: str) -> Path:
         """Rename a complete temporary file to its final name and make the rename durable."""
         final = self.instance_path(study_uid, sop_uid)
-        os.replace(tmp, final)
+        size = tmp.stat().st_size
+        with self._lock:  # a quota re-measure sees the file and knows it is not settled yet
+            os.replace(tmp, final)
+            self._unsettled_bytes += size
         fsync_dir(final.parent)
         return final
 

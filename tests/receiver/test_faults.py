@@ -355,3 +355,21 @@ def test_a_receiver_that_cannot_start_touches_no_spool(tmp_path, start_receiver,
     assert blocked.returncode == 2 and "cannot start the receiver" in blocked.stderr
     assert spool.load_state(study_uid).processed == 0
     assert not (spool.study_dir(study_uid) / "events.jsonl").exists()
+
+
+def test_a_quota_recount_between_a_commit_and_its_settle_counts_the_file_once(tmp_path, monkeypatch):
+    """One association has renamed its instance into place but not yet settled it when another
+    one's refusal recounts the spool: the file was counted by the recount and again at settle,
+    and instances that fit were refused until the next recount (review s10 C#6)."""
+    import sifluoro.acquire.spool as spool_module
+
+    monkeypatch.setattr(spool_module, "REMEASURE_S", 0.0)
+    spool = spool_module.Spool(tmp_path / "spool", quota_bytes=10_000)
+    data = b"x" * 4000
+    spool.reserve(len(data))
+    spool.commit(spool.write_temp("1.2.3", "1.2.3.4", data), "1.2.3", "1.2.3.4")
+    with pytest.raises(spool_module.SpoolFullError):
+        spool.reserve(7000)  # 4000 + 7000 > 10000, and the recount runs now
+    spool.settle(len(data), stored=True)
+    assert spool.used_bytes == 4000
+    spool.reserve(5000)  # fits: 4000 + 5000 <= 10000
