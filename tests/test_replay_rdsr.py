@@ -185,6 +185,12 @@ def test_a_device_report_without_dose_rp_gives_an_unknown_not_a_zero(tmp_path):
                  "--summary", str(tmp_path / "s.json"), "--rdsr", str(tmp_path / "own.dcm"), "-q"]) == 0
     (event,) = read_rdsr(tmp_path / "own.dcm").events
     assert event.air_kerma_mgy is None and event.dap_gycm2 is not None
+    # the DAP came from the device's own report: collected from the equipment, not copied
+    # from image attributes (review s10 B#17)
+    own = pydicom.dcmread(tmp_path / "own.dcm")
+    (item,) = [i for i in own.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "113706"]
+    assert [str(i.ConceptCodeSequence[0].CodeMeaning) for i in item.ContentSequence
+            if i.ConceptNameCodeSequence[0].CodeValue == "113854"] == ["Automated Data Collection"]
 
 
 def test_a_study_whose_dose_is_wholly_unknown_has_unknown_totals_in_its_rdsr(tmp_path):

@@ -218,9 +218,10 @@ def content_tree(record: StudyDose, starts: dict[str, datetime | None], study: S
         items.append(_accumulated(plane, record.events))
     for event, start in timed:
         items.append(_event(event, start, sop_class))
-    sources = {e.dose_source for e in record.events}
-    source = C.DCM.CopiedFromImageAttributes if sources <= {"reported", "rdsr"} else C.DCM.ComputedFromImageAttributes
-    items.append(hd.sr.CodeContentItem(C.DCM.SourceOfDoseInformation, source, CONTAINS))
+    used = set().union(*(_sources(e) for e in record.events)) if record.events else set()
+    # TID 10001 requires one: a study whose dose is wholly unknown keeps the image path's code
+    for code in _source_codes(used) or [C.DCM.ComputedFromImageAttributes]:
+        items.append(hd.sr.CodeContentItem(C.DCM.SourceOfDoseInformation, code, CONTAINS))
     root.ContentSequence = hd.sr.ContentSequence(items)
     return root
 
@@ -284,6 +285,21 @@ def _accumulated(plane: PlaneTotals, events: tuple[IrradiationEvent, ...]):
     items.append(hd.sr.CodeContentItem(C.DCM.ReferencePointDefinition, _reference_point(reference), "CONTAINS"))
     container.ContentSequence = hd.sr.ContentSequence(items)
     return container
+
+
+def _sources(event: IrradiationEvent) -> set[str]:
+    """Where the event's air kerma and DAP come from ("none": unknown)."""
+    return {event.air_kerma_source or event.dose_source, event.dap_source or event.dose_source}
+
+
+def _source_codes(sources: set[str]) -> list:
+    """CID 10021 codes for the ways the values were obtained: a device's own dose report is
+    collected automatically from the equipment, an image header's value is copied, the
+    technique model's is computed."""
+    return [code for source, code in (("rdsr", codes.DCM.AutomatedDataCollection),
+                                      ("reported", C.DCM.CopiedFromImageAttributes),
+                                      ("estimated", C.DCM.ComputedFromImageAttributes))
+            if source in sources]
 
 
 def _unknown_totals(plane: PlaneTotals, events: tuple[IrradiationEvent, ...]) -> set:
@@ -374,12 +390,7 @@ def _event(event: IrradiationEvent, start: datetime | None, sop_class: dict[str,
             items.append(item)
     # one code per way the dose values were obtained (a header's DAP copied, its air kerma
     # computed); none for a dose that is unknown
-    sources = {event.air_kerma_source or event.dose_source, event.dap_source or event.dose_source}
-    if sources & {"reported", "rdsr"}:
-        items.append(hd.sr.CodeContentItem(C.DCM.SourceOfDoseInformation,
-                                           C.DCM.CopiedFromImageAttributes, "CONTAINS"))
-    if "estimated" in sources:
-        items.append(hd.sr.CodeContentItem(C.DCM.SourceOfDoseInformation,
-                                           C.DCM.ComputedFromImageAttributes, "CONTAINS"))
+    for code in _source_codes(_sources(event)):
+        items.append(hd.sr.CodeContentItem(C.DCM.SourceOfDoseInformation, code, "CONTAINS"))
     container.ContentSequence = hd.sr.ContentSequence(items)
     return container
