@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import func, select
 
-from sifluoro.audit.schema import DeviceRow, StudyRow, open_registry
+from sifluoro.audit.schema import DeviceRow, EventRow, StudyRow, open_registry
 from sifluoro.audit.settings import AuditSettings
 
 log = logging.getLogger(__name__)
@@ -91,9 +91,17 @@ def load_studies(engine, *, start: date | None = None, end: date | None = None,
     # a study whose dose is wholly unknown (no report, no technique) is not a 0 in a DRL
     # statistic: it is left out and counted (:func:`count_unknown_dose`)
     query = _in_scope(query.where(StudyRow.dose_source != "none"), start, end, procedure)
+    # a quantity none of a study's events gives (a header reporting DAP only, no technique)
+    # is unknown, not the 0 stored in its total: left out of that quantity's statistics
+    known = (select(EventRow.study_id, func.count(EventRow.id).label("n"),
+                    func.count(EventRow.dap_gycm2).label("n_dap"),
+                    func.count(EventRow.air_kerma_mgy).label("n_kerma"))
+             .group_by(EventRow.study_id).subquery())
+    query = (query.add_columns(known.c.n, known.c.n_dap, known.c.n_kerma)
+             .outerjoin(known, known.c.study_id == StudyRow.id))
     with engine.connect() as conn:
         rows = conn.execute(query).all()
-    columns = list(zip(*rows)) if rows else [()] * 12
+    columns = list(zip(*rows)) if rows else [()] * 15
     devices = [" ".join(x for x in (m, mo) if x) + (f" ({st})" if st else "")
                for m, mo, st in zip(columns[3], columns[4], columns[5])]
     # two C-arms of one model and no station names are two groups: the serial number tells
@@ -107,11 +115,18 @@ def load_studies(engine, *, start: date | None = None, end: date | None = None,
         "date": np.array(columns[1], dtype=object),
         "procedure": np.array(columns[2], dtype=object),
         "device": np.array(devices, dtype=object),
-        "dap_gycm2": np.array(columns[6], dtype=float),
-        "air_kerma_mgy": np.array(columns[7], dtype=float),
+        "dap_gycm2": _unknown_as_nan(columns[6], columns[12], columns[13]),
+        "air_kerma_mgy": _unknown_as_nan(columns[7], columns[12], columns[14]),
         "fluoro_time_s": np.array(columns[8], dtype=float),
         "srdl": np.array(columns[9], dtype=object),
     }
+
+
+def _unknown_as_nan(values, n_events, n_known) -> np.ndarray:
+    out = np.array(values, dtype=float)
+    unknown = np.array([bool(n) and not k for n, k in zip(n_events, n_known)], dtype=bool)
+    out[unknown] = np.nan
+    return out
 
 
 def count_unknown_dose(engine, *, start: date | None = None, end: date | None = None,
@@ -147,7 +162,8 @@ def build_tables(data: dict[str, np.ndarray], settings: AuditSettings) -> Tables
         stats = []
         for q, label, _ in QUANTITIES:
             values = data[q][members]
-            median, p75 = np.percentile(values, [50, 75])
+            known = values[~np.isnan(values)]
+            median, p75 = np.percentile(known, [50, 75]) if known.size else (np.nan, np.nan)
             stats += [median, p75]
             limit = p75 * settings.outlier_factor
             for i in members[values > limit]:
@@ -188,13 +204,18 @@ def _trend(data: dict[str, np.ndarray]) -> list[list[str]]:
     for g, key in enumerate(groups):
         members = index[inverse == g]
         procedure, month = key.split("\x00")
-        dap = data["dap_gycm2"][members]
+        dap = _known(data["dap_gycm2"][members])
+        kerma = _known(data["air_kerma_mgy"][members])
         rows.append([procedure, month, cell("studies", len(members)),
-                     cell("median_dap_gycm2", np.median(dap)),
-                     cell("p75_dap_gycm2", np.percentile(dap, 75)),
-                     cell("median_air_kerma_mgy", np.median(data["air_kerma_mgy"][members])),
+                     cell("median_dap_gycm2", np.median(dap) if dap.size else None),
+                     cell("p75_dap_gycm2", np.percentile(dap, 75) if dap.size else None),
+                     cell("median_air_kerma_mgy", np.median(kerma) if kerma.size else None),
                      cell("median_fluoro_time_s", np.median(data["fluoro_time_s"][members]))])
     return rows
+
+
+def _known(values: np.ndarray) -> np.ndarray:
+    return values[~np.isnan(values)]
 
 
 def write_report(db, out: str | Path, *, start: date | None = None, end: date | None = None,
@@ -353,6 +374,8 @@ def _html(tables: Tables, charts: dict[str, bytes], settings: AuditSettings, *,
              f'<p class="note">{e(scope)}: {tables.n_studies} studies, {tables.n_outliers} flagged'
              + (f"; {unknown_dose} more whose dose is unknown (no dose report, no technique to "
                 "estimate it) are left out of the statistics" if unknown_dose else "") + ". "
+             "A study whose air kerma or DAP none of its irradiation events gives counts in "
+             "the other statistics only. "
              f"Generated {e(datetime.now().strftime('%Y-%m-%d %H:%M'))} by sifluoro. DAP in Gy·cm², "
              "reference air kerma (Ka,r) in mGy, fluoroscopy time in s. P75 = 75th percentile "
              "(linear interpolation), the statistic diagnostic reference levels are set at.</p>",

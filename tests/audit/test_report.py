@@ -187,3 +187,20 @@ def test_two_c_arms_of_one_model_are_two_groups(tmp_path, monkeypatch):
     rows = list(csv.DictReader(open(write_report(db, tmp_path / "report").csv["summary"])))
     assert [(r["device"], float(r["median_dap_gycm2"])) for r in rows] == [
         ("ACME Medical C-Arm 9000 [serial R1]", 2.5), ("ACME Medical C-Arm 9000 [serial R2]", 11.0)]
+
+
+def test_an_air_kerma_no_event_gives_is_left_out_of_its_statistics(tmp_path):
+    """Headers that report DAP only, with no technique to estimate air kerma: the study's Ka,r
+    is unknown, stored as 0 in its total, and the DRL Ka,r median/P75 read 0.00 (review s10
+    C#1). Such studies count in the DAP statistics only."""
+    from tests.dicom_fixtures import RunSpec, technique, write_study
+
+    techs = [technique(reported_dap_gycm2=d, reported_air_kerma_mgy=10 * d) for d in (2.0, 4.0)]
+    techs += [technique(kvp=None, reported_dap_gycm2=d) for d in (1.0, 3.0, 5.0)]
+    for k, tech in enumerate(techs):
+        write_study(tmp_path / "img" / f"s{k}", [RunSpec(0.0, n_frames=5, tech=tech)])
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    ingest([tmp_path / "img"], db)
+    (row,) = list(csv.DictReader(open(write_report(db, tmp_path / "report").csv["summary"])))
+    assert row["studies"] == "5" and float(row["median_dap_gycm2"]) == pytest.approx(3.0)
+    assert float(row["median_air_kerma_mgy"]) == pytest.approx(30.0)  # of the two that know it
