@@ -341,8 +341,7 @@ def _before(time_text: str, other_text: str) -> bool:
         return False
     if a is None or b is None:
         return False
-    seconds = lambda t: t.hour * 3600 + t.minute * 60 + t.second  # noqa: E731
-    return seconds(b) - seconds(a) > 12 * 3600
+    return (b.hour - a.hour) * 3600 + (b.minute - a.minute) * 60 + (b.second - a.second) > 12 * 3600
 
 
 def run_start(look: _Lookup) -> datetime | None:
@@ -470,13 +469,7 @@ def _technique(look: _Lookup, n: int, rows: int, columns: int, intervals_ms, pat
     dose = _reported_dose(look, n, path)
     setting = look.text("RadiationSetting").upper() or None
     mode = look.text("RadiationMode").upper() or None
-    if (mode == "PULSED" and look.float("AveragePulseWidth") is None
-            and dose.get("exposure_mas", look.float("ExposureInmAs") or look.float("Exposure")) is None
-            and dose.get("exposure_time_ms", look.float("ExposureTimeInms") or look.float("ExposureTime")) is None
-            and dose.get("reported_dap_gycm2") is None and dose.get("reported_air_kerma_mgy") is None):
-        log.warning("%s: (0018,115A) RadiationMode PULSED without (0018,1154) AveragePulseWidth "
-                    "nor a tube load or reported dose: the run's dose cannot be estimated", path)
-    return Technique(
+    tech = Technique(
         kvp=dose.get("kvp", look.float("KVP")),
         tube_current_ma=dose.get("tube_current_ma",
                                  look.float("XRayTubeCurrentInmA") or look.float("XRayTubeCurrent")),
@@ -505,6 +498,12 @@ def _technique(look: _Lookup, n: int, rows: int, columns: int, intervals_ms, pat
         reported_air_kerma_mgy=dose.get("reported_air_kerma_mgy"),
         reported_air_kerma_mgy_per_frame=dose.get("reported_air_kerma_mgy_per_frame"),
     )
+    if (tech.radiation_mode == "PULSED" and tech.pulse_width_ms is None and tech.exposure_mas is None
+            and tech.exposure_time_ms is None and tech.reported_dap_gycm2 is None
+            and tech.reported_air_kerma_mgy is None):
+        log.warning("%s: (0018,115A) RadiationMode PULSED without (0018,1154) AveragePulseWidth "
+                    "nor a tube load or reported dose: the run's dose cannot be estimated", path)
+    return tech
 
 
 def _reported_dose(look: _Lookup, n: int, path: str) -> dict:

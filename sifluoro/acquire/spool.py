@@ -237,8 +237,8 @@ class Spool:
                     and self.used_bytes + self._reserved_bytes + nbytes > self.quota_bytes
                     and time.monotonic() - self._measured_at >= REMEASURE_S):
                 # files may have been removed since (a study sent on and deleted, as the
-                # refusal asks): count what is there before refusing
-                # files committed but not yet settled are on disk and will be added at settle
+                # refusal asks): count what is there before refusing, less the files committed
+                # but not yet settled (settle adds them)
                 self.used_bytes = self._measure() - self._unsettled_bytes
                 self._measured_at = time.monotonic()
             if (self.quota_bytes is not None

@@ -38,7 +38,7 @@ def _ingest(args) -> int:
     from sifluoro.audit.distributed import DaskMapper
     from sqlalchemy.exc import OperationalError
 
-    from sifluoro.audit.ingest import ProcessMapper, ingest, serial_mapper
+    from sifluoro.audit.ingest import ProcessMapper, db_reason, ingest, serial_mapper
 
     settings = _settings(args)
     with _client(args) as client:
@@ -50,9 +50,8 @@ def _ingest(args) -> int:
             result = ingest(args.paths, args.db, settings=settings, mapper=mapper,
                             progress=not args.quiet and sys.stderr.isatty())
         except OperationalError as exc:  # locked, gone away: the batches written so far stay
-            reason = str(exc.orig or exc).strip().splitlines()[0]
-            print(f"sifluoro: the registry could not be written ({reason}); the studies written "
-                  "before stay; run the ingest again", file=sys.stderr)
+            print(f"sifluoro: the registry could not be written ({db_reason(exc)}); the studies "
+                  "written before stay; run the ingest again", file=sys.stderr)
             return 1
     for r in result.rejected:
         print(f"sifluoro: not taken {r.file}: {r.reason}", file=sys.stderr)

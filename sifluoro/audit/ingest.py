@@ -231,7 +231,7 @@ class _Writer:
         except (DataError, IntegrityError) as exc:  # a value it cannot hold, not a lock
             if len(batch) == 1:
                 uid, files = next(iter(batch.items()))
-                reason = f"the registry refused study {uid}: {_db_reason(exc)}"
+                reason = f"the registry refused study {uid}: {db_reason(exc)}"
                 log.warning("%s", reason)
                 result.rejected += [Rejection(f.path, reason) for f in files]
                 return
@@ -442,7 +442,7 @@ def _lock_registry(conn: Session) -> None:
         conn.execute(text("UPDATE schema_version SET version = version WHERE 0"))
 
 
-def _db_reason(exc: DBAPIError) -> str:
+def db_reason(exc: DBAPIError) -> str:
     """The database's own message, first line (SQLAlchemy appends its statement and a link)."""
     text = str(getattr(exc, "orig", None) or exc)
     return text.strip().splitlines()[0] if text.strip() else type(exc).__name__

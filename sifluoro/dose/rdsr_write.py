@@ -340,17 +340,15 @@ def _event(event: IrradiationEvent, start: datetime | None, sop_class: dict[str,
     for uid in event.sop_instance_uids:
         if uid in sop_class:
             items.append(hd.sr.ImageContentItem(C.DCM.AcquiredImage, sop_class[uid], uid, relationship_type="CONTAINS"))
-    for concept, value, unit in ((C.DCM.DoseAreaProduct, event.dap_gycm2, C.GY_M2),
-                                 (C.DCM.DoseRP, event.air_kerma_mgy, C.GY)):
-        if value is None:  # required by TID 10003; never written as 0
-            items.append(_unknown_num(concept, unit))
-    for concept, value, unit, scale in (
-            (C.DCM.DoseAreaProduct, event.dap_gycm2, C.GY_M2, 1e-4),
-            (C.DCM.DoseRP, event.air_kerma_mgy, C.GY, 1e-3),
-            (C.DCM.PositionerPrimaryAngle, event.primary_angle_deg, C.DEGREE, 1.0),
-            (C.DCM.PositionerSecondaryAngle, event.secondary_angle_deg, C.DEGREE, 1.0),
-            (C.DCM.CollimatedFieldArea, event.collimated_field_area_cm2, C.SQUARE_METER, 1e-4)):
+    for concept, value, unit, scale, required in (
+            (C.DCM.DoseAreaProduct, event.dap_gycm2, C.GY_M2, 1e-4, True),
+            (C.DCM.DoseRP, event.air_kerma_mgy, C.GY, 1e-3, True),
+            (C.DCM.PositionerPrimaryAngle, event.primary_angle_deg, C.DEGREE, 1.0, False),
+            (C.DCM.PositionerSecondaryAngle, event.secondary_angle_deg, C.DEGREE, 1.0, False),
+            (C.DCM.CollimatedFieldArea, event.collimated_field_area_cm2, C.SQUARE_METER, 1e-4, False)):
         item = _num(concept, value, unit, scale)
+        if item is None and required:  # required by TID 10003; never written as 0
+            item = _unknown_num(concept, unit)
         if item is not None:
             items.append(item)
     filters = [(C.COPPER, event.filter_cu_mm), (C.ALUMINUM, event.filter_al_mm)]
