@@ -334,7 +334,8 @@ class _Writer:
                                "path": f.path, "sha256": f.sha256, "size_bytes": f.size_bytes}
                               for f in files]
                 events += _event_rows(sid, dose)
-                planes += [{"study_id": sid, **{k: getattr(p, k) for k in PLANE_FIELDS}}
+                planes += [{"study_id": sid, **{k: getattr(p, k) for k in PLANE_FIELDS},
+                            **{k: None for k in dose.unknown_totals(p.plane)}}
                            for p in dose.planes]
                 alerts += [{"study_id": sid, **a} for a in alert_rows(dose, self.settings.dose)]
             for table, rows in ((InstanceRow, instances), (EventRow, events), (PlaneRow, planes),
@@ -501,7 +502,8 @@ def _study_row(uid: str, files: list[ParsedFile], dose: StudyDose, now: datetime
            "n_events": len(dose.events), "n_planes": len(dose.planes),
            "planes_from_report": dose.planes_from_report,
            "srdl_exceeded": ",".join(dose.srdl_exceeded), "ingested_at": now}
-    row.update({k: float(summary[k]) for k in STUDY_FIELDS})
+    # an unknown total is NULL (left out of SQL aggregates), never a 0
+    row.update({k: None if summary[k] is None else float(summary[k]) for k in STUDY_FIELDS})
     return row
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import func, select
 
-from sifluoro.audit.schema import DeviceRow, EventRow, StudyRow, open_registry
+from sifluoro.audit.schema import DeviceRow, StudyRow, open_registry
 from sifluoro.audit.settings import AuditSettings
 
 log = logging.getLogger(__name__)
@@ -91,17 +91,9 @@ def load_studies(engine, *, start: date | None = None, end: date | None = None,
     # a study whose dose is wholly unknown (no report, no technique) is not a 0 in a DRL
     # statistic: it is left out and counted (:func:`count_unknown_dose`)
     query = _in_scope(query.where(StudyRow.dose_source != "none"), start, end, procedure)
-    # a quantity none of a study's events gives (a header reporting DAP only, no technique)
-    # is unknown, not the 0 stored in its total: left out of that quantity's statistics
-    known = (select(EventRow.study_id, func.count(EventRow.id).label("n"),
-                    func.count(EventRow.dap_gycm2).label("n_dap"),
-                    func.count(EventRow.air_kerma_mgy).label("n_kerma"))
-             .group_by(EventRow.study_id).subquery())
-    query = (query.add_columns(known.c.n, known.c.n_dap, known.c.n_kerma)
-             .outerjoin(known, known.c.study_id == StudyRow.id))
     with engine.connect() as conn:
         rows = conn.execute(query).all()
-    columns = list(zip(*rows)) if rows else [()] * 15
+    columns = list(zip(*rows)) if rows else [()] * 12
     devices = [" ".join(x for x in (m, mo) if x) + (f" ({st})" if st else "")
                for m, mo, st in zip(columns[3], columns[4], columns[5])]
     # two C-arms of one model and no station names are two groups: the serial number tells
@@ -115,18 +107,12 @@ def load_studies(engine, *, start: date | None = None, end: date | None = None,
         "date": np.array(columns[1], dtype=object),
         "procedure": np.array(columns[2], dtype=object),
         "device": np.array(devices, dtype=object),
-        "dap_gycm2": _unknown_as_nan(columns[6], columns[12], columns[13]),
-        "air_kerma_mgy": _unknown_as_nan(columns[7], columns[12], columns[14]),
+        # a total nothing gave is NULL (schema version 3): NaN, left out of its statistics
+        "dap_gycm2": np.array(columns[6], dtype=float),
+        "air_kerma_mgy": np.array(columns[7], dtype=float),
         "fluoro_time_s": np.array(columns[8], dtype=float),
         "srdl": np.array(columns[9], dtype=object),
     }
-
-
-def _unknown_as_nan(values, n_events, n_known) -> np.ndarray:
-    out = np.array(values, dtype=float)
-    unknown = np.array([bool(n) and not k for n, k in zip(n_events, n_known)], dtype=bool)
-    out[unknown] = np.nan
-    return out
 
 
 def count_unknown_dose(engine, *, start: date | None = None, end: date | None = None,

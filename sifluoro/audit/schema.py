@@ -23,6 +23,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    MetaData,
     String,
     Text,
     UniqueConstraint,
@@ -36,7 +37,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from sifluoro.errors import ConfigError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class Base(DeclarativeBase):
@@ -64,7 +65,8 @@ class DeviceRow(Base):
 
 
 class StudyRow(Base):
-    """One study's dose (DESIGN §4 summary fields) with its procedure label and date."""
+    """One study's dose (DESIGN §4 summary fields) with its procedure label and date. A dose
+    total nothing gives (a header reporting DAP only) is NULL, not 0 (schema version 3)."""
 
     __tablename__ = "studies"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -77,13 +79,13 @@ class StudyRow(Base):
     dose_source: Mapped[str] = mapped_column(String(16))
     n_events: Mapped[int] = mapped_column(Integer)
     n_planes: Mapped[int] = mapped_column(Integer)
-    dap_gycm2: Mapped[float] = mapped_column(Float)
-    air_kerma_mgy: Mapped[float] = mapped_column(Float)
+    dap_gycm2: Mapped[float | None] = mapped_column(Float)
+    air_kerma_mgy: Mapped[float | None] = mapped_column(Float)
     fluoro_time_s: Mapped[float] = mapped_column(Float)
-    fluoro_dap_gycm2: Mapped[float] = mapped_column(Float)
-    fluoro_air_kerma_mgy: Mapped[float] = mapped_column(Float)
-    acquisition_dap_gycm2: Mapped[float] = mapped_column(Float)
-    acquisition_air_kerma_mgy: Mapped[float] = mapped_column(Float)
+    fluoro_dap_gycm2: Mapped[float | None] = mapped_column(Float)
+    fluoro_air_kerma_mgy: Mapped[float | None] = mapped_column(Float)
+    acquisition_dap_gycm2: Mapped[float | None] = mapped_column(Float)
+    acquisition_air_kerma_mgy: Mapped[float | None] = mapped_column(Float)
     acquisition_time_s: Mapped[float] = mapped_column(Float)
     planes_from_report: Mapped[bool] = mapped_column(Boolean)
     srdl_exceeded: Mapped[str] = mapped_column(String(64), default="")
@@ -193,7 +195,52 @@ def _v2(conn: Connection) -> None:
         conn.exec_driver_sql(f'ALTER TABLE {table} ALTER COLUMN {column} TYPE {kind}')
 
 
-MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _v1), (2, _v2)]
+#: the study dose totals made nullable by version 3, with the event attribute and kind that
+#: decide whether a stored 0 was an unknown
+_NULLABLE_TOTALS = (("dap_gycm2", "dap_gycm2", None), ("air_kerma_mgy", "air_kerma_mgy", None),
+                    ("fluoro_dap_gycm2", "dap_gycm2", "fluoroscopy"),
+                    ("fluoro_air_kerma_mgy", "air_kerma_mgy", "fluoroscopy"),
+                    ("acquisition_dap_gycm2", "dap_gycm2", "acquisition"),
+                    ("acquisition_air_kerma_mgy", "air_kerma_mgy", "acquisition"))
+
+
+def _v3(conn: Connection) -> None:
+    """Study dose totals nullable: a total none of the study's events gives was stored as 0;
+    it becomes NULL (and so do such plane totals), so SQL aggregates leave it out."""
+    if conn.dialect.name == "postgresql":
+        for column, _, _ in _NULLABLE_TOTALS:
+            conn.exec_driver_sql(f"ALTER TABLE studies ALTER COLUMN {column} DROP NOT NULL")
+    else:
+        _rebuild_sqlite_studies(conn)
+    for table, key, same_plane in (("studies", "id", ""),
+                                   ("plane_totals", "study_id", " AND e.plane = plane_totals.plane")):
+        for column, attr, kind in _NULLABLE_TOTALS:
+            events = (f"FROM irradiation_events e WHERE e.study_id = {table}.{key}{same_plane}"
+                      + ("" if kind is None else f" AND e.kind = '{kind}'"))
+            conn.exec_driver_sql(
+                f"UPDATE {table} SET {column} = NULL WHERE {column} = 0 AND EXISTS (SELECT 1 "
+                f"{events}) AND NOT EXISTS (SELECT 1 {events} AND e.{attr} IS NOT NULL)")
+
+
+def _rebuild_sqlite_studies(conn: Connection) -> None:
+    """SQLite cannot drop a NOT NULL: the table is rebuilt (SQLite's own procedure: a new table,
+    the rows copied, the old one dropped and the new one renamed; foreign keys are off for the
+    migration, see :func:`migrate`, so the drop cascades to nothing)."""
+    columns = ", ".join(c.name for c in StudyRow.__table__.columns)
+    metadata = MetaData()
+    DeviceRow.__table__.to_metadata(metadata)  # the copy's foreign key resolves against it
+    new = StudyRow.__table__.to_metadata(metadata, name="studies_v3")
+    for index in list(new.indexes):
+        new.indexes.discard(index)
+    new.create(conn)
+    conn.exec_driver_sql(f"INSERT INTO studies_v3 ({columns}) SELECT {columns} FROM studies")
+    conn.exec_driver_sql("DROP TABLE studies")
+    conn.exec_driver_sql("ALTER TABLE studies_v3 RENAME TO studies")
+    for index in StudyRow.__table__.indexes:
+        index.create(conn)
+
+
+MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _v1), (2, _v2), (3, _v3)]
 
 
 def open_registry(url: str) -> Engine:
@@ -239,19 +286,36 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
 
 def migrate(engine: Engine) -> int:
     """Apply the missing migrations in one transaction; return the version reached."""
-    with engine.begin() as conn:
-        SchemaVersion.__table__.create(conn, checkfirst=True)
-        done = set(conn.execute(select(SchemaVersion.version)).scalars())
-        newest = max(done, default=0)
-        if newest > SCHEMA_VERSION:
-            raise ConfigError(f"the registry is at schema version {newest}, newer than this "
-                              f"sifluoro ({SCHEMA_VERSION}); upgrade sifluoro")
-        for version, step in MIGRATIONS:
-            if version not in done:
-                step(conn)
-                conn.execute(SchemaVersion.__table__.insert().values(
-                    version=version, applied_at=datetime.now(timezone.utc).replace(tzinfo=None)))
+    with engine.connect() as conn:
+        sqlite = conn.dialect.name == "sqlite"
+        if sqlite:  # a table rebuild must not cascade its drop; settable outside a transaction only
+            conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            conn.commit()
+        try:
+            with conn.begin():
+                _apply_missing(conn)
+                if sqlite and conn.exec_driver_sql("PRAGMA foreign_key_check").first() is not None:
+                    raise ConfigError("the registry's migration left a broken foreign key; "
+                                      "it was not applied")
+        finally:
+            if sqlite:
+                conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+                conn.commit()
     return SCHEMA_VERSION
+
+
+def _apply_missing(conn: Connection) -> None:
+    SchemaVersion.__table__.create(conn, checkfirst=True)
+    done = set(conn.execute(select(SchemaVersion.version)).scalars())
+    newest = max(done, default=0)
+    if newest > SCHEMA_VERSION:
+        raise ConfigError(f"the registry is at schema version {newest}, newer than this "
+                          f"sifluoro ({SCHEMA_VERSION}); upgrade sifluoro")
+    for version, step in MIGRATIONS:
+        if version not in done:
+            step(conn)
+            conn.execute(SchemaVersion.__table__.insert().values(
+                version=version, applied_at=datetime.now(timezone.utc).replace(tzinfo=None)))
 
 
 def table_names(engine: Engine) -> list[str]:

@@ -29,7 +29,8 @@ from pydicom.uid import (
 from sifluoro.config import DoseSettings
 from sifluoro.dose import sr_codes as C
 from sifluoro.dose.accumulate import DoseAccumulator
-from sifluoro.dose.records import ACQUISITION, FLUOROSCOPY, IrradiationEvent, PlaneTotals, StudyDose
+from sifluoro.dose.records import (ACQUISITION, IrradiationEvent, PlaneTotals, StudyDose,
+                                   unknown_totals)
 from sifluoro.errors import MissingAttributeError
 from sifluoro.model import Device, Study
 
@@ -302,23 +303,19 @@ def _source_codes(sources: set[str]) -> list:
             if source in sources]
 
 
+#: the accumulated totals' concepts by :data:`DOSE_TOTALS` field
+_TOTAL_CONCEPT = {"dap_gycm2": C.DCM.DoseAreaProductTotal, "air_kerma_mgy": C.DCM.DoseRPTotal,
+                  "fluoro_dap_gycm2": C.DCM.FluoroDoseAreaProductTotal,
+                  "fluoro_air_kerma_mgy": C.DCM.FluoroDoseRPTotal,
+                  "acquisition_dap_gycm2": C.DCM.AcquisitionDoseAreaProductTotal,
+                  "acquisition_air_kerma_mgy": C.DCM.AcquisitionDoseRPTotal}
+
+
 def _unknown_totals(plane: PlaneTotals, events: tuple[IrradiationEvent, ...]) -> set:
-    """The dose totals of ``plane`` that none of its events knows (a study whose runs carry no
-    dose and no technique): written as unknown, not as the 0 their sum gives."""
-    mine = [e for e in events if e.plane == plane.plane]
-    if not mine:
-        return set()
-    out = set()
-    for kind, dap_total, kerma_total in (
-            (None, C.DCM.DoseAreaProductTotal, C.DCM.DoseRPTotal),
-            (FLUOROSCOPY, C.DCM.FluoroDoseAreaProductTotal, C.DCM.FluoroDoseRPTotal),
-            (ACQUISITION, C.DCM.AcquisitionDoseAreaProductTotal, C.DCM.AcquisitionDoseRPTotal)):
-        of_kind = [e for e in mine if kind is None or e.kind == kind]
-        if of_kind and all(e.dap_gycm2 is None for e in of_kind):
-            out.add(dap_total)
-        if of_kind and all(e.air_kerma_mgy is None for e in of_kind):
-            out.add(kerma_total)
-    return out
+    """The concepts of the dose totals of ``plane`` that none of its events knows (a study
+    whose runs carry no dose and no technique): written as unknown, not as the 0 their sum gives."""
+    fields = unknown_totals([e for e in events if e.plane == plane.plane], [plane])
+    return {_TOTAL_CONCEPT[f] for f in fields}
 
 
 def _event(event: IrradiationEvent, start: datetime | None, sop_class: dict[str, str]):

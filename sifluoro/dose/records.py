@@ -77,6 +77,13 @@ class PlaneTotals:
     reference_point: str = ""
 
 
+#: the dose totals of a study or plane: (summary field, event attribute, event kind or None)
+DOSE_TOTALS = (("dap_gycm2", "dap_gycm2", None), ("air_kerma_mgy", "air_kerma_mgy", None),
+               ("fluoro_dap_gycm2", "dap_gycm2", FLUOROSCOPY),
+               ("fluoro_air_kerma_mgy", "air_kerma_mgy", FLUOROSCOPY),
+               ("acquisition_dap_gycm2", "dap_gycm2", ACQUISITION),
+               ("acquisition_air_kerma_mgy", "air_kerma_mgy", ACQUISITION))
+
 #: pulse rates below this (per s) are nominal placeholders, not a run's rate
 PLAUSIBLE_PULSE_RATE = 0.5
 
@@ -117,6 +124,20 @@ def totals_from_events(plane: str, events: list[IrradiationEvent] | tuple[Irradi
         n_radiographic_frames=sum(e.n_pulses or 0 for e in mine if e.kind == ACQUISITION),
         reference_point=reference_point or next((e.reference_point for e in mine if e.reference_point), ""),
     )
+
+
+def unknown_totals(events, planes) -> frozenset[str]:
+    """The dose totals (:data:`DOSE_TOTALS` field names) that nothing gives: there are
+    ``events`` of the total's kind, none of them gives the quantity (a header reporting DAP
+    only, a run without dose or technique) and no total of ``planes`` does. Their sum is 0 by
+    arithmetic, but the dose is unknown, not 0."""
+    out = set()
+    for field, attr, kind in DOSE_TOTALS:
+        of_kind = [e for e in events if kind is None or e.kind == kind]
+        if (of_kind and all(getattr(e, attr) is None for e in of_kind)
+                and not any(getattr(p, field) for p in planes)):
+            out.add(field)
+    return frozenset(out)
 
 
 @dataclass(frozen=True)
@@ -161,13 +182,21 @@ class StudyDose:
     def fluoro_time_s(self) -> float:
         return self._sum("fluoro_time_s")
 
+    def unknown_totals(self, plane: str | None = None) -> frozenset[str]:
+        """:func:`unknown_totals` of the study, or of one of its planes."""
+        return unknown_totals([e for e in self.events if plane is None or e.plane == plane],
+                              [p for p in self.planes if plane is None or p.plane == plane])
+
     def summary(self) -> dict:
         """The ``sifluoro dose summary --json`` object (DESIGN §4), plus per-plane detail.
 
         ``events`` and ``planes`` are counts; ``per_plane`` lists each plane's totals. Times
-        and doses of several planes are summed (tube-on time and dose of each tube).
+        and doses of several planes are summed (tube-on time and dose of each tube). A dose
+        total that nothing gives (:meth:`unknown_totals`) is None (JSON null), not 0.
         """
-        return {
+        unknown = self.unknown_totals()
+        unknown_in = {p.plane: self.unknown_totals(p.plane) for p in self.planes}
+        out = {
             "study_instance_uid": self.study_instance_uid,
             "source": self.source,
             "device": {"manufacturer": self.device.manufacturer, "model": self.device.model},
@@ -184,9 +213,13 @@ class StudyDose:
             "dose_source": self.dose_source or self.source,
             "srdl_exceeded": list(self.srdl_exceeded),
             "per_plane": [
-                {"plane": p.plane, "dap_gycm2": p.dap_gycm2, "air_kerma_mgy": p.air_kerma_mgy,
+                {"plane": p.plane,
+                 "dap_gycm2": None if "dap_gycm2" in unknown_in[p.plane] else p.dap_gycm2,
+                 "air_kerma_mgy": None if "air_kerma_mgy" in unknown_in[p.plane] else p.air_kerma_mgy,
                  "fluoro_time_s": p.fluoro_time_s, "acquisition_time_s": p.acquisition_time_s,
                  "events": sum(1 for e in self.events if e.plane == p.plane)}
                 for p in self.planes],
             "path": self.path,
         }
+        out.update({field: None for field in unknown})
+        return out

@@ -254,6 +254,10 @@ def json_lines(studies: list[StudyDose]) -> str:
     return "".join(json.dumps(s.summary(), separators=(", ", ": ")) + "\n" for s in studies)
 
 
+def _number(value: float | None, width: int, decimals: int) -> str:
+    return f"{'unknown':>{width}}" if value is None else f"{value:>{width}.{decimals}f}"
+
+
 def table(studies: list[StudyDose], rejected: list[Rejection] = ()) -> str:
     """A human table: one row per study, then per plane when there are several."""
     header = (f"{'study':<28} {'source':<7} {'device':<26} {'events':>6} {'fluoro s':>9} "
@@ -266,13 +270,13 @@ def table(studies: list[StudyDose], rejected: list[Rejection] = ()) -> str:
         device = f"{d['device']['manufacturer']} {d['device']['model']}".strip()[:26]
         source = d["source"] if d["source"] == "rdsr" else f"img/{d['dose_source'][:3]}"
         lines.append(f"{uid:<28} {source:<7} {device:<26} {d['events']:>6} {d['fluoro_time_s']:>9.1f} "
-                     f"{d['dap_gycm2']:>11.4f} {d['air_kerma_mgy']:>10.2f}  "
+                     f"{_number(d['dap_gycm2'], 11, 4)} {_number(d['air_kerma_mgy'], 10, 2)}  "
                      f"{','.join(d['srdl_exceeded']) or '-'}")
         if len(s.planes) > 1:
             for p in d["per_plane"]:
                 lines.append(f"{'  plane ' + p['plane']:<28} {'':<7} {'':<26} {p['events']:>6} "
-                             f"{p['fluoro_time_s'] or 0.0:>9.1f} {p['dap_gycm2'] or 0.0:>11.4f} "
-                             f"{p['air_kerma_mgy'] or 0.0:>10.2f}")
+                             f"{p['fluoro_time_s'] or 0.0:>9.1f} {_number(p['dap_gycm2'], 11, 4)} "
+                             f"{_number(p['air_kerma_mgy'], 10, 2)}")
     for r in rejected:
         lines.append(f"rejected {r.file}: {r.reason}")
     return "\n".join(lines)

@@ -619,7 +619,78 @@ def test_a_version_1_postgresql_registry_is_widened_in_place(postgres):
                for c in inspect(engine).get_columns(t)}
     assert {(t, c): columns[(t, c)] for t, c, _ in _WIDENED} == {(t, c): k for t, c, k in _WIDENED}
     with engine.connect() as conn:
-        assert conn.execute(select(SchemaVersion.version)).scalars().all() == [1, 2]
+        assert conn.execute(select(SchemaVersion.version)).scalars().all() == [1, 2, 3]
+    engine.dispose()
+
+
+#: the studies table as versions 1 and 2 made it on SQLite: every dose total NOT NULL
+_V2_SQLITE_STUDIES = """CREATE TABLE studies (id INTEGER NOT NULL, study_instance_uid VARCHAR(64) NOT NULL,
+ device_id INTEGER NOT NULL, procedure VARCHAR(128) NOT NULL, study_date DATE, patient_key VARCHAR(64),
+ source VARCHAR(16) NOT NULL, dose_source VARCHAR(16) NOT NULL, n_events INTEGER NOT NULL,
+ n_planes INTEGER NOT NULL, dap_gycm2 FLOAT NOT NULL, air_kerma_mgy FLOAT NOT NULL,
+ fluoro_time_s FLOAT NOT NULL, fluoro_dap_gycm2 FLOAT NOT NULL, fluoro_air_kerma_mgy FLOAT NOT NULL,
+ acquisition_dap_gycm2 FLOAT NOT NULL, acquisition_air_kerma_mgy FLOAT NOT NULL,
+ acquisition_time_s FLOAT NOT NULL, planes_from_report BOOLEAN NOT NULL, srdl_exceeded VARCHAR(64) NOT NULL,
+ ingested_at DATETIME NOT NULL, PRIMARY KEY (id), UNIQUE (study_instance_uid),
+ FOREIGN KEY(device_id) REFERENCES devices (id))"""
+
+
+def _back_to_version_2(engine) -> None:
+    """The registry as version 2 left it: totals NOT NULL, an unknown total stored as 0."""
+    from sqlalchemy import text
+
+    from sifluoro.audit.schema import _NULLABLE_TOTALS
+
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            conn.commit()
+        with conn.begin():
+            for column, _, _ in _NULLABLE_TOTALS:
+                conn.execute(text(f"UPDATE studies SET {column} = 0 WHERE {column} IS NULL"))
+                conn.execute(text(f"UPDATE plane_totals SET {column} = 0 WHERE {column} IS NULL"))
+            if engine.dialect.name == "sqlite":
+                conn.exec_driver_sql("CREATE TABLE v2 AS SELECT * FROM studies")
+                conn.exec_driver_sql("DROP TABLE studies")
+                conn.exec_driver_sql(_V2_SQLITE_STUDIES)
+                conn.exec_driver_sql("INSERT INTO studies SELECT * FROM v2")
+                conn.exec_driver_sql("DROP TABLE v2")
+            else:
+                for column, _, _ in _NULLABLE_TOTALS:
+                    conn.execute(text(f"ALTER TABLE studies ALTER COLUMN {column} SET NOT NULL"))
+            conn.execute(text("DELETE FROM schema_version WHERE version > 2"))
+        if engine.dialect.name == "sqlite":
+            conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+            conn.commit()
+    engine.dispose()
+
+
+def test_a_version_2_registry_keeps_its_rows_and_stores_unknown_totals_as_null(db_url, tmp_path):
+    """Version 2 stored a dose total none of a study's events gives (headers reporting DAP
+    only, no technique) as 0, so SQL medians counted it as a measured 0. Version 3 makes the
+    totals nullable and turns those 0s into NULL; every other row and value is kept (SQLite
+    rebuilds the table: its drop must not cascade to the events, instances and planes)."""
+    from tests.dicom_fixtures import technique
+
+    write_study(tmp_path / "in" / "dap-only", [RunSpec(0.0, n_frames=5, tech=technique(
+        kvp=None, reported_dap_gycm2=2.0))])
+    write_study(tmp_path / "in" / "both", [RunSpec(0.0, n_frames=5, tech=technique(
+        reported_dap_gycm2=4.0, reported_air_kerma_mgy=40.0))])
+    ingest([tmp_path / "in"], db_url)
+    engine = open_registry(db_url)
+    before = _counts(engine)
+    _back_to_version_2(engine)
+    engine = open_registry(db_url)
+    with engine.connect() as conn:
+        assert conn.execute(select(SchemaVersion.version)).scalars().all() == [1, 2, 3]
+        kerma = sorted(conn.execute(select(StudyRow.air_kerma_mgy)).scalars(), key=str)
+        dap = sorted(conn.execute(select(StudyRow.dap_gycm2)).scalars())
+        planes = sorted(conn.execute(select(PlaneRow.air_kerma_mgy)).scalars(), key=str)
+        nulls = conn.execute(select(func.count()).where(StudyRow.fluoro_air_kerma_mgy.is_(None))).scalar_one()
+    assert _counts(engine) == before  # nothing cascaded away
+    assert kerma == [pytest.approx(40.0), None] and dap == [pytest.approx(2.0), pytest.approx(4.0)]
+    assert planes == [pytest.approx(40.0), None] and nulls == 1
+    ingest([tmp_path / "in"], db_url)  # still takes studies
     engine.dispose()
 
 

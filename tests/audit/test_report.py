@@ -13,11 +13,13 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from sifluoro.audit.ingest import ingest
 from sifluoro.audit.report import write_report
-from sifluoro.audit.schema import open_registry
+from sifluoro.audit.schema import StudyRow, open_registry
 from sifluoro.audit.synthetic import insert_synthetic_studies
+from sifluoro.dose.summary import summarize, table
 from tests.audit.corpus import write_corpus
 
 WINDOW = (1280, 2000)
@@ -191,8 +193,9 @@ def test_two_c_arms_of_one_model_are_two_groups(tmp_path, monkeypatch):
 
 def test_an_air_kerma_no_event_gives_is_left_out_of_its_statistics(tmp_path):
     """Headers that report DAP only, with no technique to estimate air kerma: the study's Ka,r
-    is unknown, stored as 0 in its total, and the DRL Ka,r median/P75 read 0.00 (review s10
-    C#1). Such studies count in the DAP statistics only."""
+    is unknown, was stored as 0 in its total, and the DRL Ka,r median/P75 read 0.00 (review s10
+    C#1). Such studies count in the DAP statistics only; the registry holds NULL, and so does
+    ``dose summary --json``."""
     from tests.dicom_fixtures import RunSpec, technique, write_study
 
     techs = [technique(reported_dap_gycm2=d, reported_air_kerma_mgy=10 * d) for d in (2.0, 4.0)]
@@ -204,3 +207,12 @@ def test_an_air_kerma_no_event_gives_is_left_out_of_its_statistics(tmp_path):
     (row,) = list(csv.DictReader(open(write_report(db, tmp_path / "report").csv["summary"])))
     assert row["studies"] == "5" and float(row["median_dap_gycm2"]) == pytest.approx(3.0)
     assert float(row["median_air_kerma_mgy"]) == pytest.approx(30.0)  # of the two that know it
+    engine = open_registry(db)
+    with engine.connect() as conn:
+        stored = conn.execute(select(StudyRow.air_kerma_mgy, StudyRow.dap_gycm2)).all()
+    engine.dispose()
+    assert sorted(k is None for k, _ in stored) == [False, False, True, True, True]
+    assert all(d > 0 for _, d in stored)
+    (dap_only,), _ = summarize([tmp_path / "img" / "s2"])
+    assert dap_only.summary()["air_kerma_mgy"] is None and dap_only.summary()["dap_gycm2"] == pytest.approx(1.0)
+    assert "unknown" in table([dap_only])
