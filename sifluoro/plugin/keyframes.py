@@ -215,22 +215,21 @@ def export_study(outbox: Outbox, study: Study, dose: DoseAccumulator, keys: list
                  settings: Settings | None = None, stages=None,
                  errors: list[str] | None = None) -> list[Path]:
     """Put the study's RDSR and the key frames (as SC) into ``outbox``; return their paths.
-    ``stages``: the image stages that ran (the summary's), written on the key frames.
+    ``stages``: the image stages that ran (the summary's), written on the key frames. No RDSR
+    when the device's own report gives the dose of every run (the C-arm sends that one).
 
     The RDSR goes first (the dose record matters most). What cannot be made (the RDSR, a key
     frame) is logged and described in ``errors`` and the rest is still queued; without
     ``errors`` an RDSR that cannot be made raises."""
     settings = settings or Settings()
     queued = []
-    try:
-        with tempfile.TemporaryDirectory(prefix="sifluoro-rdsr-") as tmp:
-            rdsr = write_rdsr(study, dose, Path(tmp) / "rdsr.dcm", settings=settings.dose)
-            queued.append(outbox.put_file(rdsr))
-    except Exception as exc:
-        if errors is None:
-            raise
-        log.error("study end: the RDSR could not be queued (%s)", type(exc).__name__)
-        errors.append(f"RDSR: {type(exc).__name__}")
+    if dose.study_dose(study.study_instance_uid, study.device).dose_source == "rdsr":
+        # every counted run's dose is the device's own report's, which the C-arm sends to the
+        # PACS itself: a second report of the same exposures under other event UIDs would be
+        # counted twice by a dose registry there
+        log.info("study end: the device's RDSR gives the dose of every run; no second RDSR queued")
+    else:
+        queued += _queue_rdsr(outbox, study, dose, settings, errors)
     headers: dict[str, Dataset] = {}
     series_uid = generate_uid()
     for number, key in enumerate(keys, start=1):
@@ -254,3 +253,17 @@ def export_study(outbox: Outbox, study: Study, dose: DoseAccumulator, keys: list
                 errors.append(message)
     log.info("study end: %d file(s) queued in %s", len(queued), outbox.folder)
     return queued
+
+
+def _queue_rdsr(outbox: Outbox, study: Study, dose: DoseAccumulator, settings: Settings,
+                errors: list[str] | None) -> list[Path]:
+    try:
+        with tempfile.TemporaryDirectory(prefix="sifluoro-rdsr-") as tmp:
+            rdsr = write_rdsr(study, dose, Path(tmp) / "rdsr.dcm", settings=settings.dose)
+            return [outbox.put_file(rdsr)]
+    except Exception as exc:
+        if errors is None:
+            raise
+        log.error("study end: the RDSR could not be queued (%s)", type(exc).__name__)
+        errors.append(f"RDSR: {type(exc).__name__}")
+        return []

@@ -154,6 +154,33 @@ def test_a_key_frame_that_cannot_be_made_loses_only_itself(tmp_path, capsys, mon
     assert classes.count(RDSR) == 1 and classes.count(SC) == len(calls) - 1 >= 1
 
 
+def test_a_study_the_devices_rdsr_covers_queues_no_second_rdsr(tmp_path, capsys):
+    """The C-arm sends its own RDSR to the PACS; sifluoro's copy of the same exposures (other
+    event UIDs) beside it would be counted twice by a dose registry there. A run the device's
+    report does not cover still gets sifluoro's RDSR."""
+    from sifluoro.replay import replay
+    from tests.dicom_fixtures import RunSpec, write_study
+
+    write_study(tmp_path / "in", [RunSpec(0.0, n_frames=3), RunSpec(15.0, n_frames=3)])
+    replay([tmp_path / "in"], events_path=tmp_path / "e.jsonl", summary_path=tmp_path / "s.json",
+           rdsr_path=tmp_path / "device.dcm", stages=[])
+    device = pydicom.dcmread(tmp_path / "device.dcm")
+    device.SoftwareVersions = "VC21C"  # the C-arm's own report, not sifluoro's
+    device.save_as(tmp_path / "in" / "device.dcm")
+    code, out, pending = _export(tmp_path, capsys, tmp_path / "in")
+    assert code == 0, out.err
+    classes = [pydicom.dcmread(p, stop_before_pixels=True).SOPClassUID for p in pending]
+    assert classes.count(RDSR) == 0 and classes.count(SC) >= 2
+
+    write_study(tmp_path / "in", [RunSpec(30.0, n_frames=3, filename="late_run.dcm")],
+                study_uid=device.StudyInstanceUID)
+    shutil.rmtree(tmp_path / "outbox")
+    code, out, pending = _export(tmp_path, capsys, tmp_path / "in")
+    assert code == 0, out.err
+    classes = [pydicom.dcmread(p, stop_before_pixels=True).SOPClassUID for p in pending]
+    assert classes.count(RDSR) == 1
+
+
 def test_export_of_nothing_exits_2(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     code, out, pending = _export(tmp_path, capsys, tmp_path / "empty")
