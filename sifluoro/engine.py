@@ -191,7 +191,9 @@ class Engine:
         """Announce a study read by the caller (:func:`sifluoro.acquire.dicom_reader.read_study`)
         before feeding its frames one by one: every run is prepared now (dose model, stage
         warm-up for its frame shape), so no live frame pays for it, and the files the reader
-        rejected appear in the summary."""
+        rejected appear in the summary. Call it again as more of the study arrives (new runs,
+        the device's RDSR at the end of the procedure, read with ``study_uid``): runs the
+        device's report names are recounted with its dose, frames already fed included."""
         with self._lock:
             if self._state is None:
                 self._state = self.pipeline.start_study(study.study_instance_uid)
@@ -203,8 +205,9 @@ class Engine:
             # the device's report gives the dose of the runs it names (as in replay); read
             # before the runs are prepared, which fixes their per-frame dose
             report = device_report(study, self._rejected)
-            if report is not None:
-                self._state.dose.use_report(report, study.runs)
+            if report is not None:  # runs announced earlier and counted are recounted
+                known = {r.sop_instance_uid: r for r in (*self._runs.values(), *study.runs)}
+                self._state.dose.use_report(report, known.values())
             self._dose_reports.extend(p for p in study.dose_reports if p not in self._dose_reports)
             for run in study.runs:
                 self._runs.setdefault(run.sop_instance_uid, run)

@@ -156,3 +156,37 @@ def test_the_devices_report_among_the_inputs_gives_the_engines_dose_as_in_replay
     assert by_engine["dap_gycm2"] == pytest.approx(by_replay["dap_gycm2"])
     assert by_engine["dap_gycm2"] == pytest.approx(1.5 * estimated["dap_gycm2"], rel=1e-6)
     assert by_engine["dose_reports"] == [str(tmp_path / "study" / "device.dcm")]
+
+
+def test_a_device_report_announced_after_the_frames_recounts_them(tmp_path):
+    """A plug-in announces each run as it arrives and the C-arm's RDSR at the end of the
+    procedure: the runs already counted kept their header estimates and the summary (and the
+    RDSR sent) ignored the device's dose."""
+    import pydicom
+
+    write_study(tmp_path / "study", [RunSpec(0.0, n_frames=3), RunSpec(15.0, n_frames=3)])
+    estimated = replay([tmp_path / "study"], events_path=tmp_path / "e.jsonl",
+                       summary_path=tmp_path / "s.json", rdsr_path=tmp_path / "device.dcm",
+                       stages=[]).summary
+    ds = pydicom.dcmread(tmp_path / "device.dcm")
+    ds.SoftwareVersions = "VC21C"  # the C-arm's own report
+    for item in ds.ContentSequence:
+        if item.ConceptNameCodeSequence[0].CodeValue == "113706":  # irradiation events: x1.5
+            for sub in item.ContentSequence:
+                if sub.ValueType == "NUM" and sub.ConceptNameCodeSequence[0].CodeValue in ("122130", "113738"):
+                    value = sub.MeasuredValueSequence[0]
+                    value.NumericValue = f"{float(value.NumericValue) * 1.5:.10g}"
+                    if "FloatingPointValue" in value:
+                        value.FloatingPointValue = float(value.FloatingPointValue) * 1.5
+    ds.save_as(tmp_path / "late.dcm")
+    engine = Engine(NO_DEADLINE, stages=[])
+    study = read_study([tmp_path / "study"])
+    engine.prepare(study)
+    for frame in iter_frames(study, []):
+        engine.feed(frame)
+    engine.prepare(read_study([tmp_path / "late.dcm"], study_uid=study.study_instance_uid))
+    summary = engine.close()
+    assert summary["dose_source"] == "rdsr"
+    assert summary["dap_gycm2"] == pytest.approx(1.5 * estimated["dap_gycm2"], rel=1e-6)
+    assert summary["air_kerma_mgy"] == pytest.approx(1.5 * estimated["air_kerma_mgy"], rel=1e-6)
+    assert [e.dose_source for e in engine.dose.events()] == ["rdsr", "rdsr"]

@@ -103,6 +103,9 @@ class _RunTally:
     air_kerma_mgy: float = 0.0
     dap_gycm2: float = 0.0
     time_s: float = 0.0
+    #: (frame number, into the lost totals) of each frame counted, to recount them when a
+    #: dose report of the run arrives after its frames
+    counted: list[tuple[int, bool]] = field(default_factory=list)
 
 
 class DoseAccumulator:
@@ -139,13 +142,16 @@ class DoseAccumulator:
     def use_report(self, report: StudyDose, runs: Iterable[Run] = ()) -> None:
         """Take run doses from a dose report of the study for the runs its events reference.
 
-        Call before the runs are prepared, with the study's ``runs``. Events reference runs
+        Call with the study's ``runs`` (every run known so far). A run already prepared or
+        counted from its headers that the report names is recounted with the report's dose (a
+        device's report usually arrives at the end of the procedure). Events reference runs
         through their Acquired Image items (SOP Instance UIDs); fluoroscopy that was not
         stored as images has none. An event that references several runs (one instance per
         frame, say) is shared among all their frames; without ``runs``, the runs it
         references are taken to have as many frames each as the one being prepared.
         """
         frames = {run.sop_instance_uid: max(1, run.n_frames) for run in runs}
+        changed = set()
         for event in report.events:
             named = list(dict.fromkeys(event.sop_instance_uids))  # an instance named twice: once
             known = [frames[uid] for uid in named if uid in frames]
@@ -154,6 +160,28 @@ class DoseAccumulator:
                 if any(e.event_uid == event.event_uid for e, _ in held):
                     continue  # the same event from another copy of the report: once
                 held.append((event, sum(known) or None))
+                changed.add(uid)
+        for uid in changed & self._runs.keys():
+            self._recount(uid)
+
+    def _recount(self, uid: str) -> None:
+        """Derive a prepared run's dose again (a report now names it) and move what its
+        counted frames added from the old per-frame dose to the new one."""
+        old = self._runs.pop(uid)
+        tally = self._tallies.get(uid)
+        if tally is None:  # prepared, no frame counted: the next prepare derives it again
+            return
+        new = tally.dose = self.prepare(tally.run)
+        for number, lost in tally.counted:
+            (old_kerma, old_dap), (kerma, dap) = old.frame(number), new.frame(number)
+            totals = self.lost if lost else self.totals
+            totals.air_kerma_mgy += kerma - old_kerma
+            totals.dap_gycm2 += dap - old_dap
+            tally.air_kerma_mgy += kerma - old_kerma
+            tally.dap_gycm2 += dap - old_dap
+        for totals, lost in ((self.totals, False), (self.lost, True)):
+            totals.sources = {t.dose.source for t in self._tallies.values()
+                              if any(was_lost == lost for _, was_lost in t.counted)}
 
     def prepare(self, run: Run) -> RunDose:
         """Work out a run's per-frame dose once (called before its first frame is needed)."""
@@ -260,6 +288,7 @@ class DoseAccumulator:
         totals.dap_gycm2 += dap
         totals.sources.add(tally.dose.source)
         tally.frames += 1
+        tally.counted.append((frame_number, totals is self.lost))
         tally.air_kerma_mgy += kerma
         tally.dap_gycm2 += dap
         tally.time_s += interval_s

@@ -450,3 +450,28 @@ def test_a_pulsed_run_without_its_pulse_width_is_not_estimated_as_continuous(tmp
     assert unknown.totals.air_kerma_mgy == 0.0 and unknown.totals.sources == {"none"}
     assert "(0018,1154) AveragePulseWidth" in caplog.text
     assert continuous.totals.air_kerma_mgy > 0 and continuous.totals.sources == {"estimated"}
+
+
+def test_a_report_arriving_after_the_frames_recounts_seen_and_lost_frames(tmp_path):
+    """Frames counted from the headers, some seen and some lost in a damaged file, are
+    recounted with the report's dose once a report naming their run arrives."""
+    from sifluoro.dose.records import FLUOROSCOPY, IrradiationEvent, StudyDose
+
+    write_study(tmp_path, [RunSpec(0.0, n_frames=5)])
+    study = read_study([tmp_path])
+    (run,) = study.runs
+    dose = DoseAccumulator(DoseSettings())
+    frames = list(iter_frames(study, []))
+    for frame in frames[:2]:
+        dose.add(frame)
+    dose.add_lost(run, 3)
+    assert dose.totals.sources == {"estimated"}
+    report = StudyDose(study.study_instance_uid, "rdsr", Device(), (IrradiationEvent(
+        "1.2.3", FLUOROSCOPY, dap_gycm2=10.0, air_kerma_mgy=50.0, dose_source="rdsr",
+        sop_instance_uids=(run.sop_instance_uid,)),), ())
+    dose.use_report(report, study.runs)
+    assert dose.totals.dap_gycm2 == pytest.approx(4.0) and dose.lost.dap_gycm2 == pytest.approx(6.0)
+    assert dose.totals.air_kerma_mgy == pytest.approx(20.0) and dose.lost.air_kerma_mgy == pytest.approx(30.0)
+    assert dose.totals.sources == dose.lost.sources == {"rdsr"}
+    (event,) = dose.events()
+    assert (event.dap_gycm2, event.dose_source) == (pytest.approx(10.0), "rdsr")
