@@ -45,10 +45,13 @@ def picture_steps(pixels, threshold):
 
 
 def warm_up() -> None:
-    """Compile for the stored frames' type (2-D uint16, C or any layout) before a live frame."""
-    p = np.zeros((4, 4), np.uint16)
+    """Compile for the stored frames' type (2-D uint16, C or any layout, writable or not: a
+    DICOM file's decoded frames are read-only, a video capture's writable) before a live frame."""
     out = np.zeros((4, 4), np.float32)
-    attenuation_into(p, np.float32(1.0), True, out)
-    attenuation_into(p[:, ::2], np.float32(1.0), False, out[:, :2])
-    picture_steps(p, 2.0)
-    picture_steps(p[:, ::2], 2.0)
+    for writable in (True, False):
+        p = np.zeros((4, 4), np.uint16)
+        p.flags.writeable = writable
+        attenuation_into(p, np.float32(1.0), True, out)
+        attenuation_into(p[:, ::2], np.float32(1.0), False, out[:, :2])
+        picture_steps(p, 2.0)
+        picture_steps(p[:, ::2], 2.0)

@@ -1,6 +1,8 @@
 """No live frame pays for compilation: once the pipeline has prepared a run (warm-up on a frame
 of its real size and dtype), processing the frames compiles no numba kernel. Run in a fresh
-process, so that kernels compiled by other tests cannot hide a missing warm-up."""
+process, so that kernels compiled by other tests cannot hide a missing warm-up. Every other
+frame is read-only, as a DICOM file's decoded pixels are (numba compiles a read-only array
+apart; the simulator's and a video capture's frames are writable)."""
 from __future__ import annotations
 
 import json
@@ -19,6 +21,8 @@ from sifluoro.stages import STAGE_NAMES, make_stages
 from sifluoro.track.needle_sim import sim_frames
 
 frames = [f for f, _ in sim_frames(simulate_case(2026, 1, quick=True))]
+for f in frames[1::2]:
+    f.pixels.flags.writeable = False
 settings = Settings(latency_budget_ms=1e9, stage_threads=int(sys.argv[1]))
 pipeline = Pipeline(make_stages(STAGE_NAMES, settings), settings)
 state = pipeline.start_study("sim")

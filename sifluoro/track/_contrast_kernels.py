@@ -1113,6 +1113,8 @@ def warm_up(rows: int = 1024, cols: int = 1024, factor: int = 4) -> None:
     row_min = np.zeros(cols, np.uint16)
     row_max = np.zeros(cols, np.uint16)
     reduce_frame(pixels, factor, 4095, False, img, zero, one, row_sum, row_min, row_max)
+    pixels.flags.writeable = False  # a DICOM file's decoded frames: a type of their own
+    reduce_frame(pixels, factor, 4095, False, img, zero, one, row_sum, row_min, row_max)
     smooth_binomial(img, tmp, img)
     slots = np.zeros((2,) + shape, np.float32)
     envelope_max(slots, 2, tmp)
