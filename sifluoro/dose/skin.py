@@ -79,7 +79,8 @@ def estimate_peak_skin_dose(events: list[IrradiationEvent] | tuple[IrradiationEv
 
     Events are grouped into skin patches by their projection: an event joins the first patch
     whose mean primary and secondary angles are within ``angle_tolerance_deg`` of its own,
-    else starts one. Events without angles share one patch, which makes the estimate an upper
+    else starts one. An event without angles may have hit any patch: its dose is added to
+    every patch (and they share one patch of their own), which keeps the estimate an upper
     bound for them. Events without air kerma are counted and left out.
     """
     settings = settings or SkinDoseSettings()
@@ -96,7 +97,10 @@ def estimate_peak_skin_dose(events: list[IrradiationEvent] | tuple[IrradiationEv
             patch = _Patch(*angles)
             patches.append(patch)
         patch.add(event.air_kerma_mgy * factor, *angles)
-    rows = sorted(((p.primary, p.secondary, p.dose_mgy) for p in patches), key=lambda r: -r[2])
+    unplaced = next((p.dose_mgy for p in patches if p.primary is None and p.secondary is None), 0.0)
+    rows = sorted(((p.primary, p.secondary,
+                    p.dose_mgy + (unplaced if p.primary is not None or p.secondary is not None else 0.0))
+                   for p in patches), key=lambda r: -r[2])
     return SkinDoseEstimate(psd_mgy=rows[0][2] if rows else 0.0,
                             events=len(events) - missing, events_without_kerma=missing,
                             patches=tuple(rows))

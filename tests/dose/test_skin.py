@@ -33,6 +33,18 @@ def test_events_without_kerma_are_counted_and_without_angles_share_a_patch():
     assert estimate_peak_skin_dose([]).psd_mgy == 0.0
 
 
+def test_events_without_angles_count_on_every_patch_as_an_upper_bound():
+    """They may have hit any patch: kept apart, half of a study's events without angles lowered
+    the estimate below the one with every angle known (review s11 A#5)."""
+    known = [_event(0, 100.0), _event(1, 60.0, primary=-40.0), _event(2, 50.0), _event(3, 70.0, primary=-40.0)]
+    full = estimate_peak_skin_dose(known).psd_mgy
+    partial = estimate_peak_skin_dose([known[0], known[1], _event(2, 50.0, None, None),
+                                       _event(3, 70.0, None, None)])
+    assert full == pytest.approx(150.0 * FACTOR)
+    assert partial.psd_mgy == pytest.approx(220.0 * FACTOR) and partial.psd_mgy >= full
+    assert [round(p[2] / FACTOR, 6) for p in partial.patches] == [220.0, 180.0, 120.0]
+
+
 def test_the_factors_are_settings():
     plain = SkinDoseSettings(table_transmission=1.0, backscatter=1.0, f_tissue_air=1.0,
                              angle_tolerance_deg=90.0)
