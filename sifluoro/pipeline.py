@@ -95,6 +95,11 @@ class StudyState:
     skipped_in_a_row: dict[str, int] = field(default_factory=dict)  # frames, per stage
     no_picture_frames: int = 0
     no_picture_run: Run | None = None  # the run of the last frame without a picture (log once)
+    #: runs the image stages read on an assumption (each logged once): "polarity" (bone taken
+    #: as bright: no PixelIntensityRelationshipSign, no LIN/LOG relationship), "pixel_spacing"
+    #: (none: no distance in mm, the stages assume a scale)
+    assumed_runs: dict[str, int] = field(default_factory=lambda: {"polarity": 0, "pixel_spacing": 0})
+    checked_runs: set[str] = field(default_factory=set)
 
 
 @dataclass(frozen=True)
@@ -324,6 +329,8 @@ class Pipeline:
 
     def process_arrived(self, frame: Frame, state: StudyState, arrival: Arrival) -> dict[str, Any]:
         """The image work of a frame whose dose :meth:`account` counted; return its event."""
+        if self.stages and frame.run.sop_instance_uid not in state.checked_runs:
+            _check_assumptions(frame.run, state)
         if self.stages and not _shows_picture(frame):
             return self._no_picture_event(frame, state, arrival)
         clock, costs = self._clock, self.costs
@@ -645,6 +652,22 @@ class Pipeline:
 #: a frame with fewer steps of picture than this (:func:`imaging.picture_steps`) is flat: a
 #: grabber's "no signal" black, a frame stuck at one value, a saturated one
 NO_PICTURE_STEPS = 16
+
+
+def _check_assumptions(run: Run, state: StudyState) -> None:
+    """Say (once per run) what the image stages must assume about its frames."""
+    state.checked_runs.add(run.sop_instance_uid)
+    if run.pixel_intensity_sign not in (-1, 1) and run.pixel_intensity_relationship not in ("LIN", "LOG"):
+        state.assumed_runs["polarity"] += 1
+        log.warning("%s: neither PixelIntensityRelationshipSign (0028,1041) nor a LIN/LOG "
+                    "PixelIntensityRelationship (0028,1040): bone is taken as %s as stored (%s); "
+                    "a device that stores it the other way is read inverted and its guidance is "
+                    "wrong", run.path, "bright" if run.photometric == "MONOCHROME2" else "dark",
+                    run.photometric)
+    if run.pixel_spacing_xy_mm is None:
+        state.assumed_runs["pixel_spacing"] += 1
+        log.warning("%s: no ImagerPixelSpacing (0018,1164) or PixelSpacing: the image stages "
+                    "assume a scale, and the events' distances in mm are null", run.path)
 
 
 def _shows_picture(frame: Frame) -> bool:

@@ -116,6 +116,8 @@ def build_summary(study: Study, state, rejected: list[Rejection]) -> dict:
         "latency_ms": latency_summary(state.latencies_ms),
         "degraded_frames": state.degraded_frames,
         "no_picture_frames": state.no_picture_frames,
+        # runs read on an assumption (polarity, pixel spacing): their guidance may be wrong
+        "assumed_runs": dict(state.assumed_runs),
         "alerts": list(state.alerts),
         "srdl_exceeded": list(state.dose.srdl_exceeded),
         "device": {"manufacturer": study.device.manufacturer, "model": study.device.model},

@@ -49,3 +49,36 @@ def test_no_mm_fields_without_a_pixel_spacing(threads):
             assert values and all(v is None for v in values)
             assert all(e["scale_unknown"] for e in events)
             assert any(e["needle"] for e in events)  # still found, in pixels
+
+
+@pytest.mark.parametrize("drop", ["PixelIntensityRelationshipSign", "ImagerPixelSpacing"])
+def test_a_run_read_on_an_assumption_is_said_once_and_counted(tmp_path, caplog, drop):
+    """A bone-dark device that writes neither the sign nor LIN/LOG is read inverted (the joint
+    2.9 mm off at confidence 1.0, no needle, review s11 A#3); a run without a pixel spacing
+    has no mm. Nothing said so: a warning per run naming the file, and summary.assumed_runs."""
+    import logging
+
+    import pydicom
+
+    from sifluoro.replay import replay
+    from tests.dicom_fixtures import RunSpec, write_study
+
+    paths = write_study(tmp_path / "in", [RunSpec(0.0, n_frames=3), RunSpec(5.0, n_frames=3)])
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        ds.PixelIntensityRelationship = "DISP"
+        ds.PixelIntensityRelationshipSign = -1  # bone bright as stored, as the fixture's are
+        if drop in ds:
+            delattr(ds, drop)
+        ds.save_as(path)
+    with caplog.at_level(logging.WARNING):
+        summary = replay([tmp_path / "in"], events_path=tmp_path / "e.jsonl",
+                         summary_path=tmp_path / "s.json",
+                         stages=make_stages(["register"], Settings())).summary
+    key = "polarity" if drop == "PixelIntensityRelationshipSign" else "pixel_spacing"
+    assert summary["assumed_runs"] == {"polarity": 0, "pixel_spacing": 0, key: 2}
+    said = [r.getMessage() for r in caplog.records if drop.split("Relationship")[0] in r.getMessage()
+            or "PixelSpacing" in r.getMessage()]
+    assert sorted(m.split(":")[0] for m in said) == sorted(str(p) for p in paths)
+    assert replay([tmp_path / "in"], events_path=tmp_path / "e.jsonl", summary_path=tmp_path / "s.json",
+                  stages=[]).summary["assumed_runs"][key] == 0  # no image stage: nothing assumed
