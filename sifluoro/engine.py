@@ -33,6 +33,7 @@ from sifluoro.dose.summary import device_report
 from sifluoro.errors import InputError
 from sifluoro.model import Frame, Rejection, Run, Study
 from sifluoro.pipeline import LiveFeeder, Pipeline, Stage, StudyState, prefetch
+from sifluoro.stages import as_stages
 
 log = logging.getLogger(__name__)
 
@@ -121,16 +122,18 @@ class Engine:
     Parameters
     ----------
     settings : Settings, optional
-    stages : list of Stage, optional
-        Image stages; the replay defaults when omitted.
+    stages : list of Stage or of str, optional
+        Image stages, or their names (``["register", "needle", "contrast"]``); the replay
+        defaults (register) when omitted.
     """
 
-    def __init__(self, settings: Settings | None = None, *, stages: list[Stage] | None = None):
+    def __init__(self, settings: Settings | None = None, *,
+                 stages: list[Stage] | list[str] | None = None):
         from sifluoro.replay import default_stages
 
         self.settings = settings or Settings()
-        self.pipeline = Pipeline(default_stages(self.settings) if stages is None else stages,
-                                 self.settings)
+        self.pipeline = Pipeline(default_stages(self.settings) if stages is None
+                                 else as_stages(stages, self.settings), self.settings)
         self._handlers: dict[str, list[Callable]] = {kind: [] for kind in KINDS}
         self._lock = threading.Lock()
         self._state: StudyState | None = None

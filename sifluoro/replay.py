@@ -17,6 +17,7 @@ from sifluoro.dose.summary import device_report
 from sifluoro.model import Rejection, Study
 from sifluoro.overlay import OverlayWriter
 from sifluoro.pipeline import Pipeline, Stage, latency_summary, prefetch
+from sifluoro.stages import REPLAY_STAGES, as_stages, make_stages
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,6 @@ class ReplayResult:
 
 def default_stages(settings: Settings) -> list[Stage]:
     """The replay's image stages (:data:`sifluoro.stages.REPLAY_STAGES`), in pipeline order."""
-    from sifluoro.stages import REPLAY_STAGES, make_stages
-
     return make_stages(REPLAY_STAGES, settings)
 
 
@@ -51,7 +50,8 @@ def replay(inputs: Iterable[str | Path], *, events_path: str | Path, summary_pat
     settings = settings or Settings()
     t_start = time.perf_counter()
     study = read_study(list(inputs), study_uid=study_uid)
-    pipeline = Pipeline(default_stages(settings) if stages is None else stages, settings)
+    pipeline = Pipeline(default_stages(settings) if stages is None else as_stages(stages, settings),
+                        settings)
     state = pipeline.start_study(study.study_instance_uid)
     rejected: list[Rejection] = list(study.rejected)
     report = device_report(study, rejected)

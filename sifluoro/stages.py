@@ -48,6 +48,17 @@ def make_stages(names, settings: Settings | None = None) -> list[Stage]:
     return stages
 
 
+def as_stages(stages, settings: Settings) -> list[Stage]:
+    """``stages`` as stage objects: names (``["register", "needle"]``) are made with
+    :func:`make_stages`; stage objects are used as given."""
+    stages = list(stages)
+    if stages and all(isinstance(s, str) for s in stages):
+        return make_stages(stages, settings)
+    if any(isinstance(s, str) for s in stages):
+        raise ValueError("stages: give names or stage objects, not both")
+    return stages
+
+
 def add_stages_argument(p, default: tuple[str, ...]) -> None:
     """``--stages NAMES`` on a subcommand (parsed into a tuple of names)."""
     p.add_argument("--stages", type=_argparse_names, default=default, metavar="NAMES",

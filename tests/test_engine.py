@@ -190,3 +190,10 @@ def test_a_device_report_announced_after_the_frames_recounts_them(tmp_path):
     assert summary["dap_gycm2"] == pytest.approx(1.5 * estimated["dap_gycm2"], rel=1e-6)
     assert summary["air_kerma_mgy"] == pytest.approx(1.5 * estimated["air_kerma_mgy"], rel=1e-6)
     assert [e.dose_source for e in engine.dose.events()] == ["rdsr", "rdsr"]
+
+
+def test_stages_may_be_given_by_name():
+    engine = Engine(NO_DEADLINE, stages=["contrast", "register"])
+    assert [s.name for s in engine.pipeline.stages] == ["register", "contrast"]
+    with pytest.raises(Exception, match="bogus"):
+        Engine(NO_DEADLINE, stages=["bogus"])
