@@ -100,6 +100,16 @@ class StudyState:
     #: (none: no distance in mm, the stages assume a scale)
     assumed_runs: dict[str, int] = field(default_factory=lambda: {"polarity": 0, "pixel_spacing": 0})
     checked_runs: set[str] = field(default_factory=set)
+    #: single-frame instances that continue one another (:func:`continues`): the image stages
+    #: see them as frames of the first one's run (the lead), so their memories carry over
+    chain: "_Chain | None" = None
+
+
+@dataclass
+class _Chain:
+    lead: Run
+    last: Run
+    frames: int
 
 
 @dataclass(frozen=True)
@@ -333,11 +343,12 @@ class Pipeline:
             _check_assumptions(frame.run, state)
         if self.stages and not _shows_picture(frame):
             return self._no_picture_event(frame, state, arrival)
+        image = _as_seen_by_stages(frame, state)
         clock, costs = self._clock, self.costs
         budget_ms = self.settings.latency_budget_ms
         shape = frame.pixels.shape
         planned = shape in self._planned_shapes
-        steady = frame.frame_number > self.settings.run_start_frames
+        steady = image.frame_number > self.settings.run_start_frames
         if planned:
             costs.new_frame(shape)
         t_plan = clock()
@@ -347,7 +358,7 @@ class Pipeline:
         # stage's vessel test): its cost is learnt apart, so as not to inflate the usual one
         after_skip = {d.stage for d in self._steps if d.skips and d.method is not None
                       and state.skipped_in_a_row.get(d.stage, 0) > 0}
-        kinds = ({stage.name: _work_kind(stage, frame, state) for stage in self.stages}
+        kinds = ({stage.name: _work_kind(stage, image, state) for stage in self.stages}
                  if planned else {})
         modes = (self._plan(shape, budget_ms - (t_plan - arrival.t_s) * 1000.0, due, after_skip,
                             kinds) if planned else {})
@@ -375,11 +386,11 @@ class Pipeline:
                     runs.append((stage, mode))
             if len(runs) > 1 and self._executor is not None:
                 # the others on the worker threads, the first here; merged in stage order
-                futures = [self._executor.submit(self._run_stage, s, m, frame, state)
+                futures = [self._executor.submit(self._run_stage, s, m, image, state)
                            for s, m in runs[1:]]
-                outcomes = [self._run_stage(*runs[0], frame, state)] + [f.result() for f in futures]
+                outcomes = [self._run_stage(*runs[0], image, state)] + [f.result() for f in futures]
             else:
-                outcomes = [self._run_stage(s, m, frame, state) for s, m in runs]
+                outcomes = [self._run_stage(s, m, image, state) for s, m in runs]
             stage_ms += (clock() - t_wave) * 1000.0
             for (stage, asked), (mode, fields, cost_ms) in zip(runs, outcomes):
                 if fields is None:
@@ -480,12 +491,13 @@ class Pipeline:
                         pending = None
                     yield frame, self._no_picture_event(frame, state, arrival)
                     continue
-                done = [(stage.name, self._run_stage(stage, FULL, frame, state)[1])
+                image = _as_seen_by_stages(frame, state)
+                done = [(stage.name, self._run_stage(stage, FULL, image, state)[1])
                         for stage in front]
                 t_front = self._clock()
                 view = _FrameView(state, last.name)
                 spare = imaging.swap_attenuation_buffer(state.stage_state, spare)
-                later = worker.submit(self._run_behind, last, frame, view)
+                later = worker.submit(self._run_behind, last, image, view)
                 if pending is not None:
                     yield pending[0], self._overlapped_event(state, *pending)
                 pending = (frame, arrival, done, t_front, last.name, later)
@@ -652,6 +664,48 @@ class Pipeline:
 #: a frame with fewer steps of picture than this (:func:`imaging.picture_steps`) is flat: a
 #: grabber's "no signal" black, a frame stuck at one value, a saturated one
 NO_PICTURE_STEPS = 16
+
+
+#: the longest pause between single-frame instances that still continue one another (s)
+CHAIN_GAP_S = 2.0
+#: the largest change of a C-arm angle between them (degrees)
+CHAIN_ANGLE_DEG = 1.0
+
+
+def continues(previous: Run, run: Run) -> bool:
+    """Whether single-frame instance ``run`` continues ``previous``: a device that stores
+    fluoroscopy one frame per file (each file a run) would otherwise give the image stages a
+    new run on every frame (a new segmentation, no contrast reference: contrast never
+    classified). Same series, frame type and scale, same collimation and angles, and at most
+    :data:`CHAIN_GAP_S` later."""
+    if previous is run or previous.n_frames != 1 or run.n_frames != 1:
+        return False
+    if not run.series_instance_uid or run.series_instance_uid != previous.series_instance_uid:
+        return False
+    same = ("rows", "columns", "bits_stored", "photometric", "pixel_intensity_sign",
+            "pixel_intensity_relationship", "pixel_spacing_xy_mm")
+    if any(getattr(run, k) != getattr(previous, k) for k in same):
+        return False
+    a, b = previous.technique, run.technique
+    if a.shutter != b.shutter:
+        return False
+    for x, y in ((a.primary_angle_deg, b.primary_angle_deg), (a.secondary_angle_deg, b.secondary_angle_deg)):
+        if (x is None) != (y is None) or (x is not None and abs(x - y) > CHAIN_ANGLE_DEG):
+            return False
+    return 0.0 <= run.start_s - previous.start_s <= CHAIN_GAP_S
+
+
+def _as_seen_by_stages(frame: Frame, state: StudyState) -> Frame:
+    """``frame`` as the image stages see it: a single-frame instance that :func:`continues`
+    the previous one is a further frame of the chain's first run. Its dose and event are its
+    own."""
+    chain = state.chain
+    if chain is not None and continues(chain.last, frame.run):
+        chain.last, chain.frames = frame.run, chain.frames + 1
+        return replace(frame, run=chain.lead, frame_number=chain.frames)
+    if chain is None or chain.last is not frame.run:
+        state.chain = _Chain(frame.run, frame.run, 1) if frame.run.n_frames == 1 else None
+    return frame
 
 
 def _check_assumptions(run: Run, state: StudyState) -> None:
