@@ -225,13 +225,14 @@ def _v3(conn: Connection) -> None:
 def _rebuild_sqlite_studies(conn: Connection) -> None:
     """SQLite cannot drop a NOT NULL: the table is rebuilt (SQLite's own procedure: a new table,
     the rows copied, the old one dropped and the new one renamed; foreign keys are off for the
-    migration, see :func:`migrate`, so the drop cascades to nothing)."""
+    migration, see :func:`_migrate_sqlite`, so the drop cascades to nothing)."""
     columns = ", ".join(c.name for c in StudyRow.__table__.columns)
     metadata = MetaData()
     DeviceRow.__table__.to_metadata(metadata)  # the copy's foreign key resolves against it
     new = StudyRow.__table__.to_metadata(metadata, name="studies_v3")
     for index in list(new.indexes):
         new.indexes.discard(index)
+    conn.exec_driver_sql("DROP TABLE IF EXISTS studies_v3")  # left by a version before this fix
     new.create(conn)
     conn.exec_driver_sql(f"INSERT INTO studies_v3 ({columns}) SELECT {columns} FROM studies")
     conn.exec_driver_sql("DROP TABLE studies")
@@ -284,24 +285,48 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.close()
 
 
+#: PostgreSQL advisory lock held while the schema is migrated (two processes opening an old
+#: registry at once take turns: the second finds it migrated)
+_MIGRATION_LOCK_KEY = 0x5349464D
+
+
 def migrate(engine: Engine) -> int:
     """Apply the missing migrations in one transaction; return the version reached."""
     with engine.connect() as conn:
-        sqlite = conn.dialect.name == "sqlite"
-        if sqlite:  # a table rebuild must not cascade its drop; settable outside a transaction only
-            conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
-            conn.commit()
-        try:
+        if conn.dialect.name == "sqlite":
+            _migrate_sqlite(conn)
+        else:
             with conn.begin():
+                if conn.dialect.name == "postgresql":
+                    conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK_KEY})")
                 _apply_missing(conn)
-                if sqlite and conn.exec_driver_sql("PRAGMA foreign_key_check").first() is not None:
-                    raise ConfigError("the registry's migration left a broken foreign key; "
-                                      "it was not applied")
-        finally:
-            if sqlite:
-                conn.exec_driver_sql("PRAGMA foreign_keys=ON")
-                conn.commit()
     return SCHEMA_VERSION
+
+
+def _migrate_sqlite(conn: Connection) -> None:
+    """The migrations in one explicit transaction that holds the write lock from the start.
+    The driver opens its own transactions only before data changes (DDL would commit alone:
+    an interrupted migration left a half-built table), and a second process would read the
+    versions before the first wrote them. Foreign keys are off meanwhile (settable outside a
+    transaction only), so a table rebuild does not cascade its drop."""
+    raw = conn.connection.dbapi_connection
+    level = raw.isolation_level
+    raw.isolation_level = None
+    try:
+        raw.execute("PRAGMA foreign_keys=OFF")
+        raw.execute("BEGIN IMMEDIATE")
+        try:
+            _apply_missing(conn)
+            if raw.execute("PRAGMA foreign_key_check").fetchone() is not None:
+                raise ConfigError("the registry's migration left a broken foreign key; it was "
+                                  "not applied")
+            raw.execute("COMMIT")
+        except BaseException:
+            raw.execute("ROLLBACK")
+            raise
+    finally:
+        raw.execute("PRAGMA foreign_keys=ON")
+        raw.isolation_level = level
 
 
 def _apply_missing(conn: Connection) -> None:

@@ -5,7 +5,7 @@ import hashlib
 import hmac
 
 import pytest
-from sqlalchemy import String, Text, func, select
+from sqlalchemy import String, Text, create_engine, func, select
 
 from sifluoro.audit import ingest as ingest_module
 from sifluoro.audit.ingest import ingest
@@ -716,3 +716,76 @@ def test_a_locked_registry_is_an_error_not_a_list_of_refused_studies(tmp_path, c
     assert code == 1 and "the registry could not be written (database is locked)" in capsys.readouterr().err
     assert main(["audit", "ingest", str(tmp_path / "in"), "--db", f"sqlite:///{db}", "-q"]) == 0
     assert len(_studies(open_registry(f"sqlite:///{db}"))) == 2
+
+
+def test_an_interrupted_migration_leaves_the_registry_as_it_was(db_url, tmp_path, monkeypatch):
+    """SQLite's driver committed the rebuild's CREATE TABLE on its own: a migration stopped
+    part way (Ctrl-C, a full disk) left a table that made every later open fail (review s11
+    B#3). The whole migration is one transaction; the next open migrates."""
+    from sqlalchemy import inspect
+
+    from sifluoro.audit import schema
+
+    write_study(tmp_path / "in" / "s", [RunSpec(0.0, n_frames=3)])
+    ingest([tmp_path / "in"], db_url)
+    engine = open_registry(db_url)
+    before = _counts(engine)
+    _back_to_version_2(engine)
+    real = schema._v3
+
+    def interrupted(conn):
+        real(conn)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(schema, "MIGRATIONS", [*schema.MIGRATIONS[:2], (3, interrupted)])
+    with pytest.raises(KeyboardInterrupt):
+        open_registry(db_url)
+    monkeypatch.undo()
+    engine = create_engine(db_url)
+    assert "studies_v3" not in inspect(engine).get_table_names()
+    with engine.connect() as conn:
+        assert conn.execute(select(SchemaVersion.version)).scalars().all() == [1, 2]
+    engine.dispose()
+    engine = open_registry(db_url)
+    assert _counts(engine) == before
+    engine.dispose()
+
+
+def test_two_processes_opening_an_old_registry_take_turns(db_url, tmp_path, monkeypatch):
+    """Both read the versions before either wrote them: the second failed on a duplicate
+    version row (review s11 B#6). The first migrates holding the lock; the second waits and
+    finds it done."""
+    import threading
+    import time
+
+    from sifluoro.audit import schema
+
+    write_study(tmp_path / "in" / "s", [RunSpec(0.0, n_frames=3)])
+    ingest([tmp_path / "in"], db_url)
+    engine = open_registry(db_url)
+    _back_to_version_2(engine)
+    real = schema._v3
+
+    def slow(conn):
+        time.sleep(1.0)
+        real(conn)
+
+    monkeypatch.setattr(schema, "MIGRATIONS", [*schema.MIGRATIONS[:2], (3, slow)])
+    errors = []
+
+    def open_it():
+        try:
+            open_registry(db_url).dispose()
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_it) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert errors == []
+    engine = open_registry(db_url)
+    with engine.connect() as conn:
+        assert conn.execute(select(SchemaVersion.version)).scalars().all() == [1, 2, 3]
+    engine.dispose()
