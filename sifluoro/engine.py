@@ -144,6 +144,7 @@ class Engine:
         self._contrast = "none"
         self._live: LiveFeeder | None = None
         self._fed = False   # feed() was used (then submit() may not be)
+        self._recounts_seen = 0  # the dose's recounts already announced
 
     def on(self, kind: str, handler: Callable[[Any], None]) -> None:
         """Call ``handler(event)`` for every event of ``kind`` (one of :data:`KINDS`)."""
@@ -161,7 +162,9 @@ class Engine:
             if run is not None:
                 self.pipeline.prepare_run(run, self._state)
             event = self.pipeline.process(frame, self._state)
-            return self._emit(event)
+            emitted = self._emit(event)
+            self._announce_recount()  # a run that shares a report event with earlier ones
+            return emitted
 
     def submit(self, frame: Frame) -> None:
         """Live sources: count the frame's dose now and queue its image work without waiting
@@ -215,6 +218,23 @@ class Engine:
             for run in study.runs:
                 self._runs.setdefault(run.sop_instance_uid, run)
                 self.pipeline.prepare_run(run, self._state)
+            self._announce_recount()
+
+    def _announce_recount(self) -> None:
+        """Frames already counted were recounted (a late report, or a run sharing one of its
+        events): the levels that reached are alerts now, and a dose event gives the new totals."""
+        dose = self._state.dose
+        if dose.recounts == self._recounts_seen:
+            return
+        self._recounts_seen = dose.recounts
+        alerts, dose.recount_alerts = dose.recount_alerts, []
+        self._state.alerts.extend(a.as_dict() for a in alerts)
+        totals = dose.totals
+        index, t_s = dose.last_frame
+        self._call("dose", DoseEvent(index, t_s, totals.air_kerma_mgy, totals.dap_gycm2,
+                                     round(totals.fluoro_time_s, 6)))
+        for alert in alerts:
+            self._call("alert", AlertEvent(alert.index, alert.t_s, alert.kind, alert.message))
 
     @property
     def dose(self) -> DoseAccumulator | None:

@@ -136,42 +136,70 @@ class DoseAccumulator:
         self._tallies: dict[str, _RunTally] = {}
         # run SOP Instance UID -> the report's events that name it, with each event's frames
         # over the distinct runs it names (its dose is spread over those frames)
-        self._report_events: dict[str, list[tuple[IrradiationEvent, int | None]]] = {}
+        self._report_events: dict[str, list[IrradiationEvent]] = {}
+        # frames of every run known (announced to use_report or prepared): an event's dose is
+        # spread over the frames of the runs it names that are known
+        self._frames: dict[str, int] = {}
         self._srdl_fired: set[str] = set()
+        self._last_frame: tuple[int, float] = (0, 0.0)  # index and time of the last frame added
+        #: alerts that recounts raised (a late report): not tied to a frame being added
+        self.recount_alerts: list[DoseAlert] = []
+        self.recounts = 0  # how many times counted frames were recounted
 
-    def use_report(self, report: StudyDose, runs: Iterable[Run] = ()) -> None:
+    def use_report(self, report: StudyDose, runs: Iterable[Run] = ()) -> list[DoseAlert]:
         """Take run doses from a dose report of the study for the runs its events reference.
 
-        Call with the study's ``runs`` (every run known so far). A run already prepared or
-        counted from its headers that the report names is recounted with the report's dose (a
-        device's report usually arrives at the end of the procedure). Events reference runs
-        through their Acquired Image items (SOP Instance UIDs); fluoroscopy that was not
-        stored as images has none. An event that references several runs (one instance per
-        frame, say) is shared among all their frames; without ``runs``, the runs it
-        references are taken to have as many frames each as the one being prepared.
+        Call with the study's ``runs`` (every run known so far). Events reference runs through
+        their Acquired Image items (SOP Instance UIDs); fluoroscopy that was not stored as
+        images has none. An event that references several runs (one instance per frame, say)
+        is shared among the frames of the runs it names that are known; when another of them
+        arrives, the share is worked out again and the runs counted so far are recounted. A run already prepared or counted from its headers that the report
+        names is recounted with the report's dose (a device's report usually arrives at the end
+        of the procedure); returns the alerts the recount raised (also in :attr:`alerts`).
         """
-        frames = {run.sop_instance_uid: max(1, run.n_frames) for run in runs}
-        changed = set()
+        for run in runs:
+            self._frames[run.sop_instance_uid] = max(1, run.n_frames)
+        named_here: set[str] = set()
         for event in report.events:
             named = list(dict.fromkeys(event.sop_instance_uids))  # an instance named twice: once
-            known = [frames[uid] for uid in named if uid in frames]
             for uid in named:
                 held = self._report_events.setdefault(uid, [])
-                if any(e.event_uid == event.event_uid for e, _ in held):
+                if any(e.event_uid == event.event_uid for e in held):
                     continue  # the same event from another copy of the report: once
-                held.append((event, sum(known) or None))
-                changed.add(uid)
-        for uid in changed & self._runs.keys():
+                held.append(event)
+                named_here.update(named)
+        return self._recount_all(named_here & self._runs.keys())
+
+    def _recount_all(self, uids) -> list[DoseAlert]:
+        before = (self.totals.fluoro_time_s, self.totals.air_kerma_mgy, self.totals.dap_gycm2)
+        with_lost = (self.totals.air_kerma_mgy + self.lost.air_kerma_mgy,
+                     self.totals.dap_gycm2 + self.lost.dap_gycm2)
+        for uid in sorted(uids):
             self._recount(uid)
+        if not any(uid in self._tallies for uid in uids):
+            return []
+        self.recounts += 1
+        index, t_s = self._last_frame
+        out = self._crossed_to(before, index, t_s)
+        t, lost = self.totals, self.lost
+        if (t.air_kerma_mgy + lost.air_kerma_mgy, t.dap_gycm2 + lost.dap_gycm2) != with_lost:
+            out += self._srdl(t.air_kerma_mgy + lost.air_kerma_mgy, t.dap_gycm2 + lost.dap_gycm2,
+                              t.fluoro_time_s + lost.fluoro_time_s, index, t_s,
+                              ", with the frames lost in damaged files")
+        self.alerts.extend(out)
+        self.recount_alerts.extend(out)
+        return out
 
     def _recount(self, uid: str) -> None:
-        """Derive a prepared run's dose again (a report now names it) and move what its
-        counted frames added from the old per-frame dose to the new one."""
+        """Derive a prepared run's dose again (a report now names it, or a run sharing one of
+        its events arrived) and move what its counted frames added from the old per-frame
+        dose to the new one."""
         old = self._runs.pop(uid)
         tally = self._tallies.get(uid)
         if tally is None:  # prepared, no frame counted: the next prepare derives it again
             return
-        new = tally.dose = self.prepare(tally.run)
+        new = tally.dose = self._derive(tally.run)
+        self._runs[uid] = new
         for number, lost in tally.counted:
             (old_kerma, old_dap), (kerma, dap) = old.frame(number), new.frame(number)
             totals = self.lost if lost else self.totals
@@ -184,12 +212,26 @@ class DoseAccumulator:
                               if any(was_lost == lost for _, was_lost in t.counted)}
 
     def prepare(self, run: Run) -> RunDose:
-        """Work out a run's per-frame dose once (called before its first frame is needed)."""
-        found = self._runs.get(run.sop_instance_uid)
+        """Work out a run's per-frame dose once (called before its first frame is needed).
+        Runs already prepared that share a report event with it are recounted (the event's
+        share per frame is known better now)."""
+        uid = run.sop_instance_uid
+        found = self._runs.get(uid)
         if found is not None:
             return found
+        newly_known = self._frames.get(uid) != max(1, run.n_frames)
+        self._frames[uid] = max(1, run.n_frames)
+        dose = self._runs[uid] = self._derive(run)
+        if newly_known and uid in self._report_events:
+            sharing = {u for e in self._report_events[uid] for u in e.sop_instance_uids}
+            self._recount_all((sharing - {uid}) & self._runs.keys())
+        return dose
+
+    def _derive(self, run: Run) -> RunDose:
+        """A run's per-frame dose: from the report events that name it, else its header's
+        reported dose, else the technique estimate."""
         tech, n = run.technique, max(1, run.n_frames)
-        events = [(e, shared) for e, shared in self._report_events.get(run.sop_instance_uid, ())
+        events = [e for e in self._report_events.get(run.sop_instance_uid, ())
                   if e.dap_gycm2 is not None or e.air_kerma_mgy is not None]
         kerma_values = _per_frame(tech.reported_air_kerma_mgy_per_frame, run.n_frames)
         dap_values = _per_frame(tech.reported_dap_gycm2_per_frame, run.n_frames)
@@ -197,15 +239,17 @@ class DoseAccumulator:
             # each event's dose over every frame it covers (all the runs it names), summed over
             # the events that name this run
             kerma = dap = 0.0
-            for e, shared in events:
-                shared = shared or n * len(dict.fromkeys(e.sop_instance_uids))
+            for e in events:
+                # over the frames of the named runs present (this one included); a named run
+                # that arrives later takes its share then, and the others are recounted
+                shared = sum(self._frames.get(u, 0) for u in dict.fromkeys(e.sop_instance_uids)) or n
                 kerma += (e.air_kerma_mgy or 0.0) / shared
                 dap += (e.dap_gycm2 or 0.0) / shared
             # a quantity none of the report's events gives is unknown, not 0
             dose = RunDose(kerma, dap, "rdsr",
-                           air_kerma_source=None if any(e.air_kerma_mgy is not None for e, _ in events)
+                           air_kerma_source=None if any(e.air_kerma_mgy is not None for e in events)
                            else "none",
-                           dap_source=None if any(e.dap_gycm2 is not None for e, _ in events) else "none")
+                           dap_source=None if any(e.dap_gycm2 is not None for e in events) else "none")
         elif (tech.reported_dap_gycm2 is not None or tech.reported_air_kerma_mgy is not None
               or kerma_values is not None or dap_values is not None):
             estimate = None
@@ -224,7 +268,6 @@ class DoseAccumulator:
         else:
             estimate = self._estimate(run)
             dose = RunDose(*estimate, "estimated") if estimate else RunDose(0.0, 0.0, "none")
-        self._runs[run.sop_instance_uid] = dose
         return dose
 
     def _estimate(self, run: Run) -> tuple[float, float] | None:
@@ -235,6 +278,7 @@ class DoseAccumulator:
 
     def add(self, frame: Frame) -> list[DoseAlert]:
         """Count one frame; return the alerts it raised."""
+        self._tally(frame.run)  # first: a recount its run's preparation causes alerts apart
         before = (self.totals.fluoro_time_s, self.totals.air_kerma_mgy, self.totals.dap_gycm2)
         self._count(frame.run, frame.frame_number, self.totals)
         new = self._crossed(before, frame)
@@ -311,18 +355,29 @@ class DoseAccumulator:
         return out
 
     def _crossed(self, before: tuple[float, float, float], frame: Frame) -> list[DoseAlert]:
+        self._last_frame = (frame.index, frame.t_s)
+        return self._crossed_to(before, frame.index, frame.t_s)
+
+    def _crossed_to(self, before: tuple[float, float, float], index: int, t_s: float
+                    ) -> list[DoseAlert]:
+        """The alerts the totals reached since ``before`` (fluoro time, air kerma, DAP)."""
         s, out, t = self.settings, [], self.totals
         step = s.fluoro_time_alert_s
         if step > 0:
             for k in range(int(before[0] // step) + 1, int(t.fluoro_time_s // step) + 1):
-                out.append(DoseAlert("fluoro_time", k * step, "s", frame.index, frame.t_s,
+                out.append(DoseAlert("fluoro_time", k * step, "s", index, t_s,
                                      f"fluoroscopy time has reached {k * step / 60:g} min"))
         for level in _kerma_levels(before[1], t.air_kerma_mgy, s):
-            out.append(DoseAlert("air_kerma", level, "mGy", frame.index, frame.t_s,
+            out.append(DoseAlert("air_kerma", level, "mGy", index, t_s,
                                  f"reference air kerma has reached {level / 1000:g} Gy"))
-        out.extend(self._srdl(t.air_kerma_mgy, t.dap_gycm2, t.fluoro_time_s, frame.index,
-                              frame.t_s))
+        out.extend(self._srdl(t.air_kerma_mgy, t.dap_gycm2, t.fluoro_time_s, index,
+                              t_s))
         return out
+
+    @property
+    def last_frame(self) -> tuple[int, float]:
+        """Index and time (s) of the last frame counted."""
+        return self._last_frame
 
     @property
     def source(self) -> str:

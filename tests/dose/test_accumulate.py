@@ -475,3 +475,46 @@ def test_a_report_arriving_after_the_frames_recounts_seen_and_lost_frames(tmp_pa
     assert dose.totals.sources == dose.lost.sources == {"rdsr"}
     (event,) = dose.events()
     assert (event.dap_gycm2, event.dose_source) == (pytest.approx(10.0), "rdsr")
+
+
+def _report_of(study, runs, dap_gycm2: float, air_kerma_mgy: float):
+    from sifluoro.dose.records import FLUOROSCOPY, IrradiationEvent, StudyDose
+
+    return StudyDose(study.study_instance_uid, "rdsr", Device(), (IrradiationEvent(
+        "1.2.3.4", FLUOROSCOPY, dap_gycm2=dap_gycm2, air_kerma_mgy=air_kerma_mgy,
+        dose_source="rdsr", sop_instance_uids=tuple(r.sop_instance_uid for r in runs)),), ())
+
+
+@pytest.mark.parametrize("known_first", [1, 2, 4])
+def test_an_event_over_instances_announced_in_parts_is_counted_once(tmp_path, known_first):
+    """An event naming 4 single-frame instances, the report arriving after the first 1 or 2:
+    each later instance took the share worked out then (the event counted 2-4 times, review
+    s11 B#1)."""
+    write_study(tmp_path, [RunSpec(0.2 * i, n_frames=1) for i in range(4)])
+    study = read_study([tmp_path])
+    frames = list(iter_frames(study, []))
+    report = _report_of(study, study.runs, 10.0, 50.0)
+    dose = DoseAccumulator(DoseSettings())
+    for frame in frames[:known_first]:
+        dose.add(frame)
+    dose.use_report(report, study.runs[:known_first])
+    for frame in frames[known_first:]:
+        dose.add(frame)
+    assert dose.totals.dap_gycm2 == pytest.approx(10.0) and dose.totals.air_kerma_mgy == pytest.approx(50.0)
+    assert dose.source == "rdsr"
+
+
+def test_a_recount_that_reaches_a_dose_level_raises_its_alerts(tmp_path):
+    """A late device report that puts the study over the notification and SRDL levels: the
+    recount raised nothing and srdl_exceeded stayed empty (review s11 B#2)."""
+    write_study(tmp_path, [RunSpec(0.0, n_frames=4)])
+    study = read_study([tmp_path])
+    dose = DoseAccumulator(DoseSettings())
+    for frame in iter_frames(study, []):
+        dose.add(frame)
+    assert dose.alerts == []
+    raised = dose.use_report(_report_of(study, study.runs, 600.0, 6000.0), study.runs)
+    kinds = [a.kind for a in raised]
+    assert kinds.count("air_kerma") == 4 and {"srdl_air_kerma", "srdl_dap"} <= set(kinds)
+    assert dose.srdl_exceeded == ("air_kerma", "dap") and dose.recount_alerts == raised
+    assert all(a.index == 3 for a in raised)  # at the last frame counted
