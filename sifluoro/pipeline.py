@@ -339,11 +339,9 @@ class Pipeline:
 
     def process_arrived(self, frame: Frame, state: StudyState, arrival: Arrival) -> dict[str, Any]:
         """The image work of a frame whose dose :meth:`account` counted; return its event."""
-        if self.stages and frame.run.sop_instance_uid not in state.checked_runs:
-            _check_assumptions(frame.run, state)
+        image = self._seen_by_stages(frame, state)
         if self.stages and not _shows_picture(frame):
             return self._no_picture_event(frame, state, arrival)
-        image = _as_seen_by_stages(frame, state)
         clock, costs = self._clock, self.costs
         budget_ms = self.settings.latency_budget_ms
         shape = frame.pixels.shape
@@ -485,13 +483,13 @@ class Pipeline:
                         yield pending[0], self._overlapped_event(state, *pending)
                     raise
                 arrival = self.account(frame, state)
+                image = self._seen_by_stages(frame, state)
                 if not _shows_picture(frame):
                     if pending is not None:
                         yield pending[0], self._overlapped_event(state, *pending)
                         pending = None
                     yield frame, self._no_picture_event(frame, state, arrival)
                     continue
-                image = _as_seen_by_stages(frame, state)
                 done = [(stage.name, self._run_stage(stage, FULL, image, state)[1])
                         for stage in front]
                 t_front = self._clock()
@@ -503,6 +501,16 @@ class Pipeline:
                 pending = (frame, arrival, done, t_front, last.name, later)
             if pending is not None:
                 yield pending[0], self._overlapped_event(state, *pending)
+
+    def _seen_by_stages(self, frame: Frame, state: StudyState) -> Frame:
+        """The frame as the image stages see it (:func:`_as_seen_by_stages`), the assumptions
+        about its run said once per run the stages see."""
+        if not self.stages:
+            return frame
+        image = _as_seen_by_stages(frame, state)
+        if image.run.sop_instance_uid not in state.checked_runs:
+            _check_assumptions(image.run, state)
+        return image
 
     def _overlappable(self) -> bool:
         """The last stage may run one frame behind the others: every stage declares what it
@@ -564,9 +572,10 @@ class Pipeline:
         skipped, so under a deadline the next frame runs that stage in full (and its cost is
         learnt as the one after a skip); one that declined (it already owes a test) does not."""
         if isinstance(frame, Frame) and self._remembering and _shows_picture(frame):
+            image = self._seen_by_stages(frame, state)
             for stage, method in self._remembering:
                 try:
-                    took = getattr(stage, method)(frame, state) is not None
+                    took = getattr(stage, method)(image, state) is not None
                 except Exception:  # as in process: the frame's dose and the study go on
                     log.exception("stage %s failed on dropped frame %d", stage.name, frame.index)
                     took = False
@@ -672,12 +681,14 @@ CHAIN_GAP_S = 2.0
 CHAIN_ANGLE_DEG = 1.0
 
 
-def continues(previous: Run, run: Run) -> bool:
-    """Whether single-frame instance ``run`` continues ``previous``: a device that stores
-    fluoroscopy one frame per file (each file a run) would otherwise give the image stages a
-    new run on every frame (a new segmentation, no contrast reference: contrast never
-    classified). Same series, frame type and scale, same collimation and angles, and at most
-    :data:`CHAIN_GAP_S` later."""
+def continues(previous: Run, run: Run, lead: Run | None = None) -> bool:
+    """Whether single-frame instance ``run`` continues ``previous`` (in a chain that began with
+    ``lead``, default ``previous``): a device that stores fluoroscopy one frame per file (each
+    file a run) would otherwise give the image stages a new run on every frame (a new
+    segmentation, no contrast reference: contrast never classified). Same series, frame type
+    and scale as ``previous`` and at most :data:`CHAIN_GAP_S` after it; the collimation and
+    angles of ``lead`` (a slow turn is a new view once it passes :data:`CHAIN_ANGLE_DEG`)."""
+    lead = lead or previous
     if previous is run or previous.n_frames != 1 or run.n_frames != 1:
         return False
     if not run.series_instance_uid or run.series_instance_uid != previous.series_instance_uid:
@@ -686,7 +697,7 @@ def continues(previous: Run, run: Run) -> bool:
             "pixel_intensity_relationship", "pixel_spacing_xy_mm")
     if any(getattr(run, k) != getattr(previous, k) for k in same):
         return False
-    a, b = previous.technique, run.technique
+    a, b = lead.technique, run.technique
     if a.shutter != b.shutter:
         return False
     for x, y in ((a.primary_angle_deg, b.primary_angle_deg), (a.secondary_angle_deg, b.secondary_angle_deg)):
@@ -700,7 +711,7 @@ def _as_seen_by_stages(frame: Frame, state: StudyState) -> Frame:
     the previous one is a further frame of the chain's first run. Its dose and event are its
     own."""
     chain = state.chain
-    if chain is not None and continues(chain.last, frame.run):
+    if chain is not None and continues(chain.last, frame.run, chain.lead):
         chain.last, chain.frames = frame.run, chain.frames + 1
         return replace(frame, run=chain.lead, frame_number=chain.frames)
     if chain is None or chain.last is not frame.run:

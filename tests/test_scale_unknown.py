@@ -51,8 +51,9 @@ def test_no_mm_fields_without_a_pixel_spacing(threads):
             assert any(e["needle"] for e in events)  # still found, in pixels
 
 
+@pytest.mark.parametrize("overlapped", [False, True])
 @pytest.mark.parametrize("drop", ["PixelIntensityRelationshipSign", "ImagerPixelSpacing"])
-def test_a_run_read_on_an_assumption_is_said_once_and_counted(tmp_path, caplog, drop):
+def test_a_run_read_on_an_assumption_is_said_once_and_counted(tmp_path, caplog, drop, overlapped):
     """A bone-dark device that writes neither the sign nor LIN/LOG is read inverted (the joint
     2.9 mm off at confidence 1.0, no needle, review s11 A#3); a run without a pixel spacing
     has no mm. Nothing said so: a warning per run naming the file, and summary.assumed_runs."""
@@ -72,9 +73,12 @@ def test_a_run_read_on_an_assumption_is_said_once_and_counted(tmp_path, caplog, 
             delattr(ds, drop)
         ds.save_as(path)
     with caplog.at_level(logging.WARNING):
+        # overlapped: replay's path with no deadline and two threads (review s11 B#5)
+        settings = Settings(latency_budget_ms=math.inf, stage_threads=2) if overlapped else Settings()
+        names = ["register", "contrast"] if overlapped else ["register"]
         summary = replay([tmp_path / "in"], events_path=tmp_path / "e.jsonl",
-                         summary_path=tmp_path / "s.json",
-                         stages=make_stages(["register"], Settings())).summary
+                         summary_path=tmp_path / "s.json", settings=settings,
+                         stages=make_stages(names, settings)).summary
     key = "polarity" if drop == "PixelIntensityRelationshipSign" else "pixel_spacing"
     assert summary["assumed_runs"] == {"polarity": 0, "pixel_spacing": 0, key: 2}
     said = [r.getMessage() for r in caplog.records if drop.split("Relationship")[0] in r.getMessage()

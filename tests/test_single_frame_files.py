@@ -86,3 +86,34 @@ def test_which_single_frame_instances_continue_one_another(tmp_path):
     assert not continues(first, turned)
     assert not continues(first, replace(second, series_instance_uid="1.2.3"))
     assert not continues(first, replace(second, rows=second.rows // 2))
+
+
+def test_a_slow_turn_is_a_new_view_and_a_view_is_said_once(tmp_path, caplog):
+    """Angles were compared with the previous instance: a turn of 0.9° per frame stayed one
+    run to the stages for 27° (review s11 B#9); and a study stored one frame per file was
+    warned about once per file (B#8)."""
+    import logging
+
+    from sifluoro.acquire.dicom_reader import read_study
+    from sifluoro.pipeline import Pipeline
+    from tests.dicom_fixtures import RunSpec, write_study
+
+    paths = write_study(tmp_path, [RunSpec(0.2 * i, n_frames=1) for i in range(6)])
+    for i, path in enumerate(sorted(paths, key=lambda p: pydicom.dcmread(p).AcquisitionDateTime)):
+        ds = pydicom.dcmread(path)
+        ds.PositionerPrimaryAngle = 0.9 * i  # 0.9° from the previous one, 4.5° in all
+        ds.PixelIntensityRelationship = "DISP"  # no sign: read on an assumption, said per view
+        if "PixelIntensityRelationshipSign" in ds:
+            del ds.PixelIntensityRelationshipSign
+        ds.save_as(path)
+    study = read_study([tmp_path])
+    settings = Settings(latency_budget_ms=math.inf)
+    pipeline = Pipeline(make_stages(["register"], settings), settings)
+    state = pipeline.start_study(study.study_instance_uid)
+    from sifluoro.acquire.dicom_reader import iter_frames
+
+    with caplog.at_level(logging.WARNING):
+        for frame in iter_frames(study, []):
+            pipeline.process(frame, state)
+    assert state.assumed_runs["polarity"] == 3  # views from 0°, 1.8° and 3.6°
+    assert sum("PixelIntensityRelationshipSign" in r.getMessage() for r in caplog.records) == 3

@@ -79,8 +79,8 @@ def estimate_peak_skin_dose(events: list[IrradiationEvent] | tuple[IrradiationEv
 
     Events are grouped into skin patches by their projection: an event joins the first patch
     whose mean primary and secondary angles are within ``angle_tolerance_deg`` of its own,
-    else starts one. An event without angles may have hit any patch: its dose is added to
-    every patch (and they share one patch of their own), which keeps the estimate an upper
+    else starts one. An event without both angles may have hit any patch: its dose is added
+    to every patch (and they share one patch of their own), which keeps the estimate an upper
     bound for them. Events without air kerma are counted and left out.
     """
     settings = settings or SkinDoseSettings()
@@ -92,6 +92,8 @@ def estimate_peak_skin_dose(events: list[IrradiationEvent] | tuple[IrradiationEv
             missing += 1
             continue
         angles = (event.primary_angle_deg, event.secondary_angle_deg)
+        if None in angles:  # one angle unknown: it may have hit any patch
+            angles = (None, None)
         patch = next((p for p in patches if p.near(*angles, settings.angle_tolerance_deg)), None)
         if patch is None:
             patch = _Patch(*angles)

@@ -223,7 +223,7 @@ def export_study(outbox: Outbox, study: Study, dose: DoseAccumulator, keys: list
     ``errors`` an RDSR that cannot be made raises."""
     settings = settings or Settings()
     queued = []
-    if dose.study_dose(study.study_instance_uid, study.device).dose_source == "rdsr":
+    if (dose.totals.sources | dose.lost.sources) == {"rdsr"}:
         # every counted run's dose is the device's own report's, which the C-arm sends to the
         # PACS itself: a second report of the same exposures under other event UIDs would be
         # counted twice by a dose registry there

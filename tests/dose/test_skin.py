@@ -43,6 +43,9 @@ def test_events_without_angles_count_on_every_patch_as_an_upper_bound():
     assert full == pytest.approx(150.0 * FACTOR)
     assert partial.psd_mgy == pytest.approx(220.0 * FACTOR) and partial.psd_mgy >= full
     assert [round(p[2] / FACTOR, 6) for p in partial.patches] == [220.0, 180.0, 120.0]
+    one_angle = estimate_peak_skin_dose([known[0], known[1], _event(2, 50.0, 25.0, None),
+                                         _event(3, 70.0, None, 0.0)])
+    assert one_angle.psd_mgy == pytest.approx(220.0 * FACTOR)  # one angle known: still anywhere
 
 
 def test_the_factors_are_settings():

@@ -281,3 +281,34 @@ def test_a_study_whose_frames_were_all_lost_still_queues_its_rdsr(tmp_path, caps
     assert code == 2  # no frame to guide
     (report,) = [read_rdsr(p) for p in pending]
     assert len(report.events) == 1 and report.events[0].dap_gycm2 > 0
+
+
+def test_a_run_of_unknown_dose_the_device_report_misses_still_gets_an_rdsr(tmp_path):
+    """A run the device's report does not name, whose header gives no dose and no technique:
+    its dose source 'none' was left out of the study's, which read 'rdsr', and its fluoroscopy
+    time reached the PACS in no report (review s11 B#10)."""
+    from sifluoro.acquire.dicom_reader import iter_frames, read_study
+    from sifluoro.config import DoseSettings
+    from sifluoro.dose.accumulate import DoseAccumulator
+    from sifluoro.dose.records import FLUOROSCOPY, IrradiationEvent, StudyDose
+    from sifluoro.model import Device
+    from sifluoro.plugin.keyframes import export_study
+    from sifluoro.plugin.outbox import Outbox
+    from tests.dicom_fixtures import RunSpec, technique, write_study
+
+    write_study(tmp_path / "s", [RunSpec(0.0, n_frames=3), RunSpec(
+        10.0, n_frames=4, tech=technique(kvp=None, tube_current_ma=None))])
+    study = read_study([tmp_path / "s"])
+    named, _ = study.runs
+    for covered in (True, False):
+        dose = DoseAccumulator(DoseSettings())
+        dose.use_report(StudyDose(study.study_instance_uid, "rdsr", Device(), (IrradiationEvent(
+            "1.2.3", FLUOROSCOPY, dap_gycm2=1.0, air_kerma_mgy=5.0, dose_source="rdsr",
+            sop_instance_uids=(named.sop_instance_uid,)),), ()), study.runs)
+        for frame in iter_frames(study, []):
+            if covered and frame.run is not named:
+                continue
+            dose.add(frame)
+        outbox = Outbox(tmp_path / f"outbox-{covered}")
+        queued = export_study(outbox, study, dose, [])
+        assert len(queued) == (0 if covered else 1)
