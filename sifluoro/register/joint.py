@@ -117,24 +117,50 @@ class JointLine:
 def exposed_field(attenuation_image: np.ndarray, exposed: np.ndarray) -> np.ndarray:
     """The stored exposed field narrowed to what was really exposed: unexposed areas are stored
     at the maximal attenuation value, also where no shutter is recorded in the header."""
-    blank = (attenuation_image >= 0.998).astype(np.uint8)
-    # solid areas only: clipped quantum noise reaches the top value in isolated pixels
-    blank = cv2.morphologyEx(blank, cv2.MORPH_OPEN, np.ones((7, 7), np.uint8))
-    return exposed & ~cv2.dilate(blank, np.ones((7, 7), np.uint8)).astype(bool)
+    blank = cv2.compare(attenuation_image, 0.998, cv2.CMP_GE)
+    # solid areas only: clipped quantum noise reaches the top value in isolated pixels. An
+    # opening by a 7x7 square, then a dilation by it: the dilations merge into one by 13x13
+    blank = cv2.erode(blank, np.ones((7, 7), np.uint8))
+    return exposed & (cv2.dilate(blank, np.ones((13, 13), np.uint8)) == 0)
 
 
 def usable_mask(attenuation_image: np.ndarray, field: np.ndarray, factor: int) -> np.ndarray:
     """Working-resolution mask of where a joint line may be looked for: inside the exposed
-    ``field`` (see :func:`exposed_field`), away from burned-in text and markers.
+    ``field`` (see :func:`exposed_field`), away from burned-in text and markers; a working
+    pixel is usable when all the full-resolution pixels it covers are.
 
     Text is drawn at one extreme value with an outline at the other; clipped quantum noise
     reaches one extreme only, so only pixels near both extremes are taken for text.
     """
+    if 1 <= factor <= 31 and attenuation_image.dtype == np.float32:
+        out = _all_in_blocks(field, factor)
+        # the dark pixels are few; when they are not, the morphology below costs less
+        done = np.zeros(attenuation_image.shape, np.bool_)
+        if _kernels.clear_text_blocks(attenuation_image, np.float32(0.002), np.float32(0.998),
+                                      factor, field.size // 64, done, out) >= 0:
+            return out
     kernel = np.ones((5, 5), np.uint8)
-    low = cv2.dilate((attenuation_image <= 0.002).astype(np.uint8), kernel)
-    high = cv2.dilate((attenuation_image >= 0.998).astype(np.uint8), kernel)
-    text = cv2.dilate(low & high, np.ones((9, 9), np.uint8)).astype(bool)
-    return downsample((field & ~text).astype(np.float32), factor) > 0.999
+    low = cv2.dilate(cv2.compare(attenuation_image, 0.002, cv2.CMP_LE), kernel)
+    high = cv2.dilate(cv2.compare(attenuation_image, 0.998, cv2.CMP_GE), kernel)
+    text = cv2.dilate(cv2.bitwise_and(low, high), np.ones((9, 9), np.uint8))
+    return _all_in_blocks(field & (text == 0), factor)
+
+
+def _all_in_blocks(mask: np.ndarray, factor: int) -> np.ndarray:
+    """True where all of a ``factor`` x ``factor`` block of ``mask`` is (a remainder cropped):
+    the area average of the 0/1 mask above 0.999, as it was computed, without the float copy
+    and resize (one False leaves a block's mean at most 1 - 1/factor², below 0.999 for factors
+    up to 31)."""
+    if factor > 31:
+        return downsample(mask.astype(np.float32), factor) > 0.999
+    rows, cols = mask.shape[0] // factor, mask.shape[1] // factor
+    mask = mask[:rows * factor, :cols * factor]
+    out = mask[::factor, ::factor].copy()
+    for i in range(factor):
+        for j in range(factor):
+            if i or j:
+                out &= mask[i::factor, j::factor]
+    return out
 
 
 def segment_joint(work: np.ndarray, *, grid: WorkingGrid, usable: np.ndarray,

@@ -1,7 +1,9 @@
 """joint.py's shortcuts against the plain computations they replace: same values, exactly."""
+import cv2
 import numpy as np
 import pytest
 
+from sifluoro.imaging import downsample
 from sifluoro.register import _kernels
 from sifluoro.register import joint as J
 
@@ -83,3 +85,79 @@ def test_parallel_line_test_is_that_of_the_whole_image():
         assert J._has_parallel_line(gain, path, y0, y1, spacing_mm, best) == expected
         answers.append(expected)
     assert 10 < sum(answers) < len(answers) - 10  # both answers were tested
+
+
+def exposed_field_reference(image, exposed):
+    blank = (image >= 0.998).astype(np.uint8)
+    blank = cv2.morphologyEx(blank, cv2.MORPH_OPEN, np.ones((7, 7), np.uint8))
+    return exposed & ~cv2.dilate(blank, np.ones((7, 7), np.uint8)).astype(bool)
+
+
+def usable_mask_reference(image, field, factor):
+    kernel = np.ones((5, 5), np.uint8)
+    low = cv2.dilate((image <= 0.002).astype(np.uint8), kernel)
+    high = cv2.dilate((image >= 0.998).astype(np.uint8), kernel)
+    text = cv2.dilate(low & high, np.ones((9, 9), np.uint8)).astype(bool)
+    return downsample((field & ~text).astype(np.float32), factor) > 0.999
+
+
+def masks_scene(rng, shape, spots=0.03):
+    """An attenuation image with blank (top-value) areas, text (both extremes side by side),
+    isolated extreme pixels and values either side of the thresholds, and a ragged field."""
+    rows, cols = shape
+    image = rng.uniform(0.1, 0.9, shape).astype(np.float32)
+    for _ in range(3):  # blank areas, some at the border
+        y, x = rng.integers(-10, rows), rng.integers(-10, cols)
+        image[max(0, y):y + int(rng.integers(3, 40)), max(0, x):x + int(rng.integers(3, 40))] = 1.0
+    for _ in range(3):  # text: a bright glyph with a dark outline
+        y, x = int(rng.integers(0, rows - 8)), int(rng.integers(0, cols - 8))
+        image[y:y + 8, x:x + 8] = 0.0
+        image[y + 2:y + 6, x + 2:x + 6] = 1.0
+    edge = [np.nextafter(np.float32(t), np.float32(d)) for t in (0.002, 0.998) for d in (0, 1)]
+    values = np.float32([0.0, 1.0, 0.002, 0.998, *edge])
+    spots = rng.random(shape) < spots
+    image[spots] = rng.choice(values, size=int(spots.sum()))
+    field = rng.random(shape) < 0.98
+    field[:, :int(rng.integers(0, 20))] = False
+    return image, field
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_exposed_field_and_usable_mask_are_the_plain_morphology(seed):
+    rng = np.random.default_rng(seed)
+    shape = (int(rng.integers(40, 140)), int(rng.integers(40, 140)))
+    image, field = masks_scene(rng, shape)
+    exposed = J.exposed_field(image, field)
+    np.testing.assert_array_equal(exposed, exposed_field_reference(image, field))
+    for factor in (1, 2, 3, 4):
+        np.testing.assert_array_equal(J.usable_mask(image, exposed, factor),
+                                      usable_mask_reference(image, exposed, factor))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_text_kernel_is_the_morphology(seed):
+    """The kernel against the three dilations and the block average it replaces, at several
+    factors (blocks cropped), with text at the borders and dark pixels next to bright ones."""
+    rng = np.random.default_rng(100 + seed)
+    shape = (int(rng.integers(20, 120)), int(rng.integers(20, 120)))
+    image, field = masks_scene(rng, shape, spots=float(rng.choice([0.002, 0.02, 0.1])))
+    image[:3, :3], image[-2:, -4:] = 0.0, 1.0  # text-like corners
+    image[-1, -1] = 0.0
+    for factor in (1, 2, 3, 5):
+        out = J._all_in_blocks(field, factor)
+        n = _kernels.clear_text_blocks(image, np.float32(0.002), np.float32(0.998), factor,
+                                       field.size, np.zeros(shape, np.bool_), out)
+        assert n == int(np.count_nonzero(image <= 0.002))
+        np.testing.assert_array_equal(out, usable_mask_reference(image, field, factor))
+        assert J.usable_mask(image, field, factor).tolist() == out.tolist()
+
+
+def test_text_kernel_gives_up_on_many_dark_pixels():
+    rng = np.random.default_rng(3)
+    image, field = masks_scene(rng, (64, 64), spots=0.5)
+    out = np.ones((32, 32), np.bool_)
+    assert _kernels.clear_text_blocks(image, np.float32(0.002), np.float32(0.998), 2,
+                                      field.size // 64, np.zeros((64, 64), np.bool_), out) == -1
+    # the morphology then: still the same mask
+    np.testing.assert_array_equal(J.usable_mask(image, field, 2),
+                                  usable_mask_reference(image, field, 2))
