@@ -200,7 +200,7 @@ def segment_joint(work: np.ndarray, *, grid: WorkingGrid, usable: np.ndarray,
     # the field edge is the strongest line of all: stay clear of it by the filter's reach
     reach = 2 * int(np.ceil(2.0 * max(SIDE_OFFSETS_MM) / grid.spacing_mm)) + 1
     mask = cv2.erode(usable.astype(np.uint8), np.ones((reach, reach), np.uint8)).astype(bool)
-    if mask.sum() < 100:
+    if np.count_nonzero(mask) < 100:
         return None
     smooth = cv2.GaussianBlur(work, (0, 0), max(0.6, 0.5 / grid.spacing_mm))
     depth = np.zeros(work.shape, np.float32)
