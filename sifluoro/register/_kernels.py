@@ -127,6 +127,87 @@ def best_path(score, step_penalty, max_step, path_x, acc, came):
     return best, y, best_y
 
 
+@njit(cache=True, nogil=True)
+def clear_text_blocks(image, low, high, factor, max_low, done, out):
+    """Set False the working pixels (blocks of ``factor`` x ``factor`` of ``image``, ``out``
+    their grid: a remainder cropped) that hold text: pixels within 4 (chessboard distance) of
+    a pixel that has both a pixel ``<= low`` and one ``>= high`` within 2, i.e. where
+    ``dilate9(dilate5(image <= low) & dilate5(image >= high))`` is set.
+
+    The test starts from the dark pixels, which are few (markers' outlines, clipped noise),
+    instead of three morphology passes over the frame. Returns the number of dark pixels, or -1
+    as soon as there are more than ``max_low`` (``out`` is then incomplete). ``done``: False,
+    of ``image``'s shape (work buffer; its pages are touched only around text).
+    """
+    rows, cols = image.shape
+    ymax, xmax = out.shape[0] * factor, out.shape[1] * factor
+    bright = np.zeros((9, 9), np.bool_)  # around a dark pixel (outside the image: not bright)
+    rowwise = np.zeros((9, 5), np.bool_)  # bright within 2 columns of the 5 centre columns
+    n = 0
+    for ly in range(rows):
+        row = image[ly]
+        dark = 0
+        for lx in range(cols):  # branch-free: most rows have no dark pixel
+            dark += row[lx] <= low
+        if dark == 0:
+            continue
+        for lx in range(cols):
+            if not row[lx] <= low:
+                continue
+            n += 1
+            if n > max_low:
+                return -1
+            seen = False
+            if 4 <= ly < rows - 4 and 4 <= lx < cols - 4:  # the window inside: no checks
+                for i in range(9):
+                    r = image[ly - 4 + i]
+                    for j in range(9):
+                        b = r[lx - 4 + j] >= high
+                        bright[i, j] = b
+                        seen |= b
+            else:
+                for i in range(9):
+                    y = ly - 4 + i
+                    for j in range(9):
+                        x = lx - 4 + j
+                        b = 0 <= y < rows and 0 <= x < cols and image[y, x] >= high
+                        bright[i, j] = b
+                        seen |= b
+            if not seen:
+                continue
+            for i in range(9):
+                for j in range(5):
+                    b = False
+                    for k in range(j, j + 5):
+                        b |= bright[i, k]
+                    rowwise[i, j] = b
+            # the pixels within 2 of this dark one with a bright one within 2: text around them
+            for a in range(5):
+                py = ly - 2 + a
+                if py < 0 or py >= rows:
+                    continue
+                for c in range(5):
+                    px = lx - 2 + c
+                    if px < 0 or px >= cols:
+                        continue
+                    if done[py, px]:
+                        continue
+                    b = False
+                    for i in range(a, a + 5):
+                        b |= rowwise[i, c]
+                    if not b:
+                        continue
+                    done[py, px] = True  # its text is marked; other dark pixels share it
+                    y0, y1 = max(0, py - 4), min(ymax, py + 5) - 1
+                    x0, x1 = max(0, px - 4), min(xmax, px + 5) - 1
+                    if y0 > y1 or x0 > x1:
+                        continue
+                    for by in range(y0 // factor, y1 // factor + 1):
+                        for bx in range(x0 // factor, x1 // factor + 1):
+                            out[by, bx] = False
+    return n
+
+
 @njit(cache=True, nogil=True, fastmath=True)
 def phase_cross_power(ref_spectrum, spectrum, out):
     """Normalised cross-power spectrum ``R conj(S) / |R conj(S)|`` of two (half) spectra, as
@@ -182,3 +263,5 @@ def warm_up() -> None:
     c = np.zeros((8, 5), np.complex64)
     phase_cross_power(c, c, c.copy())
     peak_centroid(z, 0, 0, 2)
+    clear_text_blocks(z, np.float32(0.002), np.float32(0.998), 2, 64, np.zeros((8, 8), np.bool_),
+                      np.zeros((4, 4), np.bool_))

@@ -117,24 +117,50 @@ class JointLine:
 def exposed_field(attenuation_image: np.ndarray, exposed: np.ndarray) -> np.ndarray:
     """The stored exposed field narrowed to what was really exposed: unexposed areas are stored
     at the maximal attenuation value, also where no shutter is recorded in the header."""
-    blank = (attenuation_image >= 0.998).astype(np.uint8)
-    # solid areas only: clipped quantum noise reaches the top value in isolated pixels
-    blank = cv2.morphologyEx(blank, cv2.MORPH_OPEN, np.ones((7, 7), np.uint8))
-    return exposed & ~cv2.dilate(blank, np.ones((7, 7), np.uint8)).astype(bool)
+    blank = cv2.compare(attenuation_image, 0.998, cv2.CMP_GE)
+    # solid areas only: clipped quantum noise reaches the top value in isolated pixels. An
+    # opening by a 7x7 square, then a dilation by it: the dilations merge into one by 13x13
+    blank = cv2.erode(blank, np.ones((7, 7), np.uint8))
+    return exposed & (cv2.dilate(blank, np.ones((13, 13), np.uint8)) == 0)
 
 
 def usable_mask(attenuation_image: np.ndarray, field: np.ndarray, factor: int) -> np.ndarray:
     """Working-resolution mask of where a joint line may be looked for: inside the exposed
-    ``field`` (see :func:`exposed_field`), away from burned-in text and markers.
+    ``field`` (see :func:`exposed_field`), away from burned-in text and markers; a working
+    pixel is usable when all the full-resolution pixels it covers are.
 
     Text is drawn at one extreme value with an outline at the other; clipped quantum noise
     reaches one extreme only, so only pixels near both extremes are taken for text.
     """
+    if 1 <= factor <= 31 and attenuation_image.dtype == np.float32:
+        out = _all_in_blocks(field, factor)
+        # the dark pixels are few; when they are not, the morphology below costs less
+        done = np.zeros(attenuation_image.shape, np.bool_)
+        if _kernels.clear_text_blocks(attenuation_image, np.float32(0.002), np.float32(0.998),
+                                      factor, field.size // 64, done, out) >= 0:
+            return out
     kernel = np.ones((5, 5), np.uint8)
-    low = cv2.dilate((attenuation_image <= 0.002).astype(np.uint8), kernel)
-    high = cv2.dilate((attenuation_image >= 0.998).astype(np.uint8), kernel)
-    text = cv2.dilate(low & high, np.ones((9, 9), np.uint8)).astype(bool)
-    return downsample((field & ~text).astype(np.float32), factor) > 0.999
+    low = cv2.dilate(cv2.compare(attenuation_image, 0.002, cv2.CMP_LE), kernel)
+    high = cv2.dilate(cv2.compare(attenuation_image, 0.998, cv2.CMP_GE), kernel)
+    text = cv2.dilate(cv2.bitwise_and(low, high), np.ones((9, 9), np.uint8))
+    return _all_in_blocks(field & (text == 0), factor)
+
+
+def _all_in_blocks(mask: np.ndarray, factor: int) -> np.ndarray:
+    """True where all of a ``factor`` x ``factor`` block of ``mask`` is (a remainder cropped):
+    the area average of the 0/1 mask above 0.999, as it was computed, without the float copy
+    and resize (one False leaves a block's mean at most 1 - 1/factor², below 0.999 for factors
+    up to 31)."""
+    if factor > 31:
+        return downsample(mask.astype(np.float32), factor) > 0.999
+    rows, cols = mask.shape[0] // factor, mask.shape[1] // factor
+    mask = mask[:rows * factor, :cols * factor]
+    out = mask[::factor, ::factor].copy()
+    for i in range(factor):
+        for j in range(factor):
+            if i or j:
+                out &= mask[i::factor, j::factor]
+    return out
 
 
 def segment_joint(work: np.ndarray, *, grid: WorkingGrid, usable: np.ndarray,
@@ -174,7 +200,7 @@ def segment_joint(work: np.ndarray, *, grid: WorkingGrid, usable: np.ndarray,
     # the field edge is the strongest line of all: stay clear of it by the filter's reach
     reach = 2 * int(np.ceil(2.0 * max(SIDE_OFFSETS_MM) / grid.spacing_mm)) + 1
     mask = cv2.erode(usable.astype(np.uint8), np.ones((reach, reach), np.uint8)).astype(bool)
-    if mask.sum() < 100:
+    if np.count_nonzero(mask) < 100:
         return None
     smooth = cv2.GaussianBlur(work, (0, 0), max(0.6, 0.5 / grid.spacing_mm))
     depth = np.zeros(work.shape, np.float32)
@@ -182,7 +208,8 @@ def segment_joint(work: np.ndarray, *, grid: WorkingGrid, usable: np.ndarray,
     _kernels.valley_depth(smooth, offsets, depth)
     # noise of the smoothed image, from the residual of a further blur inside the field; every
     # other row and column is plenty for a robust spread and the medians are a quarter the cost
-    residual = (smooth - cv2.GaussianBlur(smooth, (0, 0), 2.0))[::2, ::2][mask[::2, ::2]]
+    inside = mask[::2, ::2]
+    residual = smooth[::2, ::2][inside] - cv2.GaussianBlur(smooth, (0, 0), 2.0)[::2, ::2][inside]
     noise = float(np.median(np.abs(residual - np.median(residual)))) * 1.4826 + 1e-6
     fine = cv2.GaussianBlur(work, (0, 0), max(0.5, 0.4 / grid.spacing_mm))
     contrasts = (min_contrast,) if fallback_contrast is None else (min_contrast, fallback_contrast)
@@ -209,17 +236,22 @@ def _search(depth: np.ndarray, noise: float, contrast: float, *, mask: np.ndarra
             ) -> JointLine | None:
     """The joint line on the valley-depth map ``depth`` (see :func:`segment_joint`), paths
     standing ``contrast`` noise levels above the background, or None."""
-    gain = np.where(mask, depth / noise - contrast, -10.0).astype(np.float32)
     # the C-arm is centred on the joint's inferior third: nothing far beside the centre counts
     cols = depth.shape[1]
-    beside = np.abs(np.arange(cols) - 0.5 * (cols - 1)) * grid.spacing_mm > CENTRE_X_MM
-    gain[:, beside] = -10.0
+    centre = np.nonzero(np.abs(np.arange(cols) - 0.5 * (cols - 1)) * grid.spacing_mm
+                        <= CENTRE_X_MM)[0]
+    if len(centre) == 0:
+        return None
+    c0, c1 = int(centre[0]), int(centre[-1]) + 1
+    gain = np.full(depth.shape, -10.0, np.float32)
+    gain[:, c0:c1] = np.where(mask[:, c0:c1], depth[:, c0:c1] / noise - contrast, -10.0)
+    # the path search may keep to the central columns while no gain lies below the floor
+    b0, b1 = (c0, c1) if contrast <= 10.0 else (0, cols)
     path = np.full(depth.shape[0], -1, np.int32)
-    acc = np.empty(depth.shape, np.float32)
-    came = np.empty(depth.shape, np.int8)
     clear = max(1, int(round(CLEAR_MM / grid.spacing_mm)))
     for attempt in range(ATTEMPTS):
-        best, y0, y1 = _kernels.best_path(gain, np.float32(STEP_PENALTY), MAX_STEP, path, acc, came)
+        best, y0, y1 = best_path_within(gain, 0, depth.shape[0], b0, b1, STEP_PENALTY, MAX_STEP,
+                                        path)
         if y0 < 0:
             return None
         # the path may run on along the bone outline above the joint and into the sciatic notch
@@ -248,8 +280,8 @@ def _search(depth: np.ndarray, noise: float, contrast: float, *, mask: np.ndarra
                 and LENGTH_MM[0] <= length_mm <= LENGTH_MM[1]):
             break
         # not a joint (a bone outline, the field edge, a wire): look again without it
-        for y in range(y0, y1 + 1):
-            gain[y, max(0, path[y] - clear):path[y] + clear + 1] = -10.0
+        near = np.abs(np.arange(cols)[None, :] - path[y0:y1 + 1, None]) <= clear
+        gain[y0:y1 + 1][near] = -10.0
     else:
         return None
     y0, y1, best = w0, w1, wbest
@@ -497,16 +529,48 @@ def _has_parallel_line(gain: np.ndarray, path: np.ndarray, y0: int, y1: int, spa
     """A second path 2-10 mm beside the first, over half its length, at half its strength."""
     near = max(1, int(round(1.5 / spacing_mm)))
     far = max(near + 2, int(round(10.0 / spacing_mm)))
-    masked = np.full_like(gain, -10.0)
-    for y in range(y0, y1 + 1):
-        x = path[y]
-        lo, hi = max(0, x - far), min(gain.shape[1], x + far + 1)
-        masked[y, lo:hi] = gain[y, lo:hi]
-        masked[y, max(0, x - near):x + near + 1] = -10.0
+    # all else is the floor (-10): only the box around the band beside the path is searched
+    xs = path[y0:y1 + 1]
+    c0, c1 = max(0, int(xs.min()) - far), min(gain.shape[1], int(xs.max()) + far + 1)
+    offset = np.abs(np.arange(c0, c1)[None, :] - xs[:, None])
+    box = np.where((offset > near) & (offset <= far), gain[y0:y1 + 1, c0:c1], np.float32(-10.0))
     second = np.full(gain.shape[0], -1, np.int32)
-    score, s0, s1 = _kernels.best_path(masked, np.float32(0.5), 1, second, np.empty_like(masked),
-                                       np.empty(masked.shape, np.int8))
+    score, s0, s1 = _best_path_box(box, y0, c0, 0.5, 1, second)
     if s0 < 0:
         return False
     overlap = (s1 - s0 + 1) / max(1, y1 - y0 + 1)
     return overlap >= 0.5 and score >= 0.35 * best
+
+
+def best_path_within(score: np.ndarray, r0: int, r1: int, c0: int, c1: int,
+                     step_penalty: float, max_step: int, path_x: np.ndarray
+                     ) -> tuple[float, int, int]:
+    """:func:`sifluoro.register._kernels.best_path` of ``score`` (float32) whose pixels outside
+    rows ``r0:r1`` and columns ``c0:c1`` all hold the floor, -10, and those inside -10 or more;
+    ``path_x`` and the rows returned are in ``score``'s coordinates.
+
+    The same path, score and rows as on the whole image, found on the box alone: a path that
+    leaves the box for the floor scores less than the one kept to its edge (gains no lower,
+    shorter steps), so nothing outside ever wins a comparison, and above the box every running
+    score is 0, as before the first row (tests/register/test_joint.py checks this against the
+    whole image, ties included).
+    """
+    if r1 <= r0 or c1 <= c0:
+        path_x[:] = -1
+        return 0.0, -1, -1
+    return _best_path_box(np.ascontiguousarray(score[r0:r1, c0:c1]), r0, c0, step_penalty,
+                          max_step, path_x)
+
+
+def _best_path_box(box: np.ndarray, r0: int, c0: int, step_penalty: float, max_step: int,
+                   path_x: np.ndarray) -> tuple[float, int, int]:
+    """:func:`best_path_within` on ``box``, the part of the image from row ``r0`` and column
+    ``c0`` (C-contiguous float32)."""
+    path_x[:] = -1
+    sub = np.empty(box.shape[0], np.int32)
+    best, y0, y1 = _kernels.best_path(box, np.float32(step_penalty), max_step, sub,
+                                      np.empty_like(box), np.empty(box.shape, np.int8))
+    if y0 < 0:
+        return 0.0, -1, -1
+    path_x[r0 + y0:r0 + y1 + 1] = sub[y0:y1 + 1] + c0
+    return best, r0 + y0, r0 + y1

@@ -1,0 +1,163 @@
+"""joint.py's shortcuts against the plain computations they replace: same values, exactly."""
+import cv2
+import numpy as np
+import pytest
+
+from sifluoro.imaging import downsample
+from sifluoro.register import _kernels
+from sifluoro.register import joint as J
+
+
+def whole_image_path(score, penalty, max_step):
+    path = np.empty(score.shape[0], np.int32)
+    best, y0, y1 = _kernels.best_path(score, np.float32(penalty), max_step, path,
+                                      np.empty_like(score), np.empty(score.shape, np.int8))
+    return best, y0, y1, path
+
+
+def floored_box(rng, shape, box, levels):
+    """-10 outside ``box``; inside, values drawn from ``levels`` (ties and floors included)."""
+    r0, r1, c0, c1 = box
+    score = np.full(shape, -10.0, np.float32)
+    score[r0:r1, c0:c1] = rng.choice(np.asarray(levels, np.float32), size=(r1 - r0, c1 - c0))
+    return score
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_best_path_within_a_box_is_the_whole_images(seed):
+    rng = np.random.default_rng(seed)
+    shape = (int(rng.integers(3, 40)), int(rng.integers(2, 30)))
+    r0 = int(rng.integers(0, shape[0])); r1 = int(rng.integers(r0 + 1, shape[0] + 1))
+    c0 = int(rng.integers(0, shape[1])); c1 = int(rng.integers(c0 + 1, shape[1] + 1))
+    levels = [-10.0, -10.0, -3.0, -1.5, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 4.0, 9.0]
+    score = floored_box(rng, shape, (r0, r1, c0, c1), levels)
+    for penalty, max_step in ((1.5, 2), (0.5, 1), (1.0, 3), (0.25, 2)):
+        best, y0, y1, path = whole_image_path(score, penalty, max_step)
+        got = np.empty(shape[0], np.int32)
+        assert J.best_path_within(score, r0, r1, c0, c1, penalty, max_step, got) == (best, y0, y1)
+        np.testing.assert_array_equal(got, path)
+
+
+def test_best_path_within_an_empty_box_finds_none():
+    path = np.zeros(5, np.int32)
+    assert J.best_path_within(np.full((5, 4), -10.0, np.float32), 0, 5, 2, 2, 1.5, 2, path) \
+        == (0.0, -1, -1)
+    assert (path == -1).all()
+
+
+def has_parallel_line_reference(gain, path, y0, y1, spacing_mm, best):
+    """The second-path test on the whole image, the band beside the path cut out row by row."""
+    near = max(1, int(round(1.5 / spacing_mm)))
+    far = max(near + 2, int(round(10.0 / spacing_mm)))
+    masked = np.full_like(gain, -10.0)
+    for y in range(y0, y1 + 1):
+        x = path[y]
+        lo, hi = max(0, x - far), min(gain.shape[1], x + far + 1)
+        masked[y, lo:hi] = gain[y, lo:hi]
+        masked[y, max(0, x - near):x + near + 1] = -10.0
+    second = np.full(gain.shape[0], -1, np.int32)
+    score, s0, s1 = _kernels.best_path(masked, np.float32(0.5), 1, second, np.empty_like(masked),
+                                       np.empty(masked.shape, np.int8))
+    if s0 < 0:
+        return False
+    overlap = (s1 - s0 + 1) / max(1, y1 - y0 + 1)
+    return overlap >= 0.5 and score >= 0.35 * best
+
+
+def test_parallel_line_test_is_that_of_the_whole_image():
+    rng = np.random.default_rng(7)
+    answers = []
+    for _ in range(150):
+        rows, cols = int(rng.integers(20, 80)), int(rng.integers(10, 70))
+        gain = rng.choice(np.float32([-10.0, -3.0, -1.0, 0.0, 0.5, 1.0, 2.0]),
+                          size=(rows, cols)).astype(np.float32)
+        # a second line beside the first on some of them
+        gain[:, int(rng.integers(0, cols))] = float(rng.choice([0.5, 3.0]))
+        y0 = int(rng.integers(0, rows // 2)); y1 = int(rng.integers(y0, rows))
+        path = np.full(rows, -1, np.int32)
+        x = int(rng.integers(0, cols))
+        for y in range(y0, y1 + 1):  # a walk that may touch either edge
+            x = int(np.clip(x + rng.integers(-2, 3), 0, cols - 1))
+            path[y] = x
+        spacing_mm = float(rng.choice([0.6, 1.2, 2.5]))
+        best = float(rng.uniform(1.0, 60.0))
+        expected = has_parallel_line_reference(gain, path, y0, y1, spacing_mm, best)
+        assert J._has_parallel_line(gain, path, y0, y1, spacing_mm, best) == expected
+        answers.append(expected)
+    assert 10 < sum(answers) < len(answers) - 10  # both answers were tested
+
+
+def exposed_field_reference(image, exposed):
+    blank = (image >= 0.998).astype(np.uint8)
+    blank = cv2.morphologyEx(blank, cv2.MORPH_OPEN, np.ones((7, 7), np.uint8))
+    return exposed & ~cv2.dilate(blank, np.ones((7, 7), np.uint8)).astype(bool)
+
+
+def usable_mask_reference(image, field, factor):
+    kernel = np.ones((5, 5), np.uint8)
+    low = cv2.dilate((image <= 0.002).astype(np.uint8), kernel)
+    high = cv2.dilate((image >= 0.998).astype(np.uint8), kernel)
+    text = cv2.dilate(low & high, np.ones((9, 9), np.uint8)).astype(bool)
+    return downsample((field & ~text).astype(np.float32), factor) > 0.999
+
+
+def masks_scene(rng, shape, spots=0.03):
+    """An attenuation image with blank (top-value) areas, text (both extremes side by side),
+    isolated extreme pixels and values either side of the thresholds, and a ragged field."""
+    rows, cols = shape
+    image = rng.uniform(0.1, 0.9, shape).astype(np.float32)
+    for _ in range(3):  # blank areas, some at the border
+        y, x = rng.integers(-10, rows), rng.integers(-10, cols)
+        image[max(0, y):y + int(rng.integers(3, 40)), max(0, x):x + int(rng.integers(3, 40))] = 1.0
+    for _ in range(3):  # text: a bright glyph with a dark outline
+        y, x = int(rng.integers(0, rows - 8)), int(rng.integers(0, cols - 8))
+        image[y:y + 8, x:x + 8] = 0.0
+        image[y + 2:y + 6, x + 2:x + 6] = 1.0
+    edge = [np.nextafter(np.float32(t), np.float32(d)) for t in (0.002, 0.998) for d in (0, 1)]
+    values = np.float32([0.0, 1.0, 0.002, 0.998, *edge])
+    spots = rng.random(shape) < spots
+    image[spots] = rng.choice(values, size=int(spots.sum()))
+    field = rng.random(shape) < 0.98
+    field[:, :int(rng.integers(0, 20))] = False
+    return image, field
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_exposed_field_and_usable_mask_are_the_plain_morphology(seed):
+    rng = np.random.default_rng(seed)
+    shape = (int(rng.integers(40, 140)), int(rng.integers(40, 140)))
+    image, field = masks_scene(rng, shape)
+    exposed = J.exposed_field(image, field)
+    np.testing.assert_array_equal(exposed, exposed_field_reference(image, field))
+    for factor in (1, 2, 3, 4):
+        np.testing.assert_array_equal(J.usable_mask(image, exposed, factor),
+                                      usable_mask_reference(image, exposed, factor))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_text_kernel_is_the_morphology(seed):
+    """The kernel against the three dilations and the block average it replaces, at several
+    factors (blocks cropped), with text at the borders and dark pixels next to bright ones."""
+    rng = np.random.default_rng(100 + seed)
+    shape = (int(rng.integers(20, 120)), int(rng.integers(20, 120)))
+    image, field = masks_scene(rng, shape, spots=float(rng.choice([0.002, 0.02, 0.1])))
+    image[:3, :3], image[-2:, -4:] = 0.0, 1.0  # text-like corners
+    image[-1, -1] = 0.0
+    for factor in (1, 2, 3, 5):
+        out = J._all_in_blocks(field, factor)
+        n = _kernels.clear_text_blocks(image, np.float32(0.002), np.float32(0.998), factor,
+                                       field.size, np.zeros(shape, np.bool_), out)
+        assert n == int(np.count_nonzero(image <= 0.002))
+        np.testing.assert_array_equal(out, usable_mask_reference(image, field, factor))
+        assert J.usable_mask(image, field, factor).tolist() == out.tolist()
+
+
+def test_text_kernel_gives_up_on_many_dark_pixels():
+    rng = np.random.default_rng(3)
+    image, field = masks_scene(rng, (64, 64), spots=0.5)
+    out = np.ones((32, 32), np.bool_)
+    assert _kernels.clear_text_blocks(image, np.float32(0.002), np.float32(0.998), 2,
+                                      field.size // 64, np.zeros((64, 64), np.bool_), out) == -1
+    # the morphology then: still the same mask
+    np.testing.assert_array_equal(J.usable_mask(image, field, 2),
+                                  usable_mask_reference(image, field, 2))
