@@ -43,6 +43,7 @@ from pydicom.uid import UID, XRayRadiationDoseSRStorage
 from sifluoro.acquire.dicom_reader import run_from_dataset
 from sifluoro.acquire.spool import Spool, StudyState
 from sifluoro.config import Settings
+from sifluoro.dose.summary import device_report
 from sifluoro.errors import DamagedPixelDataError, InputError
 from sifluoro.model import Frame, Rejection, Run, Study
 from sifluoro.pipeline import Pipeline, Stage, StudyState as PipelineState, latency_summary
@@ -365,6 +366,7 @@ class LiveStudies:
             ds = pydicom.dcmread(path, defer_size=1024)
             if UID(str(ds.get("SOPClassUID", ""))) == XRayRadiationDoseSRStorage:
                 study.dose_reports.append(str(path))
+                self._use_device_report(study)
             else:
                 self._feed_run(study, run_from_dataset(ds, path))
         except InputError as exc:
@@ -387,6 +389,18 @@ class LiveStudies:
             study.done += 1
         if not catching_up:
             self._write_summary(study)
+
+    def _use_device_report(self, study: _LiveStudy) -> None:
+        """The device's report of the study, as replay reads it (copies and a partial report
+        once, sifluoro's own ignored, one cut short rejected): the runs it names take its dose,
+        those already counted are recounted (a C-arm sends it at the end of the procedure)."""
+        rejected: list[Rejection] = []
+        report = device_report(Study(study.uid, tuple(study.runs),
+                                     dose_reports=tuple(study.dose_reports)), rejected)
+        study.rejected.extend(r for r in rejected if r not in study.rejected)
+        if report is not None:
+            state = study.pipeline_state
+            state.alerts.extend(a.as_dict() for a in state.dose.use_report(report, study.runs))
 
     def _feed_run(self, study: _LiveStudy, run: Run) -> None:
         if run.start_s is None or math.isnan(run.start_s):
