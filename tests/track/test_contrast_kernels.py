@@ -271,8 +271,10 @@ def test_onset_ridge_is_the_ridge_of_the_numpy_onset(rng, n):
     pad, cpad = np.empty((28, 38), np.float32), np.empty((26, 36), np.float32)
     ref, got = np.empty((20, 30), np.float32), np.empty((20, 30), np.float32)
     K.line_ridge(onset, *tap_tables(), pad, cpad, ref)
+    spans = np.empty((4, 20), np.int64)
+    K.full_spans(spans, 30)
     K.onset_ridge(history, order[n - 3], order[n - 4], order[n - 5] if n == 5 else -1,
-                  *tap_tables(), pad, cpad, got)
+                  *tap_tables(), pad, cpad, got, spans)
     np.testing.assert_array_equal(got, ref)
 
 
