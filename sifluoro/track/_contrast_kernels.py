@@ -55,21 +55,33 @@ def reduce_frame(pixels, factor, top, invert, out_img, out_zero, out_one, row_su
     scale = 1.0 / (top * factor * factor)
     n = cols * factor
     for y in range(rows):
+        # factors 4 and 2: only the extreme the fold reads (the pass is bound by its
+        # arithmetic once the rows are in cache)
         if factor == 4:
             p0, p1, p2, p3 = (pixels[4 * y], pixels[4 * y + 1], pixels[4 * y + 2],
                               pixels[4 * y + 3])
-            for i in range(n):
-                a, b, c, d = p0[i], p1[i], p2[i], p3[i]
-                row_sum[i] = (np.int32(a) + np.int32(b)) + (np.int32(c) + np.int32(d))
-                row_min[i] = min(min(a, b), min(c, d))
-                row_max[i] = max(max(a, b), max(c, d))
+            if invert:
+                for i in range(n):
+                    a, b, c, d = p0[i], p1[i], p2[i], p3[i]
+                    row_sum[i] = (np.int32(a) + np.int32(b)) + (np.int32(c) + np.int32(d))
+                    row_max[i] = max(max(a, b), max(c, d))
+            else:
+                for i in range(n):
+                    a, b, c, d = p0[i], p1[i], p2[i], p3[i]
+                    row_sum[i] = (np.int32(a) + np.int32(b)) + (np.int32(c) + np.int32(d))
+                    row_min[i] = min(min(a, b), min(c, d))
         elif factor == 2:
             p0, p1 = pixels[2 * y], pixels[2 * y + 1]
-            for i in range(n):
-                a, b = p0[i], p1[i]
-                row_sum[i] = np.int32(a) + np.int32(b)
-                row_min[i] = min(a, b)
-                row_max[i] = max(a, b)
+            if invert:
+                for i in range(n):
+                    a, b = p0[i], p1[i]
+                    row_sum[i] = np.int32(a) + np.int32(b)
+                    row_max[i] = max(a, b)
+            else:
+                for i in range(n):
+                    a, b = p0[i], p1[i]
+                    row_sum[i] = np.int32(a) + np.int32(b)
+                    row_min[i] = min(a, b)
         else:
             first = pixels[y * factor]
             for i in range(n):
@@ -231,26 +243,30 @@ def robust_centre_spread(values, valid, clip):
     centre = 0.0
     half_width = 1e30
     sigma = 0.0
+    zero = np.float32(0.0)
     for _ in range(2):
+        # selects instead of branches, row views and an unsigned index: the passes vectorise
         s = 0.0
         n = 0
         for y in range(rows):
-            for x in range(cols):
-                if valid[y, x]:
-                    v = values[y, x]
-                    if abs(v - centre) <= half_width:
-                        s += v
-                        n += 1
+            vr = values[y]
+            kr = valid[y].view(np.uint8)
+            for x in range(np.uint64(cols)):
+                v = vr[x]
+                ok = (kr[x] != 0) & (abs(v - centre) <= half_width)
+                s += v if ok else zero
+                n += ok
         if n == 0:
             return 0.0, 0.0
         new_centre = s / n
         a = 0.0
         for y in range(rows):
-            for x in range(cols):
-                if valid[y, x]:
-                    v = values[y, x]
-                    if abs(v - centre) <= half_width:
-                        a += abs(v - new_centre)
+            vr = values[y]
+            kr = valid[y].view(np.uint8)
+            for x in range(np.uint64(cols)):
+                v = vr[x]
+                ok = (kr[x] != 0) & (abs(v - centre) <= half_width)
+                a += abs(v - new_centre) if ok else 0.0
         centre = new_centre
         sigma = 1.2533 * a / n
         half_width = clip * sigma
@@ -286,11 +302,13 @@ def standardise(residual, valid, centre, sigma, score):
     rows, cols = residual.shape
     c = np.float32(centre)
     inv = np.float32(1.0 / sigma)
-    for y in range(rows):
-        for x in range(cols):
-            r = residual[y, x] - c
-            residual[y, x] = r
-            score[y, x] = r * inv if valid[y, x] else np.float32(0.0)
+    zero = np.float32(0.0)
+    for y in range(rows):   # row views, an unsigned index: the row loop vectorises
+        rr, sr, vr = residual[y], score[y], valid[y]
+        for x in range(np.uint64(cols)):
+            r = rr[x] - c
+            rr[x] = r
+            sr[x] = r * inv if vr[x] else zero
 
 
 @njit(cache=True, nogil=True)
@@ -304,14 +322,28 @@ def flood_unexposed(seed, full, out, stack):
     unexposed field is both), and the fill costs two passes.
     """
     rows, cols = full.shape
+    ucols = np.uint64(cols)
     count = 0
     for y in range(rows):
-        for x in range(cols):
-            v = seed[y, x]
-            out[y, x] = v
-            count += v
+        sr = seed[y].view(np.uint8)
+        orow = out[y].view(np.uint8)
+        c = 0
+        for x in range(ucols):
+            v = sr[x]
+            orow[x] = v
+            c += v
+        count += c
     top = 0
     for y in range(rows):
+        # a row without a full pixel outside the field so far adds nothing: one vectorised
+        # test instead of the pixel loop
+        fr = full[y].view(np.uint8)
+        orow = out[y].view(np.uint8)
+        todo = 0
+        for x in range(ucols):
+            todo |= fr[x] & (orow[x] ^ 1)
+        if todo == 0:
+            continue
         for x in range(cols):
             if not full[y, x] or out[y, x]:
                 continue
@@ -426,6 +458,17 @@ def hysteresis_label(score, valid, high, low, labels, stack, max_components):
     return n
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _row_labelled(labels, y):
+    """Whether row ``y`` holds a labelled pixel (one test that vectorises: components cover
+    few rows, and rows without one are passed over)."""
+    lr = labels[y]
+    any_ = np.int32(0)
+    for x in range(np.uint64(labels.shape[1])):
+        any_ |= lr[x]
+    return any_ != 0
+
+
 @njit(cache=True, nogil=True)
 def component_stats(labels, n, residual, previous, stats):
     """Fill ``stats[1..n]`` (columns ``C_*``) of the labelled components.
@@ -441,6 +484,8 @@ def component_stats(labels, n, residual, previous, stats):
         stats[k, C_X1] = -1.0
         stats[k, C_Y1] = -1.0
     for y in range(rows):
+        if not _row_labelled(labels, y):
+            continue
         for x in range(cols):
             k = labels[y, x]
             if k == 0:
@@ -478,6 +523,8 @@ def core_stats(labels, residual, core_fraction, stats):
     """
     rows, cols = labels.shape
     for y in range(rows):
+        if not _row_labelled(labels, y):
+            continue
         for x in range(cols):
             k = labels[y, x]
             if k == 0:
@@ -510,6 +557,11 @@ def select_labels(labels, keep, out):
     """``out = keep[labels]`` without allocating (label 0 is never kept)."""
     rows, cols = labels.shape
     for y in range(rows):
+        if not _row_labelled(labels, y):
+            o = out[y]
+            for x in range(np.uint64(cols)):
+                o[x] = False
+            continue
         for x in range(cols):
             k = labels[y, x]
             out[y, x] = k != 0 and keep[k]
@@ -693,7 +745,6 @@ def _ridge_of_padded(rows, cols, tap_dy, tap_dx, tap_w, flank_dx, flank_dy, pad,
         for x in range(cols):
             out[y, x] = np.float32(-1e9)
     flat = pad.ravel()
-    uf = np.uint64(f)
     for o in range(tap_dy.shape[0]):
         w = tap_w[o]
         # taps after the last weighted one add exactly nothing: 7, 9 or 11 are summed
