@@ -55,21 +55,33 @@ def reduce_frame(pixels, factor, top, invert, out_img, out_zero, out_one, row_su
     scale = 1.0 / (top * factor * factor)
     n = cols * factor
     for y in range(rows):
+        # factors 4 and 2: only the extreme the fold reads (the pass is bound by its
+        # arithmetic once the rows are in cache)
         if factor == 4:
             p0, p1, p2, p3 = (pixels[4 * y], pixels[4 * y + 1], pixels[4 * y + 2],
                               pixels[4 * y + 3])
-            for i in range(n):
-                a, b, c, d = p0[i], p1[i], p2[i], p3[i]
-                row_sum[i] = (np.int32(a) + np.int32(b)) + (np.int32(c) + np.int32(d))
-                row_min[i] = min(min(a, b), min(c, d))
-                row_max[i] = max(max(a, b), max(c, d))
+            if invert:
+                for i in range(n):
+                    a, b, c, d = p0[i], p1[i], p2[i], p3[i]
+                    row_sum[i] = (np.int32(a) + np.int32(b)) + (np.int32(c) + np.int32(d))
+                    row_max[i] = max(max(a, b), max(c, d))
+            else:
+                for i in range(n):
+                    a, b, c, d = p0[i], p1[i], p2[i], p3[i]
+                    row_sum[i] = (np.int32(a) + np.int32(b)) + (np.int32(c) + np.int32(d))
+                    row_min[i] = min(min(a, b), min(c, d))
         elif factor == 2:
             p0, p1 = pixels[2 * y], pixels[2 * y + 1]
-            for i in range(n):
-                a, b = p0[i], p1[i]
-                row_sum[i] = np.int32(a) + np.int32(b)
-                row_min[i] = min(a, b)
-                row_max[i] = max(a, b)
+            if invert:
+                for i in range(n):
+                    a, b = p0[i], p1[i]
+                    row_sum[i] = np.int32(a) + np.int32(b)
+                    row_max[i] = max(a, b)
+            else:
+                for i in range(n):
+                    a, b = p0[i], p1[i]
+                    row_sum[i] = np.int32(a) + np.int32(b)
+                    row_min[i] = min(a, b)
         else:
             first = pixels[y * factor]
             for i in range(n):
@@ -231,26 +243,30 @@ def robust_centre_spread(values, valid, clip):
     centre = 0.0
     half_width = 1e30
     sigma = 0.0
+    zero = np.float32(0.0)
     for _ in range(2):
+        # selects instead of branches, row views and an unsigned index: the passes vectorise
         s = 0.0
         n = 0
         for y in range(rows):
-            for x in range(cols):
-                if valid[y, x]:
-                    v = values[y, x]
-                    if abs(v - centre) <= half_width:
-                        s += v
-                        n += 1
+            vr = values[y]
+            kr = valid[y].view(np.uint8)
+            for x in range(np.uint64(cols)):
+                v = vr[x]
+                ok = (kr[x] != 0) & (abs(v - centre) <= half_width)
+                s += v if ok else zero
+                n += ok
         if n == 0:
             return 0.0, 0.0
         new_centre = s / n
         a = 0.0
         for y in range(rows):
-            for x in range(cols):
-                if valid[y, x]:
-                    v = values[y, x]
-                    if abs(v - centre) <= half_width:
-                        a += abs(v - new_centre)
+            vr = values[y]
+            kr = valid[y].view(np.uint8)
+            for x in range(np.uint64(cols)):
+                v = vr[x]
+                ok = (kr[x] != 0) & (abs(v - centre) <= half_width)
+                a += abs(v - new_centre) if ok else 0.0
         centre = new_centre
         sigma = 1.2533 * a / n
         half_width = clip * sigma
@@ -286,11 +302,13 @@ def standardise(residual, valid, centre, sigma, score):
     rows, cols = residual.shape
     c = np.float32(centre)
     inv = np.float32(1.0 / sigma)
-    for y in range(rows):
-        for x in range(cols):
-            r = residual[y, x] - c
-            residual[y, x] = r
-            score[y, x] = r * inv if valid[y, x] else np.float32(0.0)
+    zero = np.float32(0.0)
+    for y in range(rows):   # row views, an unsigned index: the row loop vectorises
+        rr, sr, vr = residual[y], score[y], valid[y]
+        for x in range(np.uint64(cols)):
+            r = rr[x] - c
+            rr[x] = r
+            sr[x] = r * inv if vr[x] else zero
 
 
 @njit(cache=True, nogil=True)
@@ -304,14 +322,28 @@ def flood_unexposed(seed, full, out, stack):
     unexposed field is both), and the fill costs two passes.
     """
     rows, cols = full.shape
+    ucols = np.uint64(cols)
     count = 0
     for y in range(rows):
-        for x in range(cols):
-            v = seed[y, x]
-            out[y, x] = v
-            count += v
+        sr = seed[y].view(np.uint8)
+        orow = out[y].view(np.uint8)
+        c = 0
+        for x in range(ucols):
+            v = sr[x]
+            orow[x] = v
+            c += v
+        count += c
     top = 0
     for y in range(rows):
+        # a row without a full pixel outside the field so far adds nothing: one vectorised
+        # test instead of the pixel loop
+        fr = full[y].view(np.uint8)
+        orow = out[y].view(np.uint8)
+        todo = 0
+        for x in range(ucols):
+            todo |= fr[x] & (orow[x] ^ 1)
+        if todo == 0:
+            continue
         for x in range(cols):
             if not full[y, x] or out[y, x]:
                 continue
@@ -426,6 +458,17 @@ def hysteresis_label(score, valid, high, low, labels, stack, max_components):
     return n
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _row_labelled(labels, y):
+    """Whether row ``y`` holds a labelled pixel (one test that vectorises: components cover
+    few rows, and rows without one are passed over)."""
+    lr = labels[y]
+    any_ = np.int32(0)
+    for x in range(np.uint64(labels.shape[1])):
+        any_ |= lr[x]
+    return any_ != 0
+
+
 @njit(cache=True, nogil=True)
 def component_stats(labels, n, residual, previous, stats):
     """Fill ``stats[1..n]`` (columns ``C_*``) of the labelled components.
@@ -441,6 +484,8 @@ def component_stats(labels, n, residual, previous, stats):
         stats[k, C_X1] = -1.0
         stats[k, C_Y1] = -1.0
     for y in range(rows):
+        if not _row_labelled(labels, y):
+            continue
         for x in range(cols):
             k = labels[y, x]
             if k == 0:
@@ -478,6 +523,8 @@ def core_stats(labels, residual, core_fraction, stats):
     """
     rows, cols = labels.shape
     for y in range(rows):
+        if not _row_labelled(labels, y):
+            continue
         for x in range(cols):
             k = labels[y, x]
             if k == 0:
@@ -510,6 +557,11 @@ def select_labels(labels, keep, out):
     """``out = keep[labels]`` without allocating (label 0 is never kept)."""
     rows, cols = labels.shape
     for y in range(rows):
+        if not _row_labelled(labels, y):
+            o = out[y]
+            for x in range(np.uint64(cols)):
+                o[x] = False
+            continue
         for x in range(cols):
             k = labels[y, x]
             out[y, x] = k != 0 and keep[k]
@@ -550,11 +602,12 @@ _F32_HALF = np.float32(0.5)
 
 
 @njit(cache=True, nogil=True)
-def onset_ridge(history, a, p1, p2, tap_dy, tap_dx, tap_w, flank_dx, flank_dy, pad, cpad, out):
+def onset_ridge(history, a, p1, p2, tap_dy, tap_dx, tap_w, flank_dx, flank_dy, pad, cpad, out,
+                spans):
     """:func:`line_ridge` of the onset around the arrival frame ``x_a = history[a]``: ``x_a -
     history[p1]`` or, with ``p2 >= 0``, ``(x_a - history[p1] + x_a - history[p2]) / 2``
     (float32, in the NumPy order of operations), written straight into ``pad``: the onset map
-    itself is never stored."""
+    itself is never stored. Exact only within ``spans`` (:func:`ridge_spans`)."""
     rows, cols = out.shape
     h = (pad.shape[0] - rows) // 2
     x_a = history[a]
@@ -576,7 +629,8 @@ def onset_ridge(history, a, p1, p2, tap_dy, tap_dx, tap_w, flank_dx, flank_dy, p
     for y in range(h):
         pad[y] = pad[h]
         pad[rows + h + y] = pad[rows + h - 1]
-    _ridge_of_padded(rows, cols, tap_dy, tap_dx, tap_w, flank_dx, flank_dy, pad, cpad, out)
+    _ridge_of_padded(rows, cols, tap_dy, tap_dx, tap_w, flank_dx, flank_dy, pad, cpad, out,
+                     spans)
 
 
 @njit(cache=True, nogil=True)
@@ -594,13 +648,18 @@ def line_ridge(src, tap_dy, tap_dx, tap_w, flank_dx, flank_dy, pad, cpad, out):
         sy = min(max(y - h, 0), rows - 1)
         for x in range(cols + 2 * h):
             pad[y, x] = src[sy, min(max(x - h, 0), cols - 1)]
-    _ridge_of_padded(rows, cols, tap_dy, tap_dx, tap_w, flank_dx, flank_dy, pad, cpad, out)
+    spans = np.empty((4, rows), np.int64)
+    full_spans(spans, cols)
+    _ridge_of_padded(rows, cols, tap_dy, tap_dx, tap_w, flank_dx, flank_dy, pad, cpad, out,
+                     spans)
 
 
 @njit(cache=True, nogil=True)
-def washout_ridge(history, a, now, tap_dy, tap_dx, tap_w, flank_dx, flank_dy, pad, cpad, out):
+def washout_ridge(history, a, now, tap_dy, tap_dx, tap_w, flank_dx, flank_dy, pad, cpad, out,
+                  spans):
     """:func:`line_ridge` of ``history[a] - history[now]`` (float32), the difference written
-    straight into ``pad``: the washout map itself is never stored."""
+    straight into ``pad``: the washout map itself is never stored. Exact only within ``spans``
+    (:func:`ridge_spans`)."""
     rows, cols = out.shape
     h = (pad.shape[0] - rows) // 2
     x_a = history[a]
@@ -615,12 +674,70 @@ def washout_ridge(history, a, now, tap_dy, tap_dx, tap_w, flank_dx, flank_dy, pa
             prow[cols + h + x] = ra[cols - 1] - rn[cols - 1]
         for x in range(cols):
             prow[x + h] = ra[x] - rn[x]
-    _ridge_of_padded(rows, cols, tap_dy, tap_dx, tap_w, flank_dx, flank_dy, pad, cpad, out)
+    _ridge_of_padded(rows, cols, tap_dy, tap_dx, tap_w, flank_dx, flank_dy, pad, cpad, out,
+                     spans)
 
 
 @njit(cache=True, nogil=True)
-def _ridge_of_padded(rows, cols, tap_dy, tap_dx, tap_w, flank_dx, flank_dy, pad, cpad, out):
-    """:func:`line_ridge` once ``pad`` holds the padded source."""
+def full_spans(spans, cols):
+    """``spans`` (int64, 4 x rows) covering every pixel: :func:`line_ridge` everywhere."""
+    for y in range(spans.shape[1]):
+        spans[0, y] = 0
+        spans[1, y] = cols
+        spans[2, y] = 0
+        spans[3, y] = cols
+
+
+@njit(cache=True, nogil=True)
+def ridge_spans(mask, reach, spans):
+    """Where a ridge map is read when only ``mask`` pixels of it are (the vessel test reads
+    its ridges on the eroded field alone): per row ``y``, ``spans[0, y]:spans[1, y]`` the
+    columns from the first to the last set pixel (empty: 0:0), and ``spans[2, y]:spans[3, y]``
+    those of the line averages the flanks of those pixels read, ``reach`` (>= the flank
+    offsets) rows and columns around, within the image."""
+    rows, cols = mask.shape
+    for y in range(rows):
+        m = mask[y]
+        lo = 0
+        while lo < cols and not m[lo]:
+            lo += 1
+        hi = cols
+        while hi > lo and not m[hi - 1]:
+            hi -= 1
+        if lo == cols:
+            lo = hi = 0
+        spans[0, y] = lo
+        spans[1, y] = hi
+    for y in range(rows):
+        lo = cols
+        hi = 0
+        for yy in range(max(y - reach, 0), min(y + reach + 1, rows)):
+            if spans[1, yy] > spans[0, yy]:
+                lo = min(lo, spans[0, yy] - reach)
+                hi = max(hi, spans[1, yy] + reach)
+        lo = max(lo, 0)
+        hi = min(hi, cols)
+        if hi <= lo:
+            lo = hi = 0
+        spans[2, y] = lo
+        spans[3, y] = hi
+
+
+@njit(cache=True, nogil=True)
+def spans_cover(had, need):
+    """Whether a ridge made on ``had`` (:func:`ridge_spans`) holds every pixel ``need`` reads."""
+    for y in range(need.shape[1]):
+        if need[1, y] > need[0, y] and not (had[0, y] <= need[0, y] and need[1, y] <= had[1, y]):
+            return False
+    return True
+
+
+@njit(cache=True, nogil=True)
+def _ridge_of_padded(rows, cols, tap_dy, tap_dx, tap_w, flank_dx, flank_dy, pad, cpad, out,
+                     spans):
+    """:func:`line_ridge` once ``pad`` holds the padded source, exact on the columns
+    ``spans[0, y]:spans[1, y]`` of each row (the line averages are taken on
+    ``spans[2]:spans[3]`` only); elsewhere ``out`` is -1e9."""
     h = (pad.shape[0] - rows) // 2
     f = (cpad.shape[0] - rows) // 2
     pcols = pad.shape[1]
@@ -628,8 +745,6 @@ def _ridge_of_padded(rows, cols, tap_dy, tap_dx, tap_w, flank_dx, flank_dy, pad,
         for x in range(cols):
             out[y, x] = np.float32(-1e9)
     flat = pad.ravel()
-    ucols = np.uint64(cols)
-    uf = np.uint64(f)
     for o in range(tap_dy.shape[0]):
         w = tap_w[o]
         # taps after the last weighted one add exactly nothing: 7, 9 or 11 are summed
@@ -641,7 +756,9 @@ def _ridge_of_padded(rows, cols, tap_dy, tap_dx, tap_w, flank_dx, flank_dy, pad,
                                                       w[6], w[7], w[8], w[9], w[10])
         for y in range(rows):
             crow = cpad[y + f]
-            r = (y + h) * pcols + h
+            c0 = spans[2, y]
+            n = np.uint64(max(spans[3, y] - c0, 0))
+            r = (y + h) * pcols + h + c0
             b0 = np.uint64(r + tap_dy[o, 0] * pcols + tap_dx[o, 0])
             b1 = np.uint64(r + tap_dy[o, 1] * pcols + tap_dx[o, 1])
             b2 = np.uint64(r + tap_dy[o, 2] * pcols + tap_dx[o, 2])
@@ -653,22 +770,24 @@ def _ridge_of_padded(rows, cols, tap_dy, tap_dx, tap_w, flank_dx, flank_dy, pad,
             b8 = np.uint64(r + tap_dy[o, 8] * pcols + tap_dx[o, 8])
             b9 = np.uint64(r + tap_dy[o, 9] * pcols + tap_dx[o, 9])
             b10 = np.uint64(r + tap_dy[o, 10] * pcols + tap_dx[o, 10])
+            uc = np.uint64(f + c0)
             if used <= 7:
-                for x in range(ucols):
-                    crow[x + uf] = (w0 * flat[b0 + x] + w1 * flat[b1 + x] + w2 * flat[b2 + x]
+                for x in range(n):
+                    crow[x + uc] = (w0 * flat[b0 + x] + w1 * flat[b1 + x] + w2 * flat[b2 + x]
                                     + w3 * flat[b3 + x] + w4 * flat[b4 + x] + w5 * flat[b5 + x]
                                     + w6 * flat[b6 + x])
             elif used <= 9:
-                for x in range(ucols):
-                    crow[x + uf] = (w0 * flat[b0 + x] + w1 * flat[b1 + x] + w2 * flat[b2 + x]
+                for x in range(n):
+                    crow[x + uc] = (w0 * flat[b0 + x] + w1 * flat[b1 + x] + w2 * flat[b2 + x]
                                     + w3 * flat[b3 + x] + w4 * flat[b4 + x] + w5 * flat[b5 + x]
                                     + w6 * flat[b6 + x] + w7 * flat[b7 + x] + w8 * flat[b8 + x])
             else:
-                for x in range(ucols):
-                    crow[x + uf] = (w0 * flat[b0 + x] + w1 * flat[b1 + x] + w2 * flat[b2 + x]
+                for x in range(n):
+                    crow[x + uc] = (w0 * flat[b0 + x] + w1 * flat[b1 + x] + w2 * flat[b2 + x]
                                     + w3 * flat[b3 + x] + w4 * flat[b4 + x] + w5 * flat[b5 + x]
                                     + w6 * flat[b6 + x] + w7 * flat[b7 + x] + w8 * flat[b8 + x]
                                     + w9 * flat[b9 + x] + w10 * flat[b10 + x])
+            # c's replicated border (read only when the span reaches the image's edge)
             for x in range(f):
                 crow[x] = crow[f]
                 crow[cols + f + x] = crow[cols + f - 1]
@@ -678,27 +797,31 @@ def _ridge_of_padded(rows, cols, tap_dy, tap_dx, tap_w, flank_dx, flank_dy, pad,
                     for x in range(cols + 2 * f):
                         cpad[yy, x] = crow[x]
             if y >= f:
-                _flank_row(cpad, out, y - f, f, flank_dx[o], flank_dy[o], ucols, uf)
+                _flank_row(cpad, out, y - f, f, flank_dx[o], flank_dy[o], spans)
         for yy in range(f):
             for x in range(cols + 2 * f):
                 cpad[rows + f + yy, x] = cpad[rows + f - 1, x]
         for yy in range(max(rows - f, 0), rows):
-            _flank_row(cpad, out, yy, f, flank_dx[o], flank_dy[o], ucols, uf)
+            _flank_row(cpad, out, yy, f, flank_dx[o], flank_dy[o], spans)
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _flank_row(cpad, out, y, f, dx, dy, ucols, uf):
+def _flank_row(cpad, out, y, f, dx, dy, spans):
     """``out[y] = max(out[y], min(c - c(p + d), c - c(p - d)))`` for one row of ``c`` (in
-    ``cpad``, ``f`` px of margin) and the flank offset ``d = (dx, dy)``."""
-    ul = np.uint64(f + dx)
-    ur = np.uint64(f - dx)
+    ``cpad``, ``f`` px of margin) and the flank offset ``d = (dx, dy)``, on the row's span."""
+    x0 = spans[0, y]
+    n = np.uint64(max(spans[1, y] - x0, 0))
+    uc = np.uint64(f + x0)
+    ul = np.uint64(f + dx + x0)
+    ur = np.uint64(f - dx + x0)
+    ux = np.uint64(x0)
     cr = cpad[y + f]
     lr = cpad[y + f + dy]
     rr = cpad[y + f - dy]
     orow = out[y]
-    for x in range(ucols):
-        c = cr[x + uf]
-        orow[x] = max(orow[x], min(c - lr[x + ul], c - rr[x + ur]))
+    for x in range(n):
+        c = cr[x + uc]
+        orow[x + ux] = max(orow[x + ux], min(c - lr[x + ul], c - rr[x + ur]))
 
 
 @njit(cache=True, nogil=True)
@@ -1148,8 +1271,13 @@ def warm_up(rows: int = 1024, cols: int = 1024, factor: int = 4) -> None:
     pad = np.zeros((shape[0] + 8, shape[1] + 8), np.float32)
     cpad = np.zeros((shape[0] + 6, shape[1] + 6), np.float32)
     line_ridge(onset, taps_i, taps_i, taps_w, flank, flank, pad, cpad, washout)
-    washout_ridge(history, 2, 4, taps_i, taps_i, taps_w, flank, flank, pad, cpad, washout)
-    onset_ridge(history, 2, 1, 0, taps_i, taps_i, taps_w, flank, flank, pad, cpad, washout)
+    spans = np.zeros((4, shape[0]), np.int64)
+    ridge_spans(flags, 3, spans)
+    full_spans(spans, shape[1])
+    spans_cover(spans, spans)
+    washout_ridge(history, 2, 4, taps_i, taps_i, taps_w, flank, flank, pad, cpad, washout, spans)
+    onset_ridge(history, 2, 1, 0, taps_i, taps_i, taps_w, flank, flank, pad, cpad, washout,
+                spans)
     erode_square(flags, 4, flags2, flags3)
     same_mask(flags, flags2)
     rowsum = np.zeros(shape, np.float64)

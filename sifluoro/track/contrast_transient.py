@@ -119,6 +119,14 @@ class TransientLines:
         self.inner = np.empty(shape, np.bool_)
         self.validf = np.empty(shape, np.float32)
         self.den_scale = np.empty(shape, np.float32)
+        # the columns of each row where the ridges are read (inner) and filtered
+        # (K.ridge_spans): the ridge maps are made there only
+        self.spans = np.zeros((4, rows), np.int64)
+        self.all_spans = np.zeros((4, rows), np.int64)
+        K.full_spans(self.all_spans, cols)
+        # the rows from the first to the last with an inner pixel: the noise, box scale and
+        # components are taken there only (rows without one add exact zeros to every sum)
+        self.rows = slice(0, 0)
         self.recent = np.empty(FRAMES, np.int64)
         # the last washout's noise (median and divisor, K.local_z) and which newest frame
         # (stamp) and field it was measured on
@@ -130,6 +138,7 @@ class TransientLines:
         # the recent test's onset on one frame is the history test's on the next; and which
         # frames and field the standardised one in ridge_o is of
         self.onset_ridge = np.empty(shape, np.float32)
+        self.onset_spans = np.zeros((4, rows), np.int64)  # where onset_ridge holds the ridge
         self.onset_of: tuple[int, int, int] | None = None
         self.onset_z_of: tuple[tuple[int, int, int], int] | None = None
 
@@ -144,8 +153,11 @@ class TransientLines:
         self.valid_known = True
         self.mask_gen += 1
         K.erode_square(valid, EDGE_PX, self.etmp, self.inner)
+        K.ridge_spans(self.inner, FLANK_PX, self.spans)
+        live = np.flatnonzero(self.spans[1] > self.spans[0])
+        r = self.rows = slice(int(live[0]), int(live[-1]) + 1) if live.size else slice(0, 0)
         np.copyto(self.validf, self.inner)
-        K.box_scale(self.inner, NOISE_WINDOW_PX, self.counts, self.den_scale)
+        K.box_scale(self.inner[r], NOISE_WINDOW_PX, self.counts[r], self.den_scale[r])
 
     def score_history(self, history: np.ndarray, order: np.ndarray, n: int,
                       valid: np.ndarray, *, floor: float = 0.0,
@@ -195,40 +207,49 @@ class TransientLines:
         # the washout x[a] - x[n-1] straight into the ridge filter; the onset only when the
         # washout can reach the floor
         K.washout_ridge(history, order[n - 3], order[n - 1], *tap_tables(), self.pad, self.cpad,
-                        self.ridge_w)
+                        self.ridge_w, self.spans)
         noise_of = (int(stamps[newest]), self.mask_gen) if stamps is not None else (0, -1)
+        r = self.rows       # the z maps are made (and read) on these rows only
+        zw, validf = self.ridge_w[r], self.validf[r]
         if reuse_noise and stamps is not None and noise_of == self.w_of:
-            K.z_like(self.ridge_w, self.w_median, self.w_divisor)
+            K.z_like(zw, self.w_median, self.w_divisor[r])
         else:
-            self.w_median = float(K.local_z(self.ridge_w, self.inner, self.validf,
-                                            self.den_scale, NOISE_WINDOW_PX, self.scratch,
-                                            self.hist, self.bins, self.rowsum, self.colsum,
-                                            self.w_divisor))
+            self.w_median = float(K.local_z(zw, self.inner[r], validf, self.den_scale[r],
+                                            NOISE_WINDOW_PX, self.scratch, self.hist,
+                                            self.bins[r], self.rowsum[r], self.colsum,
+                                            self.w_divisor[r]))
             self.w_of = noise_of
-        if floor > 0.0 and K.best_line(self.ridge_w, self.ridge_w, self.validf, LOW_Z, HIGH_Z,
-                                       self.seen, self.stack) < floor:
+        if floor > 0.0 and K.best_line(zw, zw, validf, LOW_Z, HIGH_Z, self.seen[r],
+                                       self.stack) < floor:
             return 0.0
-        self._onset_z(history, order, n, stamps)
-        return K.best_line(self.ridge_o, self.ridge_w, self.validf, LOW_Z, HIGH_Z, self.seen,
-                           self.stack)
+        self._onset_z(history, order, n, stamps, everywhere=reuse_noise)
+        return K.best_line(self.ridge_o[r], zw, validf, LOW_Z, HIGH_Z, self.seen[r], self.stack)
 
-    def _onset_z(self, history, order, n, stamps) -> None:
+    def _onset_z(self, history, order, n, stamps, *, everywhere) -> None:
         """``ridge_o``: the onset's ridge standardised on the current field (K.local_z). With
         ``stamps``, a ridge of the same three frames is not filtered again (the same float
-        operations on the same frames), and its z is kept while the field is unchanged."""
+        operations on the same frames) if it was filtered wherever the field now reads it, and
+        its z is kept while the field is unchanged. The recent test's onset (``everywhere``),
+        the one the next frame reuses, is filtered on the whole grid: the next field may read
+        more."""
         frames = None
         if stamps is not None:
             frames = (int(stamps[order[n - 3]]), int(stamps[order[n - 4]]),
                       int(stamps[order[n - 5]]) if n >= 5 else 0)
             if self.onset_z_of == (frames, self.mask_gen):
                 return
-        if frames is None or frames != self.onset_of:
+        spans = self.all_spans if everywhere else self.spans
+        if (frames is None or frames != self.onset_of
+                or not K.spans_cover(self.onset_spans, self.spans)):
             K.onset_ridge(history, order[n - 3], order[n - 4], order[n - 5] if n >= 5 else -1,
-                          *tap_tables(), self.pad, self.cpad, self.onset_ridge)
+                          *tap_tables(), self.pad, self.cpad, self.onset_ridge, spans)
+            self.onset_spans[...] = spans
             self.onset_of = frames
-        np.copyto(self.ridge_o, self.onset_ridge)
-        K.local_z(self.ridge_o, self.inner, self.validf, self.den_scale, NOISE_WINDOW_PX,
-                  self.scratch, self.hist, self.bins, self.rowsum, self.colsum, self.tmp)
+        r = self.rows
+        np.copyto(self.ridge_o[r], self.onset_ridge[r])
+        K.local_z(self.ridge_o[r], self.inner[r], self.validf[r], self.den_scale[r],
+                  NOISE_WINDOW_PX, self.scratch, self.hist, self.bins[r], self.rowsum[r],
+                  self.colsum, self.tmp[r])
         self.onset_z_of = None if frames is None else (frames, self.mask_gen)
 
     def score(self, frames: list[np.ndarray], valid: np.ndarray) -> float:

@@ -78,6 +78,51 @@ def test_masked_residual_and_robust_spread(rng):
     assert abs(centre) < 0.001 and sigma == pytest.approx(0.01, rel=0.1)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_robust_centre_spread_matches_numpy(seed):
+    """Mean and 1.2533 x mean absolute deviation, then once more on the values within 3
+    spreads of the first centre (float64 sums; only their order may differ)."""
+    rng = np.random.default_rng(seed)
+    v = (rng.standard_normal((50, 70)) * 0.02).astype(np.float32)
+    v[rng.random(v.shape) < 0.02] += 0.5       # outliers the second pass leaves out
+    valid = rng.random(v.shape) > 0.3
+    x = v[valid].astype(np.float64)
+    centre, sigma = 0.0, 0.0
+    keep = np.ones(x.size, bool)
+    for _ in range(2):
+        c = x[keep].mean()
+        sigma = 1.2533 * np.abs(x[keep] - c).mean()
+        keep = np.abs(x - c) <= 3.0 * sigma
+        centre = c
+    got = K.robust_centre_spread(v, valid, 3.0)
+    assert got[0] == pytest.approx(centre, rel=1e-12, abs=1e-15)
+    assert got[1] == pytest.approx(sigma, rel=1e-12)
+    assert K.robust_centre_spread(v, np.zeros_like(valid), 3.0) == (0.0, 0.0)
+
+
+@pytest.mark.parametrize("seed_n", [0, 1, 2, 3])
+def test_flood_unexposed_matches_scipy_components(seed_n):
+    """``seed`` plus every 4-connected component of ``full`` that touches the border, holds
+    a seed pixel or lies beside one; rows with nothing to add are passed over."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed_n)
+    yy, xx = np.mgrid[:48, :64]
+    seed = (yy - 24) ** 2 + (xx - 30) ** 2 > 20 ** 2
+    full = seed.copy() if seed_n % 2 else rng.random(seed.shape) > 0.6
+    full[rng.random(seed.shape) > 0.93] = True
+    full[20:24, 25:33] = True                   # inside the field: reached only if joined
+    lab, n = ndimage.label(full, structure=[[0, 1, 0], [1, 1, 1], [0, 1, 0]])
+    near = ndimage.binary_dilation(seed, structure=[[0, 1, 0], [1, 1, 1], [0, 1, 0]])
+    border = np.zeros_like(seed)
+    border[[0, -1], :] = border[:, [0, -1]] = True
+    hit = np.unique(lab[(near | border) & full])
+    ref = seed | np.isin(lab, hit[hit > 0])
+    out, stack = np.empty_like(seed), np.empty(seed.size * 9 + 1, np.int64)
+    assert K.flood_unexposed(seed, full, out, stack) == ref.sum()
+    np.testing.assert_array_equal(out, ref)
+
+
 def test_flood_unexposed_reaches_border_and_old_field_only():
     full = np.zeros((30, 30), bool)
     full[:5, :] = True          # collimator leaf closing from the top
@@ -271,8 +316,10 @@ def test_onset_ridge_is_the_ridge_of_the_numpy_onset(rng, n):
     pad, cpad = np.empty((28, 38), np.float32), np.empty((26, 36), np.float32)
     ref, got = np.empty((20, 30), np.float32), np.empty((20, 30), np.float32)
     K.line_ridge(onset, *tap_tables(), pad, cpad, ref)
+    spans = np.empty((4, 20), np.int64)
+    K.full_spans(spans, 30)
     K.onset_ridge(history, order[n - 3], order[n - 4], order[n - 5] if n == 5 else -1,
-                  *tap_tables(), pad, cpad, got)
+                  *tap_tables(), pad, cpad, got, spans)
     np.testing.assert_array_equal(got, ref)
 
 

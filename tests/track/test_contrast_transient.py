@@ -87,9 +87,42 @@ def test_washout_ridge_is_the_ridge_of_the_difference():
     for a, now in [(2, 4), (3, 1), (0, 0)]:
         t._ridge(history[a] - history[now], ref)
         t.pad[...] = np.nan     # stale content must not matter
-        K.washout_ridge(history, a, now, *tap_tables(), t.pad, t.cpad, out)
+        K.washout_ridge(history, a, now, *tap_tables(), t.pad, t.cpad, out, t.all_spans)
         np.testing.assert_array_equal(out, ref)
     assert np.all(out == 0.0)   # a frame against itself: no ridge
+
+
+@pytest.mark.parametrize("field", ["disc", "edges", "rows", "empty"])
+def test_ridges_on_spans_equal_the_full_ridges_where_the_field_reads_them(field):
+    """Made only where ``inner`` reads them (K.ridge_spans), the washout and onset ridges equal
+    the whole-grid ones there, bit for bit, also where the field reaches the image's edge."""
+    rng = np.random.default_rng(5)
+    shape = (41, 53)
+    history = rng.standard_normal((5,) + shape).astype(np.float32)
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    inner = {"disc": (yy - 22) ** 2 + (xx - 30) ** 2 < 15 ** 2,
+             "edges": (xx < 4) | (yy > 37) | ((yy == 10) & (xx > 48)),
+             "rows": (rng.random(shape) > 0.97) | ((yy == 0) & (xx == 0)),
+             "empty": np.zeros(shape, bool)}[field]
+    t = TransientLines(shape)
+    spans = np.empty((4, shape[0]), np.int64)
+    K.ridge_spans(inner, FLANK_PX, spans)
+    full, part = np.empty(shape, np.float32), np.empty(shape, np.float32)
+    K.washout_ridge(history, 2, 4, *tap_tables(), t.pad, t.cpad, full, t.all_spans)
+    t.cpad[...] = np.nan    # what is not filtered must not be read
+    K.washout_ridge(history, 2, 4, *tap_tables(), t.pad, t.cpad, part, spans)
+    np.testing.assert_array_equal(part[inner], full[inner])
+    assert np.all(part[~inner] == np.float32(-1e9)) or field != "disc"
+    K.onset_ridge(history, 2, 1, 0, *tap_tables(), t.pad, t.cpad, full, t.all_spans)
+    t.cpad[...] = np.nan
+    K.onset_ridge(history, 2, 1, 0, *tap_tables(), t.pad, t.cpad, part, spans)
+    np.testing.assert_array_equal(part[inner], full[inner])
+    if field == "disc":     # each row's span: its first to its last set pixel
+        rows = np.flatnonzero(inner.any(axis=1))
+        assert spans[0, rows[0]] == np.flatnonzero(inner[rows[0]])[0]
+        assert spans[1, rows[0]] == np.flatnonzero(inner[rows[0]])[-1] + 1
+        assert spans[1, 0] == spans[0, 0] == 0
+        assert K.spans_cover(t.all_spans, spans) and not K.spans_cover(spans, t.all_spans)
 
 
 def _best_line(z):
@@ -126,6 +159,54 @@ def test_best_line_matches_skimage_labels():
                       np.empty(zo.size, np.int64))
     ref = _reference_best_component(np.minimum(zo, zw) * validf, LOW_Z, HIGH_Z)
     assert got == pytest.approx(ref, rel=1e-6)
+
+
+def _full_grid_score(history, order, n, valid, recent=False):
+    """The vessel test with every map made on the whole grid (the kernels' full-grid calls):
+    the reference of the test made on the field's spans and rows only."""
+    shape = valid.shape
+    if recent:
+        order = np.array([order[n - 4], order[n - 3], order[n - 2], order[n - 2], order[n - 1]])
+        n = 5
+    tt = tap_tables()
+    pad = np.empty((shape[0] + 8, shape[1] + 8), np.float32)
+    cpad = np.empty((shape[0] + 6, shape[1] + 6), np.float32)
+    spans = np.empty((4, shape[0]), np.int64)
+    K.full_spans(spans, shape[1])
+    inner = np.empty(shape, bool)
+    K.erode_square(valid, 4, np.empty(shape, bool), inner)
+    validf = inner.astype(np.float32)
+    den = np.empty(shape, np.float32)
+    K.box_scale(inner, NOISE_WINDOW_PX, np.empty(shape, np.int32), den)
+    work = (np.empty(2 * valid.size, np.float32), np.empty(4 * 4096, np.int64),
+            np.empty(shape, np.int32), np.empty(shape), np.empty(shape[1]))
+    zw, zo, div = (np.empty(shape, np.float32) for _ in range(3))
+    K.washout_ridge(history, order[n - 3], order[n - 1], *tt, pad, cpad, zw, spans)
+    K.local_z(zw, inner, validf, den, NOISE_WINDOW_PX, *work, div)
+    K.onset_ridge(history, order[n - 3], order[n - 4], order[n - 5] if n >= 5 else -1, *tt,
+                  pad, cpad, zo, spans)
+    K.local_z(zo, inner, validf, den, NOISE_WINDOW_PX, *work, np.empty(shape, np.float32))
+    seen, stack = np.empty(shape, bool), np.empty(valid.size, np.int64)
+    return K.best_line(zo, zw, validf, LOW_Z, HIGH_Z, seen, stack)
+
+
+@pytest.mark.parametrize("n", [4, 5])
+def test_scores_on_the_fields_rows_and_spans_equal_the_full_grid_test(n):
+    """Bit for bit, on a round field with empty rows above and below and a cut corner."""
+    shape = (60, 72)
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    valid = ((yy - 31) ** 2 + (xx - 38) ** 2 < 24 ** 2) & ~((yy < 20) & (xx > 45))
+    frames = _frames([0, 0, 1, 0.4, 0.1], seed=7)
+    history = np.stack([f[:shape[0], :shape[1]] for f in frames]).astype(np.float32)
+    order = np.arange(5)[5 - n:]
+    t = TransientLines(shape)
+    want = _full_grid_score(history, order, n, valid)
+    assert want > 0.0
+    assert t.score_history(history, order, n, valid) == want
+    if n == 5:   # on its own noise (no stamps), with the onset against x[a-2], x[a-1]
+        assert t.score_recent(history, order, 5, valid) == _full_grid_score(
+            history, order, 5, valid, recent=True)
+    assert t.rows == slice(12, 51)      # the field's rows (8-54) less the erosion
 
 
 class _OpenCvTransientLines:
@@ -299,7 +380,7 @@ def test_an_onset_seen_by_the_recent_test_is_reused_exactly_on_the_next_frame(mo
     kept = TransientLines(SHAPE)
     filtered = []
     onset_ridge = K.onset_ridge
-    monkeypatch.setattr(K, "onset_ridge", lambda *a: (filtered.append(a[-1] is kept.onset_ridge),
+    monkeypatch.setattr(K, "onset_ridge", lambda *a: (filtered.append(a[-2] is kept.onset_ridge),
                                                       onset_ridge(*a))[1])
     reused, best = 0, 0.0
     for i, (frame, valid) in enumerate(zip(frames, fields)):
