@@ -224,9 +224,9 @@ class NeedleStage:
         grid = working_grid(spacing, target_mm=self.settings.grid_mm)
         margin = int(math.ceil(self.settings.edge_margin_mm / spacing))
         valid_work = valid_region(run, att, margin_px=max(2, margin // 2), factor=grid.factor)
-        m = cv2.moments(valid_work.view(np.uint8), binaryImage=True)  # np.nonzero: 3x slower
-        centre = (grid.to_full(np.array([m["m10"] / m["m00"], m["m01"] / m["m00"]]))
-                  if m["m00"] > 0 else np.array([att.shape[1] / 2.0, att.shape[0] / 2.0]))
+        m00, m10, m01 = K.mask_moments(valid_work)  # integer sums, as cv2.moments gives them
+        centre = (grid.to_full(np.array([m10 / m00, m01 / m00]))
+                  if m00 > 0 else np.array([att.shape[1] / 2.0, att.shape[0] / 2.0]))
         edge_dist = EdgeDistance(valid_work)
         same = (st.ctx is not None and st.ctx.spacing_mm == spacing
                 and st.ctx.shape == att.shape and _same_view(st.ctx.run, run))
