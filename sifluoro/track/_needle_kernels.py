@@ -328,6 +328,350 @@ def axis_fit(offs, step, min_ok, min_keep):
     return True, a, b
 
 
+@njit(cache=True, nogil=True)
+def _row_max(row, lanes):
+    """Largest value of ``row`` (no NaN), in 8 independent lanes so that it vectorises (a
+    single running max does not without fastmath; the max is the same in any order)."""
+    n = row.shape[0]
+    for k in range(8):
+        lanes[k] = row[0]
+    j = 0
+    while j + 8 <= n:
+        for k in range(8):
+            v = row[j + k]
+            lanes[k] = v if v > lanes[k] else lanes[k]
+        j += 8
+    m = lanes[0]
+    for k in range(1, 8):
+        m = lanes[k] if lanes[k] > m else m
+    for jj in range(j, n):
+        m = row[jj] if row[jj] > m else m
+    return m
+
+
+@njit(cache=True, nogil=True)
+def hough_peaks(acc, n_peaks, rho_offset, out):
+    """The strongest cells of the Hough accumulator, each suppressing its neighbours: the first
+    maximum in row-major order (``np.argmax``), then the cells within 6 angle bins and 10 rho
+    bins of it set to 0 (a wrapped angle bin at ``2 * rho_offset - j``), up to ``n_peaks``
+    times or until the maximum is not positive. Writes ``(i, j)`` rows into ``out``; returns
+    their number. Keeps each row's maximum, so a peak costs the 13 rows it changes, not a scan
+    of the whole accumulator."""
+    n_theta, n_rho = acc.shape
+    row_max = np.empty(n_theta, acc.dtype)
+    lanes = np.empty(8, acc.dtype)
+    for i in range(n_theta):
+        row_max[i] = _row_max(acc[i], lanes)
+    n = 0
+    for _ in range(n_peaks):
+        i = 0
+        for ii in range(1, n_theta):
+            if row_max[ii] > row_max[i]:
+                i = ii
+        best = row_max[i]
+        j = 0
+        while acc[i, j] != best:
+            j += 1
+        if best <= 0.0:
+            break
+        out[n, 0] = i
+        out[n, 1] = j
+        n += 1
+        for di in range(-6, 7):
+            ii = (i + di) % n_theta
+            jj = j if 0 <= i + di < n_theta else 2 * rho_offset - j
+            for jx in range(max(0, jj - 10), min(jj + 11, n_rho)):
+                acc[ii, jx] = 0.0
+            row_max[ii] = _row_max(acc[ii], lanes)
+    return n
+
+
+@njit(cache=True, nogil=True)
+def segment_span(score, x0, y0, ux, uy, z_cap, bias, max_gap, prof):
+    """The best-supported interval along the line ``(x0, y0) + t (ux, uy)`` inside
+    ``[1, cols-2] x [1, rows-2]``: the line's integer parameter range there ``t_lo..t_hi``,
+    :func:`line_support` (half width 1) along it clipped to ``+-z_cap``, and its
+    :func:`best_interval`. Returns (inside, t_lo, start, end, sum); ``inside`` false when the
+    range is shorter than 2. ``prof`` (float32) holds the support."""
+    rows, cols = score.shape
+    t_lo = -1e9
+    t_hi = 1e9
+    for axis in range(2):
+        p = x0 if axis == 0 else y0
+        u = ux if axis == 0 else uy
+        hi = (cols - 2) if axis == 0 else (rows - 2)
+        if abs(u) < 1e-9:
+            if p < 1 or p > hi:
+                return False, 0, 0, -1, 0.0
+            continue
+        a = (1 - p) / u
+        b = (hi - p) / u
+        t_lo = max(t_lo, min(a, b))
+        t_hi = min(t_hi, max(a, b))
+    lo = math.ceil(t_lo)
+    top = math.floor(t_hi)
+    if top - lo < 2:
+        return False, 0, 0, -1, 0.0
+    n = int(top - lo) + 1
+    support = prof[:n]
+    line_support(score, x0 + lo * ux, y0 + lo * uy, ux, uy, 1, support)
+    for i in range(n):
+        v = support[i]
+        support[i] = -z_cap if v < -z_cap else (z_cap if v > z_cap else v)
+    a, b, total = best_interval(support, bias, max_gap)
+    return True, int(lo), a, b, total
+
+
+# -- the run's field mask (needle_field.py) --------------------------------------------------
+
+@njit(cache=True, nogil=True)
+def _max3(a, b, c):
+    m = a if a > b else b
+    return m if m > c else c
+
+
+@njit(cache=True, nogil=True)
+def _min3(a, b, c):
+    m = a if a < b else b
+    return m if m < c else c
+
+
+@njit(cache=True, nogil=True)
+def glyph_cells(att, lo, hi, factor, top, jump, out):
+    """Set ``out[y // factor, x // factor] = 1`` (uint8 cells) for the glyph seeds of pixel rows
+    ``lo..hi-1``: pixels whose 3x3 maximum is at least ``top`` and exceeds the 3x3 minimum by
+    more than ``jump`` (windows cut at the image border, as ``cv2.dilate``/``erode`` do).
+    Pixels past the last whole cell are left out. One pass instead of a dilate, an erode, two
+    compares and a pooling of the band (float32 ``att``, ``top`` and ``jump``: the compares
+    NumPy makes). No NaN in ``att``."""
+    rows, cols = att.shape
+    hi = min(hi, (rows // factor) * factor)
+    width = (cols // factor) * factor
+    cmax = np.empty(cols, att.dtype)
+    cmin = np.empty(cols, att.dtype)
+    flag = np.zeros(width, np.uint8)
+    for y in range(lo, hi):
+        ra = att[max(y - 1, 0)]
+        rb = att[y]
+        rc = att[min(y + 1, rows - 1)]
+        for x in range(cols):
+            cmax[x] = _max3(ra[x], rb[x], rc[x])
+            cmin[x] = _min3(ra[x], rb[x], rc[x])
+        any_set = np.uint8(0)
+        # the interior without index clamps (so that it vectorises), the two ends apart
+        for x in range(1, min(width, cols - 1)):
+            h = _max3(cmax[x - 1], cmax[x], cmax[x + 1])
+            m = _min3(cmin[x - 1], cmin[x], cmin[x + 1])
+            f = np.uint8(h >= top) & np.uint8(h - m > jump)
+            flag[x] = f
+            any_set |= f
+        for x in (0, width - 1):
+            if x < 0 or 0 < x < cols - 1:
+                continue
+            xa = max(x - 1, 0)
+            xb = min(x + 1, cols - 1)
+            h = _max3(cmax[xa], cmax[x], cmax[xb])
+            m = _min3(cmin[xa], cmin[x], cmin[xb])
+            f = np.uint8(h >= top) & np.uint8(h - m > jump)
+            flag[x] = f
+            any_set |= f
+        if any_set:
+            cy = y // factor
+            for x in range(width):
+                if flag[x]:
+                    out[cy, x // factor] = 1
+
+
+@njit(cache=True, nogil=True)
+def cells_any_below(att, threshold, factor, out):
+    """``out[cy, cx]`` (bool) = any pixel of the cell of ``factor`` x ``factor`` pixels is below
+    ``threshold`` (the trailing remainder of rows and columns left out)."""
+    n_rows, n_cols = out.shape
+    width = n_cols * factor
+    below = np.zeros(((width + 7) // 8) * 8, np.uint8)
+    for cy in range(n_rows):
+        r = att[cy * factor]
+        for x in range(width):
+            below[x] = np.uint8(r[x] < threshold)
+        for dy in range(1, factor):
+            r = att[cy * factor + dy]
+            for x in range(width):
+                below[x] |= np.uint8(r[x] < threshold)
+        o = out[cy]
+        if factor == 2:
+            # a cell's two bytes as one word: a strided loop over cells did not vectorise
+            pairs = below.view(np.uint16)
+            for cx in range(n_cols):
+                o[cx] = pairs[cx] != 0
+        else:
+            for cx in range(n_cols):
+                v = np.uint8(0)
+                for dx in range(factor):
+                    v |= below[cx * factor + dx]
+                o[cx] = v != 0
+
+
+@njit(cache=True, nogil=True)
+def mask_moments(mask):
+    """Raw moments ``(m00, m10, m01)`` of a boolean mask: the count of its set cells and the
+    sums of their x and y (integers, as ``cv2.moments(..., binaryImage=True)`` gives them)."""
+    rows, cols = mask.shape
+    m00 = 0
+    m10 = 0
+    m01 = 0
+    for y in range(rows):
+        n = 0
+        sx = 0
+        for x in range(cols):
+            if mask[y, x]:
+                n += 1
+                sx += x
+        m00 += n
+        m10 += sx
+        m01 += n * y
+    return m00, m10, m01
+
+
+@njit(cache=True, nogil=True)
+def edge_points(bounded):
+    """(x, y) float64 of the cells of ``bounded`` (uint8) that are 0 with a set cell among
+    their 8 neighbours, in row-major order (``cv2.findNonZero(dilate3x3(b) - b)``)."""
+    rows, cols = bounded.shape
+    # each cell's row neighbourhood (x-1..x+1) has a set cell; interior loops without clamps
+    near = np.zeros((rows, cols), np.uint8)
+    for y in range(rows):
+        b = bounded[y]
+        h = near[y]
+        for x in range(1, cols - 1):
+            h[x] = np.uint8((b[x - 1] | b[x] | b[x + 1]) != 0)
+        h[0] = np.uint8((b[0] | b[min(1, cols - 1)]) != 0)
+        h[cols - 1] = np.uint8((b[cols - 1] | b[max(cols - 2, 0)]) != 0)
+    edge = np.zeros((rows, cols), np.uint8)
+    count = np.zeros(rows, np.int64)
+    for y in range(rows):
+        b = bounded[y]
+        ha = near[max(y - 1, 0)]
+        hb = near[y]
+        hc = near[min(y + 1, rows - 1)]
+        e = edge[y]
+        n = 0
+        for x in range(cols):
+            v = np.uint8(b[x] == 0) & (ha[x] | hb[x] | hc[x])
+            e[x] = v
+            n += v
+        count[y] = n
+    pts = np.empty((count.sum(), 2), np.float64)
+    n = 0
+    for y in range(rows):
+        if count[y] == 0:
+            continue
+        e = edge[y]
+        for x in range(cols):
+            if e[x]:
+                pts[n, 0] = x
+                pts[n, 1] = y
+                n += 1
+    return pts
+
+
+@njit(cache=True, nogil=True)
+def chamfer_min(points, x, y, axial, diagonal):
+    """``min over points of axial * (hi - lo) + diagonal * lo`` with ``lo, hi`` the smaller and
+    larger of ``|px - x|, |py - y|``: the 3x3 chamfer distance to the nearest point."""
+    best = np.inf
+    for i in range(points.shape[0]):
+        dx = abs(points[i, 0] - x)
+        dy = abs(points[i, 1] - y)
+        lo = min(dx, dy)
+        hi = max(dx, dy)
+        d = axial * (hi - lo) + diagonal * lo
+        if d < best:
+            best = d
+    return best
+
+
+# -- the noise unit of the ridge score (needle_detect.laplacian_noise) -----------------------
+
+@njit(cache=True, nogil=True)
+def _select(a, lo, hi, k):
+    """Put the ``k``-th smallest of ``a[lo:hi]`` at ``a[k]``, the smaller ones before it
+    (quickselect, Hoare partition around the median of three)."""
+    hi -= 1
+    while hi > lo:
+        mid = (lo + hi) >> 1
+        # median of three to a[mid], then the pivot is its value
+        if a[mid] < a[lo]:
+            a[mid], a[lo] = a[lo], a[mid]
+        if a[hi] < a[lo]:
+            a[hi], a[lo] = a[lo], a[hi]
+        if a[hi] < a[mid]:
+            a[hi], a[mid] = a[mid], a[hi]
+        pivot = a[mid]
+        i = lo
+        j = hi
+        while i <= j:
+            while a[i] < pivot:
+                i += 1
+            while pivot < a[j]:
+                j -= 1
+            if i <= j:
+                a[i], a[j] = a[j], a[i]
+                i += 1
+                j -= 1
+        # a[lo..j] <= pivot <= a[i..hi], a[j+1..i-1] == pivot
+        if k <= j:
+            hi = j
+        elif k >= i:
+            lo = i
+        else:
+            return
+
+
+@njit(cache=True, nogil=True)
+def median_f32(a, n):
+    """``np.median(a[:n])`` of float32 values without NaN, as NumPy computes it (the mean of
+    the two middle values in float32 when ``n`` is even); reorders ``a[:n]``."""
+    k = n // 2
+    _select(a, 0, n, k)
+    if n % 2 == 1:
+        return a[k]
+    below = a[0]
+    for i in range(1, k):
+        if a[i] > below:
+            below = a[i]
+    return (below + a[k]) / np.float32(2.0)
+
+
+@njit(cache=True, nogil=True)
+def laplacian_sample(smooth, valid, stride, out):
+    """The 5-point Laplacian of ``smooth`` (float32, summed as NumPy sums the shifted slices)
+    at the cells ``(1 + i * stride, 1 + j * stride)`` inside the border where ``valid``, in
+    row-major order, into ``out``; returns their number."""
+    rows, cols = smooth.shape
+    four = np.float32(4.0)
+    n = 0
+    for y in range(1, rows - 1, stride):
+        for x in range(1, cols - 1, stride):
+            if valid[y, x]:
+                out[n] = (smooth[y, x + 1] + smooth[y, x - 1] + smooth[y + 1, x]
+                          + smooth[y - 1, x] - four * smooth[y, x])
+                n += 1
+    return n
+
+
+@njit(cache=True, nogil=True)
+def laplacian_mad(smooth, valid, stride, buf):
+    """Median absolute deviation of :func:`laplacian_sample` (``buf`` holds the sample;
+    float32 as NumPy's medians give it); -1 when fewer than 16 cells are valid."""
+    n = laplacian_sample(smooth, valid, stride, buf)
+    if n < 16:
+        return -1.0
+    med = median_f32(buf, n)
+    for i in range(n):
+        buf[i] = abs(buf[i] - med)
+    return median_f32(buf, n)
+
+
 def warm_up(shape: tuple[int, int]) -> None:
     """Compile every kernel (or load it from the cache) on float32 arrays of ``shape``, the
     working-grid size of the real frames."""
@@ -350,3 +694,14 @@ def warm_up(shape: tuple[int, int]) -> None:
     axis_fit(prof, 1.0, 4, 4)
     prof2 = np.empty(8, np.float64)
     line_flanks(img, 1.0, 1.0, 1.0, 0.0, 1.0, 2.0, prof, prof2)
+    laplacian_mad(img, mask, 3, np.empty(rows * cols, np.float32))
+    hough_peaks(acc, 10, rows + cols + 1, np.empty((10, 2), np.int64))
+    segment_span(out, 1.0, 1.0, 1.0, 0.0, np.float32(6.0), np.float32(0.5), 3,
+                 np.empty(rows + cols, np.float32))
+    # the field mask's kernels (full-resolution image; the types, not the size, matter)
+    cells = np.zeros((rows // 2, cols // 2), np.uint8)
+    glyph_cells(img, 0, rows, 2, np.float32(0.995), np.float32(0.5), cells)
+    cells_any_below(img, np.float32(0.9995), 2, np.empty((rows // 2, cols // 2), np.bool_))
+    mask_moments(mask)
+    pts = edge_points(cells)
+    chamfer_min(pts, 1.0, 1.0, 0.955, 1.3693)

@@ -224,9 +224,9 @@ class NeedleStage:
         grid = working_grid(spacing, target_mm=self.settings.grid_mm)
         margin = int(math.ceil(self.settings.edge_margin_mm / spacing))
         valid_work = valid_region(run, att, margin_px=max(2, margin // 2), factor=grid.factor)
-        m = cv2.moments(valid_work.view(np.uint8), binaryImage=True)  # np.nonzero: 3x slower
-        centre = (grid.to_full(np.array([m["m10"] / m["m00"], m["m01"] / m["m00"]]))
-                  if m["m00"] > 0 else np.array([att.shape[1] / 2.0, att.shape[0] / 2.0]))
+        m00, m10, m01 = K.mask_moments(valid_work)  # integer sums, as cv2.moments gives them
+        centre = (grid.to_full(np.array([m10 / m00, m01 / m00]))
+                  if m00 > 0 else np.array([att.shape[1] / 2.0, att.shape[0] / 2.0]))
         edge_dist = EdgeDistance(valid_work)
         same = (st.ctx is not None and st.ctx.spacing_mm == spacing
                 and st.ctx.shape == att.shape and _same_view(st.ctx.run, run))
@@ -431,7 +431,9 @@ class NeedleStage:
     def _mean_work(self, st: _StudyNeedle, att: np.ndarray, ctx: _RunContext) -> np.ndarray:
         """Running mean of the working-grid image over the last ``avg_frames`` frames of the
         run: the needle barely moves within a run, the quantum noise is independent."""
-        work = downsample(att, ctx.grid.factor)
+        work = downsample(att, ctx.grid.factor, out=st.buf.get("work"))
+        if work is not att:
+            st.buf["work"] = work  # reused: a new 1 MB array each frame costs page faults
         if st.mean_work is None or st.mean_work.shape != work.shape:
             st.mean_work = work.astype(np.float32, copy=True)
             st.n_mean = 1
@@ -476,7 +478,7 @@ class NeedleStage:
                 tip_is_1 = edge0
             else:
                 ref = grid.to_work(target if target is not None else ctx.centre_xy)
-                tip_is_1 = np.linalg.norm(e1 - ref) < np.linalg.norm(e0 - ref)
+                tip_is_1 = _norm(e1 - ref) < _norm(e0 - ref)
             tip, base = (e1, e0) if tip_is_1 else (e0, e1)
             span_px = 2.0 * s.fit_mm / grid.spacing_mm
             for _ in range(3):
@@ -484,7 +486,7 @@ class NeedleStage:
                 tip, base = self._refit_segment(finder, tip, base, span_px)
             score = finder.interval_score(base, tip)
             if (score < s.min_score
-                    or np.linalg.norm(tip - base) * grid.spacing_mm < s.min_length_mm):
+                    or _norm(tip - base) * grid.spacing_mm < s.min_length_mm):
                 continue  # weak, or shorter than a needle once its tip is placed (a clip)
             feats = self._features(st, ctx, att, tip, base, score, edge0 or edge1)
             # a line that goes on past its "tip" as strongly as a line is a wire or an edge
@@ -502,7 +504,7 @@ class NeedleStage:
         s = self.settings
         finder = st.finder
         grid = ctx.grid
-        length = float(np.linalg.norm(tip - base))
+        length = float(_norm(tip - base))
         u = (tip - base) / max(length, 1e-9)
         # a wire fading over bone goes on beyond its apparent end, to the field edge
         start = tip + u * (2.0 / grid.spacing_mm)
@@ -523,10 +525,10 @@ class NeedleStage:
         # width: a needle (0.5-0.9 mm, magnified 1.3-1.5) has most of its contrast within
         # 0.8 mm of its axis, a skin marker (1-2 mm) or a bone margin does not
         tip_f, base_f = grid.to_full(tip), grid.to_full(base)
-        n_f = max(4, int(np.linalg.norm(tip_f - base_f)))
+        n_f = max(4, int(_norm(tip_f - base_f)))
         near = st.buf.setdefault(("wnear", n_f), np.empty(n_f, np.float64))
         far = st.buf.setdefault(("wfar", n_f), np.empty(n_f, np.float64))
-        step = float(np.linalg.norm(tip_f - base_f)) / n_f
+        step = float(_norm(tip_f - base_f)) / n_f
         K.line_contrast(att, base_f[0], base_f[1], u[0], u[1], step, s.near_mm / ctx.spacing_mm, near)
         K.line_contrast(att, base_f[0], base_f[1], u[0], u[1], step, s.far_mm / ctx.spacing_mm, far)
         far_sum = float(far.sum())
@@ -544,7 +546,7 @@ class NeedleStage:
         """Refit the line through the last ``span_px`` of a segment before its tip (a bent
         needle is straight only locally) and project the tip onto it; the base keeps its
         distance along the new direction."""
-        length = float(np.linalg.norm(tip - base))
+        length = float(_norm(tip - base))
         u = (tip - base) / length
         span = min(length, span_px)
         start = tip - u * span
@@ -560,7 +562,7 @@ class NeedleStage:
         last score map of ``finder`` (the field's by default)."""
         s = self.settings
         finder = finder or st.finder
-        length = float(np.linalg.norm(tip - base))
+        length = float(_norm(tip - base))
         u = (tip - base) / length
         ahead = s.extend_mm / ctx.grid.spacing_mm
         n = int(length + ahead) + 1
@@ -641,7 +643,7 @@ class NeedleStage:
         for tip_w, base_w, prob in self._candidates(st, att, ctx, target):
             tip = grid.to_full(tip_w)
             base = grid.to_full(base_w)
-            u = (tip - base) / np.linalg.norm(tip - base)
+            u = (tip - base) / _norm(tip - base)
             tracked = self._consistent(st, ctx, tip, u)
             if prob >= s.track_min_prob:
                 seen.append((tip, u))
@@ -666,7 +668,7 @@ class NeedleStage:
         for tracked, score, tip_w, base_w in ranked[:3]:
             tip = grid.to_full(tip_w)
             base = grid.to_full(base_w)
-            u = (tip - base) / np.linalg.norm(tip - base)
+            u = (tip - base) / _norm(tip - base)
             refined = self._refine(st, att, tip, u, ctx)
             if refined is None or refined[2] <= 0.0:
                 continue
@@ -966,10 +968,17 @@ def _same_geometry(a: Run, b: Run, spacing_b_mm: float, shape_b: tuple[int, int]
             and (a.rows, a.columns) == tuple(shape_b))
 
 
+def _norm(v: np.ndarray) -> float:
+    """``np.linalg.norm`` of a float vector: the same dot product and a correctly rounded square
+    root (equal bits), without its argument handling (a search takes ~70 norms)."""
+    x = v.ravel(order="K")
+    return math.sqrt(x.dot(x))
+
+
 def _same_segment(a0: np.ndarray, a1: np.ndarray, b0: np.ndarray, b1: np.ndarray) -> bool:
     """Two segments on nearly the same line (ends within 3 px of each other's line, < 4 deg)."""
-    ua = (a1 - a0) / np.linalg.norm(a1 - a0)
-    ub = (b1 - b0) / np.linalg.norm(b1 - b0)
+    ua = (a1 - a0) / _norm(a1 - a0)
+    ub = (b1 - b0) / _norm(b1 - b0)
     if abs(float(ua @ ub)) < math.cos(math.radians(4.0)):
         return False
     n = np.array([-ub[1], ub[0]])

@@ -236,6 +236,7 @@ class LineFinder:
         self.s = settings
         self._shape = None
         self.n_theta = 180
+        self.peaks = np.empty((0, 2), np.int64)
         self.noise = 1.0  # of the last score map
 
     def _buffers(self, shape: tuple[int, int]) -> None:
@@ -250,6 +251,7 @@ class LineFinder:
         self.acc = np.empty((self.n_theta, 2 * diag + 3), np.float32)
         self.support = np.empty(2 * diag + 4, np.float32)
         self.cross = np.empty(2 * diag + 4, np.float64)
+        self.lap = np.empty(-(-(rows - 2) // 3) * -(-(cols - 2) // 3), np.float32)
 
     def score_map(self, work: np.ndarray, valid: np.ndarray, *, noise: float | None = None
                   ) -> np.ndarray:
@@ -260,7 +262,7 @@ class LineFinder:
         cv2.GaussianBlur(work, (0, 0), self.s.sigma_px, dst=self.smooth,
                          borderType=cv2.BORDER_REFLECT)
         K.ridge_map(self.smooth, valid, np.float32(self.s.edge_gain), self.ridge)
-        self.noise = laplacian_noise(self.smooth, valid) if noise is None else noise
+        self.noise = laplacian_noise(self.smooth, valid, buf=self.lap) if noise is None else noise
         self.ridge *= np.float32(1.0 / self.noise)
         return self.ridge
 
@@ -273,23 +275,18 @@ class LineFinder:
         K.hough_vote(self.smooth, self.ridge, np.float32(self.s.vote_z),
                      np.float32(self.s.z_cap), lo, hi, half_window, self.acc,
                      float(self.rho_offset))
-        acc = self.acc
+        if self.peaks.shape[0] < n_peaks:
+            self.peaks = np.empty((n_peaks, 2), np.int64)
+        # each peak suppresses its neighbours within 6 deg and 10 px (a wrapped angle bin
+        # flips the sign of rho)
+        n = K.hough_peaks(self.acc, n_peaks, self.rho_offset, self.peaks)
         out = []
-        for _ in range(n_peaks):
-            k = int(np.argmax(acc))
-            i, j = divmod(k, acc.shape[1])
-            if acc[i, j] <= 0.0:
-                break
+        for i, j in self.peaks[:n].tolist():
             theta = i * math.pi / self.n_theta
             phi = theta + 0.5 * math.pi
             rho = j - self.rho_offset
             ux, uy = math.cos(theta), math.sin(theta)
             out.append((rho * math.cos(phi), rho * math.sin(phi), ux, uy))
-            for di in range(-6, 7):
-                ii = (i + di) % self.n_theta
-                # a wrapped angle bin flips the sign of rho
-                jj = j if 0 <= i + di < self.n_theta else 2 * self.rho_offset - j
-                acc[ii, max(0, jj - 10):jj + 11] = 0.0
         return out
 
     def segment(self, line: tuple[float, float, float, float], spacing_mm: float
@@ -298,16 +295,13 @@ class LineFinder:
         along the line's direction from the line's point, and its evidence
         ``sum(support - bias) / sqrt(length in px)`` (a t-statistic of the line response)."""
         x0, y0, ux, uy = line
-        rows, cols = self.ridge.shape
-        t_lo, t_hi = _clip_line(x0, y0, ux, uy, cols, rows)
-        if t_hi - t_lo < 2:
-            return None
-        n = int(t_hi - t_lo) + 1
-        prof = self.support[:n]
-        K.line_support(self.ridge, x0 + t_lo * ux, y0 + t_lo * uy, ux, uy, 1, prof)
-        np.clip(prof, -self.s.z_cap, self.s.z_cap, out=prof)
         gap = max(1, int(round(self.s.gap_mm / spacing_mm)))
-        a, b, total = K.best_interval(prof, np.float32(self.s.support_bias), gap)
+        # the line inside the map, its support and best interval in one kernel call
+        inside, t_lo, a, b, total = K.segment_span(
+            self.ridge, x0, y0, ux, uy, np.float32(self.s.z_cap),
+            np.float32(self.s.support_bias), gap, self.support)
+        if not inside:
+            return None
         length = b - a + 1
         if b < a or length * spacing_mm < self.s.min_length_mm:
             return None
@@ -350,30 +344,18 @@ class LineFinder:
         return px + s0 * vx, py + s0 * vy, vx, vy
 
 
-def laplacian_noise(smooth: np.ndarray, valid: np.ndarray, stride: int = 3) -> float:
+def laplacian_noise(smooth: np.ndarray, valid: np.ndarray, stride: int = 3,
+                    buf: np.ndarray | None = None) -> float:
     """Robust noise scale of the Laplacian of ``smooth`` (MAD over a strided sample in
-    ``valid``), the unit of the ridge score."""
-    s = smooth
-    lap = (s[1:-1:stride, 2::stride] + s[1:-1:stride, :-2:stride] + s[2::stride, 1:-1:stride]
-           + s[:-2:stride, 1:-1:stride] - 4.0 * s[1:-1:stride, 1:-1:stride])
-    v = lap[valid[1:-1:stride, 1:-1:stride]]
-    if v.size < 16:
+    ``valid``), the unit of the ridge score. ``buf`` (float32, at least the sample's size)
+    holds the sample."""
+    if buf is None:
+        buf = np.empty(-(-(smooth.shape[0] - 2) // stride) * -(-(smooth.shape[1] - 2) // stride),
+                       np.float32)
+    mad = K.laplacian_mad(smooth, valid, stride, buf)
+    if mad < 0.0:
         return 1.0
-    mad = float(np.median(np.abs(v - np.median(v))))
-    return max(1.4826 * mad, 1e-6)
-
-
-def _clip_line(x0, y0, ux, uy, cols, rows) -> tuple[float, float]:
-    """Parameter range of the line ``(x0, y0) + t (ux, uy)`` inside [1, cols-2] x [1, rows-2]."""
-    t_lo, t_hi = -1e9, 1e9
-    for p, u, hi in ((x0, ux, cols - 2), (y0, uy, rows - 2)):
-        if abs(u) < 1e-9:
-            if p < 1 or p > hi:
-                return 0.0, -1.0
-            continue
-        a, b = (1 - p) / u, (hi - p) / u
-        t_lo, t_hi = max(t_lo, min(a, b)), min(t_hi, max(a, b))
-    return math.ceil(t_lo), math.floor(t_hi)
+    return max(1.4826 * float(mad), 1e-6)
 
 
 def refine_tip(image: np.ndarray, tip_xy: np.ndarray, dir_xy: np.ndarray, spacing_mm: float,

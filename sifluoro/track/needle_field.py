@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 
 from sifluoro.model import Run
+from sifluoro.track import _needle_kernels as K
 
 # no exposure is stored as maximal attenuation; glyphs are drawn at the stored extremes
 _BLANK = 0.9995
@@ -42,7 +43,8 @@ def valid_region(run: Run, attenuation_image: np.ndarray, *, margin_px: int,
     field = _field_cells(run, shape, factor)
     # a cell with an exposed pixel is exposed; saturated steel or bone inside the field is
     # not a field edge
-    exposed = _pool(attenuation_image < _BLANK, factor, any_=True)
+    exposed = np.empty((shape[0] // factor, shape[1] // factor), bool)
+    K.cells_any_below(attenuation_image, np.float32(_BLANK), factor, exposed)
     r = max(1, round(7 / factor))
     k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
     exposed = cv2.morphologyEx(exposed.astype(np.uint8), cv2.MORPH_CLOSE, k).astype(bool)
@@ -99,22 +101,12 @@ def _text_mask(attenuation_image: np.ndarray, factor: int = 1) -> np.ndarray:
     grid of ``factor`` pixels per cell (uint8)."""
     rows, cols = attenuation_image.shape
     band = int(rows * _BAND)
-    k3 = np.ones((3, 3), np.uint8)
     pooled = np.zeros((rows // factor, cols // factor), np.uint8)
+    # seeds and their pooling in one pass over each band (float32 thresholds: NumPy compares
+    # the float32 image with them in float32)
     for lo, hi in ((0, band), (rows - band, rows)):
-        part = attenuation_image[max(0, lo - 1):min(rows, hi + 1)]
-        high = cv2.dilate(part, k3)
-        found = (high >= _GLYPH_TOP) & (high - cv2.erode(part, k3) > _GLYPH_JUMP)
-        seeds = found[lo - max(0, lo - 1):lo - max(0, lo - 1) + hi - lo]
-        # only the cells of the band are pooled (the rest of the frame has no seed); pixel
-        # rows past the last whole cell are left out, as _pool leaves them out
-        c0, c1 = lo // factor, min(rows // factor, -(-hi // factor))
-        if c1 <= c0:
-            continue
-        cells = np.zeros(((c1 - c0) * factor, cols), bool)
-        top = min(hi, c1 * factor)
-        cells[lo - c0 * factor:top - c0 * factor] = seeds[:top - lo]
-        pooled[c0:c1] |= _pool(cells, factor, any_=True).astype(np.uint8)
+        K.glyph_cells(attenuation_image, lo, hi, factor, np.float32(_GLYPH_TOP),
+                      np.float32(_GLYPH_JUMP), pooled)
     r = max(6, rows // 40)
     r = max(1, int(math.ceil(r / factor)))
     # a square (separable, so fast) covers each glyph at least as well
@@ -137,15 +129,10 @@ class EdgeDistance:
         bounded = valid.astype(np.uint8)
         bounded[[0, -1], :] = 0
         bounded[:, [0, -1]] = 0
-        near = cv2.dilate(bounded, np.ones((3, 3), np.uint8))
-        pts = cv2.findNonZero(near - bounded)
         self.bounded = bounded
-        self.points = (np.zeros((0, 2), np.float64) if pts is None
-                       else pts.reshape(-1, 2).astype(np.float64))
+        self.points = K.edge_points(bounded)  # (x, y), row-major
 
     def __call__(self, x: int, y: int) -> float:
         if not self.bounded[y, x] or self.points.shape[0] == 0:
             return 0.0
-        d = np.abs(self.points - np.array([x, y], np.float64))
-        lo, hi = d.min(1), d.max(1)
-        return float((_CHAMFER_A * (hi - lo) + _CHAMFER_B * lo).min())
+        return float(K.chamfer_min(self.points, float(x), float(y), _CHAMFER_A, _CHAMFER_B))
