@@ -22,6 +22,7 @@ from sifluoro.imaging import downsample, exposed_mask, frame_attenuation, workin
 from sifluoro.model import Frame
 from sifluoro.register import RegisterResult
 from sifluoro.register import _kernels
+from sifluoro.register.edge_pair import band_line
 from sifluoro.register.joint import LENGTH_MM, JointLine, exposed_field, segment_joint, usable_mask
 from sifluoro.register.motion import Registrar
 
@@ -164,7 +165,19 @@ class _View:
                                   fallback_contrast=NEAR_AP_MIN_CONTRAST if faint else None,
                                   seed_mask=self._band(usable.shape) if seeded else None,
                                   seed_contrast=SEED_MIN_CONTRAST)
-        if self.line is not None and self.frames >= DOUBLED_STICKS_FROM_FRAMES:
+        inferred = False
+        if self.line is None and (self.angles_deg is None or abs(self.angles_deg[0]) < NEAR_AP_DEG):
+            # no thin line near AP (or at a pose the header does not tell): the line along the
+            # bright band beside the joint (edge_pair.py). Register stage alone, training
+            # seeds 606-611 / 620 / 640 / 641 / 650: reported frames up on every set (609
+            # 0.891 -> 0.994, the others +0.002-0.021), mean distance -0.002 to +0.030 mm
+            # (inferred lines 0.2-5 mm off), doubled cases advised +1 or +2 on 6 sets;
+            # held-out 621 / 622 / 630 and new 651: reported +0.012 / +0.034 / +0.012 /
+            # +0.012, no line on a scout without a joint (after the wire test, made on 621)
+            self.line = band_line(mean, grid=self.grid, usable=usable, side=self.side)
+            inferred = self.line is not None
+        # an inferred line is doubled by construction; it says nothing of a later thin line
+        if self.line is not None and self.frames >= DOUBLED_STICKS_FROM_FRAMES and not inferred:
             self.doubled_seen = self.doubled_seen or self.line.doubled
             self.line = replace(self.line, doubled=self.doubled_seen)
         if (self.line is not None and self.angles_deg is not None

@@ -732,3 +732,34 @@ def test_a_line_standing_out_is_kept_whatever_the_seed_band():
     a = segment_joint(strong, grid=grid, usable=usable, side="L")
     b = segment_joint(strong, grid=grid, usable=usable, side="L", seed_mask=band, seed_contrast=1.5)
     np.testing.assert_array_equal(a.polyline_xy, b.polyline_xy)
+
+
+@pytest.mark.parametrize("angles, thin, band_looked_for", [
+    ((5.0, 0.0), False, True), ((-14.0, 3.0), False, True),  # near AP, no thin line
+    (None, False, True),  # the header does not tell the pose
+    ((25.0, 0.0), False, False), ((40.0, 0.0), False, False),  # working, far oblique views
+    ((5.0, 0.0), True, False)])  # a thin line stands out: it is the line
+def test_the_band_beside_the_joint_is_looked_for_near_ap_without_a_thin_line(
+        monkeypatch, angles, thin, band_looked_for):
+    from sifluoro.register import stage as register_stage
+    from sifluoro.register.joint import JointLine
+    thin_line = JointLine(np.array([[80.0, 20.0], [60.0, 140.0]]), 0.9, False, 40.0)
+    band = JointLine(np.array([[70.0, 20.0], [50.0, 140.0]]), 0.2, True, 40.0)
+    calls = []
+    monkeypatch.setattr(register_stage, "segment_joint", lambda *a, **k: thin_line if thin else None)
+    monkeypatch.setattr(register_stage, "band_line", lambda *a, **k: calls.append(k["side"]) or band)
+    work = np.full((80, 80), 0.5, np.float32)
+    usable = np.ones(work.shape, bool)
+    view = register_stage._View(register_stage._Geometry(160, 160, 0.3), angles, usable, work, "R")
+    for _ in range(4):
+        view.add(work, usable, (0.0, 0.0))
+    view.segment()
+    assert calls == (["R"] if band_looked_for else [])
+    expected = band if band_looked_for else thin_line if thin else None
+    assert (view.line is None) == (expected is None)
+    if expected is not None:
+        np.testing.assert_array_equal(view.line.polyline_xy, expected.polyline_xy)
+    if band_looked_for:
+        np.testing.assert_allclose(view.target_xy, band.point_at(5.0 / 6.0))
+        # a line inferred from the band is doubled, but that does not stick to the view
+        assert view.line.doubled and not view.doubled_seen
