@@ -310,6 +310,8 @@ def _migrate_sqlite(conn: Connection) -> None:
     versions before the first wrote them. Foreign keys are off meanwhile (settable outside a
     transaction only), so a table rebuild does not cascade its drop."""
     raw = conn.connection.dbapi_connection
+    if _up_to_date(raw):  # the common case takes no write lock (a report beside an ingest)
+        return
     level = raw.isolation_level
     raw.isolation_level = None
     try:
@@ -327,6 +329,19 @@ def _migrate_sqlite(conn: Connection) -> None:
     finally:
         raw.execute("PRAGMA foreign_keys=ON")
         raw.isolation_level = level
+
+
+def _up_to_date(raw) -> bool:
+    """Whether a SQLite registry has every migration (read without a lock; a newer one is
+    left to :func:`_apply_missing` to refuse)."""
+    try:
+        done = {row[0] for row in raw.execute("SELECT version FROM schema_version")}
+    except Exception:  # no registry yet
+        return False
+    finally:
+        if raw.in_transaction:
+            raw.rollback()
+    return done == {version for version, _ in MIGRATIONS}
 
 
 def _apply_missing(conn: Connection) -> None:
