@@ -132,8 +132,10 @@ def test_needle_tip_from_the_field_edge(bend_px):
 
 def test_tip_to_target_and_advance_between_runs():
     from sifluoro.register import RegisterResult
+    from sifluoro.track.needle_verify import ScoutSettings
 
-    stage = NeedleStage()
+    # both runs are needle runs, the first one's tip 54 mm from the target: no scout here
+    stage = NeedleStage(scout=ScoutSettings(scout_runs=0))
     state = Pipeline([stage]).start_study("1.2")
     target = (300.0, 200.0)
     state.stage_state["register"] = RegisterResult(None, 0.0, False, target, 5.0, (0.0, 0.0),
