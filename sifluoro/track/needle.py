@@ -19,10 +19,8 @@ Over time: a needle not followed yet must be seen on two frames in a row of a ru
 very probable on one; optionally, off by default, fairly probable and at the same place on
 ``persist_frames`` full searches of the view in a row), which keeps a wire or an edge on the
 first, noisiest frames of a scout from being reported; on the study's first run (the scout) a
-new track must start near the register target, and a line the scout refused is not taken for a
-new needle later in that view (:mod:`sifluoro.track.needle_verify`); once a needle is followed
-in a view,
-another line replaces it only when
+new track must start near the register target (:mod:`sifluoro.track.needle_verify`); once a
+needle is followed in a view, another line replaces it only when
 very probable and seen twice (a needle does not jump across the field); the track is kept from run to run in the same view (C-arm angles,
 spacing, frame shape); on a new view it is put aside and taken up again when the C-arm
 returns to that view; on a tracked line the tip does not retreat behind the furthest tip of the
@@ -204,7 +202,7 @@ class NeedleStage:
     needle : NeedleSettings, optional
         Overrides the needle settings.
     scout : ScoutSettings, optional
-        The checks of a new track against the study's scout (:mod:`.needle_verify`).
+        The check of a new track on the study's scout (:mod:`.needle_verify`).
     """
 
     name = "needle"
@@ -647,9 +645,7 @@ class NeedleStage:
         followed = st.track.dir_xy is not None
         st.jump_before, st.jump = st.jump, None
         lasting = []
-        lines = []
         st.scout.enter(ctx.run)
-        aim = ctx.centre_xy if target is None else target
         for tip_w, base_w, prob in self._candidates(st, att, ctx, target):
             tip = grid.to_full(tip_w)
             base = grid.to_full(base_w)
@@ -659,7 +655,6 @@ class NeedleStage:
                 seen.append((tip, u))
             if prob >= s.persist_min_prob:
                 lasting.append((tip, u))
-            lines.append((tip, u, prob))
             if tracked:
                 ok = prob >= s.track_min_prob
             elif followed:
@@ -671,12 +666,10 @@ class NeedleStage:
                                               or self._confirmed(st, ctx, tip, u))
                       or prob >= s.persist_min_prob and self._persists(st, ctx, tip, u))
             if ok and not tracked:
-                ok = st.scout.allows(tip, u, ctx.spacing_mm, aim, lambda r: _same_geometry(
-                    r, ctx.run, ctx.spacing_mm, ctx.shape))
+                ok = st.scout.allows(tip, ctx.spacing_mm, target, ctx.centre_xy)
             if ok:
                 ranked.append((tracked, prob, tip_w, base_w))
         st.prev_candidates = seen
-        st.scout.searched(lines, ctx.spacing_mm, aim)
         st.persistent = (st.persistent + [lasting])[-max(1, s.persist_frames - 1):]
         # a candidate continuing the track goes first; then the most probable
         ranked.sort(key=lambda c: (not c[0], -c[1]))

@@ -187,7 +187,7 @@ def test_studies_interleaved_through_one_stage_do_not_mix():
         mixed[0].append(stage.process(fa, states[0]))
         mixed[1].append(stage.process(fb, states[1]))
     assert mixed == alone
-    assert vars(stage).keys() == {"settings"}
+    assert vars(stage).keys() == {"settings", "scout"}  # settings only
 
 
 def _angled_run(uid: str, primary_deg: float) -> Run:
