@@ -4,7 +4,7 @@ A study starts with a scout: the C-arm is set on the joint before the needle goe
 line the search finds there is a surgical clip, a skin marker, a wire or a cortical edge, and
 the needle probability does not tell them from a needle: on the training seeds 15 of the 19
 false tips were lines on a study's first run, taken at 0.59-0.98 (needles are first taken at
-0.71-0.996), their tips 28-141 mm from the joint target. A false needle on a scout is worse
+0.71-0.996), their tips 30-62 mm from the joint target. A false needle on a scout is worse
 than a missed one, so on the study's first ``scout_runs`` runs a new line track (a candidate
 not continuing a followed needle) needs its tip within ``scout_target_mm`` of the register
 target (of the field centre without one: a scout is centred on the joint). A study recorded
