@@ -18,8 +18,9 @@ looked for near the register target or the view's last dot, and reported at the 
 Over time: a needle not followed yet must be seen on two frames in a row of a run (or be
 very probable on one; optionally, off by default, fairly probable and at the same place on
 ``persist_frames`` full searches of the view in a row), which keeps a wire or an edge on the
-first, noisiest frames of a scout from being reported; once a needle is followed in a view,
-another line replaces it only when
+first, noisiest frames of a scout from being reported; on the study's first run (the scout) a
+new track must start near the register target (:mod:`sifluoro.track.needle_verify`); once a
+needle is followed in a view, another line replaces it only when
 very probable and seen twice (a needle does not jump across the field); the track is kept from run to run in the same view (C-arm angles,
 spacing, frame shape); on a new view it is put aside and taken up again when the C-arm
 returns to that view; on a tracked line the tip does not retreat behind the furthest tip of the
@@ -57,6 +58,7 @@ from sifluoro.track import _needle_kernels as K
 from sifluoro.track.needle_detect import LineFinder, NeedleSettings, refine_tip
 from sifluoro.track.needle_dot import Dot, find_dot
 from sifluoro.track.needle_field import EdgeDistance, valid_region
+from sifluoro.track.needle_verify import ScoutGate, ScoutSettings
 
 __all__ = ["NeedleStage", "NeedleSettings"]
 
@@ -156,8 +158,9 @@ class _StudyNeedle:
     line finder and its buffers, the run context, the run's mean working image and the track.
     Nothing per study lives on the stage object, so one stage can serve studies in parallel."""
 
-    def __init__(self, settings: NeedleSettings):
+    def __init__(self, settings: NeedleSettings, scout: ScoutSettings | None = None):
         self.finder = LineFinder(settings)
+        self.scout = ScoutGate(scout)  # a new track on the study's scout (needle_verify)
         self.buf: dict = {}
         self.ctx: _RunContext | None = None
         self.track = _Track()
@@ -198,13 +201,17 @@ class NeedleStage:
         present.
     needle : NeedleSettings, optional
         Overrides the needle settings.
+    scout : ScoutSettings, optional
+        The check of a new track on the study's scout (:mod:`.needle_verify`).
     """
 
     name = "needle"
     reads = ("register",)  # its target; not contrast's: the two may run at the same time
 
-    def __init__(self, settings: Settings | None = None, *, needle: NeedleSettings | None = None):
+    def __init__(self, settings: Settings | None = None, *, needle: NeedleSettings | None = None,
+                 scout: ScoutSettings | None = None):
         self.settings = needle or getattr(settings, "needle", None) or NeedleSettings()
+        self.scout = scout or ScoutSettings()
 
     def warm_up(self, frame: Frame) -> None:
         """Compile the numba kernels (cached on disk) and size the buffers on a frame of the
@@ -264,7 +271,7 @@ class NeedleStage:
     def process(self, frame: Frame, state) -> dict[str, Any]:
         st = state.stage_state.get("needle")
         if st is None:
-            st = state.stage_state["needle"] = _StudyNeedle(self.settings)
+            st = state.stage_state["needle"] = _StudyNeedle(self.settings, self.scout)
         target = _target(state)
         hit = None
         if self._roi_due(st, frame):
@@ -640,6 +647,7 @@ class NeedleStage:
         followed = st.track.dir_xy is not None
         st.jump_before, st.jump = st.jump, None
         lasting = []
+        st.scout.enter(ctx.run)
         for tip_w, base_w, prob in self._candidates(st, att, ctx, target):
             tip = grid.to_full(tip_w)
             base = grid.to_full(base_w)
@@ -659,6 +667,8 @@ class NeedleStage:
                 ok = (prob >= s.min_prob and (prob >= s.single_min_prob
                                               or self._confirmed(st, ctx, tip, u))
                       or prob >= s.persist_min_prob and self._persists(st, ctx, tip, u))
+            if ok and not tracked:
+                ok = st.scout.allows(tip, ctx.spacing_mm, target, ctx.centre_xy)
             if ok:
                 ranked.append((tracked, prob, tip_w, base_w))
         st.prev_candidates = seen

@@ -56,8 +56,10 @@ def test_client_receives_every_tip_at_30_frames_per_second(tmp_path, sifluoro_co
     expected = [e["needle"]["tip_xy"] for e in events if e["needle"]]
     # the needle stage sees the tip on most frames; it takes it up only once the tip is ~30 mm
     # into this full-frame field (the tip's distance from the field edge weighs in the needle
-    # probability), so the first ~40 frames have none: delivery is what is tested here
-    assert len(events) == 120 and len(expected) >= 60
+    # probability) and, this one run being the study's first (a scout, as far as the stage
+    # knows), within 20 mm of the field centre: the first ~60 frames have none; delivery is
+    # what is tested here
+    assert len(events) == 120 and len(expected) >= 50
     sent = int(re.search(r"(\d+) with a tip", server.stdout).group(1))
     assert sent == len(expected)
 

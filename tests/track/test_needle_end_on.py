@@ -13,14 +13,16 @@ from sifluoro.pipeline import Pipeline
 from sifluoro.register import RegisterResult
 from sifluoro.sim.detector import burn_in
 from sifluoro.track.needle import NeedleStage
+from sifluoro.track.needle_verify import ScoutSettings
 
 from .test_needle_stage import BITS, SPACING_MM, _background, _draw_polyline, _frame, _run
 
 TARGET = (300.0, 200.0)
 
 
-def _process_run(frames: list[Frame], target=TARGET) -> list[dict]:
-    stage = NeedleStage()
+def _process_run(frames: list[Frame], target=TARGET, scout: ScoutSettings | None = None
+                 ) -> list[dict]:
+    stage = NeedleStage(scout=scout)
     state = Pipeline([stage]).start_study("1.2")
     out = []
     for frame in frames:
@@ -114,7 +116,8 @@ def test_no_dot_while_a_line_needle_is_followed():
             _draw_polyline(img, np.array([base, tip]), 0.05, 1.8)
         _dot(img)
         frames.append(_frame(img, run, i))
-    outs = _process_run(frames)
+    # a needle run (its tip 32 mm from the target), not a scout
+    outs = _process_run(frames, scout=ScoutSettings(scout_runs=0))
     assert all(o["needle"] is not None and o["needle"]["end_on"] is False for o in outs[1:4])
     # the line gone (out of the search), the dot is still not taken for the needle
     assert all(o["needle"] is None or o["needle"]["end_on"] is False for o in outs[4:])

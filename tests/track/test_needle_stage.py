@@ -132,8 +132,10 @@ def test_needle_tip_from_the_field_edge(bend_px):
 
 def test_tip_to_target_and_advance_between_runs():
     from sifluoro.register import RegisterResult
+    from sifluoro.track.needle_verify import ScoutSettings
 
-    stage = NeedleStage()
+    # both runs are needle runs, the first one's tip 54 mm from the target: no scout here
+    stage = NeedleStage(scout=ScoutSettings(scout_runs=0))
     state = Pipeline([stage]).start_study("1.2")
     target = (300.0, 200.0)
     state.stage_state["register"] = RegisterResult(None, 0.0, False, target, 5.0, (0.0, 0.0),
@@ -185,7 +187,7 @@ def test_studies_interleaved_through_one_stage_do_not_mix():
         mixed[0].append(stage.process(fa, states[0]))
         mixed[1].append(stage.process(fb, states[1]))
     assert mixed == alone
-    assert vars(stage).keys() == {"settings"}
+    assert vars(stage).keys() == {"settings", "scout"}  # settings only
 
 
 def _angled_run(uid: str, primary_deg: float) -> Run:

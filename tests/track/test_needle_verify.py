@@ -1,0 +1,66 @@
+"""A new needle track on a study's scout (sifluoro.track.needle_verify)."""
+from __future__ import annotations
+
+import numpy as np
+
+from sifluoro.pipeline import Pipeline
+from sifluoro.track.needle import NeedleStage
+from sifluoro.track.needle_verify import ScoutGate, ScoutSettings
+from tests.track.test_needle_stage import (_background, _draw_polyline, _frame, _needle_points,
+                                          _run)
+
+TARGET = np.array([500.0, 500.0])
+CENTRE = np.array([200.0, 200.0])
+
+
+def test_on_the_scout_only_a_tip_near_the_target_starts_a_track():
+    gate = ScoutGate(ScoutSettings(scout_target_mm=20.0))
+    scout, needle_run = object(), object()
+    gate.enter(scout)
+    assert gate.on_scout
+    assert gate.allows(TARGET + [19.0, 0.0], 1.0, TARGET, CENTRE)
+    assert not gate.allows(TARGET + [21.0, 0.0], 1.0, TARGET, CENTRE)
+    assert not gate.allows(TARGET + [11.0, 0.0], 2.0, TARGET, CENTRE)  # 22 mm
+    # without a register target, the field centre
+    assert gate.allows(CENTRE + [0.0, 19.0], 1.0, None, CENTRE)
+    assert not gate.allows(TARGET, 1.0, None, CENTRE)
+    # the next run is not a scout, nor is the scout's run once another was seen
+    gate.enter(needle_run)
+    assert not gate.on_scout and gate.allows(TARGET + [90.0, 0.0], 1.0, TARGET, CENTRE)
+    gate.enter(scout)
+    assert gate.on_scout
+    two = ScoutGate(ScoutSettings(scout_runs=2))
+    for run in (scout, needle_run):
+        two.enter(run)
+        assert two.on_scout
+    off = ScoutGate(ScoutSettings(scout_runs=0))
+    off.enter(scout)
+    assert not off.on_scout and off.allows(TARGET + [90.0, 0.0], 1.0, TARGET, CENTRE)
+
+
+def _line_study(stage: NeedleStage, tip, frames_per_run=3, runs=2) -> list[dict]:
+    """``runs`` runs of a study showing the same needle-like line (a skin marker's shape)."""
+    state = Pipeline([stage]).start_study("1.2")
+    outs = []
+    for r in range(runs):
+        run = _run(f"1.2.5.{r}")
+        for k in range(frames_per_run):
+            img = _background(7 + 10 * r + k)
+            _draw_polyline(img, _needle_points(tip, np.array([120.0, 511.0])), 0.05, 1.8)
+            outs.append(stage.process(_frame(img, run, frames_per_run * r + k), state))
+    return outs
+
+
+def test_a_needle_like_line_far_from_the_joint_is_not_taken_on_the_scout():
+    far = np.array([180.0, 380.0])  # about 75 mm from the field centre
+    outs = _line_study(NeedleStage(), far)
+    assert all(o["needle"] is None for o in outs[:3])  # the scout
+    assert outs[-1]["needle"] is not None  # the next run: a needle may be in now
+    # without the scout check the same line is a needle from the scout's second frame on
+    plain = _line_study(NeedleStage(scout=ScoutSettings(scout_runs=0)), far)
+    assert plain[1]["needle"] is not None and plain[-1]["needle"] is not None
+
+
+def test_a_needle_near_the_joint_on_the_first_run_is_taken():
+    outs = _line_study(NeedleStage(), np.array([262.3, 251.6]), runs=1)
+    assert all(o["needle"] is not None for o in outs[1:])
