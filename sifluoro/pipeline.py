@@ -85,6 +85,9 @@ class StudyState:
     dose: DoseAccumulator
     contrast_state: str = "none"
     contrast_confidence: float = 0.0  # of the last contrast update (carried over when skipped)
+    #: the study's contrast state: the last frame's, or in a bilateral study the most
+    #: dangerous any side's injection showed (the frames show their side's)
+    contrast_study_state: str = "none"
     stage_state: dict[str, Any] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list)
     degraded_frames: int = 0
@@ -429,6 +432,8 @@ class Pipeline:
         contrast = event["contrast"]
         state.contrast_state = contrast["state"]
         state.contrast_confidence = contrast.get("confidence", 0.0)
+        if "contrast" not in skipped and "contrast" not in failed:  # else carried over
+            state.contrast_study_state = contrast.get("study_state", contrast["state"])
         event["dose"] = dict(arrival.dose)
         ordered_steps = [d.step for d in self._steps if d.step in steps]
         if t_end is None:

@@ -103,7 +103,7 @@ def build_summary(study: Study, state, rejected: list[Rejection]) -> dict:
         "air_kerma_mgy": totals.air_kerma_mgy,
         "dap_gycm2": totals.dap_gycm2,
         "dose_source": state.dose.source,
-        "contrast_state": state.contrast_state,
+        "contrast_state": state.contrast_study_state,
         "stages": list(state.stage_names),
         "rejected_files": [r.as_dict() for r in rejected],
         # frames of damaged files given by their header only: not in the totals above (no

@@ -141,6 +141,25 @@ class _StudyMemory:
         self.buffers: _Buffers | None = None
         self.transient: TransientLines | None = None
         self.last_opacities: tuple[Opacity, ...] = ()  # accepted on the last frame (tracing)
+        # a bilateral study: the joint last seen ("L", "R"), and what the other side's
+        # injection showed (the study's state keeps the most dangerous of them)
+        self.side: str | None = None
+        self.other_sides: list[str] = []
+
+    def new_side(self, side: str) -> None:
+        """The C-arm moved to the other joint: its injection starts from ``none`` (the first
+        side's opacity is no evidence about it), with its own references."""
+        self.other_sides.append(self.classifier.state)
+        self.classifier = Classifier()
+        self.banks.clear()
+        self.run = None
+        self.transient = None
+        self.side = side
+
+    @property
+    def study_state(self) -> str:
+        """The most dangerous state any side's injection has shown."""
+        return max([self.classifier.state, *self.other_sides], key=DANGER.__getitem__)
 
     def buffers_for(self, shape: tuple[int, int], factor: int) -> _Buffers:
         if self.buffers is None or (self.buffers.shape, self.buffers.factor) != (shape, factor):
@@ -213,6 +232,11 @@ class ContrastStage:
         memory = state.stage_state.get("contrast")
         if not isinstance(memory, _StudyMemory):
             memory = state.stage_state["contrast"] = _StudyMemory()
+        side = (frame.run.laterality or "").strip().upper()
+        if side in ("L", "R"):
+            if memory.side is not None and side != memory.side:
+                memory.new_side(side)
+            memory.side = side
         b = self._reduce(frame, memory)
         factor, shape = b.factor, b.shape
         run = frame.run
@@ -410,6 +434,8 @@ class ContrastStage:
             "bbox_xyxy": bbox, "area_mm2": round(area_mm2, 2), "iodine_au": round(iodine_au, 4),
             "components": [o.kind for o in accepted],
             "vascular_evidence": round(c.vascular_evidence, 3)}}
+        if memory.other_sides:  # bilateral: the study keeps what the first side showed
+            out["contrast"]["study_state"] = memory.study_state
         alert = c.take_alert()
         if alert is not None:
             out["alerts"] = [{"kind": "vascular", "index": frame.index,
