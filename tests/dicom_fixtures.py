@@ -76,3 +76,23 @@ def write_study(folder: Path, specs: list[RunSpec], *, study_uid: str | None = N
         name = spec.filename or f"{len(specs) - i:03d}_run.dcm"
         paths.append(save_dataset(ds, folder / name, transfer_syntax=spec.transfer_syntax))
     return paths
+
+
+def as_device_report(sifluoro_rdsr: Path, out: Path, *, scale: float = 1.5):
+    """sifluoro's RDSR of a study made into the C-arm's own (another SoftwareVersions), every
+    irradiation event's DAP and Dose (RP) times ``scale``: a device report that disagrees with
+    the headers' doses, so a test can tell which one was used. Written to ``out``."""
+    import pydicom
+
+    ds = pydicom.dcmread(sifluoro_rdsr)
+    ds.SoftwareVersions = "VC21C"
+    for item in ds.ContentSequence:
+        if item.ConceptNameCodeSequence[0].CodeValue == "113706":  # an irradiation event
+            for sub in item.ContentSequence:
+                if sub.ValueType == "NUM" and sub.ConceptNameCodeSequence[0].CodeValue in ("122130", "113738"):
+                    value = sub.MeasuredValueSequence[0]
+                    value.NumericValue = f"{float(value.NumericValue) * scale:.10g}"
+                    if "FloatingPointValue" in value:
+                        value.FloatingPointValue = float(value.FloatingPointValue) * scale
+    ds.save_as(out)
+    return ds

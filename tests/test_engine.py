@@ -12,7 +12,7 @@ from sifluoro.acquire.dicom_reader import iter_frames, read_study
 from sifluoro.engine import AlertEvent, DoseEvent, FrameEvent
 from sifluoro.errors import InputError
 from sifluoro.replay import replay
-from tests.dicom_fixtures import RunSpec, technique, write_study
+from tests.dicom_fixtures import RunSpec, as_device_report, technique, write_study
 
 NO_DEADLINE = Settings(latency_budget_ms=1e9)
 
@@ -132,23 +132,11 @@ def test_the_devices_report_among_the_inputs_gives_the_engines_dose_as_in_replay
     """``export``, ``serve-igtl`` and ``view`` run the Engine: it ignored the device's RDSR
     among the inputs, summed the headers' dose and sent the PACS a report contradicting the
     device's (review s10 A#3)."""
-    import pydicom
-
     write_study(tmp_path / "study", [RunSpec(0.0, n_frames=3), RunSpec(15.0, n_frames=3)])
     estimated = replay([tmp_path / "study"], events_path=tmp_path / "e.jsonl",
                        summary_path=tmp_path / "s.json", rdsr_path=tmp_path / "device.dcm",
                        stages=[]).summary
-    ds = pydicom.dcmread(tmp_path / "device.dcm")
-    ds.SoftwareVersions = "VC21C"  # the C-arm's own report
-    for item in ds.ContentSequence:
-        if item.ConceptNameCodeSequence[0].CodeValue == "113706":  # irradiation events: x1.5
-            for sub in item.ContentSequence:
-                if sub.ValueType == "NUM" and sub.ConceptNameCodeSequence[0].CodeValue in ("122130", "113738"):
-                    value = sub.MeasuredValueSequence[0]
-                    value.NumericValue = f"{float(value.NumericValue) * 1.5:.10g}"
-                    if "FloatingPointValue" in value:
-                        value.FloatingPointValue = float(value.FloatingPointValue) * 1.5
-    ds.save_as(tmp_path / "study" / "device.dcm")
+    as_device_report(tmp_path / "device.dcm", tmp_path / "study" / "device.dcm")
     by_replay = replay([tmp_path / "study"], events_path=tmp_path / "e2.jsonl",
                        summary_path=tmp_path / "s2.json", stages=[]).summary
     by_engine = Engine(NO_DEADLINE, stages=[]).run(tmp_path / "study")
@@ -162,23 +150,11 @@ def test_a_device_report_announced_after_the_frames_recounts_them(tmp_path):
     """A plug-in announces each run as it arrives and the C-arm's RDSR at the end of the
     procedure: the runs already counted kept their header estimates and the summary (and the
     RDSR sent) ignored the device's dose."""
-    import pydicom
-
     write_study(tmp_path / "study", [RunSpec(0.0, n_frames=3), RunSpec(15.0, n_frames=3)])
     estimated = replay([tmp_path / "study"], events_path=tmp_path / "e.jsonl",
                        summary_path=tmp_path / "s.json", rdsr_path=tmp_path / "device.dcm",
                        stages=[]).summary
-    ds = pydicom.dcmread(tmp_path / "device.dcm")
-    ds.SoftwareVersions = "VC21C"  # the C-arm's own report
-    for item in ds.ContentSequence:
-        if item.ConceptNameCodeSequence[0].CodeValue == "113706":  # irradiation events: x1.5
-            for sub in item.ContentSequence:
-                if sub.ValueType == "NUM" and sub.ConceptNameCodeSequence[0].CodeValue in ("122130", "113738"):
-                    value = sub.MeasuredValueSequence[0]
-                    value.NumericValue = f"{float(value.NumericValue) * 1.5:.10g}"
-                    if "FloatingPointValue" in value:
-                        value.FloatingPointValue = float(value.FloatingPointValue) * 1.5
-    ds.save_as(tmp_path / "late.dcm")
+    as_device_report(tmp_path / "device.dcm", tmp_path / "late.dcm")
     engine = Engine(NO_DEADLINE, stages=[])
     study = read_study([tmp_path / "study"])
     engine.prepare(study)

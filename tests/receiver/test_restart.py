@@ -376,26 +376,14 @@ def test_the_device_report_received_last_gives_the_dose_of_the_runs_received_bef
     """The C-arm sends its RDSR at the end of the procedure: the receiver listed it in
     summary.dose_reports and kept the header estimates (review s11 B#4); replay of the same
     files used it."""
-    import pydicom
-
     from sifluoro.replay import replay
-    from tests.dicom_fixtures import RunSpec, write_study
+    from tests.dicom_fixtures import RunSpec, as_device_report, write_study
 
     paths = write_study(tmp_path / "study", [RunSpec(0.0, n_frames=3), RunSpec(15.0, n_frames=3)])
     estimated = replay([tmp_path / "study"], events_path=tmp_path / "e.jsonl",
                        summary_path=tmp_path / "s.json", rdsr_path=tmp_path / "mine.dcm",
                        stages=[]).summary
-    ds = pydicom.dcmread(tmp_path / "mine.dcm")
-    ds.SoftwareVersions = "VC21C"  # the C-arm's own report: every dose x1.5
-    for item in ds.ContentSequence:
-        if item.ConceptNameCodeSequence[0].CodeValue == "113706":
-            for sub in item.ContentSequence:
-                if sub.ValueType == "NUM" and sub.ConceptNameCodeSequence[0].CodeValue in ("122130", "113738"):
-                    value = sub.MeasuredValueSequence[0]
-                    value.NumericValue = f"{float(value.NumericValue) * 1.5:.10g}"
-                    if "FloatingPointValue" in value:
-                        value.FloatingPointValue = float(value.FloatingPointValue) * 1.5
-    ds.save_as(tmp_path / "device.dcm")
+    ds = as_device_report(tmp_path / "mine.dcm", tmp_path / "device.dcm")
     spool = Spool(tmp_path / "spool")
     live = LiveStudies(spool, stages=[], workers=2)
     try:
