@@ -165,7 +165,12 @@ def test_a_vessel_seen_only_in_lost_frames_makes_a_vascular_study():
     score_study(truth, events, {"contrast_state": "intra_articular", "air_kerma_mgy": 2.0,
                                 "dap_gycm2": 0.5, "fluoro_time_s": 1.0}, tally)
     assert tally.studies[0]["truth"] == "vascular" and not tally.studies[0]["correct"]
-    assert tally.missing_frames == 1
+    assert tally.missing_frames == 1 and tally.missing_damaged == 0  # truth does not say damaged
+    truth["frames"][3]["damaged"] = True
+    tally = Tally()
+    score_study(truth, events, {"contrast_state": "intra_articular", "air_kerma_mgy": 2.0,
+                                "dap_gycm2": 0.5, "fluoro_time_s": 1.0}, tally)
+    assert tally.missing_frames == tally.missing_damaged == 1
 
 
 def test_stages_that_did_not_run_are_not_assessed(tmp_path):

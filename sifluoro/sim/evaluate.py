@@ -62,6 +62,7 @@ class Tally:
     missed_detections: int = 0
     studies: list[dict] = field(default_factory=list)
     missing_frames: int = 0
+    missing_damaged: int = 0  # of those, frames of a damaged file (lost by design: no event)
 
 
 def score_study(truth: dict, events: list[dict], summary: dict | None, tally: Tally) -> dict:
@@ -83,6 +84,7 @@ def score_study(truth: dict, events: list[dict], summary: dict | None, tally: Ta
         e = by_key.get((ft["sop_instance_uid"], ft["frame"]))
         if e is None:
             tally.missing_frames += 1
+            tally.missing_damaged += bool(ft.get("damaged"))
             continue
         spacing = ft["pixel_spacing_mm"]
         needle = e.get("needle")
@@ -195,6 +197,7 @@ def report(tally: Tally) -> dict:
         "assessed": [name for name in STAGES if name in ran],
         "studies_without_results": [s["case"] for s in tally.studies if not s["results"]],
         "missing_frames": tally.missing_frames,
+        "missing_frames_of_damaged_files": tally.missing_damaged,
         "needle": {
             "tip_error_mm_median": _pct(tally.tip_errors_mm, 50),
             "tip_error_mm_p95": _pct(tally.tip_errors_mm, 95),
@@ -266,7 +269,8 @@ def evaluate(cases_dir: str | Path, results_dir: str | Path) -> dict:
 def format_report(r: dict) -> str:
     n, j, c, d = r["needle"], r["joint"], r["contrast"], r["dose"]
     lines = [
-        f"studies {r['studies']}  (frames missing from the outputs: {r['missing_frames']})",
+        f"studies {r['studies']}  (frames missing from the outputs: {r['missing_frames']}, of which "
+        f"{r.get('missing_frames_of_damaged_files', 0)} in damaged files: lost, no event by design)",
         f"needle   tip error median {n['tip_error_mm_median']} mm, p95 {n['tip_error_mm_p95']} mm; "
         f"detected {n['detection_rate_3mm']} of {n['tip_frames']} frames; false tips "
         f"{n['false_tip_rate']} of {n['no_needle_frames']}; end-on frames {n['end_on_frames']} "
