@@ -44,6 +44,38 @@ def picture_steps(pixels, threshold):
     return count
 
 
+@njit(cache=True, nogil=True)
+def select_kth(v, n, k):
+    """The ``k``-th smallest of ``v[:n]`` (0-based); reorders ``v[:n]`` in place so that
+    ``v[:k]`` are no larger (Hoare partition, median-of-three pivot)."""
+    lo = 0
+    hi = n - 1
+    while hi > lo:
+        mid = (lo + hi) // 2
+        a, b, c = v[lo], v[mid], v[hi]
+        pivot = max(min(a, b), min(max(a, b), c))
+        i = lo
+        j = hi
+        while i <= j:
+            while v[i] < pivot:
+                i += 1
+            while v[j] > pivot:
+                j -= 1
+            if i <= j:
+                t = v[i]
+                v[i] = v[j]
+                v[j] = t
+                i += 1
+                j -= 1
+        if k <= j:
+            hi = j
+        elif k >= i:
+            lo = i
+        else:
+            return v[k]
+    return v[k]
+
+
 def warm_up() -> None:
     """Compile for the stored frames' type (2-D uint16, C or any layout, writable or not: a
     DICOM file's decoded frames are read-only, a video capture's writable) before a live frame."""

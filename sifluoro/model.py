@@ -121,6 +121,19 @@ class Run:
         return self.technique.imager_pixel_spacing_xy_mm
 
     @property
+    def side(self) -> str | None:
+        """The run's laterality, "L" or "R", when the header states it."""
+        side = (self.laterality or "").strip().upper()
+        return side if side in ("L", "R") else None
+
+    @property
+    def polarity_stated(self) -> bool:
+        """Whether the header says which way attenuation runs (a PixelIntensityRelationshipSign,
+        or a LIN/LOG relationship); otherwise :attr:`attenuation_rises_with_value` assumes it."""
+        return (self.pixel_intensity_sign in (-1, 1)
+                or self.pixel_intensity_relationship in ("LIN", "LOG"))
+
+    @property
     def attenuation_rises_with_value(self) -> bool:
         """Whether higher stored values mean more attenuation (bone bright as stored).
 
@@ -130,11 +143,9 @@ class Run:
         interpretation, assuming bone is displayed bright, as radiographs do. A bone-dark
         MONOCHROME2 device that writes neither is indistinguishable and is read inverted.
         """
-        if self.pixel_intensity_sign in (-1, 1):
-            return self.pixel_intensity_sign == -1
-        if self.pixel_intensity_relationship in ("LIN", "LOG"):
-            return False
-        return self.photometric == "MONOCHROME2"
+        if not self.polarity_stated:
+            return self.photometric == "MONOCHROME2"
+        return self.pixel_intensity_sign == -1  # LIN/LOG without a sign: falls with attenuation
 
     def iter_pixels(self) -> Iterator[np.ndarray]:
         """Decode frames one at a time (read-only 2-D uint16 arrays, as stored)."""

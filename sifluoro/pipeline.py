@@ -727,12 +727,12 @@ def _as_seen_by_stages(frame: Frame, state: StudyState) -> Frame:
 def _check_assumptions(run: Run, state: StudyState) -> None:
     """Say (once per run) what the image stages must assume about its frames."""
     state.checked_runs.add(run.sop_instance_uid)
-    if run.pixel_intensity_sign not in (-1, 1) and run.pixel_intensity_relationship not in ("LIN", "LOG"):
+    if not run.polarity_stated:
         state.assumed_runs["polarity"] += 1
         log.warning("%s: neither PixelIntensityRelationshipSign (0028,1041) nor a LIN/LOG "
                     "PixelIntensityRelationship (0028,1040): bone is taken as %s as stored (%s); "
                     "a device that stores it the other way is read inverted and its guidance is "
-                    "wrong", run.path, "bright" if run.photometric == "MONOCHROME2" else "dark",
+                    "wrong", run.path, "bright" if run.attenuation_rises_with_value else "dark",
                     run.photometric)
     if run.pixel_spacing_xy_mm is None:
         state.assumed_runs["pixel_spacing"] += 1

@@ -196,7 +196,8 @@ def _v2(conn: Connection) -> None:
 
 
 #: the study dose totals made nullable by version 3, with the event attribute and kind that
-#: decide whether a stored 0 was an unknown
+#: decide whether a stored 0 was an unknown (a frozen copy of dose.records.DOSE_TOTALS as it
+#: was then: an applied migration must not change with later code)
 _NULLABLE_TOTALS = (("dap_gycm2", "dap_gycm2", None), ("air_kerma_mgy", "air_kerma_mgy", None),
                     ("fluoro_dap_gycm2", "dap_gycm2", "fluoroscopy"),
                     ("fluoro_air_kerma_mgy", "air_kerma_mgy", "fluoroscopy"),

@@ -153,9 +153,10 @@ class DoseAccumulator:
         their Acquired Image items (SOP Instance UIDs); fluoroscopy that was not stored as
         images has none. An event that references several runs (one instance per frame, say)
         is shared among the frames of the runs it names that are known; when another of them
-        arrives, the share is worked out again and the runs counted so far are recounted. A run already prepared or counted from its headers that the report
-        names is recounted with the report's dose (a device's report usually arrives at the end
-        of the procedure); returns the alerts the recount raised (also in :attr:`alerts`).
+        arrives, the share is worked out again and the runs counted so far are recounted. A run
+        already prepared or counted from its headers that the report names is recounted with
+        the report's dose (a device's report usually arrives at the end of the procedure);
+        returns the alerts the recount raised (also in :attr:`alerts`).
         """
         for run in runs:
             self._frames[run.sop_instance_uid] = max(1, run.n_frames)
@@ -179,6 +180,9 @@ class DoseAccumulator:
         if not any(uid in self._tallies for uid in uids):
             return []
         self.recounts += 1
+        for totals, lost in ((self.totals, False), (self.lost, True)):  # where doses come from now
+            totals.sources = {t.dose.source for t in self._tallies.values()
+                              if any(was_lost == lost for _, was_lost in t.counted)}
         index, t_s = self._last_frame
         out = self._crossed_to(before, index, t_s)
         t, lost = self.totals, self.lost
@@ -207,9 +211,6 @@ class DoseAccumulator:
             totals.dap_gycm2 += dap - old_dap
             tally.air_kerma_mgy += kerma - old_kerma
             tally.dap_gycm2 += dap - old_dap
-        for totals, lost in ((self.totals, False), (self.lost, True)):
-            totals.sources = {t.dose.source for t in self._tallies.values()
-                              if any(was_lost == lost for _, was_lost in t.counted)}
 
     def prepare(self, run: Run) -> RunDose:
         """Work out a run's per-frame dose once (called before its first frame is needed).

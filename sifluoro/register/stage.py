@@ -294,7 +294,7 @@ class JointStage:
                                               min_peak=min_peak)
                 view_changed = True
         if view is None:
-            view = self._new_view(st, geometry, angles, work, _side(frame))
+            view = self._new_view(st, geometry, angles, work, frame.run.side)
             view.seed_from(st.current)
         else:
             shift_mm = np.hypot(*motion.shift_xy) * geometry.spacing_mm
@@ -311,7 +311,7 @@ class JointStage:
                 log.info("frame %d: registration lost (peak %.3f, shift %.1f mm): new view",
                          frame.index, motion.peak, shift_mm)
                 st.views.remove(view)
-                view = self._new_view(st, geometry, angles, work, _side(frame))
+                view = self._new_view(st, geometry, angles, work, frame.run.side)
                 view_changed = True
             else:
                 shift_full = motion.shift_xy
@@ -420,12 +420,6 @@ def _matching_view(views: list[_View], current: _View | None, geometry: _Geometr
         if motion.peak >= min_peak and (best[1] is None or motion.peak > best[1].peak):
             best = (v, motion)
     return best
-
-
-def _side(frame: Frame) -> str | None:
-    """The run's laterality, "L" or "R", when the header states it."""
-    side = (frame.run.laterality or "").strip().upper()
-    return side if side in ("L", "R") else None
 
 
 def _is_inside(mask: np.ndarray, xy: np.ndarray) -> bool:

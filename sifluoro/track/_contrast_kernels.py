@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from sifluoro._imaging_kernels import select_kth
+
 # columns of the per-component statistics table written by component_stats
 C_AREA = 0        # pixels
 C_SUM = 1         # sum of the residual (attenuation units x pixels)
@@ -908,38 +910,6 @@ def same_mask(a, b):
 
 
 @njit(cache=True, nogil=True)
-def _select(v, n, k):
-    """The ``k``-th smallest of ``v[:n]`` (0-based); reorders ``v[:n]`` in place so that
-    ``v[:k]`` are no larger (Hoare partition, median-of-three pivot)."""
-    lo = 0
-    hi = n - 1
-    while hi > lo:
-        mid = (lo + hi) // 2
-        a, b, c = v[lo], v[mid], v[hi]
-        pivot = max(min(a, b), min(max(a, b), c))
-        i = lo
-        j = hi
-        while i <= j:
-            while v[i] < pivot:
-                i += 1
-            while v[j] > pivot:
-                j -= 1
-            if i <= j:
-                t = v[i]
-                v[i] = v[j]
-                v[j] = t
-                i += 1
-                j -= 1
-        if k <= j:
-            hi = j
-        elif k >= i:
-            lo = i
-        else:
-            return v[k]
-    return v[k]
-
-
-@njit(cache=True, nogil=True)
 def _bin_of_rank(hist, k):
     """The histogram bin holding the ``k``-th smallest value, and how many values lie below it."""
     below = 0
@@ -1055,7 +1025,7 @@ def masked_median(m, mask, cand, hist, bins):
             if b0 <= b <= b1:
                 cand[c] = m[y, x]
                 c += 1
-    upper = _select(cand, c, k - below)
+    upper = select_kth(cand, c, k - below)
     if n % 2 == 1:
         return upper, n
     # rank k - 1: the largest of the candidates below rank k's position

@@ -11,6 +11,8 @@ import math
 import numpy as np
 from numba import njit
 
+from sifluoro._imaging_kernels import select_kth
+
 
 @njit(cache=True, nogil=True)
 def ridge_map(smooth, mask, edge_gain, out):
@@ -593,46 +595,11 @@ def chamfer_min(points, x, y, axial, diagonal):
 # -- the noise unit of the ridge score (needle_detect.laplacian_noise) -----------------------
 
 @njit(cache=True, nogil=True)
-def _select(a, lo, hi, k):
-    """Put the ``k``-th smallest of ``a[lo:hi]`` at ``a[k]``, the smaller ones before it
-    (quickselect, Hoare partition around the median of three)."""
-    hi -= 1
-    while hi > lo:
-        mid = (lo + hi) >> 1
-        # median of three to a[mid], then the pivot is its value
-        if a[mid] < a[lo]:
-            a[mid], a[lo] = a[lo], a[mid]
-        if a[hi] < a[lo]:
-            a[hi], a[lo] = a[lo], a[hi]
-        if a[hi] < a[mid]:
-            a[hi], a[mid] = a[mid], a[hi]
-        pivot = a[mid]
-        i = lo
-        j = hi
-        while i <= j:
-            while a[i] < pivot:
-                i += 1
-            while pivot < a[j]:
-                j -= 1
-            if i <= j:
-                a[i], a[j] = a[j], a[i]
-                i += 1
-                j -= 1
-        # a[lo..j] <= pivot <= a[i..hi], a[j+1..i-1] == pivot
-        if k <= j:
-            hi = j
-        elif k >= i:
-            lo = i
-        else:
-            return
-
-
-@njit(cache=True, nogil=True)
 def median_f32(a, n):
     """``np.median(a[:n])`` of float32 values without NaN, as NumPy computes it (the mean of
     the two middle values in float32 when ``n`` is even); reorders ``a[:n]``."""
     k = n // 2
-    _select(a, 0, n, k)
+    select_kth(a, n, k)
     if n % 2 == 1:
         return a[k]
     below = a[0]

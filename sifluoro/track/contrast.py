@@ -146,7 +146,7 @@ class _StudyMemory:
         self.side: str | None = None
         self.other_sides: list[str] = []
 
-    def new_side(self, side: str) -> None:
+    def new_side(self) -> None:
         """The C-arm moved to the other joint: its injection starts from ``none`` (the first
         side's opacity is no evidence about it), with its own references."""
         self.other_sides.append(self.classifier.state)
@@ -154,7 +154,6 @@ class _StudyMemory:
         self.banks.clear()
         self.run = None
         self.transient = None
-        self.side = side
 
     @property
     def study_state(self) -> str:
@@ -232,10 +231,10 @@ class ContrastStage:
         memory = state.stage_state.get("contrast")
         if not isinstance(memory, _StudyMemory):
             memory = state.stage_state["contrast"] = _StudyMemory()
-        side = (frame.run.laterality or "").strip().upper()
-        if side in ("L", "R"):
+        side = frame.run.side
+        if side is not None:
             if memory.side is not None and side != memory.side:
-                memory.new_side(side)
+                memory.new_side()
             memory.side = side
         b = self._reduce(frame, memory)
         factor, shape = b.factor, b.shape
