@@ -6,10 +6,10 @@ For 512² and 1024² frames of a simulated study (``simulate_case(seed, case, qu
   default stages and with joint + needle + contrast, under no deadline (every stage in full);
   with one stage thread also the pipeline's own time per frame (``own``: latency less the
   stages, frame by frame) and each frame's thread CPU time (``pipeline_cpu``); for every stage
-  also the CPU time of the thread that ran it (``<stage>_cpu``: on a busy machine the wall time
-  mostly measures waiting for a core). The study's 13 frames are a mix: a run's first frames
-  segment the joint and search the needle's field, and the contrast run's frames from its 4th
-  run the vessel test, so a p50 is that of a mix;
+  also the CPU time of the thread that ran it, in a pass of its own (``<stage>_cpu``: on a busy
+  machine the wall time mostly measures waiting for a core). The study's 13 frames are a mix:
+  a run's first frames segment the joint and search the needle's field, and the contrast run's
+  frames from its 4th run the vessel test, so a p50 is that of a mix;
 - the grids each stage works on at each size (``work_grids``): fixed in mm or in pixels, the
   same at 512² as at 1024² over the same field, which is why 512² costs about as much;
 - the ratio of each stage's and of the pipeline's p50 to the p50 of one ``cv2.Sobel`` pass
@@ -52,12 +52,10 @@ def _threads(config: str) -> int:
 
 
 class _Timed:
-    """A stage that records the duration of each call (pipeline order and names kept): wall
-    time in ``ms``, and the CPU time of the thread that ran it in ``cpu_ms`` (on a busy machine
-    the wall time also counts waiting for a core; the CPU time much less so)."""
+    """A stage that records the duration of each call (pipeline order and names kept)."""
 
     def __init__(self, stage):
-        self.stage, self.name, self.ms, self.cpu_ms = stage, stage.name, [], []
+        self.stage, self.name, self.ms = stage, stage.name, []
         if hasattr(stage, "warm_up"):
             self.warm_up = stage.warm_up
         if hasattr(stage, "reads"):
@@ -65,12 +63,24 @@ class _Timed:
 
     def process(self, frame, state):
         t0 = time.perf_counter()
+        try:
+            return self.stage.process(frame, state)
+        finally:
+            self.ms.append((time.perf_counter() - t0) * 1000.0)
+
+
+class _CpuTimed(_Timed):
+    """A stage that records the CPU time of the thread that ran each call, for a pass of its
+    own: reading the thread's CPU clock is a system call, where a busy machine's scheduler
+    may take the core away (around every stage it made the stages' wall p50s 3-7 times
+    longer under load; 1024², 6 rounds)."""
+
+    def process(self, frame, state):
         c0 = time.thread_time()
         try:
             return self.stage.process(frame, state)
         finally:
-            self.cpu_ms.append((time.thread_time() - c0) * 1000.0)
-            self.ms.append((time.perf_counter() - t0) * 1000.0)
+            self.ms.append((time.thread_time() - c0) * 1000.0)
 
 
 def _pct(values) -> dict:
@@ -121,31 +131,38 @@ def _in_process(frames, config: str, repeats: int) -> dict:
     """p50/p99 of the pipeline and of each stage; with one thread also the pipeline's own time
     per frame (its latency less its stages', frame by frame: the p50s of a mix of cheap and
     dear frames do not add up) and the thread CPU time of each frame (on a busy machine the
-    wall time also counts waiting for a core)."""
+    wall time also counts waiting for a core); and, in a second pass, each stage's thread CPU
+    time (``stages_cpu``, :class:`_CpuTimed`)."""
+    state, timed, cpu_ms = _timed_pass(frames, config, repeats, _Timed)
+    out = {"pipeline": _pct(state.latencies_ms), "stages": {t.name: _pct(t.ms) for t in timed}}
+    if _threads(config) == 1:
+        out["pipeline_cpu"] = _pct(cpu_ms)
+        out["own"] = _pct(np.subtract(state.latencies_ms, np.sum([t.ms for t in timed], axis=0)))
+    out["stages_cpu"] = {t.name: _pct(t.ms) for t in _timed_pass(frames, config, repeats, _CpuTimed)[1]}
+    return out
+
+
+def _timed_pass(frames, config: str, repeats: int, timer: type) -> tuple:
+    """(study state, stages wrapped in ``timer``, thread CPU ms of each frame) of a fresh
+    pipeline over ``frames``, ``repeats`` times, with no deadline."""
     from sifluoro.config import Settings
     from sifluoro.pipeline import Pipeline
 
     settings = Settings(latency_budget_ms=1e9, stage_threads=_threads(config))  # every stage in full
-    timed = [_Timed(s) for s in _stages(config, settings)]
+    timed = [timer(s) for s in _stages(config, settings)]
     pipeline = Pipeline(timed, settings)
     state = pipeline.start_study("bench")
     for run in {f.run.sop_instance_uid: f.run for f in frames}.values():
         pipeline.prepare_run(run, state)
     for t in timed:
         t.ms.clear()  # warm-up calls are not frames
-        t.cpu_ms.clear()
     cpu_ms = []
     for _ in range(repeats):
         for f in frames:
             c0 = time.thread_time()
             pipeline.process(f, state)
             cpu_ms.append((time.thread_time() - c0) * 1000.0)
-    out = {"pipeline": _pct(state.latencies_ms), "stages": {t.name: _pct(t.ms) for t in timed},
-           "stages_cpu": {t.name: _pct(t.cpu_ms) for t in timed}}
-    if _threads(config) == 1:
-        out["pipeline_cpu"] = _pct(cpu_ms)
-        out["own"] = _pct(np.subtract(state.latencies_ms, np.sum([t.ms for t in timed], axis=0)))
-    return out
+    return state, timed, cpu_ms
 
 
 def _allocations(frames) -> dict:
