@@ -5,9 +5,13 @@ For 512² and 1024² frames of a simulated study (``simulate_case(seed, case, qu
 - p50/p99 per stage and for the whole pipeline (``Pipeline.process``, dose included), with the
   default stages and with joint + needle + contrast, under no deadline (every stage in full);
   with one stage thread also the pipeline's own time per frame (``own``: latency less the
-  stages, frame by frame) and each frame's thread CPU time (``pipeline_cpu``). The study's 13
-  frames are a mix: a run's first frames segment the joint and search the needle's field,
-  and the contrast run's frames from its 4th run the vessel test, so a p50 is that of a mix;
+  stages, frame by frame) and each frame's thread CPU time (``pipeline_cpu``); for every stage
+  also the CPU time of the thread that ran it, in a pass of its own (``<stage>_cpu``: on a busy
+  machine the wall time mostly measures waiting for a core). The study's 13 frames are a mix:
+  a run's first frames segment the joint and search the needle's field, and the contrast run's
+  frames from its 4th run the vessel test, so a p50 is that of a mix;
+- the grids each stage works on at each size (``work_grids``): fixed in mm or in pixels, the
+  same at 512² as at 1024² over the same field, which is why 512² costs about as much;
 - the ratio of each stage's and of the pipeline's p50 to the p50 of one ``cv2.Sobel`` pass
   (CV_32F, dx=1) over the same uint16 frames;
 - at 1024², the memory each stage allocates per frame (tracemalloc, a separate pass);
@@ -65,6 +69,20 @@ class _Timed:
             self.ms.append((time.perf_counter() - t0) * 1000.0)
 
 
+class _CpuTimed(_Timed):
+    """A stage that records the CPU time of the thread that ran each call, for a pass of its
+    own: reading the thread's CPU clock is a system call, where a busy machine's scheduler
+    may take the core away (around every stage it made the stages' wall p50s 3-7 times
+    longer under load; 1024², 6 rounds)."""
+
+    def process(self, frame, state):
+        c0 = time.thread_time()
+        try:
+            return self.stage.process(frame, state)
+        finally:
+            self.ms.append((time.thread_time() - c0) * 1000.0)
+
+
 def _pct(values) -> dict:
     v = np.asarray(values, float)
     return {"p50_ms": round(float(np.percentile(v, 50)), 3),
@@ -82,16 +100,56 @@ def _sobel_ms(frames) -> dict:
     return _pct(times)
 
 
+def _work_grids(frame) -> dict:
+    """The grids (rows x cols) each stage works on for frames of this size and spacing. The
+    stages reduce a frame to a grid fixed in mm (register, needle) or in pixels (contrast), so
+    their cost hardly follows the frame's size; at 512² over the same field the register and
+    needle grids are the frame itself."""
+    from sifluoro.imaging import working_grid
+    from sifluoro.register.motion import Registrar
+    from sifluoro.register.stage import WORK_MM
+    from sifluoro.stages import STAGE_NAMES, make_stages
+
+    def shape(s) -> str:
+        return "x".join(map(str, s))
+
+    rows, cols = frame.pixels.shape
+    spacing_mm = float(frame.pixel_spacing_xy_mm[0])
+    _, needle, contrast = make_stages(STAGE_NAMES)
+    grid = working_grid(spacing_mm, target_mm=WORK_MM)
+    work = (rows // grid.factor, cols // grid.factor)
+    motion = Registrar(work, grid.factor, grid.spacing_mm, np.ones(work, bool))
+    needle_factor = working_grid(spacing_mm, target_mm=needle.settings.grid_mm).factor
+    contrast_factor = contrast.factor_for(rows, cols)
+    return {"frame": shape((rows, cols)), "spacing_mm": round(spacing_mm, 4),
+            "register": shape(work), "register_motion_dft": shape(motion.dft_shape),
+            "needle": shape((rows // needle_factor, cols // needle_factor)),
+            "contrast": shape((rows // contrast_factor, cols // contrast_factor))}
+
+
 def _in_process(frames, config: str, repeats: int) -> dict:
     """p50/p99 of the pipeline and of each stage; with one thread also the pipeline's own time
     per frame (its latency less its stages', frame by frame: the p50s of a mix of cheap and
     dear frames do not add up) and the thread CPU time of each frame (on a busy machine the
-    wall time also counts waiting for a core)."""
+    wall time also counts waiting for a core); and, in a second pass, each stage's thread CPU
+    time (``stages_cpu``, :class:`_CpuTimed`)."""
+    state, timed, cpu_ms = _timed_pass(frames, config, repeats, _Timed)
+    out = {"pipeline": _pct(state.latencies_ms), "stages": {t.name: _pct(t.ms) for t in timed}}
+    if _threads(config) == 1:
+        out["pipeline_cpu"] = _pct(cpu_ms)
+        out["own"] = _pct(np.subtract(state.latencies_ms, np.sum([t.ms for t in timed], axis=0)))
+    out["stages_cpu"] = {t.name: _pct(t.ms) for t in _timed_pass(frames, config, repeats, _CpuTimed)[1]}
+    return out
+
+
+def _timed_pass(frames, config: str, repeats: int, timer: type) -> tuple:
+    """(study state, stages wrapped in ``timer``, thread CPU ms of each frame) of a fresh
+    pipeline over ``frames``, ``repeats`` times, with no deadline."""
     from sifluoro.config import Settings
     from sifluoro.pipeline import Pipeline
 
     settings = Settings(latency_budget_ms=1e9, stage_threads=_threads(config))  # every stage in full
-    timed = [_Timed(s) for s in _stages(config, settings)]
+    timed = [timer(s) for s in _stages(config, settings)]
     pipeline = Pipeline(timed, settings)
     state = pipeline.start_study("bench")
     for run in {f.run.sop_instance_uid: f.run for f in frames}.values():
@@ -104,11 +162,7 @@ def _in_process(frames, config: str, repeats: int) -> dict:
             c0 = time.thread_time()
             pipeline.process(f, state)
             cpu_ms.append((time.thread_time() - c0) * 1000.0)
-    out = {"pipeline": _pct(state.latencies_ms), "stages": {t.name: _pct(t.ms) for t in timed}}
-    if _threads(config) == 1:
-        out["pipeline_cpu"] = _pct(cpu_ms)
-        out["own"] = _pct(np.subtract(state.latencies_ms, np.sum([t.ms for t in timed], axis=0)))
-    return out
+    return state, timed, cpu_ms
 
 
 def _allocations(frames) -> dict:
@@ -234,13 +288,13 @@ def run(quick: bool = False) -> dict:
             study_1024 = study
         frames = [f for f, _ in sim_frames(study)]
         floor = _sobel_ms(frames)
-        per_size = {"frames": len(frames), "sobel_floor": floor}
+        per_size = {"frames": len(frames), "sobel_floor": floor, "work_grids": _work_grids(frames[0])}
         for config in CONFIGS:
             got = _in_process(frames, config, repeats)
             f50 = floor["p50_ms"] or 1e-9
             got["pipeline"]["x_sobel"] = round(got["pipeline"]["p50_ms"] / f50, 1)
-            for s in list(got["stages"].values()) + [got[k] for k in ("own", "pipeline_cpu")
-                                                     if k in got]:
+            for s in (list(got["stages"].values()) + list(got["stages_cpu"].values())
+                      + [got[k] for k in ("own", "pipeline_cpu") if k in got]):
                 s["x_sobel"] = round(s["p50_ms"] / f50, 1)
             per_size[config] = got
         if size == 1024:
@@ -263,16 +317,18 @@ def run(quick: bool = False) -> dict:
 
 
 def table(result: dict) -> str:
-    lines = [f"{'size':>5} {'config':<25} {'what':<10} {'p50 ms':>8} {'p99 ms':>8} {'x Sobel':>8}"]
+    lines = [f"{'size':>5} {'config':<25} {'what':<12} {'p50 ms':>8} {'p99 ms':>8} {'x Sobel':>8}"]
     for size, per in result["sizes"].items():
-        lines.append(f"{size:>5} {'':<25} {'sobel':<10} {per['sobel_floor']['p50_ms']:>8.3f} "
+        lines.append(f"{size:>5} work grids: " + ", ".join(f"{k} {v}" for k, v in per["work_grids"].items()))
+        lines.append(f"{size:>5} {'':<25} {'sobel':<12} {per['sobel_floor']['p50_ms']:>8.3f} "
                      f"{per['sobel_floor']['p99_ms']:>8.3f} {1.0:>8.1f}")
         for config in CONFIGS:
             got = per[config]
             rows = ([("pipeline", got["pipeline"])] + list(got["stages"].items())
+                    + [(f"{k}_cpu", v) for k, v in got["stages_cpu"].items()]
                     + [(k, got[k]) for k in ("own", "pipeline_cpu") if k in got])
             for name, s in rows:
-                lines.append(f"{size:>5} {config:<25} {name:<10} {s['p50_ms']:>8.3f} "
+                lines.append(f"{size:>5} {config:<25} {name:<12} {s['p50_ms']:>8.3f} "
                              f"{s['p99_ms']:>8.3f} {s['x_sobel']:>8.1f}")
     for name, a in result["sizes"]["1024"]["allocated_per_frame"].items():
         lines.append(f"1024 {name}: allocates {a['p50_mb']} MB per frame (p50; max {a['max_mb']} MB)")
