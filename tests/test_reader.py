@@ -1,11 +1,15 @@
 """Reading every supported variant, in the right order, with the right timing."""
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 import numpy as np
 import pydicom
 import pytest
 
 from sifluoro.acquire.dicom_reader import iter_frames, read_study
+from sifluoro.config import DoseSettings
+from sifluoro.dose.accumulate import accumulate_study
 from sifluoro.errors import MultipleStudiesError, StudyNotFoundError
 from tests.dicom_fixtures import RunSpec, frames_for, technique, write_study
 
@@ -72,7 +76,47 @@ def test_frame_time_vector_gives_irregular_timing(tmp_path):
     write_study(tmp_path, [RunSpec(0.0, n_frames=4, frame_time_vector_ms=[0.0, 66.7, 133.3, 66.7])])
     run = read_study([tmp_path]).runs[0]
     assert run.frame_offsets_s == pytest.approx((0.0, 0.0667, 0.2, 0.2667))
-    assert run.frame_intervals_ms == pytest.approx((66.7, 133.3, 66.7, 66.7))
+    # a frame stands for at most the nominal (median) step: the longer one had no pulse in it
+    assert run.frame_intervals_ms == pytest.approx((66.7, 66.7, 66.7, 66.7))
+
+
+def _pause_in_enhanced_run(path, pause_s: float) -> None:
+    """Per-frame times the only frame timing, the last frame ``pause_s`` after the one before."""
+    ds = pydicom.dcmread(path)
+    for keyword in ("FrameTime", "FrameTimeVector"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    groups = ds.PerFrameFunctionalGroupsSequence
+    before = datetime.strptime(groups[-2].FrameContentSequence[0].FrameAcquisitionDateTime,
+                               "%Y%m%d%H%M%S.%f")
+    content = groups[-1].FrameContentSequence[0]
+    content.FrameAcquisitionDateTime = content.FrameReferenceDateTime = (
+        before + timedelta(seconds=pause_s)).strftime("%Y%m%d%H%M%S.%f")
+    ds.save_as(path)
+
+
+@pytest.mark.parametrize("storage", ["xa", "enhanced_xa"])
+def test_a_pause_inside_a_run_is_not_fluoroscopy_time(tmp_path, storage):
+    """A stored run across two pedal presses: its 12-s step is beam-off, counted as one nominal
+    interval (not once by the frame before it and again by the last frame); the dose per frame
+    stays the header's."""
+    tech = technique(reported_air_kerma_mgy=800.0, reported_dap_gycm2=40.0)
+    if storage == "xa":
+        spec = RunSpec(0.0, n_frames=5, tech=tech,
+                       frame_time_vector_ms=[0.0, 133.333, 133.333, 12_000.0, 133.333])
+    else:
+        spec = RunSpec(0.0, n_frames=5, storage="enhanced_xa", tech=tech)
+    (path,) = write_study(tmp_path, [spec])
+    if storage == "enhanced_xa":
+        _pause_in_enhanced_run(path, 12.0)
+    study = read_study([tmp_path])
+    (run,) = study.runs
+    assert max(np.diff(run.frame_offsets_s)) == pytest.approx(12.0, abs=1e-3)
+    assert run.frame_intervals_ms == pytest.approx((133.333,) * 5, abs=1e-2)
+    dose = accumulate_study(study, DoseSettings())
+    assert dose.totals.fluoro_time_s == pytest.approx(5 * 0.133333, abs=1e-4)
+    assert dose.totals.air_kerma_mgy == pytest.approx(800.0)
+    assert dose.totals.dap_gycm2 == pytest.approx(40.0)
 
 
 def test_pulsed_7_5_per_s_uses_frame_time_not_integer_cine_rate(tmp_path):
@@ -213,7 +257,7 @@ def _with(path, **attributes):
 @pytest.mark.parametrize("n_frames, attributes, intervals_ms", [
     # an implausible source is skipped for a plausible one (with a warning naming it)
     (3, {"FrameTimeVector": [0, 0, 0], "FrameIncrementPointer": 0x00181065}, (133.333,) * 3),
-    (3, {"FrameTimeVector": [0, 100, 50]}, (100.0, 50.0, 50.0)),
+    (3, {"FrameTimeVector": [0, 100, 50]}, (50.0, 50.0, 50.0)),
     # a single frame needs no frame time: an implausible one is not used for the pulse rate
     (1, {"FrameTime": -66.7}, None),
     (1, {"FrameTime": 0.0667}, None),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import statistics
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -370,6 +371,15 @@ def _frame_time_ms(look: _Lookup) -> float | None:
     return value if value is not None and _plausible_ms(value) else None
 
 
+def _beam_intervals_ms(steps_ms) -> list[float]:
+    """The time each frame stands for, from the steps between frames: at most the run's
+    nominal interval (the median step), since a longer step is the pedal released within the
+    stored run (beam off); the last frame, with no step after it, is given the nominal one.
+    The lower median: of two steps, one a pause, the mean would count half the pause."""
+    nominal_ms = statistics.median_low(steps_ms)
+    return [min(step, nominal_ms) for step in steps_ms] + [nominal_ms]
+
+
 def _timing(look: _Lookup, n: int, path: str):
     """Frame offsets since the run start (s), frame intervals (ms) and the run start.
 
@@ -405,15 +415,14 @@ def _timing(look: _Lookup, n: int, path: str):
         for k, inc in enumerate(ftv):
             acc += inc if k else 0.0
             offsets.append(acc / 1000.0)
-        intervals = list(ftv[1:]) + [ftv[-1]]
+        intervals = _beam_intervals_ms(ftv[1:])
     elif frame_time_ms is not None:
         offsets = [k * frame_time_ms / 1000.0 for k in range(n)]
         intervals = [frame_time_ms] * n
     elif per_frame_times is not None and all(
             _plausible_ms((b - a) * 1000.0) for a, b in zip(per_frame_times, per_frame_times[1:])):
         offsets = per_frame_times
-        steps = [(b - a) * 1000.0 for a, b in zip(offsets, offsets[1:])]
-        intervals = steps + [steps[-1]]
+        intervals = _beam_intervals_ms([(b - a) * 1000.0 for a, b in zip(offsets, offsets[1:])])
     elif n == 1:
         single_ms = (look.float("ExposureTimeInms") or look.float("ExposureTime")
                      or look.float("AveragePulseWidth") or 0.0)
