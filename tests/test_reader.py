@@ -95,6 +95,77 @@ def _pause_in_enhanced_run(path, pause_s: float) -> None:
     ds.save_as(path)
 
 
+def _per_frame_times(path, variant: str, *, duration_s: float | None) -> None:
+    """An Enhanced XA whose per-frame times are its only frame timing, spoilt one way."""
+    ds = pydicom.dcmread(path)
+    for keyword in ("FrameTime", "FrameTimeVector", "AcquisitionDuration"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    if duration_s is not None:
+        ds.AcquisitionDuration = duration_s
+    contents = [g.FrameContentSequence[0] for g in ds.PerFrameFunctionalGroupsSequence]
+    times = [c.FrameAcquisitionDateTime for c in contents]
+    if variant == "to_the_second":
+        times = [t[:14] for t in times]
+    elif variant == "reversed":
+        times = times[::-1]
+    else:  # the last frame 100 s after the one before: beyond a plausible frame time
+        last = datetime.strptime(times[-2], "%Y%m%d%H%M%S.%f") + timedelta(seconds=100)
+        times[-1] = last.strftime("%Y%m%d%H%M%S.%f")
+    for content, t in zip(contents, times):
+        content.FrameAcquisitionDateTime = content.FrameReferenceDateTime = t
+    ds.save_as(path)
+
+
+WHAT_IS_WRONG = {
+    "to_the_second": "frames 2, 3, 4 at the time of the frame before (times to the second",
+    "reversed": "frames 2, 3, 4 before the frame before",
+    "late": "frame 4 more than 60 s after the frame before",
+}
+
+
+@pytest.mark.parametrize("variant", sorted(WHAT_IS_WRONG))
+def test_unusable_per_frame_times_are_named_and_acquisition_duration_gives_the_timing(
+        tmp_path, caplog, variant):
+    """Per-frame times present but unusable: the warning says what is wrong with them, naming
+    the frames, and (0018,9073) AcquisitionDuration over the 3 frame steps gives the timing."""
+    (path,) = write_study(tmp_path, [RunSpec(0.0, n_frames=4, storage="enhanced_xa")])
+    _per_frame_times(path, variant, duration_s=0.6)
+    study = read_study([tmp_path])
+    assert study.rejected == ()
+    (run,) = study.runs
+    assert run.frame_intervals_ms == pytest.approx((200.0,) * 4)
+    assert run.frame_offsets_s == pytest.approx((0.0, 0.2, 0.4, 0.6))
+    assert "(0018,9073) AcquisitionDuration / 3 frame steps: 200 ms" in caplog.text
+    assert WHAT_IS_WRONG[variant] in caplog.text
+
+
+@pytest.mark.parametrize("variant", sorted(WHAT_IS_WRONG))
+def test_a_run_refused_for_its_frame_timing_keeps_its_header_dose(tmp_path, variant):
+    """With no other timing, the run's frames are refused, saying what is wrong with the
+    per-frame times (not naming a remedy already there), and the 800 mGy its header reports
+    is counted with the lost frames, not dropped."""
+    from sifluoro.replay import replay
+
+    tech = technique(reported_air_kerma_mgy=800.0, reported_dap_gycm2=40.0)
+    paths = write_study(tmp_path / "study", [RunSpec(0.0, n_frames=4),
+                                             RunSpec(20.0, n_frames=4, storage="enhanced_xa",
+                                                     tech=tech)])
+    _per_frame_times(paths[1], variant, duration_s=None)
+    summary = replay([tmp_path / "study"], events_path=tmp_path / "e.jsonl",
+                     summary_path=tmp_path / "s.json", stages=[]).summary
+    assert summary["frames"] == 4
+    [rejection] = summary["rejected_files"]
+    reason = rejection["reason"]
+    assert reason.startswith("(0018,9074) FrameAcquisitionDateTime: 4 frames but no usable frame "
+                             "timing: per-frame times"), reason
+    assert WHAT_IS_WRONG[variant] in reason and "no FrameTime, FrameTimeVector or " \
+        "AcquisitionDuration" in reason and "their dose is counted from the header" in reason
+    assert summary["lost_frames"]["frames"] == 4
+    assert summary["lost_frames"]["air_kerma_mgy"] == pytest.approx(800.0)
+    assert summary["lost_frames"]["dap_gycm2"] == pytest.approx(40.0)
+
+
 @pytest.mark.parametrize("storage", ["xa", "enhanced_xa"])
 def test_a_pause_inside_a_run_is_not_fluoroscopy_time(tmp_path, storage):
     """A stored run across two pedal presses: its 12-s step is beam-off, counted as one nominal
@@ -297,13 +368,18 @@ def test_a_frame_time_in_seconds_is_read_as_such_with_a_warning(tmp_path, caplog
 ])
 def test_impossible_frame_timing_is_refused_naming_the_tag(tmp_path, attributes, reason):
     """A multi-frame run whose only frame timing is impossible (seconds instead of ms, zero,
-    negative): refused naming the tag, rather than a fluoroscopy time 1000 times too short."""
+    negative): its frames refused naming the tag, rather than a fluoroscopy time 1000 times
+    too short; they were exposed all the same, so their dose counts, as lost frames."""
     (path,) = write_study(tmp_path, [RunSpec(0.0, n_frames=3)])
     _with(path, **attributes)
     study = read_study([tmp_path])
-    assert study.runs == ()
-    [rejection] = study.rejected
+    assert study.rejected == ()
+    rejected, lost = [], []
+    assert list(iter_frames(study, rejected, lost)) == []
+    [rejection] = rejected
     assert rejection.reason.startswith(reason), rejection.reason
+    assert "fluoroscopy time is unknown and not counted" in rejection.reason
+    assert [(run.n_frames, first) for run, first in lost] == [(3, 1)]
 
 
 @pytest.mark.parametrize("content_date", [True, False])

@@ -134,10 +134,6 @@ def test_mismatched_unparseable_unusable_and_oversized_instances(tmp_path, start
     garbage.write_bytes(raw[:len(raw) - len(body)] + b"\x08\x00\x18\x00UI\xff\xff" + os.urandom(64))
     monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", False)
 
-    no_timing = pydicom.dcmread(study_files[1])
-    del no_timing.FrameTime
-    del no_timing.FrameIncrementPointer
-    no_timing.SOPInstanceUID = generate_uid()
     no_pixels = pydicom.dcmread(study_files[2])
     del no_pixels.PixelData
     no_pixels.SOPInstanceUID = generate_uid()
@@ -147,15 +143,39 @@ def test_mismatched_unparseable_unusable_and_oversized_instances(tmp_path, start
     monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
     raw_statuses = send(receiver.port, [mismatch, garbage])
     monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", False)
-    statuses = send(receiver.port, [no_timing, no_pixels, big])
+    statuses = send(receiver.port, [no_pixels, big])
     assert [s for s, _ in raw_statuses] == [0xA900, 0xC000]
-    assert [s for s, _ in statuses] == [0xC002, 0xC002, 0xA700]
-    assert "FrameTime" in statuses[0][1] and "PixelData" in statuses[1][1]
-    assert "max-instance-mb" in statuses[2][1]
+    assert [s for s, _ in statuses] == [0xC002, 0xA700]
+    assert "PixelData" in statuses[0][1]
+    assert "max-instance-mb" in statuses[1][1]
     assert not list(receiver.spool.rglob("*.dcm")) and not list(receiver.spool.rglob(".*.part"))
     assert_still_up(receiver.port)
     log = receiver.log()
-    assert "refused" in log and "(0018,1063) FrameTime" in log
+    assert "refused" in log and "(7FE0,0010) PixelData" in log
+
+
+def test_a_run_without_frame_timing_is_stored_and_its_dose_counted_as_lost(start_receiver,
+                                                                           study_files):
+    """Its frames cannot be placed in time, so none is shown, but they were exposed: the
+    instance is stored (as the folder reader takes it), listed as rejected saying why, and
+    its dose counted with the lost frames rather than refused with it."""
+    receiver = start_receiver()
+    image = pydicom.dcmread(study_files[0])
+    no_timing = pydicom.dcmread(study_files[1])
+    del no_timing.FrameTime
+    del no_timing.FrameIncrementPointer
+    statuses = send(receiver.port, [image, no_timing])
+    assert [s for s, _ in statuses] == [0, 0]
+    summary_path = receiver.spool / str(image.StudyInstanceUID) / "summary.json"
+    wait_for(lambda: summary_path.exists()
+             and json.loads(summary_path.read_text())["instances"] == 2)
+    summary = json.loads(summary_path.read_text())
+    assert summary["frames"] == 3 and summary["lost_frames"]["frames"] == 2
+    assert summary["lost_frames"]["air_kerma_mgy"] > 0
+    [rejected] = summary["rejected_files"]
+    assert rejected["reason"].startswith("(0018,1063) FrameTime: 2 frames but no usable frame "
+                                         "timing"), rejected
+    assert_still_up(receiver.port)
 
 
 def test_dose_report_is_stored_and_listed(tmp_path, start_receiver, study_files):
