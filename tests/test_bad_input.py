@@ -502,3 +502,30 @@ def test_a_deflated_file_cut_short_keeps_its_dose(tmp_path, keep):
     assert [(r.n_frames, first) for r, first in lost] == [(4, 1)]
     [rejection] = rejected
     assert rejection.reason.startswith("(7FE0,0010) PixelData: ")
+
+
+@pytest.mark.parametrize("n_frames, per_frame_groups, held", [
+    (4, True, "4 per-frame functional groups"),
+    (4, False, "pixel data of 4 frames"),
+    (1, True, None),
+])
+def test_an_enhanced_xa_without_number_of_frames_is_said_to_lack_it(tmp_path, caplog, n_frames,
+                                                                    per_frame_groups, held):
+    """NumberOfFrames is Type 1 in Enhanced XA: its absence is named, not taken as 1 and then
+    blamed on the pixel data's size ("NumberOfFrames gives 8192"); one frame is still read."""
+    (path,) = write_study(tmp_path, [RunSpec(0.0, n_frames=n_frames, storage="enhanced_xa")])
+
+    def drop(ds):
+        del ds.NumberOfFrames
+        if not per_frame_groups:
+            del ds.PerFrameFunctionalGroupsSequence
+    _edit(path, drop, raw=True)
+    study = read_study([tmp_path])
+    if held is None:
+        (run,) = study.runs
+        assert run.n_frames == 1
+        assert "(0028,0008) NumberOfFrames is missing (Type 1 in Enhanced XA)" in caplog.text
+        return
+    [rejection] = study.rejected
+    assert rejection.reason == ("(0028,0008) NumberOfFrames: NumberOfFrames is missing or empty, "
+                                f"though the instance has {held}; it is Type 1 in Enhanced XA")

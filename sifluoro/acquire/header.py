@@ -15,6 +15,7 @@ from typing import Any
 
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
+from pydicom.uid import EnhancedXAImageStorage, EnhancedXRFImageStorage
 from pydicom.valuerep import DA, DT, TM
 
 from sifluoro.acquire import geometry
@@ -200,8 +201,9 @@ def parse(ds: Dataset, path: str, *, pixel_bytes: int | None = None,
         raise UnsupportedDicomError(f"PhotometricInterpretation {photometric or 'missing'}: only "
                                     "MONOCHROME1/2 are read", path=path,
                                     tag=tag_name("PhotometricInterpretation"))
-    n_frames = _frames_present(_number_of_frames(look, path),
-                               rows * columns * (bits_allocated // 8), pixel_bytes, fragments, path)
+    frame_bytes = rows * columns * (bits_allocated // 8)
+    n_frames = _frames_present(_number_of_frames(look, path, frame_bytes, pixel_bytes),
+                               frame_bytes, pixel_bytes, fragments, path)
     try:
         offsets_s, intervals_ms, start = _timing(look, n_frames, path)
     except InputError as exc:
@@ -243,9 +245,28 @@ def _int_or_none(value: Any) -> int | None:
         return None
 
 
-def _number_of_frames(look: _Lookup, path: str) -> int:
+#: SOP classes whose Multi-frame Module is mandatory: NumberOfFrames is Type 1
+ENHANCED_SOP_CLASSES = {EnhancedXAImageStorage: "Enhanced XA", EnhancedXRFImageStorage: "Enhanced XRF"}
+
+
+def _number_of_frames(look: _Lookup, path: str, frame_bytes: int,
+                      pixel_bytes: int | None) -> int:
+    """NumberOfFrames; absent, 1 (a single-frame instance), except in an Enhanced XA/XRF that
+    holds more than one frame, where it is Type 1: said missing, rather than taken as 1 and
+    the pixel data's size said not to match."""
     raw = look.raw("NumberOfFrames", frame=None)
     if raw in (None, ""):
+        enhanced = ENHANCED_SOP_CLASSES.get(look.text("SOPClassUID", None))
+        if enhanced and (len(look.per_frame) > 1
+                         or (pixel_bytes is not None and pixel_bytes >= 2 * frame_bytes)):
+            held = (f"{len(look.per_frame)} per-frame functional groups" if len(look.per_frame) > 1
+                    else f"pixel data of {pixel_bytes // frame_bytes} frames")
+            raise MissingAttributeError(f"NumberOfFrames is missing or empty, though the "
+                                        f"instance has {held}; it is Type 1 in {enhanced}",
+                                        path=path, tag=tag_name("NumberOfFrames"))
+        if enhanced:
+            log.warning("%s: %s is missing (Type 1 in %s): one frame", path,
+                        tag_name("NumberOfFrames"), enhanced)
         return 1
     try:
         n = int(raw)
