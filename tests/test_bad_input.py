@@ -106,9 +106,9 @@ def test_replay_of_a_damaged_study_follows_the_contract(damaged_study, tmp_path,
     assert replay_output_violations(events, summary) == []
     s = json.loads(summary.read_text())
     assert s["frames"] == 11
-    # frame 3 of truncated.dcm, frames 3-4 of broken_rle.dcm and 2-3 of truncated_rle.dcm:
-    # counted from their headers
-    assert s["lost_frames"]["frames"] == 5 and s["lost_frames"]["fluoro_time_s"] > 0
+    # frame 3 of truncated.dcm, frames 3-4 of broken_rle.dcm, 2-3 of truncated_rle.dcm and the
+    # 3 of no_frame_time.dcm (no timing: its frames are not shown): counted from their headers
+    assert s["lost_frames"]["frames"] == 8 and s["lost_frames"]["fluoro_time_s"] > 0
     assert sorted(r["file"].rsplit("/", 1)[-1] for r in s["rejected_files"]) == sorted(EXPECTED_REASONS)
     printed = capsys.readouterr()
     everything = events.read_text() + summary.read_text() + printed.out + printed.err + caplog.text
@@ -119,7 +119,7 @@ def test_the_engine_counts_the_frames_a_damaged_file_lost(damaged_study):
     from sifluoro import Engine, Settings
 
     summary = Engine(Settings(latency_budget_ms=1e9), stages=[]).run(damaged_study)
-    assert summary["frames"] == 11 and summary["lost_frames"]["frames"] == 5
+    assert summary["frames"] == 11 and summary["lost_frames"]["frames"] == 8
 
 
 def test_a_study_whose_every_frame_was_lost_still_has_its_dose_reported(tmp_path):
@@ -502,3 +502,30 @@ def test_a_deflated_file_cut_short_keeps_its_dose(tmp_path, keep):
     assert [(r.n_frames, first) for r, first in lost] == [(4, 1)]
     [rejection] = rejected
     assert rejection.reason.startswith("(7FE0,0010) PixelData: ")
+
+
+@pytest.mark.parametrize("n_frames, per_frame_groups, held", [
+    (4, True, "4 per-frame functional groups"),
+    (4, False, "pixel data of 4 frames"),
+    (1, True, None),
+])
+def test_an_enhanced_xa_without_number_of_frames_is_said_to_lack_it(tmp_path, caplog, n_frames,
+                                                                    per_frame_groups, held):
+    """NumberOfFrames is Type 1 in Enhanced XA: its absence is named, not taken as 1 and then
+    blamed on the pixel data's size ("NumberOfFrames gives 8192"); one frame is still read."""
+    (path,) = write_study(tmp_path, [RunSpec(0.0, n_frames=n_frames, storage="enhanced_xa")])
+
+    def drop(ds):
+        del ds.NumberOfFrames
+        if not per_frame_groups:
+            del ds.PerFrameFunctionalGroupsSequence
+    _edit(path, drop, raw=True)
+    study = read_study([tmp_path])
+    if held is None:
+        (run,) = study.runs
+        assert run.n_frames == 1
+        assert "(0028,0008) NumberOfFrames is missing (Type 1 in Enhanced XA)" in caplog.text
+        return
+    [rejection] = study.rejected
+    assert rejection.reason == ("(0028,0008) NumberOfFrames: NumberOfFrames is missing or empty, "
+                                f"though the instance has {held}; it is Type 1 in Enhanced XA")

@@ -1,11 +1,15 @@
 """Reading every supported variant, in the right order, with the right timing."""
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 import numpy as np
 import pydicom
 import pytest
 
 from sifluoro.acquire.dicom_reader import iter_frames, read_study
+from sifluoro.config import DoseSettings
+from sifluoro.dose.accumulate import accumulate_study
 from sifluoro.errors import MultipleStudiesError, StudyNotFoundError
 from tests.dicom_fixtures import RunSpec, frames_for, technique, write_study
 
@@ -72,7 +76,118 @@ def test_frame_time_vector_gives_irregular_timing(tmp_path):
     write_study(tmp_path, [RunSpec(0.0, n_frames=4, frame_time_vector_ms=[0.0, 66.7, 133.3, 66.7])])
     run = read_study([tmp_path]).runs[0]
     assert run.frame_offsets_s == pytest.approx((0.0, 0.0667, 0.2, 0.2667))
-    assert run.frame_intervals_ms == pytest.approx((66.7, 133.3, 66.7, 66.7))
+    # a frame stands for at most the nominal (median) step: the longer one had no pulse in it
+    assert run.frame_intervals_ms == pytest.approx((66.7, 66.7, 66.7, 66.7))
+
+
+def _pause_in_enhanced_run(path, pause_s: float) -> None:
+    """Per-frame times the only frame timing, the last frame ``pause_s`` after the one before."""
+    ds = pydicom.dcmread(path)
+    for keyword in ("FrameTime", "FrameTimeVector"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    groups = ds.PerFrameFunctionalGroupsSequence
+    before = datetime.strptime(groups[-2].FrameContentSequence[0].FrameAcquisitionDateTime,
+                               "%Y%m%d%H%M%S.%f")
+    content = groups[-1].FrameContentSequence[0]
+    content.FrameAcquisitionDateTime = content.FrameReferenceDateTime = (
+        before + timedelta(seconds=pause_s)).strftime("%Y%m%d%H%M%S.%f")
+    ds.save_as(path)
+
+
+def _per_frame_times(path, variant: str, *, duration_s: float | None) -> None:
+    """An Enhanced XA whose per-frame times are its only frame timing, spoilt one way."""
+    ds = pydicom.dcmread(path)
+    for keyword in ("FrameTime", "FrameTimeVector", "AcquisitionDuration"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    if duration_s is not None:
+        ds.AcquisitionDuration = duration_s
+    contents = [g.FrameContentSequence[0] for g in ds.PerFrameFunctionalGroupsSequence]
+    times = [c.FrameAcquisitionDateTime for c in contents]
+    if variant == "to_the_second":
+        times = [t[:14] for t in times]
+    elif variant == "reversed":
+        times = times[::-1]
+    else:  # the last frame 100 s after the one before: beyond a plausible frame time
+        last = datetime.strptime(times[-2], "%Y%m%d%H%M%S.%f") + timedelta(seconds=100)
+        times[-1] = last.strftime("%Y%m%d%H%M%S.%f")
+    for content, t in zip(contents, times):
+        content.FrameAcquisitionDateTime = content.FrameReferenceDateTime = t
+    ds.save_as(path)
+
+
+WHAT_IS_WRONG = {
+    "to_the_second": "frames 2, 3, 4 at the time of the frame before (times to the second",
+    "reversed": "frames 2, 3, 4 before the frame before",
+    "late": "frame 4 more than 60 s after the frame before",
+}
+
+
+@pytest.mark.parametrize("variant", sorted(WHAT_IS_WRONG))
+def test_unusable_per_frame_times_are_named_and_acquisition_duration_gives_the_timing(
+        tmp_path, caplog, variant):
+    """Per-frame times present but unusable: the warning says what is wrong with them, naming
+    the frames, and (0018,9073) AcquisitionDuration over the 3 frame steps gives the timing."""
+    (path,) = write_study(tmp_path, [RunSpec(0.0, n_frames=4, storage="enhanced_xa")])
+    _per_frame_times(path, variant, duration_s=0.6)
+    study = read_study([tmp_path])
+    assert study.rejected == ()
+    (run,) = study.runs
+    assert run.frame_intervals_ms == pytest.approx((200.0,) * 4)
+    assert run.frame_offsets_s == pytest.approx((0.0, 0.2, 0.4, 0.6))
+    assert "(0018,9073) AcquisitionDuration / 3 frame steps: 200 ms" in caplog.text
+    assert WHAT_IS_WRONG[variant] in caplog.text
+
+
+@pytest.mark.parametrize("variant", sorted(WHAT_IS_WRONG))
+def test_a_run_refused_for_its_frame_timing_keeps_its_header_dose(tmp_path, variant):
+    """With no other timing, the run's frames are refused, saying what is wrong with the
+    per-frame times (not naming a remedy already there), and the 800 mGy its header reports
+    is counted with the lost frames, not dropped."""
+    from sifluoro.replay import replay
+
+    tech = technique(reported_air_kerma_mgy=800.0, reported_dap_gycm2=40.0)
+    paths = write_study(tmp_path / "study", [RunSpec(0.0, n_frames=4),
+                                             RunSpec(20.0, n_frames=4, storage="enhanced_xa",
+                                                     tech=tech)])
+    _per_frame_times(paths[1], variant, duration_s=None)
+    summary = replay([tmp_path / "study"], events_path=tmp_path / "e.jsonl",
+                     summary_path=tmp_path / "s.json", stages=[]).summary
+    assert summary["frames"] == 4
+    [rejection] = summary["rejected_files"]
+    reason = rejection["reason"]
+    assert reason.startswith("(0018,9074) FrameAcquisitionDateTime: 4 frames but no usable frame "
+                             "timing: per-frame times"), reason
+    assert WHAT_IS_WRONG[variant] in reason and "no FrameTime, FrameTimeVector or " \
+        "AcquisitionDuration" in reason and "their dose is counted from the header" in reason
+    assert summary["lost_frames"]["frames"] == 4
+    assert summary["lost_frames"]["air_kerma_mgy"] == pytest.approx(800.0)
+    assert summary["lost_frames"]["dap_gycm2"] == pytest.approx(40.0)
+
+
+@pytest.mark.parametrize("storage", ["xa", "enhanced_xa"])
+def test_a_pause_inside_a_run_is_not_fluoroscopy_time(tmp_path, storage):
+    """A stored run across two pedal presses: its 12-s step is beam-off, counted as one nominal
+    interval (not once by the frame before it and again by the last frame); the dose per frame
+    stays the header's."""
+    tech = technique(reported_air_kerma_mgy=800.0, reported_dap_gycm2=40.0)
+    if storage == "xa":
+        spec = RunSpec(0.0, n_frames=5, tech=tech,
+                       frame_time_vector_ms=[0.0, 133.333, 133.333, 12_000.0, 133.333])
+    else:
+        spec = RunSpec(0.0, n_frames=5, storage="enhanced_xa", tech=tech)
+    (path,) = write_study(tmp_path, [spec])
+    if storage == "enhanced_xa":
+        _pause_in_enhanced_run(path, 12.0)
+    study = read_study([tmp_path])
+    (run,) = study.runs
+    assert max(np.diff(run.frame_offsets_s)) == pytest.approx(12.0, abs=1e-3)
+    assert run.frame_intervals_ms == pytest.approx((133.333,) * 5, abs=1e-2)
+    dose = accumulate_study(study, DoseSettings())
+    assert dose.totals.fluoro_time_s == pytest.approx(5 * 0.133333, abs=1e-4)
+    assert dose.totals.air_kerma_mgy == pytest.approx(800.0)
+    assert dose.totals.dap_gycm2 == pytest.approx(40.0)
 
 
 def test_pulsed_7_5_per_s_uses_frame_time_not_integer_cine_rate(tmp_path):
@@ -213,7 +328,7 @@ def _with(path, **attributes):
 @pytest.mark.parametrize("n_frames, attributes, intervals_ms", [
     # an implausible source is skipped for a plausible one (with a warning naming it)
     (3, {"FrameTimeVector": [0, 0, 0], "FrameIncrementPointer": 0x00181065}, (133.333,) * 3),
-    (3, {"FrameTimeVector": [0, 100, 50]}, (100.0, 50.0, 50.0)),
+    (3, {"FrameTimeVector": [0, 100, 50]}, (50.0, 50.0, 50.0)),
     # a single frame needs no frame time: an implausible one is not used for the pulse rate
     (1, {"FrameTime": -66.7}, None),
     (1, {"FrameTime": 0.0667}, None),
@@ -253,13 +368,18 @@ def test_a_frame_time_in_seconds_is_read_as_such_with_a_warning(tmp_path, caplog
 ])
 def test_impossible_frame_timing_is_refused_naming_the_tag(tmp_path, attributes, reason):
     """A multi-frame run whose only frame timing is impossible (seconds instead of ms, zero,
-    negative): refused naming the tag, rather than a fluoroscopy time 1000 times too short."""
+    negative): its frames refused naming the tag, rather than a fluoroscopy time 1000 times
+    too short; they were exposed all the same, so their dose counts, as lost frames."""
     (path,) = write_study(tmp_path, [RunSpec(0.0, n_frames=3)])
     _with(path, **attributes)
     study = read_study([tmp_path])
-    assert study.runs == ()
-    [rejection] = study.rejected
+    assert study.rejected == ()
+    rejected, lost = [], []
+    assert list(iter_frames(study, rejected, lost)) == []
+    [rejection] = rejected
     assert rejection.reason.startswith(reason), rejection.reason
+    assert "fluoroscopy time is unknown and not counted" in rejection.reason
+    assert [(run.n_frames, first) for run, first in lost] == [(3, 1)]
 
 
 @pytest.mark.parametrize("content_date", [True, False])

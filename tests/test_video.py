@@ -75,6 +75,29 @@ def test_one_frame_per_pulse_and_no_exposure_for_a_held_image(tmp_path):
     assert events[-1]["dose"]["fluoro_time_s"] == pytest.approx(72 / 30)
 
 
+def test_without_a_pulse_rate_a_held_image_counts_only_its_first_second(tmp_path):
+    """25 frame/s capture of 25 p/s fluoroscopy, then the last image held 10 s (the pedal
+    released): without --pulse-rate the hold counted as 10 s of fluoroscopy; repeats beyond
+    HOLD_S are dropped as held, shorter ones (between pulses slower than the capture, the
+    test above) still count."""
+    from sifluoro.acquire.video import HOLD_S, VideoStats
+
+    rng = np.random.default_rng(2)
+    pulses = list(rng.integers(40, 200, (50, 48, 64)).astype(np.uint8))  # 2 s, all differ
+    path = write_test_video(tmp_path / "hold.avi", np.stack(pulses + [pulses[-1]] * 250), fps=25)
+    technique = Technique(kvp=80, tube_current_ma=5, pulse_width_ms=8, sid_mm=1000,
+                          source_to_isocenter_mm=750)
+    stats = VideoStats()
+    got = list(video_frames(str(path), VideoSourceSettings(pixel_spacing_mm=0.3,
+                                                           technique=technique), stats))
+    kept = int(HOLD_S * 25)
+    assert (len(got), stats.captured, stats.held) == (50 + kept, 300, 250 - kept)
+    pipeline = Pipeline()
+    state = pipeline.start_study("video")
+    events = [pipeline.process(f, state) for f in got]
+    assert events[-1]["dose"]["fluoro_time_s"] == pytest.approx(2.0 + HOLD_S)
+
+
 @pytest.mark.parametrize("field, value", [("pixel_spacing_mm", 0.0), ("pixel_spacing_mm", -1.0),
                                           ("frame_rate_per_s", 0.0), ("max_frames", 0)])
 def test_video_settings_out_of_range_are_refused(field, value):

@@ -176,3 +176,23 @@ def test_a_picture_size_change_mid_capture_ends_the_capture_with_its_summary(tmp
     assert summary["frames"] == 6
     assert "frame 7 is 80x60" in summary["video"]["ended_early"]
     assert replay_output_violations(tmp_path / "events.jsonl", tmp_path / "summary.json") == []
+
+
+def test_without_a_pulse_rate_the_capture_says_what_counts_and_drops_a_long_hold(tmp_path, capsys):
+    """2 s of pulses on a 25 frame/s capture, then the last image held 10 s: counted 12 s of
+    fluoroscopy with no word of it; now the hold counts its first second and the start of the
+    capture says that every frame counts as a pulse without --pulse-rate."""
+    rng = np.random.default_rng(3)
+    pulses = list(rng.integers(40, 200, (50, 48, 64)).astype(np.uint8))
+    path = write_test_video(tmp_path / "hold.avi", np.stack(pulses + [pulses[-1]] * 250), fps=25)
+    args = [a for a in _args(path, 0.3, tmp_path, "--stages", "none") if a != "-q"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "without --pulse-rate every captured frame counts as a pulse" in err
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["video"]["held_frames"] == 225 and summary["frames"] == 75
+    assert summary["fluoro_time_s"] == pytest.approx(3.0)
+    assert main([*args, "--pulse-rate", "25"]) == 0
+    assert "without --pulse-rate" not in capsys.readouterr().err
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["video"]["held_frames"] == 250 and summary["fluoro_time_s"] == pytest.approx(2.0)

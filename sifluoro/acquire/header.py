@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import logging
 import math
+import statistics
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
+from pydicom.uid import EnhancedXAImageStorage, EnhancedXRFImageStorage
 from pydicom.valuerep import DA, DT, TM
 
 from sifluoro.acquire import geometry
@@ -199,9 +201,17 @@ def parse(ds: Dataset, path: str, *, pixel_bytes: int | None = None,
         raise UnsupportedDicomError(f"PhotometricInterpretation {photometric or 'missing'}: only "
                                     "MONOCHROME1/2 are read", path=path,
                                     tag=tag_name("PhotometricInterpretation"))
-    n_frames = _frames_present(_number_of_frames(look, path),
-                               rows * columns * (bits_allocated // 8), pixel_bytes, fragments, path)
-    offsets_s, intervals_ms, start = _timing(look, n_frames, path)
+    frame_bytes = rows * columns * (bits_allocated // 8)
+    n_frames = _frames_present(_number_of_frames(look, path, frame_bytes, pixel_bytes),
+                               frame_bytes, pixel_bytes, fragments, path)
+    try:
+        offsets_s, intervals_ms, start = _timing(look, n_frames, path)
+    except InputError as exc:
+        # the frames cannot be placed in time, but they were exposed: refused as frames, their
+        # dose counted (as lost, from the header); the time each stands for is unknown
+        offsets_s, intervals_ms, start = (0.0,) * n_frames, (0.0,) * n_frames, run_start(look)
+        pixels_refused = pixels_refused or (
+            exc.tag, f"{exc.reason}; its fluoroscopy time is unknown and not counted")
     technique = _technique(look, n_frames, rows, columns, intervals_ms, path)
     return HeaderFields(
         sop_instance_uid=sop_uid,
@@ -235,9 +245,28 @@ def _int_or_none(value: Any) -> int | None:
         return None
 
 
-def _number_of_frames(look: _Lookup, path: str) -> int:
+#: SOP classes whose Multi-frame Module is mandatory: NumberOfFrames is Type 1
+ENHANCED_SOP_CLASSES = {EnhancedXAImageStorage: "Enhanced XA", EnhancedXRFImageStorage: "Enhanced XRF"}
+
+
+def _number_of_frames(look: _Lookup, path: str, frame_bytes: int,
+                      pixel_bytes: int | None) -> int:
+    """NumberOfFrames; absent, 1 (a single-frame instance), except in an Enhanced XA/XRF that
+    holds more than one frame, where it is Type 1: said missing, rather than taken as 1 and
+    the pixel data's size said not to match."""
     raw = look.raw("NumberOfFrames", frame=None)
     if raw in (None, ""):
+        enhanced = ENHANCED_SOP_CLASSES.get(look.text("SOPClassUID", None))
+        if enhanced and (len(look.per_frame) > 1
+                         or (pixel_bytes is not None and pixel_bytes >= 2 * frame_bytes)):
+            held = (f"{len(look.per_frame)} per-frame functional groups" if len(look.per_frame) > 1
+                    else f"pixel data of {pixel_bytes // frame_bytes} frames")
+            raise MissingAttributeError(f"NumberOfFrames is missing or empty, though the "
+                                        f"instance has {held}; it is Type 1 in {enhanced}",
+                                        path=path, tag=tag_name("NumberOfFrames"))
+        if enhanced:
+            log.warning("%s: %s is missing (Type 1 in %s): one frame", path,
+                        tag_name("NumberOfFrames"), enhanced)
         return 1
     try:
         n = int(raw)
@@ -370,13 +399,24 @@ def _frame_time_ms(look: _Lookup) -> float | None:
     return value if value is not None and _plausible_ms(value) else None
 
 
+def _beam_intervals_ms(steps_ms) -> list[float]:
+    """The time each frame stands for, from the steps between frames: at most the run's
+    nominal interval (the median step), since a longer step is the pedal released within the
+    stored run (beam off); the last frame, with no step after it, is given the nominal one.
+    The lower median: of two steps, one a pause, the mean would count half the pause."""
+    nominal_ms = statistics.median_low(steps_ms)
+    return [min(step, nominal_ms) for step in steps_ms] + [nominal_ms]
+
+
 def _timing(look: _Lookup, n: int, path: str):
     """Frame offsets since the run start (s), frame intervals (ms) and the run start.
 
-    Sources, first usable wins: FrameTimeVector, FrameTime, per-frame datetimes. One whose
-    steps are not all plausible (:data:`FRAME_TIME_RANGE_MS`) is skipped with a warning naming
-    it, so a run keeps its frames when another source gives its timing; with none usable, the
-    error names the implausible tag (a run's fluoroscopy time must not silently be wrong).
+    Sources, first usable wins: FrameTimeVector, FrameTime, per-frame datetimes,
+    AcquisitionDuration / (n - 1) (taken as first frame to last). One whose steps are not all
+    plausible (:data:`FRAME_TIME_RANGE_MS`) is skipped with a warning naming it, so a run keeps
+    its frames when another source gives its timing; with none usable, the error names the
+    implausible tag, or says what is wrong with the per-frame times (a run's fluoroscopy time
+    must not silently be wrong).
     """
     start = run_start(look)
     raw_frame_time = look.float("FrameTime", None)
@@ -394,30 +434,31 @@ def _timing(look: _Lookup, n: int, path: str):
         implausible.append(f"{tag_name('FrameTime')} = {raw_frame_time:g} ms is outside "
                            f"{FRAME_TIME_RANGE_MS[0]:g}-{FRAME_TIME_RANGE_MS[1]:g} ms (seconds "
                            "instead of ms?)")
-    per_frame_times = None
-    if look.per_frame and n > 1:
-        times = [_datetime(look, "FrameAcquisitionDateTime", None, None, frame=k)
-                 or _datetime(look, "FrameReferenceDateTime", None, None, frame=k) for k in range(n)]
-        if all(t is not None for t in times):
-            per_frame_times = [(t - times[0]).total_seconds() for t in times]
+    per_frame_times, per_frame_problem = _per_frame_times(look, n)
+    duration_ms = _duration_interval_ms(look, n)
     if ftv is not None and n > 1:
         offsets, acc = [], 0.0
         for k, inc in enumerate(ftv):
             acc += inc if k else 0.0
             offsets.append(acc / 1000.0)
-        intervals = list(ftv[1:]) + [ftv[-1]]
+        intervals = _beam_intervals_ms(ftv[1:])
     elif frame_time_ms is not None:
         offsets = [k * frame_time_ms / 1000.0 for k in range(n)]
         intervals = [frame_time_ms] * n
-    elif per_frame_times is not None and all(
-            _plausible_ms((b - a) * 1000.0) for a, b in zip(per_frame_times, per_frame_times[1:])):
+    elif per_frame_times is not None:
         offsets = per_frame_times
-        steps = [(b - a) * 1000.0 for a, b in zip(offsets, offsets[1:])]
-        intervals = steps + [steps[-1]]
+        intervals = _beam_intervals_ms([(b - a) * 1000.0 for a, b in zip(offsets, offsets[1:])])
     elif n == 1:
         single_ms = (look.float("ExposureTimeInms") or look.float("ExposureTime")
                      or look.float("AveragePulseWidth") or 0.0)
         offsets, intervals = [0.0], [single_ms]
+    elif duration_ms is not None:
+        log.warning("%s: frame timing from %s / %d frame steps: %g ms%s", path,
+                    tag_name("AcquisitionDuration"), n - 1, duration_ms,
+                    f" ({per_frame_problem})" if per_frame_problem else "")
+        per_frame_problem = None
+        offsets = [k * duration_ms / 1000.0 for k in range(n)]
+        intervals = [duration_ms] * n
     elif (raw_frame_time is not None and 0.0 < raw_frame_time < 1.0
           and _plausible_ms(raw_frame_time * 1000.0)):
         # the last resort: a frame time written in seconds (0.0667), read as such with a
@@ -433,15 +474,79 @@ def _timing(look: _Lookup, n: int, path: str):
         raise UnsupportedDicomError(f"{'; '.join(implausible)}, and no other usable frame timing; "
                                     "re-export the run with its frame time in ms", path=path,
                                     tag=tag_name(tag))
+    elif per_frame_problem:
+        raise UnsupportedDicomError(
+            f"{n} frames but no usable frame timing: {per_frame_problem}; and no FrameTime, "
+            "FrameTimeVector or AcquisitionDuration", path=path, tag=_per_frame_tag(look))
     else:
         raise MissingAttributeError(
             f"{n} frames but no usable frame timing; needs FrameTime, FrameTimeVector (with {n} "
-            "values) or per-frame FrameReferenceDateTime (CineRate is not used: it is an integer)",
-            path=path, tag=tag_name("FrameTime"))
+            "values), per-frame FrameReferenceDateTime or AcquisitionDuration (CineRate is not "
+            "used: it is an integer)", path=path, tag=tag_name("FrameTime"))
     if implausible and n > 1:
         log.warning("%s: %s; frame timing taken from another attribute", path,
                     "; ".join(implausible))
     return tuple(offsets), tuple(float(v) for v in intervals), start
+
+
+def _per_frame_tag(look: _Lookup) -> str:
+    keyword = ("FrameAcquisitionDateTime" if look.text("FrameAcquisitionDateTime", 0)
+               else "FrameReferenceDateTime")
+    return tag_name(keyword)
+
+
+def _frames_named(numbers: list[int]) -> str:
+    """``frame 3``, ``frames 2, 3, 4``, ``frames 2, 3, 4, 5, 6, 7, ... (40 frames)``."""
+    if len(numbers) == 1:
+        return f"frame {numbers[0]}"
+    more = f", ... ({len(numbers)} frames)" if len(numbers) > 6 else ""
+    return f"frames {', '.join(str(k) for k in numbers[:6])}{more}"
+
+
+def _per_frame_times(look: _Lookup, n: int) -> tuple[list[float] | None, str | None]:
+    """The per-frame datetimes as offsets (s) when every step is plausible; else None and what
+    is wrong with them, naming the frames (1-based), or None when the run has none."""
+    if not look.per_frame or n < 2:
+        return None, None
+    times = [_datetime(look, "FrameAcquisitionDateTime", None, None, frame=k)
+             or _datetime(look, "FrameReferenceDateTime", None, None, frame=k) for k in range(n)]
+    dated = [k + 1 for k, t in enumerate(times) if t is not None]
+    if not dated:
+        return None, None
+    what = "per-frame times (FrameAcquisitionDateTime, FrameReferenceDateTime)"
+    undated = [k + 1 for k, t in enumerate(times) if t is None]
+    if undated:
+        held = (f" ({len(look.per_frame)} per-frame functional groups for {n} frames)"
+                if len(look.per_frame) < n else "")
+        return None, f"{what} are missing for {_frames_named(undated)}{held}"
+    offsets = [(t - times[0]).total_seconds() for t in times]
+    steps_ms = [(b - a) * 1000.0 for a, b in zip(offsets, offsets[1:])]
+    if all(_plausible_ms(step) for step in steps_ms):
+        return offsets, None
+    problems = []
+    same = [k + 2 for k, step in enumerate(steps_ms) if 0.0 <= step < FRAME_TIME_RANGE_MS[0]]
+    before = [k + 2 for k, step in enumerate(steps_ms) if step < 0.0]
+    late = [k + 2 for k, step in enumerate(steps_ms) if step > FRAME_TIME_RANGE_MS[1]]
+    if same:
+        problems.append(f"{_frames_named(same)} at the time of the frame before (times to the "
+                        "second, or copied?)")
+    if before:
+        problems.append(f"{_frames_named(before)} before the frame before")
+    if late:
+        problems.append(f"{_frames_named(late)} more than {FRAME_TIME_RANGE_MS[1] / 1000:g} s "
+                        "after the frame before")
+    return None, f"{what} are present but not usable: {'; '.join(problems)}"
+
+
+def _duration_interval_ms(look: _Lookup, n: int) -> float | None:
+    """(0018,9073) AcquisitionDuration (s) over the run's n - 1 frame steps, when plausible.
+    The duration may also hold the last frame's own time (n steps): n - 1 gives the longer
+    interval, so the fluoroscopy time is not understated."""
+    duration_s = look.float("AcquisitionDuration")
+    if duration_s is None or n < 2:
+        return None
+    interval_ms = duration_s * 1000.0 / (n - 1)
+    return interval_ms if _plausible_ms(interval_ms) else None
 
 
 def _filtration(look: _Lookup) -> tuple[float | None, float | None]:

@@ -38,11 +38,11 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import pydicom
-from pydicom.uid import UID, XRayRadiationDoseSRStorage
 
 from sifluoro.acquire.dicom_reader import run_from_dataset
 from sifluoro.acquire.spool import Spool, StudyState
 from sifluoro.config import Settings
+from sifluoro.dose.rdsr_read import is_dose_report
 from sifluoro.dose.summary import device_report
 from sifluoro.errors import DamagedPixelDataError, InputError
 from sifluoro.model import Frame, Rejection, Run, Study
@@ -364,7 +364,7 @@ class LiveStudies:
         path = self.spool.instance_path(study.uid, sop_uid)
         try:
             ds = pydicom.dcmread(path, defer_size=1024)
-            if UID(str(ds.get("SOPClassUID", ""))) == XRayRadiationDoseSRStorage:
+            if is_dose_report(ds):  # an RDSR, or a dose report sent as Enhanced/Comprehensive SR
                 study.dose_reports.append(str(path))
                 self._use_device_report(study)
             else:

@@ -1,9 +1,11 @@
 """DICOM C-STORE receiver: the C-arm (or its router) pushes each run as it is acquired.
 
 ``sifluoro receive --port P --ae-title T --spool DIR ...`` runs a pynetdicom Storage SCP (plus
-Verification). Following pynetdicom's pattern, the network layer only binds handlers that
-return DICOM statuses; what happens to an instance is decided here and in
-:mod:`sifluoro.acquire.spool` / :mod:`sifluoro.acquire.live`:
+Verification) for the X-ray image classes and for dose reports, sent as X-Ray Radiation Dose SR
+or, by older devices, as Enhanced, Comprehensive or Comprehensive 3D SR. Following
+pynetdicom's pattern, the network layer only binds handlers that return DICOM statuses; what
+happens to an instance is decided here and in :mod:`sifluoro.acquire.spool` /
+:mod:`sifluoro.acquire.live`:
 
 1. the UIDs in the command and dataset are validated (they become file names);
 2. the encoded dataset, exactly as sent, is written under a temporary name, fsynced, its header
@@ -18,7 +20,8 @@ Statuses answered (C-STORE, PS3.4 Annex B; ``ErrorComment`` says why):
 0xA900   the dataset's SOP Class UID differs from the one in the C-STORE request
 0xC000   the dataset cannot be parsed, or its SOP Instance UID differs from the request's
 0xC001   a UID is not a valid UID (e.g. ``../../etc``): never used as a path
-0xC002   the instance parses but lacks what the pipeline needs (reader's typed error)
+0xC002   the instance parses but lacks what the pipeline needs (reader's typed error), or an
+         SR is not a dose report
 ======== ==================================================================================
 
 Associations are rejected when the calling AE title is not in ``--allow-ae`` (when given),
@@ -56,7 +59,6 @@ from pydicom.uid import (
     JPEGLSLossless,
     JPEGLSNearLossless,
     RLELossless,
-    XRayRadiationDoseSRStorage,
 )
 from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import Verification
@@ -65,7 +67,8 @@ from sifluoro.acquire.dicom_reader import IMAGE_SOP_CLASSES, decoder_available, 
 from sifluoro.acquire.live import LiveStudies
 from sifluoro.acquire.spool import InvalidUIDError, Spool, SpoolFullError, check_uid
 from sifluoro.config import Settings
-from sifluoro.errors import ConfigError, InputError
+from sifluoro.dose.rdsr_read import SR_SOP_CLASSES, is_dose_report
+from sifluoro.errors import ConfigError, InputError, UnsupportedDicomError
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +251,8 @@ class Receiver:
         syntaxes = decodable_transfer_syntaxes()
         for sop_class in IMAGE_SOP_CLASSES:
             ae.add_supported_context(sop_class, syntaxes)
-        ae.add_supported_context(XRayRadiationDoseSRStorage, list(UNCOMPRESSED))
+        for sop_class in sorted(SR_SOP_CLASSES):  # older devices send dose reports as
+            ae.add_supported_context(sop_class, list(UNCOMPRESSED))  # Enhanced/Comprehensive SR
         ae.add_supported_context(Verification)
         ctx = server_ssl_context(s.tls_cert, s.tls_key, s.tls_ca) if s.tls_cert else None
         handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, _on_echo),
@@ -373,13 +377,18 @@ def _parse_header(data: bytes) -> Dataset:
 
 
 def _check_usable(path: Path, sop_class: UID) -> None:
-    """Apply the reader's rules to a stored image instance; raise its typed error if unusable."""
-    if sop_class == XRayRadiationDoseSRStorage:
-        return
+    """Apply the reader's rules to a stored instance; raise its typed error if unusable. An SR
+    must be a dose report (root concept X-Ray Radiation Dose Report), whatever its SR class."""
     try:
         ds = pydicom.dcmread(path, defer_size=1024)
     except Exception as exc:
         raise _Refused(CANNOT_UNDERSTAND, f"dataset cannot be parsed ({type(exc).__name__})") from exc
+    if sop_class in SR_SOP_CLASSES:
+        if not is_dose_report(ds):
+            raise UnsupportedDicomError("not a dose report: an SR is taken only with the root "
+                                        "concept X-Ray Radiation Dose Report (DCM,113701)",
+                                        tag="(0040,A043) ConceptNameCodeSequence")
+        return
     run = run_from_dataset(ds, path)
     if run.start_s is None:
         raise InputError("no acquisition or content time, so the run cannot be placed in the "

@@ -7,7 +7,13 @@ capture's repeats between pulses are dropped, and so is a frame identical to the
 a pulse (the monitor's last-image hold after the pedal is released, on a digital capture), so
 that neither counts as exposure (both counted in ``VideoStats``). A pulse rate above the
 capture's makes each captured frame count for pulse/capture pulses. Without a pulse rate every
-captured frame is a pulse: time is counted on the capture's clock.
+captured frame is a pulse: time is counted on the capture's clock, and a repeat of the frame
+before is beam-on time between pulses slower than the capture (dropping it understated the
+fluoroscopy time by capture/pulse rate), unless it lasts longer than :data:`HOLD_S`: from there
+on it is the monitor's last-image hold, dropped and counted as held. So each hold still counts
+:data:`HOLD_S` of fluoroscopy, a pulse rate below 1/:data:`HOLD_S` needs ``--pulse-rate``, and
+an analogue capture, whose noise keeps a held image from repeating exactly, counts its hold
+(both said when the capture starts without a pulse rate).
 """
 from __future__ import annotations
 
@@ -63,6 +69,11 @@ class VideoSourceSettings:
 #: mean |difference| (grey levels) below which a frame repeats the one before (a held image)
 HELD_FRAME_LEVELS = 0.1
 
+#: without a pulse rate, how long a frame may repeat before the repeats are taken as the
+#: last-image hold, s: longer than the gap between pulses at 1 pulse/s, shorter than a hold
+#: (seconds to minutes after each pedal release)
+HOLD_S = 1.0
+
 
 @dataclass
 class VideoStats:
@@ -90,7 +101,8 @@ def video_frames(source: str | int, settings: VideoSourceSettings,
     0-255 with ``bits_stored = 8``, MONOCHROME2 as displayed, with PixelIntensityRelationshipSign
     +1 (bone dark) or -1 (``bone_bright``). The run gets a study UID of its own. With a pulse
     rate below the capture's, one frame is taken per pulse and a frame that repeats the one
-    before is dropped (module notes); ``stats`` counts both.
+    before is dropped; without one, only repeats beyond :data:`HOLD_S` are (module notes);
+    ``stats`` counts both.
     """
     stats = stats if stats is not None else VideoStats()
     capture = open_capture(source)
@@ -117,7 +129,7 @@ def video_frames(source: str | int, settings: VideoSourceSettings,
                   frame_offsets_s=tuple(k / rate for k in range(min(n, 1 << 20))),
                   frame_intervals_ms=(frame_time_ms,) * min(n, 1 << 20), technique=tech,
                   device=Device(station_name="video"), bits_allocated=8)
-        taken, last_pulse, previous = 0, -1, None
+        taken, last_pulse, previous, changed_at = 0, -1, None, 0
         for k, image in enumerate(itertools.chain([first], _read_all(capture))):
             if taken >= n:
                 break
@@ -130,8 +142,11 @@ def video_frames(source: str | int, settings: VideoSourceSettings,
                 stats.between_pulses += 1
                 continue
             grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
-            if (settings.frame_rate_per_s is not None and previous is not None
-                    and cv2.norm(grey, previous, cv2.NORM_L1) < HELD_FRAME_LEVELS * grey.size):
+            repeat = (previous is not None
+                      and cv2.norm(grey, previous, cv2.NORM_L1) < HELD_FRAME_LEVELS * grey.size)
+            if not repeat:
+                changed_at = k
+            elif settings.frame_rate_per_s is not None or (k - changed_at) / capture_rate > HOLD_S:
                 stats.held += 1
                 continue
             last_pulse, previous = pulse, grey

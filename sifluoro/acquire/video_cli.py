@@ -28,7 +28,7 @@ def _source(text: str) -> str | int:
 
 
 def _video(args) -> int:
-    from sifluoro.acquire.video import VideoSourceSettings, VideoStats, video_frames
+    from sifluoro.acquire.video import HOLD_S, VideoSourceSettings, VideoStats, video_frames
     from sifluoro.config import Settings
     from sifluoro.engine import Engine
     from sifluoro.errors import InputError
@@ -66,6 +66,11 @@ def _video(args) -> int:
         if technique.sid_mm is None and not args.quiet:
             print("note: without --sid-mm (and kV, mA, pulse width) there is no dose estimate; "
                   "fluoroscopy time is still counted", file=sys.stderr)
+        if args.pulse_rate is None and not args.quiet:
+            print(f"note: without --pulse-rate every captured frame counts as a pulse (a capture "
+                  f"faster than the pulses overstates the dose); the monitor's held last image "
+                  f"counts as fluoroscopy for its first {HOLD_S:g} s, and wholly when analogue "
+                  f"noise keeps it from repeating exactly", file=sys.stderr)
         # a grabber never ends by itself: Ctrl-C or a service stop ends the capture, and the
         # session's summary (its dose) is still written
         stop = stop_on_signals()
@@ -132,7 +137,8 @@ def add_video_parser(subparsers) -> argparse.ArgumentParser:
                    help="the video shows bone bright (default: bone dark, as fluoroscopy monitors)")
     p.add_argument("--pulse-rate", type=float, metavar="P/S",
                    help="the fluoroscopy's pulse rate when the capture runs faster: one frame "
-                   "is taken per pulse (default: every captured frame is a pulse)")
+                   "is taken per pulse and a held image is no pulse (default: every captured "
+                   "frame is a pulse, but a frame repeated so long that it is the held last image)")
     p.add_argument("--max-frames", type=int, metavar="N")
     p.add_argument("--live", action="store_true",
                    help="treat a file like a frame grabber (drop the oldest image work when late)")

@@ -5,16 +5,29 @@ Messages (pyigtl encodes them), per frame:
 ============  ==========  ==================================================================
 device name   type        content
 ============  ==========  ==================================================================
-``Tip``       POINT       the needle tip, when the frame shows one (green, 1 mm)
+``Tip``       POINT       the needle tip, when the frame shows one (green, 1 mm); an empty
+                          list when it does not (Slicer then removes the point)
 ``TipToImage`` TRANSFORM  the same tip as a translation (for SlicerIGT modules that follow a
-                          transform, e.g. Breach Warning)
+                          transform, e.g. Breach Warning), only on frames that show it
 ``Target``    POINT       the target, when placed (yellow; diameter = acceptance circle)
 ``State``     STRING      JSON: frame index and time, contrast state (``not_assessed``
-                          when no contrast stage runs), tip-to-target mm,
+                          when no contrast stage runs), whether the tip is seen
+                          (``tip_visible``), tip-to-target mm,
                           cumulative dose (``air_kerma_mgy``, ``dap_gycm2``,
                           ``fluoro_time_s``), alerts of the frame
 ``Overlay``   IMAGE       the annotated frame, RGB ``uint8``
 ============  ==========  ==================================================================
+
+When the tip is lost, a client must not keep showing the last one as current. ``Tip`` and
+``TipToImage`` carry a status in OpenIGTLink v3 metadata (message header version 2), in PLUS's
+words: ``Status`` (``Tip``) and ``TransformStatus`` (``TipToImage``) are ``OK`` or ``MISSING``.
+Slicer (OpenIGTLinkIF) copies a transform's ``TransformStatus`` into the transform node's
+attribute of that name and replaces a point list's points with the message's, so the empty
+``Tip`` list clears the point. ``TipToImage`` is not sent while the tip is lost, as PLUS does
+not send an invalid transform by default: SlicerIGT's Watchdog, set on ``TipToImage``, then
+shows it stale (Breach Warning reads no status and keeps its last distance). One
+``TipToImage`` at the last position with ``TransformStatus`` ``MISSING`` marks the moment the
+tip was lost. ``State`` says it too (``tip_visible``).
 
 Coordinates are millimetres in the detector plane, given to Slicer as RAS with
 ``R = -x * spacing``, ``A = -y * spacing``, ``S = 0`` (x = column, y = row), so that the
@@ -237,6 +250,22 @@ class IgtlServer:
                 self._clients.remove(client)
 
 
+class _NoPoints(pyigtl.PointMessage):
+    """A POINT message with an empty point list (pyigtl packs at least one point)."""
+
+    def _pack_content(self) -> bytes:
+        return b""
+
+
+def _with_status(message: pyigtl.MessageBase, key: str, status: str) -> pyigtl.MessageBase:
+    """``message`` with ``{key: status}`` as OpenIGTLink v3 metadata (header version 2). It also
+    keeps an empty POINT list from being dropped: the OpenIGTLink library unpacks a body only
+    when it holds more than the extended header and the metadata count."""
+    message.header_version = 2
+    message.metadata = {key: status}
+    return message
+
+
 def ijk_to_ras(spacing_xy_mm: tuple[float, float]) -> np.ndarray:
     """Pixel (column, row, 0) to RAS millimetres, as described in the module docstring."""
     sx, sy = spacing_xy_mm
@@ -263,6 +292,7 @@ class IgtlSink:
         self.frames = 0
         self.tips_sent = 0
         self._warned_spacing = False
+        self._last_tip_matrix: np.ndarray | None = None  # of the last frame, when it showed one
 
     def start(self, study: Study) -> None:
         pass
@@ -291,12 +321,21 @@ class IgtlSink:
         needle = e.get("needle")
         if needle:
             tip = ras(needle["tip_xy"])
-            out.append(pyigtl.PointMessage(positions=[tip], names="Tip", groups="sifluoro",
-                                           rgba_colors=GREEN, diameters=1.0,
-                                           owners="sifluoro", timestamp=now, device_name="Tip"))
+            out.append(_with_status(pyigtl.PointMessage(
+                positions=[tip], names="Tip", groups="sifluoro", rgba_colors=GREEN, diameters=1.0,
+                owners="sifluoro", timestamp=now, device_name="Tip"), "Status", "OK"))
             matrix = np.eye(4)
             matrix[:3, 3] = tip
-            out.append(pyigtl.TransformMessage(matrix, timestamp=now, device_name="TipToImage"))
+            out.append(_with_status(pyigtl.TransformMessage(
+                matrix, timestamp=now, device_name="TipToImage"), "TransformStatus", "OK"))
+            self._last_tip_matrix = matrix
+        else:
+            out.append(_with_status(_NoPoints(timestamp=now, device_name="Tip"), "Status", "MISSING"))
+            if self._last_tip_matrix is not None:  # lost on this frame
+                out.append(_with_status(pyigtl.TransformMessage(
+                    self._last_tip_matrix, timestamp=now, device_name="TipToImage"),
+                    "TransformStatus", "MISSING"))
+                self._last_tip_matrix = None
         target = e.get("target")
         if target:
             radius_mm = float(target.get("radius_mm") or 1.0)
@@ -305,7 +344,8 @@ class IgtlSink:
                                            diameters=2.0 * radius_mm, owners="sifluoro",
                                            timestamp=now, device_name="Target"))
         state = {"index": e["index"], "t_s": e["t_s"], "contrast": event.contrast_state,
-                 "tip_to_target_mm": e.get("tip_to_target_mm"), **e["dose"],
+                 "tip_visible": bool(needle), "tip_to_target_mm": e.get("tip_to_target_mm"),
+                 **e["dose"],
                  "alerts": [a.get("message", a.get("kind")) for a in e.get("alerts", ())]}
         out.append(pyigtl.StringMessage(json.dumps(state, separators=(",", ":")), timestamp=now,
                                         device_name="State"))
@@ -319,7 +359,8 @@ class IgtlSink:
         messages = self.messages(frame, event, overlay_bgr)
         self.server.send(messages)
         self.frames += 1
-        self.tips_sent += sum(1 for msg in messages if msg.device_name == "Tip")
+        self.tips_sent += sum(1 for msg in messages
+                              if msg.device_name == "Tip" and not isinstance(msg, _NoPoints))
 
     def end(self, study, summary: dict, dose) -> None:
         log.info("OpenIGTLink: %d frames, %d tip messages", self.frames, self.tips_sent)

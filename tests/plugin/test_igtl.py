@@ -12,7 +12,11 @@ import numpy as np
 import pyigtl
 import pytest
 
-from sifluoro.plugin.igtl import IgtlServer, ijk_to_ras
+from sifluoro.acquire.dicom_reader import read_study
+from sifluoro.engine import FrameEvent
+from sifluoro.model import Frame
+from sifluoro.plugin.igtl import IgtlServer, IgtlSink, ijk_to_ras
+from tests.dicom_fixtures import RunSpec, write_study
 from tests.plugin.conftest import ORTHANC_AET
 from tests.plugin.studies import FPS, SPACING_MM, needle_study
 
@@ -63,7 +67,7 @@ def test_client_receives_every_tip_at_30_frames_per_second(tmp_path, sifluoro_co
     sent = int(re.search(r"(\d+) with a tip", server.stdout).group(1))
     assert sent == len(expected)
 
-    tips = [(t, m) for t, m in recorder.received if m.device_name == "Tip"]
+    tips = [(t, m) for t, m in recorder.received if m.device_name == "Tip" and m.positions]
     got = [m.positions[0] for _, m in tips]
     want = [(-x * SPACING_MM, -y * SPACING_MM, 0.0) for x, y in expected]  # float32 on the wire
     delivered = sum(np.allclose(g, w, atol=1e-3) for g, w in zip(got, want)) / len(want)
@@ -78,7 +82,10 @@ def test_client_receives_every_tip_at_30_frames_per_second(tmp_path, sifluoro_co
     by_device = {}
     for _, m in recorder.received:
         by_device.setdefault(m.device_name, []).append(m)
-    assert len(by_device["State"]) == 120 and len(by_device["TipToImage"]) == len(expected)
+    lost = sum(1 for a, b in zip(events, events[1:]) if a["needle"] and not b["needle"])
+    assert len(by_device["State"]) == 120
+    assert len(by_device["TipToImage"]) == len(expected) + lost
+    assert len(by_device["Tip"]) == 120  # an empty point list on the frames without a tip
     last_state = json.loads(by_device["State"][-1].string)
     assert last_state["air_kerma_mgy"] == pytest.approx(summary["air_kerma_mgy"], rel=1e-12)
     assert last_state["fluoro_time_s"] == pytest.approx(summary["fluoro_time_s"], rel=1e-9)
@@ -146,3 +153,51 @@ def test_every_client_gets_every_message_and_a_slow_one_the_latest_image():
     assert slow_images[-1] == 39 and slow_images == sorted(slow_images)
     assert len(slow_images) < 40  # coalesced: no backlog of stale frames
     assert fast_images == sorted(fast_images) and fast_images[-1] == 39
+
+
+def test_a_lost_tip_is_cleared_and_its_transform_marked_missing(tmp_path):
+    """Slicer keeps the last tip unless told: a frame without one sends an empty ``Tip`` list
+    (Status MISSING) and, once, ``TipToImage`` at the last tip with TransformStatus MISSING;
+    then no transform until the tip is back (a pyigtl client receives them)."""
+    write_study(tmp_path, [RunSpec(0.0, n_frames=1)])
+    (run,) = read_study([tmp_path]).runs
+    frame = Frame(pixels=np.zeros((run.rows, run.columns), np.uint16), index=0, frame_number=1,
+                  t_s=0.0, run=run)
+    tips = [(30.0, 20.0), (31.0, 22.0), None, None, (35.0, 25.0)]
+    server = IgtlServer("127.0.0.1", 0)
+    client, recorder = _client(server.port)
+    try:
+        assert server.wait_for_client(10)
+        sink = IgtlSink(server, image_every=0)
+        for k, tip in enumerate(tips):
+            event = {"index": k, "t_s": k / FPS, "needle": tip and {"tip_xy": list(tip)},
+                     "tip_to_target_mm": None, "alerts": [], "contrast": {"state": "none"},
+                     "dose": {"air_kerma_mgy": 0.0, "dap_gycm2": 0.0, "fluoro_time_s": 0.0}}
+            sink.frame(frame, FrameEvent(k, run.sop_instance_uid, 1, k / FPS, 1.0, False, event),
+                       None)
+        deadline = time.monotonic() + 10
+        while (sum(m.device_name == "State" for _, m in recorder.received) < len(tips)
+               and time.monotonic() < deadline):
+            time.sleep(0.02)
+    finally:
+        server.close()
+        client.stop()
+    got = [m for _, m in recorder.received]
+    tip_messages = [m for m in got if m.device_name == "Tip"]
+    assert [len(m.positions) for m in tip_messages] == [1, 1, 0, 0, 1]
+    assert [m.metadata["Status"] for m in tip_messages] == ["OK", "OK", "MISSING", "MISSING", "OK"]
+    transforms = [m for m in got if m.device_name == "TipToImage"]
+    assert [m.metadata["TransformStatus"] for m in transforms] == ["OK", "OK", "MISSING", "OK"]
+    assert np.allclose(transforms[2].matrix, transforms[1].matrix)  # where it was last seen
+    assert np.allclose(transforms[1].matrix[:3, 3], [-31.0 * 0.4, -22.0 * 0.4, 0.0], atol=1e-4)
+    states = [json.loads(m.string) for m in got if m.device_name == "State"]
+    assert [s["tip_visible"] for s in states] == [True, True, False, False, True]
+    # the OpenIGTLink library (MessageBase::Unpack) unpacks a header-v2 body only when it is
+    # longer than the 12-byte extended header and the 2-byte metadata count: the empty list
+    # must carry metadata, or Slicer would never see it
+    empty = next(m for m in sink.messages(frame, FrameEvent(
+        9, run.sop_instance_uid, 1, 0.0, 1.0, False, {**event, "needle": None}), None)
+        if m.device_name == "Tip")
+    packed = empty.pack()
+    header = pyigtl.MessageBase.parse_header(packed[:pyigtl.MessageBase.IGTL_HEADER_SIZE])
+    assert header["header_version"] == 2 and header["body_size"] > 12 + 2

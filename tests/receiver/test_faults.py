@@ -17,11 +17,20 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.uid import ExplicitVRLittleEndian, XRayAngiographicImageStorage, generate_uid
+from pydicom.uid import (
+    Comprehensive3DSRStorage,
+    ComprehensiveSRStorage,
+    EnhancedSRStorage,
+    ExplicitVRLittleEndian,
+    XRayAngiographicImageStorage,
+    generate_uid,
+)
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import XRayRadiationDoseSRStorage, XRayRadiofluoroscopicImageStorage
 
-from tests.dicom_fixtures import RunSpec, write_study
+from sifluoro.replay import replay
+from tests.dicom_fixtures import RunSpec, as_device_report, write_study
+from tests.dose.rdsr_fixtures import Ev, build_rdsr
 from tests.receiver.helpers import (
     AE_TITLE,
     ECHOSCU,
@@ -125,10 +134,6 @@ def test_mismatched_unparseable_unusable_and_oversized_instances(tmp_path, start
     garbage.write_bytes(raw[:len(raw) - len(body)] + b"\x08\x00\x18\x00UI\xff\xff" + os.urandom(64))
     monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", False)
 
-    no_timing = pydicom.dcmread(study_files[1])
-    del no_timing.FrameTime
-    del no_timing.FrameIncrementPointer
-    no_timing.SOPInstanceUID = generate_uid()
     no_pixels = pydicom.dcmread(study_files[2])
     del no_pixels.PixelData
     no_pixels.SOPInstanceUID = generate_uid()
@@ -138,28 +143,45 @@ def test_mismatched_unparseable_unusable_and_oversized_instances(tmp_path, start
     monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
     raw_statuses = send(receiver.port, [mismatch, garbage])
     monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", False)
-    statuses = send(receiver.port, [no_timing, no_pixels, big])
+    statuses = send(receiver.port, [no_pixels, big])
     assert [s for s, _ in raw_statuses] == [0xA900, 0xC000]
-    assert [s for s, _ in statuses] == [0xC002, 0xC002, 0xA700]
-    assert "FrameTime" in statuses[0][1] and "PixelData" in statuses[1][1]
-    assert "max-instance-mb" in statuses[2][1]
+    assert [s for s, _ in statuses] == [0xC002, 0xA700]
+    assert "PixelData" in statuses[0][1]
+    assert "max-instance-mb" in statuses[1][1]
     assert not list(receiver.spool.rglob("*.dcm")) and not list(receiver.spool.rglob(".*.part"))
     assert_still_up(receiver.port)
     log = receiver.log()
-    assert "refused" in log and "(0018,1063) FrameTime" in log
+    assert "refused" in log and "(7FE0,0010) PixelData" in log
+
+
+def test_a_run_without_frame_timing_is_stored_and_its_dose_counted_as_lost(start_receiver,
+                                                                           study_files):
+    """Its frames cannot be placed in time, so none is shown, but they were exposed: the
+    instance is stored (as the folder reader takes it), listed as rejected saying why, and
+    its dose counted with the lost frames rather than refused with it."""
+    receiver = start_receiver()
+    image = pydicom.dcmread(study_files[0])
+    no_timing = pydicom.dcmread(study_files[1])
+    del no_timing.FrameTime
+    del no_timing.FrameIncrementPointer
+    statuses = send(receiver.port, [image, no_timing])
+    assert [s for s, _ in statuses] == [0, 0]
+    summary_path = receiver.spool / str(image.StudyInstanceUID) / "summary.json"
+    wait_for(lambda: summary_path.exists()
+             and json.loads(summary_path.read_text())["instances"] == 2)
+    summary = json.loads(summary_path.read_text())
+    assert summary["frames"] == 3 and summary["lost_frames"]["frames"] == 2
+    assert summary["lost_frames"]["air_kerma_mgy"] > 0
+    [rejected] = summary["rejected_files"]
+    assert rejected["reason"].startswith("(0018,1063) FrameTime: 2 frames but no usable frame "
+                                         "timing"), rejected
+    assert_still_up(receiver.port)
 
 
 def test_dose_report_is_stored_and_listed(tmp_path, start_receiver, study_files):
     receiver = start_receiver()
     image = pydicom.dcmread(study_files[0])
-    sr = pydicom.Dataset()
-    sr.SOPClassUID = XRayRadiationDoseSRStorage
-    sr.SOPInstanceUID = generate_uid()
-    sr.StudyInstanceUID = image.StudyInstanceUID
-    sr.SeriesInstanceUID = generate_uid()
-    sr.Modality = "SR"
-    sr.file_meta = pydicom.dataset.FileMetaDataset()
-    sr.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    sr = build_rdsr([Ev()], study_uid=image.StudyInstanceUID)
     statuses = send(receiver.port, [image, sr],
                     contexts=(XRayAngiographicImageStorage, XRayRadiationDoseSRStorage))
     assert [s for s, _ in statuses] == [0, 0]
@@ -170,6 +192,45 @@ def test_dose_report_is_stored_and_listed(tmp_path, start_receiver, study_files)
     assert summary["frames"] == 3
     assert summary["dose_reports"] == [str(spooled(receiver.spool, str(image.StudyInstanceUID),
                                                    str(sr.SOPInstanceUID)))]
+
+
+@pytest.mark.parametrize("sop_class", [EnhancedSRStorage, ComprehensiveSRStorage,
+                                       Comprehensive3DSRStorage], ids=lambda c: c.name)
+def test_a_dose_report_sent_as_another_sr_class_gives_the_study_its_dose(tmp_path, start_receiver,
+                                                                         sop_class):
+    """Older devices send their dose report as Enhanced/Comprehensive (3D) SR: the reader of a
+    folder takes it, so the receiver does (DCMTK storescu), and its doses are the study's."""
+    paths = write_study(tmp_path / "study", [RunSpec(0.0, n_frames=3), RunSpec(15.0, n_frames=3)])
+    estimated = replay([tmp_path / "study"], events_path=tmp_path / "e.jsonl",
+                       summary_path=tmp_path / "s.json", rdsr_path=tmp_path / "mine.dcm",
+                       stages=[]).summary
+    report = as_device_report(tmp_path / "mine.dcm", tmp_path / "device.dcm")
+    report.SOPClassUID = report.file_meta.MediaStorageSOPClassUID = sop_class
+    report.save_as(tmp_path / "device.dcm")
+    receiver = start_receiver()
+    for path in [*paths, tmp_path / "device.dcm"]:
+        sent = storescu(receiver.port, [path], "-R")  # propose the file's own class
+        assert sent.returncode == 0 and "Failed" not in sent.stdout + sent.stderr, sent.stderr
+    summary_path = receiver.spool / str(report.StudyInstanceUID) / "summary.json"
+    wait_for(lambda: summary_path.exists()
+             and json.loads(summary_path.read_text())["dose_reports"])
+    summary = json.loads(summary_path.read_text())
+    assert summary["dose_source"] == "rdsr" and summary["rejected_files"] == []
+    assert summary["dap_gycm2"] == pytest.approx(1.5 * estimated["dap_gycm2"], rel=1e-6)
+    assert_still_up(receiver.port)
+
+
+def test_an_sr_that_is_not_a_dose_report_is_refused_saying_so(start_receiver, study_files):
+    receiver = start_receiver()
+    sr = build_rdsr([Ev()], study_uid=pydicom.dcmread(study_files[0]).StudyInstanceUID,
+                    sop_class=ComprehensiveSRStorage)
+    sr.ConceptNameCodeSequence[0].CodeValue = "18748-4"  # a diagnostic imaging report
+    sr.ConceptNameCodeSequence[0].CodingSchemeDesignator = "LN"
+    [(status, comment)] = send(receiver.port, [sr], contexts=(ComprehensiveSRStorage,))
+    assert status == 0xC002 and "not a dose report" in comment, comment
+    assert not list(receiver.spool.rglob("*.dcm"))
+    assert "(DCM,113701)" in receiver.log()
+    assert_still_up(receiver.port)
 
 
 def test_spool_quota_answers_out_of_resources_and_corrupts_nothing(start_receiver, study_files):
