@@ -7,7 +7,8 @@ of vendors' files are read rather than rejected:
 - no ``ContentTemplateSequence``, items nested one level deeper than TID 10003 says, the
   retired Exposure Time code, ``SRT`` or ``SCT`` codes for the same concept;
 - no Accumulated X-Ray Dose container, or one without an overall total (summed from its
-  fluoroscopy and acquisition parts), or none at all (summed from the events);
+  fluoroscopy and acquisition parts), or none at all (summed from the events), or none for
+  one of the planes its events name (that plane's summed from its events);
 - several planes (one accumulated container per plane; biplane A/B);
 - events without kVp, tube current or distances (left as None);
 - Philips' private collimation (shutters, detector field) when the standard Collimated Field
@@ -255,7 +256,7 @@ class _Reader:
             raise MissingAttributeError("no Study Instance UID in the header nor in the Scope of "
                                         "Accumulation", path=self.path, tag="(0020,000D) StudyInstanceUID")
         from_report = bool(planes)
-        planes = [self.completed(p, events) for p in planes]
+        planes = [self.completed(p, events) for p in planes] + self.uncovered(planes, events)
         if not planes:
             if not events:
                 raise self.error(MissingAttributeError, "the report holds neither an Accumulated "
@@ -266,6 +267,20 @@ class _Reader:
                          dose_source="rdsr", planes_from_report=from_report,
                          scope_study_instance_uid=scope_uid,
                          by_sifluoro=_by_sifluoro(ds), created=_created(ds))
+
+    def uncovered(self, planes: list[PlaneTotals], events: list[IrradiationEvent]) -> list[PlaneTotals]:
+        """Totals summed from the events of each plane that has no accumulated container (a
+        biplane report with a container for one plane only): otherwise its dose counts nowhere.
+        Events that name no plane, in a report with one container, are that container's."""
+        if not planes:
+            return []
+        missing = sorted({e.plane for e in events} - {p.plane for p in planes})
+        if len(planes) == 1 and missing == [SINGLE_PLANE]:
+            return []
+        for plane in missing:
+            log.warning("%s: plane %s has irradiation events but no accumulated dose; its "
+                        "totals are summed from its events", self.path, plane)
+        return [totals_from_events(p, events) for p in missing]
 
     def completed(self, plane: PlaneTotals, events: list[IrradiationEvent]) -> PlaneTotals:
         """A plane's accumulated totals with each total the container leaves out taken from

@@ -274,3 +274,27 @@ def test_of_two_reports_of_the_same_events_the_newer_counts(tmp_path, names):
     (study,), _ = summarize([tmp_path])
     assert study.dap_gycm2 == pytest.approx(5.75 / 2)
     assert study.path == str(tmp_path / names[1])
+
+
+def test_a_plane_without_accumulated_container_is_summed_from_its_events(tmp_path, caplog):
+    """A biplane report whose accumulated container covers plane A only: plane B's events
+    counted nowhere and the study read 100 mGy, not 6100 (review s12 #3)."""
+    events = [Ev(plane="A", dap_gycm2=10.0, rp_mgy=100.0), Ev(plane="B", dap_gycm2=300.0, rp_mgy=6000.0)]
+    acc = {"A": {"dap_total": 10.0, "rp_total": 100.0, "fl_dap": 10.0, "fl_rp": 100.0, "fl_time": 10 / 7.5}}
+    with caplog.at_level("WARNING"):
+        dose = read_rdsr(save(build_rdsr(events, accumulated=acc), tmp_path / "r.dcm"))
+    s = dose.summary()
+    assert [p["plane"] for p in s["per_plane"]] == ["A", "B"]
+    assert s["air_kerma_mgy"] == pytest.approx(6100.0)
+    assert s["dap_gycm2"] == pytest.approx(310.0)
+    assert s["fluoro_time_s"] == pytest.approx(2 * 10 / 7.5)
+    assert any("plane B" in r.getMessage() for r in caplog.records)
+
+
+def test_events_without_a_plane_belong_to_the_only_container(tmp_path):
+    """Events that name no plane in a report with one (plane A) container are not a second plane."""
+    acc = {"A": {"dap_total": 1.75, "rp_total": 3.5}}
+    dose = read_rdsr(save(build_rdsr([Ev(dap_gycm2=1.5, rp_mgy=3.0), Ev(dap_gycm2=0.25, rp_mgy=0.5)],
+                                     accumulated=acc), tmp_path / "r.dcm"))
+    assert [p.plane for p in dose.planes] == ["A"]
+    assert dose.air_kerma_mgy == pytest.approx(3.5)
