@@ -207,7 +207,8 @@ def content_tree(record: StudyDose, starts: dict[str, datetime | None], study: S
     sop_class = {run.sop_instance_uid: run.sop_class_uid for run in study.runs}
     timed = []
     for event in record.events:
-        start = next((starts.get(uid) for uid in event.sop_instance_uids if starts.get(uid)), None)
+        start = next((starts.get(uid) for uid in event.sop_instance_uids if starts.get(uid)),
+                     event.start)  # a device report's event that names no image: its own
         timed.append((event, start))
     known = [(s, e) for e, s in timed if s is not None]
     if known:
