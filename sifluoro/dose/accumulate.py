@@ -18,6 +18,7 @@ the SRDL check and the study's irradiation events, not in the frames' counters.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field, replace
 from typing import Iterable
 
@@ -36,6 +37,8 @@ from sifluoro.dose.records import (
     totals_from_events,
 )
 from sifluoro.model import Device, Frame, Run, Study
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -166,15 +169,22 @@ class DoseAccumulator:
         already prepared or counted from its headers that the report names is recounted with
         the report's dose (a device's report usually arrives at the end of the procedure);
         returns the alerts the recount raised (also in :attr:`alerts`). Events that name no
-        image go into :attr:`unstored` (once per event UID; a later report's copy replaces it).
+        image go into :attr:`unstored` (once per event UID; a later report's copy replaces it),
+        unless no event of the report names an image (nothing tells the stored runs apart).
         """
         for run in runs:
             self._frames[run.sop_instance_uid] = max(1, run.n_frames)
         named_here: set[str] = set()
         unstored = dict(self._unstored)
+        # a report that names no image at all cannot tell the stored runs' events from the
+        # others: taking all as unstored would count the stored runs twice
+        names_images = any(e.sop_instance_uids for e in report.events)
+        if not names_images and report.events:
+            log.warning("the device's dose report names no image; its events are not added to "
+                        "the runs' dose (the study's dose may be short of unstored fluoroscopy)")
         for event in report.events:
             named = list(dict.fromkeys(event.sop_instance_uids))  # an instance named twice: once
-            if not named:
+            if not named and names_images:
                 unstored[event.event_uid] = event
             for uid in named:
                 held = self._report_events.setdefault(uid, [])

@@ -324,7 +324,11 @@ def test_a_moved_archive_is_recomputed_from_its_new_place(db_url, tmp_path):
     write_study(tmp_path / "late", [RunSpec(40.0, n_frames=4)], study_uid=uid)
     late = ingest([tmp_path / "late"], engine)
     assert (late.studies_updated, late.rejected) == (1, [])
-    assert _study_rows(engine)[uid] == (before[0], before[1], pytest.approx(before[2], rel=1e-12), 4)
+    # the late run, made after the report, adds its dose to the report's (review s12 #2)
+    (whole,), _ = summarize([tmp_path / "v2", tmp_path / "late"])
+    assert whole.dap_gycm2 > before[2]
+    assert _study_rows(engine)[uid] == (before[0], before[1] + 1,
+                                        pytest.approx(whole.dap_gycm2, rel=1e-12), 4)
     engine.dispose()
 
 
@@ -788,4 +792,17 @@ def test_two_processes_opening_an_old_registry_take_turns(db_url, tmp_path, monk
     engine = open_registry(db_url)
     with engine.connect() as conn:
         assert conn.execute(select(SchemaVersion.version)).scalars().all() == [1, 2, 3]
+    engine.dispose()
+
+
+def test_a_run_made_after_the_devices_report_is_in_the_registry(db_url, tmp_path):
+    """The registry held the report's 10 mGy and no SRDL; the run after it reports 5500 mGy
+    (review s12 #2)."""
+    from tests.dose.test_partial_report import partial_report_study
+
+    engine = open_registry(db_url)
+    ingest([partial_report_study(tmp_path / "in")], engine)
+    (row,) = _studies(engine).values()
+    assert (row["air_kerma_mgy"], row["n_events"]) == (pytest.approx(5510.0), 2)
+    assert row["srdl_exceeded"] == "air_kerma"
     engine.dispose()

@@ -92,3 +92,16 @@ def test_the_engine_raises_the_srdl_of_a_late_report_of_unstored_fluoroscopy(tmp
     assert summary["unstored"]["air_kerma_mgy"] == pytest.approx(6000.0)
     assert any(a["kind"] == "srdl_air_kerma" for a in summary["alerts"])
     assert "srdl_air_kerma" in [a.kind for a in alerts]  # announced to the plug-in
+
+
+def test_a_report_that_names_no_image_adds_no_unstored_dose(tmp_path, caplog):
+    """Its events may be the stored runs' own: counted from the headers and again from the
+    report, the study's dose would be double."""
+    folder, _ = unstored_study(tmp_path)
+    study = read_study([folder])
+    report = read_rdsr(folder / "rdsr.dcm")
+    from dataclasses import replace
+    blind = replace(report, events=tuple(replace(e, sop_instance_uids=()) for e in report.events))
+    dose = DoseAccumulator(DoseSettings())
+    assert dose.use_report(blind, study.runs) == [] and dose.unstored.air_kerma_mgy == 0.0
+    assert "names no image" in caplog.text
