@@ -237,6 +237,7 @@ class _Reader:
                                      "projection X-ray dose reports", C.DCM.ProcedureReported)
         device = self.device(ds)
         scope_uid = None
+        scope = ""
         events: list[IrradiationEvent] = []
         planes: list[PlaneTotals] = []
         event_key = _K.IrradiationEventXRayData
@@ -244,6 +245,8 @@ class _Reader:
         for item in ds.get("ContentSequence") or []:
             concept = self.concept(item)
             if concept == _K.ScopeOfAccumulation:
+                code = self.code_value(item)
+                scope = C.SCOPE_CODES.get(C.key(code), "") if code is not None else ""
                 for sub in self.walk(item):
                     if self.concept(sub) == _K.StudyInstanceUID:
                         scope_uid = str(sub.get("UID", "")) or None
@@ -266,7 +269,7 @@ class _Reader:
                          events=tuple(events), planes=tuple(planes), path=self.path,
                          dose_source="rdsr", planes_from_report=from_report,
                          scope_study_instance_uid=scope_uid,
-                         by_sifluoro=_by_sifluoro(ds), created=_created(ds))
+                         by_sifluoro=_by_sifluoro(ds), created=_created(ds), scope=scope)
 
     def uncovered(self, planes: list[PlaneTotals], events: list[IrradiationEvent]) -> list[PlaneTotals]:
         """Totals summed from the events of each plane that has no accumulated container (a

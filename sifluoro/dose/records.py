@@ -166,6 +166,8 @@ class StudyDose:
     #: when the report was made (Instance Creation, else Content date and time; naive): of
     #: two reports of the same exposures, a correction is the later one
     created: datetime | None = None
+    #: the report's Scope of Accumulation: "study", "pps", "series", "event" or "" (not said)
+    scope: str = ""
 
     def _sum(self, attr: str) -> float:
         return float(sum(getattr(p, attr) or 0.0 for p in self.planes))

@@ -4,7 +4,8 @@ RDSRs are read with :func:`read_rdsr`; image studies are accumulated from their 
 :class:`DoseAccumulator` (no pixels decoded). When a study has both, the report wins: it
 counts fluoroscopy that was never stored as images. Several reports of one study are merged:
 a report whose events are all in another one is superseded by it (a later, cumulative report);
-disjoint reports (one per performed procedure step) are added; a report sifluoro wrote
+disjoint reports (one per performed procedure step) are added, except totals-only reports of
+Study scope (the newest stands for the others: each covers the study so far); a report sifluoro wrote
 (``replay --rdsr``, the plug-in) is left out when the device's own report is there (it repeats
 the device's exposures under event UIDs of its own), except its runs that lie wholly outside
 the time the device's report covers (a report sent before the procedure ended): those are
@@ -222,6 +223,14 @@ def _clock(times: list[datetime]):
 
 
 def _merge(reports: list[StudyDose]) -> StudyDose:
+    # totals-only reports whose scope is the whole study are cumulative: the newest stands for
+    # the others (reports of performed procedure steps add up)
+    whole = [r for r in reports if not r.events and r.scope == "study"]
+    if len(whole) > 1:
+        newest = max(whole, key=_made_at)
+        log.info("study dose: %d totals-only report(s) of Study scope superseded by the newest, %s",
+                 len(whole) - 1, newest.path)
+        reports = [r for r in reports if r is newest or all(r is not w for w in whole)]
     kept = []
     # of reports with the same events, the newest is kept (a correction sent again under a new
     # SOP Instance UID), whatever the files' names

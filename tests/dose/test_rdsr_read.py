@@ -298,3 +298,32 @@ def test_events_without_a_plane_belong_to_the_only_container(tmp_path):
                                      accumulated=acc), tmp_path / "r.dcm"))
     assert [p.plane for p in dose.planes] == ["A"]
     assert dose.air_kerma_mgy == pytest.approx(3.5)
+
+
+@pytest.mark.parametrize("scope", [("113014", "DCM", "Study"), ("113016", "DCM", "Performed Procedure Step")])
+def test_totals_only_reports_of_study_scope_supersede_those_of_steps_add(tmp_path, scope):
+    """A pause report (100 mGy) and the final one (250 mGy), totals only: with Study scope the
+    final one is the study's (they were added: 350 mGy, review s12 #7); with Performed
+    Procedure Step scope each is one step's and they add up."""
+    from pydicom.uid import generate_uid
+
+    from sifluoro.dose.summary import summarize
+    from tests.dose.rdsr_fixtures import uidref
+
+    uid = generate_uid()
+    for name, kerma, dap, t, when in (("final", 250.0, 12.0, 150.0, "104500"),
+                                      ("pause", 100.0, 5.0, 60.0, "101500")):
+        ds = build_rdsr([], accumulated={"single": {"dap_total": dap, "rp_total": kerma, "fl_dap": dap,
+                                                    "fl_rp": kerma, "fl_time": t}}, study_uid=uid)
+        ds.ContentDate, ds.ContentTime = "20260304", when
+        item = coded(("113705", "DCM", "Scope of Accumulation"), scope, "HAS OBS CONTEXT")
+        item.ContentSequence = [uidref(("110180", "DCM", "Study Instance UID"), uid, "HAS PROPERTIES")]
+        ds.ContentSequence.insert(3, item)
+        save(ds, tmp_path / f"{name}.dcm")
+    assert read_rdsr(tmp_path / "final.dcm").scope == ("study" if scope[0] == "113014" else "pps")
+    (study,), _ = summarize([tmp_path])
+    s = study.summary()
+    if scope[0] == "113014":
+        assert (s["air_kerma_mgy"], s["dap_gycm2"], s["fluoro_time_s"]) == pytest.approx((250.0, 12.0, 150.0))
+    else:
+        assert (s["air_kerma_mgy"], s["dap_gycm2"], s["fluoro_time_s"]) == pytest.approx((350.0, 17.0, 210.0))
