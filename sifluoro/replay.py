@@ -103,6 +103,8 @@ def build_summary(study: Study, state, rejected: list[Rejection]) -> dict:
         "air_kerma_mgy": totals.air_kerma_mgy,
         "dap_gycm2": totals.dap_gycm2,
         "dose_source": state.dose.source,
+        # runs whose air kerma or DAP is unknown: not in the totals, which are lower bounds
+        "runs_dose_unknown": state.dose.runs_dose_unknown,
         "contrast_state": state.contrast_study_state,
         "stages": list(state.stage_names),
         "rejected_files": [r.as_dict() for r in rejected],
@@ -183,7 +185,9 @@ def format_summary(summary: dict) -> str:
         f"fluoro     {summary['fluoro_time_s']:.1f} s"
         + (f"  (+{summary['acquisition_time_s']:.1f} s acquisition)" if summary["acquisition_time_s"] else ""),
         f"dose       {summary['air_kerma_mgy']:.2f} mGy air kerma, {summary['dap_gycm2']:.3f} Gy·cm² DAP"
-        f"  [{summary['dose_source']}]",
+        f"  [{summary['dose_source']}]"
+        + (f"  (+ {n} run{'s' if n > 1 else ''} of unknown dose, not counted)"
+           if (n := summary.get("runs_dose_unknown")) and summary["dose_source"] != "none" else ""),
     ]
     lost = summary.get("lost_frames") or {}
     if lost.get("frames"):

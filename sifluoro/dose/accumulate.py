@@ -449,6 +449,13 @@ class DoseAccumulator:
         return _source(self.totals.sources)
 
     @property
+    def runs_dose_unknown(self) -> int:
+        """How many runs counted so far have an unknown air kerma or DAP (no reported dose and
+        no technique to estimate it): the totals leave them out."""
+        return sum(1 for t in self._tallies.values()
+                   if "none" in (t.dose.source, t.dose.air_kerma_source, t.dose.dap_source))
+
+    @property
     def srdl_exceeded(self) -> tuple[str, ...]:
         """Which substantial radiation dose levels the study has reached, in a fixed order."""
         return tuple(k[len("srdl_"):] for k in ("srdl_air_kerma", "srdl_dap", "srdl_fluoro_time")

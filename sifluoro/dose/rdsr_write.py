@@ -30,7 +30,7 @@ from sifluoro.config import DoseSettings
 from sifluoro.dose import sr_codes as C
 from sifluoro.dose.accumulate import DoseAccumulator
 from sifluoro.dose.records import (ACQUISITION, IrradiationEvent, PlaneTotals, StudyDose,
-                                   unknown_totals)
+                                   events_dose_unknown, unknown_totals)
 from sifluoro.errors import MissingAttributeError
 from sifluoro.model import Device, Study
 
@@ -220,6 +220,14 @@ def content_tree(record: StudyDose, starts: dict[str, datetime | None], study: S
         items.append(_accumulated(plane, record.events))
     for event, start in timed:
         items.append(_event(event, start, sop_class))
+    partial = events_dose_unknown(record.events)
+    if partial and not unknown_totals(record.events, record.planes) >= {"dap_gycm2", "air_kerma_mgy"}:
+        # TID 10001 row 15 (Comment): CID 42 has no qualifier for a partial sum, and the
+        # events themselves say "Value unknown"
+        items.append(hd.sr.TextContentItem(
+            codes.DCM.Comment, f"The accumulated dose totals leave out {partial} irradiation "
+            "event(s) whose Dose (RP) or Dose Area Product is unknown (Value unknown): the "
+            "totals are lower bounds.", CONTAINS))
     used = set().union(*(_sources(e) for e in record.events)) if record.events else set()
     # TID 10001 requires one: a study whose dose is wholly unknown keeps the image path's code
     for code in _source_codes(used) or [C.DCM.ComputedFromImageAttributes]:

@@ -140,6 +140,12 @@ def unknown_totals(events, planes) -> frozenset[str]:
     return frozenset(out)
 
 
+def events_dose_unknown(events) -> int:
+    """How many ``events`` leave out their air kerma or DAP (a run without dose or technique,
+    a header reporting one of the two): a total summed over them is a lower bound."""
+    return sum(1 for e in events if e.air_kerma_mgy is None or e.dap_gycm2 is None)
+
+
 @dataclass(frozen=True)
 class StudyDose:
     """The dose of one study: its events and per-plane accumulated totals.
@@ -194,7 +200,8 @@ class StudyDose:
 
         ``events`` and ``planes`` are counts; ``per_plane`` lists each plane's totals. Times
         and doses of several planes are summed (tube-on time and dose of each tube). A dose
-        total that nothing gives (:meth:`unknown_totals`) is None (JSON null), not 0.
+        total that nothing gives (:meth:`unknown_totals`) is None (JSON null), not 0; one that
+        some events leave out counts them in ``events_dose_unknown``.
         """
         unknown = self.unknown_totals()
         unknown_in = {p.plane: self.unknown_totals(p.plane) for p in self.planes}
@@ -213,6 +220,9 @@ class StudyDose:
             "acquisition_air_kerma_mgy": self._sum("acquisition_air_kerma_mgy"),
             "acquisition_time_s": round(self._sum("acquisition_time_s"), 6),
             "dose_source": self.dose_source or self.source,
+            # events whose air kerma or DAP is unknown: left out of the totals, which are then
+            # lower bounds (unless null: nothing gives them)
+            "events_dose_unknown": events_dose_unknown(self.events),
             "srdl_exceeded": list(self.srdl_exceeded),
             "per_plane": [
                 {"plane": p.plane,
