@@ -461,22 +461,40 @@ class DoseAccumulator:
         return tuple(k[len("srdl_"):] for k in ("srdl_air_kerma", "srdl_dap", "srdl_fluoro_time")
                      if k in self._srdl_fired)
 
-    def events(self) -> tuple[IrradiationEvent, ...]:
-        """One irradiation event per run counted so far, in the order runs were first seen.
+    def run_events(self) -> tuple[IrradiationEvent, ...]:
+        """One irradiation event per run counted so far, in the order runs were first seen,
+        with what the run's frames added (a run whose dose is a report's: its share).
 
         Event UIDs are derived from the run's SOP Instance UID, so a report written twice for
         the same study names the same events. ``start`` is left None: run times here are
         relative to the study; the RDSR writer reads absolute times from the run headers.
-        The device report's events that name no image (:attr:`unstored`) follow, as the
-        report gives them (its event UIDs: a dose registry counts them once).
         """
-        own = tuple(_event(t, self.settings) for t in self._tallies.values())
-        device = tuple(self._unstored.values())
-        planes = {e.plane for e in device} - {SINGLE_PLANE}
+        return tuple(_event(t, self.settings) for t in self._tallies.values())
+
+    def events(self) -> tuple[IrradiationEvent, ...]:
+        """The study's irradiation events so far, as its RDSR reports them: :meth:`run_events`,
+        except that a run whose dose is the device report's is given by that report's
+        event(s), as the report gives them (its Irradiation Event UIDs, once each, also when
+        an event names several runs); then the report's events that name no image
+        (:attr:`unstored`). A dose registry holding the device's report and sifluoro's counts
+        the shared events once (by Irradiation Event UID), and sifluoro's report is the
+        device's plus the runs it does not cover."""
+        out: list[tuple[IrradiationEvent, bool]] = []  # (event, sifluoro's own)
+        seen: set[str] = set()
+        for tally in self._tallies.values():
+            if tally.dose.source != "rdsr":
+                out.append((_event(tally, self.settings), True))
+                continue
+            for e in self._report_events.get(tally.run.sop_instance_uid, ()):
+                if (e.dap_gycm2 is not None or e.air_kerma_mgy is not None) and e.event_uid not in seen:
+                    seen.add(e.event_uid)
+                    out.append((e if e.dose_source != "none" else replace(e, dose_source="rdsr"), False))
+        out += [(e, False) for e in self._unstored.values() if e.event_uid not in seen]
+        planes = {e.plane for e, own in out if not own} - {SINGLE_PLANE}
         if planes:  # beside a biplane device's events, the runs are the frontal plane's (A)
-            own = tuple(replace(e, plane="A" if "A" in planes else min(planes))
-                        for e in own)
-        return own + device
+            plane = "A" if "A" in planes else min(planes)
+            return tuple(replace(e, plane=plane) if own else e for e, own in out)
+        return tuple(e for e, _ in out)
 
     def study_dose(self, study_instance_uid: str, device: Device) -> StudyDose:
         """The study's dose so far as a :class:`StudyDose` (``source="images"``)."""

@@ -1,8 +1,10 @@
 """Write an X-Ray Radiation Dose SR (TID 10001 Projection X-Ray Radiation Dose) for a study.
 
-The document holds one TID 10002 Accumulated X-Ray Dose container (single plane) and one
-TID 10003 Irradiation Event X-Ray Data container per run, built from highdicom's SR content
-items. Patient and study attributes are copied from the study's first image header, never
+The document holds one TID 10002 Accumulated X-Ray Dose container per plane (single plane,
+unless a biplane device's events are in it) and one TID 10003 Irradiation Event X-Ray Data
+container per run, except that runs whose dose is a device report's are that report's events,
+with its event UIDs, and its events that name no image follow; built from highdicom's SR
+content items. Patient and study attributes are copied from the study's first image header, never
 invented; the irradiating device's identity comes from the image headers too. Doses are
 written in DICOM units (Gy, Gy·m², s). What ``dciodvfy`` checks, tests check.
 """
