@@ -30,6 +30,10 @@ PLANE_CODES = {("DCM", "113620"): "A", ("DCM", "113621"): "B", ("DCM", "113622")
 #: one supersedes it), a Performed Procedure Step report one step (reports of steps add up)
 SCOPE_CODES = {("DCM", "113014"): "study", ("DCM", "113015"): "series",
                ("DCM", "113016"): "pps", ("DCM", "113852"): "event"}
+#: Source of Dose Information (CID 10021) -> a dose_source: the device's own measurement or
+#: calculation, a value copied from image headers, a value computed (a model's estimate)
+SOURCE_CODES = {("DCM", "113856"): "rdsr", ("DCM", "113857"): "rdsr", ("DCM", "113868"): "rdsr",
+                ("DCM", "113866"): "reported", ("DCM", "113867"): "estimated"}
 PLANE_BY_NAME = {"A": DCM.PlaneA, "B": DCM.PlaneB, "single": DCM.SinglePlane}
 
 # Philips' private collimation, used when the standard Collimated Field Area is absent
