@@ -146,6 +146,35 @@ def events_dose_unknown(events) -> int:
     return sum(1 for e in events if e.air_kerma_mgy is None or e.dap_gycm2 is None)
 
 
+def _timed(e: IrradiationEvent) -> bool:
+    """Whether an event says how long its beam was on (:func:`event_duration_s` has a source)."""
+    return (e.irradiation_duration_s is not None or e.exposure_time_ms is not None
+            or e.pulse_width_ms is not None
+            or bool(e.n_pulses and e.pulse_rate_per_s and e.pulse_rate_per_s >= PLAUSIBLE_PULSE_RATE))
+
+
+#: the time totals: (field, event kind, the plane dose fields that show the kind was used)
+TIME_TOTALS = (("fluoro_time_s", FLUOROSCOPY, ("fluoro_dap_gycm2", "fluoro_air_kerma_mgy")),
+               ("acquisition_time_s", ACQUISITION, ("acquisition_dap_gycm2", "acquisition_air_kerma_mgy")))
+
+
+def unknown_times(events, planes) -> frozenset[str]:
+    """The time totals that nothing gives: no plane gives the time, and there are events of
+    its kind none of which is timed (no duration, exposure time, pulse width or pulses at a
+    rate), or no events but a plane dose of that kind. Their sum is 0 by arithmetic, but
+    the time is unknown, not 0."""
+    out = set()
+    for field, kind, doses in TIME_TOTALS:
+        if not planes or any(getattr(p, field) for p in planes):
+            continue
+        of_kind = [e for e in events if e.kind == kind]
+        if (of_kind and not any(_timed(e) for e in of_kind)) or (
+                not events and all(getattr(p, field) is None for p in planes)
+                and any(getattr(p, d) for p in planes for d in doses)):
+            out.add(field)
+    return frozenset(out)
+
+
 @dataclass(frozen=True)
 class StudyDose:
     """The dose of one study: its events and per-plane accumulated totals.
@@ -201,7 +230,8 @@ class StudyDose:
         ``events`` and ``planes`` are counts; ``per_plane`` lists each plane's totals. Times
         and doses of several planes are summed (tube-on time and dose of each tube). A dose
         total that nothing gives (:meth:`unknown_totals`) is None (JSON null), not 0; one that
-        some events leave out counts them in ``events_dose_unknown``.
+        some events leave out counts them in ``events_dose_unknown``. So is a fluoroscopy or
+        acquisition time that nothing gives (:func:`unknown_times`).
         """
         unknown = self.unknown_totals()
         unknown_in = {p.plane: self.unknown_totals(p.plane) for p in self.planes}
@@ -234,4 +264,6 @@ class StudyDose:
             "path": self.path,
         }
         out.update({field: None for field in unknown})
+        # a time total nothing gives is None too (the SRDL check and alerts take it as 0)
+        out.update({field: None for field in unknown_times(self.events, self.planes)})
         return out

@@ -326,7 +326,7 @@ def table(studies: list[StudyDose], rejected: list[Rejection] = ()) -> str:
         uid = uid if len(uid) <= 28 else "…" + uid[-27:]
         device = f"{d['device']['manufacturer']} {d['device']['model']}".strip()[:26]
         source = d["source"] if d["source"] == "rdsr" else f"img/{d['dose_source'][:3]}"
-        lines.append(f"{uid:<28} {source:<7} {device:<26} {d['events']:>6} {d['fluoro_time_s']:>9.1f} "
+        lines.append(f"{uid:<28} {source:<7} {device:<26} {d['events']:>6} {_number(d['fluoro_time_s'], 9, 1)} "
                      f"{_number(d['dap_gycm2'], 11, 4)} {_number(d['air_kerma_mgy'], 10, 2)}  "
                      f"{','.join(d['srdl_exceeded']) or '-'}")
         if len(s.planes) > 1:

@@ -327,3 +327,16 @@ def test_totals_only_reports_of_study_scope_supersede_those_of_steps_add(tmp_pat
         assert (s["air_kerma_mgy"], s["dap_gycm2"], s["fluoro_time_s"]) == pytest.approx((250.0, 12.0, 150.0))
     else:
         assert (s["air_kerma_mgy"], s["dap_gycm2"], s["fluoro_time_s"]) == pytest.approx((350.0, 17.0, 210.0))
+
+
+def test_an_unknown_fluoroscopy_time_is_none_not_zero(tmp_path):
+    """No Total Fluoro Time and events without duration, rate or pulses: the summary said
+    0.0 s beside a per-plane None (review s12 #13)."""
+    from sifluoro.dose.summary import table
+    from tests.audit.test_ingest import _untimed_report
+
+    dose = read_rdsr(_untimed_report(tmp_path))
+    s = dose.summary()
+    assert s["fluoro_time_s"] is None and s["per_plane"][0]["fluoro_time_s"] is None
+    assert s["air_kerma_mgy"] == pytest.approx(450.0) and s["acquisition_time_s"] == 0.0
+    assert "unknown" in table([dose])
