@@ -55,8 +55,8 @@ def replay(inputs: Iterable[str | Path], *, events_path: str | Path, summary_pat
     state = pipeline.start_study(study.study_instance_uid)
     rejected: list[Rejection] = list(study.rejected)
     report = device_report(study, rejected)
-    if report is not None:
-        state.dose.use_report(report, study.runs)
+    if report is not None:  # its exposures outside the stored images can reach alert levels
+        state.alerts.extend(a.as_dict() for a in state.dose.use_report(report, study.runs))
     for run in study.runs:
         pipeline.prepare_run(run, state)
     events_path = Path(events_path)
@@ -103,6 +103,8 @@ def build_summary(study: Study, state, rejected: list[Rejection]) -> dict:
         "air_kerma_mgy": totals.air_kerma_mgy,
         "dap_gycm2": totals.dap_gycm2,
         "dose_source": state.dose.source,
+        # runs whose air kerma or DAP is unknown: not in the totals, which are lower bounds
+        "runs_dose_unknown": state.dose.runs_dose_unknown,
         "contrast_state": state.contrast_study_state,
         "stages": list(state.stage_names),
         "rejected_files": [r.as_dict() for r in rejected],
@@ -113,6 +115,11 @@ def build_summary(study: Study, state, rejected: list[Rejection]) -> dict:
                         "dap_gycm2": state.dose.lost.dap_gycm2,
                         "fluoro_time_s": round(state.dose.lost.fluoro_time_s, 6),
                         "acquisition_time_s": round(state.dose.lost.acquisition_time_s, 6)},
+        # the device report's events that name no image (fluoroscopy not stored): the study's
+        # dose outside the frames, in the alerts, the SRDL check and the RDSR, not in the totals
+        "unstored": _totals_dict(state.dose.unstored, events=len(state.dose.unstored_events)),
+        # the study's whole dose: the frames, the frames lost, the exposures not stored
+        "study_dose": _totals_dict(*(state.dose.totals, state.dose.lost, state.dose.unstored)),
         "latency_ms": latency_summary(state.latencies_ms),
         "degraded_frames": state.degraded_frames,
         "no_picture_frames": state.no_picture_frames,
@@ -123,6 +130,14 @@ def build_summary(study: Study, state, rejected: list[Rejection]) -> dict:
         "device": {"manufacturer": study.device.manufacturer, "model": study.device.model},
         "dose_reports": list(study.dose_reports),
     }
+
+
+def _totals_dict(*parts, **counts) -> dict:
+    return {**counts,
+            "air_kerma_mgy": sum(p.air_kerma_mgy for p in parts),
+            "dap_gycm2": sum(p.dap_gycm2 for p in parts),
+            "fluoro_time_s": round(sum(p.fluoro_time_s for p in parts), 6),
+            "acquisition_time_s": round(sum(p.acquisition_time_s for p in parts), 6)}
 
 
 class _atomic_text:
@@ -170,12 +185,23 @@ def format_summary(summary: dict) -> str:
         f"fluoro     {summary['fluoro_time_s']:.1f} s"
         + (f"  (+{summary['acquisition_time_s']:.1f} s acquisition)" if summary["acquisition_time_s"] else ""),
         f"dose       {summary['air_kerma_mgy']:.2f} mGy air kerma, {summary['dap_gycm2']:.3f} Gy·cm² DAP"
-        f"  [{summary['dose_source']}]",
+        f"  [{summary['dose_source']}]"
+        + (f"  (+ {n} run{'s' if n > 1 else ''} of unknown dose, not counted)"
+           if (n := summary.get("runs_dose_unknown")) and summary["dose_source"] != "none" else ""),
     ]
     lost = summary.get("lost_frames") or {}
     if lost.get("frames"):
         lines.append(f"           + {lost['air_kerma_mgy']:.2f} mGy, {lost['dap_gycm2']:.3f} Gy·cm² "
                      f"of {lost['frames']} frames lost in damaged files (in the RDSR, not above)")
+    unstored = summary.get("unstored") or {}
+    if unstored.get("events"):
+        lines.append(f"           + {unstored['air_kerma_mgy']:.2f} mGy, {unstored['dap_gycm2']:.3f} Gy·cm², "
+                     f"{unstored['fluoro_time_s']:.1f} s of {unstored['events']} exposures not stored "
+                     "as images (the device's dose report; in the RDSR, not above)")
+    if lost.get("frames") or unstored.get("events"):
+        whole = summary["study_dose"]
+        lines.append(f"study dose {whole['air_kerma_mgy']:.2f} mGy air kerma, {whole['dap_gycm2']:.3f} Gy·cm² DAP, "
+                     f"fluoro {whole['fluoro_time_s']:.1f} s")
     lines += [
         f"contrast   {_contrast_line(summary)}",
         f"stages     {', '.join(summary.get('stages', ())) or 'none (dose only)'}",

@@ -42,7 +42,7 @@ from sifluoro.audit.settings import AuditSettings
 from sifluoro.config import DoseSettings
 from sifluoro.dose.accumulate import accumulate_study
 from sifluoro.dose.records import StudyDose
-from sifluoro.dose.summary import merge_reports, with_srdl_reached
+from sifluoro.dose.summary import merge_reports, with_runs_outside, with_srdl_reached
 from sifluoro.model import Device, Rejection, Study
 
 log = logging.getLogger(__name__)
@@ -479,9 +479,10 @@ def study_dose(uid: str, files: list[ParsedFile], settings: DoseSettings
     """The study's dose from its files, as ``sifluoro dose summary`` computes it."""
     reports = [f.report for f in files if f.kind == RDSR and f.report is not None]
     rejected: list[Rejection] = []
-    if reports:
-        return with_srdl_reached(merge_reports(reports), settings), rejected
     runs = [f.run for f in files if f.kind == IMAGE and f.run is not None]
+    if reports:  # with the runs made outside the reports' time (after a report was sent)
+        return with_srdl_reached(with_runs_outside(merge_reports(reports), runs, settings),
+                                 settings), rejected
     ordered = order_runs(runs, rejected)
     if not ordered:
         return None, rejected

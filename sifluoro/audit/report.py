@@ -196,7 +196,8 @@ def _trend(data: dict[str, np.ndarray]) -> list[list[str]]:
                      cell("median_dap_gycm2", np.median(dap) if dap.size else None),
                      cell("p75_dap_gycm2", np.percentile(dap, 75) if dap.size else None),
                      cell("median_air_kerma_mgy", np.median(kerma) if kerma.size else None),
-                     cell("median_fluoro_time_s", np.median(data["fluoro_time_s"][members]))])
+                     cell("median_fluoro_time_s", np.median(time) if (time := _known(
+                         data["fluoro_time_s"][members])).size else None)])
     return rows
 
 

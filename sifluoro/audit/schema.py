@@ -37,7 +37,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from sifluoro.errors import ConfigError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class Base(DeclarativeBase):
@@ -66,7 +66,8 @@ class DeviceRow(Base):
 
 class StudyRow(Base):
     """One study's dose (DESIGN §4 summary fields) with its procedure label and date. A dose
-    total nothing gives (a header reporting DAP only) is NULL, not 0 (schema version 3)."""
+    total nothing gives (a header reporting DAP only) is NULL, not 0 (schema version 3); so
+    is a fluoroscopy or acquisition time nothing gives (version 4)."""
 
     __tablename__ = "studies"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -81,12 +82,12 @@ class StudyRow(Base):
     n_planes: Mapped[int] = mapped_column(Integer)
     dap_gycm2: Mapped[float | None] = mapped_column(Float)
     air_kerma_mgy: Mapped[float | None] = mapped_column(Float)
-    fluoro_time_s: Mapped[float] = mapped_column(Float)
+    fluoro_time_s: Mapped[float | None] = mapped_column(Float)
     fluoro_dap_gycm2: Mapped[float | None] = mapped_column(Float)
     fluoro_air_kerma_mgy: Mapped[float | None] = mapped_column(Float)
     acquisition_dap_gycm2: Mapped[float | None] = mapped_column(Float)
     acquisition_air_kerma_mgy: Mapped[float | None] = mapped_column(Float)
-    acquisition_time_s: Mapped[float] = mapped_column(Float)
+    acquisition_time_s: Mapped[float | None] = mapped_column(Float)
     planes_from_report: Mapped[bool] = mapped_column(Boolean)
     srdl_exceeded: Mapped[str] = mapped_column(String(64), default="")
     ingested_at: Mapped[datetime] = mapped_column(DateTime)
@@ -223,26 +224,51 @@ def _v3(conn: Connection) -> None:
                 f"{events}) AND NOT EXISTS (SELECT 1 {events} AND e.{attr} IS NOT NULL)")
 
 
-def _rebuild_sqlite_studies(conn: Connection) -> None:
+#: the study time totals made nullable by version 4, with the event kind whose untimed events
+#: made a stored 0 an unknown (frozen, as _NULLABLE_TOTALS)
+_NULLABLE_TIMES = (("fluoro_time_s", "fluoroscopy"), ("acquisition_time_s", "acquisition"))
+
+
+def _v4(conn: Connection) -> None:
+    """Study time totals nullable: a fluoroscopy (acquisition) time that no plane total and
+    none of the study's events of that kind gives was stored as 0; it becomes NULL."""
+    if conn.dialect.name == "postgresql":
+        for column, _ in _NULLABLE_TIMES:
+            conn.exec_driver_sql(f"ALTER TABLE studies ALTER COLUMN {column} DROP NOT NULL")
+    else:
+        _rebuild_sqlite_studies(conn, "studies_v4")
+    for column, kind in _NULLABLE_TIMES:
+        events = f"FROM irradiation_events e WHERE e.study_id = studies.id AND e.kind = '{kind}'"
+        conn.exec_driver_sql(
+            f"UPDATE studies SET {column} = NULL WHERE {column} = 0 AND EXISTS (SELECT 1 {events}) "
+            f"AND NOT EXISTS (SELECT 1 {events} AND (e.irradiation_duration_s IS NOT NULL OR "
+            "e.exposure_time_ms IS NOT NULL OR e.pulse_width_ms IS NOT NULL OR "
+            "(e.n_pulses > 0 AND e.pulse_rate_per_s >= 0.5))) AND NOT EXISTS (SELECT 1 FROM "
+            f"plane_totals p WHERE p.study_id = studies.id AND p.{column} > 0)")
+
+
+def _rebuild_sqlite_studies(conn: Connection, name: str = "studies_v3") -> None:
     """SQLite cannot drop a NOT NULL: the table is rebuilt (SQLite's own procedure: a new table,
     the rows copied, the old one dropped and the new one renamed; foreign keys are off for the
-    migration, see :func:`_migrate_sqlite`, so the drop cascades to nothing)."""
+    migration, see :func:`_migrate_sqlite`, so the drop cascades to nothing). The new table
+    has today's columns and nullability: a later version only relaxes NOT NULLs, so building
+    version 3 with them is version 3 plus what those versions would do anyway."""
     columns = ", ".join(c.name for c in StudyRow.__table__.columns)
     metadata = MetaData()
     DeviceRow.__table__.to_metadata(metadata)  # the copy's foreign key resolves against it
-    new = StudyRow.__table__.to_metadata(metadata, name="studies_v3")
+    new = StudyRow.__table__.to_metadata(metadata, name=name)
     for index in list(new.indexes):
         new.indexes.discard(index)
-    conn.exec_driver_sql("DROP TABLE IF EXISTS studies_v3")  # left by a version before this fix
+    conn.exec_driver_sql(f"DROP TABLE IF EXISTS {name}")  # left by a version before this fix
     new.create(conn)
-    conn.exec_driver_sql(f"INSERT INTO studies_v3 ({columns}) SELECT {columns} FROM studies")
+    conn.exec_driver_sql(f"INSERT INTO {name} ({columns}) SELECT {columns} FROM studies")
     conn.exec_driver_sql("DROP TABLE studies")
-    conn.exec_driver_sql("ALTER TABLE studies_v3 RENAME TO studies")
+    conn.exec_driver_sql(f"ALTER TABLE {name} RENAME TO studies")
     for index in StudyRow.__table__.indexes:
         index.create(conn)
 
 
-MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _v1), (2, _v2), (3, _v3)]
+MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _v1), (2, _v2), (3, _v3), (4, _v4)]
 
 
 def open_registry(url: str) -> Engine:

@@ -11,10 +11,15 @@ Where the numbers come from, per run, first found wins:
 2. what the image header reports: per-frame values, else run totals (``"reported"``);
 3. the technique estimate of :mod:`sifluoro.dose.physics` (``"estimated"``);
 4. nothing (``"none"``): the run's frames add time but no dose.
+
+A report's events that name no image (fluoroscopy that was not stored, the bulk of a C-arm's
+dose) are the study's dose outside the frames: :attr:`DoseAccumulator.unstored`, in the alerts,
+the SRDL check and the study's irradiation events, not in the frames' counters.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import logging
+from dataclasses import dataclass, field, replace
 from typing import Iterable
 
 import numpy as np
@@ -28,9 +33,12 @@ from sifluoro.dose.records import (
     SINGLE_PLANE,
     IrradiationEvent,
     StudyDose,
+    event_duration_s,
     totals_from_events,
 )
 from sifluoro.model import Device, Frame, Run, Study
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -131,6 +139,10 @@ class DoseAccumulator:
         #: in the runs' irradiation events (the RDSR), not in ``totals`` (the frames seen)
         self.lost = DoseTotals()
         self.lost_frames = 0
+        #: the dose report's events that name no image (fluoroscopy not stored): the study's
+        #: dose outside the frames, in the alerts and the irradiation events, not in ``totals``
+        self.unstored = DoseTotals()
+        self._unstored: dict[str, IrradiationEvent] = {}  # by Irradiation Event UID
         self.alerts: list[DoseAlert] = []
         self._runs: dict[str, RunDose] = {}
         self._tallies: dict[str, _RunTally] = {}
@@ -156,23 +168,72 @@ class DoseAccumulator:
         arrives, the share is worked out again and the runs counted so far are recounted. A run
         already prepared or counted from its headers that the report names is recounted with
         the report's dose (a device's report usually arrives at the end of the procedure);
-        returns the alerts the recount raised (also in :attr:`alerts`).
+        returns the alerts the recount raised (also in :attr:`alerts`). Events that name no
+        image go into :attr:`unstored` (once per event UID; a later report's copy replaces it),
+        unless no event of the report names an image (nothing tells the stored runs apart).
         """
         for run in runs:
             self._frames[run.sop_instance_uid] = max(1, run.n_frames)
         named_here: set[str] = set()
+        unstored = dict(self._unstored)
+        # a report that names no image at all cannot tell the stored runs' events from the
+        # others: taking all as unstored would count the stored runs twice
+        names_images = any(e.sop_instance_uids for e in report.events)
+        if not names_images and report.events:
+            log.warning("the device's dose report names no image; its events are not added to "
+                        "the runs' dose (the study's dose may be short of unstored fluoroscopy)")
         for event in report.events:
             named = list(dict.fromkeys(event.sop_instance_uids))  # an instance named twice: once
+            if not named and names_images:
+                unstored[event.event_uid] = event
             for uid in named:
                 held = self._report_events.setdefault(uid, [])
                 if any(e.event_uid == event.event_uid for e in held):
                     continue  # the same event from another copy of the report: once
                 held.append(event)
                 named_here.update(named)
-        return self._recount_all(named_here & self._runs.keys())
+        out = self._recount_all(named_here & self._runs.keys())
+        if unstored != self._unstored:
+            out += self._use_unstored(unstored)
+        return out
+
+    def _use_unstored(self, events: dict[str, IrradiationEvent]) -> list[DoseAlert]:
+        """Take ``events`` (a report's events naming no image) as :attr:`unstored`; return the
+        alerts the study's dose reaches with them (also in :attr:`alerts`)."""
+        before = self._alert_values()
+        self._unstored = events
+        u = self.unstored = DoseTotals()
+        for e in events.values():
+            u.air_kerma_mgy += e.air_kerma_mgy or 0.0
+            u.dap_gycm2 += e.dap_gycm2 or 0.0
+            if e.is_acquisition:
+                u.acquisition_time_s += event_duration_s(e)
+            else:
+                u.fluoro_time_s += event_duration_s(e)
+            u.sources.add(e.dose_source)
+        index, t_s = self._last_frame
+        out = self._crossed_to(before, index, t_s,
+                               " (with the exposures the device's dose report gives outside the "
+                               "stored images)")
+        self.recounts += 1  # the study's dose changed without a frame: announced as a recount
+        self.alerts.extend(out)
+        self.recount_alerts.extend(out)
+        return out
+
+    @property
+    def unstored_events(self) -> tuple[IrradiationEvent, ...]:
+        """The device report's events that name no image (their dose is :attr:`unstored`)."""
+        return tuple(self._unstored.values())
+
+    def _alert_values(self) -> tuple[float, float, float]:
+        """(fluoro time s, air kerma mGy, DAP Gy·cm²) the alert levels are compared with: the
+        frames counted and the exposures the device reports outside the stored images."""
+        t, u = self.totals, self.unstored
+        return (t.fluoro_time_s + u.fluoro_time_s, t.air_kerma_mgy + u.air_kerma_mgy,
+                t.dap_gycm2 + u.dap_gycm2)
 
     def _recount_all(self, uids) -> list[DoseAlert]:
-        before = (self.totals.fluoro_time_s, self.totals.air_kerma_mgy, self.totals.dap_gycm2)
+        before = self._alert_values()
         with_lost = (self.totals.air_kerma_mgy + self.lost.air_kerma_mgy,
                      self.totals.dap_gycm2 + self.lost.dap_gycm2)
         for uid in sorted(uids):
@@ -187,9 +248,7 @@ class DoseAccumulator:
         out = self._crossed_to(before, index, t_s)
         t, lost = self.totals, self.lost
         if (t.air_kerma_mgy + lost.air_kerma_mgy, t.dap_gycm2 + lost.dap_gycm2) != with_lost:
-            out += self._srdl(t.air_kerma_mgy + lost.air_kerma_mgy, t.dap_gycm2 + lost.dap_gycm2,
-                              t.fluoro_time_s + lost.fluoro_time_s, index, t_s,
-                              ", with the frames lost in damaged files")
+            out += self._srdl_with_lost(index, t_s)
         self.alerts.extend(out)
         self.recount_alerts.extend(out)
         return out
@@ -280,7 +339,7 @@ class DoseAccumulator:
     def add(self, frame: Frame) -> list[DoseAlert]:
         """Count one frame; return the alerts it raised."""
         self._tally(frame.run)  # first: a recount its run's preparation causes alerts apart
-        before = (self.totals.fluoro_time_s, self.totals.air_kerma_mgy, self.totals.dap_gycm2)
+        before = self._alert_values()
         self._count(frame.run, frame.frame_number, self.totals)
         new = self._crossed(before, frame)
         self.alerts.extend(new)
@@ -298,12 +357,16 @@ class DoseAccumulator:
         tally = self._count_lost_from(run, first_frame_number)
         offsets = run.frame_offsets_s
         t_s = run.start_s + (offsets[min(tally.frames, len(offsets)) - 1] if offsets else 0.0)
-        seen, lost = self.totals, self.lost
-        out = self._srdl(seen.air_kerma_mgy + lost.air_kerma_mgy, seen.dap_gycm2 + lost.dap_gycm2,
-                         seen.fluoro_time_s + lost.fluoro_time_s, index, t_s,
-                         ", with the frames lost in damaged files")
+        out = self._srdl_with_lost(index, t_s)
         self.alerts.extend(out)
         return out
+
+    def _srdl_with_lost(self, index: int, t_s: float) -> list[DoseAlert]:
+        fluoro_s, kerma, dap = self._alert_values()
+        lost = self.lost
+        return self._srdl(kerma + lost.air_kerma_mgy, dap + lost.dap_gycm2,
+                          fluoro_s + lost.fluoro_time_s, index, t_s,
+                          ", with the frames lost in damaged files")
 
     def _count_lost_from(self, run: Run, first_frame_number: int) -> _RunTally:
         tally = self._tally(run)
@@ -359,20 +422,20 @@ class DoseAccumulator:
         self._last_frame = (frame.index, frame.t_s)
         return self._crossed_to(before, frame.index, frame.t_s)
 
-    def _crossed_to(self, before: tuple[float, float, float], index: int, t_s: float
-                    ) -> list[DoseAlert]:
-        """The alerts the totals reached since ``before`` (fluoro time, air kerma, DAP)."""
-        s, out, t = self.settings, [], self.totals
+    def _crossed_to(self, before: tuple[float, float, float], index: int, t_s: float,
+                    note: str = "") -> list[DoseAlert]:
+        """The alerts the study's dose (:meth:`_alert_values`) reached since ``before``."""
+        s, out = self.settings, []
+        fluoro_s, kerma, dap = self._alert_values()
         step = s.fluoro_time_alert_s
         if step > 0:
-            for k in range(int(before[0] // step) + 1, int(t.fluoro_time_s // step) + 1):
+            for k in range(int(before[0] // step) + 1, int(fluoro_s // step) + 1):
                 out.append(DoseAlert("fluoro_time", k * step, "s", index, t_s,
-                                     f"fluoroscopy time has reached {k * step / 60:g} min"))
-        for level in _kerma_levels(before[1], t.air_kerma_mgy, s):
+                                     f"fluoroscopy time has reached {k * step / 60:g} min{note}"))
+        for level in _kerma_levels(before[1], kerma, s):
             out.append(DoseAlert("air_kerma", level, "mGy", index, t_s,
-                                 f"reference air kerma has reached {level / 1000:g} Gy"))
-        out.extend(self._srdl(t.air_kerma_mgy, t.dap_gycm2, t.fluoro_time_s, index,
-                              t_s))
+                                 f"reference air kerma has reached {level / 1000:g} Gy{note}"))
+        out.extend(self._srdl(kerma, dap, fluoro_s, index, t_s, note))
         return out
 
     @property
@@ -386,13 +449,21 @@ class DoseAccumulator:
         return _source(self.totals.sources)
 
     @property
+    def runs_dose_unknown(self) -> int:
+        """How many runs counted so far have an unknown air kerma or DAP (no reported dose and
+        no technique to estimate it): the totals leave them out."""
+        return sum(1 for t in self._tallies.values()
+                   if "none" in (t.dose.source, t.dose.air_kerma_source, t.dose.dap_source))
+
+    @property
     def srdl_exceeded(self) -> tuple[str, ...]:
         """Which substantial radiation dose levels the study has reached, in a fixed order."""
         return tuple(k[len("srdl_"):] for k in ("srdl_air_kerma", "srdl_dap", "srdl_fluoro_time")
                      if k in self._srdl_fired)
 
-    def events(self) -> tuple[IrradiationEvent, ...]:
-        """One irradiation event per run counted so far, in the order runs were first seen.
+    def run_events(self) -> tuple[IrradiationEvent, ...]:
+        """One irradiation event per run counted so far, in the order runs were first seen,
+        with what the run's frames added (a run whose dose is a report's: its share).
 
         Event UIDs are derived from the run's SOP Instance UID, so a report written twice for
         the same study names the same events. ``start`` is left None: run times here are
@@ -400,12 +471,40 @@ class DoseAccumulator:
         """
         return tuple(_event(t, self.settings) for t in self._tallies.values())
 
+    def events(self) -> tuple[IrradiationEvent, ...]:
+        """The study's irradiation events so far, as its RDSR reports them: :meth:`run_events`,
+        except that a run whose dose is the device report's is given by that report's
+        event(s), as the report gives them (its Irradiation Event UIDs, once each, also when
+        an event names several runs); then the report's events that name no image
+        (:attr:`unstored`). A dose registry holding the device's report and sifluoro's counts
+        the shared events once (by Irradiation Event UID), and sifluoro's report is the
+        device's plus the runs it does not cover."""
+        out: list[tuple[IrradiationEvent, bool]] = []  # (event, sifluoro's own)
+        seen: set[str] = set()
+        for tally in self._tallies.values():
+            if tally.dose.source != "rdsr":
+                out.append((_event(tally, self.settings), True))
+                continue
+            for e in self._report_events.get(tally.run.sop_instance_uid, ()):
+                if (e.dap_gycm2 is not None or e.air_kerma_mgy is not None) and e.event_uid not in seen:
+                    seen.add(e.event_uid)
+                    out.append((e if e.dose_source != "none" else replace(e, dose_source="rdsr"), False))
+        out += [(e, False) for e in self._unstored.values() if e.event_uid not in seen]
+        planes = {e.plane for e, own in out if not own} - {SINGLE_PLANE}
+        if planes:  # beside a biplane device's events, the runs are the frontal plane's (A)
+            plane = "A" if "A" in planes else min(planes)
+            return tuple(replace(e, plane=plane) if own else e for e, own in out)
+        return tuple(e for e, _ in out)
+
     def study_dose(self, study_instance_uid: str, device: Device) -> StudyDose:
         """The study's dose so far as a :class:`StudyDose` (``source="images"``)."""
         events = self.events()
         return StudyDose(study_instance_uid=study_instance_uid, source="images", device=device,
-                         events=events, planes=(totals_from_events(SINGLE_PLANE, events),),
-                         dose_source=_source(self.totals.sources | self.lost.sources),
+                         events=events,
+                         planes=tuple(totals_from_events(p, events)
+                                      for p in sorted({e.plane for e in events} or {SINGLE_PLANE})),
+                         dose_source=_source(self.totals.sources | self.lost.sources
+                                             | self.unstored.sources),
                          planes_from_report=False,
                          srdl_exceeded=self.srdl_exceeded)
 

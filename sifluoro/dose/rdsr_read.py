@@ -7,7 +7,8 @@ of vendors' files are read rather than rejected:
 - no ``ContentTemplateSequence``, items nested one level deeper than TID 10003 says, the
   retired Exposure Time code, ``SRT`` or ``SCT`` codes for the same concept;
 - no Accumulated X-Ray Dose container, or one without an overall total (summed from its
-  fluoroscopy and acquisition parts), or none at all (summed from the events);
+  fluoroscopy and acquisition parts), or none at all (summed from the events), or none for
+  one of the planes its events name (that plane's summed from its events);
 - several planes (one accumulated container per plane; biplane A/B);
 - events without kVp, tube current or distances (left as None);
 - Philips' private collimation (shutters, detector field) when the standard Collimated Field
@@ -79,6 +80,7 @@ _K = SimpleNamespace(**{name: C.key(getattr(C.DCM, name)) for name in (
     "ProcedureReported",
     "ReferencePointDefinition",
     "ScopeOfAccumulation",
+    "SourceOfDoseInformation",
     "StudyInstanceUID",
     "XRayFilterMaterial",
     "XRayFilterThicknessMaximum",
@@ -228,6 +230,7 @@ class _Reader:
 
     # -- document --------------------------------------------------------------------------
     def read(self, ds: Dataset) -> StudyDose:
+        self.by_sifluoro = _by_sifluoro(ds)
         for item in ds.get("ContentSequence") or []:
             if self.concept(item) == _K.ProcedureReported:
                 code = self.code_value(item)
@@ -236,6 +239,8 @@ class _Reader:
                                      "projection X-ray dose reports", C.DCM.ProcedureReported)
         device = self.device(ds)
         scope_uid = None
+        scope = ""
+        sources: set[str] = set()  # the document's Source of Dose Information
         events: list[IrradiationEvent] = []
         planes: list[PlaneTotals] = []
         event_key = _K.IrradiationEventXRayData
@@ -243,9 +248,13 @@ class _Reader:
         for item in ds.get("ContentSequence") or []:
             concept = self.concept(item)
             if concept == _K.ScopeOfAccumulation:
+                code = self.code_value(item)
+                scope = C.SCOPE_CODES.get(C.key(code), "") if code is not None else ""
                 for sub in self.walk(item):
                     if self.concept(sub) == _K.StudyInstanceUID:
                         scope_uid = str(sub.get("UID", "")) or None
+            elif concept == _K.SourceOfDoseInformation:
+                sources |= self.dose_sources([item])
             elif concept == event_key:
                 events.append(self.event(item, len(events)))
             elif concept == accumulated_key:
@@ -254,8 +263,12 @@ class _Reader:
         if not study_uid:
             raise MissingAttributeError("no Study Instance UID in the header nor in the Scope of "
                                         "Accumulation", path=self.path, tag="(0020,000D) StudyInstanceUID")
+        # each event's own Source of Dose Information, else the document's (CID 10021): a
+        # report of estimates is not a device's measurement
+        default = _one_source(sources) if sources else "rdsr"
+        events = [e if e.dose_source != "none" else replace(e, dose_source=default) for e in events]
         from_report = bool(planes)
-        planes = [self.completed(p, events) for p in planes]
+        planes = [self.completed(p, events) for p in planes] + self.uncovered(planes, events)
         if not planes:
             if not events:
                 raise self.error(MissingAttributeError, "the report holds neither an Accumulated "
@@ -263,9 +276,24 @@ class _Reader:
             planes = [totals_from_events(p, events) for p in sorted({e.plane for e in events})]
         return StudyDose(study_instance_uid=study_uid, source="rdsr", device=device,
                          events=tuple(events), planes=tuple(planes), path=self.path,
-                         dose_source="rdsr", planes_from_report=from_report,
+                         dose_source=_study_source({e.dose_source for e in events} or {default}),
+                         planes_from_report=from_report,
                          scope_study_instance_uid=scope_uid,
-                         by_sifluoro=_by_sifluoro(ds), created=_created(ds))
+                         by_sifluoro=self.by_sifluoro, created=_created(ds), scope=scope)
+
+    def uncovered(self, planes: list[PlaneTotals], events: list[IrradiationEvent]) -> list[PlaneTotals]:
+        """Totals summed from the events of each plane that has no accumulated container (a
+        biplane report with a container for one plane only): otherwise its dose counts nowhere.
+        Events that name no plane, in a report with one container, are that container's."""
+        if not planes:
+            return []
+        missing = sorted({e.plane for e in events} - {p.plane for p in planes})
+        if len(planes) == 1 and missing == [SINGLE_PLANE]:
+            return []
+        for plane in missing:
+            log.warning("%s: plane %s has irradiation events but no accumulated dose; its "
+                        "totals are summed from its events", self.path, plane)
+        return [totals_from_events(p, events) for p in missing]
 
     def completed(self, plane: PlaneTotals, events: list[IrradiationEvent]) -> PlaneTotals:
         """A plane's accumulated totals with each total the container leaves out taken from
@@ -338,10 +366,13 @@ class _Reader:
         filters = {"al": 0.0, "cu": 0.0}
         private: dict[str, float] = {}
         stop = {_K.XRayFilters, _K.IrradiationEventXRayData}
+        sources: set[str] = set()
         for item in self.walk(container, stop=stop):
             concept = self.concept(item)
             vt = item.ValueType
-            if concept == _K.IrradiationEventType:
+            if concept == _K.SourceOfDoseInformation:
+                sources |= self.dose_sources([item])
+            elif concept == _K.IrradiationEventType:
                 code = self.code_value(item)
                 if code is not None:
                     kind = _event_kind(code)
@@ -392,9 +423,23 @@ class _Reader:
             values["exposure_time_ms"] = values["legacy_exposure_time_ms"]
         values.pop("legacy_exposure_time_ms", None)
         event = IrradiationEvent(event_uid=uid, kind=kind, plane=self.plane(container), start=start,
-                                 dose_source="rdsr", reference_point=reference, protocol=protocol,
+                                 dose_source=_one_source(sources) if sources else "none",
+                                 reference_point=reference, protocol=protocol,
                                  sop_instance_uids=tuple(images), **values)
         return _with_philips_private(event, private)
+
+    def dose_sources(self, items) -> set[str]:
+        """The dose sources (:data:`C.SOURCE_CODES`) of Source of Dose Information items; a
+        code not in CID 10021's projection X-ray meanings counts as the device's. "Computed
+        From Image Attributes" is an estimate in sifluoro's report (its technique model) but
+        the device's own dose in a device's (Philips computes its DAP and Dose (RP) so)."""
+        out = set()
+        for item in items:
+            code = self.code_value(item)
+            if code is not None:
+                source = C.SOURCE_CODES.get(C.key(code), "rdsr")
+                out.add("rdsr" if source == "estimated" and not self.by_sifluoro else source)
+        return out
 
     def num_quiet(self, item: Dataset) -> float | None:
         """A private NUM value in mm or degrees (units as sent); None if it is not a number."""
@@ -435,6 +480,17 @@ class _Reader:
         except ValueError:
             raise self.error(InputError, f"date-time {text!r} is not a DICOM DT", concept) from None
         return value.replace(tzinfo=None) if value is not None else None
+
+
+def _one_source(sources: set[str]) -> str:
+    """One event's dose source from its codes: a value partly estimated is an estimate, partly
+    copied from headers a header's (sifluoro writes one code per way its two doses came)."""
+    return next(s for s in ("estimated", "reported", "rdsr") if s in sources)
+
+
+def _study_source(sources: set[str]) -> str:
+    used = sources - {"none"} or sources
+    return "mixed" if len(used) > 1 else next(iter(used))
 
 
 def _raw(ds: Dataset, tag: int) -> str:

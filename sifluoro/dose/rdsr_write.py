@@ -1,8 +1,10 @@
 """Write an X-Ray Radiation Dose SR (TID 10001 Projection X-Ray Radiation Dose) for a study.
 
-The document holds one TID 10002 Accumulated X-Ray Dose container (single plane) and one
-TID 10003 Irradiation Event X-Ray Data container per run, built from highdicom's SR content
-items. Patient and study attributes are copied from the study's first image header, never
+The document holds one TID 10002 Accumulated X-Ray Dose container per plane (single plane,
+unless a biplane device's events are in it) and one TID 10003 Irradiation Event X-Ray Data
+container per run, except that runs whose dose is a device report's are that report's events,
+with its event UIDs, and its events that name no image follow; built from highdicom's SR
+content items. Patient and study attributes are copied from the study's first image header, never
 invented; the irradiating device's identity comes from the image headers too. Doses are
 written in DICOM units (Gy, Gy·m², s). What ``dciodvfy`` checks, tests check.
 """
@@ -30,7 +32,7 @@ from sifluoro.config import DoseSettings
 from sifluoro.dose import sr_codes as C
 from sifluoro.dose.accumulate import DoseAccumulator
 from sifluoro.dose.records import (ACQUISITION, IrradiationEvent, PlaneTotals, StudyDose,
-                                   unknown_totals)
+                                   events_dose_unknown, unknown_totals)
 from sifluoro.errors import MissingAttributeError
 from sifluoro.model import Device, Study
 
@@ -207,7 +209,8 @@ def content_tree(record: StudyDose, starts: dict[str, datetime | None], study: S
     sop_class = {run.sop_instance_uid: run.sop_class_uid for run in study.runs}
     timed = []
     for event in record.events:
-        start = next((starts.get(uid) for uid in event.sop_instance_uids if starts.get(uid)), None)
+        start = next((starts.get(uid) for uid in event.sop_instance_uids if starts.get(uid)),
+                     event.start)  # a device report's event that names no image: its own
         timed.append((event, start))
     known = [(s, e) for e, s in timed if s is not None]
     if known:
@@ -219,6 +222,14 @@ def content_tree(record: StudyDose, starts: dict[str, datetime | None], study: S
         items.append(_accumulated(plane, record.events))
     for event, start in timed:
         items.append(_event(event, start, sop_class))
+    partial = events_dose_unknown(record.events)
+    if partial and not unknown_totals(record.events, record.planes) >= {"dap_gycm2", "air_kerma_mgy"}:
+        # TID 10001 row 15 (Comment): CID 42 has no qualifier for a partial sum, and the
+        # events themselves say "Value unknown"
+        items.append(hd.sr.TextContentItem(
+            codes.DCM.Comment, f"The accumulated dose totals leave out {partial} irradiation "
+            "event(s) whose Dose (RP) or Dose Area Product is unknown (Value unknown): the "
+            "totals are lower bounds.", CONTAINS))
     used = set().union(*(_sources(e) for e in record.events)) if record.events else set()
     # TID 10001 requires one: a study whose dose is wholly unknown keeps the image path's code
     for code in _source_codes(used) or [C.DCM.ComputedFromImageAttributes]:

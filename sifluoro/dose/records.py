@@ -140,6 +140,41 @@ def unknown_totals(events, planes) -> frozenset[str]:
     return frozenset(out)
 
 
+def events_dose_unknown(events) -> int:
+    """How many ``events`` leave out their air kerma or DAP (a run without dose or technique,
+    a header reporting one of the two): a total summed over them is a lower bound."""
+    return sum(1 for e in events if e.air_kerma_mgy is None or e.dap_gycm2 is None)
+
+
+def _timed(e: IrradiationEvent) -> bool:
+    """Whether an event says how long its beam was on (:func:`event_duration_s` has a source)."""
+    return (e.irradiation_duration_s is not None or e.exposure_time_ms is not None
+            or e.pulse_width_ms is not None
+            or bool(e.n_pulses and e.pulse_rate_per_s and e.pulse_rate_per_s >= PLAUSIBLE_PULSE_RATE))
+
+
+#: the time totals: (field, event kind, the plane dose fields that show the kind was used)
+TIME_TOTALS = (("fluoro_time_s", FLUOROSCOPY, ("fluoro_dap_gycm2", "fluoro_air_kerma_mgy")),
+               ("acquisition_time_s", ACQUISITION, ("acquisition_dap_gycm2", "acquisition_air_kerma_mgy")))
+
+
+def unknown_times(events, planes) -> frozenset[str]:
+    """The time totals that nothing gives: no plane gives the time, and there are events of
+    its kind none of which is timed (no duration, exposure time, pulse width or pulses at a
+    rate), or no events but a plane dose of that kind. Their sum is 0 by arithmetic, but
+    the time is unknown, not 0."""
+    out = set()
+    for field, kind, doses in TIME_TOTALS:
+        if not planes or any(getattr(p, field) for p in planes):
+            continue
+        of_kind = [e for e in events if e.kind == kind]
+        if (of_kind and not any(_timed(e) for e in of_kind)) or (
+                not events and all(getattr(p, field) is None for p in planes)
+                and any(getattr(p, d) for p in planes for d in doses)):
+            out.add(field)
+    return frozenset(out)
+
+
 @dataclass(frozen=True)
 class StudyDose:
     """The dose of one study: its events and per-plane accumulated totals.
@@ -166,6 +201,8 @@ class StudyDose:
     #: when the report was made (Instance Creation, else Content date and time; naive): of
     #: two reports of the same exposures, a correction is the later one
     created: datetime | None = None
+    #: the report's Scope of Accumulation: "study", "pps", "series", "event" or "" (not said)
+    scope: str = ""
 
     def _sum(self, attr: str) -> float:
         return float(sum(getattr(p, attr) or 0.0 for p in self.planes))
@@ -192,7 +229,9 @@ class StudyDose:
 
         ``events`` and ``planes`` are counts; ``per_plane`` lists each plane's totals. Times
         and doses of several planes are summed (tube-on time and dose of each tube). A dose
-        total that nothing gives (:meth:`unknown_totals`) is None (JSON null), not 0.
+        total that nothing gives (:meth:`unknown_totals`) is None (JSON null), not 0; one that
+        some events leave out counts them in ``events_dose_unknown``. So is a fluoroscopy or
+        acquisition time that nothing gives (:func:`unknown_times`).
         """
         unknown = self.unknown_totals()
         unknown_in = {p.plane: self.unknown_totals(p.plane) for p in self.planes}
@@ -211,6 +250,9 @@ class StudyDose:
             "acquisition_air_kerma_mgy": self._sum("acquisition_air_kerma_mgy"),
             "acquisition_time_s": round(self._sum("acquisition_time_s"), 6),
             "dose_source": self.dose_source or self.source,
+            # events whose air kerma or DAP is unknown: left out of the totals, which are then
+            # lower bounds (unless null: nothing gives them)
+            "events_dose_unknown": events_dose_unknown(self.events),
             "srdl_exceeded": list(self.srdl_exceeded),
             "per_plane": [
                 {"plane": p.plane,
@@ -222,4 +264,6 @@ class StudyDose:
             "path": self.path,
         }
         out.update({field: None for field in unknown})
+        # a time total nothing gives is None too (the SRDL check and alerts take it as 0)
+        out.update({field: None for field in unknown_times(self.events, self.planes)})
         return out

@@ -26,6 +26,14 @@ ACQUISITION_CODES = {("DCM", "113611"), ("DCM", "113612"), ("DCM", "113613")}
 COPPER_CODES = {("SCT", "66925006"), ("SRT", "C-127F9"), ("SRT", "C-127F9 ")}
 ALUMINUM_CODES = {("SCT", "12503006"), ("SRT", "C-120F9")}
 PLANE_CODES = {("DCM", "113620"): "A", ("DCM", "113621"): "B", ("DCM", "113622"): "single"}
+#: Scope of Accumulation (CID 10000): a Study report covers the whole study so far (a later
+#: one supersedes it), a Performed Procedure Step report one step (reports of steps add up)
+SCOPE_CODES = {("DCM", "113014"): "study", ("DCM", "113015"): "series",
+               ("DCM", "113016"): "pps", ("DCM", "113852"): "event"}
+#: Source of Dose Information (CID 10021) -> a dose_source: the device's own measurement or
+#: calculation, a value copied from image headers, a value computed (a model's estimate)
+SOURCE_CODES = {("DCM", "113856"): "rdsr", ("DCM", "113857"): "rdsr", ("DCM", "113868"): "rdsr",
+                ("DCM", "113866"): "reported", ("DCM", "113867"): "estimated"}
 PLANE_BY_NAME = {"A": DCM.PlaneA, "B": DCM.PlaneB, "single": DCM.SinglePlane}
 
 # Philips' private collimation, used when the standard Collimated Field Area is absent

@@ -4,11 +4,13 @@ RDSRs are read with :func:`read_rdsr`; image studies are accumulated from their 
 :class:`DoseAccumulator` (no pixels decoded). When a study has both, the report wins: it
 counts fluoroscopy that was never stored as images. Several reports of one study are merged:
 a report whose events are all in another one is superseded by it (a later, cumulative report);
-disjoint reports (one per performed procedure step) are added; a report sifluoro wrote
+disjoint reports (one per performed procedure step) are added, except totals-only reports of
+Study scope (the newest stands for the others: each covers the study so far); a report sifluoro wrote
 (``replay --rdsr``, the plug-in) is left out when the device's own report is there (it repeats
 the device's exposures under event UIDs of its own), except its runs that lie wholly outside
 the time the device's report covers (a report sent before the procedure ended): those are
-added.
+added. The same rule holds for the study's image runs: a run that no report event names and
+that lies wholly outside the report's time adds its dose (header or estimate).
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ from sifluoro.dose.rdsr_read import read_rdsr
 from sifluoro.dose.records import (
     SINGLE_PLANE, IrradiationEvent, PlaneTotals, StudyDose, event_duration_s, totals_from_events)
 from sifluoro.errors import InputError
-from sifluoro.model import Rejection, Study
+from sifluoro.model import Rejection, Run, Study
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +62,11 @@ def summarize(paths: Iterable[str | Path], *, settings: DoseSettings | None = No
             continue
         reports.setdefault(report.study_instance_uid, []).append(report)
     by_uid: dict[str, StudyDose] = {uid: merge_reports(group) for uid, group in reports.items()}
-    covered = set(by_uid) | {r.scope_study_instance_uid for r in by_uid.values()
-                             if r.scope_study_instance_uid}
+    covered = {**{r.scope_study_instance_uid: uid for uid, r in by_uid.items()
+                  if r.scope_study_instance_uid}, **{uid: uid for uid in by_uid}}
     for uid, runs in found.runs_by_study.items():
         if uid in covered:
+            by_uid[covered[uid]] = with_runs_outside(by_uid[covered[uid]], runs, settings)
             continue
         ordered = order_runs(runs, rejected)
         study = Study(uid, tuple(ordered))
@@ -125,29 +128,75 @@ def merge_reports(reports: list[StudyDose]) -> StudyDose:
     # its runs outside the time the device's report covers (a report sent before the
     # procedure ended) are added
     merged = _merge(device)
-    extra = _outside_report(merged, [r for r in reports if r.by_sifluoro])
+    own = [r for r in reports if r.by_sifluoro]
+    extra = _outside_report(merged, [e for r in own for e in r.events])
     if not extra:
         return merged
-    # sifluoro's runs are single-plane: on a biplane report, the frontal plane A
+    return _with_extra(merged, extra, "sifluoro's report", [r.path for r in own])
+
+
+def with_runs_outside(report: StudyDose, runs: list[Run], settings: DoseSettings) -> StudyDose:
+    """``report`` (a study's merged reports) with the dose of the study's image ``runs`` (start
+    times absolute, as read) that no report event names and that lie wholly outside the
+    report's time: a run made after the report was sent, or before the step it covers."""
+    from sifluoro.acquire.dicom_reader import order_runs
+
+    named = {uid for e in report.events for uid in e.sop_instance_uids}
+    starts = {r.sop_instance_uid: r.start_s for r in runs}
+    rest = [r for r in runs if r.sop_instance_uid not in named]
+    if not rest:
+        return report
+    ordered = order_runs(rest, [])
+    events = [replace(e, start=_run_start(starts.get(e.sop_instance_uids[0])))
+              for e in accumulate_study(Study(report.study_instance_uid, tuple(ordered)),
+                                        settings).events()]
+    extra = _outside_report(report, events)
+    inside = len(events) - len(extra)
+    if inside:
+        log.info("study dose: %d image run(s) that the report names by no event lie within its "
+                 "time (or it gives none); taken as in the report", inside)
+    if not extra:
+        return report
+    return _with_extra(report, extra, "the images", [])
+
+
+def _run_start(start_s: float | None) -> datetime | None:
+    """A run's start as read (:func:`header.run_start`'s timestamp) as a naive wall-clock time,
+    as the report reader gives its events' starts."""
+    if start_s is None or start_s != start_s:
+        return None
+    return datetime.fromtimestamp(start_s)
+
+
+def _with_extra(merged: StudyDose, extra: tuple[IrradiationEvent, ...], what: str,
+                paths: list[str | None]) -> StudyDose:
+    """``merged`` with single-plane ``extra`` events added (on a biplane report, to the
+    frontal plane A)."""
     planes = sorted({p.plane for p in merged.planes})
     plane = planes[0] if len(planes) == 1 else ("A" if "A" in planes else SINGLE_PLANE)
     extra = tuple(replace(e, plane=plane) for e in extra)
-    log.warning("study dose: %d run(s) of sifluoro's report are outside the time the "
-                "device's report covers; their dose is added to it (plane %s)", len(extra), plane)
+    log.warning("study dose: %d run(s) of %s are outside the time the device's report covers; "
+                "their dose is added to it (plane %s)", len(extra), what, plane)
     return replace(merged, events=merged.events + extra,
                    planes=tuple(_add_planes([*merged.planes, totals_from_events(plane, extra)])),
                    planes_from_report=False,
-                   path=", ".join(x for x in [merged.path] + [r.path for r in reports
-                                                               if r.by_sifluoro] if x))
+                   dose_source=_dose_source(merged.events + extra, merged.dose_source),
+                   path=", ".join(x for x in [merged.path, *paths] if x))
 
 
-def _outside_report(device: StudyDose, own: list[StudyDose]) -> tuple[IrradiationEvent, ...]:
-    """Events of sifluoro's reports that lie wholly outside the device report's time span;
-    none when the device report gives no start times (nothing shows what it misses)."""
+def _dose_source(events, default: str) -> str:
+    used = {e.dose_source for e in events} - {"none"}
+    return "mixed" if len(used) > 1 else default
+
+
+def _outside_report(device: StudyDose, candidates: list[IrradiationEvent]
+                    ) -> tuple[IrradiationEvent, ...]:
+    """``candidates`` that lie wholly outside the device report's time span; none when the
+    device report gives no start times (nothing shows what it misses)."""
     timed = [e for e in device.events if e.start is not None]
     if not timed:
         return ()
-    candidates = [e for r in own for e in r.events if e.start is not None]
+    candidates = [e for e in candidates if e.start is not None]
     clock = _clock([e.start for e in timed + candidates])
     spans = [(clock(e.start), clock(e.start) + timedelta(seconds=event_duration_s(e)))
              for e in timed]
@@ -174,6 +223,14 @@ def _clock(times: list[datetime]):
 
 
 def _merge(reports: list[StudyDose]) -> StudyDose:
+    # totals-only reports whose scope is the whole study are cumulative: the newest stands for
+    # the others (reports of performed procedure steps add up)
+    whole = [r for r in reports if not r.events and r.scope == "study"]
+    if len(whole) > 1:
+        newest = max(whole, key=_made_at)
+        log.info("study dose: %d totals-only report(s) of Study scope superseded by the newest, %s",
+                 len(whole) - 1, newest.path)
+        reports = [r for r in reports if r is newest or all(r is not w for w in whole)]
     kept = []
     # of reports with the same events, the newest is kept (a correction sent again under a new
     # SOP Instance UID), whatever the files' names
@@ -269,7 +326,7 @@ def table(studies: list[StudyDose], rejected: list[Rejection] = ()) -> str:
         uid = uid if len(uid) <= 28 else "…" + uid[-27:]
         device = f"{d['device']['manufacturer']} {d['device']['model']}".strip()[:26]
         source = d["source"] if d["source"] == "rdsr" else f"img/{d['dose_source'][:3]}"
-        lines.append(f"{uid:<28} {source:<7} {device:<26} {d['events']:>6} {d['fluoro_time_s']:>9.1f} "
+        lines.append(f"{uid:<28} {source:<7} {device:<26} {d['events']:>6} {_number(d['fluoro_time_s'], 9, 1)} "
                      f"{_number(d['dap_gycm2'], 11, 4)} {_number(d['air_kerma_mgy'], 10, 2)}  "
                      f"{','.join(d['srdl_exceeded']) or '-'}")
         if len(s.planes) > 1:

@@ -216,7 +216,9 @@ def export_study(outbox: Outbox, study: Study, dose: DoseAccumulator, keys: list
                  errors: list[str] | None = None) -> list[Path]:
     """Put the study's RDSR and the key frames (as SC) into ``outbox``; return their paths.
     ``stages``: the image stages that ran (the summary's), written on the key frames. No RDSR
-    when the device's own report gives the dose of every run (the C-arm sends that one).
+    when the device's own report gives the dose of every run (the C-arm sends that one);
+    otherwise the RDSR reports the device's events under the device's event UIDs (see
+    :meth:`DoseAccumulator.events`), so a registry holding both counts them once.
 
     The RDSR goes first (the dose record matters most). What cannot be made (the RDSR, a key
     frame) is logged and described in ``errors`` and the rest is still queued; without
@@ -225,8 +227,7 @@ def export_study(outbox: Outbox, study: Study, dose: DoseAccumulator, keys: list
     queued = []
     if (dose.totals.sources | dose.lost.sources) == {"rdsr"}:
         # every counted run's dose is the device's own report's, which the C-arm sends to the
-        # PACS itself: a second report of the same exposures under other event UIDs would be
-        # counted twice by a dose registry there
+        # PACS itself: sifluoro's would only repeat it
         log.info("study end: the device's RDSR gives the dose of every run; no second RDSR queued")
     else:
         queued += _queue_rdsr(outbox, study, dose, settings, errors)

@@ -324,7 +324,11 @@ def test_a_moved_archive_is_recomputed_from_its_new_place(db_url, tmp_path):
     write_study(tmp_path / "late", [RunSpec(40.0, n_frames=4)], study_uid=uid)
     late = ingest([tmp_path / "late"], engine)
     assert (late.studies_updated, late.rejected) == (1, [])
-    assert _study_rows(engine)[uid] == (before[0], before[1], pytest.approx(before[2], rel=1e-12), 4)
+    # the late run, made after the report, adds its dose to the report's (review s12 #2)
+    (whole,), _ = summarize([tmp_path / "v2", tmp_path / "late"])
+    assert whole.dap_gycm2 > before[2]
+    assert _study_rows(engine)[uid] == (before[0], before[1] + 1,
+                                        pytest.approx(whole.dap_gycm2, rel=1e-12), 4)
     engine.dispose()
 
 
@@ -619,7 +623,7 @@ def test_a_version_1_postgresql_registry_is_widened_in_place(postgres):
                for c in inspect(engine).get_columns(t)}
     assert {(t, c): columns[(t, c)] for t, c, _ in _WIDENED} == {(t, c): k for t, c, k in _WIDENED}
     with engine.connect() as conn:
-        assert conn.execute(select(SchemaVersion.version)).scalars().all() == [1, 2, 3]
+        assert conn.execute(select(SchemaVersion.version)).scalars().all() == [1, 2, 3, 4]
     engine.dispose()
 
 
@@ -682,7 +686,7 @@ def test_a_version_2_registry_keeps_its_rows_and_stores_unknown_totals_as_null(d
     _back_to_version_2(engine)
     engine = open_registry(db_url)
     with engine.connect() as conn:
-        assert conn.execute(select(SchemaVersion.version)).scalars().all() == [1, 2, 3]
+        assert conn.execute(select(SchemaVersion.version)).scalars().all() == [1, 2, 3, 4]
         kerma = sorted(conn.execute(select(StudyRow.air_kerma_mgy)).scalars(), key=str)
         dap = sorted(conn.execute(select(StudyRow.dap_gycm2)).scalars())
         planes = sorted(conn.execute(select(PlaneRow.air_kerma_mgy)).scalars(), key=str)
@@ -788,4 +792,92 @@ def test_two_processes_opening_an_old_registry_take_turns(db_url, tmp_path, monk
     engine = open_registry(db_url)
     with engine.connect() as conn:
         assert conn.execute(select(SchemaVersion.version)).scalars().all() == [1, 2, 3]
+    engine.dispose()
+
+
+def test_a_run_made_after_the_devices_report_is_in_the_registry(db_url, tmp_path):
+    """The registry held the report's 10 mGy and no SRDL; the run after it reports 5500 mGy
+    (review s12 #2)."""
+    from tests.dose.test_partial_report import partial_report_study
+
+    engine = open_registry(db_url)
+    ingest([partial_report_study(tmp_path / "in")], engine)
+    (row,) = _studies(engine).values()
+    assert (row["air_kerma_mgy"], row["n_events"]) == (pytest.approx(5510.0), 2)
+    assert row["srdl_exceeded"] == "air_kerma"
+    engine.dispose()
+
+
+def _untimed_report(folder):
+    """A report without Total Fluoro Time whose fluoroscopy events say nothing of their time."""
+    from tests.dose.rdsr_fixtures import Ev, build_rdsr, save
+
+    ds = build_rdsr([Ev(dap_gycm2=20.0, rp_mgy=300.0), Ev(dap_gycm2=10.0, rp_mgy=150.0)],
+                    accumulated={"single": {"dap_total": 30.0, "rp_total": 450.0, "fl_dap": 30.0,
+                                            "fl_rp": 450.0}})
+    for item in ds.ContentSequence:
+        if item.ConceptNameCodeSequence[0].CodeValue == "113706":  # no pulse rate, no pulses
+            item.ContentSequence = [c for c in item.ContentSequence
+                                    if c.ConceptNameCodeSequence[0].CodeValue not in ("113791", "113768")]
+    return save(ds, folder / "no_time.dcm")
+
+
+def _back_to_version_3(engine) -> None:
+    """The registry as version 3 left it: time totals NOT NULL, an unknown time stored as 0."""
+    from sqlalchemy import MetaData, text
+
+    from sifluoro.audit.schema import DeviceRow
+
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            conn.commit()
+        with conn.begin():
+            for column in ("fluoro_time_s", "acquisition_time_s"):
+                conn.execute(text(f"UPDATE studies SET {column} = 0 WHERE {column} IS NULL"))
+            if engine.dialect.name == "sqlite":
+                metadata = MetaData()
+                DeviceRow.__table__.to_metadata(metadata)
+                old = StudyRow.__table__.to_metadata(metadata, name="v3")
+                for index in list(old.indexes):
+                    old.indexes.discard(index)
+                for column in ("fluoro_time_s", "acquisition_time_s"):
+                    old.c[column].nullable = False
+                old.create(conn)
+                conn.exec_driver_sql("INSERT INTO v3 SELECT * FROM studies")
+                conn.exec_driver_sql("DROP TABLE studies")
+                conn.exec_driver_sql("ALTER TABLE v3 RENAME TO studies")
+            else:
+                for column in ("fluoro_time_s", "acquisition_time_s"):
+                    conn.execute(text(f"ALTER TABLE studies ALTER COLUMN {column} SET NOT NULL"))
+            conn.execute(text("DELETE FROM schema_version WHERE version > 3"))
+        if engine.dialect.name == "sqlite":
+            conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+            conn.commit()
+    engine.dispose()
+
+
+def test_an_unknown_fluoroscopy_time_is_null_and_a_version_3_registry_is_migrated(db_url, tmp_path):
+    """A report that gives no fluoroscopy time and events without one: 0.0 s went into the
+    registry's medians (review s12 #13). It is NULL; version 4 turns such stored 0s into NULL
+    and keeps the rest (a timed study keeps its time)."""
+    _untimed_report(tmp_path / "in" / "untimed")
+    write_study(tmp_path / "in" / "timed", [RunSpec(0.0, n_frames=5)])
+    ingest([tmp_path / "in"], db_url)
+    engine = open_registry(db_url)
+    before = _counts(engine)
+
+    def times():
+        with engine.connect() as conn:
+            return sorted(conn.execute(select(StudyRow.fluoro_time_s, StudyRow.air_kerma_mgy)).all(),
+                          key=lambda r: r[1])
+
+    timed, untimed = times()
+    assert untimed == (None, pytest.approx(450.0)) and timed[0] > 0
+    _back_to_version_3(engine)
+    engine = open_registry(f"{db_url}")
+    assert times()[1][0] is None and times()[0][0] == pytest.approx(timed[0])
+    assert _counts(engine) == before
+    with engine.connect() as conn:
+        assert conn.execute(select(SchemaVersion.version)).scalars().all() == [1, 2, 3, 4]
     engine.dispose()

@@ -193,3 +193,12 @@ def save(ds: Dataset, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def acquired(sop_instance_uid: str, sop_class_uid: str) -> Dataset:
+    """An Acquired Image item (an event's ``extra``) naming a stored instance."""
+    item = _item("CONTAINS", "IMAGE", ("113795", "DCM", "Acquired Image"))
+    ref = Dataset()
+    ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = sop_class_uid, sop_instance_uid
+    item.ReferencedSOPSequence = Sequence([ref])
+    return item

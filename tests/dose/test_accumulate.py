@@ -181,7 +181,9 @@ def test_an_rdsr_event_that_references_several_runs_is_shared_among_their_frames
     dose = accumulate_study(study, DoseSettings(), report=report)
     assert dose.totals.air_kerma_mgy == pytest.approx(12.0)
     assert dose.totals.dap_gycm2 == pytest.approx(1.2)
-    assert [e.air_kerma_mgy for e in dose.events()] == pytest.approx([8.0, 4.0])
+    assert [e.air_kerma_mgy for e in dose.run_events()] == pytest.approx([8.0, 4.0])
+    # the study's events (its RDSR): the device's event once, under its own UID (review s12 #5)
+    assert [(e.event_uid, e.air_kerma_mgy) for e in dose.events()] == [("1.2.3", pytest.approx(12.0))]
     assert dose.source == "rdsr"
 
 

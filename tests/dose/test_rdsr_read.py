@@ -274,3 +274,69 @@ def test_of_two_reports_of_the_same_events_the_newer_counts(tmp_path, names):
     (study,), _ = summarize([tmp_path])
     assert study.dap_gycm2 == pytest.approx(5.75 / 2)
     assert study.path == str(tmp_path / names[1])
+
+
+def test_a_plane_without_accumulated_container_is_summed_from_its_events(tmp_path, caplog):
+    """A biplane report whose accumulated container covers plane A only: plane B's events
+    counted nowhere and the study read 100 mGy, not 6100 (review s12 #3)."""
+    events = [Ev(plane="A", dap_gycm2=10.0, rp_mgy=100.0), Ev(plane="B", dap_gycm2=300.0, rp_mgy=6000.0)]
+    acc = {"A": {"dap_total": 10.0, "rp_total": 100.0, "fl_dap": 10.0, "fl_rp": 100.0, "fl_time": 10 / 7.5}}
+    with caplog.at_level("WARNING"):
+        dose = read_rdsr(save(build_rdsr(events, accumulated=acc), tmp_path / "r.dcm"))
+    s = dose.summary()
+    assert [p["plane"] for p in s["per_plane"]] == ["A", "B"]
+    assert s["air_kerma_mgy"] == pytest.approx(6100.0)
+    assert s["dap_gycm2"] == pytest.approx(310.0)
+    assert s["fluoro_time_s"] == pytest.approx(2 * 10 / 7.5)
+    assert any("plane B" in r.getMessage() for r in caplog.records)
+
+
+def test_events_without_a_plane_belong_to_the_only_container(tmp_path):
+    """Events that name no plane in a report with one (plane A) container are not a second plane."""
+    acc = {"A": {"dap_total": 1.75, "rp_total": 3.5}}
+    dose = read_rdsr(save(build_rdsr([Ev(dap_gycm2=1.5, rp_mgy=3.0), Ev(dap_gycm2=0.25, rp_mgy=0.5)],
+                                     accumulated=acc), tmp_path / "r.dcm"))
+    assert [p.plane for p in dose.planes] == ["A"]
+    assert dose.air_kerma_mgy == pytest.approx(3.5)
+
+
+@pytest.mark.parametrize("scope", [("113014", "DCM", "Study"), ("113016", "DCM", "Performed Procedure Step")])
+def test_totals_only_reports_of_study_scope_supersede_those_of_steps_add(tmp_path, scope):
+    """A pause report (100 mGy) and the final one (250 mGy), totals only: with Study scope the
+    final one is the study's (they were added: 350 mGy, review s12 #7); with Performed
+    Procedure Step scope each is one step's and they add up."""
+    from pydicom.uid import generate_uid
+
+    from sifluoro.dose.summary import summarize
+    from tests.dose.rdsr_fixtures import uidref
+
+    uid = generate_uid()
+    for name, kerma, dap, t, when in (("final", 250.0, 12.0, 150.0, "104500"),
+                                      ("pause", 100.0, 5.0, 60.0, "101500")):
+        ds = build_rdsr([], accumulated={"single": {"dap_total": dap, "rp_total": kerma, "fl_dap": dap,
+                                                    "fl_rp": kerma, "fl_time": t}}, study_uid=uid)
+        ds.ContentDate, ds.ContentTime = "20260304", when
+        item = coded(("113705", "DCM", "Scope of Accumulation"), scope, "HAS OBS CONTEXT")
+        item.ContentSequence = [uidref(("110180", "DCM", "Study Instance UID"), uid, "HAS PROPERTIES")]
+        ds.ContentSequence.insert(3, item)
+        save(ds, tmp_path / f"{name}.dcm")
+    assert read_rdsr(tmp_path / "final.dcm").scope == ("study" if scope[0] == "113014" else "pps")
+    (study,), _ = summarize([tmp_path])
+    s = study.summary()
+    if scope[0] == "113014":
+        assert (s["air_kerma_mgy"], s["dap_gycm2"], s["fluoro_time_s"]) == pytest.approx((250.0, 12.0, 150.0))
+    else:
+        assert (s["air_kerma_mgy"], s["dap_gycm2"], s["fluoro_time_s"]) == pytest.approx((350.0, 17.0, 210.0))
+
+
+def test_an_unknown_fluoroscopy_time_is_none_not_zero(tmp_path):
+    """No Total Fluoro Time and events without duration, rate or pulses: the summary said
+    0.0 s beside a per-plane None (review s12 #13)."""
+    from sifluoro.dose.summary import table
+    from tests.audit.test_ingest import _untimed_report
+
+    dose = read_rdsr(_untimed_report(tmp_path))
+    s = dose.summary()
+    assert s["fluoro_time_s"] is None and s["per_plane"][0]["fluoro_time_s"] is None
+    assert s["air_kerma_mgy"] == pytest.approx(450.0) and s["acquisition_time_s"] == 0.0
+    assert "unknown" in table([dose])

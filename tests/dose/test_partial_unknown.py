@@ -1,0 +1,39 @@
+"""A run of unknown dose beside runs of known dose: the totals are lower bounds, and say so
+(review s12 #4)."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pydicom
+
+from sifluoro.dose.summary import summarize
+from sifluoro.replay import format_summary, replay
+from tests.dicom_fixtures import RunSpec, technique, write_study
+
+
+def test_a_run_of_unknown_dose_is_counted_in_the_summaries_and_the_rdsr(tmp_path):
+    write_study(tmp_path / "study", [RunSpec(0.0, n_frames=3), RunSpec(60.0, n_frames=30, tech=technique(
+        kvp=None, tube_current_ma=None, pulse_width_ms=None))])
+    summary = replay([tmp_path / "study"], events_path=tmp_path / "e.jsonl",
+                     summary_path=tmp_path / "s.json", rdsr_path=tmp_path / "r.dcm", stages=[]).summary
+    assert summary["dose_source"] == "estimated" and summary["runs_dose_unknown"] == 1
+    assert "1 run of unknown dose" in format_summary(summary)
+    (study,), _ = summarize([tmp_path / "study"])
+    assert study.summary()["events_dose_unknown"] == 1
+    ds = pydicom.dcmread(tmp_path / "r.dcm")
+    comments = [i.TextValue for i in ds.ContentSequence
+                if i.ConceptNameCodeSequence[0].CodeValue == "121106"]
+    assert len(comments) == 1 and "leave out 1 irradiation event" in comments[0]
+    if shutil.which("dciodvfy"):
+        out = subprocess.run(["dciodvfy", "-new", str(tmp_path / "r.dcm")], capture_output=True, text=True)
+        assert [l for l in (out.stdout + out.stderr).splitlines() if l.startswith("Error")] == []
+
+
+def test_a_study_whose_runs_all_have_a_dose_says_none_is_unknown(tmp_path):
+    write_study(tmp_path / "study", [RunSpec(0.0, n_frames=3)])
+    summary = replay([tmp_path / "study"], events_path=tmp_path / "e.jsonl",
+                     summary_path=tmp_path / "s.json", rdsr_path=tmp_path / "r.dcm", stages=[]).summary
+    assert summary["runs_dose_unknown"] == 0 and "unknown dose" not in format_summary(summary)
+    ds = pydicom.dcmread(tmp_path / "r.dcm")
+    assert not [i for i in ds.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "121106"]

@@ -1,0 +1,107 @@
+"""A device report's events that name no stored image (fluoroscopy not stored): the study's
+dose outside the frames (review s12 #1)."""
+from __future__ import annotations
+
+import json
+
+import pydicom
+import pytest
+
+from sifluoro.acquire.dicom_reader import iter_frames, read_study
+from sifluoro.config import DoseSettings
+from sifluoro.dose.accumulate import DoseAccumulator, accumulate_study
+from sifluoro.dose.rdsr_read import read_rdsr
+from sifluoro.replay import replay
+from tests.dicom_fixtures import RunSpec, write_study
+from tests.dose.rdsr_fixtures import Ev, acquired, build_rdsr, save
+
+
+def unstored_study(folder):
+    """2 runs; a device report with one event naming run 1 (10 mGy) and 20 min of fluoroscopy
+    not stored (6000 mGy, 400 Gy·cm²)."""
+    paths = write_study(folder / "study", [RunSpec(0.0, n_frames=3), RunSpec(30.0, n_frames=3)])
+    first = pydicom.dcmread(paths[0], stop_before_pixels=True)
+    events = [Ev(dap_gycm2=1.0, rp_mgy=10.0, extra=[acquired(first.SOPInstanceUID, first.SOPClassUID)]),
+              Ev(dap_gycm2=400.0, rp_mgy=6000.0, pulses=9000, rate=7.5)]
+    report = save(build_rdsr(events, study_uid=first.StudyInstanceUID), folder / "study" / "rdsr.dcm")
+    return folder / "study", report
+
+
+def test_the_unstored_exposures_count_outside_the_frames(tmp_path):
+    folder, path = unstored_study(tmp_path)
+    study, report = read_study([folder]), read_rdsr(path)
+    dose = DoseAccumulator(DoseSettings())
+    raised = dose.use_report(report, study.runs)
+    assert dose.use_report(report, study.runs) == []  # the same report again: counted once
+    assert dose.unstored.air_kerma_mgy == pytest.approx(6000.0)
+    assert dose.unstored.dap_gycm2 == pytest.approx(400.0)
+    assert dose.unstored.fluoro_time_s == pytest.approx(1200.0)
+    assert "srdl_air_kerma" in [a.kind for a in raised] and dose.srdl_exceeded == ("air_kerma",)
+    for frame in iter_frames(study, []):
+        dose.add(frame)
+    assert dose.totals.air_kerma_mgy < 11.0  # the frames' counters stay the frames'
+    unstored = report.events[1]
+    assert dose.events()[-1] == unstored  # in the study's events with the device's event UID
+    whole = dose.study_dose(study.study_instance_uid, study.device)
+    assert whole.air_kerma_mgy == pytest.approx(6000.0 + dose.totals.air_kerma_mgy)
+    assert whole.dose_source == "mixed"
+
+
+def test_the_alert_levels_count_the_unstored_exposures_when_frames_follow(tmp_path):
+    """A report read first (replay): the frames' crossings start from the unstored dose, and
+    no level is raised twice."""
+    folder, path = unstored_study(tmp_path)
+    study = read_study([folder])
+    dose = accumulate_study(study, DoseSettings(), report=read_rdsr(path))
+    kinds = [a.kind for a in dose.alerts]
+    assert kinds.count("srdl_air_kerma") == 1 and kinds.count("fluoro_time") == 4
+
+
+def test_replay_summary_alerts_and_rdsr_hold_the_unstored_exposures(tmp_path):
+    folder, path = unstored_study(tmp_path)
+    summary = replay([folder], events_path=tmp_path / "e.jsonl", summary_path=tmp_path / "s.json",
+                     rdsr_path=tmp_path / "out.dcm", stages=[]).summary
+    assert summary["srdl_exceeded"] == ["air_kerma"]
+    assert summary["unstored"]["events"] == 1
+    assert summary["unstored"]["air_kerma_mgy"] == pytest.approx(6000.0)
+    assert summary["study_dose"]["air_kerma_mgy"] == pytest.approx(6000.0 + summary["air_kerma_mgy"])
+    assert summary["air_kerma_mgy"] < 11.0  # = the last event's cumulative dose (DESIGN §3)
+    assert any(a["kind"] == "srdl_air_kerma" for a in summary["alerts"])
+    assert json.loads((tmp_path / "s.json").read_text())["unstored"]["events"] == 1
+    written = read_rdsr(tmp_path / "out.dcm")
+    assert written.air_kerma_mgy == pytest.approx(summary["study_dose"]["air_kerma_mgy"])
+    device_uid = read_rdsr(path).events[1].event_uid
+    assert device_uid in {e.event_uid for e in written.events}
+
+
+def test_the_engine_raises_the_srdl_of_a_late_report_of_unstored_fluoroscopy(tmp_path):
+    from sifluoro import Engine, Settings
+
+    folder, path = unstored_study(tmp_path)
+    (folder / "rdsr.dcm").rename(tmp_path / "late.dcm")
+    engine = Engine(Settings(latency_budget_ms=1e9), stages=[])
+    alerts = []
+    engine.on("alert", alerts.append)
+    study = read_study([folder])
+    engine.prepare(study)
+    for frame in iter_frames(study, []):
+        engine.feed(frame)
+    engine.prepare(read_study([tmp_path / "late.dcm"], study_uid=study.study_instance_uid))
+    summary = engine.close()
+    assert summary["srdl_exceeded"] == ["air_kerma"]
+    assert summary["unstored"]["air_kerma_mgy"] == pytest.approx(6000.0)
+    assert any(a["kind"] == "srdl_air_kerma" for a in summary["alerts"])
+    assert "srdl_air_kerma" in [a.kind for a in alerts]  # announced to the plug-in
+
+
+def test_a_report_that_names_no_image_adds_no_unstored_dose(tmp_path, caplog):
+    """Its events may be the stored runs' own: counted from the headers and again from the
+    report, the study's dose would be double."""
+    folder, _ = unstored_study(tmp_path)
+    study = read_study([folder])
+    report = read_rdsr(folder / "rdsr.dcm")
+    from dataclasses import replace
+    blind = replace(report, events=tuple(replace(e, sop_instance_uids=()) for e in report.events))
+    dose = DoseAccumulator(DoseSettings())
+    assert dose.use_report(blind, study.runs) == [] and dose.unstored.air_kerma_mgy == 0.0
+    assert "names no image" in caplog.text
