@@ -689,10 +689,61 @@ class NeedleStage:
                     continue
                 tip, u = at_anchor
                 base = tip - u * st.track.length_px
+            tip, u = self._further_on_line(st, att, ctx, tip, u)
             tip = self._no_retreat(st, ctx, tip, u, tracked)
             st.track.hits = st.track.hits + 1 if tracked else 1
             return tip, u, float(np.linalg.norm(tip - base)), score
-        return self._follow(st, att, ctx)
+        hit = self._follow(st, att, ctx)
+        if hit is not None:
+            tip, u = self._further_on_line(st, att, ctx, hit[0], hit[1])
+            if tip is not hit[0]:
+                tip = self._no_retreat(st, ctx, tip, u, True)
+                hit = (tip, u, hit[2] + float((tip - hit[0]) @ u), hit[3])
+        return hit
+
+    def _further_on_line(self, st: _StudyNeedle, att: np.ndarray, ctx: _RunContext,
+                         tip: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The tip (full resolution) moved to the end of a candidate segment of this search
+        that it lies on (within ``further_side_mm`` of its axis, same direction within
+        ``track_angle_deg``) and that goes on at least ``further_min_mm`` beyond it: where a
+        needle crosses a bone edge or dims over bone, the taken line (often the track's, held
+        by :meth:`_no_retreat`) stops there while the search's segment of the shaft beyond
+        it reaches the tip. The segment must not be a one-sided edge (flank symmetry at least
+        ``further_min_sym``) nor run on to the field edge (``max_ext_score``), and its part
+        beyond the tip must itself be a line (``follow_min_score``, as :meth:`_extend_tip`
+        asks of a dimmed shaft). The new tip is refined on this frame; kept when it is still
+        ``further_min_mm`` / 2 ahead."""
+        s = self.settings
+        if s.further_min_mm <= 0.0:
+            return tip, u
+        g = ctx.grid.spacing_mm
+        tip_w = ctx.grid.to_work(tip)
+        cos = math.cos(math.radians(s.track_angle_deg))
+        best, best_mm = None, s.further_min_mm
+        for f in st.last_features:
+            if f["sym"] < s.further_min_sym or f["ext_score"] > s.max_ext_score:
+                continue
+            c_tip, c_base = f["tip"], f["base"]
+            length = _norm(c_tip - c_base)
+            v = (c_tip - c_base) / max(length, 1e-9)
+            if float(v @ u) < cos:
+                continue
+            d = tip_w - c_base
+            along = float(d @ v)
+            beyond_mm = (length - along) * g
+            if (abs(float(d[0] * v[1] - d[1] * v[0])) * g <= s.further_side_mm
+                    and along * g >= -2.0 and beyond_mm >= best_mm):
+                best, best_mm = c_tip, beyond_mm
+        if best is None or st.finder.interval_score(tip_w, best) < s.follow_min_score:
+            return tip, u
+        refined = self._refine(st, att, ctx.grid.to_full(best), u, ctx)
+        if refined is None or refined[2] <= 0.0:
+            return tip, u
+        new_tip, new_u, _ = refined
+        if (float((new_tip - tip) @ u) * ctx.spacing_mm < 0.5 * s.further_min_mm
+                or float(new_u @ u) < cos):
+            return tip, u
+        return new_tip, new_u
 
     def _jumped(self, st: _StudyNeedle, ctx: _RunContext, tip: np.ndarray,
                 u: np.ndarray) -> bool:
