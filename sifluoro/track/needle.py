@@ -612,10 +612,24 @@ class NeedleStage:
         return across <= s.track_margin_mm and along <= reach_mm
 
     def _consistent(self, st: _StudyNeedle, ctx: _RunContext, tip: np.ndarray,
-                    u: np.ndarray) -> bool:
-        """Does a candidate continue the needle seen last (in this run or an earlier one)?"""
+                    u: np.ndarray, base: np.ndarray | None = None) -> bool:
+        """Does a candidate continue the needle seen last (in this run or an earlier one)?
+        Also when its tip is further on than ``track_reach_mm`` but its segment (from
+        ``base``) runs through the last tip (``track_margin_mm`` across): the needle advanced
+        further, or the last tip was placed short of the needle's (on a run's first, noisy
+        frame)."""
+        s = self.settings
         last = st.track.last_tip_of_run if st.track.tip_xy is None else st.track.tip_xy
-        return self._continues(ctx, tip, u, last, st.track.dir_xy, self.settings.track_reach_mm)
+        if self._continues(ctx, tip, u, last, st.track.dir_xy, s.track_reach_mm):
+            return True
+        if not s.track_through or base is None or last is None or st.track.dir_xy is None:
+            return False
+        if float(u @ st.track.dir_xy) < math.cos(math.radians(s.track_angle_deg)):
+            return False
+        d = last - base
+        along = float(d @ u)
+        return (abs(float(d[0] * u[1] - d[1] * u[0])) * ctx.spacing_mm <= s.track_margin_mm
+                and 0.0 <= along <= float((tip - base) @ u))
 
     def _confirmed(self, st: _StudyNeedle, ctx: _RunContext, tip: np.ndarray,
                    u: np.ndarray) -> bool:
@@ -652,7 +666,7 @@ class NeedleStage:
             tip = grid.to_full(tip_w)
             base = grid.to_full(base_w)
             u = (tip - base) / _norm(tip - base)
-            tracked = self._consistent(st, ctx, tip, u)
+            tracked = self._consistent(st, ctx, tip, u, base)
             if prob >= s.track_min_prob:
                 seen.append((tip, u))
             if prob >= s.persist_min_prob:

@@ -167,6 +167,10 @@ class NeedleSettings:
         symmetry at least ``further_min_sym``: not a one-sided cortical edge) is moved to that
         segment's end (:meth:`NeedleStage._further_on_line`): a needle crossing a bone edge
         is often taken short of it. 0 turns it off.
+    track_through : bool
+        A candidate whose segment runs through the last tip (within ``track_margin_mm``
+        across, same direction) continues the track however far beyond ``track_reach_mm`` its
+        tip is: the needle advanced further between runs, or the last tip was placed short.
     """
 
     grid_mm: float = 0.5
@@ -221,6 +225,7 @@ class NeedleSettings:
     further_min_mm: float = 5.0
     further_side_mm: float = 1.5
     further_min_sym: float = 0.25
+    track_through: bool = True
 
 
 @dataclass(frozen=True)

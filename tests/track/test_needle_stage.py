@@ -455,3 +455,28 @@ def test_a_tip_taken_short_on_a_longer_segment_goes_to_its_end():
     for f in past.last_features:
         f["tip"] = f["tip"] + u * (15.0 / ctx.grid.spacing_mm)
     assert stage._further_on_line(past, att, ctx, tip, u)[0] is tip
+
+
+def test_a_segment_through_the_last_tip_continues_the_track_however_far_on():
+    """A candidate whose segment runs through the last tip continues the track even with its
+    tip further on than ``track_reach_mm`` (the needle advanced further, or the last tip was
+    placed short on a run's first frame); not a segment starting past the last tip, not a
+    parallel one beside it, and not with ``track_through`` off."""
+    from dataclasses import replace
+
+    stage = NeedleStage()
+    s = stage.settings
+    tip, _, _, state = _needle_run(stage, 2)
+    st = state.stage_state["needle"]
+    base = np.array([120.0, 511.0])
+    u = (tip - base) / np.linalg.norm(tip - base)
+    st.track.tip_xy = tip - u * ((s.track_reach_mm + 5.0) / SPACING_MM)
+    assert not stage._consistent(st, st.ctx, tip, u)
+    assert stage._consistent(st, st.ctx, tip, u, base)
+    later = st.track.tip_xy + u * (2.0 / SPACING_MM)
+    assert not stage._consistent(st, st.ctx, tip, u, later)
+    side = np.array([-u[1], u[0]]) * ((s.track_margin_mm + 2.0) / SPACING_MM)
+    assert not stage._consistent(st, st.ctx, tip + side, u, base + side)
+    off = NeedleStage(needle=replace(s, track_through=False))
+    assert not off._consistent(st, st.ctx, tip, u, base)
+
