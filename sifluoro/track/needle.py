@@ -28,7 +28,10 @@ run or, at a run's start, the last tip of the previous run. When the line search
 candidate, a needle followed in this view (found by the line search on a few frames) is looked
 for where it was (its end along the last axis) and kept if the shaft behind it is still a
 line. Along a shaft that dims over bone, the
-tip is looked for past the dimming while the line goes on at half the contrast or more.
+tip is looked for past the dimming while the line goes on at half the contrast or more; a tip
+taken short of where another segment of the same search goes on along its line (a needle
+crossing a bone edge) goes to that segment's end, and a segment running through the last tip
+continues the track however far its tip has moved on.
 
 Event fields (DESIGN §3)::
 
