@@ -63,3 +63,16 @@ def test_bench_contrast_stock_step_runs_the_vessel_test_too():
         return score
 
     assert vessel_score(True) > 5 * max(vessel_score(False), 1.0)
+
+
+def test_eval_needle_runs_the_register_stage_first_when_asked(tmp_path):
+    """``--register`` scores the needle stage as batch-replay runs it (with the register
+    target); without it the needle stage runs alone."""
+    from benchmarks.eval_needle import evaluate_needle
+    from sifluoro.sim.batch import simulate_set
+
+    list(simulate_set(tmp_path, cases=1, seed=2026, size="512", workers=1, quick=True))
+    alone = evaluate_needle(tmp_path)
+    both = evaluate_needle(tmp_path, register=True)
+    assert alone["stages"] == ["needle"] and both["stages"] == ["register", "needle"]
+    assert both["needle"]["tip_frames"] == alone["needle"]["tip_frames"] > 0

@@ -28,7 +28,10 @@ run or, at a run's start, the last tip of the previous run. When the line search
 candidate, a needle followed in this view (found by the line search on a few frames) is looked
 for where it was (its end along the last axis) and kept if the shaft behind it is still a
 line. Along a shaft that dims over bone, the
-tip is looked for past the dimming while the line goes on at half the contrast or more.
+tip is looked for past the dimming while the line goes on at half the contrast or more; a tip
+taken short of where another segment of the same search goes on along its line (a needle
+crossing a bone edge) goes to that segment's end, and a segment running through the last tip
+continues the track however far its tip has moved on.
 
 Event fields (DESIGN §3)::
 
@@ -612,10 +615,24 @@ class NeedleStage:
         return across <= s.track_margin_mm and along <= reach_mm
 
     def _consistent(self, st: _StudyNeedle, ctx: _RunContext, tip: np.ndarray,
-                    u: np.ndarray) -> bool:
-        """Does a candidate continue the needle seen last (in this run or an earlier one)?"""
+                    u: np.ndarray, base: np.ndarray | None = None) -> bool:
+        """Does a candidate continue the needle seen last (in this run or an earlier one)?
+        Also when its tip is further on than ``track_reach_mm`` but its segment (from
+        ``base``) runs through the last tip (``track_margin_mm`` across): the needle advanced
+        further, or the last tip was placed short of the needle's (on a run's first, noisy
+        frame)."""
+        s = self.settings
         last = st.track.last_tip_of_run if st.track.tip_xy is None else st.track.tip_xy
-        return self._continues(ctx, tip, u, last, st.track.dir_xy, self.settings.track_reach_mm)
+        if self._continues(ctx, tip, u, last, st.track.dir_xy, s.track_reach_mm):
+            return True
+        if not s.track_through or base is None or last is None or st.track.dir_xy is None:
+            return False
+        if float(u @ st.track.dir_xy) < math.cos(math.radians(s.track_angle_deg)):
+            return False
+        d = last - base
+        along = float(d @ u)
+        return (abs(float(d[0] * u[1] - d[1] * u[0])) * ctx.spacing_mm <= s.track_margin_mm
+                and 0.0 <= along <= float((tip - base) @ u))
 
     def _confirmed(self, st: _StudyNeedle, ctx: _RunContext, tip: np.ndarray,
                    u: np.ndarray) -> bool:
@@ -652,7 +669,7 @@ class NeedleStage:
             tip = grid.to_full(tip_w)
             base = grid.to_full(base_w)
             u = (tip - base) / _norm(tip - base)
-            tracked = self._consistent(st, ctx, tip, u)
+            tracked = self._consistent(st, ctx, tip, u, base)
             if prob >= s.track_min_prob:
                 seen.append((tip, u))
             if prob >= s.persist_min_prob:
@@ -689,10 +706,61 @@ class NeedleStage:
                     continue
                 tip, u = at_anchor
                 base = tip - u * st.track.length_px
+            tip, u = self._further_on_line(st, att, ctx, tip, u)
             tip = self._no_retreat(st, ctx, tip, u, tracked)
             st.track.hits = st.track.hits + 1 if tracked else 1
             return tip, u, float(np.linalg.norm(tip - base)), score
-        return self._follow(st, att, ctx)
+        hit = self._follow(st, att, ctx)
+        if hit is not None:
+            tip, u = self._further_on_line(st, att, ctx, hit[0], hit[1])
+            if tip is not hit[0]:
+                tip = self._no_retreat(st, ctx, tip, u, True)
+                hit = (tip, u, hit[2] + float((tip - hit[0]) @ u), hit[3])
+        return hit
+
+    def _further_on_line(self, st: _StudyNeedle, att: np.ndarray, ctx: _RunContext,
+                         tip: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The tip (full resolution) moved to the end of a candidate segment of this search
+        that it lies on (within ``further_side_mm`` of its axis, same direction within
+        ``track_angle_deg``) and that goes on at least ``further_min_mm`` beyond it: where a
+        needle crosses a bone edge or dims over bone, the taken line (often the track's, held
+        by :meth:`_no_retreat`) stops there while the search's segment of the shaft beyond
+        it reaches the tip. The segment must not be a one-sided edge (flank symmetry at least
+        ``further_min_sym``) nor run on to the field edge (``max_ext_score``), and its part
+        beyond the tip must itself be a line (``follow_min_score``, as :meth:`_extend_tip`
+        asks of a dimmed shaft). The new tip is refined on this frame; kept when it is still
+        ``further_min_mm`` / 2 ahead."""
+        s = self.settings
+        if s.further_min_mm <= 0.0:
+            return tip, u
+        g = ctx.grid.spacing_mm
+        tip_w = ctx.grid.to_work(tip)
+        cos = math.cos(math.radians(s.track_angle_deg))
+        best, best_mm = None, s.further_min_mm
+        for f in st.last_features:
+            if f["sym"] < s.further_min_sym or f["ext_score"] > s.max_ext_score:
+                continue
+            c_tip, c_base = f["tip"], f["base"]
+            length = _norm(c_tip - c_base)
+            v = (c_tip - c_base) / max(length, 1e-9)
+            if float(v @ u) < cos:
+                continue
+            d = tip_w - c_base
+            along = float(d @ v)
+            beyond_mm = (length - along) * g
+            if (abs(float(d[0] * v[1] - d[1] * v[0])) * g <= s.further_side_mm
+                    and along * g >= -2.0 and beyond_mm >= best_mm):
+                best, best_mm = c_tip, beyond_mm
+        if best is None or st.finder.interval_score(tip_w, best) < s.follow_min_score:
+            return tip, u
+        refined = self._refine(st, att, ctx.grid.to_full(best), u, ctx)
+        if refined is None or refined[2] <= 0.0:
+            return tip, u
+        new_tip, new_u, _ = refined
+        if (float((new_tip - tip) @ u) * ctx.spacing_mm < 0.5 * s.further_min_mm
+                or float(new_u @ u) < cos):
+            return tip, u
+        return new_tip, new_u
 
     def _jumped(self, st: _StudyNeedle, ctx: _RunContext, tip: np.ndarray,
                 u: np.ndarray) -> bool:

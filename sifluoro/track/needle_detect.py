@@ -161,6 +161,16 @@ class NeedleSettings:
         to ``dot_line_back_mm`` behind it) is a needle seen as a short line whose tip the
         dot search misplaced: the frame's event reports that candidate's tip (the dot stays
         the dot followed).
+    further_min_mm, further_side_mm, further_min_sym : float
+        A tip taken on a line with a candidate segment of the same search going on at least
+        ``further_min_mm`` beyond it (the tip within ``further_side_mm`` of its axis; flank
+        symmetry at least ``further_min_sym``: not a one-sided cortical edge) is moved to that
+        segment's end (:meth:`NeedleStage._further_on_line`): a needle crossing a bone edge
+        is often taken short of it. 0 turns it off.
+    track_through : bool
+        A candidate whose segment runs through the last tip (within ``track_margin_mm``
+        across, same direction) continues the track however far beyond ``track_reach_mm`` its
+        tip is: the needle advanced further between runs, or the last tip was placed short.
     """
 
     grid_mm: float = 0.5
@@ -212,6 +222,10 @@ class NeedleSettings:
     dot_line_min_prob: float = 0.3
     dot_line_side_mm: float = 1.0
     dot_line_back_mm: float = 8.0
+    further_min_mm: float = 5.0
+    further_side_mm: float = 1.5
+    further_min_sym: float = 0.25
+    track_through: bool = True
 
 
 @dataclass(frozen=True)

@@ -422,3 +422,61 @@ def test_a_needle_rated_below_min_prob_is_taken_when_it_stays(persist_frames):
     else:
         assert all(o is None for o in outs[:3])
         assert all(math.dist(o["tip_xy"], tip) * SPACING_MM < 1.0 for o in outs[3:])
+
+
+def test_a_tip_taken_short_on_a_longer_segment_goes_to_its_end():
+    """A tip taken on a line while a candidate segment of the same search goes on along it
+    (a needle crossing a bone edge, followed where it stopped) is moved to that segment's
+    end; not onto a one-sided edge, not past a stretch that is no line, not from beside it,
+    and not with ``further_min_mm`` 0."""
+    from dataclasses import replace
+
+    stage = NeedleStage()
+    tip, _, modes, state = _needle_run(stage, 2)
+    assert modes[-1] == "field"
+    st = state.stage_state["needle"]
+    att = state.stage_state["attenuation"][1]
+    ctx = st.ctx
+    (cand,) = [f for f in st.last_features if f["prob"] > 0.5]
+    u = (cand["tip"] - cand["base"]) / np.linalg.norm(cand["tip"] - cand["base"])
+    short = tip - u * (15.0 / SPACING_MM)
+    moved, v = stage._further_on_line(st, att, ctx, short, u)
+    assert math.dist(moved, tip) * SPACING_MM < 0.5 and float(v @ u) > 0.99
+    beside = short + np.array([-u[1], u[0]]) * (3.0 / SPACING_MM)
+    assert stage._further_on_line(st, att, ctx, beside, u)[0] is beside
+    off = NeedleStage(needle=replace(stage.settings, further_min_mm=0.0))
+    assert off._further_on_line(st, att, ctx, short, u)[0] is short
+    edge = copy.deepcopy(st)
+    for f in edge.last_features:
+        f["sym"] = 0.0
+    assert stage._further_on_line(edge, att, ctx, short, u)[0] is short
+    # a segment reaching 15 mm past the needle's tip: from the tip on there is no line
+    past = copy.deepcopy(st)
+    for f in past.last_features:
+        f["tip"] = f["tip"] + u * (15.0 / ctx.grid.spacing_mm)
+    assert stage._further_on_line(past, att, ctx, tip, u)[0] is tip
+
+
+def test_a_segment_through_the_last_tip_continues_the_track_however_far_on():
+    """A candidate whose segment runs through the last tip continues the track even with its
+    tip further on than ``track_reach_mm`` (the needle advanced further, or the last tip was
+    placed short on a run's first frame); not a segment starting past the last tip, not a
+    parallel one beside it, and not with ``track_through`` off."""
+    from dataclasses import replace
+
+    stage = NeedleStage()
+    s = stage.settings
+    tip, _, _, state = _needle_run(stage, 2)
+    st = state.stage_state["needle"]
+    base = np.array([120.0, 511.0])
+    u = (tip - base) / np.linalg.norm(tip - base)
+    st.track.tip_xy = tip - u * ((s.track_reach_mm + 5.0) / SPACING_MM)
+    assert not stage._consistent(st, st.ctx, tip, u)
+    assert stage._consistent(st, st.ctx, tip, u, base)
+    later = st.track.tip_xy + u * (2.0 / SPACING_MM)
+    assert not stage._consistent(st, st.ctx, tip, u, later)
+    side = np.array([-u[1], u[0]]) * ((s.track_margin_mm + 2.0) / SPACING_MM)
+    assert not stage._consistent(st, st.ctx, tip + side, u, base + side)
+    off = NeedleStage(needle=replace(s, track_through=False))
+    assert not off._consistent(st, st.ctx, tip, u, base)
+
