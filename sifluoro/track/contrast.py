@@ -16,8 +16,9 @@ import numpy as np
 
 from sifluoro.model import Frame
 from sifluoro.track import _contrast_kernels as K
-from sifluoro.track.contrast_classify import (DANGER, RECENT_LINE_MM, VASCULAR_LINE_MM,
-                                               Classifier, Opacity, describe_components)
+from sifluoro.track.contrast_classify import (DANGER, LATE_LINE_MM, RECENT_LINE_MM,
+                                               VASCULAR_LINE_MM, Classifier, Opacity,
+                                               describe_components)
 from sifluoro.track.contrast_reference import ReferenceBank
 from sifluoro.track.contrast_transient import FRAMES as TRANSIENT_FRAMES, TransientLines, new_stamp
 
@@ -405,6 +406,7 @@ class ContrastStage:
         rm = memory.run
         t, floor = memory.transient, VASCULAR_LINE_MM / work_mm
         floor_recent = RECENT_LINE_MM / work_mm
+        floor_late = LATE_LINE_MM / work_mm
         best = 0.0
         ends = (rm.history_count, rm.history_count - 1) if rm.test_owed else (rm.history_count,)
         rm.test_owed = False
@@ -423,6 +425,14 @@ class ContrastStage:
                                             stamps=rm.history_stamp)
                     if recent >= floor_recent:
                         best = max(best, recent * (VASCULAR_LINE_MM / RECENT_LINE_MM))
+                    # the faint vessel still a third to half there two frames on: a frame
+                    # later against the mean of the last two (LATE_LINE_MM)
+                    m = min(end, TRANSIENT_FRAMES + 1)
+                    if m >= 5:
+                        late = t.score_late(rm.history, rm.history_order[end - m:end], m,
+                                            b.valid, floor=floor_late, stamps=rm.history_stamp)
+                        if late >= floor_late:
+                            best = max(best, late * (VASCULAR_LINE_MM / LATE_LINE_MM))
         return best * work_mm
 
     def _result(self, memory: _StudyMemory, frame: Frame, accepted, area_mm2: float,

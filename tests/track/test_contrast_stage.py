@@ -288,6 +288,21 @@ def test_vessel_fading_a_frame_after_arrival_is_a_line_on_the_next_frame(phantom
     assert state.contrast_state == "vascular"
 
 
+def test_a_faint_vessel_that_empties_slowly_is_found_a_frame_later(phantom):
+    """A faint vessel still at 40 % two frames after its arrival and a quarter a frame later:
+    the history test (washout against that one frame) misses it and its opacity reads as
+    extravasation; the late test (against the mean of the two frames after) finds it, three
+    frames after its arrival."""
+    arrival, s = 3, 0.3
+    course = {arrival: s, arrival + 1: 0.6 * s, arrival + 2: 0.4 * s, arrival + 3: 0.25 * s,
+              arrival + 4: 0.1 * s}
+    frames = _contrast_run(12, 0, vessel=lambda f: course.get(f - 1, 0.0))
+    events, state = _replay(phantom, _needle_runs() + [frames])
+    out = _states(events)[-12:]
+    assert out.index("vascular") == arrival + 3
+    assert state.contrast_state == "vascular"
+
+
 @pytest.mark.parametrize("recent_mm, expected_mm", [(30.0 * 1.1, 18.0 * 1.1), (29.0, 0.0)])
 def test_the_recent_vessel_test_counts_on_the_first_tests_scale(monkeypatch, recent_mm,
                                                                 expected_mm):
