@@ -5,7 +5,8 @@
 Each case is replayed through the pipeline with the contrast stage only (dose runs as always)
 into ``OUT/<case>/events.jsonl`` and ``summary.json``, then scored with
 :mod:`sifluoro.sim.evaluate`; the contrast section, the per-study outcomes and where the
-per-frame errors from injection start lie (:func:`frame_confusion`) are printed.
+per-frame errors from injection start lie (:func:`frame_confusion`) are printed, and the
+vascular sensitivity on the studies whose vessel is in the pixels (:func:`vascular_visibility`).
 """
 from __future__ import annotations
 
@@ -65,6 +66,57 @@ def frame_confusion(cases_dir: str | Path, results_dir: str | Path) -> dict:
             "wrong_studies": {k: sorted(v) for k, v in sorted(studies.items())}}
 
 
+# truth contrast_snr from which opacity is in the pixels (sifluoro.sim.evaluate.DETECTABLE_SNR)
+VISIBLE_SNR = 3.0
+
+
+def vascular_visibility(cases_dir: str | Path, results_dir: str | Path) -> list[dict]:
+    """Per vascular study (truth reaches ``vascular``): the best truth ``contrast_snr`` on its
+    frames of truth state ``vascular`` (the opacity's peak SNR: in a joint + vessel study the
+    peak may be the joint fill's), whether that is visible (>= ``VISIBLE_SNR``), the output's
+    final state (summary's, else the last event's) and the delay in frames from the first truth
+    ``vascular`` frame to the first output one (None: never)."""
+    out = []
+    for truth_path in sorted(Path(cases_dir).glob("*/truth.json")):
+        truth = json.loads(truth_path.read_text())
+        frames = [f for f in truth["frames"] if f["contrast_state"] == "vascular"]
+        if not frames:
+            continue
+        res = Path(results_dir) / truth_path.parent.name
+        states = {}
+        if (res / "events.jsonl").exists():
+            for line in (res / "events.jsonl").read_text().splitlines():
+                if line.strip():
+                    e = json.loads(line)
+                    states[e["index"]] = e["contrast"]["state"]
+        final = None
+        if (res / "summary.json").exists():
+            final = json.loads((res / "summary.json").read_text()).get("contrast_state")
+        if final is None and states:
+            final = states[max(states)]
+        snrs = [f["contrast_snr"] for f in frames if f.get("contrast_snr") is not None]
+        best = max(snrs) if snrs else None
+        first_out = min((i for i, s in states.items() if s == "vascular"), default=None)
+        out.append({"case": truth_path.parent.name, "snr_max": best,
+                    "visible": best is not None and best >= VISIBLE_SNR, "output": final,
+                    "delay": None if first_out is None
+                    else max(0, first_out - frames[0]["index"])})
+    return out
+
+
+def vascular_lines(vasc: list[dict]) -> list[str]:
+    visible = [v for v in vasc if v["visible"]]
+    found = [v for v in visible if v["output"] == "vascular"]
+    lines = [f"  vascular sensitivity on visible vessels (truth contrast_snr >= {VISIBLE_SNR:g}): "
+             f"{len(found)} of {len(visible)}"
+             + (f"; all vascular: {sum(v['output'] == 'vascular' for v in vasc)} of {len(vasc)}"
+                if vasc else "")]
+    lines += [f"    {v['case']} snr {v['snr_max']} {'visible' if v['visible'] else 'not visible'} "
+              f"-> {v['output']}" + ("" if v["delay"] is None else f" (delay {v['delay']})")
+              for v in vasc]
+    return lines
+
+
 def confusion_lines(conf: dict) -> list[str]:
     wrong = {k: n for k, n in conf["pairs"].items() if k.split("->")[0] != k.split("->")[1]}
     lines = [f"  per-frame from injection: {conf['frames']} frames, wrong "
@@ -94,11 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="eval_contrast_") as tmp:
         rep = run_set(args.cases, args.out or tmp)
         conf = frame_confusion(args.cases, args.out or tmp)
+        vasc = vascular_visibility(args.cases, args.out or tmp)
     if args.json:
         print(json.dumps({"contrast": rep["contrast"], "per_study": rep["per_study"],
-                          "frame_confusion": conf}, indent=1))
+                          "frame_confusion": conf, "vascular": vasc}, indent=1))
     else:
-        print("\n".join(contrast_lines(rep) + confusion_lines(conf)))
+        print("\n".join(contrast_lines(rep) + confusion_lines(conf) + vascular_lines(vasc)))
         print(f"  ({time.perf_counter() - t0:.0f} s)")
     return 0
 

@@ -1,13 +1,16 @@
 """The contrast evaluator's per-frame confusion (benchmarks.eval_contrast.frame_confusion)."""
 import json
 
-from benchmarks.eval_contrast import confusion_lines, frame_confusion
+from benchmarks.eval_contrast import (confusion_lines, frame_confusion, vascular_lines,
+                                      vascular_visibility)
 
 
-def _case(root, name, truth_states, out_states):
+def _case(root, name, truth_states, out_states, snrs=None):
     case = root / "cases" / name
     case.mkdir(parents=True)
     frames = [{"index": i, "contrast_state": s} for i, s in enumerate(truth_states)]
+    for f, snr in zip(frames, snrs or []):
+        f["contrast_snr"] = snr
     (case / "truth.json").write_text(json.dumps({"frames": frames}))
     out = root / "out" / name
     out.mkdir(parents=True)
@@ -31,3 +34,20 @@ def test_frames_from_injection_start_by_truth_and_output(tmp_path):
     lines = confusion_lines(conf)
     assert lines[0].startswith("  per-frame from injection: 6 frames, wrong E->I 2")
     assert "V->V" not in lines[0]
+
+
+def test_vascular_sensitivity_counts_the_vessels_in_the_pixels(tmp_path):
+    n, ia, va = "none", "intra_articular", "vascular"
+    # visible (snr 4 on a vascular frame) and found two frames late
+    _case(tmp_path, "case000", [n, va, va, va], [n, n, n, va], [None, 4.0, 1.0, None])
+    # visible only on its joint fill's frame (snr 9 before the vessel): not a visible vessel
+    _case(tmp_path, "case001", [n, ia, va, va], [n, ia, ia, ia], [None, 9.0, 2.5, None])
+    # visible and missed
+    _case(tmp_path, "case002", [va, va], [n, ia], [3.0, None])
+    _case(tmp_path, "case003", [n, ia], [n, ia], [None, 5.0])   # not vascular: left out
+    vasc = vascular_visibility(tmp_path / "cases", tmp_path / "out")
+    assert [(v["case"], v["snr_max"], v["visible"], v["output"], v["delay"]) for v in vasc] == [
+        ("case000", 4.0, True, va, 2), ("case001", 2.5, False, ia, None),
+        ("case002", 3.0, True, ia, None)]
+    lines = vascular_lines(vasc)
+    assert lines[0].endswith("1 of 2; all vascular: 1 of 3")

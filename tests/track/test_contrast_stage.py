@@ -15,7 +15,7 @@ import pytest
 from sifluoro.config import Settings
 from sifluoro.model import Device, Frame, Run, Shutter, Technique
 from sifluoro.pipeline import Pipeline
-from sifluoro.track.contrast import ContrastStage
+from sifluoro.track.contrast import ContrastSettings, ContrastStage
 
 SIZE = 512
 TOP = 4095
@@ -105,9 +105,9 @@ def _run(index: int, n: int, *, start_s: float, angles=(20.0, 5.0)) -> Run:
                technique=tech, device=Device(), index=index)
 
 
-def _replay(phantom: Phantom, runs: list[list[dict]]):
+def _replay(phantom: Phantom, runs: list[list[dict]], settings: ContrastSettings | None = None):
     """Run ``runs`` (each a list of per-frame phantom keyword sets) through one study."""
-    stage = ContrastStage()
+    stage = ContrastStage(settings)
     # no deadline: on a busy machine a 10 ms budget would skip the stage (a load-dependent test)
     pipeline = Pipeline([stage], Settings(latency_budget_ms=1e9))
     state = pipeline.start_study("1")
@@ -286,6 +286,25 @@ def test_vessel_fading_a_frame_after_arrival_is_a_line_on_the_next_frame(phantom
     assert out.index("vascular") == arrival + 1
     assert events[-12 + arrival + 1]["contrast"]["vascular_evidence"] > 0.9
     assert state.contrast_state == "vascular"
+
+
+def test_a_faint_vessel_that_empties_slowly_is_found_a_frame_later(phantom):
+    """A faint vessel still at 40 % two frames after its arrival and a quarter a frame later:
+    the history test (washout against that one frame) misses it and its opacity reads as
+    extravasation; the late test (``late_vessel_test``, against the mean of the two frames
+    after) finds it, three frames after its arrival."""
+    arrival, s = 3, 0.3
+    course = {arrival: s, arrival + 1: 0.6 * s, arrival + 2: 0.4 * s, arrival + 3: 0.25 * s,
+              arrival + 4: 0.1 * s}
+    frames = _contrast_run(12, 0, vessel=lambda f: course.get(f - 1, 0.0))
+    events, state = _replay(phantom, _needle_runs() + [frames],
+                            ContrastSettings(late_vessel_test=True))
+    out = _states(events)[-12:]
+    assert out.index("vascular") == arrival + 3
+    assert state.contrast_state == "vascular"
+    # off (the default): missed, its opacity read as extravasation
+    events, state = _replay(phantom, _needle_runs() + [frames])
+    assert state.contrast_state == "extravasation"
 
 
 @pytest.mark.parametrize("recent_mm, expected_mm", [(30.0 * 1.1, 18.0 * 1.1), (29.0, 0.0)])

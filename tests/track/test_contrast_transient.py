@@ -161,10 +161,12 @@ def test_best_line_matches_skimage_labels():
     assert got == pytest.approx(ref, rel=1e-6)
 
 
-def _full_grid_score(history, order, n, valid, recent=False):
+def _full_grid_score(history, order, n, valid, recent=False, late=False):
     """The vessel test with every map made on the whole grid (the kernels' full-grid calls):
     the reference of the test made on the field's spans and rows only."""
     shape = valid.shape
+    if late:   # the history test's onset one frame earlier, its washout against the last two
+        n -= 1
     if recent:
         order = np.array([order[n - 4], order[n - 3], order[n - 2], order[n - 2], order[n - 1]])
         n = 5
@@ -181,7 +183,10 @@ def _full_grid_score(history, order, n, valid, recent=False):
     work = (np.empty(2 * valid.size, np.float32), np.empty(4 * 4096, np.int64),
             np.empty(shape, np.int32), np.empty(shape), np.empty(shape[1]))
     zw, zo, div = (np.empty(shape, np.float32) for _ in range(3))
-    K.washout_ridge(history, order[n - 3], order[n - 1], *tt, pad, cpad, zw, spans)
+    if late:
+        K.onset_ridge(history, order[n - 3], order[n - 1], order[n], *tt, pad, cpad, zw, spans)
+    else:
+        K.washout_ridge(history, order[n - 3], order[n - 1], *tt, pad, cpad, zw, spans)
     K.local_z(zw, inner, validf, den, NOISE_WINDOW_PX, *work, div)
     K.onset_ridge(history, order[n - 3], order[n - 4], order[n - 5] if n >= 5 else -1, *tt,
                   pad, cpad, zo, spans)
@@ -207,6 +212,21 @@ def test_scores_on_the_fields_rows_and_spans_equal_the_full_grid_test(n):
         assert t.score_recent(history, order, 5, valid) == _full_grid_score(
             history, order, 5, valid, recent=True)
     assert t.rows == slice(12, 51)      # the field's rows (8-54) less the erosion
+
+
+@pytest.mark.parametrize("n", [5, 6])
+def test_the_late_score_on_the_fields_rows_and_spans_equals_the_full_grid_test(n):
+    shape = (60, 72)
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    valid = ((yy - 31) ** 2 + (xx - 38) ** 2 < 24 ** 2) & ~((yy < 20) & (xx > 45))
+    frames = _frames([0, 0, 1, 0.6, 0.35, 0.2], seed=7)
+    history = np.stack([f[:shape[0], :shape[1]] for f in frames]).astype(np.float32)
+    order = np.arange(6)[6 - n:]
+    want = _full_grid_score(history, order, n, valid, late=True)
+    assert want > 0.0
+    assert TransientLines(shape).score_late(history, order, n, valid) == want
+    with pytest.raises(ValueError):
+        TransientLines(shape).score_late(history, order[:4], 4, valid)
 
 
 class _OpenCvTransientLines:
@@ -241,10 +261,14 @@ class _OpenCvTransientLines:
         local = local / np.maximum(den, 1.0) * np.float32(1.2533)
         return m / np.maximum(local, np.float32(0.05 * g + 1e-9))
 
-    def score(self, frames, valid):
-        x_now, a = frames[-1], frames[-3]
-        pre = frames[:-3]
-        washout = a - x_now
+    def score(self, frames, valid, late=False):
+        if late:   # arrival on the fourth-last, washout against the mean of the last two
+            a, pre = frames[-4], frames[:-4]
+            washout = ((a - frames[-2]) + a - frames[-1]) * np.float32(0.5)
+        else:
+            x_now, a = frames[-1], frames[-3]
+            pre = frames[:-3]
+            washout = a - x_now
         onset = a - pre[-1]
         if len(pre) > 1:
             onset = (onset + a - pre[-2]) * np.float32(0.5)
@@ -271,6 +295,38 @@ def test_score_matches_the_opencv_version(seed, profile, cut):
     got = TransientLines(SHAPE).score(frames, valid)
     ref = _OpenCvTransientLines(SHAPE).score(frames, valid)
     assert got == pytest.approx(ref, rel=1e-4, abs=1e-4)
+
+
+@pytest.mark.parametrize("seed, profile", [(0, [0, 0, 1, 0.6, 0.35, 0.2]), (1, [0, 1, 1, 0.3, 0.1]),
+                                           (2, [0, 0, 0, 0, 0, 0])])
+def test_late_score_matches_the_opencv_version(seed, profile):
+    frames = _frames(profile, seed=seed)
+    valid = np.ones(SHAPE, bool)
+    valid[:30] = False
+    history = np.stack(frames).astype(np.float32)
+    got = TransientLines(SHAPE).score_late(history, np.arange(len(frames)), len(frames), valid)
+    ref = _OpenCvTransientLines(SHAPE).score(frames, valid, late=True)
+    assert got == pytest.approx(ref, rel=1e-4, abs=1e-4)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_late_score_finds_a_line_that_empties_slowly(seed):
+    """A vessel holding a third of its strength two frames after its arrival: against the mean
+    of the two frames after that, its line stands out far more than in the history test."""
+    frames = _frames([0, 0, 1, 0.6, 0.35, 0.2], seed=seed)
+    history = np.stack(frames).astype(np.float32)
+    late = TransientLines(SHAPE).score_late(history, np.arange(6), 6, np.ones(SHAPE, bool))
+    assert late > 40.0
+    assert late > 2.0 * _score(frames[:5])
+
+
+@pytest.mark.parametrize("profile", [[0, 0, 1, 1, 1, 1], [0, 0.4, 0.8, 1.0, 1.2, 1.4],
+                                     [0, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 0]])
+def test_late_score_of_lines_that_stay_grow_or_were_there_before_is_low(profile):
+    for seed in range(4):
+        history = np.stack(_frames(profile, seed=seed)).astype(np.float32)
+        assert TransientLines(SHAPE).score_late(history, np.arange(6), 6,
+                                                np.ones(SHAPE, bool)) < 10.0
 
 
 def test_the_field_cache_follows_a_changed_field():
