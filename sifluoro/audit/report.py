@@ -250,8 +250,23 @@ def write_report(db, out: str | Path, *, start: date | None = None, end: date | 
 
 def _write_csv(path: Path, rows: list[list[str]]) -> None:
     buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerows(rows)
+    csv.writer(buf, lineterminator="\n").writerows([[_csv_cell(c) for c in row] for row in rows])
     _atomic_write(path, buf.getvalue().encode("utf-8"))
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_cell(cell):
+    """A text cell that a spreadsheet would run as a formula (device and procedure names come
+    from the reports' headers) gets a leading apostrophe; numbers, negative ones too, are kept."""
+    if not isinstance(cell, str) or not cell.startswith(_FORMULA_START):
+        return cell
+    try:
+        float(cell)
+        return cell
+    except ValueError:
+        return "'" + cell
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

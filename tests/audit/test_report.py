@@ -216,3 +216,18 @@ def test_an_air_kerma_no_event_gives_is_left_out_of_its_statistics(tmp_path):
     (dap_only,), _ = summarize([tmp_path / "img" / "s2"])
     assert dap_only.summary()["air_kerma_mgy"] is None and dap_only.summary()["dap_gycm2"] == pytest.approx(1.0)
     assert "unknown" in table([dap_only])
+
+
+def test_csv_cells_a_spreadsheet_would_run_as_formulas_are_quoted(tmp_path):
+    """Procedure and device names come from the files' headers: one that starts like a formula
+    must reach the CSV as text (a leading apostrophe), numbers (negative ones too) unchanged."""
+    engine = open_registry(f"sqlite:///{tmp_path / 'r.db'}")
+    insert_synthetic_studies(engine, 200, seed=3)
+    hostile = '=HYPERLINK("http://x","click")'
+    with engine.begin() as conn:
+        conn.execute(StudyRow.__table__.update().values(procedure=hostile))
+    files = write_report(engine, tmp_path / "report")
+    cells = [c for row in _csv(files.csv["summary"]) for c in row]
+    assert "'" + hostile in cells and hostile not in cells
+    assert all(not c.startswith(("=", "+", "@")) for c in cells)
+    engine.dispose()
