@@ -170,7 +170,10 @@ class DoseAccumulator:
         the report's dose (a device's report usually arrives at the end of the procedure);
         returns the alerts the recount raised (also in :attr:`alerts`). Events that name no
         image go into :attr:`unstored` (once per event UID; a later report's copy replaces it),
-        unless no event of the report names an image (nothing tells the stored runs apart).
+        unless no event of the report names an image, or a run is known that no event names:
+        devices name no stored fluoroscopy loop in their events (none of the vendors' example
+        reports does), so such a run may be one of those events, and without the runs' absolute
+        times nothing tells them apart (counting both would count the loop twice).
         """
         for run in runs:
             self._frames[run.sop_instance_uid] = max(1, run.n_frames)
@@ -192,10 +195,22 @@ class DoseAccumulator:
                     continue  # the same event from another copy of the report: once
                 held.append(event)
                 named_here.update(named)
+        if unstored and self._unnamed_runs():
+            unstored = {}  # a stored loop and the event that made it would be counted twice
         out = self._recount_all(named_here & self._runs.keys())
         if unstored != self._unstored:
             out += self._use_unstored(unstored)
         return out
+
+    def _unnamed_runs(self) -> list[str]:
+        """Known runs that no report event names (logged: the unstored dose is left out)."""
+        unnamed = [uid for uid in self._frames if uid not in self._report_events]
+        if unnamed:
+            log.warning("%d run(s) are named by no event of the device's dose report: they may be "
+                        "its events that name no image (stored fluoroscopy), so those events are "
+                        "not added to the study's dose (it may be short of unstored fluoroscopy)",
+                        len(unnamed))
+        return unnamed
 
     def _use_unstored(self, events: dict[str, IrradiationEvent]) -> list[DoseAlert]:
         """Take ``events`` (a report's events naming no image) as :attr:`unstored`; return the
@@ -281,6 +296,8 @@ class DoseAccumulator:
             return found
         newly_known = self._frames.get(uid) != max(1, run.n_frames)
         self._frames[uid] = max(1, run.n_frames)
+        if self._unstored and self._unnamed_runs():  # a run after the report that it names not
+            self._use_unstored({})
         dose = self._runs[uid] = self._derive(run)
         if newly_known and uid in self._report_events:
             sharing = {u for e in self._report_events[uid] for u in e.sop_instance_uids}

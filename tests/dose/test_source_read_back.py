@@ -7,6 +7,7 @@ import pydicom
 from sifluoro.dose.rdsr_read import read_rdsr
 from sifluoro.replay import replay
 from tests.dicom_fixtures import RunSpec, as_device_report, technique, write_study
+from tests.dose.rdsr_fixtures import Ev, acquired, build_rdsr, save
 from tests.dose.test_unstored import unstored_study
 
 
@@ -33,8 +34,17 @@ def test_the_device_events_in_sifluoros_report_stay_the_devices(tmp_path):
     folder, _ = unstored_study(tmp_path)
     replay([folder], events_path=tmp_path / "e.jsonl", summary_path=tmp_path / "s.json",
            rdsr_path=tmp_path / "r.dcm", stages=[])
-    report = read_rdsr(tmp_path / "r.dcm")
-    assert [e.dose_source for e in report.events] == ["rdsr", "estimated", "rdsr"]
+    assert [e.dose_source for e in read_rdsr(tmp_path / "r.dcm").events] == ["rdsr", "rdsr"]
+    # a run the device's report does not name is sifluoro's estimate beside the device's event
+    paths = write_study(tmp_path / "two", [RunSpec(0.0, n_frames=3), RunSpec(30.0, n_frames=3)])
+    first = pydicom.dcmread(paths[0], stop_before_pixels=True)
+    save(build_rdsr([Ev(dap_gycm2=1.0, rp_mgy=10.0,
+                        extra=[acquired(first.SOPInstanceUID, first.SOPClassUID)])],
+                    study_uid=first.StudyInstanceUID), tmp_path / "two" / "rdsr.dcm")
+    replay([tmp_path / "two"], events_path=tmp_path / "e2.jsonl", summary_path=tmp_path / "s2.json",
+           rdsr_path=tmp_path / "r2.dcm", stages=[])
+    report = read_rdsr(tmp_path / "r2.dcm")
+    assert [e.dose_source for e in report.events] == ["rdsr", "estimated"]
     assert report.dose_source == "mixed"
 
 

@@ -17,11 +17,12 @@ from tests.dose.rdsr_fixtures import Ev, acquired, build_rdsr, save
 
 
 def unstored_study(folder):
-    """2 runs; a device report with one event naming run 1 (10 mGy) and 20 min of fluoroscopy
-    not stored (6000 mGy, 400 Gy·cm²)."""
+    """2 runs; a device report with one event naming both runs (10 mGy) and 20 min of
+    fluoroscopy not stored (6000 mGy, 400 Gy·cm²)."""
     paths = write_study(folder / "study", [RunSpec(0.0, n_frames=3), RunSpec(30.0, n_frames=3)])
-    first = pydicom.dcmread(paths[0], stop_before_pixels=True)
-    events = [Ev(dap_gycm2=1.0, rp_mgy=10.0, extra=[acquired(first.SOPInstanceUID, first.SOPClassUID)]),
+    first, second = (pydicom.dcmread(p, stop_before_pixels=True) for p in paths)
+    events = [Ev(dap_gycm2=1.0, rp_mgy=10.0, extra=[acquired(first.SOPInstanceUID, first.SOPClassUID),
+                                                    acquired(second.SOPInstanceUID, second.SOPClassUID)]),
               Ev(dap_gycm2=400.0, rp_mgy=6000.0, pulses=9000, rate=7.5)]
     report = save(build_rdsr(events, study_uid=first.StudyInstanceUID), folder / "study" / "rdsr.dcm")
     return folder / "study", report
@@ -44,7 +45,7 @@ def test_the_unstored_exposures_count_outside_the_frames(tmp_path):
     assert dose.events()[-1] == unstored  # in the study's events with the device's event UID
     whole = dose.study_dose(study.study_instance_uid, study.device)
     assert whole.air_kerma_mgy == pytest.approx(6000.0 + dose.totals.air_kerma_mgy)
-    assert whole.dose_source == "mixed"
+    assert whole.dose_source == "rdsr"  # every dose is the device report's
 
 
 def test_the_alert_levels_count_the_unstored_exposures_when_frames_follow(tmp_path):
@@ -105,3 +106,24 @@ def test_a_report_that_names_no_image_adds_no_unstored_dose(tmp_path, caplog):
     dose = DoseAccumulator(DoseSettings())
     assert dose.use_report(blind, study.runs) == [] and dose.unstored.air_kerma_mgy == 0.0
     assert "names no image" in caplog.text
+
+
+def test_a_stored_loop_the_report_does_not_name_is_not_counted_twice(tmp_path):
+    """Devices name no stored fluoroscopy loop in their events: a run that no event names may be
+    the event that names no image, so that event is not added (it was: 3000 mGy twice)."""
+    paths = write_study(tmp_path / "study", [RunSpec(0.0, n_frames=3), RunSpec(60.0, n_frames=3)])
+    first = pydicom.dcmread(paths[0], stop_before_pixels=True)
+    events = [Ev(fluoro=False, dap_gycm2=1.0, rp_mgy=10.0,
+                 extra=[acquired(first.SOPInstanceUID, first.SOPClassUID)]),
+              Ev(dap_gycm2=100.0, rp_mgy=3000.0, pulses=450, rate=7.5)]  # run 2, the loop
+    save(build_rdsr(events, study_uid=first.StudyInstanceUID), tmp_path / "study" / "rdsr.dcm")
+    study = read_study([tmp_path / "study"])
+    dose = DoseAccumulator(DoseSettings())
+    dose.use_report(read_rdsr(tmp_path / "study" / "rdsr.dcm"), study.runs)
+    assert dose.unstored.air_kerma_mgy == 0.0 and dose.unstored_events == ()
+    # the same when the loop arrives after the report (the receiver, the Engine)
+    late = DoseAccumulator(DoseSettings())
+    late.use_report(read_rdsr(tmp_path / "study" / "rdsr.dcm"), study.runs[:1])
+    assert late.unstored.air_kerma_mgy == pytest.approx(3000.0)
+    late.prepare(study.runs[1])
+    assert late.unstored.air_kerma_mgy == 0.0 and late.unstored_events == ()

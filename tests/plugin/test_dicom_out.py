@@ -317,8 +317,8 @@ def test_a_run_of_unknown_dose_the_device_report_misses_still_gets_an_rdsr(tmp_p
 def test_a_mixed_export_reports_the_devices_events_under_the_devices_uids(tmp_path):
     """Run 1's dose is the device report's, run 2's estimated: sifluoro's RDSR repeated run 1
     under an event UID of its own, so a dose registry holding both reports counted it twice
-    (review s12 #5). Now it carries the device's events (run 1's, and the fluoroscopy not
-    stored) under the device's UIDs, plus run 2: the device's report and more."""
+    (review s12 #5). Now it carries the device's event under the device's UID, plus run 2:
+    the device's report and more."""
     from sifluoro.acquire.dicom_reader import read_study
     from sifluoro.config import Settings
     from sifluoro.dose.accumulate import accumulate_study
@@ -326,16 +326,21 @@ def test_a_mixed_export_reports_the_devices_events_under_the_devices_uids(tmp_pa
     from sifluoro.dose.summary import device_report
     from sifluoro.plugin.keyframes import export_study
     from sifluoro.plugin.outbox import Outbox
-    from tests.dose.test_unstored import unstored_study
+    from tests.dicom_fixtures import RunSpec, write_study
+    from tests.dose.rdsr_fixtures import Ev, acquired, build_rdsr, save
 
-    folder, path = unstored_study(tmp_path)
-    study = read_study([folder])
+    paths = write_study(tmp_path / "study", [RunSpec(0.0, n_frames=3), RunSpec(30.0, n_frames=3)])
+    first = pydicom.dcmread(paths[0], stop_before_pixels=True)
+    path = save(build_rdsr([Ev(dap_gycm2=1.0, rp_mgy=10.0,
+                               extra=[acquired(first.SOPInstanceUID, first.SOPClassUID)])],
+                           study_uid=first.StudyInstanceUID), tmp_path / "study" / "rdsr.dcm")
+    study = read_study([tmp_path / "study"])
     dose = accumulate_study(study, Settings().dose, report=device_report(study, []))
     assert dose.totals.sources == {"rdsr", "estimated"}
     (queued,) = export_study(Outbox(tmp_path / "outbox"), study, dose, [])
     mine, device = read_rdsr(queued), read_rdsr(path)
     device_uids = {e.event_uid for e in device.events}
-    assert device_uids < {e.event_uid for e in mine.events} and len(mine.events) == 3
+    assert device_uids < {e.event_uid for e in mine.events} and len(mine.events) == 2
     (own,) = [e for e in mine.events if e.event_uid not in device_uids]
     assert own.sop_instance_uids == (study.runs[1].sop_instance_uid,)
     assert mine.air_kerma_mgy == pytest.approx(device.air_kerma_mgy + own.air_kerma_mgy)
