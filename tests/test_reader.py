@@ -76,8 +76,8 @@ def test_frame_time_vector_gives_irregular_timing(tmp_path):
     write_study(tmp_path, [RunSpec(0.0, n_frames=4, frame_time_vector_ms=[0.0, 66.7, 133.3, 66.7])])
     run = read_study([tmp_path]).runs[0]
     assert run.frame_offsets_s == pytest.approx((0.0, 0.0667, 0.2, 0.2667))
-    # a frame stands for at most the nominal (median) step: the longer one had no pulse in it
-    assert run.frame_intervals_ms == pytest.approx((66.7, 66.7, 66.7, 66.7))
+    # a step twice the nominal one is a frame not stored (its pulse was given), not a pause
+    assert run.frame_intervals_ms == pytest.approx((66.7, 133.3, 66.7, 66.7))
 
 
 def _pause_in_enhanced_run(path, pause_s: float) -> None:
@@ -188,6 +188,15 @@ def test_a_pause_inside_a_run_is_not_fluoroscopy_time(tmp_path, storage):
     assert dose.totals.fluoro_time_s == pytest.approx(5 * 0.133333, abs=1e-4)
     assert dose.totals.air_kerma_mgy == pytest.approx(800.0)
     assert dose.totals.dap_gycm2 == pytest.approx(40.0)
+
+
+def test_a_frame_rate_change_inside_a_run_is_beam_time_not_a_pause(tmp_path):
+    """4 frames/s for 4 s, then 1 frame/s for 8 s (a DSA program): every step is beam time
+    (the pause rule once counted the 1-s steps as 250 ms: 6.25 s for 12 s)."""
+    ftv = [0.0] + [250.0] * 16 + [1000.0] * 8
+    write_study(tmp_path, [RunSpec(0.0, n_frames=len(ftv), frame_time_vector_ms=ftv)])
+    (run,) = read_study([tmp_path]).runs
+    assert sum(run.frame_intervals_ms[:-1]) == pytest.approx(12_000.0)
 
 
 def test_pulsed_7_5_per_s_uses_frame_time_not_integer_cine_rate(tmp_path):
@@ -328,7 +337,7 @@ def _with(path, **attributes):
 @pytest.mark.parametrize("n_frames, attributes, intervals_ms", [
     # an implausible source is skipped for a plausible one (with a warning naming it)
     (3, {"FrameTimeVector": [0, 0, 0], "FrameIncrementPointer": 0x00181065}, (133.333,) * 3),
-    (3, {"FrameTimeVector": [0, 100, 50]}, (50.0, 50.0, 50.0)),
+    (3, {"FrameTimeVector": [0, 100, 50]}, (100.0, 50.0, 50.0)),
     # a single frame needs no frame time: an implausible one is not used for the pulse rate
     (1, {"FrameTime": -66.7}, None),
     (1, {"FrameTime": 0.0667}, None),

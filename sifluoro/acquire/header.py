@@ -399,13 +399,21 @@ def _frame_time_ms(look: _Lookup) -> float | None:
     return value if value is not None and _plausible_ms(value) else None
 
 
+#: a step between frames longer than this many nominal intervals, and than PAUSE_MIN_MS, is the
+#: pedal released inside a stored run (beam off); shorter ones are frame-rate changes (DSA
+#: programs go from 4 to 0.5 frames/s: steps up to 2 s), counted in full
+PAUSE_STEPS = 3.0
+PAUSE_MIN_MS = 2000.0
+
+
 def _beam_intervals_ms(steps_ms) -> list[float]:
-    """The time each frame stands for, from the steps between frames: at most the run's
-    nominal interval (the median step), since a longer step is the pedal released within the
-    stored run (beam off); the last frame, with no step after it, is given the nominal one.
-    The lower median: of two steps, one a pause, the mean would count half the pause."""
+    """The time each frame stands for, from the steps between frames: the step to the next
+    frame, but a pause (beam off: see PAUSE_STEPS) counts the run's nominal interval (the lower
+    median step: of two steps, one a pause, the mean would count half the pause); the last
+    frame, with no step after it, is given the nominal interval."""
     nominal_ms = statistics.median_low(steps_ms)
-    return [min(step, nominal_ms) for step in steps_ms] + [nominal_ms]
+    pause_ms = max(PAUSE_STEPS * nominal_ms, PAUSE_MIN_MS)
+    return [nominal_ms if step > pause_ms else step for step in steps_ms] + [nominal_ms]
 
 
 def _timing(look: _Lookup, n: int, path: str):
