@@ -225,12 +225,18 @@ def _clock(times: list[datetime]):
 def _merge(reports: list[StudyDose]) -> StudyDose:
     # totals-only reports whose scope is the whole study are cumulative: the newest stands for
     # the others (reports of performed procedure steps add up)
-    whole = [r for r in reports if not r.events and r.scope == "study"]
-    if len(whole) > 1:
-        newest = max(whole, key=_made_at)
-        log.info("study dose: %d totals-only report(s) of Study scope superseded by the newest, %s",
-                 len(whole) - 1, newest.path)
-        reports = [r for r in reports if r is newest or all(r is not w for w in whole)]
+    # of one device (two devices of one study, a C-arm and a mobile unit, each give theirs)
+    by_device: dict[tuple[str, str, str], list[StudyDose]] = {}
+    for r in reports:
+        if not r.events and r.scope == "study":
+            d = r.device
+            by_device.setdefault((d.manufacturer, d.model, d.serial_number), []).append(r)
+    for whole in by_device.values():
+        if len(whole) > 1:
+            newest = max(whole, key=_made_at)
+            log.info("study dose: %d totals-only report(s) of Study scope superseded by the "
+                     "device's newest, %s", len(whole) - 1, newest.path)
+            reports = [r for r in reports if r is newest or all(r is not w for w in whole)]
     kept = []
     # of reports with the same events, the newest is kept (a correction sent again under a new
     # SOP Instance UID), whatever the files' names

@@ -340,3 +340,26 @@ def test_an_unknown_fluoroscopy_time_is_none_not_zero(tmp_path):
     assert s["fluoro_time_s"] is None and s["per_plane"][0]["fluoro_time_s"] is None
     assert s["air_kerma_mgy"] == pytest.approx(450.0) and s["acquisition_time_s"] == 0.0
     assert "unknown" in table([dose])
+
+
+def test_totals_only_reports_of_study_scope_from_two_devices_add(tmp_path):
+    """Each device's newest Study-scope report stands for its earlier ones, not for another
+    device's (a C-arm and a mobile unit in one study: 400 mGy were dropped, second review s12)."""
+    from pydicom.uid import generate_uid
+
+    from sifluoro.dose.summary import summarize
+    from tests.dose.rdsr_fixtures import uidref
+
+    uid = generate_uid()
+    for name, kerma, when, maker in (("carm", 250.0, "104500", "ACME Medical"),
+                                     ("mobile", 400.0, "101500", "Other Mobile")):
+        ds = build_rdsr([], accumulated={"single": {"dap_total": 10.0, "rp_total": kerma}},
+                        study_uid=uid, manufacturer=maker)
+        ds.ContentDate, ds.ContentTime = "20260304", when
+        item = coded(("113705", "DCM", "Scope of Accumulation"), ("113014", "DCM", "Study"),
+                     "HAS OBS CONTEXT")
+        item.ContentSequence = [uidref(("110180", "DCM", "Study Instance UID"), uid, "HAS PROPERTIES")]
+        ds.ContentSequence.insert(3, item)
+        save(ds, tmp_path / f"{name}.dcm")
+    (study,), _ = summarize([tmp_path])
+    assert study.summary()["air_kerma_mgy"] == pytest.approx(650.0)
