@@ -251,8 +251,9 @@ class StudyDose:
             "acquisition_time_s": round(self._sum("acquisition_time_s"), 6),
             "dose_source": self.dose_source or self.source,
             # events whose air kerma or DAP is unknown: left out of the totals, which are then
-            # lower bounds (unless null: nothing gives them)
-            "events_dose_unknown": events_dose_unknown(self.events),
+            # lower bounds (unless null: nothing gives them); a report's own accumulated totals
+            # are the device's whole count, whatever its events leave out
+            "events_dose_unknown": 0 if self.planes_from_report else events_dose_unknown(self.events),
             "srdl_exceeded": list(self.srdl_exceeded),
             "per_plane": [
                 {"plane": p.plane,

@@ -37,3 +37,19 @@ def test_a_study_whose_runs_all_have_a_dose_says_none_is_unknown(tmp_path):
     assert summary["runs_dose_unknown"] == 0 and "unknown dose" not in format_summary(summary)
     ds = pydicom.dcmread(tmp_path / "r.dcm")
     assert not [i for i in ds.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "121106"]
+
+
+def test_a_reports_own_totals_are_not_lower_bounds_when_its_events_lack_a_dose(tmp_path):
+    """Events with DAP only, the study's Dose (RP) Total in the accumulated container (some
+    C-arms compute Ka,r only for the study): the totals are the device's, not lower bounds."""
+    from tests.dose.rdsr_fixtures import Ev, build_rdsr, save
+
+    ds = build_rdsr([Ev(dap_gycm2=20.0, rp_mgy=300.0), Ev(dap_gycm2=10.0, rp_mgy=150.0)])
+    for item in ds.ContentSequence:
+        if item.ConceptNameCodeSequence[0].CodeValue == "113706":  # an event: drop its Dose (RP)
+            item.ContentSequence = [c for c in item.ContentSequence
+                                    if c.ConceptNameCodeSequence[0].CodeValue != "113738"]
+    save(ds, tmp_path / "in" / "r.dcm")
+    (study,), _ = summarize([tmp_path / "in"])
+    s = study.summary()
+    assert s["air_kerma_mgy"] == 450.0 and s["events_dose_unknown"] == 0
