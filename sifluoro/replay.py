@@ -119,7 +119,8 @@ def build_summary(study: Study, state, rejected: list[Rejection]) -> dict:
         # dose outside the frames, in the alerts, the SRDL check and the RDSR, not in the totals
         "unstored": _totals_dict(state.dose.unstored, events=len(state.dose.unstored_events)),
         # the study's whole dose: the frames, the frames lost, the exposures not stored
-        "study_dose": _totals_dict(*(state.dose.totals, state.dose.lost, state.dose.unstored)),
+        "study_dose": {**_totals_dict(state.dose.totals, state.dose.lost, state.dose.unstored),
+                       "dose_source": state.dose.study_source},
         "latency_ms": latency_summary(state.latencies_ms),
         "degraded_frames": state.degraded_frames,
         "no_picture_frames": state.no_picture_frames,

@@ -164,6 +164,9 @@ def test_a_run_refused_for_its_frame_timing_keeps_its_header_dose(tmp_path, vari
     assert summary["lost_frames"]["frames"] == 4
     assert summary["lost_frames"]["air_kerma_mgy"] == pytest.approx(800.0)
     assert summary["lost_frames"]["dap_gycm2"] == pytest.approx(40.0)
+    # the frames seen are estimated, the study's whole dose also holds the header's report
+    assert summary["dose_source"] == "estimated"
+    assert summary["study_dose"]["dose_source"] == "mixed"
 
 
 @pytest.mark.parametrize("storage", ["xa", "enhanced_xa"])

@@ -466,6 +466,12 @@ class DoseAccumulator:
         return _source(self.totals.sources)
 
     @property
+    def study_source(self) -> str:
+        """Like :attr:`source`, for the study's whole dose: the frames seen, the frames lost and
+        the exposures not stored."""
+        return _source(self.totals.sources | self.lost.sources | self.unstored.sources)
+
+    @property
     def runs_dose_unknown(self) -> int:
         """How many runs counted so far have an unknown air kerma or DAP (no reported dose and
         no technique to estimate it): the totals leave them out."""
