@@ -526,8 +526,7 @@ class DoseAccumulator:
                          events=events,
                          planes=tuple(totals_from_events(p, events)
                                       for p in sorted({e.plane for e in events} or {SINGLE_PLANE})),
-                         dose_source=_source(self.totals.sources | self.lost.sources
-                                             | self.unstored.sources),
+                         dose_source=self.study_source,
                          planes_from_report=False,
                          srdl_exceeded=self.srdl_exceeded)
 

@@ -223,9 +223,9 @@ def _clock(times: list[datetime]):
 
 
 def _merge(reports: list[StudyDose]) -> StudyDose:
-    # totals-only reports whose scope is the whole study are cumulative: the newest stands for
-    # the others (reports of performed procedure steps add up)
-    # of one device (two devices of one study, a C-arm and a mobile unit, each give theirs)
+    # totals-only reports whose scope is the whole study are cumulative: each device's newest
+    # stands for its others (a C-arm and a mobile unit in one study each give theirs; reports
+    # of performed procedure steps add up)
     by_device: dict[tuple[str, str, str], list[StudyDose]] = {}
     for r in reports:
         if not r.events and r.scope == "study":

@@ -295,7 +295,7 @@ class IgtlSink:
         self._last_tip_matrix: np.ndarray | None = None  # of the last frame, when it showed one
 
     def start(self, study: Study) -> None:
-        pass
+        self._last_tip_matrix = None  # a tip of the study before is not this one's to lose
 
     def _matrix(self, frame: Frame) -> np.ndarray:
         spacing = frame.pixel_spacing_xy_mm

@@ -371,7 +371,7 @@ class NeedleStage:
             length = float(np.linalg.norm(tip - base))
             u = (tip - base) / max(length, 1e-9)
             d = dot.xy - base
-            side_mm = abs(float(d[1] * u[0] - d[0] * u[1])) * g
+            side_mm = _across(d, u) * g
             back_mm = (length - float(d @ u)) * g
             if side_mm <= s.dot_line_side_mm and -1.0 <= back_mm <= s.dot_line_back_mm:
                 best, best_p = tip, f["prob"]
@@ -631,7 +631,7 @@ class NeedleStage:
             return False
         d = last - base
         along = float(d @ u)
-        return (abs(float(d[0] * u[1] - d[1] * u[0])) * ctx.spacing_mm <= s.track_margin_mm
+        return (_across(d, u) * ctx.spacing_mm <= s.track_margin_mm
                 and 0.0 <= along <= float((tip - base) @ u))
 
     def _confirmed(self, st: _StudyNeedle, ctx: _RunContext, tip: np.ndarray,
@@ -748,7 +748,7 @@ class NeedleStage:
             d = tip_w - c_base
             along = float(d @ v)
             beyond_mm = (length - along) * g
-            if (abs(float(d[0] * v[1] - d[1] * v[0])) * g <= s.further_side_mm
+            if (_across(d, v) * g <= s.further_side_mm
                     and along * g >= -2.0 and beyond_mm >= best_mm):
                 best, best_mm = c_tip, beyond_mm
         if best is None or st.finder.interval_score(tip_w, best) < s.follow_min_score:
@@ -1044,6 +1044,12 @@ def _same_geometry(a: Run, b: Run, spacing_b_mm: float, shape_b: tuple[int, int]
     spacing_a = float((a.pixel_spacing_xy_mm or (0.5, 0.5))[0])
     return (_same_view(a, b) and spacing_a == spacing_b_mm
             and (a.rows, a.columns) == tuple(shape_b))
+
+
+def _across(d: np.ndarray, u: np.ndarray) -> float:
+    """How far ``d`` (a vector from a point on a line) lies from the line of unit direction
+    ``u``, in the same units: the magnitude of their 2-D cross product."""
+    return abs(float(d[0] * u[1] - d[1] * u[0]))
 
 
 def _norm(v: np.ndarray) -> float:
