@@ -6,6 +6,7 @@ detector plane in mm unless a name says otherwise.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Callable, Iterator
 
 import numpy as np
@@ -110,6 +111,9 @@ class Run:
     pixel_offset: int | None = None
     pixel_intensity_sign: int | None = None
     pixel_intensity_relationship: str | None = None   # (0028,1040): LIN, LOG, DISP, OTHER
+    #: the run's start as its header gives it (wall clock; a UTC offset when given): matched
+    #: with a dose report's event times, which ``start_s`` (relative to the study) cannot be
+    started_at: datetime | None = None
     read_frames: Callable[["Run"], Iterator[np.ndarray]] | None = field(default=None, repr=False)
 
     @property

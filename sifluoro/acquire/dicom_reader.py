@@ -357,6 +357,7 @@ def run_from_dataset(ds: Dataset, path: str | Path) -> Run:
         bits_stored=fields.bits_stored,
         photometric=fields.photometric,
         start_s=fields.start_s,
+        started_at=fields.started_at,
         frame_offsets_s=fields.frame_offsets_s,
         frame_intervals_ms=fields.frame_intervals_ms,
         technique=fields.technique,

@@ -59,6 +59,7 @@ class HeaderFields:
     # (tag, reason) why the frames cannot be decoded though the header is usable (their dose
     # still counts)
     pixels_refused: tuple[str, str] | None = None
+    started_at: datetime | None = None  # ``start_s`` as the header's date and time
 
 
 class _Lookup:
@@ -224,6 +225,7 @@ def parse(ds: Dataset, path: str, *, pixel_bytes: int | None = None,
         bits_stored=bits_stored,
         photometric=photometric,
         start_s=None if start is None else start.timestamp(),
+        started_at=start,
         frame_offsets_s=offsets_s,
         frame_intervals_ms=intervals_ms,
         technique=technique,

@@ -7,19 +7,21 @@ one irradiation event (TID 10003) for the dose report written at study end.
 Where the numbers come from, per run, first found wins:
 
 1. a dose report (RDSR) of the study attached with :meth:`DoseAccumulator.use_report`, for
-   runs that its events reference (``"rdsr"``);
+   runs that its events cover: name, or match by time (``"rdsr"``);
 2. what the image header reports: per-frame values, else run totals (``"reported"``);
 3. the technique estimate of :mod:`sifluoro.dose.physics` (``"estimated"``);
 4. nothing (``"none"``): the run's frames add time but no dose.
 
-A report's events that name no image (fluoroscopy that was not stored, the bulk of a C-arm's
-dose) are the study's dose outside the frames: :attr:`DoseAccumulator.unstored`, in the alerts,
-the SRDL check and the study's irradiation events, not in the frames' counters.
+A report's events that cover no run received (fluoroscopy that was not stored, the bulk of a
+C-arm's dose; acquisitions sent elsewhere) are the study's dose outside the frames:
+:attr:`DoseAccumulator.unstored`, in the alerts, the SRDL check and the study's irradiation
+events, not in the frames' counters.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Iterable
 
 import numpy as np
@@ -146,12 +148,14 @@ class DoseAccumulator:
         self.alerts: list[DoseAlert] = []
         self._runs: dict[str, RunDose] = {}
         self._tallies: dict[str, _RunTally] = {}
-        # run SOP Instance UID -> the report's events that name it, with each event's frames
-        # over the distinct runs it names (its dose is spread over those frames)
+        self._report: dict[str, IrradiationEvent] = {}  # the device reports' events, by UID
+        # run SOP Instance UID -> the report's events given to it (_spread: event UID -> the
+        # known runs over whose frames its dose is spread)
         self._report_events: dict[str, list[IrradiationEvent]] = {}
-        # frames of every run known (announced to use_report or prepared): an event's dose is
-        # spread over the frames of the runs it names that are known
+        self._spread: dict[str, tuple[str, ...]] = {}
+        # frames and header start of every run known (announced to use_report or prepared)
         self._frames: dict[str, int] = {}
+        self._clock: dict[str, datetime | None] = {}
         self._srdl_fired: set[str] = set()
         self._last_frame: tuple[int, float] = (0, 0.0)  # index and time of the last frame added
         #: alerts that recounts raised (a late report): not tied to a frame being added
@@ -159,58 +163,56 @@ class DoseAccumulator:
         self.recounts = 0  # how many times counted frames were recounted
 
     def use_report(self, report: StudyDose, runs: Iterable[Run] = ()) -> list[DoseAlert]:
-        """Take run doses from a dose report of the study for the runs its events reference.
+        """Take run doses from a dose report of the study; its other events are
+        :attr:`unstored`.
 
-        Call with the study's ``runs`` (every run known so far). Events reference runs through
-        their Acquired Image items (SOP Instance UIDs); fluoroscopy that was not stored as
-        images has none. An event that references several runs (one instance per frame, say)
-        is shared among the frames of the runs it names that are known; when another of them
-        arrives, the share is worked out again and the runs counted so far are recounted. A run
-        already prepared or counted from its headers that the report names is recounted with
-        the report's dose (a device's report usually arrives at the end of the procedure);
-        returns the alerts the recount raised (also in :attr:`alerts`). Events that name no
-        image go into :attr:`unstored` (once per event UID; a later report's copy replaces it),
-        unless no event of the report names an image, or a run is known that no event names:
-        devices name no stored fluoroscopy loop in their events (none of the vendors' example
-        reports does), so such a run may be one of those events, and without the runs' absolute
-        times nothing tells them apart (counting both would count the loop twice).
+        Call with the study's ``runs`` (every run known so far). Each event of the report is
+        given to the known runs it covers (see :func:`_spread`): those its Acquired Image items
+        name; else, for an event that names no image (vendors name no stored fluoroscopy loop),
+        the runs no event names that started within its time, or, when times are missing, all
+        of them. Its dose is shared among the frames of those runs. An event covering no known
+        run goes into :attr:`unstored` (fluoroscopy not stored, an acquisition sent elsewhere),
+        until a run it covers arrives (:meth:`prepare`): then the runs are recounted. Runs
+        counted before the report are recounted with the report's dose (a device's report
+        usually arrives at the end of the procedure); returns the alerts the recount and the
+        unstored dose raised (also in :attr:`alerts`). An event is kept once per event UID; a
+        later report's copy replaces it.
         """
         for run in runs:
-            self._frames[run.sop_instance_uid] = max(1, run.n_frames)
-        named_here: set[str] = set()
-        unstored = dict(self._unstored)
-        # a report that names no image at all cannot tell the stored runs' events from the
-        # others: taking all as unstored would count the stored runs twice
-        names_images = any(e.sop_instance_uids for e in report.events)
-        if not names_images and report.events:
-            log.warning("the device's dose report names no image; its events are not added to "
-                        "the runs' dose (the study's dose may be short of unstored fluoroscopy)")
+            self._know(run)
         for event in report.events:
-            named = list(dict.fromkeys(event.sop_instance_uids))  # an instance named twice: once
-            if not named and names_images:
-                unstored[event.event_uid] = event
-            for uid in named:
-                held = self._report_events.setdefault(uid, [])
-                if any(e.event_uid == event.event_uid for e in held):
-                    continue  # the same event from another copy of the report: once
-                held.append(event)
-                named_here.update(named)
-        if unstored and self._unnamed_runs():
-            unstored = {}  # a stored loop and the event that made it would be counted twice
-        out = self._recount_all(named_here & self._runs.keys())
+            self._report[event.event_uid] = event
+        if report.events and not any(e.sop_instance_uids for e in report.events):
+            log.warning("the device's dose report names no image: its events are matched with the "
+                        "runs by time (all with all when times are missing)")
+        return self._attribute()
+
+    def _know(self, run: Run) -> None:
+        self._frames[run.sop_instance_uid] = max(1, run.n_frames)
+        self._clock[run.sop_instance_uid] = run.started_at
+
+    def _attribute(self) -> list[DoseAlert]:
+        """Give the report's events to the known runs they cover, the rest to :attr:`unstored`;
+        recount the runs whose share changed. Returns the alerts raised."""
+        spread = _spread(self._report.values(), self._frames, self._clock)
+        before = {uid: self._share(uid) for uid in self._runs}
+        self._spread = spread
+        self._report_events = {}
+        for e in self._report.values():
+            for uid in spread.get(e.event_uid, ()):
+                self._report_events.setdefault(uid, []).append(e)
+        out = self._recount_all([uid for uid, share in before.items() if self._share(uid) != share])
+        unstored = {uid: e for uid, e in self._report.items() if uid not in spread}
         if unstored != self._unstored:
             out += self._use_unstored(unstored)
         return out
 
-    def _unnamed_runs(self) -> list[str]:
-        """Known runs that no report event names (logged: the unstored dose is left out)."""
-        unnamed = [uid for uid in self._frames if uid not in self._report_events]
-        if unnamed:
-            log.warning("%d run(s) are named by no event of the device's dose report: they may be "
-                        "its events that name no image (stored fluoroscopy), so those events are "
-                        "not added to the study's dose (it may be short of unstored fluoroscopy)",
-                        len(unnamed))
-        return unnamed
+    def _share(self, uid: str) -> tuple:
+        """What a run's report dose depends on: its events and the frames each is shared by."""
+        return tuple((e, self._shared_frames(e)) for e in self._report_events.get(uid, ()))
+
+    def _shared_frames(self, e: IrradiationEvent) -> int:
+        return sum(self._frames.get(u, 0) for u in self._spread.get(e.event_uid, ()))
 
     def _use_unstored(self, events: dict[str, IrradiationEvent]) -> list[DoseAlert]:
         """Take ``events`` (a report's events naming no image) as :attr:`unstored`; return the
@@ -288,20 +290,18 @@ class DoseAccumulator:
 
     def prepare(self, run: Run) -> RunDose:
         """Work out a run's per-frame dose once (called before its first frame is needed).
-        Runs already prepared that share a report event with it are recounted (the event's
-        share per frame is known better now)."""
+        The report's events are given to the known runs again: runs already prepared that
+        share an event with it are recounted, and an unstored event it covers is its now."""
         uid = run.sop_instance_uid
         found = self._runs.get(uid)
         if found is not None:
             return found
-        newly_known = self._frames.get(uid) != max(1, run.n_frames)
-        self._frames[uid] = max(1, run.n_frames)
-        if self._unstored and self._unnamed_runs():  # a run after the report that it names not
-            self._use_unstored({})
+        newly_known = (self._frames.get(uid) != max(1, run.n_frames)
+                       or self._clock.get(uid) != run.started_at)
+        self._know(run)
+        if newly_known and self._report:  # the report's events may cover it, or now share it
+            self._attribute()
         dose = self._runs[uid] = self._derive(run)
-        if newly_known and uid in self._report_events:
-            sharing = {u for e in self._report_events[uid] for u in e.sop_instance_uids}
-            self._recount_all((sharing - {uid}) & self._runs.keys())
         return dose
 
     def _derive(self, run: Run) -> RunDose:
@@ -319,7 +319,7 @@ class DoseAccumulator:
             for e in events:
                 # over the frames of the named runs present (this one included); a named run
                 # that arrives later takes its share then, and the others are recounted
-                shared = sum(self._frames.get(u, 0) for u in dict.fromkeys(e.sop_instance_uids)) or n
+                shared = self._shared_frames(e) or n
                 kerma += (e.air_kerma_mgy or 0.0) / shared
                 dap += (e.dap_gycm2 or 0.0) / shared
             # a quantity none of the report's events gives is unknown, not 0
@@ -529,6 +529,69 @@ class DoseAccumulator:
                          dose_source=self.study_source,
                          planes_from_report=False,
                          srdl_exceeded=self.srdl_exceeded)
+
+
+#: a run that no event names and that started within this many seconds of an event's span
+#: (start to start + duration) may be that event's stored loop: an image header's and a dose
+#: report's clocks differ by a few seconds (as :data:`summary.OUTSIDE_REPORT_S`)
+MATCH_S = 10.0
+
+
+def _spread(events: Iterable[IrradiationEvent], frames: dict[str, int],
+            clock: dict[str, datetime | None]) -> dict[str, tuple[str, ...]]:
+    """Event UID -> the known runs (``frames``' keys) over whose frames its dose is spread.
+
+    An event whose Acquired Image items name known runs covers those. An event that names no
+    image covers the runs no event names that started within its time (:data:`MATCH_S`);
+    devices name no stored fluoroscopy loop. Runs that no event names and no timed event
+    covers share the events that name no image and give no time (when a run has no time
+    either, all the events naming no image that no run matched): nothing tells which is
+    which, and counting the runs and the events would count the runs twice. An event that
+    names only instances not received covers nothing (unstored) until one arrives.
+    """
+    out: dict[str, tuple[str, ...]] = {}
+    free = []  # events that name no image
+    for e in events:
+        runs = tuple(u for u in dict.fromkeys(e.sop_instance_uids) if u in frames)
+        if runs:
+            out[e.event_uid] = runs
+        elif not e.sop_instance_uids:
+            free.append(e)
+    named = {u for runs in out.values() for u in runs}
+    timed = [e for e in free if e.start is not None]
+    untimed = [e for e in free if e.start is None]
+    pool = []
+    for uid in (u for u in frames if u not in named):
+        at = clock.get(uid)
+        hit = _covering(timed, at) if at is not None else None
+        if hit is not None:
+            out[hit.event_uid] = out.get(hit.event_uid, ()) + (uid,)
+        elif at is None or untimed:
+            pool.append(uid)
+    if pool:
+        any_untimed_run = any(clock.get(u) is None for u in pool)
+        for e in free:
+            if e.event_uid not in out and (e.start is None or any_untimed_run):
+                out[e.event_uid] = tuple(pool)
+    return out
+
+
+def _covering(events: list[IrradiationEvent], at: datetime) -> IrradiationEvent | None:
+    """The event whose span (within :data:`MATCH_S`) holds ``at``, the nearest if several."""
+    best, best_gap = None, MATCH_S
+    for e in events:
+        since = _seconds(at, e.start)
+        gap = max(0.0, -since, since - event_duration_s(e))
+        if gap <= best_gap and (best is None or gap < best_gap):
+            best, best_gap = e, gap
+    return best
+
+
+def _seconds(a: datetime, b: datetime) -> float:
+    """a - b in seconds: as instants when both carry a UTC offset, else on the wall clock."""
+    if (a.tzinfo is None) != (b.tzinfo is None):
+        a, b = a.replace(tzinfo=None), b.replace(tzinfo=None)
+    return (a - b).total_seconds()
 
 
 def _source(sources: set[str]) -> str:

@@ -95,9 +95,9 @@ def test_the_engine_raises_the_srdl_of_a_late_report_of_unstored_fluoroscopy(tmp
     assert "srdl_air_kerma" in [a.kind for a in alerts]  # announced to the plug-in
 
 
-def test_a_report_that_names_no_image_adds_no_unstored_dose(tmp_path, caplog):
-    """Its events may be the stored runs' own: counted from the headers and again from the
-    report, the study's dose would be double."""
+def test_a_report_that_names_no_image_gives_its_events_to_the_runs(tmp_path, caplog):
+    """Its events may be the stored runs' own: counted from the headers and again as unstored,
+    the study's dose would be double; with no times, the runs share them (test_report_cover)."""
     folder, _ = unstored_study(tmp_path)
     study = read_study([folder])
     report = read_rdsr(folder / "rdsr.dcm")
@@ -106,6 +106,7 @@ def test_a_report_that_names_no_image_adds_no_unstored_dose(tmp_path, caplog):
     dose = DoseAccumulator(DoseSettings())
     assert dose.use_report(blind, study.runs) == [] and dose.unstored.air_kerma_mgy == 0.0
     assert "names no image" in caplog.text
+    assert dose.prepare(study.runs[0]).source == "rdsr"
 
 
 def test_a_stored_loop_the_report_does_not_name_is_not_counted_twice(tmp_path):

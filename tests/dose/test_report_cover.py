@@ -1,0 +1,146 @@
+"""Which runs a device report's events cover (second review s12, #1 and #3): an event naming
+only instances sifluoro never received, and events naming no image, are counted once, in the
+study's dose, as ``dose summary`` counts them."""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from datetime import timedelta
+
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+
+from sifluoro.acquire.dicom_reader import read_study
+from sifluoro.config import DoseSettings
+from sifluoro.dose.accumulate import DoseAccumulator, accumulate_study
+from sifluoro.dose.rdsr_read import read_rdsr
+from sifluoro.dose.summary import summarize
+from sifluoro.replay import replay
+from tests.dicom_fixtures import STUDY_START, RunSpec, technique, write_study
+from tests.dose.rdsr_fixtures import Ev, _item, acquired, build_rdsr, save
+
+
+def started(seconds: float):
+    """A DateTime Started item (an event's ``extra``), ``seconds`` after the study start."""
+    item = _item("CONTAINS", "DATETIME", ("111526", "DCM", "DateTime Started"))
+    item.DateTime = (STUDY_START + timedelta(seconds=seconds)).strftime("%Y%m%d%H%M%S")
+    return item
+
+
+def three_sources(folder, *, timed=True):
+    """Run 1 (named by an acquisition, 10 mGy), run 2 a stored loop at t = 60 s (header 3000
+    mGy) inside a fluoroscopy event that names no image (5-65 s, 3000 mGy), and an acquisition
+    of 4000 mGy naming an instance sifluoro never received. The study: 7010 mGy."""
+    paths = write_study(folder, [RunSpec(0.0, n_frames=3), RunSpec(60.0, n_frames=3, tech=technique(
+        reported_air_kerma_mgy=3000.0, reported_dap_gycm2=100.0))])
+    first = pydicom.dcmread(paths[0], stop_before_pixels=True)
+    when = (lambda s: [started(s)]) if timed else (lambda s: [])
+    events = [Ev(fluoro=False, dap_gycm2=1.0, rp_mgy=10.0, pulses=3,
+                 extra=when(0) + [acquired(first.SOPInstanceUID, first.SOPClassUID)]),
+              Ev(dap_gycm2=100.0, rp_mgy=3000.0, pulses=450, extra=when(5)),
+              Ev(fluoro=False, dap_gycm2=150.0, rp_mgy=4000.0, pulses=3,
+                 extra=when(90) + [acquired(generate_uid(), first.SOPClassUID)])]
+    save(build_rdsr(events, study_uid=first.StudyInstanceUID), folder / "rdsr.dcm")
+    return folder
+
+
+def test_an_event_naming_only_images_not_received_is_in_the_study_dose(tmp_path):
+    """It was counted nowhere: replay 3010 mGy (no SRDL), dose summary 7010."""
+    folder = three_sources(tmp_path / "study")
+    summary = replay([folder], events_path=tmp_path / "e.jsonl", summary_path=tmp_path / "s.json",
+                     rdsr_path=tmp_path / "out.dcm", stages=[]).summary
+    assert summary["study_dose"]["air_kerma_mgy"] == pytest.approx(7010.0)
+    assert summary["srdl_exceeded"] == ["air_kerma"]
+    assert summary["unstored"]["events"] == 1  # the acquisition sent elsewhere
+    assert read_rdsr(tmp_path / "out.dcm").air_kerma_mgy == pytest.approx(7010.0)
+    studies, _ = summarize([folder])
+    assert studies[0].air_kerma_mgy == pytest.approx(7010.0)  # the same as dose summary
+
+
+@pytest.mark.parametrize("timed", [True, False])
+def test_a_stored_loop_takes_the_fluoroscopy_event_whose_time_holds_it(tmp_path, timed):
+    """Without times, the runs no event names share the events that name no image."""
+    study = read_study([three_sources(tmp_path / "study", timed=timed)])
+    report = read_rdsr(tmp_path / "study" / "rdsr.dcm")
+    dose = accumulate_study(study, DoseSettings(), report=report)
+    loop = [e for e in dose.events() if e.air_kerma_mgy == pytest.approx(3000.0)]
+    assert len(loop) == 1 and loop[0].event_uid == report.events[1].event_uid  # once, the device's
+    assert dose.totals.air_kerma_mgy == pytest.approx(3010.0)
+    assert dose.unstored.air_kerma_mgy == pytest.approx(4000.0)
+
+
+def test_a_run_outside_every_event_keeps_its_own_dose_beside_them(tmp_path):
+    """A loop made after the report's events (t = 60 s; the fluoroscopy event at 200 s)."""
+    folder = three_sources(tmp_path / "study")
+    report = read_rdsr(folder / "rdsr.dcm")
+    moved = replace(report, events=tuple(
+        replace(e, start=e.start + timedelta(seconds=195)) if i == 1 else e
+        for i, e in enumerate(report.events)))
+    dose = accumulate_study(read_study([folder]), DoseSettings(), report=moved)
+    assert dose.unstored.air_kerma_mgy == pytest.approx(7000.0)
+    assert dose.totals.air_kerma_mgy == pytest.approx(3010.0)  # the loop's header
+
+
+def test_an_event_not_received_leaves_the_unstored_dose_when_its_run_arrives(tmp_path):
+    """The receiver and the Engine: the report first, then the run it names."""
+    paths = write_study(tmp_path / "study", [RunSpec(0.0, n_frames=3), RunSpec(30.0, n_frames=3)])
+    ds = [pydicom.dcmread(p, stop_before_pixels=True) for p in paths]
+    events = [Ev(fluoro=False, rp_mgy=10.0, extra=[acquired(d.SOPInstanceUID, d.SOPClassUID)])
+              for d in ds]
+    save(build_rdsr(events, study_uid=ds[0].StudyInstanceUID), tmp_path / "study" / "rdsr.dcm")
+    study = read_study([tmp_path / "study"])
+    dose = DoseAccumulator(DoseSettings())
+    dose.use_report(read_rdsr(tmp_path / "study" / "rdsr.dcm"), study.runs[:1])
+    assert dose.unstored.air_kerma_mgy == pytest.approx(10.0)
+    assert dose.prepare(study.runs[1]).source == "rdsr"
+    assert dose.unstored.air_kerma_mgy == 0.0 and dose.unstored_events == ()
+
+
+def test_a_report_that_names_no_image_gives_its_dose_to_the_runs(tmp_path):
+    """No image named and no times: the runs share the events (counted once, as dose summary
+    does); it was none of it (0.03 mGy beside 6020, no SRDL)."""
+    write_study(tmp_path / "study", [RunSpec(0.0, n_frames=3), RunSpec(30.0, n_frames=3)])
+    study = read_study([tmp_path / "study"])
+    events = [Ev(dap_gycm2=1.0, rp_mgy=10.0), Ev(dap_gycm2=1.0, rp_mgy=10.0),
+              Ev(dap_gycm2=400.0, rp_mgy=6000.0, pulses=9000)]
+    save(build_rdsr(events, study_uid=study.study_instance_uid), tmp_path / "study" / "rdsr.dcm")
+    summary = replay([tmp_path / "study"], events_path=tmp_path / "e.jsonl",
+                     summary_path=tmp_path / "s.json", stages=[]).summary
+    assert summary["study_dose"]["air_kerma_mgy"] == pytest.approx(6020.0)
+    assert summary["srdl_exceeded"] == ["air_kerma"]
+    assert summary["dose_source"] == "rdsr"
+    studies, _ = summarize([tmp_path / "study"])
+    assert studies[0].air_kerma_mgy == pytest.approx(6020.0)
+
+
+def test_the_vendor_report_with_stored_loops_counts_every_event_once(tmp_path, vendor_dir):
+    """Siemens' example: its acquisitions name images not received, 3 fluoroscopy events were
+    stored as loops (at their start times). Replay gave 1.55 mGy (5.36 before the previous fix);
+    the report's events sum to 14.01."""
+    import tests.dicom_fixtures as F
+
+    src = vendor_dir / "siemens_axiom_example_procedure.dcm"
+    report = read_rdsr(src)
+    loops = sorted((e for e in report.events if e.kind == "fluoroscopy" and e.air_kerma_mgy),
+                   key=lambda e: -e.air_kerma_mgy)[:3]
+    t0 = min(e.start for e in loops)
+    specs = [RunSpec((e.start - t0).total_seconds() + 0.5, n_frames=4, tech=technique(
+        reported_air_kerma_mgy=e.air_kerma_mgy, reported_dap_gycm2=e.dap_gycm2)) for e in loops]
+    original = F.STUDY_START
+    F.STUDY_START = t0
+    try:
+        F.write_study(tmp_path / "study", specs, study_uid=report.study_instance_uid)
+    finally:
+        F.STUDY_START = original
+    shutil.copy(src, tmp_path / "study" / "rdsr.dcm")
+    summary = replay([tmp_path / "study"], events_path=tmp_path / "e.jsonl",
+                     summary_path=tmp_path / "s.json", rdsr_path=tmp_path / "out.dcm",
+                     stages=[]).summary
+    every = sum(e.air_kerma_mgy or 0.0 for e in report.events)
+    assert summary["study_dose"]["air_kerma_mgy"] == pytest.approx(every)
+    assert summary["unstored"]["events"] == len(report.events) - 3
+    written = read_rdsr(tmp_path / "out.dcm")
+    assert sorted(e.event_uid for e in written.events) == sorted(e.event_uid for e in report.events)
+    assert json.loads((tmp_path / "s.json").read_text())["study_dose"]["air_kerma_mgy"] == pytest.approx(every)
