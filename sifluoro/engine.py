@@ -104,6 +104,11 @@ class DoseEvent:
     air_kerma_mgy: float
     dap_gycm2: float
     fluoro_time_s: float
+    #: the study's whole dose: with the frames lost and the exposures the device's report
+    #: gives outside the stored images (the alert levels count them); the frames' otherwise
+    study_air_kerma_mgy: float | None = None
+    study_dap_gycm2: float | None = None
+    study_fluoro_time_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -114,6 +119,13 @@ class AlertEvent:
     t_s: float
     kind: str
     message: str
+
+
+def _dose_event(index: int, t_s: float, dose: dict) -> DoseEvent:
+    """A frame event's ``dose`` (:meth:`DoseAccumulator.shown`) as a DoseEvent."""
+    keys = ("air_kerma_mgy", "dap_gycm2", "fluoro_time_s")
+    return DoseEvent(index, t_s, *(dose[k] for k in keys),
+                     *(dose.get(f"study_{k}", dose[k]) for k in keys))
 
 
 class Engine:
@@ -229,10 +241,8 @@ class Engine:
         self._recounts_seen = dose.recounts
         alerts, dose.recount_alerts = dose.recount_alerts, []
         self._state.alerts.extend(a.as_dict() for a in alerts)
-        totals = dose.totals
         index, t_s = dose.last_frame
-        self._call("dose", DoseEvent(index, t_s, totals.air_kerma_mgy, totals.dap_gycm2,
-                                     round(totals.fluoro_time_s, 6)))
+        self._call("dose", _dose_event(index, t_s, dose.shown()))
         for alert in alerts:
             self._call("alert", AlertEvent(alert.index, alert.t_s, alert.kind, alert.message))
 
@@ -304,9 +314,7 @@ class Engine:
         if contrast["state"] != self._contrast:
             self._contrast = contrast["state"]
             self._call("contrast", ContrastEvent(index, t_s, contrast["state"], contrast["confidence"]))
-        dose = event["dose"]
-        self._call("dose", DoseEvent(index, t_s, dose["air_kerma_mgy"], dose["dap_gycm2"],
-                                     dose["fluoro_time_s"]))
+        self._call("dose", _dose_event(index, t_s, event["dose"]))
         for alert in event.get("alerts", []):
             self._call("alert", AlertEvent(index, t_s, alert["kind"], alert["message"]))
         return frame_event

@@ -138,11 +138,16 @@ def draw_overlay(pixels: np.ndarray, photometric: str, event: dict, *, truth: di
     h = img.shape[0]
     step = int(cv2.getTextSize("Mg", cv2.FONT_HERSHEY_SIMPLEX, _font_scale(img), 1)[0][1] * 1.9)
     dose = event["dose"]
+
+    def shown(key: str) -> float:  # the study's whole dose when exposures not stored add to it
+        return dose.get(f"study_{key}", dose[key])
+
     state = event["contrast"]["state"]
     lines = [
         (title or f"frame {event['index']}  t={event['t_s']:.2f} s", COLOURS["truth"]),
-        (f"fluoro {dose['fluoro_time_s']:.1f} s   Ka,r {dose['air_kerma_mgy']:.2f} mGy   "
-         f"DAP {dose['dap_gycm2']:.3f} Gy.cm2", COLOURS["truth"]),
+        (f"fluoro {shown('fluoro_time_s'):.1f} s   Ka,r {shown('air_kerma_mgy'):.2f} mGy   "
+         f"DAP {shown('dap_gycm2'):.3f} Gy.cm2{' (study)' if 'study_air_kerma_mgy' in dose else ''}",
+         COLOURS["truth"]),
     ]
     unassessed = [s for s in ("needle", "contrast") if stages is not None and s not in stages]
     if "contrast" not in unassessed:

@@ -335,10 +335,7 @@ class Pipeline:
         """Count the frame's dose now (on arrival); its image work may come later or never."""
         t_s = self._clock()
         alerts = tuple(a.as_dict() for a in state.dose.add(frame))
-        totals = state.dose.totals
-        dose = {"air_kerma_mgy": totals.air_kerma_mgy, "dap_gycm2": totals.dap_gycm2,
-                "fluoro_time_s": round(totals.fluoro_time_s, 6)}
-        return Arrival(t_s, dose, alerts)
+        return Arrival(t_s, state.dose.shown(), alerts)
 
     def process_arrived(self, frame: Frame, state: StudyState, arrival: Arrival) -> dict[str, Any]:
         """The image work of a frame whose dose :meth:`account` counted; return its event."""

@@ -238,6 +238,32 @@ class DoseAccumulator:
         return out
 
     @property
+    def study_totals(self) -> DoseTotals:
+        """The study's whole dose so far: the frames seen, the frames lost and the exposures
+        the device reports outside the stored images (what the alert levels are compared with,
+        and what the clinician is shown beside the frames' own)."""
+        t, lost, u = self.totals, self.lost, self.unstored
+        return DoseTotals(t.air_kerma_mgy + lost.air_kerma_mgy + u.air_kerma_mgy,
+                          t.dap_gycm2 + lost.dap_gycm2 + u.dap_gycm2,
+                          t.fluoro_time_s + lost.fluoro_time_s + u.fluoro_time_s,
+                          t.acquisition_time_s + lost.acquisition_time_s + u.acquisition_time_s,
+                          t.sources | lost.sources | u.sources)
+
+    def shown(self) -> dict[str, float]:
+        """The cumulative dose a frame's event gives: the frames' (``air_kerma_mgy``,
+        ``dap_gycm2``, ``fluoro_time_s``), and the study's whole dose (``study_*``,
+        :attr:`study_totals`) when frames lost or exposures not stored add to it: an alert
+        raised by unstored dose must not stand beside a counter that leaves it out."""
+        t = self.totals
+        out = {"air_kerma_mgy": t.air_kerma_mgy, "dap_gycm2": t.dap_gycm2,
+               "fluoro_time_s": round(t.fluoro_time_s, 6)}
+        if self._unstored or self.lost_frames:
+            whole = self.study_totals
+            out.update(study_air_kerma_mgy=whole.air_kerma_mgy, study_dap_gycm2=whole.dap_gycm2,
+                       study_fluoro_time_s=round(whole.fluoro_time_s, 6))
+        return out
+
+    @property
     def unstored_events(self) -> tuple[IrradiationEvent, ...]:
         """The device report's events that name no image (their dose is :attr:`unstored`)."""
         return tuple(self._unstored.values())

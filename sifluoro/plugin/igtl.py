@@ -14,7 +14,8 @@ device name   type        content
                           when no contrast stage runs), whether the tip is seen
                           (``tip_visible``), tip-to-target mm,
                           cumulative dose (``air_kerma_mgy``, ``dap_gycm2``,
-                          ``fluoro_time_s``), alerts of the frame
+                          ``fluoro_time_s``; ``study_*`` too when exposures not
+                          stored add to the frames'), alerts of the frame
 ``Overlay``   IMAGE       the annotated frame, RGB ``uint8``
 ============  ==========  ==================================================================
 

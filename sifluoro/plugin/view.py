@@ -11,7 +11,8 @@ path               what
 ``/state.json``    ``{"seq", "index", "t_s", "dose": {"fluoro_time_s", "air_kerma_mgy",
                    "dap_gycm2"}, "contrast", "tip_to_target_mm", "alerts": [...], "ended",
                    "summary"}`` (``summary`` once the study ended; ``contrast`` is
-                   ``not_assessed`` when no contrast stage runs)
+                   ``not_assessed`` when no contrast stage runs; ``dose`` also holds
+                   ``study_*``, shown instead, when exposures not stored add to the frames')
 ``/frame.jpg``     the latest overlay frame (JPEG)
 ``/stream.mjpg``   the overlay frames as MJPEG (``multipart/x-mixed-replace``), for an ``<img>``
                    or a video player
@@ -234,8 +235,9 @@ let shown = 0;
 function render(s) {
   for (const key in DIGITS) {
     const cell = document.getElementById(key);
-    cell.dataset.value = String(s.dose[key]);
-    cell.textContent = s.dose[key].toFixed(DIGITS[key]);
+    const value = s.dose["study_" + key] ?? s.dose[key];  // the study's whole dose when given
+    cell.dataset.value = String(value);
+    cell.textContent = value.toFixed(DIGITS[key]);
   }
   document.getElementById("contrast").textContent = s.contrast.replace("_", "-");
   document.getElementById("tip_to_target_mm").textContent =

@@ -128,3 +128,31 @@ def test_a_stored_loop_the_report_does_not_name_is_not_counted_twice(tmp_path):
     assert late.unstored.air_kerma_mgy == pytest.approx(3000.0)
     late.prepare(study.runs[1])
     assert late.unstored.air_kerma_mgy == 0.0 and late.unstored_events == ()
+
+
+def test_the_dose_shown_holds_the_unstored_exposures_the_alerts_count(tmp_path):
+    """Beside a 6 Gy SRDL alert, the dose handler and each frame's event said 10 mGy (second
+    review s12 #8): they give the study's whole dose too (``study_*``)."""
+    from sifluoro import Engine, Settings
+
+    folder, path = unstored_study(tmp_path)
+    (folder / "rdsr.dcm").rename(tmp_path / "late.dcm")
+    engine = Engine(Settings(latency_budget_ms=1e9), stages=[])
+    shown = []
+    engine.on("dose", shown.append)
+    study = read_study([folder])
+    engine.prepare(study)
+    for frame in iter_frames(study, []):
+        engine.feed(frame)
+    assert shown[-1].study_air_kerma_mgy == shown[-1].air_kerma_mgy < 11.0
+    engine.prepare(read_study([tmp_path / "late.dcm"], study_uid=study.study_instance_uid))
+    frames = shown[-1].air_kerma_mgy
+    assert shown[-1].study_air_kerma_mgy == pytest.approx(6000.0 + frames)
+    assert shown[-1].study_fluoro_time_s == pytest.approx(1200.0 + shown[-1].fluoro_time_s)
+    engine.close()
+    # replay reads the report first: every frame's event gives the study's dose
+    (tmp_path / "late.dcm").rename(folder / "rdsr.dcm")
+    replay([folder], events_path=tmp_path / "e.jsonl", summary_path=tmp_path / "s.json", stages=[])
+    events = [json.loads(line) for line in (tmp_path / "e.jsonl").read_text().splitlines()]
+    assert all(e["dose"]["study_air_kerma_mgy"] == pytest.approx(6000.0 + e["dose"]["air_kerma_mgy"])
+               for e in events)
