@@ -77,7 +77,9 @@ def replay(inputs: Iterable[str | Path], *, events_path: str | Path, summary_pat
     count_lost(state, lost)
     summary = build_summary(study, state, rejected)
     if rdsr_path is not None and (state.frames or state.dose.lost_frames):
-        summary["rdsr"] = str(write_rdsr(study, state.dose, rdsr_path, settings=settings.dose))
+        written = write_rdsr(study, state.dose, rdsr_path, settings=settings.dose)
+        if written is not None:  # None: the device's report gives the dose of every run
+            summary["rdsr"] = str(written)
     write_json(summary_path, summary)
     return ReplayResult(summary, 0 if state.frames else 2, t_stream - t_start, t_end - t_stream)
 

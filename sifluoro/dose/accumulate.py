@@ -521,38 +521,57 @@ class DoseAccumulator:
         return tuple(_event(t, self.settings) for t in self._tallies.values())
 
     def events(self) -> tuple[IrradiationEvent, ...]:
-        """The study's irradiation events so far, as its RDSR reports them: :meth:`run_events`,
-        except that a run whose dose is the device report's is given by that report's
-        event(s), as the report gives them (its Irradiation Event UIDs, once each, also when
-        an event names several runs); then the report's events that name no image
-        (:attr:`unstored`). A dose registry holding the device's report and sifluoro's counts
-        the shared events once (by Irradiation Event UID), and sifluoro's report is the
-        device's plus the runs it does not cover."""
-        out: list[tuple[IrradiationEvent, bool]] = []  # (event, sifluoro's own)
+        """The study's irradiation events so far (its whole dose): :meth:`own_events`, then
+        the device report's events that give the dose of runs or cover none (:attr:`unstored`),
+        once each and as that report gives them."""
+        out = list(self.own_events())
         seen: set[str] = set()
         for tally in self._tallies.values():
             if tally.dose.source != "rdsr":
-                out.append((_event(tally, self.settings), True))
                 continue
             for e in self._report_events.get(tally.run.sop_instance_uid, ()):
                 if (e.dap_gycm2 is not None or e.air_kerma_mgy is not None) and e.event_uid not in seen:
                     seen.add(e.event_uid)
-                    out.append((e if e.dose_source != "none" else replace(e, dose_source="rdsr"), False))
-        out += [(e, False) for e in self._unstored.values() if e.event_uid not in seen]
-        planes = {e.plane for e, own in out if not own} - {SINGLE_PLANE}
-        if planes:  # beside a biplane device's events, the runs are the frontal plane's (A)
+                    out.append(e if e.dose_source != "none" else replace(e, dose_source="rdsr"))
+        return tuple(out + [e for e in self._unstored.values() if e.event_uid not in seen])
+
+    def own_events(self) -> tuple[IrradiationEvent, ...]:
+        """The irradiation events sifluoro reports itself (its RDSR): one per run counted
+        whose dose the device's report does not give. The device's events stay in the
+        device's report: an Irradiation Event UID names one event (PS3.3 C.7.6.1.1.7), and
+        a second description under it, short of what the reader does not keep (rotation,
+        fluoro mode, positioner), contradicts the first; under a new UID the exposure would
+        count twice. Beside a biplane device's report the runs are the frontal plane's (A)."""
+        own = [_event(t, self.settings) for t in self._tallies.values() if t.dose.source != "rdsr"]
+        planes = {e.plane for e in self._report.values()} - {SINGLE_PLANE}
+        if planes:
             plane = "A" if "A" in planes else min(planes)
-            return tuple(replace(e, plane=plane) if own else e for e, own in out)
-        return tuple(e for e, _ in out)
+            own = [replace(e, plane=plane) for e in own]
+        return tuple(own)
+
+    @property
+    def device_events(self) -> int:
+        """How many of the device report's events the study's dose holds (:meth:`events`
+        beyond :meth:`own_events`): left out of sifluoro's RDSR."""
+        return len(self.events()) - len(self.own_events())
+
+    def report_dose(self, study_instance_uid: str, device: Device) -> StudyDose:
+        """Like :meth:`study_dose`, with :meth:`own_events` only: what sifluoro's RDSR says."""
+        own = self.own_events()
+        return self._dose_of(own, _source({e.dose_source for e in own}), study_instance_uid,
+                             device)
 
     def study_dose(self, study_instance_uid: str, device: Device) -> StudyDose:
         """The study's dose so far as a :class:`StudyDose` (``source="images"``)."""
-        events = self.events()
+        return self._dose_of(self.events(), self.study_source, study_instance_uid, device)
+
+    def _dose_of(self, events: tuple[IrradiationEvent, ...], dose_source: str,
+                 study_instance_uid: str, device: Device) -> StudyDose:
         return StudyDose(study_instance_uid=study_instance_uid, source="images", device=device,
                          events=events,
                          planes=tuple(totals_from_events(p, events)
                                       for p in sorted({e.plane for e in events} or {SINGLE_PLANE})),
-                         dose_source=self.study_source,
+                         dose_source=dose_source,
                          planes_from_report=False,
                          srdl_exceeded=self.srdl_exceeded)
 

@@ -1,10 +1,10 @@
 """Write an X-Ray Radiation Dose SR (TID 10001 Projection X-Ray Radiation Dose) for a study.
 
-The document holds one TID 10002 Accumulated X-Ray Dose container per plane (single plane,
-unless a biplane device's events are in it) and one TID 10003 Irradiation Event X-Ray Data
-container per run, except that runs whose dose is a device report's are that report's events,
-with its event UIDs, and its events that name no image follow; built from highdicom's SR
-content items. Patient and study attributes are copied from the study's first image header, never
+The document holds one TID 10002 Accumulated X-Ray Dose container per plane (single plane;
+plane A beside a biplane device's report) and one TID 10003 Irradiation Event X-Ray Data
+container per run, except runs whose dose is a device report's: that report holds those
+events, and the ones that cover no run, and a Comment says they are left out; built from
+highdicom's SR content items. Patient and study attributes are copied from the study's first image header, never
 invented; the irradiating device's identity comes from the image headers too. Doses are
 written in DICOM units (Gy, Gy·m², s). What ``dciodvfy`` checks, tests check.
 """
@@ -53,8 +53,13 @@ TYPE2_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", 
 def write_rdsr(study: Study, dose: DoseAccumulator | StudyDose, path: str | Path, *,
                settings: DoseSettings | None = None, sop_instance_uid: str | None = None,
                series_instance_uid: str | None = None, content_datetime: datetime | None = None
-               ) -> Path:
+               ) -> Path | None:
     """Write the study's dose as an X-Ray Radiation Dose SR and return its path.
+
+    From a :class:`DoseAccumulator`, the report holds the events sifluoro observed
+    (:meth:`DoseAccumulator.own_events`): the device's own report's events stay in that report
+    (a Comment says how many are left out). When the device's report gives the dose of every
+    run, there is nothing to add to it: nothing is written and None is returned.
 
     Parameters
     ----------
@@ -74,7 +79,7 @@ def write_rdsr(study: Study, dose: DoseAccumulator | StudyDose, path: str | Path
 
     Returns
     -------
-    Path
+    Path or None
 
     Raises
     ------
@@ -84,10 +89,24 @@ def write_rdsr(study: Study, dose: DoseAccumulator | StudyDose, path: str | Path
     settings = settings or DoseSettings()
     if not study.runs:
         raise MissingAttributeError("the study has no run to report", tag="(0020,000D) StudyInstanceUID")
-    record = dose.study_dose(study.study_instance_uid, study.device) if isinstance(dose, DoseAccumulator) else dose
+    comment = None
+    if isinstance(dose, DoseAccumulator):
+        record = dose.report_dose(study.study_instance_uid, study.device)
+        if dose.device_events:
+            if not record.events:
+                log.info("the device's dose report gives the dose of every run: no RDSR of "
+                         "sifluoro's to add to it")
+                return None
+            # TID 10001 row 15: the report is not the study's whole dose
+            comment = (f"This report holds the irradiation events of the runs that the "
+                       f"device's own X-Ray Radiation Dose SR of this study does not give. Its "
+                       f"{dose.device_events} irradiation event(s) are in that report and are "
+                       "left out here: the accumulated totals are those of the events below.")
+    else:
+        record = dose
     headers = [pydicom.dcmread(run.path, stop_before_pixels=True) for run in study.runs]
     starts = {run.sop_instance_uid: _start(h, run.start_s, headers[0]) for run, h in zip(study.runs, headers)}
-    ds = build_rdsr_dataset(record, headers[0], study, starts,
+    ds = build_rdsr_dataset(record, headers[0], study, starts, comment=comment,
                             sop_instance_uid=sop_instance_uid or generate_uid(),
                             series_instance_uid=series_instance_uid or generate_uid(),
                             content_datetime=content_datetime or datetime.now())
@@ -116,6 +135,7 @@ def _start(header: Dataset, start_s: float, first: Dataset) -> datetime | None:
 
 def build_rdsr_dataset(record: StudyDose, first_image: Dataset, study: Study,
                        starts: dict[str, datetime | None], *, sop_instance_uid: str,
+                       comment: str | None = None,
                        series_instance_uid: str, content_datetime: datetime) -> Dataset:
     """The RDSR as a pydicom Dataset (with file meta), from a StudyDose and an image header."""
     device = record.device
@@ -152,7 +172,7 @@ def build_rdsr_dataset(record: StudyDose, first_image: Dataset, study: Study,
     ds.VerificationFlag = "UNVERIFIED"
     ds.PerformedProcedureCodeSequence = Sequence()
     ds.CurrentRequestedProcedureEvidenceSequence = _evidence(study)
-    root = content_tree(record, starts, study)
+    root = content_tree(record, starts, study, comment)
     for element in root:
         ds[element.tag] = element
     ds.file_meta = FileMetaDataset()
@@ -195,8 +215,10 @@ def _evidence(study: Study) -> Sequence:
     return Sequence([study_item])
 
 
-def content_tree(record: StudyDose, starts: dict[str, datetime | None], study: Study) -> Dataset:
-    """The root CONTAINER (TID 10001) with its content, as a highdicom content item."""
+def content_tree(record: StudyDose, starts: dict[str, datetime | None], study: Study,
+                 comment: str | None = None) -> Dataset:
+    """The root CONTAINER (TID 10001) with its content, as a highdicom content item; ``comment``
+    (TID 10001 row 15, one at most) says what the report leaves out."""
     CONTAINS, CONCEPT_MOD, OBS_CONTEXT, PROPERTIES = (
         "CONTAINS", "HAS CONCEPT MOD", "HAS OBS CONTEXT", "HAS PROPERTIES")
     root = hd.sr.ContainerContentItem(C.DCM.XRayRadiationDoseReport, template_id="10001")
@@ -224,12 +246,14 @@ def content_tree(record: StudyDose, starts: dict[str, datetime | None], study: S
         items.append(_event(event, start, sop_class))
     partial = events_dose_unknown(record.events)
     if partial and not unknown_totals(record.events, record.planes) >= {"dap_gycm2", "air_kerma_mgy"}:
-        # TID 10001 row 15 (Comment): CID 42 has no qualifier for a partial sum, and the
+        # TID 10001 row 15 (Comment, VM 1): CID 42 has no qualifier for a partial sum, and the
         # events themselves say "Value unknown"
-        items.append(hd.sr.TextContentItem(
-            codes.DCM.Comment, f"The accumulated dose totals leave out {partial} irradiation "
-            "event(s) whose Dose (RP) or Dose Area Product is unknown (Value unknown): the "
-            "totals are lower bounds.", CONTAINS))
+        comment = " ".join(x for x in (comment, (
+            f"The accumulated dose totals leave out {partial} irradiation event(s) whose Dose "
+            "(RP) or Dose Area Product is unknown (Value unknown): the totals are lower "
+            "bounds.")) if x)
+    if comment:
+        items.append(hd.sr.TextContentItem(codes.DCM.Comment, comment, CONTAINS))
     used = set().union(*(_sources(e) for e in record.events)) if record.events else set()
     # TID 10001 requires one: a study whose dose is wholly unknown keeps the image path's code
     for code in _source_codes(used) or [C.DCM.ComputedFromImageAttributes]:

@@ -217,15 +217,15 @@ def export_study(outbox: Outbox, study: Study, dose: DoseAccumulator, keys: list
     """Put the study's RDSR and the key frames (as SC) into ``outbox``; return their paths.
     ``stages``: the image stages that ran (the summary's), written on the key frames. No RDSR
     when the device's own report gives the dose of every run (the C-arm sends that one);
-    otherwise the RDSR reports the device's events under the device's event UIDs (see
-    :meth:`DoseAccumulator.events`), so a registry holding both counts them once.
+    otherwise the RDSR reports the runs that report does not cover, and leaves its events to it
+    (see :meth:`DoseAccumulator.own_events`), so a registry holding both counts each once.
 
     The RDSR goes first (the dose record matters most). What cannot be made (the RDSR, a key
     frame) is logged and described in ``errors`` and the rest is still queued; without
     ``errors`` an RDSR that cannot be made raises."""
     settings = settings or Settings()
     queued = []
-    if (dose.totals.sources | dose.lost.sources) == {"rdsr"}:
+    if dose.device_events and not dose.own_events():
         # every counted run's dose is the device's own report's, which the C-arm sends to the
         # PACS itself: sifluoro's would only repeat it
         log.info("study end: the device's RDSR gives the dose of every run; no second RDSR queued")
@@ -261,7 +261,7 @@ def _queue_rdsr(outbox: Outbox, study: Study, dose: DoseAccumulator, settings: S
     try:
         with tempfile.TemporaryDirectory(prefix="sifluoro-rdsr-") as tmp:
             rdsr = write_rdsr(study, dose, Path(tmp) / "rdsr.dcm", settings=settings.dose)
-            return [outbox.put_file(rdsr)]
+            return [outbox.put_file(rdsr)] if rdsr is not None else []
     except Exception as exc:
         if errors is None:
             raise

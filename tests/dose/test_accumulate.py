@@ -161,9 +161,10 @@ def test_rdsr_attached_to_accumulator_wins_for_its_runs(tmp_path):
         IrradiationEvent("1.2.3", "fluoroscopy", dap_gycm2=2.0, air_kerma_mgy=8.0,
                          sop_instance_uids=(study.runs[0].sop_instance_uid,)),), planes=())
     dose = accumulate_study(study, DoseSettings(), report=report)
-    assert dose.events()[0].air_kerma_mgy == pytest.approx(8.0)
-    assert dose.events()[0].dose_source == "rdsr"
-    assert dose.events()[1].dose_source == "estimated"
+    first, second = dose.run_events()
+    assert first.air_kerma_mgy == pytest.approx(8.0) and first.dose_source == "rdsr"
+    assert second.dose_source == "estimated"
+    assert dose.own_events() == (second,)  # sifluoro's RDSR: the run the report does not cover
     assert dose.source == "mixed"
 
 
@@ -182,8 +183,9 @@ def test_an_rdsr_event_that_references_several_runs_is_shared_among_their_frames
     assert dose.totals.air_kerma_mgy == pytest.approx(12.0)
     assert dose.totals.dap_gycm2 == pytest.approx(1.2)
     assert [e.air_kerma_mgy for e in dose.run_events()] == pytest.approx([8.0, 4.0])
-    # the study's events (its RDSR): the device's event once, under its own UID (review s12 #5)
+    # the study's events: the device's event once, under its own UID; none is sifluoro's own
     assert [(e.event_uid, e.air_kerma_mgy) for e in dose.events()] == [("1.2.3", pytest.approx(12.0))]
+    assert dose.own_events() == () and dose.device_events == 1
     assert dose.source == "rdsr"
 
 

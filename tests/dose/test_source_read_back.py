@@ -32,10 +32,12 @@ def test_sifluoros_estimates_and_header_doses_read_back_as_such(tmp_path):
 
 def test_the_device_events_in_sifluoros_report_stay_the_devices(tmp_path):
     folder, _ = unstored_study(tmp_path)
-    replay([folder], events_path=tmp_path / "e.jsonl", summary_path=tmp_path / "s.json",
-           rdsr_path=tmp_path / "r.dcm", stages=[])
-    assert [e.dose_source for e in read_rdsr(tmp_path / "r.dcm").events] == ["rdsr", "rdsr"]
-    # a run the device's report does not name is sifluoro's estimate beside the device's event
+    summary = replay([folder], events_path=tmp_path / "e.jsonl", summary_path=tmp_path / "s.json",
+                     rdsr_path=tmp_path / "r.dcm", stages=[]).summary
+    # the device's report covers every run: sifluoro has nothing to add to it (review s12 #5)
+    assert "rdsr" not in summary and not (tmp_path / "r.dcm").exists()
+    # a run the device's report does not name is sifluoro's estimate; the device's event stays
+    # in the device's report
     paths = write_study(tmp_path / "two", [RunSpec(0.0, n_frames=3), RunSpec(30.0, n_frames=3)])
     first = pydicom.dcmread(paths[0], stop_before_pixels=True)
     save(build_rdsr([Ev(dap_gycm2=1.0, rp_mgy=10.0,
@@ -44,8 +46,8 @@ def test_the_device_events_in_sifluoros_report_stay_the_devices(tmp_path):
     replay([tmp_path / "two"], events_path=tmp_path / "e2.jsonl", summary_path=tmp_path / "s2.json",
            rdsr_path=tmp_path / "r2.dcm", stages=[])
     report = read_rdsr(tmp_path / "r2.dcm")
-    assert [e.dose_source for e in report.events] == ["rdsr", "estimated"]
-    assert report.dose_source == "mixed"
+    assert [e.dose_source for e in report.events] == ["estimated"]
+    assert report.dose_source == "estimated"
 
 
 def test_the_registry_stores_an_estimated_report_as_estimated(tmp_path):

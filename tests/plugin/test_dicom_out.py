@@ -314,33 +314,47 @@ def test_a_run_of_unknown_dose_the_device_report_misses_still_gets_an_rdsr(tmp_p
         assert len(queued) == (0 if covered else 1)
 
 
-def test_a_mixed_export_reports_the_devices_events_under_the_devices_uids(tmp_path):
-    """Run 1's dose is the device report's, run 2's estimated: sifluoro's RDSR repeated run 1
-    under an event UID of its own, so a dose registry holding both reports counted it twice
-    (review s12 #5). Now it carries the device's event under the device's UID, plus run 2:
-    the device's report and more."""
+def test_a_mixed_export_leaves_the_devices_events_to_the_devices_report(tmp_path):
+    """Run 1's dose is the device report's, run 2's estimated. sifluoro's RDSR carried the
+    device's events under the device's UIDs, rewritten with less content (a rotational
+    acquisition as stationary, pulsed fluoroscopy as continuous, another start time): one
+    Irradiation Event UID, two descriptions (review s12 #5). Now it holds run 2 alone, says in
+    a Comment that the device's events are in the device's report, and shares no event UID."""
+    from pathlib import Path
+
     from sifluoro.acquire.dicom_reader import read_study
     from sifluoro.config import Settings
     from sifluoro.dose.accumulate import accumulate_study
     from sifluoro.dose.rdsr_read import read_rdsr
-    from sifluoro.dose.summary import device_report
+    from sifluoro.dose.summary import device_report, summarize
     from sifluoro.plugin.keyframes import export_study
     from sifluoro.plugin.outbox import Outbox
-    from tests.dicom_fixtures import RunSpec, write_study
     from tests.dose.rdsr_fixtures import Ev, acquired, build_rdsr, save
+    from tests.dicom_fixtures import RunSpec, write_study
+    from tests.dose.test_report_cover import started
 
     paths = write_study(tmp_path / "study", [RunSpec(0.0, n_frames=3), RunSpec(30.0, n_frames=3)])
     first = pydicom.dcmread(paths[0], stop_before_pixels=True)
-    path = save(build_rdsr([Ev(dap_gycm2=1.0, rp_mgy=10.0,
-                               extra=[acquired(first.SOPInstanceUID, first.SOPClassUID)])],
-                           study_uid=first.StudyInstanceUID), tmp_path / "study" / "rdsr.dcm")
+    events = [Ev(fluoro=False, dap_gycm2=1.0, rp_mgy=10.0,
+                 extra=[acquired(first.SOPInstanceUID, first.SOPClassUID)]),
+              Ev(dap_gycm2=400.0, rp_mgy=6000.0, pulses=9000, extra=[started(100.0)])]  # not run 2
+    path = save(build_rdsr(events, study_uid=first.StudyInstanceUID), tmp_path / "study" / "rdsr.dcm")
     study = read_study([tmp_path / "study"])
     dose = accumulate_study(study, Settings().dose, report=device_report(study, []))
     assert dose.totals.sources == {"rdsr", "estimated"}
     (queued,) = export_study(Outbox(tmp_path / "outbox"), study, dose, [])
     mine, device = read_rdsr(queued), read_rdsr(path)
-    device_uids = {e.event_uid for e in device.events}
-    assert device_uids < {e.event_uid for e in mine.events} and len(mine.events) == 2
-    (own,) = [e for e in mine.events if e.event_uid not in device_uids]
+    (own,) = mine.events
+    assert own.event_uid not in {e.event_uid for e in device.events}
     assert own.sop_instance_uids == (study.runs[1].sop_instance_uid,)
-    assert mine.air_kerma_mgy == pytest.approx(device.air_kerma_mgy + own.air_kerma_mgy)
+    assert mine.air_kerma_mgy == pytest.approx(own.air_kerma_mgy)
+    ds = pydicom.dcmread(queued)
+    (comment,) = [i.TextValue for i in ds.ContentSequence
+                  if i.ConceptNameCodeSequence[0].CodeValue == "121106"]
+    assert "2 irradiation event(s) are in that report" in comment
+    # both reports together: each exposure once
+    (tmp_path / "both").mkdir()
+    for name, p in (("mine.dcm", queued), ("device.dcm", path)):
+        (tmp_path / "both" / name).write_bytes(Path(p).read_bytes())
+    studies, _ = summarize([tmp_path / "both"])
+    assert studies[0].air_kerma_mgy == pytest.approx(6010.0 + own.air_kerma_mgy)
