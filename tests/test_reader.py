@@ -202,6 +202,29 @@ def test_a_frame_rate_change_inside_a_run_is_beam_time_not_a_pause(tmp_path):
     assert sum(run.frame_intervals_ms[:-1]) == pytest.approx(12_000.0)
 
 
+def test_a_two_frame_run_counts_its_one_step_once(tmp_path):
+    """Two frames 12 s apart: the one step is the run's nominal interval, and the last frame
+    was given it again (24 s for 12 s, and a continuous-mode estimate of 24 s of beam; second
+    review s12 #9). The last frame now stands for at most PAUSE_MIN_MS; a short step counts as
+    before."""
+    from sifluoro.acquire.header import PAUSE_MIN_MS
+
+    for name, step_ms, counted_ms in (("pause", 12_000.0, 12_000.0 + PAUSE_MIN_MS),
+                                      ("short", 133.333, 2 * 133.333)):
+        write_study(tmp_path / name, [RunSpec(0.0, n_frames=2, frame_time_vector_ms=[0.0, step_ms],
+                                              tech=technique(pulse_width_ms=None, radiation_setting="GR"))])
+        study = read_study([tmp_path / name])
+        (run,) = study.runs
+        assert sum(run.frame_intervals_ms) == pytest.approx(counted_ms)
+        dose = accumulate_study(study, DoseSettings())
+        assert dose.totals.acquisition_time_s == pytest.approx(counted_ms / 1000.0)
+        if name == "pause":  # continuous beam estimated over the time counted, not 2 x 12 s
+            per_s = dose.totals.air_kerma_mgy / dose.totals.acquisition_time_s
+        else:
+            short_per_s = dose.totals.air_kerma_mgy / dose.totals.acquisition_time_s
+    assert per_s == pytest.approx(short_per_s, rel=1e-6)
+
+
 def test_pulsed_7_5_per_s_uses_frame_time_not_integer_cine_rate(tmp_path):
     paths = write_study(tmp_path, [RunSpec(0.0, n_frames=8, frame_time_ms=133.333)])
     import pydicom

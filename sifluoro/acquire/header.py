@@ -412,10 +412,13 @@ def _beam_intervals_ms(steps_ms) -> list[float]:
     """The time each frame stands for, from the steps between frames: the step to the next
     frame, but a pause (beam off: see PAUSE_STEPS) counts the run's nominal interval (the lower
     median step: of two steps, one a pause, the mean would count half the pause); the last
-    frame, with no step after it, is given the nominal interval."""
+    frame, with no step after it, is given the nominal interval. Of two frames the one step is
+    the nominal: the last frame gets at most PAUSE_MIN_MS (a pause in it counted once, not
+    twice)."""
     nominal_ms = statistics.median_low(steps_ms)
     pause_ms = max(PAUSE_STEPS * nominal_ms, PAUSE_MIN_MS)
-    return [nominal_ms if step > pause_ms else step for step in steps_ms] + [nominal_ms]
+    last_ms = min(nominal_ms, PAUSE_MIN_MS) if len(steps_ms) == 1 else nominal_ms
+    return [nominal_ms if step > pause_ms else step for step in steps_ms] + [last_ms]
 
 
 def _timing(look: _Lookup, n: int, path: str):

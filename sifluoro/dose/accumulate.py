@@ -374,7 +374,11 @@ class DoseAccumulator:
         return dose
 
     def _estimate(self, run: Run) -> tuple[float, float] | None:
-        interval = run.frame_intervals_ms[0] if run.frame_intervals_ms else 0.0
+        # the same per-frame dose for every frame: the mean of the times they stand for, so
+        # the dose follows the time counted (a run whose frame rate changes)
+        intervals = run.frame_intervals_ms
+        interval = (intervals[0] if len(set(intervals)) == 1
+                    else sum(intervals) / len(intervals) if intervals else 0.0)
         return estimate_frame_dose(run.technique, rows=run.rows, columns=run.columns,
                                    frame_interval_ms=interval, n_frames=max(1, run.n_frames),
                                    settings=self.settings, device=run.device)
