@@ -128,16 +128,30 @@ WHAT_IS_WRONG = {
 def test_unusable_per_frame_times_are_named_and_acquisition_duration_gives_the_timing(
         tmp_path, caplog, variant):
     """Per-frame times present but unusable: the warning says what is wrong with them, naming
-    the frames, and (0018,9073) AcquisitionDuration over the 3 frame steps gives the timing."""
+    the frames, and (0018,9073) AcquisitionDuration over the 4 frames gives the timing."""
     (path,) = write_study(tmp_path, [RunSpec(0.0, n_frames=4, storage="enhanced_xa")])
     _per_frame_times(path, variant, duration_s=0.6)
     study = read_study([tmp_path])
     assert study.rejected == ()
     (run,) = study.runs
-    assert run.frame_intervals_ms == pytest.approx((200.0,) * 4)
-    assert run.frame_offsets_s == pytest.approx((0.0, 0.2, 0.4, 0.6))
-    assert "(0018,9073) AcquisitionDuration / 3 frame steps: 200 ms" in caplog.text
+    assert run.frame_intervals_ms == pytest.approx((150.0,) * 4)
+    assert run.frame_offsets_s == pytest.approx((0.0, 0.15, 0.3, 0.45))
+    assert "(0018,9073) AcquisitionDuration / 4 frames: 150 ms" in caplog.text
     assert WHAT_IS_WRONG[variant] in caplog.text
+
+
+@pytest.mark.parametrize("n_frames", [2, 8])
+def test_acquisition_duration_reads_back_as_sifluoros_writer_writes_it(tmp_path, n_frames):
+    """The writer gives AcquisitionDuration as n x FrameTime (the complete acquisition, PS3.3
+    C.8.19.3); the reader took it over n - 1 steps: 152.4 ms frames for 133.3 over 8 frames,
+    twice the time over 2 (second review s12 #10). Read back, the frame time is the written one."""
+    (path,) = write_study(tmp_path, [RunSpec(0.0, n_frames=n_frames, storage="enhanced_xa")])
+    written = float(pydicom.dcmread(path).AcquisitionDuration)
+    assert written == pytest.approx(n_frames * 0.133333, rel=1e-4)
+    _per_frame_times(path, "to_the_second", duration_s=written)  # the duration the only timing
+    (run,) = read_study([tmp_path]).runs
+    assert run.frame_intervals_ms == pytest.approx((133.333,) * n_frames, rel=1e-4)
+    assert sum(run.frame_intervals_ms) / 1000.0 == pytest.approx(written)
 
 
 @pytest.mark.parametrize("variant", sorted(WHAT_IS_WRONG))

@@ -425,7 +425,7 @@ def _timing(look: _Lookup, n: int, path: str):
     """Frame offsets since the run start (s), frame intervals (ms) and the run start.
 
     Sources, first usable wins: FrameTimeVector, FrameTime, per-frame datetimes,
-    AcquisitionDuration / (n - 1) (taken as first frame to last). One whose steps are not all
+    AcquisitionDuration / n (the complete acquisition: the last frame's own time included). One whose steps are not all
     plausible (:data:`FRAME_TIME_RANGE_MS`) is skipped with a warning naming it, so a run keeps
     its frames when another source gives its timing; with none usable, the error names the
     implausible tag, or says what is wrong with the per-frame times (a run's fluoroscopy time
@@ -466,8 +466,8 @@ def _timing(look: _Lookup, n: int, path: str):
                      or look.float("AveragePulseWidth") or 0.0)
         offsets, intervals = [0.0], [single_ms]
     elif duration_ms is not None:
-        log.warning("%s: frame timing from %s / %d frame steps: %g ms%s", path,
-                    tag_name("AcquisitionDuration"), n - 1, duration_ms,
+        log.warning("%s: frame timing from %s / %d frames: %g ms%s", path,
+                    tag_name("AcquisitionDuration"), n, duration_ms,
                     f" ({per_frame_problem})" if per_frame_problem else "")
         per_frame_problem = None
         offsets = [k * duration_ms / 1000.0 for k in range(n)]
@@ -552,13 +552,14 @@ def _per_frame_times(look: _Lookup, n: int) -> tuple[list[float] | None, str | N
 
 
 def _duration_interval_ms(look: _Lookup, n: int) -> float | None:
-    """(0018,9073) AcquisitionDuration (s) over the run's n - 1 frame steps, when plausible.
-    The duration may also hold the last frame's own time (n steps): n - 1 gives the longer
-    interval, so the fluoroscopy time is not understated."""
+    """(0018,9073) AcquisitionDuration (s) over the run's n frames, when plausible: "the time
+    needed for the complete acquisition" (PS3.3 C.8.19.3) holds the last frame's own time, as
+    sifluoro's Enhanced XA writer gives it (last frame's offset + frame time), so the time
+    counted is the duration (over n - 1 steps it was n/(n - 1) of it)."""
     duration_s = look.float("AcquisitionDuration")
     if duration_s is None or n < 2:
         return None
-    interval_ms = duration_s * 1000.0 / (n - 1)
+    interval_ms = duration_s * 1000.0 / n
     return interval_ms if _plausible_ms(interval_ms) else None
 
 
