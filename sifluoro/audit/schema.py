@@ -37,7 +37,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from sifluoro.errors import ConfigError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 class Base(DeclarativeBase):
@@ -247,6 +247,24 @@ def _v4(conn: Connection) -> None:
             f"plane_totals p WHERE p.study_id = studies.id AND p.{column} > 0)")
 
 
+#: the plane dose totals of each time total's kind (frozen, as _NULLABLE_TIMES)
+_TIME_DOSES = {"fluoro_time_s": ("fluoro_dap_gycm2", "fluoro_air_kerma_mgy"),
+               "acquisition_time_s": ("acquisition_dap_gycm2", "acquisition_air_kerma_mgy")}
+
+
+def _v5(conn: Connection) -> None:
+    """What version 4 missed: a study with no events (a totals-only report) whose planes give
+    a dose of the kind but no time stored 0 s for it; it becomes NULL, as an ingest stores it
+    now (second review s12 #11). Version 4 applied stays as it was."""
+    for column, doses in _TIME_DOSES.items():
+        planes = "FROM plane_totals p WHERE p.study_id = studies.id"
+        conn.exec_driver_sql(
+            f"UPDATE studies SET {column} = NULL WHERE {column} = 0 AND NOT EXISTS (SELECT 1 "
+            "FROM irradiation_events e WHERE e.study_id = studies.id) AND NOT EXISTS (SELECT 1 "
+            f"{planes} AND p.{column} > 0) AND EXISTS (SELECT 1 {planes} AND "
+            f"(p.{doses[0]} > 0 OR p.{doses[1]} > 0))")
+
+
 def _rebuild_sqlite_studies(conn: Connection, name: str = "studies_v3") -> None:
     """SQLite cannot drop a NOT NULL: the table is rebuilt (SQLite's own procedure: a new table,
     the rows copied, the old one dropped and the new one renamed; foreign keys are off for the
@@ -268,7 +286,8 @@ def _rebuild_sqlite_studies(conn: Connection, name: str = "studies_v3") -> None:
         index.create(conn)
 
 
-MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _v1), (2, _v2), (3, _v3), (4, _v4)]
+MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _v1), (2, _v2), (3, _v3), (4, _v4),
+                                                                (5, _v5)]
 
 
 def open_registry(url: str) -> Engine:

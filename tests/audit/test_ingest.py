@@ -623,7 +623,7 @@ def test_a_version_1_postgresql_registry_is_widened_in_place(postgres):
                for c in inspect(engine).get_columns(t)}
     assert {(t, c): columns[(t, c)] for t, c, _ in _WIDENED} == {(t, c): k for t, c, k in _WIDENED}
     with engine.connect() as conn:
-        assert conn.execute(select(SchemaVersion.version)).scalars().all() == [1, 2, 3, 4]
+        assert conn.execute(select(SchemaVersion.version)).scalars().all() == list(range(1, SCHEMA_VERSION + 1))
     engine.dispose()
 
 
@@ -686,7 +686,7 @@ def test_a_version_2_registry_keeps_its_rows_and_stores_unknown_totals_as_null(d
     _back_to_version_2(engine)
     engine = open_registry(db_url)
     with engine.connect() as conn:
-        assert conn.execute(select(SchemaVersion.version)).scalars().all() == [1, 2, 3, 4]
+        assert conn.execute(select(SchemaVersion.version)).scalars().all() == list(range(1, SCHEMA_VERSION + 1))
         kerma = sorted(conn.execute(select(StudyRow.air_kerma_mgy)).scalars(), key=str)
         dap = sorted(conn.execute(select(StudyRow.dap_gycm2)).scalars())
         planes = sorted(conn.execute(select(PlaneRow.air_kerma_mgy)).scalars(), key=str)
@@ -859,10 +859,17 @@ def _back_to_version_3(engine) -> None:
 
 def test_an_unknown_fluoroscopy_time_is_null_and_a_version_3_registry_is_migrated(db_url, tmp_path):
     """A report that gives no fluoroscopy time and events without one: 0.0 s went into the
-    registry's medians (review s12 #13). It is NULL; version 4 turns such stored 0s into NULL
-    and keeps the rest (a timed study keeps its time)."""
+    registry's medians (review s12 #13). It is NULL; versions 4 and 5 turn such stored 0s into
+    NULL (5: a totals-only study, which 4 missed) and keep the rest (a timed study keeps its
+    time)."""
     _untimed_report(tmp_path / "in" / "untimed")
     write_study(tmp_path / "in" / "timed", [RunSpec(0.0, n_frames=5)])
+    from tests.dose.rdsr_fixtures import build_rdsr, save
+
+    # totals only: a fluoroscopy dose and no time (version 4 left its 0; second review s12 #11)
+    save(build_rdsr([], accumulated={"single": {"dap_total": 12.0, "rp_total": 90.0,
+                                                "fl_dap": 12.0, "fl_rp": 90.0}}),
+         tmp_path / "in" / "totals" / "r.dcm")
     ingest([tmp_path / "in"], db_url)
     engine = open_registry(db_url)
     before = _counts(engine)
@@ -872,12 +879,13 @@ def test_an_unknown_fluoroscopy_time_is_null_and_a_version_3_registry_is_migrate
             return sorted(conn.execute(select(StudyRow.fluoro_time_s, StudyRow.air_kerma_mgy)).all(),
                           key=lambda r: r[1])
 
-    timed, untimed = times()
+    timed, totals, untimed = times()
     assert untimed == (None, pytest.approx(450.0)) and timed[0] > 0
+    assert totals == (None, pytest.approx(90.0))
     _back_to_version_3(engine)
     engine = open_registry(f"{db_url}")
-    assert times()[1][0] is None and times()[0][0] == pytest.approx(timed[0])
+    assert [t for t, _ in times()] == [pytest.approx(timed[0]), None, None]
     assert _counts(engine) == before
     with engine.connect() as conn:
-        assert conn.execute(select(SchemaVersion.version)).scalars().all() == [1, 2, 3, 4]
+        assert conn.execute(select(SchemaVersion.version)).scalars().all() == list(range(1, SCHEMA_VERSION + 1))
     engine.dispose()
