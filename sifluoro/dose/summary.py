@@ -142,12 +142,14 @@ def with_runs_outside(report: StudyDose, runs: list[Run], settings: DoseSettings
     from sifluoro.acquire.dicom_reader import order_runs
 
     named = {uid for e in report.events for uid in e.sop_instance_uids}
-    starts = {r.sop_instance_uid: r.start_s for r in runs}
+    # the header's own date and time: a timestamp turned back into wall-clock time moves a run
+    # started in the spring-forward hour an hour later (out of the report's span)
+    starts = {r.sop_instance_uid: r.started_at for r in runs}
     rest = [r for r in runs if r.sop_instance_uid not in named]
     if not rest:
         return report
     ordered = order_runs(rest, [])
-    events = [replace(e, start=_run_start(starts.get(e.sop_instance_uids[0])))
+    events = [replace(e, start=starts.get(e.sop_instance_uids[0]))
               for e in accumulate_study(Study(report.study_instance_uid, tuple(ordered)),
                                         settings).events()]
     extra = _outside_report(report, events)
@@ -158,14 +160,6 @@ def with_runs_outside(report: StudyDose, runs: list[Run], settings: DoseSettings
     if not extra:
         return report
     return _with_extra(report, extra, "the images", [])
-
-
-def _run_start(start_s: float | None) -> datetime | None:
-    """A run's start as read (:func:`header.run_start`'s timestamp) as a naive wall-clock time,
-    as the report reader gives its events' starts."""
-    if start_s is None or start_s != start_s:
-        return None
-    return datetime.fromtimestamp(start_s)
 
 
 def _with_extra(merged: StudyDose, extra: tuple[IrradiationEvent, ...], what: str,

@@ -143,3 +143,30 @@ def test_the_vendor_report_with_stored_loops_counts_every_event_once(tmp_path, v
     assert summary["unstored"]["events"] == len(report.events) - 3
     assert not (tmp_path / "out.dcm").exists()  # the device's report covers every loop
     assert json.loads((tmp_path / "s.json").read_text())["study_dose"]["air_kerma_mgy"] == pytest.approx(every)
+
+
+def test_a_run_in_the_spring_forward_hour_stays_inside_the_report(tmp_path, monkeypatch):
+    """A run at 02:30 on the night clocks go forward (Europe/Berlin, 29 March 2026) came back
+    from its timestamp at 03:30: outside the report's span, so ``dose summary`` added its dose
+    to the report's that holds it (second review s12 S3)."""
+    import time
+    from datetime import datetime
+
+    import tests.dicom_fixtures as F
+
+    monkeypatch.setenv("TZ", "Europe/Berlin")
+    time.tzset()
+    monkeypatch.setattr(F, "STUDY_START", datetime(2026, 3, 29, 2, 29, 0))
+    try:
+        paths = F.write_study(tmp_path / "study", [RunSpec(30.0, n_frames=3, tech=technique(
+            reported_air_kerma_mgy=50.0, reported_dap_gycm2=5.0))])
+        first = pydicom.dcmread(paths[0], stop_before_pixels=True)
+        item = _item("CONTAINS", "DATETIME", ("111526", "DCM", "DateTime Started"))
+        item.DateTime = "20260329022900"
+        save(build_rdsr([Ev(dap_gycm2=5.0, rp_mgy=50.0, pulses=450, extra=[item])],
+                        study_uid=first.StudyInstanceUID), tmp_path / "study" / "rdsr.dcm")
+        studies, _ = summarize([tmp_path / "study"])
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+    assert studies[0].air_kerma_mgy == pytest.approx(50.0)  # the loop once, in the report
