@@ -22,7 +22,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -222,11 +222,15 @@ class Engine:
             self._rejected.extend(study.rejected)
             # the device's report gives the dose of the runs it names (as in replay); read
             # before the runs are prepared, which fixes their per-frame dose
-            report = device_report(study, self._rejected)
+            # every report announced so far, merged: a correction replaces the report it names
+            self._dose_reports.extend(p for p in study.dose_reports if p not in self._dose_reports)
+            rejected: list[Rejection] = []
+            report = (device_report(replace(study, dose_reports=tuple(self._dose_reports)), rejected)
+                      if study.dose_reports else None)
+            self._rejected.extend(r for r in rejected if r not in self._rejected)
             if report is not None:  # runs announced earlier and counted are recounted
                 known = {r.sop_instance_uid: r for r in (*self._runs.values(), *study.runs)}
                 self._state.dose.use_report(report, known.values())
-            self._dose_reports.extend(p for p in study.dose_reports if p not in self._dose_reports)
             for run in study.runs:
                 self._runs.setdefault(run.sop_instance_uid, run)
                 self.pipeline.prepare_run(run, self._state)

@@ -163,9 +163,12 @@ class DoseAccumulator:
         self.recounts = 0  # how many times counted frames were recounted
 
     def use_report(self, report: StudyDose, runs: Iterable[Run] = ()) -> list[DoseAlert]:
-        """Take run doses from a dose report of the study; its other events are
+        """Take run doses from the device's dose report of the study; its other events are
         :attr:`unstored`.
 
+        ``report`` is every device report of the study known so far, merged
+        (:func:`sifluoro.dose.summary.device_report`): it replaces the one given before, so a
+        corrected report's events replace the corrected one's, also under new event UIDs.
         Call with the study's ``runs`` (every run known so far). Each event of the report is
         given to the known runs it covers (see :func:`_spread`): those its Acquired Image items
         name; else, for an event that names no image (vendors name no stored fluoroscopy loop),
@@ -175,13 +178,11 @@ class DoseAccumulator:
         until a run it covers arrives (:meth:`prepare`): then the runs are recounted. Runs
         counted before the report are recounted with the report's dose (a device's report
         usually arrives at the end of the procedure); returns the alerts the recount and the
-        unstored dose raised (also in :attr:`alerts`). An event is kept once per event UID; a
-        later report's copy replaces it.
+        unstored dose raised (also in :attr:`alerts`). An event is kept once per event UID.
         """
         for run in runs:
             self._know(run)
-        for event in report.events:
-            self._report[event.event_uid] = event
+        self._report = {e.event_uid: e for e in report.events}
         if report.events and not any(e.sop_instance_uids for e in report.events):
             log.warning("the device's dose report names no image: its events are matched with the "
                         "runs by time (all with all when times are missing)")

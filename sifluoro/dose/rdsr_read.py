@@ -89,6 +89,19 @@ _K = SimpleNamespace(**{name: C.key(getattr(C.DCM, name)) for name in (
     "XRayRadiationDoseReport",)})
 
 
+def _predecessors(ds) -> tuple[str, ...]:
+    """The SOP Instance UIDs in (0040,A360) Predecessor Documents Sequence: the reports this one
+    replaces (a correction names the report it corrects, PS3.3 C.17.2)."""
+    out = []
+    for study in ds.get("PredecessorDocumentsSequence", None) or ():
+        for series in study.get("ReferencedSeriesSequence", None) or ():
+            for sop in series.get("ReferencedSOPSequence", None) or ():
+                uid = str(sop.get("ReferencedSOPInstanceUID", "") or "")
+                if uid:
+                    out.append(uid)
+    return tuple(out)
+
+
 def _created(ds) -> datetime | None:
     """When the report was made: Instance Creation, else Content date and time (naive)."""
     for date_kw, time_kw in (("InstanceCreationDate", "InstanceCreationTime"),
@@ -279,7 +292,9 @@ class _Reader:
                          dose_source=_study_source({e.dose_source for e in events} or {default}),
                          planes_from_report=from_report,
                          scope_study_instance_uid=scope_uid,
-                         by_sifluoro=self.by_sifluoro, created=_created(ds), scope=scope)
+                         by_sifluoro=self.by_sifluoro, created=_created(ds), scope=scope,
+                         sop_instance_uid=str(ds.get("SOPInstanceUID", "") or ""),
+                         predecessors=_predecessors(ds))
 
     def uncovered(self, planes: list[PlaneTotals], events: list[IrradiationEvent]) -> list[PlaneTotals]:
         """Totals summed from the events of each plane that has no accumulated container (a

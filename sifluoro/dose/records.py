@@ -203,6 +203,10 @@ class StudyDose:
     created: datetime | None = None
     #: the report's Scope of Accumulation: "study", "pps", "series", "event" or "" (not said)
     scope: str = ""
+    #: its SOP Instance UID, and those of the reports it replaces (Predecessor Documents
+    #: Sequence: a corrected report names the one it corrects)
+    sop_instance_uid: str = ""
+    predecessors: tuple[str, ...] = ()
 
     def _sum(self, attr: str) -> float:
         return float(sum(getattr(p, attr) or 0.0 for p in self.planes))

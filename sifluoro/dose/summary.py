@@ -3,7 +3,8 @@
 RDSRs are read with :func:`read_rdsr`; image studies are accumulated from their headers with
 :class:`DoseAccumulator` (no pixels decoded). When a study has both, the report wins: it
 counts fluoroscopy that was never stored as images. Several reports of one study are merged:
-a report whose events are all in another one is superseded by it (a later, cumulative report);
+a report that another names as its predecessor (a correction) is left out; a report whose
+events are all in another one is superseded by it (a later, cumulative report);
 disjoint reports (one per performed procedure step) are added, except totals-only reports of
 Study scope (the newest stands for the others: each covers the study so far); a report sifluoro wrote
 (``replay --rdsr``, the plug-in) is left out when the device's own report is there (it repeats
@@ -121,6 +122,13 @@ OUTSIDE_REPORT_S = 10.0
 
 def merge_reports(reports: list[StudyDose]) -> StudyDose:
     """One StudyDose from several reports of the same study (see the module notes)."""
+    replaced = {uid for r in reports for uid in r.predecessors}
+    if any(r.sop_instance_uid in replaced for r in reports):
+        # a corrected report names the one it corrects (its events may have new UIDs: added
+        # as another procedure step, the corrected exposures would count twice)
+        log.info("study dose: %d report(s) replaced by a later one that names them as its "
+                 "predecessor", sum(r.sop_instance_uid in replaced for r in reports))
+        reports = [r for r in reports if r.sop_instance_uid not in replaced] or reports
     device = [r for r in reports if not r.by_sifluoro]
     if not device:
         return _merge(reports)

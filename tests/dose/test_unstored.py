@@ -154,3 +154,50 @@ def test_the_dose_shown_holds_the_unstored_exposures_the_alerts_count(tmp_path):
     events = [json.loads(line) for line in (tmp_path / "e.jsonl").read_text().splitlines()]
     assert all(e["dose"]["study_air_kerma_mgy"] == pytest.approx(6000.0 + e["dose"]["air_kerma_mgy"])
                for e in events)
+
+
+def _corrected(folder, report_path, out_path, rp_mgy: float):
+    """A correction of ``report_path``: its unstored event reissued under a new UID with
+    ``rp_mgy``, naming the original in (0040,A360) Predecessor Documents Sequence."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import generate_uid
+
+    old = pydicom.dcmread(report_path)
+    paths = sorted(folder.glob("*_run.dcm"))
+    first = pydicom.dcmread(paths[-1], stop_before_pixels=True)
+    second = pydicom.dcmread(paths[0], stop_before_pixels=True)
+    events = [Ev(dap_gycm2=1.0, rp_mgy=10.0, extra=[acquired(first.SOPInstanceUID, first.SOPClassUID),
+                                                    acquired(second.SOPInstanceUID, second.SOPClassUID)]),
+              Ev(dap_gycm2=300.0, rp_mgy=rp_mgy, pulses=9000, rate=7.5, uid=generate_uid())]
+    ds = build_rdsr(events, study_uid=old.StudyInstanceUID)
+    sop, series, study = Dataset(), Dataset(), Dataset()
+    sop.ReferencedSOPClassUID, sop.ReferencedSOPInstanceUID = old.SOPClassUID, old.SOPInstanceUID
+    series.SeriesInstanceUID, series.ReferencedSOPSequence = old.SeriesInstanceUID, Sequence([sop])
+    study.StudyInstanceUID, study.ReferencedSeriesSequence = old.StudyInstanceUID, Sequence([series])
+    ds.PredecessorDocumentsSequence = Sequence([study])
+    return save(ds, out_path)
+
+
+def test_a_corrected_report_replaces_the_unstored_events_it_reissues(tmp_path):
+    """A correction that reissues the unstored fluoroscopy (6000 -> 5000 mGy) under a new event
+    UID was added to the original: 11 Gy (second review s12 S4). It names the original as its
+    predecessor: the original is left out, in the Engine as in ``dose summary``."""
+    from sifluoro import Engine, Settings
+    from sifluoro.dose.summary import summarize
+
+    folder, path = unstored_study(tmp_path)
+    (folder / "rdsr.dcm").rename(tmp_path / "first.dcm")
+    _corrected(folder, tmp_path / "first.dcm", tmp_path / "fix" / "corrected.dcm", 5000.0)
+    engine = Engine(Settings(latency_budget_ms=1e9), stages=[])
+    study = read_study([folder])
+    engine.prepare(study)
+    engine.prepare(read_study([tmp_path / "first.dcm"], study_uid=study.study_instance_uid))
+    assert engine.dose.unstored.air_kerma_mgy == pytest.approx(6000.0)
+    engine.prepare(read_study([tmp_path / "fix"], study_uid=study.study_instance_uid))
+    assert engine.dose.unstored.air_kerma_mgy == pytest.approx(5000.0)
+    engine.close()
+    (tmp_path / "first.dcm").rename(folder / "first.dcm")
+    (tmp_path / "fix" / "corrected.dcm").rename(folder / "corrected.dcm")
+    studies, _ = summarize([folder])
+    assert studies[0].air_kerma_mgy == pytest.approx(5010.0)
