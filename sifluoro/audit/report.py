@@ -1,7 +1,8 @@
 """``sifluoro audit report``: DRL-style dose statistics of the registry for a medical physicist.
 
 Per procedure and device: number of studies, median and 75th percentile (the percentile
-national DRLs are set at) of DAP, reference air kerma and fluoroscopy time; the studies above
+national DRLs are set at) of DAP, reference air kerma and fluoroscopy time, each over the
+studies that know it (their number: ``{quantity}_n``); the studies above
 the group's 75th percentile times ``outlier_factor`` or above an alert level / SRDL; a monthly
 trend per procedure. Written as CSV files, PNG charts (matplotlib, Agg) and one
 self-contained HTML file (charts inline as base64 PNG, no external URL; a Content Security
@@ -35,8 +36,10 @@ QUANTITIES = (("dap_gycm2", "DAP", "Gy·cm²"), ("air_kerma_mgy", "Ka,r", "mGy")
               ("fluoro_time_s", "Fluoro time", "s"))
 FORMATS = {"dap_gycm2": "{:.3f}", "air_kerma_mgy": "{:.2f}", "fluoro_time_s": "{:.1f}",
            "factor": "{:.2f}"}
+# ``{quantity}_n``: how many of the group's studies know it (its median and P75 are of those)
 SUMMARY_COLUMNS = ["procedure", "device", "studies"] + [
-    f"{stat}_{q}" for q, _, _ in QUANTITIES for stat in ("median", "p75")] + ["outliers"]
+    f"{stat}_{q}" for q, _, _ in QUANTITIES for stat in ("median", "p75")] + [
+    f"{q}_n" for q, _, _ in QUANTITIES] + ["outliers"]
 OUTLIER_COLUMNS = ["study_instance_uid", "study_date", "procedure", "device", "dap_gycm2",
                    "air_kerma_mgy", "fluoro_time_s", "reasons"]
 TREND_COLUMNS = ["procedure", "month", "studies", "median_dap_gycm2", "p75_dap_gycm2",
@@ -145,16 +148,17 @@ def build_tables(data: dict[str, np.ndarray], settings: AuditSettings) -> Tables
     group_rows = []
     for g, key in enumerate(groups):
         members = np.flatnonzero(inverse == g)
-        stats = []
+        stats, counts = [], []
         for q, label, _ in QUANTITIES:
             values = data[q][members]
             known = values[~np.isnan(values)]
             median, p75 = np.percentile(known, [50, 75]) if known.size else (np.nan, np.nan)
             stats += [median, p75]
+            counts.append(int(known.size))
             limit = p75 * settings.outlier_factor
             for i in members[values > limit]:
                 reasons[i].append(f"{label} > {settings.outlier_factor:g} x P75 ({cell(q, limit)})")
-        group_rows.append((key.split("\x00"), len(members), stats, members))
+        group_rows.append((key.split("\x00"), len(members), stats + counts, members))
     alert_levels = (("air_kerma_mgy", dose.air_kerma_first_alert_mgy, "Ka,r notification level"),)
     for q, level, label in alert_levels:
         if level > 0:

@@ -231,3 +231,22 @@ def test_csv_cells_a_spreadsheet_would_run_as_formulas_are_quoted(tmp_path):
     assert "'" + hostile in cells and hostile not in cells
     assert all(not c.startswith(("=", "+", "@")) for c in cells)
     engine.dispose()
+
+
+def test_the_summary_says_how_many_studies_each_statistic_is_of(tmp_path):
+    """Each quantity's median and P75 are of the studies that know it, while ``studies``
+    counts them all; nothing said how many (first review s12): ``{quantity}_n`` does."""
+    from tests.dose.rdsr_fixtures import build_rdsr, save
+
+    timed = {"dap_total": 10.0, "rp_total": 100.0, "fl_dap": 10.0, "fl_rp": 100.0, "fl_time": 60.0}
+    untimed = {k: v for k, v in timed.items() if k != "fl_time"}
+    for k, totals in enumerate((timed, timed, untimed)):
+        save(build_rdsr([], accumulated={"single": totals}), tmp_path / "in" / f"r{k}.dcm")
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    ingest([tmp_path / "in"], db)
+    files = write_report(db, tmp_path / "report")
+    (row,) = list(csv.DictReader(open(files.csv["summary"])))
+    assert row["studies"] == "3"
+    assert (row["dap_gycm2_n"], row["air_kerma_mgy_n"], row["fluoro_time_s_n"]) == ("3", "3", "2")
+    assert float(row["median_fluoro_time_s"]) == pytest.approx(60.0)
+    assert "fluoro_time_s_n" in files.html.read_text()
