@@ -156,6 +156,7 @@ class DoseAccumulator:
         # frames and header start of every run known (announced to use_report or prepared)
         self._frames: dict[str, int] = {}
         self._clock: dict[str, datetime | None] = {}
+        self._beam_s: dict[str, float] = {}  # the time the run's frames stand for
         self._srdl_fired: set[str] = set()
         self._last_frame: tuple[int, float] = (0, 0.0)  # index and time of the last frame added
         #: alerts that recounts raised (a late report): not tied to a frame being added
@@ -173,8 +174,10 @@ class DoseAccumulator:
         given to the known runs it covers (see :func:`_spread`): those its Acquired Image items
         name; else, for an event that names no image (vendors name no stored fluoroscopy loop),
         the runs no event names that started within its time, or, when times are missing, all
-        of them. Its dose is shared among the frames of those runs. An event covering no known
-        run goes into :attr:`unstored` (fluoroscopy not stored, an acquisition sent elsewhere),
+        of them. Its dose is shared among the frames of those runs; of an event that names no
+        image, only the part their frames' time stands for (:meth:`_stored`), the rest of its
+        dose and time is :attr:`unstored`. An event covering no known run goes into
+        :attr:`unstored` (fluoroscopy not stored, an acquisition sent elsewhere),
         until a run it covers arrives (:meth:`prepare`): then the runs are recounted. Runs
         counted before the report are recounted with the report's dose (a device's report
         usually arrives at the end of the procedure); returns the alerts the recount and the
@@ -191,6 +194,7 @@ class DoseAccumulator:
     def _know(self, run: Run) -> None:
         self._frames[run.sop_instance_uid] = max(1, run.n_frames)
         self._clock[run.sop_instance_uid] = run.started_at
+        self._beam_s[run.sop_instance_uid] = sum(run.frame_intervals_ms) / 1000.0
 
     def _attribute(self) -> list[DoseAlert]:
         """Give the report's events to the known runs they cover, the rest to :attr:`unstored`;
@@ -203,14 +207,31 @@ class DoseAccumulator:
             for uid in spread.get(e.event_uid, ()):
                 self._report_events.setdefault(uid, []).append(e)
         out = self._recount_all([uid for uid, share in before.items() if self._share(uid) != share])
-        unstored = {uid: e for uid, e in self._report.items() if uid not in spread}
+        unstored = {}
+        for uid, e in self._report.items():
+            part = 1.0 - self._stored(e) if uid in spread else 1.0
+            if part > 0.0:
+                unstored[uid] = e if part == 1.0 else _part_of(e, part)
         if unstored != self._unstored:
             out += self._use_unstored(unstored)
         return out
 
     def _share(self, uid: str) -> tuple:
-        """What a run's report dose depends on: its events and the frames each is shared by."""
-        return tuple((e, self._shared_frames(e)) for e in self._report_events.get(uid, ()))
+        """What a run's report dose depends on: its events, the frames each is shared by and
+        the part of each that the frames stand for."""
+        return tuple((e, self._shared_frames(e), self._stored(e))
+                     for e in self._report_events.get(uid, ()))
+
+    def _stored(self, e: IrradiationEvent) -> float:
+        """The part of an event's exposure that the runs it is given to stand for: all of an
+        event that names them; of one that names no image (a fluoroscopy event and the loop
+        stored from it, its last seconds), the time their frames stand for over its duration.
+        The rest is :attr:`unstored`: its time counts towards the alert levels."""
+        if e.sop_instance_uids:
+            return 1.0
+        duration_s = event_duration_s(e)
+        beam_s = sum(self._beam_s.get(u, 0.0) for u in self._spread.get(e.event_uid, ()))
+        return min(1.0, beam_s / duration_s) if duration_s > 0 else 1.0
 
     def _shared_frames(self, e: IrradiationEvent) -> int:
         return sum(self._frames.get(u, 0) for u in self._spread.get(e.event_uid, ()))
@@ -346,9 +367,9 @@ class DoseAccumulator:
             for e in events:
                 # over the frames of the named runs present (this one included); a named run
                 # that arrives later takes its share then, and the others are recounted
-                shared = self._shared_frames(e) or n
-                kerma += (e.air_kerma_mgy or 0.0) / shared
-                dap += (e.dap_gycm2 or 0.0) / shared
+                part = self._stored(e) / (self._shared_frames(e) or n)
+                kerma += (e.air_kerma_mgy or 0.0) * part
+                dap += (e.dap_gycm2 or 0.0) * part
             # a quantity none of the report's events gives is unknown, not 0
             dose = RunDose(kerma, dap, "rdsr",
                            air_kerma_source=None if any(e.air_kerma_mgy is not None for e in events)
@@ -624,6 +645,13 @@ def _spread(events: Iterable[IrradiationEvent], frames: dict[str, int],
             if e.event_uid not in out and (e.start is None or any_untimed_run):
                 out[e.event_uid] = tuple(pool)
     return out
+
+
+def _part_of(e: IrradiationEvent, part: float) -> IrradiationEvent:
+    """``part`` of an event: its dose and its duration (the rest is in stored frames)."""
+    return replace(e, air_kerma_mgy=None if e.air_kerma_mgy is None else e.air_kerma_mgy * part,
+                   dap_gycm2=None if e.dap_gycm2 is None else e.dap_gycm2 * part,
+                   irradiation_duration_s=event_duration_s(e) * part)
 
 
 def _covering(events: list[IrradiationEvent], at: datetime) -> IrradiationEvent | None:

@@ -95,21 +95,28 @@ def test_the_engine_raises_the_srdl_of_a_late_report_of_unstored_fluoroscopy(tmp
 
 def test_a_report_that_names_no_image_gives_its_events_to_the_runs(tmp_path, caplog):
     """Its events may be the stored runs' own: counted from the headers and again as unstored,
-    the study's dose would be double; with no times, the runs share them (test_report_cover)."""
+    the study's dose would be double; with no times, the runs share them (test_report_cover),
+    each for the part of the event's time their frames stand for: the 20 min of fluoroscopy
+    beyond them are unstored, in the alert levels."""
     folder, _ = unstored_study(tmp_path)
     study = read_study([folder])
     report = read_rdsr(folder / "rdsr.dcm")
     from dataclasses import replace
     blind = replace(report, events=tuple(replace(e, sop_instance_uids=()) for e in report.events))
     dose = DoseAccumulator(DoseSettings())
-    assert dose.use_report(blind, study.runs) == [] and dose.unstored.air_kerma_mgy == 0.0
+    kinds = [a.kind for a in dose.use_report(blind, study.runs)]
+    assert kinds.count("fluoro_time") == 3 and "srdl_air_kerma" in kinds
     assert "names no image" in caplog.text
     assert dose.prepare(study.runs[0]).source == "rdsr"
+    whole = accumulate_study(study, DoseSettings(), report=blind).study_totals
+    assert whole.air_kerma_mgy == pytest.approx(6010.0)
+    assert whole.fluoro_time_s == pytest.approx(1200.0 + 10 / 7.5, abs=1.0)
 
 
 def test_a_stored_loop_the_report_does_not_name_is_not_counted_twice(tmp_path):
     """Devices name no stored fluoroscopy loop in their events: a run that no event names may be
-    the event that names no image, so that event is not added (it was: 3000 mGy twice)."""
+    the event that names no image, so that event is not added beside it (it was: 3000 mGy
+    twice); the loop's frames (0.4 s) stand for their part of its 60 s, the rest is unstored."""
     paths = write_study(tmp_path / "study", [RunSpec(0.0, n_frames=3), RunSpec(60.0, n_frames=3)])
     first = pydicom.dcmread(paths[0], stop_before_pixels=True)
     events = [Ev(fluoro=False, dap_gycm2=1.0, rp_mgy=10.0,
@@ -117,15 +124,16 @@ def test_a_stored_loop_the_report_does_not_name_is_not_counted_twice(tmp_path):
               Ev(dap_gycm2=100.0, rp_mgy=3000.0, pulses=450, rate=7.5)]  # run 2, the loop
     save(build_rdsr(events, study_uid=first.StudyInstanceUID), tmp_path / "study" / "rdsr.dcm")
     study = read_study([tmp_path / "study"])
-    dose = DoseAccumulator(DoseSettings())
-    dose.use_report(read_rdsr(tmp_path / "study" / "rdsr.dcm"), study.runs)
-    assert dose.unstored.air_kerma_mgy == 0.0 and dose.unstored_events == ()
+    beyond_loop = 3000.0 * (1 - 0.4 / 60.0)
+    dose = accumulate_study(study, DoseSettings(), report=read_rdsr(tmp_path / "study" / "rdsr.dcm"))
+    assert dose.unstored.air_kerma_mgy == pytest.approx(beyond_loop, rel=1e-4)
+    assert dose.study_totals.air_kerma_mgy == pytest.approx(3010.0)
     # the same when the loop arrives after the report (the receiver, the Engine)
     late = DoseAccumulator(DoseSettings())
     late.use_report(read_rdsr(tmp_path / "study" / "rdsr.dcm"), study.runs[:1])
     assert late.unstored.air_kerma_mgy == pytest.approx(3000.0)
     late.prepare(study.runs[1])
-    assert late.unstored.air_kerma_mgy == 0.0 and late.unstored_events == ()
+    assert late.unstored.air_kerma_mgy == pytest.approx(beyond_loop, rel=1e-4)
 
 
 def test_the_dose_shown_holds_the_unstored_exposures_the_alerts_count(tmp_path):
