@@ -11,6 +11,17 @@ def test_bench_needle_measures_the_stage_its_box_and_the_stock_detector():
     assert got["needle_stage"]["detected_3mm"] >= 0.9
     assert got["roi_tracking"]["frames"] > 0 and got["roi_tracking"]["detected_3mm"] >= 0.9
     assert got["stock_canny_houghlinesp"]["frames"] == got["needle_stage"]["frames"]
+    # the stock detector also on the stage's own working grid (like with like)
+    assert got["stock_on_working_grid"]["p50_ms"] > 0
+    assert got["speed_ratio_stock_on_working_grid_over_ours_p50"] > 0
+
+
+def test_bench_joint_times_a_stock_registration_beside_the_stock_segmentation():
+    from benchmarks.bench_joint import bench_size
+
+    got = bench_size(512, 3)
+    assert got["skimage_phase_cross_correlation_ms"]["p50"] > 0
+    assert got["speedup_register_vs_skimage"] > 0 and got["speedup_segment_vs_skimage"] > 0
 
 
 def test_bench_pipeline_allocations_are_measured_per_stage():

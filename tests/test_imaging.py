@@ -92,3 +92,50 @@ def test_picture_steps_rounds_half_means_to_even():
     assert picture_steps(pixels, 8) == picture_steps_reference(pixels, 8) == 0
     pixels[4, 32:40] = 9  # mean 9 after 3.5 -> 4: a step of 5
     assert picture_steps(pixels, 8) == picture_steps_reference(pixels, 8) == 1
+
+
+# -- exact medians (sifluoro.imaging.median / robust_sigma against np.median) -----------------
+
+_SPECIAL = [0.0, -0.0, 1.0, -1.0, 1e-40, 3e38, -3e38, np.inf, -np.inf]
+
+
+@settings(max_examples=150, deadline=None)
+@given(n=st.integers(1, 3000), seed=st.integers(0, 2 ** 16),
+       dtype=st.sampled_from([np.float32, np.float64]),
+       kind=st.sampled_from(["normal", "ties", "outliers", "special", "constant"]))
+def test_median_and_robust_sigma_equal_numpy_exactly(n, seed, dtype, kind):
+    from sifluoro.imaging import median, robust_sigma
+
+    rng = np.random.default_rng(seed)
+    v = rng.standard_normal(n) * 0.01
+    if kind == "ties":
+        v = np.round(v * 300.0) / 300.0
+    elif kind == "outliers":
+        v[rng.random(n) < 0.05] *= 1e6
+    elif kind == "special":
+        some = rng.random(n) < 0.2
+        v[some] = rng.choice(_SPECIAL, size=int(some.sum()))
+    elif kind == "constant":
+        v[:] = 0.25
+    v = v.astype(dtype)
+    with np.errstate(invalid="ignore", over="ignore"):
+        want = np.median(v)
+        want_mad = np.median(np.abs(v - np.median(v)))
+        got, got_mad = median(v), robust_sigma(v)
+    assert type(got) is float and type(got_mad) is float
+    np.testing.assert_array_equal(got, float(want))
+    np.testing.assert_array_equal(got_mad, float(want_mad))
+
+
+def test_median_of_nan_empty_and_read_only_values():
+    from sifluoro.imaging import median, robust_sigma
+
+    assert np.isnan(median(np.array([1.0, np.nan, 2.0])))
+    assert np.isnan(robust_sigma(np.array([1.0, np.nan, 2.0], np.float32)))
+    assert np.isnan(median(np.zeros(0)))
+    v = np.arange(10, dtype=np.float32)[::-1]
+    v.flags.writeable = False
+    assert median(v) == 4.5 and robust_sigma(v) == 2.5
+    # a view with a stride is read in order, as np.median reads it
+    w = np.arange(20.0)[::3]
+    assert median(w) == float(np.median(w))

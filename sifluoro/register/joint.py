@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import scipy.ndimage
 
-from sifluoro.imaging import WorkingGrid, downsample
+from sifluoro.imaging import WorkingGrid, downsample, robust_sigma
 from sifluoro.register import _kernels
 
 LENGTH_MM = (20.0, 100.0)  # the projected joint is 40-70 mm; shorter when the field cuts it
@@ -210,7 +210,7 @@ def segment_joint(work: np.ndarray, *, grid: WorkingGrid, usable: np.ndarray,
     # other row and column is plenty for a robust spread and the medians are a quarter the cost
     inside = mask[::2, ::2]
     residual = smooth[::2, ::2][inside] - cv2.GaussianBlur(smooth, (0, 0), 2.0)[::2, ::2][inside]
-    noise = float(np.median(np.abs(residual - np.median(residual)))) * 1.4826 + 1e-6
+    noise = robust_sigma(residual) * 1.4826 + 1e-6
     fine = cv2.GaussianBlur(work, (0, 0), max(0.5, 0.4 / grid.spacing_mm))
     contrasts = (min_contrast,) if fallback_contrast is None else (min_contrast, fallback_contrast)
     for contrast in contrasts:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from sifluoro.imaging import median, robust_sigma
 from sifluoro.track import _contrast_kernels as K
 
 UNUSABLE = np.float32(-1.0)
@@ -156,7 +157,7 @@ class ReferenceBank:
             both = usable & (latest > 0.02) & (latest < 0.98) & (first > 0.02) & (first < 0.98)
         a = latest[both].astype(np.float64)
         b = first[both].astype(np.float64)
-        noise_diff = float(np.median(np.abs(np.diff(b - a)))) * 1.0484  # sigma of a difference
+        noise_diff = median(np.abs(np.diff(b - a))) * 1.0484  # sigma of a difference
         var = a.var()
         gain = float(((a - a.mean()) * (b - b.mean())).mean() / var) if var > 0 else 1.0
         if not 0.5 < gain < 2.0:
@@ -189,7 +190,7 @@ def _pixel_noise(image: np.ndarray, usable: np.ndarray) -> float:
 
 
 def _robust_sigma(values: np.ndarray) -> float:
-    return float(np.median(np.abs(values - np.median(values)))) * 1.4826 if values.size else 0.0
+    return robust_sigma(values) * 1.4826 if values.size else 0.0
 
 
 def _phase_shift(ref: np.ndarray, cur: np.ndarray, usable: np.ndarray) -> tuple[int, int]:
