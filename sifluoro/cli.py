@@ -35,8 +35,13 @@ def _demo(args) -> int:
 
 
 def _simulate(args) -> int:
-    from sifluoro.sim.batch import simulate_set
+    from sifluoro.sim.batch import rederive_set, simulate_set
 
+    if args.truth_from:
+        for line in rederive_set(args.truth_from, args.outdir, quick=args.quick,
+                                 wrong_level_scouts=args.wrong_level_scouts):
+            print(line)
+        return 0
     for line in simulate_set(args.outdir, cases=args.cases, seed=args.seed, size=args.size,
                              first_case=args.first_case, workers=args.workers,
                              quick=args.quick, wrong_level_scouts=args.wrong_level_scouts):
@@ -106,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wrong-level-scouts", action="store_true",
                    help="begin each study with a scout of the wrong level (no joint in the field; "
                         "the rest of the study unchanged): measures lines reported without a joint")
+    p.add_argument("--truth-from", type=Path, metavar="SET",
+                   help="render nothing: write OUTDIR/<case>/truth.json with the joint truth of "
+                        "the stored SET derived again (its DICOM linked, not copied); give the "
+                        "--quick/--wrong-level-scouts SET was made with")
     p.set_defaults(func=_simulate)
 
     p = sub.add_parser("evaluate", help="score replay results against simulator truth")

@@ -1,6 +1,7 @@
 """Parametric posterior pelvis around one sacroiliac joint, its ray casting and joint truth."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -173,19 +174,29 @@ def _tangent_residual(anatomy: Anatomy, cam: Camera, y: np.ndarray, z: float) ->
     return out
 
 
-def project_joint(anatomy: Anatomy, cam: Camera) -> JointProjection:
+def resolution_mm(pixel_spacing_mm: float, blur_mm: float) -> float:
+    """Smallest detail the detector shows (detector plane, mm): the FWHM of its Gaussian blur,
+    and no less than two pixels (the sampling limit)."""
+    return max(2.0 * pixel_spacing_mm, 2.0 * math.sqrt(2.0 * math.log(2.0)) * blur_mm)
+
+
+def project_joint(anatomy: Anatomy, cam: Camera, *, resolution_mm: float) -> JointProjection:
     """Project the locus where the beam runs tangent to the joint mid-surface.
 
     Where no tangent exists within the synovial depth (C-arm obliquity off the joint's own
-    obliquity) the anterior and posterior margins project apart (doubled line); the primary
-    line is then the margin nearest to tangency.
+    obliquity) the anterior and posterior margins project apart; the primary line is then the
+    margin nearest to tangency. A height shows two lines only when, besides, its margins lie
+    further apart across the line than one margin's lucent line is wide (the gap, W0, times
+    the magnification) plus ``resolution_mm`` (detector plane): closer, the two lines merge
+    into one, or the bone between them is too thin for the detector to show. The view is
+    ``doubled`` when more than half of the heights show two lines.
     """
     a = anatomy.params
     zs = np.linspace(a[K.A_ZSUP], a[K.A_ZINF], 161)
     ys = np.linspace(-a[K.A_DH], a[K.A_DH], 41)
     pts = []
-    missing = 0
-    for z in zs:
+    missing = np.zeros(len(zs), bool)
+    for k, z in enumerate(zs):
         g = _tangent_residual(anatomy, cam, ys, z)
         sign_change = np.nonzero(np.sign(g[:-1]) != np.sign(g[1:]))[0]
         if sign_change.size:
@@ -199,11 +210,13 @@ def project_joint(anatomy: Anatomy, cam: Camera) -> JointProjection:
                 y = y0 - g0 * (y1 - y0) / (g1 - g0)
             y = float(np.clip(y, -a[K.A_DH], a[K.A_DH]))
         else:
-            missing += 1
+            missing[k] = True
             y = float(ys[np.argmin(np.abs(g))])
         pts.append(anatomy.joint_point(y, float(z)))
     pts = np.array(pts)
     xy = cam.project(pts)
+    apart = missing & (_margin_separation_mm(anatomy, cam, zs)
+                       > a[K.A_W0] * cam.magnification(pts) + resolution_mm)
     # resample to ~1 px steps
     seg = np.linalg.norm(np.diff(xy, axis=0), axis=1)
     s = np.concatenate([[0.0], np.cumsum(seg)])
@@ -211,7 +224,20 @@ def project_joint(anatomy: Anatomy, cam: Camera) -> JointProjection:
     si = np.linspace(0.0, s[-1], n)
     xy_r = np.stack([np.interp(si, s, xy[:, 0]), np.interp(si, s, xy[:, 1])], axis=1)
     p_r = np.stack([np.interp(si, s, pts[:, k]) for k in range(3)], axis=1)
-    return JointProjection(polyline_xy=xy_r, doubled=missing > len(zs) // 2, points_mm=p_r)
+    return JointProjection(polyline_xy=xy_r, doubled=int(apart.sum()) > len(zs) // 2,
+                           points_mm=p_r)
+
+
+def _margin_separation_mm(anatomy: Anatomy, cam: Camera, zs: np.ndarray) -> np.ndarray:
+    """Per height, how far apart the anterior (y = -DH) and posterior (y = +DH) margins
+    project across the joint line (detector plane, mm)."""
+    dh = anatomy.params[K.A_DH]
+    ant = cam.project(np.array([anatomy.joint_point(-dh, float(z)) for z in zs]))
+    post = cam.project(np.array([anatomy.joint_point(dh, float(z)) for z in zs]))
+    along = np.gradient(0.5 * (ant + post), axis=0)
+    along /= np.linalg.norm(along, axis=1, keepdims=True)
+    d = post - ant
+    return np.abs(d[:, 0] * along[:, 1] - d[:, 1] * along[:, 0]) * cam.pixel_spacing_mm
 
 
 def opening_angle_deg(anatomy: Anatomy, target_mm: np.ndarray, secondary_angle_deg: float,

@@ -41,6 +41,48 @@ def simulate_set(outdir: str | Path, *, cases: int, seed: int, size: str = "mixe
         yield from pool.map(_one, jobs)
 
 
+def rederive_joint_truth(src_case: str | Path, dst_case: str | Path, *, quick: bool = False,
+                         wrong_level_scout: bool = False) -> tuple[int, int]:
+    """Write ``dst_case/truth.json``: ``src_case``'s truth with each frame's ``joint_doubled``
+    computed again by the current simulator (no pixel rendered); ``dst_case/dicom`` links to
+    ``src_case``'s DICOM. ``quick`` and ``wrong_level_scout`` must be those the case was made
+    with. Returns (frames whose doubled truth changed, frames)."""
+    from sifluoro.sim.export import TRUTH_VERSION
+    from sifluoro.sim.study import case_joints
+
+    src_case, dst_case = Path(src_case).resolve(), Path(dst_case)
+    truth = json.loads((src_case / "truth.json").read_text())
+    joints = case_joints(truth["seed"], truth["case"], size=truth["size"], quick=quick,
+                         wrong_level_scout=wrong_level_scout)
+    poses = [(r["technique"]["primary_angle_deg"], r["technique"]["secondary_angle_deg"])
+             for r in truth["runs"]]
+    if [pose for pose, _ in joints] != poses:
+        raise ValueError(f"{src_case}: its runs are not those of seed {truth['seed']} case "
+                         f"{truth['case']} (quick={quick}, wrong_level_scout={wrong_level_scout})")
+    doubled = {r["sop_instance_uid"]: jp.doubled for r, (_, jp) in zip(truth["runs"], joints)}
+    changed = 0
+    for ft in truth["frames"]:
+        new = doubled[ft["sop_instance_uid"]]
+        changed += new != ft["joint_doubled"]
+        ft["joint_doubled"] = new
+    truth["version"] = TRUTH_VERSION
+    dst_case.mkdir(parents=True, exist_ok=True)
+    (dst_case / "truth.json").write_text(json.dumps(truth, indent=1) + "\n")
+    link = dst_case / "dicom"
+    if not link.exists():
+        link.symlink_to(src_case / "dicom", target_is_directory=True)
+    return changed, len(truth["frames"])
+
+
+def rederive_set(src: str | Path, dst: str | Path, *, quick: bool = False,
+                 wrong_level_scouts: bool = False) -> Iterator[str]:
+    """:func:`rederive_joint_truth` for each case of a stored set; yields one line per case."""
+    for case_dir in sorted(p for p in Path(src).iterdir() if (p / "truth.json").exists()):
+        changed, n = rederive_joint_truth(case_dir, Path(dst) / case_dir.name, quick=quick,
+                                          wrong_level_scout=wrong_level_scouts)
+        yield f"{case_dir.name}: joint_doubled changed on {changed} of {n} frames"
+
+
 def replay_set(cases_dir: str | Path, out: str | Path, *, settings=None):
     """Replay each ``CASES/<case>/`` into ``OUT/<case>/events.jsonl`` and ``summary.json``.
 

@@ -21,7 +21,8 @@ from sifluoro.dose.physics import estimate_frame_dose
 from sifluoro.io.dicom_writer import StudyIdentity, build_run_dataset, save_dataset
 from sifluoro.model import Device, Shutter, Technique
 
-TRUTH_VERSION = 1
+# 2: a view is joint_doubled only where its margins project resolvably apart (anatomy.project_joint)
+TRUTH_VERSION = 2
 DEVICES = {
     "flat_panel": Device("sifluoro-sim", "Simulated C-arm FD 30x30", "SIM-FD-01", "SIMFD"),
     "image_intensifier": Device("sifluoro-sim", "Simulated mobile C-arm II", "SIM-II-01", "SIMII"),

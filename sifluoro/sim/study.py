@@ -180,6 +180,19 @@ def simulate_case(seed: int, case: int, *, size: int = 512, quick: bool = False,
     SimStudy
         Runs of stored frames with per-frame ground truth.
     """
+    return _simulate(seed, case, size, quick, wrong_level_scout, joints_only=False)
+
+
+def case_joints(seed: int, case: int, *, size: int = 512, quick: bool = False,
+                wrong_level_scout: bool = False
+                ) -> list[tuple[tuple[float, float], anat.JointProjection]]:
+    """(pose, joint projection) of each run of :func:`simulate_case` (same arguments), in run
+    order, without rendering a pixel: to re-derive a stored set's joint truth."""
+    return _simulate(seed, case, size, quick, wrong_level_scout, joints_only=True)
+
+
+def _simulate(seed: int, case: int, size: int, quick: bool, wrong_level_scout: bool, *,
+              joints_only: bool):
     if size not in (512, 1024):
         raise ValueError(f"size must be 512 or 1024, got {size}")
     rng = case_rng(seed, case)
@@ -223,7 +236,8 @@ def simulate_case(seed: int, case: int, *, size: int = 512, quick: bool = False,
                                           1)), beta)
 
     # needle
-    jp_work = anat.project_joint(anatomy, cam_for(work))
+    resolution_mm = anat.resolution_mm(dev.fov_mm / size, dev.model.blur_mm)
+    jp_work = anat.project_joint(anatomy, cam_for(work), resolution_mm=resolution_mm)
     k0 = int(np.argmin(np.abs(jp_work.points_mm[:, 2])))
     y_t = float(jp_work.points_mm[k0, 1])
     tip = anatomy.joint_point(y_t, float(rng.uniform(-2.0, 2.0)))
@@ -284,32 +298,40 @@ def simulate_case(seed: int, case: int, *, size: int = 512, quick: bool = False,
     cplan = con.plan_contrast(rng, components, anatomy, tip,
                               len(plans[-1].depths_mm) if plans[-1].contrast else 10)
 
-    # static scene (views: pose and isocentre shift)
+    # views (pose and isocentre shift) and the truth's joint in each, before any pixel
     poses = sorted({p.pose for p in plans})
     cams = {(p, 0.0): cam_for(p) for p in poses}
+    wrong_view = None
+    if wrong_level_scout and not quick:
+        full = det.exposed_mask(size, (0, 0, size - 1, size - 1), False, 0)
+        shift = next((d for d in WRONG_LEVEL_SHIFTS_MM if _clip_joint(
+            anat.project_joint(anatomy, cam_for(scout, d),
+                               resolution_mm=resolution_mm).polyline_xy, full)[0] is None),
+            None)
+        if shift is None:  # not seen on seeds 630 and 2026; the truth would still be right
+            raise ValueError(f"case ({seed}, {case}): no cranial shift up to "
+                             f"{WRONG_LEVEL_SHIFTS_MM[-1]:g} mm leaves the joint out of the field")
+        wrong_view = (scout, shift)
+        n_wrong = int(np.random.default_rng([seed, case, 0x3E1]).integers(3, 7))
+        plans.insert(0, _RunPlan("fluoro", scout, None, False, dev.pulse_rate, shift))
+    joints = {v: anat.project_joint(anatomy, cams[v], resolution_mm=resolution_mm)
+              for v in cams}
+    if wrong_view:
+        joints[wrong_view] = anat.project_joint(anatomy, cam_for(*wrong_view),
+                                                resolution_mm=resolution_mm)
+    if joints_only:
+        return [(p.pose, joints[(p.pose, p.iso_shift_mm)]) for p in plans]
     voxel_mm, step_mm = ((anat.QUICK_VOXEL_MM, anat.QUICK_STEP_MM) if quick
                          else (anat.VOXEL_MM, anat.STEP_MM))
     grid, origin = anat.density_grid(anatomy, list(cams.values()), voxel_mm)
     statics = {v: anat.cast(anatomy, grid, origin, cams[v], voxel_mm=voxel_mm, step_mm=step_mm)
                for v in cams}
-    joints = {v: anat.project_joint(anatomy, cams[v]) for v in cams}
-    if wrong_level_scout and not quick:
-        full = det.exposed_mask(size, (0, 0, size - 1, size - 1), False, 0)
-        shift = next((d for d in WRONG_LEVEL_SHIFTS_MM if _clip_joint(
-            anat.project_joint(anatomy, cam_for(scout, d)).polyline_xy, full)[0] is None),
-            None)
-        if shift is None:  # not seen on seeds 630 and 2026; the truth would still be right
-            raise ValueError(f"case ({seed}, {case}): no cranial shift up to "
-                             f"{WRONG_LEVEL_SHIFTS_MM[-1]:g} mm leaves the joint out of the field")
-        view = (scout, shift)
-        cams[view] = cam_for(scout, shift)
+    if wrong_view:
+        cams[wrong_view] = cam_for(*wrong_view)
         # its own bone grid: a grid grown to cover it would resample the other views
-        wgrid, worigin = anat.density_grid(anatomy, [cams[view]], voxel_mm)
-        statics[view] = anat.cast(anatomy, wgrid, worigin, cams[view], voxel_mm=voxel_mm,
-                                  step_mm=step_mm)
-        joints[view] = anat.project_joint(anatomy, cams[view])
-        n_wrong = int(np.random.default_rng([seed, case, 0x3E1]).integers(3, 7))
-        plans.insert(0, _RunPlan("fluoro", scout, None, False, dev.pulse_rate, shift))
+        wgrid, worigin = anat.density_grid(anatomy, [cams[wrong_view]], voxel_mm)
+        statics[wrong_view] = anat.cast(anatomy, wgrid, worigin, cams[wrong_view],
+                                        voxel_mm=voxel_mm, step_mm=step_mm)
     gas_c, gas_s, gas_r = _gas(rng, anatomy, iso)
     breath_amp = rng.uniform(2.0, 5.0)
     breath_hz = rng.uniform(0.2, 0.3)

@@ -123,7 +123,7 @@ def test_needle_tip_truth_matches_render(scene):
 
 def test_joint_line_is_a_lucency_on_noise_free_render(scene):
     an, cam, static, mk, alpha = scene
-    jp = anat.project_joint(an, cam)
+    jp = anat.project_joint(an, cam, resolution_mm=anat.resolution_mm(cam.pixel_spacing_mm, 0.4))
     assert not jp.doubled
     poly = jp.polyline_xy
     tang = np.gradient(poly, axis=0)
@@ -138,7 +138,52 @@ def test_joint_line_is_a_lucency_on_noise_free_render(scene):
     sides = np.maximum(at(-4.0), at(4.0))
     assert np.mean(centre < sides) > 0.8
     # off by 10 degrees: doubled
-    assert anat.project_joint(an, mk(alpha + 10.0, 5.0)).doubled
+    assert anat.project_joint(an, mk(alpha + 10.0, 5.0), resolution_mm=1.2).doubled
+
+
+def test_doubled_only_where_the_margins_project_resolvably_apart(scene):
+    """5 degrees off, most heights have no tangent beam, but the margins project ~2.5 mm
+    apart, less than the gap's projected width (1.6 mm) plus the detector's resolution
+    (1.2 mm): one line. 10 degrees off they are ~5.4 mm apart: two lines."""
+    an, cam, static, mk, alpha = scene
+    r = anat.resolution_mm(cam.pixel_spacing_mm, 0.4)
+    near, far = mk(alpha + 5.0, 5.0), mk(alpha + 10.0, 5.0)
+    a = an.params
+    zs = np.linspace(a[K.A_ZSUP], a[K.A_ZINF], 161)
+    threshold = a[K.A_W0] * float(near.magnification(an.joint_point(0.0, 0.0))) + r
+    assert 1.5 < np.median(anat._margin_separation_mm(an, near, zs)) < threshold
+    assert np.median(anat._margin_separation_mm(an, far, zs)) > threshold + 1.5
+    # with no limit to resolution (the tangent rule alone) the near view would count
+    assert anat.project_joint(an, near, resolution_mm=-np.inf).doubled
+    assert not anat.project_joint(an, near, resolution_mm=r).doubled
+    assert anat.project_joint(an, far, resolution_mm=r).doubled
+    # the line itself does not depend on the rule
+    np.testing.assert_array_equal(anat.project_joint(an, near, resolution_mm=r).polyline_xy,
+                                  anat.project_joint(an, near, resolution_mm=0.0).polyline_xy)
+
+
+def test_resolution_is_the_blur_fwhm_but_no_less_than_two_pixels():
+    assert anat.resolution_mm(0.2, 0.5) == pytest.approx(2.3548 * 0.5, rel=1e-4)
+    assert anat.resolution_mm(0.78, 0.3) == pytest.approx(1.56)
+
+
+def test_margin_separation_is_across_the_line():
+    """A camera looking along z at a flat joint: margins at x = +-DH*tan project apart by
+    exactly 2*DH*tan*M across the line, whatever the line's direction on the detector."""
+    from sifluoro.sim.geometry import make_camera
+    an = anat.sample_anatomy(np.random.default_rng(3), "L")
+    p = an.params.copy()
+    for k in (K.A_KAPPA, K.A_TILT, K.A_AMP_C, K.A_AMP_S, K.A_WAVE):
+        p[k] = 0.0
+    flat = anat.Anatomy(p, an.tex_fine, an.tex_coarse, an.body, an.side)
+    cam = make_camera(flat.joint_point(0.0, 0.0), 0.0, 0.0, 1000.0, 700.0, 300.0, 512)
+    zs = np.linspace(p[K.A_ZSUP], p[K.A_ZINF], 11)
+    sep = anat._margin_separation_mm(flat, cam, zs)
+    ant, post = flat.joint_point(-p[K.A_DH], 0.0), flat.joint_point(p[K.A_DH], 0.0)
+    xy = cam.project(np.array([ant, post]))
+    want = abs(xy[1, 0] - xy[0, 0]) * cam.pixel_spacing_mm
+    np.testing.assert_allclose(sep, want, rtol=1e-6)
+    assert want > 2.0 * p[K.A_DH] * p[K.A_TAN]     # magnified
 
 
 def test_end_on_needle_is_a_dot(scene):
