@@ -287,7 +287,9 @@ class NeedleStage:
             att = frame_attenuation(frame, state.stage_state)
             ctx = self._context(st, frame, att)
             st.track.enter_run(frame.sop_instance_uid)  # after the context: a new view, a new track
-            hit = self._detect(st, att, ctx, target)
+            # without the register stage no run shows a joint: every run counts as showing one
+            hit = self._detect(st, att, ctx, target,
+                               joint_seen=target is not None or "register" not in state.stage_state)
             st.since_full = st.deferred = 0
             # the box follows a tip that two full searches of the run in a row agree on (the
             # first frames of a run often place it short, where the last run left it)
@@ -656,7 +658,7 @@ class NeedleStage:
                        for p_tip, p_u in frame) for frame in st.persistent[-need:])
 
     def _detect(self, st: _StudyNeedle, att: np.ndarray, ctx: _RunContext,
-                target: np.ndarray | None):
+                target: np.ndarray | None, joint_seen: bool = True):
         s = self.settings
         grid = ctx.grid
         ranked = []
@@ -664,7 +666,7 @@ class NeedleStage:
         followed = st.track.dir_xy is not None
         st.jump_before, st.jump = st.jump, None
         lasting = []
-        st.scout.enter(ctx.run)
+        st.scout.enter(ctx.run, joint_seen)
         for tip_w, base_w, prob in self._candidates(st, att, ctx, target):
             tip = grid.to_full(tip_w)
             base = grid.to_full(base_w)
