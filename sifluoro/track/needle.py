@@ -803,7 +803,7 @@ class NeedleStage:
         """No candidate taken, but a needle followed in this view: look for it where it was
         (the tip refined along the last axis, as :meth:`process_roi` does) and keep it when
         the shaft behind the refined tip is still a line on the run's mean image (evidence
-        ``follow_min_score``). A needle over dense bone or beside a cortical edge often drops
+        ``follow_min_score``, ``follow_start_score`` on a run's first frame). A needle over dense bone or beside a cortical edge often drops
         out of the line search for a few frames while it is still plainly there."""
         s = self.settings
         track = st.track
@@ -829,7 +829,7 @@ class NeedleStage:
                 return None
             tip, u = at_anchor
         score = st.finder.interval_score(grid.to_work(tip - u * span_px), grid.to_work(tip))
-        if score < s.follow_min_score:
+        if score < (s.follow_start_score if st.n_mean == 1 else s.follow_min_score):
             return None
         tip = self._no_retreat(st, ctx, tip, u, True)
         base = tip - u * track.length_px
