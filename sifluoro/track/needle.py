@@ -18,7 +18,8 @@ looked for near the register target or the view's last dot, and reported at the 
 Over time: a needle not followed yet must be seen on two frames in a row of a run (or be
 very probable on one; optionally, off by default, fairly probable and at the same place on
 ``persist_frames`` full searches of the view in a row), which keeps a wire or an edge on the
-first, noisiest frames of a scout from being reported; on the study's first run (the scout) a
+first, noisiest frames of a scout from being reported; on the study's first run (the scout;
+also the next run when the first never showed the joint: a wrong-level scout) a
 new track must start near the register target (:mod:`sifluoro.track.needle_verify`); once a
 needle is followed in a view, another line replaces it only when
 very probable and seen twice (a needle does not jump across the field); the track is kept from run to run in the same view (C-arm angles,
@@ -27,7 +28,7 @@ returns to that view; on a tracked line the tip does not retreat behind the furt
 run or, at a run's start, the last tip of the previous run. When the line search takes no
 candidate, a needle followed in this view (found by the line search on a few frames) is looked
 for where it was (its end along the last axis) and kept if the shaft behind it is still a
-line. Along a shaft that dims over bone, the
+line (on a run's first frame, whose mean is that one frame, on half the evidence). Along a shaft that dims over bone, the
 tip is looked for past the dimming while the line goes on at half the contrast or more; a tip
 taken short of where another segment of the same search goes on along its line (a needle
 crossing a bone edge) goes to that segment's end, and a segment running through the last tip
