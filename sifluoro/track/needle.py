@@ -18,7 +18,8 @@ looked for near the register target or the view's last dot, and reported at the 
 Over time: a needle not followed yet must be seen on two frames in a row of a run (or be
 very probable on one; optionally, off by default, fairly probable and at the same place on
 ``persist_frames`` full searches of the view in a row), which keeps a wire or an edge on the
-first, noisiest frames of a scout from being reported; on the study's first run (the scout) a
+first, noisiest frames of a scout from being reported; on the study's first run (the scout;
+also the next run when the first never showed the joint: a wrong-level scout) a
 new track must start near the register target (:mod:`sifluoro.track.needle_verify`); once a
 needle is followed in a view, another line replaces it only when
 very probable and seen twice (a needle does not jump across the field); the track is kept from run to run in the same view (C-arm angles,
@@ -27,7 +28,7 @@ returns to that view; on a tracked line the tip does not retreat behind the furt
 run or, at a run's start, the last tip of the previous run. When the line search takes no
 candidate, a needle followed in this view (found by the line search on a few frames) is looked
 for where it was (its end along the last axis) and kept if the shaft behind it is still a
-line. Along a shaft that dims over bone, the
+line (on a run's first frame, whose mean is that one frame, on half the evidence). Along a shaft that dims over bone, the
 tip is looked for past the dimming while the line goes on at half the contrast or more; a tip
 taken short of where another segment of the same search goes on along its line (a needle
 crossing a bone edge) goes to that segment's end, and a segment running through the last tip
@@ -287,7 +288,9 @@ class NeedleStage:
             att = frame_attenuation(frame, state.stage_state)
             ctx = self._context(st, frame, att)
             st.track.enter_run(frame.sop_instance_uid)  # after the context: a new view, a new track
-            hit = self._detect(st, att, ctx, target)
+            # without the register stage no run shows a joint: every run counts as showing one
+            hit = self._detect(st, att, ctx, target,
+                               joint_seen=target is not None or "register" not in state.stage_state)
             st.since_full = st.deferred = 0
             # the box follows a tip that two full searches of the run in a row agree on (the
             # first frames of a run often place it short, where the last run left it)
@@ -656,7 +659,7 @@ class NeedleStage:
                        for p_tip, p_u in frame) for frame in st.persistent[-need:])
 
     def _detect(self, st: _StudyNeedle, att: np.ndarray, ctx: _RunContext,
-                target: np.ndarray | None):
+                target: np.ndarray | None, joint_seen: bool = True):
         s = self.settings
         grid = ctx.grid
         ranked = []
@@ -664,7 +667,7 @@ class NeedleStage:
         followed = st.track.dir_xy is not None
         st.jump_before, st.jump = st.jump, None
         lasting = []
-        st.scout.enter(ctx.run)
+        st.scout.enter(ctx.run, joint_seen)
         for tip_w, base_w, prob in self._candidates(st, att, ctx, target):
             tip = grid.to_full(tip_w)
             base = grid.to_full(base_w)
@@ -801,7 +804,7 @@ class NeedleStage:
         """No candidate taken, but a needle followed in this view: look for it where it was
         (the tip refined along the last axis, as :meth:`process_roi` does) and keep it when
         the shaft behind the refined tip is still a line on the run's mean image (evidence
-        ``follow_min_score``). A needle over dense bone or beside a cortical edge often drops
+        ``follow_min_score``, ``follow_start_score`` on a run's first frame). A needle over dense bone or beside a cortical edge often drops
         out of the line search for a few frames while it is still plainly there."""
         s = self.settings
         track = st.track
@@ -827,7 +830,7 @@ class NeedleStage:
                 return None
             tip, u = at_anchor
         score = st.finder.interval_score(grid.to_work(tip - u * span_px), grid.to_work(tip))
-        if score < s.follow_min_score:
+        if score < (s.follow_start_score if st.n_mean == 1 else s.follow_min_score):
             return None
         tip = self._no_retreat(st, ctx, tip, u, True)
         base = tip - u * track.length_px

@@ -82,6 +82,10 @@ class NeedleSettings:
     follow_min_score : float
         Line evidence (units of :meth:`LineFinder.segment`) of the shaft behind a tip found
         again where the followed needle was, when the line search took no candidate.
+    follow_start_score : float
+        The same on a run's first frame: its mean is that one frame, whose noise-normalised
+        evidence is about ``1/sqrt(avg_frames)`` of a full mean's (a needle left in place
+        between runs scored 3.7-5.8 there on training seed 4103 and was missed on that frame).
     full_search_every : int
         While a needle is followed, it is looked for in a box around it (far cheaper than the
         whole field) and the field is searched only on every ``full_search_every``-th frame
@@ -199,6 +203,7 @@ class NeedleSettings:
     track_angle_deg: float = 8.0
     track_reach_mm: float = 25.0
     follow_min_score: float = 6.0
+    follow_start_score: float = 3.0
     follow_min_hits: int = 3
     dim_fraction: float = 0.5
     max_ext_score: float = 2.0

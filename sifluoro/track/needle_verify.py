@@ -11,6 +11,12 @@ target (of the field centre without one: a scout is centred on the joint). A stu
 from a later run on, the needle already in, still has it taken when it is near its target (on
 a final needle run the tip is within 10.4 mm of it, training seeds, truth).
 
+A scout on which the register stage never found the joint (taken at the wrong level, or off
+the joint) is followed by another scout, so up to ``jointless_scouts`` such runs at the start
+of a study do not count toward the ``scout_runs``: with a wrong-level scout first, the study's
+real scout was not checked (published set with wrong-level scouts: all 6 false tips were on
+the real scout; 2 remain, a line within 20 mm of the target, as on the set without them).
+
 Not done: the same bound on new tracks after the scout (needles are first seen up to 70 mm from
 the target, and the register target may be 40 mm off); refusing a line the scout refused on
 later runs of its view (it acted on no training frame). End-on dots are left as they are (none
@@ -36,10 +42,15 @@ class ScoutSettings:
         The study's first runs treated as scouts (0: off).
     scout_target_mm : float
         Largest distance (at the detector) of a new track's tip from the target on a scout.
+    jointless_scouts : int
+        At most this many of the study's first runs on none of whose full searches the
+        register stage had a target (no joint in the field: a wrong-level scout) are scouts
+        in addition to the ``scout_runs``.
     """
 
     scout_runs: int = 1
     scout_target_mm: float = 20.0
+    jointless_scouts: int = 1
 
 
 class ScoutGate:
@@ -50,20 +61,31 @@ class ScoutGate:
     def __init__(self, settings: ScoutSettings | None = None):
         self.settings = settings or ScoutSettings()
         self.runs: list[Any] = []  # the study's runs, in order of their first full search
+        self.joint: list[bool] = []  # of each: had any of its full searches a target?
         self.run: Any = None
 
-    def enter(self, run: Any) -> None:
-        """A full search of a frame of ``run``."""
+    def enter(self, run: Any, target_seen: bool = True) -> None:
+        """A full search of a frame of ``run`` (``target_seen``: with a register target)."""
         if run is not self.run:
             self.run = run
             if all(r is not run for r in self.runs):
                 self.runs.append(run)
+                self.joint.append(False)
+        i = next(k for k, r in enumerate(self.runs) if r is run)
+        self.joint[i] = self.joint[i] or target_seen
 
     @property
     def on_scout(self) -> bool:
-        """Is the current run one of the study's first ``scout_runs``?"""
+        """Is the current run one of the study's first ``scout_runs``, counted after at most
+        ``jointless_scouts`` leading runs without a joint (which are scouts too)?"""
         s = self.settings.scout_runs
-        return s > 0 and any(r is self.run for r in self.runs[:s])
+        if s <= 0:
+            return False
+        i = next((k for k, r in enumerate(self.runs) if r is self.run), len(self.runs))
+        lead = 0
+        while (lead < min(i, self.settings.jointless_scouts) and not self.joint[lead]):
+            lead += 1
+        return i < s + lead
 
     def allows(self, tip: np.ndarray, spacing_mm: float, target: np.ndarray | None,
                centre: np.ndarray) -> bool:

@@ -480,3 +480,40 @@ def test_a_segment_through_the_last_tip_continues_the_track_however_far_on():
     off = NeedleStage(needle=replace(s, track_through=False))
     assert not off._consistent(st, st.ctx, tip, u, base)
 
+
+
+def test_a_needle_left_in_place_is_followed_on_a_run_s_first_frame():
+    """On a run's first frame the mean is that one noisy frame: a followed needle found again
+    where it was needs only ``follow_start_score`` of line evidence there (the needle left in
+    place between runs was missed on that frame with the full ``follow_min_score``)."""
+    from dataclasses import replace
+
+    from sifluoro.imaging import frame_attenuation
+
+    tip, base = np.array([262.3, 251.6]), np.array([120.0, 511.0])
+    stage = NeedleStage()
+    state = Pipeline([stage]).start_study("1.2")
+    run = _run("1.2.7.1")
+    for k in range(4):
+        img = _background(80 + k)
+        _draw_polyline(img, _needle_points(tip, base), 0.05, 1.8)
+        stage.process(_frame(img, run, k), state)
+    img = _background(90)
+    _draw_polyline(img, _needle_points(tip, base), 0.035, 1.8)  # fainter on the next run
+    frame = _frame(img, _run("1.2.7.2"), 4)
+    stage.process(frame, state)
+    st = state.stage_state["needle"]
+    assert st.n_mean == 1
+    s = stage.settings
+    g = st.ctx.grid
+    u = (tip - base) / np.linalg.norm(tip - base)
+    score = st.finder.interval_score(g.to_work(tip - u * 2.0 * s.fit_mm / SPACING_MM),
+                                     g.to_work(tip))
+    assert s.follow_start_score <= score < s.follow_min_score
+    att = frame_attenuation(frame, state.stage_state)
+    followed = stage._follow(st, att, st.ctx)
+    assert followed is not None and math.dist(followed[0], tip) * SPACING_MM < 1.0
+    full_bar = NeedleStage(needle=replace(s, follow_start_score=s.follow_min_score))
+    assert full_bar._follow(st, att, st.ctx) is None
+    st.n_mean = 2  # the run's later frames keep the full bar
+    assert stage._follow(st, att, st.ctx) is None

@@ -1,6 +1,8 @@
 """A new needle track on a study's scout (sifluoro.track.needle_verify)."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 
 from sifluoro.pipeline import Pipeline
@@ -64,3 +66,46 @@ def test_a_needle_like_line_far_from_the_joint_is_not_taken_on_the_scout():
 def test_a_needle_near_the_joint_on_the_first_run_is_taken():
     outs = _line_study(NeedleStage(), np.array([262.3, 251.6]), runs=1)
     assert all(o["needle"] is not None for o in outs[1:])
+
+
+def test_a_scout_without_a_joint_makes_the_next_run_a_scout_too():
+    gate = ScoutGate(ScoutSettings(scout_runs=1, jointless_scouts=1))
+    wrong, scout, needle_run, later = object(), object(), object(), object()
+    gate.enter(wrong, False)  # a wrong-level scout: the register stage finds no joint
+    assert gate.on_scout
+    gate.enter(scout, True)
+    assert gate.on_scout and not gate.allows(TARGET + [30.0, 0.0], 1.0, TARGET, CENTRE)
+    gate.enter(needle_run, True)
+    assert not gate.on_scout
+    # a first run showing the joint on any of its searches: the next run is no scout
+    seen = ScoutGate(ScoutSettings(scout_runs=1))
+    seen.enter(scout, False)
+    seen.enter(scout, True)
+    seen.enter(needle_run, False)
+    assert not seen.on_scout
+    # at most jointless_scouts such runs are added
+    capped = ScoutGate(ScoutSettings(scout_runs=1, jointless_scouts=1))
+    for run in (wrong, scout):
+        capped.enter(run, False)
+        assert capped.on_scout
+    capped.enter(needle_run, False)
+    assert not capped.on_scout
+
+
+def test_a_line_far_from_the_joint_on_the_scout_after_a_wrong_level_scout_is_not_taken():
+    far = np.array([180.0, 380.0])  # about 75 mm from the field centre
+    stage = NeedleStage()
+    state = Pipeline([stage]).start_study("1.3")
+    outs = []
+    for r in range(3):
+        run = _run(f"1.3.5.{r}")
+        # run 0 shows no joint (no register target); the others show it at the field centre
+        register = SimpleNamespace(target_xy=None if r == 0 else [256.0, 256.0])
+        for k in range(3):
+            img = _background(7 + 10 * r + k)
+            if r > 0:
+                _draw_polyline(img, _needle_points(far, np.array([120.0, 511.0])), 0.05, 1.8)
+            state.stage_state["register"] = register
+            outs.append(stage.process(_frame(img, run, 3 * r + k), state))
+    assert all(o["needle"] is None for o in outs[:6])  # the two scouts
+    assert outs[-1]["needle"] is not None  # the next run: a needle may be in now
