@@ -37,6 +37,26 @@ def run_set(cases_dir: str | Path, out_dir: str | Path) -> dict:
 _SHORT = {"none": "none", "intra_articular": "I", "extravasation": "E", "vascular": "V"}
 
 
+def _frame_key(f: dict):
+    """A frame by its file and frame number, as :mod:`sifluoro.sim.evaluate` matches them: the
+    replay numbers the frames it received, so after a damaged file its ``index`` runs behind
+    the truth's (records without those keys: ``index``)."""
+    return (f["sop_instance_uid"], f["frame"]) if "sop_instance_uid" in f else f["index"]
+
+
+def _output_states(truth: dict, events_path: Path) -> dict[int, str]:
+    """Output state per truth ``index`` (frames without an event left out)."""
+    index = {_frame_key(f): f["index"] for f in truth["frames"]}
+    out = {}
+    if events_path.exists():
+        for line in events_path.read_text().splitlines():
+            if line.strip():
+                e = json.loads(line)
+                if _frame_key(e) in index:
+                    out[index[_frame_key(e)]] = e["contrast"]["state"]
+    return out
+
+
 def frame_confusion(cases_dir: str | Path, results_dir: str | Path) -> dict:
     """Frames from injection start (the first frame whose truth is not ``none``, as in
     :mod:`sifluoro.sim.evaluate`) by truth and output state, ``"I->E"``-style keys (``"V->none"``:
@@ -46,13 +66,7 @@ def frame_confusion(cases_dir: str | Path, results_dir: str | Path) -> dict:
     studies: dict[str, set] = {}
     for truth_path in sorted(Path(cases_dir).glob("*/truth.json")):
         truth = json.loads(truth_path.read_text())
-        events_path = Path(results_dir) / truth_path.parent.name / "events.jsonl"
-        out = {}
-        if events_path.exists():
-            for line in events_path.read_text().splitlines():
-                if line.strip():
-                    e = json.loads(line)
-                    out[e["index"]] = e["contrast"]["state"]
+        out = _output_states(truth, Path(results_dir) / truth_path.parent.name / "events.jsonl")
         started = False
         for f in truth["frames"]:
             started = started or f["contrast_state"] != "none"
@@ -84,12 +98,7 @@ def vascular_visibility(cases_dir: str | Path, results_dir: str | Path) -> list[
         if not frames:
             continue
         res = Path(results_dir) / truth_path.parent.name
-        states = {}
-        if (res / "events.jsonl").exists():
-            for line in (res / "events.jsonl").read_text().splitlines():
-                if line.strip():
-                    e = json.loads(line)
-                    states[e["index"]] = e["contrast"]["state"]
+        states = _output_states(truth, res / "events.jsonl")
         final = None
         if (res / "summary.json").exists():
             final = json.loads((res / "summary.json").read_text()).get("contrast_state")
