@@ -37,6 +37,26 @@ def run_set(cases_dir: str | Path, out_dir: str | Path) -> dict:
 _SHORT = {"none": "none", "intra_articular": "I", "extravasation": "E", "vascular": "V"}
 
 
+def _frame_key(f: dict):
+    """A frame by its file and frame number, as :mod:`sifluoro.sim.evaluate` matches them: the
+    replay numbers the frames it received, so after a damaged file its ``index`` runs behind
+    the truth's (records without those keys: ``index``)."""
+    return (f["sop_instance_uid"], f["frame"]) if "sop_instance_uid" in f else f["index"]
+
+
+def _output_states(truth: dict, events_path: Path) -> dict[int, str]:
+    """Output state per truth ``index`` (frames without an event left out)."""
+    index = {_frame_key(f): f["index"] for f in truth["frames"]}
+    out = {}
+    if events_path.exists():
+        for line in events_path.read_text().splitlines():
+            if line.strip():
+                e = json.loads(line)
+                if _frame_key(e) in index:
+                    out[index[_frame_key(e)]] = e["contrast"]["state"]
+    return out
+
+
 def frame_confusion(cases_dir: str | Path, results_dir: str | Path) -> dict:
     """Frames from injection start (the first frame whose truth is not ``none``, as in
     :mod:`sifluoro.sim.evaluate`) by truth and output state, ``"I->E"``-style keys (``"V->none"``:
@@ -46,13 +66,7 @@ def frame_confusion(cases_dir: str | Path, results_dir: str | Path) -> dict:
     studies: dict[str, set] = {}
     for truth_path in sorted(Path(cases_dir).glob("*/truth.json")):
         truth = json.loads(truth_path.read_text())
-        events_path = Path(results_dir) / truth_path.parent.name / "events.jsonl"
-        out = {}
-        if events_path.exists():
-            for line in events_path.read_text().splitlines():
-                if line.strip():
-                    e = json.loads(line)
-                    out[e["index"]] = e["contrast"]["state"]
+        out = _output_states(truth, Path(results_dir) / truth_path.parent.name / "events.jsonl")
         started = False
         for f in truth["frames"]:
             started = started or f["contrast_state"] != "none"
@@ -66,14 +80,15 @@ def frame_confusion(cases_dir: str | Path, results_dir: str | Path) -> dict:
             "wrong_studies": {k: sorted(v) for k, v in sorted(studies.items())}}
 
 
-# truth contrast_snr from which opacity is in the pixels (sifluoro.sim.evaluate.DETECTABLE_SNR)
+# truth SNR from which opacity is in the pixels (sifluoro.sim.evaluate.DETECTABLE_SNR)
 VISIBLE_SNR = 3.0
 
 
 def vascular_visibility(cases_dir: str | Path, results_dir: str | Path) -> list[dict]:
-    """Per vascular study (truth reaches ``vascular``): the best truth ``contrast_snr`` on its
-    frames of truth state ``vascular`` (the opacity's peak SNR: in a joint + vessel study the
-    peak may be the joint fill's), whether that is visible (>= ``VISIBLE_SNR``), the output's
+    """Per vascular study (truth reaches ``vascular``): the vessels' best truth SNR,
+    ``vessel_snr`` (truths made before it existed: ``contrast_snr`` on the frames of truth
+    state ``vascular``, which in a joint + vessel study may be the joint fill's; ``source``
+    says which), whether that is visible (>= ``VISIBLE_SNR``), the output's
     final state (summary's, else the last event's) and the delay in frames from the first truth
     ``vascular`` frame to the first output one (None: never)."""
     out = []
@@ -83,21 +98,18 @@ def vascular_visibility(cases_dir: str | Path, results_dir: str | Path) -> list[
         if not frames:
             continue
         res = Path(results_dir) / truth_path.parent.name
-        states = {}
-        if (res / "events.jsonl").exists():
-            for line in (res / "events.jsonl").read_text().splitlines():
-                if line.strip():
-                    e = json.loads(line)
-                    states[e["index"]] = e["contrast"]["state"]
+        states = _output_states(truth, res / "events.jsonl")
         final = None
         if (res / "summary.json").exists():
             final = json.loads((res / "summary.json").read_text()).get("contrast_state")
         if final is None and states:
             final = states[max(states)]
-        snrs = [f["contrast_snr"] for f in frames if f.get("contrast_snr") is not None]
+        source = "vessel_snr" if any("vessel_snr" in f for f in truth["frames"]) \
+            else "contrast_snr"
+        snrs = [f[source] for f in frames if f.get(source) is not None]
         best = max(snrs) if snrs else None
         first_out = min((i for i, s in states.items() if s == "vascular"), default=None)
-        out.append({"case": truth_path.parent.name, "snr_max": best,
+        out.append({"case": truth_path.parent.name, "snr_max": best, "source": source,
                     "visible": best is not None and best >= VISIBLE_SNR, "output": final,
                     "delay": None if first_out is None
                     else max(0, first_out - frames[0]["index"])})
@@ -107,7 +119,8 @@ def vascular_visibility(cases_dir: str | Path, results_dir: str | Path) -> list[
 def vascular_lines(vasc: list[dict]) -> list[str]:
     visible = [v for v in vasc if v["visible"]]
     found = [v for v in visible if v["output"] == "vascular"]
-    lines = [f"  vascular sensitivity on visible vessels (truth contrast_snr >= {VISIBLE_SNR:g}): "
+    sources = "/".join(sorted({v["source"] for v in vasc})) or "vessel_snr"
+    lines = [f"  vascular sensitivity on visible vessels (truth {sources} >= {VISIBLE_SNR:g}): "
              f"{len(found)} of {len(visible)}"
              + (f"; all vascular: {sum(v['output'] == 'vascular' for v in vasc)} of {len(vasc)}"
                 if vasc else "")]

@@ -231,3 +231,24 @@ def test_tips_and_contrast_not_in_the_pixels_are_reported_apart():
     score_study(_truth(["none"] * 2), _events(_truth(["none"] * 2)), None, plain)
     text = format_report(report(plain))
     assert "SNR" not in text
+
+
+def test_visible_vessel_sensitivity_uses_the_vessels_own_snr():
+    from sifluoro.sim.evaluate import format_report
+    tally = Tally()
+    summary = {"air_kerma_mgy": 2.0, "dap_gycm2": 0.5, "fluoro_time_s": 1.0}
+    # joint + vessel studies: the fill's contrast SNR is high in both; only the first vessel
+    # is in the pixels, and it is missed
+    for vessel_snr in (5.0, 1.5):
+        truth = _truth(["none", "intra_articular", "vascular", "vascular"])
+        for ft in truth["frames"][1:]:
+            ft["contrast_snr"] = 20.0
+        truth["frames"][2]["vessel_snr"] = vessel_snr
+        states = ["none", "intra_articular", "intra_articular", "intra_articular"]
+        score_study(truth, _events(truth, states=states),
+                    {**summary, "contrast_state": "intra_articular"}, tally)
+    r = report(tally)
+    assert [s["vessel_snr_max"] for s in r["per_study"]] == [5.0, 1.5]
+    assert r["contrast"]["visible_vessels"] == 1
+    assert r["contrast"]["visible_vessel_sensitivity"] == 0.0
+    assert "visible vessels (SNR >= 3) found 0.0 of 1" in format_report(r)

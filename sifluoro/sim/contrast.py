@@ -122,12 +122,15 @@ def _gaussian_blob(cam: Camera, centre: np.ndarray, sigma_mm: float, mass_mg: fl
 
 
 def iodine_map(plan: ContrastPlan, frame: int, cam: Camera, static: StaticMaps,
-               out: np.ndarray) -> dict[str, float]:
-    """Write the iodine areal density of contrast-run frame ``frame`` into ``out``.
+               out: np.ndarray, vascular_out: np.ndarray | None = None) -> dict[str, float]:
+    """Write the iodine areal density of contrast-run frame ``frame`` into ``out``, and the
+    vessels' share of it into ``vascular_out`` when given (the truth's vessel SNR).
 
     Returns the peak areal density (mg/mm^2) of each component in this frame.
     """
     out[...] = 0.0
+    if vascular_out is not None:
+        vascular_out[...] = 0.0
     peaks = {}
     if not plan.components:
         return peaks
@@ -171,6 +174,8 @@ def iodine_map(plan: ContrastPlan, frame: int, cam: Camera, static: StaticMaps,
                            plan.vessel_radius_mm, np.zeros_like(plan.vessel_radius_mm),
                            conc.astype(np.float64), 2)
         out += va
+        if vascular_out is not None:
+            vascular_out += va
         peaks["vascular"] = float(va.max())
     return peaks
 

@@ -165,11 +165,14 @@ def score_study(truth: dict, events: list[dict], summary: dict | None, tally: Ta
             else:
                 tally.missed_detections += 1
     contrast_snrs = [ft["contrast_snr"] for ft in truth["frames"] if ft.get("contrast_snr") is not None]
+    vessel_snrs = [ft["vessel_snr"] for ft in truth["frames"] if ft.get("vessel_snr") is not None]
     record = {"case": truth["case"], "truth": truth_final, "output": output_final,
               "correct": truth_final == output_final if output_final is not None else None,
               "results": bool(events), "stages": sorted(ran),
               # the opacification's best SNR in the pixels (None: truth without it, or none)
-              "contrast_snr_max": max(contrast_snrs) if contrast_snrs else None}
+              "contrast_snr_max": max(contrast_snrs) if contrast_snrs else None,
+              # the vessels' own best SNR (None: no vessel in the pixels, or an older truth)
+              "vessel_snr_max": max(vessel_snrs) if vessel_snrs else None}
     if summary:
         for key in ("air_kerma_mgy", "dap_gycm2", "fluoro_time_s"):
             ref = truth["dose"][key] if not truth.get("reported_dose") or key == "fluoro_time_s" \
@@ -190,6 +193,8 @@ def _ratio(a, b):
 def report(tally: Tally) -> dict:
     studies = [s for s in tally.studies if s["correct"] is not None]  # contrast assessed
     vascular_truth = [s for s in studies if s["truth"] == "vascular"]
+    visible_vessels = [s for s in vascular_truth
+                       if s["vessel_snr_max"] is not None and s["vessel_snr_max"] >= DETECTABLE_SNR]
     non_vascular = [s for s in studies if s["truth"] != "vascular" and s["results"]]
     ran = set().union(*(s["stages"] for s in tally.studies)) if tally.studies else set()
     return {
@@ -231,6 +236,10 @@ def report(tally: Tally) -> dict:
             "frame_accuracy_from_injection": _ratio(tally.contrast_correct, tally.contrast_frames),
             "study_accuracy": _ratio(sum(s["correct"] for s in studies), len(studies)),
             "vascular_sensitivity": _ratio(sum(s["output"] == "vascular" for s in vascular_truth), len(vascular_truth)),
+            # on the studies whose vessel is in the pixels (truth vessel_snr >= 3)
+            "visible_vessels": len(visible_vessels),
+            "visible_vessel_sensitivity": _ratio(sum(s["output"] == "vascular" for s in visible_vessels),
+                                                 len(visible_vessels)),
             "vascular_specificity": _ratio(sum(s["output"] != "vascular" for s in non_vascular), len(non_vascular)),
             "detection_delay_frames_median": _pct(tally.delays, 50),
             "detection_delay_frames_max": max(tally.delays) if tally.delays else None,
@@ -285,6 +294,8 @@ def format_report(r: dict) -> str:
         f"contrast study accuracy {c['study_accuracy']}, per-frame {c['frame_accuracy_from_injection']}, "
         f"vascular sens {c['vascular_sensitivity']} spec {c['vascular_specificity']}, delay median "
         f"{c['detection_delay_frames_median']} frames, none before injection {c['none_before_injection_rate']}"
+        + (f"; visible vessels (SNR >= 3) found {c['visible_vessel_sensitivity']} of "
+           f"{c['visible_vessels']}" if c["visible_vessels"] else "")
         + (f"; contrast never above SNR 3 in cases {c['studies_contrast_below_snr3']}"
            if c["studies_contrast_below_snr3"] else ""),
         "dose     median |rel. error| " + ", ".join(

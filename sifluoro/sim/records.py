@@ -58,6 +58,9 @@ class FrameTruth:
     # visible contrast. Below 3 the object is in the field but not in the image.
     tip_snr: float | None = None
     contrast_snr: float | None = None
+    # the same for the vessels' iodine alone (None: no visible vessel); in a joint + vessel
+    # study contrast_snr is the joint fill's
+    vessel_snr: float | None = None
 
 
 @dataclass(frozen=True)

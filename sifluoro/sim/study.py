@@ -425,6 +425,7 @@ def _simulate(seed: int, case: int, size: int, quick: bool, wrong_level_scout: b
         gas = np.empty_like(zero)
         steel = np.empty_like(zero)
         iodine = np.zeros_like(zero)
+        vessel = np.zeros_like(zero)
         primary = np.empty_like(zero)
         clean_buf = np.empty_like(zero)
         lines = []
@@ -444,7 +445,7 @@ def _simulate(seed: int, case: int, size: int, quick: bool, wrong_level_scout: b
                 tip_xy, shaft, visible, end_on_f = _needle_truth(cam, pl, mask)
             peaks = {}
             if plan.contrast:
-                peaks = con.iodine_map(cplan, f, cam, st, iodine)
+                peaks = con.iodine_map(cplan, f, cam, st, iodine, vessel)
                 for comp, pk in peaks.items():
                     if pk > con.VISIBLE_MG_MM2 and con.SEVERITY[comp] > con.SEVERITY[state]:
                         state = comp
@@ -464,13 +465,15 @@ def _simulate(seed: int, case: int, size: int, quick: bool, wrong_level_scout: b
             frames[f] = img
             vis_io = iodine[mask]
             c_vis = bool(plan.contrast and vis_io.size and vis_io.max() > con.VISIBLE_MG_MM2)
-            t_snr, c_snr = _visibility(
+            v_vis = bool(c_vis and "vascular" in peaks
+                         and vessel[mask].max() > con.VISIBLE_MG_MM2)
+            t_snr, c_snr, v_snr = _visibility(
                 img, mask, win, dev, cam.pixel_spacing_mm,
                 lambda steel_, iodine_: _clean_render(clean_buf, water - gas, st.bone_mm, iodine_,
                                                       steel_, beam_m, scatter, dev, cam, mask),
                 primary, scatter, steel, dist_steel, iodine,
                 shaft if tip_xy is not None else None,
-                c_vis)
+                c_vis, vessel if v_vis else None)
             area = float(np.count_nonzero(vis_io > con.VISIBLE_MG_MM2) * pix_mm2) if c_vis else 0.0
             ttt = None
             if tip_xy is not None and target_xy is not None:
@@ -480,7 +483,8 @@ def _simulate(seed: int, case: int, size: int, quick: bool, wrong_level_scout: b
                 tip_xy=tip_xy, needle_visible=visible, end_on=end_on_f, shaft_xy=shaft,
                 joint_polyline_xy=joint_xy, joint_doubled=jp.doubled, target_xy=target_xy,
                 contrast_state=state, contrast_visible=c_vis, contrast_area_mm2=area,
-                t_s=float(t_s), tip_to_target_mm=ttt, tip_snr=t_snr, contrast_snr=c_snr))
+                t_s=float(t_s), tip_to_target_mm=ttt, tip_snr=t_snr, contrast_snr=c_snr,
+                vessel_snr=v_snr))
         runs.append(SimRun(frames=frames, bits_stored=dev.bits_stored,
                            photometric=dev.photometric, technique=tech, start_s=float(t_start),
                            truth=tuple(truths), burned_in_text=burned,
@@ -511,29 +515,34 @@ def _clean_display(primary, scatter, dev, spacing_mm: float, mask) -> np.ndarray
 
 def _visibility(img: np.ndarray, mask: np.ndarray, win, dev, spacing_mm: float, render,
                 primary, scatter, steel, steel_without_needle, iodine, shaft,
-                contrast_visible: bool
-                ) -> tuple[float | None, float | None]:
-    """Tip and contrast SNR of a stored frame (:mod:`sifluoro.sim.visibility`); None where
-    there is no tip or no visible contrast. ``primary`` is the frame's own noise-free
-    primary; ``render(steel, iodine)`` renders the frame again with other steel or iodine.
+                contrast_visible: bool, vessel=None
+                ) -> tuple[float | None, float | None, float | None]:
+    """Tip, contrast and vessel SNR of a stored frame (:mod:`sifluoro.sim.visibility`); None
+    where there is no tip, no visible contrast or no visible vessel (``vessel``: the vessels'
+    iodine, part of ``iodine``). ``primary`` is the frame's own noise-free primary;
+    ``render(steel, iodine)`` renders the frame again with other steel or iodine.
     Only noise-free frames are made: the case's random stream is untouched, so the pixels are
     the same with or without this truth."""
     if shaft is None and not contrast_visible:
-        return None, None
+        return None, None, None
     top = float((1 << dev.bits_stored) - 1)
     stored = img.astype(np.float32) / top
     if dev.pixel_intensity_sign == 1:
         stored = 1.0 - stored
     clean = det.windowed(_clean_display(primary, scatter, dev, spacing_mm, mask), win, mask)
     noise = stored - clean
-    t_snr = c_snr = None
+    t_snr = c_snr = v_snr = None
     if shaft is not None:
         signal = clean - det.windowed(render(steel_without_needle, iodine), win, mask)
         t_snr = vis.tip_snr(signal, noise, mask, shaft, spacing_mm)
     if contrast_visible:
         signal = clean - det.windowed(render(steel, np.zeros_like(iodine)), win, mask)
         c_snr = vis.contrast_snr(signal, noise, mask, iodine, con.VISIBLE_MG_MM2, spacing_mm)
-    return _rounded(t_snr), _rounded(c_snr)
+    if vessel is not None:
+        # the vessel's own signal: in a joint + vessel study the contrast SNR is the fill's
+        signal = clean - det.windowed(render(steel, iodine - vessel), win, mask)
+        v_snr = vis.contrast_snr(signal, noise, mask, vessel, con.VISIBLE_MG_MM2, spacing_mm)
+    return _rounded(t_snr), _rounded(c_snr), _rounded(v_snr)
 
 
 def _rounded(v: float | None) -> float | None:

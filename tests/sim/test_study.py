@@ -302,3 +302,21 @@ def test_wrong_level_scout_shows_no_joint_and_leaves_the_study_unchanged(study):
     from sifluoro.sim.export import _damaged_run_index
     assert _damaged_run_index(replace(with_scout, damaged=True)) == \
         _damaged_run_index(replace(study, damaged=True)) + 1
+
+
+def test_the_vessels_iodine_comes_apart(scene):
+    an, cam, static, mk, alpha = scene
+    out = np.zeros((512, 512), np.float32)
+    vessel = np.full_like(out, 7.0)  # overwritten
+    plan = _plan(scene, ("intra_articular", "vascular"), 1)
+    seen = False
+    for f in range(16):
+        pk = con.iodine_map(plan, f, cam, static, out, vessel)
+        assert float(vessel.max()) == pytest.approx(pk.get("vascular", 0.0))
+        assert np.all(vessel <= out + 1e-6)
+        seen |= pk.get("vascular", 0.0) > con.VISIBLE_MG_MM2 and bool((out > vessel).any())
+    assert seen
+    alone = _plan(scene, ("vascular",), 1)
+    for f in range(16):
+        con.iodine_map(alone, f, cam, static, out, vessel)
+        assert np.array_equal(out, vessel)

@@ -82,7 +82,24 @@ def test_a_study_carries_snrs_and_the_same_pixels_without_them(monkeypatch):
     assert all(ft.contrast_snr is None for ft in frames if not ft.contrast_visible)
     # the SNRs are computed from noise-free renders only: the random stream, and so every
     # stored pixel, is the same without them
-    monkeypatch.setattr(sim_study, "_visibility", lambda *a, **k: (None, None))
+    monkeypatch.setattr(sim_study, "_visibility", lambda *a, **k: (None, None, None))
     bare = simulate_case(11, 3, quick=True)
+    for a, b in zip(s.runs, bare.runs, strict=True):
+        assert np.array_equal(a.frames, b.frames)
+
+
+def test_a_joint_and_vessel_study_gives_the_vessel_its_own_snr(monkeypatch):
+    # seed 905 case 22: a joint fill and a faint vessel; the opacity's peak is the fill's
+    s = simulate_case(905, 22, quick=True)
+    assert set(s.contrast_components) == {"intra_articular", "vascular"}
+    frames = [ft for run in s.runs for ft in run.truth]
+    vessel = [ft for ft in frames if ft.vessel_snr is not None]
+    assert vessel and all(ft.contrast_state == "vascular" for ft in vessel)
+    assert all(ft.vessel_snr is None for ft in frames if ft.contrast_state != "vascular")
+    best = max(ft.vessel_snr for ft in vessel)
+    assert 3.0 < best < 12.0  # faint but in the pixels
+    assert all(ft.vessel_snr < ft.contrast_snr for ft in vessel)  # the fill is brighter
+    monkeypatch.setattr(sim_study, "_visibility", lambda *a, **k: (None, None, None))
+    bare = simulate_case(905, 22, quick=True)
     for a, b in zip(s.runs, bare.runs, strict=True):
         assert np.array_equal(a.frames, b.frames)

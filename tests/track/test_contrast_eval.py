@@ -5,12 +5,14 @@ from benchmarks.eval_contrast import (confusion_lines, frame_confusion, vascular
                                       vascular_visibility)
 
 
-def _case(root, name, truth_states, out_states, snrs=None):
+def _case(root, name, truth_states, out_states, snrs=None, vessel_snrs=None):
     case = root / "cases" / name
     case.mkdir(parents=True)
     frames = [{"index": i, "contrast_state": s} for i, s in enumerate(truth_states)]
     for f, snr in zip(frames, snrs or []):
         f["contrast_snr"] = snr
+    for f, snr in zip(frames, vessel_snrs or []):
+        f["vessel_snr"] = snr
     (case / "truth.json").write_text(json.dumps({"frames": frames}))
     out = root / "out" / name
     out.mkdir(parents=True)
@@ -51,3 +53,44 @@ def test_vascular_sensitivity_counts_the_vessels_in_the_pixels(tmp_path):
         ("case002", 3.0, True, ia, None)]
     lines = vascular_lines(vasc)
     assert lines[0].endswith("1 of 2; all vascular: 1 of 3")
+
+
+def test_visible_vessels_are_judged_by_the_vessels_own_snr(tmp_path):
+    n, ia, va = "none", "intra_articular", "vascular"
+    # joint + vessel: the opacity's SNR is the fill's (20), the vessel's own is 1.5
+    _case(tmp_path, "case000", [n, ia, va, va], [n, ia, ia, ia], [None, 20.0, 21.0, 22.0],
+          [None, None, 1.5, None])
+    # a faint vessel beside a bright fill, found
+    _case(tmp_path, "case001", [n, ia, va, va], [n, ia, va, va], [None, 20.0, 21.0, 22.0],
+          [None, None, 4.0, 2.0])
+    vasc = vascular_visibility(tmp_path / "cases", tmp_path / "out")
+    assert [(v["case"], v["snr_max"], v["visible"], v["source"]) for v in vasc] == [
+        ("case000", 1.5, False, "vessel_snr"), ("case001", 4.0, True, "vessel_snr")]
+    assert vascular_lines(vasc)[0] == ("  vascular sensitivity on visible vessels "
+                                       "(truth vessel_snr >= 3): 1 of 1; all vascular: 1 of 2")
+
+
+def test_frames_are_matched_by_file_and_frame_number_after_a_damaged_file(tmp_path):
+    """The replay numbers the frames it received: after a damaged file's lost frames its
+    ``index`` runs behind the truth's, so frames are matched by (file, frame number)."""
+    n, ia, va = "none", "intra_articular", "vascular"
+    case = tmp_path / "cases" / "case000"
+    case.mkdir(parents=True)
+    files = ["1.1"] * 3 + ["1.2"] * 4          # the first file lost its last two frames
+    numbers = [1, 2, 3, 1, 2, 3, 4]
+    truth = [n, n, n, ia, va, va, va]
+    frames = [{"index": i, "sop_instance_uid": u, "frame": k, "contrast_state": s}
+              for i, (u, k, s) in enumerate(zip(files, numbers, truth))]
+    frames[4]["vessel_snr"] = 6.0
+    (case / "truth.json").write_text(json.dumps({"frames": frames}))
+    out = tmp_path / "out" / "case000"
+    out.mkdir(parents=True)
+    received = [(0, "1.1", 1, n), (1, "1.2", 1, ia), (2, "1.2", 2, ia), (3, "1.2", 3, va),
+                (4, "1.2", 4, va)]
+    (out / "events.jsonl").write_text("".join(
+        json.dumps({"index": i, "sop_instance_uid": u, "frame": k, "contrast": {"state": s}})
+        + "\n" for i, u, k, s in received))
+    conf = frame_confusion(tmp_path / "cases", tmp_path / "out")
+    assert conf["pairs"] == {"I->I": 1, "V->I": 1, "V->V": 2}
+    vasc = vascular_visibility(tmp_path / "cases", tmp_path / "out")
+    assert [(v["output"], v["delay"]) for v in vasc] == [(va, 1)]
