@@ -196,3 +196,44 @@ def test_without_a_pulse_rate_the_capture_says_what_counts_and_drops_a_long_hold
     assert "without --pulse-rate" not in capsys.readouterr().err
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["video"]["held_frames"] == 250 and summary["fluoro_time_s"] == pytest.approx(2.0)
+
+
+def _image_sequence(tmp_path, monkeypatch, n=6):
+    """A PNG sequence read by OpenCV's own image backend, which reports CAP_PROP_FPS -1."""
+    import cv2
+
+    for k in range(n):
+        cv2.imwrite(str(tmp_path / f"f_{k:03d}.png"), np.full((48, 64), 20 + 30 * k, np.uint8))
+    real = cv2.VideoCapture
+    monkeypatch.setattr(cv2, "VideoCapture", lambda source: real(source, cv2.CAP_IMAGES))
+    return tmp_path / "f_%03d.png"
+
+
+def test_a_capture_that_reports_no_frame_rate_needs_the_pulse_rate(tmp_path, monkeypatch, capsys):
+    """A backend reporting CAP_PROP_FPS -1 was taken at its word: t_s ran 0, -1, -2 ... and
+    fluoroscopy time and air kerma came out negative. Now such a capture is timed by the pulse
+    rate given, and refused, naming the property, without one."""
+    source = _image_sequence(tmp_path, monkeypatch)
+    assert main(_args(source, 0.3, tmp_path, "--stages", "none", "--pulse-rate", "15")) == 0
+    events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert [e["t_s"] for e in events] == pytest.approx([k / 15 for k in range(6)], abs=1e-6)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["fluoro_time_s"] == pytest.approx(6 / 15) and summary["air_kerma_mgy"] > 0
+    assert replay_output_violations(tmp_path / "events.jsonl", tmp_path / "summary.json") == []
+    capsys.readouterr()
+    assert main(_args(source, 0.3, tmp_path, "--stages", "none")) == 2
+    assert "CAP_PROP_FPS = -1" in capsys.readouterr().err
+    assert json.loads((tmp_path / "summary.json").read_text())["frames"] == 0
+
+
+def test_a_full_disk_stops_the_events_not_the_summary(tmp_path, monkeypatch, capsys):
+    """Events written to a full disk (/dev/full): the capture crashed at the end with no
+    summary, so the session's dose was lost. Now the summary is written and says so."""
+    source = _image_sequence(tmp_path, monkeypatch)
+    args = _args(source, 0.3, tmp_path, "--stages", "none", "--pulse-rate", "15")
+    args[args.index("--events") + 1] = "/dev/full"
+    assert main(args) == 0
+    assert "events can no longer be written" in capsys.readouterr().err
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["frames"] == 6 and summary["air_kerma_mgy"] > 0
+    assert "No space left on device" in summary["events_not_written"]

@@ -18,6 +18,7 @@ an analogue capture, whose noise keeps a held image from repeating exactly, coun
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
@@ -66,6 +67,9 @@ class VideoSourceSettings:
             raise ConfigError(f"--max-frames must be >= 1, got {self.max_frames}")
 
 
+#: a capture reporting more frames per second reports something else (an RTSP time base)
+MAX_CAPTURE_RATE_PER_S = 1000.0
+
 #: mean |difference| (grey levels) below which a frame repeats the one before (a held image)
 HELD_FRAME_LEVELS = 0.1
 
@@ -107,7 +111,7 @@ def video_frames(source: str | int, settings: VideoSourceSettings,
     stats = stats if stats is not None else VideoStats()
     capture = open_capture(source)
     try:
-        capture_rate = capture.get(cv2.CAP_PROP_FPS) or 30.0
+        capture_rate = _capture_rate(capture, source, settings.frame_rate_per_s)
         pulse_rate = settings.frame_rate_per_s or capture_rate
         rate = min(pulse_rate, capture_rate)  # frames taken per second
         frame_time_ms = 1000.0 / rate
@@ -157,6 +161,23 @@ def video_frames(source: str | int, settings: VideoSourceSettings,
                         run=run)
     finally:
         capture.release()
+
+
+def _capture_rate(capture: cv2.VideoCapture, source: str | int,
+                  pulse_rate_per_s: float | None) -> float:
+    """The capture's frames per second; the pulse rate when the capture does not know its own.
+
+    Backends that do not know report -1 (image sequences), 0, or an RTSP time base (90000):
+    taken as is, time ran backwards and dose came out negative, or pulses were dropped as
+    repeats. Without a pulse rate such a capture is refused: its frames cannot be timed.
+    """
+    reported = capture.get(cv2.CAP_PROP_FPS)
+    if math.isfinite(reported) and 0 < reported <= MAX_CAPTURE_RATE_PER_S:
+        return float(reported)
+    if pulse_rate_per_s is not None:
+        return float(pulse_rate_per_s)  # each captured frame is one pulse
+    raise InputError(f"the capture reports no usable frame rate (CAP_PROP_FPS = {reported:g}); "
+                     "give the fluoroscopy's --pulse-rate", path=str(source))
 
 
 def _read_all(capture: cv2.VideoCapture) -> Iterator[np.ndarray]:

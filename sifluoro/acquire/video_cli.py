@@ -23,6 +23,40 @@ from sifluoro.stopping import stop_on_signals
 STOPPED = "stopped by a signal"
 
 
+class _EventsFile:
+    """The events, a line per frame. A disk that fills stops the writing, not the capture: the
+    session's dose still reaches its summary (``events_not_written`` names what failed)."""
+
+    def __init__(self, path: Path):
+        self.path, self.error = path, None
+        self._fh = open(path, "w", encoding="utf-8")
+
+    def write(self, event: dict) -> None:
+        if self._fh is not None:
+            try:
+                self._fh.write(json.dumps(event, separators=(",", ":")) + "\n")
+            except OSError as exc:
+                self._fail(exc)
+
+    def close(self) -> None:
+        if self._fh is not None:
+            try:
+                self._fh.close()
+                self._fh = None
+            except OSError as exc:  # the last buffer could not be flushed
+                self._fail(exc)
+
+    def _fail(self, exc: OSError) -> None:
+        self.error = f"{self.path}: {exc.strerror or exc}"
+        print(f"sifluoro: events can no longer be written ({self.error}); the capture goes on",
+              file=sys.stderr)
+        fh, self._fh = self._fh, None
+        try:
+            fh.close()
+        except OSError:
+            pass  # already said
+
+
 def _source(text: str) -> str | int:
     return int(text) if text.isdigit() else text
 
@@ -51,57 +85,61 @@ def _video(args) -> int:
     pending: dict[int, object] = {}      # frames waiting for their event (for the overlay)
     lock = threading.Lock()
     args.events.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.events, "w", encoding="utf-8") as events:
-        def on_frame(frame_event) -> None:
-            events.write(json.dumps(frame_event.event, separators=(",", ":")) + "\n")
-            with lock:
-                frame = pending.pop(frame_event.index, None)
-            if overlays is not None and frame is not None:
-                overlays.add(frame, frame_event.event)
+    events = _EventsFile(args.events)
 
-        engine.on("frame", on_frame)
-        paced = live and not device   # a file played as a grabber would deliver it
-        start = 0.0
-        stats = VideoStats()
-        if technique.sid_mm is None and not args.quiet:
-            print("note: without --sid-mm (and kV, mA, pulse width) there is no dose estimate; "
-                  "fluoroscopy time is still counted", file=sys.stderr)
-        if args.pulse_rate is None and not args.quiet:
-            print(f"note: without --pulse-rate every captured frame counts as a pulse (a capture "
-                  f"faster than the pulses overstates the dose); the monitor's held last image "
-                  f"counts as fluoroscopy for its first {HOLD_S:g} s, and wholly when analogue "
-                  f"noise keeps it from repeating exactly", file=sys.stderr)
-        # a grabber never ends by itself: Ctrl-C or a service stop ends the capture, and the
-        # session's summary (its dose) is still written
-        stop = stop_on_signals()
-        ended = None
-        try:
-            for frame in video_frames(source, settings, stats):
-                if stop.is_set():
-                    ended = STOPPED
-                    break
-                if frame.index == 0:  # kernels warmed up on the real frame size before it counts
-                    engine.prepare(Study(frame.run.study_instance_uid, (frame.run,)))
-                    start = time.monotonic()
-                if paced:
-                    time.sleep(max(0.0, start + frame.t_s - time.monotonic()))
-                if overlays is not None:
-                    with lock:
-                        pending[frame.index] = frame
-                if live:
-                    engine.submit(frame)
-                else:
-                    engine.feed(frame)
-        except InputError as exc:  # e.g. the picture size changed: what came before counts
-            ended = str(exc)
-            print(f"sifluoro: {exc}; the capture ends here", file=sys.stderr)
-        finally:
-            summary = engine.close()
+    def on_frame(frame_event) -> None:
+        events.write(frame_event.event)
+        with lock:
+            frame = pending.pop(frame_event.index, None)
+        if overlays is not None and frame is not None:
+            overlays.add(frame, frame_event.event)
+
+    engine.on("frame", on_frame)
+    paced = live and not device   # a file played as a grabber would deliver it
+    start = 0.0
+    stats = VideoStats()
+    if technique.sid_mm is None and not args.quiet:
+        print("note: without --sid-mm (and kV, mA, pulse width) there is no dose estimate; "
+              "fluoroscopy time is still counted", file=sys.stderr)
+    if args.pulse_rate is None and not args.quiet:
+        print(f"note: without --pulse-rate every captured frame counts as a pulse (a capture "
+              f"faster than the pulses overstates the dose); the monitor's held last image "
+              f"counts as fluoroscopy for its first {HOLD_S:g} s, and wholly when analogue "
+              f"noise keeps it from repeating exactly", file=sys.stderr)
+    # a grabber never ends by itself: Ctrl-C or a service stop ends the capture, and the
+    # session's summary (its dose) is still written
+    stop = stop_on_signals()
+    ended = None
+    try:
+        for frame in video_frames(source, settings, stats):
+            if stop.is_set():
+                ended = STOPPED
+                break
+            if frame.index == 0:  # kernels warmed up on the real frame size before it counts
+                engine.prepare(Study(frame.run.study_instance_uid, (frame.run,)))
+                start = time.monotonic()
+            if paced:
+                time.sleep(max(0.0, start + frame.t_s - time.monotonic()))
             if overlays is not None:
-                overlays.close()
+                with lock:
+                    pending[frame.index] = frame
+            if live:
+                engine.submit(frame)
+            else:
+                engine.feed(frame)
+    except InputError as exc:  # e.g. the picture size changed: what came before counts
+        ended = str(exc)
+        print(f"sifluoro: {exc}; the capture ends here", file=sys.stderr)
+    finally:
+        summary = engine.close()
+        events.close()
+        if overlays is not None:
+            overlays.close()
     summary["video"] = {"captured_frames": stats.captured,
                         "between_pulses": stats.between_pulses, "held_frames": stats.held,
                         "ended_early": ended}
+    if events.error:
+        summary["events_not_written"] = events.error  # the events file is incomplete
     write_json(args.summary, summary)
     if not args.quiet:
         dropped = summary.get("dropped_image_frames")
