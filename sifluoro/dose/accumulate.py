@@ -158,6 +158,9 @@ class DoseAccumulator:
         self._clock: dict[str, datetime | None] = {}
         self._beam_s: dict[str, float] = {}  # the time the run's frames stand for
         self._srdl_fired: set[str] = set()
+        # the highest alert values announced: a study dose that dips (a report moves an event
+        # between unstored and a run) and comes back must not announce a level twice
+        self._announced = (0.0, 0.0, 0.0)
         self._last_frame: tuple[int, float] = (0, 0.0)  # index and time of the last frame added
         #: alerts that recounts raised (a late report): not tied to a frame being added
         self.recount_alerts: list[DoseAlert] = []
@@ -496,6 +499,8 @@ class DoseAccumulator:
         """The alerts the study's dose (:meth:`_alert_values`) reached since ``before``."""
         s, out = self.settings, []
         fluoro_s, kerma, dap = self._alert_values()
+        before = tuple(max(b, a) for b, a in zip(before, self._announced))
+        self._announced = tuple(max(b, v) for b, v in zip(before, (fluoro_s, kerma, dap)))
         step = s.fluoro_time_alert_s
         if step > 0:
             for k in range(int(before[0] // step) + 1, int(fluoro_s // step) + 1):

@@ -173,3 +173,24 @@ def test_a_run_in_the_spring_forward_hour_stays_inside_the_report(tmp_path, monk
         monkeypatch.delenv("TZ")
         time.tzset()
     assert studies[0].air_kerma_mgy == pytest.approx(50.0)  # the loop once, in the report
+
+
+def test_a_report_at_the_end_announces_each_alert_level_once(tmp_path):
+    """The stored loop's header gives its fluoroscopy event's whole dose (3000 mGy); the report,
+    arriving at the study's end, takes the loop down to its share and adds the rest as
+    unstored: the study dose dipped and came back, and "3 Gy reached" was announced twice
+    (review s13 F1)."""
+    import numpy as np
+    from sifluoro.model import Frame
+
+    folder = three_sources(tmp_path / "study")
+    study, report = read_study([folder]), read_rdsr(folder / "rdsr.dcm")
+    dose, index, empty = DoseAccumulator(DoseSettings()), 0, np.zeros((0, 0), np.uint16)
+    for run in sorted(study.runs, key=lambda r: r.start_s):
+        for f in range(run.n_frames):
+            dose.add(Frame(pixels=empty, index=index, frame_number=f + 1, t_s=run.start_s, run=run))
+            index += 1
+    dose.use_report(report, study.runs)
+    levels = [(a.kind, a.level) for a in dose.alerts]
+    assert ("air_kerma", 3000.0) in levels
+    assert len(levels) == len(set(levels))
