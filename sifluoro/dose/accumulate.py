@@ -215,6 +215,13 @@ class DoseAccumulator:
             part = 1.0 - self._stored(e) if uid in spread else 1.0
             if part > 0.0:
                 unstored[uid] = e if part == 1.0 else _part_of(e, part)
+            elif e.sop_instance_uids and not e.is_acquisition:
+                # a fluoroscopy event naming its stored loop: the loop has its dose, but its
+                # frames stand for seconds of the event's minutes; the rest of the time counts
+                extra_s = event_duration_s(e) - self._beam_of(e)
+                if extra_s > LOOP_TIMING_SLACK_S:
+                    unstored[uid] = replace(e, air_kerma_mgy=0.0, dap_gycm2=0.0,
+                                            irradiation_duration_s=extra_s)
         if unstored != self._unstored:
             out += self._use_unstored(unstored)
         return out
@@ -233,8 +240,11 @@ class DoseAccumulator:
         if e.sop_instance_uids:
             return 1.0
         duration_s = event_duration_s(e)
-        beam_s = sum(self._beam_s.get(u, 0.0) for u in self._spread.get(e.event_uid, ()))
-        return min(1.0, beam_s / duration_s) if duration_s > 0 else 1.0
+        return min(1.0, self._beam_of(e) / duration_s) if duration_s > 0 else 1.0
+
+    def _beam_of(self, e: IrradiationEvent) -> float:
+        """The time, s, the frames of the runs an event is given to stand for."""
+        return sum(self._beam_s.get(u, 0.0) for u in self._spread.get(e.event_uid, ()))
 
     def _shared_frames(self, e: IrradiationEvent) -> int:
         return sum(self._frames.get(u, 0) for u in self._spread.get(e.event_uid, ()))
@@ -611,6 +621,10 @@ class DoseAccumulator:
 #: (start to start + duration) may be that event's stored loop: an image header's and a dose
 #: report's clocks differ by a few seconds (as :data:`summary.OUTSIDE_REPORT_S`)
 MATCH_S = 10.0
+
+#: a fluoroscopy event's time beyond the frames of the loop it names, below which it is the
+#: frames' timing (intervals rounded, the last frame's own interval), not beam time unstored
+LOOP_TIMING_SLACK_S = 1.0
 
 
 def _spread(events: Iterable[IrradiationEvent], frames: dict[str, int],

@@ -194,3 +194,20 @@ def test_a_report_at_the_end_announces_each_alert_level_once(tmp_path):
     levels = [(a.kind, a.level) for a in dose.alerts]
     assert ("air_kerma", 3000.0) in levels
     assert len(levels) == len(set(levels))
+
+
+def test_a_fluoroscopy_event_naming_its_loop_counts_its_whole_time(tmp_path):
+    """A 400 s fluoroscopy event naming its stored 3-frame loop: the loop had the event's dose
+    but only its own 0.4 s, so the alert values missed the 5-minute notification while
+    study_dose said 400 s (review s13 F2)."""
+    paths = write_study(tmp_path / "s", [RunSpec(0.0, n_frames=3)])
+    run = pydicom.dcmread(paths[0], stop_before_pixels=True)
+    save(build_rdsr([Ev(fluoro=True, dap_gycm2=20.0, rp_mgy=200.0, pulses=3000, rate=7.5,
+                        extra=[acquired(run.SOPInstanceUID, run.SOPClassUID)])],
+                    study_uid=run.StudyInstanceUID), tmp_path / "rdsr.dcm")
+    report = read_rdsr(tmp_path / "rdsr.dcm")
+    dose = accumulate_study(read_study([tmp_path / "s"]), DoseSettings(), report=report)
+    assert dose.study_totals.fluoro_time_s == pytest.approx(400.0)
+    assert dose.study_totals.air_kerma_mgy == pytest.approx(200.0)  # the dose once, on the loop
+    assert dose.totals.air_kerma_mgy == pytest.approx(200.0)
+    assert ("fluoro_time", 300.0) in [(a.kind, a.level) for a in dose.alerts]
