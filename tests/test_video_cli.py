@@ -143,38 +143,25 @@ def test_a_capture_ended_by_ctrl_c_or_a_service_stop_still_writes_its_summary(tm
     assert replay_output_violations(out / "events.jsonl", out / "summary.json") == []
 
 
-def test_a_picture_size_change_mid_capture_ends_the_capture_with_its_summary(tmp_path, monkeypatch):
-    """The grabber's input switched resolution: the capture ends there and what came before
-    (events, dose) is kept in the summary (it ended with exit 2 and no summary)."""
+def test_a_picture_size_change_mid_capture_starts_a_new_run(tmp_path, monkeypatch):
+    """The grabber's input switched resolution (OpenCV's own image backend reads the sequence
+    as delivered): the capture ended there and the rest of the session's dose was lost. Now
+    the pictures go on as a new run of the same study, and every frame's dose counts."""
     import cv2
 
-    frames = [np.full((48, 64, 3), 100, np.uint8)] * 6 + [np.full((60, 80, 3), 100, np.uint8)] * 4
-
-    class Grabber:
-        def __init__(self, *a):
-            self.k = 0
-
-        def isOpened(self):
-            return True
-
-        def get(self, prop):
-            return {cv2.CAP_PROP_FPS: 25.0, cv2.CAP_PROP_FRAME_COUNT: -1.0}.get(prop, 0.0)
-
-        def read(self):
-            self.k += 1
-            return (True, frames[self.k - 1].copy()) if self.k <= len(frames) else (False, None)
-
-        def set(self, *a):
-            return True
-
-        def release(self):
-            pass
-
-    monkeypatch.setattr(cv2, "VideoCapture", Grabber)
-    assert main(_args("grab.avi", 0.3, tmp_path, "--stages", "none")) == 1  # cut off: not a clean end
+    for k in range(10):
+        shape = (48, 64) if k < 6 else (60, 80)
+        cv2.imwrite(str(tmp_path / f"f_{k:03d}.png"), np.full(shape, 20 + 20 * k, np.uint8))
+    real = cv2.VideoCapture
+    monkeypatch.setattr(cv2, "VideoCapture", lambda source: real(source, cv2.CAP_IMAGES))
+    args = _args(tmp_path / "f_%03d.png", 0.3, tmp_path, "--pulse-rate", "15")
+    assert main(args) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["frames"] == 6
-    assert "frame 7 is 80x60" in summary["video"]["ended_early"]
+    assert summary["frames"] == 10 and summary["runs"] == 2
+    assert summary["fluoro_time_s"] == pytest.approx(10 / 15)
+    assert summary["video"]["size_changes"] == 1 and summary["video"]["ended_early"] is None
+    events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert len({e["sop_instance_uid"] for e in events}) == 2
     assert replay_output_violations(tmp_path / "events.jsonl", tmp_path / "summary.json") == []
 
 

@@ -18,6 +18,7 @@ an analogue capture, whose noise keeps a held image from repeating exactly, coun
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -29,6 +30,8 @@ from pydicom.uid import generate_uid
 
 from sifluoro.errors import ConfigError, InputError
 from sifluoro.model import Device, Frame, Run, Technique
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,7 @@ class VideoStats:
     captured: int = 0
     between_pulses: int = 0  # capture repeats between two pulses (--pulse-rate)
     held: int = 0            # frames identical to the one before (last-image hold)
+    size_changes: int = 0    # new runs started because the picture size changed
 
 
 def open_capture(source: str | int) -> cv2.VideoCapture:
@@ -99,7 +103,8 @@ def open_capture(source: str | int) -> cv2.VideoCapture:
 
 def video_frames(source: str | int, settings: VideoSourceSettings,
                  stats: VideoStats | None = None) -> Iterator[Frame]:
-    """Grey uint16 frames from a video, as one run starting at t = 0.
+    """Grey uint16 frames from a video, as one run starting at t = 0 (and a new run of the same
+    study each time the picture size changes).
 
     Colour video is converted to grey (BT.601 luma); 8-bit video becomes ``uint16`` values
     0-255 with ``bits_stored = 8``, MONOCHROME2 as displayed, with PixelIntensityRelationshipSign
@@ -120,31 +125,39 @@ def video_frames(source: str | int, settings: VideoSourceSettings,
         ok, first = capture.read()
         if not ok:
             raise InputError("holds no frame", path=str(source))
-        rows, columns = first.shape[:2]
         # pulses faster than the capture: each frame taken shows (and costs) several
         tech = replace(settings.technique, frame_time_ms=frame_time_ms, pulse_rate_per_s=pulse_rate,
                        pulses_per_frame=pulse_rate / rate,
                        imager_pixel_spacing_xy_mm=(settings.pixel_spacing_mm,) * 2)
-        uid = generate_uid()
-        run = Run(path=str(source), sop_instance_uid=uid, sop_class_uid="", series_instance_uid="",
-                  study_instance_uid=generate_uid(), modality="XA", transfer_syntax_uid="",
-                  rows=rows, columns=columns, bits_stored=8, photometric="MONOCHROME2",
-                  pixel_intensity_sign=-1 if settings.bone_bright else 1, start_s=0.0,
-                  frame_offsets_s=tuple(k / rate for k in range(min(n, 1 << 20))),
-                  frame_intervals_ms=(frame_time_ms,) * min(n, 1 << 20), technique=tech,
-                  device=Device(station_name="video"), bits_allocated=8)
-        taken, last_pulse, previous, changed_at = 0, -1, None, 0
+        study_uid, frames_max = generate_uid(), min(n, 1 << 20)
+
+        def new_run(shape: tuple[int, ...], start_s: float) -> Run:
+            return Run(path=str(source), sop_instance_uid=generate_uid(), sop_class_uid="",
+                       series_instance_uid="", study_instance_uid=study_uid, modality="XA",
+                       transfer_syntax_uid="", rows=shape[0], columns=shape[1], bits_stored=8,
+                       photometric="MONOCHROME2",
+                       pixel_intensity_sign=-1 if settings.bone_bright else 1, start_s=start_s,
+                       frame_offsets_s=tuple(k / rate for k in range(frames_max)),
+                       frame_intervals_ms=(frame_time_ms,) * frames_max, technique=tech,
+                       device=Device(station_name="video"), bits_allocated=8)
+
+        run = new_run(first.shape, 0.0)
+        taken, in_run, last_pulse, previous, changed_at = 0, 0, -1, None, 0
         for k, image in enumerate(itertools.chain([first], _read_all(capture))):
             if taken >= n:
                 break
             stats.captured += 1
-            if image.shape[:2] != (rows, columns):
-                raise InputError(f"frame {k + 1} is {image.shape[1]}x{image.shape[0]}, the video "
-                                 f"started at {columns}x{rows}", path=str(source))
             pulse = int(k * rate / capture_rate + 1e-9)  # the pulse this capture shows
             if pulse == last_pulse:
                 stats.between_pulses += 1
                 continue
+            if image.shape[:2] != (run.rows, run.columns):
+                # the grabber renegotiated its format: the pictures go on as a new run (the
+                # image stages start again on it); the study and its dose go on
+                log.warning("%s: frame %d is %dx%d, the capture was %dx%d: a new run starts",
+                            source, k + 1, image.shape[1], image.shape[0], run.columns, run.rows)
+                run, in_run, previous, changed_at = new_run(image.shape, pulse / rate), 0, None, k
+                stats.size_changes += 1
             grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
             repeat = (previous is not None
                       and cv2.norm(grey, previous, cv2.NORM_L1) < HELD_FRAME_LEVELS * grey.size)
@@ -157,7 +170,8 @@ def video_frames(source: str | int, settings: VideoSourceSettings,
             pixels = grey.astype(np.uint16)
             pixels.flags.writeable = False
             taken += 1
-            yield Frame(pixels=pixels, index=taken - 1, frame_number=taken, t_s=pulse / rate,
+            in_run += 1
+            yield Frame(pixels=pixels, index=taken - 1, frame_number=in_run, t_s=pulse / rate,
                         run=run)
     finally:
         capture.release()

@@ -109,14 +109,16 @@ def _video(args) -> int:
     # a grabber never ends by itself: Ctrl-C or a service stop ends the capture, and the
     # session's summary (its dose) is still written
     stop = stop_on_signals()
-    ended = None
+    ended, run = None, None
     try:
         for frame in video_frames(source, settings, stats):
             if stop.is_set():
                 ended = STOPPED
                 break
-            if frame.index == 0:  # kernels warmed up on the real frame size before it counts
-                engine.prepare(Study(frame.run.study_instance_uid, (frame.run,)))
+            if frame.run is not run:  # kernels warmed up on the real frame size before it counts
+                run = frame.run
+                engine.prepare(Study(run.study_instance_uid, (run,)))
+            if frame.index == 0:
                 start = time.monotonic()
             if paced:
                 time.sleep(max(0.0, start + frame.t_s - time.monotonic()))
@@ -127,7 +129,7 @@ def _video(args) -> int:
                 engine.submit(frame)
             else:
                 engine.feed(frame)
-    except InputError as exc:  # e.g. the picture size changed: what came before counts
+    except InputError as exc:  # e.g. no frame rate: what came before counts
         ended = str(exc)
         print(f"sifluoro: {exc}; the capture ends here", file=sys.stderr)
     finally:
@@ -137,7 +139,7 @@ def _video(args) -> int:
             overlays.close()
     summary["video"] = {"captured_frames": stats.captured,
                         "between_pulses": stats.between_pulses, "held_frames": stats.held,
-                        "ended_early": ended}
+                        "size_changes": stats.size_changes, "ended_early": ended}
     if events.error:
         summary["events_not_written"] = events.error  # the events file is incomplete
     write_json(args.summary, summary)
