@@ -224,3 +224,71 @@ def test_a_full_disk_stops_the_events_not_the_summary(tmp_path, monkeypatch, cap
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["frames"] == 6 and summary["air_kerma_mgy"] > 0
     assert "No space left on device" in summary["events_not_written"]
+
+
+def test_a_stalled_network_grabber_is_waited_out_and_a_stop_ends_it_at_once(tmp_path):
+    """A network frame grabber (MJPEG over TCP) sends 15 frames, nothing for 3 s with the
+    connection open, 15 more, then nothing: a failed read was taken for the end of the
+    procedure (exit 0, `ended_early` null, nothing counted after it) and SIGTERM waited for
+    OpenCV's 30 s read timeout. Now a stall is waited out and counted, and a stop during a
+    stall ends the capture at once with its summary."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    import cv2
+
+    rng = np.random.default_rng(5)
+    jpegs = [cv2.imencode(".jpg", rng.integers(30, 220, (64, 64)).astype(np.uint8))[1].tobytes()
+             for _ in range(30)]
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    finished = threading.Event()
+
+    def grabber():
+        conn, _ = server.accept()
+        for k, jpeg in enumerate(jpegs):
+            if k == 15:
+                time.sleep(3.0)
+            conn.sendall(jpeg)
+            time.sleep(1 / 15)
+        finished.wait(120)  # the connection stays open: a stall, not an end
+        conn.close()
+
+    threading.Thread(target=grabber, daemon=True).start()
+    out = tmp_path / "out"
+    source = f"tcp://127.0.0.1:{server.getsockname()[1]}"
+    # raw MJPEG has no header to probe: FFmpeg would wait 30 s for one (a grabber's setting)
+    env = dict(os.environ, PYTHONPATH=os.getcwd(),
+               OPENCV_FFMPEG_CAPTURE_OPTIONS="f;mjpeg|probesize;32|analyzeduration;0")
+    proc = subprocess.Popen([sys.executable, "-m", "sifluoro",
+                             *_args(source, 0.3, out, "--stages", "none")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        # the demuxer holds the last frame until the next one starts: 29 of 30 come
+        while time.monotonic() < deadline:
+            if (out / "events.jsonl").exists() and len((out / "events.jsonl").read_text().splitlines()) >= 29:
+                break
+            time.sleep(0.05)
+        time.sleep(2.5)
+        proc.send_signal(signal.SIGTERM)
+        stopped = time.monotonic()
+        _, err = proc.communicate(timeout=60)
+        took_s = time.monotonic() - stopped
+    finally:
+        proc.kill()
+        finished.set()
+        server.close()
+    assert proc.returncode == 0, err
+    assert took_s < 15  # not OpenCV's 30 s read timeout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["frames"] >= 29
+    assert summary["video"]["ended_early"] == "stopped by a signal"
+    assert summary["video"]["stalls"] >= 1 and summary["video"]["longest_stall_s"] >= 2.0
+    assert replay_output_violations(out / "events.jsonl", out / "summary.json") == []

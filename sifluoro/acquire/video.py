@@ -20,6 +20,9 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import queue
+import threading
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
@@ -73,6 +76,12 @@ class VideoSourceSettings:
 #: a capture reporting more frames per second reports something else (an RTSP time base)
 MAX_CAPTURE_RATE_PER_S = 1000.0
 
+#: a live source that delivers no frame for this long, s, has stalled: said and counted
+STALL_S = 2.0
+
+#: a live source whose reads fail for this long, s, is opened again
+REOPEN_AFTER_S = 1.0
+
 #: mean |difference| (grey levels) below which a frame repeats the one before (a held image)
 HELD_FRAME_LEVELS = 0.1
 
@@ -90,6 +99,8 @@ class VideoStats:
     between_pulses: int = 0  # capture repeats between two pulses (--pulse-rate)
     held: int = 0            # frames identical to the one before (last-image hold)
     size_changes: int = 0    # new runs started because the picture size changed
+    stalls: int = 0          # gaps over STALL_S in a live source's frames
+    longest_stall_s: float = 0.0
 
 
 def open_capture(source: str | int) -> cv2.VideoCapture:
@@ -102,7 +113,8 @@ def open_capture(source: str | int) -> cv2.VideoCapture:
 
 
 def video_frames(source: str | int, settings: VideoSourceSettings,
-                 stats: VideoStats | None = None) -> Iterator[Frame]:
+                 stats: VideoStats | None = None,
+                 stop: threading.Event | None = None) -> Iterator[Frame]:
     """Grey uint16 frames from a video, as one run starting at t = 0 (and a new run of the same
     study each time the picture size changes).
 
@@ -111,10 +123,12 @@ def video_frames(source: str | int, settings: VideoSourceSettings,
     +1 (bone dark) or -1 (``bone_bright``). The run gets a study UID of its own. With a pulse
     rate below the capture's, one frame is taken per pulse and a frame that repeats the one
     before is dropped; without one, only repeats beyond :data:`HOLD_S` are (module notes);
-    ``stats`` counts both.
+    ``stats`` counts both. A live source (:func:`is_live_source`) is read on a thread of its
+    own (:func:`_live_reads`): it ends when ``stop`` is set, not when a read fails.
     """
     stats = stats if stats is not None else VideoStats()
     capture = open_capture(source)
+    live = is_live_source(source)
     try:
         capture_rate = _capture_rate(capture, source, settings.frame_rate_per_s)
         pulse_rate = settings.frame_rate_per_s or capture_rate
@@ -122,8 +136,11 @@ def video_frames(source: str | int, settings: VideoSourceSettings,
         frame_time_ms = 1000.0 / rate
         count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if isinstance(source, str) else 0
         n = settings.max_frames or (count if count > 0 else 1 << 30)
-        ok, first = capture.read()
-        if not ok:
+        reads = _live_reads(capture, source, stop, stats) if live else _read_all(capture)
+        first = next(reads, None)
+        if first is None:
+            if live:
+                return  # stopped before the source gave a frame
             raise InputError("holds no frame", path=str(source))
         # pulses faster than the capture: each frame taken shows (and costs) several
         tech = replace(settings.technique, frame_time_ms=frame_time_ms, pulse_rate_per_s=pulse_rate,
@@ -143,7 +160,7 @@ def video_frames(source: str | int, settings: VideoSourceSettings,
 
         run = new_run(first.shape, 0.0)
         taken, in_run, last_pulse, previous, changed_at = 0, 0, -1, None, 0
-        for k, image in enumerate(itertools.chain([first], _read_all(capture))):
+        for k, image in enumerate(itertools.chain([first], reads)):
             if taken >= n:
                 break
             stats.captured += 1
@@ -174,7 +191,8 @@ def video_frames(source: str | int, settings: VideoSourceSettings,
             yield Frame(pixels=pixels, index=taken - 1, frame_number=in_run, t_s=pulse / rate,
                         run=run)
     finally:
-        capture.release()
+        if not live:
+            capture.release()  # a live source's reader releases it (it may be inside a read)
 
 
 def _capture_rate(capture: cv2.VideoCapture, source: str | int,
@@ -192,6 +210,71 @@ def _capture_rate(capture: cv2.VideoCapture, source: str | int,
         return float(pulse_rate_per_s)  # each captured frame is one pulse
     raise InputError(f"the capture reports no usable frame rate (CAP_PROP_FPS = {reported:g}); "
                      "give the fluoroscopy's --pulse-rate", path=str(source))
+
+
+def is_live_source(source: str | int) -> bool:
+    """A capture device (index or /dev/video*) or a network stream: it ends when the operator
+    stops it, not when a read fails."""
+    return isinstance(source, int) or str(source).startswith("/dev/") or "://" in str(source)
+
+
+def _live_reads(capture: cv2.VideoCapture, source: str | int, stop: threading.Event | None,
+                stats: VideoStats) -> Iterator[np.ndarray]:
+    """A live source's frames, read on a thread of their own until ``stop`` is set.
+
+    A failed read is a gap, not the end of the procedure (a grabber losing its signal for a
+    few seconds, a C-arm switching its video mode): reads go on, the source is opened again
+    after :data:`REOPEN_AFTER_S` of failures, and a gap over :data:`STALL_S` is said and
+    counted (``stats.stalls``). A stop ends the capture at once, even while a read blocks.
+    """
+    frames: queue.Queue = queue.Queue(maxsize=8)
+    done = threading.Event()
+
+    def read() -> None:
+        failing_since = None
+        try:
+            while not done.is_set():
+                ok, image = capture.read()
+                if ok:
+                    failing_since = None
+                    while not done.is_set():
+                        try:
+                            frames.put(image, timeout=0.2)
+                            break
+                        except queue.Full:
+                            pass
+                    continue
+                now = time.monotonic()
+                failing_since = failing_since or now
+                if now - failing_since > REOPEN_AFTER_S:
+                    capture.release()
+                    capture.open(source)
+                    failing_since = now
+                done.wait(0.05)
+        finally:
+            capture.release()
+
+    threading.Thread(target=read, name="sifluoro-video", daemon=True).start()
+    last, stalled = time.monotonic(), False
+    try:
+        while stop is None or not stop.is_set():
+            try:
+                image = frames.get(timeout=0.1)
+            except queue.Empty:
+                if not stalled and time.monotonic() - last > STALL_S:
+                    stalled = True
+                    stats.stalls += 1
+                    log.warning("the video source has delivered no frame for %.0f s; waiting for "
+                                "it (Ctrl-C or SIGTERM ends the capture)", STALL_S)
+                continue
+            gap_s, last = time.monotonic() - last, time.monotonic()
+            if stalled:
+                stalled = False
+                stats.longest_stall_s = max(stats.longest_stall_s, gap_s)
+                log.warning("the video source delivers frames again after %.1f s", gap_s)
+            yield image
+    finally:
+        done.set()
 
 
 def _read_all(capture: cv2.VideoCapture) -> Iterator[np.ndarray]:

@@ -35,6 +35,7 @@ class _EventsFile:
         if self._fh is not None:
             try:
                 self._fh.write(json.dumps(event, separators=(",", ":")) + "\n")
+                self._fh.flush()  # a live session's events are read as they come
             except OSError as exc:
                 self._fail(exc)
 
@@ -62,7 +63,8 @@ def _source(text: str) -> str | int:
 
 
 def _video(args) -> int:
-    from sifluoro.acquire.video import HOLD_S, VideoSourceSettings, VideoStats, video_frames
+    from sifluoro.acquire.video import (HOLD_S, VideoSourceSettings, VideoStats, is_live_source,
+                                        video_frames)
     from sifluoro.config import Settings
     from sifluoro.engine import Engine
     from sifluoro.errors import InputError
@@ -71,8 +73,8 @@ def _video(args) -> int:
     from sifluoro.overlay import OverlayWriter
 
     source = _source(args.source)
-    device = isinstance(source, int) or str(source).startswith("/dev/")
-    live = args.live or device
+    live_source = is_live_source(source)
+    live = args.live or live_source
     technique = Technique(kvp=args.kvp, tube_current_ma=args.ma, pulse_width_ms=args.pulse_width_ms,
                           sid_mm=args.sid_mm, source_to_isocenter_mm=args.source_to_isocenter_mm,
                           filter_cu_mm=args.cu_mm, filter_al_mm=args.al_mm)
@@ -95,7 +97,7 @@ def _video(args) -> int:
             overlays.add(frame, frame_event.event)
 
     engine.on("frame", on_frame)
-    paced = live and not device   # a file played as a grabber would deliver it
+    paced = live and not live_source   # a file played as a grabber would deliver it
     start = 0.0
     stats = VideoStats()
     if technique.sid_mm is None and not args.quiet:
@@ -111,7 +113,7 @@ def _video(args) -> int:
     stop = stop_on_signals()
     ended, run = None, None
     try:
-        for frame in video_frames(source, settings, stats):
+        for frame in video_frames(source, settings, stats, stop):
             if stop.is_set():
                 ended = STOPPED
                 break
@@ -129,6 +131,8 @@ def _video(args) -> int:
                 engine.submit(frame)
             else:
                 engine.feed(frame)
+        if stop.is_set():  # a live source ends only so
+            ended = STOPPED
     except InputError as exc:  # e.g. no frame rate: what came before counts
         ended = str(exc)
         print(f"sifluoro: {exc}; the capture ends here", file=sys.stderr)
@@ -139,7 +143,8 @@ def _video(args) -> int:
             overlays.close()
     summary["video"] = {"captured_frames": stats.captured,
                         "between_pulses": stats.between_pulses, "held_frames": stats.held,
-                        "size_changes": stats.size_changes, "ended_early": ended}
+                        "size_changes": stats.size_changes, "stalls": stats.stalls,
+                        "longest_stall_s": round(stats.longest_stall_s, 1), "ended_early": ended}
     if events.error:
         summary["events_not_written"] = events.error  # the events file is incomplete
     write_json(args.summary, summary)
@@ -167,7 +172,7 @@ def add_video_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("video", help="run the engine on a video file or a frame grabber "
                               "(C-arm video out)")
     p.add_argument("source", metavar="SOURCE",
-                   help="video file, or capture device (index such as 0, or /dev/videoN)")
+                   help="video file, capture device (index such as 0, or /dev/videoN) or stream URL")
     p.add_argument("--pixel-spacing-mm", type=float, required=True,
                    help="size of one video pixel at the detector (calibrate on a known length)")
     p.add_argument("--events", type=Path, required=True, metavar="EVENTS.jsonl")
