@@ -674,9 +674,10 @@ def _part_of(e: IrradiationEvent, part: float) -> IrradiationEvent:
 
 
 def _covering(events: list[IrradiationEvent], at: datetime) -> IrradiationEvent | None:
-    """The event whose span (within :data:`MATCH_S`) holds ``at``, the nearest if several."""
+    """The event whose span (within :data:`MATCH_S`) holds ``at``, the nearest if several; of
+    a biplane's simultaneous events, the frontal plane's (A), whatever the report's order."""
     best, best_gap = None, MATCH_S
-    for e in events:
+    for e in sorted(events, key=lambda e: e.plane == "B"):
         since = _seconds(at, e.start)
         gap = max(0.0, -since, since - event_duration_s(e))
         if gap <= best_gap and (best is None or gap < best_gap):

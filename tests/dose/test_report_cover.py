@@ -211,3 +211,19 @@ def test_a_fluoroscopy_event_naming_its_loop_counts_its_whole_time(tmp_path):
     assert dose.study_totals.air_kerma_mgy == pytest.approx(200.0)  # the dose once, on the loop
     assert dose.totals.air_kerma_mgy == pytest.approx(200.0)
     assert ("fluoro_time", 300.0) in [(a.kind, a.level) for a in dose.alerts]
+
+
+@pytest.mark.parametrize("order", ["AB", "BA"])
+def test_a_loop_beside_simultaneous_plane_events_takes_the_frontal_planes(tmp_path, order):
+    """Planes A and B fluoroscopy at once (3000 and 2000 mGy over 60 s), one stored loop: the
+    loop took whichever event came first in the report, 20 or 13.3 mGy (review s13 F3)."""
+    paths = write_study(tmp_path / "s", [RunSpec(60.0, n_frames=3)])
+    ds = pydicom.dcmread(paths[0], stop_before_pixels=True)
+    events = {"A": Ev(plane="A", dap_gycm2=100.0, rp_mgy=3000.0, pulses=450, extra=[started(5)]),
+              "B": Ev(plane="B", dap_gycm2=60.0, rp_mgy=2000.0, pulses=450, extra=[started(5)])}
+    save(build_rdsr([events[p] for p in order], study_uid=ds.StudyInstanceUID),
+         tmp_path / "rdsr.dcm")
+    dose = accumulate_study(read_study([tmp_path / "s"]), DoseSettings(),
+                            report=read_rdsr(tmp_path / "rdsr.dcm"))
+    assert dose.totals.air_kerma_mgy == pytest.approx(3000.0 * 0.4 / 60.0, rel=1e-4)
+    assert dose.study_totals.air_kerma_mgy == pytest.approx(5000.0)
