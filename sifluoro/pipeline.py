@@ -1015,20 +1015,24 @@ def prefetch(frames: Iterator[Frame], capacity: int) -> Iterator[Frame]:
     q: queue.Queue = queue.Queue(maxsize=capacity)
     stop = threading.Event()
 
+    def put(item) -> bool:
+        # never blocks past a stop: a consumer that stopped reads nothing more
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce():
         try:
             for item in frames:
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put(item):
                     return
-            q.put(_END)
+            put(_END)
         except BaseException as exc:  # handed to the consumer
-            q.put(exc)
+            put(exc)
 
     reader = threading.Thread(target=produce, name="sifluoro-reader", daemon=True)
     reader.start()

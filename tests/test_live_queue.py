@@ -280,3 +280,19 @@ def test_a_dropped_frame_without_picture_is_not_remembered(frames):
         pipeline.dropped_event(frame, state, pipeline.account(frame, state))
     assert stage.remembered == [1]
     assert state.skipped_in_a_row["contrast"] == 1
+
+
+def test_prefetch_stopped_as_the_source_ends_leaves_no_reader_behind():
+    """The reader waiting to put the end marker into a full queue had no stop check: closing
+    the consumer waited the 5 s join and left the thread alive (review L1)."""
+    exhausted = threading.Event()
+
+    def source():
+        yield from range(3)
+        exhausted.set()
+
+    gen = prefetch(source(), 2)
+    assert next(gen) == 0
+    assert exhausted.wait(timeout=60)  # 1 and 2 queued; the reader now waits to put the end
+    gen.close()
+    assert not any(t.name == "sifluoro-reader" and t.is_alive() for t in threading.enumerate())
