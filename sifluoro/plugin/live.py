@@ -179,8 +179,10 @@ class LiveReplay:
         for run, first in lost:
             self.engine.count_lost(run, first)
         summary = self.engine.close()
-        # with the files found damaged while their frames were read
-        summary["rejected_files"] = [r.as_dict() for r in rejected]
+        # with the files found damaged while their frames were read (added: the Engine's own
+        # list holds the device report it could not use)
+        listed = summary.setdefault("rejected_files", [])
+        listed += [d for d in (r.as_dict() for r in rejected) if d not in listed]
         if interrupted:
             summary["ended_early"] = "stopped before the study's end"
         if events_error:
