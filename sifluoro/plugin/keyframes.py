@@ -18,6 +18,7 @@ import logging
 import re
 import tempfile
 import warnings
+from collections import deque
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -58,8 +59,9 @@ class KeyFrameSelector:
 
     def __init__(self, max_frames: int = 12):
         self.max_frames = max_frames
+        # only what frames() can choose is held: the first marked, the last run ends
         self._marked: list[KeyFrame] = []
-        self._run_ends: list[KeyFrame] = []
+        self._run_ends: deque[KeyFrame] = deque(maxlen=max_frames)
         self._current: KeyFrame | None = None
         self._contrast = "none"
 
@@ -73,12 +75,12 @@ class KeyFrameSelector:
             self._contrast = state
             reasons.append(f"contrast {state.replace('_', '-')}")
         reasons += [f"alert {a.get('kind', '')}".strip() for a in event.get("alerts", ())]
-        if reasons:
+        if reasons and len(self._marked) < self.max_frames:
             self._marked.append(KeyFrame(frame, event, ", ".join(reasons)))
 
     def frames(self) -> list[KeyFrame]:
         """The key frames in acquisition order."""
-        run_ends = self._run_ends + ([self._current] if self._current else [])
+        run_ends = [*self._run_ends, *([self._current] if self._current else [])]
         marked = self._marked[: self.max_frames]
         taken = {k.event["index"] for k in marked}
         room = self.max_frames - len(marked)

@@ -52,6 +52,28 @@ def test_run_ends_contrast_changes_and_alerts_are_kept_within_the_cap():
         (3, "alert air_kerma"), (7, "contrast vascular"), (8, "run end"), (11, "run end")]
 
 
+def test_a_long_study_holds_only_the_frames_it_can_export():
+    """150 runs had kept a whole frame per run end (300 MiB at 1024²) to export 12 (review M5);
+    the choice is the same as when everything was kept."""
+    import gc
+    import weakref
+
+    selector = KeyFrameSelector(max_frames=4)
+    held, index = [], 0
+    for r in range(150):
+        run = _run(f"1.2.3.{r}")
+        for number in (1, 2, 3):
+            frame = _frame(run, index, number)
+            held.append(weakref.ref(frame.pixels))
+            alerts = [{"kind": "air_kerma", "message": "x"}] if r % 10 == 0 and number == 1 else []
+            selector.add(frame, _event(index, alerts=alerts))
+            index += 1
+    gc.collect()
+    assert sum(ref() is not None for ref in held) <= 2 * 4 + 1
+    # the first 4 alerts (runs 0, 10, 20, 30); no room left for run ends
+    assert [k.event["index"] for k in selector.frames()] == [0, 30, 60, 90]
+
+
 def test_sc_of_a_source_without_orientation_or_laterality_leaves_them_empty(tmp_path):
     ref = Dataset()
     ref.SOPClassUID = "1.2.840.10008.5.1.4.1.1.12.1"
