@@ -163,8 +163,9 @@ def _video(args) -> int:
               + (f"\n           {args.overlay_mp4}" if args.overlay_mp4 else ""))
     if not summary["frames"]:
         return 2
-    # stopped by the operator is how a capture ends; cut off by the source is not
-    return 1 if ended and ended != STOPPED else 0
+    # stopped by the operator is how a capture ends; cut off by the source is not, and events
+    # that could not be written leave an incomplete record
+    return 1 if (ended and ended != STOPPED) or events.error else 0
 
 
 def add_video_parser(subparsers) -> argparse.ArgumentParser:
