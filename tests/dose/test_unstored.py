@@ -73,18 +73,25 @@ def test_replay_summary_alerts_and_rdsr_hold_the_unstored_exposures(tmp_path):
     assert "rdsr" not in summary and not (tmp_path / "out.dcm").exists()
 
 
-def test_the_engine_raises_the_srdl_of_a_late_report_of_unstored_fluoroscopy(tmp_path):
+def _engine_fed_before_its_late_report(tmp_path, event, handler):
+    """(folder, engine, study): the unstored study's frames fed, its report kept back in
+    ``tmp_path/late.dcm``."""
     from sifluoro import Engine, Settings
 
-    folder, path = unstored_study(tmp_path)
+    folder, _ = unstored_study(tmp_path)
     (folder / "rdsr.dcm").rename(tmp_path / "late.dcm")
     engine = Engine(Settings(latency_budget_ms=1e9), stages=[])
-    alerts = []
-    engine.on("alert", alerts.append)
+    engine.on(event, handler)
     study = read_study([folder])
     engine.prepare(study)
     for frame in iter_frames(study, []):
         engine.feed(frame)
+    return folder, engine, study
+
+
+def test_the_engine_raises_the_srdl_of_a_late_report_of_unstored_fluoroscopy(tmp_path):
+    alerts = []
+    folder, engine, study = _engine_fed_before_its_late_report(tmp_path, "alert", alerts.append)
     engine.prepare(read_study([tmp_path / "late.dcm"], study_uid=study.study_instance_uid))
     summary = engine.close()
     assert summary["srdl_exceeded"] == ["air_kerma"]
@@ -139,17 +146,8 @@ def test_a_stored_loop_the_report_does_not_name_is_not_counted_twice(tmp_path):
 def test_the_dose_shown_holds_the_unstored_exposures_the_alerts_count(tmp_path):
     """Beside a 6 Gy SRDL alert, the dose handler and each frame's event said 10 mGy (second
     review s12 #8): they give the study's whole dose too (``study_*``)."""
-    from sifluoro import Engine, Settings
-
-    folder, path = unstored_study(tmp_path)
-    (folder / "rdsr.dcm").rename(tmp_path / "late.dcm")
-    engine = Engine(Settings(latency_budget_ms=1e9), stages=[])
     shown = []
-    engine.on("dose", shown.append)
-    study = read_study([folder])
-    engine.prepare(study)
-    for frame in iter_frames(study, []):
-        engine.feed(frame)
+    folder, engine, study = _engine_fed_before_its_late_report(tmp_path, "dose", shown.append)
     assert shown[-1].study_air_kerma_mgy == shown[-1].air_kerma_mgy < 11.0
     engine.prepare(read_study([tmp_path / "late.dcm"], study_uid=study.study_instance_uid))
     frames = shown[-1].air_kerma_mgy

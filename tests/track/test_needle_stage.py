@@ -241,6 +241,19 @@ def test_a_return_to_a_view_resumes_its_track():
 
 
 
+def _needle_tracked_over_four_frames(tip, base, run_uid):
+    """(stage, state, last frame, its output) after four frames of one needle."""
+    stage = NeedleStage()
+    state = Pipeline([stage]).start_study("1.2")
+    run = _run(run_uid)
+    for k in range(4):
+        img = _background(80 + k)
+        _draw_polyline(img, _needle_points(tip, base), 0.05, 1.8)
+        frame = _frame(img, run, k)
+        out = stage.process(frame, state)
+    return stage, state, frame, out
+
+
 def test_a_line_taken_on_few_frames_is_not_followed():
     """A needle is looked for where it was (when the line search takes nothing) only once the
     line search has found it on ``follow_min_hits`` frames: a line taken on a frame or two of a
@@ -248,14 +261,7 @@ def test_a_line_taken_on_few_frames_is_not_followed():
     from sifluoro.imaging import frame_attenuation
 
     tip, base = np.array([262.3, 251.6]), np.array([120.0, 511.0])
-    stage = NeedleStage()
-    state = Pipeline([stage]).start_study("1.2")
-    run = _run("1.2.6.1")
-    for k in range(4):
-        img = _background(80 + k)
-        _draw_polyline(img, _needle_points(tip, base), 0.05, 1.8)
-        frame = _frame(img, run, k)
-        out = stage.process(frame, state)
+    stage, state, frame, out = _needle_tracked_over_four_frames(tip, base, "1.2.6.1")
     assert out["needle"] is not None
     st = state.stage_state["needle"]
     assert st.track.hits >= stage.settings.follow_min_hits
@@ -491,13 +497,7 @@ def test_a_needle_left_in_place_is_followed_on_a_run_s_first_frame():
     from sifluoro.imaging import frame_attenuation
 
     tip, base = np.array([262.3, 251.6]), np.array([120.0, 511.0])
-    stage = NeedleStage()
-    state = Pipeline([stage]).start_study("1.2")
-    run = _run("1.2.7.1")
-    for k in range(4):
-        img = _background(80 + k)
-        _draw_polyline(img, _needle_points(tip, base), 0.05, 1.8)
-        stage.process(_frame(img, run, k), state)
+    stage, state, _, _ = _needle_tracked_over_four_frames(tip, base, "1.2.7.1")
     img = _background(90)
     _draw_polyline(img, _needle_points(tip, base), 0.035, 1.8)  # fainter on the next run
     frame = _frame(img, _run("1.2.7.2"), 4)
