@@ -481,3 +481,18 @@ def test_a_run_seconds_before_the_study_time_stays_on_the_study_date(tmp_path):
         ds.save_as(path)
     study = read_study([tmp_path])
     assert [r.start_s for r in study.runs] == pytest.approx([0.0, 60.0])
+
+
+def test_a_missing_input_and_an_empty_folder_are_named_as_such(tmp_path):
+    """A path that does not exist was rejected as "DICOM header cannot be parsed
+    (FileNotFoundError ...)", and an empty folder gave no word at all (review s13 L6); the
+    rest of the study is still read."""
+    from sifluoro.acquire.dicom_reader import scan
+
+    write_study(tmp_path / "study", [RunSpec(0.0, n_frames=2)])
+    (tmp_path / "empty").mkdir()
+    result = scan([tmp_path / "study", tmp_path / "gone.dcm", tmp_path / "empty"])
+    reasons = {r.file: r.reason for r in result.rejected}
+    assert reasons == {str(tmp_path / "gone.dcm"): "no such file or folder",
+                       str(tmp_path / "empty"): "the folder holds no files"}
+    assert sum(len(runs) for runs in result.runs_by_study.values()) == 1

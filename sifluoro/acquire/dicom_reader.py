@@ -100,7 +100,13 @@ def scan(inputs: Iterable[str | Path]) -> ScanResult:
     # SOP Instance UID -> the file it was taken from and its rank (_copy_rank), and its run
     seen_instances: dict[str, tuple[Path, tuple]] = {}
     first_run: dict[str, Run] = {}
-    for path in iter_input_files(inputs):
+    inputs = [Path(item) for item in inputs]
+    for item in inputs:  # said as such: a parser's FileNotFoundError, or nothing at all
+        if not item.exists():
+            rejected.append(Rejection(str(item), "no such file or folder"))
+        elif item.is_dir() and next(iter_input_files([item]), None) is None:
+            rejected.append(Rejection(str(item), "the folder holds no files"))
+    for path in iter_input_files(item for item in inputs if item.exists()):
         if path.resolve() in seen_files:  # named twice (a folder and a file in it): read once
             continue
         seen_files.add(path.resolve())
