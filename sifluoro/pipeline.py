@@ -1006,6 +1006,18 @@ def latency_summary(latencies_ms: list[float]) -> dict[str, float]:
 _END = object()
 
 
+def put_unless_stopped(q: queue.Queue, item, stop: threading.Event) -> bool:
+    """Put ``item`` on a bounded queue, waiting while it is full but never past ``stop`` (a
+    consumer that stopped reads nothing more); whether it was put."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
 def prefetch(frames: Iterator[Frame], capacity: int) -> Iterator[Frame]:
     """Decode frames on a reader thread into a bounded queue, so decoding overlaps processing.
 
@@ -1016,14 +1028,7 @@ def prefetch(frames: Iterator[Frame], capacity: int) -> Iterator[Frame]:
     stop = threading.Event()
 
     def put(item) -> bool:
-        # never blocks past a stop: a consumer that stopped reads nothing more
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+        return put_unless_stopped(q, item, stop)
 
     def produce():
         try:

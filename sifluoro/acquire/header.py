@@ -425,9 +425,9 @@ def _timing(look: _Lookup, n: int, path: str):
     """Frame offsets since the run start (s), frame intervals (ms) and the run start.
 
     Sources, first usable wins: FrameTimeVector, FrameTime, per-frame datetimes,
-    AcquisitionDuration / n (the complete acquisition: the last frame's own time included). One whose steps are not all
-    plausible (:data:`FRAME_TIME_RANGE_MS`) is skipped with a warning naming it, so a run keeps
-    its frames when another source gives its timing; with none usable, the error names the
+    AcquisitionDuration / n (the complete acquisition: the last frame's own time included).
+    One whose steps are not all plausible (:data:`FRAME_TIME_RANGE_MS`) is skipped with a
+    warning naming it, so a run keeps its frames when another source gives its timing; with none usable, the error names the
     implausible tag, or says what is wrong with the per-frame times (a run's fluoroscopy time
     must not silently be wrong).
     """

@@ -33,6 +33,7 @@ from pydicom.uid import generate_uid
 
 from sifluoro.errors import ConfigError, InputError
 from sifluoro.model import Device, Frame, Run, Technique
+from sifluoro.pipeline import put_unless_stopped
 
 log = logging.getLogger(__name__)
 
@@ -237,12 +238,7 @@ def _live_reads(capture: cv2.VideoCapture, source: str | int, stop: threading.Ev
                 ok, image = capture.read()
                 if ok:
                     failing_since = None
-                    while not done.is_set():
-                        try:
-                            frames.put(image, timeout=0.2)
-                            break
-                        except queue.Full:
-                            pass
+                    put_unless_stopped(frames, image, done)
                     continue
                 now = time.monotonic()
                 failing_since = failing_since or now
@@ -267,7 +263,8 @@ def _live_reads(capture: cv2.VideoCapture, source: str | int, stop: threading.Ev
                     log.warning("the video source has delivered no frame for %.0f s; waiting for "
                                 "it (Ctrl-C or SIGTERM ends the capture)", STALL_S)
                 continue
-            gap_s, last = time.monotonic() - last, time.monotonic()
+            now = time.monotonic()
+            gap_s, last = now - last, now
             if stalled:
                 stalled = False
                 stats.longest_stall_s = max(stats.longest_stall_s, gap_s)

@@ -115,7 +115,6 @@ def _video(args) -> int:
     try:
         for frame in video_frames(source, settings, stats, stop):
             if stop.is_set():
-                ended = STOPPED
                 break
             if frame.run is not run:  # kernels warmed up on the real frame size before it counts
                 run = frame.run
@@ -131,7 +130,7 @@ def _video(args) -> int:
                 engine.submit(frame)
             else:
                 engine.feed(frame)
-        if stop.is_set():  # a live source ends only so
+        if stop.is_set():  # how an operator ends a capture (and a live source's only end)
             ended = STOPPED
     except InputError as exc:  # e.g. no frame rate: what came before counts
         ended = str(exc)
@@ -173,7 +172,8 @@ def add_video_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("video", help="run the engine on a video file or a frame grabber "
                               "(C-arm video out)")
     p.add_argument("source", metavar="SOURCE",
-                   help="video file, capture device (index such as 0, or /dev/videoN) or stream URL")
+                   help="video file, capture device (index such as 0, or /dev/videoN) or "
+                   "stream URL")
     p.add_argument("--pixel-spacing-mm", type=float, required=True,
                    help="size of one video pixel at the detector (calibrate on a known length)")
     p.add_argument("--events", type=Path, required=True, metavar="EVENTS.jsonl")

@@ -250,8 +250,9 @@ class DoseAccumulator:
         return sum(self._frames.get(u, 0) for u in self._spread.get(e.event_uid, ()))
 
     def _use_unstored(self, events: dict[str, IrradiationEvent]) -> list[DoseAlert]:
-        """Take ``events`` (a report's events naming no image) as :attr:`unstored`; return the
-        alerts the study's dose reaches with them (also in :attr:`alerts`)."""
+        """Take ``events`` (the report's exposures outside the received frames: events or the
+        parts of them no run stands for) as :attr:`unstored`; return the alerts the study's
+        dose reaches with them (also in :attr:`alerts`)."""
         before = self._alert_values()
         self._unstored = events
         u = self.unstored = DoseTotals()
@@ -300,7 +301,8 @@ class DoseAccumulator:
 
     @property
     def unstored_events(self) -> tuple[IrradiationEvent, ...]:
-        """The device report's events that name no image (their dose is :attr:`unstored`)."""
+        """The device report's exposures outside the received frames, events or their parts
+        (their dose and time are :attr:`unstored`)."""
         return tuple(self._unstored.values())
 
     def _alert_values(self) -> tuple[float, float, float]:

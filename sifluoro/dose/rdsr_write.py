@@ -4,9 +4,9 @@ The document holds one TID 10002 Accumulated X-Ray Dose container per plane (sin
 plane A beside a biplane device's report) and one TID 10003 Irradiation Event X-Ray Data
 container per run, except runs whose dose is a device report's: that report holds those
 events, and the ones that cover no run, and a Comment says they are left out; built from
-highdicom's SR content items. Patient and study attributes are copied from the study's first image header, never
-invented; the irradiating device's identity comes from the image headers too. Doses are
-written in DICOM units (Gy, Gy·m², s). What ``dciodvfy`` checks, tests check.
+highdicom's SR content items. Patient and study attributes are copied from the study's first
+image header, never invented; the irradiating device's identity comes from the image headers
+too. Doses are written in DICOM units (Gy, Gy·m², s). What ``dciodvfy`` checks, tests check.
 """
 from __future__ import annotations
 

@@ -28,8 +28,8 @@ returns to that view; on a tracked line the tip does not retreat behind the furt
 run or, at a run's start, the last tip of the previous run. When the line search takes no
 candidate, a needle followed in this view (found by the line search on a few frames) is looked
 for where it was (its end along the last axis) and kept if the shaft behind it is still a
-line (on a run's first frame, whose mean is that one frame, on half the evidence). Along a shaft that dims over bone, the
-tip is looked for past the dimming while the line goes on at half the contrast or more; a tip
+line (on a run's first frame, whose mean is that one frame, on half the evidence). Along a
+shaft that dims over bone, the tip is looked for past the dimming while the line goes on at half the contrast or more; a tip
 taken short of where another segment of the same search goes on along its line (a needle
 crossing a bone edge) goes to that segment's end, and a segment running through the last tip
 continues the track however far its tip has moved on.
@@ -804,8 +804,9 @@ class NeedleStage:
         """No candidate taken, but a needle followed in this view: look for it where it was
         (the tip refined along the last axis, as :meth:`process_roi` does) and keep it when
         the shaft behind the refined tip is still a line on the run's mean image (evidence
-        ``follow_min_score``, ``follow_start_score`` on a run's first frame). A needle over dense bone or beside a cortical edge often drops
-        out of the line search for a few frames while it is still plainly there."""
+        ``follow_min_score``, ``follow_start_score`` on a run's first frame). A needle over
+        dense bone or beside a cortical edge often drops out of the line search for a few
+        frames while it is still plainly there."""
         s = self.settings
         track = st.track
         last = track.tip_xy if track.tip_xy is not None else track.last_tip_of_run
