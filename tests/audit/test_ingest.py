@@ -639,34 +639,46 @@ _V2_SQLITE_STUDIES = """CREATE TABLE studies (id INTEGER NOT NULL, study_instanc
  FOREIGN KEY(device_id) REFERENCES devices (id))"""
 
 
-def _back_to_version_2(engine) -> None:
-    """The registry as version 2 left it: totals NOT NULL, an unknown total stored as 0."""
+def _roll_back(engine, version: int, zeroed: dict[str, tuple[str, ...]], rebuild_sqlite) -> None:
+    """Take the registry back to ``version``: ``zeroed`` table -> columns whose NULLs become 0
+    (what older versions stored), and the studies table's of them NOT NULL again (SQLite:
+    ``rebuild_sqlite(conn)`` rebuilds the table, its foreign keys off meanwhile)."""
     from sqlalchemy import text
 
-    from sifluoro.audit.schema import _NULLABLE_TOTALS
-
+    sqlite = engine.dialect.name == "sqlite"
     with engine.connect() as conn:
-        if engine.dialect.name == "sqlite":
+        if sqlite:
             conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
             conn.commit()
         with conn.begin():
-            for column, _, _ in _NULLABLE_TOTALS:
-                conn.execute(text(f"UPDATE studies SET {column} = 0 WHERE {column} IS NULL"))
-                conn.execute(text(f"UPDATE plane_totals SET {column} = 0 WHERE {column} IS NULL"))
-            if engine.dialect.name == "sqlite":
-                conn.exec_driver_sql("CREATE TABLE v2 AS SELECT * FROM studies")
-                conn.exec_driver_sql("DROP TABLE studies")
-                conn.exec_driver_sql(_V2_SQLITE_STUDIES)
-                conn.exec_driver_sql("INSERT INTO studies SELECT * FROM v2")
-                conn.exec_driver_sql("DROP TABLE v2")
+            for table, columns in zeroed.items():
+                for column in columns:
+                    conn.execute(text(f"UPDATE {table} SET {column} = 0 WHERE {column} IS NULL"))
+            if sqlite:
+                rebuild_sqlite(conn)
             else:
-                for column, _, _ in _NULLABLE_TOTALS:
+                for column in zeroed["studies"]:
                     conn.execute(text(f"ALTER TABLE studies ALTER COLUMN {column} SET NOT NULL"))
-            conn.execute(text("DELETE FROM schema_version WHERE version > 2"))
-        if engine.dialect.name == "sqlite":
+            conn.execute(text(f"DELETE FROM schema_version WHERE version > {version}"))
+        if sqlite:
             conn.exec_driver_sql("PRAGMA foreign_keys=ON")
             conn.commit()
     engine.dispose()
+
+
+def _back_to_version_2(engine) -> None:
+    """The registry as version 2 left it: totals NOT NULL, an unknown total stored as 0."""
+    from sifluoro.audit.schema import _NULLABLE_TOTALS
+
+    def rebuild(conn):
+        conn.exec_driver_sql("CREATE TABLE v2 AS SELECT * FROM studies")
+        conn.exec_driver_sql("DROP TABLE studies")
+        conn.exec_driver_sql(_V2_SQLITE_STUDIES)
+        conn.exec_driver_sql("INSERT INTO studies SELECT * FROM v2")
+        conn.exec_driver_sql("DROP TABLE v2")
+
+    totals = tuple(column for column, _, _ in _NULLABLE_TOTALS)
+    _roll_back(engine, 2, {"studies": totals, "plane_totals": totals}, rebuild)
 
 
 def test_a_version_2_registry_keeps_its_rows_and_stores_unknown_totals_as_null(db_url, tmp_path):
@@ -824,37 +836,26 @@ def _untimed_report(folder):
 
 def _back_to_version_3(engine) -> None:
     """The registry as version 3 left it: time totals NOT NULL, an unknown time stored as 0."""
-    from sqlalchemy import MetaData, text
+    from sqlalchemy import MetaData
 
     from sifluoro.audit.schema import DeviceRow
 
-    with engine.connect() as conn:
-        if engine.dialect.name == "sqlite":
-            conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
-            conn.commit()
-        with conn.begin():
-            for column in ("fluoro_time_s", "acquisition_time_s"):
-                conn.execute(text(f"UPDATE studies SET {column} = 0 WHERE {column} IS NULL"))
-            if engine.dialect.name == "sqlite":
-                metadata = MetaData()
-                DeviceRow.__table__.to_metadata(metadata)
-                old = StudyRow.__table__.to_metadata(metadata, name="v3")
-                for index in list(old.indexes):
-                    old.indexes.discard(index)
-                for column in ("fluoro_time_s", "acquisition_time_s"):
-                    old.c[column].nullable = False
-                old.create(conn)
-                conn.exec_driver_sql("INSERT INTO v3 SELECT * FROM studies")
-                conn.exec_driver_sql("DROP TABLE studies")
-                conn.exec_driver_sql("ALTER TABLE v3 RENAME TO studies")
-            else:
-                for column in ("fluoro_time_s", "acquisition_time_s"):
-                    conn.execute(text(f"ALTER TABLE studies ALTER COLUMN {column} SET NOT NULL"))
-            conn.execute(text("DELETE FROM schema_version WHERE version > 3"))
-        if engine.dialect.name == "sqlite":
-            conn.exec_driver_sql("PRAGMA foreign_keys=ON")
-            conn.commit()
-    engine.dispose()
+    times = ("fluoro_time_s", "acquisition_time_s")
+
+    def rebuild(conn):
+        metadata = MetaData()
+        DeviceRow.__table__.to_metadata(metadata)
+        old = StudyRow.__table__.to_metadata(metadata, name="v3")
+        for index in list(old.indexes):
+            old.indexes.discard(index)
+        for column in times:
+            old.c[column].nullable = False
+        old.create(conn)
+        conn.exec_driver_sql("INSERT INTO v3 SELECT * FROM studies")
+        conn.exec_driver_sql("DROP TABLE studies")
+        conn.exec_driver_sql("ALTER TABLE v3 RENAME TO studies")
+
+    _roll_back(engine, 3, {"studies": times}, rebuild)
 
 
 def test_an_unknown_fluoroscopy_time_is_null_and_a_version_3_registry_is_migrated(db_url, tmp_path):
