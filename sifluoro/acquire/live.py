@@ -128,6 +128,7 @@ class _LiveStudy:
     received_set: set[str] = field(default_factory=set)
     done: int = 0  # instances of state.received processed by this process
     scheduled: bool = False
+    state_unsaved: bool = False  # processing progress not on disk yet (a full disk): retried
     runs: list[Run] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
     dose_reports: list[str] = field(default_factory=list)
@@ -224,6 +225,7 @@ class LiveStudies:
                 study.state.received.pop()
                 self.spool.discard(final)
                 raise
+            study.state_unsaved = False  # the save above holds the progress too
             study.received_set.add(sop_uid)
             study.received_at[sop_uid] = time.perf_counter()
             self._schedule_locked(study)
@@ -319,13 +321,9 @@ class LiveStudies:
                         "cannot be processed (an internal error; see the log)"))
                 study.done = max(study.done, turn + 1)
         with study.lock:
-            if study.done > study.state.processed:
-                study.state.processed = study.done
-                try:
-                    self.spool.save_state(study.state)
-                except OSError as exc:  # a restart re-derives it: processing is idempotent
-                    log.error("study %s: state not saved (%s)", study.uid, exc)
-                    self._output_error()
+            if study.done > study.state.processed or study.state_unsaved:
+                study.state.processed = max(study.state.processed, study.done)
+                self._save_progress(study, final=False)
             if study.done < len(study.state.received):
                 self._executor.submit(self._step, study)
                 return
@@ -335,6 +333,22 @@ class LiveStudies:
         with self._idle:
             self._busy -= 1
             self._idle.notify_all()
+
+    def _save_progress(self, study: _LiveStudy, *, final: bool) -> None:
+        """Save how far processing got (study lock held). A failure (a full disk) is retried
+        at the next instance and at close; only a failure at close is an output error, since
+        the moment a spool fills is a race between the receiver's writes and this one."""
+        try:
+            self.spool.save_state(study.state)
+        except OSError as exc:  # a restart re-derives it: processing is idempotent
+            study.state_unsaved = True
+            if final:
+                log.error("study %s: state not saved (%s)", study.uid, exc)
+                self._output_error()
+            else:
+                log.warning("study %s: state not saved (%s); tried again later", study.uid, exc)
+            return
+        study.state_unsaved = False
 
     def _output_error(self) -> None:
         with self._errors_lock:
@@ -349,7 +363,8 @@ class LiveStudies:
                 with study.lock:
                     # nothing to process, or nothing processed here (rebuilt for a
                     # duplicate check, say): all it knows is on disk
-                    if (not study.scheduled and study.idle_since is not None
+                    if (not study.scheduled and not study.state_unsaved
+                            and study.idle_since is not None
                             and now - study.idle_since >= self.idle_evict_s
                             and study.done in (0, len(study.state.received))):
                         study.evicted = True
@@ -488,6 +503,9 @@ class LiveStudies:
         with self._studies_lock:
             studies = list(self._studies.values())
         for study in studies:
+            if study.state_unsaved:
+                with study.lock:
+                    self._save_progress(study, final=True)
             if study.done:
                 self._write_summary(study)
             if study.events is not self._shared_events:
