@@ -252,3 +252,21 @@ def test_visible_vessel_sensitivity_uses_the_vessels_own_snr():
     assert r["contrast"]["visible_vessels"] == 1
     assert r["contrast"]["visible_vessel_sensitivity"] == 0.0
     assert "visible vessels (SNR >= 3) found 0.0 of 1" in format_report(r)
+
+
+def test_tip_error_percentiles_are_also_given_on_the_frames_whose_tip_is_in_the_pixels():
+    """Issue 7 names the tip error 'on frames where the tip is visible': a far-off tip reported
+    on a frame whose tip is not in the pixels counts in the all-frames p95 only."""
+    from sifluoro.sim.evaluate import format_report
+    truth = _truth(["none"] * 6)
+    for ft, snr in zip(truth["frames"], [1.0, 5.0, 5.0, 5.0, 5.0, 5.0]):
+        ft["tip_snr"] = snr
+    events = _events(truth)
+    events[0]["needle"]["tip_xy"][0] += 40.0  # a wrong tip where the tip cannot be seen
+    tally = Tally()
+    score_study(truth, events, {"contrast_state": "none", "air_kerma_mgy": 2.0, "dap_gycm2": 0.5,
+                                "fluoro_time_s": 1.0}, tally)
+    n = report(tally)["needle"]
+    assert n["tip_error_mm_p95"] > 3.0
+    assert n["detectable_tip_error_mm_median"] == n["detectable_tip_error_mm_p95"] == 0.0
+    assert "error median 0.0 mm, p95 0.0 mm" in format_report(report(tally))

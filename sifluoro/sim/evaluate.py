@@ -39,6 +39,7 @@ class Tally:
     # of tip_frames, those whose truth gives the tip's SNR in the pixels and it is >= 3
     detectable_tip_frames: int = 0
     detectable_tip_detected: int = 0
+    detectable_tip_errors_mm: list[float] = field(default_factory=list)  # of tips reported
     end_on_errors_mm: list[float] = field(default_factory=list)
     end_on_frames: int = 0
     end_on_reported: int = 0  # frames with a tip reported within 3 mm, of the end_on frames
@@ -107,6 +108,8 @@ def score_study(truth: dict, events: list[dict], summary: dict | None, tally: Ta
                 if (ft.get("tip_snr") or 0.0) >= DETECTABLE_SNR:
                     tally.detectable_tip_frames += 1
                     tally.detectable_tip_detected += found
+                    if err is not None:
+                        tally.detectable_tip_errors_mm.append(err)
         elif not ft.get("needle_visible"):
             tally.no_needle_frames += 1
             tally.false_tips += needle is not None
@@ -212,6 +215,8 @@ def report(tally: Tally) -> dict:
             "detectable_tip_frames": tally.detectable_tip_frames,
             "detectable_detection_rate_3mm": _ratio(tally.detectable_tip_detected,
                                                     tally.detectable_tip_frames),
+            "detectable_tip_error_mm_median": _pct(tally.detectable_tip_errors_mm, 50),
+            "detectable_tip_error_mm_p95": _pct(tally.detectable_tip_errors_mm, 95),
             "false_tip_rate": _ratio(tally.false_tips, tally.no_needle_frames),
             "no_needle_frames": tally.no_needle_frames,
             "end_on_frames": tally.end_on_frames,
@@ -285,7 +290,9 @@ def format_report(r: dict) -> str:
         f"{n['false_tip_rate']} of {n['no_needle_frames']}; end-on frames {n['end_on_frames']} "
         f"(within 3 mm: {n['end_on_detection_rate_3mm']})"
         + (f"; tips in the pixels (SNR >= 3): detected {n['detectable_detection_rate_3mm']} of "
-           f"{n['detectable_tip_frames']} frames" if n["detectable_tip_frames"] else ""),
+           f"{n['detectable_tip_frames']} frames, error median "
+           f"{n['detectable_tip_error_mm_median']} mm, p95 {n['detectable_tip_error_mm_p95']} mm"
+           if n["detectable_tip_frames"] else ""),
         f"joint    mean distance {j['mean_distance_mm']} mm, coverage {j['coverage_2mm']}, reported "
         f"{j['reported_rate']}, false {j['false_joint_rate']}; doubled advice right on "
         f"{j['doubled_cases_advice_right_90pct']} of {j['doubled_cases']} doubled cases (single lines "
