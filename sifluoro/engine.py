@@ -5,6 +5,11 @@
     engine.on("alert", lambda e: banner(e.message))
     summary = engine.run("study/")          # or engine.feed(frame) per frame, then engine.close()
 
+Frames fed one by one: announce their runs first (``engine.prepare(study)``, a
+:class:`~sifluoro.model.Study` of their headers) so that the stages warm up before the first live
+frame; a run not announced warms up on its first frame, which pays for it in its ``latency_ms``
+(logged once per frame shape).
+
 Thread safety: ``feed`` may be called from any thread; calls are serialised (one frame at a
 time, in call order). Handlers run in the thread that fed the frame, after the frame's event is
 complete; a handler that raises is logged and the engine goes on. ``on`` may be called at any
@@ -172,8 +177,11 @@ class Engine:
             self._fed = True
             run = self._admit(frame)
             if run is not None:
-                self.pipeline.prepare_run(run, self._state)
-            event = self.pipeline.process(frame, self._state)
+                self._state.dose.prepare(run)
+            arrival = self.pipeline.account(frame, self._state)  # the latency counts from here
+            if run is not None:  # not announced by prepare(): its first frame pays, and says so
+                self.pipeline.prepare_stages_on_live_frame(run)
+            event = self.pipeline.process_arrived(frame, self._state, arrival)
             emitted = self._emit(event)
             self._announce_recount()  # a run that shares a report event with earlier ones
             return emitted

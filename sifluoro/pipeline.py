@@ -318,14 +318,28 @@ class Pipeline:
         state.dose.prepare(run)
         self.prepare_stages(run)
 
-    def prepare_stages(self, run) -> None:
-        """The stages' warm-up for the run's frame shape, once per shape and spacing."""
+    def prepare_stages(self, run) -> float:
+        """The stages' warm-up for the run's frame shape, once per shape and spacing; return
+        the milliseconds it took (0 when the shape was warm already)."""
         key = (run.rows, run.columns, run.bits_stored, run.pixel_spacing_xy_mm)
         with self._warm_lock:
-            if key not in self._warmed:
-                self.warm_up(run)
-                self._warmed.add(key)
-                self._planned_shapes.add((run.rows, run.columns))
+            if key in self._warmed:
+                return 0.0
+            t0 = time.perf_counter()
+            self.warm_up(run)
+            self._warmed.add(key)
+            self._planned_shapes.add((run.rows, run.columns))
+            return (time.perf_counter() - t0) * 1000.0
+
+    def prepare_stages_on_live_frame(self, run) -> None:
+        """:meth:`prepare_stages` for a run whose first frame is already here (it was never
+        announced): the frame's latency pays for the warm-up, so say so once per shape."""
+        warm_ms = self.prepare_stages(run)
+        if warm_ms:
+            log.warning("a %dx%d run arrived unannounced: the stages' warm-up ran on its first "
+                        "frame and took %.0f ms; announce runs before their frames (Engine."
+                        "prepare) so that no live frame pays for it", run.columns, run.rows,
+                        warm_ms)
 
     def process(self, frame: Frame, state: StudyState) -> dict[str, Any]:
         """Process one frame; return its event (DESIGN §3)."""
@@ -975,7 +989,7 @@ class LiveFeeder:
                     self._waiting_images -= 1
             try:
                 if not dropped:
-                    pipeline.prepare_stages(item.run)
+                    pipeline.prepare_stages_on_live_frame(item.run)
                     event = pipeline.process_arrived(item, state, arrival)
                 else:
                     event = pipeline.dropped_event(item, state, arrival)

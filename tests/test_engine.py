@@ -173,3 +173,37 @@ def test_stages_may_be_given_by_name():
     assert [s.name for s in engine.pipeline.stages] == ["register", "contrast"]
     with pytest.raises(Exception, match="bogus"):
         Engine(NO_DEADLINE, stages=["bogus"])
+
+
+@pytest.mark.parametrize("mode", ["feed", "submit"])
+def test_a_run_fed_unannounced_pays_its_warm_up_in_its_latency_and_says_so(tmp_path, caplog,
+                                                                         mode):
+    """Review s13 M2: without prepare(), the stages' warm-up ran on the first live frame but
+    its event's latency_ms left it out. Now the latency counts it and a warning says so, once
+    per frame shape; announced runs warn nothing."""
+    import logging
+    import re
+
+    write_study(tmp_path / "study", [RunSpec(0.0, n_frames=3), RunSpec(30.0, n_frames=2)])
+    study = read_study([tmp_path / "study"])
+    frames = list(iter_frames(study, []))
+    caplog.set_level(logging.WARNING, logger="sifluoro.pipeline")
+    engine = Engine(NO_DEADLINE, stages=["register"])
+    events = []
+    engine.on("frame", events.append)
+    for frame in frames:
+        getattr(engine, mode)(frame)
+    engine.close()
+    warnings = [r.getMessage() for r in caplog.records if "arrived unannounced" in r.getMessage()]
+    assert len(warnings) == 1  # two runs of one shape
+    warm_ms = float(re.search(r"took (\d+) ms", warnings[0]).group(1))
+    # submitted frames wait in a short queue: the oldest may have had its image work dropped
+    first_analysed = next(e for e in events if not e.event.get("dropped"))
+    assert first_analysed.latency_ms >= warm_ms - 1.0
+    caplog.clear()
+    announced = Engine(NO_DEADLINE, stages=["register"])
+    announced.prepare(study)
+    for frame in frames:
+        getattr(announced, mode)(frame)
+    announced.close()
+    assert "arrived unannounced" not in caplog.text
