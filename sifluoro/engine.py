@@ -45,6 +45,18 @@ log = logging.getLogger(__name__)
 KINDS = ("frame", "needle", "joint", "contrast", "dose", "alert")
 
 
+def frame_analysis(event: Mapping[str, Any]) -> dict[str, Any]:
+    """How fully a frame was analysed, for live outputs that must not pass a carried-over
+    result for a fresh one: ``degraded``, ``degraded_steps`` (the deadline policy's, e.g.
+    ``joint_reused``), ``skipped_stages``, ``failed_stages``, ``dropped`` (image work dropped
+    from a full live queue) and ``no_picture`` (a flat or saturated frame)."""
+    return {"degraded": bool(event.get("degraded")),
+            "degraded_steps": list(event.get("degraded_steps", ())),
+            "skipped_stages": list(event.get("skipped_stages", ())),
+            "failed_stages": list(event.get("failed_stages", ())),
+            "dropped": bool(event.get("dropped")), "no_picture": bool(event.get("no_picture"))}
+
+
 @dataclass(frozen=True)
 class FrameEvent:
     """Every frame: where it is in the study and the whole DESIGN §3 event (read-only)."""
@@ -57,6 +69,11 @@ class FrameEvent:
     degraded: bool
     event: Mapping[str, Any]
     stages: tuple[str, ...] = ()  # the image stages that assess the study
+
+    @property
+    def analysis(self) -> dict[str, Any]:
+        """:func:`frame_analysis` of the event."""
+        return frame_analysis(self.event)
 
     @property
     def contrast_state(self) -> str:

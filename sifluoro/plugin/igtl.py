@@ -15,7 +15,11 @@ device name   type        content
                           (``tip_visible``), tip-to-target mm,
                           cumulative dose (``air_kerma_mgy``, ``dap_gycm2``,
                           ``fluoro_time_s``; ``study_*`` too when exposures not
-                          stored add to the frames'), alerts of the frame
+                          stored add to the frames'), how fully the frame was
+                          analysed (``degraded``, ``degraded_steps``,
+                          ``skipped_stages``, ``failed_stages``, ``dropped``,
+                          ``no_picture``: :func:`~sifluoro.engine.frame_analysis`),
+                          alerts
 ``Overlay``   IMAGE       the annotated frame, RGB ``uint8``
 ============  ==========  ==================================================================
 
@@ -346,7 +350,7 @@ class IgtlSink:
                                            timestamp=now, device_name="Target"))
         state = {"index": e["index"], "t_s": e["t_s"], "contrast": event.contrast_state,
                  "tip_visible": bool(needle), "tip_to_target_mm": e.get("tip_to_target_mm"),
-                 **e["dose"],
+                 **e["dose"], **event.analysis,
                  "alerts": [a.get("message", a.get("kind")) for a in e.get("alerts", ())]}
         out.append(pyigtl.StringMessage(json.dumps(state, separators=(",", ":")), timestamp=now,
                                         device_name="State"))

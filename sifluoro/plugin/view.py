@@ -9,8 +9,10 @@ path               what
 ``/``              the page; it polls ``/state.json`` every 200 ms and reloads the frame when
                    a new one is there
 ``/state.json``    ``{"seq", "index", "t_s", "dose": {"fluoro_time_s", "air_kerma_mgy",
-                   "dap_gycm2"}, "contrast", "tip_to_target_mm", "alerts": [...], "ended",
-                   "summary"}`` (``summary`` once the study ended; ``contrast`` is
+                   "dap_gycm2"}, "contrast", "tip_to_target_mm", "analysis", "alerts": [...],
+                   "ended", "summary"}`` (``summary`` once the study ended; ``analysis``
+                   says how fully the frame was analysed, :func:`~sifluoro.engine.frame_analysis`;
+                   ``contrast`` is
                    ``not_assessed`` when no contrast stage runs; ``dose`` also holds
                    ``study_*``, shown instead, when exposures not stored add to the frames')
 ``/frame.jpg``     the latest overlay frame (JPEG)
@@ -31,7 +33,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import cv2
 import numpy as np
 
-from sifluoro.engine import FrameEvent
+from sifluoro.engine import FrameEvent, frame_analysis
 from sifluoro.errors import ConfigError
 from sifluoro.model import Frame, Study
 
@@ -54,9 +56,11 @@ class ViewState:
                              "ended": False, "summary": None}
         self.closed = False
 
-    def update(self, event: dict, overlay_bgr: np.ndarray, contrast: str | None = None) -> None:
+    def update(self, event: dict, overlay_bgr: np.ndarray, contrast: str | None = None,
+               analysis: dict | None = None) -> None:
         """Show ``event`` and its overlay; ``contrast`` overrides the event's contrast state
-        (``not_assessed`` when no contrast stage runs)."""
+        (``not_assessed`` when no contrast stage runs); ``analysis`` is
+        :func:`~sifluoro.engine.frame_analysis` (how fully the frame was analysed)."""
         ok, jpeg = cv2.imencode(".jpg", overlay_bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
         if not ok:
             raise RuntimeError("OpenCV could not encode the overlay frame as JPEG")
@@ -69,7 +73,9 @@ class ViewState:
             self._state = {**self._state, "seq": self._seq, "index": event["index"],
                            "t_s": event["t_s"], "dose": dict(event["dose"]),
                            "contrast": contrast or event["contrast"]["state"],
-                           "tip_to_target_mm": event.get("tip_to_target_mm"), "alerts": alerts}
+                           "tip_to_target_mm": event.get("tip_to_target_mm"),
+                           "analysis": analysis or frame_analysis(event),
+                           "alerts": alerts}
             self._cond.notify_all()
 
     def finish(self, summary: dict) -> None:
@@ -112,7 +118,7 @@ class ViewSink:
         pass
 
     def frame(self, frame: Frame, event: FrameEvent, overlay_bgr: np.ndarray) -> None:
-        self.state.update(dict(event.event), overlay_bgr, event.contrast_state)
+        self.state.update(dict(event.event), overlay_bgr, event.contrast_state, event.analysis)
 
     def end(self, study, summary: dict, dose) -> None:
         self.state.finish(summary)
@@ -251,7 +257,8 @@ function render(s) {
     }));
   }
   document.getElementById("status").textContent = s.index === null ? "waiting for frames" :
-    (s.ended ? "study ended: " : "live: ") + "frame " + s.index + ", t = " + s.t_s.toFixed(2) + " s";
+    (s.ended ? "study ended: " : "live: ") + "frame " + s.index + ", t = " + s.t_s.toFixed(2) + " s"
+    + (s.analysis && s.analysis.degraded ? " (" + degradedText(s.analysis) + ")" : "");
   document.body.dataset.ended = s.ended ? "yes" : "no";
   if (s.seq !== shown) {
     shown = s.seq;
@@ -260,6 +267,13 @@ function render(s) {
     img.dataset.seq = String(s.seq);
     img.src = "/frame.jpg?seq=" + s.seq;
   }
+}
+function degradedText(a) {
+  if (a.no_picture) return "no picture: not analysed";
+  if (a.dropped) return "image work dropped: results carried over";
+  const parts = a.degraded_steps.concat(a.skipped_stages.map(n => n + " skipped"),
+                                        a.failed_stages.map(n => n + " failed"));
+  return "degraded" + (parts.length ? ": " + parts.join(", ") : ": over budget");
 }
 async function poll() {
   try {

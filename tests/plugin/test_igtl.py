@@ -201,3 +201,41 @@ def test_a_lost_tip_is_cleared_and_its_transform_marked_missing(tmp_path):
     packed = empty.pack()
     header = pyigtl.MessageBase.parse_header(packed[:pyigtl.MessageBase.IGTL_HEADER_SIZE])
     assert header["header_version"] == 2 and header["body_size"] > 12 + 2
+
+
+def test_state_says_how_fully_the_frame_was_analysed(tmp_path):
+    """Review s13 L2: a navigation system must tell a reused joint line or a carried-over
+    contrast state from a fresh one; the web view's state.json says the same."""
+    from sifluoro.plugin.view import ViewState
+
+    write_study(tmp_path, [RunSpec(0.0, n_frames=1)])
+    (run,) = read_study([tmp_path]).runs
+    frame = Frame(pixels=np.zeros((run.rows, run.columns), np.uint16), index=0, frame_number=1,
+                  t_s=0.0, run=run)
+    base = {"index": 0, "t_s": 0.0, "needle": None, "tip_to_target_mm": None, "alerts": [],
+            "contrast": {"state": "none"},
+            "dose": {"air_kerma_mgy": 0.0, "dap_gycm2": 0.0, "fluoro_time_s": 0.0}}
+    degraded = {**base, "degraded": True, "degraded_steps": ["needle_roi", "joint_reused"],
+                "skipped_stages": ["contrast"]}
+    dropped = {**base, "degraded": True, "dropped": True,
+               "skipped_stages": ["register", "needle", "contrast"]}
+    server = IgtlServer("127.0.0.1", 0)
+    try:
+        sink = IgtlSink(server, image_every=0)
+        states = []
+        for event in (base, degraded, dropped):
+            fe = FrameEvent(0, run.sop_instance_uid, 1, 0.0, 1.0, event.get("degraded", False),
+                            event)
+            (state,) = [json.loads(m.string) for m in sink.messages(frame, fe, None)
+                        if m.device_name == "State"]
+            states.append(state)
+            view = ViewState()
+            view.update(event, np.zeros((4, 4, 3), np.uint8), fe.contrast_state, fe.analysis)
+            assert view.snapshot()["analysis"] == fe.analysis
+    finally:
+        server.close()
+    assert [s["degraded"] for s in states] == [False, True, True]
+    assert states[0]["degraded_steps"] == [] and not states[0]["dropped"]
+    assert states[1]["degraded_steps"] == ["needle_roi", "joint_reused"]
+    assert states[1]["skipped_stages"] == ["contrast"] and not states[1]["no_picture"]
+    assert states[2]["dropped"] and states[2]["skipped_stages"] == ["register", "needle", "contrast"]
