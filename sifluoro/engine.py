@@ -20,7 +20,9 @@ frame's dose is counted at once and its image work queued behind at most
 ``settings.live_queue_frames`` frames; when more arrive, the oldest waiting frame's image work
 is dropped (its event still comes, with its dose and ``dropped: true``) and counted in the
 summary's ``dropped_image_frames``. Handlers then run on the engine's worker thread, in
-arrival order. One engine is fed by ``feed`` or by ``submit``, not both.
+arrival order; a recount that ``prepare`` causes (the device's report) is announced after the
+event of the last frame counted before it. One engine is fed by ``feed`` or by ``submit``, not
+both.
 """
 from __future__ import annotations
 
@@ -179,6 +181,11 @@ class Engine:
         self._live: LiveFeeder | None = None
         self._fed = False   # feed() was used (then submit() may not be)
         self._recounts_seen = 0  # the dose's recounts already announced
+        # submit(): a recount is announced after the event of the last frame counted before it,
+        # so that no frame event still queued shows the totals from before it
+        self._order_lock = threading.Lock()
+        self._last_emitted = -1
+        self._after: dict[int, list[tuple[str, Any]]] = {}  # frame index -> calls after it
 
     def on(self, kind: str, handler: Callable[[Any], None]) -> None:
         """Call ``handler(event)`` for every event of ``kind`` (one of :data:`KINDS`)."""
@@ -271,9 +278,17 @@ class Engine:
         alerts, dose.recount_alerts = dose.recount_alerts, []
         self._state.alerts.extend(a.as_dict() for a in alerts)
         index, t_s = dose.last_frame
-        self._call("dose", _dose_event(index, t_s, dose.shown()))
-        for alert in alerts:
-            self._call("alert", AlertEvent(alert.index, alert.t_s, alert.kind, alert.message))
+        calls = [("dose", _dose_event(index, t_s, dose.shown())),
+                 *(("alert", AlertEvent(a.index, a.t_s, a.kind, a.message)) for a in alerts)]
+        with self._order_lock:
+            if self._live is not None and self._last_emitted < index:
+                self._after.setdefault(index, []).extend(calls)  # the worker calls them
+                return
+        self._call_all(calls)
+
+    def _call_all(self, calls: list[tuple[str, Any]]) -> None:
+        for kind, payload in calls:
+            self._call(kind, payload)
 
     @property
     def dose(self) -> DoseAccumulator | None:
@@ -312,7 +327,13 @@ class Engine:
 
         with self._lock:
             if self._live is not None:
-                self._live.close()
+                try:
+                    self._live.close()
+                finally:  # a worker that failed left its frames' recounts unannounced
+                    with self._order_lock:
+                        pending, self._after = sorted(self._after.items()), {}
+                    for _, calls in pending:
+                        self._call_all(calls)
             state = self._state or self.pipeline.start_study("")
             count_lost(state, self._lost)
             runs = tuple(sorted(self._runs.values(), key=lambda r: r.start_s))
@@ -346,6 +367,10 @@ class Engine:
         self._call("dose", _dose_event(index, t_s, event["dose"]))
         for alert in event.get("alerts", []):
             self._call("alert", AlertEvent(index, t_s, alert["kind"], alert["message"]))
+        with self._order_lock:
+            self._last_emitted = index
+            after = self._after.pop(index, [])
+        self._call_all(after)
         return frame_event
 
     def _call(self, kind: str, payload) -> None:

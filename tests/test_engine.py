@@ -207,3 +207,40 @@ def test_a_run_fed_unannounced_pays_its_warm_up_in_its_latency_and_says_so(tmp_p
         getattr(announced, mode)(frame)
     announced.close()
     assert "arrived unannounced" not in caplog.text
+
+
+def test_a_recount_while_submitted_frames_wait_is_announced_after_them(tmp_path):
+    """Review s13 M1: the device's report arrives (prepare) while submitted frames still wait
+    for their image work. Their dose events carry the totals from before the report, so the
+    recount's dose event comes after theirs, on the worker: the dose shown never goes down."""
+    import pydicom
+
+    from tests.dose.rdsr_fixtures import Ev, acquired, build_rdsr, save
+
+    paths = write_study(tmp_path / "study", [RunSpec(0.0, n_frames=6), RunSpec(30.0, n_frames=2)])
+    first = pydicom.dcmread(paths[0], stop_before_pixels=True)
+    save(build_rdsr([Ev(dap_gycm2=30.0, rp_mgy=500.0,
+                        extra=[acquired(first.SOPInstanceUID, first.SOPClassUID)])],
+                    study_uid=first.StudyInstanceUID), tmp_path / "late" / "rdsr.dcm")
+    engine = Engine(NO_DEADLINE, stages=["register"])
+    study = read_study([tmp_path / "study"])
+    engine.prepare(study)
+    frames = list(iter_frames(study, []))
+    release, shown = threading.Event(), []
+    engine.on("frame", lambda e: release.wait(10) if e.index == 0 else None)  # the worker waits
+    engine.on("dose", lambda d: shown.append((threading.current_thread().name, d.index,
+                                              d.air_kerma_mgy)))
+    for frame in frames[:6]:
+        engine.submit(frame)
+    engine.prepare(read_study([tmp_path / "late" / "rdsr.dcm"], study_uid=study.study_instance_uid))
+    assert shown == []  # nothing announced on the caller's thread ahead of the queued frames
+    release.set()
+    for frame in frames[6:]:
+        engine.submit(frame)
+    summary = engine.close()
+    values = [k for _, _, k in shown]
+    assert values == sorted(values) and values[-1] == pytest.approx(summary["air_kerma_mgy"])
+    assert max(values) == pytest.approx(500.0, abs=1.0)
+    assert {name for name, _, _ in shown} == {"sifluoro-live"}
+    recount = next(i for i, (_, _, k) in enumerate(shown) if k >= 499.0)
+    assert shown[recount][1] == 5 and shown[recount - 1][1] == 5  # right after frame 5's event
