@@ -13,7 +13,8 @@ frame; a run not announced warms up on its first frame, which pays for it in its
 Thread safety: ``feed`` may be called from any thread; calls are serialised (one frame at a
 time, in call order). Handlers run in the thread that fed the frame, after the frame's event is
 complete; a handler that raises is logged and the engine goes on. ``on`` may be called at any
-time. One Engine follows one study.
+time; a handler that calls ``feed``, ``prepare`` or ``close`` gets a RuntimeError (it runs
+inside ``feed``). One Engine follows one study.
 
 Live sources (a receiver or capture thread that must not wait) call ``submit`` instead: the
 frame's dose is counted at once and its image work queued behind at most
@@ -26,12 +27,13 @@ both.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from sifluoro.acquire.dicom_reader import iter_frames, read_study
 from sifluoro.config import Settings
@@ -172,6 +174,7 @@ class Engine:
                                  else as_stages(stages, self.settings), self.settings)
         self._handlers: dict[str, list[Callable]] = {kind: [] for kind in KINDS}
         self._lock = threading.Lock()
+        self._owner: int | None = None  # the thread holding _lock
         self._state: StudyState | None = None
         self._runs: dict[str, Run] = {}
         self._rejected: list[Rejection] = []
@@ -187,6 +190,21 @@ class Engine:
         self._last_emitted = -1
         self._after: dict[int, list[tuple[str, Any]]] = {}  # frame index -> calls after it
 
+    @contextlib.contextmanager
+    def _serialised(self) -> Iterator[None]:
+        """The engine's lock; a handler that calls back into the engine from ``feed`` (the lock
+        is its own thread's) gets an error instead of waiting for ever."""
+        if self._owner == threading.get_ident():
+            raise RuntimeError("an Engine handler called feed, submit, prepare, count_lost or "
+                               "close while the engine was calling it; hand the work to "
+                               "another thread or do it after the call returns")
+        with self._lock:
+            self._owner = threading.get_ident()
+            try:
+                yield
+            finally:
+                self._owner = None
+
     def on(self, kind: str, handler: Callable[[Any], None]) -> None:
         """Call ``handler(event)`` for every event of ``kind`` (one of :data:`KINDS`)."""
         if kind not in self._handlers:
@@ -195,7 +213,7 @@ class Engine:
 
     def feed(self, frame: Frame) -> FrameEvent:
         """Process one frame (frames of one study, in acquisition order) and emit its events."""
-        with self._lock:
+        with self._serialised():
             if self._live is not None:
                 raise RuntimeError("this engine is fed by submit(); use one of feed or submit")
             self._fed = True
@@ -213,7 +231,7 @@ class Engine:
     def submit(self, frame: Frame) -> None:
         """Live sources: count the frame's dose now and queue its image work without waiting
         for it; events come on the engine's worker thread (see the module docstring)."""
-        with self._lock:
+        with self._serialised():
             if self._live is None:
                 if self._fed:
                     raise RuntimeError("this engine is fed by feed(); use one of feed or submit")
@@ -244,7 +262,7 @@ class Engine:
         rejected appear in the summary. Call it again as more of the study arrives (new runs,
         the device's RDSR at the end of the procedure, read with ``study_uid``): runs the
         device's report names are recounted with its dose, frames already fed included."""
-        with self._lock:
+        with self._serialised():
             if self._state is None:
                 self._state = self.pipeline.start_study(study.study_instance_uid)
             elif study.study_instance_uid != self._state.study_instance_uid:
@@ -316,7 +334,7 @@ class Engine:
         """Frames of ``run`` from ``first_frame_number`` on that a damaged file lost (the
         reader's ``lost``): their exposure is counted at :meth:`close` into the RDSR's events
         and ``summary.lost_frames``."""
-        with self._lock:
+        with self._serialised():
             self._lost.append((run, first_frame_number))
 
     def close(self) -> dict:
@@ -325,7 +343,7 @@ class Engine:
         ``dropped_image_frames``."""
         from sifluoro.replay import build_summary, count_lost
 
-        with self._lock:
+        with self._serialised():
             if self._live is not None:
                 try:
                     self._live.close()

@@ -244,3 +244,25 @@ def test_a_recount_while_submitted_frames_wait_is_announced_after_them(tmp_path)
     assert {name for name, _, _ in shown} == {"sifluoro-live"}
     recount = next(i for i, (_, _, k) in enumerate(shown) if k >= 499.0)
     assert shown[recount][1] == 5 and shown[recount - 1][1] == 5  # right after frame 5's event
+
+
+def test_a_handler_that_calls_back_into_the_engine_gets_an_error_not_a_deadlock(tmp_path, caplog):
+    """Review s13 L3: feed holds the engine's lock while it calls the handlers; a handler that
+    called close() waited for ever. It now fails (logged, as any handler's error) and the
+    frames go on."""
+    write_study(tmp_path / "study", [RunSpec(0.0, n_frames=3)])
+    study = read_study([tmp_path / "study"])
+    engine = Engine(NO_DEADLINE, stages=[])
+    engine.prepare(study)
+    engine.on("frame", lambda e: engine.close())
+    done = threading.Event()
+
+    def feed_all():
+        for frame in iter_frames(study, []):
+            engine.feed(frame)
+        done.set()
+
+    threading.Thread(target=feed_all, daemon=True).start()
+    assert done.wait(10), "feed blocked: the handler's call deadlocked"
+    assert engine.close()["frames"] == 3
+    assert caplog.text.count("while the engine was calling it") == 3
