@@ -354,6 +354,11 @@ class Engine:
                         self._call_all(calls)
             state = self._state or self.pipeline.start_study("")
             count_lost(state, self._lost)
+            unfed = state.dose.forget_unfed_runs()
+            if unfed:  # their share of the device's report is the study's still
+                log.warning("%d run(s) announced were never fed; the device report's dose "
+                            "given to them counts as not stored", len(unfed))
+                self._announce_recount()
             runs = tuple(sorted(self._runs.values(), key=lambda r: r.start_s))
             summary = build_summary(Study(state.study_instance_uid, runs,
                                           dose_reports=tuple(self._dose_reports)),

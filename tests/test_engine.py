@@ -266,3 +266,24 @@ def test_a_handler_that_calls_back_into_the_engine_gets_an_error_not_a_deadlock(
     assert done.wait(10), "feed blocked: the handler's call deadlocked"
     assert engine.close()["frames"] == 3
     assert caplog.text.count("while the engine was calling it") == 3
+
+
+def test_a_run_announced_but_never_fed_gives_back_its_share_of_the_device_report(tmp_path):
+    """Review s13 F5: the Engine is closed before the second run's frames come (a cut stream):
+    the device report's fluoroscopy event given to that run counted nowhere (6990 of 7010
+    mGy). Its share is now unstored dose, and the study's dose is the report's."""
+    from tests.dose.test_report_cover import three_sources
+
+    folder = three_sources(tmp_path / "study")
+    study = read_study([folder])
+    engine = Engine(NO_DEADLINE, stages=[])
+    doses = []
+    engine.on("dose", doses.append)
+    engine.prepare(study)
+    first = min(study.runs, key=lambda r: r.start_s)
+    for frame in iter_frames(study, []):
+        if frame.run is first:
+            engine.feed(frame)
+    summary = engine.close()
+    assert summary["study_dose"]["air_kerma_mgy"] == pytest.approx(7010.0)
+    assert doses[-1].study_air_kerma_mgy == pytest.approx(7010.0)  # the close announced it

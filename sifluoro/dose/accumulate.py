@@ -199,6 +199,19 @@ class DoseAccumulator:
         self._clock[run.sop_instance_uid] = run.started_at
         self._beam_s[run.sop_instance_uid] = sum(run.frame_intervals_ms) / 1000.0
 
+    def forget_unfed_runs(self) -> list[str]:
+        """At the study's end: runs announced whose frames never came (a stream cut, an engine
+        closed early) give back their share of the report's events, to the runs fed that
+        share them or to :attr:`unstored`, so that the study's dose still sums the report's
+        (alerts that raises are in :attr:`recount_alerts`). Returns their SOP Instance UIDs."""
+        unfed = [uid for uid in self._frames if uid not in self._tallies]
+        for uid in unfed:
+            for known in (self._frames, self._clock, self._beam_s, self._runs):
+                known.pop(uid, None)
+        if unfed and self._report:
+            self._attribute()
+        return unfed
+
     def _attribute(self) -> list[DoseAlert]:
         """Give the report's events to the known runs they cover, the rest to :attr:`unstored`;
         recount the runs whose share changed. Returns the alerts raised."""
