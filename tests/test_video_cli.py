@@ -3,6 +3,7 @@ bits, lossy video), run through the engine from the file and as a live source.""
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -292,3 +293,103 @@ def test_a_stalled_network_grabber_is_waited_out_and_a_stop_ends_it_at_once(tmp_
     assert summary["video"]["ended_early"] == "stopped by a signal"
     assert summary["video"]["stalls"] >= 1 and summary["video"]["longest_stall_s"] >= 2.0
     assert replay_output_violations(out / "events.jsonl", out / "summary.json") == []
+
+
+def _mjpeg_grabber(n_frames: int, rate_per_s: float):
+    """A network frame grabber: raw MJPEG over TCP at ``rate_per_s``; the connection stays open
+    after the last frame. Returns (source URL, the environment for OpenCV, an event set once
+    every frame is sent, stop callable)."""
+    import os
+    import socket
+    import threading
+    import time
+
+    import cv2
+
+    rng = np.random.default_rng(7)
+    jpegs = [cv2.imencode(".jpg", rng.integers(30, 220, (64, 64)).astype(np.uint8))[1].tobytes()
+             for _ in range(n_frames)]
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    sent, finished = threading.Event(), threading.Event()
+
+    def serve():
+        conn, _ = server.accept()
+        t0 = time.monotonic()
+        for k, jpeg in enumerate(jpegs):
+            time.sleep(max(0.0, t0 + k / rate_per_s - time.monotonic()))
+            try:
+                conn.sendall(jpeg)
+            except OSError:  # the capture ended (--max-frames) and closed the connection
+                break
+        sent.set()
+        finished.wait(120)
+        conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    env = dict(os.environ, PYTHONPATH=os.getcwd(),
+               OPENCV_FFMPEG_CAPTURE_OPTIONS="f;mjpeg|probesize;32|analyzeduration;0")
+
+    def stop():
+        finished.set()
+        server.close()
+
+    return f"tcp://127.0.0.1:{server.getsockname()[1]}", env, sent, stop
+
+
+@pytest.mark.parametrize("given_rate", [False, True])
+def test_a_grabber_whose_backend_reports_a_wrong_rate_is_measured_and_can_be_told(tmp_path,
+                                                                                given_rate):
+    """Review s13 H1: FFmpeg reports 25 frames/s for a raw MJPEG grabber sending 15. Frames
+    were timed at 1/25 s and, with --pulse-rate 15, 40 % of real pulses were dropped as
+    repeats between pulses. The source's rate is now measured on the reads' clock and a
+    mismatch said (with the --capture-rate to give); given it, every pulse counts."""
+    import signal
+    import subprocess
+    import sys
+
+    source, env, sent, stop = _mjpeg_grabber(75, 15.0)
+    out = tmp_path / "out"
+    extra = ["--pulse-rate", "15"] + (["--capture-rate", "15"] if given_rate else [])
+    proc = subprocess.Popen([sys.executable, "-m", "sifluoro",
+                             *_args(source, 0.3, out, "--stages", "none", *extra)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert sent.wait(60)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)  # how an operator ends a capture
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        stop()
+    assert proc.returncode == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    video = summary["video"]
+    assert 13.0 <= video["measured_capture_rate_per_s"] <= 17.0
+    if given_rate:
+        assert video["capture_rate_per_s"] == 15.0 and video["between_pulses"] == 0
+        assert summary["frames"] >= 73  # the demuxer holds the last frame or two
+        assert summary["fluoro_time_s"] == pytest.approx(summary["frames"] / 15.0, rel=1e-3)
+        assert "--capture-rate" not in err
+    else:
+        assert video["capture_rate_per_s"] == 25.0  # what FFmpeg makes up for raw MJPEG
+        assert "give --capture-rate 15" in err
+
+
+def test_a_live_capture_ended_by_max_frames_exits_cleanly(tmp_path):
+    """The reader thread was left inside a read at exit: when the read returned during the
+    interpreter's shutdown, the process aborted ('FATAL: exception not rethrown', -6)."""
+    import subprocess
+    import sys
+
+    source, env, _, stop = _mjpeg_grabber(75, 15.0)
+    out = tmp_path / "out"
+    try:
+        proc = subprocess.run([sys.executable, "-m", "sifluoro",
+                               *_args(source, 0.3, out, "--stages", "none", "--max-frames", "20")],
+                              capture_output=True, text=True, env=env, timeout=120)
+    finally:
+        stop()
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((out / "summary.json").read_text())["frames"] == 20

@@ -54,6 +54,10 @@ class VideoSourceSettings:
         video output), each frame taken carries pulse/capture pulses of tube load.
     max_frames : int, optional
         Stop after this many frames (live capture otherwise runs until the device ends).
+    capture_rate_per_s : float, optional
+        The capture's frames per second (``--capture-rate``), when its backend reports a
+        wrong one (FFmpeg reports 25/s for raw MJPEG whatever the grabber sends): frame times,
+        and so the fluoroscopy time and the pulses taken, follow it.
     bone_bright : bool
         Whether the video shows bone bright (as a radiograph); by default it shows what a
         fluoroscopy monitor shows, bone dark and needle and contrast black.
@@ -64,12 +68,17 @@ class VideoSourceSettings:
     frame_rate_per_s: float | None = None
     max_frames: int | None = None
     bone_bright: bool = False
+    capture_rate_per_s: float | None = None
 
     def __post_init__(self):
         if not self.pixel_spacing_mm > 0:
             raise ConfigError(f"--pixel-spacing-mm must be > 0, got {self.pixel_spacing_mm}")
         if self.frame_rate_per_s is not None and not self.frame_rate_per_s > 0:
             raise ConfigError(f"--pulse-rate must be > 0, got {self.frame_rate_per_s}")
+        if self.capture_rate_per_s is not None and not (
+                0 < self.capture_rate_per_s <= MAX_CAPTURE_RATE_PER_S):
+            raise ConfigError(f"--capture-rate must be in (0, {MAX_CAPTURE_RATE_PER_S:g}] frames/s, "
+                              f"got {self.capture_rate_per_s}")
         if self.max_frames is not None and self.max_frames < 1:
             raise ConfigError(f"--max-frames must be >= 1, got {self.max_frames}")
 
@@ -79,6 +88,14 @@ MAX_CAPTURE_RATE_PER_S = 1000.0
 
 #: a live source that delivers no frame for this long, s, has stalled: said and counted
 STALL_S = 2.0
+
+#: a live source's frame rate is measured over its first this many seconds of reads without
+#: a stall, and said when it is off the rate in use by more than RATE_TOLERANCE
+RATE_CHECK_S = 3.0
+RATE_TOLERANCE = 0.15
+
+#: how long the end of a live capture waits for a read under way, s
+READER_JOIN_S = 2.0
 
 #: a live source whose reads fail for this long, s, is opened again
 REOPEN_AFTER_S = 1.0
@@ -102,6 +119,8 @@ class VideoStats:
     size_changes: int = 0    # new runs started because the picture size changed
     stalls: int = 0          # gaps over STALL_S in a live source's frames
     longest_stall_s: float = 0.0
+    capture_rate_per_s: float | None = None           # the rate frames are timed by
+    measured_capture_rate_per_s: float | None = None  # a live source's, on its reads' clock
 
 
 def open_capture(source: str | int) -> cv2.VideoCapture:
@@ -131,13 +150,16 @@ def video_frames(source: str | int, settings: VideoSourceSettings,
     capture = open_capture(source)
     live = is_live_source(source)
     try:
-        capture_rate = _capture_rate(capture, source, settings.frame_rate_per_s)
+        capture_rate = stats.capture_rate_per_s = (
+            settings.capture_rate_per_s
+            or _capture_rate(capture, source, settings.frame_rate_per_s))
         pulse_rate = settings.frame_rate_per_s or capture_rate
         rate = min(pulse_rate, capture_rate)  # frames taken per second
         frame_time_ms = 1000.0 / rate
         count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if isinstance(source, str) else 0
         n = settings.max_frames or (count if count > 0 else 1 << 30)
-        reads = _live_reads(capture, source, stop, stats) if live else _read_all(capture)
+        reads = (_live_reads(capture, source, stop, stats, capture_rate) if live
+                 else _read_all(capture))
         first = next(reads, None)
         if first is None:
             if live:
@@ -220,24 +242,28 @@ def is_live_source(source: str | int) -> bool:
 
 
 def _live_reads(capture: cv2.VideoCapture, source: str | int, stop: threading.Event | None,
-                stats: VideoStats) -> Iterator[np.ndarray]:
+                stats: VideoStats, capture_rate_per_s: float) -> Iterator[np.ndarray]:
     """A live source's frames, read on a thread of their own until ``stop`` is set.
 
     A failed read is a gap, not the end of the procedure (a grabber losing its signal for a
     few seconds, a C-arm switching its video mode): reads go on, the source is opened again
     after :data:`REOPEN_AFTER_S` of failures, and a gap over :data:`STALL_S` is said and
     counted (``stats.stalls``). A stop ends the capture at once, even while a read blocks.
+    The source's own frame rate is measured on the reads' clock (:func:`_check_rate`).
     """
     frames: queue.Queue = queue.Queue(maxsize=8)
     done = threading.Event()
 
     def read() -> None:
-        failing_since = None
+        failing_since, window = None, []
         try:
             while not done.is_set():
                 ok, image = capture.read()
                 if ok:
                     failing_since = None
+                    if stats.measured_capture_rate_per_s is None:
+                        window = _check_rate(window, time.monotonic(), capture_rate_per_s,
+                                             source, stats)
                     put_unless_stopped(frames, image, done)
                     continue
                 now = time.monotonic()
@@ -250,7 +276,8 @@ def _live_reads(capture: cv2.VideoCapture, source: str | int, stop: threading.Ev
         finally:
             capture.release()
 
-    threading.Thread(target=read, name="sifluoro-video", daemon=True).start()
+    reader = threading.Thread(target=read, name="sifluoro-video", daemon=True)
+    reader.start()
     last, stalled = time.monotonic(), False
     try:
         while stop is None or not stop.is_set():
@@ -272,6 +299,30 @@ def _live_reads(capture: cv2.VideoCapture, source: str | int, stop: threading.Ev
             yield image
     finally:
         done.set()
+        # a read that returns while the interpreter exits aborts the process (OpenCV's C++
+        # frames swallow the thread's forced unwind): wait for it, unless the source stalls
+        reader.join(timeout=READER_JOIN_S)
+
+
+def _check_rate(window: list[float], now: float, capture_rate_per_s: float, source: str | int,
+                stats: VideoStats) -> list[float]:
+    """Add a read at ``now`` to the reads' times; once they span :data:`RATE_CHECK_S` without
+    a stall, set ``stats.measured_capture_rate_per_s`` and say when frames are timed at a rate
+    off it: a backend's made-up rate (FFmpeg's 25/s for raw MJPEG) mis-times every frame, and
+    with a pulse rate it drops real pulses as repeats between pulses (dose short by as much).
+    Returns the times to keep."""
+    if window and now - window[-1] > STALL_S:
+        window = []  # a stall is not the source's rate: measure again after it
+    window.append(now)
+    span_s = now - window[0]
+    if span_s < RATE_CHECK_S:
+        return window
+    measured = stats.measured_capture_rate_per_s = round((len(window) - 1) / span_s, 2)
+    if abs(measured / capture_rate_per_s - 1.0) > RATE_TOLERANCE:
+        log.error("%s: the source delivers %.1f frames/s but its frames are timed at %.1f/s "
+                  "(the capture's reported rate): fluoroscopy time and dose are off by as much; "
+                  "give --capture-rate %.0f", source, measured, capture_rate_per_s, measured)
+    return []
 
 
 def _read_all(capture: cv2.VideoCapture) -> Iterator[np.ndarray]:

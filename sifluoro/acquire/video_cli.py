@@ -80,6 +80,7 @@ def _video(args) -> int:
                           filter_cu_mm=args.cu_mm, filter_al_mm=args.al_mm)
     settings = VideoSourceSettings(pixel_spacing_mm=args.pixel_spacing_mm, technique=technique,
                                    frame_rate_per_s=args.pulse_rate, max_frames=args.max_frames,
+                                   capture_rate_per_s=args.capture_rate,
                                    bone_bright=args.bone_bright)
     engine_settings = Settings(latency_budget_ms=args.budget_ms)
     engine = Engine(engine_settings, stages=make_stages(args.stages, engine_settings))
@@ -143,7 +144,10 @@ def _video(args) -> int:
     summary["video"] = {"captured_frames": stats.captured,
                         "between_pulses": stats.between_pulses, "held_frames": stats.held,
                         "size_changes": stats.size_changes, "stalls": stats.stalls,
-                        "longest_stall_s": round(stats.longest_stall_s, 1), "ended_early": ended}
+                        "longest_stall_s": round(stats.longest_stall_s, 1),
+                        "capture_rate_per_s": stats.capture_rate_per_s,
+                        "measured_capture_rate_per_s": stats.measured_capture_rate_per_s,
+                        "ended_early": ended}
     if events.error:
         summary["events_not_written"] = events.error  # the events file is incomplete
     write_json(args.summary, summary)
@@ -185,6 +189,10 @@ def add_video_parser(subparsers) -> argparse.ArgumentParser:
                    help="the fluoroscopy's pulse rate when the capture runs faster: one frame "
                    "is taken per pulse and a held image is no pulse (default: every captured "
                    "frame is a pulse, but a frame repeated so long that it is the held last image)")
+    p.add_argument("--capture-rate", type=float, metavar="F/S",
+                   help="the capture's frames per second when its backend reports a wrong one "
+                   "(a live source's real rate is measured and a mismatch logged; default: "
+                   "what the capture reports)")
     p.add_argument("--max-frames", type=int, metavar="N")
     p.add_argument("--live", action="store_true",
                    help="treat a file like a frame grabber (drop the oldest image work when late)")
