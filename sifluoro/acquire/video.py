@@ -177,7 +177,7 @@ def video_frames(source: str | int, settings: VideoSourceSettings,
                        transfer_syntax_uid="", rows=shape[0], columns=shape[1], bits_stored=8,
                        photometric="MONOCHROME2",
                        pixel_intensity_sign=-1 if settings.bone_bright else 1, start_s=start_s,
-                       frame_offsets_s=tuple(k / rate for k in range(frames_max)),
+                       frame_offsets_s=tuple((np.arange(frames_max) / rate).tolist()),
                        frame_intervals_ms=(frame_time_ms,) * frames_max, technique=tech,
                        device=Device(station_name="video"), bits_allocated=8)
 

@@ -63,6 +63,7 @@ def _source(text: str) -> str | int:
 
 
 def _video(args) -> int:
+    from sifluoro import imaging
     from sifluoro.acquire.video import (HOLD_S, VideoSourceSettings, VideoStats, is_live_source,
                                         video_frames)
     from sifluoro.config import Settings
@@ -113,6 +114,9 @@ def _video(args) -> int:
     # session's summary (its dose) is still written
     stop = stop_on_signals()
     ended, run = None, None
+    # the compiled kernels load now, not on the first frame: a grabber is not read while the
+    # first frame waits (0.3 s, its pulses lost, down to 0.1 s for the frame size's warm-up)
+    imaging.warm_up()
     try:
         for frame in video_frames(source, settings, stats, stop):
             if stop.is_set():
