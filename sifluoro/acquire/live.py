@@ -60,14 +60,17 @@ class EventLog:
 
     Opening it drops a last line cut short by a crash and indexes the ``(sop_instance_uid,
     frame)`` pairs already written, so that a study processed again after a restart writes
-    only what is missing.
+    only what is missing. A run's frames are written in order, so the index keeps one number
+    per instance (its frames 1 to N are written) and the frames written out of that order: a
+    receiver's file of a month's events holds a few MiB of index, not one entry per frame.
     """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._written: set[tuple[str, int]] = set()
+        self._written_to: dict[str, int] = {}  # SOP Instance UID -> frames 1..N written
+        self._written_apart: dict[str, set[int]] = {}  # frames written after a gap
         self._index_existing()
         self._fh = None  # opened on the first event, so refused instances leave no file
 
@@ -84,13 +87,28 @@ class EventLog:
         for n, line in enumerate(data[:end].splitlines(), 1):
             try:
                 event = json.loads(line)
-                self._written.add((event["sop_instance_uid"], event["frame"]))
+                self._note(event["sop_instance_uid"], int(event["frame"]))
             except (ValueError, KeyError, TypeError):
                 log.warning("%s line %d is not an event; ignored", self.path, n)
 
+    def _note(self, sop_instance_uid: str, frame: int) -> None:
+        upto = self._written_to.get(sop_instance_uid, 0)
+        if frame != upto + 1:
+            if frame > upto:
+                self._written_apart.setdefault(sop_instance_uid, set()).add(frame)
+            return
+        apart = self._written_apart.get(sop_instance_uid)
+        while apart and upto + 2 in apart:  # a gap filled: the frames after it join
+            apart.discard(upto + 2)
+            upto += 1
+        if apart is not None and not apart:
+            del self._written_apart[sop_instance_uid]
+        self._written_to[sop_instance_uid] = upto + 1
+
     def has(self, sop_instance_uid: str, frame: int) -> bool:
         with self._lock:
-            return (sop_instance_uid, frame) in self._written
+            return (1 <= frame <= self._written_to.get(sop_instance_uid, 0)
+                    or frame in self._written_apart.get(sop_instance_uid, ()))
 
     def append(self, event: dict) -> None:
         line = json.dumps(event, separators=(",", ":")) + "\n"
@@ -99,7 +117,7 @@ class EventLog:
                 self._fh = open(self.path, "a", encoding="utf-8")
             self._fh.write(line)
             self._fh.flush()  # visible to readers now; fsync once per instance
-            self._written.add((event["sop_instance_uid"], event["frame"]))
+            self._note(event["sop_instance_uid"], int(event["frame"]))
 
     def sync(self) -> None:
         with self._lock:
