@@ -2,7 +2,8 @@
 
 Per procedure and device: number of studies, median and 75th percentile (the percentile
 national DRLs are set at) of DAP, reference air kerma and fluoroscopy time, each over the
-studies that know it (their number: ``{quantity}_n``); the studies above
+studies that know it (their number: ``{quantity}_n``), and how many studies' totals are lower
+bounds (``lower_bound_studies``: some irradiation events give no DAP or Ka,r); the studies above
 the group's 75th percentile times ``outlier_factor`` or above an alert level / SRDL; a monthly
 trend per procedure. Written as CSV files, PNG charts (matplotlib, Agg) and one
 self-contained HTML file (charts inline as base64 PNG, no external URL; a Content Security
@@ -27,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import func, select
 
-from sifluoro.audit.schema import DeviceRow, StudyRow, open_registry
+from sifluoro.audit.schema import DeviceRow, EventRow, StudyRow, open_registry
 from sifluoro.audit.settings import AuditSettings
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ FORMATS = {"dap_gycm2": "{:.3f}", "air_kerma_mgy": "{:.2f}", "fluoro_time_s": "{
 # ``{quantity}_n``: how many of the group's studies know it (its median and P75 are of those)
 SUMMARY_COLUMNS = ["procedure", "device", "studies"] + [
     f"{stat}_{q}" for q, _, _ in QUANTITIES for stat in ("median", "p75")] + [
-    f"{q}_n" for q, _, _ in QUANTITIES] + ["outliers"]
+    f"{q}_n" for q, _, _ in QUANTITIES] + ["lower_bound_studies", "outliers"]
 OUTLIER_COLUMNS = ["study_instance_uid", "study_date", "procedure", "device", "dap_gycm2",
                    "air_kerma_mgy", "fluoro_time_s", "reasons"]
 TREND_COLUMNS = ["procedure", "month", "studies", "median_dap_gycm2", "p75_dap_gycm2",
@@ -85,10 +86,15 @@ class Tables:
 def load_studies(engine, *, start: date | None = None, end: date | None = None,
                  procedure: str | None = None) -> dict[str, np.ndarray]:
     """The studies in the date range (inclusive) and procedure, as column arrays."""
+    # totals summed over events some of which give no DAP or Ka,r are lower bounds (a
+    # report's own accumulated totals are the device's whole count)
+    partial = (select(EventRow.id).where(EventRow.study_id == StudyRow.id)
+               .where((EventRow.dap_gycm2.is_(None)) | (EventRow.air_kerma_mgy.is_(None)))
+               .exists() & ~StudyRow.planes_from_report)
     query = (select(StudyRow.study_instance_uid, StudyRow.study_date, StudyRow.procedure,
                     DeviceRow.manufacturer, DeviceRow.model, DeviceRow.station_name,
                     StudyRow.dap_gycm2, StudyRow.air_kerma_mgy, StudyRow.fluoro_time_s,
-                    StudyRow.srdl_exceeded, DeviceRow.id, DeviceRow.serial_number)
+                    StudyRow.srdl_exceeded, DeviceRow.id, DeviceRow.serial_number, partial)
              .join(DeviceRow, DeviceRow.id == StudyRow.device_id)
              .order_by(StudyRow.procedure, StudyRow.study_date, StudyRow.study_instance_uid))
     # a study whose dose is wholly unknown (no report, no technique) is not a 0 in a DRL
@@ -96,7 +102,7 @@ def load_studies(engine, *, start: date | None = None, end: date | None = None,
     query = _in_scope(query.where(StudyRow.dose_source != "none"), start, end, procedure)
     with engine.connect() as conn:
         rows = conn.execute(query).all()
-    columns = list(zip(*rows)) if rows else [()] * 12
+    columns = list(zip(*rows)) if rows else [()] * 13
     devices = [" ".join(x for x in (m, mo) if x) + (f" ({st})" if st else "")
                for m, mo, st in zip(columns[3], columns[4], columns[5])]
     # two C-arms of one model and no station names are two groups: the serial number tells
@@ -115,6 +121,7 @@ def load_studies(engine, *, start: date | None = None, end: date | None = None,
         "air_kerma_mgy": np.array(columns[7], dtype=float),
         "fluoro_time_s": np.array(columns[8], dtype=float),
         "srdl": np.array(columns[9], dtype=object),
+        "lower_bound": np.array([bool(x) for x in columns[12]], dtype=bool),
     }
 
 
@@ -170,8 +177,9 @@ def build_tables(data: dict[str, np.ndarray], settings: AuditSettings) -> Tables
     flagged = np.array([bool(r) for r in reasons], dtype=bool)
     for (procedure, device), count, stats, members in group_rows:
         summary.append([procedure, device, cell("studies", count)]
-                       + [cell(c, v) for c, v in zip(SUMMARY_COLUMNS[3:-1], stats)]
-                       + [cell("outliers", int(flagged[members].sum()))])
+                       + [cell(c, v) for c, v in zip(SUMMARY_COLUMNS[3:-2], stats)]
+                       + [cell("lower_bound_studies", int(data["lower_bound"][members].sum())),
+                          cell("outliers", int(flagged[members].sum()))])
     outliers = [OUTLIER_COLUMNS]
     order = sorted(np.flatnonzero(flagged), key=lambda i: (-data["dap_gycm2"][i], data["uid"][i]))
     for i in order:
@@ -381,7 +389,8 @@ def _html(tables: Tables, charts: dict[str, bytes], settings: AuditSettings, *,
              + (f"; {unknown_dose} more whose dose is unknown (no dose report, no technique to "
                 "estimate it) are left out of the statistics" if unknown_dose else "") + ". "
              "A study whose air kerma or DAP none of its irradiation events gives counts in "
-             "the other statistics only. "
+             "the other statistics only; one whose events give them only in part counts with "
+             "its partial total (a lower bound: lower_bound_studies). "
              f"Generated {e(datetime.now().strftime('%Y-%m-%d %H:%M'))} by sifluoro. DAP in Gy·cm², "
              "reference air kerma (Ka,r) in mGy, fluoroscopy time in s. P75 = 75th percentile "
              "(linear interpolation), the statistic diagnostic reference levels are set at.</p>",
