@@ -179,7 +179,6 @@ class Engine:
         self._runs: dict[str, Run] = {}
         self._rejected: list[Rejection] = []
         self._dose_reports: list[str] = []  # the device's dose reports among the inputs
-        self._lost: list[tuple[Run, int]] = []  # damaged runs' frames given by the header only
         self._contrast = "none"
         self._live: LiveFeeder | None = None
         self._fed = False   # feed() was used (then submit() may not be)
@@ -295,6 +294,12 @@ class Engine:
         self._recounts_seen = dose.recounts
         alerts, dose.recount_alerts = dose.recount_alerts, []
         self._state.alerts.extend(a.as_dict() for a in alerts)
+        self._announce_dose(alerts)
+
+    def _announce_dose(self, alerts) -> None:
+        """A dose event with the totals now, and ``alerts``, after the event of the last frame
+        counted (on the worker with submit(): no queued frame event shows older totals)."""
+        dose = self._state.dose
         index, t_s = dose.last_frame
         calls = [("dose", _dose_event(index, t_s, dose.shown())),
                  *(("alert", AlertEvent(a.index, a.t_s, a.kind, a.message)) for a in alerts)]
@@ -321,27 +326,42 @@ class Engine:
         source = iter(source)
         first = next(source, None)
         items = itertools.chain(() if first is None else (first,), source)  # frames stream
+        lost_frames = None
         if first is not None and not isinstance(first, Frame):
+            from sifluoro.replay import LostFrames
+
             study = read_study(list(items))
             self.prepare(study)  # announce every run before the first frame
-            items = prefetch(iter_frames(study, self._rejected, self._lost),
-                             self.settings.queue_frames)
+            lost: list = []
+            lost_frames = LostFrames(study, lost, self.count_lost)
+            items = lost_frames.passing(prefetch(iter_frames(study, self._rejected, lost),
+                                                 self.settings.queue_frames))
         for frame in items:
             self.feed(frame)
+        if lost_frames is not None:
+            lost_frames.rest()
         return self.close()
 
     def count_lost(self, run: Run, first_frame_number: int) -> None:
         """Frames of ``run`` from ``first_frame_number`` on that a damaged file lost (the
-        reader's ``lost``): their exposure is counted at :meth:`close` into the RDSR's events
-        and ``summary.lost_frames``."""
+        reader's ``lost``; :class:`~sifluoro.replay.LostFrames` hands them over once the frames
+        have passed that run): their exposure is counted now, into the study's dose (the
+        ``study_*`` of the following events and of a dose event now, the RDSR's events and
+        ``summary.lost_frames``), with the SRDL alerts it makes the study reach."""
         with self._serialised():
-            self._lost.append((run, first_frame_number))
+            if self._state is None:
+                self._state = self.pipeline.start_study(run.study_instance_uid)
+            dose = self._state.dose
+            alerts = dose.add_lost(run, first_frame_number,
+                                   index=max(self._state.frames - 1, 0))
+            self._state.alerts.extend(a.as_dict() for a in alerts)
+            self._announce_dose(alerts)
 
     def close(self) -> dict:
         """The study summary (DESIGN §3) of everything fed so far. Frames submitted by
         :meth:`submit` are finished first, and the summary then also has
         ``dropped_image_frames``."""
-        from sifluoro.replay import build_summary, count_lost
+        from sifluoro.replay import build_summary
 
         with self._serialised():
             if self._live is not None:
@@ -353,7 +373,6 @@ class Engine:
                     for _, calls in pending:
                         self._call_all(calls)
             state = self._state or self.pipeline.start_study("")
-            count_lost(state, self._lost)
             unfed = state.dose.forget_unfed_runs()
             if unfed:  # their share of the device's report is the study's still
                 log.warning("%d run(s) announced were never fed; the device report's dose "

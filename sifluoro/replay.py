@@ -8,13 +8,13 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable, Iterator
 
 from sifluoro.acquire.dicom_reader import iter_frames, read_study
 from sifluoro.config import Settings
 from sifluoro.dose.rdsr_write import write_rdsr
 from sifluoro.dose.summary import device_report
-from sifluoro.model import Rejection, Study
+from sifluoro.model import Frame, Rejection, Run, Study
 from sifluoro.overlay import OverlayWriter
 from sifluoro.pipeline import Pipeline, Stage, latency_summary, prefetch
 from sifluoro.stages import REPLAY_STAGES, as_stages, make_stages
@@ -66,7 +66,9 @@ def replay(inputs: Iterable[str | Path], *, events_path: str | Path, summary_pat
                 if overlay_png_dir is not None or overlay_mp4 is not None else None)
     with _atomic_text(events_path) as out:
         lost: list = []  # (run, first frame not decoded) of damaged runs
-        frames = prefetch(iter_frames(study, rejected, lost), settings.queue_frames)
+        lost_frames = LostFrames(study, lost, lambda run, first: count_lost(state, [(run, first)]))
+        frames = lost_frames.passing(prefetch(iter_frames(study, rejected, lost),
+                                              settings.queue_frames))
         for frame, event in pipeline.process_frames(frames, state):
             out.write(json.dumps(event, separators=(",", ":")) + "\n")
             if overlays is not None:
@@ -74,7 +76,7 @@ def replay(inputs: Iterable[str | Path], *, events_path: str | Path, summary_pat
     if overlays is not None:
         overlays.close()
     t_end = time.perf_counter()
-    count_lost(state, lost)
+    lost_frames.rest()
     summary = build_summary(study, state, rejected)
     if rdsr_path is not None and (state.frames or state.dose.lost_frames):
         written = write_rdsr(study, state.dose, rdsr_path, settings=settings.dose)
@@ -82,6 +84,36 @@ def replay(inputs: Iterable[str | Path], *, events_path: str | Path, summary_pat
             summary["rdsr"] = str(written)
     write_json(summary_path, summary)
     return ReplayResult(summary, 0 if state.frames else 2, t_stream - t_start, t_end - t_stream)
+
+
+class LostFrames:
+    """The frames damaged runs lost, counted as soon as the frames have passed their run.
+
+    ``lost`` is the reader's list (:func:`~sifluoro.acquire.dicom_reader.iter_frames`), which
+    a reader thread fills ahead of the frames, in run order. An entry is handed to
+    ``count(run, first_frame_number)`` before the first frame of a later run, so the events
+    after it carry the study's whole dose (``study_*``) and the alerts the lost frames cause
+    are raised then, not at the study's end; :meth:`rest` counts the others (the last run).
+    """
+
+    def __init__(self, study: Study, lost: list, count: Callable[[Run, int], None]):
+        self._position = {run.sop_instance_uid: k for k, run in enumerate(study.runs)}
+        self._lost, self._count, self._done = lost, count, 0
+
+    def passing(self, frames: Iterable[Frame]) -> Iterator[Frame]:
+        """``frames``, counting the lost frames of the runs they have passed."""
+        for frame in frames:
+            here = self._position.get(frame.run.sop_instance_uid, -1)
+            while (self._done < len(self._lost)
+                   and self._position.get(self._lost[self._done][0].sop_instance_uid, 0) < here):
+                self._count(*self._lost[self._done])
+                self._done += 1
+            yield frame
+
+    def rest(self) -> None:
+        while self._done < len(self._lost):
+            self._count(*self._lost[self._done])
+            self._done += 1
 
 
 def count_lost(state, lost: list) -> None:

@@ -529,3 +529,33 @@ def test_an_enhanced_xa_without_number_of_frames_is_said_to_lack_it(tmp_path, ca
     [rejection] = study.rejected
     assert rejection.reason == ("(0028,0008) NumberOfFrames: NumberOfFrames is missing or empty, "
                                 f"though the instance has {held}; it is Type 1 in Enhanced XA")
+
+
+def test_the_dose_shown_live_has_the_lost_frames_once_their_run_is_passed(damaged_study, tmp_path):
+    """Review s14 H1: frames a damaged file lost were counted only at the study's end, so no
+    event, DoseEvent, OpenIGTLink State or live page ever showed them (v2 case022 ended live
+    at 0.634 mGy of 0.687). Now the first frame after a damaged run shows them in study_*, and
+    the Engine's last DoseEvent is the study's whole dose."""
+    from sifluoro import Engine, Settings
+    from sifluoro.replay import replay
+
+    result = replay([damaged_study], events_path=tmp_path / "e.jsonl",
+                    summary_path=tmp_path / "s.json", stages=[])
+    events = [json.loads(line) for line in (tmp_path / "e.jsonl").read_text().splitlines()]
+    # events 3-4 are truncated.dcm's whole frames; its third was lost
+    after = next(i for i, e in enumerate(events)
+                 if i > 3 and e["sop_instance_uid"] != events[3]["sop_instance_uid"])
+    assert "study_air_kerma_mgy" not in events[3]["dose"]
+    shown = events[after]["dose"]
+    assert shown["study_air_kerma_mgy"] > shown["air_kerma_mgy"]
+    assert replay_output_violations(tmp_path / "e.jsonl", tmp_path / "s.json") == []
+    assert result.summary["lost_frames"]["frames"] == 8
+
+    engine = Engine(Settings(latency_budget_ms=1e9), stages=[])
+    doses = []
+    engine.on("dose", doses.append)
+    summary = engine.run(damaged_study)
+    assert doses[-1].study_air_kerma_mgy == pytest.approx(summary["study_dose"]["air_kerma_mgy"])
+    assert doses[-1].study_fluoro_time_s == pytest.approx(summary["study_dose"]["fluoro_time_s"])
+    kerma = [d.study_air_kerma_mgy for d in doses]
+    assert kerma == sorted(kerma)  # never back down

@@ -9,17 +9,24 @@ device name   type        content
                           list when it does not (Slicer then removes the point)
 ``TipToImage`` TRANSFORM  the same tip as a translation (for SlicerIGT modules that follow a
                           transform, e.g. Breach Warning), only on frames that show it
-``Target``    POINT       the target, when placed (yellow; diameter = acceptance circle)
+``Target``    POINT       the target, when placed (yellow; diameter = acceptance circle);
+                          an empty list (Status MISSING) when it is no longer placed
 ``State``     STRING      JSON: frame index and time, contrast state (``not_assessed``
                           when no contrast stage runs), whether the tip is seen
-                          (``tip_visible``), tip-to-target mm,
+                          (``tip_visible``, ``tip_confidence``, ``end_on``: a dot, lower
+                          confidence), ``target_visible``, tip-to-target mm,
+                          ``scale_unknown`` (no pixel spacing: mm are pixels),
                           cumulative dose (``air_kerma_mgy``, ``dap_gycm2``,
                           ``fluoro_time_s``; ``study_*`` too when exposures not
                           stored add to the frames'), how fully the frame was
                           analysed (``degraded``, ``degraded_steps``,
                           ``skipped_stages``, ``failed_stages``, ``dropped``,
                           ``no_picture``: :func:`~sifluoro.engine.frame_analysis`),
-                          alerts
+                          the frame's ``alerts`` and the study's so far
+                          (``study_alerts``: Slicer keeps only the last State). At the
+                          study's end one more: ``ended``, ``ended_early``, the study's
+                          whole dose (``study_*``: frames lost in damaged files and
+                          exposures not stored included), ``lost_frames``, every alert
 ``Overlay``   IMAGE       the annotated frame, RGB ``uint8``
 ============  ==========  ==================================================================
 
@@ -262,6 +269,23 @@ class _NoPoints(pyigtl.PointMessage):
         return b""
 
 
+def study_end_state(summary: dict) -> dict:
+    """The ``State`` sent at the study's end (its summary): it ended (or ended early), with its
+    whole dose (``study_*``: frames lost in damaged files and exposures not stored included),
+    ``lost_frames`` and every alert."""
+    whole = summary.get("study_dose") or {}
+    totals = ("air_kerma_mgy", "dap_gycm2", "fluoro_time_s")
+    return {"ended": True, "ended_early": summary.get("ended_early"),
+            "frames": summary.get("frames"),
+            "contrast": (summary.get("contrast_state")
+                         if "contrast" in summary.get("stages", ()) else "not_assessed"),
+            **{k: summary.get(k) for k in totals},
+            **{f"study_{k}": whole.get(k, summary.get(k)) for k in totals},
+            "lost_frames": (summary.get("lost_frames") or {}).get("frames", 0),
+            "srdl_exceeded": summary.get("srdl_exceeded", []),
+            "study_alerts": [a.get("message", a.get("kind")) for a in summary.get("alerts", ())]}
+
+
 def _with_status(message: pyigtl.MessageBase, key: str, status: str) -> pyigtl.MessageBase:
     """``message`` with ``{key: status}`` as OpenIGTLink v3 metadata (header version 2). It also
     keeps an empty POINT list from being dropped: the OpenIGTLink library unpacks a body only
@@ -298,9 +322,13 @@ class IgtlSink:
         self.tips_sent = 0
         self._warned_spacing = False
         self._last_tip_matrix: np.ndarray | None = None  # of the last frame, when it showed one
+        self._target_shown = False  # a Target was sent and not cleared since
+        self._alerts: list[str] = []  # the study's alerts so far (Slicer keeps the last State)
 
     def start(self, study: Study) -> None:
         self._last_tip_matrix = None  # a tip of the study before is not this one's to lose
+        self._target_shown = False
+        self._alerts = []
 
     def _matrix(self, frame: Frame) -> np.ndarray:
         spacing = frame.pixel_spacing_xy_mm
@@ -344,14 +372,25 @@ class IgtlSink:
         target = e.get("target")
         if target:
             radius_mm = float(target.get("radius_mm") or 1.0)
-            out.append(pyigtl.PointMessage(positions=[ras(target["xy"])], names="Target",
-                                           groups="sifluoro", rgba_colors=YELLOW,
-                                           diameters=2.0 * radius_mm, owners="sifluoro",
-                                           timestamp=now, device_name="Target"))
+            out.append(_with_status(pyigtl.PointMessage(
+                positions=[ras(target["xy"])], names="Target", groups="sifluoro",
+                rgba_colors=YELLOW, diameters=2.0 * radius_mm, owners="sifluoro",
+                timestamp=now, device_name="Target"), "Status", "OK"))
+            self._target_shown = True
+        elif self._target_shown:  # gone (joint lost, another view): Slicer would keep it
+            out.append(_with_status(_NoPoints(timestamp=now, device_name="Target"),
+                                    "Status", "MISSING"))
+            self._target_shown = False
+        alerts = [a.get("message", a.get("kind")) for a in e.get("alerts", ())]
+        self._alerts += alerts
         state = {"index": e["index"], "t_s": e["t_s"], "contrast": event.contrast_state,
-                 "tip_visible": bool(needle), "tip_to_target_mm": e.get("tip_to_target_mm"),
-                 **e["dose"], **event.analysis,
-                 "alerts": [a.get("message", a.get("kind")) for a in e.get("alerts", ())]}
+                 "tip_visible": bool(needle),
+                 "tip_confidence": needle.get("confidence") if needle else None,
+                 "end_on": bool(needle and needle.get("end_on")),
+                 "target_visible": bool(target), "tip_to_target_mm": e.get("tip_to_target_mm"),
+                 "scale_unknown": frame.pixel_spacing_xy_mm is None,
+                 **e["dose"], **event.analysis, "alerts": alerts,
+                 "study_alerts": list(self._alerts)}
         out.append(pyigtl.StringMessage(json.dumps(state, separators=(",", ":")), timestamp=now,
                                         device_name="State"))
         if overlay_bgr is not None and self.image_every and self.frames % self.image_every == 0:
@@ -368,4 +407,8 @@ class IgtlSink:
                               if msg.device_name == "Tip" and not isinstance(msg, _NoPoints))
 
     def end(self, study, summary: dict, dose) -> None:
+        """A last ``State``: :func:`study_end_state`."""
+        self.server.send([pyigtl.StringMessage(
+            json.dumps(study_end_state(summary), separators=(",", ":")), timestamp=time.time(),
+            device_name="State")])
         log.info("OpenIGTLink: %d frames, %d tip messages", self.frames, self.tips_sent)

@@ -34,7 +34,7 @@ from sifluoro.errors import ConfigError
 from sifluoro.model import Frame, Study
 from sifluoro.overlay import draw_overlay
 from sifluoro.pipeline import prefetch
-from sifluoro.replay import write_json
+from sifluoro.replay import LostFrames, write_json
 
 log = logging.getLogger(__name__)
 
@@ -145,11 +145,12 @@ class LiveReplay:
             Path(events_path).parent.mkdir(parents=True, exist_ok=True)
             events = open(events_path, "w", encoding="utf-8")
         lost: list = []  # damaged runs' frames given by the header only
+        lost_frames = LostFrames(study, lost, self.engine.count_lost)
         interrupted = False
         events_error = None
         try:
-            for frame in prefetch(iter_frames(study, rejected, lost),
-                                  self.engine.settings.queue_frames):
+            for frame in lost_frames.passing(prefetch(iter_frames(study, rejected, lost),
+                                                      self.engine.settings.queue_frames)):
                 if self.pacer is not None:
                     self.pacer.wait(frame, self.stop)
                 if self.stop.is_set():
@@ -176,8 +177,7 @@ class LiveReplay:
         finally:
             if events is not None:
                 _close_quietly(events)
-        for run, first in lost:
-            self.engine.count_lost(run, first)
+        lost_frames.rest()
         summary = self.engine.close()
         # with the files found damaged while their frames were read (added: the Engine's own
         # list holds the device report it could not use)

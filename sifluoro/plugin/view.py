@@ -79,10 +79,21 @@ class ViewState:
             self._cond.notify_all()
 
     def finish(self, summary: dict) -> None:
+        """The study ended: its summary, and the counters show its whole dose (frames lost in
+        damaged files and exposures not stored included: ``study_*``)."""
         keep = ("study_instance_uid", "frames", "runs", "fluoro_time_s", "air_kerma_mgy",
-                "dap_gycm2", "dose_source", "contrast_state", "srdl_exceeded")
+                "dap_gycm2", "dose_source", "contrast_state", "srdl_exceeded", "study_dose",
+                "lost_frames", "ended_early")
+        whole = summary.get("study_dose") or {}
         with self._cond:
-            self._state = {**self._state, "ended": True,
+            dose = {**self._state["dose"], **{f"study_{k}": whole[k] for k in
+                                              ("air_kerma_mgy", "dap_gycm2", "fluoro_time_s")
+                                              if whole.get(k) is not None}}
+            alerts = self._state["alerts"] + [
+                {"index": a.get("index"), "kind": a.get("kind", ""), "message": a.get("message", "")}
+                for a in summary.get("alerts", ()) if not any(
+                    a.get("message") == b["message"] for b in self._state["alerts"])]
+            self._state = {**self._state, "ended": True, "dose": dose, "alerts": alerts,
                            "summary": {k: summary.get(k) for k in keep}}
             self._cond.notify_all()
 

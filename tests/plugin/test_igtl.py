@@ -15,7 +15,7 @@ import pytest
 from sifluoro.acquire.dicom_reader import read_study
 from sifluoro.engine import FrameEvent
 from sifluoro.model import Frame
-from sifluoro.plugin.igtl import IgtlServer, IgtlSink, ijk_to_ras
+from sifluoro.plugin.igtl import IgtlServer, IgtlSink, ijk_to_ras, study_end_state
 from tests.dicom_fixtures import RunSpec, write_study
 from tests.plugin.conftest import ORTHANC_AET
 from tests.plugin.studies import FPS, SPACING_MM, needle_study
@@ -83,10 +83,14 @@ def test_client_receives_every_tip_at_30_frames_per_second(tmp_path, sifluoro_co
     for _, m in recorder.received:
         by_device.setdefault(m.device_name, []).append(m)
     lost = sum(1 for a, b in zip(events, events[1:]) if a["needle"] and not b["needle"])
-    assert len(by_device["State"]) == 120
+    assert len(by_device["State"]) == 121  # one per frame, and the study's end
     assert len(by_device["TipToImage"]) == len(expected) + lost
     assert len(by_device["Tip"]) == 120  # an empty point list on the frames without a tip
-    last_state = json.loads(by_device["State"][-1].string)
+    end_state = json.loads(by_device["State"][-1].string)
+    assert end_state["ended"] and end_state["ended_early"] is None
+    assert end_state["study_air_kerma_mgy"] == pytest.approx(summary["air_kerma_mgy"], rel=1e-12)
+    assert end_state["contrast"] == "not_assessed"
+    last_state = json.loads(by_device["State"][-2].string)
     assert last_state["air_kerma_mgy"] == pytest.approx(summary["air_kerma_mgy"], rel=1e-12)
     assert last_state["fluoro_time_s"] == pytest.approx(summary["fluoro_time_s"], rel=1e-9)
     assert summary["stages"] == ["register", "needle"]
@@ -239,3 +243,49 @@ def test_state_says_how_fully_the_frame_was_analysed(tmp_path):
     assert states[1]["degraded_steps"] == ["needle_roi", "joint_reused"]
     assert states[1]["skipped_stages"] == ["contrast"] and not states[1]["no_picture"]
     assert states[2]["dropped"] and states[2]["skipped_stages"] == ["register", "needle", "contrast"]
+
+
+def test_state_carries_the_tips_trust_keeps_alerts_and_a_gone_target_is_cleared(tmp_path):
+    """Review s14 M4-M6 and H1 (the end State reaches a real client in the 30 frames/s test):
+    an end-on dot at low confidence went out like a confident tip;
+    an alert lasted one State (Slicer keeps the last); a Target no longer placed stayed in
+    Slicer; the study's end sent nothing, so the frames a damaged file lost never showed."""
+    write_study(tmp_path, [RunSpec(0.0, n_frames=1)])
+    (run,) = read_study([tmp_path]).runs
+    frame = Frame(pixels=np.zeros((run.rows, run.columns), np.uint16), index=0, frame_number=1,
+                  t_s=0.0, run=run)
+    dose = {"air_kerma_mgy": 0.5, "dap_gycm2": 0.1, "fluoro_time_s": 1.0}
+    frames = [
+        {"needle": {"tip_xy": [3.0, 4.0], "confidence": 0.2, "end_on": True},
+         "target": {"xy": [5.0, 5.0], "radius_mm": 3.0},
+         "alerts": [{"kind": "vascular", "message": "vascular uptake: stop"}]},
+        {"needle": None, "target": None, "alerts": []},
+        {"needle": None, "target": None, "alerts": []}]
+    server = IgtlServer("127.0.0.1", 0)
+    try:
+        sink = IgtlSink(server, image_every=0)
+        out = []
+        for k, extra in enumerate(frames):
+            event = {"index": k, "t_s": k / FPS, "tip_to_target_mm": None,
+                     "contrast": {"state": "vascular"}, "dose": dose, **extra}
+            out.append(sink.messages(frame, FrameEvent(k, run.sop_instance_uid, 1, 0.0, 1.0,
+                                                       False, event), None))
+    finally:
+        server.close()
+    states = [json.loads(m.string) for batch in out for m in batch if m.device_name == "State"]
+    assert states[0]["tip_confidence"] == 0.2 and states[0]["end_on"]
+    assert states[0]["target_visible"] and not states[1]["target_visible"]
+    assert not states[0]["scale_unknown"]
+    assert states[1]["alerts"] == [] and states[1]["study_alerts"] == ["vascular uptake: stop"]
+    targets = [[m for m in batch if m.device_name == "Target"] for batch in out]
+    assert len(targets[0]) == 1 and targets[0][0].metadata["Status"] == "OK"
+    assert len(targets[1]) == 1 and targets[1][0].metadata["Status"] == "MISSING"
+    assert targets[2] == []  # cleared once
+
+    end = study_end_state({"frames": 3, "stages": ["contrast"], "contrast_state": "vascular",
+                           **dose, "study_dose": {**dose, "air_kerma_mgy": 0.6},
+                           "lost_frames": {"frames": 2},
+                           "alerts": [{"message": "vascular uptake: stop"}]})
+    assert end["ended"] and end["study_air_kerma_mgy"] == 0.6 and end["air_kerma_mgy"] == 0.5
+    assert end["lost_frames"] == 2 and end["contrast"] == "vascular"
+    assert end["study_alerts"] == ["vascular uptake: stop"]

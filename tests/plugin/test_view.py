@@ -91,3 +91,21 @@ def test_live_page_updates_and_ends_with_the_summary_counters(tmp_path, sifluoro
     panel = png[:200, frame.shape[1] + 10:]
     assert (panel > 200).mean() > 0.005  # the counters are written there
     assert view.terminate() == 0
+
+
+def test_the_ended_page_shows_the_studys_whole_dose_and_every_alert():
+    """Review s14 H1: the page ended on the frames' dose; the frames a damaged file lost (and
+    the SRDL alert they caused) never showed."""
+    from sifluoro.plugin.view import ViewState
+
+    view = ViewState()
+    dose = {"air_kerma_mgy": 0.634, "dap_gycm2": 0.1, "fluoro_time_s": 3.2}
+    view.update({"index": 0, "t_s": 0.0, "dose": dose, "contrast": {"state": "none"}},
+                np.zeros((4, 4, 3), np.uint8))
+    view.finish({"frames": 1, **dose, "study_dose": {**dose, "air_kerma_mgy": 0.687},
+                 "lost_frames": {"frames": 4}, "alerts": [{"kind": "srdl", "message": "SRDL"}]})
+    state = view.snapshot()
+    assert state["ended"] and state["dose"]["study_air_kerma_mgy"] == 0.687
+    assert state["dose"]["air_kerma_mgy"] == 0.634  # the frames' own, beside it
+    assert [a["message"] for a in state["alerts"]] == ["SRDL"]
+    assert state["summary"]["lost_frames"] == {"frames": 4}
