@@ -1,6 +1,6 @@
 """Joint line and target of the register stage on a simulated evaluation set, every frame.
 
-    python benchmarks/eval_joint.py [CASES_DIR] [--cases N] [--out results.json]
+    python -m benchmarks.eval_joint CASES_DIR [--cases N] [--out results.json]
 
 Scores with :mod:`sifluoro.sim.evaluate` (joint mean distance output→truth, coverage of the
 truth within 2 mm, reported and false-joint rates, doubled-line advice per doubled case) and
@@ -21,7 +21,6 @@ from sifluoro.pipeline import Pipeline
 from sifluoro.register.stage import JointStage
 from sifluoro.sim.evaluate import Tally, report, score_study
 
-DEFAULT_DIR = Path("/work/evalset")
 
 
 def evaluate_case(case_dir: Path, stage: JointStage) -> tuple[dict, list[dict], list[float]]:
@@ -58,7 +57,7 @@ def case_doubled_rate(truth: dict, events: list[dict]) -> float | None:
     return float(np.mean(right)) if right else 0.0
 
 
-def run(cases_dir: Path = DEFAULT_DIR, cases: int | None = None) -> dict:
+def run(cases_dir: Path, cases: int | None = None) -> dict:
     stage = JointStage()
     tally = Tally()
     latencies: list[float] = []
@@ -107,7 +106,8 @@ def run(cases_dir: Path = DEFAULT_DIR, cases: int | None = None) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("cases_dir", nargs="?", type=Path, default=DEFAULT_DIR)
+    ap.add_argument("cases_dir", type=Path,
+                    help="simulated set (sifluoro simulate), one folder per case")
     ap.add_argument("--cases", type=int, default=None, help="only the first N cases")
     ap.add_argument("--out", type=Path, help="write the JSON results here")
     args = ap.parse_args()

@@ -1,6 +1,6 @@
 """Needle tip accuracy on the published evaluation set (or any folder of simulated cases).
 
-    .venv/bin/python -m benchmarks.eval_needle [/work/evalset-v2] [--out needle_eval.json]
+    .venv/bin/python -m benchmarks.eval_needle CASES [--out needle_eval.json]
         [--register]
 
 Runs ``Pipeline([NeedleStage()])`` (``--register``: ``Pipeline([JointStage(), NeedleStage()])``,
@@ -55,7 +55,7 @@ def evaluate_needle(cases_dir: str | Path, *, register: bool = False) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("cases", nargs="?", default="/work/evalset-v2")
+    parser.add_argument("cases", help="simulated set (sifluoro simulate), one folder per case")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--register", action="store_true",
                         help="run the register stage before the needle stage (its target)")

@@ -91,10 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="simulate one study, replay it, write events, summary and "
                        "annotated PNG/MP4")
-    p.add_argument("--out", type=Path, default=Path("demo-output"))
-    p.add_argument("--seed", type=int, default=2026)
-    p.add_argument("--case", type=int, default=10)
-    p.add_argument("--size", type=int, choices=(512, 1024), default=512)
+    p.add_argument("--out", type=Path, default=Path("demo-output"),
+                   help="output folder (default %(default)s)")
+    p.add_argument("--seed", type=int, default=2026,
+                   help="simulator seed (default %(default)s, the published set's)")
+    p.add_argument("--case", type=int, default=10, help="case of that seed (default %(default)s)")
+    p.add_argument("--size", type=int, choices=(512, 1024), default=512,
+                   help="frame size (default %(default)s)")
     add_stages_argument(p, REPLAY_STAGES)
     p.set_defaults(func=_demo)
 
@@ -117,10 +120,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "--quick/--wrong-level-scouts SET was made with")
     p.set_defaults(func=_simulate)
 
-    p = sub.add_parser("evaluate", help="score replay results against simulator truth")
-    p.add_argument("cases_dir", type=Path, metavar="CASES")
-    p.add_argument("results_dir", type=Path, metavar="RESULTS")
-    p.add_argument("--json", type=Path, metavar="REPORT.json")
+    p = sub.add_parser(
+        "evaluate", help="score replay results against simulator truth",
+        description="Score replay results against the simulator's ground truth: needle tip "
+        "error and detection, joint line distance and doubled-line advice, contrast state per "
+        "study and per frame, vascular sensitivity, detection delay, and dose (the study's whole "
+        "dose, by dose source). Exit status 0, 1 when a case has no results, 2 when CASES holds "
+        "no case.")
+    p.add_argument("cases_dir", type=Path, metavar="CASES",
+                   help="simulated set: one folder per case with truth.json (sifluoro simulate)")
+    p.add_argument("results_dir", type=Path, metavar="RESULTS",
+                   help="results: RESULTS/<case>/events.jsonl and summary.json (sifluoro "
+                   "batch-replay --out)")
+    p.add_argument("--json", type=Path, metavar="REPORT.json", help="also write the report as JSON")
     p.set_defaults(func=_evaluate)
 
     from sifluoro.acquire.receiver import add_receive_parser

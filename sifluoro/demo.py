@@ -78,8 +78,12 @@ def run_demo(out: Path, *, seed: int = DEMO_SEED, case: int = DEMO_CASE, size: i
     png, mp4 = out / "annotated.png", out / "annotated.mp4"
     key = write_overlays(study_dir, events, truth, png, mp4,
                          stages=tuple(result.summary.get("stages", ())))
+    reported = truth.get("reported_dose")
     print(f"truth      outcome {truth['outcome']}, Ka,r {truth['dose']['air_kerma_mgy']:.2f} mGy, "
-          f"DAP {truth['dose']['dap_gycm2']:.3f} Gy·cm², fluoro {truth['dose']['fluoro_time_s']:.1f} s")
+          f"DAP {truth['dose']['dap_gycm2']:.3f} Gy·cm², fluoro {truth['dose']['fluoro_time_s']:.1f} s"
+          + (f" (the simulated device reported Ka,r {reported['air_kerma_mgy']:.2f} mGy, DAP "
+             f"{reported['dap_gycm2']:.3f} Gy·cm²: what a [reported] dose copies)"
+             if reported else ""))
     print(f"outputs    {events}\n           {summary}\n           {rdsr} (X-Ray Radiation Dose SR)"
           f"\n           {png} (frame {key})\n           {mp4}")
     return result.exit_code or (1 if violations else 0)

@@ -70,9 +70,8 @@ def _add_study_arguments(p: argparse.ArgumentParser, *, live: bool) -> None:
     add_stages_argument(p, LIVE_STAGES)
     p.add_argument("--events", type=Path, metavar="EVENTS.jsonl")
     p.add_argument("--summary", type=Path, metavar="SUMMARY.json")
-    p.add_argument("--outbox", type=Path, metavar="DIR",
-                   help="at study end, queue key frames (Secondary Capture) and the RDSR here"
-                   + ("" if live else " (required)"))
+    p.add_argument("--outbox", type=Path, metavar="DIR", required=not live,
+                   help="at study end, queue key frames (Secondary Capture) and the RDSR here")
     p.add_argument("--key-frames", type=int, default=12, help="at most this many key frames "
                    "(default %(default)s)")
     _add_pacs_arguments(p)
