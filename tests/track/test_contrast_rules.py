@@ -126,6 +126,26 @@ def test_gas_like_opacity_is_refused_unless_it_continues_accepted_opacity():
     assert c.accept([_opacity(0.2, 0.8)]) == [True]     # where contrast was last frame
 
 
+def _dot(peak_z: float, negative_ratio: float, kind: str = "cloud") -> Opacity:
+    """A first bolus at the tip: 90 mm2 but a core under MIN_CORE_LENGTH_MM long (training seed
+    1401 case 14's first injection frame)."""
+    return Opacity(kind=kind, area_mm2=90.0, length_mm=4.8, width_mm=4.2, elongation=1.1,
+                   edge_fraction=0.6, peak_z=peak_z, mean_z=8.0, new_fraction=1.0,
+                   core_area_mm2=20.0, core_mass_fraction=0.5, negative_ratio=negative_ratio,
+                   iodine_au=1.0, centroid_xy=(50.0, 50.0), bbox_xyxy=(45, 45, 55, 55))
+
+
+def test_a_dense_dot_without_a_dark_lobe_is_contrast_and_a_faint_or_lobed_one_is_not():
+    """Refused, the bolus joined the reference and the injection after it was never seen."""
+    c = Classifier()
+    assert c.accept([_dot(34.0, 0.0)]) == [True]
+    assert c.accept([_dot(10.0, 0.0)]) == [False]        # a needle's advance: faint dot
+    assert c.accept([_dot(34.0, 2.7)]) == [False]        # a dark lobe beside it: moved
+    assert c.accept([_dot(34.0, 0.0, "line")]) == [False]  # thin: a needle's tip
+    assert c.accept([_dot(34.0, 0.0)], strict=True) == [True]
+    assert c.accept([_dot(20.0, 0.0)], strict=True) == [False]  # a single run: dense only
+
+
 def test_run_memory_keeps_the_last_frames_oldest_first():
     """Six frames: the vessel test's five, and one more for the test a frame that was only
     remembered (deadline) owes."""
