@@ -193,7 +193,9 @@ class Engine:
     def _serialised(self) -> Iterator[None]:
         """The engine's lock; a handler that calls back into the engine from ``feed`` (the lock
         is its own thread's) gets an error instead of waiting for ever."""
-        if self._owner == threading.get_ident():
+        live = self._live
+        if self._owner == threading.get_ident() or (
+                live is not None and threading.current_thread() is live._worker):
             raise RuntimeError("an Engine handler called feed, submit, prepare, count_lost or "
                                "close while the engine was calling it; hand the work to "
                                "another thread or do it after the call returns")
@@ -388,6 +390,10 @@ class Engine:
 
     def _emit(self, event: dict) -> FrameEvent:
         index, t_s = event["index"], event["t_s"]
+        with self._order_lock:  # calls after earlier frames whose event never came (failed)
+            late = [call for k in sorted(k for k in self._after if k < index)
+                    for call in self._after.pop(k)]
+        self._call_all(late)
         frame_event = FrameEvent(index, event["sop_instance_uid"], event["frame"], t_s,
                                  event["latency_ms"], event["degraded"], dict(event),
                                  tuple(stage.name for stage in self.pipeline.stages))

@@ -559,3 +559,23 @@ def test_the_dose_shown_live_has_the_lost_frames_once_their_run_is_passed(damage
     assert doses[-1].study_fluoro_time_s == pytest.approx(summary["study_dose"]["fluoro_time_s"])
     kerma = [d.study_air_kerma_mgy for d in doses]
     assert kerma == sorted(kerma)  # never back down
+
+
+def test_an_srdl_the_lost_frames_help_reach_after_their_run_is_passed_is_raised(damaged_study,
+                                                                                 tmp_path):
+    """Review s14 (second) H1: frames lost in damaged files are counted once their run is passed; the SRDL level
+    (1.8 s of fluoroscopy) is reached only by later frames plus the lost ones (1.73 s when
+    the last damaged run is passed, 2.13 s at the end). No alert was ever raised."""
+    from dataclasses import replace
+
+    from sifluoro import Engine, Settings
+    from sifluoro.replay import replay
+
+    base = Settings(latency_budget_ms=float("inf"))
+    s = replace(base, dose=replace(base.dose, srdl_fluoro_time_s=1.8))
+    r = replay([damaged_study], events_path=tmp_path / "e.jsonl", summary_path=tmp_path / "s.json",
+               settings=s, stages=[]).summary
+    e = Engine(s, stages=[]).run(damaged_study)
+    for summary in (r, e):
+        assert summary["study_dose"]["fluoro_time_s"] > 1.8
+        assert [a["kind"] for a in summary["alerts"]] == ["srdl_fluoro_time"]

@@ -289,3 +289,68 @@ def test_a_run_announced_but_never_fed_gives_back_its_share_of_the_device_report
     summary = engine.close()
     assert summary["study_dose"]["air_kerma_mgy"] == pytest.approx(7010.0)
     assert doses[-1].study_air_kerma_mgy == pytest.approx(7010.0)  # the close announced it
+
+
+def test_a_worker_handler_that_calls_close_gets_an_error_not_a_deadlock(tmp_path):
+    """Review s14 (second) M1: with submit(), handlers run on the worker; one that called close() deadlocked
+    with the submitter's close() (which waits for the worker, holding the engine's lock)."""
+    write_study(tmp_path / "s", [RunSpec(0.0, n_frames=3)])
+    study = read_study([tmp_path / "s"])
+    engine = Engine(NO_DEADLINE, stages=[])
+    engine.prepare(study)
+    errors = []
+
+    def handler(_):
+        try:
+            engine.close()
+        except RuntimeError as exc:
+            errors.append(exc)
+    engine.on("frame", handler)
+    done = threading.Event()
+
+    def go():
+        for frame in iter_frames(study, []):
+            engine.submit(frame)
+        engine.close()
+        done.set()
+    threading.Thread(target=go, daemon=True).start()
+    assert done.wait(20), "close() deadlocked with a worker handler's close()"
+    assert len(errors) == 3
+
+
+def test_a_recount_after_a_frame_whose_image_work_failed_keeps_its_place(tmp_path):
+    """Review s14 (second) M2: a recount deferred to frame 5, whose image work raised on the worker, was announced
+    only at close(), after frames 6-7, with older totals: the dose shown went back down."""
+    import pydicom
+
+    from tests.dose.rdsr_fixtures import Ev, acquired, build_rdsr, save
+
+    paths = write_study(tmp_path / "study", [RunSpec(0.0, n_frames=6), RunSpec(30.0, n_frames=2)])
+    first = pydicom.dcmread(paths[0], stop_before_pixels=True)
+    save(build_rdsr([Ev(dap_gycm2=30.0, rp_mgy=500.0,
+                        extra=[acquired(first.SOPInstanceUID, first.SOPClassUID)])],
+                    study_uid=first.StudyInstanceUID), tmp_path / "late" / "rdsr.dcm")
+    engine = Engine(NO_DEADLINE, stages=["register"])
+    study = read_study([tmp_path / "study"])
+    engine.prepare(study)
+    frames = list(iter_frames(study, []))
+    process = engine.pipeline.process_arrived
+
+    def failing(frame, state, arrival):
+        if frame.index == 5:
+            raise ValueError("image work failed on frame 5")
+        return process(frame, state, arrival)
+    engine.pipeline.process_arrived = failing
+    release, shown = threading.Event(), []
+    engine.on("frame", lambda e: release.wait(10) if e.index == 0 else None)
+    engine.on("dose", lambda d: shown.append(d.air_kerma_mgy))
+    for frame in frames[:6]:
+        engine.submit(frame)
+    engine.prepare(read_study([tmp_path / "late" / "rdsr.dcm"], study_uid=study.study_instance_uid))
+    release.set()
+    assert engine._live.drain(30)
+    for frame in frames[6:]:
+        engine.submit(frame)
+    with pytest.raises(ValueError):
+        engine.close()  # the worker's failure is re-raised, as before
+    assert shown == sorted(shown)

@@ -535,6 +535,8 @@ class DoseAccumulator:
             out.append(DoseAlert("air_kerma", level, "mGy", index, t_s,
                                  f"reference air kerma has reached {level / 1000:g} Gy{note}"))
         out.extend(self._srdl(kerma, dap, fluoro_s, index, t_s, note))
+        if self.lost_frames:  # frames lost in damaged files counted earlier in the study
+            out.extend(self._srdl_with_lost(index, t_s))
         return out
 
     @property
