@@ -377,8 +377,9 @@ class Engine:
             state = self._state or self.pipeline.start_study("")
             unfed = state.dose.forget_unfed_runs()
             if unfed:  # their share of the device's report is the study's still
-                log.warning("%d run(s) announced were never fed; the device report's dose "
-                            "given to them counts as not stored", len(unfed))
+                log.warning("%d run(s) announced were never fed: not in the frames' dose%s",
+                            len(unfed), "; the device report's dose given to them counts as "
+                            "not stored" if self._dose_reports else "")
                 self._announce_recount()
             runs = tuple(sorted(self._runs.values(), key=lambda r: r.start_s))
             summary = build_summary(Study(state.study_instance_uid, runs,

@@ -579,3 +579,51 @@ def test_an_srdl_the_lost_frames_help_reach_after_their_run_is_passed_is_raised(
     for summary in (r, e):
         assert summary["study_dose"]["fluoro_time_s"] > 1.8
         assert [a["kind"] for a in summary["alerts"]] == ["srdl_fluoro_time"]
+
+
+def test_an_alert_the_lost_frames_raise_reaches_the_live_outputs_before_the_end(damaged_study):
+    """Review s14 (second) M3: an alert raised between frames (the SRDL that frames lost in a
+    damaged run reach) came to the OpenIGTLink State and the live page only at the study's
+    end. It is now in the next frame's State (study_alerts) and on the page at once."""
+    import json as json_module
+    import time
+    from dataclasses import replace
+
+    from sifluoro import Engine, Settings
+    from sifluoro.plugin.igtl import IgtlServer, IgtlSink
+    from sifluoro.plugin.live import LiveReplay
+    from sifluoro.plugin.view import ViewSink, ViewState
+    from tests.plugin.test_igtl import _client
+
+    base = Settings(latency_budget_ms=float("inf"))
+    settings = replace(base, dose=replace(base.dose, srdl_fluoro_time_s=1.6))
+
+    server = IgtlServer("127.0.0.1", 0)
+    client, recorder = _client(server.port)
+    view = ViewState()
+    pages = []
+
+    class PageAfterEachFrame(ViewSink):
+        wants_overlay = False
+
+        def frame(self, frame, event, overlay_bgr):
+            super().frame(frame, event, overlay_bgr)
+            pages.append(view.snapshot()["alerts"])
+
+    try:
+        assert server.wait_for_client(10)
+        sinks = [IgtlSink(server, image_every=0), PageAfterEachFrame(view)]
+        summary = LiveReplay(Engine(settings, stages=[]), sinks, paced=False).run([damaged_study])
+        deadline = time.monotonic() + 10
+        while (not any(m.device_name == "State" and '"ended"' in m.string
+                       for _, m in recorder.received) and time.monotonic() < deadline):
+            time.sleep(0.02)
+    finally:
+        server.close()
+        client.stop()
+    states = [json_module.loads(m.string) for _, m in recorder.received
+              if m.device_name == "State"]
+    message = next(a["message"] for a in summary["alerts"] if a["kind"] == "srdl_fluoro_time")
+    frame_states = [s for s in states if not s.get("ended")]
+    assert any(message in s["study_alerts"] for s in frame_states)  # before the end State
+    assert any(message in [a["message"] for a in p] for p in pages)

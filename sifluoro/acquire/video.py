@@ -158,7 +158,10 @@ def video_frames(source: str | int, settings: VideoSourceSettings,
         frame_time_ms = 1000.0 / rate
         count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if isinstance(source, str) else 0
         n = settings.max_frames or (count if count > 0 else 1 << 30)
-        reads = (_live_reads(capture, source, stop, stats, capture_rate) if live
+        rate_from = ("--capture-rate" if settings.capture_rate_per_s
+                     else "--pulse-rate" if capture_rate == settings.frame_rate_per_s
+                     and not _reports_rate(capture) else "the capture's reported rate")
+        reads = (_live_reads(capture, source, stop, stats, capture_rate, rate_from) if live
                  else _read_all(capture))
         first = next(reads, None)
         if first is None:
@@ -218,6 +221,11 @@ def video_frames(source: str | int, settings: VideoSourceSettings,
             capture.release()  # a live source's reader releases it (it may be inside a read)
 
 
+def _reports_rate(capture: cv2.VideoCapture) -> bool:
+    reported = capture.get(cv2.CAP_PROP_FPS)
+    return math.isfinite(reported) and 0 < reported <= MAX_CAPTURE_RATE_PER_S
+
+
 def _capture_rate(capture: cv2.VideoCapture, source: str | int,
                   pulse_rate_per_s: float | None) -> float:
     """The capture's frames per second; the pulse rate when the capture does not know its own.
@@ -227,7 +235,7 @@ def _capture_rate(capture: cv2.VideoCapture, source: str | int,
     repeats. Without a pulse rate such a capture is refused: its frames cannot be timed.
     """
     reported = capture.get(cv2.CAP_PROP_FPS)
-    if math.isfinite(reported) and 0 < reported <= MAX_CAPTURE_RATE_PER_S:
+    if _reports_rate(capture):
         return float(reported)
     if pulse_rate_per_s is not None:
         return float(pulse_rate_per_s)  # each captured frame is one pulse
@@ -242,7 +250,8 @@ def is_live_source(source: str | int) -> bool:
 
 
 def _live_reads(capture: cv2.VideoCapture, source: str | int, stop: threading.Event | None,
-                stats: VideoStats, capture_rate_per_s: float) -> Iterator[np.ndarray]:
+                stats: VideoStats, capture_rate_per_s: float,
+                rate_from: str = "the capture's reported rate") -> Iterator[np.ndarray]:
     """A live source's frames, read on a thread of their own until ``stop`` is set.
 
     A failed read is a gap, not the end of the procedure (a grabber losing its signal for a
@@ -263,7 +272,7 @@ def _live_reads(capture: cv2.VideoCapture, source: str | int, stop: threading.Ev
                     failing_since = None
                     if stats.measured_capture_rate_per_s is None:
                         window = _check_rate(window, time.monotonic(), capture_rate_per_s,
-                                             source, stats)
+                                             source, stats, rate_from)
                     put_unless_stopped(frames, image, done)
                     continue
                 now = time.monotonic()
@@ -305,7 +314,7 @@ def _live_reads(capture: cv2.VideoCapture, source: str | int, stop: threading.Ev
 
 
 def _check_rate(window: list[float], now: float, capture_rate_per_s: float, source: str | int,
-                stats: VideoStats) -> list[float]:
+                stats: VideoStats, rate_from: str = "the capture's reported rate") -> list[float]:
     """Add a read at ``now`` to the reads' times; once they span :data:`RATE_CHECK_S` without
     a stall, set ``stats.measured_capture_rate_per_s`` and say when frames are timed at a rate
     off it: a backend's made-up rate (FFmpeg's 25/s for raw MJPEG) mis-times every frame, and
@@ -320,8 +329,8 @@ def _check_rate(window: list[float], now: float, capture_rate_per_s: float, sour
     measured = stats.measured_capture_rate_per_s = round((len(window) - 1) / span_s, 2)
     if abs(measured / capture_rate_per_s - 1.0) > RATE_TOLERANCE:
         log.error("%s: the source delivers %.1f frames/s but its frames are timed at %.1f/s "
-                  "(the capture's reported rate): fluoroscopy time and dose are off by as much; "
-                  "give --capture-rate %.0f", source, measured, capture_rate_per_s, measured)
+                  "(%s): fluoroscopy time and dose are off by as much; give --capture-rate %.0f",
+                  source, measured, capture_rate_per_s, rate_from, measured)
     return []
 
 

@@ -88,9 +88,12 @@ def load_studies(engine, *, start: date | None = None, end: date | None = None,
     """The studies in the date range (inclusive) and procedure, as column arrays."""
     # totals summed over events some of which give no DAP or Ka,r are lower bounds (a
     # report's own accumulated totals are the device's whole count)
-    partial = (select(EventRow.id).where(EventRow.study_id == StudyRow.id)
-               .where((EventRow.dap_gycm2.is_(None)) | (EventRow.air_kerma_mgy.is_(None)))
-               .exists() & ~StudyRow.planes_from_report)
+    def missing(column):  # some event leaves the quantity out, while the study total has it
+        return (select(EventRow.id).where(EventRow.study_id == StudyRow.id)
+                .where(column.is_(None)).exists())
+    partial = ~StudyRow.planes_from_report & (
+        (missing(EventRow.dap_gycm2) & StudyRow.dap_gycm2.is_not(None))
+        | (missing(EventRow.air_kerma_mgy) & StudyRow.air_kerma_mgy.is_not(None)))
     query = (select(StudyRow.study_instance_uid, StudyRow.study_date, StudyRow.procedure,
                     DeviceRow.manufacturer, DeviceRow.model, DeviceRow.station_name,
                     StudyRow.dap_gycm2, StudyRow.air_kerma_mgy, StudyRow.fluoro_time_s,

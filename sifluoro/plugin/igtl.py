@@ -382,7 +382,7 @@ class IgtlSink:
                                     "Status", "MISSING"))
             self._target_shown = False
         alerts = [a.get("message", a.get("kind")) for a in e.get("alerts", ())]
-        self._alerts += alerts
+        self._alerts += [a for a in alerts if a not in self._alerts]
         state = {"index": e["index"], "t_s": e["t_s"], "contrast": event.contrast_state,
                  "tip_visible": bool(needle),
                  "tip_confidence": needle.get("confidence") if needle else None,
@@ -405,6 +405,12 @@ class IgtlSink:
         self.frames += 1
         self.tips_sent += sum(1 for msg in messages
                               if msg.device_name == "Tip" and not isinstance(msg, _NoPoints))
+
+    def alert(self, alert) -> None:
+        """An alert as the engine raises it: also one raised between frames (frames lost in a
+        damaged run) is in the next ``State``'s ``study_alerts``, not only at the end."""
+        if alert.message not in self._alerts:
+            self._alerts.append(alert.message)
 
     def end(self, study, summary: dict, dose) -> None:
         """A last ``State``: :func:`study_end_state`."""

@@ -46,6 +46,9 @@ class Sink(Protocol):
 
     def end(self, study: Study, summary: dict, dose: DoseAccumulator | None) -> None: ...
 
+    # optional: ``alert(AlertEvent)`` for every alert as the engine raises it, also those
+    # raised between frames (frames lost in a damaged run, a late report's recount)
+
 
 def simulated_inputs(folder: str | Path, *, case: int, seed: int = 2026, size: int = 512) -> list[Path]:
     """Simulate study ``(seed, case)`` as DICOM under ``folder``; return the input list."""
@@ -131,6 +134,15 @@ class LiveReplay:
         self.pacer = Pacer(fps=fps, max_gap_s=max_gap_s) if paced else None
         self.draw = any(getattr(sink, "wants_overlay", False) for sink in self.sinks)
         self.stop = stop or threading.Event()
+        engine.on("alert", self._alert)
+
+    def _alert(self, alert) -> None:
+        for sink in self.sinks:
+            if hasattr(sink, "alert"):
+                try:
+                    sink.alert(alert)
+                except Exception:  # one output's defect must not stop the others
+                    log.exception("%s.alert failed", type(sink).__name__)
 
     def run(self, inputs: Iterable[str | Path], *, study_uid: str | None = None,
             events_path: str | Path | None = None, summary_path: str | Path | None = None) -> dict:

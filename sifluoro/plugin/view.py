@@ -69,7 +69,8 @@ class ViewState:
             self._jpeg = jpeg.tobytes()
             alerts = self._state["alerts"] + [
                 {"index": event["index"], "kind": a.get("kind", ""), "message": a.get("message", "")}
-                for a in event.get("alerts", ())]
+                for a in event.get("alerts", ()) if not any(
+                    a.get("message") == b["message"] for b in self._state["alerts"])]
             self._state = {**self._state, "seq": self._seq, "index": event["index"],
                            "t_s": event["t_s"], "dose": dict(event["dose"]),
                            "contrast": contrast or event["contrast"]["state"],
@@ -77,6 +78,14 @@ class ViewState:
                            "analysis": analysis or frame_analysis(event),
                            "alerts": alerts}
             self._cond.notify_all()
+
+    def add_alert(self, index: int, kind: str, message: str) -> None:
+        """An alert raised between frames (frames lost in a damaged run): shown at once."""
+        with self._cond:
+            if not any(message == b["message"] for b in self._state["alerts"]):
+                self._state = {**self._state, "alerts": self._state["alerts"] + [
+                    {"index": index, "kind": kind, "message": message}]}
+                self._cond.notify_all()
 
     def finish(self, summary: dict) -> None:
         """The study ended: its summary, and the counters show its whole dose (frames lost in
@@ -130,6 +139,9 @@ class ViewSink:
 
     def frame(self, frame: Frame, event: FrameEvent, overlay_bgr: np.ndarray) -> None:
         self.state.update(dict(event.event), overlay_bgr, event.contrast_state, event.analysis)
+
+    def alert(self, alert) -> None:
+        self.state.add_alert(alert.index, alert.kind, alert.message)
 
     def end(self, study, summary: dict, dose) -> None:
         self.state.finish(summary)

@@ -252,9 +252,10 @@ def test_the_summary_says_how_many_studies_each_statistic_is_of(tmp_path):
     assert "fluoro_time_s_n" in files.html.read_text()
 
 
-def test_the_summary_counts_the_studies_whose_totals_are_lower_bounds(tmp_path):
+def test_the_summary_counts_the_studies_whose_totals_are_lower_bounds(db_url, tmp_path):
     """A study of two runs, one whose header reports DAP only and no technique: its Ka,r total
-    leaves that run out. It counted in the Ka,r median as if whole, and nothing said so."""
+    leaves that run out. It counted in the Ka,r median as if whole, and nothing said so. A
+    study whose Ka,r no run gives is not a lower bound: its Ka,r is unknown, left out."""
     from tests.dicom_fixtures import RunSpec, technique, write_study
 
     whole = technique(reported_dap_gycm2=2.0, reported_air_kerma_mgy=20.0)
@@ -262,11 +263,11 @@ def test_the_summary_counts_the_studies_whose_totals_are_lower_bounds(tmp_path):
     write_study(tmp_path / "img" / "s0", [RunSpec(0.0, n_frames=3, tech=whole)])
     write_study(tmp_path / "img" / "s1", [RunSpec(0.0, n_frames=3, tech=whole),
                                           RunSpec(30.0, n_frames=3, tech=dap_only)])
-    db = f"sqlite:///{tmp_path / 'r.db'}"
-    ingest([tmp_path / "img"], db)
-    files = write_report(db, tmp_path / "report")
+    write_study(tmp_path / "img" / "s2", [RunSpec(0.0, n_frames=3, tech=dap_only)])
+    ingest([tmp_path / "img"], db_url)
+    files = write_report(db_url, tmp_path / "report")
     (row,) = list(csv.DictReader(open(files.csv["summary"])))
-    assert row["studies"] == "2" and row["air_kerma_mgy_n"] == "2"
+    assert row["studies"] == "3" and row["air_kerma_mgy_n"] == "2"
     assert row["lower_bound_studies"] == "1"
     html_rows = _html_tables(files.html)["summary"]
     assert html_rows[1][html_rows[0].index("lower_bound_studies")] == "1"
