@@ -209,10 +209,9 @@ def test_a_run_fed_unannounced_pays_its_warm_up_in_its_latency_and_says_so(tmp_p
     assert "arrived unannounced" not in caplog.text
 
 
-def test_a_recount_while_submitted_frames_wait_is_announced_after_them(tmp_path):
-    """Review s13 M1: the device's report arrives (prepare) while submitted frames still wait
-    for their image work. Their dose events carry the totals from before the report, so the
-    recount's dose event comes after theirs, on the worker: the dose shown never goes down."""
+def _prepared_with_a_late_report(tmp_path):
+    """An engine prepared with a study of a 6-frame and a 2-frame run, and, in
+    ``tmp_path/late``, the device's report (500 mGy) of the first run, announced later."""
     import pydicom
 
     from tests.dose.rdsr_fixtures import Ev, acquired, build_rdsr, save
@@ -225,7 +224,14 @@ def test_a_recount_while_submitted_frames_wait_is_announced_after_them(tmp_path)
     engine = Engine(NO_DEADLINE, stages=["register"])
     study = read_study([tmp_path / "study"])
     engine.prepare(study)
-    frames = list(iter_frames(study, []))
+    return engine, study, list(iter_frames(study, []))
+
+
+def test_a_recount_while_submitted_frames_wait_is_announced_after_them(tmp_path):
+    """Review s13 M1: the device's report arrives (prepare) while submitted frames still wait
+    for their image work. Their dose events carry the totals from before the report, so the
+    recount's dose event comes after theirs, on the worker: the dose shown never goes down."""
+    engine, study, frames = _prepared_with_a_late_report(tmp_path)
     release, shown = threading.Event(), []
     engine.on("frame", lambda e: release.wait(10) if e.index == 0 else None)  # the worker waits
     engine.on("dose", lambda d: shown.append((threading.current_thread().name, d.index,
@@ -292,7 +298,7 @@ def test_a_run_announced_but_never_fed_gives_back_its_share_of_the_device_report
 
 
 def test_a_worker_handler_that_calls_close_gets_an_error_not_a_deadlock(tmp_path):
-    """Review s14 (second) M1: with submit(), handlers run on the worker; one that called close() deadlocked
+"""Review s14 (second) M1: with submit(), handlers run on the worker; one that called close() deadlocked
     with the submitter's close() (which waits for the worker, holding the engine's lock)."""
     write_study(tmp_path / "s", [RunSpec(0.0, n_frames=3)])
     study = read_study([tmp_path / "s"])
@@ -319,21 +325,10 @@ def test_a_worker_handler_that_calls_close_gets_an_error_not_a_deadlock(tmp_path
 
 
 def test_a_recount_after_a_frame_whose_image_work_failed_keeps_its_place(tmp_path):
-    """Review s14 (second) M2: a recount deferred to frame 5, whose image work raised on the worker, was announced
-    only at close(), after frames 6-7, with older totals: the dose shown went back down."""
-    import pydicom
-
-    from tests.dose.rdsr_fixtures import Ev, acquired, build_rdsr, save
-
-    paths = write_study(tmp_path / "study", [RunSpec(0.0, n_frames=6), RunSpec(30.0, n_frames=2)])
-    first = pydicom.dcmread(paths[0], stop_before_pixels=True)
-    save(build_rdsr([Ev(dap_gycm2=30.0, rp_mgy=500.0,
-                        extra=[acquired(first.SOPInstanceUID, first.SOPClassUID)])],
-                    study_uid=first.StudyInstanceUID), tmp_path / "late" / "rdsr.dcm")
-    engine = Engine(NO_DEADLINE, stages=["register"])
-    study = read_study([tmp_path / "study"])
-    engine.prepare(study)
-    frames = list(iter_frames(study, []))
+    """Review s14 (second) M2: a recount deferred to frame 5, whose image work raised on the
+    worker, was announced only at close(), after frames 6-7, with older totals: the dose shown
+    went back down."""
+    engine, study, frames = _prepared_with_a_late_report(tmp_path)
     process = engine.pipeline.process_arrived
 
     def failing(frame, state, arrival):
