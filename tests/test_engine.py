@@ -298,8 +298,9 @@ def test_a_run_announced_but_never_fed_gives_back_its_share_of_the_device_report
 
 
 def test_a_worker_handler_that_calls_close_gets_an_error_not_a_deadlock(tmp_path):
-"""Review s14 (second) M1: with submit(), handlers run on the worker; one that called close() deadlocked
-    with the submitter's close() (which waits for the worker, holding the engine's lock)."""
+    """Review s14 (second) M1: with submit(), handlers run on the worker; one that called
+    close() deadlocked with the submitter's close() (which waits for the worker, holding the
+    engine's lock)."""
     write_study(tmp_path / "s", [RunSpec(0.0, n_frames=3)])
     study = read_study([tmp_path / "s"])
     engine = Engine(NO_DEADLINE, stages=[])
