@@ -350,14 +350,12 @@ class Engine:
         have passed that run): their exposure is counted now, into the study's dose (the
         ``study_*`` of the following events and of a dose event now, the RDSR's events and
         ``summary.lost_frames``), with the SRDL alerts it makes the study reach."""
+        from sifluoro.replay import count_lost
+
         with self._serialised():
             if self._state is None:
                 self._state = self.pipeline.start_study(run.study_instance_uid)
-            dose = self._state.dose
-            alerts = dose.add_lost(run, first_frame_number,
-                                   index=max(self._state.frames - 1, 0))
-            self._state.alerts.extend(a.as_dict() for a in alerts)
-            self._announce_dose(alerts)
+            self._announce_dose(count_lost(self._state, run, first_frame_number))
 
     def close(self) -> dict:
         """The study summary (DESIGN §3) of everything fed so far. Frames submitted by

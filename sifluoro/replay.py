@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import tempfile
 import time
@@ -66,7 +67,7 @@ def replay(inputs: Iterable[str | Path], *, events_path: str | Path, summary_pat
                 if overlay_png_dir is not None or overlay_mp4 is not None else None)
     with _atomic_text(events_path) as out:
         lost: list = []  # (run, first frame not decoded) of damaged runs
-        lost_frames = LostFrames(study, lost, lambda run, first: count_lost(state, [(run, first)]))
+        lost_frames = LostFrames(study, lost, lambda run, first: count_lost(state, run, first))
         frames = lost_frames.passing(prefetch(iter_frames(study, rejected, lost),
                                               settings.queue_frames))
         for frame, event in pipeline.process_frames(frames, state):
@@ -103,27 +104,28 @@ class LostFrames:
     def passing(self, frames: Iterable[Frame]) -> Iterator[Frame]:
         """``frames``, counting the lost frames of the runs they have passed."""
         for frame in frames:
-            here = self._position.get(frame.run.sop_instance_uid, -1)
-            while (self._done < len(self._lost)
-                   and self._position.get(self._lost[self._done][0].sop_instance_uid, 0) < here):
-                self._count(*self._lost[self._done])
-                self._done += 1
+            self._count_before(self._position.get(frame.run.sop_instance_uid, -1))
             yield frame
 
     def rest(self) -> None:
-        while self._done < len(self._lost):
+        self._count_before(math.inf)
+
+    def _count_before(self, position: float) -> None:
+        """Count the entries not counted yet of the runs before ``position`` in the study."""
+        while (self._done < len(self._lost)
+               and self._position.get(self._lost[self._done][0].sop_instance_uid, 0) < position):
             self._count(*self._lost[self._done])
             self._done += 1
 
 
-def count_lost(state, lost: list) -> None:
-    """The frames damaged files lost (``(run, first frame number)``, from the reader): their
+def count_lost(state, run: Run, first_frame_number: int) -> list:
+    """The frames of ``run`` from ``first_frame_number`` on that a damaged file lost: their
     exposure happened, so it goes into the RDSR's events and ``summary.lost_frames``, and the
-    SRDL levels it makes the study reach into the study's alerts."""
-    last = max(state.frames - 1, 0)
-    for run, first in lost:
-        state.alerts.extend(a.as_dict() for a in state.dose.add_lost(run, first, index=last))
-    lost.clear()
+    SRDL levels it makes the study reach into the study's alerts (also returned, as raised at
+    the last frame seen)."""
+    alerts = state.dose.add_lost(run, first_frame_number, index=max(state.frames - 1, 0))
+    state.alerts.extend(a.as_dict() for a in alerts)
+    return alerts
 
 
 def build_summary(study: Study, state, rejected: list[Rejection]) -> dict:

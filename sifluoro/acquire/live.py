@@ -471,7 +471,7 @@ class LiveStudies:
             note = f" (frames 1-{used} of {run.n_frames} used)" if used else ""
             study.rejected.append(Rejection(run.path, f"{exc.tag}: {exc.reason}{note}"))
             # the frames it lost were exposed all the same: their dose, from the header
-            count_lost(state, [(run, used + 1)])
+            count_lost(state, run, used + 1)
 
     def _write_summary(self, study: _LiveStudy) -> None:
         summary = self._summary_of(study)

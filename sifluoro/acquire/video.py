@@ -150,17 +150,15 @@ def video_frames(source: str | int, settings: VideoSourceSettings,
     capture = open_capture(source)
     live = is_live_source(source)
     try:
-        capture_rate = stats.capture_rate_per_s = (
-            settings.capture_rate_per_s
-            or _capture_rate(capture, source, settings.frame_rate_per_s))
+        capture_rate, rate_from = ((settings.capture_rate_per_s, "--capture-rate")
+                                   if settings.capture_rate_per_s else
+                                   _capture_rate(capture, source, settings.frame_rate_per_s))
+        stats.capture_rate_per_s = capture_rate
         pulse_rate = settings.frame_rate_per_s or capture_rate
         rate = min(pulse_rate, capture_rate)  # frames taken per second
         frame_time_ms = 1000.0 / rate
         count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if isinstance(source, str) else 0
         n = settings.max_frames or (count if count > 0 else 1 << 30)
-        rate_from = ("--capture-rate" if settings.capture_rate_per_s
-                     else "--pulse-rate" if capture_rate == settings.frame_rate_per_s
-                     and not _reports_rate(capture) else "the capture's reported rate")
         reads = (_live_reads(capture, source, stop, stats, capture_rate, rate_from) if live
                  else _read_all(capture))
         first = next(reads, None)
@@ -221,24 +219,20 @@ def video_frames(source: str | int, settings: VideoSourceSettings,
             capture.release()  # a live source's reader releases it (it may be inside a read)
 
 
-def _reports_rate(capture: cv2.VideoCapture) -> bool:
-    reported = capture.get(cv2.CAP_PROP_FPS)
-    return math.isfinite(reported) and 0 < reported <= MAX_CAPTURE_RATE_PER_S
-
-
 def _capture_rate(capture: cv2.VideoCapture, source: str | int,
-                  pulse_rate_per_s: float | None) -> float:
-    """The capture's frames per second; the pulse rate when the capture does not know its own.
+                  pulse_rate_per_s: float | None) -> tuple[float, str]:
+    """The capture's frames per second, and where it comes from; the pulse rate when the
+    capture does not know its own.
 
     Backends that do not know report -1 (image sequences), 0, or an RTSP time base (90000):
     taken as is, time ran backwards and dose came out negative, or pulses were dropped as
     repeats. Without a pulse rate such a capture is refused: its frames cannot be timed.
     """
     reported = capture.get(cv2.CAP_PROP_FPS)
-    if _reports_rate(capture):
-        return float(reported)
+    if math.isfinite(reported) and 0 < reported <= MAX_CAPTURE_RATE_PER_S:
+        return float(reported), "the capture's reported rate"
     if pulse_rate_per_s is not None:
-        return float(pulse_rate_per_s)  # each captured frame is one pulse
+        return float(pulse_rate_per_s), "--pulse-rate"  # each captured frame is one pulse
     raise InputError(f"the capture reports no usable frame rate (CAP_PROP_FPS = {reported:g}); "
                      "give the fluoroscopy's --pulse-rate", path=str(source))
 
@@ -251,7 +245,7 @@ def is_live_source(source: str | int) -> bool:
 
 def _live_reads(capture: cv2.VideoCapture, source: str | int, stop: threading.Event | None,
                 stats: VideoStats, capture_rate_per_s: float,
-                rate_from: str = "the capture's reported rate") -> Iterator[np.ndarray]:
+                rate_from: str) -> Iterator[np.ndarray]:
     """A live source's frames, read on a thread of their own until ``stop`` is set.
 
     A failed read is a gap, not the end of the procedure (a grabber losing its signal for a
@@ -314,7 +308,7 @@ def _live_reads(capture: cv2.VideoCapture, source: str | int, stop: threading.Ev
 
 
 def _check_rate(window: list[float], now: float, capture_rate_per_s: float, source: str | int,
-                stats: VideoStats, rate_from: str = "the capture's reported rate") -> list[float]:
+                stats: VideoStats, rate_from: str) -> list[float]:
     """Add a read at ``now`` to the reads' times; once they span :data:`RATE_CHECK_S` without
     a stall, set ``stats.measured_capture_rate_per_s`` and say when frames are timed at a rate
     off it: a backend's made-up rate (FFmpeg's 25/s for raw MJPEG) mis-times every frame, and

@@ -382,7 +382,8 @@ class IgtlSink:
                                     "Status", "MISSING"))
             self._target_shown = False
         alerts = [a.get("message", a.get("kind")) for a in e.get("alerts", ())]
-        self._alerts += [a for a in alerts if a not in self._alerts]
+        for message in alerts:
+            self._note_alert(message)
         state = {"index": e["index"], "t_s": e["t_s"], "contrast": event.contrast_state,
                  "tip_visible": bool(needle),
                  "tip_confidence": needle.get("confidence") if needle else None,
@@ -409,8 +410,11 @@ class IgtlSink:
     def alert(self, alert) -> None:
         """An alert as the engine raises it: also one raised between frames (frames lost in a
         damaged run) is in the next ``State``'s ``study_alerts``, not only at the end."""
-        if alert.message not in self._alerts:
-            self._alerts.append(alert.message)
+        self._note_alert(alert.message)
+
+    def _note_alert(self, message: str) -> None:
+        if message not in self._alerts:
+            self._alerts.append(message)
 
     def end(self, study, summary: dict, dose) -> None:
         """A last ``State``: :func:`study_end_state`."""

@@ -67,10 +67,8 @@ class ViewState:
         with self._cond:
             self._seq += 1
             self._jpeg = jpeg.tobytes()
-            alerts = self._state["alerts"] + [
-                {"index": event["index"], "kind": a.get("kind", ""), "message": a.get("message", "")}
-                for a in event.get("alerts", ()) if not any(
-                    a.get("message") == b["message"] for b in self._state["alerts"])]
+            alerts = self._with_alerts(event["index"], [{**a, "index": event["index"]}
+                                                        for a in event.get("alerts", ())])
             self._state = {**self._state, "seq": self._seq, "index": event["index"],
                            "t_s": event["t_s"], "dose": dict(event["dose"]),
                            "contrast": contrast or event["contrast"]["state"],
@@ -79,12 +77,22 @@ class ViewState:
                            "alerts": alerts}
             self._cond.notify_all()
 
+    def _with_alerts(self, index: int | None, alerts) -> list[dict]:
+        """The alerts shown, with those of ``alerts`` not shown yet (same message), lock held;
+        an alert without its own index gets ``index``."""
+        shown = list(self._state["alerts"])
+        for a in alerts:
+            if not any(a.get("message", "") == b["message"] for b in shown):
+                shown.append({"index": a.get("index", index), "kind": a.get("kind", ""),
+                              "message": a.get("message", "")})
+        return shown
+
     def add_alert(self, index: int, kind: str, message: str) -> None:
         """An alert raised between frames (frames lost in a damaged run): shown at once."""
         with self._cond:
-            if not any(message == b["message"] for b in self._state["alerts"]):
-                self._state = {**self._state, "alerts": self._state["alerts"] + [
-                    {"index": index, "kind": kind, "message": message}]}
+            alerts = self._with_alerts(index, [{"index": index, "kind": kind, "message": message}])
+            if len(alerts) > len(self._state["alerts"]):
+                self._state = {**self._state, "alerts": alerts}
                 self._cond.notify_all()
 
     def finish(self, summary: dict) -> None:
@@ -98,10 +106,7 @@ class ViewState:
             dose = {**self._state["dose"], **{f"study_{k}": whole[k] for k in
                                               ("air_kerma_mgy", "dap_gycm2", "fluoro_time_s")
                                               if whole.get(k) is not None}}
-            alerts = self._state["alerts"] + [
-                {"index": a.get("index"), "kind": a.get("kind", ""), "message": a.get("message", "")}
-                for a in summary.get("alerts", ()) if not any(
-                    a.get("message") == b["message"] for b in self._state["alerts"])]
+            alerts = self._with_alerts(None, summary.get("alerts", ()))
             self._state = {**self._state, "ended": True, "dose": dose, "alerts": alerts,
                            "summary": {k: summary.get(k) for k in keep}}
             self._cond.notify_all()
