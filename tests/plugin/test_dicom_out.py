@@ -206,10 +206,12 @@ def test_ctrl_c_ends_serve_igtl_while_the_outbox_waits_for_a_silent_pacs(tmp_pat
                                    "none", "-q", "--outbox", tmp_path / "outbox", "--pacs",
                                    f"PACS@127.0.0.1:{silent.getsockname()[1]}")
         command.wait_for(r"OpenIGTLink: \d+ frames sent")
-        time.sleep(1.0)  # the sender is now stuck on the silent PACS
-        t0 = time.monotonic()
-        command.proc.send_signal(signal.SIGINT)
-        code = command.wait(30)
+        silent.settimeout(60)
+        held, _ = silent.accept()  # the sender is now stuck on the silent PACS (not a sleep:
+        with held:                 # under load it had not connected yet after 1 s)
+            t0 = time.monotonic()
+            command.proc.send_signal(signal.SIGINT)
+            code = command.wait(30)
     assert time.monotonic() - t0 < 15
     assert code == 3 and "pending" in command.stdout  # LEFT_IN_OUTBOX, reported
     assert list((tmp_path / "outbox" / "pending").glob("*.dcm"))
