@@ -306,10 +306,13 @@ class Engine:
         calls = [("dose", _dose_event(index, t_s, dose.shown())),
                  *(("alert", AlertEvent(a.index, a.t_s, a.kind, a.message)) for a in alerts)]
         with self._order_lock:
-            if self._live is not None and self._last_emitted < index:
-                self._after.setdefault(index, []).extend(calls)  # the worker calls them
-                return
-        self._call_all(calls)
+            if self._live is not None:  # handlers run on the worker only
+                if self._last_emitted < index:
+                    self._after.setdefault(index, []).extend(calls)  # after that frame's event
+                    return
+                if self._live.call_soon(lambda: self._call_all(calls)):
+                    return
+        self._call_all(calls)  # feed(), or the worker has stopped (close)
 
     def _call_all(self, calls: list[tuple[str, Any]]) -> None:
         for kind, payload in calls:

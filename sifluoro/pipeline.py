@@ -959,6 +959,17 @@ class LiveFeeder:
                 self._unfinished += 1
                 self._cond.notify_all()
 
+    def call_soon(self, call: Callable[[], None]) -> bool:
+        """Run ``call()`` on the worker after the frames queued now (e.g. a dose event, so that
+        handlers only ever run on the worker); False when the feeder is closed."""
+        with self._cond:
+            if self._closed:
+                return False
+            self._entries.append([call, None, True])
+            self._unfinished += 1
+            self._cond.notify_all()
+            return True
+
     def drain(self, timeout_s: float | None = None) -> bool:
         """Wait until every submitted frame has its event; False on timeout."""
         with self._cond:
@@ -988,6 +999,12 @@ class LiveFeeder:
                 else:
                     self._waiting_images -= 1
             try:
+                if callable(item):  # call_soon
+                    try:
+                        item()
+                    except Exception:
+                        log.exception("a call queued on the live worker failed")
+                    continue
                 if not dropped:
                     pipeline.prepare_stages_on_live_frame(item.run)
                     event = pipeline.process_arrived(item, state, arrival)

@@ -252,6 +252,22 @@ def test_a_recount_while_submitted_frames_wait_is_announced_after_them(tmp_path)
     assert shown[recount][1] == 5 and shown[recount - 1][1] == 5  # right after frame 5's event
 
 
+def test_a_recount_after_every_submitted_frame_is_announced_on_the_worker(tmp_path):
+    """Review s14: with submit(), handlers run on the worker; a report that came once every
+    frame had its event was announced on the caller's thread (two threads calling handlers)."""
+    engine, study, frames = _prepared_with_a_late_report(tmp_path)
+    all_shown, shown = threading.Event(), []
+    engine.on("frame", lambda e: all_shown.set() if e.index == len(frames) - 1 else None)
+    engine.on("dose", lambda d: shown.append((threading.current_thread().name, d.air_kerma_mgy)))
+    for frame in frames:
+        engine.submit(frame)
+    assert all_shown.wait(30)
+    engine.prepare(read_study([tmp_path / "late" / "rdsr.dcm"], study_uid=study.study_instance_uid))
+    summary = engine.close()
+    assert shown[-1][1] == pytest.approx(summary["air_kerma_mgy"]) and shown[-1][1] > 499.0
+    assert {name for name, _ in shown} == {"sifluoro-live"}
+
+
 def test_a_handler_that_calls_back_into_the_engine_gets_an_error_not_a_deadlock(tmp_path, caplog):
     """Review s13 L3: feed holds the engine's lock while it calls the handlers; a handler that
     called close() waited for ever. It now fails (logged, as any handler's error) and the
