@@ -581,6 +581,30 @@ def test_an_srdl_the_lost_frames_help_reach_after_their_run_is_passed_is_raised(
         assert [a["kind"] for a in summary["alerts"]] == ["srdl_fluoro_time"]
 
 
+def test_a_live_replay_stopped_part_way_counts_only_the_lost_frames_of_runs_it_passed(
+        damaged_study):
+    """Review s14: a stopped study counted the lost frames of every run the reader had
+    reached, also those after the stop (the summary's ``lost_frames`` of frames never shown)."""
+    import threading
+
+    from sifluoro import Engine, Settings
+    from sifluoro.plugin.live import LiveReplay
+
+    stop = threading.Event()
+
+    class StopAfterTruncated:
+        def frame(self, frame, event, overlay):
+            if frame.run.path.endswith("truncated.dcm") and frame.frame_number == 2:
+                stop.set()
+
+    summary = LiveReplay(Engine(Settings(latency_budget_ms=float("inf")), stages=[]),
+                         [StopAfterTruncated()], paced=False, stop=stop).run([damaged_study])
+    assert summary["ended_early"] and summary["frames"] == 5
+    # truncated.dcm's frame 3 and no_frame_time.dcm's 3 (runs passed); not the 4 of the
+    # broken and truncated RLE runs after the stop
+    assert summary["lost_frames"]["frames"] == 4
+
+
 def test_an_alert_the_lost_frames_raise_reaches_the_live_outputs_before_the_end(damaged_study):
     """Review s14 (second) M3: an alert raised between frames (the SRDL that frames lost in a
     damaged run reach) came to the OpenIGTLink State and the live page only at the study's

@@ -189,7 +189,8 @@ class LiveReplay:
         finally:
             if events is not None:
                 _close_quietly(events)
-        lost_frames.rest()
+        if not interrupted:  # stopped: the runs not reached are not the study's so far
+            lost_frames.rest()
         summary = self.engine.close()
         # with the files found damaged while their frames were read (added: the Engine's own
         # list holds the device report it could not use)
