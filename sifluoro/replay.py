@@ -4,8 +4,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +14,7 @@ from sifluoro.config import Settings
 from sifluoro.dose.rdsr_write import write_rdsr
 from sifluoro.dose.summary import device_report
 from sifluoro.model import Frame, Rejection, Run, Study
+from sifluoro.outfiles import replaced
 from sifluoro.overlay import OverlayWriter
 from sifluoro.pipeline import Pipeline, Stage, latency_summary, prefetch
 from sifluoro.stages import REPLAY_STAGES, as_stages, make_stages
@@ -65,7 +64,7 @@ def replay(inputs: Iterable[str | Path], *, events_path: str | Path, summary_pat
     t_stream = time.perf_counter()
     overlays = (OverlayWriter(overlay_png_dir, overlay_mp4, stages=state.stage_names)
                 if overlay_png_dir is not None or overlay_mp4 is not None else None)
-    with _atomic_text(events_path) as out:
+    with replaced(events_path) as out:
         lost: list = []  # (run, first frame not decoded) of damaged runs
         lost_frames = LostFrames(study, lost, lambda run, first: count_lost(state, run, first))
         frames = lost_frames.passing(prefetch(iter_frames(study, rejected, lost),
@@ -177,30 +176,8 @@ def _totals_dict(*parts, **counts) -> dict:
             "acquisition_time_s": round(sum(p.acquisition_time_s for p in parts), 6)}
 
 
-class _atomic_text:
-    """Write a text file under a temporary name and rename it into place when complete."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def __enter__(self):
-        fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
-        self.fh = os.fdopen(fd, "w", encoding="utf-8")
-        return self.fh
-
-    def __exit__(self, exc_type, exc, tb):
-        self.fh.close()
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
-        else:
-            os.unlink(self.tmp)
-        return False
-
-
 def write_json(path: str | Path, obj: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with _atomic_text(path) as out:
+    with replaced(path) as out:
         json.dump(obj, out, indent=2)
         out.write("\n")
 

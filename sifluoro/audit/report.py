@@ -19,8 +19,6 @@ import csv
 import html
 import io
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -30,6 +28,7 @@ from sqlalchemy import func, select
 
 from sifluoro.audit.schema import DeviceRow, EventRow, StudyRow, open_registry
 from sifluoro.audit.settings import AuditSettings
+from sifluoro.outfiles import replaced
 
 log = logging.getLogger(__name__)
 
@@ -285,15 +284,8 @@ def _csv_cell(cell):
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; reports are for sharing
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with replaced(path, "wb", shared=True) as out:  # reports are for sharing
+        out.write(data)
 
 
 def _charts(data: dict[str, np.ndarray], tables: Tables, settings: AuditSettings) -> dict[str, bytes]:

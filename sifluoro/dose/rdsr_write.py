@@ -11,8 +11,6 @@ too. Doses are written in DICOM units (Gy, Gy·m², s). What ``dciodvfy`` checks
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -35,6 +33,7 @@ from sifluoro.dose.records import (ACQUISITION, IrradiationEvent, PlaneTotals, S
                                    events_dose_unknown, unknown_totals)
 from sifluoro.errors import MissingAttributeError
 from sifluoro.model import Device, Study
+from sifluoro.outfiles import replaced
 
 log = logging.getLogger(__name__)
 
@@ -111,15 +110,8 @@ def write_rdsr(study: Study, dose: DoseAccumulator | StudyDose, path: str | Path
                             series_instance_uid=series_instance_uid or generate_uid(),
                             content_datetime=content_datetime or datetime.now())
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        ds.save_as(tmp, enforce_file_format=True)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with replaced(path, "wb") as out:
+        ds.save_as(out, enforce_file_format=True)
     return path
 
 

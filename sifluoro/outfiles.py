@@ -1,0 +1,38 @@
+"""Output files written whole or not at all: a reader never sees half a summary or report."""
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import tempfile
+from pathlib import Path
+from typing import IO, Iterator
+
+
+@contextlib.contextmanager
+def replaced(path: str | Path, mode: str = "w", *, shared: bool = False) -> Iterator[IO]:
+    """Open a temporary file beside ``path`` and rename it over ``path`` when the block ends
+    without an error (removed when it fails). ``shared``: readable by all (0644; a temporary
+    file is 0600). A path that exists and is not a regular file (``/dev/null``, a FIFO) is
+    written in place: renaming over it would replace the device with a file when run as root."""
+    path = Path(path)
+    try:
+        special = not stat.S_ISREG(path.stat().st_mode)
+    except FileNotFoundError:
+        special = False
+    encoding = None if "b" in mode else "utf-8"
+    if special:
+        with open(path, mode, encoding=encoding) as out:
+            yield out
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, encoding=encoding) as out:
+            yield out
+        if shared:
+            os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
