@@ -106,9 +106,10 @@ def test_replay_of_a_damaged_study_follows_the_contract(damaged_study, tmp_path,
     assert replay_output_violations(events, summary) == []
     s = json.loads(summary.read_text())
     assert s["frames"] == 11
-    # frame 3 of truncated.dcm, frames 3-4 of broken_rle.dcm, 2-3 of truncated_rle.dcm and the
-    # 3 of no_frame_time.dcm (no timing: its frames are not shown): counted from their headers
-    assert s["lost_frames"]["frames"] == 8 and s["lost_frames"]["fluoro_time_s"] > 0
+    # frame 3 of truncated.dcm, frames 3-4 of broken_rle.dcm, 2-3 of truncated_rle.dcm, the
+    # 3 of no_frame_time.dcm (no timing: its frames are not shown) and the 3 of unknown_ts.dcm
+    # (pixels not decodable, its header whole): counted from their headers
+    assert s["lost_frames"]["frames"] == 11 and s["lost_frames"]["fluoro_time_s"] > 0
     assert sorted(r["file"].rsplit("/", 1)[-1] for r in s["rejected_files"]) == sorted(EXPECTED_REASONS)
     printed = capsys.readouterr()
     everything = events.read_text() + summary.read_text() + printed.out + printed.err + caplog.text
@@ -119,7 +120,7 @@ def test_the_engine_counts_the_frames_a_damaged_file_lost(damaged_study):
     from sifluoro import Engine, Settings
 
     summary = Engine(Settings(latency_budget_ms=1e9), stages=[]).run(damaged_study)
-    assert summary["frames"] == 11 and summary["lost_frames"]["frames"] == 8
+    assert summary["frames"] == 11 and summary["lost_frames"]["frames"] == 11
 
 
 def test_a_study_whose_every_frame_was_lost_still_has_its_dose_reported(tmp_path):
@@ -413,10 +414,15 @@ def test_a_video_transfer_syntax_says_it_is_not_read_and_what_to_do(tmp_path):
     ds.PixelData, ds.NumberOfFrames = encapsulate([b"\x00\x00\x01\xb3" * 16]), 1
     ds["PixelData"].VR = "OB"
     ds.save_as(path, enforce_file_format=True)
-    [rejection] = read_study([tmp_path]).rejected
+    study = read_study([tmp_path])
+    rejected, lost = [], []
+    assert list(iter_frames(study, rejected, lost)) == []
+    [rejection] = rejected
     assert rejection.reason.startswith("(0002,0010) TransferSyntaxUID: MPEG-4 AVC/H.264 High "
                                        "Profile / Level 4.1 is a video transfer syntax")
     assert "sifluoro video" in rejection.reason and "pylibjpeg" not in rejection.reason
+    # the loop's exposure happened: its frame is counted from the header (review s15 H2)
+    assert [(run.sop_instance_uid, first) for run, first in lost] == [(ds.SOPInstanceUID, 1)]
 
 
 @pytest.mark.parametrize("syntax", ["explicit", "rle", "jpeg2000"])
@@ -549,7 +555,7 @@ def test_the_dose_shown_live_has_the_lost_frames_once_their_run_is_passed(damage
     shown = events[after]["dose"]
     assert shown["study_air_kerma_mgy"] > shown["air_kerma_mgy"]
     assert replay_output_violations(tmp_path / "e.jsonl", tmp_path / "s.json") == []
-    assert result.summary["lost_frames"]["frames"] == 8
+    assert result.summary["lost_frames"]["frames"] == 11
 
     engine = Engine(Settings(latency_budget_ms=1e9), stages=[])
     doses = []
@@ -600,9 +606,9 @@ def test_a_live_replay_stopped_part_way_counts_only_the_lost_frames_of_runs_it_p
     summary = LiveReplay(Engine(Settings(latency_budget_ms=float("inf")), stages=[]),
                          [StopAfterTruncated()], paced=False, stop=stop).run([damaged_study])
     assert summary["ended_early"] and summary["frames"] == 5
-    # truncated.dcm's frame 3 and no_frame_time.dcm's 3 (runs passed); not the 4 of the
-    # broken and truncated RLE runs after the stop
-    assert summary["lost_frames"]["frames"] == 4
+    # truncated.dcm's frame 3, unknown_ts.dcm's and no_frame_time.dcm's 3 (runs passed); not
+    # the 4 of the broken and truncated RLE runs after the stop
+    assert summary["lost_frames"]["frames"] == 7
 
 
 def test_an_alert_the_lost_frames_raise_reaches_the_live_outputs_before_the_end(damaged_study):
@@ -651,3 +657,46 @@ def test_an_alert_the_lost_frames_raise_reaches_the_live_outputs_before_the_end(
     frame_states = [s for s in states if not s.get("ended")]
     assert any(message in s["study_alerts"] for s in frame_states)  # before the end State
     assert any(message in [a["message"] for a in p] for p in pages)
+
+
+def _signed(ds):
+    ds.PixelRepresentation = 1
+
+
+def _colour(ds):
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+
+
+def _video(ds):
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import MPEG4HP41
+
+    ds.file_meta.TransferSyntaxUID = MPEG4HP41
+    ds.PixelData = encapsulate([b"\x00\x00\x01\xb3" * 16])
+    ds["PixelData"].VR = "OB"
+
+
+@pytest.mark.parametrize("edit, tag", [(_signed, "(0028,0103) PixelRepresentation"),
+                                       (_colour, "(0028,0002) SamplesPerPixel"),
+                                       (_video, "(0002,0010) TransferSyntaxUID")])
+def test_a_run_whose_pixels_cannot_be_read_keeps_its_header_dose(tmp_path, capsys, edit, tag):
+    """Review s15 H2: an XA whose header reads but whose pixels sifluoro cannot use (signed,
+    colour, a video syntax) was refused whole: its exposure vanished from replay, ``dose
+    summary`` and the registry. Its frames are now lost frames, their dose from the header."""
+    paths = write_study(tmp_path / "s", [RunSpec(0.0, filename="a.dcm"),
+                                         RunSpec(5.0, filename="b.dcm")])
+    ds = pydicom.dcmread(paths[1])
+    edit(ds)
+    ds.save_as(paths[1], enforce_file_format=True)
+    out = tmp_path / "out"
+    assert main(["replay", str(tmp_path / "s"), "--events", str(out / "e.jsonl"), "--summary",
+                 str(out / "s.json"), "--stages", "none", "-q"]) == 0
+    summary = json.loads((out / "s.json").read_text())
+    assert summary["frames"] == 3 and summary["lost_frames"]["frames"] == 3
+    assert summary["study_dose"]["air_kerma_mgy"] == pytest.approx(2 * summary["air_kerma_mgy"])
+    [rejected] = summary["rejected_files"]
+    assert rejected["file"].endswith("b.dcm") and rejected["reason"].startswith(tag)
+    capsys.readouterr()
+    assert main(["dose", "summary", "--json", str(tmp_path / "s")]) == 0
+    study = json.loads(capsys.readouterr().out)
+    assert study["events"] == 2 and study["air_kerma_mgy"] == pytest.approx(summary["study_dose"]["air_kerma_mgy"])

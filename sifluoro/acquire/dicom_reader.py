@@ -318,17 +318,23 @@ def run_from_dataset(ds: Dataset, path: str | Path) -> Run:
         raise UnsupportedDicomError(
             f"SOP class {name} is not an X-ray image sifluoro reads (XA, RF, Enhanced XA/XRF, "
             "Secondary Capture)", path=path, tag="(0008,0016) SOPClassUID")
-    tsuid = _transfer_syntax(ds, path)
+    try:
+        tsuid, syntax_refused = _transfer_syntax(ds, path), None
+    except UnsupportedDicomError as exc:  # pixels sifluoro cannot decode; the exposure happened
+        tsuid, syntax_refused = UID(str(ds.file_meta.TransferSyntaxUID)), (exc.tag, exc.reason)
     pixel_elem = ds.get_item(PIXEL_DATA, keep_deferred=True) if PIXEL_DATA in ds else None
     cut_short = hasattr(ds, CUT_SHORT)  # only read_header sets it, on a file that ends early
     if pixel_elem is None and not cut_short:
         raise MissingAttributeError("no pixel data; the instance holds no frames",
                                     path=path, tag="(7FE0,0010) PixelData")
     pixel_tag_at = getattr(ds, CUT_SHORT, None)
-    if pixel_elem is not None:
+    if syntax_refused is not None:  # frames from the header (NumberOfFrames, capped)
+        fields = header.parse(ds, path)
+        offset, reader = None, pixel_readers.read_none
+    elif pixel_elem is not None:
         fields = header.parse(ds, path, pixel_bytes=_pixel_bytes(pixel_elem, tsuid),
                               fragments=_fragment_count(pixel_elem, tsuid, path))
-        if not tsuid.is_compressed:
+        if not tsuid.is_compressed and not fields.pixels_refused:  # refused: no frame is read
             _check_native_length(pixel_elem, fields, path)
         offset, reader = pixel_elem.value_tell, (
             pixel_readers.read_native if tsuid in NATIVE_SYNTAXES else
@@ -347,8 +353,9 @@ def run_from_dataset(ds: Dataset, path: str | Path) -> Run:
     else:
         fields = header.parse(ds, path)
         offset, reader = None, pixel_readers.read_none
-    if fields.pixels_refused:
-        tag, why = fields.pixels_refused
+    refused = syntax_refused or fields.pixels_refused
+    if refused:
+        tag, why = refused
         reader = partial(pixel_readers.read_refused, tag=tag, why=why)
     return Run(
         path=path,

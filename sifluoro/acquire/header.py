@@ -183,25 +183,28 @@ def parse(ds: Dataset, path: str, *, pixel_bytes: int | None = None,
     study_uid = _required_text(look, "StudyInstanceUID", path)
     rows = _required_int(look, "Rows", path, range(1, 65536))
     columns = _required_int(look, "Columns", path, range(1, 65536))
-    samples = look.raw("SamplesPerPixel", frame=None)
-    if samples not in (None, 1):
-        raise UnsupportedDicomError(f"SamplesPerPixel = {samples}: only grayscale is read",
-                                    path=path, tag=tag_name("SamplesPerPixel"))
     bits_allocated = _required_int(look, "BitsAllocated", path, (8, 16))
     bits_stored = _required_int(look, "BitsStored", path, range(1, bits_allocated + 1))
+    # values sifluoro cannot read: the frames are refused, the run's exposure still happened
+    # (its dose counted from the header, as lost frames)
+    pixels_refused = None
+    samples = look.raw("SamplesPerPixel", frame=None)
+    if samples not in (None, 1):
+        pixels_refused = (tag_name("SamplesPerPixel"),
+                          f"SamplesPerPixel = {samples}: only grayscale is read")
     try:
         _check_high_bit(look, bits_stored, path)
-        pixels_refused = None
-    except InputError as exc:  # the values cannot be read, the run's exposure still happened
-        pixels_refused = (exc.tag, exc.reason)
+    except InputError as exc:
+        pixels_refused = pixels_refused or (exc.tag, exc.reason)
     if look.raw("PixelRepresentation", frame=None) not in (None, 0):
-        raise UnsupportedDicomError("signed pixel data is not X-ray projection data",
-                                    path=path, tag=tag_name("PixelRepresentation"))
+        pixels_refused = pixels_refused or (tag_name("PixelRepresentation"),
+                                            "signed pixel data is not X-ray projection data")
     photometric = look.text("PhotometricInterpretation", frame=None)
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise UnsupportedDicomError(f"PhotometricInterpretation {photometric or 'missing'}: only "
-                                    "MONOCHROME1/2 are read", path=path,
-                                    tag=tag_name("PhotometricInterpretation"))
+        pixels_refused = pixels_refused or (
+            tag_name("PhotometricInterpretation"),
+            f"PhotometricInterpretation {photometric or 'missing'}: only MONOCHROME1/2 are read")
+        photometric = "MONOCHROME2"  # no frame is shown; the run keeps a valid value
     frame_bytes = rows * columns * (bits_allocated // 8)
     n_frames = _frames_present(_number_of_frames(look, path, frame_bytes, pixel_bytes),
                                frame_bytes, pixel_bytes, fragments, path)
