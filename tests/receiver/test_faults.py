@@ -154,16 +154,28 @@ def test_mismatched_unparseable_unusable_and_oversized_instances(tmp_path, start
     assert "refused" in log and "(7FE0,0010) PixelData" in log
 
 
+def _without_timing(ds):
+    del ds.FrameTime
+    del ds.FrameIncrementPointer
+
+
+def _signed(ds):
+    ds.PixelRepresentation = 1
+
+
+@pytest.mark.parametrize("edit, reason", [
+    (_without_timing, "(0018,1063) FrameTime: 2 frames but no usable frame timing"),
+    (_signed, "(0028,0103) PixelRepresentation: signed pixel data")])  # review s15 H2
 def test_a_run_without_frame_timing_is_stored_and_its_dose_counted_as_lost(start_receiver,
-                                                                           study_files):
-    """Its frames cannot be placed in time, so none is shown, but they were exposed: the
-    instance is stored (as the folder reader takes it), listed as rejected saying why, and
-    its dose counted with the lost frames rather than refused with it."""
+                                                                           study_files, edit,
+                                                                           reason):
+    """Its frames cannot be placed in time (or their values read), so none is shown, but they
+    were exposed: the instance is stored (as the folder reader takes it), listed as rejected
+    saying why, and its dose counted with the lost frames rather than refused with it."""
     receiver = start_receiver()
     image = pydicom.dcmread(study_files[0])
     no_timing = pydicom.dcmread(study_files[1])
-    del no_timing.FrameTime
-    del no_timing.FrameIncrementPointer
+    edit(no_timing)
     statuses = send(receiver.port, [image, no_timing])
     assert [s for s, _ in statuses] == [0, 0]
     summary_path = receiver.spool / str(image.StudyInstanceUID) / "summary.json"
@@ -173,8 +185,7 @@ def test_a_run_without_frame_timing_is_stored_and_its_dose_counted_as_lost(start
     assert summary["frames"] == 3 and summary["lost_frames"]["frames"] == 2
     assert summary["lost_frames"]["air_kerma_mgy"] > 0
     [rejected] = summary["rejected_files"]
-    assert rejected["reason"].startswith("(0018,1063) FrameTime: 2 frames but no usable frame "
-                                         "timing"), rejected
+    assert rejected["reason"].startswith(reason), rejected
     assert_still_up(receiver.port)
 
 
