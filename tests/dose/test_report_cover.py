@@ -121,7 +121,8 @@ def test_a_report_that_names_no_image_gives_its_dose_to_the_runs(tmp_path):
 def test_the_vendor_report_with_stored_loops_counts_every_event_once(tmp_path, vendor_dir):
     """Siemens' example: its acquisitions name images not received, 3 fluoroscopy events were
     stored as loops (at their start times). Replay gave 1.55 mGy (5.36 before the previous fix);
-    the report's events sum to 14.01."""
+    the report's events sum to 14.01, its accumulated total (the study's dose in dose summary
+    and the registry) is 14.06: the study's dose is the device's total (review s15 H1)."""
     import tests.dicom_fixtures as F
 
     src = vendor_dir / "siemens_axiom_example_procedure.dcm"
@@ -141,7 +142,8 @@ def test_the_vendor_report_with_stored_loops_counts_every_event_once(tmp_path, v
     summary = replay([tmp_path / "study"], events_path=tmp_path / "e.jsonl",
                      summary_path=tmp_path / "s.json", rdsr_path=tmp_path / "out.dcm",
                      stages=[]).summary
-    every = sum(e.air_kerma_mgy or 0.0 for e in report.events)
+    every = report.air_kerma_mgy
+    assert every == pytest.approx(14.06)
     assert summary["study_dose"]["air_kerma_mgy"] == pytest.approx(every)
     assert summary["unstored"]["events"] == len(report.events)  # 3 of them in part
     assert not (tmp_path / "out.dcm").exists()  # the device's report covers every loop
@@ -227,3 +229,25 @@ def test_a_loop_beside_simultaneous_plane_events_takes_the_frontal_planes(tmp_pa
                             report=read_rdsr(tmp_path / "rdsr.dcm"))
     assert dose.totals.air_kerma_mgy == pytest.approx(3000.0 * 0.4 / 60.0, rel=1e-4)
     assert dose.study_totals.air_kerma_mgy == pytest.approx(5000.0)
+
+
+@pytest.mark.parametrize("name", ["philips_allura_clarity_u104.dcm", "philips_allura_clarity_u601.dcm",
+                                  "siemens_axiom_artis.dcm", "siemens_axiom_example_procedure.dcm"])
+def test_replay_gives_a_vendor_report_the_study_dose_dose_summary_gives(tmp_path, vendor_dir, name):
+    """Review s15 H1: beside images its events do not cover, replay summed the report's events
+    (Siemens AXIOM-Artis fluoroscopy 20.27 s, Philips DAP 12-16 % low) where ``dose summary``
+    and the registry take its accumulated totals: one study, two doses. The study's dose is now
+    the device's totals plus the runs outside them."""
+    from sifluoro.dose.summary import summarize
+
+    report = read_rdsr(vendor_dir / name)
+    write_study(tmp_path / "study", [RunSpec(0.0, n_frames=3), RunSpec(20.0, n_frames=3)],
+                study_uid=report.study_instance_uid)  # long after the report's exposures
+    shutil.copy(vendor_dir / name, tmp_path / "study" / "rdsr.dcm")
+    summary = replay([tmp_path / "study"], events_path=tmp_path / "e.jsonl",
+                     summary_path=tmp_path / "s.json", stages=[]).summary
+    [registry] = summarize([tmp_path / "study"])[0]
+    whole = summary["study_dose"]
+    for quantity in ("air_kerma_mgy", "dap_gycm2", "fluoro_time_s"):
+        assert whole[quantity] == pytest.approx(getattr(registry, quantity), rel=1e-6), quantity
+    assert whole["air_kerma_mgy"] == pytest.approx(report.air_kerma_mgy + summary["air_kerma_mgy"])
