@@ -8,6 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import IO, Iterator
 
+from sifluoro.errors import ConfigError
+
 
 @contextlib.contextmanager
 def replaced(path: str | Path, mode: str = "w", *, shared: bool = False) -> Iterator[IO]:
@@ -36,3 +38,23 @@ def replaced(path: str | Path, mode: str = "w", *, shared: bool = False) -> Iter
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def check_writable(**paths: str | Path | None) -> None:
+    """Raise :class:`ConfigError` naming the option (``rdsr=...``) whose output cannot be
+    written (a folder, or a place that cannot be made or written), before any work is done:
+    found at the end, it lost the outputs written after it."""
+    for option, path in paths.items():
+        if path is None:
+            continue
+        path = Path(path)
+        flag = "--" + option.replace("_", "-")
+        if path.is_dir():
+            raise ConfigError(f"{flag} {path}: is a folder, not a file")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"{flag} {path}: its folder cannot be made "
+                              f"({exc.strerror or exc})") from None
+        if not os.access(path.parent, os.W_OK | os.X_OK):
+            raise ConfigError(f"{flag} {path}: its folder is not writable")

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class ReplayResult:
     summary: dict
-    exit_code: int  # 0 when at least one frame was processed, 2 when none
+    exit_code: int  # 0 when at least one frame was processed, 2 when none, 1 RDSR not written
     startup_s: float = 0.0  # reading headers and preparing runs, before the first frame
     stream_s: float = 0.0  # first frame decoded to last event written
 
@@ -78,12 +78,18 @@ def replay(inputs: Iterable[str | Path], *, events_path: str | Path, summary_pat
     t_end = time.perf_counter()
     lost_frames.rest()
     summary = build_summary(study, state, rejected)
+    code = 0 if state.frames else 2
     if rdsr_path is not None and (state.frames or state.dose.lost_frames):
-        written = write_rdsr(study, state.dose, rdsr_path, settings=settings.dose)
+        try:
+            written = write_rdsr(study, state.dose, rdsr_path, settings=settings.dose)
+        except OSError as exc:  # a full disk: the summary is still written, and says so
+            summary["rdsr_not_written"] = f"{rdsr_path}: {exc.strerror or exc}"
+            log.error("the RDSR could not be written: %s", summary["rdsr_not_written"])
+            written, code = None, code or 1
         if written is not None:  # None: the device's report gives the dose of every run
             summary["rdsr"] = str(written)
     write_json(summary_path, summary)
-    return ReplayResult(summary, 0 if state.frames else 2, t_stream - t_start, t_end - t_stream)
+    return ReplayResult(summary, code, t_stream - t_start, t_end - t_stream)
 
 
 class LostFrames:

@@ -39,3 +39,36 @@ def test_a_shared_output_is_readable_by_all(tmp_path):
     with replaced(tmp_path / "report.html", "wb", shared=True) as out:
         out.write(b"<html>")
     assert stat.S_IMODE((tmp_path / "report.html").stat().st_mode) == 0o644
+
+
+def test_an_output_that_cannot_be_written_is_named_before_the_replay(tmp_path, capsys):
+    """Review s15 M4: ``--rdsr`` in a place that cannot be written ended the replay with a
+    traceback at its end, and the summary (written after the RDSR) was lost."""
+    from sifluoro.cli import main
+    from tests.dicom_fixtures import RunSpec, write_study
+
+    write_study(tmp_path / "s", [RunSpec(0.0)])
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    code = main(["replay", str(tmp_path / "s"), "--events", str(tmp_path / "e.jsonl"),
+                 "--summary", str(tmp_path / "s.json"), "--rdsr", str(blocker / "r.dcm"), "-q"])
+    assert code == 2 and "--rdsr" in capsys.readouterr().err
+    assert not (tmp_path / "e.jsonl").exists()
+
+
+def test_an_rdsr_that_fails_at_the_end_keeps_the_summary(tmp_path, monkeypatch):
+    import errno
+
+    from sifluoro import replay as replay_module
+    from tests.dicom_fixtures import RunSpec, write_study
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    write_study(tmp_path / "s", [RunSpec(0.0)])
+    monkeypatch.setattr(replay_module, "write_rdsr", full_disk)
+    result = replay_module.replay([tmp_path / "s"], events_path=tmp_path / "e.jsonl",
+                                  summary_path=tmp_path / "s.json", rdsr_path=tmp_path / "r.dcm",
+                                  stages=[])
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert result.exit_code == 1 and "No space left" in summary["rdsr_not_written"]
