@@ -85,5 +85,5 @@ def run_demo(out: Path, *, seed: int = DEMO_SEED, case: int = DEMO_CASE, size: i
              f"{reported['dap_gycm2']:.3f} Gy·cm²: what a [reported] dose copies)"
              if reported else ""))
     print(f"outputs    {events}\n           {summary}\n           {rdsr} (X-Ray Radiation Dose SR)"
-          f"\n           {png} (frame {key})\n           {mp4}")
+          f"\n           {png} (event index {key})\n           {mp4}")
     return result.exit_code or (1 if violations else 0)

@@ -45,8 +45,8 @@ def parse_pacs(text: str, args) -> "PacsSettings":
 
 
 def _add_pacs_arguments(p: argparse.ArgumentParser, *, required: bool = False) -> None:
-    p.add_argument("--pacs", metavar="AE@HOST:PORT", help="C-STORE the outbox to this PACS"
-                   + (" (required)" if required else ""))
+    p.add_argument("--pacs", metavar="AE@HOST:PORT", required=required,
+                   help="C-STORE the outbox to this PACS")
     p.add_argument("--calling-ae", default="SIFLUORO", help="our AE title (default %(default)s)")
     p.add_argument("--retries", type=int, default=3,
                    help="further attempts when the PACS is down (default %(default)s)")
