@@ -195,6 +195,26 @@ def test_stages_that_did_not_run_are_not_assessed(tmp_path):
     assert "needle   not assessed" in text and "contrast not assessed" in text
 
 
+def test_a_missing_case_does_not_make_stages_that_never_ran_assessed(tmp_path):
+    """Review s15 M6: with one case missing, stages no case ran were scored (needle detected
+    0.0, contrast accuracy 0.0), the missing cases were named "1" and None was printed."""
+    from sifluoro.sim.evaluate import format_report
+
+    truth = _truth(["none", "intra_articular"])
+    events = _events(truth)
+    for e in events:
+        e["needle"], e["contrast"] = None, {"state": "none"}
+    _write_case(tmp_path, 0, truth, events, {"contrast_state": "none", "air_kerma_mgy": 2.0,
+                                              "dap_gycm2": 0.5, "fluoro_time_s": 1.0,
+                                              "stages": ["register"]})
+    _write_case(tmp_path, 1, _truth(["none", "vascular"]), None, None)
+    r = evaluate(tmp_path / "cases", tmp_path / "results")
+    assert r["assessed"] == ["register"]
+    text = format_report(r)
+    assert "needle   not assessed" in text and "contrast not assessed" in text
+    assert "no results for: case001" in text and "None" not in text
+
+
 def test_evaluate_cli_exit_codes(tmp_path, capsys):
     from sifluoro.cli import main
 

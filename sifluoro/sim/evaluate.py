@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -229,7 +230,9 @@ def report(tally: Tally) -> dict:
     visible_vessels = [s for s in vascular_truth
                        if s["vessel_snr_max"] is not None and s["vessel_snr_max"] >= DETECTABLE_SNR]
     non_vascular = [s for s in studies if s["truth"] != "vascular" and s["results"]]
-    ran = set().union(*(s["stages"] for s in tally.studies)) if tally.studies else set()
+    # the stages that ran: a case without results (scored as wrong) says nothing of them
+    with_results = [s for s in tally.studies if s["results"]] or tally.studies
+    ran = set().union(*(s["stages"] for s in with_results)) if with_results else set()
     return {
         "studies": len(tally.studies),
         "assessed": [name for name in STAGES if name in ran],
@@ -375,5 +378,6 @@ def format_report(r: dict) -> str:
         if stage not in r["assessed"]:
             lines[i] = f"{lines[i].split()[0]:8} not assessed (the {stage} stage did not run)"
     if r["studies_without_results"]:
-        lines.append("no results for: " + ", ".join(map(str, r["studies_without_results"])))
-    return "\n".join(lines)
+        lines.append("no results for: " + ", ".join(
+            f"case{c:03d}" if isinstance(c, int) else str(c) for c in r["studies_without_results"]))
+    return "\n".join(re.sub(r"\bNone\b", "n/a", line) for line in lines)
