@@ -221,7 +221,7 @@ def test_evaluate_cli_exit_codes(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "none"), str(tmp_path / "r")]) == 2
     _write_case(tmp_path, 0, _truth(["none"]), None, None)
     assert main(["evaluate", str(tmp_path / "cases"), str(tmp_path / "results")]) == 1
-    assert "no results for: 0" in capsys.readouterr().out
+    assert "no results for: case000" in capsys.readouterr().out
 
 
 def test_tips_and_contrast_not_in_the_pixels_are_reported_apart():
