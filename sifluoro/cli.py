@@ -25,8 +25,12 @@ def _replay(args) -> int:
                     overlay_png_dir=args.overlay_png, overlay_mp4=args.overlay_mp4)
     if not args.quiet:
         print(format_summary(result.summary))
-    if result.exit_code:
-        print("sifluoro: no frame could be processed", file=sys.stderr)
+    if result.exit_code == 2:
+        reports = result.summary.get("dose_reports") or []
+        print("sifluoro: no frame could be processed" + (
+            f"; the inputs hold only dose reports ({', '.join(map(str, reports[:3]))}"
+            f"{', ...' if len(reports) > 3 else ''}): read them with `sifluoro dose summary`"
+            if reports and not result.summary.get("runs") else ""), file=sys.stderr)
     return result.exit_code
 
 

@@ -251,3 +251,15 @@ def test_replay_gives_a_vendor_report_the_study_dose_dose_summary_gives(tmp_path
     for quantity in ("air_kerma_mgy", "dap_gycm2", "fluoro_time_s"):
         assert whole[quantity] == pytest.approx(getattr(registry, quantity), rel=1e-6), quantity
     assert whole["air_kerma_mgy"] == pytest.approx(report.air_kerma_mgy + summary["air_kerma_mgy"])
+
+
+def test_replaying_only_a_dose_report_says_where_to_read_it(tmp_path, vendor_dir, capsys):
+    """Review s15 M1: a device RDSR replayed alone gave an empty study and a zero dose,
+    saying nothing of why."""
+    from sifluoro.cli import main
+
+    (tmp_path / "in").mkdir()
+    shutil.copy(vendor_dir / "siemens_axiom_artis.dcm", tmp_path / "in")
+    assert main(["replay", str(tmp_path / "in"), "--events", str(tmp_path / "e.jsonl"),
+                 "--summary", str(tmp_path / "s.json"), "-q"]) == 2
+    assert "only dose reports" in capsys.readouterr().err
