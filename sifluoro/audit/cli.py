@@ -11,6 +11,7 @@ import sys
 from datetime import date
 from pathlib import Path
 
+from sifluoro.errors import ConfigError
 
 DEFAULT_DB = "sqlite:///sifluoro-dose.db"
 
@@ -67,8 +68,15 @@ def _ingest(args) -> int:
 
 
 def _report(args) -> int:
+    from sqlalchemy.engine import make_url
+
     from sifluoro.audit.report import write_report
 
+    url = make_url(args.db if "://" in args.db else f"sqlite:///{args.db}")
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:" \
+            and not Path(url.database).is_file():  # a typo made an empty registry
+        raise ConfigError(f"--db {args.db}: no registry there (make it with `sifluoro audit "
+                          "ingest`)")
     written = write_report(args.db, args.out, start=args.start, end=args.end,
                            procedure=args.procedure, settings=_settings(args))
     if not args.quiet:
@@ -127,7 +135,8 @@ def add_audit_parser(subparsers) -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="per procedure and device: median, 75th percentile, outliers, "
                        "monthly trend (HTML, CSV, PNG)")
-    p.add_argument("--db", default=DEFAULT_DB, metavar="URL")
+    p.add_argument("--db", default=DEFAULT_DB, metavar="URL",
+                   help="the registry ingest wrote (default %(default)s)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR")
     p.add_argument("--from", dest="start", type=_iso_date, metavar="YYYY-MM-DD")
     p.add_argument("--to", dest="end", type=_iso_date, metavar="YYYY-MM-DD")

@@ -271,3 +271,13 @@ def test_the_summary_counts_the_studies_whose_totals_are_lower_bounds(db_url, tm
     assert row["lower_bound_studies"] == "1"
     html_rows = _html_tables(files.html)["summary"]
     assert html_rows[1][html_rows[0].index("lower_bound_studies")] == "1"
+
+
+def test_a_report_on_a_registry_that_does_not_exist_names_it(tmp_path, capsys):
+    """Review s15 L11: a typo in --db made an empty registry and an empty report."""
+    from sifluoro.cli import main
+
+    assert main(["audit", "report", "--db", str(tmp_path / "typo.db"), "--out",
+                 str(tmp_path / "report")]) == 2
+    assert "typo.db: no registry there" in capsys.readouterr().err
+    assert not (tmp_path / "typo.db").exists()
