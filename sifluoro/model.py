@@ -191,13 +191,27 @@ class Frame:
 
 @dataclass(frozen=True)
 class Rejection:
-    """A file (or part of one) that could not be used, and why."""
+    """A file (or part of one) that could not be used, and why: ``reason`` says it for a
+    person (the tag first when there is one); ``error`` (the :mod:`sifluoro.errors` class,
+    e.g. ``"UnsupportedDicomError"``) and ``tag`` (``"(0028,0103) PixelRepresentation"``) for a
+    program, empty when the rejection did not come from a typed error."""
 
     file: str
     reason: str
+    error: str = ""
+    tag: str = ""
+
+    @classmethod
+    def of(cls, path, exc, note: str = "") -> "Rejection":
+        """The rejection of ``path`` for the typed error ``exc`` (an ``InputError``)."""
+        reason = f"{exc.tag}: {exc.reason}{note}" if exc.tag else f"{exc.reason}{note}"
+        return cls(str(path), reason, type(exc).__name__, exc.tag or "")
 
     def as_dict(self) -> dict:
-        return {"file": self.file, "reason": self.reason}
+        out = {"file": self.file, "reason": self.reason}
+        if self.error:
+            out.update(error=self.error, tag=self.tag or None)
+        return out
 
 
 @dataclass(frozen=True, eq=False)

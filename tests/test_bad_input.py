@@ -700,3 +700,19 @@ def test_a_run_whose_pixels_cannot_be_read_keeps_its_header_dose(tmp_path, capsy
     assert main(["dose", "summary", "--json", str(tmp_path / "s")]) == 0
     study = json.loads(capsys.readouterr().out)
     assert study["events"] == 2 and study["air_kerma_mgy"] == pytest.approx(summary["study_dose"]["air_kerma_mgy"])
+
+
+def test_a_rejection_names_its_error_class_and_tag_for_programs(damaged_study):
+    """Review s15 M2: the typed errors never reached an integrator: a rejection was a file
+    and a text. It now carries the error's class and tag."""
+    from sifluoro import errors
+
+    study = read_study([damaged_study])
+    rejected = list(study.rejected)
+    list(iter_frames(study, rejected, []))
+    by_name = {r.file.rsplit("/", 1)[-1]: r for r in rejected}
+    assert by_name["notes.txt"].error == "NotDicomError" and by_name["notes.txt"].tag == ""
+    assert (by_name["no_rows.dcm"].error, by_name["no_rows.dcm"].tag) == (
+        "MissingAttributeError", "(0028,0010) Rows")
+    assert by_name["truncated.dcm"].as_dict()["error"] == "DamagedPixelDataError"
+    assert all(issubclass(getattr(errors, r.error), errors.InputError) for r in rejected)

@@ -118,7 +118,7 @@ def scan(inputs: Iterable[str | Path]) -> ScanResult:
             run = run_from_dataset(ds, path)
         except InputError as exc:
             log.info("rejected %s", exc)  # returned to the caller, who reports it
-            rejected.append(Rejection(str(path), exc.reason if not exc.tag else f"{exc.tag}: {exc.reason}"))
+            rejected.append(Rejection.of(path, exc))
             continue
         except Exception as exc:  # an odd header the parser did not foresee: lose only this file
             log.exception("rejected %s: unexpected header content", path)
@@ -489,6 +489,6 @@ def iter_frames(study: Study, rejected: list[Rejection],
         except DamagedPixelDataError as exc:
             log.warning("damaged run %s", exc)
             note = f" (frames 1-{used} of {run.n_frames} used)" if used else ""
-            rejected.append(Rejection(run.path, f"{exc.tag}: {exc.reason}{note}"))
+            rejected.append(Rejection.of(run.path, exc, note))
             if lost is not None and used < run.n_frames:
                 lost.append((run, used + 1))

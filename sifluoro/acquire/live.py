@@ -404,8 +404,7 @@ class LiveStudies:
                 self._feed_run(study, run_from_dataset(ds, path))
         except InputError as exc:
             log.warning("study %s: %s", study.uid, exc)
-            study.rejected.append(Rejection(str(path), f"{exc.tag}: {exc.reason}" if exc.tag
-                                            else exc.reason))
+            study.rejected.append(Rejection.of(path, exc))
         except Exception as exc:  # one bad instance must not stop the study
             log.exception("study %s: %s cannot be processed", study.uid, path)
             study.rejected.append(Rejection(str(path), f"cannot be processed "
@@ -469,7 +468,7 @@ class LiveStudies:
         except DamagedPixelDataError as exc:
             log.warning("study %s: damaged run %s", study.uid, exc)
             note = f" (frames 1-{used} of {run.n_frames} used)" if used else ""
-            study.rejected.append(Rejection(run.path, f"{exc.tag}: {exc.reason}{note}"))
+            study.rejected.append(Rejection.of(run.path, exc, note))
             # the frames it lost were exposed all the same: their dose, from the header
             count_lost(state, run, used + 1)
 

@@ -59,7 +59,7 @@ def summarize(paths: Iterable[str | Path], *, settings: DoseSettings | None = No
             report = read_rdsr(path, pydicom.dcmread(path))
         except InputError as exc:
             log.warning("rejected %s", exc)
-            rejected.append(Rejection(path, f"{exc.tag}: {exc.reason}" if exc.tag else exc.reason))
+            rejected.append(Rejection.of(path, exc))
             continue
         reports.setdefault(report.study_instance_uid, []).append(report)
     by_uid: dict[str, StudyDose] = {uid: merge_reports(group) for uid, group in reports.items()}
@@ -89,7 +89,7 @@ def device_report(study: Study, rejected: list[Rejection]) -> StudyDose | None:
             _check_whole(path)  # a copy cut short is read as far as it goes, short of events
             report = read_rdsr(path)
         except InputError as exc:
-            rejected.append(Rejection(path, f"{exc.tag}: {exc.reason}" if exc.tag else exc.reason))
+            rejected.append(Rejection.of(path, exc))
             continue
         if report.study_instance_uid != study.study_instance_uid:
             continue
