@@ -220,7 +220,8 @@ def order_runs(runs: list[Run], rejected: list[Rejection]) -> list[Run]:
         rejected.append(Rejection(
             run.path,
             "(0008,002A) AcquisitionDateTime: no acquisition or content time, so the run "
-            "cannot be placed in the study; export it with its timing attributes"))
+            "cannot be placed in the study; export it with its timing attributes",
+            "MissingAttributeError", "(0008,002A) AcquisitionDateTime"))
     timed.sort(key=lambda r: (r.start_s, header.sort_tiebreak(r)))
     t0 = timed[0].start_s if timed else 0.0
     return [replace(r, start_s=r.start_s - t0, index=i) for i, r in enumerate(timed)]
