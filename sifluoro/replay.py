@@ -50,6 +50,9 @@ def replay(inputs: Iterable[str | Path], *, events_path: str | Path, summary_pat
     settings = settings or Settings()
     t_start = time.perf_counter()
     study = read_study(list(inputs), study_uid=study_uid)
+    log.info("read %d run(s), %d frame(s), %d dose report(s), %d file(s) rejected in %.1f s",
+             len(study.runs), sum(r.n_frames for r in study.runs), len(study.dose_reports),
+             len(study.rejected), time.perf_counter() - t_start)
     pipeline = Pipeline(default_stages(settings) if stages is None else as_stages(stages, settings),
                         settings)
     state = pipeline.start_study(study.study_instance_uid)
@@ -76,6 +79,8 @@ def replay(inputs: Iterable[str | Path], *, events_path: str | Path, summary_pat
     if overlays is not None:
         overlays.close()
     t_end = time.perf_counter()
+    log.info("processed %d frame(s) in %.1f s (%s)", state.frames, t_end - t_stream,
+             ", ".join(state.stage_names) or "dose only")
     lost_frames.rest()
     summary = build_summary(study, state, rejected)
     code = 0 if state.frames else 2
