@@ -92,7 +92,7 @@ def parse_file(path: str | Path, link_key: bytes | None = None) -> ParsedFile:
     try:
         return _pydicom_file(path, sha, size, link_key)
     except InputError as exc:
-        log.warning("rejected %s", exc)
+        log.info("rejected %s", exc)  # the caller reports it ("not taken")
         return ParsedFile(path, sha, size, REJECTED,
                           reason=f"{exc.tag}: {exc.reason}" if exc.tag else exc.reason)
     except Exception as exc:  # an odd file the readers did not foresee: lose only this file
@@ -119,7 +119,7 @@ def _fast_report(path: str, data: bytes, sha: str, link_key: bytes | None) -> Pa
         if SR_CLASS_PREFIX not in data[:META_BYTES]:
             return None  # an image: its header's dose still counts (pydicom reads it)
         # a report: pydicom would read it as far as it goes, short of events
-        log.warning("rejected %s: %s", path, exc)
+        log.info("rejected %s: %s", path, exc)  # the caller reports it
         return ParsedFile(path, sha, len(data), REJECTED,
                           reason=f"{exc}: a copy cut short; copy the file again")
     if ds is None:

@@ -58,7 +58,7 @@ def summarize(paths: Iterable[str | Path], *, settings: DoseSettings | None = No
             _check_whole(path)
             report = read_rdsr(path, pydicom.dcmread(path))
         except InputError as exc:
-            log.warning("rejected %s", exc)
+            log.info("rejected %s", exc)  # the caller reports it
             rejected.append(Rejection.of(path, exc))
             continue
         reports.setdefault(report.study_instance_uid, []).append(report)
