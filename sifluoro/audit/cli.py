@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 from datetime import date
 from pathlib import Path
@@ -29,6 +30,8 @@ def _client(args):
     if not (args.dask or args.scheduler):
         yield None
         return
+    if not getattr(args, "verbose", False):  # Dask's INFO lines are progress, not results
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     from sifluoro.audit.distributed import dask_client
 
     with dask_client(args.scheduler) as client:
