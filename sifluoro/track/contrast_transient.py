@@ -93,6 +93,17 @@ def tap_tables() -> tuple[np.ndarray, ...]:
     return dy, dx, w, np.ascontiguousarray(flank[:, 0]), np.ascontiguousarray(flank[:, 1])
 
 
+def _drop_kept_opacity(zw: np.ndarray, arrival: np.ndarray, newest: np.ndarray,
+                       mask: np.ndarray, bbox: tuple[int, int, int, int],
+                       margin: float) -> None:
+    """Zero the washout z ``zw`` where ``mask`` (opacity still there on ``newest``) lost
+    less than ``margin`` since ``arrival``; only inside ``bbox`` (y0, y1, x0, x1)."""
+    y0, y1, x0, x1 = bbox
+    box = (slice(y0, y1), slice(x0, x1))
+    kept = mask[box] & (arrival[box] - newest[box] < margin)
+    zw[box][kept] = 0.0
+
+
 class TransientLines:
     """Working arrays of one grid shape for :meth:`score` (allocated once)."""
 
@@ -161,7 +172,7 @@ class TransientLines:
 
     def score_history(self, history: np.ndarray, order: np.ndarray, n: int,
                       valid: np.ndarray, *, floor: float = 0.0,
-                      stamps: np.ndarray | None = None) -> float:
+                      stamps: np.ndarray | None = None, stays=None) -> float:
         """Line evidence (z x px) of a vessel that arrived on the third-last of the run's last
         ``n`` (4 or 5) working frames ``history[order[0]] .. history[order[n - 1]]`` (oldest
         first) and had emptied by the last.
@@ -171,15 +182,22 @@ class TransientLines:
         that bound is below ``floor`` the onset is not computed and 0 is returned, so scores
         under ``floor`` read 0. ``stamps[slot]`` (:func:`new_stamp`) names the frame each
         history slot holds: the washout's noise is then kept for :meth:`score_recent`.
+
+        ``stays``, optional ``(mask, bbox, margin)``: opacity still accepted on the newest
+        frame (bool map, its (y0, y1, x0, x1) box on the grid) and the loss (frame units) that
+        counts as washing out. Where that opacity lost less than ``margin`` since the arrival
+        frame, the washout is not counted: a cloud that broadens loses the curvature the ridge
+        filter sees at its centre, not its opacity (a star of "lines" on a growing
+        extravasation, quick training seed 1521 case 5: 47 z x mm).
         """
         if n not in (4, 5):
             raise ValueError(f"the vessel test takes 4 or 5 frames, not {n}")
         return self._score(history, order, n, valid, floor, stamps, order[n - 1],
-                           reuse_noise=False)
+                           reuse_noise=False, stays=stays)
 
     def score_recent(self, history: np.ndarray, order: np.ndarray, n: int,
                      valid: np.ndarray, *, floor: float = 0.0,
-                     stamps: np.ndarray | None = None) -> float:
+                     stamps: np.ndarray | None = None, stays=None) -> float:
         """Line evidence (z x px) of a vessel that arrived on the second-last of the run's last
         ``n`` (4 or 5) frames and is fading on the last: :meth:`score_history` one frame
         earlier, with ``washout = x[a] - x[a+1]`` and the onset against ``x[a-2], x[a-1]``.
@@ -193,6 +211,7 @@ class TransientLines:
         measuring it again, which is half the cost of a test. Its own washout's line raises
         its own local noise, the other washout holds less of it: a vessel scores about twice
         as high this way, so its threshold is higher (contrast_classify.RECENT_LINE_MM).
+        ``stays``: as for :meth:`score_history`.
         """
         if n not in (4, 5):
             raise ValueError(f"the vessel test takes 4 or 5 frames, not {n}")
@@ -200,7 +219,7 @@ class TransientLines:
         o[0], o[1], o[2], o[3], o[4] = (order[n - 4], order[n - 3], order[n - 2], order[n - 2],
                                         order[n - 1])
         return self._score(history, o, FRAMES, valid, floor, stamps, order[n - 1],
-                           reuse_noise=True)
+                           reuse_noise=True, stays=stays)
 
     def score_late(self, history: np.ndarray, order: np.ndarray, n: int, valid: np.ndarray, *,
                    floor: float = 0.0, stamps: np.ndarray | None = None) -> float:
@@ -219,7 +238,7 @@ class TransientLines:
                            reuse_noise=False, late=True)
 
     def _score(self, history, order, n, valid, floor, stamps, newest, *, reuse_noise,
-               late=False) -> float:
+               late=False, stays=None) -> float:
         self._mask(valid)
         # the washout x[a] - x[n-1] straight into the ridge filter; the onset only when the
         # washout can reach the floor
@@ -249,6 +268,9 @@ class TransientLines:
                                             self.bins[r], self.rowsum[r], self.colsum,
                                             self.w_divisor[r]))
             self.w_of = noise_of
+        if stays is not None:
+            _drop_kept_opacity(self.ridge_w, history[order[n - 3]], history[order[n - 1]],
+                               *stays)
         if floor > 0.0 and K.best_line(zw, zw, validf, LOW_Z, HIGH_Z, self.seen[r],
                                        self.stack) < floor:
             return 0.0

@@ -456,3 +456,41 @@ def test_an_onset_seen_by_the_recent_test_is_reused_exactly_on_the_next_frame(mo
         reused += filtered.count(True) - onsets == 1
         best = max(best, *want)
     assert reused == 12 and best > 30.0       # every frame but the first test's
+
+
+def _broadening_blob(widths_px, *, amp=0.3, seed=0):
+    """Five frames: nothing twice, then a dense blob of the same peak that broadens (a cloud
+    of extravasation while injecting), and the last blob's area (where opacity stays)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:SHAPE[0], :SHAPE[1]].astype(np.float32)
+    r2 = (xx - 64.0) ** 2 + (yy - 64.0) ** 2
+    frames = [0.5 + noise for noise in 0.01 * rng.standard_normal((2,) + SHAPE)]
+    frames += [0.5 + amp * np.exp(-0.5 * r2 / w ** 2) + 0.01 * rng.standard_normal(SHAPE)
+               for w in widths_px]
+    return np.stack(frames).astype(np.float32), np.exp(-0.5 * r2 / widths_px[-1] ** 2) > 0.1
+
+
+@pytest.mark.parametrize("widths", [(2, 4, 6), (2, 3, 4)])
+def test_a_broadening_cloud_that_keeps_its_opacity_is_no_washout(widths):
+    """Its centre loses the curvature the ridge filter sees, not opacity: without the opacity
+    that stays, the history test reads a vessel (training seed 1521 case 5: 47 z x mm)."""
+    history, stays = _broadening_blob(widths)
+    valid = np.ones(SHAPE, bool)
+    assert TransientLines(SHAPE).score_history(history, np.arange(5), 5, valid) > 20.0
+    kept = (stays, (0, SHAPE[0], 0, SHAPE[1]), 0.01)
+    assert TransientLines(SHAPE).score_history(history, np.arange(5), 5, valid,
+                                               stays=kept) < 10.0
+
+
+def test_a_vessel_that_empties_over_opacity_that_stays_still_scores():
+    """The loss is measured, not the place: a line that washes out across a steady cloud."""
+    yy, xx = np.mgrid[:SHAPE[0], :SHAPE[1]].astype(np.float32)
+    cloud = 0.05 * np.exp(-0.5 * ((xx - 64.0) ** 2 + (yy - 64.0) ** 2) / 20.0 ** 2)
+    history = np.stack(_frames([0, 0, 1, 1, 0.2]))
+    history[2:] += cloud.astype(np.float32)
+    stays = ((xx - 64.0) ** 2 + (yy - 64.0) ** 2) < 30.0 ** 2
+    kept = (stays, (0, SHAPE[0], 0, SHAPE[1]), 0.01)
+    valid = np.ones(SHAPE, bool)
+    plain = TransientLines(SHAPE).score_history(history, np.arange(5), 5, valid)
+    masked = TransientLines(SHAPE).score_history(history, np.arange(5), 5, valid, stays=kept)
+    assert plain > 30.0 and masked > 0.8 * plain
