@@ -31,6 +31,9 @@ _BORDER_PX = 3
 WASHOUT_AGE = 4
 WASHOUT_MIN_MM2 = 150.0
 WASHOUT_FRACTION = 0.35
+# a vessel test's washout inside opacity accepted on the current frame counts only where the
+# opacity lost at least this many residual noise sigmas since its arrival frame
+KEPT_OPACITY_LOSS_Z = 1.0
 
 
 @dataclass(frozen=True)
@@ -324,7 +327,14 @@ class ContrastStage:
             rm.opacity_age += 1
         memory.last_opacities = accepted
         rm.remember(b.current)
-        vessel_mm = self._vessel_mm(memory, b, work_mm)
+        stays = None
+        if accepted:
+            y0 = min(o.bbox_xyxy[1] for o in accepted) // factor
+            y1 = max(o.bbox_xyxy[3] for o in accepted) // factor + 1
+            x0 = min(o.bbox_xyxy[0] for o in accepted) // factor
+            x1 = max(o.bbox_xyxy[2] for o in accepted) // factor + 1
+            stays = (rm.opaque, (y0, y1, x0, x1), KEPT_OPACITY_LOSS_Z * sigma)
+        vessel_mm = self._vessel_mm(memory, b, work_mm, stays)
         joint = getattr(register, "joint_polyline_xy", None) if register is not None else None
         memory.classifier.update(frame.index, accepted, vessel_mm, joint, washed_out=washed_out)
         if accepted:
@@ -400,7 +410,8 @@ class ContrastStage:
             return False          # the field moved or closed over it: no evidence either way
         return float(b.score[still].mean()) <= WASHOUT_FRACTION * rm.opaque_z
 
-    def _vessel_mm(self, memory: _StudyMemory, b: _Buffers, work_mm: float) -> float:
+    def _vessel_mm(self, memory: _StudyMemory, b: _Buffers, work_mm: float,
+                   stays=None) -> float:
         """Evidence (z x mm) of a thin line that appeared two frames ago and has gone again, or
         appeared on the previous frame and is going (:mod:`sifluoro.track.contrast_transient`);
         0 until the run has 4 frames, and 0 below ``VASCULAR_LINE_MM`` (the first) and
@@ -422,14 +433,14 @@ class ContrastStage:
             if n >= 4:
                 order = rm.history_order[end - n:end]
                 best = max(best, t.score_history(rm.history, order, n, b.valid, floor=floor,
-                                                 stamps=rm.history_stamp))
+                                                 stamps=rm.history_stamp, stays=stays))
                 if k == 0:
                     # the vessel that arrived on the previous frame, a frame sooner when it
                     # already fades; it counts from RECENT_LINE_MM, and is put on the first
                     # test's scale (its own line does not raise its noise: about 2x the
                     # score), so that the evidence and confidence do not depend on which fired
                     recent = t.score_recent(rm.history, order, n, b.valid, floor=floor_recent,
-                                            stamps=rm.history_stamp)
+                                            stamps=rm.history_stamp, stays=stays)
                     if recent >= floor_recent:
                         best = max(best, recent * (VASCULAR_LINE_MM / RECENT_LINE_MM))
                     # the faint vessel still a third to half there two frames on: a frame

@@ -66,6 +66,15 @@ SHAPE_FRAMES = 3
 DOMINANT_SHARE = 0.8
 # a roundish cloud: extravasation (its clouds 1.0-2.2 on their last frames, joint fill 4-20)
 ROUND_ELONGATION = 2.5
+# a vessel tree on the frame it fills: a new line this long whose core is this thin (share of
+# core pixels on its edge; 1-2 px wide lines near 1) is vascular at once, a frame before any
+# washout test can see it empty. Quick training seeds 1401-1403, 1521, 1522: 4 vessels showed
+# such a first line (0.78-0.88); joint fill and clouds reached 0.74 at most (a joint line of
+# 22 mm), most 0.35-0.65; on seed 1523 (not looked at) nothing changed
+VESSEL_EDGE_FRACTION = 0.75
+VESSEL_MIN_LENGTH_MM = 25.0
+VESSEL_NEW_FRACTION = 0.9
+VESSEL_ONSET_CONFIDENCE = 0.55
 
 
 @dataclass(frozen=True)
@@ -208,6 +217,14 @@ class Classifier:
                 and o.negative_ratio <= DENSE_DOT_NEGATIVE)
 
     @staticmethod
+    def vessel_onset(o: Opacity) -> bool:
+        """A long, thin line that appeared all at once: a vessel tree filling (joint fill
+        grows from a blob or a broader line at the tip, clouds are broad)."""
+        return (o.kind == "line" and o.new_fraction >= VESSEL_NEW_FRACTION
+                and o.length_mm >= VESSEL_MIN_LENGTH_MM
+                and o.edge_fraction >= VESSEL_EDGE_FRACTION)
+
+    @staticmethod
     def _gas_like(o: Opacity) -> bool:
         """Modest opacity with a dark lobe beside it: a bubble moved beyond the reference."""
         return o.negative_ratio > 0.5 and o.peak_z < 20.0
@@ -221,7 +238,8 @@ class Classifier:
         """Fold one frame's evidence into the state.
 
         Line evidence of at least ``VASCULAR_LINE_MM`` (a thin line that appeared and washed
-        out) is vascular uptake. Otherwise the
+        out) is vascular uptake, and so is an accepted long thin line that appeared all at once
+        (:meth:`vessel_onset`). Otherwise the
         densest opacity decides: a line along the joint is intra-articular filling (a separate
         roundish pool beside it is the inferior recess), clouds alone are extravasation.
         """
@@ -233,6 +251,10 @@ class Classifier:
             # new opacity that emptied from one frame to the next: only blood carries it away
             self.vascular_evidence = max(self.vascular_evidence, 0.6)
             self._raise("vascular", 0.6)
+        if any(self.vessel_onset(o) for o in accepted):
+            # safety first: credible vascular evidence alerts at once, at modest confidence
+            self.vascular_evidence = max(self.vascular_evidence, VESSEL_ONSET_CONFIDENCE)
+            self._raise("vascular", VESSEL_ONSET_CONFIDENCE)
         if not accepted:
             return
         line_iodine = sum(o.iodine_au for o in accepted if o.kind == "line")

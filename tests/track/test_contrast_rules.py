@@ -261,3 +261,33 @@ def test_many_specks_above_a_line_leave_the_line_labelled():
     assert len(np.unique(labels[80, 10:110])) == 1 and labels[80, 10] > 0
     assert len(np.unique(labels[100, 20:25])) == 1 and labels[100, 20] > 0
     assert len(np.unique(labels[labels > 0])) == n  # numbered 1..n without gaps
+
+
+def _line(length_mm: float, edge_fraction: float, new_fraction: float = 1.0,
+          width_mm: float = 2.9) -> Opacity:
+    return Opacity(kind="line", area_mm2=length_mm * width_mm * 3.5, length_mm=length_mm,
+                   width_mm=width_mm, elongation=6.0, edge_fraction=edge_fraction, peak_z=27.0,
+                   mean_z=8.5, new_fraction=new_fraction, core_area_mm2=length_mm * width_mm,
+                   core_mass_fraction=0.5, negative_ratio=0.0, iodine_au=3.0,
+                   centroid_xy=(50.0, 50.0), bbox_xyxy=(30, 20, 70, 80))
+
+
+def test_a_long_thin_line_that_appears_at_once_is_vascular_on_that_frame():
+    """A vessel tree fills within a frame (training seed 1521 case 6: a 32 mm line, 79 % of
+    its core on its edge): the alert comes at once, not a frame later when it washes out."""
+    c = Classifier()
+    c.update(0, (_line(32.0, 0.79),), 0.0, None)
+    assert c.state == "vascular"
+    alert = c.take_alert()
+    assert alert is not None and 0.5 <= alert["confidence"] < 0.6
+
+
+@pytest.mark.parametrize("opacity", [
+    _line(32.0, 0.55, width_mm=4.8),          # joint fill's first frame: a broader line
+    _line(22.5, 0.72),                        # a short thin joint line (seed 1403 case 2)
+    _line(32.0, 0.79, new_fraction=0.3),      # a thin line that grew from last frame's
+])
+def test_broader_shorter_or_growing_lines_are_joint_fill_not_a_vessel(opacity):
+    c = Classifier()
+    c.update(0, (opacity,), 0.0, None)
+    assert c.state == "intra_articular" and c.take_alert() is None

@@ -62,7 +62,8 @@ class Phantom:
 
     def frame(self, t: int, *, gas_shift_px: float, needle_len_px: float | None = None,
               joint_reach_px: float = 0.0, cloud: float = 0.0, vessel: float = 0.0,
-              field_top_px: int = 0, bone_gain: float = 1.0) -> np.ndarray:
+              field_top_px: int = 0, bone_gain: float = 1.0,
+              blob_px: float = 0.0) -> np.ndarray:
         a = self.base.copy()
         if bone_gain != 1.0:
             # another technique (kV, filtration) or processing: bone against soft tissue
@@ -86,6 +87,10 @@ class Phantom:
             for dx, dy, s in ((-25, 5, 16), (20, -10, 14), (5, 25, 18), (-10, -25, 12)):
                 a += cloud * np.exp(-((self.xx - TIP_XY[0] - dx) ** 2 + (self.yy - TIP_XY[1] - dy) ** 2)
                                     / (2 * s * s))
+        if blob_px > 0:
+            # a dense bolus at the tip, as dense at the centre as it broadens
+            a += 0.3 * np.exp(-((self.xx - TIP_XY[0]) ** 2 + (self.yy - TIP_XY[1]) ** 2)
+                              / (2 * blob_px * blob_px))
         if vessel > 0:
             a[self.vessel] += 0.25 * vessel
         noise = np.random.default_rng([self.rng_seed, t]).normal(0.0, 0.02, a.shape)
@@ -206,6 +211,18 @@ def test_extravasation_in_a_run_of_other_processing_than_the_needle_runs(phantom
     assert out[:2] == ["none", "none"]
     assert state.contrast_state == "extravasation" and out.index("extravasation") <= 4
     assert set(out[out.index("extravasation"):]) == {"extravasation"}
+
+
+@pytest.mark.parametrize("widths_px", [(3, 5, 7, 9, 11, 13), (4, 8, 12, 16, 20, 22, 24)])
+def test_a_dense_bolus_that_broadens_is_extravasation_not_a_vessel(phantom, widths_px):
+    """Its centre loses the curvature the vessel test's ridge filter sees, not its opacity
+    (training seed 1521 case 5: a false vascular alert on a growing extravasation)."""
+    frames = _contrast_run(12, 2)
+    for k in range(2, 12):
+        frames[k]["blob_px"] = float(widths_px[min(k - 2, len(widths_px) - 1)])
+    events, state = _replay(phantom, _needle_runs() + [frames])
+    assert state.contrast_state == "extravasation"
+    assert not any("alerts" in e for e in events)
 
 
 def _vessel_course(arrival: int):
