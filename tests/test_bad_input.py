@@ -716,3 +716,14 @@ def test_a_rejection_names_its_error_class_and_tag_for_programs(damaged_study):
         "MissingAttributeError", "(0028,0010) Rows")
     assert by_name["truncated.dcm"].as_dict()["error"] == "DamagedPixelDataError"
     assert all(issubclass(getattr(errors, r.error), errors.InputError) for r in rejected)
+
+
+def test_a_file_cut_inside_its_header_says_so(tmp_path):
+    """Review s15 M3: a file cut before (0028,0010) Rows was called a header without Rows,
+    pointing the user at the wrong fix."""
+    (path,) = write_study(tmp_path, [RunSpec(0.0)])
+    data = path.read_bytes()
+    path.write_bytes(data[:data.index(b"\x28\x00\x10\x00")])  # cut just before Rows
+    [rejection] = read_study([tmp_path]).rejected
+    assert "cut short inside its header" in rejection.reason
+    assert rejection.error == "DamagedPixelDataError" and rejection.tag == "(0028,0010) Rows"

@@ -351,8 +351,14 @@ def run_from_dataset(ds: Dataset, path: str | Path) -> Run:
             reader = pixel_readers.read_native
         else:
             offset, reader = pixel_tag_at, pixel_readers.read_encapsulated_cut
-    else:
-        fields = header.parse(ds, path)
+    else:  # the file ends before its pixel data
+        try:
+            fields = header.parse(ds, path)
+        except MissingAttributeError as exc:  # most likely cut inside its header: say so
+            raise DamagedPixelDataError(
+                f"{exc.reason}: the file ends before its pixel data, so it was most likely cut "
+                "short inside its header (an interrupted transfer?); send or export it again",
+                path=path, tag=exc.tag) from exc
         offset, reader = None, pixel_readers.read_none
     refused = syntax_refused or fields.pixels_refused
     if refused:
