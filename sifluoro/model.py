@@ -114,6 +114,9 @@ class Run:
     #: the run's start as its header gives it (wall clock; a UTC offset when given): matched
     #: with a dose report's event times, which ``start_s`` (relative to the study) cannot be
     started_at: datetime | None = None
+    #: no usable frame timing: the time its frames stand for is unknown (not 0), its
+    #: fluoroscopy time not counted (totals with it are lower bounds)
+    timing_unknown: bool = False
     read_frames: Callable[["Run"], Iterator[np.ndarray]] | None = field(default=None, repr=False)
 
     @property

@@ -151,6 +151,8 @@ def build_summary(study: Study, state, rejected: list[Rejection]) -> dict:
         "dose_source": state.dose.source,
         # runs whose air kerma or DAP is unknown: not in the totals, which are lower bounds
         "runs_dose_unknown": state.dose.runs_dose_unknown,
+        # runs without usable frame timing: their time is not in the times (lower bounds)
+        "runs_time_unknown": state.dose.runs_time_unknown,
         "contrast_state": state.contrast_study_state,
         "stages": list(state.stage_names),
         "rejected_files": [r.as_dict() for r in rejected],

@@ -727,3 +727,25 @@ def test_a_file_cut_inside_its_header_says_so(tmp_path):
     [rejection] = read_study([tmp_path]).rejected
     assert "cut short inside its header" in rejection.reason
     assert rejection.error == "DamagedPixelDataError" and rejection.tag == "(0028,0010) Rows"
+
+
+def test_a_run_without_frame_timing_has_an_unknown_time_not_zero(tmp_path, capsys):
+    """Review s15 H3: its rejection says the time is unknown, yet dose summary, the registry
+    (and its fluoroscopy-time medians) and replay gave 0.0 s."""
+    import sqlite3
+
+    (path,) = write_study(tmp_path / "s", [RunSpec(0.0)])
+    ds = pydicom.dcmread(path)
+    del ds.FrameTime
+    del ds.FrameIncrementPointer
+    ds.save_as(path)
+    assert main(["dose", "summary", "--json", str(tmp_path / "s")]) == 0
+    study = json.loads(capsys.readouterr().out)
+    assert study["fluoro_time_s"] is None and study["air_kerma_mgy"] > 0
+    assert main(["audit", "ingest", str(tmp_path / "s"), "--db", str(tmp_path / "r.db"), "-q"]) == 0
+    with sqlite3.connect(tmp_path / "r.db") as db:
+        assert db.execute("select fluoro_time_s from studies").fetchall() == [(None,)]
+    main(["replay", str(tmp_path / "s"), "--events", str(tmp_path / "e.jsonl"), "--summary",
+          str(tmp_path / "s.json"), "--rdsr", str(tmp_path / "r.dcm"), "-q"])
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["runs_time_unknown"] == 1 and summary["lost_frames"]["frames"] == 3

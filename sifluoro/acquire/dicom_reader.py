@@ -389,6 +389,7 @@ def run_from_dataset(ds: Dataset, path: str | Path) -> Run:
         pixel_intensity_sign=fields.pixel_intensity_sign,
         pixel_intensity_relationship=fields.pixel_intensity_relationship,
         pixel_offset=offset,
+        timing_unknown=fields.timing_unknown,
         read_frames=reader,
     )
 

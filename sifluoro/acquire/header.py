@@ -60,6 +60,7 @@ class HeaderFields:
     # still counts)
     pixels_refused: tuple[str, str] | None = None
     started_at: datetime | None = None  # ``start_s`` as the header's date and time
+    timing_unknown: bool = False  # no usable frame timing (``frame_intervals_ms`` are 0)
 
 
 class _Lookup:
@@ -208,12 +209,14 @@ def parse(ds: Dataset, path: str, *, pixel_bytes: int | None = None,
     frame_bytes = rows * columns * (bits_allocated // 8)
     n_frames = _frames_present(_number_of_frames(look, path, frame_bytes, pixel_bytes),
                                frame_bytes, pixel_bytes, fragments, path)
+    timing_unknown = False
     try:
         offsets_s, intervals_ms, start = _timing(look, n_frames, path)
     except InputError as exc:
         # the frames cannot be placed in time, but they were exposed: refused as frames, their
         # dose counted (as lost, from the header); the time each stands for is unknown
         offsets_s, intervals_ms, start = (0.0,) * n_frames, (0.0,) * n_frames, run_start(look)
+        timing_unknown = True
         pixels_refused = pixels_refused or (
             exc.tag, f"{exc.reason}; its fluoroscopy time is unknown and not counted")
     technique = _technique(look, n_frames, rows, columns, intervals_ms, path)
@@ -240,6 +243,7 @@ def parse(ds: Dataset, path: str, *, pixel_bytes: int | None = None,
         pixel_intensity_sign=_int_or_none(look.raw("PixelIntensityRelationshipSign")),
         pixel_intensity_relationship=look.text("PixelIntensityRelationship") or None,
         pixels_refused=pixels_refused,
+        timing_unknown=timing_unknown,
     )
 
 

@@ -574,6 +574,12 @@ class DoseAccumulator:
                    if "none" in (t.dose.source, t.dose.air_kerma_source, t.dose.dap_source))
 
     @property
+    def runs_time_unknown(self) -> int:
+        """How many runs counted so far have no usable frame timing: their fluoroscopy or
+        acquisition time is unknown and left out of the times, which are then lower bounds."""
+        return sum(1 for t in self._tallies.values() if t.run.timing_unknown)
+
+    @property
     def srdl_exceeded(self) -> tuple[str, ...]:
         """Which substantial radiation dose levels the study has reached, in a fixed order."""
         return tuple(k[len("srdl_"):] for k in ("srdl_air_kerma", "srdl_dap", "srdl_fluoro_time")
@@ -771,6 +777,7 @@ def event_uid(run: Run) -> str:
 
 def _event(tally: _RunTally, settings: DoseSettings) -> IrradiationEvent:
     run, tech = tally.run, tally.run.technique
+    timed = not run.timing_unknown  # else no time is given: unknown, not 0
     area_det = field_area_cm2_at_detector(tech, run.rows, run.columns)
     return IrradiationEvent(
         event_uid=event_uid(run),
@@ -785,11 +792,11 @@ def _event(tally: _RunTally, settings: DoseSettings) -> IrradiationEvent:
         dap_source=tally.dose.dap_source,
         kvp=tech.kvp,
         tube_current_ma=tech.tube_current_ma,
-        pulse_width_ms=tech.pulse_width_ms,
+        pulse_width_ms=tech.pulse_width_ms if timed else None,
         pulse_rate_per_s=tech.pulse_rate_per_s,
-        n_pulses=round(tally.frames * tech.pulses_per_frame),
-        irradiation_duration_s=tally.time_s,
-        exposure_time_ms=tech.exposure_time_ms,
+        n_pulses=round(tally.frames * tech.pulses_per_frame) if timed else None,
+        irradiation_duration_s=tally.time_s if timed else None,
+        exposure_time_ms=tech.exposure_time_ms if timed else None,
         exposure_mas=tech.exposure_mas,
         filter_al_mm=tech.filter_al_mm,
         filter_cu_mm=tech.filter_cu_mm,
