@@ -52,6 +52,9 @@ class NeedleSettings:
         Length of shaft near the tip used to refit the axis (handles bending).
     tip_window_mm : float
         Half-length of the window along the axis searched for the tip.
+    tip_shear_mm : float
+        Largest shift along the axis of the tip profile's flanks (a background edge crossing
+        the shaft obliquely, down to about 30 degrees to it at the 1.6 mm flanks).
     track_margin_mm : float
         Margin of the tracking region around the predicted needle.
     avg_frames : int
@@ -191,6 +194,7 @@ class NeedleSettings:
     extend_mm: float = 20.0
     fit_mm: float = 20.0
     tip_window_mm: float = 6.0
+    tip_shear_mm: float = 3.0
     track_margin_mm: float = 6.0
     avg_frames: int = 8
     flank_mm: float = 1.5
@@ -429,7 +433,14 @@ def refine_tip(image: np.ndarray, tip_xy: np.ndarray, dir_xy: np.ndarray, spacin
     start = tip - u * back_px
     prof = buf.setdefault(("prof", n), np.empty(n, np.float64))
     offset = max(2.0, 1.6 / spacing_mm)
-    K.line_contrast(image, start[0], start[1], u[0], u[1], sub, offset, prof)
+    # flanks sheared to follow an edge or band crossing the shaft obliquely (a joint margin,
+    # a cortex): unsheared, the crossing leaves a fall in the contrast that takes the tip
+    # (shifts and their comparison on a 1-pixel grid: the flanks are smooth on that scale)
+    stride = int(round(1.0 / sub))
+    shear = stride * int(round(settings.tip_shear_mm / spacing_mm))
+    flanks = buf.setdefault(("flanks", n, shear), np.empty((4, n + 4 * shear), np.float64))
+    K.sheared_contrast(image, start[0], start[1], u[0], u[1], sub, offset, shear, stride, flanks,
+                       prof)
     lo = int((back_px - win_px) / sub)
     i, _ = K.step_location(prof, max(lo, 4), n - 4)
     shaft = float(np.median(prof[:i])) if i > 0 else 0.0
