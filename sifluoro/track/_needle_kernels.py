@@ -193,12 +193,13 @@ def _pair_mismatch(a, b, s, m, n, stride):
 
 
 @njit(cache=True, nogil=True)
-def sheared_contrast(img, x0, y0, ux, uy, step, offset, max_shift, stride, flanks, out):
+def sheared_contrast(img, x0, y0, ux, uy, step, offset, max_shift, stride, gain, flanks, out):
     """Line contrast along an axis against flanks sheared along it: ``out[i] = I(p_i) -
     (I(p_{i-s} + offset n) + I(p_{i+s} - offset n)) / 2``, ``p_i = (x0, y0) + i step u``,
     ``n`` the unit normal. ``s``, a multiple of ``stride`` in ``[-max_shift, max_shift]``,
     best aligns the flanks at ``offset`` (shift ``s``) and at ``2 offset`` (shift ``2 s``),
-    compared on every ``stride``-th station: a straight
+    compared on every ``stride``-th station, and with a mismatch below ``gain`` times the
+    unsheared one (else ``s = 0``): a straight
     background edge or band crossing the axis obliquely then falls on the centre and both
     flanks at the same station and cancels, where unsheared flanks see it elsewhere and
     leave a step in the contrast. ``flanks`` is scratch of shape (4, >= n + 4 max_shift).
@@ -216,7 +217,7 @@ def sheared_contrast(img, x0, y0, ux, uy, step, offset, max_shift, stride, flank
         flanks[3, j] = bilinear(img, px - 2.0 * offset * nx, py - 2.0 * offset * ny)
     best = 1e30
     best_s = 0
-    # shifts in order of size, so that ties (a flat background) keep the unsheared flanks
+    v0 = 0.0
     for k in range(0, max_shift + 1, stride):
         for sign in (1, -1):
             s = sign * k
@@ -224,9 +225,15 @@ def sheared_contrast(img, x0, y0, ux, uy, step, offset, max_shift, stride, flank
                 continue
             v = (_pair_mismatch(flanks[0], flanks[1], s, m, n, stride)
                  + _pair_mismatch(flanks[2], flanks[3], 2 * s, m, n, stride))
+            if k == 0:
+                v0 = v
             if v < best:
                 best = v
                 best_s = s
+    # on texture or noise alone some shift always fits a little better: shear only when the
+    # flanks align clearly better than unsheared
+    if best >= gain * v0:
+        best_s = 0
     for i in range(n):
         c = bilinear(img, x0 + i * step * ux, y0 + i * step * uy)
         out[i] = c - 0.5 * (flanks[0, i - best_s + m] + flanks[1, i + best_s + m])
@@ -718,7 +725,7 @@ def warm_up(shape: tuple[int, int]) -> None:
     prof = np.empty(8, np.float64)
     line_contrast(img, 1.0, 1.0, 1.0, 0.0, 1.0, 2.0, prof)
     line_contrast(img.astype(np.float64), 1.0, 1.0, 1.0, 0.0, 1.0, 2.0, prof)
-    sheared_contrast(img, 1.0, 1.0, 1.0, 0.0, 1.0, 2.0, 2, 2, np.empty((4, 16)), prof)
+    sheared_contrast(img, 1.0, 1.0, 1.0, 0.0, 1.0, 2.0, 2, 2, 0.8, np.empty((4, 16)), prof)
     cross_peaks(img, 1.0, 1.0, 1.0, 0.0, 1.0, 2, prof)
     cross_peaks(out, 1.0, 1.0, 1.0, 0.0, 1.0, 2, prof)
     step_location(prof, 1, 7)

@@ -59,7 +59,7 @@ def test_tip_on_a_flat_background_is_not_moved_by_the_shear():
     assert math.dist(got[0], TIP_XY) * SPACING_MM <= 0.3
 
 
-def _sheared_reference(img, x0, y0, ux, uy, step, offset, max_shift, stride, n):
+def _sheared_reference(img, x0, y0, ux, uy, step, offset, max_shift, stride, gain, n):
     """NumPy reference of K.sheared_contrast: every shift a multiple of ``stride``."""
     j = np.arange(-2 * max_shift, n + 2 * max_shift)
     px, py = x0 + j * step * ux, y0 + j * step * uy
@@ -76,25 +76,28 @@ def _sheared_reference(img, x0, y0, ux, uy, step, offset, max_shift, stride, n):
     shifts = sorted([k * sign for k in range(0, max_shift + 1, stride) for sign in (1, -1)
                      if k or sign > 0], key=lambda s: (abs(s), -s))
     cost = [mismatch(f[0], f[1], s) + mismatch(f[2], f[3], 2 * s) for s in shifts]
-    s = shifts[int(np.argmin(cost))]
+    s = shifts[int(np.argmin(cost))] if min(cost) < gain * cost[0] else 0
     centre = samp(0.0, 0.0)[m:m + n]
     k = np.arange(n)
     return s, centre - 0.5 * (f[0][k - s + m] + f[1][k + s + m])
 
 
-@pytest.mark.parametrize("seed,angle_deg,stride", [(1, 35.0, 4), (2, -50.0, 2), (3, 70.0, 1)])
-def test_sheared_contrast_matches_reference(seed, angle_deg, stride):
+@pytest.mark.parametrize("seed,angle_deg,stride,gain", [(1, 35.0, 4, 0.8), (2, -50.0, 2, 1.0),
+                                                        (3, 70.0, 1, 0.5), (4, 0.0, 4, 0.8)])
+def test_sheared_contrast_matches_reference(seed, angle_deg, stride, gain):
     img = _image("band", 130.0, angle_deg, seed)
     n, max_shift = 120, 20
     out = np.empty(n, np.float64)
     flanks = np.empty((4, n + 4 * max_shift), np.float64)
     ux, uy = math.cos(0.05), math.sin(0.05)
-    s = K.sheared_contrast(img, 100.0, 98.0, ux, uy, 0.25, 5.0, max_shift, stride, flanks, out)
-    s_ref, ref = _sheared_reference(img, 100.0, 98.0, ux, uy, 0.25, 5.0, max_shift, stride, n)
+    s = K.sheared_contrast(img, 100.0, 98.0, ux, uy, 0.25, 5.0, max_shift, stride, gain, flanks,
+                           out)
+    s_ref, ref = _sheared_reference(img, 100.0, 98.0, ux, uy, 0.25, 5.0, max_shift, stride, gain,
+                                    n)
     assert s == s_ref
     np.testing.assert_allclose(out, ref, rtol=1e-9, atol=1e-9)
     # no shear: the plain line contrast
     plain = np.empty(n, np.float64)
     K.line_contrast(img, 100.0, 98.0, ux, uy, 0.25, 5.0, plain)
-    K.sheared_contrast(img, 100.0, 98.0, ux, uy, 0.25, 5.0, 0, stride, flanks, out)
+    K.sheared_contrast(img, 100.0, 98.0, ux, uy, 0.25, 5.0, 0, stride, gain, flanks, out)
     np.testing.assert_allclose(out, plain, rtol=1e-9, atol=1e-12)
