@@ -193,17 +193,18 @@ def _pair_mismatch(a, b, s, m, n, stride):
 
 
 @njit(cache=True, nogil=True)
-def sheared_contrast(img, x0, y0, ux, uy, step, offset, max_shift, stride, gain, flanks, out):
+def sheared_contrast(img, x0, y0, ux, uy, step, offset, max_shift, stride, gain, flanks, out,
+                     plain):
     """Line contrast along an axis against flanks sheared along it: ``out[i] = I(p_i) -
     (I(p_{i-s} + offset n) + I(p_{i+s} - offset n)) / 2``, ``p_i = (x0, y0) + i step u``,
     ``n`` the unit normal. ``s``, a multiple of ``stride`` in ``[-max_shift, max_shift]``,
     best aligns the flanks at ``offset`` (shift ``s``) and at ``2 offset`` (shift ``2 s``),
     compared on every ``stride``-th station, and with a mismatch below ``gain`` times the
-    unsheared one (else ``s = 0``): a straight
-    background edge or band crossing the axis obliquely then falls on the centre and both
-    flanks at the same station and cancels, where unsheared flanks see it elsewhere and
-    leave a step in the contrast. ``flanks`` is scratch of shape (4, >= n + 4 max_shift).
-    Returns ``s``."""
+    unsheared one (else ``s = 0``). A straight background edge or band crossing the axis
+    obliquely then falls on the centre and both flanks at the same station and cancels, where
+    unsheared flanks see it elsewhere and leave a step in the contrast. ``flanks`` is scratch
+    of shape (4, >= n + 4 max_shift). ``plain`` receives the unsheared contrast (as
+    :func:`line_contrast`). Returns ``s``."""
     n = out.shape[0]
     m = 2 * max_shift
     nx = -uy
@@ -237,6 +238,7 @@ def sheared_contrast(img, x0, y0, ux, uy, step, offset, max_shift, stride, gain,
     for i in range(n):
         c = bilinear(img, x0 + i * step * ux, y0 + i * step * uy)
         out[i] = c - 0.5 * (flanks[0, i - best_s + m] + flanks[1, i + best_s + m])
+        plain[i] = c - 0.5 * (flanks[0, i + m] + flanks[1, i + m])
     return best_s
 
 
@@ -725,7 +727,10 @@ def warm_up(shape: tuple[int, int]) -> None:
     prof = np.empty(8, np.float64)
     line_contrast(img, 1.0, 1.0, 1.0, 0.0, 1.0, 2.0, prof)
     line_contrast(img.astype(np.float64), 1.0, 1.0, 1.0, 0.0, 1.0, 2.0, prof)
-    sheared_contrast(img, 1.0, 1.0, 1.0, 0.0, 1.0, 2.0, 2, 2, 0.8, np.empty((4, 16)), prof)
+    sheared_contrast(img, 1.0, 1.0, 1.0, 0.0, 1.0, 2.0, 2, 2, 0.8, np.empty((4, 16)), prof,
+                     np.empty(8, np.float64))
+    sheared_contrast(img.astype(np.float64), 1.0, 1.0, 1.0, 0.0, 1.0, 2.0, 2, 2, 0.8,
+                     np.empty((4, 16)), prof, np.empty(8, np.float64))
     cross_peaks(img, 1.0, 1.0, 1.0, 0.0, 1.0, 2, prof)
     cross_peaks(out, 1.0, 1.0, 1.0, 0.0, 1.0, 2, prof)
     step_location(prof, 1, 7)

@@ -444,10 +444,13 @@ def refine_tip(image: np.ndarray, tip_xy: np.ndarray, dir_xy: np.ndarray, spacin
     stride = int(round(1.0 / sub))
     shear = stride * int(round(settings.tip_shear_mm / spacing_mm))
     flanks = buf.setdefault(("flanks", n, shear), np.empty((4, n + 4 * shear), np.float64))
+    plain = buf.setdefault(("plain", n), np.empty(n, np.float64))
     K.sheared_contrast(image, start[0], start[1], u[0], u[1], sub, offset, shear, stride,
-                       settings.tip_shear_gain, flanks, prof)
+                       settings.tip_shear_gain, flanks, prof, plain)
     lo = int((back_px - win_px) / sub)
     i, _ = K.step_location(prof, max(lo, 4), n - 4)
-    shaft = float(np.median(prof[:i])) if i > 0 else 0.0
+    # the shaft's contrast (is there a line behind the tip?) as before the shear: aligning
+    # the flanks also lifts the contrast of lines that are no needle
+    shaft = float(np.median(plain[:i])) if i > 0 else 0.0
     tip_new = start + u * ((i - 0.5) * sub)
     return tip_new, u, shaft

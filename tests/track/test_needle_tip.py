@@ -90,14 +90,16 @@ def test_sheared_contrast_matches_reference(seed, angle_deg, stride, gain):
     out = np.empty(n, np.float64)
     flanks = np.empty((4, n + 4 * max_shift), np.float64)
     ux, uy = math.cos(0.05), math.sin(0.05)
+    plain = np.empty(n, np.float64)
     s = K.sheared_contrast(img, 100.0, 98.0, ux, uy, 0.25, 5.0, max_shift, stride, gain, flanks,
-                           out)
+                           out, plain)
     s_ref, ref = _sheared_reference(img, 100.0, 98.0, ux, uy, 0.25, 5.0, max_shift, stride, gain,
                                     n)
     assert s == s_ref
     np.testing.assert_allclose(out, ref, rtol=1e-9, atol=1e-9)
-    # no shear: the plain line contrast
-    plain = np.empty(n, np.float64)
-    K.line_contrast(img, 100.0, 98.0, ux, uy, 0.25, 5.0, plain)
-    K.sheared_contrast(img, 100.0, 98.0, ux, uy, 0.25, 5.0, 0, stride, gain, flanks, out)
-    np.testing.assert_allclose(out, plain, rtol=1e-9, atol=1e-12)
+    # the unsheared contrast beside it, and no shear: both the plain line contrast
+    ref_plain = np.empty(n, np.float64)
+    K.line_contrast(img, 100.0, 98.0, ux, uy, 0.25, 5.0, ref_plain)
+    np.testing.assert_allclose(plain, ref_plain, rtol=1e-9, atol=1e-12)
+    K.sheared_contrast(img, 100.0, 98.0, ux, uy, 0.25, 5.0, 0, stride, gain, flanks, out, plain)
+    np.testing.assert_allclose(out, ref_plain, rtol=1e-9, atol=1e-12)
