@@ -4,7 +4,9 @@ Ridge map at the needle's width on a working grid (Hessian, numba), an oriented 
 of the ridge pixels, segments along the strongest lines, rejection of what is not a needle
 (too short: clips; from field edge to field edge: a wire on the skin; dot-like or edge-like:
 cortex, text), then the tip at full resolution: the shaft axis refitted near the tip and the
-point where the line contrast falls to half (maximum-likelihood step along the axis).
+point where the line contrast falls to half (maximum-likelihood step along the axis), the
+contrast taken against flanks sheared along the axis to follow a background edge or band that
+crosses the shaft obliquely (a joint line, a cortex), which would otherwise end the shaft there.
 """
 from __future__ import annotations
 
@@ -52,6 +54,11 @@ class NeedleSettings:
         Length of shaft near the tip used to refit the axis (handles bending).
     tip_window_mm : float
         Half-length of the window along the axis searched for the tip.
+    tip_shear_mm : float
+        Largest shift along the axis of the tip profile's flanks (a background edge crossing
+        the shaft obliquely, down to about 30 degrees to it at the 1.6 mm flanks).
+    tip_shear_gain : float
+        The flanks are sheared only when that aligns them this much better (mismatch ratio).
     track_margin_mm : float
         Margin of the tracking region around the predicted needle.
     avg_frames : int
@@ -191,6 +198,8 @@ class NeedleSettings:
     extend_mm: float = 20.0
     fit_mm: float = 20.0
     tip_window_mm: float = 6.0
+    tip_shear_mm: float = 3.0
+    tip_shear_gain: float = 0.8
     track_margin_mm: float = 6.0
     avg_frames: int = 8
     flank_mm: float = 1.5
@@ -429,9 +438,19 @@ def refine_tip(image: np.ndarray, tip_xy: np.ndarray, dir_xy: np.ndarray, spacin
     start = tip - u * back_px
     prof = buf.setdefault(("prof", n), np.empty(n, np.float64))
     offset = max(2.0, 1.6 / spacing_mm)
-    K.line_contrast(image, start[0], start[1], u[0], u[1], sub, offset, prof)
+    # flanks sheared to follow an edge or band crossing the shaft obliquely (a joint margin,
+    # a cortex): unsheared, the crossing leaves a fall in the contrast that takes the tip
+    # (shifts and their comparison on a 1-pixel grid: the flanks are smooth on that scale)
+    stride = int(round(1.0 / sub))
+    shear = stride * int(round(settings.tip_shear_mm / spacing_mm))
+    flanks = buf.setdefault(("flanks", n, shear), np.empty((4, n + 4 * shear), np.float64))
+    plain = buf.setdefault(("plain", n), np.empty(n, np.float64))
+    K.sheared_contrast(image, start[0], start[1], u[0], u[1], sub, offset, shear, stride,
+                       settings.tip_shear_gain, flanks, prof, plain)
     lo = int((back_px - win_px) / sub)
     i, _ = K.step_location(prof, max(lo, 4), n - 4)
-    shaft = float(np.median(prof[:i])) if i > 0 else 0.0
+    # the shaft's contrast (is there a line behind the tip?) as before the shear: aligning
+    # the flanks also lifts the contrast of lines that are no needle
+    shaft = float(np.median(plain[:i])) if i > 0 else 0.0
     tip_new = start + u * ((i - 0.5) * sub)
     return tip_new, u, shaft
