@@ -173,18 +173,23 @@ def test_a_vessel_seen_only_in_lost_frames_makes_a_vascular_study():
     assert tally.missing_frames == tally.missing_damaged == 1
 
 
+def _register_only_case(tmp_path, case):
+    """A case replayed with the register stage only (no needle, contrast 'none')."""
+    truth = _truth(["none", "intra_articular"])
+    events = _events(truth)
+    for e in events:
+        e["needle"], e["contrast"] = None, {"state": "none"}
+    _write_case(tmp_path, case, truth, events, {"contrast_state": "none", "air_kerma_mgy": 2.0,
+                                                 "dap_gycm2": 0.5, "fluoro_time_s": 1.0,
+                                                 "stages": ["register"]})
+
+
 def test_stages_that_did_not_run_are_not_assessed(tmp_path):
     """Replayed with the default stages only: needle and contrast read 'not assessed', not
     0 % detection and a contrast accuracy of whatever 'none' happens to match."""
     from sifluoro.sim.evaluate import format_report
 
-    truth = _truth(["none", "intra_articular"])
-    events = _events(truth)
-    for e in events:
-        e["needle"], e["contrast"] = None, {"state": "none"}
-    _write_case(tmp_path, 0, truth, events, {"contrast_state": "none", "air_kerma_mgy": 2.0,
-                                              "dap_gycm2": 0.5, "fluoro_time_s": 1.0,
-                                              "stages": ["register"]})
+    _register_only_case(tmp_path, 0)
     r = evaluate(tmp_path / "cases", tmp_path / "results")
     assert r["assessed"] == ["register"]
     assert r["needle"]["detection_rate_3mm"] is None and r["contrast"]["study_accuracy"] is None
@@ -200,13 +205,7 @@ def test_a_missing_case_does_not_make_stages_that_never_ran_assessed(tmp_path):
     0.0, contrast accuracy 0.0), the missing cases were named "1" and None was printed."""
     from sifluoro.sim.evaluate import format_report
 
-    truth = _truth(["none", "intra_articular"])
-    events = _events(truth)
-    for e in events:
-        e["needle"], e["contrast"] = None, {"state": "none"}
-    _write_case(tmp_path, 0, truth, events, {"contrast_state": "none", "air_kerma_mgy": 2.0,
-                                              "dap_gycm2": 0.5, "fluoro_time_s": 1.0,
-                                              "stages": ["register"]})
+    _register_only_case(tmp_path, 0)
     _write_case(tmp_path, 1, _truth(["none", "vascular"]), None, None)
     r = evaluate(tmp_path / "cases", tmp_path / "results")
     assert r["assessed"] == ["register"]
