@@ -36,6 +36,7 @@ from sifluoro.dose.records import (
     IrradiationEvent,
     StudyDose,
     event_duration_s,
+    is_timed,
     totals_from_events,
 )
 from sifluoro.model import Device, Frame, Run, Study
@@ -706,14 +707,20 @@ def _report_residual(report: StudyDose) -> dict[str, float]:
     every plane of its accumulated container gives (vendors' totals are not their events'
     sums: Siemens' fluoroscopy time is 12 % below its events' pulses over pulse rate, Philips'
     DAP 12-16 % above its events'). Empty for totals summed from the events."""
-    if not report.planes_from_report or not report.planes:
-        return {}
-    fluoro = [e for e in report.events if not e.is_acquisition]
-    acquired = [e for e in report.events if e.is_acquisition]
-    sums = {"air_kerma_mgy": sum(e.air_kerma_mgy or 0.0 for e in report.events),
-            "dap_gycm2": sum(e.dap_gycm2 or 0.0 for e in report.events),
-            "fluoro_time_s": sum(event_duration_s(e) for e in fluoro),
-            "acquisition_time_s": sum(event_duration_s(e) for e in acquired)}
+    if not report.planes_from_report or not report.planes or not report.events:
+        return {}  # no events: the runs count their own dose, which the totals hold
+    events = report.events
+    fluoro = [e for e in events if not e.is_acquisition]
+    acquired = [e for e in events if e.is_acquisition]
+    # only where every event gives the quantity: a run covered by an event that does not
+    # counts its own value, which the totals also hold (it would be counted twice)
+    sums = {}
+    for name in ("air_kerma_mgy", "dap_gycm2"):
+        if all(getattr(e, name) is not None for e in events):
+            sums[name] = sum(getattr(e, name) for e in events)
+    for name, of_kind in (("fluoro_time_s", fluoro), ("acquisition_time_s", acquired)):
+        if of_kind and all(is_timed(e) for e in of_kind):
+            sums[name] = sum(event_duration_s(e) for e in of_kind)
     out = {}
     for name, events_sum in sums.items():
         totals = [getattr(p, name) for p in report.planes]

@@ -146,7 +146,7 @@ def events_dose_unknown(events) -> int:
     return sum(1 for e in events if e.air_kerma_mgy is None or e.dap_gycm2 is None)
 
 
-def _timed(e: IrradiationEvent) -> bool:
+def is_timed(e: IrradiationEvent) -> bool:
     """Whether an event says how long its beam was on (:func:`event_duration_s` has a source)."""
     return (e.irradiation_duration_s is not None or e.exposure_time_ms is not None
             or e.pulse_width_ms is not None
@@ -168,7 +168,7 @@ def unknown_times(events, planes) -> frozenset[str]:
         if not planes or any(getattr(p, field) for p in planes):
             continue
         of_kind = [e for e in events if e.kind == kind]
-        if (of_kind and not any(_timed(e) for e in of_kind)) or (
+        if (of_kind and not any(is_timed(e) for e in of_kind)) or (
                 not events and all(getattr(p, field) is None for p in planes)
                 and any(getattr(p, d) for p in planes for d in doses)):
             out.add(field)

@@ -263,3 +263,38 @@ def test_replaying_only_a_dose_report_says_where_to_read_it(tmp_path, vendor_dir
     assert main(["replay", str(tmp_path / "in"), "--events", str(tmp_path / "e.jsonl"),
                  "--summary", str(tmp_path / "s.json"), "-q"]) == 2
     assert "only dose reports" in capsys.readouterr().err
+
+
+def _one_run_and_its_report(folder, events, accumulated=None):
+    """A 30-frame run (header dose 30 mGy) and a device report of it."""
+    paths = write_study(folder, [RunSpec(0.0, n_frames=30, tech=technique(
+        reported_air_kerma_mgy=30.0, reported_dap_gycm2=3.0))])
+    first = pydicom.dcmread(paths[0], stop_before_pixels=True)
+    save(build_rdsr(events(first), accumulated=accumulated, study_uid=first.StudyInstanceUID),
+         folder / "rdsr.dcm")
+    return read_study([folder]), read_rdsr(folder / "rdsr.dcm")
+
+
+def test_a_report_whose_events_leave_a_value_out_adds_no_difference_to_its_runs(tmp_path):
+    """Review s15 (second) H1: the totals less the events' sum counted a value an event leaves
+    out as 0, and put it into unstored while the run it covers counted its own: twice."""
+    def naming(first, **kw):
+        return [Ev(fluoro=True, dap_gycm2=3.0, rp_mgy=30.0, pulses=30, rate=7.5,
+                   extra=[acquired(first.SOPInstanceUID, first.SOPClassUID)], **kw)]
+
+    study, report = _one_run_and_its_report(tmp_path / "b", naming)
+    no_dose = replace(report, events=tuple(replace(e, air_kerma_mgy=None, dap_gycm2=None)
+                                           for e in report.events))
+    dose = accumulate_study(study, DoseSettings(), report=no_dose)
+    assert dose.study_totals.air_kerma_mgy == pytest.approx(30.0)  # 60 with the difference
+    no_time = replace(report, events=tuple(replace(
+        e, irradiation_duration_s=None, n_pulses=None, exposure_time_ms=None, pulse_width_ms=None)
+        for e in report.events))
+    dose = accumulate_study(study, DoseSettings(), report=no_time)
+    assert dose.study_totals.fluoro_time_s == pytest.approx(4.0, abs=1e-3)  # was 8 s
+
+    acc = {"single": {"dap_total": 5.0, "rp_total": 50.0, "fl_dap": 5.0, "fl_rp": 50.0,
+                      "fl_time": 4.0, "acq_dap": 0.0, "acq_rp": 0.0, "acq_time": 0.0}}
+    study, totals_only = _one_run_and_its_report(tmp_path / "a", lambda first: [], acc)
+    dose = accumulate_study(study, DoseSettings(), report=totals_only)
+    assert dose.study_totals.air_kerma_mgy == pytest.approx(30.0)  # was 80 (30 + all 50)
