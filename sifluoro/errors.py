@@ -65,6 +65,11 @@ class DamagedPixelDataError(InputError):
     """Pixel data is truncated, of the wrong size, or fails to decode."""
 
 
+class UnsupportedPixelDataError(DamagedPixelDataError, UnsupportedDicomError):
+    """An X-ray image's pixel data in a form sifluoro does not read (signed, colour, a video
+    transfer syntax, ...): the file is whole, its frames are not shown, their dose counts."""
+
+
 class MultipleStudiesError(InputError):
     """The input holds more than one study; the caller must choose one."""
 

@@ -696,6 +696,7 @@ def test_a_run_whose_pixels_cannot_be_read_keeps_its_header_dose(tmp_path, capsy
     assert summary["study_dose"]["air_kerma_mgy"] == pytest.approx(2 * summary["air_kerma_mgy"])
     [rejected] = summary["rejected_files"]
     assert rejected["file"].endswith("b.dcm") and rejected["reason"].startswith(tag)
+    assert rejected["error"] == "UnsupportedPixelDataError"  # whole, not damaged
     capsys.readouterr()
     assert main(["dose", "summary", "--json", str(tmp_path / "s")]) == 0
     study = json.loads(capsys.readouterr().out)
@@ -749,3 +750,18 @@ def test_a_run_without_frame_timing_has_an_unknown_time_not_zero(tmp_path, capsy
           str(tmp_path / "s.json"), "--rdsr", str(tmp_path / "r.dcm"), "-q"])
     summary = json.loads((tmp_path / "s.json").read_text())
     assert summary["runs_time_unknown"] == 1 and summary["lost_frames"]["frames"] == 3
+
+
+@pytest.mark.parametrize("edit", [_signed, _colour])
+def test_a_secondary_capture_whose_pixels_cannot_be_read_is_no_exposure(tmp_path, edit):
+    """Second review s15 M1: a colour screenshot (Secondary Capture) became a run whose frames
+    were lost: an irradiation event in the RDSR, a run of unknown dose. It is refused whole."""
+    paths = write_study(tmp_path / "s", [RunSpec(0.0, filename="a.dcm"),
+                                         RunSpec(5.0, filename="b.dcm", storage="sc")])
+    ds = pydicom.dcmread(paths[1])
+    edit(ds)
+    ds.save_as(paths[1], enforce_file_format=True)
+    study = read_study([tmp_path / "s"])
+    assert len(study.runs) == 1
+    [rejection] = study.rejected
+    assert rejection.file.endswith("b.dcm") and rejection.error == "UnsupportedDicomError"

@@ -47,6 +47,7 @@ from sifluoro.errors import (
     NotDicomError,
     StudyNotFoundError,
     UnsupportedDicomError,
+    UnsupportedPixelDataError,
 )
 from sifluoro.model import Frame, Rejection, Run, Study
 
@@ -61,6 +62,8 @@ IMAGE_SOP_CLASSES = {
     MultiFrameGrayscaleByteSecondaryCaptureImageStorage: "MF SC byte",
     MultiFrameGrayscaleWordSecondaryCaptureImageStorage: "MF SC word",
 }
+#: the X-ray image classes: their pixels, when unreadable, still stand for an exposure
+XRAY_SOP_CLASSES = frozenset(list(IMAGE_SOP_CLASSES)[:4])
 PIXEL_DATA = 0x7FE00010
 #: attribute :func:`read_header` sets on the dataset of a file cut short: the file offset of its
 #: (7FE0,0010) tag, or None when the file ends before it
@@ -322,7 +325,8 @@ def run_from_dataset(ds: Dataset, path: str | Path) -> Run:
     try:
         tsuid, syntax_refused = _transfer_syntax(ds, path), None
     except UnsupportedDicomError as exc:  # pixels sifluoro cannot decode; the exposure happened
-        tsuid, syntax_refused = UID(str(ds.file_meta.TransferSyntaxUID)), (exc.tag, exc.reason)
+        tsuid = UID(str(ds.file_meta.TransferSyntaxUID))
+        syntax_refused = (exc.tag, exc.reason, UnsupportedPixelDataError)
     pixel_elem = ds.get_item(PIXEL_DATA, keep_deferred=True) if PIXEL_DATA in ds else None
     cut_short = hasattr(ds, CUT_SHORT)  # only read_header sets it, on a file that ends early
     if pixel_elem is None and not cut_short:
@@ -362,8 +366,11 @@ def run_from_dataset(ds: Dataset, path: str | Path) -> Run:
         offset, reader = None, pixel_readers.read_none
     refused = syntax_refused or fields.pixels_refused
     if refused:
-        tag, why = refused
-        reader = partial(pixel_readers.read_refused, tag=tag, why=why)
+        tag, why, error = refused
+        if error is UnsupportedPixelDataError and sop_class not in XRAY_SOP_CLASSES:
+            # a colour screenshot or dose page is no exposure: refused whole, as before
+            raise UnsupportedDicomError(why, path=path, tag=tag)
+        reader = partial(pixel_readers.read_refused, tag=tag, why=why, error=error)
     return Run(
         path=path,
         sop_instance_uid=fields.sop_instance_uid,

@@ -21,7 +21,7 @@ from pydicom.valuerep import DA, DT, TM
 from sifluoro.acquire import geometry
 from sifluoro.dose.exposure_dose import read_exposure_doses, run_technique
 from sifluoro.errors import (DamagedPixelDataError, InputError, MissingAttributeError,
-                             UnsupportedDicomError)
+                             UnsupportedDicomError, UnsupportedPixelDataError)
 from sifluoro.model import Device, Run, Technique
 
 log = logging.getLogger(__name__)
@@ -56,9 +56,9 @@ class HeaderFields:
     instance_number: int | None
     pixel_intensity_sign: int | None
     pixel_intensity_relationship: str | None
-    # (tag, reason) why the frames cannot be decoded though the header is usable (their dose
-    # still counts)
-    pixels_refused: tuple[str, str] | None = None
+    # (tag, reason, error class) why the frames cannot be decoded though the header is usable
+    # (their dose still counts)
+    pixels_refused: tuple[str, str, type] | None = None
     started_at: datetime | None = None  # ``start_s`` as the header's date and time
     timing_unknown: bool = False  # no usable frame timing (``frame_intervals_ms`` are 0)
 
@@ -192,19 +192,22 @@ def parse(ds: Dataset, path: str, *, pixel_bytes: int | None = None,
     samples = look.raw("SamplesPerPixel", frame=None)
     if samples not in (None, 1):
         pixels_refused = (tag_name("SamplesPerPixel"),
-                          f"SamplesPerPixel = {samples}: only grayscale is read")
+                          f"SamplesPerPixel = {samples}: only grayscale is read",
+                          UnsupportedPixelDataError)
     try:
         _check_high_bit(look, bits_stored, path)
     except InputError as exc:
-        pixels_refused = pixels_refused or (exc.tag, exc.reason)
+        pixels_refused = pixels_refused or (exc.tag, exc.reason, UnsupportedPixelDataError)
     if look.raw("PixelRepresentation", frame=None) not in (None, 0):
         pixels_refused = pixels_refused or (tag_name("PixelRepresentation"),
-                                            "signed pixel data is not X-ray projection data")
+                                            "signed pixel data is not X-ray projection data",
+                                            UnsupportedPixelDataError)
     photometric = look.text("PhotometricInterpretation", frame=None)
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
         pixels_refused = pixels_refused or (
             tag_name("PhotometricInterpretation"),
-            f"PhotometricInterpretation {photometric or 'missing'}: only MONOCHROME1/2 are read")
+            f"PhotometricInterpretation {photometric or 'missing'}: only MONOCHROME1/2 are read",
+            UnsupportedPixelDataError)
         photometric = "MONOCHROME2"  # no frame is shown; the run keeps a valid value
     frame_bytes = rows * columns * (bits_allocated // 8)
     n_frames = _frames_present(_number_of_frames(look, path, frame_bytes, pixel_bytes),
@@ -218,7 +221,8 @@ def parse(ds: Dataset, path: str, *, pixel_bytes: int | None = None,
         offsets_s, intervals_ms, start = (0.0,) * n_frames, (0.0,) * n_frames, run_start(look)
         timing_unknown = True
         pixels_refused = pixels_refused or (
-            exc.tag, f"{exc.reason}; its fluoroscopy time is unknown and not counted")
+            exc.tag, f"{exc.reason}; its fluoroscopy time is unknown and not counted",
+            DamagedPixelDataError)
     technique = _technique(look, n_frames, rows, columns, intervals_ms, path)
     return HeaderFields(
         sop_instance_uid=sop_uid,

@@ -95,11 +95,12 @@ def read_none(run: Run) -> Iterator[np.ndarray]:
     yield  # a generator, like the other readers
 
 
-def read_refused(run: Run, *, tag: str, why: str) -> Iterator[np.ndarray]:
-    """Frames whose stored values the header says cannot be read (``tag``, ``why``): none
-    shown, all counted as lost (dose from the header)."""
-    raise DamagedPixelDataError(f"{why}; none of its {run.n_frames} frame(s) can be shown, "
-                                "their dose is counted from the header", path=run.path, tag=tag)
+def read_refused(run: Run, *, tag: str, why: str,
+                 error: type = DamagedPixelDataError) -> Iterator[np.ndarray]:
+    """Frames whose stored values the header says cannot be read (``tag``, ``why``; ``error``
+    a DamagedPixelDataError class): none shown, all counted as lost (dose from the header)."""
+    raise error(f"{why}; none of its {run.n_frames} frame(s) can be shown, their dose is "
+                "counted from the header", path=run.path, tag=tag)
     yield  # a generator, like the other readers
 
 
