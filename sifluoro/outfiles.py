@@ -51,6 +51,10 @@ def check_writable(**paths: str | Path | None) -> None:
         flag = "--" + option.replace("_", "-")
         if path.is_dir():
             raise ConfigError(f"{flag} {path}: is a folder, not a file")
+        if path.exists() and not path.is_file():  # /dev/null, a FIFO: written in place
+            if not os.access(path, os.W_OK):
+                raise ConfigError(f"{flag} {path}: not writable")
+            continue
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

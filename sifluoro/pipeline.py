@@ -1016,7 +1016,8 @@ class LiveFeeder:
                     except Exception:  # a consumer's defect must not stop the study
                         log.exception("event handler failed on frame %d", event["index"])
             except BaseException as exc:  # handed to close()
-                log.exception("live pipeline failed on frame %d", item.index)
+                log.exception("live pipeline failed on %s", f"frame {item.index}"
+                              if hasattr(item, "index") else "a queued call")
                 self._error = self._error or exc
             finally:
                 with self._cond:

@@ -72,3 +72,14 @@ def test_an_rdsr_that_fails_at_the_end_keeps_the_summary(tmp_path, monkeypatch):
                                   stages=[])
     summary = json.loads((tmp_path / "s.json").read_text())
     assert result.exit_code == 1 and "No space left" in summary["rdsr_not_written"]
+
+
+def test_a_special_file_is_checked_itself_not_its_folder(tmp_path, monkeypatch):
+    """Second review s15 M2: ``--events /dev/null`` was refused for a user who cannot write
+    /dev (its folder); what is written is the file itself."""
+    from sifluoro.outfiles import check_writable
+
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == "/dev" else
+                        real_access(p, mode))  # a user who cannot write /dev
+    check_writable(events="/dev/null")
