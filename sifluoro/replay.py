@@ -221,12 +221,12 @@ def format_summary(summary: dict) -> str:
         lines.append(f"           + {lost['air_kerma_mgy']:.2f} mGy, {lost['dap_gycm2']:.3f} Gy·cm² "
                      f"of {lost['frames']} frames lost in damaged files (in the RDSR, not above)")
     unstored = summary.get("unstored") or {}
-    if unstored.get("events"):
+    if any(unstored.get(k) for k in ("events", "air_kerma_mgy", "dap_gycm2", "fluoro_time_s")):
         lines.append(f"           + {unstored['air_kerma_mgy']:.2f} mGy, {unstored['dap_gycm2']:.3f} Gy·cm², "
                      f"{unstored['fluoro_time_s']:.1f} s of {unstored['events']} exposures not stored "
-                     "as images (the device's dose report; in the RDSR, not above)")
-    if lost.get("frames") or unstored.get("events"):
-        whole = summary["study_dose"]
+                     "as images and the rest of the device's totals (its dose report; not above)")
+    whole = summary.get("study_dose") or {}
+    if whole and any(abs(whole[k] - summary[k]) > 1e-9 for k in ("air_kerma_mgy", "dap_gycm2")):
         lines.append(f"study dose {whole['air_kerma_mgy']:.2f} mGy air kerma, {whole['dap_gycm2']:.3f} Gy·cm² DAP, "
                      f"fluoro {whole['fluoro_time_s']:.1f} s")
     lines += [

@@ -17,7 +17,7 @@ from sifluoro.config import DoseSettings
 from sifluoro.dose.accumulate import DoseAccumulator, accumulate_study
 from sifluoro.dose.rdsr_read import read_rdsr
 from sifluoro.dose.summary import summarize
-from sifluoro.replay import replay
+from sifluoro.replay import format_summary, replay
 from tests.dicom_fixtures import STUDY_START, RunSpec, technique, write_study
 from tests.dose.rdsr_fixtures import Ev, _item, acquired, build_rdsr, save
 
@@ -251,6 +251,7 @@ def test_replay_gives_a_vendor_report_the_study_dose_dose_summary_gives(tmp_path
     for quantity in ("air_kerma_mgy", "dap_gycm2", "fluoro_time_s"):
         assert whole[quantity] == pytest.approx(getattr(registry, quantity), rel=1e-6), quantity
     assert whole["air_kerma_mgy"] == pytest.approx(report.air_kerma_mgy + summary["air_kerma_mgy"])
+    assert f"study dose {whole['air_kerma_mgy']:.2f} mGy" in format_summary(summary)
 
 
 def test_replaying_only_a_dose_report_says_where_to_read_it(tmp_path, vendor_dir, capsys):
