@@ -18,6 +18,8 @@ def replaced(path: str | Path, mode: str = "w", *, shared: bool = False) -> Iter
     file is 0600). A path that exists and is not a regular file (``/dev/null``, a FIFO) is
     written in place: renaming over it would replace the device with a file when run as root."""
     path = Path(path)
+    if path.is_symlink():  # the file it names is replaced, the link stays
+        path = path.resolve()
     try:
         special = not stat.S_ISREG(path.stat().st_mode)
     except FileNotFoundError:

@@ -83,3 +83,13 @@ def test_a_special_file_is_checked_itself_not_its_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == "/dev" else
                         real_access(p, mode))  # a user who cannot write /dev
     check_writable(events="/dev/null")
+
+
+def test_a_symlinked_output_keeps_its_link(tmp_path):
+    target = tmp_path / "store" / "summary.json"
+    target.parent.mkdir()
+    target.write_text("old")
+    (tmp_path / "summary.json").symlink_to(target)
+    write_json(tmp_path / "summary.json", {"frames": 1})
+    assert (tmp_path / "summary.json").is_symlink()
+    assert json.loads(target.read_text()) == {"frames": 1}
