@@ -144,7 +144,9 @@ def draw_overlay(pixels: np.ndarray, photometric: str, event: dict, *, truth: di
 
     state = event["contrast"]["state"]
     lines = [
-        (title or f"frame {event['index']}  t={event['t_s']:.2f} s", COLOURS["truth"]),
+        (title or f"#{event['index']}" + (f" (frame {event['frame']} of its run)"
+                                          if event.get("frame") else "")
+         + f"  t={event['t_s']:.2f} s", COLOURS["truth"]),
         (f"fluoro {shown('fluoro_time_s'):.1f} s   Ka,r {shown('air_kerma_mgy'):.2f} mGy   "
          f"DAP {shown('dap_gycm2'):.3f} Gy.cm2{' (study)' if 'study_air_kerma_mgy' in dose else ''}",
          COLOURS["truth"]),
