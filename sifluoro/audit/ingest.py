@@ -163,7 +163,7 @@ def ingest(paths: Iterable[str | Path], db: str | Engine, *, settings: AuditSett
         for item in parsed:
             result.parsed += 1
             if item.kind == REJECTED:
-                result.rejected.append(Rejection(item.path, item.reason))
+                result.rejected.append(item.rejection or Rejection(item.path, item.reason))
                 continue
             result.reports += item.kind == RDSR
             result.images += item.kind == IMAGE

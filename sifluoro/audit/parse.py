@@ -20,7 +20,7 @@ from sifluoro.audit._fastsr import CutShort, parse_if_covered
 from sifluoro.dose.rdsr_read import SR_SOP_CLASSES, read_rdsr
 from sifluoro.dose.records import StudyDose
 from sifluoro.errors import InputError
-from sifluoro.model import Run
+from sifluoro.model import Rejection, Run
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,7 @@ class ParsedFile:
     study_date: date | None = None
     patient_key: str | None = None
     reason: str = ""
+    rejection: Rejection | None = None  # REJECTED by a typed error: its class and tag
 
 
 def file_sha256(path: str | Path) -> str:
@@ -93,8 +94,8 @@ def parse_file(path: str | Path, link_key: bytes | None = None) -> ParsedFile:
         return _pydicom_file(path, sha, size, link_key)
     except InputError as exc:
         log.info("rejected %s", exc)  # the caller reports it ("not taken")
-        return ParsedFile(path, sha, size, REJECTED,
-                          reason=f"{exc.tag}: {exc.reason}" if exc.tag else exc.reason)
+        rejection = Rejection.of(path, exc)
+        return ParsedFile(path, sha, size, REJECTED, reason=rejection.reason, rejection=rejection)
     except Exception as exc:  # an odd file the readers did not foresee: lose only this file
         log.exception("rejected %s: unexpected content", path)
         return ParsedFile(path, sha, size, REJECTED,

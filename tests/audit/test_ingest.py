@@ -890,3 +890,18 @@ def test_an_unknown_fluoroscopy_time_is_null_and_a_version_3_registry_is_migrate
     with engine.connect() as conn:
         assert conn.execute(select(SchemaVersion.version)).scalars().all() == list(range(1, SCHEMA_VERSION + 1))
     engine.dispose()
+
+
+def test_a_rejected_file_names_its_error_class(tmp_path):
+    """Second review s15 L3: ingest's rejections carried only a text."""
+    import pydicom
+
+    (path,) = write_study(tmp_path / "in", [RunSpec(0.0)])
+    ds = pydicom.dcmread(path)
+    del ds.Rows
+    ds.save_as(path)
+    (tmp_path / "in" / "notes.txt").write_text("not DICOM")
+    result = ingest([tmp_path / "in"], f"sqlite:///{tmp_path / 'r.db'}")
+    errors = sorted((r.file.rsplit("/", 1)[-1], r.error, r.tag) for r in result.rejected)
+    assert errors == [(path.name, "MissingAttributeError", "(0028,0010) Rows"),
+                      ("notes.txt", "NotDicomError", "")]
