@@ -63,7 +63,8 @@ IMAGE_SOP_CLASSES = {
     MultiFrameGrayscaleWordSecondaryCaptureImageStorage: "MF SC word",
 }
 #: the X-ray image classes: their pixels, when unreadable, still stand for an exposure
-XRAY_SOP_CLASSES = frozenset(list(IMAGE_SOP_CLASSES)[:4])
+XRAY_SOP_CLASSES = frozenset({XRayAngiographicImageStorage, EnhancedXAImageStorage,
+                              XRayRadiofluoroscopicImageStorage, EnhancedXRFImageStorage})
 PIXEL_DATA = 0x7FE00010
 #: attribute :func:`read_header` sets on the dataset of a file cut short: the file offset of its
 #: (7FE0,0010) tag, or None when the file ends before it
@@ -335,7 +336,7 @@ def run_from_dataset(ds: Dataset, path: str | Path) -> Run:
     pixel_tag_at = getattr(ds, CUT_SHORT, None)
     if syntax_refused is not None:  # frames from the header (NumberOfFrames, capped)
         fields = header.parse(ds, path)
-        offset, reader = None, pixel_readers.read_none
+        offset, reader = None, None  # read_refused, below
     elif pixel_elem is not None:
         fields = header.parse(ds, path, pixel_bytes=_pixel_bytes(pixel_elem, tsuid),
                               fragments=_fragment_count(pixel_elem, tsuid, path))

@@ -74,8 +74,9 @@ def _report(args) -> int:
     from sqlalchemy.engine import make_url
 
     from sifluoro.audit.report import write_report
+    from sifluoro.audit.schema import registry_url
 
-    url = make_url(args.db if "://" in args.db else f"sqlite:///{args.db}")
+    url = make_url(registry_url(args.db))
     if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:" \
             and not Path(url.database).is_file():  # a typo made an empty registry
         raise ConfigError(f"--db {args.db}: no registry there (make it with `sifluoro audit "

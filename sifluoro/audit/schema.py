@@ -290,6 +290,11 @@ MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _v1), (2, _v2)
                                                                 (5, _v5)]
 
 
+def registry_url(db: str) -> str:
+    """``db`` as a SQLAlchemy URL: a plain file path is a SQLite file."""
+    return db if "://" in db else f"sqlite:///{db}"
+
+
 def open_registry(url: str) -> Engine:
     """An engine on the registry at ``url``, migrated to :data:`SCHEMA_VERSION`.
 
@@ -304,8 +309,7 @@ def open_registry(url: str) -> Engine:
     ConfigError
         The URL cannot be used, or the database is newer than this sifluoro.
     """
-    if "://" not in url:
-        url = f"sqlite:///{url}"
+    url = registry_url(url)
     try:
         engine = create_engine(url, future=True)
     except Exception as exc:  # bad URL or missing driver: say which setting is wrong

@@ -286,9 +286,8 @@ class DoseAccumulator:
             u.sources.add(e.dose_source)
         for name, residual in self._report_residual.items():  # floored: never below nothing
             setattr(u, name, max(0.0, getattr(u, name) + residual))
-        if any(self._report_residual.values()):
-            u.sources.add(next(iter(self._report.values())).dose_source if self._report
-                          else "reported")
+        if any(self._report_residual.values()):  # only a report with events has one
+            u.sources.add(next(iter(self._report.values())).dose_source)
         index, t_s = self._last_frame
         out = self._crossed_to(before, index, t_s,
                                " (with the exposures the device's dose report gives outside the "
@@ -699,7 +698,6 @@ def _spread(events: Iterable[IrradiationEvent], frames: dict[str, int],
             if e.event_uid not in out and (e.start is None or any_untimed_run):
                 out[e.event_uid] = tuple(pool)
     return out
-
 
 
 def _report_residual(report: StudyDose) -> dict[str, float]:
