@@ -88,6 +88,9 @@ def replay_output_violations(events_path: str | Path, summary_path: str | Path) 
     for key in SUMMARY_KEYS:
         if key not in s:
             errors.append(f"summary.{key} is missing")
+    if any(e.get("study_instance_uid", s.get("study_instance_uid")) != s.get("study_instance_uid")
+           for e in events):
+        errors.append("an event names another study than the summary's study_instance_uid")
     if s.get("frames") != len(events):
         errors.append(f"summary.frames ({s.get('frames')}) != events ({len(events)})")
     if s.get("contrast_state") not in CONTRAST_STATES:

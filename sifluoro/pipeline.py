@@ -879,6 +879,8 @@ def _base_event(frame: "Frame | DroppedFrame", state: StudyState) -> dict[str, A
     return {
         "sop_instance_uid": frame.sop_instance_uid,
         "frame": frame.frame_number,
+        # a receiver's shared events file holds many studies: each line names its own
+        "study_instance_uid": state.study_instance_uid,
         "index": frame.index,
         "t_s": round(frame.t_s, 6),
         "needle": None,

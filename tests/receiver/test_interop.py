@@ -94,3 +94,27 @@ def test_the_same_instance_twice_is_stored_once_and_counted(tmp_path, start_rece
     late = [e for e in events if e.get("out_of_order")]
     assert [e["frame"] for e in late] == [1, 2, 3]
     assert late[0]["t_s"] == pytest.approx(-5.0)
+
+
+def test_one_events_file_for_two_interleaved_studies_names_each_frames_study(
+        tmp_path, start_receiver):
+    a = write_study(tmp_path / "a", [RunSpec(0.0, n_frames=2), RunSpec(3.0, n_frames=2)])
+    b = write_study(tmp_path / "b", [RunSpec(0.0, n_frames=3), RunSpec(4.0, n_frames=1)])
+    shared = tmp_path / "all-events.jsonl"
+    receiver = start_receiver(None, "--events", str(shared))
+    for path in (a[0], b[0], a[1], b[1]):  # acquisition order within each study
+        sent = storescu(receiver.port, [path], "-xe")
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+    wait_for(lambda: shared.exists() and len(read_events(shared)) == 8)
+    assert receiver.terminate() == 0
+
+    sop_to_study = {file_uids(p)[1]: file_uids(p)[0] for p in a + b}
+    events = read_events(shared)
+    assert [sop_to_study[e["sop_instance_uid"]] for e in events] == [
+        e["study_instance_uid"] for e in events]
+    for study_uid in {file_uids(a[0])[0], file_uids(b[0])[0]}:
+        own = [e for e in events if e["study_instance_uid"] == study_uid]
+        assert [e["index"] for e in own] == list(range(len(own)))
+    # the contract check sees the mix: a study's summary does not go with the shared file
+    summary_a = receiver.spool / file_uids(a[0])[0] / "summary.json"
+    assert any("another study" in v for v in replay_output_violations(shared, summary_a))
