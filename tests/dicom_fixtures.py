@@ -96,3 +96,50 @@ def as_device_report(sifluoro_rdsr: Path, out: Path, *, scale: float = 1.5):
                         value.FloatingPointValue = float(value.FloatingPointValue) * scale
     ds.save_as(out)
     return ds
+
+
+def video_frames(n_frames: int, size: int = 256) -> np.ndarray:
+    """8-bit frames a video codec keeps well: a smooth ramp whose level steps each frame and a
+    dark bar (a needle-like line) that moves, so frames can be told apart after decoding."""
+    y, x = np.mgrid[0:size, 0:size]
+    frames = np.empty((n_frames, size, size), np.uint8)
+    for k in range(n_frames):
+        f = 60 + 0.3 * x + 0.1 * y + 12 * k
+        f[size // 3:size // 3 + 6, 40 + 8 * k:160 + 8 * k] = 20
+        frames[k] = np.clip(f, 0, 255)
+    return frames
+
+
+def write_mpeg2_run(folder: Path, frames: np.ndarray, *, name: str = "video.dcm",
+                    frame_time_ms: float = 40.0, study_uid: str | None = None) -> Path:
+    """An XA run stored the way some C-arms send their loops: MPEG2 Main Profile / Main Level,
+    the stream in one fragment, YBR_PARTIAL_420 (PS3.5 8.2.5). The stream is encoded by
+    OpenCV's FFmpeg (25 frames/s: MPEG-2 has no 7.5 or 15/s; the DICOM FrameTime is the
+    run's own)."""
+    import tempfile
+
+    import cv2
+    import pydicom
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import MPEG2MPML
+
+    (path,) = write_study(folder, [RunSpec(0.0, n_frames=len(frames), size=frames.shape[1],
+                                           dtype=np.uint8, bits_stored=8, filename=name,
+                                           frame_time_ms=frame_time_ms)], study_uid=study_uid)
+    with tempfile.TemporaryDirectory() as tmp:
+        stream_path = str(Path(tmp) / "loop.mpg")
+        writer = cv2.VideoWriter(stream_path, cv2.VideoWriter_fourcc(*"MPG2"), 25,
+                                 (frames.shape[2], frames.shape[1]), isColor=False)
+        assert writer.isOpened(), "OpenCV cannot write MPEG"
+        for f in frames:
+            writer.write(f)
+        writer.release()
+        stream = Path(stream_path).read_bytes()
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = MPEG2MPML
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "YBR_PARTIAL_420", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    ds.PixelData = encapsulate([stream + b"\x00" * (len(stream) % 2)])
+    ds["PixelData"].VR = "OB"
+    ds.save_as(path, enforce_file_format=True)
+    return path

@@ -37,7 +37,7 @@ from pydicom.uid import (
     XRayRadiofluoroscopicImageStorage,
 )
 
-from sifluoro.acquire import header, pixel_readers
+from sifluoro.acquire import header, pixel_readers, video_pixels
 from sifluoro.dose.rdsr_read import is_dose_report
 from sifluoro.errors import (
     DamagedPixelDataError,
@@ -337,6 +337,10 @@ def run_from_dataset(ds: Dataset, path: str | Path) -> Run:
     if syntax_refused is not None:  # frames from the header (NumberOfFrames, capped)
         fields = header.parse(ds, path)
         offset, reader = None, None  # read_refused, below
+    elif pixel_elem is not None and tsuid in MPEGTransferSyntaxes:
+        # one stream for all frames: its fragments are no frame count
+        fields = header.parse(ds, path, video=True)
+        offset, reader = pixel_elem.value_tell, video_pixels.read_video
     elif pixel_elem is not None:
         fields = header.parse(ds, path, pixel_bytes=_pixel_bytes(pixel_elem, tsuid),
                               fragments=_fragment_count(pixel_elem, tsuid, path))
@@ -426,11 +430,12 @@ def _transfer_syntax(ds: Dataset, path: str) -> UID:
                                     "convert with dcmconv +te", path=path,
                                     tag="(0002,0010) TransferSyntaxUID")
     if tsuid in MPEGTransferSyntaxes:
-        raise UnsupportedDicomError(f"{tsuid.name} is a video transfer syntax, which sifluoro "
-                                    "does not read; transcode the run to an image syntax (e.g. "
-                                    "to JPEG or uncompressed with gdcmconv or ffmpeg) or replay "
-                                    "the video with the `sifluoro video` command", path=path,
-                                    tag="(0002,0010) TransferSyntaxUID")
+        if video_pixels.video_decoder_available():
+            return tsuid
+        raise UnsupportedDicomError(f"{tsuid.name} is a video transfer syntax and this OpenCV "
+                                    "has no FFmpeg backend to decode it; install opencv-python "
+                                    "(or python3-opencv) or transcode the run to an image syntax",
+                                    path=path, tag="(0002,0010) TransferSyntaxUID")
     if tsuid.is_compressed and not decoder_available(tsuid):
         raise UnsupportedDicomError(f"no decoder installed for {tsuid.name}; install "
                                     "pylibjpeg or python-gdcm", path=path,

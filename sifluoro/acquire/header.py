@@ -172,12 +172,13 @@ def _required_int(look: _Lookup, keyword: str, path: str, allowed: range | tuple
 
 
 def parse(ds: Dataset, path: str, *, pixel_bytes: int | None = None,
-          fragments: int | None = None) -> HeaderFields:
+          fragments: int | None = None, video: bool = False) -> HeaderFields:
     """Read every header field a run needs; raise a typed error for what is unusable.
 
     ``pixel_bytes`` (native pixel data's length) or ``fragments`` (encapsulated pixel data's
     fragment count), when known, bound (0028,0008) NumberOfFrames before anything is built per
-    frame; it is always capped at :data:`MAX_FRAMES`.
+    frame; it is always capped at :data:`MAX_FRAMES`. ``video``: the pixel data is a video
+    stream (MPEG-2/H.264/HEVC), whose colour frames are read as their 8-bit luma.
     """
     look = _Lookup(ds)
     sop_uid = _required_text(look, "SOPInstanceUID", path)
@@ -190,12 +191,15 @@ def parse(ds: Dataset, path: str, *, pixel_bytes: int | None = None,
     # (its dose counted from the header, as lost frames)
     pixels_refused = None
     samples = look.raw("SamplesPerPixel", frame=None)
-    if samples not in (None, 1):
+    if video:  # YBR_PARTIAL_420 by the standard: its luma, 8 bits, is the grey frame
+        bits_allocated = bits_stored = 8
+    elif samples not in (None, 1):
         pixels_refused = (tag_name("SamplesPerPixel"),
                           f"SamplesPerPixel = {samples}: only grayscale is read",
                           UnsupportedPixelDataError)
     try:
-        _check_high_bit(look, bits_stored, path)
+        if not video:  # the codec's 8 bits, whatever the header says
+            _check_high_bit(look, bits_stored, path)
     except InputError as exc:
         pixels_refused = pixels_refused or (exc.tag, exc.reason, UnsupportedPixelDataError)
     if look.raw("PixelRepresentation", frame=None) not in (None, 0):
@@ -203,7 +207,9 @@ def parse(ds: Dataset, path: str, *, pixel_bytes: int | None = None,
                                             "signed pixel data is not X-ray projection data",
                                             UnsupportedPixelDataError)
     photometric = look.text("PhotometricInterpretation", frame=None)
-    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+    if video:
+        photometric = "MONOCHROME2"
+    elif photometric not in ("MONOCHROME1", "MONOCHROME2"):
         pixels_refused = pixels_refused or (
             tag_name("PhotometricInterpretation"),
             f"PhotometricInterpretation {photometric or 'missing'}: only MONOCHROME1/2 are read",

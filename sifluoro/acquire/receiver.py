@@ -58,6 +58,7 @@ from pydicom.uid import (
     JPEGLosslessSV1,
     JPEGLSLossless,
     JPEGLSNearLossless,
+    MPEGTransferSyntaxes,
     RLELossless,
 )
 from pynetdicom import AE, _config, evt
@@ -65,6 +66,7 @@ from pynetdicom.sop_class import Verification
 
 from sifluoro.acquire.dicom_reader import IMAGE_SOP_CLASSES, decoder_available, run_from_dataset
 from sifluoro.acquire.live import LiveStudies
+from sifluoro.acquire.video_pixels import video_decoder_available
 from sifluoro.acquire.spool import InvalidUIDError, Spool, SpoolFullError, check_uid
 from sifluoro.config import Settings
 from sifluoro.dose.rdsr_read import SR_SOP_CLASSES, is_dose_report
@@ -89,8 +91,11 @@ _config.LOG_REQUEST_IDENTIFIERS = False
 
 
 def decodable_transfer_syntaxes() -> list[UID]:
-    """Uncompressed syntaxes plus every compressed one with an installed decoder."""
-    return list(UNCOMPRESSED) + [uid for uid in COMPRESSED if decoder_available(uid)]
+    """Uncompressed syntaxes plus every compressed one with an installed decoder, and the
+    video syntaxes (MPEG-2, H.264, HEVC) when OpenCV can decode them: a C-arm that sends its
+    loops only as video is not refused at association (its dose would be lost there)."""
+    video = list(MPEGTransferSyntaxes) if video_decoder_available() else []
+    return list(UNCOMPRESSED) + [uid for uid in COMPRESSED if decoder_available(uid)] + video
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,14 @@ import numpy as np
 import pytest
 
 from sifluoro.contract import replay_output_violations
-from tests.dicom_fixtures import PATIENT_ID, PATIENT_NAME, RunSpec, write_study
+from tests.dicom_fixtures import (
+    PATIENT_ID,
+    PATIENT_NAME,
+    RunSpec,
+    video_frames,
+    write_mpeg2_run,
+    write_study,
+)
 from tests.receiver.helpers import (
     dataset_bytes,
     echoscu,
@@ -118,3 +125,20 @@ def test_one_events_file_for_two_interleaved_studies_names_each_frames_study(
     # the contract check sees the mix: a study's summary does not go with the shared file
     summary_a = receiver.spool / file_uids(a[0])[0] / "summary.json"
     assert any("another study" in v for v in replay_output_violations(shared, summary_a))
+
+
+def test_a_c_arm_that_sends_its_loop_as_mpeg2_is_stored_and_processed(tmp_path, start_receiver):
+    """Refused at association before (only image syntaxes were offered): the loop's frames and
+    dose were lost. storescu proposes only MPEG2 Main Profile / Main Level (-xm)."""
+    path = write_mpeg2_run(tmp_path / "study", video_frames(5))
+    receiver = start_receiver()
+    sent = storescu(receiver.port, [path], "-xm")
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    study_uid, sop_uid = file_uids(path)
+    folder = receiver.spool / study_uid
+    wait_for(lambda: summary_frames(folder / "summary.json") == 5)
+    assert receiver.terminate() == 0
+    assert dataset_bytes(spooled(receiver.spool, study_uid, sop_uid)) == dataset_bytes(path)
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["rejected_files"] == [] and summary["air_kerma_mgy"] > 0
+    assert [e["frame"] for e in read_events(folder / "events.jsonl")] == [1, 2, 3, 4, 5]
