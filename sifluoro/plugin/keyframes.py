@@ -35,7 +35,7 @@ from sifluoro.dose.accumulate import DoseAccumulator
 from sifluoro.dose.rdsr_write import SOFTWARE_VERSION, write_rdsr
 from sifluoro.engine import FrameEvent
 from sifluoro.errors import InputError
-from sifluoro.model import Frame, Study
+from sifluoro.model import Frame, Study, Technique
 from sifluoro.overlay import draw_overlay
 from sifluoro.plugin.outbox import Outbox
 
@@ -181,7 +181,26 @@ def key_frame_sc(key: KeyFrame, ref: Dataset, *, series_instance_uid: str, insta
     if frame.run.n_frames > 1:
         source.ReferencedFrameNumber = frame.frame_number
     sc.SourceImageSequence = [source]
+    _calibrate_at_isocenter(sc, frame.run.technique)
     return sc
+
+
+def _calibrate_at_isocenter(sc: Dataset, tech: Technique) -> None:
+    """Pixel Spacing at the isocenter (the Basic Pixel Spacing Calibration Macro of the SC Image
+    module), so that a PACS measures the key frame in mm near the joint: the detector's
+    ImagerPixelSpacing times DistanceSourceToIsocenter / DistanceSourceToDetector, as the
+    source's own ERMF would. Left out when the geometry is not known: a spacing at the detector
+    would measure the joint about 1.4 times too large."""
+    spacing, sid_mm, sod_mm = (tech.imager_pixel_spacing_xy_mm, tech.sid_mm,
+                               tech.source_to_isocenter_mm)
+    if not (spacing and sid_mm and sod_mm and 0 < sod_mm <= sid_mm):
+        return
+    scale = sod_mm / sid_mm
+    sc.PixelSpacing = [f"{spacing[1] * scale:.10g}", f"{spacing[0] * scale:.10g}"]  # row\column
+    sc.PixelSpacingCalibrationType = "GEOMETRY"
+    # LO: at most 64 characters
+    sc.PixelSpacingCalibrationDescription = (
+        f"isocenter: ImagerPixelSpacing x SOD/SID {sod_mm:.0f}/{sid_mm:.0f} mm")
 
 
 class StudyExporter:

@@ -102,3 +102,28 @@ def test_pacing_follows_frame_times_with_pauses_between_runs_shortened():
     assert 0.5 <= time.monotonic() - t0 < 0.8  # 0.1 + 0.1 + 0.2 (not 29.8) + 0.1
     with pytest.raises(ConfigError, match="fps must be > 0"):
         Pacer(fps=0)
+
+
+def test_sc_key_frame_is_calibrated_at_the_isocenter_when_the_geometry_is_known(tmp_path):
+    """A PACS measured the key frames in pixels only (no spacing): the spacing at the
+    isocenter, by the geometry, with its calibration type, so the joint measures in mm."""
+    ref = Dataset()
+    ref.SOPClassUID = "1.2.840.10008.5.1.4.1.1.12.1"
+    ref.StudyInstanceUID, ref.PatientID, ref.PatientName = "1.2.3.4", "", ""
+    tech = Technique(imager_pixel_spacing_xy_mm=(0.30, 0.31), sid_mm=1200.0,
+                     source_to_isocenter_mm=800.0)
+    run = Run(**{**_run("1.2.3.9").__dict__, "technique": tech})
+    sc = key_frame_sc(KeyFrame(_frame(run, 5, 2), _event(5), "run end"), ref,
+                      series_instance_uid="1.2.3.5", instance_number=1)
+    assert [float(v) for v in sc.PixelSpacing] == pytest.approx([0.31 * 2 / 3, 0.30 * 2 / 3])
+    assert sc.PixelSpacingCalibrationType == "GEOMETRY"
+    if shutil.which("dciodvfy"):
+        path = save_dataset(sc, tmp_path / "sc.dcm")
+        check = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+        assert [line for line in check.stderr.splitlines() if "Error" in line] == []
+    # without the source-to-isocenter distance the spacing is not guessed
+    bare = Run(**{**_run("1.2.3.9").__dict__,
+                  "technique": Technique(imager_pixel_spacing_xy_mm=(0.3, 0.3), sid_mm=1200.0)})
+    sc = key_frame_sc(KeyFrame(_frame(bare, 5, 2), _event(5), "run end"), ref,
+                      series_instance_uid="1.2.3.5", instance_number=1)
+    assert "PixelSpacing" not in sc and "PixelSpacingCalibrationType" not in sc
