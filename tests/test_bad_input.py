@@ -109,7 +109,8 @@ def test_replay_of_a_damaged_study_follows_the_contract(damaged_study, tmp_path,
     # frame 3 of truncated.dcm, frames 3-4 of broken_rle.dcm, 2-3 of truncated_rle.dcm, the
     # 3 of no_frame_time.dcm (no timing: its frames are not shown) and the 3 of unknown_ts.dcm
     # (pixels not decodable, its header whole): counted from their headers
-    assert s["lost_frames"]["frames"] == 11 and s["lost_frames"]["fluoro_time_s"] > 0
+    # wrong_size.dcm's 3 too since review s16 H1 (its frames cannot be cut; its dose counted)
+    assert s["lost_frames"]["frames"] == 14 and s["lost_frames"]["fluoro_time_s"] > 0
     assert sorted(r["file"].rsplit("/", 1)[-1] for r in s["rejected_files"]) == sorted(EXPECTED_REASONS)
     printed = capsys.readouterr()
     everything = events.read_text() + summary.read_text() + printed.out + printed.err + caplog.text
@@ -120,7 +121,7 @@ def test_the_engine_counts_the_frames_a_damaged_file_lost(damaged_study):
     from sifluoro import Engine, Settings
 
     summary = Engine(Settings(latency_budget_ms=1e9), stages=[]).run(damaged_study)
-    assert summary["frames"] == 11 and summary["lost_frames"]["frames"] == 11
+    assert summary["frames"] == 11 and summary["lost_frames"]["frames"] == 14
 
 
 def test_a_study_whose_every_frame_was_lost_still_has_its_dose_reported(tmp_path):
@@ -555,7 +556,7 @@ def test_the_dose_shown_live_has_the_lost_frames_once_their_run_is_passed(damage
     shown = events[after]["dose"]
     assert shown["study_air_kerma_mgy"] > shown["air_kerma_mgy"]
     assert replay_output_violations(tmp_path / "e.jsonl", tmp_path / "s.json") == []
-    assert result.summary["lost_frames"]["frames"] == 11
+    assert result.summary["lost_frames"]["frames"] == 14
 
     engine = Engine(Settings(latency_budget_ms=1e9), stages=[])
     doses = []
@@ -606,9 +607,9 @@ def test_a_live_replay_stopped_part_way_counts_only_the_lost_frames_of_runs_it_p
     summary = LiveReplay(Engine(Settings(latency_budget_ms=float("inf")), stages=[]),
                          [StopAfterTruncated()], paced=False, stop=stop).run([damaged_study])
     assert summary["ended_early"] and summary["frames"] == 5
-    # truncated.dcm's frame 3, unknown_ts.dcm's and no_frame_time.dcm's 3 (runs passed); not
-    # the 4 of the broken and truncated RLE runs after the stop
-    assert summary["lost_frames"]["frames"] == 7
+    # truncated.dcm's frame 3, unknown_ts.dcm's, wrong_size.dcm's and no_frame_time.dcm's 3
+    # (runs passed); not the 4 of the broken and truncated RLE runs after the stop
+    assert summary["lost_frames"]["frames"] == 10
 
 
 def test_an_alert_the_lost_frames_raise_reaches_the_live_outputs_before_the_end(damaged_study):
@@ -767,3 +768,54 @@ def test_a_secondary_capture_whose_pixels_cannot_be_read_is_no_exposure(tmp_path
     assert len(study.runs) == 1
     [rejection] = study.rejected
     assert rejection.file.endswith("b.dcm") and rejection.error == "UnsupportedDicomError"
+
+
+def _padded(ds):
+    ds.PixelData += b"\0" * 64
+
+
+def _count_one_short(ds):
+    ds.NumberOfFrames = 9
+
+
+def _partial_last_frame(ds):
+    frame = ds.Rows * ds.Columns * 2
+    ds.PixelData = ds.PixelData[:int(6.5 * frame)]
+
+
+def _count_left_out(ds):
+    del ds.NumberOfFrames
+
+
+def _half_the_count(ds):  # twice the bytes the header gives: the frames cannot be cut from it
+    ds.NumberOfFrames = 5
+
+
+@pytest.mark.parametrize("edit, used, lost", [
+    (_padded, 10, 0), (_count_one_short, 0, 9), (_partial_last_frame, 6, 0),
+    (_count_left_out, 10, 0), (_half_the_count, 0, 5)])
+def test_native_pixel_data_longer_than_the_header_says_keeps_the_runs_dose(tmp_path, edit, used,
+                                                                          lost):
+    """Review s16 H1: pixel data longer than Rows x Columns x NumberOfFrames (padding, a count
+    one short or left out, a partial last frame) refused the whole instance: no frame, no
+    dose (replay, dose summary, the registry; the receiver answered 0xC002). Padding, a
+    partial last frame and a count left out (whole frames) are read now; where the frames
+    could be cut at the wrong places (a count that leaves frames out, as another Rows would),
+    none is shown but the run's exposure is counted from its header."""
+    paths = write_study(tmp_path / "s", [RunSpec(0.0, n_frames=3, filename="a.dcm"),
+                                         RunSpec(5.0, n_frames=10, filename="b.dcm")])
+    ds = pydicom.dcmread(paths[1])
+    edit(ds)
+    ds.save_as(paths[1], enforce_file_format=True)
+    rejected, lost_runs = [], []
+    frames = list(iter_frames(read_study([tmp_path / "s"]), rejected, lost_runs))
+    assert sum(f.run.path.endswith("b.dcm") for f in frames) == used
+    assert len(frames) == 3 + used
+    if lost:
+        [rejection] = rejected
+        assert rejection.reason.startswith("(7FE0,0010) PixelData: pixel data has")
+        assert rejection.error == "DamagedPixelDataError"
+        assert [(run.path.endswith("b.dcm"), run.n_frames - first + 1)
+                for run, first in lost_runs] == [(True, lost)]
+    else:
+        assert (rejected, lost_runs) == ([], [])

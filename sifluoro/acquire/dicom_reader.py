@@ -345,7 +345,10 @@ def run_from_dataset(ds: Dataset, path: str | Path) -> Run:
         fields = header.parse(ds, path, pixel_bytes=_pixel_bytes(pixel_elem, tsuid),
                               fragments=_fragment_count(pixel_elem, tsuid, path))
         if not tsuid.is_compressed and not fields.pixels_refused:  # refused: no frame is read
-            _check_native_length(pixel_elem, fields, path)
+            mismatch = _native_length_mismatch(pixel_elem, fields,
+                                               _int_or(ds.get("NumberOfFrames"), 1), path)
+            if mismatch:  # frames unreadable, exposure kept (lost frames, header dose)
+                fields = replace(fields, pixels_refused=mismatch)
         offset, reader = pixel_elem.value_tell, (
             pixel_readers.read_native if tsuid in NATIVE_SYNTAXES else
             pixel_readers.read_deflated if tsuid == DeflatedExplicitVRLittleEndian else
@@ -443,20 +446,38 @@ def _transfer_syntax(ds: Dataset, path: str) -> UID:
     return tsuid
 
 
-def _check_native_length(elem, fields: header.HeaderFields, path: str) -> None:
-    """The pixel data is the size of the frames the header announces (a NumberOfFrames above
-    what it holds is bounded by :func:`header.parse`). A file cut short (an interrupted transfer,
-    the header intact) passes: its whole frames, if any, are used and the rest rejected when
-    they are read (:func:`iter_frames`, which also lists them as lost, so their dose is still
-    counted from the header)."""
-    frame_bytes = fields.rows * fields.columns * (fields.bits_allocated // 8)
-    expected = frame_bytes * len(fields.frame_offsets_s)
-    length = _declared_length(elem)
-    if length > expected + 1:
-        raise DamagedPixelDataError(
-            f"pixel data has {length} bytes but (0028,0010) Rows x (0028,0011) Columns x "
-            f"(0028,0008) NumberOfFrames gives {expected}: frame size does not match",
-            path=path, tag="(7FE0,0010) PixelData")
+def _native_length_mismatch(elem, fields: header.HeaderFields, announced: int,
+                            path: str) -> tuple[str, str, type] | None:
+    """Whether native pixel data is longer than the frames the header gives, in a way its
+    frames cannot be trusted to be cut from it. Padding under one row, and the partial last
+    frame of a NumberOfFrames (``announced``) that :func:`header.parse` bounded to the whole
+    frames present, are read (warned). Anything else (another Rows, Columns or BitsAllocated,
+    a count that leaves frames out) would cut frames at the wrong places, so none is shown; but
+    the run's exposure happened: its frames are lost frames, their dose from the header (the
+    whole instance was refused, its dose lost). A file cut short passes here: its whole frames
+    are used and the rest listed as lost when read (:func:`iter_frames`)."""
+    row_bytes = fields.columns * (fields.bits_allocated // 8)
+    frame_bytes = fields.rows * row_bytes
+    n = len(fields.frame_offsets_s)
+    expected = frame_bytes * n
+    extra = _declared_length(elem) - expected
+    if extra <= 1:  # an odd length's pad byte
+        return None
+    if extra < row_bytes or (announced > n and extra < frame_bytes):
+        log.warning("%s: (7FE0,0010) PixelData has %d bytes after the %d frame(s) used (%s)",
+                    path, extra, n, "padding" if extra < row_bytes else "a partial frame")
+        return None
+    return ("(7FE0,0010) PixelData",
+            f"pixel data has {expected + extra} bytes but (0028,0010) Rows x (0028,0011) "
+            f"Columns x (0028,0008) NumberOfFrames x (0028,0100) BitsAllocated gives {expected}: "
+            "the frames cannot be cut from it", DamagedPixelDataError)
+
+
+def _int_or(value, default: int) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
 
 
 def _pixel_bytes(elem, tsuid: UID) -> int | None:

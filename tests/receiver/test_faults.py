@@ -459,3 +459,20 @@ def test_a_quota_recount_between_a_commit_and_its_settle_counts_the_file_once(tm
     spool.settle(len(data), stored=True)
     assert spool.used_bytes == 4000
     spool.reserve(5000)  # fits: 4000 + 5000 <= 10000
+
+
+def test_pixel_data_longer_than_its_header_says_is_stored_with_its_dose(tmp_path, start_receiver,
+                                                                       study_files):
+    """Review s16 H1: answered 0xC002 and not stored, so the run's exposure was lost. Its
+    frames cannot be cut from the data (twice the bytes the header gives), so none is shown;
+    the instance is stored and its dose counted from the header."""
+    receiver = start_receiver()
+    image = pydicom.dcmread(study_files[0])
+    image.PixelData = image.PixelData * 2
+    [(status, _)] = send(receiver.port, [image], contexts=(XRayAngiographicImageStorage,))
+    assert status == 0
+    summary_path = receiver.spool / str(image.StudyInstanceUID) / "summary.json"
+    wait_for(lambda: summary_path.exists())
+    summary = json.loads(summary_path.read_text())
+    assert summary["frames"] == 0 and summary["lost_frames"]["frames"] == 3
+    assert summary["study_dose"]["air_kerma_mgy"] > 0
