@@ -182,6 +182,9 @@ class Engine:
         self._contrast = "none"
         self._live: LiveFeeder | None = None
         self._fed = False   # feed() was used (then submit() may not be)
+        # frames fed so far, per instance: one fed again (a re-delivery) is no new exposure
+        self._frames_fed: dict[str, set[int]] = {}
+        self._duplicate_frames = 0
         self._recounts_seen = 0  # the dose's recounts already announced
         # submit(): a recount is announced after the event of the last frame counted before it,
         # so that no frame event still queued shows the totals from before it
@@ -212,12 +215,18 @@ class Engine:
             raise ValueError(f"unknown event kind {kind!r}; one of {', '.join(KINDS)}")
         self._handlers[kind].append(handler)
 
-    def feed(self, frame: Frame) -> FrameEvent:
-        """Process one frame (frames of one study, in acquisition order) and emit its events."""
+    def feed(self, frame: Frame) -> FrameEvent | None:
+        """Process one frame (frames of one study, in acquisition order) and emit its events.
+
+        A frame fed before (the same SOP Instance UID and frame number: a source that delivers
+        it again after a reconnect) is ignored, counted in the summary's ``duplicate_frames``,
+        and gives None: its exposure is counted once."""
         with self._serialised():
             if self._live is not None:
                 raise RuntimeError("this engine is fed by submit(); use one of feed or submit")
             self._fed = True
+            if self._fed_before(frame):
+                return None
             run = self._admit(frame)
             if run is not None:
                 self._state.dose.prepare(run)
@@ -233,14 +242,27 @@ class Engine:
         """Live sources: count the frame's dose now and queue its image work without waiting
         for it; events come on the engine's worker thread (see the module docstring)."""
         with self._serialised():
+            if self._live is None and self._fed:
+                raise RuntimeError("this engine is fed by feed(); use one of feed or submit")
+            if self._fed_before(frame):
+                return
             if self._live is None:
-                if self._fed:
-                    raise RuntimeError("this engine is fed by feed(); use one of feed or submit")
                 self._admit(frame)
                 self._live = LiveFeeder(self.pipeline, self._state, on_event=self._emit)
             else:
                 self._admit(frame)
             self._live.submit(frame)
+
+    def _fed_before(self, frame: Frame) -> bool:
+        """Whether this frame was fed already (then counted as a duplicate, and logged)."""
+        numbers = self._frames_fed.setdefault(frame.sop_instance_uid, set())
+        if frame.frame_number not in numbers:
+            numbers.add(frame.frame_number)
+            return False
+        self._duplicate_frames += 1
+        log.warning("frame %d of instance %s was fed before: ignored (its dose counted once)",
+                    frame.frame_number, frame.sop_instance_uid)
+        return True
 
     def _admit(self, frame: Frame) -> Run | None:
         """Check the frame's study and note its run; return the run when it is new."""
@@ -331,21 +353,26 @@ class Engine:
         source = iter(source)
         first = next(source, None)
         items = itertools.chain(() if first is None else (first,), source)  # frames stream
-        lost_frames = None
         if first is not None and not isinstance(first, Frame):
-            from sifluoro.replay import LostFrames
-
-            study = read_study(list(items))
-            self.prepare(study)  # announce every run before the first frame
-            lost: list = []
-            lost_frames = LostFrames(study, lost, self.count_lost)
-            items = lost_frames.passing(prefetch(iter_frames(study, self._rejected, lost),
-                                                 self.settings.queue_frames))
+            items = self.frames(read_study(list(items)))
         for frame in items:
             self.feed(frame)
-        if lost_frames is not None:
-            lost_frames.rest()
         return self.close()
+
+    def frames(self, study: Study) -> Iterator[Frame]:
+        """The frames of a study the caller read (:func:`read_study`), to ``feed`` or
+        ``submit``, decoded one at a time ahead of use. The study is announced first
+        (:meth:`prepare`); the reader's rejections go into the summary, and the frames a
+        damaged file lost are counted into the study's dose as soon as the frames have passed
+        their run (a caller that iterates ``iter_frames`` itself loses them)."""
+        from sifluoro.replay import LostFrames
+
+        self.prepare(study)  # announce every run before the first frame
+        lost: list = []
+        lost_frames = LostFrames(study, lost, self.count_lost)
+        yield from lost_frames.passing(prefetch(iter_frames(study, self._rejected, lost),
+                                                self.settings.queue_frames))
+        lost_frames.rest()
 
     def count_lost(self, run: Run, first_frame_number: int) -> None:
         """Frames of ``run`` from ``first_frame_number`` on that a damaged file lost (the
@@ -388,6 +415,8 @@ class Engine:
                                     state, self._rejected)
             if self._live is not None:
                 summary["dropped_image_frames"] = state.dropped_image_frames
+            if self._duplicate_frames:  # else as replay's summary
+                summary["duplicate_frames"] = self._duplicate_frames
             return summary
 
     def _emit(self, event: dict) -> FrameEvent:

@@ -366,3 +366,43 @@ def test_a_recount_after_a_frame_whose_image_work_failed_keeps_its_place(tmp_pat
     with pytest.raises(ValueError):
         engine.close()  # the worker's failure is re-raised, as before
     assert shown == sorted(shown)
+
+
+@pytest.mark.parametrize("mode", ["feed", "submit"])
+def test_a_frame_fed_again_is_no_new_exposure(tmp_path, mode):
+    """Review s16 H2: a frame delivered again (a plug-in's source after a reconnect) was
+    counted as a new pulse (air kerma +20 %) and its event repeated an index."""
+    write_study(tmp_path / "study", [RunSpec(0.0, n_frames=3), RunSpec(10.0, n_frames=2)])
+    expected = Engine(NO_DEADLINE, stages=[]).run(tmp_path / "study")
+    engine = Engine(NO_DEADLINE, stages=[])
+    indexes = []
+    engine.on("frame", lambda e: indexes.append(e.index))
+    study = read_study([tmp_path / "study"])
+    engine.prepare(study)
+    frames = list(iter_frames(study, []))
+    put = getattr(engine, mode)
+    for frame in [*frames[:3], frames[2], frames[0], *frames[3:]]:
+        put(frame)
+    summary = engine.close()
+    assert indexes == [0, 1, 2, 3, 4]
+    assert summary["duplicate_frames"] == 2 and summary["frames"] == 5
+    for key in ("air_kerma_mgy", "dap_gycm2", "fluoro_time_s"):
+        assert summary[key] == pytest.approx(expected[key])
+
+
+def test_frames_of_a_study_read_by_the_caller_count_what_a_damaged_file_lost(tmp_path):
+    """Review s16 H4: the README's "read the study yourself" (prepare, then feed the reader's
+    frames) lost the dose of the frames a damaged file lost and its rejection; Engine.frames
+    does what run does."""
+    paths = write_study(tmp_path / "study", [RunSpec(0.0, n_frames=4, filename="a.dcm"),
+                                             RunSpec(10.0, n_frames=3, filename="b.dcm")])
+    data = paths[0].read_bytes()
+    paths[0].write_bytes(data[:len(data) - 3000])  # its last frame cut
+    expected = Engine(NO_DEADLINE, stages=[]).run(tmp_path / "study")
+    engine = Engine(NO_DEADLINE, stages=[])
+    for frame in engine.frames(read_study([tmp_path / "study"])):
+        engine.feed(frame)
+    summary = engine.close()
+    assert summary["lost_frames"]["frames"] == expected["lost_frames"]["frames"] == 1
+    assert [r["file"] for r in summary["rejected_files"]] == [str(paths[0])]
+    assert _without_timing(summary) == _without_timing(expected)
