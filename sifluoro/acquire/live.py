@@ -175,8 +175,8 @@ class LiveStudies:
     events_path : Path, optional
         One events file for every study; default ``SPOOL/<study>/events.jsonl``.
     summary_path : Path, optional
-        Where each study's summary is written (the last study updated wins: meant for one
-        study at a time); default ``SPOOL/<study>/summary.json``.
+        Where a copy of each study's summary is written (the last study updated wins: meant
+        for one study at a time); each study's own is always ``SPOOL/<study>/summary.json``.
     workers : int, optional
         Studies processed at the same time (default: the number of CPUs, at least 8).
     idle_evict_s : float
@@ -306,7 +306,7 @@ class LiveStudies:
                 study = _LiveStudy(state=state,
                                    pipeline_state=self.pipeline.start_study(study_uid),
                                    events=events,
-                                   summary_path=self._summary_path or folder / SUMMARY_NAME,
+                                   summary_path=folder / SUMMARY_NAME,
                                    received_set=set(state.received),
                                    idle_since=time.monotonic())
                 self._studies[study_uid] = study
@@ -473,13 +473,17 @@ class LiveStudies:
             count_lost(state, run, used + 1)
 
     def _write_summary(self, study: _LiveStudy) -> None:
+        """The study's own summary in its spool folder, always; and the ``summary_path`` given
+        (the study updated last: meant for one study at a time), as a copy of it."""
         summary = self._summary_of(study)
-        try:
-            write_json(study.summary_path, summary)
-        except OSError:
-            log.exception("study %s: summary cannot be written to %s", study.uid,
-                          study.summary_path)
-            self._output_error()
+        for path in (study.summary_path, self._summary_path):
+            if path is None:
+                continue
+            try:
+                write_json(path, summary)
+            except OSError:
+                log.exception("study %s: summary cannot be written to %s", study.uid, path)
+                self._output_error()
 
     def summary(self, study_uid: str) -> dict:
         """The study's summary as processed so far (DESIGN §3 keys plus receiver counts); of a
@@ -487,7 +491,7 @@ class LiveStudies:
         with self._studies_lock:
             study = self._studies.get(study_uid)
         if study is None or (study.done == 0 and study.state.processed):  # not rebuilt yet
-            path = self._summary_path or self.spool.study_dir(study_uid) / SUMMARY_NAME
+            path = self.spool.study_dir(study_uid) / SUMMARY_NAME
             return json.loads(path.read_text(encoding="utf-8"))
         return self._summary_of(study)
 

@@ -446,7 +446,8 @@ def add_receive_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--events", type=Path, metavar="EVENTS.jsonl",
                         help="one events file for all studies (default: DIR/<study>/events.jsonl)")
     parser.add_argument("--summary", type=Path, metavar="SUMMARY.json",
-                        help="write each study's summary here (default: DIR/<study>/summary.json)")
+                        help="also write the summary of the study updated last here (one "
+                             "study at a time); each study's own is DIR/<study>/summary.json")
     parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default %(default)s)")
     parser.add_argument("--tls-cert", type=Path, metavar="CERT.pem", help="server certificate: enables TLS")
     parser.add_argument("--tls-key", type=Path, metavar="KEY.pem", help="server private key")

@@ -108,7 +108,8 @@ def test_one_events_file_for_two_interleaved_studies_names_each_frames_study(
     a = write_study(tmp_path / "a", [RunSpec(0.0, n_frames=2), RunSpec(3.0, n_frames=2)])
     b = write_study(tmp_path / "b", [RunSpec(0.0, n_frames=3), RunSpec(4.0, n_frames=1)])
     shared = tmp_path / "all-events.jsonl"
-    receiver = start_receiver(None, "--events", str(shared))
+    receiver = start_receiver(None, "--events", str(shared), "--summary",
+                              str(tmp_path / "last-summary.json"))
     for path in (a[0], b[0], a[1], b[1]):  # acquisition order within each study
         sent = storescu(receiver.port, [path], "-xe")
         assert sent.returncode == 0, sent.stdout + sent.stderr
@@ -119,9 +120,13 @@ def test_one_events_file_for_two_interleaved_studies_names_each_frames_study(
     events = read_events(shared)
     assert [sop_to_study[e["sop_instance_uid"]] for e in events] == [
         e["study_instance_uid"] for e in events]
-    for study_uid in {file_uids(a[0])[0], file_uids(b[0])[0]}:
+    for study_uid, frames in ((file_uids(a[0])[0], 4), (file_uids(b[0])[0], 4)):
         own = [e for e in events if e["study_instance_uid"] == study_uid]
         assert [e["index"] for e in own] == list(range(len(own)))
+        # review s16 H3: with --summary each study's own summary was not written
+        assert summary_frames(receiver.spool / study_uid / "summary.json") == frames
+    last = json.loads((tmp_path / "last-summary.json").read_text())
+    assert last["study_instance_uid"] == file_uids(b[1])[0]
     # the contract check sees the mix: a study's summary does not go with the shared file
     summary_a = receiver.spool / file_uids(a[0])[0] / "summary.json"
     assert any("another study" in v for v in replay_output_violations(shared, summary_a))
