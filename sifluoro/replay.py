@@ -139,7 +139,7 @@ def count_lost(state, run: Run, first_frame_number: int) -> list:
 
 
 def build_summary(study: Study, state, rejected: list[Rejection]) -> dict:
-    totals = state.dose.totals
+    totals = state.dose.live  # as the events counted them (study_dose: recounted, whole)
     return {
         "study_instance_uid": study.study_instance_uid,
         "frames": state.frames,

@@ -163,8 +163,12 @@ def test_a_device_report_announced_after_the_frames_recounts_them(tmp_path):
     engine.prepare(read_study([tmp_path / "late.dcm"], study_uid=study.study_instance_uid))
     summary = engine.close()
     assert summary["dose_source"] == "rdsr"
-    assert summary["dap_gycm2"] == pytest.approx(1.5 * estimated["dap_gycm2"], rel=1e-6)
-    assert summary["air_kerma_mgy"] == pytest.approx(1.5 * estimated["air_kerma_mgy"], rel=1e-6)
+    # the study's dose is the device's; the frames' counter stays as the events counted it
+    # (DESIGN §3: it never goes down, review s16 H5)
+    whole = summary["study_dose"]
+    assert whole["dap_gycm2"] == pytest.approx(1.5 * estimated["dap_gycm2"], rel=1e-6)
+    assert whole["air_kerma_mgy"] == pytest.approx(1.5 * estimated["air_kerma_mgy"], rel=1e-6)
+    assert summary["air_kerma_mgy"] == pytest.approx(estimated["air_kerma_mgy"], rel=1e-6)
     assert [e.dose_source for e in engine.dose.events()] == ["rdsr", "rdsr"]
 
 
@@ -227,6 +231,11 @@ def _prepared_with_a_late_report(tmp_path):
     return engine, study, list(iter_frames(study, []))
 
 
+def _whole_kerma(d: DoseEvent) -> float:
+    """The study's whole air kerma a dose event gives (the frames' when nothing else adds)."""
+    return d.air_kerma_mgy if d.study_air_kerma_mgy is None else d.study_air_kerma_mgy
+
+
 def test_a_recount_while_submitted_frames_wait_is_announced_after_them(tmp_path):
     """Review s13 M1: the device's report arrives (prepare) while submitted frames still wait
     for their image work. Their dose events carry the totals from before the report, so the
@@ -235,7 +244,7 @@ def test_a_recount_while_submitted_frames_wait_is_announced_after_them(tmp_path)
     release, shown = threading.Event(), []
     engine.on("frame", lambda e: release.wait(10) if e.index == 0 else None)  # the worker waits
     engine.on("dose", lambda d: shown.append((threading.current_thread().name, d.index,
-                                              d.air_kerma_mgy)))
+                                              _whole_kerma(d))))
     for frame in frames[:6]:
         engine.submit(frame)
     engine.prepare(read_study([tmp_path / "late" / "rdsr.dcm"], study_uid=study.study_instance_uid))
@@ -245,7 +254,8 @@ def test_a_recount_while_submitted_frames_wait_is_announced_after_them(tmp_path)
         engine.submit(frame)
     summary = engine.close()
     values = [k for _, _, k in shown]
-    assert values == sorted(values) and values[-1] == pytest.approx(summary["air_kerma_mgy"])
+    assert values == sorted(values)
+    assert values[-1] == pytest.approx(summary["study_dose"]["air_kerma_mgy"])
     assert max(values) == pytest.approx(500.0, abs=1.0)
     assert {name for name, _, _ in shown} == {"sifluoro-live"}
     recount = next(i for i, (_, _, k) in enumerate(shown) if k >= 499.0)
@@ -258,13 +268,14 @@ def test_a_recount_after_every_submitted_frame_is_announced_on_the_worker(tmp_pa
     engine, study, frames = _prepared_with_a_late_report(tmp_path)
     all_shown, shown = threading.Event(), []
     engine.on("frame", lambda e: all_shown.set() if e.index == len(frames) - 1 else None)
-    engine.on("dose", lambda d: shown.append((threading.current_thread().name, d.air_kerma_mgy)))
+    engine.on("dose", lambda d: shown.append((threading.current_thread().name, _whole_kerma(d))))
     for frame in frames:
         engine.submit(frame)
     assert all_shown.wait(30)
     engine.prepare(read_study([tmp_path / "late" / "rdsr.dcm"], study_uid=study.study_instance_uid))
     summary = engine.close()
-    assert shown[-1][1] == pytest.approx(summary["air_kerma_mgy"]) and shown[-1][1] > 499.0
+    assert shown[-1][1] == pytest.approx(summary["study_dose"]["air_kerma_mgy"])
+    assert shown[-1][1] > 499.0
     assert {name for name, _ in shown} == {"sifluoro-live"}
 
 
@@ -406,3 +417,38 @@ def test_frames_of_a_study_read_by_the_caller_count_what_a_damaged_file_lost(tmp
     assert summary["lost_frames"]["frames"] == expected["lost_frames"]["frames"] == 1
     assert [r["file"] for r in summary["rejected_files"]] == [str(paths[0])]
     assert _without_timing(summary) == _without_timing(expected)
+
+
+def test_a_device_report_lower_than_the_estimate_mid_study_never_lowers_the_events_dose(
+        tmp_path):
+    """Review s16 H5: the device's report, sent when the exam closes while images are still
+    being sent, arrives before the last run; its dose is half the estimate. The next frame's
+    cumulative dose went down (0.596 -> 0.308 mGy) and the events broke DESIGN §3. The frames'
+    counter stays as counted; the study's dose (``study_*``, ``study_dose``) is the device's."""
+    from sifluoro.contract import replay_output_violations
+
+    write_study(tmp_path / "study", [RunSpec(0.0, n_frames=3), RunSpec(15.0, n_frames=3)])
+    replay([tmp_path / "study"], events_path=tmp_path / "e.jsonl",
+           summary_path=tmp_path / "s.json", rdsr_path=tmp_path / "device.dcm", stages=[])
+    device = as_device_report(tmp_path / "device.dcm", tmp_path / "half.dcm", scale=0.5)
+    engine = Engine(NO_DEADLINE, stages=[])
+    events = []
+    engine.on("frame", lambda e: events.append(e.event))
+    study = read_study([tmp_path / "study"])
+    frames = list(iter_frames(study, []))
+    for frame in frames[:4]:  # the first run and the second's first frame
+        engine.feed(frame)
+    engine.prepare(read_study([tmp_path / "half.dcm"], study_uid=study.study_instance_uid))
+    for frame in frames[4:]:
+        engine.feed(frame)
+    summary = engine.close()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "e.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    (out / "s.json").write_text(json.dumps(summary))
+    assert replay_output_violations(out / "e.jsonl", out / "s.json") == []
+    kerma = [e["dose"]["air_kerma_mgy"] for e in events]
+    assert kerma == sorted(kerma)
+    assert events[-1]["dose"]["study_air_kerma_mgy"] == pytest.approx(
+        summary["study_dose"]["air_kerma_mgy"])
+    assert summary["dose_source"] == "rdsr" and device.StudyInstanceUID == study.study_instance_uid

@@ -138,6 +138,11 @@ class DoseAccumulator:
     def __init__(self, settings: DoseSettings):
         self.settings = settings
         self.totals = DoseTotals()
+        #: the frames' dose as counted when each arrived, never recounted: what the events'
+        #: cumulative ``dose`` shows (DESIGN §3: it never goes down). ``totals`` is recounted
+        #: when a device report arrives after the frames it covers; the study's dose
+        #: (``study_*``, :attr:`study_totals`) follows it
+        self.live = DoseTotals()
         #: frames whose pixels were lost (a damaged file) but whose exposure the header gives:
         #: in the runs' irradiation events (the RDSR), not in ``totals`` (the frames seen)
         self.lost = DoseTotals()
@@ -310,14 +315,17 @@ class DoseAccumulator:
                           t.sources | lost.sources | u.sources)
 
     def shown(self) -> dict[str, float]:
-        """The cumulative dose a frame's event gives: the frames' (``air_kerma_mgy``,
-        ``dap_gycm2``, ``fluoro_time_s``), and the study's whole dose (``study_*``,
-        :attr:`study_totals`) when frames lost or exposures not stored add to it: an alert
-        raised by unstored dose must not stand beside a counter that leaves it out."""
-        t = self.totals
+        """The cumulative dose a frame's event gives: the frames' as counted (``air_kerma_mgy``,
+        ``dap_gycm2``, ``fluoro_time_s``, :attr:`live`: never lower than an earlier event's),
+        and the study's whole dose (``study_*``, :attr:`study_totals`) when frames lost,
+        exposures not stored or a device report that recounted frames already shown make it
+        differ: an alert raised by unstored dose must not stand beside a counter that leaves
+        it out."""
+        t = self.live
         out = {"air_kerma_mgy": t.air_kerma_mgy, "dap_gycm2": t.dap_gycm2,
                "fluoro_time_s": round(t.fluoro_time_s, 6)}
-        if self._unstored or self.lost_frames or any(self._report_residual.values()):
+        if (self._unstored or self.lost_frames or any(self._report_residual.values())
+                or self.recounts):
             whole = self.study_totals
             out.update(study_air_kerma_mgy=whole.air_kerma_mgy, study_dap_gycm2=whole.dap_gycm2,
                        study_fluoro_time_s=round(whole.fluoro_time_s, 6))
@@ -448,7 +456,15 @@ class DoseAccumulator:
         """Count one frame; return the alerts it raised."""
         self._tally(frame.run)  # first: a recount its run's preparation causes alerts apart
         before = self._alert_values()
-        self._count(frame.run, frame.frame_number, self.totals)
+        t = self.totals
+        was = (t.air_kerma_mgy, t.dap_gycm2, t.fluoro_time_s, t.acquisition_time_s)
+        self._count(frame.run, frame.frame_number, t)
+        live = self.live
+        live.air_kerma_mgy += t.air_kerma_mgy - was[0]
+        live.dap_gycm2 += t.dap_gycm2 - was[1]
+        live.fluoro_time_s += t.fluoro_time_s - was[2]
+        live.acquisition_time_s += t.acquisition_time_s - was[3]
+        live.sources |= t.sources
         new = self._crossed(before, frame)
         self.alerts.extend(new)
         return new
