@@ -64,7 +64,12 @@ from pydicom.uid import (
 from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import Verification
 
-from sifluoro.acquire.dicom_reader import IMAGE_SOP_CLASSES, decoder_available, run_from_dataset
+from sifluoro.acquire.dicom_reader import (
+    IMAGE_SOP_CLASSES,
+    XRAY_SOP_CLASSES,
+    decoder_available,
+    run_from_dataset,
+)
 from sifluoro.acquire.live import LiveStudies
 from sifluoro.acquire.video_pixels import video_decoder_available
 from sifluoro.acquire.spool import InvalidUIDError, Spool, SpoolFullError, check_uid
@@ -394,11 +399,19 @@ def _check_usable(path: Path, sop_class: UID) -> None:
                                         "concept X-Ray Radiation Dose Report (DCM,113701)",
                                         tag="(0040,A043) ConceptNameCodeSequence")
         return
-    run = run_from_dataset(ds, path)
-    if run.start_s is None:
-        raise InputError("no acquisition or content time, so the run cannot be placed in the "
-                         "study; send it with its timing attributes",
-                         tag="(0008,002A) AcquisitionDateTime")
+    try:
+        run = run_from_dataset(ds, path)
+        if run.start_s is None:
+            raise InputError("no acquisition or content time, so the run cannot be placed in "
+                             "the study; send it with its timing attributes",
+                             tag="(0008,002A) AcquisitionDateTime")
+    except InputError:
+        if sop_class in XRAY_SOP_CLASSES:
+            raise
+        # a Secondary Capture the pipeline cannot use (a colour screenshot, a key frame): no
+        # exposure, but a failure status makes senders such as DCMTK's storescu stop sending
+        # the rest of the study (its runs and RDSR). Stored; the study lists it as not used.
+        return
 
 
 def _status(code: int, comment: str) -> Dataset:

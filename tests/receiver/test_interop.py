@@ -147,3 +147,30 @@ def test_a_c_arm_that_sends_its_loop_as_mpeg2_is_stored_and_processed(tmp_path, 
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["rejected_files"] == [] and summary["air_kerma_mgy"] > 0
     assert [e["frame"] for e in read_events(folder / "events.jsonl")] == [1, 2, 3, 4, 5]
+
+
+def test_a_colour_screenshot_is_stored_and_the_study_sent_after_it_arrives(tmp_path,
+                                                                        start_receiver):
+    """Review s16 M5: a colour Secondary Capture was answered 0xC002 and DCMTK's storescu then
+    stopped: the runs sent after it never arrived. It is stored now and listed as not used."""
+    specs = [RunSpec(0.0, n_frames=1, storage="sc", dtype=np.uint8, bits_stored=8,
+                     filename="a_screenshot.dcm"),
+             RunSpec(2.0, n_frames=3, filename="b_run.dcm")]
+    paths = write_study(tmp_path / "study", specs)
+    import pydicom
+    ds = pydicom.dcmread(paths[0])
+    rgb = np.repeat(ds.pixel_array[..., None], 3, axis=-1).astype(np.uint8)
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.PixelData = rgb.tobytes()
+    ds.save_as(paths[0])
+    receiver = start_receiver()
+    sent = storescu(receiver.port, paths, "-xe")  # one association, screenshot first
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    study_uid, _ = file_uids(paths[1])
+    folder = receiver.spool / study_uid
+    wait_for(lambda: summary_frames(folder / "summary.json") == 3)
+    assert receiver.terminate() == 0
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["instances"] == 2
+    [rejected] = summary["rejected_files"]
+    assert rejected["reason"].startswith("(0028,0002) SamplesPerPixel")
