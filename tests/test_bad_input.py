@@ -819,3 +819,21 @@ def test_native_pixel_data_longer_than_the_header_says_keeps_the_runs_dose(tmp_p
                 for run, first in lost_runs] == [(True, lost)]
     else:
         assert (rejected, lost_runs) == ([], [])
+
+
+@pytest.mark.parametrize("syntax, frames", [("rle", 6), ("jpeg2000", 1)])
+def test_an_encapsulated_run_without_numberofframes(tmp_path, caplog, syntax, frames):
+    """Review s16 H6: an RLE run without NumberOfFrames was read as one frame, silently: 1/16
+    of its dose and time. RLE holds one fragment per frame, so its frames are counted from
+    them; another syntax may split a frame, so one frame is read, with a warning."""
+    paths = write_study(tmp_path / "s", [RunSpec(0.0, n_frames=6, transfer_syntax=syntax,
+                                                 filename="a.dcm")])
+    ds = pydicom.dcmread(paths[0])
+    del ds.NumberOfFrames
+    ds.save_as(paths[0], enforce_file_format=True)
+    rejected, lost = [], []
+    got = list(iter_frames(read_study([tmp_path / "s"]), rejected, lost))
+    assert len(got) == frames and rejected == []
+    assert "(0028,0008) NumberOfFrames is missing" in caplog.text
+    if frames == 6:  # every frame decoded, in order (write_study marks pixel (0, 0))
+        assert [int(f.pixels[0, 0]) for f in got] == list(range(6))

@@ -32,6 +32,7 @@ from pydicom.uid import (
     MPEGTransferSyntaxes,
     MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
     MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+    RLETransferSyntaxes,
     SecondaryCaptureImageStorage,
     XRayAngiographicImageStorage,
     XRayRadiofluoroscopicImageStorage,
@@ -343,7 +344,8 @@ def run_from_dataset(ds: Dataset, path: str | Path) -> Run:
         offset, reader = pixel_elem.value_tell, video_pixels.read_video
     elif pixel_elem is not None:
         fields = header.parse(ds, path, pixel_bytes=_pixel_bytes(pixel_elem, tsuid),
-                              fragments=_fragment_count(pixel_elem, tsuid, path))
+                              fragments=_fragment_count(pixel_elem, tsuid, path),
+                              fragments_are_frames=tsuid in RLETransferSyntaxes)
         if not tsuid.is_compressed and not fields.pixels_refused:  # refused: no frame is read
             mismatch = _native_length_mismatch(pixel_elem, fields,
                                                _int_or(ds.get("NumberOfFrames"), 1), path)

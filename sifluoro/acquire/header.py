@@ -172,7 +172,8 @@ def _required_int(look: _Lookup, keyword: str, path: str, allowed: range | tuple
 
 
 def parse(ds: Dataset, path: str, *, pixel_bytes: int | None = None,
-          fragments: int | None = None, video: bool = False) -> HeaderFields:
+          fragments: int | None = None, fragments_are_frames: bool = False,
+          video: bool = False) -> HeaderFields:
     """Read every header field a run needs; raise a typed error for what is unusable.
 
     ``pixel_bytes`` (native pixel data's length) or ``fragments`` (encapsulated pixel data's
@@ -216,7 +217,8 @@ def parse(ds: Dataset, path: str, *, pixel_bytes: int | None = None,
             UnsupportedPixelDataError)
         photometric = "MONOCHROME2"  # no frame is shown; the run keeps a valid value
     frame_bytes = rows * columns * (bits_allocated // 8)
-    n_frames = _frames_present(_number_of_frames(look, path, frame_bytes, pixel_bytes),
+    n_frames = _frames_present(_number_of_frames(look, path, frame_bytes, pixel_bytes,
+                                                 fragments, fragments_are_frames),
                                frame_bytes, pixel_bytes, fragments, path)
     timing_unknown = False
     try:
@@ -269,7 +271,8 @@ ENHANCED_SOP_CLASSES = {EnhancedXAImageStorage: "Enhanced XA", EnhancedXRFImageS
 
 
 def _number_of_frames(look: _Lookup, path: str, frame_bytes: int,
-                      pixel_bytes: int | None) -> int:
+                      pixel_bytes: int | None, fragments: int | None = None,
+                      fragments_are_frames: bool = False) -> int:
     """NumberOfFrames; absent, 1 (a single-frame instance), except in an Enhanced XA/XRF that
     holds more than one frame, where it is Type 1: said missing, rather than taken as 1 and
     the pixel data's size said not to match."""
@@ -294,6 +297,15 @@ def _number_of_frames(look: _Lookup, path: str, frame_bytes: int,
             log.warning("%s: %s is missing, but the pixel data holds %d whole frames: %d frames",
                         path, tag_name("NumberOfFrames"), n, n)
             return n
+        elif fragments is not None and fragments >= 2:
+            if fragments_are_frames:  # RLE: one fragment per frame (PS3.5 A.4.2)
+                log.warning("%s: %s is missing, but the RLE pixel data holds %d frames",
+                            path, tag_name("NumberOfFrames"), fragments)
+                return fragments
+            # another syntax may split one frame into fragments: their count is no frame count
+            log.warning("%s: %s is missing, but the pixel data holds %d fragments: one frame "
+                        "is read, and the run's dose may be short of frames the header does "
+                        "not count", path, tag_name("NumberOfFrames"), fragments)
         return 1
     try:
         n = int(raw)

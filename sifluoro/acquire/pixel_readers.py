@@ -116,7 +116,8 @@ def _decoded(run: Run, k: int, frame: np.ndarray) -> np.ndarray:
 
 
 def read_encapsulated(run: Run) -> Iterator[np.ndarray]:
-    frames = iter_pixels(run.path, raw=True)
+    # the run's count, not the file's: a header that leaves NumberOfFrames out (header.parse)
+    frames = iter_pixels(run.path, raw=True, number_of_frames=run.n_frames)
     for k in range(run.n_frames):
         try:
             frame = next(frames)
