@@ -1,6 +1,7 @@
 """All behaviour switches in one place, loaded once and passed down (no module reads env vars)."""
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field, fields, replace
 
 from sifluoro.errors import ConfigError
@@ -121,6 +122,11 @@ class Settings:
     dose: DoseSettings = field(default_factory=DoseSettings)
 
     def __post_init__(self):
+        for f in fields(self):  # a number given as text ("10") is a config error, not a crash
+            value = getattr(self, f.name)
+            if f.type in ("float", "int") and (isinstance(value, bool)
+                                               or not isinstance(value, numbers.Real)):
+                raise ConfigError(f"{f.name} must be a number, got {value!r}")
         if not self.latency_budget_ms > 0:
             raise ConfigError(f"latency_budget_ms must be > 0, got {self.latency_budget_ms}")
         if self.queue_frames < 1:

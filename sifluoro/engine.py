@@ -185,6 +185,7 @@ class Engine:
         # frames fed so far, per instance: one fed again (a re-delivery) is no new exposure
         self._frames_fed: dict[str, set[int]] = {}
         self._duplicate_frames = 0
+        self._closed = False  # close() was called: no more frames (one Engine, one study)
         self._recounts_seen = 0  # the dose's recounts already announced
         # submit(): a recount is announced after the event of the last frame counted before it,
         # so that no frame event still queued shows the totals from before it
@@ -224,6 +225,7 @@ class Engine:
         with self._serialised():
             if self._live is not None:
                 raise RuntimeError("this engine is fed by submit(); use one of feed or submit")
+            self._refuse_if_closed()
             self._fed = True
             if self._fed_before(frame):
                 return None
@@ -244,6 +246,7 @@ class Engine:
         with self._serialised():
             if self._live is None and self._fed:
                 raise RuntimeError("this engine is fed by feed(); use one of feed or submit")
+            self._refuse_if_closed()
             if self._fed_before(frame):
                 return
             if self._live is None:
@@ -252,6 +255,11 @@ class Engine:
             else:
                 self._admit(frame)
             self._live.submit(frame)
+
+    def _refuse_if_closed(self) -> None:
+        if self._closed:
+            raise RuntimeError("this engine was closed (its summary is final); one Engine "
+                               "follows one study: make a new one")
 
     def _fed_before(self, frame: Frame) -> bool:
         """Whether this frame was fed already (then counted as a duplicate, and logged)."""
@@ -292,7 +300,8 @@ class Engine:
                 raise InputError(f"study {study.study_instance_uid} announced to the engine of "
                                  f"study {self._state.study_instance_uid}; use one Engine per study",
                                  tag="(0020,000D) StudyInstanceUID")
-            self._rejected.extend(study.rejected)
+            # announced again as more arrives: its reader's rejections once
+            self._rejected.extend(r for r in study.rejected if r not in self._rejected)
             # the device's report gives the dose of the runs it names (as in replay); read
             # before the runs are prepared, which fixes their per-frame dose
             # every report announced so far, merged: a correction replaces the report it names
@@ -402,6 +411,7 @@ class Engine:
                         pending, self._after = sorted(self._after.items()), {}
                     for _, calls in pending:
                         self._call_all(calls)
+            self._closed = True
             state = self._state or self.pipeline.start_study("")
             unfed = state.dose.forget_unfed_runs()
             if unfed:  # their share of the device's report is the study's still

@@ -837,3 +837,19 @@ def test_an_encapsulated_run_without_numberofframes(tmp_path, caplog, syntax, fr
     assert "(0028,0008) NumberOfFrames is missing" in caplog.text
     if frames == 6:  # every frame decoded, in order (write_study marks pixel (0, 0))
         assert [int(f.pixels[0, 0]) for f in got] == list(range(6))
+
+
+def test_a_dicomdir_is_named_for_what_it_is(tmp_path):
+    """Review s16 L12: a CD export's DICOMDIR was "SOP Class UID is missing; the file is not a
+    usable instance", on every export."""
+    from pydicom.fileset import FileSet
+
+    (path,) = write_study(tmp_path / "s", [RunSpec(0.0)])
+    fs = FileSet()
+    fs.add(pydicom.dcmread(path))
+    fs.write(tmp_path / "cd")
+    study = read_study([tmp_path / "cd"])
+    assert len(list(iter_frames(study, []))) == 3
+    [rejection] = study.rejected
+    assert rejection.file.endswith("DICOMDIR")
+    assert rejection.reason.startswith("(0002,0002) MediaStorageSOPClassUID: a DICOMDIR")

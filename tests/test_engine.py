@@ -452,3 +452,28 @@ def test_a_device_report_lower_than_the_estimate_mid_study_never_lowers_the_even
     assert events[-1]["dose"]["study_air_kerma_mgy"] == pytest.approx(
         summary["study_dose"]["air_kerma_mgy"])
     assert summary["dose_source"] == "rdsr" and device.StudyInstanceUID == study.study_instance_uid
+
+
+def test_a_closed_engine_takes_no_more_frames_and_rejections_are_listed_once(tmp_path):
+    """Review s16 L8: feed after close was taken (a second close counted one frame more);
+    L13: announcing the study again as more arrived listed the reader's rejections twice."""
+    write_study(tmp_path / "study", [RunSpec(0.0, n_frames=2)])
+    (tmp_path / "study" / "notes.txt").write_text("not dicom\n")
+    engine = Engine(NO_DEADLINE, stages=[])
+    frames = list(engine.frames(read_study([tmp_path / "study"])))
+    engine.prepare(read_study([tmp_path / "study"]))  # the same inputs again
+    for frame in frames:
+        engine.feed(frame)
+    summary = engine.close()
+    assert [r["file"].rsplit("/", 1)[-1] for r in summary["rejected_files"]] == ["notes.txt"]
+    with pytest.raises(RuntimeError, match="closed"):
+        engine.feed(frames[0])
+    assert engine.close()["frames"] == summary["frames"] == 2
+
+
+def test_a_setting_given_as_text_is_a_config_error():
+    """Review s16 L11: a bare TypeError ("'>' not supported between 'str' and 'int'")."""
+    from sifluoro.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="latency_budget_ms must be a number"):
+        Settings(latency_budget_ms="10")

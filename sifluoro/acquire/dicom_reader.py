@@ -29,6 +29,7 @@ from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
+    MediaStorageDirectoryStorage,
     MPEGTransferSyntaxes,
     MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
     MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
@@ -317,6 +318,11 @@ def run_from_dataset(ds: Dataset, path: str | Path) -> Run:
     path = str(path)
     sop_class = UID(str(ds.get("SOPClassUID", "")))
     if not sop_class:
+        if UID(str(getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID", ""))) \
+                == MediaStorageDirectoryStorage:
+            raise UnsupportedDicomError("a DICOMDIR (the media's index, no image): the files it "
+                                        "lists are read when their folder is given",
+                                        path=path, tag="(0002,0002) MediaStorageSOPClassUID")
         raise MissingAttributeError("SOP Class UID is missing; the file is not a usable instance",
                                     path=path, tag="(0008,0016) SOPClassUID")
     if sop_class not in IMAGE_SOP_CLASSES:

@@ -131,6 +131,14 @@ def _valid_date(text: str) -> bool:
     return True
 
 
+def key_frame_title(key: KeyFrame) -> str:
+    """The title burned into a key frame: the study index and the frame of its run (as the live
+    overlay's), not the index as a frame number."""
+    event = key.event
+    return (f"{key.reason}: #{event['index']} (frame {key.frame.frame_number} of its run)  "
+            f"t={event['t_s']:.2f} s")
+
+
 def key_frame_sc(key: KeyFrame, ref: Dataset, *, series_instance_uid: str, instance_number: int,
                  sop_instance_uid: str | None = None, stages=None) -> Dataset:
     """The key frame with its overlay as an RGB Secondary Capture Image (with file meta).
@@ -145,7 +153,7 @@ def key_frame_sc(key: KeyFrame, ref: Dataset, *, series_instance_uid: str, insta
     """
     frame, event = key.frame, dict(key.event)
     spacing = frame.pixel_spacing_xy_mm[0] if frame.pixel_spacing_xy_mm else None
-    title = f"{key.reason}: frame {event['index']}  t={event['t_s']:.2f} s"
+    title = key_frame_title(key)
     rgb = np.ascontiguousarray(draw_overlay(frame.pixels, frame.photometric, event, title=title,
                                             spacing_mm=spacing, stages=stages)[..., ::-1])
     ref = _without_refused_values(ref)

@@ -13,7 +13,7 @@ from pydicom.dataset import Dataset
 from sifluoro.errors import ConfigError
 from sifluoro.io.dicom_writer import save_dataset
 from sifluoro.model import Device, Frame, Run, Technique
-from sifluoro.plugin.keyframes import KeyFrame, KeyFrameSelector, key_frame_sc
+from sifluoro.plugin.keyframes import KeyFrame, KeyFrameSelector, key_frame_sc, key_frame_title
 from sifluoro.plugin.live import Pacer
 
 
@@ -127,3 +127,9 @@ def test_sc_key_frame_is_calibrated_at_the_isocenter_when_the_geometry_is_known(
     sc = key_frame_sc(KeyFrame(_frame(bare, 5, 2), _event(5), "run end"), ref,
                       series_instance_uid="1.2.3.5", instance_number=1)
     assert "PixelSpacing" not in sc and "PixelSpacingCalibrationType" not in sc
+
+
+def test_key_frame_title_gives_the_frame_of_its_run_not_the_index_as_a_frame():
+    """Review s16 L14: "run end: frame 41" where 41 was the study index (the run's frame 4)."""
+    key = KeyFrame(_frame(_run("1.2.3.9"), 41, 4), _event(41), "run end")
+    assert key_frame_title(key) == "run end: #41 (frame 4 of its run)  t=4.10 s"
