@@ -853,3 +853,15 @@ def test_a_dicomdir_is_named_for_what_it_is(tmp_path):
     [rejection] = study.rejected
     assert rejection.file.endswith("DICOMDIR")
     assert rejection.reason.startswith("(0002,0002) MediaStorageSOPClassUID: a DICOMDIR")
+
+
+def test_a_receivers_spool_given_as_input_passes_by_its_own_files(tmp_path):
+    """Review s16 L15: `audit ingest SPOOL` (or replay, dose summary) listed the receiver's
+    state.json, summary.json and events.jsonl as "not a DICOM file; remove it from the
+    input", one line each per study."""
+    write_study(tmp_path / "spool" / "1.2.3", [RunSpec(0.0)])
+    for name in ("state.json", "summary.json", "events.jsonl"):
+        (tmp_path / "spool" / "1.2.3" / name).write_text("{}\n")
+    study = read_study([tmp_path / "spool"])
+    assert list(study.rejected) == []
+    assert len(study.runs) == 1

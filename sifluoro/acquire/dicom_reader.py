@@ -83,15 +83,21 @@ class ScanResult:
     dose_reports: list[str]
 
 
+#: sifluoro's own files in a receiver's spool (and replay's usual outputs): a folder walk
+#: passes them by, so a spool can be given to replay, dose summary or audit ingest as it is
+OWN_OUTPUT_NAMES = frozenset({"state.json", "summary.json", "events.jsonl"})
+
+
 def iter_input_files(inputs: Iterable[str | Path]) -> Iterator[Path]:
-    """Files named, and files below folders named (sorted only to be deterministic)."""
+    """Files named, and files below folders named (sorted only to be deterministic), but for
+    hidden ones and sifluoro's own outputs (:data:`OWN_OUTPUT_NAMES`)."""
     for item in inputs:
         path = Path(item)
         if path.is_dir():
             for root, dirs, files in os.walk(path):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
                 for name in sorted(files):
-                    if not name.startswith("."):
+                    if not name.startswith(".") and name not in OWN_OUTPUT_NAMES:
                         yield Path(root) / name
         else:
             yield path
