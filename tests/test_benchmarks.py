@@ -106,3 +106,19 @@ def test_eval_needle_runs_the_register_stage_first_when_asked(tmp_path):
     both = evaluate_needle(tmp_path, register=True)
     assert alone["stages"] == ["needle"] and both["stages"] == ["register", "needle"]
     assert both["needle"]["tip_frames"] == alone["needle"]["tip_frames"] > 0
+
+
+def test_bench_contrast_times_the_stage_on_the_pipeline_bench_study():
+    """On the simulated study the vessel test runs from a run's 4th frame and its field
+    changes from frame to frame (what the synthetic frames never do); the steps of those
+    frames are reported."""
+    from benchmarks.bench_contrast import bench_study
+
+    got = bench_study(512, 1)
+    assert got["frames"] == 13
+    assert 0 < got["vessel_test_frames"] < got["frames"]
+    assert 0 < got["field_changed"] <= got["vessel_test_frames"]
+    assert got["onset_filtered"] <= got["vessel_test_frames"]
+    steps = got["vessel_test_frames_steps_p50_ms"]
+    assert steps["washout_ridge"] > 0.0 and steps["vessel_test (all)"] > 0.0
+    assert got["vessel_test_frames_p50_ms"] > steps["vessel_test (all)"]
