@@ -9,7 +9,9 @@ For 512² and 1024² frames of a simulated study (``simulate_case(seed, case, qu
   also the CPU time of the thread that ran it, in a pass of its own (``<stage>_cpu``: on a busy
   machine the wall time mostly measures waiting for a core). The study's 13 frames are a mix:
   a run's first frames segment the joint and search the needle's field, and the contrast run's
-  frames from its 4th run the vessel test, so a p50 is that of a mix;
+  frames from its 4th run the vessel test, so a p50 is that of a mix; with one thread the
+  thread CPU of each stage on each of the 13 frames (``per_frame_cpu``, medians over the
+  passes) shows which frames set it;
 - the grids each stage works on at each size (``work_grids``): fixed in mm or in pixels, the
   same at 512² as at 1024² over the same field, which is why 512² costs about as much;
 - the ratio of each stage's and of the pipeline's p50 to the p50 of one ``cv2.Sobel`` pass
