@@ -9,7 +9,9 @@ For 512² and 1024² frames of a simulated study (``simulate_case(seed, case, qu
   also the CPU time of the thread that ran it, in a pass of its own (``<stage>_cpu``: on a busy
   machine the wall time mostly measures waiting for a core). The study's 13 frames are a mix:
   a run's first frames segment the joint and search the needle's field, and the contrast run's
-  frames from its 4th run the vessel test, so a p50 is that of a mix;
+  frames from its 4th run the vessel test, so a p50 is that of a mix; with one thread the
+  thread CPU of each stage on each of the 13 frames (``per_frame_cpu``, medians over the
+  passes) shows which frames set it;
 - the grids each stage works on at each size (``work_grids``): fixed in mm or in pixels, the
   same at 512² as at 1024² over the same field, which is why 512² costs about as much;
 - the ratio of each stage's and of the pipeline's p50 to the p50 of one ``cv2.Sobel`` pass
@@ -138,8 +140,29 @@ def _in_process(frames, config: str, repeats: int) -> dict:
     if _threads(config) == 1:
         out["pipeline_cpu"] = _pct(cpu_ms)
         out["own"] = _pct(np.subtract(state.latencies_ms, np.sum([t.ms for t in timed], axis=0)))
-    out["stages_cpu"] = {t.name: _pct(t.ms) for t in _timed_pass(frames, config, repeats, _CpuTimed)[1]}
+    _, cpu_timed, whole_cpu_ms = _timed_pass(frames, config, repeats, _CpuTimed)
+    out["stages_cpu"] = {t.name: _pct(t.ms) for t in cpu_timed}
+    if _threads(config) == 1:
+        out["per_frame_cpu"] = _per_frame(frames, cpu_timed, whole_cpu_ms)
     return out
+
+
+def _per_frame(frames, timed, whole_ms) -> list[dict]:
+    """Thread CPU ms of each study frame (median over the passes): each stage's and the whole
+    frame's. The bench's p50s are those of a mix (run starts, needle field searches, frames
+    with the contrast vessel test, plain frames): the p50 of the whole is not the sum of the
+    stages' p50s, and this table shows which frames set it."""
+    n = len(frames)
+    rows = []
+    for i, f in enumerate(frames):
+        row = {"frame": i, "frame_of_run": int(f.frame_number)}
+        for t in timed:
+            row[t.name] = round(float(np.median(t.ms[i::n])), 3)
+        row["whole"] = round(float(np.median(whole_ms[i::n])), 3)
+        own = np.subtract(whole_ms[i::n], np.sum([t.ms[i::n] for t in timed], axis=0))
+        row["own"] = round(float(np.median(own)), 3)  # pass by pass, then the median
+        rows.append(row)
+    return rows
 
 
 def _timed_pass(frames, config: str, repeats: int, timer: type) -> tuple:
@@ -330,6 +353,15 @@ def table(result: dict) -> str:
             for name, s in rows:
                 lines.append(f"{size:>5} {config:<25} {name:<12} {s['p50_ms']:>8.3f} "
                              f"{s['p99_ms']:>8.3f} {s['x_sobel']:>8.1f}")
+    for size, per in result["sizes"].items():
+        frames = per[CONFIGS[1]].get("per_frame_cpu")
+        if frames:
+            names = [k for k in frames[0] if k not in ("frame", "frame_of_run")]
+            lines.append(f"{size:>5} {CONFIGS[1]}, thread CPU ms per study frame (median of the "
+                         f"passes): frame (of its run) " + " ".join(f"{n:>8}" for n in names))
+            for r in frames:
+                lines.append(f"{size:>5} {r['frame']:>3} ({r['frame_of_run']:>2}) "
+                             + " ".join(f"{r[n]:>8.3f}" for n in names))
     for name, a in result["sizes"]["1024"]["allocated_per_frame"].items():
         lines.append(f"1024 {name}: allocates {a['p50_mb']} MB per frame (p50; max {a['max_mb']} MB)")
     for name, r in result["fresh_process_1024"].items():

@@ -50,6 +50,25 @@ def test_bench_pipeline_reports_its_own_time_frame_by_frame():
     assert got["pipeline_cpu"]["p50_ms"] > 0.0
     assert "own" not in _in_process(frames, "joint+needle+contrast x2", 1)
 
+
+def test_bench_pipeline_tables_each_study_frame_s_stages():
+    """One row per study frame: each stage's thread CPU and the whole frame's (medians over the
+    passes), and the pipeline's own time, pass by pass the whole less the stages (one thread:
+    the whole frame's CPU holds its stages')."""
+    from benchmarks.bench_pipeline import _in_process
+    from sifluoro.sim import simulate_case
+    from sifluoro.track.needle_sim import sim_frames
+
+    frames = [f for f, _ in sim_frames(simulate_case(2026, 1, quick=True))][:6]
+    rows = _in_process(frames, "joint+needle+contrast", 3)["per_frame_cpu"]
+    assert [r["frame"] for r in rows] == list(range(6))
+    assert [r["frame_of_run"] for r in rows] == [f.frame_number for f in frames]
+    for r in rows:
+        assert r["whole"] >= max(r["register"], r["needle"], r["contrast"]) > 0.0
+        assert 0.0 <= r["own"] < r["whole"]
+    assert "per_frame_cpu" not in _in_process(frames, "joint+needle+contrast x2", 1)
+
+
 def test_bench_contrast_stock_step_runs_the_vessel_test_too():
     """The stock step is the stage's whole step: a thin line that appears on one frame and
     is gone two frames later scores far above the same frames without it."""
@@ -87,3 +106,19 @@ def test_eval_needle_runs_the_register_stage_first_when_asked(tmp_path):
     both = evaluate_needle(tmp_path, register=True)
     assert alone["stages"] == ["needle"] and both["stages"] == ["register", "needle"]
     assert both["needle"]["tip_frames"] == alone["needle"]["tip_frames"] > 0
+
+
+def test_bench_contrast_times_the_stage_on_the_pipeline_bench_study():
+    """On the simulated study the vessel test runs from a run's 4th frame and its field
+    changes from frame to frame (what the synthetic frames never do); the steps of those
+    frames are reported."""
+    from benchmarks.bench_contrast import bench_study
+
+    got = bench_study(512, 1)
+    assert got["frames"] == 13
+    assert 0 < got["vessel_test_frames"] < got["frames"]
+    assert 0 < got["field_changed"] <= got["vessel_test_frames"]
+    assert got["onset_filtered"] <= got["vessel_test_frames"]
+    steps = got["vessel_test_frames_steps_p50_ms"]
+    assert steps["washout_ridge"] > 0.0 and steps["vessel_test (all)"] > 0.0
+    assert got["vessel_test_frames_p50_ms"] > steps["vessel_test (all)"]
