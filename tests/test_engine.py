@@ -477,3 +477,18 @@ def test_a_setting_given_as_text_is_a_config_error():
 
     with pytest.raises(ConfigError, match="latency_budget_ms must be a number"):
         Settings(latency_budget_ms="10")
+
+
+def test_a_device_report_alone_gives_its_study_and_dose(tmp_path):
+    """Review s16 L10: Engine.run of a device report alone gave study "" and a dose of 0,
+    silently; the receiver given the same file gives its dose. The report's study is the
+    study, and its exposures are the study's dose (none stored as images)."""
+    write_study(tmp_path / "study", [RunSpec(0.0, n_frames=3)])
+    replay([tmp_path / "study"], events_path=tmp_path / "e.jsonl",
+           summary_path=tmp_path / "s.json", rdsr_path=tmp_path / "mine.dcm", stages=[])
+    (tmp_path / "only").mkdir()
+    device = as_device_report(tmp_path / "mine.dcm", tmp_path / "only" / "device.dcm")
+    summary = Engine(NO_DEADLINE, stages=[]).run(tmp_path / "only")
+    assert summary["study_instance_uid"] == device.StudyInstanceUID
+    assert summary["frames"] == 0 and summary["study_dose"]["dose_source"] == "rdsr"
+    assert summary["study_dose"]["air_kerma_mgy"] > 0

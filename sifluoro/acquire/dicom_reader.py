@@ -81,6 +81,8 @@ class ScanResult:
     runs_by_study: dict[str, list[Run]]
     rejected: list[Rejection]
     dose_reports: list[str]
+    #: the Study Instance UIDs the dose reports name (a study given by its report alone)
+    report_studies: frozenset[str] = frozenset()
 
 
 #: sifluoro's own files in a receiver's spool (and replay's usual outputs): a folder walk
@@ -108,6 +110,7 @@ def scan(inputs: Iterable[str | Path]) -> ScanResult:
     runs_by_study: dict[str, list[Run]] = {}
     rejected: list[Rejection] = []
     dose_reports: list[str] = []
+    report_studies: set[str] = set()
     seen_files: set[Path] = set()
     # SOP Instance UID -> the file it was taken from and its rank (_copy_rank), and its run
     seen_instances: dict[str, tuple[Path, tuple]] = {}
@@ -126,6 +129,8 @@ def scan(inputs: Iterable[str | Path]) -> ScanResult:
             ds = read_header(path)
             if is_dose_report(ds):  # an RDSR, or a dose report sent as Enhanced/Comprehensive SR
                 dose_reports.append(str(path))
+                if ds.get("StudyInstanceUID"):
+                    report_studies.add(str(ds.StudyInstanceUID))
                 continue
             run = run_from_dataset(ds, path)
         except InputError as exc:
@@ -155,7 +160,7 @@ def scan(inputs: Iterable[str | Path]) -> ScanResult:
         first_run[run.sop_instance_uid] = run
         runs_by_study.setdefault(run.study_instance_uid, []).append(run)
     runs_by_study = {uid: runs for uid, runs in runs_by_study.items() if runs}
-    return ScanResult(runs_by_study, rejected, dose_reports)
+    return ScanResult(runs_by_study, rejected, dose_reports, frozenset(report_studies))
 
 
 def _same_bytes(a: Path, b: Path) -> bool:
@@ -203,9 +208,11 @@ def read_study(inputs: Iterable[str | Path], *, study_uid: str | None = None) ->
         ``study_uid`` is none of the inputs' studies (when they hold any).
     """
     found = scan(inputs)
-    uids = sorted(found.runs_by_study)
+    # a study given by its dose report alone is that report's study (its dose, no frames)
+    uids = sorted(found.runs_by_study) or sorted(found.report_studies)
     if study_uid is not None:
-        if study_uid not in found.runs_by_study and uids:
+        if study_uid not in found.runs_by_study and study_uid not in found.report_studies \
+                and uids:
             raise StudyNotFoundError(study_uid, uids)
         runs = found.runs_by_study.get(study_uid, [])
     elif len(uids) > 1:
