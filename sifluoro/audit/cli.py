@@ -86,6 +86,18 @@ def _report(args) -> int:
     if not args.quiet:
         print(f"{written.studies} studies, {written.groups} procedure/device groups, "
               f"{written.outliers} outliers -> {written.html}")
+    if args.procedure and not written.procedures:
+        from sifluoro.audit.report import procedure_counts
+        from sifluoro.audit.schema import open_registry
+
+        engine = open_registry(args.db)
+        try:
+            present = procedure_counts(engine)
+        finally:
+            engine.dispose()
+        listed = "; ".join(f"{label} ({n})" for label, n in sorted(present.items())) or "none"
+        print(f"sifluoro: no study has procedure {args.procedure!r}; the registry's procedure "
+              f"labels (studies): {listed}", file=sys.stderr)
     return 0 if written.studies else 2
 
 
@@ -144,7 +156,8 @@ def add_audit_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, metavar="DIR")
     p.add_argument("--from", dest="start", type=_iso_date, metavar="YYYY-MM-DD")
     p.add_argument("--to", dest="end", type=_iso_date, metavar="YYYY-MM-DD")
-    p.add_argument("--procedure", metavar="P", help="only this procedure label")
+    p.add_argument("--procedure", metavar="P", help="only this procedure: its label or the "
+                   "study description as the device writes it (case and punctuation ignored)")
     p.add_argument("--outlier-factor", type=float, metavar="F",
                    help="outlier above F x the group's 75th percentile (default 1.5)")
     p.add_argument("-q", "--quiet", action="store_true")

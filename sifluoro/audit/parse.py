@@ -173,6 +173,22 @@ def procedure_label(ds) -> tuple[str, bool]:
     for item in ds.get("RequestAttributesSequence") or []:
         texts.append(item.get("RequestedProcedureDescription"))
     texts.append(ds.get("PerformedProcedureStepDescription"))
+    return _label(texts)
+
+
+def normalise_procedure(text: str) -> str:
+    """The label :func:`procedure_label` gives a header whose only description is ``text``
+    ("DSA Body" → "Dsa body", "SIJ inj. left" → "SI joint injection")."""
+    return _label([text])[0]
+
+
+def procedure_key(label: str) -> str:
+    """A loose key to compare labels by: lower case, letters and digits only, single spaces
+    (labels stored by older versions, which dropped punctuation, compare equal)."""
+    return " ".join(re.sub(r"[^0-9a-zà-ÿ]+", " ", str(label).lower()).split())
+
+
+def _label(texts) -> tuple[str, bool]:
     cleaned = [c for c in (_clean(t) for t in texts) if c]
     for text in cleaned:
         for pattern, label in _PROCEDURES:

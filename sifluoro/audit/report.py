@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import func, select
 
+from sifluoro.audit.parse import normalise_procedure, procedure_key
 from sifluoro.audit.schema import DeviceRow, EventRow, StudyRow, open_registry
 from sifluoro.audit.settings import AuditSettings
 from sifluoro.outfiles import replaced
@@ -69,6 +70,7 @@ class ReportFiles:
     studies: int
     groups: int
     outliers: int
+    procedures: tuple[str, ...] = ()  # the stored labels ``procedure`` matched
 
 
 @dataclass(frozen=True)
@@ -83,8 +85,8 @@ class Tables:
 
 
 def load_studies(engine, *, start: date | None = None, end: date | None = None,
-                 procedure: str | None = None) -> dict[str, np.ndarray]:
-    """The studies in the date range (inclusive) and procedure, as column arrays."""
+                 procedure: str | list[str] | None = None) -> dict[str, np.ndarray]:
+    """The studies in the date range (inclusive) and procedure label(s), as column arrays."""
     # totals summed over events some of which give no DAP or Ka,r are lower bounds (a
     # report's own accumulated totals are the device's whole count)
     def missing(column):  # some event leaves the quantity out, while the study total has it
@@ -128,7 +130,7 @@ def load_studies(engine, *, start: date | None = None, end: date | None = None,
 
 
 def count_unknown_dose(engine, *, start: date | None = None, end: date | None = None,
-                       procedure: str | None = None) -> int:
+                       procedure: str | list[str] | None = None) -> int:
     """Studies in scope whose dose is unknown (left out of the statistics)."""
     query = _in_scope(select(func.count()).select_from(StudyRow)
                       .where(StudyRow.dose_source == "none"), start, end, procedure)
@@ -136,13 +138,30 @@ def count_unknown_dose(engine, *, start: date | None = None, end: date | None = 
         return int(conn.execute(query).scalar_one())
 
 
-def _in_scope(query, start: date | None, end: date | None, procedure: str | None):
+def procedure_counts(engine) -> dict[str, int]:
+    """Every procedure label in the registry and its number of studies."""
+    query = select(StudyRow.procedure, func.count()).group_by(StudyRow.procedure)
+    with engine.connect() as conn:
+        return {label: int(n) for label, n in conn.execute(query).all()}
+
+
+def matching_procedures(labels, text: str) -> list[str]:
+    """The stored ``labels`` a ``--procedure`` text means: the text normalised as a study
+    description is (``procedure_label``'s rules), or the text itself, compared loosely (case
+    and punctuation ignored), so "DSA Body", "dsa body" and "SIJ inj. left" find their studies."""
+    wanted = {procedure_key(normalise_procedure(text)), procedure_key(text)}
+    return sorted(label for label in labels if procedure_key(label) in wanted)
+
+
+def _in_scope(query, start: date | None, end: date | None, procedure):
     if start is not None:
         query = query.where(StudyRow.study_date >= start)
     if end is not None:
         query = query.where(StudyRow.study_date <= end)
-    if procedure:
-        query = query.where(StudyRow.procedure == procedure)
+    if isinstance(procedure, str):
+        procedure = [procedure] if procedure else None
+    if procedure is not None:
+        query = query.where(StudyRow.procedure.in_(list(procedure)))
     return query
 
 
@@ -233,7 +252,8 @@ def write_report(db, out: str | Path, *, start: date | None = None, end: date | 
     start, end : date, optional
         Inclusive study date range.
     procedure : str, optional
-        Only studies with this procedure label.
+        Only studies of this procedure: a stored label or a description as the device writes
+        it (see :func:`matching_procedures`).
     settings : AuditSettings, optional
         Outlier factor and alert levels.
     """
@@ -241,7 +261,10 @@ def write_report(db, out: str | Path, *, start: date | None = None, end: date | 
     engine = open_registry(db) if isinstance(db, str) else db
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    data = load_studies(engine, start=start, end=end, procedure=procedure)
+    labels = None
+    if procedure:
+        labels = matching_procedures(procedure_counts(engine), procedure)
+    data = load_studies(engine, start=start, end=end, procedure=labels)
     tables = build_tables(data, settings)
     csv_paths = {"summary": out / "drl_summary.csv", "outliers": out / "outliers.csv",
                  "trend": out / "monthly_trend.csv"}
@@ -253,13 +276,13 @@ def write_report(db, out: str | Path, *, start: date | None = None, end: date | 
     for name, png in charts.items():
         chart_paths[name] = out / f"{name}.png"
         _atomic_write(chart_paths[name], png)
-    unknown = count_unknown_dose(engine, start=start, end=end, procedure=procedure)
+    unknown = count_unknown_dose(engine, start=start, end=end, procedure=labels)
     page = _html(tables, charts, settings, start=start, end=end, procedure=procedure,
                  unknown_dose=unknown)
     html_path = out / "report.html"
     _atomic_write(html_path, page.encode("utf-8"))
     return ReportFiles(html_path, csv_paths, chart_paths, tables.n_studies,
-                       len(tables.summary) - 1, tables.n_outliers)
+                       len(tables.summary) - 1, tables.n_outliers, tuple(labels or ()))
 
 
 def _write_csv(path: Path, rows: list[list[str]]) -> None:
