@@ -142,8 +142,10 @@ def add_audit_parser(subparsers) -> argparse.ArgumentParser:
                         "PostgreSQL: postgresql+psycopg://user@host/db")
     p.add_argument("--workers", type=int, default=2, help="parsing processes without Dask "
                    "(default %(default)s)")
-    p.add_argument("--link-key-file", metavar="FILE", help="secret key: store HMAC-SHA256 of the "
-                   "Patient ID to link a patient's studies (nothing is stored without it)")
+    p.add_argument("--link-key-file", metavar="FILE", help="secret key (a text line, e.g. "
+                   "secrets.token_hex(32), or raw bytes, e.g. head -c 32 /dev/urandom): store "
+                   "HMAC-SHA256 of the Patient ID to link a patient's studies (nothing is stored "
+                   "without it)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("-q", "--quiet", action="store_true")
     _dask_options(p)
