@@ -16,7 +16,7 @@ from pathlib import Path
 
 
 from sifluoro.acquire.dicom_reader import read_header, run_from_dataset
-from sifluoro.audit._fastsr import CutShort, parse_if_covered
+from sifluoro.audit._fastsr import CutShort, cut_short_error, parse_if_covered
 from sifluoro.dose.rdsr_read import SR_SOP_CLASSES, read_rdsr
 from sifluoro.dose.records import StudyDose
 from sifluoro.errors import InputError
@@ -121,8 +121,9 @@ def _fast_report(path: str, data: bytes, sha: str, link_key: bytes | None) -> Pa
             return None  # an image: its header's dose still counts (pydicom reads it)
         # a report: pydicom would read it as far as it goes, short of events
         log.info("rejected %s: %s", path, exc)  # the caller reports it
-        return ParsedFile(path, sha, len(data), REJECTED,
-                          reason=f"{exc}: a copy cut short; copy the file again")
+        rejection = Rejection.of(path, cut_short_error(exc, path))
+        return ParsedFile(path, sha, len(data), REJECTED, reason=rejection.reason,
+                          rejection=rejection)
     if ds is None:
         return None
     if str(ds.get("SOPClassUID", "")) not in SR_SOP_CLASSES:
