@@ -191,20 +191,26 @@ def procedure_key(label: str) -> str:
 
 def _label(texts) -> tuple[str, bool]:
     cleaned = [c for c in (_clean(t) for t in texts) if c]
-    for text in cleaned:
+    for text in cleaned:  # the patterns see words only (as they always did)
+        words = procedure_key(text)
         for pattern, label in _PROCEDURES:
-            if pattern.search(text):
+            if pattern.search(words):
                 return label, True
     if cleaned:
         return cleaned[0][:1].upper() + cleaned[0][1:], False
     return UNSPECIFIED, False
 
 
+# kept in a free-text label: a decimal mark between digits and a slash between words
+# ("Kardiologisk 7,5 b/s", which became "kardiologisk 7 5 b s"; review s16 L5)
+_KEPT_OR_DROPPED = re.compile(r"((?<=\d)[.,](?=\d)|(?<=[0-9a-zà-ÿ])/(?=[0-9a-zà-ÿ]))|[^0-9a-zà-ÿ]")
+
+
 def _clean(value) -> str:
     if value is None:
         return ""
     text = str(value).lower().replace("-", " ").replace("_", " ")
-    text = re.sub(r"[^0-9a-zà-ÿ]+", " ", text)
+    text = _KEPT_OR_DROPPED.sub(lambda m: m.group(1) or " ", text)
     return " ".join(text.split())[:120]
 
 

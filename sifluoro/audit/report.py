@@ -107,6 +107,10 @@ def load_studies(engine, *, start: date | None = None, end: date | None = None,
     with engine.connect() as conn:
         rows = conn.execute(query).all()
     columns = list(zip(*rows)) if rows else [()] * 13
+    # a label stored before the labels kept "7,5" and "b/s" ("Kardiologisk 7 5 b s") is one
+    # group with its newer form: named by the form that keeps the punctuation
+    labels = _one_label_per_key(set(columns[2]))
+    procedures = [labels[p] for p in columns[2]]
     devices = [" ".join(x for x in (m, mo) if x) + (f" ({st})" if st else "")
                for m, mo, st in zip(columns[3], columns[4], columns[5])]
     # two C-arms of one model and no station names are two groups: the serial number tells
@@ -118,7 +122,7 @@ def load_studies(engine, *, start: date | None = None, end: date | None = None,
     return {
         "uid": np.array(columns[0], dtype=object),
         "date": np.array(columns[1], dtype=object),
-        "procedure": np.array(columns[2], dtype=object),
+        "procedure": np.array(procedures, dtype=object),
         "device": np.array(devices, dtype=object),
         # a total nothing gave is NULL (schema version 3): NaN, left out of its statistics
         "dap_gycm2": np.array(columns[6], dtype=float),
@@ -151,6 +155,17 @@ def matching_procedures(labels, text: str) -> list[str]:
     and punctuation ignored), so "DSA Body", "dsa body" and "SIJ inj. left" find their studies."""
     wanted = {procedure_key(normalise_procedure(text)), procedure_key(text)}
     return sorted(label for label in labels if procedure_key(label) in wanted)
+
+
+def _one_label_per_key(labels) -> dict[str, str]:
+    """Each label → the label its group is shown under (those of one :func:`procedure_key`
+    are one group; the form with the most punctuation kept names it)."""
+    by_key: dict[str, list[str]] = {}
+    for label in labels:
+        by_key.setdefault(procedure_key(label), []).append(label)
+    name = {k: min(group, key=lambda x: (-sum(c in ",./" for c in x), x))
+            for k, group in by_key.items()}
+    return {label: name[procedure_key(label)] for label in labels}
 
 
 def _in_scope(query, start: date | None, end: date | None, procedure):

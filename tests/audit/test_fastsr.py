@@ -77,6 +77,8 @@ def test_a_report_cut_short_is_rejected_and_ingest_goes_on(tmp_path):
     ("Sacro-iliac infiltration", None, "SI joint injection"),
     ("Knee-Arthrography", None, "Knee arthrography"),
     ("DSA  Body", None, "Dsa body"),
+    ("Kardiologisk 7,5 b/s", None, "Kardiologisk 7,5 b/s"),  # was "Kardiologisk 7 5 b s" (s16 L5)
+    ("Pain clinic 3.5 mm / L4/5 facet", None, "Facet joint injection"),
     (None, None, "unspecified"),
 ])
 def test_procedure_labels(study, requested, label):

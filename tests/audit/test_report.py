@@ -312,3 +312,21 @@ def test_procedure_is_matched_as_the_device_writes_it(tmp_path):
     assert run.returncode == 2
     assert "no study has procedure 'Knee arthrography'" in run.stderr
     assert "Dsa body (1)" in run.stderr and "SI joint injection (" in run.stderr
+
+
+def test_a_label_stored_before_l5_is_one_group_with_its_newer_form(tmp_path):
+    """Labels keep "7,5" and "b/s" now (review s16 L5); a registry's older studies hold
+    "Kardiologisk 7 5 b s": both are one group, named by the newer form."""
+    engine = open_registry(f"sqlite:///{tmp_path / 'r.db'}")
+    insert_synthetic_studies(engine, 60, seed=4)
+    with engine.begin() as conn:
+        uids = [u for (u,) in conn.execute(select(StudyRow.study_instance_uid)
+                                           .where(StudyRow.dose_source != "none")
+                                           .order_by(StudyRow.id).limit(4))]
+        for uid, label in zip(uids, ["Kardiologisk 7 5 b s"] * 2 + ["Kardiologisk 7,5 b/s"] * 2):
+            conn.execute(StudyRow.__table__.update().where(StudyRow.study_instance_uid == uid)
+                         .values(procedure=label, device_id=1))
+    files = write_report(engine, tmp_path / "rep", procedure="Kardiologisk 7,5 b/s")
+    summary = _csv(files.csv["summary"])
+    assert [(r[0], r[2]) for r in summary[1:]] == [("Kardiologisk 7,5 b/s", "4")]
+    engine.dispose()
