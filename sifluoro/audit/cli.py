@@ -35,6 +35,9 @@ def _client(args):
     from sifluoro.audit.distributed import dask_client
 
     with dask_client(args.scheduler) as client:
+        from sifluoro.audit._dask_quiet import QuietPydicom
+
+        client.register_plugin(QuietPydicom())  # as this process does (sifluoro/quiet.py)
         yield client
 
 
@@ -43,13 +46,15 @@ def _ingest(args) -> int:
     from sqlalchemy.exc import OperationalError
 
     from sifluoro.audit.ingest import ProcessMapper, db_reason, ingest, serial_mapper
+    from sifluoro.quiet import quiet_pydicom_warnings
 
     settings = _settings(args)
     with _client(args) as client:
         if client is not None:
             mapper = DaskMapper(client)
         else:
-            mapper = ProcessMapper(args.workers) if args.workers > 1 else serial_mapper
+            mapper = (ProcessMapper(args.workers, initializer=quiet_pydicom_warnings)
+                      if args.workers > 1 else serial_mapper)
         try:
             result = ingest(args.paths, args.db, settings=settings, mapper=mapper,
                             progress=not args.quiet and sys.stderr.isatty())
