@@ -157,9 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sifluoro.quiet import quiet_pydicom_warnings
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    quiet_pydicom_warnings()  # logged by pydicom: not printed a second time
     try:
         return args.func(args)
     except SifluoroError as exc:  # typed errors name the file/setting at fault: say it, exit 2

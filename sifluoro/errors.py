@@ -61,6 +61,12 @@ class MissingAttributeError(InputError):
     """A mandatory attribute is missing or empty."""
 
 
+class DamagedFileError(InputError):
+    """An element, item or sequence runs past the end of the file: a copy cut short, or a
+    length damaged (the two look the same from the file alone). Raised for dose reports, which
+    pydicom would read as far as they go, short of events."""
+
+
 class DamagedPixelDataError(InputError):
     """Pixel data is truncated, of the wrong size, or fails to decode."""
 

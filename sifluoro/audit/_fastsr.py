@@ -22,6 +22,8 @@ from struct import Struct
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag
 
+from sifluoro.errors import DamagedFileError
+
 log = logging.getLogger(__name__)
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
@@ -43,8 +45,16 @@ class FastPathUnsupported(Exception):
 
 
 class CutShort(Exception):
-    """An element, item or sequence runs past the end of the file: a copy cut short. Not left
-    to pydicom, which reads such a file as far as it goes (a report missing events)."""
+    """An element, item or sequence runs past the end of the file: a copy cut short or a
+    damaged length. Not left to pydicom, which reads such a file as far as it goes (a report
+    missing events)."""
+
+
+def cut_short_error(exc: CutShort, path) -> DamagedFileError:
+    """The typed error of a report that :class:`CutShort` refused, in the one wording that
+    ``dose summary``, ``audit ingest`` and replay give it."""
+    return DamagedFileError(f"{exc}: the file is cut short (an interrupted copy) or damaged; "
+                            "copy it again", path=path)
 
 
 class LightDataset(dict):

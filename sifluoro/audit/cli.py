@@ -35,6 +35,9 @@ def _client(args):
     from sifluoro.audit.distributed import dask_client
 
     with dask_client(args.scheduler) as client:
+        from sifluoro.audit._dask_quiet import QuietPydicom
+
+        client.register_plugin(QuietPydicom())  # as this process does (sifluoro/quiet.py)
         yield client
 
 
@@ -43,13 +46,15 @@ def _ingest(args) -> int:
     from sqlalchemy.exc import OperationalError
 
     from sifluoro.audit.ingest import ProcessMapper, db_reason, ingest, serial_mapper
+    from sifluoro.quiet import quiet_pydicom_warnings
 
     settings = _settings(args)
     with _client(args) as client:
         if client is not None:
             mapper = DaskMapper(client)
         else:
-            mapper = ProcessMapper(args.workers) if args.workers > 1 else serial_mapper
+            mapper = (ProcessMapper(args.workers, initializer=quiet_pydicom_warnings)
+                      if args.workers > 1 else serial_mapper)
         try:
             result = ingest(args.paths, args.db, settings=settings, mapper=mapper,
                             progress=not args.quiet and sys.stderr.isatty())
@@ -86,6 +91,18 @@ def _report(args) -> int:
     if not args.quiet:
         print(f"{written.studies} studies, {written.groups} procedure/device groups, "
               f"{written.outliers} outliers -> {written.html}")
+    if args.procedure and not written.procedures:
+        from sifluoro.audit.report import procedure_counts
+        from sifluoro.audit.schema import open_registry
+
+        engine = open_registry(args.db)
+        try:
+            present = procedure_counts(engine)
+        finally:
+            engine.dispose()
+        listed = "; ".join(f"{label} ({n})" for label, n in sorted(present.items())) or "none"
+        print(f"sifluoro: no study has procedure {args.procedure!r}; the registry's procedure "
+              f"labels (studies): {listed}", file=sys.stderr)
     return 0 if written.studies else 2
 
 
@@ -130,8 +147,10 @@ def add_audit_parser(subparsers) -> argparse.ArgumentParser:
                         "PostgreSQL: postgresql+psycopg://user@host/db")
     p.add_argument("--workers", type=int, default=2, help="parsing processes without Dask "
                    "(default %(default)s)")
-    p.add_argument("--link-key-file", metavar="FILE", help="secret key: store HMAC-SHA256 of the "
-                   "Patient ID to link a patient's studies (nothing is stored without it)")
+    p.add_argument("--link-key-file", metavar="FILE", help="secret key (a text line, e.g. "
+                   "secrets.token_hex(32), or raw bytes, e.g. head -c 32 /dev/urandom): store "
+                   "HMAC-SHA256 of the Patient ID to link a patient's studies (nothing is stored "
+                   "without it)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("-q", "--quiet", action="store_true")
     _dask_options(p)
@@ -144,7 +163,8 @@ def add_audit_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, metavar="DIR")
     p.add_argument("--from", dest="start", type=_iso_date, metavar="YYYY-MM-DD")
     p.add_argument("--to", dest="end", type=_iso_date, metavar="YYYY-MM-DD")
-    p.add_argument("--procedure", metavar="P", help="only this procedure label")
+    p.add_argument("--procedure", metavar="P", help="only this procedure: its label or the "
+                   "study description as the device writes it (case and punctuation ignored)")
     p.add_argument("--outlier-factor", type=float, metavar="F",
                    help="outlier above F x the group's 75th percentile (default 1.5)")
     p.add_argument("-q", "--quiet", action="store_true")

@@ -91,13 +91,16 @@ def serial_mapper(fn: Callable, chunks: Iterable) -> Iterator:
 
 
 class ProcessMapper:
-    """Parse on a local process pool of ``workers`` processes (results in order)."""
+    """Parse on a local process pool of ``workers`` processes (results in order), each
+    started with ``initializer()`` when given (a spawned process does not inherit this one's
+    warning filters)."""
 
-    def __init__(self, workers: int):
+    def __init__(self, workers: int, initializer: Callable[[], None] | None = None):
         self.workers = workers
+        self.initializer = initializer
 
     def __call__(self, fn: Callable, chunks: Iterable) -> Iterator:
-        with ProcessPoolExecutor(max_workers=self.workers) as pool:
+        with ProcessPoolExecutor(max_workers=self.workers, initializer=self.initializer) as pool:
             yield from pool.map(fn, chunks)
 
 

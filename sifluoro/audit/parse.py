@@ -16,7 +16,7 @@ from pathlib import Path
 
 
 from sifluoro.acquire.dicom_reader import read_header, run_from_dataset
-from sifluoro.audit._fastsr import CutShort, parse_if_covered
+from sifluoro.audit._fastsr import CutShort, cut_short_error, parse_if_covered
 from sifluoro.dose.rdsr_read import SR_SOP_CLASSES, read_rdsr
 from sifluoro.dose.records import StudyDose
 from sifluoro.errors import InputError
@@ -121,8 +121,9 @@ def _fast_report(path: str, data: bytes, sha: str, link_key: bytes | None) -> Pa
             return None  # an image: its header's dose still counts (pydicom reads it)
         # a report: pydicom would read it as far as it goes, short of events
         log.info("rejected %s: %s", path, exc)  # the caller reports it
-        return ParsedFile(path, sha, len(data), REJECTED,
-                          reason=f"{exc}: a copy cut short; copy the file again")
+        rejection = Rejection.of(path, cut_short_error(exc, path))
+        return ParsedFile(path, sha, len(data), REJECTED, reason=rejection.reason,
+                          rejection=rejection)
     if ds is None:
         return None
     if str(ds.get("SOPClassUID", "")) not in SR_SOP_CLASSES:
@@ -173,21 +174,43 @@ def procedure_label(ds) -> tuple[str, bool]:
     for item in ds.get("RequestAttributesSequence") or []:
         texts.append(item.get("RequestedProcedureDescription"))
     texts.append(ds.get("PerformedProcedureStepDescription"))
+    return _label(texts)
+
+
+def normalise_procedure(text: str) -> str:
+    """The label :func:`procedure_label` gives a header whose only description is ``text``
+    ("DSA Body" → "Dsa body", "SIJ inj. left" → "SI joint injection")."""
+    return _label([text])[0]
+
+
+def procedure_key(label: str) -> str:
+    """A loose key to compare labels by: lower case, letters and digits only, single spaces
+    (labels stored by older versions, which dropped punctuation, compare equal)."""
+    return " ".join(re.sub(r"[^0-9a-zà-ÿ]+", " ", str(label).lower()).split())
+
+
+def _label(texts) -> tuple[str, bool]:
     cleaned = [c for c in (_clean(t) for t in texts) if c]
-    for text in cleaned:
+    for text in cleaned:  # the patterns see words only (as they always did)
+        words = procedure_key(text)
         for pattern, label in _PROCEDURES:
-            if pattern.search(text):
+            if pattern.search(words):
                 return label, True
     if cleaned:
         return cleaned[0][:1].upper() + cleaned[0][1:], False
     return UNSPECIFIED, False
 
 
+# kept in a free-text label: a decimal mark between digits and a slash between words
+# ("Kardiologisk 7,5 b/s", which became "kardiologisk 7 5 b s"; review s16 L5)
+_KEPT_OR_DROPPED = re.compile(r"((?<=\d)[.,](?=\d)|(?<=[0-9a-zà-ÿ])/(?=[0-9a-zà-ÿ]))|[^0-9a-zà-ÿ]")
+
+
 def _clean(value) -> str:
     if value is None:
         return ""
     text = str(value).lower().replace("-", " ").replace("_", " ")
-    text = re.sub(r"[^0-9a-zà-ÿ]+", " ", text)
+    text = _KEPT_OR_DROPPED.sub(lambda m: m.group(1) or " ", text)
     return " ".join(text.split())[:120]
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import func, select
 
+from sifluoro.audit.parse import normalise_procedure, procedure_key
 from sifluoro.audit.schema import DeviceRow, EventRow, StudyRow, open_registry
 from sifluoro.audit.settings import AuditSettings
 from sifluoro.outfiles import replaced
@@ -69,6 +70,7 @@ class ReportFiles:
     studies: int
     groups: int
     outliers: int
+    procedures: tuple[str, ...] = ()  # the stored labels ``procedure`` matched
 
 
 @dataclass(frozen=True)
@@ -83,8 +85,8 @@ class Tables:
 
 
 def load_studies(engine, *, start: date | None = None, end: date | None = None,
-                 procedure: str | None = None) -> dict[str, np.ndarray]:
-    """The studies in the date range (inclusive) and procedure, as column arrays."""
+                 procedure: str | list[str] | None = None) -> dict[str, np.ndarray]:
+    """The studies in the date range (inclusive) and procedure label(s), as column arrays."""
     # totals summed over events some of which give no DAP or Ka,r are lower bounds (a
     # report's own accumulated totals are the device's whole count)
     def missing(column):  # some event leaves the quantity out, while the study total has it
@@ -105,6 +107,10 @@ def load_studies(engine, *, start: date | None = None, end: date | None = None,
     with engine.connect() as conn:
         rows = conn.execute(query).all()
     columns = list(zip(*rows)) if rows else [()] * 13
+    # a label stored before the labels kept "7,5" and "b/s" ("Kardiologisk 7 5 b s") is one
+    # group with its newer form: named by the form that keeps the punctuation
+    labels = _one_label_per_key(set(columns[2]))
+    procedures = [labels[p] for p in columns[2]]
     devices = [" ".join(x for x in (m, mo) if x) + (f" ({st})" if st else "")
                for m, mo, st in zip(columns[3], columns[4], columns[5])]
     # two C-arms of one model and no station names are two groups: the serial number tells
@@ -116,7 +122,7 @@ def load_studies(engine, *, start: date | None = None, end: date | None = None,
     return {
         "uid": np.array(columns[0], dtype=object),
         "date": np.array(columns[1], dtype=object),
-        "procedure": np.array(columns[2], dtype=object),
+        "procedure": np.array(procedures, dtype=object),
         "device": np.array(devices, dtype=object),
         # a total nothing gave is NULL (schema version 3): NaN, left out of its statistics
         "dap_gycm2": np.array(columns[6], dtype=float),
@@ -128,7 +134,7 @@ def load_studies(engine, *, start: date | None = None, end: date | None = None,
 
 
 def count_unknown_dose(engine, *, start: date | None = None, end: date | None = None,
-                       procedure: str | None = None) -> int:
+                       procedure: str | list[str] | None = None) -> int:
     """Studies in scope whose dose is unknown (left out of the statistics)."""
     query = _in_scope(select(func.count()).select_from(StudyRow)
                       .where(StudyRow.dose_source == "none"), start, end, procedure)
@@ -136,13 +142,41 @@ def count_unknown_dose(engine, *, start: date | None = None, end: date | None = 
         return int(conn.execute(query).scalar_one())
 
 
-def _in_scope(query, start: date | None, end: date | None, procedure: str | None):
+def procedure_counts(engine) -> dict[str, int]:
+    """Every procedure label in the registry and its number of studies."""
+    query = select(StudyRow.procedure, func.count()).group_by(StudyRow.procedure)
+    with engine.connect() as conn:
+        return {label: int(n) for label, n in conn.execute(query).all()}
+
+
+def matching_procedures(labels, text: str) -> list[str]:
+    """The stored ``labels`` a ``--procedure`` text means: the text normalised as a study
+    description is (``procedure_label``'s rules), or the text itself, compared loosely (case
+    and punctuation ignored), so "DSA Body", "dsa body" and "SIJ inj. left" find their studies."""
+    wanted = {procedure_key(normalise_procedure(text)), procedure_key(text)}
+    return sorted(label for label in labels if procedure_key(label) in wanted)
+
+
+def _one_label_per_key(labels) -> dict[str, str]:
+    """Each label → the label its group is shown under (those of one :func:`procedure_key`
+    are one group; the form with the most punctuation kept names it)."""
+    by_key: dict[str, list[str]] = {}
+    for label in labels:
+        by_key.setdefault(procedure_key(label), []).append(label)
+    name = {k: min(group, key=lambda x: (-sum(c in ",./" for c in x), x))
+            for k, group in by_key.items()}
+    return {label: name[procedure_key(label)] for label in labels}
+
+
+def _in_scope(query, start: date | None, end: date | None, procedure):
     if start is not None:
         query = query.where(StudyRow.study_date >= start)
     if end is not None:
         query = query.where(StudyRow.study_date <= end)
-    if procedure:
-        query = query.where(StudyRow.procedure == procedure)
+    if isinstance(procedure, str):
+        procedure = [procedure] if procedure else None
+    if procedure is not None:
+        query = query.where(StudyRow.procedure.in_(list(procedure)))
     return query
 
 
@@ -233,7 +267,8 @@ def write_report(db, out: str | Path, *, start: date | None = None, end: date | 
     start, end : date, optional
         Inclusive study date range.
     procedure : str, optional
-        Only studies with this procedure label.
+        Only studies of this procedure: a stored label or a description as the device writes
+        it (see :func:`matching_procedures`).
     settings : AuditSettings, optional
         Outlier factor and alert levels.
     """
@@ -241,7 +276,10 @@ def write_report(db, out: str | Path, *, start: date | None = None, end: date | 
     engine = open_registry(db) if isinstance(db, str) else db
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    data = load_studies(engine, start=start, end=end, procedure=procedure)
+    labels = None
+    if procedure:
+        labels = matching_procedures(procedure_counts(engine), procedure)
+    data = load_studies(engine, start=start, end=end, procedure=labels)
     tables = build_tables(data, settings)
     csv_paths = {"summary": out / "drl_summary.csv", "outliers": out / "outliers.csv",
                  "trend": out / "monthly_trend.csv"}
@@ -253,13 +291,13 @@ def write_report(db, out: str | Path, *, start: date | None = None, end: date | 
     for name, png in charts.items():
         chart_paths[name] = out / f"{name}.png"
         _atomic_write(chart_paths[name], png)
-    unknown = count_unknown_dose(engine, start=start, end=end, procedure=procedure)
+    unknown = count_unknown_dose(engine, start=start, end=end, procedure=labels)
     page = _html(tables, charts, settings, start=start, end=end, procedure=procedure,
                  unknown_dose=unknown)
     html_path = out / "report.html"
     _atomic_write(html_path, page.encode("utf-8"))
     return ReportFiles(html_path, csv_paths, chart_paths, tables.n_studies,
-                       len(tables.summary) - 1, tables.n_outliers)
+                       len(tables.summary) - 1, tables.n_outliers, tuple(labels or ()))
 
 
 def _write_csv(path: Path, rows: list[list[str]]) -> None:

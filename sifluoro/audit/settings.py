@@ -51,11 +51,22 @@ class AuditSettings:
 
 
 def read_link_key(path: str | Path) -> bytes:
-    """The patient link key from a file (its stripped text, UTF-8); a ConfigError if unusable."""
+    """The patient link key from a file; a ConfigError if unusable.
+
+    A text file (UTF-8, e.g. ``secrets.token_hex(32)``) gives its stripped text, as it always
+    did: the links already in a registry stay the same. A file that is not UTF-8 text (e.g.
+    ``head -c 32 /dev/urandom``) gives its bytes as they are.
+    """
     try:
-        key = Path(path).read_text(encoding="utf-8").strip().encode("utf-8")
+        data = Path(path).read_bytes()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the patient link key ({exc})") from exc
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        key = data  # random bytes: every byte is key, whitespace too
+    else:  # what read_text() gave: universal newlines, then stripped
+        key = text.replace("\r\n", "\n").replace("\r", "\n").strip().encode("utf-8")
     if len(key) < 16:
-        raise ConfigError(f"{path}: the patient link key must be at least 16 characters")
+        raise ConfigError(f"{path}: the patient link key must be at least 16 bytes")
     return key

@@ -43,8 +43,12 @@ def _psd(args) -> int:
             continue
         est = estimate_peak_skin_dose(report.events)
         kerma = sum(e.air_kerma_mgy or 0.0 for e in report.events)
-        line = (f"{path}: {est.psd_mgy:.2f} (Ka,r {kerma:.2f} mGy, {est.events} events in "
-                f"{len(est.patches)} projection(s))")
+        # the report's own total (what dose summary and the registry show), and the events'
+        # sum the estimate is made of: they differ by the device's rounding of each event
+        total = ("unknown" if "air_kerma_mgy" in report.unknown_totals()
+                 else f"{report.air_kerma_mgy:.2f} mGy")
+        line = (f"{path}: {est.psd_mgy:.2f} (Ka,r total {total}; events' Ka,r {kerma:.2f} mGy, "
+                f"{est.events} events in {len(est.patches)} projection(s))")
         if args.pyskindose:
             try:
                 line += f"; pyskindose {pyskindose_peak_skin_dose(path):.2f}"

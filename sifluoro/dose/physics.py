@@ -60,22 +60,33 @@ def mas_per_frame(tech: Technique, frame_interval_ms: float, n_frames: int) -> f
 def field_area_cm2_at_detector(tech: Technique, rows: int, columns: int) -> float | None:
     """Exposed field area at the detector plane.
 
-    With the detector pixel spacing: the collimator's aperture when stored (it limits the
-    beam), else the display shutters (a proxy), else the whole image. Without it: the field of
+    The collimator's aperture when stored (it limits the beam), else the display shutters (a
+    proxy), else the whole image, in pixels, scaled by the detector pixel spacing. Without the
+    spacing, by the field of view over the matrix (FieldOfViewDimensions / (Columns, Rows)),
+    the aperture's area capped at the field of view's own; without an aperture, the field of
     view by its shape (a round field is a circle of the stored diameter).
     """
+    aperture = tech.collimator if tech.collimator is not None else tech.shutter
     spacing = tech.imager_pixel_spacing_xy_mm
-    if spacing is not None:
-        sx, sy = spacing
-        aperture = tech.collimator if tech.collimator is not None else tech.shutter
-        rect = (0, 0, columns - 1, rows - 1)
-        if aperture is not None and aperture.rect_xyxy is not None:
-            rect = aperture.rect_xyxy
-        circle = aperture.circle_xyr if aperture is not None else None
-        return aperture_area_px(rect, circle) * sx * sy / 100.0
+    fov_mm2 = None
     if tech.field_of_view_mm is not None:
-        return field_of_view_area_mm2(tech.field_of_view_mm, tech.field_of_view_shape) / 100.0
-    return None
+        fov_mm2 = field_of_view_area_mm2(tech.field_of_view_mm, tech.field_of_view_shape)
+    if spacing is None and fov_mm2 is not None:
+        if aperture is None or (aperture.rect_xyxy is None and aperture.circle_xyr is None):
+            return fov_mm2 / 100.0
+        # the whole field of view ignored the collimation (+58 % DAP, review s16 M4)
+        spacing = (tech.field_of_view_mm[0] / columns, tech.field_of_view_mm[1] / rows)
+    if spacing is None:
+        return None
+    sx, sy = spacing
+    rect = (0, 0, columns - 1, rows - 1)
+    if aperture is not None and aperture.rect_xyxy is not None:
+        rect = aperture.rect_xyxy
+    circle = aperture.circle_xyr if aperture is not None else None
+    area_mm2 = aperture_area_px(rect, circle) * sx * sy
+    if tech.imager_pixel_spacing_xy_mm is None:
+        area_mm2 = min(area_mm2, fov_mm2)
+    return area_mm2 / 100.0
 
 
 def aperture_area_px(rect_xyxy: tuple[float, float, float, float],

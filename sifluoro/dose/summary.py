@@ -51,7 +51,7 @@ def summarize(paths: Iterable[str | Path], *, settings: DoseSettings | None = No
 
     settings = settings or DoseSettings()
     found = scan(list(paths))
-    rejected = list(found.rejected)
+    rejected = [_as_report(r) for r in found.rejected]
     reports: dict[str, list[StudyDose]] = {}
     for path in found.dose_reports:
         try:
@@ -101,15 +101,34 @@ def device_report(study: Study, rejected: list[Rejection]) -> StudyDose | None:
     return merge_reports(reports) if reports else None
 
 
+def _as_report(rejection: Rejection) -> Rejection:
+    """A dose report cut too short for pydicom is rejected by the image reader, which speaks of
+    its missing pixel data: word it as ``audit ingest`` does (review s16 L2)."""
+    from sifluoro.audit.parse import META_BYTES, SR_CLASS_PREFIX
+
+    if rejection.error != "DamagedPixelDataError":
+        return rejection
+    try:
+        with open(rejection.file, "rb") as fh:
+            if SR_CLASS_PREFIX not in fh.read(META_BYTES):
+                return rejection
+        _check_whole(rejection.file)
+    except OSError:
+        return rejection
+    except InputError as exc:
+        return Rejection.of(rejection.file, exc)
+    return rejection
+
+
 def _check_whole(path: str) -> None:
     """Refuse a report cut short (pydicom reads one as far as it goes: beside the whole
     report, a copy short of its events would be added as another procedure step)."""
-    from sifluoro.audit._fastsr import CutShort, parse_if_covered
+    from sifluoro.audit._fastsr import CutShort, cut_short_error, parse_if_covered
 
     try:
         parse_if_covered(Path(path).read_bytes())
     except CutShort as exc:
-        raise InputError(f"{exc}: a copy cut short; copy the file again", path=path) from None
+        raise cut_short_error(exc, path) from None
     except OSError:
         pass  # pydicom says why
 

@@ -77,6 +77,8 @@ def test_a_report_cut_short_is_rejected_and_ingest_goes_on(tmp_path):
     ("Sacro-iliac infiltration", None, "SI joint injection"),
     ("Knee-Arthrography", None, "Knee arthrography"),
     ("DSA  Body", None, "Dsa body"),
+    ("Kardiologisk 7,5 b/s", None, "Kardiologisk 7,5 b/s"),  # was "Kardiologisk 7 5 b s" (s16 L5)
+    ("Pain clinic 3.5 mm / L4/5 facet", None, "Facet joint injection"),
     (None, None, "unspecified"),
 ])
 def test_procedure_labels(study, requested, label):
@@ -116,3 +118,35 @@ def test_a_large_report_cut_short_is_rejected_too(tmp_path, monkeypatch):
     parsed = parse_file(tmp_path / "cut.dcm")
     assert parsed.kind == "rejected" and "cut short" in parsed.reason
     assert parse_file(corpus["rdsrs"][0]).kind == "rdsr"
+
+
+def test_a_report_cut_or_damaged_is_worded_alike_with_its_error_class(tmp_path):
+    """A report with a damaged length (size unchanged) was called "a copy cut short" (L1); one
+    cut in its file meta was "(7FE0,0010) PixelData: the file ends before its dataset is
+    complete" in dose summary, another wording in audit ingest (L2); ingest's rejections of
+    such reports carried no error class (L3) (review s16)."""
+    from sifluoro.audit.ingest import ingest
+    from sifluoro.dose.summary import summarize
+
+    corpus = write_corpus(tmp_path)
+    data = corpus["rdsrs"][0].read_bytes()
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "cut300.dcm").write_bytes(data[:300])
+    for at in range(len(data) // 2, len(data) - 64, 7):  # a length damaged in place
+        damaged = data[:at] + bytes(b ^ 0x5A for b in data[at:at + 8]) + data[at + 8:]
+        (folder / "damaged.dcm").write_bytes(damaged)
+        if parse_file(folder / "damaged.dcm").kind == "rejected":
+            break
+    else:
+        pytest.fail("no damaged copy was refused")
+    _, rejected = summarize([folder])
+    by_summary = {r.file.rsplit("/", 1)[-1]: r for r in rejected}
+    result = ingest([folder], str(tmp_path / "r.db")).as_dict()
+    by_ingest = {r["file"].rsplit("/", 1)[-1]: r for r in result["rejected"]}
+    assert set(by_summary) == set(by_ingest) == {"cut300.dcm", "damaged.dcm"}
+    for name, r in by_ingest.items():
+        assert r["reason"] == by_summary[name].reason, name
+        assert "cut short" in r["reason"] and "damaged" in r["reason"]
+        assert "PixelData" not in r["reason"]
+        assert r["error"] == by_summary[name].error == "DamagedFileError"

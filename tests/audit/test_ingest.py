@@ -905,3 +905,34 @@ def test_a_rejected_file_names_its_error_class(tmp_path):
     errors = sorted((r.file.rsplit("/", 1)[-1], r.error, r.tag) for r in result.rejected)
     assert errors == [(path.name, "MissingAttributeError", "(0028,0010) Rows"),
                       ("notes.txt", "NotDicomError", "")]
+
+
+def test_a_binary_link_key_file_is_a_key(corpus, tmp_path):
+    """``--link-key-file`` with random bytes (``head -c 32 /dev/urandom``) ended in a
+    UnicodeDecodeError traceback (review s16 M3): the bytes are the key; a text key gives the
+    stripped text as before, so a registry's links do not change."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from sifluoro.audit.settings import read_link_key
+
+    raw = bytes(range(0x80, 0xa0))  # 32 bytes, not UTF-8
+    (tmp_path / "key.bin").write_bytes(raw)
+    assert read_link_key(tmp_path / "key.bin") == raw
+    for text in (b"0123456789abcdef-text-key\n", b"  0123456789abcdef\r\n", b"caf\xc3\xa9-0123456789abcdef\r"):
+        (tmp_path / "key.txt").write_bytes(text)
+        before = Path(tmp_path / "key.txt").read_text(encoding="utf-8").strip().encode("utf-8")
+        assert read_link_key(tmp_path / "key.txt") == before
+    db = tmp_path / "k.db"
+    run = subprocess.run([sys.executable, "-m", "sifluoro", "audit", "ingest", str(tmp_path / "in"),
+                          "--db", str(db), "--workers", "1", "-q",
+                          "--link-key-file", str(tmp_path / "key.bin")],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "Traceback" not in run.stderr
+    engine = open_registry(f"sqlite:///{db}")
+    with engine.connect() as conn:
+        keys = set(conn.execute(select(StudyRow.patient_key)).scalars())
+    engine.dispose()
+    assert keys == {hmac.new(raw, PATIENT_ID.encode(), hashlib.sha256).hexdigest()}

@@ -13,7 +13,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from sifluoro.audit.ingest import ingest
 from sifluoro.audit.report import write_report
@@ -281,3 +281,52 @@ def test_a_report_on_a_registry_that_does_not_exist_names_it(tmp_path, capsys):
                  str(tmp_path / "report")]) == 2
     assert "typo.db: no registry there" in capsys.readouterr().err
     assert not (tmp_path / "typo.db").exists()
+
+
+def test_procedure_is_matched_as_the_device_writes_it(tmp_path):
+    """``--procedure`` compared with ``==`` found nothing for "DSA Body" (stored as "Dsa body")
+    nor "SIJ inj. left" (stored as "SI joint injection"); an empty answer named no label
+    (review s16 M2)."""
+    db = tmp_path / "r.db"
+    engine = open_registry(f"sqlite:///{db}")
+    insert_synthetic_studies(engine, 60, seed=4)
+    with engine.begin() as conn:
+        uids = [u for (u,) in conn.execute(select(StudyRow.study_instance_uid)
+                                           .order_by(StudyRow.id).limit(2))]
+        for uid, label in zip(uids, ("Dsa body", "Kardiologisk 7 5 b s")):
+            conn.execute(StudyRow.__table__.update().where(StudyRow.study_instance_uid == uid)
+                         .values(procedure=label, dose_source="report"))
+        sij = conn.execute(select(func.count()).select_from(StudyRow)
+                           .where(StudyRow.procedure == "SI joint injection")
+                           .where(StudyRow.dose_source != "none")).scalar_one()
+    assert sij > 0
+    for text, studies in (("DSA Body", 1), ("dsa body", 1), ("Dsa body", 1),
+                          ("Kardiologisk 7,5 b/s", 1), ("SIJ inj. left", sij),
+                          ("si joint injection", sij)):
+        files = write_report(engine, tmp_path / "rep", procedure=text)
+        assert files.studies == studies, text
+    engine.dispose()
+    run = subprocess.run([sys.executable, "-m", "sifluoro", "audit", "report", "--db", str(db),
+                          "--out", str(tmp_path / "none"), "--procedure", "Knee arthrography"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    assert "no study has procedure 'Knee arthrography'" in run.stderr
+    assert "Dsa body (1)" in run.stderr and "SI joint injection (" in run.stderr
+
+
+def test_a_label_stored_before_l5_is_one_group_with_its_newer_form(tmp_path):
+    """Labels keep "7,5" and "b/s" now (review s16 L5); a registry's older studies hold
+    "Kardiologisk 7 5 b s": both are one group, named by the newer form."""
+    engine = open_registry(f"sqlite:///{tmp_path / 'r.db'}")
+    insert_synthetic_studies(engine, 60, seed=4)
+    with engine.begin() as conn:
+        uids = [u for (u,) in conn.execute(select(StudyRow.study_instance_uid)
+                                           .where(StudyRow.dose_source != "none")
+                                           .order_by(StudyRow.id).limit(4))]
+        for uid, label in zip(uids, ["Kardiologisk 7 5 b s"] * 2 + ["Kardiologisk 7,5 b/s"] * 2):
+            conn.execute(StudyRow.__table__.update().where(StudyRow.study_instance_uid == uid)
+                         .values(procedure=label, device_id=1))
+    files = write_report(engine, tmp_path / "rep", procedure="Kardiologisk 7,5 b/s")
+    summary = _csv(files.csv["summary"])
+    assert [(r[0], r[2]) for r in summary[1:]] == [("Kardiologisk 7,5 b/s", "4")]
+    engine.dispose()

@@ -219,6 +219,30 @@ def test_rectangle_and_float_field_of_view():
     assert tech.field_of_view_mm == (250.5, 200.5)
 
 
+def test_without_pixel_spacing_the_collimation_scales_by_the_field_of_view(tmp_path):
+    """Without ImagerPixelSpacing the estimate took the whole field of view and ignored the
+    collimator (+58 % DAP on a published case, review s16 M4): its edges are in pixels of a
+    matrix that spans the field of view."""
+    spaced = _dataset(shutter=CENTRE, imager_pixel_spacing_xy_mm=(0.5, 0.5),
+                      field_of_view_mm=(SIZE * 0.5, SIZE * 0.5))
+    _, with_spacing = _dose(spaced, tmp_path / "a")
+    ds = _dataset(shutter=CENTRE, imager_pixel_spacing_xy_mm=(0.5, 0.5),
+                  field_of_view_mm=(SIZE * 0.5, SIZE * 0.5))
+    _drop(ds, "ImagerPixelSpacing", "PixelSpacing")
+    tech, without = _dose(ds, tmp_path / "b")
+    assert tech.imager_pixel_spacing_xy_mm is None and tech.shutter == CENTRE
+    assert without.dap_gycm2 == pytest.approx(with_spacing.dap_gycm2, rel=1e-9)  # was 4x
+    rect = parse(_dataset(shutter=CENTRE, imager_pixel_spacing_xy_mm=None,
+                          field_of_view_mm=(250.0, 200.0)), "x.dcm").technique
+    assert physics.field_area_cm2_at_detector(rect, SIZE, SIZE) == pytest.approx(500.0 / 4)
+    # blades wider than a round field: no more than the field itself
+    wide = Shutter(rect_xyxy=(0, 0, SIZE - 1, SIZE - 1))
+    round_ = parse(_dataset(shutter=wide, imager_pixel_spacing_xy_mm=None,
+                            field_of_view_mm=(230.0, 230.0), field_of_view_shape="ROUND"),
+                   "x.dcm").technique
+    assert physics.field_area_cm2_at_detector(round_, SIZE, SIZE) == pytest.approx(math.pi / 4 * 23.0 ** 2)
+
+
 def test_round_field_of_view_round_trips_through_the_writer():
     ds = _dataset(shutter=None, imager_pixel_spacing_xy_mm=None, field_of_view_mm=(230.0, 230.0),
                   field_of_view_shape="ROUND")
