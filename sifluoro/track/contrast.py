@@ -16,7 +16,8 @@ import numpy as np
 
 from sifluoro.model import Frame
 from sifluoro.track import _contrast_kernels as K
-from sifluoro.track.contrast_classify import (DANGER, LATE_LINE_MM, RECENT_LINE_MM,
+from sifluoro.track.contrast_classify import (CONTINUED_NEW_FRACTION, DANGER, LATE_LINE_MM,
+                                               PERSIST_FRAMES, RECENT_LINE_MM,
                                                VASCULAR_LINE_MM, Classifier, Opacity,
                                                describe_components)
 from sifluoro.track.contrast_reference import ReferenceBank
@@ -116,6 +117,10 @@ class _RunMemory:
         self.opacity_age = 0
         self.text = np.zeros(shape, np.bool_)
         self.opacity_seen = False
+        # per pixel: on how many frames in a row up to the previous one it lay in opacity
+        # refused only as gas (Classifier.accept's ``persists``); any_aside: some pixel > 0
+        self.aside_run = np.zeros(shape, np.uint8)
+        self.any_aside = False
         # the run's last working frames for the vessel (transient line) test: a ring of slots,
         # history_order[:history_count] names them oldest first; one more than the test takes,
         # for the test a frame only remembered (deadline) did not run
@@ -313,13 +318,16 @@ class ContrastStage:
             K.component_stats(b.labels, n, b.residual, rm.opaque, b.stats)
             K.core_stats(b.labels, b.residual, 0.4, b.stats)
         opacities = describe_components(b.stats, n, b.score, b.valid, sigma, factor, work_mm)
-        keep = memory.classifier.accept(opacities, strict=not bank.mature)
+        gas = [memory.classifier.set_aside_as_gas(o) for o in opacities]
+        persists = self._persisting(b, rm, gas) if rm.any_aside and any(gas) else None
+        keep = memory.classifier.accept(opacities, strict=not bank.mature, persists=persists)
         b.keep[:] = False
         for k, ok in enumerate(keep, start=1):
             b.keep[k] = ok
         _select(b, any(keep))
         # the previous frame's opacity was read by component_stats above (C_NEW)
         rm.opaque[...] = b.on
+        self._remember_aside(b, rm, [g and not ok for g, ok in zip(gas, keep)])
         accepted = tuple(o for o, ok in zip(opacities, keep) if ok)
         rm.opaque_mm2 = float(sum(o.area_mm2 for o in accepted))
         rm.opaque_z = float(b.score[b.on].mean()) if rm.opaque_mm2 > 0.0 else 0.0
@@ -395,6 +403,34 @@ class ContrastStage:
         rm.remember(b.current)
         rm.test_owed = True
         return {}
+
+    @staticmethod
+    def _persisting(b: _Buffers, rm: _RunMemory, gas: list[bool]) -> list[bool]:
+        """Per component: refused only as gas (``gas``) and at least
+        ``CONTINUED_NEW_FRACTION`` of its pixels lay in opacity refused so on each of the
+        ``PERSIST_FRAMES - 1`` frames before."""
+        old = rm.aside_run >= PERSIST_FRAMES - 1
+        counts = np.bincount(b.labels[old], minlength=len(gas) + 1)
+        return [g and counts[k] >= CONTINUED_NEW_FRACTION * b.stats[k, K.C_AREA]
+                for k, g in enumerate(gas, start=1)]
+
+    @staticmethod
+    def _remember_aside(b: _Buffers, rm: _RunMemory, aside: list[bool]) -> None:
+        """Count the frames in a row each pixel lay in opacity refused only as gas
+        (``aside`` per component); nothing to do while there is none."""
+        if not any(aside):
+            if rm.any_aside:
+                rm.aside_run.fill(0)
+                rm.any_aside = False
+            return
+        b.keep[:] = False
+        for k, a in enumerate(aside, start=1):
+            b.keep[k] = a
+        K.select_labels(b.labels, b.keep, b.btmp)
+        np.minimum(rm.aside_run, 254, out=rm.aside_run)
+        rm.aside_run += 1
+        rm.aside_run[~b.btmp] = 0
+        rm.any_aside = True
 
     @staticmethod
     def _washed_out(b: _Buffers, rm: _RunMemory) -> bool:

@@ -52,6 +52,15 @@ DENSE_DOT_Z = 15.0
 DENSE_DOT_NEGATIVE = 1.5
 # share of new pixels below which an opacity continues the previous frame's accepted opacity
 CONTINUED_NEW_FRACTION = 0.5
+# a long straight line refused only as gas this many frames in a row at the same place (at
+# least CONTINUED_NEW_FRACTION of its pixels refused so on each of the frames before) is
+# contrast: a joint fill beside bowel gas takes the gas's dark caps into its box (negative
+# ratio 3-5 on quick training seed 5301, cases 6 and 17: never accepted). A gas rim is a
+# crescent, bent around its bubble (elongation 2.4-5.6 in the stage tests' phantom), and stays
+# for as many frames as a joint fill: persistence alone took gas for contrast there; a closed
+# collimator's edge stays too, but is a line one pixel wide (VESSEL_EDGE_FRACTION)
+PERSIST_FRAMES = 3
+PERSIST_ELONGATION = 6.0
 # frames with opacity during which clouds alone may still turn out to be the start of joint fill
 EARLY_FRAMES = 3
 # area over length (mm) of an early joint fill at most; early clouds strung out along a tissue
@@ -195,19 +204,31 @@ class Classifier:
         # frames in a row dominated by a roundish cloud
         self._round_frames = 0
 
-    def accept(self, opacities: list[Opacity], *, strict: bool = False) -> list[bool]:
+    def accept(self, opacities: list[Opacity], *, strict: bool = False,
+               persists: list[bool] | None = None) -> list[bool]:
         """Which components are contrast (not noise, not a moving gas bubble).
 
         ``strict`` when the reference holds a single run only: its few frames cover little of
-        the breathing cycle, so only dense opacity counts.
+        the breathing cycle, so only dense opacity counts. ``persists[k]``: component ``k`` was
+        refused only as gas at the same place on the ``PERSIST_FRAMES - 1`` frames before; a
+        long straight line that did is contrast all the same.
         """
         min_peak_z = 25.0 if strict else 8.0
+        persists = persists or [False] * len(opacities)
         # opacity that mostly continues what was accepted on the previous frame is contrast
         # spreading, whatever dark residual surrounds it: gas does not stay put
         return [o.area_mm2 >= MIN_AREA_MM2 and o.peak_z >= min_peak_z
                 and (o.length_mm >= MIN_CORE_LENGTH_MM or self._dense_dot(o))
-                and (o.new_fraction < CONTINUED_NEW_FRACTION or not self._gas_like(o))
-                for o in opacities]
+                and (o.new_fraction < CONTINUED_NEW_FRACTION or not self._gas_like(o)
+                     or (p and self._straight_band(o)))
+                for o, p in zip(opacities, persists)]
+
+    @staticmethod
+    def _straight_band(o: Opacity) -> bool:
+        """A long straight line a few pixels wide: joint fill, not a gas rim (bent around its
+        bubble) nor an edge of the field or a vessel (one or two pixels wide)."""
+        return (o.kind == "line" and o.elongation >= PERSIST_ELONGATION
+                and o.edge_fraction < VESSEL_EDGE_FRACTION)
 
     @staticmethod
     def _dense_dot(o: Opacity) -> bool:

@@ -1,10 +1,12 @@
 """The contrast stage's rules one at a time: a new run's reference, washout, continued opacity."""
+import dataclasses
 import math
 
 import numpy as np
 import pytest
 from scipy import ndimage
 
+from sifluoro.track import _contrast_kernels as K
 from sifluoro.track.contrast import WASHOUT_AGE, ContrastStage, _Buffers, _RunMemory
 from sifluoro.track.contrast_classify import SHAPE_FRAMES, Classifier, Opacity
 from sifluoro.track.contrast_reference import ReferenceBank
@@ -124,6 +126,48 @@ def test_gas_like_opacity_is_refused_unless_it_continues_accepted_opacity():
     assert c.accept([_opacity(0.9, 0.1)]) == [True]     # clean new opacity
     assert c.accept([_opacity(0.9, 0.8)]) == [False]    # a dark lobe beside it: moving gas
     assert c.accept([_opacity(0.2, 0.8)]) == [True]     # where contrast was last frame
+
+
+def _gas_like(kind: str, elongation: float) -> Opacity:
+    """Refused as gas: new, modest, with dark residual in its box (training seed 5301 case 17:
+    a joint fill of 44-77 mm beside bowel gas, negative ratio 3.4-4.6, peak 12-18 z)."""
+    return Opacity(kind=kind, area_mm2=600.0, length_mm=75.0, width_mm=5.5, elongation=elongation,
+                   edge_fraction=0.34, peak_z=15.0, mean_z=6.0, new_fraction=1.0,
+                   core_area_mm2=400.0, core_mass_fraction=0.8, negative_ratio=3.5,
+                   iodine_au=20.0, centroid_xy=(50.0, 50.0), bbox_xyxy=(10, 20, 60, 90))
+
+
+def test_a_long_straight_line_refused_as_gas_frame_after_frame_is_contrast():
+    """A joint fill beside bowel gas takes the gas's dark caps into its box; a gas rim is a
+    crescent bent around its bubble."""
+    c = Classifier()
+    line, crescent = _gas_like("line", 9.3), _gas_like("line", 4.0)
+    assert c.accept([line]) == [False]                         # once: as likely gas
+    assert c.accept([line], persists=[True]) == [True]         # frame after frame: contrast
+    assert c.accept([crescent], persists=[True]) == [False]    # a rim stays as long
+    assert c.accept([_gas_like("cloud", 9.3)], persists=[True]) == [False]
+    edge = dataclasses.replace(line, elongation=250.0, edge_fraction=1.0)  # a collimator edge
+    assert c.accept([edge], persists=[True]) == [False]
+
+
+def test_the_stage_counts_the_frames_in_a_row_opacity_was_refused_as_gas():
+    b = _Buffers(SHAPE)
+    rm = _RunMemory(None, SHAPE)
+    b.labels[...] = 0
+    b.labels[40:44, 10:80] = 1                # the line
+    b.labels[60:64, 10:30] = 2                # a rim, somewhere else each frame
+    b.stats[1, K.C_AREA], b.stats[2, K.C_AREA] = 4 * 70, 4 * 20
+    persisted = []
+    for frame in range(4):
+        b.labels[60:64, :] = 0
+        b.labels[60:64, 10 + 25 * frame:30 + 25 * frame] = 2
+        persisted.append(ContrastStage._persisting(b, rm, [True, True]))
+        ContrastStage._remember_aside(b, rm, [True, True])
+    assert persisted[:2] == [[False, False], [False, False]]
+    assert persisted[2:] == [[True, False], [True, False]]    # a third frame at the same place
+    ContrastStage._remember_aside(b, rm, [False, False])       # accepted or gone: count anew
+    assert not rm.any_aside and not rm.aside_run.any()
+    assert ContrastStage._persisting(b, rm, [True, True]) == [False, False]
 
 
 def _dot(peak_z: float, negative_ratio: float, kind: str = "cloud") -> Opacity:
