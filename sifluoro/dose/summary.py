@@ -338,8 +338,11 @@ def json_lines(studies: list[StudyDose]) -> str:
     return "".join(json.dumps(s.summary(), separators=(", ", ": ")) + "\n" for s in studies)
 
 
-def _number(value: float | None, width: int, decimals: int) -> str:
-    return f"{'unknown':>{width}}" if value is None else f"{value:>{width}.{decimals}f}"
+def _number(value: float | None, width: int, decimals: int, *, at_least: bool = False) -> str:
+    """A right-aligned cell; ``at_least``: a lower bound (events of unknown dose left out)."""
+    if value is None:
+        return f"{'unknown':>{width}}"
+    return f"{('≥' if at_least else '') + f'{value:.{decimals}f}':>{width}}"
 
 
 def table(studies: list[StudyDose], rejected: list[Rejection] = ()) -> str:
@@ -347,20 +350,27 @@ def table(studies: list[StudyDose], rejected: list[Rejection] = ()) -> str:
     header = (f"{'study':<28} {'source':<7} {'device':<26} {'events':>6} {'fluoro s':>9} "
               f"{'DAP Gy·cm²':>11} {'Ka,r mGy':>10}  SRDL")
     lines = [header, "-" * len(header)]
+    bounded = 0
     for s in studies:
         d = s.summary()
         uid = d["study_instance_uid"]
         uid = uid if len(uid) <= 28 else "…" + uid[-27:]
         device = f"{d['device']['manufacturer']} {d['device']['model']}".strip()[:26]
         source = d["source"] if d["source"] == "rdsr" else f"img/{d['dose_source'][:3]}"
+        partial = d["events_dose_unknown"] > 0
+        bounded += partial
         lines.append(f"{uid:<28} {source:<7} {device:<26} {d['events']:>6} {_number(d['fluoro_time_s'], 9, 1)} "
-                     f"{_number(d['dap_gycm2'], 11, 4)} {_number(d['air_kerma_mgy'], 10, 2)}  "
+                     f"{_number(d['dap_gycm2'], 11, 4, at_least=partial)} "
+                     f"{_number(d['air_kerma_mgy'], 10, 2, at_least=partial)}  "
                      f"{','.join(d['srdl_exceeded']) or '-'}")
         if len(s.planes) > 1:
             for p in d["per_plane"]:
                 lines.append(f"{'  plane ' + p['plane']:<28} {'':<7} {'':<26} {p['events']:>6} "
                              f"{p['fluoro_time_s'] or 0.0:>9.1f} {_number(p['dap_gycm2'], 11, 4)} "
                              f"{_number(p['air_kerma_mgy'], 10, 2)}")
+    if bounded:
+        lines.append("≥ a lower bound: the study has events of unknown dose, not counted "
+                     "(events_dose_unknown in --json)")
     for r in rejected:
         lines.append(f"rejected {r.file}: {r.reason}")
     return "\n".join(lines)

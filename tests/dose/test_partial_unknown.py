@@ -7,7 +7,7 @@ import subprocess
 
 import pydicom
 
-from sifluoro.dose.summary import summarize
+from sifluoro.dose.summary import summarize, table
 from sifluoro.replay import format_summary, replay
 from tests.dicom_fixtures import RunSpec, technique, write_study
 
@@ -21,6 +21,10 @@ def test_a_run_of_unknown_dose_is_counted_in_the_summaries_and_the_rdsr(tmp_path
     assert "1 run of unknown dose" in format_summary(summary)
     (study,), _ = summarize([tmp_path / "study"])
     assert study.summary()["events_dose_unknown"] == 1
+    # the table a physicist reads marks the totals as lower bounds (review s16 M6)
+    row = table([study]).splitlines()[2]
+    kerma = study.summary()["air_kerma_mgy"]
+    assert f"≥{kerma:.2f}" in row and "lower bound" in table([study])
     ds = pydicom.dcmread(tmp_path / "r.dcm")
     comments = [i.TextValue for i in ds.ContentSequence
                 if i.ConceptNameCodeSequence[0].CodeValue == "121106"]
@@ -35,6 +39,8 @@ def test_a_study_whose_runs_all_have_a_dose_says_none_is_unknown(tmp_path):
     summary = replay([tmp_path / "study"], events_path=tmp_path / "e.jsonl",
                      summary_path=tmp_path / "s.json", rdsr_path=tmp_path / "r.dcm", stages=[]).summary
     assert summary["runs_dose_unknown"] == 0 and "unknown dose" not in format_summary(summary)
+    (study,), _ = summarize([tmp_path / "study"])
+    assert "≥" not in table([study])
     ds = pydicom.dcmread(tmp_path / "r.dcm")
     assert not [i for i in ds.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "121106"]
 
