@@ -135,6 +135,19 @@ class NeedleSettings:
         it on: report a persistence-only detection with low confidence, do not let it seed the
         track until a regular detection agrees, persist within a run only, and count the
         frames > 10 mm off on a seed not used for the choice. 0 or 1: off.
+    advance_min_prob, advance_min_mm, advance_side_mm : float
+        With no needle followed in the view, a candidate of needle probability
+        ``advance_min_prob`` or more, seen on the previous full search of its run, is also
+        taken when its tip has moved on along its own line (within ``advance_side_mm`` of it)
+        by ``advance_min_mm`` to ``track_reach_mm`` since the last run of the view, from where
+        such a candidate (seen twice in that run) last was: a needle is pushed in between
+        runs, a bone edge, clip or wire stays where it is. 0 (``advance_min_mm``): off.
+    target_lines, target_lines_mm : int, float
+        With a register target, up to ``target_lines`` further Hough lines (after the
+        ``n_lines`` strongest) are looked at when they pass within ``target_lines_mm`` of the
+        target, and their candidates kept when the tip is that near it: a short or bent needle
+        at the joint collects fewer votes than the long cortical margins around it and is
+        often not among the strongest lines. 0: off.
     n_lines : int
         Number of Hough lines (strongest first, each suppressing its neighbours within 6 deg
         and 10 px) looked at for a needle. 16 found more needles on the training seeds
@@ -224,6 +237,11 @@ class NeedleSettings:
     n_lines: int = 10
     persist_frames: int = 0
     persist_min_prob: float = 0.55
+    advance_min_prob: float = 0.3
+    advance_min_mm: float = 3.0
+    advance_side_mm: float = 2.0
+    target_lines: int = 20
+    target_lines_mm: float = 25.0
     end_on: bool = True
     dot_ring_mm: float = 6.0
     dot_min_z: float = 10.0
