@@ -474,8 +474,9 @@ class NeedleStage:
         margin_w = s.edge_margin_mm / grid.spacing_mm
         out = []
         st.last_features = []
-        # lines past the strongest: only near the target (where the needle is aimed)
-        extra = s.target_lines if target is not None else 0
+        # lines past the strongest: only near the target (where the needle is aimed), not on
+        # a scout (its lines near the target are cortical margins: no needle in yet)
+        extra = s.target_lines if target is not None and not st.scout.on_scout else 0
         aim = grid.to_work(target) if extra else None
         reach = s.target_lines_mm / grid.spacing_mm
         for k, line in enumerate(finder.lines(n_peaks=s.n_lines + extra)):

@@ -143,9 +143,10 @@ class NeedleSettings:
         such a candidate (seen twice in that run) last was: a needle is pushed in between
         runs, a bone edge, clip or wire stays where it is. 0 (``advance_min_mm``): off.
     target_lines, target_lines_mm : int, float
-        With a register target, up to ``target_lines`` further Hough lines (after the
-        ``n_lines`` strongest) are looked at when they pass within ``target_lines_mm`` of the
-        target, and their candidates kept when the tip is that near it: a short or bent needle
+        With a register target, off the study's scout (:mod:`.needle_verify`), up to
+        ``target_lines`` further Hough lines (after the ``n_lines`` strongest) are looked at
+        when they pass within ``target_lines_mm`` of the target, and their candidates kept
+        when the tip is that near it: a short or bent needle
         at the joint collects fewer votes than the long cortical margins around it and is
         often not among the strongest lines. 0: off.
     n_lines : int
