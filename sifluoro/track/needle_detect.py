@@ -148,7 +148,13 @@ class NeedleSettings:
         when they pass within ``target_lines_mm`` of the target, and their candidates kept
         when the tip is that near it: a short or bent needle
         at the joint collects fewer votes than the long cortical margins around it and is
-        often not among the strongest lines. 0: off.
+        often not among the strongest lines. Off (0, the default): on training seeds
+        5144-5146, 5201, 5202 it took 48 more frames within 3 mm (5146 case009, a bent needle
+        whose line is the 27th Hough peak) but its lines near the joint also carried a
+        followed tip onto a cortical margin (5144 case009: 9 frames 0.5 -> 25 mm; tip p95
+        7.5 -> 10.2 mm on 5144, 7.6 -> 13.7 on 5201); held out, 31337 lost 7 frames (detection
+        0.7991 -> 0.7927, p95 11.35 -> 12.56 mm) and v2 gained 3 (p95 4.59 -> 4.90 mm).
+        Before turning it on: keep its lines from continuing a followed track.
     n_lines : int
         Number of Hough lines (strongest first, each suppressing its neighbours within 6 deg
         and 10 px) looked at for a needle. 16 found more needles on the training seeds
@@ -241,7 +247,7 @@ class NeedleSettings:
     advance_min_prob: float = 0.3
     advance_min_mm: float = 3.0
     advance_side_mm: float = 2.0
-    target_lines: int = 20
+    target_lines: int = 0
     target_lines_mm: float = 25.0
     end_on: bool = True
     dot_ring_mm: float = 6.0

@@ -527,8 +527,9 @@ def test_a_needle_left_in_place_is_followed_on_a_run_s_first_frame():
 @pytest.mark.parametrize("target, found", [((270.0, 245.0), True), ((60.0, 60.0), False),
                                            (None, False)])
 def test_a_needle_weaker_than_ten_other_lines_is_found_near_the_target(target, found):
-    """Past the ``n_lines`` strongest Hough lines, ``target_lines`` more are looked at when
-    they pass near the register target and their tip is near it (``target_lines_mm``): the
+    """Past the ``n_lines`` strongest Hough lines, ``target_lines`` more (off by default) are
+    looked at when they pass near the register target and their tip is near it
+    (``target_lines_mm``): the
     needle under ten stronger wires is found with its tip 5 mm from the target, not with the
     target 140 mm away nor without one."""
     from sifluoro.register import RegisterResult
@@ -536,7 +537,10 @@ def test_a_needle_weaker_than_ten_other_lines_is_found_near_the_target(target, f
 
     tip, base = np.array([262.3, 251.6]), np.array([120.0, 511.0])
     run = _run()
-    stage = NeedleStage(scout=ScoutSettings(scout_runs=0))
+    from sifluoro.track.needle_detect import NeedleSettings
+
+    stage = NeedleStage(needle=NeedleSettings(target_lines=20),
+                        scout=ScoutSettings(scout_runs=0))
     state = Pipeline([stage]).start_study("1.2")
     if target is not None:
         state.stage_state["register"] = RegisterResult(None, 0.0, False, target, 5.0,
