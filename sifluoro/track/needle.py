@@ -181,8 +181,9 @@ class _StudyNeedle:
         # searches of this view, newest last (NeedleSettings.persist_frames)
         self.persistent: list[list[tuple[np.ndarray, np.ndarray]]] = []
         # candidates (tip, direction) of at least ``advance_min_prob`` seen on two full searches
-        # in a row: of the last search of this run that had any, and as the view's last run
-        # left them (a needle pushed in between runs moves on along its line)
+        # in a row while no needle is followed: of the last search of this run that had any,
+        # and as the view's last run left them (a needle pushed in between runs moves on along
+        # its line)
         self.run_lines: list[tuple[np.ndarray, np.ndarray]] = []
         self.prev_run_lines: list[tuple[np.ndarray, np.ndarray]] = []
         # while a needle is followed, a box of the working grid around it is searched instead
@@ -711,8 +712,10 @@ class NeedleStage:
                 seen.append((tip, u))
             if prob >= s.persist_min_prob:
                 lasting.append((tip, u))
-            twice = self._confirmed(st, ctx, tip, u)
-            if prob >= s.advance_min_prob and twice:
+            # seen on the previous frame too (only where a rule below asks it)
+            twice = (prob >= min(s.min_prob, s.single_min_prob, s.advance_min_prob)
+                     and self._confirmed(st, ctx, tip, u))
+            if not followed and prob >= s.advance_min_prob and twice:
                 moving.append((tip, u))
             if tracked:
                 ok = prob >= s.track_min_prob
