@@ -712,18 +712,17 @@ class NeedleStage:
                 seen.append((tip, u))
             if prob >= s.persist_min_prob:
                 lasting.append((tip, u))
-            # seen on the previous frame too (only where a rule below asks it)
-            twice = (prob >= min(s.min_prob, s.single_min_prob, s.advance_min_prob)
-                     and self._confirmed(st, ctx, tip, u))
-            if not followed and prob >= s.advance_min_prob and twice:
-                moving.append((tip, u))
             if tracked:
                 ok = prob >= s.track_min_prob
             elif followed:
                 # a needle is followed in this view: another line must be very probable (and
                 # seen twice) to be taken for it; a needle does not jump across the field
-                ok = prob >= s.single_min_prob and twice
+                ok = prob >= s.single_min_prob and self._confirmed(st, ctx, tip, u)
             else:
+                twice = (prob >= min(s.min_prob, s.advance_min_prob)
+                         and self._confirmed(st, ctx, tip, u))
+                if prob >= s.advance_min_prob and twice:
+                    moving.append((tip, u))
                 ok = (prob >= s.min_prob and (prob >= s.single_min_prob or twice)
                       or prob >= s.persist_min_prob and self._persists(st, ctx, tip, u)
                       or prob >= s.advance_min_prob and twice and self._advanced(st, ctx, tip, u))
