@@ -260,7 +260,9 @@ class NeedleStage:
             st.track.tip_xy = None
             st.persistent = []
             st.dot_xy = None
-        st.prev_run_lines = (st.run_lines or st.prev_run_lines) if st.ctx is not None and same else []
+        # a new run of the same view: the lines its last run left (or an earlier run's)
+        st.prev_run_lines = ((st.run_lines or st.prev_run_lines)
+                             if st.ctx is not None and same else [])
         st.run_lines = []
         st.ctx = _RunContext(run, spacing, grid, att.shape, valid_work, centre, edge_dist)
         st.mean_work, st.n_mean = None, 0
