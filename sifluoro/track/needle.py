@@ -180,6 +180,12 @@ class _StudyNeedle:
         # the candidates (tip, direction) of at least ``persist_min_prob`` of the last full
         # searches of this view, newest last (NeedleSettings.persist_frames)
         self.persistent: list[list[tuple[np.ndarray, np.ndarray]]] = []
+        # candidates (tip, direction) of at least ``advance_min_prob`` seen on two full searches
+        # in a row while no needle is followed: of the last search of this run that had any,
+        # and as the view's last run left them (a needle pushed in between runs moves on along
+        # its line)
+        self.run_lines: list[tuple[np.ndarray, np.ndarray]] = []
+        self.prev_run_lines: list[tuple[np.ndarray, np.ndarray]] = []
         # while a needle is followed, a box of the working grid around it is searched instead
         # of the whole field (its own buffers: the box is much smaller than the field)
         self.roi_finder = LineFinder(settings)
@@ -254,6 +260,10 @@ class NeedleStage:
             st.track.tip_xy = None
             st.persistent = []
             st.dot_xy = None
+        # a new run of the same view: the lines its last run left (or an earlier run's)
+        st.prev_run_lines = ((st.run_lines or st.prev_run_lines)
+                             if st.ctx is not None and same else [])
+        st.run_lines = []
         st.ctx = _RunContext(run, spacing, grid, att.shape, valid_work, centre, edge_dist)
         st.mean_work, st.n_mean = None, 0
         st.prev_candidates = []
@@ -467,7 +477,14 @@ class NeedleStage:
         margin_w = s.edge_margin_mm / grid.spacing_mm
         out = []
         st.last_features = []
-        for line in finder.lines(n_peaks=s.n_lines):
+        # lines past the strongest: only near the target (where the needle is aimed), not on
+        # a scout (its lines near the target are cortical margins: no needle in yet)
+        extra = s.target_lines if target is not None and not st.scout.on_scout else 0
+        aim = grid.to_work(target) if extra else None
+        reach = s.target_lines_mm / grid.spacing_mm
+        for k, line in enumerate(finder.lines(n_peaks=s.n_lines + extra)):
+            if k >= s.n_lines and _across(aim - np.array(line[:2]), np.array(line[2:])) > reach:
+                continue
             seg = finder.segment(line, grid.spacing_mm)
             if seg is None:
                 continue
@@ -501,6 +518,8 @@ class NeedleStage:
             if (score < s.min_score
                     or _norm(tip - base) * grid.spacing_mm < s.min_length_mm):
                 continue  # weak, or shorter than a needle once its tip is placed (a clip)
+            if k >= s.n_lines and _norm(tip - aim) > reach:
+                continue
             feats = self._features(st, ctx, att, tip, base, score, edge0 or edge1)
             # a line that goes on past its "tip" as strongly as a line is a wire or an edge
             # fading over bone (no needle candidate of the training studies had ext_score > 0)
@@ -658,6 +677,23 @@ class NeedleStage:
         return all(any(self._continues(ctx, tip, u, p_tip, p_u, s.track_margin_mm)
                        for p_tip, p_u in frame) for frame in st.persistent[-need:])
 
+    def _advanced(self, st: _StudyNeedle, ctx: _RunContext, tip: np.ndarray,
+                  u: np.ndarray) -> bool:
+        """Has a candidate's tip moved on along its line (``advance_side_mm`` across, same
+        direction within ``track_angle_deg``) by ``advance_min_mm`` to ``track_reach_mm`` from
+        a line the view's last run left (``st.prev_run_lines``)?"""
+        s = self.settings
+        if s.advance_min_mm <= 0.0:
+            return False
+        cos = math.cos(math.radians(s.track_angle_deg))
+        for p_tip, p_u in st.prev_run_lines:
+            d = tip - p_tip
+            along_mm = float(d @ p_u) * ctx.spacing_mm
+            if (float(u @ p_u) >= cos and _across(d, p_u) * ctx.spacing_mm <= s.advance_side_mm
+                    and s.advance_min_mm <= along_mm <= s.track_reach_mm):
+                return True
+        return False
+
     def _detect(self, st: _StudyNeedle, att: np.ndarray, ctx: _RunContext,
                 target: np.ndarray | None, joint_seen: bool = True):
         s = self.settings
@@ -667,6 +703,7 @@ class NeedleStage:
         followed = st.track.dir_xy is not None
         st.jump_before, st.jump = st.jump, None
         lasting = []
+        moving = []
         st.scout.enter(ctx.run, joint_seen)
         for tip_w, base_w, prob in self._candidates(st, att, ctx, target):
             tip = grid.to_full(tip_w)
@@ -684,15 +721,20 @@ class NeedleStage:
                 # seen twice) to be taken for it; a needle does not jump across the field
                 ok = prob >= s.single_min_prob and self._confirmed(st, ctx, tip, u)
             else:
-                ok = (prob >= s.min_prob and (prob >= s.single_min_prob
-                                              or self._confirmed(st, ctx, tip, u))
-                      or prob >= s.persist_min_prob and self._persists(st, ctx, tip, u))
+                twice = (prob >= min(s.min_prob, s.advance_min_prob)
+                         and self._confirmed(st, ctx, tip, u))
+                if prob >= s.advance_min_prob and twice:
+                    moving.append((tip, u))
+                ok = (prob >= s.min_prob and (prob >= s.single_min_prob or twice)
+                      or prob >= s.persist_min_prob and self._persists(st, ctx, tip, u)
+                      or prob >= s.advance_min_prob and twice and self._advanced(st, ctx, tip, u))
             if ok and not tracked:
                 ok = st.scout.allows(tip, ctx.spacing_mm, target, ctx.centre_xy)
             if ok:
                 ranked.append((tracked, prob, tip_w, base_w))
         st.prev_candidates = seen
         st.persistent = (st.persistent + [lasting])[-max(1, s.persist_frames - 1):]
+        st.run_lines = moving or st.run_lines
         # a candidate continuing the track goes first; then the most probable
         ranked.sort(key=lambda c: (not c[0], -c[1]))
         for tracked, score, tip_w, base_w in ranked[:3]:

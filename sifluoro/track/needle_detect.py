@@ -135,6 +135,28 @@ class NeedleSettings:
         it on: report a persistence-only detection with low confidence, do not let it seed the
         track until a regular detection agrees, persist within a run only, and count the
         frames > 10 mm off on a seed not used for the choice. 0 or 1: off.
+    advance_min_prob, advance_min_mm, advance_side_mm : float
+        With no needle followed in the view, a candidate of needle probability
+        ``advance_min_prob`` or more, seen on the previous full search of its run, is also
+        taken when its tip has moved on along its own line (within ``advance_side_mm`` of it)
+        by ``advance_min_mm`` to ``track_reach_mm`` since the last run of the view, from where
+        such a candidate (seen twice in that run) last was: a needle is pushed in between
+        runs, a bone edge, clip or wire stays where it is (training seeds 5144-5146,
+        5201-5204: 5145 +80 frames within 3 mm, 5203 -1, the others unchanged; the model
+        rates many needles 0.2-0.7 over whole studies). 0 (``advance_min_mm``): off.
+    target_lines, target_lines_mm : int, float
+        With a register target, off the study's scout (:mod:`.needle_verify`), up to
+        ``target_lines`` further Hough lines (after the ``n_lines`` strongest) are looked at
+        when they pass within ``target_lines_mm`` of the target, and their candidates kept
+        when the tip is that near it: a short or bent needle at the joint collects fewer
+        votes than the long cortical margins around it and is often not among the strongest
+        lines. Off (0, the default): on training seeds 5144-5146, 5201, 5202 it took 51 more
+        frames within 3 mm (5146 case009, a bent needle whose line is the 27th Hough peak:
+        21) and lost 9: its lines near the joint also carried a followed tip onto a cortical
+        margin (5144 case009: 9 frames 0.5 -> 25 mm; tip p95 7.5 -> 10.2 mm on 5144,
+        7.6 -> 13.7 on 5201); held out, 31337 lost 7 frames (detection 0.7991 -> 0.7927, p95
+        11.35 -> 12.56 mm) and v2 gained 3 (p95 4.59 -> 4.90 mm). Before turning it on: keep
+        its lines from continuing a followed track.
     n_lines : int
         Number of Hough lines (strongest first, each suppressing its neighbours within 6 deg
         and 10 px) looked at for a needle. 16 found more needles on the training seeds
@@ -224,6 +246,11 @@ class NeedleSettings:
     n_lines: int = 10
     persist_frames: int = 0
     persist_min_prob: float = 0.55
+    advance_min_prob: float = 0.3
+    advance_min_mm: float = 3.0
+    advance_side_mm: float = 2.0
+    target_lines: int = 0
+    target_lines_mm: float = 25.0
     end_on: bool = True
     dot_ring_mm: float = 6.0
     dot_min_z: float = 10.0

@@ -522,3 +522,77 @@ def test_a_needle_left_in_place_is_followed_on_a_run_s_first_frame():
     assert full_bar._follow(st, att, st.ctx) is None
     st.n_mean = 2  # the run's later frames keep the full bar
     assert stage._follow(st, att, st.ctx) is None
+
+
+@pytest.mark.parametrize("target, found", [((270.0, 245.0), True), ((60.0, 60.0), False),
+                                           (None, False)])
+def test_a_needle_weaker_than_ten_other_lines_is_found_near_the_target(target, found):
+    """Past the ``n_lines`` strongest Hough lines, ``target_lines`` more (off by default) are
+    looked at when they pass near the register target and their tip is near it
+    (``target_lines_mm``): the
+    needle under ten stronger wires is found with its tip 5 mm from the target, not with the
+    target 140 mm away nor without one."""
+    from sifluoro.register import RegisterResult
+    from sifluoro.track.needle_verify import ScoutSettings
+
+    tip, base = np.array([262.3, 251.6]), np.array([120.0, 511.0])
+    run = _run()
+    from sifluoro.track.needle_detect import NeedleSettings
+
+    stage = NeedleStage(needle=NeedleSettings(target_lines=20),
+                        scout=ScoutSettings(scout_runs=0))
+    state = Pipeline([stage]).start_study("1.2")
+    if target is not None:
+        state.stage_state["register"] = RegisterResult(None, 0.0, False, target, 5.0,
+                                                       (0.0, 0.0), False)
+    outs = []
+    for i in range(2):
+        img = _background(7 + 100 * i)
+        for k in range(10):
+            ang = math.radians(7.5 + 18.0 * k)
+            d = np.array([math.cos(ang), math.sin(ang)])
+            centre = np.array([256.0, 256.0]) + 150.0 * np.array([-d[1], d[0]])
+            _draw_polyline(img, np.array([centre - 800 * d, centre + 800 * d]), 0.08, 2.0)
+        _draw_polyline(img, _needle_points(tip, base), 0.05, 1.8)
+        outs.append(stage.process(_frame(img, run, i), state)["needle"])
+    needle = outs[-1]
+    assert (needle is not None and math.dist(needle["tip_xy"], tip) * SPACING_MM < 1.0) == found
+
+
+@pytest.mark.parametrize("second_tip, taken", [((283.0, 213.0), True), ((262.3, 251.6), False),
+                                               ((300.0, 180.0), False)])
+def test_a_needle_rated_below_min_prob_is_taken_when_pushed_in_between_runs(second_tip, taken):
+    """With no needle followed, a candidate under ``min_prob`` (here every candidate: the
+    two-frame and one-frame rules are out of reach) seen twice in a run is taken when its tip
+    moved on along its line by ``advance_min_mm`` to ``track_reach_mm`` since the view's last
+    run (22 mm here), not when it stayed (a bone edge, a clip) nor when it jumped further
+    (41 mm)."""
+    from sifluoro.track.needle_detect import NeedleSettings
+
+    settings = NeedleSettings(min_prob=1.01, single_min_prob=1.01, advance_min_prob=0.3)
+    stage = NeedleStage(needle=settings)
+    state = Pipeline([stage]).start_study("1.2")
+    base = np.array([120.0, 511.0])
+    first_tip = np.array([262.3, 251.6])
+    u = (first_tip - base) / np.linalg.norm(first_tip - base)
+    # the second tip on the same line (as far along it as drawn)
+    second = base + u * float((np.array(second_tip) - base) @ u)
+    outs = []
+    for k, (run, tip) in enumerate([(_run("1.2.9.1"), first_tip)] * 2
+                                   + [(_run("1.2.9.2"), second)] * 2):
+        img = _background(600 + k)
+        _draw_polyline(img, _needle_points(tip, base), 0.05, 1.8)
+        outs.append(stage.process(_frame(img, run, k), state)["needle"])
+    assert all(o is None for o in outs[:3])
+    if taken:
+        assert math.dist(outs[3]["tip_xy"], second) * SPACING_MM < 1.0
+    else:
+        assert outs[3] is None
+    off = NeedleStage(needle=NeedleSettings(min_prob=1.01, single_min_prob=1.01,
+                                            advance_min_mm=0.0))
+    state = Pipeline([off]).start_study("1.2")
+    for k, (run, tip) in enumerate([(_run("1.2.9.1"), first_tip)] * 2
+                                   + [(_run("1.2.9.2"), second)] * 2):
+        img = _background(600 + k)
+        _draw_polyline(img, _needle_points(tip, base), 0.05, 1.8)
+        assert off.process(_frame(img, run, k), state)["needle"] is None
