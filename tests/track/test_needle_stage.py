@@ -384,6 +384,18 @@ def test_a_tip_jumping_far_from_the_anchor_is_taken_when_seen_again():
     assert st.since_full == 0  # the second frame was searched in full
     assert math.dist(out[1]["needle"]["tip_xy"], tip) * SPACING_MM < 1.0
 
+def _needle_among_ten_wires(seed: int, tip, base) -> np.ndarray:
+    """A frame whose ten strongest lines are wires across the field, with a fainter needle."""
+    img = _background(seed)
+    for k in range(10):
+        ang = math.radians(7.5 + 18.0 * k)
+        d = np.array([math.cos(ang), math.sin(ang)])
+        centre = np.array([256.0, 256.0]) + 150.0 * np.array([-d[1], d[0]])
+        _draw_polyline(img, np.array([centre - 800 * d, centre + 800 * d]), 0.08, 2.0)
+    _draw_polyline(img, _needle_points(tip, base), 0.05, 1.8)
+    return img
+
+
 
 @pytest.mark.parametrize("n_lines, found", [(10, False), (16, True)])
 def test_a_needle_weaker_than_ten_other_lines_is_found(n_lines, found):
@@ -396,13 +408,7 @@ def test_a_needle_weaker_than_ten_other_lines_is_found(n_lines, found):
     run = _run()
     frames = []
     for i in range(2):
-        img = _background(7 + 100 * i)
-        for k in range(10):
-            ang = math.radians(7.5 + 18.0 * k)
-            d = np.array([math.cos(ang), math.sin(ang)])
-            centre = np.array([256.0, 256.0]) + 150.0 * np.array([-d[1], d[0]])
-            _draw_polyline(img, np.array([centre - 800 * d, centre + 800 * d]), 0.08, 2.0)
-        _draw_polyline(img, _needle_points(tip, base), 0.05, 1.8)
+        img = _needle_among_ten_wires(7 + 100 * i, tip, base)
         frames.append(_frame(img, run, i))
     stage = NeedleStage(needle=NeedleSettings(n_lines=n_lines))
     state = Pipeline([stage]).start_study("1.2")
@@ -547,13 +553,7 @@ def test_a_needle_weaker_than_ten_other_lines_is_found_near_the_target(target, f
                                                        (0.0, 0.0), False)
     outs = []
     for i in range(2):
-        img = _background(7 + 100 * i)
-        for k in range(10):
-            ang = math.radians(7.5 + 18.0 * k)
-            d = np.array([math.cos(ang), math.sin(ang)])
-            centre = np.array([256.0, 256.0]) + 150.0 * np.array([-d[1], d[0]])
-            _draw_polyline(img, np.array([centre - 800 * d, centre + 800 * d]), 0.08, 2.0)
-        _draw_polyline(img, _needle_points(tip, base), 0.05, 1.8)
+        img = _needle_among_ten_wires(7 + 100 * i, tip, base)
         outs.append(stage.process(_frame(img, run, i), state)["needle"])
     needle = outs[-1]
     assert (needle is not None and math.dist(needle["tip_xy"], tip) * SPACING_MM < 1.0) == found
