@@ -227,10 +227,13 @@ def _serve_igtl(args) -> int:
                   flush=True)
         sink = IgtlSink(server, image_every=args.image_every)
         summary = study.replay([sink], fps=args.fps)
-        print(f"OpenIGTLink: {sink.frames} frames sent, {sink.tips_sent} with a tip "
-              f"({summary['frames']} processed)", flush=True)
     finally:
-        server.close()
+        short = server.close()
+    # after the close's flush: a client that stalled did not get all of them
+    print(f"OpenIGTLink: {sink.frames} frames sent, {sink.tips_sent} with a tip "
+          f"({summary['frames']} processed)"
+          + (f"; {short} client(s) fell behind and did not receive every message" if short
+             else ""), flush=True)
     return study.finish()
 
 

@@ -103,6 +103,7 @@ class _Client:
             if len(self.queue) + len(ordered) > MAX_QUEUED_MESSAGES:
                 log.warning("OpenIGTLink client %s:%d is %d messages behind; disconnecting it",
                             *self.address[:2], len(self.queue))
+                self.server.note_short_client()
                 self._close_locked()
                 return
             self.queue.extend(ordered)
@@ -142,13 +143,15 @@ class _Client:
             pass
         self.close()
 
-    def wait_sent(self, deadline: float) -> None:
+    def wait_sent(self, deadline: float) -> bool:
+        """Wait until everything queued is sent; True when it was (not closed, not late)."""
         with self.cond:
             while not self.closed and (self.queue or self.image is not None or self._sending):
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    return
+                    return False
                 self.cond.wait(left)
+            return not self.closed
 
     def close(self) -> None:
         with self.cond:
@@ -193,6 +196,9 @@ class IgtlServer:
         self._lock = threading.Lock()
         self._connected = threading.Condition(self._lock)
         self._closed = False
+        #: clients that did not receive everything sent while they were connected (too far
+        #: behind, or still behind when the server closed)
+        self.short_clients = 0
         self._acceptor = threading.Thread(target=self._accept_loop, daemon=True,
                                           name="sifluoro-igtl-accept")
         self._acceptor.start()
@@ -222,8 +228,13 @@ class IgtlServer:
         for client in clients:
             client.put(ordered, image)
 
-    def close(self, flush_timeout_s: float = 5.0) -> None:
-        """Stop accepting, give clients ``flush_timeout_s`` to receive what is queued, close."""
+    def note_short_client(self) -> None:
+        with self._lock:
+            self.short_clients += 1
+
+    def close(self, flush_timeout_s: float = 5.0) -> int:
+        """Stop accepting, give clients ``flush_timeout_s`` to receive what is queued, close.
+        Returns :attr:`short_clients`."""
         with self._lock:
             self._closed = True
             self._connected.notify_all()
@@ -235,9 +246,11 @@ class IgtlServer:
         self._listener.close()
         deadline = time.monotonic() + flush_timeout_s
         for client in clients:
-            client.wait_sent(deadline)
+            if not client.wait_sent(deadline) and not client.closed:
+                self.note_short_client()  # still behind: what is queued is dropped
             client.close()
         self._acceptor.join(flush_timeout_s)
+        return self.short_clients
 
     def _accept_loop(self) -> None:
         while True:

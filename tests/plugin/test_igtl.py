@@ -142,7 +142,7 @@ def test_every_client_gets_every_message_and_a_slow_one_the_latest_image():
         slow_messages: list = []  # the slow client catches up now
         reader = threading.Thread(target=lambda: slow_messages.extend(_read_all(slow, 10)))
         reader.start()
-        server.close(flush_timeout_s=10)
+        assert server.close(flush_timeout_s=10) == 0  # the slow one caught up: no one short
         reader.join(10)
     finally:
         server.close()
@@ -157,6 +157,28 @@ def test_every_client_gets_every_message_and_a_slow_one_the_latest_image():
     assert slow_images[-1] == 39 and slow_images == sorted(slow_images)
     assert len(slow_images) < 40  # coalesced: no backlog of stale frames
     assert fast_images == sorted(fast_images) and fast_images[-1] == 39
+
+
+def test_a_client_that_stalls_is_counted_as_not_receiving_everything():
+    """Review s16 L9: serve-igtl said "42 frames sent" when its only client, connected but
+    reading nothing, got the first frame's messages: the close's flush dropped the rest."""
+    server = IgtlServer("127.0.0.1", 0)
+    stalled = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.connect(("127.0.0.1", server.port))
+    try:
+        deadline = time.monotonic() + 10
+        while server.clients < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for k in range(10):  # 10 x 0.8 MB: far more than the stalled socket's buffers
+            server.send([pyigtl.StringMessage(str(k), device_name="State"),
+                         pyigtl.ImageMessage(np.full((1, 512, 512, 3), k, np.uint8),
+                                             device_name="Overlay")])
+            time.sleep(0.02)
+        assert server.close(flush_timeout_s=0.5) == 1
+    finally:
+        server.close()
+        stalled.close()
 
 
 def test_a_lost_tip_is_cleared_and_its_transform_marked_missing(tmp_path):
