@@ -865,3 +865,19 @@ def test_a_receivers_spool_given_as_input_passes_by_its_own_files(tmp_path):
     study = read_study([tmp_path / "spool"])
     assert list(study.rejected) == []
     assert len(study.runs) == 1
+
+
+def test_a_dose_report_cut_inside_its_header_is_not_said_to_lack_pixel_data(tmp_path):
+    """Review s16 L2 (replay's part): an RDSR cut at byte 300 was "(7FE0,0010) PixelData: the
+    file ends before its dataset is complete", a tag an SR does not have; dose summary and
+    audit ingest word it as a damaged or cut file (DamagedFileError)."""
+    (path,) = write_study(tmp_path / "s", [RunSpec(0.0)])
+    from sifluoro.replay import replay
+
+    replay([tmp_path / "s"], events_path=tmp_path / "e.jsonl", summary_path=tmp_path / "s.json",
+           rdsr_path=tmp_path / "r.dcm", stages=[])
+    (tmp_path / "s" / "r.dcm").write_bytes((tmp_path / "r.dcm").read_bytes()[:300])
+    study = read_study([tmp_path / "s"])
+    [rejection] = study.rejected
+    assert rejection.error == "DamagedFileError" and not rejection.tag
+    assert "cut short (an interrupted copy) or damaged" in rejection.reason

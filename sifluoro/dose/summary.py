@@ -106,8 +106,8 @@ def _as_report(rejection: Rejection) -> Rejection:
     its missing pixel data: word it as ``audit ingest`` does (review s16 L2)."""
     from sifluoro.audit.parse import META_BYTES, SR_CLASS_PREFIX
 
-    if rejection.error != "DamagedPixelDataError":
-        return rejection
+    if rejection.error not in ("DamagedPixelDataError", "DamagedFileError"):
+        return rejection  # (the image reader says DamagedFileError of an SR cut in its meta)
     try:
         with open(rejection.file, "rb") as fh:
             if SR_CLASS_PREFIX not in fh.read(META_BYTES):
