@@ -148,9 +148,9 @@ def build_summary(study: Study, state, rejected: list[Rejection]) -> dict:
         "acquisition_time_s": round(totals.acquisition_time_s, 6),
         "air_kerma_mgy": totals.air_kerma_mgy,
         "dap_gycm2": totals.dap_gycm2,
-        "dose_source": state.dose.source,
+        "dose_source": state.dose.live_source,  # of the totals above: as the events counted
         # runs whose air kerma or DAP is unknown: not in the totals, which are lower bounds
-        "runs_dose_unknown": state.dose.runs_dose_unknown,
+        "runs_dose_unknown": state.dose.live_runs_dose_unknown,
         # runs without usable frame timing: their time is not in the times (lower bounds)
         "runs_time_unknown": state.dose.runs_time_unknown,
         "contrast_state": state.contrast_study_state,

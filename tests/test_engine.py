@@ -162,7 +162,9 @@ def test_a_device_report_announced_after_the_frames_recounts_them(tmp_path):
         engine.feed(frame)
     engine.prepare(read_study([tmp_path / "late.dcm"], study_uid=study.study_instance_uid))
     summary = engine.close()
-    assert summary["dose_source"] == "rdsr"
+    # the study's dose is the device's (and says so); the totals keep the source they were
+    # counted with (review s16, second review M1)
+    assert (summary["study_dose"]["dose_source"], summary["dose_source"]) == ("rdsr", "estimated")
     # the study's dose is the device's; the frames' counter stays as the events counted it
     # (DESIGN §3: it never goes down, review s16 H5)
     whole = summary["study_dose"]
@@ -451,7 +453,9 @@ def test_a_device_report_lower_than_the_estimate_mid_study_never_lowers_the_even
     assert kerma == sorted(kerma)
     assert events[-1]["dose"]["study_air_kerma_mgy"] == pytest.approx(
         summary["study_dose"]["air_kerma_mgy"])
-    assert summary["dose_source"] == "rdsr" and device.StudyInstanceUID == study.study_instance_uid
+    assert summary["study_dose"]["dose_source"] == "rdsr"
+    assert summary["dose_source"] == "mixed"  # 4 frames estimated, 2 with the report
+    assert device.StudyInstanceUID == study.study_instance_uid
 
 
 def test_a_closed_engine_takes_no_more_frames_and_rejections_are_listed_once(tmp_path):

@@ -143,6 +143,7 @@ class DoseAccumulator:
         #: when a device report arrives after the frames it covers; the study's dose
         #: (``study_*``, :attr:`study_totals`) follows it
         self.live = DoseTotals()
+        self._live_dose_unknown: set[str] = set()  # runs counted into it with an unknown dose
         #: frames whose pixels were lost (a damaged file) but whose exposure the header gives:
         #: in the runs' irradiation events (the RDSR), not in ``totals`` (the frames seen)
         self.lost = DoseTotals()
@@ -464,7 +465,10 @@ class DoseAccumulator:
         live.dap_gycm2 += t.dap_gycm2 - was[1]
         live.fluoro_time_s += t.fluoro_time_s - was[2]
         live.acquisition_time_s += t.acquisition_time_s - was[3]
-        live.sources |= t.sources
+        dose = self._tallies[frame.run.sop_instance_uid].dose  # the model it was counted with
+        live.sources.add(dose.source)
+        if "none" in (dose.source, dose.air_kerma_source, dose.dap_source):
+            self._live_dose_unknown.add(frame.run.sop_instance_uid)
         new = self._crossed(before, frame)
         self.alerts.extend(new)
         return new
@@ -575,6 +579,18 @@ class DoseAccumulator:
     def source(self) -> str:
         """"rdsr", "reported", "estimated", "mixed" or "none" for the frames seen so far."""
         return _source(self.totals.sources)
+
+    @property
+    def live_source(self) -> str:
+        """Like :attr:`source`, for :attr:`live`: the models the frames were counted with when
+        they came (a device report received later recounts ``totals``, not these)."""
+        return _source(self.live.sources)
+
+    @property
+    def live_runs_dose_unknown(self) -> int:
+        """Runs counted into :attr:`live` with an unknown air kerma or DAP (it leaves them
+        out: a lower bound), even when a device report gave them a dose later."""
+        return len(self._live_dose_unknown)
 
     @property
     def study_source(self) -> str:

@@ -226,7 +226,7 @@ def test_a_dose_report_sent_as_another_sr_class_gives_the_study_its_dose(tmp_pat
     wait_for(lambda: summary_path.exists()
              and json.loads(summary_path.read_text())["dose_reports"])
     summary = json.loads(summary_path.read_text())
-    assert summary["dose_source"] == "rdsr" and summary["rejected_files"] == []
+    assert summary["study_dose"]["dose_source"] == "rdsr" and summary["rejected_files"] == []
     assert summary["study_dose"]["dap_gycm2"] == pytest.approx(1.5 * estimated["dap_gycm2"],
                                                                rel=1e-6)
     assert_still_up(receiver.port)
