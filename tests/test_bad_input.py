@@ -791,17 +791,21 @@ def _half_the_count(ds):  # twice the bytes the header gives: the frames cannot 
     ds.NumberOfFrames = 5
 
 
+def _rows_two_too_many(ds):  # second review s16 H1: the count bounded, frames cut wrongly
+    ds.Rows = ds.Rows + 2
+
+
 @pytest.mark.parametrize("edit, used, lost", [
-    (_padded, 10, 0), (_count_one_short, 0, 9), (_partial_last_frame, 6, 0),
-    (_count_left_out, 10, 0), (_half_the_count, 0, 5)])
+    (_padded, 10, 0), (_count_one_short, 0, 9), (_partial_last_frame, 0, 10),
+    (_count_left_out, 0, 1), (_half_the_count, 0, 5), (_rows_two_too_many, 0, 10)])
 def test_native_pixel_data_longer_than_the_header_says_keeps_the_runs_dose(tmp_path, edit, used,
                                                                           lost):
     """Review s16 H1: pixel data longer than Rows x Columns x NumberOfFrames (padding, a count
     one short or left out, a partial last frame) refused the whole instance: no frame, no
-    dose (replay, dose summary, the registry; the receiver answered 0xC002). Padding, a
-    partial last frame and a count left out (whole frames) are read now; where the frames
-    could be cut at the wrong places (a count that leaves frames out, as another Rows would),
-    none is shown but the run's exposure is counted from its header."""
+    dose (replay, dose summary, the registry; the receiver answered 0xC002). Padding under a
+    row is read now; anything longer cannot be told from a wrong Rows (second review: frames
+    cut at the wrong places, silently), so none is shown, but the exposures the header counts
+    are kept (lost frames, header dose)."""
     paths = write_study(tmp_path / "s", [RunSpec(0.0, n_frames=3, filename="a.dcm"),
                                          RunSpec(5.0, n_frames=10, filename="b.dcm")])
     ds = pydicom.dcmread(paths[1])

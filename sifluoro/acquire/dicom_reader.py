@@ -377,10 +377,10 @@ def run_from_dataset(ds: Dataset, path: str | Path) -> Run:
                               fragments=_fragment_count(pixel_elem, tsuid, path),
                               fragments_are_frames=tsuid in RLETransferSyntaxes)
         if not tsuid.is_compressed and not fields.pixels_refused:  # refused: no frame is read
-            mismatch = _native_length_mismatch(pixel_elem, fields,
-                                               _int_or(ds.get("NumberOfFrames"), 1), path)
-            if mismatch:  # frames unreadable, exposure kept (lost frames, header dose)
-                fields = replace(fields, pixels_refused=mismatch)
+            mismatch = _native_length_mismatch(pixel_elem, fields, path)
+            if mismatch:  # frames unreadable; the exposures the header counts are kept (lost
+                # frames, header dose), not bounded by a data length that does not fit
+                fields = replace(header.parse(ds, path), pixels_refused=mismatch)
         offset, reader = pixel_elem.value_tell, (
             pixel_readers.read_native if tsuid in NATIVE_SYNTAXES else
             pixel_readers.read_deflated if tsuid == DeflatedExplicitVRLittleEndian else
@@ -478,38 +478,29 @@ def _transfer_syntax(ds: Dataset, path: str) -> UID:
     return tsuid
 
 
-def _native_length_mismatch(elem, fields: header.HeaderFields, announced: int,
+def _native_length_mismatch(elem, fields: header.HeaderFields,
                             path: str) -> tuple[str, str, type] | None:
-    """Whether native pixel data is longer than the frames the header gives, in a way its
-    frames cannot be trusted to be cut from it. Padding under one row, and the partial last
-    frame of a NumberOfFrames (``announced``) that :func:`header.parse` bounded to the whole
-    frames present, are read (warned). Anything else (another Rows, Columns or BitsAllocated,
-    a count that leaves frames out) would cut frames at the wrong places, so none is shown; but
-    the run's exposure happened: its frames are lost frames, their dose from the header (the
-    whole instance was refused, its dose lost). A file cut short passes here: its whole frames
-    are used and the rest listed as lost when read (:func:`iter_frames`)."""
+    """Whether native pixel data is longer than the frames the header gives, so that its
+    frames cannot be trusted to be cut from it. Padding under one row is read (warned).
+    Anything longer (another Rows, Columns or BitsAllocated, a NumberOfFrames that is wrong or
+    missing, a partial frame: they cannot be told apart, and a wrong frame size cuts every
+    frame at the wrong place) shows no frame; but the run's exposure happened: its frames are
+    lost frames, their dose from the header (the whole instance was refused, its dose lost).
+    A file cut short passes here: its whole frames are used and the rest listed as lost when
+    read (:func:`iter_frames`)."""
     row_bytes = fields.columns * (fields.bits_allocated // 8)
-    frame_bytes = fields.rows * row_bytes
-    n = len(fields.frame_offsets_s)
-    expected = frame_bytes * n
+    expected = fields.rows * row_bytes * len(fields.frame_offsets_s)
     extra = _declared_length(elem) - expected
     if extra <= 1:  # an odd length's pad byte
         return None
-    if extra < row_bytes or (announced > n and extra < frame_bytes):
-        log.warning("%s: (7FE0,0010) PixelData has %d bytes after the %d frame(s) used (%s)",
-                    path, extra, n, "padding" if extra < row_bytes else "a partial frame")
+    if extra < row_bytes:
+        log.warning("%s: (7FE0,0010) PixelData has %d bytes of padding after its frames",
+                    path, extra)
         return None
     return ("(7FE0,0010) PixelData",
             f"pixel data has {expected + extra} bytes but (0028,0010) Rows x (0028,0011) "
             f"Columns x (0028,0008) NumberOfFrames x (0028,0100) BitsAllocated gives {expected}: "
-            "the frames cannot be cut from it", DamagedPixelDataError)
-
-
-def _int_or(value, default: int) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return default
+            "one of them is wrong, so the frames cannot be cut from it", DamagedPixelDataError)
 
 
 def _pixel_bytes(elem, tsuid: UID) -> int | None:

@@ -289,14 +289,6 @@ def _number_of_frames(look: _Lookup, path: str, frame_bytes: int,
         if enhanced:
             log.warning("%s: %s is missing (Type 1 in %s): one frame", path,
                         tag_name("NumberOfFrames"), enhanced)
-        elif pixel_bytes is not None and pixel_bytes >= 2 * frame_bytes \
-                and pixel_bytes % frame_bytes <= 1:
-            # a multi-frame run whose writer left the count out: its frames (and their dose)
-            # are what the pixel data holds, not one frame and the rest refused
-            n = pixel_bytes // frame_bytes
-            log.warning("%s: %s is missing, but the pixel data holds %d whole frames: %d frames",
-                        path, tag_name("NumberOfFrames"), n, n)
-            return n
         elif fragments is not None and fragments >= 2:
             if fragments_are_frames:  # RLE: one fragment per frame (PS3.5 A.4.2)
                 log.warning("%s: %s is missing, but the RLE pixel data holds %d frames",
