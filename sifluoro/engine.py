@@ -294,6 +294,7 @@ class Engine:
         the device's RDSR at the end of the procedure, read with ``study_uid``): runs the
         device's report names are recounted with its dose, frames already fed included."""
         with self._serialised():
+            self._refuse_if_closed()
             if self._state is None:
                 self._state = self.pipeline.start_study(study.study_instance_uid)
             elif study.study_instance_uid != self._state.study_instance_uid:

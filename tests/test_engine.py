@@ -83,14 +83,14 @@ def test_prepare_then_feed_frames_one_by_one_gives_the_run_summary(tmp_path):
     engine.prepare(study)
     for frame in iter_frames(study, []):
         engine.feed(frame)
+    other = read_study([write_study(tmp_path / "b", [RunSpec(0.0)], study_uid="1.2.3.9")[0]])
+    with pytest.raises(InputError, match="one Engine per study"):
+        engine.prepare(other)
     summary = engine.close()
     expected = Engine(NO_DEADLINE).run(tmp_path / "study")
     assert _without_timing(summary) == _without_timing(expected)
     assert [r["file"].endswith("junk.dcm") for r in summary["rejected_files"]] == [True]
     assert engine.dose.totals.air_kerma_mgy == pytest.approx(summary["air_kerma_mgy"])
-    other = read_study([write_study(tmp_path / "b", [RunSpec(0.0)], study_uid="1.2.3.9")[0]])
-    with pytest.raises(InputError, match="one Engine per study"):
-        engine.prepare(other)
 
 
 @pytest.mark.parametrize("stages, shown", [("register", "not_assessed"), ("contrast", "none")])
@@ -472,6 +472,8 @@ def test_a_closed_engine_takes_no_more_frames_and_rejections_are_listed_once(tmp
     assert [r["file"].rsplit("/", 1)[-1] for r in summary["rejected_files"]] == ["notes.txt"]
     with pytest.raises(RuntimeError, match="closed"):
         engine.feed(frames[0])
+    with pytest.raises(RuntimeError, match="closed"):  # a report after close: no recount
+        engine.prepare(read_study([tmp_path / "study"]))
     assert engine.close()["frames"] == summary["frames"] == 2
 
 

@@ -169,6 +169,8 @@ class LiveReplay:
                     interrupted = True
                     break
                 event = self.engine.feed(frame)
+                if event is None:  # fed before (counted as a duplicate): nothing new to show
+                    continue
                 if events is not None:
                     try:
                         events.write(json.dumps(event.event, separators=(",", ":")) + "\n")
