@@ -55,3 +55,15 @@ def test_a_video_stream_cut_short_gives_its_frames_and_counts_the_rest(tmp_path)
     assert rejection.error == "DamagedPixelDataError"
     assert [(run.sop_instance_uid, first) for run, first in lost] == [
         (ds.SOPInstanceUID, len(frames) + 1)]
+
+
+def test_a_video_longer_than_its_numberofframes_says_so(tmp_path, caplog):
+    """Second review s16 M4: a NumberOfFrames below what the stream holds (or none: one frame)
+    was believed silently; the frames it counts are read, and the log says more were there."""
+    path = write_mpeg2_run(tmp_path, video_frames(8))
+    ds = pydicom.dcmread(path)
+    ds.NumberOfFrames = 3
+    ds.save_as(path, enforce_file_format=True)
+    frames = list(iter_frames(read_study([tmp_path]), []))
+    assert len(frames) == 3
+    assert "holds more frames than (0028,0008) NumberOfFrames = 3" in caplog.text

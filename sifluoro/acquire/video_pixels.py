@@ -7,6 +7,7 @@ their luma is the run's grey frame, read like MONOCHROME2.
 """
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from functools import lru_cache
@@ -22,6 +23,7 @@ from sifluoro.errors import DamagedPixelDataError
 from sifluoro.model import Run
 
 PIXEL_TAG = "(7FE0,0010) PixelData"
+log = logging.getLogger(__name__)
 
 
 @lru_cache(maxsize=1)
@@ -71,6 +73,9 @@ def read_video(run: Run) -> Iterator[np.ndarray]:
             frame = grey.astype(np.uint16)
             frame.flags.writeable = False
             yield frame
+        if capture.grab():  # the header counts fewer frames than the stream holds
+            log.warning("%s: the video stream holds more frames than (0028,0008) NumberOfFrames "
+                        "= %d; only those are read and counted", run.path, run.n_frames)
     finally:
         if capture is not None:
             capture.release()
