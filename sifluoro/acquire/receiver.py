@@ -399,12 +399,11 @@ def _check_usable(path: Path, sop_class: UID) -> None:
                                         "concept X-Ray Radiation Dose Report (DCM,113701)",
                                         tag="(0040,A043) ConceptNameCodeSequence")
         return
+    # an X-ray image without acquisition or content time is stored too, and listed as not
+    # used when processed (replay rejects it the same way): a failure status would make the
+    # sender stop before the rest of the study
     try:
-        run = run_from_dataset(ds, path)
-        if run.start_s is None:
-            raise InputError("no acquisition or content time, so the run cannot be placed in "
-                             "the study; send it with its timing attributes",
-                             tag="(0008,002A) AcquisitionDateTime")
+        run_from_dataset(ds, path)
     except InputError:
         if sop_class in XRAY_SOP_CLASSES:
             raise

@@ -174,3 +174,29 @@ def test_a_colour_screenshot_is_stored_and_the_study_sent_after_it_arrives(tmp_p
     assert summary["instances"] == 2
     [rejected] = summary["rejected_files"]
     assert rejected["reason"].startswith("(0028,0002) SamplesPerPixel")
+
+
+def test_an_x_ray_image_without_any_time_is_stored_and_the_study_after_it_arrives(
+        tmp_path, start_receiver):
+    """Second review s16 M5: an XA without acquisition or content time was answered 0xC002,
+    and DCMTK's storescu then stopped: the study's next run never arrived. It is stored and
+    listed as not used (it cannot be placed in the study), as replay lists it."""
+    import pydicom
+    paths = write_study(tmp_path / "study", [RunSpec(0.0, n_frames=2, filename="a_untimed.dcm"),
+                                             RunSpec(5.0, n_frames=3, filename="b_run.dcm")])
+    ds = pydicom.dcmread(paths[0])
+    for keyword in ("AcquisitionDateTime", "AcquisitionDate", "AcquisitionTime", "ContentDate",
+                    "ContentTime"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    ds.save_as(paths[0])
+    receiver = start_receiver()
+    sent = storescu(receiver.port, paths, "-xe")  # one association, the untimed one first
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    folder = receiver.spool / file_uids(paths[1])[0]
+    wait_for(lambda: summary_frames(folder / "summary.json") == 3)
+    assert receiver.terminate() == 0
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["instances"] == 2
+    [rejected] = summary["rejected_files"]
+    assert rejected["reason"].startswith("(0008,002A) AcquisitionDateTime: no acquisition")
