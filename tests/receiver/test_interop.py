@@ -163,17 +163,22 @@ def test_a_colour_screenshot_is_stored_and_the_study_sent_after_it_arrives(tmp_p
     ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
     ds.PixelData = rgb.tobytes()
     ds.save_as(paths[0])
+    assert _sent_before_a_run(start_receiver, paths).startswith("(0028,0002) SamplesPerPixel")
+
+
+def _sent_before_a_run(start_receiver, paths) -> str:
+    """Send an instance the pipeline cannot use, then a 3-frame run, in one storescu
+    association; both must be stored (the run processed): the first one's rejection reason."""
     receiver = start_receiver()
-    sent = storescu(receiver.port, paths, "-xe")  # one association, screenshot first
+    sent = storescu(receiver.port, paths, "-xe")
     assert sent.returncode == 0, sent.stdout + sent.stderr
-    study_uid, _ = file_uids(paths[1])
-    folder = receiver.spool / study_uid
+    folder = receiver.spool / file_uids(paths[1])[0]
     wait_for(lambda: summary_frames(folder / "summary.json") == 3)
     assert receiver.terminate() == 0
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["instances"] == 2
     [rejected] = summary["rejected_files"]
-    assert rejected["reason"].startswith("(0028,0002) SamplesPerPixel")
+    return rejected["reason"]
 
 
 def test_an_x_ray_image_without_any_time_is_stored_and_the_study_after_it_arrives(
@@ -190,13 +195,5 @@ def test_an_x_ray_image_without_any_time_is_stored_and_the_study_after_it_arrive
         if keyword in ds:
             delattr(ds, keyword)
     ds.save_as(paths[0])
-    receiver = start_receiver()
-    sent = storescu(receiver.port, paths, "-xe")  # one association, the untimed one first
-    assert sent.returncode == 0, sent.stdout + sent.stderr
-    folder = receiver.spool / file_uids(paths[1])[0]
-    wait_for(lambda: summary_frames(folder / "summary.json") == 3)
-    assert receiver.terminate() == 0
-    summary = json.loads((folder / "summary.json").read_text())
-    assert summary["instances"] == 2
-    [rejected] = summary["rejected_files"]
-    assert rejected["reason"].startswith("(0008,002A) AcquisitionDateTime: no acquisition")
+    reason = _sent_before_a_run(start_receiver, paths)
+    assert reason.startswith("(0008,002A) AcquisitionDateTime: no acquisition")
