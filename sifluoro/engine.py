@@ -249,11 +249,9 @@ class Engine:
             self._refuse_if_closed()
             if self._fed_before(frame):
                 return
+            self._admit(frame)
             if self._live is None:
-                self._admit(frame)
                 self._live = LiveFeeder(self.pipeline, self._state, on_event=self._emit)
-            else:
-                self._admit(frame)
             self._live.submit(frame)
 
     def _refuse_if_closed(self) -> None:

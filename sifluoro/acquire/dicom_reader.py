@@ -40,7 +40,7 @@ from pydicom.uid import (
 )
 
 from sifluoro.acquire import header, pixel_readers, video_pixels
-from sifluoro.dose.rdsr_read import is_dose_report
+from sifluoro.dose.rdsr_read import is_dose_report, names_an_sr_class
 from sifluoro.errors import (
     DamagedFileError,
     DamagedPixelDataError,
@@ -279,7 +279,7 @@ def read_header(path: str | Path) -> Dataset:
         if failure is not None:
             raise NotDicomError(f"DICOM header cannot be parsed ({type(failure).__name__}: "
                                 f"{failure})", path=path) from failure
-        if _names_an_sr_class(path):  # a dose report has no pixel data to name
+        if names_an_sr_class(path):  # a dose report has no pixel data to name
             raise DamagedFileError("the file ends before its dataset is complete: the file is "
                                    "cut short (an interrupted copy) or damaged; copy it again",
                                    path=path)
@@ -288,12 +288,6 @@ def read_header(path: str | Path) -> Dataset:
                                     path=path, tag="(7FE0,0010) PixelData")
     setattr(cut, CUT_SHORT, pixel_tag_at)
     return cut
-
-
-def _names_an_sr_class(path: str | Path) -> bool:
-    """Whether a file's first KiB (its meta) names a Structured Report SOP class."""
-    with open(path, "rb") as fh:
-        return b"1.2.840.10008.5.1.4.1.1.88." in fh.read(1024)
 
 
 def _deflated_header_before_pixels(path: str | Path) -> Dataset | None:

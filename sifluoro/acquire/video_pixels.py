@@ -17,7 +17,6 @@ import cv2
 import numpy as np
 import pydicom
 from pydicom.encaps import generate_fragments
-from pydicom.uid import UID, MPEGTransferSyntaxes
 
 from sifluoro.errors import DamagedPixelDataError
 from sifluoro.model import Run
@@ -31,10 +30,6 @@ def video_decoder_available() -> bool:
     """Whether OpenCV has its FFmpeg backend (the wheels and Debian's python3-opencv do)."""
     backends = cv2.videoio_registry.getBackends()
     return any(cv2.videoio_registry.getBackendName(b) == "FFMPEG" for b in backends)
-
-
-def is_video_syntax(tsuid: UID | str) -> bool:
-    return UID(str(tsuid)) in MPEGTransferSyntaxes
 
 
 def read_video(run: Run) -> Iterator[np.ndarray]:

@@ -17,7 +17,13 @@ from pathlib import Path
 
 from sifluoro.acquire.dicom_reader import read_header, run_from_dataset
 from sifluoro.audit._fastsr import CutShort, cut_short_error, parse_if_covered
-from sifluoro.dose.rdsr_read import SR_SOP_CLASSES, read_rdsr
+from sifluoro.dose.rdsr_read import (
+    META_BYTES,
+    SR_CLASS_PREFIX,
+    SR_SOP_CLASSES,
+    names_an_sr_class,
+    read_rdsr,
+)
 from sifluoro.dose.records import StudyDose
 from sifluoro.errors import InputError
 from sifluoro.model import Rejection, Run
@@ -80,8 +86,9 @@ def parse_file(path: str | Path, link_key: bytes | None = None) -> ParsedFile:
     path = str(path)
     try:
         size = Path(path).stat().st_size
-        if size <= WHOLE_READ_BYTES or _is_sr(path):  # a report is read whole at any size: its
-            data = Path(path).read_bytes()              # end is what shows a copy cut short
+        # a report is read whole at any size: its end is what shows a copy cut short
+        if size <= WHOLE_READ_BYTES or names_an_sr_class(path):
+            data = Path(path).read_bytes()
             sha = hashlib.sha256(data).hexdigest()
             fast = _fast_report(path, data, sha, link_key)
             if fast is not None:
@@ -100,16 +107,6 @@ def parse_file(path: str | Path, link_key: bytes | None = None) -> ParsedFile:
         log.exception("rejected %s: unexpected content", path)
         return ParsedFile(path, sha, size, REJECTED,
                           reason=f"cannot be used ({type(exc).__name__}: {exc})")
-
-
-#: the SR storage SOP classes' common root, looked for in the file meta (MediaStorageSOPClassUID)
-SR_CLASS_PREFIX = b"1.2.840.10008.5.1.4.1.1.88."
-META_BYTES = 1024
-
-
-def _is_sr(path: str) -> bool:
-    with open(path, "rb") as fh:
-        return SR_CLASS_PREFIX in fh.read(META_BYTES)
 
 
 def _fast_report(path: str, data: bytes, sha: str, link_key: bytes | None) -> ParsedFile | None:

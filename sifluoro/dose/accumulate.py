@@ -599,13 +599,6 @@ class DoseAccumulator:
         return _source(self.totals.sources | self.lost.sources | self.unstored.sources)
 
     @property
-    def runs_dose_unknown(self) -> int:
-        """How many runs counted so far have an unknown air kerma or DAP (no reported dose and
-        no technique to estimate it): the totals leave them out."""
-        return sum(1 for t in self._tallies.values()
-                   if "none" in (t.dose.source, t.dose.air_kerma_source, t.dose.dap_source))
-
-    @property
     def runs_time_unknown(self) -> int:
         """How many runs counted so far have no usable frame timing: their fluoroscopy or
         acquisition time is unknown and left out of the times, which are then lower bounds."""

@@ -125,6 +125,18 @@ def _by_sifluoro(ds) -> bool:
     return any(str(v).startswith("sifluoro ") for v in versions)
 
 
+#: the SR storage SOP classes' common root, looked for in the file meta (MediaStorageSOPClassUID)
+SR_CLASS_PREFIX = b"1.2.840.10008.5.1.4.1.1.88."
+META_BYTES = 1024
+
+
+def names_an_sr_class(path: str | Path) -> bool:
+    """Whether a file's first KiB (its meta) names a Structured Report SOP class: a report
+    pydicom cannot read (cut short) is still told from an image."""
+    with open(path, "rb") as fh:
+        return SR_CLASS_PREFIX in fh.read(META_BYTES)
+
+
 def is_dose_report(ds: Dataset) -> bool:
     """True for an SR whose root concept is X-Ray Radiation Dose Report (113701)."""
     if str(ds.get("SOPClassUID", "")) not in SR_SOP_CLASSES:

@@ -28,7 +28,7 @@ import pydicom
 from sifluoro.acquire.dicom_reader import scan
 from sifluoro.config import DoseSettings
 from sifluoro.dose.accumulate import accumulate_study
-from sifluoro.dose.rdsr_read import read_rdsr
+from sifluoro.dose.rdsr_read import names_an_sr_class, read_rdsr
 from sifluoro.dose.records import (
     SINGLE_PLANE, IrradiationEvent, PlaneTotals, StudyDose, event_duration_s, totals_from_events)
 from sifluoro.errors import InputError
@@ -104,14 +104,11 @@ def device_report(study: Study, rejected: list[Rejection]) -> StudyDose | None:
 def _as_report(rejection: Rejection) -> Rejection:
     """A dose report cut too short for pydicom is rejected by the image reader, which speaks of
     its missing pixel data: word it as ``audit ingest`` does (review s16 L2)."""
-    from sifluoro.audit.parse import META_BYTES, SR_CLASS_PREFIX
-
     if rejection.error not in ("DamagedPixelDataError", "DamagedFileError"):
         return rejection  # (the image reader says DamagedFileError of an SR cut in its meta)
     try:
-        with open(rejection.file, "rb") as fh:
-            if SR_CLASS_PREFIX not in fh.read(META_BYTES):
-                return rejection
+        if not names_an_sr_class(rejection.file):
+            return rejection
         _check_whole(rejection.file)
     except OSError:
         return rejection
