@@ -94,6 +94,19 @@ def test_a_frame_that_misses_the_deadline_is_degraded_and_its_dose_counted(frame
     assert state.degraded_frames == 12
 
 
+def test_a_stage_whose_turn_comes_after_the_deadline_is_skipped(frames):
+    """Two stages without steps, each dearer than the budget: the first runs whole, the
+    second finds the budget spent and is skipped; the dose is counted all the same."""
+    clock = Clock()
+    first, second = FakeStage("first", clock, 4.0), FakeStage("second", clock, 4.0)
+    _, state, events = _run([first, second], clock, frames[:4], 2.0)
+    assert [e["skipped_stages"] for e in events] == [["second"]] * 4
+    assert [e["latency_ms"] for e in events] == [4.0] * 4
+    assert all(e["degraded"] for e in events) and state.degraded_frames == 4
+    assert [c[1] for c in first.calls] == [0, 1, 2, 3] and second.calls == []
+    assert [e["dose"]["air_kerma_mgy"] for e in events] == pytest.approx([0.5, 1.0, 1.5, 2.0])
+
+
 @pytest.mark.parametrize("budget_ms, steps", [
     (13.0, []),                                            # 12 ms fits
     (10.0, ORDER[:1]),                                     # 8 ms without contrast
