@@ -825,22 +825,40 @@ def test_native_pixel_data_longer_than_the_header_says_keeps_the_runs_dose(tmp_p
         assert (rejected, lost_runs) == ([], [])
 
 
-@pytest.mark.parametrize("syntax, frames", [("rle", 6), ("jpeg2000", 1)])
-def test_an_encapsulated_run_without_numberofframes(tmp_path, caplog, syntax, frames):
-    """Review s16 H6: an RLE run without NumberOfFrames was read as one frame, silently: 1/16
-    of its dose and time. RLE holds one fragment per frame, so its frames are counted from
-    them; another syntax may split a frame, so one frame is read, with a warning."""
+@pytest.mark.parametrize("syntax, fragments_per_frame", [("rle", 1), ("jpeg2000", 1),
+                                                         ("jpeg2000", 2), ("jpeg_lossless", 3)])
+def test_an_encapsulated_run_without_numberofframes(tmp_path, caplog, syntax, fragments_per_frame):
+    """Review s16 H6 and M3: an encapsulated run without NumberOfFrames was read as one frame,
+    silently: 1/6 of its dose and time. Every frame begins a fragment (PS3.5 A.4), and RLE's
+    fragments and JPEG's codestream starts tell which: its frames are counted from them, even
+    when each frame is split in several fragments."""
     paths = write_study(tmp_path / "s", [RunSpec(0.0, n_frames=6, transfer_syntax=syntax,
                                                  filename="a.dcm")])
+    if fragments_per_frame > 1:
+        _reencapsulate(paths[0], 6, fragments_per_frame=fragments_per_frame)
     ds = pydicom.dcmread(paths[0])
     del ds.NumberOfFrames
     ds.save_as(paths[0], enforce_file_format=True)
     rejected, lost = [], []
     got = list(iter_frames(read_study([tmp_path / "s"]), rejected, lost))
-    assert len(got) == frames and rejected == []
-    assert "(0028,0008) NumberOfFrames is missing" in caplog.text
-    if frames == 6:  # every frame decoded, in order (write_study marks pixel (0, 0))
-        assert [int(f.pixels[0, 0]) for f in got] == list(range(6))
+    assert len(got) == 6 and rejected == []
+    assert "(0028,0008) NumberOfFrames is missing, but the pixel data holds 6 frames" in caplog.text
+    # every frame decoded, in order (write_study marks pixel (0, 0))
+    assert [int(f.pixels[0, 0]) for f in got] == list(range(6))
+
+
+def test_one_frame_in_several_fragments_without_numberofframes_is_one_frame(tmp_path, caplog):
+    """A single frame split in fragments is one frame, without a warning that frames may be
+    missing: only its first fragment begins a codestream."""
+    paths = write_study(tmp_path / "s", [RunSpec(0.0, n_frames=1, transfer_syntax="jpeg2000",
+                                                 filename="a.dcm")])
+    _reencapsulate(paths[0], 1, fragments_per_frame=3)
+    ds = pydicom.dcmread(paths[0])
+    del ds.NumberOfFrames
+    ds.save_as(paths[0], enforce_file_format=True)
+    rejected = []
+    assert len(list(iter_frames(read_study([tmp_path / "s"]), rejected))) == 1 and rejected == []
+    assert "NumberOfFrames" not in caplog.text
 
 
 def test_a_dicomdir_is_named_for_what_it_is(tmp_path):

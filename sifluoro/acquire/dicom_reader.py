@@ -29,6 +29,9 @@ from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
+    JPEG2000TransferSyntaxes,
+    JPEGLSTransferSyntaxes,
+    JPEGTransferSyntaxes,
     MediaStorageDirectoryStorage,
     MPEGTransferSyntaxes,
     MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
@@ -367,9 +370,9 @@ def run_from_dataset(ds: Dataset, path: str | Path) -> Run:
         fields = header.parse(ds, path, video=True)
         offset, reader = pixel_elem.value_tell, video_pixels.read_video
     elif pixel_elem is not None:
+        fragments, frame_starts = _fragment_count(pixel_elem, tsuid, path)
         fields = header.parse(ds, path, pixel_bytes=_pixel_bytes(pixel_elem, tsuid),
-                              fragments=_fragment_count(pixel_elem, tsuid, path),
-                              fragments_are_frames=tsuid in RLETransferSyntaxes)
+                              fragments=fragments, frame_starts=frame_starts)
         if not tsuid.is_compressed and not fields.pixels_refused:  # refused: no frame is read
             mismatch = _native_length_mismatch(pixel_elem, fields, path)
             if mismatch:  # frames unreadable; the exposures the header counts are kept (lost
@@ -506,26 +509,43 @@ def _declared_length(elem) -> int:
     return elem.length if elem.value is None else len(elem.value)
 
 
-def _fragment_count(elem, tsuid: UID, path: str) -> int | None:
+#: the bytes a frame's codestream begins with, by syntax family: JPEG and JPEG-LS start of
+#: image; JPEG 2000 start of codestream and image size (or a JP2 file's signature box)
+_FRAME_START_MARKERS = ((JPEGTransferSyntaxes + JPEGLSTransferSyntaxes, (b"\xff\xd8",)),
+                        (JPEG2000TransferSyntaxes,
+                         (b"\xff\x4f\xff\x51", b"\x00\x00\x00\x0cjP  ")))
+
+
+def _fragment_count(elem, tsuid: UID, path: str) -> tuple[int | None, int | None]:
     """How many fragments (items after the Basic Offset Table) encapsulated pixel data holds,
-    read item header by item header from the file; None when not encapsulated, or not known
-    (a value in memory, or no sequence delimiter before the file ends)."""
+    and how many of them begin a frame (every one in RLE; those that begin with a codestream's
+    start marker in the JPEG families; None for other syntaxes), read item header by item
+    header from the file. (None, None) when not encapsulated, or not known (a value in
+    memory, or no sequence delimiter before the file ends)."""
     if not tsuid.is_compressed or elem.value_tell is None or elem.value is not None:
-        return None
-    count = -1  # the first item is the Basic Offset Table
+        return None, None
+    markers = next((m for family, m in _FRAME_START_MARKERS if tsuid in family), None)
+    count, starts = -1, 0  # the first item is the Basic Offset Table
     with open(path, "rb") as fh:
         fh.seek(elem.value_tell)
         while True:
             item = fh.read(8)
             if len(item) < 8:
-                return None
+                return None, None
             group, element, length = struct.unpack("<HHL", item)
             if (group, element) == (0xFFFE, 0xE0DD):
-                return max(count, 0)
+                count = max(count, 0)
+                return count, (count if tsuid in RLETransferSyntaxes else
+                               starts if markers is not None else None)
             if (group, element) != (0xFFFE, 0xE000):
-                return None
+                return None, None
+            if count >= 0 and markers is not None:
+                head = fh.read(min(length, 8))
+                starts += head.startswith(markers)
+                fh.seek(length - len(head), os.SEEK_CUR)
+            else:
+                fh.seek(length, os.SEEK_CUR)
             count += 1
-            fh.seek(length, os.SEEK_CUR)
 
 
 def iter_frames(study: Study, rejected: list[Rejection],
