@@ -67,3 +67,19 @@ def test_a_video_longer_than_its_numberofframes_says_so(tmp_path, caplog):
     frames = list(iter_frames(read_study([tmp_path]), []))
     assert len(frames) == 3
     assert "holds more frames than (0028,0008) NumberOfFrames = 3" in caplog.text
+
+
+def test_a_video_read_stopped_half_way_leaves_no_temporary_file(tmp_path, monkeypatch):
+    """Review s16: the stream's temporary file lived as long as the reading generator, so a
+    reader stopped half-way (an interpreter exit does not close generators) left it behind."""
+    import tempfile
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    write_mpeg2_run(tmp_path / "s", video_frames(6))
+    frames = iter_frames(read_study([tmp_path / "s"]), [])
+    first, second = next(frames), next(frames)
+    assert (first.frame_number, second.frame_number) == (1, 2)
+    assert list(temp.iterdir()) == []  # while the reader is suspended mid-stream
+    assert [f.frame_number for f in frames] == [3, 4, 5, 6]

@@ -35,25 +35,27 @@ def video_decoder_available() -> bool:
 def read_video(run: Run) -> Iterator[np.ndarray]:
     """The run's frames in order, as read-only uint16 arrays of its Rows x Columns.
 
-    FFmpeg reads a file, not bytes, so the stream (its fragments joined, as PS3.5 8.2.5-8.2.8
-    allow it to be split) is written to a temporary file for as long as the frames are read.
+    FFmpeg reads a file, not bytes, so the stream (its fragments, as PS3.5 8.2.5-8.2.8
+    allow it to be split) is written to a temporary file, one fragment at a time, and unlinked
+    as soon as FFmpeg has it open (it reads on through its open handle): nothing is left
+    behind should the reading stop half-way, even at the interpreter's exit.
     A stream that ends early or does not decode gives the frames before the damage; the run's
     other frames are then lost (their dose counted from the header), as for any damaged run.
     """
-    try:
-        ds = pydicom.dcmread(run.path)
-        stream = b"".join(generate_fragments(ds.PixelData))
-    except Exception as exc:  # cut short, not encapsulated, or gone since the scan
-        raise DamagedPixelDataError(f"the video stream cannot be read ({type(exc).__name__}: "
-                                    f"{exc}); send or export the run again", path=run.path,
-                                    tag=PIXEL_TAG) from exc
     fd, tmp = tempfile.mkstemp(prefix="sifluoro-video-", suffix=".bin")
     capture = None
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(stream)
-        del stream, ds
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                for fragment in generate_fragments(pydicom.dcmread(run.path).PixelData):
+                    fh.write(fragment)
+        except Exception as exc:  # cut short, not encapsulated, or gone since the scan
+            raise DamagedPixelDataError(f"the video stream cannot be read ({type(exc).__name__}"
+                                        f": {exc}); send or export the run again",
+                                        path=run.path, tag=PIXEL_TAG) from exc
         capture = cv2.VideoCapture(tmp, cv2.CAP_FFMPEG)
+        os.unlink(tmp)
+        tmp = None
         for k in range(run.n_frames):
             ok, image = capture.read() if capture.isOpened() else (False, None)
             if not ok:
@@ -74,4 +76,5 @@ def read_video(run: Run) -> Iterator[np.ndarray]:
     finally:
         if capture is not None:
             capture.release()
-        os.unlink(tmp)
+        if tmp is not None:
+            os.unlink(tmp)
