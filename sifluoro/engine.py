@@ -185,6 +185,7 @@ class Engine:
         # frames fed so far, per instance: one fed again (a re-delivery) is no new exposure
         self._frames_fed: dict[str, set[int]] = {}
         self._duplicate_frames = 0
+        self._next_index = 0  # the index the next new frame's events carry
         self._closed = False  # close() was called: no more frames (one Engine, one study)
         self._recounts_seen = 0  # the dose's recounts already announced
         # submit(): a recount is announced after the event of the last frame counted before it,
@@ -229,6 +230,7 @@ class Engine:
             self._fed = True
             if self._fed_before(frame):
                 return None
+            frame = self._numbered(frame)
             run = self._admit(frame)
             if run is not None:
                 self._state.dose.prepare(run)
@@ -249,6 +251,7 @@ class Engine:
             self._refuse_if_closed()
             if self._fed_before(frame):
                 return
+            frame = self._numbered(frame)
             self._admit(frame)
             if self._live is None:
                 self._live = LiveFeeder(self.pipeline, self._state, on_event=self._emit)
@@ -269,6 +272,14 @@ class Engine:
         log.warning("frame %d of instance %s was fed before: ignored (its dose counted once)",
                     frame.frame_number, frame.sop_instance_uid)
         return True
+
+    def _numbered(self, frame: Frame) -> Frame:
+        """The frame with its place among the frames this engine took (0, 1, 2, ...): events
+        are numbered by the engine, whatever index a caller building its own frames gave."""
+        if frame.index != self._next_index:
+            frame = replace(frame, index=self._next_index)
+        self._next_index += 1
+        return frame
 
     def _admit(self, frame: Frame) -> Run | None:
         """Check the frame's study and note its run; return the run when it is new."""

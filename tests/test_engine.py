@@ -498,3 +498,26 @@ def test_a_device_report_alone_gives_its_study_and_dose(tmp_path):
     assert summary["study_instance_uid"] == device.StudyInstanceUID
     assert summary["frames"] == 0 and summary["study_dose"]["dose_source"] == "rdsr"
     assert summary["study_dose"]["air_kerma_mgy"] > 0
+
+
+@pytest.mark.parametrize("feeding", ["feed", "submit"])
+def test_the_engine_numbers_frames_a_caller_built_itself(tmp_path, feeding):
+    """Review s16 L7: the events carried the caller's Frame.index, so a plug-in that built
+    its own frames (all index 0 here) broke DESIGN §3's increasing index."""
+    from dataclasses import replace
+
+    from sifluoro.contract import replay_output_violations
+
+    write_study(tmp_path / "study", [RunSpec(0.0, n_frames=3), RunSpec(15.0, n_frames=2)])
+    engine = Engine(NO_DEADLINE, stages=[])
+    events = []
+    engine.on("frame", lambda e: events.append(e.event))
+    frames = [replace(f, index=0) for f in engine.frames(read_study([tmp_path / "study"]))]
+    for frame in frames + frames[1:2]:  # and one fed again: ignored, takes no number
+        getattr(engine, feeding)(frame)
+    summary = engine.close()
+    assert [e["index"] for e in events] == [0, 1, 2, 3, 4]
+    assert summary["duplicate_frames"] == 1
+    (tmp_path / "e.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    (tmp_path / "s.json").write_text(json.dumps(summary))
+    assert replay_output_violations(tmp_path / "e.jsonl", tmp_path / "s.json") == []
