@@ -230,8 +230,8 @@ class Engine:
             self._fed = True
             if self._fed_before(frame):
                 return None
-            frame = self._numbered(frame)
             run = self._admit(frame)
+            frame = self._numbered(frame)  # once admitted: a refused frame takes no number
             if run is not None:
                 self._state.dose.prepare(run)
             arrival = self.pipeline.account(frame, self._state)  # the latency counts from here
@@ -251,8 +251,8 @@ class Engine:
             self._refuse_if_closed()
             if self._fed_before(frame):
                 return
-            frame = self._numbered(frame)
             self._admit(frame)
+            frame = self._numbered(frame)
             if self._live is None:
                 self._live = LiveFeeder(self.pipeline, self._state, on_event=self._emit)
             self._live.submit(frame)

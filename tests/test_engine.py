@@ -509,12 +509,18 @@ def test_the_engine_numbers_frames_a_caller_built_itself(tmp_path, feeding):
     from sifluoro.contract import replay_output_violations
 
     write_study(tmp_path / "study", [RunSpec(0.0, n_frames=3), RunSpec(15.0, n_frames=2)])
+    write_study(tmp_path / "other", [RunSpec(0.0, n_frames=1)])
     engine = Engine(NO_DEADLINE, stages=[])
     events = []
     engine.on("frame", lambda e: events.append(e.event))
     frames = [replace(f, index=0) for f in engine.frames(read_study([tmp_path / "study"]))]
-    for frame in frames + frames[1:2]:  # and one fed again: ignored, takes no number
-        getattr(engine, feeding)(frame)
+    [other] = iter_frames(read_study([tmp_path / "other"]), [])
+    for frame in frames[:2] + [other] + frames[2:] + frames[1:2]:
+        if frame is other:  # another study's frame is refused and takes no number (review s17)
+            with pytest.raises(InputError):
+                getattr(engine, feeding)(frame)
+        else:  # the last, fed again: ignored, takes no number either
+            getattr(engine, feeding)(frame)
     summary = engine.close()
     assert [e["index"] for e in events] == [0, 1, 2, 3, 4]
     assert summary["duplicate_frames"] == 1

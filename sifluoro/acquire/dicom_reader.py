@@ -370,9 +370,9 @@ def run_from_dataset(ds: Dataset, path: str | Path) -> Run:
         fields = header.parse(ds, path, video=True)
         offset, reader = pixel_elem.value_tell, video_pixels.read_video
     elif pixel_elem is not None:
-        fragments, frame_starts = _fragment_count(pixel_elem, tsuid, path)
+        fragments, frames_held = _fragment_count(pixel_elem, tsuid, path)
         fields = header.parse(ds, path, pixel_bytes=_pixel_bytes(pixel_elem, tsuid),
-                              fragments=fragments, frame_starts=frame_starts)
+                              fragments=fragments, frames_held=frames_held)
         if not tsuid.is_compressed and not fields.pixels_refused:  # refused: no frame is read
             mismatch = _native_length_mismatch(pixel_elem, fields, path)
             if mismatch:  # frames unreadable; the exposures the header counts are kept (lost
@@ -387,6 +387,10 @@ def run_from_dataset(ds: Dataset, path: str | Path) -> Run:
         offset, reader = None, pixel_readers.read_deflated
     elif pixel_tag_at is not None:  # cut inside the pixel data: only the cap holds NumberOfFrames
         fields = header.parse(ds, path)
+        if ds.get("NumberOfFrames") in (None, "") and len(fields.frame_offsets_s) == 1:
+            log.warning("%s: (0028,0008) NumberOfFrames is missing and the file is cut short "
+                        "inside its pixel data: one frame is counted, and the run's dose may "
+                        "be short of frames after the cut", path)
         if tsuid in NATIVE_SYNTAXES:  # value after tag, VR and length (explicit) or tag, length
             offset = pixel_tag_at + (8 if tsuid == ImplicitVRLittleEndian else 12)
             reader = pixel_readers.read_native
@@ -509,23 +513,21 @@ def _declared_length(elem) -> int:
     return elem.length if elem.value is None else len(elem.value)
 
 
-#: the bytes a frame's codestream begins with, by syntax family: JPEG and JPEG-LS start of
-#: image; JPEG 2000 start of codestream and image size (or a JP2 file's signature box)
-_FRAME_START_MARKERS = ((JPEGTransferSyntaxes + JPEGLSTransferSyntaxes, (b"\xff\xd8",)),
-                        (JPEG2000TransferSyntaxes,
-                         (b"\xff\x4f\xff\x51", b"\x00\x00\x00\x0cjP  ")))
+#: JPEG, JPEG-LS and JPEG 2000 codestreams end with EOI / EOC (FF D9)
+_ENDS_WITH_MARKER = JPEGTransferSyntaxes + JPEGLSTransferSyntaxes + JPEG2000TransferSyntaxes
 
 
 def _fragment_count(elem, tsuid: UID, path: str) -> tuple[int | None, int | None]:
     """How many fragments (items after the Basic Offset Table) encapsulated pixel data holds,
-    and how many of them begin a frame (every one in RLE; those that begin with a codestream's
-    start marker in the JPEG families; None for other syntaxes), read item header by item
-    header from the file. (None, None) when not encapsulated, or not known (a value in
+    and how many frames they hold as pydicom splits them: an offset per frame in a Basic
+    Offset Table; else a non-empty fragment per frame in RLE; else, in the JPEG families, a
+    frame ends with the fragment that holds the FF D9 marker in its last 10 bytes (fragments
+    after the last such are one more frame); None for other syntaxes. Read item header by
+    item header from the file; (None, None) when not encapsulated, or not known (a value in
     memory, or no sequence delimiter before the file ends)."""
     if not tsuid.is_compressed or elem.value_tell is None or elem.value is not None:
         return None, None
-    markers = next((m for family, m in _FRAME_START_MARKERS if tsuid in family), None)
-    count, starts = -1, 0  # the first item is the Basic Offset Table
+    count, frames, open_frame, bot_frames = -1, 0, False, None  # item -1: the offset table
     with open(path, "rb") as fh:
         fh.seek(elem.value_tell)
         while True:
@@ -535,16 +537,23 @@ def _fragment_count(elem, tsuid: UID, path: str) -> tuple[int | None, int | None
             group, element, length = struct.unpack("<HHL", item)
             if (group, element) == (0xFFFE, 0xE0DD):
                 count = max(count, 0)
-                return count, (count if tsuid in RLETransferSyntaxes else
-                               starts if markers is not None else None)
+                if bot_frames:
+                    return count, bot_frames
+                if tsuid in RLETransferSyntaxes:
+                    return count, frames
+                return count, (frames + open_frame if tsuid in _ENDS_WITH_MARKER else None)
             if (group, element) != (0xFFFE, 0xE000):
                 return None, None
-            if count >= 0 and markers is not None:
-                head = fh.read(min(length, 8))
-                starts += head.startswith(markers)
-                fh.seek(length - len(head), os.SEEK_CUR)
-            else:
+            if count < 0:
+                bot_frames = length // 4 if length % 4 == 0 else None
                 fh.seek(length, os.SEEK_CUR)
+            elif tsuid in RLETransferSyntaxes or tsuid not in _ENDS_WITH_MARKER:
+                frames += length > 0
+                fh.seek(length, os.SEEK_CUR)
+            elif length:
+                fh.seek(max(length - 10, 0), os.SEEK_CUR)
+                ends = b"\xff\xd9" in fh.read(min(length, 10))
+                frames, open_frame = frames + ends, not ends
             count += 1
 
 

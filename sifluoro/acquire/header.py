@@ -172,15 +172,15 @@ def _required_int(look: _Lookup, keyword: str, path: str, allowed: range | tuple
 
 
 def parse(ds: Dataset, path: str, *, pixel_bytes: int | None = None,
-          fragments: int | None = None, frame_starts: int | None = None,
+          fragments: int | None = None, frames_held: int | None = None,
           video: bool = False) -> HeaderFields:
     """Read every header field a run needs; raise a typed error for what is unusable.
 
     ``pixel_bytes`` (native pixel data's length) or ``fragments`` (encapsulated pixel data's
     fragment count), when known, bound (0028,0008) NumberOfFrames before anything is built per
-    frame; it is always capped at :data:`MAX_FRAMES`. ``frame_starts``: how many of those
-    fragments begin a frame, when the syntax tells (every RLE fragment; a JPEG, JPEG-LS or
-    JPEG 2000 codestream's start marker): the frame count when NumberOfFrames is absent. ``video``: the pixel data is a video
+    frame; it is always capped at :data:`MAX_FRAMES`. ``frames_held``: how many frames
+    those fragments hold, when their syntax or offset table tells (see
+    ``dicom_reader._fragment_count``): the frame count when NumberOfFrames is absent. ``video``: the pixel data is a video
     stream (MPEG-2/H.264/HEVC), whose colour frames are read as their 8-bit luma.
     """
     look = _Lookup(ds)
@@ -220,7 +220,7 @@ def parse(ds: Dataset, path: str, *, pixel_bytes: int | None = None,
         photometric = "MONOCHROME2"  # no frame is shown; the run keeps a valid value
     frame_bytes = rows * columns * (bits_allocated // 8)
     n_frames = _frames_present(_number_of_frames(look, path, frame_bytes, pixel_bytes,
-                                                 fragments, frame_starts),
+                                                 fragments, frames_held),
                                frame_bytes, pixel_bytes, fragments, path)
     timing_unknown = False
     try:
@@ -274,7 +274,7 @@ ENHANCED_SOP_CLASSES = {EnhancedXAImageStorage: "Enhanced XA", EnhancedXRFImageS
 
 def _number_of_frames(look: _Lookup, path: str, frame_bytes: int,
                       pixel_bytes: int | None, fragments: int | None = None,
-                      frame_starts: int | None = None) -> int:
+                      frames_held: int | None = None) -> int:
     """NumberOfFrames; absent, 1 (a single-frame instance), except in an Enhanced XA/XRF that
     holds more than one frame, where it is Type 1: said missing, rather than taken as 1 and
     the pixel data's size said not to match."""
@@ -292,13 +292,12 @@ def _number_of_frames(look: _Lookup, path: str, frame_bytes: int,
             log.warning("%s: %s is missing (Type 1 in %s): one frame", path,
                         tag_name("NumberOfFrames"), enhanced)
         elif fragments is not None and fragments >= 2:
-            if frame_starts is not None and frame_starts >= 1:
-                # each frame begins a fragment (PS3.5 A.4): the count of those that begin one
-                if frame_starts >= 2:
+            if frames_held is not None and frames_held >= 1:
+                if frames_held >= 2:
                     log.warning("%s: %s is missing, but the pixel data holds %d frames",
-                                path, tag_name("NumberOfFrames"), frame_starts)
-                return frame_starts
-            # no frame start to see: a frame may be split into fragments, whose count is none
+                                path, tag_name("NumberOfFrames"), frames_held)
+                return frames_held
+            # a frame may be split into fragments, whose count is none
             log.warning("%s: %s is missing, but the pixel data holds %d fragments: one frame "
                         "is read, and the run's dose may be short of frames the header does "
                         "not count", path, tag_name("NumberOfFrames"), fragments)

@@ -9,6 +9,7 @@ counted as lost and the study goes on.
 from __future__ import annotations
 
 import struct
+from functools import lru_cache
 from typing import Iterator
 
 import numpy as np
@@ -115,9 +116,24 @@ def _decoded(run: Run, k: int, frame: np.ndarray) -> np.ndarray:
     return frame
 
 
+#: pydicom's decoding plugins, in the order sifluoro prefers them; GDCM (installed to write
+#: JPEG Lossless) is not among them: on damaged JPEG data it aborts the whole interpreter
+#: (a C++ exception), where the others raise an error that leaves the rest of the study
+DECODING_PLUGINS = ("pylibjpeg", "pyjpegls", "pillow", "pydicom")
+
+
+@lru_cache(maxsize=None)
+def decoding_plugin(transfer_syntax_uid: str) -> str:
+    """The plugin that decodes this syntax: the first of :data:`DECODING_PLUGINS` installed,
+    else pydicom's own choice ("")."""
+    available = get_decoder(UID(transfer_syntax_uid)).available_plugins
+    return next((name for name in DECODING_PLUGINS if name in available), "")
+
+
 def read_encapsulated(run: Run) -> Iterator[np.ndarray]:
     # the run's count, not the file's: a header that leaves NumberOfFrames out (header.parse)
-    frames = iter_pixels(run.path, raw=True, number_of_frames=run.n_frames)
+    frames = iter_pixels(run.path, raw=True, number_of_frames=run.n_frames,
+                         decoding_plugin=decoding_plugin(run.transfer_syntax_uid))
     for k in range(run.n_frames):
         try:
             frame = next(frames)
@@ -143,7 +159,8 @@ def read_encapsulated_cut(run: Run) -> Iterator[np.ndarray]:
     decoder = get_decoder(UID(run.transfer_syntax_uid))
     for k, frame_bytes in enumerate(encoded):
         try:
-            frame, _ = decoder.as_array(_one_frame_dataset(run, frame_bytes), raw=True)
+            frame, _ = decoder.as_array(_one_frame_dataset(run, frame_bytes), raw=True,
+                                        decoding_plugin=decoding_plugin(run.transfer_syntax_uid))
         except Exception as exc:  # any decoder failure on damaged data
             raise DamagedPixelDataError(f"frame {k + 1} fails to decode ({type(exc).__name__}: "
                                         f"{exc})", path=run.path, tag="(7FE0,0010) PixelData") from exc
