@@ -86,7 +86,11 @@ class _Buffers:
         # the frame's own text mask, and the masks it and the unexposed field were dilated
         # from: text and collimation rarely change, so a repeated mask is not dilated again
         self.own_text = np.empty(shape, np.bool_)
-        self.zero_seen = np.empty(shape, np.bool_)
+        # text is the blocks of zero K.text_blocks keeps (lone clipped noise is not), which
+        # needs the last frame's zero
+        self.zero_prev = np.zeros(shape, np.bool_)
+        self.text_blocks = np.empty(shape, np.bool_)
+        self.text_seen = np.empty(shape, np.bool_)
         self.flood = np.empty(shape, np.bool_)
         self.flood_seen = np.empty(shape, np.bool_)
         self.text_known = False
@@ -270,9 +274,10 @@ class ContrastStage:
         if bank is None or view_changed:
             bank = memory.banks[key] = ReferenceBank(shape, slots=self.settings.reference_slots,
                                                      pose_key=key)
-        if not (b.text_known and K.same_mask(b.zero, b.zero_seen)):
-            K.dilate_square(b.zero, 2, b.btmp, b.own_text)
-            b.zero_seen[...] = b.zero
+        K.text_blocks(b.zero, b.zero_prev, b.text_blocks)
+        if not (b.text_known and K.same_mask(b.text_blocks, b.text_seen)):
+            K.dilate_square(b.text_blocks, 2, b.btmp, b.own_text)
+            b.text_seen[...] = b.text_blocks
             b.text_known = True
         if new_run:
             memory.run = _RunMemory(run, shape)

@@ -244,6 +244,36 @@ def test_vascular_uptake_alerts_once_and_stays(phantom):
     assert state.contrast_state == "vascular"
 
 
+class _ClippingPhantom(Phantom):
+    """Frames with lone pixels clipped to attenuation 0 at new places on every frame (noise at
+    the window's end), many of them on the vessel's path."""
+
+    def frame(self, t: int, **kw) -> np.ndarray:
+        pixels = super().frame(t, **kw)
+        rng = np.random.default_rng([99, t])
+        ys, xs = np.nonzero(self.vessel)
+        pick = rng.choice(len(ys), 12, replace=False)
+        pixels[ys[pick], xs[pick]] = 0
+        pixels[rng.integers(0, SIZE, 40), rng.integers(0, SIZE, 40)] = 0
+        # burned-in text at the same place on every frame: a stroke and a lone dot
+        pixels[20:23, 30:60] = 0
+        pixels[21, 80] = 0
+        return pixels
+
+
+def test_lone_clipped_pixels_are_not_text_and_do_not_cut_a_vessel():
+    clipping = _ClippingPhantom()
+    frames = _contrast_run(12, 2, vessel=_vessel_course(1))
+    events, state = _replay(clipping, _needle_runs() + [frames])
+    out = _states(events)[-12:]
+    assert out[:2] == ["none", "none"]
+    assert "vascular" in out and out.index("vascular") <= 2 + 3
+    # the text stays out of the field, the dot too (it was there on the frame before)
+    b = state.stage_state["contrast"].buffers
+    assert not b.valid[10:12, 15:30].any() and not b.valid[10, 40]
+    assert b.text_blocks[15:].sum() <= 4     # of the 52 lone clipped pixels below it
+
+
 def test_joint_fill_then_vessel_is_vascular(phantom):
     frames = _contrast_run(14, 2, joint_reach_px=lambda f: min(150.0, 25.0 * f),
                            vessel=_vessel_course(4))
