@@ -96,7 +96,6 @@ class _Buffers:
         self.text_known = False
         self.flood_known = False
         self.unexposed = np.empty(shape, np.bool_)
-        self.text = np.empty(shape, np.bool_)
         self.unusable = np.empty(shape, np.bool_)
         self.valid = np.empty(shape, np.bool_)
         self.btmp = np.empty(shape, np.bool_)
@@ -119,7 +118,6 @@ class _RunMemory:
         self.opaque_z = 0.0
         self.opaque_mm2 = 0.0
         self.opacity_age = 0
-        self.text = np.zeros(shape, np.bool_)
         self.opacity_seen = False
         # per pixel: on how many frames in a row up to the previous one it lay in opacity
         # refused only as gas (Classifier.accept's ``persists``); any_aside: some pixel > 0
@@ -281,7 +279,6 @@ class ContrastStage:
             b.text_known = True
         if new_run:
             memory.run = _RunMemory(run, shape)
-            memory.run.text[...] = b.own_text
             memory.run.remember(b.current)
             np.logical_or(b.one, b.own_text, out=b.unusable)
             if not bank.empty:
@@ -290,7 +287,6 @@ class ContrastStage:
             bank.push(b.current, b.unusable)
             return self._result(memory, frame, (), 0.0, 0.0, None)
         rm = memory.run
-        np.logical_or(b.own_text, rm.text, out=b.text)
 
         envelope = bank.current_envelope()
         # unexposed: where the reference was unusable, grown through fully saturated blocks
@@ -301,7 +297,10 @@ class ContrastStage:
             b.flood_seen[...] = b.flood
             b.flood_known = True
         # the outermost blocks see the smoothing's replicated border and partial collimation
-        K.usable_field(b.unexposed, b.text, _BORDER_PX, b.unusable, b.valid)
+        # the frame's own text only: a block of the run's first frame kept out of every later
+        # frame cut the vessels that crossed it (training 1526 case 0: a joint line clipping at
+        # the window's end); text that changed is unusable in the reference anyway
+        K.usable_field(b.unexposed, b.own_text, _BORDER_PX, b.unusable, b.valid)
         K.masked_residual(b.current, envelope, b.valid, 0, 0, b.residual)
         centre, sigma = K.robust_centre_spread(b.residual, b.valid, 3.0)
         if rm.check_reference:
