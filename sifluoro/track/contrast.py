@@ -86,13 +86,16 @@ class _Buffers:
         # the frame's own text mask, and the masks it and the unexposed field were dilated
         # from: text and collimation rarely change, so a repeated mask is not dilated again
         self.own_text = np.empty(shape, np.bool_)
-        self.zero_seen = np.empty(shape, np.bool_)
+        # text is the blocks of zero K.text_blocks keeps (lone clipped noise is not), which
+        # needs the last frame's zero
+        self.zero_prev = np.zeros(shape, np.bool_)
+        self.text_blocks = np.empty(shape, np.bool_)
+        self.text_seen = np.empty(shape, np.bool_)
         self.flood = np.empty(shape, np.bool_)
         self.flood_seen = np.empty(shape, np.bool_)
         self.text_known = False
         self.flood_known = False
         self.unexposed = np.empty(shape, np.bool_)
-        self.text = np.empty(shape, np.bool_)
         self.unusable = np.empty(shape, np.bool_)
         self.valid = np.empty(shape, np.bool_)
         self.btmp = np.empty(shape, np.bool_)
@@ -115,7 +118,6 @@ class _RunMemory:
         self.opaque_z = 0.0
         self.opaque_mm2 = 0.0
         self.opacity_age = 0
-        self.text = np.zeros(shape, np.bool_)
         self.opacity_seen = False
         # per pixel: on how many frames in a row up to the previous one it lay in opacity
         # refused only as gas (Classifier.accept's ``persists``); any_aside: some pixel > 0
@@ -270,13 +272,13 @@ class ContrastStage:
         if bank is None or view_changed:
             bank = memory.banks[key] = ReferenceBank(shape, slots=self.settings.reference_slots,
                                                      pose_key=key)
-        if not (b.text_known and K.same_mask(b.zero, b.zero_seen)):
-            K.dilate_square(b.zero, 2, b.btmp, b.own_text)
-            b.zero_seen[...] = b.zero
+        K.text_blocks(b.zero, b.zero_prev, b.text_blocks)
+        if not (b.text_known and K.same_mask(b.text_blocks, b.text_seen)):
+            K.dilate_square(b.text_blocks, 2, b.btmp, b.own_text)
+            b.text_seen[...] = b.text_blocks
             b.text_known = True
         if new_run:
             memory.run = _RunMemory(run, shape)
-            memory.run.text[...] = b.own_text
             memory.run.remember(b.current)
             np.logical_or(b.one, b.own_text, out=b.unusable)
             if not bank.empty:
@@ -285,7 +287,6 @@ class ContrastStage:
             bank.push(b.current, b.unusable)
             return self._result(memory, frame, (), 0.0, 0.0, None)
         rm = memory.run
-        np.logical_or(b.own_text, rm.text, out=b.text)
 
         envelope = bank.current_envelope()
         # unexposed: where the reference was unusable, grown through fully saturated blocks
@@ -296,7 +297,10 @@ class ContrastStage:
             b.flood_seen[...] = b.flood
             b.flood_known = True
         # the outermost blocks see the smoothing's replicated border and partial collimation
-        K.usable_field(b.unexposed, b.text, _BORDER_PX, b.unusable, b.valid)
+        # the frame's own text only: a block of the run's first frame kept out of every later
+        # frame cut the vessels that crossed it (training 1526 case 0: a joint line clipping at
+        # the window's end); text that changed is unusable in the reference anyway
+        K.usable_field(b.unexposed, b.own_text, _BORDER_PX, b.unusable, b.valid)
         K.masked_residual(b.current, envelope, b.valid, 0, 0, b.residual)
         centre, sigma = K.robust_centre_spread(b.residual, b.valid, 3.0)
         if rm.check_reference:

@@ -385,3 +385,16 @@ def test_field_masks_and_standardise_match_numpy(rng):
     r = envelope - np.float32(0.123)
     np.testing.assert_array_equal(residual, r)
     np.testing.assert_array_equal(score, np.where(valid, r * np.float32(1.0 / 0.456), 0.0))
+
+
+@pytest.mark.parametrize("density", [0.02, 0.3])
+def test_text_blocks_matches_scipy(rng, density):
+    zero = rng.random((40, 50)) < density
+    prev = rng.random((40, 50)) < density
+    neighbours = ndimage.convolve(zero.astype(int), np.ones((3, 3), int), mode="constant") - zero
+    want = zero & ((neighbours > 0) | prev)
+    out = np.zeros_like(zero)
+    p = prev.copy()
+    K.text_blocks(zero, p, out)
+    np.testing.assert_array_equal(out, want)
+    np.testing.assert_array_equal(p, zero)   # the next frame's previous

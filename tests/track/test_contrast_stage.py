@@ -244,6 +244,69 @@ def test_vascular_uptake_alerts_once_and_stays(phantom):
     assert state.contrast_state == "vascular"
 
 
+class _ClippingPhantom(Phantom):
+    """Frames with lone pixels clipped to attenuation 0 at new places on every frame (noise at
+    the window's end), many of them on the vessel's path."""
+
+    def frame(self, t: int, **kw) -> np.ndarray:
+        pixels = super().frame(t, **kw)
+        rng = np.random.default_rng([99, t])
+        ys, xs = np.nonzero(self.vessel)
+        pick = rng.choice(len(ys), 12, replace=False)
+        pixels[ys[pick], xs[pick]] = 0
+        pixels[rng.integers(0, SIZE, 40), rng.integers(0, SIZE, 40)] = 0
+        # burned-in text at the same place on every frame: a stroke and a lone dot
+        pixels[20:23, 30:60] = 0
+        pixels[21, 80] = 0
+        return pixels
+
+
+def test_lone_clipped_pixels_are_not_text_and_do_not_cut_a_vessel():
+    clipping = _ClippingPhantom()
+    frames = _contrast_run(12, 2, vessel=_vessel_course(1))
+    events, state = _replay(clipping, _needle_runs() + [frames])
+    out = _states(events)[-12:]
+    assert out[:2] == ["none", "none"]
+    assert "vascular" in out and out.index("vascular") <= 2 + 3
+    # the text stays out of the field, the dot too (it was there on the frame before)
+    b = state.stage_state["contrast"].buffers
+    assert not b.valid[10:12, 15:30].any() and not b.valid[10, 40]
+    assert b.text_blocks[15:].sum() <= 4     # of the 52 lone clipped pixels below it
+
+
+class _BoundaryClippingPhantom(Phantom):
+    """Pixels on the vessel's path clipped to attenuation 0 on frames ``clipped`` only (a spot
+    that clips now and then, here on a run's first frame and the frame before)."""
+
+    def __init__(self, clipped):
+        super().__init__()
+        self.clipped = clipped
+        ys, xs = np.nonzero(self.vessel)
+        order = np.argsort(xs + 0.001 * ys)
+        self.spots = ys[order][::len(ys) // 10], xs[order][::len(ys) // 10]
+
+    def frame(self, t: int, **kw) -> np.ndarray:
+        pixels = super().frame(t, **kw)
+        if t in self.clipped:
+            pixels[self.spots] = 0
+        return pixels
+
+
+def test_text_of_a_runs_first_frame_does_not_stay_out_of_the_later_frames():
+    before = sum(len(r) for r in _needle_runs())
+    clipping = _BoundaryClippingPhantom({before - 1, before})
+    frames = _contrast_run(12, 4, vessel=_vessel_course(1))
+    events, state = _replay(clipping, _needle_runs() + [frames])
+    out = _states(events)[-12:]
+    assert out[:4] == ["none"] * 4
+    assert "vascular" in out and out.index("vascular") <= 4 + 3
+    # the clipped spots were text on the run's first frame (there on the frame before too),
+    # and are in the field again once they no longer clip
+    b = state.stage_state["contrast"].buffers
+    ys, xs = clipping.spots
+    assert b.valid[ys // 2, xs // 2].all()
+
+
 def test_joint_fill_then_vessel_is_vascular(phantom):
     frames = _contrast_run(14, 2, joint_reach_px=lambda f: min(150.0, 25.0 * f),
                            vessel=_vessel_course(4))
