@@ -374,7 +374,7 @@ def test_max_associations_rejects_the_extra_one(start_receiver):
         assert "Association Rejected" in extra.stdout + extra.stderr
     finally:
         first.release()
-    wait_for(lambda: echoscu(receiver.port).returncode == 0, timeout_s=10)
+    wait_for(lambda: echoscu(receiver.port).returncode == 0, timeout_s=60)
 
 
 def test_sigterm_drains_open_association_and_pipelines(tmp_path, start_receiver):
