@@ -83,11 +83,14 @@ def test_client_receives_every_tip_at_30_frames_per_second(tmp_path, sifluoro_co
     delivered = sum(np.allclose(g, w, atol=1e-3) for g, w in zip(got, want)) / len(want)
     assert delivered >= 0.99, (len(got), len(want))
     assert len(got) == len(want) and delivered == 1.0  # in fact all of them, in order
-    # paced at 30 frames/s: tips arrive over (n - 1) / 30 s, not in a burst
-    span_s = tips[-1][0] - tips[0][0]
+    # paced at 30 frames/s: tips are sent over (n - 1) / 30 s, not in a burst. The span is
+    # the server's send times (the messages' timestamps): the client thread's receive times
+    # bunch up when a loaded machine starves it, and a loaded machine may process the frames
+    # slower than 30/s (no upper bound; the Pacer's own test checks its waits exactly)
+    span_s = tips[-1][1].timestamp - tips[0][1].timestamp
     with_tip = [e["index"] for e in events if e["needle"]]
     expected_span_s = (with_tip[-1] - with_tip[0]) / FPS
-    assert 0.9 * expected_span_s < span_s < 2.0 * expected_span_s
+    assert span_s > 0.9 * expected_span_s
 
     by_device = {}
     for _, m in recorder.received:
