@@ -33,7 +33,7 @@ class GatedStage:
         self.seen.append(frame.index)
         if frame.index == self.hold_index:
             self.entered.set()
-            assert self.release.wait(10), "the test never released the worker"
+            assert self.release.wait(60), "the test never released the worker"
         return {"needle": {"tip_xy": [float(frame.index), 0.0], "confidence": 1.0}}
 
 
