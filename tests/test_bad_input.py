@@ -642,10 +642,10 @@ def test_an_alert_the_lost_frames_raise_reaches_the_live_outputs_before_the_end(
             pages.append(view.snapshot()["alerts"])
 
     try:
-        assert server.wait_for_client(10)
+        assert server.wait_for_client(60)
         sinks = [IgtlSink(server, image_every=0), PageAfterEachFrame(view)]
         summary = LiveReplay(Engine(settings, stages=[]), sinks, paced=False).run([damaged_study])
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60
         while (not any(m.device_name == "State" and '"ended"' in m.string
                        for _, m in recorder.received) and time.monotonic() < deadline):
             time.sleep(0.02)

@@ -298,7 +298,7 @@ def test_a_handler_that_calls_back_into_the_engine_gets_an_error_not_a_deadlock(
         done.set()
 
     threading.Thread(target=feed_all, daemon=True).start()
-    assert done.wait(10), "feed blocked: the handler's call deadlocked"
+    assert done.wait(60), "feed blocked: the handler's call deadlocked"
     assert engine.close()["frames"] == 3
     failed = [r for r in caplog.records if r.exc_info and "while the engine was calling it"
               in str(r.exc_info[1])]

@@ -33,7 +33,7 @@ class GatedStage:
         self.seen.append(frame.index)
         if frame.index == self.hold_index:
             self.entered.set()
-            assert self.release.wait(10), "the test never released the worker"
+            assert self.release.wait(60), "the test never released the worker"
         return {"needle": {"tip_xy": [float(frame.index), 0.0], "confidence": 1.0}}
 
 
@@ -62,7 +62,7 @@ def _held_feeder(stage, frames, after_submit=None):
     events: list[dict] = []
     feeder = LiveFeeder(pipeline, state, on_event=events.append, capacity=2)
     feeder.submit(frames[0])
-    assert stage.entered.wait(10)
+    assert stage.entered.wait(60)
     for frame in frames[1:]:
         feeder.submit(frame)
         if after_submit is not None:
@@ -168,7 +168,7 @@ def test_engine_submit_counts_drops_in_the_summary_and_all_the_dose(frames):
         engine.on(kind, seen[kind].append)
     engine.on("needle", lambda e: 1 / 0)  # a handler's defect is contained on the worker too
     engine.submit(frames[0])
-    assert stage.entered.wait(10)
+    assert stage.entered.wait(60)
     for frame in frames[1:]:
         engine.submit(frame)
     with pytest.raises(RuntimeError, match="one of feed or submit"):

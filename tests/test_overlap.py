@@ -66,7 +66,7 @@ def test_the_last_stage_of_a_frame_runs_beside_the_next_frame(frames_512):
     timed_out = []  # fail at the first wait that times out, not after one per frame
 
     def wait_next(i):
-        if i < last and not timed_out and not published[i + 1].wait(5):
+        if i < last and not timed_out and not published[i + 1].wait(60):
             timed_out.append(i)
 
     pipeline = Pipeline([Register(lambda i: published[i].set()), Last(wait_next)], NO_DEADLINE)
@@ -93,7 +93,7 @@ def test_the_last_stage_reads_its_own_frames_attenuation(frames_512):
     class Reader(Last):
         def process(self, frame, state):
             if frame.index < last:
-                assert published[frame.index + 1].wait(5)
+                assert published[frame.index + 1].wait(60)
             image = frame_attenuation(frame, state.stage_state)
             same = bool(np.array_equal(image, attenuation_reference(frame)))
             return {"contrast": {"state": "none", "confidence": float(same)}}

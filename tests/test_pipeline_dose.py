@@ -25,12 +25,19 @@ class SlowStage:
 
 
 def test_within_budget_frames_are_not_degraded(tmp_path):
+    """On a simulated clock that only the stage moves (on the real one a loaded machine can
+    stop this process for more than the budget between two frames)."""
+    from tests.test_deadline import Clock, FakeStage
+
     write_study(tmp_path, [RunSpec(0.0, n_frames=3)])
     study = read_study([tmp_path])
-    pipeline = Pipeline([], Settings(latency_budget_ms=50.0))
+    clock = Clock()
+    pipeline = Pipeline([FakeStage("slow", clock, 40.0)], Settings(latency_budget_ms=50.0),
+                        clock=clock)
     state = pipeline.start_study(study.study_instance_uid)
     pipeline.prepare_run(study.runs[0], state)
     events = [pipeline.process(f, state) for f in prefetch(iter_frames(study, []), 2)]
+    assert [e["latency_ms"] for e in events] == [40.0] * 3
     assert [e["degraded"] for e in events] == [False] * 3
 
 
@@ -103,7 +110,7 @@ class BrokenStage:
 def test_a_failing_stage_loses_neither_the_frame_nor_its_dose(tmp_path, caplog):
     write_study(tmp_path, [RunSpec(0.0, n_frames=3, tech=technique(reported_dap_gycm2=0.3))])
     study = read_study([tmp_path])
-    pipeline = Pipeline([BrokenStage(), SlowStage(0.0)], Settings(latency_budget_ms=1000.0))
+    pipeline = Pipeline([BrokenStage(), SlowStage(0.0)], Settings(latency_budget_ms=1e9))
     state = pipeline.start_study(study.study_instance_uid)
     events = [pipeline.process(f, state) for f in iter_frames(study, [])]
     assert [e["failed_stages"] for e in events] == [["broken"]] * 3
@@ -125,7 +132,7 @@ class AlertingStage:
 def test_stage_alerts_join_the_event_and_the_study(tmp_path):
     write_study(tmp_path, [RunSpec(0.0, n_frames=3)])
     study = read_study([tmp_path])
-    pipeline = Pipeline([AlertingStage()], Settings(latency_budget_ms=1000.0))
+    pipeline = Pipeline([AlertingStage()], Settings(latency_budget_ms=1e9))
     state = pipeline.start_study(study.study_instance_uid)
     events = [pipeline.process(f, state) for f in iter_frames(study, [])]
     assert ["alerts" in e for e in events] == [False, True, False]

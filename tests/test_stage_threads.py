@@ -46,7 +46,7 @@ def test_the_real_stages_declare_what_they_read():
 
 
 def test_a_wave_runs_at_the_same_time_with_two_threads(frames_512):
-    barrier = threading.Barrier(2, timeout=10)
+    barrier = threading.Barrier(2, timeout=60)  # only stops a hang
     stages = [Named("register", ()), Named("needle", ("register",), {"needle": None}, barrier),
               Named("contrast", ("register",), {"contrast": {"state": "vascular", "confidence": 0.7}},
                     barrier)]

@@ -23,7 +23,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Iterable, Protocol, Sequence
+from typing import Callable, Iterable, Protocol, Sequence
 
 import numpy as np
 
@@ -71,13 +71,15 @@ class Pacer:
     times with the pauses between runs shortened to ``max_gap_s``.
 
     A frame that comes late (a warm-up, a busy machine) is not made up for by a burst: the
-    clock restarts from it, as frames from a C-arm would.
+    clock restarts from it, as frames from a C-arm would. ``clock`` is monotonic time in
+    seconds; tests pass a simulated one (with a ``stop`` whose ``wait`` advances it).
     """
 
-    def __init__(self, *, fps: float | None = None, max_gap_s: float = 2.0):
+    def __init__(self, *, fps: float | None = None, max_gap_s: float = 2.0,
+                 clock: Callable[[], float] = time.monotonic):
         if fps is not None and not fps > 0:
             raise ConfigError(f"fps must be > 0, got {fps}")
-        self.fps, self.max_gap_s = fps, max_gap_s
+        self.fps, self.max_gap_s, self._clock = fps, max_gap_s, clock
         self._base_wall: float | None = None
         self._base_t = self._t = 0.0
         self._last_t_s: float | None = None
@@ -90,7 +92,7 @@ class Pacer:
             self._t += min(max(frame.t_s - self._last_t_s, 0.0), self.max_gap_s)
         self._last_t_s = frame.t_s
         self._count += 1
-        now = time.monotonic()
+        now = self._clock()
         if self._base_wall is None:
             self._base_wall, self._base_t = now, self._t
             return

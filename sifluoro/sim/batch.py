@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Iterator
@@ -37,7 +38,11 @@ def simulate_set(outdir: str | Path, *, cases: int, seed: int, size: str = "mixe
     if workers <= 1:
         yield from map(_one, jobs)
         return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    # spawned, not forked: a process that has run the parallel kernels has GNU OpenMP threads,
+    # and a child forked from it is killed at once ("fork() called from a process already
+    # using GNU OpenMP")
+    with ProcessPoolExecutor(max_workers=workers,
+                             mp_context=multiprocessing.get_context("spawn")) as pool:
         yield from pool.map(_one, jobs)
 
 

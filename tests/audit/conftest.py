@@ -58,7 +58,7 @@ class PostgresServer:
         self._run("initdb", "-D", str(self.data), "--auth=trust", "-U", self.user, "-E", "UTF8",
                   "--no-sync")
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.dir / "server.log"), "-w",
-                  "-o", f"-p {self.port} -k {self.dir} -c listen_addresses='' -c fsync=off",
+                  "-t", "110", "-o", f"-p {self.port} -k {self.dir} -c listen_addresses='' -c fsync=off",
                   "start")
 
     def stop(self) -> None:

@@ -70,7 +70,7 @@ def test_dask_batch_replay_equals_the_serial_replay(cases, scheduler, tmp_path):
     run = subprocess.run([sys.executable, "-m", "sifluoro", "batch-replay", str(cases),
                           "--out", str(tmp_path / "dask"), "--dask", "--scheduler", scheduler,
                           "--budget-ms", str(NO_DEADLINE_MS)],
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr
     assert len(run.stdout.splitlines()) == 4
     expected, got = comparable_results(serial), comparable_results(tmp_path / "dask")
@@ -85,7 +85,7 @@ def test_dask_ingest_equals_the_serial_ingest(scheduler, tmp_path):
     serial_db, dask_db = f"sqlite:///{tmp_path / 'serial.db'}", f"sqlite:///{tmp_path / 'dask.db'}"
     for db, extra in ((serial_db, ["--workers", "1"]), (dask_db, ["--scheduler", scheduler])):
         subprocess.run([sys.executable, "-m", "sifluoro", "audit", "ingest",
-                        str(tmp_path / "in"), "--db", db, "-q", *extra], check=True, timeout=300)
+                        str(tmp_path / "in"), "--db", db, "-q", *extra], check=True, timeout=900)
     a, b = open_registry(serial_db), open_registry(dask_db)
     assert _comparable(a)["studies"] and _comparable(a) == _comparable(b)
     a.dispose()

@@ -52,7 +52,7 @@ class Orthanc:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
-    def start(self, timeout_s: float = 30.0) -> None:
+    def start(self, timeout_s: float = 120.0) -> None:
         log = open(self._log, "ab")
         self.proc = subprocess.Popen(["Orthanc", str(self.config)], stdout=log, stderr=log,
                                      cwd=self.folder)
@@ -110,7 +110,8 @@ class Command:
                                      env={**os.environ, "PYTHONUNBUFFERED": "1"})
         self.stdout = ""
 
-    def wait_for(self, pattern: str, timeout_s: float = 60.0) -> re.Match:
+    # the timeouts only stop a hang: a loaded CI machine took over 60 s for an export
+    def wait_for(self, pattern: str, timeout_s: float = 300.0) -> re.Match:
         deadline = time.monotonic() + timeout_s
         fd = self.proc.stdout.fileno()
         while time.monotonic() < deadline:
@@ -132,12 +133,12 @@ class Command:
         self._log.flush()
         return self.log_path.read_text(errors="replace")
 
-    def wait(self, timeout_s: float = 60.0) -> int:
+    def wait(self, timeout_s: float = 300.0) -> int:
         code = self.proc.wait(timeout=timeout_s)
         self.stdout += self.proc.stdout.read().decode("utf-8", "replace")
         return code
 
-    def terminate(self, timeout_s: float = 30.0) -> int:
+    def terminate(self, timeout_s: float = 120.0) -> int:
         self.proc.send_signal(signal.SIGTERM)
         return self.wait(timeout_s)
 

@@ -33,6 +33,14 @@ class _Recorder(dict):
         super().__setitem__(key, message)
 
 
+def _wait_for_ended_state(recorder: _Recorder, timeout_s: float) -> None:
+    """Until the client has the study's end State (the last message sent) or ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while (not any(m.device_name == "State" and json.loads(m.string).get("ended")
+                   for _, m in recorder.received) and time.monotonic() < deadline):
+        time.sleep(0.02)
+
+
 def _client(port: int) -> tuple[pyigtl.OpenIGTLinkClient, _Recorder]:
     client = pyigtl.OpenIGTLinkClient("127.0.0.1", port, start_now=False)
     client.incoming_messages = recorder = _Recorder()
@@ -51,8 +59,10 @@ def test_client_receives_every_tip_at_30_frames_per_second(tmp_path, sifluoro_co
     port = int(server.wait_for(r"listening on 127\.0\.0\.1:(\d+)").group(1))
     client, recorder = _client(port)
     try:
-        assert server.wait(60) == 0, server.stderr()
-        time.sleep(0.2)  # the client thread reads what is left in its socket
+        assert server.wait() == 0, server.stderr()
+        # the client thread reads what is left in its socket: up to the study's end State
+        # (a fixed 0.2 s was too short for a starved client thread on a loaded machine)
+        _wait_for_ended_state(recorder, 60)
     finally:
         client.stop()
     events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
@@ -73,11 +83,14 @@ def test_client_receives_every_tip_at_30_frames_per_second(tmp_path, sifluoro_co
     delivered = sum(np.allclose(g, w, atol=1e-3) for g, w in zip(got, want)) / len(want)
     assert delivered >= 0.99, (len(got), len(want))
     assert len(got) == len(want) and delivered == 1.0  # in fact all of them, in order
-    # paced at 30 frames/s: tips arrive over (n - 1) / 30 s, not in a burst
-    span_s = tips[-1][0] - tips[0][0]
+    # paced at 30 frames/s: tips are sent over (n - 1) / 30 s, not in a burst. The span is
+    # the server's send times (the messages' timestamps): the client thread's receive times
+    # bunch up when a loaded machine starves it, and a loaded machine may process the frames
+    # slower than 30/s (no upper bound; the Pacer's own test checks its waits exactly)
+    span_s = tips[-1][1].timestamp - tips[0][1].timestamp
     with_tip = [e["index"] for e in events if e["needle"]]
     expected_span_s = (with_tip[-1] - with_tip[0]) / FPS
-    assert 0.9 * expected_span_s < span_s < 2.0 * expected_span_s
+    assert span_s > 0.9 * expected_span_s
 
     by_device = {}
     for _, m in recorder.received:
@@ -125,7 +138,7 @@ def test_every_client_gets_every_message_and_a_slow_one_the_latest_image():
     fast, recorder = _client(server.port)
     slow = socket.create_connection(("127.0.0.1", server.port))  # reads only at the end
     try:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60
         while server.clients < 2 and time.monotonic() < deadline:
             time.sleep(0.01)
         assert server.clients == 2
@@ -135,15 +148,15 @@ def test_every_client_gets_every_message_and_a_slow_one_the_latest_image():
             server.send([pyigtl.ImageMessage(np.full((1, 512, 512, 3), k, np.uint8),
                                              device_name="Overlay")])
         server.send([pyigtl.StringMessage("end", device_name="State")])
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not any(
                 m.device_name == "State" and m.string == "end" for _, m in recorder.received):
             time.sleep(0.05)
         slow_messages: list = []  # the slow client catches up now
-        reader = threading.Thread(target=lambda: slow_messages.extend(_read_all(slow, 10)))
+        reader = threading.Thread(target=lambda: slow_messages.extend(_read_all(slow, 60)))
         reader.start()
-        assert server.close(flush_timeout_s=10) == 0  # the slow one caught up: no one short
-        reader.join(10)
+        assert server.close(flush_timeout_s=60) == 0  # the slow one caught up: no one short
+        reader.join(60)
     finally:
         server.close()
         fast.stop()
@@ -167,7 +180,7 @@ def test_a_client_that_stalls_is_counted_as_not_receiving_everything():
     stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     stalled.connect(("127.0.0.1", server.port))
     try:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60
         while server.clients < 1 and time.monotonic() < deadline:
             time.sleep(0.01)
         for k in range(10):  # 10 x 0.8 MB: far more than the stalled socket's buffers
@@ -193,7 +206,7 @@ def test_a_lost_tip_is_cleared_and_its_transform_marked_missing(tmp_path):
     server = IgtlServer("127.0.0.1", 0)
     client, recorder = _client(server.port)
     try:
-        assert server.wait_for_client(10)
+        assert server.wait_for_client(60)
         sink = IgtlSink(server, image_every=0)
         for k, tip in enumerate(tips):
             event = {"index": k, "t_s": k / FPS, "needle": tip and {"tip_xy": list(tip)},
@@ -201,7 +214,7 @@ def test_a_lost_tip_is_cleared_and_its_transform_marked_missing(tmp_path):
                      "dose": {"air_kerma_mgy": 0.0, "dap_gycm2": 0.0, "fluoro_time_s": 0.0}}
             sink.frame(frame, FrameEvent(k, run.sop_instance_uid, 1, k / FPS, 1.0, False, event),
                        None)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60
         while (sum(m.device_name == "State" for _, m in recorder.received) < len(tips)
                and time.monotonic() < deadline):
             time.sleep(0.02)

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import threading
-import time
 
 import numpy as np
 import pytest
@@ -90,18 +88,50 @@ def test_sc_of_a_source_without_orientation_or_laterality_leaves_them_empty(tmp_
         assert [line for line in check.stderr.splitlines() if "Error" in line] == []
 
 
-def test_pacing_follows_frame_times_with_pauses_between_runs_shortened():
+class _SimulatedTime:
+    """A clock for the Pacer and a ``stop`` whose ``wait`` moves it: the waits are exact (real
+    sleeps on a loaded CI machine overran the bound)."""
+
+    def __init__(self):
+        self.t_s = 0.0
+        self.waits_s: list[float] = []
+
+    def __call__(self) -> float:
+        return self.t_s
+
+    def wait(self, timeout_s: float) -> bool:
+        self.waits_s.append(timeout_s)
+        self.t_s += timeout_s
+        return False
+
+
+def _pace(pacer: Pacer, clock: _SimulatedTime, times_s, work_s=None) -> None:
     run = _run("1.2.3.1")
-    times_s = [0.0, 0.1, 0.2, 30.0, 30.1]
-    pacer = Pacer(max_gap_s=0.2)
-    stop = threading.Event()
-    t0 = time.monotonic()
     for i, t_s in enumerate(times_s):
+        clock.t_s += (work_s or {}).get(i, 0.0)  # time spent before this frame is fed
         pacer.wait(Frame(pixels=np.zeros((2, 2), np.uint16), index=i, frame_number=1, t_s=t_s,
-                         run=run), stop)
-    assert 0.5 <= time.monotonic() - t0 < 0.8  # 0.1 + 0.1 + 0.2 (not 29.8) + 0.1
+                         run=run), clock)
+
+
+def test_pacing_follows_frame_times_with_pauses_between_runs_shortened():
+    clock = _SimulatedTime()
+    _pace(Pacer(max_gap_s=0.2, clock=clock), clock, [0.0, 0.1, 0.2, 30.0, 30.1])
+    assert clock.waits_s == pytest.approx([0.1, 0.1, 0.2, 0.1])  # 0.2, not 29.8
+    assert clock.t_s == pytest.approx(0.5)
+    clock = _SimulatedTime()
+    _pace(Pacer(fps=10, clock=clock), clock, [0.0, 5.0, 5.01, 9.0])
+    assert clock.waits_s == pytest.approx([0.1, 0.1, 0.1])  # a fixed rate ignores frame times
     with pytest.raises(ConfigError, match="fps must be > 0"):
         Pacer(fps=0)
+
+
+def test_a_late_frame_restarts_the_pace_instead_of_a_burst():
+    """Frame 2 comes 1 s late (a busy machine): no wait for it, and frame 3 still waits its
+    own 0.1 s after it rather than going out at once to catch up."""
+    clock = _SimulatedTime()
+    _pace(Pacer(fps=10, clock=clock), clock, [0.0, 0.1, 0.2, 0.3], work_s={2: 1.0})
+    assert clock.waits_s == pytest.approx([0.1, 0.1])
+    assert clock.t_s == pytest.approx(1.2)
 
 
 def test_sc_key_frame_is_calibrated_at_the_isocenter_when_the_geometry_is_known(tmp_path):

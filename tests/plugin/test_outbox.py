@@ -17,7 +17,9 @@ from sifluoro.plugin.cli import parse_pacs
 from sifluoro.plugin.outbox import Outbox, OutboxSender, PacsSettings
 from tests.plugin.conftest import free_port
 
-FAST = dict(retries=2, retry_wait_s=0.05, timeout_s=5.0)
+# short waits between retries; the network timeout only stops a hang (5 s against this
+# process's own SCP can run out on a loaded machine: an extra attempt the tests count)
+FAST = dict(retries=2, retry_wait_s=0.05, timeout_s=60.0)
 
 
 def _instance(uid: str | None = None) -> Dataset:
@@ -99,7 +101,7 @@ def test_unreachable_pacs_keeps_everything_and_a_new_outbox_sends_it(tmp_path, s
     sender = OutboxSender(outbox, PacsSettings("PACS", "127.0.0.1", scp.port, **FAST),
                           interval_s=60).start()
     try:
-        assert sender.wait_idle(20)
+        assert sender.wait_idle(60)
     finally:
         sender.stop()
     assert not outbox.pending() and len(outbox.sent()) == 2

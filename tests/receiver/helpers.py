@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import select
 import shutil
 import signal
@@ -21,7 +22,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 AE_TITLE = "SIFLUORO"
-START_TIMEOUT_S = 30.0
+START_TIMEOUT_S = 120.0  # only stops a hang: the import of numba and OpenCV is slow under load
 
 
 
@@ -51,30 +52,33 @@ class ReceiverProcess:
 
     def __init__(self, spool: Path, log_path: Path, *extra: str, port: int | None = None):
         self.spool = spool
-        self.port = port or free_port()
         self.log_path = log_path
+        # port 0: the receiver binds a free port and says which (a port picked here and bound
+        # seconds later by a slow-starting child could be taken meanwhile)
         self.args = [sys.executable, "-m", "sifluoro.acquire.receiver", "-v", "--host", "127.0.0.1",
-                     "--port", str(self.port), "--ae-title", AE_TITLE, "--spool", str(spool),
+                     "--port", str(port or 0), "--ae-title", AE_TITLE, "--spool", str(spool),
                      *extra]
         self._log = open(log_path, "ab")
         self.proc = subprocess.Popen(self.args, cwd=REPO, stdout=subprocess.PIPE, stderr=self._log,
                                      env={**os.environ, "PYTHONUNBUFFERED": "1"})
         self.stdout = b""
-        if not self._read_until(b"listening on", START_TIMEOUT_S):
+        listening = self._read_until(rb"listening on 127\.0\.0\.1:(\d+) as", START_TIMEOUT_S)
+        if listening is None:
             self.kill()
             raise RuntimeError(f"receiver did not start: {self.stdout!r}\n{self.log()}")
+        self.port = int(listening.group(1))
 
-    def _read_until(self, marker: bytes, timeout_s: float) -> bool:
+    def _read_until(self, pattern: bytes, timeout_s: float) -> re.Match | None:
         deadline = time.monotonic() + timeout_s
         fd = self.proc.stdout.fileno()
-        while marker not in self.stdout and time.monotonic() < deadline:
+        while not re.search(pattern, self.stdout) and time.monotonic() < deadline:
             ready, _, _ = select.select([fd], [], [], 0.1)
             if ready:
                 chunk = os.read(fd, 4096)
                 if not chunk:
-                    return marker in self.stdout
+                    break
                 self.stdout += chunk
-        return marker in self.stdout
+        return re.search(pattern, self.stdout)
 
     def log(self) -> str:
         if not self._log.closed:

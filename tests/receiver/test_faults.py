@@ -374,13 +374,15 @@ def test_max_associations_rejects_the_extra_one(start_receiver):
         assert "Association Rejected" in extra.stdout + extra.stderr
     finally:
         first.release()
-    wait_for(lambda: echoscu(receiver.port).returncode == 0, timeout_s=10)
+    wait_for(lambda: echoscu(receiver.port).returncode == 0, timeout_s=60)
 
 
 def test_sigterm_drains_open_association_and_pipelines(tmp_path, start_receiver):
     specs = [RunSpec(float(k), n_frames=6, size=256) for k in range(8)]
     paths = write_study(tmp_path / "study", specs)
-    receiver = start_receiver()
+    # the drain waits for the open association: its 30 s default is not promised on a loaded
+    # machine (a drain that does not wait aborts the sender at once all the same)
+    receiver = start_receiver(None, "--drain-timeout-s", "300")
     sender = subprocess.Popen([STORESCU, "-aet", "CARM", "-aec", AE_TITLE, "-xe", "127.0.0.1",
                                str(receiver.port), *map(str, paths)],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
