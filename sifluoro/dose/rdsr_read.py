@@ -19,6 +19,7 @@ Errors are typed (:mod:`sifluoro.errors`) and name the file and the content item
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -223,7 +224,15 @@ class _Reader:
             # a technique or geometry value: the report's dose does not depend on it
             log.warning("%s: %s %s; that value is left out", self.path, C.label(concept), message)
             return None
-        return value * scale
+        value *= scale
+        if math.isfinite(value) and (value >= 0 or quantity == "angle_deg"):
+            return value
+        # NaN, infinite or negative: no dose, time or size is; a total made with it is wrong
+        message = f"numeric value {value / scale:g} {unit} is not a possible {quantity.split('_')[0]}"
+        if quantity in DOSE_QUANTITIES:
+            raise self.error(InputError, message, concept)
+        log.warning("%s: %s %s; that value is left out", self.path, C.label(concept), message)
+        return None
 
     def walk(self, container: Dataset, *, stop: set[tuple[str, str]] = frozenset()) -> Iterator[Dataset]:
         """Content items below ``container``, depth first, not entering ``stop`` containers."""
@@ -248,9 +257,9 @@ class _Reader:
 
     @staticmethod
     def text(item: Dataset) -> str:
-        if item.ValueType == "CODE":
+        if item.get("ValueType") == "CODE":
             code = _Reader.code_value(item)
-            return str(code.CodeMeaning) if code is not None else ""
+            return str(code.get("CodeMeaning", "") or "") if code is not None else ""
         return str(item.get("TextValue", "") or item.get("UID", "") or "").strip()
 
     # -- document --------------------------------------------------------------------------
@@ -360,7 +369,7 @@ class _Reader:
             if self.concept(item) == _K.AcquisitionPlane:
                 code = self.code_value(item)
                 if code is not None:
-                    return C.PLANE_CODES.get(C.key(code), str(code.CodeMeaning))
+                    return C.PLANE_CODES.get(C.key(code), str(code.get("CodeMeaning", "") or ""))
         return SINGLE_PLANE
 
     def accumulated(self, container: Dataset) -> PlaneTotals:
@@ -369,7 +378,7 @@ class _Reader:
         for item in self.walk(container):
             concept = self.concept(item)
             spec = _ACCUMULATED.get(concept)
-            if spec is not None and item.ValueType == "NUM" and spec[0] not in values:
+            if spec is not None and item.get("ValueType") == "NUM" and spec[0] not in values:
                 values[spec[0]] = self.num(item, spec[1])
             elif concept == _K.ReferencePointDefinition:
                 reference = self.text(item)
@@ -396,7 +405,7 @@ class _Reader:
         sources: set[str] = set()
         for item in self.walk(container, stop=stop):
             concept = self.concept(item)
-            vt = item.ValueType
+            vt = item.get("ValueType")
             if concept == _K.SourceOfDoseInformation:
                 sources |= self.dose_sources([item])
             elif concept == _K.IrradiationEventType:
@@ -472,9 +481,10 @@ class _Reader:
         """A private NUM value in mm or degrees (units as sent); None if it is not a number."""
         measured = item.get("MeasuredValueSequence")
         try:
-            return float(measured[0].NumericValue) if measured else None
+            value = float(measured[0].NumericValue) if measured else None
         except (TypeError, ValueError, AttributeError):
             return None
+        return value if value is not None and math.isfinite(value) else None
 
     def filter(self, container: Dataset, filters: dict[str, float]) -> None:
         material = None
@@ -491,7 +501,7 @@ class _Reader:
                     elif k in C.ALUMINUM_CODES or meaning.startswith("alumin"):
                         material = "al"
             elif concept in (_K.XRayFilterThicknessMinimum,
-                             _K.XRayFilterThicknessMaximum) and item.ValueType == "NUM":
+                             _K.XRayFilterThicknessMaximum) and item.get("ValueType") == "NUM":
                 value = self.num(item, "length_mm")
                 if value is not None:
                     thickness.append(value)
