@@ -1,0 +1,34 @@
+"""The image reader on damaged files found by fuzzing (session 17): each gives a typed error
+naming the file and tag, the rest of the study goes on, and no dose is NaN."""
+from __future__ import annotations
+
+import struct
+
+import pydicom
+from pydicom.encaps import encapsulate, generate_frames
+
+from sifluoro.acquire.dicom_reader import iter_frames, read_study
+from tests.dicom_fixtures import RunSpec, write_study
+
+
+def test_an_rle_frame_whose_decoder_panics_is_damaged_pixel_data_and_the_study_goes_on(tmp_path):
+    """pylibjpeg-rle (Rust) panics on an RLE header whose second segment offset is one byte
+    off: PanicException is no Exception, passed ``except Exception`` and stopped the study."""
+    good, bad = write_study(tmp_path, [RunSpec(0.0, filename="good.dcm"),
+                                       RunSpec(5.0, filename="bad.dcm", transfer_syntax="rle",
+                                               size=32, n_frames=2)])
+    ds = pydicom.dcmread(bad)
+    frames = [bytearray(f) for f in generate_frames(ds.PixelData, number_of_frames=2)]
+    second_segment = struct.unpack_from("<L", frames[1], 8)[0]
+    struct.pack_into("<L", frames[1], 8, second_segment + 1)
+    ds.PixelData = encapsulate([bytes(f) for f in frames])
+    ds.save_as(bad)
+    study = read_study([tmp_path])
+    rejected = list(study.rejected)
+    lost = []
+    shown = [f.run.path for f in iter_frames(study, rejected, lost)]
+    assert shown == [str(good)] * 3 + [str(bad)]  # the bad run's first frame, then the next run
+    assert [(r.file, r.error, r.tag) for r in rejected] == [
+        (str(bad), "DamagedPixelDataError", "(7FE0,0010) PixelData")]
+    assert "frame 2 fails to decode" in rejected[0].reason
+    assert [(run.path, first) for run, first in lost] == [(str(bad), 2)]
