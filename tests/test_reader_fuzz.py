@@ -2,7 +2,12 @@
 naming the file and tag, the rest of the study goes on, and no dose is NaN."""
 from __future__ import annotations
 
+import json
+import os
 import struct
+import subprocess
+import sys
+from pathlib import Path
 
 import pydicom
 from pydicom.encaps import encapsulate, generate_frames
@@ -32,3 +37,36 @@ def test_an_rle_frame_whose_decoder_panics_is_damaged_pixel_data_and_the_study_g
         (str(bad), "DamagedPixelDataError", "(7FE0,0010) PixelData")]
     assert "frame 2 fails to decode" in rejected[0].reason
     assert [(run.path, first) for run, first in lost] == [(str(bad), 2)]
+
+
+_READ_AND_LIST = """
+import json, sys
+from sifluoro.acquire.dicom_reader import iter_frames, read_study
+study = read_study([sys.argv[1]])
+rejected = list(study.rejected)
+shown = [f.run.path for f in iter_frames(study, rejected)]
+print(json.dumps({"shown": shown, "rejected": [[r.file, r.error, r.reason] for r in rejected]}))
+"""
+
+
+def test_a_jpeg_lossless_frame_that_aborts_gdcm_is_damaged_pixel_data(tmp_path):
+    """A JPEG Lossless frame without its DHT marker (one flipped bit): python-gdcm, pydicom's
+    first decoder, aborts the process (std::terminate), the whole study lost; pylibjpeg says
+    it fails. Read in a child process, as on the old code the abort takes pytest with it."""
+    folder = tmp_path / "study"
+    good, bad = write_study(folder, [RunSpec(0.0, filename="good.dcm"),
+                                     RunSpec(5.0, filename="bad.dcm", size=32,
+                                             transfer_syntax="jpeg_lossless")])
+    ds = pydicom.dcmread(bad)
+    frames = list(generate_frames(ds.PixelData, number_of_frames=3))
+    frames[1] = frames[1].replace(b"\xff\xc4", b"\xf7\xc4", 1)  # the Huffman table's marker
+    ds.PixelData = encapsulate(frames)
+    ds.save_as(bad)
+    done = subprocess.run([sys.executable, "-c", _READ_AND_LIST, str(folder)], capture_output=True,
+                          text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert done.returncode == 0, done.stderr[-500:]
+    out = json.loads(done.stdout.splitlines()[-1])
+    assert out["shown"] == [str(good)] * 3 + [str(bad)]
+    assert [(f, e) for f, e, _ in out["rejected"]] == [(str(bad), "DamagedPixelDataError")]
+    assert "frame 2 fails to decode" in out["rejected"][0][2]

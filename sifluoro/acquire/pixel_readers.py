@@ -9,6 +9,7 @@ counted as lost and the study goes on.
 from __future__ import annotations
 
 import struct
+from functools import lru_cache
 from typing import Iterator
 
 import numpy as np
@@ -115,9 +116,22 @@ def _decoded(run: Run, k: int, frame: np.ndarray) -> np.ndarray:
     return frame
 
 
+@lru_cache(maxsize=None)
+def decoding_plugin(tsuid: str) -> str:
+    """The decoder plugin for a compressed syntax GDCM decodes: another installed one ("":
+    pydicom's own order, GDCM first). python-gdcm aborts the whole process on some damaged
+    JPEG Lossless frames (a C++ exception through its binding: std::terminate), where
+    pylibjpeg raises an error; the study and the other runs were lost with it."""
+    plugins = get_decoder(UID(tsuid)).available_plugins
+    if "gdcm" not in plugins:
+        return ""
+    return next((name for name in plugins if name != "gdcm"), "")
+
+
 def read_encapsulated(run: Run) -> Iterator[np.ndarray]:
     # the run's count, not the file's: a header that leaves NumberOfFrames out (header.parse)
-    frames = iter_pixels(run.path, raw=True, number_of_frames=run.n_frames)
+    frames = iter_pixels(run.path, raw=True, number_of_frames=run.n_frames,
+                         decoding_plugin=decoding_plugin(run.transfer_syntax_uid))
     for k in range(run.n_frames):
         try:
             frame = next(frames)
@@ -153,7 +167,8 @@ def read_encapsulated_cut(run: Run) -> Iterator[np.ndarray]:
     decoder = get_decoder(UID(run.transfer_syntax_uid))
     for k, frame_bytes in enumerate(encoded):
         try:
-            frame, _ = decoder.as_array(_one_frame_dataset(run, frame_bytes), raw=True)
+            frame, _ = decoder.as_array(_one_frame_dataset(run, frame_bytes), raw=True,
+                                        decoding_plugin=decoding_plugin(run.transfer_syntax_uid))
         except BaseException as exc:  # any decoder failure on damaged data
             raise _undecodable(run, k, exc) from exc
         yield _decoded(run, k, frame)
