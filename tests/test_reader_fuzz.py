@@ -3,6 +3,7 @@ naming the file and tag, the rest of the study goes on, and no dose is NaN."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import struct
 import subprocess
@@ -10,10 +11,13 @@ import sys
 from pathlib import Path
 
 import pydicom
+import pytest
 from pydicom.encaps import encapsulate, generate_frames
 
 from sifluoro.acquire.dicom_reader import iter_frames, read_study
-from tests.dicom_fixtures import RunSpec, write_study
+from sifluoro.config import DoseSettings
+from sifluoro.dose.accumulate import accumulate_study
+from tests.dicom_fixtures import PATIENT_ID, RunSpec, technique, write_study
 
 
 def test_an_rle_frame_whose_decoder_panics_is_damaged_pixel_data_and_the_study_goes_on(tmp_path):
@@ -70,3 +74,61 @@ def test_a_jpeg_lossless_frame_that_aborts_gdcm_is_damaged_pixel_data(tmp_path):
     assert out["shown"] == [str(good)] * 3 + [str(bad)]
     assert [(f, e) for f, e, _ in out["rejected"]] == [(str(bad), "DamagedPixelDataError")]
     assert "frame 2 fails to decode" in out["rejected"][0][2]
+
+
+
+def test_a_sop_class_whose_length_swallows_the_patient_is_not_echoed(tmp_path, caplog):
+    """A damaged length of (0008,0016) SOPClassUID makes it swallow the elements after it: the
+    rejection and its log line showed the value as read, patient name and ID with it."""
+    good, bad = write_study(tmp_path, [RunSpec(0.0, filename="good.dcm"),
+                                       RunSpec(5.0, filename="bad.dcm")])
+    data = bad.read_bytes()
+    at = data.index(b"\x08\x00\x16\x00UI")
+    end = data.index(PATIENT_ID.encode()) + len(PATIENT_ID)
+    bad.write_bytes(data[:at + 6] + struct.pack("<H", end - at - 8) + data[at + 8:])
+    caplog.set_level(logging.DEBUG)
+    study = read_study([tmp_path])
+    assert [r.path for r in study.runs] == [str(good)]
+    [rejection] = study.rejected
+    assert (rejection.file, rejection.error) == (str(bad), "UnsupportedDicomError")
+    assert "not a valid UID" in rejection.reason
+    ours = [r.getMessage() for r in caplog.records if r.name.startswith("sifluoro")]
+    for text in [rejection.reason] + ours:
+        assert PATIENT_ID not in text and "DOE" not in text and "JANE" not in text
+
+
+def test_a_header_element_pydicom_cannot_parse_is_a_typed_rejection(tmp_path):
+    """A bit flipped in a VR ('UI' -> 'QI'): pydicom raises NotImplementedError when the element
+    is read, which scan listed without an error class (an untyped rejection)."""
+    good, bad = write_study(tmp_path, [RunSpec(0.0, filename="good.dcm"),
+                                       RunSpec(5.0, filename="bad.dcm")])
+    data = bad.read_bytes()
+    at = data.index(b"\x08\x00\x16\x00UI")
+    bad.write_bytes(data[:at + 4] + b"QI" + data[at + 6:])
+    study = read_study([tmp_path])
+    assert [r.path for r in study.runs] == [str(good)]
+    assert [(r.file, r.error) for r in study.rejected] == [(str(bad), "NotDicomError")]
+    assert "(0008,0016)" in study.rejected[0].reason
+
+
+@pytest.mark.parametrize("keyword", ["XRayTubeCurrent", "KVP", "ExposureTime",
+                                     "ImageAndFluoroscopyAreaDoseProduct", "EntranceDoseInmGy"])
+def test_a_negative_technique_or_dose_value_is_ignored_not_a_negative_dose(tmp_path, keyword):
+    """A sign flipped ('9' read as '-9' mA): the run's estimated DAP and air kerma came out
+    negative and the study's total was lowered, with no word."""
+    [path] = write_study(tmp_path, [RunSpec(0.0, tech=technique(reported_dap_gycm2=0.5,
+                                                                reported_air_kerma_mgy=2.0,
+                                                                exposure_time_ms=7.0))])
+    ds = pydicom.dcmread(path)
+    for name in (keyword, keyword + "InmA", keyword + "Inms"):  # and its sibling, read first
+        if name in ds:
+            ds[name].value = -9.0 if ds[name].VR in ("FD", "FL") else "-9"
+    ds.save_as(path)
+    study = read_study([path])
+    tech = study.runs[0].technique
+    field = {"XRayTubeCurrent": "tube_current_ma", "KVP": "kvp", "ExposureTime": "exposure_time_ms",
+             "ImageAndFluoroscopyAreaDoseProduct": "reported_dap_gycm2",
+             "EntranceDoseInmGy": "reported_air_kerma_mgy"}[keyword]
+    assert getattr(tech, field) is None
+    dose = accumulate_study(study, DoseSettings()).study_dose(study.study_instance_uid, study.device)
+    assert all(v >= 0 for v in dose.summary().values() if isinstance(v, float))

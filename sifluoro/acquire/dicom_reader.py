@@ -54,6 +54,7 @@ from sifluoro.errors import (
     StudyNotFoundError,
     UnsupportedDicomError,
     UnsupportedPixelDataError,
+    shown_uid,
 )
 from sifluoro.model import Frame, Rejection, Run, Study
 
@@ -143,7 +144,9 @@ def scan(inputs: Iterable[str | Path]) -> ScanResult:
             continue
         except Exception as exc:  # an odd header the parser did not foresee: lose only this file
             log.exception("rejected %s: unexpected header content", path)
-            rejected.append(Rejection(str(path), f"header cannot be used ({type(exc).__name__}: {exc})"))
+            # typed like the rest (pydicom reads elements lazily: an unknown VR, say, is met here)
+            rejected.append(Rejection.of(path, NotDicomError(
+                f"DICOM header cannot be parsed ({type(exc).__name__}: {exc})", path=path)))
             continue
         rank = _copy_rank(ds, path)
         earlier = seen_instances.get(run.sop_instance_uid)
@@ -347,7 +350,7 @@ def run_from_dataset(ds: Dataset, path: str | Path) -> Run:
         raise MissingAttributeError("SOP Class UID is missing; the file is not a usable instance",
                                     path=path, tag="(0008,0016) SOPClassUID")
     if sop_class not in IMAGE_SOP_CLASSES:
-        name = sop_class.name if sop_class.is_valid else sop_class
+        name = sop_class.name if sop_class.is_valid else shown_uid(sop_class)
         raise UnsupportedDicomError(
             f"SOP class {name} is not an X-ray image sifluoro reads (XA, RF, Enhanced XA/XRF, "
             "Secondary Capture)", path=path, tag="(0008,0016) SOPClassUID")
@@ -454,7 +457,7 @@ def _transfer_syntax(ds: Dataset, path: str) -> UID:
         raise MissingAttributeError("no transfer syntax in the file meta information",
                                     path=path, tag="(0002,0010) TransferSyntaxUID")
     if not tsuid.is_transfer_syntax:
-        raise UnsupportedDicomError(f"unknown transfer syntax {tsuid}; convert the file to "
+        raise UnsupportedDicomError(f"unknown transfer syntax {shown_uid(tsuid)}; convert the file to "
                                     "Explicit VR Little Endian (e.g. dcmconv +te)",
                                     path=path, tag="(0002,0010) TransferSyntaxUID")
     if not tsuid.is_little_endian:

@@ -49,6 +49,7 @@ from sifluoro.errors import (
     MissingAttributeError,
     NotDicomError,
     UnsupportedDicomError,
+    shown_uid,
 )
 from sifluoro.model import Device
 
@@ -177,7 +178,7 @@ def read_rdsr(path: str | Path, ds: Dataset | None = None) -> StudyDose:
     if not is_dose_report(ds):
         sop = UID(str(ds.get("SOPClassUID", "")))
         raise UnsupportedDicomError(
-            f"not an X-Ray Radiation Dose Report (SOP class {sop.name if sop.is_valid else sop or 'missing'}, "
+            f"not an X-Ray Radiation Dose Report (SOP class {sop.name if sop.is_valid else shown_uid(sop) if sop else 'missing'}, "
             "root concept must be (DCM,113701))", path=path, tag="(0040,A043) ConceptNameCodeSequence")
     reader = _Reader(path)
     return reader.read(ds)
