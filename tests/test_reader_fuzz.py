@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import struct
 import subprocess
 import sys
@@ -16,8 +17,10 @@ from pydicom.encaps import encapsulate, generate_frames
 
 from sifluoro.acquire.dicom_reader import iter_frames, read_study
 from sifluoro.config import DoseSettings
-from sifluoro.dose.accumulate import accumulate_study
+from sifluoro.dose.accumulate import MAX_ALERTS_AT_ONCE, accumulate_study
+from sifluoro.dose.rdsr_read import read_rdsr
 from tests.dicom_fixtures import PATIENT_ID, RunSpec, technique, write_study
+from tests.dose.rdsr_fixtures import Ev, build_rdsr, save
 
 
 def test_an_rle_frame_whose_decoder_panics_is_damaged_pixel_data_and_the_study_goes_on(tmp_path):
@@ -132,3 +135,40 @@ def test_a_negative_technique_or_dose_value_is_ignored_not_a_negative_dose(tmp_p
     assert getattr(tech, field) is None
     dose = accumulate_study(study, DoseSettings()).study_dose(study.study_instance_uid, study.device)
     assert all(v >= 0 for v in dose.summary().values() if isinstance(v, float))
+
+
+@pytest.fixture
+def within_10_s():
+    """Fails a test that runs longer (a pure-Python loop is interrupted by the alarm)."""
+    def expired(*_):
+        raise TimeoutError("took more than 10 s: a hang")
+    old = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(10)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+@pytest.mark.parametrize("keyword", ["AveragePulseWidth", "XRayTubeCurrent"])
+def test_an_absurdly_large_technique_value_does_not_hang_the_dose(tmp_path, within_10_s, keyword):
+    """AveragePulseWidth or tube current 1e30: the estimated air kerma is so large that listing
+    its notification levels (every 1 Gy) never ended; the replay hung on one file."""
+    [path] = write_study(tmp_path, [RunSpec(0.0, size=32)])
+    ds = pydicom.dcmread(path)
+    for name in (keyword, keyword + "InmA"):
+        if name in ds:
+            ds[name].value = 1e30 if ds[name].VR in ("FD", "FL") else "1e30"
+    ds.save_as(path)
+    study = read_study([path])
+    dose = accumulate_study(study, DoseSettings())
+    assert len(dose.alerts) <= 2 * MAX_ALERTS_AT_ONCE
+
+
+def test_a_device_report_with_an_absurd_dose_does_not_hang_the_replay(tmp_path, within_10_s):
+    [path] = write_study(tmp_path / "img", [RunSpec(0.0, size=32)])
+    study = read_study([path])
+    report = read_rdsr(save(build_rdsr([Ev(dap_gycm2=1e200, rp_mgy=1e200)],
+                                       study_uid=study.study_instance_uid), tmp_path / "r.dcm"))
+    dose = accumulate_study(study, DoseSettings(), report=report)
+    assert dose.study_dose(study.study_instance_uid, study.device).summary()["air_kerma_mgy"] \
+        == pytest.approx(1e200)
