@@ -172,3 +172,19 @@ def test_a_device_report_with_an_absurd_dose_does_not_hang_the_replay(tmp_path, 
     dose = accumulate_study(study, DoseSettings(), report=report)
     assert dose.study_dose(study.study_instance_uid, study.device).summary()["air_kerma_mgy"] \
         == pytest.approx(1e200)
+
+
+def test_a_negative_filter_thickness_is_ignored(tmp_path):
+    """FilterThicknessMinimum -1: the tube output model raised ValueError (untyped) while the
+    study's dose was counted."""
+    [path] = write_study(tmp_path, [RunSpec(0.0, size=32)])
+    ds = pydicom.dcmread(path)
+    ds.FilterThicknessMinimum = ["-1"] * len(ds.FilterMaterial.split("\\")) \
+        if isinstance(ds.FilterMaterial, str) else ["-1"] * len(ds.FilterMaterial)
+    ds.save_as(path)
+    study = read_study([path])
+    tech = study.runs[0].technique
+    assert tech.filter_cu_mm is None and tech.filter_al_mm is None
+    summary = accumulate_study(study, DoseSettings()).study_dose(
+        study.study_instance_uid, study.device).summary()
+    assert summary["air_kerma_mgy"] > 0

@@ -608,6 +608,9 @@ def _duration_interval_ms(look: _Lookup, n: int) -> float | None:
 def _filtration(look: _Lookup) -> tuple[float | None, float | None]:
     materials = look.text("FilterMaterial").upper().split("\\") if look.text("FilterMaterial") else []
     thickness = look.floats("FilterThicknessMinimum") or ()
+    if any(mm < 0 for mm in thickness):  # the tube output model raised ValueError on it
+        log.info("ignoring negative %s", tag_name("FilterThicknessMinimum"))
+        thickness = ()
     cu = al = None
     for material, mm in zip(materials, thickness):
         if material.startswith("COPPER"):
