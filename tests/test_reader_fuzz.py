@@ -188,3 +188,18 @@ def test_a_negative_filter_thickness_is_ignored(tmp_path):
     summary = accumulate_study(study, DoseSettings()).study_dose(
         study.study_instance_uid, study.device).summary()
     assert summary["air_kerma_mgy"] > 0
+
+
+def test_a_study_uid_damaged_into_no_uid_rejects_its_file_not_the_study(tmp_path):
+    """A bit flipped in one file's StudyInstanceUID ('.' -> '\\x0e'): the input was refused as
+    two studies (MultipleStudiesError), the whole study not replayed for one damaged file."""
+    good, bad = write_study(tmp_path, [RunSpec(0.0, filename="good.dcm"),
+                                       RunSpec(5.0, filename="bad.dcm")])
+    data = bad.read_bytes()
+    at = data.index(b"\x20\x00\x0d\x00UI") + 8 + 3
+    bad.write_bytes(data[:at] + bytes([data[at] ^ 0x20]) + data[at + 1:])  # '.' -> '\x0e'
+    study = read_study([tmp_path])
+    assert [r.path for r in study.runs] == [str(good)]
+    assert [(r.file, r.error, r.tag) for r in study.rejected] == [
+        (str(bad), "InputError", "(0020,000D) StudyInstanceUID")]
+    assert "not a valid UID" in study.rejected[0].reason

@@ -215,6 +215,9 @@ def read_study(inputs: Iterable[str | Path], *, study_uid: str | None = None) ->
         ``study_uid`` is none of the inputs' studies (when they hold any).
     """
     found = scan(inputs)
+    rejected = list(found.rejected)
+    if study_uid is None and len(found.runs_by_study) > 1:
+        _reject_damaged_study_uids(found.runs_by_study, rejected)
     # a study given by its dose report alone is that report's study (its dose, no frames)
     uids = sorted(found.runs_by_study) or sorted(found.report_studies)
     if study_uid is not None:
@@ -227,9 +230,24 @@ def read_study(inputs: Iterable[str | Path], *, study_uid: str | None = None) ->
     else:
         runs = found.runs_by_study.get(uids[0], []) if uids else []
         study_uid = uids[0] if uids else ""
-    rejected = list(found.rejected)
     ordered = order_runs(runs, rejected)
     return Study(study_uid, tuple(ordered), tuple(rejected), tuple(found.dose_reports))
+
+
+def _reject_damaged_study_uids(runs_by_study: dict[str, list[Run]],
+                               rejected: list[Rejection]) -> None:
+    """Beside studies whose UIDs are UIDs, one whose UID holds other characters than digits
+    and dots is a damaged file's (a flipped bit), not a study: its files are rejected rather
+    than the whole input refused as several studies. Alone, an odd UID is still read."""
+    damaged = [uid for uid in runs_by_study if shown_uid(uid) != uid]
+    if not damaged or len(damaged) == len(runs_by_study):
+        return
+    for uid in damaged:
+        for run in runs_by_study.pop(uid):
+            rejected.append(Rejection.of(run.path, InputError(
+                f"{shown_uid(uid)} is not a UID, beside the study {', '.join(sorted(runs_by_study))}"
+                ": the file is damaged; send or export it again", path=run.path,
+                tag="(0020,000D) StudyInstanceUID")))
 
 
 def order_runs(runs: list[Run], rejected: list[Rejection]) -> list[Run]:
