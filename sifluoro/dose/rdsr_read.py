@@ -45,6 +45,7 @@ from sifluoro.dose.records import (
 )
 from sifluoro.dose.units import DOSE_QUANTITIES, factor
 from sifluoro.errors import (
+    DamagedFileError,
     InputError,
     MissingAttributeError,
     NotDicomError,
@@ -175,13 +176,21 @@ def read_rdsr(path: str | Path, ds: Dataset | None = None) -> StudyDose:
             raise NotDicomError(f"not a DICOM file ({exc})", path=path) from exc
         except Exception as exc:  # the file boundary: any parse failure is this file's fault
             raise NotDicomError(f"cannot be parsed ({type(exc).__name__}: {exc})", path=path) from exc
-    if not is_dose_report(ds):
-        sop = UID(str(ds.get("SOPClassUID", "")))
-        raise UnsupportedDicomError(
-            f"not an X-Ray Radiation Dose Report (SOP class {sop.name if sop.is_valid else shown_uid(sop) if sop else 'missing'}, "
-            "root concept must be (DCM,113701))", path=path, tag="(0040,A043) ConceptNameCodeSequence")
-    reader = _Reader(path)
-    return reader.read(ds)
+    try:
+        if not is_dose_report(ds):
+            sop = UID(str(ds.get("SOPClassUID", "")))
+            raise UnsupportedDicomError(
+                f"not an X-Ray Radiation Dose Report (SOP class {sop.name if sop.is_valid else shown_uid(sop) if sop else 'missing'}, "
+                "root concept must be (DCM,113701))", path=path, tag="(0040,A043) ConceptNameCodeSequence")
+        return _Reader(path).read(ds)
+    except InputError:
+        raise
+    except Exception as exc:  # pydicom parses sequences when they are first read, i.e. here
+        # (a damaged length or VR in a content item): this file's fault, not the study's.
+        # The type only: pydicom's message may quote the bytes around the damage
+        raise DamagedFileError(f"the report's content cannot be parsed ({type(exc).__name__}): "
+                               "a length or value in it is damaged; copy it again",
+                               path=path) from exc
 
 
 #: accumulated totals a container may leave out, and what its events must carry to give them

@@ -5,11 +5,12 @@ from __future__ import annotations
 import copy
 import math
 
+import pydicom
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from sifluoro.dose.rdsr_read import read_rdsr
-from sifluoro.errors import InputError
+from sifluoro.errors import DamagedFileError, InputError
 from tests.dose.rdsr_fixtures import N, Ev, build_rdsr, num, save
 
 EVENTS = [Ev(dap_gycm2=1.5, rp_mgy=3.0), Ev(fluoro=False, dap_gycm2=4.0, rp_mgy=20.0)]
@@ -116,3 +117,23 @@ def test_property_any_damaged_content_gives_a_typed_error_or_finite_doses(tmp_pa
     for value in list(dose.summary().values()):
         if isinstance(value, float):
             assert math.isfinite(value) and value >= 0
+
+
+def test_a_damaged_content_item_is_a_typed_error_and_dose_summary_goes_on(tmp_path):
+    """A VR damaged in a content item ('DS' -> 'WH'), or a sequence length past its end:
+    pydicom parses sequences when the reader walks them, and its NotImplementedError /
+    OSError / struct.error left read_rdsr untyped; dose summary and replay stopped."""
+    from sifluoro.dose.summary import summarize
+    from tests.dicom_fixtures import RunSpec, write_study
+
+    [image] = write_study(tmp_path, [RunSpec(0.0, size=32)])
+    study_uid = str(pydicom.dcmread(image, stop_before_pixels=True).StudyInstanceUID)
+    path = save(build_rdsr(EVENTS, accumulated={"single": TOTALS}, study_uid=study_uid),
+                tmp_path / "r.dcm")
+    data = path.read_bytes()
+    path.write_bytes(data.replace(b"\x40\x00\x0a\xa3DS", b"\x40\x00\x0a\xa3WH", 1))
+    with pytest.raises(DamagedFileError, match=r"r\.dcm: the report's content cannot be parsed"):
+        read_rdsr(path)
+    studies, rejected = summarize([tmp_path])
+    assert [s.study_instance_uid for s in studies] == [study_uid]  # from the image's header
+    assert [(r.file, r.error) for r in rejected] == [(str(path), "DamagedFileError")]
