@@ -9,6 +9,7 @@ import signal
 import struct
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pydicom
@@ -203,3 +204,24 @@ def test_a_study_uid_damaged_into_no_uid_rejects_its_file_not_the_study(tmp_path
     assert [(r.file, r.error, r.tag) for r in study.rejected] == [
         (str(bad), "InputError", "(0020,000D) StudyInstanceUID")]
     assert "not a valid UID" in study.rejected[0].reason
+
+
+def test_pydicom_does_not_log_the_swallowed_patient_either(tmp_path, caplog):
+    """pydicom's own warning quoted the damaged SOP class ("Invalid value for VR UI: '...'"),
+    patient ID and name included; the CLI prints pydicom's logger."""
+    from sifluoro.quiet import _VALUE_NOT_SHOWN, quiet_pydicom_warnings
+
+    [bad] = write_study(tmp_path, [RunSpec(0.0, filename="bad.dcm")])
+    data = bad.read_bytes()
+    at = data.index(b"\x08\x00\x16\x00UI")
+    end = data.index(PATIENT_ID.encode()) + len(PATIENT_ID)
+    bad.write_bytes(data[:at + 6] + struct.pack("<H", end - at - 8) + data[at + 8:])
+    caplog.set_level(logging.DEBUG)
+    with warnings.catch_warnings():
+        quiet_pydicom_warnings()
+        try:
+            read_study([tmp_path])
+        finally:
+            logging.getLogger("pydicom").removeFilter(_VALUE_NOT_SHOWN)
+    assert "Invalid value for VR UI (the value is not shown" in caplog.text
+    assert PATIENT_ID not in caplog.text and "DOE" not in caplog.text
