@@ -3,6 +3,7 @@ naming the file and tag, the rest of the study goes on, and no dose is NaN."""
 from __future__ import annotations
 
 import json
+import math
 import logging
 import os
 import signal
@@ -12,8 +13,10 @@ import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 from pydicom.encaps import encapsulate, generate_frames
 
 from sifluoro.acquire.dicom_reader import iter_frames, read_study
@@ -225,3 +228,39 @@ def test_pydicom_does_not_log_the_swallowed_patient_either(tmp_path, caplog):
             logging.getLogger("pydicom").removeFilter(_VALUE_NOT_SHOWN)
     assert "Invalid value for VR UI (the value is not shown" in caplog.text
     assert PATIENT_ID not in caplog.text and "DOE" not in caplog.text
+
+
+@pytest.fixture(scope="module")
+def run_bytes(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("runs")
+    paths = write_study(folder, [RunSpec(0.0, size=16, filename="native.dcm"),
+                                 RunSpec(1.0, size=16, filename="rle.dcm", transfer_syntax="rle"),
+                                 RunSpec(2.0, size=16, filename="enh.dcm", storage="enhanced_xa")])
+    return [p.read_bytes() for p in paths]
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(which=st.integers(0, 2), cut=st.one_of(st.none(), st.floats(0.0, 1.0)),
+       flips=st.lists(st.tuples(st.floats(0.0, 1.0), st.integers(0, 7)), max_size=6))
+def test_property_damaged_bytes_give_typed_errors_and_finite_doses(tmp_path, run_bytes, which,
+                                                                  cut, flips):
+    """Bit flips and truncation anywhere after the preamble: the reader lists the file with a
+    typed error or reads it; frames and dose as far as it goes, nothing NaN or negative."""
+    data = bytearray(run_bytes[which])
+    for where, bit in flips:
+        data[128 + int(where * (len(data) - 129))] ^= 1 << bit
+    if cut is not None:
+        data = data[:1 + int(cut * (len(data) - 1))]
+    folder = tmp_path / f"case{len(list(tmp_path.iterdir()))}"
+    folder.mkdir()
+    (folder / "run.dcm").write_bytes(bytes(data))
+    study = read_study([folder])
+    rejected = list(study.rejected)
+    for frame in iter_frames(study, rejected):
+        assert frame.pixels.dtype == np.uint16
+    assert all(r.error for r in rejected)
+    assert len(study.runs) + len({r.file for r in rejected}) >= 1  # stored or said why
+    summary = accumulate_study(study, DoseSettings()).study_dose(
+        study.study_instance_uid, study.device).summary()
+    assert all(math.isfinite(v) and v >= 0 for v in summary.values() if isinstance(v, float))
