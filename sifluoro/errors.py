@@ -47,6 +47,17 @@ class InputError(SifluoroError):
         super().__init__(f"{': '.join(where)}: {message}" if where else message)
 
 
+def shown_uid(value) -> str:
+    """A UID as an error message may show it. A damaged length makes a UID's value swallow
+    the elements after it (the patient's name and ID among them): a value that is no UID is
+    shown by its first 64 UID characters (digits and dots) and its length, never as read."""
+    text = str(value)
+    if len(text) <= 64 and text and all(c in "0123456789." for c in text):
+        return text
+    kept = "".join(c for c in text[:64] if c in "0123456789.")
+    return f"{kept}... (not a valid UID: {len(text)} characters)"
+
+
 class NotDicomError(InputError):
     """The file is not a DICOM Part 10 file (preamble and 'DICM'), or its header cannot be
     parsed. Raw datasets without the Part 10 header are refused too: without file meta

@@ -54,6 +54,7 @@ from sifluoro.errors import (
     StudyNotFoundError,
     UnsupportedDicomError,
     UnsupportedPixelDataError,
+    shown_uid,
 )
 from sifluoro.model import Frame, Rejection, Run, Study
 
@@ -143,7 +144,9 @@ def scan(inputs: Iterable[str | Path]) -> ScanResult:
             continue
         except Exception as exc:  # an odd header the parser did not foresee: lose only this file
             log.exception("rejected %s: unexpected header content", path)
-            rejected.append(Rejection(str(path), f"header cannot be used ({type(exc).__name__}: {exc})"))
+            # typed like the rest (pydicom reads elements lazily: an unknown VR, say, is met here)
+            rejected.append(Rejection.of(path, NotDicomError(
+                f"DICOM header cannot be parsed ({type(exc).__name__}: {exc})", path=path)))
             continue
         rank = _copy_rank(ds, path)
         earlier = seen_instances.get(run.sop_instance_uid)
@@ -212,6 +215,9 @@ def read_study(inputs: Iterable[str | Path], *, study_uid: str | None = None) ->
         ``study_uid`` is none of the inputs' studies (when they hold any).
     """
     found = scan(inputs)
+    rejected = list(found.rejected)
+    if study_uid is None and len(found.runs_by_study) > 1:
+        _reject_damaged_study_uids(found.runs_by_study, rejected)
     # a study given by its dose report alone is that report's study (its dose, no frames)
     uids = sorted(found.runs_by_study) or sorted(found.report_studies)
     if study_uid is not None:
@@ -224,9 +230,24 @@ def read_study(inputs: Iterable[str | Path], *, study_uid: str | None = None) ->
     else:
         runs = found.runs_by_study.get(uids[0], []) if uids else []
         study_uid = uids[0] if uids else ""
-    rejected = list(found.rejected)
     ordered = order_runs(runs, rejected)
     return Study(study_uid, tuple(ordered), tuple(rejected), tuple(found.dose_reports))
+
+
+def _reject_damaged_study_uids(runs_by_study: dict[str, list[Run]],
+                               rejected: list[Rejection]) -> None:
+    """Beside studies whose UIDs are UIDs, one whose UID holds other characters than digits
+    and dots is a damaged file's (a flipped bit), not a study: its files are rejected rather
+    than the whole input refused as several studies. Alone, an odd UID is still read."""
+    damaged = [uid for uid in runs_by_study if shown_uid(uid) != uid]
+    if not damaged or len(damaged) == len(runs_by_study):
+        return
+    for uid in damaged:
+        for run in runs_by_study.pop(uid):
+            rejected.append(Rejection.of(run.path, InputError(
+                f"{shown_uid(uid)} is not a UID, beside the study {', '.join(sorted(runs_by_study))}"
+                ": the file is damaged; send or export it again", path=run.path,
+                tag="(0020,000D) StudyInstanceUID")))
 
 
 def order_runs(runs: list[Run], rejected: list[Rejection]) -> list[Run]:
@@ -347,7 +368,7 @@ def run_from_dataset(ds: Dataset, path: str | Path) -> Run:
         raise MissingAttributeError("SOP Class UID is missing; the file is not a usable instance",
                                     path=path, tag="(0008,0016) SOPClassUID")
     if sop_class not in IMAGE_SOP_CLASSES:
-        name = sop_class.name if sop_class.is_valid else sop_class
+        name = sop_class.name if sop_class.is_valid else shown_uid(sop_class)
         raise UnsupportedDicomError(
             f"SOP class {name} is not an X-ray image sifluoro reads (XA, RF, Enhanced XA/XRF, "
             "Secondary Capture)", path=path, tag="(0008,0016) SOPClassUID")
@@ -458,7 +479,7 @@ def _transfer_syntax(ds: Dataset, path: str) -> UID:
         raise MissingAttributeError("no transfer syntax in the file meta information",
                                     path=path, tag="(0002,0010) TransferSyntaxUID")
     if not tsuid.is_transfer_syntax:
-        raise UnsupportedDicomError(f"unknown transfer syntax {tsuid}; convert the file to "
+        raise UnsupportedDicomError(f"unknown transfer syntax {shown_uid(tsuid)}; convert the file to "
                                     "Explicit VR Little Endian (e.g. dcmconv +te)",
                                     path=path, tag="(0002,0010) TransferSyntaxUID")
     if not tsuid.is_little_endian:

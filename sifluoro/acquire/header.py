@@ -103,6 +103,15 @@ class _Lookup:
             return None
         return number if math.isfinite(number) else None
 
+    def amount(self, keyword: str, frame: int | None = 0) -> float | None:
+        """A value that cannot be negative (a dose, a tube load, a time, a distance): a
+        negative one is ignored like any unusable value (a dose from it would be negative)."""
+        number = self.float(keyword, frame)
+        if number is not None and number < 0:
+            log.info("ignoring negative %s", tag_name(keyword))
+            return None
+        return number
+
     def floats(self, keyword: str, frame: int | None = 0) -> tuple[float, ...] | None:
         value = self.raw(keyword, frame)
         if value is None or value == "":
@@ -494,8 +503,8 @@ def _timing(look: _Lookup, n: int, path: str):
         offsets = per_frame_times
         intervals = _beam_intervals_ms([(b - a) * 1000.0 for a, b in zip(offsets, offsets[1:])])
     elif n == 1:
-        single_ms = (look.float("ExposureTimeInms") or look.float("ExposureTime")
-                     or look.float("AveragePulseWidth") or 0.0)
+        single_ms = (look.amount("ExposureTimeInms") or look.amount("ExposureTime")
+                     or look.amount("AveragePulseWidth") or 0.0)
         offsets, intervals = [0.0], [single_ms]
     elif duration_ms is not None:
         log.warning("%s: frame timing from %s / %d frames: %g ms%s", path,
@@ -598,6 +607,9 @@ def _duration_interval_ms(look: _Lookup, n: int) -> float | None:
 def _filtration(look: _Lookup) -> tuple[float | None, float | None]:
     materials = look.text("FilterMaterial").upper().split("\\") if look.text("FilterMaterial") else []
     thickness = look.floats("FilterThicknessMinimum") or ()
+    if any(mm < 0 for mm in thickness):  # the tube output model raised ValueError on it
+        log.info("ignoring negative %s", tag_name("FilterThicknessMinimum"))
+        thickness = ()
     cu = al = None
     for material, mm in zip(materials, thickness):
         if material.startswith("COPPER"):
@@ -608,7 +620,7 @@ def _filtration(look: _Lookup) -> tuple[float | None, float | None]:
 
 
 def _technique(look: _Lookup, n: int, rows: int, columns: int, intervals_ms, path: str = "") -> Technique:
-    sid_mm = look.float("DistanceSourceToDetector")
+    sid_mm = look.amount("DistanceSourceToDetector")
     sod_mm, source_to_patient_mm = geometry.source_distances_mm(look)
     spacing_xy = geometry.detector_spacing_xy_mm(look, sid_mm, sod_mm, path)
     fov_mm, fov_shape = geometry.field_of_view(look, path)
@@ -621,21 +633,21 @@ def _technique(look: _Lookup, n: int, rows: int, columns: int, intervals_ms, pat
     setting = look.text("RadiationSetting").upper() or None
     mode = look.text("RadiationMode").upper() or None
     tech = Technique(
-        kvp=dose.get("kvp", look.float("KVP")),
+        kvp=dose.get("kvp", look.amount("KVP")),
         tube_current_ma=dose.get("tube_current_ma",
-                                 look.float("XRayTubeCurrentInmA") or look.float("XRayTubeCurrent")),
-        pulse_width_ms=look.float("AveragePulseWidth"),
+                                 look.amount("XRayTubeCurrentInmA") or look.amount("XRayTubeCurrent")),
+        pulse_width_ms=look.amount("AveragePulseWidth"),
         pulse_rate_per_s=pulse_rate,
         frame_time_ms=frame_time if frame_time else (intervals_ms[0] if n > 1 else None),
         exposure_time_ms=dose.get("exposure_time_ms",
-                                  look.float("ExposureTimeInms") or look.float("ExposureTime")),
-        exposure_mas=dose.get("exposure_mas", look.float("ExposureInmAs") or look.float("Exposure")),
+                                  look.amount("ExposureTimeInms") or look.amount("ExposureTime")),
+        exposure_mas=dose.get("exposure_mas", look.amount("ExposureInmAs") or look.amount("Exposure")),
         sid_mm=sid_mm,
         source_to_patient_mm=source_to_patient_mm,
         source_to_isocenter_mm=sod_mm,
         field_of_view_mm=fov_mm,
         field_of_view_shape=fov_shape,
-        intensifier_size_mm=look.float("IntensifierSize"),
+        intensifier_size_mm=look.amount("IntensifierSize"),
         filter_cu_mm=cu,
         filter_al_mm=al,
         imager_pixel_spacing_xy_mm=spacing_xy,
@@ -675,14 +687,14 @@ def _reported_dose(look: _Lookup, n: int, path: str) -> dict:
       per frame): total tube load, exposure time, load-weighted kVp, mean current.
     """
     out: dict = {}
-    dap_dgycm2 = look.float("ImageAndFluoroscopyAreaDoseProduct", None)
+    dap_dgycm2 = look.amount("ImageAndFluoroscopyAreaDoseProduct", None)
     if dap_dgycm2 is None:
-        dap_dgycm2 = look.float("AcquiredImageAreaDoseProduct", None)
+        dap_dgycm2 = look.amount("AcquiredImageAreaDoseProduct", None)
     if dap_dgycm2 is not None:
         out["reported_dap_gycm2"] = dap_dgycm2 / 10.0
-    entrance_mgy = look.float("EntranceDoseInmGy", None)
-    if entrance_mgy is None and look.float("EntranceDose", None) is not None:
-        entrance_mgy = look.float("EntranceDose", None) * 100.0  # stored in dGy
+    entrance_mgy = look.amount("EntranceDoseInmGy", None)
+    if entrance_mgy is None and look.amount("EntranceDose", None) is not None:
+        entrance_mgy = look.amount("EntranceDose", None) * 100.0  # stored in dGy
     if entrance_mgy is not None:
         out["reported_air_kerma_mgy"] = entrance_mgy
     if len(look.per_frame) == n and n > 0:
@@ -721,7 +733,7 @@ def _in_sequence(group: Dataset, sequence: str, keyword: str) -> float | None:
         number = float(value) if value not in (None, "") else None
     except Exception:  # odd values of optional attributes are ignored
         return None
-    return number if number is not None and math.isfinite(number) else None
+    return number if number is not None and math.isfinite(number) and number >= 0 else None
 
 
 def sort_tiebreak(run: Run) -> tuple:

@@ -140,10 +140,20 @@ def read_encapsulated(run: Run) -> Iterator[np.ndarray]:
         except StopIteration:
             raise DamagedPixelDataError(f"only {k} of {run.n_frames} frames are encoded",
                                         path=run.path, tag="(7FE0,0010) PixelData") from None
-        except Exception as exc:  # any decoder failure on damaged data
-            raise DamagedPixelDataError(f"frame {k + 1} fails to decode ({type(exc).__name__}: "
-                                        f"{exc})", path=run.path, tag="(7FE0,0010) PixelData") from exc
+        except BaseException as exc:  # any decoder failure on damaged data
+            raise _undecodable(run, k, exc) from exc
         yield _decoded(run, k, frame)
+
+
+def _undecodable(run: Run, k: int, exc: BaseException) -> DamagedPixelDataError:
+    """Frame ``k``'s decoder failure as damaged pixel data. A decoder written in Rust
+    (pylibjpeg-rle) panics on some damaged fragments: PanicException is a BaseException, which
+    ``except Exception`` let through, and the study stopped; anything else not an Exception
+    (KeyboardInterrupt, SystemExit) is raised again."""
+    if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
+        raise exc
+    return DamagedPixelDataError(f"frame {k + 1} fails to decode ({type(exc).__name__}: {exc})",
+                                 path=run.path, tag="(7FE0,0010) PixelData")
 
 
 def read_encapsulated_cut(run: Run) -> Iterator[np.ndarray]:
@@ -161,9 +171,8 @@ def read_encapsulated_cut(run: Run) -> Iterator[np.ndarray]:
         try:
             frame, _ = decoder.as_array(_one_frame_dataset(run, frame_bytes), raw=True,
                                         decoding_plugin=decoding_plugin(run.transfer_syntax_uid))
-        except Exception as exc:  # any decoder failure on damaged data
-            raise DamagedPixelDataError(f"frame {k + 1} fails to decode ({type(exc).__name__}: "
-                                        f"{exc})", path=run.path, tag="(7FE0,0010) PixelData") from exc
+        except BaseException as exc:  # any decoder failure on damaged data
+            raise _undecodable(run, k, exc) from exc
         yield _decoded(run, k, frame)
     if len(encoded) < run.n_frames:
         raise DamagedPixelDataError(f"pixel data is truncated: the file ends in frame "

@@ -20,6 +20,7 @@ events, not in the frames' counters.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Iterable
@@ -559,7 +560,7 @@ class DoseAccumulator:
         self._announced = tuple(max(b, v) for b, v in zip(before, (fluoro_s, kerma, dap)))
         step = s.fluoro_time_alert_s
         if step > 0:
-            for k in range(int(before[0] // step) + 1, int(fluoro_s // step) + 1):
+            for k in _capped(int(before[0] // step) + 1, int(fluoro_s // step) + 1):
                 out.append(DoseAlert("fluoro_time", k * step, "s", index, t_s,
                                      f"fluoroscopy time has reached {k * step / 60:g} min{note}"))
         for level in _kerma_levels(before[1], kerma, s):
@@ -850,11 +851,21 @@ def _kerma_levels(before: float, after: float, s: DoseSettings) -> list[float]:
     first, step = s.air_kerma_first_alert_mgy, s.air_kerma_alert_step_mgy
     if first <= 0 or after < first:
         return []
-    levels, level = [], first
-    while level <= after:
-        if level > before:
-            levels.append(level)
-        if step <= 0:
-            break
-        level += step
-    return levels
+    if step <= 0:
+        return [first] if first > before else []
+    # levels first + k * step for k in (k0 .. k1), counted rather than stepped through: a
+    # damaged dose value (1e200 mGy in a report) made the loop run for ever
+    k0 = 0 if before < first else math.floor((before - first) / step) + 1
+    k1 = math.floor((after - first) / step)
+    return [first + k * step for k in _capped(k0, k1 + 1)]
+
+
+#: the most alerts of one kind one step of the dose gives; past it, the highest level only (a
+#: dose that crosses more at once is a damaged value, and listing them would never end)
+MAX_ALERTS_AT_ONCE = 100
+
+
+def _capped(start: int, stop: int) -> range:
+    if stop - start > MAX_ALERTS_AT_ONCE:
+        return range(stop - 1, stop)
+    return range(start, stop)

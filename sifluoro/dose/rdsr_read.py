@@ -19,6 +19,7 @@ Errors are typed (:mod:`sifluoro.errors`) and name the file and the content item
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -44,10 +45,12 @@ from sifluoro.dose.records import (
 )
 from sifluoro.dose.units import DOSE_QUANTITIES, factor
 from sifluoro.errors import (
+    DamagedFileError,
     InputError,
     MissingAttributeError,
     NotDicomError,
     UnsupportedDicomError,
+    shown_uid,
 )
 from sifluoro.model import Device
 
@@ -173,13 +176,21 @@ def read_rdsr(path: str | Path, ds: Dataset | None = None) -> StudyDose:
             raise NotDicomError(f"not a DICOM file ({exc})", path=path) from exc
         except Exception as exc:  # the file boundary: any parse failure is this file's fault
             raise NotDicomError(f"cannot be parsed ({type(exc).__name__}: {exc})", path=path) from exc
-    if not is_dose_report(ds):
-        sop = UID(str(ds.get("SOPClassUID", "")))
-        raise UnsupportedDicomError(
-            f"not an X-Ray Radiation Dose Report (SOP class {sop.name if sop.is_valid else sop or 'missing'}, "
-            "root concept must be (DCM,113701))", path=path, tag="(0040,A043) ConceptNameCodeSequence")
-    reader = _Reader(path)
-    return reader.read(ds)
+    try:
+        if not is_dose_report(ds):
+            sop = UID(str(ds.get("SOPClassUID", "")))
+            raise UnsupportedDicomError(
+                f"not an X-Ray Radiation Dose Report (SOP class {sop.name if sop.is_valid else shown_uid(sop) if sop else 'missing'}, "
+                "root concept must be (DCM,113701))", path=path, tag="(0040,A043) ConceptNameCodeSequence")
+        return _Reader(path).read(ds)
+    except InputError:
+        raise
+    except Exception as exc:  # pydicom parses sequences when they are first read, i.e. here
+        # (a damaged length or VR in a content item): this file's fault, not the study's.
+        # The type only: pydicom's message may quote the bytes around the damage
+        raise DamagedFileError(f"the report's content cannot be parsed ({type(exc).__name__}): "
+                               "a length or value in it is damaged; copy it again",
+                               path=path) from exc
 
 
 #: accumulated totals a container may leave out, and what its events must carry to give them
@@ -223,7 +234,15 @@ class _Reader:
             # a technique or geometry value: the report's dose does not depend on it
             log.warning("%s: %s %s; that value is left out", self.path, C.label(concept), message)
             return None
-        return value * scale
+        value *= scale
+        if math.isfinite(value) and (value >= 0 or quantity == "angle_deg"):
+            return value
+        # NaN, infinite or negative: no dose, time or size is; a total made with it is wrong
+        message = f"numeric value {value / scale:g} {unit} is not a possible {quantity.split('_')[0]}"
+        if quantity in DOSE_QUANTITIES:
+            raise self.error(InputError, message, concept)
+        log.warning("%s: %s %s; that value is left out", self.path, C.label(concept), message)
+        return None
 
     def walk(self, container: Dataset, *, stop: set[tuple[str, str]] = frozenset()) -> Iterator[Dataset]:
         """Content items below ``container``, depth first, not entering ``stop`` containers."""
@@ -248,9 +267,9 @@ class _Reader:
 
     @staticmethod
     def text(item: Dataset) -> str:
-        if item.ValueType == "CODE":
+        if item.get("ValueType") == "CODE":
             code = _Reader.code_value(item)
-            return str(code.CodeMeaning) if code is not None else ""
+            return str(code.get("CodeMeaning", "") or "") if code is not None else ""
         return str(item.get("TextValue", "") or item.get("UID", "") or "").strip()
 
     # -- document --------------------------------------------------------------------------
@@ -360,7 +379,7 @@ class _Reader:
             if self.concept(item) == _K.AcquisitionPlane:
                 code = self.code_value(item)
                 if code is not None:
-                    return C.PLANE_CODES.get(C.key(code), str(code.CodeMeaning))
+                    return C.PLANE_CODES.get(C.key(code), str(code.get("CodeMeaning", "") or ""))
         return SINGLE_PLANE
 
     def accumulated(self, container: Dataset) -> PlaneTotals:
@@ -369,7 +388,7 @@ class _Reader:
         for item in self.walk(container):
             concept = self.concept(item)
             spec = _ACCUMULATED.get(concept)
-            if spec is not None and item.ValueType == "NUM" and spec[0] not in values:
+            if spec is not None and item.get("ValueType") == "NUM" and spec[0] not in values:
                 values[spec[0]] = self.num(item, spec[1])
             elif concept == _K.ReferencePointDefinition:
                 reference = self.text(item)
@@ -396,7 +415,7 @@ class _Reader:
         sources: set[str] = set()
         for item in self.walk(container, stop=stop):
             concept = self.concept(item)
-            vt = item.ValueType
+            vt = item.get("ValueType")
             if concept == _K.SourceOfDoseInformation:
                 sources |= self.dose_sources([item])
             elif concept == _K.IrradiationEventType:
@@ -472,9 +491,10 @@ class _Reader:
         """A private NUM value in mm or degrees (units as sent); None if it is not a number."""
         measured = item.get("MeasuredValueSequence")
         try:
-            return float(measured[0].NumericValue) if measured else None
+            value = float(measured[0].NumericValue) if measured else None
         except (TypeError, ValueError, AttributeError):
             return None
+        return value if value is not None and math.isfinite(value) else None
 
     def filter(self, container: Dataset, filters: dict[str, float]) -> None:
         material = None
@@ -491,7 +511,7 @@ class _Reader:
                     elif k in C.ALUMINUM_CODES or meaning.startswith("alumin"):
                         material = "al"
             elif concept in (_K.XRayFilterThicknessMinimum,
-                             _K.XRayFilterThicknessMaximum) and item.ValueType == "NUM":
+                             _K.XRayFilterThicknessMaximum) and item.get("ValueType") == "NUM":
                 value = self.num(item, "length_mm")
                 if value is not None:
                     thickness.append(value)

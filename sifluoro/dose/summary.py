@@ -23,8 +23,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterable
 
-import pydicom
-
 from sifluoro.acquire.dicom_reader import scan
 from sifluoro.config import DoseSettings
 from sifluoro.dose.accumulate import accumulate_study
@@ -56,7 +54,7 @@ def summarize(paths: Iterable[str | Path], *, settings: DoseSettings | None = No
     for path in found.dose_reports:
         try:
             _check_whole(path)
-            report = read_rdsr(path, pydicom.dcmread(path))
+            report = read_rdsr(path)  # it reads the file, a damaged one a typed error
         except InputError as exc:
             log.info("rejected %s", exc)  # the caller reports it
             rejected.append(Rejection.of(path, exc))

@@ -1,0 +1,139 @@
+"""The RDSR reader on damaged content items (session 17's fuzzing): each fault gives a typed
+error naming the concept, or a read whose doses are the file's, never NaN or an untyped error."""
+from __future__ import annotations
+
+import copy
+import math
+
+import pydicom
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from sifluoro.dose.rdsr_read import read_rdsr
+from sifluoro.errors import DamagedFileError, InputError
+from tests.dose.rdsr_fixtures import N, Ev, build_rdsr, num, save
+
+EVENTS = [Ev(dap_gycm2=1.5, rp_mgy=3.0), Ev(fluoro=False, dap_gycm2=4.0, rp_mgy=20.0)]
+TOTALS = {"dap_total": 5.5, "rp_total": 23.0, "fl_time": 1.0, "acq_time": 2.0}
+
+
+def _items(ds):
+    for item in ds.get("ContentSequence") or []:
+        yield item
+        yield from _items(item)
+
+
+def _named(ds, concept: str):
+    return next(item for item in _items(ds) if item.ConceptNameCodeSequence[0].CodeValue == concept)
+
+
+@pytest.mark.parametrize("value", ["NaN", "inf", "-2"])
+@pytest.mark.parametrize("concept", [N["dap_total"][0], N["rp"][0], N["fl_time"][0]])
+def test_an_impossible_dose_or_time_is_refused_naming_its_concept(tmp_path, value, concept):
+    """A NaN, infinite or negative dose or time was read as it is: the study's DAP NaN or
+    negative, with no word (fuzzing s17)."""
+    ds = build_rdsr(EVENTS, accumulated={"single": TOTALS})
+    _named(ds, concept).MeasuredValueSequence[0].NumericValue = value
+    with pytest.raises(InputError, match=rf"r\.dcm: \(DCM,{concept}\)"):
+        read_rdsr(save(ds, tmp_path / "r.dcm"))
+
+
+def test_an_impossible_floating_point_value_is_refused(tmp_path):
+    ds = build_rdsr(EVENTS, accumulated={"single": TOTALS})
+    _named(ds, N["rp_total"][0]).MeasuredValueSequence[0].FloatingPointValue = math.nan
+    with pytest.raises(InputError, match=r"\(DCM,113725\) Dose \(RP\) Total"):
+        read_rdsr(save(ds, tmp_path / "r.dcm"))
+
+
+@pytest.mark.parametrize("value", ["NaN", "inf", "-3"])
+def test_an_impossible_technique_value_is_left_out_with_a_warning(tmp_path, caplog, value):
+    """A NaN or infinite frame count raised ValueError / OverflowError from int(round(...))."""
+    frames = num(("113857", "DCM", "Total Number of Radiographic Frames"), 1, "1")
+    ds = build_rdsr(EVENTS, accumulated={"single": TOTALS})
+    _named(ds, N["accum"][0]).ContentSequence.append(frames)
+    _named(ds, N["kvp"][0]).MeasuredValueSequence[0].NumericValue = value
+    frames.MeasuredValueSequence[0].NumericValue = value
+    dose = read_rdsr(save(ds, tmp_path / "r.dcm"))
+    assert dose.events[0].kvp is None and dose.planes[0].n_radiographic_frames is None
+    assert dose.summary()["dap_gycm2"] == pytest.approx(5.5)
+    assert "is not a possible" in caplog.text
+
+
+def test_content_items_without_value_type_or_code_meaning_are_read(tmp_path):
+    """Missing ValueType / CodeMeaning raised AttributeError (untyped: dose summary stopped)."""
+    ds = build_rdsr(EVENTS, accumulated={"single": TOTALS})
+    del _named(ds, N["kvp"][0]).ValueType
+    for item in _items(ds):
+        if "ConceptCodeSequence" in item:
+            del item.ConceptCodeSequence[0].CodeMeaning
+    dose = read_rdsr(save(ds, tmp_path / "r.dcm"))
+    assert dose.summary()["dap_gycm2"] == pytest.approx(5.5)
+    assert [e.kind for e in dose.events] == ["fluoroscopy", "acquisition"]
+
+
+_BASE = build_rdsr(EVENTS, accumulated={"single": TOTALS})
+_PATHS = [item for item in _items(_BASE)]
+_VALUES = st.sampled_from(["NaN", "inf", "-1", "1e308", "abc", "", "0"])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.integers(0, len(_PATHS) - 1),
+                          st.sampled_from(["del ValueType", "del name", "del units", "del value",
+                                           "value", "unit", "del code", "dup", "drop"]),
+                          _VALUES, st.sampled_from(["mGy", "Gy.m2", "dGy.cm2", "s", "1", "x"])),
+                min_size=1, max_size=4))
+def test_property_any_damaged_content_gives_a_typed_error_or_finite_doses(tmp_path, changes):
+    ds = copy.deepcopy(_BASE)
+    items = list(_items(ds))
+    for index, how, value, unit in changes:
+        item = items[index]
+        mv = (item.get("MeasuredValueSequence") or [None])[0]
+        if how == "del ValueType" and "ValueType" in item:
+            del item.ValueType
+        elif how == "del name" and "ConceptNameCodeSequence" in item:
+            del item.ConceptNameCodeSequence
+        elif how == "del units" and mv is not None and "MeasurementUnitsCodeSequence" in mv:
+            del mv.MeasurementUnitsCodeSequence
+        elif how == "del value" and mv is not None and "NumericValue" in mv:
+            del mv.NumericValue
+        elif how == "value" and mv is not None:
+            try:
+                mv.NumericValue = value
+            except ValueError:  # pydicom refuses it in memory; the file case is in a test above
+                pass
+        elif how == "unit" and mv is not None and "MeasurementUnitsCodeSequence" in mv:
+            mv.MeasurementUnitsCodeSequence[0].CodeValue = unit
+        elif how == "del code" and item.get("ConceptCodeSequence") and "CodeMeaning" in item.ConceptCodeSequence[0]:
+            del item.ConceptCodeSequence[0].CodeMeaning
+        elif how in ("dup", "drop") and item.get("ContentSequence"):
+            if how == "dup":
+                item.ContentSequence.append(copy.deepcopy(item.ContentSequence[0]))
+            else:
+                del item.ContentSequence[0]
+    try:
+        dose = read_rdsr("r.dcm", ds)
+    except InputError:
+        return
+    for value in list(dose.summary().values()):
+        if isinstance(value, float):
+            assert math.isfinite(value) and value >= 0
+
+
+def test_a_damaged_content_item_is_a_typed_error_and_dose_summary_goes_on(tmp_path):
+    """A VR damaged in a content item ('DS' -> 'WH'), or a sequence length past its end:
+    pydicom parses sequences when the reader walks them, and its NotImplementedError /
+    OSError / struct.error left read_rdsr untyped; dose summary and replay stopped."""
+    from sifluoro.dose.summary import summarize
+    from tests.dicom_fixtures import RunSpec, write_study
+
+    [image] = write_study(tmp_path, [RunSpec(0.0, size=32)])
+    study_uid = str(pydicom.dcmread(image, stop_before_pixels=True).StudyInstanceUID)
+    path = save(build_rdsr(EVENTS, accumulated={"single": TOTALS}, study_uid=study_uid),
+                tmp_path / "r.dcm")
+    data = path.read_bytes()
+    path.write_bytes(data.replace(b"\x40\x00\x0a\xa3DS", b"\x40\x00\x0a\xa3WH", 1))
+    with pytest.raises(DamagedFileError, match=r"r\.dcm: the report's content cannot be parsed"):
+        read_rdsr(path)
+    studies, rejected = summarize([tmp_path])
+    assert [s.study_instance_uid for s in studies] == [study_uid]  # from the image's header
+    assert [(r.file, r.error) for r in rejected] == [(str(path), "DamagedFileError")]
