@@ -118,6 +118,8 @@ def pyskindose_peak_skin_dose(rdsr_path: str) -> float:
     import logging
     from importlib import resources
 
+    import pydicom
+
     from pyskindose.analyze_data import analyze_data
     from pyskindose.helpers.read_and_normalize_rdsr_data import read_and_normalise_rdsr_data
     from pyskindose.settings import PyskindoseSettings
@@ -132,9 +134,13 @@ def pyskindose_peak_skin_dose(rdsr_path: str) -> float:
     quiet = logging.getLogger("pyskindose")
     level = quiet.level
     quiet.setLevel(logging.ERROR)
+    # its RDSR parser turns pydicom's value validation off for the whole process, and with
+    # it the warnings every later read would give: put back as it was
+    validation = pydicom.config.settings.reading_validation_mode
     try:
         parsed = PyskindoseSettings(copy.deepcopy(settings), output_format="dict")
         data = read_and_normalise_rdsr_data(rdsr_filepath=str(rdsr_path), settings=parsed)
         return float(analyze_data(normalized_data=data, settings=parsed)["psd"])
     finally:
         quiet.setLevel(level)
+        pydicom.config.settings.reading_validation_mode = validation
