@@ -178,6 +178,30 @@ def test_a_device_report_with_an_absurd_dose_does_not_hang_the_replay(tmp_path, 
         == pytest.approx(1e200)
 
 
+def test_the_registry_s_alerts_of_an_absurd_dose_are_counted_not_stepped(tmp_path, within_10_s):
+    """Review s17 H1: `audit ingest` listed a study's alert levels one by one (1e9 mGy: a
+    million rows; 1e200: the memory filled); now counted as the accumulator counts them, the
+    first and the highest when more than MAX_ALERTS_AT_ONCE, and a plain dose's levels kept."""
+    from sifluoro.audit.ingest import alert_rows
+    from sifluoro.dose.accumulate import alert_steps
+
+    def kerma_levels(kerma_mgy):
+        [path] = write_study(tmp_path / f"{kerma_mgy:g}", [RunSpec(0.0, size=32)])
+        study = read_study([path])
+        report = read_rdsr(save(build_rdsr([Ev(rp_mgy=kerma_mgy)],
+                                           study_uid=study.study_instance_uid),
+                                tmp_path / f"{kerma_mgy:g}.dcm"))
+        dose = accumulate_study(study, DoseSettings(), report=report)
+        rows = alert_rows(dose.study_dose(study.study_instance_uid, study.device), DoseSettings())
+        return [r["level"] for r in rows if r["kind"] == "air_kerma"]
+
+    assert kerma_levels(5500.0) == [3000.0, 4000.0, 5000.0]  # first 3 Gy, then every 1 Gy
+    absurd = kerma_levels(1e200)
+    assert len(absurd) == 2 and absurd[0] == 3000.0 and absurd[1] > 1e199
+    assert list(alert_steps(1, 4)) == [1, 2, 3]
+    assert list(alert_steps(1, 10**9)) == [1, 10**9 - 1]
+
+
 def test_a_negative_filter_thickness_is_ignored(tmp_path):
     """FilterThicknessMinimum -1: the tube output model raised ValueError (untyped) while the
     study's dose was counted."""

@@ -40,7 +40,7 @@ from sifluoro.audit.schema import (
 )
 from sifluoro.audit.settings import AuditSettings
 from sifluoro.config import DoseSettings
-from sifluoro.dose.accumulate import accumulate_study
+from sifluoro.dose.accumulate import accumulate_study, alert_steps, kerma_alert_levels
 from sifluoro.dose.records import StudyDose
 from sifluoro.dose.summary import merge_reports, with_runs_outside, with_srdl_reached
 from sifluoro.model import Device, Rejection, Study
@@ -522,18 +522,13 @@ def alert_rows(dose: StudyDose, settings: DoseSettings) -> list[dict]:
     NCRP Report 168 air kerma notification levels (first, then every step), each multiple of
     the fluoroscopy-time alert, and each substantial radiation dose level (SRDL) reached.
     """
-    out = []
     kerma, dap, fluoro_s = dose.air_kerma_mgy, dose.dap_gycm2, dose.fluoro_time_s
-    first, step = settings.air_kerma_first_alert_mgy, settings.air_kerma_alert_step_mgy
-    if first > 0:
-        level = first
-        while level <= kerma:
-            out.append({"kind": "air_kerma", "level": level, "unit": "mGy", "value": kerma})
-            if step <= 0:
-                break
-            level += step
+    # counted as the accumulator counts them: an absurd dose (1e200 mGy) stepped through the
+    # levels one by one filled the memory (review s17)
+    out = [{"kind": "air_kerma", "level": level, "unit": "mGy", "value": kerma}
+           for level in kerma_alert_levels(0.0, kerma, settings)]
     if settings.fluoro_time_alert_s > 0:
-        for k in range(1, int(fluoro_s // settings.fluoro_time_alert_s) + 1):
+        for k in alert_steps(1, int(fluoro_s // settings.fluoro_time_alert_s) + 1):
             out.append({"kind": "fluoro_time", "level": k * settings.fluoro_time_alert_s,
                         "unit": "s", "value": fluoro_s})
     levels = {"air_kerma": (settings.srdl_air_kerma_mgy, "mGy", kerma),

@@ -23,7 +23,7 @@ import logging
 import math
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 from pydicom.uid import generate_uid
@@ -560,10 +560,10 @@ class DoseAccumulator:
         self._announced = tuple(max(b, v) for b, v in zip(before, (fluoro_s, kerma, dap)))
         step = s.fluoro_time_alert_s
         if step > 0:
-            for k in _capped(int(before[0] // step) + 1, int(fluoro_s // step) + 1):
+            for k in alert_steps(int(before[0] // step) + 1, int(fluoro_s // step) + 1):
                 out.append(DoseAlert("fluoro_time", k * step, "s", index, t_s,
                                      f"fluoroscopy time has reached {k * step / 60:g} min{note}"))
-        for level in _kerma_levels(before[1], kerma, s):
+        for level in kerma_alert_levels(before[1], kerma, s):
             out.append(DoseAlert("air_kerma", level, "mGy", index, t_s,
                                  f"reference air kerma has reached {level / 1000:g} Gy{note}"))
         out.extend(self._srdl(kerma, dap, fluoro_s, index, t_s, note))
@@ -846,7 +846,7 @@ def _per_frame(values: tuple[float, ...] | None, n_frames: int) -> tuple[float, 
     return tuple(values) if values is not None and len(values) == n_frames else None
 
 
-def _kerma_levels(before: float, after: float, s: DoseSettings) -> list[float]:
+def kerma_alert_levels(before: float, after: float, s: DoseSettings) -> list[float]:
     """Notification levels in (before, after]: the first level, then every step above it."""
     first, step = s.air_kerma_first_alert_mgy, s.air_kerma_alert_step_mgy
     if first <= 0 or after < first:
@@ -857,15 +857,18 @@ def _kerma_levels(before: float, after: float, s: DoseSettings) -> list[float]:
     # damaged dose value (1e200 mGy in a report) made the loop run for ever
     k0 = 0 if before < first else math.floor((before - first) / step) + 1
     k1 = math.floor((after - first) / step)
-    return [first + k * step for k in _capped(k0, k1 + 1)]
+    return [first + k * step for k in alert_steps(k0, k1 + 1)]
 
 
-#: the most alerts of one kind one step of the dose gives; past it, the highest level only (a
-#: dose that crosses more at once is a damaged value, and listing them would never end)
+#: the most alerts of one kind one step of the dose gives; past it, the first and the highest
+#: level only (a dose that crosses more at once is a damaged value, and listing them would
+#: never end)
 MAX_ALERTS_AT_ONCE = 100
 
 
-def _capped(start: int, stop: int) -> range:
+def alert_steps(start: int, stop: int) -> Sequence[int]:
+    """The multiples ``start .. stop - 1`` of an alert step a dose crossed, or their first and
+    last when they are more than :data:`MAX_ALERTS_AT_ONCE`."""
     if stop - start > MAX_ALERTS_AT_ONCE:
-        return range(stop - 1, stop)
+        return (start, stop - 1)
     return range(start, stop)
