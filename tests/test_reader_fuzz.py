@@ -233,6 +233,23 @@ def test_a_study_uid_damaged_into_no_uid_rejects_its_file_not_the_study(tmp_path
     assert "not a valid UID" in study.rejected[0].reason
 
 
+@pytest.mark.parametrize("uid", ["1." + "2" * 71, "1.2.ABC.4"])
+def test_a_real_study_with_an_ill_formed_uid_beside_another_is_not_dropped(tmp_path, uid):
+    """Review s17 M1: a study of several files whose UID is too long or not digits, beside
+    another study, was rejected file by file as damaged, and replay went on with the other
+    study alone. It is a study: the input holds two, and the caller must choose, as before."""
+    from sifluoro.errors import MultipleStudiesError
+
+    write_study(tmp_path / "a", [RunSpec(0.0, filename="a1.dcm"), RunSpec(5.0, filename="a2.dcm")])
+    for path in write_study(tmp_path / "b", [RunSpec(0.0, filename="b1.dcm"),
+                                             RunSpec(5.0, filename="b2.dcm")]):
+        ds = pydicom.dcmread(path)
+        ds.StudyInstanceUID = uid
+        ds.save_as(path)
+    with pytest.raises(MultipleStudiesError):
+        read_study([tmp_path])
+
+
 def test_pydicom_does_not_log_the_swallowed_patient_either(tmp_path, caplog):
     """pydicom's own warning quoted the damaged SOP class ("Invalid value for VR UI: '...'"),
     patient ID and name included; the CLI prints pydicom's logger."""

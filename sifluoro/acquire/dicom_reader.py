@@ -236,10 +236,13 @@ def read_study(inputs: Iterable[str | Path], *, study_uid: str | None = None) ->
 
 def _reject_damaged_study_uids(runs_by_study: dict[str, list[Run]],
                                rejected: list[Rejection]) -> None:
-    """Beside studies whose UIDs are UIDs, one whose UID holds other characters than digits
-    and dots is a damaged file's (a flipped bit), not a study: its files are rejected rather
-    than the whole input refused as several studies. Alone, an odd UID is still read."""
-    damaged = [uid for uid in runs_by_study if shown_uid(uid) != uid]
+    """Beside studies whose UIDs are UIDs, one file whose UID holds other characters than
+    digits and dots is a damaged file (a flipped bit), not a study: it is rejected rather than
+    the whole input refused as several studies. Alone, an odd UID is still read; so is one
+    that several files share (a real study, if an ill-formed one: review s17 M1), or one only
+    too long (some systems write them)."""
+    damaged = [uid for uid, runs in runs_by_study.items()
+               if len(runs) == 1 and any(c not in "0123456789." for c in uid)]
     if not damaged or len(damaged) == len(runs_by_study):
         return
     for uid in damaged:
