@@ -239,7 +239,7 @@ class _Reader:
             return value
         # NaN, infinite or negative: no dose, time or size is; a total made with it is wrong
         message = f"numeric value {value / scale:g} {unit} is not a possible {quantity.split('_')[0]}"
-        if quantity in DOSE_QUANTITIES:
+        if quantity in DOSE_QUANTITIES and C.key(concept) not in _EVENT_DETAILS:
             raise self.error(InputError, message, concept)
         log.warning("%s: %s %s; that value is left out", self.path, C.label(concept), message)
         return None
@@ -611,6 +611,10 @@ _EVENT = {
     C.key(C.DCM.DistanceSourceToReferencePoint): ("source_to_reference_point_mm", "length_mm", "first"),
     C.key(C.DCM.CollimatedFieldArea): ("collimated_field_area_cm2", "area_cm2", "first"),
 }
+
+#: an event's duration and field area: a damaged one is left out with a warning (the event's
+#: dose does not depend on it), not the whole report refused (review s17 M2)
+_EVENT_DETAILS = {C.key(C.DCM.IrradiationDuration), C.key(C.DCM.CollimatedFieldArea)}
 
 _EXAMPLE_UNITS = {
     "dap_gycm2": "Gy.m2 or dGy.cm2", "dose_mgy": "Gy or mGy", "time_s": "s", "time_ms": "ms",

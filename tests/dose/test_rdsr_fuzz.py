@@ -59,6 +59,23 @@ def test_an_impossible_technique_value_is_left_out_with_a_warning(tmp_path, capl
     assert "is not a possible" in caplog.text
 
 
+@pytest.mark.parametrize("concept, unit", [(N["area"], "m2"), (N["duration"], "s")])
+def test_a_damaged_field_area_or_duration_of_one_event_keeps_the_report(tmp_path, caplog,
+                                                                         concept, unit):
+    """Review s17 M2: a negative Collimated Field Area or Irradiation Duration in one event
+    refused the whole report, and the study's correct dose with it; the event's dose does not
+    depend on them: left out with a warning, as a damaged SID is."""
+    ds = build_rdsr(EVENTS, accumulated={"single": TOTALS})
+    event = next(item for item in _items(ds)
+                 if item.ConceptNameCodeSequence[0].CodeValue == N["event"][0])
+    event.ContentSequence.append(num(concept, -1, unit))
+    dose = read_rdsr(save(ds, tmp_path / "r.dcm"))
+    assert dose.summary()["dap_gycm2"] == pytest.approx(5.5)
+    assert dose.events[0].collimated_field_area_cm2 is None
+    assert dose.events[0].irradiation_duration_s is None
+    assert f"({concept[1]},{concept[0]})" in caplog.text and "is not a possible" in caplog.text
+
+
 def test_content_items_without_value_type_or_code_meaning_are_read(tmp_path):
     """Missing ValueType / CodeMeaning raised AttributeError (untyped: dose summary stopped)."""
     ds = build_rdsr(EVENTS, accumulated={"single": TOTALS})
