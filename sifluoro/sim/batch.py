@@ -32,7 +32,9 @@ def simulate_set(outdir: str | Path, *, cases: int, seed: int, size: str = "mixe
                  first_case: int = 0, workers: int = 2, quick: bool = False,
                  wrong_level_scouts: bool = False) -> Iterator[str]:
     """Write cases ``first_case .. first_case+cases-1``; yields one line per case, in order
-    (``wrong_level_scouts``: see :func:`sifluoro.sim.simulate_case`)."""
+    (``wrong_level_scouts``: see :func:`sifluoro.sim.simulate_case`). With ``workers`` above
+    1 the cases run in spawned processes, which import the calling script again: a script
+    that calls this must do so under ``if __name__ == "__main__":``."""
     jobs = [(str(outdir), seed, c, _size_for(size, c), quick, wrong_level_scouts)
             for c in range(first_case, first_case + cases)]
     if workers <= 1:
