@@ -47,14 +47,18 @@ class InputError(SifluoroError):
         super().__init__(f"{': '.join(where)}: {message}" if where else message)
 
 
+#: the characters a UID is made of
+UID_CHARACTERS = frozenset("0123456789.")
+
+
 def shown_uid(value) -> str:
     """A UID as an error message may show it. A damaged length makes a UID's value swallow
     the elements after it (the patient's name and ID among them): a value that is no UID is
     shown by its first 64 UID characters (digits and dots) and its length, never as read."""
     text = str(value)
-    if len(text) <= 64 and text and all(c in "0123456789." for c in text):
+    if len(text) <= 64 and text and set(text) <= UID_CHARACTERS:
         return text
-    kept = "".join(c for c in text[:64] if c in "0123456789.")
+    kept = "".join(c for c in text[:64] if c in UID_CHARACTERS)
     return f"{kept}... (not a valid UID: {len(text)} characters)"
 
 

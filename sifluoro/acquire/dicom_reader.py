@@ -52,6 +52,7 @@ from sifluoro.errors import (
     MultipleStudiesError,
     NotDicomError,
     StudyNotFoundError,
+    UID_CHARACTERS,
     UnsupportedDicomError,
     UnsupportedPixelDataError,
     shown_uid,
@@ -242,7 +243,7 @@ def _reject_damaged_study_uids(runs_by_study: dict[str, list[Run]],
     that several files share (a real study, if an ill-formed one: review s17 M1), or one only
     too long (some systems write them)."""
     damaged = [uid for uid, runs in runs_by_study.items()
-               if len(runs) == 1 and any(c not in "0123456789." for c in uid)]
+               if len(runs) == 1 and not set(uid) <= UID_CHARACTERS]
     if not damaged or len(damaged) == len(runs_by_study):
         return
     for uid in damaged:
@@ -568,16 +569,17 @@ def _fragment_count(elem, tsuid: UID, path: str) -> tuple[int | None, int | None
                 return count, (frames + open_frame if tsuid in _ENDS_WITH_MARKER else None)
             if (group, element) != (0xFFFE, 0xE000):
                 return None, None
-            if count < 0:
-                bot_frames = length // 4 if length % 4 == 0 else None
-                fh.seek(length, os.SEEK_CUR)
-            elif tsuid in RLETransferSyntaxes or tsuid not in _ENDS_WITH_MARKER:
-                frames += length > 0
-                fh.seek(length, os.SEEK_CUR)
-            elif length:
-                fh.seek(max(length - 10, 0), os.SEEK_CUR)
-                ends = b"\xff\xd9" in fh.read(min(length, 10))
+            if count >= 0 and tsuid in _ENDS_WITH_MARKER and length:
+                tail = pixel_readers.FRAME_END_TAIL_BYTES
+                fh.seek(max(length - tail, 0), os.SEEK_CUR)
+                ends = pixel_readers.ends_a_frame(fh.read(min(length, tail)))
                 frames, open_frame = frames + ends, not ends
+            else:
+                if count < 0:
+                    bot_frames = length // 4 if length % 4 == 0 else None
+                else:  # RLE: a frame per fragment that holds one
+                    frames += length > 0
+                fh.seek(length, os.SEEK_CUR)
             count += 1
 
 

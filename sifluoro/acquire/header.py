@@ -187,10 +187,11 @@ def parse(ds: Dataset, path: str, *, pixel_bytes: int | None = None,
 
     ``pixel_bytes`` (native pixel data's length) or ``fragments`` (encapsulated pixel data's
     fragment count), when known, bound (0028,0008) NumberOfFrames before anything is built per
-    frame; it is always capped at :data:`MAX_FRAMES`. ``frames_held``: how many frames
-    those fragments hold, when their syntax or offset table tells (see
-    ``dicom_reader._fragment_count``): the frame count when NumberOfFrames is absent. ``video``: the pixel data is a video
-    stream (MPEG-2/H.264/HEVC), whose colour frames are read as their 8-bit luma.
+    frame; it is always capped at :data:`MAX_FRAMES`. ``frames_held``: how many frames those
+    fragments hold, when their syntax or offset table tells (see
+    ``dicom_reader._fragment_count``): the frame count when NumberOfFrames is absent.
+    ``video``: the pixel data is a video stream (MPEG-2/H.264/HEVC), whose colour frames are
+    read as their 8-bit luma.
     """
     look = _Lookup(ds)
     sop_uid = _required_text(look, "SOPInstanceUID", path)
@@ -301,15 +302,14 @@ def _number_of_frames(look: _Lookup, path: str, frame_bytes: int,
             log.warning("%s: %s is missing (Type 1 in %s): one frame", path,
                         tag_name("NumberOfFrames"), enhanced)
         elif fragments is not None and fragments >= 2:
-            if frames_held is not None and frames_held >= 1:
-                if frames_held >= 2:
-                    log.warning("%s: %s is missing, but the pixel data holds %d frames",
-                                path, tag_name("NumberOfFrames"), frames_held)
+            if frames_held and frames_held >= 2:
+                log.warning("%s: %s is missing, but the pixel data holds %d frames",
+                            path, tag_name("NumberOfFrames"), frames_held)
                 return frames_held
-            # a frame may be split into fragments, whose count is none
-            log.warning("%s: %s is missing, but the pixel data holds %d fragments: one frame "
-                        "is read, and the run's dose may be short of frames the header does "
-                        "not count", path, tag_name("NumberOfFrames"), fragments)
+            if not frames_held:  # a frame may be split into fragments, whose count is none
+                log.warning("%s: %s is missing, but the pixel data holds %d fragments: one "
+                            "frame is read, and the run's dose may be short of frames the "
+                            "header does not count", path, tag_name("NumberOfFrames"), fragments)
         return 1
     try:
         n = int(raw)

@@ -181,6 +181,18 @@ def read_encapsulated_cut(run: Run) -> Iterator[np.ndarray]:
                                     tag="(7FE0,0010) PixelData")
 
 
+#: how far from a fragment's end pydicom looks for the EOI / EOC marker that ends a frame
+#: (trailing padding may follow it)
+FRAME_END_TAIL_BYTES = 10
+
+
+def ends_a_frame(tail: bytes) -> bool:
+    """Whether a JPEG, JPEG-LS or JPEG 2000 fragment whose last bytes are ``tail`` (at least
+    :data:`FRAME_END_TAIL_BYTES` of them, or all it has) ends a frame: it holds the EOI / EOC
+    marker (FF D9) there, as pydicom splits frames."""
+    return b"\xff\xd9" in tail[-FRAME_END_TAIL_BYTES:]
+
+
 def complete_frames(data: bytes, run: Run) -> list[bytes]:
     """The encoded frames wholly present in ``data`` (encapsulated pixel data from its tag on,
     possibly cut anywhere), in order.
@@ -227,7 +239,7 @@ def complete_frames(data: bytes, run: Run) -> list[bytes]:
     frames, parts = [], []
     for value in values:
         parts.append(value)
-        if b"\xff\xd9" in value[-10:]:
+        if ends_a_frame(value):
             frames.append(b"".join(parts))
             parts = []
     return frames[:n]
