@@ -1,5 +1,6 @@
-"""numba kernels of register/: valley depth (thin dark line), the joint-line path search, and
-the phase-correlation steps between the FFTs (cross-power spectrum, peak and centroid).
+"""numba kernels of register/: valley depth (thin dark line), the joint-line path search,
+the phase-correlation steps between the FFTs (cross-power spectrum, peak and centroid), and the
+running average's shifted accumulation.
 
 Arrays in, arrays out; references in tests/register/test_kernels.py.
 """
@@ -254,6 +255,48 @@ def peak_centroid(corr, py, px, half):
     denom = total + 2.220446049250313e-16
     return cy / denom, cx / denom, total
 
+@njit(cache=True, nogil=True)
+def accumulate_shifted(work, mask, shift_x, shift_y, total, count):
+    """Add ``work`` and its 0/1 ``mask``, each moved back by (``shift_x``, ``shift_y``) pixels
+    with bilinear interpolation, to a running average: ``total += w(work) * w(mask)``,
+    ``count += w(mask)``, where ``w(a)[y, x] = a(x + shift_x, y + shift_y)`` and taps outside
+    the image read 0 (``cv2.warpAffine`` with ``WARP_INVERSE_MAP`` and a zero constant
+    border, twice, then three whole-array passes: here one pass, nothing allocated).
+    """
+    rows, cols = work.shape
+    fx, fy = np.floor(shift_x), np.floor(shift_y)
+    ix, iy = int(fx), int(fy)
+    ax, ay = np.float32(shift_x - fx), np.float32(shift_y - fy)
+    one = np.float32(1.0)
+    w00, w01 = (one - ay) * (one - ax), (one - ay) * ax
+    w10, w11 = ay * (one - ax), ay * ax
+    zero = np.float32(0.0)
+    for y in range(rows):
+        y0 = y + iy
+        y1 = y0 + 1
+        in0 = 0 <= y0 < rows
+        in1 = 0 <= y1 < rows
+        if not in0 and not in1:
+            continue
+        for x in range(cols):
+            x0 = x + ix
+            x1 = x0 + 1
+            a00 = a01 = a10 = a11 = zero
+            m00 = m01 = m10 = m11 = zero
+            if in0:
+                if 0 <= x0 < cols:
+                    a00, m00 = work[y0, x0], mask[y0, x0]
+                if 0 <= x1 < cols:
+                    a01, m01 = work[y0, x1], mask[y0, x1]
+            if in1:
+                if 0 <= x0 < cols:
+                    a10, m10 = work[y1, x0], mask[y1, x0]
+                if 0 <= x1 < cols:
+                    a11, m11 = work[y1, x1], mask[y1, x1]
+            m = m00 * w00 + m01 * w01 + m10 * w10 + m11 * w11
+            total[y, x] += (a00 * w00 + a01 * w01 + a10 * w10 + a11 * w11) * m
+            count[y, x] += m
+
 
 def warm_up() -> None:
     """Compile the kernels on tiny inputs so that no live frame pays for it."""
@@ -263,5 +306,6 @@ def warm_up() -> None:
     c = np.zeros((8, 5), np.complex64)
     phase_cross_power(c, c, c.copy())
     peak_centroid(z, 0, 0, 2)
+    accumulate_shifted(z, z, 0.5, -0.5, z.copy(), z.copy())
     clear_text_blocks(z, np.float32(0.002), np.float32(0.998), 2, 64, np.zeros((8, 8), np.bool_),
                       np.zeros((4, 4), np.bool_))

@@ -110,8 +110,6 @@ class _View:
         self.registrar.set_reference(work)
         self.sum = np.zeros(work.shape, np.float32)
         self.count = np.zeros(work.shape, np.float32)
-        self.aligned = np.empty(work.shape, np.float32)
-        self.aligned_mask = np.empty(work.shape, np.float32)
         self._mask_of: np.ndarray | None = None  # the usable mask whose float copy is _mask
         self._mask: np.ndarray | None = None
         self.frames = 0
@@ -135,19 +133,9 @@ class _View:
         sx, sy = shift_work_xy
         if usable is not self._mask_of:
             self._mask_of, self._mask = usable, usable.astype(np.float32)
-        mask = self._mask
         if abs(sx) < 0.25 and abs(sy) < 0.25:
-            np.multiply(work, mask, out=self.aligned)
-            np.add(self.count, mask, out=self.count)
-        else:
-            m = np.float32([[1, 0, sx], [0, 1, sy]])
-            size = (work.shape[1], work.shape[0])
-            flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-            cv2.warpAffine(work, m, size, dst=self.aligned, flags=flags)
-            cv2.warpAffine(mask, m, size, dst=self.aligned_mask, flags=flags)
-            np.multiply(self.aligned, self.aligned_mask, out=self.aligned)
-            np.add(self.count, self.aligned_mask, out=self.count)
-        np.add(self.sum, self.aligned, out=self.sum)
+            sx = sy = 0.0  # within a quarter pixel: not moved (no interpolation blur)
+        _kernels.accumulate_shifted(work, self._mask, float(sx), float(sy), self.sum, self.count)
         self.frames += 1
 
     def segment(self) -> None:
