@@ -41,7 +41,7 @@ from sifluoro.dose.accumulate import DoseAccumulator
 from sifluoro.dose.summary import device_report
 from sifluoro.errors import InputError
 from sifluoro.model import Frame, Rejection, Run, Study
-from sifluoro.pipeline import LiveFeeder, Pipeline, Stage, StudyState, prefetch
+from sifluoro.pipeline import LiveFeeder, Pipeline, Stage, StudyState, read_ahead
 from sifluoro.stages import as_stages
 
 log = logging.getLogger(__name__)
@@ -389,8 +389,8 @@ class Engine:
         self.prepare(study)  # announce every run before the first frame
         lost: list = []
         lost_frames = LostFrames(study, lost, self.count_lost)
-        yield from lost_frames.passing(prefetch(iter_frames(study, self._rejected, lost),
-                                                self.settings.queue_frames))
+        yield from lost_frames.passing(read_ahead(iter_frames(study, self._rejected, lost),
+                                                  self.settings.queue_frames, study.runs))
         lost_frames.rest()
 
     def count_lost(self, run: Run, first_frame_number: int) -> None:

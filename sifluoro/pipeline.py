@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import numpy as np
+from pydicom.uid import UID
 
 from sifluoro import imaging
 from sifluoro.config import Settings
@@ -1050,6 +1051,17 @@ def put_unless_stopped(q: queue.Queue, item, stop: threading.Event) -> bool:
         except queue.Full:
             continue
     return False
+
+
+def read_ahead(frames: Iterator[Frame], capacity: int, runs: Iterable[Run]) -> Iterator[Frame]:
+    """:func:`prefetch` the ``frames`` of ``runs``, unless a run's pixel data is compressed:
+    pylibjpeg's decoders hold the GIL for a whole frame (JPEG 2000 at 1024², 0.15-0.3 s), so a
+    reader thread decoding ahead would stop the stages, and a frame's deadline clock, for that
+    long (a study replayed within its budget came out degraded on most frames). Such frames are
+    decoded when taken, between frames."""
+    if any(UID(run.transfer_syntax_uid).is_compressed for run in runs):
+        return frames
+    return prefetch(frames, capacity)
 
 
 def prefetch(frames: Iterator[Frame], capacity: int) -> Iterator[Frame]:

@@ -16,7 +16,7 @@ from sifluoro.dose.summary import device_report
 from sifluoro.model import Frame, Rejection, Run, Study
 from sifluoro.outfiles import replaced
 from sifluoro.overlay import OverlayWriter
-from sifluoro.pipeline import Pipeline, Stage, latency_summary, prefetch
+from sifluoro.pipeline import Pipeline, Stage, latency_summary, read_ahead
 from sifluoro.stages import REPLAY_STAGES, as_stages, make_stages
 
 log = logging.getLogger(__name__)
@@ -70,8 +70,8 @@ def replay(inputs: Iterable[str | Path], *, events_path: str | Path, summary_pat
     with replaced(events_path) as out:
         lost: list = []  # (run, first frame not decoded) of damaged runs
         lost_frames = LostFrames(study, lost, lambda run, first: count_lost(state, run, first))
-        frames = lost_frames.passing(prefetch(iter_frames(study, rejected, lost),
-                                              settings.queue_frames))
+        frames = lost_frames.passing(read_ahead(iter_frames(study, rejected, lost),
+                                                settings.queue_frames, study.runs))
         for frame, event in pipeline.process_frames(frames, state):
             out.write(json.dumps(event, separators=(",", ":")) + "\n")
             if overlays is not None:

@@ -296,3 +296,30 @@ def test_prefetch_stopped_as_the_source_ends_leaves_no_reader_behind():
     assert exhausted.wait(timeout=60)  # 1 and 2 queued; the reader now waits to put the end
     gen.close()
     assert not any(t.name == "sifluoro-reader" and t.is_alive() for t in threading.enumerate())
+
+
+@pytest.mark.parametrize("syntax, decoded_on_reader", [("explicit", True), ("rle", False)])
+def test_compressed_frames_are_decoded_between_frames_not_on_a_reader_thread(
+        tmp_path, monkeypatch, syntax, decoded_on_reader):
+    """pylibjpeg's decoders hold the GIL for a whole frame (JPEG 2000 at 1024²: 0.15-0.3 s), so
+    a reader thread decoding a compressed study ahead stopped the stages and ran the deadline's
+    clock (v2's JPEG 2000 study came out degraded on 31 of 35 frames): such frames are decoded
+    by the thread that processes them, before their clock starts; native ones still ahead."""
+    import sifluoro.replay as replay_module
+
+    write_study(tmp_path / "in", [RunSpec(0.0, filename="a.dcm", transfer_syntax=syntax,
+                                          n_frames=3)])
+    decoded_on: list[str] = []
+    real_iter_frames = replay_module.iter_frames
+
+    def spied(*args, **kwargs):  # the real decoder; records which thread ran it
+        for frame in real_iter_frames(*args, **kwargs):
+            decoded_on.append(threading.current_thread().name)
+            yield frame
+
+    monkeypatch.setattr(replay_module, "iter_frames", spied)
+    result = replay_module.replay([tmp_path / "in"], events_path=tmp_path / "e.jsonl",
+                                  summary_path=tmp_path / "s.json")
+    assert result.summary["frames"] == 3 and len(decoded_on) == 3
+    on_reader = {name == "sifluoro-reader" for name in decoded_on}
+    assert on_reader == {decoded_on_reader}

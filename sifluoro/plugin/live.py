@@ -33,7 +33,7 @@ from sifluoro.engine import Engine, FrameEvent
 from sifluoro.errors import ConfigError
 from sifluoro.model import Frame, Study
 from sifluoro.overlay import draw_overlay
-from sifluoro.pipeline import prefetch
+from sifluoro.pipeline import read_ahead
 from sifluoro.replay import LostFrames, write_json
 
 log = logging.getLogger(__name__)
@@ -163,8 +163,9 @@ class LiveReplay:
         interrupted = False
         events_error = None
         try:
-            for frame in lost_frames.passing(prefetch(iter_frames(study, rejected, lost),
-                                                      self.engine.settings.queue_frames)):
+            for frame in lost_frames.passing(read_ahead(iter_frames(study, rejected, lost),
+                                                        self.engine.settings.queue_frames,
+                                                        study.runs)):
                 if self.pacer is not None:
                     self.pacer.wait(frame, self.stop)
                 if self.stop.is_set():
