@@ -12,12 +12,13 @@ from sifluoro.stages import REPLAY_STAGES, add_stages_argument
 
 
 def _replay(args) -> int:
-    from sifluoro.outfiles import check_writable
+    from sifluoro.outfiles import check_folder_writable, check_writable
     from sifluoro.replay import format_summary, replay
     from sifluoro.stages import make_stages
 
-    check_writable(events=args.events, summary=args.summary, rdsr=args.rdsr,
-                   overlay_mp4=args.overlay_mp4)
+    check_writable(tuple(args.inputs), events=args.events, summary=args.summary,
+                   rdsr=args.rdsr, overlay_mp4=args.overlay_mp4)
+    check_folder_writable(overlay_png=args.overlay_png)
     settings = Settings(latency_budget_ms=args.budget_ms)
     result = replay(args.inputs, events_path=args.events, summary_path=args.summary,
                     settings=settings, study_uid=args.study, rdsr_path=args.rdsr,

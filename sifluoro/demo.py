@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import cv2
@@ -9,6 +10,7 @@ import cv2
 from sifluoro.acquire.dicom_reader import iter_frames, read_study
 from sifluoro.config import Settings
 from sifluoro.contract import replay_output_violations
+from sifluoro.errors import ConfigError
 from sifluoro.overlay import OverlayWriter
 from sifluoro.replay import format_summary, replay
 from sifluoro.stages import REPLAY_STAGES, make_stages
@@ -54,12 +56,26 @@ def _key_frame(truth: dict | None, events: dict) -> int:
     return max(e["index"] for e in events.values())
 
 
+def _make_room(out: Path) -> None:
+    """``out``, and no ``out/study`` but one an earlier demo made (replaced: two cases' files
+    in one folder are two studies, and a name both use is one overwritten)."""
+    from sifluoro.outfiles import check_folder_writable
+
+    check_folder_writable(out=out)
+    study = out / "study"
+    if study.exists():
+        if not (study / "truth.json").is_file() or not (study / "dicom").is_dir():
+            raise ConfigError(f"--out {out}: {study} holds files the demo did not make; "
+                              "give another --out")
+        shutil.rmtree(study)
+
+
 def run_demo(out: Path, *, seed: int = DEMO_SEED, case: int = DEMO_CASE, size: int = 512,
              stages: tuple[str, ...] = REPLAY_STAGES) -> int:
     from sifluoro.sim import simulate_case
     from sifluoro.sim.export import export_study
 
-    out.mkdir(parents=True, exist_ok=True)
+    _make_room(out)
     print(f"simulating SI-joint injection study (seed {seed}, case {case}, {size}x{size}) ...")
     exported = export_study(simulate_case(seed, case, size=size), out / "study")
     study_dir = exported.dicom_dir

@@ -42,15 +42,27 @@ def replaced(path: str | Path, mode: str = "w", *, shared: bool = False) -> Iter
         raise
 
 
-def check_writable(**paths: str | Path | None) -> None:
+def check_writable(inputs: tuple[str | Path, ...] = (), **paths: str | Path | None) -> None:
     """Raise :class:`ConfigError` naming the option (``rdsr=...``) whose output cannot be
-    written (a folder, or a place that cannot be made or written), before any work is done:
-    found at the end, it lost the outputs written after it."""
+    written (a folder, or a place that cannot be made or written), would overwrite one of the
+    ``inputs`` (a file named, or one inside a folder named: a study's own files) or is another
+    option's output too, before any work is done: found at the end, it lost the outputs
+    written after it."""
+    taken: dict[Path, str] = {}
     for option, path in paths.items():
         if path is None:
             continue
         path = Path(path)
         flag = "--" + option.replace("_", "-")
+        where = _resolved(path)
+        special = where.exists() and not where.is_file() and not where.is_dir()
+        if where in taken and not special:  # /dev/null may take several
+            raise ConfigError(f"{flag} {path}: is the {taken[where]} output too; give each "
+                              "output its own file")
+        taken[where] = flag
+        if where.is_file() and any(where == i or i in where.parents for i in map(_resolved, inputs)):
+            raise ConfigError(f"{flag} {path}: is one of the input files; it would be "
+                              "overwritten (write the outputs elsewhere)")
         if path.is_dir():
             raise ConfigError(f"{flag} {path}: is a folder, not a file")
         if path.exists() and not path.is_file():  # /dev/null, a FIFO: written in place
@@ -59,8 +71,35 @@ def check_writable(**paths: str | Path | None) -> None:
             continue
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise ConfigError(f"{flag} {path}: a file stands where its folder should be "
+                              "(a path through a file)") from None
         except OSError as exc:
             raise ConfigError(f"{flag} {path}: its folder cannot be made "
                               f"({exc.strerror or exc})") from None
         if not os.access(path.parent, os.W_OK | os.X_OK):
             raise ConfigError(f"{flag} {path}: its folder is not writable")
+
+
+def check_folder_writable(**folders: str | Path | None) -> None:
+    """As :func:`check_writable`, for options that name a folder to write files into (made
+    when missing)."""
+    for option, folder in folders.items():
+        if folder is None:
+            continue
+        folder = Path(folder)
+        flag = "--" + option.replace("_", "-")
+        if folder.exists() and not folder.is_dir():
+            raise ConfigError(f"{flag} {folder}: is a file, not a folder")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise ConfigError(f"{flag} {folder}: a file stands on its path") from None
+        except OSError as exc:
+            raise ConfigError(f"{flag} {folder}: cannot be made ({exc.strerror or exc})") from None
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise ConfigError(f"{flag} {folder}: not writable")
+
+
+def _resolved(path: str | Path) -> Path:
+    return Path(os.path.realpath(path))

@@ -93,3 +93,54 @@ def test_a_symlinked_output_keeps_its_link(tmp_path):
     write_json(tmp_path / "summary.json", {"frames": 1})
     assert (tmp_path / "summary.json").is_symlink()
     assert json.loads(target.read_text()) == {"frames": 1}
+
+
+def _replay_cli(*argv) -> int:
+    from sifluoro.cli import main
+
+    return main(["replay", *map(str, argv), "-q"])
+
+
+def test_an_output_that_names_an_input_file_is_refused_and_the_input_kept(tmp_path, capsys):
+    """User review s18 F2: ``--events`` naming one of the study's files, or ``--rdsr`` naming a
+    device's RDSR in the study's folder, replaced it with the output (exit 0): the data lost."""
+    from tests.dicom_fixtures import RunSpec, write_study
+
+    (run,) = write_study(tmp_path / "study", [RunSpec(0.0, filename="run.dcm")])
+    before = run.read_bytes()
+    for option in ("--events", "--summary", "--rdsr", "--overlay-mp4"):
+        args = {"--events": tmp_path / "e.jsonl", "--summary": tmp_path / "s.json", option: run}
+        flat = [x for kv in args.items() for x in kv]
+        assert _replay_cli(tmp_path / "study", *flat) == 2
+        assert f"{option} {run}: is one of the input files" in capsys.readouterr().err
+        # named as a file of the study, or found inside its folder
+        assert _replay_cli(run, *flat) == 2
+    assert run.read_bytes() == before
+    assert not (tmp_path / "e.jsonl").exists()  # refused before any work
+
+
+def test_two_outputs_naming_one_file_are_refused(tmp_path, capsys):
+    """User review s18 F3: ``--events X --summary X`` kept only the summary (exit 0); /dev/null
+    may still take several."""
+    from tests.dicom_fixtures import RunSpec, write_study
+
+    write_study(tmp_path / "study", [RunSpec(0.0)])
+    same = tmp_path / "out" / "same.json"
+    assert _replay_cli(tmp_path / "study", "--events", same, "--summary", same) == 2
+    assert "--summary" in capsys.readouterr().err and not same.exists()
+    assert _replay_cli(tmp_path / "study", "--events", "/dev/null", "--summary", "/dev/null") == 0
+
+
+def test_an_overlay_folder_that_cannot_be_written_is_refused_before_the_study_is_read(tmp_path, capsys):
+    """User review s18 F4: ``--overlay-png`` naming a file (or a place that cannot be made)
+    ended in a traceback (exit 1) after the replay."""
+    from tests.dicom_fixtures import RunSpec, write_study
+
+    write_study(tmp_path / "study", [RunSpec(0.0)])
+    (tmp_path / "afile").write_text("x")
+    for folder, says in ((tmp_path / "afile", "is a file, not a folder"),
+                         (tmp_path / "afile" / "png", "a file stands on its path")):
+        assert _replay_cli(tmp_path / "study", "--events", tmp_path / "e.jsonl", "--summary",
+                           tmp_path / "s.json", "--overlay-png", folder) == 2
+        assert f"--overlay-png {folder}: {says}" in capsys.readouterr().err
+        assert not (tmp_path / "e.jsonl").exists()
