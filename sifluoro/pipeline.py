@@ -1059,9 +1059,16 @@ def read_ahead(frames: Iterator[Frame], capacity: int, runs: Iterable[Run]) -> I
     reader thread decoding ahead would stop the stages, and a frame's deadline clock, for that
     long (a study replayed within its budget came out degraded on most frames). Such frames are
     decoded when taken, between frames."""
-    if any(UID(run.transfer_syntax_uid).is_compressed for run in runs):
+    if any(_compressed(run.transfer_syntax_uid) for run in runs):
         return frames
     return prefetch(frames, capacity)
+
+
+def _compressed(transfer_syntax_uid: str) -> bool:
+    try:
+        return UID(transfer_syntax_uid).is_compressed
+    except ValueError:  # no transfer syntax: its run's frames are refused, not decoded
+        return False
 
 
 def prefetch(frames: Iterator[Frame], capacity: int) -> Iterator[Frame]:
