@@ -496,3 +496,21 @@ def test_a_missing_input_and_an_empty_folder_are_named_as_such(tmp_path):
     assert reasons == {str(tmp_path / "gone.dcm"): "no such file or folder",
                        str(tmp_path / "empty"): "the folder holds no files"}
     assert sum(len(runs) for runs in result.runs_by_study.values()) == 1
+
+
+def test_linked_study_folders_are_read_once_and_a_link_loop_ends(tmp_path):
+    """User review s18 F7: study folders reached through a symbolic link (an archive's layout,
+    the published evaluation set's) were skipped by every folder walk: replay found no frame,
+    ``audit ingest`` took nothing and exited 0."""
+    from sifluoro.acquire.dicom_reader import iter_input_files
+
+    write_study(tmp_path / "store" / "s1", [RunSpec(0.0, filename="a.dcm"),
+                                           RunSpec(30.0, filename="b.dcm")])
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    (archive / "study1").symlink_to(tmp_path / "store" / "s1", target_is_directory=True)
+    (archive / "again").symlink_to(tmp_path / "store" / "s1", target_is_directory=True)
+    (tmp_path / "store" / "s1" / "loop").symlink_to(archive, target_is_directory=True)
+    files = list(iter_input_files([archive]))
+    assert sorted(p.name for p in files) == ["a.dcm", "b.dcm"]  # once, through the first link
+    assert len(read_study([archive]).runs) == 2

@@ -98,12 +98,21 @@ OWN_OUTPUT_NAMES = frozenset({"state.json", "summary.json", "events.jsonl"})
 
 def iter_input_files(inputs: Iterable[str | Path]) -> Iterator[Path]:
     """Files named, and files below folders named (sorted only to be deterministic), but for
-    hidden ones and sifluoro's own outputs (:data:`OWN_OUTPUT_NAMES`)."""
+    hidden ones and sifluoro's own outputs (:data:`OWN_OUTPUT_NAMES`). Linked folders are
+    followed (archives and exports link study folders); a folder reached twice (a link loop,
+    two links to one folder) is read once."""
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            for root, dirs, files in os.walk(path):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            visited = {os.path.realpath(path)}
+            for root, dirs, files in os.walk(path, followlinks=True):
+                kept = []
+                for name in sorted(d for d in dirs if not d.startswith(".")):
+                    real = os.path.realpath(os.path.join(root, name))
+                    if real not in visited:
+                        visited.add(real)
+                        kept.append(name)
+                dirs[:] = kept
                 for name in sorted(files):
                     if not name.startswith(".") and name not in OWN_OUTPUT_NAMES:
                         yield Path(root) / name
