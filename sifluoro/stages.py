@@ -70,6 +70,12 @@ def add_stages_argument(p, default: tuple[str, ...]) -> None:
 def _argparse_names(text: str) -> tuple[str, ...]:
     import argparse
 
+    given = {n.strip() for n in text.split(",") if n.strip()}
+    if not given:  # an unset shell variable would turn guidance off without a word
+        raise argparse.ArgumentTypeError("no stage named; give none for dose only")
+    if "none" in given and len(given) > 1:
+        raise argparse.ArgumentTypeError(f"none and {', '.join(sorted(given - {'none'}))} "
+                                         "contradict each other")
     try:
         return parse_stage_names(text)
     except ConfigError as exc:

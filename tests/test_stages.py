@@ -91,3 +91,19 @@ def test_batch_replay_passes_the_stages_on(case_set, tmp_path):
     assert (name, code, summary["stages"]) == ("case000", 0, ["register", "contrast"])
     [(_, default, _)] = list(batch_replay(case_set, tmp_path / "default", budget_ms=1e9))
     assert default["stages"] == list(REPLAY_STAGES)
+    # "none" (an empty tuple) is no image stage, not the default (user review s18 F20)
+    [(_, bare, _)] = list(batch_replay(case_set, tmp_path / "none", budget_ms=1e9, stages=()))
+    assert bare["stages"] == []
+
+
+@pytest.mark.parametrize("value, says", [("", "no stage named; give none for dose only"),
+                                         ("none,register", "none and register contradict")])
+def test_cli_refuses_an_empty_or_contradictory_stage_list(value, says, tmp_path, capsys):
+    """User review s18 F21: ``--stages ""`` (an unset shell variable) turned guidance off
+    without a word, and ``none,register`` ran register."""
+    from sifluoro.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["replay", str(tmp_path), "--events", str(tmp_path / "e"), "--summary",
+              str(tmp_path / "s"), "--stages", value])
+    assert stop.value.code == 2 and says in capsys.readouterr().err

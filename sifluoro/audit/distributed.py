@@ -75,7 +75,7 @@ def replay_case(case_dir: str, out_dir: str, budget_ms: float | None = None,
     settings = Settings(latency_budget_ms=budget_ms) if budget_ms is not None else Settings()
     result = replay([case / "dicom"], events_path=Path(out_dir) / case.name / "events.jsonl",
                     summary_path=Path(out_dir) / case.name / "summary.json", settings=settings,
-                    stages=make_stages(stages or REPLAY_STAGES, settings))
+                    stages=make_stages(REPLAY_STAGES if stages is None else stages, settings))
     return case.name, result.summary, result.exit_code
 
 
