@@ -767,7 +767,7 @@ class NeedleStage:
                          tip: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The tip (full resolution) moved to the end of a candidate segment of this search
         that it lies on (within ``further_side_mm`` of its axis, same direction within
-        ``track_angle_deg``) and that goes on at least ``further_min_mm`` beyond it: where a
+        ``further_angle_deg``) and that goes on at least ``further_min_mm`` beyond it: where a
         needle crosses a bone edge or dims over bone, the taken line (often the track's, held
         by :meth:`_no_retreat`) stops there while the search's segment of the shaft beyond
         it reaches the tip. The segment must not be a one-sided edge (flank symmetry at least
@@ -780,7 +780,7 @@ class NeedleStage:
             return tip, u
         g = ctx.grid.spacing_mm
         tip_w = ctx.grid.to_work(tip)
-        cos = math.cos(math.radians(s.track_angle_deg))
+        cos = math.cos(math.radians(s.further_angle_deg))
         best, best_mm = None, s.further_min_mm
         for f in st.last_features:
             if f["sym"] < s.further_min_sym or f["ext_score"] > s.max_ext_score:
@@ -795,15 +795,19 @@ class NeedleStage:
             beyond_mm = (length - along) * g
             if (_across(d, v) * g <= s.further_side_mm
                     and along * g >= -2.0 and beyond_mm >= best_mm):
-                best, best_mm = c_tip, beyond_mm
+                best, best_mm, best_v = c_tip, beyond_mm, v
         if best is None or st.finder.interval_score(tip_w, best) < s.follow_min_score:
             return tip, u
-        refined = self._refine(st, att, ctx.grid.to_full(best), u, ctx)
+        # past a bend (more than track_angle_deg) the tip is refined along the segment's own
+        # axis: along the shaft's axis behind the bend it slides off to the side
+        bent = float(best_v @ u) < math.cos(math.radians(s.track_angle_deg))
+        axis = best_v if bent else u
+        refined = self._refine(st, att, ctx.grid.to_full(best), axis, ctx)
         if refined is None or refined[2] <= 0.0:
             return tip, u
         new_tip, new_u, _ = refined
         if (float((new_tip - tip) @ u) * ctx.spacing_mm < 0.5 * s.further_min_mm
-                or float(new_u @ u) < cos):
+                or float(new_u @ axis) < math.cos(math.radians(s.track_angle_deg))):
             return tip, u
         return new_tip, new_u
 
