@@ -781,6 +781,7 @@ class NeedleStage:
         g = ctx.grid.spacing_mm
         tip_w = ctx.grid.to_work(tip)
         cos = math.cos(math.radians(s.further_angle_deg))
+        cos_line = math.cos(math.radians(s.track_angle_deg))
         best, best_mm = None, s.further_min_mm
         for f in st.last_features:
             if f["sym"] < s.further_min_sym or f["ext_score"] > s.max_ext_score:
@@ -789,6 +790,10 @@ class NeedleStage:
             length = _norm(c_tip - c_base)
             v = (c_tip - c_base) / max(length, 1e-9)
             if float(v @ u) < cos:
+                continue
+            # off the taken line's direction, the segment must itself look like a needle (a
+            # cortical margin crossing the tip at 10-20 deg does not)
+            if float(v @ u) < cos_line and f["prob"] < s.track_min_prob:
                 continue
             d = tip_w - c_base
             along = float(d @ v)
@@ -800,14 +805,13 @@ class NeedleStage:
             return tip, u
         # past a bend (more than track_angle_deg) the tip is refined along the segment's own
         # axis: along the shaft's axis behind the bend it slides off to the side
-        bent = float(best_v @ u) < math.cos(math.radians(s.track_angle_deg))
-        axis = best_v if bent else u
+        axis = best_v if float(best_v @ u) < cos_line else u
         refined = self._refine(st, att, ctx.grid.to_full(best), axis, ctx)
         if refined is None or refined[2] <= 0.0:
             return tip, u
         new_tip, new_u, _ = refined
         if (float((new_tip - tip) @ u) * ctx.spacing_mm < 0.5 * s.further_min_mm
-                or float(new_u @ axis) < math.cos(math.radians(s.track_angle_deg))):
+                or float(new_u @ axis) < cos_line):
             return tip, u
         return new_tip, new_u
 

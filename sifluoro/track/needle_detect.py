@@ -204,9 +204,11 @@ class NeedleSettings:
         Largest angle between the taken line and such a segment: a needle bent past
         ``track_angle_deg`` (a bevel deflected in bone: 10-20 deg between the shaft's chord
         and the part past the bend) is taken short at the bend, and the bent part's tip is
-        refined along its own axis. 20 (8 before, as ``track_angle_deg``): training seed 5146
-        0 -> 25 of 84 frames within 3 mm (case007, a curved needle); 6004 (wrong-level
-        scouts), 5145, 5203 unchanged.
+        refined along its own axis. A segment more than ``track_angle_deg`` off must itself
+        be rated ``track_min_prob`` or more (without this, held-out v2 lost 17 frames to
+        cortical margins crossing a tip at 10-20 deg). 20 (8 before, as
+        ``track_angle_deg``): training seed 5146 0 -> 25 of 84 frames within 3 mm (case007,
+        a curved needle); 6004 (wrong-level scouts), 5145, 5203 unchanged.
     track_through : bool
         A candidate whose segment runs through the last tip (within ``track_margin_mm``
         across, same direction) continues the track however far beyond ``track_reach_mm`` its

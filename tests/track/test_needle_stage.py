@@ -477,8 +477,9 @@ def test_a_tip_taken_short_on_a_longer_segment_goes_to_its_end():
 def test_a_tip_taken_short_at_a_bend_goes_to_the_end_of_the_bent_part():
     """A needle bent by more than ``track_angle_deg`` (16 deg) and taken short at the bend
     (on the shaft's axis behind it) goes to the end of the bent part's segment, refined along
-    that segment's axis; not with ``further_angle_deg`` at ``track_angle_deg``, and not
-    onto a segment bent by more than ``further_angle_deg``."""
+    that segment's axis; not with ``further_angle_deg`` at ``track_angle_deg``, not onto a
+    segment bent by more than ``further_angle_deg``, and not onto a bent segment the model
+    rates under ``track_min_prob`` (a cortical margin crossing the tip)."""
     from dataclasses import replace
 
     base, bend = np.array([120.0, 511.0]), np.array([215.0, 340.0])
@@ -508,6 +509,10 @@ def test_a_tip_taken_short_at_a_bend_goes_to_the_end_of_the_bent_part():
     assert straight._further_on_line(st, att, st.ctx, bend, u0)[0] is bend
     narrow = NeedleStage(needle=replace(stage.settings, further_angle_deg=12.0))
     assert narrow._further_on_line(st, att, st.ctx, bend, u0)[0] is bend
+    unlikely = copy.deepcopy(st)
+    for f in unlikely.last_features:
+        f["prob"] = 0.5 * stage.settings.track_min_prob
+    assert stage._further_on_line(unlikely, att, st.ctx, bend, u0)[0] is bend
 
 
 def test_a_segment_through_the_last_tip_continues_the_track_however_far_on():
