@@ -94,6 +94,7 @@ class _Track:
     misses: int = 0
     score: float = 0.0  # needle probability of the last detection
     hits: int = 0  # frames on which the line search found this needle
+    extra: bool = False  # last found on a line past the n_lines strongest (target_lines)
 
     def enter_run(self, run_uid: str) -> None:
         """A frame of ``run_uid``: on a new run, its reference is where the last run ended."""
@@ -466,9 +467,9 @@ class NeedleStage:
         return st.mean_work
 
     def _candidates(self, st: _StudyNeedle, att: np.ndarray, ctx: _RunContext,
-                    target: np.ndarray | None) -> list[tuple[np.ndarray, np.ndarray, float]]:
-        """Needle-like segments of the frame as (tip, base, score) on the working grid, best
-        first."""
+                    target: np.ndarray | None) -> list[tuple[np.ndarray, np.ndarray, float, bool]]:
+        """Needle-like segments of the frame as (tip, base, score, extra) on the working
+        grid, best first; ``extra``: from a line past the ``n_lines`` strongest."""
         s = self.settings
         grid = ctx.grid
         finder = st.finder
@@ -526,7 +527,7 @@ class NeedleStage:
             prob = needle_probability(feats) if feats["ext_score"] <= s.max_ext_score else 0.0
             feats["prob"] = prob
             st.last_features.append(feats)
-            out.append((tip, base, prob))
+            out.append((tip, base, prob, k >= s.n_lines))
         out.sort(key=lambda c: -c[2])
         return out
 
@@ -656,6 +657,14 @@ class NeedleStage:
         return (_across(d, u) * ctx.spacing_mm <= s.track_margin_mm
                 and 0.0 <= along <= float((tip - base) @ u))
 
+    def _tracks(self, st: _StudyNeedle, ctx: _RunContext, tip: np.ndarray, u: np.ndarray,
+                base: np.ndarray, extra: bool) -> bool:
+        """Does a candidate continue the track (:meth:`_consistent`)? One from a line past the
+        ``n_lines`` strongest (``extra``, near the target) only a track last found on such a
+        line: it must not carry a needle of the strong lines onto a cortical margin by the
+        joint."""
+        return (not extra or st.track.extra) and self._consistent(st, ctx, tip, u, base)
+
     def _confirmed(self, st: _StudyNeedle, ctx: _RunContext, tip: np.ndarray,
                    u: np.ndarray) -> bool:
         """Was a candidate on the same line, tip within ``track_margin_mm``, among the
@@ -705,11 +714,11 @@ class NeedleStage:
         lasting = []
         moving = []
         st.scout.enter(ctx.run, joint_seen)
-        for tip_w, base_w, prob in self._candidates(st, att, ctx, target):
+        for tip_w, base_w, prob, extra in self._candidates(st, att, ctx, target):
             tip = grid.to_full(tip_w)
             base = grid.to_full(base_w)
             u = (tip - base) / _norm(tip - base)
-            tracked = self._consistent(st, ctx, tip, u, base)
+            tracked = self._tracks(st, ctx, tip, u, base, extra)
             if prob >= s.track_min_prob:
                 seen.append((tip, u))
             if prob >= s.persist_min_prob:
@@ -731,13 +740,13 @@ class NeedleStage:
             if ok and not tracked:
                 ok = st.scout.allows(tip, ctx.spacing_mm, target, ctx.centre_xy)
             if ok:
-                ranked.append((tracked, prob, tip_w, base_w))
+                ranked.append((tracked, prob, tip_w, base_w, extra))
         st.prev_candidates = seen
         st.persistent = (st.persistent + [lasting])[-max(1, s.persist_frames - 1):]
         st.run_lines = moving or st.run_lines
         # a candidate continuing the track goes first; then the most probable
         ranked.sort(key=lambda c: (not c[0], -c[1]))
-        for tracked, score, tip_w, base_w in ranked[:3]:
+        for tracked, score, tip_w, base_w, extra in ranked[:3]:
             tip = grid.to_full(tip_w)
             base = grid.to_full(base_w)
             u = (tip - base) / _norm(tip - base)
@@ -754,6 +763,7 @@ class NeedleStage:
             tip, u = self._further_on_line(st, att, ctx, tip, u)
             tip = self._no_retreat(st, ctx, tip, u, tracked)
             st.track.hits = st.track.hits + 1 if tracked else 1
+            st.track.extra = extra
             return tip, u, float(np.linalg.norm(tip - base)), score
         hit = self._follow(st, att, ctx)
         if hit is not None:

@@ -155,8 +155,11 @@ class NeedleSettings:
         21) and lost 9: its lines near the joint also carried a followed tip onto a cortical
         margin (5144 case009: 9 frames 0.5 -> 25 mm; tip p95 7.5 -> 10.2 mm on 5144,
         7.6 -> 13.7 on 5201); held out, 31337 lost 7 frames (detection 0.7991 -> 0.7927, p95
-        11.35 -> 12.56 mm) and v2 gained 3 (p95 4.59 -> 4.90 mm). Before turning it on: keep
-        its lines from continuing a followed track.
+        11.35 -> 12.56 mm) and v2 gained 3 (p95 4.59 -> 4.90 mm). Its lines now continue
+        only a track last found on such a line (:meth:`NeedleStage._tracks`); with that, 20
+        took 5146 case009's needle (+21 of 84 frames), 5145 +3, 6004 +1, 5203 unchanged, but
+        fresh seed 6005 lost 6 (a tip held 14 mm short for a run) and held-out 31337 5
+        (0.8073 -> 0.8027, p95 10.65 -> 7.86 mm), v2 +1 (p95 4.28 -> 4.34 mm): still off.
     n_lines : int
         Number of Hough lines (strongest first, each suppressing its neighbours within 6 deg
         and 10 px) looked at for a needle. 16 found more needles on the training seeds

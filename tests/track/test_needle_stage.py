@@ -515,6 +515,24 @@ def test_a_tip_taken_short_at_a_bend_goes_to_the_end_of_the_bent_part():
     assert stage._further_on_line(unlikely, att, st.ctx, bend, u0)[0] is bend
 
 
+def test_a_line_past_the_strongest_continues_only_a_track_found_on_such_a_line():
+    """A candidate from a line past the ``n_lines`` strongest (``target_lines``, near the
+    register target) does not continue a needle followed on the strong lines (it would carry
+    it onto a cortical margin by the joint); it continues a track last found on such a line,
+    and a candidate of the strong lines continues either."""
+    stage = NeedleStage()
+    tip, outs, _, state = _needle_run(stage, 3)
+    st = state.stage_state["needle"]
+    assert outs[-1]["needle"] is not None and not st.track.extra
+    u = st.track.dir_xy
+    base = tip - u * (40.0 / SPACING_MM)
+    assert stage._tracks(st, st.ctx, tip, u, base, False)
+    assert not stage._tracks(st, st.ctx, tip, u, base, True)
+    st.track.extra = True
+    assert stage._tracks(st, st.ctx, tip, u, base, True)
+    assert stage._tracks(st, st.ctx, tip, u, base, False)
+
+
 def test_a_segment_through_the_last_tip_continues_the_track_however_far_on():
     """A candidate whose segment runs through the last tip continues the track even with its
     tip further on than ``track_reach_mm`` (the needle advanced further, or the last tip was
