@@ -94,6 +94,7 @@ class _Track:
     misses: int = 0
     score: float = 0.0  # needle probability of the last detection
     hits: int = 0  # frames on which the line search found this needle
+    extra: bool = False  # last found on a line past the n_lines strongest (target_lines)
 
     def enter_run(self, run_uid: str) -> None:
         """A frame of ``run_uid``: on a new run, its reference is where the last run ended."""
@@ -466,9 +467,9 @@ class NeedleStage:
         return st.mean_work
 
     def _candidates(self, st: _StudyNeedle, att: np.ndarray, ctx: _RunContext,
-                    target: np.ndarray | None) -> list[tuple[np.ndarray, np.ndarray, float]]:
-        """Needle-like segments of the frame as (tip, base, score) on the working grid, best
-        first."""
+                    target: np.ndarray | None) -> list[tuple[np.ndarray, np.ndarray, float, bool]]:
+        """Needle-like segments of the frame as (tip, base, score, extra) on the working
+        grid, best first; ``extra``: from a line past the ``n_lines`` strongest."""
         s = self.settings
         grid = ctx.grid
         finder = st.finder
@@ -526,7 +527,7 @@ class NeedleStage:
             prob = needle_probability(feats) if feats["ext_score"] <= s.max_ext_score else 0.0
             feats["prob"] = prob
             st.last_features.append(feats)
-            out.append((tip, base, prob))
+            out.append((tip, base, prob, k >= s.n_lines))
         out.sort(key=lambda c: -c[2])
         return out
 
@@ -656,6 +657,14 @@ class NeedleStage:
         return (_across(d, u) * ctx.spacing_mm <= s.track_margin_mm
                 and 0.0 <= along <= float((tip - base) @ u))
 
+    def _tracks(self, st: _StudyNeedle, ctx: _RunContext, tip: np.ndarray, u: np.ndarray,
+                base: np.ndarray, extra: bool) -> bool:
+        """Does a candidate continue the track (:meth:`_consistent`)? One from a line past the
+        ``n_lines`` strongest (``extra``, near the target) only a track last found on such a
+        line: it must not carry a needle of the strong lines onto a cortical margin by the
+        joint."""
+        return (not extra or st.track.extra) and self._consistent(st, ctx, tip, u, base)
+
     def _confirmed(self, st: _StudyNeedle, ctx: _RunContext, tip: np.ndarray,
                    u: np.ndarray) -> bool:
         """Was a candidate on the same line, tip within ``track_margin_mm``, among the
@@ -705,11 +714,11 @@ class NeedleStage:
         lasting = []
         moving = []
         st.scout.enter(ctx.run, joint_seen)
-        for tip_w, base_w, prob in self._candidates(st, att, ctx, target):
+        for tip_w, base_w, prob, extra in self._candidates(st, att, ctx, target):
             tip = grid.to_full(tip_w)
             base = grid.to_full(base_w)
             u = (tip - base) / _norm(tip - base)
-            tracked = self._consistent(st, ctx, tip, u, base)
+            tracked = self._tracks(st, ctx, tip, u, base, extra)
             if prob >= s.track_min_prob:
                 seen.append((tip, u))
             if prob >= s.persist_min_prob:
@@ -731,13 +740,13 @@ class NeedleStage:
             if ok and not tracked:
                 ok = st.scout.allows(tip, ctx.spacing_mm, target, ctx.centre_xy)
             if ok:
-                ranked.append((tracked, prob, tip_w, base_w))
+                ranked.append((tracked, prob, tip_w, base_w, extra))
         st.prev_candidates = seen
         st.persistent = (st.persistent + [lasting])[-max(1, s.persist_frames - 1):]
         st.run_lines = moving or st.run_lines
         # a candidate continuing the track goes first; then the most probable
         ranked.sort(key=lambda c: (not c[0], -c[1]))
-        for tracked, score, tip_w, base_w in ranked[:3]:
+        for tracked, score, tip_w, base_w, extra in ranked[:3]:
             tip = grid.to_full(tip_w)
             base = grid.to_full(base_w)
             u = (tip - base) / _norm(tip - base)
@@ -754,6 +763,7 @@ class NeedleStage:
             tip, u = self._further_on_line(st, att, ctx, tip, u)
             tip = self._no_retreat(st, ctx, tip, u, tracked)
             st.track.hits = st.track.hits + 1 if tracked else 1
+            st.track.extra = extra
             return tip, u, float(np.linalg.norm(tip - base)), score
         hit = self._follow(st, att, ctx)
         if hit is not None:
@@ -767,7 +777,7 @@ class NeedleStage:
                          tip: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The tip (full resolution) moved to the end of a candidate segment of this search
         that it lies on (within ``further_side_mm`` of its axis, same direction within
-        ``track_angle_deg``) and that goes on at least ``further_min_mm`` beyond it: where a
+        ``further_angle_deg``) and that goes on at least ``further_min_mm`` beyond it: where a
         needle crosses a bone edge or dims over bone, the taken line (often the track's, held
         by :meth:`_no_retreat`) stops there while the search's segment of the shaft beyond
         it reaches the tip. The segment must not be a one-sided edge (flank symmetry at least
@@ -780,7 +790,8 @@ class NeedleStage:
             return tip, u
         g = ctx.grid.spacing_mm
         tip_w = ctx.grid.to_work(tip)
-        cos = math.cos(math.radians(s.track_angle_deg))
+        cos = math.cos(math.radians(s.further_angle_deg))
+        cos_line = math.cos(math.radians(s.track_angle_deg))
         best, best_mm = None, s.further_min_mm
         for f in st.last_features:
             if f["sym"] < s.further_min_sym or f["ext_score"] > s.max_ext_score:
@@ -790,20 +801,27 @@ class NeedleStage:
             v = (c_tip - c_base) / max(length, 1e-9)
             if float(v @ u) < cos:
                 continue
+            # off the taken line's direction, the segment must itself look like a needle (a
+            # cortical margin crossing the tip at 10-20 deg does not)
+            if float(v @ u) < cos_line and f["prob"] < s.track_min_prob:
+                continue
             d = tip_w - c_base
             along = float(d @ v)
             beyond_mm = (length - along) * g
             if (_across(d, v) * g <= s.further_side_mm
                     and along * g >= -2.0 and beyond_mm >= best_mm):
-                best, best_mm = c_tip, beyond_mm
+                best, best_mm, best_v = c_tip, beyond_mm, v
         if best is None or st.finder.interval_score(tip_w, best) < s.follow_min_score:
             return tip, u
-        refined = self._refine(st, att, ctx.grid.to_full(best), u, ctx)
+        # past a bend (more than track_angle_deg) the tip is refined along the segment's own
+        # axis: along the shaft's axis behind the bend it slides off to the side
+        axis = best_v if float(best_v @ u) < cos_line else u
+        refined = self._refine(st, att, ctx.grid.to_full(best), axis, ctx)
         if refined is None or refined[2] <= 0.0:
             return tip, u
         new_tip, new_u, _ = refined
         if (float((new_tip - tip) @ u) * ctx.spacing_mm < 0.5 * s.further_min_mm
-                or float(new_u @ u) < cos):
+                or float(new_u @ axis) < cos_line):
             return tip, u
         return new_tip, new_u
 

@@ -155,8 +155,11 @@ class NeedleSettings:
         21) and lost 9: its lines near the joint also carried a followed tip onto a cortical
         margin (5144 case009: 9 frames 0.5 -> 25 mm; tip p95 7.5 -> 10.2 mm on 5144,
         7.6 -> 13.7 on 5201); held out, 31337 lost 7 frames (detection 0.7991 -> 0.7927, p95
-        11.35 -> 12.56 mm) and v2 gained 3 (p95 4.59 -> 4.90 mm). Before turning it on: keep
-        its lines from continuing a followed track.
+        11.35 -> 12.56 mm) and v2 gained 3 (p95 4.59 -> 4.90 mm). Its lines now continue
+        only a track last found on such a line (:meth:`NeedleStage._tracks`); with that, 20
+        took 5146 case009's needle (+21 of 84 frames), 5145 +3, 6004 +1, 5203 unchanged, but
+        fresh seed 6005 lost 6 (a tip held 14 mm short for a run) and held-out 31337 5
+        (0.8073 -> 0.8027, p95 10.65 -> 7.86 mm), v2 +1 (p95 4.28 -> 4.34 mm): still off.
     n_lines : int
         Number of Hough lines (strongest first, each suppressing its neighbours within 6 deg
         and 10 px) looked at for a needle. 16 found more needles on the training seeds
@@ -200,6 +203,15 @@ class NeedleSettings:
         symmetry at least ``further_min_sym``: not a one-sided cortical edge) is moved to that
         segment's end (:meth:`NeedleStage._further_on_line`): a needle crossing a bone edge
         is often taken short of it. 0 turns it off.
+    further_angle_deg : float
+        Largest angle between the taken line and such a segment: a needle bent past
+        ``track_angle_deg`` (a bevel deflected in bone: 10-20 deg between the shaft's chord
+        and the part past the bend) is taken short at the bend, and the bent part's tip is
+        refined along its own axis. A segment more than ``track_angle_deg`` off must itself
+        be rated ``track_min_prob`` or more (without this, held-out v2 lost 17 frames to
+        cortical margins crossing a tip at 10-20 deg). 20 (8 before, as
+        ``track_angle_deg``): training seed 5146 0 -> 25 of 84 frames within 3 mm (case007,
+        a curved needle); 6004 (wrong-level scouts), 5145, 5203 unchanged.
     track_through : bool
         A candidate whose segment runs through the last tip (within ``track_margin_mm``
         across, same direction) continues the track however far beyond ``track_reach_mm`` its
@@ -266,6 +278,7 @@ class NeedleSettings:
     further_min_mm: float = 5.0
     further_side_mm: float = 1.5
     further_min_sym: float = 0.25
+    further_angle_deg: float = 20.0
     track_through: bool = True
 
 

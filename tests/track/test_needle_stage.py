@@ -474,6 +474,65 @@ def test_a_tip_taken_short_on_a_longer_segment_goes_to_its_end():
     assert stage._further_on_line(past, att, ctx, tip, u)[0] is tip
 
 
+def test_a_tip_taken_short_at_a_bend_goes_to_the_end_of_the_bent_part():
+    """A needle bent by more than ``track_angle_deg`` (16 deg) and taken short at the bend
+    (on the shaft's axis behind it) goes to the end of the bent part's segment, refined along
+    that segment's axis; not with ``further_angle_deg`` at ``track_angle_deg``, not onto a
+    segment bent by more than ``further_angle_deg``, and not onto a bent segment the model
+    rates under ``track_min_prob`` (a cortical margin crossing the tip)."""
+    from dataclasses import replace
+
+    base, bend = np.array([120.0, 511.0]), np.array([215.0, 340.0])
+    u0 = (bend - base) / np.linalg.norm(bend - base)
+
+    def run(bend_deg: float, stage: NeedleStage):
+        c, s = math.cos(math.radians(bend_deg)), math.sin(math.radians(bend_deg))
+        u1 = np.array([c * u0[0] - s * u0[1], s * u0[0] + c * u0[1]])
+        tip = bend + u1 * (25.0 / SPACING_MM)
+        state = Pipeline([stage]).start_study("1.2")
+        r = _run("1.2.7.9")
+        for k in range(2):
+            img = _background(90 + k)
+            _draw_polyline(img, np.array([base, bend, tip]), 0.05, 1.8)
+            stage.process(_frame(img, r, k), state)
+        st = state.stage_state["needle"]
+        return tip, st, state.stage_state["attenuation"][1]
+
+    stage = NeedleStage()
+    assert stage.settings.track_angle_deg < 16.0 < stage.settings.further_angle_deg
+    tip, st, att = run(16.0, stage)
+    moved, v = stage._further_on_line(st, att, st.ctx, bend, u0)
+    assert math.dist(moved, tip) * SPACING_MM < 0.5
+    assert float(v @ (tip - bend)) / np.linalg.norm(tip - bend) > 0.99
+    straight = NeedleStage(needle=replace(stage.settings,
+                                          further_angle_deg=stage.settings.track_angle_deg))
+    assert straight._further_on_line(st, att, st.ctx, bend, u0)[0] is bend
+    narrow = NeedleStage(needle=replace(stage.settings, further_angle_deg=12.0))
+    assert narrow._further_on_line(st, att, st.ctx, bend, u0)[0] is bend
+    unlikely = copy.deepcopy(st)
+    for f in unlikely.last_features:
+        f["prob"] = 0.5 * stage.settings.track_min_prob
+    assert stage._further_on_line(unlikely, att, st.ctx, bend, u0)[0] is bend
+
+
+def test_a_line_past_the_strongest_continues_only_a_track_found_on_such_a_line():
+    """A candidate from a line past the ``n_lines`` strongest (``target_lines``, near the
+    register target) does not continue a needle followed on the strong lines (it would carry
+    it onto a cortical margin by the joint); it continues a track last found on such a line,
+    and a candidate of the strong lines continues either."""
+    stage = NeedleStage()
+    tip, outs, _, state = _needle_run(stage, 3)
+    st = state.stage_state["needle"]
+    assert outs[-1]["needle"] is not None and not st.track.extra
+    u = st.track.dir_xy
+    base = tip - u * (40.0 / SPACING_MM)
+    assert stage._tracks(st, st.ctx, tip, u, base, False)
+    assert not stage._tracks(st, st.ctx, tip, u, base, True)
+    st.track.extra = True
+    assert stage._tracks(st, st.ctx, tip, u, base, True)
+    assert stage._tracks(st, st.ctx, tip, u, base, False)
+
+
 def test_a_segment_through_the_last_tip_continues_the_track_however_far_on():
     """A candidate whose segment runs through the last tip continues the track even with its
     tip further on than ``track_reach_mm`` (the needle advanced further, or the last tip was
