@@ -500,6 +500,10 @@ def settings_from_args(args: argparse.Namespace) -> ReceiverSettings:
 def run_receive(args: argparse.Namespace) -> int:
     """Run the receiver until SIGTERM/SIGINT, then drain; 0 on a clean stop, 1 when some
     outputs (events, summaries, state) could not be written."""
+    from sifluoro.outfiles import check_writable
+
+    # found at the first study, a service would run for days writing nothing a reader can use
+    check_writable(events=args.events, summary=args.summary)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stop.set())

@@ -479,3 +479,16 @@ def test_pixel_data_longer_than_its_header_says_is_stored_with_its_dose(tmp_path
     summary = json.loads(summary_path.read_text())
     assert summary["frames"] == 0 and summary["lost_frames"]["frames"] == 3
     assert summary["study_dose"]["air_kerma_mgy"] > 0
+
+
+def test_an_events_or_summary_path_that_cannot_be_written_stops_the_start(tmp_path, capsys):
+    """User review s18 F24: ``receive --events`` naming a place that cannot be written started,
+    answered every instance success and lost every event (exit 1 only at shutdown)."""
+    from sifluoro.acquire.receiver import main
+
+    (tmp_path / "afile").write_text("x")
+    for option in ("--events", "--summary"):
+        code = main(["--port", "0", "--ae-title", "SIFLUORO", "--spool",
+                     str(tmp_path / "spool"), option, str(tmp_path / "afile" / "out.json")])
+        assert code == 2 and f"{option} {tmp_path / 'afile' / 'out.json'}" in capsys.readouterr().err
+    assert not (tmp_path / "spool").exists()  # refused before anything was made
