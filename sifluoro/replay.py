@@ -211,10 +211,13 @@ def format_summary(summary: dict) -> str:
         + (f", {summary['no_picture_frames']} showing no picture" if summary.get("no_picture_frames") else ""),
         f"fluoro     {summary['fluoro_time_s']:.1f} s"
         + (f"  (+{summary['acquisition_time_s']:.1f} s acquisition)" if summary["acquisition_time_s"] else ""),
+        # no source: the totals' zeros are no measurement, and a reader copies what is printed
+        "dose       unknown (no dose in the headers or a report, and no technique to estimate "
+        "it from)" if summary["dose_source"] == "none" else
         f"dose       {summary['air_kerma_mgy']:.2f} mGy air kerma, {summary['dap_gycm2']:.3f} Gy·cm² DAP"
         f"  [{summary['dose_source']}]"
         + (f"  (+ {n} run{'s' if n > 1 else ''} of unknown dose, not counted)"
-           if (n := summary.get("runs_dose_unknown")) and summary["dose_source"] != "none" else ""),
+           if (n := summary.get("runs_dose_unknown")) else ""),
     ]
     lost = summary.get("lost_frames") or {}
     if lost.get("frames"):

@@ -95,10 +95,10 @@ def test_a_symlinked_output_keeps_its_link(tmp_path):
     assert json.loads(target.read_text()) == {"frames": 1}
 
 
-def _replay_cli(*argv) -> int:
+def _replay_cli(*argv, quiet: bool = True) -> int:
     from sifluoro.cli import main
 
-    return main(["replay", *map(str, argv), "-q"])
+    return main(["replay", *map(str, argv)] + (["-q"] if quiet else []))
 
 
 def test_an_output_that_names_an_input_file_is_refused_and_the_input_kept(tmp_path, capsys):
@@ -144,3 +144,17 @@ def test_an_overlay_folder_that_cannot_be_written_is_refused_before_the_study_is
                            tmp_path / "s.json", "--overlay-png", folder) == 2
         assert f"--overlay-png {folder}: {says}" in capsys.readouterr().err
         assert not (tmp_path / "e.jsonl").exists()
+
+
+def test_an_unknown_dose_is_printed_as_unknown_not_as_zero(tmp_path, capsys):
+    """User review s18 F11: a study without any dose (no header dose, no technique) printed
+    ``dose 0.00 mGy air kerma ... [none]``, which reads as a measured zero."""
+    from tests.dicom_fixtures import RunSpec, technique, write_study
+
+    no_dose = technique(kvp=None, tube_current_ma=None, pulse_width_ms=None)
+    write_study(tmp_path / "study", [RunSpec(0.0, tech=no_dose)])
+    _replay_cli(tmp_path / "study", "--events", tmp_path / "e.jsonl", "--summary",
+                tmp_path / "s.json", quiet=False)
+    out = capsys.readouterr().out
+    assert json.loads((tmp_path / "s.json").read_text())["dose_source"] == "none"
+    assert "dose       unknown" in out and "0.00 mGy" not in out
