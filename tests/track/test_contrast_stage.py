@@ -307,6 +307,92 @@ def test_text_of_a_runs_first_frame_does_not_stay_out_of_the_later_frames():
     assert b.valid[ys // 2, xs // 2].all()
 
 
+class _ClippedJointPhantom(Phantom):
+    """The joint space is the least attenuating structure and clips at attenuation 0 along its
+    length: a smooth dip whose floor lies just below the window's end, so that noise clips a
+    new set of its pixels on every frame (training 6104 case 2, 512²). Edges are blurred as a
+    detector blurs them, and the joint fill is a smooth ridge along the joint."""
+
+    def __init__(self):
+        from scipy import ndimage
+
+        super().__init__()
+        self.base = ndimage.gaussian_filter(self.base, 2.0)
+        # no bowel gas: the clip is the subject (gas beside a clip, see the report of s18)
+        self.gas_centres[:, 1] = -1000.0
+        d = np.abs(self.xx - _joint_x(self.yy))
+        inside = ((self.yy > 60) & (self.yy < 460)).astype(np.float32)
+        self.dip = 0.46 * np.exp(-d * d / (2 * 8.0 ** 2)) * inside
+        self.ridge = 0.3 * np.exp(-d * d / (2 * 3.0 ** 2))
+
+    def frame(self, t: int, *, joint_reach_px: float = 0.0, **kw) -> np.ndarray:
+        a = super().frame(t, **kw).astype(np.float64) / TOP - self.dip
+        if joint_reach_px > 0:
+            y0, y1 = TIP_XY[1] - 10, TIP_XY[1] + joint_reach_px
+            along = (np.clip(self.yy - y0, 0.0, 4.0) * np.clip(y1 - self.yy, 0.0, 4.0)) / 16.0
+            a += self.ridge * along
+        return np.rint(np.clip(a, 0.0, 1.0) * TOP).astype(np.uint16)
+
+
+def test_a_joint_line_clipped_at_the_windows_end_is_not_text():
+    clipped = _ClippedJointPhantom()
+    frames = _contrast_run(12, 2, joint_reach_px=lambda f: min(150.0, 30.0 * f))
+    events, state = _replay(clipped, _needle_runs() + [frames])
+    b = state.stage_state["contrast"].buffers
+    ys = np.arange(120, 440, 2)
+    xs = np.rint(_joint_x(ys)).astype(int)
+    assert b.zero[ys // 2, xs // 2].mean() > 0.3          # it does clip
+    assert not b.text_blocks.any()
+    out = _states(events)[-12:]
+    assert out[:2] == ["none", "none"]
+    assert set(out[3:]) == {"intra_articular"}
+
+
+class _TextPhantom(Phantom):
+    """Burned-in text over the anatomy as devices draw it: a fill at one extreme of the stored
+    range, an outline a pixel wide at the other (``outline`` False: the fill alone), a
+    static line and a clock whose digits change on every frame."""
+
+    def __init__(self, fill_attenuation: float, outline: bool):
+        super().__init__()
+        self.fill = int(round(fill_attenuation * TOP))
+        self.outline = outline
+
+    def frame(self, t: int, **kw) -> np.ndarray:
+        import cv2
+
+        pixels = super().frame(t, **kw)
+        mask = np.zeros(pixels.shape, np.uint8)
+        cv2.putText(mask, "PATIENT^NAME  L", (130, 160), cv2.FONT_HERSHEY_SIMPLEX, 0.6, 255, 1)
+        cv2.putText(mask, f"12:{t // 60 % 60:02d}:{t % 60:02d}.{t % 10}", (150, 310),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.8, 255, 2)
+        if self.outline:
+            ring = cv2.dilate(mask, np.ones((3, 3), np.uint8)) > 0
+            pixels[ring] = TOP - self.fill
+        pixels[mask > 0] = self.fill
+        return pixels
+
+
+@pytest.mark.parametrize("fill_attenuation, outline", [(0.0, True), (1.0, True), (0.0, False)])
+def test_burned_in_text_and_a_running_clock_over_the_anatomy_stay_none(fill_attenuation, outline):
+    text = _TextPhantom(fill_attenuation, outline)
+    events, state = _replay(text, _needle_runs() + [_contrast_run(10, 99)])
+    assert set(_states(events)) == {"none"}
+    assert not any("alerts" in e for e in events)
+    # the clock is out of the field
+    b = state.stage_state["contrast"].buffers
+    assert not b.valid[290 // 2:312 // 2, 152 // 2:260 // 2].any()
+
+
+def test_a_running_clock_beside_a_joint_fill_is_not_a_vessel():
+    text = _TextPhantom(0.0, True)
+    frames = _contrast_run(12, 2, joint_reach_px=lambda f: min(150.0, 30.0 * f))
+    events, state = _replay(text, _needle_runs() + [frames])
+    out = _states(events)[-12:]
+    assert out[:2] == ["none", "none"] and set(out[3:]) == {"intra_articular"}
+    assert not any("alerts" in e for e in events)
+
+
 def test_joint_fill_then_vessel_is_vascular(phantom):
     frames = _contrast_run(14, 2, joint_reach_px=lambda f: min(150.0, 25.0 * f),
                            vessel=_vessel_course(4))
