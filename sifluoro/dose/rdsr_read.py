@@ -20,6 +20,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import struct
+import traceback
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -28,7 +31,7 @@ from typing import Iterator
 
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.uid import UID
 from pydicom.valuerep import DT
 
@@ -185,12 +188,37 @@ def read_rdsr(path: str | Path, ds: Dataset | None = None) -> StudyDose:
         return _Reader(path).read(ds)
     except InputError:
         raise
-    except Exception as exc:  # pydicom parses sequences when they are first read, i.e. here
-        # (a damaged length or VR in a content item): this file's fault, not the study's.
+    except Exception as exc:
+        if not _from_content(exc):
+            raise  # a bug in sifluoro, not a damaged file
         # The type only: pydicom's message may quote the bytes around the damage
         raise DamagedFileError(f"the report's content cannot be parsed ({type(exc).__name__}): "
                                "a length or value in it is damaged; copy it again",
                                path=path) from exc
+
+
+#: what damaged report content raises while it is read (fuzzing: tests/dose/test_rdsr_fuzz.py,
+#: tests/test_reader_fuzz.py): pydicom parses a sequence when it is first walked, i.e. inside
+#: the reader, so a damaged length or VR in a content item raises here (OSError, struct.error,
+#: NotImplementedError for an unknown VR, BytesLengthException, ValueError for a value, KeyError
+#: or IndexError for a broken structure); content nested too deep, RecursionError
+_CONTENT_ERRORS = (ValueError, LookupError, OSError, struct.error, NotImplementedError,
+                   OverflowError, EOFError, RecursionError, BytesLengthException,
+                   InvalidDicomError)
+_PYDICOM_DIR = os.path.dirname(pydicom.__file__) + os.sep
+
+
+def _from_content(exc: Exception) -> bool:
+    """``exc``, raised while a report was read, comes from its content: one of
+    :data:`_CONTENT_ERRORS`, or an AttributeError or TypeError that pydicom raised (an element
+    missing or of the wrong kind). The same two from sifluoro's own code, a NameError, and
+    anything else are bugs: they must not read as a damaged file."""
+    if isinstance(exc, _CONTENT_ERRORS):
+        return True
+    if isinstance(exc, (AttributeError, TypeError)):
+        frames = traceback.extract_tb(exc.__traceback__)
+        return bool(frames) and frames[-1].filename.startswith(_PYDICOM_DIR)
+    return False
 
 
 #: accumulated totals a container may leave out, and what its events must carry to give them

@@ -207,3 +207,42 @@ def test_the_largest_real_doses_and_technique_are_read(tmp_path):
     assert (first.dap_gycm2, first.air_kerma_mgy, first.kvp) == (1e5, 6e4, 150.0)
     assert (first.tube_current_ma, first.sid_mm, first.pulse_width_ms) == (1250.0, 1500.0, 900.0)
     assert dose.summary()["fluoro_time_s"] == pytest.approx(36000.0)
+
+
+def test_a_bug_in_sifluoro_is_not_read_as_a_damaged_report(tmp_path, monkeypatch):
+    """Review s17 L1: read_rdsr turned any exception inside the report into DamagedFileError
+    ("copy it again"), so a sifluoro bug there read as a damaged file, in every report. An
+    AttributeError / TypeError from sifluoro's own code, or a NameError, propagates now; what
+    damaged content raises (pydicom's errors, ValueError, KeyError...) stays DamagedFileError
+    (test_a_damaged_content_item_is_a_typed_error_and_dose_summary_goes_on, the fuzz tests)."""
+    import sifluoro.dose.rdsr_read as rdsr_read
+
+    path = save(build_rdsr(EVENTS, accumulated={"single": TOTALS}), tmp_path / "r.dcm")
+    with pytest.raises(AttributeError, match="'str' object has no attribute"):
+        read_rdsr(path, str(path))  # a caller's slip: the path given as the dataset
+    for bug in (TypeError, NameError):
+        def broken(self, container, bug=bug):  # a bug in the reader's own code
+            raise bug("a bug in sifluoro")
+        monkeypatch.setattr(rdsr_read._Reader, "plane", broken)
+        with pytest.raises(bug, match="a bug in sifluoro"):
+            read_rdsr(path)
+
+
+def test_an_attribute_or_type_error_raised_by_pydicom_is_the_content_s():
+    """The line read_rdsr draws: pydicom's AttributeError (an element missing) or TypeError is
+    the file's content; the same raised in sifluoro's code is a bug."""
+    from pydicom.dataset import Dataset
+
+    from sifluoro.dose.rdsr_read import _from_content
+
+    def raised(call):
+        try:
+            call()
+        except Exception as exc:
+            return exc
+        raise AssertionError("nothing raised")
+
+    assert _from_content(raised(lambda: Dataset().ConceptNameCodeSequence))
+    assert not _from_content(raised(lambda: None.ConceptNameCodeSequence))
+    assert not _from_content(raised(lambda: len(None)))
+    assert _from_content(raised(lambda: float("abc")))  # ValueError: a value, wherever raised
