@@ -91,6 +91,7 @@ class _Lookup:
 
     def __init__(self, ds: Dataset, path: str = ""):
         self.ds, self.path = ds, path
+        self._refused: set[str] = set()  # amounts said to be refused (said once per file)
         self.shared = _first_item(ds, "SharedFunctionalGroupsSequence")
         try:
             self.per_frame = list(ds.get("PerFrameFunctionalGroupsSequence") or [])
@@ -135,8 +136,11 @@ class _Lookup:
             return None
         most = AMOUNT_MAX.get(keyword, math.inf)
         if number < 0 or number > most:
-            log.warning("%s: ignoring %s = %g: %s", self.path or "header", tag_name(keyword),
-                        number, "negative" if number < 0 else f"above {most:g}, not a possible value")
+            if keyword not in self._refused:
+                self._refused.add(keyword)
+                log.warning("%s: ignoring %s = %g: %s", self.path or "header", tag_name(keyword),
+                            number, "negative" if number < 0 else
+                            f"above {most:g}, not a possible value")
             return None
         return number
 
