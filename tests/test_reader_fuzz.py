@@ -23,6 +23,7 @@ from sifluoro.acquire.dicom_reader import iter_frames, read_study
 from sifluoro.config import DoseSettings
 from sifluoro.dose.accumulate import MAX_ALERTS_AT_ONCE, accumulate_study
 from sifluoro.dose.rdsr_read import read_rdsr
+from sifluoro.errors import InputError
 from tests.dicom_fixtures import PATIENT_ID, RunSpec, technique, write_study
 from tests.dose.rdsr_fixtures import Ev, build_rdsr, save
 
@@ -168,14 +169,52 @@ def test_an_absurdly_large_technique_value_does_not_hang_the_dose(tmp_path, with
     assert len(dose.alerts) <= 2 * MAX_ALERTS_AT_ONCE
 
 
+@pytest.mark.parametrize("keyword, absurd, possible, field", [
+    ("AveragePulseWidth", "1e6", "900", "pulse_width_ms"),
+    ("XRayTubeCurrent", "1e30", "1250", "tube_current_ma"),
+    ("DistanceSourceToDetector", "1e9", "1500", "sid_mm"),
+    ("KVP", "1e5", "150", "kvp"),
+    ("ImageAndFluoroscopyAreaDoseProduct", "1e200", "1e6", "reported_dap_gycm2"),
+    ("EntranceDoseInmGy", "1e200", "6e4", "reported_air_kerma_mgy"),
+])
+def test_a_header_value_beyond_what_x_ray_can_give_is_ignored_naming_file_and_attribute(
+        tmp_path, caplog, keyword, absurd, possible, field):
+    """A 1e6 ms pulse, 1e30 mA, an SID of 1e9 mm, 1e200 mGy were read as given (finite, not
+    negative) and the run's dose estimated or reported with them. Ignored now with a warning
+    naming the file and the attribute; the largest real values (a big tube, a long
+    interventional procedure: 1e5 Gy.cm2 is 1e6 dGy.cm2) are read as given."""
+    def technique_with(value: str):
+        [path] = write_study(tmp_path / value, [RunSpec(0.0, size=32)])
+        ds = pydicom.dcmread(path)
+        for name in (keyword, keyword + "InmA"):
+            if name in ds or name == keyword:
+                setattr(ds, name, float(value) if name.endswith("InmA") else value)
+        ds.save_as(path)
+        return path, read_study([path]).runs[0].technique
+
+    caplog.set_level(logging.WARNING)
+    path, tech = technique_with(absurd)
+    assert getattr(tech, field) is None
+    assert str(path) in caplog.text and keyword in caplog.text
+    assert "not a possible value" in caplog.text
+    caplog.clear()
+    _, tech = technique_with(possible)
+    expected = float(possible) / (10.0 if field == "reported_dap_gycm2" else 1.0)
+    assert getattr(tech, field) == pytest.approx(expected) and "not a possible" not in caplog.text
+
+
 def test_a_device_report_with_an_absurd_dose_does_not_hang_the_replay(tmp_path, within_10_s):
     [path] = write_study(tmp_path / "img", [RunSpec(0.0, size=32)])
     study = read_study([path])
-    report = read_rdsr(save(build_rdsr([Ev(dap_gycm2=1e200, rp_mgy=1e200)],
+    with pytest.raises(InputError, match="not a possible"):  # refused since session 18
+        read_rdsr(save(build_rdsr([Ev(dap_gycm2=1e200, rp_mgy=1e200)],
+                                  study_uid=study.study_instance_uid), tmp_path / "r.dcm"))
+    # the most a report may hold still crosses hundreds of levels at once
+    report = read_rdsr(save(build_rdsr([Ev(dap_gycm2=9e5, rp_mgy=9e5)],
                                        study_uid=study.study_instance_uid), tmp_path / "r.dcm"))
     dose = accumulate_study(study, DoseSettings(), report=report)
     assert dose.study_dose(study.study_instance_uid, study.device).summary()["air_kerma_mgy"] \
-        == pytest.approx(1e200)
+        == pytest.approx(9e5)
 
 
 def test_the_registry_s_alerts_of_an_absurd_dose_are_counted_not_stepped(tmp_path, within_10_s):
@@ -196,8 +235,8 @@ def test_the_registry_s_alerts_of_an_absurd_dose_are_counted_not_stepped(tmp_pat
         return [r["level"] for r in rows if r["kind"] == "air_kerma"]
 
     assert kerma_levels(5500.0) == [3000.0, 4000.0, 5000.0]  # first 3 Gy, then every 1 Gy
-    absurd = kerma_levels(1e200)
-    assert len(absurd) == 2 and absurd[0] == 3000.0 and absurd[1] > 1e199
+    absurd = kerma_levels(9e5)  # the most a report may hold (1e200 is refused since s18)
+    assert absurd == [3000.0, 9e5]
     assert list(alert_steps(1, 4)) == [1, 2, 3]
     assert list(alert_steps(1, 10**9)) == [1, 10**9 - 1]
 

@@ -295,10 +295,11 @@ def test_a_stalled_network_grabber_is_waited_out_and_a_stop_ends_it_at_once(tmp_
     assert replay_output_violations(out / "events.jsonl", out / "summary.json") == []
 
 
-def _mjpeg_grabber(n_frames: int, rate_per_s: float):
-    """A network frame grabber: raw MJPEG over TCP at ``rate_per_s``; the connection stays open
-    after the last frame. Returns (source URL, the environment for OpenCV, an event set once
-    every frame is sent, stop callable)."""
+def _mjpeg_grabber(n_frames: int, rate_per_s: float, backlog: int = 0):
+    """A network frame grabber: raw MJPEG over TCP at ``rate_per_s``, the first ``backlog``
+    frames at once (queued while the capture opened); the connection stays open after the
+    last frame. Returns (source URL, the environment for OpenCV, an event set once every frame
+    is sent, stop callable)."""
     import os
     import socket
     import threading
@@ -318,7 +319,7 @@ def _mjpeg_grabber(n_frames: int, rate_per_s: float):
         conn, _ = server.accept()
         t0 = time.monotonic()
         for k, jpeg in enumerate(jpegs):
-            time.sleep(max(0.0, t0 + k / rate_per_s - time.monotonic()))
+            time.sleep(max(0.0, t0 + (k - backlog) / rate_per_s - time.monotonic()))
             try:
                 conn.sendall(jpeg)
             except OSError:  # the capture ended (--max-frames) and closed the connection
@@ -349,7 +350,7 @@ def test_a_grabber_whose_backend_reports_a_wrong_rate_is_measured_and_can_be_tol
     import subprocess
     import sys
 
-    source, env, sent, stop = _mjpeg_grabber(75, 15.0)
+    source, env, sent, stop = _mjpeg_grabber(120, 15.0)  # two 3 s windows to agree
     out = tmp_path / "out"
     extra = ["--pulse-rate", "15"] + (["--capture-rate", "15"] if given_rate else [])
     proc = subprocess.Popen([sys.executable, "-m", "sifluoro",
@@ -369,12 +370,41 @@ def test_a_grabber_whose_backend_reports_a_wrong_rate_is_measured_and_can_be_tol
     assert 13.0 <= video["measured_capture_rate_per_s"] <= 17.0
     if given_rate:
         assert video["capture_rate_per_s"] == 15.0 and video["between_pulses"] == 0
-        assert summary["frames"] >= 73  # the demuxer holds the last frame or two
+        assert summary["frames"] >= 118  # the demuxer holds the last frame or two
         assert summary["fluoro_time_s"] == pytest.approx(summary["frames"] / 15.0, rel=1e-3)
         assert "--capture-rate" not in err
     else:
         assert video["capture_rate_per_s"] == 25.0  # what FFmpeg makes up for raw MJPEG
         assert "give --capture-rate 15" in err
+
+
+def test_a_grabbers_backlog_at_opening_does_not_count_in_its_measured_rate(tmp_path):
+    """A grabber that sends the 30 frames it queued while the capture opened, then 15/s: its
+    rate was measured over the first 3 s of reads, burst included, at ~25/s — the rate FFmpeg
+    makes up for raw MJPEG, so the wrong timing went unsaid. The rate is now the first 3 s
+    window's that agrees with the window before it."""
+    import signal
+    import subprocess
+    import sys
+
+    source, env, sent, stop = _mjpeg_grabber(30 + 150, 15.0, backlog=30)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "sifluoro",
+                             *_args(source, 0.3, out, "--stages", "none", "--pulse-rate", "15")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert sent.wait(60)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        stop()
+    assert proc.returncode == 0, err
+    video = json.loads((out / "summary.json").read_text())["video"]
+    assert video["capture_rate_per_s"] == 25.0 and video["captured_frames"] >= 178
+    assert 14.0 <= video["measured_capture_rate_per_s"] <= 16.0
+    assert "give --capture-rate 15" in err
 
 
 def test_a_live_capture_ended_by_max_frames_exits_cleanly(tmp_path):

@@ -136,8 +136,8 @@ def source_distances_mm(look: _Lookup) -> tuple[float | None, float | None]:
     Source Object Distance (SOD)"): for XA/RF it is the isocentre distance when (0018,9402) is
     absent. Elsewhere (DX: to the table or bucky) it is kept as the source-patient distance.
     """
-    isocenter = _positive(look.float("DistanceSourceToIsocenter"))
-    to_patient = _positive(look.float("DistanceSourceToPatient"))
+    isocenter = _positive(look.amount("DistanceSourceToIsocenter"))
+    to_patient = _positive(look.amount("DistanceSourceToPatient"))
     xa_rf = (look.text("SOPClassUID", None) in _XA_RF_SOP_CLASSES
              or look.text("Modality", None) in ("XA", "RF"))
     if to_patient is None or not xa_rf or _writes_skin_distance(look):

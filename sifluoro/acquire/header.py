@@ -20,6 +20,7 @@ from pydicom.valuerep import DA, DT, TM
 
 from sifluoro.acquire import geometry
 from sifluoro.dose.exposure_dose import read_exposure_doses, run_technique
+from sifluoro.dose.units import MAX_PLAUSIBLE, MAX_PULSE_WIDTH_MS
 from sifluoro.errors import (DamagedPixelDataError, InputError, MissingAttributeError,
                              UnsupportedDicomError, UnsupportedPixelDataError)
 from sifluoro.model import Device, Run, Technique
@@ -63,11 +64,34 @@ class HeaderFields:
     timing_unknown: bool = False  # no usable frame timing (``frame_intervals_ms`` are 0)
 
 
-class _Lookup:
-    """Attribute lookup across per-frame, shared functional groups and the top level."""
+#: the largest possible value of each amount, in its DICOM unit (:data:`MAX_PLAUSIBLE`)
+AMOUNT_MAX = {
+    "KVP": MAX_PLAUSIBLE["voltage_kv"],
+    "XRayTubeCurrentInmA": MAX_PLAUSIBLE["current_ma"],
+    "XRayTubeCurrent": MAX_PLAUSIBLE["current_ma"],
+    "AveragePulseWidth": MAX_PULSE_WIDTH_MS,
+    "ExposureTimeInms": MAX_PLAUSIBLE["time_ms"],
+    "ExposureTime": MAX_PLAUSIBLE["time_ms"],
+    "ExposureInmAs": MAX_PLAUSIBLE["charge_mas"],
+    "Exposure": MAX_PLAUSIBLE["charge_mas"],
+    "DistanceSourceToDetector": MAX_PLAUSIBLE["length_mm"],
+    "DistanceSourceToIsocenter": MAX_PLAUSIBLE["length_mm"],
+    "DistanceSourceToPatient": MAX_PLAUSIBLE["length_mm"],
+    "IntensifierSize": MAX_PLAUSIBLE["length_mm"],
+    "ImageAndFluoroscopyAreaDoseProduct": MAX_PLAUSIBLE["dap_gycm2"] * 10.0,  # dGy·cm²
+    "AcquiredImageAreaDoseProduct": MAX_PLAUSIBLE["dap_gycm2"] * 10.0,
+    "EntranceDoseInmGy": MAX_PLAUSIBLE["dose_mgy"],
+    "EntranceDose": MAX_PLAUSIBLE["dose_mgy"] / 100.0,  # dGy
+}
 
-    def __init__(self, ds: Dataset):
-        self.ds = ds
+
+class _Lookup:
+    """Attribute lookup across per-frame, shared functional groups and the top level;
+    ``path`` names the file in warnings."""
+
+    def __init__(self, ds: Dataset, path: str = ""):
+        self.ds, self.path = ds, path
+        self._refused: set[str] = set()  # amounts said to be refused (said once per file)
         self.shared = _first_item(ds, "SharedFunctionalGroupsSequence")
         try:
             self.per_frame = list(ds.get("PerFrameFunctionalGroupsSequence") or [])
@@ -104,11 +128,19 @@ class _Lookup:
         return number if math.isfinite(number) else None
 
     def amount(self, keyword: str, frame: int | None = 0) -> float | None:
-        """A value that cannot be negative (a dose, a tube load, a time, a distance): a
-        negative one is ignored like any unusable value (a dose from it would be negative)."""
+        """A value that cannot be negative (a dose, a tube load, a time, a distance) nor above
+        what X-ray can give (:data:`AMOUNT_MAX`): one outside is ignored with a warning naming
+        the file and the attribute (a dose from it would be negative, or absurd)."""
         number = self.float(keyword, frame)
-        if number is not None and number < 0:
-            log.info("ignoring negative %s", tag_name(keyword))
+        if number is None:
+            return None
+        most = AMOUNT_MAX.get(keyword, math.inf)
+        if number < 0 or number > most:
+            if keyword not in self._refused:
+                self._refused.add(keyword)
+                log.warning("%s: ignoring %s = %g: %s", self.path or "header", tag_name(keyword),
+                            number, "negative" if number < 0 else
+                            f"above {most:g}, not a possible value")
             return None
         return number
 
@@ -193,7 +225,7 @@ def parse(ds: Dataset, path: str, *, pixel_bytes: int | None = None,
     ``video``: the pixel data is a video stream (MPEG-2/H.264/HEVC), whose colour frames are
     read as their 8-bit luma.
     """
-    look = _Lookup(ds)
+    look = _Lookup(ds, path)
     sop_uid = _required_text(look, "SOPInstanceUID", path)
     study_uid = _required_text(look, "StudyInstanceUID", path)
     rows = _required_int(look, "Rows", path, range(1, 65536))
@@ -733,7 +765,9 @@ def _in_sequence(group: Dataset, sequence: str, keyword: str) -> float | None:
         number = float(value) if value not in (None, "") else None
     except Exception:  # odd values of optional attributes are ignored
         return None
-    return number if number is not None and math.isfinite(number) and number >= 0 else None
+    if number is None or not math.isfinite(number):
+        return None
+    return number if 0 <= number <= AMOUNT_MAX.get(keyword, math.inf) else None
 
 
 def sort_tiebreak(run: Run) -> tuple:

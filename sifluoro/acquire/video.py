@@ -89,9 +89,13 @@ MAX_CAPTURE_RATE_PER_S = 1000.0
 #: a live source that delivers no frame for this long, s, has stalled: said and counted
 STALL_S = 2.0
 
-#: a live source's frame rate is measured over its first this many seconds of reads without
-#: a stall, and said when it is off the rate in use by more than RATE_TOLERANCE
+#: a live source's frame rate is measured over windows of this many seconds of reads without
+#: a stall, taken from the first window within RATE_STABLE of the one before it (the frames
+#: queued while the source opened or the first frame was prepared come at read speed, and
+#: only in the first window), and said when it is off the rate in use by more than
+#: RATE_TOLERANCE
 RATE_CHECK_S = 3.0
+RATE_STABLE = 0.05
 RATE_TOLERANCE = 0.15
 
 #: how long the end of a live capture waits for a read under way, s
@@ -252,21 +256,21 @@ def _live_reads(capture: cv2.VideoCapture, source: str | int, stop: threading.Ev
     few seconds, a C-arm switching its video mode): reads go on, the source is opened again
     after :data:`REOPEN_AFTER_S` of failures, and a gap over :data:`STALL_S` is said and
     counted (``stats.stalls``). A stop ends the capture at once, even while a read blocks.
-    The source's own frame rate is measured on the reads' clock (:func:`_check_rate`).
+    The source's own frame rate is measured on the reads' clock (:class:`_RateCheck`).
     """
     frames: queue.Queue = queue.Queue(maxsize=8)
     done = threading.Event()
 
     def read() -> None:
-        failing_since, window = None, []
+        failing_since = None
+        rate_check = _RateCheck(capture_rate_per_s, source, stats, rate_from)
         try:
             while not done.is_set():
                 ok, image = capture.read()
                 if ok:
                     failing_since = None
                     if stats.measured_capture_rate_per_s is None:
-                        window = _check_rate(window, time.monotonic(), capture_rate_per_s,
-                                             source, stats, rate_from)
+                        rate_check.add(time.monotonic())
                     put_unless_stopped(frames, image, done)
                     continue
                 now = time.monotonic()
@@ -307,25 +311,43 @@ def _live_reads(capture: cv2.VideoCapture, source: str | int, stop: threading.Ev
         reader.join(timeout=READER_JOIN_S)
 
 
-def _check_rate(window: list[float], now: float, capture_rate_per_s: float, source: str | int,
-                stats: VideoStats, rate_from: str) -> list[float]:
-    """Add a read at ``now`` to the reads' times; once they span :data:`RATE_CHECK_S` without
-    a stall, set ``stats.measured_capture_rate_per_s`` and say when frames are timed at a rate
-    off it: a backend's made-up rate (FFmpeg's 25/s for raw MJPEG) mis-times every frame, and
-    with a pulse rate it drops real pulses as repeats between pulses (dose short by as much).
-    Returns the times to keep."""
-    if window and now - window[-1] > STALL_S:
-        window = []  # a stall is not the source's rate: measure again after it
-    window.append(now)
-    span_s = now - window[0]
-    if span_s < RATE_CHECK_S:
-        return window
-    measured = stats.measured_capture_rate_per_s = round((len(window) - 1) / span_s, 2)
-    if abs(measured / capture_rate_per_s - 1.0) > RATE_TOLERANCE:
-        log.error("%s: the source delivers %.1f frames/s but its frames are timed at %.1f/s "
-                  "(%s): fluoroscopy time and dose are off by as much; give --capture-rate %.0f",
-                  source, measured, capture_rate_per_s, rate_from, measured)
-    return []
+class _RateCheck:
+    """A live source's frame rate on its reads' clock: sets ``stats.measured_capture_rate_per_s``
+    and says when frames are timed at a rate off it: a backend's made-up rate (FFmpeg's 25/s
+    for raw MJPEG) mis-times every frame, and with a pulse rate it drops real pulses as repeats
+    between pulses (dose short by as much).
+
+    Reads are counted over windows of :data:`RATE_CHECK_S`; the rate is a window's once it is
+    within :data:`RATE_STABLE` of the window before. The first window holds the frames the
+    source queued while it opened (and while the first frame was prepared), read in a burst:
+    counted, a grabber sending 15/s read as 25/s, and a wrong rate in use went unsaid."""
+
+    def __init__(self, capture_rate_per_s: float, source: str | int, stats: VideoStats,
+                 rate_from: str):
+        self.capture_rate_per_s, self.source, self.stats = capture_rate_per_s, source, stats
+        self.rate_from = rate_from
+        self.times: list[float] = []
+        self.previous_per_s: float | None = None  # the last window's rate
+
+    def add(self, now: float) -> None:
+        """A read at ``now`` (monotonic seconds)."""
+        if self.times and now - self.times[-1] > STALL_S:
+            # a stall is not the source's rate, and frames may queue in it: start again
+            self.times, self.previous_per_s = [], None
+        self.times.append(now)
+        span_s = now - self.times[0]
+        if span_s < RATE_CHECK_S:
+            return
+        rate_per_s, previous = (len(self.times) - 1) / span_s, self.previous_per_s
+        self.times, self.previous_per_s = [now], rate_per_s  # the next window starts here
+        if previous is None or abs(rate_per_s / previous - 1.0) > RATE_STABLE:
+            return
+        measured = self.stats.measured_capture_rate_per_s = round(rate_per_s, 2)
+        if abs(measured / self.capture_rate_per_s - 1.0) > RATE_TOLERANCE:
+            log.error("%s: the source delivers %.1f frames/s but its frames are timed at "
+                      "%.1f/s (%s): fluoroscopy time and dose are off by as much; give "
+                      "--capture-rate %.0f", self.source, measured, self.capture_rate_per_s,
+                      self.rate_from, measured)
 
 
 def _read_all(capture: cv2.VideoCapture) -> Iterator[np.ndarray]:

@@ -22,12 +22,18 @@ from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
 
+from sifluoro.dose.units import MAX_PLAUSIBLE
 from sifluoro.errors import InputError
 
 SEQUENCE_TAG = "(0040,030E) ExposureDoseSequence"
 _ITEM_TAGS = {"RadiationMode": "(0018,115A)", "KVP": "(0018,0060)",
               "XRayTubeCurrentInuA": "(0018,8151)", "ExposureTime": "(0018,1150)",
               "FilterType": "(0018,1160)", "FilterMaterial": "(0018,7050)"}
+
+#: the largest possible value of each, in its DICOM unit (units.MAX_PLAUSIBLE)
+_ITEM_MAX = {"KVP": MAX_PLAUSIBLE["voltage_kv"],
+             "XRayTubeCurrentInuA": MAX_PLAUSIBLE["current_ma"] * 1000.0,
+             "ExposureTime": MAX_PLAUSIBLE["time_ms"]}
 
 
 @dataclass(frozen=True)
@@ -59,7 +65,8 @@ def read_exposure_doses(ds: Dataset, path: str) -> tuple[ExposureDose, ...]:
     ------
     InputError
         An item's KVP, X-Ray Tube Current in µA or Exposure Time is not a finite,
-        non-negative number; the message names the item and the attribute.
+        non-negative number, or is above what X-ray can give; the message names the item and
+        the attribute.
     """
     try:
         items = ds.get("ExposureDoseSequence") or []
@@ -85,6 +92,10 @@ def _item(item: Dataset, number: int, path: str) -> ExposureDose:
             raise InputError(f"item {number}: {_ITEM_TAGS[keyword]} {keyword} = {raw!r} is not a "
                              "non-negative number; the exposure cannot be used",
                              path=path, tag=SEQUENCE_TAG)
+        if value > _ITEM_MAX[keyword]:
+            raise InputError(f"item {number}: {_ITEM_TAGS[keyword]} {keyword} = {raw!r} is above "
+                             f"{_ITEM_MAX[keyword]:g}, not a possible value; the exposure cannot "
+                             "be used", path=path, tag=SEQUENCE_TAG)
         return value
 
     current_ua = number_of("XRayTubeCurrentInuA")

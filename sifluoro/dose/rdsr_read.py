@@ -20,6 +20,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import struct
+import traceback
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -28,7 +31,7 @@ from typing import Iterator
 
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.uid import UID
 from pydicom.valuerep import DT
 
@@ -43,7 +46,7 @@ from sifluoro.dose.records import (
     event_duration_s,
     totals_from_events,
 )
-from sifluoro.dose.units import DOSE_QUANTITIES, factor
+from sifluoro.dose.units import DOSE_QUANTITIES, MAX_PLAUSIBLE, MAX_PULSE_WIDTH_MS, factor, plausible
 from sifluoro.errors import (
     DamagedFileError,
     InputError,
@@ -185,12 +188,37 @@ def read_rdsr(path: str | Path, ds: Dataset | None = None) -> StudyDose:
         return _Reader(path).read(ds)
     except InputError:
         raise
-    except Exception as exc:  # pydicom parses sequences when they are first read, i.e. here
-        # (a damaged length or VR in a content item): this file's fault, not the study's.
+    except Exception as exc:
+        if not _from_content(exc):
+            raise  # a bug in sifluoro, not a damaged file
         # The type only: pydicom's message may quote the bytes around the damage
         raise DamagedFileError(f"the report's content cannot be parsed ({type(exc).__name__}): "
                                "a length or value in it is damaged; copy it again",
                                path=path) from exc
+
+
+#: what damaged report content raises while it is read (fuzzing: tests/dose/test_rdsr_fuzz.py,
+#: tests/test_reader_fuzz.py): pydicom parses a sequence when it is first walked, i.e. inside
+#: the reader, so a damaged length or VR in a content item raises here (OSError, struct.error,
+#: NotImplementedError for an unknown VR, BytesLengthException, ValueError for a value, KeyError
+#: or IndexError for a broken structure); content nested too deep, RecursionError
+_CONTENT_ERRORS = (ValueError, LookupError, OSError, struct.error, NotImplementedError,
+                   OverflowError, EOFError, RecursionError, BytesLengthException,
+                   InvalidDicomError)
+_PYDICOM_DIR = os.path.dirname(pydicom.__file__) + os.sep
+
+
+def _from_content(exc: Exception) -> bool:
+    """``exc``, raised while a report was read, comes from its content: one of
+    :data:`_CONTENT_ERRORS`, or an AttributeError or TypeError that pydicom raised (an element
+    missing or of the wrong kind). The same two from sifluoro's own code, a NameError, and
+    anything else are bugs: they must not read as a damaged file."""
+    if isinstance(exc, _CONTENT_ERRORS):
+        return True
+    if isinstance(exc, (AttributeError, TypeError)):
+        frames = traceback.extract_tb(exc.__traceback__)
+        return bool(frames) and frames[-1].filename.startswith(_PYDICOM_DIR)
+    return False
 
 
 #: accumulated totals a container may leave out, and what its events must carry to give them
@@ -211,8 +239,9 @@ class _Reader:
     def error(self, cls, message: str, concept) -> InputError:
         return cls(message, path=self.path, tag=C.label(concept))
 
-    def num(self, item: Dataset, quantity: str) -> float | None:
-        """A NUM item's value in the quantity's target unit (None when it holds no value)."""
+    def num(self, item: Dataset, quantity: str, most: float | None = None) -> float | None:
+        """A NUM item's value in the quantity's target unit (None when it holds no value);
+        ``most``: the largest possible, if not the quantity's (:data:`MAX_PLAUSIBLE`)."""
         concept = item.ConceptNameCodeSequence[0]
         measured = item.get("MeasuredValueSequence")
         if not measured:
@@ -235,10 +264,14 @@ class _Reader:
             log.warning("%s: %s %s; that value is left out", self.path, C.label(concept), message)
             return None
         value *= scale
-        if math.isfinite(value) and (value >= 0 or quantity == "angle_deg"):
+        if plausible(value, quantity, most):
             return value
-        # NaN, infinite or negative: no dose, time or size is; a total made with it is wrong
+        # NaN, infinite, negative or beyond what X-ray can give: no dose, time or size is; a
+        # total made with it is wrong
         message = f"numeric value {value / scale:g} {unit} is not a possible {quantity.split('_')[0]}"
+        if math.isfinite(value) and value > 0:
+            message += (f" (above {most if most is not None else MAX_PLAUSIBLE[quantity]:g}"
+                        f"{_TARGET_UNITS[quantity]})")
         if quantity in DOSE_QUANTITIES and C.key(concept) not in _EVENT_DETAILS:
             raise self.error(InputError, message, concept)
         log.warning("%s: %s %s; that value is left out", self.path, C.label(concept), message)
@@ -439,7 +472,7 @@ class _Reader:
                 kind = FLUOROSCOPY
             elif vt == "NUM" and concept in _EVENT:
                 name, quantity, how = _EVENT[concept]
-                value = self.num(item, quantity)
+                value = self.num(item, quantity, MAX_PULSE_WIDTH_MS if name == "pulse_width_ms" else None)
                 if value is None:
                     continue
                 if how == "first":
@@ -560,7 +593,8 @@ def _event_kind(code: Dataset) -> str:
 def _with_philips_private(event: IrradiationEvent, private: dict[str, float]) -> IrradiationEvent:
     """Fill the collimated field area and SID from Philips' private items where absent."""
     changes = {}
-    if event.sid_mm is None and C.PHILIPS_FINAL_SID in private:
+    if (event.sid_mm is None and C.PHILIPS_FINAL_SID in private
+            and plausible(private[C.PHILIPS_FINAL_SID], "length_mm")):
         changes["sid_mm"] = private[C.PHILIPS_FINAL_SID]
     edges = {name: private.get(code) for code, name in C.PHILIPS_SHUTTER_EDGES.items()}
     sid_mm = changes.get("sid_mm", event.sid_mm)
@@ -615,6 +649,12 @@ _EVENT = {
 #: an event's duration and field area: a damaged one is left out with a warning (the event's
 #: dose does not depend on it), not the whole report refused (review s17 M2)
 _EVENT_DETAILS = {C.key(C.DCM.IrradiationDuration), C.key(C.DCM.CollimatedFieldArea)}
+
+_TARGET_UNITS = {
+    "dap_gycm2": " Gy.cm2", "dose_mgy": " mGy", "time_s": " s", "time_ms": " ms",
+    "length_mm": " mm", "area_cm2": " cm2", "current_ma": " mA", "charge_mas": " mAs",
+    "voltage_kv": " kV", "angle_deg": " deg", "rate_per_s": "/s", "count": "",
+}
 
 _EXAMPLE_UNITS = {
     "dap_gycm2": "Gy.m2 or dGy.cm2", "dose_mgy": "Gy or mGy", "time_s": "s", "time_ms": "ms",

@@ -6,6 +6,7 @@ unit; :func:`factor` returns the multiplier or None for a unit it does not know.
 """
 from __future__ import annotations
 
+import math
 import re
 
 _PREFIX = {"": 1.0, "k": 1e3, "d": 1e-1, "c": 1e-2, "m": 1e-3, "u": 1e-6, "µ": 1e-6, "μ": 1e-6,
@@ -36,6 +37,40 @@ QUANTITIES = tuple(_RULES)
 #: the quantities that make a report's totals: a value in a unit not known here refuses the
 #: report (a guess would be a wrong dose); another quantity's value is left out, with a warning
 DOSE_QUANTITIES = ("dap_gycm2", "dose_mgy", "time_s", "area_cm2")
+
+#: the largest value of each quantity (its target unit) that projection X-ray can give, with a
+#: margin of 10x or more over the extreme: a value above it is damage or a unit slip (1e30 mA,
+#: 1e200 mGy), refused for its field like a negative one. Extremes: 10 h of fluoroscopy at
+#: 100 mGy/min is 60 Gy at the reference point, 1e5 Gy.cm2 over a 1600 cm2 field; tubes give
+#: at most ~1.5 A and 150 kV; SIDs are 0.6-1.5 m, detectors under 0.5 m across; pulses come
+#: at most 30-60 a second (cine up to 150)
+MAX_PLAUSIBLE = {
+    "dap_gycm2": 1e6,
+    "dose_mgy": 1e6,
+    "time_s": 1e6,        # 11 days of beam
+    "time_ms": 1e9,       # the same, in ms
+    "length_mm": 1e4,
+    "area_cm2": 1e5,      # 10 m2
+    "current_ma": 1e4,
+    "charge_mas": 1e7,    # 1 A for 3 h
+    "voltage_kv": 1000.0,
+    "angle_deg": 360.0,   # either way
+    "rate_per_s": 1000.0,
+    "count": 1e9,         # pulses or frames: 1e6 s at 1000/s
+}
+#: a pulse (or single exposure) longer than 10 s is no pulse: 1e6 ms was read as given
+MAX_PULSE_WIDTH_MS = 1e4
+
+
+def plausible(value: float, quantity: str, most: float | None = None) -> bool:
+    """``value`` (target unit of ``quantity``) is finite, not negative (an angle: either
+    way) and not above ``most`` or :data:`MAX_PLAUSIBLE`."""
+    if not math.isfinite(value):
+        return False
+    limit = most if most is not None else MAX_PLAUSIBLE.get(quantity, math.inf)
+    if quantity == "angle_deg":
+        return abs(value) <= limit
+    return 0.0 <= value <= limit
 
 
 def factor(unit: str, quantity: str) -> float | None:

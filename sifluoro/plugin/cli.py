@@ -258,10 +258,11 @@ def _view(args) -> int:
 def _export(args) -> int:
     if not args.outbox:
         raise ConfigError("export needs --outbox DIR")
-    study = _Study(args, stop=threading.Event(), background_sender=False)
+    stop = stop_on_signals()
+    study = _Study(args, stop=stop, background_sender=False)
     study.replay([], paced=False)
-    if study.pacs:  # synchronous: the command ends when sending is done
-        study.outbox.send_pending(study.pacs)
+    if study.pacs and not stop.is_set():  # synchronous: the command ends when sending is done
+        study.outbox.send_until_stopped(study.pacs, stop)
     return study.finish()
 
 
@@ -274,7 +275,7 @@ def _outbox_send(args) -> int:
     pacs = parse_pacs(args.pacs, args)
     if args.requeue_failed:
         outbox.requeue_failed()
-    report = outbox.send_pending(pacs)
+    report = outbox.send_until_stopped(pacs, stop_on_signals())
     if report.busy:
         print("outbox: another sender is working on it", file=sys.stderr)
     return _report_outbox(outbox, pacs)

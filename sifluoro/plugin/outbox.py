@@ -21,9 +21,11 @@ Logs name SOP classes and SOP Instance UIDs, never a patient.
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
+import socket
 import tempfile
 import threading
 import time
@@ -126,17 +128,21 @@ class Outbox:
                     part.unlink(missing_ok=True)
             except OSError:
                 pass  # gone meanwhile: its writer finished
-        self._sending: set = set()  # associations in progress, from their connection (abort)
+        self._sending: set = set()  # associations in progress, from their request (abort)
+        self._cut_off: set = set()  # those of them abort cut
         self._sending_lock = threading.Lock()
 
     def abort(self) -> None:
-        """Abort the associations this outbox has in progress (a PACS that never answers would
-        hold them, and the process's exit, for its timeout); what they did not send stays
-        pending."""
+        """Cut the connections of the associations this outbox has in progress (a PACS that
+        never answers, or a port that drops the connect, would hold them, and the process's
+        exit, for its timeout); what they did not send stays pending, and what the PACS
+        confirmed before is in ``sent/``. An association that begins meanwhile is not cut:
+        call again until the sender has returned (:meth:`OutboxSender.stop` does)."""
         with self._sending_lock:
             sending = list(self._sending)
+            self._cut_off.update(sending)
         for assoc in sending:
-            assoc.abort()
+            _cut(assoc)
 
     # -- filling ---------------------------------------------------------------------------
     def put(self, ds: Dataset) -> Path:
@@ -207,7 +213,7 @@ class Outbox:
             while self.pending():
                 report.attempts += 1
                 transient = self._send_once(pacs, self.pending(), report)
-                if not transient or report.attempts > pacs.retries:
+                if not transient or report.attempts > pacs.retries or stop.is_set():
                     break
                 wait_s = min(pacs.retry_wait_s * 2 ** (report.attempts - 1), MAX_RETRY_WAIT_S)
                 log.info("outbox: %d file(s) not delivered to %s; retrying in %.1f s",
@@ -221,6 +227,33 @@ class Outbox:
             log.warning("outbox: %d file(s) stay in %s until %s takes them", report.pending,
                         self.pending_dir, pacs)
         return report
+
+    def send_until_stopped(self, pacs: PacsSettings, stop: threading.Event) -> SendReport:
+        """:meth:`send_pending` on a worker thread, so that a set ``stop`` (Ctrl-C) cuts the
+        association in progress at once instead of after the PACS timeout. Returns once the
+        worker has, so that ``sent/`` holds all the PACS confirmed."""
+        outcome: list = []
+
+        def work() -> None:
+            try:
+                outcome.append(self.send_pending(pacs, stop=stop))
+            except BaseException as exc:  # raised again on the caller's thread
+                outcome.append(exc)
+        worker = threading.Thread(target=work, name="sifluoro-outbox", daemon=True)
+        worker.start()
+        try:
+            while worker.is_alive():
+                if stop.is_set():  # again each round: an association may begin after a cut
+                    self.abort()
+                worker.join(0.1)
+        finally:  # a second Ctrl-C: cut still, or pynetdicom's thread holds the exit
+            give_up = time.monotonic() + 5.0
+            while worker.is_alive() and time.monotonic() < give_up:
+                self.abort()
+                worker.join(0.1)
+        if isinstance(outcome[0], BaseException):
+            raise outcome[0]
+        return outcome[0]
 
     def _send_once(self, pacs: PacsSettings, files: list[Path], report: SendReport) -> int:
         """One association for ``files``; returns how many are still pending for a transient
@@ -241,15 +274,16 @@ class Outbox:
             ae.add_requested_context(sop_class, syntaxes)
         opened: list = []
 
-        def connected(event) -> None:  # before negotiation, which a silent PACS holds up
+        def requested(event) -> None:  # before the connect, which a black-holed port holds up
             opened.append(event.assoc)
             with self._sending_lock:
                 self._sending.add(event.assoc)
         try:
-            return self._send_on(ae, pacs, datasets, report, [(evt.EVT_CONN_OPEN, connected)])
+            return self._send_on(ae, pacs, datasets, report, [(evt.EVT_REQUESTED, requested)])
         finally:
             with self._sending_lock:
                 self._sending.difference_update(opened)
+                self._cut_off.difference_update(opened)
 
     def _send_on(self, ae: AE, pacs: PacsSettings, datasets: list, report: SendReport,
                  handlers: list) -> int:
@@ -263,7 +297,10 @@ class Outbox:
                         self._refuse(path, f"{pacs} accepts no presentation context for "
                                      f"{_sop_name(ds.SOPClassUID)}", report)
                 return sum(str(ds.SOPClassUID) not in refused for _, ds in datasets)
-            why = "rejected the association" if assoc.is_rejected else "is unreachable"
+            with self._sending_lock:
+                cut = assoc in self._cut_off
+            why = ("was cut off by a stop" if cut else
+                   "rejected the association" if assoc.is_rejected else "is unreachable")
             log.warning("outbox: PACS %s %s", pacs, why)
             return len(datasets)
         transient = 0
@@ -284,6 +321,9 @@ class Outbox:
                     self._refuse(path, f"{pacs} accepts no presentation context for it ({exc})",
                                  report)
                     continue
+                except RuntimeError:  # the association ended (cut by abort) since the check
+                    transient += len(datasets) - k
+                    break
                 code = status.get("Status") if status else None
                 if code is None:
                     log.warning("outbox: no C-STORE response for %s from %s", name, pacs)
@@ -348,12 +388,16 @@ class OutboxSender:
         return self._idle.wait(timeout_s)
 
     def stop(self, timeout_s: float = 10.0, *, abort: bool = False) -> None:
-        """Stop after the current send (``abort``: abort it; its files stay pending)."""
+        """Stop after the current send (``abort``: cut it; its files stay pending). Returns
+        once the thread has, so that ``sent/`` holds all the PACS confirmed (or after
+        ``timeout_s``)."""
         self._stop.set()
         self._kick.set()
-        if abort:
-            self.outbox.abort()
-        self._thread.join(timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while self._thread.is_alive() and time.monotonic() < deadline:
+            if abort:  # again each round: an association may begin after a cut
+                self.outbox.abort()
+            self._thread.join(min(0.1, max(deadline - time.monotonic(), 0.0)))
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -368,6 +412,17 @@ class OutboxSender:
                     log.exception("outbox: sending to %s failed", self.pacs)
             if not self._kick.is_set():
                 self._idle.set()
+
+
+def _cut(assoc) -> None:
+    """Shut the association's socket down. That wakes every wait of the thread sending on it —
+    the TCP connect, the association request, a C-STORE response — each of which then reads as
+    a failure; pynetdicom's ``abort`` leaves the request to the ACSE timeout and itself waits
+    for a hanging connect."""
+    raw = getattr(assoc.dul.socket, "socket", None)
+    if raw is not None:
+        with contextlib.suppress(OSError):  # not connected yet, or closed meanwhile
+            raw.shutdown(socket.SHUT_RDWR)
 
 
 def _listing(folder: Path) -> list[Path]:

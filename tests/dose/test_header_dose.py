@@ -3,6 +3,7 @@ Exposure Dose Sequence items (datasets built in code)."""
 from __future__ import annotations
 
 import logging
+import re
 
 import pytest
 from pydicom.dataset import Dataset
@@ -133,3 +134,19 @@ def test_a_bad_exposure_item_is_a_typed_error_naming_item_and_attribute(caplog):
     assert tech.kvp == 78.0
     assert "XRayTubeCurrentInuA" in caplog.text
     assert PATIENT_NAME not in caplog.text and PATIENT_ID not in caplog.text
+
+
+@pytest.mark.parametrize("kv, current_ua, time_ms, attribute", [
+    ("1e5", "1000", "10", "(0018,0060) KVP"),
+    ("80", "1e30", "10", "(0018,8151) XRayTubeCurrentInuA"),
+    ("80", "1000", "1e12", "(0018,1150) ExposureTime"),
+])
+def test_an_exposure_item_beyond_what_x_ray_can_give_is_a_typed_error(kv, current_ua, time_ms,
+                                                                      attribute):
+    """1e5 kV, 1e30 µA, 1e12 ms were taken as an exposure's technique (finite, not negative)
+    and the run's dose estimated from them; refused now as a negative one is."""
+    ds = _dataset("xa", n_frames=1, kvp=78.0)
+    ds.ExposureDoseSequence = Sequence([_exposure(kv, current_ua, time_ms)])
+    with pytest.raises(InputError, match=r"item 1: " + re.escape(attribute) + r".*not a possible"):
+        read_exposure_doses(ds, "bad.dcm")
+    assert parse(ds, "bad.dcm").technique.kvp == 78.0

@@ -154,3 +154,95 @@ def test_a_damaged_content_item_is_a_typed_error_and_dose_summary_goes_on(tmp_pa
     studies, rejected = summarize([tmp_path])
     assert [s.study_instance_uid for s in studies] == [study_uid]  # from the image's header
     assert [(r.file, r.error) for r in rejected] == [(str(path), "DamagedFileError")]
+
+
+@pytest.mark.parametrize("concept, value, unit, field", [
+    (N["sid"], 1e9, "mm", "sid_mm"),
+    (N["pw"], 1e6, "ms", "pulse_width_ms"),
+    (N["ma"], 1e30, "mA", "tube_current_ma"),
+    (N["area"], 1e12, "m2", "collimated_field_area_cm2"),
+])
+def test_an_event_value_beyond_what_x_ray_can_give_is_left_out_naming_file_and_item(
+        tmp_path, caplog, concept, value, unit, field):
+    """SID 1e9 mm, a 1e6 ms pulse, 1e30 mA were read as given (finite, not negative): the
+    skin dose and estimates made with them were absurd. Left out with a warning now, as a
+    negative one is; the report's dose stays."""
+    ds = build_rdsr(EVENTS, accumulated={"single": TOTALS})
+    event = next(item for item in _items(ds)
+                 if item.ConceptNameCodeSequence[0].CodeValue == N["event"][0])
+    event.ContentSequence.append(num(concept, value, unit))
+    path = save(ds, tmp_path / "r.dcm")
+    dose = read_rdsr(path)
+    assert getattr(dose.events[0], field) is None
+    assert dose.summary()["dap_gycm2"] == pytest.approx(5.5)
+    assert str(path) in caplog.text and f"({concept[1]},{concept[0]})" in caplog.text
+    assert "is not a possible" in caplog.text and "(above " in caplog.text
+
+
+@pytest.mark.parametrize("event, totals", [
+    (Ev(dap_gycm2=1.5, rp_mgy=1e200), TOTALS),
+    (Ev(dap_gycm2=1e30, rp_mgy=3.0), TOTALS),
+    (EVENTS[0], {**TOTALS, "rp_total": 1e200}),
+    (EVENTS[0], {**TOTALS, "fl_time": 1e30}),
+])
+def test_a_dose_or_time_beyond_what_x_ray_can_give_refuses_the_report(tmp_path, event, totals):
+    """1e200 mGy was a device's dose, its alerts 1e197 levels: refused now naming the item,
+    as a negative dose is (a total made with it is wrong)."""
+    ds = build_rdsr([event, EVENTS[1]], accumulated={"single": totals})
+    with pytest.raises(InputError, match=r"is not a possible (dap|dose|time) \(above 1e\+06"):
+        read_rdsr(save(ds, tmp_path / "r.dcm"))
+
+
+def test_the_largest_real_doses_and_technique_are_read(tmp_path):
+    """What a long interventional procedure can reach (60 Gy at the reference point, 1e5
+    Gy.cm2, 10 h of fluoroscopy) and a big tube's technique (1250 mA, 150 kV, a 1.5 m SID)
+    are read as given: the bounds keep a margin of 10x or more."""
+    events = [Ev(dap_gycm2=1e5, rp_mgy=6e4, kvp=150.0,
+                 extra=[num(N["ma"], 1250, "mA"), num(N["sid"], 1500, "mm"),
+                        num(N["pw"], 900, "ms")]), EVENTS[1]]
+    totals = {"dap_total": 1e5 + 4.0, "rp_total": 6e4 + 20.0, "fl_time": 36000.0,
+              "acq_time": 2.0}
+    dose = read_rdsr(save(build_rdsr(events, accumulated={"single": totals}), tmp_path / "r.dcm"))
+    first = dose.events[0]
+    assert (first.dap_gycm2, first.air_kerma_mgy, first.kvp) == (1e5, 6e4, 150.0)
+    assert (first.tube_current_ma, first.sid_mm, first.pulse_width_ms) == (1250.0, 1500.0, 900.0)
+    assert dose.summary()["fluoro_time_s"] == pytest.approx(36000.0)
+
+
+def test_a_bug_in_sifluoro_is_not_read_as_a_damaged_report(tmp_path, monkeypatch):
+    """Review s17 L1: read_rdsr turned any exception inside the report into DamagedFileError
+    ("copy it again"), so a sifluoro bug there read as a damaged file, in every report. An
+    AttributeError / TypeError from sifluoro's own code, or a NameError, propagates now; what
+    damaged content raises (pydicom's errors, ValueError, KeyError...) stays DamagedFileError
+    (test_a_damaged_content_item_is_a_typed_error_and_dose_summary_goes_on, the fuzz tests)."""
+    import sifluoro.dose.rdsr_read as rdsr_read
+
+    path = save(build_rdsr(EVENTS, accumulated={"single": TOTALS}), tmp_path / "r.dcm")
+    with pytest.raises(AttributeError, match="'str' object has no attribute"):
+        read_rdsr(path, str(path))  # a caller's slip: the path given as the dataset
+    for bug in (TypeError, NameError):
+        def broken(self, container, bug=bug):  # a bug in the reader's own code
+            raise bug("a bug in sifluoro")
+        monkeypatch.setattr(rdsr_read._Reader, "plane", broken)
+        with pytest.raises(bug, match="a bug in sifluoro"):
+            read_rdsr(path)
+
+
+def test_an_attribute_or_type_error_raised_by_pydicom_is_the_content_s():
+    """The line read_rdsr draws: pydicom's AttributeError (an element missing) or TypeError is
+    the file's content; the same raised in sifluoro's code is a bug."""
+    from pydicom.dataset import Dataset
+
+    from sifluoro.dose.rdsr_read import _from_content
+
+    def raised(call):
+        try:
+            call()
+        except Exception as exc:
+            return exc
+        raise AssertionError("nothing raised")
+
+    assert _from_content(raised(lambda: Dataset().ConceptNameCodeSequence))
+    assert not _from_content(raised(lambda: None.ConceptNameCodeSequence))
+    assert not _from_content(raised(lambda: len(None)))
+    assert _from_content(raised(lambda: float("abc")))  # ValueError: a value, wherever raised

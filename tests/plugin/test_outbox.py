@@ -2,6 +2,7 @@
 sent/ only on success, stay pending on transient failures, go to failed/ when refused."""
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import threading
@@ -41,12 +42,14 @@ def _instance(uid: str | None = None) -> Dataset:
 @pytest.fixture
 def scp():
     """A Storage SCP on a free port; ``scp.answers[uid]`` is a list of statuses to answer in
-    turn (then success); ``scp.stored`` the UIDs it answered success for."""
+    turn (then success), ``None`` for no answer until ``scp.release`` is set (``scp.holding``
+    is set meanwhile); ``scp.stored`` the UIDs it answered success for."""
     ae = AE(ae_title="PACS")
     ae.add_supported_context(SecondaryCaptureImageStorage, ExplicitVRLittleEndian)
     answers: dict[str, list[int]] = {}
     stored: list[str] = []
     lock = threading.Lock()
+    holding, release = threading.Event(), threading.Event()
 
     def handle(event):
         uid = event.request.AffectedSOPInstanceUID
@@ -55,13 +58,19 @@ def scp():
             status = queue.pop(0) if queue else 0x0000
             if status == 0x0000:
                 stored.append(uid)
+        if status is None:
+            holding.set()
+            release.wait(120)
+            return 0xA700
         return status
 
     port = free_port()
     server = ae.start_server(("127.0.0.1", port), block=False,
                              evt_handlers=[(evt.EVT_C_STORE, handle)])
     server.answers, server.stored, server.port = answers, stored, port
+    server.holding, server.release = holding, release
     yield server
+    release.set()
     server.shutdown()
 
 
@@ -158,3 +167,63 @@ def test_an_outbox_holding_only_what_the_pacs_never_takes_refuses_it_at_once(tmp
     assert [p.name for p in outbox.failed()] == [queued.name]
     assert "accepts no presentation context for X-Ray Radiation Dose SR Storage" in \
         (outbox.failed_dir / f"{queued.name}.reason.txt").read_text()
+
+
+def _connecting_to(port: int) -> bool:
+    """A TCP connect to 127.0.0.1:``port`` is waiting for the SYN's answer (SYN_SENT)."""
+    for line in open("/proc/net/tcp").read().splitlines()[1:]:
+        fields = line.split()
+        if fields[2] == f"0100007F:{port:04X}" and fields[3] == "02":
+            return True
+    return False
+
+
+@pytest.mark.parametrize("pacs", ["silent", "black-holed", "stalled"])
+def test_stop_with_abort_returns_at_once_and_what_was_confirmed_is_in_sent(tmp_path, scp, pacs):
+    """Ctrl-C while the PACS holds the sender: a PACS that takes the connection and never
+    answers the association, a port that drops the connect (here a listener whose queue is
+    full), or a PACS that took one file and holds the answer to the next. The stop took the
+    sender's 10 s join (pynetdicom's abort does not wake the association request, and waits
+    itself for a connect that hangs); now it returns once the sender has, in well under 2 s,
+    with the file the PACS confirmed in sent/ and the others pending."""
+    import socket
+    import time
+
+    outbox = Outbox(tmp_path / "outbox")
+    first, second = outbox.put(_instance()), outbox.put(_instance())
+    os.utime(first, ns=(1, 1))  # sent first
+    with contextlib.ExitStack() as stack:
+        port = scp.port
+        if pacs != "stalled":
+            listener = stack.enter_context(socket.socket())
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(0 if pacs == "black-holed" else 50)
+            port = listener.getsockname()[1]
+            for _ in range(3 if pacs == "black-holed" else 0):  # fill its queue
+                filler = stack.enter_context(socket.socket())
+                filler.setblocking(False)
+                filler.connect_ex(("127.0.0.1", port))
+        scp.answers[second.stem] = [None]
+        settings = PacsSettings("PACS", "127.0.0.1", port, retries=9, timeout_s=30.0)
+        sender = OutboxSender(outbox, settings, interval_s=60).start()
+        deadline = time.monotonic() + 60
+        if pacs == "silent":
+            listener.settimeout(60)
+            stack.enter_context(listener.accept()[0])
+        elif pacs == "black-holed":
+            while not _connecting_to(port) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert _connecting_to(port)
+        else:
+            assert scp.holding.wait(60)
+        time.sleep(0.3)  # the sender is inside pynetdicom's wait, not on its way there
+        t0 = time.monotonic()
+        sender.stop(abort=True)
+        stopped_s = time.monotonic() - t0
+        assert not sender._thread.is_alive()
+    assert stopped_s < 2.0
+    if pacs == "stalled":
+        assert [p.name for p in outbox.sent()] == [first.name] and scp.stored == [first.stem]
+        assert [p.name for p in outbox.pending()] == [second.name]
+    else:
+        assert not outbox.sent() and len(outbox.pending()) == 2
