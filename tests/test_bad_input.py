@@ -109,8 +109,9 @@ def test_replay_of_a_damaged_study_follows_the_contract(damaged_study, tmp_path,
     # frame 3 of truncated.dcm, frames 3-4 of broken_rle.dcm, 2-3 of truncated_rle.dcm, the
     # 3 of no_frame_time.dcm (no timing: its frames are not shown) and the 3 of unknown_ts.dcm
     # (pixels not decodable, its header whole): counted from their headers
-    # wrong_size.dcm's 3 too since review s16 H1 (its frames cannot be cut; its dose counted)
-    assert s["lost_frames"]["frames"] == 14 and s["lost_frames"]["fluoro_time_s"] > 0
+    # wrong_size.dcm's 3 too since review s16 H1 (its frames cannot be cut; its dose counted),
+    # and no_rows.dcm's 3 since user review s18 F9 (its size unknown; its dose counted)
+    assert s["lost_frames"]["frames"] == 17 and s["lost_frames"]["fluoro_time_s"] > 0
     assert sorted(r["file"].rsplit("/", 1)[-1] for r in s["rejected_files"]) == sorted(EXPECTED_REASONS)
     printed = capsys.readouterr()
     everything = events.read_text() + summary.read_text() + printed.out + printed.err + caplog.text
@@ -121,7 +122,7 @@ def test_the_engine_counts_the_frames_a_damaged_file_lost(damaged_study):
     from sifluoro import Engine, Settings
 
     summary = Engine(Settings(latency_budget_ms=1e9), stages=[]).run(damaged_study)
-    assert summary["frames"] == 11 and summary["lost_frames"]["frames"] == 14
+    assert summary["frames"] == 11 and summary["lost_frames"]["frames"] == 17
 
 
 def test_a_study_whose_every_frame_was_lost_still_has_its_dose_reported(tmp_path):
@@ -556,7 +557,7 @@ def test_the_dose_shown_live_has_the_lost_frames_once_their_run_is_passed(damage
     shown = events[after]["dose"]
     assert shown["study_air_kerma_mgy"] > shown["air_kerma_mgy"]
     assert replay_output_violations(tmp_path / "e.jsonl", tmp_path / "s.json") == []
-    assert result.summary["lost_frames"]["frames"] == 14
+    assert result.summary["lost_frames"]["frames"] == 17
 
     engine = Engine(Settings(latency_budget_ms=1e9), stages=[])
     doses = []
@@ -607,9 +608,10 @@ def test_a_live_replay_stopped_part_way_counts_only_the_lost_frames_of_runs_it_p
     summary = LiveReplay(Engine(Settings(latency_budget_ms=float("inf")), stages=[]),
                          [StopAfterTruncated()], paced=False, stop=stop).run([damaged_study])
     assert summary["ended_early"] and summary["frames"] == 5
-    # truncated.dcm's frame 3, unknown_ts.dcm's, wrong_size.dcm's and no_frame_time.dcm's 3
-    # (runs passed); not the 4 of the broken and truncated RLE runs after the stop
-    assert summary["lost_frames"]["frames"] == 10
+    # truncated.dcm's frame 3, no_rows.dcm's, unknown_ts.dcm's, wrong_size.dcm's and
+    # no_frame_time.dcm's 3 (runs passed); not the 4 of the broken and truncated RLE runs
+    # after the stop
+    assert summary["lost_frames"]["frames"] == 13
 
 
 def test_an_alert_the_lost_frames_raise_reaches_the_live_outputs_before_the_end(damaged_study):
@@ -717,7 +719,7 @@ def test_a_rejection_names_its_error_class_and_tag_for_programs(damaged_study):
     by_name = {r.file.rsplit("/", 1)[-1]: r for r in rejected}
     assert by_name["notes.txt"].error == "NotDicomError" and by_name["notes.txt"].tag == ""
     assert (by_name["no_rows.dcm"].error, by_name["no_rows.dcm"].tag) == (
-        "MissingAttributeError", "(0028,0010) Rows")
+        "DamagedPixelDataError", "(0028,0010) Rows")
     assert by_name["truncated.dcm"].as_dict()["error"] == "DamagedPixelDataError"
     assert all(issubclass(getattr(errors, r.error), errors.InputError) for r in rejected)
 
@@ -728,7 +730,10 @@ def test_a_file_cut_inside_its_header_says_so(tmp_path):
     (path,) = write_study(tmp_path, [RunSpec(0.0)])
     data = path.read_bytes()
     path.write_bytes(data[:data.index(b"\x28\x00\x10\x00")])  # cut just before Rows
-    [rejection] = read_study([tmp_path]).rejected
+    study = read_study([tmp_path])  # its frames refused as they come, its dose kept (s18 F9)
+    rejected = list(study.rejected)
+    assert list(iter_frames(study, rejected, [])) == []
+    [rejection] = rejected
     assert "cut short inside its header" in rejection.reason
     assert rejection.error == "DamagedPixelDataError" and rejection.tag == "(0028,0010) Rows"
 
@@ -1006,3 +1011,37 @@ def test_a_dose_report_cut_inside_its_header_is_not_said_to_lack_pixel_data(tmp_
     [rejection] = study.rejected
     assert rejection.error == "DamagedFileError" and not rejection.tag
     assert "cut short (an interrupted copy) or damaged" in rejection.reason
+
+
+@pytest.mark.parametrize("keyword", ["Rows", "Columns", "BitsAllocated"])
+def test_a_run_whose_header_lacks_its_size_keeps_its_dose(tmp_path, keyword):
+    """User review s18 F9: a run without Rows, Columns or BitsAllocated was rejected whole, its
+    dose (readable in the same header) left out of the totals, the study dose and the RDSR
+    with nothing saying they were short; the receiver answered it 0xC002, which stops
+    storescu before the rest of the study. Its frames are refused, its dose counted."""
+    from sifluoro.dose.rdsr_read import read_rdsr
+
+    specs = [RunSpec(0.0, filename="a.dcm"), RunSpec(30.0, filename="b.dcm", n_frames=4)]
+    write_study(tmp_path / "ok", specs)
+    whole = main(["replay", str(tmp_path / "ok"), "--events", str(tmp_path / "ok.e"),
+                  "--summary", str(tmp_path / "ok.s"), "-q"])
+    (_, damaged) = write_study(tmp_path / "in", specs)
+    ds = pydicom.dcmread(damaged)
+    delattr(ds, keyword)
+    ds.save_as(damaged)
+    code = main(["replay", str(tmp_path / "in"), "--events", str(tmp_path / "e"), "--summary",
+                 str(tmp_path / "s"), "--rdsr", str(tmp_path / "r.dcm"), "-q"])
+    s, ok = json.loads((tmp_path / "s").read_text()), json.loads((tmp_path / "ok.s").read_text())
+    assert (whole, code) == (0, 0) and s["frames"] == 3 and s["lost_frames"]["frames"] == 4
+    assert [r["reason"] for r in s["rejected_files"]][0].startswith(f"{tag_for(keyword)} {keyword}")
+    for key in ("air_kerma_mgy", "dap_gycm2", "fluoro_time_s"):
+        assert s["study_dose"][key] == pytest.approx(ok["study_dose"][key])
+    rdsr = read_rdsr(tmp_path / "r.dcm")
+    assert rdsr.planes[0].air_kerma_mgy == pytest.approx(ok["study_dose"]["air_kerma_mgy"])
+
+
+def tag_for(keyword: str) -> str:
+    from pydicom.datadict import tag_for_keyword
+
+    tag = tag_for_keyword(keyword)
+    return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"

@@ -431,13 +431,15 @@ def run_from_dataset(ds: Dataset, path: str | Path) -> Run:
         else:
             offset, reader = pixel_tag_at, pixel_readers.read_encapsulated_cut
     else:  # the file ends before its pixel data
+        cut = ("the file ends before its pixel data, so it was most likely cut short inside "
+               "its header (an interrupted transfer?); send or export it again")
         try:
             fields = header.parse(ds, path)
         except MissingAttributeError as exc:  # most likely cut inside its header: say so
-            raise DamagedPixelDataError(
-                f"{exc.reason}: the file ends before its pixel data, so it was most likely cut "
-                "short inside its header (an interrupted transfer?); send or export it again",
-                path=path, tag=exc.tag) from exc
+            raise DamagedPixelDataError(f"{exc.reason}: {cut}", path=path, tag=exc.tag) from exc
+        if fields.rows == 0:  # its size cut off: the dose before it is kept
+            tag, why, _ = fields.pixels_refused
+            fields = replace(fields, pixels_refused=(tag, f"{why}: {cut}", DamagedPixelDataError))
         offset, reader = None, pixel_readers.read_none
     refused = syntax_refused or fields.pixels_refused
     if refused:

@@ -228,13 +228,20 @@ def parse(ds: Dataset, path: str, *, pixel_bytes: int | None = None,
     look = _Lookup(ds, path)
     sop_uid = _required_text(look, "SOPInstanceUID", path)
     study_uid = _required_text(look, "StudyInstanceUID", path)
-    rows = _required_int(look, "Rows", path, range(1, 65536))
-    columns = _required_int(look, "Columns", path, range(1, 65536))
-    bits_allocated = _required_int(look, "BitsAllocated", path, (8, 16))
-    bits_stored = _required_int(look, "BitsStored", path, range(1, bits_allocated + 1))
     # values sifluoro cannot read: the frames are refused, the run's exposure still happened
     # (its dose counted from the header, as lost frames)
     pixels_refused = None
+    try:
+        rows = _required_int(look, "Rows", path, range(1, 65536))
+        columns = _required_int(look, "Columns", path, range(1, 65536))
+        bits_allocated = _required_int(look, "BitsAllocated", path, (8, 16))
+        bits_stored = _required_int(look, "BitsStored", path, range(1, bits_allocated + 1))
+    except InputError as exc:
+        # no frame can be read without its size; the size stays unknown (0), so nothing is
+        # taken from the image's area or the pixel data's length
+        rows = columns = 0
+        bits_allocated = bits_stored = 16
+        pixels_refused = (exc.tag, exc.reason, DamagedPixelDataError)
     samples = look.raw("SamplesPerPixel", frame=None)
     if video:  # YBR_PARTIAL_420 by the standard: its luma, 8 bits, is the grey frame
         bits_allocated = bits_stored = 8
@@ -261,6 +268,8 @@ def parse(ds: Dataset, path: str, *, pixel_bytes: int | None = None,
             UnsupportedPixelDataError)
         photometric = "MONOCHROME2"  # no frame is shown; the run keeps a valid value
     frame_bytes = rows * columns * (bits_allocated // 8)
+    if not frame_bytes:  # the size unknown: the header's NumberOfFrames alone
+        frame_bytes, pixel_bytes = 1, None
     n_frames = _frames_present(_number_of_frames(look, path, frame_bytes, pixel_bytes,
                                                  fragments, frames_held),
                                frame_bytes, pixel_bytes, fragments, path)

@@ -68,6 +68,12 @@ def field_area_cm2_at_detector(tech: Technique, rows: int, columns: int) -> floa
     """
     aperture = tech.collimator if tech.collimator is not None else tech.shutter
     spacing = tech.imager_pixel_spacing_xy_mm
+    # the image's size unknown (a damaged header): only a collimator rectangle with the
+    # detector spacing, or the field of view alone, give the area
+    if (rows <= 0 or columns <= 0) and not (
+            (spacing is not None and aperture is not None and aperture.rect_xyxy is not None)
+            or (spacing is None and aperture is None)):
+        return None
     fov_mm2 = None
     if tech.field_of_view_mm is not None:
         fov_mm2 = field_of_view_area_mm2(tech.field_of_view_mm, tech.field_of_view_shape)

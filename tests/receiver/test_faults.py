@@ -481,6 +481,21 @@ def test_pixel_data_longer_than_its_header_says_is_stored_with_its_dose(tmp_path
     assert summary["study_dose"]["air_kerma_mgy"] > 0
 
 
+def test_an_image_without_rows_is_stored_with_its_dose(start_receiver, study_files):
+    """User review s18 F9: answered 0xC002, so DCMTK's storescu stopped before the rest of the
+    study and the run's exposure was lost; its frames cannot be read, its dose can."""
+    receiver = start_receiver()
+    image = pydicom.dcmread(study_files[0])
+    del image.Rows
+    [(status, _)] = send(receiver.port, [image], contexts=(XRayAngiographicImageStorage,))
+    assert status == 0
+    summary_path = receiver.spool / str(image.StudyInstanceUID) / "summary.json"
+    wait_for(lambda: summary_path.exists())
+    summary = json.loads(summary_path.read_text())
+    assert summary["frames"] == 0 and summary["lost_frames"]["frames"] == 3
+    assert summary["study_dose"]["air_kerma_mgy"] > 0
+
+
 def test_an_events_or_summary_path_that_cannot_be_written_stops_the_start(tmp_path, capsys):
     """User review s18 F24: ``receive --events`` naming a place that cannot be written started,
     answered every instance success and lost every event (exit 1 only at shutdown)."""
