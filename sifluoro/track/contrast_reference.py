@@ -9,6 +9,8 @@ seen, so the envelope holds the needle where it is now.
 """
 from __future__ import annotations
 
+import functools
+
 import cv2
 import numpy as np
 
@@ -199,8 +201,17 @@ def _phase_shift(ref: np.ndarray, cur: np.ndarray, usable: np.ndarray) -> tuple[
     fill_c = float(cur[usable].mean())
     a = np.where(usable, ref, fill_r).astype(np.float32)
     b = np.where(usable, cur, fill_c).astype(np.float32)
-    window = cv2.createHanningWindow(a.shape[::-1], cv2.CV_32F)
+    window = _hanning(a.shape)
     (dx, dy), response = cv2.phaseCorrelate(a, b, window)
     if response < 0.1 or abs(dx) > 12 or abs(dy) > 12:
         return 0, 0
     return int(round(dx)), int(round(dy))
+
+
+@functools.lru_cache(maxsize=4)
+def _hanning(shape: tuple[int, int]) -> np.ndarray:
+    """OpenCV's Hanning window of a grid shape, made once per shape (it cost a tenth of
+    :meth:`ReferenceBank.adopt_run`); read-only."""
+    window = cv2.createHanningWindow(shape[::-1], cv2.CV_32F)
+    window.flags.writeable = False
+    return window
