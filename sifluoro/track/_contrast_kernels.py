@@ -1027,10 +1027,10 @@ def masked_median(m, mask, cand, hist, bins):
         hist[i] = 0
     for y in range(rows):
         br = bins[y]
-        for x in range(cols):
+        for x in range(np.uint64(cols)):
             b = br[x]
             if b >= 0:
-                hist[4 * b + (x & 3)] += 1
+                hist[np.uint64(4) * np.uint64(b) + (x & np.uint64(3))] += 1
     for b in range(nb):
         hist[b] = hist[4 * b] + hist[4 * b + 1] + hist[4 * b + 2] + hist[4 * b + 3]
     counts = hist[:nb]
@@ -1040,13 +1040,22 @@ def masked_median(m, mask, cand, hist, bins):
     b1, _ = _bin_of_rank(counts, k)
     # the values of the bins from rank k0's to rank k's (one bin, or two adjacent ones); the
     # binning is monotonic, so their order among all values is known
+    # blocks of 16 without one are passed over after a test that vectorises
     c = 0
+    ub0 = np.int32(b0)
+    ub1 = np.int32(b1)
     for y in range(rows):
-        for x in range(cols):
-            b = bins[y, x]
-            if b0 <= b <= b1:
-                cand[c] = m[y, x]
-                c += 1
+        br, mr = bins[y], m[y]
+        for x0 in range(0, cols, 16):
+            block = br[x0:min(x0 + 16, cols)]
+            hit = False
+            for j in range(np.uint64(block.size)):
+                hit |= (block[j] >= ub0) & (block[j] <= ub1)
+            if hit:
+                for j in range(block.size):
+                    if ub0 <= block[j] <= ub1:
+                        cand[c] = mr[x0 + j]
+                        c += 1
     upper = select_kth(cand, c, k - below)
     if n % 2 == 1:
         return upper, n
