@@ -534,3 +534,19 @@ def test_the_gas_checks_component_is_the_one_best_line_scores():
         comp = _best_component(z)
         assert float((z[comp] - LOW_Z).astype(np.float64).sum()) == pytest.approx(ref, rel=1e-6)
     assert _best_component(np.zeros((8, 8), np.float32)) is None
+
+
+def test_inner_is_the_field_eroded_by_the_filters_reach():
+    """TransientLines' inner field (OpenCV's erosion) is K.erode_square's, fields that touch
+    the grid's edge included (outside counts as set)."""
+    rng = np.random.default_rng(9)
+    shape = (45, 61)
+    t = TransientLines(shape)
+    for k in range(6):
+        valid = rng.random(shape) > [0.0, 0.01, 0.05, 0.3, 0.6, 1.0][k]
+        valid[:, :3] = k % 2 == 0
+        t._mask(valid)
+        want = np.empty(shape, bool)
+        K.erode_square(valid, EDGE_PX, np.empty(shape, bool), want)
+        np.testing.assert_array_equal(t.inner, want)
+        assert np.array_equal(t.validf, want.astype(np.float32))
