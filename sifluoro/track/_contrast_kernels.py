@@ -1122,6 +1122,20 @@ def z_like(m, med, divisor):
             mr[x] = (mr[x] - med) / dr[x]
 
 
+@njit(cache=True, nogil=True)
+def drop_kept_opacity(zw, arrival, newest, mask, y0, y1, x0, x1, margin):
+    """In the box ``y0:y1, x0:x1``: ``zw = 0`` where ``mask`` and ``arrival - newest <
+    margin`` (float32, the margin rounded to float32 as NumPy compares a float32 array with a
+    Python float): the NumPy steps of ``contrast_transient._drop_kept_opacity`` in one pass."""
+    rows, cols = zw.shape
+    m = np.float32(margin)
+    for y in range(max(y0, 0), min(y1, rows)):
+        zr, ar, nr, kr = zw[y], arrival[y], newest[y], mask[y]
+        for x in range(max(x0, 0), min(x1, cols)):
+            if kr[x] and ar[x] - nr[x] < m:
+                zr[x] = np.float32(0.0)
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def box_scale(mask, window, counts, out):
     """``out = 1.2533 / max(1, pixels of mask in the window² box)``, zeros outside: turns a box
@@ -1292,4 +1306,5 @@ def warm_up(rows: int = 1024, cols: int = 1024, factor: int = 4) -> None:
     box_scale(flags, 31, bins, washout)
     med = local_z(onset, flags, tmp, washout, 31, scratch, hist, bins, rowsum, colsum, img)
     z_like(onset, med, img)
+    drop_kept_opacity(onset, img, tmp, flags, 0, 2, 0, 2, 0.5)
     best_line(onset, washout, tmp, 1.5, 3.0, flags2, stack)

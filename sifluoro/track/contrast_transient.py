@@ -142,9 +142,7 @@ def _drop_kept_opacity(zw: np.ndarray, arrival: np.ndarray, newest: np.ndarray,
     """Zero the washout z ``zw`` where ``mask`` (opacity still there on ``newest``) lost
     less than ``margin`` since ``arrival``; only inside ``bbox`` (y0, y1, x0, x1)."""
     y0, y1, x0, x1 = bbox
-    box = (slice(y0, y1), slice(x0, x1))
-    kept = mask[box] & (arrival[box] - newest[box] < margin)
-    zw[box][kept] = 0.0
+    K.drop_kept_opacity(zw, arrival, newest, mask, y0, y1, x0, x1, margin)
 
 
 class TransientLines:
