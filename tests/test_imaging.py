@@ -127,6 +127,26 @@ def test_median_and_robust_sigma_equal_numpy_exactly(n, seed, dtype, kind):
     np.testing.assert_array_equal(got_mad, float(want_mad))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_median_range_by_integer_keys_equals_numpy(dtype):
+    """The extremes the median bins between (taken on the floats' bits as integer keys,
+    which vectorises) are NumPy's, negative values, zeros of both signs and infinities
+    included."""
+    from sifluoro import _imaging_kernels as k
+
+    rng = np.random.default_rng(3)
+    for n in (1, 2, 15, 16, 17, 1000):
+        for _ in range(20):
+            v = (rng.standard_normal(n) * 10.0 ** rng.integers(-30, 30)).astype(dtype)
+            some = rng.random(n) < 0.2
+            v[some] = rng.choice(_SPECIAL, size=int(some.sum()))
+            with np.errstate(over="ignore"):
+                v = v.astype(dtype)
+            lo, hi = k._range(v)
+            assert lo == v.min() and hi == v.max()
+            assert dtype(lo) == lo and dtype(hi) == hi
+
+
 def test_median_of_nan_empty_and_read_only_values():
     from sifluoro.imaging import median, robust_sigma
 

@@ -1035,10 +1035,10 @@ def masked_median(m, mask, cand, hist, bins):
         hist[i] = 0
     for y in range(rows):
         br = bins[y]
-        for x in range(cols):
+        for x in range(np.uint64(cols)):
             b = br[x]
             if b >= 0:
-                hist[4 * b + (x & 3)] += 1
+                hist[np.uint64(4) * np.uint64(b) + (x & np.uint64(3))] += 1
     for b in range(nb):
         hist[b] = hist[4 * b] + hist[4 * b + 1] + hist[4 * b + 2] + hist[4 * b + 3]
     counts = hist[:nb]
@@ -1048,13 +1048,22 @@ def masked_median(m, mask, cand, hist, bins):
     b1, _ = _bin_of_rank(counts, k)
     # the values of the bins from rank k0's to rank k's (one bin, or two adjacent ones); the
     # binning is monotonic, so their order among all values is known
+    # blocks of 16 without one are passed over after a test that vectorises
     c = 0
+    ub0 = np.int32(b0)
+    ub1 = np.int32(b1)
     for y in range(rows):
-        for x in range(cols):
-            b = bins[y, x]
-            if b0 <= b <= b1:
-                cand[c] = m[y, x]
-                c += 1
+        br, mr = bins[y], m[y]
+        for x0 in range(0, cols, 16):
+            block = br[x0:min(x0 + 16, cols)]
+            hit = False
+            for j in range(np.uint64(block.size)):
+                hit |= (block[j] >= ub0) & (block[j] <= ub1)
+            if hit:
+                for j in range(block.size):
+                    if ub0 <= block[j] <= ub1:
+                        cand[c] = mr[x0 + j]
+                        c += 1
     upper = select_kth(cand, c, k - below)
     if n % 2 == 1:
         return upper, n
@@ -1119,6 +1128,20 @@ def z_like(m, med, divisor):
         mr, dr = m[y], divisor[y]
         for x in range(np.uint64(cols)):
             mr[x] = (mr[x] - med) / dr[x]
+
+
+@njit(cache=True, nogil=True)
+def drop_kept_opacity(zw, arrival, newest, mask, y0, y1, x0, x1, margin):
+    """In the box ``y0:y1, x0:x1``: ``zw = 0`` where ``mask`` and ``arrival - newest <
+    margin`` (float32, the margin rounded to float32 as NumPy compares a float32 array with a
+    Python float): the NumPy steps of ``contrast_transient._drop_kept_opacity`` in one pass."""
+    rows, cols = zw.shape
+    m = np.float32(margin)
+    for y in range(max(y0, 0), min(y1, rows)):
+        zr, ar, nr, kr = zw[y], arrival[y], newest[y], mask[y]
+        for x in range(max(x0, 0), min(x1, cols)):
+            if kr[x] and ar[x] - nr[x] < m:
+                zr[x] = np.float32(0.0)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -1292,4 +1315,5 @@ def warm_up(rows: int = 1024, cols: int = 1024, factor: int = 4) -> None:
     box_scale(flags, 31, bins, washout)
     med = local_z(onset, flags, tmp, washout, 31, scratch, hist, bins, rowsum, colsum, img)
     z_like(onset, med, img)
+    drop_kept_opacity(onset, img, tmp, flags, 0, 2, 0, 2, 0.5)
     best_line(onset, washout, tmp, 1.5, 3.0, flags2, stack)

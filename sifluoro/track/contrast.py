@@ -21,6 +21,7 @@ from sifluoro.track.contrast_classify import (CONTINUED_NEW_FRACTION, DANGER, LA
                                                VASCULAR_LINE_MM, Classifier, Opacity,
                                                describe_components)
 from sifluoro.track.contrast_reference import ReferenceBank
+from sifluoro.track.contrast_reference import warm_up as reference_warm_up
 from sifluoro.track.contrast_transient import FRAMES as TRANSIENT_FRAMES, TransientLines, new_stamp
 
 log = logging.getLogger(__name__)
@@ -250,7 +251,9 @@ class ContrastStage:
         """Compile the kernels on a frame of the run's real shape (the working arrays belong
         to each study: allocated on its first frame)."""
         rows, cols = frame.pixels.shape
-        K.warm_up(rows, cols, self.factor_for(rows, cols))
+        factor = self.factor_for(rows, cols)
+        K.warm_up(rows, cols, factor)
+        reference_warm_up(rows // factor, cols // factor)
 
     def factor_for(self, rows: int, cols: int) -> int:
         return max(1, int(round(max(rows, cols) / self.settings.grid_px)))

@@ -9,11 +9,14 @@ seen, so the envelope holds the needle where it is now.
 """
 from __future__ import annotations
 
+import functools
+
 import cv2
 import numpy as np
 
 from sifluoro.imaging import median, robust_sigma
 from sifluoro.track import _contrast_kernels as K
+from sifluoro.track import _reference_kernels as R
 
 UNUSABLE = np.float32(-1.0)
 # a new run whose first frame differs from the kept frames this many times more than they
@@ -50,6 +53,7 @@ class ReferenceBank:
         self.envelope = np.full(shape, UNUSABLE, np.float32)
         self.runs_seen = 0
         self._dirty = False
+        self._work: _AdoptWork | None = None
 
     @property
     def mature(self) -> bool:
@@ -114,14 +118,16 @@ class ReferenceBank:
         more than two kept frames of the pose differ among themselves."""
         if self.count < 2:
             return False
+        w = self._work
         latest = self.latest()
         previous = self.slots[(self.next_slot - 2) % len(self.slots)]
-        same = both & (previous >= 0)
+        same = np.logical_and(both, previous >= 0, out=w.same)
         if np.count_nonzero(same) < 0.05 * same.size:
             return False
-        if _pixel_noise(latest, both) < QUIETER * _pixel_noise(first, both):
+        if _pixel_noise(latest, both, w.f32) < QUIETER * _pixel_noise(first, both, w.f32):
             return False
-        kept = gain * _robust_sigma((latest - previous)[same])
+        n = R.masked_difference(latest, previous, same, w.f32)
+        kept = gain * _robust_sigma(w.f32[:n])
         return _robust_sigma(residual) > MISMATCH * kept
 
     def adopt_run(self, first: np.ndarray, usable: np.ndarray) -> tuple[int, int]:
@@ -135,11 +141,14 @@ class ReferenceBank:
         the kept frames, from phase correlation (0, 0 when unsure).
         """
         self.runs_seen += 1
+        if self._work is None or self._work.shape != first.shape:
+            self._work = _AdoptWork(first.shape)
+        w = self._work
         latest = self.latest()
-        both = usable & (latest > 0.02) & (latest < 0.98) & (first > 0.02) & (first < 0.98)
-        if np.count_nonzero(both) < 0.05 * both.size:
+        both = w.both
+        if R.overlap(usable, latest, first, both) < 0.05 * both.size:
             return 0, 0
-        shift = _phase_shift(latest, first, both)
+        shift = _phase_shift(latest, first, both, w)
         if shift != (0, 0):
             kept = self.slots[:self.count]  # a view: written in place
             kept[...] = np.roll(kept, shift[::-1], axis=(1, 2))
@@ -154,53 +163,83 @@ class ReferenceBank:
             elif dy < 0:
                 kept[:, dy:, :] = UNUSABLE
             latest = self.latest()
-            both = usable & (latest > 0.02) & (latest < 0.98) & (first > 0.02) & (first < 0.98)
-        a = latest[both].astype(np.float64)
-        b = first[both].astype(np.float64)
-        noise_diff = median(np.abs(np.diff(b - a))) * 1.0484  # sigma of a difference
+            R.overlap(usable, latest, first, both)
+        n = R.masked_pairs(latest, first, both, w.a, w.b)
+        a, b = w.a[:n], w.b[:n]
+        R.abs_steps(a, b, w.f64)
+        noise_diff = median(w.f64[:max(n - 1, 0)]) * 1.0484  # sigma of a difference
         var = a.var()
-        gain = float(((a - a.mean()) * (b - b.mean())).mean() / var) if var > 0 else 1.0
+        mean_a, mean_b = a.mean(), b.mean()
+        gain = float(((a - mean_a) * (b - mean_b)).mean() / var) if var > 0 else 1.0
         if not 0.5 < gain < 2.0:
             gain = 1.0
-        offset = float(b.mean() - gain * a.mean())
-        if self._outclassed(first, b - gain * a - offset, both, gain):
+        offset = float(mean_b - gain * mean_a)
+        R.affine_residual(a, b, gain, offset, w.f64[:n])
+        if self._outclassed(first, w.f64[:n], both, gain):
             # the kept frames do not predict this run (an acquisition run after fluoroscopy:
             # other dose, noise and processing); their envelope would bury the run's contrast,
             # so the run starts its own reference from its first frame
             self.restart(first, ~usable)
             return shift
-        used = self.slots[:self.count]
-        keep = used >= 0
-        used *= np.float32(gain)
-        used += np.float32(offset)
-        used[~keep] = UNUSABLE
         # what the new run shows that older frames lack (the needle moved) goes into every
         # kept frame, raised by about the bias of a maximum over several noisy frames: it
         # then stands in the envelope as high as everything else does
-        lifted = np.where(usable, first + np.float32(noise_diff), UNUSABLE)
-        np.maximum(used, lifted, out=used)
+        R.rescale_kept(self.slots, self.count, np.float32(gain), np.float32(offset), first,
+                       usable, np.float32(noise_diff))
         self._dirty = True
         return shift
 
 
-def _pixel_noise(image: np.ndarray, usable: np.ndarray) -> float:
-    """Per-pixel noise from horizontal neighbour differences (robust: edges are few)."""
-    d = (image[:, 1:] - image[:, :-1])[usable[:, 1:] & usable[:, :-1]]
-    return _robust_sigma(d) / np.sqrt(2.0)
+class _AdoptWork:
+    """Working arrays of :meth:`ReferenceBank.adopt_run` for one grid shape."""
+
+    def __init__(self, shape: tuple[int, int]):
+        self.shape = tuple(shape)
+        size = shape[0] * shape[1]
+        self.both = np.empty(shape, np.bool_)
+        self.same = np.empty(shape, np.bool_)
+        self.a = np.empty(size, np.float64)
+        self.b = np.empty(size, np.float64)
+        self.f64 = np.empty(size, np.float64)
+        self.f32 = np.empty(size, np.float32)
+        self.ref = np.empty(shape, np.float32)
+        self.cur = np.empty(shape, np.float32)
+
+
+def _pixel_noise(image: np.ndarray, usable: np.ndarray, work: np.ndarray) -> float:
+    """Per-pixel noise from horizontal neighbour differences (robust: edges are few);
+    ``work``: float32 scratch of the image's size."""
+    n = R.horizontal_steps(image, usable, work)
+    return _robust_sigma(work[:n]) / np.sqrt(2.0)
 
 
 def _robust_sigma(values: np.ndarray) -> float:
     return robust_sigma(values) * 1.4826 if values.size else 0.0
 
 
-def _phase_shift(ref: np.ndarray, cur: np.ndarray, usable: np.ndarray) -> tuple[int, int]:
+def _phase_shift(ref: np.ndarray, cur: np.ndarray, usable: np.ndarray,
+                 work: _AdoptWork) -> tuple[int, int]:
     """Integer translation of ``cur`` against ``ref`` by phase correlation (0, 0 if weak)."""
     fill_r = float(ref[usable].mean())
     fill_c = float(cur[usable].mean())
-    a = np.where(usable, ref, fill_r).astype(np.float32)
-    b = np.where(usable, cur, fill_c).astype(np.float32)
-    window = cv2.createHanningWindow(a.shape[::-1], cv2.CV_32F)
-    (dx, dy), response = cv2.phaseCorrelate(a, b, window)
+    R.filled(ref, usable, fill_r, work.ref)
+    R.filled(cur, usable, fill_c, work.cur)
+    window = _hanning(ref.shape)
+    (dx, dy), response = cv2.phaseCorrelate(work.ref, work.cur, window)
     if response < 0.1 or abs(dx) > 12 or abs(dy) > 12:
         return 0, 0
     return int(round(dx)), int(round(dy))
+
+
+@functools.lru_cache(maxsize=4)
+def _hanning(shape: tuple[int, int]) -> np.ndarray:
+    """OpenCV's Hanning window of a grid shape, made once per shape (it cost a tenth of
+    :meth:`ReferenceBank.adopt_run`); read-only."""
+    window = cv2.createHanningWindow(shape[::-1], cv2.CV_32F)
+    window.flags.writeable = False
+    return window
+
+
+def warm_up(rows: int, cols: int) -> None:
+    """Compile :meth:`ReferenceBank.adopt_run`'s kernels for a working grid."""
+    R.warm_up(rows, cols)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import itertools
 
+import cv2
 import numpy as np
 from scipy import ndimage
 
@@ -50,6 +51,7 @@ GAS_DARK_RATIO = 1.0
 GAS_TRIES = 3
 
 _STAMPS = itertools.count(1)
+_EDGE_SQUARE = np.ones((2 * EDGE_PX + 1, 2 * EDGE_PX + 1), np.uint8)
 
 
 def new_stamp() -> int:
@@ -140,9 +142,7 @@ def _drop_kept_opacity(zw: np.ndarray, arrival: np.ndarray, newest: np.ndarray,
     """Zero the washout z ``zw`` where ``mask`` (opacity still there on ``newest``) lost
     less than ``margin`` since ``arrival``; only inside ``bbox`` (y0, y1, x0, x1)."""
     y0, y1, x0, x1 = bbox
-    box = (slice(y0, y1), slice(x0, x1))
-    kept = mask[box] & (arrival[box] - newest[box] < margin)
-    zw[box][kept] = 0.0
+    K.drop_kept_opacity(zw, arrival, newest, mask, y0, y1, x0, x1, margin)
 
 
 class TransientLines:
@@ -167,7 +167,6 @@ class TransientLines:
         # what depends on the valid mask only, kept while the mask stays the same
         self.valid_seen = np.zeros(shape, np.bool_)
         self.valid_known = False
-        self.etmp = np.empty(shape, np.bool_)
         self.inner = np.empty(shape, np.bool_)
         self.validf = np.empty(shape, np.float32)
         self.den_scale = np.empty(shape, np.float32)
@@ -204,7 +203,9 @@ class TransientLines:
         self.valid_seen[...] = valid
         self.valid_known = True
         self.mask_gen += 1
-        K.erode_square(valid, EDGE_PX, self.etmp, self.inner)
+        # OpenCV's erosion (outside the image counts as set, as K.erode_square's): a third of
+        # the kernel's time
+        cv2.erode(valid.view(np.uint8), _EDGE_SQUARE, dst=self.inner.view(np.uint8))
         K.ridge_spans(self.inner, FLANK_PX, self.spans)
         live = np.flatnonzero(self.spans[1] > self.spans[0])
         r = self.rows = slice(int(live[0]), int(live[-1]) + 1) if live.size else slice(0, 0)

@@ -335,3 +335,13 @@ def test_broader_shorter_or_growing_lines_are_joint_fill_not_a_vessel(opacity):
     c = Classifier()
     c.update(0, (opacity,), 0.0, None)
     assert c.state == "intra_articular" and c.take_alert() is None
+
+
+def test_phase_shift_window_is_opencvs_made_once_per_shape():
+    import cv2
+
+    from sifluoro.track.contrast_reference import _hanning
+
+    w = _hanning((40, 56))
+    np.testing.assert_array_equal(w, cv2.createHanningWindow((56, 40), cv2.CV_32F))
+    assert _hanning((40, 56)) is w and not w.flags.writeable

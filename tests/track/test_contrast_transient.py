@@ -534,3 +534,39 @@ def test_the_gas_checks_component_is_the_one_best_line_scores():
         comp = _best_component(z)
         assert float((z[comp] - LOW_Z).astype(np.float64).sum()) == pytest.approx(ref, rel=1e-6)
     assert _best_component(np.zeros((8, 8), np.float32)) is None
+
+
+def test_inner_is_the_field_eroded_by_the_filters_reach():
+    """TransientLines' inner field (OpenCV's erosion) is K.erode_square's, fields that touch
+    the grid's edge included (outside counts as set)."""
+    rng = np.random.default_rng(9)
+    shape = (45, 61)
+    t = TransientLines(shape)
+    for k in range(6):
+        valid = rng.random(shape) > [0.0, 0.01, 0.05, 0.3, 0.6, 1.0][k]
+        valid[:, :3] = k % 2 == 0
+        t._mask(valid)
+        want = np.empty(shape, bool)
+        K.erode_square(valid, EDGE_PX, np.empty(shape, bool), want)
+        np.testing.assert_array_equal(t.inner, want)
+        assert np.array_equal(t.validf, want.astype(np.float32))
+
+
+def test_drop_kept_opacity_is_the_numpy_steps():
+    """K.drop_kept_opacity against the NumPy steps it replaced, a margin between two float32
+    values included (NumPy rounds it to float32 before comparing)."""
+    rng = np.random.default_rng(4)
+    shape = (40, 50)
+    for margin in (0.05, 0.1 + 2.0 ** -28, 0.0):
+        zw = rng.standard_normal(shape).astype(np.float32)
+        arrival = rng.random(shape).astype(np.float32)
+        newest = (arrival - rng.choice([0.0, 0.05, 0.1], shape)).astype(np.float32)
+        newest[3, 4] = arrival[3, 4] - np.float32(0.1)
+        mask = rng.random(shape) > 0.3
+        bbox = (2, 31, 3, 47)
+        want = zw.copy()
+        box = (slice(2, 31), slice(3, 47))
+        kept = mask[box] & (arrival[box] - newest[box] < margin)
+        want[box][kept] = 0.0
+        K.drop_kept_opacity(zw, arrival, newest, mask, *bbox, margin)
+        assert zw.tobytes() == want.tobytes()
