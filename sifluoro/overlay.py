@@ -69,13 +69,15 @@ def _font_scale(img) -> float:
     return max(0.42, img.shape[0] / 1200)
 
 
-def _text(img, text, org, colour=(255, 255, 255)):
-    """Text on a dark band, so it reads on bone and on air alike."""
+def _text(img, text, org, colour=(255, 255, 255), *, rows: tuple[int, int] | None = None):
+    """Text on an opaque black band (over ``rows``, first and end, when given), so it reads on
+    bone, on air and over the device's burned-in text alike: a translucent band let that text
+    show through and the two interleave (user review s18 F28)."""
     scale = _font_scale(img)
     (w, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
     x, y = org
-    band = img[max(0, y - h - 3):y + base + 1, max(0, x - 3):x + w + 3]
-    np.right_shift(band, 2, out=band)     # a quarter of the brightness
+    top, end = rows or (y - h - 3, y + base + 1)
+    img[max(0, top):end, max(0, x - 3):x + w + 3] = 0
     cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, colour, 1, cv2.LINE_AA)
 
 
@@ -162,8 +164,11 @@ def draw_overlay(pixels: np.ndarray, photometric: str, event: dict, *, truth: di
         lines.append(("joint line doubled: rotate the C-arm a few degrees", COLOURS["joint"]))
     for alert in event.get("alerts", []):
         lines.append((f"ALERT: {alert.get('message', alert.get('kind'))}", COLOURS["vascular"]))
+    below = cv2.getTextSize("Mg", cv2.FONT_HERSHEY_SIMPLEX, _font_scale(img), 1)[1] + 1
     for k, (text, colour) in enumerate(lines):
-        _text(img, text, (8, step * (k + 1)), colour)
+        # the bands join: no burned-in text peeks out between two lines
+        _text(img, text, (8, step * (k + 1)), colour,
+              rows=(step * k + below if k else 0, step * (k + 1) + below))
     if truth:
         _text(img, "white: ground truth (joint, target +, tip o)", (8, h - 10), COLOURS["truth"])
     return img

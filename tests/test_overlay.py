@@ -88,7 +88,26 @@ def test_stages_that_did_not_run_are_written_not_assessed(monkeypatch, stages, c
     import sifluoro.overlay as overlay
 
     texts = []
-    monkeypatch.setattr(overlay, "_text", lambda img, text, org, colour: texts.append(text))
+    monkeypatch.setattr(overlay, "_text", lambda img, text, org, colour, **kw: texts.append(text))
     draw_overlay(np.full((200, 200), 2000, np.uint16), "MONOCHROME2", _event(), stages=stages)
     assert (contrast_line in texts) if contrast_line else not any(t.startswith("contrast") for t in texts)
     assert (unassessed in texts) if unassessed else not any("not assessed" in t for t in texts)
+
+
+def test_the_banner_is_opaque_over_burned_in_text():
+    """User review s18 F28: a translucent banner let the device's burned-in text show through
+    and between its lines. Left of the glyphs (column 6, inside every band) and from the top
+    row to the last line, the banner is black."""
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(1000, 3000, (300, 300)).astype(np.uint16)
+    pixels[:60, :150] = 4000                 # bright burned-in text in the top-left corner
+    event = _event(alerts=[{"kind": "x", "message": "test"}])
+    img = draw_overlay(pixels, "MONOCHROME2", event)
+    import cv2
+    from sifluoro.overlay import _font_scale
+    scale = _font_scale(img)
+    (_, h), base = cv2.getTextSize("Mg", cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    step = int(h * 1.9)
+    n_lines = 4  # title, dose, contrast, alert
+    assert img[: step * n_lines + base + 1, 6].max() == 0
+    assert img[step * n_lines + base + 1:, 6].max() > 0  # the picture below the banner
