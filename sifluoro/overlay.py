@@ -160,6 +160,11 @@ def draw_overlay(pixels: np.ndarray, photometric: str, event: dict, *, truth: di
         lines.append((f"not assessed: {', '.join(unassessed)}", COLOURS["none"]))
     if event.get("tip_to_target_mm") is not None:
         lines.append((f"tip to target {event['tip_to_target_mm']:.1f} mm", COLOURS["target"]))
+    elif (event.get("needle") is None and stages is not None and "needle" in stages
+          and not event.get("dropped")
+          and "needle" not in [*event.get("skipped_stages", ()), *event.get("failed_stages", ())]):
+        # the stage looked and found no tip: not the same as a study it was not asked of
+        lines.append(("needle: not found", COLOURS["none"]))
     if joint and joint.get("doubled"):
         lines.append(("joint line doubled: rotate the C-arm a few degrees", COLOURS["joint"]))
     for alert in event.get("alerts", []):

@@ -94,6 +94,31 @@ def test_stages_that_did_not_run_are_written_not_assessed(monkeypatch, stages, c
     assert (unassessed in texts) if unassessed else not any("not assessed" in t for t in texts)
 
 
+def _texts(monkeypatch, event, stages):
+    import sifluoro.overlay as overlay
+
+    texts = []
+    monkeypatch.setattr(overlay, "_text", lambda img, text, org, colour, **kw: texts.append(text))
+    draw_overlay(np.full((200, 200), 2000, np.uint16), "MONOCHROME2", event, stages=stages)
+    return texts
+
+
+@pytest.mark.parametrize("stages, fields, shown", [
+    (("register", "needle", "contrast"), {}, True),
+    (("register", "needle"), {}, True),
+    (None, {}, False),                      # which stages ran is not known
+    (("register",), {}, False),             # "not assessed: needle" says it
+    (("register", "needle"), {"skipped_stages": ["needle"]}, False),  # not looked on this frame
+    (("register", "needle"), {"failed_stages": ["needle"]}, False),
+    (("register", "needle"), {"dropped": True}, False),
+    (("register", "needle"), {"needle": {"tip_xy": [10.0, 10.0], "confidence": 0.5}}, False),
+])
+def test_a_needle_stage_that_found_no_tip_says_so(monkeypatch, stages, fields, shown):
+    """User review s18 F19: a frame without a tip read like a study the stage was not asked of."""
+    texts = _texts(monkeypatch, _event(**fields), stages)
+    assert ("needle: not found" in texts) == shown
+
+
 def test_the_banner_is_opaque_over_burned_in_text():
     """User review s18 F28: a translucent banner let the device's burned-in text show through
     and between its lines. Left of the glyphs (column 6, inside every band) and from the top
