@@ -159,7 +159,7 @@ def draw_overlay(pixels: np.ndarray, photometric: str, event: dict, *, truth: di
     if unassessed:
         lines.append((f"not assessed: {', '.join(unassessed)}", COLOURS["none"]))
     if event.get("tip_to_target_mm") is not None:
-        lines.append((f"tip to target {event['tip_to_target_mm']:.1f} mm", COLOURS["target"]))
+        lines.append((_tip_to_target_text(event), COLOURS["target"]))
     elif (event.get("needle") is None and stages is not None and "needle" in stages
           and not event.get("dropped")
           and "needle" not in [*event.get("skipped_stages", ()), *event.get("failed_stages", ())]):
@@ -177,6 +177,17 @@ def draw_overlay(pixels: np.ndarray, photometric: str, event: dict, *, truth: di
     if truth:
         _text(img, "white: ground truth (joint, target +, tip o)", (8, h - 10), COLOURS["truth"])
     return img
+
+
+def _tip_to_target_text(event: dict) -> str:
+    """Tip to target with its plane named: at the isocentre (near the joint, as a PACS
+    measures the key frames) when the geometry is known, else at the detector, larger by
+    the magnification (user review s18 F17)."""
+    at_detector = event["tip_to_target_mm"]
+    at_iso = event.get("tip_to_target_mm_iso")
+    if at_iso is None:
+        return f"tip to target {at_detector:.1f} mm at the detector"
+    return f"tip to target {at_iso:.1f} mm at the joint ({at_detector:.1f} at the detector)"
 
 
 class OverlayWriter:

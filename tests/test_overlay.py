@@ -119,6 +119,21 @@ def test_a_needle_stage_that_found_no_tip_says_so(monkeypatch, stages, fields, s
     assert ("needle: not found" in texts) == shown
 
 
+@pytest.mark.parametrize("fields, line", [
+    ({"tip_to_target_mm": 30.64, "tip_to_target_mm_iso": 19.74},
+     "tip to target 19.7 mm at the joint (30.6 at the detector)"),
+    ({"tip_to_target_mm": 30.64, "tip_to_target_mm_iso": None}, "tip to target 30.6 mm at the detector"),
+    ({"tip_to_target_mm": 30.64}, "tip to target 30.6 mm at the detector"),
+])
+def test_tip_to_target_names_its_plane(monkeypatch, fields, line):
+    """User review s18 F17: the banner's mm were at the detector, the PACS's at the isocentre."""
+    event = _event(needle={"tip_xy": [10.0, 10.0], "confidence": 0.5},
+                   target={"xy": [30.0, 10.0]}, **fields)
+    texts = _texts(monkeypatch, event, ("register", "needle"))
+    assert line in texts
+    assert not any(t.startswith("tip to target") and t != line for t in texts)
+
+
 def test_the_banner_is_opaque_over_burned_in_text():
     """User review s18 F28: a translucent banner let the device's burned-in text show through
     and between its lines. Left of the glyphs (column 6, inside every band) and from the top
