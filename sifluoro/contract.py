@@ -1,4 +1,5 @@
-"""The replay output contract (DESIGN §3), checked: integrators and tests use the same rules."""
+"""The replay output contract (docs/contract.md §3), checked: integrators and tests use the
+same rules."""
 from __future__ import annotations
 
 import json

@@ -84,7 +84,8 @@ def _text(img, text, org, colour=(255, 255, 255), *, rows: tuple[int, int] | Non
 def draw_overlay(pixels: np.ndarray, photometric: str, event: dict, *, truth: dict | None = None,
                  title: str | None = None, spacing_mm: float | None = None,
                  out: np.ndarray | None = None, stages: Collection[str] | None = None) -> np.ndarray:
-    """An annotated BGR image of one frame and its event (DESIGN §3), optionally with truth.
+    """An annotated BGR image of one frame and its event (docs/contract.md §3), optionally
+    with truth.
 
     ``spacing_mm`` (detector pixel size) turns the target's acceptance radius into pixels.
     ``stages``: the image stages that ran (the summary's ``stages``); when given, a stage that

@@ -343,7 +343,7 @@ class Pipeline:
                         warm_ms)
 
     def process(self, frame: Frame, state: StudyState) -> dict[str, Any]:
-        """Process one frame; return its event (DESIGN §3)."""
+        """Process one frame; return its event (docs/contract.md §3)."""
         return self.process_arrived(frame, state, self.account(frame, state))
 
     def account(self, frame: Frame, state: StudyState) -> Arrival:

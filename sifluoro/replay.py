@@ -1,4 +1,4 @@
-"""Offline replay of a recorded study: events.jsonl + summary.json (DESIGN §3)."""
+"""Offline replay of a recorded study: events.jsonl + summary.json (docs/contract.md §3)."""
 from __future__ import annotations
 
 import json

@@ -140,8 +140,8 @@ class DoseAccumulator:
         self.settings = settings
         self.totals = DoseTotals()
         #: the frames' dose as counted when each arrived, never recounted: what the events'
-        #: cumulative ``dose`` shows (DESIGN §3: it never goes down). ``totals`` is recounted
-        #: when a device report arrives after the frames it covers; the study's dose
+        #: cumulative ``dose`` shows (docs/contract.md §3: it never goes down). ``totals`` is
+        #: recounted when a device report arrives after the frames it covers; the study's dose
         #: (``study_*``, :attr:`study_totals`) follows it
         self.live = DoseTotals()
         self._live_dose_unknown: set[str] = set()  # runs counted into it with an unknown dose
