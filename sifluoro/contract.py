@@ -12,6 +12,16 @@ SUMMARY_KEYS = ("study_instance_uid", "frames", "fluoro_time_s", "air_kerma_mgy"
                 "contrast_state", "rejected_files", "latency_ms", "alerts")
 
 
+DOSE_DIGITS = 9  # significant digits of a dose written out: more is float noise (0.17423200000000003)
+
+
+def dose_value(v: float) -> float:
+    """A dose (mGy, Gy·cm²) as written out: to :data:`DOSE_DIGITS` significant digits. Rounding
+    never reverses an order, so a cumulative dose written this way never goes down, and a total
+    and the last event, rounded alike, stay equal."""
+    return float(f"{v:.{DOSE_DIGITS}g}")
+
+
 def _num(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 

@@ -29,6 +29,7 @@ import numpy as np
 from pydicom.uid import generate_uid
 
 from sifluoro.config import DoseSettings
+from sifluoro.contract import dose_value
 from sifluoro.dose.physics import estimate_frame_dose, field_area_cm2_at_detector
 from sifluoro.dose.records import (
     ACQUISITION,
@@ -324,12 +325,13 @@ class DoseAccumulator:
         differ: an alert raised by unstored dose must not stand beside a counter that leaves
         it out."""
         t = self.live
-        out = {"air_kerma_mgy": t.air_kerma_mgy, "dap_gycm2": t.dap_gycm2,
+        out = {"air_kerma_mgy": dose_value(t.air_kerma_mgy), "dap_gycm2": dose_value(t.dap_gycm2),
                "fluoro_time_s": round(t.fluoro_time_s, 6)}
         if (self._unstored or self.lost_frames or any(self._report_residual.values())
                 or self.recounts):
             whole = self.study_totals
-            out.update(study_air_kerma_mgy=whole.air_kerma_mgy, study_dap_gycm2=whole.dap_gycm2,
+            out.update(study_air_kerma_mgy=dose_value(whole.air_kerma_mgy),
+                       study_dap_gycm2=dose_value(whole.dap_gycm2),
                        study_fluoro_time_s=round(whole.fluoro_time_s, 6))
         return out
 
