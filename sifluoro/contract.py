@@ -1,4 +1,5 @@
-"""The replay output contract (DESIGN §3), checked: integrators and tests use the same rules."""
+"""The replay output contract (docs/contract.md §3), checked: integrators and tests use the
+same rules."""
 from __future__ import annotations
 
 import json
@@ -9,6 +10,16 @@ CONTRAST_STATES = {"none", "intra_articular", "extravasation", "vascular"}
 DOSE_KEYS = ("air_kerma_mgy", "dap_gycm2", "fluoro_time_s")
 SUMMARY_KEYS = ("study_instance_uid", "frames", "fluoro_time_s", "air_kerma_mgy", "dap_gycm2",
                 "contrast_state", "rejected_files", "latency_ms", "alerts")
+
+
+DOSE_DIGITS = 9  # significant digits of a dose written out: more is float noise (0.17423200000000003)
+
+
+def dose_value(v: float) -> float:
+    """A dose (mGy, Gy·cm²) as written out: to :data:`DOSE_DIGITS` significant digits. Rounding
+    never reverses an order, so a cumulative dose written this way never goes down, and a total
+    and the last event, rounded alike, stay equal."""
+    return float(f"{v:.{DOSE_DIGITS}g}")
 
 
 def _num(v) -> bool:

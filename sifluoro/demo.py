@@ -90,7 +90,8 @@ def run_demo(out: Path, *, seed: int = DEMO_SEED, case: int = DEMO_CASE, size: i
                     rdsr_path=rdsr, stages=make_stages(stages, settings))
     print(format_summary(result.summary))
     violations = replay_output_violations(events, summary)
-    print(f"contract   {'ok' if not violations else f'{len(violations)} violations'} (DESIGN §3)")
+    print(f"contract   {'ok' if not violations else f'{len(violations)} violations'} "
+          "(docs/contract.md §3)")
     png, mp4 = out / "annotated.png", out / "annotated.mp4"
     key = write_overlays(study_dir, events, truth, png, mp4,
                          stages=tuple(result.summary.get("stages", ())))

@@ -63,7 +63,8 @@ def frame_analysis(event: Mapping[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class FrameEvent:
-    """Every frame: where it is in the study and the whole DESIGN §3 event (read-only)."""
+    """Every frame: where it is in the study and its whole event (docs/contract.md §3;
+    read-only)."""
 
     index: int
     sop_instance_uid: str
@@ -407,7 +408,7 @@ class Engine:
             self._announce_dose(count_lost(self._state, run, first_frame_number))
 
     def close(self) -> dict:
-        """The study summary (DESIGN §3) of everything fed so far. Frames submitted by
+        """The study summary (docs/contract.md §3) of everything fed so far. Frames submitted by
         :meth:`submit` are finished first, and the summary then also has
         ``dropped_image_frames``."""
         from sifluoro.replay import build_summary

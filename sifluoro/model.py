@@ -1,4 +1,4 @@
-"""Immutable records of the data flow: Technique, Run, Frame, Study (DESIGN §1).
+"""Immutable records of the data flow: Technique, Run, Frame, Study (docs/contract.md §1).
 
 Coordinates are ``(x=column, y=row)``, 0-based, pixel centres at integers. Distances at the
 detector plane in mm unless a name says otherwise.

@@ -69,20 +69,23 @@ def _font_scale(img) -> float:
     return max(0.42, img.shape[0] / 1200)
 
 
-def _text(img, text, org, colour=(255, 255, 255)):
-    """Text on a dark band, so it reads on bone and on air alike."""
+def _text(img, text, org, colour=(255, 255, 255), *, rows: tuple[int, int] | None = None):
+    """Text on an opaque black band (over ``rows``, first and end, when given), so it reads on
+    bone, on air and over the device's burned-in text alike: a translucent band let that text
+    show through and the two interleave (user review s18 F28)."""
     scale = _font_scale(img)
     (w, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
     x, y = org
-    band = img[max(0, y - h - 3):y + base + 1, max(0, x - 3):x + w + 3]
-    np.right_shift(band, 2, out=band)     # a quarter of the brightness
+    top, end = rows or (y - h - 3, y + base + 1)
+    img[max(0, top):end, max(0, x - 3):x + w + 3] = 0
     cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, colour, 1, cv2.LINE_AA)
 
 
 def draw_overlay(pixels: np.ndarray, photometric: str, event: dict, *, truth: dict | None = None,
                  title: str | None = None, spacing_mm: float | None = None,
                  out: np.ndarray | None = None, stages: Collection[str] | None = None) -> np.ndarray:
-    """An annotated BGR image of one frame and its event (DESIGN §3), optionally with truth.
+    """An annotated BGR image of one frame and its event (docs/contract.md §3), optionally
+    with truth.
 
     ``spacing_mm`` (detector pixel size) turns the target's acceptance radius into pixels.
     ``stages``: the image stages that ran (the summary's ``stages``); when given, a stage that
@@ -157,16 +160,35 @@ def draw_overlay(pixels: np.ndarray, photometric: str, event: dict, *, truth: di
     if unassessed:
         lines.append((f"not assessed: {', '.join(unassessed)}", COLOURS["none"]))
     if event.get("tip_to_target_mm") is not None:
-        lines.append((f"tip to target {event['tip_to_target_mm']:.1f} mm", COLOURS["target"]))
+        lines.append((_tip_to_target_text(event), COLOURS["target"]))
+    elif (event.get("needle") is None and stages is not None and "needle" in stages
+          and not event.get("dropped")
+          and "needle" not in [*event.get("skipped_stages", ()), *event.get("failed_stages", ())]):
+        # the stage looked and found no tip: not the same as a study it was not asked of
+        lines.append(("needle: not found", COLOURS["none"]))
     if joint and joint.get("doubled"):
         lines.append(("joint line doubled: rotate the C-arm a few degrees", COLOURS["joint"]))
     for alert in event.get("alerts", []):
         lines.append((f"ALERT: {alert.get('message', alert.get('kind'))}", COLOURS["vascular"]))
+    below = cv2.getTextSize("Mg", cv2.FONT_HERSHEY_SIMPLEX, _font_scale(img), 1)[1] + 1
     for k, (text, colour) in enumerate(lines):
-        _text(img, text, (8, step * (k + 1)), colour)
+        # the bands join: no burned-in text peeks out between two lines
+        _text(img, text, (8, step * (k + 1)), colour,
+              rows=(step * k + below if k else 0, step * (k + 1) + below))
     if truth:
         _text(img, "white: ground truth (joint, target +, tip o)", (8, h - 10), COLOURS["truth"])
     return img
+
+
+def _tip_to_target_text(event: dict) -> str:
+    """Tip to target with its plane named: at the isocentre (near the joint, as a PACS
+    measures the key frames) when the geometry is known, else at the detector, larger by
+    the magnification (user review s18 F17)."""
+    at_detector = event["tip_to_target_mm"]
+    at_iso = event.get("tip_to_target_mm_iso")
+    if at_iso is None:
+        return f"tip to target {at_detector:.1f} mm at the detector"
+    return f"tip to target {at_iso:.1f} mm at the joint ({at_detector:.1f} at the detector)"
 
 
 class OverlayWriter:

@@ -24,7 +24,7 @@ from pydicom.uid import UID
 from sifluoro import imaging
 from sifluoro.config import Settings
 from sifluoro.dose.accumulate import DoseAccumulator
-from sifluoro.model import Frame, Run
+from sifluoro.model import Frame, Run, Technique
 
 log = logging.getLogger(__name__)
 
@@ -343,7 +343,7 @@ class Pipeline:
                         warm_ms)
 
     def process(self, frame: Frame, state: StudyState) -> dict[str, Any]:
-        """Process one frame; return its event (DESIGN §3)."""
+        """Process one frame; return its event (docs/contract.md §3)."""
         return self.process_arrived(frame, state, self.account(frame, state))
 
     def account(self, frame: Frame, state: StudyState) -> Arrival:
@@ -438,6 +438,8 @@ class Pipeline:
         return the end of its image work (``t_end``, else the clock now)."""
         if frame.pixel_spacing_xy_mm is None:
             _without_scale(event)
+        event["tip_to_target_mm_iso"] = at_isocenter_mm(event.get("tip_to_target_mm"),
+                                                        frame.technique)
         for stage in self.stages:
             state.skipped_in_a_row[stage.name] = (state.skipped_in_a_row.get(stage.name, 0) + 1
                                                   if stage.name in skipped else 0)
@@ -759,6 +761,16 @@ def _shows_picture(frame: Frame) -> bool:
     return imaging.picture_steps(frame.pixels, frame.run.bits_stored) >= NO_PICTURE_STEPS
 
 
+def at_isocenter_mm(detector_mm: float | None, tech: Technique) -> float | None:
+    """A length at the detector plane scaled to the isocenter (near the joint), by
+    DistanceSourceToIsocenter / SID as the key frames' PixelSpacing is, so the screen and the
+    PACS measure alike; None when either distance is unknown."""
+    sid_mm, sod_mm = tech.sid_mm, tech.source_to_isocenter_mm
+    if detector_mm is None or not (sid_mm and sod_mm and 0 < sod_mm <= sid_mm):
+        return None
+    return round(detector_mm * sod_mm / sid_mm, 3)
+
+
 def _without_scale(event: dict) -> None:
     """A frame without a pixel spacing: its image fields in mm (``*_mm``, ``*_mm2``: needle
     length and advance, tip to target, opacified area) would come from a scale the stages
@@ -888,6 +900,7 @@ def _base_event(frame: "Frame | DroppedFrame", state: StudyState) -> dict[str, A
         "joint": None,
         "target": None,
         "tip_to_target_mm": None,
+        "tip_to_target_mm_iso": None,
         "contrast": {"state": state.contrast_state, "confidence": state.contrast_confidence},
     }
 

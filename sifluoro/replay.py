@@ -1,4 +1,4 @@
-"""Offline replay of a recorded study: events.jsonl + summary.json (DESIGN §3)."""
+"""Offline replay of a recorded study: events.jsonl + summary.json (docs/contract.md §3)."""
 from __future__ import annotations
 
 import json
@@ -11,6 +11,7 @@ from typing import Callable, Iterable, Iterator
 
 from sifluoro.acquire.dicom_reader import iter_frames, read_study
 from sifluoro.config import Settings
+from sifluoro.contract import dose_value
 from sifluoro.dose.rdsr_write import write_rdsr
 from sifluoro.dose.summary import device_report
 from sifluoro.model import Frame, Rejection, Run, Study
@@ -146,8 +147,8 @@ def build_summary(study: Study, state, rejected: list[Rejection]) -> dict:
         "runs": len(study.runs),
         "fluoro_time_s": round(totals.fluoro_time_s, 6),
         "acquisition_time_s": round(totals.acquisition_time_s, 6),
-        "air_kerma_mgy": totals.air_kerma_mgy,
-        "dap_gycm2": totals.dap_gycm2,
+        "air_kerma_mgy": dose_value(totals.air_kerma_mgy),
+        "dap_gycm2": dose_value(totals.dap_gycm2),
         "dose_source": state.dose.live_source,  # of the totals above: as the events counted
         # runs whose air kerma or DAP is unknown: not in the totals, which are lower bounds
         "runs_dose_unknown": state.dose.live_runs_dose_unknown,
@@ -159,8 +160,8 @@ def build_summary(study: Study, state, rejected: list[Rejection]) -> dict:
         # frames of damaged files given by their header only: not in the totals above (no
         # event shows them), in the RDSR's irradiation events
         "lost_frames": {"frames": state.dose.lost_frames,
-                        "air_kerma_mgy": state.dose.lost.air_kerma_mgy,
-                        "dap_gycm2": state.dose.lost.dap_gycm2,
+                        "air_kerma_mgy": dose_value(state.dose.lost.air_kerma_mgy),
+                        "dap_gycm2": dose_value(state.dose.lost.dap_gycm2),
                         "fluoro_time_s": round(state.dose.lost.fluoro_time_s, 6),
                         "acquisition_time_s": round(state.dose.lost.acquisition_time_s, 6)},
         # the device report's events that name no image (fluoroscopy not stored): the study's
@@ -183,8 +184,8 @@ def build_summary(study: Study, state, rejected: list[Rejection]) -> dict:
 
 def _totals_dict(*parts, **counts) -> dict:
     return {**counts,
-            "air_kerma_mgy": sum(p.air_kerma_mgy for p in parts),
-            "dap_gycm2": sum(p.dap_gycm2 for p in parts),
+            "air_kerma_mgy": dose_value(sum(p.air_kerma_mgy for p in parts)),
+            "dap_gycm2": dose_value(sum(p.dap_gycm2 for p in parts)),
             "fluoro_time_s": round(sum(p.fluoro_time_s for p in parts), 6),
             "acquisition_time_s": round(sum(p.acquisition_time_s for p in parts), 6)}
 

@@ -15,7 +15,8 @@ def test_the_demo_runs_end_to_end_and_a_second_demo_replaces_its_study(tmp_path,
     demo does not have."""
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out)]) == 0
-    assert "contract   ok" in capsys.readouterr().out
+    # the document it cites ships with the project (user review s18 F18: the DESIGN it cited did not)
+    assert "contract   ok (docs/contract.md §3)" in capsys.readouterr().out
     assert main(["demo", "--out", str(out), "--case", "1"]) == 0
     assert "contract   ok" in capsys.readouterr().out
     assert not replay_output_violations(out / "events.jsonl", out / "summary.json")

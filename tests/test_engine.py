@@ -166,7 +166,7 @@ def test_a_device_report_announced_after_the_frames_recounts_them(tmp_path):
     # counted with (review s16, second review M1)
     assert (summary["study_dose"]["dose_source"], summary["dose_source"]) == ("rdsr", "estimated")
     # the study's dose is the device's; the frames' counter stays as the events counted it
-    # (DESIGN §3: it never goes down, review s16 H5)
+    # (docs/contract.md §3: it never goes down, review s16 H5)
     whole = summary["study_dose"]
     assert whole["dap_gycm2"] == pytest.approx(1.5 * estimated["dap_gycm2"], rel=1e-6)
     assert whole["air_kerma_mgy"] == pytest.approx(1.5 * estimated["air_kerma_mgy"], rel=1e-6)
@@ -425,8 +425,9 @@ def test_a_device_report_lower_than_the_estimate_mid_study_never_lowers_the_even
         tmp_path):
     """Review s16 H5: the device's report, sent when the exam closes while images are still
     being sent, arrives before the last run; its dose is half the estimate. The next frame's
-    cumulative dose went down (0.596 -> 0.308 mGy) and the events broke DESIGN §3. The frames'
-    counter stays as counted; the study's dose (``study_*``, ``study_dose``) is the device's."""
+    cumulative dose went down (0.596 -> 0.308 mGy) and the events broke docs/contract.md §3.
+    The frames' counter stays as counted; the study's dose (``study_*``, ``study_dose``) is the
+    device's."""
     from sifluoro.contract import replay_output_violations
 
     write_study(tmp_path / "study", [RunSpec(0.0, n_frames=3), RunSpec(15.0, n_frames=3)])
@@ -503,7 +504,7 @@ def test_a_device_report_alone_gives_its_study_and_dose(tmp_path):
 @pytest.mark.parametrize("feeding", ["feed", "submit"])
 def test_the_engine_numbers_frames_a_caller_built_itself(tmp_path, feeding):
     """Review s16 L7: the events carried the caller's Frame.index, so a plug-in that built
-    its own frames (all index 0 here) broke DESIGN §3's increasing index."""
+    its own frames (all index 0 here) broke docs/contract.md §3's increasing index."""
     from dataclasses import replace
 
     from sifluoro.contract import replay_output_violations

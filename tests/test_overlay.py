@@ -88,7 +88,66 @@ def test_stages_that_did_not_run_are_written_not_assessed(monkeypatch, stages, c
     import sifluoro.overlay as overlay
 
     texts = []
-    monkeypatch.setattr(overlay, "_text", lambda img, text, org, colour: texts.append(text))
+    monkeypatch.setattr(overlay, "_text", lambda img, text, org, colour, **kw: texts.append(text))
     draw_overlay(np.full((200, 200), 2000, np.uint16), "MONOCHROME2", _event(), stages=stages)
     assert (contrast_line in texts) if contrast_line else not any(t.startswith("contrast") for t in texts)
     assert (unassessed in texts) if unassessed else not any("not assessed" in t for t in texts)
+
+
+def _texts(monkeypatch, event, stages):
+    import sifluoro.overlay as overlay
+
+    texts = []
+    monkeypatch.setattr(overlay, "_text", lambda img, text, org, colour, **kw: texts.append(text))
+    draw_overlay(np.full((200, 200), 2000, np.uint16), "MONOCHROME2", event, stages=stages)
+    return texts
+
+
+@pytest.mark.parametrize("stages, fields, shown", [
+    (("register", "needle", "contrast"), {}, True),
+    (("register", "needle"), {}, True),
+    (None, {}, False),                      # which stages ran is not known
+    (("register",), {}, False),             # "not assessed: needle" says it
+    (("register", "needle"), {"skipped_stages": ["needle"]}, False),  # not looked on this frame
+    (("register", "needle"), {"failed_stages": ["needle"]}, False),
+    (("register", "needle"), {"dropped": True}, False),
+    (("register", "needle"), {"needle": {"tip_xy": [10.0, 10.0], "confidence": 0.5}}, False),
+])
+def test_a_needle_stage_that_found_no_tip_says_so(monkeypatch, stages, fields, shown):
+    """User review s18 F19: a frame without a tip read like a study the stage was not asked of."""
+    texts = _texts(monkeypatch, _event(**fields), stages)
+    assert ("needle: not found" in texts) == shown
+
+
+@pytest.mark.parametrize("fields, line", [
+    ({"tip_to_target_mm": 30.64, "tip_to_target_mm_iso": 19.74},
+     "tip to target 19.7 mm at the joint (30.6 at the detector)"),
+    ({"tip_to_target_mm": 30.64, "tip_to_target_mm_iso": None}, "tip to target 30.6 mm at the detector"),
+    ({"tip_to_target_mm": 30.64}, "tip to target 30.6 mm at the detector"),
+])
+def test_tip_to_target_names_its_plane(monkeypatch, fields, line):
+    """User review s18 F17: the banner's mm were at the detector, the PACS's at the isocentre."""
+    event = _event(needle={"tip_xy": [10.0, 10.0], "confidence": 0.5},
+                   target={"xy": [30.0, 10.0]}, **fields)
+    texts = _texts(monkeypatch, event, ("register", "needle"))
+    assert line in texts
+    assert not any(t.startswith("tip to target") and t != line for t in texts)
+
+
+def test_the_banner_is_opaque_over_burned_in_text():
+    """User review s18 F28: a translucent banner let the device's burned-in text show through
+    and between its lines. Left of the glyphs (column 6, inside every band) and from the top
+    row to the last line, the banner is black."""
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(1000, 3000, (300, 300)).astype(np.uint16)
+    pixels[:60, :150] = 4000                 # bright burned-in text in the top-left corner
+    event = _event(alerts=[{"kind": "x", "message": "test"}])
+    img = draw_overlay(pixels, "MONOCHROME2", event)
+    import cv2
+    from sifluoro.overlay import _font_scale
+    scale = _font_scale(img)
+    (_, h), base = cv2.getTextSize("Mg", cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    step = int(h * 1.9)
+    n_lines = 4  # title, dose, contrast, alert
+    assert img[: step * n_lines + base + 1, 6].max() == 0
+    assert img[step * n_lines + base + 1:, 6].max() > 0  # the picture below the banner

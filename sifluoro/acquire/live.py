@@ -11,8 +11,8 @@ Choices
   counts frames in processing order. A run that arrives after a later-acquired run (out of
   order) is still processed when it arrives: events already written are never reordered, its
   frames get their true, earlier ``t_s`` (negative if it predates the first run received) and
-  ``"out_of_order": true``. Such a stream breaks the monotonic-``t_s`` rule of DESIGN §3 on
-  purpose: it tells the truth about what arrived when.
+  ``"out_of_order": true``. Such a stream breaks the monotonic-``t_s`` rule of
+  docs/contract.md §3 on purpose: it tells the truth about what arrived when.
 - Every frame is appended to the events file as soon as it is processed; after each instance
   the events are fsynced, then the summary is rewritten, then the study's state file records
   the instance as processed. A study is finished when every instance received is processed.
@@ -486,8 +486,8 @@ class LiveStudies:
                 self._output_error()
 
     def summary(self, study_uid: str) -> dict:
-        """The study's summary as processed so far (DESIGN §3 keys plus receiver counts); of a
-        study no longer held in memory, the one last written."""
+        """The study's summary as processed so far (docs/contract.md §3 keys plus receiver
+        counts); of a study no longer held in memory, the one last written."""
         with self._studies_lock:
             study = self._studies.get(study_uid)
         if study is None or (study.done == 0 and study.state.processed):  # not rebuilt yet

@@ -65,8 +65,8 @@ class DeviceRow(Base):
 
 
 class StudyRow(Base):
-    """One study's dose (DESIGN §4 summary fields) with its procedure label and date. A dose
-    total nothing gives (a header reporting DAP only) is NULL, not 0 (schema version 3); so
+    """One study's dose (docs/contract.md §4 summary fields) with its procedure label and date.
+    A dose total nothing gives (a header reporting DAP only) is NULL, not 0 (schema version 3); so
     is a fluoroscopy or acquisition time nothing gives (version 4)."""
 
     __tablename__ = "studies"

@@ -29,6 +29,7 @@ import numpy as np
 from pydicom.uid import generate_uid
 
 from sifluoro.config import DoseSettings
+from sifluoro.contract import dose_value
 from sifluoro.dose.physics import estimate_frame_dose, field_area_cm2_at_detector
 from sifluoro.dose.records import (
     ACQUISITION,
@@ -140,8 +141,8 @@ class DoseAccumulator:
         self.settings = settings
         self.totals = DoseTotals()
         #: the frames' dose as counted when each arrived, never recounted: what the events'
-        #: cumulative ``dose`` shows (DESIGN §3: it never goes down). ``totals`` is recounted
-        #: when a device report arrives after the frames it covers; the study's dose
+        #: cumulative ``dose`` shows (docs/contract.md §3: it never goes down). ``totals`` is
+        #: recounted when a device report arrives after the frames it covers; the study's dose
         #: (``study_*``, :attr:`study_totals`) follows it
         self.live = DoseTotals()
         self._live_dose_unknown: set[str] = set()  # runs counted into it with an unknown dose
@@ -324,12 +325,13 @@ class DoseAccumulator:
         differ: an alert raised by unstored dose must not stand beside a counter that leaves
         it out."""
         t = self.live
-        out = {"air_kerma_mgy": t.air_kerma_mgy, "dap_gycm2": t.dap_gycm2,
+        out = {"air_kerma_mgy": dose_value(t.air_kerma_mgy), "dap_gycm2": dose_value(t.dap_gycm2),
                "fluoro_time_s": round(t.fluoro_time_s, 6)}
         if (self._unstored or self.lost_frames or any(self._report_residual.values())
                 or self.recounts):
             whole = self.study_totals
-            out.update(study_air_kerma_mgy=whole.air_kerma_mgy, study_dap_gycm2=whole.dap_gycm2,
+            out.update(study_air_kerma_mgy=dose_value(whole.air_kerma_mgy),
+                       study_dap_gycm2=dose_value(whole.dap_gycm2),
                        study_fluoro_time_s=round(whole.fluoro_time_s, 6))
         return out
 

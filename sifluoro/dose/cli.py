@@ -67,7 +67,7 @@ def add_dose_parser(subparsers) -> argparse.ArgumentParser:
     p = sub.add_parser("summary", help="dose of each study under PATH (RDSRs and/or images)")
     p.add_argument("paths", nargs="+", metavar="PATH", help="RDSR/image files or folders")
     p.add_argument("--json", action="store_true",
-                   help="one JSON object per study per line (DESIGN §4)")
+                   help="one JSON object per study per line (docs/contract.md §4)")
     p.set_defaults(func=_summary)
     p = sub.add_parser("psd", help="peak skin dose ESTIMATE per RDSR (see sifluoro/dose/skin.py)")
     p.add_argument("rdsrs", nargs="+", metavar="RDSR", help="X-Ray Radiation Dose SR files")

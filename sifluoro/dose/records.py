@@ -1,6 +1,6 @@
 """Typed dose records shared by the accumulator, the RDSR writer and reader, and the summary.
 
-Units (DESIGN §2): DAP in Gy·cm², air kerma at the reference point in mGy, times in s,
+Units (docs/contract.md §2): DAP in Gy·cm², air kerma at the reference point in mGy, times in s,
 distances in mm. RDSR files use Gy, Gy·m² and s; conversion happens at the file edge.
 """
 from __future__ import annotations
@@ -229,7 +229,8 @@ class StudyDose:
                               [p for p in self.planes if plane is None or p.plane == plane])
 
     def summary(self) -> dict:
-        """The ``sifluoro dose summary --json`` object (DESIGN §4), plus per-plane detail.
+        """The ``sifluoro dose summary --json`` object (docs/contract.md §4), plus per-plane
+        detail.
 
         ``events`` and ``planes`` are counts; ``per_plane`` lists each plane's totals. Times
         and doses of several planes are summed (tube-on time and dose of each tube). A dose

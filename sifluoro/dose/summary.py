@@ -1,4 +1,4 @@
-"""``sifluoro dose summary``: the dose of each study found under some paths (DESIGN §4).
+"""``sifluoro dose summary``: the dose of each study found under some paths (docs/contract.md §4).
 
 RDSRs are read with :func:`read_rdsr`; image studies are accumulated from their headers with
 :class:`DoseAccumulator` (no pixels decoded). When a study has both, the report wins: it

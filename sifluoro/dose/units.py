@@ -1,4 +1,5 @@
-"""UCUM unit codes of RDSR measurements → sifluoro units (DESIGN §2), vendor spellings included.
+"""UCUM unit codes of RDSR measurements → sifluoro units (docs/contract.md §2), vendor
+spellings included.
 
 Vendors differ: ``Gy.m2`` (standard), ``Gym2`` (Siemens), ``dGy.cm2``, ``mGy.cm2``,
 ``uGy.m2``, ``Gy.cm2``; ``uAs`` for tube load; ``°`` for degrees. Each quantity has one target

@@ -402,6 +402,7 @@ class IgtlSink:
                  "tip_confidence": needle.get("confidence") if needle else None,
                  "end_on": bool(needle and needle.get("end_on")),
                  "target_visible": bool(target), "tip_to_target_mm": e.get("tip_to_target_mm"),
+                 "tip_to_target_mm_iso": e.get("tip_to_target_mm_iso"),
                  "scale_unknown": frame.pixel_spacing_xy_mm is None,
                  **e["dose"], **event.analysis, "alerts": alerts,
                  "study_alerts": list(self._alerts)}

@@ -11,7 +11,7 @@ server, the web view, the key-frame exporter. A sink is any object with
     ``overlay_bgr`` the annotated frame, BGR ``uint8``, or None when no sink has
     ``wants_overlay = True``);
 ``end(study, summary, dose)``
-    after the last frame, with the replay summary (DESIGN §3) and the study's
+    after the last frame, with the replay summary (docs/contract.md §3) and the study's
     :class:`~sifluoro.dose.accumulate.DoseAccumulator` (None when no frame was processed).
 
 A sink that raises is logged and the study goes on, as the Engine does for handlers.
@@ -148,7 +148,8 @@ class LiveReplay:
 
     def run(self, inputs: Iterable[str | Path], *, study_uid: str | None = None,
             events_path: str | Path | None = None, summary_path: str | Path | None = None) -> dict:
-        """Replay the study; return its summary (DESIGN §3), also written to ``summary_path``."""
+        """Replay the study; return its summary (docs/contract.md §3), also written to
+        ``summary_path``."""
         study = read_study(list(inputs), study_uid=study_uid)
         rejected = list(study.rejected)
         # every run prepared (kernels warmed up) before the pacing starts

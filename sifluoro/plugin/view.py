@@ -9,7 +9,8 @@ path               what
 ``/``              the page; it polls ``/state.json`` every 200 ms and reloads the frame when
                    a new one is there
 ``/state.json``    ``{"seq", "index", "t_s", "dose": {"fluoro_time_s", "air_kerma_mgy",
-                   "dap_gycm2"}, "contrast", "tip_to_target_mm", "analysis", "alerts": [...],
+                   "dap_gycm2"}, "contrast", "tip_to_target_mm", "tip_to_target_mm_iso",
+                   "analysis", "alerts": [...],
                    "ended", "summary"}`` (``summary`` once the study ended; ``analysis``
                    says how fully the frame was analysed, :func:`~sifluoro.engine.frame_analysis`;
                    ``contrast`` is
@@ -52,7 +53,8 @@ class ViewState:
         self._jpeg: bytes | None = None
         self._state: dict = {"seq": 0, "index": None, "t_s": None,
                              "dose": {"fluoro_time_s": 0.0, "air_kerma_mgy": 0.0, "dap_gycm2": 0.0},
-                             "contrast": "none", "tip_to_target_mm": None, "alerts": [],
+                             "contrast": "none", "tip_to_target_mm": None,
+                             "tip_to_target_mm_iso": None, "alerts": [],
                              "ended": False, "summary": None}
         self.closed = False
 
@@ -73,6 +75,7 @@ class ViewState:
                            "t_s": event["t_s"], "dose": dict(event["dose"]),
                            "contrast": contrast or event["contrast"]["state"],
                            "tip_to_target_mm": event.get("tip_to_target_mm"),
+                           "tip_to_target_mm_iso": event.get("tip_to_target_mm_iso"),
                            "analysis": analysis or frame_analysis(event),
                            "alerts": alerts}
             self._cond.notify_all()
@@ -256,7 +259,7 @@ PAGE = """<!DOCTYPE html>
   <tr><td>air kerma (K<sub>a,r</sub>)</td><td class="v" id="air_kerma_mgy" data-value="">-</td><td>mGy</td></tr>
   <tr><td>DAP</td><td class="v" id="dap_gycm2" data-value="">-</td><td>Gy&middot;cm&sup2;</td></tr>
   <tr><td>contrast</td><td class="v" id="contrast">-</td><td></td></tr>
-  <tr><td>tip to target</td><td class="v" id="tip_to_target_mm">-</td><td>mm</td></tr>
+  <tr><td>tip to target</td><td class="v" id="tip_to_target_mm">-</td><td id="tip_to_target_plane">mm</td></tr>
  </table>
  <p id="status">waiting for frames</p>
  <h1>alerts</h1>
@@ -274,8 +277,14 @@ function render(s) {
     cell.textContent = value.toFixed(DIGITS[key]);
   }
   document.getElementById("contrast").textContent = s.contrast.replace("_", "-");
+  // the plane named: at the isocentre (near the joint, as the PACS measures the key frames)
+  // when the geometry is known, else at the detector, larger by the magnification
+  const detector = s.tip_to_target_mm, iso = s.tip_to_target_mm_iso ?? null;
   document.getElementById("tip_to_target_mm").textContent =
-    s.tip_to_target_mm === null ? "-" : s.tip_to_target_mm.toFixed(1);
+    detector === null ? "-" : (iso === null ? detector.toFixed(1)
+                               : iso.toFixed(1) + " (" + detector.toFixed(1) + " at the detector)");
+  document.getElementById("tip_to_target_plane").textContent =
+    detector === null ? "mm" : (iso === null ? "mm at the detector" : "mm at the joint");
   const list = document.getElementById("alerts");
   if (list.children.length !== s.alerts.length) {
     list.replaceChildren(...s.alerts.map(a => {

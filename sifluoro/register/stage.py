@@ -212,7 +212,7 @@ class _StudyRegister:
 class JointStage:
     """Pipeline stage ``register``: joint line, doubled-line advice, target, image motion.
 
-    Returns the event fields ``joint`` and ``target`` (DESIGN §3) and leaves a
+    Returns the event fields ``joint`` and ``target`` (docs/contract.md §3) and leaves a
     :class:`~sifluoro.register.RegisterResult` in ``state.stage_state["register"]`` on every
     frame.
     """

@@ -34,7 +34,7 @@ taken short of where another segment of the same search goes on along its line (
 crossing a bone edge) goes to that segment's end, and a segment running through the last tip
 continues the track however far its tip has moved on.
 
-Event fields (DESIGN §3)::
+Event fields (docs/contract.md §3)::
 
     "needle": null | {"tip_xy": [x, y], "confidence": c, "direction_xy": [dx, dy],
                       "end_on": false, "advance_mm": float, "length_mm": float}

@@ -66,7 +66,8 @@ def test_replay_summary_alerts_and_rdsr_hold_the_unstored_exposures(tmp_path):
     assert summary["unstored"]["events"] == 1
     assert summary["unstored"]["air_kerma_mgy"] == pytest.approx(6000.0)
     assert summary["study_dose"]["air_kerma_mgy"] == pytest.approx(6000.0 + summary["air_kerma_mgy"])
-    assert summary["air_kerma_mgy"] < 11.0  # = the last event's cumulative dose (DESIGN §3)
+    # = the last event's cumulative dose (docs/contract.md §3)
+    assert summary["air_kerma_mgy"] < 11.0
     assert any(a["kind"] == "srdl_air_kerma" for a in summary["alerts"])
     assert json.loads((tmp_path / "s.json").read_text())["unstored"]["events"] == 1
     # both runs are the device report's: sifluoro's RDSR would add nothing to it

@@ -251,8 +251,8 @@ def test_state_says_how_fully_the_frame_was_analysed(tmp_path):
     (run,) = read_study([tmp_path]).runs
     frame = Frame(pixels=np.zeros((run.rows, run.columns), np.uint16), index=0, frame_number=1,
                   t_s=0.0, run=run)
-    base = {"index": 0, "t_s": 0.0, "needle": None, "tip_to_target_mm": None, "alerts": [],
-            "contrast": {"state": "none"},
+    base = {"index": 0, "t_s": 0.0, "needle": None, "tip_to_target_mm": 30.6,
+            "tip_to_target_mm_iso": 19.7, "alerts": [], "contrast": {"state": "none"},
             "dose": {"air_kerma_mgy": 0.0, "dap_gycm2": 0.0, "fluoro_time_s": 0.0}}
     degraded = {**base, "degraded": True, "degraded_steps": ["needle_roi", "joint_reused"],
                 "skipped_stages": ["contrast"]}
@@ -274,6 +274,8 @@ def test_state_says_how_fully_the_frame_was_analysed(tmp_path):
     finally:
         server.close()
     assert [s["degraded"] for s in states] == [False, True, True]
+    # both planes (user review s18 F17): the isocentre's is what a PACS measures
+    assert states[0]["tip_to_target_mm"] == 30.6 and states[0]["tip_to_target_mm_iso"] == 19.7
     assert states[0]["degraded_steps"] == [] and not states[0]["dropped"]
     assert states[1]["degraded_steps"] == ["needle_roi", "joint_reused"]
     assert states[1]["skipped_stages"] == ["contrast"] and not states[1]["no_picture"]

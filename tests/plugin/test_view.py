@@ -109,3 +109,18 @@ def test_the_ended_page_shows_the_studys_whole_dose_and_every_alert():
     assert state["dose"]["air_kerma_mgy"] == 0.634  # the frames' own, beside it
     assert [a["message"] for a in state["alerts"]] == ["SRDL"]
     assert state["summary"]["lost_frames"] == {"frames": 4}
+
+
+def test_the_page_names_the_plane_of_the_tip_to_target_distance():
+    """User review s18 F17: the page's "tip to target … mm" was at the detector, the PACS's at
+    the isocentre; state.json carries both, the page says which it shows."""
+    from sifluoro.plugin.view import PAGE, ViewState
+
+    view = ViewState()
+    dose = {"air_kerma_mgy": 0.1, "dap_gycm2": 0.01, "fluoro_time_s": 1.0}
+    view.update({"index": 0, "t_s": 0.0, "dose": dose, "contrast": {"state": "none"},
+                 "tip_to_target_mm": 30.6, "tip_to_target_mm_iso": 19.7},
+                np.zeros((4, 4, 3), np.uint8))
+    state = view.snapshot()
+    assert state["tip_to_target_mm"] == 30.6 and state["tip_to_target_mm_iso"] == 19.7
+    assert "mm at the joint" in PAGE and "mm at the detector" in PAGE
