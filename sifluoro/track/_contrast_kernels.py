@@ -40,16 +40,14 @@ N_STATS = 22
 
 
 @njit(cache=True, nogil=True)
-def reduce_frame(pixels, factor, top, invert, out_img, out_zero, out_one, out_full, row_sum,
-                 row_min, row_max):
+def reduce_frame(pixels, factor, top, invert, out_img, out_zero, out_one, row_sum, row_min,
+                 row_max):
     """Block-average stored (unsigned) pixels into an attenuation-like working image.
 
     ``out_img[y, x]`` = mean over the ``factor`` x ``factor`` block of ``v / top`` (``1 - v / top``
     when ``invert``), so bone is bright. ``out_zero`` marks blocks with a pixel at attenuation 0
-    (burned-in text, or anatomy clipped at the window's end), ``out_one`` blocks whose every
-    pixel is at attenuation 1 (no exposure, text, or saturation), ``out_full`` blocks with a
-    pixel at attenuation 1 (text's outline, or the unexposed field it is written on): all
-    follow from the block's smallest and largest value.
+    (burned-in text outline), ``out_one`` blocks whose every pixel is at attenuation 1 (no
+    exposure, text, or saturation): both follow from the block's smallest and largest value.
     The ``factor`` rows of a block are summed (int32), and their minimum and maximum taken
     (buffers of the pixels' dtype), column by column into ``row_*`` (at least
     ``out_img.shape[1] * factor`` long), in storage order, then folded; for the usual factors
@@ -59,21 +57,33 @@ def reduce_frame(pixels, factor, top, invert, out_img, out_zero, out_one, out_fu
     scale = 1.0 / (top * factor * factor)
     n = cols * factor
     for y in range(rows):
+        # factors 4 and 2: only the extreme the fold reads (the pass is bound by its
+        # arithmetic once the rows are in cache)
         if factor == 4:
             p0, p1, p2, p3 = (pixels[4 * y], pixels[4 * y + 1], pixels[4 * y + 2],
                               pixels[4 * y + 3])
-            for i in range(n):
-                a, b, c, d = p0[i], p1[i], p2[i], p3[i]
-                row_sum[i] = (np.int32(a) + np.int32(b)) + (np.int32(c) + np.int32(d))
-                row_min[i] = min(min(a, b), min(c, d))
-                row_max[i] = max(max(a, b), max(c, d))
+            if invert:
+                for i in range(n):
+                    a, b, c, d = p0[i], p1[i], p2[i], p3[i]
+                    row_sum[i] = (np.int32(a) + np.int32(b)) + (np.int32(c) + np.int32(d))
+                    row_max[i] = max(max(a, b), max(c, d))
+            else:
+                for i in range(n):
+                    a, b, c, d = p0[i], p1[i], p2[i], p3[i]
+                    row_sum[i] = (np.int32(a) + np.int32(b)) + (np.int32(c) + np.int32(d))
+                    row_min[i] = min(min(a, b), min(c, d))
         elif factor == 2:
             p0, p1 = pixels[2 * y], pixels[2 * y + 1]
-            for i in range(n):
-                a, b = p0[i], p1[i]
-                row_sum[i] = np.int32(a) + np.int32(b)
-                row_min[i] = min(a, b)
-                row_max[i] = max(a, b)
+            if invert:
+                for i in range(n):
+                    a, b = p0[i], p1[i]
+                    row_sum[i] = np.int32(a) + np.int32(b)
+                    row_max[i] = max(a, b)
+            else:
+                for i in range(n):
+                    a, b = p0[i], p1[i]
+                    row_sum[i] = np.int32(a) + np.int32(b)
+                    row_min[i] = min(a, b)
         else:
             first = pixels[y * factor]
             for i in range(n):
@@ -91,48 +101,39 @@ def reduce_frame(pixels, factor, top, invert, out_img, out_zero, out_one, out_fu
         img = out_img[y]
         zero = out_zero[y]
         one = out_one[y]
-        full = out_full[y]
-        # the fold, one loop per usual factor and polarity (the strided reads then vectorise)
+        # the fold, one loop per usual factor and polarity: only the extreme the flags need
         if factor == 4 and invert:
             for x in range(cols):
                 b = 4 * x
                 acc = (row_sum[b] + row_sum[b + 1]) + (row_sum[b + 2] + row_sum[b + 3])
-                lo = min(min(row_min[b], row_min[b + 1]), min(row_min[b + 2], row_min[b + 3]))
                 hi = max(max(row_max[b], row_max[b + 1]), max(row_max[b + 2], row_max[b + 3]))
                 img[x] = np.float32(1.0 - acc * scale)
                 zero[x] = hi >= top
                 one[x] = hi == 0
-                full[x] = lo == 0
         elif factor == 4:
             for x in range(cols):
                 b = 4 * x
                 acc = (row_sum[b] + row_sum[b + 1]) + (row_sum[b + 2] + row_sum[b + 3])
                 lo = min(min(row_min[b], row_min[b + 1]), min(row_min[b + 2], row_min[b + 3]))
-                hi = max(max(row_max[b], row_max[b + 1]), max(row_max[b + 2], row_max[b + 3]))
                 img[x] = np.float32(acc * scale)
                 zero[x] = lo == 0
                 one[x] = lo >= top
-                full[x] = hi >= top
         elif factor == 2 and invert:
             for x in range(cols):
                 b = 2 * x
                 acc = row_sum[b] + row_sum[b + 1]
-                lo = min(row_min[b], row_min[b + 1])
                 hi = max(row_max[b], row_max[b + 1])
                 img[x] = np.float32(1.0 - acc * scale)
                 zero[x] = hi >= top
                 one[x] = hi == 0
-                full[x] = lo == 0
         elif factor == 2:
             for x in range(cols):
                 b = 2 * x
                 acc = row_sum[b] + row_sum[b + 1]
                 lo = min(row_min[b], row_min[b + 1])
-                hi = max(row_max[b], row_max[b + 1])
                 img[x] = np.float32(acc * scale)
                 zero[x] = lo == 0
                 one[x] = lo >= top
-                full[x] = hi >= top
         else:
             for x in range(cols):
                 b = factor * x
@@ -147,12 +148,10 @@ def reduce_frame(pixels, factor, top, invert, out_img, out_zero, out_one, out_fu
                     img[x] = np.float32(1.0 - acc * scale)
                     zero[x] = hi >= top
                     one[x] = hi == 0
-                    full[x] = lo == 0
                 else:
                     img[x] = np.float32(acc * scale)
                     zero[x] = lo == 0
                     one[x] = lo >= top
-                    full[x] = hi >= top
 
 
 @njit(cache=True, nogil=True)
@@ -373,29 +372,22 @@ def flood_unexposed(seed, full, out, stack):
 
 
 @njit(cache=True, nogil=True)
-def text_blocks(zero, full, prev, out, clipped):
-    """Split the blocks of ``zero`` (a pixel at attenuation 0) that stay put into burned-in
-    text (``out``) and anatomy clipped at the window's end (``clipped``). A block stays put
-    with another such block among the 8 neighbours, or when it was one on the previous frame
-    too (``prev``; then overwritten with ``zero``); a lone block new on this frame is noise
-    clipped at the window's end (at 1024², 16 pixels a block, hundreds a frame) and is
-    neither. Text has the other extreme in the block or a neighbour (``full``, a pixel at
-    attenuation 1): devices draw text on an outline (or shadow) of the other extreme, or write
-    it on the unexposed field; a joint space that clips lies in mid-grey anatomy."""
+def text_blocks(zero, prev, out):
+    """``out``: the blocks of ``zero`` (a pixel at attenuation 0) that are burned-in text:
+    another such block among the 8 neighbours, or the block was one on the previous frame too
+    (``prev``; then overwritten with ``zero``). A lone block new on this frame is noise clipped
+    at the window's end: at 1024² (16 pixels a block) hundreds a frame, and each, grown into a
+    hole of the field, cut the vessels it lay on."""
     rows, cols = zero.shape
     for y in range(rows):
         for x in range(cols):
             hit = zero[y, x] and prev[y, x]
-            opp = False
-            if zero[y, x]:
+            if zero[y, x] and not hit:
                 for yy in range(max(y - 1, 0), min(y + 2, rows)):
                     for xx in range(max(x - 1, 0), min(x + 2, cols)):
                         if (yy != y or xx != x) and zero[yy, xx]:
                             hit = True
-                        if full[yy, xx]:
-                            opp = True
-            out[y, x] = hit and opp
-            clipped[y, x] = hit and not opp
+            out[y, x] = hit
     for y in range(rows):
         for x in range(cols):
             prev[y, x] = zero[y, x]
@@ -1258,10 +1250,9 @@ def warm_up(rows: int = 1024, cols: int = 1024, factor: int = 4) -> None:
     row_sum = np.zeros(cols, np.int32)
     row_min = np.zeros(cols, np.uint16)
     row_max = np.zeros(cols, np.uint16)
-    full = np.zeros(shape, np.bool_)
-    reduce_frame(pixels, factor, 4095, False, img, zero, one, full, row_sum, row_min, row_max)
+    reduce_frame(pixels, factor, 4095, False, img, zero, one, row_sum, row_min, row_max)
     pixels.flags.writeable = False  # a DICOM file's decoded frames: a type of their own
-    reduce_frame(pixels, factor, 4095, False, img, zero, one, full, row_sum, row_min, row_max)
+    reduce_frame(pixels, factor, 4095, False, img, zero, one, row_sum, row_min, row_max)
     smooth_binomial(img, tmp, img)
     slots = np.zeros((2,) + shape, np.float32)
     envelope_max(slots, 2, tmp)
@@ -1276,7 +1267,7 @@ def warm_up(rows: int = 1024, cols: int = 1024, factor: int = 4) -> None:
     usable_field(flags, flags2, 3, flags3, flags)
     standardise(img, flags, 0.0, 1.0, tmp)
     dilate_square(flags, 1, flags2, flags3)
-    text_blocks(flags, full, flags2, flags3, one)
+    text_blocks(flags, flags2, flags3)
     labels = np.zeros(shape, np.int32)
     n = hysteresis_label(img, flags, 5.0, 2.5, labels, stack, 8)
     stats = np.zeros((9, N_STATS), np.float64)

@@ -28,9 +28,6 @@ log = logging.getLogger(__name__)
 
 _MAX_COMPONENTS = 64
 _BORDER_PX = 3
-# anatomy clipped at the window's end is kept out of the field this many blocks around, as
-# text is: beside the clip the residual's noise is cut and moving gas loses its dark twin
-CLIPPED_GROW_BLOCKS = 2
 # opacity that appeared at most this many frames ago, at least this large, and that falls to
 # this share of its mean z from one frame to the next has washed out: a vessel
 WASHOUT_AGE = 4
@@ -86,7 +83,6 @@ class _Buffers:
         self.score = np.empty(shape, np.float32)
         self.zero = np.empty(shape, np.bool_)   # a pixel at attenuation 0 (text outline)
         self.one = np.empty(shape, np.bool_)    # every pixel at attenuation 1 (saturated)
-        self.full = np.empty(shape, np.bool_)   # a pixel at attenuation 1 (text outline)
         self.seed = np.empty(shape, np.bool_)
         # the frame's own text mask, and the masks it and the unexposed field were dilated
         # from: text and collimation rarely change, so a repeated mask is not dilated again
@@ -95,11 +91,6 @@ class _Buffers:
         # needs the last frame's zero
         self.zero_prev = np.zeros(shape, np.bool_)
         self.text_blocks = np.empty(shape, np.bool_)
-        # anatomy clipped at the window's end (K.text_blocks), grown out of the field; the part
-        # of it seen unclipped before in the pose (clipped_new) is out of the reference too
-        self.clipped = np.empty(shape, np.bool_)
-        self.clipped_grown = np.empty(shape, np.bool_)
-        self.clipped_new = np.empty(shape, np.bool_)
         self.text_seen = np.empty(shape, np.bool_)
         self.flood = np.empty(shape, np.bool_)
         self.flood_seen = np.empty(shape, np.bool_)
@@ -164,8 +155,6 @@ class _StudyMemory:
 
     def __init__(self):
         self.banks: dict[tuple, ReferenceBank] = {}
-        # per pose: the blocks seen unclipped (no pixel at attenuation 0) on some frame
-        self.unclipped_seen: dict[tuple, np.ndarray] = {}
         self.run: _RunMemory | None = None
         self.classifier = Classifier()
         self.buffers: _Buffers | None = None
@@ -283,21 +272,10 @@ class ContrastStage:
         bank = memory.banks.get(key)
         view_changed = bool(register is not None and getattr(register, "view_changed", False))
         new_run = memory.run is None or memory.run.run is not run
-        new_bank = bank is None or view_changed
-        if new_bank:
+        if bank is None or view_changed:
             bank = memory.banks[key] = ReferenceBank(shape, slots=self.settings.reference_slots,
                                                      pose_key=key)
-        K.text_blocks(b.zero, b.full, b.zero_prev, b.text_blocks, b.clipped)
-        seen = memory.unclipped_seen.get(key)
-        if seen is None or new_bank:
-            seen = memory.unclipped_seen[key] = np.zeros(shape, np.bool_)
-        # the reference learns anatomy clipped on every frame of the pose (the joint space), so
-        # that contrast lifting it off the clip shows (training 6104 case 2: a joint fill never
-        # seen, the reference held no joint line); a block seen unclipped before clips now
-        # because something moved over it (gas, text), and a reference of its clipped values
-        # would show that leaving as opacity
-        np.logical_and(b.clipped, seen, out=b.clipped_new)
-        np.greater_equal(seen, b.zero, out=seen)   # seen |= not zero
+        K.text_blocks(b.zero, b.zero_prev, b.text_blocks)
         if not (b.text_known and K.same_mask(b.text_blocks, b.text_seen)):
             K.dilate_square(b.text_blocks, 2, b.btmp, b.own_text)
             b.text_seen[...] = b.text_blocks
@@ -306,7 +284,6 @@ class ContrastStage:
             memory.run = _RunMemory(run, shape)
             memory.run.remember(b.current)
             np.logical_or(b.one, b.own_text, out=b.unusable)
-            np.logical_or(b.unusable, b.clipped_new, out=b.unusable)
             if not bank.empty:
                 bank.adopt_run(b.current, ~b.unusable)
                 memory.run.check_reference = True
@@ -327,9 +304,6 @@ class ContrastStage:
         # frame cut the vessels that crossed it (training 1526 case 0: a joint line clipping at
         # the window's end); text that changed is unusable in the reference anyway
         K.usable_field(b.unexposed, b.own_text, _BORDER_PX, b.unusable, b.valid)
-        K.dilate_square(b.clipped, CLIPPED_GROW_BLOCKS, b.btmp, b.clipped_grown)
-        np.greater(b.valid, b.clipped_grown, out=b.valid)
-        np.logical_or(b.unusable, b.clipped_new, out=b.unusable)
         K.masked_residual(b.current, envelope, b.valid, 0, 0, b.residual)
         centre, sigma = K.robust_centre_spread(b.residual, b.valid, 3.0)
         if rm.check_reference:
@@ -407,7 +381,7 @@ class ContrastStage:
         b = memory.buffers_for((rows // factor, cols // factor), factor)
         run = frame.run
         K.reduce_frame(pixels, factor, (1 << run.bits_stored) - 1,
-                       not run.attenuation_rises_with_value, b.image, b.zero, b.one, b.full,
+                       not run.attenuation_rises_with_value, b.image, b.zero, b.one,
                        b.row_sum, b.row_min, b.row_max)
         K.smooth_binomial(b.image, b.tmp, b.current)
         return b
