@@ -450,3 +450,34 @@ def test_one_stage_serves_two_studies_at_the_same_time(phantom):
         assert [e["contrast"] for e in got] == [e["contrast"] for e in expected]
         assert [e.get("alerts") for e in got] == [e.get("alerts") for e in expected]
     assert set(vars(stage)) == {"settings"}
+
+
+class _ChangingLabel(Phantom):
+    """A label without an outline (its fill at attenuation 0, as on many devices) held from the
+    pose's first frame and changed within the contrast run; no contrast is injected."""
+
+    def __init__(self, until: int, org: tuple[int, int]):
+        super().__init__()
+        self.until, self.org = until, org
+
+    def frame(self, t: int, **kw) -> np.ndarray:
+        import cv2
+
+        pixels = super().frame(t, **kw)
+        mask = np.zeros(pixels.shape, np.uint8)
+        cv2.putText(mask, "RECORD  LAO 20" if t < self.until else "FLUORO", self.org,
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.8, 255, 2)
+        pixels[mask > 0] = 0
+        return pixels
+
+
+@pytest.mark.parametrize("org", [(130, 310), (60, 480)])
+def test_a_label_that_changes_mid_run_is_no_contrast(org):
+    """Review s18 F2: with the reference learning blocks clipped on every frame of the pose (so
+    that a clipped joint space filling with contrast shows), a label without an outline was
+    learned too, and when it changed within a run the blocks it left read as joint fill
+    (intra_articular 0.9, 755 mm², no injection)."""
+    runs = _needle_runs() + [_contrast_run(10, 99)]
+    before = sum(len(r) for r in runs[:-1])
+    events, _ = _replay(_ChangingLabel(before + 3, org), runs)
+    assert set(_states(events)) == {"none"}
