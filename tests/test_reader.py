@@ -514,3 +514,21 @@ def test_linked_study_folders_are_read_once_and_a_link_loop_ends(tmp_path):
     files = list(iter_input_files([archive]))
     assert sorted(p.name for p in files) == ["a.dcm", "b.dcm"]  # once, through the first link
     assert len(read_study([archive]).runs) == 2
+
+
+def test_a_fifo_in_a_walked_folder_is_passed_over_not_waited_on(tmp_path, caplog):
+    """Review s18 F3: reading a FIFO (or a device) found by a folder walk waited forever, and
+    following linked folders reaches more of them; a study folder holds regular files."""
+    import os
+
+    from sifluoro.acquire.dicom_reader import iter_input_files
+
+    write_study(tmp_path / "s", [RunSpec(0.0, filename="a.dcm")])
+    other = tmp_path / "other"
+    other.mkdir()
+    os.mkfifo(other / "pipe")
+    os.mkfifo(tmp_path / "s" / "pipe2")
+    (tmp_path / "s" / "linked").symlink_to(other, target_is_directory=True)
+    assert [p.name for p in iter_input_files([tmp_path / "s"])] == ["a.dcm"]
+    assert "pipe: not a regular file" in caplog.text and "pipe2: not a regular file" in caplog.text
+    assert len(read_study([tmp_path / "s"]).runs) == 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 import filecmp
 import logging
 import os
+import stat
 import struct
 import zlib
 from functools import partial
@@ -97,27 +98,46 @@ OWN_OUTPUT_NAMES = frozenset({"state.json", "summary.json", "events.jsonl"})
 
 
 def iter_input_files(inputs: Iterable[str | Path]) -> Iterator[Path]:
-    """Files named, and files below folders named (sorted only to be deterministic), but for
-    hidden ones and sifluoro's own outputs (:data:`OWN_OUTPUT_NAMES`). Linked folders are
-    followed (archives and exports link study folders); a folder reached twice (a link loop,
-    two links to one folder) is read once."""
+    """Files named, and the regular files below folders named (sorted only to be
+    deterministic), but for hidden ones and sifluoro's own outputs (:data:`OWN_OUTPUT_NAMES`).
+    Linked folders are followed (archives and exports link study folders); a folder reached
+    twice (a link loop, two links to one folder, or two inputs) is read once. A FIFO or device
+    in a folder is passed over with a warning (reading one would wait forever), as is a folder
+    that cannot be listed."""
+    visited: set[str] = set()
+
+    def unlisted(exc: OSError) -> None:
+        log.warning("%s: cannot be listed (%s); its files are not read", exc.filename,
+                    exc.strerror or exc)
+
     for item in inputs:
         path = Path(item)
-        if path.is_dir():
-            visited = {os.path.realpath(path)}
-            for root, dirs, files in os.walk(path, followlinks=True):
-                kept = []
-                for name in sorted(d for d in dirs if not d.startswith(".")):
-                    real = os.path.realpath(os.path.join(root, name))
-                    if real not in visited:
-                        visited.add(real)
-                        kept.append(name)
-                dirs[:] = kept
-                for name in sorted(files):
-                    if not name.startswith(".") and name not in OWN_OUTPUT_NAMES:
-                        yield Path(root) / name
-        else:
+        if not path.is_dir():
             yield path
+            continue
+        if os.path.realpath(path) in visited:
+            continue
+        visited.add(os.path.realpath(path))
+        for root, dirs, files in os.walk(path, followlinks=True, onerror=unlisted):
+            kept = []
+            for name in sorted(d for d in dirs if not d.startswith(".")):
+                real = os.path.realpath(os.path.join(root, name))
+                if real not in visited:
+                    visited.add(real)
+                    kept.append(name)
+            dirs[:] = kept
+            for name in sorted(files):
+                if name.startswith(".") or name in OWN_OUTPUT_NAMES:
+                    continue
+                file = Path(root) / name
+                try:
+                    regular = stat.S_ISREG(file.stat().st_mode)
+                except OSError:  # a dangling link: said by the reader
+                    regular = True
+                if regular:
+                    yield file
+                else:
+                    log.warning("%s: not a regular file (a FIFO or device); passed over", file)
 
 
 def scan(inputs: Iterable[str | Path]) -> ScanResult:
