@@ -49,6 +49,7 @@ def check_writable(inputs: tuple[str | Path, ...] = (), **paths: str | Path | No
     option's output too, before any work is done: found at the end, it lost the outputs
     written after it."""
     taken: dict[Path, str] = {}
+    read: set[Path] | None = None  # the files the inputs give, as the reader walks them
     for option, path in paths.items():
         if path is None:
             continue
@@ -60,9 +61,14 @@ def check_writable(inputs: tuple[str | Path, ...] = (), **paths: str | Path | No
             raise ConfigError(f"{flag} {path}: is the {taken[where]} output too; give each "
                               "output its own file")
         taken[where] = flag
-        if where.is_file() and any(where == i or i in where.parents for i in map(_resolved, inputs)):
-            raise ConfigError(f"{flag} {path}: is one of the input files; it would be "
-                              "overwritten (write the outputs elsewhere)")
+        if where.is_file() and inputs:
+            if read is None:
+                from sifluoro.acquire.dicom_reader import iter_input_files
+
+                read = {_resolved(p) for p in iter_input_files(inputs)}
+            if where in read:  # sifluoro's own outputs beside a study are not read
+                raise ConfigError(f"{flag} {path}: is one of the input files; it would be "
+                                  "overwritten (write the outputs elsewhere)")
         if path.is_dir():
             raise ConfigError(f"{flag} {path}: is a folder, not a file")
         if path.exists() and not path.is_file():  # /dev/null, a FIFO: written in place

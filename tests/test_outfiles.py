@@ -158,3 +158,21 @@ def test_an_unknown_dose_is_printed_as_unknown_not_as_zero(tmp_path, capsys):
     out = capsys.readouterr().out
     assert json.loads((tmp_path / "s.json").read_text())["dose_source"] == "none"
     assert "dose       unknown" in out and "0.00 mGy" not in out
+
+
+def test_outputs_beside_the_study_may_be_written_again_and_a_linked_input_is_guarded(tmp_path):
+    """Review s18 F1, F4: every existing file in an input folder was taken for an input, so a
+    second replay writing events.jsonl and summary.json beside the study (the receiver's own
+    layout) was refused, though the reader never reads those; and an input reached through a
+    linked folder was not guarded."""
+    from tests.dicom_fixtures import RunSpec, write_study
+
+    (run,) = write_study(tmp_path / "store" / "s1", [RunSpec(0.0, filename="run.dcm")])
+    study = tmp_path / "store" / "s1"
+    for _ in range(2):
+        assert _replay_cli(study, "--events", study / "events.jsonl", "--summary",
+                           study / "summary.json") == 0
+    (tmp_path / "archive").mkdir()
+    (tmp_path / "archive" / "study1").symlink_to(study, target_is_directory=True)
+    assert _replay_cli(tmp_path / "archive", "--events", tmp_path / "e.jsonl", "--summary",
+                       tmp_path / "s.json", "--rdsr", run) == 2
