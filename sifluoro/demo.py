@@ -63,6 +63,8 @@ def _make_room(out: Path) -> None:
 
     check_folder_writable(out=out)
     study = out / "study"
+    if study.is_symlink():
+        raise ConfigError(f"--out {out}: {study} is a link; give another --out")
     if study.exists():
         if not (study / "truth.json").is_file() or not (study / "dicom").is_dir():
             raise ConfigError(f"--out {out}: {study} holds files the demo did not make; "

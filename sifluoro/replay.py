@@ -221,7 +221,11 @@ def format_summary(summary: dict) -> str:
            if (n := summary.get("runs_dose_unknown")) else ""),
     ]
     lost = summary.get("lost_frames") or {}
-    if lost.get("frames"):
+    if lost.get("frames") and not (lost["air_kerma_mgy"] or lost["dap_gycm2"]) and (
+            (summary.get("study_dose") or {}).get("dose_source", summary["dose_source"]) == "none"):
+        lines.append(f"           + {lost['frames']} frames lost in damaged files, their dose "
+                     "unknown too")
+    elif lost.get("frames"):
         lines.append(f"           + {lost['air_kerma_mgy']:.2f} mGy, {lost['dap_gycm2']:.3f} Gy·cm² "
                      f"of {lost['frames']} frames lost in damaged files (in the RDSR, not above)")
     unstored = summary.get("unstored") or {}

@@ -34,3 +34,14 @@ def test_the_demo_keeps_a_study_folder_it_did_not_make(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path)]) == 2
     assert "holds files the demo did not make" in capsys.readouterr().err
     assert (tmp_path / "study" / "mine.dcm").read_bytes() == b"x"
+
+
+def test_the_demo_refuses_a_linked_study_folder(tmp_path, capsys):
+    """Review s18 F6: a linked ``out/study`` ended in a traceback (rmtree refuses links)."""
+    mine = tmp_path / "mine"
+    (mine / "dicom").mkdir(parents=True)
+    (mine / "truth.json").write_text("{}")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "study").symlink_to(mine, target_is_directory=True)
+    assert main(["demo", "--out", str(tmp_path / "out")]) == 2
+    assert "is a link" in capsys.readouterr().err and (mine / "truth.json").exists()

@@ -176,3 +176,20 @@ def test_outputs_beside_the_study_may_be_written_again_and_a_linked_input_is_gua
     (tmp_path / "archive" / "study1").symlink_to(study, target_is_directory=True)
     assert _replay_cli(tmp_path / "archive", "--events", tmp_path / "e.jsonl", "--summary",
                        tmp_path / "s.json", "--rdsr", run) == 2
+
+
+def test_lost_frames_of_unknown_dose_are_not_printed_as_zero(tmp_path, capsys):
+    """Review s18 F8: below "dose unknown", the frames lost in a cut file printed
+    "+ 0.00 mGy, 0.000 Gy·cm² ... (in the RDSR, not above)"."""
+    import os
+
+    from tests.dicom_fixtures import RunSpec, technique, write_study
+
+    no_dose = technique(kvp=None, tube_current_ma=None, pulse_width_ms=None)
+    (path,) = write_study(tmp_path / "study", [RunSpec(0.0, tech=no_dose, n_frames=4)])
+    os.truncate(path, path.stat().st_size - path.stat().st_size // 3)  # the last frames cut off
+    _replay_cli(tmp_path / "study", "--events", tmp_path / "e.jsonl", "--summary",
+                tmp_path / "s.json", "--stages", "none", quiet=False)
+    out = capsys.readouterr().out
+    assert "frames lost in damaged files, their dose unknown too" in out
+    assert "0.00 mGy" not in out

@@ -12,6 +12,7 @@ always gets the doubled-line advice.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -131,6 +132,8 @@ class _View:
         """Add a frame to the running average, moved back onto the reference (in the view's
         buffers: nothing is allocated but the mask's float copy, once per run)."""
         sx, sy = shift_work_xy
+        if not (math.isfinite(sx) and math.isfinite(sy)):
+            return  # a degenerate frame's motion: added, it would make the average NaN
         if usable is not self._mask_of:
             self._mask_of, self._mask = usable, usable.astype(np.float32)
         if abs(sx) < 0.25 and abs(sy) < 0.25:

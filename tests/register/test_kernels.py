@@ -238,3 +238,18 @@ def test_accumulate_shifted_matches_warp_affine(shift_xy):
     # OpenCV places taps in float32 (x + shift loses ~1e-5 px at x ~ 50): a few 1e-6
     np.testing.assert_allclose(total, want_total, atol=2e-5)
     np.testing.assert_allclose(count, want_count, atol=2e-5)
+
+
+def test_a_frame_with_a_non_finite_motion_is_not_added_to_the_average():
+    """Review s18 F5: a NaN shift made every pixel of the view's running sum NaN (the two
+    cv2.warpAffine calls it replaced added zeros)."""
+    from sifluoro.register.stage import _Geometry, _View
+
+    rng = np.random.default_rng(3)
+    work = rng.random((64, 64), dtype=np.float32)
+    usable = np.ones(work.shape, bool)
+    view = _View(_Geometry(128, 128, 0.3), None, usable, work)
+    view.add(work, usable, (0.0, 0.0))
+    for shift in ((float("nan"), 0.0), (0.0, float("inf"))):
+        view.add(work, usable, shift)
+    assert view.frames == 1 and np.isfinite(view.sum).all() and np.isfinite(view.count).all()
