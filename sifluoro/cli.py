@@ -42,7 +42,10 @@ def _demo(args) -> int:
 
 
 def _simulate(args) -> int:
+    from sifluoro.outfiles import check_folder_writable
     from sifluoro.sim.batch import rederive_set, simulate_set
+
+    check_folder_writable(OUTDIR=args.outdir)  # else each worker process fails with a traceback
 
     if args.truth_from:
         for line in rederive_set(args.truth_from, args.outdir, quick=args.quick,

@@ -71,8 +71,12 @@ def _video(args) -> int:
     from sifluoro.errors import InputError
     from sifluoro.replay import write_json
     from sifluoro.model import Study, Technique
+    from sifluoro.outfiles import check_writable
     from sifluoro.overlay import OverlayWriter
 
+    # before the capture: OpenCV's writer fails silently, an events file with a traceback
+    check_writable((args.source,), events=args.events, summary=args.summary,
+                   overlay_mp4=args.overlay_mp4)
     source = _source(args.source)
     live_source = is_live_source(source)
     live = args.live or live_source
@@ -88,7 +92,6 @@ def _video(args) -> int:
     overlays = OverlayWriter(mp4_path=args.overlay_mp4) if args.overlay_mp4 else None
     pending: dict[int, object] = {}      # frames waiting for their event (for the overlay)
     lock = threading.Lock()
-    args.events.parent.mkdir(parents=True, exist_ok=True)
     events = _EventsFile(args.events)
 
     def on_frame(frame_event) -> None:

@@ -80,12 +80,14 @@ def _report(args) -> int:
 
     from sifluoro.audit.report import write_report
     from sifluoro.audit.schema import registry_url
+    from sifluoro.outfiles import check_folder_writable
 
     url = make_url(registry_url(args.db))
     if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:" \
             and not Path(url.database).is_file():  # a typo made an empty registry
         raise ConfigError(f"--db {args.db}: no registry there (make it with `sifluoro audit "
                           "ingest`)")
+    check_folder_writable(out=args.out)
     written = write_report(args.db, args.out, start=args.start, end=args.end,
                            procedure=args.procedure, settings=_settings(args))
     if not args.quiet:

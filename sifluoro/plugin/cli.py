@@ -118,8 +118,12 @@ class _Study:
 
     def __init__(self, args, *, stop: threading.Event, background_sender: bool = True):
         from sifluoro import Engine
+        from sifluoro.outfiles import check_folder_writable, check_writable
         from sifluoro.stages import make_stages
 
+        # before the port opens and the study is read, as replay does
+        check_writable(tuple(args.inputs), events=args.events, summary=args.summary)
+        check_folder_writable(outbox=args.outbox)
         if args.pacs and not args.outbox:
             raise ConfigError("--pacs needs --outbox DIR (files wait there until the PACS takes them)")
         if not args.inputs and args.simulate is None:

@@ -1,0 +1,74 @@
+"""Every command checks its outputs and option values before any work, as ``replay`` does: a
+bad one is exit 2 with ``sifluoro: --option PATH: reason`` (user review s18 F26/F25/F13/F27),
+never a traceback after the study was read or a port opened."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sifluoro.acquire.video import write_test_video
+from sifluoro.cli import main
+from tests.dicom_fixtures import PATIENT_ID, PATIENT_NAME, RunSpec, write_study
+
+
+@pytest.fixture
+def study(tmp_path):
+    write_study(tmp_path / "study", [RunSpec(0.0)])
+    return tmp_path / "study"
+
+
+@pytest.fixture
+def blocker(tmp_path):
+    """A regular file: a path through it cannot be written, even by root."""
+    path = tmp_path / "afile"
+    path.write_text("x")
+    return path
+
+
+def _refused(argv, capsys, says: str) -> str:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    assert code == 2, (out, err)
+    assert f"sifluoro: {says}" in err, err
+    assert "Traceback" not in err and "listening" not in out  # before the port opened
+    assert PATIENT_NAME not in err + out and PATIENT_ID not in err + out
+    return err
+
+
+@pytest.mark.parametrize("command", ["export", "serve-igtl", "view"])
+@pytest.mark.parametrize("option", ["--events", "--summary"])
+def test_the_plugin_commands_refuse_an_output_that_cannot_be_written(
+        command, option, study, blocker, tmp_path, capsys):
+    extra = ["--outbox", tmp_path / "outbox"] if command == "export" else ["--port", "0"]
+    _refused([command, study, option, blocker / "x", "--stages", "none", *extra], capsys,
+             f"{option} {blocker / 'x'}: a file stands where its folder should be")
+    assert not (tmp_path / "outbox").exists()
+
+
+def test_export_names_an_outbox_that_cannot_be_made(study, blocker, capsys):
+    _refused(["export", study, "--outbox", blocker / "ob", "--stages", "none"], capsys,
+             f"--outbox {blocker / 'ob'}: a file stands on its path")
+
+
+@pytest.mark.parametrize("option", ["--events", "--summary", "--overlay-mp4"])
+def test_video_refuses_an_output_that_cannot_be_written(option, blocker, tmp_path, capsys):
+    """F25: an unwritable ``--overlay-mp4`` was listed among the outputs, exit 0."""
+    video = write_test_video(tmp_path / "v.avi", np.full((3, 64, 64), 128, np.uint8), 7.5)
+    outs = {"--events": tmp_path / "e.jsonl", "--summary": tmp_path / "s.json",
+            option: blocker / "x"}
+    _refused(["video", video, "--pixel-spacing-mm", "0.5", "--stages", "none", "-q",
+              *[a for kv in outs.items() for a in kv]], capsys,
+             f"{option} {blocker / 'x'}: a file stands where its folder should be")
+    assert not (tmp_path / "s.json").exists()
+
+
+def test_audit_report_refuses_an_out_folder_that_cannot_be_made(blocker, tmp_path, capsys):
+    db = tmp_path / "registry.db"
+    db.write_text("")
+    _refused(["audit", "report", "--db", f"sqlite:///{db}", "--out", blocker / "rep", "-q"],
+             capsys, f"--out {blocker / 'rep'}: a file stands on its path")
+
+
+def test_simulate_refuses_an_outdir_that_cannot_be_made(blocker, capsys):
+    _refused(["simulate", blocker / "sim", "--cases", "1", "--quick", "--workers", "1"], capsys,
+             f"OUTDIR {blocker / 'sim'}: a file stands on its path")
