@@ -72,3 +72,14 @@ def test_audit_report_refuses_an_out_folder_that_cannot_be_made(blocker, tmp_pat
 def test_simulate_refuses_an_outdir_that_cannot_be_made(blocker, capsys):
     _refused(["simulate", blocker / "sim", "--cases", "1", "--quick", "--workers", "1"], capsys,
              f"OUTDIR {blocker / 'sim'}: a file stands on its path")
+
+
+@pytest.mark.parametrize("make", [False, True])
+def test_outbox_send_refuses_a_folder_that_is_not_an_outbox(make, tmp_path, capsys):
+    """F10: a mistyped ``--outbox`` was made an empty outbox, exit 0 (sending nothing)."""
+    folder = tmp_path / "outbxo"
+    if make:
+        folder.mkdir()  # an existing folder that is no outbox either
+    _refused(["outbox", "send", "--outbox", folder, "--pacs", "PACS@127.0.0.1:1"], capsys,
+             f"--outbox {folder}: not an outbox")
+    assert not (folder / "pending").exists()

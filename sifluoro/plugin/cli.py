@@ -275,6 +275,10 @@ def _outbox_send(args) -> int:
 
     if not args.pacs:
         raise ConfigError("outbox send needs --pacs AE@HOST:PORT")
+    # only sends: a mistyped folder would be made an empty outbox with nothing to send
+    if not (args.outbox / "pending").is_dir():
+        raise ConfigError(f"--outbox {args.outbox}: not an outbox (no pending/ folder); give "
+                          "the folder export, serve-igtl or view queued into")
     outbox = Outbox(args.outbox)
     pacs = parse_pacs(args.pacs, args)
     if args.requeue_failed:
