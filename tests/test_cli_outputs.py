@@ -83,3 +83,11 @@ def test_outbox_send_refuses_a_folder_that_is_not_an_outbox(make, tmp_path, caps
     _refused(["outbox", "send", "--outbox", folder, "--pacs", "PACS@127.0.0.1:1"], capsys,
              f"--outbox {folder}: not an outbox")
     assert not (folder / "pending").exists()
+
+
+@pytest.mark.parametrize("command", ["export", "serve-igtl", "view"])
+def test_input_and_simulate_together_are_refused(command, study, tmp_path, capsys):
+    """F13: INPUT was silently ignored for the simulated case."""
+    extra = ["--outbox", tmp_path / "outbox"] if command == "export" else ["--port", "0"]
+    _refused([command, study, "--simulate", "3", "--stages", "none", *extra], capsys,
+             "give INPUT or --simulate, not both")

@@ -121,6 +121,8 @@ class _Study:
         from sifluoro.outfiles import check_folder_writable, check_writable
         from sifluoro.stages import make_stages
 
+        if args.inputs and args.simulate is not None:  # one of them would be ignored
+            raise ConfigError("give INPUT or --simulate, not both")
         # before the port opens and the study is read, as replay does
         check_writable(tuple(args.inputs), events=args.events, summary=args.summary)
         check_folder_writable(outbox=args.outbox)
