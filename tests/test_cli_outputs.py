@@ -50,10 +50,23 @@ def test_export_names_an_outbox_that_cannot_be_made(study, blocker, capsys):
              f"--outbox {blocker / 'ob'}: a file stands on its path")
 
 
+@pytest.fixture
+def video(tmp_path):
+    return write_test_video(tmp_path / "v.avi", np.full((3, 64, 64), 128, np.uint8), 7.5)
+
+
+def _parse_refused(argv, capsys, says: str) -> None:
+    """Refused by argparse: usage, ``argument --option: ...``, exit 2."""
+    with pytest.raises(SystemExit) as exit_:
+        main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    assert exit_.value.code == 2 and f"error: argument {says}" in err, err
+    assert "listening" not in out
+
+
 @pytest.mark.parametrize("option", ["--events", "--summary", "--overlay-mp4"])
-def test_video_refuses_an_output_that_cannot_be_written(option, blocker, tmp_path, capsys):
+def test_video_refuses_an_output_that_cannot_be_written(option, video, blocker, tmp_path, capsys):
     """F25: an unwritable ``--overlay-mp4`` was listed among the outputs, exit 0."""
-    video = write_test_video(tmp_path / "v.avi", np.full((3, 64, 64), 128, np.uint8), 7.5)
     outs = {"--events": tmp_path / "e.jsonl", "--summary": tmp_path / "s.json",
             option: blocker / "x"}
     _refused(["video", video, "--pixel-spacing-mm", "0.5", "--stages", "none", "-q",
@@ -91,3 +104,37 @@ def test_input_and_simulate_together_are_refused(command, study, tmp_path, capsy
     extra = ["--outbox", tmp_path / "outbox"] if command == "export" else ["--port", "0"]
     _refused([command, study, "--simulate", "3", "--stages", "none", *extra], capsys,
              "give INPUT or --simulate, not both")
+
+
+@pytest.mark.parametrize("technique, says", [
+    (["--kvp", "500"], "--kvp: must be in 40-150 kV"),
+    (["--ma", "-10"], "--ma: must be > 0 mA"),
+    (["--pulse-width-ms", "0"], "--pulse-width-ms: must be > 0 ms"),
+    (["--sid-mm", "100", "--source-to-isocenter-mm", "50"], "--sid-mm: must be > 300 mm"),
+    (["--source-to-isocenter-mm", "100"], "--source-to-isocenter-mm: must be > 150 mm"),
+    (["--cu-mm", "-1"], "--cu-mm: must be in 0-"),
+    (["--kvp", "nan"], "--kvp: must be in 40-150 kV")])
+def test_video_refuses_a_technique_the_dose_model_cannot_use(technique, says, video, tmp_path,
+                                                            capsys):
+    """F16: each gave ``dose 0.00 mGy ... [none]`` and exit 0, not saying what was refused."""
+    _parse_refused(["video", video, "--pixel-spacing-mm", "0.5", "--events", tmp_path / "e",
+                    "--summary", tmp_path / "s", "--stages", "none", "-q", "--kvp", "80", "--ma",
+                    "10", "--pulse-width-ms", "5", "--sid-mm", "1000", *technique], capsys, says)
+    assert not (tmp_path / "s").exists()
+
+
+def test_video_refuses_an_isocenter_beyond_the_detector(video, tmp_path, capsys):
+    _refused(["video", video, "--pixel-spacing-mm", "0.5", "--events", tmp_path / "e",
+              "--summary", tmp_path / "s", "--stages", "none", "-q", "--kvp", "80", "--ma", "10",
+              "--pulse-width-ms", "5", "--sid-mm", "800", "--source-to-isocenter-mm", "900"],
+             capsys, "--source-to-isocenter-mm 900 must be less than --sid-mm 800")
+    assert not (tmp_path / "s").exists()
+
+
+def test_video_in_range_technique_gives_a_dose(video, tmp_path):
+    assert main([str(a) for a in ["video", video, "--pixel-spacing-mm", "0.5", "--events",
+                 tmp_path / "e", "--summary", tmp_path / "s", "--stages", "none", "-q", "--kvp",
+                 "150", "--ma", "10", "--pulse-width-ms", "5", "--sid-mm", "301",
+                 "--source-to-isocenter-mm", "300"]]) == 0
+    import json
+    assert json.loads((tmp_path / "s").read_text())["air_kerma_mgy"] > 0
