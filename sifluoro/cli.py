@@ -6,6 +6,7 @@ import logging
 import sys
 from pathlib import Path
 
+from sifluoro.argtypes import budget_ms
 from sifluoro.config import Settings
 from sifluoro.errors import SifluoroError
 from sifluoro.stages import REPLAY_STAGES, add_stages_argument
@@ -91,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write every frame with its overlay as DIR/<index>.png")
     p.add_argument("--overlay-mp4", type=Path, metavar="FILE.mp4",
                    help="write all frames with their overlays as one video")
-    p.add_argument("--budget-ms", type=float, default=Settings().latency_budget_ms,
+    p.add_argument("--budget-ms", type=budget_ms, default=Settings().latency_budget_ms,
                    help="per-frame latency budget for image work (default %(default)s ms); "
                         "inf: no deadline, every stage in full, and with two or more stages "
                         "consecutive frames overlap (fastest offline)")

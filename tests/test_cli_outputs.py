@@ -138,3 +138,23 @@ def test_video_in_range_technique_gives_a_dose(video, tmp_path):
                  "--source-to-isocenter-mm", "300"]]) == 0
     import json
     assert json.loads((tmp_path / "s").read_text())["air_kerma_mgy"] > 0
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["export", "{study}", "--outbox", "{tmp}/ob", "--key-frames", "-1"], "--key-frames: must be >= 0"),
+    (["export", "{study}", "--outbox", "{tmp}/ob", "--retries", "-3"], "--retries: must be >= 0"),
+    (["export", "{study}", "--outbox", "{tmp}/ob", "--budget-ms", "-5"], "--budget-ms: must be > 0 ms"),
+    (["serve-igtl", "{study}", "--port", "0", "--fps", "0"], "--fps: must be > 0 frames/s"),
+    (["view", "{study}", "--port", "0", "--fps", "-5"], "--fps: must be > 0 frames/s"),
+    (["serve-igtl", "{study}", "--port", "70000"], "--port: must be in 0-65535"),
+    (["replay", "{study}", "--events", "{tmp}/e", "--summary", "{tmp}/s", "--budget-ms", "nan"],
+     "--budget-ms: must be > 0 ms"),
+    (["batch-replay", "{tmp}", "--out", "{tmp}/r", "--budget-ms", "-5"], "--budget-ms: must be > 0 ms"),
+    (["outbox", "send", "--outbox", "{tmp}/ob", "--pacs", "P@127.0.0.1:1", "--retry-wait-s", "-1"],
+     "--retry-wait-s: must be >= 0 s")])
+def test_option_values_are_refused_when_parsed_by_their_own_name(argv, says, study, tmp_path,
+                                                                 capsys):
+    """F27: ``--key-frames -1`` failed after the whole replay with a traceback, ``--fps 0``
+    after the port opened as ``fps``, ``--retries -3`` as ``pacs.retries ...``."""
+    _parse_refused([a.format(study=study, tmp=tmp_path) for a in argv], capsys, says)
+    assert not (tmp_path / "ob").exists() and not (tmp_path / "s").exists()

@@ -12,6 +12,7 @@ import sys
 from datetime import date
 from pathlib import Path
 
+from sifluoro.argtypes import budget_ms
 from sifluoro.errors import ConfigError
 
 DEFAULT_DB = "sqlite:///sifluoro-dose.db"
@@ -176,7 +177,7 @@ def add_audit_parser(subparsers) -> argparse.ArgumentParser:
                               "(serially, or on Dask)")
     p.add_argument("cases_dir", type=Path, metavar="CASES")
     p.add_argument("--out", type=Path, required=True, metavar="RESULTS")
-    p.add_argument("--budget-ms", type=float, metavar="MS", help="per-frame latency budget for "
+    p.add_argument("--budget-ms", type=budget_ms, metavar="MS", help="per-frame latency budget for "
                    "image work (default: as sifluoro replay); inf (no deadline) makes results "
                    "independent of machine load and, with two or more stages, overlaps "
                    "consecutive frames")
