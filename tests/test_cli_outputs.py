@@ -158,3 +158,22 @@ def test_option_values_are_refused_when_parsed_by_their_own_name(argv, says, stu
     after the port opened as ``fps``, ``--retries -3`` as ``pacs.retries ...``."""
     _parse_refused([a.format(study=study, tmp=tmp_path) for a in argv], capsys, says)
     assert not (tmp_path / "ob").exists() and not (tmp_path / "s").exists()
+
+
+def test_the_video_overlay_says_which_stages_did_not_run(video, tmp_path, monkeypatch):
+    """The video's overlay was drawn without the stages that ran: a stage left out read as
+    "looked, found nothing" (no "not assessed" line), unlike replay's overlay."""
+    from sifluoro import overlay
+
+    seen, draw = [], overlay.draw_overlay
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("stages"))
+        return draw(*args, **kwargs)
+
+    monkeypatch.setattr(overlay, "draw_overlay", spy)
+    assert main([str(a) for a in ["video", video, "--pixel-spacing-mm", "0.5", "--events",
+                 tmp_path / "e", "--summary", tmp_path / "s", "--stages", "none", "-q",
+                 "--overlay-mp4", tmp_path / "o.mp4"]]) == 0
+    assert seen and all(s is not None and not list(s) for s in seen)
+    assert (tmp_path / "o.mp4").stat().st_size > 0

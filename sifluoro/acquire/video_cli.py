@@ -113,8 +113,11 @@ def _video(args) -> int:
                                    capture_rate_per_s=args.capture_rate,
                                    bone_bright=args.bone_bright)
     engine_settings = Settings(latency_budget_ms=args.budget_ms)
-    engine = Engine(engine_settings, stages=make_stages(args.stages, engine_settings))
-    overlays = OverlayWriter(mp4_path=args.overlay_mp4) if args.overlay_mp4 else None
+    stages = make_stages(args.stages, engine_settings)
+    engine = Engine(engine_settings, stages=stages)
+    # the stages that ran: one that did not is drawn "not assessed", not as "found nothing"
+    overlays = (OverlayWriter(mp4_path=args.overlay_mp4, stages=[s.name for s in stages])
+                if args.overlay_mp4 else None)
     pending: dict[int, object] = {}      # frames waiting for their event (for the overlay)
     lock = threading.Lock()
     events = _EventsFile(args.events)
