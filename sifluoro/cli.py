@@ -61,8 +61,10 @@ def _simulate(args) -> int:
 
 
 def _evaluate(args) -> int:
+    from sifluoro.outfiles import check_writable
     from sifluoro.sim.evaluate import evaluate, format_report
 
+    check_writable((args.cases_dir, args.results_dir), json=args.json)  # not after the scoring
     report = evaluate(args.cases_dir, args.results_dir)
     if not report["studies"]:
         print(f"sifluoro evaluate: no simulated case (*/truth.json) in {args.cases_dir}",

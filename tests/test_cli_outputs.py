@@ -177,3 +177,12 @@ def test_the_video_overlay_says_which_stages_did_not_run(video, tmp_path, monkey
                  "--overlay-mp4", tmp_path / "o.mp4"]]) == 0
     assert seen and all(s is not None and not list(s) for s in seen)
     assert (tmp_path / "o.mp4").stat().st_size > 0
+
+
+def test_batch_replay_and_evaluate_refuse_an_output_that_cannot_be_written(blocker, tmp_path,
+                                                                          capsys):
+    (tmp_path / "cases").mkdir()
+    _refused(["batch-replay", tmp_path / "cases", "--out", blocker / "r"], capsys,
+             f"--out {blocker / 'r'}: a file stands on its path")
+    _refused(["evaluate", tmp_path / "cases", tmp_path / "cases", "--json", blocker / "j.json"],
+             capsys, f"--json {blocker / 'j.json'}: a file stands where its folder should be")

@@ -111,7 +111,9 @@ def _report(args) -> int:
 
 def _batch_replay(args) -> int:
     from sifluoro.audit.distributed import batch_replay
+    from sifluoro.outfiles import check_folder_writable
 
+    check_folder_writable(out=args.out)
     failures = 0
     with _client(args) as client:
         for name, summary, code in batch_replay(args.cases_dir, args.out, client=client,
