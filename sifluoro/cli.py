@@ -6,7 +6,7 @@ import logging
 import sys
 from pathlib import Path
 
-from sifluoro.argtypes import budget_ms
+from sifluoro.argtypes import budget_ms, number
 from sifluoro.config import Settings
 from sifluoro.errors import SifluoroError
 from sifluoro.stages import REPLAY_STAGES, add_stages_argument
@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("simulate", help="write simulated studies (DICOM + truth.json) with ground truth")
     p.add_argument("outdir", type=Path, metavar="OUTDIR")
-    p.add_argument("--cases", type=int, default=24)
+    p.add_argument("--cases", type=number(int, least=1), default=24)
     p.add_argument("--seed", type=int, default=2026)
     p.add_argument("--size", choices=("512", "1024", "mixed"), default="mixed",
                    help="frame size; 'mixed': every third case 1024², the others 512² (default)")

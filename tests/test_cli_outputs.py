@@ -151,7 +151,10 @@ def test_video_in_range_technique_gives_a_dose(video, tmp_path):
      "--budget-ms: must be > 0 ms"),
     (["batch-replay", "{tmp}", "--out", "{tmp}/r", "--budget-ms", "-5"], "--budget-ms: must be > 0 ms"),
     (["outbox", "send", "--outbox", "{tmp}/ob", "--pacs", "P@127.0.0.1:1", "--retry-wait-s", "-1"],
-     "--retry-wait-s: must be >= 0 s")])
+     "--retry-wait-s: must be >= 0 s"),
+    (["audit", "report", "--db", "sqlite:///{tmp}/x.db", "--out", "{tmp}/s", "--outlier-factor",
+      "-1"], "--outlier-factor: must be > 0"),
+    (["simulate", "{tmp}/s", "--cases", "0", "--workers", "1"], "--cases: must be >= 1")])
 def test_option_values_are_refused_when_parsed_by_their_own_name(argv, says, study, tmp_path,
                                                                  capsys):
     """F27: ``--key-frames -1`` failed after the whole replay with a traceback, ``--fps 0``

@@ -12,7 +12,7 @@ import sys
 from datetime import date
 from pathlib import Path
 
-from sifluoro.argtypes import budget_ms
+from sifluoro.argtypes import budget_ms, number
 from sifluoro.errors import ConfigError
 
 DEFAULT_DB = "sqlite:///sifluoro-dose.db"
@@ -170,7 +170,7 @@ def add_audit_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--to", dest="end", type=_iso_date, metavar="YYYY-MM-DD")
     p.add_argument("--procedure", metavar="P", help="only this procedure: its label or the "
                    "study description as the device writes it (case and punctuation ignored)")
-    p.add_argument("--outlier-factor", type=float, metavar="F",
+    p.add_argument("--outlier-factor", type=number(above=0.0), metavar="F",
                    help="outlier above F x the group's 75th percentile (default 1.5)")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=_report)
