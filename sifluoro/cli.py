@@ -6,6 +6,7 @@ import logging
 import sys
 from pathlib import Path
 
+from sifluoro.argtypes import budget_ms, number
 from sifluoro.config import Settings
 from sifluoro.errors import SifluoroError
 from sifluoro.stages import REPLAY_STAGES, add_stages_argument
@@ -42,7 +43,10 @@ def _demo(args) -> int:
 
 
 def _simulate(args) -> int:
+    from sifluoro.outfiles import check_folder_writable
     from sifluoro.sim.batch import rederive_set, simulate_set
+
+    check_folder_writable(OUTDIR=args.outdir)  # else each worker process fails with a traceback
 
     if args.truth_from:
         for line in rederive_set(args.truth_from, args.outdir, quick=args.quick,
@@ -57,8 +61,10 @@ def _simulate(args) -> int:
 
 
 def _evaluate(args) -> int:
+    from sifluoro.outfiles import check_writable
     from sifluoro.sim.evaluate import evaluate, format_report
 
+    check_writable((args.cases_dir, args.results_dir), json=args.json)  # not after the scoring
     report = evaluate(args.cases_dir, args.results_dir)
     if not report["studies"]:
         print(f"sifluoro evaluate: no simulated case (*/truth.json) in {args.cases_dir}",
@@ -88,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write every frame with its overlay as DIR/<index>.png")
     p.add_argument("--overlay-mp4", type=Path, metavar="FILE.mp4",
                    help="write all frames with their overlays as one video")
-    p.add_argument("--budget-ms", type=float, default=Settings().latency_budget_ms,
+    p.add_argument("--budget-ms", type=budget_ms, default=Settings().latency_budget_ms,
                    help="per-frame latency budget for image work (default %(default)s ms); "
                         "inf: no deadline, every stage in full, and with two or more stages "
                         "consecutive frames overlap (fastest offline)")
@@ -110,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("simulate", help="write simulated studies (DICOM + truth.json) with ground truth")
     p.add_argument("outdir", type=Path, metavar="OUTDIR")
-    p.add_argument("--cases", type=int, default=24)
+    p.add_argument("--cases", type=number(int, least=1), default=24)
     p.add_argument("--seed", type=int, default=2026)
     p.add_argument("--size", choices=("512", "1024", "mixed"), default="mixed",
                    help="frame size; 'mixed': every third case 1024², the others 512² (default)")

@@ -54,7 +54,7 @@ def check_writable(inputs: tuple[str | Path, ...] = (), **paths: str | Path | No
         if path is None:
             continue
         path = Path(path)
-        flag = "--" + option.replace("_", "-")
+        flag = _flag(option)
         where = _resolved(path)
         special = where.exists() and not where.is_file() and not where.is_dir()
         if where in taken and not special:  # /dev/null may take several
@@ -89,12 +89,12 @@ def check_writable(inputs: tuple[str | Path, ...] = (), **paths: str | Path | No
 
 def check_folder_writable(**folders: str | Path | None) -> None:
     """As :func:`check_writable`, for options that name a folder to write files into (made
-    when missing)."""
+    when missing). A positional argument is given in capitals (``OUTDIR=...``)."""
     for option, folder in folders.items():
         if folder is None:
             continue
         folder = Path(folder)
-        flag = "--" + option.replace("_", "-")
+        flag = _flag(option)
         if folder.exists() and not folder.is_dir():
             raise ConfigError(f"{flag} {folder}: is a file, not a folder")
         try:
@@ -105,6 +105,11 @@ def check_folder_writable(**folders: str | Path | None) -> None:
             raise ConfigError(f"{flag} {folder}: cannot be made ({exc.strerror or exc})") from None
         if not os.access(folder, os.W_OK | os.X_OK):
             raise ConfigError(f"{flag} {folder}: not writable")
+
+
+def _flag(option: str) -> str:
+    """``rdsr`` -> ``--rdsr``; a positional argument is named in capitals (``OUTDIR``)."""
+    return option if option.isupper() else "--" + option.replace("_", "-")
 
 
 def _resolved(path: str | Path) -> Path:

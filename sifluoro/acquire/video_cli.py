@@ -16,6 +16,10 @@ import threading
 import time
 from pathlib import Path
 
+from sifluoro.argtypes import budget_ms, number
+from sifluoro.config import DoseSettings
+from sifluoro.dose.units import MAX_PLAUSIBLE, MAX_PULSE_WIDTH_MS
+from sifluoro.errors import ConfigError
 from sifluoro.stages import REPLAY_STAGES, add_stages_argument, make_stages
 from sifluoro.stopping import stop_on_signals
 
@@ -58,6 +62,26 @@ class _EventsFile:
             pass  # already said
 
 
+# a technique the dose model cannot use gave no dose and exit 0: refused when parsed instead
+_DOSE = DoseSettings()
+_LENGTH_MM = MAX_PLAUSIBLE["length_mm"]
+
+
+def _kvp(text: str) -> float:
+    from sifluoro.dose.output_table import load_table
+
+    low, high = load_table().kvp_range
+    return number(least=low, most=high, unit="kV", why="the tube output table's range")(text)
+
+
+def _check_geometry(args) -> None:
+    """The reference point between source and detector (what one option cannot tell alone)."""
+    if args.sid_mm and args.source_to_isocenter_mm and not args.source_to_isocenter_mm < args.sid_mm:
+        raise ConfigError(f"--source-to-isocenter-mm {args.source_to_isocenter_mm:g} must be less "
+                          f"than --sid-mm {args.sid_mm:g} (the isocenter lies between source and "
+                          "detector)")
+
+
 def _source(text: str) -> str | int:
     return int(text) if text.isdigit() else text
 
@@ -71,8 +95,13 @@ def _video(args) -> int:
     from sifluoro.errors import InputError
     from sifluoro.replay import write_json
     from sifluoro.model import Study, Technique
+    from sifluoro.outfiles import check_writable
     from sifluoro.overlay import OverlayWriter
 
+    _check_geometry(args)
+    # before the capture: OpenCV's writer fails silently, an events file with a traceback
+    check_writable((args.source,), events=args.events, summary=args.summary,
+                   overlay_mp4=args.overlay_mp4)
     source = _source(args.source)
     live_source = is_live_source(source)
     live = args.live or live_source
@@ -84,11 +113,13 @@ def _video(args) -> int:
                                    capture_rate_per_s=args.capture_rate,
                                    bone_bright=args.bone_bright)
     engine_settings = Settings(latency_budget_ms=args.budget_ms)
-    engine = Engine(engine_settings, stages=make_stages(args.stages, engine_settings))
-    overlays = OverlayWriter(mp4_path=args.overlay_mp4) if args.overlay_mp4 else None
+    stages = make_stages(args.stages, engine_settings)
+    engine = Engine(engine_settings, stages=stages)
+    # the stages that ran: one that did not is drawn "not assessed", not as "found nothing"
+    overlays = (OverlayWriter(mp4_path=args.overlay_mp4, stages=[s.name for s in stages])
+                if args.overlay_mp4 else None)
     pending: dict[int, object] = {}      # frames waiting for their event (for the overlay)
     lock = threading.Lock()
-    args.events.parent.mkdir(parents=True, exist_ok=True)
     events = _EventsFile(args.events)
 
     def on_frame(frame_event) -> None:
@@ -200,16 +231,26 @@ def add_video_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=int, metavar="N")
     p.add_argument("--live", action="store_true",
                    help="treat a file like a frame grabber (drop the oldest image work when late)")
-    p.add_argument("--budget-ms", type=float, default=10.0,
+    p.add_argument("--budget-ms", type=budget_ms, default=10.0,
                    help="per-frame latency budget for image work (default %(default)s ms)")
     g = p.add_argument_group("technique (for the estimated dose; video carries none)")
-    g.add_argument("--kvp", type=float)
-    g.add_argument("--ma", type=float, help="tube current, mA")
-    g.add_argument("--pulse-width-ms", type=float)
-    g.add_argument("--sid-mm", type=float, help="source to image distance")
-    g.add_argument("--source-to-isocenter-mm", type=float)
-    g.add_argument("--cu-mm", type=float, help="added copper filtration")
-    g.add_argument("--al-mm", type=float, help="added aluminium filtration")
+    g.add_argument("--kvp", type=_kvp, help="tube voltage, kV (40-150: the tube output table)")
+    g.add_argument("--ma", type=number(above=0.0, most=MAX_PLAUSIBLE["current_ma"], unit="mA"),
+                   help="tube current, mA")
+    g.add_argument("--pulse-width-ms", type=number(above=0.0, most=MAX_PULSE_WIDTH_MS, unit="ms"))
+    g.add_argument("--sid-mm", help="source to image distance (the reference point is "
+                   f"{_DOSE.reference_point_from_receptor_mm:g} mm before the detector)",
+                   type=number(above=_DOSE.reference_point_from_receptor_mm, most=_LENGTH_MM,
+                               unit="mm", why="the reference point lies "
+                               f"{_DOSE.reference_point_from_receptor_mm:g} mm before the detector"))
+    g.add_argument("--source-to-isocenter-mm",
+                   type=number(above=_DOSE.reference_point_offset_mm, most=_LENGTH_MM, unit="mm",
+                               why=f"the reference point lies {_DOSE.reference_point_offset_mm:g} "
+                               "mm before the isocenter"))
+    g.add_argument("--cu-mm", type=number(least=0.0, most=_LENGTH_MM, unit="mm"),
+                   help="added copper filtration")
+    g.add_argument("--al-mm", type=number(least=0.0, most=_LENGTH_MM, unit="mm"),
+                   help="added aluminium filtration")
     add_stages_argument(p, REPLAY_STAGES)
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=_video)

@@ -12,6 +12,7 @@ import sys
 from datetime import date
 from pathlib import Path
 
+from sifluoro.argtypes import budget_ms, number
 from sifluoro.errors import ConfigError
 
 DEFAULT_DB = "sqlite:///sifluoro-dose.db"
@@ -80,12 +81,14 @@ def _report(args) -> int:
 
     from sifluoro.audit.report import write_report
     from sifluoro.audit.schema import registry_url
+    from sifluoro.outfiles import check_folder_writable
 
     url = make_url(registry_url(args.db))
     if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:" \
             and not Path(url.database).is_file():  # a typo made an empty registry
         raise ConfigError(f"--db {args.db}: no registry there (make it with `sifluoro audit "
                           "ingest`)")
+    check_folder_writable(out=args.out)
     written = write_report(args.db, args.out, start=args.start, end=args.end,
                            procedure=args.procedure, settings=_settings(args))
     if not args.quiet:
@@ -108,7 +111,9 @@ def _report(args) -> int:
 
 def _batch_replay(args) -> int:
     from sifluoro.audit.distributed import batch_replay
+    from sifluoro.outfiles import check_folder_writable
 
+    check_folder_writable(out=args.out)
     failures = 0
     with _client(args) as client:
         for name, summary, code in batch_replay(args.cases_dir, args.out, client=client,
@@ -165,7 +170,7 @@ def add_audit_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--to", dest="end", type=_iso_date, metavar="YYYY-MM-DD")
     p.add_argument("--procedure", metavar="P", help="only this procedure: its label or the "
                    "study description as the device writes it (case and punctuation ignored)")
-    p.add_argument("--outlier-factor", type=float, metavar="F",
+    p.add_argument("--outlier-factor", type=number(above=0.0), metavar="F",
                    help="outlier above F x the group's 75th percentile (default 1.5)")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=_report)
@@ -174,7 +179,7 @@ def add_audit_parser(subparsers) -> argparse.ArgumentParser:
                               "(serially, or on Dask)")
     p.add_argument("cases_dir", type=Path, metavar="CASES")
     p.add_argument("--out", type=Path, required=True, metavar="RESULTS")
-    p.add_argument("--budget-ms", type=float, metavar="MS", help="per-frame latency budget for "
+    p.add_argument("--budget-ms", type=budget_ms, metavar="MS", help="per-frame latency budget for "
                    "image work (default: as sifluoro replay); inf (no deadline) makes results "
                    "independent of machine load and, with two or more stages, overlaps "
                    "consecutive frames")

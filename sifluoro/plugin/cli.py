@@ -20,6 +20,7 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING
 
+from sifluoro.argtypes import budget_ms, number
 from sifluoro.config import Settings
 from sifluoro.errors import ConfigError
 from sifluoro.stages import LIVE_STAGES, add_stages_argument
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 
 LEFT_IN_OUTBOX = 3
 STOPPED_EARLY = 4  # the study was stopped before its end (Ctrl-C, SIGTERM)
+_PORT = number(int, least=0, most=65535)
 
 
 def parse_pacs(text: str, args) -> "PacsSettings":
@@ -48,9 +50,9 @@ def _add_pacs_arguments(p: argparse.ArgumentParser, *, required: bool = False) -
     p.add_argument("--pacs", metavar="AE@HOST:PORT", required=required,
                    help="C-STORE the outbox to this PACS")
     p.add_argument("--calling-ae", default="SIFLUORO", help="our AE title (default %(default)s)")
-    p.add_argument("--retries", type=int, default=3,
+    p.add_argument("--retries", type=number(int, least=0), default=3,
                    help="further attempts when the PACS is down (default %(default)s)")
-    p.add_argument("--retry-wait-s", type=float, default=2.0,
+    p.add_argument("--retry-wait-s", type=number(least=0.0, unit="s"), default=2.0,
                    help="wait before the first retry, doubling (default %(default)s s)")
 
 
@@ -63,16 +65,16 @@ def _add_study_arguments(p: argparse.ArgumentParser, *, live: bool) -> None:
                    help="simulated frame size (default %(default)s)")
     p.add_argument("--study", metavar="UID", help="the study to use when the input holds several")
     if live:
-        p.add_argument("--fps", type=float, help="feed at this frame rate (default: the study's "
+        p.add_argument("--fps", type=number(above=0.0, unit="frames/s"), help="feed at this frame rate (default: the study's "
                        "own frame times, pauses between runs shortened to 2 s)")
-    p.add_argument("--budget-ms", type=float, default=Settings().latency_budget_ms,
+    p.add_argument("--budget-ms", type=budget_ms, default=Settings().latency_budget_ms,
                    help="per-frame latency budget for image work (default %(default)s ms)")
     add_stages_argument(p, LIVE_STAGES)
     p.add_argument("--events", type=Path, metavar="EVENTS.jsonl")
     p.add_argument("--summary", type=Path, metavar="SUMMARY.json")
     p.add_argument("--outbox", type=Path, metavar="DIR", required=not live,
                    help="at study end, queue key frames (Secondary Capture) and the RDSR here")
-    p.add_argument("--key-frames", type=int, default=12, help="at most this many key frames "
+    p.add_argument("--key-frames", type=number(int, least=0), default=12, help="at most this many key frames "
                    "(default %(default)s)")
     _add_pacs_arguments(p)
     p.add_argument("-q", "--quiet", action="store_true", help="print no summary")
@@ -84,18 +86,18 @@ def add_plugin_parser(sub) -> None:
                        "state over OpenIGTLink (3D Slicer / SlicerIGT)")
     _add_study_arguments(p, live=True)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
-    p.add_argument("--port", type=int, default=18944, help="TCP port, 0 for any (default %(default)s)")
-    p.add_argument("--wait-client-s", type=float, default=0.0,
+    p.add_argument("--port", type=_PORT, default=18944, help="TCP port, 0 for any (default %(default)s)")
+    p.add_argument("--wait-client-s", type=number(least=0.0, unit="s"), default=0.0,
                    help="wait up to this long for a client before the first frame (default: start "
                    "at once)")
-    p.add_argument("--image-every", type=int, default=1,
+    p.add_argument("--image-every", type=number(int, least=0), default=1,
                    help="send the overlay IMAGE every n-th frame, 0 never (default %(default)s)")
     p.set_defaults(func=_serve_igtl)
 
     p = sub.add_parser("view", help="replay a study and show it live on a local web page")
     _add_study_arguments(p, live=True)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
-    p.add_argument("--port", type=int, default=8000, help="TCP port, 0 for any (default %(default)s)")
+    p.add_argument("--port", type=_PORT, default=8000, help="TCP port, 0 for any (default %(default)s)")
     p.set_defaults(func=_view)
 
     p = sub.add_parser("export", help="replay a study and queue/send its key frames (Secondary "
@@ -118,8 +120,14 @@ class _Study:
 
     def __init__(self, args, *, stop: threading.Event, background_sender: bool = True):
         from sifluoro import Engine
+        from sifluoro.outfiles import check_folder_writable, check_writable
         from sifluoro.stages import make_stages
 
+        if args.inputs and args.simulate is not None:  # one of them would be ignored
+            raise ConfigError("give INPUT or --simulate, not both")
+        # before the port opens and the study is read, as replay does
+        check_writable(tuple(args.inputs), events=args.events, summary=args.summary)
+        check_folder_writable(outbox=args.outbox)
         if args.pacs and not args.outbox:
             raise ConfigError("--pacs needs --outbox DIR (files wait there until the PACS takes them)")
         if not args.inputs and args.simulate is None:
@@ -271,6 +279,10 @@ def _outbox_send(args) -> int:
 
     if not args.pacs:
         raise ConfigError("outbox send needs --pacs AE@HOST:PORT")
+    # only sends: a mistyped folder would be made an empty outbox with nothing to send
+    if not (args.outbox / "pending").is_dir():
+        raise ConfigError(f"--outbox {args.outbox}: not an outbox (no pending/ folder); give "
+                          "the folder export, serve-igtl or view queued into")
     outbox = Outbox(args.outbox)
     pacs = parse_pacs(args.pacs, args)
     if args.requeue_failed:
