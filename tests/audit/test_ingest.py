@@ -898,13 +898,26 @@ def test_a_rejected_file_names_its_error_class(tmp_path):
 
     (path,) = write_study(tmp_path / "in", [RunSpec(0.0)])
     ds = pydicom.dcmread(path)
-    del ds.Rows
+    del ds.SOPInstanceUID
     ds.save_as(path)
     (tmp_path / "in" / "notes.txt").write_text("not DICOM")
     result = ingest([tmp_path / "in"], f"sqlite:///{tmp_path / 'r.db'}")
     errors = sorted((r.file.rsplit("/", 1)[-1], r.error, r.tag) for r in result.rejected)
-    assert errors == [(path.name, "MissingAttributeError", "(0028,0010) Rows"),
+    assert errors == [(path.name, "MissingAttributeError", "(0008,0018) SOPInstanceUID"),
                       ("notes.txt", "NotDicomError", "")]
+
+
+def test_a_run_without_rows_is_ingested_with_its_dose(tmp_path):
+    """User review s18 F9: its dose is in its header; the registry took none of it."""
+    import pydicom
+
+    (path,) = write_study(tmp_path / "in", [RunSpec(0.0)])
+    whole = ingest([tmp_path / "in"], f"sqlite:///{tmp_path / 'a.db'}")
+    ds = pydicom.dcmread(path)
+    del ds.Rows
+    ds.save_as(path)
+    result = ingest([tmp_path / "in"], f"sqlite:///{tmp_path / 'r.db'}")
+    assert not result.rejected and result.studies_new == whole.studies_new == 1
 
 
 def test_a_binary_link_key_file_is_a_key(corpus, tmp_path):
