@@ -180,21 +180,8 @@ def median_into(v, cand, hist):
     while upto <= k:
         b1 += 1
         upto += hist[b1]
-    # the values of the bins b0..b1, in order: blocks of 16 without one are passed over
-    # after a test that vectorises
-    c = 0
-    ub0 = np.int32(b0)
-    ub1 = np.int32(b1)
-    for i0 in range(0, n, 16):
-        block = bins[i0:min(i0 + 16, n)]
-        hit = False
-        for j in range(np.uint64(block.size)):
-            hit |= (block[j] >= ub0) & (block[j] <= ub1)
-        if hit:
-            for j in range(block.size):
-                if ub0 <= block[j] <= ub1:
-                    cand[c] = v[i0 + j]
-                    c += 1
+    # the values of the bins b0..b1, in order
+    c = gather_in_bins(bins, v, np.int32(b0), np.int32(b1), cand, 0)
     upper = select_kth(cand, c, k - below)
     if n % 2 == 1:
         return upper
@@ -204,6 +191,25 @@ def median_into(v, cand, hist):
         if cand[i] > lower:
             lower = cand[i]
     return (lower + upper) / v.dtype.type(2.0)
+
+
+@njit(cache=True, nogil=True)
+def gather_in_bins(bins, values, b0, b1, cand, c):
+    """Append to ``cand`` (from index ``c``) the ``values`` whose ``bins`` lie in ``b0..b1``, in
+    order; returns the new count. Blocks of 16 without one are passed over after a test that
+    vectorises (the candidates are a few hundred of tens of thousands)."""
+    n = bins.size
+    for i0 in range(0, n, 16):
+        block = bins[i0:min(i0 + 16, n)]
+        hit = False
+        for j in range(np.uint64(block.size)):
+            hit |= (block[j] >= b0) & (block[j] <= b1)
+        if hit:
+            for j in range(block.size):
+                if b0 <= block[j] <= b1:
+                    cand[c] = values[i0 + j]
+                    c += 1
+    return c
 
 
 @njit(cache=True, nogil=True)

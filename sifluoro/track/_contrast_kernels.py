@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from sifluoro._imaging_kernels import select_kth
+from sifluoro._imaging_kernels import gather_in_bins, select_kth
 
 # columns of the per-component statistics table written by component_stats
 C_AREA = 0        # pixels
@@ -1040,22 +1040,9 @@ def masked_median(m, mask, cand, hist, bins):
     b1, _ = _bin_of_rank(counts, k)
     # the values of the bins from rank k0's to rank k's (one bin, or two adjacent ones); the
     # binning is monotonic, so their order among all values is known
-    # blocks of 16 without one are passed over after a test that vectorises
     c = 0
-    ub0 = np.int32(b0)
-    ub1 = np.int32(b1)
     for y in range(rows):
-        br, mr = bins[y], m[y]
-        for x0 in range(0, cols, 16):
-            block = br[x0:min(x0 + 16, cols)]
-            hit = False
-            for j in range(np.uint64(block.size)):
-                hit |= (block[j] >= ub0) & (block[j] <= ub1)
-            if hit:
-                for j in range(block.size):
-                    if ub0 <= block[j] <= ub1:
-                        cand[c] = mr[x0 + j]
-                        c += 1
+        c = gather_in_bins(bins[y], m[y], np.int32(b0), np.int32(b1), cand, c)
     upper = select_kth(cand, c, k - below)
     if n % 2 == 1:
         return upper, n

@@ -464,29 +464,21 @@ def test_a_quota_recount_between_a_commit_and_its_settle_counts_the_file_once(tm
     spool.reserve(5000)  # fits: 4000 + 5000 <= 10000
 
 
-def test_pixel_data_longer_than_its_header_says_is_stored_with_its_dose(tmp_path, start_receiver,
-                                                                       study_files):
-    """Review s16 H1: answered 0xC002 and not stored, so the run's exposure was lost. Its
-    frames cannot be cut from the data (twice the bytes the header gives), so none is shown;
-    the instance is stored and its dose counted from the header."""
-    receiver = start_receiver()
-    image = pydicom.dcmread(study_files[0])
+def _double_pixel_data(image):
     image.PixelData = image.PixelData * 2
-    [(status, _)] = send(receiver.port, [image], contexts=(XRayAngiographicImageStorage,))
-    assert status == 0
-    summary_path = receiver.spool / str(image.StudyInstanceUID) / "summary.json"
-    wait_for(lambda: summary_path.exists())
-    summary = json.loads(summary_path.read_text())
-    assert summary["frames"] == 0 and summary["lost_frames"]["frames"] == 3
-    assert summary["study_dose"]["air_kerma_mgy"] > 0
 
 
-def test_an_image_without_rows_is_stored_with_its_dose(start_receiver, study_files):
-    """User review s18 F9: answered 0xC002, so DCMTK's storescu stopped before the rest of the
-    study and the run's exposure was lost; its frames cannot be read, its dose can."""
+@pytest.mark.parametrize("damage", [_double_pixel_data, lambda image: delattr(image, "Rows")],
+                         ids=["pixel data twice its header's size", "no Rows"])
+def test_an_image_whose_frames_cannot_be_cut_is_stored_with_its_dose(start_receiver, study_files,
+                                                                     damage):
+    """Review s16 H1 (pixel data twice the bytes the header gives) and user review s18 F9 (no
+    Rows): answered 0xC002 and not stored, so the run's exposure was lost and DCMTK's storescu
+    stopped before the rest of the study. Its frames cannot be cut from the data, so none is
+    shown; the instance is stored and its dose counted from the header."""
     receiver = start_receiver()
     image = pydicom.dcmread(study_files[0])
-    del image.Rows
+    damage(image)
     [(status, _)] = send(receiver.port, [image], contexts=(XRayAngiographicImageStorage,))
     assert status == 0
     summary_path = receiver.spool / str(image.StudyInstanceUID) / "summary.json"
