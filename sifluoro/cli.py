@@ -64,7 +64,9 @@ def _evaluate(args) -> int:
     from sifluoro.outfiles import check_writable
     from sifluoro.sim.evaluate import evaluate, format_report
 
-    check_writable((args.cases_dir, args.results_dir), json=args.json)  # not after the scoring
+    # not after the scoring; evaluate reads only truth.json, events.jsonl and summary.json, so
+    # a report kept beside them may be written again
+    check_writable(json=args.json)
     report = evaluate(args.cases_dir, args.results_dir)
     if not report["studies"]:
         print(f"sifluoro evaluate: no simulated case (*/truth.json) in {args.cases_dir}",

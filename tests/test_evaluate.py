@@ -371,3 +371,14 @@ def test_the_share_of_visible_tips_within_half_and_one_and_a_half_mm_counts_miss
     n = report(tally)["needle"]
     assert n["detectable_tip_error_mm_median"] == 0.5  # of the two reported
     assert n["detectable_within_0_5mm_rate"] == 0.25 and n["detectable_within_1_5mm_rate"] == 0.5
+
+
+def test_a_report_kept_in_the_results_folder_may_be_written_again(tmp_path):
+    """Review 2 s18 F1: the output check took every file under CASES and RESULTS for an input,
+    so ``--json RESULTS/eval.json`` was refused on its second run."""
+    from sifluoro.cli import main
+
+    _register_only_case(tmp_path, 0)
+    args = ["evaluate", str(tmp_path / "cases"), str(tmp_path / "results"), "--json",
+            str(tmp_path / "results" / "eval.json")]
+    assert main(args) == 0 and main(args) == 0

@@ -306,7 +306,11 @@ class Outbox:
         transient = 0
         try:
             for k, (path, ds) in enumerate(datasets):
-                if not assoc.is_established:
+                with self._sending_lock:
+                    cut = assoc in self._cut_off
+                # cut: pynetdicom may not have seen the closed socket yet, and a C-STORE sent on
+                # it would wait the whole DIMSE timeout for its answer (review s18 F2)
+                if cut or not assoc.is_established:
                     transient += len(datasets) - k
                     break
                 name = f"{_sop_name(ds.SOPClassUID)} {ds.SOPInstanceUID}"

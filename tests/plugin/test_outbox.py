@@ -227,3 +227,40 @@ def test_stop_with_abort_returns_at_once_and_what_was_confirmed_is_in_sent(tmp_p
         assert [p.name for p in outbox.pending()] == [second.name]
     else:
         assert not outbox.sent() and len(outbox.pending()) == 2
+
+
+def test_a_stop_between_two_c_stores_returns_at_once(tmp_path):
+    """Review 2 s18 F2: a stop that cut the association while the sender waited for a C-STORE
+    answer let the loop send the next file on the closed socket (pynetdicom had not yet seen it
+    close) and wait the whole DIMSE timeout (30 s) for its answer: 4 of 10 stops. Stops at
+    several moments of a study the PACS answers file by file; each returns within seconds, and
+    what the PACS confirmed is in sent/."""
+    import time
+
+    stored: list[str] = []
+
+    def store(event):
+        time.sleep(0.05)
+        stored.append(event.request.AffectedSOPInstanceUID)
+        return 0x0000
+
+    ae = AE(ae_title="PACS")
+    ae.add_supported_context(SecondaryCaptureImageStorage, ExplicitVRLittleEndian)
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False,
+                             evt_handlers=[(evt.EVT_C_STORE, store)])
+    try:
+        for k, after_s in enumerate((0.2, 0.27, 0.33, 0.4, 0.47, 0.55)):
+            outbox = Outbox(tmp_path / f"outbox{k}")
+            for i in range(12):
+                os.utime(outbox.put(_instance()), ns=(i + 1, i + 1))
+            stop = threading.Event()
+            threading.Timer(after_s, stop.set).start()
+            t0 = time.monotonic()
+            outbox.send_until_stopped(PacsSettings("PACS", "127.0.0.1", port, retries=3,
+                                                   timeout_s=30.0), stop)
+            assert time.monotonic() - t0 < 5.0, f"stopped {after_s} s in"
+            assert {p.stem for p in outbox.sent()} <= set(stored)
+            assert len(outbox.sent()) + len(outbox.pending()) == 12
+    finally:
+        server.shutdown()
