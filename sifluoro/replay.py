@@ -163,7 +163,8 @@ def build_summary(study: Study, state, rejected: list[Rejection]) -> dict:
                         "air_kerma_mgy": dose_value(state.dose.lost.air_kerma_mgy),
                         "dap_gycm2": dose_value(state.dose.lost.dap_gycm2),
                         "fluoro_time_s": round(state.dose.lost.fluoro_time_s, 6),
-                        "acquisition_time_s": round(state.dose.lost.acquisition_time_s, 6)},
+                        "acquisition_time_s": round(state.dose.lost.acquisition_time_s, 6),
+                        "runs_dose_unknown": state.dose.lost_runs_dose_unknown},
         # the device report's events that name no image (fluoroscopy not stored): the study's
         # dose outside the frames, in the alerts, the SRDL check and the RDSR, not in the totals
         "unstored": _totals_dict(state.dose.unstored, events=len(state.dose.unstored_events)),
@@ -221,13 +222,15 @@ def format_summary(summary: dict) -> str:
            if (n := summary.get("runs_dose_unknown")) else ""),
     ]
     lost = summary.get("lost_frames") or {}
-    if lost.get("frames") and not (lost["air_kerma_mgy"] or lost["dap_gycm2"]) and (
-            (summary.get("study_dose") or {}).get("dose_source", summary["dose_source"]) == "none"):
+    unknown = lost.get("runs_dose_unknown")
+    if lost.get("frames") and not (lost["air_kerma_mgy"] or lost["dap_gycm2"]) and unknown:
         lines.append(f"           + {lost['frames']} frames lost in damaged files, their dose "
-                     "unknown too")
+                     "unknown")
     elif lost.get("frames"):
         lines.append(f"           + {lost['air_kerma_mgy']:.2f} mGy, {lost['dap_gycm2']:.3f} Gy·cm² "
-                     f"of {lost['frames']} frames lost in damaged files (in the RDSR, not above)")
+                     f"of {lost['frames']} frames lost in damaged files (in the RDSR, not above)"
+                     + (f"; {unknown} run{'s' if unknown > 1 else ''} of them of unknown dose, "
+                        "not counted" if unknown else ""))
     unstored = summary.get("unstored") or {}
     if any(unstored.get(k) for k in ("events", "air_kerma_mgy", "dap_gycm2", "fluoro_time_s")):
         lines.append(f"           + {unstored['air_kerma_mgy']:.2f} mGy, {unstored['dap_gycm2']:.3f} Gy·cm², "

@@ -191,5 +191,25 @@ def test_lost_frames_of_unknown_dose_are_not_printed_as_zero(tmp_path, capsys):
     _replay_cli(tmp_path / "study", "--events", tmp_path / "e.jsonl", "--summary",
                 tmp_path / "s.json", "--stages", "none", quiet=False)
     out = capsys.readouterr().out
-    assert "frames lost in damaged files, their dose unknown too" in out
+    assert "frames lost in damaged files, their dose unknown" in out
     assert "0.00 mGy" not in out
+
+
+def test_a_lost_run_of_unknown_dose_beside_runs_of_known_dose_is_said(tmp_path, capsys):
+    """Review 2 s18 F3: a damaged run (here no Rows) whose header holds no dose beside a run
+    that has one: "+ 0.00 mGy ... lost", runs_dose_unknown 0, the study dose read as whole."""
+    import pydicom
+
+    from tests.dicom_fixtures import RunSpec, technique, write_study
+
+    no_dose = technique(kvp=None, tube_current_ma=None, pulse_width_ms=None)
+    _, lost = write_study(tmp_path / "study", [RunSpec(0.0), RunSpec(30.0, tech=no_dose)])
+    ds = pydicom.dcmread(lost)
+    del ds.Rows
+    ds.save_as(lost)
+    _replay_cli(tmp_path / "study", "--events", tmp_path / "e.jsonl", "--summary",
+                tmp_path / "s.json", "--stages", "none", quiet=False)
+    out = capsys.readouterr().out
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["lost_frames"]["frames"] == 3 and summary["lost_frames"]["runs_dose_unknown"] == 1
+    assert "frames lost in damaged files, their dose unknown" in out

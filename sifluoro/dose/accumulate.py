@@ -146,6 +146,7 @@ class DoseAccumulator:
         #: (``study_*``, :attr:`study_totals`) follows it
         self.live = DoseTotals()
         self._live_dose_unknown: set[str] = set()  # runs counted into it with an unknown dose
+        self._lost_dose_unknown: set[str] = set()  # runs lost (damaged) with an unknown dose
         #: frames whose pixels were lost (a damaged file) but whose exposure the header gives:
         #: in the runs' irradiation events (the RDSR), not in ``totals`` (the frames seen)
         self.lost = DoseTotals()
@@ -504,7 +505,15 @@ class DoseAccumulator:
         for number in range(max(first_frame_number, tally.frames + 1), run.n_frames + 1):
             self._count(run, number, self.lost)
             self.lost_frames += 1
+            if "none" in (tally.dose.source, tally.dose.air_kerma_source, tally.dose.dap_source):
+                self._lost_dose_unknown.add(run.sop_instance_uid)
         return tally
+
+    @property
+    def lost_runs_dose_unknown(self) -> int:
+        """Runs of :attr:`lost` frames whose air kerma or DAP is unknown (left out of it: a
+        lower bound, as :attr:`live_runs_dose_unknown` for the frames seen)."""
+        return len(self._lost_dose_unknown)
 
     def _tally(self, run: Run) -> _RunTally:
         tally = self._tallies.get(run.sop_instance_uid)
