@@ -129,7 +129,8 @@ def _range(v):
 @njit(cache=True, nogil=True)
 def median_into(v, cand, hist):
     """``np.median(v)`` of a 1-D float array, exactly as NumPy gives it (the mean of the two
-    middle values in ``v``'s dtype when the size is even; NaN when any value is NaN). Values
+    middle values in ``v``'s dtype when the size is even; NaN when any value is NaN), but for
+    the sign of a zero result (see :func:`_range`). Values
     are binned into ``hist.size // 4`` bins between their extremes (monotonic binning keeps
     their order); only the values of the middle values' bins are gathered into ``cand``
     (``v``'s dtype and size) and selected: a few passes over ``v`` instead of NumPy's

@@ -329,8 +329,21 @@ def with_srdl_reached(study: StudyDose, settings: DoseSettings) -> StudyDose:
 
 
 def json_lines(studies: list[StudyDose]) -> str:
-    """One JSON object per study per line."""
-    return "".join(json.dumps(s.summary(), separators=(", ", ": ")) + "\n" for s in studies)
+    """One JSON object per study per line, doses to :data:`sifluoro.contract.DOSE_DIGITS`
+    significant digits (docs/contract.md §2: a report's 14.06 mGy, not 14.059999999999999)."""
+    return "".join(json.dumps(_doses_rounded(s.summary()), separators=(", ", ": ")) + "\n"
+                   for s in studies)
+
+
+def _doses_rounded(value):
+    from sifluoro.contract import dose_value
+
+    if isinstance(value, dict):
+        return {k: (dose_value(v) if k.endswith(("_mgy", "_gycm2")) and isinstance(v, float)
+                    else _doses_rounded(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_doses_rounded(v) for v in value]
+    return value
 
 
 def _number(value: float | None, width: int, decimals: int, *, at_least: bool = False) -> str:

@@ -74,6 +74,12 @@ def test_dose_summary_cli_on_the_vendor_folder(vendor_dir):
                              "dap_gycm2", "air_kerma_mgy", "fluoro_dap_gycm2", "fluoro_air_kerma_mgy",
                              "acquisition_dap_gycm2", "acquisition_air_kerma_mgy"}
     assert by_path["siemens_axiom_artis.dcm"]["device"] == {"manufacturer": "Siemens", "model": "AXIOM-Artis"}
+    # doses to 9 significant digits (docs/contract.md §2), as events and summaries: the
+    # Siemens report's 14.06 mGy was printed 14.059999999999999 (review 2 s18 F4)
+    assert 14.06 in [line["air_kerma_mgy"] for line in lines]
+    for line in lines:
+        for key in ("dap_gycm2", "air_kerma_mgy", "fluoro_dap_gycm2", "fluoro_air_kerma_mgy"):
+            assert line[key] is None or len(repr(line[key]).lstrip("0.").replace(".", "")) <= 9
 
 
 def test_vendor_quirks_are_read(vendor_dir):
