@@ -387,7 +387,9 @@ def test_a_grabbers_backlog_at_opening_does_not_count_in_its_measured_rate(tmp_p
     import subprocess
     import sys
 
-    source, env, sent, stop = _mjpeg_grabber(30 + 150, 15.0, backlog=30)
+    # 14 s at 15/s: four windows after the burst, so a busy machine's jitter in one does not
+    # leave the rate unmeasured (CI, session 18)
+    source, env, sent, stop = _mjpeg_grabber(30 + 210, 15.0, backlog=30)
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "sifluoro",
                              *_args(source, 0.3, out, "--stages", "none", "--pulse-rate", "15")],
@@ -402,7 +404,7 @@ def test_a_grabbers_backlog_at_opening_does_not_count_in_its_measured_rate(tmp_p
         stop()
     assert proc.returncode == 0, err
     video = json.loads((out / "summary.json").read_text())["video"]
-    assert video["capture_rate_per_s"] == 25.0 and video["captured_frames"] >= 178
+    assert video["capture_rate_per_s"] == 25.0 and video["captured_frames"] >= 238
     assert 14.0 <= video["measured_capture_rate_per_s"] <= 16.0
     assert "give --capture-rate 15" in err
 
