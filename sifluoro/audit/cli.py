@@ -63,8 +63,16 @@ def _ingest(args) -> int:
             print(f"sifluoro: the registry could not be written ({db_reason(exc)}); the studies "
                   "written before stay; run the ingest again", file=sys.stderr)
             return 1
+    # an archive holds notes, exports and thumbnails beside its studies: those are counted,
+    # not listed one by one as faults to fix (--json lists every file)
+    not_dicom = [r for r in result.rejected if r.error == "NotDicomError"]
     for r in result.rejected:
-        print(f"sifluoro: not taken {r.file}: {r.reason}", file=sys.stderr)
+        if r.error != "NotDicomError":
+            print(f"sifluoro: not taken {r.file}: {r.reason}", file=sys.stderr)
+    if not_dicom:
+        shown = ", ".join(r.file for r in not_dicom[:3]) + (", ..." if len(not_dicom) > 3 else "")
+        print(f"sifluoro: {len(not_dicom)} file(s) passed over, not DICOM: {shown}",
+              file=sys.stderr)
     if args.json:
         print(json.dumps(result.as_dict()))
     elif not args.quiet:

@@ -949,3 +949,25 @@ def test_a_binary_link_key_file_is_a_key(corpus, tmp_path):
         keys = set(conn.execute(select(StudyRow.patient_key)).scalars())
     engine.dispose()
     assert keys == {hmac.new(raw, PATIENT_ID.encode(), hashlib.sha256).hexdigest()}
+
+
+def test_an_archive_s_non_dicom_files_are_counted_not_listed_as_faults(tmp_path, capsys):
+    """User review s18 F8: an archive's notes and exports gave one "not taken ...: not a DICOM
+    file ...; remove it from the input" line each, hiding the summary; a real fault is still
+    named on its own line."""
+    import pydicom
+
+    from sifluoro.cli import main
+
+    (path,) = write_study(tmp_path / "in" / "s1", [RunSpec(0.0)])
+    for k in range(5):
+        (tmp_path / "in" / f"notes{k}.txt").write_text("not DICOM")
+    (bad,) = write_study(tmp_path / "in" / "s2", [RunSpec(0.0)])
+    ds = pydicom.dcmread(bad)
+    del ds.SOPInstanceUID
+    ds.save_as(bad)
+    assert main(["audit", "ingest", str(tmp_path / "in"), "--db",
+                 f"sqlite:///{tmp_path / 'r.db'}"]) == 0
+    err = capsys.readouterr().err
+    assert "sifluoro: 5 file(s) passed over, not DICOM:" in err and "remove it" not in err
+    assert err.count("not taken") == 1 and "SOPInstanceUID" in err
