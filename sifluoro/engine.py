@@ -174,6 +174,7 @@ class Engine:
         self.pipeline = Pipeline(default_stages(self.settings) if stages is None
                                  else as_stages(stages, self.settings), self.settings)
         self._handlers: dict[str, list[Callable]] = {kind: [] for kind in KINDS}
+        self._handler_failures: dict[tuple[str, int], int] = {}  # (kind, handler id): calls
         self._lock = threading.Lock()
         self._owner: int | None = None  # the thread holding _lock
         self._state: StudyState | None = None
@@ -423,6 +424,10 @@ class Engine:
                     for _, calls in pending:
                         self._call_all(calls)
             self._closed = True
+            for (kind, _), n in sorted(self._handler_failures.items()):
+                if n > 1:
+                    log.warning("a %s handler failed on %d frames (the first one's traceback "
+                                "above)", kind, n)
             state = self._state or self.pipeline.start_study("")
             unfed = state.dose.forget_unfed_runs()
             if unfed:  # their share of the device's report is the study's still
@@ -477,5 +482,12 @@ class Engine:
         for handler in self._handlers[kind]:
             try:
                 handler(payload)
-            except Exception:  # a plug-in's handler must not stop the engine
-                log.exception("%s handler failed on frame %d", kind, payload.index)
+            except Exception as exc:  # a plug-in's handler must not stop the engine
+                key = (kind, id(handler))
+                failed = self._handler_failures.get(key, 0)
+                self._handler_failures[key] = failed + 1
+                if not failed:  # its traceback once, not on every frame
+                    log.exception("%s handler failed on frame %d", kind, payload.index)
+                else:
+                    log.debug("%s handler failed again on frame %d (%s)", kind, payload.index,
+                              type(exc).__name__)
