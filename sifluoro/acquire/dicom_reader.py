@@ -115,15 +115,16 @@ def iter_input_files(inputs: Iterable[str | Path]) -> Iterator[Path]:
         if not path.is_dir():
             yield path
             continue
-        if os.path.realpath(path) in visited:
+        real = os.path.realpath(path)
+        if real in visited:
             continue
-        visited.add(os.path.realpath(path))
+        visited.add(real)
         for root, dirs, files in os.walk(path, followlinks=True, onerror=unlisted):
             kept = []
             for name in sorted(d for d in dirs if not d.startswith(".")):
-                real = os.path.realpath(os.path.join(root, name))
-                if real not in visited:
-                    visited.add(real)
+                sub = os.path.realpath(os.path.join(root, name))
+                if sub not in visited:
+                    visited.add(sub)
                     kept.append(name)
             dirs[:] = kept
             for name in sorted(files):

@@ -471,7 +471,7 @@ class DoseAccumulator:
         live.acquisition_time_s += t.acquisition_time_s - was[3]
         dose = self._tallies[frame.run.sop_instance_uid].dose  # the model it was counted with
         live.sources.add(dose.source)
-        if "none" in (dose.source, dose.air_kerma_source, dose.dap_source):
+        if _dose_unknown(dose):
             self._live_dose_unknown.add(frame.run.sop_instance_uid)
         new = self._crossed(before, frame)
         self.alerts.extend(new)
@@ -502,11 +502,12 @@ class DoseAccumulator:
 
     def _count_lost_from(self, run: Run, first_frame_number: int) -> _RunTally:
         tally = self._tally(run)
-        for number in range(max(first_frame_number, tally.frames + 1), run.n_frames + 1):
+        numbers = range(max(first_frame_number, tally.frames + 1), run.n_frames + 1)
+        for number in numbers:
             self._count(run, number, self.lost)
             self.lost_frames += 1
-            if "none" in (tally.dose.source, tally.dose.air_kerma_source, tally.dose.dap_source):
-                self._lost_dose_unknown.add(run.sop_instance_uid)
+        if numbers and _dose_unknown(tally.dose):
+            self._lost_dose_unknown.add(run.sop_instance_uid)
         return tally
 
     @property
@@ -855,6 +856,11 @@ def _event(tally: _RunTally, settings: DoseSettings) -> IrradiationEvent:
 
 def _per_frame(values: tuple[float, ...] | None, n_frames: int) -> tuple[float, ...] | None:
     return tuple(values) if values is not None and len(values) == n_frames else None
+
+
+def _dose_unknown(dose) -> bool:
+    """A run's dose model leaves its air kerma or DAP unknown (out of the totals: lower bounds)."""
+    return "none" in (dose.source, dose.air_kerma_source, dose.dap_source)
 
 
 def kerma_alert_levels(before: float, after: float, s: DoseSettings) -> list[float]:
