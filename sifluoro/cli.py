@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, metavar="REPORT.json", help="also write the report as JSON")
     p.set_defaults(func=_evaluate)
 
-    from sifluoro.acquire.receiver import add_receive_parser
+    from sifluoro.acquire.receive_cli import add_receive_parser
     from sifluoro.acquire.video_cli import add_video_parser
     from sifluoro.dose.cli import add_dose_parser
 

@@ -33,14 +33,10 @@ Instances are held in memory while received (pynetdicom), so the peak is about
 """
 from __future__ import annotations
 
-import argparse
 import logging
-import signal
 import ssl
-import sys
 import threading
 import time
-from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 
@@ -72,6 +68,7 @@ from sifluoro.acquire.dicom_reader import (
 )
 from sifluoro.acquire.live import LiveStudies
 from sifluoro.acquire.video_pixels import video_decoder_available
+from sifluoro.acquire.receiver_settings import ReceiverSettings
 from sifluoro.acquire.spool import InvalidUIDError, Spool, SpoolFullError, check_uid
 from sifluoro.config import Settings
 from sifluoro.dose.rdsr_read import SR_SOP_CLASSES, is_dose_report
@@ -101,70 +98,6 @@ def decodable_transfer_syntaxes() -> list[UID]:
     loops only as video is not refused at association (its dose would be lost there)."""
     video = list(MPEGTransferSyntaxes) if video_decoder_available() else []
     return list(UNCOMPRESSED) + [uid for uid in COMPRESSED if decoder_available(uid)] + video
-
-
-@dataclass(frozen=True)
-class ReceiverSettings:
-    """How the receiver listens and what it takes.
-
-    Attributes
-    ----------
-    port : int
-        TCP port (0: any free port; see :attr:`Receiver.port`).
-    ae_title : str
-        This SCP's AE title; associations calling another title are rejected.
-    spool : Path
-        Folder of received instances (see :mod:`sifluoro.acquire.spool`).
-    allow_ae : tuple of str
-        Calling AE titles accepted; empty accepts any.
-    events, summary : Path, optional
-        Output paths (default: per study in the spool).
-    host : str
-        Address to listen on.
-    tls_cert, tls_key, tls_ca : Path, optional
-        Server certificate and key (PEM) enable TLS; a CA makes client certificates required.
-    max_associations : int
-    max_pdu_bytes : int
-        Largest PDU this SCP receives (0: no limit).
-    max_instance_mb : float
-    spool_quota_mb : float, optional
-    drain_timeout_s : float
-        On SIGTERM, how long open associations may take to finish before they are aborted.
-    """
-
-    port: int
-    ae_title: str
-    spool: Path
-    allow_ae: tuple[str, ...] = ()
-    events: Path | None = None
-    summary: Path | None = None
-    host: str = "0.0.0.0"
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    tls_ca: Path | None = None
-    max_associations: int = 10
-    max_pdu_bytes: int = 262144
-    max_instance_mb: float = 1024.0
-    spool_quota_mb: float | None = None
-    drain_timeout_s: float = 30.0
-
-    def __post_init__(self):
-        if not 0 <= self.port <= 65535:
-            raise ConfigError(f"--port must be 0-65535, got {self.port}")
-        if not 1 <= len(self.ae_title.strip()) <= 16:
-            raise ConfigError(f"--ae-title must be 1-16 characters, got {self.ae_title!r}")
-        if self.max_associations < 1:
-            raise ConfigError(f"--max-associations must be >= 1, got {self.max_associations}")
-        if self.max_pdu_bytes != 0 and self.max_pdu_bytes < 4096:
-            raise ConfigError(f"--max-pdu must be 0 (no limit) or >= 4096, got {self.max_pdu_bytes}")
-        if not self.max_instance_mb > 0:
-            raise ConfigError(f"--max-instance-mb must be > 0, got {self.max_instance_mb}")
-        if self.spool_quota_mb is not None and not self.spool_quota_mb > 0:
-            raise ConfigError(f"--spool-quota-mb must be > 0, got {self.spool_quota_mb}")
-        if (self.tls_cert is None) != (self.tls_key is None):
-            raise ConfigError("--tls-cert and --tls-key go together")
-        if self.tls_ca is not None and self.tls_cert is None:
-            raise ConfigError("--tls-ca needs --tls-cert and --tls-key")
 
 
 class _DeferredHandshakeContext(ssl.SSLContext):
@@ -446,103 +379,9 @@ def _on_aborted(event) -> None:
     log.warning("association from %s aborted", _peer(event))
 
 
-# Command line ----------------------------------------------------------------------------------
-def add_receive_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``sifluoro receive``."""
-    parser.add_argument("--port", type=int, required=True, help="TCP port to listen on")
-    parser.add_argument("--ae-title", required=True, help="this receiver's AE title")
-    parser.add_argument("--spool", type=Path, required=True, metavar="DIR",
-                        help="folder where received instances are stored")
-    parser.add_argument("--allow-ae", action="append", default=[], metavar="AE",
-                        help="accept associations only from this calling AE title (repeatable)")
-    parser.add_argument("--events", type=Path, metavar="EVENTS.jsonl",
-                        help="one events file for all studies (default: DIR/<study>/events.jsonl)")
-    parser.add_argument("--summary", type=Path, metavar="SUMMARY.json",
-                        help="also write the summary of the study updated last here (one "
-                             "study at a time); each study's own is DIR/<study>/summary.json")
-    parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default %(default)s)")
-    parser.add_argument("--tls-cert", type=Path, metavar="CERT.pem", help="server certificate: enables TLS")
-    parser.add_argument("--tls-key", type=Path, metavar="KEY.pem", help="server private key")
-    parser.add_argument("--tls-ca", type=Path, metavar="CA.pem",
-                        help="require client certificates signed by this CA")
-    d = ReceiverSettings(0, "X", Path("."))
-    parser.add_argument("--max-associations", type=int, default=d.max_associations,
-                        help="simultaneous associations (default %(default)s)")
-    parser.add_argument("--max-pdu", type=int, default=d.max_pdu_bytes, metavar="BYTES",
-                        help="largest PDU received, 0 for no limit (default %(default)s)")
-    parser.add_argument("--max-instance-mb", type=float, default=d.max_instance_mb,
-                        help="largest instance accepted, in MiB (default %(default)s)")
-    parser.add_argument("--spool-quota-mb", type=float, metavar="MB",
-                        help="most MiB of instances the spool may hold (default: no quota)")
-    parser.add_argument("--drain-timeout-s", type=float, default=d.drain_timeout_s,
-                        help="on SIGTERM, how long open associations may finish (default %(default)s)")
-    parser.add_argument("--budget-ms", type=float, default=Settings().latency_budget_ms,
-                        help="per-frame latency budget for image work (default %(default)s ms)")
+if __name__ == "__main__":  # ``python -m sifluoro.acquire.receiver``, as ``sifluoro receive``
+    import sys
 
+    from sifluoro.acquire.receive_cli import main
 
-def add_receive_parser(subparsers) -> argparse.ArgumentParser:
-    """Add ``receive`` to the ``sifluoro`` command's subparsers."""
-    p = subparsers.add_parser("receive", help="DICOM C-STORE receiver feeding the live pipeline")
-    add_receive_arguments(p)
-    p.set_defaults(func=run_receive)
-    return p
-
-
-def settings_from_args(args: argparse.Namespace) -> ReceiverSettings:
-    return ReceiverSettings(
-        port=args.port, ae_title=args.ae_title, spool=args.spool, allow_ae=tuple(args.allow_ae),
-        events=args.events, summary=args.summary, host=args.host, tls_cert=args.tls_cert,
-        tls_key=args.tls_key, tls_ca=args.tls_ca, max_associations=args.max_associations,
-        max_pdu_bytes=args.max_pdu, max_instance_mb=args.max_instance_mb,
-        spool_quota_mb=args.spool_quota_mb, drain_timeout_s=args.drain_timeout_s)
-
-
-def run_receive(args: argparse.Namespace) -> int:
-    """Run the receiver until SIGTERM/SIGINT, then drain; 0 on a clean stop, 1 when some
-    outputs (events, summaries, state) could not be written."""
-    from sifluoro.outfiles import check_writable
-
-    # found at the first study, a service would run for days writing nothing a reader can use
-    check_writable(events=args.events, summary=args.summary)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda signum, frame: stop.set())
-    try:
-        receiver = Receiver(settings_from_args(args),
-                            pipeline_settings=Settings(latency_budget_ms=args.budget_ms))
-        receiver.start()
-    except OSError as exc:  # port taken, spool not writable
-        print(f"sifluoro: cannot start the receiver: {exc}", file=sys.stderr)
-        return 2
-    print(f"sifluoro receive: listening on {receiver.settings.host}:{receiver.port} as "
-          f"{receiver.settings.ae_title}", flush=True)
-    while not stop.wait(0.5):
-        pass
-    log.info("signal received: draining")
-    receiver.stop()
-    print(f"sifluoro receive: stopped ({receiver.counts['stored']} stored, "
-          f"{receiver.counts['duplicates']} duplicates, {receiver.counts['refused']} refused)",
-          flush=True)
-    if receiver.live.output_errors:
-        print(f"sifluoro receive: {receiver.live.output_errors} event, summary or state "
-              f"writes failed (a full disk?); see the log", file=sys.stderr, flush=True)
-        return 1
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="sifluoro receive", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
-    add_receive_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        return run_receive(args)
-    except ConfigError as exc:
-        print(f"sifluoro: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
     sys.exit(main())

@@ -491,7 +491,7 @@ def test_an_image_whose_frames_cannot_be_cut_is_stored_with_its_dose(start_recei
 def test_an_events_or_summary_path_that_cannot_be_written_stops_the_start(tmp_path, capsys):
     """User review s18 F24: ``receive --events`` naming a place that cannot be written started,
     answered every instance success and lost every event (exit 1 only at shutdown)."""
-    from sifluoro.acquire.receiver import main
+    from sifluoro.acquire.receive_cli import main
 
     (tmp_path / "afile").write_text("x")
     for option in ("--events", "--summary"):

@@ -1,0 +1,34 @@
+"""Building the command line imports no imaging, network or DICOM code: ``sifluoro --help``,
+``dose summary`` and ``outbox send`` should not pay for numba and the pipeline (user review
+F22: 1.7 s of imports for ``--help``)."""
+import subprocess
+import sys
+
+HEAVY = ("numba", "pydicom", "pynetdicom", "cv2", "skimage", "sifluoro.pipeline",
+         "sifluoro.engine", "sifluoro.acquire.receiver")
+
+
+def _imported_after(code: str) -> set[str]:
+    probe = (f"import sys\n{code}\n"
+             f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    return set(filter(None, out.split(",")))
+
+
+def test_the_command_line_is_built_without_heavy_imports():
+    assert _imported_after("from sifluoro.cli import build_parser; build_parser()") == set()
+
+
+def test_the_package_imports_the_engine_only_when_asked():
+    assert _imported_after("import sifluoro") == set()
+    assert "sifluoro.engine" in _imported_after("import sifluoro; sifluoro.Engine")
+
+
+def test_help_exits_cleanly():
+    done = subprocess.run([sys.executable, "-m", "sifluoro", "--help"], capture_output=True,
+                          text=True, check=True)
+    assert "replay" in done.stdout and "receive" in done.stdout
+    done = subprocess.run([sys.executable, "-m", "sifluoro.acquire.receiver", "--help"],
+                          capture_output=True, text=True, check=True)
+    assert "--ae-title" in done.stdout
