@@ -11,21 +11,35 @@ from typing import IO, Iterator
 from sifluoro.errors import ConfigError
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it (``os.umask`` sets it, racing the
+    threads that write files meanwhile)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
 @contextlib.contextmanager
-def replaced(path: str | Path, mode: str = "w", *, shared: bool = False) -> Iterator[IO]:
+def replaced(path: str | Path, mode: str = "w") -> Iterator[IO]:
     """Open a temporary file beside ``path`` and rename it over ``path`` when the block ends
-    without an error (removed when it fails). ``shared``: readable by all (0644; a temporary
-    file is 0600). A path that exists and is not a regular file (``/dev/null``, a FIFO) is
-    written in place: renaming over it would replace the device with a file when run as root."""
+    without an error (removed when it fails). The file gets the permissions ``open`` would
+    give it (the umask's; a temporary file is 0600), or those of the file it replaces. A path
+    that exists and is not a regular file (``/dev/null``, a FIFO) is written in place:
+    renaming over it would replace the device with a file when run as root."""
     path = Path(path)
     if path.is_symlink():  # the file it names is replaced, the link stays
         path = path.resolve()
     try:
-        special = not stat.S_ISREG(path.stat().st_mode)
+        st_mode = path.stat().st_mode
     except FileNotFoundError:
-        special = False
+        st_mode = None
     encoding = None if "b" in mode else "utf-8"
-    if special:
+    if st_mode is not None and not stat.S_ISREG(st_mode):
         with open(path, mode, encoding=encoding) as out:
             yield out
         return
@@ -34,8 +48,7 @@ def replaced(path: str | Path, mode: str = "w", *, shared: bool = False) -> Iter
     try:
         with os.fdopen(fd, mode, encoding=encoding) as out:
             yield out
-        if shared:
-            os.chmod(tmp, 0o644)
+        os.chmod(tmp, stat.S_IMODE(st_mode) if st_mode is not None else 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

@@ -35,10 +35,22 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["summary.json"]
 
 
-def test_a_shared_output_is_readable_by_all(tmp_path):
-    with replaced(tmp_path / "report.html", "wb", shared=True) as out:
-        out.write(b"<html>")
-    assert stat.S_IMODE((tmp_path / "report.html").stat().st_mode) == 0o644
+def test_outputs_get_the_umask_s_permissions_or_keep_those_of_the_file_they_replace(tmp_path):
+    """User review s18 F15: events, summary and RDSR were 0600 (the temporary file's mode)
+    while the PNG/MP4 of the same study were 0644: a second user or service could not read the
+    events. Like ``open``, the umask decides; a replaced file keeps its mode."""
+    old = os.umask(0o027)
+    try:
+        write_json(tmp_path / "summary.json", {"frames": 3})
+        with replaced(tmp_path / "report.html", "wb") as out:
+            out.write(b"<html>")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "summary.json").stat().st_mode) == 0o640
+    assert stat.S_IMODE((tmp_path / "report.html").stat().st_mode) == 0o640
+    os.chmod(tmp_path / "summary.json", 0o604)
+    write_json(tmp_path / "summary.json", {"frames": 4})
+    assert stat.S_IMODE((tmp_path / "summary.json").stat().st_mode) == 0o604
 
 
 def test_an_output_that_cannot_be_written_is_named_before_the_replay(tmp_path, capsys):

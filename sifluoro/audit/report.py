@@ -322,7 +322,7 @@ def _csv_cell(cell):
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    with replaced(path, "wb", shared=True) as out:  # reports are for sharing
+    with replaced(path, "wb") as out:
         out.write(data)
 
 
