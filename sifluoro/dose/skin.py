@@ -113,7 +113,9 @@ def pyskindose_peak_skin_dose(rdsr_path: str) -> float:
 
     Raises ImportError when pyskindose (optional) is not installed.
     """
+    import contextlib
     import copy
+    import io
     import json
     import logging
     from importlib import resources
@@ -140,7 +142,9 @@ def pyskindose_peak_skin_dose(rdsr_path: str) -> float:
     try:
         parsed = PyskindoseSettings(copy.deepcopy(settings), output_format="dict")
         data = read_and_normalise_rdsr_data(rdsr_filepath=str(rdsr_path), settings=parsed)
-        return float(analyze_data(normalized_data=data, settings=parsed)["psd"])
+        # its progress bars and prints would interleave with the caller's result lines
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+            return float(analyze_data(normalized_data=data, settings=parsed)["psd"])
     finally:
         quiet.setLevel(level)
         pydicom.config.settings.reading_validation_mode = validation

@@ -79,3 +79,12 @@ def test_psd_command(vendor_dir, capsys):
     assert "ESTIMATES" in out and ("siemens_axiom_artis.dcm: 1.35 (Ka,r total 1.36 mGy; "
                                    "events' Ka,r 1.35 mGy, 21 events") in out
     assert main(["dose", "psd", str(vendor_dir / "missing.dcm")]) == 2
+
+
+def test_psd_command_with_pyskindose_prints_no_progress_bars(vendor_dir, capfd):
+    """User review s18 F15: pyskindose's tqdm bars ("calculating skindose: 100%|███|") were
+    interleaved with the result lines."""
+    pytest.importorskip("pyskindose", reason="pyskindose is a test-only extra")
+    assert main(["dose", "psd", "--pyskindose", str(vendor_dir / "siemens_axiom_artis.dcm")]) == 0
+    out, err = capfd.readouterr()
+    assert "; pyskindose " in out and "%|" not in out + err and "it/s" not in out + err
