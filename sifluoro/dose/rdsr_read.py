@@ -175,8 +175,9 @@ def read_rdsr(path: str | Path, ds: Dataset | None = None) -> StudyDose:
     if ds is None:
         try:
             ds = pydicom.dcmread(path)
-        except InvalidDicomError as exc:
-            raise NotDicomError(f"not a DICOM file ({exc})", path=path) from exc
+        except InvalidDicomError as exc:  # pydicom's text advises force=True: not for a user
+            raise NotDicomError("not a DICOM file (no DICOM Part 10 'DICM' header)",
+                                path=path) from exc
         except Exception as exc:  # the file boundary: any parse failure is this file's fault
             raise NotDicomError(f"cannot be parsed ({type(exc).__name__}: {exc})", path=path) from exc
     try:

@@ -176,8 +176,9 @@ def test_bad_number_and_missing_event_uid_are_typed_errors(tmp_path):
 
 def test_not_a_dose_report_and_ct_report_are_refused(tmp_path):
     (tmp_path / "x.dcm").write_bytes(b"not dicom at all")
-    with pytest.raises(NotDicomError):
+    with pytest.raises(NotDicomError) as info:
         read_rdsr(tmp_path / "x.dcm")
+    assert "force=True" not in str(info.value)  # pydicom's advice to a programmer (s18 F15)
     ct = build_rdsr([Ev()], procedure=("P5-08000", "DCM", "Computed Tomography X-Ray"))
     with pytest.raises(UnsupportedDicomError, match="CT dose report"):
         read_rdsr(save(ct, tmp_path / "ct.dcm"))
