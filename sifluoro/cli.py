@@ -13,10 +13,11 @@ from sifluoro.stages import REPLAY_STAGES, add_stages_argument
 
 
 def _replay(args) -> int:
-    from sifluoro.outfiles import check_folder_writable, check_writable
+    from sifluoro.outfiles import check_folder_writable, check_some_input_exists, check_writable
     from sifluoro.replay import format_summary, replay
     from sifluoro.stages import make_stages
 
+    check_some_input_exists(tuple(args.inputs))
     check_writable(tuple(args.inputs), events=args.events, summary=args.summary,
                    rdsr=args.rdsr, overlay_mp4=args.overlay_mp4)
     check_folder_writable(overlay_png=args.overlay_png)

@@ -55,6 +55,15 @@ def replaced(path: str | Path, mode: str = "w") -> Iterator[IO]:
         raise
 
 
+def check_some_input_exists(inputs: tuple[str | Path, ...]) -> None:
+    """Raise :class:`ConfigError` when not one of ``inputs`` exists (a mistyped path): the
+    command would otherwise write a summary of zero frames and zero dose for a study it never
+    read. One missing among several is the reader's to report, the rest being read."""
+    if inputs and not any(os.path.lexists(p) for p in inputs):
+        shown = ", ".join(map(str, inputs[:3])) + (", ..." if len(inputs) > 3 else "")
+        raise ConfigError(f"{shown}: no such file or folder; nothing was read or written")
+
+
 def check_writable(inputs: tuple[str | Path, ...] = (), **paths: str | Path | None) -> None:
     """Raise :class:`ConfigError` naming the option (``rdsr=...``) whose output cannot be
     written (a folder, or a place that cannot be made or written), would overwrite one of the

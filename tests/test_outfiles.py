@@ -225,3 +225,23 @@ def test_a_lost_run_of_unknown_dose_beside_runs_of_known_dose_is_said(tmp_path, 
     summary = json.loads((tmp_path / "s.json").read_text())
     assert summary["lost_frames"]["frames"] == 3 and summary["lost_frames"]["runs_dose_unknown"] == 1
     assert "frames lost in damaged files, their dose unknown" in out
+
+
+def test_a_replay_of_inputs_that_do_not_exist_writes_nothing(tmp_path, capsys):
+    """User review s18 F5: a mistyped study path printed and wrote a summary of 0 frames and
+    no dose (a table a reader may take at face value) before the error."""
+    from sifluoro.cli import main
+
+    code = main(["replay", str(tmp_path / "nonexistent"), "--events", str(tmp_path / "e.jsonl"),
+                 "--summary", str(tmp_path / "s.json")])
+    captured = capsys.readouterr()
+    assert code == 2 and "nonexistent: no such file or folder" in captured.err
+    assert captured.out == "" and list(tmp_path.iterdir()) == []
+
+
+def test_an_ingest_of_inputs_that_do_not_exist_makes_no_registry(tmp_path, capsys):
+    from sifluoro.cli import main
+
+    db = tmp_path / "x.db"
+    assert main(["audit", "ingest", str(tmp_path / "gone"), "--db", str(db)]) == 2
+    assert "gone: no such file or folder" in capsys.readouterr().err and not db.exists()

@@ -47,8 +47,10 @@ def _ingest(args) -> int:
     from sqlalchemy.exc import OperationalError
 
     from sifluoro.audit.ingest import ProcessMapper, db_reason, ingest, serial_mapper
+    from sifluoro.outfiles import check_some_input_exists
     from sifluoro.quiet import quiet_pydicom_warnings
 
+    check_some_input_exists(tuple(args.paths))  # before the registry file is made
     settings = _settings(args)
     with _client(args) as client:
         if client is not None:
