@@ -495,6 +495,7 @@ def test_a_missing_input_and_an_empty_folder_are_named_as_such(tmp_path):
     reasons = {r.file: r.reason for r in result.rejected}
     assert reasons == {str(tmp_path / "gone.dcm"): "no such file or folder",
                        str(tmp_path / "empty"): "the folder holds no files"}
+    assert {r.error for r in result.rejected} == {"InputError"}  # typed (user review s18 F15)
     assert sum(len(runs) for runs in result.runs_by_study.values()) == 1
 
 

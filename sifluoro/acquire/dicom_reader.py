@@ -154,9 +154,9 @@ def scan(inputs: Iterable[str | Path]) -> ScanResult:
     inputs = [Path(item) for item in inputs]
     for item in inputs:  # said as such: a parser's FileNotFoundError, or nothing at all
         if not item.exists():
-            rejected.append(Rejection(str(item), "no such file or folder"))
+            rejected.append(Rejection(str(item), "no such file or folder", "InputError"))
         elif item.is_dir() and next(iter_input_files([item]), None) is None:
-            rejected.append(Rejection(str(item), "the folder holds no files"))
+            rejected.append(Rejection(str(item), "the folder holds no files", "InputError"))
     for path in iter_input_files(item for item in inputs if item.exists()):
         if path.resolve() in seen_files:  # named twice (a folder and a file in it): read once
             continue
