@@ -42,6 +42,10 @@ def _client(args):
         yield client
 
 
+def _n(count: int, one: str, many: str | None = None) -> str:
+    return f"{count} {one if count == 1 else many or one + 's'}"
+
+
 def _ingest(args) -> int:
     from sifluoro.audit.distributed import DaskMapper
     from sqlalchemy.exc import OperationalError
@@ -79,10 +83,11 @@ def _ingest(args) -> int:
         print(json.dumps(result.as_dict()))
     elif not args.quiet:
         rate = result.parsed / result.elapsed_s if result.elapsed_s else 0.0
-        print(f"{result.files} files: {result.reports} dose reports, {result.images} image runs, "
-              f"{result.unchanged} unchanged, {len(result.rejected)} not taken; "
-              f"{result.studies_new} studies new, {result.studies_updated} updated "
-              f"in {result.elapsed_s:.1f} s ({rate:.0f} files/s)")
+        print(f"{_n(result.files, 'file')}: {_n(result.reports, 'dose report')}, "
+              f"{_n(result.images, 'image run')}, {result.unchanged} unchanged, "
+              f"{len(result.rejected)} not taken; {_n(result.studies_new, 'study', 'studies')} "
+              f"new, {result.studies_updated} updated in {result.elapsed_s:.1f} s "
+              f"({rate:.0f} files/s)")
     return 0 if result.files and len(result.rejected) < result.files else 2
 
 
@@ -93,6 +98,9 @@ def _report(args) -> int:
     from sifluoro.audit.schema import registry_url
     from sifluoro.outfiles import check_folder_writable
 
+    if args.start and args.end and args.start > args.end:
+        raise ConfigError(f"--from {args.start} is after --to {args.end}: no study can be in "
+                          "that range")
     url = make_url(registry_url(args.db))
     if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:" \
             and not Path(url.database).is_file():  # a typo made an empty registry

@@ -968,6 +968,8 @@ def test_an_archive_s_non_dicom_files_are_counted_not_listed_as_faults(tmp_path,
     ds.save_as(bad)
     assert main(["audit", "ingest", str(tmp_path / "in"), "--db",
                  f"sqlite:///{tmp_path / 'r.db'}"]) == 0
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert "sifluoro: 5 file(s) passed over, not DICOM:" in err and "remove it" not in err
+    assert out.startswith("7 files: 0 dose reports, 1 image run, 0 unchanged, 6 not taken; "
+                          "1 study new, 0 updated")  # counts said in the singular when one
     assert err.count("not taken") == 1 and "SOPInstanceUID" in err

@@ -283,6 +283,16 @@ def test_a_report_on_a_registry_that_does_not_exist_names_it(tmp_path, capsys):
     assert not (tmp_path / "typo.db").exists()
 
 
+def test_a_reversed_date_range_is_refused_before_a_report_is_written(tmp_path, capsys):
+    """User review s18 F15: --from after --to wrote an empty report and exited 2 unexplained."""
+    from sifluoro.cli import main
+
+    assert main(["audit", "report", "--db", str(tmp_path / "x.db"), "--out", str(tmp_path / "r"),
+                 "--from", "2026-02-01", "--to", "2026-01-01"]) == 2
+    assert "--from 2026-02-01 is after --to 2026-01-01" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
 def test_procedure_is_matched_as_the_device_writes_it(tmp_path):
     """``--procedure`` compared with ``==`` found nothing for "DSA Body" (stored as "Dsa body")
     nor "SIJ inj. left" (stored as "SI joint injection"); an empty answer named no label
