@@ -107,3 +107,14 @@ def test_cli_refuses_an_empty_or_contradictory_stage_list(value, says, tmp_path,
         main(["replay", str(tmp_path), "--events", str(tmp_path / "e"), "--summary",
               str(tmp_path / "s"), "--stages", value])
     assert stop.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_batch_replay_says_not_assessed_for_a_contrast_stage_that_did_not_run(case_set, tmp_path,
+                                                                               capsys):
+    """User review s18 F15: batch-replay printed "contrast none" (nothing seen) for a study
+    whose contrast stage never ran."""
+    from sifluoro.cli import main
+
+    assert main(["batch-replay", str(case_set), "--out", str(tmp_path / "r"), "--budget-ms",
+                 "inf"]) == 0
+    assert "case000: " in (out := capsys.readouterr().out) and "contrast not assessed" in out

@@ -137,7 +137,9 @@ def _batch_replay(args) -> int:
         for name, summary, code in batch_replay(args.cases_dir, args.out, client=client,
                                                 budget_ms=args.budget_ms, stages=args.stages):
             failures += code != 0
-            print(f"{name}: {summary['frames']} frames, contrast {summary['contrast_state']}, "
+            contrast = (summary["contrast_state"] if "contrast" in summary.get("stages", ())
+                        else "not assessed")  # a stage that did not run says nothing
+            print(f"{name}: {summary['frames']} frames, contrast {contrast}, "
                   f"{len(summary['rejected_files'])} rejected")
     return 1 if failures else 0
 
