@@ -327,6 +327,8 @@ def test_a_run_announced_but_never_fed_gives_back_its_share_of_the_device_report
     summary = engine.close()
     assert summary["study_dose"]["air_kerma_mgy"] == pytest.approx(7010.0)
     assert doses[-1].study_air_kerma_mgy == pytest.approx(7010.0)  # the close announced it
+    # the runs shown, not those announced (user review s18 F14: "14 frames in 6 runs" of 2)
+    assert (summary["runs"], summary["runs_announced_not_shown"]) == (1, len(study.runs) - 1)
 
 
 def test_a_worker_handler_that_calls_close_gets_an_error_not_a_deadlock(tmp_path):
