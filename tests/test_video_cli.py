@@ -141,6 +141,10 @@ def test_a_capture_ended_by_ctrl_c_or_a_service_stop_still_writes_its_summary(tm
     summary = json.loads((out / "summary.json").read_text())
     assert summary["video"]["ended_early"] == "stopped by a signal"
     assert 5 <= summary["frames"] < 600 and summary["air_kerma_mgy"] > 0
+    # every frame captured counts, the one in hand at the signal and those queued too (user
+    # review s18 F23: "11 frames of 12 captured", the 12th pulse's dose lost)
+    video = summary["video"]
+    assert summary["frames"] == video["captured_frames"] - video["between_pulses"] - video["held_frames"]
     assert replay_output_violations(out / "events.jsonl", out / "summary.json") == []
 
 

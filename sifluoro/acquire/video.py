@@ -304,6 +304,11 @@ def _live_reads(capture: cv2.VideoCapture, source: str | int, stop: threading.Ev
                 stats.longest_stall_s = max(stats.longest_stall_s, gap_s)
                 log.warning("the video source delivers frames again after %.1f s", gap_s)
             yield image
+        while True:  # read before the stop: their pulses were given, their dose counts
+            try:
+                yield frames.get_nowait()
+            except queue.Empty:
+                break
     finally:
         done.set()
         # a read that returns while the interpreter exits aborts the process (OpenCV's C++

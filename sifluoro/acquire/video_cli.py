@@ -150,8 +150,6 @@ def _video(args) -> int:
     imaging.warm_up()
     try:
         for frame in video_frames(source, settings, stats, stop):
-            if stop.is_set():
-                break
             if frame.run is not run:  # kernels warmed up on the real frame size before it counts
                 run = frame.run
                 engine.prepare(Study(run.study_instance_uid, (run,)))
@@ -166,6 +164,8 @@ def _video(args) -> int:
                 engine.submit(frame)
             else:
                 engine.feed(frame)
+            if stop.is_set():  # after the frame: captured, its pulse was given (review s18 F23)
+                break
         if stop.is_set():  # how an operator ends a capture (and a live source's only end)
             ended = STOPPED
     except InputError as exc:  # e.g. no frame rate: what came before counts
