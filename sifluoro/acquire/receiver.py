@@ -92,6 +92,29 @@ MIB = 1 << 20
 _config.LOG_REQUEST_IDENTIFIERS = False
 
 
+class _OneLineConnectionErrors(logging.Filter):
+    """pynetdicom logs a connection lost before a PDU (a plain client at a TLS port, a client
+    without the certificate --tls-ca asks for, a reset) as an ERROR line and then the error's
+    whole traceback: one warning line says it, with what a TLS failure usually means."""
+
+    LEAD = "Connection closed before the entire PDU was received"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage() == self.LEAD:
+            return False  # the next record says why
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, OSError):
+            hint = ("; a client without TLS, or without the client certificate --tls-ca "
+                    "requires?" if isinstance(exc, ssl.SSLError) else "")
+            record.msg, record.args = "a connection ended before its first PDU: %s%s", (exc, hint)
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info = record.exc_text = None
+        return True
+
+
+logging.getLogger("pynetdicom.dul").addFilter(_OneLineConnectionErrors())
+
+
 def decodable_transfer_syntaxes() -> list[UID]:
     """Uncompressed syntaxes plus every compressed one with an installed decoder, and the
     video syntaxes (MPEG-2, H.264, HEVC) when OpenCV can decode them: a C-arm that sends its
