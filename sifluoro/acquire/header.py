@@ -739,12 +739,12 @@ def _reported_dose(look: _Lookup, n: int, path: str) -> dict:
     if entrance_mgy is not None:
         out["reported_air_kerma_mgy"] = entrance_mgy
     if len(look.per_frame) == n and n > 0:
-        per_frame = [_in_sequence(g, "XRayAcquisitionDoseSequence", "EntranceDoseInmGy")
+        per_frame = [_in_sequence(look, g, "XRayAcquisitionDoseSequence", "EntranceDoseInmGy")
                      for g in look.per_frame]
         if all(v is not None for v in per_frame):
             out["reported_air_kerma_mgy_per_frame"] = tuple(per_frame)
-        kvps = [_in_sequence(g, "FrameAcquisitionSequence", "KVP") for g in look.per_frame]
-        currents = [_in_sequence(g, "FrameAcquisitionSequence", "XRayTubeCurrentInmA")
+        kvps = [_in_sequence(look, g, "FrameAcquisitionSequence", "KVP") for g in look.per_frame]
+        currents = [_in_sequence(look, g, "FrameAcquisitionSequence", "XRayTubeCurrentInmA")
                     for g in look.per_frame]
         if all(c is not None for c in currents) and n > 1:
             out["tube_current_ma"] = sum(currents) / n
@@ -766,8 +766,10 @@ def _reported_dose(look: _Lookup, n: int, path: str) -> dict:
     return out
 
 
-def _in_sequence(group: Dataset, sequence: str, keyword: str) -> float | None:
-    """A number in the first item of a functional group's macro sequence, or None."""
+def _in_sequence(look: _Lookup, group: Dataset, sequence: str, keyword: str) -> float | None:
+    """A number in the first item of a functional group's macro sequence, or None; one that
+    is negative or above what X-ray can give is ignored with a warning (once per attribute),
+    as the run-level values are (:meth:`_Lookup.amount`): the run-level value is then used."""
     try:
         seq = group.get(sequence)
         value = seq[0].get(keyword) if seq else None
@@ -776,7 +778,15 @@ def _in_sequence(group: Dataset, sequence: str, keyword: str) -> float | None:
         return None
     if number is None or not math.isfinite(number):
         return None
-    return number if 0 <= number <= AMOUNT_MAX.get(keyword, math.inf) else None
+    most = AMOUNT_MAX.get(keyword, math.inf)
+    if 0 <= number <= most:
+        return number
+    if keyword not in look._refused:
+        look._refused.add(keyword)
+        log.warning("%s: ignoring per-frame %s = %g in %s: %s", look.path or "header",
+                    tag_name(keyword), number, tag_name(sequence), "negative" if number < 0
+                    else f"above {most:g}, not a possible value")
+    return None
 
 
 def sort_tiebreak(run: Run) -> tuple:

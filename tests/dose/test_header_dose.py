@@ -82,6 +82,26 @@ def test_per_frame_kvp_and_current_make_the_run_technique():
     assert tech.kvp == pytest.approx((700 + 800 + 1800) / 40.0)  # weighted by current
 
 
+def test_a_per_frame_value_out_of_bounds_is_said_and_the_run_value_used(caplog):
+    """Review s18: a per-frame kVp of 2000 or a negative entrance dose was dropped silently (the
+    run-level value used instead, no word of the file's fault)."""
+    ds = _dataset("enhanced_xa", kvp=70.0, tube_current_ma=10.0)
+    for group, kv in zip(ds.PerFrameFunctionalGroupsSequence, (70, 2000, 90)):
+        item = Dataset()
+        item.KVP = kv
+        item.XRayTubeCurrentInmA = 10.0
+        group.FrameAcquisitionSequence = Sequence([item])
+        dose = Dataset()
+        dose.EntranceDoseInmGy = "-0.5"
+        group.XRayAcquisitionDoseSequence = Sequence([dose])
+    with caplog.at_level(logging.WARNING, logger="sifluoro"):
+        tech = parse(ds, "x.dcm").technique
+    assert tech.kvp == pytest.approx(70.0) and tech.reported_air_kerma_mgy_per_frame is None
+    said = [r.getMessage() for r in caplog.records]
+    assert sum("x.dcm: ignoring per-frame (0018,0060) KVP = 2000" in m for m in said) == 1
+    assert sum("EntranceDoseInmGy = -0.5" in m and "negative" in m for m in said) == 1
+
+
 def test_one_exposure_dose_item_gives_the_run_technique_and_an_estimate(tmp_path):
     ds = _dataset("xa", n_frames=1, kvp=None, tube_current_ma=None, pulse_width_ms=None,
                   exposure_time_ms=None, exposure_mas=None)
