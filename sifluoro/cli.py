@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="DICOM files or folders of one study")
     p.add_argument("--events", required=True, metavar="EVENTS.jsonl")
     p.add_argument("--summary", required=True, metavar="SUMMARY.json")
-    p.add_argument("--study", metavar="UID", help="the study to replay when the input holds several")
+    p.add_argument("--study", metavar="UID", help="the study to replay when the input holds several: its UID, or a "
+                   "unique end of it (8 characters or more, as `dose summary` shows it)")
     p.add_argument("--rdsr", metavar="RDSR.dcm", help="also write the study's dose as an X-Ray "
                    "Radiation Dose SR")
     p.add_argument("--overlay-png", type=Path, metavar="DIR",

@@ -327,6 +327,20 @@ def test_several_studies_need_a_choice(tmp_path):
         read_study([tmp_path], study_uid="1.2.3.9")
 
 
+def test_a_study_is_chosen_by_the_end_of_its_uid_as_dose_summary_shows_it(tmp_path):
+    """User review s18 F19: ``dose summary`` shows "…" and a UID's last 27 characters, and
+    ``--study`` wanted the whole UID. A unique end of 8 characters or more chooses the study;
+    one that two studies share, or a shorter one, does not."""
+    write_study(tmp_path / "a", [RunSpec(0.0)], study_uid="1.2.840.99.111122223333")
+    write_study(tmp_path / "b", [RunSpec(0.0), RunSpec(9.0)], study_uid="1.2.840.99.444422223333")
+    for asked in ("…444422223333", "...444422223333", "444422223333"):
+        study = read_study([tmp_path], study_uid=asked)
+        assert study.study_instance_uid == "1.2.840.99.444422223333" and len(study.runs) == 2
+    for asked in ("22223333", "…3333"):  # both end so; too short
+        with pytest.raises(StudyNotFoundError):
+            read_study([tmp_path], study_uid=asked)
+
+
 def test_an_instance_given_twice_is_read_once(tmp_path):
     """A folder and a file in it, and a copy of an instance under another name: its frames and
     dose count once; the copy is listed as rejected, naming the file that is used."""

@@ -252,6 +252,7 @@ def read_study(inputs: Iterable[str | Path], *, study_uid: str | None = None) ->
     # a study given by its dose report alone is that report's study (its dose, no frames)
     uids = sorted(found.runs_by_study) or sorted(found.report_studies)
     if study_uid is not None:
+        study_uid = _whole_uid(study_uid, set(found.runs_by_study) | set(found.report_studies))
         if study_uid not in found.runs_by_study and study_uid not in found.report_studies \
                 and uids:
             raise StudyNotFoundError(study_uid, uids)
@@ -263,6 +264,22 @@ def read_study(inputs: Iterable[str | Path], *, study_uid: str | None = None) ->
         study_uid = uids[0] if uids else ""
     ordered = order_runs(runs, rejected)
     return Study(study_uid, tuple(ordered), tuple(rejected), tuple(found.dose_reports))
+
+
+#: the fewest characters of a UID's end that choose its study (``dose summary`` shows
+#: "…" and the last 27)
+MIN_UID_SUFFIX = 8
+
+
+def _whole_uid(asked: str, present: set[str]) -> str:
+    """``asked`` itself when it is one of ``present``; else the one UID of ``present`` that
+    ends with it (a leading "…" or "..." dropped: as ``dose summary`` shows UIDs), when it is
+    at least :data:`MIN_UID_SUFFIX` characters and no other ends so; else ``asked``."""
+    if asked in present:
+        return asked
+    tail = asked.removeprefix("…").removeprefix("...")
+    ends = [uid for uid in present if uid.endswith(tail)] if len(tail) >= MIN_UID_SUFFIX else []
+    return ends[0] if len(ends) == 1 else asked
 
 
 def _reject_damaged_study_uids(runs_by_study: dict[str, list[Run]],
