@@ -93,8 +93,24 @@ def test_live_source_counts_every_frames_dose(monitor_video, tmp_path):
 
 
 def test_a_missing_device_or_file_is_a_clear_error(tmp_path, capsys):
-    assert main(_args(tmp_path / "none.avi", 0.3, tmp_path)) == 2
-    assert "none.avi" in capsys.readouterr().err
+    """A missing file is one error and nothing written (user review s18 F19: the technique
+    notes and a 0-frame, 0-dose summary came first)."""
+    (tmp_path / "out").mkdir()
+    assert main([*_args(tmp_path / "none.avi", 0.3, tmp_path / "out")[:-1]]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == f"sifluoro: {tmp_path / 'none.avi'}: no such file; nothing was captured or written\n"
+    assert captured.out == "" and list((tmp_path / "out").iterdir()) == []
+    assert main(_args("/dev/video99", 0.3, tmp_path)) == 2  # a device: said by the capture
+    assert "/dev/video99" in capsys.readouterr().err
+
+
+def test_a_capture_without_technique_says_its_dose_is_unknown_not_zero(monitor_video, tmp_path,
+                                                                        capsys):
+    path, spacing, _ = monitor_video
+    assert main(["video", str(path), "--pixel-spacing-mm", str(spacing), "--events",
+                 str(tmp_path / "e.jsonl"), "--summary", str(tmp_path / "s.json")]) == 0
+    out = capsys.readouterr().out
+    assert "dose       unknown (no technique to estimate it from), fluoro" in out and "0.00 mGy" not in out
 
 
 def test_the_overlay_video_keeps_the_capture_time_when_pulses_are_faster(tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import threading
 import time
@@ -104,6 +105,8 @@ def _video(args) -> int:
                    overlay_mp4=args.overlay_mp4)
     source = _source(args.source)
     live_source = is_live_source(source)
+    if not live_source and not os.path.exists(source):  # a mistyped file: no session to record
+        raise ConfigError(f"{source}: no such file; nothing was captured or written")
     live = args.live or live_source
     technique = Technique(kvp=args.kvp, tube_current_ma=args.ma, pulse_width_ms=args.pulse_width_ms,
                           sid_mm=args.sid_mm, source_to_isocenter_mm=args.source_to_isocenter_mm,
@@ -194,9 +197,10 @@ def _video(args) -> int:
                  if stats.held else "")
               + (")" if stats.between_pulses or stats.held else "")
               + (f", image work dropped on {dropped}" if dropped else ""))
-        print(f"dose       {summary['air_kerma_mgy']:.2f} mGy air kerma, "
-              f"{summary['dap_gycm2']:.3f} Gy·cm² DAP [{summary['dose_source']}], fluoro "
-              f"{summary['fluoro_time_s']:.1f} s")
+        dose = ("unknown (no technique to estimate it from)" if summary["dose_source"] == "none"
+                else f"{summary['air_kerma_mgy']:.2f} mGy air kerma, {summary['dap_gycm2']:.3f} "
+                     f"Gy·cm² DAP [{summary['dose_source']}]")
+        print(f"dose       {dose}, fluoro {summary['fluoro_time_s']:.1f} s")
         print(f"outputs    {args.events}\n           {args.summary}"
               + (f"\n           {args.overlay_mp4}" if args.overlay_mp4 else ""))
     if not summary["frames"]:
