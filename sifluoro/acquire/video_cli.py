@@ -105,7 +105,8 @@ def _video(args) -> int:
                    overlay_mp4=args.overlay_mp4)
     source = _source(args.source)
     live_source = is_live_source(source)
-    if not live_source and not os.path.exists(source):  # a mistyped file: no session to record
+    # a mistyped file: no session to record ("%" is OpenCV's image sequence, f_%03d.png)
+    if not live_source and "%" not in source and not os.path.exists(source):
         raise ConfigError(f"{source}: no such file; nothing was captured or written")
     live = args.live or live_source
     technique = Technique(kvp=args.kvp, tube_current_ma=args.ma, pulse_width_ms=args.pulse_width_ms,
