@@ -110,8 +110,9 @@ def _report(args) -> int:
     written = write_report(args.db, args.out, start=args.start, end=args.end,
                            procedure=args.procedure, settings=_settings(args))
     if not args.quiet:
-        print(f"{written.studies} studies, {written.groups} procedure/device groups, "
-              f"{written.outliers} outliers -> {written.html}")
+        print(f"{_n(written.studies, 'study', 'studies')}, "
+              f"{_n(written.groups, 'procedure/device group')}, "
+              f"{_n(written.outliers, 'outlier')} -> {written.html}")
     if args.procedure and not written.procedures:
         from sifluoro.audit.report import procedure_counts
         from sifluoro.audit.schema import open_registry
