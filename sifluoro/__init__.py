@@ -21,3 +21,7 @@ def __getattr__(name: str):
 
         return Settings
     raise AttributeError(f"module 'sifluoro' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

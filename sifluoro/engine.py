@@ -435,13 +435,12 @@ class Engine:
                             len(unfed), "; the device report's dose given to them counts as "
                             "not stored" if self._dose_reports else "")
                 self._announce_recount()
-            # the runs shown: a stream stopped early did not show the runs it announced after
-            runs = tuple(sorted((r for uid, r in self._runs.items() if uid not in unfed),
-                                key=lambda r: r.start_s))
+            runs = tuple(sorted(self._runs.values(), key=lambda r: r.start_s))
             summary = build_summary(Study(state.study_instance_uid, runs,
                                           dose_reports=tuple(self._dose_reports)),
                                     state, self._rejected)
-            if unfed:
+            if unfed:  # the runs shown: a stream stopped early did not show those announced
+                summary["runs"] = len(runs) - len(unfed)
                 summary["runs_announced_not_shown"] = len(unfed)
             if self._live is not None:
                 summary["dropped_image_frames"] = state.dropped_image_frames

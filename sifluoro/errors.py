@@ -107,10 +107,12 @@ class MultipleStudiesError(InputError):
 class StudyNotFoundError(InputError):
     """The study asked for (``--study``) is not among the inputs' studies."""
 
-    def __init__(self, study_uid: str, found: list[str]):
+    def __init__(self, study_uid: str, found: list[str], *, ambiguous: bool = False):
         self.study_uid, self.found = study_uid, list(found)
         listed = ", ".join(self.found) if self.found else "none"
-        super().__init__(f"study {study_uid} is not in the input (its studies: {listed}); "
+        super().__init__(f"study {study_uid} ends {len(self.found)} studies' UIDs ({listed}); "
+                         "give more of it in --study" if ambiguous else
+                         f"study {study_uid} is not in the input (its studies: {listed}); "
                          "check --study", tag="(0020,000D) StudyInstanceUID")
 
 

@@ -48,7 +48,10 @@ def replaced(path: str | Path, mode: str = "w") -> Iterator[IO]:
     try:
         with os.fdopen(fd, mode, encoding=encoding) as out:
             yield out
-        os.chmod(tmp, stat.S_IMODE(st_mode) if st_mode is not None else 0o666 & ~_umask())
+        try:
+            os.chmod(tmp, stat.S_IMODE(st_mode) if st_mode is not None else 0o666 & ~_umask())
+        except OSError:  # a file system without modes (FAT, some SMB mounts): its own rules
+            pass
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
@@ -59,7 +62,7 @@ def check_some_input_exists(inputs: tuple[str | Path, ...]) -> None:
     """Raise :class:`ConfigError` when not one of ``inputs`` exists (a mistyped path): the
     command would otherwise write a summary of zero frames and zero dose for a study it never
     read. One missing among several is the reader's to report, the rest being read."""
-    if inputs and not any(os.path.lexists(p) for p in inputs):
+    if inputs and not any(os.path.exists(p) for p in inputs):  # a broken link: as the reader
         shown = ", ".join(map(str, inputs[:3])) + (", ..." if len(inputs) > 3 else "")
         raise ConfigError(f"{shown}: no such file or folder; nothing was read or written")
 

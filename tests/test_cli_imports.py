@@ -23,6 +23,9 @@ def test_the_command_line_is_built_without_heavy_imports():
 def test_the_package_imports_the_engine_only_when_asked():
     assert _imported_after("import sifluoro") == set()
     assert "sifluoro.engine" in _imported_after("import sifluoro; sifluoro.Engine")
+    import sifluoro
+
+    assert {"Engine", "Settings"} <= set(dir(sifluoro))
 
 
 def test_help_exits_cleanly():

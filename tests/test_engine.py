@@ -329,6 +329,13 @@ def test_a_run_announced_but_never_fed_gives_back_its_share_of_the_device_report
     assert doses[-1].study_air_kerma_mgy == pytest.approx(7010.0)  # the close announced it
     # the runs shown, not those announced (user review s18 F14: "14 frames in 6 runs" of 2)
     assert (summary["runs"], summary["runs_announced_not_shown"]) == (1, len(study.runs) - 1)
+    # closed before any frame: no run shown, the device still named (review s19)
+    engine = Engine(NO_DEADLINE, stages=[])
+    engine.prepare(study)
+    summary = engine.close()
+    assert (summary["runs"], summary["runs_announced_not_shown"]) == (0, len(study.runs))
+    assert summary["device"] == {"manufacturer": study.device.manufacturer,
+                                 "model": study.device.model} and study.device.manufacturer
 
 
 def test_a_worker_handler_that_calls_close_gets_an_error_not_a_deadlock(tmp_path):

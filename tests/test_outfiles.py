@@ -245,3 +245,15 @@ def test_an_ingest_of_inputs_that_do_not_exist_makes_no_registry(tmp_path, capsy
     db = tmp_path / "x.db"
     assert main(["audit", "ingest", str(tmp_path / "gone"), "--db", str(db)]) == 2
     assert "gone: no such file or folder" in capsys.readouterr().err and not db.exists()
+
+
+def test_a_broken_link_as_the_only_input_writes_nothing(tmp_path, capsys):
+    """Review s19: the check took a dangling link for an input (lexists) while the reader
+    does not: a zero-dose summary was written."""
+    from sifluoro.cli import main
+
+    (tmp_path / "link").symlink_to(tmp_path / "gone")
+    code = main(["replay", str(tmp_path / "link"), "--events", str(tmp_path / "e.jsonl"),
+                 "--summary", str(tmp_path / "s.json")])
+    assert code == 2 and "no such file or folder" in capsys.readouterr().err
+    assert not (tmp_path / "s.json").exists()

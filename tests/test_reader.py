@@ -336,9 +336,11 @@ def test_a_study_is_chosen_by_the_end_of_its_uid_as_dose_summary_shows_it(tmp_pa
     for asked in ("…444422223333", "...444422223333", "444422223333"):
         study = read_study([tmp_path], study_uid=asked)
         assert study.study_instance_uid == "1.2.840.99.444422223333" and len(study.runs) == 2
-    for asked in ("22223333", "…3333"):  # both end so; too short
-        with pytest.raises(StudyNotFoundError):
-            read_study([tmp_path], study_uid=asked)
+    with pytest.raises(StudyNotFoundError, match=r"22223333 ends 2 studies' UIDs \(1\.2\.840"
+                       r"\.99\.111122223333, 1\.2\.840\.99\.444422223333\); give more of it"):
+        read_study([tmp_path], study_uid="22223333")  # both end so
+    with pytest.raises(StudyNotFoundError, match="is not in the input"):
+        read_study([tmp_path], study_uid="…3333")  # too short to choose
 
 
 def test_an_instance_given_twice_is_read_once(tmp_path):

@@ -127,3 +127,43 @@ def test_pulses_faster_than_the_capture_count_whole(tmp_path):
     for key in ("air_kerma_mgy", "dap_gycm2", "fluoro_time_s"):
         assert totals[25][key] == pytest.approx(totals[30][key], rel=1e-6), key
     assert totals[30]["fluoro_time_s"] == pytest.approx(2.0)
+
+
+class _FastGrabber:
+    """A capture device delivering a new picture every ``period_s``, faster than the consumer."""
+
+    def __init__(self, period_s: float):
+        self.period_s, self.reads = period_s, 0
+
+    def read(self):
+        import time
+
+        time.sleep(self.period_s)
+        self.reads += 1
+        return True, np.full((8, 8), self.reads % 250, np.uint8)
+
+    def release(self):
+        pass
+
+    def open(self, source):
+        return True
+
+
+def test_a_live_source_stopped_gives_every_frame_it_read_and_ends_promptly():
+    """Review s19: at a stop, the frames a live reader had queued (up to 8) and the one it held
+    were lost, their pulses uncounted; and a source delivering on kept the drain going."""
+    import threading
+    import time
+
+    from sifluoro.acquire.video import VideoStats, _live_reads
+
+    grabber, stop = _FastGrabber(0.003), threading.Event()
+    got, stopped_at = 0, None
+    for _ in _live_reads(grabber, "/dev/video0", stop, VideoStats(), 1 / 0.003, "test"):
+        time.sleep(0.03)  # slower than the grabber: its queue fills
+        got += 1
+        if got == 10:
+            stop.set()
+            stopped_at = time.monotonic()
+    assert time.monotonic() - stopped_at < 3.0
+    assert got == grabber.reads > 10

@@ -274,12 +274,15 @@ MIN_UID_SUFFIX = 8
 def _whole_uid(asked: str, present: set[str]) -> str:
     """``asked`` itself when it is one of ``present``; else the one UID of ``present`` that
     ends with it (a leading "…" or "..." dropped: as ``dose summary`` shows UIDs), when it is
-    at least :data:`MIN_UID_SUFFIX` characters and no other ends so; else ``asked``."""
+    at least :data:`MIN_UID_SUFFIX` characters; else ``asked``. Raises
+    :class:`StudyNotFoundError` naming them when several end so."""
     if asked in present:
         return asked
     tail = asked.removeprefix("…").removeprefix("...")
-    ends = [uid for uid in present if uid.endswith(tail)] if len(tail) >= MIN_UID_SUFFIX else []
-    return ends[0] if len(ends) == 1 else asked
+    ends = sorted(u for u in present if u.endswith(tail)) if len(tail) >= MIN_UID_SUFFIX else []
+    if len(ends) > 1:
+        raise StudyNotFoundError(asked, ends, ambiguous=True)
+    return ends[0] if ends else asked
 
 
 def _reject_damaged_study_uids(runs_by_study: dict[str, list[Run]],

@@ -93,9 +93,10 @@ _config.LOG_REQUEST_IDENTIFIERS = False
 
 
 class _OneLineConnectionErrors(logging.Filter):
-    """pynetdicom logs a connection lost before a PDU (a plain client at a TLS port, a client
-    without the certificate --tls-ca asks for, a reset) as an ERROR line and then the error's
-    whole traceback: one warning line says it, with what a TLS failure usually means."""
+    """pynetdicom logs a connection lost while a PDU is read (a plain client at a TLS port, a
+    client without the certificate --tls-ca asks for, a peer reset) as an ERROR line and then
+    the error's whole traceback: one line says it, a TLS failure as a warning with what it
+    usually means."""
 
     LEAD = "Connection closed before the entire PDU was received"
 
@@ -103,12 +104,17 @@ class _OneLineConnectionErrors(logging.Filter):
         if record.getMessage() == self.LEAD:
             return False  # the next record says why
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, OSError):
-            hint = ("; a client without TLS, or without the client certificate --tls-ca "
-                    "requires?" if isinstance(exc, ssl.SSLError) else "")
-            record.msg, record.args = "a connection ended before its first PDU: %s%s", (exc, hint)
+        if isinstance(exc, ssl.SSLError):  # at the handshake, mostly: a client's setting
+            record.msg, record.args = ("TLS failed on a connection: %s; a client without TLS, "
+                                       "or without the client certificate --tls-ca requires?",
+                                       (exc,))
             record.levelno, record.levelname = logging.WARNING, "WARNING"
-            record.exc_info = record.exc_text = None
+        elif isinstance(exc, OSError):  # a peer gone mid-association stays an error
+            record.msg, record.args = "a connection was lost while a PDU was read: %s", (exc,)
+            record.levelno, record.levelname = logging.ERROR, "ERROR"
+        else:
+            return True
+        record.exc_info = record.exc_text = None
         return True
 
 

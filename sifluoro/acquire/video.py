@@ -260,6 +260,7 @@ def _live_reads(capture: cv2.VideoCapture, source: str | int, stop: threading.Ev
     """
     frames: queue.Queue = queue.Queue(maxsize=8)
     done = threading.Event()
+    held: list[np.ndarray] = []  # read when the stop came, the queue full: it counts too
 
     def read() -> None:
         failing_since = None
@@ -271,7 +272,8 @@ def _live_reads(capture: cv2.VideoCapture, source: str | int, stop: threading.Ev
                     failing_since = None
                     if stats.measured_capture_rate_per_s is None:
                         rate_check.add(time.monotonic())
-                    put_unless_stopped(frames, image, done)
+                    if not put_unless_stopped(frames, image, done):
+                        held.append(image)
                     continue
                 now = time.monotonic()
                 failing_since = failing_since or now
@@ -304,11 +306,16 @@ def _live_reads(capture: cv2.VideoCapture, source: str | int, stop: threading.Ev
                 stats.longest_stall_s = max(stats.longest_stall_s, gap_s)
                 log.warning("the video source delivers frames again after %.1f s", gap_s)
             yield image
-        while True:  # read before the stop: their pulses were given, their dose counts
+        # the frames read before the stop were pulses given: their dose counts. The reader
+        # stops first (a source delivering on would keep the drain going), then what it read
+        done.set()
+        reader.join(timeout=READER_JOIN_S)
+        while True:
             try:
                 yield frames.get_nowait()
             except queue.Empty:
                 break
+        yield from held
     finally:
         done.set()
         # a read that returns while the interpreter exits aborts the process (OpenCV's C++

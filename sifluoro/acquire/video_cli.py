@@ -168,7 +168,9 @@ def _video(args) -> int:
                 engine.submit(frame)
             else:
                 engine.feed(frame)
-            if stop.is_set():  # after the frame: captured, its pulse was given (review s18 F23)
+            # after the frame: captured, its pulse was given (review s18 F23); a live source's
+            # reads end by themselves at a stop, with the frames already read
+            if stop.is_set() and not live_source:
                 break
         if stop.is_set():  # how an operator ends a capture (and a live source's only end)
             ended = STOPPED

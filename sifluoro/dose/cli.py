@@ -53,7 +53,7 @@ def _psd(args) -> int:
             try:
                 line += f"; pyskindose {pyskindose_peak_skin_dose(path):.2f}"
             except ImportError:
-                line += "; pyskindose not installed"
+                line += "; pyskindose not installed (pip install pyskindose==25.1.1)"
             except Exception as exc:  # pyskindose's own limits (geometry it cannot handle)
                 line += f"; pyskindose failed ({type(exc).__name__})"
         print(line)

@@ -63,7 +63,8 @@ def _add_study_arguments(p: argparse.ArgumentParser, *, live: bool) -> None:
     p.add_argument("--seed", type=int, default=2026)
     p.add_argument("--size", type=int, choices=(512, 1024), default=512,
                    help="simulated frame size (default %(default)s)")
-    p.add_argument("--study", metavar="UID", help="the study to use when the input holds several")
+    p.add_argument("--study", metavar="UID", help="the study to use when the input holds several: its UID, or "
+                   "a unique end of it (8 characters or more, as `dose summary` shows it)")
     if live:
         p.add_argument("--fps", type=number(above=0.0, unit="frames/s"), help="feed at this frame rate (default: the study's "
                        "own frame times, pauses between runs shortened to 2 s)")
