@@ -515,6 +515,36 @@ def test_a_tip_taken_short_at_a_bend_goes_to_the_end_of_the_bent_part():
     assert stage._further_on_line(unlikely, att, st.ctx, bend, u0)[0] is bend
 
 
+@pytest.mark.parametrize("bend_deg, bent_mm, step_mm", [(16.0, 25.0, 0.0), (12.0, 15.0, 0.7)])
+def test_a_bent_needle_is_followed_at_its_bent_end_over_runs(bend_deg, bent_mm, step_mm):
+    """A needle bent by more than ``track_angle_deg`` followed over two runs of a view (full
+    searches and box frames; still, or advancing along its bent part): from the first frame
+    on, the tip is at the bent part's end and the direction is the bent part's, without
+    drifting back to the shaft's. On a run's first frame the shaft's line is taken a few mm
+    past the bend, beside the bent part: the evidence beyond it is looked for along the bent
+    part's axis (from the old tip it cut across the needle and the tip stayed 10-20 mm short)."""
+    base, bend = np.array([120.0, 511.0]), np.array([215.0, 340.0])
+    u0 = (bend - base) / np.linalg.norm(bend - base)
+    c, s = math.cos(math.radians(bend_deg)), math.sin(math.radians(bend_deg))
+    u1 = np.array([c * u0[0] - s * u0[1], s * u0[0] + c * u0[1]])
+    stage = NeedleStage()
+    state = Pipeline([stage]).start_study("1.2")
+    stage.process(_frame(_background(7), _run("1.2.7.0"), 0), state)  # the scout: no needle
+    runs, modes = [_run("1.2.7.1"), _run("1.2.7.2")], set()
+    for k in range(16):
+        run = runs[k // 8]
+        tip = bend + u1 * ((bent_mm + step_mm * k) / SPACING_MM)
+        img = _background(90 + k)
+        _draw_polyline(img, np.array([base, bend, tip]), 0.05, 1.8)
+        out = stage.process(_frame(img, run, k % 8), state)["needle"]
+        st = state.stage_state["needle"]
+        modes.add("box" if st.since_full else "field")
+        assert out is not None, k
+        assert math.dist(out["tip_xy"], tip) * SPACING_MM < 1.0, k
+        assert float(np.asarray(out["direction_xy"]) @ u1) > math.cos(math.radians(3.0)), k
+    assert modes == {"box", "field"}
+
+
 def test_a_line_past_the_strongest_continues_only_a_track_found_on_such_a_line():
     """A candidate from a line past the ``n_lines`` strongest (``target_lines``, near the
     register target) does not continue a needle followed on the strong lines (it would carry
