@@ -782,9 +782,10 @@ class NeedleStage:
         by :meth:`_no_retreat`) stops there while the search's segment of the shaft beyond
         it reaches the tip. The segment must not be a one-sided edge (flank symmetry at least
         ``further_min_sym``) nor run on to the field edge (``max_ext_score``), and its part
-        beyond the tip (from the tip's foot on its axis) must itself be a line
-        (``follow_min_score``, as :meth:`_extend_tip` asks of a dimmed shaft). The new tip is refined on this frame; kept when it is still
-        ``further_min_mm`` / 2 ahead."""
+        beyond the tip (from the tip, or from its foot on the segment's axis) must itself be a
+        line (``follow_min_score``, as :meth:`_extend_tip` asks of a dimmed shaft;
+        ``follow_start_score`` on a run's first frame). The new tip is refined on this frame;
+        kept when it is still ``further_min_mm`` / 2 ahead."""
         s = self.settings
         if s.further_min_mm <= 0.0:
             return tip, u
@@ -811,13 +812,13 @@ class NeedleStage:
             if (_across(d, v) * g <= s.further_side_mm
                     and along * g >= -2.0 and beyond_mm >= best_mm):
                 best, best_mm, best_v, best_from = c_tip, beyond_mm, v, c_base + v * along
-        # the evidence beyond the tip along the segment's own axis: a tip taken a few mm past
-        # a bend (on the shaft's line) lies beside the bent part, and a line from it to the
-        # bent part's end cuts across the needle
-        # (on a run's first frame, whose mean is that one frame, half the evidence, as in
-        # :meth:`_follow`)
+        # the evidence beyond the tip, also along the segment's own axis: a tip taken a few mm
+        # past a bend (on the shaft's line) lies beside the bent part, and a line from it to
+        # the bent part's end cuts across the needle (on a run's first frame, whose mean is
+        # that one frame, half the evidence, as in :meth:`_follow`)
         need = s.follow_start_score if st.n_mean == 1 else s.follow_min_score
-        if best is None or st.finder.interval_score(best_from, best) < need:
+        if best is None or max(st.finder.interval_score(tip_w, best),
+                               st.finder.interval_score(best_from, best)) < need:
             return tip, u
         # past a bend (more than track_angle_deg) the tip is refined along the segment's own
         # axis: along the shaft's axis behind the bend it slides off to the side
