@@ -46,7 +46,7 @@ Event fields (docs/contract.md §3)::
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import cv2
@@ -90,7 +90,8 @@ class _Track:
     run_uid: str | None = None
     last_tip_of_run: np.ndarray | None = None  # tip at the end of the run seen so far
     reference_tip: np.ndarray | None = None  # tip at the end of the previous run
-    run_tip: np.ndarray | None = None  # furthest tip seen in the current run
+    run_tips: list = field(default_factory=list)  # the tips reported in the current run
+    reference_holds: bool = True  # the run's tips are on the line of reference_tip
     misses: int = 0
     score: float = 0.0  # needle probability of the last detection
     hits: int = 0  # frames on which the line search found this needle
@@ -101,7 +102,8 @@ class _Track:
         if self.run_uid != run_uid:
             self.reference_tip = self.last_tip_of_run if self.run_uid is not None else None
             self.run_uid = run_uid
-            self.run_tip = None
+            self.run_tips = []
+            self.reference_holds = True
 
     def found(self, tip: np.ndarray, u: np.ndarray, length_px: float,
               score: float | None = None) -> None:
@@ -1015,20 +1017,31 @@ class NeedleStage:
         the first frames of a run are too noisy to show it, and goes to that tip's place on the
         current axis."""
         tip = self._held(st, ctx, tip, u) if tracked else tip
-        st.track.run_tip = tip
+        if not tracked:
+            # a new line: the run's earlier tips and the last run's were of another
+            st.track.run_tips, st.track.reference_holds = [], False
+        st.track.run_tips.append(tip)
         return tip
 
     def _held(self, st: _StudyNeedle, ctx: _RunContext, tip: np.ndarray,
               u: np.ndarray) -> np.ndarray:
         """Where :meth:`_no_retreat` puts a tracked tip (without recording it)."""
         track = st.track
-        # the furthest tip of this run, or on its first detection the last tip of the run
-        # before (a tracked candidate is on the same line: same view, needle not withdrawn)
-        floor = track.run_tip if track.run_tip is not None else track.reference_tip
-        if floor is not None:
-            behind_px = float((floor - tip) @ u)
-            if behind_px * ctx.spacing_mm > self.settings.retreat_mm:
-                tip = tip + u * behind_px
+        # the furthest tip reached by floor_tips tips of this run, or before there are as
+        # many the last tip of the run before (a tracked candidate is on the same line: same
+        # view, needle not withdrawn)
+        need = max(1, self.settings.floor_tips)
+        if need == 1 and track.run_tips:
+            behind_px = float((track.run_tips[-1] - tip) @ u)
+        elif len(track.run_tips) >= need:
+            behind = sorted((float((p - tip) @ u) for p in track.run_tips), reverse=True)
+            behind_px = behind[need - 1]
+        elif track.reference_tip is not None and track.reference_holds:
+            behind_px = float((track.reference_tip - tip) @ u)
+        else:
+            return tip
+        if behind_px * ctx.spacing_mm > self.settings.retreat_mm:
+            tip = tip + u * behind_px
         return tip
 
     def _refine(self, st: _StudyNeedle, att: np.ndarray, tip: np.ndarray, u: np.ndarray,

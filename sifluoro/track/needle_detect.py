@@ -67,6 +67,11 @@ class NeedleSettings:
         Distance across the axis at which the flanks of a line are sampled.
     retreat_mm : float
         Within a run a tracked tip is not placed further than this behind the furthest tip.
+    floor_tips : int
+        The furthest tip of a run that holds the later ones (``retreat_mm``) is the furthest
+        reached by this many of the run's tips: a single tip placed beyond the needle's (on a
+        line continuing it, on a noisy first frame) does not hold the rest of the run there.
+        1: each tip is held to the one before (the furthest so far).
     near_mm, far_mm : float
         Offsets across the axis of the two line contrasts whose ratio measures the width.
     min_prob : float
@@ -238,6 +243,7 @@ class NeedleSettings:
     avg_frames: int = 8
     flank_mm: float = 1.5
     retreat_mm: float = 1.5
+    floor_tips: int = 2
     near_mm: float = 0.8
     far_mm: float = 2.5
     min_prob: float = 0.7

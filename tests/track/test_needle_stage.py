@@ -545,6 +545,39 @@ def test_a_bent_needle_is_followed_at_its_bent_end_over_runs(bend_deg, bent_mm, 
     assert modes == {"box", "field"}
 
 
+def test_a_single_tip_beyond_the_needle_does_not_hold_the_run():
+    """A run's tips are held at the furthest tip reached by ``floor_tips`` (2) of them, not by
+    one: a tip placed once 8 mm beyond the needle's (a line continuing it) does not hold the
+    rest of the run there (with ``floor_tips`` 1 it does); a tip reached twice holds the later
+    ones that fall short (a shaft fading over bone); before there are two tips, the last tip
+    of the run before holds them; a new line (not tracked) starts afresh."""
+    from dataclasses import replace
+
+    stage = NeedleStage()
+    assert stage.settings.floor_tips == 2
+    tip, _, _, state = _needle_run(stage, 2)
+    st = state.stage_state["needle"]
+    ctx, u = st.ctx, st.track.dir_xy
+    ahead = 8.0 / SPACING_MM
+
+    def run(stage, tips, reference=None, tracked=True):
+        st.track.enter_run("run-%d" % id(tips))
+        st.track.reference_tip = reference
+        return [stage._no_retreat(st, ctx, t, u, tracked) for t in tips]
+
+    over = [tip + u * ahead, tip, tip, tip]
+    assert all(np.allclose(t, tip) for t in run(stage, over)[1:])
+    old = NeedleStage(needle=replace(stage.settings, floor_tips=1))
+    assert all(np.allclose(t, tip + u * ahead) for t in run(old, over)[1:])
+    fading = [tip + u * ahead, tip + u * ahead, tip, tip]
+    assert all(np.allclose(t, tip + u * ahead) for t in run(stage, fading)[2:])
+    assert np.allclose(run(stage, [tip], reference=tip + u * ahead)[0], tip + u * ahead)
+    assert np.allclose(run(stage, [tip], reference=tip + u * ahead, tracked=False)[0], tip)
+    st.track.enter_run("another")
+    stage._no_retreat(st, ctx, tip - u * ahead, u, False)  # a new line, placed short
+    assert np.allclose(stage._no_retreat(st, ctx, tip - u * ahead, u, True), tip - u * ahead)
+
+
 def test_a_line_past_the_strongest_continues_only_a_track_found_on_such_a_line():
     """A candidate from a line past the ``n_lines`` strongest (``target_lines``, near the
     register target) does not continue a needle followed on the strong lines (it would carry
