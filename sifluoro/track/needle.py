@@ -25,8 +25,7 @@ needle is followed in a view, another line replaces it only when
 very probable and seen twice (a needle does not jump across the field); the track is kept from run to run in the same view (C-arm angles,
 spacing, frame shape); on a new view it is put aside and taken up again when the C-arm
 returns to that view; on a tracked line the tip does not retreat behind the furthest tip of the
-run reached by two of its tips (``floor_tips``) or, before there are two, the last tip of the
-previous run. When the line search takes no
+run or, at a run's start, the last tip of the previous run. When the line search takes no
 candidate, a needle followed in this view (found by the line search on a few frames) is looked
 for where it was (its end along the last axis) and kept if the shaft behind it is still a
 line (on a run's first frame, whose mean is that one frame, on half the evidence). Along a
@@ -1016,8 +1015,7 @@ class NeedleStage:
         ``retreat_mm`` behind the furthest tip of the run reached by ``floor_tips`` of its tips
         (before there are as many: the last tip of the previous run) has stopped short where
         the shaft fades over bone, or where the first frames of a run are too noisy to show
-        it, and goes to that tip's place on the current axis. One tip alone does not hold the
-        run: placed beyond the needle's (on a line continuing it), it held whole runs off."""
+        it, and goes to that tip's place on the current axis."""
         tip = self._held(st, ctx, tip, u) if tracked else tip
         if not tracked:
             # a new line: the run's earlier tips and the last run's were of another

@@ -546,15 +546,17 @@ def test_a_bent_needle_is_followed_at_its_bent_end_over_runs(bend_deg, bent_mm, 
 
 
 def test_a_single_tip_beyond_the_needle_does_not_hold_the_run():
-    """A run's tips are held at the furthest tip reached by ``floor_tips`` (2) of them, not by
-    one: a tip placed once 8 mm beyond the needle's (a line continuing it) does not hold the
-    rest of the run there (with ``floor_tips`` 1 it does); a tip reached twice holds the later
-    ones that fall short (a shaft fading over bone); before there are two tips, the last tip
-    of the run before holds them; a new line (not tracked) starts afresh."""
+    """With ``floor_tips`` 2 (off by default) a run's tips are held at the furthest tip reached
+    by two of them, not by one: a tip placed once 8 mm beyond the needle's (a line continuing
+    it) does not hold the rest of the run there (by default it does); a tip reached twice
+    holds the later ones that fall short (a shaft fading over bone); before there are two
+    tips, the last tip of the run before holds them; a new line (not tracked) starts
+    afresh."""
     from dataclasses import replace
 
-    stage = NeedleStage()
-    assert stage.settings.floor_tips == 2
+    old = NeedleStage()
+    assert old.settings.floor_tips == 1
+    stage = NeedleStage(needle=replace(old.settings, floor_tips=2))
     tip, _, _, state = _needle_run(stage, 2)
     st = state.stage_state["needle"]
     ctx, u = st.ctx, st.track.dir_xy
@@ -567,7 +569,6 @@ def test_a_single_tip_beyond_the_needle_does_not_hold_the_run():
 
     over = [tip + u * ahead, tip, tip, tip]
     assert all(np.allclose(t, tip) for t in run(stage, over)[1:])
-    old = NeedleStage(needle=replace(stage.settings, floor_tips=1))
     assert all(np.allclose(t, tip + u * ahead) for t in run(old, over)[1:])
     fading = [tip + u * ahead, tip + u * ahead, tip, tip]
     assert all(np.allclose(t, tip + u * ahead) for t in run(stage, fading)[2:])
