@@ -179,7 +179,7 @@ class _StudyNeedle:
         self.last_features: list[dict] = []
         # needle-like candidates of the previous frame of the run (full-resolution tip,
         # direction): a cold-start detection must be seen on two frames in a row
-        self.prev_candidates: list[tuple[np.ndarray, np.ndarray]] = []
+        self.prev_candidates: list[tuple[np.ndarray, np.ndarray, float]] = []
         # the candidates (tip, direction) of at least ``persist_min_prob`` of the last full
         # searches of this view, newest last (NeedleSettings.persist_frames)
         self.persistent: list[list[tuple[np.ndarray, np.ndarray]]] = []
@@ -668,13 +668,14 @@ class NeedleStage:
         return (not extra or st.track.extra) and self._consistent(st, ctx, tip, u, base)
 
     def _confirmed(self, st: _StudyNeedle, ctx: _RunContext, tip: np.ndarray,
-                   u: np.ndarray) -> bool:
+                   u: np.ndarray, min_prob: float = 0.0) -> bool:
         """Was a candidate on the same line, tip within ``track_margin_mm``, among the
-        previous frame's candidates of this run? A line seen once on the first, noisiest
-        frames of a run (a wire whose continuation is not seen yet, a cortical edge) is not
-        yet a needle."""
-        return any(self._continues(ctx, tip, u, p_tip, p_u, self.settings.track_margin_mm)
-                   for p_tip, p_u in st.prev_candidates)
+        previous frame's candidates of this run (rated ``min_prob`` or more)? A line seen once
+        on the first, noisiest frames of a run (a wire whose continuation is not seen yet, a
+        cortical edge) is not yet a needle."""
+        return any(p_prob >= min_prob
+                   and self._continues(ctx, tip, u, p_tip, p_u, self.settings.track_margin_mm)
+                   for p_tip, p_u, p_prob in st.prev_candidates)
 
     def _persists(self, st: _StudyNeedle, ctx: _RunContext, tip: np.ndarray,
                   u: np.ndarray) -> bool:
@@ -722,7 +723,7 @@ class NeedleStage:
             u = (tip - base) / _norm(tip - base)
             tracked = self._tracks(st, ctx, tip, u, base, extra)
             if prob >= s.track_min_prob:
-                seen.append((tip, u))
+                seen.append((tip, u, prob))
             if prob >= s.persist_min_prob:
                 lasting.append((tip, u))
             if tracked:
@@ -736,7 +737,11 @@ class NeedleStage:
                          and self._confirmed(st, ctx, tip, u))
                 if prob >= s.advance_min_prob and twice:
                     moving.append((tip, u))
+                # seen twice, once at min_prob: the order does not matter (a needle rated
+                # 0.8 on a run's first frame often drops to 0.6 on the next ones)
                 ok = (prob >= s.min_prob and (prob >= s.single_min_prob or twice)
+                      or prob >= s.confirm_min_prob and self._confirmed(st, ctx, tip, u,
+                                                                        s.min_prob)
                       or prob >= s.persist_min_prob and self._persists(st, ctx, tip, u)
                       or prob >= s.advance_min_prob and twice and self._advanced(st, ctx, tip, u))
             if ok and not tracked:

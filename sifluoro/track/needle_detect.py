@@ -67,6 +67,13 @@ class NeedleSettings:
         Distance across the axis at which the flanks of a line are sampled.
     retreat_mm : float
         Within a run a tracked tip is not placed further than this behind the furthest tip.
+    confirm_min_prob : float
+        With no needle followed in the view, a candidate of needle probability
+        ``confirm_min_prob`` or more is also taken when the previous frame of the run had it
+        (same line, tip within ``track_margin_mm``) at ``min_prob`` or more: seen twice, once
+        at ``min_prob``, as a candidate at ``min_prob`` seen before at ``track_min_prob`` is
+        (training seeds 5145, 5146, 5203, 7301, 7302: +11 -1 frames within 3 mm at 0.5, +8 -1
+        at 0.6, no false tip added; ``min_prob``: off).
     floor_tips : int
         The furthest tip of a run that holds the later ones (``retreat_mm``) is the furthest
         reached by this many of the run's tips. 1 (the default): each tip is held to the one
@@ -247,6 +254,7 @@ class NeedleSettings:
     flank_mm: float = 1.5
     retreat_mm: float = 1.5
     floor_tips: int = 1
+    confirm_min_prob: float = 0.5
     near_mm: float = 0.8
     far_mm: float = 2.5
     min_prob: float = 0.7

@@ -441,6 +441,48 @@ def test_a_needle_rated_below_min_prob_is_taken_when_it_stays(persist_frames):
         assert all(math.dist(o["tip_xy"], tip) * SPACING_MM < 1.0 for o in outs[3:])
 
 
+@pytest.mark.parametrize("confirm_min_prob", [0.5, 0.7])
+def test_a_needle_rated_at_min_prob_then_under_it_is_taken(confirm_min_prob):
+    """With no needle followed, a candidate rated ``confirm_min_prob`` or more is taken when
+    the previous frame had it at ``min_prob`` or more (seen twice, the probable sighting
+    first); not when both sightings are under ``min_prob``, and not with ``confirm_min_prob``
+    at ``min_prob`` (before: the second sighting had to reach ``min_prob``)."""
+    from dataclasses import replace
+
+    s = NeedleStage().settings
+    stage = NeedleStage(needle=replace(s, confirm_min_prob=confirm_min_prob))
+    assert s.min_prob == 0.7
+    probs = iter([0.8, 0.6, 0.6])
+    real = stage._candidates
+
+    def rated(*args):
+        p = next(probs)
+        return [(t, b, p, e) for t, b, _, e in real(*args)]
+
+    stage._candidates = rated
+    state = Pipeline([stage]).start_study("1.2")
+    tip, base = np.array([262.3, 251.6]), np.array([120.0, 511.0])
+    run, outs = _run("1.2.9.5"), []
+    for k in range(2):
+        img = _background(600 + k)
+        _draw_polyline(img, _needle_points(tip, base), 0.05, 1.8)
+        outs.append(stage.process(_frame(img, run, k), state)["needle"])
+    assert outs[0] is None
+    if confirm_min_prob < s.min_prob:
+        assert math.dist(outs[1]["tip_xy"], tip) * SPACING_MM < 1.0
+    else:
+        assert outs[1] is None
+    # both sightings under min_prob: not taken
+    probs = iter([0.6, 0.6])
+    state = Pipeline([stage]).start_study("1.3")
+    outs = []
+    for k in range(2):
+        img = _background(610 + k)
+        _draw_polyline(img, _needle_points(tip, base), 0.05, 1.8)
+        outs.append(stage.process(_frame(img, run, k), state)["needle"])
+    assert outs == [None, None]
+
+
 def test_a_tip_taken_short_on_a_longer_segment_goes_to_its_end():
     """A tip taken on a line while a candidate segment of the same search goes on along it
     (a needle crossing a bone edge, followed where it stopped) is moved to that segment's
