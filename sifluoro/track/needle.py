@@ -737,8 +737,8 @@ class NeedleStage:
                          and self._confirmed(st, ctx, tip, u))
                 if prob >= s.advance_min_prob and twice:
                     moving.append((tip, u))
-                # seen twice, once at min_prob: the order does not matter (a needle rated
-                # 0.8 on a run's first frame often drops to 0.6 on the next ones)
+                # seen twice, once at min_prob, in either order (confirm_min_prob; off by
+                # default)
                 ok = (prob >= s.min_prob and (prob >= s.single_min_prob or twice)
                       or prob >= s.confirm_min_prob and self._confirmed(st, ctx, tip, u,
                                                                         s.min_prob)

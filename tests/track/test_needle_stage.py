@@ -446,7 +446,7 @@ def test_a_needle_rated_at_min_prob_then_under_it_is_taken(confirm_min_prob):
     """With no needle followed, a candidate rated ``confirm_min_prob`` or more is taken when
     the previous frame had it at ``min_prob`` or more (seen twice, the probable sighting
     first); not when both sightings are under ``min_prob``, and not with ``confirm_min_prob``
-    at ``min_prob`` (before: the second sighting had to reach ``min_prob``)."""
+    at ``min_prob`` (the default: the second sighting must reach ``min_prob``)."""
     from dataclasses import replace
 
     s = NeedleStage().settings
