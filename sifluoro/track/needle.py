@@ -46,7 +46,7 @@ Event fields (docs/contract.md §3)::
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import cv2
@@ -90,7 +90,8 @@ class _Track:
     run_uid: str | None = None
     last_tip_of_run: np.ndarray | None = None  # tip at the end of the run seen so far
     reference_tip: np.ndarray | None = None  # tip at the end of the previous run
-    run_tip: np.ndarray | None = None  # furthest tip seen in the current run
+    run_tips: list = field(default_factory=list)  # the tips reported in the current run
+    reference_holds: bool = True  # the run's tips are on the line of reference_tip
     misses: int = 0
     score: float = 0.0  # needle probability of the last detection
     hits: int = 0  # frames on which the line search found this needle
@@ -101,7 +102,8 @@ class _Track:
         if self.run_uid != run_uid:
             self.reference_tip = self.last_tip_of_run if self.run_uid is not None else None
             self.run_uid = run_uid
-            self.run_tip = None
+            self.run_tips = []
+            self.reference_holds = True
 
     def found(self, tip: np.ndarray, u: np.ndarray, length_px: float,
               score: float | None = None) -> None:
@@ -177,7 +179,7 @@ class _StudyNeedle:
         self.last_features: list[dict] = []
         # needle-like candidates of the previous frame of the run (full-resolution tip,
         # direction): a cold-start detection must be seen on two frames in a row
-        self.prev_candidates: list[tuple[np.ndarray, np.ndarray]] = []
+        self.prev_candidates: list[tuple[np.ndarray, np.ndarray, float]] = []
         # the candidates (tip, direction) of at least ``persist_min_prob`` of the last full
         # searches of this view, newest last (NeedleSettings.persist_frames)
         self.persistent: list[list[tuple[np.ndarray, np.ndarray]]] = []
@@ -666,13 +668,14 @@ class NeedleStage:
         return (not extra or st.track.extra) and self._consistent(st, ctx, tip, u, base)
 
     def _confirmed(self, st: _StudyNeedle, ctx: _RunContext, tip: np.ndarray,
-                   u: np.ndarray) -> bool:
+                   u: np.ndarray, min_prob: float = 0.0) -> bool:
         """Was a candidate on the same line, tip within ``track_margin_mm``, among the
-        previous frame's candidates of this run? A line seen once on the first, noisiest
-        frames of a run (a wire whose continuation is not seen yet, a cortical edge) is not
-        yet a needle."""
-        return any(self._continues(ctx, tip, u, p_tip, p_u, self.settings.track_margin_mm)
-                   for p_tip, p_u in st.prev_candidates)
+        previous frame's candidates of this run (rated ``min_prob`` or more)? A line seen once
+        on the first, noisiest frames of a run (a wire whose continuation is not seen yet, a
+        cortical edge) is not yet a needle."""
+        return any(p_prob >= min_prob
+                   and self._continues(ctx, tip, u, p_tip, p_u, self.settings.track_margin_mm)
+                   for p_tip, p_u, p_prob in st.prev_candidates)
 
     def _persists(self, st: _StudyNeedle, ctx: _RunContext, tip: np.ndarray,
                   u: np.ndarray) -> bool:
@@ -720,7 +723,7 @@ class NeedleStage:
             u = (tip - base) / _norm(tip - base)
             tracked = self._tracks(st, ctx, tip, u, base, extra)
             if prob >= s.track_min_prob:
-                seen.append((tip, u))
+                seen.append((tip, u, prob))
             if prob >= s.persist_min_prob:
                 lasting.append((tip, u))
             if tracked:
@@ -734,7 +737,11 @@ class NeedleStage:
                          and self._confirmed(st, ctx, tip, u))
                 if prob >= s.advance_min_prob and twice:
                     moving.append((tip, u))
+                # seen twice, once at min_prob, in either order (confirm_min_prob; off by
+                # default)
                 ok = (prob >= s.min_prob and (prob >= s.single_min_prob or twice)
+                      or prob >= s.confirm_min_prob and self._confirmed(st, ctx, tip, u,
+                                                                        s.min_prob)
                       or prob >= s.persist_min_prob and self._persists(st, ctx, tip, u)
                       or prob >= s.advance_min_prob and twice and self._advanced(st, ctx, tip, u))
             if ok and not tracked:
@@ -782,9 +789,10 @@ class NeedleStage:
         by :meth:`_no_retreat`) stops there while the search's segment of the shaft beyond
         it reaches the tip. The segment must not be a one-sided edge (flank symmetry at least
         ``further_min_sym``) nor run on to the field edge (``max_ext_score``), and its part
-        beyond the tip must itself be a line (``follow_min_score``, as :meth:`_extend_tip`
-        asks of a dimmed shaft). The new tip is refined on this frame; kept when it is still
-        ``further_min_mm`` / 2 ahead."""
+        beyond the tip (from the tip, or from its foot on the segment's axis) must itself be a
+        line (``follow_min_score``, as :meth:`_extend_tip` asks of a dimmed shaft;
+        ``follow_start_score`` on a run's first frame). The new tip is refined on this frame;
+        kept when it is still ``further_min_mm`` / 2 ahead."""
         s = self.settings
         if s.further_min_mm <= 0.0:
             return tip, u
@@ -810,8 +818,14 @@ class NeedleStage:
             beyond_mm = (length - along) * g
             if (_across(d, v) * g <= s.further_side_mm
                     and along * g >= -2.0 and beyond_mm >= best_mm):
-                best, best_mm, best_v = c_tip, beyond_mm, v
-        if best is None or st.finder.interval_score(tip_w, best) < s.follow_min_score:
+                best, best_mm, best_v, best_from = c_tip, beyond_mm, v, c_base + v * along
+        # the evidence beyond the tip, also along the segment's own axis: a tip taken a few mm
+        # past a bend (on the shaft's line) lies beside the bent part, and a line from it to
+        # the bent part's end cuts across the needle (on a run's first frame, whose mean is
+        # that one frame, half the evidence, as in :meth:`_follow`)
+        need = s.follow_start_score if st.n_mean == 1 else s.follow_min_score
+        if best is None or max(st.finder.interval_score(tip_w, best),
+                               st.finder.interval_score(best_from, best)) < need:
             return tip, u
         # past a bend (more than track_angle_deg) the tip is refined along the segment's own
         # axis: along the shaft's axis behind the bend it slides off to the side
@@ -1003,25 +1017,36 @@ class NeedleStage:
     def _no_retreat(self, st: _StudyNeedle, ctx: _RunContext, tip: np.ndarray, u: np.ndarray,
                     tracked: bool) -> np.ndarray:
         """The needle is held or advanced, not withdrawn: a tip on the tracked line more than
-        ``retreat_mm`` behind the furthest tip of the run (on a run's first detection: the last
-        tip of the previous run) has stopped short where the shaft fades over bone, or where
-        the first frames of a run are too noisy to show it, and goes to that tip's place on the
-        current axis."""
+        ``retreat_mm`` behind the furthest tip of the run reached by ``floor_tips`` of its tips
+        (before there are as many: the last tip of the previous run) has stopped short where
+        the shaft fades over bone, or where the first frames of a run are too noisy to show
+        it, and goes to that tip's place on the current axis."""
         tip = self._held(st, ctx, tip, u) if tracked else tip
-        st.track.run_tip = tip
+        if not tracked:
+            # a new line: the run's earlier tips and the last run's were of another
+            st.track.run_tips, st.track.reference_holds = [], False
+        st.track.run_tips.append(tip)
         return tip
 
     def _held(self, st: _StudyNeedle, ctx: _RunContext, tip: np.ndarray,
               u: np.ndarray) -> np.ndarray:
         """Where :meth:`_no_retreat` puts a tracked tip (without recording it)."""
         track = st.track
-        # the furthest tip of this run, or on its first detection the last tip of the run
-        # before (a tracked candidate is on the same line: same view, needle not withdrawn)
-        floor = track.run_tip if track.run_tip is not None else track.reference_tip
-        if floor is not None:
-            behind_px = float((floor - tip) @ u)
-            if behind_px * ctx.spacing_mm > self.settings.retreat_mm:
-                tip = tip + u * behind_px
+        # the furthest tip reached by floor_tips tips of this run, or before there are as
+        # many the last tip of the run before (a tracked candidate is on the same line: same
+        # view, needle not withdrawn)
+        need = max(1, self.settings.floor_tips)
+        if need == 1 and track.run_tips:
+            behind_px = float((track.run_tips[-1] - tip) @ u)
+        elif len(track.run_tips) >= need:
+            behind = sorted((float((p - tip) @ u) for p in track.run_tips), reverse=True)
+            behind_px = behind[need - 1]
+        elif track.reference_tip is not None and track.reference_holds:
+            behind_px = float((track.reference_tip - tip) @ u)
+        else:
+            return tip
+        if behind_px * ctx.spacing_mm > self.settings.retreat_mm:
+            tip = tip + u * behind_px
         return tip
 
     def _refine(self, st: _StudyNeedle, att: np.ndarray, tip: np.ndarray, u: np.ndarray,

@@ -67,6 +67,23 @@ class NeedleSettings:
         Distance across the axis at which the flanks of a line are sampled.
     retreat_mm : float
         Within a run a tracked tip is not placed further than this behind the furthest tip.
+    confirm_min_prob : float
+        With no needle followed in the view, a candidate of needle probability
+        ``confirm_min_prob`` or more is also taken when the previous frame of the run had it
+        (same line, tip within ``track_margin_mm``) at ``min_prob`` or more: seen twice, once
+        at ``min_prob``, as a candidate at ``min_prob`` seen before at ``track_min_prob`` is.
+        ``min_prob`` or more (the default): off. At 0.5: training seeds 5145, 5146, 5203,
+        7301, 7302 +11 -1 frames within 3 mm (0.6: +8 -1), no false tip added; held-out 31337
+        unchanged, v2 0.7701 -> 0.7688 and p95 4.28 -> 4.61 mm (one study, a bent needle
+        taken a few frames earlier, off). Not on.
+    floor_tips : int
+        The furthest tip of a run that holds the later ones (``retreat_mm``) is the furthest
+        reached by this many of the run's tips. 1 (the default): each tip is held to the one
+        before (the furthest so far). 2 keeps a single tip placed beyond the needle's (on a
+        line continuing it) from holding the rest of the run there (training seeds 5145,
+        5146, 5203, 7301: +34 -13 frames within 3 mm), but a tip seen once and then short for
+        a few frames (a shaft fading over bone) is no longer held: held-out 31337 detection
+        0.807 -> 0.784 (median 0.63 -> 0.54 mm, p95 10.7 -> 9.4 mm), v2 0.770 -> 0.758. Not on.
     near_mm, far_mm : float
         Offsets across the axis of the two line contrasts whose ratio measures the width.
     min_prob : float
@@ -238,6 +255,8 @@ class NeedleSettings:
     avg_frames: int = 8
     flank_mm: float = 1.5
     retreat_mm: float = 1.5
+    floor_tips: int = 1
+    confirm_min_prob: float = 0.7
     near_mm: float = 0.8
     far_mm: float = 2.5
     min_prob: float = 0.7

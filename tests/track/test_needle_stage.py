@@ -441,6 +441,48 @@ def test_a_needle_rated_below_min_prob_is_taken_when_it_stays(persist_frames):
         assert all(math.dist(o["tip_xy"], tip) * SPACING_MM < 1.0 for o in outs[3:])
 
 
+@pytest.mark.parametrize("confirm_min_prob", [0.5, 0.7])
+def test_a_needle_rated_at_min_prob_then_under_it_is_taken(confirm_min_prob):
+    """With no needle followed, a candidate rated ``confirm_min_prob`` or more is taken when
+    the previous frame had it at ``min_prob`` or more (seen twice, the probable sighting
+    first); not when both sightings are under ``min_prob``, and not with ``confirm_min_prob``
+    at ``min_prob`` (the default: the second sighting must reach ``min_prob``)."""
+    from dataclasses import replace
+
+    s = NeedleStage().settings
+    stage = NeedleStage(needle=replace(s, confirm_min_prob=confirm_min_prob))
+    assert s.min_prob == 0.7
+    probs = iter([0.8, 0.6, 0.6])
+    real = stage._candidates
+
+    def rated(*args):
+        p = next(probs)
+        return [(t, b, p, e) for t, b, _, e in real(*args)]
+
+    stage._candidates = rated
+    state = Pipeline([stage]).start_study("1.2")
+    tip, base = np.array([262.3, 251.6]), np.array([120.0, 511.0])
+    run, outs = _run("1.2.9.5"), []
+    for k in range(2):
+        img = _background(600 + k)
+        _draw_polyline(img, _needle_points(tip, base), 0.05, 1.8)
+        outs.append(stage.process(_frame(img, run, k), state)["needle"])
+    assert outs[0] is None
+    if confirm_min_prob < s.min_prob:
+        assert math.dist(outs[1]["tip_xy"], tip) * SPACING_MM < 1.0
+    else:
+        assert outs[1] is None
+    # both sightings under min_prob: not taken
+    probs = iter([0.6, 0.6])
+    state = Pipeline([stage]).start_study("1.3")
+    outs = []
+    for k in range(2):
+        img = _background(610 + k)
+        _draw_polyline(img, _needle_points(tip, base), 0.05, 1.8)
+        outs.append(stage.process(_frame(img, run, k), state)["needle"])
+    assert outs == [None, None]
+
+
 def test_a_tip_taken_short_on_a_longer_segment_goes_to_its_end():
     """A tip taken on a line while a candidate segment of the same search goes on along it
     (a needle crossing a bone edge, followed where it stopped) is moved to that segment's
@@ -513,6 +555,70 @@ def test_a_tip_taken_short_at_a_bend_goes_to_the_end_of_the_bent_part():
     for f in unlikely.last_features:
         f["prob"] = 0.5 * stage.settings.track_min_prob
     assert stage._further_on_line(unlikely, att, st.ctx, bend, u0)[0] is bend
+
+
+@pytest.mark.parametrize("bend_deg, bent_mm, step_mm", [(16.0, 25.0, 0.0), (12.0, 15.0, 0.7)])
+def test_a_bent_needle_is_followed_at_its_bent_end_over_runs(bend_deg, bent_mm, step_mm):
+    """A needle bent by more than ``track_angle_deg`` followed over two runs of a view (full
+    searches and box frames; still, or advancing along its bent part): from the first frame
+    on, the tip is at the bent part's end and the direction is the bent part's, without
+    drifting back to the shaft's. On a run's first frame the shaft's line is taken a few mm
+    past the bend, beside the bent part: the evidence beyond it is looked for along the bent
+    part's axis (from the old tip it cut across the needle and the tip stayed 10-20 mm short)."""
+    base, bend = np.array([120.0, 511.0]), np.array([215.0, 340.0])
+    u0 = (bend - base) / np.linalg.norm(bend - base)
+    c, s = math.cos(math.radians(bend_deg)), math.sin(math.radians(bend_deg))
+    u1 = np.array([c * u0[0] - s * u0[1], s * u0[0] + c * u0[1]])
+    stage = NeedleStage()
+    state = Pipeline([stage]).start_study("1.2")
+    stage.process(_frame(_background(7), _run("1.2.7.0"), 0), state)  # the scout: no needle
+    runs, modes = [_run("1.2.7.1"), _run("1.2.7.2")], set()
+    for k in range(16):
+        run = runs[k // 8]
+        tip = bend + u1 * ((bent_mm + step_mm * k) / SPACING_MM)
+        img = _background(90 + k)
+        _draw_polyline(img, np.array([base, bend, tip]), 0.05, 1.8)
+        out = stage.process(_frame(img, run, k % 8), state)["needle"]
+        st = state.stage_state["needle"]
+        modes.add("box" if st.since_full else "field")
+        assert out is not None, k
+        assert math.dist(out["tip_xy"], tip) * SPACING_MM < 1.0, k
+        assert float(np.asarray(out["direction_xy"]) @ u1) > math.cos(math.radians(3.0)), k
+    assert modes == {"box", "field"}
+
+
+def test_a_single_tip_beyond_the_needle_does_not_hold_the_run():
+    """With ``floor_tips`` 2 (off by default) a run's tips are held at the furthest tip reached
+    by two of them, not by one: a tip placed once 8 mm beyond the needle's (a line continuing
+    it) does not hold the rest of the run there (by default it does); a tip reached twice
+    holds the later ones that fall short (a shaft fading over bone); before there are two
+    tips, the last tip of the run before holds them; a new line (not tracked) starts
+    afresh."""
+    from dataclasses import replace
+
+    old = NeedleStage()
+    assert old.settings.floor_tips == 1
+    stage = NeedleStage(needle=replace(old.settings, floor_tips=2))
+    tip, _, _, state = _needle_run(stage, 2)
+    st = state.stage_state["needle"]
+    ctx, u = st.ctx, st.track.dir_xy
+    ahead = 8.0 / SPACING_MM
+
+    def run(stage, tips, reference=None, tracked=True):
+        st.track.enter_run("run-%d" % id(tips))
+        st.track.reference_tip = reference
+        return [stage._no_retreat(st, ctx, t, u, tracked) for t in tips]
+
+    over = [tip + u * ahead, tip, tip, tip]
+    assert all(np.allclose(t, tip) for t in run(stage, over)[1:])
+    assert all(np.allclose(t, tip + u * ahead) for t in run(old, over)[1:])
+    fading = [tip + u * ahead, tip + u * ahead, tip, tip]
+    assert all(np.allclose(t, tip + u * ahead) for t in run(stage, fading)[2:])
+    assert np.allclose(run(stage, [tip], reference=tip + u * ahead)[0], tip + u * ahead)
+    assert np.allclose(run(stage, [tip], reference=tip + u * ahead, tracked=False)[0], tip)
+    st.track.enter_run("another")
+    stage._no_retreat(st, ctx, tip - u * ahead, u, False)  # a new line, placed short
+    assert np.allclose(stage._no_retreat(st, ctx, tip - u * ahead, u, True), tip - u * ahead)
 
 
 def test_a_line_past_the_strongest_continues_only_a_track_found_on_such_a_line():
