@@ -147,6 +147,20 @@ def test_laplacian_noise_equals_numpy_exactly(shape, stride):
     assert laplacian_noise(flat, np.ones(shape, bool), stride) == (1e-6 if shape[0] > 9 else 1.0)
 
 
+def test_laplacian_noise_of_a_field_search_equals_numpy_exactly():
+    """At a field search's size (512² working grid, ~29k sampled cells), where the medians
+    are binned; also a sample whose median and deviations are zero (flat regions)."""
+    rng = np.random.default_rng(11)
+    for kind in range(3):
+        smooth = cv2.GaussianBlur(rng.normal(size=(512, 512)).astype(np.float32), (0, 0), 1.5)
+        if kind == 1:
+            smooth[:400] = 0.0  # most Laplacians are zero: median and MAD are 0
+        if kind == 2:
+            smooth = np.round(smooth * 64).astype(np.float32) / 64  # ties
+        valid = rng.random(smooth.shape) < 0.9
+        assert laplacian_noise(smooth, valid) == _laplacian_noise_reference(smooth, valid)
+
+
 def _peaks_reference(acc, n_peaks, rho_offset):
     """LineFinder.lines' peak picking as it was: np.argmax and slice suppression."""
     acc = acc.copy()
