@@ -129,20 +129,18 @@ def best_path(score, step_penalty, max_step, path_x, acc, came):
 
 
 @njit(cache=True, nogil=True)
-def all_in_blocks(mask, factor, out):
-    """``out[y, x]``: all of ``mask``'s block of ``factor`` x ``factor`` pixels at ``(y, x)``
-    set (``out``'s shape: the whole blocks; a remainder is cropped). One pass instead of
-    ``factor²`` strided NumPy ANDs over the frame (0.26 ms at 1024², factor 2)."""
+def all_in_blocks2(mask, out):
+    """``out[y, x]``: all of ``mask``'s (C-contiguous bool) block of 2 x 2 pixels at
+    ``(y, x)`` set; ``out``'s shape is the whole blocks (a remainder is cropped). A block's row
+    is read as one uint16 (both set: 0x0101), which vectorises: 0.03 ms at 1024², where the
+    four strided NumPy ANDs took 0.26 ms."""
+    cols = out.shape[1]
     for y in range(out.shape[0]):
-        for x in range(out.shape[1]):
-            out[y, x] = True
-        for i in range(factor):
-            row = mask[y * factor + i]
-            for x in range(out.shape[1]):
-                b = True
-                for j in range(factor):
-                    b &= row[x * factor + j]
-                out[y, x] &= b
+        a = mask[2 * y].view(np.uint8)[:2 * cols].view(np.uint16)
+        b = mask[2 * y + 1].view(np.uint8)[:2 * cols].view(np.uint16)
+        o = out[y].view(np.uint8)
+        for x in range(cols):
+            o[x] = (a[x] & b[x]) == 0x0101
     return out
 
 
@@ -325,6 +323,6 @@ def warm_up() -> None:
     phase_cross_power(c, c, c.copy())
     peak_centroid(z, 0, 0, 2)
     accumulate_shifted(z, z, 0.5, -0.5, z.copy(), z.copy())
-    all_in_blocks(np.zeros((8, 8), np.bool_), 2, np.zeros((4, 4), np.bool_))
+    all_in_blocks2(np.zeros((8, 8), np.bool_), np.zeros((4, 4), np.bool_))
     clear_text_blocks(z, np.float32(0.002), np.float32(0.998), 2, 64, np.zeros((8, 8), np.bool_),
                       np.zeros((4, 4), np.bool_))
