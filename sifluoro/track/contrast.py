@@ -164,6 +164,9 @@ class _StudyMemory:
         # injection showed (the study's state keeps the most dangerous of them)
         self.side: str | None = None
         self.other_sides: list[str] = []
+        # a run's first frame's reference work (bank, run memory, frame, unusable), done on
+        # the study's next frame: that frame's event does not read the bank (see _adopt_later)
+        self.pending: tuple | None = None
 
     def new_side(self) -> None:
         """The C-arm moved to the other joint: its injection starts from ``none`` (the first
@@ -183,6 +186,30 @@ class _StudyMemory:
         if self.buffers is None or (self.buffers.shape, self.buffers.factor) != (shape, factor):
             self.buffers = _Buffers(shape, factor)
         return self.buffers
+
+
+def _adopt_later(memory: _StudyMemory, bank: ReferenceBank, b: _Buffers) -> None:
+    """Keep a run's first frame's reference work (:meth:`ReferenceBank.adopt_run` when the
+    bank holds frames, then the push) for the study's next frame: the first frame's event
+    reports nothing and reads no reference, and a run's first frame is the dearest of all
+    (register's and needle's run work meet there: the pipeline's p99). The frame is the run
+    memory's first history slot and ``unusable`` the study's buffer, neither written again
+    before :func:`_adopt_pending`, which each entry of the stage runs first."""
+    rm = memory.run
+    memory.pending = (bank, rm, rm.history[rm.history_order[0]], b.unusable)
+
+
+def _adopt_pending(memory: _StudyMemory) -> None:
+    """The reference work a run's first frame left (:func:`_adopt_later`), as that frame
+    would have done it."""
+    if memory.pending is None:
+        return
+    bank, rm, first, unusable = memory.pending
+    memory.pending = None
+    if not bank.empty:
+        bank.adopt_run(first, ~unusable)
+        rm.check_reference = True
+    bank.push(first, unusable)
 
 
 def _select(b: _Buffers, any_kept: bool) -> None:
@@ -252,6 +279,7 @@ class ContrastStage:
         memory = state.stage_state.get("contrast")
         if not isinstance(memory, _StudyMemory):
             memory = state.stage_state["contrast"] = _StudyMemory()
+        _adopt_pending(memory)
         side = frame.run.side
         if side is not None:
             if memory.side is not None and side != memory.side:
@@ -284,10 +312,7 @@ class ContrastStage:
             memory.run = _RunMemory(run, shape)
             memory.run.remember(b.current)
             np.logical_or(b.one, b.own_text, out=b.unusable)
-            if not bank.empty:
-                bank.adopt_run(b.current, ~b.unusable)
-                memory.run.check_reference = True
-            bank.push(b.current, b.unusable)
+            _adopt_later(memory, bank, b)
             return self._result(memory, frame, (), 0.0, 0.0, None)
         rm = memory.run
 
@@ -398,6 +423,8 @@ class ContrastStage:
         frame remembered still loses its test, as a skipped one did).
         """
         memory = state.stage_state.get("contrast")
+        if isinstance(memory, _StudyMemory):
+            _adopt_pending(memory)
         register = state.stage_state.get("register")
         if (not isinstance(memory, _StudyMemory) or memory.run is None
                 or memory.run.run is not frame.run or memory.run.test_owed
