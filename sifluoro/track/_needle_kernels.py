@@ -572,7 +572,11 @@ def cells_any_below(att, threshold, factor, out):
             for x in range(width):
                 below[x] |= np.uint8(r[x] < threshold)
         o = out[cy]
-        if factor == 2:
+        if factor == 1:
+            # the 512² frame's cells are its pixels: a strided loop of one did not vectorise
+            for cx in range(n_cols):
+                o[cx] = below[cx] != 0
+        elif factor == 2:
             # a cell's two bytes as one word: a strided loop over cells did not vectorise
             pairs = below.view(np.uint16)
             for cx in range(n_cols):
