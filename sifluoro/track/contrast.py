@@ -65,6 +65,11 @@ class ContrastSettings:
     late_vessel_test: bool = False
 
 
+# line evidence (z x mm) from which the classifier's vascular evidence is full
+# (Classifier.update: min(1, vessel_mm / (2 VASCULAR_LINE_MM)))
+FULL_EVIDENCE_MM = 2.0 * VASCULAR_LINE_MM
+
+
 class _Buffers:
     """Working arrays of one grid shape (and reduction factor), allocated once and reused for
     every frame."""
@@ -504,7 +509,10 @@ class ContrastStage:
                 order = rm.history_order[end - n:end]
                 best = max(best, t.score_history(rm.history, order, n, b.valid, floor=floor,
                                                  stamps=rm.history_stamp, stays=stays))
-                if k == 0:
+                # the recent and late tests can only raise the evidence: not run once the
+                # history test alone makes it full (same state, evidence and alert; the
+                # frame a vessel washed out on no longer pays for a second test)
+                if k == 0 and best * work_mm < FULL_EVIDENCE_MM:
                     # the vessel that arrived on the previous frame, a frame sooner when it
                     # already fades; it counts from RECENT_LINE_MM, and is put on the first
                     # test's scale (its own line does not raise its noise: about 2x the

@@ -517,3 +517,36 @@ def test_a_runs_reference_work_waits_for_its_next_frame_with_the_same_events(see
         events[type(stage)] = out
     assert deferred == len({f.run.sop_instance_uid for f in frames})
     assert events[ContrastStage] == events[_AdoptAtOnce]
+
+
+def test_no_recent_test_once_the_history_test_gives_full_evidence(monkeypatch):
+    """Simulated case (2026, 1, quick): a vessel the history test scores far above
+    FULL_EVIDENCE_MM on one frame. That frame runs no recent test, and every event (state,
+    evidence, alert) is the one the stage gave running it."""
+    from sifluoro.sim import simulate_case
+    from sifluoro.track import contrast as C
+    from sifluoro.track.contrast_transient import TransientLines
+    from sifluoro.track.needle_sim import sim_frames
+
+    frames = [f for f, _ in sim_frames(simulate_case(2026, 1, size=512, quick=True))]
+    recent = TransientLines.score_recent
+    calls = []
+
+    def counted(self, *a, **k):
+        calls.append(1)
+        return recent(self, *a, **k)
+
+    monkeypatch.setattr(TransientLines, "score_recent", counted)
+
+    def replay():
+        state = Pipeline([], Settings()).start_study("s")
+        stage = ContrastStage()
+        calls.clear()
+        return [stage.process(f, state) for f in frames], len(calls)
+
+    events, n_recent = replay()
+    monkeypatch.setattr(C, "FULL_EVIDENCE_MM", float("inf"))  # every recent test run
+    events_all, n_all = replay()
+    assert n_recent == n_all - 1
+    assert any(e["contrast"]["vascular_evidence"] == 1.0 for e in events)
+    assert events == events_all
