@@ -11,7 +11,7 @@ import math
 import numpy as np
 from numba import njit
 
-from sifluoro._imaging_kernels import select_kth
+from sifluoro._imaging_kernels import median_into, select_kth
 
 
 @njit(cache=True, nogil=True)
@@ -572,7 +572,11 @@ def cells_any_below(att, threshold, factor, out):
             for x in range(width):
                 below[x] |= np.uint8(r[x] < threshold)
         o = out[cy]
-        if factor == 2:
+        if factor == 1:
+            # the 512² frame's cells are its pixels: a strided loop of one did not vectorise
+            for cx in range(n_cols):
+                o[cx] = below[cx] != 0
+        elif factor == 2:
             # a cell's two bytes as one word: a strided loop over cells did not vectorise
             pairs = below.view(np.uint16)
             for cx in range(n_cols):
@@ -666,6 +670,9 @@ def chamfer_min(points, x, y, axial, diagonal):
 
 # -- the noise unit of the ridge score (needle_detect.laplacian_noise) -----------------------
 
+_MAD_BINS = 4096  # as imaging.median's
+
+
 @njit(cache=True, nogil=True)
 def median_f32(a, n):
     """``np.median(a[:n])`` of float32 values without NaN, as NumPy computes it (the mean of
@@ -701,14 +708,20 @@ def laplacian_sample(smooth, valid, stride, out):
 @njit(cache=True, nogil=True)
 def laplacian_mad(smooth, valid, stride, buf):
     """Median absolute deviation of :func:`laplacian_sample` (``buf`` holds the sample;
-    float32 as NumPy's medians give it); -1 when fewer than 16 cells are valid."""
+    float32 as NumPy's medians give it); -1 when fewer than 16 cells are valid. The medians
+    are :func:`~sifluoro._imaging_kernels.median_into`'s (binned, exact): a field search's
+    ~29k values took 0.44 ms by selection, 0.07 ms so. Only a zero median's sign may differ
+    from a selection's, which the absolute deviations and the caller's floor do not see."""
     n = laplacian_sample(smooth, valid, stride, buf)
     if n < 16:
         return -1.0
-    med = median_f32(buf, n)
+    v = buf[:n]
+    cand = np.empty(n, np.float32)
+    hist = np.empty(_MAD_BINS, np.int64)
+    med = median_into(v, cand, hist)
     for i in range(n):
         buf[i] = abs(buf[i] - med)
-    return median_f32(buf, n)
+    return median_into(v, cand, hist)
 
 
 def warm_up(shape: tuple[int, int]) -> None:

@@ -65,6 +65,11 @@ class ContrastSettings:
     late_vessel_test: bool = False
 
 
+# line evidence (z x mm) from which the classifier's vascular evidence is full
+# (Classifier.update: min(1, vessel_mm / (2 VASCULAR_LINE_MM)))
+FULL_EVIDENCE_MM = 2.0 * VASCULAR_LINE_MM
+
+
 class _Buffers:
     """Working arrays of one grid shape (and reduction factor), allocated once and reused for
     every frame."""
@@ -164,6 +169,9 @@ class _StudyMemory:
         # injection showed (the study's state keeps the most dangerous of them)
         self.side: str | None = None
         self.other_sides: list[str] = []
+        # a run's first frame's reference work (bank, run memory, frame, unusable), done on
+        # the study's next frame: that frame's event does not read the bank (see _adopt_later)
+        self.pending: tuple | None = None
 
     def new_side(self) -> None:
         """The C-arm moved to the other joint: its injection starts from ``none`` (the first
@@ -183,6 +191,30 @@ class _StudyMemory:
         if self.buffers is None or (self.buffers.shape, self.buffers.factor) != (shape, factor):
             self.buffers = _Buffers(shape, factor)
         return self.buffers
+
+
+def _adopt_later(memory: _StudyMemory, bank: ReferenceBank, b: _Buffers) -> None:
+    """Keep a run's first frame's reference work (:meth:`ReferenceBank.adopt_run` when the
+    bank holds frames, then the push) for the study's next frame: the first frame's event
+    reports nothing and reads no reference, and a run's first frame is the dearest of all
+    (register's and needle's run work meet there: the pipeline's p99). The frame is the run
+    memory's first history slot and ``unusable`` the study's buffer, neither written again
+    before :func:`_adopt_pending`, which each entry of the stage runs first."""
+    rm = memory.run
+    memory.pending = (bank, rm, rm.history[rm.history_order[0]], b.unusable)
+
+
+def _adopt_pending(memory: _StudyMemory) -> None:
+    """The reference work a run's first frame left (:func:`_adopt_later`), as that frame
+    would have done it."""
+    if memory.pending is None:
+        return
+    bank, rm, first, unusable = memory.pending
+    memory.pending = None
+    if not bank.empty:
+        bank.adopt_run(first, ~unusable)
+        rm.check_reference = True
+    bank.push(first, unusable)
 
 
 def _select(b: _Buffers, any_kept: bool) -> None:
@@ -252,6 +284,7 @@ class ContrastStage:
         memory = state.stage_state.get("contrast")
         if not isinstance(memory, _StudyMemory):
             memory = state.stage_state["contrast"] = _StudyMemory()
+        _adopt_pending(memory)
         side = frame.run.side
         if side is not None:
             if memory.side is not None and side != memory.side:
@@ -284,10 +317,7 @@ class ContrastStage:
             memory.run = _RunMemory(run, shape)
             memory.run.remember(b.current)
             np.logical_or(b.one, b.own_text, out=b.unusable)
-            if not bank.empty:
-                bank.adopt_run(b.current, ~b.unusable)
-                memory.run.check_reference = True
-            bank.push(b.current, b.unusable)
+            _adopt_later(memory, bank, b)
             return self._result(memory, frame, (), 0.0, 0.0, None)
         rm = memory.run
 
@@ -398,6 +428,8 @@ class ContrastStage:
         frame remembered still loses its test, as a skipped one did).
         """
         memory = state.stage_state.get("contrast")
+        if isinstance(memory, _StudyMemory):
+            _adopt_pending(memory)
         register = state.stage_state.get("register")
         if (not isinstance(memory, _StudyMemory) or memory.run is None
                 or memory.run.run is not frame.run or memory.run.test_owed
@@ -477,7 +509,10 @@ class ContrastStage:
                 order = rm.history_order[end - n:end]
                 best = max(best, t.score_history(rm.history, order, n, b.valid, floor=floor,
                                                  stamps=rm.history_stamp, stays=stays))
-                if k == 0:
+                # the recent and late tests can only raise the evidence: not run once the
+                # history test alone makes it full (same state, evidence and alert; the
+                # frame a vessel washed out on no longer pays for a second test)
+                if k == 0 and best * work_mm < FULL_EVIDENCE_MM:
                     # the vessel that arrived on the previous frame, a frame sooner when it
                     # already fades; it counts from RECENT_LINE_MM, and is put on the first
                     # test's scale (its own line does not raise its noise: about 2x the

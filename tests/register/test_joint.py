@@ -161,3 +161,19 @@ def test_text_kernel_gives_up_on_many_dark_pixels():
     # the morphology then: still the same mask
     np.testing.assert_array_equal(J.usable_mask(image, field, 2),
                                   usable_mask_reference(image, field, 2))
+
+
+@pytest.mark.parametrize("factor", [1, 2, 3, 5])
+def test_all_in_blocks_is_the_strided_ands(factor):
+    """The block test (at factor 2 the uint16 kernel) against the strided ANDs it replaces (a
+    remainder cropped), on empty, sparse, dense and full masks and a non-contiguous one."""
+    rng = np.random.default_rng(factor)
+    for p_set in (0.0, 0.5, 0.97, 1.0):
+        mask = rng.random((int(rng.integers(7, 70)), int(rng.integers(7, 70)))) < p_set
+        for m in (mask, mask[:, ::-1]):
+            rows, cols = m.shape[0] // factor, m.shape[1] // factor
+            ref = np.ones((rows, cols), bool)
+            for i in range(factor):
+                for j in range(factor):
+                    ref &= m[i:rows * factor:factor, j:cols * factor:factor]
+            np.testing.assert_array_equal(J._all_in_blocks(m, factor), ref)

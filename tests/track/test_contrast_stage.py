@@ -481,3 +481,72 @@ def test_a_label_that_changes_mid_run_is_no_contrast(org):
     before = sum(len(r) for r in runs[:-1])
     events, _ = _replay(_ChangingLabel(before + 3, org), runs)
     assert set(_states(events)) == {"none"}
+
+
+class _AdoptAtOnce(ContrastStage):
+    """The stage as it was: a run's first frame adopts the run into the reference at once."""
+
+    def process(self, frame, state):
+        from sifluoro.track.contrast import _adopt_pending
+
+        out = super().process(frame, state)
+        _adopt_pending(state.stage_state["contrast"])
+        return out
+
+
+@pytest.mark.parametrize("seed,case", [(2026, 1), (1919, 7), (7, 5)])
+def test_a_runs_reference_work_waits_for_its_next_frame_with_the_same_events(seed, case):
+    """A run's first frame (the dearest of a study: every stage's run work meets there) leaves
+    its reference work (adopt_run, push) to the study's next frame, which reads the bank first:
+    every event is the same as when the first frame did it."""
+    from sifluoro.sim import simulate_case
+    from sifluoro.track.needle_sim import sim_frames
+
+    frames = [f for f, _ in sim_frames(simulate_case(seed, case, size=512, quick=True))]
+    assert len({f.run.sop_instance_uid for f in frames}) >= 2
+    events, deferred = {}, 0
+    for stage in (ContrastStage(), _AdoptAtOnce()):
+        state = Pipeline([], Settings()).start_study("s")
+        out = []
+        for f in frames:
+            out.append(stage.process(f, state))
+            memory = state.stage_state["contrast"]
+            if f.frame_number == 1 and type(stage) is ContrastStage:
+                assert memory.pending[1] is memory.run  # left for the next frame
+                deferred += 1
+        events[type(stage)] = out
+    assert deferred == len({f.run.sop_instance_uid for f in frames})
+    assert events[ContrastStage] == events[_AdoptAtOnce]
+
+
+def test_no_recent_test_once_the_history_test_gives_full_evidence(monkeypatch):
+    """Simulated case (2026, 1, quick): a vessel the history test scores far above
+    FULL_EVIDENCE_MM on one frame. That frame runs no recent test, and every event (state,
+    evidence, alert) is the one the stage gave running it."""
+    from sifluoro.sim import simulate_case
+    from sifluoro.track import contrast as C
+    from sifluoro.track.contrast_transient import TransientLines
+    from sifluoro.track.needle_sim import sim_frames
+
+    frames = [f for f, _ in sim_frames(simulate_case(2026, 1, size=512, quick=True))]
+    recent = TransientLines.score_recent
+    calls = []
+
+    def counted(self, *a, **k):
+        calls.append(1)
+        return recent(self, *a, **k)
+
+    monkeypatch.setattr(TransientLines, "score_recent", counted)
+
+    def replay():
+        state = Pipeline([], Settings()).start_study("s")
+        stage = ContrastStage()
+        calls.clear()
+        return [stage.process(f, state) for f in frames], len(calls)
+
+    events, n_recent = replay()
+    monkeypatch.setattr(C, "FULL_EVIDENCE_MM", float("inf"))  # every recent test run
+    events_all, n_all = replay()
+    assert n_recent == n_all - 1
+    assert any(e["contrast"]["vascular_evidence"] == 1.0 for e in events)
+    assert events == events_all

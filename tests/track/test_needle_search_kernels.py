@@ -147,6 +147,20 @@ def test_laplacian_noise_equals_numpy_exactly(shape, stride):
     assert laplacian_noise(flat, np.ones(shape, bool), stride) == (1e-6 if shape[0] > 9 else 1.0)
 
 
+def test_laplacian_noise_of_a_field_search_equals_numpy_exactly():
+    """At a field search's size (512² working grid, ~29k sampled cells), where the medians
+    are binned; also a sample whose median and deviations are zero (flat regions)."""
+    rng = np.random.default_rng(11)
+    for kind in range(3):
+        smooth = cv2.GaussianBlur(rng.normal(size=(512, 512)).astype(np.float32), (0, 0), 1.5)
+        if kind == 1:
+            smooth[:400] = 0.0  # most Laplacians are zero: median and MAD are 0
+        if kind == 2:
+            smooth = np.round(smooth * 64).astype(np.float32) / 64  # ties
+        valid = rng.random(smooth.shape) < 0.9
+        assert laplacian_noise(smooth, valid) == _laplacian_noise_reference(smooth, valid)
+
+
 def _peaks_reference(acc, n_peaks, rho_offset):
     """LineFinder.lines' peak picking as it was: np.argmax and slice suppression."""
     acc = acc.copy()
@@ -230,3 +244,26 @@ def test_segment_span_equals_the_python_clip_and_support():
         inside += 1
         assert got[0] and tuple(got[1:4]) == ref[:3] and got[4] == ref[3]
     assert inside > 10
+
+
+@pytest.mark.parametrize("r", [1, 3, 4, 5, 7, 9])
+def test_close_ellipse_is_opencvs_closing(r):
+    """The closing by the ellipse's rectangles (r >= 5) against OpenCV's closing by the ellipse,
+    on fields with holes, gaps and set or clear borders."""
+    from sifluoro.track.needle_field import _close_ellipse, _ellipse_rects
+
+    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    union = np.zeros_like(k)
+    for rect in _ellipse_rects(r):
+        h, w = rect.shape[0] // 2, rect.shape[1] // 2
+        union[r - h:r + h + 1, r - w:r + w + 1] = 1
+    assert np.array_equal(union, k)
+    rng = np.random.default_rng(r)
+    for p_clear in (0.001, 0.02, 0.3):
+        mask = (rng.random((int(rng.integers(20, 140)), int(rng.integers(20, 140))))
+                >= p_clear).astype(np.uint8)
+        mask[:, :int(rng.integers(0, 12))] = 0
+        mask[-int(rng.integers(1, 12)):, :] = 0
+        mask[5:9, 10:30] = 0
+        expected = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, k)
+        assert np.array_equal(_close_ellipse(mask, r), expected)
