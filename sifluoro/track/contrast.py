@@ -466,6 +466,8 @@ class ContrastStage:
             memory.transient = TransientLines(b.shape)
         rm = memory.run
         t, floor = memory.transient, VASCULAR_LINE_MM / work_mm
+        # contrast accepted on this frame does not count as the noise around it
+        t.set_near(stays[0] if stays is not None else None)
         floor_recent = RECENT_LINE_MM / work_mm
         floor_late = LATE_LINE_MM / work_mm
         best = 0.0
