@@ -63,7 +63,7 @@ class Phantom:
     def frame(self, t: int, *, gas_shift_px: float, needle_len_px: float | None = None,
               joint_reach_px: float = 0.0, cloud: float = 0.0, vessel: float = 0.0,
               field_top_px: int = 0, bone_gain: float = 1.0,
-              blob_px: float = 0.0) -> np.ndarray:
+              blob_px: float = 0.0, blob_peak: float = 0.3) -> np.ndarray:
         a = self.base.copy()
         if bone_gain != 1.0:
             # another technique (kV, filtration) or processing: bone against soft tissue
@@ -88,8 +88,8 @@ class Phantom:
                 a += cloud * np.exp(-((self.xx - TIP_XY[0] - dx) ** 2 + (self.yy - TIP_XY[1] - dy) ** 2)
                                     / (2 * s * s))
         if blob_px > 0:
-            # a dense bolus at the tip, as dense at the centre as it broadens
-            a += 0.3 * np.exp(-((self.xx - TIP_XY[0]) ** 2 + (self.yy - TIP_XY[1]) ** 2)
+            # a dense bolus at the tip (by default as dense at the centre as it broadens)
+            a += blob_peak * np.exp(-((self.xx - TIP_XY[0]) ** 2 + (self.yy - TIP_XY[1]) ** 2)
                               / (2 * blob_px * blob_px))
         if vessel > 0:
             a[self.vessel] += 0.25 * vessel
