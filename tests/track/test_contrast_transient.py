@@ -641,3 +641,19 @@ def test_drop_kept_opacity_is_the_numpy_steps():
         want[box][kept] = 0.0
         K.drop_kept_opacity(zw, arrival, newest, mask, *bbox, margin, reference, fraction)
         assert zw.tobytes() == want.tobytes()
+
+
+def test_set_near_grows_the_opacity_by_the_filters_reach():
+    """OpenCV's dilation, as K.dilate_square's (outside the image unset), edges included."""
+    rng = np.random.default_rng(1)
+    t = TransientLines((64, 80))
+    for _ in range(10):
+        opacity = rng.random((64, 80)) > 0.995
+        opacity[0, 3] = opacity[-1, -2] = True
+        t.set_near(opacity)
+        want = np.empty_like(opacity)
+        K.dilate_square(opacity, NEAR_GROW_PX, np.empty_like(opacity), want)
+        np.testing.assert_array_equal(t.near, want)
+        assert t.near_clip == NEAR_CLIP
+    t.set_near(None)
+    assert t.near_clip == 0.0 and t.near_gen == 0
