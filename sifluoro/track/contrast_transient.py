@@ -221,7 +221,7 @@ class TransientLines:
             self.near_gen = 0
             return
         # OpenCV's dilation (outside the image counts as unset, as K.dilate_square's): a
-        # fifth of its time
+        # third of its time
         cv2.dilate(opacity.view(np.uint8), _NEAR_SQUARE, dst=self.near.view(np.uint8))
         self.near_clip = NEAR_CLIP
         self._near_count += 1
@@ -269,8 +269,8 @@ class TransientLines:
         ``stays``, optional ``(mask, bbox, margin[, reference, fraction])``: opacity still
         accepted on the newest frame (bool map, its (y0, y1, x0, x1) box on the grid) and the
         loss (frame units; and share of its opacity over ``reference``, the pose's reference,
-        on the arrival frame) that counts as washing out. Where that
-        opacity lost less since the arrival frame, the washout is not counted: a cloud that
+        on the arrival frame) that counts as washing out. Where that opacity lost less since
+        the arrival frame, the washout is not counted: a cloud that
         broadens loses the curvature the ridge filter sees at its centre, not its opacity (a
         star of "lines" on a growing extravasation, quick training seed 1521 case 5: 47 z x mm),
         and a dense bolus that spreads loses a fifth at its centre, a vessel most of itself (one
