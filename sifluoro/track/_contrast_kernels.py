@@ -1064,13 +1064,18 @@ def _masked_mean_abs_deviation(m, mask, n, centre):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def local_z(m, inner, validf, den_scale, window, scratch, hist, bins, rowsum, colsum, tmp):
+def local_z(m, inner, validf, den_scale, window, scratch, hist, bins, rowsum, colsum, tmp,
+            near, clip):
     """``m`` in place: minus its median over ``inner``, over 1.2533 x its local mean absolute
     value (``window``² box over ``validf``; ``den_scale`` is 1.2533 / max(1, box sum of
     ``validf``), see :func:`box_scale`), at least 5 % of the global mean absolute deviation:
     the noise of ridge maps varies several-fold between soft tissue and bone. Returns the
     median; ``tmp`` is left holding the divisor (:func:`z_like` applies both to another map
-    of the same noise)."""
+    of the same noise).
+
+    With ``clip > 0``, where ``near`` (bool, ``m``'s shape) the absolute values enter the
+    local mean at most ``clip`` x the global mean absolute deviation: there they are contrast
+    that changed, not noise, and would hide a faint line beside it."""
     rows, cols = m.shape
     med, n = masked_median(m, inner, scratch, hist, bins)
     if n == 0:
@@ -1087,6 +1092,13 @@ def local_z(m, inner, validf, den_scale, window, scratch, hist, bins, rowsum, co
             v = mr[x] - med
             mr[x] = v
             tr[x] = abs(v) * vr[x]
+    if clip > 0.0:
+        cap = np.float32(clip * g)
+        for y in range(rows):
+            tr, nr = tmp[y], near[y]
+            for x in range(ucols):
+                if nr[x] and tr[x] > cap:
+                    tr[x] = cap
     box_sum(tmp, window, rowsum, colsum, tmp)
     floor = np.float32(0.05 * g + 1e-9)
     for y in range(rows):
@@ -1110,17 +1122,22 @@ def z_like(m, med, divisor):
 
 
 @njit(cache=True, nogil=True)
-def drop_kept_opacity(zw, arrival, newest, mask, y0, y1, x0, x1, margin):
-    """In the box ``y0:y1, x0:x1``: ``zw = 0`` where ``mask`` and ``arrival - newest <
-    margin`` (float32, the margin rounded to float32 as NumPy compares a float32 array with a
-    Python float): the NumPy steps of ``contrast_transient._drop_kept_opacity`` in one pass."""
+def drop_kept_opacity(zw, arrival, newest, mask, y0, y1, x0, x1, margin, reference,
+                      fraction):
+    """In the box ``y0:y1, x0:x1``: ``zw = 0`` where ``mask`` and ``arrival - newest`` is
+    less than ``margin`` or than ``fraction`` of the opacity ``arrival - reference`` (float32,
+    the margin and fraction rounded to float32 as NumPy does with a Python float): the NumPy
+    steps of ``contrast_transient._drop_kept_opacity`` in one pass."""
     rows, cols = zw.shape
     m = np.float32(margin)
+    f = np.float32(fraction)
     for y in range(max(y0, 0), min(y1, rows)):
-        zr, ar, nr, kr = zw[y], arrival[y], newest[y], mask[y]
+        zr, ar, nr, kr, rr = zw[y], arrival[y], newest[y], mask[y], reference[y]
         for x in range(max(x0, 0), min(x1, cols)):
-            if kr[x] and ar[x] - nr[x] < m:
-                zr[x] = np.float32(0.0)
+            if kr[x]:
+                loss = ar[x] - nr[x]
+                if loss < m or loss < f * (ar[x] - rr[x]):
+                    zr[x] = np.float32(0.0)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -1291,7 +1308,8 @@ def warm_up(rows: int = 1024, cols: int = 1024, factor: int = 4) -> None:
     bins = np.zeros(shape, np.int32)
     masked_median(img, flags, scratch, hist, bins)
     box_scale(flags, 31, bins, washout)
-    med = local_z(onset, flags, tmp, washout, 31, scratch, hist, bins, rowsum, colsum, img)
+    med = local_z(onset, flags, tmp, washout, 31, scratch, hist, bins, rowsum, colsum, img,
+                  flags2, 3.0)
     z_like(onset, med, img)
-    drop_kept_opacity(onset, img, tmp, flags, 0, 2, 0, 2, 0.5)
+    drop_kept_opacity(onset, img, tmp, flags, 0, 2, 0, 2, 0.5, img, 0.5)
     best_line(onset, washout, tmp, 1.5, 3.0, flags2, stack)

@@ -337,9 +337,16 @@ def test_box_scale_counts_as_the_float_box_sum(rng, shape, window):
     np.testing.assert_array_equal(got, np.float32(1.2533) / np.maximum(box, np.float32(1.0)))
 
 
-def test_local_z_matches_numpy(rng):
+@pytest.mark.parametrize("clip", [0.0, 3.0])
+def test_local_z_matches_numpy(rng, clip):
+    """With ``clip``, a strong blob inside ``near`` enters the local noise clipped (``clip`` x
+    the global mean absolute deviation), elsewhere as it is."""
     import cv2
     m = (rng.normal(size=(60, 70)) * np.linspace(0.5, 3.0, 70)).astype(np.float32)
+    m[20:26, 10:16] += 40.0      # contrast inside near
+    m[40:44, 50:54] += 40.0      # and outside it
+    near = np.zeros(m.shape, bool)
+    near[15:30, 5:20] = True
     inner = rng.random(m.shape) > 0.1
     validf = inner.astype(np.float32)
     den = cv2.boxFilter(validf, -1, (31, 31), normalize=False, borderType=cv2.BORDER_CONSTANT)
@@ -350,11 +357,13 @@ def test_local_z_matches_numpy(rng):
     divisor = np.empty_like(m)
     got_med = K.local_z(got, inner, validf, scale, 31, np.empty(2 * m.size, np.float32),
                         np.empty(256, np.int64), np.empty(m.shape, np.int32), np.empty(m.shape),
-                        np.empty(m.shape[1]), divisor)
+                        np.empty(m.shape[1]), divisor, near, clip)
     med = np.float32(np.median(m[inner]))
     g = float(np.mean(np.abs(m[inner] - med)))
-    local = cv2.boxFilter(np.abs(m - med) * validf, -1, (31, 31), normalize=False,
-                          borderType=cv2.BORDER_CONSTANT)
+    a = np.abs(m - med) * validf
+    if clip > 0:
+        a = np.where(near, np.minimum(a, np.float32(clip * g)), a)
+    local = cv2.boxFilter(a, -1, (31, 31), normalize=False, borderType=cv2.BORDER_CONSTANT)
     local = local / np.maximum(den, 1.0) * np.float32(1.2533)
     ref = (m - med) / np.maximum(local, np.float32(0.05 * g + 1e-9))
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
