@@ -148,15 +148,12 @@ def _dark_twin(onset: np.ndarray, comp: np.ndarray, noise: float, inner: np.ndar
 
 
 def _drop_kept_opacity(zw: np.ndarray, arrival: np.ndarray, newest: np.ndarray,
-                       mask: np.ndarray, bbox: tuple[int, int, int, int], margin: float,
-                       reference: np.ndarray | None = None, fraction: float = 0.0) -> None:
+                       mask: np.ndarray, bbox: tuple[int, int, int, int],
+                       margin: float) -> None:
     """Zero the washout z ``zw`` where ``mask`` (opacity still there on ``newest``) lost
-    less than ``margin`` since ``arrival``, or less than ``fraction`` of its opacity over
-    ``reference`` on ``arrival``; only inside ``bbox`` (y0, y1, x0, x1)."""
+    less than ``margin`` since ``arrival``; only inside ``bbox`` (y0, y1, x0, x1)."""
     y0, y1, x0, x1 = bbox
-    if reference is None:
-        reference, fraction = arrival, 0.0
-    K.drop_kept_opacity(zw, arrival, newest, mask, y0, y1, x0, x1, margin, reference, fraction)
+    K.drop_kept_opacity(zw, arrival, newest, mask, y0, y1, x0, x1, margin)
 
 
 class TransientLines:
@@ -266,15 +263,12 @@ class TransientLines:
         under ``floor`` read 0. ``stamps[slot]`` (:func:`new_stamp`) names the frame each
         history slot holds: the washout's noise is then kept for :meth:`score_recent`.
 
-        ``stays``, optional ``(mask, bbox, margin[, reference, fraction])``: opacity still
-        accepted on the newest frame (bool map, its (y0, y1, x0, x1) box on the grid) and the
-        loss (frame units; and share of its opacity over ``reference``, the pose's reference,
-        on the arrival frame) that counts as washing out. Where that opacity lost less since
-        the arrival frame, the washout is not counted: a cloud that
-        broadens loses the curvature the ridge filter sees at its centre, not its opacity (a
-        star of "lines" on a growing extravasation, quick training seed 1521 case 5: 47 z x mm),
-        and a dense bolus that spreads loses a fifth at its centre, a vessel most of itself (one
-        that crosses denser opacity that stays counts there only if it loses half of both).
+        ``stays``, optional ``(mask, bbox, margin)``: opacity still accepted on the newest
+        frame (bool map, its (y0, y1, x0, x1) box on the grid) and the loss (frame units) that
+        counts as washing out. Where that opacity lost less than ``margin`` since the arrival
+        frame, the washout is not counted: a cloud that broadens loses the curvature the ridge
+        filter sees at its centre, not its opacity (a star of "lines" on a growing
+        extravasation, quick training seed 1521 case 5: 47 z x mm).
         """
         if n not in (4, 5):
             raise ValueError(f"the vessel test takes 4 or 5 frames, not {n}")

@@ -63,7 +63,7 @@ class Phantom:
     def frame(self, t: int, *, gas_shift_px: float, needle_len_px: float | None = None,
               joint_reach_px: float = 0.0, cloud: float = 0.0, vessel: float = 0.0,
               field_top_px: int = 0, bone_gain: float = 1.0,
-              blob_px: float = 0.0, blob_peak: float = 0.3) -> np.ndarray:
+              blob_px: float = 0.0) -> np.ndarray:
         a = self.base.copy()
         if bone_gain != 1.0:
             # another technique (kV, filtration) or processing: bone against soft tissue
@@ -88,8 +88,8 @@ class Phantom:
                 a += cloud * np.exp(-((self.xx - TIP_XY[0] - dx) ** 2 + (self.yy - TIP_XY[1] - dy) ** 2)
                                     / (2 * s * s))
         if blob_px > 0:
-            # a dense bolus at the tip (by default as dense at the centre as it broadens)
-            a += blob_peak * np.exp(-((self.xx - TIP_XY[0]) ** 2 + (self.yy - TIP_XY[1]) ** 2)
+            # a dense bolus at the tip, as dense at the centre as it broadens
+            a += 0.3 * np.exp(-((self.xx - TIP_XY[0]) ** 2 + (self.yy - TIP_XY[1]) ** 2)
                               / (2 * blob_px * blob_px))
         if vessel > 0:
             a[self.vessel] += 0.25 * vessel
@@ -332,6 +332,23 @@ def test_a_faint_vessel_at_the_tip_of_a_growing_joint_fill_is_vascular(phantom):
     out = _states(events)[-14:]
     assert out[1] == "intra_articular"
     assert out.index("vascular") <= 2 + 3
+    assert state.contrast_state == "vascular"
+    assert sum("alerts" in e for e in events) == 1
+
+
+@pytest.mark.parametrize("draw", [
+    dict(cloud=lambda f: min(0.25, 0.06 * f), vessel=_vessel_course(5)),
+    dict(cloud=lambda f: min(0.25, 0.06 * f), vessel=lambda f: 0.5 * _vessel_course(5)(f)),
+    dict(joint_reach_px=lambda f: min(150.0, 25.0 * f),
+         vessel=lambda f: 0.5 * {1: 1.0, 2: 0.8, 3: 0.6, 4: 0.4, 5: 0.2, 6: 0.1}.get(f - 4, 0.0)),
+], ids=["cloud stays, vessel", "cloud stays, half vessel", "joint fill stays, slow vessel"])
+def test_a_vessel_arriving_in_opacity_that_stays_is_vascular(phantom, draw):
+    """Review s19 HIGH: a rule that counted a washout inside accepted opacity only where half
+    of all its opacity was lost (the cloud or joint fill included) threw away the washout of
+    a vessel arriving in extravasation or a joint fill that stays: extravasation or
+    intra-articular to the end (14 of 48 vascular probe studies missed). Reverted; these
+    must stay vascular."""
+    events, state = _replay(phantom, _needle_runs() + [_contrast_run(14, 1, **draw)])
     assert state.contrast_state == "vascular"
     assert sum("alerts" in e for e in events) == 1
 

@@ -369,7 +369,8 @@ def test_a_tip_jumping_far_from_the_anchor_is_taken_when_seen_again():
     u = st.anchor[1]
     back = tip - u * ((s.max_jump_mm + 4.0) / SPACING_MM)
     st.anchor = (back, u)
-    st.track.tip_xy = st.track.run_tip = st.track.last_tip_of_run = back
+    st.track.tip_xy = st.track.last_tip_of_run = back
+    st.track.run_tips = [back]
     st.since_full = s.full_search_every  # the next frame is a full search
     out = []
     for k in range(2):
