@@ -45,8 +45,9 @@ import cv2
 import numpy as np
 
 SEED, CASE = 2026, 1  # needle on every frame, contrast run (vascular); --quick's study
-#: (seed, case) of the whole studies timed at each size: 1024² ones take ~20 s each to simulate
-STUDIES = {512: ((2026, 0), (2026, 1), (2026, 2)), 1024: ((2026, 1), (2026, 2))}
+#: (seed, case) of the whole studies timed at each size (outcomes: 0 extravasation, 1 and 2
+#: vascular); 1024² ones take ~20 s each to simulate, so two there
+STUDIES = {512: ((2026, 0), (2026, 1), (2026, 2)), 1024: ((2026, 0), (2026, 2))}
 PER_FRAME_ROWS = 16  # of the per-frame table printed (the dearest frames)
 # "x2": Settings.stage_threads=2 (needle and contrast side by side after register)
 CONFIGS = ("default", "joint+needle+contrast", "joint+needle+contrast x2")
