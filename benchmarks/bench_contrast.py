@@ -202,7 +202,7 @@ def bench_size(size: int, frames_n: int, steps: bool = False) -> dict:
 
 
 def bench_study(size: int, repeats: int = 3) -> dict:
-    """The stage's thread CPU per frame on the simulated study of ``bench_pipeline``
+    """The stage's thread CPU per frame on the quick study of ``bench_pipeline --quick``
     (``simulate_case(2026, 1, quick=True)``), after the register stage as in the pipeline, with
     each frame's steps: on the synthetic frames above the field never changes and no washout
     line reaches the vessel test's floor, so that its onset half is skipped and every cache

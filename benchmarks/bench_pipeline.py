@@ -1,17 +1,22 @@
 """The whole pipeline and each stage on simulated frames, against a floor of one cv2.Sobel pass.
 
-For 512² and 1024² frames of a simulated study (``simulate_case(seed, case, quick=True)``):
+For 512² and 1024² frames of whole simulated studies (``simulate_case(seed, case, size=size)``,
+``STUDIES``: every run of each case, scouts, the needle's advance runs and the contrast run;
+``--quick``: one quick study, its final needle run and contrast run). Each pass over a study
+is a fresh pipeline (new stages, ``start_study``, ``prepare_run`` of every run, whose warm-up
+is not timed), as a real study meets it: the runs' starts segment the joint and search the
+needle's field again, and the register's view grows from its first frame:
 
 - p50/p99 per stage and for the whole pipeline (``Pipeline.process``, dose included), with the
   default stages and with joint + needle + contrast, under no deadline (every stage in full);
   with one stage thread also the pipeline's own time per frame (``own``: latency less the
   stages, frame by frame) and each frame's thread CPU time (``pipeline_cpu``); for every stage
   also the CPU time of the thread that ran it, in a pass of its own (``<stage>_cpu``: on a busy
-  machine the wall time mostly measures waiting for a core). The study's 13 frames are a mix:
+  machine the wall time mostly measures waiting for a core). The studies' frames are a mix:
   a run's first frames segment the joint and search the needle's field, and the contrast run's
   frames from its 4th run the vessel test, so a p50 is that of a mix; with one thread the
-  thread CPU of each stage on each of the 13 frames (``per_frame_cpu``, medians over the
-  passes) shows which frames set it;
+  thread CPU of each stage on each study frame (``per_frame_cpu``, medians over the passes,
+  which see the same frames in the same state) shows which frames set it;
 - the grids each stage works on at each size (``work_grids``): fixed in mm or in pixels, the
   same at 512² as at 1024² over the same field, which is why 512² costs about as much;
 - the ratio of each stage's and of the pipeline's p50 to the p50 of one ``cv2.Sobel`` pass
@@ -32,13 +37,18 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-SEED, CASE = 2026, 1  # needle on every frame, contrast run (vascular)
+SEED, CASE = 2026, 1  # needle on every frame, contrast run (vascular); --quick's study
+#: (seed, case) of the whole studies timed at each size (outcomes: 0 extravasation, 1 and 2
+#: vascular); 1024² ones take ~20 s each to simulate, so two there
+STUDIES = {512: ((2026, 0), (2026, 1), (2026, 2)), 1024: ((2026, 0), (2026, 2))}
+PER_FRAME_ROWS = 16  # of the per-frame table printed (the dearest frames)
 # "x2": Settings.stage_threads=2 (needle and contrast side by side after register)
 CONFIGS = ("default", "joint+needle+contrast", "joint+needle+contrast x2")
 
@@ -129,69 +139,101 @@ def _work_grids(frame) -> dict:
             "contrast": shape((rows // contrast_factor, cols // contrast_factor))}
 
 
-def _in_process(frames, config: str, repeats: int) -> dict:
-    """p50/p99 of the pipeline and of each stage; with one thread also the pipeline's own time
-    per frame (its latency less its stages', frame by frame: the p50s of a mix of cheap and
-    dear frames do not add up) and the thread CPU time of each frame (on a busy machine the
-    wall time also counts waiting for a core); and, in a second pass, each stage's thread CPU
-    time (``stages_cpu``, :class:`_CpuTimed`)."""
-    state, timed, cpu_ms = _timed_pass(frames, config, repeats, _Timed)
-    out = {"pipeline": _pct(state.latencies_ms), "stages": {t.name: _pct(t.ms) for t in timed}}
+def _in_process(studies, config: str, repeats: int) -> dict:
+    """p50/p99 of the pipeline and of each stage over the frames of ``studies`` (lists of a
+    study's frames); with one thread also the pipeline's own time per frame (its latency less
+    its stages', frame by frame: the p50s of a mix of cheap and dear frames do not add up) and
+    the thread CPU time of each frame (on a busy machine the wall time also counts waiting for
+    a core); and, in passes of their own, each stage's thread CPU time (``stages_cpu``,
+    :class:`_CpuTimed`)."""
+    wall = _timed_pass(studies, config, repeats, _Timed)
+    out = {"pipeline": _pct(wall.latencies_ms),
+           "stages": {name: _pct(ms) for name, ms in wall.stage_ms.items()}}
     if _threads(config) == 1:
-        out["pipeline_cpu"] = _pct(cpu_ms)
-        out["own"] = _pct(np.subtract(state.latencies_ms, np.sum([t.ms for t in timed], axis=0)))
-    _, cpu_timed, whole_cpu_ms = _timed_pass(frames, config, repeats, _CpuTimed)
-    out["stages_cpu"] = {t.name: _pct(t.ms) for t in cpu_timed}
+        out["pipeline_cpu"] = _pct(wall.cpu_ms)
+        out["own"] = _pct(np.subtract(wall.latencies_ms, np.sum(list(wall.stage_ms.values()), axis=0)))
+    cpu = _timed_pass(studies, config, repeats, _CpuTimed)
+    out["stages_cpu"] = {name: _pct(ms) for name, ms in cpu.stage_ms.items()}
     if _threads(config) == 1:
-        out["per_frame_cpu"] = _per_frame(frames, cpu_timed, whole_cpu_ms)
+        out["per_frame_cpu"] = _per_frame([f for frames in studies for f in frames], cpu)
     return out
 
 
-def _per_frame(frames, timed, whole_ms) -> list[dict]:
-    """Thread CPU ms of each study frame (median over the passes): each stage's and the whole
-    frame's. The bench's p50s are those of a mix (run starts, needle field searches, frames
-    with the contrast vessel test, plain frames): the p50 of the whole is not the sum of the
-    stages' p50s, and this table shows which frames set it."""
+def _per_frame(frames, passes: "_Passes") -> list[dict]:
+    """Thread CPU ms of each study frame (median over the passes, each a fresh pipeline, so
+    the same frame in the same state): each stage's and the whole frame's. The bench's p50s
+    are those of a mix (run starts, needle field searches, frames with the contrast vessel
+    test, plain frames): the p50 of the whole is not the sum of the stages' p50s, and this
+    table shows which frames set it."""
     n = len(frames)
+    whole_ms = passes.cpu_ms
     rows = []
     for i, f in enumerate(frames):
-        row = {"frame": i, "frame_of_run": int(f.frame_number)}
-        for t in timed:
-            row[t.name] = round(float(np.median(t.ms[i::n])), 3)
+        row = {"frame": i, "case": _case_of(f), "run": int(f.run.index),
+               "frame_of_run": int(f.frame_number)}
+        for name, ms in passes.stage_ms.items():
+            row[name] = round(float(np.median(ms[i::n])), 3)
         row["whole"] = round(float(np.median(whole_ms[i::n])), 3)
-        own = np.subtract(whole_ms[i::n], np.sum([t.ms[i::n] for t in timed], axis=0))
+        own = np.subtract(whole_ms[i::n], np.sum([ms[i::n] for ms in passes.stage_ms.values()], axis=0))
         row["own"] = round(float(np.median(own)), 3)  # pass by pass, then the median
         rows.append(row)
     return rows
 
 
-def _timed_pass(frames, config: str, repeats: int, timer: type) -> tuple:
-    """(study state, stages wrapped in ``timer``, thread CPU ms of each frame) of a fresh
-    pipeline over ``frames``, ``repeats`` times, with no deadline."""
+def _case_of(frame) -> int:
+    return int(frame.run.path.split("-")[2])  # sim_frames' "sim-SEED-CASE-RUN"
+
+
+@dataclass
+class _Passes:
+    """Per frame, in pass order (pass 0's frames of every study, then pass 1's, ...): the
+    pipeline's latency, each stage's timer reading and the frame's thread CPU; and each
+    pass's events."""
+
+    latencies_ms: list = field(default_factory=list)
+    stage_ms: dict = field(default_factory=dict)  # stage name -> ms, in the pipeline's order
+    cpu_ms: list = field(default_factory=list)
+    events: list = field(default_factory=list)  # per pass: the events of all its frames
+
+
+def _timed_pass(studies, config: str, repeats: int, timer: type) -> _Passes:
+    """``repeats`` passes over ``studies`` with no deadline, each study in each pass on a
+    fresh pipeline of stages wrapped in ``timer`` (new stages, ``start_study``,
+    ``prepare_run`` of every run before its frames, as a study read from disk): a real
+    study's run starts and growing views, not a replay into warm stages. The warm-up calls
+    are not frames."""
     from sifluoro.config import Settings
     from sifluoro.pipeline import Pipeline
 
     settings = Settings(latency_budget_ms=1e9, stage_threads=_threads(config))  # every stage in full
-    timed = [timer(s) for s in _stages(config, settings)]
-    pipeline = Pipeline(timed, settings)
-    state = pipeline.start_study("bench")
-    for run in {f.run.sop_instance_uid: f.run for f in frames}.values():
-        pipeline.prepare_run(run, state)
-    for t in timed:
-        t.ms.clear()  # warm-up calls are not frames
-    cpu_ms = []
+    out = _Passes()
     for _ in range(repeats):
-        for f in frames:
-            c0 = time.thread_time()
-            pipeline.process(f, state)
-            cpu_ms.append((time.thread_time() - c0) * 1000.0)
-    return state, timed, cpu_ms
+        events = []
+        for frames in studies:
+            timed = [timer(s) for s in _stages(config, settings)]
+            pipeline = Pipeline(timed, settings)
+            state = pipeline.start_study("bench")
+            for run in {f.run.sop_instance_uid: f.run for f in frames}.values():
+                pipeline.prepare_run(run, state)
+            for t in timed:
+                t.ms.clear()
+            for f in frames:
+                c0 = time.thread_time()
+                events.append(pipeline.process(f, state))
+                out.cpu_ms.append((time.thread_time() - c0) * 1000.0)
+            out.latencies_ms.extend(state.latencies_ms)
+            for t in timed:
+                # a stage skipped on a frame would shift the frame-by-frame tables
+                assert len(t.ms) == len(frames), f"{t.name} ran on {len(t.ms)} of {len(frames)} frames"
+                out.stage_ms.setdefault(t.name, []).extend(t.ms)
+        out.events.append(events)
+    return out
 
 
-def _allocations(frames) -> dict:
+def _allocations(studies) -> dict:
     """Memory each stage allocates while processing a frame (tracemalloc's peak above what was
-    held before the call, numpy arrays included), p50 and max over the frames, in MB; a
-    separate pass, as tracing slows everything down."""
+    held before the call, numpy arrays included), p50 and max over the frames of ``studies``
+    (a fresh pipeline each), in MB; a separate pass, as tracing slows everything down."""
     import tracemalloc
 
     from sifluoro.config import Settings
@@ -207,19 +249,25 @@ def _allocations(frames) -> dict:
                 self.ms.append((tracemalloc.get_traced_memory()[1] - held) / 1e6)
 
     settings = Settings(latency_budget_ms=1e9)
-    traced = [Traced(s) for s in _stages(CONFIGS[1], settings)]
-    pipeline = Pipeline(traced, settings)
-    state = pipeline.start_study("bench")
-    for run in {f.run.sop_instance_uid: f.run for f in frames}.values():
-        pipeline.prepare_run(run, state)
-    tracemalloc.start()
-    try:
-        for f in frames:
-            pipeline.process(f, state)
-    finally:
-        tracemalloc.stop()
-    return {t.name: {"p50_mb": round(float(np.percentile(t.ms, 50)), 3),
-                     "max_mb": round(float(np.max(t.ms)), 3)} for t in traced}
+    mb: dict = {}
+    for frames in studies:
+        traced = [Traced(s) for s in _stages(CONFIGS[1], settings)]
+        pipeline = Pipeline(traced, settings)
+        state = pipeline.start_study("bench")
+        for run in {f.run.sop_instance_uid: f.run for f in frames}.values():
+            pipeline.prepare_run(run, state)
+        for t in traced:
+            t.ms.clear()
+        tracemalloc.start()
+        try:
+            for f in frames:
+                pipeline.process(f, state)
+        finally:
+            tracemalloc.stop()
+        for t in traced:
+            mb.setdefault(t.name, []).extend(t.ms)
+    return {name: {"p50_mb": round(float(np.percentile(v, 50)), 3),
+                   "max_mb": round(float(np.max(v)), 3)} for name, v in mb.items()}
 
 
 def _write_uncompressed(folder: Path, study, n_frames: int, frames_per_run: int = 20) -> None:
@@ -297,51 +345,92 @@ def _fresh_process(folder: Path, config: str, budget_ms: float) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run(quick: bool = False) -> dict:
+def _simulate(size: int, quick: bool) -> tuple[list, list]:
+    """(the simulated studies, each one's frames) timed at ``size``."""
     from sifluoro.sim import simulate_case
     from sifluoro.track.needle_sim import sim_frames
 
+    cases = ((SEED, CASE),) if quick else STUDIES[size]
+    studies = [simulate_case(seed, case, size=size, quick=quick) for seed, case in cases]
+    return studies, [[f for f, _ in sim_frames(s)] for s in studies]
+
+
+def _study_label(quick: bool) -> str:
+    if quick:
+        return f"simulate_case({SEED}, {CASE}, size=512 and 1024, quick=True)"
+    return "; ".join(f"{size}²: simulate_case(seed, case, size={size}, quick=False) for (seed, case) "
+                     f"in {STUDIES[size]}" for size in (512, 1024))
+
+
+def run(quick: bool = False) -> dict:
+    start = time.perf_counter()
+
+    def progress(what: str) -> None:
+        print(f"bench_pipeline: {what} at {time.perf_counter() - start:.1f} s", file=sys.stderr)
+
     repeats = 1 if quick else 3
-    result: dict = {"study": f"simulate_case({SEED}, {CASE}, quick=True)", "sizes": {},
-                    "note": "in-process timings under no deadline (every stage in full)"}
+    result: dict = {
+        "study": _study_label(quick), "sizes": {},
+        "note": "in-process timings under no deadline (every stage in full)",
+        "passes": f"{repeats} per size; in each pass every study on a fresh pipeline (new stages, "
+                  "start_study, prepare_run of every run with its warm-up before the timed "
+                  "frames): p50/p99 over all frames of all passes",
+        "changed": "session 19: whole simulated studies (all runs) and a fresh pipeline per pass; "
+                   "until then one quick 13-frame study replayed 3 times into one pipeline, whose "
+                   "passes 2-3 ran on warm stages (no run-start segmentations, tracks warm)"}
     study_1024 = None
     for size in (512, 1024):
-        study = simulate_case(SEED, CASE, size=size, quick=True)
+        t0 = time.perf_counter()
+        sims, studies = _simulate(size, quick)
+        sim_s = time.perf_counter() - t0
+        progress(f"{size}² simulated")
         if size == 1024:
-            study_1024 = study
-        frames = [f for f, _ in sim_frames(study)]
+            study_1024 = sims[0]
+        frames = [f for fs in studies for f in fs]
         floor = _sobel_ms(frames)
-        per_size = {"frames": len(frames), "sobel_floor": floor, "work_grids": _work_grids(frames[0])}
+        per_size = {"frames": len(frames),
+                    "studies": [{"case": s.case, "runs": len(s.runs), "frames": len(fs),
+                                 "outcome": s.outcome} for s, fs in zip(sims, studies)],
+                    "simulate_s": round(sim_s, 1), "sobel_floor": floor,
+                    "work_grids": _work_grids(frames[0])}
+        del sims
         for config in CONFIGS:
-            got = _in_process(frames, config, repeats)
+            got = _in_process(studies, config, repeats)
             f50 = floor["p50_ms"] or 1e-9
             got["pipeline"]["x_sobel"] = round(got["pipeline"]["p50_ms"] / f50, 1)
             for s in (list(got["stages"].values()) + list(got["stages_cpu"].values())
                       + [got[k] for k in ("own", "pipeline_cpu") if k in got]):
                 s["x_sobel"] = round(s["p50_ms"] / f50, 1)
             per_size[config] = got
+            progress(f"{size}² {config} timed")
         if size == 1024:
-            per_size["allocated_per_frame"] = _allocations(frames)
+            per_size["allocated_per_frame"] = _allocations(studies)
+            progress(f"{size}² allocations traced")
         result["sizes"][str(size)] = per_size
     n_frames = 60 if quick else 200
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         _write_uncompressed(folder, study_1024, n_frames)
         result["fresh_process_1024"] = {
-            "study": f"{n_frames} simulated frames 1024² uncompressed XA, runs of 20",
+            "study": f"{n_frames} frames of simulate_case({study_1024.seed}, {study_1024.case}, "
+                     f"size=1024, quick={quick}) (cycled), uncompressed XA, runs of 20",
             **{f"{config} (no deadline)": _fresh_process(folder, config, 1e9) for config in CONFIGS},
             **{f"{config} (10 ms budget)": _fresh_process(folder, config, 10.0) for config in CONFIGS[1:]},
             # infinite budget: replay overlaps consecutive frames (Pipeline.process_frames)
             f"{CONFIGS[2]} (no deadline, frames overlapped)": _fresh_process(folder, CONFIGS[2],
                                                                              float("inf")),
         }
+    progress("fresh processes done")
     print(table(result), file=sys.stderr)
     return result
 
 
 def table(result: dict) -> str:
-    lines = [f"{'size':>5} {'config':<25} {'what':<12} {'p50 ms':>8} {'p99 ms':>8} {'x Sobel':>8}"]
+    lines = [f"study: {result['study']}",
+             f"{'size':>5} {'config':<25} {'what':<12} {'p50 ms':>8} {'p99 ms':>8} {'x Sobel':>8}"]
     for size, per in result["sizes"].items():
+        lines.append(f"{size:>5} {per['frames']} frames: " + ", ".join(
+            f"case {s['case']} ({s['runs']} runs, {s['frames']} frames)" for s in per["studies"]))
         lines.append(f"{size:>5} work grids: " + ", ".join(f"{k} {v}" for k, v in per["work_grids"].items()))
         lines.append(f"{size:>5} {'':<25} {'sobel':<12} {per['sobel_floor']['p50_ms']:>8.3f} "
                      f"{per['sobel_floor']['p99_ms']:>8.3f} {1.0:>8.1f}")
@@ -356,12 +445,15 @@ def table(result: dict) -> str:
     for size, per in result["sizes"].items():
         frames = per[CONFIGS[1]].get("per_frame_cpu")
         if frames:
-            names = [k for k in frames[0] if k not in ("frame", "frame_of_run")]
+            names = [k for k in frames[0] if k not in ("frame", "case", "run", "frame_of_run")]
+            shown = sorted(sorted(frames, key=lambda r: -r["whole"])[:PER_FRAME_ROWS],
+                           key=lambda r: r["frame"])
             lines.append(f"{size:>5} {CONFIGS[1]}, thread CPU ms per study frame (median of the "
-                         f"passes): frame (of its run) " + " ".join(f"{n:>8}" for n in names))
-            for r in frames:
-                lines.append(f"{size:>5} {r['frame']:>3} ({r['frame_of_run']:>2}) "
-                             + " ".join(f"{r[n]:>8.3f}" for n in names))
+                         f"passes; the {len(shown)} dearest of {len(frames)}, all in the JSON): "
+                         f"frame case/run (of its run) " + " ".join(f"{n:>8}" for n in names))
+            for r in shown:
+                lines.append(f"{size:>5} {r['frame']:>3} {r['case']:>2}/{r['run']:<2} "
+                             f"({r['frame_of_run']:>2}) " + " ".join(f"{r[n]:>8.3f}" for n in names))
     for name, a in result["sizes"]["1024"]["allocated_per_frame"].items():
         lines.append(f"1024 {name}: allocates {a['p50_mb']} MB per frame (p50; max {a['max_mb']} MB)")
     for name, r in result["fresh_process_1024"].items():

@@ -22,7 +22,7 @@ def test_each_stage_reports_its_thread_cpu_time():
 
     frames = [f for f, _ in sim_frames(simulate_case(2026, 1, quick=True))][:4]
     for config in ("joint+needle+contrast", "joint+needle+contrast x2"):
-        got = _in_process(frames, config, 1)
+        got = _in_process([frames], config, 1)
         assert set(got["stages_cpu"]) == set(got["stages"]) == {"register", "needle", "contrast"}
         assert all(cpu["n"] == 4 and cpu["p50_ms"] > 0.0 for cpu in got["stages_cpu"].values())
 

@@ -30,7 +30,7 @@ def test_bench_pipeline_allocations_are_measured_per_stage():
     from sifluoro.track.needle_sim import sim_frames
 
     frames = [f for f, _ in sim_frames(simulate_case(2026, 1, quick=True))]
-    got = _allocations(frames)
+    got = _allocations([frames])
     assert set(got) == {"register", "needle", "contrast"}
     assert all(0.0 <= a["p50_mb"] <= a["max_mb"] for a in got.values())
 
@@ -44,11 +44,11 @@ def test_bench_pipeline_reports_its_own_time_frame_by_frame():
     from sifluoro.track.needle_sim import sim_frames
 
     frames = [f for f, _ in sim_frames(simulate_case(2026, 1, quick=True))][:5]
-    got = _in_process(frames, "default", 1)
+    got = _in_process([frames], "default", 1)
     assert got["own"]["n"] == got["pipeline_cpu"]["n"] == 5
     assert 0.0 < got["own"]["p50_ms"] < got["pipeline"]["p50_ms"]
     assert got["pipeline_cpu"]["p50_ms"] > 0.0
-    assert "own" not in _in_process(frames, "joint+needle+contrast x2", 1)
+    assert "own" not in _in_process([frames], "joint+needle+contrast x2", 1)
 
 
 def test_bench_pipeline_tables_each_study_frame_s_stages():
@@ -60,13 +60,38 @@ def test_bench_pipeline_tables_each_study_frame_s_stages():
     from sifluoro.track.needle_sim import sim_frames
 
     frames = [f for f, _ in sim_frames(simulate_case(2026, 1, quick=True))][:6]
-    rows = _in_process(frames, "joint+needle+contrast", 3)["per_frame_cpu"]
+    rows = _in_process([frames], "joint+needle+contrast", 3)["per_frame_cpu"]
     assert [r["frame"] for r in rows] == list(range(6))
     assert [r["frame_of_run"] for r in rows] == [f.frame_number for f in frames]
+    assert [r["run"] for r in rows] == [f.run.index for f in frames]
+    assert {r["case"] for r in rows} == {1}
     for r in rows:
         assert r["whole"] >= max(r["register"], r["needle"], r["contrast"]) > 0.0
         assert 0.0 <= r["own"] < r["whole"]
-    assert "per_frame_cpu" not in _in_process(frames, "joint+needle+contrast x2", 1)
+    assert "per_frame_cpu" not in _in_process([frames], "joint+needle+contrast x2", 1)
+
+
+def _untimed(events):
+    return [{k: v for k, v in e.items() if k != "latency_ms"} for e in events]
+
+
+def test_bench_pipeline_passes_each_see_a_real_study():
+    """Every pass runs each study on a fresh pipeline: the second pass's events (dose, joint,
+    needle, contrast) are the first's, not a replay into the first pass's warm stages and dose;
+    and a second study starts afresh too (its events are those of the study timed alone)."""
+    from benchmarks.bench_pipeline import _Timed, _timed_pass
+    from sifluoro.sim import simulate_case
+    from sifluoro.track.needle_sim import sim_frames
+
+    frames = [f for f, _ in sim_frames(simulate_case(2026, 1, quick=True))][:5]
+    other = [f for f, _ in sim_frames(simulate_case(2026, 2, quick=True))][:4]
+    both = _timed_pass([frames, other], "joint+needle+contrast", 2, _Timed)
+    assert len(both.events) == 2 and len(both.events[0]) == 9
+    assert _untimed(both.events[1]) == _untimed(both.events[0])
+    alone = _timed_pass([other], "joint+needle+contrast", 1, _Timed)
+    assert _untimed(both.events[0][5:]) == _untimed(alone.events[0])
+    assert len(both.latencies_ms) == len(both.cpu_ms) == 18
+    assert all(len(ms) == 18 for ms in both.stage_ms.values())
 
 
 def test_bench_contrast_stock_step_runs_the_vessel_test_too():
