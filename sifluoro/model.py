@@ -117,6 +117,7 @@ class Run:
     #: no usable frame timing: the time its frames stand for is unknown (not 0), its
     #: fluoroscopy time not counted (totals with it are lower bounds)
     timing_unknown: bool = False
+    header_cut: bool = False  # the file ends before its pixel data (cut inside its header)
     read_frames: Callable[["Run"], Iterator[np.ndarray]] | None = field(default=None, repr=False)
 
     @property

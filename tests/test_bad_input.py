@@ -9,6 +9,7 @@ import pytest
 
 from sifluoro.acquire.dicom_reader import iter_frames, read_study
 from sifluoro.cli import main
+from sifluoro.errors import MultipleStudiesError
 from sifluoro.contract import replay_output_violations
 from tests.dicom_fixtures import PATIENT_ID, PATIENT_NAME, RunSpec, write_study
 
@@ -1045,3 +1046,24 @@ def tag_for(keyword: str) -> str:
 
     tag = tag_for_keyword(keyword)
     return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+
+
+def test_a_file_cut_inside_its_study_uid_joins_its_study_not_a_new_one(tmp_path, capsys):
+    """Review s19 U1: a file cut inside its (0020,000D) StudyInstanceUID value (an interrupted
+    transfer) made a study of the UID's start: replay refused the input as two studies and
+    dose summary showed two. It joins the study whose UID its own begins (its dose as that
+    study's lost frames); two genuine studies are still two."""
+    uid = "1.2.826.0.1.3680043.8.498.123456789012345678901234"
+    paths = write_study(tmp_path / "s", [RunSpec(0.0), RunSpec(9.0)], study_uid=uid)
+    data = paths[1].read_bytes()
+    at = data.index(b"\x20\x00\x0d\x00") + 8  # explicit VR: tag, "UI", length, then the value
+    paths[1].write_bytes(data[:at + len(uid) - 6])
+    study = read_study([tmp_path / "s"])
+    assert study.study_instance_uid == uid and len(study.runs) == 2
+    assert [r.header_cut for r in study.runs] == [False, True]
+    assert main(["dose", "summary", str(tmp_path / "s"), "--json"]) == 0
+    assert [json.loads(line)["study_instance_uid"] for line in
+            capsys.readouterr().out.splitlines()] == [uid]
+    write_study(tmp_path / "other", [RunSpec(0.0)], study_uid=uid[:-6])  # a whole file: a study
+    with pytest.raises(MultipleStudiesError):
+        read_study([tmp_path / "other", paths[0]])

@@ -198,7 +198,24 @@ def scan(inputs: Iterable[str | Path]) -> ScanResult:
         first_run[run.sop_instance_uid] = run
         runs_by_study.setdefault(run.study_instance_uid, []).append(run)
     runs_by_study = {uid: runs for uid, runs in runs_by_study.items() if runs}
+    _join_cut_study_uids(runs_by_study)
     return ScanResult(runs_by_study, rejected, dose_reports, frozenset(report_studies))
+
+
+def _join_cut_study_uids(runs_by_study: dict[str, list[Run]]) -> None:
+    """A file cut inside its header (an interrupted transfer) may end inside its
+    StudyInstanceUID: the UID read is then the start of its study's. Such files, when their
+    UID is the start of exactly one other study's in the input, join that study (their dose,
+    from the header read, counted there as lost frames) rather than make a study that does not
+    exist: replay refused the input as two studies, dose summary showed two (review s19 U1)."""
+    for uid in [u for u, runs in runs_by_study.items() if all(r.header_cut for r in runs)]:
+        whole = [u for u in runs_by_study if u != uid and u.startswith(uid)]
+        if len(whole) != 1:
+            continue
+        for run in runs_by_study.pop(uid):
+            log.warning("%s: cut inside its header, its (0020,000D) StudyInstanceUID read as the "
+                        "start of %s's: taken as that study's", run.path, shown_uid(whole[0]))
+            runs_by_study[whole[0]].append(replace(run, study_instance_uid=whole[0]))
 
 
 def _same_bytes(a: Path, b: Path) -> bool:
@@ -412,6 +429,7 @@ def run_from_dataset(ds: Dataset, path: str | Path) -> Run:
     Raises a typed ``InputError`` naming the tag at fault when the instance cannot be used.
     """
     path = str(path)
+    header_cut = False
     sop_class = UID(str(ds.get("SOPClassUID", "")))
     if not sop_class:
         if UID(str(getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID", ""))) \
@@ -472,6 +490,7 @@ def run_from_dataset(ds: Dataset, path: str | Path) -> Run:
         else:
             offset, reader = pixel_tag_at, pixel_readers.read_encapsulated_cut
     else:  # the file ends before its pixel data
+        header_cut = True
         cut = ("the file ends before its pixel data, so it was most likely cut short inside "
                "its header (an interrupted transfer?); send or export it again")
         try:
@@ -515,6 +534,7 @@ def run_from_dataset(ds: Dataset, path: str | Path) -> Run:
         pixel_intensity_relationship=fields.pixel_intensity_relationship,
         pixel_offset=offset,
         timing_unknown=fields.timing_unknown,
+        header_cut=header_cut,
         read_frames=reader,
     )
 
