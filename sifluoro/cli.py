@@ -179,6 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     except SifluoroError as exc:  # typed errors name the file/setting at fault: say it, exit 2
         print(f"sifluoro: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # an output the checks let through (a full disk): one line, not a trace
+        logging.getLogger("sifluoro").debug("output failed", exc_info=True)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"sifluoro: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -68,15 +68,30 @@ def replay(inputs: Iterable[str | Path], *, events_path: str | Path, summary_pat
     t_stream = time.perf_counter()
     overlays = (OverlayWriter(overlay_png_dir, overlay_mp4, stages=state.stage_names)
                 if overlay_png_dir is not None or overlay_mp4 is not None else None)
-    with replaced(events_path) as out:
-        lost: list = []  # (run, first frame not decoded) of damaged runs
-        lost_frames = LostFrames(study, lost, lambda run, first: count_lost(state, run, first))
-        frames = lost_frames.passing(read_ahead(iter_frames(study, rejected, lost),
-                                                settings.queue_frames, study.runs))
-        for frame, event in pipeline.process_frames(frames, state):
-            out.write(json.dumps(event, separators=(",", ":")) + "\n")
-            if overlays is not None:
-                overlays.add(frame, event)
+    events_error = None  # a full disk stops the events, not the study: its dose goes on
+    lost: list = []  # (run, first frame not decoded) of damaged runs
+    lost_frames = LostFrames(study, lost, lambda run, first: count_lost(state, run, first))
+    try:
+        with replaced(events_path) as out:
+            frames = lost_frames.passing(read_ahead(iter_frames(study, rejected, lost),
+                                                    settings.queue_frames, study.runs))
+            for frame, event in pipeline.process_frames(frames, state):
+                if events_error is None:
+                    try:
+                        out.write(json.dumps(event, separators=(",", ":")) + "\n")
+                    except OSError as exc:
+                        events_error = f"{events_path}: {exc.strerror or exc}"
+                        log.error("events can no longer be written (%s); the study goes on and "
+                                  "its summary says so", events_error)
+                if overlays is not None:
+                    overlays.add(frame, event)
+            if events_error is not None:
+                raise _EventsLost  # an incomplete file replaces nothing
+    except _EventsLost:
+        pass
+    except OSError as exc:  # at the file's close: its last lines
+        events_error = f"{events_path}: {exc.strerror or exc}"
+        log.error("events could not be written: %s", events_error)
     if overlays is not None:
         overlays.close()
     t_end = time.perf_counter()
@@ -85,6 +100,9 @@ def replay(inputs: Iterable[str | Path], *, events_path: str | Path, summary_pat
     lost_frames.rest()
     summary = build_summary(study, state, rejected)
     code = 0 if state.frames else 2
+    if events_error is not None:
+        summary["events_not_written"] = events_error
+        code = code or 1
     if rdsr_path is not None and (state.frames or state.dose.lost_frames):
         try:
             written = write_rdsr(study, state.dose, rdsr_path, settings=settings.dose)
@@ -96,6 +114,10 @@ def replay(inputs: Iterable[str | Path], *, events_path: str | Path, summary_pat
             summary["rdsr"] = str(written)
     write_json(summary_path, summary)
     return ReplayResult(summary, code, t_stream - t_start, t_end - t_stream)
+
+
+class _EventsLost(Exception):
+    """The events file could not be written whole: its temporary file is removed."""
 
 
 class LostFrames:

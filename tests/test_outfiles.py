@@ -257,3 +257,25 @@ def test_a_broken_link_as_the_only_input_writes_nothing(tmp_path, capsys):
                  "--summary", str(tmp_path / "s.json")])
     assert code == 2 and "no such file or folder" in capsys.readouterr().err
     assert not (tmp_path / "s.json").exists()
+
+
+def test_a_full_disk_under_the_events_keeps_the_study_and_its_summary(tmp_path, capsys):
+    """New-user review s19 U2: ``--events /dev/full`` ended the replay with a traceback and no
+    summary (the study's dose lost); a full disk under the summary, a traceback. Now the study
+    goes on, the summary says the events were not written (exit 1), and a summary that cannot
+    be written is one line (exit 1)."""
+    from sifluoro.cli import main
+    from tests.dicom_fixtures import RunSpec, write_study
+
+    write_study(tmp_path / "s", [RunSpec(0.0, n_frames=3)])
+    code = main(["replay", str(tmp_path / "s"), "--events", "/dev/full", "--summary",
+                 str(tmp_path / "s.json"), "-q"])
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert code == 1 and summary["frames"] == 3 and summary["air_kerma_mgy"] > 0
+    assert summary["events_not_written"].startswith("/dev/full: No space left on device")
+    capsys.readouterr()
+    code = main(["replay", str(tmp_path / "s"), "--events", str(tmp_path / "e.jsonl"),
+                 "--summary", "/dev/full", "-q"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.strip().endswith("No space left on device") and "Traceback" not in err
+    assert len((tmp_path / "e.jsonl").read_text().splitlines()) == 3
