@@ -113,7 +113,8 @@ class StudyNotFoundError(InputError):
         super().__init__(f"study {study_uid} ends {len(self.found)} studies' UIDs ({listed}); "
                          "give more of it in --study" if ambiguous else
                          f"study {study_uid} is not in the input (its studies: {listed}); "
-                         "check --study", tag="(0020,000D) StudyInstanceUID")
+                         "check --study (a UID, or a unique end of one, 8 characters or more)",
+                         tag="(0020,000D) StudyInstanceUID")
 
 
 class ConfigError(SifluoroError):
