@@ -1067,3 +1067,14 @@ def test_a_file_cut_inside_its_study_uid_joins_its_study_not_a_new_one(tmp_path,
     write_study(tmp_path / "other", [RunSpec(0.0)], study_uid=uid[:-6])  # a whole file: a study
     with pytest.raises(MultipleStudiesError):
         read_study([tmp_path / "other", paths[0]])
+
+
+def test_dose_summary_of_a_folder_counts_its_non_dicom_files_on_one_line(tmp_path, capsys):
+    """New-user review s19 U15: a folder's notes gave one "rejected ...; remove it from the
+    input" line each (audit ingest counted them already); a damaged DICOM is still named."""
+    write_study(tmp_path / "in" / "s", [RunSpec(0.0)])
+    for k in range(4):
+        (tmp_path / "in" / f"notes{k}.txt").write_text("not DICOM")
+    assert main(["dose", "summary", str(tmp_path / "in")]) == 0
+    out = capsys.readouterr().out
+    assert "passed over 4 files, not DICOM:" in out and "remove it" not in out

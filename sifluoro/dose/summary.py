@@ -379,6 +379,12 @@ def table(studies: list[StudyDose], rejected: list[Rejection] = ()) -> str:
     if bounded:
         lines.append("≥ a lower bound: the study has events of unknown dose, not counted "
                      "(events_dose_unknown in --json)")
+    # a folder's notes and exports are counted, not listed one by one as faults (review s19)
+    not_dicom = [r for r in rejected if r.error == "NotDicomError"]
     for r in rejected:
-        lines.append(f"rejected {r.file}: {r.reason}")
+        if r.error != "NotDicomError" or len(not_dicom) == 1:
+            lines.append(f"rejected {r.file}: {r.reason}")
+    if len(not_dicom) > 1:
+        shown = ", ".join(r.file for r in not_dicom[:3]) + (", ..." if len(not_dicom) > 3 else "")
+        lines.append(f"passed over {len(not_dicom)} files, not DICOM: {shown}")
     return "\n".join(lines)
