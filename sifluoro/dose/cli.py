@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -30,11 +31,23 @@ def _summary(args) -> int:
 def _psd(args) -> int:
     from sifluoro.dose.rdsr_read import read_rdsr
     from sifluoro.dose.skin import estimate_peak_skin_dose, pyskindose_peak_skin_dose
+    from sifluoro.acquire.dicom_reader import iter_input_files
+    from sifluoro.dose.rdsr_read import is_dose_report
     from sifluoro.errors import InputError
 
     status = 0
     print("peak skin dose ESTIMATES (mGy); not a measurement")
-    for path in args.rdsrs:
+    paths = []
+    for given in args.rdsrs:  # a folder: the dose reports in it (as dose summary walks one)
+        if not os.path.isdir(given):
+            paths.append(given)
+            continue
+        found = [str(p) for p in iter_input_files([given]) if _is_report(p, is_dose_report)]
+        if not found:
+            print(f"sifluoro: {given}: no dose report in the folder", file=sys.stderr)
+            status = 2
+        paths.extend(found)
+    for path in paths:
         try:
             report = read_rdsr(path)
         except InputError as exc:
@@ -55,9 +68,19 @@ def _psd(args) -> int:
             except ImportError:
                 line += "; pyskindose not installed (pip install pyskindose==25.1.1)"
             except Exception as exc:  # pyskindose's own limits (geometry it cannot handle)
-                line += f"; pyskindose failed ({type(exc).__name__})"
+                why = " ".join(str(exc).split())[:160]
+                line += f"; pyskindose failed ({type(exc).__name__}{': ' + why if why else ''})"
         print(line)
     return status
+
+
+def _is_report(path, is_dose_report) -> bool:
+    import pydicom
+
+    try:
+        return is_dose_report(pydicom.dcmread(path, stop_before_pixels=True))
+    except Exception:  # not DICOM, damaged: not a report to estimate from
+        return False
 
 
 def add_dose_parser(subparsers) -> argparse.ArgumentParser:
@@ -70,7 +93,7 @@ def add_dose_parser(subparsers) -> argparse.ArgumentParser:
                    help="one JSON object per study per line (docs/contract.md §4)")
     p.set_defaults(func=_summary)
     p = sub.add_parser("psd", help="peak skin dose ESTIMATE per RDSR (see sifluoro/dose/skin.py)")
-    p.add_argument("rdsrs", nargs="+", metavar="RDSR", help="X-Ray Radiation Dose SR files")
+    p.add_argument("rdsrs", nargs="+", metavar="RDSR", help="X-Ray Radiation Dose SR files, or folders holding them")
     p.add_argument("--pyskindose", action="store_true",
                    help="also pyskindose's estimate (optional dependency)")
     p.set_defaults(func=_psd)

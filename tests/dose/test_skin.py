@@ -88,3 +88,16 @@ def test_psd_command_with_pyskindose_prints_no_progress_bars(vendor_dir, capfd):
     assert main(["dose", "psd", "--pyskindose", str(vendor_dir / "siemens_axiom_artis.dcm")]) == 0
     out, err = capfd.readouterr()
     assert "; pyskindose " in out and "%|" not in out + err and "it/s" not in out + err
+
+
+def test_psd_command_walks_a_folder_for_its_dose_reports(vendor_dir, tmp_path, capsys):
+    """New-user review s19 U7: a folder gave "cannot be parsed (IsADirectoryError ...)"."""
+    import shutil
+
+    shutil.copy(vendor_dir / "siemens_axiom_artis.dcm", tmp_path / "r.dcm")
+    (tmp_path / "notes.txt").write_text("not DICOM")
+    assert main(["dose", "psd", str(tmp_path)]) == 0
+    assert "r.dcm: 1.35 (Ka,r total 1.36 mGy" in capsys.readouterr().out
+    (tmp_path / "empty").mkdir()
+    assert main(["dose", "psd", str(tmp_path / "empty")]) == 2
+    assert "no dose report in the folder" in capsys.readouterr().err
