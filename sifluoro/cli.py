@@ -26,7 +26,11 @@ def _replay(args) -> int:
                     settings=settings, study_uid=args.study, rdsr_path=args.rdsr,
                     stages=make_stages(args.stages, settings),
                     overlay_png_dir=args.overlay_png, overlay_mp4=args.overlay_mp4)
-    if not args.quiet:
+    read_nothing = not result.summary.get("runs") and not result.summary.get("dose_reports")
+    if read_nothing:  # a table of a blank study and zero dose would read as a result
+        for r in result.summary.get("rejected_files", []):
+            print(f"sifluoro: rejected {r['file']}: {r['reason']}", file=sys.stderr)
+    elif not args.quiet:
         print(format_summary(result.summary))
     if result.exit_code == 2:
         reports = result.summary.get("dose_reports") or []

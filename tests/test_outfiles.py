@@ -279,3 +279,17 @@ def test_a_full_disk_under_the_events_keeps_the_study_and_its_summary(tmp_path, 
     err = capsys.readouterr().err
     assert code == 1 and err.strip().endswith("No space left on device") and "Traceback" not in err
     assert len((tmp_path / "e.jsonl").read_text().splitlines()) == 3
+
+
+def test_a_replay_of_a_lone_non_dicom_file_prints_its_rejection_not_a_blank_study(tmp_path,
+                                                                                  capsys):
+    """New-user review s19 U14: a blank study's table of zeros came before the error."""
+    from sifluoro.cli import main
+
+    (tmp_path / "notes.txt").write_text("not DICOM")
+    code = main(["replay", str(tmp_path / "notes.txt"), "--events", str(tmp_path / "e.jsonl"),
+                 "--summary", str(tmp_path / "s.json")])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    assert "rejected" in captured.err and "notes.txt: not a DICOM file" in captured.err
+    assert "no frame could be processed" in captured.err
