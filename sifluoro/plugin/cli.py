@@ -239,8 +239,10 @@ def _serve_igtl(args) -> int:
     finally:
         short = server.close()
     # after the close's flush: a client that stalled did not get all of them
-    print(f"OpenIGTLink: {sink.frames} frames sent, {sink.tips_sent} with a tip "
-          f"({summary['frames']} processed)"
+    print(f"OpenIGTLink: {sink.frames_to_clients} of {sink.frames} frames sent to a client "
+          f"({sink.tips_sent} with a tip; {summary['frames']} processed)"
+          if sink.frames_to_clients else
+          f"OpenIGTLink: no client was connected: none of {summary['frames']} frames sent"
           + (f"; {short} client(s) fell behind and did not receive every message" if short
              else ""), flush=True)
     return study.finish()

@@ -214,8 +214,9 @@ class IgtlServer:
             return self._connected.wait_for(lambda: self._clients or self._closed, timeout_s) \
                 and bool(self._clients)
 
-    def send(self, messages: Sequence[pyigtl.MessageBase]) -> None:
-        """Send ``messages`` to every client (packed once; images coalesced per client)."""
+    def send(self, messages: Sequence[pyigtl.MessageBase]) -> int:
+        """Send ``messages`` to every client (packed once; images coalesced per client);
+        returns how many clients they went to."""
         ordered, image = [], None
         for message in messages:
             packed = message.pack()
@@ -227,6 +228,7 @@ class IgtlServer:
             clients = list(self._clients)
         for client in clients:
             client.put(ordered, image)
+        return len(clients)
 
     def note_short_client(self) -> None:
         with self._lock:
@@ -332,6 +334,7 @@ class IgtlSink:
         self.server = server
         self.image_every = image_every
         self.frames = 0
+        self.frames_to_clients = 0  # frames sent while a client was connected
         self.tips_sent = 0
         self._warned_spacing = False
         self._last_tip_matrix: np.ndarray | None = None  # of the last frame, when it showed one
@@ -416,7 +419,8 @@ class IgtlSink:
 
     def frame(self, frame: Frame, event: FrameEvent, overlay_bgr: np.ndarray | None) -> None:
         messages = self.messages(frame, event, overlay_bgr)
-        self.server.send(messages)
+        if self.server.send(messages):
+            self.frames_to_clients += 1
         self.frames += 1
         self.tips_sent += sum(1 for msg in messages
                               if msg.device_name == "Tip" and not isinstance(msg, _NoPoints))

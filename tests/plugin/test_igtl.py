@@ -326,3 +326,19 @@ def test_state_carries_the_tips_trust_keeps_alerts_and_a_gone_target_is_cleared(
     assert end["ended"] and end["study_air_kerma_mgy"] == 0.6 and end["air_kerma_mgy"] == 0.5
     assert end["lost_frames"] == 2 and end["contrast"] == "vascular"
     assert end["study_alerts"] == ["vascular uptake: stop"]
+
+
+def test_send_says_how_many_clients_got_the_messages():
+    """New-user review s19 U13: serve-igtl said "48 frames sent" with no client connected;
+    the sink now counts the frames a client was there for."""
+    server = IgtlServer("127.0.0.1", 0)
+    try:
+        assert server.send([pyigtl.StringMessage("x", device_name="State")]) == 0
+        client = socket.create_connection(("127.0.0.1", server.port))
+        deadline = time.monotonic() + 60
+        while server.clients < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert server.send([pyigtl.StringMessage("y", device_name="State")]) == 1
+        client.close()
+    finally:
+        server.close()
