@@ -204,7 +204,9 @@ def _video(args) -> int:
                 else f"{summary['air_kerma_mgy']:.2f} mGy air kerma, {summary['dap_gycm2']:.3f} "
                      f"Gy·cm² DAP [{summary['dose_source']}]")
         print(f"dose       {dose}, fluoro {summary['fluoro_time_s']:.1f} s")
-        print(f"outputs    {args.events}\n           {args.summary}"
+        print(f"outputs    {args.events}"
+              + (" (incomplete: events_not_written in the summary)" if events.error else "")
+              + f"\n           {args.summary}"
               + (f"\n           {args.overlay_mp4}" if args.overlay_mp4 else ""))
     if not summary["frames"]:
         return 2
