@@ -1,6 +1,7 @@
 """The Engine API: typed events to handlers, the same summary as replay, one study per engine."""
 from __future__ import annotations
 
+import logging
 import dataclasses
 import json
 import threading
@@ -540,3 +541,16 @@ def test_the_engine_numbers_frames_a_caller_built_itself(tmp_path, feeding):
     (tmp_path / "e.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
     (tmp_path / "s.json").write_text(json.dumps(summary))
     assert replay_output_violations(tmp_path / "e.jsonl", tmp_path / "s.json") == []
+
+
+def test_a_handler_for_a_stage_that_does_not_run_is_warned_about(caplog):
+    """New-user review s19 U16: ``on("needle", ...)`` without the needle stage was accepted
+    silently and its handler never called."""
+    engine = Engine(NO_DEADLINE, stages=["register"])
+    with caplog.at_level(logging.WARNING, logger="sifluoro"):
+        engine.on("needle", lambda e: None)
+        engine.on("joint", lambda e: None)
+        engine.on("dose", lambda e: None)
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and "the needle stage is not among this engine's stages" in said[0]
+    engine.close()
