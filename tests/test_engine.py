@@ -1,8 +1,8 @@
 """The Engine API: typed events to handlers, the same summary as replay, one study per engine."""
 from __future__ import annotations
 
-import logging
 import dataclasses
+import logging
 import json
 import threading
 
