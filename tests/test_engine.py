@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 import json
+import logging
 import threading
 
 import pytest
