@@ -449,3 +449,14 @@ def test_a_live_capture_ended_by_max_frames_exits_cleanly(tmp_path):
         stop()
     assert proc.returncode == 0, proc.stderr
     assert json.loads((out / "summary.json").read_text())["frames"] == 20
+
+
+def test_a_capture_with_technique_says_its_dap_takes_the_whole_picture(monitor_video, tmp_path,
+                                                                         capsys):
+    """New-user review s19 U3: the estimated DAP took the whole picture as the field without
+    a word (an upper bound when collimated)."""
+    path, spacing, _ = monitor_video
+    args = _args(path, spacing, tmp_path)
+    args.remove("-q")
+    assert main(args) == 0
+    assert "the estimated DAP takes the whole picture as the X-ray field" in capsys.readouterr().err

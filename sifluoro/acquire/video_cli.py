@@ -140,6 +140,9 @@ def _video(args) -> int:
     if technique.sid_mm is None and not args.quiet:
         print("note: without --sid-mm (and kV, mA, pulse width) there is no dose estimate; "
               "fluoroscopy time is still counted", file=sys.stderr)
+    elif not args.quiet:  # a monitor shows no collimator setting
+        print("note: the estimated DAP takes the whole picture as the X-ray field: an upper "
+              "bound when the beam is collimated", file=sys.stderr)
     if args.pulse_rate is None and not args.quiet:
         print(f"note: without --pulse-rate every captured frame counts as a pulse (a capture "
               f"faster than the pulses overstates the dose); the monitor's held last image "
