@@ -203,7 +203,6 @@ def _timed_pass(studies, config: str, repeats: int, timer: type) -> _Passes:
     study's run starts and growing views, not a replay into warm stages. The warm-up calls
     are not frames."""
     from sifluoro.config import Settings
-    from sifluoro.pipeline import Pipeline
 
     settings = Settings(latency_budget_ms=1e9, stage_threads=_threads(config))  # every stage in full
     out = _Passes()
@@ -211,12 +210,7 @@ def _timed_pass(studies, config: str, repeats: int, timer: type) -> _Passes:
         events = []
         for frames in studies:
             timed = [timer(s) for s in _stages(config, settings)]
-            pipeline = Pipeline(timed, settings)
-            state = pipeline.start_study("bench")
-            for run in {f.run.sop_instance_uid: f.run for f in frames}.values():
-                pipeline.prepare_run(run, state)
-            for t in timed:
-                t.ms.clear()
+            pipeline, state = _fresh_pipeline(timed, settings, frames)
             for f in frames:
                 c0 = time.thread_time()
                 events.append(pipeline.process(f, state))
@@ -230,6 +224,20 @@ def _timed_pass(studies, config: str, repeats: int, timer: type) -> _Passes:
     return out
 
 
+def _fresh_pipeline(wrapped: list, settings, frames) -> tuple:
+    """(pipeline, study state) of a new pipeline of the ``wrapped`` stages, the runs of
+    ``frames`` announced (kernels warmed); the warm-up calls are not frames: their times go."""
+    from sifluoro.pipeline import Pipeline
+
+    pipeline = Pipeline(wrapped, settings)
+    state = pipeline.start_study("bench")
+    for run in {f.run.sop_instance_uid: f.run for f in frames}.values():
+        pipeline.prepare_run(run, state)
+    for w in wrapped:
+        w.ms.clear()
+    return pipeline, state
+
+
 def _allocations(studies) -> dict:
     """Memory each stage allocates while processing a frame (tracemalloc's peak above what was
     held before the call, numpy arrays included), p50 and max over the frames of ``studies``
@@ -237,7 +245,6 @@ def _allocations(studies) -> dict:
     import tracemalloc
 
     from sifluoro.config import Settings
-    from sifluoro.pipeline import Pipeline
 
     class Traced(_Timed):
         def process(self, frame, state):
@@ -252,12 +259,7 @@ def _allocations(studies) -> dict:
     mb: dict = {}
     for frames in studies:
         traced = [Traced(s) for s in _stages(CONFIGS[1], settings)]
-        pipeline = Pipeline(traced, settings)
-        state = pipeline.start_study("bench")
-        for run in {f.run.sop_instance_uid: f.run for f in frames}.values():
-            pipeline.prepare_run(run, state)
-        for t in traced:
-            t.ms.clear()
+        pipeline, state = _fresh_pipeline(traced, settings, frames)
         tracemalloc.start()
         try:
             for f in frames:
