@@ -13,6 +13,7 @@ from sifluoro.stages import REPLAY_STAGES, add_stages_argument
 
 
 def _replay(args) -> int:
+    from sifluoro.model import first_few
     from sifluoro.outfiles import check_folder_writable, check_some_input_exists, check_writable
     from sifluoro.replay import format_summary, replay
     from sifluoro.stages import make_stages
@@ -35,8 +36,8 @@ def _replay(args) -> int:
     if result.exit_code == 2:
         reports = result.summary.get("dose_reports") or []
         print("sifluoro: no frame could be processed" + (
-            f"; the inputs hold only dose reports ({', '.join(map(str, reports[:3]))}"
-            f"{', ...' if len(reports) > 3 else ''}): read them with `sifluoro dose summary`"
+            f"; the inputs hold only dose reports ({first_few(reports)}): read them with "
+            "`sifluoro dose summary`"
             if reports and not result.summary.get("runs") else ""), file=sys.stderr)
     return result.exit_code
 

@@ -218,11 +218,11 @@ class Engine:
         if kind not in self._handlers:
             raise ValueError(f"unknown event kind {kind!r}; one of {', '.join(KINDS)}")
         stage = {"needle": "needle", "joint": "register", "contrast": "contrast"}.get(kind)
-        if stage and stage not in (s.name for s in self.pipeline.stages):
+        names = [s.name for s in self.pipeline.stages]
+        if stage and stage not in names:
             # its handler would never be called: say so rather than wait in silence
             log.warning("Engine.on(%r): the %s stage is not among this engine's stages (%s); "
-                        "no %s event will come", kind, stage,
-                        ", ".join(s.name for s in self.pipeline.stages) or "none", kind)
+                        "no %s event will come", kind, stage, ", ".join(names) or "none", kind)
         self._handlers[kind].append(handler)
 
     def feed(self, frame: Frame) -> FrameEvent | None:

@@ -193,6 +193,13 @@ class Frame:
         return self.run.pixel_spacing_xy_mm
 
 
+def first_few(items, most: int = 3) -> str:
+    """The first ``most`` of ``items`` (as text), comma-separated, "..." after when there are
+    more: files named in one line of a message."""
+    items = [str(i) for i in items]
+    return ", ".join(items[:most]) + (", ..." if len(items) > most else "")
+
+
 @dataclass(frozen=True)
 class Rejection:
     """A file (or part of one) that could not be used, and why: ``reason`` says it for a

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import IO, Iterator
 
 from sifluoro.errors import ConfigError
+from sifluoro.model import first_few
 
 
 def _umask() -> int:
@@ -63,8 +64,8 @@ def check_some_input_exists(inputs: tuple[str | Path, ...]) -> None:
     command would otherwise write a summary of zero frames and zero dose for a study it never
     read. One missing among several is the reader's to report, the rest being read."""
     if inputs and not any(os.path.exists(p) for p in inputs):  # a broken link: as the reader
-        shown = ", ".join(map(str, inputs[:3])) + (", ..." if len(inputs) > 3 else "")
-        raise ConfigError(f"{shown}: no such file or folder; nothing was read or written")
+        raise ConfigError(f"{first_few(inputs)}: no such file or folder; nothing was read or "
+                          "written")
 
 
 def check_writable(inputs: tuple[str | Path, ...] = (), **paths: str | Path | None) -> None:

@@ -80,18 +80,21 @@ def replay(inputs: Iterable[str | Path], *, events_path: str | Path, summary_pat
                     try:
                         out.write(json.dumps(event, separators=(",", ":")) + "\n")
                     except OSError as exc:
-                        events_error = f"{events_path}: {exc.strerror or exc}"
-                        log.error("events can no longer be written (%s); the study goes on and "
-                                  "its summary says so", events_error)
+                        events_error = _events_lost(events_path, exc)
                 if overlays is not None:
                     overlays.add(frame, event)
+            if events_error is None:
+                try:  # the last lines: a failure here is the events file's, not the study's
+                    out.flush()
+                except OSError as exc:
+                    events_error = _events_lost(events_path, exc)
             if events_error is not None:
                 raise _EventsLost  # an incomplete file replaces nothing
     except _EventsLost:
         pass
-    except OSError as exc:  # at the file's close: its last lines
-        events_error = f"{events_path}: {exc.strerror or exc}"
-        log.error("events could not be written: %s", events_error)
+    except OSError:  # the failed file's close, once its error is known: said already
+        if events_error is None:
+            raise
     if overlays is not None:
         overlays.close()
     t_end = time.perf_counter()
@@ -118,6 +121,14 @@ def replay(inputs: Iterable[str | Path], *, events_path: str | Path, summary_pat
 
 class _EventsLost(Exception):
     """The events file could not be written whole: its temporary file is removed."""
+
+
+def _events_lost(path, exc: OSError) -> str:
+    """What stopped the events (``summary.events_not_written``), said in the log."""
+    error = f"{path}: {exc.strerror or exc}"
+    log.error("events can no longer be written (%s); the study goes on and its summary says so",
+              error)
+    return error
 
 
 class LostFrames:

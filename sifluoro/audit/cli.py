@@ -51,6 +51,7 @@ def _ingest(args) -> int:
     from sqlalchemy.exc import OperationalError
 
     from sifluoro.audit.ingest import ProcessMapper, db_reason, ingest, serial_mapper
+    from sifluoro.model import first_few
     from sifluoro.outfiles import check_some_input_exists
     from sifluoro.quiet import quiet_pydicom_warnings
 
@@ -76,9 +77,8 @@ def _ingest(args) -> int:
         if r.error != "NotDicomError":
             print(f"sifluoro: not taken {r.file}: {r.reason}", file=sys.stderr)
     if not_dicom:
-        shown = ", ".join(r.file for r in not_dicom[:3]) + (", ..." if len(not_dicom) > 3 else "")
-        print(f"sifluoro: {len(not_dicom)} file(s) passed over, not DICOM: {shown}",
-              file=sys.stderr)
+        print(f"sifluoro: {len(not_dicom)} file(s) passed over, not DICOM: "
+              f"{first_few(r.file for r in not_dicom)}", file=sys.stderr)
     if args.json:
         print(json.dumps(result.as_dict()))
     elif not args.quiet:

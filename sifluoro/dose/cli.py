@@ -29,10 +29,9 @@ def _summary(args) -> int:
 
 
 def _psd(args) -> int:
+    from sifluoro.acquire.dicom_reader import iter_input_files
     from sifluoro.dose.rdsr_read import read_rdsr
     from sifluoro.dose.skin import estimate_peak_skin_dose, pyskindose_peak_skin_dose
-    from sifluoro.acquire.dicom_reader import iter_input_files
-    from sifluoro.dose.rdsr_read import is_dose_report
     from sifluoro.errors import InputError
 
     status = 0
@@ -42,7 +41,7 @@ def _psd(args) -> int:
         if not os.path.isdir(given):
             paths.append(given)
             continue
-        found = [str(p) for p in iter_input_files([given]) if _is_report(p, is_dose_report)]
+        found = [str(p) for p in iter_input_files([given]) if _is_report(p)]
         if not found:
             print(f"sifluoro: {given}: no dose report in the folder", file=sys.stderr)
             status = 2
@@ -74,11 +73,12 @@ def _psd(args) -> int:
     return status
 
 
-def _is_report(path, is_dose_report) -> bool:
-    import pydicom
+def _is_report(path) -> bool:
+    from sifluoro.acquire.dicom_reader import read_header
+    from sifluoro.dose.rdsr_read import is_dose_report
 
     try:
-        return is_dose_report(pydicom.dcmread(path, stop_before_pixels=True))
+        return is_dose_report(read_header(path))
     except Exception:  # not DICOM, damaged: not a report to estimate from
         return False
 

@@ -30,7 +30,7 @@ from sifluoro.dose.rdsr_read import names_an_sr_class, read_rdsr
 from sifluoro.dose.records import (
     SINGLE_PLANE, IrradiationEvent, PlaneTotals, StudyDose, event_duration_s, totals_from_events)
 from sifluoro.errors import InputError
-from sifluoro.model import Rejection, Run, Study
+from sifluoro.model import Rejection, Run, Study, first_few
 
 log = logging.getLogger(__name__)
 
@@ -385,6 +385,6 @@ def table(studies: list[StudyDose], rejected: list[Rejection] = ()) -> str:
         if r.error != "NotDicomError" or len(not_dicom) == 1:
             lines.append(f"rejected {r.file}: {r.reason}")
     if len(not_dicom) > 1:
-        shown = ", ".join(r.file for r in not_dicom[:3]) + (", ..." if len(not_dicom) > 3 else "")
-        lines.append(f"passed over {len(not_dicom)} files, not DICOM: {shown}")
+        lines.append(f"passed over {len(not_dicom)} files, not DICOM: "
+                     f"{first_few(r.file for r in not_dicom)}")
     return "\n".join(lines)
