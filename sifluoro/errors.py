@@ -91,6 +91,11 @@ class UnsupportedPixelDataError(DamagedPixelDataError, UnsupportedDicomError):
     transfer syntax, ...): the file is whole, its frames are not shown, their dose counts."""
 
 
+class DuplicateInstanceError(InputError):
+    """Another file holds the same SOP instance and is used instead (the newer copy): this
+    one is not counted twice."""
+
+
 class MultipleStudiesError(InputError):
     """The input holds more than one study; the caller must choose one."""
 

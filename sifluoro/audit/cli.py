@@ -73,19 +73,25 @@ def _ingest(args) -> int:
     # an archive holds notes, exports and thumbnails beside its studies: those are counted,
     # not listed one by one as faults to fix (--json lists every file)
     not_dicom = [r for r in result.rejected if r.error == "NotDicomError"]
+    older = [r for r in result.rejected if r.error == "DuplicateInstanceError"]
     for r in result.rejected:
-        if r.error != "NotDicomError":
+        if r.error not in ("NotDicomError", "DuplicateInstanceError"):
             print(f"sifluoro: not taken {r.file}: {r.reason}", file=sys.stderr)
     if not_dicom:
         print(f"sifluoro: {len(not_dicom)} file(s) passed over, not DICOM: "
               f"{first_few(r.file for r in not_dicom)}", file=sys.stderr)
+    if older:
+        print(f"sifluoro: {len(older)} file(s) passed over, an older copy of an instance whose "
+              f"newer file is used: {first_few(r.file for r in older)}", file=sys.stderr)
     if args.json:
         print(json.dumps(result.as_dict()))
     elif not args.quiet:
         rate = result.parsed / result.elapsed_s if result.elapsed_s else 0.0
+        dupes = f"{_n(result.duplicates, 'older copy', 'older copies')} of an instance, " \
+            if result.duplicates else ""
         print(f"{_n(result.files, 'file')}: {_n(result.reports, 'dose report')}, "
-              f"{_n(result.images, 'image run')}, {result.unchanged} unchanged, "
-              f"{len(result.rejected)} not taken; {_n(result.studies_new, 'study', 'studies')} "
+              f"{_n(result.images, 'image run')}, {result.unchanged} unchanged, {dupes}"
+              f"{result.not_taken} not taken; {_n(result.studies_new, 'study', 'studies')} "
               f"new, {result.studies_updated} updated in {result.elapsed_s:.1f} s "
               f"({rate:.0f} files/s)")
     return 0 if result.files and len(result.rejected) < result.files else 2

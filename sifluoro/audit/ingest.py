@@ -42,6 +42,7 @@ from sifluoro.audit.settings import AuditSettings
 from sifluoro.config import DoseSettings
 from sifluoro.dose.accumulate import accumulate_study, alert_steps, kerma_alert_levels
 from sifluoro.dose.records import StudyDose
+from sifluoro.errors import DuplicateInstanceError
 from sifluoro.dose.summary import merge_reports, with_runs_outside, with_srdl_reached
 from sifluoro.model import Device, Rejection, Study
 
@@ -65,21 +66,32 @@ PLANE_FIELDS = ("plane", "dap_gycm2", "air_kerma_mgy", "fluoro_dap_gycm2", "fluo
 
 @dataclass
 class IngestResult:
-    """What an ingest did. ``rejected`` lists every file it could not take, with the reason."""
+    """What an ingest did. ``rejected`` lists every file it could not take, with the reason.
+
+    The files partition into ``reports`` and ``images`` (parsed and used), ``unchanged``
+    (recorded before, not read again), ``duplicates`` (older copies of an instance another
+    file holds, rejected as such) and the other rejected files (:attr:`not_taken`)."""
 
     files: int = 0
     unchanged: int = 0
     parsed: int = 0
     reports: int = 0
     images: int = 0
+    duplicates: int = 0
     studies_new: int = 0
     studies_updated: int = 0
     rejected: list[Rejection] = field(default_factory=list)
     elapsed_s: float = 0.0
 
+    @property
+    def not_taken(self) -> int:
+        """Rejected files other than duplicates (each file once)."""
+        return len({r.file for r in self.rejected}) - self.duplicates
+
     def as_dict(self) -> dict:
         return {"files": self.files, "unchanged": self.unchanged, "parsed": self.parsed,
-                "reports": self.reports, "images": self.images, "studies_new": self.studies_new,
+                "reports": self.reports, "images": self.images, "duplicates": self.duplicates,
+                "not_taken": self.not_taken, "studies_new": self.studies_new,
                 "studies_updated": self.studies_updated,
                 "rejected": [r.as_dict() for r in self.rejected],
                 "elapsed_s": round(self.elapsed_s, 3)}
@@ -162,14 +174,14 @@ def ingest(paths: Iterable[str | Path], db: str | Engine, *, settings: AuditSett
     writer = _Writer(engine, settings)
     pending: dict[str, list[ParsedFile]] = {}
     claimed: dict[str, ParsedFile] = {}  # SOP Instance UID -> the file of this ingest used
+    kinds: dict[str, str] = {}  # path -> kind of the files parsed
     for parsed in mapper(partial(parse_chunk, link_key=settings.patient_link_key), chunks):
         for item in parsed:
             result.parsed += 1
             if item.kind == REJECTED:
                 result.rejected.append(item.rejection or Rejection(item.path, item.reason))
                 continue
-            result.reports += item.kind == RDSR
-            result.images += item.kind == IMAGE
+            kinds[item.path] = item.kind
             other = claimed.get(item.sop_instance_uid)
             if other is not None and other.path != item.path:
                 # two copies of one instance (an export and its corrected re-export): the
@@ -189,6 +201,11 @@ def ingest(paths: Iterable[str | Path], db: str | Engine, *, settings: AuditSett
     if pending:
         writer.write_safely(pending, result)
     bar.close()
+    # a parsed file rejected later (an older copy, a run the study cannot order) is not used
+    rejected = {r.file for r in result.rejected}
+    result.reports = sum(k == RDSR and p not in rejected for p, k in kinds.items())
+    result.images = sum(k == IMAGE and p not in rejected for p, k in kinds.items())
+    result.duplicates = len({r.file for r in result.rejected if r.error == DuplicateInstanceError.__name__})
     result.elapsed_s = time.perf_counter() - t0
     return result
 
@@ -257,6 +274,11 @@ class _Writer:
                 rejected += [_older_copy(f.path, newer) for f, newer in older]
                 dropped = {id(f) for f, _ in older}
                 batch = {uid: [f for f in files if id(f) not in dropped] for uid, files in batch.items()}
+                # a study that only got older copies has nothing new: it is not recomputed
+                # (re-ingesting an archive with duplicates "updated" it every time)
+                for uid in [u for u, files in batch.items() if not files]:
+                    del batch[uid]
+                    existing.pop(uid, None)
             batch = {**batch, **{uid: [] for uid in left}}
             existing.update({uid: sid for uid, (sid, _) in left.items()})
             earlier, gone, moved = self._earlier_files(conn, existing, batch)
@@ -466,7 +488,8 @@ def _newer(path: str, than: str) -> bool:
 
 def _older_copy(path: str, newer: str) -> Rejection:
     return Rejection(path, f"(0008,0018) SOPInstanceUID: the same instance as {newer}, a newer "
-                           "file, which is used")
+                           "file, which is used", DuplicateInstanceError.__name__,
+                     "(0008,0018) SOPInstanceUID")
 
 
 def _dedupe(files: list[ParsedFile]) -> list[ParsedFile]:

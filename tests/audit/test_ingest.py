@@ -973,3 +973,40 @@ def test_an_archive_s_non_dicom_files_are_counted_not_listed_as_faults(tmp_path,
     assert out.startswith("7 files: 0 dose reports, 1 image run, 0 unchanged, 6 not taken; "
                           "1 study new, 0 updated")  # counts said in the singular when one
     assert err.count("not taken") == 1 and "SOPInstanceUID" in err
+
+
+def test_ingest_counts_partition_the_files_and_a_reingest_of_duplicates_changes_nothing(
+        tmp_path, capsys):
+    """User review s19 U4: with duplicate instances the line did not add up ("47 files: 2 dose
+    reports, 23 image runs, 0 unchanged, 33 not taken", 58: the older copies counted as image
+    runs and as not taken) and ingesting the same files again "updated" a study."""
+    import os
+    import re
+    import shutil
+
+    from sifluoro.cli import main
+
+    paths = sorted(write_study(tmp_path / "in" / "s1", [RunSpec(0.0), RunSpec(20.0)]))
+    for k, path in enumerate(paths):  # an older export of each run elsewhere
+        copy = tmp_path / "in" / "old" / f"copy{k}.dcm"
+        copy.parent.mkdir(exist_ok=True)
+        shutil.copyfile(path, copy)
+        with open(copy, "ab") as f:  # other bytes (trailing padding), the same instance
+            f.write(b"\0\0")
+        os.utime(copy, ns=(1_700_000_000_000_000_000,) * 2)
+    (tmp_path / "in" / "notes.txt").write_text("not DICOM")
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    lines = []
+    for _ in range(2):
+        assert main(["audit", "ingest", str(tmp_path / "in"), "--db", db]) == 0
+        out, err = capsys.readouterr()
+        lines.append(out)
+        assert "not taken" not in err and "2 file(s) passed over, an older copy" in err
+    counts = [[int(n) for n in re.findall(r"(\d+) (?:files?|image runs?|dose reports?|unchanged|"
+                                          r"older cop(?:y|ies)|not taken)", line.split(";")[0])] for line in lines]
+    for (files, *parts) in counts:
+        assert files == 5 and sum(parts) == files
+    assert lines[0].startswith("5 files: 0 dose reports, 2 image runs, 0 unchanged, 2 older copies "
+                               "of an instance, 1 not taken; 1 study new, 0 updated")
+    assert lines[1].startswith("5 files: 0 dose reports, 0 image runs, 2 unchanged, 2 older copies "
+                               "of an instance, 1 not taken; 0 studies new, 0 updated")
