@@ -112,10 +112,16 @@ def _report(args) -> int:
             and not Path(url.database).is_file():  # a typo made an empty registry
         raise ConfigError(f"--db {args.db}: no registry there (make it with `sifluoro audit "
                           "ingest`)")
-    check_folder_writable(out=args.out)
+    made = not args.out.exists()
+    check_folder_writable(out=args.out)  # before the work, not after it
     written = write_report(args.db, args.out, start=args.start, end=args.end,
                            procedure=args.procedure, settings=_settings(args))
-    if not args.quiet:
+    if not written.studies:
+        if made:
+            args.out.rmdir()  # made empty by the check above
+        print(f"sifluoro: no study in the registry matches{_selection(args)}: no report written",
+              file=sys.stderr)
+    elif not args.quiet:
         print(f"{_n(written.studies, 'study', 'studies')}, "
               f"{_n(written.groups, 'procedure/device group')}, "
               f"{_n(written.outliers, 'outlier')} -> {written.html}")
@@ -132,6 +138,13 @@ def _report(args) -> int:
         print(f"sifluoro: no study has procedure {args.procedure!r}; the registry's procedure "
               f"labels (studies): {listed}", file=sys.stderr)
     return 0 if written.studies else 2
+
+
+def _selection(args) -> str:
+    """The report's selection as the command line gave it (" --from 2030-01-01"), or ""."""
+    parts = [f"--from {args.start}" if args.start else "", f"--to {args.end}" if args.end else "",
+             f"--procedure {args.procedure!r}" if args.procedure else ""]
+    return "".join(f" {p}" for p in parts if p)
 
 
 def _batch_replay(args) -> int:

@@ -64,7 +64,7 @@ def cell(column: str, value) -> str:
 class ReportFiles:
     """What :func:`write_report` wrote, and how much it covered."""
 
-    html: Path
+    html: Path | None  # None: no study matched, nothing written
     csv: dict[str, Path]
     charts: dict[str, Path]
     studies: int
@@ -256,7 +256,8 @@ def _known(values: np.ndarray) -> np.ndarray:
 def write_report(db, out: str | Path, *, start: date | None = None, end: date | None = None,
                  procedure: str | None = None, settings: AuditSettings | None = None) -> ReportFiles:
     """Write ``drl_summary.csv``, ``outliers.csv``, ``monthly_trend.csv``, the charts and
-    ``report.html`` under ``out``.
+    ``report.html`` under ``out``; nothing when no study matches (``studies`` 0, ``html``
+    None: an empty report would read as an audit of nothing).
 
     Parameters
     ----------
@@ -275,12 +276,14 @@ def write_report(db, out: str | Path, *, start: date | None = None, end: date | 
     settings = settings or AuditSettings()
     engine = open_registry(db) if isinstance(db, str) else db
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     labels = None
     if procedure:
         labels = matching_procedures(procedure_counts(engine), procedure)
     data = load_studies(engine, start=start, end=end, procedure=labels)
     tables = build_tables(data, settings)
+    if not tables.n_studies:
+        return ReportFiles(None, {}, {}, 0, 0, 0, tuple(labels or ()))
+    out.mkdir(parents=True, exist_ok=True)
     csv_paths = {"summary": out / "drl_summary.csv", "outliers": out / "outliers.csv",
                  "trend": out / "monthly_trend.csv"}
     for name, rows in (("summary", tables.summary), ("outliers", tables.outliers),

@@ -340,3 +340,19 @@ def test_a_label_stored_before_l5_is_one_group_with_its_newer_form(tmp_path):
     summary = _csv(files.csv["summary"])
     assert [(r[0], r[2]) for r in summary[1:]] == [("Kardiologisk 7,5 b/s", "4")]
     engine.dispose()
+
+
+@pytest.mark.parametrize("selection", [["--procedure", "Knee arthrography"], ["--from", "2030-01-01"]])
+def test_a_report_that_matches_no_study_writes_nothing(tmp_path, capsys, selection):
+    """User review s19 U17: a report matching no study exited 2 but wrote an empty report
+    (report.html, three CSVs of 0 studies)."""
+    from sifluoro.cli import main
+
+    engine = open_registry(f"sqlite:///{tmp_path / 'r.db'}")
+    insert_synthetic_studies(engine, 20, seed=5)
+    engine.dispose()
+    assert main(["audit", "report", "--db", str(tmp_path / "r.db"), "--out", str(tmp_path / "rep"),
+                 *selection]) == 2
+    err = capsys.readouterr().err
+    assert f"no study in the registry matches {selection[0]} " in err and "no report written" in err
+    assert not (tmp_path / "rep").exists()
