@@ -220,7 +220,9 @@ def test_evaluate_cli_exit_codes(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "none"), str(tmp_path / "r")]) == 2
     _write_case(tmp_path, 0, _truth(["none"]), None, None)
     assert main(["evaluate", str(tmp_path / "cases"), str(tmp_path / "results")]) == 1
-    assert "no results for: case000" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    # user review s19 U8: no results at all printed a whole table of 0.0 and n/a first
+    assert out.startswith("no results for: case000 (replay the cases first") and "n/a" not in out
 
 
 def test_tips_and_contrast_not_in_the_pixels_are_reported_apart():
@@ -238,12 +240,14 @@ def test_tips_and_contrast_not_in_the_pixels_are_reported_apart():
                                 "fluoro_time_s": 1.0}, tally)
     r = report(tally)
     assert r["needle"]["detection_rate_3mm"] == pytest.approx(4 / 6, abs=1e-4)
+    # user review s19 U8: "detected 0.6667 of 6 frames" read as a count
+    assert "detected 4 of 6 frames (0.6667)" in format_report(r)
     assert r["needle"]["detectable_tip_frames"] == 4
     assert r["needle"]["detectable_detection_rate_3mm"] == 0.75
     assert r["contrast"]["vascular_sensitivity"] == 0.0  # still a miss on the measure
     assert r["contrast"]["studies_contrast_below_snr3"] == [0]
     text = format_report(r)
-    assert "tips in the pixels (SNR >= 3): detected 0.75 of 4 frames" in text
+    assert "tips in the pixels (SNR >= 3): detected 3 of 4 frames (0.75)" in text
     assert "contrast never above SNR 3 in cases [0]" in text
     # a truth without SNRs (older sets) reports neither
     plain = Tally()
@@ -270,7 +274,7 @@ def test_visible_vessel_sensitivity_uses_the_vessels_own_snr():
     assert [s["vessel_snr_max"] for s in r["per_study"]] == [5.0, 1.5]
     assert r["contrast"]["visible_vessels"] == 1
     assert r["contrast"]["visible_vessel_sensitivity"] == 0.0
-    assert "visible vessels (SNR >= 3) found 0.0 of 1" in format_report(r)
+    assert "visible vessels (SNR >= 3) found 0 of 1 (0.0)" in format_report(r)
 
 
 def test_tip_error_percentiles_are_also_given_on_the_frames_whose_tip_is_in_the_pixels():

@@ -332,8 +332,23 @@ def _na(value) -> str:
     return "n/a" if value is None else str(value)
 
 
+def _of(rate: float | None, total: int, what: str = "") -> str:
+    """A rate as the count it stands for: ``3 of 4 frames (0.75)``."""
+    what = f" {what}" if what else ""
+    if rate is None or not total:
+        return f"n/a (of {total}{what})"
+    return f"{round(rate * total)} of {total}{what} ({rate})"
+
+
+def _case_name(case) -> str:
+    return f"case{case:03d}" if isinstance(case, int) else str(case)
+
+
 def format_report(r: dict) -> str:
     n, j, c, d = r["needle"], r["joint"], r["contrast"], r["dose"]
+    if len(r["studies_without_results"]) == r["studies"]:  # a table of n/a would say nothing
+        return ("no results for: " + ", ".join(_case_name(c) for c in r["studies_without_results"])
+                + " (replay the cases first: sifluoro batch-replay CASES --out RESULTS)")
     missing = r["missing_frames"] - r.get("missing_frames_of_damaged_files", 0)
     lines = [
         f"studies {r['studies']}  (frames missing from the outputs: {r['missing_frames']}, of which "
@@ -341,18 +356,18 @@ def format_report(r: dict) -> str:
         + (f"; {missing} others, scored as showing nothing" if missing else "") + ")",
         f"needle   tip error (of tips reported) median {n['tip_error_mm_median']} mm, p95 "
         f"{n['tip_error_mm_p95']} mm; "
-        f"detected {n['detection_rate_3mm']} of {n['tip_frames']} frames; false tips "
-        f"{n['false_tip_rate']} of {n['no_needle_frames']}; end-on frames {n['end_on_frames']} "
-        f"(within 3 mm: {n['end_on_detection_rate_3mm']})"
-        + (f"; tips in the pixels (SNR >= 3): detected {n['detectable_detection_rate_3mm']} of "
-           f"{n['detectable_tip_frames']} frames, error median "
+        f"detected {_of(n['detection_rate_3mm'], n['tip_frames'], 'frames')}; false tips "
+        f"{_of(n['false_tip_rate'], n['no_needle_frames'], 'frames without a needle')}; end-on "
+        f"frames: within 3 mm {_of(n['end_on_detection_rate_3mm'], n['end_on_frames'])}"
+        + (f"; tips in the pixels (SNR >= 3): detected "
+           f"{_of(n['detectable_detection_rate_3mm'], n['detectable_tip_frames'], 'frames')}, error median "
            f"{n['detectable_tip_error_mm_median']} mm, p95 {n['detectable_tip_error_mm_p95']} mm; "
            f"of those frames, a tip within 0.5 mm on {n['detectable_within_0_5mm_rate']} and "
            f"within 1.5 mm on {n['detectable_within_1_5mm_rate']}"
            if n["detectable_tip_frames"] else ""),
         f"joint    mean distance {j['mean_distance_mm']} mm, coverage {j['coverage_2mm']}, reported "
         f"{j['reported_rate']}, false {_na(j['false_joint_rate'])}; doubled advice right on "
-        f"{j['doubled_cases_advice_right_90pct']} of {j['doubled_cases']} doubled cases (single lines "
+        f"{_of(j['doubled_cases_advice_right_90pct'], j['doubled_cases'], 'doubled cases')} (single lines "
         f"called doubled {j['single_frames_called_doubled_rate']}; per frame: doubled advised "
         f"{j['doubled_frame_sensitivity']}, advice agrees with the truth "
         f"{j['doubled_frame_agreement']}); target "
@@ -363,14 +378,15 @@ def format_report(r: dict) -> str:
         f"within 3 frames {_na(c['detected_within_3_frames_rate'])} of injections "
         f"({c['missed_injections']} never shown), none before injection "
         f"{c['none_before_injection_rate']}"
-        + (f"; visible vessels (SNR >= 3) found {c['visible_vessel_sensitivity']} of "
-           f"{c['visible_vessels']}" if c["visible_vessels"] else "")
+        + (f"; visible vessels (SNR >= 3) found {_of(c['visible_vessel_sensitivity'], c['visible_vessels'])}"
+           if c["visible_vessels"] else "")
         + (f"; contrast never above SNR 3 in cases {c['studies_contrast_below_snr3']}"
            if c["studies_contrast_below_snr3"] else ""),
         "dose     |rel. error| of the study's whole dose, median (max) " + ", ".join(
             f"{k} {v['median_abs_rel_error']} ({v['max_abs_rel_error']})" for k, v in d.items())
         + "; by source: " + "; ".join(
-            f"{src} ({v['studies']} studies) air kerma {v['median_abs_rel_error']} "
+            f"{src} ({v['studies']} {'study' if v['studies'] == 1 else 'studies'}) air kerma "
+            f"{v['median_abs_rel_error']} "
             f"({v['max_abs_rel_error']})"
             for src, v in d["air_kerma_mgy"]["by_source"].items()),
     ]
@@ -378,6 +394,5 @@ def format_report(r: dict) -> str:
         if stage not in r["assessed"]:
             lines[i] = f"{lines[i].split()[0]:8} not assessed (the {stage} stage did not run)"
     if r["studies_without_results"]:
-        lines.append("no results for: " + ", ".join(
-            f"case{c:03d}" if isinstance(c, int) else str(c) for c in r["studies_without_results"]))
+        lines.append("no results for: " + ", ".join(_case_name(c) for c in r["studies_without_results"]))
     return "\n".join(re.sub(r"\bNone\b", "n/a", line) for line in lines)
