@@ -264,7 +264,9 @@ class StudyDose:
                 {"plane": p.plane,
                  "dap_gycm2": None if "dap_gycm2" in unknown_in[p.plane] else p.dap_gycm2,
                  "air_kerma_mgy": None if "air_kerma_mgy" in unknown_in[p.plane] else p.air_kerma_mgy,
-                 "fluoro_time_s": p.fluoro_time_s, "acquisition_time_s": p.acquisition_time_s,
+                 # rounded as the totals (no float noise)
+                 "fluoro_time_s": _round_or_none(p.fluoro_time_s),
+                 "acquisition_time_s": _round_or_none(p.acquisition_time_s),
                  "events": sum(1 for e in self.events if e.plane == p.plane)}
                 for p in self.planes],
             "path": self.path,
@@ -273,3 +275,7 @@ class StudyDose:
         # a time total nothing gives is None too (the SRDL check and alerts take it as 0)
         out.update({field: None for field in unknown_times(self.events, self.planes)})
         return out
+
+
+def _round_or_none(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 6)

@@ -70,9 +70,15 @@ def summarize(paths: Iterable[str | Path], *, settings: DoseSettings | None = No
         ordered = order_runs(runs, rejected)
         study = Study(uid, tuple(ordered))
         dose = accumulate_study(study, settings)
-        by_uid[uid] = dose.study_dose(uid, study.device)
+        by_uid[uid] = replace(dose.study_dose(uid, study.device), path=_folder_of(ordered))
     studies = [with_srdl_reached(by_uid[uid], settings) for uid in sorted(by_uid)]
     return studies, rejected
+
+
+def _folder_of(runs) -> str | None:
+    """The folder holding a study's image files (their common folder), or None."""
+    folders = {os.path.dirname(os.path.abspath(r.path)) for r in runs if r.path}
+    return os.path.commonpath(sorted(folders)) if folders else None
 
 
 def device_report(study: Study, rejected: list[Rejection]) -> StudyDose | None:

@@ -201,6 +201,12 @@ def test_summary_of_image_study_and_cli_table(tmp_path):
     assert s["acquisition_dap_gycm2"] == pytest.approx(0.9)
     assert s["fluoro_time_s"] == pytest.approx(10 * 0.133333, rel=1e-5)
     assert s["dap_gycm2"] == pytest.approx(s["fluoro_dap_gycm2"] + 0.9)
+    # user review s19 U18: per_plane carried float noise (5.199986999999999) beside the
+    # rounded totals, and an image study's path was null
+    (plane,) = s["per_plane"]
+    assert (plane["fluoro_time_s"], plane["acquisition_time_s"]) == (s["fluoro_time_s"],
+                                                                     s["acquisition_time_s"])
+    assert s["path"] == str(tmp_path)
     assert "ACME Medical" in table(studies)
     out = subprocess.run([sys.executable, "-m", "sifluoro", "dose", "summary", "--json", str(tmp_path)],
                          capture_output=True, text=True, check=True).stdout
