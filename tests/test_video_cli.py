@@ -100,8 +100,59 @@ def test_a_missing_device_or_file_is_a_clear_error(tmp_path, capsys):
     captured = capsys.readouterr()
     assert captured.err == f"sifluoro: {tmp_path / 'none.avi'}: no such file; nothing was captured or written\n"
     assert captured.out == "" and list((tmp_path / "out").iterdir()) == []
-    assert main(_args("/dev/video99", 0.3, tmp_path)) == 2  # a device: said by the capture
-    assert "/dev/video99" in capsys.readouterr().err
+    # a device that does not open: said, and nothing written either (user review s19: a
+    # 0-frame session summary and an empty events file)
+    assert main(_args("/dev/video99", 0.3, tmp_path / "out")) == 2
+    err = capsys.readouterr().err
+    assert "/dev/video99" in err and "nothing was captured or written" in err
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_dicom_file_given_to_video_points_to_replay(tmp_path, capsys):
+    """User review s19 U18: a DICOM file was "cannot be opened as video (... unsupported
+    codec ...)" after two technique notes."""
+    from tests.dicom_fixtures import RunSpec, write_study
+
+    (path,) = write_study(tmp_path / "dicom", [RunSpec(0.0)])
+    (tmp_path / "out").mkdir()
+    assert main(_args(path, 0.3, tmp_path / "out")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"sifluoro: {path}: a DICOM file, not video; replay it with `sifluoro replay")
+    assert "note:" not in err and list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_capture_with_part_of_the_technique_names_what_the_estimate_still_needs(
+        monitor_video, tmp_path, capsys):
+    """User review s19 U18: with --kvp alone the note said "without --sid-mm (and kV, mA,
+    pulse width)"; with --sid-mm but no mA it said nothing of a missing estimate."""
+    path, spacing, _ = monitor_video
+    for given, missing in ((["--kvp", "78"], "--ma --pulse-width-ms --sid-mm"),
+                           (["--kvp", "78", "--sid-mm", "1000"], "--ma --pulse-width-ms")):
+        assert main(["video", str(path), "--pixel-spacing-mm", str(spacing), *given, "--max-frames",
+                     "2", "--events", str(tmp_path / "e.jsonl"), "--summary",
+                     str(tmp_path / "s.json")]) == 0
+        err = capsys.readouterr().err
+        assert f"note: without {missing} there is no dose estimate" in err
+        assert "whole picture" not in err
+
+
+def test_a_capture_with_almost_no_joint_line_hints_at_the_polarity(monitor_video, tmp_path, capsys):
+    """User review s19 U11: a bone-bright capture read with the default (bone dark) found a
+    joint line on 2 of 48 frames and said nothing. (Which captures lose their line that way
+    depends on the picture: here a capture without any joint stands for one.)"""
+    _, spacing, _ = monitor_video
+    rng = np.random.default_rng(7)
+    frames = rng.normal(128, 20, (12, 256, 256)).clip(0, 255).astype(np.uint8)
+    blank = write_test_video(tmp_path / "blank.avi", frames, FPS)
+    args = _args(blank, spacing, tmp_path)
+    args.remove("-q")
+    assert main(args) == 0
+    assert "note: a joint line on 0 of 12 frames; if the video shows bone bright" in capsys.readouterr().err
+    for extra in (["--bone-bright"], ["--stages", "none"]):  # said already; no joint looked for
+        args = _args(blank, spacing, tmp_path, *extra)
+        args.remove("-q")
+        assert main(args) == 0
+        assert "--bone-bright" not in capsys.readouterr().err
 
 
 def test_a_capture_without_technique_says_its_dose_is_unknown_not_zero(monitor_video, tmp_path,

@@ -138,7 +138,8 @@ def open_capture(source: str | int) -> cv2.VideoCapture:
 
 def video_frames(source: str | int, settings: VideoSourceSettings,
                  stats: VideoStats | None = None,
-                 stop: threading.Event | None = None) -> Iterator[Frame]:
+                 stop: threading.Event | None = None,
+                 capture: cv2.VideoCapture | None = None) -> Iterator[Frame]:
     """Grey uint16 frames from a video, as one run starting at t = 0 (and a new run of the same
     study each time the picture size changes).
 
@@ -149,9 +150,10 @@ def video_frames(source: str | int, settings: VideoSourceSettings,
     before is dropped; without one, only repeats beyond :data:`HOLD_S` are (module notes);
     ``stats`` counts both. A live source (:func:`is_live_source`) is read on a thread of its
     own (:func:`_live_reads`): it ends when ``stop`` is set, not when a read fails.
+    ``capture``: ``source`` opened already (:func:`open_capture`), released here.
     """
     stats = stats if stats is not None else VideoStats()
-    capture = open_capture(source)
+    capture = capture if capture is not None else open_capture(source)
     live = is_live_source(source)
     try:
         capture_rate, rate_from = ((settings.capture_rate_per_s, "--capture-rate")

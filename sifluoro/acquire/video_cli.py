@@ -90,7 +90,7 @@ def _source(text: str) -> str | int:
 def _video(args) -> int:
     from sifluoro import imaging
     from sifluoro.acquire.video import (HOLD_S, VideoSourceSettings, VideoStats, is_live_source,
-                                        video_frames)
+                                        open_capture, video_frames)
     from sifluoro.config import Settings
     from sifluoro.engine import Engine
     from sifluoro.errors import InputError
@@ -108,6 +108,9 @@ def _video(args) -> int:
     # a mistyped file: no session to record ("%" is OpenCV's image sequence, f_%03d.png)
     if not live_source and "%" not in source and not os.path.exists(source):
         raise ConfigError(f"{source}: no such file; nothing was captured or written")
+    if not live_source and _is_dicom(source):
+        raise ConfigError(f"{source}: a DICOM file, not video; replay it with `sifluoro replay "
+                          f"{source} --events ... --summary ...`")
     live = args.live or live_source
     technique = Technique(kvp=args.kvp, tube_current_ma=args.ma, pulse_width_ms=args.pulse_width_ms,
                           sid_mm=args.sid_mm, source_to_isocenter_mm=args.source_to_isocenter_mm,
@@ -119,6 +122,14 @@ def _video(args) -> int:
     engine_settings = Settings(latency_budget_ms=args.budget_ms)
     stages = make_stages(args.stages, engine_settings)
     engine = Engine(engine_settings, stages=stages)
+    # the compiled kernels load now, not on the first frame: a grabber is not read while the
+    # first frame waits (0.3 s, its pulses lost, down to 0.1 s for the frame size's warm-up)
+    imaging.warm_up()
+    # before any output is made: a device or URL that does not open leaves no empty session
+    try:
+        capture = open_capture(source)
+    except InputError as exc:
+        raise ConfigError(f"{exc}; nothing was captured or written") from None
     # the stages that ran: one that did not is drawn "not assessed", not as "found nothing"
     overlays = (OverlayWriter(mp4_path=args.overlay_mp4, stages=[s.name for s in stages])
                 if args.overlay_mp4 else None)
@@ -126,8 +137,11 @@ def _video(args) -> int:
     lock = threading.Lock()
     events = _EventsFile(args.events)
 
+    joint_frames = [0]  # frames with a joint line: too few hints at the polarity
+
     def on_frame(frame_event) -> None:
         events.write(frame_event.event)
+        joint_frames[0] += frame_event.event.get("joint") is not None
         with lock:
             frame = pending.pop(frame_event.index, None)
         if overlays is not None and frame is not None:
@@ -137,9 +151,10 @@ def _video(args) -> int:
     paced = live and not live_source   # a file played as a grabber would deliver it
     start = 0.0
     stats = VideoStats()
-    if technique.sid_mm is None and not args.quiet:
-        print("note: without --sid-mm (and kV, mA, pulse width) there is no dose estimate; "
-              "fluoroscopy time is still counted", file=sys.stderr)
+    missing = _missing_technique(args)
+    if missing and not args.quiet:
+        print(f"note: without {' '.join(missing)} there is no dose estimate; fluoroscopy time "
+              "is still counted", file=sys.stderr)
     elif not args.quiet:  # a monitor shows no collimator setting
         print("note: the estimated DAP takes the whole picture as the X-ray field: an upper "
               "bound when the beam is collimated", file=sys.stderr)
@@ -152,11 +167,8 @@ def _video(args) -> int:
     # session's summary (its dose) is still written
     stop = stop_on_signals()
     ended, run = None, None
-    # the compiled kernels load now, not on the first frame: a grabber is not read while the
-    # first frame waits (0.3 s, its pulses lost, down to 0.1 s for the frame size's warm-up)
-    imaging.warm_up()
     try:
-        for frame in video_frames(source, settings, stats, stop):
+        for frame in video_frames(source, settings, stats, stop, capture=capture):
             if frame.run is not run:  # kernels warmed up on the real frame size before it counts
                 run = frame.run
                 engine.prepare(Study(run.study_instance_uid, (run,)))
@@ -207,6 +219,10 @@ def _video(args) -> int:
                 else f"{summary['air_kerma_mgy']:.2f} mGy air kerma, {summary['dap_gycm2']:.3f} "
                      f"Gy·cm² DAP [{summary['dose_source']}]")
         print(f"dose       {dose}, fluoro {summary['fluoro_time_s']:.1f} s")
+        if _polarity_doubtful(summary["frames"], joint_frames[0], args):
+            print(f"note: a joint line on {joint_frames[0]} of {summary['frames']} frames; if the "
+                  "video shows bone bright (white bone on dark soft tissue), run again with "
+                  "--bone-bright", file=sys.stderr)
         print(f"outputs    {args.events}"
               + (" (incomplete: events_not_written in the summary)" if events.error else "")
               + f"\n           {args.summary}"
@@ -216,6 +232,29 @@ def _video(args) -> int:
     # stopped by the operator is how a capture ends; cut off by the source is not, and events
     # that could not be written leave an incomplete record
     return 1 if (ended and ended != STOPPED) or events.error else 0
+
+
+def _polarity_doubtful(frames: int, joint_frames: int, args) -> bool:
+    """Bone-bright video read as bone-dark finds a joint line on almost no frame (s19 U11:
+    2 of 48, 24 of 24 with --bone-bright)."""
+    return (not args.bone_bright and "register" in args.stages and frames >= 10
+            and joint_frames < 0.2 * frames)
+
+
+def _is_dicom(path: str) -> bool:
+    """A DICOM Part 10 file ('DICM' after the 128-byte preamble)."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+
+
+def _missing_technique(args) -> list[str]:
+    """The options the dose estimate still needs (kV, tube load, a distance to the source)."""
+    return [option for option, given in (
+        ("--kvp", args.kvp), ("--ma", args.ma), ("--pulse-width-ms", args.pulse_width_ms),
+        ("--sid-mm", args.sid_mm or args.source_to_isocenter_mm)) if given is None]
 
 
 def add_video_parser(subparsers) -> argparse.ArgumentParser:
