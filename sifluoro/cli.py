@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -172,6 +173,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_IMAGE_COMMANDS = ("replay", "demo", "video", "receive", "batch-replay", "simulate")
+
+
+def kernels_cached(package_dir: Path = Path(__file__).parent) -> bool:
+    """Whether numba's cache holds the image kernels (the register stage's, which every image
+    command compiles; numba writes them beside the module). A cache elsewhere
+    (``NUMBA_CACHE_DIR``, or numba's user-wide one when the package cannot be written) is
+    taken as present: it is not looked for."""
+    cache = package_dir / "register" / "__pycache__"
+    if os.environ.get("NUMBA_CACHE_DIR") or not os.access(cache if cache.is_dir() else package_dir / "register", os.W_OK):
+        return True
+    return any(cache.glob("_kernels.*.nbi"))
+
+
 def main(argv: list[str] | None = None) -> int:
     from sifluoro.quiet import quiet_pydicom_warnings
 
@@ -179,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     quiet_pydicom_warnings()  # logged by pydicom: not printed a second time
+    if args.command in _IMAGE_COMMANDS and not getattr(args, "quiet", False) and not kernels_cached():
+        print("sifluoro: first run: compiling the image kernels (about 20 s, once; later runs "
+              "load them in about a second)", file=sys.stderr)
     try:
         return args.func(args)
     except SifluoroError as exc:  # typed errors name the file/setting at fault: say it, exit 2

@@ -35,3 +35,21 @@ def test_help_exits_cleanly():
     done = subprocess.run([sys.executable, "-m", "sifluoro.acquire.receiver", "--help"],
                           capture_output=True, text=True, check=True)
     assert "--ae-title" in done.stdout
+
+
+def test_a_cold_kernel_cache_is_said_before_the_first_image_command(tmp_path, monkeypatch, capsys):
+    """User review s19 U10: the first command after install was silent for ~20 s while numba
+    compiled into the package's __pycache__."""
+    from sifluoro import cli
+
+    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    (tmp_path / "register" / "__pycache__").mkdir(parents=True)
+    assert not cli.kernels_cached(tmp_path)
+    (tmp_path / "register" / "__pycache__" / "_kernels.best_path-40.py311.nbi").write_bytes(b"")
+    assert cli.kernels_cached(tmp_path)
+    monkeypatch.setattr(cli, "kernels_cached", lambda: False)
+    cli.main(["replay", str(tmp_path / "none"), "--events", str(tmp_path / "e.jsonl"),
+              "--summary", str(tmp_path / "s.json")])
+    assert "first run: compiling the image kernels" in capsys.readouterr().err
+    cli.main(["dose", "summary", str(tmp_path / "none")])
+    assert "compiling" not in capsys.readouterr().err  # no image kernels there
