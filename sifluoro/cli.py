@@ -34,6 +34,9 @@ def _replay(args) -> int:
             print(f"sifluoro: rejected {r['file']}: {r['reason']}", file=sys.stderr)
     elif not args.quiet:
         print(format_summary(result.summary))
+        written = [args.events, args.summary, result.summary.get("rdsr"), args.overlay_mp4,
+                   args.overlay_png and f"{args.overlay_png}/ (a PNG per frame)"]
+        print("outputs    " + "\n           ".join(str(w) for w in written if w))
     if result.exit_code == 2:
         reports = result.summary.get("dose_reports") or []
         print("sifluoro: no frame could be processed" + (

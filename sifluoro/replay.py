@@ -14,7 +14,7 @@ from sifluoro.config import Settings
 from sifluoro.contract import dose_value
 from sifluoro.dose.rdsr_write import write_rdsr
 from sifluoro.dose.summary import device_report
-from sifluoro.model import Frame, Rejection, Run, Study
+from sifluoro.model import Frame, Rejection, Run, Study, first_few
 from sifluoro.outfiles import replaced
 from sifluoro.overlay import OverlayWriter
 from sifluoro.pipeline import Pipeline, Stage, latency_summary, read_ahead
@@ -58,7 +58,8 @@ def replay(inputs: Iterable[str | Path], *, events_path: str | Path, summary_pat
                         settings)
     state = pipeline.start_study(study.study_instance_uid)
     rejected: list[Rejection] = list(study.rejected)
-    report = device_report(study, rejected)
+    other_reports: list[str] = []
+    report = device_report(study, rejected, other_reports)
     if report is not None:  # its exposures outside the stored images can reach alert levels
         state.alerts.extend(a.as_dict() for a in state.dose.use_report(report, study.runs))
     for run in study.runs:
@@ -102,6 +103,8 @@ def replay(inputs: Iterable[str | Path], *, events_path: str | Path, summary_pat
              ", ".join(state.stage_names) or "dose only")
     lost_frames.rest()
     summary = build_summary(study, state, rejected)
+    if other_reports:  # an archive folder: said, not dropped in silence (user review s19)
+        summary["other_studies_dose_reports"] = other_reports
     code = 0 if state.frames else 2
     if events_error is not None:
         summary["events_not_written"] = events_error
@@ -257,11 +260,11 @@ def format_summary(summary: dict) -> str:
     lost = summary.get("lost_frames") or {}
     unknown = lost.get("runs_dose_unknown")
     if lost.get("frames") and not (lost["air_kerma_mgy"] or lost["dap_gycm2"]) and unknown:
-        lines.append(f"           + {lost['frames']} frames lost in damaged files, their dose "
+        lines.append(f"           + {_count(lost['frames'], 'frame')} lost in damaged files, their dose "
                      "unknown")
     elif lost.get("frames"):
         lines.append(f"           + {lost['air_kerma_mgy']:.2f} mGy, {lost['dap_gycm2']:.3f} Gy·cm² "
-                     f"of {lost['frames']} frames lost in damaged files (in the RDSR, not above)"
+                     f"of {_count(lost['frames'], 'frame')} lost in damaged files (in the RDSR, not above)"
                      + (f"; {unknown} run{'s' if unknown > 1 else ''} of them of unknown dose, "
                         "not counted" if unknown else ""))
     unstored = summary.get("unstored") or {}
@@ -282,4 +285,11 @@ def format_summary(summary: dict) -> str:
         lines.append(f"ALERT      {alert['message']} (frame {alert['index']})")
     for rej in summary["rejected_files"]:
         lines.append(f"rejected   {rej['file']}: {rej['reason']}")
+    if others := summary.get("other_studies_dose_reports"):
+        lines.append(f"not read   {_count(len(others), 'dose report')} of other studies "
+                     f"({first_few(others)}): read them with `sifluoro dose summary`")
     return "\n".join(lines)
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"

@@ -213,3 +213,22 @@ def test_a_study_whose_dose_is_wholly_unknown_has_unknown_totals_in_its_rdsr(tmp
     if shutil.which("dciodvfy"):
         out = subprocess.run(["dciodvfy", str(tmp_path / "dose.dcm")], capture_output=True, text=True)
         assert [l for l in (out.stdout + out.stderr).splitlines() if l.startswith("Error")] == []
+
+
+def test_dose_reports_of_other_studies_are_said_and_the_outputs_listed(tmp_path, capsys):
+    """User review s19 U18: `replay` of an archive folder took its one image study and passed
+    over the other studies' dose reports without a word, and printed no outputs (demo and
+    video do)."""
+    from tests.dose.rdsr_fixtures import Ev, build_rdsr, save
+
+    write_study(tmp_path / "arch" / "study", [RunSpec(0.0, n_frames=4)])
+    other = save(build_rdsr([Ev(uid="1.1", dap_gycm2=1.0)], study_uid="9.9.9"),
+                 tmp_path / "arch" / "other.dcm")
+    assert main(["replay", str(tmp_path / "arch"), "--events", str(tmp_path / "e.jsonl"),
+                 "--summary", str(tmp_path / "s.json")]) == 0
+    out = capsys.readouterr().out
+    assert f"not read   1 dose report of other studies ({other}): read them with" in out
+    assert out.endswith(f"outputs    {tmp_path / 'e.jsonl'}\n           {tmp_path / 's.json'}\n")
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["other_studies_dose_reports"] == [str(other)]
+    assert summary["dose_source"] != "reported"  # not its dose

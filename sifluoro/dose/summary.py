@@ -81,9 +81,11 @@ def _folder_of(runs) -> str | None:
     return os.path.commonpath(sorted(folders)) if folders else None
 
 
-def device_report(study: Study, rejected: list[Rejection]) -> StudyDose | None:
+def device_report(study: Study, rejected: list[Rejection],
+                  others: list[str] | None = None) -> StudyDose | None:
     """The device's dose report of the study among the inputs, its copies and partial reports
-    merged into one (each used alone counted their runs once per report), or None.
+    merged into one (each used alone counted their runs once per report), or None. The
+    reports of other studies are passed over (their paths appended to ``others``).
 
     sifluoro's own earlier report of the study is not the device's: its doses are this
     program's estimates, made again from the images with the current settings."""
@@ -96,6 +98,8 @@ def device_report(study: Study, rejected: list[Rejection]) -> StudyDose | None:
             rejected.append(Rejection.of(path, exc))
             continue
         if report.study_instance_uid != study.study_instance_uid:
+            if others is not None:
+                others.append(path)
             continue
         if report.by_sifluoro:
             log.info("%s: sifluoro's own dose report; the dose is worked out again from the images",
