@@ -17,7 +17,7 @@ import logging
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -175,6 +175,8 @@ def ingest(paths: Iterable[str | Path], db: str | Engine, *, settings: AuditSett
     pending: dict[str, list[ParsedFile]] = {}
     claimed: dict[str, ParsedFile] = {}  # SOP Instance UID -> the file of this ingest used
     kinds: dict[str, str] = {}  # path -> kind of the files parsed
+    cut: list[ParsedFile] = []  # image files cut inside their header
+    seen: set[str] = set()  # the Study UIDs of the other files
     for parsed in mapper(partial(parse_chunk, link_key=settings.patient_link_key), chunks):
         for item in parsed:
             result.parsed += 1
@@ -192,12 +194,20 @@ def ingest(paths: Iterable[str | Path], db: str | Engine, *, settings: AuditSett
                     continue
                 mine = pending.get(other.study_instance_uid, [])
                 mine[:] = [f for f in mine if f is not other]
+                cut = [f for f in cut if f is not other]
             claimed[item.sop_instance_uid] = item
+            if item.run is not None and item.run.header_cut:
+                cut.append(item)  # its Study UID may be cut too: placed once all are seen
+                continue
+            seen.add(item.study_instance_uid)
             pending.setdefault(item.study_instance_uid, []).append(item)
         bar.update(len(parsed))
         while len(pending) >= settings.batch_studies:
             uids = list(pending)[:settings.batch_studies]
             writer.write_safely({u: pending.pop(u) for u in uids}, result)
+    for item in cut:
+        item = _in_its_whole_study(item, seen, engine)
+        pending.setdefault(item.study_instance_uid, []).append(item)
     if pending:
         writer.write_safely(pending, result)
     bar.close()
@@ -208,6 +218,29 @@ def ingest(paths: Iterable[str | Path], db: str | Engine, *, settings: AuditSett
     result.duplicates = len({r.file for r in result.rejected if r.error == DuplicateInstanceError.__name__})
     result.elapsed_s = time.perf_counter() - t0
     return result
+
+
+def _in_its_whole_study(item: ParsedFile, seen: set[str], engine: Engine) -> ParsedFile:
+    """A file cut inside its header may end inside its StudyInstanceUID: when the UID read
+    is the start of exactly one study's (among this ingest's other files and the registry's)
+    and no whole file names it, the file is that study's, as ``replay`` and ``dose summary``
+    take it (a phantom study counted the procedure twice, review s19 U1)."""
+    uid = item.study_instance_uid
+    if not uid or uid in seen:
+        return item
+    with engine.connect() as conn:
+        recorded = set(conn.execute(select(StudyRow.study_instance_uid)
+                                    .where(StudyRow.study_instance_uid.like(uid + "%"))).scalars())
+    if uid in recorded:
+        return item
+    whole = {u for u in seen | recorded if u.startswith(uid) and u != uid}
+    if len(whole) != 1:
+        return item
+    (whole_uid,) = whole
+    log.warning("%s: cut inside its header, its (0020,000D) StudyInstanceUID read as the start of "
+                "%s's: taken as that study's", item.path, whole_uid)
+    return replace(item, study_instance_uid=whole_uid,
+                   run=replace(item.run, study_instance_uid=whole_uid))
 
 
 def _record_new_paths(engine: Engine, unchanged: dict[str, str], chunk: int = 5000) -> None:

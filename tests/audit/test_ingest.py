@@ -1010,3 +1010,31 @@ def test_ingest_counts_partition_the_files_and_a_reingest_of_duplicates_changes_
                                "of an instance, 1 not taken; 1 study new, 0 updated")
     assert lines[1].startswith("5 files: 0 dose reports, 0 image runs, 2 unchanged, 2 older copies "
                                "of an instance, 1 not taken; 0 studies new, 0 updated")
+
+
+@pytest.mark.parametrize("how", ["one ingest", "whole study first"])
+def test_a_file_cut_inside_its_study_uid_joins_its_study_not_a_phantom_one(db_url, tmp_path, how):
+    """User review s19 U1: a run's file cut inside its header, inside the StudyInstanceUID
+    value, made a study of its own in the registry (its UID the start of the real one's): one
+    procedure counted twice, its median DAP halved. It joins its study, as in dose summary."""
+    import pydicom
+
+    paths = sorted(write_study(tmp_path / "in", [RunSpec(0.0, n_frames=4), RunSpec(20.0, n_frames=4)]))
+    uid = pydicom.dcmread(paths[1]).StudyInstanceUID
+    data = paths[1].read_bytes()
+    cut = tmp_path / "late" / "cut.dcm"
+    cut.parent.mkdir()
+    cut.write_bytes(data[:data.index(uid.encode()) + len(uid) // 2])
+    paths[1].unlink()
+    engine = open_registry(db_url)
+    if how == "whole study first":
+        ingest([tmp_path / "in"], engine)
+        result = ingest([cut], engine)
+        assert (result.studies_new, result.studies_updated) == (0, 1)
+    else:
+        ingest([tmp_path / "in", cut], engine)
+    assert list(_studies(engine)) == [uid]
+    assert _counts(engine)["instances"] == 2
+    studies, _ = summarize([tmp_path / "in", cut])
+    assert [s.study_instance_uid for s in studies] == [uid]
+    engine.dispose()
