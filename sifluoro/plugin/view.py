@@ -11,7 +11,7 @@ path               what
 ``/state.json``    ``{"seq", "index", "t_s", "dose": {"fluoro_time_s", "air_kerma_mgy",
                    "dap_gycm2"}, "contrast", "tip_to_target_mm", "tip_to_target_mm_iso",
                    "analysis", "alerts": [...],
-                   "ended", "summary"}`` (``summary`` once the study ended; ``analysis``
+                   "ended", "summary"}`` (``summary`` once the study ended, with its ``stages``; ``analysis``
                    says how fully the frame was analysed, :func:`~sifluoro.engine.frame_analysis`;
                    ``contrast`` is
                    ``not_assessed`` when no contrast stage runs; ``dose`` also holds
@@ -103,7 +103,7 @@ class ViewState:
         damaged files and exposures not stored included: ``study_*``)."""
         keep = ("study_instance_uid", "frames", "runs", "fluoro_time_s", "air_kerma_mgy",
                 "dap_gycm2", "dose_source", "contrast_state", "srdl_exceeded", "study_dose",
-                "lost_frames", "ended_early")
+                "lost_frames", "ended_early", "stages")  # stages: "none" from "not assessed"
         whole = summary.get("study_dose") or {}
         with self._cond:
             dose = {**self._state["dose"], **{f"study_{k}": whole[k] for k in

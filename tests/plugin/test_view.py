@@ -103,8 +103,11 @@ def test_the_ended_page_shows_the_studys_whole_dose_and_every_alert():
     view.update({"index": 0, "t_s": 0.0, "dose": dose, "contrast": {"state": "none"}},
                 np.zeros((4, 4, 3), np.uint8))
     view.finish({"frames": 1, **dose, "study_dose": {**dose, "air_kerma_mgy": 0.687},
-                 "lost_frames": {"frames": 4}, "alerts": [{"kind": "srdl", "message": "SRDL"}]})
+                 "lost_frames": {"frames": 4}, "alerts": [{"kind": "srdl", "message": "SRDL"}],
+                 "contrast_state": "none", "stages": ["register"]})
     state = view.snapshot()
+    # user review s19 U9: without the stages a client could not tell "none" from not assessed
+    assert state["summary"]["stages"] == ["register"]
     assert state["ended"] and state["dose"]["study_air_kerma_mgy"] == 0.687
     assert state["dose"]["air_kerma_mgy"] == 0.634  # the frames' own, beside it
     assert [a["message"] for a in state["alerts"]] == ["SRDL"]
