@@ -69,6 +69,26 @@ def event_violations(e: dict) -> list[str]:
     return bad
 
 
+def _t_s_violations(events: list[dict]) -> list[str]:
+    """``t_s`` never goes down, but for the live receiver's one exception: a run acquired
+    before the first one received keeps its true, earlier ``t_s``, marked ``out_of_order``
+    (it rises within its run, its instance; the events after it go on from those before it)."""
+    errors, last, last_of_run = [], None, {}
+    for e in events:
+        t = e.get("t_s")
+        if not _num(t):
+            continue
+        marked = e.get("out_of_order") is True
+        before = last_of_run.get(e.get("sop_instance_uid")) if marked else last
+        if before is not None and t < before:
+            errors.append(f"t_s goes backwards at index {e.get('index')}")
+        if marked:
+            last_of_run[e.get("sop_instance_uid")] = max(t, before if before is not None else t)
+        else:
+            last = max(t, last if last is not None else t)
+    return errors
+
+
 def replay_output_violations(events_path: str | Path, summary_path: str | Path) -> list[str]:
     """Every way the replay output breaks the contract (empty list when it follows it)."""
     errors, events = [], []
@@ -88,9 +108,8 @@ def replay_output_violations(events_path: str | Path, summary_path: str | Path) 
     keys = [(e.get("sop_instance_uid"), e.get("frame")) for e in events]
     if len(set(keys)) != len(keys):
         errors.append("a (sop_instance_uid, frame) pair appears twice")
+    errors += _t_s_violations(events)
     for a, b in zip(events, events[1:]):
-        if _num(a.get("t_s")) and _num(b.get("t_s")) and b["t_s"] < a["t_s"]:
-            errors.append(f"t_s goes backwards at index {b.get('index')}")
         da, db = a.get("dose") or {}, b.get("dose") or {}
         if any(_num(da.get(k)) and _num(db.get(k)) and db[k] < da[k] - 1e-12 for k in DOSE_KEYS):
             errors.append(f"cumulative dose decreases at index {b.get('index')}")

@@ -101,6 +101,15 @@ def test_the_same_instance_twice_is_stored_once_and_counted(tmp_path, start_rece
     late = [e for e in events if e.get("out_of_order")]
     assert [e["frame"] for e in late] == [1, 2, 3]
     assert late[0]["t_s"] == pytest.approx(-5.0)
+    # the contract's checker knows that exception (user review s19: it said "t_s goes
+    # backwards" of a receiver's own output) but still sees time going back within a run
+    assert replay_output_violations(folder / "events.jsonl", folder / "summary.json") == []
+    lines = (folder / "events.jsonl").read_text().splitlines()
+    backwards = [json.loads(line) for line in lines]
+    backwards[4]["t_s"] = backwards[3]["t_s"] - 1.0
+    (folder / "bad.jsonl").write_text("".join(json.dumps(e) + "\n" for e in backwards))
+    assert replay_output_violations(folder / "bad.jsonl", folder / "summary.json") == [
+        "t_s goes backwards at index 4"]
 
 
 def test_one_events_file_for_two_interleaved_studies_names_each_frames_study(
