@@ -329,6 +329,12 @@ def _atomic_write(path: Path, data: bytes) -> None:
         out.write(data)
 
 
+def _number(cell: str) -> float:
+    """A table cell as a number; an empty cell (unknown: no study of the group gives it) NaN,
+    which a chart leaves out."""
+    return float(cell) if cell != "" else float("nan")
+
+
 def _charts(data: dict[str, np.ndarray], tables: Tables, settings: AuditSettings) -> dict[str, bytes]:
     import matplotlib
 
@@ -343,8 +349,11 @@ def _charts(data: dict[str, np.ndarray], tables: Tables, settings: AuditSettings
     ax = fig.add_subplot()
     labels = [f"{r[0]} | {r[1]}" for r in rows]
     y = np.arange(len(rows))
-    ax.barh(y - 0.2, [float(r[3]) for r in rows], height=0.4, label="median", color="#4C72B0")
-    ax.barh(y + 0.2, [float(r[4]) for r in rows], height=0.4, label="75th percentile", color="#DD8452")
+    median, p75 = [_number(r[3]) for r in rows], [_number(r[4]) for r in rows]
+    ax.barh(y - 0.2, median, height=0.4, label="median", color="#4C72B0")
+    ax.barh(y + 0.2, p75, height=0.4, label="75th percentile", color="#DD8452")
+    for k in np.flatnonzero(np.isnan(median)):  # a group whose every DAP is unknown
+        ax.text(0, y[k], " DAP unknown", va="center", fontsize=8, color="#555555")
     ax.set_yticks(y, labels, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("DAP (Gy·cm²)")
@@ -359,7 +368,7 @@ def _charts(data: dict[str, np.ndarray], tables: Tables, settings: AuditSettings
         ax = fig.add_subplot()
         months = sorted({r[1] for r in trend})
         for proc in sorted({r[0] for r in trend}):
-            mine = {r[1]: float(r[3]) for r in trend if r[0] == proc}
+            mine = {r[1]: _number(r[3]) for r in trend if r[0] == proc and r[3] != ""}
             ax.plot([months.index(m) for m in sorted(mine)], [mine[m] for m in sorted(mine)],
                     marker="o", ms=3, label=proc)
         step = max(1, len(months) // 12)
@@ -380,10 +389,12 @@ def _charts(data: dict[str, np.ndarray], tables: Tables, settings: AuditSettings
             if values.size:
                 ax.hist(values, bins=bins, histtype="step", label=proc)
         ax.set_xscale("log")
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no study of known DAP", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("DAP (Gy·cm²)")
     ax.set_ylabel("studies")
     ax.set_title("DAP distribution per procedure")
-    ax.legend(fontsize=8)
     fig.tight_layout()
     charts["dap_distribution"] = _png(fig)
     return charts

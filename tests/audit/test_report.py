@@ -356,3 +356,24 @@ def test_a_report_that_matches_no_study_writes_nothing(tmp_path, capsys, selecti
     err = capsys.readouterr().err
     assert f"no study in the registry matches {selection[0]} " in err and "no report written" in err
     assert not (tmp_path / "rep").exists()
+
+
+def test_a_group_whose_every_dap_is_unknown_is_charted_as_unknown_not_a_crash(tmp_path, capsys):
+    """User review s20 H1: a procedure/device group with no known DAP (a device writing
+    "Value unknown" for every event) crashed the report on its chart (ValueError: could not
+    convert string to float: ''), leaving CSVs without report.html."""
+    import warnings
+
+    from sifluoro.cli import main
+
+    engine = open_registry(f"sqlite:///{tmp_path / 'r.db'}")
+    insert_synthetic_studies(engine, 40, seed=6)
+    with engine.begin() as conn:
+        conn.execute(StudyRow.__table__.update().values(dap_gycm2=None, air_kerma_mgy=None))
+    engine.dispose()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nor matplotlib's "no artists" on the console
+        assert main(["audit", "report", "--db", str(tmp_path / "r.db"), "--out",
+                     str(tmp_path / "rep")]) == 0
+    assert (tmp_path / "rep" / "report.html").is_file()
+    assert (tmp_path / "rep" / "dap_by_group.png").is_file()
