@@ -59,8 +59,15 @@ def _psd(args) -> int:
         # sum the estimate is made of: they differ by the device's rounding of each event
         total = ("unknown" if "air_kerma_mgy" in report.unknown_totals()
                  else f"{report.air_kerma_mgy:.2f} mGy")
+        if not est.events:  # no number: 0.00 would be copied into a follow-up list
+            print(f"{path}: unknown (none of its {len(report.events)} events gives Ka,r; "
+                  f"Ka,r total {total})")
+            continue
+        n = est.events_without_kerma
+        lower = (f"; {n} event{'' if n == 1 else 's'} without Ka,r left out: a lower bound"
+                 if est.events_without_kerma else "")
         line = (f"{path}: {est.psd_mgy:.2f} (Ka,r total {total}; events' Ka,r {kerma:.2f} mGy, "
-                f"{est.events} events in {len(est.patches)} projection(s))")
+                f"{est.events} events in {len(est.patches)} projection(s){lower})")
         if args.pyskindose:
             try:
                 line += f"; pyskindose {pyskindose_peak_skin_dose(path):.2f}"

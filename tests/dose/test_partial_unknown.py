@@ -59,3 +59,26 @@ def test_a_reports_own_totals_are_not_lower_bounds_when_its_events_lack_a_dose(t
     (study,), _ = summarize([tmp_path / "in"])
     s = study.summary()
     assert s["air_kerma_mgy"] == 450.0 and s["events_dose_unknown"] == 0
+
+
+def test_dose_psd_of_a_report_whose_every_dose_is_unknown_gives_no_number(tmp_path, capsys):
+    """User review s20 H2: `dose psd` of an RDSR whose events all say "Value unknown" printed
+    a peak skin dose of 0.00 mGy ("0 events in 0 projection(s)"), which a physicist would copy
+    into a skin-dose follow-up list; pyskindose then failed on it."""
+    from sifluoro.cli import main
+
+    unknown = technique(kvp=None, tube_current_ma=None, pulse_width_ms=None)
+    write_study(tmp_path / "study", [RunSpec(0.0, n_frames=3, tech=unknown),
+                                     RunSpec(60.0, n_frames=3, tech=unknown)])
+    replay([tmp_path / "study"], events_path=tmp_path / "e.jsonl", summary_path=tmp_path / "s.json",
+           rdsr_path=tmp_path / "r.dcm", stages=[])
+    assert main(["dose", "psd", "--pyskindose", str(tmp_path / "r.dcm")]) == 0
+    out = capsys.readouterr().out
+    assert f"{tmp_path / 'r.dcm'}: unknown (none of its 2 events gives Ka,r; Ka,r total unknown)" in out
+    assert "0.00" not in out and "pyskindose" not in out
+    # one event of unknown dose beside a known one: the estimate is a lower bound, said so
+    write_study(tmp_path / "mixed", [RunSpec(0.0, n_frames=3), RunSpec(60.0, n_frames=3, tech=unknown)])
+    replay([tmp_path / "mixed"], events_path=tmp_path / "e2.jsonl", summary_path=tmp_path / "s2.json",
+           rdsr_path=tmp_path / "r2.dcm", stages=[])
+    assert main(["dose", "psd", str(tmp_path / "r2.dcm")]) == 0
+    assert "; 1 event without Ka,r left out: a lower bound)" in capsys.readouterr().out
