@@ -136,8 +136,14 @@ def draw_overlay(pixels: np.ndarray, photometric: str, event: dict, *, truth: di
             cv2.line(img, (int(round(x0 * 16)), int(round(y0 * 16))),
                      (int(round(x * 16)), int(round(y * 16))), COLOURS["needle"], line, cv2.LINE_AA,
                      shift=4)
-        cv2.drawMarker(img, (int(round(x)), int(round(y))), COLOURS["needle"], cv2.MARKER_TILTED_CROSS,
-                       10 * line, line + 1, cv2.LINE_AA)
+        if _uncertain_tip(needle):  # an open ring and a question, not the confident cross
+            cv2.circle(img, (int(round(x)), int(round(y))), 6 * line, COLOURS["needle"], line,
+                       cv2.LINE_AA)
+            _text(img, "tip? (end-on)" if needle.get("end_on") else "tip? (low confidence)",
+                  (int(round(x)) + 8 * line, int(round(y)) - 4 * line), COLOURS["needle"])
+        else:
+            cv2.drawMarker(img, (int(round(x)), int(round(y))), COLOURS["needle"],
+                           cv2.MARKER_TILTED_CROSS, 10 * line, line + 1, cv2.LINE_AA)
     h = img.shape[0]
     step = int(cv2.getTextSize("Mg", cv2.FONT_HERSHEY_SIMPLEX, _font_scale(img), 1)[0][1] * 1.9)
     dose = event["dose"]
@@ -151,16 +157,25 @@ def draw_overlay(pixels: np.ndarray, photometric: str, event: dict, *, truth: di
                                           if event.get("frame") else "")
          + f"  t={event['t_s']:.2f} s", COLOURS["truth"]),
         (f"fluoro {shown('fluoro_time_s'):.1f} s   Ka,r {shown('air_kerma_mgy'):.2f} mGy   "
-         f"DAP {shown('dap_gycm2'):.3f} Gy.cm2{' (study)' if 'study_air_kerma_mgy' in dose else ''}",
-         COLOURS["truth"]),
+         f"DAP {shown('dap_gycm2'):.3f} Gy.cm2{' (study)' if 'study_air_kerma_mgy' in dose else ''}"
+         + _DOSE_MARK.get(dose.get("dose_source"), ""), COLOURS["truth"]),
     ]
     unassessed = [s for s in ("needle", "contrast") if stages is not None and s not in stages]
     if "contrast" not in unassessed:
-        lines.append((f"contrast: {state.replace('_', '-')}", COLOURS[state]))
+        carried = ("contrast_skipped" in event.get("degraded_steps", ())
+                   or "contrast" in [*event.get("skipped_stages", ()), *event.get("failed_stages", ())])
+        lines.append((f"contrast: {state.replace('_', '-')}"
+                      + (" (not updated this frame)" if carried else "")
+                      # the state that forbids injecting: said on every frame it holds, not
+                      # only on the one whose alert raised it (user review s20 R1)
+                      + (": STOP, do not inject steroid" if state == "vascular" else ""),
+                      COLOURS[state]))
     if unassessed:
         lines.append((f"not assessed: {', '.join(unassessed)}", COLOURS["none"]))
     if event.get("tip_to_target_mm") is not None:
-        lines.append((_tip_to_target_text(event), COLOURS["target"]))
+        lines.append((_tip_to_target_text(event)
+                      + (" (uncertain tip)" if needle and _uncertain_tip(needle) else ""),
+                      COLOURS["target"]))
     elif (event.get("needle") is None and stages is not None and "needle" in stages
           and not event.get("dropped")
           and "needle" not in [*event.get("skipped_stages", ()), *event.get("failed_stages", ())]):
@@ -178,6 +193,18 @@ def draw_overlay(pixels: np.ndarray, photometric: str, event: dict, *, truth: di
     if truth:
         _text(img, "white: ground truth (joint, target +, tip o)", (8, h - 10), COLOURS["truth"])
     return img
+
+
+# an estimate is shown as one (user review s20 R3: the console said [estimated], the overlay
+# showed the same numbers bare)
+_DOSE_MARK = {"estimated": "  (estimated)", "mixed": "  (partly estimated)"}
+UNCERTAIN_TIP_CONFIDENCE = 0.5  # under it (and every end-on dot) a tip is drawn as uncertain
+
+
+def _uncertain_tip(needle: dict) -> bool:
+    """A tip the radiologist should not read as sure: an end-on dot, or one of low confidence
+    (user review s20 R2: a 0.34 end-on dot was drawn as the confident cross with its distance)."""
+    return bool(needle.get("end_on")) or needle.get("confidence", 1.0) < UNCERTAIN_TIP_CONFIDENCE
 
 
 def _tip_to_target_text(event: dict) -> str:

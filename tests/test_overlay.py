@@ -151,3 +151,48 @@ def test_the_banner_is_opaque_over_burned_in_text():
     n_lines = 4  # title, dose, contrast, alert
     assert img[: step * n_lines + base + 1, 6].max() == 0
     assert img[step * n_lines + base + 1:, 6].max() > 0  # the picture below the banner
+
+
+def test_a_vascular_state_says_stop_on_every_frame_and_a_carried_state_says_so(monkeypatch):
+    """User review s20 R1: the STOP instruction was on the alert's one frame only (0.13 s at
+    7.5 pulses/s); the next frames read "contrast: vascular" beside a yellow tip distance, and
+    a frame whose contrast update the deadline skipped showed the carried state unmarked."""
+    vascular = {"state": "vascular", "confidence": 0.6}
+    texts = _texts(monkeypatch, _event(contrast=vascular), ("register", "needle", "contrast"))
+    assert "contrast: vascular: STOP, do not inject steroid" in texts
+    texts = _texts(monkeypatch, _event(contrast=vascular, degraded=True,
+                                       degraded_steps=["contrast_skipped"]), None)
+    assert "contrast: vascular (not updated this frame): STOP, do not inject steroid" in texts
+    texts = _texts(monkeypatch, _event(contrast={"state": "intra_articular", "confidence": 0.9},
+                                       skipped_stages=["contrast"]), None)
+    assert "contrast: intra-articular (not updated this frame)" in texts
+
+
+def test_an_uncertain_tip_is_drawn_as_one(monkeypatch):
+    """User review s20 R2: a 0.34 end-on dot was drawn as the confident green cross with its
+    distance to the target, which a radiologist would trust."""
+    pixels = np.full((200, 200), 2000, np.uint16)
+    for needle, label in (({"tip_xy": [100.0, 100.0], "confidence": 0.34, "end_on": True}, "tip? (end-on)"),
+                          ({"tip_xy": [100.0, 100.0], "confidence": 0.3, "direction_xy": [0.0, 1.0]},
+                           "tip? (low confidence)")):
+        event = _event(needle=needle, target={"xy": [150.0, 100.0]}, tip_to_target_mm=4.8)
+        texts = _texts(monkeypatch, event, ("register", "needle"))
+        assert label in texts and "tip to target 4.8 mm at the detector (uncertain tip)" in texts
+        monkeypatch.undo()
+        img = draw_overlay(pixels, "MONOCHROME2", event)
+        assert _near(img[100, 106], COLOURS["needle"]) and not _near(img[100, 100], COLOURS["needle"])
+    confident = _event(needle={"tip_xy": [100.0, 100.0], "confidence": 0.9, "direction_xy": [0.0, 1.0]},
+                       target={"xy": [150.0, 100.0]}, tip_to_target_mm=4.8)
+    texts = _texts(monkeypatch, confident, ("register", "needle"))
+    assert "tip to target 4.8 mm at the detector" in texts and not any("tip?" in t for t in texts)
+
+
+@pytest.mark.parametrize("source, mark", [("estimated", "  (estimated)"), ("mixed", "  (partly estimated)"),
+                                          ("reported", ""), (None, "")])
+def test_an_estimated_dose_is_marked_as_one(monkeypatch, source, mark):
+    """User review s20 R3: the console said [estimated]; the overlay showed the numbers bare."""
+    dose = {"air_kerma_mgy": 1.16, "dap_gycm2": 0.189, "fluoro_time_s": 6.9}
+    if source:
+        dose["dose_source"] = source
+    texts = _texts(monkeypatch, _event(dose=dose), None)
+    assert f"fluoro 6.9 s   Ka,r 1.16 mGy   DAP 0.189 Gy.cm2{mark}" in texts

@@ -324,10 +324,12 @@ class DoseAccumulator:
         and the study's whole dose (``study_*``, :attr:`study_totals`) when frames lost,
         exposures not stored or a device report that recounted frames already shown make it
         differ: an alert raised by unstored dose must not stand beside a counter that leaves
-        it out."""
+        it out; ``dose_source`` names how the counted frames' dose was had (:attr:`live_source`)."""
         t = self.live
         out = {"air_kerma_mgy": dose_value(t.air_kerma_mgy), "dap_gycm2": dose_value(t.dap_gycm2),
-               "fluoro_time_s": round(t.fluoro_time_s, 6)}
+               "fluoro_time_s": round(t.fluoro_time_s, 6),
+               # a display marks an estimate as one (user review s20 R3)
+               "dose_source": self.live_source}
         if (self._unstored or self.lost_frames or any(self._report_residual.values())
                 or self.recounts):
             whole = self.study_totals
