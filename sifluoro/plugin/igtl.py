@@ -17,7 +17,8 @@ device name   type        content
                           confidence), ``target_visible``, tip-to-target mm,
                           ``scale_unknown`` (no pixel spacing: mm are pixels),
                           cumulative dose (``air_kerma_mgy``, ``dap_gycm2``,
-                          ``fluoro_time_s``; ``study_*`` too when exposures not
+                          ``fluoro_time_s``, ``dose_source``: ``estimated``, ...;
+                          ``study_*`` too when exposures not
                           stored add to the frames'), how fully the frame was
                           analysed (``degraded``, ``degraded_steps``,
                           ``skipped_stages``, ``failed_stages``, ``dropped``,

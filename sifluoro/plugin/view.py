@@ -9,7 +9,7 @@ path               what
 ``/``              the page; it polls ``/state.json`` every 200 ms and reloads the frame when
                    a new one is there
 ``/state.json``    ``{"seq", "index", "t_s", "dose": {"fluoro_time_s", "air_kerma_mgy",
-                   "dap_gycm2"}, "contrast", "tip_to_target_mm", "tip_to_target_mm_iso",
+                   "dap_gycm2", "dose_source"}, "contrast", "tip_to_target_mm", "tip_to_target_mm_iso",
                    "analysis", "alerts": [...],
                    "ended", "summary"}`` (``summary`` once the study ended, with its ``stages``; ``analysis``
                    says how fully the frame was analysed, :func:`~sifluoro.engine.frame_analysis`;
@@ -52,8 +52,10 @@ class ViewState:
         self._seq = 0
         self._jpeg: bytes | None = None
         self._state: dict = {"seq": 0, "index": None, "t_s": None,
-                             "dose": {"fluoro_time_s": 0.0, "air_kerma_mgy": 0.0, "dap_gycm2": 0.0},
-                             "contrast": "none", "tip_to_target_mm": None,
+                             "dose": {"fluoro_time_s": 0.0, "air_kerma_mgy": 0.0, "dap_gycm2": 0.0,
+                                      "dose_source": "none"},
+                             # nothing assessed before the first frame (user review s20 I4)
+                             "contrast": "not_assessed", "tip_to_target_mm": None,
                              "tip_to_target_mm_iso": None, "alerts": [],
                              "ended": False, "summary": None}
         self.closed = False
@@ -258,6 +260,7 @@ PAGE = """<!DOCTYPE html>
   <tr><td>fluoro time</td><td class="v" id="fluoro_time_s" data-value="">-</td><td>s</td></tr>
   <tr><td>air kerma (K<sub>a,r</sub>)</td><td class="v" id="air_kerma_mgy" data-value="">-</td><td>mGy</td></tr>
   <tr><td>DAP</td><td class="v" id="dap_gycm2" data-value="">-</td><td>Gy&middot;cm&sup2;</td></tr>
+  <tr><td>dose</td><td class="v" id="dose_source">-</td><td></td></tr>
   <tr><td>contrast</td><td class="v" id="contrast">-</td><td></td></tr>
   <tr><td>tip to target</td><td class="v" id="tip_to_target_mm">-</td><td id="tip_to_target_plane">mm</td></tr>
  </table>
@@ -268,6 +271,8 @@ PAGE = """<!DOCTYPE html>
 <script>
 "use strict";
 const DIGITS = {fluoro_time_s: 1, air_kerma_mgy: 2, dap_gycm2: 3};
+const SOURCES = {reported: "reported by the device", rdsr: "the device's dose report",
+                 estimated: "estimated", mixed: "partly estimated", none: "unknown"};
 let shown = 0;
 function render(s) {
   for (const key in DIGITS) {
@@ -276,6 +281,8 @@ function render(s) {
     cell.dataset.value = String(value);
     cell.textContent = value.toFixed(DIGITS[key]);
   }
+  // an estimate is said to be one (user review s20 R3)
+  document.getElementById("dose_source").textContent = SOURCES[s.dose.dose_source] ?? "-";
   document.getElementById("contrast").textContent = s.contrast.replace("_", "-");
   // the plane named: at the isocentre (near the joint, as the PACS measures the key frames)
   // when the geometry is known, else at the detector, larger by the magnification

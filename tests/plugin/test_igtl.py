@@ -106,6 +106,7 @@ def test_client_receives_every_tip_at_30_frames_per_second(tmp_path, sifluoro_co
     last_state = json.loads(by_device["State"][-2].string)
     assert last_state["air_kerma_mgy"] == pytest.approx(summary["air_kerma_mgy"], rel=1e-12)
     assert last_state["fluoro_time_s"] == pytest.approx(summary["fluoro_time_s"], rel=1e-9)
+    assert last_state["dose_source"] == summary["dose_source"]  # an estimate said (s20 R3)
     assert summary["stages"] == ["register", "needle"]
     assert last_state["contrast"] == "not_assessed"  # not "none": no contrast stage ran
     assert "2 sent, 0 pending, 0 refused" in server.stdout

@@ -77,6 +77,11 @@ def test_live_page_updates_and_ends_with_the_summary_counters(tmp_path, sifluoro
         assert cell.group(2) == f"{summary[key]:.{digits}f}"
     assert 'data-ended="yes"' in dom and 'data-seq="60"' in dom  # the last frame was shown
     assert 'id="contrast">not-assessed<' in dom
+    # how the dose was had, said beside it (user review s20 R3)
+    sources = {"reported": "reported by the device", "estimated": "estimated",
+               "mixed": "partly estimated"}
+    assert state["dose"]["dose_source"] in sources
+    assert f'id="dose_source">{sources[state["dose"]["dose_source"]]}<' in dom
     assert summary["alerts"][0]["message"] in dom
     assert PATIENT_NAME not in dom and PATIENT_ID not in dom
 
@@ -91,6 +96,14 @@ def test_live_page_updates_and_ends_with_the_summary_counters(tmp_path, sifluoro
     panel = png[:200, frame.shape[1] + 10:]
     assert (panel > 200).mean() > 0.005  # the counters are written there
     assert view.terminate() == 0
+
+
+def test_before_the_first_frame_nothing_is_assessed():
+    """User review s20 I4: /state.json said contrast "none" during the warm-up."""
+    from sifluoro.plugin.view import ViewState
+
+    state = ViewState().snapshot()
+    assert state["contrast"] == "not_assessed" and state["dose"]["dose_source"] == "none"
 
 
 def test_the_ended_page_shows_the_studys_whole_dose_and_every_alert():
