@@ -44,6 +44,7 @@ from sifluoro.dose.records import (
     PlaneTotals,
     StudyDose,
     event_duration_s,
+    events_dose_unknown,
     totals_from_events,
 )
 from sifluoro.dose.units import DOSE_QUANTITIES, MAX_PLAUSIBLE, MAX_PULSE_WIDTH_MS, factor, plausible
@@ -345,6 +346,9 @@ class _Reader:
         # report of estimates is not a device's measurement
         default = _one_source(sources) if sources else "rdsr"
         events = [e if e.dose_source != "none" else replace(e, dose_source=default) for e in events]
+        # an event whose every dose is "Value unknown" has no source, whatever the document's
+        events = [replace(e, dose_source="none") if e.air_kerma_mgy is None and e.dap_gycm2 is None
+                  else e for e in events]
         from_report = bool(planes)
         planes = [self.completed(p, events) for p in planes] + self.uncovered(planes, events)
         if not planes:
@@ -355,7 +359,11 @@ class _Reader:
         return StudyDose(study_instance_uid=study_uid, source="rdsr", device=device,
                          events=tuple(events), planes=tuple(planes), path=self.path,
                          dose_source=_study_source({e.dose_source for e in events} or {default}),
-                         planes_from_report=from_report,
+                         # sifluoro's own totals are its events' sum, which leaves out an
+                         # event of unknown dose (a comment says so): lower bounds then, as read
+                         # from the images (user review s20 P0); a device's count everything
+                         planes_from_report=from_report and not (
+                             self.by_sifluoro and events_dose_unknown(events)),
                          scope_study_instance_uid=scope_uid,
                          by_sifluoro=self.by_sifluoro, created=_created(ds), scope=scope,
                          sop_instance_uid=str(ds.get("SOPInstanceUID", "") or ""),

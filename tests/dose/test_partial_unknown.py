@@ -6,6 +6,7 @@ import shutil
 import subprocess
 
 import pydicom
+import pytest
 
 from sifluoro.dose.summary import summarize, table
 from sifluoro.replay import format_summary, replay
@@ -82,3 +83,23 @@ def test_dose_psd_of_a_report_whose_every_dose_is_unknown_gives_no_number(tmp_pa
            rdsr_path=tmp_path / "r2.dcm", stages=[])
     assert main(["dose", "psd", str(tmp_path / "r2.dcm")]) == 0
     assert "; 1 event without Ka,r left out: a lower bound)" in capsys.readouterr().out
+
+
+def test_sifluoros_own_rdsr_of_unknown_dose_reads_back_as_the_images_say(tmp_path):
+    """User review s20 P0: from the images a study was `dose_source none` (or its totals lower
+    bounds); from sifluoro's RDSR of it, `estimated` with `events_dose_unknown 0`, so the
+    registry's statistics depended on which file was ingested."""
+    unknown = technique(kvp=None, tube_current_ma=None, pulse_width_ms=None)
+    for name, runs in (("unk", [RunSpec(0.0, n_frames=3, tech=unknown), RunSpec(60.0, n_frames=3, tech=unknown)]),
+                       ("part", [RunSpec(0.0, n_frames=3), RunSpec(60.0, n_frames=3, tech=unknown)])):
+        write_study(tmp_path / name, runs)
+        replay([tmp_path / name], events_path=tmp_path / f"{name}.jsonl",
+               summary_path=tmp_path / f"{name}.json", rdsr_path=tmp_path / f"{name}.dcm", stages=[])
+        (from_images,), _ = summarize([tmp_path / name])
+        (from_report,), _ = summarize([tmp_path / f"{name}.dcm"])
+        images, report = from_images.summary(), from_report.summary()
+        for key in ("dose_source", "events_dose_unknown"):
+            assert report[key] == images[key], (name, key)
+        for key in ("air_kerma_mgy", "dap_gycm2"):
+            assert report[key] == (None if images[key] is None else pytest.approx(images[key], rel=1e-9))
+    assert (images["events_dose_unknown"], report["dose_source"]) == (1, "estimated")
