@@ -122,7 +122,9 @@ def _report(args) -> int:
         print(f"sifluoro: no study in the registry matches{_selection(args)}: no report written",
               file=sys.stderr)
     elif not args.quiet:
-        print(f"{_n(written.studies, 'study', 'studies')}, "
+        print(f"{_n(written.studies, 'study', 'studies')}"
+              + (f" ({written.unknown_dose} of unknown dose: fluoroscopy time only)"
+                 if written.unknown_dose else "") + ", "
               f"{_n(written.groups, 'procedure/device group')}, "
               f"{_n(written.outliers, 'outlier')} -> {written.html}")
     if args.procedure and not written.procedures:

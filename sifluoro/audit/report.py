@@ -71,6 +71,7 @@ class ReportFiles:
     groups: int
     outliers: int
     procedures: tuple[str, ...] = ()  # the stored labels ``procedure`` matched
+    unknown_dose: int = 0  # of ``studies``, those whose dose is unknown (fluoroscopy time only)
 
 
 @dataclass(frozen=True)
@@ -102,8 +103,10 @@ def load_studies(engine, *, start: date | None = None, end: date | None = None,
              .join(DeviceRow, DeviceRow.id == StudyRow.device_id)
              .order_by(StudyRow.procedure, StudyRow.study_date, StudyRow.study_instance_uid))
     # a study whose dose is wholly unknown (no report, no technique) is not a 0 in a DRL
-    # statistic: it is left out and counted (:func:`count_unknown_dose`)
-    query = _in_scope(query.where(StudyRow.dose_source != "none"), start, end, procedure)
+    # statistic: its DAP and Ka,r are NULL (NaN, left out of theirs), its fluoroscopy time
+    # counts, and it is counted apart (:func:`count_unknown_dose`; user review s20 P1: it was
+    # dropped whole, its known fluoroscopy time too, and only the HTML said so)
+    query = _in_scope(query, start, end, procedure)
     with engine.connect() as conn:
         rows = conn.execute(query).all()
     columns = list(zip(*rows)) if rows else [()] * 13
@@ -135,7 +138,7 @@ def load_studies(engine, *, start: date | None = None, end: date | None = None,
 
 def count_unknown_dose(engine, *, start: date | None = None, end: date | None = None,
                        procedure: str | list[str] | None = None) -> int:
-    """Studies in scope whose dose is unknown (left out of the statistics)."""
+    """Studies in scope whose dose is unknown (in the fluoroscopy-time statistics only)."""
     query = _in_scope(select(func.count()).select_from(StudyRow)
                       .where(StudyRow.dose_source == "none"), start, end, procedure)
     with engine.connect() as conn:
@@ -300,7 +303,7 @@ def write_report(db, out: str | Path, *, start: date | None = None, end: date | 
     html_path = out / "report.html"
     _atomic_write(html_path, page.encode("utf-8"))
     return ReportFiles(html_path, csv_paths, chart_paths, tables.n_studies,
-                       len(tables.summary) - 1, tables.n_outliers, tuple(labels or ()))
+                       len(tables.summary) - 1, tables.n_outliers, tuple(labels or ()), unknown)
 
 
 def _write_csv(path: Path, rows: list[list[str]]) -> None:
@@ -432,10 +435,11 @@ def _html(tables: Tables, charts: dict[str, bytes], settings: AuditSettings, *,
              "<title>sifluoro dose audit</title>", f"<style>{_CSS}</style>",
              f"<script>{_SCRIPT}</script></head><body>",
              "<h1>Fluoroscopy dose audit</h1>",
-             f'<p class="note">{e(scope)}: {tables.n_studies} studies, {tables.n_outliers} flagged'
-             + (f"; {unknown_dose} more whose dose is unknown (no dose report, no technique to "
-                "estimate it) are left out of the statistics" if unknown_dose else "") + ". "
-             "A study whose air kerma or DAP none of its irradiation events gives counts in "
+             f'<p class="note">{e(scope)}: {tables.n_studies} '
+             f'{"study" if tables.n_studies == 1 else "studies"}, {tables.n_outliers} flagged'
+             + (f"; {unknown_dose} of them of unknown dose (no dose report, no technique to "
+                "estimate it): in the fluoroscopy-time statistics only" if unknown_dose else "")
+             + ". A study whose air kerma or DAP none of its irradiation events gives counts in "
              "the other statistics only; one whose events give them only in part counts with "
              "its partial total (a lower bound: lower_bound_studies). "
              f"Generated {e(datetime.now().strftime('%Y-%m-%d %H:%M'))} by sifluoro. DAP in Gy·cm², "

@@ -156,9 +156,11 @@ def test_report_renders_in_headless_chromium_without_console_messages(tmp_path):
     engine.dispose()
 
 
-def test_studies_whose_dose_is_unknown_are_left_out_of_the_statistics_and_counted(tmp_path):
+def test_studies_whose_dose_is_unknown_are_left_out_of_the_dose_statistics_and_counted(tmp_path, capsys):
     """Images with no dose attributes and no kVp: their studies entered the median and P75 as
-    0 Gy·cm² (median 2.0 instead of 3.0 here) and nothing said so (review s10 B#4)."""
+    0 Gy·cm² (median 2.0 instead of 3.0 here) and nothing said so (review s10 B#4). Their
+    known fluoroscopy time counts, and the console says how many (user review s20 P1: they
+    were dropped whole, and only the HTML said so)."""
     from tests.dicom_fixtures import RunSpec, technique, write_study
 
     techs = [technique(reported_dap_gycm2=d, reported_air_kerma_mgy=10 * d) for d in (2.0, 3.0, 4.0)]
@@ -169,9 +171,14 @@ def test_studies_whose_dose_is_unknown_are_left_out_of_the_statistics_and_counte
     ingest([tmp_path / "img"], db)
     files = write_report(db, tmp_path / "report")
     rows = list(csv.DictReader(open(files.csv["summary"])))
-    assert [(r["studies"], float(r["median_dap_gycm2"])) for r in rows] == [("3", 3.0)]
-    assert files.studies == 3
-    assert "2 more whose dose is unknown" in files.html.read_text()
+    assert [(r["studies"], float(r["median_dap_gycm2"]), r["dap_gycm2_n"], r["fluoro_time_s_n"])
+            for r in rows] == [("5", 3.0, "3", "5")]
+    assert (files.studies, files.unknown_dose) == (5, 2)
+    assert "5 studies, 0 flagged; 2 of them of unknown dose" in files.html.read_text()
+    from sifluoro.cli import main
+
+    assert main(["audit", "report", "--db", db, "--out", str(tmp_path / "r2")]) == 0
+    assert capsys.readouterr().out.startswith("5 studies (2 of unknown dose: fluoroscopy time only), ")
 
 
 def test_two_c_arms_of_one_model_are_two_groups(tmp_path, monkeypatch):
