@@ -148,7 +148,7 @@ def scan(inputs: Iterable[str | Path]) -> ScanResult:
     dose_reports: list[str] = []
     report_studies: set[str] = set()
     seen_files: set[Path] = set()
-    # SOP Instance UID -> the file it was taken from and its rank (_copy_rank), and its run
+    # SOP Instance UID -> the file it was taken from and its rank (copy_rank), and its run
     seen_instances: dict[str, tuple[Path, tuple]] = {}
     first_run: dict[str, Run] = {}
     inputs = [Path(item) for item in inputs]
@@ -179,7 +179,7 @@ def scan(inputs: Iterable[str | Path]) -> ScanResult:
             rejected.append(Rejection.of(path, NotDicomError(
                 f"DICOM header cannot be parsed ({type(exc).__name__}: {exc})", path=path)))
             continue
-        rank = _copy_rank(ds, path)
+        rank = copy_rank(ds, path)
         earlier = seen_instances.get(run.sop_instance_uid)
         if earlier is not None:  # a copy: its frames and dose must not count twice
             first, first_rank = earlier
@@ -225,7 +225,7 @@ def _same_bytes(a: Path, b: Path) -> bool:
         return False
 
 
-def _copy_rank(ds: Dataset, path: Path) -> tuple[bool, int, int]:
+def copy_rank(ds: Dataset, path: Path) -> tuple[bool, int, int]:
     """Which of two files of one instance is used: a whole one over one cut short (whatever
     their transfer syntaxes), then the newer, then the longer (``audit ingest`` too)."""
     try:

@@ -27,7 +27,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
-from sifluoro.acquire.dicom_reader import iter_input_files, order_runs
+from sifluoro.acquire.dicom_reader import copy_rank, iter_input_files, order_runs, read_header
 from sifluoro.audit.parse import IMAGE, RDSR, REJECTED, ParsedFile, file_sha256, parse_chunk, parse_file
 from sifluoro.audit.schema import (
     AlertRow,
@@ -188,7 +188,7 @@ def ingest(paths: Iterable[str | Path], db: str | Engine, *, settings: AuditSett
             if other is not None and other.path != item.path:
                 # two copies of one instance (an export and its corrected re-export): the
                 # newer file is used; the older, once written, is moved out of its study
-                keep, drop = (item, other) if _newer(item.path, other.path) else (other, item)
+                keep, drop = (item, other) if _preferred(item.path, other.path) else (other, item)
                 result.rejected.append(_older_copy(drop.path, keep.path))
                 if drop is item:
                     continue
@@ -426,7 +426,7 @@ class _Writer:
                     .join(InstanceRow, InstanceRow.study_id == StudyRow.id)
                     .where(InstanceRow.sop_instance_uid.in_(sops[i:i + 5000]))):
                 incoming = by_sop[sop]
-                if path != incoming.path and not _newer(incoming.path, path):
+                if path != incoming.path and not _preferred(incoming.path, path):
                     older.append((incoming, path))  # in its own study or another one
                 elif sid not in in_batch:
                     out.setdefault(uid, (sid, set()))[1].add(sop)
@@ -507,22 +507,26 @@ def db_reason(exc: DBAPIError) -> str:
     return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
 
 
-def _newer(path: str, than: str) -> bool:
-    """Whether the file at ``path`` was written after the one at ``than`` (a file that cannot
-    be read any more is older than any)."""
-    def mtime(p: str) -> int | None:
-        try:
-            return os.stat(p).st_mtime_ns
-        except OSError:
-            return None
-    mine, theirs = mtime(path), mtime(than)
-    return theirs is None or (mine is not None and mine > theirs)
+def _preferred(path: str, than: str) -> bool:
+    """Whether the file at ``path`` is used before the one at ``than``, two files of one
+    instance: a whole one before one cut short, then the newer, then the longer, as ``replay``
+    and ``dose summary`` choose (:func:`~sifluoro.acquire.dicom_reader.copy_rank`; a newer
+    copy cut short replaced the whole one, unsaid: user review s20 P2). A file that cannot be
+    read any more comes last."""
+    return _rank(path) > _rank(than)
 
 
-def _older_copy(path: str, newer: str) -> Rejection:
-    return Rejection(path, f"(0008,0018) SOPInstanceUID: the same instance as {newer}, a newer "
-                           "file, which is used", DuplicateInstanceError.__name__,
-                     "(0008,0018) SOPInstanceUID")
+def _rank(path: str) -> tuple[bool, int, int]:
+    try:
+        return copy_rank(read_header(path), Path(path))
+    except Exception:  # gone, unreadable, cut inside its header: any copy is better
+        return (False, 0, 0)
+
+
+def _older_copy(path: str, used: str) -> Rejection:
+    return Rejection(path, f"(0008,0018) SOPInstanceUID: the same instance as {used}, which is "
+                           "used (a whole copy before one cut short, then the newer)",
+                     DuplicateInstanceError.__name__, "(0008,0018) SOPInstanceUID")
 
 
 def _dedupe(files: list[ParsedFile]) -> list[ParsedFile]:

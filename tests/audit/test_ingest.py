@@ -1038,3 +1038,32 @@ def test_a_file_cut_inside_its_study_uid_joins_its_study_not_a_phantom_one(db_ur
     studies, _ = summarize([tmp_path / "in", cut])
     assert [s.study_instance_uid for s in studies] == [uid]
     engine.dispose()
+
+
+@pytest.mark.parametrize("how", ["one ingest", "whole recorded first"])
+def test_a_newer_copy_cut_short_does_not_replace_the_whole_file(db_url, tmp_path, how):
+    """User review s20 P2: the registry took a newer copy cut short in its pixel data over the
+    whole file it held ("1 updated", nothing named), while replay and dose summary keep the
+    whole one and say so."""
+    import os
+
+    paths = sorted(write_study(tmp_path / "in", [RunSpec(0.0, n_frames=8), RunSpec(20.0, n_frames=8)]))
+    data = paths[1].read_bytes()
+    cut = tmp_path / "late" / "cut.dcm"
+    cut.parent.mkdir()
+    cut.write_bytes(data[:len(data) - len(data) // 4])  # an interrupted copy, newer
+    for path in paths:
+        os.utime(path, ns=(1_700_000_000_000_000_000,) * 2)
+    engine = open_registry(db_url)
+    if how == "whole recorded first":
+        ingest([tmp_path / "in"], engine)
+        before = _studies(engine)
+        result = ingest([cut], engine)
+        assert result.studies_updated == 0 and _studies(engine) == before
+    else:
+        result = ingest([tmp_path / "in", cut], engine)
+    assert [r.file for r in result.rejected] == [str(cut)] and str(paths[1]) in result.rejected[0].reason
+    with engine.connect() as conn:
+        recorded = set(conn.execute(select(InstanceRow.path)).scalars())
+    assert recorded == {str(p) for p in paths}
+    engine.dispose()
