@@ -157,6 +157,7 @@ class _LiveStudy:
     receive_to_event_ms: list[float] = field(default_factory=list)
     idle_since: float | None = None  # time.monotonic() when its last turn ended
     evicted: bool = False  # forgotten (LiveStudies.idle_evict_s): rebuilt when needed again
+    summary_lock: threading.Lock = field(default_factory=threading.Lock)  # its summary files
 
     @property
     def uid(self) -> str:
@@ -265,6 +266,26 @@ class LiveStudies:
             self.spool.save_state(study.state)
         except OSError as exc:  # a statistic: not worth failing the sender over
             log.warning("study %s: duplicate count not saved (%s)", study.uid, exc)
+        self._write_duplicates(study)
+
+    def _write_duplicates(self, study: _LiveStudy) -> None:
+        """The count into the summaries written so far: a duplicate is processed by nothing, so
+        no summary would say it until the study's next new instance, or never after a restart
+        (user review s20 I1)."""
+        with study.summary_lock:
+            for path in (study.summary_path, self._summary_path):
+                try:
+                    summary = json.loads(path.read_text(encoding="utf-8")) if path else None
+                except (OSError, ValueError):  # none yet: the first one counts it
+                    continue
+                if not summary or summary.get("study_instance_uid") != study.uid:
+                    continue  # the --summary copy is another study's now
+                summary["duplicates"] = study.state.duplicates
+                try:
+                    write_json(path, summary)
+                except OSError as exc:
+                    log.warning("study %s: duplicate count not written to %s (%s)", study.uid,
+                                path, exc)
 
     # Restart ---------------------------------------------------------------------------------
     def resume(self) -> list[str]:
@@ -476,14 +497,16 @@ class LiveStudies:
         """The study's own summary in its spool folder, always; and the ``summary_path`` given
         (the study updated last: meant for one study at a time), as a copy of it."""
         summary = self._summary_of(study)
-        for path in (study.summary_path, self._summary_path):
-            if path is None:
-                continue
-            try:
-                write_json(path, summary)
-            except OSError:
-                log.exception("study %s: summary cannot be written to %s", study.uid, path)
-                self._output_error()
+        with study.summary_lock:
+            summary["duplicates"] = study.state.duplicates  # as of now: one may have come
+            for path in (study.summary_path, self._summary_path):
+                if path is None:
+                    continue
+                try:
+                    write_json(path, summary)
+                except OSError:
+                    log.exception("study %s: summary cannot be written to %s", study.uid, path)
+                    self._output_error()
 
     def summary(self, study_uid: str) -> dict:
         """The study's summary as processed so far (docs/contract.md §3 keys plus receiver

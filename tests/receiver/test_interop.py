@@ -112,6 +112,33 @@ def test_the_same_instance_twice_is_stored_once_and_counted(tmp_path, start_rece
         "t_s goes backwards at index 4"]
 
 
+def test_duplicates_reach_the_summary_as_they_come_and_after_a_restart(tmp_path, start_receiver):
+    """User review s20 I1: a duplicate is processed by nothing, so the summary said 0 while
+    the receiver ran (state.json 6) and, after a restart, never counted the ones received."""
+    paths = write_study(tmp_path / "study", [RunSpec(0.0, n_frames=3), RunSpec(5.0, n_frames=2)])
+    study_uid, _ = file_uids(paths[0])
+    receiver = start_receiver()
+    folder = receiver.spool / study_uid
+
+    def duplicates():
+        try:
+            return json.loads((folder / "summary.json").read_text())["duplicates"]
+        except (FileNotFoundError, ValueError, KeyError):
+            return -1
+
+    assert storescu(receiver.port, sorted(paths), "-xe").returncode == 0
+    wait_for(lambda: summary_frames(folder / "summary.json") == 5)
+    assert storescu(receiver.port, sorted(paths), "-xe").returncode == 0
+    assert wait_for(lambda: duplicates() == 2, timeout_s=20)  # while it runs
+    assert receiver.terminate() == 0
+    again = start_receiver(receiver.spool)
+    assert storescu(again.port, sorted(paths), "-xe").returncode == 0
+    assert wait_for(lambda: duplicates() == 4, timeout_s=20)
+    assert again.terminate() == 0
+    summary = json.loads((folder / "summary.json").read_text())
+    assert (summary["frames"], summary["duplicates"]) == (5, 4)
+
+
 def test_one_events_file_for_two_interleaved_studies_names_each_frames_study(
         tmp_path, start_receiver):
     a = write_study(tmp_path / "a", [RunSpec(0.0, n_frames=2), RunSpec(3.0, n_frames=2)])
