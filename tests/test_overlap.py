@@ -133,7 +133,8 @@ def test_a_failing_last_stage_loses_neither_the_frame_nor_the_next(frames_512):
     assert events[3]["contrast"]["confidence"] == 3.0
     assert events[-1]["dose"] == {"air_kerma_mgy": dose_value(state.dose.totals.air_kerma_mgy),
                                   "dap_gycm2": dose_value(state.dose.totals.dap_gycm2),
-                                  "fluoro_time_s": round(state.dose.totals.fluoro_time_s, 6)}
+                                  "fluoro_time_s": round(state.dose.totals.fluoro_time_s, 6),
+                                  "dose_source": state.dose.live_source}
     assert state.frames == len(frames_512)
 
 
