@@ -34,8 +34,12 @@ def _replay(args) -> int:
             print(f"sifluoro: rejected {r['file']}: {r['reason']}", file=sys.stderr)
     elif not args.quiet:
         print(format_summary(result.summary))
-        written = [args.events, args.summary, result.summary.get("rdsr"), args.overlay_mp4,
-                   args.overlay_png and f"{args.overlay_png}/ (a PNG per frame)"]
+        s = result.summary
+        written = [f"{args.events}" + (" (incomplete: events_not_written in the summary)"
+                                       if s.get("events_not_written") else ""),
+                   args.summary, s.get("rdsr") or (args.rdsr and f"{args.rdsr} (not written: "
+                                                   "rdsr_not_written in the summary)"),
+                   args.overlay_mp4, args.overlay_png and f"{args.overlay_png}/ (a PNG per frame)"]
         print("outputs    " + "\n           ".join(str(w) for w in written if w))
     if result.exit_code == 2:
         reports = result.summary.get("dose_reports") or []

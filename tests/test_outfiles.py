@@ -274,6 +274,10 @@ def test_a_full_disk_under_the_events_keeps_the_study_and_its_summary(tmp_path, 
     assert code == 1 and summary["frames"] == 3 and summary["air_kerma_mgy"] > 0
     assert summary["events_not_written"].startswith("/dev/full: No space left on device")
     capsys.readouterr()
+    # the outputs listed say which one is incomplete (user review s20 P9)
+    assert main(["replay", str(tmp_path / "s"), "--events", "/dev/full", "--summary",
+                 str(tmp_path / "s.json")]) == 1
+    assert "outputs    /dev/full (incomplete: events_not_written in the summary)" in capsys.readouterr().out
     code = main(["replay", str(tmp_path / "s"), "--events", str(tmp_path / "e.jsonl"),
                  "--summary", "/dev/full", "-q"])
     err = capsys.readouterr().err
