@@ -121,11 +121,13 @@ class _Study:
 
     def __init__(self, args, *, stop: threading.Event, background_sender: bool = True):
         from sifluoro import Engine
-        from sifluoro.outfiles import check_folder_writable, check_writable
+        from sifluoro.outfiles import check_folder_writable, check_some_input_exists, check_writable
         from sifluoro.stages import make_stages
 
         if args.inputs and args.simulate is not None:  # one of them would be ignored
             raise ConfigError("give INPUT or --simulate, not both")
+        if args.inputs:  # a mistyped path: one error, not a blank study (user review s20 I8)
+            check_some_input_exists(tuple(args.inputs))
         # before the port opens and the study is read, as replay does
         check_writable(tuple(args.inputs), events=args.events, summary=args.summary)
         check_folder_writable(outbox=args.outbox)
@@ -174,7 +176,11 @@ class _Study:
                              stop=self.stop).run(
             self.inputs(), study_uid=self.args.study, events_path=self.args.events,
             summary_path=self.args.summary)
-        if not self.args.quiet:
+        if not summary.get("runs") and not summary.get("dose_reports"):
+            # nothing read: the rejections, not a table of a blank study (as replay)
+            for r in summary.get("rejected_files", []):
+                print(f"sifluoro: rejected {r['file']}: {r['reason']}", file=sys.stderr, flush=True)
+        elif not self.args.quiet:
             from sifluoro.replay import format_summary
 
             print(format_summary(summary), flush=True)
@@ -257,10 +263,13 @@ def _view(args) -> int:
     server = ViewServer(state, host=args.host, port=args.port).start()
     print(f"view: listening on {server.url}", flush=True)
     try:
-        study.replay([ViewSink(state)], fps=args.fps)
-        # the outbox sender goes on retrying while the page is served
-        print("view: study ended; serving until interrupted", flush=True)
-        stop.wait()
+        summary = study.replay([ViewSink(state)], fps=args.fps)
+        if summary.get("frames"):  # else a page of zeros served until interrupted
+            # the outbox sender goes on retrying while the page is served
+            print("view: study ended; serving until interrupted", flush=True)
+            stop.wait()
+        else:
+            print("view: no frame could be processed; nothing to serve", file=sys.stderr, flush=True)
     finally:
         server.close()
     return study.finish(wait=False)

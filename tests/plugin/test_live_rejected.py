@@ -27,3 +27,19 @@ def test_a_device_report_cut_short_is_listed_as_replay_lists_it(tmp_path):
     names = [Path(x["file"]).name for x in offline.summary["rejected_files"]]
     assert names == ["rdsr.dcm"]
     assert [Path(x["file"]).name for x in live["rejected_files"]] == names
+
+
+def test_view_and_serve_igtl_of_nothing_usable_say_so_and_end(tmp_path, capsys):
+    """User review s20 I8: `view nonexist` printed a blank study's table and served a page of
+    zeros until interrupted; `serve-igtl` of a non-DICOM file printed the same blank table."""
+    from sifluoro.cli import main
+
+    assert main(["view", str(tmp_path / "nonexist"), "--port", "0"]) == 2
+    captured = capsys.readouterr()
+    assert "nonexist" in captured.err and "study " not in captured.out
+    (tmp_path / "notes.txt").write_text("not DICOM")
+    for command in (["view", "--port", "0"], ["serve-igtl", "--port", "0"]):
+        assert main([command[0], str(tmp_path / "notes.txt"), *command[1:]]) == 2
+        captured = capsys.readouterr()
+        assert "rejected" in captured.err and "notes.txt" in captured.err
+        assert "study      " not in captured.out and "dose       " not in captured.out
