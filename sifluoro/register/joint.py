@@ -143,6 +143,17 @@ def exposed_field(attenuation_image: np.ndarray, exposed: np.ndarray,
     return exposed & (near == 0)
 
 
+def work_buffer(buffers: dict | None, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+    """The array ``name`` of ``buffers`` (made, or made again for another shape or dtype), or
+    a new one without ``buffers``; its values are left over from its last use."""
+    if buffers is None:
+        return np.empty(shape, dtype)
+    out = buffers.get(name)
+    if out is None or out.shape != shape or out.dtype != dtype:
+        out = buffers[name] = np.empty(shape, dtype)
+    return out
+
+
 def mask_work(shape: tuple[int, int]) -> list[np.ndarray]:
     """Work buffers of :func:`exposed_field` and :func:`usable_mask` for frames of ``shape``."""
     return [np.empty(shape, np.uint8) for _ in range(3)]
@@ -210,7 +221,8 @@ def _all_in_blocks(mask: np.ndarray, factor: int) -> np.ndarray:
 def segment_joint(work: np.ndarray, *, grid: WorkingGrid, usable: np.ndarray,
                   min_contrast: float = 3.0, side: str | None = None,
                   fallback_contrast: float | None = None, seed_mask: np.ndarray | None = None,
-                  seed_contrast: float | None = None) -> JointLine | None:
+                  seed_contrast: float | None = None, buffers: dict | None = None
+                  ) -> JointLine | None:
     """Find the joint line on one (possibly time-averaged) working-resolution image.
 
     Parameters
@@ -234,6 +246,9 @@ def segment_joint(work: np.ndarray, *, grid: WorkingGrid, usable: np.ndarray,
         When no line stands out anywhere, look again only within this band (where the line is
         expected), at ``min_contrast`` then at ``seed_contrast``; the noise is still measured
         over the whole field.
+    buffers : dict or None
+        The caller's reused working-grid arrays (:func:`work_buffer`; a new image's worth of
+        freshly mapped temporaries costs about as much as the filters that fill them).
 
     Returns
     -------
@@ -246,20 +261,25 @@ def segment_joint(work: np.ndarray, *, grid: WorkingGrid, usable: np.ndarray,
     mask = cv2.erode(usable.astype(np.uint8), np.ones((reach, reach), np.uint8)).astype(bool)
     if np.count_nonzero(mask) < 100:
         return None
-    smooth = cv2.GaussianBlur(work, (0, 0), max(0.6, 0.5 / grid.spacing_mm))
-    depth = np.zeros(work.shape, np.float32)
+    smooth = cv2.GaussianBlur(work, (0, 0), max(0.6, 0.5 / grid.spacing_mm),
+                              dst=work_buffer(buffers, "smooth", work.shape, work.dtype))
+    depth = work_buffer(buffers, "depth", work.shape, np.float32)  # valley_depth writes it all
     offsets = np.unique(np.maximum(1, np.round(np.array(SIDE_OFFSETS_MM) / grid.spacing_mm))).astype(np.int64)
     _kernels.valley_depth(smooth, offsets, depth)
     # noise of the smoothed image, from the residual of a further blur inside the field; every
     # other row and column is plenty for a robust spread and the medians are a quarter the cost
     inside = mask[::2, ::2]
-    residual = smooth[::2, ::2][inside] - cv2.GaussianBlur(smooth, (0, 0), 2.0)[::2, ::2][inside]
+    blurred = cv2.GaussianBlur(smooth, (0, 0), 2.0,
+                               dst=work_buffer(buffers, "blurred", work.shape, work.dtype))
+    residual = smooth[::2, ::2][inside] - blurred[::2, ::2][inside]
     noise = robust_sigma(residual) * 1.4826 + 1e-6
-    fine = cv2.GaussianBlur(work, (0, 0), max(0.5, 0.4 / grid.spacing_mm))
+    fine = cv2.GaussianBlur(work, (0, 0), max(0.5, 0.4 / grid.spacing_mm),
+                            dst=work_buffer(buffers, "fine", work.shape, work.dtype))
+    gain = work_buffer(buffers, "gain", work.shape, np.float32)
     contrasts = (min_contrast,) if fallback_contrast is None else (min_contrast, fallback_contrast)
     for contrast in contrasts:
         line = _search(depth, noise, contrast, mask=mask, smooth=smooth, fine=fine, grid=grid,
-                       side=side)
+                       side=side, gain=gain)
         if line is not None:
             return line
     if seed_mask is None:
@@ -269,17 +289,18 @@ def segment_joint(work: np.ndarray, *, grid: WorkingGrid, usable: np.ndarray,
     band = mask & seed_mask
     for contrast in (min_contrast,) if seed_contrast is None else (min_contrast, seed_contrast):
         line = _search(depth, noise, contrast, mask=band, smooth=smooth, fine=fine, grid=grid,
-                       side=side)
+                       side=side, gain=gain)
         if line is not None:
             return line
     return None
 
 
 def _search(depth: np.ndarray, noise: float, contrast: float, *, mask: np.ndarray,
-            smooth: np.ndarray, fine: np.ndarray, grid: WorkingGrid, side: str | None
-            ) -> JointLine | None:
+            smooth: np.ndarray, fine: np.ndarray, grid: WorkingGrid, side: str | None,
+            gain: np.ndarray | None = None) -> JointLine | None:
     """The joint line on the valley-depth map ``depth`` (see :func:`segment_joint`), paths
-    standing ``contrast`` noise levels above the background, or None."""
+    standing ``contrast`` noise levels above the background, or None. ``gain``: a float32
+    array of ``depth``'s shape to work in (overwritten), or None."""
     # the C-arm is centred on the joint's inferior third: nothing far beside the centre counts
     cols = depth.shape[1]
     centre = np.nonzero(np.abs(np.arange(cols) - 0.5 * (cols - 1)) * grid.spacing_mm
@@ -287,7 +308,9 @@ def _search(depth: np.ndarray, noise: float, contrast: float, *, mask: np.ndarra
     if len(centre) == 0:
         return None
     c0, c1 = int(centre[0]), int(centre[-1]) + 1
-    gain = np.full(depth.shape, -10.0, np.float32)
+    if gain is None:
+        gain = np.empty(depth.shape, np.float32)
+    gain.fill(-10.0)
     gain[:, c0:c1] = np.where(mask[:, c0:c1], depth[:, c0:c1] / noise - contrast, -10.0)
     # the path search may keep to the central columns while no gain lies below the floor
     b0, b1 = (c0, c1) if contrast <= 10.0 else (0, cols)
