@@ -72,8 +72,6 @@ class _Timed:
             self.warm_up = stage.warm_up
         if hasattr(stage, "reads"):
             self.reads = stage.reads
-        if hasattr(stage, "prepare_run"):
-            self.prepare_run = stage.prepare_run
 
     def process(self, frame, state):
         t0 = time.perf_counter()

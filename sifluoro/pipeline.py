@@ -314,19 +314,10 @@ class Pipeline:
 
     def prepare_run(self, run, state: StudyState) -> None:
         """Run-level work done when a run is announced (its header is known), so that its first
-        frame does not pay for it: the dose model, the stages' warm-up for a frame shape not
-        seen before, and a stage's own ``prepare_run(run, state)`` when it has one (the study's
-        working arrays). A run never announced is prepared on its first frame."""
+        frame does not pay for it: the dose model, and the stages' warm-up for a frame shape not
+        seen before. A run never announced is prepared on its first frame."""
         state.dose.prepare(run)
         self.prepare_stages(run)
-        for stage in self.stages:
-            prepare = getattr(stage, "prepare_run", None)
-            if prepare is None:
-                continue
-            try:
-                prepare(run, state)
-            except Exception:  # the stage fails on its frames too (logged there)
-                log.exception("stage %s: preparing a run failed", stage.name)
 
     def prepare_stages(self, run) -> float:
         """The stages' warm-up for the run's frame shape, once per shape and spacing; return

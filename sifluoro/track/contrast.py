@@ -112,14 +112,6 @@ class _Buffers:
         self.stats = np.zeros((_MAX_COMPONENTS + 1, K.N_STATS), np.float64)
         self.keep = np.zeros(_MAX_COMPONENTS + 1, np.bool_)
 
-    def touch(self) -> None:
-        """Map the grid-sized arrays' pages now, not on a frame: the empty ones are written
-        before they are read, the others are zeros (the flood fill's stack, nine grids long
-        and mostly never reached, is left as it is)."""
-        for value in vars(self).values():
-            if isinstance(value, np.ndarray) and value.size <= self.shape[0] * self.shape[1]:
-                value.fill(0)
-
 
 class _RunMemory:
     """Per-run memory: the last few working frames and the previous frame's opacity."""
@@ -283,17 +275,6 @@ class ContrastStage:
         factor = self.factor_for(rows, cols)
         K.warm_up(rows, cols, factor)
         reference_warm_up(rows // factor, cols // factor)
-
-    def prepare_run(self, run, state) -> None:
-        """The study's working arrays for the run's frame shape, made and their pages touched
-        before its first frame (the study's first frame paid for them)."""
-        memory = state.stage_state.get("contrast")
-        if not isinstance(memory, _StudyMemory):
-            memory = state.stage_state["contrast"] = _StudyMemory()
-        factor = self.factor_for(run.rows, run.columns)
-        shape = (run.rows // factor, run.columns // factor)
-        if memory.buffers is None or (memory.buffers.shape, memory.buffers.factor) != (shape, factor):
-            memory.buffers_for(shape, factor).touch()
 
     def factor_for(self, rows: int, cols: int) -> int:
         return max(1, int(round(max(rows, cols) / self.settings.grid_px)))
