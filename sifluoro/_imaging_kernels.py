@@ -268,7 +268,6 @@ def clear_outside_circle(mask, cx, cy, r2):
             row[x] = False
 
 
-
 def warm_up() -> None:
     """Compile for the stored frames' type (2-D uint16, C or any layout, writable or not: a
     DICOM file's decoded frames are read-only, a video capture's writable) before a live frame."""
