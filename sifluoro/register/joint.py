@@ -125,22 +125,16 @@ class JointLine:
         return p[i] + t * (p[i + 1] - p[i])
 
 
-def exposed_field(attenuation_image: np.ndarray, exposed: np.ndarray,
-                  work: list[np.ndarray] | None = None) -> np.ndarray:
+def exposed_field(attenuation_image: np.ndarray, exposed: np.ndarray) -> np.ndarray:
     """The stored exposed field narrowed to what was really exposed: unexposed areas are stored
-    at the maximal attenuation value, also where no shutter is recorded in the header.
-
-    ``work``: :func:`mask_work` buffers of the image's shape, reused (frame-sized temporaries,
-    freshly mapped each time, cost several times the morphology at a run's start)."""
-    w = _mask_work(work, attenuation_image.shape)
-    blank = cv2.compare(attenuation_image, 0.998, cv2.CMP_GE, dst=w[0])
+    at the maximal attenuation value, also where no shutter is recorded in the header."""
+    blank = cv2.compare(attenuation_image, 0.998, cv2.CMP_GE)
     # solid areas only: clipped quantum noise reaches the top value in isolated pixels. An
     # opening by a 7x7 square, then a dilation by it: the dilations merge into one by 13x13
-    blank = cv2.erode(blank, _SQUARE_7, dst=w[1])
+    blank = cv2.erode(blank, _SQUARE_7)
     if not cv2.countNonZero(blank):  # no solid blank area: the dilation removes nothing
         return exposed.copy()
-    near = cv2.dilate(blank, _SQUARE_13, dst=w[0])
-    return exposed & (near == 0)
+    return exposed & (cv2.dilate(blank, _SQUARE_13) == 0)
 
 
 def work_buffer(buffers: dict | None, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
@@ -154,24 +148,13 @@ def work_buffer(buffers: dict | None, name: str, shape: tuple[int, ...], dtype) 
     return out
 
 
-def mask_work(shape: tuple[int, int]) -> list[np.ndarray]:
-    """Work buffers of :func:`exposed_field` and :func:`usable_mask` for frames of ``shape``."""
-    return [np.empty(shape, np.uint8) for _ in range(3)]
-
-
-def _mask_work(work: list[np.ndarray] | None, shape: tuple[int, int]) -> list[np.ndarray]:
-    return work if work is not None and work[0].shape == shape else mask_work(shape)
-
-
 _SQUARE_3, _SQUARE_5, _SQUARE_7, _SQUARE_9, _SQUARE_13 = (np.ones((n, n), np.uint8) for n in (3, 5, 7, 9, 13))
 
 
-def usable_mask(attenuation_image: np.ndarray, field: np.ndarray, factor: int,
-                work: list[np.ndarray] | None = None) -> np.ndarray:
+def usable_mask(attenuation_image: np.ndarray, field: np.ndarray, factor: int) -> np.ndarray:
     """Working-resolution mask of where a joint line may be looked for: inside the exposed
     ``field`` (see :func:`exposed_field`), away from burned-in text and markers; a working
-    pixel is usable when all the full-resolution pixels it covers are. ``work``: as for
-    :func:`exposed_field`.
+    pixel is usable when all the full-resolution pixels it covers are.
 
     Text is drawn at one extreme value with an outline at the other; clipped quantum noise
     reaches one extreme only, so only pixels near both extremes are taken for text.
@@ -183,10 +166,9 @@ def usable_mask(attenuation_image: np.ndarray, field: np.ndarray, factor: int,
         if _kernels.clear_text_blocks(attenuation_image, np.float32(0.002), np.float32(0.998),
                                       factor, field.size // 64, done, out) >= 0:
             return out
-    w = _mask_work(work, attenuation_image.shape)
-    low = cv2.dilate(cv2.compare(attenuation_image, 0.002, cv2.CMP_LE, dst=w[0]), _SQUARE_5, dst=w[1])
-    high = cv2.dilate(cv2.compare(attenuation_image, 0.998, cv2.CMP_GE, dst=w[0]), _SQUARE_5, dst=w[2])
-    near_both = cv2.bitwise_and(low, high, dst=w[0])
+    low = cv2.dilate(cv2.compare(attenuation_image, 0.002, cv2.CMP_LE), _SQUARE_5)
+    high = cv2.dilate(cv2.compare(attenuation_image, 0.998, cv2.CMP_GE), _SQUARE_5)
+    near_both = cv2.bitwise_and(low, high)
     if factor in (2, 4):
         # a block is within 4 pixels of a pixel exactly when it is within 4 / factor blocks
         # of that pixel's block (whole blocks either way): the 9x9 dilation on the block grid
@@ -195,7 +177,7 @@ def usable_mask(attenuation_image: np.ndarray, field: np.ndarray, factor: int,
             (-(-field.shape[0] // factor), -(-field.shape[1] // factor)), np.uint8))
         text = cv2.dilate(blocks, _SQUARE_5 if factor == 2 else _SQUARE_3)[:rows, :cols]
         return _all_in_blocks(field, factor) & (text == 0)
-    text = cv2.dilate(near_both, _SQUARE_9, dst=w[1])
+    text = cv2.dilate(near_both, _SQUARE_9)
     return _all_in_blocks(field & (text == 0), factor)
 
 

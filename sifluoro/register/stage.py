@@ -24,8 +24,8 @@ from sifluoro.model import Frame
 from sifluoro.register import RegisterResult
 from sifluoro.register import _kernels
 from sifluoro.register.edge_pair import band_line
-from sifluoro.register.joint import (LENGTH_MM, JointLine, exposed_field, mask_work, segment_joint,
-                                     usable_mask, work_buffer)
+from sifluoro.register.joint import (LENGTH_MM, JointLine, exposed_field, segment_joint, usable_mask,
+                                     work_buffer)
 from sifluoro.register.motion import Registrar
 
 log = logging.getLogger(__name__)
@@ -215,7 +215,6 @@ class _StudyRegister:
     run_exposed: np.ndarray | None = None  # full resolution
     run_usable: np.ndarray | None = None  # working resolution
     work: np.ndarray | None = None  # the frame at working resolution (reused buffer)
-    mask_work: list[np.ndarray] | None = None  # the run-start masks' work buffers (full resolution)
     segment_work: dict = field(default_factory=dict)  # the views' segmentations' (working grid)
     run_peak_max: float = -1.0  # strongest registration peak of the run so far
 
@@ -268,11 +267,8 @@ class JointStage:
         if new_run:
             st.run = frame.run
             st.run_peak_max = -1.0
-            if st.mask_work is None or st.mask_work[0].shape != image.shape:
-                st.mask_work = mask_work(image.shape)
-            st.run_exposed = exposed_field(image, exposed_mask(frame.run, image.shape, margin_px=2),
-                                           st.mask_work)
-            st.run_usable = usable_mask(image, st.run_exposed, grid.factor, st.mask_work)
+            st.run_exposed = exposed_field(image, exposed_mask(frame.run, image.shape, margin_px=2))
+            st.run_usable = usable_mask(image, st.run_exposed, grid.factor)
         work = self._work(st, image, grid.factor)
 
         view = st.current

@@ -787,9 +787,9 @@ def test_the_band_beside_the_joint_is_looked_for_near_ap_without_a_thin_line(
 
 
 def test_reused_working_arrays_give_the_events_of_fresh_ones(sim_runs, monkeypatch):
-    """The study's reused arrays (run-start masks, segmentation) hold the last view's or run's
-    values: the events are those of fresh arrays, filled with NaN so that a value read before
-    it is written would show."""
+    """The study's reused segmentation arrays hold the last segmentation's values: the events
+    are those of fresh arrays, filled with NaN so that a value read before it is written would
+    show."""
     from sifluoro.register import joint, stage as stage_module
 
     frames = [f for _, fr, _ in sim_runs for f in fr]
@@ -801,7 +801,6 @@ def test_reused_working_arrays_give_the_events_of_fresh_ones(sim_runs, monkeypat
 
     monkeypatch.setattr(joint, "work_buffer", fresh)
     monkeypatch.setattr(stage_module, "work_buffer", fresh)
-    monkeypatch.setattr(stage_module, "mask_work", lambda shape: None)
     fresh_events, _ = run_frames(JointStage(), frames)
     assert sum(e["joint"] is not None for e in reused) > len(frames) // 2
     assert reused == fresh_events
