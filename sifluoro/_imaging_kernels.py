@@ -223,6 +223,51 @@ def robust_sigma_into(v, dev, cand, hist):
     return median_into(dev, cand, hist)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _in_circle(x, cx, e2, r2):
+    d = x - cx
+    return d * d + e2 <= r2
+
+
+@njit(cache=True, nogil=True)
+def clear_outside_circle(mask, cx, cy, r2):
+    """``mask &= (x - cx)**2 + (y - cy)**2 <= r2`` (float64, as NumPy broadcasts it over
+    ``np.ogrid``) without the frame-sized float64 temporary: on each row the test holds on one
+    interval of columns (rounding keeps ``|x - cx|`` monotone), found from its square-root
+    estimate and moved to the test's exact bounds; only the columns outside it are written."""
+    rows, cols = mask.shape
+    for y in range(rows):
+        e = y - cy
+        e2 = e * e
+        row = mask[y]
+        # the column with the least (x - cx)**2: one of the three around the rounded centre
+        m = int(min(max(np.floor(cx + 0.5), 0.0), cols - 1.0))
+        best, least = -1, np.inf
+        for x in range(max(m - 1, 0), min(m + 2, cols)):
+            d = x - cx
+            if d * d < least:
+                best, least = x, d * d
+        if not least + e2 <= r2:
+            for x in range(cols):
+                row[x] = False
+            continue
+        h = np.sqrt(max(r2 - e2, 0.0))
+        lo = int(max(min(np.floor(cx - h), float(best)), 0.0))
+        while not _in_circle(lo, cx, e2, r2):
+            lo += 1
+        while lo > 0 and _in_circle(lo - 1, cx, e2, r2):
+            lo -= 1
+        hi = int(min(max(np.ceil(cx + h), float(best)), cols - 1.0))
+        while not _in_circle(hi, cx, e2, r2):
+            hi -= 1
+        while hi < cols - 1 and _in_circle(hi + 1, cx, e2, r2):
+            hi += 1
+        for x in range(lo):
+            row[x] = False
+        for x in range(hi + 1, cols):
+            row[x] = False
+
+
 def warm_up() -> None:
     """Compile for the stored frames' type (2-D uint16, C or any layout, writable or not: a
     DICOM file's decoded frames are read-only, a video capture's writable) before a live frame."""
@@ -241,3 +286,4 @@ def warm_up() -> None:
             v.flags.writeable = writable
             median_into(v, np.empty_like(v), hist)
             robust_sigma_into(v, np.empty_like(v), np.empty_like(v), hist)
+    clear_outside_circle(np.ones((4, 4), np.bool_), 1.5, 1.5, 2.25)

@@ -2,6 +2,7 @@
 working resolution. Pure array code; no DICOM parsing."""
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass
 
@@ -131,9 +132,21 @@ def exposed_mask(run: Run, shape: tuple[int, int], *, margin_px: int = 0) -> np.
         mask[max(0, y0 + margin_px):max(0, y1 + 1 - margin_px), max(0, x0 + margin_px):max(0, x1 + 1 - margin_px)] = True
     if shutter is not None and shutter.circle_xyr is not None:
         cx, cy, r = shutter.circle_xyr
-        yy, xx = np.ogrid[:rows, :cols]
-        mask &= (xx - cx) ** 2 + (yy - cy) ** 2 <= (r - margin_px) ** 2
+        r2 = (r - margin_px) ** 2
+        if all(math.isfinite(v) and abs(v) < 1e6 for v in (cx, cy)) and 0 <= r2 < 1e12:
+            # in float64 as below (exact for integer centres too): 0.03 ms at 1024², where
+            # the frame-sized float64 temporary took 0.5-6 ms at a run's start
+            _k.clear_outside_circle(mask, float(cx), float(cy), float(r2))
+        else:
+            mask &= _circle_reference(shape, cx, cy, r2)
     return mask
+
+
+def _circle_reference(shape: tuple[int, int], cx, cy, r2) -> np.ndarray:
+    """The circular field's test with NumPy (:func:`exposed_mask`'s reference, and its path
+    for values the kernel's float64 would not hold exactly)."""
+    yy, xx = np.ogrid[:shape[0], :shape[1]]
+    return (xx - cx) ** 2 + (yy - cy) ** 2 <= r2
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 reference, and the per-study buffer that frame_attenuation reuses."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -159,3 +161,38 @@ def test_median_of_nan_empty_and_read_only_values():
     # a view with a stride is read in order, as np.median reads it
     w = np.arange(20.0)[::3]
     assert median(w) == float(np.median(w))
+
+
+def _circle_run(rect, circle) -> Run:
+    from sifluoro.model import Shutter
+    run = _run(12, "MONOCHROME2", 1, 1)
+    return dataclasses.replace(run, technique=Technique(shutter=Shutter(rect_xyxy=rect, circle_xyr=circle)))
+
+
+def test_exposed_mask_circle_kernel_equals_numpy():
+    """The circular field's row-interval kernel against the broadcast float64 test it replaces:
+    integer, half-integer and arbitrary centres (inside, on and outside the frame), radii from
+    none to past the corners, with margins and a rectangle, and shapes of odd sizes."""
+    from sifluoro.imaging import _circle_reference, exposed_mask
+    rng = np.random.default_rng(7)
+    cases = [((5, 7), (3, 2, 0)), ((9, 9), (4.5, 4.5, 4.5)), ((64, 48), (31.5, 23.5, 24.0)),
+             ((33, 40), (-5, 50, 30)), ((20, 20), (10, 10, 100)), ((20, 20), (10.0, 10.0, 2.0))]
+    for _ in range(300):
+        shape = (int(rng.integers(1, 80)), int(rng.integers(1, 80)))
+        cx = rng.choice([int(rng.integers(-20, 100)), int(rng.integers(-20, 100)) + 0.5, rng.uniform(-20, 100)])
+        cy = rng.choice([int(rng.integers(-20, 100)), int(rng.integers(-20, 100)) + 0.5, rng.uniform(-20, 100)])
+        r = rng.choice([int(rng.integers(0, 90)), rng.uniform(0, 90), rng.uniform(0, 3)])
+        cases.append((shape, (cx, cy, r)))
+    for shape, circle in cases:
+        for margin in (0, 2):
+            for rect in (None, (1, 2, shape[1] - 3, shape[0] - 1)):
+                cx, cy, r = circle
+                got = exposed_mask(_circle_run(rect, circle), shape, margin_px=margin)
+                ref = exposed_mask(_circle_run(rect, None), shape, margin_px=margin)
+                ref &= _circle_reference(shape, cx, cy, (r - margin) ** 2)
+                assert got.tolist() == ref.tolist(), (shape, circle, margin, rect)
+    # the 1024² image intensifier's field (the simulator's circle), against the NumPy test
+    circle = (511.5, 511.5, 510.0)
+    got = exposed_mask(_circle_run((99, 145, 968, 938), circle), (1024, 1024), margin_px=2)
+    ref = exposed_mask(_circle_run((99, 145, 968, 938), None), (1024, 1024), margin_px=2)
+    np.testing.assert_array_equal(got, ref & _circle_reference((1024, 1024), *circle[:2], 508.0 ** 2))

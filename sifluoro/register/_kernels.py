@@ -145,6 +145,41 @@ def all_in_blocks2(mask, out):
 
 
 @njit(cache=True, nogil=True)
+def any_in_blocks(mask, factor, out):
+    """``out[by, bx]``: 1 where any pixel of ``mask``'s (uint8, C-contiguous) block of
+    ``factor`` x ``factor`` (2 or 4) at ``(by, bx)`` is nonzero, else 0; ``out``'s shape counts
+    the partial blocks of a remainder too. A block row's rows are ORed, and its blocks read as
+    one uint16 / uint32 each (the loops vectorise)."""
+    rows, cols = mask.shape
+    whole = cols // factor
+    acc = np.empty(cols, np.uint8)
+    for by in range(out.shape[0]):
+        y0 = by * factor
+        first = mask[y0]
+        for x in range(cols):
+            acc[x] = first[x]
+        for y in range(y0 + 1, min(y0 + factor, rows)):
+            r = mask[y]
+            for x in range(cols):
+                acc[x] |= r[x]
+        o = out[by]
+        if factor == 2:
+            v2 = acc[:2 * whole].view(np.uint16)
+            for bx in range(whole):
+                o[bx] = v2[bx] != 0
+        else:
+            v4 = acc[:4 * whole].view(np.uint32)
+            for bx in range(whole):
+                o[bx] = v4[bx] != 0
+        if out.shape[1] > whole:  # the partial block
+            v = np.uint8(0)
+            for x in range(whole * factor, cols):
+                v |= acc[x]
+            o[whole] = v != 0
+    return out
+
+
+@njit(cache=True, nogil=True)
 def clear_text_blocks(image, low, high, factor, max_low, done, out):
     """Set False the working pixels (blocks of ``factor`` x ``factor`` of ``image``, ``out``
     their grid: a remainder cropped) that hold text: pixels within 4 (chessboard distance) of
@@ -153,27 +188,32 @@ def clear_text_blocks(image, low, high, factor, max_low, done, out):
 
     The test starts from the dark pixels, which are few (markers' outlines, clipped noise),
     instead of three morphology passes over the frame. Returns the number of dark pixels, or -1
-    as soon as there are more than ``max_low`` (``out`` is then incomplete). ``done``: False,
-    of ``image``'s shape (work buffer; its pages are touched only around text).
+    when there are more than ``max_low`` (``out`` is then untouched: they are counted first,
+    row by row, before any is followed). ``done``: False, of ``image``'s shape (work buffer;
+    its pages are touched only around text).
     """
     rows, cols = image.shape
     ymax, xmax = out.shape[0] * factor, out.shape[1] * factor
     bright = np.zeros((9, 9), np.bool_)  # around a dark pixel (outside the image: not bright)
     rowwise = np.zeros((9, 5), np.bool_)  # bright within 2 columns of the 5 centre columns
+    dark_in_row = np.empty(rows, np.int64)
     n = 0
     for ly in range(rows):
         row = image[ly]
         dark = 0
         for lx in range(cols):  # branch-free: most rows have no dark pixel
             dark += row[lx] <= low
-        if dark == 0:
+        dark_in_row[ly] = dark
+        n += dark
+    if n > max_low:
+        return -1
+    for ly in range(rows):
+        if dark_in_row[ly] == 0:
             continue
+        row = image[ly]
         for lx in range(cols):
             if not row[lx] <= low:
                 continue
-            n += 1
-            if n > max_low:
-                return -1
             seen = False
             if 4 <= ly < rows - 4 and 4 <= lx < cols - 4:  # the window inside: no checks
                 for i in range(9):
@@ -324,5 +364,6 @@ def warm_up() -> None:
     peak_centroid(z, 0, 0, 2)
     accumulate_shifted(z, z, 0.5, -0.5, z.copy(), z.copy())
     all_in_blocks2(np.zeros((8, 8), np.bool_), np.zeros((4, 4), np.bool_))
+    any_in_blocks(np.zeros((8, 8), np.uint8), 2, np.zeros((4, 4), np.uint8))
     clear_text_blocks(z, np.float32(0.002), np.float32(0.998), 2, 64, np.zeros((8, 8), np.bool_),
                       np.zeros((4, 4), np.bool_))

@@ -131,8 +131,24 @@ def exposed_field(attenuation_image: np.ndarray, exposed: np.ndarray) -> np.ndar
     blank = cv2.compare(attenuation_image, 0.998, cv2.CMP_GE)
     # solid areas only: clipped quantum noise reaches the top value in isolated pixels. An
     # opening by a 7x7 square, then a dilation by it: the dilations merge into one by 13x13
-    blank = cv2.erode(blank, np.ones((7, 7), np.uint8))
-    return exposed & (cv2.dilate(blank, np.ones((13, 13), np.uint8)) == 0)
+    blank = cv2.erode(blank, _SQUARE_7)
+    if not cv2.countNonZero(blank):  # no solid blank area: the dilation removes nothing
+        return exposed.copy()
+    return exposed & (cv2.dilate(blank, _SQUARE_13) == 0)
+
+
+def work_buffer(buffers: dict | None, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+    """The array ``name`` of ``buffers`` (made, or made again for another shape or dtype), or
+    a new one without ``buffers``; its values are left over from its last use."""
+    if buffers is None:
+        return np.empty(shape, dtype)
+    out = buffers.get(name)
+    if out is None or out.shape != shape or out.dtype != dtype:
+        out = buffers[name] = np.empty(shape, dtype)
+    return out
+
+
+_SQUARE_3, _SQUARE_5, _SQUARE_7, _SQUARE_9, _SQUARE_13 = (np.ones((n, n), np.uint8) for n in (3, 5, 7, 9, 13))
 
 
 def usable_mask(attenuation_image: np.ndarray, field: np.ndarray, factor: int) -> np.ndarray:
@@ -150,10 +166,18 @@ def usable_mask(attenuation_image: np.ndarray, field: np.ndarray, factor: int) -
         if _kernels.clear_text_blocks(attenuation_image, np.float32(0.002), np.float32(0.998),
                                       factor, field.size // 64, done, out) >= 0:
             return out
-    kernel = np.ones((5, 5), np.uint8)
-    low = cv2.dilate(cv2.compare(attenuation_image, 0.002, cv2.CMP_LE), kernel)
-    high = cv2.dilate(cv2.compare(attenuation_image, 0.998, cv2.CMP_GE), kernel)
-    text = cv2.dilate(cv2.bitwise_and(low, high), np.ones((9, 9), np.uint8))
+    low = cv2.dilate(cv2.compare(attenuation_image, 0.002, cv2.CMP_LE), _SQUARE_5)
+    high = cv2.dilate(cv2.compare(attenuation_image, 0.998, cv2.CMP_GE), _SQUARE_5)
+    near_both = cv2.bitwise_and(low, high)
+    if factor in (2, 4):
+        # a block is within 4 pixels of a pixel exactly when it is within 4 / factor blocks
+        # of that pixel's block (whole blocks either way): the 9x9 dilation on the block grid
+        rows, cols = field.shape[0] // factor, field.shape[1] // factor
+        blocks = _kernels.any_in_blocks(near_both, factor, np.empty(
+            (-(-field.shape[0] // factor), -(-field.shape[1] // factor)), np.uint8))
+        text = cv2.dilate(blocks, _SQUARE_5 if factor == 2 else _SQUARE_3)[:rows, :cols]
+        return _all_in_blocks(field, factor) & (text == 0)
+    text = cv2.dilate(near_both, _SQUARE_9)
     return _all_in_blocks(field & (text == 0), factor)
 
 
@@ -179,7 +203,8 @@ def _all_in_blocks(mask: np.ndarray, factor: int) -> np.ndarray:
 def segment_joint(work: np.ndarray, *, grid: WorkingGrid, usable: np.ndarray,
                   min_contrast: float = 3.0, side: str | None = None,
                   fallback_contrast: float | None = None, seed_mask: np.ndarray | None = None,
-                  seed_contrast: float | None = None) -> JointLine | None:
+                  seed_contrast: float | None = None, buffers: dict | None = None
+                  ) -> JointLine | None:
     """Find the joint line on one (possibly time-averaged) working-resolution image.
 
     Parameters
@@ -203,6 +228,9 @@ def segment_joint(work: np.ndarray, *, grid: WorkingGrid, usable: np.ndarray,
         When no line stands out anywhere, look again only within this band (where the line is
         expected), at ``min_contrast`` then at ``seed_contrast``; the noise is still measured
         over the whole field.
+    buffers : dict or None
+        The caller's reused working-grid arrays (:func:`work_buffer`; a new image's worth of
+        freshly mapped temporaries costs about as much as the filters that fill them).
 
     Returns
     -------
@@ -215,20 +243,25 @@ def segment_joint(work: np.ndarray, *, grid: WorkingGrid, usable: np.ndarray,
     mask = cv2.erode(usable.astype(np.uint8), np.ones((reach, reach), np.uint8)).astype(bool)
     if np.count_nonzero(mask) < 100:
         return None
-    smooth = cv2.GaussianBlur(work, (0, 0), max(0.6, 0.5 / grid.spacing_mm))
-    depth = np.zeros(work.shape, np.float32)
+    smooth = cv2.GaussianBlur(work, (0, 0), max(0.6, 0.5 / grid.spacing_mm),
+                              dst=work_buffer(buffers, "smooth", work.shape, work.dtype))
+    depth = work_buffer(buffers, "depth", work.shape, np.float32)  # valley_depth writes it all
     offsets = np.unique(np.maximum(1, np.round(np.array(SIDE_OFFSETS_MM) / grid.spacing_mm))).astype(np.int64)
     _kernels.valley_depth(smooth, offsets, depth)
     # noise of the smoothed image, from the residual of a further blur inside the field; every
     # other row and column is plenty for a robust spread and the medians are a quarter the cost
     inside = mask[::2, ::2]
-    residual = smooth[::2, ::2][inside] - cv2.GaussianBlur(smooth, (0, 0), 2.0)[::2, ::2][inside]
+    blurred = cv2.GaussianBlur(smooth, (0, 0), 2.0,
+                               dst=work_buffer(buffers, "blurred", work.shape, work.dtype))
+    residual = smooth[::2, ::2][inside] - blurred[::2, ::2][inside]
     noise = robust_sigma(residual) * 1.4826 + 1e-6
-    fine = cv2.GaussianBlur(work, (0, 0), max(0.5, 0.4 / grid.spacing_mm))
+    fine = cv2.GaussianBlur(work, (0, 0), max(0.5, 0.4 / grid.spacing_mm),
+                            dst=work_buffer(buffers, "fine", work.shape, work.dtype))
+    gain = work_buffer(buffers, "gain", work.shape, np.float32)
     contrasts = (min_contrast,) if fallback_contrast is None else (min_contrast, fallback_contrast)
     for contrast in contrasts:
         line = _search(depth, noise, contrast, mask=mask, smooth=smooth, fine=fine, grid=grid,
-                       side=side)
+                       side=side, gain=gain)
         if line is not None:
             return line
     if seed_mask is None:
@@ -238,17 +271,18 @@ def segment_joint(work: np.ndarray, *, grid: WorkingGrid, usable: np.ndarray,
     band = mask & seed_mask
     for contrast in (min_contrast,) if seed_contrast is None else (min_contrast, seed_contrast):
         line = _search(depth, noise, contrast, mask=band, smooth=smooth, fine=fine, grid=grid,
-                       side=side)
+                       side=side, gain=gain)
         if line is not None:
             return line
     return None
 
 
 def _search(depth: np.ndarray, noise: float, contrast: float, *, mask: np.ndarray,
-            smooth: np.ndarray, fine: np.ndarray, grid: WorkingGrid, side: str | None
-            ) -> JointLine | None:
+            smooth: np.ndarray, fine: np.ndarray, grid: WorkingGrid, side: str | None,
+            gain: np.ndarray | None = None) -> JointLine | None:
     """The joint line on the valley-depth map ``depth`` (see :func:`segment_joint`), paths
-    standing ``contrast`` noise levels above the background, or None."""
+    standing ``contrast`` noise levels above the background, or None. ``gain``: a float32
+    array of ``depth``'s shape to work in (overwritten), or None."""
     # the C-arm is centred on the joint's inferior third: nothing far beside the centre counts
     cols = depth.shape[1]
     centre = np.nonzero(np.abs(np.arange(cols) - 0.5 * (cols - 1)) * grid.spacing_mm
@@ -256,7 +290,9 @@ def _search(depth: np.ndarray, noise: float, contrast: float, *, mask: np.ndarra
     if len(centre) == 0:
         return None
     c0, c1 = int(centre[0]), int(centre[-1]) + 1
-    gain = np.full(depth.shape, -10.0, np.float32)
+    if gain is None:
+        gain = np.empty(depth.shape, np.float32)
+    gain.fill(-10.0)
     gain[:, c0:c1] = np.where(mask[:, c0:c1], depth[:, c0:c1] / noise - contrast, -10.0)
     # the path search may keep to the central columns while no gain lies below the floor
     b0, b1 = (c0, c1) if contrast <= 10.0 else (0, cols)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import cv2
@@ -24,7 +24,8 @@ from sifluoro.model import Frame
 from sifluoro.register import RegisterResult
 from sifluoro.register import _kernels
 from sifluoro.register.edge_pair import band_line
-from sifluoro.register.joint import LENGTH_MM, JointLine, exposed_field, segment_joint, usable_mask
+from sifluoro.register.joint import (LENGTH_MM, JointLine, exposed_field, segment_joint, usable_mask,
+                                     work_buffer)
 from sifluoro.register.motion import Registrar
 
 log = logging.getLogger(__name__)
@@ -141,12 +142,17 @@ class _View:
         _kernels.accumulate_shifted(work, self._mask, float(sx), float(sy), self.sum, self.count)
         self.frames += 1
 
-    def segment(self) -> None:
-        """Segment the joint on the running average (None when it shows no joint)."""
+    def segment(self, buffers: dict | None = None) -> None:
+        """Segment the joint on the running average (None when it shows no joint);
+        ``buffers``: the study's reused working arrays (:func:`joint.work_buffer`)."""
         usable = self.count >= max(1.0, 0.5 * self.frames)
-        mean = self.sum / np.maximum(self.count, 1.0)
+        mean = work_buffer(buffers, "mean", self.sum.shape, self.sum.dtype)
+        np.divide(self.sum, np.maximum(self.count, 1.0, out=mean), out=mean)
         # the average is a less noisy reference, in the same (first frame's) coordinates
-        self.registrar.set_reference(np.where(usable, mean, self.sum.dtype.type(0)))
+        reference = work_buffer(buffers, "reference", self.sum.shape, self.sum.dtype)
+        reference.fill(0)
+        np.copyto(reference, mean, where=usable)
+        self.registrar.set_reference(reference)  # keeps a prepared copy
         # the average only gets better: a line found on fewer, noisier frames that this one
         # does not confirm was noise
         faint = (self.frames >= NEAR_AP_FAINT_FROM_FRAMES and self.angles_deg is not None
@@ -155,7 +161,7 @@ class _View:
         self.line = segment_joint(mean, grid=self.grid, usable=usable, side=self.side,
                                   fallback_contrast=NEAR_AP_MIN_CONTRAST if faint else None,
                                   seed_mask=self._band(usable.shape) if seeded else None,
-                                  seed_contrast=SEED_MIN_CONTRAST)
+                                  seed_contrast=SEED_MIN_CONTRAST, buffers=buffers)
         inferred = False
         if self.line is None and (self.angles_deg is None or abs(self.angles_deg[0]) < NEAR_AP_DEG):
             # no thin line near AP (or at a pose the header does not tell): the line along the
@@ -209,6 +215,7 @@ class _StudyRegister:
     run_exposed: np.ndarray | None = None  # full resolution
     run_usable: np.ndarray | None = None  # working resolution
     work: np.ndarray | None = None  # the frame at working resolution (reused buffer)
+    segment_work: dict = field(default_factory=dict)  # the views' segmentations' (working grid)
     run_peak_max: float = -1.0  # strongest registration peak of the run so far
 
 
@@ -315,7 +322,7 @@ class JointStage:
             shift_work = (shift_full[0] / grid.factor, shift_full[1] / grid.factor)
             view.add(work, st.run_usable, shift_work)
             if view.frames in RESEGMENT_AT:
-                view.segment()
+                view.segment(st.segment_work)
 
         if view.line is None:
             return self._publish(state, None, 0.0, False, None, 0.0, shift_full, view_changed)

@@ -177,3 +177,34 @@ def test_all_in_blocks_is_the_strided_ands(factor):
                 for j in range(factor):
                     ref &= m[i:rows * factor:factor, j:cols * factor:factor]
             np.testing.assert_array_equal(J._all_in_blocks(m, factor), ref)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_masks_with_many_dark_pixels_or_no_blank_area_are_the_morphology(seed):
+    """exposed_field and usable_mask on images with solid blank areas or none (the dilation
+    skipped), few dark pixels (the kernel) or many (the morphology, on the block grid at
+    factors 2 and 4, odd sizes leaving partial blocks) against the plain morphology."""
+    rng = np.random.default_rng(300 + seed)
+    shape = (int(rng.integers(30, 130)), int(rng.integers(30, 130)))
+    for spots in (0.5, 0.002, 0.3):
+        image, field = masks_scene(rng, shape, spots=spots)
+        if spots == 0.002:
+            image[image >= 0.998] = 0.5  # no blank area: the field as stored
+        exposed = J.exposed_field(image, field)
+        np.testing.assert_array_equal(exposed, exposed_field_reference(image, field))
+        for factor in (1, 2, 3, 4, 5):
+            np.testing.assert_array_equal(J.usable_mask(image, exposed, factor),
+                                          usable_mask_reference(image, exposed, factor))
+
+
+@pytest.mark.parametrize("factor", [2, 4])
+def test_any_in_blocks_is_the_reshaped_any(factor):
+    rng = np.random.default_rng(factor)
+    for p_set in (0.0, 0.01, 0.3, 1.0):
+        mask = ((rng.random((int(rng.integers(1, 70)), int(rng.integers(1, 70)))) < p_set) * 255).astype(np.uint8)
+        rows, cols = -(-mask.shape[0] // factor), -(-mask.shape[1] // factor)
+        padded = np.zeros((rows * factor, cols * factor), np.uint8)
+        padded[:mask.shape[0], :mask.shape[1]] = mask
+        ref = padded.reshape(rows, factor, cols, factor).any(axis=(1, 3))
+        out = _kernels.any_in_blocks(mask, factor, np.full((rows, cols), 7, np.uint8))
+        assert out.tolist() == ref.astype(np.uint8).tolist()

@@ -784,3 +784,23 @@ def test_the_band_beside_the_joint_is_looked_for_near_ap_without_a_thin_line(
         np.testing.assert_allclose(view.target_xy, band.point_at(5.0 / 6.0))
         # a line inferred from the band is doubled, but that does not stick to the view
         assert view.line.doubled and not view.doubled_seen
+
+
+def test_reused_working_arrays_give_the_events_of_fresh_ones(sim_runs, monkeypatch):
+    """The study's reused segmentation arrays hold the last segmentation's values: the events
+    are those of fresh arrays, filled with NaN so that a value read before it is written would
+    show."""
+    from sifluoro.register import joint, stage as stage_module
+
+    frames = [f for _, fr, _ in sim_runs for f in fr]
+    reused, _ = run_frames(JointStage(), frames)
+
+    def fresh(buffers, name, shape, dtype):
+        return (np.full(shape, np.nan, dtype) if np.dtype(dtype).kind == "f"
+                else np.ones(shape, dtype))
+
+    monkeypatch.setattr(joint, "work_buffer", fresh)
+    monkeypatch.setattr(stage_module, "work_buffer", fresh)
+    fresh_events, _ = run_frames(JointStage(), frames)
+    assert sum(e["joint"] is not None for e in reused) > len(frames) // 2
+    assert reused == fresh_events
