@@ -373,15 +373,24 @@ class Engine:
         :func:`sifluoro.dose.rdsr_write.write_rdsr`); None before the first frame."""
         return None if self._state is None else self._state.dose
 
-    def run(self, source: str | Path | Iterable[str | Path] | Iterable[Frame]) -> dict:
-        """Feed a whole study (DICOM files/folders, or frames) and return :meth:`close`'s summary."""
+    def run(self, source: str | Path | Iterable[str | Path] | Iterable[Frame], *,
+            study_uid: str | None = None) -> dict:
+        """Feed a whole study (DICOM files/folders, or frames) and return :meth:`close`'s summary.
+
+        ``study_uid`` chooses the study when the files hold several (a unique end of its UID
+        will do). Paths of which not one exists raise :class:`~sifluoro.errors.ConfigError`
+        (a blank study of zero dose would read as a result)."""
+        from sifluoro.outfiles import check_some_input_exists
+
         if isinstance(source, (str, Path)):
             source = [source]
         source = iter(source)
         first = next(source, None)
         items = itertools.chain(() if first is None else (first,), source)  # frames stream
         if first is not None and not isinstance(first, Frame):
-            items = self.frames(read_study(list(items)))
+            paths = list(items)
+            check_some_input_exists(tuple(paths))
+            items = self.frames(read_study(paths, study_uid=study_uid))
         for frame in items:
             self.feed(frame)
         return self.close()

@@ -104,7 +104,8 @@ class MultipleStudiesError(InputError):
         listed = ", ".join(self.study_uids)
         super().__init__(
             f"the input holds {len(self.study_uids)} studies ({listed}); "
-            "pass --study UID to choose one, or give the files of one study",
+            "pass --study UID (study_uid= in Python) to choose one, or give the files of one "
+            "study",
             tag="(0020,000D) StudyInstanceUID",
         )
 

@@ -554,3 +554,21 @@ def test_a_handler_for_a_stage_that_does_not_run_is_warned_about(caplog):
     said = [r.getMessage() for r in caplog.records]
     assert len(said) == 1 and "the needle stage is not among this engine's stages" in said[0]
     engine.close()
+
+
+def test_run_of_a_path_that_does_not_exist_raises_and_a_study_can_be_chosen(tmp_path):
+    """User review s20 I3: ``Engine.run("nonexistent/")`` returned a blank study of 0 dose,
+    the path only in rejected_files; and the error of several studies said "pass --study
+    UID", an option the API did not have."""
+    from sifluoro import Engine
+    from sifluoro.errors import ConfigError, MultipleStudiesError
+    from tests.dicom_fixtures import RunSpec, write_study
+
+    with pytest.raises(ConfigError, match="nonexistent: no such file or folder"):
+        Engine().run(tmp_path / "nonexistent")
+    write_study(tmp_path / "a", [RunSpec(0.0, n_frames=2)], study_uid="1.2.3.4.5.6.7.8.11111111")
+    write_study(tmp_path / "b", [RunSpec(0.0, n_frames=3)], study_uid="1.2.3.4.5.6.7.8.22222222")
+    with pytest.raises(MultipleStudiesError, match=r"study_uid= in Python"):
+        Engine().run(tmp_path)
+    summary = Engine().run(tmp_path, study_uid="22222222")
+    assert (summary["study_instance_uid"], summary["frames"]) == ("1.2.3.4.5.6.7.8.22222222", 3)
