@@ -362,8 +362,8 @@ def format_report(r: dict) -> str:
         + (f"; tips in the pixels (SNR >= 3): detected "
            f"{_of(n['detectable_detection_rate_3mm'], n['detectable_tip_frames'], 'frames')}, error median "
            f"{n['detectable_tip_error_mm_median']} mm, p95 {n['detectable_tip_error_mm_p95']} mm; "
-           f"of those frames, a tip within 0.5 mm on {n['detectable_within_0_5mm_rate']} and "
-           f"within 1.5 mm on {n['detectable_within_1_5mm_rate']}"
+           f"a tip within 0.5 mm on {_of(n['detectable_within_0_5mm_rate'], n['detectable_tip_frames'])}, "
+           f"within 1.5 mm on {_of(n['detectable_within_1_5mm_rate'], n['detectable_tip_frames'])}"
            if n["detectable_tip_frames"] else ""),
         f"joint    mean distance {j['mean_distance_mm']} mm, coverage {j['coverage_2mm']}, reported "
         f"{j['reported_rate']}, false {_na(j['false_joint_rate'])}; doubled advice right on "
