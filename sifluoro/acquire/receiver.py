@@ -20,7 +20,7 @@ Statuses answered (C-STORE, PS3.4 Annex B; ``ErrorComment`` says why):
 0xA900   the dataset's SOP Class UID differs from the one in the C-STORE request
 0xC000   the dataset cannot be parsed, or its SOP Instance UID differs from the request's
 0xC001   a UID is not a valid UID (e.g. ``../../etc``): never used as a path
-0xC002   the instance parses but lacks what the pipeline needs (reader's typed error), or an
+0xC002   the instance parses but the reader refuses it (its typed error), or an
          SR is not a dose report
 ======== ==================================================================================
 
