@@ -83,7 +83,8 @@ def _text(img, text, org, colour=(255, 255, 255), *, rows: tuple[int, int] | Non
 
 def draw_overlay(pixels: np.ndarray, photometric: str, event: dict, *, truth: dict | None = None,
                  title: str | None = None, spacing_mm: float | None = None,
-                 out: np.ndarray | None = None, stages: Collection[str] | None = None) -> np.ndarray:
+                 out: np.ndarray | None = None, stages: Collection[str] | None = None,
+                 scale_unknown: bool = False) -> np.ndarray:
     """An annotated BGR image of one frame and its event (docs/contract.md §3), optionally
     with truth.
 
@@ -91,6 +92,8 @@ def draw_overlay(pixels: np.ndarray, photometric: str, event: dict, *, truth: di
     ``stages``: the image stages that ran (the summary's ``stages``); when given, a stage that
     did not run is written *not assessed* (no needle mark, contrast ``none``, would otherwise
     read as "looked, found nothing").
+    ``scale_unknown``: the frame has no pixel spacing; the banner says why the joint line,
+    target and distances, worked out in mm, are missing (user review s20 R4).
     ``out`` (rows, columns, 3) uint8, if given, receives the image (a caller drawing every
     frame reuses one, which saves a third of the cost at 1024²).
     """
@@ -181,6 +184,9 @@ def draw_overlay(pixels: np.ndarray, photometric: str, event: dict, *, truth: di
           and "needle" not in [*event.get("skipped_stages", ()), *event.get("failed_stages", ())]):
         # the stage looked and found no tip: not the same as a study it was not asked of
         lines.append(("needle: not found", COLOURS["none"]))
+    if scale_unknown and (stages is None or "register" in stages):
+        lines.append(("no pixel spacing in the header: no joint line, target or mm",
+                      COLOURS["none"]))
     if joint and joint.get("doubled"):
         lines.append(("joint line doubled: rotate the C-arm a few degrees", COLOURS["joint"]))
     for alert in event.get("alerts", []):
@@ -243,7 +249,7 @@ class OverlayWriter:
         if self._image is None or self._image.shape != shape:
             self._image = np.empty(shape, np.uint8)
         img = draw_overlay(frame.pixels, frame.photometric, event, truth=truth, spacing_mm=spacing,
-                           out=self._image, stages=self.stages)
+                           out=self._image, stages=self.stages, scale_unknown=spacing is None)
         if self.png_dir:
             cv2.imwrite(str(self.png_dir / f"{event['index']:05d}.png"), img)
         if self.mp4_path:

@@ -196,3 +196,18 @@ def test_an_estimated_dose_is_marked_as_one(monkeypatch, source, mark):
         dose["dose_source"] = source
     texts = _texts(monkeypatch, _event(dose=dose), None)
     assert f"fluoro 6.9 s   Ka,r 1.16 mGy   DAP 0.189 Gy.cm2{mark}" in texts
+
+
+def test_a_frame_without_pixel_spacing_says_why_it_has_no_joint_or_distances(monkeypatch):
+    """User review s20 R4: a run without a pixel spacing showed no joint line, target or
+    distance, and nothing said why."""
+    import sifluoro.overlay as overlay
+
+    texts = []
+    monkeypatch.setattr(overlay, "_text", lambda img, text, org, colour, **kw: texts.append(text))
+    pixels = np.full((200, 200), 2000, np.uint16)
+    draw_overlay(pixels, "MONOCHROME2", _event(), stages=("register",), scale_unknown=True)
+    assert "no pixel spacing in the header: no joint line, target or mm" in texts
+    texts.clear()
+    draw_overlay(pixels, "MONOCHROME2", _event(), stages=("register",))
+    assert not any("pixel spacing" in t for t in texts)

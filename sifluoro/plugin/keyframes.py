@@ -155,7 +155,8 @@ def key_frame_sc(key: KeyFrame, ref: Dataset, *, series_instance_uid: str, insta
     spacing = frame.pixel_spacing_xy_mm[0] if frame.pixel_spacing_xy_mm else None
     title = key_frame_title(key)
     rgb = np.ascontiguousarray(draw_overlay(frame.pixels, frame.photometric, event, title=title,
-                                            spacing_mm=spacing, stages=stages)[..., ::-1])
+                                            spacing_mm=spacing, stages=stages,
+                                            scale_unknown=spacing is None)[..., ::-1])
     ref = _without_refused_values(ref)
     orientation = [str(v) for v in ref.get("PatientOrientation", None) or []]
     known = len(orientation) == 2 and all(orientation)

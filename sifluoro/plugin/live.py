@@ -189,7 +189,7 @@ class LiveReplay:
                 if self.draw:
                     spacing = frame.pixel_spacing_xy_mm[0] if frame.pixel_spacing_xy_mm else None
                     overlay = draw_overlay(frame.pixels, frame.photometric, dict(event.event),
-                                           spacing_mm=spacing,
+                                           spacing_mm=spacing, scale_unknown=spacing is None,
                                            stages=[s.name for s in self.engine.pipeline.stages])
                 self._call("frame", frame, event, overlay)
         finally:
