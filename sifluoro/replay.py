@@ -250,6 +250,8 @@ def format_summary(summary: dict) -> str:
         f"fluoro     {summary['fluoro_time_s']:.1f} s"
         + (f"  (+{summary['acquisition_time_s']:.1f} s acquisition)" if summary["acquisition_time_s"] else ""),
         # no source: the totals' zeros are no measurement, and a reader copies what is printed
+        "dose       no image frames (the device's dose report below)" if not summary["runs"]
+        and summary.get("dose_reports") else
         "dose       unknown (no dose in the headers or a report, and no technique to estimate "
         "it from)" if summary["dose_source"] == "none" else
         f"dose       {summary['air_kerma_mgy']:.2f} mGy air kerma, {summary['dap_gycm2']:.3f} Gy·cm² DAP"

@@ -232,3 +232,16 @@ def test_dose_reports_of_other_studies_are_said_and_the_outputs_listed(tmp_path,
     summary = json.loads((tmp_path / "s.json").read_text())
     assert summary["other_studies_dose_reports"] == [str(other)]
     assert summary["dose_source"] != "reported"  # not its dose
+
+
+def test_a_dose_report_alone_is_not_called_a_study_of_unknown_dose(tmp_path, capsys):
+    """User review s20 P8: `replay` of a vendor RDSR alone said "dose unknown (no dose in the
+    headers or a report ...)" and then "study dose 1.36 mGy ... (its dose report)"."""
+    from tests.dose.rdsr_fixtures import Ev, build_rdsr, save
+
+    report = save(build_rdsr([Ev(uid="1.1", dap_gycm2=1.0)], study_uid="9.9.9"), tmp_path / "r.dcm")
+    assert main(["replay", str(report), "--events", str(tmp_path / "e.jsonl"), "--summary",
+                 str(tmp_path / "s.json")]) == 2
+    out = capsys.readouterr().out
+    assert "dose       no image frames (the device's dose report below)" in out
+    assert "unknown (no dose" not in out and "study dose" in out
