@@ -216,6 +216,8 @@ class _Study:
                   file=sys.stderr, flush=True)
             code = code or 1
         if self.summary is not None and self.summary.get("ended_early"):
+            print(f"sifluoro: the study was stopped before its end ({self.summary['ended_early']}): "
+                  "no RDSR nor key frames were queued for it", file=sys.stderr, flush=True)
             code = code or STOPPED_EARLY  # no RDSR was made for the part that ran
         if self.summary is not None and not self.summary.get("frames"):
             code = 2  # as replay: nothing to guide or report

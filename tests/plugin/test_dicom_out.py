@@ -268,6 +268,10 @@ def test_a_study_stopped_part_way_queues_no_rdsr_and_says_so(tmp_path, sifluoro_
     classes = [pydicom.dcmread(p, stop_before_pixels=True).SOPClassUID
                for p in (tmp_path / "outbox" / "pending").glob("*.dcm")]
     assert RDSR not in classes
+    # nor key frames, and the console says so (user review s20 I5)
+    assert classes == []
+    assert "stopped before its end" in command.log_path.read_text() and \
+        "no RDSR nor key frames were queued" in command.log_path.read_text()
 
 
 def test_a_full_disk_for_the_events_keeps_the_study_and_its_rdsr(tmp_path, capsys):
