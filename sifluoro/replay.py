@@ -177,6 +177,7 @@ def count_lost(state, run: Run, first_frame_number: int) -> list:
 
 def build_summary(study: Study, state, rejected: list[Rejection]) -> dict:
     totals = state.dose.live  # as the events counted them (study_dose: recounted, whole)
+    device = study.device if study.runs else (state.dose.report_device or study.device)
     return {
         "study_instance_uid": study.study_instance_uid,
         "frames": state.frames,
@@ -214,7 +215,8 @@ def build_summary(study: Study, state, rejected: list[Rejection]) -> dict:
         "assumed_runs": dict(state.assumed_runs),
         "alerts": list(state.alerts),
         "srdl_exceeded": list(state.dose.srdl_exceeded),
-        "device": {"manufacturer": study.device.manufacturer, "model": study.device.model},
+        # the runs' device; without runs, the device report's (user review s20 I6)
+        "device": {"manufacturer": device.manufacturer, "model": device.model},
         "dose_reports": list(study.dose_reports),
     }
 

@@ -245,3 +245,9 @@ def test_a_dose_report_alone_is_not_called_a_study_of_unknown_dose(tmp_path, cap
     out = capsys.readouterr().out
     assert "dose       no image frames (the device's dose report below)" in out
     assert "unknown (no dose" not in out and "study dose" in out
+    # the device is the report's (user review s20 I6: blank)
+    from sifluoro.dose.rdsr_read import read_rdsr as read
+
+    device = read(report).device
+    assert json.loads((tmp_path / "s.json").read_text())["device"] == {
+        "manufacturer": device.manufacturer, "model": device.model} and device.manufacturer

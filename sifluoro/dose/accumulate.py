@@ -163,6 +163,7 @@ class DoseAccumulator:
         self._runs: dict[str, RunDose] = {}
         self._tallies: dict[str, _RunTally] = {}
         self._report: dict[str, IrradiationEvent] = {}  # the device reports' events, by UID
+        self.report_device: Device | None = None  # the device report's
         # run SOP Instance UID -> the report's events given to it (_spread: event UID -> the
         # known runs over whose frames its dose is spread)
         self._report_events: dict[str, list[IrradiationEvent]] = {}
@@ -203,6 +204,7 @@ class DoseAccumulator:
         for run in runs:
             self._know(run)
         self._report = {e.event_uid: e for e in report.events}
+        self.report_device = report.device  # a study of the report alone has no run to name it
         self._residual_wanted = _report_residual(report)
         if report.events and not any(e.sop_instance_uids for e in report.events):
             log.warning("the device's dose report names no image: its events are matched with the "
