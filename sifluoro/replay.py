@@ -287,8 +287,13 @@ def format_summary(summary: dict) -> str:
     ]
     for alert in summary["alerts"]:
         lines.append(f"ALERT      {alert['message']} (frame {alert['index']})")
+    # notes, exports, a simulated case's truth.json beside a study: counted, not each a fault
+    not_dicom = [r["file"] for r in summary["rejected_files"] if r.get("error") == "NotDicomError"]
     for rej in summary["rejected_files"]:
-        lines.append(f"rejected   {rej['file']}: {rej['reason']}")
+        if rej.get("error") != "NotDicomError":
+            lines.append(f"rejected   {rej['file']}: {rej['reason']}")
+    if not_dicom:
+        lines.append(f"passed over {_count(len(not_dicom), 'file')}, not DICOM: {first_few(not_dicom)}")
     if others := summary.get("other_studies_dose_reports"):
         lines.append(f"not read   {_count(len(others), 'dose report')} of other studies "
                      f"({first_few(others)}): read them with `sifluoro dose summary`")

@@ -1078,3 +1078,17 @@ def test_dose_summary_of_a_folder_counts_its_non_dicom_files_on_one_line(tmp_pat
     assert main(["dose", "summary", str(tmp_path / "in")]) == 0
     out = capsys.readouterr().out
     assert "passed over 4 files, not DICOM:" in out and "remove it" not in out
+
+
+def test_replay_of_a_folder_counts_its_non_dicom_files_on_one_line(tmp_path, capsys):
+    """User review s20 P5: `replay` of a simulated case folder rejected the simulator's own
+    truth.json with "remove it from the input" (dose summary and audit pass such files over)."""
+    write_study(tmp_path / "case" / "dicom", [RunSpec(0.0)])
+    (tmp_path / "case" / "truth.json").write_text("{}")
+    assert main(["replay", str(tmp_path / "case"), "--events", str(tmp_path / "e.jsonl"),
+                 "--summary", str(tmp_path / "s.json")]) == 0
+    out = capsys.readouterr().out
+    assert f"passed over 1 file, not DICOM: {tmp_path / 'case' / 'truth.json'}" in out
+    assert "remove it" not in out and "rejected   " not in out
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert [r["error"] for r in summary["rejected_files"]] == ["NotDicomError"]  # still listed

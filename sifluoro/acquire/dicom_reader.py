@@ -355,8 +355,7 @@ def read_header(path: str | Path) -> Dataset:
     try:
         ds = pydicom.dcmread(path, defer_size=1024, force=False)
     except InvalidDicomError as exc:
-        raise NotDicomError("not a DICOM file (no DICOM Part 10 'DICM' header); remove it from "
-                            "the input", path=path) from exc
+        raise NotDicomError("not a DICOM file (no DICOM Part 10 'DICM' header)", path=path) from exc
     except Exception as exc:  # the file boundary: any parse failure is this file's fault
         ds, failure = None, exc
     if ds is not None and len(ds) and PIXEL_DATA in ds:
