@@ -77,8 +77,12 @@ def summarize(paths: Iterable[str | Path], *, settings: DoseSettings | None = No
 
 def _folder_of(runs) -> str | None:
     """The folder holding a study's image files (their common folder), or None."""
-    folders = {os.path.dirname(os.path.abspath(r.path)) for r in runs if r.path}
-    return os.path.commonpath(sorted(folders)) if folders else None
+    # as the inputs were given (relative or not), as a report's path is (user review s20 P6)
+    folders = {os.path.dirname(r.path) or "." for r in runs if r.path}
+    try:
+        return os.path.commonpath(sorted(folders)) if folders else None
+    except ValueError:  # relative and absolute inputs mixed
+        return os.path.commonpath(sorted(os.path.abspath(f) for f in folders))
 
 
 def device_report(study: Study, rejected: list[Rejection],
