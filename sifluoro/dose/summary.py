@@ -367,9 +367,12 @@ def _number(value: float | None, width: int, decimals: int, *, at_least: bool = 
     return f"{('≥' if at_least else '') + f'{value:.{decimals}f}':>{width}}"
 
 
+_SOURCE_SHORT = {"reported": "rep", "estimated": "est", "mixed": "mix", "none": "none"}
+
+
 def table(studies: list[StudyDose], rejected: list[Rejection] = ()) -> str:
     """A human table: one row per study, then per plane when there are several."""
-    header = (f"{'study':<28} {'source':<7} {'device':<26} {'events':>6} {'fluoro s':>9} "
+    header = (f"{'study':<28} {'source':<8} {'device':<30} {'events':>6} {'fluoro s':>9} "
               f"{'DAP Gy·cm²':>11} {'Ka,r mGy':>10}  SRDL")
     lines = [header, "-" * len(header)]
     bounded = 0
@@ -377,19 +380,22 @@ def table(studies: list[StudyDose], rejected: list[Rejection] = ()) -> str:
         d = s.summary()
         uid = d["study_instance_uid"]
         uid = uid if len(uid) <= 28 else "…" + uid[-27:]
-        device = f"{d['device']['manufacturer']} {d['device']['model']}".strip()[:26]
-        source = d["source"] if d["source"] == "rdsr" else f"img/{d['dose_source'][:3]}"
+        device = f"{d['device']['manufacturer']} {d['device']['model']}".strip()
+        device = device if len(device) <= 30 else device[:29] + "…"
+        source = d["source"] if d["source"] == "rdsr" else f"img/{_SOURCE_SHORT.get(d['dose_source'], d['dose_source'])}"
         partial = d["events_dose_unknown"] > 0
         bounded += partial
-        lines.append(f"{uid:<28} {source:<7} {device:<26} {d['events']:>6} {_number(d['fluoro_time_s'], 9, 1)} "
+        lines.append(f"{uid:<28} {source:<8} {device:<30} {d['events']:>6} {_number(d['fluoro_time_s'], 9, 1)} "
                      f"{_number(d['dap_gycm2'], 11, 4, at_least=partial)} "
                      f"{_number(d['air_kerma_mgy'], 10, 2, at_least=partial)}  "
                      f"{','.join(d['srdl_exceeded']) or '-'}")
         if len(s.planes) > 1:
             for p in d["per_plane"]:
-                lines.append(f"{'  plane ' + p['plane']:<28} {'':<7} {'':<26} {p['events']:>6} "
+                lines.append(f"{'  plane ' + p['plane']:<28} {'':<8} {'':<30} {p['events']:>6} "
                              f"{p['fluoro_time_s'] or 0.0:>9.1f} {_number(p['dap_gycm2'], 11, 4)} "
                              f"{_number(p['air_kerma_mgy'], 10, 2)}")
+    lines.append("source: rdsr = the device's dose report; img/ = from the images: rep(orted in "
+                 "their headers), est(imated from the technique), mix(ed), none (unknown)")
     if bounded:
         lines.append("≥ a lower bound: the study has events of unknown dose, not counted "
                      "(events_dose_unknown in --json)")
