@@ -184,6 +184,11 @@ def read_rdsr(path: str | Path, ds: Dataset | None = None) -> StudyDose:
     try:
         if not is_dose_report(ds):
             sop = UID(str(ds.get("SOPClassUID", "")))
+            if sop in SR_SOP_CLASSES and "ConceptNameCodeSequence" not in ds \
+                    and "ContentSequence" not in ds:  # an SR that ends before its content
+                raise DamagedFileError("the report ends before its content (no root concept, no "
+                                       "content sequence): a copy cut short, or damaged",
+                                       path=path, tag="(0040,A043) ConceptNameCodeSequence")
             raise UnsupportedDicomError(
                 f"not an X-Ray Radiation Dose Report (SOP class {sop.name if sop.is_valid else shown_uid(sop) if sop else 'missing'}, "
                 "root concept must be (DCM,113701))", path=path, tag="(0040,A043) ConceptNameCodeSequence")

@@ -116,12 +116,13 @@ def device_report(study: Study, rejected: list[Rejection],
 def _as_report(rejection: Rejection) -> Rejection:
     """A dose report cut too short for pydicom is rejected by the image reader, which speaks of
     its missing pixel data: word it as ``audit ingest`` does (review s16 L2)."""
-    if rejection.error not in ("DamagedPixelDataError", "DamagedFileError"):
+    if rejection.error not in ("DamagedPixelDataError", "DamagedFileError", "UnsupportedDicomError"):
         return rejection  # (the image reader says DamagedFileError of an SR cut in its meta)
     try:
         if not names_an_sr_class(rejection.file):
             return rejection
         _check_whole(rejection.file)
+        read_rdsr(rejection.file)  # one cut before its content: the report reader says so
     except OSError:
         return rejection
     except InputError as exc:
@@ -394,8 +395,9 @@ def table(studies: list[StudyDose], rejected: list[Rejection] = ()) -> str:
                 lines.append(f"{'  plane ' + p['plane']:<28} {'':<8} {'':<30} {p['events']:>6} "
                              f"{p['fluoro_time_s'] or 0.0:>9.1f} {_number(p['dap_gycm2'], 11, 4)} "
                              f"{_number(p['air_kerma_mgy'], 10, 2)}")
-    lines.append("source: rdsr = the device's dose report; img/ = from the images: rep(orted in "
-                 "their headers), est(imated from the technique), mix(ed), none (unknown)")
+    if studies:
+        lines.append("source: rdsr = the device's dose report; img/ = from the images: rep(orted "
+                     "in their headers), est(imated from the technique), mix(ed), none (unknown)")
     if bounded:
         lines.append("≥ a lower bound: the study has events of unknown dose, not counted "
                      "(events_dose_unknown in --json)")

@@ -109,3 +109,19 @@ def test_philips_collimated_area_agrees_with_the_devices_own_dap_over_air_kerma(
             at_reference = e.collimated_field_area_cm2 * ((e.source_to_isocenter_mm - 150.0) / e.sid_mm) ** 2
             ratios.append(at_reference / (e.dap_gycm2 / (e.air_kerma_mgy / 1000.0)))
     assert len(ratios) >= 4 and 0.85 <= statistics.median(ratios) <= 1.15
+
+
+def test_a_report_cut_before_its_content_is_called_cut_short_by_every_reader(vendor_dir, tmp_path):
+    """User review s20 P3: a vendor RDSR cut at 900 bytes was "not an X-ray image sifluoro
+    reads" (dose summary) and "not an X-Ray Radiation Dose Report" (audit ingest)."""
+    from sifluoro.audit.ingest import ingest
+    from sifluoro.dose.summary import summarize
+
+    cut = tmp_path / "r900.dcm"
+    cut.write_bytes((vendor_dir / "philips_allura_clarity_u104.dcm").read_bytes()[:900])
+    studies, rejected = summarize([cut])
+    assert studies == [] and len(rejected) == 1
+    result = ingest([cut], f"sqlite:///{tmp_path / 'r.db'}")
+    for r in (rejected[0], result.rejected[0]):
+        assert (r.error, r.tag) == ("DamagedFileError", "(0040,A043) ConceptNameCodeSequence")
+        assert "the report ends before its content" in r.reason
