@@ -44,3 +44,22 @@ def test_the_contract_names_every_field_the_checker_requires():
     for key in (*event_keys, *DOSE_KEYS, *SUMMARY_KEYS, *CONTRAST_STATES, *dose_summary_keys,
                 "file", "reason", "p50", "p95", "p99", "max"):
         assert f'"{key}"' in text or f"`{key}`" in text, key
+
+
+def test_the_contract_names_every_field_of_the_live_states():
+    """User review s20 I7: the OpenIGTLink State and /state.json had no documented schema."""
+    from sifluoro.plugin.igtl import study_end_state
+    from sifluoro.plugin.view import ViewState
+
+    section = DOC.read_text(encoding="utf-8").split("## 5. ", 1)[1]
+    view = ViewState()
+    view.finish({"stages": ["register"]})
+    state = view.snapshot()
+    names = set(state) | set(state["dose"]) | set(state["summary"])
+    names |= set(study_end_state({"stages": []}))
+    igtl_frame = {"tip_visible", "tip_confidence", "end_on", "target_visible", "scale_unknown",
+                  "study_alerts", "dose_source", "degraded_steps", "no_picture"}
+    for name in sorted(names | igtl_frame):
+        if not name.startswith("study_") or name in ("study_alerts", "study_instance_uid",
+                                                     "study_dose"):
+            assert f'"{name}"' in section, name
