@@ -1122,23 +1122,17 @@ def z_like(m, med, divisor):
 
 
 @njit(cache=True, nogil=True)
-def drop_kept_opacity(zw, arrival, newest, mask, y0, y1, x0, x1, margin, reference,
-                      fraction):
-    """In the box ``y0:y1, x0:x1``: ``zw = 0`` where ``mask`` and ``arrival - newest`` is
-    less than ``margin`` or than ``fraction`` of the opacity ``arrival - reference`` (float32,
-    the margin and fraction rounded to float32 as NumPy does with a Python float; fraction 0:
-    the margin alone): the NumPy steps of ``contrast_transient._drop_kept_opacity`` in one
-    pass."""
+def drop_kept_opacity(zw, arrival, newest, mask, y0, y1, x0, x1, margin):
+    """In the box ``y0:y1, x0:x1``: ``zw = 0`` where ``mask`` and ``arrival - newest <
+    margin`` (float32, the margin rounded to float32 as NumPy compares a float32 array with a
+    Python float): the NumPy steps of ``contrast_transient._drop_kept_opacity`` in one pass."""
     rows, cols = zw.shape
     m = np.float32(margin)
-    f = np.float32(fraction)
     for y in range(max(y0, 0), min(y1, rows)):
-        zr, ar, nr, kr, rr = zw[y], arrival[y], newest[y], mask[y], reference[y]
+        zr, ar, nr, kr = zw[y], arrival[y], newest[y], mask[y]
         for x in range(max(x0, 0), min(x1, cols)):
-            if kr[x]:
-                loss = ar[x] - nr[x]
-                if loss < m or (f > 0.0 and loss < f * (ar[x] - rr[x])):
-                    zr[x] = np.float32(0.0)
+            if kr[x] and ar[x] - nr[x] < m:
+                zr[x] = np.float32(0.0)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -1312,5 +1306,5 @@ def warm_up(rows: int = 1024, cols: int = 1024, factor: int = 4) -> None:
     med = local_z(onset, flags, tmp, washout, 31, scratch, hist, bins, rowsum, colsum, img,
                   flags2, 3.0)
     z_like(onset, med, img)
-    drop_kept_opacity(onset, img, tmp, flags, 0, 2, 0, 2, 0.5, img, 0.5)
+    drop_kept_opacity(onset, img, tmp, flags, 0, 2, 0, 2, 0.5)
     best_line(onset, washout, tmp, 1.5, 3.0, flags2, stack)

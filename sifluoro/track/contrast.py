@@ -36,11 +36,6 @@ WASHOUT_FRACTION = 0.35
 # a vessel test's washout inside opacity accepted on the current frame counts only where the
 # opacity lost at least this many residual noise sigmas since its arrival frame
 KEPT_OPACITY_LOSS_Z = 1.0
-# a line of the history test that lies mostly in opacity still accepted counts there only
-# where that opacity lost at least this share of itself (over the reference, on the arrival
-# frame), unless the opacity around it fell: the centre of a dense bolus that spreads into a
-# cloud loses 10-20 % while the ring gains (contrast_transient.TransientLines._beyond_kept)
-KEPT_OPACITY_LOSS_FRACTION = 0.5
 
 
 @dataclass(frozen=True)
@@ -383,8 +378,7 @@ class ContrastStage:
             y1 = max(o.bbox_xyxy[3] for o in accepted) // factor + 1
             x0 = min(o.bbox_xyxy[0] for o in accepted) // factor
             x1 = max(o.bbox_xyxy[2] for o in accepted) // factor + 1
-            stays = (rm.opaque, (y0, y1, x0, x1), KEPT_OPACITY_LOSS_Z * sigma, envelope,
-                     KEPT_OPACITY_LOSS_FRACTION)
+            stays = (rm.opaque, (y0, y1, x0, x1), KEPT_OPACITY_LOSS_Z * sigma)
         vessel_mm = self._vessel_mm(memory, b, work_mm, stays)
         joint = getattr(register, "joint_polyline_xy", None) if register is not None else None
         memory.classifier.update(frame.index, accepted, vessel_mm, joint, washed_out=washed_out)

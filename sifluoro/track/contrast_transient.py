@@ -59,11 +59,6 @@ GAS_TRIES = 3
 # a joint fill alone. Frames without accepted opacity are standardised as before.
 NEAR_CLIP = 3.0
 NEAR_GROW_PX = LINE_HALF_PX + FLANK_PX + 1
-# a line that fired keeps its score when at least this share of it is left with the washout
-# inside opacity that stays counted only where that opacity lost a given share of itself, or
-# when the opacity around it fell (TransientLines._beyond_kept). On the quick training sets
-# the history test's vessels kept 0.74-1.0 of their score, the spreading boluses 0-0.28
-KEPT_SHARE = 0.5
 
 _STAMPS = itertools.count(1)
 _EDGE_SQUARE = np.ones((2 * EDGE_PX + 1, 2 * EDGE_PX + 1), np.uint8)
@@ -153,15 +148,12 @@ def _dark_twin(onset: np.ndarray, comp: np.ndarray, noise: float, inner: np.ndar
 
 
 def _drop_kept_opacity(zw: np.ndarray, arrival: np.ndarray, newest: np.ndarray,
-                       mask: np.ndarray, bbox: tuple[int, int, int, int], margin: float,
-                       reference: np.ndarray | None = None, fraction: float = 0.0) -> None:
+                       mask: np.ndarray, bbox: tuple[int, int, int, int],
+                       margin: float) -> None:
     """Zero the washout z ``zw`` where ``mask`` (opacity still there on ``newest``) lost
-    less than ``margin`` since ``arrival``, or (``reference`` given) less than ``fraction``
-    of its opacity over ``reference`` on ``arrival``; only inside ``bbox`` (y0, y1, x0, x1)."""
+    less than ``margin`` since ``arrival``; only inside ``bbox`` (y0, y1, x0, x1)."""
     y0, y1, x0, x1 = bbox
-    if reference is None:
-        reference, fraction = arrival, 0.0
-    K.drop_kept_opacity(zw, arrival, newest, mask, y0, y1, x0, x1, margin, reference, fraction)
+    K.drop_kept_opacity(zw, arrival, newest, mask, y0, y1, x0, x1, margin)
 
 
 class TransientLines:
@@ -174,7 +166,6 @@ class TransientLines:
         self.cpad = np.empty((rows + 2 * FLANK_PX, cols + 2 * FLANK_PX), np.float32)
         self.ridge_o = np.empty(shape, np.float32)
         self.ridge_w = np.empty(shape, np.float32)
-        self.ridge_w2 = np.empty(shape, np.float32)   # the washout beyond kept opacity
         self.tmp = np.empty(shape, np.float32)
         self.rowsum = np.empty(shape, np.float64)
         self.counts = np.empty(shape, np.int32)
@@ -272,15 +263,12 @@ class TransientLines:
         under ``floor`` read 0. ``stamps[slot]`` (:func:`new_stamp`) names the frame each
         history slot holds: the washout's noise is then kept for :meth:`score_recent`.
 
-        ``stays``, optional ``(mask, bbox, margin[, reference, fraction])``: opacity still
-        accepted on the newest frame (bool map, its (y0, y1, x0, x1) box on the grid) and the
-        loss (frame units) that counts as washing out. Where that opacity lost less than
-        ``margin`` since the arrival frame, the washout is not counted: a cloud that broadens
-        loses the curvature the ridge filter sees at its centre, not its opacity (a star of
-        "lines" on a growing extravasation, quick training seed 1521 case 5: 47 z x mm). With
-        ``reference`` (the pose's) and ``fraction``, a line that fires must also keep
-        ``KEPT_SHARE`` of its score where that opacity lost ``fraction`` of itself
-        (:meth:`_beyond_kept`).
+        ``stays``, optional ``(mask, bbox, margin)``: opacity still accepted on the newest
+        frame (bool map, its (y0, y1, x0, x1) box on the grid) and the loss (frame units) that
+        counts as washing out. Where that opacity lost less than ``margin`` since the arrival
+        frame, the washout is not counted: a cloud that broadens loses the curvature the ridge
+        filter sees at its centre, not its opacity (a star of "lines" on a growing
+        extravasation, quick training seed 1521 case 5: 47 z x mm).
         """
         if n not in (4, 5):
             raise ValueError(f"the vessel test takes 4 or 5 frames, not {n}")
@@ -303,18 +291,15 @@ class TransientLines:
         measuring it again, which is half the cost of a test. Its own washout's line raises
         its own local noise, the other washout holds less of it: a vessel scores about twice
         as high this way, so its threshold is higher (contrast_classify.RECENT_LINE_MM).
-        ``stays``: as for :meth:`score_history`, its margin only (no share, see
-        :meth:`_beyond_kept`).
+        ``stays``: as for :meth:`score_history`.
         """
         if n not in (4, 5):
             raise ValueError(f"the vessel test takes 4 or 5 frames, not {n}")
         o = self.recent
         o[0], o[1], o[2], o[3], o[4] = (order[n - 4], order[n - 3], order[n - 2], order[n - 2],
                                         order[n - 1])
-        # a vessel one frame on often still holds most of itself: no share of it is asked
-        # for inside opacity that stays (_beyond_kept), the margin only
         return self._score(history, o, FRAMES, valid, floor, stamps, order[n - 1],
-                           reuse_noise=True, stays=None if stays is None else stays[:3])
+                           reuse_noise=True, stays=stays)
 
     def score_late(self, history: np.ndarray, order: np.ndarray, n: int, valid: np.ndarray, *,
                    floor: float = 0.0, stamps: np.ndarray | None = None) -> float:
@@ -360,7 +345,7 @@ class TransientLines:
             self.w_of = noise_of
         if stays is not None:
             _drop_kept_opacity(self.ridge_w, history[order[n - 3]], history[order[n - 1]],
-                               *stays[:3])
+                               *stays)
         if floor > 0.0 and K.best_line(zw, zw, validf, LOW_Z, HIGH_Z, self.seen[r],
                                        self.stack) < floor:
             return 0.0
@@ -368,46 +353,7 @@ class TransientLines:
         score = K.best_line(self.ridge_o[r], zw, validf, LOW_Z, HIGH_Z, self.seen[r], self.stack)
         if floor > 0.0 and score >= floor:
             score = self._without_gas(history, order, n, score, floor)
-            if score >= floor and stays is not None and len(stays) > 3:
-                score = self._beyond_kept(history, order, n, score, floor, stays)
         return score
-
-    def _beyond_kept(self, history, order, n, score, floor, stays) -> float:
-        """``score``, or what is left of it (0 under ``floor``) when the line that fired is
-        a spreading bolus: less than ``KEPT_SHARE`` of it is left once the washout inside
-        opacity that stays counts only where that opacity lost ``fraction`` of itself
-        (``stays[3:]``: the pose's reference and the share), and the opacity around the line
-        did not fall (:meth:`_opacity_fell`). The centre of a dense bolus that spreads into a
-        cloud loses a fifth of itself while the ring around it gains, and read as a compact
-        line that came and went (quick training 1526 case 9, 8101 case 9, 9202 case 23:
-        extravasation alerted as vascular); a vessel empties, and takes its iodine with it
-        even where it crosses a cloud or joint fill denser than itself (review s19: the share
-        rule alone threw such vessels away). Runs only when a test fires."""
-        r = self.rows
-        zw = self.ridge_w2[r]
-        np.copyto(zw, self.ridge_w[r])
-        _drop_kept_opacity(self.ridge_w2, history[order[n - 3]], history[order[n - 1]], *stays)
-        beyond = K.best_line(self.ridge_o[r], zw, self.validf[r], LOW_Z, HIGH_Z, self.seen[r],
-                             self.stack)
-        if beyond >= KEPT_SHARE * score or self._opacity_fell(history, order, n):
-            return score
-        return beyond if beyond >= floor else 0.0
-
-    def _opacity_fell(self, history, order, n) -> bool:
-        """Whether the box around the line that fired (the best component of ``min(onset,
-        washout)``, its box grown by half its size as for the gas test) holds less opacity on
-        the newest frame than on the arrival frame: a washout takes iodine away, a bolus that
-        spreads while the injection goes on only moves it (and adds)."""
-        r = self.rows
-        comp = _best_component(np.minimum(self.ridge_o[r], self.ridge_w[r]) * self.validf[r])
-        if comp is None:
-            return False
-        ys, xs = np.nonzero(comp)
-        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-        m = max(3, max(y1 - y0, x1 - x0) // 2)
-        box = (slice(max(0, y0 - m), y1 + m), slice(max(0, x0 - m), x1 + m))
-        change = history[order[n - 1]][r][box] - history[order[n - 3]][r][box]
-        return float(change[self.inner[r][box]].sum(dtype=np.float64)) < 0.0
 
     def _without_gas(self, history, order, n, score, floor) -> float:
         """``score`` with the best lines that came with a dark twin left out (a gas rim that

@@ -63,7 +63,7 @@ class Phantom:
     def frame(self, t: int, *, gas_shift_px: float, needle_len_px: float | None = None,
               joint_reach_px: float = 0.0, cloud: float = 0.0, vessel: float = 0.0,
               field_top_px: int = 0, bone_gain: float = 1.0,
-              blob_px: float = 0.0, blob_peak: float = 0.3) -> np.ndarray:
+              blob_px: float = 0.0) -> np.ndarray:
         a = self.base.copy()
         if bone_gain != 1.0:
             # another technique (kV, filtration) or processing: bone against soft tissue
@@ -88,8 +88,8 @@ class Phantom:
                 a += cloud * np.exp(-((self.xx - TIP_XY[0] - dx) ** 2 + (self.yy - TIP_XY[1] - dy) ** 2)
                                     / (2 * s * s))
         if blob_px > 0:
-            # a dense bolus at the tip, as dense at the centre as it broadens (or blob_peak)
-            a += blob_peak * np.exp(-((self.xx - TIP_XY[0]) ** 2 + (self.yy - TIP_XY[1]) ** 2)
+            # a dense bolus at the tip, as dense at the centre as it broadens
+            a += 0.3 * np.exp(-((self.xx - TIP_XY[0]) ** 2 + (self.yy - TIP_XY[1]) ** 2)
                               / (2 * blob_px * blob_px))
         if vessel > 0:
             a[self.vessel] += 0.25 * vessel
@@ -350,34 +350,6 @@ def test_a_vessel_arriving_in_opacity_that_stays_is_vascular(phantom, draw):
     must stay vascular."""
     events, state = _replay(phantom, _needle_runs() + [_contrast_run(14, 1, **draw)])
     assert state.contrast_state == "vascular"
-    assert sum("alerts" in e for e in events) == 1
-
-
-def _spreading_bolus(width_px: float, grow_px: float, peak: float, thinning: float) -> dict:
-    """A dense bolus at the tip that spreads while injecting, its centre thinning by
-    ``thinning`` of its first peak a frame (to half at most): the ring around it gains."""
-    return dict(blob_px=lambda f: 0.0 if f == 0 else width_px + grow_px * (f - 1),
-                blob_peak=lambda f: peak * max(1.0 - thinning * (f - 1), 0.5))
-
-
-@pytest.mark.parametrize("bolus", [(3.0, 2.0, 0.4, 0.1), (5.0, 2.0, 0.4, 0.2),
-                                   (3.0, 4.0, 0.6, 0.2)])
-def test_a_dense_bolus_that_spreads_is_extravasation_not_a_vessel(phantom, bolus):
-    """Its thinning centre, still opaque, read as a compact line that came and went (quick
-    training 1526 case 9, 8101 case 9, 9202 case 23: extravasation alerted as vascular);
-    the opacity around it grew, a washout takes it away."""
-    events, state = _replay(phantom, _needle_runs() + [_contrast_run(12, 1,
-                                                                     **_spreading_bolus(*bolus))])
-    assert set(_states(events)[-11:]) == {"extravasation"}
-    assert not any("alerts" in e for e in events)
-
-
-def test_a_vessel_from_a_spreading_bolus_is_vascular(phantom):
-    """The same bolus with a vessel filling from it two frames on: vascular."""
-    draw = dict(_spreading_bolus(3.0, 2.0, 0.4, 0.1), vessel=_vessel_course(3))
-    events, state = _replay(phantom, _needle_runs() + [_contrast_run(12, 1, **draw)])
-    out = _states(events)[-12:]
-    assert state.contrast_state == "vascular" and out.index("vascular") <= 3 + 3
     assert sum("alerts" in e for e in events) == 1
 
 
