@@ -353,6 +353,26 @@ def test_a_vessel_arriving_in_opacity_that_stays_is_vascular(phantom, draw):
     assert sum("alerts" in e for e in events) == 1
 
 
+@pytest.mark.parametrize("amplitude", [0.45, 0.6])
+def test_a_vessel_along_the_joint_line_while_the_fill_still_grows_is_vascular(amplitude):
+    """Review s20 HIGH: a rule that took a washout line inside opacity that stays for a
+    spreading bolus when the opacity around it did not fall dropped a vessel lying along the
+    joint line while the joint fill still grew into its surroundings (intra-articular to the
+    end, no alert). Reverted; this guards it."""
+    along = Phantom()
+    mask = np.zeros_like(along.vessel)
+    for y in range(int(TIP_XY[1]), int(TIP_XY[1]) + 60):  # 60 px down the joint from the tip
+        x = int(round(_joint_x(y)))
+        mask[y, x - 1:x + 2] = True
+    along.vessel = mask
+    slow = {1: 1.0, 2: 0.8, 3: 0.6, 4: 0.4, 5: 0.2, 6: 0.1}  # washes out over six frames
+    draw = dict(joint_reach_px=lambda f: 10.0 * f,
+                vessel=lambda f: amplitude * slow.get(f - 3, 0.0))
+    events, state = _replay(along, _needle_runs() + [_contrast_run(14, 1, **draw)])
+    assert state.contrast_state == "vascular"
+    assert sum("alerts" in e for e in events) == 1
+
+
 @pytest.mark.parametrize("needle", [False, True])
 def test_a_fast_growing_joint_fill_alone_is_not_a_vessel(phantom, needle):
     """The same fill without a vessel, with the needle still or advancing 2 px a frame: joint
