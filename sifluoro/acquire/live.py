@@ -209,6 +209,7 @@ class LiveStudies:
         # exit status says so
         self.output_errors = 0
         self._errors_lock = threading.Lock()
+        self._shared_summary_lock = threading.Lock()  # the --summary copy, written by every study
 
     # Admission (called from the receiver's threads) ------------------------------------------
     def store(self, study_uid: str, sop_uid: str, write: Callable[[], Path]) -> bool:
@@ -224,31 +225,43 @@ class LiveStudies:
             True if stored, False if it was a duplicate (stored once already; counted).
         """
         with self._locked(study_uid) as study:
-            if sop_uid in study.received_set:
+            duplicate = sop_uid in study.received_set
+            if duplicate:
                 self._count_duplicate(study)
-                return False
+        if duplicate:
+            self._write_duplicates(study)  # file work outside the study's lock
+            return False
         tmp = write()
         with self._locked(study_uid) as study:
             try:
-                if sop_uid in study.received_set:  # the same instance on another association
+                duplicate = sop_uid in study.received_set  # the same instance on another association
+                if duplicate:
                     self._count_duplicate(study)
-                    return False
-                final = self.spool.commit(tmp, study_uid, sop_uid)
+                else:
+                    final = self.spool.commit(tmp, study_uid, sop_uid)
             finally:
                 self.spool.discard(tmp)  # a no-op once renamed
-            study.state.received.append(sop_uid)
-            try:
-                self.spool.save_state(study.state)
-            except BaseException:
-                # not recorded, so not stored: the sender gets a failure and sends it again
-                study.state.received.pop()
-                self.spool.discard(final)
-                raise
-            study.state_unsaved = False  # the save above holds the progress too
-            study.received_set.add(sop_uid)
-            study.received_at[sop_uid] = time.perf_counter()
-            self._schedule_locked(study)
+            if not duplicate:
+                self._record_locked(study, sop_uid, final)
+        if duplicate:
+            self._write_duplicates(study)
+            return False
         return True
+
+    def _record_locked(self, study: _LiveStudy, sop_uid: str, final: Path) -> None:
+        """Record a stored instance and queue the study (study lock held)."""
+        study.state.received.append(sop_uid)
+        try:
+            self.spool.save_state(study.state)
+        except BaseException:
+            # not recorded, so not stored: the sender gets a failure and sends it again
+            study.state.received.pop()
+            self.spool.discard(final)
+            raise
+        study.state_unsaved = False  # the save above holds the progress too
+        study.received_set.add(sop_uid)
+        study.received_at[sop_uid] = time.perf_counter()
+        self._schedule_locked(study)
 
     @contextlib.contextmanager
     def _locked(self, study_uid: str) -> Iterator[_LiveStudy]:
@@ -266,17 +279,19 @@ class LiveStudies:
             self.spool.save_state(study.state)
         except OSError as exc:  # a statistic: not worth failing the sender over
             log.warning("study %s: duplicate count not saved (%s)", study.uid, exc)
-        self._write_duplicates(study)
 
     def _write_duplicates(self, study: _LiveStudy) -> None:
         """The count into the summaries written so far: a duplicate is processed by nothing, so
         no summary would say it until the study's next new instance, or never after a restart
         (user review s20 I1)."""
-        with study.summary_lock:
-            for path in (study.summary_path, self._summary_path):
+        for path in (study.summary_path, self._summary_path):
+            # a pipe, FIFO or terminal given as --summary is written, never read back
+            if path is None or not path.is_file():
+                continue
+            with (study.summary_lock if path == study.summary_path else self._shared_summary_lock):
                 try:
-                    summary = json.loads(path.read_text(encoding="utf-8")) if path else None
-                except (OSError, ValueError):  # none yet: the first one counts it
+                    summary = json.loads(path.read_text(encoding="utf-8"))
+                except (OSError, ValueError):  # being replaced, or damaged: the next one counts it
                     continue
                 if not summary or summary.get("study_instance_uid") != study.uid:
                     continue  # the --summary copy is another study's now
@@ -497,11 +512,12 @@ class LiveStudies:
         """The study's own summary in its spool folder, always; and the ``summary_path`` given
         (the study updated last: meant for one study at a time), as a copy of it."""
         summary = self._summary_of(study)
-        with study.summary_lock:
-            summary["duplicates"] = study.state.duplicates  # as of now: one may have come
-            for path in (study.summary_path, self._summary_path):
-                if path is None:
-                    continue
+        for path in (study.summary_path, self._summary_path):
+            if path is None:
+                continue
+            # the study's own under its lock, the --summary copy (any study's) under one lock
+            with (study.summary_lock if path == study.summary_path else self._shared_summary_lock):
+                summary["duplicates"] = study.state.duplicates  # as of now: one may have come
                 try:
                     write_json(path, summary)
                 except OSError:

@@ -452,3 +452,40 @@ def test_progress_that_cannot_be_saved_by_close_is_an_output_error(tmp_path, mon
     closing[0] = True
     live.close()
     assert live.output_errors == 1
+
+
+def test_a_duplicate_with_a_pipe_as_the_summary_neither_hangs_nor_stops_the_study(tmp_path):
+    """Review s20 R1: the duplicate count was patched into the --summary file by reading it
+    back on the receiving thread with the study's lock held; a pipe given as --summary never
+    answers that read, so the sender's association and the study's worker waited for ever."""
+    import os
+
+    from tests.receiver.helpers import file_uids
+
+    fifo = tmp_path / "summary.pipe"
+    os.mkfifo(fifo)
+    received = []
+
+    def drain():  # a reader of the pipe, as a shell's `| tee` would be
+        while True:
+            with open(fifo, "rb") as fh:
+                data = fh.read()
+            received.append(data)
+
+    threading.Thread(target=drain, daemon=True).start()
+    (path,) = write_study(tmp_path / "study", [RunSpec(0.0, n_frames=2)])
+    spool = Spool(tmp_path / "spool")
+    live = LiveStudies(spool, workers=1, summary_path=fifo)
+    uid, sop = file_uids(path)
+    data = path.read_bytes()
+    assert live.store(uid, sop, lambda: spool.write_temp(uid, sop, data))
+    assert live.wait_idle(30)
+    done = []
+    sender = threading.Thread(target=lambda: done.append(
+        live.store(uid, sop, lambda: spool.write_temp(uid, sop, data))), daemon=True)
+    sender.start()
+    sender.join(15)
+    assert done == [False]  # answered: a duplicate
+    summary = json.loads((spool.study_dir(uid) / "summary.json").read_text())
+    assert summary["duplicates"] == 1 and received
+    live.close()
