@@ -118,6 +118,7 @@ class Run:
     #: fluoroscopy time not counted (totals with it are lower bounds)
     timing_unknown: bool = False
     header_cut: bool = False  # the file ends before its pixel data (cut inside its header)
+    study_uid_cut: bool = False  # ... inside its StudyInstanceUID value: the UID is a stump
     read_frames: Callable[["Run"], Iterator[np.ndarray]] | None = field(default=None, repr=False)
 
     @property

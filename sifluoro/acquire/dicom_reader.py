@@ -20,6 +20,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels.decoders.base import get_decoder
@@ -75,6 +76,7 @@ IMAGE_SOP_CLASSES = {
 XRAY_SOP_CLASSES = frozenset({XRayAngiographicImageStorage, EnhancedXAImageStorage,
                               XRayRadiofluoroscopicImageStorage, EnhancedXRFImageStorage})
 PIXEL_DATA = 0x7FE00010
+STUDY_UID_TAG = 0x0020000D
 #: attribute :func:`read_header` sets on the dataset of a file cut short: the file offset of its
 #: (7FE0,0010) tag, or None when the file ends before it
 CUT_SHORT = "sifluoro_cut_short_pixel_tag_at"
@@ -208,7 +210,7 @@ def _join_cut_study_uids(runs_by_study: dict[str, list[Run]]) -> None:
     UID is the start of exactly one other study's in the input, join that study (their dose,
     from the header read, counted there as lost frames) rather than make a study that does not
     exist: replay refused the input as two studies, dose summary showed two (review s19 U1)."""
-    for uid in [u for u, runs in runs_by_study.items() if all(r.header_cut for r in runs)]:
+    for uid in [u for u, runs in runs_by_study.items() if all(r.study_uid_cut for r in runs)]:
         whole = [u for u in runs_by_study if u != uid and u.startswith(uid)]
         if len(whole) != 1:
             continue
@@ -422,6 +424,16 @@ def _header_before_pixels(path: str | Path) -> tuple[Dataset | None, int | None]
     return ds, at if tag == b"\xe0\x7f\x10\x00" else None
 
 
+def _study_uid_cut(ds: Dataset) -> bool:
+    """Whether the file ends inside its StudyInstanceUID's value (fewer bytes read than its
+    length says): the UID read is then the start of its study's. A whole UID that happens to
+    start another study's (``...777.5`` and ``...777.51``) is not (review s20 I1)."""
+    elem = ds.get_item(STUDY_UID_TAG) if STUDY_UID_TAG in ds else None
+    if isinstance(elem, RawDataElement):
+        return elem.value is not None and elem.length is not None and len(elem.value) < elem.length
+    return elem is not None and max(ds.keys()) == STUDY_UID_TAG  # the last element read
+
+
 def run_from_dataset(ds: Dataset, path: str | Path) -> Run:
     """Validate one image instance's header and turn it into a ``Run`` (pixels not read).
 
@@ -429,6 +441,7 @@ def run_from_dataset(ds: Dataset, path: str | Path) -> Run:
     """
     path = str(path)
     header_cut = False
+    study_uid_cut = _study_uid_cut(ds)  # before anything converts the raw element
     sop_class = UID(str(ds.get("SOPClassUID", "")))
     if not sop_class:
         if UID(str(getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID", ""))) \
@@ -534,6 +547,7 @@ def run_from_dataset(ds: Dataset, path: str | Path) -> Run:
         pixel_offset=offset,
         timing_unknown=fields.timing_unknown,
         header_cut=header_cut,
+        study_uid_cut=header_cut and study_uid_cut,
         read_frames=reader,
     )
 

@@ -196,7 +196,7 @@ def ingest(paths: Iterable[str | Path], db: str | Engine, *, settings: AuditSett
                 mine[:] = [f for f in mine if f is not other]
                 cut = [f for f in cut if f is not other]
             claimed[item.sop_instance_uid] = item
-            if item.run is not None and item.run.header_cut:
+            if item.run is not None and item.run.study_uid_cut:
                 cut.append(item)  # its Study UID may be cut too: placed once all are seen
                 continue
             seen.add(item.study_instance_uid)

@@ -1067,3 +1067,22 @@ def test_a_newer_copy_cut_short_does_not_replace_the_whole_file(db_url, tmp_path
         recorded = set(conn.execute(select(InstanceRow.path)).scalars())
     assert recorded == {str(p) for p in paths}
     engine.dispose()
+
+
+def test_a_file_cut_before_its_pixel_data_with_a_whole_study_uid_joins_no_other_study(db_url, tmp_path):
+    """Review s20 I1: any file cut before its pixel data joined a study whose UID starts with
+    its own, also when its own Study UID was whole (study ...777.5 of another patient joined
+    ...777.51), in the registry and in dose summary alike."""
+    a = write_study(tmp_path / "A", [RunSpec(0.0, n_frames=3)], study_uid="1.2.826.0.1.3680043.9.777.51")
+    b = write_study(tmp_path / "B", [RunSpec(0.0, n_frames=3)], study_uid="1.2.826.0.1.3680043.9.777.5")
+    data = b[0].read_bytes()
+    cut = tmp_path / "Bcut.dcm"
+    cut.write_bytes(data[:data.rindex(b"\xe0\x7f\x10\x00") - 2])  # before (7FE0,0010)
+    engine = open_registry(db_url)
+    ingest([tmp_path / "A"], engine)
+    result = ingest([cut], engine)
+    assert (result.studies_new, result.studies_updated) == (1, 0)
+    assert sorted(_studies(engine)) == ["1.2.826.0.1.3680043.9.777.5", "1.2.826.0.1.3680043.9.777.51"]
+    studies, _ = summarize([tmp_path / "A", cut])
+    assert len(studies) == 2
+    engine.dispose()
