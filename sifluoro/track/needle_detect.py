@@ -84,6 +84,12 @@ class NeedleSettings:
         5146, 5203, 7301: +34 -13 frames within 3 mm), but a tip seen once and then short for
         a few frames (a shaft fading over bone) is no longer held: held-out 31337 detection
         0.807 -> 0.784 (median 0.63 -> 0.54 mm, p95 10.7 -> 9.4 mm), v2 0.770 -> 0.758. Not on.
+    reference_tips : int
+        The tip where a run ended (the next run's tips in the view are held to it) is its last
+        tip, or the median along the axis of its last ``reference_tips`` tips when the last is
+        more than ``retreat_mm`` beyond that median. 1: the last tip always, so a single last
+        tip placed beyond the needle (a box frame refined onto a line continuing it) held the
+        whole next run there.
     near_mm, far_mm : float
         Offsets across the axis of the two line contrasts whose ratio measures the width.
     min_prob : float
@@ -256,6 +262,7 @@ class NeedleSettings:
     flank_mm: float = 1.5
     retreat_mm: float = 1.5
     floor_tips: int = 1
+    reference_tips: int = 1
     confirm_min_prob: float = math.inf
     near_mm: float = 0.8
     far_mm: float = 2.5

@@ -622,6 +622,44 @@ def test_a_single_tip_beyond_the_needle_does_not_hold_the_run():
     assert np.allclose(stage._no_retreat(st, ctx, tip - u * ahead, u, True), tip - u * ahead)
 
 
+def test_a_last_tip_beyond_the_run_does_not_hold_the_next_run():
+    """With ``reference_tips`` 3 (off by default) the tip a run ended at (which holds the next
+    run's tips) is the median along the axis of its last three tips when the last is more than
+    ``retreat_mm`` beyond it: a run's last tip placed 4 mm beyond the needle (a box frame
+    refined onto a line continuing it) no longer holds the next run there (by default it
+    does). A last tip behind the others, or a little ahead (advancing), is kept; with fewer
+    than three tips, or on a new line, the last tip is the reference."""
+    from dataclasses import replace
+
+    old = NeedleStage()
+    assert old.settings.reference_tips == 1
+    stage = NeedleStage(needle=replace(old.settings, reference_tips=3))
+    tip, _, _, state = _needle_run(stage, 2)
+    st = state.stage_state["needle"]
+    ctx, u = st.ctx, st.track.dir_xy
+    mm = 1.0 / SPACING_MM
+
+    def next_run(stage, ends, new_line_at=None):
+        s = stage.settings
+        st.track.enter_run("a-%d" % id(ends), s.reference_tips, s.retreat_mm / ctx.spacing_mm)
+        for k, t in enumerate(ends):
+            stage._no_retreat(st, ctx, t, u, k != new_line_at)
+            st.track.found(t, u, 100.0)
+        st.track.enter_run("b-%d" % id(ends), s.reference_tips, s.retreat_mm / ctx.spacing_mm)
+        return st.track.reference_tip, stage._no_retreat(st, ctx, tip, u, True)
+
+    over = [tip, tip, tip + 4 * mm * u]
+    assert np.allclose(next_run(stage, over)[1], tip)
+    assert np.allclose(next_run(old, over)[1], tip + 4 * mm * u)
+    for ends in ([tip + 4 * mm * u, tip + 4 * mm * u, tip],  # the last behind
+                 [tip - 2 * mm * u, tip, tip + 1.2 * mm * u],  # advancing
+                 [tip, tip + 4 * mm * u]):  # two tips only
+        assert np.allclose(next_run(stage, ends)[0], ends[-1])
+    # a new line taken on the run's last frame: the old line's tips do not count
+    ends = [tip - 3 * mm * u, tip - 3 * mm * u, tip + 4 * mm * u]
+    assert np.allclose(next_run(stage, ends, new_line_at=2)[0], ends[-1])
+
+
 def test_a_line_past_the_strongest_continues_only_a_track_found_on_such_a_line():
     """A candidate from a line past the ``n_lines`` strongest (``target_lines``, near the
     register target) does not continue a needle followed on the strong lines (it would carry
