@@ -590,6 +590,9 @@ class NeedleStage:
         K.line_contrast(att, base_f[0], base_f[1], u[0], u[1], step, s.far_mm / ctx.spacing_mm, far)
         far_sum = float(far.sum())
         thin = float(near.sum()) / far_sum if far_sum > 0 else 0.0
+        if _intensifier(ctx.run):
+            # an intensifier's blur widens the needle's profile (see intensifier_thin_gain)
+            thin *= s.intensifier_thin_gain
         ti = np.clip(np.rint(tip).astype(int), 0, [cols - 1, rows - 1])
         return {"score": score, "length_mm": length * grid.spacing_mm,
                 "base_at_edge": bool(base_at_edge), "ext_score": ext, "ext_mm": n_ext * grid.spacing_mm,
@@ -1139,6 +1142,13 @@ def _attenuation_crop(frame: Frame, state, y0: int, y1: int, x0: int, x1: int) -
     if cached is not None and cached[0] is frame:
         return cached[1][y0:y1, x0:x1]
     return pixel_attenuation(frame.pixels[y0:y1, x0:x1], frame.run)
+
+
+def _intensifier(run: Run) -> bool:
+    """Does the header say the run is from an image intensifier (a round field of view, an
+    intensifier size)?"""
+    t = run.technique
+    return t.field_of_view_shape == "ROUND" or t.intensifier_size_mm is not None
 
 
 def _same_view(a: Run, b: Run) -> bool:

@@ -92,6 +92,14 @@ class NeedleSettings:
         whole next run there.
     near_mm, far_mm : float
         Offsets across the axis of the two line contrasts whose ratio measures the width.
+    intensifier_thin_gain : float
+        That ratio is multiplied by this on a run whose header says it is from an image
+        intensifier (FieldOfViewShape ROUND or an IntensifierSize): its blur (wider than a
+        flat panel's) widens the needle's profile, and the model, fitted mostly on flat-panel
+        studies, rated intensifier needles low (training seeds 8201, 8202, 5145, 5146, 5203:
+        the needle's candidate has a median ratio of 0.44 on intensifiers, 0.58 on flat
+        panels; 1.3 is their quotient). Other lines' ratios are lower (median 0.20) and stay
+        well below. 1: off.
     min_prob : float
         Cold-start acceptance of a candidate's needle probability when it continues a
         candidate seen on the previous frame of the run.
@@ -265,6 +273,7 @@ class NeedleSettings:
     reference_tips: int = 1
     confirm_min_prob: float = math.inf
     near_mm: float = 0.8
+    intensifier_thin_gain: float = 1.0
     far_mm: float = 2.5
     min_prob: float = 0.7
     single_min_prob: float = 0.95

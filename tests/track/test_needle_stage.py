@@ -660,6 +660,47 @@ def test_a_last_tip_beyond_the_run_does_not_hold_the_next_run():
     assert np.allclose(next_run(stage, ends, new_line_at=2)[0], ends[-1])
 
 
+def _needle_features(stage: NeedleStage, run: Run) -> dict:
+    """The features of the needle's candidate on one frame of ``run``."""
+    tip, base = np.array([262.3, 251.6]), np.array([120.0, 511.0])
+    img = _background(90)
+    _draw_polyline(img, _needle_points(tip, base), 0.05, 1.8)
+    state = Pipeline([stage]).start_study("1.2")
+    stage.process(_frame(img, run, 0), state)
+    st = state.stage_state["needle"]
+    near = [f for f in st.last_features
+            if math.dist(st.ctx.grid.to_full(f["tip"]), tip) * SPACING_MM <= 3.0]
+    assert near
+    return max(near, key=lambda f: f["prob"])
+
+
+@pytest.mark.parametrize("shape,size_mm,intensifier", [
+    ("ROUND", 230.0, True), ("ROUND", None, True), (None, 300.0, True),
+    ("RECTANGLE", None, False)])
+def test_an_intensifier_needle_is_rated_on_its_blur(shape, size_mm, intensifier):
+    """On a run whose header says image intensifier (a round field, an intensifier size) the
+    needle's width ratio is ``intensifier_thin_gain`` times what it is on a flat panel (off,
+    1, by default), and its probability higher; on a flat panel it does not change."""
+    from dataclasses import replace
+
+    def run(shape, size_mm):
+        base = _run()
+        tech = replace(base.technique, field_of_view_shape=shape, intensifier_size_mm=size_mm)
+        return replace(base, technique=tech)
+
+    old = NeedleStage()
+    assert old.settings.intensifier_thin_gain == 1.0
+    stage = NeedleStage(needle=replace(old.settings, intensifier_thin_gain=1.3))
+    flat = _needle_features(stage, run("RECTANGLE", None))
+    got = _needle_features(stage, run(shape, size_mm))
+    assert _needle_features(old, run(shape, size_mm))["thin"] == pytest.approx(flat["thin"])
+    if intensifier:
+        assert got["thin"] == pytest.approx(1.3 * flat["thin"])
+        assert got["prob"] > flat["prob"]
+    else:
+        assert got["thin"] == pytest.approx(flat["thin"])
+
+
 def test_a_line_past_the_strongest_continues_only_a_track_found_on_such_a_line():
     """A candidate from a line past the ``n_lines`` strongest (``target_lines``, near the
     register target) does not continue a needle followed on the strong lines (it would carry
