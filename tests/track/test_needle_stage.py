@@ -679,8 +679,9 @@ def _needle_features(stage: NeedleStage, run: Run) -> dict:
     ("RECTANGLE", None, False)])
 def test_an_intensifier_needle_is_rated_on_its_blur(shape, size_mm, intensifier):
     """On a run whose header says image intensifier (a round field, an intensifier size) the
-    needle's width ratio is ``intensifier_thin_gain`` times what it is on a flat panel (off,
-    1, by default), and its probability higher; on a flat panel it does not change."""
+    needle's width ratio is ``intensifier_thin_gain`` (1.3 by default) times what it is on a
+    flat panel (or with the gain 1), and its probability higher; on a flat panel it does not
+    change."""
     from dataclasses import replace
 
     def run(shape, size_mm):
@@ -688,9 +689,9 @@ def test_an_intensifier_needle_is_rated_on_its_blur(shape, size_mm, intensifier)
         tech = replace(base.technique, field_of_view_shape=shape, intensifier_size_mm=size_mm)
         return replace(base, technique=tech)
 
-    old = NeedleStage()
-    assert old.settings.intensifier_thin_gain == 1.0
-    stage = NeedleStage(needle=replace(old.settings, intensifier_thin_gain=1.3))
+    stage = NeedleStage()
+    assert stage.settings.intensifier_thin_gain == 1.3
+    old = NeedleStage(needle=replace(stage.settings, intensifier_thin_gain=1.0))
     flat = _needle_features(stage, run("RECTANGLE", None))
     got = _needle_features(stage, run(shape, size_mm))
     assert _needle_features(old, run(shape, size_mm))["thin"] == pytest.approx(flat["thin"])
