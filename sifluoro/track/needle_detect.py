@@ -99,10 +99,11 @@ class NeedleSettings:
         That ratio is multiplied by this on a run whose header says it is from an image
         intensifier (FieldOfViewShape ROUND or an IntensifierSize): its blur (wider than a
         flat panel's) widens the needle's profile, and the model, fitted mostly on flat-panel
-        studies, rated intensifier needles low (training seeds 8201, 8202, 5145, 5146, 5203:
-        the needle's candidate has a median ratio of 0.44 on intensifiers, 0.58 on flat
-        panels; 1.3 is their quotient; other lines' median is 0.20). Training (those seeds and
-        a fresh 8203): +77 -0 frames within 3 mm, false tips unchanged; held-out v2 0.770 ->
+        studies, rated intensifier needles low (training seeds 8201, 5145, 5146, 5203: the
+        needle's candidate has a median ratio of 0.44 on intensifiers, 0.58 on flat panels;
+        1.3 is their quotient; other lines' median is 0.20). Training (those seeds, 8202 and
+        fresh 8203, 8204): +82 -0 frames within 3 mm (1.15: +25 -0; 1.45: +83 -2, five new
+        errors over 10 mm), false tips unchanged; held-out v2 0.770 ->
         0.783 and 31337 0.807 -> 0.816 (p95 4.28 -> 4.22, 10.65 -> 10.09 mm), false tips
         unchanged (v2w too), but on v2 a nearly end-on needle is taken as a short line on 21
         end-on frames the dot reported within 3 mm before. Not read from the image: the
