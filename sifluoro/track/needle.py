@@ -90,6 +90,7 @@ class _Track:
     run_uid: str | None = None
     last_tip_of_run: np.ndarray | None = None  # tip at the end of the run seen so far
     reference_tip: np.ndarray | None = None  # tip at the end of the previous run
+    run_ends: list = field(default_factory=list)  # the run's last tips found, oldest first
     run_tips: list = field(default_factory=list)  # the tips reported in the current run
     reference_holds: bool = True  # the run's tips are on the line of reference_tip
     misses: int = 0
@@ -97,19 +98,36 @@ class _Track:
     hits: int = 0  # frames on which the line search found this needle
     extra: bool = False  # last found on a line past the n_lines strongest (target_lines)
 
-    def enter_run(self, run_uid: str) -> None:
-        """A frame of ``run_uid``: on a new run, its reference is where the last run ended."""
+    def enter_run(self, run_uid: str, end_tips: int = 1, jump_px: float = 0.0) -> None:
+        """A frame of ``run_uid``: on a new run, its reference is where the last run ended
+        (see :meth:`_run_end`)."""
         if self.run_uid != run_uid:
-            self.reference_tip = self.last_tip_of_run if self.run_uid is not None else None
+            self.reference_tip = (self._run_end(end_tips, jump_px) if self.run_uid is not None
+                                  else None)
             self.run_uid = run_uid
             self.run_tips = []
+            self.run_ends = []
             self.reference_holds = True
+
+    def _run_end(self, end_tips: int, jump_px: float) -> np.ndarray | None:
+        """The run's last tip; but a last tip more than ``jump_px`` beyond the median (along
+        the axis) of the run's last ``end_tips`` tips is an outlier (a box frame refined onto a
+        line continuing the needle) and the median is taken instead."""
+        ends = self.run_ends[-end_tips:]
+        if end_tips <= 1 or len(ends) < 3 or self.dir_xy is None:
+            return self.last_tip_of_run
+        u = self.dir_xy
+        ends = sorted(ends, key=lambda p: float(p @ u))
+        median = ends[(len(ends) - 1) // 2]
+        last = self.last_tip_of_run
+        return median if float((last - median) @ u) > jump_px else last
 
     def found(self, tip: np.ndarray, u: np.ndarray, length_px: float,
               score: float | None = None) -> None:
         """The needle seen on this frame (``score`` None: the last detection's stays)."""
         self.tip_xy, self.dir_xy, self.length_px, self.misses = tip, u, length_px, 0
         self.last_tip_of_run = tip
+        self.run_ends = self.run_ends[-15:] + [tip]
         if score is not None:
             self.score = score
 
@@ -292,7 +310,8 @@ class NeedleStage:
         target = _target(state)
         hit = None
         if self._roi_due(st, frame):
-            st.track.enter_run(frame.sop_instance_uid)
+            st.track.enter_run(frame.sop_instance_uid, self.settings.reference_tips,
+                               self.settings.retreat_mm / st.ctx.spacing_mm)
             hit = self._track_roi(st, frame, state)
         if hit is not None:
             st.since_full += 1
@@ -300,7 +319,9 @@ class NeedleStage:
         else:
             att = frame_attenuation(frame, state.stage_state)
             ctx = self._context(st, frame, att)
-            st.track.enter_run(frame.sop_instance_uid)  # after the context: a new view, a new track
+            # after the context: a new view, a new track
+            st.track.enter_run(frame.sop_instance_uid, self.settings.reference_tips,
+                               self.settings.retreat_mm / ctx.spacing_mm)
             # without the register stage no run shows a joint: every run counts as showing one
             hit = self._detect(st, att, ctx, target,
                                joint_seen=target is not None or "register" not in state.stage_state)
@@ -422,7 +443,8 @@ class NeedleStage:
             if st.deferred >= self.settings.max_deferred_searches:
                 return None
             st.deferred += 1
-        track.enter_run(frame.sop_instance_uid)
+        track.enter_run(frame.sop_instance_uid, self.settings.reference_tips,
+                        self.settings.retreat_mm / spacing)
         if self._box_ready(st, frame):
             # the box of a followed needle is as cheap and keeps to the full search's tip;
             # following the previous frame's tip lets per-frame errors add up
@@ -568,6 +590,9 @@ class NeedleStage:
         K.line_contrast(att, base_f[0], base_f[1], u[0], u[1], step, s.far_mm / ctx.spacing_mm, far)
         far_sum = float(far.sum())
         thin = float(near.sum()) / far_sum if far_sum > 0 else 0.0
+        if _intensifier(ctx.run):
+            # an intensifier's blur widens the needle's profile (see intensifier_thin_gain)
+            thin *= s.intensifier_thin_gain
         ti = np.clip(np.rint(tip).astype(int), 0, [cols - 1, rows - 1])
         return {"score": score, "length_mm": length * grid.spacing_mm,
                 "base_at_edge": bool(base_at_edge), "ext_score": ext, "ext_mm": n_ext * grid.spacing_mm,
@@ -1025,6 +1050,7 @@ class NeedleStage:
         if not tracked:
             # a new line: the run's earlier tips and the last run's were of another
             st.track.run_tips, st.track.reference_holds = [], False
+            st.track.run_ends = []
         st.track.run_tips.append(tip)
         return tip
 
@@ -1116,6 +1142,13 @@ def _attenuation_crop(frame: Frame, state, y0: int, y1: int, x0: int, x1: int) -
     if cached is not None and cached[0] is frame:
         return cached[1][y0:y1, x0:x1]
     return pixel_attenuation(frame.pixels[y0:y1, x0:x1], frame.run)
+
+
+def _intensifier(run: Run) -> bool:
+    """Does the header say the run is from an image intensifier (a round field of view, an
+    intensifier size)?"""
+    t = run.technique
+    return t.field_of_view_shape == "ROUND" or t.intensifier_size_mm is not None
 
 
 def _same_view(a: Run, b: Run) -> bool:

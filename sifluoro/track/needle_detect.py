@@ -84,8 +84,30 @@ class NeedleSettings:
         5146, 5203, 7301: +34 -13 frames within 3 mm), but a tip seen once and then short for
         a few frames (a shaft fading over bone) is no longer held: held-out 31337 detection
         0.807 -> 0.784 (median 0.63 -> 0.54 mm, p95 10.7 -> 9.4 mm), v2 0.770 -> 0.758. Not on.
+    reference_tips : int
+        The tip where a run ended (the next run's tips in the view are held to it) is its last
+        tip, or the median along the axis of its last ``reference_tips`` tips when the last is
+        more than ``retreat_mm`` beyond that median. 1 (the default): the last tip always, so a
+        single last tip placed beyond the needle (a box frame refined onto a line continuing
+        it) holds the whole next run there. 3: training seed 8201 +19 frames within 3 mm (one
+        study), seeds 8202, 8203, 5145, 5146, 5203 unchanged; held-out v2, v2w unchanged,
+        31337 16 frames of one study 0.5 mm further off (a needle advancing at the end of a
+        run). Not on.
     near_mm, far_mm : float
         Offsets across the axis of the two line contrasts whose ratio measures the width.
+    intensifier_thin_gain : float
+        That ratio is multiplied by this on a run whose header says it is from an image
+        intensifier (FieldOfViewShape ROUND or an IntensifierSize): its blur (wider than a
+        flat panel's) widens the needle's profile, and the model, fitted mostly on flat-panel
+        studies, rated intensifier needles low (training seeds 8201, 5145, 5146, 5203: the
+        needle's candidate has a median ratio of 0.44 on intensifiers, 0.58 on flat panels;
+        1.3 is their quotient; other lines' median is 0.20). Training (those seeds, 8202 and
+        fresh 8203, 8204): +82 -0 frames within 3 mm (1.15: +25 -0; 1.45: +83 -2, five new
+        errors over 10 mm), false tips unchanged; held-out v2 0.770 ->
+        0.783 and 31337 0.807 -> 0.816 (p95 4.28 -> 4.22, 10.65 -> 10.09 mm), false tips
+        unchanged (v2w too), but on v2 a nearly end-on needle is taken as a short line on 21
+        end-on frames the dot reported within 3 mm before. Not read from the image: the
+        intensifier's round field is mostly collimated away. 1: off.
     min_prob : float
         Cold-start acceptance of a candidate's needle probability when it continues a
         candidate seen on the previous frame of the run.
@@ -256,8 +278,10 @@ class NeedleSettings:
     flank_mm: float = 1.5
     retreat_mm: float = 1.5
     floor_tips: int = 1
+    reference_tips: int = 1
     confirm_min_prob: float = math.inf
     near_mm: float = 0.8
+    intensifier_thin_gain: float = 1.3
     far_mm: float = 2.5
     min_prob: float = 0.7
     single_min_prob: float = 0.95

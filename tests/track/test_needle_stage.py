@@ -622,6 +622,86 @@ def test_a_single_tip_beyond_the_needle_does_not_hold_the_run():
     assert np.allclose(stage._no_retreat(st, ctx, tip - u * ahead, u, True), tip - u * ahead)
 
 
+def test_a_last_tip_beyond_the_run_does_not_hold_the_next_run():
+    """With ``reference_tips`` 3 (off by default) the tip a run ended at (which holds the next
+    run's tips) is the median along the axis of its last three tips when the last is more than
+    ``retreat_mm`` beyond it: a run's last tip placed 4 mm beyond the needle (a box frame
+    refined onto a line continuing it) no longer holds the next run there (by default it
+    does). A last tip behind the others, or a little ahead (advancing), is kept; with fewer
+    than three tips, or on a new line, the last tip is the reference."""
+    from dataclasses import replace
+
+    old = NeedleStage()
+    assert old.settings.reference_tips == 1
+    stage = NeedleStage(needle=replace(old.settings, reference_tips=3))
+    tip, _, _, state = _needle_run(stage, 2)
+    st = state.stage_state["needle"]
+    ctx, u = st.ctx, st.track.dir_xy
+    mm = 1.0 / SPACING_MM
+
+    def next_run(stage, ends, new_line_at=None):
+        s = stage.settings
+        st.track.enter_run("a-%d" % id(ends), s.reference_tips, s.retreat_mm / ctx.spacing_mm)
+        for k, t in enumerate(ends):
+            stage._no_retreat(st, ctx, t, u, k != new_line_at)
+            st.track.found(t, u, 100.0)
+        st.track.enter_run("b-%d" % id(ends), s.reference_tips, s.retreat_mm / ctx.spacing_mm)
+        return st.track.reference_tip, stage._no_retreat(st, ctx, tip, u, True)
+
+    over = [tip, tip, tip + 4 * mm * u]
+    assert np.allclose(next_run(stage, over)[1], tip)
+    assert np.allclose(next_run(old, over)[1], tip + 4 * mm * u)
+    for ends in ([tip + 4 * mm * u, tip + 4 * mm * u, tip],  # the last behind
+                 [tip - 2 * mm * u, tip, tip + 1.2 * mm * u],  # advancing
+                 [tip, tip + 4 * mm * u]):  # two tips only
+        assert np.allclose(next_run(stage, ends)[0], ends[-1])
+    # a new line taken on the run's last frame: the old line's tips do not count
+    ends = [tip - 3 * mm * u, tip - 3 * mm * u, tip + 4 * mm * u]
+    assert np.allclose(next_run(stage, ends, new_line_at=2)[0], ends[-1])
+
+
+def _needle_features(stage: NeedleStage, run: Run) -> dict:
+    """The features of the needle's candidate on one frame of ``run``."""
+    tip, base = np.array([262.3, 251.6]), np.array([120.0, 511.0])
+    img = _background(90)
+    _draw_polyline(img, _needle_points(tip, base), 0.05, 1.8)
+    state = Pipeline([stage]).start_study("1.2")
+    stage.process(_frame(img, run, 0), state)
+    st = state.stage_state["needle"]
+    near = [f for f in st.last_features
+            if math.dist(st.ctx.grid.to_full(f["tip"]), tip) * SPACING_MM <= 3.0]
+    assert near
+    return max(near, key=lambda f: f["prob"])
+
+
+@pytest.mark.parametrize("shape,size_mm,intensifier", [
+    ("ROUND", 230.0, True), ("ROUND", None, True), (None, 300.0, True),
+    ("RECTANGLE", None, False)])
+def test_an_intensifier_needle_is_rated_on_its_blur(shape, size_mm, intensifier):
+    """On a run whose header says image intensifier (a round field, an intensifier size) the
+    needle's width ratio is ``intensifier_thin_gain`` (1.3 by default) times what it is on a
+    flat panel (or with the gain 1), and its probability higher; on a flat panel it does not
+    change."""
+    from dataclasses import replace
+
+    def run(shape, size_mm):
+        base = _run()
+        tech = replace(base.technique, field_of_view_shape=shape, intensifier_size_mm=size_mm)
+        return replace(base, technique=tech)
+
+    stage = NeedleStage()
+    assert stage.settings.intensifier_thin_gain == 1.3
+    old = NeedleStage(needle=replace(stage.settings, intensifier_thin_gain=1.0))
+    flat = _needle_features(stage, run("RECTANGLE", None))
+    got = _needle_features(stage, run(shape, size_mm))
+    assert _needle_features(old, run(shape, size_mm))["thin"] == pytest.approx(flat["thin"])
+    if intensifier:
+        assert got["thin"] == pytest.approx(1.3 * flat["thin"])
+        assert got["prob"] > flat["prob"]
+    else:
+        assert got["thin"] == pytest.approx(flat["thin"])
+
+
 def test_a_line_past_the_strongest_continues_only_a_track_found_on_such_a_line():
     """A candidate from a line past the ``n_lines`` strongest (``target_lines``, near the
     register target) does not continue a needle followed on the strong lines (it would carry
