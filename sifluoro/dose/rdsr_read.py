@@ -355,15 +355,19 @@ class _Reader:
         events = [replace(e, dose_source="none") if e.air_kerma_mgy is None and e.dap_gycm2 is None
                   else e for e in events]
         from_report = bool(planes)
+        totals_given = any(p.air_kerma_mgy is not None or p.dap_gycm2 is not None for p in planes)
         planes = [self.completed(p, events) for p in planes] + self.uncovered(planes, events)
         if not planes:
             if not events:
                 raise self.error(MissingAttributeError, "the report holds neither an Accumulated "
                                  "X-Ray Dose container nor any Irradiation Event", C.DCM.AccumulatedXRayDoseData)
             planes = [totals_from_events(p, events) for p in sorted({e.plane for e in events})]
+        event_sources = {e.dose_source for e in events}
+        if totals_given:  # the accumulated totals, as the document gives them, hold a dose
+            event_sources = (event_sources - {"none"}) or {default}
         return StudyDose(study_instance_uid=study_uid, source="rdsr", device=device,
                          events=tuple(events), planes=tuple(planes), path=self.path,
-                         dose_source=_study_source({e.dose_source for e in events} or {default}),
+                         dose_source=_study_source(event_sources or {default}),
                          # sifluoro's own totals are its events' sum, which leaves out an
                          # event of unknown dose (a comment says so): lower bounds then, as read
                          # from the images (user review s20 P0); a device's count everything
@@ -441,7 +445,10 @@ class _Reader:
                 reference = self.text(item)
         for total, parts in (("dap_gycm2", ("fluoro_dap_gycm2", "acquisition_dap_gycm2")),
                              ("air_kerma_mgy", ("fluoro_air_kerma_mgy", "acquisition_air_kerma_mgy"))):
-            if values.get(total) is None and any(values.get(p) is not None for p in parts):
+            # a total absent is its parts' sum, unless one part says "Value unknown" (then it
+            # is unknown too: sifluoro's own report of runs of unknown dose read as 0.0)
+            if (total not in values and any(values.get(p) is not None for p in parts)
+                    and not any(p in values and values[p] is None for p in parts)):
                 values[total] = sum(values.get(p) or 0.0 for p in parts)
         frames = values.pop("n_radiographic_frames", None)
         return PlaneTotals(plane=self.plane(container), reference_point=reference,

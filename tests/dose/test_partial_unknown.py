@@ -103,3 +103,24 @@ def test_sifluoros_own_rdsr_of_unknown_dose_reads_back_as_the_images_say(tmp_pat
         for key in ("air_kerma_mgy", "dap_gycm2"):
             assert report[key] == (None if images[key] is None else pytest.approx(images[key], rel=1e-9))
     assert (images["events_dose_unknown"], report["dose_source"]) == (1, "estimated")
+
+
+def test_a_device_report_of_known_totals_keeps_its_source_when_its_events_say_unknown(tmp_path):
+    """Review s20 P1: a device report whose every event says "Value unknown" but whose
+    accumulated totals give the dose read back as dose_source "none" beside its known totals
+    (the registry then counted it both as of unknown dose and in the DAP statistics)."""
+    from pydicom.sequence import Sequence
+
+    from tests.dose import rdsr_fixtures as F
+
+    acc = {"single": {"dap_total": 5.0, "rp_total": 10.0, "fl_dap": 4.0, "fl_rp": 8.0,
+                      "fl_time": 60.0, "acq_dap": 1.0, "acq_rp": 2.0, "acq_time": 1.0}}
+    ds = F.build_rdsr([F.Ev(), F.Ev(fluoro=False, pulses=3)], accumulated=acc)
+    for item in ds.ContentSequence:
+        if item.ConceptNameCodeSequence[0].CodeValue == F.N["event"][0]:
+            for child in item.ContentSequence:
+                if child.ConceptNameCodeSequence[0].CodeValue in (F.N["dap"][0], F.N["rp"][0]):
+                    child.MeasuredValueSequence = Sequence([])
+    (study,), _ = summarize([F.save(ds, tmp_path / "r.dcm")])
+    got = study.summary()
+    assert (got["dose_source"], got["air_kerma_mgy"], got["dap_gycm2"]) == ("rdsr", 10.0, 5.0)
