@@ -126,14 +126,28 @@ def test_a_capture_with_part_of_the_technique_names_what_the_estimate_still_need
     """User review s19 U18: with --kvp alone the note said "without --sid-mm (and kV, mA,
     pulse width)"; with --sid-mm but no mA it said nothing of a missing estimate."""
     path, spacing, _ = monitor_video
-    for given, missing in ((["--kvp", "78"], "--ma --pulse-width-ms --sid-mm"),
-                           (["--kvp", "78", "--sid-mm", "1000"], "--ma --pulse-width-ms")):
+    for given, missing in ((["--kvp", "78"], "--ma --sid-mm"),
+                           (["--kvp", "78", "--sid-mm", "1000"], "--ma")):
         assert main(["video", str(path), "--pixel-spacing-mm", str(spacing), *given, "--max-frames",
                      "2", "--events", str(tmp_path / "e.jsonl"), "--summary",
                      str(tmp_path / "s.json")]) == 0
         err = capsys.readouterr().err
         assert f"note: without {missing} there is no dose estimate" in err
         assert "whole picture" not in err
+    # review s20 V1: kV, mA and SID make an estimate (continuous: the pulse width refines it);
+    # without the SID the air kerma is estimated but the DAP is unknown, not 0
+    for given, said, dap_known in (
+            (["--kvp", "78", "--ma", "10", "--sid-mm", "1000"], "without --pulse-width-ms", True),
+            (["--kvp", "78", "--ma", "10", "--pulse-width-ms", "8", "--source-to-isocenter-mm",
+              "700"], "without --sid-mm the DAP is not estimated", False)):
+        assert main(["video", str(path), "--pixel-spacing-mm", str(spacing), *given, "--max-frames",
+                     "2", "--events", str(tmp_path / "e.jsonl"), "--summary",
+                     str(tmp_path / "s.json")]) == 0
+        err = capsys.readouterr().err
+        assert said in err and "no dose estimate" not in err
+        summary = json.loads((tmp_path / "s.json").read_text())
+        assert summary["dose_source"] == "estimated" and summary["air_kerma_mgy"] > 0
+        assert (summary["runs_dose_unknown"] == 0) == dap_known
 
 
 def test_a_capture_with_almost_no_joint_line_hints_at_the_polarity(monitor_video, tmp_path, capsys):

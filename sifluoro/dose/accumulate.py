@@ -441,14 +441,18 @@ class DoseAccumulator:
             kerma = (tech.reported_air_kerma_mgy / n if tech.reported_air_kerma_mgy is not None
                      else (estimate[0] if estimate else 0.0))
             dap = (tech.reported_dap_gycm2 / n if tech.reported_dap_gycm2 is not None
-                   else (estimate[1] if estimate else 0.0))
+                   else (estimate[1] if estimate and estimate[1] is not None else 0.0))
             filled = "estimated" if estimate else "none"
             dose = RunDose(kerma, dap, "reported", kerma_values, dap_values,
                            air_kerma_source=None if has_kerma else filled,
-                           dap_source=None if has_dap else filled)
+                           dap_source=None if has_dap else (
+                               "none" if estimate and estimate[1] is None else filled))
         else:
             estimate = self._estimate(run)
-            dose = RunDose(*estimate, "estimated") if estimate else RunDose(0.0, 0.0, "none")
+            # an estimate without the field size at the detector has no DAP: unknown, not 0
+            dose = (RunDose(estimate[0], estimate[1] or 0.0, "estimated",
+                            dap_source="none" if estimate[1] is None else None)
+                    if estimate else RunDose(0.0, 0.0, "none"))
         return dose
 
     def _estimate(self, run: Run) -> tuple[float, float] | None:

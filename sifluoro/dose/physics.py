@@ -140,10 +140,11 @@ def field_of_view_area_mm2(dims_mm: tuple[float, float], shape: str | None) -> f
 
 def estimate_frame_dose(tech: Technique, *, rows: int, columns: int, frame_interval_ms: float,
                         n_frames: int, settings: DoseSettings,
-                        device: Device | None = None) -> tuple[float, float] | None:
+                        device: Device | None = None) -> tuple[float, float | None] | None:
     """(air_kerma_mgy, dap_gycm2) of one frame at the reference point, or None if the header
-    lacks what the estimate needs (kVp, tube load, distances). ``device`` picks the tube data
-    (:meth:`DoseSettings.tube_for`)."""
+    lacks what the estimate needs (kVp, tube load, distances); the DAP is None when the field
+    size at the detector or the source-detector distance is unknown. ``device`` picks the tube
+    data (:meth:`DoseSettings.tube_for`)."""
     low, high = load_table().kvp_range
     if not tech.kvp or not low <= tech.kvp <= high:
         return None
@@ -158,8 +159,8 @@ def estimate_frame_dose(tech: Technique, *, rows: int, columns: int, frame_inter
                                            anode_angle_deg=anode_angle_deg)
     kerma_mgy = output * mas * (1000.0 / d_ref) ** 2
     area_det = field_area_cm2_at_detector(tech, rows, columns)
-    if area_det is None or not tech.sid_mm:
-        return kerma_mgy, 0.0
+    if area_det is None or not tech.sid_mm:  # no field size at the detector: DAP unknown, not 0
+        return kerma_mgy, None
     # DAP is invariant with distance; evaluate at the reference point
     area_ref_cm2 = area_det * (d_ref / tech.sid_mm) ** 2
     return kerma_mgy, kerma_mgy / 1000.0 * area_ref_cm2

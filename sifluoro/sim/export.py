@@ -78,7 +78,7 @@ def true_run_dose(run, size: int) -> tuple[float, float]:
     tech = technique_of(run, size, reported=None)
     per_frame = estimate_frame_dose(tech, rows=size, columns=size, frame_interval_ms=t.frame_time_ms,
                                     n_frames=len(run.frames), settings=settings)
-    if per_frame is None:
+    if per_frame is None or per_frame[1] is None:
         raise ValueError("simulated technique lacks what the dose physics needs")
     n = len(run.frames)
     return per_frame[0] * n, per_frame[1] * n

@@ -124,3 +124,13 @@ def test_a_device_report_of_known_totals_keeps_its_source_when_its_events_say_un
     (study,), _ = summarize([F.save(ds, tmp_path / "r.dcm")])
     got = study.summary()
     assert (got["dose_source"], got["air_kerma_mgy"], got["dap_gycm2"]) == ("rdsr", 10.0, 5.0)
+
+
+def test_an_estimate_without_the_source_detector_distance_has_no_dap(tmp_path):
+    """Review s20 V1: without the SID the estimate's DAP was 0.0 Gy·cm² labelled estimated
+    (the field at the detector cannot be scaled to the patient): unknown, not 0."""
+    write_study(tmp_path / "s", [RunSpec(0.0, n_frames=3, tech=technique(sid_mm=None))])
+    (study,), _ = summarize([tmp_path / "s"])
+    got = study.summary()
+    assert got["air_kerma_mgy"] > 0 and got["dap_gycm2"] is None
+    assert (got["dose_source"], got["events_dose_unknown"]) == ("estimated", 1)
