@@ -203,7 +203,8 @@ def draw_overlay(pixels: np.ndarray, photometric: str, event: dict, *, truth: di
 
 # an estimate is shown as one (user review s20 R3: the console said [estimated], the overlay
 # showed the same numbers bare)
-_DOSE_MARK = {"estimated": "  (estimated)", "mixed": "  (partly estimated)"}
+_DOSE_MARK = {"estimated": "  (estimated)", "mixed": "  (partly estimated)",
+              "none": "  (dose unknown)"}
 UNCERTAIN_TIP_CONFIDENCE = 0.5  # under it (and every end-on dot) a tip is drawn as uncertain
 
 

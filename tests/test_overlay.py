@@ -188,7 +188,7 @@ def test_an_uncertain_tip_is_drawn_as_one(monkeypatch):
 
 
 @pytest.mark.parametrize("source, mark", [("estimated", "  (estimated)"), ("mixed", "  (partly estimated)"),
-                                          ("reported", ""), (None, "")])
+                                          ("none", "  (dose unknown)"), ("reported", ""), (None, "")])
 def test_an_estimated_dose_is_marked_as_one(monkeypatch, source, mark):
     """User review s20 R3: the console said [estimated]; the overlay showed the numbers bare."""
     dose = {"air_kerma_mgy": 1.16, "dap_gycm2": 0.189, "fluoro_time_s": 6.9}

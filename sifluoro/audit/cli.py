@@ -81,8 +81,9 @@ def _ingest(args) -> int:
         print(f"sifluoro: {len(not_dicom)} file(s) passed over, not DICOM: "
               f"{first_few(r.file for r in not_dicom)}", file=sys.stderr)
     if older:
-        print(f"sifluoro: {len(older)} file(s) passed over, an older copy of an instance whose "
-              f"newer file is used: {first_few(r.file for r in older)}", file=sys.stderr)
+        print(f"sifluoro: {len(older)} file(s) passed over, another copy of an instance being "
+              f"used (a whole one before one cut short, then the newer): "
+              f"{first_few(r.file for r in older)}", file=sys.stderr)
     if args.json:
         print(json.dumps(result.as_dict()))
     elif not args.quiet:

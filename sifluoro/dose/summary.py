@@ -77,12 +77,16 @@ def summarize(paths: Iterable[str | Path], *, settings: DoseSettings | None = No
 
 def _folder_of(runs) -> str | None:
     """The folder holding a study's image files (their common folder), or None."""
-    # as the inputs were given (relative or not), as a report's path is (user review s20 P6)
+    # as the inputs were given (relative or not), as a report's path is (user review s20 P6);
+    # files in unrelated folders have no one folder ("/" would say nothing)
     folders = {os.path.dirname(r.path) or "." for r in runs if r.path}
+    if len(folders) == 1:
+        return folders.pop()
     try:
-        return os.path.commonpath(sorted(folders)) if folders else None
-    except ValueError:  # relative and absolute inputs mixed
-        return os.path.commonpath(sorted(os.path.abspath(f) for f in folders))
+        common = os.path.commonpath(sorted(folders)) if folders else None
+    except ValueError:  # relative and absolute mixed, other drives
+        return None
+    return common if common and common not in (os.sep, ".") else None
 
 
 def device_report(study: Study, rejected: list[Rejection],

@@ -346,7 +346,7 @@ def _case_name(case) -> str:
 
 def format_report(r: dict) -> str:
     n, j, c, d = r["needle"], r["joint"], r["contrast"], r["dose"]
-    if len(r["studies_without_results"]) == r["studies"]:  # a table of n/a would say nothing
+    if r["studies"] and len(r["studies_without_results"]) == r["studies"]:  # n/a only
         return ("no results for: " + ", ".join(_case_name(c) for c in r["studies_without_results"])
                 + " (replay the cases first: sifluoro batch-replay CASES --out RESULTS)")
     missing = r["missing_frames"] - r.get("missing_frames_of_damaged_files", 0)

@@ -1001,7 +1001,7 @@ def test_ingest_counts_partition_the_files_and_a_reingest_of_duplicates_changes_
         assert main(["audit", "ingest", str(tmp_path / "in"), "--db", db]) == 0
         out, err = capsys.readouterr()
         lines.append(out)
-        assert "not taken" not in err and "2 file(s) passed over, an older copy" in err
+        assert "not taken" not in err and "2 file(s) passed over, another copy of an instance being used" in err
     counts = [[int(n) for n in re.findall(r"(\d+) (?:files?|image runs?|dose reports?|unchanged|"
                                           r"older cop(?:y|ies)|not taken)", line.split(";")[0])] for line in lines]
     for (files, *parts) in counts:
