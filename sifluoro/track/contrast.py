@@ -422,8 +422,8 @@ class ContrastStage:
         frames sees a vessel that arrived or washed out on it; nothing is classified and the
         event carries the state over (``{}``).
 
-        Returns None, and the pipeline then runs :meth:`process`, on a run's first frame, on a
-        view change, before the stage has seen the study, and right after a frame that was
+        Returns None, and the pipeline then runs :meth:`process`, on a run's first frame and
+        on its second (it checks the pose's reference against the run's own frame), on a view change, before the stage has seen the study, and right after a frame that was
         only remembered (one owed vessel test is what the run's frames can hold; a run's last
         frame remembered still loses its test, as a skipped one did).
         """
@@ -433,6 +433,10 @@ class ContrastStage:
         register = state.stage_state.get("register")
         if (not isinstance(memory, _StudyMemory) or memory.run is None
                 or memory.run.run is not frame.run or memory.run.test_owed
+                # the run's second frame decides whether the run's own first frame replaces
+                # the pose's reference: put off, a later frame (the needle moved on) decides
+                # it, and v2 case 6 read its needle run as intra-articular under the deadline
+                or memory.run.check_reference
                 or (register is not None and getattr(register, "view_changed", False))):
             return None
         b = self._reduce(frame, memory)
