@@ -161,7 +161,9 @@ def draw_overlay(pixels: np.ndarray, photometric: str, event: dict, *, truth: di
          + f"  t={event['t_s']:.2f} s", COLOURS["truth"]),
         (f"fluoro {shown('fluoro_time_s'):.1f} s   Ka,r {shown('air_kerma_mgy'):.2f} mGy   "
          f"DAP {shown('dap_gycm2'):.3f} Gy.cm2{' (study)' if 'study_air_kerma_mgy' in dose else ''}"
-         + _DOSE_MARK.get(dose.get("dose_source"), ""), COLOURS["truth"]),
+         + _DOSE_MARK.get(dose.get("dose_source"), "")
+         + ("  (at least: runs of unknown dose left out)" if dose.get("runs_dose_unknown") else ""),
+         COLOURS["truth"]),
     ]
     unassessed = [s for s in ("needle", "contrast") if stages is not None and s not in stages]
     if "contrast" not in unassessed:

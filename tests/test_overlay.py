@@ -211,3 +211,12 @@ def test_a_frame_without_pixel_spacing_says_why_it_has_no_joint_or_distances(mon
     texts.clear()
     draw_overlay(pixels, "MONOCHROME2", _event(), stages=("register",))
     assert not any("pixel spacing" in t for t in texts)
+
+
+def test_a_dose_that_leaves_runs_out_is_marked_as_a_lower_bound(monkeypatch):
+    """Review s20 O1: a live dose leaving out runs of unknown dose was shown as a total."""
+    dose = {"air_kerma_mgy": 1.16, "dap_gycm2": 0.189, "fluoro_time_s": 6.9,
+            "dose_source": "reported", "runs_dose_unknown": 1}
+    texts = _texts(monkeypatch, _event(dose=dose), None)
+    assert ("fluoro 6.9 s   Ka,r 1.16 mGy   DAP 0.189 Gy.cm2  (at least: runs of unknown dose "
+            "left out)") in texts

@@ -332,6 +332,8 @@ class DoseAccumulator:
                "fluoro_time_s": round(t.fluoro_time_s, 6),
                # a display marks an estimate as one (user review s20 R3)
                "dose_source": self.live_source}
+        if self._live_dose_unknown:  # runs of unknown dose left out: the totals are lower bounds
+            out["runs_dose_unknown"] = len(self._live_dose_unknown)
         if (self._unstored or self.lost_frames or any(self._report_residual.values())
                 or self.recounts):
             whole = self.study_totals

@@ -20,6 +20,11 @@ def test_a_run_of_unknown_dose_is_counted_in_the_summaries_and_the_rdsr(tmp_path
                      summary_path=tmp_path / "s.json", rdsr_path=tmp_path / "r.dcm", stages=[]).summary
     assert summary["dose_source"] == "estimated" and summary["runs_dose_unknown"] == 1
     assert "1 run of unknown dose" in format_summary(summary)
+    # the events say so too, for a display (review s20 O1): from that run's frames on
+    import json
+
+    doses = [json.loads(line)["dose"] for line in (tmp_path / "e.jsonl").read_text().splitlines()]
+    assert [d.get("runs_dose_unknown", 0) for d in doses] == [0] * 3 + [1] * 30
     (study,), _ = summarize([tmp_path / "study"])
     assert study.summary()["events_dose_unknown"] == 1
     # the table a physicist reads marks the totals as lower bounds (review s16 M6)
