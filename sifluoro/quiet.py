@@ -29,8 +29,28 @@ class _ValueNotShown(logging.Filter):
 _VALUE_NOT_SHOWN = _ValueNotShown()
 
 
+class _CutShortSaid(logging.Filter):
+    """pydicom's "End of file reached before delimiter (FFFE,E0DD) found in file F" says what it
+    met, not what it means for the study (user review s20 P7): said as a file cut short in its
+    pixel data, whose frames' dose still counts (from its header)."""
+
+    _END = re.compile(r"End of file reached before delimiter \(FFFE,E0DD\) found in file (.*)", re.S)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        found = self._END.match(record.getMessage())
+        if found:
+            record.msg, record.args = (f"{found.group(1)}: cut short inside its pixel data (an "
+                                       "interrupted transfer?): the frames it lost are not shown; "
+                                       "their dose counts, from its header"), ()
+        return True
+
+
+_CUT_SHORT_SAID = _CutShortSaid()
+
+
 def quiet_pydicom_warnings() -> None:
     """Ignore pydicom's ``UserWarning`` in this process (its logger still reports it, without
     the values it quotes)."""
     warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\.|$)")
     logging.getLogger("pydicom").addFilter(_VALUE_NOT_SHOWN)  # once: the same filter
+    logging.getLogger("pydicom").addFilter(_CUT_SHORT_SAID)

@@ -44,3 +44,16 @@ def test_dask_workers_say_a_pydicom_warning_once(bad_uid_study, tmp_path):
     pytest.importorskip("distributed", reason="Dask is not installed")
     _said_once(["audit", "ingest", str(bad_uid_study), "--db", str(tmp_path / "r.db"),
                 "--dask", "-q"])
+
+
+def test_a_run_cut_in_its_encapsulated_pixel_data_is_said_as_such(tmp_path):
+    """User review s20 P7: dose summary of a compressed run cut in its pixel data printed only
+    pydicom's "End of file reached before delimiter (FFFE,E0DD) found in file ...", nothing of
+    what it means (the totals were right)."""
+    path = write_study(tmp_path / "study", [RunSpec(0.0, n_frames=4, transfer_syntax="rle")])[0]
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) - len(data) // 3])
+    run = subprocess.run([sys.executable, "-m", "sifluoro", "dose", "summary", str(path)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "cut short inside its pixel data" in run.stderr and "FFFE,E0DD" not in run.stderr
