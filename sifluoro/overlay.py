@@ -84,7 +84,7 @@ def _text(img, text, org, colour=(255, 255, 255), *, rows: tuple[int, int] | Non
 def draw_overlay(pixels: np.ndarray, photometric: str, event: dict, *, truth: dict | None = None,
                  title: str | None = None, spacing_mm: float | None = None,
                  out: np.ndarray | None = None, stages: Collection[str] | None = None,
-                 scale_unknown: bool = False) -> np.ndarray:
+                 scale_unknown: bool = False, footer: str | None = None) -> np.ndarray:
     """An annotated BGR image of one frame and its event (docs/contract.md §3), optionally
     with truth.
 
@@ -94,6 +94,7 @@ def draw_overlay(pixels: np.ndarray, photometric: str, event: dict, *, truth: di
     read as "looked, found nothing").
     ``scale_unknown``: the frame has no pixel spacing; the banner says why the joint line,
     target and distances, worked out in mm, are missing (user review s20 R4).
+    ``footer``: a line at the bottom (a key frame sent to a PACS says there what it is not).
     ``out`` (rows, columns, 3) uint8, if given, receives the image (a caller drawing every
     frame reuses one, which saves a third of the cost at 1024²).
     """
@@ -198,8 +199,12 @@ def draw_overlay(pixels: np.ndarray, photometric: str, event: dict, *, truth: di
         # the bands join: no burned-in text peeks out between two lines
         _text(img, text, (8, step * (k + 1)), colour,
               rows=(step * k + below if k else 0, step * (k + 1) + below))
+    bottom = h - 10
     if truth:
-        _text(img, "white: ground truth (joint, target +, tip o)", (8, h - 10), COLOURS["truth"])
+        _text(img, "white: ground truth (joint, target +, tip o)", (8, bottom), COLOURS["truth"])
+        bottom -= step
+    if footer:
+        _text(img, footer, (8, bottom), COLOURS["target"])
     return img
 
 

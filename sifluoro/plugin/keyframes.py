@@ -139,6 +139,11 @@ def key_frame_title(key: KeyFrame) -> str:
             f"t={event['t_s']:.2f} s")
 
 
+#: on every key frame, burned in and in ImageComments: in a clinical PACS a burned-in distance
+#: reads as a measurement (user review s20 X4)
+NOT_VALIDATED = "sifluoro guidance, not validated: not a measurement"
+
+
 def key_frame_sc(key: KeyFrame, ref: Dataset, *, series_instance_uid: str, instance_number: int,
                  sop_instance_uid: str | None = None, stages=None) -> Dataset:
     """The key frame with its overlay as an RGB Secondary Capture Image (with file meta).
@@ -156,7 +161,8 @@ def key_frame_sc(key: KeyFrame, ref: Dataset, *, series_instance_uid: str, insta
     title = key_frame_title(key)
     rgb = np.ascontiguousarray(draw_overlay(frame.pixels, frame.photometric, event, title=title,
                                             spacing_mm=spacing, stages=stages,
-                                            scale_unknown=spacing is None)[..., ::-1])
+                                            scale_unknown=spacing is None,
+                                            footer=NOT_VALIDATED)[..., ::-1])
     ref = _without_refused_values(ref)
     orientation = [str(v) for v in ref.get("PatientOrientation", None) or []]
     known = len(orientation) == 2 and all(orientation)
@@ -181,7 +187,7 @@ def key_frame_sc(key: KeyFrame, ref: Dataset, *, series_instance_uid: str, insta
     sc.BurnedInAnnotation = "YES"
     sc.ConversionType = "WSD"
     sc.LossyImageCompression = "00"
-    sc.ImageComments = f"sifluoro key frame ({key.reason})"
+    sc.ImageComments = f"sifluoro key frame ({key.reason}); {NOT_VALIDATED}"
     sc.DerivationDescription = ("overlay of sifluoro guidance (joint line, target, needle tip, "
                                 "contrast state, dose counters) burned into the frame")
     source = Dataset()

@@ -163,3 +163,23 @@ def test_key_frame_title_gives_the_frame_of_its_run_not_the_index_as_a_frame():
     """Review s16 L14: "run end: frame 41" where 41 was the study index (the run's frame 4)."""
     key = KeyFrame(_frame(_run("1.2.3.9"), 41, 4), _event(41), "run end")
     assert key_frame_title(key) == "run end: #41 (frame 4 of its run)  t=4.10 s"
+
+
+def test_a_key_frame_says_its_guidance_is_not_a_measurement(monkeypatch):
+    """User review s20 X4: key frames sent to a clinical PACS carried "tip to target 8.3 mm"
+    burned in, and nothing on the image or in the header said the guidance is not validated:
+    there it reads as a measurement."""
+    import sifluoro.overlay as overlay
+    from sifluoro.plugin.keyframes import NOT_VALIDATED
+
+    texts = []
+    real = overlay._text
+    monkeypatch.setattr(overlay, "_text", lambda img, text, org, *a, **kw: (texts.append(text),
+                                                                          real(img, text, org, *a, **kw)))
+    ref = Dataset()
+    ref.SOPClassUID = "1.2.840.10008.5.1.4.1.1.12.1"
+    ref.StudyInstanceUID, ref.PatientID, ref.PatientName = "1.2.3.4", "", ""
+    sc = key_frame_sc(KeyFrame(_frame(_run("1.2.3.9"), 5, 2), _event(5), "run end"), ref,
+                      series_instance_uid="1.2.3.5", instance_number=1)
+    assert NOT_VALIDATED in texts and NOT_VALIDATED in sc.ImageComments
+    assert "not validated" in NOT_VALIDATED and "not a measurement" in NOT_VALIDATED
