@@ -250,10 +250,16 @@ def format_summary(summary: dict) -> str:
                                                         - summary.get("no_picture_frames", 0)) else "")
         + (f", {summary['no_picture_frames']} showing no picture" if summary.get("no_picture_frames") else ""),
         f"fluoro     {summary['fluoro_time_s']:.1f} s"
-        + (f"  (+{summary['acquisition_time_s']:.1f} s acquisition)" if summary["acquisition_time_s"] else ""),
+        + (f"  (+{summary['acquisition_time_s']:.1f} s acquisition)" if summary["acquisition_time_s"] else "")
+        # a run without usable timing adds an unknown time, not 0 (user review s20 F2)
+        + (f"  (+ {_count(n, 'run')} of unknown time, not counted)"
+           if (n := summary.get("runs_time_unknown")) else ""),
         # no source: the totals' zeros are no measurement, and a reader copies what is printed
         "dose       no image frames (the device's dose report below)" if not summary["runs"]
         and summary.get("dose_reports") else
+        # frames not shown (damaged, no timing): their dose, from the headers, is below
+        "dose       no frame shown (the dose of the frames not shown is below)"
+        if not summary["frames"] and (summary.get("lost_frames") or {}).get("frames") else
         "dose       unknown (no dose in the headers or a report, and no technique to estimate "
         "it from)" if summary["dose_source"] == "none" else
         f"dose       {summary['air_kerma_mgy']:.2f} mGy air kerma, {summary['dap_gycm2']:.3f} Gy·cm² DAP"
@@ -279,7 +285,9 @@ def format_summary(summary: dict) -> str:
     whole = summary.get("study_dose") or {}
     if whole and any(abs(whole[k] - summary[k]) > 1e-9 for k in ("air_kerma_mgy", "dap_gycm2")):
         lines.append(f"study dose {whole['air_kerma_mgy']:.2f} mGy air kerma, {whole['dap_gycm2']:.3f} Gy·cm² DAP, "
-                     f"fluoro {whole['fluoro_time_s']:.1f} s")
+                     f"fluoro {whole['fluoro_time_s']:.1f} s"
+                     + (f" (+ {_count(n, 'run')} of unknown time)"
+                        if (n := summary.get("runs_time_unknown")) else ""))
     lines += [
         f"contrast   {_contrast_line(summary)}",
         f"stages     {', '.join(summary.get('stages', ())) or 'none (dose only)'}",

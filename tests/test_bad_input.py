@@ -1092,3 +1092,25 @@ def test_replay_of_a_folder_counts_its_non_dicom_files_on_one_line(tmp_path, cap
     assert "remove it" not in out and "rejected   " not in out
     summary = json.loads((tmp_path / "s.json").read_text())
     assert [r["error"] for r in summary["rejected_files"]] == ["NotDicomError"]  # still listed
+
+
+def test_a_study_whose_frames_are_all_refused_says_their_dose_and_unknown_time(tmp_path, capsys):
+    """User review s20 F1, F2: runs without usable frame timing (CineRate only) showed no frame,
+    and the console said "dose unknown (no dose in the headers ...)" above the dose those
+    headers give, and "fluoro 0.0 s" for a time that is unknown."""
+    import pydicom
+
+    paths = write_study(tmp_path / "s", [RunSpec(0.0, n_frames=3), RunSpec(20.0, n_frames=3)])
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        for keyword in ("FrameTime", "FrameIncrementPointer", "FrameTimeVector"):
+            if keyword in ds:
+                delattr(ds, keyword)
+        ds.CineRate = 8
+        ds.save_as(path)
+    main(["replay", str(tmp_path / "s"), "--events", str(tmp_path / "e.jsonl"), "--summary",
+          str(tmp_path / "s.json")])
+    out = capsys.readouterr().out
+    assert "dose       no frame shown (the dose of the frames not shown is below)" in out
+    assert "unknown (no dose" not in out
+    assert "fluoro     0.0 s  (+ 2 runs of unknown time, not counted)" in out
