@@ -187,6 +187,9 @@ class Engine:
         # frames fed so far, per instance: one fed again (a re-delivery) is no new exposure
         self._frames_fed: dict[str, set[int]] = {}
         self._duplicate_frames = 0
+        self._latest_t_s: float | None = None  # the latest acquisition time fed
+        self._late_indices: set[int] = set()   # frames fed after a later-acquired one
+        self._said_out_of_order = False
         self._next_index = 0  # the index the next new frame's events carry
         self._closed = False  # close() was called: no more frames (one Engine, one study)
         self._recounts_seen = 0  # the dose's recounts already announced
@@ -287,6 +290,17 @@ class Engine:
         if frame.index != self._next_index:
             frame = replace(frame, index=self._next_index)
         self._next_index += 1
+        # fed before a frame acquired earlier: its event says so, as the receiver's do (its
+        # t_s goes back; user review s20 A1: out-of-order feeding passed without a word)
+        if self._latest_t_s is not None and frame.t_s < self._latest_t_s - 1e-9:
+            with self._order_lock:
+                self._late_indices.add(frame.index)
+            if not self._said_out_of_order:
+                self._said_out_of_order = True
+                log.warning("frames fed out of acquisition order (frame %d of %s at t=%.3f s "
+                            "after t=%.3f s): their events say out_of_order", frame.frame_number,
+                            frame.run.sop_instance_uid, frame.t_s, self._latest_t_s)
+        self._latest_t_s = max(frame.t_s, self._latest_t_s or frame.t_s)
         return frame
 
     def _admit(self, frame: Frame) -> Run | None:
@@ -468,6 +482,9 @@ class Engine:
         with self._order_lock:  # calls after earlier frames whose event never came (failed)
             late = [call for k in sorted(k for k in self._after if k < index)
                     for call in self._after.pop(k)]
+            if index in self._late_indices:
+                self._late_indices.discard(index)
+                event["out_of_order"] = True
         self._call_all(late)
         frame_event = FrameEvent(index, event["sop_instance_uid"], event["frame"], t_s,
                                  event["latency_ms"], event["degraded"], dict(event),

@@ -572,3 +572,20 @@ def test_run_of_a_path_that_does_not_exist_raises_and_a_study_can_be_chosen(tmp_
         Engine().run(tmp_path)
     summary = Engine().run(tmp_path, study_uid="22222222")
     assert (summary["study_instance_uid"], summary["frames"]) == ("1.2.3.4.5.6.7.8.22222222", 3)
+
+
+def test_frames_fed_out_of_acquisition_order_are_marked(tmp_path, caplog):
+    """User review s20 A1: runs fed in reverse order gave events whose t_s fell from 26.9 to
+    0.0 with no out_of_order mark (the receiver marks them) and no warning."""
+    from sifluoro import Engine
+    from sifluoro.acquire.dicom_reader import read_study
+    from tests.dicom_fixtures import RunSpec, write_study
+
+    write_study(tmp_path / "s", [RunSpec(0.0, n_frames=3), RunSpec(20.0, n_frames=2)])
+    engine = Engine()
+    frames = list(engine.frames(read_study([tmp_path / "s"])))
+    with caplog.at_level("WARNING"):
+        events = [engine.feed(f) for f in frames[3:] + frames[:3]]
+    engine.close()
+    assert [e.event.get("out_of_order", False) for e in events] == [False] * 2 + [True] * 3
+    assert "frames fed out of acquisition order" in caplog.text
