@@ -750,8 +750,9 @@ def _check_assumptions(run: Run, state: StudyState) -> None:
                     run.photometric)
     if run.pixel_spacing_xy_mm is None:
         state.assumed_runs["pixel_spacing"] += 1
-        log.warning("%s: no ImagerPixelSpacing (0018,1164) or PixelSpacing: the image stages "
-                    "assume a scale, and the events' distances in mm are null", run.path)
+        log.warning("%s: no ImagerPixelSpacing (0018,1164) or PixelSpacing: no joint line nor "
+                    "target is sought, needle and contrast work at an assumed scale, and the "
+                    "events' distances in mm are null", run.path)
 
 
 def _shows_picture(frame: Frame) -> bool:

@@ -15,7 +15,8 @@ device name   type        content
                           when no contrast stage runs), whether the tip is seen
                           (``tip_visible``, ``tip_confidence``, ``end_on``: a dot, lower
                           confidence), ``target_visible``, tip-to-target mm,
-                          ``scale_unknown`` (no pixel spacing: mm are pixels),
+                          ``scale_unknown`` (no pixel spacing: no joint line, the State's mm
+                          null, the positions sent in pixels),
                           cumulative dose (``air_kerma_mgy``, ``dap_gycm2``,
                           ``fluoro_time_s``, ``dose_source``: ``estimated``, ...;
                           ``study_*`` too when exposures not
