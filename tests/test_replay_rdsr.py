@@ -251,3 +251,22 @@ def test_a_dose_report_alone_is_not_called_a_study_of_unknown_dose(tmp_path, cap
     device = read(report).device
     assert json.loads((tmp_path / "s.json").read_text())["device"] == {
         "manufacturer": device.manufacturer, "model": device.model} and device.manufacturer
+
+
+def test_the_rdsr_of_a_de_identified_study_says_so(tmp_path):
+    """User review s20 X6: a de-identified input gave an RDSR without PatientIdentityRemoved /
+    DeidentificationMethod (a research PACS or a de-identification gateway keys on them)."""
+    import pydicom
+
+    paths = write_study(tmp_path / "s", [RunSpec(0.0, n_frames=3)])
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        ds.PatientIdentityRemoved, ds.DeidentificationMethod = "YES", "gateway profile 1"
+        ds.save_as(path)
+    assert main(["replay", str(tmp_path / "s"), "--events", str(tmp_path / "e.jsonl"), "--summary",
+                 str(tmp_path / "s.json"), "--rdsr", str(tmp_path / "r.dcm"), "-q"]) == 0
+    report = pydicom.dcmread(tmp_path / "r.dcm")
+    assert (report.PatientIdentityRemoved, report.DeidentificationMethod) == ("YES", "gateway profile 1")
+    if shutil.which("dciodvfy"):
+        out = subprocess.run(["dciodvfy", str(tmp_path / "r.dcm")], capture_output=True, text=True)
+        assert [l for l in (out.stdout + out.stderr).splitlines() if l.startswith("Error")] == []

@@ -44,6 +44,8 @@ PATIENT_STUDY_KEYWORDS = (
     "StudyInstanceUID", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID",
     "AccessionNumber", "IssuerOfAccessionNumberSequence", "StudyDescription",
     "InstitutionName", "InstitutionAddress", "InstitutionalDepartmentName",
+    # a de-identified input's outputs say so too (a research PACS keys on them; review s20 X6)
+    "PatientIdentityRemoved", "DeidentificationMethod", "DeidentificationMethodCodeSequence",
 )
 TYPE2_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",
                   "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber")

@@ -139,6 +139,10 @@ def key_frame_title(key: KeyFrame) -> str:
             f"t={event['t_s']:.2f} s")
 
 
+#: the source's patient attributes a key frame keeps beside highdicom's: the ID's issuer (a PACS
+#: with several issuers) and de-identification (user review s20 X1, X6)
+CARRIED_FROM_SOURCE = ("IssuerOfPatientID", "OtherPatientIDsSequence", "PatientIdentityRemoved",
+                       "DeidentificationMethod", "DeidentificationMethodCodeSequence")
 #: on every key frame, burned in and in ImageComments: in a clinical PACS a burned-in distance
 #: reads as a measurement (user review s20 X4)
 NOT_VALIDATED = "sifluoro guidance, not validated: not a measurement"
@@ -184,6 +188,9 @@ def key_frame_sc(key: KeyFrame, ref: Dataset, *, series_instance_uid: str, insta
         sc.PatientOrientation = None
     if "Laterality" not in sc:
         sc.Laterality = None
+    for keyword in CARRIED_FROM_SOURCE:  # highdicom's patient module leaves these out
+        if keyword in ref and keyword not in sc and ref[keyword].value not in (None, ""):
+            sc[keyword] = ref[keyword]
     sc.BurnedInAnnotation = "YES"
     sc.ConversionType = "WSD"
     sc.LossyImageCompression = "00"

@@ -183,3 +183,21 @@ def test_a_key_frame_says_its_guidance_is_not_a_measurement(monkeypatch):
                       series_instance_uid="1.2.3.5", instance_number=1)
     assert NOT_VALIDATED in texts and NOT_VALIDATED in sc.ImageComments
     assert "not validated" in NOT_VALIDATED and "not a measurement" in NOT_VALIDATED
+
+
+def test_a_key_frame_keeps_the_ids_issuer_and_de_identification(tmp_path):
+    """User review s20 X1, X6: key frames dropped IssuerOfPatientID (the RDSR kept it) and a
+    de-identified input's PatientIdentityRemoved / DeidentificationMethod (RDSR too)."""
+    ref = Dataset()
+    ref.SOPClassUID = "1.2.840.10008.5.1.4.1.1.12.1"
+    ref.StudyInstanceUID, ref.PatientID, ref.PatientName = "1.2.3.4", "ANON1", "Anon"
+    ref.IssuerOfPatientID, ref.PatientIdentityRemoved = "SITE-A", "YES"
+    ref.DeidentificationMethod = "gateway profile 1"
+    sc = key_frame_sc(KeyFrame(_frame(_run("1.2.3.9"), 5, 2), _event(5), "run end"), ref,
+                      series_instance_uid="1.2.3.5", instance_number=1)
+    assert (sc.IssuerOfPatientID, sc.PatientIdentityRemoved, sc.DeidentificationMethod) == (
+        "SITE-A", "YES", "gateway profile 1")
+    if shutil.which("dciodvfy"):
+        path = save_dataset(sc, tmp_path / "sc.dcm")
+        check = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+        assert [line for line in check.stderr.splitlines() if "Error" in line] == []
