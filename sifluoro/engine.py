@@ -49,6 +49,15 @@ log = logging.getLogger(__name__)
 KINDS = ("frame", "needle", "joint", "contrast", "dose", "alert")
 
 
+def _check_frame(frame, method: str) -> None:
+    """A clear error for what is not a frame (a bare array, None) rather than an AttributeError
+    deep inside (user review s20 A2)."""
+    if not isinstance(frame, Frame):
+        raise TypeError(f"Engine.{method} takes a sifluoro.model.Frame (Engine.frames(read_study"
+                        f"(...)) gives them, or build one around the pixels), not "
+                        f"{type(frame).__name__}")
+
+
 def frame_analysis(event: Mapping[str, Any]) -> dict[str, Any]:
     """How fully a frame was analysed, for live outputs that must not pass a carried-over
     result for a fresh one: ``degraded``, ``degraded_steps`` (the deadline policy's, e.g.
@@ -220,6 +229,7 @@ class Engine:
         """Call ``handler(event)`` for every event of ``kind`` (one of :data:`KINDS`)."""
         if kind not in self._handlers:
             raise ValueError(f"unknown event kind {kind!r}; one of {', '.join(KINDS)}")
+        self._refuse_if_closed()  # no event will come (user review s20 A2)
         stage = {"needle": "needle", "joint": "register", "contrast": "contrast"}.get(kind)
         names = [s.name for s in self.pipeline.stages]
         if stage and stage not in names:
@@ -234,10 +244,11 @@ class Engine:
         A frame fed before (the same SOP Instance UID and frame number: a source that delivers
         it again after a reconnect) is ignored, counted in the summary's ``duplicate_frames``,
         and gives None: its exposure is counted once."""
+        _check_frame(frame, "feed")
         with self._serialised():
+            self._refuse_if_closed()  # first: the reason a closed engine refuses
             if self._live is not None:
                 raise RuntimeError("this engine is fed by submit(); use one of feed or submit")
-            self._refuse_if_closed()
             self._fed = True
             if self._fed_before(frame):
                 return None
@@ -256,10 +267,11 @@ class Engine:
     def submit(self, frame: Frame) -> None:
         """Live sources: count the frame's dose now and queue its image work without waiting
         for it; events come on the engine's worker thread (see the module docstring)."""
+        _check_frame(frame, "submit")
         with self._serialised():
+            self._refuse_if_closed()
             if self._live is None and self._fed:
                 raise RuntimeError("this engine is fed by feed(); use one of feed or submit")
-            self._refuse_if_closed()
             if self._fed_before(frame):
                 return
             self._admit(frame)
@@ -452,11 +464,12 @@ class Engine:
                         pending, self._after = sorted(self._after.items()), {}
                     for _, calls in pending:
                         self._call_all(calls)
+            if not self._closed:  # said once, not again by a second close()
+                for (kind, _), n in sorted(self._handler_failures.items()):
+                    if n > 1:
+                        log.warning("a %s handler failed on %d frames (the first one's "
+                                    "traceback above)", kind, n)
             self._closed = True
-            for (kind, _), n in sorted(self._handler_failures.items()):
-                if n > 1:
-                    log.warning("a %s handler failed on %d frames (the first one's traceback "
-                                "above)", kind, n)
             state = self._state or self.pipeline.start_study("")
             unfed = state.dose.forget_unfed_runs()
             if unfed:  # their share of the device's report is the study's still

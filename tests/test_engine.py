@@ -589,3 +589,27 @@ def test_frames_fed_out_of_acquisition_order_are_marked(tmp_path, caplog):
     engine.close()
     assert [e.event.get("out_of_order", False) for e in events] == [False] * 2 + [True] * 3
     assert "frames fed out of acquisition order" in caplog.text
+
+
+def test_misuse_is_told_clearly(tmp_path):
+    """User review s20 A2: submit() after close() gave the wrong reason ("fed by feed()"),
+    feed(None) a bare AttributeError deep inside, and on() after close() was taken silently."""
+    import numpy as np
+
+    from sifluoro import Engine
+    from sifluoro.acquire.dicom_reader import read_study
+    from tests.dicom_fixtures import RunSpec, write_study
+
+    write_study(tmp_path / "s", [RunSpec(0.0, n_frames=2)])
+    engine = Engine()
+    with pytest.raises(TypeError, match="Engine.feed takes a sifluoro.model.Frame"):
+        engine.feed(np.zeros((4, 4), np.uint16))
+    with pytest.raises(TypeError, match="not NoneType"):
+        engine.submit(None)
+    for frame in engine.frames(read_study([tmp_path / "s"])):
+        engine.feed(frame)
+    engine.close()
+    with pytest.raises(RuntimeError, match="this engine was closed"):
+        engine.submit(frame)
+    with pytest.raises(RuntimeError, match="this engine was closed"):
+        engine.on("frame", print)
