@@ -400,7 +400,8 @@ def table(studies: list[StudyDose], rejected: list[Rejection] = ()) -> str:
                              f"{p['fluoro_time_s'] or 0.0:>9.1f} {_number(p['dap_gycm2'], 11, 4)} "
                              f"{_number(p['air_kerma_mgy'], 10, 2)}")
     if studies:
-        lines.append("source: rdsr = the device's dose report; img/ = from the images: rep(orted "
+        lines.append("source: rdsr = a dose report (a device's, or sifluoro's own from replay --rdsr); "
+                     "img/ = from the images: rep(orted "
                      "in their headers), est(imated from the technique), mix(ed), none (unknown)")
     if bounded:
         lines.append("≥ a lower bound: the study has events of unknown dose, not counted "
