@@ -300,7 +300,10 @@ class Outbox:
             with self._sending_lock:
                 cut = assoc in self._cut_off
             why = ("was cut off by a stop" if cut else
-                   "rejected the association" if assoc.is_rejected else "is unreachable")
+                   "rejected the association (its reason in pynetdicom's lines above; a wrong "
+                   "called AE title, or a calling AE it does not know, is rejected for good: "
+                   "check --pacs AE@HOST:PORT and --calling-ae)" if assoc.is_rejected
+                   else "is unreachable")
             log.warning("outbox: PACS %s %s", pacs, why)
             return len(datasets)
         transient = 0

@@ -117,6 +117,24 @@ def test_unreachable_pacs_keeps_everything_and_a_new_outbox_sends_it(tmp_path, s
     assert sorted(scp.stored) == sorted(p.stem for p in queued)
 
 
+def test_a_pacs_that_rejects_the_association_is_said_with_what_to_check(tmp_path, caplog):
+    """User review s20 X3: a PACS rejecting our called AE title for good was retried as if down
+    and said only "rejected the association"; pynetdicom's lines alone gave the reason."""
+    ae = AE(ae_title="PACS")
+    ae.require_called_aet = True
+    ae.add_supported_context(SecondaryCaptureImageStorage, ExplicitVRLittleEndian)
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False)
+    try:
+        outbox = Outbox(tmp_path / "outbox")
+        outbox.put(_instance())
+        report = outbox.send_pending(PacsSettings("WRONGAE", "127.0.0.1", port, **FAST))
+    finally:
+        server.shutdown()
+    assert report.pending == 1 and not report.sent
+    assert "rejected the association" in caplog.text and "check --pacs AE@HOST:PORT" in caplog.text
+
+
 def test_a_second_sender_finds_the_outbox_busy(tmp_path, scp):
     outbox = Outbox(tmp_path / "outbox")
     outbox.put(_instance())
