@@ -374,12 +374,6 @@ def test_a_vessel_along_the_joint_line_while_the_fill_still_grows_is_vascular(am
     assert sum("alerts" in e for e in events) == 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "safety gap (review s20 C2, pre-existing): where accepted opacity on the newest frame lost "
-    "less than 1 sigma since the arrival frame, the washout is not counted (the kept-opacity "
-    "rule against a broadening cloud's ridge); a cloud growing faster over the vessel than "
-    "the vessel empties gains opacity on every vessel pixel, so the whole line is dropped "
-    "(history test 20-48 z x px without the rule, 0 with it) and no other test fires"))
 @pytest.mark.parametrize("draw", [
     dict(cloud=lambda f: 0.0 if f < 5 else 0.08 * (f - 4)),
     dict(cloud=lambda f: 0.0 if f < 6 else 0.12 * (f - 5)),
