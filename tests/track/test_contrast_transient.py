@@ -563,6 +563,12 @@ def test_a_long_line_washing_out_into_a_growing_cloud_keeps_its_score():
     assert score(history, (everywhere, box, 0.01)) == 0.0            # the rule alone
     assert score(history, (everywhere, box, 0.01, 20.0)) == plain
     assert score(history, (everywhere, box, 0.01, 200.0)) == 0.0     # not that long
+    # the same line over a cloud that stays, the rule's margin above its loss: the line kept
+    # its opacity (as far as the rule can tell), nothing came in over it: cut
+    steady = np.stack(_frames([0, 0, 1, 1, 0.2]))
+    steady[2:] += 0.05 * cloud
+    assert score(steady, None) > 30.0
+    assert score(steady, (everywhere, box, 0.05, 20.0)) == 0.0
     blob, stays = _broadening_blob((2, 4, 6))
     assert score(blob, None) > 20.0
     assert score(blob, (stays, box, 0.01, 20.0)) < floor
