@@ -62,7 +62,7 @@ NEAR_GROW_PX = LINE_HALF_PX + FLANK_PX + 1
 # a washout line inside opacity that stays keeps its score when the rule for that opacity
 # cut it below the floor but it is a long thin line (long axis from ``stays[3]`` px, at least
 # KEPT_LINE_ELONGATION x its short axis) that gained opacity: a vessel washing out into a cloud that grows faster
-# over it than it empties gains opacity on every pixel (review s20 C2: 18-20 mm long, 3-4.5 x
+# over it than it empties gains opacity on every pixel (review s20 C2: 14-20 mm long, 3-5 x
 # as long as wide), a broadening bolus's centre is a dot (phantoms 9-10 mm, 1.6-1.8 x)
 KEPT_LINE_ELONGATION = 2.5
 # ... and whose pixels gained opacity (mean at least this many x the rule's margin): the cloud
