@@ -36,9 +36,10 @@ WASHOUT_FRACTION = 0.35
 # a vessel test's washout inside opacity accepted on the current frame counts only where the
 # opacity lost at least this many residual noise sigmas since its arrival frame
 KEPT_OPACITY_LOSS_Z = 1.0
-# ... except along a line from this long that the rule cut below its test's floor (the guard
-# phantoms' vessels 14-20 mm, lines the rule cut on training without a vessel 7-9 mm)
-# (contrast_transient.KEPT_LINE_ELONGATION): a vessel washing out into a cloud growing over it
+# ... except along a line from this long that the rule cut below its test's floor and that
+# came in under new opacity (contrast_transient.KEPT_LINE_ELONGATION, KEPT_LINE_GAIN): a vessel
+# washing out into a cloud growing over it (guard phantoms 14-20 mm; the one such line without a
+# vessel on 17 training sets, seed 9202 case 14, 7 mm)
 KEPT_LINE_MM = 12.0
 
 
