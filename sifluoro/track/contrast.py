@@ -36,6 +36,11 @@ WASHOUT_FRACTION = 0.35
 # a vessel test's washout inside opacity accepted on the current frame counts only where the
 # opacity lost at least this many residual noise sigmas since its arrival frame
 KEPT_OPACITY_LOSS_Z = 1.0
+# ... except along a line from this long that the rule cut below its test's floor and that
+# came in under new opacity (contrast_transient.KEPT_LINE_ELONGATION, KEPT_LINE_GAIN): a vessel
+# washing out into a cloud growing over it (guard phantoms 14-20 mm; the one such line without a
+# vessel on 17 training sets, seed 9202 case 14, 7 mm)
+KEPT_LINE_MM = 12.0
 
 
 @dataclass(frozen=True)
@@ -378,7 +383,8 @@ class ContrastStage:
             y1 = max(o.bbox_xyxy[3] for o in accepted) // factor + 1
             x0 = min(o.bbox_xyxy[0] for o in accepted) // factor
             x1 = max(o.bbox_xyxy[2] for o in accepted) // factor + 1
-            stays = (rm.opaque, (y0, y1, x0, x1), KEPT_OPACITY_LOSS_Z * sigma)
+            stays = (rm.opaque, (y0, y1, x0, x1), KEPT_OPACITY_LOSS_Z * sigma,
+                     KEPT_LINE_MM / work_mm)
         vessel_mm = self._vessel_mm(memory, b, work_mm, stays)
         joint = getattr(register, "joint_polyline_xy", None) if register is not None else None
         memory.classifier.update(frame.index, accepted, vessel_mm, joint, washed_out=washed_out)

@@ -63,7 +63,7 @@ class Phantom:
     def frame(self, t: int, *, gas_shift_px: float, needle_len_px: float | None = None,
               joint_reach_px: float = 0.0, cloud: float = 0.0, vessel: float = 0.0,
               field_top_px: int = 0, bone_gain: float = 1.0,
-              blob_px: float = 0.0) -> np.ndarray:
+              blob_px: float = 0.0, cloud_width: float = 1.0) -> np.ndarray:
         a = self.base.copy()
         if bone_gain != 1.0:
             # another technique (kV, filtration) or processing: bone against soft tissue
@@ -85,6 +85,7 @@ class Phantom:
             a[band] += 0.3
         if cloud > 0:
             for dx, dy, s in ((-25, 5, 16), (20, -10, 14), (5, 25, 18), (-10, -25, 12)):
+                s = s * cloud_width
                 a += cloud * np.exp(-((self.xx - TIP_XY[0] - dx) ** 2 + (self.yy - TIP_XY[1] - dy) ** 2)
                                     / (2 * s * s))
         if blob_px > 0:
@@ -369,6 +370,28 @@ def test_a_vessel_along_the_joint_line_while_the_fill_still_grows_is_vascular(am
     draw = dict(joint_reach_px=lambda f: 10.0 * f,
                 vessel=lambda f: amplitude * slow.get(f - 3, 0.0))
     events, state = _replay(along, _needle_runs() + [_contrast_run(14, 1, **draw)])
+    assert state.contrast_state == "vascular"
+    assert sum("alerts" in e for e in events) == 1
+
+
+@pytest.mark.parametrize("draw", [
+    dict(cloud=lambda f: 0.0 if f < 5 else 0.08 * (f - 4)),
+    dict(cloud=lambda f: 0.0 if f < 6 else 0.12 * (f - 5)),
+    dict(cloud=lambda f: 0.0 if f < 6 else 0.08 * (f - 5), cloud_width=lambda f: 2.0),
+    dict(cloud=lambda f: 0.0 if f < 5 else 0.08 * (f - 4), strength=0.6),
+], ids=["cloud from the 5th frame, 0.08 a frame", "cloud from the 6th, 0.12 a frame",
+        "twice as wide cloud from the 6th, 0.08 a frame", "0.6 x the vessel, cloud from the 5th"])
+def test_a_vessel_washing_out_into_a_fast_growing_cloud_is_vascular(phantom, draw):
+    """Review s20 C2: the full-strength vessel of test_joint_fill_then_vessel_is_vascular
+    (arrives on the 4th frame, holds one, empties; also at 0.6 x) washing out into a cloud
+    that starts a frame or two after it and grows faster than the vessel empties: a vessel
+    (vascular, one alert), not extravasation alone. Without the cloud, or with one that
+    starts on the 6th frame and grows 0.08 a frame, it is vascular."""
+    draw = dict(draw)
+    strength = draw.pop("strength", 1.0)
+    vessel = lambda f: strength * _vessel_course(4)(f)  # noqa: E731
+    events, state = _replay(phantom, _needle_runs()
+                            + [_contrast_run(14, 1, vessel=vessel, **draw)])
     assert state.contrast_state == "vascular"
     assert sum("alerts" in e for e in events) == 1
 

@@ -541,6 +541,39 @@ def test_a_vessel_that_empties_over_opacity_that_stays_still_scores():
     assert plain > 30.0 and masked > 0.8 * plain
 
 
+def test_a_long_line_washing_out_into_a_growing_cloud_keeps_its_score():
+    """Review s20 C2: a cloud that grows over a vessel faster than the vessel empties leaves
+    every pixel of it gaining opacity, so the kept-opacity rule alone cuts the whole line; a
+    long thin line the rule cut below the floor keeps its score (``stays[3]``, its length in
+    px), a broadening blob does not."""
+    yy, xx = np.mgrid[:SHAPE[0], :SHAPE[1]].astype(np.float32)
+    cloud = np.exp(-0.5 * ((xx - 64.0) ** 2 + (yy - 64.0) ** 2) / 40.0 ** 2).astype(np.float32)
+    history = np.stack(_frames([0, 0, 1, 1, 0.2]))
+    history[3] += 0.04 * cloud              # the cloud starts after the line arrived
+    history[4] += 0.08 * cloud
+    everywhere, box, valid = np.ones(SHAPE, bool), (0, SHAPE[0], 0, SHAPE[1]), np.ones(SHAPE, bool)
+    floor = 15.0
+
+    def score(h, stays):
+        return TransientLines(SHAPE).score_history(h, np.arange(5), 5, valid, floor=floor,
+                                                   stays=stays)
+
+    plain = score(history, None)
+    assert plain > 30.0
+    assert score(history, (everywhere, box, 0.01)) == 0.0            # the rule alone
+    assert score(history, (everywhere, box, 0.01, 20.0)) == plain
+    assert score(history, (everywhere, box, 0.01, 200.0)) == 0.0     # not that long
+    # the same line over a cloud that stays, the rule's margin above its loss: the line kept
+    # its opacity (as far as the rule can tell), nothing came in over it: cut
+    steady = np.stack(_frames([0, 0, 1, 1, 0.2]))
+    steady[2:] += 0.05 * cloud
+    assert score(steady, None) > 30.0
+    assert score(steady, (everywhere, box, 0.05, 20.0)) == 0.0
+    blob, stays = _broadening_blob((2, 4, 6))
+    assert score(blob, None) > 20.0
+    assert score(blob, (stays, box, 0.01, 20.0)) < floor
+
+
 def _gas_frames(shifts_px, *, seed=0):
     """A dark bubble (gas) that moves down and back with breathing: where it left is brighter,
     where it came darker."""
