@@ -312,7 +312,7 @@ class Engine:
                 log.warning("frames fed out of acquisition order (frame %d of %s at t=%.3f s "
                             "after t=%.3f s): their events say out_of_order", frame.frame_number,
                             frame.run.sop_instance_uid, frame.t_s, self._latest_t_s)
-        self._latest_t_s = max(frame.t_s, self._latest_t_s or frame.t_s)
+        self._latest_t_s = frame.t_s if self._latest_t_s is None else max(frame.t_s, self._latest_t_s)
         return frame
 
     def _admit(self, frame: Frame) -> Run | None:

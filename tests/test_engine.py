@@ -589,6 +589,17 @@ def test_frames_fed_out_of_acquisition_order_are_marked(tmp_path, caplog):
     engine.close()
     assert [e.event.get("out_of_order", False) for e in events] == [False] * 2 + [True] * 3
     assert "frames fed out of acquisition order" in caplog.text
+    # review s20 #1: a study that starts at t 0.0 then gets a run acquired before it (negative
+    # t): every frame of that run is marked, not only its first
+    engine = Engine()
+    frames = list(engine.frames(read_study([tmp_path / "s"])))
+    from dataclasses import replace
+
+    assert frames[0].t_s == 0.0
+    earlier = [replace(f, t_s=f.t_s - 30.0) for f in frames[3:]]  # at -10.0, -9.87
+    events = [engine.feed(f) for f in frames[:1] + earlier]
+    engine.close()
+    assert [e.event.get("out_of_order", False) for e in events] == [False, True, True]
 
 
 def test_misuse_is_told_clearly(tmp_path):

@@ -445,9 +445,9 @@ class _Reader:
                 reference = self.text(item)
         for total, parts in (("dap_gycm2", ("fluoro_dap_gycm2", "acquisition_dap_gycm2")),
                              ("air_kerma_mgy", ("fluoro_air_kerma_mgy", "acquisition_air_kerma_mgy"))):
-            # a total absent is its parts' sum, unless one part says "Value unknown" (then it
-            # is unknown too: sifluoro's own report of runs of unknown dose read as 0.0)
-            if (total not in values and any(values.get(p) is not None for p in parts)
+            # a total not given is its parts' sum, unless one part says "Value unknown" (then
+            # it is unknown too: sifluoro's own report of runs of unknown dose read as 0.0)
+            if (values.get(total) is None and any(values.get(p) is not None for p in parts)
                     and not any(p in values and values[p] is None for p in parts)):
                 values[total] = sum(values.get(p) or 0.0 for p in parts)
         frames = values.pop("n_radiographic_frames", None)

@@ -139,3 +139,22 @@ def test_an_estimate_without_the_source_detector_distance_has_no_dap(tmp_path):
     got = study.summary()
     assert got["air_kerma_mgy"] > 0 and got["dap_gycm2"] is None
     assert (got["dose_source"], got["events_dose_unknown"]) == ("estimated", 1)
+
+
+def test_a_total_said_unknown_is_the_sum_of_its_known_parts(tmp_path):
+    """Review s20 #2: a device report whose DAP Total says "Value unknown" but whose fluoroscopy
+    and acquisition DAP totals are given read DAP None (it was, and is again, their sum)."""
+    from pydicom.sequence import Sequence
+
+    from tests.dose import rdsr_fixtures as F
+
+    acc = {"single": {"dap_total": 5.0, "rp_total": 10.0, "fl_dap": 4.0, "fl_rp": 8.0,
+                      "fl_time": 60.0, "acq_dap": 1.0, "acq_rp": 2.0, "acq_time": 1.0}}
+    ds = F.build_rdsr([F.Ev(), F.Ev(fluoro=False, pulses=3)], accumulated=acc)
+    for item in ds.ContentSequence:
+        if item.ConceptNameCodeSequence[0].CodeValue == F.N["accum"][0]:
+            for child in item.ContentSequence:
+                if child.ConceptNameCodeSequence[0].CodeValue == F.N["dap_total"][0]:
+                    child.MeasuredValueSequence = Sequence([])
+    (study,), _ = summarize([F.save(ds, tmp_path / "r.dcm")])
+    assert study.summary()["dap_gycm2"] == pytest.approx(5.0)
