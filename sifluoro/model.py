@@ -219,11 +219,27 @@ class Rejection:
         reason = f"{exc.tag}: {exc.reason}{note}" if exc.tag else f"{exc.reason}{note}"
         return cls(str(path), reason, type(exc).__name__, exc.tag or "")
 
+    @property
+    def not_dicom(self) -> bool:
+        """A file that is no DICOM at all (notes, exports beside a study: passed over), not a
+        DICOM file whose header cannot be parsed (a damaged one, its exposure missing)."""
+        return is_not_dicom(self.as_dict())
+
     def as_dict(self) -> dict:
         out = {"file": self.file, "reason": self.reason}
         if self.error:
             out.update(error=self.error, tag=self.tag or None)
         return out
+
+
+def is_not_dicom(rejection: dict) -> bool:
+    """:attr:`Rejection.not_dicom` of a rejection as the summary lists it (``as_dict``)."""
+    return (rejection.get("error") == "NotDicomError"
+            and rejection.get("reason", "").startswith(NOT_DICOM_REASON))
+
+
+#: the reason of a file without the DICOM Part 10 header (the readers say it so)
+NOT_DICOM_REASON = "not a DICOM file"
 
 
 @dataclass(frozen=True, eq=False)

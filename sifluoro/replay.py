@@ -14,7 +14,7 @@ from sifluoro.config import Settings
 from sifluoro.contract import dose_value
 from sifluoro.dose.rdsr_write import write_rdsr
 from sifluoro.dose.summary import device_report
-from sifluoro.model import Frame, Rejection, Run, Study, first_few
+from sifluoro.model import Frame, Rejection, Run, Study, first_few, is_not_dicom
 from sifluoro.outfiles import replaced
 from sifluoro.overlay import OverlayWriter
 from sifluoro.pipeline import Pipeline, Stage, latency_summary, read_ahead
@@ -296,9 +296,9 @@ def format_summary(summary: dict) -> str:
     for alert in summary["alerts"]:
         lines.append(f"ALERT      {alert['message']} (frame {alert['index']})")
     # notes, exports, a simulated case's truth.json beside a study: counted, not each a fault
-    not_dicom = [r["file"] for r in summary["rejected_files"] if r.get("error") == "NotDicomError"]
+    not_dicom = [r["file"] for r in summary["rejected_files"] if is_not_dicom(r)]
     for rej in summary["rejected_files"]:
-        if rej.get("error") != "NotDicomError":
+        if not is_not_dicom(rej):  # a damaged DICOM header is named: its exposure is missing
             lines.append(f"rejected   {rej['file']}: {rej['reason']}")
     if not_dicom:
         lines.append(f"passed over {_count(len(not_dicom), 'file')}, not DICOM: {first_few(not_dicom)}")

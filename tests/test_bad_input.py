@@ -1114,3 +1114,19 @@ def test_a_study_whose_frames_are_all_refused_says_their_dose_and_unknown_time(t
     assert "dose       no frame shown (the dose of the frames not shown is below)" in out
     assert "unknown (no dose" not in out
     assert "fluoro     0.0 s  (+ 2 runs of unknown time, not counted)" in out
+
+
+def test_a_damaged_dicom_header_is_named_not_passed_over_as_not_dicom(tmp_path, capsys):
+    """Review s20 #3: a DICOM file whose header cannot be parsed (its exposure missing from the
+    dose) was folded into "passed over 1 file, not DICOM" with the notes beside a study."""
+    paths = write_study(tmp_path / "s", [RunSpec(0.0, n_frames=3), RunSpec(20.0, n_frames=3)])
+    data = bytearray(paths[1].read_bytes())
+    at = data.index(b"\x08\x00\x16\x00UI")  # (0008,0016) SOPClassUID, explicit VR
+    data[at + 4:at + 6] = b"QI"  # a VR pydicom cannot read
+    paths[1].write_bytes(bytes(data))
+    (tmp_path / "s" / "notes.txt").write_text("not DICOM")
+    main(["replay", str(tmp_path / "s"), "--events", str(tmp_path / "e.jsonl"), "--summary",
+          str(tmp_path / "s.json")])
+    out = capsys.readouterr().out
+    assert f"passed over 1 file, not DICOM: {tmp_path / 's' / 'notes.txt'}" in out
+    assert f"rejected   {paths[1]}: " in out

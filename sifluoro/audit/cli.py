@@ -72,10 +72,10 @@ def _ingest(args) -> int:
             return 1
     # an archive holds notes, exports and thumbnails beside its studies: those are counted,
     # not listed one by one as faults to fix (--json lists every file)
-    not_dicom = [r for r in result.rejected if r.error == "NotDicomError"]
+    not_dicom = [r for r in result.rejected if r.not_dicom]
     older = [r for r in result.rejected if r.error == "DuplicateInstanceError"]
     for r in result.rejected:
-        if r.error not in ("NotDicomError", "DuplicateInstanceError"):
+        if not r.not_dicom and r.error != "DuplicateInstanceError":
             print(f"sifluoro: not taken {r.file}: {r.reason}", file=sys.stderr)
     if not_dicom:
         print(f"sifluoro: {len(not_dicom)} file(s) passed over, not DICOM: "

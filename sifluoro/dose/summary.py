@@ -407,9 +407,9 @@ def table(studies: list[StudyDose], rejected: list[Rejection] = ()) -> str:
         lines.append("≥ a lower bound: the study has events of unknown dose, not counted "
                      "(events_dose_unknown in --json)")
     # a folder's notes and exports are counted, not listed one by one as faults (review s19)
-    not_dicom = [r for r in rejected if r.error == "NotDicomError"]
+    not_dicom = [r for r in rejected if r.not_dicom]
     for r in rejected:
-        if r.error != "NotDicomError" or len(not_dicom) == 1:
+        if not r.not_dicom or len(not_dicom) == 1:
             lines.append(f"rejected {r.file}: {r.reason}")
     if len(not_dicom) > 1:
         lines.append(f"passed over {len(not_dicom)} files, not DICOM: "
