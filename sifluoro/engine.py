@@ -404,7 +404,7 @@ class Engine:
         """Feed a whole study (DICOM files/folders, or frames) and return :meth:`close`'s summary.
 
         ``study_uid`` chooses the study when the files hold several (a unique end of its UID
-        will do). Paths of which not one exists raise :class:`~sifluoro.errors.ConfigError`
+        will do); frames given are one study's already (it is refused with them). Paths of which not one exists raise :class:`~sifluoro.errors.ConfigError`
         (a blank study of zero dose would read as a result)."""
         from sifluoro.outfiles import check_some_input_exists
 
@@ -413,6 +413,8 @@ class Engine:
         source = iter(source)
         first = next(source, None)
         items = itertools.chain(() if first is None else (first,), source)  # frames stream
+        if isinstance(first, Frame) and study_uid is not None:
+            raise ValueError("study_uid chooses among the studies of files, not of frames")
         if first is not None and not isinstance(first, Frame):
             paths = list(items)
             check_some_input_exists(tuple(paths))

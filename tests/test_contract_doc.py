@@ -58,7 +58,8 @@ def test_the_contract_names_every_field_of_the_live_states():
     names = set(state) | set(state["dose"]) | set(state["summary"])
     names |= set(study_end_state({"stages": []}))
     igtl_frame = {"tip_visible", "tip_confidence", "end_on", "target_visible", "scale_unknown",
-                  "study_alerts", "dose_source", "degraded_steps", "no_picture"}
+                  "study_alerts", "dose_source", "runs_dose_unknown", "degraded_steps",
+                  "no_picture"}
     for name in sorted(names | igtl_frame):
         if not name.startswith("study_") or name in ("study_alerts", "study_instance_uid",
                                                      "study_dose"):

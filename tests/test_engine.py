@@ -624,3 +624,14 @@ def test_misuse_is_told_clearly(tmp_path):
         engine.submit(frame)
     with pytest.raises(RuntimeError, match="this engine was closed"):
         engine.on("frame", print)
+
+
+def test_run_of_frames_refuses_a_study_uid():
+    """Review s20 #10: Engine.run(frames, study_uid=...) ignored study_uid without a word."""
+    from sifluoro import Engine
+    from sifluoro.sim import simulate_case
+    from sifluoro.track.needle_sim import sim_frames
+
+    frames = [f for f, _ in sim_frames(simulate_case(2026, 1, quick=True))][:2]
+    with pytest.raises(ValueError, match="study_uid chooses among the studies of files"):
+        Engine().run(frames, study_uid="1.2.3")

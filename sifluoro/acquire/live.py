@@ -285,10 +285,11 @@ class LiveStudies:
         no summary would say it until the study's next new instance, or never after a restart
         (user review s20 I1)."""
         for path in (study.summary_path, self._summary_path):
-            # a pipe, FIFO or terminal given as --summary is written, never read back
-            if path is None or not path.is_file():
+            if path is None:
                 continue
             with (study.summary_lock if path == study.summary_path else self._shared_summary_lock):
+                if not path.is_file():  # a pipe, FIFO or terminal as --summary: never read back
+                    continue
                 try:
                     summary = json.loads(path.read_text(encoding="utf-8"))
                 except (OSError, ValueError):  # being replaced, or damaged: the next one counts it

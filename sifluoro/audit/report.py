@@ -220,7 +220,9 @@ def build_tables(data: dict[str, np.ndarray], settings: AuditSettings) -> Tables
                        + [cell("lower_bound_studies", int(data["lower_bound"][members].sum())),
                           cell("outliers", int(flagged[members].sum()))])
     outliers = [OUTLIER_COLUMNS]
-    order = sorted(np.flatnonzero(flagged), key=lambda i: (-data["dap_gycm2"][i], data["uid"][i]))
+    # a DAP unknown (NaN) sorts last: a NaN key made the order inconsistent (review s20 #5)
+    order = sorted(np.flatnonzero(flagged), key=lambda i: (
+        np.isnan(data["dap_gycm2"][i]), -np.nan_to_num(data["dap_gycm2"][i]), data["uid"][i]))
     for i in order:
         outliers.append([data["uid"][i], cell("date", data["date"][i]), data["procedure"][i],
                          data["device"][i]] + [cell(q, data[q][i]) for q, _, _ in QUANTITIES]
