@@ -256,6 +256,9 @@ def format_summary(summary: dict) -> str:
            if (n := summary.get("runs_time_unknown")) else ""),
         # no source: the totals' zeros are no measurement, and a reader copies what is printed
         "dose       no image frames (the device's dose report below)" if not summary["runs"]
+        and (summary.get("unstored") or {}).get("events") else
+        # sifluoro's own earlier report is not the device's; a report of another study neither
+        "dose       no image frames, and no device dose report of this study" if not summary["runs"]
         and summary.get("dose_reports") else
         # frames not shown (damaged, no timing): their dose, from the headers, is below
         "dose       no frame shown (the dose of the frames not shown is below)"

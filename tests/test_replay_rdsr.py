@@ -270,3 +270,16 @@ def test_the_rdsr_of_a_de_identified_study_says_so(tmp_path):
     if shutil.which("dciodvfy"):
         out = subprocess.run(["dciodvfy", str(tmp_path / "r.dcm")], capture_output=True, text=True)
         assert [l for l in (out.stdout + out.stderr).splitlines() if l.startswith("Error")] == []
+
+
+def test_sifluoros_own_report_alone_is_not_called_the_devices(tmp_path, capsys):
+    """Review s20 #8: "no image frames (the device's dose report below)" was printed for
+    sifluoro's own earlier report alone, which is not read as the device's: nothing below."""
+    write_study(tmp_path / "study", [RunSpec(0.0, n_frames=3)])
+    assert main(["replay", str(tmp_path / "study"), "--events", str(tmp_path / "e.jsonl"),
+                 "--summary", str(tmp_path / "s.json"), "--rdsr", str(tmp_path / "own.dcm"),
+                 "-q"]) == 0
+    main(["replay", str(tmp_path / "own.dcm"), "--events", str(tmp_path / "e2.jsonl"),
+          "--summary", str(tmp_path / "s2.json")])
+    out = capsys.readouterr().out
+    assert "dose       no image frames, and no device dose report of this study" in out
