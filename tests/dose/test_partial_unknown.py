@@ -114,20 +114,7 @@ def test_a_device_report_of_known_totals_keeps_its_source_when_its_events_say_un
     """Review s20 P1: a device report whose every event says "Value unknown" but whose
     accumulated totals give the dose read back as dose_source "none" beside its known totals
     (the registry then counted it both as of unknown dose and in the DAP statistics)."""
-    from pydicom.sequence import Sequence
-
-    from tests.dose import rdsr_fixtures as F
-
-    acc = {"single": {"dap_total": 5.0, "rp_total": 10.0, "fl_dap": 4.0, "fl_rp": 8.0,
-                      "fl_time": 60.0, "acq_dap": 1.0, "acq_rp": 2.0, "acq_time": 1.0}}
-    ds = F.build_rdsr([F.Ev(), F.Ev(fluoro=False, pulses=3)], accumulated=acc)
-    for item in ds.ContentSequence:
-        if item.ConceptNameCodeSequence[0].CodeValue == F.N["event"][0]:
-            for child in item.ContentSequence:
-                if child.ConceptNameCodeSequence[0].CodeValue in (F.N["dap"][0], F.N["rp"][0]):
-                    child.MeasuredValueSequence = Sequence([])
-    (study,), _ = summarize([F.save(ds, tmp_path / "r.dcm")])
-    got = study.summary()
+    got = _device_report_saying_unknown(tmp_path, "event", ("dap", "rp")).summary()
     assert (got["dose_source"], got["air_kerma_mgy"], got["dap_gycm2"]) == ("rdsr", 10.0, 5.0)
 
 
@@ -144,6 +131,14 @@ def test_an_estimate_without_the_source_detector_distance_has_no_dap(tmp_path):
 def test_a_total_said_unknown_is_the_sum_of_its_known_parts(tmp_path):
     """Review s20 #2: a device report whose DAP Total says "Value unknown" but whose fluoroscopy
     and acquisition DAP totals are given read DAP None (it was, and is again, their sum)."""
+    study = _device_report_saying_unknown(tmp_path, "accum", ("dap_total",))
+    assert study.summary()["dap_gycm2"] == pytest.approx(5.0)
+
+
+def _device_report_saying_unknown(tmp_path, container: str, concepts: tuple[str, ...]):
+    """A device report (two events; accumulated DAP 5 = 4 fluoroscopy + 1 acquisition, Dose (RP)
+    10) whose ``concepts`` (rdsr_fixtures.N keys) in every ``container`` say "Value unknown",
+    as summarize reads it."""
     from pydicom.sequence import Sequence
 
     from tests.dose import rdsr_fixtures as F
@@ -151,10 +146,11 @@ def test_a_total_said_unknown_is_the_sum_of_its_known_parts(tmp_path):
     acc = {"single": {"dap_total": 5.0, "rp_total": 10.0, "fl_dap": 4.0, "fl_rp": 8.0,
                       "fl_time": 60.0, "acq_dap": 1.0, "acq_rp": 2.0, "acq_time": 1.0}}
     ds = F.build_rdsr([F.Ev(), F.Ev(fluoro=False, pulses=3)], accumulated=acc)
+    codes = {F.N[c][0] for c in concepts}
     for item in ds.ContentSequence:
-        if item.ConceptNameCodeSequence[0].CodeValue == F.N["accum"][0]:
+        if item.ConceptNameCodeSequence[0].CodeValue == F.N[container][0]:
             for child in item.ContentSequence:
-                if child.ConceptNameCodeSequence[0].CodeValue == F.N["dap_total"][0]:
+                if child.ConceptNameCodeSequence[0].CodeValue in codes:
                     child.MeasuredValueSequence = Sequence([])
     (study,), _ = summarize([F.save(ds, tmp_path / "r.dcm")])
-    assert study.summary()["dap_gycm2"] == pytest.approx(5.0)
+    return study
