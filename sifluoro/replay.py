@@ -267,7 +267,8 @@ def format_summary(summary: dict) -> str:
         "it from)" if summary["dose_source"] == "none" else
         f"dose       {summary['air_kerma_mgy']:.2f} mGy air kerma, {summary['dap_gycm2']:.3f} Gy·cm² DAP"
         f"  [{summary['dose_source']}]"
-        + (f"  (+ {n} run{'s' if n > 1 else ''} of unknown dose, not counted)"
+        # its air kerma may be counted and its DAP not (an estimate without the SID): said so
+        + (f"  (+ {n} run{'s' if n > 1 else ''} of unknown air kerma or DAP, left out of that total)"
            if (n := summary.get("runs_dose_unknown")) else ""),
     ]
     lost = summary.get("lost_frames") or {}

@@ -19,7 +19,7 @@ def test_a_run_of_unknown_dose_is_counted_in_the_summaries_and_the_rdsr(tmp_path
     summary = replay([tmp_path / "study"], events_path=tmp_path / "e.jsonl",
                      summary_path=tmp_path / "s.json", rdsr_path=tmp_path / "r.dcm", stages=[]).summary
     assert summary["dose_source"] == "estimated" and summary["runs_dose_unknown"] == 1
-    assert "1 run of unknown dose" in format_summary(summary)
+    assert "1 run of unknown air kerma or DAP, left out of that total" in format_summary(summary)
     # the events say so too, for a display (review s20 O1): from that run's frames on
     import json
 
