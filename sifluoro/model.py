@@ -201,6 +201,11 @@ def first_few(items, most: int = 3) -> str:
     return ", ".join(items[:most]) + (", ..." if len(items) > most else "")
 
 
+def counted(n: int, one: str, many: str | None = None) -> str:
+    """``n`` things in words, the noun in the singular for one: "1 run", "3 studies"."""
+    return f"{n} {one if n == 1 else many or one + 's'}"
+
+
 @dataclass(frozen=True)
 class Rejection:
     """A file (or part of one) that could not be used, and why: ``reason`` says it for a

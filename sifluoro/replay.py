@@ -14,7 +14,7 @@ from sifluoro.config import Settings
 from sifluoro.contract import dose_value
 from sifluoro.dose.rdsr_write import write_rdsr
 from sifluoro.dose.summary import device_report
-from sifluoro.model import Frame, Rejection, Run, Study, first_few, is_not_dicom
+from sifluoro.model import Frame, Rejection, Run, Study, counted, first_few, is_not_dicom
 from sifluoro.outfiles import replaced
 from sifluoro.overlay import OverlayWriter
 from sifluoro.pipeline import Pipeline, Stage, latency_summary, read_ahead
@@ -252,7 +252,7 @@ def format_summary(summary: dict) -> str:
         f"fluoro     {summary['fluoro_time_s']:.1f} s"
         + (f"  (+{summary['acquisition_time_s']:.1f} s acquisition)" if summary["acquisition_time_s"] else "")
         # a run without usable timing adds an unknown time, not 0 (user review s20 F2)
-        + (f"  (+ {_count(n, 'run')} of unknown time, not counted)"
+        + (f"  (+ {counted(n, 'run')} of unknown time, not counted)"
            if (n := summary.get("runs_time_unknown")) else ""),
         # no source: the totals' zeros are no measurement, and a reader copies what is printed
         "dose       no image frames (the device's dose report below)" if not summary["runs"]
@@ -268,18 +268,18 @@ def format_summary(summary: dict) -> str:
         f"dose       {summary['air_kerma_mgy']:.2f} mGy air kerma, {summary['dap_gycm2']:.3f} Gy·cm² DAP"
         f"  [{summary['dose_source']}]"
         # its air kerma may be counted and its DAP not (an estimate without the SID): said so
-        + (f"  (+ {n} run{'s' if n > 1 else ''} of unknown air kerma or DAP, left out of that total)"
+        + (f"  (+ {counted(n, 'run')} of unknown air kerma or DAP, left out of that total)"
            if (n := summary.get("runs_dose_unknown")) else ""),
     ]
     lost = summary.get("lost_frames") or {}
     unknown = lost.get("runs_dose_unknown")
     if lost.get("frames") and not (lost["air_kerma_mgy"] or lost["dap_gycm2"]) and unknown:
-        lines.append(f"           + {_count(lost['frames'], 'frame')} lost in damaged files, their dose "
+        lines.append(f"           + {counted(lost['frames'], 'frame')} lost in damaged files, their dose "
                      "unknown")
     elif lost.get("frames"):
         lines.append(f"           + {lost['air_kerma_mgy']:.2f} mGy, {lost['dap_gycm2']:.3f} Gy·cm² "
-                     f"of {_count(lost['frames'], 'frame')} lost in damaged files (in the RDSR, not above)"
-                     + (f"; {unknown} run{'s' if unknown > 1 else ''} of them of unknown dose, "
+                     f"of {counted(lost['frames'], 'frame')} lost in damaged files (in the RDSR, not above)"
+                     + (f"; {counted(unknown, 'run')} of them of unknown dose, "
                         "not counted" if unknown else ""))
     unstored = summary.get("unstored") or {}
     if any(unstored.get(k) for k in ("events", "air_kerma_mgy", "dap_gycm2", "fluoro_time_s")):
@@ -290,7 +290,7 @@ def format_summary(summary: dict) -> str:
     if whole and any(abs(whole[k] - summary[k]) > 1e-9 for k in ("air_kerma_mgy", "dap_gycm2")):
         lines.append(f"study dose {whole['air_kerma_mgy']:.2f} mGy air kerma, {whole['dap_gycm2']:.3f} Gy·cm² DAP, "
                      f"fluoro {whole['fluoro_time_s']:.1f} s"
-                     + (f" (+ {_count(n, 'run')} of unknown time)"
+                     + (f" (+ {counted(n, 'run')} of unknown time)"
                         if (n := summary.get("runs_time_unknown")) else ""))
     lines += [
         f"contrast   {_contrast_line(summary)}",
@@ -305,12 +305,9 @@ def format_summary(summary: dict) -> str:
         if not is_not_dicom(rej):  # a damaged DICOM header is named: its exposure is missing
             lines.append(f"rejected   {rej['file']}: {rej['reason']}")
     if not_dicom:
-        lines.append(f"passed over {_count(len(not_dicom), 'file')}, not DICOM: {first_few(not_dicom)}")
+        lines.append(f"passed over {counted(len(not_dicom), 'file')}, not DICOM: {first_few(not_dicom)}")
     if others := summary.get("other_studies_dose_reports"):
-        lines.append(f"not read   {_count(len(others), 'dose report')} of other studies "
+        lines.append(f"not read   {counted(len(others), 'dose report')} of other studies "
                      f"({first_few(others)}): read them with `sifluoro dose summary`")
     return "\n".join(lines)
 
-
-def _count(n: int, what: str) -> str:
-    return f"{n} {what}{'' if n == 1 else 's'}"

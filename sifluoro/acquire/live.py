@@ -280,6 +280,10 @@ class LiveStudies:
         except OSError as exc:  # a statistic: not worth failing the sender over
             log.warning("study %s: duplicate count not saved (%s)", study.uid, exc)
 
+    def _summary_lock(self, study: _LiveStudy, path: Path) -> threading.Lock:
+        """The study's own summary under its lock, the --summary copy (any study's) under one."""
+        return study.summary_lock if path == study.summary_path else self._shared_summary_lock
+
     def _write_duplicates(self, study: _LiveStudy) -> None:
         """The count into the summaries written so far: a duplicate is processed by nothing, so
         no summary would say it until the study's next new instance, or never after a restart
@@ -287,7 +291,7 @@ class LiveStudies:
         for path in (study.summary_path, self._summary_path):
             if path is None:
                 continue
-            with (study.summary_lock if path == study.summary_path else self._shared_summary_lock):
+            with self._summary_lock(study, path):
                 if not path.is_file():  # a pipe, FIFO or terminal as --summary: never read back
                     continue
                 try:
@@ -516,8 +520,7 @@ class LiveStudies:
         for path in (study.summary_path, self._summary_path):
             if path is None:
                 continue
-            # the study's own under its lock, the --summary copy (any study's) under one lock
-            with (study.summary_lock if path == study.summary_path else self._shared_summary_lock):
+            with self._summary_lock(study, path):
                 summary["duplicates"] = study.state.duplicates  # as of now: one may have come
                 try:
                     write_json(path, summary)

@@ -42,16 +42,12 @@ def _client(args):
         yield client
 
 
-def _n(count: int, one: str, many: str | None = None) -> str:
-    return f"{count} {one if count == 1 else many or one + 's'}"
-
-
 def _ingest(args) -> int:
     from sifluoro.audit.distributed import DaskMapper
     from sqlalchemy.exc import OperationalError
 
     from sifluoro.audit.ingest import ProcessMapper, db_reason, ingest, serial_mapper
-    from sifluoro.model import first_few
+    from sifluoro.model import counted, first_few
     from sifluoro.outfiles import check_some_input_exists
     from sifluoro.quiet import quiet_pydicom_warnings
 
@@ -88,11 +84,11 @@ def _ingest(args) -> int:
         print(json.dumps(result.as_dict()))
     elif not args.quiet:
         rate = result.parsed / result.elapsed_s if result.elapsed_s else 0.0
-        dupes = f"{_n(result.duplicates, 'older copy', 'older copies')} of an instance, " \
+        dupes = f"{counted(result.duplicates, 'older copy', 'older copies')} of an instance, " \
             if result.duplicates else ""
-        print(f"{_n(result.files, 'file')}: {_n(result.reports, 'dose report')}, "
-              f"{_n(result.images, 'image run')}, {result.unchanged} unchanged, {dupes}"
-              f"{result.not_taken} not taken; {_n(result.studies_new, 'study', 'studies')} "
+        print(f"{counted(result.files, 'file')}: {counted(result.reports, 'dose report')}, "
+              f"{counted(result.images, 'image run')}, {result.unchanged} unchanged, {dupes}"
+              f"{result.not_taken} not taken; {counted(result.studies_new, 'study', 'studies')} "
               f"new, {result.studies_updated} updated in {result.elapsed_s:.1f} s "
               f"({rate:.0f} files/s)")
     return 0 if result.files and len(result.rejected) < result.files else 2
@@ -103,6 +99,7 @@ def _report(args) -> int:
 
     from sifluoro.audit.report import write_report
     from sifluoro.audit.schema import registry_url
+    from sifluoro.model import counted
     from sifluoro.outfiles import check_folder_writable
 
     if args.start and args.end and args.start > args.end:
@@ -123,11 +120,11 @@ def _report(args) -> int:
         print(f"sifluoro: no study in the registry matches{_selection(args)}: no report written",
               file=sys.stderr)
     elif not args.quiet:
-        print(f"{_n(written.studies, 'study', 'studies')}"
+        print(f"{counted(written.studies, 'study', 'studies')}"
               + (f" ({written.unknown_dose} of unknown dose: fluoroscopy time only)"
                  if written.unknown_dose else "") + ", "
-              f"{_n(written.groups, 'procedure/device group')}, "
-              f"{_n(written.outliers, 'outlier')} -> {written.html}")
+              f"{counted(written.groups, 'procedure/device group')}, "
+              f"{counted(written.outliers, 'outlier')} -> {written.html}")
     if args.procedure and not written.procedures:
         from sifluoro.audit.report import procedure_counts
         from sifluoro.audit.schema import open_registry

@@ -33,6 +33,7 @@ def _psd(args) -> int:
     from sifluoro.dose.rdsr_read import read_rdsr
     from sifluoro.dose.skin import estimate_peak_skin_dose, pyskindose_peak_skin_dose
     from sifluoro.errors import InputError
+    from sifluoro.model import counted
 
     status = 0
     print("peak skin dose ESTIMATES (mGy); not a measurement")
@@ -64,7 +65,7 @@ def _psd(args) -> int:
                   f"Ka,r total {total})")
             continue
         n = est.events_without_kerma
-        lower = (f"; {n} event{'' if n == 1 else 's'} without Ka,r left out: a lower bound"
+        lower = (f"; {counted(n, 'event')} without Ka,r left out: a lower bound"
                  if est.events_without_kerma else "")
         line = (f"{path}: {est.psd_mgy:.2f} (Ka,r total {total}; events' Ka,r {kerma:.2f} mGy, "
                 f"{est.events} events in {len(est.patches)} projection(s){lower})")
