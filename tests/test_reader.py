@@ -412,6 +412,31 @@ def test_implausible_frame_timing_is_not_used(tmp_path, caplog, n_frames, attrib
         assert run.technique.pulse_rate_per_s is None and run.technique.frame_time_ms is None
 
 
+@pytest.mark.parametrize("attributes, intervals_ms, warning", [
+    # a vector of the wrong length is not used, and the user is told
+    ({"FrameTimeVector": [0, 50], "FrameTime": 100.0}, (100.0,) * 3,
+     "(0018,1065) FrameTimeVector has 2 values for 3 frames; frame timing taken from another"),
+    # two timings of one run that disagree: the vector is used, and the user is told
+    ({"FrameTimeVector": [0, 50, 50], "FrameTime": 100.0}, (50.0,) * 3,
+     "(0018,1063) FrameTime = 100 ms but (0018,1065) FrameTimeVector steps 50 ms (median); the "
+     "vector is used"),
+])
+def test_frame_timings_that_disagree_are_said(tmp_path, caplog, attributes, intervals_ms, warning):
+    (path,) = write_study(tmp_path, [RunSpec(0.0, n_frames=3)])
+    _with(path, **attributes)
+    study = read_study([tmp_path])
+    (run,) = study.runs
+    assert run.frame_intervals_ms == pytest.approx(intervals_ms)
+    assert warning in caplog.text
+
+
+def test_frame_timings_that_agree_say_nothing(tmp_path, caplog):
+    (path,) = write_study(tmp_path, [RunSpec(0.0, n_frames=3)])
+    _with(path, FrameTimeVector=[0, 66.7, 68.0], FrameTime=66.7)
+    read_study([tmp_path])
+    assert "FrameTime" not in caplog.text
+
+
 def test_a_frame_time_in_seconds_is_read_as_such_with_a_warning(tmp_path, caplog):
     """The only frame timing is FrameTime = 0.0667 (seconds, not ms): read as 66.7 ms with a
     warning naming the tag, rather than the run and its dose refused."""

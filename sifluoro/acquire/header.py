@@ -517,9 +517,10 @@ def _timing(look: _Lookup, n: int, path: str):
     raw_frame_time = look.float("FrameTime", None)
     frame_time_ms = _frame_time_ms(look)
     ftv = look.floats("FrameTimeVector", None)
-    if ftv is not None and len(ftv) != n:
-        ftv = None
     implausible: list[str] = []
+    if ftv is not None and len(ftv) != n:
+        implausible.append(f"{tag_name('FrameTimeVector')} has {len(ftv)} values for {n} frames")
+        ftv = None
     if ftv is not None and n > 1 and not all(_plausible_ms(v) for v in ftv[1:]):
         implausible.append(f"{tag_name('FrameTimeVector')} has increments outside "
                            f"{FRAME_TIME_RANGE_MS[0]:g}-{FRAME_TIME_RANGE_MS[1]:g} ms "
@@ -537,6 +538,7 @@ def _timing(look: _Lookup, n: int, path: str):
             acc += inc if k else 0.0
             offsets.append(acc / 1000.0)
         intervals = _beam_intervals_ms(ftv[1:])
+        _warn_if_frame_time_differs(path, frame_time_ms, statistics.median_low(ftv[1:]))
     elif frame_time_ms is not None:
         offsets = [k * frame_time_ms / 1000.0 for k in range(n)]
         intervals = [frame_time_ms] * n
@@ -582,6 +584,18 @@ def _timing(look: _Lookup, n: int, path: str):
         log.warning("%s: %s; frame timing taken from another attribute", path,
                     "; ".join(implausible))
     return tuple(offsets), tuple(float(v) for v in intervals), start
+
+
+#: FrameTime and the FrameTimeVector's typical step further apart than this share are two
+#: timings of one run: the vector is used, but the user is told (its fluoroscopy time differs)
+FRAME_TIME_DISAGREEMENT = 0.10
+
+
+def _warn_if_frame_time_differs(path: str, frame_time_ms: float | None, step_ms: float) -> None:
+    if (frame_time_ms is not None
+            and abs(step_ms - frame_time_ms) > FRAME_TIME_DISAGREEMENT * frame_time_ms):
+        log.warning("%s: %s = %g ms but %s steps %g ms (median); the vector is used", path,
+                    tag_name("FrameTime"), frame_time_ms, tag_name("FrameTimeVector"), step_ms)
 
 
 def _per_frame_tag(look: _Lookup) -> str:
