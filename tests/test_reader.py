@@ -259,6 +259,30 @@ def test_enhanced_xa_per_frame_timing_and_functional_groups(tmp_path):
     assert tech.filter_cu_mm == pytest.approx(0.1)
 
 
+def test_a_pixel_spacing_that_changes_within_an_enhanced_run_is_said(tmp_path, caplog):
+    """Frame 3's own Frame Pixel Data Properties give another ImagerPixelSpacing (a zoom
+    within the run): the run keeps frame 1's, and the warning says from which frame mm are off."""
+    (path,) = write_study(tmp_path, [RunSpec(0.0, n_frames=4, storage="enhanced_xa")])
+    ds = pydicom.dcmread(path)
+    shared = ds.SharedFunctionalGroupsSequence[0].FramePixelDataPropertiesSequence[0]
+    first = [float(v) for v in shared.ImagerPixelSpacing]
+    for k, group in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        item = pydicom.Dataset()
+        item.ImagerPixelSpacing = first if k < 2 else [v * 1.5 for v in first]
+        group.FramePixelDataPropertiesSequence = [item]
+    ds.save_as(path)
+    run = read_study([tmp_path]).runs[0]
+    assert run.technique.imager_pixel_spacing_xy_mm == pytest.approx((first[1], first[0]))
+    assert "per-frame (0018,1164) ImagerPixelSpacing changes within the run" in caplog.text
+    assert "from frame 3 on" in caplog.text
+
+
+def test_a_pixel_spacing_the_same_on_every_frame_says_nothing(tmp_path, caplog):
+    write_study(tmp_path, [RunSpec(0.0, n_frames=4, storage="enhanced_xa")])
+    read_study([tmp_path])
+    assert "changes within the run" not in caplog.text
+
+
 def test_shutters_and_technique_round_trip(tmp_path):
     write_study(tmp_path, [RunSpec(0.0, tech=technique(reported_dap_gycm2=0.25,
                                                        reported_air_kerma_mgy=1.5))])

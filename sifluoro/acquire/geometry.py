@@ -183,6 +183,27 @@ def detector_spacing_xy_mm(look: _Lookup, sid_mm: float | None, sod_mm: float | 
     return pixel[1] * magnification, pixel[0] * magnification
 
 
+def warn_if_spacing_changes(look: _Lookup, path: str = "") -> None:
+    """Say when an Enhanced XA/XRF run's per-frame pixel spacing changes within the run (a zoom
+    or calibration change between frames): the run keeps frame 1's spacing, so distances in mm
+    on the later frames are off by the ratio; the user must know rather than trust them."""
+    for keyword in ("ImagerPixelSpacing", "PixelSpacing"):
+        first = look.floats(keyword, 0)
+        if first is None:
+            continue
+        for k in range(1, len(look.per_frame)):
+            other = look.floats(keyword, k)
+            if other is not None and len(other) == len(first) and any(
+                    abs(a - b) > 0.01 * abs(a) for a, b in zip(first, other)):
+                log.warning("%s: per-frame %s changes within the run (frame 1: %s, frame %d: %s); "
+                            "frame 1's is used for every frame: distances in mm from frame %d on "
+                            "are off by their ratio", path, _tag(keyword),
+                            "\\".join(f"{v:g}" for v in first), k + 1,
+                            "\\".join(f"{v:g}" for v in other), k + 1)
+                return
+        return
+
+
 def field_of_view(look: _Lookup, path: str = "") -> tuple[tuple[float, float] | None, str | None]:
     """((width, height) in mm, shape) of the field of view.
 

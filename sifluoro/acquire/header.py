@@ -678,6 +678,7 @@ def _technique(look: _Lookup, n: int, rows: int, columns: int, intervals_ms, pat
     sid_mm = look.amount("DistanceSourceToDetector")
     sod_mm, source_to_patient_mm = geometry.source_distances_mm(look)
     spacing_xy = geometry.detector_spacing_xy_mm(look, sid_mm, sod_mm, path)
+    geometry.warn_if_spacing_changes(look, path)
     fov_mm, fov_shape = geometry.field_of_view(look, path)
     field, collimator = geometry.exposed_field(look, path)
     cu, al = _filtration(look)
