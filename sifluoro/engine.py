@@ -447,8 +447,13 @@ class Engine:
         from sifluoro.replay import count_lost
 
         with self._serialised():
+            self._refuse_if_closed()  # its dose would be in no summary
             if self._state is None:
                 self._state = self.pipeline.start_study(run.study_instance_uid)
+            elif run.study_instance_uid != self._state.study_instance_uid:
+                raise InputError(f"lost frames of study {run.study_instance_uid} counted by the "
+                                 f"engine of study {self._state.study_instance_uid}; use one "
+                                 "Engine per study", path=run.path)
             self._announce_dose(count_lost(self._state, run, first_frame_number))
 
     def close(self) -> dict:

@@ -489,6 +489,22 @@ def test_a_closed_engine_takes_no_more_frames_and_rejections_are_listed_once(tmp
     with pytest.raises(RuntimeError, match="closed"):  # a report after close: no recount
         engine.prepare(read_study([tmp_path / "study"]))
     assert engine.close()["frames"] == summary["frames"] == 2
+    with pytest.raises(RuntimeError, match="closed"):  # lost frames after close: in no summary
+        engine.count_lost(read_study([tmp_path / "study"]).runs[0], 1)
+
+
+def test_lost_frames_of_another_study_are_refused(tmp_path):
+    """Review s20 #7: count_lost added another study's exposure to this study's dose."""
+    from sifluoro.errors import InputError
+
+    write_study(tmp_path / "a", [RunSpec(0.0, n_frames=2)])
+    write_study(tmp_path / "b", [RunSpec(0.0, n_frames=2)], study_uid="1.2.826.0.1.3680043.8.498.77")
+    engine = Engine(NO_DEADLINE, stages=[])
+    for frame in engine.frames(read_study([tmp_path / "a"])):
+        engine.feed(frame)
+    with pytest.raises(InputError, match="one Engine per study"):
+        engine.count_lost(read_study([tmp_path / "b"]).runs[0], 1)
+    assert engine.close()["frames"] == 2
 
 
 def test_a_setting_given_as_text_is_a_config_error():
