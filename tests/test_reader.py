@@ -598,3 +598,24 @@ def test_a_fifo_in_a_walked_folder_is_passed_over_not_waited_on(tmp_path, caplog
     assert [p.name for p in iter_input_files([tmp_path / "s"])] == ["a.dcm"]
     assert "pipe: not a regular file" in caplog.text and "pipe2: not a regular file" in caplog.text
     assert len(read_study([tmp_path / "s"]).runs) == 1
+
+
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.5"])  # JPEG-LS, RLE
+def test_compressed_frames_have_the_bits_above_bits_stored_cleared(tmp_path, syntax):
+    """Review s21 #1: a JPEG-LS codestream coded at 16 bits from a file whose unused high bits
+    hold overlays or junk (a PACS transcoding it) decoded to values up to 65535 and the run was
+    processed as noise; uncompressed files had them cleared."""
+    spec = RunSpec(0.0, n_frames=2)
+    (path,) = write_study(tmp_path, [spec])
+    ds = pydicom.dcmread(path)
+    clean = ds.pixel_array.copy()
+    junk = np.random.default_rng(2).integers(0, 16, clean.shape).astype(np.uint16) << 12
+    ds.PixelData = (clean | junk).tobytes()
+    ds.BitsStored, ds.HighBit = 16, 15
+    ds.compress(syntax, **({"encoding_plugin": "pydicom"} if syntax.endswith(".5") else {}))
+    ds.BitsStored, ds.HighBit = 12, 11
+    ds.save_as(path)
+    (run,) = read_study([tmp_path]).runs
+    assert run.bits_stored == 12
+    frames = [frame.pixels for frame in iter_frames(read_study([tmp_path]), [])]
+    assert np.array_equal(np.stack(frames), clean)

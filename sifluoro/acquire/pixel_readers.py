@@ -106,12 +106,16 @@ def read_refused(run: Run, *, tag: str, why: str,
 
 
 def _decoded(run: Run, k: int, frame: np.ndarray) -> np.ndarray:
-    """Frame ``k`` (0-based) as decoded, checked against the run's size, read-only uint16."""
+    """Frame ``k`` (0-based) as decoded, checked against the run's size, read-only uint16
+    with the bits above BitsStored cleared: a codestream may carry them (a JPEG-LS coded at
+    16 bits from a file with overlay bits, transcoded by a PACS) and decoders keep them."""
     if frame.shape != (run.rows, run.columns):
         raise DamagedPixelDataError(f"frame {k + 1} decodes to {frame.shape}, expected "
                                     f"({run.rows}, {run.columns})", path=run.path,
                                     tag="(7FE0,0010) PixelData")
-    frame = frame.astype(np.uint16, copy=frame.dtype != np.uint16)
+    frame = frame.astype(np.uint16, copy=frame.dtype != np.uint16 or not frame.flags.writeable)
+    if run.bits_stored < 16:
+        frame &= np.uint16((1 << run.bits_stored) - 1)
     frame.flags.writeable = False
     return frame
 
