@@ -11,7 +11,7 @@ from sifluoro.acquire.dicom_reader import iter_frames, read_study
 from sifluoro.cli import main
 from sifluoro.errors import MultipleStudiesError
 from sifluoro.contract import replay_output_violations
-from tests.dicom_fixtures import PATIENT_ID, PATIENT_NAME, RunSpec, write_study
+from tests.dicom_fixtures import PATIENT_ID, PATIENT_NAME, RunSpec, technique, write_study
 
 
 def _edit(path, fn, *, raw=False):
@@ -385,6 +385,29 @@ def test_high_bit_must_be_bits_stored_minus_one(tmp_path, high_bit, usable):
         assert rejection.reason.startswith(f"(0028,0102) HighBit: HighBit = {high_bit} with "
                                            "BitsStored = 12"), rejection.reason
         assert "their dose is counted from the header" in rejection.reason
+
+
+@pytest.mark.parametrize("attributes", [{"BitsStored": None}, {"BitsStored": 14, "BitsAllocated": 8}])
+def test_a_bad_bits_stored_keeps_the_runs_dap(tmp_path, attributes):
+    """Review s21 #6: Rows, Columns, BitsAllocated and BitsStored were read as one: a bad
+    BitsStored made the image size unknown, and the run's DAP with it."""
+    from sifluoro.config import DoseSettings
+    from sifluoro.dose.accumulate import accumulate_study
+
+    spec = RunSpec(0.0, n_frames=3, tech=technique(shutter=None))  # DAP from the image's area
+    (good,) = write_study(tmp_path / "good", [spec])
+    (path,) = write_study(tmp_path / "bad", [spec])
+    _set(path, **attributes)
+    study = read_study([tmp_path / "bad"])
+    rejected, lost = list(study.rejected), []
+    assert list(iter_frames(study, rejected, lost)) == []
+    [rejection] = rejected
+    assert rejection.reason.startswith("(0028,0101) BitsStored"), rejection.reason
+    assert [(run.n_frames, first) for run, first in lost] == [(3, 1)]
+    dose = accumulate_study(study, DoseSettings())
+    whole = accumulate_study(read_study([tmp_path / "good"]), DoseSettings())
+    assert dose.totals.dap_gycm2 == pytest.approx(whole.totals.dap_gycm2)
+    assert dose.totals.dap_gycm2 > 0
 
 
 @pytest.mark.parametrize("syntax", ["explicit", "rle"])

@@ -619,3 +619,20 @@ def test_compressed_frames_have_the_bits_above_bits_stored_cleared(tmp_path, syn
     assert run.bits_stored == 12
     frames = [frame.pixels for frame in iter_frames(read_study([tmp_path]), [])]
     assert np.array_equal(np.stack(frames), clean)
+
+
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.5"])  # JPEG-LS, RLE
+def test_encoded_frames_beyond_number_of_frames_are_used_with_a_warning(tmp_path, caplog, syntax):
+    """Review s21 #4: three encoded frames, NumberOfFrames 2: the third frame, its time and
+    dose were dropped without a word (a count above the frames held was already said)."""
+    (path,) = write_study(tmp_path, [RunSpec(0.0, n_frames=3)])
+    ds = pydicom.dcmread(path)
+    clean = ds.pixel_array.copy()
+    ds.compress(syntax, **({"encoding_plugin": "pydicom"} if syntax.endswith(".5") else {}))
+    ds.NumberOfFrames = 2
+    ds.save_as(path)
+    study = read_study([tmp_path])
+    (run,) = study.runs
+    assert run.n_frames == 3 and len(run.frame_intervals_ms) == 3
+    assert np.array_equal(np.stack([f.pixels for f in iter_frames(study, [])]), clean)
+    assert "(0028,0008) NumberOfFrames = 2, but the encapsulated pixel data holds 3 frames" in caplog.text

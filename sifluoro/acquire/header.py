@@ -234,14 +234,21 @@ def parse(ds: Dataset, path: str, *, pixel_bytes: int | None = None,
     try:
         rows = _required_int(look, "Rows", path, range(1, 65536))
         columns = _required_int(look, "Columns", path, range(1, 65536))
-        bits_allocated = _required_int(look, "BitsAllocated", path, (8, 16))
-        bits_stored = _required_int(look, "BitsStored", path, range(1, bits_allocated + 1))
     except InputError as exc:
         # no frame can be read without its size; the size stays unknown (0), so nothing is
         # taken from the image's area or the pixel data's length
         rows = columns = 0
-        bits_allocated = bits_stored = 16
         pixels_refused = (exc.tag, exc.reason, DamagedPixelDataError)
+    bits_known = True
+    try:
+        bits_allocated = _required_int(look, "BitsAllocated", path, (8, 16))
+        bits_stored = _required_int(look, "BitsStored", path, range(1, bits_allocated + 1))
+    except InputError as exc:
+        # no frame can be read, but the image's area (the field's DAP) is still known; the
+        # pixel data's length says nothing without the bytes per pixel
+        bits_allocated = bits_stored = 16
+        bits_known = False
+        pixels_refused = pixels_refused or (exc.tag, exc.reason, DamagedPixelDataError)
     samples = look.raw("SamplesPerPixel", frame=None)
     if video:  # YBR_PARTIAL_420 by the standard: its luma, 8 bits, is the grey frame
         bits_allocated = bits_stored = 8
@@ -267,12 +274,12 @@ def parse(ds: Dataset, path: str, *, pixel_bytes: int | None = None,
             f"PhotometricInterpretation {photometric or 'missing'}: only MONOCHROME1/2 are read",
             UnsupportedPixelDataError)
         photometric = "MONOCHROME2"  # no frame is shown; the run keeps a valid value
-    frame_bytes = rows * columns * (bits_allocated // 8)
+    frame_bytes = rows * columns * (bits_allocated // 8) if bits_known else 0
     if not frame_bytes:  # the size unknown: the header's NumberOfFrames alone
         frame_bytes, pixel_bytes = 1, None
     n_frames = _frames_present(_number_of_frames(look, path, frame_bytes, pixel_bytes,
                                                  fragments, frames_held),
-                               frame_bytes, pixel_bytes, fragments, path)
+                               frame_bytes, pixel_bytes, fragments, path, frames_held)
     timing_unknown = False
     try:
         offsets_s, intervals_ms, start = _timing(look, n_frames, path)
@@ -369,13 +376,19 @@ MAX_FRAMES = 100_000
 
 
 def _frames_present(n: int, frame_bytes: int, pixel_bytes: int | None,
-                    fragments: int | None, path: str) -> int:
+                    fragments: int | None, path: str, frames_held: int | None = None) -> int:
     """NumberOfFrames bounded by what the pixel data holds (every native frame takes
     ``frame_bytes``, every encapsulated frame at least one fragment): a count above it is a
     header error, and the frames present are used, with a warning (refusing the run lost its
-    dose). None present, or more than :data:`MAX_FRAMES`, is refused."""
+    dose). Encapsulated frames are coded one by one: more of them than the count
+    (``frames_held``) are all used, with a warning, rather than the last ones dropped with
+    their dose. None present, or more than :data:`MAX_FRAMES`, is refused."""
     tag = tag_name("NumberOfFrames")
     held = None
+    if frames_held is not None and frames_held > n:
+        log.warning("%s: %s = %d, but the encapsulated pixel data holds %d frames: all %d are "
+                    "used", path, tag, n, frames_held, frames_held)
+        n = frames_held
     if pixel_bytes is not None and n > pixel_bytes // frame_bytes:
         held = pixel_bytes // frame_bytes
         where = f"the pixel data ({pixel_bytes} bytes) holds {held} frame(s) of {frame_bytes} bytes"
