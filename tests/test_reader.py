@@ -636,3 +636,25 @@ def test_encoded_frames_beyond_number_of_frames_are_used_with_a_warning(tmp_path
     assert run.n_frames == 3 and len(run.frame_intervals_ms) == 3
     assert np.array_equal(np.stack([f.pixels for f in iter_frames(study, [])]), clean)
     assert "(0028,0008) NumberOfFrames = 2, but the encapsulated pixel data holds 3 frames" in caplog.text
+
+
+@pytest.mark.parametrize("keyword, text, said", [
+    ("KVP", "78 kV", "ignoring (0018,0060) KVP = '78 kV': not a number"),
+    ("FrameTime", "133,3", "ignoring (0018,1063) FrameTime = '133,3': not a number"),
+])
+def test_a_number_that_is_not_one_is_said_naming_the_file(tmp_path, caplog, keyword, text, said):
+    """Review s21 #7: values a vendor writes that are not numbers were dropped at INFO level
+    (hidden by the CLI), without the file: the run's dose unknown, or its frames refused for
+    "no usable frame timing", with no word on why."""
+    from pydicom.datadict import dictionary_VR, tag_for_keyword
+    from pydicom.dataelem import RawDataElement
+
+    (path,) = write_study(tmp_path, [RunSpec(0.0, n_frames=3)])
+    ds = pydicom.dcmread(path)
+    tag = pydicom.tag.Tag(tag_for_keyword(keyword))
+    raw = text.encode() + b" " * (len(text) % 2)
+    ds[tag] = RawDataElement(tag, dictionary_VR(tag), len(raw), raw, 0, False, True)
+    ds.save_as(path)
+    read_study([tmp_path])
+    assert f"{path}: {said}" in caplog.text
+    assert caplog.text.count(said) == 1

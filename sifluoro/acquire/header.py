@@ -123,9 +123,18 @@ class _Lookup:
                 value = list(value)[index or 0]
             number = float(value)
         except (TypeError, ValueError, IndexError):
-            log.info("ignoring unusable %s", tag_name(keyword))
+            self._not_a_number(keyword, value)
             return None
         return number if math.isfinite(number) else None
+
+    def _not_a_number(self, keyword: str, value: Any) -> None:
+        """Said once per attribute, naming the file: a kVp of "78 kV" made the run's dose
+        unknown, and a FrameTime of "133,3" its frames refused, with no word on why."""
+        if keyword not in self._refused:
+            self._refused.add(keyword)
+            shown = str(value if not _is_multi(value) else "\\".join(map(str, value)))
+            log.warning("%s: ignoring %s = %r: not a number", self.path or "header",
+                        tag_name(keyword), shown[:32])
 
     def amount(self, keyword: str, frame: int | None = 0) -> float | None:
         """A value that cannot be negative (a dose, a tube load, a time, a distance) nor above
@@ -151,7 +160,7 @@ class _Lookup:
         try:
             values = tuple(float(v) for v in (value if _is_multi(value) else [value]))
         except (TypeError, ValueError):
-            log.info("ignoring unusable %s", tag_name(keyword))
+            self._not_a_number(keyword, value)
             return None
         return values if all(math.isfinite(v) for v in values) else None
 
