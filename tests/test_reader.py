@@ -658,3 +658,31 @@ def test_a_number_that_is_not_one_is_said_naming_the_file(tmp_path, caplog, keyw
     read_study([tmp_path])
     assert f"{path}: {said}" in caplog.text
     assert caplog.text.count(said) == 1
+
+
+@pytest.mark.parametrize("implicit", [True, False])
+def test_a_file_without_the_part10_header_is_read_with_a_warning(tmp_path, caplog, implicit):
+    """Review s21 #9: a dataset stored without preamble and file meta (older systems write
+    them so) was passed over as "not DICOM", its exposure in no total."""
+    from pydicom.filewriter import write_dataset
+
+    (path,) = write_study(tmp_path / "part10", [RunSpec(0.0, n_frames=3)])
+    whole = read_study([tmp_path / "part10"])
+    ds = pydicom.dcmread(path)
+    del ds.file_meta
+    (tmp_path / "bare").mkdir()
+    bare = tmp_path / "bare" / "run"
+    with pydicom.filebase.DicomFileLike(open(bare, "wb")) as fh:
+        fh.is_little_endian, fh.is_implicit_VR = True, implicit
+        write_dataset(fh, ds)
+    (tmp_path / "bare" / "notes.txt").write_text("\x08\x00 not a dataset")
+    study = read_study([tmp_path / "bare"])
+    (run,) = study.runs
+    assert [r.file.rsplit("/", 1)[-1] for r in study.rejected] == ["notes.txt"]
+    assert run.frame_intervals_ms == whole.runs[0].frame_intervals_ms
+    assert run.technique == whole.runs[0].technique
+    frames = np.stack([f.pixels for f in iter_frames(study, [])])
+    assert np.array_equal(frames, np.stack([f.pixels for f in iter_frames(whole, [])]))
+    syntax = "Implicit VR Little Endian" if implicit else "Explicit VR Little Endian"
+    assert f"{bare}: no DICOM Part 10 preamble and file meta header" in caplog.text
+    assert f"read as {syntax}" in caplog.text

@@ -21,7 +21,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import pydicom
 from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import (
@@ -29,6 +29,7 @@ from pydicom.uid import (
     EnhancedXAImageStorage,
     EnhancedXRFImageStorage,
     DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000TransferSyntaxes,
@@ -357,7 +358,11 @@ def read_header(path: str | Path) -> Dataset:
     try:
         ds = pydicom.dcmread(path, defer_size=1024, force=False)
     except InvalidDicomError as exc:
-        raise NotDicomError("not a DICOM file (no DICOM Part 10 'DICM' header)", path=path) from exc
+        ds = _dataset_without_preamble(path)
+        if ds is None:
+            raise NotDicomError("not a DICOM file (no DICOM Part 10 'DICM' header)",
+                                path=path) from exc
+        return ds
     except Exception as exc:  # the file boundary: any parse failure is this file's fault
         ds, failure = None, exc
     if ds is not None and len(ds) and PIXEL_DATA in ds:
@@ -384,6 +389,33 @@ def read_header(path: str | Path) -> Dataset:
                                     path=path, tag="(7FE0,0010) PixelData")
     setattr(cut, CUT_SHORT, pixel_tag_at)
     return cut
+
+
+def _dataset_without_preamble(path: str | Path) -> Dataset | None:
+    """A dataset written without the Part 10 preamble and file meta header (older systems
+    and some archives store them so; pydicom reads them only when forced), or None. Only a
+    file that starts with an Identifying group (0008,xxxx) element is tried, so that other
+    files are not parsed as DICOM; the transfer syntax is the one pydicom found (implicit or
+    explicit VR, little or big endian), set in a file meta of its own."""
+    try:
+        with open(path, "rb") as fh:
+            start = fh.read(4)
+        if len(start) < 4 or start[:2] != b"\x08\x00" or int.from_bytes(start[2:], "little") > 0x0100:
+            return None
+        ds = pydicom.dcmread(path, defer_size=1024, force=True)
+        if not len(ds) or "SOPClassUID" not in ds or PIXEL_DATA not in ds:
+            return None
+        implicit, little = ds.original_encoding
+    except Exception:  # not DICOM after all
+        return None
+    syntax = (ImplicitVRLittleEndian if implicit else
+              ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    log.warning("%s: no DICOM Part 10 preamble and file meta header (an older system's file): "
+                "read as %s", path, syntax.name)
+    return ds
 
 
 def _deflated_header_before_pixels(path: str | Path) -> Dataset | None:
