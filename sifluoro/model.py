@@ -117,6 +117,9 @@ class Run:
     #: no usable frame timing: the time its frames stand for is unknown (not 0), its
     #: fluoroscopy time not counted (totals with it are lower bounds)
     timing_unknown: bool = False
+    #: the Modality LUT (a negative RescaleSlope, a falling table) turns stored values round
+    #: before the photometric interpretation applies (:attr:`display_photometric`)
+    modality_lut_inverts: bool = False
     header_cut: bool = False  # the file ends before its pixel data (cut inside its header)
     study_uid_cut: bool = False  # ... inside its StudyInstanceUID value: the UID is a stump
     read_frames: Callable[["Run"], Iterator[np.ndarray]] | None = field(default=None, repr=False)
@@ -153,8 +156,17 @@ class Run:
         MONOCHROME2 device that writes neither is indistinguishable and is read inverted.
         """
         if not self.polarity_stated:
-            return self.photometric == "MONOCHROME2"
+            return self.display_photometric == "MONOCHROME2"
         return self.pixel_intensity_sign == -1  # LIN/LOG without a sign: falls with attenuation
+
+    @property
+    def display_photometric(self) -> str:
+        """How the stored values themselves are displayed: the header's photometric
+        interpretation, which applies after the Modality LUT, swapped when that LUT inverts
+        them (:attr:`modality_lut_inverts`)."""
+        if not self.modality_lut_inverts:
+            return self.photometric
+        return "MONOCHROME1" if self.photometric == "MONOCHROME2" else "MONOCHROME2"
 
     def iter_pixels(self) -> Iterator[np.ndarray]:
         """Decode frames one at a time (read-only 2-D uint16 arrays, as stored)."""
@@ -187,7 +199,8 @@ class Frame:
 
     @property
     def photometric(self) -> str:
-        return self.run.photometric
+        """How the stored pixels are displayed (:attr:`Run.display_photometric`)."""
+        return self.run.display_photometric
 
     @property
     def pixel_spacing_xy_mm(self) -> tuple[float, float] | None:

@@ -747,7 +747,8 @@ def _check_assumptions(run: Run, state: StudyState) -> None:
                     "PixelIntensityRelationship (0028,1040): bone is taken as %s as stored (%s); "
                     "a device that stores it the other way is read inverted and its guidance is "
                     "wrong", run.path, "bright" if run.attenuation_rises_with_value else "dark",
-                    run.photometric)
+                    run.photometric + (", turned round by its Modality LUT"
+                                       if run.modality_lut_inverts else ""))
     if run.pixel_spacing_xy_mm is None:
         state.assumed_runs["pixel_spacing"] += 1
         log.warning("%s: no ImagerPixelSpacing (0018,1164) or PixelSpacing: no joint line nor "

@@ -686,3 +686,47 @@ def test_a_file_without_the_part10_header_is_read_with_a_warning(tmp_path, caplo
     syntax = "Implicit VR Little Endian" if implicit else "Explicit VR Little Endian"
     assert f"{bare}: no DICOM Part 10 preamble and file meta header" in caplog.text
     assert f"read as {syntax}" in caplog.text
+
+
+@pytest.mark.parametrize("lut", ["rescale", "table"])
+def test_a_modality_lut_that_inverts_the_stored_values_turns_the_polarity(tmp_path, caplog, lut):
+    """Review s21 #2: a MONOCHROME2 run stored bone-dark with an inverting rescale (slope -1)
+    or Modality LUT, which a viewer shows bone bright, was read inverted by the stages and
+    shown bone-dark."""
+    from sifluoro.imaging import attenuation
+
+    (path,) = write_study(tmp_path / "plain", [RunSpec(0.0, n_frames=2)])
+    plain = read_study([tmp_path / "plain"])
+    ds = pydicom.dcmread(path)
+    top = (1 << ds.BitsStored) - 1
+    ds.PixelData = (top - ds.pixel_array).astype(np.uint16).tobytes()  # stored the other way
+    if lut == "rescale":
+        ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = -1, top, "US"
+    else:
+        item = pydicom.Dataset()
+        item.LUTDescriptor = [top + 1, 0, 16]
+        item.LUTData = np.arange(top, -1, -1, dtype="<u2").tobytes()
+        item.ModalityLUTType = "US"
+        ds.ModalityLUTSequence = [item]
+    (tmp_path / "inverted").mkdir()
+    ds.save_as(tmp_path / "inverted" / "run.dcm")
+    inverted = read_study([tmp_path / "inverted"])
+    run = inverted.runs[0]
+    assert run.modality_lut_inverts and not run.attenuation_rises_with_value
+    assert plain.runs[0].attenuation_rises_with_value
+    frame, frame0 = next(iter_frames(inverted, [])), next(iter_frames(plain, []))
+    assert frame.photometric == "MONOCHROME1" and frame0.photometric == "MONOCHROME2"
+    assert np.allclose(attenuation(frame), attenuation(frame0), atol=1e-6)
+
+
+def test_a_modality_lut_of_no_direction_is_said_and_not_applied(tmp_path, caplog):
+    (path,) = write_study(tmp_path, [RunSpec(0.0, n_frames=2)])
+    ds = pydicom.dcmread(path)
+    item = pydicom.Dataset()
+    item.LUTDescriptor = [4, 0, 16]
+    item.LUTData = np.array([0, 9, 3, 12], "<u2").tobytes()
+    ds.ModalityLUTSequence = [item]
+    ds.save_as(path)
+    (run,) = read_study([tmp_path]).runs
+    assert not run.modality_lut_inverts and run.attenuation_rises_with_value
+    assert "(0028,3000) ModalityLUTSequence is not a rising or falling table: not applied" in caplog.text

@@ -564,6 +564,7 @@ def run_from_dataset(ds: Dataset, path: str | Path) -> Run:
         columns=fields.columns,
         bits_stored=fields.bits_stored,
         photometric=fields.photometric,
+        modality_lut_inverts=fields.modality_lut_inverts,
         start_s=fields.start_s,
         started_at=fields.started_at,
         frame_offsets_s=fields.frame_offsets_s,

@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import numpy as np
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
+from pydicom.pixels import apply_modality_lut
 from pydicom.uid import EnhancedXAImageStorage, EnhancedXRFImageStorage
 from pydicom.valuerep import DA, DT, TM
 
@@ -62,6 +64,7 @@ class HeaderFields:
     pixels_refused: tuple[str, str, type] | None = None
     started_at: datetime | None = None  # ``start_s`` as the header's date and time
     timing_unknown: bool = False  # no usable frame timing (``frame_intervals_ms`` are 0)
+    modality_lut_inverts: bool = False  # a negative RescaleSlope or a falling Modality LUT
 
 
 #: the largest possible value of each amount, in its DICOM unit (:data:`MAX_PLAUSIBLE`)
@@ -325,7 +328,30 @@ def parse(ds: Dataset, path: str, *, pixel_bytes: int | None = None,
         pixel_intensity_relationship=look.text("PixelIntensityRelationship") or None,
         pixels_refused=pixels_refused,
         timing_unknown=timing_unknown,
+        modality_lut_inverts=_modality_lut_inverts(look, path),
     )
+
+
+def _modality_lut_inverts(look: _Lookup, path: str) -> bool:
+    """Whether the Modality LUT (0028,3000) or rescale (0028,1053) turns stored values
+    round before display: the photometric interpretation applies to its output, so the stored
+    values show bone the other way (a viewer applies it; the stages read stored values). Only
+    its direction is used; a LUT that is not monotonic is said, as its shape is not applied."""
+    if look.ds.get("ModalityLUTSequence"):
+        try:  # pydicom reads the table (US or OW, its descriptor's first mapped value)
+            item = look.ds.ModalityLUTSequence[0]
+            first, entries = int(item.LUTDescriptor[1]), int(item.LUTDescriptor[0]) or 65536
+            table = apply_modality_lut(np.arange(first, first + entries), look.ds).astype(float)
+            steps = np.diff(table)
+        except Exception:  # an unreadable LUT: said below as not applied
+            steps = np.zeros(0)
+        if steps.size and (np.all(steps >= 0) or np.all(steps <= 0)) and steps.any():
+            return bool(steps.sum() < 0)
+        log.warning("%s: %s is not a rising or falling table: not applied (stored values are "
+                    "read as they are)", path, tag_name("ModalityLUTSequence"))
+        return False
+    slope = look.float("RescaleSlope", None)
+    return slope is not None and slope < 0
 
 
 def _int_or_none(value: Any) -> int | None:
