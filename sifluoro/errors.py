@@ -63,9 +63,9 @@ def shown_uid(value) -> str:
 
 
 class NotDicomError(InputError):
-    """The file is not a DICOM Part 10 file (preamble and 'DICM'), or its header cannot be
-    parsed. Raw datasets without the Part 10 header are refused too: without file meta
-    information the transfer syntax is a guess."""
+    """The file is not DICOM, or its header cannot be parsed. A dataset without the Part 10
+    preamble and file meta is read when it starts with a (0008,xxxx) element (its transfer
+    syntax as pydicom finds it, said in a warning)."""
 
 
 class UnsupportedDicomError(InputError):
@@ -89,6 +89,12 @@ class DamagedPixelDataError(InputError):
 class UnsupportedPixelDataError(DamagedPixelDataError, UnsupportedDicomError):
     """An X-ray image's pixel data in a form sifluoro does not read (signed, colour, a video
     transfer syntax, ...): the file is whole, its frames are not shown, their dose counts."""
+
+
+class UntimedRunError(DamagedPixelDataError, MissingAttributeError):
+    """A run without any acquisition or content time among others: its frames cannot be
+    placed in the study, so none is shown; they were exposed, so their dose counts (as lost
+    frames, at the study's end)."""
 
 
 class DuplicateInstanceError(InputError):

@@ -111,8 +111,9 @@ def test_replay_of_a_damaged_study_follows_the_contract(damaged_study, tmp_path,
     # 3 of no_frame_time.dcm (no timing: its frames are not shown) and the 3 of unknown_ts.dcm
     # (pixels not decodable, its header whole): counted from their headers
     # wrong_size.dcm's 3 too since review s16 H1 (its frames cannot be cut; its dose counted),
-    # and no_rows.dcm's 3 since user review s18 F9 (its size unknown; its dose counted)
-    assert s["lost_frames"]["frames"] == 17 and s["lost_frames"]["fluoro_time_s"] > 0
+    # and no_rows.dcm's 3 since user review s18 F9 (its size unknown; its dose counted), and
+    # no_time.dcm's 3 since review s21 #3 (it cannot be placed in time; its dose counted)
+    assert s["lost_frames"]["frames"] == 20 and s["lost_frames"]["fluoro_time_s"] > 0
     assert sorted(r["file"].rsplit("/", 1)[-1] for r in s["rejected_files"]) == sorted(EXPECTED_REASONS)
     printed = capsys.readouterr()
     everything = events.read_text() + summary.read_text() + printed.out + printed.err + caplog.text
@@ -123,7 +124,7 @@ def test_the_engine_counts_the_frames_a_damaged_file_lost(damaged_study):
     from sifluoro import Engine, Settings
 
     summary = Engine(Settings(latency_budget_ms=1e9), stages=[]).run(damaged_study)
-    assert summary["frames"] == 11 and summary["lost_frames"]["frames"] == 17
+    assert summary["frames"] == 11 and summary["lost_frames"]["frames"] == 20
 
 
 def test_a_study_whose_every_frame_was_lost_still_has_its_dose_reported(tmp_path):
@@ -581,7 +582,7 @@ def test_the_dose_shown_live_has_the_lost_frames_once_their_run_is_passed(damage
     shown = events[after]["dose"]
     assert shown["study_air_kerma_mgy"] > shown["air_kerma_mgy"]
     assert replay_output_violations(tmp_path / "e.jsonl", tmp_path / "s.json") == []
-    assert result.summary["lost_frames"]["frames"] == 17
+    assert result.summary["lost_frames"]["frames"] == 20
 
     engine = Engine(Settings(latency_budget_ms=1e9), stages=[])
     doses = []
@@ -1153,3 +1154,24 @@ def test_a_damaged_dicom_header_is_named_not_passed_over_as_not_dicom(tmp_path, 
     out = capsys.readouterr().out
     assert f"passed over 1 file, not DICOM: {tmp_path / 's' / 'notes.txt'}" in out
     assert f"rejected   {paths[1]}: " in out
+
+
+def test_a_run_without_any_time_keeps_its_dose_in_the_dose_summary(tmp_path):
+    """Review s21 #3: a run without acquisition or content time, among others, was rejected
+    with its dose: `dose summary` gave the study less than was exposed, as an exact total."""
+    from sifluoro.dose.summary import summarize
+
+    specs = [RunSpec(0.0, filename="a.dcm"), RunSpec(10.0, filename="b.dcm")]
+    write_study(tmp_path / "timed", specs)
+    paths = write_study(tmp_path / "untimed", specs)
+
+    def no_time(ds):
+        for kw in ("AcquisitionDateTime", "AcquisitionDate", "AcquisitionTime", "ContentDate",
+                   "ContentTime"):
+            delattr(ds, kw)
+    _edit(paths[1], no_time)
+    [timed], _ = summarize([tmp_path / "timed"])
+    [untimed], _ = summarize([tmp_path / "untimed"])
+    assert untimed.air_kerma_mgy == pytest.approx(timed.air_kerma_mgy)
+    assert untimed.dap_gycm2 == pytest.approx(timed.dap_gycm2)
+    assert untimed.fluoro_time_s == pytest.approx(timed.fluoro_time_s)

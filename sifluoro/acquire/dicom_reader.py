@@ -58,6 +58,7 @@ from sifluoro.errors import (
     UID_CHARACTERS,
     UnsupportedDicomError,
     UnsupportedPixelDataError,
+    UntimedRunError,
     shown_uid,
 )
 from sifluoro.model import Frame, Rejection, Run, Study
@@ -327,22 +328,31 @@ def _reject_damaged_study_uids(runs_by_study: dict[str, list[Run]],
 def order_runs(runs: list[Run], rejected: list[Rejection]) -> list[Run]:
     """Sort runs by start time, set ``start_s`` relative to the first, and number them.
 
-    With several runs, a run without any acquisition/content time cannot be placed: it is
-    rejected (appended to ``rejected``) rather than guessed from its file name.
+    With several runs, a run without any acquisition/content time cannot be placed, nor
+    guessed from its file name: its frames are not shown (:func:`untimed_run`) and it goes
+    after the others, where its frames' dose is counted as lost. ``rejected`` is not added to
+    here: the run's frames say why when they are read.
     """
     timed = [r for r in runs if r.start_s is not None and not np.isnan(r.start_s)]
     untimed = [r for r in runs if r not in timed]
     if len(runs) == 1 and untimed:
         timed, untimed = [replace(untimed[0], start_s=0.0)], []
-    for run in untimed:
-        rejected.append(Rejection(
-            run.path,
-            "(0008,002A) AcquisitionDateTime: no acquisition or content time, so the run "
-            "cannot be placed in the study; export it with its timing attributes",
-            "MissingAttributeError", "(0008,002A) AcquisitionDateTime"))
     timed.sort(key=lambda r: (r.start_s, header.sort_tiebreak(r)))
     t0 = timed[0].start_s if timed else 0.0
-    return [replace(r, start_s=r.start_s - t0, index=i) for i, r in enumerate(timed)]
+    placed = [replace(r, start_s=r.start_s - t0) for r in timed]
+    end_s = max((r.start_s + r.frame_offsets_s[-1] for r in placed), default=0.0)
+    placed += [untimed_run(r, end_s) for r in sorted(untimed, key=header.sort_tiebreak)]
+    return [replace(r, index=i) for i, r in enumerate(placed)]
+
+
+def untimed_run(run: Run, start_s: float) -> Run:
+    """``run``, which has no acquisition or content time, put at ``start_s`` (the study's
+    end) with its frames refused: none is shown, their dose counted from the header."""
+    return replace(run, start_s=start_s, read_frames=partial(
+        pixel_readers.read_refused, tag="(0008,002A) AcquisitionDateTime",
+        why="no acquisition or content time, so the run cannot be placed in the study (its "
+            "dose is counted at the study's end); export it with its timing attributes",
+        error=UntimedRunError))
 
 
 def read_header(path: str | Path) -> Dataset:

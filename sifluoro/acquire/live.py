@@ -39,7 +39,7 @@ from typing import Callable, Iterator
 
 import pydicom
 
-from sifluoro.acquire.dicom_reader import run_from_dataset
+from sifluoro.acquire.dicom_reader import run_from_dataset, untimed_run
 from sifluoro.acquire.spool import Spool, StudyState
 from sifluoro.config import Settings
 from sifluoro.dose.rdsr_read import is_dose_report
@@ -477,14 +477,17 @@ class LiveStudies:
 
     def _feed_run(self, study: _LiveStudy, run: Run) -> None:
         if run.start_s is None or math.isnan(run.start_s):
-            raise InputError("no acquisition or content time, so the run cannot be placed in "
-                             "the study", path=run.path, tag="(0008,002A) AcquisitionDateTime")
-        if study.t0_s is None:
-            study.t0_s = run.start_s
-        late = run.start_s < study.latest_start_s
-        study.latest_start_s = max(study.latest_start_s, run.start_s)
-        study.out_of_order_runs += late
-        run = replace(run, start_s=run.start_s - study.t0_s, index=len(study.runs))
+            # not placed, not shown: its dose counted (as lost frames) when it arrives
+            run = untimed_run(run, study.latest_start_s - study.t0_s
+                              if study.t0_s is not None else 0.0)
+        else:
+            if study.t0_s is None:
+                study.t0_s = run.start_s
+            late = run.start_s < study.latest_start_s
+            study.latest_start_s = max(study.latest_start_s, run.start_s)
+            study.out_of_order_runs += late
+            run = replace(run, start_s=run.start_s - study.t0_s)
+        run = replace(run, index=len(study.runs))
         study.runs.append(run)
         state = study.pipeline_state
         self.pipeline.prepare_run(run, state)

@@ -199,12 +199,14 @@ def test_a_colour_screenshot_is_stored_and_the_study_sent_after_it_arrives(tmp_p
     ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
     ds.PixelData = rgb.tobytes()
     ds.save_as(paths[0])
-    assert _sent_before_a_run(start_receiver, paths).startswith("(0028,0002) SamplesPerPixel")
+    summary = _sent_before_a_run(start_receiver, paths)
+    assert summary["rejected_files"][0]["reason"].startswith("(0028,0002) SamplesPerPixel")
 
 
-def _sent_before_a_run(start_receiver, paths) -> str:
+def _sent_before_a_run(start_receiver, paths) -> dict:
     """Send an instance the pipeline cannot use, then a 3-frame run, in one storescu
-    association; both must be stored (the run processed): the first one's rejection reason."""
+    association; both must be stored (the run processed), the first one rejected: the
+    study's summary."""
     receiver = start_receiver()
     sent = storescu(receiver.port, paths, "-xe")
     assert sent.returncode == 0, sent.stdout + sent.stderr
@@ -213,8 +215,8 @@ def _sent_before_a_run(start_receiver, paths) -> str:
     assert receiver.terminate() == 0
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["instances"] == 2
-    [rejected] = summary["rejected_files"]
-    return rejected["reason"]
+    assert len(summary["rejected_files"]) == 1
+    return summary
 
 
 def test_an_x_ray_image_without_any_time_is_stored_and_the_study_after_it_arrives(
@@ -231,5 +233,8 @@ def test_an_x_ray_image_without_any_time_is_stored_and_the_study_after_it_arrive
         if keyword in ds:
             delattr(ds, keyword)
     ds.save_as(paths[0])
-    reason = _sent_before_a_run(start_receiver, paths)
-    assert reason.startswith("(0008,002A) AcquisitionDateTime: no acquisition")
+    summary = _sent_before_a_run(start_receiver, paths)
+    [rejected] = summary["rejected_files"]
+    assert rejected["reason"].startswith("(0008,002A) AcquisitionDateTime: no acquisition")
+    # its exposure happened: counted as lost frames (review s21 #3)
+    assert summary["lost_frames"]["frames"] == 2 and summary["lost_frames"]["air_kerma_mgy"] > 0
