@@ -146,6 +146,12 @@ def events_dose_unknown(events) -> int:
     return sum(1 for e in events if e.air_kerma_mgy is None or e.dap_gycm2 is None)
 
 
+def events_time_unknown(events) -> int:
+    """How many ``events`` do not say how long their beam was on (a run without usable frame
+    timing): a time total summed over the others is a lower bound."""
+    return sum(1 for e in events if not is_timed(e))
+
+
 def is_timed(e: IrradiationEvent) -> bool:
     """Whether an event says how long its beam was on (:func:`event_duration_s` has a source)."""
     return (e.irradiation_duration_s is not None or e.exposure_time_ms is not None
@@ -259,6 +265,8 @@ class StudyDose:
             # lower bounds (unless null: nothing gives them); a report's own accumulated totals
             # are the device's whole count, whatever its events leave out
             "events_dose_unknown": 0 if self.planes_from_report else events_dose_unknown(self.events),
+            # events of unknown beam-on time: the time totals are lower bounds (as above)
+            "events_time_unknown": 0 if self.planes_from_report else events_time_unknown(self.events),
             "srdl_exceeded": list(self.srdl_exceeded),
             "per_plane": [
                 {"plane": p.plane,

@@ -28,7 +28,8 @@ from sifluoro.config import DoseSettings
 from sifluoro.dose.accumulate import accumulate_study
 from sifluoro.dose.rdsr_read import names_an_sr_class, read_rdsr
 from sifluoro.dose.records import (
-    SINGLE_PLANE, IrradiationEvent, PlaneTotals, StudyDose, event_duration_s, totals_from_events)
+    FLUOROSCOPY, SINGLE_PLANE, IrradiationEvent, PlaneTotals, StudyDose, event_duration_s,
+    is_timed, totals_from_events)
 from sifluoro.errors import InputError
 from sifluoro.model import Rejection, Run, Study, first_few
 
@@ -389,8 +390,10 @@ def table(studies: list[StudyDose], rejected: list[Rejection] = ()) -> str:
         device = device if len(device) <= 30 else device[:29] + "…"
         source = d["source"] if d["source"] == "rdsr" else f"img/{_SOURCE_SHORT.get(d['dose_source'], d['dose_source'])}"
         partial = d["events_dose_unknown"] > 0
-        bounded += partial
-        lines.append(f"{uid:<28} {source:<8} {device:<30} {d['events']:>6} {_number(d['fluoro_time_s'], 9, 1)} "
+        short_time = any(e.kind == FLUOROSCOPY and not is_timed(e) for e in s.events)
+        bounded += partial or short_time
+        lines.append(f"{uid:<28} {source:<8} {device:<30} {d['events']:>6} "
+                     f"{_number(d['fluoro_time_s'], 9, 1, at_least=short_time)} "
                      f"{_number(d['dap_gycm2'], 11, 4, at_least=partial)} "
                      f"{_number(d['air_kerma_mgy'], 10, 2, at_least=partial)}  "
                      f"{','.join(d['srdl_exceeded']) or '-'}")
@@ -404,8 +407,8 @@ def table(studies: list[StudyDose], rejected: list[Rejection] = ()) -> str:
                      "img/ = from the images: rep(orted "
                      "in their headers), est(imated from the technique), mix(ed), none (unknown)")
     if bounded:
-        lines.append("≥ a lower bound: the study has events of unknown dose, not counted "
-                     "(events_dose_unknown in --json)")
+        lines.append("≥ a lower bound: the study has events of unknown dose or time, not "
+                     "counted (events_dose_unknown, events_time_unknown in --json)")
     # a folder's notes and exports are counted, not listed one by one as faults (review s19)
     not_dicom = [r for r in rejected if r.not_dicom]
     for r in rejected:

@@ -154,3 +154,24 @@ def _device_report_saying_unknown(tmp_path, container: str, concepts: tuple[str,
                     child.MeasuredValueSequence = Sequence([])
     (study,), _ = summarize([F.save(ds, tmp_path / "r.dcm")])
     return study
+
+
+def test_a_run_of_unknown_time_makes_the_fluoroscopy_time_a_lower_bound(tmp_path):
+    """Review s21 #5: replay said "+ 1 run of unknown time, not counted", but `dose summary`
+    printed the time of the other runs as the study's, and its JSON had no word of it."""
+    paths = write_study(tmp_path / "study", [RunSpec(0.0, n_frames=3), RunSpec(20.0, n_frames=3)])
+    ds = pydicom.dcmread(paths[1])
+    for keyword in ("FrameTime", "FrameIncrementPointer", "FrameTimeVector"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    ds.save_as(paths[1])
+    (study,), _ = summarize([tmp_path / "study"])
+    s = study.summary()
+    assert s["events_time_unknown"] == 1 and s["events_dose_unknown"] == 0
+    row = table([study]).splitlines()[2]
+    assert f"≥{s['fluoro_time_s']:.1f}" in row
+    assert "events of unknown dose or time" in table([study])
+    write_study(tmp_path / "timed", [RunSpec(0.0)])
+    (whole,), _ = summarize([tmp_path / "timed"])
+    assert whole.summary()["events_time_unknown"] == 0
+    assert "≥" not in table([whole])
