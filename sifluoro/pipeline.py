@@ -712,8 +712,8 @@ def continues(previous: Run, run: Run, lead: Run | None = None) -> bool:
         return False
     if not run.series_instance_uid or run.series_instance_uid != previous.series_instance_uid:
         return False
-    same = ("rows", "columns", "bits_stored", "photometric", "pixel_intensity_sign",
-            "pixel_intensity_relationship", "pixel_spacing_xy_mm")
+    same = ("rows", "columns", "bits_stored", "photometric", "modality_lut_inverts",
+            "pixel_intensity_sign", "pixel_intensity_relationship", "pixel_spacing_xy_mm")
     if any(getattr(run, k) != getattr(previous, k) for k in same):
         return False
     a, b = lead.technique, run.technique

@@ -1172,6 +1172,16 @@ def test_a_run_without_any_time_keeps_its_dose_in_the_dose_summary(tmp_path):
     _edit(paths[1], no_time)
     [timed], _ = summarize([tmp_path / "timed"])
     [untimed], _ = summarize([tmp_path / "untimed"])
+    # its RDSR event's start is not its own, and the report says so (code review s21 #6)
+    from sifluoro.replay import replay
+
+    replay([tmp_path / "untimed"], events_path=tmp_path / "e.jsonl", stages=[],
+           summary_path=tmp_path / "s.json", rdsr_path=tmp_path / "r.dcm")
+    comments = [i.TextValue for i in pydicom.dcmread(tmp_path / "r.dcm").ContentSequence
+                if i.ConceptNameCodeSequence[0].CodeValue == "121106"]
+    assert comments == ["1 irradiation event(s) are of runs stored without acquisition or "
+                        "content time: their DateTime Started is the end of the runs before "
+                        "them, not their own (unknown)."]
     assert untimed.air_kerma_mgy == pytest.approx(timed.air_kerma_mgy)
     assert untimed.dap_gycm2 == pytest.approx(timed.dap_gycm2)
     assert untimed.fluoro_time_s == pytest.approx(timed.fluoro_time_s)

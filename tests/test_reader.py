@@ -1,6 +1,7 @@
 """Reading every supported variant, in the right order, with the right timing."""
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 import numpy as np
@@ -622,9 +623,10 @@ def test_compressed_frames_have_the_bits_above_bits_stored_cleared(tmp_path, syn
 
 
 @pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.5"])  # JPEG-LS, RLE
-def test_encoded_frames_beyond_number_of_frames_are_used_with_a_warning(tmp_path, caplog, syntax):
+def test_encoded_frames_beyond_number_of_frames_are_said(tmp_path, caplog, syntax):
     """Review s21 #4: three encoded frames, NumberOfFrames 2: the third frame, its time and
-    dose were dropped without a word (a count above the frames held was already said)."""
+    dose were dropped without a word. Its frames are not taken (code review s21 #2, #3: the
+    header times only its count, and a trailing fragment may be padding): it is said."""
     (path,) = write_study(tmp_path, [RunSpec(0.0, n_frames=3)])
     ds = pydicom.dcmread(path)
     clean = ds.pixel_array.copy()
@@ -633,9 +635,10 @@ def test_encoded_frames_beyond_number_of_frames_are_used_with_a_warning(tmp_path
     ds.save_as(path)
     study = read_study([tmp_path])
     (run,) = study.runs
-    assert run.n_frames == 3 and len(run.frame_intervals_ms) == 3
-    assert np.array_equal(np.stack([f.pixels for f in iter_frames(study, [])]), clean)
-    assert "(0028,0008) NumberOfFrames = 2, but the encapsulated pixel data holds 3 frames" in caplog.text
+    assert run.n_frames == 2 and study.rejected == ()
+    assert np.array_equal(np.stack([f.pixels for f in iter_frames(study, [])]), clean[:2])
+    assert ("(0028,0008) NumberOfFrames = 2, but the encapsulated pixel data seems to hold 3 "
+            "frames: 2 are read; if the count is wrong, the others and their dose are not") in caplog.text
 
 
 @pytest.mark.parametrize("keyword, text, said", [
@@ -657,6 +660,14 @@ def test_a_number_that_is_not_one_is_said_naming_the_file(tmp_path, caplog, keyw
     ds.save_as(path)
     read_study([tmp_path])
     assert f"{path}: {said}" in caplog.text
+    assert caplog.text.count(said) == 1
+    # a file whose header is parsed twice (native pixel data longer than its frames) says it
+    # once too (code review s21 #9)
+    caplog.clear()
+    ds = pydicom.dcmread(path)
+    ds.PixelData = ds.PixelData + bytes(ds.Columns * 2 * 4)
+    ds.save_as(path)
+    read_study([tmp_path])
     assert caplog.text.count(said) == 1
 
 
@@ -686,6 +697,29 @@ def test_a_file_without_the_part10_header_is_read_with_a_warning(tmp_path, caplo
     syntax = "Implicit VR Little Endian" if implicit else "Explicit VR Little Endian"
     assert f"{bare}: no DICOM Part 10 preamble and file meta header" in caplog.text
     assert f"read as {syntax}" in caplog.text
+    # its header is read again for the RDSR (code review s21 #1: replay --rdsr stopped)
+    from sifluoro.replay import replay
+
+    result = replay([tmp_path / "bare"], events_path=tmp_path / "e.jsonl",
+                    summary_path=tmp_path / "s.json", rdsr_path=tmp_path / "r.dcm", stages=[])
+    assert result.summary["frames"] == 3 and (tmp_path / "r.dcm").exists()
+
+
+def test_compressed_pixel_data_without_the_part10_header_is_refused_saying_why(tmp_path):
+    """Code review s21 #8: encapsulated pixel data read as native, refused for a length of
+    4294967295 bytes."""
+    from pydicom.filewriter import write_dataset
+
+    (path,) = write_study(tmp_path / "part10", [RunSpec(0.0, n_frames=2, transfer_syntax="rle")])
+    ds = pydicom.dcmread(path)
+    del ds.file_meta
+    (tmp_path / "bare").mkdir()
+    with pydicom.filebase.DicomFileLike(open(tmp_path / "bare" / "run", "wb")) as fh:
+        fh.is_little_endian, fh.is_implicit_VR = True, False
+        write_dataset(fh, ds)
+    [rejection] = read_study([tmp_path / "bare"]).rejected
+    assert rejection.reason.startswith("(0002,0010) TransferSyntaxUID: compressed (encapsulated) "
+                                       "pixel data without the Part 10 file meta")
 
 
 @pytest.mark.parametrize("lut", ["rescale", "table"])
@@ -730,3 +764,34 @@ def test_a_modality_lut_of_no_direction_is_said_and_not_applied(tmp_path, caplog
     (run,) = read_study([tmp_path]).runs
     assert not run.modality_lut_inverts and run.attenuation_rises_with_value
     assert "(0028,3000) ModalityLUTSequence is not a rising or falling table: not applied" in caplog.text
+
+
+def test_single_frame_files_of_opposite_modality_luts_are_not_one_run(tmp_path):
+    """Code review s21 #5: single-frame instances chained into one run for the stages
+    compared the photometric interpretation but not the Modality LUT's direction: the second
+    frame was read with the first one's polarity."""
+    from sifluoro.pipeline import continues
+
+    paths = write_study(tmp_path, [RunSpec(0.0, n_frames=1), RunSpec(1.0, n_frames=1)])
+    for k, path in enumerate(paths):
+        ds = pydicom.dcmread(path)
+        ds.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.5"
+        if k == 1:
+            ds.RescaleSlope, ds.RescaleIntercept = -1, 4095
+        ds.save_as(path)
+    first, second = read_study([tmp_path]).runs
+    assert continues(first, replace(second, modality_lut_inverts=False))  # else one run
+    assert not continues(first, second)
+
+
+def test_an_enhanced_xa_rescale_in_its_functional_groups_turns_the_polarity(tmp_path):
+    """Code review s21 #7: the rescale of an Enhanced XA is in its Pixel Value Transformation
+    functional group, which the check did not read."""
+    (path,) = write_study(tmp_path, [RunSpec(0.0, n_frames=2, storage="enhanced_xa")])
+    ds = pydicom.dcmread(path)
+    item = pydicom.Dataset()
+    item.RescaleSlope, item.RescaleIntercept, item.RescaleType = -1, 4095, "US"
+    ds.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence = [item]
+    ds.save_as(path)
+    (run,) = read_study([tmp_path]).runs
+    assert run.modality_lut_inverts

@@ -410,14 +410,22 @@ def _dataset_without_preamble(path: str | Path) -> Dataset | None:
     try:
         with open(path, "rb") as fh:
             start = fh.read(4)
-        if len(start) < 4 or start[:2] != b"\x08\x00" or int.from_bytes(start[2:], "little") > 0x0100:
+        little_start = start[:2] == b"\x08\x00" and int.from_bytes(start[2:], "little") <= 0x0100
+        big_start = start[:2] == b"\x00\x08" and int.from_bytes(start[2:], "big") <= 0x0100
+        if len(start) < 4 or not (little_start or big_start):
             return None
         ds = pydicom.dcmread(path, defer_size=1024, force=True)
         if not len(ds) or "SOPClassUID" not in ds or PIXEL_DATA not in ds:
             return None
         implicit, little = ds.original_encoding
+        pixels = ds.get_item(PIXEL_DATA, keep_deferred=True)
     except Exception:  # not DICOM after all
         return None
+    if getattr(pixels, "length", None) == 0xFFFFFFFF:  # encapsulated: compressed, in a syntax
+        raise UnsupportedDicomError(
+            "compressed (encapsulated) pixel data without the Part 10 file meta, which names "
+            "its transfer syntax: it cannot be decoded; re-export the file with its file meta",
+            path=path, tag="(0002,0010) TransferSyntaxUID")
     syntax = (ImplicitVRLittleEndian if implicit else
               ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
     ds.file_meta = FileMetaDataset()
@@ -524,7 +532,7 @@ def run_from_dataset(ds: Dataset, path: str | Path) -> Run:
             mismatch = _native_length_mismatch(pixel_elem, fields, path)
             if mismatch:  # frames unreadable; the exposures the header counts are kept (lost
                 # frames, header dose), not bounded by a data length that does not fit
-                fields = replace(header.parse(ds, path), pixels_refused=mismatch)
+                fields = replace(header.parse_again(ds, path), pixels_refused=mismatch)
         offset, reader = pixel_elem.value_tell, (
             pixel_readers.read_native if tsuid in NATIVE_SYNTAXES else
             pixel_readers.read_deflated if tsuid == DeflatedExplicitVRLittleEndian else

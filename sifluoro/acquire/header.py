@@ -6,6 +6,7 @@ line; missing or unusable mandatory ones raise a typed ``InputError`` naming the
 """
 from __future__ import annotations
 
+import contextvars
 import logging
 import math
 import statistics
@@ -328,7 +329,8 @@ def parse(ds: Dataset, path: str, *, pixel_bytes: int | None = None,
         pixel_intensity_relationship=look.text("PixelIntensityRelationship") or None,
         pixels_refused=pixels_refused,
         timing_unknown=timing_unknown,
-        modality_lut_inverts=_modality_lut_inverts(look, path),
+        # a video stream's frames are display pixels already
+        modality_lut_inverts=not video and _modality_lut_inverts(look, path),
     )
 
 
@@ -350,8 +352,31 @@ def _modality_lut_inverts(look: _Lookup, path: str) -> bool:
         log.warning("%s: %s is not a rising or falling table: not applied (stored values are "
                     "read as they are)", path, tag_name("ModalityLUTSequence"))
         return False
-    slope = look.float("RescaleSlope", None)
+    slope = look.float("RescaleSlope")  # Enhanced XA/XRF: in Pixel Value Transformation
     return slope is not None and slope < 0
+
+
+#: set while a dataset is parsed a second time (:func:`parse_again`): its warnings were said
+_PARSED_BEFORE = contextvars.ContextVar("sifluoro_header_parsed_before", default=False)
+
+
+class _SaidOnce(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not _PARSED_BEFORE.get()
+
+
+for _logger in (log, geometry.log):
+    _logger.addFilter(_SaidOnce())
+
+
+def parse_again(ds: Dataset, path: str, **options) -> HeaderFields:
+    """:func:`parse` of a dataset already parsed (with other options): the warnings about its
+    attributes, said then, are not said twice."""
+    token = _PARSED_BEFORE.set(True)
+    try:
+        return parse(ds, path, **options)
+    finally:
+        _PARSED_BEFORE.reset(token)
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -415,15 +440,16 @@ def _frames_present(n: int, frame_bytes: int, pixel_bytes: int | None,
     """NumberOfFrames bounded by what the pixel data holds (every native frame takes
     ``frame_bytes``, every encapsulated frame at least one fragment): a count above it is a
     header error, and the frames present are used, with a warning (refusing the run lost its
-    dose). Encapsulated frames are coded one by one: more of them than the count
-    (``frames_held``) are all used, with a warning, rather than the last ones dropped with
-    their dose. None present, or more than :data:`MAX_FRAMES`, is refused."""
+    dose). Encapsulated pixel data that seems to hold more frames than the count
+    (``frames_held``) is said: the count is used (the header times that many frames; a
+    trailing fragment may be padding), and if it is wrong the others' dose is missing. None
+    present, or more than :data:`MAX_FRAMES`, is refused."""
     tag = tag_name("NumberOfFrames")
     held = None
     if frames_held is not None and frames_held > n:
-        log.warning("%s: %s = %d, but the encapsulated pixel data holds %d frames: all %d are "
-                    "used", path, tag, n, frames_held, frames_held)
-        n = frames_held
+        log.warning("%s: %s = %d, but the encapsulated pixel data seems to hold %d frames: %d "
+                    "are read; if the count is wrong, the others and their dose are not", path,
+                    tag, n, frames_held, n)
     if pixel_bytes is not None and n > pixel_bytes // frame_bytes:
         held = pixel_bytes // frame_bytes
         where = f"the pixel data ({pixel_bytes} bytes) holds {held} frame(s) of {frame_bytes} bytes"

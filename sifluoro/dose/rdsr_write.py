@@ -105,8 +105,16 @@ def write_rdsr(study: Study, dose: DoseAccumulator | StudyDose, path: str | Path
                        "left out here: the accumulated totals are those of the events below.")
     else:
         record = dose
-    headers = [pydicom.dcmread(run.path, stop_before_pixels=True) for run in study.runs]
+    # force: a run read from a dataset without the Part 10 header (the reader took it)
+    headers = [pydicom.dcmread(run.path, stop_before_pixels=True, force=True) for run in study.runs]
     starts = {run.sop_instance_uid: _start(h, run.start_s, headers[0]) for run, h in zip(study.runs, headers)}
+    placed = sum(1 for h, run in zip(headers, study.runs)
+                 if _own_start(h) is None and starts[run.sop_instance_uid] is not None)
+    if placed:  # a start the header does not give is not to be taken for the run's own
+        comment = " ".join(x for x in (comment, (
+            f"{placed} irradiation event(s) are of runs stored without acquisition or content "
+            "time: their DateTime Started is the end of the runs before them, not their own "
+            "(unknown).")) if x)
     ds = build_rdsr_dataset(record, headers[0], study, starts, comment=comment,
                             sop_instance_uid=sop_instance_uid or generate_uid(),
                             series_instance_uid=series_instance_uid or generate_uid(),
@@ -117,13 +125,17 @@ def write_rdsr(study: Study, dose: DoseAccumulator | StudyDose, path: str | Path
     return path
 
 
-def _start(header: Dataset, start_s: float, first: Dataset) -> datetime | None:
+def _own_start(header: Dataset) -> datetime | None:
     from sifluoro.acquire.header import _Lookup, run_start
 
-    found = run_start(_Lookup(header))
+    return run_start(_Lookup(header))
+
+
+def _start(header: Dataset, start_s: float, first: Dataset) -> datetime | None:
+    found = _own_start(header)
     if found is not None:
         return found
-    origin = run_start(_Lookup(first))
+    origin = _own_start(first)
     return origin + timedelta(seconds=start_s) if origin is not None else None
 
 

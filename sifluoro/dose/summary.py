@@ -390,7 +390,9 @@ def table(studies: list[StudyDose], rejected: list[Rejection] = ()) -> str:
         device = device if len(device) <= 30 else device[:29] + "…"
         source = d["source"] if d["source"] == "rdsr" else f"img/{_SOURCE_SHORT.get(d['dose_source'], d['dose_source'])}"
         partial = d["events_dose_unknown"] > 0
-        short_time = any(e.kind == FLUOROSCOPY and not is_timed(e) for e in s.events)
+        # a report's own accumulated totals are the device's whole count
+        short_time = not s.planes_from_report and any(
+            e.kind == FLUOROSCOPY and not is_timed(e) for e in s.events)
         bounded += partial or short_time
         lines.append(f"{uid:<28} {source:<8} {device:<30} {d['events']:>6} "
                      f"{_number(d['fluoro_time_s'], 9, 1, at_least=short_time)} "

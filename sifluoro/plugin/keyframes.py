@@ -281,7 +281,8 @@ def export_study(outbox: Outbox, study: Study, dose: DoseAccumulator, keys: list
         try:
             if path not in headers:
                 try:
-                    headers[path] = pydicom.dcmread(path, stop_before_pixels=True)
+                    # force: a dataset without the Part 10 header, as the reader takes it
+                    headers[path] = pydicom.dcmread(path, stop_before_pixels=True, force=True)
                 except Exception as exc:
                     raise InputError(f"cannot be read again for the key frame's header ({exc})",
                                      path=path) from exc

@@ -175,3 +175,20 @@ def test_a_run_of_unknown_time_makes_the_fluoroscopy_time_a_lower_bound(tmp_path
     (whole,), _ = summarize([tmp_path / "timed"])
     assert whole.summary()["events_time_unknown"] == 0
     assert "≥" not in table([whole])
+
+
+def test_a_device_reports_own_fluoroscopy_time_is_no_lower_bound():
+    """Code review s21 #4: a device report's accumulated time is its whole count, even when
+    an event of it gives no duration: no '≥' (its JSON says events_time_unknown 0)."""
+    from sifluoro.dose.records import FLUOROSCOPY, IrradiationEvent, PlaneTotals, StudyDose
+    from sifluoro.model import Device
+
+    event = IrradiationEvent(event_uid="1.2.3", kind=FLUOROSCOPY, dap_gycm2=0.1,
+                             air_kerma_mgy=1.0, dose_source="rdsr")
+    plane = PlaneTotals(plane="single", dap_gycm2=0.1, air_kerma_mgy=1.0, fluoro_dap_gycm2=0.1,
+                        fluoro_air_kerma_mgy=1.0, fluoro_time_s=42.0)
+    for from_report in (True, False):
+        study = StudyDose(study_instance_uid="1.2.3.4", source="rdsr", device=Device(),
+                          events=(event,), planes=(plane,), planes_from_report=from_report)
+        assert study.summary()["events_time_unknown"] == (0 if from_report else 1)
+        assert ("≥" in table([study])) is not from_report
