@@ -1,6 +1,6 @@
 """numba kernels of register/: valley depth (thin dark line), the joint-line path search,
 the phase-correlation steps between the FFTs (cross-power spectrum, peak and centroid), and the
-running average's shifted accumulation.
+running average's shifted accumulation and the run start's masks (text, blank areas).
 
 Arrays in, arrays out; references in tests/register/test_kernels.py.
 """
@@ -354,6 +354,104 @@ def accumulate_shifted(work, mask, shift_x, shift_y, total, count):
             count[y, x] += m
 
 
+@njit(cache=True, nogil=True)
+def open_dilate_bits(blank, cols, dilated):
+    """The solid blank areas of :func:`sifluoro.register.joint.exposed_field` on bit rows:
+    ``dilated`` = ``dilate13(erode7(blank))`` (square windows, OpenCV's borders: the erosion
+    reads outside the image as set, the dilation as clear), 64 columns a word.
+
+    Parameters
+    ----------
+    blank : uint64 (rows, words)
+        The blank mask packed little-endian along each row (bit ``x % 64`` of word ``x // 64``
+        is column ``x``; ``np.packbits(..., bitorder="little")`` viewed as uint64); bits past
+        ``cols`` are overwritten.
+    cols : int
+        Columns of the image (``64 (words - 1) < cols <= 64 words``).
+    dilated : uint64 (rows, words)
+        Output, in the same packing (bits past ``cols`` clear); untouched when the erosion
+        leaves nothing.
+
+    Returns
+    -------
+    bool
+        Whether any pixel survived the erosion (else nothing is blank: ``dilated`` unset).
+    """
+    rows, words = blank.shape
+    ones = np.uint64(0xFFFFFFFFFFFFFFFF)
+    zero = np.uint64(0)
+    tail = cols - 64 * (words - 1)  # columns in the last word
+    pad = zero if tail == 64 else ~((np.uint64(1) << np.uint64(tail)) - np.uint64(1))
+    across = np.empty((rows, words), np.uint64)
+    for y in range(rows):  # erosion along the rows, 3 either side
+        b = blank[y]
+        b[words - 1] |= pad
+        for j in range(words):
+            w = b[j]
+            before = b[j - 1] if j > 0 else ones
+            after = b[j + 1] if j + 1 < words else ones
+            acc = w
+            for k in range(1, 4):
+                uk, ck = np.uint64(k), np.uint64(64 - k)
+                acc &= ((w >> uk) | (after << ck)) & ((w << uk) | (before >> ck))
+            across[y, j] = acc
+    eroded = np.empty((rows, words), np.uint64)
+    found = False
+    for y in range(rows):  # down the columns
+        y0, y1 = max(0, y - 3), min(rows, y + 4)
+        for j in range(words):
+            acc = ones
+            for yy in range(y0, y1):
+                acc &= across[yy, j]
+            if j == words - 1:
+                acc &= ~pad
+            eroded[y, j] = acc
+            found |= acc != zero
+    if not found:
+        return False
+    for y in range(rows):  # dilation along the rows, 6 either side
+        e = eroded[y]
+        for j in range(words):
+            w = e[j]
+            before = e[j - 1] if j > 0 else zero
+            after = e[j + 1] if j + 1 < words else zero
+            acc = w
+            for k in range(1, 7):
+                uk, ck = np.uint64(k), np.uint64(64 - k)
+                acc |= (w >> uk) | (after << ck) | (w << uk) | (before >> ck)
+            across[y, j] = acc
+    for y in range(rows):  # down the columns
+        y0, y1 = max(0, y - 6), min(rows, y + 7)
+        for j in range(words):
+            acc = zero
+            for yy in range(y0, y1):
+                acc |= across[yy, j]
+            dilated[y, j] = acc
+    return True
+
+
+@njit(cache=True, nogil=True)
+def clear_bits(mask, bits, cols, out):
+    """``out = mask & ~bits`` for a bool ``mask`` (rows, cols) and its bits packed as in
+    :func:`open_dilate_bits` (a word's 64 bits a fixed loop: it vectorises)."""
+    rows, words = bits.shape
+    one = np.uint64(1)
+    for y in range(rows):
+        m = mask[y].view(np.uint8)
+        o = out[y].view(np.uint8)
+        b = bits[y]
+        for j in range(words):
+            w = b[j]
+            base = 64 * j
+            if base + 64 <= cols:
+                for i in range(64):
+                    o[base + i] = m[base + i] & np.uint8(((w >> np.uint64(i)) & one) ^ one)
+            else:
+                for i in range(cols - base):
+                    o[base + i] = m[base + i] & np.uint8(((w >> np.uint64(i)) & one) ^ one)
+    return out
+
+
 def warm_up() -> None:
     """Compile the kernels on tiny inputs so that no live frame pays for it."""
     z = np.zeros((8, 8), np.float32)
@@ -367,3 +465,6 @@ def warm_up() -> None:
     any_in_blocks(np.zeros((8, 8), np.uint8), 2, np.zeros((4, 4), np.uint8))
     clear_text_blocks(z, np.float32(0.002), np.float32(0.998), 2, 64, np.zeros((8, 8), np.bool_),
                       np.zeros((4, 4), np.bool_))
+    bits = np.zeros((8, 1), np.uint64)
+    open_dilate_bits(bits, 8, bits.copy())
+    clear_bits(np.zeros((8, 8), np.bool_), bits, 8, np.zeros((8, 8), np.bool_))

@@ -128,11 +128,30 @@ class JointLine:
 def exposed_field(attenuation_image: np.ndarray, exposed: np.ndarray) -> np.ndarray:
     """The stored exposed field narrowed to what was really exposed: unexposed areas are stored
     at the maximal attenuation value, also where no shutter is recorded in the header."""
-    blank = cv2.compare(attenuation_image, 0.998, cv2.CMP_GE)
     # solid areas only: clipped quantum noise reaches the top value in isolated pixels. An
-    # opening by a 7x7 square, then a dilation by it: the dilations merge into one by 13x13
-    blank = cv2.erode(blank, _SQUARE_7)
-    if not cv2.countNonZero(blank):  # no solid blank area: the dilation removes nothing
+    # opening by a 7x7 square, then a dilation by it: the dilations merge into one by 13x13.
+    # On bit rows, 64 pixels a word (_kernels.open_dilate_bits): 0.3 ms at 1024², where
+    # OpenCV's compare, erosion, dilation and masks took 1.0-1.5 ms of each run's first frame
+    rows, cols = attenuation_image.shape
+    if (rows == 0 or cols == 0 or attenuation_image.dtype != np.float32
+            or exposed.dtype != np.bool_ or exposed.shape != attenuation_image.shape):
+        return _exposed_field_morphology(attenuation_image, exposed)
+    words = -(-cols // 64)
+    packed = np.zeros((rows, 8 * words), np.uint8)
+    packed[:, :-(-cols // 8)] = np.packbits(attenuation_image >= np.float32(0.998), axis=1,
+                                            bitorder="little")
+    dilated = np.empty((rows, words), np.uint64)
+    if not _kernels.open_dilate_bits(packed.view(np.uint64), cols, dilated):
+        return exposed.copy()  # no solid blank area: the dilation removes nothing
+    return _kernels.clear_bits(np.ascontiguousarray(exposed), dilated, cols,
+                               np.empty(exposed.shape, np.bool_))
+
+
+def _exposed_field_morphology(attenuation_image: np.ndarray, exposed: np.ndarray) -> np.ndarray:
+    """:func:`exposed_field` with OpenCV's morphology (the kernels' reference, and the path of
+    images other than float32 and masks other than bool)."""
+    blank = cv2.erode(cv2.compare(attenuation_image, 0.998, cv2.CMP_GE), _SQUARE_7)
+    if not cv2.countNonZero(blank):
         return exposed.copy()
     return exposed & (cv2.dilate(blank, _SQUARE_13) == 0)
 
