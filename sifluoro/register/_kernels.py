@@ -452,6 +452,81 @@ def clear_bits(mask, bits, cols, out):
     return out
 
 
+@njit(cache=True, nogil=True)
+def _dilate_row_bits(src, radius, dst):
+    """``dst`` = ``src`` (one bit row) dilated along the row by ``radius`` (outside: clear)."""
+    zero = np.uint64(0)
+    words = src.shape[0]
+    for j in range(words):
+        w = src[j]
+        before = src[j - 1] if j > 0 else zero
+        after = src[j + 1] if j + 1 < words else zero
+        acc = w
+        for k in range(1, radius + 1):
+            uk, ck = np.uint64(k), np.uint64(64 - k)
+            acc |= (w >> uk) | (after << ck) | (w << uk) | (before >> ck)
+        dst[j] = acc
+
+
+@njit(cache=True, nogil=True)
+def clear_text_bits(low, high, factor, out):
+    """:func:`clear_text_blocks` on bit rows (packed as in :func:`open_dilate_bits`, bits past
+    the image's columns clear), whatever the number of dark pixels: set False the blocks of
+    ``factor`` x ``factor`` (``out``: their grid, a remainder cropped) that hold a pixel of
+    ``dilate9(dilate5(low) & dilate5(high))``. ``low`` and ``high`` are overwritten."""
+    rows, words = low.shape
+    row = np.empty(words, np.uint64)
+    for y in range(rows):  # along the rows first (in place: each row read before written)
+        _dilate_row_bits(low[y], 2, row)
+        low[y, :] = row
+        _dilate_row_bits(high[y], 2, row)
+        high[y, :] = row
+    near = np.empty((rows, words), np.uint64)
+    for y in range(rows):  # down the columns, both within 2: near both extremes
+        y0, y1 = max(0, y - 2), min(rows, y + 3)
+        for j in range(words):
+            a = np.uint64(0)
+            b = np.uint64(0)
+            for yy in range(y0, y1):
+                a |= low[yy, j]
+                b |= high[yy, j]
+            near[y, j] = a & b
+    for y in range(rows):
+        _dilate_row_bits(near[y], 4, row)
+        near[y, :] = row
+    mask = np.uint64((1 << factor) - 1)
+    for by in range(out.shape[0]):
+        # the text rows of the block row: the dilation down the columns by 4 joined to it
+        y0, y1 = max(0, by * factor - 4), min(rows, by * factor + factor + 4)
+        for j in range(words):
+            acc = np.uint64(0)
+            for yy in range(y0, y1):
+                acc |= near[yy, j]
+            row[j] = acc
+        o = out[by].view(np.uint8)
+        blocks = out.shape[1]
+        if 64 % factor == 0:  # whole blocks a word: a fixed loop, which vectorises
+            per = 64 // factor
+            for j in range(words):
+                w = row[j]
+                b0 = j * per
+                if b0 + per <= blocks:
+                    for i in range(per):
+                        o[b0 + i] &= np.uint8((w >> np.uint64(i * factor)) & mask == 0)
+                else:
+                    for i in range(blocks - b0):
+                        o[b0 + i] &= np.uint8((w >> np.uint64(i * factor)) & mask == 0)
+            continue
+        for bx in range(blocks):
+            s = bx * factor
+            j, b = s >> 6, s & 63
+            bits = row[j] >> np.uint64(b)
+            if b + factor > 64:
+                bits |= row[j + 1] << np.uint64(64 - b)
+            o[bx] &= np.uint8(bits & mask == 0)
+    return out
+
+
 def warm_up() -> None:
     """Compile the kernels on tiny inputs so that no live frame pays for it."""
     z = np.zeros((8, 8), np.float32)
@@ -468,3 +543,4 @@ def warm_up() -> None:
     bits = np.zeros((8, 1), np.uint64)
     open_dilate_bits(bits, 8, bits.copy())
     clear_bits(np.zeros((8, 8), np.bool_), bits, 8, np.zeros((8, 8), np.bool_))
+    clear_text_bits(bits, bits.copy(), 2, np.ones((4, 4), np.bool_))

@@ -153,6 +153,25 @@ def test_exposed_field_bit_rows_are_the_morphology(seed):
         np.testing.assert_array_equal(expected, exposed_field_reference(image, field))
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_text_bit_rows_are_the_morphology(seed):
+    """The text test on bit rows (the path of frames with many dark pixels) against the three
+    dilations and the block average, at factors whose blocks straddle words (3, 5, 7) or not,
+    at widths around the word edges, with text at the borders."""
+    rng = np.random.default_rng(700 + seed)
+    for cols in (9, 63, 64, 65, 128, 131, int(rng.integers(9, 200))):
+        rows = int(rng.integers(9, 70))
+        image, field = masks_scene(rng, (rows, cols), spots=float(rng.choice([0.01, 0.1, 0.4])))
+        image[:2, :2], image[-2:, -3:] = 0.0, 1.0
+        for factor in (1, 2, 3, 4, 5, 7):
+            if rows < factor or cols < factor:
+                continue
+            out = _kernels.clear_text_bits(J._bit_rows(image <= np.float32(0.002)),
+                                             J._bit_rows(image >= np.float32(0.998)), factor,
+                                             J._all_in_blocks(field, factor))
+            np.testing.assert_array_equal(out, usable_mask_reference(image, field, factor))
+
+
 def test_exposed_field_bit_rows_on_a_frame_of_the_real_size():
     """A 1024² frame with a collimated blank border and noise clipped at the top value."""
     rng = np.random.default_rng(7)
