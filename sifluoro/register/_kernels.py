@@ -527,6 +527,26 @@ def clear_text_bits(low, high, factor, out):
     return out
 
 
+@njit(cache=True, nogil=True)
+def average_and_reference(total, count, min_count, mean, reference, usable):
+    """A view's running average for its segmentation, in one pass: ``usable = count >=
+    min_count``, ``mean = total / max(count, 1)`` and ``reference`` the mean where usable, 0
+    elsewhere (float32, as NumPy's four passes gave them; a NaN count stays NaN as in
+    ``np.maximum``)."""
+    rows, cols = total.shape
+    one = np.float32(1.0)
+    zero = np.float32(0.0)
+    for y in range(rows):
+        t, c, m, r, u = total[y], count[y], mean[y], reference[y], usable[y]
+        for x in range(cols):
+            n = c[x]
+            v = t[x] / (one if n < one else n)
+            ok = n >= min_count
+            m[x] = v
+            r[x] = v if ok else zero
+            u[x] = ok
+
+
 def warm_up() -> None:
     """Compile the kernels on tiny inputs so that no live frame pays for it."""
     z = np.zeros((8, 8), np.float32)
@@ -544,3 +564,4 @@ def warm_up() -> None:
     open_dilate_bits(bits, 8, bits.copy())
     clear_bits(np.zeros((8, 8), np.bool_), bits, 8, np.zeros((8, 8), np.bool_))
     clear_text_bits(bits, bits.copy(), 2, np.ones((4, 4), np.bool_))
+    average_and_reference(z, z, np.float32(1.0), z.copy(), z.copy(), np.zeros((8, 8), np.bool_))

@@ -145,13 +145,12 @@ class _View:
     def segment(self, buffers: dict | None = None) -> None:
         """Segment the joint on the running average (None when it shows no joint);
         ``buffers``: the study's reused working arrays (:func:`joint.work_buffer`)."""
-        usable = self.count >= max(1.0, 0.5 * self.frames)
         mean = work_buffer(buffers, "mean", self.sum.shape, self.sum.dtype)
-        np.divide(self.sum, np.maximum(self.count, 1.0, out=mean), out=mean)
         # the average is a less noisy reference, in the same (first frame's) coordinates
         reference = work_buffer(buffers, "reference", self.sum.shape, self.sum.dtype)
-        reference.fill(0)
-        np.copyto(reference, mean, where=usable)
+        usable = np.empty(self.sum.shape, np.bool_)
+        _kernels.average_and_reference(self.sum, self.count, np.float32(max(1.0, 0.5 * self.frames)),
+                                       mean, reference, usable)
         self.registrar.set_reference(reference)  # keeps a prepared copy
         # the average only gets better: a line found on fewer, noisier frames that this one
         # does not confirm was noise
