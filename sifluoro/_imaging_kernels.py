@@ -298,6 +298,9 @@ def warm_up() -> None:
         p.flags.writeable = writable
         attenuation_into(p, np.float32(1.0), True, out)
         attenuation_into(p[:, ::2], np.float32(1.0), False, out[:, :2])
+        # a crop of the frame into a new array (the needle's box, when no stage made the
+        # whole frame's attenuation)
+        attenuation_into(p[1:3, 1:3], np.float32(1.0), False, np.empty((2, 2), np.float32))
         attenuation_halved_into(p, np.float32(1.0), True, out[:2, :2])
         picture_steps(p, 2.0)
         picture_steps(p[:, ::2], 2.0)
