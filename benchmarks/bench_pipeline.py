@@ -16,7 +16,8 @@ needle's field again, and the register's view grows from its first frame:
   a run's first frames segment the joint and search the needle's field, and the contrast run's
   frames from its 4th run the vessel test, so a p50 is that of a mix; with one thread the
   thread CPU of each stage on each study frame (``per_frame_cpu``, medians over the passes,
-  which see the same frames in the same state) shows which frames set it;
+  which see the same frames in the same state) shows which frames set it, and
+  ``run_first_vs_later_cpu`` sums it up for a run's first frames and the later ones;
 - the grids each stage works on at each size (``work_grids``): fixed in mm or in pixels, the
   same at 512² as at 1024² over the same field, which is why 512² costs about as much;
 - the ratio of each stage's and of the pipeline's p50 to the p50 of one ``cv2.Sobel`` pass
@@ -156,6 +157,24 @@ def _in_process(studies, config: str, repeats: int) -> dict:
     out["stages_cpu"] = {name: _pct(ms) for name, ms in cpu.stage_ms.items()}
     if _threads(config) == 1:
         out["per_frame_cpu"] = _per_frame([f for frames in studies for f in frames], cpu)
+        out["run_first_vs_later_cpu"] = _by_kind(out["per_frame_cpu"])
+    return out
+
+
+def _by_kind(rows: list[dict]) -> dict:
+    """Thread CPU ms of a run's first frame (the joint segmented, the needle's field searched,
+    the exposed field and text mask made) and of the later frames, apart: mean and p50 of each
+    stage, the pipeline's own work and the whole frame (from :func:`_per_frame`'s rows). The
+    p99 is set by the first frames, the p50 by the later ones."""
+    names = [k for k in rows[0] if k not in ("frame", "case", "run", "frame_of_run")]
+    out = {}
+    for kind, pick in (("run_first", lambda r: r["frame_of_run"] == 1),
+                       ("later", lambda r: r["frame_of_run"] > 1)):
+        chosen = [r for r in rows if pick(r)]
+        if chosen:
+            out[kind] = {"frames": len(chosen), **{
+                n: {"mean_ms": round(float(np.mean([r[n] for r in chosen])), 3),
+                    "p50_ms": round(float(np.median([r[n] for r in chosen])), 3)} for n in names}}
     return out
 
 
@@ -456,6 +475,12 @@ def table(result: dict) -> str:
             for r in shown:
                 lines.append(f"{size:>5} {r['frame']:>3} {r['case']:>2}/{r['run']:<2} "
                              f"({r['frame_of_run']:>2}) " + " ".join(f"{r[n]:>8.3f}" for n in names))
+    for size, per in result["sizes"].items():
+        for kind, got in per[CONFIGS[1]].get("run_first_vs_later_cpu", {}).items():
+            lines.append(f"{size:>5} {CONFIGS[1]}, thread CPU ms mean (p50) of the {kind} frames "
+                         f"({got['frames']}): " + ", ".join(
+                             f"{n} {v['mean_ms']:.3f} ({v['p50_ms']:.3f})"
+                             for n, v in got.items() if n != "frames"))
     for name, a in result["sizes"]["1024"]["allocated_per_frame"].items():
         lines.append(f"1024 {name}: allocates {a['p50_mb']} MB per frame (p50; max {a['max_mb']} MB)")
     for name, r in result["fresh_process_1024"].items():

@@ -22,6 +22,27 @@ def attenuation_into(pixels, scale, invert, out):
 
 
 @njit(cache=True, nogil=True)
+def attenuation_halved_into(pixels, scale, invert, out):
+    """:func:`attenuation_into` area-averaged over blocks of 2 x 2 (a remainder cropped;
+    ``out``'s shape is the whole blocks), as OpenCV's area resize by exact halves sums a
+    block: ``((a + b) + (c + d)) * 0.25`` in float32, ``a b`` the upper row (its vector loop;
+    ``imaging.halving_matches_opencv`` checks the order at a width before it is used). One
+    pass over the stored pixels instead of the full-size float image and its resize."""
+    rows, cols = out.shape
+    one = np.float32(1.0)
+    quarter = np.float32(0.25)
+    for y in range(rows):
+        upper, lower, o = pixels[2 * y], pixels[2 * y + 1], out[y]
+        for x in range(cols):
+            a = np.float32(upper[2 * x]) * scale
+            b = np.float32(upper[2 * x + 1]) * scale
+            c = np.float32(lower[2 * x]) * scale
+            d = np.float32(lower[2 * x + 1]) * scale
+            if invert:
+                a, b, c, d = one - a, one - b, one - c, one - d
+            o[x] = ((a + b) + (c + d)) * quarter
+
+@njit(cache=True, nogil=True)
 def picture_steps(pixels, threshold):
     """On rows 4, 12, 20, ...: the number of places where the rounded means of 8 neighbouring
     pixels (columns 8j .. 8j + 7; a remainder is left out) step by more than ``threshold``.
@@ -277,6 +298,10 @@ def warm_up() -> None:
         p.flags.writeable = writable
         attenuation_into(p, np.float32(1.0), True, out)
         attenuation_into(p[:, ::2], np.float32(1.0), False, out[:, :2])
+        # a crop of the frame into a new array (the needle's box, when no stage made the
+        # whole frame's attenuation)
+        attenuation_into(p[1:3, 1:3], np.float32(1.0), False, np.empty((2, 2), np.float32))
+        attenuation_halved_into(p, np.float32(1.0), True, out[:2, :2])
         picture_steps(p, 2.0)
         picture_steps(p[:, ::2], 2.0)
     hist = np.empty(16, np.int64)

@@ -44,3 +44,15 @@ def test_cpu_timer_counts_the_stage_s_cpu_not_its_waiting():
         timer.process(None, None)
     assert wall.ms[0] >= 20.0
     assert cpu.ms[0] < 5.0
+
+
+def test_run_first_frames_and_later_ones_are_summed_up_apart():
+    from benchmarks.bench_pipeline import _by_kind
+
+    rows = [{"frame": i, "case": 1, "run": 0, "frame_of_run": n, "register": r, "whole": w}
+            for i, (n, r, w) in enumerate([(1, 4.0, 9.0), (2, 1.0, 3.0), (3, 2.0, 4.0),
+                                           (1, 6.0, 11.0)])]
+    got = _by_kind(rows)
+    assert got["run_first"]["frames"] == 2 and got["later"]["frames"] == 2
+    assert got["run_first"]["register"] == {"mean_ms": 5.0, "p50_ms": 5.0}
+    assert got["later"]["whole"] == {"mean_ms": 3.5, "p50_ms": 3.5}

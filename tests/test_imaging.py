@@ -196,3 +196,32 @@ def test_exposed_mask_circle_kernel_equals_numpy():
     got = exposed_mask(_circle_run((99, 145, 968, 938), circle), (1024, 1024), margin_px=2)
     ref = exposed_mask(_circle_run((99, 145, 968, 938), None), (1024, 1024), margin_px=2)
     np.testing.assert_array_equal(got, ref & _circle_reference((1024, 1024), *circle[:2], 508.0 ** 2))
+
+
+@pytest.mark.parametrize("bits", [8, 12, 16])
+@pytest.mark.parametrize("photometric", ["MONOCHROME1", "MONOCHROME2"])
+@pytest.mark.parametrize("shape", [(1024, 1024), (7, 17), (64, 130), (33, 2)])
+def test_frame_work_by_halves_is_the_area_resize_of_the_attenuation(bits, photometric, shape):
+    """At factor 2 the working image comes from the stored pixels in one pass, without the
+    full-size attenuation, and equals OpenCV's area resize of it bit for bit (odd sizes
+    cropped). OpenCV sums a block in another order in the scalar tail of a row (here: rows of
+    blocks not a multiple of 4): such widths are found out and resized; and with the
+    attenuation already computed for the frame, that is resized."""
+    from sifluoro.imaging import downsample, frame_work, halving_matches_opencv
+
+    rng = np.random.default_rng(bits + shape[1])
+    frame = _frame(rng.integers(0, 1 << bits, size=shape, dtype=np.uint16),
+                   _run(bits, photometric, *shape))
+    expected = downsample(attenuation(frame), 2)
+    one_pass = halving_matches_opencv(shape[1] // 2)
+    if shape == (1024, 1024):
+        assert one_pass  # the frames that matter take the one pass
+    state: dict = {}
+    got = frame_work(frame, state, 2)
+    assert ("attenuation" not in state) == one_pass  # no full-size image
+    np.testing.assert_array_equal(got, expected)
+    buffer = np.empty_like(got)
+    assert frame_work(frame, state, 2, buffer) is buffer
+    frame_attenuation(frame, state)
+    np.testing.assert_array_equal(frame_work(frame, state, 2), expected)
+    np.testing.assert_array_equal(frame_work(frame, {}, 1), attenuation(frame))

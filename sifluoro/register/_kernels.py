@@ -1,6 +1,6 @@
 """numba kernels of register/: valley depth (thin dark line), the joint-line path search,
 the phase-correlation steps between the FFTs (cross-power spectrum, peak and centroid), and the
-running average's shifted accumulation.
+running average's shifted accumulation and the run start's masks (text, blank areas).
 
 Arrays in, arrays out; references in tests/register/test_kernels.py.
 """
@@ -354,6 +354,199 @@ def accumulate_shifted(work, mask, shift_x, shift_y, total, count):
             count[y, x] += m
 
 
+@njit(cache=True, nogil=True)
+def open_dilate_bits(blank, cols, dilated):
+    """The solid blank areas of :func:`sifluoro.register.joint.exposed_field` on bit rows:
+    ``dilated`` = ``dilate13(erode7(blank))`` (square windows, OpenCV's borders: the erosion
+    reads outside the image as set, the dilation as clear), 64 columns a word.
+
+    Parameters
+    ----------
+    blank : uint64 (rows, words)
+        The blank mask packed little-endian along each row (bit ``x % 64`` of word ``x // 64``
+        is column ``x``; ``np.packbits(..., bitorder="little")`` viewed as uint64); bits past
+        ``cols`` are overwritten.
+    cols : int
+        Columns of the image (``64 (words - 1) < cols <= 64 words``).
+    dilated : uint64 (rows, words)
+        Output, in the same packing (bits past ``cols`` clear); untouched when the erosion
+        leaves nothing.
+
+    Returns
+    -------
+    bool
+        Whether any pixel survived the erosion (else nothing is blank: ``dilated`` unset).
+    """
+    rows, words = blank.shape
+    ones = np.uint64(0xFFFFFFFFFFFFFFFF)
+    zero = np.uint64(0)
+    tail = cols - 64 * (words - 1)  # columns in the last word
+    pad = zero if tail == 64 else ~((np.uint64(1) << np.uint64(tail)) - np.uint64(1))
+    across = np.empty((rows, words), np.uint64)
+    for y in range(rows):  # erosion along the rows, 3 either side
+        b = blank[y]
+        b[words - 1] |= pad
+        for j in range(words):
+            w = b[j]
+            before = b[j - 1] if j > 0 else ones
+            after = b[j + 1] if j + 1 < words else ones
+            acc = w
+            for k in range(1, 4):
+                uk, ck = np.uint64(k), np.uint64(64 - k)
+                acc &= ((w >> uk) | (after << ck)) & ((w << uk) | (before >> ck))
+            across[y, j] = acc
+    eroded = np.empty((rows, words), np.uint64)
+    found = False
+    for y in range(rows):  # down the columns
+        y0, y1 = max(0, y - 3), min(rows, y + 4)
+        for j in range(words):
+            acc = ones
+            for yy in range(y0, y1):
+                acc &= across[yy, j]
+            if j == words - 1:
+                acc &= ~pad
+            eroded[y, j] = acc
+            found |= acc != zero
+    if not found:
+        return False
+    for y in range(rows):  # dilation along the rows, 6 either side
+        e = eroded[y]
+        for j in range(words):
+            w = e[j]
+            before = e[j - 1] if j > 0 else zero
+            after = e[j + 1] if j + 1 < words else zero
+            acc = w
+            for k in range(1, 7):
+                uk, ck = np.uint64(k), np.uint64(64 - k)
+                acc |= (w >> uk) | (after << ck) | (w << uk) | (before >> ck)
+            across[y, j] = acc
+    for y in range(rows):  # down the columns
+        y0, y1 = max(0, y - 6), min(rows, y + 7)
+        for j in range(words):
+            acc = zero
+            for yy in range(y0, y1):
+                acc |= across[yy, j]
+            dilated[y, j] = acc
+    return True
+
+
+@njit(cache=True, nogil=True)
+def clear_bits(mask, bits, cols, out):
+    """``out = mask & ~bits`` for a bool ``mask`` (rows, cols) and its bits packed as in
+    :func:`open_dilate_bits` (a word's 64 bits a fixed loop: it vectorises)."""
+    rows, words = bits.shape
+    one = np.uint64(1)
+    for y in range(rows):
+        m = mask[y].view(np.uint8)
+        o = out[y].view(np.uint8)
+        b = bits[y]
+        for j in range(words):
+            w = b[j]
+            base = 64 * j
+            if base + 64 <= cols:
+                for i in range(64):
+                    o[base + i] = m[base + i] & np.uint8(((w >> np.uint64(i)) & one) ^ one)
+            else:
+                for i in range(cols - base):
+                    o[base + i] = m[base + i] & np.uint8(((w >> np.uint64(i)) & one) ^ one)
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _dilate_row_bits(src, radius, dst):
+    """``dst`` = ``src`` (one bit row) dilated along the row by ``radius`` (outside: clear)."""
+    zero = np.uint64(0)
+    words = src.shape[0]
+    for j in range(words):
+        w = src[j]
+        before = src[j - 1] if j > 0 else zero
+        after = src[j + 1] if j + 1 < words else zero
+        acc = w
+        for k in range(1, radius + 1):
+            uk, ck = np.uint64(k), np.uint64(64 - k)
+            acc |= (w >> uk) | (after << ck) | (w << uk) | (before >> ck)
+        dst[j] = acc
+
+
+@njit(cache=True, nogil=True)
+def clear_text_bits(low, high, factor, out):
+    """:func:`clear_text_blocks` on bit rows (packed as in :func:`open_dilate_bits`, bits past
+    the image's columns clear), whatever the number of dark pixels: set False the blocks of
+    ``factor`` x ``factor`` (``out``: their grid, a remainder cropped) that hold a pixel of
+    ``dilate9(dilate5(low) & dilate5(high))``. ``low`` and ``high`` are overwritten."""
+    rows, words = low.shape
+    row = np.empty(words, np.uint64)
+    for y in range(rows):  # along the rows first (in place: each row read before written)
+        _dilate_row_bits(low[y], 2, row)
+        low[y, :] = row
+        _dilate_row_bits(high[y], 2, row)
+        high[y, :] = row
+    near = np.empty((rows, words), np.uint64)
+    for y in range(rows):  # down the columns, both within 2: near both extremes
+        y0, y1 = max(0, y - 2), min(rows, y + 3)
+        for j in range(words):
+            a = np.uint64(0)
+            b = np.uint64(0)
+            for yy in range(y0, y1):
+                a |= low[yy, j]
+                b |= high[yy, j]
+            near[y, j] = a & b
+    for y in range(rows):
+        _dilate_row_bits(near[y], 4, row)
+        near[y, :] = row
+    mask = np.uint64((1 << factor) - 1)
+    for by in range(out.shape[0]):
+        # the text rows of the block row: the dilation down the columns by 4 joined to it
+        y0, y1 = max(0, by * factor - 4), min(rows, by * factor + factor + 4)
+        for j in range(words):
+            acc = np.uint64(0)
+            for yy in range(y0, y1):
+                acc |= near[yy, j]
+            row[j] = acc
+        o = out[by].view(np.uint8)
+        blocks = out.shape[1]
+        if 64 % factor == 0:  # whole blocks a word: a fixed loop, which vectorises
+            per = 64 // factor
+            for j in range(words):
+                w = row[j]
+                b0 = j * per
+                if b0 + per <= blocks:
+                    for i in range(per):
+                        o[b0 + i] &= np.uint8((w >> np.uint64(i * factor)) & mask == 0)
+                else:
+                    for i in range(blocks - b0):
+                        o[b0 + i] &= np.uint8((w >> np.uint64(i * factor)) & mask == 0)
+            continue
+        for bx in range(blocks):
+            s = bx * factor
+            j, b = s >> 6, s & 63
+            bits = row[j] >> np.uint64(b)
+            if b + factor > 64:
+                bits |= row[j + 1] << np.uint64(64 - b)
+            o[bx] &= np.uint8(bits & mask == 0)
+    return out
+
+
+@njit(cache=True, nogil=True)
+def average_and_reference(total, count, min_count, mean, reference, usable):
+    """A view's running average for its segmentation, in one pass: ``usable = count >=
+    min_count``, ``mean = total / max(count, 1)`` and ``reference`` the mean where usable, 0
+    elsewhere (float32, as NumPy's four passes gave them; a NaN count stays NaN as in
+    ``np.maximum``)."""
+    rows, cols = total.shape
+    one = np.float32(1.0)
+    zero = np.float32(0.0)
+    for y in range(rows):
+        t, c, m, r, u = total[y], count[y], mean[y], reference[y], usable[y]
+        for x in range(cols):
+            n = c[x]
+            v = t[x] / (one if n < one else n)
+            ok = n >= min_count
+            m[x] = v
+            r[x] = v if ok else zero
+            u[x] = ok
+
+
 def warm_up() -> None:
     """Compile the kernels on tiny inputs so that no live frame pays for it."""
     z = np.zeros((8, 8), np.float32)
@@ -367,3 +560,8 @@ def warm_up() -> None:
     any_in_blocks(np.zeros((8, 8), np.uint8), 2, np.zeros((4, 4), np.uint8))
     clear_text_blocks(z, np.float32(0.002), np.float32(0.998), 2, 64, np.zeros((8, 8), np.bool_),
                       np.zeros((4, 4), np.bool_))
+    bits = np.zeros((8, 1), np.uint64)
+    open_dilate_bits(bits, 8, bits.copy())
+    clear_bits(np.zeros((8, 8), np.bool_), bits, 8, np.zeros((8, 8), np.bool_))
+    clear_text_bits(bits, bits.copy(), 2, np.ones((4, 4), np.bool_))
+    average_and_reference(z, z, np.float32(1.0), z.copy(), z.copy(), np.zeros((8, 8), np.bool_))

@@ -19,7 +19,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from sifluoro.imaging import downsample, exposed_mask, frame_attenuation, working_grid
+from sifluoro.imaging import exposed_mask, frame_attenuation, frame_work, working_grid
 from sifluoro.model import Frame
 from sifluoro.register import RegisterResult
 from sifluoro.register import _kernels
@@ -145,13 +145,12 @@ class _View:
     def segment(self, buffers: dict | None = None) -> None:
         """Segment the joint on the running average (None when it shows no joint);
         ``buffers``: the study's reused working arrays (:func:`joint.work_buffer`)."""
-        usable = self.count >= max(1.0, 0.5 * self.frames)
         mean = work_buffer(buffers, "mean", self.sum.shape, self.sum.dtype)
-        np.divide(self.sum, np.maximum(self.count, 1.0, out=mean), out=mean)
         # the average is a less noisy reference, in the same (first frame's) coordinates
         reference = work_buffer(buffers, "reference", self.sum.shape, self.sum.dtype)
-        reference.fill(0)
-        np.copyto(reference, mean, where=usable)
+        usable = np.empty(self.sum.shape, np.bool_)
+        _kernels.average_and_reference(self.sum, self.count, np.float32(max(1.0, 0.5 * self.frames)),
+                                       mean, reference, usable)
         self.registrar.set_reference(reference)  # keeps a prepared copy
         # the average only gets better: a line found on fewer, noisier frames that this one
         # does not confirm was noise
@@ -239,6 +238,7 @@ class JointStage:
         if min(rows, cols) * spacing_mm < MIN_FIELD_MM:
             return  # such frames get no line (process)
         grid = working_grid(spacing_mm, target_mm=WORK_MM)
+        frame_work(frame, {}, grid.factor)  # its kernel, and its check at this width
         rng = np.random.default_rng(0)
         work = rng.random((rows // grid.factor, cols // grid.factor), dtype=np.float32)
         usable = np.ones(work.shape, bool)
@@ -256,8 +256,7 @@ class JointStage:
         if spacing is None or min(frame.pixels.shape) * float(spacing[0]) < MIN_FIELD_MM:
             # no scale: lengths in mm and the target radius are meaningless
             return self._publish(state, None, 0.0, False, None, 0.0, (0.0, 0.0), False)
-        image = frame_attenuation(frame, state.stage_state)
-        geometry = _Geometry(image.shape[0], image.shape[1], float(spacing[0]))
+        geometry = _Geometry(frame.pixels.shape[0], frame.pixels.shape[1], float(spacing[0]))
         tech = frame.technique
         angles = None
         if tech.primary_angle_deg is not None and tech.secondary_angle_deg is not None:
@@ -267,9 +266,10 @@ class JointStage:
         if new_run:
             st.run = frame.run
             st.run_peak_max = -1.0
+            image = frame_attenuation(frame, state.stage_state)
             st.run_exposed = exposed_field(image, exposed_mask(frame.run, image.shape, margin_px=2))
             st.run_usable = usable_mask(image, st.run_exposed, grid.factor)
-        work = self._work(st, image, grid.factor)
+        work = self._work(st, frame, state, grid.factor)
 
         view = st.current
         view_changed = False
@@ -361,7 +361,7 @@ class JointStage:
             angles = (float(tech.primary_angle_deg), float(tech.secondary_angle_deg))
         if not view.matches(_Geometry(*frame.pixels.shape, float(spacing[0])), angles):
             return None
-        work = self._work(st, frame_attenuation(frame, state.stage_state), view.grid.factor)
+        work = self._work(st, frame, state, view.grid.factor)
         motion = view.registrar.measure(work)
         shift_mm = np.hypot(*motion.shift_xy) * view.geometry.spacing_mm
         trusted = motion.peak >= MIN_PEAK and shift_mm <= MAX_SHIFT_MM
@@ -370,11 +370,12 @@ class JointStage:
         return self._publish_moved(state, st, view, shift_full, False)
 
     @staticmethod
-    def _work(st: _StudyRegister, image: np.ndarray, factor: int) -> np.ndarray:
-        """``image`` at working resolution, in the study's reused buffer (at factor 1 the
-        image itself: the shared attenuation buffer, which is not the stage's to reuse)."""
-        work = downsample(image, factor, st.work)
-        if work is not image:
+    def _work(st: _StudyRegister, frame: Frame, state, factor: int) -> np.ndarray:
+        """The frame's attenuation at working resolution (:func:`frame_work`), in the study's
+        reused buffer (at factor 1 the shared attenuation buffer itself, which is not the
+        stage's to reuse)."""
+        work = frame_work(frame, state.stage_state, factor, st.work)
+        if factor != 1:
             st.work = work
         return work
 

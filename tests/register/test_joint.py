@@ -134,6 +134,56 @@ def test_exposed_field_and_usable_mask_are_the_plain_morphology(seed):
                                       usable_mask_reference(image, exposed, factor))
 
 
+@pytest.mark.parametrize("seed", range(10))
+def test_exposed_field_bit_rows_are_the_morphology(seed):
+    """The bit-row kernel against OpenCV's morphology at widths around the word and byte
+    edges (5-200 columns, 64 and 128 exactly), with blank areas at the borders, isolated
+    blank pixels and values either side of the threshold."""
+    rng = np.random.default_rng(500 + seed)
+    widths = [5, 7, 8, 9, 63, 64, 65, 127, 128, 129, int(rng.integers(5, 200))]
+    for cols in widths:
+        rows = int(rng.integers(5, 60))
+        image = rng.choice(np.float32([0.5, 1.0, 0.998, np.nextafter(np.float32(0.998), 0)]),
+                           size=(rows, cols), p=[0.25, 0.65, 0.05, 0.05]).astype(np.float32)
+        if seed % 2:
+            image[:, :int(rng.integers(0, cols + 1))] = 1.0  # a blank strip at the left edge
+        field = rng.random((rows, cols)) < 0.95
+        expected = J._exposed_field_morphology(image, field)
+        np.testing.assert_array_equal(J.exposed_field(image, field), expected)
+        np.testing.assert_array_equal(expected, exposed_field_reference(image, field))
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_text_bit_rows_are_the_morphology(seed):
+    """The text test on bit rows (the path of frames with many dark pixels) against the three
+    dilations and the block average, at factors whose blocks straddle words (3, 5, 7) or not,
+    at widths around the word edges, with text at the borders."""
+    rng = np.random.default_rng(700 + seed)
+    for cols in (9, 63, 64, 65, 128, 131, int(rng.integers(9, 200))):
+        rows = int(rng.integers(9, 70))
+        image, field = masks_scene(rng, (rows, cols), spots=float(rng.choice([0.01, 0.1, 0.4])))
+        image[:2, :2], image[-2:, -3:] = 0.0, 1.0
+        for factor in (1, 2, 3, 4, 5, 7):
+            if rows < factor or cols < factor:
+                continue
+            out = _kernels.clear_text_bits(J._bit_rows(image <= np.float32(0.002)),
+                                             J._bit_rows(image >= np.float32(0.998)), factor,
+                                             J._all_in_blocks(field, factor))
+            np.testing.assert_array_equal(out, usable_mask_reference(image, field, factor))
+
+
+def test_exposed_field_bit_rows_on_a_frame_of_the_real_size():
+    """A 1024² frame with a collimated blank border and noise clipped at the top value."""
+    rng = np.random.default_rng(7)
+    image = rng.uniform(0.2, 0.9, (1024, 1024)).astype(np.float32)
+    image[:, :90], image[:140, :], image[930:, 700:] = 1.0, 1.0, 1.0
+    image[rng.random(image.shape) < 0.01] = 1.0
+    field = np.ones(image.shape, bool)
+    field[:, 1000:] = False
+    np.testing.assert_array_equal(J.exposed_field(image, field),
+                                  J._exposed_field_morphology(image, field))
+
+
 @pytest.mark.parametrize("seed", range(12))
 def test_text_kernel_is_the_morphology(seed):
     """The kernel against the three dilations and the block average it replaces, at several

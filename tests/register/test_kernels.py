@@ -253,3 +253,26 @@ def test_a_frame_with_a_non_finite_motion_is_not_added_to_the_average():
     for shift in ((float("nan"), 0.0), (0.0, float("inf"))):
         view.add(work, usable, shift)
     assert view.frames == 1 and np.isfinite(view.sum).all() and np.isfinite(view.count).all()
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_average_and_reference_are_numpy_s_four_passes(seed):
+    """A view's average, usable mask and reference in one pass against the NumPy it replaces
+    (counts below, at and above the threshold, zero counts, a NaN count)."""
+    rng = np.random.default_rng(seed)
+    shape = (int(rng.integers(1, 60)), int(rng.integers(1, 60)))
+    count = rng.choice(np.float32([0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.75, 4.0, 8.0]),
+                       size=shape).astype(np.float32)
+    count.flat[0] = np.nan
+    total = (rng.random(shape) * 8).astype(np.float32)
+    frames = int(rng.choice([1, 2, 4, 8, 16]))
+    usable = count >= max(1.0, 0.5 * frames)
+    mean = np.empty_like(total)
+    np.divide(total, np.maximum(count, 1.0, out=mean), out=mean)
+    reference = np.zeros_like(total)
+    np.copyto(reference, mean, where=usable)
+    got = [np.empty_like(total), np.empty_like(total), np.empty(shape, np.bool_)]
+    _kernels.average_and_reference(total, count, np.float32(max(1.0, 0.5 * frames)), *got)
+    np.testing.assert_array_equal(got[0], mean)
+    np.testing.assert_array_equal(got[1], reference)
+    np.testing.assert_array_equal(got[2], usable)
