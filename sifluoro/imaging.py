@@ -85,6 +85,7 @@ def halving_matches_opencv(cols: int) -> bool:
         _HALVING_MATCHES[cols] = ok
     return ok
 
+
 def swap_attenuation_buffer(stage_state: dict, spare: np.ndarray | None) -> np.ndarray | None:
     """Make ``spare`` (None: a new one when needed) the buffer of the study's next frame's
     :func:`frame_attenuation`, and return the current one: it keeps its frame's image for a
