@@ -43,6 +43,18 @@ def shaft_distance_px(xy, shaft) -> float:
     return float(np.min(np.linalg.norm(a + t[:, None] * ab - p, axis=1)))
 
 
+def _past_tip_px(xy, shaft) -> tuple[float, float]:
+    """How far ``xy`` lies ahead of the true tip along the direction the truth shaft ends in
+    (its last 10 points), and across that line (pixels)."""
+    s = np.asarray(shaft, float)
+    if len(s) < 2:
+        return 0.0, math.inf
+    u = s[-1] - s[max(0, len(s) - 10)]
+    u = u / max(float(np.linalg.norm(u)), 1e-12)
+    d = np.asarray(xy, float) - s[-1]
+    return float(d @ u), abs(float(d[0] * u[1] - d[1] * u[0]))
+
+
 def _short_of_tip(xy, t: dict) -> bool:
     """Is ``xy`` behind the true tip along the truth shaft (toward the hub)?"""
     s = np.asarray(t["shaft_xy"], float)
@@ -61,7 +73,10 @@ def _verdict(t: dict, needle: dict | None, err_mm: float | None, cands_mm: list[
         if err_mm <= 3.0:
             return "ok"
         if shaft_distance_px(needle["tip_xy"], t["shaft_xy"]) * spacing > 1.5:
-            return "FAR"
+            # more than 3 mm past the true tip a tip on the needle's line is 3 mm from the
+            # shaft (its end): measured from the line the shaft ends on
+            ahead, across = _past_tip_px(needle["tip_xy"], t["shaft_xy"])
+            return "FAR_BEYOND" if ahead > 0.0 and across * spacing <= 1.5 else "FAR"
         return "FAR_SHORT" if _short_of_tip(needle["tip_xy"], t) else "FAR_BEYOND"
     if not t["needle_visible"]:
         return "FALSE" if needle is not None else "ok"

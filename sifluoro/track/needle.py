@@ -220,6 +220,9 @@ class _StudyNeedle:
         # dot candidate in this run (full-resolution), to confirm a dot on two frames
         self.dot_xy: np.ndarray | None = None
         self.dot_prev: np.ndarray | None = None
+        # lines the study's scout showed and did not take, (length mm, unit axis): rigid
+        # objects, not the needle (NeedleSettings.scout_line_mm)
+        self.scout_lines: list[tuple[float, np.ndarray]] = []
 
 
 class NeedleStage:
@@ -491,9 +494,11 @@ class NeedleStage:
         return st.mean_work
 
     def _candidates(self, st: _StudyNeedle, att: np.ndarray, ctx: _RunContext,
-                    target: np.ndarray | None) -> list[tuple[np.ndarray, np.ndarray, float, bool]]:
-        """Needle-like segments of the frame as (tip, base, score, extra) on the working
-        grid, best first; ``extra``: from a line past the ``n_lines`` strongest."""
+                    target: np.ndarray | None
+                    ) -> list[tuple[np.ndarray, np.ndarray, float, bool, bool]]:
+        """Needle-like segments of the frame as (tip, base, score, extra, free) on the working
+        grid, best first; ``extra``: from a line past the ``n_lines`` strongest; ``free``:
+        both ends inside the field (the whole object seen, not cut by the field edge)."""
         s = self.settings
         grid = ctx.grid
         finder = st.finder
@@ -551,7 +556,7 @@ class NeedleStage:
             prob = needle_probability(feats) if feats["ext_score"] <= s.max_ext_score else 0.0
             feats["prob"] = prob
             st.last_features.append(feats)
-            out.append((tip, base, prob, k >= s.n_lines))
+            out.append((tip, base, prob, k >= s.n_lines, not (edge0 or edge1)))
         out.sort(key=lambda c: -c[2])
         return out
 
@@ -649,6 +654,17 @@ class NeedleStage:
             i += j
         return base + u * (i - 0.5)
 
+    def _scout_line(self, st: _StudyNeedle, length_mm: float, u: np.ndarray) -> bool:
+        """Has a candidate (length in mm, unit direction) the length (``scout_line_mm``) and
+        axis (``scout_line_deg``, either way along it) of a line the study's scout showed and
+        did not take?"""
+        s = self.settings
+        if s.scout_line_mm <= 0.0:
+            return False
+        cos = math.cos(math.radians(s.scout_line_deg))
+        return any(abs(length_mm - l_mm) <= s.scout_line_mm and abs(float(u @ v)) >= cos
+                   for l_mm, v in st.scout_lines)
+
     def _continues(self, ctx: _RunContext, tip: np.ndarray, u: np.ndarray,
                    last: np.ndarray | None, last_u: np.ndarray | None, reach_mm: float) -> bool:
         """Does a candidate (full-resolution tip and direction) continue a needle seen with
@@ -742,7 +758,7 @@ class NeedleStage:
         lasting = []
         moving = []
         st.scout.enter(ctx.run, joint_seen)
-        for tip_w, base_w, prob, extra in self._candidates(st, att, ctx, target):
+        for tip_w, base_w, prob, extra, free in self._candidates(st, att, ctx, target):
             tip = grid.to_full(tip_w)
             base = grid.to_full(base_w)
             u = (tip - base) / _norm(tip - base)
@@ -769,10 +785,22 @@ class NeedleStage:
                                                                         s.min_prob)
                       or prob >= s.persist_min_prob and self._persists(st, ctx, tip, u)
                       or prob >= s.advance_min_prob and twice and self._advanced(st, ctx, tip, u))
+            # a line free at both ends is seen whole: its length is the object's (one cut by
+            # the field edge is as long as the field lets it be)
+            # (a track begun on such a line a frame or two ago, its length then measured on
+            # fewer frames, is checked too)
+            length_mm = _norm(tip - base) * ctx.spacing_mm
+            young = not tracked or st.track.hits < s.follow_min_hits
+            if (ok and young and free and not st.scout.on_scout
+                    and self._scout_line(st, length_mm, u)):
+                ok = False
             if ok and not tracked:
                 ok = st.scout.allows(tip, ctx.spacing_mm, target, ctx.centre_xy)
             if ok:
                 ranked.append((tracked, prob, tip_w, base_w, extra))
+            elif (st.scout.on_scout and free and not tracked
+                    and prob >= s.scout_line_min_prob):
+                st.scout_lines = st.scout_lines[-63:] + [(length_mm, u)]
         st.prev_candidates = seen
         st.persistent = (st.persistent + [lasting])[-max(1, s.persist_frames - 1):]
         st.run_lines = moving or st.run_lines

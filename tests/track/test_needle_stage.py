@@ -458,7 +458,7 @@ def test_a_needle_rated_at_min_prob_then_under_it_is_taken(confirm_min_prob):
 
     def rated(*args):
         p = next(probs)
-        return [(t, b, p, e) for t, b, _, e in real(*args)]
+        return [(t, b, p, e, f) for t, b, _, e, f in real(*args)]
 
     stage._candidates = rated
     state = Pipeline([stage]).start_study("1.2")

@@ -109,3 +109,46 @@ def test_a_line_far_from_the_joint_on_the_scout_after_a_wrong_level_scout_is_not
             outs.append(stage.process(_frame(img, run, 3 * r + k), state))
     assert all(o["needle"] is None for o in outs[:6])  # the two scouts
     assert outs[-1]["needle"] is not None  # the next run: a needle may be in now
+
+
+def _free_line_study(stage: NeedleStage, shifts, length_px=(100.0, 100.0), frames_per_run=3):
+    """A study whose runs show one line free at both ends (a skin marker's shape: 50 mm,
+    needle-thin), moved by ``shifts[r]`` on run ``r`` (the view or the table moved), its length
+    ``length_px[r]``; the first run is the scout (no register: its check measures from the
+    field centre, 75 mm away)."""
+    state = Pipeline([stage]).start_study("1.2")
+    outs = []
+    u = np.array([0.6, -0.8])
+    for r, (shift, n_px) in enumerate(zip(shifts, length_px)):
+        run = _run(f"1.2.6.{r}")
+        base = np.array([140.0, 470.0]) + np.asarray(shift, float)
+        for k in range(frames_per_run):
+            img = _background(17 + 10 * r + k)
+            _draw_polyline(img, _needle_points(base + u * n_px, base), 0.05, 1.8)
+            outs.append(stage.process(_frame(img, run, frames_per_run * r + k), state))
+    return outs, state
+
+
+def test_a_line_the_scout_showed_does_not_start_a_track_later():
+    """A line free at both ends that the scout showed (and did not take) is a rigid object:
+    on a later run, moved with the view, with its length and axis it does not start a track
+    (``scout_line_mm``); with the rule off it is taken, and a line of another length (a needle
+    pushed in since) is taken too."""
+    from dataclasses import replace
+
+    from sifluoro.track.needle_detect import NeedleSettings
+
+    stage = NeedleStage()
+    assert stage.settings.scout_line_mm == 2.5
+    outs, state = _free_line_study(stage, [(0, 0), (40, -15)])
+    assert all(o["needle"] is None for o in outs[:3])  # the scout
+    assert state.stage_state["needle"].scout_lines
+    # its first frame (one noisy frame: the length 4.5 mm off) may start a track, not hold it
+    assert all(o["needle"] is None for o in outs[4:])
+    off = NeedleStage(needle=replace(NeedleSettings(), scout_line_mm=0.0))
+    outs_off, _ = _free_line_study(off, [(0, 0), (40, -15)])
+    assert all(o["needle"] is None for o in outs_off[:3])
+    assert outs_off[-1]["needle"] is not None
+    # 8 mm longer on the next run: not the scout's line
+    longer, _ = _free_line_study(NeedleStage(), [(0, 0), (40, -15)], length_px=(100.0, 116.0))
+    assert longer[-1]["needle"] is not None
