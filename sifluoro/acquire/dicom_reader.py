@@ -283,7 +283,7 @@ def read_study(inputs: Iterable[str | Path], *, study_uid: str | None = None) ->
     else:
         runs = found.runs_by_study.get(uids[0], []) if uids else []
         study_uid = uids[0] if uids else ""
-    ordered = order_runs(runs, rejected)
+    ordered = order_runs(runs)
     return Study(study_uid, tuple(ordered), tuple(rejected), tuple(found.dose_reports))
 
 
@@ -325,13 +325,13 @@ def _reject_damaged_study_uids(runs_by_study: dict[str, list[Run]],
                 tag="(0020,000D) StudyInstanceUID")))
 
 
-def order_runs(runs: list[Run], rejected: list[Rejection]) -> list[Run]:
+def order_runs(runs: list[Run]) -> list[Run]:
     """Sort runs by start time, set ``start_s`` relative to the first, and number them.
 
     With several runs, a run without any acquisition/content time cannot be placed, nor
     guessed from its file name: its frames are not shown (:func:`untimed_run`) and it goes
-    after the others, where its frames' dose is counted as lost. ``rejected`` is not added to
-    here: the run's frames say why when they are read.
+    after the others, where its frames' dose is counted as lost (its frames say why when they
+    are read).
     """
     timed = [r for r in runs if r.start_s is not None and not np.isnan(r.start_s)]
     untimed = [r for r in runs if r not in timed]

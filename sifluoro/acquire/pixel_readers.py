@@ -58,8 +58,13 @@ def _unreadable(run: Run, k: int, exc: OSError) -> DamagedPixelDataError:
 
 
 def _as_frame(stored: np.ndarray, run: Run) -> np.ndarray:
-    """uint16 with the bits above BitsStored (overlays) cleared, read-only."""
-    frame = stored.astype(np.uint16) if stored.dtype.itemsize == 1 else stored
+    """uint16 with the bits above BitsStored (overlays) cleared, read-only (``stored`` is
+    the reader's own array)."""
+    return _stored_bits(stored.astype(np.uint16) if stored.dtype.itemsize == 1 else stored, run)
+
+
+def _stored_bits(frame: np.ndarray, run: Run) -> np.ndarray:
+    """``frame`` (writable uint16) with the bits above BitsStored cleared, made read-only."""
     if run.bits_stored < 16:
         frame &= np.uint16((1 << run.bits_stored) - 1)
     frame.flags.writeable = False
@@ -113,11 +118,8 @@ def _decoded(run: Run, k: int, frame: np.ndarray) -> np.ndarray:
         raise DamagedPixelDataError(f"frame {k + 1} decodes to {frame.shape}, expected "
                                     f"({run.rows}, {run.columns})", path=run.path,
                                     tag="(7FE0,0010) PixelData")
-    frame = frame.astype(np.uint16, copy=frame.dtype != np.uint16 or not frame.flags.writeable)
-    if run.bits_stored < 16:
-        frame &= np.uint16((1 << run.bits_stored) - 1)
-    frame.flags.writeable = False
-    return frame
+    return _stored_bits(frame.astype(np.uint16, copy=frame.dtype != np.uint16
+                                     or not frame.flags.writeable), run)
 
 
 #: pydicom's decoding plugins, in the order sifluoro prefers them; GDCM (installed to write

@@ -546,7 +546,7 @@ def study_dose(uid: str, files: list[ParsedFile], settings: DoseSettings
     if reports:  # with the runs made outside the reports' time (after a report was sent)
         return with_srdl_reached(with_runs_outside(merge_reports(reports), runs, settings),
                                  settings), rejected
-    ordered = order_runs(runs, rejected)
+    ordered = order_runs(runs)
     if not ordered:
         return None, rejected
     study = Study(uid, tuple(ordered))

@@ -107,14 +107,18 @@ def write_rdsr(study: Study, dose: DoseAccumulator | StudyDose, path: str | Path
         record = dose
     # force: a run read from a dataset without the Part 10 header (the reader took it)
     headers = [pydicom.dcmread(run.path, stop_before_pixels=True, force=True) for run in study.runs]
-    starts = {run.sop_instance_uid: _start(h, run.start_s, headers[0]) for run, h in zip(study.runs, headers)}
-    placed = sum(1 for h, run in zip(headers, study.runs)
-                 if _own_start(h) is None and starts[run.sop_instance_uid] is not None)
+    own = [_own_start(h) for h in headers]
+    # a run whose header gives no start is placed after the first run's (the reader's start_s)
+    starts = {run.sop_instance_uid: start if start is not None else
+              (own[0] + timedelta(seconds=run.start_s) if own[0] is not None else None)
+              for run, start in zip(study.runs, own)}
+    placed = sum(1 for run, start in zip(study.runs, own)
+                 if start is None and starts[run.sop_instance_uid] is not None)
     if placed:  # a start the header does not give is not to be taken for the run's own
-        comment = " ".join(x for x in (comment, (
+        comment = _joined(comment, (
             f"{placed} irradiation event(s) are of runs stored without acquisition or content "
             "time: their DateTime Started is the end of the runs before them, not their own "
-            "(unknown).")) if x)
+            "(unknown)."))
     ds = build_rdsr_dataset(record, headers[0], study, starts, comment=comment,
                             sop_instance_uid=sop_instance_uid or generate_uid(),
                             series_instance_uid=series_instance_uid or generate_uid(),
@@ -131,12 +135,9 @@ def _own_start(header: Dataset) -> datetime | None:
     return run_start(_Lookup(header))
 
 
-def _start(header: Dataset, start_s: float, first: Dataset) -> datetime | None:
-    found = _own_start(header)
-    if found is not None:
-        return found
-    origin = _own_start(first)
-    return origin + timedelta(seconds=start_s) if origin is not None else None
+def _joined(*comments: str | None) -> str:
+    """The comments given, in one (TID 10001 row 15 takes one Comment)."""
+    return " ".join(c for c in comments if c)
 
 
 def build_rdsr_dataset(record: StudyDose, first_image: Dataset, study: Study,
@@ -254,10 +255,10 @@ def content_tree(record: StudyDose, starts: dict[str, datetime | None], study: S
     if partial and not unknown_totals(record.events, record.planes) >= {"dap_gycm2", "air_kerma_mgy"}:
         # TID 10001 row 15 (Comment, VM 1): CID 42 has no qualifier for a partial sum, and the
         # events themselves say "Value unknown"
-        comment = " ".join(x for x in (comment, (
+        comment = _joined(comment, (
             f"The accumulated dose totals leave out {partial} irradiation event(s) whose Dose "
             "(RP) or Dose Area Product is unknown (Value unknown): the totals are lower "
-            "bounds.")) if x)
+            "bounds."))
     if comment:
         items.append(hd.sr.TextContentItem(codes.DCM.Comment, comment, CONTAINS))
     used = set().union(*(_sources(e) for e in record.events)) if record.events else set()

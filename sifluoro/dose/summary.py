@@ -68,7 +68,7 @@ def summarize(paths: Iterable[str | Path], *, settings: DoseSettings | None = No
         if uid in covered:
             by_uid[covered[uid]] = with_runs_outside(by_uid[covered[uid]], runs, settings)
             continue
-        ordered = order_runs(runs, rejected)
+        ordered = order_runs(runs)
         study = Study(uid, tuple(ordered))
         dose = accumulate_study(study, settings)
         by_uid[uid] = replace(dose.study_dose(uid, study.device), path=_folder_of(ordered))
@@ -190,7 +190,7 @@ def with_runs_outside(report: StudyDose, runs: list[Run], settings: DoseSettings
     rest = [r for r in runs if r.sop_instance_uid not in named]
     if not rest:
         return report
-    ordered = order_runs(rest, [])
+    ordered = order_runs(rest)
     events = [replace(e, start=starts.get(e.sop_instance_uids[0]))
               for e in accumulate_study(Study(report.study_instance_uid, tuple(ordered)),
                                         settings).events()]
