@@ -70,3 +70,24 @@ def test_dciodvfy_does_find_errors(tmp_path):
     del ds.RadiationSetting
     ds.save_as(path)
     assert any("RadiationSetting" in e for e in dciodvfy_errors(path))
+
+
+@pytest.mark.parametrize("storage", ["xa", "rf", "enhanced_xa"])
+def test_an_intensifier_run_says_so_in_every_storage(tmp_path, storage):
+    """An image intensifier run (a round field of the intensifier's size) reads back as one from
+    every storage: the needle stage and the dose estimate depend on it."""
+    import pydicom
+
+    from sifluoro.acquire.dicom_reader import read_study
+
+    tech = technique(field_of_view_mm=(230.0, 230.0), field_of_view_shape="ROUND",
+                     intensifier_size_mm=230.0)
+    (path,) = write_study(tmp_path, [RunSpec(0.0, storage=storage, tech=tech)])
+    assert dciodvfy_errors(path) == []
+    (run,) = read_study([tmp_path]).runs
+    assert run.technique.field_of_view_shape == "ROUND"
+    assert run.technique.intensifier_size_mm == pytest.approx(230.0)
+    assert run.technique.field_of_view_mm == pytest.approx((230.0, 230.0))
+    if storage == "enhanced_xa":
+        ds = pydicom.dcmread(path)
+        assert ds.XRayReceptorType == "IMG_INTENSIFIER" and "DetectorType" not in ds

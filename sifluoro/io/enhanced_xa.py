@@ -48,7 +48,10 @@ def add_enhanced_xa(ds: Dataset, n: int, tech: Technique, when: datetime,
     ds.LossyImageCompression = "00"
     ds.PresentationLUTShape = "IDENTITY" if ds.PhotometricInterpretation == "MONOCHROME2" else "INVERSE"
     ds.AcquisitionContextSequence = Sequence()
-    ds.XRayReceptorType = "DIGITAL_DETECTOR"
+    # an intensifier run has the X-Ray Image Intensifier module, a flat panel the X-Ray Detector
+    # module (C.8.19.3: either one by X-Ray Receptor Type)
+    intensifier = tech.intensifier_size_mm is not None
+    ds.XRayReceptorType = "IMG_INTENSIFIER" if intensifier else "DIGITAL_DETECTOR"
     ds.PositionerType = "CARM"
     ds.CArmPositionerTabletopRelationship = "NO"
     ds.PatientPosition = "" if False else None
@@ -70,18 +73,13 @@ def add_enhanced_xa(ds: Dataset, n: int, tech: Technique, when: datetime,
         ds.ImageAndFluoroscopyAreaDoseProduct = f"{tech.reported_dap_gycm2 * 10.0:.6g}"
     if tech.reported_air_kerma_mgy is not None:
         ds.EntranceDoseInmGy = f"{tech.reported_air_kerma_mgy:.6g}"
-    # X-Ray Detector module
-    ds.DetectorType = "SCINTILLATOR"
-    ds.DetectorConfiguration = "AREA"
-    ds.DetectorID = "SIM-FD"
-    ds.DetectorActiveShape = "RECTANGLE"
-    if tech.imager_pixel_spacing_xy_mm is not None:
-        sx, sy = tech.imager_pixel_spacing_xy_mm
-        ds.DetectorElementPhysicalSize = [sy, sx]
-        ds.DetectorElementSpacing = [f"{sy:.6g}", f"{sx:.6g}"]
-        ds.DetectorActiveDimensions = [f"{sy * ds.Rows:.6g}", f"{sx * ds.Columns:.6g}"]
-        ds.DetectorBinning = ["1", "1"]
-        ds.PhysicalDetectorSize = [sy * ds.Rows, sx * ds.Columns]
+    if intensifier:
+        # X-Ray Image Intensifier module: a round input screen of the intensifier's size
+        ds.IntensifierSize = f"{tech.intensifier_size_mm:.6g}"
+        ds.IntensifierActiveShape = "ROUND"
+        ds.IntensifierActiveDimensions = [float(tech.intensifier_size_mm)]
+    else:
+        _add_detector_module(ds, tech)
 
     shared = Dataset()
     if tech.imager_pixel_spacing_xy_mm is not None:
@@ -91,14 +89,12 @@ def add_enhanced_xa(ds: Dataset, n: int, tech: Technique, when: datetime,
             PixelIntensityRelationship=pir, PixelIntensityRelationshipSign=sign,
             ImagerPixelSpacing=[f"{sy:.6g}", f"{sx:.6g}"], GeometricalProperties="UNIFORM",
             ImageProcessingApplied="NONE")]
-        shared.FrameDetectorParametersSequence = [_item(
-            DetectorActiveTime=f"{tech.pulse_width_ms or 0.0:.6g}",
-            DetectorActivationOffsetFromExposure="0")]
-        shared.FieldOfViewSequence = [_item(
-            FieldOfViewShape="RECTANGLE",
-            FieldOfViewDimensionsInFloat=[float(sy * ds.Rows), float(sx * ds.Columns)],
-            FieldOfViewOrigin=["0", "0"], FieldOfViewRotation="0",
-            FieldOfViewHorizontalFlip="NO")]
+        if not intensifier:
+            # the Frame Detector Parameters macro is for digital detectors only
+            shared.FrameDetectorParametersSequence = [_item(
+                DetectorActiveTime=f"{tech.pulse_width_ms or 0.0:.6g}",
+                DetectorActivationOffsetFromExposure="0")]
+        shared.FieldOfViewSequence = [_field_of_view_item(tech, ds.Rows * sy, ds.Columns * sx)]
     shared.PositionerPositionSequence = [_item(
         PositionerPrimaryAngle=f"{tech.primary_angle_deg or 0.0:.6g}",
         PositionerSecondaryAngle=f"{tech.secondary_angle_deg or 0.0:.6g}")]
@@ -142,3 +138,31 @@ def add_enhanced_xa(ds: Dataset, n: int, tech: Technique, when: datetime,
         else:
             ds.FrameTime = f"{frame_time_ms:.6g}"
             ds.FrameIncrementPointer = 0x00181063
+
+
+def _add_detector_module(ds: Dataset, tech: Technique) -> None:
+    """X-Ray Detector module of a flat panel."""
+    ds.DetectorType = "SCINTILLATOR"
+    ds.DetectorConfiguration = "AREA"
+    ds.DetectorID = "SIM-FD"
+    ds.DetectorActiveShape = "RECTANGLE"
+    if tech.imager_pixel_spacing_xy_mm is not None:
+        sx, sy = tech.imager_pixel_spacing_xy_mm
+        ds.DetectorElementPhysicalSize = [sy, sx]
+        ds.DetectorElementSpacing = [f"{sy:.6g}", f"{sx:.6g}"]
+        ds.DetectorActiveDimensions = [f"{sy * ds.Rows:.6g}", f"{sx * ds.Columns:.6g}"]
+        ds.DetectorBinning = ["1", "1"]
+        ds.PhysicalDetectorSize = [sy * ds.Rows, sx * ds.Columns]
+
+
+def _field_of_view_item(tech: Technique, height_mm: float, width_mm: float) -> Dataset:
+    """Field of View functional group item: the technique's shape and size (one diameter for a
+    round field, rows then columns for a rectangle), else the whole image as a rectangle."""
+    shape = tech.field_of_view_shape or "RECTANGLE"
+    if tech.field_of_view_mm is not None:
+        dims = tech.field_of_view_mm[:1] if shape in ("ROUND", "HEXAGONAL") else tech.field_of_view_mm
+    else:
+        shape, dims = "RECTANGLE", (height_mm, width_mm)
+    return _item(FieldOfViewShape=shape, FieldOfViewDimensionsInFloat=[float(v) for v in dims],
+                 FieldOfViewOrigin=["0", "0"], FieldOfViewRotation="0",
+                 FieldOfViewHorizontalFlip="NO")
