@@ -3,7 +3,8 @@
 Per procedure and device: number of studies, median and 75th percentile (the percentile
 national DRLs are set at) of DAP, reference air kerma and fluoroscopy time, each over the
 studies that know it (their number: ``{quantity}_n``), and how many studies' totals are lower
-bounds (``lower_bound_studies``: some irradiation events give no DAP or Ka,r); the studies above
+bounds (``lower_bound_studies``: some irradiation events give no DAP or Ka,r, or some
+fluoroscopy events no beam-on time); the studies above
 the group's 75th percentile times ``outlier_factor`` or above an alert level / SRDL; a monthly
 trend per procedure. Written as CSV files, PNG charts (matplotlib, Agg) and one
 self-contained HTML file (charts inline as base64 PNG, no external URL; a Content Security
@@ -29,6 +30,7 @@ from sqlalchemy import func, select
 from sifluoro.audit.parse import normalise_procedure, procedure_key
 from sifluoro.audit.schema import DeviceRow, EventRow, StudyRow, open_registry
 from sifluoro.audit.settings import AuditSettings
+from sifluoro.dose.records import FLUOROSCOPY, PLAUSIBLE_PULSE_RATE
 from sifluoro.outfiles import replaced
 
 log = logging.getLogger(__name__)
@@ -93,9 +95,20 @@ def load_studies(engine, *, start: date | None = None, end: date | None = None,
     def missing(column):  # some event leaves the quantity out, while the study total has it
         return (select(EventRow.id).where(EventRow.study_id == StudyRow.id)
                 .where(column.is_(None)).exists())
+    # a fluoroscopy event that says nothing of its beam-on time (dose.records.is_timed) leaves
+    # the study's fluoroscopy time short of its whole
+    untimed_fluoro = (select(EventRow.id).where(EventRow.study_id == StudyRow.id)
+                      .where(EventRow.kind == FLUOROSCOPY,
+                             EventRow.irradiation_duration_s.is_(None),
+                             EventRow.exposure_time_ms.is_(None), EventRow.pulse_width_ms.is_(None),
+                             ~((func.coalesce(EventRow.n_pulses, 0) > 0)
+                               & (func.coalesce(EventRow.pulse_rate_per_s, 0.0)
+                                  >= PLAUSIBLE_PULSE_RATE)))
+                      .exists())
     partial = ~StudyRow.planes_from_report & (
         (missing(EventRow.dap_gycm2) & StudyRow.dap_gycm2.is_not(None))
-        | (missing(EventRow.air_kerma_mgy) & StudyRow.air_kerma_mgy.is_not(None)))
+        | (missing(EventRow.air_kerma_mgy) & StudyRow.air_kerma_mgy.is_not(None))
+        | (untimed_fluoro & StudyRow.fluoro_time_s.is_not(None)))
     query = (select(StudyRow.study_instance_uid, StudyRow.study_date, StudyRow.procedure,
                     DeviceRow.manufacturer, DeviceRow.model, DeviceRow.station_name,
                     StudyRow.dap_gycm2, StudyRow.air_kerma_mgy, StudyRow.fluoro_time_s,

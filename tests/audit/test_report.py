@@ -280,6 +280,27 @@ def test_the_summary_counts_the_studies_whose_totals_are_lower_bounds(db_url, tm
     assert html_rows[1][html_rows[0].index("lower_bound_studies")] == "1"
 
 
+def test_a_study_with_a_run_of_unknown_time_is_a_lower_bound(db_url, tmp_path):
+    """Its fluoroscopy time leaves that run out (``dose summary`` says so with ≥ and
+    ``events_time_unknown``); the registry's report counted it as whole."""
+    import pydicom
+
+    from tests.dicom_fixtures import RunSpec, write_study
+
+    write_study(tmp_path / "img" / "s0", [RunSpec(0.0, n_frames=3)])
+    paths = write_study(tmp_path / "img" / "s1", [RunSpec(0.0, n_frames=3), RunSpec(20.0, n_frames=3)])
+    ds = pydicom.dcmread(paths[1])
+    for keyword in ("FrameTime", "FrameIncrementPointer", "FrameTimeVector"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    ds.save_as(paths[1])
+    ingest([tmp_path / "img"], db_url)
+    files = write_report(db_url, tmp_path / "report")
+    (row,) = list(csv.DictReader(open(files.csv["summary"])))
+    assert row["studies"] == "2" and row["fluoro_time_s_n"] == "2"
+    assert row["lower_bound_studies"] == "1"
+
+
 def test_a_report_on_a_registry_that_does_not_exist_names_it(tmp_path, capsys):
     """Review s15 L11: a typo in --db made an empty registry and an empty report."""
     from sifluoro.cli import main
