@@ -121,6 +121,9 @@ class Run:
     #: before the photometric interpretation applies (:attr:`display_photometric`)
     modality_lut_inverts: bool = False
     header_cut: bool = False  # the file ends before its pixel data (cut inside its header)
+    #: the header says no frame can be shown (unreadable values, no whole frame): its frames
+    #: are counted as lost, its dose from the header
+    frames_refused: bool = False
     study_uid_cut: bool = False  # ... inside its StudyInstanceUID value: the UID is a stump
     read_frames: Callable[["Run"], Iterator[np.ndarray]] | None = field(default=None, repr=False)
 

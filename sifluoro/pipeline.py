@@ -292,9 +292,12 @@ class Pipeline:
     def warm_up(self, run) -> None:
         """Compile and size every stage on a frame of the run's real shape, dtype and spacing
         before the first live frame (stages without ``warm_up(frame)`` need none)."""
+        if run.frames_refused:  # no frame of it reaches a stage (a header's size is no
+            return              # reason to allocate, review s22 F4)
         rng = np.random.default_rng(0)
         top = (1 << run.bits_stored) - 1
-        pixels = (rng.random((run.rows, run.columns)) * 0.2 * top + 0.4 * top).astype(np.uint16)
+        pixels = rng.integers(int(0.4 * top), int(0.6 * top) + 1, (run.rows, run.columns),
+                              dtype=np.uint16)
         pixels.flags.writeable = False
         frame = Frame(pixels=pixels, index=0, frame_number=1, t_s=0.0, run=run)
         imaging.warm_up()

@@ -704,10 +704,27 @@ def _video(ds):
     ds["PixelData"].VR = "OB"
 
 
+def _short_of_one_frame(ds):
+    """Review s22 F3: a file cut before its first whole frame, re-encoded by its sender."""
+    ds.PixelData = ds.PixelData[:1000]
+
+
+def _empty_pixel_data(ds):
+    ds.PixelData = b""
+
+
+def _huge(ds):
+    """Review s22 F4: a header's size, whatever the pixel data holds."""
+    ds.Rows = ds.Columns = 12000
+
+
 @pytest.mark.parametrize("edit, tag, error", [
     (_signed, "(0028,0103) PixelRepresentation", "UnsupportedPixelDataError"),
     (_colour, "(0028,0002) SamplesPerPixel", "UnsupportedPixelDataError"),
-    (_video, "(7FE0,0010) PixelData", "DamagedPixelDataError")])  # a stream that does not decode
+    (_video, "(7FE0,0010) PixelData", "DamagedPixelDataError"),  # a stream that does not decode
+    (_short_of_one_frame, "(0028,0008) NumberOfFrames", "DamagedPixelDataError"),
+    (_empty_pixel_data, "(0028,0008) NumberOfFrames", "DamagedPixelDataError"),
+    (_huge, "(0028,0010) Rows", "UnsupportedPixelDataError")])
 def test_a_run_whose_pixels_cannot_be_read_keeps_its_header_dose(tmp_path, capsys, edit, tag,
                                                                  error):
     """Review s15 H2: an XA whose header reads but whose pixels sifluoro cannot use (signed,
@@ -731,6 +748,30 @@ def test_a_run_whose_pixels_cannot_be_read_keeps_its_header_dose(tmp_path, capsy
     assert main(["dose", "summary", "--json", str(tmp_path / "s")]) == 0
     study = json.loads(capsys.readouterr().out)
     assert study["events"] == 2 and study["air_kerma_mgy"] == pytest.approx(summary["study_dose"]["air_kerma_mgy"])
+
+
+def test_a_header_size_beyond_any_detector_allocates_no_frame_of_it(tmp_path):
+    """Review s22 F4: the stages' warm-up drew a float64 frame of the header's Rows x Columns
+    for every run, frames shown or not: a 27 kB instance claiming 20000x20000 cost 3 GB (the
+    receiver lost the run's dose, replay raised MemoryError)."""
+    import tracemalloc
+
+    from sifluoro.replay import replay
+
+    paths = write_study(tmp_path / "s", [RunSpec(0.0, filename="a.dcm"),
+                                         RunSpec(5.0, filename="b.dcm")])
+    ds = pydicom.dcmread(paths[1])
+    _huge(ds)
+    ds.save_as(paths[1])
+    tracemalloc.start()
+    try:
+        result = replay([tmp_path / "s"], events_path=tmp_path / "e.jsonl",
+                        summary_path=tmp_path / "s.json", stages=["register"])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert result.summary["frames"] == 3 and result.summary["lost_frames"]["frames"] == 3
+    assert peak < 200e6  # a 12000x12000 float64 frame is 1.15 GB
 
 
 def test_a_rejection_names_its_error_class_and_tag_for_programs(damaged_study):

@@ -599,6 +599,7 @@ def run_from_dataset(ds: Dataset, path: str | Path) -> Run:
         timing_unknown=fields.timing_unknown,
         header_cut=header_cut,
         study_uid_cut=header_cut and study_uid_cut,
+        frames_refused=bool(refused),
         read_frames=reader,
     )
 

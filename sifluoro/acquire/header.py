@@ -287,12 +287,25 @@ def parse(ds: Dataset, path: str, *, pixel_bytes: int | None = None,
             f"PhotometricInterpretation {photometric or 'missing'}: only MONOCHROME1/2 are read",
             UnsupportedPixelDataError)
         photometric = "MONOCHROME2"  # no frame is shown; the run keeps a valid value
+    if rows * columns > MAX_FRAME_PIXELS:
+        # a header's size drives every frame-sized buffer (decoding, the stages' warm-up): a
+        # few KB of RLE could claim gigabytes. Refused as frames; the exposures still counted
+        pixels_refused = pixels_refused or (
+            tag_name("Rows"), f"a {columns}x{rows} frame is larger than sifluoro shows "
+            f"({MAX_FRAME_PIXELS} pixels, 4096x4096)", UnsupportedPixelDataError)
     frame_bytes = rows * columns * (bits_allocated // 8) if bits_known else 0
     if not frame_bytes:  # the size unknown: the header's NumberOfFrames alone
         frame_bytes, pixel_bytes = 1, None
-    n_frames = _frames_present(_number_of_frames(look, path, frame_bytes, pixel_bytes,
-                                                 fragments, frames_held),
-                               frame_bytes, pixel_bytes, fragments, path, frames_held)
+    declared = _number_of_frames(look, path, frame_bytes, pixel_bytes, fragments, frames_held)
+    try:
+        n_frames = _frames_present(declared, frame_bytes, pixel_bytes, fragments, path,
+                                   frames_held)
+    except DamagedPixelDataError as exc:
+        # not one whole frame (cut before its first, empty pixel data): nothing to show, but
+        # the header's frames were exposed; refusing the instance lost their dose and made
+        # senders such as storescu stop before the rest of the study (review s22 F3)
+        n_frames = _frames_present(declared, frame_bytes, None, None, path)
+        pixels_refused = pixels_refused or (exc.tag, exc.reason, DamagedPixelDataError)
     timing_unknown = False
     try:
         offsets_s, intervals_ms, start = _timing(look, n_frames, path)
@@ -429,6 +442,10 @@ def _number_of_frames(look: _Lookup, path: str, frame_bytes: int,
                                     path=path, tag=tag_name("NumberOfFrames"))
     return n
 
+
+#: the largest frame read (Rows x Columns): X-ray angiography and fluoroscopy detectors
+#: give at most about 2500 x 2500
+MAX_FRAME_PIXELS = 4096 * 4096
 
 #: the most frames one instance may declare (55 min at 30 frames/s, far beyond any run): a
 #: count read from a (network) header is trusted no further, as per-frame lists are built from it
