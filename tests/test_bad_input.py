@@ -356,6 +356,21 @@ def test_a_frame_count_the_pixel_data_cannot_hold_gives_the_frames_present(tmp_p
     assert peak < 20e6  # 3 000 000 frames took ~190 MB
 
 
+def test_pixel_data_ending_inside_a_frame_is_not_said_to_give_its_whole_frames(tmp_path, caplog):
+    """Review s22 F5: "the 2 frame(s) present are used" was said of a file whose pixel data ends
+    inside its third frame, then none was shown (a partial frame cannot be told from a wrong
+    Rows: every frame would be cut at the wrong place). It now says what it holds."""
+    (path,) = write_study(tmp_path, [RunSpec(0.0)])
+    ds = pydicom.dcmread(path)
+    ds.PixelData = ds.PixelData[:-3000]
+    ds.save_as(path)
+    study = read_study([tmp_path])
+    rejected, lost = [], []
+    assert list(iter_frames(study, rejected, lost)) == []
+    assert "holds 2 frame(s) of 8192 bytes and part of another" in caplog.text
+    assert "present are used" not in caplog.text
+
+
 def test_a_file_cut_short_may_not_declare_more_frames_than_the_cap(tmp_path):
     """Cut short, the pixel data cannot bound NumberOfFrames: the cap still does."""
     (path,) = write_study(tmp_path, [RunSpec(0.0, transfer_syntax="rle")])

@@ -477,8 +477,13 @@ def _frames_present(n: int, frame_bytes: int, pixel_bytes: int | None,
         if held < 1:
             raise DamagedPixelDataError(f"NumberOfFrames = {n}, but {where}; re-export the run",
                                         path=path, tag=tag)
-        log.warning("%s: %s = %d, but %s: the %d frame(s) present are used", path, tag, n,
-                    where, held)
+        if pixel_bytes is not None and pixel_bytes % frame_bytes > 1:
+            # part of a frame too: a wrong Rows or Columns cannot be told from a partial frame,
+            # so the native reader shows none (dicom_reader._native_length_mismatch)
+            log.warning("%s: %s = %d, but %s and part of another", path, tag, n, where)
+        else:
+            log.warning("%s: %s = %d, but %s: the %d frame(s) present are used", path, tag, n,
+                        where, held)
         n = held
     if n > MAX_FRAMES:
         raise UnsupportedDicomError(f"NumberOfFrames = {n} is more than sifluoro reads in one "
