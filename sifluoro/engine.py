@@ -477,6 +477,7 @@ class Engine:
                         log.warning("a %s handler failed on %d frames (the first one's "
                                     "traceback above)", kind, n)
             self._closed = True
+            self.pipeline.close()
             state = self._state or self.pipeline.start_study("")
             unfed = state.dose.forget_unfed_runs()
             if unfed:  # their share of the device's report is the study's still

@@ -289,6 +289,14 @@ class Pipeline:
             self._executor = ThreadPoolExecutor(self.settings.stage_threads - 1,
                                                 thread_name_prefix="sifluoro-stage")
 
+    def close(self) -> None:
+        """Stop the stage threads (its owner is done with it; review s22 F12: each engine
+        closed left them until garbage-collected)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+            self._waves = [[stage] for stage in self.stages]
+
     def warm_up(self, run) -> None:
         """Compile and size every stage on a frame of the run's real shape, dtype and spacing
         before the first live frame (stages without ``warm_up(frame)`` need none)."""

@@ -96,6 +96,7 @@ def replay(inputs: Iterable[str | Path], *, events_path: str | Path, summary_pat
     except OSError:  # the failed file's close, once its error is known: said already
         if events_error is None:
             raise
+    pipeline.close()  # a batch of studies keeps no stage threads of those done
     if overlays is not None:
         overlays.close()
     t_end = time.perf_counter()

@@ -133,3 +133,23 @@ def test_real_stages_give_the_same_events_with_two_threads(sim_512):
     one, two = events(1), events(2)
     assert any(e["needle"] for e in one) and any(e["contrast"]["state"] != "none" for e in one)
     assert two == one
+
+
+def test_a_closed_engine_leaves_no_stage_thread(tmp_path):
+    """Review s22 F12: every engine closed (one per study) kept its stage threads until it was
+    garbage-collected: a workstation keeping finished studies' engines gathered them."""
+    from sifluoro import Engine
+    from tests.dicom_fixtures import RunSpec, write_study
+
+    def stage_threads():
+        return sum(t.name.startswith("sifluoro-stage") for t in threading.enumerate())
+
+    paths = write_study(tmp_path, [RunSpec(0.0, n_frames=2)])
+    before = stage_threads()
+    kept = []
+    for _ in range(2):
+        engine = Engine(Settings(), stages=["register", "needle", "contrast"])
+        engine.run(paths)
+        kept.append(engine)
+    assert stage_threads() == before
+    assert kept[0].close()["frames"] == 2  # a second close still gives the summary

@@ -44,6 +44,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import (
     UID,
+    DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000,
@@ -84,6 +85,9 @@ INVALID_UID = 0xC001
 UNUSABLE = 0xC002
 
 UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+# read as the file it arrives as (pydicom inflates it): a device proposing only deflate could
+# not deliver its images or dose report (review s22 F10)
+DEFLATED = (DeflatedExplicitVRLittleEndian,)
 COMPRESSED = (RLELossless, JPEGLosslessSV1, JPEGLossless, JPEG2000Lossless, JPEG2000,
               JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLSLossless, JPEGLSNearLossless)
 MIB = 1 << 20
@@ -126,7 +130,8 @@ def decodable_transfer_syntaxes() -> list[UID]:
     video syntaxes (MPEG-2, H.264, HEVC) when OpenCV can decode them: a C-arm that sends its
     loops only as video is not refused at association (its dose would be lost there)."""
     video = list(MPEGTransferSyntaxes) if video_decoder_available() else []
-    return list(UNCOMPRESSED) + [uid for uid in COMPRESSED if decoder_available(uid)] + video
+    return (list(UNCOMPRESSED) + list(DEFLATED)
+            + [uid for uid in COMPRESSED if decoder_available(uid)] + video)
 
 
 class _DeferredHandshakeContext(ssl.SSLContext):
@@ -224,7 +229,7 @@ class Receiver:
         for sop_class in IMAGE_SOP_CLASSES:
             ae.add_supported_context(sop_class, syntaxes)
         for sop_class in sorted(SR_SOP_CLASSES):  # older devices send dose reports as
-            ae.add_supported_context(sop_class, list(UNCOMPRESSED))  # Enhanced/Comprehensive SR
+            ae.add_supported_context(sop_class, list(UNCOMPRESSED) + list(DEFLATED))  # Enhanced/Comprehensive SR
         ae.add_supported_context(Verification)
         ctx = server_ssl_context(s.tls_cert, s.tls_key, s.tls_ca) if s.tls_cert else None
         handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, _on_echo),

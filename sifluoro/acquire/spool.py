@@ -295,6 +295,18 @@ class Spool:
         fsync_dir(final.parent)
         return final
 
+    def uncommit(self, final: Path) -> None:
+        """Take back a committed file whose recording failed: removed, and its bytes no longer
+        waiting to be settled (they made every later quota re-measure count short; review s22
+        F8)."""
+        try:
+            size = final.stat().st_size
+        except OSError:
+            size = 0
+        with self._lock:
+            _unlink_quietly(final)
+            self._unsettled_bytes = max(self._unsettled_bytes - size, 0)
+
     @staticmethod
     def discard(tmp: Path) -> None:
         _unlink_quietly(tmp)

@@ -239,7 +239,8 @@ def _serve_igtl(args) -> int:
     server = IgtlServer(args.host, args.port)
     print(f"OpenIGTLink: listening on {server.host}:{server.port}", flush=True)
     try:
-        if args.wait_client_s > 0 and not server.wait_for_client(args.wait_client_s):
+        if (args.wait_client_s > 0 and not server.wait_for_client(args.wait_client_s, stop)
+                and not stop.is_set()):
             print(f"no OpenIGTLink client within {args.wait_client_s:g} s; starting anyway",
                   flush=True)
         sink = IgtlSink(server, image_every=args.image_every)

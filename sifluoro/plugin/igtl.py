@@ -210,11 +210,17 @@ class IgtlServer:
         with self._lock:
             return len(self._clients)
 
-    def wait_for_client(self, timeout_s: float) -> bool:
-        """Wait until at least one client is connected; True when one is."""
+    def wait_for_client(self, timeout_s: float, stop: threading.Event | None = None) -> bool:
+        """Wait until at least one client is connected, or ``stop`` is set (a first Ctrl-C
+        waited out the whole timeout; review s22 F9); True when one is."""
+        deadline = time.monotonic() + timeout_s
         with self._connected:
-            return self._connected.wait_for(lambda: self._clients or self._closed, timeout_s) \
-                and bool(self._clients)
+            while not (self._clients or self._closed or (stop is not None and stop.is_set())):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._connected.wait(min(left, 0.1))
+            return bool(self._clients)
 
     def send(self, messages: Sequence[pyigtl.MessageBase]) -> int:
         """Send ``messages`` to every client (packed once; images coalesced per client);

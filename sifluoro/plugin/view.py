@@ -53,11 +53,14 @@ class ViewState:
         self._jpeg: bytes | None = None
         self._state: dict = {"seq": 0, "index": None, "t_s": None,
                              "dose": {"fluoro_time_s": 0.0, "air_kerma_mgy": 0.0, "dap_gycm2": 0.0,
-                                      "dose_source": "none"},
+                                      "dose_source": "none", "study_fluoro_time_s": 0.0,
+                                      "study_air_kerma_mgy": 0.0, "study_dap_gycm2": 0.0},
                              # nothing assessed before the first frame (user review s20 I4)
                              "contrast": "not_assessed", "tip_to_target_mm": None,
                              "tip_to_target_mm_iso": None, "alerts": [],
-                             "ended": False, "summary": None}
+                             "ended": False, "summary": None,
+                             # every key of contract §5 from the start (review s22 F11)
+                             "analysis": frame_analysis({})}
         self.closed = False
 
     def update(self, event: dict, overlay_bgr: np.ndarray, contrast: str | None = None,

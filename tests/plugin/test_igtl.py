@@ -343,3 +343,18 @@ def test_send_says_how_many_clients_got_the_messages():
         client.close()
     finally:
         server.close()
+
+
+def test_waiting_for_a_client_ends_when_asked_to_stop():
+    """Review s22 F9: `serve-igtl --wait-client-s 40` waited out the whole 40 s after the first
+    Ctrl-C."""
+    server = IgtlServer("127.0.0.1", 0)
+    stop = threading.Event()
+    try:
+        threading.Timer(0.2, stop.set).start()
+        t0 = time.monotonic()
+        assert server.wait_for_client(30, stop) is False
+        assert time.monotonic() - t0 < 5
+        assert server.wait_for_client(0.05) is False  # no client, no stop: the timeout
+    finally:
+        server.close()

@@ -104,6 +104,11 @@ def test_before_the_first_frame_nothing_is_assessed():
 
     state = ViewState().snapshot()
     assert state["contrast"] == "not_assessed" and state["dose"]["dose_source"] == "none"
+    # every key of contract §5 from the start (review s22 F11: no "analysis" before a frame)
+    assert set(state) >= {"seq", "index", "t_s", "dose", "contrast", "tip_to_target_mm",
+                          "tip_to_target_mm_iso", "analysis", "alerts", "ended", "summary"}
+    assert state["analysis"]["degraded"] is False
+    assert state["dose"]["study_air_kerma_mgy"] == 0.0
 
 
 def test_the_ended_page_shows_the_studys_whole_dose_and_every_alert():

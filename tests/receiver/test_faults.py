@@ -464,6 +464,28 @@ def test_a_quota_recount_between_a_commit_and_its_settle_counts_the_file_once(tm
     spool.reserve(5000)  # fits: 4000 + 5000 <= 10000
 
 
+def test_a_committed_file_taken_back_leaves_the_quota_counting_right(tmp_path, monkeypatch):
+    """Review s22 F8: an instance renamed into place whose state could not be saved (a full
+    disk) is removed and refused; its bytes stayed "waiting to be settled", so every later
+    recount subtracted them from what is on disk: the quota counted short for good."""
+    import sifluoro.acquire.spool as spool_module
+
+    monkeypatch.setattr(spool_module, "REMEASURE_S", 0.0)
+    spool = spool_module.Spool(tmp_path / "spool", quota_bytes=10_000)
+    kept, taken_back = b"x" * 4000, b"y" * 3000
+    spool.reserve(len(kept))
+    spool.commit(spool.write_temp("1.2.3", "1.2.3.4", kept), "1.2.3", "1.2.3.4")
+    spool.settle(len(kept), stored=True)
+    spool.reserve(len(taken_back))
+    final = spool.commit(spool.write_temp("1.2.3", "1.2.3.5", taken_back), "1.2.3", "1.2.3.5")
+    spool.uncommit(final)
+    spool.settle(len(taken_back), stored=False)
+    assert not final.exists()
+    with pytest.raises(spool_module.SpoolFullError):
+        spool.reserve(7000)  # 4000 + 7000 > 10000: the recount runs now
+    assert spool.used_bytes == 4000  # was 1000: the file taken back was subtracted
+
+
 def _double_pixel_data(image):
     image.PixelData = image.PixelData * 2
 

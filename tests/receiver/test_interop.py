@@ -238,3 +238,22 @@ def test_an_x_ray_image_without_any_time_is_stored_and_the_study_after_it_arrive
     assert rejected["reason"].startswith("(0008,002A) AcquisitionDateTime: no acquisition")
     # its exposure happened: counted as lost frames (review s21 #3)
     assert summary["lost_frames"]["frames"] == 2 and summary["lost_frames"]["air_kerma_mgy"] > 0
+
+
+def test_a_sender_proposing_only_deflate_delivers_its_run(tmp_path, start_receiver):
+    """Review s22 F10: the reader reads Deflated Explicit VR Little Endian, but the receiver did
+    not accept it: a device proposing only deflate could not deliver its runs or dose report."""
+    import pydicom
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    spec = RunSpec(0.0, n_frames=3, transfer_syntax="explicit")
+    (path,) = write_study(tmp_path / "study", [spec])
+    receiver = start_receiver()
+    sent = storescu(receiver.port, [path], "-xd")
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    study_uid, sop_uid = file_uids(path)
+    wait_for(lambda: summary_frames(receiver.spool / study_uid / "summary.json") == 3)
+    assert receiver.terminate() == 0
+    stored = pydicom.dcmread(spooled(receiver.spool, study_uid, sop_uid))
+    assert stored.file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian
+    assert stored.PixelData == pydicom.dcmread(path).PixelData

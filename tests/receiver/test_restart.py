@@ -329,6 +329,33 @@ def test_a_duplicate_for_a_forgotten_study_keeps_its_summary_and_is_forgotten_ag
     live.close()
 
 
+def test_a_study_deleted_from_the_spool_while_in_memory_is_stored_anew(tmp_path):
+    """Review s22 F1: the README's way to make room is to delete studies sent on. A study still
+    in memory (not idle long enough to be forgotten) took a re-send for duplicates: answered
+    Success, nothing stored, and new events went to the deleted events file."""
+    import shutil
+
+    paths = write_study(tmp_path / "a", SPECS[:2])
+    study_uid = file_uids(paths[0])[0]
+    reference = Spool(tmp_path / "reference")
+    live = LiveStudies(reference, stages=[], workers=2)
+    for path in paths:
+        _feed(live, reference, path)
+    live.close()
+
+    spool = Spool(tmp_path / "spool")
+    live = LiveStudies(spool, stages=[], workers=2)
+    for path in paths:
+        _feed(live, spool, path)
+    assert live.wait_idle(30)
+    shutil.rmtree(spool.study_dir(study_uid))
+    for path in paths:
+        _feed(live, spool, path)  # asserts each is stored, not a duplicate
+    live.close()
+    assert spool.stored_instances(study_uid) == reference.stored_instances(study_uid)
+    assert _outputs(spool.study_dir(study_uid)) == _outputs(reference.study_dir(study_uid))
+
+
 def test_resume_removes_a_study_folder_a_refused_instance_left_empty(tmp_path):
     spool = Spool(tmp_path / "spool")
     empty = spool.study_dir("1.2.3.4.5")
