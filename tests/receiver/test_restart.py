@@ -39,6 +39,18 @@ def _feed(live: LiveStudies, spool: Spool, path: Path) -> None:
     assert live.store(study_uid, sop_uid, lambda: spool.write_temp(study_uid, sop_uid, data))
 
 
+def _reference_of_two_runs(tmp_path: Path) -> tuple[list[Path], str, Spool]:
+    """A study of two runs, fed whole to a receiver that never stopped: (its files, its
+    UID, the spool to compare with)."""
+    paths = write_study(tmp_path / "a", SPECS[:2])
+    reference = Spool(tmp_path / "reference")
+    live = LiveStudies(reference, stages=[], workers=2)
+    for path in paths:
+        _feed(live, reference, path)
+    live.close()
+    return paths, file_uids(paths[0])[0], reference
+
+
 def _outputs(folder: Path) -> tuple[list[dict], dict]:
     return (without_latency(read_events(folder / "events.jsonl")),
             without_latency(json.loads((folder / "summary.json").read_text())))
@@ -335,13 +347,7 @@ def test_a_study_deleted_from_the_spool_while_in_memory_is_stored_anew(tmp_path)
     Success, nothing stored, and new events went to the deleted events file."""
     import shutil
 
-    paths = write_study(tmp_path / "a", SPECS[:2])
-    study_uid = file_uids(paths[0])[0]
-    reference = Spool(tmp_path / "reference")
-    live = LiveStudies(reference, stages=[], workers=2)
-    for path in paths:
-        _feed(live, reference, path)
-    live.close()
+    paths, study_uid, reference = _reference_of_two_runs(tmp_path)
 
     spool = Spool(tmp_path / "spool")
     live = LiveStudies(spool, stages=[], workers=2)
@@ -371,13 +377,7 @@ def test_events_that_cannot_be_written_lose_no_dose(tmp_path, monkeypatch):
     its run still counts, and the failure is counted for the exit status."""
     from sifluoro.acquire import live as live_module
 
-    paths = write_study(tmp_path / "a", SPECS[:2])
-    study_uid = file_uids(paths[0])[0]
-    reference = Spool(tmp_path / "reference")
-    live = LiveStudies(reference, stages=[], workers=2)
-    for path in paths:
-        _feed(live, reference, path)
-    live.close()
+    paths, study_uid, reference = _reference_of_two_runs(tmp_path)
     append, calls = live_module.EventLog.append, []
 
     def failing(self, event):
