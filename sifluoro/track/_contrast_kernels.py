@@ -624,10 +624,14 @@ def negative_mass(score, valid, x0, y0, x1, y1, threshold):
     clipped): the dark lobe a moving gas bubble leaves beside its bright one."""
     rows, cols = score.shape
     total = 0.0
+    xa, xb = max(x0, 0), min(x1 + 1, cols)
     for y in range(max(y0, 0), min(y1 + 1, rows)):
-        for x in range(max(x0, 0), min(x1 + 1, cols)):
-            v = -score[y, x] - threshold
-            if v > 0.0 and valid[y, x]:
+        # row views and an unsigned index: no 2-D index arithmetic per pixel (a component's
+        # box grown by its size is often most of the grid)
+        sr, vr = score[y, xa:xb], valid[y, xa:xb]
+        for x in range(np.uint64(max(xb - xa, 0))):
+            v = -sr[x] - threshold
+            if v > 0.0 and vr[x]:
                 total += v
     return total
 

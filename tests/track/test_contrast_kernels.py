@@ -447,3 +447,20 @@ def test_box_sum_keeps_its_order_of_additions(rng, shape, window):
     got = np.empty_like(src)
     K.box_sum(src, window, np.empty(shape), np.empty(shape[1]), got)
     assert got.tobytes() == _box_sum_in_order(src, window).tobytes()
+
+
+@pytest.mark.parametrize("box", [(-3, 2, 8, 20), (0, 0, 59, 47), (5, 7, 5, 7), (9, 3, 4, 30)])
+def test_negative_mass_is_the_sequential_sum(rng, box):
+    """Bit for bit the row-major float64 sum of the dark excess, with rows holding no dark
+    pixel skipped (most rows of a large box)."""
+    score = rng.normal(size=(48, 60)).astype(np.float32)
+    score[rng.random(score.shape) < 0.01] = -9.0        # a few dark pixels, many empty rows
+    score[20, 30] = np.float32(-2.5)                    # at the threshold: not counted
+    valid = rng.random(score.shape) > 0.2
+    x0, y0, x1, y1 = box
+    ys, xs = slice(max(y0, 0), y1 + 1), slice(max(x0, 0), x1 + 1)
+    want = 0.0
+    for v, ok in zip((-score[ys, xs].astype(np.float64) - 2.5).ravel(), valid[ys, xs].ravel()):
+        if v > 0.0 and ok:
+            want += float(v)
+    assert K.negative_mass(score, valid, x0, y0, x1, y1, 2.5) == want
