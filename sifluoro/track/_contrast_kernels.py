@@ -1019,7 +1019,7 @@ def masked_median(m, mask, cand, hist, bins):
     """``np.median(m[mask])`` in float32, exactly. Values are binned into a histogram of
     ``hist.size // 4`` bins between their extremes (``bins``, int32 of ``m``'s shape, holds each
     pixel's bin, -1 outside ``mask``); only the values of the median's bin (a few dozen) are
-    gathered into ``cand`` (float32, ``m.size`` long) and selected. Four interleaved
+    gathered into ``cand`` (float32, ``m.size`` long) and selected. Two interleaved
     histograms keep neighbouring values from waiting on each other's count.
     Returns (median, count); (0, 0) when the mask is empty.
     """
@@ -1040,16 +1040,21 @@ def masked_median(m, mask, cand, hist, bins):
         for x in range(np.uint64(cols)):
             b = min(np.int32((mr[x] - lo) * scale), top)
             br[x] = b if kr[x] else np.int32(-1)
-    for i in range(hist.size):
-        hist[i] = 0
+    # two interleaved int32 histograms in the upper part of ``hist`` (32 KB at 4096 bins, in
+    # L1; four int64 ones, 128 KB, cost a fifth more), folded into ``hist[:nb]`` below them
+    h32 = hist.view(np.int32)
+    off = 2 * nb
+    for i in range(off, off + 2 * nb):
+        h32[i] = 0
+    uoff = np.uint64(off)
     for y in range(rows):
         br = bins[y]
         for x in range(np.uint64(cols)):
             b = br[x]
             if b >= 0:
-                hist[np.uint64(4) * np.uint64(b) + (x & np.uint64(3))] += 1
+                h32[uoff + np.uint64(2) * np.uint64(b) + (x & np.uint64(1))] += 1
     for b in range(nb):
-        hist[b] = hist[4 * b] + hist[4 * b + 1] + hist[4 * b + 2] + hist[4 * b + 3]
+        hist[b] = np.int64(h32[off + 2 * b]) + np.int64(h32[off + 2 * b + 1])
     counts = hist[:nb]
     k = n // 2
     k0 = k if n % 2 == 1 else k - 1
