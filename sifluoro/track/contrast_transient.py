@@ -71,6 +71,10 @@ KEPT_LINE_ELONGATION = 2.5
 # keeps the rule; the guard phantoms' vessels gained 13-28 x
 KEPT_LINE_GAIN = 3.0
 
+# a best line below floor x this is below it for any subset of its pixels too: float64 sums of
+# up to 65536 positive terms in another order differ by less than 1e-11 relative
+_BOUND_BELOW = 1.0 - 1e-9
+
 _STAMPS = itertools.count(1)
 _EDGE_SQUARE = np.ones((2 * EDGE_PX + 1, 2 * EDGE_PX + 1), np.uint8)
 _NEAR_SQUARE = np.ones((2 * NEAR_GROW_PX + 1, 2 * NEAR_GROW_PX + 1), np.uint8)
@@ -358,8 +362,17 @@ class TransientLines:
             self.w_median = self._local_z(zw, r, self.w_divisor[r])
             self.w_of = noise_of
         line_px = 0.0
+        kept_best = None
         if stays is not None:
             line_px = stays[3] if len(stays) > 3 else 0.0
+            if floor > 0.0:
+                # the rule only zeroes pixels: each component after it lies in one before, so
+                # the washout's best line before it bounds the one after (and is the rescue's
+                # own test); below the floor by more than float rounding, both read 0 (the
+                # usual frame: no copy, no rule, one best_line instead of two)
+                kept_best = K.best_line(zw, zw, validf, LOW_Z, HIGH_Z, self.seen[r], self.stack)
+                if kept_best < floor * _BOUND_BELOW:
+                    return 0.0
             if line_px > 0.0 and floor > 0.0:
                 np.copyto(self.kept_w[r], zw)       # the washout before the rule, for _kept_line
             _drop_kept_opacity(self.ridge_w, history[order[n - 3]], history[order[n - 1]],
@@ -367,8 +380,8 @@ class TransientLines:
         rescue = line_px > 0.0 and floor > 0.0
         under = floor > 0.0 and K.best_line(zw, zw, validf, LOW_Z, HIGH_Z, self.seen[r],
                                             self.stack) < floor
-        if under and (not rescue or K.best_line(self.kept_w[r], self.kept_w[r], validf, LOW_Z,
-                                                HIGH_Z, self.seen[r], self.stack) < floor):
+        # kept_best is best_line of kept_w (the same map, the same sums)
+        if under and (not rescue or kept_best < floor):
             return 0.0
         self._onset_z(history, order, n, stamps, everywhere=reuse_noise)
         score = K.best_line(self.ridge_o[r], zw, validf, LOW_Z, HIGH_Z, self.seen[r], self.stack)

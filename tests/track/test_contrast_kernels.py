@@ -407,3 +407,60 @@ def test_text_blocks_matches_scipy(rng, density):
     K.text_blocks(zero, p, out)
     np.testing.assert_array_equal(out, want)
     np.testing.assert_array_equal(p, zero)   # the next frame's previous
+
+
+def _box_sum_in_order(src, window):
+    """box_sum's float64 running sums in its order of operations, in NumPy: along each row the
+    first ``r`` values, then per x the entering value and the leaving one; the same down the
+    columns (every row at once, every column at once)."""
+    rows, cols = src.shape
+    r = window // 2
+    rowsum = np.empty(src.shape)
+    acc = np.zeros(rows)
+    for x in range(min(r, cols)):
+        acc = acc + src[:, x].astype(np.float64)
+    for x in range(cols):
+        if x + r < cols:
+            acc = acc + src[:, x + r].astype(np.float64)
+        if x - r - 1 >= 0:
+            acc = acc - src[:, x - r - 1].astype(np.float64)
+        rowsum[:, x] = acc
+    out = np.empty(src.shape, np.float32)
+    col = np.zeros(cols)
+    for y in range(min(r, rows)):
+        col = col + rowsum[y]
+    for y in range(rows):
+        if y + r < rows:
+            col = col + rowsum[y + r]
+        if y - r - 1 >= 0:
+            col = col - rowsum[y - r - 1]
+        out[y] = col
+    return out
+
+
+@pytest.mark.parametrize("shape, window", [((37, 45), 31), ((61, 70), 31), ((20, 9), 5),
+                                           ((17, 64), 3), ((3, 32), 31), ((26, 64), 31)])
+def test_box_sum_keeps_its_order_of_additions(rng, shape, window):
+    """Bit for bit the sequential running sums (eight rows side by side, the column pass fused:
+    the order of each row's and column's additions is kept), wide and narrow rows alike."""
+    src = (rng.random(shape) * rng.random(shape) ** 3).astype(np.float32)
+    got = np.empty_like(src)
+    K.box_sum(src, window, np.empty(shape), np.empty(shape[1]), got)
+    assert got.tobytes() == _box_sum_in_order(src, window).tobytes()
+
+
+@pytest.mark.parametrize("box", [(-3, 2, 8, 20), (0, 0, 59, 47), (5, 7, 5, 7), (9, 3, 4, 30)])
+def test_negative_mass_is_the_sequential_sum(rng, box):
+    """Bit for bit the row-major float64 sum of the dark excess, with rows holding no dark
+    pixel skipped (most rows of a large box)."""
+    score = rng.normal(size=(48, 60)).astype(np.float32)
+    score[rng.random(score.shape) < 0.01] = -9.0        # a few dark pixels, many empty rows
+    score[20, 30] = np.float32(-2.5)                    # at the threshold: not counted
+    valid = rng.random(score.shape) > 0.2
+    x0, y0, x1, y1 = box
+    ys, xs = slice(max(y0, 0), y1 + 1), slice(max(x0, 0), x1 + 1)
+    want = 0.0
+    for v, ok in zip((-score[ys, xs].astype(np.float64) - 2.5).ravel(), valid[ys, xs].ravel()):
+        if v > 0.0 and ok:
+            want += float(v)
+    assert K.negative_mass(score, valid, x0, y0, x1, y1, 2.5) == want

@@ -663,3 +663,59 @@ def test_set_near_grows_the_opacity_by_the_filters_reach():
         assert t.near_clip == NEAR_CLIP
     t.set_near(None)
     assert t.near_clip == 0.0 and t.near_gen == 0
+
+
+def _stays_cases():
+    """Histories with opacity that stays (blobs, lines over clouds, noise alone) and the stays
+    of each, with and without the rescue's line length."""
+    yy, xx = np.mgrid[:SHAPE[0], :SHAPE[1]].astype(np.float32)
+    cloud = np.exp(-0.5 * ((xx - 64.0) ** 2 + (yy - 64.0) ** 2) / 40.0 ** 2).astype(np.float32)
+    everywhere, box = np.ones(SHAPE, bool), (0, SHAPE[0], 0, SHAPE[1])
+    growing = np.stack(_frames([0, 0, 1, 1, 0.2]))
+    growing[3] += 0.04 * cloud
+    growing[4] += 0.08 * cloud
+    blob, blob_stays = _broadening_blob((2, 4, 6))
+    for seed in range(3):
+        yield np.stack(_frames([0] * 5, seed=seed)), (everywhere, box, 0.01, 20.0)
+        yield np.stack(_frames([0, 0, 1, 0.6, 0.3], seed=seed, amp=0.02)), (everywhere, box,
+                                                                              0.01, 20.0)
+    for stays in [(everywhere, box, 0.01), (everywhere, box, 0.01, 20.0),
+                  (everywhere, box, 0.01, 200.0)]:
+        yield growing, stays
+    yield blob, (blob_stays, box, 0.01, 20.0)
+    yield blob, (blob_stays, box, 0.01)
+
+
+@pytest.mark.parametrize("floor", [0.0, 5.0, 15.0, 30.0, 1e4])
+def test_the_best_line_before_the_kept_opacity_rule_bounds_it_exactly(monkeypatch, floor):
+    """With opacity that stays, a washout whose best line is below the floor before the
+    kept-opacity rule reads 0 at once (the rule only takes pixels out); the scores of both
+    tests are those of the whole path (the bound switched off), bit for bit, and the usual
+    frame of noise alone never runs the rule."""
+    import sifluoro.track.contrast_transient as CT
+
+    valid = np.ones(SHAPE, bool)
+
+    def scores(cases):
+        out = []
+        for history, stays in cases:
+            t = TransientLines(SHAPE)
+            stamps = np.arange(1, 6, dtype=np.int64)
+            out.append((t.score_history(history, np.arange(5), 5, valid, floor=floor,
+                                        stamps=stamps, stays=stays),
+                        t.score_recent(history, np.arange(5), 5, valid, floor=floor,
+                                       stamps=stamps, stays=stays)))
+        return out
+
+    fast = scores(_stays_cases())
+    monkeypatch.setattr(CT, "_BOUND_BELOW", -np.inf)     # never below: the whole path
+    assert fast == scores(_stays_cases())
+    if floor == 15.0:
+        assert any(s > 0.0 for pair in fast for s in pair) and any(s == 0.0 for s in fast[0])
+    monkeypatch.undo()
+    ruled = []
+    monkeypatch.setattr(CT.K, "drop_kept_opacity", lambda *a: ruled.append(1))
+    history, stays = next(_stays_cases())
+    TransientLines(SHAPE).score_history(history, np.arange(5), 5, valid, floor=15.0,
+                                        stays=stays)
+    assert ruled == []
