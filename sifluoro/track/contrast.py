@@ -243,9 +243,9 @@ def _dense_text_blocks(pixels: np.ndarray, factor: int, top: int, invert: bool,
     their pixels at attenuation 0 (stored 0, or ``top`` when ``invert``, as K.reduce_frame
     flags them): noise clipped in dark anatomy, not burned-in text. Counted on the few flagged
     blocks only; a block of 4 pixels or fewer (512² and smaller) always holds enough."""
-    ys, xs = np.nonzero(blocks)
-    if TEXT_BLOCK_SHARE * factor * factor <= 1.0 or ys.size == 0:
+    if TEXT_BLOCK_SHARE * factor * factor <= 1.0 or not blocks.any():
         return
+    ys, xs = np.nonzero(blocks)
     rows, cols = blocks.shape
     tiles = pixels[:rows * factor, :cols * factor].reshape(rows, factor, cols, factor)
     picked = tiles[ys, :, xs, :]
