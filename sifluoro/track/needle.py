@@ -843,8 +843,8 @@ class NeedleStage:
         it reaches the tip. The segment must not be a one-sided edge (flank symmetry at least
         ``further_min_sym``) nor run on to the field edge (``max_ext_score``), and its part
         beyond the tip (from the tip, or from its foot on the segment's axis) must itself be a
-        line (``follow_min_score``, as :meth:`_extend_tip` asks of a dimmed shaft;
-        ``follow_start_score`` on a run's first frame). The new tip is refined on this frame;
+        line (``follow_min_score``, as :meth:`_extend_tip` asks of a dimmed shaft; less on a
+        run's first frames, :meth:`_follow_need`). The new tip is refined on this frame;
         kept when it is still ``further_min_mm`` / 2 ahead."""
         s = self.settings
         if s.further_min_mm <= 0.0:
@@ -876,7 +876,7 @@ class NeedleStage:
         # past a bend (on the shaft's line) lies beside the bent part, and a line from it to
         # the bent part's end cuts across the needle (on a run's first frame, whose mean is
         # that one frame, half the evidence, as in :meth:`_follow`)
-        need = s.follow_start_score if st.n_mean == 1 else s.follow_min_score
+        need = self._follow_need(st)
         if best is None or max(st.finder.interval_score(tip_w, best),
                                st.finder.interval_score(best_from, best)) < need:
             return tip, u
@@ -931,7 +931,7 @@ class NeedleStage:
         """No candidate taken, but a needle followed in this view: look for it where it was
         (the tip refined along the last axis, as :meth:`process_roi` does) and keep it when
         the shaft behind the refined tip is still a line on the run's mean image (evidence
-        ``follow_min_score``, ``follow_start_score`` on a run's first frame). A needle over
+        ``follow_min_score``; less on a run's first frames, :meth:`_follow_need`). A needle over
         dense bone or beside a cortical edge often drops out of the line search for a few
         frames while it is still plainly there."""
         s = self.settings
@@ -958,11 +958,23 @@ class NeedleStage:
                 return None
             tip, u = at_anchor
         score = st.finder.interval_score(grid.to_work(tip - u * span_px), grid.to_work(tip))
-        if score < (s.follow_start_score if st.n_mean == 1 else s.follow_min_score):
+        if score < self._follow_need(st):
             return None
         tip = self._no_retreat(st, ctx, tip, u, True)
         base = tip - u * track.length_px
         return tip, u, float(np.linalg.norm(tip - base)), track.score
+
+    def _follow_need(self, st: _StudyNeedle) -> float:
+        """Line evidence asked of a followed shaft on the run's mean image so far
+        (``follow_start_score`` on its first frame, then growing with the square root of the
+        frames averaged up to ``follow_min_score``; see ``NeedleSettings.follow_scaled``)."""
+        s = self.settings
+        if st.n_mean == 1:
+            return s.follow_start_score
+        if s.follow_scaled and st.n_mean < s.avg_frames:
+            return max(s.follow_start_score,
+                       s.follow_min_score * math.sqrt(st.n_mean / s.avg_frames))
+        return s.follow_min_score
 
     # -- following a needle in a box around it ---------------------------------------------
     def _roi_due(self, st: _StudyNeedle, frame: Frame) -> bool:

@@ -772,8 +772,46 @@ def test_a_needle_left_in_place_is_followed_on_a_run_s_first_frame():
     assert followed is not None and math.dist(followed[0], tip) * SPACING_MM < 1.0
     full_bar = NeedleStage(needle=replace(s, follow_start_score=s.follow_min_score))
     assert full_bar._follow(st, att, st.ctx) is None
-    st.n_mean = 2  # the run's later frames keep the full bar
+    st.n_mean = s.avg_frames  # a full mean asks the full bar
     assert stage._follow(st, att, st.ctx) is None
+
+
+def test_a_followed_needle_is_asked_evidence_growing_with_the_frames_averaged():
+    """On a run's second to last-but-one frames the evidence asked of a followed shaft grows
+    with the square root of the frames in the mean (as a needle's noise-normalised evidence
+    does), from ``follow_start_score`` to ``follow_min_score``: a faint needle whose shaft scores
+    between the two on a two-frame mean is followed there (it was dropped on the second to
+    fourth frames of its runs, the full bar asked from the second frame on)."""
+    from dataclasses import replace
+
+    from sifluoro.imaging import frame_attenuation
+
+    tip, base = np.array([262.3, 251.6]), np.array([120.0, 511.0])
+    stage, state, _, _ = _needle_tracked_over_four_frames(tip, base, "1.2.7.1")
+    s = stage.settings
+    img = _background(90)
+    _draw_polyline(img, _needle_points(tip, base), 0.035, 1.8)
+    frame = _frame(img, _run("1.2.7.2"), 4)
+    stage.process(frame, state)
+    st = state.stage_state["needle"]
+    att = frame_attenuation(frame, state.stage_state)
+    needs = []
+    for n in range(1, s.avg_frames + 2):
+        st.n_mean = n
+        needs.append(stage._follow_need(st))
+    assert needs[0] == s.follow_start_score and needs[-2] == needs[-1] == s.follow_min_score
+    assert all(a <= b for a, b in zip(needs, needs[1:]))
+    assert needs[1] == max(s.follow_start_score, s.follow_min_score * math.sqrt(2 / s.avg_frames))
+    g = st.ctx.grid
+    u = (tip - base) / np.linalg.norm(tip - base)
+    score = st.finder.interval_score(g.to_work(tip - u * 2.0 * s.fit_mm / SPACING_MM),
+                                     g.to_work(tip))
+    st.n_mean = 2
+    assert needs[1] <= score < s.follow_min_score
+    followed = stage._follow(st, att, st.ctx)
+    assert followed is not None and math.dist(followed[0], tip) * SPACING_MM < 1.0
+    unscaled = NeedleStage(needle=replace(s, follow_scaled=False))
+    assert unscaled._follow(st, att, st.ctx) is None
 
 
 @pytest.mark.parametrize("target, found", [((270.0, 245.0), True), ((60.0, 60.0), False),
