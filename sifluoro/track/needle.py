@@ -22,7 +22,8 @@ first, noisiest frames of a scout from being reported; on the study's first run 
 also the next run when the first never showed the joint: a wrong-level scout) a
 new track must start near the register target (:mod:`sifluoro.track.needle_verify`); once a
 needle is followed in a view, another line replaces it only when
-very probable and seen twice (a needle does not jump across the field); the track is kept from run to run in the same view (C-arm angles,
+very probable and seen twice (a needle does not jump across the field; a track begun on the
+scout and not found since does not count); the track is kept from run to run in the same view (C-arm angles,
 spacing, frame shape); on a new view it is put aside and taken up again when the C-arm
 returns to that view; on a tracked line the tip does not retreat behind the furthest tip of the
 run or, at a run's start, the last tip of the previous run. When the line search takes no
@@ -97,6 +98,7 @@ class _Track:
     score: float = 0.0  # needle probability of the last detection
     hits: int = 0  # frames on which the line search found this needle
     extra: bool = False  # last found on a line past the n_lines strongest (target_lines)
+    scout_only: bool = False  # begun on the study's scout and found by the line search there only
 
     def enter_run(self, run_uid: str, end_tips: int = 1, jump_px: float = 0.0) -> None:
         """A frame of ``run_uid``: on a new run, its reference is where the last run ended
@@ -753,11 +755,15 @@ class NeedleStage:
         grid = ctx.grid
         ranked = []
         seen = []
-        followed = st.track.dir_xy is not None
         st.jump_before, st.jump = st.jump, None
         lasting = []
         moving = []
         st.scout.enter(ctx.run, joint_seen)
+        # a track begun on the scout and not found since is not yet a needle followed in the
+        # view: off the scout it does not keep other lines out (a skin marker taken near the
+        # target on the scout held the needle of the next runs to the replacement bar)
+        followed = st.track.dir_xy is not None and not (
+            s.scout_track_provisional and st.track.scout_only and not st.scout.on_scout)
         for tip_w, base_w, prob, extra, free in self._candidates(st, att, ctx, target):
             tip = grid.to_full(tip_w)
             base = grid.to_full(base_w)
@@ -823,6 +829,7 @@ class NeedleStage:
             tip, u = self._further_on_line(st, att, ctx, tip, u)
             tip = self._no_retreat(st, ctx, tip, u, tracked)
             st.track.hits = st.track.hits + 1 if tracked else 1
+            st.track.scout_only = st.scout.on_scout and (st.track.scout_only or not tracked)
             st.track.extra = extra
             return tip, u, float(np.linalg.norm(tip - base)), score
         hit = self._follow(st, att, ctx)
