@@ -22,7 +22,8 @@ first, noisiest frames of a scout from being reported; on the study's first run 
 also the next run when the first never showed the joint: a wrong-level scout) a
 new track must start near the register target (:mod:`sifluoro.track.needle_verify`); once a
 needle is followed in a view, another line replaces it only when
-very probable and seen twice (a needle does not jump across the field); the track is kept from run to run in the same view (C-arm angles,
+very probable and seen twice (a needle does not jump across the field; a track begun on the
+scout and not found since does not count); the track is kept from run to run in the same view (C-arm angles,
 spacing, frame shape); on a new view it is put aside and taken up again when the C-arm
 returns to that view; on a tracked line the tip does not retreat behind the furthest tip of the
 run or, at a run's start, the last tip of the previous run. When the line search takes no
@@ -97,6 +98,7 @@ class _Track:
     score: float = 0.0  # needle probability of the last detection
     hits: int = 0  # frames on which the line search found this needle
     extra: bool = False  # last found on a line past the n_lines strongest (target_lines)
+    scout_only: bool = False  # begun on the study's scout and found by the line search there only
 
     def enter_run(self, run_uid: str, end_tips: int = 1, jump_px: float = 0.0) -> None:
         """A frame of ``run_uid``: on a new run, its reference is where the last run ended
@@ -753,11 +755,15 @@ class NeedleStage:
         grid = ctx.grid
         ranked = []
         seen = []
-        followed = st.track.dir_xy is not None
         st.jump_before, st.jump = st.jump, None
         lasting = []
         moving = []
         st.scout.enter(ctx.run, joint_seen)
+        # a track begun on the scout and not found since is not yet a needle followed in the
+        # view: off the scout it does not keep other lines out (a skin marker taken near the
+        # target on the scout held the needle of the next runs to the replacement bar)
+        followed = st.track.dir_xy is not None and not (
+            s.scout_track_provisional and st.track.scout_only and not st.scout.on_scout)
         for tip_w, base_w, prob, extra, free in self._candidates(st, att, ctx, target):
             tip = grid.to_full(tip_w)
             base = grid.to_full(base_w)
@@ -823,6 +829,7 @@ class NeedleStage:
             tip, u = self._further_on_line(st, att, ctx, tip, u)
             tip = self._no_retreat(st, ctx, tip, u, tracked)
             st.track.hits = st.track.hits + 1 if tracked else 1
+            st.track.scout_only = st.scout.on_scout and (st.track.scout_only or not tracked)
             st.track.extra = extra
             return tip, u, float(np.linalg.norm(tip - base)), score
         hit = self._follow(st, att, ctx)
@@ -843,8 +850,8 @@ class NeedleStage:
         it reaches the tip. The segment must not be a one-sided edge (flank symmetry at least
         ``further_min_sym``) nor run on to the field edge (``max_ext_score``), and its part
         beyond the tip (from the tip, or from its foot on the segment's axis) must itself be a
-        line (``follow_min_score``, as :meth:`_extend_tip` asks of a dimmed shaft;
-        ``follow_start_score`` on a run's first frame). The new tip is refined on this frame;
+        line (``follow_min_score``, as :meth:`_extend_tip` asks of a dimmed shaft; less on a
+        run's first frames, :meth:`_follow_need`). The new tip is refined on this frame;
         kept when it is still ``further_min_mm`` / 2 ahead."""
         s = self.settings
         if s.further_min_mm <= 0.0:
@@ -876,7 +883,7 @@ class NeedleStage:
         # past a bend (on the shaft's line) lies beside the bent part, and a line from it to
         # the bent part's end cuts across the needle (on a run's first frame, whose mean is
         # that one frame, half the evidence, as in :meth:`_follow`)
-        need = s.follow_start_score if st.n_mean == 1 else s.follow_min_score
+        need = self._follow_need(st)
         if best is None or max(st.finder.interval_score(tip_w, best),
                                st.finder.interval_score(best_from, best)) < need:
             return tip, u
@@ -931,7 +938,7 @@ class NeedleStage:
         """No candidate taken, but a needle followed in this view: look for it where it was
         (the tip refined along the last axis, as :meth:`process_roi` does) and keep it when
         the shaft behind the refined tip is still a line on the run's mean image (evidence
-        ``follow_min_score``, ``follow_start_score`` on a run's first frame). A needle over
+        ``follow_min_score``; less on a run's first frames, :meth:`_follow_need`). A needle over
         dense bone or beside a cortical edge often drops out of the line search for a few
         frames while it is still plainly there."""
         s = self.settings
@@ -958,11 +965,23 @@ class NeedleStage:
                 return None
             tip, u = at_anchor
         score = st.finder.interval_score(grid.to_work(tip - u * span_px), grid.to_work(tip))
-        if score < (s.follow_start_score if st.n_mean == 1 else s.follow_min_score):
+        if score < self._follow_need(st):
             return None
         tip = self._no_retreat(st, ctx, tip, u, True)
         base = tip - u * track.length_px
         return tip, u, float(np.linalg.norm(tip - base)), track.score
+
+    def _follow_need(self, st: _StudyNeedle) -> float:
+        """Line evidence asked of a followed shaft on the run's mean image so far
+        (``follow_start_score`` on its first frame, then growing with the square root of the
+        frames averaged up to ``follow_min_score``; see ``NeedleSettings.follow_scaled``)."""
+        s = self.settings
+        if st.n_mean == 1:
+            return s.follow_start_score
+        if s.follow_scaled and st.n_mean < s.avg_frames:
+            return max(s.follow_start_score,
+                       s.follow_min_score * math.sqrt(st.n_mean / s.avg_frames))
+        return s.follow_min_score
 
     # -- following a needle in a box around it ---------------------------------------------
     def _roi_due(self, st: _StudyNeedle, frame: Frame) -> bool:

@@ -132,6 +132,20 @@ class NeedleSettings:
         The same on a run's first frame: its mean is that one frame, whose noise-normalised
         evidence is about ``1/sqrt(avg_frames)`` of a full mean's (a needle left in place
         between runs scored 3.7-5.8 there on training seed 4103 and was missed on that frame).
+    follow_scaled : bool
+        On the run's later frames, while its mean holds fewer than ``avg_frames`` frames, the
+        evidence asked grows with the square root of the frames averaged, from
+        ``follow_start_score`` to ``follow_min_score`` (``follow_min_score * sqrt(n /
+        avg_frames)``, at least ``follow_start_score``), as the noise-normalised evidence of a
+        needle does, instead of jumping to the full bar on the second frame: a low-contrast
+        needle followed over runs was dropped on the second to fourth frames of a run and found
+        again once the mean had built up. Training seeds 4101, 4102 (48 studies): +9 -1 frames
+        within 3 mm (detection 0.629 -> 0.633, p95 7.09 -> 7.03 mm), false tips unchanged;
+        held-out (register, needle, contrast) v2 and v2w 0.7831 -> 0.7844 (p95 4.22 -> 4.21 mm),
+        but 31337 0.8164 -> 0.8155 and p95 10.09 -> 11.69 mm: a tip followed on a run's early
+        frame a few mm beyond the needle's then held the run there (:meth:`NeedleStage.
+        _no_retreat`; 6 frames 0.1-0.8 -> 3-4.7 mm), and a needle followed two frames
+        earlier 12-18 mm off. Not on (False: the full bar from the second frame on).
     full_search_every : int
         While a needle is followed, it is looked for in a box around it (far cheaper than the
         whole field) and the field is searched only on every ``full_search_every``-th frame
@@ -274,6 +288,15 @@ class NeedleSettings:
         Held-out (register, needle, contrast): published set and its wrong-level scouts, a
         nearly end-on needle's dot no longer replaced by a short line: end-on frames within
         3 mm 32 -> 46 of 140, every other number the same; seed 31337 unchanged. 0: off.
+    scout_track_provisional : bool
+        A track begun on the study's scout (:mod:`.needle_verify`: near the target) and found
+        by the line search there only is not a needle followed in the view once the scout is
+        over: another line is then taken on the cold-start rules (``min_prob`` seen twice, or
+        ``advance_min_prob`` moving on along its line), not only at ``single_min_prob`` seen
+        twice; a candidate continuing the scout's track still does (and makes it a followed
+        needle). Training seed 4101: a skin marker taken 19 mm from the target on a scout kept
+        the needle of the next five runs out (+14 -0 frames within 3 mm); seed 4102 unchanged.
+        False: the scout's track is followed like any other.
     """
 
     grid_mm: float = 0.5
@@ -309,6 +332,8 @@ class NeedleSettings:
     track_reach_mm: float = 25.0
     follow_min_score: float = 6.0
     follow_start_score: float = 3.0
+    follow_scaled: bool = False
+    scout_track_provisional: bool = True
     follow_min_hits: int = 3
     dim_fraction: float = 0.5
     max_ext_score: float = 2.0

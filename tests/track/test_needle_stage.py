@@ -776,6 +776,46 @@ def test_a_needle_left_in_place_is_followed_on_a_run_s_first_frame():
     assert stage._follow(st, att, st.ctx) is None
 
 
+def test_a_followed_needle_is_asked_evidence_growing_with_the_frames_averaged():
+    """With ``follow_scaled`` the evidence asked of a followed shaft on a run's second to
+    last-but-one frames grows with the square root of the frames in the mean (as a needle's
+    noise-normalised evidence does), from ``follow_start_score`` to ``follow_min_score``: a
+    faint needle whose shaft scores between the two on a two-frame mean is followed there.
+    Off (the default) the full bar is asked from the second frame on."""
+    from dataclasses import replace
+
+    from sifluoro.imaging import frame_attenuation
+
+    tip, base = np.array([262.3, 251.6]), np.array([120.0, 511.0])
+    stage, state, _, _ = _needle_tracked_over_four_frames(tip, base, "1.2.7.1")
+    s = stage.settings
+    scaled = NeedleStage(needle=replace(s, follow_scaled=True))
+    img = _background(90)
+    _draw_polyline(img, _needle_points(tip, base), 0.035, 1.8)
+    frame = _frame(img, _run("1.2.7.2"), 4)
+    stage.process(frame, state)
+    st = state.stage_state["needle"]
+    att = frame_attenuation(frame, state.stage_state)
+    needs = []
+    for n in range(1, s.avg_frames + 2):
+        st.n_mean = n
+        needs.append(scaled._follow_need(st))
+    assert needs[0] == s.follow_start_score and needs[-2] == needs[-1] == s.follow_min_score
+    assert all(a <= b for a, b in zip(needs, needs[1:]))
+    assert needs[1] == max(s.follow_start_score, s.follow_min_score * math.sqrt(2 / s.avg_frames))
+    g = st.ctx.grid
+    u = (tip - base) / np.linalg.norm(tip - base)
+    score = st.finder.interval_score(g.to_work(tip - u * 2.0 * s.fit_mm / SPACING_MM),
+                                     g.to_work(tip))
+    st.n_mean = 2
+    assert needs[1] <= score < s.follow_min_score
+    followed = scaled._follow(st, att, st.ctx)
+    assert followed is not None and math.dist(followed[0], tip) * SPACING_MM < 1.0
+    unscaled = NeedleStage(needle=replace(s, follow_scaled=False))
+    assert unscaled._follow_need(st) == s.follow_min_score
+    assert unscaled._follow(st, att, st.ctx) is None
+
+
 @pytest.mark.parametrize("target, found", [((270.0, 245.0), True), ((60.0, 60.0), False),
                                            (None, False)])
 def test_a_needle_weaker_than_ten_other_lines_is_found_near_the_target(target, found):
@@ -842,3 +882,38 @@ def test_a_needle_rated_below_min_prob_is_taken_when_pushed_in_between_runs(seco
         img = _background(600 + k)
         _draw_polyline(img, _needle_points(tip, base), 0.05, 1.8)
         assert off.process(_frame(img, run, k), state)["needle"] is None
+
+
+@pytest.mark.parametrize("provisional", [True, False])
+def test_a_track_begun_on_the_scout_does_not_keep_the_next_run_s_needle_out(provisional):
+    """A line taken near the target on the study's scout (a skin marker) and not found again
+    after it is not a needle followed in the view: on the next run another line is taken on
+    the cold-start rules (seen twice at ``min_prob``), not held to the bar of a line replacing
+    a followed needle (here out of reach: ``single_min_prob`` above 1). With
+    ``scout_track_provisional`` off the scout's line keeps it out."""
+    from sifluoro.track.needle_detect import NeedleSettings
+
+    settings = NeedleSettings(single_min_prob=1.01, scout_track_provisional=provisional)
+    stage = NeedleStage(needle=settings)
+    state = Pipeline([stage]).start_study("1.2")
+    marker_tip, marker_base = np.array([262.3, 251.6]), np.array([120.0, 511.0])
+    needle_tip, needle_base = np.array([330.0, 330.0]), np.array([500.0, 470.0])
+    scout, nxt = _run("1.2.11.1"), _run("1.2.11.2")
+    outs = []
+    for k in range(3):  # the scout: the marker near the field centre (no register target)
+        img = _background(700 + k)
+        _draw_polyline(img, _needle_points(marker_tip, marker_base), 0.05, 1.8)
+        outs.append(stage.process(_frame(img, scout, k), state)["needle"])
+    assert outs[-1] is not None and math.dist(outs[-1]["tip_xy"], marker_tip) * SPACING_MM < 1.0
+    assert state.stage_state["needle"].track.scout_only
+    outs = []
+    for k in range(3):  # the next run: the marker gone, a needle elsewhere
+        img = _background(710 + k)
+        _draw_polyline(img, _needle_points(needle_tip, needle_base), 0.05, 1.8)
+        outs.append(stage.process(_frame(img, nxt, 3 + k), state)["needle"])
+    assert outs[0] is None
+    if provisional:
+        assert all(math.dist(o["tip_xy"], needle_tip) * SPACING_MM < 1.0 for o in outs[1:])
+        assert not state.stage_state["needle"].track.scout_only
+    else:
+        assert all(o is None for o in outs)
