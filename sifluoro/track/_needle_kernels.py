@@ -590,6 +590,23 @@ def cells_any_below(att, threshold, factor, out):
 
 
 @njit(cache=True, nogil=True)
+def field_cells_into(in_y, in_x, dy2, dx2, r2, out):
+    """``out[i, j]`` (bool) = ``in_y[i] and in_x[j] and dy2[i] + dx2[j] <= r2`` (float64): the
+    outer products of ``needle_field._field_cells``'s reference without its frame-sized
+    float64 and bool temporaries (0.2-0.3 ms of a run's first frame)."""
+    n_rows, n_cols = out.shape
+    for i in range(n_rows):
+        o = out[i]
+        if not in_y[i]:
+            for j in range(n_cols):
+                o[j] = False
+            continue
+        d = dy2[i]
+        for j in range(n_cols):
+            o[j] = in_x[j] and d + dx2[j] <= r2
+
+
+@njit(cache=True, nogil=True)
 def mask_moments(mask):
     """Raw moments ``(m00, m10, m01)`` of a boolean mask: the count of its set cells and the
     sums of their x and y (integers, as ``cv2.moments(..., binaryImage=True)`` gives them)."""
@@ -759,5 +776,7 @@ def warm_up(shape: tuple[int, int]) -> None:
     glyph_cells(img, 0, rows, 2, np.float32(0.995), np.float32(0.5), cells)
     cells_any_below(img, np.float32(0.9995), 2, np.empty((rows // 2, cols // 2), np.bool_))
     mask_moments(mask)
+    flags = np.ones(4, np.bool_)
+    field_cells_into(flags, flags, np.zeros(4), np.zeros(4), 1.0, np.empty((4, 4), np.bool_))
     pts = edge_points(cells)
     chamfer_min(pts, 1.0, 1.0, 0.955, 1.3693)

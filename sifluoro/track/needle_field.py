@@ -89,26 +89,59 @@ def _ellipse_rects(r: int) -> tuple[np.ndarray, ...]:
 def _field_cells(run: Run, shape: tuple[int, int], factor: int) -> np.ndarray:
     """The cells of ``factor`` pixels wholly inside the stored shutter geometry: what
     ``_pool(exposed_mask(run, shape), factor, any_=False)`` gives, from the geometry (a
-    run's first frame paid ~0.4 ms for the full-resolution mask and its pooling)."""
+    run's first frame paid ~0.4 ms for the full-resolution mask and its pooling). The rows'
+    and columns' tests here, their outer products in one kernel
+    (:func:`_needle_kernels.field_cells_into`; :func:`_field_cells_reference` with NumPy)."""
     rows, cols = shape[0] // factor, shape[1] // factor
-    out = np.ones((rows, cols), bool)
     shutter = run.technique.shutter
     if shutter is None:
-        return out
+        return np.ones((rows, cols), bool)
+    in_y, in_x, d2 = _field_tests(shutter, rows, cols, factor)
+    if d2 is None:
+        dy2 = dx2 = np.zeros(max(rows, cols))
+        r2 = 0.0
+    else:
+        dy2, dx2, r2 = d2
+        if not (dy2.dtype == dx2.dtype == np.float64 and isinstance(r2, float)):
+            return _field_cells_reference(run, shape, factor)  # integer geometry: as NumPy does it
+    out = np.empty((rows, cols), bool)
+    K.field_cells_into(in_y, in_x, dy2, dx2, r2, out)
+    return out
+
+
+def _field_tests(shutter, rows: int, cols: int, factor: int):
+    """(in_y, in_x, (dy2, dx2, r²) or None): which rows and columns of cells lie inside the
+    stored rectangle, and the squared distances from the circle's centre of each row's and
+    column's pixel furthest from it, with the squared radius (None without a circle)."""
     first_y = np.arange(rows) * factor  # each cell's first and last pixel
     first_x = np.arange(cols) * factor
+    in_y, in_x = np.ones(rows, bool), np.ones(cols, bool)
     if shutter.rect_xyxy is not None:
         x0, y0, x1, y1 = shutter.rect_xyxy
         # as exposed_mask slices it: pixels max(0, a) .. max(0, b + 1) - 1
         in_y = (first_y >= max(0, y0)) & (first_y + factor - 1 < max(0, y1 + 1))
         in_x = (first_x >= max(0, x0)) & (first_x + factor - 1 < max(0, x1 + 1))
-        out &= in_y[:, None] & in_x[None, :]
-    if shutter.circle_xyr is not None:
-        cx, cy, r = shutter.circle_xyr
-        # a cell is inside when its pixel furthest from the centre is (per axis: the farther end)
-        dx2 = np.maximum((first_x - cx) ** 2, (first_x + factor - 1 - cx) ** 2)
-        dy2 = np.maximum((first_y - cy) ** 2, (first_y + factor - 1 - cy) ** 2)
-        out &= dy2[:, None] + dx2[None, :] <= r ** 2
+    if shutter.circle_xyr is None:
+        return in_y, in_x, None
+    cx, cy, r = shutter.circle_xyr
+    # a cell is inside when its pixel furthest from the centre is (per axis: the farther end)
+    dx2 = np.maximum((first_x - cx) ** 2, (first_x + factor - 1 - cx) ** 2)
+    dy2 = np.maximum((first_y - cy) ** 2, (first_y + factor - 1 - cy) ** 2)
+    return in_y, in_x, (dy2, dx2, r ** 2)
+
+
+def _field_cells_reference(run: Run, shape: tuple[int, int], factor: int) -> np.ndarray:
+    """:func:`_field_cells` with NumPy's outer products (the kernel's reference)."""
+    rows, cols = shape[0] // factor, shape[1] // factor
+    out = np.ones((rows, cols), bool)
+    shutter = run.technique.shutter
+    if shutter is None:
+        return out
+    in_y, in_x, d2 = _field_tests(shutter, rows, cols, factor)
+    out &= in_y[:, None] & in_x[None, :]
+    if d2 is not None:
+        dy2, dx2, r2 = d2
+        out &= dy2[:, None] + dx2[None, :] <= r2
     return out
 
 
