@@ -122,18 +122,23 @@ def attenuation_reference(frame: Frame) -> np.ndarray:
     return a
 
 
-def picture_steps(pixels: np.ndarray, bits_stored: int) -> int:
+def picture_steps(pixels: np.ndarray, bits_stored: int, *, at_least: int | None = None) -> int:
     """How much picture a frame holds: on every 8th row, the number of places where the means
     of 8 neighbouring pixels step by more than 2 grey levels (of 8 bits; scaled to the stored
     bits). 0 for a flat frame and for 8-bit black with noise of 1 level; thousands for a
     fluoroscopy frame, and tens for one collimated to a slit. About 0.03 ms at 1024² (uint16:
     the kernel; other types: :func:`picture_steps_reference`).
     Counting steps, not averaging them, keeps a blacked-out shutter area from diluting the
-    picture inside it."""
+    picture inside it.
+
+    With ``at_least``, the rows are read only until that many steps are counted (the count
+    returned is then at least ``at_least``, not the whole frame's): a fluoroscopy frame
+    reaches 16 within a few rows, where reading all of them cost 0.02-0.15 ms at 1024² (a
+    frame not in cache) on every frame."""
     threshold = 2.0 * max(1.0, 2.0 ** (bits_stored - 8))
     if pixels.dtype != np.uint16 or pixels.ndim != 2:
         return picture_steps_reference(pixels, bits_stored)
-    return int(_k.picture_steps(pixels, threshold))
+    return int(_k.picture_steps(pixels, threshold, max(0, at_least or 0)))
 
 
 def picture_steps_reference(pixels: np.ndarray, bits_stored: int) -> int:

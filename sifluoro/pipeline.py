@@ -771,7 +771,8 @@ def _shows_picture(frame: Frame) -> bool:
     """Whether ``frame`` holds a picture the image stages can read (not flat). An absolute
     test: a rule relative to the run's earlier frames would lock a run out after one bright
     frame (a grabber's snow before it locks)."""
-    return imaging.picture_steps(frame.pixels, frame.run.bits_stored) >= NO_PICTURE_STEPS
+    return imaging.picture_steps(frame.pixels, frame.run.bits_stored,
+                                 at_least=NO_PICTURE_STEPS) >= NO_PICTURE_STEPS
 
 
 def at_isocenter_mm(detector_mm: float | None, tech: Technique) -> float | None:

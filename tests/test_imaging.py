@@ -85,6 +85,33 @@ def test_picture_steps_kernel_matches_opencv_reference(bits, rows, cols, step, s
     assert picture_steps(pixels, bits) == picture_steps_reference(pixels, bits)
 
 
+@settings(max_examples=60, deadline=None)
+@given(bits=st.sampled_from([8, 12, 16]), rows=st.integers(1, 80), cols=st.integers(1, 90),
+       at_least=st.integers(0, 40), seed=st.integers(0, 2 ** 16), flat_rows=st.integers(0, 80))
+def test_picture_steps_at_least_decides_as_the_whole_count(bits, rows, cols, at_least, seed,
+                                                           flat_rows):
+    """Counting stops at ``at_least`` steps: the same answer to "at least so many?" as the
+    whole frame's count, which it equals when it falls short (a flat band above the picture,
+    as a collimated frame has, makes the count start late)."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 1 << bits, size=(rows, cols), dtype=np.uint16)
+    pixels[:flat_rows] = 7
+    whole = picture_steps(pixels, bits)
+    got = picture_steps(pixels, bits, at_least=at_least)
+    if at_least == 0 or whole < at_least:
+        assert got == whole
+    else:
+        assert at_least <= got <= whole
+
+
+def test_picture_steps_at_least_stops_reading_rows():
+    # every row read has 63 steps: the count stops with the row that reaches 16
+    pixels = np.repeat(np.tile(np.array([0, 4000], np.uint16), 32), 8)[None, :].repeat(512, 0)
+    assert picture_steps(pixels, 12) == 64 * 63
+    assert picture_steps(pixels, 12, at_least=16) == 63
+    assert picture_steps(pixels, 12, at_least=100) == 2 * 63
+
+
 def test_picture_steps_rounds_half_means_to_even():
     # means 0.5, 1.5, 2.5, 3.5 round to 0, 2, 2, 4: steps of 2, 0, 2 (threshold 2 at 8 bits: none)
     # and with a mean of 6.5 (-> 6) after 3.5 (-> 4): 2, not 3

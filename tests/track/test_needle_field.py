@@ -76,6 +76,36 @@ def test_field_cells_match_the_pooled_full_resolution_shutter(factor, shape):
         assert np.array_equal(_field_cells(run, shape, factor), ref)
 
 
+@pytest.mark.parametrize("factor", [1, 2, 3])
+@pytest.mark.filterwarnings("ignore:overflow encountered")
+def test_field_cells_kernel_matches_its_numpy_reference(factor):
+    """The kernel's outer products against NumPy's, on circles of float, integer and absurd
+    (NaN, infinite, huge) geometry, rectangles or none, and frames down to no cell."""
+    from sifluoro.track.needle_field import _field_cells, _field_cells_reference
+
+    rng = np.random.default_rng(factor)
+    odd = [float("nan"), float("inf"), -float("inf"), 1e300, -3.5, 0.0]
+    for k in range(200):
+        shape = tuple(int(v) for v in rng.integers(0, 90, 2))
+        if rng.random() < 0.2:
+            circle = tuple(rng.choice(odd) if rng.random() < 0.5 else float(v)
+                           for v in rng.uniform(-10, 90, 3))
+        elif rng.random() < 0.5:
+            circle = tuple(int(v) for v in rng.integers(-5, 80, 3))
+        else:
+            circle = tuple(float(v) for v in rng.uniform(-5, 80, 3)) if rng.random() < 0.8 else None
+        x0, y0 = (int(v) for v in rng.integers(-5, 40, 2))
+        rect = (x0, y0, x0 + int(rng.integers(-3, 60)), y0 + int(rng.integers(-3, 60)))
+        tech = Technique(imager_pixel_spacing_xy_mm=(0.25, 0.25),
+                         shutter=Shutter(rect_xyxy=rect if rng.random() < 0.7 else None,
+                                         circle_xyr=circle))
+        run = Run(**{**_run((0, 0, 1, 1)).__dict__, "technique": tech})
+        got = _field_cells(run, shape, factor)
+        ref = _field_cells_reference(run, shape, factor)
+        assert got.dtype == ref.dtype and got.shape == ref.shape
+        assert np.array_equal(got, ref), (shape, rect, circle)
+
+
 def _text_mask_reference(att: np.ndarray, factor: int) -> np.ndarray:
     """The glyph mask pooled from a full-resolution seed image (the implementation pools only
     the bands)."""

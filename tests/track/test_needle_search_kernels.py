@@ -246,24 +246,24 @@ def test_segment_span_equals_the_python_clip_and_support():
     assert inside > 10
 
 
-@pytest.mark.parametrize("r", [1, 3, 4, 5, 7, 9])
-def test_close_ellipse_is_opencvs_closing(r):
-    """The closing by the ellipse's rectangles (r >= 5) against OpenCV's closing by the ellipse,
-    on fields with holes, gaps and set or clear borders."""
-    from sifluoro.track.needle_field import _close_ellipse, _ellipse_rects
+@pytest.mark.parametrize("r", [0, 1, 2, 3, 4, 5, 7, 9, 13])
+def test_close_and_dilate_ellipse_are_opencvs(r):
+    """The closing and dilation on bit rows against OpenCV's by the ellipse, on fields with
+    holes, gaps and set or clear borders, widths below, at and past a word of 64 cells."""
+    from sifluoro.track.needle_field import _close_ellipse, _dilate_ellipse
 
     k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
-    union = np.zeros_like(k)
-    for rect in _ellipse_rects(r):
-        h, w = rect.shape[0] // 2, rect.shape[1] // 2
-        union[r - h:r + h + 1, r - w:r + w + 1] = 1
-    assert np.array_equal(union, k)
     rng = np.random.default_rng(r)
-    for p_clear in (0.001, 0.02, 0.3):
-        mask = (rng.random((int(rng.integers(20, 140)), int(rng.integers(20, 140))))
-                >= p_clear).astype(np.uint8)
-        mask[:, :int(rng.integers(0, 12))] = 0
-        mask[-int(rng.integers(1, 12)):, :] = 0
-        mask[5:9, 10:30] = 0
-        expected = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, k)
-        assert np.array_equal(_close_ellipse(mask, r), expected)
+    shapes = [(1, 1), (3, 64), (20, 63), (2 * r + 3, 65), (50, 128), (9, 129)]
+    shapes += [(int(rng.integers(1, 140)), int(rng.integers(1, 200))) for _ in range(12)]
+    for p_clear in (0.001, 0.02, 0.3, 0.8):
+        for shape in shapes:
+            mask = (rng.random(shape) >= p_clear).astype(np.uint8)
+            mask[:, :int(rng.integers(0, 12))] = 0
+            mask[-int(rng.integers(1, 12)):, :] = 0
+            mask[5:9, 10:30] = 0
+            closed = _close_ellipse(mask, r)
+            assert closed.dtype == np.uint8
+            assert np.array_equal(closed, cv2.morphologyEx(mask, cv2.MORPH_CLOSE, k)), shape
+            assert np.array_equal(_close_ellipse(mask.astype(bool), r), closed)
+            assert np.array_equal(_dilate_ellipse(mask * 3, r), cv2.dilate(mask, k)), shape
