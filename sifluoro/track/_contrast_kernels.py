@@ -1270,6 +1270,26 @@ def best_line(zo, zw, validf, low, high, seen, stack):
     return best
 
 
+@njit(cache=True, nogil=True)
+def clear_sparse_blocks(pixels, factor, top, invert, min_count, blocks):
+    """Clear the flagged cells of ``blocks`` (``factor`` x ``factor`` pixel blocks) with fewer
+    than ``min_count`` pixels at attenuation 0: stored 0, or ``top`` and above when ``invert``
+    (as :func:`reduce_frame` flags them). Reference: contrast_reference.dense_text_blocks."""
+    rows, cols = blocks.shape
+    for by in range(rows):
+        for bx in range(cols):
+            if not blocks[by, bx]:
+                continue
+            n = 0
+            for y in range(by * factor, (by + 1) * factor):
+                for x in range(bx * factor, (bx + 1) * factor):
+                    v = pixels[y, x]
+                    if (v >= top) if invert else (v == 0):
+                        n += 1
+            if n < min_count:
+                blocks[by, bx] = False
+
+
 def warm_up(rows: int = 1024, cols: int = 1024, factor: int = 4) -> None:
     """Compile every kernel on arrays of the real frame size and dtype (uint16 stored pixels)."""
     shape = (rows // factor, cols // factor)
@@ -1284,6 +1304,10 @@ def warm_up(rows: int = 1024, cols: int = 1024, factor: int = 4) -> None:
     reduce_frame(pixels, factor, 4095, False, img, zero, one, row_sum, row_min, row_max)
     pixels.flags.writeable = False  # a DICOM file's decoded frames: a type of their own
     reduce_frame(pixels, factor, 4095, False, img, zero, one, row_sum, row_min, row_max)
+    for flagged in (zero, one):  # writeable and read-only pixels, both polarities
+        clear_sparse_blocks(pixels, factor, 4095, flagged is one, 4.0, flagged)
+        clear_sparse_blocks(np.zeros((rows, cols), np.uint16), factor, 4095, flagged is one, 4.0,
+                            flagged)
     smooth_binomial(img, tmp, img)
     slots = np.zeros((2,) + shape, np.float32)
     envelope_max(slots, 2, tmp)

@@ -241,17 +241,12 @@ def _dense_text_blocks(pixels: np.ndarray, factor: int, top: int, invert: bool,
                        blocks: np.ndarray) -> None:
     """Clear the blocks of ``blocks`` (K.text_blocks) with fewer than ``TEXT_BLOCK_SHARE`` of
     their pixels at attenuation 0 (stored 0, or ``top`` when ``invert``, as K.reduce_frame
-    flags them): noise clipped in dark anatomy, not burned-in text. Counted on the few flagged
-    blocks only; a block of 4 pixels or fewer (512² and smaller) always holds enough."""
-    if TEXT_BLOCK_SHARE * factor * factor <= 1.0 or not blocks.any():
+    flags them): noise clipped in dark anatomy, not burned-in text. A block of 4 pixels or
+    fewer (512² and smaller) always holds enough."""
+    min_count = TEXT_BLOCK_SHARE * factor * factor
+    if min_count <= 1.0 or not blocks.any():
         return
-    ys, xs = np.nonzero(blocks)
-    rows, cols = blocks.shape
-    tiles = pixels[:rows * factor, :cols * factor].reshape(rows, factor, cols, factor)
-    picked = tiles[ys, :, xs, :]
-    counts = np.count_nonzero(picked >= top if invert else picked == 0, axis=(1, 2))
-    sparse = counts < TEXT_BLOCK_SHARE * factor * factor
-    blocks[ys[sparse], xs[sparse]] = False
+    K.clear_sparse_blocks(pixels, factor, top, invert, min_count, blocks)
 
 
 def pose_key(frame: Frame, shape: tuple[int, int]) -> tuple:

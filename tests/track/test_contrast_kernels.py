@@ -464,3 +464,29 @@ def test_negative_mass_is_the_sequential_sum(rng, box):
         if v > 0.0 and ok:
             want += float(v)
     assert K.negative_mass(score, valid, x0, y0, x1, y1, 2.5) == want
+
+
+@pytest.mark.parametrize("invert", [False, True])
+@pytest.mark.parametrize("factor, width", [(4, 64), (4, 66), (3, 61), (2, 40)])
+def test_clear_sparse_blocks_matches_its_numpy_reference(invert, factor, width):
+    """The text mask's share rule (contrast._dense_text_blocks) against the NumPy version it
+    replaced, on frames whose width is not a multiple of the block."""
+    from sifluoro.track.contrast_reference import dense_text_blocks
+
+    rng = np.random.default_rng(factor * 100 + width + invert)
+    top = 4095
+    cleared = kept = 0
+    for _ in range(20):
+        pixels = rng.integers(0, top + 1, (48, width)).astype(np.uint16)
+        hits = rng.random(pixels.shape) < rng.uniform(0.05, 0.6)
+        pixels[hits] = top if invert else 0
+        blocks = rng.random((48 // factor, width // factor)) < 0.5
+        expected = blocks.copy()
+        dense_text_blocks(pixels, factor, top, invert, 0.25 * factor * factor, expected)
+        got = blocks.copy()
+        pixels.flags.writeable = False
+        K.clear_sparse_blocks(pixels, factor, top, invert, 0.25 * factor * factor, got)
+        assert np.array_equal(got, expected)
+        cleared += int((blocks & ~got).sum())
+        kept += int(got.sum())
+    assert cleared and kept  # both outcomes were exercised
