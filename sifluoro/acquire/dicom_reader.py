@@ -348,7 +348,7 @@ def order_runs(runs: list[Run]) -> list[Run]:
 def untimed_run(run: Run, start_s: float) -> Run:
     """``run``, which has no acquisition or content time, put at ``start_s`` (the study's
     end) with its frames refused: none is shown, their dose counted from the header."""
-    return replace(run, start_s=start_s, read_frames=partial(
+    return replace(run, start_s=start_s, frames_refused=True, read_frames=partial(
         pixel_readers.read_refused, tag="(0008,002A) AcquisitionDateTime",
         why="no acquisition or content time, so the run cannot be placed in the study (its "
             "dose is counted at the study's end); export it with its timing attributes",

@@ -453,8 +453,7 @@ class LiveStudies:
                 study.evicted = True
                 del self._studies[study_uid]
         log.info("study %s: its spool folder was deleted; it starts anew", study_uid)
-        if study.events is not self._shared_events:
-            self._close_events(study.events)
+        self._close_own_events(study)
 
     def _evict_idle(self) -> None:
         """Forget the studies idle for ``idle_evict_s`` (see the class docstring)."""
@@ -473,8 +472,7 @@ class LiveStudies:
                         del self._studies[uid]
                         gone.append(study)
         for study in gone:
-            if study.events is not self._shared_events:
-                self._close_events(study.events)
+            self._close_own_events(study)
 
     def _process(self, study: _LiveStudy, sop_uid: str, *, catching_up: bool) -> None:
         """Process one stored instance; never raises (what fails is listed as rejected)."""
@@ -619,10 +617,14 @@ class LiveStudies:
                     self._save_progress(study, final=True)
             if study.done:
                 self._write_summary(study)
-            if study.events is not self._shared_events:
-                self._close_events(study.events)
+            self._close_own_events(study)
         if self._shared_events is not None:
             self._close_events(self._shared_events)
+
+    def _close_own_events(self, study: _LiveStudy) -> None:
+        """Close the study's events file unless it is the shared one (--events)."""
+        if study.events is not self._shared_events:
+            self._close_events(study.events)
 
     def _close_events(self, events: EventLog) -> None:
         try:

@@ -229,7 +229,8 @@ class Receiver:
         for sop_class in IMAGE_SOP_CLASSES:
             ae.add_supported_context(sop_class, syntaxes)
         for sop_class in sorted(SR_SOP_CLASSES):  # older devices send dose reports as
-            ae.add_supported_context(sop_class, list(UNCOMPRESSED) + list(DEFLATED))  # Enhanced/Comprehensive SR
+            # Enhanced/Comprehensive SR
+            ae.add_supported_context(sop_class, list(UNCOMPRESSED) + list(DEFLATED))
         ae.add_supported_context(Verification)
         ctx = server_ssl_context(s.tls_cert, s.tls_key, s.tls_ca) if s.tls_cert else None
         handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, _on_echo),

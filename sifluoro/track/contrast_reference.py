@@ -244,16 +244,3 @@ def warm_up(rows: int, cols: int) -> None:
     """Compile :meth:`ReferenceBank.adopt_run`'s kernels for a working grid."""
     R.warm_up(rows, cols)
 
-
-def dense_text_blocks(pixels: np.ndarray, factor: int, top: int, invert: bool,
-                      min_count: float, blocks: np.ndarray) -> None:
-    """NumPy reference of K.clear_sparse_blocks: counted on the flagged blocks only."""
-    if not blocks.any():
-        return
-    ys, xs = np.nonzero(blocks)
-    rows, cols = blocks.shape
-    tiles = pixels[:rows * factor, :cols * factor].reshape(rows, factor, cols, factor)
-    picked = tiles[ys, :, xs, :]
-    counts = np.count_nonzero(picked >= top if invert else picked == 0, axis=(1, 2))
-    sparse = counts < min_count
-    blocks[ys[sparse], xs[sparse]] = False

@@ -466,13 +466,25 @@ def test_negative_mass_is_the_sequential_sum(rng, box):
     assert K.negative_mass(score, valid, x0, y0, x1, y1, 2.5) == want
 
 
+def dense_text_blocks(pixels, factor, top, invert, min_count, blocks):
+    """NumPy reference of K.clear_sparse_blocks, counted on the flagged blocks only (the
+    contrast stage's first version of the rule)."""
+    if not blocks.any():
+        return
+    ys, xs = np.nonzero(blocks)
+    rows, cols = blocks.shape
+    tiles = pixels[:rows * factor, :cols * factor].reshape(rows, factor, cols, factor)
+    picked = tiles[ys, :, xs, :]
+    counts = np.count_nonzero(picked >= top if invert else picked == 0, axis=(1, 2))
+    sparse = counts < min_count
+    blocks[ys[sparse], xs[sparse]] = False
+
+
 @pytest.mark.parametrize("invert", [False, True])
 @pytest.mark.parametrize("factor, width", [(4, 64), (4, 66), (3, 61), (2, 40)])
 def test_clear_sparse_blocks_matches_its_numpy_reference(invert, factor, width):
     """The text mask's share rule (contrast._dense_text_blocks) against the NumPy version it
     replaced, on frames whose width is not a multiple of the block."""
-    from sifluoro.track.contrast_reference import dense_text_blocks
-
     rng = np.random.default_rng(factor * 100 + width + invert)
     top = 4095
     cleared = kept = 0
