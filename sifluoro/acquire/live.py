@@ -40,7 +40,7 @@ from typing import Callable, Iterator
 
 import pydicom
 
-from sifluoro.acquire.dicom_reader import run_from_dataset, untimed_run
+from sifluoro.acquire.dicom_reader import copy_rank, read_header, run_from_dataset, untimed_run
 from sifluoro.acquire.spool import Spool, StudyState
 from sifluoro.config import Settings
 from sifluoro.dose.rdsr_read import is_dose_report
@@ -54,6 +54,14 @@ log = logging.getLogger(__name__)
 
 EVENTS_NAME = "events.jsonl"
 SUMMARY_NAME = "summary.json"
+
+
+def _whole_file(path: Path) -> bool:
+    """Whether an instance's file holds its whole dataset (not cut short: copy_rank's rule)."""
+    try:
+        return copy_rank(read_header(path), path)[0]
+    except (InputError, OSError):
+        return False
 
 
 #: how the engine starts every event line (EventLog.append: the contract's first two keys)
@@ -249,11 +257,8 @@ class LiveStudies:
         self._forget_if_deleted(study_uid)
         with self._locked(study_uid) as study:
             duplicate = sop_uid in study.received_set
-            if duplicate:
-                self._count_duplicate(study)
         if duplicate:
-            self._write_duplicates(study)  # file work outside the study's lock
-            return False
+            return self._store_again(study_uid, sop_uid, write)
         tmp = write()
         with self._locked(study_uid) as study:
             try:
@@ -267,9 +272,50 @@ class LiveStudies:
             if not duplicate:
                 self._record_locked(study, sop_uid, final)
         if duplicate:
-            self._write_duplicates(study)
+            self._write_counts(study)
             return False
         return True
+
+    def _store_again(self, study_uid: str, sop_uid: str, write: Callable[[], Path]) -> bool:
+        """A copy of an instance stored already: a duplicate, counted; unless the stored copy
+        is cut short and this one is whole. That one is kept beside it
+        (:meth:`Spool.whole_copy_path`), so a replay of the study's folder shows the frames the
+        live analysis lost (review s22 F2); the live study goes on with the copy it processed.
+        Returns True when stored."""
+        spool = self.spool
+        if not spool.whole_copy_path(study_uid, sop_uid).exists() \
+                and not _whole_file(spool.instance_path(study_uid, sop_uid)):
+            tmp = write()  # file work outside the study's lock
+            try:
+                if _whole_file(tmp):
+                    with self._locked(study_uid) as study:
+                        if not spool.whole_copy_path(study_uid, sop_uid).exists():
+                            self._record_whole_copy_locked(study, sop_uid, tmp)
+                            stored = True
+                        else:  # another association's copy was first
+                            self._count_duplicate(study)
+                            stored = False
+                    self._write_counts(study)
+                    return stored
+            finally:
+                spool.discard(tmp)  # a no-op once renamed
+        with self._locked(study_uid) as study:
+            self._count_duplicate(study)
+        self._write_counts(study)
+        return False
+
+    def _record_whole_copy_locked(self, study: _LiveStudy, sop_uid: str, tmp: Path) -> None:
+        final = self.spool.commit(tmp, study.uid, sop_uid, whole_copy=True)
+        study.state.whole_copies += 1
+        try:
+            self.spool.save_state(study.state)
+        except BaseException:  # not recorded, so not stored: the sender gets a failure
+            study.state.whole_copies -= 1
+            self.spool.uncommit(final)
+            raise
+        log.info("study %s: a whole copy of an instance stored cut short is kept as %s; the "
+                 "live analysis keeps its lost frames, a replay of the folder shows them",
+                 study.uid, final.name)
 
     def _record_locked(self, study: _LiveStudy, sop_uid: str, final: Path) -> None:
         """Record a stored instance and queue the study (study lock held)."""
@@ -307,8 +353,9 @@ class LiveStudies:
         """The study's own summary under its lock, the --summary copy (any study's) under one."""
         return study.summary_lock if path == study.summary_path else self._shared_summary_lock
 
-    def _write_duplicates(self, study: _LiveStudy) -> None:
-        """The count into the summaries written so far: a duplicate is processed by nothing, so
+    def _write_counts(self, study: _LiveStudy) -> None:
+        """The duplicates and whole copies into the summaries written so far: neither is
+        processed by anything, so
         no summary would say it until the study's next new instance, or never after a restart
         (user review s20 I1)."""
         for path in (study.summary_path, self._summary_path):
@@ -323,7 +370,7 @@ class LiveStudies:
                     continue
                 if not summary or summary.get("study_instance_uid") != study.uid:
                     continue  # the --summary copy is another study's now
-                summary["duplicates"] = study.state.duplicates
+                summary.update(self._counts(study))
                 try:
                     write_json(path, summary)
                 except OSError as exc:
@@ -565,7 +612,7 @@ class LiveStudies:
             if path is None:
                 continue
             with self._summary_lock(study, path):
-                summary["duplicates"] = study.state.duplicates  # as of now: one may have come
+                summary.update(self._counts(study))  # as of now: one may have come
                 try:
                     write_json(path, summary)
                 except OSError:
@@ -587,11 +634,15 @@ class LiveStudies:
         summary = build_summary(view, study.pipeline_state, list(study.rejected))
         summary.update({
             "instances": study.done,
-            "duplicates": study.state.duplicates,
+            **self._counts(study),
             "out_of_order_runs": study.out_of_order_runs,
             "receive_latency_ms": latency_summary(study.receive_to_event_ms),
         })
         return summary
+
+    @staticmethod
+    def _counts(study: _LiveStudy) -> dict:
+        return {"duplicates": study.state.duplicates, "whole_copies": study.state.whole_copies}
 
     def receive_latencies_ms(self) -> dict[str, list[float]]:
         """Per study, instance stored → its last event written, in ms (this process only)."""

@@ -4,6 +4,8 @@ a small state file per study.
 Layout::
 
     SPOOL/<StudyInstanceUID>/<SOPInstanceUID>.dcm      one file per accepted instance
+    SPOOL/<StudyInstanceUID>/<SOPInstanceUID>.whole.dcm  its whole copy, when the first was cut
+                                                       short (kept beside it; replay uses it)
     SPOOL/<StudyInstanceUID>/.<SOPInstanceUID>.*.part  an instance being written (temporary)
     SPOOL/<StudyInstanceUID>/state.json                arrival order, how many were processed
 
@@ -33,6 +35,7 @@ UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 UID_MAX_CHARS = 64
 STATE_NAME = "state.json"
 PART_SUFFIX = ".part"
+WHOLE_COPY_SUFFIX = ".whole.dcm"
 #: at most this often, a refusal for the quota first counts the spool's files again
 REMEASURE_S = 5.0
 LOCK_NAME = ".lock"
@@ -119,6 +122,7 @@ class StudyState:
     received: list[str] = field(default_factory=list)
     processed: int = 0
     duplicates: int = 0
+    whole_copies: int = 0  # whole copies stored beside an instance stored cut short
 
     @property
     def finished(self) -> bool:
@@ -127,6 +131,7 @@ class StudyState:
     def as_dict(self) -> dict:
         return {"study_instance_uid": self.study_instance_uid, "received": list(self.received),
                 "processed": self.processed, "duplicates": self.duplicates,
+                "whole_copies": self.whole_copies,
                 "finished": self.finished}
 
 
@@ -222,6 +227,12 @@ class Spool:
         return self.study_dir(study_uid) / (check_uid(sop_uid, tag="(0008,0018) SOPInstanceUID")
                                             + ".dcm")
 
+    def whole_copy_path(self, study_uid: str, sop_uid: str) -> Path:
+        """Where the whole copy of an instance stored cut short is kept: beside it, under a name
+        whose stem is no UID, so the live study (its restarts included) goes on with the copy
+        it processed, and a replay of the folder takes the whole one (copy_rank)."""
+        return self.instance_path(study_uid, sop_uid).with_suffix(WHOLE_COPY_SUFFIX)
+
     def stored_instances(self, study_uid: str) -> list[str]:
         """SOP Instance UIDs with a complete file in the study folder."""
         folder = self.study_dir(study_uid)
@@ -285,9 +296,10 @@ class Spool:
             raise
         return Path(tmp)
 
-    def commit(self, tmp: Path, study_uid: str, sop_uid: str) -> Path:
-        """Rename a complete temporary file to its final name and make the rename durable."""
-        final = self.instance_path(study_uid, sop_uid)
+    def commit(self, tmp: Path, study_uid: str, sop_uid: str, *, whole_copy: bool = False) -> Path:
+        """Rename a complete temporary file to its final name (:meth:`whole_copy_path` with
+        ``whole_copy``) and make the rename durable."""
+        final = (self.whole_copy_path if whole_copy else self.instance_path)(study_uid, sop_uid)
         size = tmp.stat().st_size
         with self._lock:  # a quota re-measure sees the file and knows it is not settled yet
             os.replace(tmp, final)
@@ -319,7 +331,8 @@ class Spool:
             raw = json.loads(path.read_text(encoding="utf-8"))
             return StudyState(study_uid, [check_uid(u, tag="(0008,0018) SOPInstanceUID")
                                           for u in raw.get("received", [])],
-                              int(raw.get("processed", 0)), int(raw.get("duplicates", 0)))
+                              int(raw.get("processed", 0)), int(raw.get("duplicates", 0)),
+                              int(raw.get("whole_copies", 0)))
         except FileNotFoundError:
             return StudyState(study_uid)
         except (ValueError, TypeError, InputError) as exc:

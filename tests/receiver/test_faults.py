@@ -510,6 +510,45 @@ def test_an_image_whose_frames_cannot_be_cut_is_stored_with_its_dose(start_recei
     assert summary["study_dose"]["air_kerma_mgy"] > 0
 
 
+def test_a_whole_copy_sent_after_one_cut_short_is_stored_beside_it(start_receiver, study_files,
+                                                                   tmp_path, monkeypatch):
+    """Review s22 F2: an instance forwarded cut short inside its last frame is stored (2 of 3
+    frames shown, the third lost); its whole copy, sent again, was answered Success and
+    dropped as a duplicate, so the spool never held that frame. It is now kept beside the cut
+    copy: the live study goes on with what it showed, a replay of the folder shows all, and a
+    third copy is a duplicate."""
+    receiver = start_receiver()
+    whole = Path(study_files[0])
+    study_uid, sop_uid = file_uids(whole)
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(whole.read_bytes()[:-3000])  # inside frame 3 of 3
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)  # the bytes as they are
+    assert send(receiver.port, [cut]) == [(0, "")]
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", False)
+    summary_path = receiver.spool / study_uid / "summary.json"
+    wait_for(lambda: summary_path.exists())
+
+    for resent in (1, 2):  # the whole copy, stored; then again, a duplicate
+        done = storescu(receiver.port, [whole])
+        assert done.returncode == 0, done.stdout + done.stderr
+        wait_for(lambda: json.loads(summary_path.read_text())["duplicates"] == resent - 1
+                 and json.loads(summary_path.read_text())["whole_copies"] == 1)
+    done = storescu(receiver.port, study_files[1:])
+    assert done.returncode == 0, done.stdout + done.stderr
+    wait_for(lambda: json.loads(summary_path.read_text())["instances"] == 3)
+
+    summary = json.loads(summary_path.read_text())
+    assert (summary["frames"], summary["lost_frames"]["frames"]) == (2 + 2 + 2, 1)
+    kept = spooled(receiver.spool, study_uid, sop_uid).with_suffix(".whole.dcm")
+    assert pydicom.dcmread(kept).PixelData == pydicom.dcmread(whole).PixelData
+    state = json.loads((receiver.spool / study_uid / "state.json").read_text())
+    assert state["whole_copies"] == 1 and len(state["received"]) == 3
+    assert "kept as" in receiver.log()
+    replayed = replay([receiver.spool / study_uid], events_path=tmp_path / "e.jsonl",
+                      summary_path=tmp_path / "s.json", stages=[]).summary
+    assert (replayed["frames"], replayed["lost_frames"]["frames"]) == (3 + 2 + 2, 0)
+
+
 def test_an_events_or_summary_path_that_cannot_be_written_stops_the_start(tmp_path, capsys):
     """User review s18 F24: ``receive --events`` naming a place that cannot be written started,
     answered every instance success and lost every event (exit 1 only at shutdown)."""
