@@ -97,6 +97,12 @@ class UntimedRunError(DamagedPixelDataError, MissingAttributeError):
     frames, at the study's end)."""
 
 
+class OverlappingRunError(DamagedPixelDataError):
+    """A run that starts before an earlier run's last frame: one plane cannot expose two runs
+    at once (a second plane, a derived copy or a wrong clock), and its frames would run
+    backwards in time, so none is shown; its dose counts (as lost frames)."""
+
+
 class DuplicateInstanceError(InputError):
     """Another file holds the same SOP instance and is used instead (the newer copy): this
     one is not counted twice."""

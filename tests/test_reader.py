@@ -73,6 +73,31 @@ def test_order_comes_from_acquisition_time_not_file_names(tmp_path):
         [0.0, 0.133333, 0.266666, 7.5, 7.633333, 7.766666, 35.0, 35.133333, 35.266666], abs=1e-5)
 
 
+def test_a_run_that_starts_inside_an_earlier_one_is_not_shown_and_its_dose_counts(tmp_path):
+    """One plane cannot expose two runs at once: "b" starts inside "a" (its frames would go
+    back in time, breaking the contract's rising t_s, which replay broke before), "c" after
+    both. "b"'s frames are refused naming "a", its dose counted; the events keep the rule."""
+    from sifluoro.contract import replay_output_violations
+    from sifluoro.replay import replay
+
+    specs = [RunSpec(0.0, n_frames=5, filename="a.dcm"), RunSpec(0.2, filename="b.dcm"),
+             RunSpec(0.6, filename="c.dcm")]
+    write_study(tmp_path / "in", specs)
+    study = read_study([tmp_path / "in"])
+    assert [r.frames_refused for r in study.runs] == [False, True, False]
+    out = replay([tmp_path / "in"], events_path=tmp_path / "e.jsonl",
+                 summary_path=tmp_path / "s.json", stages=[])
+    assert replay_output_violations(tmp_path / "e.jsonl", tmp_path / "s.json") == []
+    assert out.summary["frames"] == 5 + 3 and out.summary["lost_frames"]["frames"] == 3
+    [rejected] = out.summary["rejected_files"]
+    assert rejected["error"] == "OverlappingRunError" and "a.dcm" in rejected["reason"]
+    apart = [replace(spec, start_s=10.0 * k) for k, spec in enumerate(specs)]
+    write_study(tmp_path / "apart", apart)
+    alone = replay([tmp_path / "apart"], events_path=tmp_path / "e2.jsonl",
+                   summary_path=tmp_path / "s2.json", stages=[]).summary
+    assert out.summary["study_dose"] == pytest.approx(alone["study_dose"])
+
+
 def test_frame_time_vector_gives_irregular_timing(tmp_path):
     write_study(tmp_path, [RunSpec(0.0, n_frames=4, frame_time_vector_ms=[0.0, 66.7, 133.3, 66.7])])
     run = read_study([tmp_path]).runs[0]

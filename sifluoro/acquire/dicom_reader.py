@@ -54,6 +54,7 @@ from sifluoro.errors import (
     MissingAttributeError,
     MultipleStudiesError,
     NotDicomError,
+    OverlappingRunError,
     StudyNotFoundError,
     UID_CHARACTERS,
     UnsupportedDicomError,
@@ -339,10 +340,36 @@ def order_runs(runs: list[Run]) -> list[Run]:
         timed, untimed = [replace(untimed[0], start_s=0.0)], []
     timed.sort(key=lambda r: (r.start_s, header.sort_tiebreak(r)))
     t0 = timed[0].start_s if timed else 0.0
-    placed = [replace(r, start_s=r.start_s - t0) for r in timed]
-    end_s = max((r.start_s + r.frame_offsets_s[-1] for r in placed), default=0.0)
+    placed: list[Run] = []
+    for run in timed:
+        run = replace(run, start_s=run.start_s - t0)
+        placed.append(overlap_checked(run, placed))
+    end_s = max((run_end_s(r) for r in placed), default=0.0)
     placed += [untimed_run(r, end_s) for r in sorted(untimed, key=header.sort_tiebreak)]
     return [replace(r, index=i) for i, r in enumerate(placed)]
+
+
+def run_end_s(run: Run) -> float:
+    """When the run's last frame was taken (the study's clock, as ``start_s``)."""
+    return run.start_s + run.frame_offsets_s[-1]
+
+
+def overlap_checked(run: Run, earlier: Iterable[Run]) -> Run:
+    """``run``, or, when it starts before the last frame of a run shown before it, ``run``
+    with its frames refused: its frames would run backwards in time (docs/contract.md §3) and
+    one plane cannot expose two runs at once, so a header is wrong or the run is a copy. Its
+    dose is counted all the same (a second plane's exposure is real); its rejection names the
+    other file."""
+    first = max((r for r in earlier if not r.frames_refused), key=run_end_s, default=None)
+    if first is None or run.start_s >= run_end_s(first):
+        return run
+    return replace(run, frames_refused=True, read_frames=partial(
+        pixel_readers.read_refused, tag="(0008,002A) AcquisitionDateTime",
+        why=f"it starts before the last frame of {Path(first.path).name} (at "
+            f"{run.start_s:+.3f} s, against {run_end_s(first):+.3f} s): one plane cannot "
+            "expose two runs at once (a second plane, a derived copy or a wrong clock), and "
+            "its frames would go back in time",
+        error=OverlappingRunError))
 
 
 def untimed_run(run: Run, start_s: float) -> Run:

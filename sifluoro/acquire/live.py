@@ -40,7 +40,8 @@ from typing import Callable, Iterator
 
 import pydicom
 
-from sifluoro.acquire.dicom_reader import copy_rank, read_header, run_from_dataset, untimed_run
+from sifluoro.acquire.dicom_reader import (copy_rank, overlap_checked, read_header,
+                                           run_from_dataset, untimed_run)
 from sifluoro.acquire.spool import Spool, StudyState
 from sifluoro.config import Settings
 from sifluoro.dose.rdsr_read import is_dose_report
@@ -575,6 +576,8 @@ class LiveStudies:
             study.latest_start_s = max(study.latest_start_s, run.start_s)
             study.out_of_order_runs += late
             run = replace(run, start_s=run.start_s - study.t0_s)
+            if not late:  # a late one is marked out of order instead
+                run = overlap_checked(run, study.runs)
         run = replace(run, index=len(study.runs))
         study.runs.append(run)
         state = study.pipeline_state

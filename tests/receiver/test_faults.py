@@ -549,6 +549,26 @@ def test_a_whole_copy_sent_after_one_cut_short_is_stored_beside_it(start_receive
     assert (replayed["frames"], replayed["lost_frames"]["frames"]) == (3 + 2 + 2, 0)
 
 
+def test_a_run_received_that_starts_inside_the_run_before_is_not_shown(start_receiver, tmp_path):
+    """As replay (tests/test_reader.py): its frames would go back in time without being out of
+    order (it starts after the run before it started), breaking the events' rising t_s."""
+    from sifluoro.contract import replay_output_violations
+
+    files = write_study(tmp_path / "in", [RunSpec(0.0, n_frames=5), RunSpec(0.2),
+                                          RunSpec(0.6)])
+    receiver = start_receiver()
+    done = storescu(receiver.port, files)
+    assert done.returncode == 0, done.stdout + done.stderr
+    study_uid, _ = file_uids(files[0])
+    folder = receiver.spool / study_uid
+    wait_for(lambda: (folder / "summary.json").exists()
+             and json.loads((folder / "summary.json").read_text())["instances"] == 3)
+    summary = json.loads((folder / "summary.json").read_text())
+    assert [r["error"] for r in summary["rejected_files"]] == ["OverlappingRunError"]
+    assert (summary["frames"], summary["lost_frames"]["frames"]) == (8, 3)
+    assert replay_output_violations(folder / "events.jsonl", folder / "summary.json") == []
+
+
 def test_an_events_or_summary_path_that_cannot_be_written_stops_the_start(tmp_path, capsys):
     """User review s18 F24: ``receive --events`` naming a place that cannot be written started,
     answered every instance success and lost every event (exit 1 only at shutdown)."""
