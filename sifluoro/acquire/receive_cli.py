@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
+import os
 import sys
-import threading
 from pathlib import Path
 
 from sifluoro.acquire.receiver_settings import ReceiverSettings
 from sifluoro.argtypes import budget_ms
 from sifluoro.config import Settings
 from sifluoro.errors import ConfigError
+from sifluoro.stopping import stop_on_signals
 
 log = logging.getLogger("sifluoro.acquire.receiver")
 
@@ -46,7 +46,8 @@ def add_receive_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spool-quota-mb", type=float, metavar="MB",
                         help="most MiB of instances the spool may hold (default: no quota)")
     parser.add_argument("--drain-timeout-s", type=float, default=d.drain_timeout_s,
-                        help="on SIGTERM, how long open associations may finish (default %(default)s)")
+                        help="on SIGTERM or Ctrl-C, how long open associations may finish (a "
+                             "second signal stops at once; default %(default)s)")
     parser.add_argument("--budget-ms", type=budget_ms, default=Settings().latency_budget_ms,
                         help="per-frame latency budget for image work (default %(default)s ms)")
 
@@ -76,9 +77,7 @@ def run_receive(args: argparse.Namespace) -> int:
 
     # found at the first study, a service would run for days writing nothing a reader can use
     check_writable(events=args.events, summary=args.summary)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda signum, frame: stop.set())
+    stop = stop_on_signals()  # a second signal ends a drain at once (see _drain)
     try:
         receiver = Receiver(settings_from_args(args),
                             pipeline_settings=Settings(latency_budget_ms=args.budget_ms))
@@ -90,8 +89,7 @@ def run_receive(args: argparse.Namespace) -> int:
           f"{receiver.settings.ae_title}", flush=True)
     while not stop.wait(0.5):
         pass
-    log.info("signal received: draining")
-    receiver.stop()
+    _drain(receiver)
     print(f"sifluoro receive: stopped ({receiver.counts['stored']} stored, "
           f"{receiver.counts['duplicates']} duplicates, {receiver.counts['refused']} refused)",
           flush=True)
@@ -100,6 +98,22 @@ def run_receive(args: argparse.Namespace) -> int:
               f"writes failed (a full disk?); see the log", file=sys.stderr, flush=True)
         return 1
     return 0
+
+
+def _drain(receiver) -> None:
+    """Stop the receiver; on a second SIGINT, exit at once (130). The drain may wait minutes
+    (open associations, a backlog to process) and its threads would hold the process after
+    an exception, so the exit is forced: nothing is lost, since every instance answered
+    Success is in the spool and a restart processes what is unfinished (a second SIGTERM
+    kills the process as it would without a handler)."""
+    try:
+        log.info("signal received: draining")
+        receiver.stop()
+    except KeyboardInterrupt:
+        print("sifluoro receive: stopped at once on a second signal; unfinished studies "
+              "resume at the next start", file=sys.stderr, flush=True)
+        logging.shutdown()
+        os._exit(130)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,6 +9,7 @@ import copy
 import errno
 import json
 import os
+import signal
 import socket
 import struct
 import subprocess
@@ -402,6 +403,26 @@ def test_sigterm_drains_open_association_and_pipelines(tmp_path, start_receiver)
     assert b"stopped" in receiver.stdout
     assert np.all([dataset_bytes(spooled(receiver.spool, study_uid, file_uids(p)[1]))
                    == dataset_bytes(p) for p in paths])
+
+
+def test_a_second_sigint_ends_a_drain_at_once_and_the_spool_opens_again(tmp_path,
+                                                                         start_receiver,
+                                                                         study_files):
+    """Review s22: the drain (here held by an association left open, for up to 300 s) ignored
+    every further signal, so an operator's second Ctrl-C did nothing."""
+    receiver = start_receiver(None, "--drain-timeout-s", "300")
+    assoc = _associate(receiver.port)
+    try:
+        assert assoc.send_c_store(pydicom.dcmread(study_files[0])).Status == 0
+        receiver.proc.send_signal(signal.SIGINT)
+        wait_for(lambda: "draining" in receiver.log(), timeout_s=30)
+        receiver.proc.send_signal(signal.SIGINT)
+        assert receiver.proc.wait(timeout=30) == 130
+    finally:
+        assoc.abort()
+    assert "second signal" in receiver.log()
+    again = start_receiver()  # the spool's lock went with the process
+    assert again.terminate() == 0
 
 
 def _receive(spool: Path, port: int) -> subprocess.CompletedProcess:
