@@ -46,7 +46,7 @@ from sifluoro.acquire.spool import Spool, StudyState
 from sifluoro.config import Settings
 from sifluoro.dose.rdsr_read import is_dose_report
 from sifluoro.dose.summary import device_report
-from sifluoro.errors import DamagedPixelDataError, InputError
+from sifluoro.errors import DamagedPixelDataError, InputError, SifluoroError
 from sifluoro.model import Frame, Rejection, Run, Study
 from sifluoro.pipeline import Pipeline, Stage, StudyState as PipelineState, latency_summary
 from sifluoro.replay import build_summary, count_lost, default_stages, write_json
@@ -55,6 +55,10 @@ log = logging.getLogger(__name__)
 
 EVENTS_NAME = "events.jsonl"
 SUMMARY_NAME = "summary.json"
+
+
+class ReceiverStoppingError(SifluoroError):
+    """An instance offered after :meth:`LiveStudies.close` began: not stored."""
 
 
 def _whole_file(path: Path) -> bool:
@@ -236,6 +240,8 @@ class LiveStudies:
         self._studies_lock = threading.Lock()
         self._idle = threading.Condition()
         self._busy = 0
+        self._admitting = 0  # store() calls under way; close() waits for them
+        self._closing = False
         # events, summaries or states that could not be written (a full disk): the caller's
         # exit status says so
         self.output_errors = 0
@@ -254,7 +260,24 @@ class LiveStudies:
         -------
         bool
             True if stored, False if it was a duplicate (stored once already; counted).
+
+        Raises
+        ------
+        ReceiverStoppingError
+            :meth:`close` has begun: nothing is written (the sender gets a failure status).
         """
+        with self._idle:
+            if self._closing:
+                raise ReceiverStoppingError("the receiver is stopping; send it again later")
+            self._admitting += 1
+        try:
+            return self._admit(study_uid, sop_uid, write)
+        finally:
+            with self._idle:
+                self._admitting -= 1
+                self._idle.notify_all()
+
+    def _admit(self, study_uid: str, sop_uid: str, write: Callable[[], Path]) -> bool:
         self._forget_if_deleted(study_uid)
         with self._locked(study_uid) as study:
             duplicate = sop_uid in study.received_set
@@ -659,7 +682,13 @@ class LiveStudies:
             return self._idle.wait_for(lambda: self._busy == 0, timeout=timeout_s)
 
     def close(self) -> None:
-        """Finish queued work, write every study's summary, close the events files."""
+        """Refuse what comes from now on, let the instances being stored finish (a receiver's
+        association aborted at the end of its drain may still be inside :meth:`store`; its
+        study could not be queued once the pool is shut down), finish queued work, write every
+        study's summary, close the events files."""
+        with self._idle:
+            self._closing = True
+            self._idle.wait_for(lambda: self._admitting == 0)
         self.wait_idle()
         self._executor.shutdown(wait=True)
         self.pipeline.close()

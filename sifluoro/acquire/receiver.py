@@ -67,7 +67,7 @@ from sifluoro.acquire.dicom_reader import (
     decoder_available,
     run_from_dataset,
 )
-from sifluoro.acquire.live import LiveStudies
+from sifluoro.acquire.live import LiveStudies, ReceiverStoppingError
 from sifluoro.acquire.video_pixels import video_decoder_available
 from sifluoro.acquire.receiver_settings import ReceiverSettings
 from sifluoro.acquire.spool import InvalidUIDError, Spool, SpoolFullError, check_uid
@@ -335,7 +335,7 @@ class Receiver:
         stored = False
         try:
             stored = self.live.store(study_uid, sop_uid, write)
-        except SpoolFullError as exc:
+        except (SpoolFullError, ReceiverStoppingError) as exc:
             raise _Refused(OUT_OF_RESOURCES, str(exc)) from exc
         except InputError as exc:
             raise _Refused(UNUSABLE, f"{exc.tag}: {exc.reason}" if exc.tag else exc.reason) from exc

@@ -516,3 +516,43 @@ def test_a_duplicate_with_a_pipe_as_the_summary_neither_hangs_nor_stops_the_stud
     summary = json.loads((spool.study_dir(uid) / "summary.json").read_text())
     assert summary["duplicates"] == 1 and received
     live.close()
+
+
+def test_close_waits_for_an_instance_being_stored_and_refuses_what_comes_after(tmp_path):
+    """Review s22's stop race: an association aborted at the end of the drain could still be
+    inside ``store`` when ``close`` shut the pool down: the instance was committed and
+    recorded, its study not queued (RuntimeError), so the sender was told it failed and the
+    study was left unprocessed until a restart. ``close`` now waits for it and processes it;
+    an instance offered after ``close`` began is refused before anything is written."""
+    from sifluoro.acquire.live import ReceiverStoppingError
+
+    paths = write_study(tmp_path / "a", SPECS[:2])
+    spool = Spool(tmp_path / "spool")
+    live = LiveStudies(spool, stages=[], workers=2)
+    study_uid, sop_uid = file_uids(paths[0])
+    writing, go_on = threading.Event(), threading.Event()
+
+    def slow_write():
+        writing.set()
+        assert go_on.wait(60)
+        return spool.write_temp(study_uid, sop_uid, paths[0].read_bytes())
+
+    stored = []
+    sender = threading.Thread(target=lambda: stored.append(live.store(study_uid, sop_uid,
+                                                                       slow_write)))
+    sender.start()
+    assert writing.wait(60)
+    closer = threading.Thread(target=live.close)
+    closer.start()
+    closer.join(0.5)
+    assert closer.is_alive()  # waits for the instance being stored
+    other_uid = file_uids(paths[1])[1]
+    with pytest.raises(ReceiverStoppingError):
+        live.store(study_uid, other_uid, lambda: pytest.fail("written after close began"))
+    go_on.set()
+    sender.join(60)
+    closer.join(60)
+    assert stored == [True] and not closer.is_alive()
+    state = json.loads((spool.study_dir(study_uid) / "state.json").read_text())
+    assert state["received"] == [sop_uid] and state["finished"]
+    assert json.loads((spool.study_dir(study_uid) / "summary.json").read_text())["frames"] == 3
