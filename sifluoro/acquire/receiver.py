@@ -28,8 +28,8 @@ Associations are rejected when the calling AE title is not in ``--allow-ae`` (wh
 when the called AE title is not ``--ae-title``, or beyond ``--max-associations``. SIGTERM (or
 SIGINT) drains: the listening socket closes, open associations finish (up to
 ``--drain-timeout-s``), pipelines finish, summaries are written, and the process exits 0.
-Instances are held in memory while received (pynetdicom), so the peak is about
-``--max-associations`` x ``--max-instance-mb``.
+Instances are received into temporary files (pynetdicom's chunked receiving, in ``$TMPDIR``)
+and copied into the spool, so none is held whole in memory.
 """
 from __future__ import annotations
 
@@ -37,7 +37,6 @@ import logging
 import ssl
 import threading
 import time
-from io import BytesIO
 from pathlib import Path
 
 import pydicom
@@ -94,6 +93,10 @@ MIB = 1 << 20
 
 # Identifiers of C-FIND etc. could carry patient data; this SCP takes none, but be sure.
 _config.LOG_REQUEST_IDENTIFIERS = False
+# A dataset arrives in a temporary file (in $TMPDIR, deleted after its handler) rather than in
+# memory: a cine run of hundreds of 1024² frames on each of --max-associations would
+# otherwise be held whole, twice, before --max-instance-mb could refuse it.
+_config.STORE_RECV_CHUNKED_DATASET = True
 
 
 class _OneLineConnectionErrors(logging.Filter):
@@ -298,11 +301,12 @@ class Receiver:
                                 tag="(0000,1000) AffectedSOPInstanceUID")
         except InvalidUIDError as exc:
             raise _Refused(INVALID_UID, f"invalid UID in {exc.tag}", exc.reason) from exc
-        data = event.encoded_dataset(include_meta=True)
-        if len(data) > self.max_instance_bytes:
-            raise _Refused(OUT_OF_RESOURCES, f"instance of {len(data) / MIB:.1f} MiB exceeds "
+        received = Path(event.dataset_path)  # the encoded dataset as sent, with a file meta
+        size = received.stat().st_size
+        if size > self.max_instance_bytes:
+            raise _Refused(OUT_OF_RESOURCES, f"instance of {size / MIB:.1f} MiB exceeds "
                            f"--max-instance-mb {self.settings.max_instance_mb:g}")
-        header = _parse_header(data)
+        header = _parse_header(received)
         request_class = UID(str(event.request.AffectedSOPClassUID or ""))
         if not header.get("SOPClassUID"):
             raise _Refused(CANNOT_UNDERSTAND, "no (0008,0016) SOPClassUID in the dataset")
@@ -320,7 +324,7 @@ class Receiver:
                            "C-STORE request's Affected SOP Instance UID")
 
         def write() -> Path:
-            tmp = self.spool.write_temp(study_uid, sop_uid, data)
+            tmp = self.spool.write_temp(study_uid, sop_uid, received)
             try:
                 _check_usable(tmp, request_class)
             except BaseException:
@@ -329,7 +333,7 @@ class Receiver:
             return tmp
 
         try:
-            self.spool.reserve(len(data))
+            self.spool.reserve(size)
         except SpoolFullError as exc:
             raise _Refused(OUT_OF_RESOURCES, str(exc)) from exc
         stored = False
@@ -340,13 +344,13 @@ class Receiver:
         except InputError as exc:
             raise _Refused(UNUSABLE, f"{exc.tag}: {exc.reason}" if exc.tag else exc.reason) from exc
         finally:
-            self.spool.settle(len(data), stored=stored)
+            self.spool.settle(size, stored=stored)
         return stored
 
 
-def _parse_header(data: bytes) -> Dataset:
+def _parse_header(path: Path) -> Dataset:
     try:
-        ds = pydicom.dcmread(BytesIO(data), stop_before_pixels=True)
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
         for _ in ds:  # elements are decoded lazily: surface broken ones here
             pass
         return ds

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 import threading
 import time
@@ -36,6 +37,7 @@ UID_MAX_CHARS = 64
 STATE_NAME = "state.json"
 PART_SUFFIX = ".part"
 WHOLE_COPY_SUFFIX = ".whole.dcm"
+COPY_CHUNK_BYTES = 1 << 20
 #: at most this often, a refusal for the quota first counts the spool's files again
 REMEASURE_S = 5.0
 LOCK_NAME = ".lock"
@@ -269,8 +271,9 @@ class Spool:
                 self._unsettled_bytes = max(self._unsettled_bytes - nbytes, 0)
 
     # Instances -----------------------------------------------------------------------------
-    def write_temp(self, study_uid: str, sop_uid: str, data: bytes) -> Path:
-        """Write an instance under a temporary name in its study folder, durably.
+    def write_temp(self, study_uid: str, sop_uid: str, data: bytes | Path) -> Path:
+        """Write an instance (its bytes, or a file's, copied in chunks) under a temporary name
+        in its study folder, durably.
 
         Raises ``SpoolFullError`` when the disk is full (the partial file is removed).
         """
@@ -285,7 +288,11 @@ class Spool:
                                    suffix=PART_SUFFIX, dir=folder)
         try:
             with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
+                if isinstance(data, Path):
+                    with open(data, "rb") as source:
+                        shutil.copyfileobj(source, fh, COPY_CHUNK_BYTES)
+                else:
+                    fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
         except OSError as exc:

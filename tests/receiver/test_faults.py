@@ -9,6 +9,7 @@ import copy
 import errno
 import json
 import os
+import re
 import signal
 import socket
 import struct
@@ -588,6 +589,33 @@ def test_a_run_received_that_starts_inside_the_run_before_is_not_shown(start_rec
     assert [r["error"] for r in summary["rejected_files"]] == ["OverlappingRunError"]
     assert (summary["frames"], summary["lost_frames"]["frames"]) == (8, 3)
     assert replay_output_violations(folder / "events.jsonl", folder / "summary.json") == []
+
+
+def _peak_rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
+
+
+def test_an_instance_is_received_into_a_file_not_held_in_memory(start_receiver, study_files,
+                                                                tmp_path, monkeypatch):
+    """Review s22: an instance was held whole in memory (pynetdicom's buffer, then a copy with
+    its file meta) before --max-instance-mb could refuse it, so the peak grew by twice the
+    largest instance on each association. A 120 MiB one now leaves the peak where it was."""
+    receiver = start_receiver(None, "--max-instance-mb", "20")
+    big = pydicom.dcmread(study_files[0])
+    big.Rows = big.Columns = 1024
+    big.NumberOfFrames = 60
+    big.PixelData = bytes(1024 * 1024 * 2 * 60)
+    path = tmp_path / "big.dcm"
+    big.save_as(path)
+    del big
+    assert_still_up(receiver.port)
+    before_mb = _peak_rss_mb(receiver.proc.pid)
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)  # from the file
+    [(status, comment)] = send(receiver.port, [path])
+    assert status == 0xA700 and "max-instance-mb" in comment
+    assert _peak_rss_mb(receiver.proc.pid) - before_mb < 40
+    assert not list(receiver.spool.rglob("*.dcm"))
 
 
 def test_an_events_or_summary_path_that_cannot_be_written_stops_the_start(tmp_path, capsys):
