@@ -379,9 +379,8 @@ class LiveStudies:
 
     def _write_counts(self, study: _LiveStudy) -> None:
         """The duplicates and whole copies into the summaries written so far: neither is
-        processed by anything, so
-        no summary would say it until the study's next new instance, or never after a restart
-        (user review s20 I1)."""
+        processed by anything, so no summary would say them until the study's next new
+        instance, or never after a restart (user review s20 I1)."""
         for path in (study.summary_path, self._summary_path):
             if path is None:
                 continue
