@@ -238,8 +238,6 @@ def test_a_picture_size_change_mid_capture_starts_a_new_run(tmp_path, monkeypatc
     for k in range(10):
         shape = (48, 64) if k < 6 else (60, 80)
         cv2.imwrite(str(tmp_path / f"f_{k:03d}.png"), np.full(shape, 20 + 20 * k, np.uint8))
-    real = cv2.VideoCapture
-    monkeypatch.setattr(cv2, "VideoCapture", lambda source: real(source, cv2.CAP_IMAGES))
     args = _args(tmp_path / "f_%03d.png", 0.3, tmp_path, "--pulse-rate", "15")
     assert main(args) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -272,13 +270,12 @@ def test_without_a_pulse_rate_the_capture_says_what_counts_and_drops_a_long_hold
 
 
 def _image_sequence(tmp_path, monkeypatch, n=6):
-    """A PNG sequence read by OpenCV's own image backend, which reports CAP_PROP_FPS -1."""
+    """A PNG sequence: read by OpenCV's own image backend (video.open_capture), which reports
+    CAP_PROP_FPS -1, not FFmpeg's, which makes up 25/s."""
     import cv2
 
     for k in range(n):
         cv2.imwrite(str(tmp_path / f"f_{k:03d}.png"), np.full((48, 64), 20 + 30 * k, np.uint8))
-    real = cv2.VideoCapture
-    monkeypatch.setattr(cv2, "VideoCapture", lambda source: real(source, cv2.CAP_IMAGES))
     return tmp_path / "f_%03d.png"
 
 
