@@ -231,9 +231,16 @@ def _totals_dict(*parts, **counts) -> dict:
 
 
 def write_json(path: str | Path, obj: dict) -> None:
-    with replaced(path) as out:
-        json.dump(obj, out, indent=2)
-        out.write("\n")
+    """``obj`` as indented JSON in ``path``; an OSError names ``path`` (a full disk's does not:
+    the file is open by then)."""
+    try:
+        with replaced(path) as out:
+            json.dump(obj, out, indent=2)
+            out.write("\n")
+    except OSError as exc:
+        if exc.filename is not None:
+            raise
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
 
 
 def _contrast_line(summary: dict) -> str:

@@ -765,7 +765,7 @@ def iter_frames(study: Study, rejected: list[Rejection],
                             t_s=run.start_s + run.frame_offsets_s[used - 1], run=run)
                 index += 1
         except DamagedPixelDataError as exc:
-            log.warning("damaged run %s", exc)
+            log.warning("frames not shown: %s", exc)
             note = f" (frames 1-{used} of {run.n_frames} used)" if used else ""
             rejected.append(Rejection.of(run.path, exc, note))
             if lost is not None and used < run.n_frames:

@@ -623,7 +623,7 @@ class LiveStudies:
                             self._output_error()
                         write_failed = True
         except DamagedPixelDataError as exc:
-            log.warning("study %s: damaged run %s", study.uid, exc)
+            log.warning("study %s: frames not shown: %s", study.uid, exc)
             note = f" (frames 1-{used} of {run.n_frames} used)" if used else ""
             study.rejected.append(Rejection.of(run.path, exc, note))
             # the frames it lost were exposed all the same: their dose, from the header

@@ -192,7 +192,8 @@ class _Study:
         first), report the outbox, clean up. What is not delivered stays pending.
 
         Exit status: 2 when no frame was processed, else ``LEFT_IN_OUTBOX`` when something was
-        not delivered, else 1 when the RDSR, a key frame or the events could not be made, else
+        not delivered, else 1 when the RDSR, a key frame, the events or the summary could not
+        be made, else
         ``STOPPED_EARLY`` when the study was stopped before its end, else 0."""
         code = 0
         if self.sender is not None:
@@ -211,10 +212,11 @@ class _Study:
             print(f"export: {len(self.exporter.errors)} item(s) could not be made: "
                   + "; ".join(self.exporter.errors), file=sys.stderr, flush=True)
             code = code or 1
-        if self.summary is not None and self.summary.get("events_not_written"):
-            print(f"sifluoro: events not written: {self.summary['events_not_written']}",
-                  file=sys.stderr, flush=True)
-            code = code or 1
+        for what in ("events", "summary"):
+            if self.summary is not None and self.summary.get(f"{what}_not_written"):
+                print(f"sifluoro: {what} not written: {self.summary[f'{what}_not_written']}",
+                      file=sys.stderr, flush=True)
+                code = code or 1
         if self.summary is not None and self.summary.get("ended_early"):
             print(f"sifluoro: the study was stopped before its end ({self.summary['ended_early']}): "
                   "no RDSR nor key frames were queued for it", file=sys.stderr, flush=True)

@@ -149,7 +149,8 @@ class LiveReplay:
     def run(self, inputs: Iterable[str | Path], *, study_uid: str | None = None,
             events_path: str | Path | None = None, summary_path: str | Path | None = None) -> dict:
         """Replay the study; return its summary (docs/contract.md §3), also written to
-        ``summary_path``."""
+        ``summary_path`` (when that fails, the summary returned says so in
+        ``summary_not_written``)."""
         study = read_study(list(inputs), study_uid=study_uid)
         rejected = list(study.rejected)
         # every run prepared (kernels warmed up) before the pacing starts
@@ -206,13 +207,20 @@ class LiveReplay:
             summary["ended_early"] = "stopped before the study's end"
         if events_error:
             summary["events_not_written"] = events_error  # the events file is incomplete
-        if summary_path is not None:
-            write_json(summary_path, summary)
         # a study stopped part way has no dose report: one of its first runs would pass for
         # the whole procedure's; a study whose frames were all lost still has its exposure
         seen = summary["frames"] or (summary.get("lost_frames") or {}).get("frames")
         dose = engine_dose(self.engine) if seen and not interrupted else None
+        # the sinks first: a summary that cannot be written (a full disk) must not keep the
+        # study's RDSR and key frames from the outbox (review s23 #2)
         self._call("end", study, summary, dose)
+        if summary_path is not None:
+            try:
+                write_json(summary_path, summary)
+            except OSError as exc:
+                log.error("%s: the summary cannot be written (%s)", summary_path,
+                          exc.strerror or exc)
+                summary["summary_not_written"] = f"{summary_path}: {exc.strerror or exc}"
         return summary
 
     def _call(self, method: str, *args) -> None:
