@@ -522,3 +522,35 @@ def test_a_capture_with_technique_says_its_dap_takes_the_whole_picture(monitor_v
     args.remove("-q")
     assert main(args) == 0
     assert "the estimated DAP takes the whole picture as the X-ray field" in capsys.readouterr().err
+
+
+def _avi_of(tmp_path, n=60):
+    rng = np.random.default_rng(0)
+    return write_test_video(tmp_path / "whole.avi",
+                            rng.integers(0, 255, (n, 48, 64), dtype=np.uint8), fps=15.0)
+
+
+def test_a_video_file_cut_short_ends_early_and_exits_1(tmp_path, capsys):
+    """Review s23 #4: a 60-frame AVI cut in half (an interrupted copy) passed as whole: 30
+    frames, exit 0, ended_early null. The frames read still count."""
+    whole = _avi_of(tmp_path)
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(whole.read_bytes()[:whole.stat().st_size // 2])
+    assert main(_args(cut, 0.3, tmp_path, "--stages", "none", "--pulse-rate", "15")) == 1
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert 0 < summary["frames"] < 60 and "cut short" in summary["video"]["ended_early"]
+    assert "of the 60 frames its header gives" in capsys.readouterr().err
+    assert main(_args(whole, 0.3, tmp_path, "--stages", "none", "--pulse-rate", "15")) == 0
+
+
+def test_a_header_that_undercounts_its_frames_does_not_cap_them(tmp_path):
+    """Review s23 #5: an AVI whose header says 30 of the 60 frames it holds gave 30, unsaid."""
+    import struct
+
+    data = bytearray(_avi_of(tmp_path).read_bytes())
+    for chunk, offset in ((b"avih", 16), (b"strh", 32)):  # dwTotalFrames, the stream's dwLength
+        struct.pack_into("<I", data, data.find(chunk) + 8 + offset, 30)
+    (tmp_path / "thirty.avi").write_bytes(bytes(data))
+    assert main(_args(tmp_path / "thirty.avi", 0.3, tmp_path, "--stages", "none",
+                      "--pulse-rate", "15")) == 0
+    assert json.loads((tmp_path / "summary.json").read_text())["frames"] == 60

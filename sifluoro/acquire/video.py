@@ -99,6 +99,10 @@ RATE_CHECK_S = 3.0
 RATE_STABLE = 0.10  # 5 %: on a busy machine two 3 s windows of a steady 15/s differed more
 RATE_TOLERANCE = 0.15
 
+#: a video file that ends this share of its header's frame count early was cut short (some
+#: containers' counts are estimates from their duration)
+CUT_SHORT_SHARE = 0.02
+
 #: how long the end of a live capture waits for a read under way, s
 READER_JOIN_S = 2.0
 
@@ -173,8 +177,10 @@ def video_frames(source: str | int, settings: VideoSourceSettings,
         pulse_rate = settings.frame_rate_per_s or capture_rate
         rate = min(pulse_rate, capture_rate)  # frames taken per second
         frame_time_ms = 1000.0 / rate
-        count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if isinstance(source, str) else 0
-        n = settings.max_frames or (count if count > 0 else 1 << 30)
+        # the container's count: a header may undercount (a recorder that crashed), so it is
+        # no limit; a file that ends well short of it was cut (review s23 #4, #5)
+        count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if not live else 0
+        n = settings.max_frames or 1 << 30
         reads = (_live_reads(capture, source, stop, stats, capture_rate, rate_from) if live
                  else _read_all(capture))
         first = next(reads, None)
@@ -230,6 +236,11 @@ def video_frames(source: str | int, settings: VideoSourceSettings,
             in_run += 1
             yield Frame(pixels=pixels, index=taken - 1, frame_number=in_run, t_s=pulse / rate,
                         run=run)
+        else:
+            if count > 0 and stats.captured < count - max(1, CUT_SHORT_SHARE * count):
+                raise InputError(f"ends after {stats.captured} of the {count} frames its "
+                                 "header gives: cut short (an interrupted copy or recording); "
+                                 "the frames read are counted", path=str(source))
     finally:
         if not live:
             capture.release()  # a live source's reader releases it (it may be inside a read)
