@@ -554,3 +554,20 @@ def test_a_header_that_undercounts_its_frames_does_not_cap_them(tmp_path):
     assert main(_args(tmp_path / "thirty.avi", 0.3, tmp_path, "--stages", "none",
                       "--pulse-rate", "15")) == 0
     assert json.loads((tmp_path / "summary.json").read_text())["frames"] == 60
+
+
+@pytest.mark.parametrize("option, value", [("--pulse-rate", "inf"), ("--capture-rate", "0"),
+                                           ("--pixel-spacing-mm", "inf"),
+                                           ("--pixel-spacing-mm", "-0.3")])
+def test_rates_and_spacing_must_be_finite_and_positive(tmp_path, capsys, option, value):
+    """Review s23 #12: --pulse-rate inf ended in an OverflowError traceback and
+    --pixel-spacing-mm inf in a summary holding Infinity (not JSON)."""
+    from sifluoro.acquire import video, video_cli
+
+    assert video_cli.MAX_RATE_PER_S == video.MAX_CAPTURE_RATE_PER_S
+    spacing = value if option == "--pixel-spacing-mm" else 0.3
+    extra = () if option == "--pixel-spacing-mm" else (option, value)
+    with pytest.raises(SystemExit) as exit_:
+        main(_args(_avi_of(tmp_path, n=4), spacing, tmp_path, *extra))
+    assert exit_.value.code == 2 and option in capsys.readouterr().err
+    assert not (tmp_path / "summary.json").exists()

@@ -75,6 +75,14 @@ def _kvp(text: str) -> float:
     return number(least=low, most=high, unit="kV", why="the tube output table's range")(text)
 
 
+#: the highest frame or pulse rate taken (video.MAX_CAPTURE_RATE_PER_S; not imported: OpenCV)
+MAX_RATE_PER_S = 1000.0
+#: the largest video pixel at the detector taken, mm (a 300 mm field on 30 lines)
+MAX_VIDEO_PIXEL_MM = 10.0
+# infinity gave an OverflowError traceback (a rate) or "Infinity" in the summary (a spacing)
+_rate = number(above=0.0, most=MAX_RATE_PER_S, unit="/s")
+
+
 def _check_geometry(args) -> None:
     """The reference point between source and detector (what one option cannot tell alone)."""
     if args.sid_mm and args.source_to_isocenter_mm and not args.source_to_isocenter_mm < args.sid_mm:
@@ -274,18 +282,19 @@ def add_video_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("source", metavar="SOURCE",
                    help="video file, capture device (index such as 0, or /dev/videoN) or "
                    "stream URL")
-    p.add_argument("--pixel-spacing-mm", type=float, required=True,
+    p.add_argument("--pixel-spacing-mm", required=True,
+                   type=number(above=0.0, most=MAX_VIDEO_PIXEL_MM, unit="mm"),
                    help="size of one video pixel at the detector (calibrate on a known length)")
     p.add_argument("--events", type=Path, required=True, metavar="EVENTS.jsonl")
     p.add_argument("--summary", type=Path, required=True, metavar="SUMMARY.json")
     p.add_argument("--overlay-mp4", type=Path, metavar="FILE.mp4")
     p.add_argument("--bone-bright", action="store_true",
                    help="the video shows bone bright (default: bone dark, as fluoroscopy monitors)")
-    p.add_argument("--pulse-rate", type=float, metavar="P/S",
+    p.add_argument("--pulse-rate", type=_rate, metavar="P/S",
                    help="the fluoroscopy's pulse rate when the capture runs faster: one frame "
                    "is taken per pulse and a held image is no pulse (default: every captured "
                    "frame is a pulse, but a frame repeated so long that it is the held last image)")
-    p.add_argument("--capture-rate", type=float, metavar="F/S",
+    p.add_argument("--capture-rate", type=_rate, metavar="F/S",
                    help="the capture's frames per second when its backend reports a wrong one "
                    "(a live source's real rate is measured and a mismatch logged; default: "
                    "what the capture reports)")

@@ -250,10 +250,11 @@ def _serve_igtl(args) -> int:
     finally:
         short = server.close()
     # after the close's flush: a client that stalled did not get all of them
-    print(f"OpenIGTLink: {sink.frames_to_clients} of {sink.frames} frames sent to a client "
-          f"({sink.tips_sent} with a tip; {summary['frames']} processed)"
-          if sink.frames_to_clients else
-          f"OpenIGTLink: no client was connected: none of {summary['frames']} frames sent"
+    # a client that fell behind is said in both cases (review s23 #9: only without a client)
+    print((f"OpenIGTLink: {sink.frames_to_clients} of {sink.frames} frames queued for a client "
+           f"({sink.tips_sent} with a tip; {summary['frames']} processed)"
+           if sink.frames_to_clients else
+           f"OpenIGTLink: no client was connected: none of {summary['frames']} frames sent")
           + (f"; {short} client(s) fell behind and did not receive every message" if short
              else ""), flush=True)
     return study.finish()
