@@ -35,8 +35,9 @@ from sifluoro.dose.accumulate import DoseAccumulator
 from sifluoro.dose.rdsr_write import SOFTWARE_VERSION, write_rdsr
 from sifluoro.engine import FrameEvent
 from sifluoro.errors import InputError
-from sifluoro.model import Frame, Study, Technique
+from sifluoro.model import Frame, Run, Study, Technique
 from sifluoro.overlay import draw_overlay
+from sifluoro.pipeline import continues
 from sifluoro.plugin.outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -63,11 +64,18 @@ class KeyFrameSelector:
         self._marked: list[KeyFrame] = []
         self._run_ends: deque[KeyFrame] = deque(maxlen=max_frames)
         self._current: KeyFrame | None = None
+        self._lead: Run | None = None  # the first run of the current chain of single frames
         self._contrast = "none"
 
     def add(self, frame: Frame, event: Mapping) -> None:
-        if self._current is not None and self._current.frame.run is not frame.run:
-            self._run_ends.append(self._current)
+        current = self._current.frame.run if self._current is not None else None
+        # a device's one-frame files chained into one run (pipeline.continues) end it at the
+        # chain's end only: each passed for a run of its own (review s23 #7)
+        if current is None or (current is not frame.run
+                               and not continues(current, frame.run, self._lead)):
+            if self._current is not None:
+                self._run_ends.append(self._current)
+            self._lead = frame.run
         self._current = KeyFrame(frame, event, "run end")
         reasons = []
         state = event["contrast"]["state"]

@@ -50,6 +50,20 @@ def test_run_ends_contrast_changes_and_alerts_are_kept_within_the_cap():
         (3, "alert air_kerma"), (7, "contrast vascular"), (8, "run end"), (11, "run end")]
 
 
+def test_single_frame_files_chained_into_a_run_give_one_run_end():
+    """Review s23 #7: a device storing one frame per file (3 sequences of 5, 0.2 s apart, the
+    sequences 10 s apart): every file passed for a run, so 3 key frames were the last 3
+    frames (12, 13, 14) instead of each sequence's last (4, 9, 14)."""
+    from dataclasses import replace
+
+    selector = KeyFrameSelector(max_frames=3)
+    for index in range(15):
+        sequence, k = divmod(index, 5)
+        run = replace(_run(f"1.2.3.{index}", n=1), start_s=10.0 * sequence + 0.2 * k)
+        selector.add(_frame(run, index, 1), _event(index))
+    assert [k.event["index"] for k in selector.frames()] == [4, 9, 14]
+
+
 def test_a_long_study_holds_only_the_frames_it_can_export():
     """150 runs had kept a whole frame per run end (300 MiB at 1024²) to export 12 (review M5);
     the choice is the same as when everything was kept."""
