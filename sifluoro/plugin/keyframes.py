@@ -201,7 +201,12 @@ def key_frame_sc(key: KeyFrame, ref: Dataset, *, series_instance_uid: str, insta
             sc[keyword] = ref[keyword]
     sc.BurnedInAnnotation = "YES"
     sc.ConversionType = "WSD"
-    sc.LossyImageCompression = "00"
+    # once lossy, always said (PS3.3 C.7.6.1.1.5): a frame drawn from a lossy source is one
+    sc.LossyImageCompression = "01" if str(ref.get("LossyImageCompression", "")) == "01" else "00"
+    if sc.LossyImageCompression == "01":
+        for keyword in ("LossyImageCompressionRatio", "LossyImageCompressionMethod"):
+            if ref.get(keyword):
+                sc[keyword] = ref[keyword]
     sc.ImageComments = f"sifluoro key frame ({key.reason}); {NOT_VALIDATED}"
     sc.DerivationDescription = ("overlay of sifluoro guidance (joint line, target, needle tip, "
                                 "contrast state, dose counters) burned into the frame")

@@ -215,3 +215,23 @@ def test_a_key_frame_keeps_the_ids_issuer_and_de_identification(tmp_path):
         path = save_dataset(sc, tmp_path / "sc.dcm")
         check = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
         assert [line for line in check.stderr.splitlines() if "Error" in line] == []
+
+
+@pytest.mark.parametrize("lossy", [False, True])
+def test_a_key_frame_of_a_lossy_source_says_it_was_lossy(tmp_path, lossy):
+    """Review s23 #10: a key frame drawn on a source with LossyImageCompression "01" was
+    written "00", which PS3.3 C.7.6.1.1.5 forbids (once lossy, never reset)."""
+    ref = Dataset()
+    ref.SOPClassUID = "1.2.840.10008.5.1.4.1.1.12.1"
+    ref.StudyInstanceUID, ref.PatientID, ref.PatientName = "1.2.3.4", "ANON1", "Anon"
+    if lossy:
+        ref.LossyImageCompression, ref.LossyImageCompressionRatio = "01", [8.2]
+        ref.LossyImageCompressionMethod = ["ISO_10918_1"]
+    sc = key_frame_sc(KeyFrame(_frame(_run("1.2.3.9"), 5, 2), _event(5), "run end"), ref,
+                      series_instance_uid="1.2.3.5", instance_number=1)
+    assert sc.LossyImageCompression == ("01" if lossy else "00")
+    assert ("LossyImageCompressionMethod" in sc) == lossy
+    if shutil.which("dciodvfy"):
+        path = save_dataset(sc, tmp_path / "sc.dcm")
+        check = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+        assert [line for line in check.stderr.splitlines() if "Error" in line] == []
