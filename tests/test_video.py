@@ -167,3 +167,51 @@ def test_a_live_source_stopped_gives_every_frame_it_read_and_ends_promptly():
             stopped_at = time.monotonic()
     assert time.monotonic() - stopped_at < 3.0
     assert got == grabber.reads > 10
+
+
+class _StallingGrabber:
+    """Delivers ``n`` frames, then blocks in its read for ``block_s`` (a stream gone silent)."""
+
+    def __init__(self, n: int, block_s: float):
+        self.n, self.block_s, self.reads = n, block_s, 0
+
+    def read(self):
+        import time
+
+        if self.reads >= self.n:
+            time.sleep(self.block_s)
+            return False, None
+        self.reads += 1
+        return True, np.full((8, 8), self.reads, np.uint8)
+
+    def release(self):
+        pass
+
+    def open(self, source):
+        return True
+
+
+def test_a_stall_under_way_at_the_stop_is_measured_and_a_stuck_read_said():
+    """Review s23 #13 and #3: a stall still under way when the capture was stopped counted in
+    ``stalls`` with ``longest_stall_s`` 0.0, and the end waited READER_JOIN_S twice; a reader
+    still inside its read at the end made the interpreter abort at exit when it returned, so
+    the command now ends with os._exit when ``reader_stuck()``."""
+    import threading
+    import time
+
+    from sifluoro.acquire import video
+
+    stats, stop, stopped_at = video.VideoStats(), threading.Event(), []
+
+    def stop_now():
+        stopped_at.append(time.monotonic())
+        stop.set()
+
+    reads = video._live_reads(_StallingGrabber(3, 8.0), "/dev/video0", stop, stats, 15.0, "test")
+    for got, _ in enumerate(reads, 1):
+        if got == 3:
+            threading.Timer(video.STALL_S + 1.0, stop_now).start()
+    assert time.monotonic() - stopped_at[0] < 1.5 * video.READER_JOIN_S  # joined once
+    assert stats.stalls == 1 and stats.longest_stall_s >= video.STALL_S + 0.5
+    assert video.reader_stuck()
+    video._STUCK_READERS.clear()

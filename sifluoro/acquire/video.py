@@ -310,7 +310,7 @@ def _live_reads(capture: cv2.VideoCapture, source: str | int, stop: threading.Ev
 
     reader = threading.Thread(target=read, name="sifluoro-video", daemon=True)
     reader.start()
-    last, stalled = time.monotonic(), False
+    last, stalled, joined = time.monotonic(), False, False
     try:
         while stop is None or not stop.is_set():
             try:
@@ -329,10 +329,13 @@ def _live_reads(capture: cv2.VideoCapture, source: str | int, stop: threading.Ev
                 stats.longest_stall_s = max(stats.longest_stall_s, gap_s)
                 log.warning("the video source delivers frames again after %.1f s", gap_s)
             yield image
+        if stalled:  # a stall still under way at the stop is the longest so far, maybe
+            stats.longest_stall_s = max(stats.longest_stall_s, time.monotonic() - last)
         # the frames read before the stop were pulses given: their dose counts. The reader
         # stops first (a source delivering on would keep the drain going), then what it read
         done.set()
         reader.join(timeout=READER_JOIN_S)
+        joined = True
         while True:
             try:
                 yield frames.get_nowait()
@@ -342,8 +345,23 @@ def _live_reads(capture: cv2.VideoCapture, source: str | int, stop: threading.Ev
     finally:
         done.set()
         # a read that returns while the interpreter exits aborts the process (OpenCV's C++
-        # frames swallow the thread's forced unwind): wait for it, unless the source stalls
-        reader.join(timeout=READER_JOIN_S)
+        # frames swallow the thread's forced unwind): wait for it (once), unless the source
+        # stalls; then the caller ends the process without unwinding (reader_stuck)
+        if not joined:
+            reader.join(timeout=READER_JOIN_S)
+        if reader.is_alive():
+            _STUCK_READERS.append(reader)
+
+
+#: live sources' reader threads still inside a read at the end of their capture
+_STUCK_READERS: list[threading.Thread] = []
+
+
+def reader_stuck() -> bool:
+    """Whether a live source's reader is still blocked in a read: an interpreter that exits
+    normally then aborts (SIGABRT, "FATAL: exception not rethrown") when the read returns, so
+    the caller should leave with ``os._exit`` once its outputs are written (review s23 #3)."""
+    return any(t.is_alive() for t in _STUCK_READERS)
 
 
 class _RateCheck:

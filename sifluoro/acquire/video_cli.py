@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import threading
@@ -93,6 +94,20 @@ def _check_geometry(args) -> None:
 
 def _source(text: str) -> str | int:
     return int(text) if text.isdigit() else text
+
+
+def _video_command(args) -> int:
+    """``sifluoro video``; a live source's read still blocked at the end (a stream that
+    resumes as the process exits aborted it, after the summary) ends the process at once."""
+    code = _video(args)
+    from sifluoro.acquire.video import reader_stuck
+
+    if reader_stuck():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(code)
+    return code
 
 
 def _video(args) -> int:
@@ -323,5 +338,5 @@ def add_video_parser(subparsers) -> argparse.ArgumentParser:
                    help="added aluminium filtration")
     add_stages_argument(p, REPLAY_STAGES)
     p.add_argument("-q", "--quiet", action="store_true")
-    p.set_defaults(func=_video)
+    p.set_defaults(func=_video_command)
     return p
