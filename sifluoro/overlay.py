@@ -5,12 +5,15 @@ thin and dashed-looking in white, so the two can be compared by eye.
 """
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Collection
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 COLOURS = {
     "joint": (255, 200, 0),
@@ -245,6 +248,8 @@ class OverlayWriter:
         self.png_dir = Path(png_dir) if png_dir else None
         self.mp4_path = Path(mp4_path) if mp4_path else None
         self._video = None
+        self._video_shape: tuple[int, ...] = ()
+        self._resized = False  # said once
         if self.png_dir:
             self.png_dir.mkdir(parents=True, exist_ok=True)
         if self.mp4_path:
@@ -267,8 +272,27 @@ class OverlayWriter:
                 fps = (1000.0 / t.frame_time_ms if t.frame_time_ms else None) or t.pulse_rate_per_s or 7.5
                 self._video = cv2.VideoWriter(str(self.mp4_path), cv2.VideoWriter_fourcc(*"mp4v"),
                                               fps, (img.shape[1], img.shape[0]))
-            self._video.write(img)
+                self._video_shape = img.shape
+            self._video.write(self._fitted(img))
         return img
+
+    def _fitted(self, img: np.ndarray) -> np.ndarray:
+        """``img`` in the MP4's picture size: a run of another size (a new field or zoom) is
+        scaled to fit and centred on black; OpenCV's writer dropped it (review s23 #8)."""
+        height, width = self._video_shape[:2]
+        if img.shape == self._video_shape:
+            return img
+        if not self._resized:
+            log.warning("%s: frames of %dx%d are scaled into the video's %dx%d", self.mp4_path,
+                        img.shape[1], img.shape[0], width, height)
+            self._resized = True
+        scale = min(width / img.shape[1], height / img.shape[0])
+        size = (max(1, round(img.shape[1] * scale)), max(1, round(img.shape[0] * scale)))
+        fitted = np.zeros(self._video_shape, np.uint8)
+        top, left = (height - size[1]) // 2, (width - size[0]) // 2
+        fitted[top:top + size[1], left:left + size[0]] = cv2.resize(
+            img, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        return fitted
 
     def close(self) -> None:
         if self._video is not None:

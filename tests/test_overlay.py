@@ -47,15 +47,19 @@ def test_replay_writes_every_frame_as_png_and_mp4(tmp_path):
     from sifluoro.cli import main
     from tests.dicom_fixtures import RunSpec, write_study
 
-    write_study(tmp_path / "study", [RunSpec(0.0, n_frames=3), RunSpec(9.0, n_frames=2)])
+    # the second run of another size (review s23 #8: OpenCV's writer dropped its frames)
+    write_study(tmp_path / "study", [RunSpec(0.0, n_frames=3), RunSpec(9.0, n_frames=2, size=96)])
     assert main(["replay", str(tmp_path / "study"), "--events", str(tmp_path / "e.jsonl"),
                  "--summary", str(tmp_path / "s.json"), "--overlay-png", str(tmp_path / "png"),
                  "--overlay-mp4", str(tmp_path / "all.mp4"), "-q"]) == 0
     assert sorted(p.name for p in (tmp_path / "png").iterdir()) == [f"{i:05d}.png" for i in range(5)]
-    assert cv2.imread(str(tmp_path / "png" / "00004.png")).shape == (64, 64, 3)
+    assert cv2.imread(str(tmp_path / "png" / "00004.png")).shape == (96, 96, 3)
     video = cv2.VideoCapture(str(tmp_path / "all.mp4"))
-    assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == 5
+    frames = []
+    while (read := video.read())[0]:
+        frames.append(read[1])
     video.release()
+    assert len(frames) == 5 and {f.shape for f in frames} == {(64, 64, 3)}
 
 
 @pytest.mark.parametrize("photometric", ["MONOCHROME1", "MONOCHROME2"])
