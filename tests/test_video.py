@@ -215,3 +215,57 @@ def test_a_stall_under_way_at_the_stop_is_measured_and_a_stuck_read_said():
     assert stats.stalls == 1 and stats.longest_stall_s >= video.STALL_S + 0.5
     assert video.reader_stuck()
     video._STUCK_READERS.clear()
+
+
+class _CountingGrabber:
+    """A live source (opened as /dev/video0) of ``n`` different pictures, then nothing."""
+
+    def __init__(self, n: int):
+        self.n, self.reads = n, 0
+
+    def get(self, prop):
+        import cv2
+
+        return 15.0 if prop == cv2.CAP_PROP_FPS else 0.0
+
+    def read(self):
+        if self.reads >= self.n:
+            import time
+
+            time.sleep(0.01)
+            return False, None
+        self.reads += 1
+        return True, np.full((8, 8), 10 * self.reads, np.uint8)
+
+    def release(self):
+        pass
+
+    def open(self, source):
+        return True
+
+    def isOpened(self):
+        return True
+
+
+def test_a_live_sources_runs_hold_a_bounded_number_of_frame_times(monkeypatch):
+    """Review s23 #6: each run of a live source held the times of 2^20 frames (50 MB; a grabber
+    renegotiating its size 19 times cost 1 GB). A run holds RUN_FRAMES now, and the capture
+    goes on in a new run when one is full, its frame times continuing."""
+    import threading
+
+    from sifluoro.acquire import video
+
+    monkeypatch.setattr(video, "RUN_FRAMES", 4)
+    stop = threading.Event()
+    frames = []
+    for frame in video.video_frames("/dev/video0", video.VideoSourceSettings(0.3), stop=stop,
+                                    capture=_CountingGrabber(10)):
+        frames.append(frame)
+        if len(frames) == 10:
+            stop.set()
+    assert [f.run.n_frames for f in frames] == [4] * 10
+    assert [f.frame_number for f in frames] == [1, 2, 3, 4] * 2 + [1, 2]
+    assert len({f.run.sop_instance_uid for f in frames}) == 3
+    assert [f.t_s for f in frames] == pytest.approx([k / 15 for k in range(10)])
+    assert [f.run.start_s + f.run.frame_offsets_s[f.frame_number - 1] for f in frames] \
+        == pytest.approx([k / 15 for k in range(10)])

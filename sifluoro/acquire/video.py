@@ -103,6 +103,10 @@ RATE_TOLERANCE = 0.15
 #: containers' counts are estimates from their duration)
 CUT_SHORT_SHARE = 0.02
 
+#: the frames a live source's run holds (times kept per frame): 2^16 is 73 min at 15/s; the
+#: capture then goes on in a new run
+RUN_FRAMES = 1 << 16
+
 #: how long the end of a live capture waits for a read under way, s
 READER_JOIN_S = 2.0
 
@@ -192,9 +196,12 @@ def video_frames(source: str | int, settings: VideoSourceSettings,
         tech = replace(settings.technique, frame_time_ms=frame_time_ms, pulse_rate_per_s=pulse_rate,
                        pulses_per_frame=pulse_rate / rate,
                        imager_pixel_spacing_xy_mm=(settings.pixel_spacing_mm,) * 2)
-        study_uid, frames_max = generate_uid(), min(n, 1 << 20)
+        # a run holds its frames' times: a file's count, else a live source's runs go on in
+        # runs of RUN_FRAMES (2^20 times each held 50 MB a run; review s23 #6)
+        study_uid = generate_uid()
+        frames_max = min(n, count if count > 0 else RUN_FRAMES)
 
-        def new_run(shape: tuple[int, ...], start_s: float) -> Run:
+        def new_run(shape: tuple[int, ...], start_s: float, frames_max: int = frames_max) -> Run:
             return Run(path=str(source), sop_instance_uid=generate_uid(), sop_class_uid="",
                        series_instance_uid="", study_instance_uid=study_uid, modality="XA",
                        transfer_syntax_uid="", rows=shape[0], columns=shape[1], bits_stored=8,
@@ -219,8 +226,13 @@ def video_frames(source: str | int, settings: VideoSourceSettings,
                 # image stages start again on it); the study and its dose go on
                 log.warning("%s: frame %d is %dx%d, the capture was %dx%d: a new run starts",
                             source, k + 1, image.shape[1], image.shape[0], run.columns, run.rows)
-                run, in_run, previous, changed_at = new_run(image.shape, pulse / rate), 0, None, k
+                run, in_run, previous, changed_at = (new_run(image.shape, pulse / rate,
+                                                             RUN_FRAMES), 0, None, k)
                 stats.size_changes += 1
+            elif in_run == run.n_frames:  # a run full (a file longer than its header says)
+                log.info("%s: frame %d goes on in a new run of %d frames", source, k + 1,
+                         RUN_FRAMES)
+                run, in_run = new_run(image.shape, pulse / rate, RUN_FRAMES), 0
             grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
             repeat = (previous is not None
                       and cv2.norm(grey, previous, cv2.NORM_L1) < HELD_FRAME_LEVELS * grey.size)
