@@ -72,8 +72,9 @@ def frame_analysis(event: Mapping[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class FrameEvent:
-    """Every frame: where it is in the study and its whole event (docs/contract.md §3;
-    read-only)."""
+    """Every frame: where it is in the study and its whole event (docs/contract.md §3). The
+    event is the engine's, written to the events file as it is after the handlers: a handler
+    must not modify it (the typed events are made before any handler runs)."""
 
     index: int
     sop_instance_uid: str
@@ -510,24 +511,31 @@ class Engine:
         frame_event = FrameEvent(index, event["sop_instance_uid"], event["frame"], t_s,
                                  event["latency_ms"], event["degraded"], dict(event),
                                  tuple(stage.name for stage in self.pipeline.stages))
-        self._call("frame", frame_event)
+        # every typed event is made before any handler runs: a "frame" handler that edits the
+        # event's dicts changed what the later handlers got (review s23 #11)
+        calls: list[tuple[str, Any]] = [("frame", frame_event)]
         needle = event.get("needle")
         if needle:
-            self._call("needle", NeedleEvent(index, t_s, tuple(needle["tip_xy"]),
-                                             needle["confidence"], event.get("tip_to_target_mm")))
+            calls.append(("needle", NeedleEvent(index, t_s, tuple(needle["tip_xy"]),
+                                                needle["confidence"],
+                                                event.get("tip_to_target_mm"))))
         joint = event.get("joint")
         if joint:
             target = event.get("target")
-            self._call("joint", JointEvent(index, t_s, tuple(map(tuple, joint["polyline_xy"])),
-                                           joint.get("confidence", 0.0), joint.get("doubled", False),
-                                           tuple(target["xy"]) if target else None))
+            calls.append(("joint", JointEvent(index, t_s, tuple(map(tuple, joint["polyline_xy"])),
+                                              joint.get("confidence", 0.0),
+                                              joint.get("doubled", False),
+                                              tuple(target["xy"]) if target else None)))
         contrast = event["contrast"]
         if contrast["state"] != self._contrast:
             self._contrast = contrast["state"]
-            self._call("contrast", ContrastEvent(index, t_s, contrast["state"], contrast["confidence"]))
-        self._call("dose", _dose_event(index, t_s, event["dose"]))
-        for alert in event.get("alerts", []):
-            self._call("alert", AlertEvent(index, t_s, alert["kind"], alert["message"]))
+            calls.append(("contrast", ContrastEvent(index, t_s, contrast["state"],
+                                                    contrast["confidence"])))
+        calls.append(("dose", _dose_event(index, t_s, event["dose"])))
+        calls += [("alert", AlertEvent(index, t_s, alert["kind"], alert["message"]))
+                  for alert in event.get("alerts", [])]
+        for kind, payload in calls:
+            self._call(kind, payload)
         with self._order_lock:
             self._last_emitted = index
             after = self._after.pop(index, [])

@@ -43,6 +43,22 @@ def test_run_gives_typed_events_and_the_replay_summary(tmp_path):
     assert _without_timing(summary) == _without_timing(expected)
 
 
+def test_a_frame_handler_that_edits_its_event_does_not_change_the_typed_events(tmp_path):
+    """Review s23 #11: the dose event was made after the "frame" handlers ran, from the dicts
+    they were handed: a handler that wrote into them changed what every dose handler got."""
+    write_study(tmp_path / "study", [RunSpec(0.0, n_frames=3)])
+    engine = Engine(NO_DEADLINE)
+    doses = []
+
+    def meddle(event):
+        event.event["dose"]["air_kerma_mgy"] = -1.0
+
+    engine.on("frame", meddle)
+    engine.on("dose", doses.append)
+    engine.run(tmp_path / "study")
+    assert [d.air_kerma_mgy > 0 for d in doses] == [True] * 3
+
+
 def test_feed_from_threads_and_a_failing_handler(tmp_path, caplog):
     write_study(tmp_path / "study", [RunSpec(0.0, n_frames=6)])
     frames = list(iter_frames(read_study([tmp_path / "study"]), []))
