@@ -199,7 +199,9 @@ class _Study:
         if self.sender is not None:
             if wait:  # the sender's retries, unless the user asks to stop
                 self.sender.kick()
-                deadline = time.monotonic() + self.pacs.timeout_s * (self.pacs.retries + 1)
+                # the waits between retries too: --retries 5 --retry-wait-s 30 gave up before
+                # the last retries (review s23)
+                deadline = time.monotonic() + self.pacs.patience_s()
                 while (not self.stop.is_set() and time.monotonic() < deadline
                        and not self.sender.wait_idle(0.2)):
                     pass

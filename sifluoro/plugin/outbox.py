@@ -90,6 +90,16 @@ class PacsSettings:
             raise ConfigError(f"pacs.retries and pacs.retry_wait_s must be >= 0 and pacs.timeout_s "
                               f"> 0, got {self.retries}, {self.retry_wait_s}, {self.timeout_s}")
 
+    def retry_wait_before(self, attempt: int) -> float:
+        """The wait after attempt ``attempt`` (1-based) failed, s: doubling, at most
+        :data:`MAX_RETRY_WAIT_S`."""
+        return min(self.retry_wait_s * 2 ** (attempt - 1), MAX_RETRY_WAIT_S)
+
+    def patience_s(self) -> float:
+        """How long every attempt and the waits between them may take, s (one file each)."""
+        return (self.timeout_s * (self.retries + 1)
+                + sum(self.retry_wait_before(k) for k in range(1, self.retries + 1)))
+
     def __str__(self) -> str:
         return f"{self.ae_title}@{self.host}:{self.port}"
 
@@ -215,7 +225,7 @@ class Outbox:
                 transient = self._send_once(pacs, self.pending(), report)
                 if not transient or report.attempts > pacs.retries or stop.is_set():
                     break
-                wait_s = min(pacs.retry_wait_s * 2 ** (report.attempts - 1), MAX_RETRY_WAIT_S)
+                wait_s = pacs.retry_wait_before(report.attempts)
                 log.info("outbox: %d file(s) not delivered to %s; retrying in %.1f s",
                          transient, pacs, wait_s)
                 if stop.wait(wait_s):

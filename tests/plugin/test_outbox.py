@@ -282,3 +282,11 @@ def test_a_stop_between_two_c_stores_returns_at_once(tmp_path):
             assert len(outbox.sent()) + len(outbox.pending()) == 12
     finally:
         server.shutdown()
+
+
+def test_the_senders_patience_counts_the_waits_between_retries():
+    """The study's end waited timeout x (retries + 1) for the sender: with --retries 5
+    --retry-wait-s 30 it gave up before the last retries (review s23)."""
+    pacs = PacsSettings("PACS", "127.0.0.1", 104, retries=5, retry_wait_s=30.0, timeout_s=10.0)
+    assert [pacs.retry_wait_before(k) for k in range(1, 6)] == [30.0, 60.0, 60.0, 60.0, 60.0]
+    assert pacs.patience_s() == 10.0 * 6 + 270.0
