@@ -42,6 +42,8 @@ def parse_pacs(text: str, args) -> "PacsSettings":
     host, colon, port = rest.rpartition(":")
     if not (ae and at and host and colon and port.isdigit()):
         raise ConfigError(f"--pacs {text!r}: expected AE_TITLE@HOST:PORT, e.g. ORTHANC@127.0.0.1:4242")
+    if host.startswith("[") and host.endswith("]"):  # an IPv6 address, as in a URL: [::1]
+        host = host[1:-1]
     return PacsSettings(ae, host, int(port), calling_ae_title=args.calling_ae,
                         retries=args.retries, retry_wait_s=args.retry_wait_s)
 

@@ -152,6 +152,8 @@ def test_settings_and_inputs_errors_name_what_is_wrong(tmp_path):
         calling_ae, retries, retry_wait_s = "SIFLUORO", 3, 2.0
 
     assert parse_pacs("ORTHANC@127.0.0.1:4242", Args()) == PacsSettings("ORTHANC", "127.0.0.1", 4242)
+    # an IPv6 address in brackets, as in a URL (review s23: kept them, and read "unreachable")
+    assert parse_pacs("ORTHANC@[::1]:4242", Args()).host == "::1"
     with pytest.raises(ConfigError, match="AE_TITLE@HOST:PORT"):
         parse_pacs("ORTHANC:4242", Args())
     with pytest.raises(ConfigError, match="pacs.ae_title"):
