@@ -66,6 +66,18 @@ EARLY_FRAMES = 3
 # area over length (mm) of an early joint fill at most; early clouds strung out along a tissue
 # plane are broader (13-20 mm on the evaluation sets)
 THIN_LINE_MM = 10.0
+# ... or an early line (from this elongation) at least this much longer than the longest opacity
+# of the last frame with opacity: joint fill runs along the joint from a blob at the tip, while
+# clouds swell about as much every way. The faint halo of a dense fill or an intensifier's blur
+# makes its area over length 10-22 mm (quick training seeds 2211, 2213, 9201, 9202, 9402 and
+# full seed 4102: 8 joint fills whose first frame was a blob read as extravasation to the end,
+# 8-16 mm longer on their second or third frame of opacity, elongation 3.6-5.5); no
+# extravasation's line grew more than 1 mm there (from a blob, 22 -> 23 mm, elongation 3.9).
+# A fill lengthens by 40-70 % a frame there; clouds along a tissue plane that join into one
+# jump (15 -> 57 mm, quick seed 9201 case 22): at most FILL_GROWTH_RATIO x as long
+FILL_ELONGATION = 3.5
+FILL_GROWTH_MM = 5.0
+FILL_GROWTH_RATIO = 2.0
 # frames of opacity in a row that a roundish cloud must dominate (the densest component is one
 # and clouds hold DOMINANT_SHARE of the iodine) before joint fill becomes extravasation:
 # extravasation whose first frames held a line shows its clouds as the injection goes on.
@@ -203,6 +215,8 @@ class Classifier:
         self._opacity_frames = 0
         # frames in a row dominated by a roundish cloud
         self._round_frames = 0
+        # the longest accepted opacity of the last frame with opacity (mm)
+        self._last_length_mm = 0.0
 
     def accept(self, opacities: list[Opacity], *, strict: bool = False,
                persists: list[bool] | None = None) -> list[bool]:
@@ -284,8 +298,8 @@ class Classifier:
         self._line_seen = self._line_seen or line_iodine > 0.0
         if self._line_seen:
             share = line_iodine / (line_iodine + cloud_iodine) if line_iodine else 0.5
-            thin = any(o.kind == "line" and o.area_mm2 <= THIN_LINE_MM * o.length_mm
-                       for o in accepted)
+            thin = any(o.kind == "line" and (o.area_mm2 <= THIN_LINE_MM * o.length_mm
+                                             or self._lengthens(o)) for o in accepted)
             if self.state == "extravasation" and self._opacity_frames <= EARLY_FRAMES and thin:
                 # the first frame of a joint fill is a small blob at the tip (or the recess
                 # pool); the line that follows within a frame or two makes it joint fill
@@ -295,6 +309,14 @@ class Classifier:
         else:
             self._raise("extravasation", 0.5 + 0.4 * min(1.0, cloud_iodine / 20.0))
         self._follow_shape(accepted, line_iodine, cloud_iodine)
+        self._last_length_mm = max(o.length_mm for o in accepted)
+
+    def _lengthens(self, o: Opacity) -> bool:
+        """An elongated line longer by ``FILL_GROWTH_MM`` than the longest opacity of the last
+        frame with opacity, but not ``FILL_GROWTH_RATIO`` x: a fill running along the joint."""
+        last = self._last_length_mm
+        return (o.elongation >= FILL_ELONGATION
+                and last + FILL_GROWTH_MM <= o.length_mm <= FILL_GROWTH_RATIO * last)
 
     def _follow_shape(self, accepted: tuple[Opacity, ...], line_iodine: float,
                       cloud_iodine: float) -> None:

@@ -249,6 +249,40 @@ def test_a_shape_must_dominate_frames_in_a_row_to_override():
     assert set(_states(frames)) == {"intra_articular"}
 
 
+def _fill(kind: str, length_mm: float, width_mm: float, elongation: float,
+          area_mm2: float) -> Opacity:
+    """An opacity of the given core length and width, elongation and (halo included) area."""
+    return dataclasses.replace(_shape(kind, elongation, area_mm2, 0.06 * area_mm2),
+                               length_mm=length_mm, width_mm=width_mm)
+
+
+# training seed 4102 case 9 (joint fill): a blob at the tip, then a line that runs along the
+# joint, its faint halo making its area over length 10.3-10.5 mm (over THIN_LINE_MM)
+JOINT_FILL_FROM_A_BLOB = [(_fill("cloud", 19.0, 5.6, 3.3, 150.0),),
+                          (_fill("line", 32.0, 6.1, 3.8, 327.0),),
+                          (_fill("line", 37.0, 6.3, 4.9, 386.0),),
+                          (_fill("line", 45.0, 6.0, 5.3, 447.0),)]
+
+
+def test_a_blob_that_runs_on_along_a_line_is_joint_fill():
+    assert _states(JOINT_FILL_FROM_A_BLOB) == ["extravasation"] + ["intra_articular"] * 3
+
+
+@pytest.mark.parametrize("frames", [
+    # extravasation (seed 4102 case 13): a line of a blob that hardly lengthens
+    [(_fill("cloud", 22.0, 4.9, 3.3, 201.0),), (_fill("line", 23.0, 5.3, 3.9, 346.0),),
+     (_fill("cloud", 23.0, 6.1, 3.5, 604.0),)],
+    # extravasation (quick seed 9201 case 22): two clouds that join into one 57 mm line
+    [(_fill("cloud", 15.0, 4.4, 2.0, 350.0), _fill("cloud", 9.0, 8.4, 1.1, 188.0)),
+     (_fill("line", 57.0, 3.5, 6.4, 814.0),), (_fill("line", 57.0, 4.4, 5.8, 1060.0),)],
+    # a cloud that swells (broad, not elongated) along its length too
+    [(_fill("cloud", 28.0, 7.1, 2.3, 493.0),), (_fill("cloud", 38.0, 7.9, 2.6, 747.0),),
+     (_fill("cloud", 47.0, 8.9, 2.7, 979.0),)],
+])
+def test_clouds_that_swell_join_or_hardly_lengthen_stay_extravasation(frames):
+    assert set(_states(frames)) == {"extravasation"}
+
+
 def test_the_shape_never_lowers_a_vascular_call():
     c = Classifier()
     c.update(0, (BROAD_LINE,), 0.0, None, washed_out=True)
