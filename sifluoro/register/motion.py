@@ -61,8 +61,8 @@ class Registrar:
         coarse_mm = spacing_mm * self.coarse_factor
         self.sigma_px = HIGHPASS_MM / coarse_mm
         # taper: the field edge would otherwise pin the estimate to zero motion
-        inside = cv2.resize(usable[:rows * self.coarse_factor, :cols * self.coarse_factor]
-                            .astype(np.float32), (cols, rows), interpolation=cv2.INTER_AREA)
+        inside = np.empty(self.coarse_shape, np.float32)  # each view's: 0.1 ms less by 3
+        area_into(usable.astype(np.float32), self.coarse_factor, inside)
         inside = cv2.erode((inside > 0.999).astype(np.uint8), np.ones((5, 5), np.uint8))
         taper = cv2.GaussianBlur(inside.astype(np.float32), (0, 0), 2.0)
         self.window = (taper * cv2.createHanningWindow((cols, rows), cv2.CV_32F)).astype(np.float32)

@@ -118,3 +118,19 @@ def test_prepared_image_is_opencvs(sim_runs, spacing_mm):
     cells = cv2.GaussianBlur(cells, (0, 0), reg.sigma_px / c, borderType=cv2.BORDER_REFLECT)
     low = cv2.resize(cells, (cols, rows), interpolation=cv2.INTER_LINEAR)
     np.testing.assert_array_equal(reg.prepare(work), coarse - low)
+
+
+@pytest.mark.parametrize("spacing_mm", [0.6, 0.3])
+def test_window_is_opencvs_taper_of_the_field(spacing_mm):
+    """The taper of a view's field is OpenCV's area resize of the field (by 3: the numba pass
+    of its sums), eroded, blurred and times a Hanning window, bit for bit."""
+    usable = np.zeros((512, 500), bool)
+    cv2.circle(usable.view(np.uint8), (240, 260), 230, 1, -1)
+    reg = Registrar(usable.shape, 1, spacing_mm, usable)
+    rows, cols = reg.coarse_shape
+    f = reg.coarse_factor
+    inside = cv2.resize(usable[:rows * f, :cols * f].astype(np.float32), (cols, rows),
+                        interpolation=cv2.INTER_AREA)
+    inside = cv2.erode((inside > 0.999).astype(np.uint8), np.ones((5, 5), np.uint8))
+    taper = cv2.GaussianBlur(inside.astype(np.float32), (0, 0), 2.0)
+    np.testing.assert_array_equal(reg.window, taper * cv2.createHanningWindow((cols, rows), cv2.CV_32F))
