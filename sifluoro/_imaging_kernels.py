@@ -336,4 +336,7 @@ def warm_up() -> None:
             median_into(v, np.empty_like(v), hist)
             robust_sigma_into(v, np.empty_like(v), np.empty_like(v), hist)
     clear_outside_circle(np.ones((4, 4), np.bool_), 1.5, 1.5, 2.25)
-    area3_into(np.zeros((7, 7), np.float32), np.empty((2, 2), np.float32))
+    for writable in (True, False):  # a caller's image may be read-only
+        f = np.zeros((7, 7), np.float32)
+        f.flags.writeable = writable
+        area3_into(f, np.empty((2, 2), np.float32))
