@@ -275,6 +275,12 @@ def test_area_by_3_is_opencvs_area_resize(shape):
     out[...] = np.nan
     area_into(image, 3, out)
     np.testing.assert_array_equal(out, expected)
+    np.testing.assert_array_equal(downsample(image, 3), expected)
+    np.testing.assert_array_equal(downsample(image.astype(np.float64), 3),
+                                  cv2.resize(image[:3 * rows, :3 * cols].astype(np.float64),
+                                             (cols, rows), interpolation=cv2.INTER_AREA))
+    buffer = np.empty_like(out)
+    assert downsample(image, 3, buffer) is buffer
     crop = image[1:, 1:]
     rows_c, cols_c = crop.shape[0] // 3, crop.shape[1] // 3
     if rows_c and cols_c:
