@@ -43,6 +43,35 @@ def attenuation_halved_into(pixels, scale, invert, out):
             o[x] = ((a + b) + (c + d)) * quarter
 
 @njit(cache=True, nogil=True)
+def attenuation_area3_into(pixels, scale, invert, out):
+    """:func:`attenuation_into` area-averaged over blocks of 3 x 3 (a remainder cropped), each
+    block summed as :func:`area3_into` sums it: the same values as the full-size attenuation
+    and its area resize by 3, in one pass over the stored pixels (``imaging.frame_work``)."""
+    rows, cols = out.shape
+    one = np.float32(1.0)
+    ninth = np.float32(1.0 / 9.0)
+    for y in range(rows):
+        r0, r1, r2, o = pixels[3 * y], pixels[3 * y + 1], pixels[3 * y + 2], out[y]
+        for x in range(cols):
+            j = 3 * x
+            a0, a1, a2 = (np.float32(r0[j]) * scale, np.float32(r0[j + 1]) * scale,
+                          np.float32(r0[j + 2]) * scale)
+            b0, b1, b2 = (np.float32(r1[j]) * scale, np.float32(r1[j + 1]) * scale,
+                          np.float32(r1[j + 2]) * scale)
+            c0, c1, c2 = (np.float32(r2[j]) * scale, np.float32(r2[j + 1]) * scale,
+                          np.float32(r2[j + 2]) * scale)
+            if invert:
+                a0, a1, a2 = one - a0, one - a1, one - a2
+                b0, b1, b2 = one - b0, one - b1, one - b2
+                c0, c1, c2 = one - c0, one - c1, one - c2
+            s = np.float32(0.0)
+            s += ((a0 + a1) + a2) + b0
+            s += ((b1 + b2) + c0) + c1
+            s += c2
+            o[x] = s * ninth
+
+
+@njit(cache=True, nogil=True)
 def area3_into(src, out):
     """``out`` = ``src`` area-averaged over blocks of 3 x 3 (float32; ``out``'s shape is the
     whole blocks), summed as OpenCV's area resize by an integer factor sums a block in its
@@ -326,6 +355,7 @@ def warm_up() -> None:
         # whole frame's attenuation)
         attenuation_into(p[1:3, 1:3], np.float32(1.0), False, np.empty((2, 2), np.float32))
         attenuation_halved_into(p, np.float32(1.0), True, out[:2, :2])
+        attenuation_area3_into(p, np.float32(1.0), True, out[:1, :1])
         picture_steps(p, 2.0, 0)
         picture_steps(p[:, ::2], 2.0, 16)
     hist = np.empty(16, np.int64)

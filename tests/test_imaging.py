@@ -292,3 +292,31 @@ def test_area_by_3_is_opencvs_area_resize(shape):
         got = np.empty((shape[0] // 5, shape[1] // 5), np.float32)
         area_into(image, 5, got)
         np.testing.assert_array_equal(got, downsample(image, 5))
+
+
+@pytest.mark.parametrize("bits", [10, 16])
+@pytest.mark.parametrize("photometric", ["MONOCHROME1", "MONOCHROME2"])
+@pytest.mark.parametrize("shape", [(1024, 1024), (10, 17), (3, 3)])
+def test_frame_work_by_3_is_the_area_resize_of_the_attenuation(bits, photometric, shape):
+    """At factor 3 (1024² over a 230 mm field) the working image comes from the stored pixels
+    in one pass, without the full-size attenuation, and equals OpenCV's area resize of it bit
+    for bit (a remainder cropped); with the attenuation already computed, that is resized."""
+    import cv2
+
+    from sifluoro.imaging import frame_work
+
+    rng = np.random.default_rng(bits + shape[0])
+    frame = _frame(rng.integers(0, 1 << bits, size=shape, dtype=np.uint16),
+                   _run(bits, photometric, *shape))
+    rows, cols = shape[0] // 3, shape[1] // 3
+    expected = cv2.resize(attenuation(frame)[:3 * rows, :3 * cols], (cols, rows),
+                          interpolation=cv2.INTER_AREA)
+    state: dict = {}
+    got = frame_work(frame, state, 3)
+    assert "attenuation" not in state  # no full-size image
+    np.testing.assert_array_equal(got, expected)
+    buffer = np.empty_like(got)
+    assert frame_work(frame, state, 3, buffer) is buffer
+    np.testing.assert_array_equal(buffer, expected)
+    frame_attenuation(frame, state)
+    np.testing.assert_array_equal(frame_work(frame, state, 3), expected)
