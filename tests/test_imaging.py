@@ -252,3 +252,71 @@ def test_frame_work_by_halves_is_the_area_resize_of_the_attenuation(bits, photom
     frame_attenuation(frame, state)
     np.testing.assert_array_equal(frame_work(frame, state, 2), expected)
     np.testing.assert_array_equal(frame_work(frame, {}, 1), attenuation(frame))
+
+
+@pytest.mark.parametrize("shape", [(512, 512), (510, 510), (1024, 1000), (9, 3), (40, 23)])
+def test_area_by_3_is_opencvs_area_resize(shape):
+    """The register's coarse motion image by 3 comes from one numba pass that sums each block
+    as OpenCV's area resize does: bit for bit, a remainder of rows and columns cropped, values
+    of both signs; a crop (not contiguous) and other factors go to OpenCV itself."""
+    import cv2
+
+    from sifluoro import _imaging_kernels as K
+    from sifluoro.imaging import area3_matches_opencv, area_into, downsample
+
+    rng = np.random.default_rng(shape[1])
+    image = (rng.random(shape, dtype=np.float32) - np.float32(0.4)) * np.float32(3.0)
+    rows, cols = shape[0] // 3, shape[1] // 3
+    expected = cv2.resize(image[:3 * rows, :3 * cols], (cols, rows), interpolation=cv2.INTER_AREA)
+    assert area3_matches_opencv(cols)  # this build: the kernel is used at every width
+    out = np.full((rows, cols), np.nan, np.float32)
+    K.area3_into(image, out)
+    np.testing.assert_array_equal(out, expected)
+    out[...] = np.nan
+    area_into(image, 3, out)
+    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_array_equal(downsample(image, 3), expected)
+    np.testing.assert_array_equal(downsample(image.astype(np.float64), 3),
+                                  cv2.resize(image[:3 * rows, :3 * cols].astype(np.float64),
+                                             (cols, rows), interpolation=cv2.INTER_AREA))
+    buffer = np.empty_like(out)
+    assert downsample(image, 3, buffer) is buffer
+    crop = image[1:, 1:]
+    rows_c, cols_c = crop.shape[0] // 3, crop.shape[1] // 3
+    if rows_c and cols_c:
+        got = np.empty((rows_c, cols_c), np.float32)
+        area_into(crop, 3, got)
+        np.testing.assert_array_equal(got, cv2.resize(crop[:3 * rows_c, :3 * cols_c],
+                                                      (cols_c, rows_c), interpolation=cv2.INTER_AREA))
+    if shape[0] >= 5 and shape[1] >= 5:
+        got = np.empty((shape[0] // 5, shape[1] // 5), np.float32)
+        area_into(image, 5, got)
+        np.testing.assert_array_equal(got, downsample(image, 5))
+
+
+@pytest.mark.parametrize("bits", [10, 16])
+@pytest.mark.parametrize("photometric", ["MONOCHROME1", "MONOCHROME2"])
+@pytest.mark.parametrize("shape", [(1024, 1024), (10, 17), (3, 3)])
+def test_frame_work_by_3_is_the_area_resize_of_the_attenuation(bits, photometric, shape):
+    """At factor 3 (1024² over a 230 mm field) the working image comes from the stored pixels
+    in one pass, without the full-size attenuation, and equals OpenCV's area resize of it bit
+    for bit (a remainder cropped); with the attenuation already computed, that is resized."""
+    import cv2
+
+    from sifluoro.imaging import frame_work
+
+    rng = np.random.default_rng(bits + shape[0])
+    frame = _frame(rng.integers(0, 1 << bits, size=shape, dtype=np.uint16),
+                   _run(bits, photometric, *shape))
+    rows, cols = shape[0] // 3, shape[1] // 3
+    expected = cv2.resize(attenuation(frame)[:3 * rows, :3 * cols], (cols, rows),
+                          interpolation=cv2.INTER_AREA)
+    state: dict = {}
+    got = frame_work(frame, state, 3)
+    assert "attenuation" not in state  # no full-size image
+    np.testing.assert_array_equal(got, expected)
+    buffer = np.empty_like(got)
+    assert frame_work(frame, state, 3, buffer) is buffer
+    np.testing.assert_array_equal(buffer, expected)
+    frame_attenuation(frame, state)
+    np.testing.assert_array_equal(frame_work(frame, state, 3), expected)

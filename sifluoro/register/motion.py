@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 import scipy.fft
 
+from sifluoro.imaging import area_into
 from sifluoro.register import _kernels
 
 COARSE_MM = 2.0  # bone outlines survive at this scale, quantum noise averages out
@@ -60,8 +61,8 @@ class Registrar:
         coarse_mm = spacing_mm * self.coarse_factor
         self.sigma_px = HIGHPASS_MM / coarse_mm
         # taper: the field edge would otherwise pin the estimate to zero motion
-        inside = cv2.resize(usable[:rows * self.coarse_factor, :cols * self.coarse_factor]
-                            .astype(np.float32), (cols, rows), interpolation=cv2.INTER_AREA)
+        inside = np.empty(self.coarse_shape, np.float32)  # each view's: 0.1 ms less by 3
+        area_into(usable.astype(np.float32), self.coarse_factor, inside)
         inside = cv2.erode((inside > 0.999).astype(np.uint8), np.ones((5, 5), np.uint8))
         taper = cv2.GaussianBlur(inside.astype(np.float32), (0, 0), 2.0)
         self.window = (taper * cv2.createHanningWindow((cols, rows), cv2.CV_32F)).astype(np.float32)
@@ -78,13 +79,13 @@ class Registrar:
         """Coarse, high-passed copy of a working-resolution image (a new array)."""
         rows, cols = self.coarse_shape
         f = self.coarse_factor
-        image = work[:rows * f, :cols * f]
+        image = work
         # OpenCV's area resize is several times faster by exact halves than by other factors
         while f % 2 == 0 and f > 2:
-            image = cv2.resize(image, (image.shape[1] // 2, image.shape[0] // 2),
+            image = cv2.resize(image[:rows * f, :cols * f], (cols * f // 2, rows * f // 2),
                                interpolation=cv2.INTER_AREA)
             f //= 2
-        cv2.resize(image, (cols, rows), dst=self._coarse, interpolation=cv2.INTER_AREA)
+        area_into(image, f, self._coarse)  # by 3: a numba pass of OpenCV's sums
         # the slow gradients, blurred on a 4x coarser grid and interpolated back: a tenth of
         # the cost of the full-size blur; the difference is smooth, and the measured motion the
         # same to a few hundredths of a pixel

@@ -93,3 +93,44 @@ def test_coarse_grid_high_pass_measures_as_a_full_gaussian(sim_runs, shift_xy):
     scale = reg.coarse_factor * reg.factor
     assert np.hypot(motion.shift_xy[0] - dx * scale, motion.shift_xy[1] - dy * scale) < 0.1
     assert motion.peak == pytest.approx(peak, rel=0.05)
+
+
+@pytest.mark.parametrize("spacing_mm", [0.6, 0.33, 0.3])
+def test_prepared_image_is_opencvs(sim_runs, spacing_mm):
+    """The coarse high-passed image is that of OpenCV's area resize (by halves, then by the odd
+    factor left: 3 by a numba pass of OpenCV's sums, 6 halved then 3, 7) and blur, bit for
+    bit."""
+    run, frames, _ = sim_runs[1]
+    work = attenuation(frames[0])
+    reg = Registrar(work.shape, 1, spacing_mm, np.ones(work.shape, bool))
+    rows, cols = reg.coarse_shape
+    f = reg.coarse_factor
+    assert f == {0.6: 3, 0.33: 6, 0.3: 7}[spacing_mm]
+    coarse = work[:rows * f, :cols * f]
+    while f % 2 == 0 and f > 2:
+        coarse = cv2.resize(coarse, (coarse.shape[1] // 2, coarse.shape[0] // 2),
+                            interpolation=cv2.INTER_AREA)
+        f //= 2
+    coarse = cv2.resize(coarse, (cols, rows), interpolation=cv2.INTER_AREA)
+    c = 4  # motion.LOWPASS_CELL
+    cells = cv2.resize(coarse[:rows // c * c, :cols // c * c], (cols // c, rows // c),
+                       interpolation=cv2.INTER_AREA)
+    cells = cv2.GaussianBlur(cells, (0, 0), reg.sigma_px / c, borderType=cv2.BORDER_REFLECT)
+    low = cv2.resize(cells, (cols, rows), interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_array_equal(reg.prepare(work), coarse - low)
+
+
+@pytest.mark.parametrize("spacing_mm", [0.6, 0.3])
+def test_window_is_opencvs_taper_of_the_field(spacing_mm):
+    """The taper of a view's field is OpenCV's area resize of the field (by 3: the numba pass
+    of its sums), eroded, blurred and times a Hanning window, bit for bit."""
+    usable = np.zeros((512, 500), bool)
+    cv2.circle(usable.view(np.uint8), (240, 260), 230, 1, -1)
+    reg = Registrar(usable.shape, 1, spacing_mm, usable)
+    rows, cols = reg.coarse_shape
+    f = reg.coarse_factor
+    inside = cv2.resize(usable[:rows * f, :cols * f].astype(np.float32), (cols, rows),
+                        interpolation=cv2.INTER_AREA)
+    inside = cv2.erode((inside > 0.999).astype(np.uint8), np.ones((5, 5), np.uint8))
+    taper = cv2.GaussianBlur(inside.astype(np.float32), (0, 0), 2.0)
+    np.testing.assert_array_equal(reg.window, taper * cv2.createHanningWindow((cols, rows), cv2.CV_32F))
