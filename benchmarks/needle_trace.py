@@ -1,14 +1,18 @@
 """Frame-by-frame trace of the needle stage on one simulated case, next to its truth.
 
     .venv/bin/python -m benchmarks.needle_trace /work/evalset-v2/case008 [--candidates]
-        [--from I --to J] [--png DIR] [--failures]
+        [--from I --to J] [--png DIR] [--failures] [--register]
 
 For each frame: truth tip / visibility / end-on, the stage's tip, confidence and error in mm,
 and a verdict (``ok`` within 3 mm, ``FAR`` reported more than 3 mm off, ``MISS`` nothing
 reported on a visible tip, ``FALSE`` a tip on a frame without a needle). ``--candidates``
 also prints every candidate segment the stage scored (tip, length, needle probability and the
 features it is computed from); ``--png DIR`` writes an overlay (truth in its colour beside
-the output) of every frame, or of the failures only with ``--failures``.
+the output) of every frame, or of the failures only with ``--failures``. ``--register`` runs
+the register stage before the needle stage, as ``batch-replay --stages register,needle`` and
+``eval_needle --register`` do: the needle stage then has the register target (the scout check,
+the end-on dot search and a wrong-level scout depend on it), and the trace shows what the
+held-out evaluation sees.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ from sifluoro.acquire.dicom_reader import iter_frames, read_study
 from sifluoro.config import Settings
 from sifluoro.overlay import draw_overlay
 from sifluoro.pipeline import Pipeline
+from sifluoro.register.stage import JointStage
 from sifluoro.track.needle import NeedleStage, needle_probability
 from sifluoro.track.needle_detect import NeedleSettings
 
@@ -93,15 +98,23 @@ def _fmt_candidate(f: dict, grid) -> str:
             + (f" {f['note']}" if f.get("note") else ""))
 
 
+def trace_pipeline(*, register: bool = False) -> Pipeline:
+    """The pipeline a case is traced through: the needle stage, after the register stage with
+    ``register``; no deadline."""
+    stages = [JointStage(), NeedleStage()] if register else [NeedleStage()]
+    return Pipeline(stages, Settings(latency_budget_ms=1e9))
+
+
 def trace(case: Path, *, candidates: bool = False, lo: int = 0, hi: int = 10**9,
-          png: Path | None = None, failures_only: bool = False, out=sys.stdout) -> dict:
-    """Trace one case; returns the verdict counts."""
+          png: Path | None = None, failures_only: bool = False, out=sys.stdout,
+          register: bool = False) -> dict:
+    """Trace one case (after the register stage with ``register``); returns the verdict
+    counts."""
     truth = json.loads((case / "truth.json").read_text())
     by_frame = {(f["sop_instance_uid"], f["frame"]): f for f in truth["frames"]}
     runs = {r["sop_instance_uid"]: r for r in truth["runs"]}
     study = read_study([case / "dicom"])
-    stage = NeedleStage()
-    pipe = Pipeline([stage], Settings(latency_budget_ms=1e9))
+    pipe = trace_pipeline(register=register)
     state = pipe.start_study(study.study_instance_uid)
     counts: dict[str, int] = {}
     last_run = None
@@ -174,18 +187,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--to", dest="hi", type=int, default=10**9)
     ap.add_argument("--png", type=Path)
     ap.add_argument("--failures", action="store_true")
+    ap.add_argument("--register", action="store_true",
+                    help="run the register stage first (its target), as the held-out runs do")
     args = ap.parse_args(argv)
     if args.summary:
         total: dict[str, int] = {}
         for case in sorted(p.parent for p in args.case.glob("*/truth.json")):
-            counts = trace(case, lo=1, hi=0, out=_Quiet(sys.stdout))
+            counts = trace(case, lo=1, hi=0, out=_Quiet(sys.stdout), register=args.register)
             print(f"{case.name}: " + " ".join(f"{k} {v}" for k, v in sorted(counts.items())))
             for k, v in counts.items():
                 total[k] = total.get(k, 0) + v
         print("total: " + " ".join(f"{k} {v}" for k, v in sorted(total.items())))
         return 0
     trace(args.case, candidates=args.candidates, lo=args.lo, hi=args.hi, png=args.png,
-          failures_only=args.failures)
+          failures_only=args.failures, register=args.register)
     return 0
 
 

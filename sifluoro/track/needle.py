@@ -710,6 +710,28 @@ class NeedleStage:
         joint."""
         return (not extra or st.track.extra) and self._consistent(st, ctx, tip, u, base)
 
+    def _tracks_refined(self, st: _StudyNeedle, att: np.ndarray, ctx: _RunContext,
+                        tip: np.ndarray, u: np.ndarray, base: np.ndarray, extra: bool) -> bool:
+        """Does a candidate whose axis is more than ``track_angle_deg`` (up to
+        ``track_refined_deg``) off the track's continue it (:meth:`_tracks`) once its tip is
+        refined on this frame (:meth:`_refine`, as the track's direction was measured, and as
+        the candidate is placed when taken)? A candidate's axis is the chord of its last
+        ``2 * fit_mm``, the track's the refined axis of the shaft's last ``fit_mm`` when it was
+        last found: on a bent needle, or one turned a little since, the two may differ by
+        more than ``track_angle_deg`` where the refined axes do not (training seed 4101: a
+        needle lost on 15 frames of a run, its candidate 9-10 degrees off the track's axis,
+        refined 0-6)."""
+        s = self.settings
+        track = st.track
+        if (s.track_refined_deg <= s.track_angle_deg or track.dir_xy is None
+                or float(u @ track.dir_xy) < math.cos(math.radians(s.track_refined_deg))):
+            return False
+        refined = self._refine(st, att, tip, u, ctx)
+        if refined is None or refined[2] <= 0.0:
+            return False
+        r_tip, r_u, _ = refined
+        return self._tracks(st, ctx, r_tip, r_u, r_tip - r_u * _norm(tip - base), extra)
+
     def _confirmed(self, st: _StudyNeedle, ctx: _RunContext, tip: np.ndarray,
                    u: np.ndarray, min_prob: float = 0.0) -> bool:
         """Was a candidate on the same line, tip within ``track_margin_mm``, among the
@@ -769,6 +791,8 @@ class NeedleStage:
             base = grid.to_full(base_w)
             u = (tip - base) / _norm(tip - base)
             tracked = self._tracks(st, ctx, tip, u, base, extra)
+            if not tracked and prob >= s.track_min_prob:
+                tracked = self._tracks_refined(st, att, ctx, tip, u, base, extra)
             if prob >= s.track_min_prob:
                 seen.append((tip, u, prob))
             if prob >= s.persist_min_prob:

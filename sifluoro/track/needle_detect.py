@@ -222,6 +222,19 @@ class NeedleSettings:
     track_angle_deg, track_reach_mm : float
         A candidate continues the track when its direction is within ``track_angle_deg`` of
         the last one, its tip within ``track_margin_mm`` across and ``track_reach_mm`` along.
+    track_refined_deg : float
+        A candidate whose axis (the chord of its last ``2 * fit_mm``) is more than
+        ``track_angle_deg`` but at most this off the track's (the axis refined over the
+        shaft's last ``fit_mm`` when it was last found) continues the track when its tip,
+        refined on the frame as it would be placed if taken, does (:meth:`NeedleStage.
+        _tracks_refined`): on a bent needle, or one turned a little since, the two axes differ
+        by more than ``track_angle_deg`` while the refined ones do not. Training seeds 4101,
+        4102 (48 studies): +17 -0 frames within 3 mm (4101: a needle lost on 15 frames of a
+        run, its candidate 9-10 degrees off the track's axis, refined 0-6), false tips
+        unchanged. Refining such a candidate from the track's axis instead (which finds the
+        shaft where the chord's 1.2 mm window of cross peaks does not) gained +7 / +6 but took
+        a candidate 21 mm behind the tip on a run's first frame (a run lost); limited to
+        ``track_margin_mm`` along, +4 / 0. ``track_angle_deg`` (or less): off.
     end_on : bool
         With no line taken and no line needle followed in the view, look for an end-on needle
         (a dot, :mod:`sifluoro.track.needle_dot`) near the register target, or near the dot
@@ -330,6 +343,7 @@ class NeedleSettings:
     track_min_prob: float = 0.2
     track_angle_deg: float = 8.0
     track_reach_mm: float = 25.0
+    track_refined_deg: float = 20.0
     follow_min_score: float = 6.0
     follow_start_score: float = 3.0
     follow_scaled: bool = False

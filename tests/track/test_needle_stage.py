@@ -917,3 +917,44 @@ def test_a_track_begun_on_the_scout_does_not_keep_the_next_run_s_needle_out(prov
         assert not state.stage_state["needle"].track.scout_only
     else:
         assert all(o is None for o in outs)
+
+
+def test_a_candidate_off_the_track_s_axis_continues_it_when_its_refined_axis_does():
+    """A candidate's axis is its chord over ``2 * fit_mm`` before the tip, the track's the
+    refined axis of the shaft's last ``fit_mm`` when it was last found: the two may differ by
+    more than ``track_angle_deg`` (a bent needle, one turned a little since) where the refined
+    axes do not. Here the track's axis is 5 degrees to one side of the needle's, the
+    candidate's chord 4.5 degrees to the other: the candidate continues the track once its
+    tip is refined on the frame; not past ``track_refined_deg``, not a line 10 mm beside the
+    tip, and not with ``track_refined_deg`` at ``track_angle_deg`` (the chord alone, as
+    before)."""
+    from dataclasses import replace
+
+    from sifluoro.imaging import frame_attenuation
+
+    tip, base = np.array([262.3, 251.6]), np.array([120.0, 511.0])
+    stage, state, frame, out = _needle_tracked_over_four_frames(tip, base, "1.2.8.1")
+    assert out["needle"] is not None
+    st = state.stage_state["needle"]
+    s = stage.settings
+    att = frame_attenuation(frame, state.stage_state)
+    length = float(np.linalg.norm(tip - base))
+    axis = (tip - base) / length
+
+    def turned(deg: float) -> np.ndarray:
+        c, si = math.cos(math.radians(deg)), math.sin(math.radians(deg))
+        return np.array([c * axis[0] - si * axis[1], si * axis[0] + c * axis[1]])
+
+    assert float(st.track.dir_xy @ axis) > math.cos(math.radians(1.0))
+    st.track.dir_xy = turned(5.0)
+    u = turned(-4.5)
+    assert s.track_angle_deg < 9.5 < s.track_refined_deg
+    assert not stage._tracks(st, st.ctx, tip, u, tip - u * length, False)
+    assert stage._tracks_refined(st, att, st.ctx, tip, u, tip - u * length, False)
+    far = turned(-s.track_refined_deg)
+    assert not stage._tracks_refined(st, att, st.ctx, tip, far, tip - far * length, False)
+    side = np.array([-u[1], u[0]]) * (10.0 / SPACING_MM)
+    assert not stage._tracks_refined(st, att, st.ctx, tip + side, u, tip + side - u * length,
+                                     False)
+    chord = NeedleStage(needle=replace(s, track_refined_deg=s.track_angle_deg))
+    assert not chord._tracks_refined(st, att, st.ctx, tip, u, tip - u * length, False)

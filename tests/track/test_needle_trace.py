@@ -24,3 +24,12 @@ def test_a_tip_past_the_true_tip_on_its_line_is_far_beyond():
     assert verdict(90.0, 50.5) == "FAR_SHORT"
     assert verdict(110.0, 60.0) == "FAR"
     assert verdict(104.0, 50.0) == "ok"
+
+
+def test_the_trace_runs_the_register_stage_first_when_asked():
+    """``--register``: the needle stage has the register target, as in the held-out runs
+    (``batch-replay --stages register,needle``); by default the needle stage alone."""
+    from benchmarks.needle_trace import trace_pipeline
+
+    assert [s.name for s in trace_pipeline(register=True).stages] == ["register", "needle"]
+    assert [s.name for s in trace_pipeline().stages] == ["needle"]
