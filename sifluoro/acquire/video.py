@@ -196,10 +196,11 @@ def video_frames(source: str | int, settings: VideoSourceSettings,
         tech = replace(settings.technique, frame_time_ms=frame_time_ms, pulse_rate_per_s=pulse_rate,
                        pulses_per_frame=pulse_rate / rate,
                        imager_pixel_spacing_xy_mm=(settings.pixel_spacing_mm,) * 2)
-        # a run holds its frames' times: a file's count, else a live source's runs go on in
-        # runs of RUN_FRAMES (2^20 times each held 50 MB a run; review s23 #6)
+        # a run holds its frames' times: a file's count (a container may claim any), at most
+        # RUN_FRAMES, and the capture goes on in a new run (2^20 times each held 50 MB a run;
+        # review s23 #6)
         study_uid = generate_uid()
-        frames_max = min(n, count if count > 0 else RUN_FRAMES)
+        frames_max = min(n, count if 0 < count <= RUN_FRAMES else RUN_FRAMES)
 
         def new_run(shape: tuple[int, ...], start_s: float, frames_max: int = frames_max) -> Run:
             return Run(path=str(source), sop_instance_uid=generate_uid(), sop_class_uid="",
@@ -229,7 +230,8 @@ def video_frames(source: str | int, settings: VideoSourceSettings,
                 run, in_run, previous, changed_at = (new_run(image.shape, pulse / rate,
                                                              RUN_FRAMES), 0, None, k)
                 stats.size_changes += 1
-            elif in_run == run.n_frames:  # a run full (a file longer than its header says)
+            elif in_run == run.n_frames:  # a run full (a long capture, or a file longer
+                # than its header says)
                 log.info("%s: frame %d goes on in a new run of %d frames", source, k + 1,
                          RUN_FRAMES)
                 run, in_run = new_run(image.shape, pulse / rate, RUN_FRAMES), 0
