@@ -195,8 +195,7 @@ class _Study:
 
         Exit status: 2 when no frame was processed, else ``LEFT_IN_OUTBOX`` when something was
         not delivered, else 1 when the RDSR, a key frame, the events or the summary could not
-        be made, else
-        ``STOPPED_EARLY`` when the study was stopped before its end, else 0."""
+        be made, else ``STOPPED_EARLY`` when the study was stopped before its end, else 0."""
         code = 0
         if self.sender is not None:
             if wait:  # the sender's retries, unless the user asks to stop
