@@ -25,6 +25,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
 import socket
 import tempfile
 import threading
@@ -347,7 +348,7 @@ class Outbox:
                     transient += 1
                     continue
                 category = code_to_category(code)
-                comment = status.get("ErrorComment", "")
+                comment = _without_patient(str(status.get("ErrorComment", "") or ""), full)
                 if category in ("Success", "Warning"):
                     if category == "Warning":
                         log.warning("outbox: %s stored by %s with warning 0x%04X %s", name, pacs,
@@ -374,6 +375,19 @@ class Outbox:
         _fsync_dir(self.failed_dir)
         report.failed.append((path.name, reason))
         log.error("outbox: %s moved to %s: %s", path.name, self.failed_dir, reason)
+
+
+def _without_patient(text: str, ds) -> str:
+    """``text`` (a PACS's ErrorComment, logged and kept in ``.reason.txt``) with the patient's
+    name components and ID as sent replaced by ``[patient]``: some PACS echo them in their
+    refusals, and no patient name or ID goes into logs."""
+    words = {str(ds.get("PatientID", "") or "").strip()}
+    for part in re.split(r"[\^=]", str(ds.get("PatientName", "") or "")):
+        words.add(part.strip())
+    for word in sorted((w for w in words if len(w) >= 2), key=len, reverse=True):
+        text = re.sub(rf"(?<![0-9a-z]){re.escape(word)}(?![0-9a-z])", "[patient]", text,
+                      flags=re.IGNORECASE)  # whole words: "Doe" is not in "does"
+    return text
 
 
 class OutboxSender:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
+import re
 import threading
 
 import pydicom
@@ -87,6 +89,25 @@ def test_success_moves_to_sent_transient_stays_refused_goes_to_failed(tmp_path, 
     assert sorted(scp.stored) == sorted([ok.stem, busy.stem])
     assert "DOE^JANE" not in caplog.text and "PID-778899" not in caplog.text
     assert outbox.requeue_failed() == 1 and [p.name for p in outbox.pending()] == [refused.name]
+
+
+def test_a_pacs_refusal_that_echoes_the_patient_keeps_them_out_of_logs(tmp_path, scp, caplog):
+    """Some PACS name the patient in their ErrorComment; it went into the log and the reason
+    file as it came (review s23)."""
+    outbox = Outbox(tmp_path / "outbox")
+    refused, busy = outbox.put(_instance()), outbox.put(_instance())
+    for path, code in ((refused, 0xC000), (busy, 0xA700)):
+        answer = Dataset()
+        answer.Status = code
+        answer.ErrorComment = "patient Jane Doe (PID-778899) does not match the worklist"
+        scp.answers[path.stem] = [answer] * 5
+    caplog.set_level(logging.INFO)
+    outbox.send_pending(PacsSettings("PACS", "127.0.0.1", scp.port, **FAST))
+    reason = (outbox.failed_dir / f"{refused.name}.reason.txt").read_text()
+    assert "0xC000" in reason and "does not match the worklist" in reason
+    for text in (reason, caplog.text):
+        assert not re.search(r"\bjane\b|\bdoe\b|778899", text, re.IGNORECASE)
+    assert "[patient]" in caplog.text
 
 
 def test_unreachable_pacs_keeps_everything_and_a_new_outbox_sends_it(tmp_path, scp):
