@@ -224,7 +224,11 @@ class IgtlServer:
 
     def send(self, messages: Sequence[pyigtl.MessageBase]) -> int:
         """Send ``messages`` to every client (packed once; images coalesced per client);
-        returns how many clients they went to."""
+        returns how many clients they went to. With none connected nothing is packed (an
+        overlay image is megabytes a frame)."""
+        with self._lock:
+            if not self._clients:
+                return 0
         ordered, image = [], None
         for message in messages:
             packed = message.pack()

@@ -358,3 +358,24 @@ def test_waiting_for_a_client_ends_when_asked_to_stop():
         assert server.wait_for_client(0.05) is False  # no client, no stop: the timeout
     finally:
         server.close()
+
+
+def test_with_no_client_connected_nothing_is_packed():
+    """The overlay image (megabytes a 1024² frame) was packed every frame with no client to
+    send it to (review s23)."""
+    packed = []
+
+    class Counted(pyigtl.StringMessage):
+        def pack(self):
+            packed.append(self.device_name)
+            return super().pack()
+
+    server = IgtlServer("127.0.0.1", 0)
+    try:
+        assert server.send([Counted("x", device_name="State")]) == 0 and packed == []
+        with socket.create_connection(("127.0.0.1", server.port)):
+            assert server.wait_for_client(10.0)
+            assert server.send([Counted("x", device_name="State")]) == 1
+            assert packed == ["State"]
+    finally:
+        server.close(0.5)
