@@ -74,6 +74,9 @@ from sifluoro.model import Frame, Study
 log = logging.getLogger(__name__)
 
 MAX_QUEUED_MESSAGES = 10_000
+#: clients served at once (a navigation system, a viewer or two); more are closed at once, said:
+#: each holds a thread and a queue of up to MAX_QUEUED_MESSAGES
+MAX_CLIENTS = 8
 GREEN = (0, 255, 0, 255)
 YELLOW = (255, 215, 0, 255)
 
@@ -278,8 +281,15 @@ class IgtlServer:
                 if self._closed:
                     sock.close()
                     return
-                self._clients.append(client)
-                self._connected.notify_all()
+                full = len(self._clients) >= MAX_CLIENTS
+                if not full:
+                    self._clients.append(client)
+                    self._connected.notify_all()
+            if full:
+                log.warning("OpenIGTLink: a client from %s:%d refused: %d are connected already",
+                            address[0], address[1], MAX_CLIENTS)
+                sock.close()
+                continue
             log.info("OpenIGTLink client connected from %s:%d", *address[:2])
             client.start()
 

@@ -379,3 +379,28 @@ def test_with_no_client_connected_nothing_is_packed():
             assert packed == ["State"]
     finally:
         server.close(0.5)
+
+
+def test_clients_beyond_the_limit_are_refused_and_said(monkeypatch, caplog):
+    """Any number of clients was served, each with two threads and a queue of up to 10 000
+    messages (review s23)."""
+    from sifluoro.plugin import igtl
+
+    monkeypatch.setattr(igtl, "MAX_CLIENTS", 2)
+    server = IgtlServer("127.0.0.1", 0)
+    socks = []
+    try:
+        for _ in range(2):
+            socks.append(socket.create_connection(("127.0.0.1", server.port)))
+        deadline = time.monotonic() + 10
+        while server.clients < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        extra = socket.create_connection(("127.0.0.1", server.port))
+        socks.append(extra)
+        extra.settimeout(10)
+        assert extra.recv(1) == b""  # closed by the server
+        assert server.clients == 2 and "refused: 2 are connected already" in caplog.text
+    finally:
+        for sock in socks:
+            sock.close()
+        server.close(0.5)
