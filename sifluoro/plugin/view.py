@@ -160,9 +160,15 @@ class ViewSink:
         self.state.finish(summary)
 
 
+#: MJPEG streams served at once (a workstation's page and a few viewers); one more is
+#: answered 503
+MAX_STREAMS = 8
+
+
 class _Handler(BaseHTTPRequestHandler):
     server_version = "sifluoro-view"
     state: ViewState  # set on the per-server subclass
+    streams: threading.BoundedSemaphore  # the same: MJPEG streams open at once
 
     def do_GET(self):  # noqa: N802 (http.server's name)
         path = self.path.split("?", 1)[0]
@@ -190,6 +196,17 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def _stream(self) -> None:
+        # each stream holds a thread for as long as its client reads: a bounded number
+        if not self.streams.acquire(blocking=False):
+            self.send_error(HTTPStatus.SERVICE_UNAVAILABLE,
+                            f"{MAX_STREAMS} streams are open already; use /frame.jpg")
+            return
+        try:
+            self._stream_frames()
+        finally:
+            self.streams.release()
+
+    def _stream_frames(self) -> None:
         self.send_response(HTTPStatus.OK)
         self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
         self.send_header("Cache-Control", "no-store")
@@ -215,7 +232,8 @@ class ViewServer:
     """Serves the page for ``state`` on ``host:port`` (port 0: a free one) from a thread."""
 
     def __init__(self, state: ViewState, *, host: str = "127.0.0.1", port: int = 8000):
-        handler = type("Handler", (_Handler,), {"state": state})
+        handler = type("Handler", (_Handler,), {
+            "state": state, "streams": threading.BoundedSemaphore(MAX_STREAMS)})
         try:
             self.httpd = ThreadingHTTPServer((host, port), handler)
         except OSError as exc:

@@ -145,3 +145,30 @@ def test_the_page_names_the_plane_of_the_tip_to_target_distance():
     state = view.snapshot()
     assert state["tip_to_target_mm"] == 30.6 and state["tip_to_target_mm_iso"] == 19.7
     assert "mm at the joint" in PAGE and "mm at the detector" in PAGE
+
+
+def test_streams_beyond_the_limit_are_answered_503(monkeypatch):
+    """Each MJPEG stream holds a thread while its client reads, and any number was served
+    (review s23): beyond MAX_STREAMS one is answered 503; the other pages are still served."""
+    import http.client
+    import urllib.error
+
+    from sifluoro.plugin import view
+
+    monkeypatch.setattr(view, "MAX_STREAMS", 2)
+    server = view.ViewServer(view.ViewState(), port=0).start()
+    try:
+        open_streams = []
+        for _ in range(2):
+            conn = http.client.HTTPConnection(server.host, server.port, timeout=10)
+            conn.request("GET", "/stream.mjpg")
+            assert conn.getresponse().status == 200
+            open_streams.append(conn)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(server.url + "stream.mjpg", timeout=10)
+        assert refused.value.code == 503
+        assert urllib.request.urlopen(server.url + "state.json", timeout=10).status == 200
+    finally:
+        for conn in open_streams:
+            conn.close()
+        server.close()
