@@ -363,23 +363,28 @@ def overlap_checked(run: Run, earlier: Iterable[Run]) -> Run:
     first = max((r for r in earlier if not r.frames_refused), key=run_end_s, default=None)
     if first is None or run.start_s >= run_end_s(first):
         return run
-    return replace(run, frames_refused=True, read_frames=partial(
-        pixel_readers.read_refused, tag="(0008,002A) AcquisitionDateTime",
-        why=f"it starts before the last frame of {Path(first.path).name} (at "
-            f"{run.start_s:+.3f} s, against {run_end_s(first):+.3f} s): one plane cannot "
-            "expose two runs at once (a second plane, a derived copy or a wrong clock), and "
-            "its frames would go back in time",
-        error=OverlappingRunError))
+    return _with_frames_refused(
+        run, f"it starts before the last frame of {Path(first.path).name} (at "
+             f"{run.start_s:+.3f} s, against {run_end_s(first):+.3f} s): one plane cannot "
+             "expose two runs at once (a second plane, a derived copy or a wrong clock), and "
+             "its frames would go back in time", OverlappingRunError)
 
 
 def untimed_run(run: Run, start_s: float) -> Run:
     """``run``, which has no acquisition or content time, put at ``start_s`` (the study's
     end) with its frames refused: none is shown, their dose counted from the header."""
-    return replace(run, start_s=start_s, frames_refused=True, read_frames=partial(
-        pixel_readers.read_refused, tag="(0008,002A) AcquisitionDateTime",
-        why="no acquisition or content time, so the run cannot be placed in the study (its "
-            "dose is counted at the study's end); export it with its timing attributes",
-        error=UntimedRunError))
+    return _with_frames_refused(
+        replace(run, start_s=start_s),
+        "no acquisition or content time, so the run cannot be placed in the study (its dose "
+        "is counted at the study's end); export it with its timing attributes", UntimedRunError)
+
+
+def _with_frames_refused(run: Run, why: str, error: type) -> Run:
+    """``run`` placed as it is but with none of its frames shown, for ``why`` (its timing:
+    (0008,002A) is named), their dose counted from the header."""
+    return replace(run, frames_refused=True, read_frames=partial(
+        pixel_readers.read_refused, tag="(0008,002A) AcquisitionDateTime", why=why,
+        error=error))
 
 
 def read_header(path: str | Path) -> Dataset:
