@@ -230,8 +230,9 @@ class IgtlServer:
         returns how many clients they went to. With none connected nothing is packed (an
         overlay image is megabytes a frame)."""
         with self._lock:
-            if not self._clients:
-                return 0
+            clients = list(self._clients)
+        if not clients:
+            return 0
         ordered, image = [], None
         for message in messages:
             packed = message.pack()
@@ -239,8 +240,6 @@ class IgtlServer:
                 image = packed
             else:
                 ordered.append(packed)
-        with self._lock:
-            clients = list(self._clients)
         for client in clients:
             client.put(ordered, image)
         return len(clients)
