@@ -99,13 +99,19 @@ class UntimedRunError(DamagedPixelDataError, MissingAttributeError):
 
 class OverlappingRunError(DamagedPixelDataError):
     """A run that starts before an earlier run's last frame: one plane cannot expose two runs
-    at once (a second plane, a derived copy or a wrong clock), and its frames would run
+    at once (a second plane or a wrong clock; a derived copy is a :class:`DerivedCopyError`), and its frames would run
     backwards in time, so none is shown; its dose counts (as lost frames)."""
 
 
 class DuplicateInstanceError(InputError):
     """Another file holds the same SOP instance and is used instead (the newer copy): this
     one is not counted twice."""
+
+
+class DerivedCopyError(InputError):
+    """An image derived from a run of the study (ImageType DERIVED, naming the run as its
+    source or taken over the same time): the same exposure again, so neither its frames nor
+    its dose count twice; the original is used."""
 
 
 class MultipleStudiesError(InputError):

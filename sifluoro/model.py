@@ -125,6 +125,11 @@ class Run:
     #: are counted as lost, its dose from the header
     frames_refused: bool = False
     study_uid_cut: bool = False  # ... inside its StudyInstanceUID value: the UID is a stump
+    #: ImageType (0008,0008) DERIVED: made from other images (a processed or re-captured
+    #: copy); beside the original run it copies, no second exposure
+    derived: bool = False
+    #: the instances it was made from (Source Image Sequence), when it names them
+    source_sop_uids: tuple[str, ...] = ()
     read_frames: Callable[["Run"], Iterator[np.ndarray]] | None = field(default=None, repr=False)
 
     @property

@@ -820,3 +820,68 @@ def test_an_enhanced_xa_rescale_in_its_functional_groups_turns_the_polarity(tmp_
     ds.save_as(path)
     (run,) = read_study([tmp_path]).runs
     assert run.modality_lut_inverts
+
+
+def derived_copy(source, to, *, name_source: bool = True, shift_s: float = 0.0):
+    """A processed copy of ``source`` written to ``to``: a new instance, ImageType DERIVED,
+    naming its source (Source Image Sequence) or not, taken ``shift_s`` later."""
+    from pydicom.dataset import Dataset
+    from pydicom.uid import generate_uid
+
+    ds = pydicom.dcmread(source)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.ImageType = ["DERIVED", "SECONDARY"]
+    if name_source:
+        item = Dataset()
+        item.ReferencedSOPClassUID = ds.SOPClassUID
+        item.ReferencedSOPInstanceUID = pydicom.dcmread(source).SOPInstanceUID
+        ds.SourceImageSequence = [item]
+    if shift_s:
+        start = datetime.strptime(ds.AcquisitionDateTime, "%Y%m%d%H%M%S.%f")
+        ds.AcquisitionDateTime = (start + timedelta(seconds=shift_s)).strftime("%Y%m%d%H%M%S.%f")
+        for keyword in ("AcquisitionTime", "ContentTime"):
+            if keyword in ds:
+                ds.data_element(keyword).value = ds.AcquisitionDateTime[8:]
+    ds.save_as(to)
+    return to
+
+
+@pytest.mark.parametrize("name_source, shift_s", [(True, 0.0), (False, 0.1), (True, 20.0)],
+                         ids=["naming-it", "over-its-time", "naming-it-later"])
+def test_a_derived_copy_of_a_run_is_neither_shown_nor_counted(tmp_path, name_source, shift_s):
+    """A processed copy of a run (a new instance, ImageType DERIVED) holds the same exposure
+    and technique: before, it was a second run (a copy taken later) or an overlapping one, its
+    dose counted twice either way. It is rejected naming its original; the dose is as without it."""
+    from sifluoro.dose.summary import summarize
+    from sifluoro.replay import replay
+
+    a, b = write_study(tmp_path / "in", [RunSpec(0.0, n_frames=5, filename="a.dcm"),
+                                         RunSpec(10.0, filename="b.dcm")])
+    alone = replay([tmp_path / "in"], events_path=tmp_path / "e0.jsonl",
+                   summary_path=tmp_path / "s0.json", stages=[]).summary
+    [alone_dose], _ = summarize([tmp_path / "in"])
+    derived_copy(a, tmp_path / "in" / "copy.dcm", name_source=name_source, shift_s=shift_s)
+    study = read_study([tmp_path / "in"])
+    assert [r.path.rsplit("/", 1)[-1] for r in study.runs] == ["a.dcm", "b.dcm"]
+    [rejected] = study.rejected
+    assert (rejected.error, rejected.tag) == ("DerivedCopyError", "(0008,0008) ImageType")
+    assert rejected.file.endswith("copy.dcm") and "a.dcm" in rejected.reason
+    out = replay([tmp_path / "in"], events_path=tmp_path / "e.jsonl",
+                 summary_path=tmp_path / "s.json", stages=[]).summary
+    assert (out["frames"], out["lost_frames"]["frames"]) == (8, 0)
+    assert out["study_dose"] == pytest.approx(alone["study_dose"])
+    [dose], rejected = summarize([tmp_path / "in"])
+    assert [r.error for r in rejected] == ["DerivedCopyError"]
+    for key in ("air_kerma_mgy", "dap_gycm2", "fluoro_time_s", "events"):
+        assert dose.summary()[key] == pytest.approx(alone_dose.summary()[key]), key
+
+
+def test_a_derived_run_alone_in_its_time_is_read_and_counted(tmp_path):
+    """A secondary capture (ImageType DERIVED) that copies no run of the study, such as a
+    grabbed screen, is the only record of its exposure: read, its dose counted."""
+    write_study(tmp_path, [RunSpec(0.0, filename="a.dcm"),
+                           RunSpec(10.0, storage="sc", filename="b.dcm",
+                                   tech=technique())])
+    study = read_study([tmp_path])
+    assert study.rejected == () and [r.derived for r in study.runs] == [False, True]
+    assert len(list(iter_frames(study, []))) == 6

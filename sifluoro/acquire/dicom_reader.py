@@ -50,6 +50,7 @@ from sifluoro.dose.rdsr_read import is_dose_report, names_an_sr_class
 from sifluoro.errors import (
     DamagedFileError,
     DamagedPixelDataError,
+    DerivedCopyError,
     InputError,
     MissingAttributeError,
     MultipleStudiesError,
@@ -204,6 +205,9 @@ def scan(inputs: Iterable[str | Path]) -> ScanResult:
         runs_by_study.setdefault(run.study_instance_uid, []).append(run)
     runs_by_study = {uid: runs for uid, runs in runs_by_study.items() if runs}
     _join_cut_study_uids(runs_by_study)
+    for uid, runs in runs_by_study.items():
+        runs_by_study[uid], copies = without_derived_copies(runs)
+        rejected += copies
     return ScanResult(runs_by_study, rejected, dose_reports, frozenset(report_studies))
 
 
@@ -347,6 +351,48 @@ def order_runs(runs: list[Run]) -> list[Run]:
     end_s = max((run_end_s(r) for r in placed), default=0.0)
     placed += [untimed_run(r, end_s) for r in sorted(untimed, key=header.sort_tiebreak)]
     return [replace(r, index=i) for i, r in enumerate(placed)]
+
+
+def without_derived_copies(runs: list[Run]) -> tuple[list[Run], list[Rejection]]:
+    """``runs`` without the derived copies of others among them (:func:`original_of`), and
+    the copies' rejections: a processed or re-captured copy of a run holds the same exposure,
+    and its header the same technique, so its dose would count twice (and its frames go back
+    in time)."""
+    kept, copies = [], []
+    for run in runs:
+        original = original_of(run, runs)
+        if original is None:
+            kept.append(run)
+        else:
+            copies.append(derived_copy_rejection(run, original))
+    return kept, copies
+
+
+def original_of(run: Run, others: Iterable[Run]) -> Run | None:
+    """The run of ``others`` that ``run`` is a copy of, or None: ``run`` is DERIVED and names
+    it in its Source Image Sequence, or was taken over part of its time (same clock as
+    ``others``). A derived run alone in its time (a screen capture, the only record of that
+    exposure) is no copy; nor is a copy of a copy the original."""
+    if not run.derived:
+        return None
+    originals = [r for r in others if r is not run and not r.derived]
+    named = [r for r in originals if r.sop_instance_uid in run.source_sop_uids]
+    if named:
+        return named[0]
+    if run.start_s is None or np.isnan(run.start_s):
+        return None
+    return next((r for r in originals if r.start_s is not None and not np.isnan(r.start_s)
+                 and r.start_s <= run_end_s(run) and run.start_s <= run_end_s(r)), None)
+
+
+def derived_copy_rejection(run: Run, original: Run) -> Rejection:
+    """Why the derived copy ``run`` of ``original`` is not used."""
+    how = ("names as its source" if original.sop_instance_uid in run.source_sop_uids
+           else "was taken over the time of")
+    return Rejection.of(run.path, DerivedCopyError(
+        f"DERIVED: an image made from {Path(original.path).name}, which it {how}: the same "
+        "exposure, so its frames and dose are that run's and count once", path=run.path,
+        tag="(0008,0008) ImageType"))
 
 
 def run_end_s(run: Run) -> float:
@@ -632,8 +678,33 @@ def run_from_dataset(ds: Dataset, path: str | Path) -> Run:
         header_cut=header_cut,
         study_uid_cut=header_cut and study_uid_cut,
         frames_refused=bool(refused),
+        derived=_image_type(ds)[:1] == ["DERIVED"],
+        source_sop_uids=_source_sop_uids(ds),
         read_frames=reader,
     )
+
+
+def _image_type(ds: Dataset) -> list[str]:
+    """(0008,0008) ImageType's values, upper case; [] when absent or unreadable."""
+    try:
+        value = ds.get("ImageType")
+        values = [value] if isinstance(value, str) else list(value or [])
+        return [str(v).strip().upper() for v in values]
+    except Exception:  # a damaged value: the image is taken as an original
+        return []
+
+
+def _source_sop_uids(ds: Dataset) -> tuple[str, ...]:
+    """The instances (0008,2112) Source Image Sequence names (also inside a Derivation Image
+    Sequence, as an enhanced image gives them); () when it names none or cannot be read."""
+    try:
+        items = list(ds.get("SourceImageSequence") or [])
+        for derivation in ds.get("DerivationImageSequence") or []:
+            items += list(derivation.get("SourceImageSequence") or [])
+        return tuple(str(i.ReferencedSOPInstanceUID) for i in items
+                     if i.get("ReferencedSOPInstanceUID"))
+    except Exception:  # a damaged sequence names nothing usable
+        return ()
 
 
 def decoder_available(tsuid: UID) -> bool:

@@ -40,8 +40,9 @@ from typing import Callable, Iterator
 
 import pydicom
 
-from sifluoro.acquire.dicom_reader import (copy_rank, overlap_checked, read_header,
-                                           run_from_dataset, untimed_run)
+from sifluoro.acquire.dicom_reader import (copy_rank, derived_copy_rejection, original_of,
+                                           overlap_checked, read_header, run_from_dataset,
+                                           untimed_run)
 from sifluoro.acquire.spool import Spool, StudyState
 from sifluoro.config import Settings
 from sifluoro.dose.rdsr_read import is_dose_report
@@ -587,7 +588,15 @@ class LiveStudies:
             state.alerts.extend(a.as_dict() for a in state.dose.use_report(report, study.runs))
 
     def _feed_run(self, study: _LiveStudy, run: Run) -> None:
-        if run.start_s is None or math.isnan(run.start_s):
+        timed = run.start_s is not None and not math.isnan(run.start_s)
+        original = original_of(replace(run, start_s=run.start_s - study.t0_s)
+                               if timed and study.t0_s is not None else
+                               replace(run, start_s=None), study.runs)
+        if original is not None:  # a processed copy of a run already counted: stored, unused
+            log.info("study %s: %s is a derived copy of %s", study.uid, run.path, original.path)
+            study.rejected.append(derived_copy_rejection(run, original))
+            return
+        if not timed:
             # not placed, not shown: its dose counted (as lost frames) when it arrives
             run = untimed_run(run, study.latest_start_s - study.t0_s
                               if study.t0_s is not None else 0.0)

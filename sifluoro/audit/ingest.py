@@ -27,7 +27,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
-from sifluoro.acquire.dicom_reader import copy_rank, iter_input_files, order_runs, read_header
+from sifluoro.acquire.dicom_reader import (copy_rank, iter_input_files, order_runs, read_header,
+                                          without_derived_copies)
 from sifluoro.audit.parse import IMAGE, RDSR, REJECTED, ParsedFile, file_sha256, parse_chunk, parse_file
 from sifluoro.audit.schema import (
     AlertRow,
@@ -541,8 +542,8 @@ def study_dose(uid: str, files: list[ParsedFile], settings: DoseSettings
                ) -> tuple[StudyDose | None, list[Rejection]]:
     """The study's dose from its files, as ``sifluoro dose summary`` computes it."""
     reports = [f.report for f in files if f.kind == RDSR and f.report is not None]
-    rejected: list[Rejection] = []
-    runs = [f.run for f in files if f.kind == IMAGE and f.run is not None]
+    runs, rejected = without_derived_copies(
+        [f.run for f in files if f.kind == IMAGE and f.run is not None])
     if reports:  # with the runs made outside the reports' time (after a report was sent)
         return with_srdl_reached(with_runs_outside(merge_reports(reports), runs, settings),
                                  settings), rejected

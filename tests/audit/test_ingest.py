@@ -1086,3 +1086,27 @@ def test_a_file_cut_before_its_pixel_data_with_a_whole_study_uid_joins_no_other_
     studies, _ = summarize([tmp_path / "A", cut])
     assert len(studies) == 2
     engine.dispose()
+
+
+def test_a_derived_copy_of_a_run_adds_no_dose_to_its_study(db_url, tmp_path):
+    """A processed copy (ImageType DERIVED, naming its source) ingested after its study: the
+    study's dose stays that of its original runs, as ``dose summary`` gives it, the copy
+    rejected naming the run it copies (and, recorded, unchanged on the next ingest)."""
+    from tests.dicom_fixtures import RunSpec, write_study
+    from tests.test_reader import derived_copy
+
+    first, _ = write_study(tmp_path / "in", [RunSpec(0.0, n_frames=8), RunSpec(20.0)])
+    [expected], _ = summarize([tmp_path / "in"])
+    engine = open_registry(db_url)
+    ingest([tmp_path / "in"], engine)
+    (tmp_path / "later").mkdir()
+    derived_copy(first, tmp_path / "later" / "copy.dcm")
+    result = ingest([tmp_path / "later"], engine)
+    assert [r.error for r in result.rejected] == ["DerivedCopyError"]
+    assert first.name in result.rejected[0].reason
+    again = ingest([tmp_path / "in", tmp_path / "later"], engine)  # recorded: unchanged
+    assert (again.unchanged, again.rejected) == (3, [])
+    [row] = _studies(engine).values()
+    assert (row["dap_gycm2"], row["n_events"]) == pytest.approx(
+        (expected.summary()["dap_gycm2"], expected.summary()["events"]))
+    engine.dispose()
