@@ -269,3 +269,37 @@ def test_a_live_sources_runs_hold_a_bounded_number_of_frame_times(monkeypatch):
     assert [f.t_s for f in frames] == pytest.approx([k / 15 for k in range(10)])
     assert [f.run.start_s + f.run.frame_offsets_s[f.frame_number - 1] for f in frames] \
         == pytest.approx([k / 15 for k in range(10)])
+
+
+class _SizedGrabber(_CountingGrabber):
+    """A :class:`_CountingGrabber` that reports its picture size (8 x 8), as a device does."""
+
+    def get(self, prop):
+        import cv2
+
+        return {cv2.CAP_PROP_FRAME_WIDTH: 8.0, cv2.CAP_PROP_FRAME_HEIGHT: 8.0}.get(
+            prop, super().get(prop))
+
+
+@pytest.mark.parametrize("grabber", [_SizedGrabber, _CountingGrabber])
+def test_a_live_sources_size_is_warmed_before_its_reader_starts(grabber):
+    """The stages' warm-up for a new size ran on the main loop at the first frame (0.16-0.9 s)
+    while the reader, its queue of 8 full, stopped reading: a grabber's frames were lost,
+    their pulses uncounted. ``warm`` now gets a run of the reported size before any read (and
+    nothing when the device reports no size: the first frame's run is prepared as before)."""
+    import threading
+
+    from sifluoro.acquire import video
+
+    source, stop, warmed = grabber(5), threading.Event(), []
+    for frame in video.video_frames("/dev/video0", video.VideoSourceSettings(0.3), stop=stop,
+                                    capture=source,
+                                    warm=lambda run: warmed.append((source.reads, run))):
+        stop.set()
+    if grabber is _CountingGrabber:
+        assert warmed == []
+        return
+    [(reads_before, run)] = warmed
+    assert reads_before == 0 and (run.rows, run.columns, run.bits_stored) == (8, 8, 8)
+    assert (run.pixel_spacing_xy_mm, run.technique) == (frame.run.pixel_spacing_xy_mm,
+                                                        frame.run.technique)

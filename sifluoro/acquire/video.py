@@ -26,7 +26,7 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import cv2
 import numpy as np
@@ -157,7 +157,8 @@ def open_capture(source: str | int) -> cv2.VideoCapture:
 def video_frames(source: str | int, settings: VideoSourceSettings,
                  stats: VideoStats | None = None,
                  stop: threading.Event | None = None,
-                 capture: cv2.VideoCapture | None = None) -> Iterator[Frame]:
+                 capture: cv2.VideoCapture | None = None,
+                 warm: Callable[[Run], object] | None = None) -> Iterator[Frame]:
     """Grey uint16 frames from a video, as one run starting at t = 0 (and a new run of the same
     study each time the picture size changes).
 
@@ -168,7 +169,10 @@ def video_frames(source: str | int, settings: VideoSourceSettings,
     before is dropped; without one, only repeats beyond :data:`HOLD_S` are (module notes);
     ``stats`` counts both. A live source (:func:`is_live_source`) is read on a thread of its
     own (:func:`_live_reads`): it ends when ``stop`` is set, not when a read fails.
-    ``capture``: ``source`` opened already (:func:`open_capture`), released here.
+    ``capture``: ``source`` opened already (:func:`open_capture`), released here. ``warm``:
+    called with a run of the size a live source reports before its reader starts (the stages'
+    warm-up; on the first frame it stopped the main loop 0.16-0.57 s while the reader's queue
+    filled and the grabber's frames were lost, uncounted).
     """
     stats = stats if stats is not None else VideoStats()
     capture = capture if capture is not None else open_capture(source)
@@ -185,13 +189,6 @@ def video_frames(source: str | int, settings: VideoSourceSettings,
         # no limit; a file that ends well short of it was cut (review s23 #4, #5)
         count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if not live else 0
         n = settings.max_frames or 1 << 30
-        reads = (_live_reads(capture, source, stop, stats, capture_rate, rate_from) if live
-                 else _read_all(capture))
-        first = next(reads, None)
-        if first is None:
-            if live:
-                return  # stopped before the source gave a frame
-            raise InputError("holds no frame", path=str(source))
         # pulses faster than the capture: each frame taken shows (and costs) several
         tech = replace(settings.technique, frame_time_ms=frame_time_ms, pulse_rate_per_s=pulse_rate,
                        pulses_per_frame=pulse_rate / rate,
@@ -212,6 +209,16 @@ def video_frames(source: str | int, settings: VideoSourceSettings,
                        frame_intervals_ms=(frame_time_ms,) * frames_max, technique=tech,
                        device=Device(station_name="video"), bits_allocated=8)
 
+        shape = reported_shape(capture) if live else None
+        if warm is not None and shape is not None:
+            warm(new_run(shape, 0.0))
+        reads = (_live_reads(capture, source, stop, stats, capture_rate, rate_from) if live
+                 else _read_all(capture))
+        first = next(reads, None)
+        if first is None:
+            if live:
+                return  # stopped before the source gave a frame
+            raise InputError("holds no frame", path=str(source))
         run = new_run(first.shape, 0.0)
         taken, in_run, last_pulse, previous, changed_at = 0, 0, -1, None, 0
         for k, image in enumerate(itertools.chain([first], reads)):
@@ -258,6 +265,18 @@ def video_frames(source: str | int, settings: VideoSourceSettings,
     finally:
         if not live:
             capture.release()  # a live source's reader releases it (it may be inside a read)
+
+
+def reported_shape(capture: cv2.VideoCapture) -> tuple[int, int] | None:
+    """The picture size (rows, columns) a capture reports, or None when it reports none."""
+    rows, columns = (capture.get(cv2.CAP_PROP_FRAME_HEIGHT), capture.get(cv2.CAP_PROP_FRAME_WIDTH))
+    if not all(math.isfinite(v) and 0 < v <= MAX_REPORTED_SIDE for v in (rows, columns)):
+        return None
+    return int(rows), int(columns)
+
+
+#: a reported picture side above this many pixels is no picture size
+MAX_REPORTED_SIDE = 16384
 
 
 def _capture_rate(capture: cv2.VideoCapture, source: str | int,

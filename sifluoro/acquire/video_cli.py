@@ -199,7 +199,9 @@ def _video(args) -> int:
     stop = stop_on_signals()
     ended, run = None, None
     try:
-        for frame in video_frames(source, settings, stats, stop, capture=capture):
+        # a live source's size is warmed before its reader starts: the grabber does not wait
+        for frame in video_frames(source, settings, stats, stop, capture=capture,
+                                  warm=engine.pipeline.prepare_stages):
             if frame.run is not run:  # kernels warmed up on the real frame size before it counts
                 run = frame.run
                 engine.prepare(Study(run.study_instance_uid, (run,)))
