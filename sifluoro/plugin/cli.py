@@ -121,7 +121,7 @@ def add_plugin_parser(sub) -> None:
 class _Study:
     """Inputs, settings, engine, outbox and sender of one live command."""
 
-    def __init__(self, args, *, stop: threading.Event, background_sender: bool = True):
+    def __init__(self, args, *, stop: threading.Event):
         from sifluoro import Engine
         from sifluoro.outfiles import check_folder_writable, check_some_input_exists, check_writable
         from sifluoro.stages import make_stages
@@ -145,11 +145,17 @@ class _Study:
         self.summary: dict | None = None
         self._tmp = None
         if args.outbox:
-            from sifluoro.plugin.outbox import Outbox, OutboxSender
+            from sifluoro.plugin.outbox import Outbox
 
             self.outbox = Outbox(args.outbox)
-            if self.pacs and background_sender:  # delivers what an earlier run left, at once
-                self.sender = OutboxSender(self.outbox, self.pacs).start()
+
+    def start_sender(self) -> None:
+        """Start delivering to the PACS in the background (what an earlier run left, at once):
+        once the command's port is open, so that a port in use ends it before any C-STORE."""
+        if self.outbox is not None and self.pacs:
+            from sifluoro.plugin.outbox import OutboxSender
+
+            self.sender = OutboxSender(self.outbox, self.pacs).start()
 
     def inputs(self) -> list:
         if self.args.simulate is None:
@@ -242,6 +248,7 @@ def _serve_igtl(args) -> int:
     stop = stop_on_signals()
     study = _Study(args, stop=stop)
     server = IgtlServer(args.host, args.port)
+    study.start_sender()
     print(f"OpenIGTLink: listening on {server.host}:{server.port}", flush=True)
     try:
         if (args.wait_client_s > 0 and not server.wait_for_client(args.wait_client_s, stop)
@@ -270,6 +277,7 @@ def _view(args) -> int:
     study = _Study(args, stop=stop)
     state = ViewState()
     server = ViewServer(state, host=args.host, port=args.port).start()
+    study.start_sender()
     print(f"view: listening on {server.url}", flush=True)
     try:
         summary = study.replay([ViewSink(state)], fps=args.fps)
@@ -288,7 +296,7 @@ def _export(args) -> int:
     if not args.outbox:
         raise ConfigError("export needs --outbox DIR")
     stop = stop_on_signals()
-    study = _Study(args, stop=stop, background_sender=False)
+    study = _Study(args, stop=stop)  # sends at the end, in the foreground
     study.replay([], paced=False)
     if study.pacs and not stop.is_set():  # synchronous: the command ends when sending is done
         study.outbox.send_until_stopped(study.pacs, stop)

@@ -313,3 +313,24 @@ def test_the_senders_patience_counts_the_waits_between_retries():
     pacs = PacsSettings("PACS", "127.0.0.1", 104, retries=5, retry_wait_s=30.0, timeout_s=10.0)
     assert [pacs.retry_wait_before(k) for k in range(1, 6)] == [30.0, 60.0, 60.0, 60.0, 60.0]
     assert pacs.patience_s() == 10.0 * 6 + 270.0
+
+
+@pytest.mark.parametrize("command", ["serve-igtl", "view"])
+def test_a_port_in_use_ends_the_command_before_anything_is_sent(tmp_path, scp, capsys, command):
+    """Suspicion of review s23, confirmed: the sender started (and delivered what an earlier
+    run left) before the command's own port was opened, so a port in use ended the command
+    with the sender's C-STORE under way in a thread about to die. The port comes first now."""
+    import socket
+
+    from sifluoro.cli import main
+
+    left = Outbox(tmp_path / "outbox").put(_instance())
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        code = main([command, "--simulate", "0", "--port", str(busy.getsockname()[1]),
+                     "--outbox", str(tmp_path / "outbox"),
+                     "--pacs", f"PACS@127.0.0.1:{scp.port}", "--quiet"])
+    assert code == 2 and "cannot listen" in capsys.readouterr().err
+    threading.Event().wait(1.0)  # a sender started before would have delivered by now
+    assert scp.stored == [] and [p.name for p in Outbox(tmp_path / "outbox").pending()] == [left.name]
