@@ -108,10 +108,11 @@ class DuplicateInstanceError(InputError):
     one is not counted twice."""
 
 
-class DerivedCopyError(InputError):
-    """An image derived from a run of the study (ImageType DERIVED, naming the run as its
-    source or taken over the same time): the same exposure again, so neither its frames nor
-    its dose count twice; the original is used."""
+class CopiedRunError(InputError):
+    """A copy of a run of the study: an image derived from it (ImageType DERIVED, naming it as
+    its source or taken over its time), or the same exposure exported again under other UIDs
+    (same start, frames and technique). Neither its frames nor its dose count twice; the run
+    it copies is used."""
 
 
 class MultipleStudiesError(InputError):

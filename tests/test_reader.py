@@ -822,14 +822,21 @@ def test_an_enhanced_xa_rescale_in_its_functional_groups_turns_the_polarity(tmp_
     assert run.modality_lut_inverts
 
 
-def derived_copy(source, to, *, name_source: bool = True, shift_s: float = 0.0):
+def derived_copy(source, to, *, name_source: bool = True, shift_s: float = 0.0,
+                 derived: bool = True):
     """A processed copy of ``source`` written to ``to``: a new instance, ImageType DERIVED,
-    naming its source (Source Image Sequence) or not, taken ``shift_s`` later."""
+    naming its source (Source Image Sequence) or not, taken ``shift_s`` later; with
+    ``derived=False``, the same instance under other UIDs (a re-export)."""
     from pydicom.dataset import Dataset
     from pydicom.uid import generate_uid
 
     ds = pydicom.dcmread(source)
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    # a 2.25 UID: sorts after the fixtures' (the first of two identical runs is kept)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(prefix=None)
+    if not derived:
+        ds.SeriesInstanceUID = generate_uid()
+        ds.save_as(to)
+        return to
     ds.ImageType = ["DERIVED", "SECONDARY"]
     if name_source:
         item = Dataset()
@@ -846,12 +853,15 @@ def derived_copy(source, to, *, name_source: bool = True, shift_s: float = 0.0):
     return to
 
 
-@pytest.mark.parametrize("name_source, shift_s", [(True, 0.0), (False, 0.1), (True, 20.0)],
-                         ids=["naming-it", "over-its-time", "naming-it-later"])
-def test_a_derived_copy_of_a_run_is_neither_shown_nor_counted(tmp_path, name_source, shift_s):
-    """A processed copy of a run (a new instance, ImageType DERIVED) holds the same exposure
-    and technique: before, it was a second run (a copy taken later) or an overlapping one, its
-    dose counted twice either way. It is rejected naming its original; the dose is as without it."""
+@pytest.mark.parametrize("name_source, shift_s, derived",
+                         [(True, 0.0, True), (False, 0.1, True), (True, 20.0, True),
+                          (False, 0.0, False)],
+                         ids=["naming-it", "over-its-time", "naming-it-later", "re-exported"])
+def test_a_copy_of_a_run_is_neither_shown_nor_counted(tmp_path, name_source, shift_s, derived):
+    """A processed copy of a run (a new instance, ImageType DERIVED), or the run exported again
+    under other UIDs, holds the same exposure and technique: before, it was a second run (a
+    copy taken later) or an overlapping one, its dose counted twice either way (review s24 #1).
+    It is rejected naming its original; the dose is as without it."""
     from sifluoro.dose.summary import summarize
     from sifluoro.replay import replay
 
@@ -860,18 +870,20 @@ def test_a_derived_copy_of_a_run_is_neither_shown_nor_counted(tmp_path, name_sou
     alone = replay([tmp_path / "in"], events_path=tmp_path / "e0.jsonl",
                    summary_path=tmp_path / "s0.json", stages=[]).summary
     [alone_dose], _ = summarize([tmp_path / "in"])
-    derived_copy(a, tmp_path / "in" / "copy.dcm", name_source=name_source, shift_s=shift_s)
+    derived_copy(a, tmp_path / "in" / "copy.dcm", name_source=name_source, shift_s=shift_s,
+                 derived=derived)
     study = read_study([tmp_path / "in"])
     assert [r.path.rsplit("/", 1)[-1] for r in study.runs] == ["a.dcm", "b.dcm"]
     [rejected] = study.rejected
-    assert (rejected.error, rejected.tag) == ("DerivedCopyError", "(0008,0008) ImageType")
+    assert (rejected.error, rejected.tag) == (
+        "CopiedRunError", "(0008,0008) ImageType" if derived else "(0008,0018) SOPInstanceUID")
     assert rejected.file.endswith("copy.dcm") and "a.dcm" in rejected.reason
     out = replay([tmp_path / "in"], events_path=tmp_path / "e.jsonl",
                  summary_path=tmp_path / "s.json", stages=[]).summary
     assert (out["frames"], out["lost_frames"]["frames"]) == (8, 0)
     assert out["study_dose"] == pytest.approx(alone["study_dose"])
     [dose], rejected = summarize([tmp_path / "in"])
-    assert [r.error for r in rejected] == ["DerivedCopyError"]
+    assert [r.error for r in rejected] == ["CopiedRunError"]
     for key in ("air_kerma_mgy", "dap_gycm2", "fluoro_time_s", "events"):
         assert dose.summary()[key] == pytest.approx(alone_dose.summary()[key]), key
 

@@ -50,7 +50,7 @@ from sifluoro.dose.rdsr_read import is_dose_report, names_an_sr_class
 from sifluoro.errors import (
     DamagedFileError,
     DamagedPixelDataError,
-    DerivedCopyError,
+    CopiedRunError,
     InputError,
     MissingAttributeError,
     MultipleStudiesError,
@@ -206,7 +206,7 @@ def scan(inputs: Iterable[str | Path]) -> ScanResult:
     runs_by_study = {uid: runs for uid, runs in runs_by_study.items() if runs}
     _join_cut_study_uids(runs_by_study)
     for uid, runs in runs_by_study.items():
-        runs_by_study[uid], copies = without_derived_copies(runs)
+        runs_by_study[uid], copies = without_copied_runs(runs)
         rejected += copies
     return ScanResult(runs_by_study, rejected, dose_reports, frozenset(report_studies))
 
@@ -353,29 +353,36 @@ def order_runs(runs: list[Run]) -> list[Run]:
     return [replace(r, index=i) for i, r in enumerate(placed)]
 
 
-def without_derived_copies(runs: list[Run]) -> tuple[list[Run], list[Rejection]]:
-    """``runs`` without the derived copies of others among them (:func:`original_of`), and
-    the copies' rejections: a processed or re-captured copy of a run holds the same exposure,
-    and its header the same technique, so its dose would count twice (and its frames go back
-    in time)."""
+def without_copied_runs(runs: list[Run]) -> tuple[list[Run], list[Rejection]]:
+    """``runs`` without the copies of others among them (:func:`original_of`), and the
+    copies' rejections: a processed copy of a run, or the run exported again under other UIDs,
+    holds the same exposure and its header the same technique, so its dose would count twice
+    (and its frames go back in time)."""
     kept, copies = [], []
     for run in runs:
         original = original_of(run, runs)
         if original is None:
             kept.append(run)
         else:
-            copies.append(derived_copy_rejection(run, original))
+            copies.append(copied_run_rejection(run, original))
     return kept, copies
 
 
 def original_of(run: Run, others: Iterable[Run]) -> Run | None:
-    """The run of ``others`` that ``run`` is a copy of, or None: ``run`` is DERIVED and names
-    it in its Source Image Sequence, or was taken over part of its time (same clock as
-    ``others``). A derived run alone in its time (a screen capture, the only record of that
-    exposure) is no copy; nor is a copy of a copy the original."""
+    """The run of ``others`` (same clock) that ``run`` copies, or None:
+
+    - ``run`` is DERIVED and names it in its Source Image Sequence, or was taken over part of
+      its time. A derived run alone in its time (a screen capture, the only record of that
+      exposure) is no copy; nor is a copy of a copy the original;
+    - or ``run`` is the same exposure under other UIDs (an anonymiser or a PACS remap run
+      twice): the same start, frame times and technique (angles, collimation, reported dose
+      included: a second plane differs), and it sorts after it (the first is kept).
+    """
+    others = [r for r in others if r is not run]
     if not run.derived:
-        return None
-    originals = [r for r in others if r is not run and not r.derived]
+        return next((r for r in others if not r.derived and _same_exposure(r, run)
+                     and header.sort_tiebreak(r) < header.sort_tiebreak(run)), None)
+    originals = [r for r in others if not r.derived]
     named = [r for r in originals if r.sop_instance_uid in run.source_sop_uids]
     if named:
         return named[0]
@@ -385,14 +392,23 @@ def original_of(run: Run, others: Iterable[Run]) -> Run | None:
                  and r.start_s <= run_end_s(run) and run.start_s <= run_end_s(r)), None)
 
 
-def derived_copy_rejection(run: Run, original: Run) -> Rejection:
-    """Why the derived copy ``run`` of ``original`` is not used."""
-    how = ("names as its source" if original.sop_instance_uid in run.source_sop_uids
-           else "was taken over the time of")
-    return Rejection.of(run.path, DerivedCopyError(
-        f"DERIVED: an image made from {Path(original.path).name}, which it {how}: the same "
-        "exposure, so its frames and dose are that run's and count once", path=run.path,
-        tag="(0008,0008) ImageType"))
+def _same_exposure(a: Run, b: Run) -> bool:
+    return (a.start_s is not None and a.start_s == b.start_s
+            and a.frame_offsets_s == b.frame_offsets_s and a.technique == b.technique)
+
+
+def copied_run_rejection(run: Run, original: Run) -> Rejection:
+    """Why ``run``, a copy of ``original``, is not used."""
+    name = Path(original.path).name
+    if not run.derived:
+        why, tag = (f"the same exposure as {name} (the same start, frames and technique under "
+                    "other UIDs: exported again or remapped)"), "(0008,0018) SOPInstanceUID"
+    else:
+        how = ("names as its source" if original.sop_instance_uid in run.source_sop_uids
+               else "was taken over the time of")
+        why, tag = f"DERIVED: an image made from {name}, which it {how}", "(0008,0008) ImageType"
+    return Rejection.of(run.path, CopiedRunError(
+        f"{why}: its frames and dose are that run's and count once", path=run.path, tag=tag))
 
 
 def run_end_s(run: Run) -> float:

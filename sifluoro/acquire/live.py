@@ -40,7 +40,7 @@ from typing import Callable, Iterator
 
 import pydicom
 
-from sifluoro.acquire.dicom_reader import (copy_rank, derived_copy_rejection, original_of,
+from sifluoro.acquire.dicom_reader import (copy_rank, copied_run_rejection, original_of,
                                            overlap_checked, read_header, run_from_dataset,
                                            untimed_run)
 from sifluoro.acquire.spool import Spool, StudyState
@@ -594,7 +594,7 @@ class LiveStudies:
                                replace(run, start_s=None), study.runs)
         if original is not None:  # a processed copy of a run already counted: stored, unused
             log.info("study %s: %s is a derived copy of %s", study.uid, run.path, original.path)
-            study.rejected.append(derived_copy_rejection(run, original))
+            study.rejected.append(copied_run_rejection(run, original))
             return
         if not timed:
             # not placed, not shown: its dose counted (as lost frames) when it arrives

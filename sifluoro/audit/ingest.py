@@ -28,7 +28,7 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from sifluoro.acquire.dicom_reader import (copy_rank, iter_input_files, order_runs, read_header,
-                                          without_derived_copies)
+                                          without_copied_runs)
 from sifluoro.audit.parse import IMAGE, RDSR, REJECTED, ParsedFile, file_sha256, parse_chunk, parse_file
 from sifluoro.audit.schema import (
     AlertRow,
@@ -542,7 +542,7 @@ def study_dose(uid: str, files: list[ParsedFile], settings: DoseSettings
                ) -> tuple[StudyDose | None, list[Rejection]]:
     """The study's dose from its files, as ``sifluoro dose summary`` computes it."""
     reports = [f.report for f in files if f.kind == RDSR and f.report is not None]
-    runs, rejected = without_derived_copies(
+    runs, rejected = without_copied_runs(
         [f.run for f in files if f.kind == IMAGE and f.run is not None])
     if reports:  # with the runs made outside the reports' time (after a report was sent)
         return with_srdl_reached(with_runs_outside(merge_reports(reports), runs, settings),

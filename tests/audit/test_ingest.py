@@ -1102,7 +1102,7 @@ def test_a_derived_copy_of_a_run_adds_no_dose_to_its_study(db_url, tmp_path):
     (tmp_path / "later").mkdir()
     derived_copy(first, tmp_path / "later" / "copy.dcm")
     result = ingest([tmp_path / "later"], engine)
-    assert [r.error for r in result.rejected] == ["DerivedCopyError"]
+    assert [r.error for r in result.rejected] == ["CopiedRunError"]
     assert first.name in result.rejected[0].reason
     again = ingest([tmp_path / "in", tmp_path / "later"], engine)  # recorded: unchanged
     assert (again.unchanged, again.rejected) == (3, [])

@@ -591,13 +591,15 @@ def test_a_run_received_that_starts_inside_the_run_before_is_not_shown(start_rec
     assert replay_output_violations(folder / "events.jsonl", folder / "summary.json") == []
 
 
-def test_a_derived_copy_received_after_its_run_is_stored_not_counted(start_receiver, tmp_path):
-    """A processed copy of a run (ImageType DERIVED, a new instance) sent after it: stored
-    (Success), neither shown nor counted; the study's dose as without it."""
+@pytest.mark.parametrize("derived", [True, False], ids=["derived", "re-exported"])
+def test_a_copy_received_after_its_run_is_stored_not_counted(start_receiver, tmp_path, derived):
+    """A processed copy of a run (ImageType DERIVED, a new instance), or the run under other
+    UIDs, sent after it: stored (Success), neither shown nor counted; the study's dose as
+    without it."""
     from tests.test_reader import derived_copy
 
     files = write_study(tmp_path / "in", [RunSpec(0.0, n_frames=5), RunSpec(10.0)])
-    copy = derived_copy(files[0], tmp_path / "copy.dcm", name_source=False)
+    copy = derived_copy(files[0], tmp_path / "copy.dcm", name_source=False, derived=derived)
     receiver = start_receiver()
     done = storescu(receiver.port, files + [copy])
     assert done.returncode == 0, done.stdout + done.stderr
@@ -606,7 +608,7 @@ def test_a_derived_copy_received_after_its_run_is_stored_not_counted(start_recei
     wait_for(lambda: (folder / "summary.json").exists()
              and json.loads((folder / "summary.json").read_text())["instances"] == 3)
     summary = json.loads((folder / "summary.json").read_text())
-    assert [r["error"] for r in summary["rejected_files"]] == ["DerivedCopyError"]
+    assert [r["error"] for r in summary["rejected_files"]] == ["CopiedRunError"]
     assert (summary["frames"], summary["lost_frames"]["frames"]) == (8, 0)
     alone = replay([tmp_path / "in"], events_path=tmp_path / "e.jsonl",
                    summary_path=tmp_path / "s.json", stages=[]).summary
