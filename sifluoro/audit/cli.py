@@ -22,8 +22,10 @@ def _settings(args):
     from sifluoro.audit.settings import AuditSettings, read_link_key
 
     key = read_link_key(args.link_key_file) if getattr(args, "link_key_file", None) else None
+    wait_s = getattr(args, "lock_wait_s", None)
     return AuditSettings(patient_link_key=key,
-                         outlier_factor=getattr(args, "outlier_factor", None) or AuditSettings.outlier_factor)
+                         outlier_factor=getattr(args, "outlier_factor", None) or AuditSettings.outlier_factor,
+                         lock_wait_s=AuditSettings.lock_wait_s if wait_s is None else wait_s)
 
 
 @contextlib.contextmanager
@@ -197,6 +199,9 @@ def add_audit_parser(subparsers) -> argparse.ArgumentParser:
                    "HMAC-SHA256 of the Patient ID to link a patient's studies (nothing is stored "
                    "without it)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--lock-wait-s", type=number(least=0.0), metavar="S",
+                   help="how long to wait for another ingest's batch to commit (SQLite; "
+                        "default 600)")
     p.add_argument("-q", "--quiet", action="store_true")
     _dask_options(p)
     p.set_defaults(func=_ingest)

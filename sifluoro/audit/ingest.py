@@ -143,7 +143,7 @@ def ingest(paths: Iterable[str | Path], db: str | Engine, *, settings: AuditSett
     from functools import partial
 
     settings = settings or AuditSettings()
-    engine = open_registry(db) if isinstance(db, str) else db
+    engine = open_registry(db, lock_wait_s=settings.lock_wait_s) if isinstance(db, str) else db
     mapper = mapper or serial_mapper
     t0 = time.perf_counter()
     result = IngestResult()

@@ -295,7 +295,7 @@ def registry_url(db: str) -> str:
     return db if "://" in db else f"sqlite:///{db}"
 
 
-def open_registry(url: str) -> Engine:
+def open_registry(url: str, *, lock_wait_s: float = 600.0) -> Engine:
     """An engine on the registry at ``url``, migrated to :data:`SCHEMA_VERSION`.
 
     Parameters
@@ -303,6 +303,8 @@ def open_registry(url: str) -> Engine:
     url : str
         A SQLAlchemy URL (``sqlite:///dose.db``, ``postgresql+psycopg://user@host/db``) or a
         plain file path, taken as a SQLite file.
+    lock_wait_s : float
+        SQLite: how long a write waits for another writer's transaction, s.
 
     Raises
     ------
@@ -311,7 +313,9 @@ def open_registry(url: str) -> Engine:
     """
     url = registry_url(url)
     try:
-        engine = create_engine(url, future=True)
+        sqlite = url.startswith("sqlite")
+        engine = create_engine(url, future=True,
+                               connect_args={"timeout": lock_wait_s} if sqlite else {})
     except Exception as exc:  # bad URL or missing driver: say which setting is wrong
         raise ConfigError(f"--db {url!r}: {exc}") from exc
     if engine.dialect.name == "sqlite":

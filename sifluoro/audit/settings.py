@@ -30,6 +30,11 @@ class AuditSettings:
         Files parsed per task (one task per chunk on a process pool or Dask worker).
     dose : DoseSettings
         Dose accounting of image studies and the alert / SRDL levels.
+    lock_wait_s : float
+        How long an ingest waits for another's batch to commit before it gives up, s (SQLite's
+        busy timeout; PostgreSQL's lock waits as long as it takes). A batch that recomputes
+        200 studies from their files holds the lock for seconds: the default of 5 s that
+        SQLite's driver has made the second of two ingests fail (review s24 #3).
     """
 
     patient_link_key: bytes | None = None
@@ -37,12 +42,15 @@ class AuditSettings:
     batch_studies: int = 200
     chunk_files: int = 256
     dose: DoseSettings = field(default_factory=DoseSettings)
+    lock_wait_s: float = 600.0
 
     def __post_init__(self):
         if not self.outlier_factor > 0:
             raise ConfigError(f"audit.outlier_factor must be > 0, got {self.outlier_factor}")
         if self.batch_studies < 1:
             raise ConfigError(f"audit.batch_studies must be >= 1, got {self.batch_studies}")
+        if not self.lock_wait_s >= 0:
+            raise ConfigError(f"audit.lock_wait_s must be >= 0, got {self.lock_wait_s}")
         if self.chunk_files < 1:
             raise ConfigError(f"audit.chunk_files must be >= 1, got {self.chunk_files}")
         if self.patient_link_key is not None and len(self.patient_link_key) < 16:

@@ -725,7 +725,8 @@ def test_a_locked_registry_is_an_error_not_a_list_of_refused_studies(tmp_path, c
     holder = sqlite3.connect(db, timeout=0, isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")
     try:
-        code = main(["audit", "ingest", str(tmp_path / "in"), "--db", f"sqlite:///{db}", "-q"])
+        code = main(["audit", "ingest", str(tmp_path / "in"), "--db", f"sqlite:///{db}", "-q",
+                     "--lock-wait-s", "0.5"])
     finally:
         holder.execute("ROLLBACK")
         holder.close()
@@ -1110,3 +1111,21 @@ def test_a_derived_copy_of_a_run_adds_no_dose_to_its_study(db_url, tmp_path):
     assert (row["dap_gycm2"], row["n_events"]) == pytest.approx(
         (expected.summary()["dap_gycm2"], expected.summary()["events"]))
     engine.dispose()
+
+
+def test_a_second_ingest_waits_for_a_long_batch_to_commit(tmp_path, monkeypatch):
+    """Review s24 #3: a batch recomputing 200 studies from their files holds SQLite's write lock
+    for seconds, and SQLite's driver waits 5 s by default: the second of two ingests failed
+    ("database is locked", exit 1) where the README says they take turns. It waits now."""
+    import sqlite3
+    import threading
+
+    write_study(tmp_path / "in", [RunSpec(0.0, n_frames=3)])
+    db = tmp_path / "r.db"
+    open_registry(f"sqlite:///{db}").dispose()
+    holder = sqlite3.connect(db, timeout=0, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN EXCLUSIVE")  # another ingest's batch, 6 s long
+    threading.Timer(6.0, lambda: holder.execute("ROLLBACK")).start()
+    result = ingest([tmp_path / "in"], f"sqlite:///{db}")
+    holder.close()
+    assert result.studies_new == 1 and result.rejected == []
