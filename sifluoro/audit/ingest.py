@@ -282,7 +282,9 @@ class _Writer:
         try:
             self.write_batch(batch, result)
             return
-        except (DataError, IntegrityError) as exc:  # a value it cannot hold, not a lock
+        except DBAPIError as exc:
+            if not _refused_value(exc):  # a lock, a server gone: the caller says it
+                raise
             if len(batch) == 1:
                 uid, files = next(iter(batch.items()))
                 reason = f"the registry refused study {uid}: {db_reason(exc)}"
@@ -471,7 +473,8 @@ class _Writer:
         return out, gone, {uid: files for uid, files in joining.items() if files}
 
     def _device_id(self, conn: Session, device: Device, new: dict[tuple, int]) -> int:
-        key = (device.manufacturer, device.model, device.serial_number, device.station_name)
+        key = tuple(_device_text(v) for v in (device.manufacturer, device.model,
+                                              device.serial_number, device.station_name))
         found = self.devices.get(key) or new.get(key)
         if found is None:  # another ingest may have written it since this one started
             found = conn.execute(select(DeviceRow.id).where(
@@ -485,6 +488,29 @@ class _Writer:
                 ("manufacturer", "model", "serial_number", "station_name"), key))]).scalar_one()
             new[key] = found
         return found
+
+
+def _refused_value(exc: DBAPIError) -> bool:
+    """Whether the database refused a value of the batch (a study it cannot hold), not the
+    batch as such: a data exception, a constraint, or a value over a limit of the server's
+    (PostgreSQL's SQLSTATE classes 22, 23 and 54: an index row over 2704 bytes is 54000, which
+    SQLAlchemy calls an OperationalError and stopped the whole ingest, on every run; review
+    s24 #4)."""
+    if isinstance(exc, (DataError, IntegrityError)):
+        return True
+    state = getattr(exc.orig, "sqlstate", None) or ""
+    return state[:2] in ("22", "23", "54")
+
+
+#: the characters of a device's name, model, serial number or station kept in the registry: a
+#: report's Device Observer Name is free text of any length, and the four are one unique index
+#: (PostgreSQL's rows of it hold 2704 bytes at most: 4 x 150 characters of 4 bytes fit)
+DEVICE_TEXT_CHARS = 150
+
+
+def _device_text(value: str) -> str:
+    value = value or ""
+    return value if len(value) <= DEVICE_TEXT_CHARS else value[:DEVICE_TEXT_CHARS - 1] + "…"
 
 
 #: pg_advisory_xact_lock key of a registry batch ("SIFL")

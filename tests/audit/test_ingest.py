@@ -1129,3 +1129,54 @@ def test_a_second_ingest_waits_for_a_long_batch_to_commit(tmp_path, monkeypatch)
     result = ingest([tmp_path / "in"], f"sqlite:///{db}")
     holder.close()
     assert result.studies_new == 1 and result.rejected == []
+
+
+def test_a_device_named_by_pages_of_text_is_stored_with_the_rest_of_its_batch(db_url, tmp_path):
+    """Review s24 #4: a report's Device Observer Name (free TEXT) of 6 000 characters made
+    PostgreSQL's row of the devices' unique index too long (ProgramLimitExceeded, an
+    OperationalError to SQLAlchemy): the whole ingest stopped, the batch's good studies lost,
+    on every run again. The name is kept to DEVICE_TEXT_CHARS; a value the server refuses
+    for a limit of its own rejects that study alone."""
+    import random
+    import string
+
+    import pydicom
+
+    from sifluoro.audit.ingest import DEVICE_TEXT_CHARS
+    from sifluoro.audit.schema import DeviceRow
+    from tests.dose.conftest import VENDOR_DIR
+
+    source = VENDOR_DIR / "siemens_axiom_artis.dcm"
+    if not source.is_file():
+        pytest.skip(f"vendor RDSRs are not cached in {VENDOR_DIR}: run tests/dose/fetch_vendor_rdsr.sh")
+    write_study(tmp_path / "in" / "images", [RunSpec(0.0, n_frames=3)])
+    ds = pydicom.dcmread(source)
+    name = "AXIS01475 " + "".join(random.Random(1).choice(string.ascii_letters)
+                                  for _ in range(6000))
+    for item in ds.ContentSequence:
+        if item.ConceptNameCodeSequence[0].CodeValue == "121013":  # Device Observer Name
+            item.TextValue = name
+    ds.save_as(tmp_path / "in" / "report.dcm")
+    engine = open_registry(db_url)
+    result = ingest([tmp_path / "in"], engine)
+    assert result.rejected == [] and len(_studies(engine)) == 2
+    with engine.connect() as conn:
+        names = set(conn.execute(select(DeviceRow.station_name)).scalars())
+    assert name[:DEVICE_TEXT_CHARS - 1] + "…" in names
+    engine.dispose()
+
+
+def test_a_value_over_a_servers_limit_rejects_its_study_alone():
+    """The SQLSTATE classes of a value the server refuses (data 22, constraint 23, limit 54)
+    reject the study; a lock or a server gone (class 08, 40, 55) stops the ingest, said."""
+    from sqlalchemy.exc import OperationalError
+
+    from sifluoro.audit.ingest import _refused_value
+
+    class Orig(Exception):
+        def __init__(self, sqlstate):
+            self.sqlstate = sqlstate
+
+    refused = [_refused_value(OperationalError("x", {}, Orig(s)))
+               for s in ("54000", "22001", "23505", "08006", "40P01", "55P03", None)]
+    assert refused == [True, True, True, False, False, False, False]
