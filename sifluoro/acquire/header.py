@@ -19,10 +19,11 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut
 from pydicom.uid import EnhancedXAImageStorage, EnhancedXRFImageStorage
-from pydicom.valuerep import DA, DT, TM
+from pydicom.valuerep import DA, TM
 
 from sifluoro.acquire import geometry
 from sifluoro.dose.exposure_dose import read_exposure_doses, run_technique
+from sifluoro.dicom_time import parse_dt, utc_offset, wall, with_offset
 from sifluoro.dose.units import MAX_PLAUSIBLE, MAX_PULSE_WIDTH_MS
 from sifluoro.errors import (DamagedPixelDataError, InputError, MissingAttributeError,
                              UnsupportedDicomError, UnsupportedPixelDataError)
@@ -328,7 +329,7 @@ def parse(ds: Dataset, path: str, *, pixel_bytes: int | None = None,
         bits_allocated=bits_allocated,
         bits_stored=bits_stored,
         photometric=photometric,
-        start_s=None if start is None else start.timestamp(),
+        start_s=None if start is None else wall(start).timestamp(),  # runs in wall-clock order
         started_at=start,
         frame_offsets_s=offsets_s,
         frame_intervals_ms=intervals_ms,
@@ -511,12 +512,12 @@ def _check_high_bit(look: _Lookup, bits_stored: int, path: str) -> None:
 
 def _datetime(look: _Lookup, dt_kw: str | None, date_kw: str | None, time_kw: str | None,
               frame: int | None = None) -> datetime | None:
+    offset = utc_offset(look.text("TimezoneOffsetFromUTC", None))
     if dt_kw:
         text = look.text(dt_kw, frame)
         if text:
             try:
-                value = DT(text)
-                return value.replace(tzinfo=None) if value is not None else None
+                return parse_dt(text, offset)
             except ValueError:
                 log.info("ignoring unusable %s", tag_name(dt_kw))
     if time_kw:
@@ -535,7 +536,8 @@ def _datetime(look: _Lookup, dt_kw: str | None, date_kw: str | None, time_kw: st
             try:
                 d, t = DA(date_text), TM(time_text)
                 if d is not None and t is not None:
-                    return datetime.combine(d, t) + timedelta(days=1 if next_day else 0)
+                    return with_offset(datetime.combine(d, t) + timedelta(days=1 if next_day else 0),
+                                       offset)
             except ValueError:
                 log.info("ignoring unusable %s/%s", tag_name(date_kw or "StudyDate"), tag_name(time_kw))
     return None
@@ -724,7 +726,7 @@ def _per_frame_times(look: _Lookup, n: int) -> tuple[list[float] | None, str | N
         held = (f" ({len(look.per_frame)} per-frame functional groups for {n} frames)"
                 if len(look.per_frame) < n else "")
         return None, f"{what} are missing for {_frames_named(undated)}{held}"
-    offsets = [(t - times[0]).total_seconds() for t in times]
+    offsets = [(wall(t) - wall(times[0])).total_seconds() for t in times]
     steps_ms = [(b - a) * 1000.0 for a, b in zip(offsets, offsets[1:])]
     if all(_plausible_ms(step) for step in steps_ms):
         return offsets, None

@@ -25,6 +25,7 @@ from sifluoro.dose.rdsr_read import (
     read_rdsr,
 )
 from sifluoro.dose.records import StudyDose
+from sifluoro.dicom_time import wall
 from sifluoro.errors import InputError
 from sifluoro.model import Rejection, Run
 
@@ -150,7 +151,7 @@ def _report_file(path: str, sha: str, size: int, ds, report: StudyDose,
     study_date = _study_date(ds)
     if study_date is None:
         starts = [e.start for e in report.events if e.start is not None]
-        study_date = min(starts).date() if starts else None
+        study_date = min(wall(t) for t in starts).date() if starts else None
     return ParsedFile(path, sha, size, RDSR, sop_instance_uid=str(ds.get("SOPInstanceUID", "") or ""),
                       study_instance_uid=report.study_instance_uid, report=report,
                       procedure=procedure, procedure_known=known, study_date=study_date,

@@ -33,8 +33,8 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.uid import UID
-from pydicom.valuerep import DT
 
+from sifluoro.dicom_time import parse_dt, utc_offset
 from sifluoro.dose import sr_codes as C
 from sifluoro.dose.records import (
     ACQUISITION,
@@ -315,6 +315,7 @@ class _Reader:
     # -- document --------------------------------------------------------------------------
     def read(self, ds: Dataset) -> StudyDose:
         self.by_sifluoro = _by_sifluoro(ds)
+        self.utc_offset = utc_offset(str(ds.get("TimezoneOffsetFromUTC", "") or ""))
         for item in ds.get("ContentSequence") or []:
             if self.concept(item) == _K.ProcedureReported:
                 code = self.code_value(item)
@@ -577,10 +578,9 @@ class _Reader:
         if not text:
             return None
         try:
-            value = DT(text)
+            return parse_dt(text, self.utc_offset)  # compared as instants where all have one
         except ValueError:
             raise self.error(InputError, f"date-time {text!r} is not a DICOM DT", concept) from None
-        return value.replace(tzinfo=None) if value is not None else None
 
 
 def _one_source(sources: set[str]) -> str:

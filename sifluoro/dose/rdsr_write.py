@@ -27,6 +27,7 @@ from pydicom.uid import (
 )
 
 from sifluoro.config import DoseSettings
+from sifluoro.dicom_time import wall
 from sifluoro.dose import sr_codes as C
 from sifluoro.dose.accumulate import DoseAccumulator
 from sifluoro.dose.records import (ACQUISITION, IrradiationEvent, PlaneTotals, StudyDose,
@@ -243,8 +244,11 @@ def content_tree(record: StudyDose, starts: dict[str, datetime | None], study: S
         timed.append((event, start))
     known = [(s, e) for e, s in timed if s is not None]
     if known:
-        first = min(s for s, _ in known)
-        last = max(s + timedelta(seconds=e.irradiation_duration_s or 0.0) for s, e in known)
+        # as instants when every one carries a UTC offset, else on the wall clock
+        key = (lambda t: t) if all(s.tzinfo for s, _ in known) else wall
+        first = min((s for s, _ in known), key=key)
+        last = max((s + timedelta(seconds=e.irradiation_duration_s or 0.0) for s, e in known),
+                   key=key)
         items.append(hd.sr.DateTimeContentItem(C.DCM.StartOfXRayIrradiation, first, CONTAINS))
         items.append(hd.sr.DateTimeContentItem(C.DCM.EndOfXRayIrradiation, last, CONTAINS))
     for plane in record.planes:

@@ -1,0 +1,89 @@
+"""Date-times with UTC offsets (a DT's own suffix, or TimezoneOffsetFromUTC): a device report in
+UTC and its images in local time are the same moments (review s24 #2: the readers dropped both
+offsets, so the runs fell outside the report's time and its dose was added to theirs)."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pydicom
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sifluoro.acquire.dicom_reader import read_study
+from sifluoro.config import DoseSettings
+from sifluoro.dicom_time import parse_dt, utc_offset, wall
+from sifluoro.dose.accumulate import accumulate_study
+from sifluoro.dose.rdsr_read import read_rdsr
+from sifluoro.dose.rdsr_write import write_rdsr
+from sifluoro.dose.summary import summarize
+from sifluoro.replay import replay
+from tests.dicom_fixtures import RunSpec, as_device_report, technique, write_study
+
+
+@given(st.integers(-12 * 60, 14 * 60))
+def test_an_offset_reads_back_as_the_same_timezone(minutes):
+    sign = "-" if minutes < 0 else "+"
+    text = f"{sign}{abs(minutes) // 60:02d}{abs(minutes) % 60:02d}"
+    assert utc_offset(text) == timezone(timedelta(minutes=minutes))
+
+
+@pytest.mark.parametrize("text", ["", "0100", "+1", "+2500", "+0160", "UTC", None])
+def test_what_is_no_offset_is_none(text):
+    assert utc_offset(text) is None
+
+
+def test_a_dt_keeps_its_own_offset_else_takes_the_instances():
+    plus1 = timezone(timedelta(hours=1))
+    assert parse_dt("20260304093000.5+0000", plus1) == datetime(2026, 3, 4, 9, 30, 0, 500000,
+                                                                timezone.utc)
+    assert parse_dt("20260304093000", plus1) == datetime(2026, 3, 4, 9, 30, tzinfo=plus1)
+    assert parse_dt("20260304093000").tzinfo is None
+    assert wall(parse_dt("20260304093000+0100")) == datetime(2026, 3, 4, 9, 30)
+
+
+def _shift(text: str, hours: int, offset: str) -> str:
+    t = datetime.strptime(text[:14], "%Y%m%d%H%M%S") + timedelta(hours=hours)
+    return t.strftime("%Y%m%d%H%M%S") + text[14:].split("+")[0].split("-")[0] + offset
+
+
+@pytest.fixture(params=[("+0100", 0, "+0100"), ("+0100", -1, "+0000")],
+                ids=["same-offsets", "report-in-utc"])
+def study_with_report(request, tmp_path):
+    """Two runs (DAP 2 and 3 Gy·cm² in their headers, local time +0100) and the device's report
+    of the same study naming no image, its times in ``rep_off`` (shifted to the same instants)."""
+    img_off, rep_hours, rep_off = request.param
+    paths = write_study(tmp_path / "images", [
+        RunSpec(0.0, n_frames=5, tech=technique(reported_dap_gycm2=2.0, reported_air_kerma_mgy=10.0)),
+        RunSpec(30.0, n_frames=5, tech=technique(reported_dap_gycm2=3.0, reported_air_kerma_mgy=15.0))])
+    study = read_study([tmp_path / "images"])
+    write_rdsr(study, accumulate_study(study, DoseSettings()), tmp_path / "mine.dcm")
+    ds = as_device_report(tmp_path / "mine.dcm", tmp_path / "dev.dcm", scale=1.0)
+    for item in ds.ContentSequence:
+        if item.get("ValueType") == "DATETIME":
+            item.DateTime = _shift(item.DateTime, rep_hours, rep_off)
+        if item.ConceptNameCodeSequence[0].CodeValue == "113706":  # an irradiation event
+            item.ContentSequence = [i for i in item.ContentSequence if i.get("ValueType") != "IMAGE"]
+            for sub in item.ContentSequence:
+                if sub.get("ValueType") == "DATETIME":
+                    sub.DateTime = _shift(sub.DateTime, rep_hours, rep_off)
+    ds.TimezoneOffsetFromUTC = rep_off
+    folder = tmp_path / "in"
+    folder.mkdir()
+    ds.save_as(folder / "device.dcm")
+    for p in paths:
+        im = pydicom.dcmread(p)
+        im.AcquisitionDateTime = im.AcquisitionDateTime.split("+")[0] + img_off
+        im.TimezoneOffsetFromUTC = img_off
+        im.save_as(folder / p.name)
+    return folder
+
+
+def test_a_report_in_utc_covers_runs_in_local_time(study_with_report, tmp_path):
+    report = read_rdsr(study_with_report / "device.dcm")
+    [dose], _ = summarize([study_with_report])
+    assert (dose.dap_gycm2, len(dose.events)) == pytest.approx((report.dap_gycm2, 2))
+    out = replay([study_with_report], events_path=tmp_path / "e.jsonl",
+                 summary_path=tmp_path / "s.json", stages=[]).summary
+    assert out["study_dose"]["dap_gycm2"] == pytest.approx(report.dap_gycm2)
+    assert report.dap_gycm2 == pytest.approx(5.0)
