@@ -846,6 +846,9 @@ def _event(tally: _RunTally, settings: DoseSettings) -> IrradiationEvent:
         kvp=tech.kvp,
         tube_current_ma=tech.tube_current_ma,
         pulse_width_ms=tech.pulse_width_ms if timed else None,
+        # the header's mode stays when the pulse width goes with an unknown timing
+        pulsed=(True if tech.radiation_mode == "PULSED" or tech.pulse_width_ms else
+                False if tech.radiation_mode == "CONTINUOUS" else None),
         pulse_rate_per_s=tech.pulse_rate_per_s,
         n_pulses=round(tally.frames * tech.pulses_per_frame) if timed else None,
         irradiation_duration_s=tally.time_s if timed else None,

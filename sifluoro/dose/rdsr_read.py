@@ -461,6 +461,7 @@ class _Reader:
         counts: dict[str, int] = {}
         kind = None
         start = None
+        pulsed = None
         uid = ""
         reference = protocol = ""
         images: list[str] = []
@@ -490,8 +491,12 @@ class _Reader:
                            if "ReferencedSOPInstanceUID" in r]
             elif concept == _K.XRayFilters:
                 self.filter(item, filters)
-            elif concept == _K.FluoroMode and kind is None:
-                kind = FLUOROSCOPY
+            elif concept == _K.FluoroMode:
+                kind = kind or FLUOROSCOPY
+                code = self.code_value(item)
+                mode = C.key(code) if code is not None else None
+                pulsed = (True if mode == C.key(C.DCM.Pulsed) else
+                          False if mode == C.key(C.DCM.Continuous) else pulsed)
             elif vt == "NUM" and concept in _EVENT:
                 name, quantity, how = _EVENT[concept]
                 value = self.num(item, quantity, MAX_PULSE_WIDTH_MS if name == "pulse_width_ms" else None)
@@ -526,7 +531,7 @@ class _Reader:
         event = IrradiationEvent(event_uid=uid, kind=kind, plane=self.plane(container), start=start,
                                  dose_source=_one_source(sources) if sources else "none",
                                  reference_point=reference, protocol=protocol,
-                                 sop_instance_uids=tuple(images), **values)
+                                 sop_instance_uids=tuple(images), pulsed=pulsed, **values)
         return _with_philips_private(event, private)
 
     def dose_sources(self, items) -> set[str]:

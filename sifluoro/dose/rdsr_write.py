@@ -411,8 +411,9 @@ def _event(event: IrradiationEvent, start: datetime | None, sop_class: dict[str,
             hd.sr.CodeContentItem(C.DCM.XRayFilterType, C.DCM.NoFilter, "CONTAINS")])
         items.append(box)
     if not acquisition:
+        pulsed = event.pulsed if event.pulsed is not None else bool(event.pulse_width_ms)
         items.append(hd.sr.CodeContentItem(C.DCM.FluoroMode,
-                                           C.DCM.Pulsed if event.pulse_width_ms else C.DCM.Continuous,
+                                           C.DCM.Pulsed if pulsed else C.DCM.Continuous,
                                            "CONTAINS"))
     exposure_uas = event.exposure_mas * 1000.0 if event.exposure_mas is not None else None
     for concept, value, unit in (

@@ -54,6 +54,9 @@ class IrradiationEvent:
     #: header that reports DAP only: its air kerma is estimated, or unknown)
     air_kerma_source: str | None = None
     dap_source: str | None = None
+    #: a pulsed beam (RadiationMode PULSED, a pulse width, a report's Fluoro Mode); False
+    #: continuous; None not known
+    pulsed: bool | None = None
 
     @property
     def is_acquisition(self) -> bool:

@@ -102,3 +102,21 @@ def test_summary_prefers_the_rdsr_in_a_mixed_folder(written, tmp_path):
     lines = [json.loads(line) for line in out.splitlines()]
     assert len(lines) == 1 and lines[0]["source"] == "rdsr"
     assert lines[0]["air_kerma_mgy"] == pytest.approx(dose.totals.air_kerma_mgy, rel=1e-6)
+
+
+def test_a_pulsed_run_of_unknown_timing_is_written_pulsed(tmp_path):
+    """Review s24 #10: a run whose header says RadiationMode PULSED with a pulse width, but whose
+    frame times are unusable (its pulse width dropped with its time), was written Fluoro Mode
+    "Continuous". The header's mode is kept, written and read back."""
+    write_study(tmp_path / "in", [
+        RunSpec(0.0, n_frames=5, tech=technique(radiation_mode="PULSED")),
+        RunSpec(30.0, n_frames=5, frame_time_vector_ms=[0.0] * 5, frame_time_ms=None,
+                tech=technique(radiation_mode="PULSED", frame_time_ms=None))])
+    study = read_study([tmp_path / "in"])
+    write_rdsr(study, accumulate_study(study, DoseSettings()), tmp_path / "rdsr.dcm")
+    ds = pydicom.dcmread(tmp_path / "rdsr.dcm")
+    modes = [s.ConceptCodeSequence[0].CodeMeaning
+             for item in ds.ContentSequence if item.ConceptNameCodeSequence[0].CodeValue == "113706"
+             for s in item.ContentSequence if s.ConceptNameCodeSequence[0].CodeValue == "113732"]
+    assert modes == ["Pulsed", "Pulsed"]
+    assert [e.pulsed for e in read_rdsr(tmp_path / "rdsr.dcm").events] == [True, True]
