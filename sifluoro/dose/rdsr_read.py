@@ -45,6 +45,7 @@ from sifluoro.dose.records import (
     StudyDose,
     event_duration_s,
     events_dose_unknown,
+    events_time_unknown,
     totals_from_events,
 )
 from sifluoro.dose.units import DOSE_QUANTITIES, MAX_PLAUSIBLE, MAX_PULSE_WIDTH_MS, factor, plausible
@@ -370,10 +371,11 @@ class _Reader:
                          events=tuple(events), planes=tuple(planes), path=self.path,
                          dose_source=_study_source(event_sources or {default}),
                          # sifluoro's own totals are its events' sum, which leaves out an
-                         # event of unknown dose (a comment says so): lower bounds then, as read
-                         # from the images (user review s20 P0); a device's count everything
-                         planes_from_report=from_report and not (
-                             self.by_sifluoro and events_dose_unknown(events)),
+                         # event of unknown dose or beam-on time (a comment says so): lower
+                         # bounds then, as read from the images (user review s20 P0, review
+                         # s24 #8); a device's count everything
+                         planes_from_report=from_report and not (self.by_sifluoro and (
+                             events_dose_unknown(events) or events_time_unknown(events))),
                          scope_study_instance_uid=scope_uid,
                          by_sifluoro=self.by_sifluoro, created=_created(ds), scope=scope,
                          sop_instance_uid=str(ds.get("SOPInstanceUID", "") or ""),

@@ -31,7 +31,7 @@ from sifluoro.dicom_time import wall
 from sifluoro.dose import sr_codes as C
 from sifluoro.dose.accumulate import DoseAccumulator
 from sifluoro.dose.records import (ACQUISITION, IrradiationEvent, PlaneTotals, StudyDose,
-                                   events_dose_unknown, unknown_totals)
+                                   events_dose_unknown, events_time_unknown, unknown_totals)
 from sifluoro.errors import MissingAttributeError
 from sifluoro.model import Device, Study
 from sifluoro.outfiles import replaced
@@ -262,6 +262,12 @@ def content_tree(record: StudyDose, starts: dict[str, datetime | None], study: S
         comment = _joined(comment, (
             f"The accumulated dose totals leave out {partial} irradiation event(s) whose Dose "
             "(RP) or Dose Area Product is unknown (Value unknown): the totals are lower "
+            "bounds."))
+    untimed = events_time_unknown(record.events)
+    if untimed:
+        comment = _joined(comment, (
+            f"The accumulated fluoroscopy and acquisition times leave out {untimed} irradiation "
+            "event(s) whose beam-on time is unknown (no usable frame timing): they are lower "
             "bounds."))
     if comment:
         items.append(hd.sr.TextContentItem(codes.DCM.Comment, comment, CONTAINS))

@@ -120,3 +120,26 @@ def test_a_pulsed_run_of_unknown_timing_is_written_pulsed(tmp_path):
              for s in item.ContentSequence if s.ConceptNameCodeSequence[0].CodeValue == "113732"]
     assert modes == ["Pulsed", "Pulsed"]
     assert [e.pulsed for e in read_rdsr(tmp_path / "rdsr.dcm").events] == [True, True]
+
+
+def test_a_run_of_unknown_beam_on_time_reads_back_as_a_lower_bound(tmp_path):
+    """Review s24 #8: from the images, a study with a run of unusable frame timing has its
+    fluoroscopy time as a lower bound (events_time_unknown 1); sifluoro's RDSR of it read back
+    as an exact time (its totals taken as the device's). A Comment says so, and the reader
+    takes sifluoro's own totals as the events' sum then, as for an unknown dose."""
+    from sifluoro.dose.summary import summarize
+
+    write_study(tmp_path / "images", [
+        RunSpec(0.0, n_frames=5, tech=technique(reported_dap_gycm2=2.0, reported_air_kerma_mgy=10.0)),
+        RunSpec(30.0, n_frames=5, frame_time_ms=None, frame_time_vector_ms=[0.0] * 5,
+                tech=technique(reported_dap_gycm2=3.0, reported_air_kerma_mgy=15.0, frame_time_ms=None))])
+    study = read_study([tmp_path / "images"])
+    write_rdsr(study, accumulate_study(study, DoseSettings()), tmp_path / "rdsr" / "sifluoro.dcm")
+    [images], _ = summarize([tmp_path / "images"])
+    [report], _ = summarize([tmp_path / "rdsr"])
+    for key in ("fluoro_time_s", "events_time_unknown", "dap_gycm2", "air_kerma_mgy"):
+        assert report.summary()[key] == pytest.approx(images.summary()[key]), key
+    assert images.summary()["events_time_unknown"] == 1
+    text = " ".join(str(i.get("TextValue", "")) for i in
+                    pydicom.dcmread(tmp_path / "rdsr" / "sifluoro.dcm").ContentSequence)
+    assert "beam-on time is unknown" in text
