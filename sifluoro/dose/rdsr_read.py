@@ -46,6 +46,7 @@ from sifluoro.dose.records import (
     event_duration_s,
     events_dose_unknown,
     events_time_unknown,
+    is_timed,
     totals_from_events,
 )
 from sifluoro.dose.units import DOSE_QUANTITIES, MAX_PLAUSIBLE, MAX_PULSE_WIDTH_MS, factor, plausible
@@ -316,6 +317,7 @@ class _Reader:
     # -- document --------------------------------------------------------------------------
     def read(self, ds: Dataset) -> StudyDose:
         self.by_sifluoro = _by_sifluoro(ds)
+        self.totals_partial = False  # a total filled from events that leave it out
         self.utc_offset = utc_offset(str(ds.get("TimezoneOffsetFromUTC", "") or ""))
         for item in ds.get("ContentSequence") or []:
             if self.concept(item) == _K.ProcedureReported:
@@ -374,8 +376,9 @@ class _Reader:
                          # event of unknown dose or beam-on time (a comment says so): lower
                          # bounds then, as read from the images (user review s20 P0, review
                          # s24 #8); a device's count everything
-                         planes_from_report=from_report and not (self.by_sifluoro and (
-                             events_dose_unknown(events) or events_time_unknown(events))),
+                         planes_from_report=from_report and not self.totals_partial and not (
+                             self.by_sifluoro and (events_dose_unknown(events)
+                                                   or events_time_unknown(events))),
                          scope_study_instance_uid=scope_uid,
                          by_sifluoro=self.by_sifluoro, created=_created(ds), scope=scope,
                          sop_instance_uid=str(ds.get("SOPInstanceUID", "") or ""),
@@ -402,11 +405,17 @@ class _Reader:
         carried = {"dap": any(e.dap_gycm2 is not None for e in mine),
                    "air_kerma": any(e.air_kerma_mgy is not None for e in mine),
                    "time": any(event_duration_s(e) > 0 for e in mine)}
+        everywhere = {"dap": all(e.dap_gycm2 is not None for e in mine),
+                      "air_kerma": all(e.air_kerma_mgy is not None for e in mine),
+                      "time": all(is_timed(e) for e in mine)}
         summed = totals_from_events(plane.plane, mine)
         filled = {name: getattr(summed, name) for name in _SUMMABLE
                   if getattr(plane, name) is None and carried[_SUMMABLE[name]]}
         if not filled:
             return plane
+        # some events leave the quantity out: the sum filled in is a lower bound, not the
+        # device's total (review s24 #9)
+        self.totals_partial |= not all(everywhere[_SUMMABLE[name]] for name in filled)
         log.warning("%s: the accumulated dose of plane %s leaves out %s; taken from its "
                     "irradiation events", self.path, plane.plane, ", ".join(sorted(filled)))
         return replace(plane, **filled)

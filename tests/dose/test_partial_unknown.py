@@ -192,3 +192,44 @@ def test_a_device_reports_own_fluoroscopy_time_is_no_lower_bound():
                           events=(event,), planes=(plane,), planes_from_report=from_report)
         assert study.summary()["events_time_unknown"] == (0 if from_report else 1)
         assert ("≥" in table([study])) is not from_report
+
+
+def test_a_device_total_filled_from_events_that_leave_it_out_is_a_lower_bound(tmp_path):
+    """Review s24 #9: a device report whose DAP totals say "Value unknown" and one of whose
+    events' DAP is unknown: its totals were filled with the known events' sum but kept as the
+    device's own (events_dose_unknown 0, no "≥" in the table, not a lower bound in the
+    registry). With every event's DAP known the filled total stays the device's."""
+    from pydicom.dataset import Dataset
+
+    from tests.dose.conftest import VENDOR_DIR
+
+    source = VENDOR_DIR / "siemens_axiom_artis.dcm"
+    if not source.is_file():
+        pytest.skip(f"vendor RDSRs are not cached in {VENDOR_DIR}: run tests/dose/fetch_vendor_rdsr.sh")
+
+    def unknown(item):
+        item.MeasuredValueSequence = []
+        q = Dataset()
+        q.CodeValue, q.CodingSchemeDesignator, q.CodeMeaning = "114010", "DCM", "Value unknown"
+        item.NumericValueQualifierCodeSequence = [q]
+
+    for event_too in (False, True):
+        ds = pydicom.dcmread(source)
+        first_event = True
+        for item in ds.ContentSequence:
+            code = item.ConceptNameCodeSequence[0].CodeValue
+            if code == "113702":  # the accumulated DAP totals
+                for sub in item.ContentSequence:
+                    if sub.ConceptNameCodeSequence[0].CodeValue in ("113722", "113726", "113727"):
+                        unknown(sub)
+            if code == "113706" and first_event and event_too:  # the first event's DAP
+                first_event = False
+                for sub in item.ContentSequence:
+                    if sub.ConceptNameCodeSequence[0].CodeValue == "122130":
+                        unknown(sub)
+        folder = tmp_path / str(event_too)
+        folder.mkdir()
+        ds.save_as(folder / "r.dcm")
+        [study], _ = summarize([folder])
+        assert study.summary()["events_dose_unknown"] == (1 if event_too else 0)
+        assert ("≥" in table([study]).splitlines()[2]) == event_too
