@@ -115,6 +115,11 @@ class CopiedRunError(InputError):
     it copies is used."""
 
 
+class NotAnExposureError(InputError):
+    """An image of the study that records no exposure (a saved screen or key image beside its
+    X-ray runs): neither shown nor counted as an irradiation event."""
+
+
 class MultipleStudiesError(InputError):
     """The input holds more than one study; the caller must choose one."""
 

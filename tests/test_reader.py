@@ -897,3 +897,30 @@ def test_a_derived_run_alone_in_its_time_is_read_and_counted(tmp_path):
     study = read_study([tmp_path])
     assert study.rejected == () and [r.derived for r in study.runs] == [False, True]
     assert len(list(iter_frames(study, []))) == 6
+
+
+def test_a_saved_screen_beside_the_studys_runs_is_no_exposure(tmp_path):
+    """Review s24 #6: a workstation's key image or a screenshot (one frame of Secondary
+    Capture, no exposure attribute) in an XA study was a run: an irradiation event of unknown
+    dose (the totals turned lower bounds, '≥') and one in sifluoro's RDSR, for an exposure
+    that never happened. It is rejected; alone (the study's only record) it is read."""
+    from sifluoro.dose.rdsr_read import read_rdsr
+    from sifluoro.dose.rdsr_write import write_rdsr
+    from sifluoro.dose.summary import summarize
+    from sifluoro.model import Technique
+
+    specs = [RunSpec(0.0, n_frames=5, tech=technique(reported_dap_gycm2=2.0)),
+             RunSpec(30.0, n_frames=5, tech=technique(reported_dap_gycm2=3.0))]
+    screen = RunSpec(90.0, n_frames=1, storage="sc", frame_time_ms=None, tech=Technique(),
+                     filename="screen.dcm")
+    write_study(tmp_path / "in", specs + [screen])
+    study = read_study([tmp_path / "in"])
+    assert len(study.runs) == 2
+    [rejected] = study.rejected
+    assert (rejected.error, rejected.file) == ("NotAnExposureError", str(tmp_path / "in" / "screen.dcm"))
+    [dose], _ = summarize([tmp_path / "in"])
+    assert (len(dose.events), dose.summary()["events_dose_unknown"]) == (2, 0)
+    write_rdsr(study, accumulate_study(study, DoseSettings()), tmp_path / "r.dcm")
+    assert len(read_rdsr(tmp_path / "r.dcm").events) == 2
+    write_study(tmp_path / "alone", [screen])
+    assert len(read_study([tmp_path / "alone"]).runs) == 1

@@ -54,6 +54,7 @@ from sifluoro.errors import (
     InputError,
     MissingAttributeError,
     MultipleStudiesError,
+    NotAnExposureError,
     NotDicomError,
     OverlappingRunError,
     StudyNotFoundError,
@@ -354,18 +355,40 @@ def order_runs(runs: list[Run]) -> list[Run]:
 
 
 def without_copied_runs(runs: list[Run]) -> tuple[list[Run], list[Rejection]]:
-    """``runs`` without the copies of others among them (:func:`original_of`), and the
-    copies' rejections: a processed copy of a run, or the run exported again under other UIDs,
-    holds the same exposure and its header the same technique, so its dose would count twice
-    (and its frames go back in time)."""
+    """``runs`` without the copies of others among them (:func:`original_of`) and the saved
+    screens beside X-ray runs (:func:`is_saved_screen`), and their rejections: a processed
+    copy of a run, or the run exported again under other UIDs, holds the same exposure and its
+    header the same technique, so its dose would count twice (and its frames go back in time);
+    a saved screen is no exposure, and was counted as one of unknown dose."""
     kept, copies = [], []
     for run in runs:
         original = original_of(run, runs)
-        if original is None:
-            kept.append(run)
-        else:
+        if original is not None:
             copies.append(copied_run_rejection(run, original))
+        elif is_saved_screen(run, runs):
+            copies.append(saved_screen_rejection(run))
+        else:
+            kept.append(run)
     return kept, copies
+
+
+def is_saved_screen(run: Run, others: Iterable[Run]) -> bool:
+    """Whether ``run`` is a saved screen or key image beside the study's X-ray runs: one frame
+    of Secondary Capture with no exposure attribute (kV, mA, mAs, pulse, dose). Alone, or
+    recorded as a loop, such an image may be the only record of an exposure, and is read."""
+    tech = run.technique
+    return (run.sop_class_uid not in XRAY_SOP_CLASSES and run.n_frames == 1
+            and all(v is None for v in (tech.kvp, tech.tube_current_ma, tech.exposure_mas,
+                                        tech.pulse_width_ms, tech.exposure_time_ms,
+                                        tech.reported_dap_gycm2, tech.reported_air_kerma_mgy))
+            and any(r.sop_class_uid in XRAY_SOP_CLASSES for r in others))
+
+
+def saved_screen_rejection(run: Run) -> Rejection:
+    return Rejection.of(run.path, NotAnExposureError(
+        "one frame of Secondary Capture with no exposure attribute beside the study's X-ray "
+        "runs: a saved screen or key image, not an exposure (neither shown nor counted)",
+        path=run.path, tag="(0008,0016) SOPClassUID"))
 
 
 def original_of(run: Run, others: Iterable[Run]) -> Run | None:

@@ -615,6 +615,25 @@ def test_a_copy_received_after_its_run_is_stored_not_counted(start_receiver, tmp
     assert summary["study_dose"] == pytest.approx(alone["study_dose"])
 
 
+def test_a_saved_screen_received_after_the_runs_is_stored_not_counted(start_receiver, tmp_path):
+    """As replay (tests/test_reader.py): a key image sent with the study is no exposure."""
+    from sifluoro.model import Technique
+
+    files = write_study(tmp_path / "in", [RunSpec(0.0, n_frames=5), RunSpec(10.0),
+                                          RunSpec(20.0, n_frames=1, storage="sc",
+                                                  frame_time_ms=None, tech=Technique())])
+    receiver = start_receiver()
+    done = storescu(receiver.port, files)
+    assert done.returncode == 0, done.stdout + done.stderr
+    study_uid, _ = file_uids(files[0])
+    folder = receiver.spool / study_uid
+    wait_for(lambda: (folder / "summary.json").exists()
+             and json.loads((folder / "summary.json").read_text())["instances"] == 3)
+    summary = json.loads((folder / "summary.json").read_text())
+    assert [r["error"] for r in summary["rejected_files"]] == ["NotAnExposureError"]
+    assert (summary["frames"], summary["runs_dose_unknown"]) == (8, 0)
+
+
 def _peak_rss_mb(pid: int) -> float:
     status = Path(f"/proc/{pid}/status").read_text()
     return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
