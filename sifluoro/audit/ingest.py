@@ -509,7 +509,7 @@ DEVICE_TEXT_CHARS = 150
 
 
 def _device_text(value: str) -> str:
-    value = value or ""
+    value = (value or "").replace("\x00", "")  # an image header's NUL (PostgreSQL refuses it)
     return value if len(value) <= DEVICE_TEXT_CHARS else value[:DEVICE_TEXT_CHARS - 1] + "…"
 
 

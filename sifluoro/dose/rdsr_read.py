@@ -311,8 +311,11 @@ class _Reader:
     def text(item: Dataset) -> str:
         if item.get("ValueType") == "CODE":
             code = _Reader.code_value(item)
-            return str(code.get("CodeMeaning", "") or "") if code is not None else ""
-        return str(item.get("TextValue", "") or item.get("UID", "") or "").strip()
+            text = str(code.get("CodeMeaning", "") or "") if code is not None else ""
+        else:
+            text = str(item.get("TextValue", "") or item.get("UID", "") or "").strip()
+        # a NUL is no character of a DICOM text (PostgreSQL refused the study for it)
+        return text.replace("\x00", "")
 
     # -- document --------------------------------------------------------------------------
     def read(self, ds: Dataset) -> StudyDose:

@@ -1156,13 +1156,16 @@ def test_a_device_named_by_pages_of_text_is_stored_with_the_rest_of_its_batch(db
     for item in ds.ContentSequence:
         if item.ConceptNameCodeSequence[0].CodeValue == "121013":  # Device Observer Name
             item.TextValue = name
+        if item.ConceptNameCodeSequence[0].CodeValue == "121016":  # a NUL in the serial (s24 #7)
+            item.TextValue = "A\x00B"
     ds.save_as(tmp_path / "in" / "report.dcm")
     engine = open_registry(db_url)
     result = ingest([tmp_path / "in"], engine)
     assert result.rejected == [] and len(_studies(engine)) == 2
     with engine.connect() as conn:
         names = set(conn.execute(select(DeviceRow.station_name)).scalars())
-    assert name[:DEVICE_TEXT_CHARS - 1] + "…" in names
+        serials = set(conn.execute(select(DeviceRow.serial_number)).scalars())
+    assert name[:DEVICE_TEXT_CHARS - 1] + "…" in names and "AB" in serials
     engine.dispose()
 
 
