@@ -230,7 +230,12 @@ def content_tree(record: StudyDose, starts: dict[str, datetime | None], study: S
     CONTAINS, CONCEPT_MOD, OBS_CONTEXT, PROPERTIES = (
         "CONTAINS", "HAS CONCEPT MOD", "HAS OBS CONTEXT", "HAS PROPERTIES")
     root = hd.sr.ContainerContentItem(C.DCM.XRayRadiationDoseReport, template_id="10001")
-    items: list = [hd.sr.CodeContentItem(C.DCM.ProcedureReported, C.DCM.ProjectionXRay, CONCEPT_MOD)]
+    procedure = hd.sr.CodeContentItem(C.DCM.ProcedureReported, C.DCM.ProjectionXRay, CONCEPT_MOD)
+    # TID 10001: Has Intent, required for a projection X-ray procedure (every vendor report
+    # carries it); an SI-joint injection both confirms (anaesthetic) and treats (steroid)
+    procedure.ContentSequence = hd.sr.ContentSequence([
+        hd.sr.CodeContentItem(C.HAS_INTENT, C.COMBINED_INTENT, CONCEPT_MOD)])
+    items: list = [procedure]
     items += _device_observer(record.device, OBS_CONTEXT)
     scope = hd.sr.CodeContentItem(C.DCM.ScopeOfAccumulation, C.DCM.Study, OBS_CONTEXT)
     scope.ContentSequence = hd.sr.ContentSequence([

@@ -143,3 +143,14 @@ def test_a_run_of_unknown_beam_on_time_reads_back_as_a_lower_bound(tmp_path):
     text = " ".join(str(i.get("TextValue", "")) for i in
                     pydicom.dcmread(tmp_path / "rdsr" / "sifluoro.dcm").ContentSequence)
     assert "beam-on time is unknown" in text
+
+
+def test_the_procedure_reported_says_its_intent(written):
+    """TID 10001 wants Has Intent under a projection X-ray's Procedure reported, as every
+    vendor report gives it (review s24: sifluoro's defined the codes and wrote none)."""
+    ds = pydicom.dcmread(written[2])
+    [procedure] = [i for i in ds.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "121058"]
+    [intent] = procedure.ContentSequence
+    assert (intent.RelationshipType, intent.ConceptNameCodeSequence[0].CodeValue,
+            intent.ConceptCodeSequence[0].CodeMeaning) == (
+        "HAS CONCEPT MOD", "363703001", "Combined Diagnostic and Therapeutic Intent")
