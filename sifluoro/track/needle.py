@@ -16,7 +16,8 @@ looked for near the register target or the view's last dot, and reported at the 
 ``end_on`` true, no direction and a confidence below 0.5.
 
 Over time: a needle not followed yet must be seen on two frames in a row of a run (or be
-very probable on one; optionally, off by default, fairly probable and at the same place on
+very probable on one, or off the scout probable on one with its tip within
+``target_single_mm`` of the register target; optionally, off by default, fairly probable and at the same place on
 ``persist_frames`` full searches of the view in a row), which keeps a wire or an edge on the
 first, noisiest frames of a scout from being reported; on the study's first run (the scout;
 also the next run when the first never showed the joint: a wrong-level scout) a
@@ -810,7 +811,12 @@ class NeedleStage:
                     moving.append((tip, u))
                 # seen twice, once at min_prob, in either order (confirm_min_prob; off by
                 # default)
-                ok = (prob >= s.min_prob and (prob >= s.single_min_prob or twice)
+                # off the scout, a candidate whose tip is at the register target is taken on
+                # one frame at min_prob (target_single_mm)
+                at_target = (s.target_single_mm > 0.0 and target is not None
+                             and not st.scout.on_scout
+                             and _norm(tip - target) * ctx.spacing_mm <= s.target_single_mm)
+                ok = (prob >= s.min_prob and (prob >= s.single_min_prob or twice or at_target)
                       or prob >= s.confirm_min_prob and self._confirmed(st, ctx, tip, u,
                                                                         s.min_prob)
                       or prob >= s.persist_min_prob and self._persists(st, ctx, tip, u)

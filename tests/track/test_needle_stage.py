@@ -989,3 +989,33 @@ def test_a_tip_found_where_the_needle_was_does_not_hold_the_run():
     st.track.reference_tip = None
     later = followed[0] - 2.0 * mm * u
     assert np.allclose(stage._no_retreat(st, ctx, later, u, True), later)
+
+
+@pytest.mark.parametrize("target_mm, scout_runs, target_single_mm, taken",
+                         [(5.0, 0, 20.0, True), (40.0, 0, 20.0, False), (5.0, 1, 20.0, False),
+                          (5.0, 0, 0.0, False)])
+def test_a_needle_at_the_target_is_taken_on_a_run_s_first_frame(target_mm, scout_runs,
+                                                                 target_single_mm, taken):
+    """With no needle followed, off the study's scout, a candidate at ``min_prob`` or more
+    whose tip is within ``target_single_mm`` of the register target is taken on its first
+    frame, without being seen twice (a needle's first frame was missed on 19 training
+    studies, rated 0.73-0.94); not with the target 40 mm off, not on the scout (its lines by
+    the joint are cortical margins), not with the rule off. ``single_min_prob`` above 1 here:
+    only this rule can take a line on one frame."""
+    from sifluoro.register import RegisterResult
+    from sifluoro.track.needle_detect import NeedleSettings
+    from sifluoro.track.needle_verify import ScoutSettings
+
+    tip, base = np.array([262.3, 251.6]), np.array([120.0, 511.0])
+    u = (tip - base) / np.linalg.norm(tip - base)
+    stage = NeedleStage(needle=NeedleSettings(single_min_prob=1.01,
+                                              target_single_mm=target_single_mm),
+                        scout=ScoutSettings(scout_runs=scout_runs))
+    state = Pipeline([stage]).start_study("1.2")
+    target = tip + np.array([-u[1], u[0]]) * (target_mm / SPACING_MM)
+    state.stage_state["register"] = RegisterResult(None, 0.0, False, target, 5.0, (0.0, 0.0),
+                                                   False)
+    img = _background(120)
+    _draw_polyline(img, _needle_points(tip, base), 0.05, 1.8)
+    needle = stage.process(_frame(img, _run("1.2.12.1"), 0), state)["needle"]
+    assert (needle is not None and math.dist(needle["tip_xy"], tip) * SPACING_MM < 1.0) == taken
