@@ -16,7 +16,8 @@ looked for near the register target or the view's last dot, and reported at the 
 ``end_on`` true, no direction and a confidence below 0.5.
 
 Over time: a needle not followed yet must be seen on two frames in a row of a run (or be
-very probable on one; optionally, off by default, fairly probable and at the same place on
+very probable on one, or off the scout probable on one with its tip within
+``target_single_mm`` of the register target; optionally, off by default, fairly probable and at the same place on
 ``persist_frames`` full searches of the view in a row), which keeps a wire or an edge on the
 first, noisiest frames of a scout from being reported; on the study's first run (the scout;
 also the next run when the first never showed the joint: a wrong-level scout) a
@@ -810,7 +811,12 @@ class NeedleStage:
                     moving.append((tip, u))
                 # seen twice, once at min_prob, in either order (confirm_min_prob; off by
                 # default)
-                ok = (prob >= s.min_prob and (prob >= s.single_min_prob or twice)
+                # off the scout, a candidate whose tip is at the register target is taken on
+                # one frame at min_prob (target_single_mm)
+                at_target = (s.target_single_mm > 0.0 and target is not None
+                             and not st.scout.on_scout
+                             and _norm(tip - target) * ctx.spacing_mm <= s.target_single_mm)
+                ok = (prob >= s.min_prob and (prob >= s.single_min_prob or twice or at_target)
                       or prob >= s.confirm_min_prob and self._confirmed(st, ctx, tip, u,
                                                                         s.min_prob)
                       or prob >= s.persist_min_prob and self._persists(st, ctx, tip, u)
@@ -964,7 +970,8 @@ class NeedleStage:
         the shaft behind the refined tip is still a line on the run's mean image (evidence
         ``follow_min_score``; less on a run's first frames, :meth:`_follow_need`). A needle over
         dense bone or beside a cortical edge often drops out of the line search for a few
-        frames while it is still plainly there."""
+        frames while it is still plainly there. The tip is held (:meth:`_held`) but not
+        recorded among the run's tips that hold the later ones."""
         s = self.settings
         track = st.track
         last = track.tip_xy if track.tip_xy is not None else track.last_tip_of_run
@@ -991,7 +998,12 @@ class NeedleStage:
         score = st.finder.interval_score(grid.to_work(tip - u * span_px), grid.to_work(tip))
         if score < self._follow_need(st):
             return None
-        tip = self._no_retreat(st, ctx, tip, u, True)
+        # held as a tracked tip is, but not kept as one that holds the run's later tips: found
+        # by extension along the last axis, with no segment of the search behind it (often on
+        # a run's first, one-frame mean), it is the weakest tip there is, and one placed a few
+        # mm beyond the needle held the rest of the run there (training seed 4102: a run of 16
+        # frames 3.3 mm beyond, its candidates 0.2-1.9 mm off)
+        tip = self._held(st, ctx, tip, u)
         base = tip - u * track.length_px
         return tip, u, float(np.linalg.norm(tip - base)), track.score
 

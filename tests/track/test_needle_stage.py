@@ -958,3 +958,64 @@ def test_a_candidate_off_the_track_s_axis_continues_it_when_its_refined_axis_doe
                                      False)
     chord = NeedleStage(needle=replace(s, track_refined_deg=s.track_angle_deg))
     assert not chord._tracks_refined(st, att, st.ctx, tip, u, tip - u * length, False)
+
+
+def test_a_tip_found_where_the_needle_was_does_not_hold_the_run():
+    """A tip found again where the followed needle was (:meth:`NeedleStage._follow`: no
+    candidate taken, the tip extended along the last axis on a run's one-frame mean) is held
+    like a tracked tip (here to the last run's end) but is not kept among the run's tips that
+    hold the later ones: one placed a few mm beyond the needle held the rest of the run there
+    (training seed 4102: 16 frames 3.3 mm beyond, their candidates 0.2-1.9 mm off)."""
+    from sifluoro.imaging import frame_attenuation
+
+    tip, base = np.array([262.3, 251.6]), np.array([120.0, 511.0])
+    stage, state, _, _ = _needle_tracked_over_four_frames(tip, base, "1.2.9.1")
+    img = _background(90)
+    _draw_polyline(img, _needle_points(tip, base), 0.05, 1.8)
+    frame = _frame(img, _run("1.2.9.2"), 4)
+    stage.process(frame, state)  # the next run's first frame
+    st = state.stage_state["needle"]
+    ctx, u = st.ctx, st.track.dir_xy
+    att = frame_attenuation(frame, state.stage_state)
+    mm = 1.0 / SPACING_MM
+    st.track.run_tips = []
+    st.track.reference_tip, st.track.reference_holds = tip + 3.0 * mm * u, True
+    followed = stage._follow(st, att, ctx)
+    assert followed is not None
+    # held to where the last run ended (on the refined axis)
+    assert math.dist(followed[0], tip + 3.0 * mm * u) * SPACING_MM < 0.25
+    assert st.track.run_tips == []
+    # the next frame's tip, 2 mm behind it on the line, is not held there
+    st.track.reference_tip = None
+    later = followed[0] - 2.0 * mm * u
+    assert np.allclose(stage._no_retreat(st, ctx, later, u, True), later)
+
+
+@pytest.mark.parametrize("target_mm, scout_runs, target_single_mm, taken",
+                         [(5.0, 0, 20.0, True), (40.0, 0, 20.0, False), (5.0, 1, 20.0, False),
+                          (5.0, 0, 0.0, False)])
+def test_a_needle_at_the_target_is_taken_on_a_run_s_first_frame(target_mm, scout_runs,
+                                                                 target_single_mm, taken):
+    """With no needle followed, off the study's scout, a candidate at ``min_prob`` or more
+    whose tip is within ``target_single_mm`` of the register target is taken on its first
+    frame, without being seen twice (a needle's first frame was missed on 19 training
+    studies, rated 0.73-0.94); not with the target 40 mm off, not on the scout (its lines by
+    the joint are cortical margins), not with the rule off. ``single_min_prob`` above 1 here:
+    only this rule can take a line on one frame."""
+    from sifluoro.register import RegisterResult
+    from sifluoro.track.needle_detect import NeedleSettings
+    from sifluoro.track.needle_verify import ScoutSettings
+
+    tip, base = np.array([262.3, 251.6]), np.array([120.0, 511.0])
+    u = (tip - base) / np.linalg.norm(tip - base)
+    stage = NeedleStage(needle=NeedleSettings(single_min_prob=1.01,
+                                              target_single_mm=target_single_mm),
+                        scout=ScoutSettings(scout_runs=scout_runs))
+    state = Pipeline([stage]).start_study("1.2")
+    target = tip + np.array([-u[1], u[0]]) * (target_mm / SPACING_MM)
+    state.stage_state["register"] = RegisterResult(None, 0.0, False, target, 5.0, (0.0, 0.0),
+                                                   False)
+    img = _background(120)
+    _draw_polyline(img, _needle_points(tip, base), 0.05, 1.8)
+    needle = stage.process(_frame(img, _run("1.2.12.1"), 0), state)["needle"]
+    assert (needle is not None and math.dist(needle["tip_xy"], tip) * SPACING_MM < 1.0) == taken
