@@ -27,7 +27,13 @@ def attenuation_halved_into(pixels, scale, invert, out):
     ``out``'s shape is the whole blocks), as OpenCV's area resize by exact halves sums a
     block: ``((a + b) + (c + d)) * 0.25`` in float32, ``a b`` the upper row (its vector loop;
     ``imaging.halving_matches_opencv`` checks the order at a width before it is used). One
-    pass over the stored pixels instead of the full-size float image and its resize."""
+    pass over the stored pixels instead of the full-size float image and its resize.
+
+    Each input row is read by a loop of its own (the upper pairs' sums ``a + b`` into the
+    output row, then ``c + d`` of the lower row added to them): the same operations on the same
+    values, in the same order, but one stream of stored pixels at a time. Reading both rows in
+    one loop cost twice as much on a frame not in cache (0.25 against 0.13 ms at 1024², the
+    register's every frame), though it is a little faster on one that is."""
     rows, cols = out.shape
     one = np.float32(1.0)
     quarter = np.float32(0.25)
@@ -36,11 +42,16 @@ def attenuation_halved_into(pixels, scale, invert, out):
         for x in range(cols):
             a = np.float32(upper[2 * x]) * scale
             b = np.float32(upper[2 * x + 1]) * scale
+            if invert:
+                a, b = one - a, one - b
+            o[x] = a + b
+        for x in range(cols):
             c = np.float32(lower[2 * x]) * scale
             d = np.float32(lower[2 * x + 1]) * scale
             if invert:
-                a, b, c, d = one - a, one - b, one - c, one - d
-            o[x] = ((a + b) + (c + d)) * quarter
+                c, d = one - c, one - d
+            o[x] = (o[x] + (c + d)) * quarter
+
 
 @njit(cache=True, nogil=True)
 def attenuation_area3_into(pixels, scale, invert, out):

@@ -547,6 +547,34 @@ def average_and_reference(total, count, min_count, mean, reference, usable):
             u[x] = ok
 
 
+@njit(cache=True, nogil=True)
+def inside_stretch(polyline_xy, mask):
+    """(lo, hi): the longest stretch ``lo:hi`` of consecutive vertices of ``polyline_xy`` (n x
+    2, float64 (x, y)) whose pixel, the vertex rounded half to even (``np.rint``), lies in
+    ``mask`` (the first of equally long ones; (0, 0) when no vertex does). In one pass,
+    without NumPy's dozen temporaries for a polyline of tens of points on every frame
+    (``stage._inside_part``; its NumPy reference is in the kernel tests). A vertex that is not
+    finite or far outside compares outside, as its NumPy cast to an integer does."""
+    rows, cols = mask.shape
+    n = polyline_xy.shape[0]
+    best_lo = 0
+    best_len = 0
+    start = 0
+    for i in range(n + 1):
+        ok = False
+        if i < n:
+            x = np.rint(polyline_xy[i, 0])
+            y = np.rint(polyline_xy[i, 1])
+            if 0.0 <= x < cols and 0.0 <= y < rows:
+                ok = mask[int(y), int(x)]
+        if not ok:
+            if i - start > best_len:
+                best_lo = start
+                best_len = i - start
+            start = i + 1
+    return best_lo, best_lo + best_len
+
+
 def warm_up() -> None:
     """Compile the kernels on tiny inputs so that no live frame pays for it."""
     z = np.zeros((8, 8), np.float32)
@@ -565,3 +593,4 @@ def warm_up() -> None:
     clear_bits(np.zeros((8, 8), np.bool_), bits, 8, np.zeros((8, 8), np.bool_))
     clear_text_bits(bits, bits.copy(), 2, np.ones((4, 4), np.bool_))
     average_and_reference(z, z, np.float32(1.0), z.copy(), z.copy(), np.zeros((8, 8), np.bool_))
+    inside_stretch(np.zeros((3, 2), np.float64), np.ones((8, 8), np.bool_))

@@ -336,7 +336,7 @@ class JointStage:
         target = view.target_xy + offset
         target_xy = (float(target[0]), float(target[1])) if _is_inside(st.run_exposed, target) else None
         # the inferior third spans 1/6 of the length either side of its centre
-        radius_mm = float(np.clip(line.length_mm / 6.0, 3.0, 8.0))
+        radius_mm = float(min(max(line.length_mm / 6.0, 3.0), 8.0))  # np.clip's value
         return self._publish(state, polyline, line.confidence, line.doubled, target_xy, radius_mm,
                              shift_full, view_changed)
 
@@ -427,18 +427,10 @@ def _is_inside(mask: np.ndarray, xy: np.ndarray) -> bool:
 
 
 def _inside_part(polyline: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
-    """The longest stretch of the polyline whose vertices lie in the exposed field."""
-    xy = np.rint(polyline).astype(np.intp)
-    rows, cols = mask.shape
-    ok = (xy[:, 0] >= 0) & (xy[:, 0] < cols) & (xy[:, 1] >= 0) & (xy[:, 1] < rows)
-    ok[ok] = mask[xy[ok, 1], xy[ok, 0]]
-    if ok.all():
+    """The longest stretch of the polyline whose vertices lie in the exposed field (the
+    polyline itself when all do; None when no stretch has two vertices)."""
+    lo, hi = _kernels.inside_stretch(np.ascontiguousarray(polyline, np.float64),
+                                     np.ascontiguousarray(mask, np.bool_))
+    if hi - lo == len(polyline):
         return polyline
-    # stretches of True: starts and ends from the edges of the padded sequence
-    edges = np.diff(np.concatenate([[False], ok, [False]]).astype(np.int8))
-    starts, ends = np.nonzero(edges == 1)[0], np.nonzero(edges == -1)[0]
-    if len(starts) == 0:
-        return None
-    k = int(np.argmax(ends - starts))
-    lo, hi = int(starts[k]), int(ends[k])
     return polyline[lo:hi] if hi - lo >= 2 else None

@@ -51,39 +51,40 @@ def reduce_frame(pixels, factor, top, invert, out_img, out_zero, out_one, row_su
     The ``factor`` rows of a block are summed (int32), and their minimum and maximum taken
     (buffers of the pixels' dtype), column by column into ``row_*`` (at least
     ``out_img.shape[1] * factor`` long), in storage order, then folded; for the usual factors
-    4 (1024²) and 2 (512²) both steps are spelt out (the fold's strided reads then vectorise).
+    4 (1024²) and 2 (512²) the fold is spelt out (its strided reads then vectorise).
     """
     rows, cols = out_img.shape
     scale = 1.0 / (top * factor * factor)
     n = cols * factor
     for y in range(rows):
         # factors 4 and 2: only the extreme the fold reads (the pass is bound by its
-        # arithmetic once the rows are in cache)
-        if factor == 4:
-            p0, p1, p2, p3 = (pixels[4 * y], pixels[4 * y + 1], pixels[4 * y + 2],
-                              pixels[4 * y + 3])
+        # arithmetic once the rows are in cache), and one stored row per loop: a loop over
+        # all the block's rows at once cost 1.6x as much on a frame not in cache (0.26 against
+        # 0.16 ms at 1024²), as every new frame is (int32 sums and extremes: any order is exact)
+        if factor == 4 or factor == 2:
+            first = pixels[y * factor]
             if invert:
                 for i in range(n):
-                    a, b, c, d = p0[i], p1[i], p2[i], p3[i]
-                    row_sum[i] = (np.int32(a) + np.int32(b)) + (np.int32(c) + np.int32(d))
-                    row_max[i] = max(max(a, b), max(c, d))
+                    v = first[i]
+                    row_sum[i] = np.int32(v)
+                    row_max[i] = v
+                for dy in range(1, factor):
+                    row = pixels[y * factor + dy]
+                    for i in range(n):
+                        v = row[i]
+                        row_sum[i] += np.int32(v)
+                        row_max[i] = max(row_max[i], v)
             else:
                 for i in range(n):
-                    a, b, c, d = p0[i], p1[i], p2[i], p3[i]
-                    row_sum[i] = (np.int32(a) + np.int32(b)) + (np.int32(c) + np.int32(d))
-                    row_min[i] = min(min(a, b), min(c, d))
-        elif factor == 2:
-            p0, p1 = pixels[2 * y], pixels[2 * y + 1]
-            if invert:
-                for i in range(n):
-                    a, b = p0[i], p1[i]
-                    row_sum[i] = np.int32(a) + np.int32(b)
-                    row_max[i] = max(a, b)
-            else:
-                for i in range(n):
-                    a, b = p0[i], p1[i]
-                    row_sum[i] = np.int32(a) + np.int32(b)
-                    row_min[i] = min(a, b)
+                    v = first[i]
+                    row_sum[i] = np.int32(v)
+                    row_min[i] = v
+                for dy in range(1, factor):
+                    row = pixels[y * factor + dy]
+                    for i in range(n):
+                        v = row[i]
+                        row_sum[i] += np.int32(v)
+                        row_min[i] = min(row_min[i], v)
         else:
             first = pixels[y * factor]
             for i in range(n):

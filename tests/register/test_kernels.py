@@ -276,3 +276,57 @@ def test_average_and_reference_are_numpy_s_four_passes(seed):
     np.testing.assert_array_equal(got[0], mean)
     np.testing.assert_array_equal(got[1], reference)
     np.testing.assert_array_equal(got[2], usable)
+
+
+def _inside_part_reference(polyline, mask):
+    """register.stage._inside_part as NumPy wrote it (session 23): the longest stretch of
+    vertices (rounded half to even) in the mask; the polyline itself when all are."""
+    with np.errstate(invalid="ignore"):  # not finite: some integer outside
+        xy = np.rint(polyline).astype(np.intp)
+    rows, cols = mask.shape
+    ok = (xy[:, 0] >= 0) & (xy[:, 0] < cols) & (xy[:, 1] >= 0) & (xy[:, 1] < rows)
+    ok[ok] = mask[xy[ok, 1], xy[ok, 0]]
+    if ok.all():
+        return polyline
+    edges = np.diff(np.concatenate([[False], ok, [False]]).astype(np.int8))
+    starts, ends = np.nonzero(edges == 1)[0], np.nonzero(edges == -1)[0]
+    if len(starts) == 0:
+        return None
+    k = int(np.argmax(ends - starts))
+    lo, hi = int(starts[k]), int(ends[k])
+    return polyline[lo:hi] if hi - lo >= 2 else None
+
+
+def test_inside_part_matches_its_numpy_reference():
+    """The exposed part of the joint line (register.stage._inside_part, one kernel pass) is
+    the NumPy version's on random polylines over random fields: vertices out of the frame, on
+    half pixels (rounded to even), not finite, none or one inside, equal stretches (the first
+    wins), all inside (the same array back)."""
+    from sifluoro.register.stage import _inside_part
+
+    rng = np.random.default_rng(2411)
+    mask = rng.random((40, 50)) < 0.8
+    mask[10:20, 10:30] = True
+    cases = [np.zeros((0, 2)), np.array([[15.0, 12.0]]), np.array([[15.0, 12.0], [16.0, 13.0]]),
+             np.array([[9.5, 10.5], [10.5, 11.5], [29.5, 19.5], [30.5, 19.5]]),
+             np.array([[np.nan, 12.0], [15.0, 12.0], [16.0, np.inf], [17.0, 12.0],
+                       [18.0, 12.0], [-np.inf, 3.0], [1e30, -1e30], [20.0, 15.0], [21.0, 15.0]]),
+             np.array([[12.0, 12.0], [13.0, 12.0], [-1.0, 5.0], [14.0, 12.0], [15.0, 12.0]])]
+    for _ in range(300):
+        n = int(rng.integers(2, 60))
+        start = rng.uniform(-10, 60, 2)
+        step = rng.normal(0, 1.5, (n, 2))
+        p = start + np.cumsum(step, axis=0)
+        half = rng.random(n) < 0.2
+        p[half] = np.floor(p[half]) + 0.5  # exactly on half pixels
+        cases.append(p)
+    for p in cases:
+        want = _inside_part_reference(p, mask)
+        got = _inside_part(p, mask)
+        if want is None:
+            assert got is None
+        else:
+            assert got is not None and np.array_equal(got, want)
+            assert (got is p) == (want is p)
+    full = np.array([[12.0, 12.0], [13.0, 13.0], [14.0, 14.0]])
+    assert _inside_part(full, mask) is full

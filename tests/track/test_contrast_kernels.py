@@ -33,6 +33,33 @@ def test_reduce_frame_is_block_mean_of_attenuation(rng, factor, invert):
     assert zero.any() and one.any() and not zero.all()
 
 
+@pytest.mark.parametrize("factor", [2, 4])
+@pytest.mark.parametrize("invert", [False, True])
+def test_reduce_frame_is_bit_exact_for_the_usual_factors(rng, factor, invert):
+    """The usual factors (512² and 1024²) read a block's stored rows one loop each: the image
+    is the block's integer sum times the scale in float64, bit for bit (as with the rows read
+    together), and the flags those of the block's extreme."""
+    top = 4095
+    pixels = rng.integers(0, top + 1, (64, 72)).astype(np.uint16)
+    pixels[:8, :8] = 0
+    pixels[-8:, -8:] = top
+    pixels[9, 9] = top     # one pixel at the end in a block
+    pixels[17, 17] = 0
+    shape = (64 // factor, 72 // factor)
+    img, zero, one = np.empty(shape, np.float32), np.empty(shape, bool), np.empty(shape, bool)
+    rows_buf = [np.full(72, -7, np.int32), np.full(72, 7, np.uint16), np.full(72, 7, np.uint16)]
+    K.reduce_frame(pixels, factor, top, invert, img, zero, one, *rows_buf)
+    blocks = pixels.astype(np.int64).reshape(shape[0], factor, shape[1], factor)
+    acc = blocks.sum(axis=(1, 3)).astype(np.float64)
+    scale = 1.0 / (top * factor * factor)
+    expected = (1.0 - acc * scale) if invert else acc * scale
+    np.testing.assert_array_equal(img, expected.astype(np.float32))
+    a = blocks.max(axis=(1, 3)) if invert else blocks.min(axis=(1, 3))
+    np.testing.assert_array_equal(zero, a >= top if invert else a == 0)
+    np.testing.assert_array_equal(one, a == 0 if invert else a >= top)
+    assert zero.any() and one.any()
+
+
 def test_smooth_binomial_matches_scipy(rng):
     src = rng.normal(size=(37, 41)).astype(np.float32)
     tmp, dst = np.empty_like(src), np.empty_like(src)
