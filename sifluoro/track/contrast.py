@@ -429,7 +429,8 @@ class ContrastStage:
             # must still be there to wash out against
             gas = False
             for k, o in enumerate(opacities, start=1):
-                b.keep[k] = memory.classifier.set_aside_as_gas(o)
+                b.keep[k] = (memory.classifier.set_aside_as_gas(o)
+                             or memory.classifier.faint_cloud(o))
                 gas = gas or b.keep[k]
             _select(b, gas)
             np.logical_or(b.on, b.unusable, out=b.on)

@@ -50,6 +50,10 @@ MIN_CORE_LENGTH_MM = 8.0
 # taken for contrast before the injection.
 DENSE_DOT_Z = 15.0
 DENSE_DOT_NEGATIVE = 1.5
+# a roundish cloud refused before any opacity was accepted stays out of the reference when its
+# dark residual beside it is at most this share of its bright mass (gas and a moving needle
+# leave one; quick training seed 2211 case 23: an extravasation's first cloud, 0.01)
+FAINT_CLOUD_NEGATIVE = 0.25
 # share of new pixels below which an opacity continues the previous frame's accepted opacity
 CONTINUED_NEW_FRACTION = 0.5
 # a long straight line refused only as gas this many frames in a row at the same place (at
@@ -267,6 +271,15 @@ class Classifier:
     def set_aside_as_gas(self, o: Opacity) -> bool:
         """Whether ``o`` is significant opacity that :meth:`accept` refused only as gas."""
         return o.area_mm2 >= MIN_AREA_MM2 and o.peak_z >= 8.0 and self._gas_like(o)
+
+    @staticmethod
+    def faint_cloud(o: Opacity) -> bool:
+        """Significant roundish opacity with no dark lobe beside it that :meth:`accept` may
+        have refused as too short (the first frames of a soft extravasation cloud): kept out
+        of the reference, so that the cloud, still there on the next frames, is not taken
+        into it and buried."""
+        return (o.kind == "cloud" and o.area_mm2 >= MIN_AREA_MM2 and o.peak_z >= 8.0
+                and o.negative_ratio <= FAINT_CLOUD_NEGATIVE)
 
     def update(self, index: int, accepted: tuple[Opacity, ...], vessel_mm: float,
                joint_polyline_xy, *, washed_out: bool = False) -> None:

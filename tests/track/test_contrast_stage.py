@@ -747,3 +747,19 @@ def test_new_components_that_stay_are_not_a_washout(phantom, monkeypatch, draw):
     events, state = _replay(phantom, _needle_runs() + [_contrast_run(14, 1, **draw)])
     assert state.contrast_state in ("intra_articular", "extravasation")
     assert not any("alerts" in e for e in events)
+
+
+def test_a_soft_cloud_too_short_on_its_first_frame_is_not_buried_in_the_reference(phantom):
+    """An extravasation whose first frames are small soft clouds (cores under
+    MIN_CORE_LENGTH_MM, peaks under DENSE_DOT_Z: refused) growing slowly: taken into the
+    reference, each frame's cloud buried the next one's and the study read none to the end
+    (training quick seed 2211 case 23). Kept out of it, the cloud is extravasation as soon as
+    it is long enough."""
+    draw = dict(cloud=lambda f: 0.04 + 0.004 * f if f else 0.0,
+                cloud_width=lambda f: 0.15 + 0.05 * f)
+    events, state = _replay(phantom, _needle_runs() + [_contrast_run(10, 1, **draw)])
+    out = _states(events)[-10:]
+    assert out[0] == "none"
+    assert out.index("extravasation") <= 3
+    assert state.contrast_state == "extravasation"
+    assert not any("alerts" in e for e in events)
