@@ -281,10 +281,10 @@ class Classifier:
 
     @staticmethod
     def faint_cloud(o: Opacity) -> bool:
-        """Significant roundish opacity with no dark lobe beside it that :meth:`accept` may
-        have refused as too short (the first frames of a soft extravasation cloud): kept out
-        of the reference, so that the cloud, still there on the next frames, is not taken
-        into it and buried."""
+        """Roundish opacity with no dark lobe beside it, from ``FAINT_CLOUD_Z`` and
+        ``FAINT_CLOUD_MIN_MM2``, that :meth:`accept` may have refused as too short or too faint
+        (the first frames of a soft extravasation cloud): kept out of the reference, so that
+        the cloud, still there on the next frames, is not taken into it and buried."""
         return (o.kind == "cloud" and o.area_mm2 >= FAINT_CLOUD_MIN_MM2
                 and o.peak_z >= FAINT_CLOUD_Z and o.negative_ratio <= FAINT_CLOUD_NEGATIVE)
 
