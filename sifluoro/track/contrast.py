@@ -18,8 +18,8 @@ from sifluoro.model import Frame
 from sifluoro.track import _contrast_kernels as K
 from sifluoro.track.contrast_classify import (CONTINUED_NEW_FRACTION, DANGER, LATE_LINE_MM,
                                                PERSIST_FRAMES, RECENT_LINE_MM,
-                                               VASCULAR_LINE_MM, Classifier, Opacity,
-                                               describe_components)
+                                               VASCULAR_LINE_MM, VESSEL_NEW_FRACTION,
+                                               Classifier, Opacity, describe_components)
 from sifluoro.track.contrast_reference import ReferenceBank
 from sifluoro.track.contrast_reference import warm_up as reference_warm_up
 from sifluoro.track.contrast_transient import FRAMES as TRANSIENT_FRAMES, TransientLines, new_stamp
@@ -33,6 +33,14 @@ _BORDER_PX = 3
 WASHOUT_AGE = 4
 WASHOUT_MIN_MM2 = 150.0
 WASHOUT_FRACTION = 0.35
+# ... and so has one accepted component that was new on its frame (VESSEL_NEW_FRACTION of its
+# pixels) and whose own mean z falls to WASHOUT_FRACTION within FRESH_FRAMES frames, whatever
+# else stays accepted beside it: a vessel beside a joint fill that grows (training quick seed
+# 2324 case 5: the vessel's branches a component of their own for one frame, the joint fill
+# holding the whole opacity's mean). On 13 quick training sets and full t4101/t4102 (360 studies)
+# every such component of a non-vascular study kept 0.47 or more of its mean z two frames on
+# (0.76 one frame on); those of 24 vessels 0.34 or less two frames on
+FRESH_FRAMES = 2
 # a vessel test's washout inside opacity accepted on the current frame counts only where the
 # opacity lost at least this many residual noise sigmas since its arrival frame
 KEPT_OPACITY_LOSS_Z = 1.0
@@ -137,6 +145,9 @@ class _RunMemory:
         self.opaque_mm2 = 0.0
         self.opacity_age = 0
         self.opacity_seen = False
+        # components accepted as new on a recent frame (_remember_fresh): [mask, mean z on
+        # its frame, frames since]
+        self.fresh: list[list] = []
         # per pixel: on how many frames in a row up to the previous one it lay in opacity
         # refused only as gas (Classifier.accept's ``persists``); any_aside: some pixel > 0
         self.aside_run = np.zeros(shape, np.uint8)
@@ -376,7 +387,8 @@ class ContrastStage:
                                b.labels.size)
         if n > _MAX_COMPONENTS:
             n = _largest_components(b.labels, n, _MAX_COMPONENTS)
-        washed_out = self._washed_out(b, rm)
+        fresh_out = self._fresh_washed_out(b, rm)    # ages its components: on every frame
+        washed_out = self._washed_out(b, rm) or fresh_out
         if n:   # no component: nothing to measure (the usual frame before injection)
             K.component_stats(b.labels, n, b.residual, rm.opaque, b.stats)
             K.core_stats(b.labels, b.residual, 0.4, b.stats)
@@ -390,6 +402,7 @@ class ContrastStage:
         _select(b, any(keep))
         # the previous frame's opacity was read by component_stats above (C_NEW)
         rm.opaque[...] = b.on
+        self._remember_fresh(b, rm, opacities, keep)
         self._remember_aside(b, rm, [g and not ok for g, ok in zip(gas, keep)])
         accepted = tuple(o for o, ok in zip(opacities, keep) if ok)
         rm.opaque_mm2 = float(sum(o.area_mm2 for o in accepted))
@@ -416,7 +429,8 @@ class ContrastStage:
             # must still be there to wash out against
             gas = False
             for k, o in enumerate(opacities, start=1):
-                b.keep[k] = memory.classifier.set_aside_as_gas(o)
+                b.keep[k] = (memory.classifier.set_aside_as_gas(o)
+                             or memory.classifier.faint_cloud(o))
                 gas = gas or b.keep[k]
             _select(b, gas)
             np.logical_or(b.on, b.unusable, out=b.on)
@@ -470,6 +484,8 @@ class ContrastStage:
         rm = memory.run
         if rm.opaque_mm2 > 0.0 or rm.opacity_age:
             rm.opacity_age += 1
+        for item in rm.fresh:
+            item[2] += 1        # the frame is not looked at: its check is lost, the next counts
         rm.remember(b.current)
         rm.test_owed = True
         return {}
@@ -515,6 +531,36 @@ class ContrastStage:
         if np.count_nonzero(still) < 0.5 * np.count_nonzero(rm.opaque):
             return False          # the field moved or closed over it: no evidence either way
         return float(b.score[still].mean()) <= WASHOUT_FRACTION * rm.opaque_z
+
+    @staticmethod
+    def _remember_fresh(b: _Buffers, rm: _RunMemory, opacities: list[Opacity],
+                        keep: list[bool]) -> None:
+        """Keep each component accepted on this frame that is new (``VESSEL_NEW_FRACTION`` of
+        its pixels) for :meth:`_fresh_washed_out` on the next ``FRESH_FRAMES`` frames (the
+        usual frame: nothing new, nothing kept)."""
+        for k, (o, ok) in enumerate(zip(opacities, keep), start=1):
+            if ok and o.new_fraction >= VESSEL_NEW_FRACTION:
+                mask = b.labels == k
+                rm.fresh.append([mask, float(b.score[mask].mean()), 0])
+
+    @staticmethod
+    def _fresh_washed_out(b: _Buffers, rm: _RunMemory) -> bool:
+        """Whether a component accepted as new at most ``FRESH_FRAMES`` frames ago has lost
+        its opacity on this frame (its mean z down to ``WASHOUT_FRACTION`` of what it was on
+        its frame), whatever stays accepted beside it: :meth:`_washed_out` of one component.
+        Ages the kept components and forgets those checked ``FRESH_FRAMES`` times."""
+        if not rm.fresh:
+            return False
+        for item in rm.fresh:
+            item[2] += 1
+        rm.fresh = [item for item in rm.fresh if item[2] <= FRESH_FRAMES]
+        for mask, z, _ in rm.fresh:
+            still = mask & b.valid
+            if z <= 0.0 or np.count_nonzero(still) < 0.5 * np.count_nonzero(mask):
+                continue          # the field moved or closed over it: no evidence either way
+            if float(b.score[still].mean()) <= WASHOUT_FRACTION * z:
+                return True
+        return False
 
     def _vessel_mm(self, memory: _StudyMemory, b: _Buffers, work_mm: float,
                    stays=None) -> float:
