@@ -125,9 +125,10 @@ class Run:
     #: are counted as lost, its dose from the header
     frames_refused: bool = False
     study_uid_cut: bool = False  # ... inside its StudyInstanceUID value: the UID is a stump
-    #: ImageType (0008,0008) DERIVED: made from other images (a processed or re-captured
-    #: copy); beside the original run it copies, no second exposure
-    derived: bool = False
+    #: ImageType (0008,0008), upper case: DERIVED (value 1) is made from other images (a
+    #: processed or re-captured copy: beside the run it copies, no second exposure); value 3
+    #: names a biplane's plane (SINGLE A, SINGLE B)
+    image_type: tuple[str, ...] = ()
     #: the instances it was made from (Source Image Sequence), when it names them
     source_sop_uids: tuple[str, ...] = ()
     read_frames: Callable[["Run"], Iterator[np.ndarray]] | None = field(default=None, repr=False)
@@ -135,6 +136,11 @@ class Run:
     @property
     def n_frames(self) -> int:
         return len(self.frame_offsets_s)
+
+    @property
+    def derived(self) -> bool:
+        """ImageType says DERIVED: made from other images."""
+        return self.image_type[:1] == ("DERIVED",)
 
     @property
     def pixel_spacing_xy_mm(self) -> tuple[float, float] | None:

@@ -823,7 +823,7 @@ def test_an_enhanced_xa_rescale_in_its_functional_groups_turns_the_polarity(tmp_
 
 
 def derived_copy(source, to, *, name_source: bool = True, shift_s: float = 0.0,
-                 derived: bool = True):
+                 derived: bool = True, uid_first: bool = False):
     """A processed copy of ``source`` written to ``to``: a new instance, ImageType DERIVED,
     naming its source (Source Image Sequence) or not, taken ``shift_s`` later; with
     ``derived=False``, the same instance under other UIDs (a re-export)."""
@@ -831,8 +831,10 @@ def derived_copy(source, to, *, name_source: bool = True, shift_s: float = 0.0,
     from pydicom.uid import generate_uid
 
     ds = pydicom.dcmread(source)
-    # a 2.25 UID: sorts after the fixtures' (the first of two identical runs is kept)
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(prefix=None)
+    # a 2.25 UID sorts after the fixtures' (the first of two identical runs is kept), a 1.1
+    # UID before
+    uid = "1.1." + generate_uid(prefix=None)[5:55] if uid_first else generate_uid(prefix=None)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid
     if not derived:
         ds.SeriesInstanceUID = generate_uid()
         ds.save_as(to)
@@ -901,9 +903,10 @@ def test_a_derived_run_alone_in_its_time_is_read_and_counted(tmp_path):
 
 def test_a_saved_screen_beside_the_studys_runs_is_no_exposure(tmp_path):
     """Review s24 #6: a workstation's key image or a screenshot (one frame of Secondary
-    Capture, no exposure attribute) in an XA study was a run: an irradiation event of unknown
-    dose (the totals turned lower bounds, '≥') and one in sifluoro's RDSR, for an exposure
-    that never happened. It is rejected; alone (the study's only record) it is read."""
+    Capture, no exposure attribute, a series of its own) in an XA study was a run: an
+    irradiation event of unknown dose (the totals turned lower bounds, '≥') and one in
+    sifluoro's RDSR, for an exposure that never happened. It is rejected. Alone in the study,
+    or one of a series (a loop stored a frame a file: review s24b #3), it is read."""
     from sifluoro.dose.rdsr_read import read_rdsr
     from sifluoro.dose.rdsr_write import write_rdsr
     from sifluoro.dose.summary import summarize
@@ -913,14 +916,57 @@ def test_a_saved_screen_beside_the_studys_runs_is_no_exposure(tmp_path):
              RunSpec(30.0, n_frames=5, tech=technique(reported_dap_gycm2=3.0))]
     screen = RunSpec(90.0, n_frames=1, storage="sc", frame_time_ms=None, tech=Technique(),
                      filename="screen.dcm")
-    write_study(tmp_path / "in", specs + [screen])
+    first = write_study(tmp_path / "in", specs)[0]
+    uid = pydicom.dcmread(first, stop_before_pixels=True).StudyInstanceUID
+    write_study(tmp_path / "in" / "key", [screen], study_uid=uid)  # a series of its own
     study = read_study([tmp_path / "in"])
     assert len(study.runs) == 2
     [rejected] = study.rejected
-    assert (rejected.error, rejected.file) == ("NotAnExposureError", str(tmp_path / "in" / "screen.dcm"))
+    assert (rejected.error, rejected.file) == ("NotAnExposureError",
+                                               str(tmp_path / "in" / "key" / "screen.dcm"))
     [dose], _ = summarize([tmp_path / "in"])
     assert (len(dose.events), dose.summary()["events_dose_unknown"]) == (2, 0)
     write_rdsr(study, accumulate_study(study, DoseSettings()), tmp_path / "r.dcm")
     assert len(read_rdsr(tmp_path / "r.dcm").events) == 2
     write_study(tmp_path / "alone", [screen])
     assert len(read_study([tmp_path / "alone"]).runs) == 1
+    loop = [replace(screen, start_s=90.0 + 0.5 * k, filename=f"f{k}.dcm") for k in range(6)]
+    write_study(tmp_path / "in" / "loop", loop, study_uid=uid)
+    assert len(read_study([tmp_path / "in"]).runs) == 2 + 6
+
+
+def test_frames_stored_a_file_each_are_no_copies_of_each_other(tmp_path):
+    """Review s24b #1: eight one-frame files of one series at 4 frames/s whose times are stored
+    to the whole second, same technique: the same-exposure rule took six for copies (and
+    frames sharing the run's AcquisitionDateTime, seven). Instances of one series are never
+    copies; a re-export is another series with the same series and instance numbers."""
+    specs = [RunSpec(k // 4, n_frames=1, filename=f"f{k}.dcm") for k in range(8)]
+    write_study(tmp_path / "in", specs)
+    study = read_study([tmp_path / "in"])
+    assert study.rejected == () and len(study.runs) == 8
+
+
+def test_a_second_plane_or_another_devices_derived_run_is_no_copy(tmp_path):
+    """Review s24b #4 and #6: biplane planes A and B expose together with the same technique
+    (no angles, no dose in their headers), and a mobile unit's DERIVED run falls within the
+    C-arm's run on its clock: each was taken for a copy, its dose dropped."""
+    from pydicom.uid import generate_uid
+
+    from sifluoro.dose.summary import summarize
+
+    t = technique(primary_angle_deg=None, secondary_angle_deg=None)
+    _, b = write_study(tmp_path / "biplane", [RunSpec(0.0, n_frames=5, tech=t),
+                                             RunSpec(0.0, n_frames=5, tech=t)])
+    ds = pydicom.dcmread(b)
+    ds.SeriesInstanceUID, ds.SeriesNumber = generate_uid(), 2
+    ds.save_as(b)
+    _, mobile = write_study(tmp_path / "two-devices", [
+        RunSpec(0.0, n_frames=20, tech=technique(reported_dap_gycm2=1.0)),
+        RunSpec(1.0, n_frames=5, tech=technique(kvp=65.0, reported_dap_gycm2=0.4))])
+    ds = pydicom.dcmread(mobile)
+    ds.ImageType, ds.Manufacturer, ds.StationName = ["DERIVED", "PRIMARY"], "Other Co", "MOBILE"
+    ds.save_as(mobile)
+    for folder, events in (("biplane", 2), ("two-devices", 2)):
+        [dose], rejected = summarize([tmp_path / folder])
+        assert [r.error for r in rejected if r.error == "CopiedRunError"] == [], folder
+        assert len(dose.events) == events, folder

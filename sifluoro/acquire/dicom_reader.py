@@ -12,6 +12,7 @@ import os
 import stat
 import struct
 import zlib
+from collections import Counter, defaultdict
 from functools import partial
 from io import BytesIO
 from dataclasses import dataclass, replace
@@ -360,63 +361,83 @@ def without_copied_runs(runs: list[Run]) -> tuple[list[Run], list[Rejection]]:
     copy of a run, or the run exported again under other UIDs, holds the same exposure and its
     header the same technique, so its dose would count twice (and its frames go back in time);
     a saved screen is no exposure, and was counted as one of unknown dose."""
-    kept, copies = [], []
+    originals = [r for r in runs if not r.derived]
+    by_exposure = defaultdict(list)  # the candidates of the same exposure: no n² scan
+    for r in originals:
+        by_exposure[_exposure_key(r)].append(r)
+    copies = {}
     for run in runs:
-        original = original_of(run, runs)
+        original = original_of(run, originals if run.derived else by_exposure[_exposure_key(run)])
         if original is not None:
-            copies.append(copied_run_rejection(run, original))
-        elif is_saved_screen(run, runs):
-            copies.append(saved_screen_rejection(run))
-        else:
-            kept.append(run)
-    return kept, copies
+            copies[id(run)] = copied_run_rejection(run, original)
+    kept = [r for r in runs if id(r) not in copies]
+    series = Counter(r.series_instance_uid for r in kept)
+    xray = any(r.sop_class_uid in XRAY_SOP_CLASSES for r in kept)
+    for run in kept:
+        if xray and series[run.series_instance_uid] == 1 and is_saved_screen(run):
+            copies[id(run)] = saved_screen_rejection(run)
+    return [r for r in runs if id(r) not in copies], list(copies.values())
 
 
-def is_saved_screen(run: Run, others: Iterable[Run]) -> bool:
-    """Whether ``run`` is a saved screen or key image beside the study's X-ray runs: one frame
-    of Secondary Capture with no exposure attribute (kV, mA, mAs, pulse, dose). Alone, or
-    recorded as a loop, such an image may be the only record of an exposure, and is read."""
+def is_saved_screen(run: Run) -> bool:
+    """Whether ``run``, alone in its series beside the study's X-ray runs (the caller's part),
+    is a saved screen or key image: one frame of Secondary Capture with no exposure attribute
+    (kV, mA, mAs, pulse, dose). Alone in the study, or one of a series (a loop stored a frame
+    a file), such an image may be the only record of an exposure, and is read."""
     tech = run.technique
     return (run.sop_class_uid not in XRAY_SOP_CLASSES and run.n_frames == 1
             and all(v is None for v in (tech.kvp, tech.tube_current_ma, tech.exposure_mas,
                                         tech.pulse_width_ms, tech.exposure_time_ms,
-                                        tech.reported_dap_gycm2, tech.reported_air_kerma_mgy))
-            and any(r.sop_class_uid in XRAY_SOP_CLASSES for r in others))
+                                        tech.reported_dap_gycm2, tech.reported_air_kerma_mgy)))
 
 
 def saved_screen_rejection(run: Run) -> Rejection:
     return Rejection.of(run.path, NotAnExposureError(
-        "one frame of Secondary Capture with no exposure attribute beside the study's X-ray "
-        "runs: a saved screen or key image, not an exposure (neither shown nor counted)",
-        path=run.path, tag="(0008,0016) SOPClassUID"))
+        "one frame of Secondary Capture with no exposure attribute, alone in its series, beside "
+        "the study's X-ray runs: a saved screen or key image, not an exposure (neither shown nor "
+        "counted)", path=run.path, tag="(0008,0016) SOPClassUID"))
 
 
-def original_of(run: Run, others: Iterable[Run]) -> Run | None:
+def original_of(run: Run, others: Iterable[Run], *, arrived_before: bool = False) -> Run | None:
     """The run of ``others`` (same clock) that ``run`` copies, or None:
 
-    - ``run`` is DERIVED and names it in its Source Image Sequence, or was taken over part of
-      its time. A derived run alone in its time (a screen capture, the only record of that
+    - ``run`` is DERIVED and names it in its Source Image Sequence with the same frame times
+      (a roadmap naming its mask is a new exposure), or was taken over part of its time on the
+      same device. A derived run alone in its time (a screen capture, the only record of that
       exposure) is no copy; nor is a copy of a copy the original;
     - or ``run`` is the same exposure under other UIDs (an anonymiser or a PACS remap run
-      twice): the same start, frame times and technique (angles, collimation, reported dose
-      included: a second plane differs), and it sorts after it (the first is kept).
+      twice): another series, but the same series and instance numbers, ImageType (a biplane's
+      plane), device, start, frame times and technique; the one whose UID sorts first is
+      kept, or with ``arrived_before`` (``others`` came before ``run``: the receiver) the one
+      that came first. Two instances of one series (a loop stored a frame a file) are never
+      copies.
     """
-    others = [r for r in others if r is not run]
+    others = [r for r in others if r is not run and not r.derived]
     if not run.derived:
-        return next((r for r in others if not r.derived and _same_exposure(r, run)
-                     and header.sort_tiebreak(r) < header.sort_tiebreak(run)), None)
-    originals = [r for r in others if not r.derived]
-    named = [r for r in originals if r.sop_instance_uid in run.source_sop_uids]
+        same = [r for r in others if _same_exposure(r, run)
+                and (arrived_before or header.sort_tiebreak(r) < header.sort_tiebreak(run))]
+        return min(same, key=header.sort_tiebreak, default=None)
+    named = [r for r in others if r.sop_instance_uid in run.source_sop_uids
+             and r.frame_offsets_s == run.frame_offsets_s]
     if named:
         return named[0]
     if run.start_s is None or np.isnan(run.start_s):
         return None
-    return next((r for r in originals if r.start_s is not None and not np.isnan(r.start_s)
+    return next((r for r in others if r.start_s is not None and not np.isnan(r.start_s)
+                 and r.device == run.device
                  and r.start_s <= run_end_s(run) and run.start_s <= run_end_s(r)), None)
 
 
+def _exposure_key(run: Run) -> tuple:
+    return run.series_number, run.instance_number, run.start_s
+
+
 def _same_exposure(a: Run, b: Run) -> bool:
-    return (a.start_s is not None and a.start_s == b.start_s
+    return (a.series_instance_uid != b.series_instance_uid
+            and a.series_number is not None and a.instance_number is not None
+            and (a.series_number, a.instance_number) == (b.series_number, b.instance_number)
+            and a.image_type == b.image_type and a.device == b.device
+            and a.start_s is not None and a.start_s == b.start_s
             and a.frame_offsets_s == b.frame_offsets_s and a.technique == b.technique)
 
 
@@ -424,8 +445,9 @@ def copied_run_rejection(run: Run, original: Run) -> Rejection:
     """Why ``run``, a copy of ``original``, is not used."""
     name = Path(original.path).name
     if not run.derived:
-        why, tag = (f"the same exposure as {name} (the same start, frames and technique under "
-                    "other UIDs: exported again or remapped)"), "(0008,0018) SOPInstanceUID"
+        why, tag = (f"the same exposure as {name} (the same series and instance numbers, start, "
+                    "frames and technique in another series: exported again or remapped)"), \
+            "(0008,0018) SOPInstanceUID"
     else:
         how = ("names as its source" if original.sop_instance_uid in run.source_sop_uids
                else "was taken over the time of")
@@ -451,7 +473,7 @@ def overlap_checked(run: Run, earlier: Iterable[Run]) -> Run:
     return _with_frames_refused(
         run, f"it starts before the last frame of {Path(first.path).name} (at "
              f"{run.start_s:+.3f} s, against {run_end_s(first):+.3f} s): one plane cannot "
-             "expose two runs at once (a second plane, a derived copy or a wrong clock), and "
+             "expose two runs at once (a second plane, a copy or a wrong clock), and "
              "its frames would go back in time", OverlappingRunError)
 
 
@@ -717,7 +739,7 @@ def run_from_dataset(ds: Dataset, path: str | Path) -> Run:
         header_cut=header_cut,
         study_uid_cut=header_cut and study_uid_cut,
         frames_refused=bool(refused),
-        derived=_image_type(ds)[:1] == ["DERIVED"],
+        image_type=tuple(_image_type(ds)),
         source_sop_uids=_source_sop_uids(ds),
         read_frames=reader,
     )

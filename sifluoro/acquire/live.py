@@ -40,9 +40,9 @@ from typing import Callable, Iterator
 
 import pydicom
 
-from sifluoro.acquire.dicom_reader import (copied_run_rejection, copy_rank, is_saved_screen,
-                                           original_of, overlap_checked, read_header,
-                                           run_from_dataset, saved_screen_rejection, untimed_run)
+from sifluoro.acquire.dicom_reader import (copied_run_rejection, copy_rank, original_of,
+                                           overlap_checked, read_header, run_from_dataset,
+                                           untimed_run)
 from sifluoro.acquire.spool import Spool, StudyState
 from sifluoro.config import Settings
 from sifluoro.dose.rdsr_read import is_dose_report
@@ -591,13 +591,10 @@ class LiveStudies:
         timed = run.start_s is not None and not math.isnan(run.start_s)
         original = original_of(replace(run, start_s=run.start_s - study.t0_s)
                                if timed and study.t0_s is not None else
-                               replace(run, start_s=None), study.runs)
+                               replace(run, start_s=None), study.runs, arrived_before=True)
         if original is not None:  # a processed copy of a run already counted: stored, unused
             log.info("study %s: %s is a copy of %s", study.uid, run.path, original.path)
             study.rejected.append(copied_run_rejection(run, original))
-            return
-        if is_saved_screen(run, study.runs):  # a key image after the study's runs: no exposure
-            study.rejected.append(saved_screen_rejection(run))
             return
         if not timed:
             # not placed, not shown: its dose counted (as lost frames) when it arrives

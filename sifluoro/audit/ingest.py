@@ -41,6 +41,7 @@ from sifluoro.audit.schema import (
 )
 from sifluoro.audit.settings import AuditSettings
 from sifluoro.config import DoseSettings
+from sifluoro.dicom_time import wall
 from sifluoro.dose.accumulate import accumulate_study, alert_steps, kerma_alert_levels
 from sifluoro.dose.records import StudyDose
 from sifluoro.errors import DuplicateInstanceError
@@ -272,7 +273,9 @@ class _Writer:
         self.engine = engine
         self.settings = settings
         with engine.connect() as conn:
-            self.devices = {(r.manufacturer, r.model, r.serial_number, r.station_name): r.id
+            # keyed as new devices are (a row written before texts were capped still matches)
+            self.devices = {tuple(_device_text(v) for v in (r.manufacturer, r.model,
+                                                            r.serial_number, r.station_name)): r.id
                             for r in conn.execute(select(DeviceRow))}
 
     def write_safely(self, batch: dict[str, list[ParsedFile]], result: IngestResult) -> None:
@@ -599,8 +602,10 @@ def _study_row(uid: str, files: list[ParsedFile], dose: StudyDose, now: datetime
 
 
 def _event_rows(study_id: int, dose: StudyDose) -> list[dict]:
-    return [{"study_id": study_id, "seq": i, **{k: getattr(e, k) for k in EVENT_FIELDS}}
-            for i, e in enumerate(dose.events)]
+    # the device's wall clock, as before UTC offsets were kept: PostgreSQL turned an aware
+    # time into the session's zone, SQLite stored its clock (review s24b #7)
+    return [{"study_id": study_id, "seq": i, **{k: getattr(e, k) for k in EVENT_FIELDS},
+             "start": e.start and wall(e.start)} for i, e in enumerate(dose.events)]
 
 
 def alert_rows(dose: StudyDose, settings: DoseSettings) -> list[dict]:

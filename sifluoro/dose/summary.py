@@ -25,6 +25,7 @@ from typing import Iterable
 
 from sifluoro.acquire.dicom_reader import scan
 from sifluoro.config import DoseSettings
+from sifluoro.dicom_time import wall
 from sifluoro.dose.accumulate import accumulate_study
 from sifluoro.dose.rdsr_read import names_an_sr_class, read_rdsr
 from sifluoro.dose.records import (
@@ -233,15 +234,17 @@ def _outside_report(device: StudyDose, candidates: list[IrradiationEvent]
     if not timed:
         return ()
     candidates = [e for e in candidates if e.start is not None]
-    clock = _clock([e.start for e in timed + candidates])
-    spans = [(clock(e.start), clock(e.start) + timedelta(seconds=event_duration_s(e)))
-             for e in timed]
-    first = min(a for a, _ in spans) - timedelta(seconds=OUTSIDE_REPORT_S)
-    last = max(b for _, b in spans) + timedelta(seconds=OUTSIDE_REPORT_S)
+    # each candidate against the report's span as instants when both carry UTC offsets (a
+    # report in UTC and images in local time are the same moments), else on the wall clock
+    # (one clock; some carry an offset, some not): pair by pair, as the accumulator matches
+    bounds = {clock: _span(timed, clock) for clock in (wall, _instant)
+              if clock is wall or all(e.start.tzinfo is not None for e in timed)}
     out, seen = [], set()
     for e in candidates:
         if e.event_uid in seen:
             continue
+        clock = _instant if e.start.tzinfo is not None and _instant in bounds else wall
+        first, last = bounds[clock]
         start = clock(e.start)
         if start + timedelta(seconds=event_duration_s(e)) < first or start > last:
             seen.add(e.event_uid)
@@ -249,13 +252,15 @@ def _outside_report(device: StudyDose, candidates: list[IrradiationEvent]
     return tuple(out)
 
 
-def _clock(times: list[datetime]):
-    """How to compare the times: as instants when every one carries a UTC offset (a report
-    in UTC and images in local time are the same moments), else as the device's wall clock
-    (a report and its images come from one clock; some carry an offset, some not)."""
-    if all(t.tzinfo is not None for t in times):
-        return lambda t: t.astimezone(timezone.utc)
-    return lambda t: t.replace(tzinfo=None)
+def _span(events: list[IrradiationEvent], clock) -> tuple[datetime, datetime]:
+    """The events' time span on ``clock``, widened by :data:`OUTSIDE_REPORT_S` each side."""
+    margin = timedelta(seconds=OUTSIDE_REPORT_S)
+    return (min(clock(e.start) for e in events) - margin,
+            max(clock(e.start) + timedelta(seconds=event_duration_s(e)) for e in events) + margin)
+
+
+def _instant(t: datetime) -> datetime:
+    return t.astimezone(timezone.utc)
 
 
 def _merge(reports: list[StudyDose]) -> StudyDose:

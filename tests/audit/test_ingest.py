@@ -1183,3 +1183,31 @@ def test_a_value_over_a_servers_limit_rejects_its_study_alone():
     refused = [_refused_value(OperationalError("x", {}, Orig(s)))
                for s in ("54000", "22001", "23505", "08006", "40P01", "55P03", None)]
     assert refused == [True, True, True, False, False, False, False]
+
+
+def test_event_starts_are_stored_on_the_devices_clock_on_every_backend(db_url, tmp_path):
+    """Review s24b #7: with UTC offsets kept, PostgreSQL stored an image run's start turned to
+    the session's zone (08:30) where SQLite stored the device's clock (09:30), as both did
+    before. Both store the device's clock."""
+    import pydicom
+
+    from sifluoro.acquire.dicom_reader import read_study
+    from sifluoro.config import DoseSettings
+    from sifluoro.dose.accumulate import accumulate_study
+    from sifluoro.dose.rdsr_read import read_rdsr
+    from sifluoro.dose.rdsr_write import write_rdsr
+
+    (path,) = write_study(tmp_path / "images", [RunSpec(0.0, n_frames=3)])
+    ds = pydicom.dcmread(path)
+    ds.TimezoneOffsetFromUTC = "+0100"
+    ds.save_as(path)
+    study = read_study([tmp_path / "images"])
+    report = write_rdsr(study, accumulate_study(study, DoseSettings()), tmp_path / "in" / "r.dcm")
+    [event] = read_rdsr(report).events
+    assert event.start.utcoffset().total_seconds() == 3600
+    engine = open_registry(db_url)
+    ingest([tmp_path / "in"], engine)
+    with engine.connect() as conn:
+        [start] = conn.execute(select(EventRow.start)).scalars()
+    assert start == event.start.replace(tzinfo=None)
+    engine.dispose()

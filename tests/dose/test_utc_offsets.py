@@ -87,3 +87,40 @@ def test_a_report_in_utc_covers_runs_in_local_time(study_with_report, tmp_path):
                  summary_path=tmp_path / "s.json", stages=[]).summary
     assert out["study_dose"]["dap_gycm2"] == pytest.approx(report.dap_gycm2)
     assert report.dap_gycm2 == pytest.approx(5.0)
+
+
+def test_a_run_without_offset_beside_them_puts_only_itself_on_the_wall_clock(tmp_path):
+    """Review s24b #5: the case above plus a run 2 h later from another source whose header
+    has no offset: dose summary compared every time on the wall clock then (one naive time),
+    the two covered runs fell outside the UTC report and counted twice (DAP 11 against 6);
+    each run is now compared with the report on the clock both carry, as replay matches."""
+    paths = write_study(tmp_path / "images", [
+        RunSpec(0.0, n_frames=5, tech=technique(reported_dap_gycm2=2.0, reported_air_kerma_mgy=10.0)),
+        RunSpec(30.0, n_frames=5, tech=technique(reported_dap_gycm2=3.0, reported_air_kerma_mgy=15.0)),
+        RunSpec(7200.0, n_frames=5, tech=technique(reported_dap_gycm2=1.0, reported_air_kerma_mgy=5.0),
+                filename="late.dcm")])
+    study = read_study([tmp_path / "images"])
+    study = type(study)(study.study_instance_uid, study.runs[:2], (), ())
+    write_rdsr(study, accumulate_study(study, DoseSettings()), tmp_path / "mine.dcm")
+    ds = as_device_report(tmp_path / "mine.dcm", tmp_path / "dev.dcm", scale=1.0)
+    for item in ds.ContentSequence:
+        if item.get("ValueType") == "DATETIME":
+            item.DateTime = _shift(item.DateTime, -1, "+0000")
+        if item.ConceptNameCodeSequence[0].CodeValue == "113706":
+            item.ContentSequence = [i for i in item.ContentSequence if i.get("ValueType") != "IMAGE"]
+            for sub in item.ContentSequence:
+                if sub.get("ValueType") == "DATETIME":
+                    sub.DateTime = _shift(sub.DateTime, -1, "+0000")
+    ds.TimezoneOffsetFromUTC = "+0000"
+    (tmp_path / "in").mkdir()
+    ds.save_as(tmp_path / "in" / "device.dcm")
+    for p in paths:
+        im = pydicom.dcmread(p)
+        if p.name != "late.dcm":
+            im.AcquisitionDateTime = str(im.AcquisitionDateTime).split("+")[0] + "+0100"
+            im.TimezoneOffsetFromUTC = "+0100"
+        im.save_as(tmp_path / "in" / p.name)
+    [dose], _ = summarize([tmp_path / "in"])
+    out = replay([tmp_path / "in"], events_path=tmp_path / "e.jsonl",
+                 summary_path=tmp_path / "s.json", stages=[]).summary
+    assert dose.dap_gycm2 == pytest.approx(6.0) and out["study_dose"]["dap_gycm2"] == pytest.approx(6.0)
