@@ -578,14 +578,7 @@ def test_a_run_received_that_starts_inside_the_run_before_is_not_shown(start_rec
 
     files = write_study(tmp_path / "in", [RunSpec(0.0, n_frames=5), RunSpec(0.2),
                                           RunSpec(0.6)])
-    receiver = start_receiver()
-    done = storescu(receiver.port, files)
-    assert done.returncode == 0, done.stdout + done.stderr
-    study_uid, _ = file_uids(files[0])
-    folder = receiver.spool / study_uid
-    wait_for(lambda: (folder / "summary.json").exists()
-             and json.loads((folder / "summary.json").read_text())["instances"] == 3)
-    summary = json.loads((folder / "summary.json").read_text())
+    folder, summary = _received(start_receiver(), files)
     assert [r["error"] for r in summary["rejected_files"]] == ["OverlappingRunError"]
     assert (summary["frames"], summary["lost_frames"]["frames"]) == (8, 3)
     assert replay_output_violations(folder / "events.jsonl", folder / "summary.json") == []
@@ -604,19 +597,24 @@ def test_a_copy_received_after_its_run_is_stored_not_counted(start_receiver, tmp
     files = write_study(tmp_path / "in", [RunSpec(0.0, n_frames=5), RunSpec(10.0)])
     copy = derived_copy(files[0], tmp_path / "copy.dcm", name_source=False, derived=derived,
                         uid_first=uid_first)
-    receiver = start_receiver()
-    done = storescu(receiver.port, files + [copy])
-    assert done.returncode == 0, done.stdout + done.stderr
-    study_uid, _ = file_uids(files[0])
-    folder = receiver.spool / study_uid
-    wait_for(lambda: (folder / "summary.json").exists()
-             and json.loads((folder / "summary.json").read_text())["instances"] == 3)
-    summary = json.loads((folder / "summary.json").read_text())
+    _, summary = _received(start_receiver(), files + [copy])
     assert [r["error"] for r in summary["rejected_files"]] == ["CopiedRunError"]
     assert (summary["frames"], summary["lost_frames"]["frames"]) == (8, 0)
     alone = replay([tmp_path / "in"], events_path=tmp_path / "e.jsonl",
                    summary_path=tmp_path / "s.json", stages=[]).summary
     assert summary["study_dose"] == pytest.approx(alone["study_dose"])
+
+
+def _received(receiver, files: list) -> tuple:
+    """Send ``files`` (one study) with storescu; the study's spool folder and its summary once
+    every instance is in."""
+    done = storescu(receiver.port, files)
+    assert done.returncode == 0, done.stdout + done.stderr
+    study_uid, _ = file_uids(files[0])
+    folder = receiver.spool / study_uid
+    wait_for(lambda: (folder / "summary.json").exists()
+             and json.loads((folder / "summary.json").read_text())["instances"] == len(files))
+    return folder, json.loads((folder / "summary.json").read_text())
 
 
 def _peak_rss_mb(pid: int) -> float:
