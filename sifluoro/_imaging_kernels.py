@@ -57,12 +57,43 @@ def attenuation_halved_into(pixels, scale, invert, out):
 def attenuation_area3_into(pixels, scale, invert, out):
     """:func:`attenuation_into` area-averaged over blocks of 3 x 3 (a remainder cropped), each
     block summed as :func:`area3_into` sums it: the same values as the full-size attenuation
-    and its area resize by 3, in one pass over the stored pixels (``imaging.frame_work``)."""
+    and its area resize by 3, in one pass over the stored pixels (``imaging.frame_work``).
+
+    Each input row is read by a loop of its own, as :func:`attenuation_halved_into` reads
+    them (a frame is never in cache): the partial sums wait in the output row and, for the
+    middle row's ``b1 + b2``, in the next output row, not written yet (the last output row
+    reads its three rows in one loop). The same float32 operations in the same order."""
     rows, cols = out.shape
     one = np.float32(1.0)
+    zero = np.float32(0.0)
     ninth = np.float32(1.0 / 9.0)
     for y in range(rows):
         r0, r1, r2, o = pixels[3 * y], pixels[3 * y + 1], pixels[3 * y + 2], out[y]
+        if y + 1 < rows:
+            q = out[y + 1]
+            for x in range(cols):
+                j = 3 * x
+                a0, a1, a2 = (np.float32(r0[j]) * scale, np.float32(r0[j + 1]) * scale,
+                              np.float32(r0[j + 2]) * scale)
+                if invert:
+                    a0, a1, a2 = one - a0, one - a1, one - a2
+                o[x] = (a0 + a1) + a2
+            for x in range(cols):
+                j = 3 * x
+                b0, b1, b2 = (np.float32(r1[j]) * scale, np.float32(r1[j + 1]) * scale,
+                              np.float32(r1[j + 2]) * scale)
+                if invert:
+                    b0, b1, b2 = one - b0, one - b1, one - b2
+                o[x] = zero + (o[x] + b0)
+                q[x] = b1 + b2
+            for x in range(cols):
+                j = 3 * x
+                c0, c1, c2 = (np.float32(r2[j]) * scale, np.float32(r2[j + 1]) * scale,
+                              np.float32(r2[j + 2]) * scale)
+                if invert:
+                    c0, c1, c2 = one - c0, one - c1, one - c2
+                o[x] = ((o[x] + ((q[x] + c0) + c1)) + c2) * ninth
+            continue
         for x in range(cols):
             j = 3 * x
             a0, a1, a2 = (np.float32(r0[j]) * scale, np.float32(r0[j + 1]) * scale,
