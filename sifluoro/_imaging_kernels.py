@@ -64,53 +64,42 @@ def attenuation_area3_into(pixels, scale, invert, out):
     middle row's ``b1 + b2``, in the next output row, not written yet (the last output row
     reads its three rows in one loop). The same float32 operations in the same order."""
     rows, cols = out.shape
-    one = np.float32(1.0)
-    zero = np.float32(0.0)
     ninth = np.float32(1.0 / 9.0)
     for y in range(rows):
         r0, r1, r2, o = pixels[3 * y], pixels[3 * y + 1], pixels[3 * y + 2], out[y]
         if y + 1 < rows:
             q = out[y + 1]
             for x in range(cols):
-                j = 3 * x
-                a0, a1, a2 = (np.float32(r0[j]) * scale, np.float32(r0[j + 1]) * scale,
-                              np.float32(r0[j + 2]) * scale)
-                if invert:
-                    a0, a1, a2 = one - a0, one - a1, one - a2
+                a0, a1, a2 = _three(r0, 3 * x, scale, invert)
                 o[x] = (a0 + a1) + a2
             for x in range(cols):
-                j = 3 * x
-                b0, b1, b2 = (np.float32(r1[j]) * scale, np.float32(r1[j + 1]) * scale,
-                              np.float32(r1[j + 2]) * scale)
-                if invert:
-                    b0, b1, b2 = one - b0, one - b1, one - b2
-                o[x] = zero + (o[x] + b0)
+                b0, b1, b2 = _three(r1, 3 * x, scale, invert)
+                o[x] = np.float32(0.0) + (o[x] + b0)
                 q[x] = b1 + b2
             for x in range(cols):
-                j = 3 * x
-                c0, c1, c2 = (np.float32(r2[j]) * scale, np.float32(r2[j + 1]) * scale,
-                              np.float32(r2[j + 2]) * scale)
-                if invert:
-                    c0, c1, c2 = one - c0, one - c1, one - c2
+                c0, c1, c2 = _three(r2, 3 * x, scale, invert)
                 o[x] = ((o[x] + ((q[x] + c0) + c1)) + c2) * ninth
             continue
         for x in range(cols):
-            j = 3 * x
-            a0, a1, a2 = (np.float32(r0[j]) * scale, np.float32(r0[j + 1]) * scale,
-                          np.float32(r0[j + 2]) * scale)
-            b0, b1, b2 = (np.float32(r1[j]) * scale, np.float32(r1[j + 1]) * scale,
-                          np.float32(r1[j + 2]) * scale)
-            c0, c1, c2 = (np.float32(r2[j]) * scale, np.float32(r2[j + 1]) * scale,
-                          np.float32(r2[j + 2]) * scale)
-            if invert:
-                a0, a1, a2 = one - a0, one - a1, one - a2
-                b0, b1, b2 = one - b0, one - b1, one - b2
-                c0, c1, c2 = one - c0, one - c1, one - c2
+            a0, a1, a2 = _three(r0, 3 * x, scale, invert)
+            b0, b1, b2 = _three(r1, 3 * x, scale, invert)
+            c0, c1, c2 = _three(r2, 3 * x, scale, invert)
             s = np.float32(0.0)
             s += ((a0 + a1) + a2) + b0
             s += ((b1 + b2) + c0) + c1
             s += c2
             o[x] = s * ninth
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _three(row, j, scale, invert):
+    """The attenuations of ``row[j:j + 3]`` (as :func:`attenuation_into` gives them)."""
+    one = np.float32(1.0)
+    a, b, c = (np.float32(row[j]) * scale, np.float32(row[j + 1]) * scale,
+               np.float32(row[j + 2]) * scale)
+    if invert:
+        return one - a, one - b, one - c
+    return a, b, c
 
 
 @njit(cache=True, nogil=True)
