@@ -739,20 +739,20 @@ def run_from_dataset(ds: Dataset, path: str | Path) -> Run:
         header_cut=header_cut,
         study_uid_cut=header_cut and study_uid_cut,
         frames_refused=bool(refused),
-        image_type=tuple(_image_type(ds)),
+        image_type=_image_type(ds),
         source_sop_uids=_source_sop_uids(ds),
         read_frames=reader,
     )
 
 
-def _image_type(ds: Dataset) -> list[str]:
-    """(0008,0008) ImageType's values, upper case; [] when absent or unreadable."""
+def _image_type(ds: Dataset) -> tuple[str, ...]:
+    """(0008,0008) ImageType's values, upper case; () when absent or unreadable."""
     try:
         value = ds.get("ImageType")
         values = [value] if isinstance(value, str) else list(value or [])
-        return [str(v).strip().upper() for v in values]
+        return tuple(str(v).strip().upper() for v in values)
     except Exception:  # a damaged value: the image is taken as an original
-        return []
+        return ()
 
 
 def _source_sop_uids(ds: Dataset) -> tuple[str, ...]:

@@ -248,6 +248,16 @@ def _select(b: _Buffers, any_kept: bool) -> None:
         b.on.fill(False)
 
 
+def _emptied(b: _Buffers, mask: np.ndarray, z: float) -> bool:
+    """Whether the opacity once at ``mask``, of mean z ``z`` then, has lost it on this frame
+    (its mean z down to ``WASHOUT_FRACTION`` of that); False without evidence either way (no
+    z, or the field moved or closed over half of it)."""
+    still = mask & b.valid
+    if z <= 0.0 or np.count_nonzero(still) < 0.5 * np.count_nonzero(mask):
+        return False
+    return float(b.score[still].mean()) <= WASHOUT_FRACTION * z
+
+
 def _dense_text_blocks(pixels: np.ndarray, factor: int, top: int, invert: bool,
                        blocks: np.ndarray) -> None:
     """Clear the blocks of ``blocks`` (K.text_blocks) with fewer than ``TEXT_BLOCK_SHARE`` of
@@ -524,13 +534,9 @@ class ContrastStage:
         frames and at least ``WASHOUT_MIN_MM2``, has lost most of its opacity on this frame
         (mean z down to ``WASHOUT_FRACTION`` of what it was): joint fill and soft-tissue
         clouds stay for minutes, a vessel empties within a few frames."""
-        if (rm.opaque_mm2 < WASHOUT_MIN_MM2 or rm.opacity_age > WASHOUT_AGE
-                or rm.opaque_z <= 0.0):
+        if rm.opaque_mm2 < WASHOUT_MIN_MM2 or rm.opacity_age > WASHOUT_AGE:
             return False
-        still = rm.opaque & b.valid
-        if np.count_nonzero(still) < 0.5 * np.count_nonzero(rm.opaque):
-            return False          # the field moved or closed over it: no evidence either way
-        return float(b.score[still].mean()) <= WASHOUT_FRACTION * rm.opaque_z
+        return _emptied(b, rm.opaque, rm.opaque_z)
 
     @staticmethod
     def _remember_fresh(b: _Buffers, rm: _RunMemory, opacities: list[Opacity],
@@ -554,13 +560,7 @@ class ContrastStage:
         for item in rm.fresh:
             item[2] += 1
         rm.fresh = [item for item in rm.fresh if item[2] <= FRESH_FRAMES]
-        for mask, z, _ in rm.fresh:
-            still = mask & b.valid
-            if z <= 0.0 or np.count_nonzero(still) < 0.5 * np.count_nonzero(mask):
-                continue          # the field moved or closed over it: no evidence either way
-            if float(b.score[still].mean()) <= WASHOUT_FRACTION * z:
-                return True
-        return False
+        return any(_emptied(b, mask, z) for mask, z, _ in rm.fresh)
 
     def _vessel_mm(self, memory: _StudyMemory, b: _Buffers, work_mm: float,
                    stays=None) -> float:
