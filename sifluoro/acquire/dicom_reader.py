@@ -456,6 +456,15 @@ def copied_run_rejection(run: Run, original: Run) -> Rejection:
         f"{why}: its frames and dose are that run's and count once", path=run.path, tag=tag))
 
 
+def copy_came_first_rejection(run: Run, copy: Run) -> Rejection:
+    """Why ``run``, received after ``copy`` (a DERIVED image made from it, already shown and
+    counted: the receiver), is not used."""
+    return Rejection.of(run.path, CopiedRunError(
+        f"received after {Path(copy.path).name}, a DERIVED image made from it, which was shown "
+        "and counted first: its frames and dose count once", path=run.path,
+        tag="(0008,0018) SOPInstanceUID"))
+
+
 def run_end_s(run: Run) -> float:
     """When the run's last frame was taken (the study's clock, as ``start_s``)."""
     return run.start_s + run.frame_offsets_s[-1]

@@ -40,9 +40,9 @@ from typing import Callable, Iterator
 
 import pydicom
 
-from sifluoro.acquire.dicom_reader import (copied_run_rejection, copy_rank, original_of,
-                                           overlap_checked, read_header, run_from_dataset,
-                                           untimed_run)
+from sifluoro.acquire.dicom_reader import (copied_run_rejection, copy_came_first_rejection,
+                                           copy_rank, original_of, overlap_checked, read_header,
+                                           run_from_dataset, untimed_run)
 from sifluoro.acquire.spool import Spool, StudyState
 from sifluoro.config import Settings
 from sifluoro.dose.rdsr_read import is_dose_report
@@ -589,12 +589,20 @@ class LiveStudies:
 
     def _feed_run(self, study: _LiveStudy, run: Run) -> None:
         timed = run.start_s is not None and not math.isnan(run.start_s)
-        original = original_of(replace(run, start_s=run.start_s - study.t0_s)
-                               if timed and study.t0_s is not None else
-                               replace(run, start_s=None), study.runs, arrived_before=True)
+        placed = (replace(run, start_s=run.start_s - study.t0_s) if timed and study.t0_s is not None
+                  else replace(run, start_s=None))
+        original = original_of(placed, study.runs, arrived_before=True)
         if original is not None:  # a processed copy of a run already counted: stored, unused
             log.info("study %s: %s is a copy of %s", study.uid, run.path, original.path)
             study.rejected.append(copied_run_rejection(run, original))
+            return
+        # the run after its DERIVED copy: the copy, shown and counted, stands for it (the dose
+        # only goes up; counting both doubled the run's dose)
+        copy = None if run.derived else next(
+            (r for r in study.runs if r.derived and original_of(r, [placed]) is placed), None)
+        if copy is not None:
+            log.info("study %s: %s came after its copy %s", study.uid, run.path, copy.path)
+            study.rejected.append(copy_came_first_rejection(run, copy))
             return
         if not timed:
             # not placed, not shown: its dose counted (as lost frames) when it arrives

@@ -605,6 +605,27 @@ def test_a_copy_received_after_its_run_is_stored_not_counted(start_receiver, tmp
     assert summary["study_dose"] == pytest.approx(alone["study_dose"])
 
 
+@pytest.mark.parametrize("name_source", [True, False], ids=["naming-it", "over-its-time"])
+def test_a_run_received_after_its_derived_copy_is_stored_not_counted(start_receiver, tmp_path,
+                                                                     name_source):
+    """A DERIVED copy sent before its run was shown and counted, and so was the run after it
+    (its frames refused as overlapping, its dose counted again: session 24's leftover). The
+    copy, shown first, stands for the run now: the study's dose as without the copy."""
+    from tests.test_reader import derived_copy
+
+    files = write_study(tmp_path / "in", [RunSpec(0.0, n_frames=5), RunSpec(10.0)])
+    copy = derived_copy(files[0], tmp_path / "copy.dcm", name_source=name_source)
+    _, summary = _received(start_receiver(), [copy] + files)
+    [rejection] = summary["rejected_files"]
+    run_uid, copy_uid = (pydicom.dcmread(f).SOPInstanceUID for f in (files[0], copy))
+    assert rejection["error"] == "CopiedRunError" and run_uid in rejection["file"]
+    assert copy_uid in rejection["reason"]  # the spool names an instance by its UID
+    assert (summary["frames"], summary["lost_frames"]["frames"]) == (8, 0)
+    alone = replay([tmp_path / "in"], events_path=tmp_path / "e.jsonl",
+                   summary_path=tmp_path / "s.json", stages=[]).summary
+    assert summary["study_dose"] == pytest.approx(alone["study_dose"])
+
+
 def _received(receiver, files: list) -> tuple:
     """Send ``files`` (one study) with storescu; the study's spool folder and its summary once
     every instance is in."""
