@@ -38,3 +38,10 @@ def parse_dt(text: str, offset: timezone | None = None) -> datetime | None:
 def wall(value: datetime) -> datetime:
     """``value`` on the device's wall clock (its offset dropped)."""
     return value.replace(tzinfo=None)
+
+
+def wall_seconds(value: datetime) -> float:
+    """``value``'s wall clock as seconds, the same on every machine (a naive datetime's
+    ``timestamp()`` reads it in the machine's own timezone: across its DST change two runs an
+    hour apart on the device came out minutes apart)."""
+    return wall(value).replace(tzinfo=timezone.utc).timestamp()

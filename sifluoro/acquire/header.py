@@ -23,7 +23,7 @@ from pydicom.valuerep import DA, TM
 
 from sifluoro.acquire import geometry
 from sifluoro.dose.exposure_dose import read_exposure_doses, run_technique
-from sifluoro.dicom_time import parse_dt, utc_offset, wall, with_offset
+from sifluoro.dicom_time import parse_dt, utc_offset, wall, wall_seconds, with_offset
 from sifluoro.dose.units import MAX_PLAUSIBLE, MAX_PULSE_WIDTH_MS
 from sifluoro.errors import (DamagedPixelDataError, InputError, MissingAttributeError,
                              UnsupportedDicomError, UnsupportedPixelDataError)
@@ -329,7 +329,7 @@ def parse(ds: Dataset, path: str, *, pixel_bytes: int | None = None,
         bits_allocated=bits_allocated,
         bits_stored=bits_stored,
         photometric=photometric,
-        start_s=None if start is None else wall(start).timestamp(),  # runs in wall-clock order
+        start_s=None if start is None else wall_seconds(start),  # runs in wall-clock order
         started_at=start,
         frame_offsets_s=offsets_s,
         frame_intervals_ms=intervals_ms,

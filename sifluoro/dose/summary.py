@@ -25,7 +25,7 @@ from typing import Iterable
 
 from sifluoro.acquire.dicom_reader import scan
 from sifluoro.config import DoseSettings
-from sifluoro.dicom_time import wall
+from sifluoro.dicom_time import wall, wall_seconds
 from sifluoro.dose.accumulate import accumulate_study
 from sifluoro.dose.rdsr_read import names_an_sr_class, read_rdsr
 from sifluoro.dose.records import (
@@ -311,7 +311,7 @@ def _merge(reports: list[StudyDose]) -> StudyDose:
 def _made_at(report: StudyDose) -> tuple[float, float]:
     """When the report was made (seconds): its own date, then its file's modification time
     (a correction often keeps the original's dates)."""
-    own = report.created.timestamp() if report.created is not None else 0.0
+    own = wall_seconds(report.created) if report.created is not None else 0.0
     try:
         return own, os.stat(report.path.split(", ")[0]).st_mtime if report.path else 0.0
     except OSError:

@@ -124,3 +124,30 @@ def test_a_run_without_offset_beside_them_puts_only_itself_on_the_wall_clock(tmp
     out = replay([tmp_path / "in"], events_path=tmp_path / "e.jsonl",
                  summary_path=tmp_path / "s.json", stages=[]).summary
     assert dose.dap_gycm2 == pytest.approx(6.0) and out["study_dose"]["dap_gycm2"] == pytest.approx(6.0)
+
+
+def test_runs_keep_their_wall_clock_gap_whatever_the_machines_timezone(tmp_path, monkeypatch):
+    """Run starts were the wall clock read in the machine's own timezone: on a machine in
+    Europe/Berlin two runs either side of its spring-forward hour (01:59 and 03:01 on the
+    device) came out 2 minutes apart, elsewhere 62; the same study gave other results."""
+    import time
+
+    paths = write_study(tmp_path, [RunSpec(0.0, n_frames=2), RunSpec(10.0, n_frames=2)])
+    for path, text in zip(paths, ("20260329015900", "20260329030100")):
+        ds = pydicom.dcmread(path)
+        ds.AcquisitionDateTime = text
+        for keyword in ("AcquisitionDate", "ContentDate"):
+            if keyword in ds:
+                ds.data_element(keyword).value = text[:8]
+        for keyword in ("AcquisitionTime", "ContentTime"):
+            if keyword in ds:
+                ds.data_element(keyword).value = text[8:]
+        ds.save_as(path)
+    gaps = []
+    for zone in ("UTC", "Europe/Berlin"):
+        monkeypatch.setenv("TZ", zone)
+        time.tzset()
+        gaps.append([r.start_s for r in read_study([tmp_path]).runs])
+    monkeypatch.undo()
+    time.tzset()
+    assert gaps == [[0.0, 3720.0], [0.0, 3720.0]]
