@@ -667,3 +667,73 @@ def test_run_of_frames_refuses_a_study_uid():
     frames = [f for f, _ in sim_frames(simulate_case(2026, 1, quick=True))][:2]
     with pytest.raises(ValueError, match="study_uid chooses among the studies of files"):
         Engine().run(frames, study_uid="1.2.3")
+
+
+def test_a_frame_of_another_size_than_its_run_is_refused_and_the_study_goes_on(tmp_path):
+    """Review s25 r4: a frame of another size than its run (a grabber that renegotiated its
+    size under the same Run) reached the stages, whose buffers are the run's size: the register
+    kernels read past them (SIGSEGV with one stage thread: study, events and dose lost)."""
+    import numpy as np
+
+    write_study(tmp_path / "study", [RunSpec(0.0, n_frames=4)])
+    engine = Engine(NO_DEADLINE, stages=["register", "needle", "contrast"])
+    frames = list(iter_frames(read_study([tmp_path / "study"]), []))
+    engine.feed(frames[0])
+    big = np.zeros((frames[1].pixels.shape[0] + 40, frames[1].pixels.shape[1] + 60), np.uint16)
+    with pytest.raises(InputError, match="a new picture size is a new Run") as refused:
+        engine.feed(dataclasses.replace(frames[1], pixels=big))
+    assert refused.value.tag == "(0028,0010) Rows"
+    for frame in frames[1:]:
+        engine.feed(frame)
+    assert engine.close()["frames"] == 4
+
+
+@pytest.mark.parametrize("layout", ["big-endian", "fortran", "cropped-view", "uint8"])
+def test_pixels_in_another_layout_are_taken_as_stored(tmp_path, layout):
+    """Review s25 r2: big-endian pixels failed every stage on every frame, a Fortran-ordered or
+    cropped view compiled new kernels on the first frame (1.5 s): the engine takes them as the
+    stages do, native C-ordered uint16, with the same events."""
+    import numpy as np
+
+    def variant(pixels):
+        if layout == "big-endian":
+            return pixels.astype(">u2")
+        if layout == "fortran":
+            return np.asfortranarray(pixels)
+        if layout == "uint8":
+            return (pixels >> 8).astype(np.uint8)
+        wide = np.zeros((pixels.shape[0], pixels.shape[1] + 8), np.uint16)
+        wide[:, 4:-4] = pixels
+        return wide[:, 4:-4]
+
+    write_study(tmp_path / "study", [RunSpec(0.0, n_frames=3)])
+    frames = list(iter_frames(read_study([tmp_path / "study"]), []))
+    events = []
+    for given in (frames, [dataclasses.replace(f, pixels=variant(f.pixels)) for f in frames]):
+        if layout == "uint8" and given is frames:  # the same grey values in 8 bits
+            given = [dataclasses.replace(f, pixels=(f.pixels >> 8).astype(np.uint16)) for f in frames]
+        engine = Engine(NO_DEADLINE, stages=["register", "needle", "contrast"])
+        seen, process = [], engine.pipeline.process_arrived
+        engine.pipeline.process_arrived = lambda f, *a: seen.append(f.pixels) or process(f, *a)
+        events.append([{k: v for k, v in engine.feed(f).event.items() if k != "latency_ms"}
+                       for f in given])
+        assert not any(e.get("failed_stages") for e in events[-1])
+        # as the kernels were compiled for (another layout compiles anew on a live frame)
+        assert all(p.dtype == np.dtype("=u2") and p.flags.c_contiguous for p in seen)
+    assert events[0] == events[1]
+
+
+@pytest.mark.parametrize("pixels, what", [("rgb", "2-D array"), ("float", "unsigned integers"),
+                                          ("list", "2-D array")])
+def test_what_is_no_grey_frame_is_refused_clearly(tmp_path, pixels, what):
+    import numpy as np
+
+    write_study(tmp_path / "study", [RunSpec(0.0, n_frames=2)])
+    frame = next(iter_frames(read_study([tmp_path / "study"]), []))
+    bad = {"rgb": lambda p: np.repeat(p[:, :, None], 3, axis=2),
+           "float": lambda p: p.astype(np.float32), "list": lambda p: p.tolist()}[pixels](frame.pixels)
+    engine = Engine(NO_DEADLINE)
+    with pytest.raises(InputError, match=what):
+        engine.feed(dataclasses.replace(frame, pixels=bad))
+    engine.feed(frame)
+    assert engine.close()["frames"] == 1
