@@ -262,7 +262,8 @@ class OverlayWriter:
         if self._image is None or self._image.shape != shape:
             self._image = np.empty(shape, np.uint8)
         img = draw_overlay(frame.pixels, frame.photometric, event, truth=truth, spacing_mm=spacing,
-                           out=self._image, stages=self.stages, scale_unknown=spacing is None)
+                           out=self._image, stages=self.stages,
+                           scale_unknown=spacing is None or bool(event.get("scale_unknown")))
         if self.png_dir:
             cv2.imwrite(str(self.png_dir / f"{event['index']:05d}.png"), img)
         if self.mp4_path:

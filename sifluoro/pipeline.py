@@ -101,9 +101,11 @@ class StudyState:
     no_picture_run: Run | None = None  # the run of the last frame without a picture (log once)
     #: runs the image stages read on an assumption (each logged once): "polarity" (bone taken
     #: as bright: no PixelIntensityRelationshipSign, no LIN/LOG relationship), "pixel_spacing"
-    #: (none: no distance in mm, the stages assume a scale)
+    #: (none, or pixels not square: no distance in mm, the stages assume a scale)
     assumed_runs: dict[str, int] = field(default_factory=lambda: {"polarity": 0, "pixel_spacing": 0})
     checked_runs: set[str] = field(default_factory=set)
+    #: runs of pixels that are not square as the image stages see them (no scale), by UID
+    unscaled_runs: dict[str, Run] = field(default_factory=dict)
     #: single-frame instances that continue one another (:func:`continues`): the image stages
     #: see them as frames of the first one's run (the lead), so their memories carry over
     chain: "_Chain | None" = None
@@ -338,7 +340,7 @@ class Pipeline:
             if key in self._warmed:
                 return 0.0
             t0 = time.perf_counter()
-            self.warm_up(run)
+            self.warm_up(run if square_pixels(run) else without_scale(run))
             self._warmed.add(key)
             self._planned_shapes.add((run.rows, run.columns))
             return (time.perf_counter() - t0) * 1000.0
@@ -447,7 +449,7 @@ class Pipeline:
         """Carry the frame's outcome into ``state`` and mark its event (dose, ``degraded``,
         what was skipped or failed; no mm without a pixel spacing, :func:`_without_scale`);
         return the end of its image work (``t_end``, else the clock now)."""
-        if frame.pixel_spacing_xy_mm is None:
+        if frame.pixel_spacing_xy_mm is None or not square_pixels(frame.run):
             _without_scale(event)
         event["tip_to_target_mm_iso"] = at_isocenter_mm(event.get("tip_to_target_mm"),
                                                         frame.technique)
@@ -533,13 +535,20 @@ class Pipeline:
                 yield pending[0], self._overlapped_event(state, *pending)
 
     def _seen_by_stages(self, frame: Frame, state: StudyState) -> Frame:
-        """The frame as the image stages see it (:func:`_as_seen_by_stages`), the assumptions
-        about its run said once per run the stages see."""
+        """The frame as the image stages see it (:func:`_as_seen_by_stages`; a run of pixels
+        that are not square without its scale, :func:`square_pixels`), the assumptions about
+        its run said once per run the stages see."""
         if not self.stages:
             return frame
         image = _as_seen_by_stages(frame, state)
         if image.run.sop_instance_uid not in state.checked_runs:
             _check_assumptions(image.run, state)
+        if not square_pixels(image.run):
+            run = state.unscaled_runs.get(image.run.sop_instance_uid)
+            if run is None:  # one object per run: the stages key their memories on it
+                run = state.unscaled_runs.setdefault(image.run.sop_instance_uid,
+                                                      without_scale(image.run))
+            image = replace(image, run=run)
         return image
 
     def _overlappable(self) -> bool:
@@ -705,6 +714,10 @@ class Pipeline:
 NO_PICTURE_STEPS = 16
 
 
+#: row and column spacings further apart than this share of the larger are not square pixels
+SQUARE_PIXELS_TOLERANCE = 0.01
+
+
 #: the longest pause between single-frame instances that still continue one another (s)
 CHAIN_GAP_S = 2.0
 #: the largest change of a C-arm angle between them (degrees)
@@ -749,6 +762,20 @@ def _as_seen_by_stages(frame: Frame, state: StudyState) -> Frame:
     return frame
 
 
+def square_pixels(run: Run) -> bool:
+    """Whether the image stages can take ``run``'s pixels as square (or it has no scale): they
+    work in mm on square pixels, and the one spacing they read would make every length, area
+    and distance across the other axis wrong by the difference (review s25 r1: 18 % at
+    0.4 by 0.3 mm)."""
+    s = run.pixel_spacing_xy_mm
+    return s is None or abs(s[0] - s[1]) <= SQUARE_PIXELS_TOLERANCE * max(s)
+
+
+def without_scale(run: Run) -> Run:
+    """``run`` as the image stages see a run without a pixel spacing (its dose keeps it)."""
+    return replace(run, technique=replace(run.technique, imager_pixel_spacing_xy_mm=None))
+
+
 def _check_assumptions(run: Run, state: StudyState) -> None:
     """Say (once per run) what the image stages must assume about its frames."""
     state.checked_runs.add(run.sop_instance_uid)
@@ -765,6 +792,13 @@ def _check_assumptions(run: Run, state: StudyState) -> None:
         log.warning("%s: no ImagerPixelSpacing (0018,1164) or PixelSpacing: no joint line nor "
                     "target is sought, needle and contrast work at an assumed scale, and the "
                     "events' distances in mm are null", run.path)
+    elif not square_pixels(run):
+        state.assumed_runs["pixel_spacing"] += 1
+        log.warning("%s: pixels not square (spacing x %.4g mm, y %.4g mm): the image stages "
+                    "work on square pixels, so they take the run as without a scale: no joint "
+                    "line nor target is sought, needle and contrast work at an assumed scale, "
+                    "and the events' distances in mm are null", run.path,
+                    *run.pixel_spacing_xy_mm)
 
 
 def _shows_picture(frame: Frame) -> bool:

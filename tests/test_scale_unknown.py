@@ -86,3 +86,43 @@ def test_a_run_read_on_an_assumption_is_said_once_and_counted(tmp_path, caplog, 
     assert sorted(m.split(":")[0] for m in said) == sorted(str(p) for p in paths)
     assert replay([tmp_path / "in"], events_path=tmp_path / "e.jsonl", summary_path=tmp_path / "s.json",
                   stages=[]).summary["assumed_runs"][key] == 0  # no image stage: nothing assumed
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_pixels_that_are_not_square_give_no_mm_and_are_said(caplog, threads):
+    """Review s25 r1: with ImagerPixelSpacing 0.4 by 0.3 mm the stages took one axis's spacing
+    for both: tip to target 4.28 mm for 5.21, with no word. The stages work on square pixels:
+    such a run is taken as without a scale (its mm null, positions in pixels hold), said once
+    and counted; a spacing within 1 % is square."""
+    import logging
+
+    from sifluoro.sim import simulate_case
+    from sifluoro.track.needle_sim import sim_frames
+
+    frames = [f for f, _ in sim_frames(simulate_case(2026, 3, quick=True))]
+    settings = Settings(latency_budget_ms=math.inf, stage_threads=threads)
+    for stretch, square in ((1.004, True), (1.3, False)):
+        runs = {}
+
+        def stretched(f):
+            sx, sy = f.run.pixel_spacing_xy_mm
+            return replace(f, run=runs.setdefault(f.run.sop_instance_uid, replace(
+                f.run, technique=replace(f.run.technique,
+                                         imager_pixel_spacing_xy_mm=(sx, sy * stretch)))))
+
+        caplog.clear()
+        pipeline = Pipeline(make_stages(("register", "needle", "contrast"), settings), settings)
+        state = pipeline.start_study("1.2.3")
+        with caplog.at_level(logging.WARNING):
+            events = [e for _, e in pipeline.process_frames([stretched(f) for f in frames], state)]
+        values = [v for e in events for v in _mm_values(e)]
+        said = [r for r in caplog.records if "pixels not square" in r.getMessage()]
+        if square:
+            assert any(v is not None for v in values) and not said
+            assert state.assumed_runs["pixel_spacing"] == 0
+        else:
+            assert values and all(v is None for v in values)
+            assert all(e["scale_unknown"] for e in events)
+            assert any(e["needle"] for e in events)  # still found, in pixels
+            assert len(said) == len(runs) == state.assumed_runs["pixel_spacing"]
+        assert events[-1]["dose"]["air_kerma_mgy"] > 0

@@ -427,7 +427,7 @@ class IgtlSink:
                  "end_on": bool(needle and needle.get("end_on")),
                  "target_visible": bool(target), "tip_to_target_mm": e.get("tip_to_target_mm"),
                  "tip_to_target_mm_iso": e.get("tip_to_target_mm_iso"),
-                 "scale_unknown": frame.pixel_spacing_xy_mm is None,
+                 "scale_unknown": bool(e.get("scale_unknown")),
                  **e["dose"], **event.analysis, "alerts": alerts,
                  "study_alerts": list(self._alerts)}
         out.append(pyigtl.StringMessage(json.dumps(state, separators=(",", ":")), timestamp=now,

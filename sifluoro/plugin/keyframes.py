@@ -173,7 +173,7 @@ def key_frame_sc(key: KeyFrame, ref: Dataset, *, series_instance_uid: str, insta
     title = key_frame_title(key)
     rgb = np.ascontiguousarray(draw_overlay(frame.pixels, frame.photometric, event, title=title,
                                             spacing_mm=spacing, stages=stages,
-                                            scale_unknown=spacing is None,
+                                            scale_unknown=bool(event.get("scale_unknown")),
                                             footer=NOT_VALIDATED)[..., ::-1])
     ref = _without_refused_values(ref)
     orientation = [str(v) for v in ref.get("PatientOrientation", None) or []]

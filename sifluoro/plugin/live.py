@@ -190,7 +190,8 @@ class LiveReplay:
                 if self.draw:
                     spacing = frame.pixel_spacing_xy_mm[0] if frame.pixel_spacing_xy_mm else None
                     overlay = draw_overlay(frame.pixels, frame.photometric, dict(event.event),
-                                           spacing_mm=spacing, scale_unknown=spacing is None,
+                                           spacing_mm=spacing,
+                                           scale_unknown=bool(event.event.get("scale_unknown")),
                                            stages=[s.name for s in self.engine.pipeline.stages])
                 self._call("frame", frame, event, overlay)
         finally:
