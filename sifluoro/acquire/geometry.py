@@ -8,6 +8,7 @@ with a log line naming the tag.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from typing import TYPE_CHECKING
 
@@ -94,14 +95,17 @@ def _intersect(a: Shutter | None, b: Shutter | None) -> Shutter | None:
     return Shutter(rect, min(circles, key=lambda c: c[2]) if circles else None)
 
 
-def exposed_field(look: _Lookup, path: str = "") -> tuple[Shutter | None, Shutter | None]:
+def exposed_field(look: _Lookup, path: str = "", *, rows: int = 0, columns: int = 0
+                  ) -> tuple[Shutter | None, Shutter | None]:
     """(field shown in the image, collimator).
 
     The collimator is the X-Ray Collimator module's (0018,1700) CollimatorShape with its edges,
     circle or polygon, top level (legacy XA/RF) or in the Collimator Shape Sequence (0018,9763)
     of the functional groups (Enhanced XA/XRF); it limits the beam, so the dose estimate uses
     it. Display shutters (0018,1600) only mask what is shown. The image stages get both at
-    once: the field is what the collimator lets through and the shutters show.
+    once: the field is what the collimator lets through and the shutters show. With the
+    frame's ``rows`` and ``columns``, a field that is not in the frame (:func:`in_frame`) is
+    ignored (said): the stages take the whole frame as exposed.
     """
     collimator = _aperture(look, _COLLIMATOR_KW, path)
     shutter = _aperture(look, _SHUTTER_KW, path)
@@ -110,7 +114,48 @@ def exposed_field(look: _Lookup, path: str = "") -> tuple[Shutter | None, Shutte
         log.info("%s: %s and %s do not overlap; the collimator is taken as the field",
                  path, _tag("CollimatorShape"), _tag("ShutterShape"))
         field = collimator
+    if field is not None and rows > 0 and columns > 0 and not in_frame(field, rows, columns):
+        log.warning("%s: the exposed field of %s / %s (%s) is not in the %dx%d frame (edges given "
+                    "in another matrix?): ignored, the whole frame is taken as exposed", path,
+                    _tag("ShutterShape"), _tag("CollimatorShape"), _shown(field), columns, rows)
+        field = None
     return field, collimator
+
+
+#: a rectangle reaching further than this share of the frame's size beyond its edges is not
+#: the frame's (edges in the detector's full matrix for an image stored smaller)
+OUTSIDE_SHARE = 0.1
+
+
+def in_frame(field: Shutter, rows: int, columns: int) -> bool:
+    """Whether ``field`` (pixels) can be the exposed field of a ``rows`` x ``columns`` frame:
+    it overlaps the frame, and a rectangle does not reach far beyond it (review s25 r3: edges
+    in another matrix left the stages an empty or partial field, and no joint line, target or
+    tip on any frame, without a word). A circle may be larger than the frame (an image
+    intensifier's round field cut by a square matrix)."""
+    reach = OUTSIDE_SHARE * max(rows, columns)
+    if field.rect_xyxy is not None:
+        x0, y0, x1, y1 = field.rect_xyxy
+        if x1 < 0 or y1 < 0 or x0 > columns - 1 or y0 > rows - 1:
+            return False
+        if max(-x0, -y0, x1 - (columns - 1), y1 - (rows - 1)) > reach:
+            return False
+    if field.circle_xyr is not None:
+        cx, cy, r = field.circle_xyr
+        nearest_x, nearest_y = min(max(cx, 0.0), columns - 1.0), min(max(cy, 0.0), rows - 1.0)
+        if math.hypot(cx - nearest_x, cy - nearest_y) >= r:
+            return False
+    return True
+
+
+def _shown(field: Shutter) -> str:
+    parts = []
+    if field.rect_xyxy is not None:
+        parts.append("rectangle x %d-%d, y %d-%d" % (field.rect_xyxy[0], field.rect_xyxy[2],
+                                                     field.rect_xyxy[1], field.rect_xyxy[3]))
+    if field.circle_xyr is not None:
+        parts.append("circle at (%.0f, %.0f), radius %.0f" % field.circle_xyr)
+    return ", ".join(parts)
 
 
 def _positive(value: float | None) -> float | None:

@@ -778,7 +778,7 @@ def _technique(look: _Lookup, n: int, rows: int, columns: int, intervals_ms, pat
     spacing_xy = geometry.detector_spacing_xy_mm(look, sid_mm, sod_mm, path)
     geometry.warn_if_spacing_changes(look, path)
     fov_mm, fov_shape = geometry.field_of_view(look, path)
-    field, collimator = geometry.exposed_field(look, path)
+    field, collimator = geometry.exposed_field(look, path, rows=rows, columns=columns)
     cu, al = _filtration(look)
     frame_time = _frame_time_ms(look)
     pulse_rate = 1000.0 / frame_time if frame_time else (

@@ -270,3 +270,25 @@ def test_blades_across_a_round_field_expose_their_intersection(size, collimation
     assert aperture_area_px((0, 0, size - 1, size - 1), (centre, centre, 50.0)) == pytest.approx(
         math.pi * 50.0 ** 2, rel=1e-3)
     assert aperture_area_px((0, 0, 10, 10), (400.0, 400.0, 20.0)) == 0.0
+
+
+# --- a field that is not the frame's (review s25 r3) -------------------------------------------
+
+@pytest.mark.parametrize("shutter, kept", [
+    (Shutter(rect_xyxy=(16, 16, 47, 47)), True),
+    (Shutter(rect_xyxy=(-3, -3, 66, 66)), True),              # a few pixels over: clipped
+    (Shutter(rect_xyxy=(100, 120, 400, 380)), False),         # wholly outside
+    (Shutter(rect_xyxy=(32, 40, 220, 200)), False),           # edges of a 4x larger matrix
+    (Shutter(circle_xyr=(32.0, 32.0, 40.0)), True),           # a round field cut by the matrix
+    (Shutter(circle_xyr=(300.0, 300.0, 50.0)), False)])
+def test_a_field_not_in_the_frame_is_ignored_and_said(tmp_path, caplog, shutter, kept):
+    """A display shutter given in another matrix (the detector's full one, for an image stored
+    smaller) left the image stages an empty or partial field: no joint line, target or tip on
+    any frame of the study, and no word. It is ignored now, with a warning naming the tags."""
+    ds = _dataset(shutter=shutter)
+    with caplog.at_level(logging.WARNING):
+        tech, _ = _dose(ds, tmp_path)
+    said = [r.getMessage() for r in caplog.records if "not in the 64x64 frame" in r.getMessage()]
+    assert (tech.shutter == shutter, len(said)) == ((True, 0) if kept else (False, 1))
+    if not kept:
+        assert tech.shutter is None and "(0018,1600) ShutterShape" in said[0]
