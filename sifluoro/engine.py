@@ -35,7 +35,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
-import numpy as np
 
 from sifluoro.acquire.dicom_reader import iter_frames, read_study
 from sifluoro.config import Settings
@@ -43,7 +42,7 @@ from sifluoro.dose.accumulate import DoseAccumulator
 from sifluoro.dose.summary import device_report
 from sifluoro.errors import InputError
 from sifluoro.model import Frame, Rejection, Run, Study
-from sifluoro.pipeline import LiveFeeder, Pipeline, Stage, StudyState, read_ahead
+from sifluoro.pipeline import LiveFeeder, Pipeline, Stage, StudyState, read_ahead, stored_pixels
 from sifluoro.stages import as_stages
 
 log = logging.getLogger(__name__)
@@ -58,33 +57,6 @@ def _check_frame(frame, method: str) -> None:
         raise TypeError(f"Engine.{method} takes a sifluoro.model.Frame (Engine.frames(read_study"
                         f"(...)) gives them, or build one around the pixels), not "
                         f"{type(frame).__name__}")
-
-
-def _stored_pixels(frame: Frame, method: str) -> Frame:
-    """``frame`` with its pixels as the stages take them: a 2-D unsigned integer array of the
-    run's Rows x Columns, as native C-ordered uint16 (a copy only when it is not already;
-    another layout or byte order made every stage fail, or compile anew, on every frame:
-    review s25 r2). A frame of another size than its run is refused: the stages' buffers of
-    the run are of its size (one fed 600x700 frames to a 512x512 run crashed the process,
-    review s25 r4); a new picture size is a new Run."""
-    pixels, run = frame.pixels, frame.run
-    tag = "(7FE0,0010) PixelData"
-    if not isinstance(pixels, np.ndarray) or pixels.ndim != 2:
-        shape = getattr(pixels, "shape", None)
-        raise InputError(f"Engine.{method}: a frame's pixels are one grey image, a 2-D array of "
-                         f"(rows, columns); got {type(pixels).__name__} of shape {shape} (convert "
-                         "a colour capture to grey first)", path=run.path, tag=tag)
-    if pixels.shape != (run.rows, run.columns):
-        raise InputError(f"Engine.{method}: a frame of {pixels.shape[0]}x{pixels.shape[1]} pixels "
-                         f"(rows x columns) in a run of {run.rows}x{run.columns}: a new picture "
-                         "size is a new Run (another sop_instance_uid)", path=run.path,
-                         tag="(0028,0010) Rows")
-    if pixels.dtype.kind != "u" or pixels.dtype.itemsize > 2:
-        raise InputError(f"Engine.{method}: a frame's pixels are unsigned integers of up to 16 "
-                         f"bits, as stored; got {pixels.dtype}", path=run.path, tag=tag)
-    if pixels.dtype == np.uint16 and pixels.dtype.isnative and pixels.flags.c_contiguous:
-        return frame
-    return replace(frame, pixels=np.ascontiguousarray(pixels, dtype=np.uint16))
 
 
 def frame_analysis(event: Mapping[str, Any]) -> dict[str, Any]:
@@ -275,7 +247,7 @@ class Engine:
         it again after a reconnect) is ignored, counted in the summary's ``duplicate_frames``,
         and gives None: its exposure is counted once."""
         _check_frame(frame, "feed")
-        frame = _stored_pixels(frame, "feed")
+        frame = stored_pixels(frame, "Engine.feed")
         with self._serialised():
             self._refuse_if_closed()  # first: the reason a closed engine refuses
             if self._live is not None:
@@ -299,7 +271,7 @@ class Engine:
         """Live sources: count the frame's dose now and queue its image work without waiting
         for it; events come on the engine's worker thread (see the module docstring)."""
         _check_frame(frame, "submit")
-        frame = _stored_pixels(frame, "submit")
+        frame = stored_pixels(frame, "Engine.submit")
         with self._serialised():
             self._refuse_if_closed()
             if self._live is None and self._fed:

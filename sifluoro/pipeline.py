@@ -24,6 +24,7 @@ from pydicom.uid import UID
 from sifluoro import imaging
 from sifluoro.config import Settings
 from sifluoro.dose.accumulate import DoseAccumulator
+from sifluoro.errors import InputError
 from sifluoro.model import Frame, Run, Technique
 
 log = logging.getLogger(__name__)
@@ -302,8 +303,9 @@ class Pipeline:
     def warm_up(self, run) -> None:
         """Compile and size every stage on a frame of the run's real shape, dtype and spacing
         before the first live frame (stages without ``warm_up(frame)`` need none)."""
-        if run.frames_refused:  # no frame of it reaches a stage (a header's size is no
-            return              # reason to allocate, review s22 F4)
+        if run.frames_refused or min(run.rows, run.columns) < MIN_IMAGE_PX:
+            return  # no frame of it reaches a stage (a header's size is no reason to
+            # allocate, review s22 F4)
         rng = np.random.default_rng(0)
         top = (1 << run.bits_stored) - 1
         pixels = rng.integers(int(0.4 * top), int(0.6 * top) + 1, (run.rows, run.columns),
@@ -360,7 +362,9 @@ class Pipeline:
         return self.process_arrived(frame, state, self.account(frame, state))
 
     def account(self, frame: Frame, state: StudyState) -> Arrival:
-        """Count the frame's dose now (on arrival); its image work may come later or never."""
+        """Count the frame's dose now (on arrival); its image work may come later or never.
+        A frame whose pixels the stages cannot take raises InputError (:func:`check_pixels`)."""
+        check_pixels(frame, "Pipeline")
         t_s = self._clock()
         alerts = tuple(a.as_dict() for a in state.dose.add(frame))
         return Arrival(t_s, state.dose.shown(), alerts)
@@ -631,9 +635,11 @@ class Pipeline:
         vascular alert), and registration would lose the view."""
         if frame.run is not state.no_picture_run:
             # once per run: a grabber without signal gives 30 of these a second
-            log.warning("frame %d shows no picture (flat or saturated): not analysed; further "
-                        "such frames of this run are counted in summary.no_picture_frames",
-                        frame.index)
+            rows, cols = frame.pixels.shape
+            why = (f"{rows}x{cols} pixels, fewer than {MIN_IMAGE_PX} a side"
+                   if min(rows, cols) < MIN_IMAGE_PX else "flat or saturated")
+            log.warning("frame %d shows no picture (%s): not analysed; further such frames of "
+                        "this run are counted in summary.no_picture_frames", frame.index, why)
         state.no_picture_frames += 1
         state.no_picture_run = frame.run
         return self._unanalysed_event(frame, state, arrival, "no_picture")
@@ -712,6 +718,10 @@ class Pipeline:
 #: a frame with fewer steps of picture than this (:func:`imaging.picture_steps`) is flat: a
 #: grabber's "no signal" black, a frame stuck at one value, a saturated one
 NO_PICTURE_STEPS = 16
+#: nor has one with fewer rows or columns than this: no joint, needle or contrast cloud fits,
+#: and the stages' working grids would have no rows (a 2x1024 run corrupted the heap in the
+#: contrast kernels and aborted the whole replay, review s25 r5)
+MIN_IMAGE_PX = 32
 
 
 #: row and column spacings further apart than this share of the larger are not square pixels
@@ -762,6 +772,39 @@ def _as_seen_by_stages(frame: Frame, state: StudyState) -> Frame:
     return frame
 
 
+def check_pixels(frame: Frame, where: str) -> None:
+    """Raise InputError unless ``frame``'s pixels are a 2-D array of unsigned integers of up to
+    16 bits of its run's Rows x Columns: the stages' buffers of a run are of its size (a
+    600x700 frame fed to a 512x512 run read past them: SIGSEGV, review s25 r4); a new picture
+    size is a new Run."""
+    pixels, run = frame.pixels, frame.run
+    tag = "(7FE0,0010) PixelData"
+    if not isinstance(pixels, np.ndarray) or pixels.ndim != 2:
+        raise InputError(f"{where}: a frame's pixels are one grey image, a 2-D array of (rows, "
+                         f"columns); got {type(pixels).__name__} of shape "
+                         f"{getattr(pixels, 'shape', None)} (convert a colour capture to grey "
+                         "first)", path=run.path, tag=tag)
+    if pixels.shape != (run.rows, run.columns):
+        raise InputError(f"{where}: a frame of {pixels.shape[0]}x{pixels.shape[1]} pixels (rows x "
+                         f"columns) in a run of {run.rows}x{run.columns}: a new picture size is a "
+                         "new Run (another sop_instance_uid)", path=run.path, tag="(0028,0010) Rows")
+    if pixels.dtype.kind != "u" or pixels.dtype.itemsize > 2:
+        raise InputError(f"{where}: a frame's pixels are unsigned integers of up to 16 bits, as "
+                         f"stored; got {pixels.dtype}", path=run.path, tag=tag)
+
+
+def stored_pixels(frame: Frame, where: str) -> Frame:
+    """``frame`` (checked, :func:`check_pixels`) with its pixels as the kernels were compiled
+    for, native C-ordered uint16: a copy only when they are not (big-endian pixels failed every
+    stage on every frame, a Fortran-ordered or cropped view compiled the kernels anew on a live
+    frame, review s25 r2)."""
+    check_pixels(frame, where)
+    pixels = frame.pixels
+    if pixels.dtype == np.uint16 and pixels.dtype.isnative and pixels.flags.c_contiguous:
+        return frame
+    return replace(frame, pixels=np.ascontiguousarray(pixels, dtype=np.uint16))
+
+
 def square_pixels(run: Run) -> bool:
     """Whether the image stages can take ``run``'s pixels as square (or it has no scale): they
     work in mm on square pixels, and the one spacing they read would make every length, area
@@ -802,9 +845,12 @@ def _check_assumptions(run: Run, state: StudyState) -> None:
 
 
 def _shows_picture(frame: Frame) -> bool:
-    """Whether ``frame`` holds a picture the image stages can read (not flat). An absolute
-    test: a rule relative to the run's earlier frames would lock a run out after one bright
-    frame (a grabber's snow before it locks)."""
+    """Whether ``frame`` holds a picture the image stages can read: at least
+    :data:`MIN_IMAGE_PX` a side, and not flat. An absolute test: a rule relative to the run's
+    earlier frames would lock a run out after one bright frame (a grabber's snow before it
+    locks)."""
+    if min(frame.pixels.shape) < MIN_IMAGE_PX:
+        return False
     return imaging.picture_steps(frame.pixels, frame.run.bits_stored,
                                  at_least=NO_PICTURE_STEPS) >= NO_PICTURE_STEPS
 

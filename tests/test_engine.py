@@ -737,3 +737,24 @@ def test_what_is_no_grey_frame_is_refused_clearly(tmp_path, pixels, what):
         engine.feed(dataclasses.replace(frame, pixels=bad))
     engine.feed(frame)
     assert engine.close()["frames"] == 1
+
+
+def test_the_pipeline_itself_refuses_a_frame_of_another_size_before_counting_it(tmp_path):
+    """Review s25 r4b: the same frame given to Pipeline.process (public, as replay and the
+    receiver use it) still reached the register kernels (SIGSEGV)."""
+    import numpy as np
+
+    from sifluoro.pipeline import Pipeline
+    from sifluoro.stages import make_stages
+
+    write_study(tmp_path / "study", [RunSpec(0.0, n_frames=3)])
+    frames = list(iter_frames(read_study([tmp_path / "study"]), []))
+    pipeline = Pipeline(make_stages(["register", "needle", "contrast"], NO_DEADLINE), NO_DEADLINE)
+    state = pipeline.start_study(frames[0].run.study_instance_uid)
+    pipeline.process(frames[0], state)
+    big = np.zeros((frames[1].pixels.shape[0] + 40, frames[1].pixels.shape[1] + 60), np.uint16)
+    with pytest.raises(InputError, match="a new picture size is a new Run"):
+        pipeline.process(dataclasses.replace(frames[1], pixels=big), state)
+    assert state.frames == 1
+    pipeline.process(frames[1], state)
+    assert state.frames == 2

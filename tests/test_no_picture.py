@@ -117,3 +117,32 @@ def test_a_run_without_picture_is_logged_once_and_counted(joint_fill_frames, cap
         _, state = _replay(frames, flat_at=range(6))
     warnings = [r for r in caplog.records if "shows no picture" in r.getMessage()]
     assert len(warnings) == 1 and state.no_picture_frames == 6
+
+
+@pytest.mark.parametrize("shape", [(2, 1024), (1024, 1), (31, 512), (32, 1024)])
+def test_a_frame_too_small_to_show_anything_is_counted_not_analysed(tmp_path, shape):
+    """Review s25 r5: a run of 2x1024 frames (valid DICOM) gave the contrast kernels a working
+    grid of no rows: heap corruption aborted the whole replay. Fewer than 32 pixels a side is no
+    picture (its dose counted); 32 is analysed."""
+    import numpy as np
+
+    from sifluoro.config import Settings
+    from sifluoro.model import Frame
+    from sifluoro.pipeline import MIN_IMAGE_PX, Pipeline
+    from sifluoro.stages import make_stages
+    from sifluoro.acquire.dicom_reader import read_study
+    from tests.dicom_fixtures import RunSpec, write_study
+
+    settings = Settings(latency_budget_ms=1e9)
+    written = read_study(write_study(tmp_path, [RunSpec(0.0, n_frames=3)])).runs[0]
+    run = replace(written, rows=shape[0], columns=shape[1])
+    pixels = np.random.default_rng(0).integers(1000, 3000, shape).astype(np.uint16)
+    pipeline = Pipeline(make_stages(["register", "needle", "contrast"], settings), settings)
+    state = pipeline.start_study(run.study_instance_uid)
+    pipeline.prepare_run(run, state)
+    events = [pipeline.process(Frame(pixels=pixels, index=k, frame_number=k + 1, t_s=0.1 * k,
+                                     run=run), state) for k in range(3)]
+    small = min(shape) < MIN_IMAGE_PX
+    assert [bool(e.get("no_picture")) for e in events] == [small] * 3
+    assert events[-1]["dose"]["fluoro_time_s"] > 0
+    assert not any(e.get("failed_stages") for e in events)
