@@ -59,6 +59,20 @@ def _check_frame(frame, method: str) -> None:
                         f"{type(frame).__name__}")
 
 
+def _warn_if_above_bits_stored(frame: Frame) -> None:
+    """Say when a run's first frame holds values above its BitsStored (a frame built by the
+    caller: the DICOM readers clear the bits above): the stages scale the values to BitsStored,
+    so such frames gave no tip, target or contrast on any frame without a word (review s25
+    r2). Once per run: the maximum is a pass over the frame."""
+    run = frame.run
+    top = int(frame.pixels.max()) if frame.pixels.size else 0
+    if top > (1 << run.bits_stored) - 1:
+        log.warning("%s: pixel values up to %d, above the run's BitsStored %d: the image stages "
+                    "read the values as %d-bit and their guidance is wrong; give the Run the "
+                    "bits the values use (bits_stored=%d)", run.path, top, run.bits_stored,
+                    run.bits_stored, top.bit_length())
+
+
 def frame_analysis(event: Mapping[str, Any]) -> dict[str, Any]:
     """How fully a frame was analysed, for live outputs that must not pass a carried-over
     result for a fresh one: ``degraded``, ``degraded_steps`` (the deadline policy's, e.g.
@@ -190,6 +204,7 @@ class Engine:
         self._owner: int | None = None  # the thread holding _lock
         self._state: StudyState | None = None
         self._runs: dict[str, Run] = {}
+        self._bits_checked: set[str] = set()  # runs whose first frame's values were checked
         self._rejected: list[Rejection] = []
         self._dose_reports: list[str] = []  # the device's dose reports among the inputs
         self._contrast = "none"
@@ -328,6 +343,9 @@ class Engine:
             raise InputError(f"frame of study {run.study_instance_uid} fed to the engine of "
                              f"study {self._state.study_instance_uid}; use one Engine per study",
                              path=run.path, tag="(0020,000D) StudyInstanceUID")
+        if run.sop_instance_uid not in self._bits_checked:
+            self._bits_checked.add(run.sop_instance_uid)
+            _warn_if_above_bits_stored(frame)
         if run.sop_instance_uid in self._runs:
             return None
         self._runs[run.sop_instance_uid] = run

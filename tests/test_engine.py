@@ -758,3 +758,23 @@ def test_the_pipeline_itself_refuses_a_frame_of_another_size_before_counting_it(
     assert state.frames == 1
     pipeline.process(frames[1], state)
     assert state.frames == 2
+
+
+def test_values_above_bits_stored_are_said_once_per_run(tmp_path, caplog):
+    """Review s25 r2: 12-bit values in a run that says 8 bits gave no tip, target or contrast
+    on any frame, without a word."""
+    import logging
+
+    write_study(tmp_path / "study", [RunSpec(0.0, n_frames=3)])
+    frames = list(iter_frames(read_study([tmp_path / "study"]), []))
+    run = dataclasses.replace(frames[0].run, bits_stored=8)
+    engine = Engine(NO_DEADLINE)
+    with caplog.at_level(logging.WARNING):
+        for frame in frames:
+            engine.feed(dataclasses.replace(frame, run=run))
+    said = [r.getMessage() for r in caplog.records if "above the run's BitsStored 8" in r.getMessage()]
+    assert len(said) == 1 and "bits_stored=" in said[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        Engine(NO_DEADLINE).run(tmp_path / "study")
+    assert not [r for r in caplog.records if "BitsStored" in r.getMessage()]
