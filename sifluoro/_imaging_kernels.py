@@ -386,6 +386,8 @@ def warm_up() -> None:
         # whole frame's attenuation)
         attenuation_into(p[1:3, 1:3], np.float32(1.0), False, np.empty((2, 2), np.float32))
         attenuation_halved_into(p, np.float32(1.0), True, out[:2, :2])
+        # into a new array: the check of a new width against OpenCV (imaging.halving_matches)
+        attenuation_halved_into(p, np.float32(1.0), True, np.empty((2, 2), np.float32))
         attenuation_area3_into(p, np.float32(1.0), True, out[:1, :1])
         picture_steps(p, 2.0, 0)
         picture_steps(p[:, ::2], 2.0, 16)

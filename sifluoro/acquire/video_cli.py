@@ -111,7 +111,6 @@ def _video_command(args) -> int:
 
 
 def _video(args) -> int:
-    from sifluoro import imaging
     from sifluoro.acquire.video import (HOLD_S, VideoSourceSettings, VideoStats, is_live_source,
                                         open_capture, video_frames)
     from sifluoro.config import Settings
@@ -145,9 +144,9 @@ def _video(args) -> int:
     engine_settings = Settings(latency_budget_ms=args.budget_ms)
     stages = make_stages(args.stages, engine_settings)
     engine = Engine(engine_settings, stages=stages)
-    # the compiled kernels load now, not on the first frame: a grabber is not read while the
-    # first frame waits (0.3 s, its pulses lost, down to 0.1 s for the frame size's warm-up)
-    imaging.warm_up()
+    # the compiled kernels load now, not once the source is open: a grabber is not read while
+    # they load (0.75 s, its pulses lost; its frame size's warm-up is left, 0.15 s at 1024²)
+    engine.pipeline.load_kernels()
     # before any output is made: a device or URL that does not open leaves no empty session
     try:
         capture = open_capture(source)
