@@ -6,7 +6,9 @@ Each case is replayed through the pipeline with the contrast stage only (dose ru
 into ``OUT/<case>/events.jsonl`` and ``summary.json``, then scored with
 :mod:`sifluoro.sim.evaluate`; the contrast section, the per-study outcomes and where the
 per-frame errors from injection start lie (:func:`frame_confusion`) are printed, and the
-vascular sensitivity on the studies whose vessel is in the pixels (:func:`vascular_visibility`).
+vascular sensitivity on the studies whose vessel is in the pixels (:func:`vascular_visibility`),
+and the studies right by the parts of their injection (:func:`outcome_parts`: a joint fill with
+a cloud beside it is an extravasation, a cloud alone too).
 """
 from __future__ import annotations
 
@@ -99,11 +101,7 @@ def vascular_visibility(cases_dir: str | Path, results_dir: str | Path) -> list[
             continue
         res = Path(results_dir) / truth_path.parent.name
         states = _output_states(truth, res / "events.jsonl")
-        final = None
-        if (res / "summary.json").exists():
-            final = json.loads((res / "summary.json").read_text()).get("contrast_state")
-        if final is None and states:
-            final = states[max(states)]
+        final = _final_state(res, states)
         source = "vessel_snr" if any("vessel_snr" in f for f in truth["frames"]) \
             else "contrast_snr"
         snrs = [f[source] for f in frames if f.get(source) is not None]
@@ -114,6 +112,47 @@ def vascular_visibility(cases_dir: str | Path, results_dir: str | Path) -> list[
                     "delay": None if first_out is None
                     else max(0, first_out - frames[0]["index"])})
     return out
+
+
+def _final_state(res: Path, states: dict[int, str]) -> str | None:
+    """The study's output state: its summary's, else its last event's (None: no output)."""
+    if (res / "summary.json").exists():
+        final = json.loads((res / "summary.json").read_text()).get("contrast_state")
+        if final is not None:
+            return final
+    return states[max(states)] if states else None
+
+
+def outcome_parts(cases_dir: str | Path, results_dir: str | Path) -> dict[str, dict]:
+    """Studies by the parts of their injection (truth ``contrast_components`` joined by "+",
+    ``"none"`` without an injection): how many, how many the output's final state gets right
+    (the truth's ``outcome``), and the wrong ones with what they read. An outcome of
+    extravasation is a cloud alone or a cloud beside a joint fill, a vascular one a vessel
+    alone or beside a fill: their errors differ. Truths made before the field: left out."""
+    out: dict[str, dict] = {}
+    for truth_path in sorted(Path(cases_dir).glob("*/truth.json")):
+        truth = json.loads(truth_path.read_text())
+        if "contrast_components" not in truth:
+            continue
+        parts = "+".join(truth["contrast_components"]) or "none"
+        res = Path(results_dir) / truth_path.parent.name
+        final = _final_state(res, _output_states(truth, res / "events.jsonl"))
+        row = out.setdefault(parts, {"studies": 0, "right": 0, "wrong": []})
+        row["studies"] += 1
+        if final == truth["outcome"]:
+            row["right"] += 1
+        else:
+            row["wrong"].append(f"{truth_path.parent.name} -> {final}")
+    return dict(sorted(out.items()))
+
+
+def parts_lines(parts: dict[str, dict]) -> list[str]:
+    if not parts:
+        return []
+    lines = ["  studies right by injection parts: " + ", ".join(
+        f"{k} {v['right']} of {v['studies']}" for k, v in parts.items())]
+    lines += [f"    {k}: {', '.join(v['wrong'])}" for k, v in parts.items() if v["wrong"]]
+    return lines
 
 
 def vascular_lines(vasc: list[dict]) -> list[str]:
@@ -160,11 +199,13 @@ def main(argv: list[str] | None = None) -> int:
         rep = run_set(args.cases, args.out or tmp)
         conf = frame_confusion(args.cases, args.out or tmp)
         vasc = vascular_visibility(args.cases, args.out or tmp)
+        parts = outcome_parts(args.cases, args.out or tmp)
     if args.json:
         print(json.dumps({"contrast": rep["contrast"], "per_study": rep["per_study"],
-                          "frame_confusion": conf, "vascular": vasc}, indent=1))
+                          "frame_confusion": conf, "vascular": vasc, "parts": parts}, indent=1))
     else:
-        print("\n".join(contrast_lines(rep) + confusion_lines(conf) + vascular_lines(vasc)))
+        print("\n".join(contrast_lines(rep) + confusion_lines(conf) + parts_lines(parts)
+                        + vascular_lines(vasc)))
         print(f"  ({time.perf_counter() - t0:.0f} s)")
     return 0
 

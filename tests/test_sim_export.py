@@ -112,3 +112,12 @@ def test_replay_matches_truth_timing_dose_and_damage(exported, tmp_path):
             assert rdsr.planes[0].air_kerma_mgy == pytest.approx(
                 result.summary["air_kerma_mgy"] + lost["air_kerma_mgy"], rel=1e-3)
             assert sum(e.n_pulses for e in rdsr.events) == result.summary["frames"] + lost["frames"]
+
+
+def test_truth_names_the_parts_of_the_injection(tmp_path):
+    """A joint fill with a cloud beside it has the outcome extravasation, as a cloud alone
+    has: the truth says which (seed 2211 case 4 is such a mix)."""
+    study = simulate_case(2211, 4, size=512, quick=True)
+    truth = json.loads(export_study(study, tmp_path / "case004").truth_path.read_text())
+    assert truth["outcome"] == "extravasation"
+    assert truth["contrast_components"] == ["intra_articular", "extravasation"]

@@ -164,6 +164,9 @@ def export_study(study, folder: str | Path, *,
     truth = {
         "version": TRUTH_VERSION, "seed": study.seed, "case": study.case, "size": study.size,
         "study_instance_uid": study_uid, "side": study.side, "outcome": study.outcome,
+        # the injection's parts: an outcome of extravasation may be a cloud alone or a cloud
+        # beside a joint fill (scored apart by benchmarks.eval_contrast)
+        "contrast_components": list(study.contrast_components),
         "modality": study.modality, "storage": study.storage, "compression": study.compression,
         "reports_dose": study.reports_dose, "distractors": list(study.distractors),
         "damaged_files": [runs_truth[damaged_run]["file"]] if damaged_run is not None else [],

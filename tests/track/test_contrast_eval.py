@@ -1,8 +1,8 @@
 """The contrast evaluator's per-frame confusion (benchmarks.eval_contrast.frame_confusion)."""
 import json
 
-from benchmarks.eval_contrast import (confusion_lines, frame_confusion, vascular_lines,
-                                      vascular_visibility)
+from benchmarks.eval_contrast import (confusion_lines, frame_confusion, outcome_parts,
+                                      parts_lines, vascular_lines, vascular_visibility)
 
 
 def _case(root, name, truth_states, out_states, snrs=None, vessel_snrs=None):
@@ -94,3 +94,32 @@ def test_frames_are_matched_by_file_and_frame_number_after_a_damaged_file(tmp_pa
     assert conf["pairs"] == {"I->I": 1, "V->I": 1, "V->V": 2}
     vasc = vascular_visibility(tmp_path / "cases", tmp_path / "out")
     assert [(v["output"], v["delay"]) for v in vasc] == [(va, 1)]
+
+
+def test_studies_are_scored_by_the_parts_of_their_injection(tmp_path):
+    """An extravasation beside a joint fill read as joint fill is told apart from a cloud
+    alone read right; truths without ``contrast_components`` (older sets) are left out."""
+    n, ia, ex = "none", "intra_articular", "extravasation"
+    for name, parts, outcome, out in [("case000", [ia, ex], ex, ia), ("case001", [ex], ex, ex),
+                                      ("case002", [ia, ex], ex, ex), ("case003", [], n, n),
+                                      ("case004", None, ex, ia)]:
+        _case(tmp_path, name, [n, outcome], [n, out])
+        truth_path = tmp_path / "cases" / name / "truth.json"
+        truth = json.loads(truth_path.read_text())
+        truth["outcome"] = outcome
+        if parts is not None:
+            truth["contrast_components"] = parts
+        truth_path.write_text(json.dumps(truth))
+    # the summary's state wins over the last event's
+    (tmp_path / "out" / "case001" / "summary.json").write_text(json.dumps({"contrast_state": ex}))
+    parts = outcome_parts(tmp_path / "cases", tmp_path / "out")
+    assert parts == {
+        "extravasation": {"studies": 1, "right": 1, "wrong": []},
+        "intra_articular+extravasation": {"studies": 2, "right": 1,
+                                          "wrong": ["case000 -> intra_articular"]},
+        "none": {"studies": 1, "right": 1, "wrong": []}}
+    assert parts_lines(parts) == [
+        "  studies right by injection parts: extravasation 1 of 1, "
+        "intra_articular+extravasation 1 of 2, none 1 of 1",
+        "    intra_articular+extravasation: case000 -> intra_articular"]
+    assert parts_lines({}) == []

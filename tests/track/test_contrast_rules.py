@@ -364,6 +364,9 @@ def test_a_long_thin_line_that_appears_at_once_is_vascular_on_that_frame():
     _line(32.0, 0.55, width_mm=4.8),          # joint fill's first frame: a broader line
     _line(22.5, 0.72),                        # a short thin joint line (seed 1403 case 2)
     _line(32.0, 0.79, new_fraction=0.3),      # a thin line that grew from last frame's
+    # a guide wire on the patient that moved into the run, straight and a pixel wide
+    # (training seed 2214 case 10: 38 mm, 32 x as long as wide, its whole core on its edge)
+    dataclasses.replace(_line(38.0, 1.0, width_mm=1.2), elongation=32.0),
 ])
 def test_broader_shorter_or_growing_lines_are_joint_fill_not_a_vessel(opacity):
     c = Classifier()
