@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import numpy as np
 
 from sifluoro.model import Frame
@@ -56,6 +57,10 @@ KEPT_LINE_MM = 12.0
 # holes cut the vessels crossing the gas (training 2212 case 18: a vessel of SNR 29 never seen,
 # its blocks 1-3 of 16 pixels at 0). Text is the blocks with at least this share of them there
 TEXT_BLOCK_SHARE = 0.25
+# the text mask's margin (2 blocks) and the unexposed field's (1 block): OpenCV's dilation
+# (outside the image counts as unset, as K.dilate_square's), 0.6x its time
+_TEXT_SQUARE = np.ones((5, 5), np.uint8)
+_FIELD_SQUARE = np.ones((3, 3), np.uint8)
 
 
 @dataclass(frozen=True)
@@ -103,7 +108,10 @@ class _Buffers:
         self.row_max = np.empty(cols * factor, np.uint16)
         self.image = np.empty(shape, np.float32)
         self.tmp = np.empty(shape, np.float32)
-        self.current = np.empty(shape, np.float32)
+        # the smoothed frame: a run's next history slot (_RunMemory.next_slot) when the run
+        # memory is the frame's, else ``own_current``
+        self.own_current = np.empty(shape, np.float32)
+        self.current = self.own_current
         self.residual = np.empty(shape, np.float32)
         self.score = np.empty(shape, np.float32)
         self.zero = np.empty(shape, np.bool_)   # a pixel at attenuation 0 (text outline)
@@ -164,6 +172,16 @@ class _RunMemory:
         # frames of earlier runs were adopted: the run's second frame checks they predict it
         # (ReferenceBank.restart_if_own_run_better)
         self.check_reference = False
+        self._next: np.ndarray | None = None   # the view next_slot gave out
+
+    def next_slot(self) -> np.ndarray:
+        """The history slot :meth:`remember` writes next (the oldest frame's when the ring is
+        full: no frame reads it before then, and a frame that is not remembered leaves it to the
+        next one). The frame smoothed straight into it is not copied again (a quarter MB, cold)."""
+        order = self.history_order
+        k = order[0] if self.history_count == len(order) else order[self.history_count]
+        self._next = self.history[k]
+        return self._next
 
     def remember(self, image: np.ndarray) -> None:
         order = self.history_order
@@ -172,7 +190,9 @@ class _RunMemory:
             order[:-1] = order[1:]
             order[-1] = oldest
             self.history_count -= 1
-        self.history[order[self.history_count]] = image
+        if image is not self._next:
+            self.history[order[self.history_count]] = image
+        self._next = None
         self.history_stamp[order[self.history_count]] = new_stamp()
         self.history_count += 1
 
@@ -357,7 +377,7 @@ class ContrastStage:
         _dense_text_blocks(frame.pixels, b.factor, (1 << run.bits_stored) - 1,
                            not run.attenuation_rises_with_value, b.text_blocks)
         if not (b.text_known and K.same_mask(b.text_blocks, b.text_seen)):
-            K.dilate_square(b.text_blocks, 2, b.btmp, b.own_text)
+            cv2.dilate(b.text_blocks.view(np.uint8), _TEXT_SQUARE, dst=b.own_text.view(np.uint8))
             b.text_seen[...] = b.text_blocks
             b.text_known = True
         if new_run:
@@ -373,7 +393,7 @@ class ContrastStage:
         K.unexposed_seeds(envelope, b.seed)
         K.flood_unexposed(b.seed, b.one, b.flood, b.stack)
         if not (b.flood_known and K.same_mask(b.flood, b.flood_seen)):
-            K.dilate_square(b.flood, 1, b.bout, b.unexposed)
+            cv2.dilate(b.flood.view(np.uint8), _FIELD_SQUARE, dst=b.unexposed.view(np.uint8))
             b.flood_seen[...] = b.flood
             b.flood_known = True
         # the outermost blocks see the smoothing's replicated border and partial collimation
@@ -464,6 +484,9 @@ class ContrastStage:
         K.reduce_frame(pixels, factor, (1 << run.bits_stored) - 1,
                        not run.attenuation_rises_with_value, b.image, b.zero, b.one,
                        b.row_sum, b.row_min, b.row_max)
+        rm = memory.run
+        b.current = (rm.next_slot() if rm is not None and rm.run is run
+                     and rm.history.shape[1:] == b.shape else b.own_current)
         K.smooth_binomial(b.image, b.tmp, b.current)
         return b
 

@@ -201,6 +201,27 @@ def test_run_memory_keeps_the_last_frames_oldest_first():
         assert kept == list(range(max(0, k - 5), k + 1))
 
 
+def test_run_memory_takes_a_frame_written_into_its_next_slot_without_a_copy():
+    """The stage smooths each frame of a run straight into the history slot it is remembered
+    in (_RunMemory.next_slot): the same ring as remembering a copy, through a full ring and
+    frames that were not remembered (their slot is the next frame's)."""
+    rm, ref = _RunMemory(None, (4, 4)), _RunMemory(None, (4, 4))
+    for k in range(12):
+        slot = rm.next_slot()
+        slot[...] = k
+        if k % 5 == 3:
+            continue        # not remembered (an early return): the next frame takes the slot
+        rm.remember(slot)
+        ref.remember(np.full((4, 4), k, np.float32))
+        assert rm.history_count == ref.history_count
+        for j in range(rm.history_count):
+            assert np.array_equal(rm.history[rm.history_order[j]], ref.history[ref.history_order[j]])
+    image = np.full((4, 4), 99.0, np.float32)
+    rm.next_slot()
+    rm.remember(image)      # another array than the slot given out is copied
+    assert rm.history[rm.history_order[rm.history_count - 1]][0, 0] == 99.0
+
+
 def test_reference_bank_envelope_is_the_maximum_of_its_frames():
     rng = np.random.default_rng(4)
     bank = ReferenceBank(SHAPE, slots=3, pose_key=("p",))
