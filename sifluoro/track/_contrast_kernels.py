@@ -1277,18 +1277,27 @@ def clear_sparse_blocks(pixels, factor, top, invert, min_count, blocks):
     than ``min_count`` pixels at attenuation 0: stored 0, or ``top`` and above when ``invert``
     (as :func:`reduce_frame` flags them). Its NumPy reference is in the kernel tests."""
     rows, cols = blocks.shape
+    need = np.int64(np.ceil(min_count))
     for by in range(rows):
+        br = blocks[by]
         for bx in range(cols):
-            if not blocks[by, bx]:
+            if not br[bx]:
                 continue
+            # counted row by row, done once the block holds enough: text blocks (most of
+            # those flagged at 1024²) are full of them
             n = 0
             for y in range(by * factor, (by + 1) * factor):
-                for x in range(bx * factor, (bx + 1) * factor):
-                    v = pixels[y, x]
-                    if (v >= top) if invert else (v == 0):
-                        n += 1
+                pr = pixels[y, bx * factor:(bx + 1) * factor]
+                if invert:
+                    for x in range(factor):
+                        n += pr[x] >= top
+                else:
+                    for x in range(factor):
+                        n += pr[x] == 0
+                if n >= need:
+                    break
             if n < min_count:
-                blocks[by, bx] = False
+                br[bx] = False
 
 
 def warm_up(rows: int = 1024, cols: int = 1024, factor: int = 4) -> None:
