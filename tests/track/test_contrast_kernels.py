@@ -35,11 +35,12 @@ def test_reduce_frame_is_block_mean_of_attenuation(rng, factor, invert):
 
 @pytest.mark.parametrize("factor", [2, 4])
 @pytest.mark.parametrize("invert", [False, True])
-def test_reduce_frame_is_bit_exact_for_the_usual_factors(rng, factor, invert):
+@pytest.mark.parametrize("top", [4095, 16383, 255])
+def test_reduce_frame_is_bit_exact_for_the_usual_factors(rng, factor, invert, top):
     """The usual factors (512² and 1024²) read a block's stored rows one loop each: the image
     is the block's integer sum times the scale in float64, bit for bit (as with the rows read
-    together), and the flags those of the block's extreme."""
-    top = 4095
+    together), and the flags those of the block's extreme. Up to 12 bits a block's sum fits
+    16 bits (summed as uint16; a block all at 4095 sums to 65520), from 13 bits as int32."""
     pixels = rng.integers(0, top + 1, (64, 72)).astype(np.uint16)
     pixels[:8, :8] = 0
     pixels[-8:, -8:] = top
