@@ -12,7 +12,6 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import cv2
 import numpy as np
 
 from sifluoro.model import Frame
@@ -57,10 +56,6 @@ KEPT_LINE_MM = 12.0
 # holes cut the vessels crossing the gas (training 2212 case 18: a vessel of SNR 29 never seen,
 # its blocks 1-3 of 16 pixels at 0). Text is the blocks with at least this share of them there
 TEXT_BLOCK_SHARE = 0.25
-# the text mask's margin (2 blocks) and the unexposed field's (1 block): OpenCV's dilation
-# (outside the image counts as unset, as K.dilate_square's), 0.6x its time
-_TEXT_SQUARE = np.ones((5, 5), np.uint8)
-_FIELD_SQUARE = np.ones((3, 3), np.uint8)
 
 
 @dataclass(frozen=True)
@@ -386,7 +381,7 @@ class ContrastStage:
         _dense_text_blocks(frame.pixels, b.factor, (1 << run.bits_stored) - 1,
                            not run.attenuation_rises_with_value, b.text_blocks)
         if not (b.text_known and K.same_mask(b.text_blocks, b.text_seen)):
-            cv2.dilate(b.text_blocks.view(np.uint8), _TEXT_SQUARE, dst=b.own_text.view(np.uint8))
+            K.dilate_square(b.text_blocks, 2, b.btmp, b.own_text)
             b.text_seen[...] = b.text_blocks
             b.text_known = True
         if new_run:
@@ -402,7 +397,7 @@ class ContrastStage:
         K.unexposed_seeds(envelope, b.seed)
         K.flood_unexposed(b.seed, b.one, b.flood, b.stack)
         if not (b.flood_known and K.same_mask(b.flood, b.flood_seen)):
-            cv2.dilate(b.flood.view(np.uint8), _FIELD_SQUARE, dst=b.unexposed.view(np.uint8))
+            K.dilate_square(b.flood, 1, b.bout, b.unexposed)
             b.flood_seen[...] = b.flood
             b.flood_known = True
         # the outermost blocks see the smoothing's replicated border and partial collimation

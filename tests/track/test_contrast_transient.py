@@ -720,19 +720,3 @@ def test_the_best_line_before_the_kept_opacity_rule_bounds_it_exactly(monkeypatc
                                         stays=stays)
     assert ruled == []
 
-
-@pytest.mark.parametrize("square, radius", [("_TEXT_SQUARE", 2), ("_FIELD_SQUARE", 1)])
-def test_the_stages_text_and_field_margins_are_k_dilate_square(square, radius):
-    """The contrast stage grows its text mask and unexposed field by OpenCV's dilation: the
-    same masks as K.dilate_square's (outside the image unset), edges and corners included."""
-    from sifluoro.track import contrast
-
-    rng = np.random.default_rng(radius)
-    for density in (0.0, 0.01, 0.2):
-        src = rng.random((37, 53)) < density
-        src[0, 0] = src[-1, 5] = src[7, -1] = True
-        got = np.zeros_like(src)
-        cv2.dilate(src.view(np.uint8), getattr(contrast, square), dst=got.view(np.uint8))
-        want = np.empty_like(src)
-        K.dilate_square(src, radius, np.empty_like(src), want)
-        assert got.tobytes() == want.tobytes()
