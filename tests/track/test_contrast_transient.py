@@ -719,4 +719,3 @@ def test_the_best_line_before_the_kept_opacity_rule_bounds_it_exactly(monkeypatc
     TransientLines(SHAPE).score_history(history, np.arange(5), 5, valid, floor=15.0,
                                         stays=stays)
     assert ruled == []
-
