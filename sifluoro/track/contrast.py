@@ -17,7 +17,7 @@ import numpy as np
 from sifluoro.model import Frame
 from sifluoro.track import _contrast_kernels as K
 from sifluoro.track.contrast_classify import (CONTINUED_NEW_FRACTION, DANGER, LATE_LINE_MM,
-                                               PERSIST_FRAMES, RECENT_LINE_MM,
+                                               MIN_AREA_MM2, PERSIST_FRAMES, RECENT_LINE_MM,
                                                VASCULAR_LINE_MM, VESSEL_NEW_FRACTION,
                                                Classifier, Opacity, describe_components)
 from sifluoro.track.contrast_reference import ReferenceBank
@@ -103,7 +103,10 @@ class _Buffers:
         self.row_max = np.empty(cols * factor, np.uint16)
         self.image = np.empty(shape, np.float32)
         self.tmp = np.empty(shape, np.float32)
-        self.current = np.empty(shape, np.float32)
+        # the smoothed frame: a run's next history slot (_RunMemory.next_slot) when the run
+        # memory is the frame's, else ``own_current``
+        self.own_current = np.empty(shape, np.float32)
+        self.current = self.own_current
         self.residual = np.empty(shape, np.float32)
         self.score = np.empty(shape, np.float32)
         self.zero = np.empty(shape, np.bool_)   # a pixel at attenuation 0 (text outline)
@@ -164,6 +167,16 @@ class _RunMemory:
         # frames of earlier runs were adopted: the run's second frame checks they predict it
         # (ReferenceBank.restart_if_own_run_better)
         self.check_reference = False
+        self._next: np.ndarray | None = None   # the view next_slot gave out
+
+    def next_slot(self) -> np.ndarray:
+        """The history slot :meth:`remember` writes next (the oldest frame's when the ring is
+        full: no frame reads it before then, and a frame that is not remembered leaves it to the
+        next one). The frame smoothed straight into it is not copied again (a quarter MB, cold)."""
+        order = self.history_order
+        k = order[0] if self.history_count == len(order) else order[self.history_count]
+        self._next = self.history[k]
+        return self._next
 
     def remember(self, image: np.ndarray) -> None:
         order = self.history_order
@@ -172,7 +185,9 @@ class _RunMemory:
             order[:-1] = order[1:]
             order[-1] = oldest
             self.history_count -= 1
-        self.history[order[self.history_count]] = image
+        if image is not self._next:
+            self.history[order[self.history_count]] = image
+        self._next = None
         self.history_stamp[order[self.history_count]] = new_stamp()
         self.history_count += 1
 
@@ -256,6 +271,15 @@ def _emptied(b: _Buffers, mask: np.ndarray, z: float) -> bool:
     if z <= 0.0 or np.count_nonzero(still) < 0.5 * np.count_nonzero(mask):
         return False
     return float(b.score[still].mean()) <= WASHOUT_FRACTION * z
+
+
+def _large_components(stats: np.ndarray, n: int, px_mm2: float) -> list[int]:
+    """Labels (1..n) of the components of at least ``MIN_AREA_MM2`` (their area as
+    describe_components reckons it: pixels x ``px_mm2``)."""
+    if n == 0:
+        return []
+    area_mm2 = stats[1:n + 1, K.C_AREA] * px_mm2
+    return (np.flatnonzero(area_mm2 >= MIN_AREA_MM2) + 1).tolist()
 
 
 def _dense_text_blocks(pixels: np.ndarray, factor: int, top: int, invert: bool,
@@ -402,18 +426,25 @@ class ContrastStage:
         if n:   # no component: nothing to measure (the usual frame before injection)
             K.component_stats(b.labels, n, b.residual, rm.opaque, b.stats)
             K.core_stats(b.labels, b.residual, 0.4, b.stats)
-        opacities = describe_components(b.stats, n, b.score, b.valid, sigma, factor, work_mm)
+        # the label of each opacity described: components under MIN_AREA_MM2 are refused by
+        # every rule (accept, set_aside_as_gas, faint_cloud), so they are not described (most
+        # of the components are such noise specks: 6 of 7 a frame at 1024²)
+        labels_of = _large_components(b.stats, n, work_mm * work_mm)
+        table = b.stats if len(labels_of) == n else b.stats[[0, *labels_of]]
+        opacities = describe_components(table, len(labels_of), b.score, b.valid, sigma, factor,
+                                        work_mm)
         gas = [memory.classifier.set_aside_as_gas(o) for o in opacities]
-        persists = self._persisting(b, rm, gas) if rm.any_aside and any(gas) else None
+        persists = (self._persisting(b, rm, gas, labels_of, n) if rm.any_aside and any(gas)
+                    else None)
         keep = memory.classifier.accept(opacities, strict=not bank.mature, persists=persists)
         b.keep[:] = False
-        for k, ok in enumerate(keep, start=1):
+        for k, ok in zip(labels_of, keep):
             b.keep[k] = ok
         _select(b, any(keep))
         # the previous frame's opacity was read by component_stats above (C_NEW)
         rm.opaque[...] = b.on
-        self._remember_fresh(b, rm, opacities, keep)
-        self._remember_aside(b, rm, [g and not ok for g, ok in zip(gas, keep)])
+        self._remember_fresh(b, rm, opacities, keep, labels_of)
+        self._remember_aside(b, rm, [g and not ok for g, ok in zip(gas, keep)], labels_of)
         accepted = tuple(o for o, ok in zip(opacities, keep) if ok)
         rm.opaque_mm2 = float(sum(o.area_mm2 for o in accepted))
         rm.opaque_z = float(b.score[b.on].mean()) if rm.opaque_mm2 > 0.0 else 0.0
@@ -438,7 +469,7 @@ class ContrastStage:
             # opacity set aside as gas stays out of the reference: a faint vessel beside gas
             # must still be there to wash out against
             gas = False
-            for k, o in enumerate(opacities, start=1):
+            for k, o in zip(labels_of, opacities):
                 b.keep[k] = (memory.classifier.set_aside_as_gas(o)
                              or memory.classifier.faint_cloud(o))
                 gas = gas or b.keep[k]
@@ -464,6 +495,9 @@ class ContrastStage:
         K.reduce_frame(pixels, factor, (1 << run.bits_stored) - 1,
                        not run.attenuation_rises_with_value, b.image, b.zero, b.one,
                        b.row_sum, b.row_min, b.row_max)
+        rm = memory.run
+        b.current = (rm.next_slot() if rm is not None and rm.run is run
+                     and rm.history.shape[1:] == b.shape else b.own_current)
         K.smooth_binomial(b.image, b.tmp, b.current)
         return b
 
@@ -501,26 +535,32 @@ class ContrastStage:
         return {}
 
     @staticmethod
-    def _persisting(b: _Buffers, rm: _RunMemory, gas: list[bool]) -> list[bool]:
+    def _persisting(b: _Buffers, rm: _RunMemory, gas: list[bool], labels_of=None,
+                    n: int | None = None) -> list[bool]:
         """Per component: refused only as gas (``gas``) and at least
         ``CONTINUED_NEW_FRACTION`` of its pixels lay in opacity refused so on each of the
-        ``PERSIST_FRAMES - 1`` frames before."""
+        ``PERSIST_FRAMES - 1`` frames before. ``labels_of``: the label of each entry of
+        ``gas`` (1, 2, ... when None), ``n`` the frame's component count."""
+        if labels_of is None:
+            labels_of, n = range(1, len(gas) + 1), len(gas)
         old = rm.aside_run >= PERSIST_FRAMES - 1
-        counts = np.bincount(b.labels[old], minlength=len(gas) + 1)
+        counts = np.bincount(b.labels[old], minlength=n + 1)
         return [g and counts[k] >= CONTINUED_NEW_FRACTION * b.stats[k, K.C_AREA]
-                for k, g in enumerate(gas, start=1)]
+                for k, g in zip(labels_of, gas)]
 
     @staticmethod
-    def _remember_aside(b: _Buffers, rm: _RunMemory, aside: list[bool]) -> None:
+    def _remember_aside(b: _Buffers, rm: _RunMemory, aside: list[bool],
+                        labels_of=None) -> None:
         """Count the frames in a row each pixel lay in opacity refused only as gas
-        (``aside`` per component); nothing to do while there is none."""
+        (``aside`` per component, of label ``labels_of``: 1, 2, ... when None); nothing to do
+        while there is none."""
         if not any(aside):
             if rm.any_aside:
                 rm.aside_run.fill(0)
                 rm.any_aside = False
             return
         b.keep[:] = False
-        for k, a in enumerate(aside, start=1):
+        for k, a in zip(labels_of or range(1, len(aside) + 1), aside):
             b.keep[k] = a
         K.select_labels(b.labels, b.keep, b.btmp)
         np.minimum(rm.aside_run, 254, out=rm.aside_run)
@@ -540,11 +580,11 @@ class ContrastStage:
 
     @staticmethod
     def _remember_fresh(b: _Buffers, rm: _RunMemory, opacities: list[Opacity],
-                        keep: list[bool]) -> None:
+                        keep: list[bool], labels_of: list[int]) -> None:
         """Keep each component accepted on this frame that is new (``VESSEL_NEW_FRACTION`` of
         its pixels) for :meth:`_fresh_washed_out` on the next ``FRESH_FRAMES`` frames (the
         usual frame: nothing new, nothing kept)."""
-        for k, (o, ok) in enumerate(zip(opacities, keep), start=1):
+        for k, o, ok in zip(labels_of, opacities, keep):
             if ok and o.new_fraction >= VESSEL_NEW_FRACTION:
                 mask = b.labels == k
                 rm.fresh.append([mask, float(b.score[mask].mean()), 0])

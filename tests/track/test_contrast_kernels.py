@@ -35,11 +35,12 @@ def test_reduce_frame_is_block_mean_of_attenuation(rng, factor, invert):
 
 @pytest.mark.parametrize("factor", [2, 4])
 @pytest.mark.parametrize("invert", [False, True])
-def test_reduce_frame_is_bit_exact_for_the_usual_factors(rng, factor, invert):
+@pytest.mark.parametrize("top", [4095, 16383, 255])
+def test_reduce_frame_is_bit_exact_for_the_usual_factors(rng, factor, invert, top):
     """The usual factors (512² and 1024²) read a block's stored rows one loop each: the image
     is the block's integer sum times the scale in float64, bit for bit (as with the rows read
-    together), and the flags those of the block's extreme."""
-    top = 4095
+    together), and the flags those of the block's extreme. Up to 12 bits a block's sum fits
+    16 bits (summed as uint16; a block all at 4095 sums to 65520), from 13 bits as int32."""
     pixels = rng.integers(0, top + 1, (64, 72)).astype(np.uint16)
     pixels[:8, :8] = 0
     pixels[-8:, -8:] = top
@@ -529,3 +530,27 @@ def test_clear_sparse_blocks_matches_its_numpy_reference(invert, factor, width):
         cleared += int((blocks & ~got).sum())
         kept += int(got.sum())
     assert cleared and kept  # both outcomes were exercised
+
+
+@pytest.mark.parametrize("factor", [2, 4])
+@pytest.mark.parametrize("invert", [False, True])
+def test_reduce_frame_sums_values_above_top_exactly(rng, factor, invert):
+    """A caller's frame may hold values above its BitsStored (the readers clear those bits;
+    the engine only says so): 16-bit values in a 12-bit run overflow a uint16 block sum, and
+    such a frame is summed as int32, as before the narrow sums."""
+    top = 4095
+    pixels = rng.integers(0, top + 1, (64, 72)).astype(np.uint16)
+    pixels[40:, 50:] = 65535          # far above top: a block sums to 16 x 65535
+    pixels[:8, :8] = 0
+    shape = (64 // factor, 72 // factor)
+    img, zero, one = np.empty(shape, np.float32), np.empty(shape, bool), np.empty(shape, bool)
+    rows_buf = [np.full(72, -7, np.int32), np.full(72, 7, np.uint16), np.full(72, 7, np.uint16)]
+    K.reduce_frame(pixels, factor, top, invert, img, zero, one, *rows_buf)
+    blocks = pixels.astype(np.int64).reshape(shape[0], factor, shape[1], factor)
+    acc = blocks.sum(axis=(1, 3)).astype(np.float64)
+    scale = 1.0 / (top * factor * factor)
+    expected = (1.0 - acc * scale) if invert else acc * scale
+    np.testing.assert_array_equal(img, expected.astype(np.float32))
+    a = blocks.max(axis=(1, 3)) if invert else blocks.min(axis=(1, 3))
+    np.testing.assert_array_equal(zero, a >= top if invert else a == 0)
+    np.testing.assert_array_equal(one, a == 0 if invert else a >= top)

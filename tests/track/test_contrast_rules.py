@@ -201,6 +201,27 @@ def test_run_memory_keeps_the_last_frames_oldest_first():
         assert kept == list(range(max(0, k - 5), k + 1))
 
 
+def test_run_memory_takes_a_frame_written_into_its_next_slot_without_a_copy():
+    """The stage smooths each frame of a run straight into the history slot it is remembered
+    in (_RunMemory.next_slot): the same ring as remembering a copy, through a full ring and
+    frames that were not remembered (their slot is the next frame's)."""
+    rm, ref = _RunMemory(None, (4, 4)), _RunMemory(None, (4, 4))
+    for k in range(12):
+        slot = rm.next_slot()
+        slot[...] = k
+        if k % 5 == 3:
+            continue        # not remembered (an early return): the next frame takes the slot
+        rm.remember(slot)
+        ref.remember(np.full((4, 4), k, np.float32))
+        assert rm.history_count == ref.history_count
+        for j in range(rm.history_count):
+            assert np.array_equal(rm.history[rm.history_order[j]], ref.history[ref.history_order[j]])
+    image = np.full((4, 4), 99.0, np.float32)
+    rm.next_slot()
+    rm.remember(image)      # another array than the slot given out is copied
+    assert rm.history[rm.history_order[rm.history_count - 1]][0, 0] == 99.0
+
+
 def test_reference_bank_envelope_is_the_maximum_of_its_frames():
     rng = np.random.default_rng(4)
     bank = ReferenceBank(SHAPE, slots=3, pose_key=("p",))
@@ -382,3 +403,44 @@ def test_phase_shift_window_is_opencvs_made_once_per_shape():
     w = _hanning((40, 56))
     np.testing.assert_array_equal(w, cv2.createHanningWindow((56, 40), cv2.CV_32F))
     assert _hanning((40, 56)) is w and not w.flags.writeable
+
+
+def test_the_stage_describes_only_components_a_rule_can_take():
+    """contrast._large_components keeps the labels of the components of MIN_AREA_MM2 and more,
+    their area reckoned as describe_components does (the stage leaves the rest undescribed); and
+    every rule that reads a component refuses one just under MIN_AREA_MM2, however dense, long
+    and cloud- or gas-like (else leaving them out would change the stage's result)."""
+    from sifluoro.track.contrast import _large_components
+    from sifluoro.track.contrast_classify import MIN_AREA_MM2, describe_components
+
+    rng = np.random.default_rng(7)
+    work_mm = 1.171875
+    px_mm2 = work_mm * work_mm
+    stats = np.zeros((9, K.N_STATS))
+    areas = [1, 29, 30, 28, 2, 300, 29.127, 31]
+    for k, area in enumerate(areas, start=1):
+        s = stats[k]
+        s[K.C_AREA] = s[K.C_CORE] = area
+        s[K.C_SUM] = s[K.C_PEAK] = 10.0
+        s[K.C_SX], s[K.C_SY] = 10.0 * area, 20.0 * area
+        s[K.C_CSX], s[K.C_CSY] = 10.0 * area, 20.0 * area
+        s[K.C_CSXX], s[K.C_CSYY] = (100.0 + k) * area, (400.0 + 2 * k) * area
+        s[K.C_CSXY] = 200.0 * area
+        s[K.C_X0], s[K.C_Y0], s[K.C_X1], s[K.C_Y1] = 5, 5, 15, 25
+    score = rng.normal(size=(40, 40)).astype(np.float32)
+    valid = np.ones((40, 40), bool)
+    every = describe_components(stats, len(areas), score, valid, 0.01, 2, work_mm)
+    want = [k for k, o in enumerate(every, start=1) if o.area_mm2 >= MIN_AREA_MM2]
+    assert _large_components(stats, len(areas), px_mm2) == want
+    assert 0 < len(want) < len(areas) and _large_components(stats, 0, px_mm2) == []
+    c = Classifier()
+    for kind in ("line", "cloud"):
+        small = Opacity(kind=kind, area_mm2=np.nextafter(MIN_AREA_MM2, 0.0), length_mm=60.0,
+                        width_mm=3.0, elongation=20.0, edge_fraction=0.5, peak_z=100.0,
+                        mean_z=40.0, new_fraction=0.0, core_area_mm2=30.0,
+                        core_mass_fraction=0.9, negative_ratio=0.0, iodine_au=10.0,
+                        centroid_xy=(50.0, 50.0), bbox_xyxy=(40, 40, 60, 60))
+        gas = dataclasses.replace(small, negative_ratio=3.0, peak_z=12.0)
+        for o in (small, gas):
+            assert c.accept([o]) == [False] and c.accept([o], persists=[True]) == [False]
+            assert not c.set_aside_as_gas(o) and not c.faint_cloud(o)
