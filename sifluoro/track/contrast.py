@@ -16,6 +16,7 @@ import numpy as np
 
 from sifluoro.model import Frame
 from sifluoro.track import _contrast_kernels as K
+from sifluoro.track import contrast_motion as M
 from sifluoro.track.contrast_classify import (CONTINUED_NEW_FRACTION, DANGER, LATE_LINE_MM,
                                                MIN_AREA_MM2, PERSIST_FRAMES, RECENT_LINE_MM,
                                                VASCULAR_LINE_MM, VESSEL_NEW_FRACTION,
@@ -56,6 +57,19 @@ KEPT_LINE_MM = 12.0
 # holes cut the vessels crossing the gas (training 2212 case 18: a vessel of SNR 29 never seen,
 # its blocks 1-3 of 16 pixels at 0). Text is the blocks with at least this share of them there
 TEXT_BLOCK_SHARE = 0.25
+# the frame moved against the reference by this many working pixels since the run's first
+# classified frame (contrast_motion.misalignment, residuals within MOTION_CLIP_Z noise sigmas):
+# patient or table motion within the run, every edge of the moved anatomy new opacity against
+# the reference (review s25 r9: a 1 px shift at 512², half a working pixel, read vascular for
+# the rest of the run). The reference is then aligned again at that frame, as at a run's start
+# (the frame is not classified, the state kept). Training q2321 (356 frames, no anatomical
+# motion): at most 0.18; a 1 px shift at 512² measures 0.31 (the fit's first order is short)
+MOTION_RESTART_PX = 0.25
+MOTION_CLIP_Z = 4.0
+# a block this close to the window's end (attenuation 1) that joins the unexposed field or the
+# border is unexposed too: a collimator blade closing in mid-run (its shadow at the window's
+# end but noisy, as legacy XA and video give it) is a field change, not opacity (review s25 r8)
+UNEXPOSED_LEVEL = 0.99
 
 
 @dataclass(frozen=True)
@@ -167,6 +181,8 @@ class _RunMemory:
         # frames of earlier runs were adopted: the run's second frame checks they predict it
         # (ReferenceBank.restart_if_own_run_better)
         self.check_reference = False
+        # contrast_motion.misalignment of the run's first classified frame (working px)
+        self.misalignment_xy: tuple[float, float] | None = None
         self._next: np.ndarray | None = None   # the view next_slot gave out
 
     def next_slot(self) -> np.ndarray:
@@ -344,6 +360,7 @@ class ContrastStage:
         factor = self.factor_for(rows, cols)
         K.warm_up(rows, cols, factor)
         reference_warm_up(rows // factor, cols // factor)
+        M.warm_up(rows // factor, cols // factor)
 
     def factor_for(self, rows: int, cols: int) -> int:
         return max(1, int(round(max(rows, cols) / self.settings.grid_px)))
@@ -368,7 +385,10 @@ class ContrastStage:
         # register's shift is not used: it is measured against the register view's first
         # frame, not this pose's reference, and with it the study accuracy on the published
         # set fell from 0.875 to 0.58 (per-frame 0.49 -> 0.38 on training seed 606); each run
-        # is aligned to the reference by the bank itself (adopt_run) until the two agree
+        # is aligned to the reference by the bank itself (adopt_run) until the two agree. Nor
+        # is it used to see motion within a run (s25: it moves by 0.2 working px at the median
+        # and up to 1.5 within the runs of training q2321, which have no anatomical motion;
+        # restarting on it took v2 from 0.875 to 0.42): the stage measures that itself (_moved)
 
         key = pose_key(frame, shape)
         bank = memory.banks.get(key)
@@ -385,19 +405,26 @@ class ContrastStage:
             b.text_seen[...] = b.text_blocks
             b.text_known = True
         if new_run:
-            memory.run = _RunMemory(run, shape)
-            memory.run.remember(b.current)
-            np.logical_or(b.one, b.own_text, out=b.unusable)
-            _adopt_later(memory, bank, b)
+            self._restart_run(memory, bank, b, run, shape)
             return self._result(memory, frame, (), 0.0, 0.0, None)
         rm = memory.run
 
         envelope = bank.current_envelope()
         # unexposed: where the reference was unusable, grown through fully saturated blocks
+        # and blocks within UNEXPOSED_LEVEL of the window's end
         K.unexposed_seeds(envelope, b.seed)
-        K.flood_unexposed(b.seed, b.one, b.flood, b.stack)
+        np.greater_equal(b.image, UNEXPOSED_LEVEL, out=b.btmp)
+        np.logical_or(b.btmp, b.one, out=b.btmp)
+        K.flood_unexposed(b.seed, b.btmp, b.flood, b.stack)
         if not (b.flood_known and K.same_mask(b.flood, b.flood_seen)):
             K.dilate_square(b.flood, 1, b.bout, b.unexposed)
+            # the field closed in on this frame (not yet unusable in the reference, whose
+            # unusable pixels were grown once already): grown by the smoothing's reach, its
+            # blurred edge is no line (a blade's edge read vascular)
+            np.greater(b.flood, b.seed, out=b.btmp)
+            if b.btmp.any():
+                K.dilate_square(b.btmp, 2, b.bout, b.on)
+                np.logical_or(b.unexposed, b.on, out=b.unexposed)
             b.flood_seen[...] = b.flood
             b.flood_known = True
         # the outermost blocks see the smoothing's replicated border and partial collimation
@@ -414,6 +441,11 @@ class ContrastStage:
                 K.masked_residual(b.current, envelope, b.valid, 0, 0, b.residual)
                 centre, sigma = K.robust_centre_spread(b.residual, b.valid, 3.0)
         if sigma <= 0.0:
+            return self._result(memory, frame, (), 0.0, 0.0, None)
+        if self._moved(rm, envelope, b, centre, sigma):
+            log.info("frame %d: the image moved within the run: contrast reference aligned "
+                     "again", frame.index)
+            self._restart_run(memory, bank, b, run, shape)
             return self._result(memory, frame, (), 0.0, 0.0, None)
         K.standardise(b.residual, b.valid, centre, sigma, b.score)
         s = self.settings
@@ -483,6 +515,34 @@ class ContrastStage:
             bbox = [min(o.bbox_xyxy[0] for o in accepted), min(o.bbox_xyxy[1] for o in accepted),
                     max(o.bbox_xyxy[2] for o in accepted), max(o.bbox_xyxy[3] for o in accepted)]
         return self._result(memory, frame, accepted, area_mm2, iodine, bbox)
+
+    @staticmethod
+    def _restart_run(memory: _StudyMemory, bank: ReferenceBank, b: _Buffers, run, shape) -> None:
+        """A run's first frame (or the first after the image moved within it): its memory
+        starts afresh and the frame will align the reference (:func:`_adopt_later`)."""
+        memory.run = _RunMemory(run, shape)
+        memory.run.remember(b.current)
+        np.logical_or(b.one, b.own_text, out=b.unusable)
+        _adopt_later(memory, bank, b)
+
+    @staticmethod
+    def _moved(rm: _RunMemory, envelope: np.ndarray, b: _Buffers, centre: float,
+               sigma: float) -> bool:
+        """Whether the frame moved against the reference by ``MOTION_RESTART_PX`` since the
+        run's first classified frame (whose own misalignment is what the run's alignment to
+        the reference left: adopt_run aligns to whole pixels). The opacity accepted on the
+        previous frame is left out of the fit (a joint fill along the joint's edges pulled it
+        by a fifth of a pixel)."""
+        np.greater(b.valid, rm.opaque, out=b.btmp)
+        dx, dy, n = M.misalignment(envelope, b.residual, b.btmp, centre, MOTION_CLIP_Z * sigma)
+        if n == 0:
+            return False
+        if rm.misalignment_xy is None:
+            rm.misalignment_xy = (dx, dy)
+            return False
+        dx -= rm.misalignment_xy[0]
+        dy -= rm.misalignment_xy[1]
+        return dx * dx + dy * dy >= MOTION_RESTART_PX * MOTION_RESTART_PX
 
     def _reduce(self, frame: Frame, memory: _StudyMemory) -> _Buffers:
         """The frame block-averaged to the working grid (``b.image``, with its low/high
