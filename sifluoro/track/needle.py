@@ -857,7 +857,7 @@ class NeedleStage:
                 tip, u = at_anchor
                 base = tip - u * st.track.length_px
             tip, u = self._further_on_line(st, att, ctx, tip, u)
-            tip = self._no_retreat(st, ctx, tip, u, tracked)
+            tip = self._no_retreat(st, ctx, tip, u, tracked, st.finder)
             st.track.hits = st.track.hits + 1 if tracked else 1
             st.track.scout_only = st.scout.on_scout and (st.track.scout_only or not tracked)
             st.track.extra = extra
@@ -866,7 +866,7 @@ class NeedleStage:
         if hit is not None:
             tip, u = self._further_on_line(st, att, ctx, hit[0], hit[1])
             if tip is not hit[0]:
-                tip = self._no_retreat(st, ctx, tip, u, True)
+                tip = self._no_retreat(st, ctx, tip, u, True, st.finder)
                 hit = (tip, u, hit[2] + float((tip - hit[0]) @ u), hit[3])
         return hit
 
@@ -937,7 +937,7 @@ class NeedleStage:
         searched in full (:meth:`_roi_due`) to confirm it."""
         if st.anchor is None or not st.anchor_agreed or st.n_mean < self.settings.avg_frames:
             return False
-        held = self._held(st, ctx, tip, u)
+        held = self._held(st, ctx, tip, u, st.finder)
         if (float(np.linalg.norm(held - st.anchor[0])) * ctx.spacing_mm
                 <= self.settings.max_jump_mm):
             return False
@@ -959,7 +959,7 @@ class NeedleStage:
             return None
         tip, u, _ = refined
         if (float(u @ anchor_u) < math.cos(math.radians(s.track_angle_deg))
-                or np.linalg.norm(self._held(st, ctx, tip, u) - anchor)
+                or np.linalg.norm(self._held(st, ctx, tip, u, st.finder) - anchor)
                 * ctx.spacing_mm > s.roi_step_mm):
             return None
         return tip, u
@@ -1003,7 +1003,7 @@ class NeedleStage:
         # a run's first, one-frame mean), it is the weakest tip there is, and one placed a few
         # mm beyond the needle held the rest of the run there (training seed 4102: a run of 16
         # frames 3.3 mm beyond, its candidates 0.2-1.9 mm off)
-        tip = self._held(st, ctx, tip, u)
+        tip = self._held(st, ctx, tip, u, st.finder)
         base = tip - u * track.length_px
         return tip, u, float(np.linalg.norm(tip - base)), track.score
 
@@ -1114,32 +1114,44 @@ class NeedleStage:
         tip, u, _ = refined
         # the step is that of the tip as it will be reported (held where the shaft fades)
         if (float(u @ anchor_u) < math.cos(math.radians(s.track_angle_deg))
-                or np.linalg.norm(self._held(st, ctx, tip + origin, u) - anchor)
+                or np.linalg.norm(self._held(st, ctx, tip + origin, u, finder, origin_w)
+                                  - anchor)
                 * ctx.spacing_mm > s.roi_step_mm):
             return None
         if finder.interval_score(grid.to_work(tip - u * span_px), grid.to_work(tip)) < s.follow_min_score:
             return None
-        tip = self._no_retreat(st, ctx, tip + origin, u, True)
+        tip = self._no_retreat(st, ctx, tip + origin, u, True, finder, origin_w)
         return tip, u, track.length_px, track.score
 
     def _no_retreat(self, st: _StudyNeedle, ctx: _RunContext, tip: np.ndarray, u: np.ndarray,
-                    tracked: bool) -> np.ndarray:
+                    tracked: bool, finder: LineFinder | None = None,
+                    origin_w: np.ndarray | None = None) -> np.ndarray:
         """The needle is held or advanced, not withdrawn: a tip on the tracked line more than
         ``retreat_mm`` behind the furthest tip of the run reached by ``floor_tips`` of its tips
         (before there are as many: the last tip of the previous run) has stopped short where
         the shaft fades over bone, or where the first frames of a run are too noisy to show
-        it, and goes to that tip's place on the current axis."""
-        tip = self._held(st, ctx, tip, u) if tracked else tip
+        it, and goes to that tip's place on the current axis (unless this frame's ``finder``
+        says there is no line between the two, see :meth:`_held`)."""
         if not tracked:
             # a new line: the run's earlier tips and the last run's were of another
             st.track.run_tips, st.track.reference_holds = [], False
             st.track.run_ends = []
-        st.track.run_tips.append(tip)
-        return tip
+            st.track.run_tips.append(tip)
+            return tip
+        # a tip let go of the hold by this frame's evidence does not lower it for the later
+        # frames: each must show it again (one frame's shaft over bone can read as no line)
+        st.track.run_tips.append(self._held(st, ctx, tip, u))
+        return self._held(st, ctx, tip, u, finder, origin_w)
 
-    def _held(self, st: _StudyNeedle, ctx: _RunContext, tip: np.ndarray,
-              u: np.ndarray) -> np.ndarray:
-        """Where :meth:`_no_retreat` puts a tracked tip (without recording it)."""
+    def _held(self, st: _StudyNeedle, ctx: _RunContext, tip: np.ndarray, u: np.ndarray,
+              finder: LineFinder | None = None, origin_w: np.ndarray | None = None
+              ) -> np.ndarray:
+        """Where :meth:`_no_retreat` puts a tracked tip (without recording it). With the
+        ``finder`` whose score map is this frame's (working grid, its origin ``origin_w`` on
+        the working grid), a tip is not held where the ridge between it and the held place is
+        evidence against a line (below ``hold_min_score``): the furthest tip was placed beyond
+        the needle (on a joint margin or a line continuing it), not on a shaft fading over
+        bone, whose evidence there is weak but not negative."""
         track = st.track
         # the furthest tip reached by floor_tips tips of this run, or before there are as
         # many the last tip of the run before (a tracked candidate is on the same line: same
@@ -1155,8 +1167,31 @@ class NeedleStage:
         else:
             return tip
         if behind_px * ctx.spacing_mm > self.settings.retreat_mm:
-            tip = tip + u * behind_px
+            held = tip + u * behind_px
+            if (finder is not None
+                    and behind_px * ctx.spacing_mm <= self.settings.hold_release_max_mm
+                    and self._held_against(finder, ctx, tip, held, origin_w)):
+                return tip
+            tip = held
         return tip
+
+    def _held_against(self, finder: LineFinder, ctx: _RunContext, tip: np.ndarray,
+                      held: np.ndarray, origin_w: np.ndarray | None) -> bool:
+        """Is the ridge of ``finder`` from ``tip`` to ``held`` (full resolution) evidence
+        against a line (see :meth:`_held`)? Not when either end is off its map."""
+        floor = self.settings.hold_min_score
+        if not math.isfinite(floor):
+            return False
+        a, b = ctx.grid.to_work(tip), ctx.grid.to_work(held)
+        if origin_w is not None:
+            a, b = a - origin_w, b - origin_w
+        ridge = getattr(finder, "ridge", None)
+        if ridge is None:
+            return False
+        rows, cols = ridge.shape
+        if not all(0.0 <= p[0] <= cols - 1 and 0.0 <= p[1] <= rows - 1 for p in (a, b)):
+            return False
+        return finder.interval_score(a, b) < floor
 
     def _refine(self, st: _StudyNeedle, att: np.ndarray, tip: np.ndarray, u: np.ndarray,
                 ctx: _RunContext):

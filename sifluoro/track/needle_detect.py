@@ -84,6 +84,14 @@ class NeedleSettings:
         5146, 5203, 7301: +34 -13 frames within 3 mm), but a tip seen once and then short for
         a few frames (a shaft fading over bone) is no longer held: held-out 31337 detection
         0.807 -> 0.784 (median 0.63 -> 0.54 mm, p95 10.7 -> 9.4 mm), v2 0.770 -> 0.758. Not on.
+    hold_min_score : float
+        A tracked tip is not held forward (``retreat_mm``) when the ridge of this frame's
+        score map from it to the held place is evidence against a line (units of
+        :meth:`LineFinder.segment`) below this: the furthest tip was placed beyond the needle,
+        not on a shaft fading over bone (weak evidence there, not negative). ``-inf``: off.
+    hold_release_max_mm : float
+        Only a hold of at most this many mm is let go so (a tip further behind is one found
+        short on a fading shaft: the evidence over a long stretch of dim shaft can be negative).
     reference_tips : int
         The tip where a run ended (the next run's tips in the view are held to it) is its last
         tip, or the median along the axis of its last ``reference_tips`` tips when the last is
@@ -344,6 +352,8 @@ class NeedleSettings:
     flank_mm: float = 1.5
     retreat_mm: float = 1.5
     floor_tips: int = 1
+    hold_min_score: float = -3.0
+    hold_release_max_mm: float = 8.0
     reference_tips: int = 1
     confirm_min_prob: float = math.inf
     near_mm: float = 0.8

@@ -1019,3 +1019,44 @@ def test_a_needle_at_the_target_is_taken_on_a_run_s_first_frame(target_mm, scout
     _draw_polyline(img, _needle_points(tip, base), 0.05, 1.8)
     needle = stage.process(_frame(img, _run("1.2.12.1"), 0), state)["needle"]
     assert (needle is not None and math.dist(needle["tip_xy"], tip) * SPACING_MM < 1.0) == taken
+
+
+def test_a_tip_held_beyond_the_needle_is_let_go_where_the_frame_shows_no_line():
+    """A tracked tip is held at the run's furthest tip (``retreat_mm``) unless this frame's
+    ridge between the two is evidence against a line (``hold_min_score``): a furthest tip
+    placed 4 mm beyond the needle, over a dark groove continuing it (a joint space), does not
+    hold the later tips there (with ``hold_min_score`` -inf it does); the far tip still holds
+    the run for the later frames (each must show the groove again); a tip short on the
+    needle's own shaft is held as before, and so is one more than ``hold_release_max_mm``
+    behind."""
+    from dataclasses import replace
+
+    stage = NeedleStage()
+    assert math.isfinite(stage.settings.hold_min_score)
+    old = NeedleStage(needle=replace(stage.settings, hold_min_score=-math.inf))
+    tip, _, _, state = _needle_run(stage, 2)
+    st = state.stage_state["needle"]
+    ctx, u = st.ctx, st.track.dir_xy
+    mm = 1.0 / SPACING_MM
+    # the frame's working image with a dark groove from the tip 12 mm on along the axis
+    work = st.mean_work.copy()
+    groove = np.zeros(work.shape, np.float32)
+    a, b = ctx.grid.to_work(tip + u), ctx.grid.to_work(tip + 12 * mm * u)
+    cv2.line(groove, tuple(int(round(v)) for v in a), tuple(int(round(v)) for v in b), 1.0, 2)
+    work -= 0.05 * cv2.GaussianBlur(groove, (0, 0), 0.7)
+    st.finder.score_map(np.ascontiguousarray(work), ctx.valid_work)
+
+    def run(stage, tips):
+        st.track.enter_run("run-%d" % id(tips))
+        st.track.reference_tip = None
+        return [stage._no_retreat(st, ctx, t, u, True, st.finder) for t in tips]
+
+    over = [tip + 4 * mm * u, tip, tip]
+    assert all(np.allclose(t, tip) for t in run(stage, over)[1:])
+    assert np.allclose(st.track.run_tips[-1], tip + 4 * mm * u)  # still the run's furthest
+    assert all(np.allclose(t, tip + 4 * mm * u) for t in run(old, over)[1:])
+    short = [tip, tip - 4 * mm * u]  # behind the tip, on the shaft
+    assert np.allclose(run(stage, short)[1], tip)
+    far = [tip + 10 * mm * u, tip]  # further than hold_release_max_mm
+    assert stage.settings.hold_release_max_mm < 10.0
+    assert np.allclose(run(stage, far)[1], tip + 10 * mm * u)
