@@ -35,7 +35,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
-
 from sifluoro.acquire.dicom_reader import iter_frames, read_study
 from sifluoro.config import Settings
 from sifluoro.dose.accumulate import DoseAccumulator
