@@ -1140,8 +1140,9 @@ class NeedleStage:
             return tip
         # a tip let go of the hold by this frame's evidence does not lower it for the later
         # frames: each must show it again (one frame's shaft over bone can read as no line)
-        st.track.run_tips.append(self._held(st, ctx, tip, u))
-        return self._held(st, ctx, tip, u, finder, origin_w)
+        held, behind_px = self._hold(st, ctx, tip, u)
+        st.track.run_tips.append(held)
+        return tip if self._held_against(finder, ctx, tip, held, behind_px, origin_w) else held
 
     def _held(self, st: _StudyNeedle, ctx: _RunContext, tip: np.ndarray, u: np.ndarray,
               finder: LineFinder | None = None, origin_w: np.ndarray | None = None
@@ -1152,6 +1153,13 @@ class NeedleStage:
         evidence against a line (below ``hold_min_score``): the furthest tip was placed beyond
         the needle (on a joint margin or a line continuing it), not on a shaft fading over
         bone, whose evidence there is weak but not negative."""
+        held, behind_px = self._hold(st, ctx, tip, u)
+        return tip if self._held_against(finder, ctx, tip, held, behind_px, origin_w) else held
+
+    def _hold(self, st: _StudyNeedle, ctx: _RunContext, tip: np.ndarray, u: np.ndarray
+              ) -> tuple[np.ndarray, float]:
+        """(the tracked tip held forward, or ``tip`` itself when it is not held; how far
+        forward, full-resolution pixels) by the run's furthest tips alone."""
         track = st.track
         # the furthest tip reached by floor_tips tips of this run, or before there are as
         # many the last tip of the run before (a tracked candidate is on the same line: same
@@ -1165,22 +1173,20 @@ class NeedleStage:
         elif track.reference_tip is not None and track.reference_holds:
             behind_px = float((track.reference_tip - tip) @ u)
         else:
-            return tip
+            return tip, 0.0
         if behind_px * ctx.spacing_mm > self.settings.retreat_mm:
-            held = tip + u * behind_px
-            if (finder is not None
-                    and behind_px * ctx.spacing_mm <= self.settings.hold_release_max_mm
-                    and self._held_against(finder, ctx, tip, held, origin_w)):
-                return tip
-            tip = held
-        return tip
+            return tip + u * behind_px, behind_px
+        return tip, 0.0
 
-    def _held_against(self, finder: LineFinder, ctx: _RunContext, tip: np.ndarray,
-                      held: np.ndarray, origin_w: np.ndarray | None) -> bool:
-        """Is the ridge of ``finder`` from ``tip`` to ``held`` (full resolution) evidence
-        against a line (see :meth:`_held`)? Not when either end is off its map."""
+    def _held_against(self, finder: LineFinder | None, ctx: _RunContext, tip: np.ndarray,
+                      held: np.ndarray, behind_px: float, origin_w: np.ndarray | None) -> bool:
+        """Whether a tip held forward by ``behind_px`` (:meth:`_hold`) up to
+        ``hold_release_max_mm`` is let go: the ridge of ``finder`` from ``tip`` to ``held``
+        (full resolution) is evidence against a line (see :meth:`_held`). Not when the tip is
+        not held, without a finder, or when either end is off its map."""
         floor = self.settings.hold_min_score
-        if not math.isfinite(floor):
+        if (finder is None or held is tip or not math.isfinite(floor)
+                or behind_px * ctx.spacing_mm > self.settings.hold_release_max_mm):
             return False
         a, b = ctx.grid.to_work(tip), ctx.grid.to_work(held)
         if origin_w is not None:

@@ -33,6 +33,24 @@ def test_reduce_frame_is_block_mean_of_attenuation(rng, factor, invert):
     assert zero.any() and one.any() and not zero.all()
 
 
+def _reduced_as_blocks(pixels, factor, top, invert):
+    """K.reduce_frame of 64x72 ``pixels`` checked against the blocks' integer sums (the image,
+    bit for bit) and extremes (the flags); returns the flags."""
+    shape = (64 // factor, 72 // factor)
+    img, zero, one = np.empty(shape, np.float32), np.empty(shape, bool), np.empty(shape, bool)
+    rows_buf = [np.full(72, -7, np.int32), np.full(72, 7, np.uint16), np.full(72, 7, np.uint16)]
+    K.reduce_frame(pixels, factor, top, invert, img, zero, one, *rows_buf)
+    blocks = pixels.astype(np.int64).reshape(shape[0], factor, shape[1], factor)
+    acc = blocks.sum(axis=(1, 3)).astype(np.float64)
+    scale = 1.0 / (top * factor * factor)
+    expected = (1.0 - acc * scale) if invert else acc * scale
+    np.testing.assert_array_equal(img, expected.astype(np.float32))
+    a = blocks.max(axis=(1, 3)) if invert else blocks.min(axis=(1, 3))
+    np.testing.assert_array_equal(zero, a >= top if invert else a == 0)
+    np.testing.assert_array_equal(one, a == 0 if invert else a >= top)
+    return zero, one
+
+
 @pytest.mark.parametrize("factor", [2, 4])
 @pytest.mark.parametrize("invert", [False, True])
 @pytest.mark.parametrize("top", [4095, 16383, 255])
@@ -46,18 +64,7 @@ def test_reduce_frame_is_bit_exact_for_the_usual_factors(rng, factor, invert, to
     pixels[-8:, -8:] = top
     pixels[9, 9] = top     # one pixel at the end in a block
     pixels[17, 17] = 0
-    shape = (64 // factor, 72 // factor)
-    img, zero, one = np.empty(shape, np.float32), np.empty(shape, bool), np.empty(shape, bool)
-    rows_buf = [np.full(72, -7, np.int32), np.full(72, 7, np.uint16), np.full(72, 7, np.uint16)]
-    K.reduce_frame(pixels, factor, top, invert, img, zero, one, *rows_buf)
-    blocks = pixels.astype(np.int64).reshape(shape[0], factor, shape[1], factor)
-    acc = blocks.sum(axis=(1, 3)).astype(np.float64)
-    scale = 1.0 / (top * factor * factor)
-    expected = (1.0 - acc * scale) if invert else acc * scale
-    np.testing.assert_array_equal(img, expected.astype(np.float32))
-    a = blocks.max(axis=(1, 3)) if invert else blocks.min(axis=(1, 3))
-    np.testing.assert_array_equal(zero, a >= top if invert else a == 0)
-    np.testing.assert_array_equal(one, a == 0 if invert else a >= top)
+    zero, one = _reduced_as_blocks(pixels, factor, top, invert)
     assert zero.any() and one.any()
 
 
@@ -542,15 +549,4 @@ def test_reduce_frame_sums_values_above_top_exactly(rng, factor, invert):
     pixels = rng.integers(0, top + 1, (64, 72)).astype(np.uint16)
     pixels[40:, 50:] = 65535          # far above top: a block sums to 16 x 65535
     pixels[:8, :8] = 0
-    shape = (64 // factor, 72 // factor)
-    img, zero, one = np.empty(shape, np.float32), np.empty(shape, bool), np.empty(shape, bool)
-    rows_buf = [np.full(72, -7, np.int32), np.full(72, 7, np.uint16), np.full(72, 7, np.uint16)]
-    K.reduce_frame(pixels, factor, top, invert, img, zero, one, *rows_buf)
-    blocks = pixels.astype(np.int64).reshape(shape[0], factor, shape[1], factor)
-    acc = blocks.sum(axis=(1, 3)).astype(np.float64)
-    scale = 1.0 / (top * factor * factor)
-    expected = (1.0 - acc * scale) if invert else acc * scale
-    np.testing.assert_array_equal(img, expected.astype(np.float32))
-    a = blocks.max(axis=(1, 3)) if invert else blocks.min(axis=(1, 3))
-    np.testing.assert_array_equal(zero, a >= top if invert else a == 0)
-    np.testing.assert_array_equal(one, a == 0 if invert else a >= top)
+    _reduced_as_blocks(pixels, factor, top, invert)

@@ -787,18 +787,7 @@ class _Moving(Phantom):
 def _replay_moving(runs: list[list[dict]]):
     """:func:`_replay` of a :class:`_Moving` phantom (the stage measures the motion itself:
     register's is not precise enough, contrast_motion)."""
-    phantom, stage = _Moving(), ContrastStage()
-    pipeline = Pipeline([stage], Settings(latency_budget_ms=1e9))
-    state = pipeline.start_study("1")
-    events, t, index = [], 0, 0
-    for r, frames in enumerate(runs):
-        run = _run(r, len(frames), start_s=30.0 * r)
-        for k, kw in enumerate(frames):
-            pixels = phantom.frame(t, **kw)
-            events.append(pipeline.process(Frame(pixels, index, k + 1, run.start_s + 0.133 * k, run), state))
-            t += 1
-            index += 1
-    return events, state
+    return _replay(_Moving(), runs)
 
 
 @pytest.mark.parametrize("move_xy", [(1.0, 0.0), (0.0, 2.0), (3.0, -2.0)])
