@@ -36,6 +36,7 @@ from sifluoro.audit.schema import (
     EventRow,
     InstanceRow,
     PlaneRow,
+    ScopeRow,
     StudyRow,
     open_registry,
 )
@@ -304,6 +305,8 @@ class _Writer:
         rejected: list[Rejection] = []
         with Session(self.engine) as conn, conn.begin():
             _lock_registry(conn)
+            scopes = _scopes(conn, batch)
+            batch = self._with_scope_studies(conn, batch, scopes)
             existing = dict(conn.execute(select(StudyRow.study_instance_uid, StudyRow.id)
                                          .where(StudyRow.study_instance_uid.in_(list(batch)))).all())
             # a file now in another study (its Study UID corrected) leaves its old study,
@@ -320,7 +323,7 @@ class _Writer:
                     existing.pop(uid, None)
             batch = {**batch, **{uid: [] for uid in left}}
             existing.update({uid: sid for uid, (sid, _) in left.items()})
-            earlier, gone, moved = self._earlier_files(conn, existing, batch)
+            earlier, gone, moved = self._earlier_files(conn, existing, batch, scopes)
             if moved:  # recorded files corrected in place: they join their new study now
                 batch = {**batch, **{uid: batch.get(uid, []) + [f for f, _ in files]
                                      for uid, files in moved.items()}}
@@ -328,7 +331,7 @@ class _Writer:
                     select(StudyRow.study_instance_uid, StudyRow.id)
                     .where(StudyRow.study_instance_uid.in_([u for u in moved if u not in existing]))).all())
                 existing.update(joined)
-                more, more_gone, further = self._earlier_files(conn, joined, batch)
+                more, more_gone, further = self._earlier_files(conn, joined, batch, scopes)
                 for uid, files in further.items():  # moved twice: one step per ingest
                     log.warning("%d file(s) recorded for a study that a corrected file joins now "
                                 "name study %s; ingest them again", len(files), uid)
@@ -369,7 +372,7 @@ class _Writer:
             sops = [f.sop_instance_uid for _, files, _ in studies for f in files]
             if existing or emptied:
                 ids = list(existing.values()) + emptied
-                for table in (EventRow, PlaneRow, AlertRow, InstanceRow):
+                for table in (EventRow, PlaneRow, AlertRow, InstanceRow, ScopeRow):
                     conn.execute(delete(table).where(table.study_id.in_(ids)))
             if emptied:
                 conn.execute(delete(StudyRow).where(StudyRow.id.in_(emptied)))
@@ -391,9 +394,11 @@ class _Writer:
                 for uid, sid in conn.execute(insert(StudyRow).returning(
                         StudyRow.study_instance_uid, StudyRow.id, sort_by_parameter_order=True), new_rows):
                     ids[uid] = sid
-            instances, events, planes, alerts = [], [], [], []
+            instances, events, planes, alerts, covered = [], [], [], [], []
             for uid, files, dose in studies:
                 sid = ids[uid]
+                covered += [{"study_id": sid, "scope_study_instance_uid": s}
+                            for s in sorted(_scopes_named(uid, files))]
                 instances += [{"study_id": sid, "sop_instance_uid": f.sop_instance_uid, "kind": f.kind,
                                "path": f.path, "sha256": f.sha256, "size_bytes": f.size_bytes}
                               for f in files]
@@ -403,7 +408,7 @@ class _Writer:
                            for p in dose.planes]
                 alerts += [{"study_id": sid, **a} for a in alert_rows(dose, self.settings.dose)]
             for table, rows in ((InstanceRow, instances), (EventRow, events), (PlaneRow, planes),
-                                (AlertRow, alerts)):
+                                (AlertRow, alerts), (ScopeRow, covered)):
                 if rows:
                     conn.execute(insert(table), rows)
             counts = [len(new_rows), len(updates)]
@@ -438,13 +443,43 @@ class _Writer:
                     out.setdefault(uid, (sid, set()))[1].add(sop)
         return out, older
 
+    def _with_scope_studies(self, conn: Session, batch: dict[str, list[ParsedFile]],
+                            scopes: dict[str, str]) -> dict[str, list[ParsedFile]]:
+        """``batch`` with the files of each study that a report covers (``scopes``: scope
+        study UID -> the report's study UID) in the report's study, as ``dose summary`` takes
+        them: the batch's, and those recorded apart before the report came (their study,
+        left empty, is then removed). A scope study with a recorded file that cannot be read
+        stays apart (moved in part, its dose would count twice)."""
+        if not scopes:
+            return batch
+        recorded: dict[str, list[str]] = {}
+        for uid, path in conn.execute(
+                select(StudyRow.study_instance_uid, InstanceRow.path)
+                .join(InstanceRow, InstanceRow.study_id == StudyRow.id)
+                .where(StudyRow.study_instance_uid.in_(list(scopes)))
+                .order_by(InstanceRow.path)):
+            recorded.setdefault(uid, []).append(path)
+        out = {uid: list(files) for uid, files in batch.items()}
+        for scope, owner in scopes.items():
+            files = [parse_file(p, self.settings.patient_link_key) for p in recorded.get(scope, [])]
+            unread = next((f.path for f in files if f.kind == REJECTED), None)
+            if unread is not None:
+                log.warning("%s, recorded for study %s, cannot be read: that study stays apart "
+                            "from study %s, whose report covers it", unread, scope, owner)
+                continue
+            files += out.pop(scope, [])
+            if files:
+                out.setdefault(owner, [])[:0] = [_in_study(f, owner) for f in files]
+        return out
+
     def _earlier_files(self, conn: Session, existing: dict[str, int],
-                       batch: dict[str, list[ParsedFile]]
+                       batch: dict[str, list[ParsedFile]], scopes: dict[str, str]
                        ) -> tuple[dict[str, list[ParsedFile]], dict[str, str],
                                   dict[str, list[ParsedFile]]]:
         """Files recorded earlier for studies of this batch that the batch does not carry;
         per study, a recorded file that can no longer be read (one is enough); and recorded
-        files that now name another study (corrected in place), by their new study.
+        files that now name another study (corrected in place), by their new study. A file
+        of a study that a report covers (``scopes``) is the report's study's.
 
         A file that is gone or unreadable makes its study impossible to recompute."""
         if not existing:
@@ -465,6 +500,8 @@ class _Writer:
                 log.warning("%s, recorded for study %s: %s; the study is kept as it was",
                             path, uid_of[sid], parsed.reason)
                 gone[uid_of[sid]] = path
+            elif scopes.get(parsed.study_instance_uid) == uid_of[sid]:
+                out.setdefault(uid_of[sid], []).append(_in_study(parsed, uid_of[sid]))
             elif parsed.study_instance_uid != uid_of[sid]:
                 log.info("%s, recorded for study %s, now names study %s: it moves there",
                          path, uid_of[sid], parsed.study_instance_uid)
@@ -557,6 +594,43 @@ def _older_copy(path: str, used: str) -> Rejection:
     return Rejection(path, f"(0008,0018) SOPInstanceUID: the same instance as {used}, which is "
                            "used (a whole copy before one cut short, then the newer)",
                      DuplicateInstanceError.__name__, "(0008,0018) SOPInstanceUID")
+
+
+def _scopes_named(uid: str, files: list[ParsedFile]) -> set[str]:
+    """The studies that the reports among ``files`` (of study ``uid``) cover besides it."""
+    return {f.report.scope_study_instance_uid for f in files
+            if f.kind == RDSR and f.report is not None
+            and f.report.scope_study_instance_uid not in (None, "", uid)}
+
+
+def _scopes(conn: Session, batch: dict[str, list[ParsedFile]]) -> dict[str, str]:
+    """Scope study UID -> the study whose report covers it, for the studies of ``batch``: named
+    by its reports, or recorded (a report of an earlier ingest covering a study of the batch,
+    or covering a study the batch carries a report of). A study that covers another is not
+    itself folded (one step, as ``dose summary``)."""
+    named: dict[str, str] = {}
+    for uid, files in sorted(batch.items()):
+        for scope in sorted(_scopes_named(uid, files)):
+            named.setdefault(scope, uid)
+    uids = list(batch)
+    for i in range(0, len(uids), 5000):
+        part = uids[i:i + 5000]
+        for scope, uid in conn.execute(
+                select(ScopeRow.scope_study_instance_uid, StudyRow.study_instance_uid)
+                .join(StudyRow, StudyRow.id == ScopeRow.study_id)
+                .where(ScopeRow.scope_study_instance_uid.in_(part) | StudyRow.study_instance_uid.in_(part))
+                .order_by(StudyRow.study_instance_uid)):
+            named.setdefault(scope, uid)
+    owners = set(named.values())
+    return {scope: uid for scope, uid in named.items() if scope not in owners}
+
+
+def _in_study(f: ParsedFile, uid: str) -> ParsedFile:
+    """``f`` counted in study ``uid`` (a file of a study that ``uid``'s report covers)."""
+    if f.study_instance_uid == uid:
+        return f
+    return replace(f, study_instance_uid=uid,
+                   run=f.run if f.run is None else replace(f.run, study_instance_uid=uid))
 
 
 def _dedupe(files: list[ParsedFile]) -> list[ParsedFile]:

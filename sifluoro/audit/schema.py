@@ -37,7 +37,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from sifluoro.errors import ConfigError
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 class Base(DeclarativeBase):
@@ -170,6 +170,17 @@ class AlertRow(Base):
     value: Mapped[float] = mapped_column(Float)
 
 
+class ScopeRow(Base):
+    """A study whose dose a study's report covers: the Study UID of the report's Scope of
+    Accumulation when it is not the report's own (schema version 6). That study's images are
+    the report's study's, as ``dose summary`` takes them, also when they come in a later ingest."""
+
+    __tablename__ = "report_scopes"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    scope_study_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
+
+
 Index("ix_studies_procedure_device", StudyRow.procedure, StudyRow.device_id)
 
 
@@ -265,6 +276,12 @@ def _v5(conn: Connection) -> None:
             f"(p.{doses[0]} > 0 OR p.{doses[1]} > 0))")
 
 
+def _v6(conn: Connection) -> None:
+    """The studies that reports cover besides their own (:class:`ScopeRow`). A report recorded
+    before names none: its scope study's images stay apart (as they were)."""
+    ScopeRow.__table__.create(conn, checkfirst=True)  # version 1 creates today's tables
+
+
 def _rebuild_sqlite_studies(conn: Connection, name: str = "studies_v3") -> None:
     """SQLite cannot drop a NOT NULL: the table is rebuilt (SQLite's own procedure: a new table,
     the rows copied, the old one dropped and the new one renamed; foreign keys are off for the
@@ -287,7 +304,7 @@ def _rebuild_sqlite_studies(conn: Connection, name: str = "studies_v3") -> None:
 
 
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _v1), (2, _v2), (3, _v3), (4, _v4),
-                                                                (5, _v5)]
+                                                                (5, _v5), (6, _v6)]
 
 
 def registry_url(db: str) -> str:

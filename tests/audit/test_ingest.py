@@ -1211,3 +1211,61 @@ def test_event_starts_are_stored_on_the_devices_clock_on_every_backend(db_url, t
         [start] = conn.execute(select(EventRow.start)).scalars()
     assert start == event.start.replace(tzinfo=None)
     engine.dispose()
+
+
+def _report_covering(folder, scope_uid: str) -> str:
+    """A device report (DAP 5 Gy·cm², its events untimed) in a study of its own whose Scope of
+    Accumulation names study ``scope_uid`` (one of the vendors' example files does so)."""
+    from pydicom.uid import generate_uid
+
+    from tests.dose.rdsr_fixtures import Ev, build_rdsr, coded, save, uidref
+
+    uid = generate_uid()
+    ds = build_rdsr([Ev(dap_gycm2=3.0, rp_mgy=30.0), Ev(dap_gycm2=2.0, rp_mgy=20.0)], study_uid=uid)
+    item = coded(("113705", "DCM", "Scope of Accumulation"), ("113014", "DCM", "Study"),
+                 "HAS OBS CONTEXT")
+    item.ContentSequence = [uidref(("110180", "DCM", "Study Instance UID"), scope_uid, "HAS PROPERTIES")]
+    ds.ContentSequence.insert(3, item)
+    save(ds, folder / "report.dcm")
+    return uid
+
+
+@pytest.mark.parametrize("order", ["one ingest", "images first", "report first"])
+def test_the_images_of_a_reports_scope_study_count_in_the_reports_study(db_url, tmp_path, order):
+    """Review s24 #5: a report naming study X in its Scope of Accumulation and study Y in its
+    header, beside X's image runs: ``dose summary`` counts one study, Y, with the report's dose
+    (the report covers the runs); the registry kept X apart as a study of its own and counted
+    the runs' dose beside the report's (5 + 4 Gy·cm²), in whatever order the files came."""
+    from pydicom.uid import generate_uid
+
+    from sifluoro.audit.schema import ScopeRow
+
+    scope_uid = generate_uid()
+    images = tmp_path / "in" / "images"
+    write_study(images, [RunSpec(0.0, n_frames=3, tech=_reported(2.0)),
+                         RunSpec(30.0, n_frames=3, tech=_reported(2.0))], study_uid=scope_uid)
+    report_uid = _report_covering(tmp_path / "in" / "report", scope_uid)
+    (expected,), _ = summarize([tmp_path / "in"])
+    assert (expected.study_instance_uid, expected.dap_gycm2) == (report_uid, pytest.approx(5.0))
+    engine = open_registry(db_url)
+    parts = {"one ingest": ["in"], "images first": ["in/images", "in/report"],
+             "report first": ["in/report", "in/images"]}[order]
+    for part in parts:
+        ingest([tmp_path / part], engine)
+    assert {u: r["dap_gycm2"] for u, r in _studies(engine).items()} == {report_uid: pytest.approx(5.0)}
+    assert _counts(engine)["instances"] == 3
+    # a later run of the scope study joins the report's study too; a re-ingest changes nothing
+    write_study(tmp_path / "late", [RunSpec(60.0, n_frames=3, tech=_reported(2.0))], study_uid=scope_uid)
+    ingest([tmp_path / "late"], engine)
+    ingest([tmp_path / "in", tmp_path / "late"], engine)
+    assert list(_studies(engine)) == [report_uid]
+    assert _counts(engine)["instances"] == 4
+    with engine.connect() as conn:
+        assert conn.execute(select(ScopeRow.scope_study_instance_uid)).scalars().all() == [scope_uid]
+    engine.dispose()
+
+
+def _reported(dap_gycm2: float):
+    from tests.dicom_fixtures import technique
+
+    return technique(reported_dap_gycm2=dap_gycm2, reported_air_kerma_mgy=10.0 * dap_gycm2)
