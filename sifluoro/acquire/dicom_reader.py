@@ -342,6 +342,9 @@ def order_runs(runs: list[Run]) -> list[Run]:
     """
     timed = [r for r in runs if r.start_s is not None and not np.isnan(r.start_s)]
     untimed = [r for r in runs if r not in timed]
+    if all(carries_offset(r) for r in timed):
+        # instants: across a DST fall-back the wall clock put a run 20 min later 40 min earlier
+        timed = [replace(r, start_s=r.started_at.timestamp()) for r in timed]
     if len(runs) == 1 and untimed:
         timed, untimed = [replace(untimed[0], start_s=0.0)], []
     timed.sort(key=lambda r: (r.start_s, header.sort_tiebreak(r)))
@@ -353,6 +356,12 @@ def order_runs(runs: list[Run]) -> list[Run]:
     end_s = max((run_end_s(r) for r in placed), default=0.0)
     placed += [untimed_run(r, end_s) for r in sorted(untimed, key=header.sort_tiebreak)]
     return [replace(r, index=i) for i, r in enumerate(placed)]
+
+
+def carries_offset(run: Run) -> bool:
+    """Whether ``run``'s start is an instant (its header gives a UTC offset): runs that all
+    carry one are ordered and spaced as instants, others on the devices' wall clock."""
+    return run.started_at is not None and run.started_at.utcoffset() is not None
 
 
 def without_copied_runs(runs: list[Run]) -> tuple[list[Run], list[Rejection]]:

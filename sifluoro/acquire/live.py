@@ -35,6 +35,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -170,6 +171,19 @@ class EventLog:
                 self._fh = None
 
 
+def _start_on_study_clock(study: "_LiveStudy", run: Run) -> float:
+    """``run``'s start in seconds as its study places runs: as an instant when the study's
+    first timed run carried a UTC offset (a run without one taken at that offset), else on
+    the device's wall clock (``start_s``), as ``order_runs`` does for a whole study."""
+    first_offset = study.t0_offset if study.t0_s is not None else (
+        run.started_at.utcoffset() if run.started_at is not None else None)
+    if first_offset is None or run.started_at is None:
+        return run.start_s
+    if run.started_at.utcoffset() is not None:
+        return run.started_at.timestamp()
+    return run.start_s - first_offset.total_seconds()
+
+
 @dataclass(eq=False)
 class _LiveStudy:
     """In-memory state of one study: what was received and how far processing got."""
@@ -187,6 +201,9 @@ class _LiveStudy:
     rejected: list[Rejection] = field(default_factory=list)
     dose_reports: list[str] = field(default_factory=list)
     t0_s: float | None = None
+    #: the UTC offset of the study's first timed run, when it carries one (runs are then
+    #: placed as instants, see :func:`_start_on_study_clock`)
+    t0_offset: timedelta | None = None
     latest_start_s: float = -math.inf
     out_of_order_runs: int = 0
     received_at: dict[str, float] = field(default_factory=dict)
@@ -589,6 +606,8 @@ class LiveStudies:
 
     def _feed_run(self, study: _LiveStudy, run: Run) -> None:
         timed = run.start_s is not None and not math.isnan(run.start_s)
+        if timed:
+            run = replace(run, start_s=_start_on_study_clock(study, run))
         placed = (replace(run, start_s=run.start_s - study.t0_s) if timed and study.t0_s is not None
                   else replace(run, start_s=None))
         original = original_of(placed, study.runs, arrived_before=True)
@@ -611,6 +630,7 @@ class LiveStudies:
         else:
             if study.t0_s is None:
                 study.t0_s = run.start_s
+                study.t0_offset = run.started_at.utcoffset() if run.started_at else None
             late = run.start_s < study.latest_start_s
             study.latest_start_s = max(study.latest_start_s, run.start_s)
             study.out_of_order_runs += late

@@ -3,6 +3,7 @@ UTC and its images in local time are the same moments (review s24 #2: the reader
 offsets, so the runs fell outside the report's time and its dose was added to theirs)."""
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import pydicom
@@ -151,3 +152,48 @@ def test_runs_keep_their_wall_clock_gap_whatever_the_machines_timezone(tmp_path,
     monkeypatch.undo()
     time.tzset()
     assert gaps == [[0.0, 3720.0], [0.0, 3720.0]]
+
+
+def _fall_back_night(folder, first_offset: str | None = "+0200"):
+    """Two runs on the night clocks go back (2026-10-25, Europe): the first at 02:50+0200
+    (00:50Z), the second 20 minutes later at 02:10+0100 (01:10Z); a run without an offset in
+    its header when ``first_offset`` is None."""
+    paths = write_study(folder, [RunSpec(0.0, n_frames=2, filename="first.dcm"),
+                                 RunSpec(60.0, n_frames=2, filename="second.dcm")])
+    for path, text in zip(paths, (f"20261025025000{first_offset or ''}", "20261025021000+0100")):
+        ds = pydicom.dcmread(path)
+        ds.AcquisitionDateTime = text
+        ds.save_as(path)
+    return paths
+
+
+def test_runs_that_carry_utc_offsets_keep_their_order_across_a_dst_fall_back(tmp_path):
+    """Review s24b #10: on the wall clock the run made 20 minutes later was put 40 minutes
+    earlier (first in the study). Runs that all carry an offset are placed as instants; with
+    one run without an offset the study stays on the wall clock, as before."""
+    _fall_back_night(tmp_path / "aware")
+    runs = read_study([tmp_path / "aware"]).runs
+    assert [(r.path.rsplit("/", 1)[-1], r.start_s) for r in runs] == [("first.dcm", 0.0),
+                                                                       ("second.dcm", 1200.0)]
+    _fall_back_night(tmp_path / "mixed", first_offset=None)
+    runs = read_study([tmp_path / "mixed"]).runs
+    assert [(r.path.rsplit("/", 1)[-1], r.start_s) for r in runs] == [("second.dcm", 0.0),
+                                                                       ("first.dcm", 2400.0)]
+
+
+def test_a_live_study_places_runs_that_carry_utc_offsets_as_instants(tmp_path):
+    """The receiver places runs as they come on the same clock: the second run of the fall-back
+    night 1200 s after the first (was 2400 s before it, marked out of order)."""
+    from types import SimpleNamespace
+
+    from sifluoro.acquire.dicom_reader import read_header, run_from_dataset
+    from sifluoro.acquire.live import _start_on_study_clock
+
+    first, second = (run_from_dataset(read_header(p), p) for p in _fall_back_night(tmp_path))
+    study = SimpleNamespace(t0_s=None, t0_offset=None)
+    t0 = _start_on_study_clock(study, first)
+    study.t0_s, study.t0_offset = t0, first.started_at.utcoffset()
+    assert _start_on_study_clock(study, second) - t0 == 1200.0
+    # a run without an offset in that study is taken at the first run's offset
+    naive = replace(second, started_at=second.started_at.replace(tzinfo=None), start_s=second.start_s)
+    assert _start_on_study_clock(study, naive) - t0 == 1200.0 - 3600.0
