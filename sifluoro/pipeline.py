@@ -865,8 +865,16 @@ def _shows_picture(frame: Frame) -> bool:
     locks)."""
     if min(frame.pixels.shape) < MIN_IMAGE_PX:
         return False
-    return imaging.picture_steps(frame.pixels, frame.run.bits_stored,
-                                 at_least=NO_PICTURE_STEPS) >= NO_PICTURE_STEPS
+    bits = frame.run.bits_stored
+    if imaging.picture_steps(frame.pixels, bits, at_least=NO_PICTURE_STEPS) >= NO_PICTURE_STEPS:
+        return True
+    # values using two or more bits fewer than BitsStored says (a device's 10 or 11 significant
+    # bits stored in 16) were steps too small for the stored bits' scale: their picture was
+    # dropped (review s25 r7); a second look at their own scale, above their noise
+    used = int(frame.pixels.max()).bit_length()
+    if bits <= 8 or used > bits - 2:
+        return False
+    return imaging.picture_steps_over_noise(frame.pixels, used) >= NO_PICTURE_STEPS
 
 
 def at_isocenter_mm(detector_mm: float | None, tech: Technique) -> float | None:

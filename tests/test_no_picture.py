@@ -109,6 +109,47 @@ def test_picture_steps():
     assert abs(picture_steps(image, 12) - expected) <= 2  # the same count, up to rounding
 
 
+@pytest.mark.parametrize("significant_bits", [9, 10])
+def test_a_picture_of_fewer_significant_bits_than_stored_is_analysed(joint_fill_frames,
+                                                                     significant_bits):
+    """Review s25 r7: a run stored with BitsStored 16 whose values use 10 or 11 bits was "no
+    picture" on 13 or 7 of 13 frames of the review's study (steps measured on the 16-bit
+    scale): no guidance, the contrast never assessed; here 9 or 10 bits of a brighter study.
+    Noise alone, a flat frame, at such values stays no picture."""
+    frames, runs = [], {}
+    for f in joint_fill_frames:
+        # inside the collimation (its edges are steps even at the stored bits' scale)
+        px = f.pixels[20:460, 90:480].astype(np.uint32) >> (12 - significant_bits)
+        px = np.ascontiguousarray(px.astype(np.uint16))
+        px.flags.writeable = False
+        run = runs.setdefault(id(f.run), replace(
+            f.run, bits_stored=16, rows=px.shape[0], columns=px.shape[1],
+            technique=replace(f.run.technique, shutter=None, collimator=None)))
+        frames.append(replace(f, pixels=px, run=run))
+    events, state = _replay(frames)
+    assert state.no_picture_frames == 0
+    assert all(e["target"] is not None for e in events)
+    assert all(e["needle"] is not None for e in events[1:])  # the scout frame has none
+    rng = np.random.default_rng(1)
+    for k, (mean, sd) in enumerate(((300.0, 20.0), (1500.0, 40.0), (600.0, 0.0))):
+        noise = np.clip(rng.normal(mean, sd, frames[0].pixels.shape), 0, 65535).astype(np.uint16)
+        frames[2 * k + 1] = replace(frames[2 * k + 1], pixels=noise)
+    events, state = _replay(frames[:7])
+    assert [bool(e.get("no_picture")) for e in events] == [False, True] * 3 + [False]
+
+
+def test_picture_steps_over_noise():
+    from sifluoro.imaging import picture_steps_over_noise
+
+    rng = np.random.default_rng(2)
+    noise = np.clip(rng.normal(400.0, 25.0, (256, 256)), 0, None).astype(np.uint16)
+    assert picture_steps_over_noise(noise, 9) == 0
+    edges = noise.copy()
+    edges[:, 128:] += 300  # one step of 12 noise levels a row: 32 rows read
+    assert picture_steps_over_noise(edges, 10) == 32
+    assert picture_steps_over_noise(edges, 10, sigmas=100.0) == 0
+
+
 def test_a_run_without_picture_is_logged_once_and_counted(joint_fill_frames, caplog):
     """A grabber without signal sends 30 black frames a second: one warning per run, all of
     them counted (each was a warning)."""
