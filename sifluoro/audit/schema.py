@@ -71,7 +71,7 @@ class StudyRow(Base):
 
     __tablename__ = "studies"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    study_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    study_instance_uid: Mapped[str] = mapped_column(Text, unique=True)  # any length (v6)
     device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"))
     procedure: Mapped[str] = mapped_column(String(128), index=True)
     study_date: Mapped[date | None] = mapped_column(Date, index=True)
@@ -98,7 +98,7 @@ class InstanceRow(Base):
 
     __tablename__ = "instances"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    sop_instance_uid: Mapped[str] = mapped_column(Text, unique=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
     kind: Mapped[str] = mapped_column(String(8))  # "rdsr" | "image"
     path: Mapped[str] = mapped_column(Text)
@@ -113,7 +113,7 @@ class EventRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
     seq: Mapped[int] = mapped_column(Integer)
-    event_uid: Mapped[str] = mapped_column(String(64))
+    event_uid: Mapped[str] = mapped_column(Text)
     kind: Mapped[str] = mapped_column(String(16))
     plane: Mapped[str] = mapped_column(Text)
     start: Mapped[datetime | None] = mapped_column(DateTime)
@@ -178,7 +178,7 @@ class ScopeRow(Base):
     __tablename__ = "report_scopes"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
-    scope_study_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
+    scope_study_instance_uid: Mapped[str] = mapped_column(Text, index=True)
 
 
 Index("ix_studies_procedure_device", StudyRow.procedure, StudyRow.device_id)
@@ -276,10 +276,20 @@ def _v5(conn: Connection) -> None:
             f"(p.{doses[0]} > 0 OR p.{doses[1]} > 0))")
 
 
+#: UID columns widened by version 6: a UID over DICOM's 64 characters (a vendor's invalid
+#: one, read everywhere else) made PostgreSQL refuse the whole study (review s24 #7)
+_UID_COLUMNS = [("studies", "study_instance_uid"), ("instances", "sop_instance_uid"),
+                ("irradiation_events", "event_uid")]
+
+
 def _v6(conn: Connection) -> None:
-    """The studies that reports cover besides their own (:class:`ScopeRow`). A report recorded
-    before names none: its scope study's images stay apart (as they were)."""
+    """The studies that reports cover besides their own (:class:`ScopeRow`; a report recorded
+    before names none: its scope study's images stay apart, as they were); UIDs of any length
+    (PostgreSQL; SQLite keeps any length)."""
     ScopeRow.__table__.create(conn, checkfirst=True)  # version 1 creates today's tables
+    if conn.dialect.name == "postgresql":
+        for table, column in _UID_COLUMNS:
+            conn.exec_driver_sql(f"ALTER TABLE {table} ALTER COLUMN {column} TYPE TEXT")
 
 
 def _rebuild_sqlite_studies(conn: Connection, name: str = "studies_v3") -> None:

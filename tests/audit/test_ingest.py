@@ -553,8 +553,9 @@ def _correct_in_place_then_ingest_a_late_run(engine, path, new_uid, late_dir, ol
 def test_long_free_text_a_file_above_2_gib_and_a_refused_study_lose_nothing_else(db_url, tmp_path):
     """A Reference Point Definition sent as a sentence (TID 10003 allows TEXT) and a run file
     above 2 GiB stopped a PostgreSQL ingest for good: the whole batch rolled back, on every run
-    again. Now they are stored, and a study the database still refuses (a Study UID longer than
-    DICOM's 64 characters) is rejected alone, named (review s10 B#2)."""
+    again. Now they are stored, and a study the database refuses is rejected alone, named
+    (review s10 B#2: a Study UID longer than DICOM's 64 characters was one on PostgreSQL; it
+    is stored now, review s24 #7: here the server is made to refuse a study)."""
     import struct
 
     import pydicom
@@ -584,44 +585,56 @@ def test_long_free_text_a_file_above_2_gib_and_a_refused_study_lose_nothing_else
         fh.seek(0, 2)
         fh.write(struct.pack("<HH2sHL", 0x7FE0, 0x0010, b"OW", 0, 1025 * 1024 * 1024 * 2))
         fh.truncate(fh.tell() + 1025 * 1024 * 1024 * 2)
-    (odd,) = write_study(tmp_path / "in" / "odd", [RunSpec(0.0, n_frames=2, size=32)])
-    bad = pydicom.dcmread(odd)
-    bad.StudyInstanceUID = "1.2.826.0.1.3680043.8.498." + "1" * 50  # 76 characters
-    bad.save_as(odd)
+    (long_uid,) = write_study(tmp_path / "in" / "long", [RunSpec(0.0, n_frames=2, size=32)])
+    long = pydicom.dcmread(long_uid)
+    long.StudyInstanceUID = "1.2.826.0.1.3680043.8.498." + "1" * 50  # 76 characters
+    long.save_as(long_uid)
+    refused_uid = "1.2.826.0.1.3680043.8.498.99999"
+    (odd,) = write_study(tmp_path / "in" / "odd", [RunSpec(0.0, n_frames=2, size=32)],
+                         study_uid=refused_uid)
     engine = open_registry(db_url)
+    with engine.begin() as conn:  # the server refuses that study (a rule of its own)
+        if engine.dialect.name == "postgresql":
+            conn.exec_driver_sql("ALTER TABLE studies ADD CONSTRAINT no_99999 CHECK "
+                                 f"(study_instance_uid <> '{refused_uid}')")
+        else:
+            conn.exec_driver_sql(f"CREATE TRIGGER no_99999 BEFORE INSERT ON studies WHEN "
+                                 f"NEW.study_instance_uid = '{refused_uid}' BEGIN SELECT "
+                                 "RAISE(ABORT, 'refused'); END")
     result = ingest([tmp_path / "in"], engine, settings=AuditSettings(batch_studies=10))
     got = _studies(engine)
-    assert str(ds.StudyInstanceUID) in got and str(run.StudyInstanceUID) in got
+    assert {str(ds.StudyInstanceUID), str(run.StudyInstanceUID), str(long.StudyInstanceUID)} == set(got)
     with engine.connect() as conn:
         points = set(conn.execute(select(EventRow.reference_point)).scalars())
         sizes = set(conn.execute(select(InstanceRow.size_bytes)).scalars())
     assert sentence.strip() in points and big.stat().st_size in sizes and big.stat().st_size > 2 ** 31
-    if engine.dialect.name == "postgresql":
-        assert [r.file for r in result.rejected] == [str(odd)]
-        assert f"the registry refused study {bad.StudyInstanceUID}" in result.rejected[0].reason
-    else:  # SQLite keeps any length
-        assert result.rejected == [] and str(bad.StudyInstanceUID) in got
+    assert [r.file for r in result.rejected] == [str(odd)]
+    assert f"the registry refused study {refused_uid}" in result.rejected[0].reason
     engine.dispose()
 
 
 def test_a_version_1_postgresql_registry_is_widened_in_place(postgres):
-    """Registries made before version 2 hold VARCHAR(n) free text and 32-bit file sizes."""
+    """Registries made before version 2 hold VARCHAR(n) free text and 32-bit file sizes, and
+    before version 6 UIDs of 64 characters at most."""
     from sqlalchemy import inspect, text
 
-    from sifluoro.audit.schema import _WIDENED
+    from sifluoro.audit.schema import _UID_COLUMNS, _WIDENED
 
     url = postgres.create_database()
     engine = open_registry(url)
     old = {"TEXT": "VARCHAR(64)", "BIGINT": "INTEGER"}
+    widened = _WIDENED + [(t, c, "TEXT") for t, c in _UID_COLUMNS]
     with engine.begin() as conn:  # back to how version 1 made them
-        for table, column, kind in _WIDENED:
+        for table, column, kind in widened:
             conn.execute(text(f"ALTER TABLE {table} ALTER COLUMN {column} TYPE {old[kind]}"))
+        conn.execute(text("DROP TABLE report_scopes"))
         conn.execute(text("DELETE FROM schema_version WHERE version > 1"))
     engine.dispose()
     engine = open_registry(url)
-    columns = {(t, c["name"]): str(c["type"]) for t in {w[0] for w in _WIDENED}
+    columns = {(t, c["name"]): str(c["type"]) for t in {w[0] for w in widened}
                for c in inspect(engine).get_columns(t)}
-    assert {(t, c): columns[(t, c)] for t, c, _ in _WIDENED} == {(t, c): k for t, c, k in _WIDENED}
+    assert {(t, c): columns[(t, c)] for t, c, _ in widened} == {(t, c): k for t, c, k in widened}
+    assert "report_scopes" in inspect(engine).get_table_names()
     with engine.connect() as conn:
         assert conn.execute(select(SchemaVersion.version)).scalars().all() == list(range(1, SCHEMA_VERSION + 1))
     engine.dispose()
