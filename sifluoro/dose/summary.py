@@ -394,15 +394,19 @@ def table(studies: list[StudyDose], rejected: list[Rejection] = ()) -> str:
         device = f"{d['device']['manufacturer']} {d['device']['model']}".strip()
         device = device if len(device) <= 30 else device[:29] + "…"
         source = d["source"] if d["source"] == "rdsr" else f"img/{_SOURCE_SHORT.get(d['dose_source'], d['dose_source'])}"
+        # each total a lower bound only when events leave out that quantity (a header reporting
+        # DAP only left its exact DAP marked '≥' too)
         partial = d["events_dose_unknown"] > 0
+        partial_dap = partial and any(e.dap_gycm2 is None for e in s.events)
+        partial_kerma = partial and any(e.air_kerma_mgy is None for e in s.events)
         # a report's own accumulated totals are the device's whole count
         short_time = not s.planes_from_report and any(
             e.kind == FLUOROSCOPY and not is_timed(e) for e in s.events)
         bounded += partial or short_time
         lines.append(f"{uid:<28} {source:<8} {device:<30} {d['events']:>6} "
                      f"{_number(d['fluoro_time_s'], 9, 1, at_least=short_time)} "
-                     f"{_number(d['dap_gycm2'], 11, 4, at_least=partial)} "
-                     f"{_number(d['air_kerma_mgy'], 10, 2, at_least=partial)}  "
+                     f"{_number(d['dap_gycm2'], 11, 4, at_least=partial_dap)} "
+                     f"{_number(d['air_kerma_mgy'], 10, 2, at_least=partial_kerma)}  "
                      f"{','.join(d['srdl_exceeded']) or '-'}")
         if len(s.planes) > 1:
             for p in d["per_plane"]:

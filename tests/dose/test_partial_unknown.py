@@ -40,6 +40,20 @@ def test_a_run_of_unknown_dose_is_counted_in_the_summaries_and_the_rdsr(tmp_path
         assert [l for l in (out.stdout + out.stderr).splitlines() if l.startswith("Error")] == []
 
 
+def test_only_the_total_that_events_leave_out_is_a_lower_bound_in_the_table(tmp_path):
+    """A run whose header reports its DAP but no air kerma (and no technique to estimate it)
+    beside a whole run: the DAP is exact, the air kerma a lower bound; the table marked both
+    '≥' (session 24's note)."""
+    write_study(tmp_path / "study", [RunSpec(0.0, n_frames=3), RunSpec(60.0, n_frames=5, tech=technique(
+        kvp=None, tube_current_ma=None, pulse_width_ms=None, reported_dap_gycm2=2.0))])
+    (study,), _ = summarize([tmp_path / "study"])
+    s = study.summary()
+    assert s["events_dose_unknown"] == 1
+    row = table([study]).splitlines()[2]
+    assert f"≥{s['air_kerma_mgy']:.2f}" in row
+    assert f" {s['dap_gycm2']:.4f}" in row and f"≥{s['dap_gycm2']:.4f}" not in row
+
+
 def test_a_study_whose_runs_all_have_a_dose_says_none_is_unknown(tmp_path):
     write_study(tmp_path / "study", [RunSpec(0.0, n_frames=3)])
     summary = replay([tmp_path / "study"], events_path=tmp_path / "e.jsonl",
