@@ -433,3 +433,22 @@ def test_a_state_called_before_the_truth_shows_it_is_no_detection():
     score_study(truth, _events(truth, states=["none", "vascular"] + ["none"] * 6),
                 {**SUMMARY, "contrast_state": "none"}, tally)
     assert report(tally)["contrast"]["missed_injections"] == 1
+
+
+def test_a_tip_reported_while_the_tip_is_outside_the_field_is_counted_apart():
+    """Review s26 J6: a frame whose shaft is in the field and tip outside it (beyond a blade)
+    was in neither the tip frames nor the frames without a needle, so a tip reported there
+    (review s25 r6: the shaft's far end taken for the tip, 65 mm off) was counted nowhere."""
+    from sifluoro.sim.evaluate import format_report
+    truth = _truth(["none"] * 4)
+    for ft in truth["frames"][2:]:
+        ft["tip_xy"], ft["needle_visible"] = None, True
+    events = _events(truth)
+    events[2]["needle"] = {"tip_xy": [10.0, 20.0], "confidence": 0.99}
+    tally = Tally()
+    score_study(truth, events, {**SUMMARY, "contrast_state": "none"}, tally)
+    r = report(tally)
+    n = r["needle"]
+    assert n["tip_frames"] == 2 and n["no_needle_frames"] == 0
+    assert n["tip_outside_field_frames"] == 2 and n["tip_outside_field_tips_reported"] == 1
+    assert "tip outside the field (its shaft in): a tip reported on 1 of 2 frames" in format_report(r)

@@ -47,6 +47,10 @@ class Tally:
     end_on_reported: int = 0  # frames with a tip reported within 3 mm, of the end_on frames
     no_needle_frames: int = 0
     false_tips: int = 0
+    # the shaft in the field, its tip outside it (beyond a blade or the field's edge): in
+    # neither count above; a tip reported there is on the shaft or elsewhere, never the tip
+    tip_outside_frames: int = 0
+    tip_outside_reported: int = 0
     joint_frames: int = 0
     joint_reported: int = 0
     joint_distances_mm: list[float] = field(default_factory=list)
@@ -124,6 +128,9 @@ def score_study(truth: dict, events: list[dict], summary: dict | None, tally: Ta
         elif not ft.get("needle_visible"):
             tally.no_needle_frames += 1
             tally.false_tips += needle is not None
+        else:
+            tally.tip_outside_frames += 1
+            tally.tip_outside_reported += needle is not None
         joint = e.get("joint")
         if "register" not in ran:
             pass
@@ -290,6 +297,9 @@ def report(tally: Tally) -> dict:
                for mm, count in tally.detectable_within_mm.items()},
             "false_tip_rate": _ratio(tally.false_tips, tally.no_needle_frames),
             "no_needle_frames": tally.no_needle_frames,
+            # frames whose shaft is in the field and tip outside it, and those with a tip out
+            "tip_outside_field_frames": tally.tip_outside_frames,
+            "tip_outside_field_tips_reported": tally.tip_outside_reported,
             "end_on_frames": tally.end_on_frames,
             "end_on_error_mm_median": _pct(tally.end_on_errors_mm, 50),
             "end_on_detection_rate_3mm": _ratio(tally.end_on_reported, tally.end_on_frames),
@@ -396,6 +406,9 @@ def format_report(r: dict) -> str:
         f"detected {_of(n['detection_rate_3mm'], n['tip_frames'], 'frames')}; false tips "
         f"{_of(n['false_tip_rate'], n['no_needle_frames'], 'frames without a needle')}; end-on "
         f"frames: within 3 mm {_of(n['end_on_detection_rate_3mm'], n['end_on_frames'])}"
+        + (f"; tip outside the field (its shaft in): a tip reported on "
+           f"{n['tip_outside_field_tips_reported']} of {n['tip_outside_field_frames']} frames"
+           if n.get("tip_outside_field_frames") else "")
         + (f"; tips in the pixels (SNR >= 3): detected "
            f"{_of(n['detectable_detection_rate_3mm'], n['detectable_tip_frames'], 'frames')}, error median "
            f"{n['detectable_tip_error_mm_median']} mm, p95 {n['detectable_tip_error_mm_p95']} mm "
