@@ -92,7 +92,7 @@ def vascular_visibility(cases_dir: str | Path, results_dir: str | Path) -> list[
     state ``vascular``, which in a joint + vessel study may be the joint fill's; ``source``
     says which), whether that is visible (>= ``VISIBLE_SNR``), the output's
     final state (summary's, else the last event's) and the delay in frames from the first truth
-    ``vascular`` frame to the first output one (None: never)."""
+    ``vascular`` frame to the first output one at or after it (None: never)."""
     out = []
     for truth_path in sorted(Path(cases_dir).glob("*/truth.json")):
         truth = json.loads(truth_path.read_text())
@@ -106,7 +106,10 @@ def vascular_visibility(cases_dir: str | Path, results_dir: str | Path) -> list[
             else "contrast_snr"
         snrs = [f[source] for f in frames if f.get(source) is not None]
         best = max(snrs) if snrs else None
-        first_out = min((i for i, s in states.items() if s == "vascular"), default=None)
+        # the first output vascular frame at or after the truth's first: one called before it
+        # (a false state, dropped since) is no detection (review s26 F2)
+        first_out = min((i for i, s in states.items()
+                         if s == "vascular" and i >= frames[0]["index"]), default=None)
         out.append({"case": truth_path.parent.name, "snr_max": best, "source": source,
                     "visible": best is not None and best >= VISIBLE_SNR, "output": final,
                     "delay": None if first_out is None

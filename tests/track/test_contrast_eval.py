@@ -123,3 +123,14 @@ def test_studies_are_scored_by_the_parts_of_their_injection(tmp_path):
         "intra_articular+extravasation 1 of 2, none 1 of 1",
         "    intra_articular+extravasation: case000 -> intra_articular"]
     assert parts_lines({}) == []
+
+
+def test_a_vascular_state_called_before_the_truth_is_no_detection(tmp_path):
+    """Review s26 F2: the delay took the output's first vascular frame anywhere, clipped at 0:
+    a false vascular call before the injection, dropped, then the vessel shown 3 frames late
+    read as a delay of 0."""
+    n, va = "none", "vascular"
+    _case(tmp_path, "case000", [n, n, va, va, va, va], [va, n, n, n, n, va], [None] * 6,
+          [None, None, 5.0, None, None, None])
+    vasc = vascular_visibility(tmp_path / "cases", tmp_path / "out")
+    assert [(v["case"], v["delay"]) for v in vasc] == [("case000", 3)]
