@@ -32,8 +32,8 @@ END_MM = 8.0
 # the far band (the noise of the average), and the share of the average's weight a pixel needs
 FAR_MM = 18.0
 MIN_WEIGHT = 0.3
-
-
+# the distance to the opacity is a chamfer distance: steps of 1 and sqrt 2 (up to 8 % over
+# the Euclidean one, two passes)
 SQRT2 = 1.4142135
 
 
@@ -104,6 +104,7 @@ def _blur(image, taps, tmp, out):
 
 @njit(cache=True, nogil=True)
 def _beside(score, on, valid, ex_px, near_px, far_px, end_px, taps, min_weight):
+    """The kernel of :func:`cloud_beside_z` (distances in working px, ``taps`` the Gaussian)."""
     rows, cols = score.shape
     dist = np.empty((rows, cols), np.float32)
     _chamfer(on, dist)
@@ -279,3 +280,5 @@ def warm_up() -> None:
     valid = np.ones((80, 80), np.bool_)
     crop = (slice(10, 70), slice(10, 70))
     cloud_beside_z(score[crop], on[crop], valid[crop], 1.0)
+    # a crop of whole rows is contiguous: another specialisation
+    cloud_beside_z(score, on, valid, 1.0)
