@@ -17,8 +17,11 @@ import numpy as np
 from sifluoro.model import Frame
 from sifluoro.track import _contrast_kernels as K
 from sifluoro.track import contrast_motion as M
-from sifluoro.track.contrast_classify import (CONTINUED_NEW_FRACTION, DANGER, LATE_LINE_MM,
-                                               MIN_AREA_MM2, PERSIST_FRAMES, RECENT_LINE_MM,
+from sifluoro.track.contrast_beside import cloud_beside_z, crop_box
+from sifluoro.track.contrast_beside import warm_up as beside_warm_up
+from sifluoro.track.contrast_classify import (CLOUD_BESIDE_Z, CONTINUED_NEW_FRACTION, DANGER,
+                                               LATE_LINE_MM, MIN_AREA_MM2, PERSIST_FRAMES,
+                                               RECENT_LINE_MM,
                                                VASCULAR_LINE_MM, VESSEL_NEW_FRACTION,
                                                Classifier, Opacity, describe_components)
 from sifluoro.track.contrast_reference import ReferenceBank
@@ -361,6 +364,7 @@ class ContrastStage:
         K.warm_up(rows, cols, factor)
         reference_warm_up(rows // factor, cols // factor)
         M.warm_up(rows // factor, cols // factor)
+        beside_warm_up()
 
     def factor_for(self, rows: int, cols: int) -> int:
         return max(1, int(round(max(rows, cols) / self.settings.grid_px)))
@@ -497,6 +501,12 @@ class ContrastStage:
         memory.classifier.update(frame.index, accepted, vessel_mm, joint, washed_out=washed_out)
         if accepted:
             rm.opacity_seen = True
+            if memory.classifier.state == "intra_articular":
+                # a faint soft-tissue cloud beside the fill (contrast_beside): on a crop
+                y0, y1, x0, x1 = crop_box(b.on)
+                z = cloud_beside_z(b.score[y0:y1, x0:x1], b.on[y0:y1, x0:x1],
+                                   b.valid[y0:y1, x0:x1], work_mm)
+                memory.classifier.note_cloud_beside(z >= CLOUD_BESIDE_Z)
         elif not rm.opacity_seen:
             # opacity set aside as gas stays out of the reference: a faint vessel beside gas
             # must still be there to wash out against
