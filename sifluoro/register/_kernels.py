@@ -38,6 +38,26 @@ def valley_depth(smooth, offsets_px, out):
 
 
 @njit(cache=True, nogil=True)
+def valley_depth_columns(smooth, offsets_px, x0, x1, out):
+    """:func:`valley_depth` in columns ``x0:x1`` of ``out`` alone (the same floats; the other
+    columns are left as they were): the path search looks at the central columns only."""
+    rows, cols = smooth.shape
+    x0, x1 = max(0, x0), min(cols, x1)
+    for y in range(rows):
+        s, o = smooth[y], out[y]
+        for x in range(x0, x1):
+            o[x] = np.float32(0.0)
+        for d in offsets_px:
+            a, b = max(x0, d), min(x1, cols - d)
+            if b <= a:
+                continue
+            left, mid, right, od = s[a - d:b - d], s[a:b], s[a + d:b + d], o[a:b]
+            for i in range(np.uint64(b - a)):
+                v = min(left[i], right[i]) - mid[i]
+                od[i] = v if v > od[i] else od[i]
+
+
+@njit(cache=True, nogil=True)
 def best_path(score, step_penalty, max_step, path_x, acc, came):
     """Best top-to-bottom path of local alignment: each row one column, moving at most
     ``max_step`` columns per row; a path may start and stop at any row (its running score is
@@ -575,11 +595,56 @@ def inside_stretch(polyline_xy, mask):
     return best_lo, best_lo + best_len
 
 
+@njit(cache=True, nogil=True)
+def fill_gain(depth, mask, noise, contrast, c0, c1, gain):
+    """The path search's score: ``depth / noise - contrast`` where ``mask`` within columns
+    ``c0:c1``, the floor -10 elsewhere; float32 throughout (``noise`` and ``contrast``
+    float32), as NumPy computes ``np.where(mask, depth / noise - contrast, -10.0)`` of a
+    float32 ``depth`` and Python floats."""
+    rows, cols = depth.shape
+    floor = np.float32(-10.0)
+    for y in range(rows):
+        g, d, m = gain[y], depth[y], mask[y]
+        for x in range(cols):
+            g[x] = floor
+        for x in range(c0, c1):  # a select, not a branch: the loop vectorises
+            v = d[x] / noise - contrast
+            g[x] = v if m[x] else floor
+
+
+@njit(cache=True, nogil=True)
+def clear_near_path(gain, path_x, y0, y1, clear):
+    """Rows ``y0..y1`` of ``gain`` set to the floor, -10, within ``clear`` columns of
+    ``path_x`` (a rejected path is not searched again)."""
+    cols = gain.shape[1]
+    floor = np.float32(-10.0)
+    for y in range(y0, y1 + 1):
+        p = path_x[y]
+        for x in range(max(0, p - clear), min(cols, p + clear + 1)):
+            gain[y, x] = floor
+
+
+@njit(cache=True, nogil=True)
+def even_residual(smooth, blurred, mask, out):
+    """``smooth - blurred`` at the even rows and columns where ``mask`` holds, row by row
+    into ``out``; returns how many (NumPy's ``smooth[::2, ::2][inside] -
+    blurred[::2, ::2][inside]`` with ``inside = mask[::2, ::2]``)."""
+    rows, cols = smooth.shape
+    n = 0
+    for y in range(0, rows, 2):
+        for x in range(0, cols, 2):
+            if mask[y, x]:
+                out[n] = smooth[y, x] - blurred[y, x]
+                n += 1
+    return n
+
+
 def warm_up() -> None:
     """Compile the kernels on tiny inputs so that no live frame pays for it."""
     z = np.zeros((8, 8), np.float32)
     best_path(z, 0.1, 2, np.zeros(8, np.int32), z.copy(), np.zeros((8, 8), np.int8))
     valley_depth(z, np.array([1, 2], np.int64), z.copy())
+    valley_depth_columns(z, np.array([1, 2], np.int64), 1, 7, z.copy())
     c = np.zeros((8, 5), np.complex64)
     phase_cross_power(c, c, c.copy())
     peak_centroid(z, 0, 0, 2)
@@ -594,3 +659,7 @@ def warm_up() -> None:
     clear_text_bits(bits, bits.copy(), 2, np.ones((4, 4), np.bool_))
     average_and_reference(z, z, np.float32(1.0), z.copy(), z.copy(), np.zeros((8, 8), np.bool_))
     inside_stretch(np.zeros((3, 2), np.float64), np.ones((8, 8), np.bool_))
+    # the types of joint.segment_joint's calls (Python ints for columns and rows)
+    fill_gain(z, np.ones((8, 8), np.bool_), np.float32(0.5), np.float32(3.0), 1, 7, z.copy())
+    clear_near_path(z.copy(), np.zeros(8, np.int32), 0, 7, 2)
+    even_residual(z, z, np.ones((8, 8), np.bool_), np.empty(16, np.float32))
