@@ -639,6 +639,68 @@ def even_residual(smooth, blurred, mask, out):
     return n
 
 
+@njit(cache=True, nogil=True)
+def running_median(values, size, out):
+    """``scipy.ndimage.median_filter(values, size, mode="nearest")`` of a 1-D float64 array,
+    ``size`` odd: the middle of each window's sorted values, the ends repeated (a selection:
+    the same floats)."""
+    n = len(values)
+    half = size // 2
+    window = np.empty(size, np.float64)
+    for i in range(n):
+        for k in range(size):
+            j = min(max(i - half + k, 0), n - 1)
+            window[k] = values[j]
+        window.sort()
+        out[i] = window[half]
+
+
+@njit(cache=True, nogil=True)
+def gather_strip(image, path_x, y0, reach, out):
+    """Rows ``y0..y0 + len(out) - 1`` of ``image`` across the path: ``out[i, j] = image[y0 + i,
+    path_x[y0 + i] - reach + j]``, the column clipped to the image (NumPy's
+    ``image[ys[:, None], np.clip(path_x[ys][:, None] + offsets, 0, cols - 1)]``)."""
+    cols = image.shape[1]
+    for i in range(out.shape[0]):
+        y = y0 + i
+        for j in range(out.shape[1]):
+            out[i, j] = image[y, min(max(path_x[y] - reach + j, 0), cols - 1)]
+
+
+@njit(cache=True, nogil=True)
+def _first_extreme(row, lo, hi, largest):
+    """``lo + np.argmax(row[lo:hi])`` (``largest``) or ``np.argmin``'s: the first extreme,
+    the first NaN if any; 0 when empty (np.argmax of a row masked with -inf everywhere)."""
+    idx = -1
+    best = row[lo] if hi > lo else 0.0
+    for k in range(lo, hi):
+        v = row[k]
+        if v != v:
+            return k
+        if idx < 0 or (v > best if largest else v < best):
+            best, idx = v, k
+    return idx if idx >= 0 else 0
+
+
+@njit(cache=True, nogil=True)
+def darkest_near(strip, lo, hi, out):
+    """Per row of ``strip``, the column of its smallest value within ``lo:hi`` (the first,
+    as ``lo + np.argmin(strip[:, lo:hi], axis=1)``)."""
+    for i in range(strip.shape[0]):
+        out[i] = _first_extreme(strip[i], lo, hi, False)
+
+
+@njit(cache=True, nogil=True)
+def rims_beside(strip, centre, left, right):
+    """Per row of ``strip``, the column of its largest value left of ``centre[i]`` and right
+    of it (the first; 0 where there is none), as ``np.argmax(np.where(k < centre, strip,
+    -inf), axis=1)`` and ``k > centre``."""
+    n = strip.shape[1]
+    for i in range(strip.shape[0]):
+        left[i] = _first_extreme(strip[i], 0, centre[i], True)
+        right[i] = _first_extreme(strip[i], centre[i] + 1, n, True)
+
+
 def warm_up() -> None:
     """Compile the kernels on tiny inputs so that no live frame pays for it."""
     z = np.zeros((8, 8), np.float32)
@@ -663,3 +725,9 @@ def warm_up() -> None:
     fill_gain(z, np.ones((8, 8), np.bool_), np.float32(0.5), np.float32(3.0), 1, 7, z.copy())
     clear_near_path(z.copy(), np.zeros(8, np.int32), 0, 7, 2)
     even_residual(z, z, np.ones((8, 8), np.bool_), np.empty(16, np.float32))
+    running_median(np.zeros(8), 3, np.empty(8))
+    i8 = np.zeros(8, np.int64)
+    for strip in (np.zeros((8, 5), np.float32), np.zeros((8, 5), np.float64)):
+        gather_strip(z, np.zeros(8, np.int32), 0, 2, strip)
+        darkest_near(strip, 1, 4, i8)
+        rims_beside(strip, i8, i8.copy(), i8.copy())

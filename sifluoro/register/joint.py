@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-import scipy.ndimage
 
 from sifluoro.imaging import WorkingGrid, downsample, robust_sigma
 from sifluoro.register import _kernels
@@ -506,15 +505,13 @@ def rim_widths(smooth: np.ndarray, path: np.ndarray, y0: int, y1: int, *, reach:
         Per row, the distance (px) between the brightest point left and right of the darkest
         point near the path.
     """
-    cols = smooth.shape[1]
-    ys = np.arange(y0, y1 + 1)
-    xs = np.clip(path[ys][:, None] + np.arange(-reach, reach + 1)[None, :], 0, cols - 1)
-    strip = cv2.blur(smooth[ys[:, None], xs].astype(np.float32), (1, 2 * half + 1),
-                     borderType=cv2.BORDER_REPLICATE)
-    centre = reach - 2 + np.argmin(strip[:, reach - 2:reach + 3], axis=1)
-    k = np.arange(2 * reach + 1)[None, :]
-    left = np.argmax(np.where(k < centre[:, None], strip, -np.inf), axis=1)
-    right = np.argmax(np.where(k > centre[:, None], strip, -np.inf), axis=1)
+    n = y1 - y0 + 1
+    strip = np.empty((n, 2 * reach + 1), np.float32)
+    _kernels.gather_strip(smooth, path, y0, reach, strip)
+    strip = cv2.blur(strip, (1, 2 * half + 1), borderType=cv2.BORDER_REPLICATE)
+    centre, left, right = (np.empty(n, np.int64) for _ in range(3))
+    _kernels.darkest_near(strip, reach - 2, reach + 3, centre)
+    _kernels.rims_beside(strip, centre, left, right)
     return (right - left).astype(np.float64)
 
 
@@ -572,8 +569,9 @@ def _narrow_stretch(smooth: np.ndarray, gain: np.ndarray, path: np.ndarray, y0: 
     e = w1 + (int(np.argmin(past)) if not past.all() else len(past))
     width = rim_widths(smooth, path, y0, e, reach=max(4, int(round(RIM_REACH_MM / spacing_mm))),
                        half=max(1, int(round(1.5 / spacing_mm))))
-    width = scipy.ndimage.median_filter(width, size=int(WIDTH_SMOOTH_MM / spacing_mm) | 1,
-                                        mode="nearest") * spacing_mm
+    smoothed = np.empty_like(width)  # scipy.ndimage.median_filter(mode="nearest")'s floats
+    _kernels.running_median(width, int(WIDTH_SMOOTH_MM / spacing_mm) | 1, smoothed)
+    width = smoothed * spacing_mm
     c = (w0 + w1) // 2 - y0
     k = int(round(CORE_MM / spacing_mm))
     core = float(np.median(width[max(0, c - k):c + k + 1]))
@@ -601,16 +599,14 @@ def _refine(smooth: np.ndarray, path: np.ndarray, y0: int, y1: int, *, reach: in
     on the profile averaged over ``2 half + 1`` rows along it, to subpixel by parabolas), or the
     darkest point where a rim is not found; then smoothed along the path. The darkest point
     alone is pulled aside when the two bones differ in density."""
-    cols = smooth.shape[1]
     ys = np.arange(y0, y1 + 1)
     n = len(ys)
-    xs = np.clip(path[ys][:, None] + np.arange(-rim_reach, rim_reach + 1)[None, :], 0, cols - 1)
-    strip = smooth[ys[:, None], xs].astype(np.float64)
-    dark = rim_reach - reach + np.argmin(strip[:, rim_reach - reach:rim_reach + reach + 1], axis=1)
+    strip = np.empty((n, 2 * rim_reach + 1), np.float64)
+    _kernels.gather_strip(smooth, path, y0, rim_reach, strip)
+    dark, left, right = (np.empty(n, np.int64) for _ in range(3))
+    _kernels.darkest_near(strip, rim_reach - reach, rim_reach + reach + 1, dark)
     strip = cv2.blur(strip, (1, 2 * half + 1), borderType=cv2.BORDER_REPLICATE)
-    k = np.arange(2 * rim_reach + 1)[None, :]
-    left = np.argmax(np.where(k < dark[:, None], strip, -np.inf), axis=1)
-    right = np.argmax(np.where(k > dark[:, None], strip, -np.inf), axis=1)
+    _kernels.rims_beside(strip, dark, left, right)
     rows = np.arange(n)
 
     def subpixel(i: np.ndarray) -> np.ndarray:
