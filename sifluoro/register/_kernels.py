@@ -42,17 +42,19 @@ def valley_depth_columns(smooth, offsets_px, x0, x1, out):
     """:func:`valley_depth` in columns ``x0:x1`` of ``out`` alone (the same floats; the other
     columns are left as they were): the path search looks at the central columns only."""
     rows, cols = smooth.shape
-    x0, x1 = max(0, x0), min(cols, x1)
+    lo = max(0, x0)
+    hi = max(lo, min(cols, x1))
     for y in range(rows):
         s, o = smooth[y], out[y]
-        for x in range(x0, x1):
-            o[x] = np.float32(0.0)
+        o[lo:hi] = np.float32(0.0)
         for d in offsets_px:
-            a, b = max(x0, d), min(x1, cols - d)
-            if b <= a:
+            a, b = max(lo, d), min(hi, cols - d)
+            n = b - a
+            if n <= 0:
                 continue
-            left, mid, right, od = s[a - d:b - d], s[a:b], s[a + d:b + d], o[a:b]
-            for i in range(np.uint64(b - a)):
+            # slices of one length and an unsigned index: the loop vectorises
+            left, mid, right, od = s[a - d:a - d + n], s[a:a + n], s[a + d:a + d + n], o[a:a + n]
+            for i in range(np.uint64(n)):
                 v = min(left[i], right[i]) - mid[i]
                 od[i] = v if v > od[i] else od[i]
 
@@ -603,13 +605,16 @@ def fill_gain(depth, mask, noise, contrast, c0, c1, gain):
     float32 ``depth`` and Python floats."""
     rows, cols = depth.shape
     floor = np.float32(-10.0)
+    n = max(0, c1 - c0)
     for y in range(rows):
-        g, d, m = gain[y], depth[y], mask[y]
-        for x in range(cols):
-            g[x] = floor
-        for x in range(c0, c1):  # a select, not a branch: the loop vectorises
-            v = d[x] / noise - contrast
-            g[x] = v if m[x] else floor
+        g = gain[y]
+        g[:c0] = floor
+        g[c0 + n:] = floor
+        # slices of one length, an unsigned index and a select: the loop vectorises
+        gc, dc, mc = g[c0:c0 + n], depth[y, c0:c0 + n], mask[y, c0:c0 + n]
+        for i in range(np.uint64(n)):
+            v = dc[i] / noise - contrast
+            gc[i] = v if mc[i] else floor
 
 
 @njit(cache=True, nogil=True)
