@@ -38,6 +38,28 @@ def valley_depth(smooth, offsets_px, out):
 
 
 @njit(cache=True, nogil=True)
+def valley_depth_columns(smooth, offsets_px, x0, x1, out):
+    """:func:`valley_depth` in columns ``x0:x1`` of ``out`` alone (the same floats; the other
+    columns are left as they were): the path search looks at the central columns only."""
+    rows, cols = smooth.shape
+    lo = max(0, x0)
+    hi = max(lo, min(cols, x1))
+    for y in range(rows):
+        s, o = smooth[y], out[y]
+        o[lo:hi] = np.float32(0.0)
+        for d in offsets_px:
+            a, b = max(lo, d), min(hi, cols - d)
+            n = b - a
+            if n <= 0:
+                continue
+            # slices of one length and an unsigned index: the loop vectorises
+            left, mid, right, od = s[a - d:a - d + n], s[a:a + n], s[a + d:a + d + n], o[a:a + n]
+            for i in range(np.uint64(n)):
+                v = min(left[i], right[i]) - mid[i]
+                od[i] = v if v > od[i] else od[i]
+
+
+@njit(cache=True, nogil=True)
 def best_path(score, step_penalty, max_step, path_x, acc, came):
     """Best top-to-bottom path of local alignment: each row one column, moving at most
     ``max_step`` columns per row; a path may start and stop at any row (its running score is
@@ -575,11 +597,121 @@ def inside_stretch(polyline_xy, mask):
     return best_lo, best_lo + best_len
 
 
+@njit(cache=True, nogil=True)
+def fill_gain(depth, mask, noise, contrast, c0, c1, gain):
+    """The path search's score: ``depth / noise - contrast`` where ``mask`` within columns
+    ``c0:c1``, the floor -10 elsewhere; float32 throughout (``noise`` and ``contrast``
+    float32), as NumPy computes ``np.where(mask, depth / noise - contrast, -10.0)`` of a
+    float32 ``depth`` and Python floats."""
+    rows, cols = depth.shape
+    floor = np.float32(-10.0)
+    n = max(0, c1 - c0)
+    for y in range(rows):
+        g = gain[y]
+        g[:c0] = floor
+        g[c0 + n:] = floor
+        # slices of one length, an unsigned index and a select: the loop vectorises
+        gc, dc, mc = g[c0:c0 + n], depth[y, c0:c0 + n], mask[y, c0:c0 + n]
+        for i in range(np.uint64(n)):
+            v = dc[i] / noise - contrast
+            gc[i] = v if mc[i] else floor
+
+
+@njit(cache=True, nogil=True)
+def clear_near_path(gain, path_x, y0, y1, clear):
+    """Rows ``y0..y1`` of ``gain`` set to the floor, -10, within ``clear`` columns of
+    ``path_x`` (a rejected path is not searched again)."""
+    cols = gain.shape[1]
+    floor = np.float32(-10.0)
+    for y in range(y0, y1 + 1):
+        p = path_x[y]
+        for x in range(max(0, p - clear), min(cols, p + clear + 1)):
+            gain[y, x] = floor
+
+
+@njit(cache=True, nogil=True)
+def even_residual(smooth, blurred, mask, out):
+    """``smooth - blurred`` at the even rows and columns where ``mask`` holds, row by row
+    into ``out``; returns how many (NumPy's ``smooth[::2, ::2][inside] -
+    blurred[::2, ::2][inside]`` with ``inside = mask[::2, ::2]``)."""
+    rows, cols = smooth.shape
+    n = 0
+    for y in range(0, rows, 2):
+        for x in range(0, cols, 2):
+            if mask[y, x]:
+                out[n] = smooth[y, x] - blurred[y, x]
+                n += 1
+    return n
+
+
+@njit(cache=True, nogil=True)
+def running_median(values, size, out):
+    """``scipy.ndimage.median_filter(values, size, mode="nearest")`` of a 1-D float64 array,
+    ``size`` odd: the middle of each window's sorted values, the ends repeated (a selection:
+    the same floats)."""
+    n = len(values)
+    half = size // 2
+    window = np.empty(size, np.float64)
+    for i in range(n):
+        for k in range(size):
+            j = min(max(i - half + k, 0), n - 1)
+            window[k] = values[j]
+        window.sort()
+        out[i] = window[half]
+
+
+@njit(cache=True, nogil=True)
+def gather_strip(image, path_x, y0, reach, out):
+    """Rows ``y0..y0 + len(out) - 1`` of ``image`` across the path: ``out[i, j] = image[y0 + i,
+    path_x[y0 + i] - reach + j]``, the column clipped to the image (NumPy's
+    ``image[ys[:, None], np.clip(path_x[ys][:, None] + offsets, 0, cols - 1)]``)."""
+    cols = image.shape[1]
+    for i in range(out.shape[0]):
+        y = y0 + i
+        for j in range(out.shape[1]):
+            out[i, j] = image[y, min(max(path_x[y] - reach + j, 0), cols - 1)]
+
+
+@njit(cache=True, nogil=True)
+def _first_extreme(row, lo, hi, largest):
+    """``lo + np.argmax(row[lo:hi])`` (``largest``) or ``np.argmin``'s: the first extreme,
+    the first NaN if any; 0 when empty (np.argmax of a row masked with -inf everywhere)."""
+    idx = -1
+    best = row[lo] if hi > lo else 0.0
+    for k in range(lo, hi):
+        v = row[k]
+        if v != v:
+            return k
+        if idx < 0 or (v > best if largest else v < best):
+            best, idx = v, k
+    return idx if idx >= 0 else 0
+
+
+@njit(cache=True, nogil=True)
+def darkest_near(strip, lo, hi, out):
+    """Per row of ``strip``, the column of its smallest value within ``lo:hi`` (the first,
+    as ``lo + np.argmin(strip[:, lo:hi], axis=1)``)."""
+    for i in range(strip.shape[0]):
+        out[i] = _first_extreme(strip[i], lo, hi, False)
+
+
+@njit(cache=True, nogil=True)
+def rims_beside(strip, centre, left, right):
+    """Per row of ``strip``, the column of its largest value left of ``centre[i]`` and right
+    of it (the first; 0 where there is none), as ``np.argmax(np.where(k < centre, strip,
+    -inf), axis=1)`` and ``k > centre``."""
+    n = strip.shape[1]
+    for i in range(strip.shape[0]):
+        left[i] = _first_extreme(strip[i], 0, centre[i], True)
+        right[i] = _first_extreme(strip[i], centre[i] + 1, n, True)
+
+
 def warm_up() -> None:
     """Compile the kernels on tiny inputs so that no live frame pays for it."""
     z = np.zeros((8, 8), np.float32)
     best_path(z, 0.1, 2, np.zeros(8, np.int32), z.copy(), np.zeros((8, 8), np.int8))
     valley_depth(z, np.array([1, 2], np.int64), z.copy())
+    valley_depth_columns(z, np.array([1, 2], np.int64), 1, 7, z.copy())
     c = np.zeros((8, 5), np.complex64)
     phase_cross_power(c, c, c.copy())
     peak_centroid(z, 0, 0, 2)
@@ -594,3 +726,13 @@ def warm_up() -> None:
     clear_text_bits(bits, bits.copy(), 2, np.ones((4, 4), np.bool_))
     average_and_reference(z, z, np.float32(1.0), z.copy(), z.copy(), np.zeros((8, 8), np.bool_))
     inside_stretch(np.zeros((3, 2), np.float64), np.ones((8, 8), np.bool_))
+    # the types of joint.segment_joint's calls (Python ints for columns and rows)
+    fill_gain(z, np.ones((8, 8), np.bool_), np.float32(0.5), np.float32(3.0), 1, 7, z.copy())
+    clear_near_path(z.copy(), np.zeros(8, np.int32), 0, 7, 2)
+    even_residual(z, z, np.ones((8, 8), np.bool_), np.empty(16, np.float32))
+    running_median(np.zeros(8), 3, np.empty(8))
+    i8 = np.zeros(8, np.int64)
+    for strip in (np.zeros((8, 5), np.float32), np.zeros((8, 5), np.float64)):
+        gather_strip(z, np.zeros(8, np.int32), 0, 2, strip)
+        darkest_near(strip, 1, 4, i8)
+        rims_beside(strip, i8, i8.copy(), i8.copy())

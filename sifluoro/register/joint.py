@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-import scipy.ndimage
 
 from sifluoro.imaging import WorkingGrid, downsample, robust_sigma
 from sifluoro.register import _kernels
@@ -273,25 +272,44 @@ def segment_joint(work: np.ndarray, *, grid: WorkingGrid, usable: np.ndarray,
     """
     # the field edge is the strongest line of all: stay clear of it by the filter's reach
     reach = 2 * int(np.ceil(2.0 * max(SIDE_OFFSETS_MM) / grid.spacing_mm)) + 1
-    mask = cv2.erode(usable.astype(np.uint8), np.ones((reach, reach), np.uint8)).astype(bool)
+    # on the bool mask's bytes (0 / 1, as its uint8 copy), into a reused buffer
+    usable_u8 = (usable.view(np.uint8) if usable.dtype == np.bool_ and usable.flags.c_contiguous
+                 else usable.astype(np.uint8))
+    mask = cv2.erode(usable_u8, np.ones((reach, reach), np.uint8),
+                     dst=work_buffer(buffers, "mask", work.shape, np.uint8)).view(np.bool_)
     if np.count_nonzero(mask) < 100:
         return None
     smooth = cv2.GaussianBlur(work, (0, 0), max(0.6, 0.5 / grid.spacing_mm),
                               dst=work_buffer(buffers, "smooth", work.shape, work.dtype))
-    depth = work_buffer(buffers, "depth", work.shape, np.float32)  # valley_depth writes it all
     offsets = np.unique(np.maximum(1, np.round(np.array(SIDE_OFFSETS_MM) / grid.spacing_mm))).astype(np.int64)
-    _kernels.valley_depth(smooth, offsets, depth)
     # noise of the smoothed image, from the residual of a further blur inside the field; every
     # other row and column is plenty for a robust spread and the medians are a quarter the cost
-    inside = mask[::2, ::2]
     blurred = cv2.GaussianBlur(smooth, (0, 0), 2.0,
                                dst=work_buffer(buffers, "blurred", work.shape, work.dtype))
-    residual = smooth[::2, ::2][inside] - blurred[::2, ::2][inside]
-    noise = robust_sigma(residual) * 1.4826 + 1e-6
-    fine = cv2.GaussianBlur(work, (0, 0), max(0.5, 0.4 / grid.spacing_mm),
-                            dst=work_buffer(buffers, "fine", work.shape, work.dtype))
-    gain = work_buffer(buffers, "gain", work.shape, np.float32)
+    residual = work_buffer(buffers, "residual", (-(-work.shape[0] // 2) * -(-work.shape[1] // 2),),
+                           np.float32)
+    noise = robust_sigma(residual[:_kernels.even_residual(smooth, blurred, mask, residual)])
+    noise = noise * 1.4826 + 1e-6
     contrasts = (min_contrast,) if fallback_contrast is None else (min_contrast, fallback_contrast)
+    searched = (contrasts + ((min_contrast,) if seed_contrast is None else (min_contrast, seed_contrast))
+                if seed_mask is not None else contrasts)
+    # the lightly smoothed image is looked at only along the paths (rims, refinement), which
+    # keep to the central columns while no gain lies below the floor (see _search)
+    centre = _centre_columns(work.shape[1], grid)
+    depth = work_buffer(buffers, "depth", work.shape, np.float32)
+    fine = work_buffer(buffers, "fine", work.shape, work.dtype)
+    fine_sigma = max(0.5, 0.4 / grid.spacing_mm)
+    if centre is not None and max(searched) <= 10.0:
+        # the valley depth in the central columns, where the gain is looked at (elsewhere it
+        # is the floor), and along the paths, which keep to them; the other columns hold stale
+        # values that nothing reads
+        _kernels.valley_depth_columns(smooth, offsets, centre[0], centre[1], depth)
+        rim = max(4, int(round(RIM_REACH_MM / grid.spacing_mm)))
+        blur_columns(work, fine_sigma, centre[0] - rim, centre[1] + rim, fine)
+    else:
+        _kernels.valley_depth(smooth, offsets, depth)
+        cv2.GaussianBlur(work, (0, 0), fine_sigma, dst=fine)
+    gain = work_buffer(buffers, "gain", work.shape, np.float32)
     for contrast in contrasts:
         line = _search(depth, noise, contrast, mask=mask, smooth=smooth, fine=fine, grid=grid,
                        side=side, gain=gain)
@@ -318,15 +336,16 @@ def _search(depth: np.ndarray, noise: float, contrast: float, *, mask: np.ndarra
     array of ``depth``'s shape to work in (overwritten), or None."""
     # the C-arm is centred on the joint's inferior third: nothing far beside the centre counts
     cols = depth.shape[1]
-    centre = np.nonzero(np.abs(np.arange(cols) - 0.5 * (cols - 1)) * grid.spacing_mm
-                        <= CENTRE_X_MM)[0]
-    if len(centre) == 0:
+    centre = _centre_columns(cols, grid)
+    if centre is None:
         return None
-    c0, c1 = int(centre[0]), int(centre[-1]) + 1
+    c0, c1 = centre
     if gain is None:
         gain = np.empty(depth.shape, np.float32)
-    gain.fill(-10.0)
-    gain[:, c0:c1] = np.where(mask[:, c0:c1], depth[:, c0:c1] / noise - contrast, -10.0)
+    # np.where(mask, depth / noise - contrast, -10) in the central columns, in float32 (NumPy
+    # casts the Python floats to the array's float32)
+    _kernels.fill_gain(depth, np.ascontiguousarray(mask, np.bool_), np.float32(noise),
+                       np.float32(contrast), c0, c1, gain)
     # the path search may keep to the central columns while no gain lies below the floor
     b0, b1 = (c0, c1) if contrast <= 10.0 else (0, cols)
     path = np.full(depth.shape[0], -1, np.int32)
@@ -362,8 +381,7 @@ def _search(depth: np.ndarray, noise: float, contrast: float, *, mask: np.ndarra
                 and LENGTH_MM[0] <= length_mm <= LENGTH_MM[1]):
             break
         # not a joint (a bone outline, the field edge, a wire): look again without it
-        near = np.abs(np.arange(cols)[None, :] - path[y0:y1 + 1, None]) <= clear
-        gain[y0:y1 + 1][near] = -10.0
+        _kernels.clear_near_path(gain, path, y0, y1, clear)
     else:
         return None
     y0, y1, best = w0, w1, wbest
@@ -381,6 +399,45 @@ def _search(depth: np.ndarray, noise: float, contrast: float, *, mask: np.ndarra
         if cut_mm >= LENGTH_MM[0] and _plausible(cut, depth.shape, grid, side):
             full, length_mm = cut, cut_mm
     return JointLine(_simplify(full), confidence, doubled, length_mm)
+
+
+def _centre_columns(cols: int, grid: WorkingGrid) -> tuple[int, int] | None:
+    """Columns ``c0:c1`` of the working image within :data:`CENTRE_X_MM` of its central
+    column, or None when none is."""
+    centre = np.nonzero(np.abs(np.arange(cols) - 0.5 * (cols - 1)) * grid.spacing_mm
+                        <= CENTRE_X_MM)[0]
+    if len(centre) == 0:
+        return None
+    return int(centre[0]), int(centre[-1]) + 1
+
+
+#: OpenCV's Gaussian filter works along a row in SIMD blocks and a scalar tail, whose sums may
+#: differ in the last bit: a cropped image gives the same values as the whole one when its
+#: columns start at a multiple of this and it ends where the whole does or a multiple later
+#: (tests/register/test_joint.py checks it)
+BLUR_ALIGN_COLS = 32
+
+
+def blur_columns(image: np.ndarray, sigma: float, x0: int, x1: int, out: np.ndarray) -> None:
+    """Columns ``x0:x1`` (clipped to the image) of ``cv2.GaussianBlur(image, (0, 0), sigma)``
+    into the same columns of ``out``, exactly, from the columns the kernel reaches alone (the
+    other columns of ``out`` are left as they were, or all of it is the blur when those
+    columns are the whole image)."""
+    cols = image.shape[1]
+    x0, x1 = max(0, x0), min(cols, x1)
+    if x1 <= x0:
+        return
+    # OpenCV's kernel for float images: 8 sigma + 1 taps, rounded to odd; a spare column
+    radius = (int(np.rint(sigma * 8.0 + 1.0)) | 1) // 2 + 1
+    a0 = max(0, x0 - radius) // BLUR_ALIGN_COLS * BLUR_ALIGN_COLS
+    a1 = a0 + -(-(x1 + radius - a0) // BLUR_ALIGN_COLS) * BLUR_ALIGN_COLS
+    if a1 >= cols:
+        a1 = cols
+    if a0 == 0 and a1 == cols:
+        cv2.GaussianBlur(image, (0, 0), sigma, dst=out)
+        return
+    part = cv2.GaussianBlur(np.ascontiguousarray(image[:, a0:a1]), (0, 0), sigma)
+    out[:, x0:x1] = part[:, x0 - a0:x1 - a0]
 
 
 def _plausible(full: np.ndarray, shape: tuple[int, int], grid: WorkingGrid, side: str | None) -> bool:
@@ -448,15 +505,13 @@ def rim_widths(smooth: np.ndarray, path: np.ndarray, y0: int, y1: int, *, reach:
         Per row, the distance (px) between the brightest point left and right of the darkest
         point near the path.
     """
-    cols = smooth.shape[1]
-    ys = np.arange(y0, y1 + 1)
-    xs = np.clip(path[ys][:, None] + np.arange(-reach, reach + 1)[None, :], 0, cols - 1)
-    strip = cv2.blur(smooth[ys[:, None], xs].astype(np.float32), (1, 2 * half + 1),
-                     borderType=cv2.BORDER_REPLICATE)
-    centre = reach - 2 + np.argmin(strip[:, reach - 2:reach + 3], axis=1)
-    k = np.arange(2 * reach + 1)[None, :]
-    left = np.argmax(np.where(k < centre[:, None], strip, -np.inf), axis=1)
-    right = np.argmax(np.where(k > centre[:, None], strip, -np.inf), axis=1)
+    n = y1 - y0 + 1
+    strip = np.empty((n, 2 * reach + 1), np.float32)
+    _kernels.gather_strip(smooth, path, y0, reach, strip)
+    strip = cv2.blur(strip, (1, 2 * half + 1), borderType=cv2.BORDER_REPLICATE)
+    centre, left, right = (np.empty(n, np.int64) for _ in range(3))
+    _kernels.darkest_near(strip, reach - 2, reach + 3, centre)
+    _kernels.rims_beside(strip, centre, left, right)
     return (right - left).astype(np.float64)
 
 
@@ -514,8 +569,9 @@ def _narrow_stretch(smooth: np.ndarray, gain: np.ndarray, path: np.ndarray, y0: 
     e = w1 + (int(np.argmin(past)) if not past.all() else len(past))
     width = rim_widths(smooth, path, y0, e, reach=max(4, int(round(RIM_REACH_MM / spacing_mm))),
                        half=max(1, int(round(1.5 / spacing_mm))))
-    width = scipy.ndimage.median_filter(width, size=int(WIDTH_SMOOTH_MM / spacing_mm) | 1,
-                                        mode="nearest") * spacing_mm
+    smoothed = np.empty_like(width)  # scipy.ndimage.median_filter(mode="nearest")'s floats
+    _kernels.running_median(width, int(WIDTH_SMOOTH_MM / spacing_mm) | 1, smoothed)
+    width = smoothed * spacing_mm
     c = (w0 + w1) // 2 - y0
     k = int(round(CORE_MM / spacing_mm))
     core = float(np.median(width[max(0, c - k):c + k + 1]))
@@ -543,16 +599,14 @@ def _refine(smooth: np.ndarray, path: np.ndarray, y0: int, y1: int, *, reach: in
     on the profile averaged over ``2 half + 1`` rows along it, to subpixel by parabolas), or the
     darkest point where a rim is not found; then smoothed along the path. The darkest point
     alone is pulled aside when the two bones differ in density."""
-    cols = smooth.shape[1]
     ys = np.arange(y0, y1 + 1)
     n = len(ys)
-    xs = np.clip(path[ys][:, None] + np.arange(-rim_reach, rim_reach + 1)[None, :], 0, cols - 1)
-    strip = smooth[ys[:, None], xs].astype(np.float64)
-    dark = rim_reach - reach + np.argmin(strip[:, rim_reach - reach:rim_reach + reach + 1], axis=1)
+    strip = np.empty((n, 2 * rim_reach + 1), np.float64)
+    _kernels.gather_strip(smooth, path, y0, rim_reach, strip)
+    dark, left, right = (np.empty(n, np.int64) for _ in range(3))
+    _kernels.darkest_near(strip, rim_reach - reach, rim_reach + reach + 1, dark)
     strip = cv2.blur(strip, (1, 2 * half + 1), borderType=cv2.BORDER_REPLICATE)
-    k = np.arange(2 * rim_reach + 1)[None, :]
-    left = np.argmax(np.where(k < dark[:, None], strip, -np.inf), axis=1)
-    right = np.argmax(np.where(k > dark[:, None], strip, -np.inf), axis=1)
+    _kernels.rims_beside(strip, dark, left, right)
     rows = np.arange(n)
 
     def subpixel(i: np.ndarray) -> np.ndarray:

@@ -258,3 +258,59 @@ def test_any_in_blocks_is_the_reshaped_any(factor):
         ref = padded.reshape(rows, factor, cols, factor).any(axis=(1, 3))
         out = _kernels.any_in_blocks(mask, factor, np.full((rows, cols), 7, np.uint8))
         assert out.tolist() == ref.astype(np.uint8).tolist()
+
+
+@pytest.mark.parametrize("cols", [512, 500, 487, 333, 64])
+def test_blur_columns_are_the_whole_image_s_gaussian(cols):
+    """OpenCV's Gaussian filter on the aligned crop gives the whole image's floats in the
+    columns asked for, bit for bit (its SIMD blocks and scalar tail fall alike)."""
+    rng = np.random.default_rng(cols)
+    image = cv2.GaussianBlur(rng.random((90, cols)).astype(np.float32), (0, 0), 1.5)
+    for sigma in (0.5, 0.6, 0.68, 0.85, 1.0, 2.0):
+        whole = cv2.GaussianBlur(image, (0, 0), sigma)
+        for _ in range(25):
+            x0 = int(rng.integers(-5, cols)); x1 = int(rng.integers(x0 + 1, cols + 6))
+            out = np.full_like(image, np.nan)
+            J.blur_columns(image, sigma, x0, x1, out)
+            a = max(0, x0); b = max(a, min(cols, x1))
+            assert np.array_equal(out[:, a:b], whole[:, a:b]), (sigma, x0, x1)
+            rest = np.ones(cols, bool)
+            rest[a:b] = False  # left as they were, or the blur (when the crop is the whole)
+            assert (np.isnan(out[:, rest]).all() or np.array_equal(out, whole))
+
+
+def test_segment_joint_on_the_central_columns_is_the_whole_maps_s(sim_runs, monkeypatch):
+    """segment_joint computes the valley depth and the light smoothing in the central columns
+    only (the gain is the floor elsewhere, and the paths keep to them): its lines are those of
+    the whole maps, also when the buffers it reuses hold NaN in the other columns."""
+    from sifluoro.imaging import frame_attenuation, working_grid
+
+    run, frames, _ = sim_runs[1]
+    grid = working_grid(0.58, target_mm=0.6)
+    images = [frame_attenuation(f, {}).astype(np.float32) for f in frames[:6]]
+    averages = [images[0], np.mean(images[:2], axis=0), np.mean(images[:4], axis=0)]
+    usable = np.ones(images[0].shape, bool)
+    usable[:, :12] = False
+    kwargs = [dict(), dict(fallback_contrast=2.0), dict(side="L"), dict(side="R"),
+              dict(min_contrast=6.0, seed_mask=np.roll(usable, 200, axis=1), seed_contrast=1.5)]
+    got = []
+    for work in averages:
+        for kw in kwargs:
+            buffers = {name: np.full(work.shape, np.nan, np.float32) for name in ("depth", "fine")}
+            got.append(J.segment_joint(work, grid=grid, usable=usable, buffers=buffers, **kw))
+
+    def whole_depth(smooth, offsets, x0, x1, out):
+        _kernels.valley_depth(smooth, offsets, out)
+
+    def whole_blur(image, sigma, x0, x1, out):
+        cv2.GaussianBlur(image, (0, 0), sigma, dst=out)
+
+    monkeypatch.setattr(J._kernels, "valley_depth_columns", whole_depth)
+    monkeypatch.setattr(J, "blur_columns", whole_blur)
+    want = [J.segment_joint(work, grid=grid, usable=usable, **kw) for work in averages for kw in kwargs]
+    assert sum(w is not None for w in want) >= 5
+    for g, w in zip(got, want):
+        assert (g is None) == (w is None)
+        if w is not None:
+            assert np.array_equal(g.polyline_xy, w.polyline_xy)
+            assert (g.confidence, g.doubled, g.length_mm) == (w.confidence, w.doubled, w.length_mm)

@@ -330,3 +330,120 @@ def test_inside_part_matches_its_numpy_reference():
             assert (got is p) == (want is p)
     full = np.array([[12.0, 12.0], [13.0, 13.0], [14.0, 14.0]])
     assert _inside_part(full, mask) is full
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_fill_gain_is_numpy_s_where(seed):
+    """The path search's score in one pass: -10 outside the central columns and the mask,
+    ``depth / noise - contrast`` (float32, as NumPy computes it with Python floats) inside."""
+    rng = np.random.default_rng(seed)
+    shape = (int(rng.integers(1, 50)), int(rng.integers(1, 50)))
+    depth = (rng.random(shape) * rng.choice([1e-3, 0.05, 1.0])).astype(np.float32)
+    mask = rng.random(shape) < 0.7
+    noise, contrast = float(rng.uniform(1e-4, 0.02)), float(rng.choice([1.5, 2.0, 3.0]))
+    c0 = int(rng.integers(0, shape[1])); c1 = int(rng.integers(c0, shape[1] + 1))
+    want = np.full(shape, -10.0, np.float32)
+    want[:, c0:c1] = np.where(mask[:, c0:c1], depth[:, c0:c1] / noise - contrast, -10.0)
+    got = np.full(shape, np.nan, np.float32)
+    _kernels.fill_gain(depth, mask, np.float32(noise), np.float32(contrast), c0, c1, got)
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_clear_near_path_is_numpy_s_band(seed):
+    rng = np.random.default_rng(seed)
+    rows, cols = int(rng.integers(2, 40)), int(rng.integers(1, 40))
+    gain = rng.random((rows, cols)).astype(np.float32)
+    path = rng.integers(0, cols, rows).astype(np.int32)
+    y0 = int(rng.integers(0, rows)); y1 = int(rng.integers(y0, rows))
+    clear = int(rng.integers(1, 6))
+    want = gain.copy()
+    near = np.abs(np.arange(cols)[None, :] - path[y0:y1 + 1, None]) <= clear
+    want[y0:y1 + 1][near] = -10.0
+    _kernels.clear_near_path(gain, path, y0, y1, clear)
+    np.testing.assert_array_equal(gain, want)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_even_residual_is_numpy_s_strided_mask(seed):
+    rng = np.random.default_rng(seed)
+    shape = (int(rng.integers(1, 40)), int(rng.integers(1, 40)))
+    smooth, blurred = rng.random(shape).astype(np.float32), rng.random(shape).astype(np.float32)
+    mask = rng.random(shape) < 0.6
+    inside = mask[::2, ::2]
+    want = smooth[::2, ::2][inside] - blurred[::2, ::2][inside]
+    out = np.full(smooth[::2, ::2].size, np.nan, np.float32)
+    n = _kernels.even_residual(smooth, blurred, mask, out)
+    np.testing.assert_array_equal(out[:n], want)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_valley_depth_columns_are_the_whole_image_s(seed):
+    """The valley depth in a band of columns: the whole image's values there, the other
+    columns untouched."""
+    rng = np.random.default_rng(seed)
+    shape = (int(rng.integers(1, 30)), int(rng.integers(1, 60)))
+    smooth = rng.random(shape).astype(np.float32)
+    offsets = np.unique(rng.integers(1, 6, int(rng.integers(1, 4)))).astype(np.int64)
+    x0 = int(rng.integers(-3, shape[1])); x1 = int(rng.integers(x0, shape[1] + 4))
+    whole = np.empty_like(smooth)
+    _kernels.valley_depth(smooth, offsets, whole)
+    got = np.full_like(smooth, np.nan)
+    _kernels.valley_depth_columns(smooth, offsets, x0, x1, got)
+    a = max(0, x0); b = max(a, min(shape[1], x1))
+    np.testing.assert_array_equal(got[:, a:b], whole[:, a:b])
+    assert np.isnan(got[:, :a]).all() and np.isnan(got[:, b:]).all()
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_running_median_is_scipy_s_median_filter(seed):
+    """The rim widths' running median (joint._narrow_stretch): scipy's with the ends repeated,
+    on widths with ties (whole pixels times a spacing), windows longer than the values too."""
+    import scipy.ndimage
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 80))
+    values = rng.integers(0, 12, n) * float(rng.uniform(0.3, 0.8))
+    size = int(rng.integers(0, 20)) | 1
+    out = np.empty(n)
+    _kernels.running_median(values, size, out)
+    np.testing.assert_array_equal(out, scipy.ndimage.median_filter(values, size=size, mode="nearest"))
+
+
+def _rims_reference(strip, centre):
+    k = np.arange(strip.shape[1])[None, :]
+    return (np.argmax(np.where(k < centre[:, None], strip, -np.inf), axis=1),
+            np.argmax(np.where(k > centre[:, None], strip, -np.inf), axis=1))
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_strip_darkest_and_rims_are_numpy_s(seed):
+    """The profile across the path (joint.rim_widths, joint._refine): the strip gathered with
+    clipped columns, its darkest column near the middle and the brightest either side of a
+    centre (ties: the first; a NaN: the first NaN; none on a side: 0), as NumPy's argmin and
+    argmax over -inf-masked rows."""
+    rng = np.random.default_rng(seed)
+    rows, cols = int(rng.integers(3, 40)), int(rng.integers(1, 40))
+    image = rng.integers(0, 4, (rows, cols)).astype(np.float32)  # ties
+    if seed % 4 == 0:
+        image[rng.random(image.shape) < 0.05] = np.nan
+    path = rng.integers(-2, cols + 2, rows).astype(np.int32)
+    reach = int(rng.integers(1, 8))
+    y0 = int(rng.integers(0, rows)); y1 = int(rng.integers(y0, rows))
+    ys = np.arange(y0, y1 + 1)
+    xs = np.clip(path[ys][:, None] + np.arange(-reach, reach + 1)[None, :], 0, cols - 1)
+    for dtype in (np.float32, np.float64):
+        want = image[ys[:, None], xs].astype(dtype)
+        strip = np.empty(want.shape, dtype)
+        _kernels.gather_strip(image, path, y0, reach, strip)
+        np.testing.assert_array_equal(strip, want)
+        lo = int(rng.integers(0, 2 * reach + 1)); hi = int(rng.integers(lo + 1, 2 * reach + 2))
+        dark = np.empty(len(ys), np.int64)
+        _kernels.darkest_near(strip, lo, hi, dark)
+        np.testing.assert_array_equal(dark, lo + np.argmin(strip[:, lo:hi], axis=1))
+        centre = rng.integers(0, 2 * reach + 1, len(ys)).astype(np.int64)
+        left, right = np.empty_like(centre), np.empty_like(centre)
+        _kernels.rims_beside(strip, centre, left, right)
+        want_left, want_right = _rims_reference(strip, centre)
+        np.testing.assert_array_equal(left, want_left)
+        np.testing.assert_array_equal(right, want_right)
