@@ -462,13 +462,15 @@ def _simulate(seed: int, case: int, size: int, quick: bool, wrong_level_scout: b
             K.render_ellipsoids(gas, cam.vector, gas_c + np.array([0.0, 0.3 * shift, shift]),
                                 gas_s, gas_r)
             steel[...] = dist_steel
-            tip_xy = shaft = None
+            tip_xy = shaft = beyond_xy = None
             visible = end_on_f = False
             if plan.depths_mm is not None:
                 pl = needle.polyline(plan.depths_mm[f])
                 a, b, ro, ri_, w = tube_arrays([pl], [r_out], [r_in], [1.0])
                 K.render_tubes(steel, cam.vector, a, b, ro, ri_, w, 3)
                 tip_xy, shaft, visible, end_on_f = _needle_truth(cam, pl, mask)
+                if visible and tip_xy is None:  # the tip beyond a blade or the frame's edge
+                    beyond_xy = tuple(float(v) for v in cam.project(pl[-1]))
             peaks = {}
             if plan.contrast:
                 peaks = con.iodine_map(cplan, f, cam, st, iodine, vessel)
@@ -510,7 +512,7 @@ def _simulate(seed: int, case: int, size: int, quick: bool, wrong_level_scout: b
                 joint_polyline_xy=joint_xy, joint_doubled=jp.doubled, target_xy=target_xy,
                 contrast_state=state, contrast_visible=c_vis, contrast_area_mm2=area,
                 t_s=float(t_s), tip_to_target_mm=ttt, tip_snr=t_snr, contrast_snr=c_snr,
-                vessel_snr=v_snr))
+                vessel_snr=v_snr, tip_beyond_field_xy=beyond_xy))
         if tight_rng is not None and plan.pose == work and plan.depths_mm is not None:
             last_tip_seen = truths[-1].tip_xy is not None
         runs.append(SimRun(frames=frames, bits_stored=dev.bits_stored,

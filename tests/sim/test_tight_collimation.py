@@ -59,11 +59,20 @@ def test_tips_beyond_a_blade_with_the_shaft_in_the_field(tight):
         shaft = np.rint(np.asarray(t.shaft_xy)).astype(int)
         assert mask[shaft[:, 1], shaft[:, 0]].all()
         assert t.tip_snr is None and t.tip_to_target_mm is None
+        # where the tip is: outside the field, beyond the shaft's end at the blade
+        tip = np.asarray(t.tip_beyond_field_xy)
+        x, y = np.rint(tip).astype(int)
+        assert not (0 <= x < mask.shape[1] and 0 <= y < mask.shape[0] and mask[y, x])
+        ends = np.asarray(t.shaft_xy)[[0, -1]]
+        near, far = sorted(ends, key=lambda e: np.hypot(*(e - tip)))
+        assert np.hypot(*(tip - far)) > np.hypot(*(tip - near))
         # the field is the collimator's rectangle, blank (maximal attenuation) outside
         x0, y0, x1, y1 = run.technique.collimation_xyxy
         assert mask[y0:y1 + 1, x0:x1 + 1].all() and mask.sum() == _area_px(run)
     # the tip comes into the field as the needle advances: a later frame shows it
     assert any(t.tip_xy is not None for r in tight.runs for t in r.truth)
+    assert all(t.tip_beyond_field_xy is None for r in tight.runs for t in r.truth
+               if t.tip_xy is not None or not t.needle_visible)
 
 
 def test_dose_follows_the_field_and_the_evaluator_counts_the_frames(study, tight, tmp_path):
@@ -82,6 +91,8 @@ def test_dose_follows_the_field_and_the_evaluator_counts_the_frames(study, tight
     lost = sum(ft["needle_visible"] and ft["tip_xy"] is None for ft in truth["frames"]
                if ft["sop_instance_uid"] in damaged)
     assert tally.tip_outside_frames == expected - lost > 0
+    # the tip beyond the field is in the truth of those frames only
+    assert sum("tip_beyond_field_xy" in ft for ft in truth["frames"]) == expected
     # the files carry the tight fields: the dose read from their headers is the truth's
     from sifluoro.replay import replay
     replay([exported.dicom_dir], events_path=tmp_path / "e.jsonl",
