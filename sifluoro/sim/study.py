@@ -175,8 +175,9 @@ def simulate_case(seed: int, case: int, *, size: int = 512, quick: bool = False,
         study is the same, pixel for pixel (its own random stream, bone grid and timing).
         Ignored with ``quick``.
     tight_collimation : bool
-        Collimate every run of the working view that shows the needle tightly, as a
-        dose-conscious radiologist does (:func:`_tight_field`): the first needle run and the
+        Collimate every run of the working view that shows the needle tightly (60-110 mm
+        square at the detector, about 40-75 mm at the patient), as a dose-conscious
+        radiologist does (:func:`_tight_field`): the first needle run and the
         contrast run around the target, each later needle run around the needle as the
         previous run last showed it, its far blade a few mm beyond that tip. The needle,
         advanced blindly in a burst between runs, then often has its tip beyond that blade and
@@ -532,7 +533,7 @@ def _simulate(seed: int, case: int, size: int, quick: bool, wrong_level_scout: b
 
 # tight collimation (simulate_case(tight_collimation=True)): the field's half width and height
 # at the detector, and how far its far blade lies beyond the needle tip last seen
-TIGHT_HALF_FIELD_MM = (25.0, 45.0)
+TIGHT_HALF_FIELD_MM = (30.0, 55.0)
 TIGHT_TIP_MARGIN_MM = (1.0, 8.0)
 
 
