@@ -101,3 +101,15 @@ def test_dose_follows_the_field_and_the_evaluator_counts_the_frames(study, tight
     whole = summary.get("study_dose") or summary
     ref = truth["reported_dose"] or truth["dose"]
     assert whole["dap_gycm2"] == pytest.approx(ref["dap_gycm2"], rel=0.02)
+
+
+def test_the_cli_option_reaches_the_simulator(tmp_path):
+    from sifluoro.cli import main
+    assert main(["simulate", str(tmp_path / "tc"), "--cases", "1", "--first-case", "5",
+                 "--seed", "2026", "--size", "512", "--quick", "--workers", "1",
+                 "--tight-collimation"]) == 0
+    truth = json.loads((tmp_path / "tc" / "case005" / "truth.json").read_text())
+    plain = simulate_case(2026, 5, quick=True)
+    for run, ref in zip(truth["runs"], plain.runs):
+        x0, y0, x1, y1 = run["technique"]["collimation_xyxy"]
+        assert (x1 - x0 + 1) * (y1 - y0 + 1) < 0.25 * _area_px(ref)
