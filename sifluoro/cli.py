@@ -69,7 +69,8 @@ def _simulate(args) -> int:
         return 0
     for line in simulate_set(args.outdir, cases=args.cases, seed=args.seed, size=args.size,
                              first_case=args.first_case, workers=args.workers,
-                             quick=args.quick, wrong_level_scouts=args.wrong_level_scouts):
+                             quick=args.quick, wrong_level_scouts=args.wrong_level_scouts,
+                             tight_collimation=args.tight_collimation):
         print(line)
     return 0
 
@@ -144,6 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wrong-level-scouts", action="store_true",
                    help="begin each study with a scout of the wrong level (no joint in the field; "
                         "the rest of the study unchanged): measures lines reported without a joint")
+    p.add_argument("--tight-collimation", action="store_true",
+                   help="collimate the working view's needle and contrast runs tightly, each needle "
+                        "run around the needle as last seen: the tip, advanced between runs, often "
+                        "beyond a blade with its shaft in the field (the rest unchanged)")
     p.add_argument("--truth-from", type=Path, metavar="SET",
                    help="render nothing: write OUTDIR/<case>/truth.json with the joint truth of "
                         "the stored SET derived again (its DICOM linked, not copied); give the "

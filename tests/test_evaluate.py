@@ -452,3 +452,15 @@ def test_a_tip_reported_while_the_tip_is_outside_the_field_is_counted_apart():
     assert n["tip_frames"] == 2 and n["no_needle_frames"] == 0
     assert n["tip_outside_field_frames"] == 2 and n["tip_outside_field_tips_reported"] == 1
     assert "tip outside the field (its shaft in): a tip reported on 1 of 2 frames" in format_report(r)
+    assert n["tip_outside_field_error_mm_median"] is None  # the truth does not say where it is
+    # a truth that does (simulate --tight-collimation): how far the reported tip is from it
+    for ft in truth["frames"][2:]:
+        ft["tip_beyond_field_xy"] = [10.0, 60.0]
+    tally = Tally()
+    score_study(truth, events, {**SUMMARY, "contrast_state": "none"}, tally)
+    r = report(tally)
+    n = r["needle"]
+    spacing = truth["frames"][2]["pixel_spacing_mm"]
+    assert n["tip_outside_field_error_mm_median"] == pytest.approx(40.0 * spacing, abs=1e-3)
+    assert n["tip_outside_field_confidence_max"] == 0.99
+    assert f"{n['tip_outside_field_error_mm_median']} mm (max" in format_report(r)

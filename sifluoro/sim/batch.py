@@ -13,11 +13,12 @@ def _size_for(size: str, case: int) -> int:
 
 
 def _one(args) -> str:
-    outdir, seed, case, size, quick, wrong_level = args
+    outdir, seed, case, size, quick, wrong_level, tight = args
     from sifluoro.sim import simulate_case
     from sifluoro.sim.export import export_study
 
-    study = simulate_case(seed, case, size=size, quick=quick, wrong_level_scout=wrong_level)
+    study = simulate_case(seed, case, size=size, quick=quick, wrong_level_scout=wrong_level,
+                          tight_collimation=tight)
     exported = export_study(study, Path(outdir) / f"case{case:03d}")
     frames = sum(len(r.frames) for r in study.runs)
     # the truth says whether a file was damaged (a study may draw damage and have no run for it)
@@ -30,12 +31,14 @@ def _one(args) -> str:
 
 def simulate_set(outdir: str | Path, *, cases: int, seed: int, size: str = "mixed",
                  first_case: int = 0, workers: int = 2, quick: bool = False,
-                 wrong_level_scouts: bool = False) -> Iterator[str]:
+                 wrong_level_scouts: bool = False,
+                 tight_collimation: bool = False) -> Iterator[str]:
     """Write cases ``first_case .. first_case+cases-1``; yields one line per case, in order
-    (``wrong_level_scouts``: see :func:`sifluoro.sim.simulate_case`). With ``workers`` above
-    1 the cases run in spawned processes, which import the calling script again: a script
+    (``wrong_level_scouts``, ``tight_collimation``: see :func:`sifluoro.sim.simulate_case`).
+    With ``workers`` above 1 the cases run in spawned processes, which import the calling script again: a script
     that calls this must do so under ``if __name__ == "__main__":``."""
-    jobs = [(str(outdir), seed, c, _size_for(size, c), quick, wrong_level_scouts)
+    jobs = [(str(outdir), seed, c, _size_for(size, c), quick, wrong_level_scouts,
+             tight_collimation)
             for c in range(first_case, first_case + cases)]
     if workers <= 1:
         yield from map(_one, jobs)

@@ -51,6 +51,10 @@ class Tally:
     # neither count above; a tip reported there is on the shaft or elsewhere, never the tip
     tip_outside_frames: int = 0
     tip_outside_reported: int = 0
+    # of those, the reported tip's distance to the real tip behind the blade (truth
+    # tip_beyond_field_xy, in sets made with --tight-collimation) and its confidence
+    tip_outside_errors_mm: list[float] = field(default_factory=list)
+    tip_outside_confidences: list[float] = field(default_factory=list)
     joint_frames: int = 0
     joint_reported: int = 0
     joint_distances_mm: list[float] = field(default_factory=list)
@@ -131,6 +135,11 @@ def score_study(truth: dict, events: list[dict], summary: dict | None, tally: Ta
         else:
             tally.tip_outside_frames += 1
             tally.tip_outside_reported += needle is not None
+            beyond = ft.get("tip_beyond_field_xy")
+            if needle is not None and beyond is not None:
+                tally.tip_outside_errors_mm.append(math.hypot(
+                    needle["tip_xy"][0] - beyond[0], needle["tip_xy"][1] - beyond[1]) * spacing)
+                tally.tip_outside_confidences.append(float(needle.get("confidence") or 0.0))
         joint = e.get("joint")
         if "register" not in ran:
             pass
@@ -300,6 +309,13 @@ def report(tally: Tally) -> dict:
             # frames whose shaft is in the field and tip outside it, and those with a tip out
             "tip_outside_field_frames": tally.tip_outside_frames,
             "tip_outside_field_tips_reported": tally.tip_outside_reported,
+            # how far those tips are from the real one behind the blade (None: no tip reported
+            # or a truth without tip_beyond_field_xy), and their highest confidence
+            "tip_outside_field_error_mm_median": _pct(tally.tip_outside_errors_mm, 50),
+            "tip_outside_field_error_mm_max": round(max(tally.tip_outside_errors_mm), 3)
+            if tally.tip_outside_errors_mm else None,
+            "tip_outside_field_confidence_max": round(max(tally.tip_outside_confidences), 4)
+            if tally.tip_outside_confidences else None,
             "end_on_frames": tally.end_on_frames,
             "end_on_error_mm_median": _pct(tally.end_on_errors_mm, 50),
             "end_on_detection_rate_3mm": _ratio(tally.end_on_reported, tally.end_on_frames),
@@ -408,6 +424,10 @@ def format_report(r: dict) -> str:
         f"frames: within 3 mm {_of(n['end_on_detection_rate_3mm'], n['end_on_frames'])}"
         + (f"; tip outside the field (its shaft in): a tip reported on "
            f"{n['tip_outside_field_tips_reported']} of {n['tip_outside_field_frames']} frames"
+           + (f", {n['tip_outside_field_error_mm_median']} mm (max "
+              f"{n['tip_outside_field_error_mm_max']} mm) from the real tip, confidence up to "
+              f"{n['tip_outside_field_confidence_max']}"
+              if n.get("tip_outside_field_error_mm_median") is not None else "")
            if n.get("tip_outside_field_frames") else "")
         + (f"; tips in the pixels (SNR >= 3): detected "
            f"{_of(n['detectable_detection_rate_3mm'], n['detectable_tip_frames'], 'frames')}, error median "

@@ -197,7 +197,9 @@ def _truncate(path: Path) -> None:
 
 def _frame_truth_dict(ft) -> dict:
     d = asdict(ft)
-    for key in ("tip_xy", "target_xy"):
+    if d.get("tip_beyond_field_xy") is None:
+        d.pop("tip_beyond_field_xy", None)
+    for key in ("tip_xy", "target_xy", "tip_beyond_field_xy"):
         if d.get(key) is not None:
             d[key] = [float(v) for v in d[key]]
     for key in ("joint_polyline_xy", "shaft_xy"):

@@ -61,6 +61,10 @@ class FrameTruth:
     # the same for the vessels' iodine alone (None: no visible vessel); in a joint + vessel
     # study contrast_snr is the joint fill's
     vessel_snr: float | None = None
+    # where the tip projects when the needle is in the field and its tip is not (beyond a
+    # blade or the frame's edge; may lie off the frame); None otherwise, and then left out of
+    # truth.json (the studies made before it stay byte for byte the same)
+    tip_beyond_field_xy: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)

@@ -153,7 +153,7 @@ WRONG_LEVEL_SHIFTS_MM = (110.0, 130.0, 150.0, 170.0, 190.0, 210.0, 240.0)
 
 
 def simulate_case(seed: int, case: int, *, size: int = 512, quick: bool = False,
-                  wrong_level_scout: bool = False) -> SimStudy:
+                  wrong_level_scout: bool = False, tight_collimation: bool = False) -> SimStudy:
     """Simulate one fluoroscopy-guided SI-joint injection study.
 
     Parameters
@@ -174,13 +174,24 @@ def simulate_case(seed: int, case: int, *, size: int = 512, quick: bool = False,
         frames without a joint, on which no joint line must be reported. The rest of the
         study is the same, pixel for pixel (its own random stream, bone grid and timing).
         Ignored with ``quick``.
+    tight_collimation : bool
+        Collimate every run of the working view that shows the needle tightly (60-110 mm
+        square at the detector, about 40-75 mm at the patient), as a dose-conscious
+        radiologist does (:func:`_tight_field`): the first needle run and the
+        contrast run around the target, each later needle run around the needle as the
+        previous run last showed it, its far blade a few mm beyond that tip. The needle,
+        advanced blindly in a burst between runs, then often has its tip beyond that blade and
+        its shaft across the field (truth: ``tip_xy`` None, ``needle_visible`` True). Only
+        those runs change (their own random stream): every other run, the patient, device,
+        needle and outcome are the same, pixel for pixel.
 
     Returns
     -------
     SimStudy
         Runs of stored frames with per-frame ground truth.
     """
-    return _simulate(seed, case, size, quick, wrong_level_scout, joints_only=False)
+    return _simulate(seed, case, size, quick, wrong_level_scout, joints_only=False,
+                     tight_collimation=tight_collimation)
 
 
 def case_joints(seed: int, case: int, *, size: int = 512, quick: bool = False,
@@ -192,7 +203,7 @@ def case_joints(seed: int, case: int, *, size: int = 512, quick: bool = False,
 
 
 def _simulate(seed: int, case: int, size: int, quick: bool, wrong_level_scout: bool, *,
-              joints_only: bool):
+              joints_only: bool, tight_collimation: bool = False):
     if size not in (512, 1024):
         raise ValueError(f"size must be 512 or 1024, got {size}")
     rng = case_rng(seed, case)
@@ -347,6 +358,10 @@ def _simulate(seed: int, case: int, size: int, quick: bool, wrong_level_scout: b
     state = "none"
     coll = _collimation(rng, size)
     main_rng = rng
+    # its own stream: the main one draws the same with or without tight collimation
+    tight_rng = np.random.default_rng([seed, case, 0x71C0]) if tight_collimation else None
+    last_tip_depth_mm = None  # of the working view's previous needle run (its last image)
+    last_tip_seen = True      # was that tip in its field
     if plans[0].iso_shift_mm:
         # the wrong-level scout draws from its own stream and ends before the study's t = 0
         rng = np.random.default_rng([seed, case, 0x3E2])
@@ -359,7 +374,14 @@ def _simulate(seed: int, case: int, size: int, quick: bool, wrong_level_scout: b
         view = (plan.pose, plan.iso_shift_mm)
         cam = cams[view]
         st = statics[view]
-        mask = det.exposed_mask(size, coll, dev.detector == "image_intensifier",
+        run_coll = coll
+        if (tight_rng is not None and plan.pose == work and plan.depths_mm is not None
+                and not plan.iso_shift_mm):
+            run_coll = _tight_field(tight_rng, cam, needle,
+                                    None if plan.contrast else last_tip_depth_mm, last_tip_seen)
+            if not plan.contrast:
+                last_tip_depth_mm = plan.depths_mm[-1]
+        mask = det.exposed_mask(size, run_coll, dev.detector == "image_intensifier",
                                 dev.circle_margin_px)
         n_frames = ((n_wrong if plan.iso_shift_mm else n_scout) if plan.depths_mm is None
                     else len(plan.depths_mm))
@@ -376,8 +398,13 @@ def _simulate(seed: int, case: int, size: int, quick: bool, wrong_level_scout: b
         # automatic brightness control: mAs per pulse for the target detector kerma
         c = size // 2
         roi = slice(c - size // 6, c + size // 6)
-        transmission = float(np.mean(det.GRID_PRIMARY_TRANSMISSION * static_primary[roi, roi]
-                                     + dev.model.grid_scatter_transmission * scatter[roi, roi]))
+        if mask[roi, roi].all():  # every field but a tight one (tight_collimation)
+            transmission = float(np.mean(det.GRID_PRIMARY_TRANSMISSION * static_primary[roi, roi]
+                                         + dev.model.grid_scatter_transmission
+                                         * scatter[roi, roi]))
+        else:
+            transmission = _field_transmission(static_primary, scatter, mask, roi,
+                                               dev.model.grid_scatter_transmission)
         inv_sq_det = (1000.0 / dev.sid_mm) ** 2
         target_ngy = dev.target_ngy * (6.0 if plan.kind == "acquisition" else 1.0)
         mas = target_ngy / (beam_m.kerma_ugy_per_mas_1m * 1000.0 * inv_sq_det * transmission)
@@ -402,7 +429,7 @@ def _simulate(seed: int, case: int, size: int, quick: bool, wrong_level_scout: b
             filter_cu_mm=dev.cu_mm, filter_al_mm=dev.al_mm,
             inherent_filtration_al_mm=dev.inherent_al_mm, anode_angle_deg=dev.anode_angle_deg,
             field_of_view_mm=dev.fov_mm, imager_pixel_spacing_mm=dev.fov_mm / size,
-            collimation_xyxy=coll, circular_field=dev.detector == "image_intensifier",
+            collimation_xyxy=run_coll, circular_field=dev.detector == "image_intensifier",
             detector=dev.detector, primary_angle_deg=plan.pose[0],
             secondary_angle_deg=plan.pose[1], kind=plan.kind,
             detector_air_kerma_per_pulse_ngy=float(det_ngy),
@@ -436,13 +463,15 @@ def _simulate(seed: int, case: int, size: int, quick: bool, wrong_level_scout: b
             K.render_ellipsoids(gas, cam.vector, gas_c + np.array([0.0, 0.3 * shift, shift]),
                                 gas_s, gas_r)
             steel[...] = dist_steel
-            tip_xy = shaft = None
+            tip_xy = shaft = beyond_xy = None
             visible = end_on_f = False
             if plan.depths_mm is not None:
                 pl = needle.polyline(plan.depths_mm[f])
                 a, b, ro, ri_, w = tube_arrays([pl], [r_out], [r_in], [1.0])
                 K.render_tubes(steel, cam.vector, a, b, ro, ri_, w, 3)
                 tip_xy, shaft, visible, end_on_f = _needle_truth(cam, pl, mask)
+                if visible and tip_xy is None:  # the tip beyond a blade or the frame's edge
+                    beyond_xy = tuple(float(v) for v in cam.project(pl[-1]))
             peaks = {}
             if plan.contrast:
                 peaks = con.iodine_map(cplan, f, cam, st, iodine, vessel)
@@ -484,7 +513,9 @@ def _simulate(seed: int, case: int, size: int, quick: bool, wrong_level_scout: b
                 joint_polyline_xy=joint_xy, joint_doubled=jp.doubled, target_xy=target_xy,
                 contrast_state=state, contrast_visible=c_vis, contrast_area_mm2=area,
                 t_s=float(t_s), tip_to_target_mm=ttt, tip_snr=t_snr, contrast_snr=c_snr,
-                vessel_snr=v_snr))
+                vessel_snr=v_snr, tip_beyond_field_xy=beyond_xy))
+        if tight_rng is not None and plan.pose == work and plan.depths_mm is not None:
+            last_tip_seen = truths[-1].tip_xy is not None
         runs.append(SimRun(frames=frames, bits_stored=dev.bits_stored,
                            photometric=dev.photometric, technique=tech, start_s=float(t_start),
                            truth=tuple(truths), burned_in_text=burned,
@@ -498,6 +529,61 @@ def _simulate(seed: int, case: int, size: int, quick: bool, wrong_level_scout: b
                     runs=tuple(runs), patient_thickness_mm=anatomy.thickness_mm,
                     joint_obliquity_deg=anatomy.joint_obliquity_deg, needle_gauge=gauge,
                     contrast_components=components)
+
+
+# tight collimation (simulate_case(tight_collimation=True)): the field's half width and height
+# at the detector, and how far its far blade lies beyond the needle tip last seen
+TIGHT_HALF_FIELD_MM = (30.0, 55.0)
+TIGHT_TIP_MARGIN_MM = (1.0, 8.0)
+
+
+def _tight_field(rng: np.random.Generator, cam: Camera, needle: NeedlePlan,
+                 last_tip_depth_mm: float | None, last_tip_seen: bool = True
+                 ) -> tuple[int, int, int, int]:
+    """A tight collimator rectangle (x0, y0, x1, y1) of the working view.
+
+    Without a needle seen before in this view (``last_tip_depth_mm`` None; also the contrast
+    run), around the target (the needle's final tip) give or take 5 mm. Else around the needle
+    as last seen: its tip then ``TIGHT_TIP_MARGIN_MM`` inside the blade it advances toward,
+    the field stretching back along the shaft; centred on that tip when it was beyond a blade
+    (``last_tip_seen`` False: the radiologist opens toward it) or seen end-on.
+    """
+    size, spacing = cam.size, cam.pixel_spacing_mm
+    half_px = rng.uniform(*TIGHT_HALF_FIELD_MM, 2) / spacing
+    if last_tip_depth_mm is None:
+        centre = cam.project(needle.final_tip_mm) + rng.uniform(-5.0, 5.0, 2) / spacing
+    else:
+        s_tip = needle.final_depth_mm - last_tip_depth_mm
+        tip, behind = cam.project(needle.point(np.array([s_tip, s_tip + 10.0])))
+        advance = tip - behind  # hub -> tip in the image
+        norm = float(np.hypot(*advance))
+        centre = tip.copy()
+        if norm * spacing >= 1.0 and last_tip_seen:  # not end-on
+            u = advance / norm
+            with np.errstate(divide="ignore"):
+                exit_px = float(np.min(half_px / np.abs(u)))  # centre -> blade along u
+            margin_px = rng.uniform(*TIGHT_TIP_MARGIN_MM) / spacing
+            centre = tip - u * max(exit_px - margin_px, 0.0)
+    lo = np.clip(np.rint(centre - half_px), 0, size - 1).astype(int)
+    hi = np.clip(np.rint(centre + half_px), 0, size - 1).astype(int)
+    if np.any(hi - lo < 8):  # off the frame: keep a field (never seen; the truth holds anyway)
+        lo = np.clip(lo, 0, size - 9)
+        hi = np.maximum(hi, lo + 8)
+    return int(lo[0]), int(lo[1]), int(hi[0]), int(hi[1])
+
+
+def _field_transmission(static_primary: np.ndarray, scatter: np.ndarray, mask: np.ndarray,
+                        roi: slice, grid_scatter_transmission: float) -> float:
+    """Mean detected transmission the brightness control measures in a field tighter than its
+    central measuring field: over the exposed part of it, else over the whole field (the
+    blanked pixels behind the blades would drive the tube current up)."""
+    sel = np.zeros_like(mask)
+    sel[roi, roi] = True
+    sel &= mask
+    if sel.sum() < 64:
+        sel = mask
+    return float(np.mean(det.GRID_PRIMARY_TRANSMISSION * static_primary[sel]
+                         + grid_scatter_transmission * scatter[sel]))
 
 
 def _clean_render(out: np.ndarray, water_mm, bone_mm, iodine, steel, beam_m, scatter, dev,
