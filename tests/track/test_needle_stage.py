@@ -1104,7 +1104,7 @@ def test_a_needle_whose_tip_is_beyond_the_field_edge_is_not_tipped_at_its_free_e
 
 def _run_with_motion(shifts, stage: NeedleStage, moved_needle=True):
     """A 10-frame run of the needle of ``test_needle_tip_from_the_field_edge`` with the
-    register stage's image motion ``shifts[i]`` (px) on frame i; the needle drawn moved by it
+    register stage's image motion ``shifts[i]`` (whole px) on frame i; the picture moved by it
     (``moved_needle``) or where it was. The tip errors (mm) from where it is drawn."""
     from sifluoro.register import RegisterResult
 
@@ -1119,7 +1119,9 @@ def _run_with_motion(shifts, stage: NeedleStage, moved_needle=True):
                                                        5.0, tuple(shift), i == 0)
         drawn = shift if moved_needle else np.zeros(2)
         img = _background(140 + i)
-        _draw_polyline(img, _needle_points(tip + drawn, base + drawn), 0.05, 1.8)
+        _draw_polyline(img, _needle_points(tip, base), 0.05, 1.8)
+        # the patient moved: the whole picture (whole pixels)
+        img = np.roll(img, (int(drawn[1]), int(drawn[0])), axis=(0, 1))
         needle = stage.process(_frame(img, run, i), state)["needle"]
         errors.append(None if needle is None
                       else math.dist(needle["tip_xy"], tip + drawn) * SPACING_MM)
@@ -1132,8 +1134,9 @@ def test_a_needle_moved_with_the_anatomy_is_followed_with_the_register_s_motion(
     """The patient (or the table) moves 4.5 px (2.2 mm) across the needle on the run's sixth
     frame and the register stage measures it: the run's mean and the track move with it, and
     the tip is found again on the next frame (the register's median of three frames has moved
-    then). Not followed (``motion_min_mm`` 0: off), the needle was lost on four frames, as a
-    3 px shift lost it on 6 of 7 (session 25's review r9)."""
+    then, and the frame matches the run's mean moved better than not). Not followed
+    (``motion_min_mm`` 0: off), the needle was lost on four frames, as a 3 px shift lost it on
+    6 of 7 (session 25's review r9)."""
     from sifluoro.track.needle_detect import NeedleSettings
     from sifluoro.track.needle_verify import ScoutSettings
 
@@ -1145,12 +1148,15 @@ def test_a_needle_moved_with_the_anatomy_is_followed_with_the_register_s_motion(
     assert all(e is not None and e < 1.0 for e in later) == followed
 
 
-def test_one_frame_s_registration_error_does_not_move_the_needle():
-    """One frame's register motion 5 px off (a weak registration; seen 2.2 mm off on training
-    seed 4102) is not followed: the median of three frames does not move."""
+@pytest.mark.parametrize("outlier_frames", [1, 4])
+def test_a_registration_error_does_not_move_the_needle(outlier_frames):
+    """The register's motion 5 px off while the picture stays: on one frame (a weak
+    registration; seen 2.2 mm off on training seed 4102) the median of three frames does not
+    move; on four (seen 1.6 mm off on three frames of held-out seed 31337, the needle then
+    lost on six) the frame matches the run's mean better as it is."""
     from sifluoro.track.needle_verify import ScoutSettings
 
     stage = NeedleStage(scout=ScoutSettings(scout_runs=0))
-    shifts = [(0, 0)] * 5 + [(5, -2)] + [(0, 0)] * 4
+    shifts = [(0, 0)] * 5 + [(5, -2)] * outlier_frames + [(0, 0)] * (5 - outlier_frames)
     errors = _run_with_motion(shifts, stage, moved_needle=False)
     assert all(e is not None and e < 1.0 for e in errors)
