@@ -512,7 +512,7 @@ class NeedleStage:
         st.motion_shifts = st.motion_shifts[-2:] + [shift]
         if len(st.motion_shifts) < 3:
             return
-        level = np.median(np.array(st.motion_shifts), axis=0)
+        level = np.sort(np.array(st.motion_shifts), axis=0)[1]  # the median (np.median: 25 us)
         before, st.motion_level = st.motion_level, level
         if before is None:
             return
