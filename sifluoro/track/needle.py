@@ -1316,11 +1316,10 @@ def _moved_matches(work: np.ndarray, mean: np.ndarray, valid: np.ndarray, dx: in
     """Does ``work`` (this frame, working grid) differ less from ``mean`` moved by whole
     pixels (dx, dy) than from ``mean`` as it is (mean absolute difference over the part of
     ``valid`` that both cover)?"""
-    rows, cols = mean.shape
-    if abs(dx) >= cols or abs(dy) >= rows or work.shape != mean.shape:
+    parts = _overlap(mean.shape, dx, dy)
+    if parts is None or work.shape != mean.shape:
         return False
-    src = (slice(max(0, -dy), rows - max(0, dy)), slice(max(0, -dx), cols - max(0, dx)))
-    dst = (slice(max(0, dy), rows - max(0, -dy)), slice(max(0, dx), cols - max(0, -dx)))
+    src, dst = parts
     both = valid[dst] & valid[src]
     if not both.any():
         return False
@@ -1329,15 +1328,25 @@ def _moved_matches(work: np.ndarray, mean: np.ndarray, valid: np.ndarray, dx: in
         np.abs(here - mean[dst][both]).mean())
 
 
+def _overlap(shape: tuple[int, int], dx: int, dy: int) -> tuple[tuple, tuple] | None:
+    """The (source, destination) slices of an image of ``shape`` moved by whole pixels
+    (dx, dy), or None when nothing of it stays in the image."""
+    rows, cols = shape
+    if abs(dx) >= cols or abs(dy) >= rows:
+        return None
+    src = (slice(max(0, -dy), rows - max(0, dy)), slice(max(0, -dx), cols - max(0, dx)))
+    dst = (slice(max(0, dy), rows - max(0, -dy)), slice(max(0, dx), cols - max(0, -dx)))
+    return src, dst
+
+
 def _shift_inside(image: np.ndarray, valid: np.ndarray, dx: int, dy: int) -> None:
     """Shift ``image`` in place by whole pixels (dx, dy) where the source pixel is inside
     ``valid`` (the field: the collimator does not move with the anatomy); elsewhere it
     keeps its value."""
-    rows, cols = image.shape
-    if abs(dx) >= cols or abs(dy) >= rows:
+    parts = _overlap(image.shape, dx, dy)
+    if parts is None:
         return
-    src = (slice(max(0, -dy), rows - max(0, dy)), slice(max(0, -dx), cols - max(0, dx)))
-    dst = (slice(max(0, dy), rows - max(0, -dy)), slice(max(0, dx), cols - max(0, -dx)))
+    src, dst = parts
     moved = image[src].copy()
     np.copyto(image[dst], moved, where=valid[src])
 
