@@ -35,8 +35,8 @@ def simulate_set(outdir: str | Path, *, cases: int, seed: int, size: str = "mixe
                  tight_collimation: bool = False) -> Iterator[str]:
     """Write cases ``first_case .. first_case+cases-1``; yields one line per case, in order
     (``wrong_level_scouts``, ``tight_collimation``: see :func:`sifluoro.sim.simulate_case`).
-    With ``workers`` above 1 the cases run in spawned processes, which import the calling script again: a script
-    that calls this must do so under ``if __name__ == "__main__":``."""
+    With ``workers`` above 1 the cases run in spawned processes, which import the calling
+    script again: a script that calls this must do so under ``if __name__ == "__main__":``."""
     jobs = [(str(outdir), seed, c, _size_for(size, c), quick, wrong_level_scouts,
              tight_collimation)
             for c in range(first_case, first_case + cases)]

@@ -21,9 +21,9 @@ from sifluoro.track.contrast_beside import cloud_beside_z, crop_box
 from sifluoro.track.contrast_beside import warm_up as beside_warm_up
 from sifluoro.track.contrast_classify import (CLOUD_BESIDE_Z, CONTINUED_NEW_FRACTION, DANGER,
                                                LATE_LINE_MM, MIN_AREA_MM2, PERSIST_FRAMES,
-                                               RECENT_LINE_MM,
-                                               VASCULAR_LINE_MM, VESSEL_NEW_FRACTION,
-                                               Classifier, Opacity, describe_components)
+                                               RECENT_LINE_MM, VASCULAR_LINE_MM,
+                                               VESSEL_NEW_FRACTION, Classifier, Opacity,
+                                               describe_components)
 from sifluoro.track.contrast_reference import ReferenceBank
 from sifluoro.track.contrast_reference import warm_up as reference_warm_up
 from sifluoro.track.contrast_transient import FRAMES as TRANSIENT_FRAMES, TransientLines, new_stamp

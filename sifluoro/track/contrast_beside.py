@@ -267,7 +267,7 @@ def _chamfer_numpy(on: np.ndarray) -> np.ndarray:
             if order.step == 1:
                 row = np.minimum.accumulate(row - idx) + idx
             else:
-                row = (np.minimum.accumulate((row + idx)[::-1]) )[::-1] - idx
+                row = np.minimum.accumulate((row + idx)[::-1])[::-1] - idx
             d[y] = row
             prev = row
     return d
